@@ -1,0 +1,21 @@
+#include "core/builtin_handler.h"
+
+namespace keygate {
+
+void BuiltinHandler::handle(const HttpRequest& request, ResponseWriter& response) noexcept {
+  if (request.path == "/healthz") {
+    if (request.method != "GET" && request.method != "HEAD") {
+      response.start(405);
+      response.header("Allow", "GET, HEAD");
+      response.finish("application/json",
+                      "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}\n");
+      return;
+    }
+    response.start(200);
+    response.finish("text/plain", "ok");
+    return;
+  }
+  response.error(404, "not_found", "no such route");
+}
+
+}  // namespace keygate

@@ -1,0 +1,21 @@
+// BuiltinHandler: the routes keygate answers itself on the data port.
+//
+// Worker-local, stateless. GET/HEAD /healthz answers 200 "ok"; everything else is a JSON 404.
+// Key checking and proxying (later issues) sit in front of it and fall through to it.
+#pragma once
+
+#include "core/handler.h"
+
+namespace keygate {
+
+class BuiltinHandler final : public Handler {
+ public:
+  void handle(const HttpRequest& request, ResponseWriter& response) noexcept override;
+};
+
+class BuiltinHandlerFactory final : public HandlerFactory {
+ public:
+  std::unique_ptr<Handler> make(unsigned) override { return std::make_unique<BuiltinHandler>(); }
+};
+
+}  // namespace keygate

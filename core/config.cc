@@ -1,0 +1,335 @@
+#include "core/config.h"
+
+#include <charconv>
+#include <limits>
+
+// Header-only and exception-free: config errors come back as values, and the exception ABI of
+// Debian's compiled toml++ does not leak into our build.
+#define TOML_HEADER_ONLY 1
+#define TOML_EXCEPTIONS 0
+#include <toml++/toml.h>
+
+namespace keygate {
+namespace {
+
+template <typename T>
+bool parse_unsigned(std::string_view text, T* out) {
+  if (text.empty()) return false;
+  T value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) return false;
+  *out = value;
+  return true;
+}
+
+std::string where(const toml::source_region& region, std::string_view source) {
+  return std::string(source) + ":" + std::to_string(region.begin.line) + ":" +
+         std::to_string(region.begin.column);
+}
+
+// Reads an integer field into `out` when present, checking its range.
+template <typename T>
+bool read_uint(const toml::table& table, std::string_view key, std::string_view source,
+               std::string_view table_name, uint64_t min, uint64_t max, T* out,
+               std::string* error) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return true;
+  auto value = node->value<int64_t>();
+  if (!node->is_integer() || !value) {
+    *error = where(node->source(), source) + ": " + std::string(table_name) + "." +
+             std::string(key) + ": expected an integer";
+    return false;
+  }
+  if (*value < 0 || static_cast<uint64_t>(*value) < min || static_cast<uint64_t>(*value) > max) {
+    *error = where(node->source(), source) + ": " + std::string(table_name) + "." +
+             std::string(key) + ": must be between " + std::to_string(min) + " and " +
+             std::to_string(max);
+    return false;
+  }
+  *out = static_cast<T>(*value);
+  return true;
+}
+
+bool read_string(const toml::table& table, std::string_view key, std::string_view source,
+                 std::string_view table_name, std::string* out, std::string* error) {
+  const toml::node* node = table.get(key);
+  if (node == nullptr) return true;
+  if (!node->is_string()) {
+    *error = where(node->source(), source) + ": " + std::string(table_name) + "." +
+             std::string(key) + ": expected a string";
+    return false;
+  }
+  *out = **node->as_string();
+  return true;
+}
+
+bool check_known_keys(const toml::table& table, std::initializer_list<std::string_view> known,
+                      std::string_view source, std::string_view table_name, std::string* error) {
+  for (const auto& [key, node] : table) {
+    bool ok = false;
+    for (std::string_view k : known) ok = ok || key.str() == k;
+    if (!ok) {
+      *error = where(node.source(), source) + ": unknown key '" +
+               (table_name.empty() ? std::string() : std::string(table_name) + ".") +
+               std::string(key.str()) + "'";
+      return false;
+    }
+  }
+  return true;
+}
+
+bool read_address(const toml::table& table, std::string_view key, std::string_view source,
+                  ListenAddress* out, std::string* error) {
+  std::string text;
+  if (!read_string(table, key, source, "server", &text, error)) return false;
+  if (table.get(key) == nullptr) return true;
+  std::string why;
+  if (!parse_listen_address(text, out, &why)) {
+    *error = where(table.get(key)->source(), source) + ": server." + std::string(key) + ": " + why;
+    return false;
+  }
+  return true;
+}
+
+constexpr uint64_t kU32Max = std::numeric_limits<uint32_t>::max();
+
+}  // namespace
+
+std::string ListenAddress::to_string() const {
+  return ipv6 ? "[" + host + "]:" + std::to_string(port) : host + ":" + std::to_string(port);
+}
+
+bool parse_listen_address(std::string_view text, ListenAddress* out, std::string* error) {
+  ListenAddress result;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      *error = "expected [IPv6]:PORT, got '" + std::string(text) + "'";
+      return false;
+    }
+    result.host = std::string(text.substr(1, close - 1));
+    result.ipv6 = true;
+    port_text = text.substr(close + 2);
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) {
+      *error = "expected ADDR:PORT, got '" + std::string(text) + "'";
+      return false;
+    }
+    result.host = std::string(text.substr(0, colon));
+    if (result.host.find(':') != std::string::npos) {
+      *error = "IPv6 addresses need brackets: [ADDR]:PORT, got '" + std::string(text) + "'";
+      return false;
+    }
+    port_text = text.substr(colon + 1);
+  }
+  // Numeric literals only: name resolution would be I/O, and a listener should not depend on it.
+  bool numeric = !result.host.empty();
+  for (char c : result.host) {
+    bool ok = result.ipv6 ? (std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.')
+                          : (std::isdigit(static_cast<unsigned char>(c)) || c == '.');
+    numeric = numeric && ok;
+  }
+  if (!numeric) {
+    *error = "address must be a numeric IP, got '" + result.host + "'";
+    return false;
+  }
+  uint16_t port = 0;
+  if (!parse_unsigned(port_text, &port)) {
+    *error = "port must be 0-65535, got '" + std::string(port_text) + "'";
+    return false;
+  }
+  result.port = port;
+  *out = std::move(result);
+  return true;
+}
+
+bool parse_config(std::string_view text, std::string_view source, Config* out,
+                  std::string* error) {
+  toml::parse_result parsed = toml::parse(text, source);
+  if (!parsed) {
+    const toml::parse_error& err = parsed.error();
+    *error = where(err.source(), source) + ": " + std::string(err.description());
+    return false;
+  }
+  const toml::table& root = parsed.table();
+  if (!check_known_keys(root, {"server", "limits"}, source, "", error)) return false;
+
+  Config config;
+  if (const toml::node* node = root.get("server")) {
+    const toml::table* server = node->as_table();
+    if (server == nullptr) {
+      *error = where(node->source(), source) + ": server: expected a table";
+      return false;
+    }
+    if (!check_known_keys(*server, {"listen", "admin_listen", "data_dir", "log_dir", "workers"},
+                          source, "server", error) ||
+        !read_address(*server, "listen", source, &config.listen, error) ||
+        !read_address(*server, "admin_listen", source, &config.admin_listen, error) ||
+        !read_string(*server, "data_dir", source, "server", &config.data_dir, error) ||
+        !read_string(*server, "log_dir", source, "server", &config.log_dir, error) ||
+        !read_uint(*server, "workers", source, "server", 0, 1024, &config.workers, error)) {
+      return false;
+    }
+  }
+  if (const toml::node* node = root.get("limits")) {
+    const toml::table* limits = node->as_table();
+    if (limits == nullptr) {
+      *error = where(node->source(), source) + ": limits: expected a table";
+      return false;
+    }
+    Limits& l = config.limits;
+    if (!check_known_keys(*limits,
+                          {"request_line_bytes_max", "header_bytes_max", "header_count_max",
+                           "body_bytes_max", "connections_per_worker_max", "pipeline_depth_max",
+                           "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms",
+                           "linger_timeout_ms", "drain_timeout_ms"},
+                          source, "limits", error) ||
+        !read_uint(*limits, "request_line_bytes_max", source, "limits", 64, 1 << 20,
+                   &l.request_line_bytes_max, error) ||
+        !read_uint(*limits, "header_bytes_max", source, "limits", 256, 1 << 20,
+                   &l.header_bytes_max, error) ||
+        !read_uint(*limits, "header_count_max", source, "limits", 1, 10000, &l.header_count_max,
+                   error) ||
+        !read_uint(*limits, "body_bytes_max", source, "limits", 0, uint64_t{1} << 30,
+                   &l.body_bytes_max, error) ||
+        !read_uint(*limits, "connections_per_worker_max", source, "limits", 1, 1000000,
+                   &l.connections_per_worker_max, error) ||
+        !read_uint(*limits, "pipeline_depth_max", source, "limits", 1, 1024,
+                   &l.pipeline_depth_max, error) ||
+        !read_uint(*limits, "header_timeout_ms", source, "limits", 1, kU32Max,
+                   &l.header_timeout_ms, error) ||
+        !read_uint(*limits, "body_timeout_ms", source, "limits", 1, kU32Max, &l.body_timeout_ms,
+                   error) ||
+        !read_uint(*limits, "idle_timeout_ms", source, "limits", 1, kU32Max, &l.idle_timeout_ms,
+                   error) ||
+        !read_uint(*limits, "linger_timeout_ms", source, "limits", 0, kU32Max,
+                   &l.linger_timeout_ms, error) ||
+        !read_uint(*limits, "drain_timeout_ms", source, "limits", 0, kU32Max,
+                   &l.drain_timeout_ms, error)) {
+      return false;
+    }
+  }
+  *out = std::move(config);
+  return true;
+}
+
+bool parse_command_line(int argc, const char* const* argv, CommandLine* out,
+                        std::string* error) {
+  CommandLine cli;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      cli.help = true;
+      continue;
+    }
+    if (arg.substr(0, 2) != "--") {
+      *error = "unexpected argument '" + std::string(arg) + "' (see --help)";
+      return false;
+    }
+    std::string_view name = arg;
+    std::optional<std::string_view> value;
+    if (size_t eq = arg.find('='); eq != std::string_view::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    }
+    auto take_value = [&]() -> std::optional<std::string> {
+      if (value) return std::string(*value);
+      if (i + 1 >= argc) {
+        *error = "flag " + std::string(name) + " needs a value (see --help)";
+        return std::nullopt;
+      }
+      return std::string(argv[++i]);
+    };
+    std::optional<std::string>* target = nullptr;
+    if (name == "--config") target = &cli.config_path;
+    else if (name == "--listen") target = &cli.listen;
+    else if (name == "--admin-listen") target = &cli.admin_listen;
+    else if (name == "--data-dir") target = &cli.data_dir;
+    else if (name == "--log-dir") target = &cli.log_dir;
+    if (target != nullptr) {
+      *target = take_value();
+      if (!*target) return false;
+      if ((*target)->empty()) {
+        *error = "flag " + std::string(name) + " needs a non-empty value";
+        return false;
+      }
+      continue;
+    }
+    if (name == "--workers") {
+      std::optional<std::string> text = take_value();
+      if (!text) return false;
+      unsigned n = 0;
+      if (!parse_unsigned(std::string_view(*text), &n) || n > 1024) {
+        *error = "--workers must be 0-1024 (0: one per CPU), got '" + *text + "'";
+        return false;
+      }
+      cli.workers = n;
+      continue;
+    }
+    *error = "unknown flag '" + std::string(name) + "' (see --help)";
+    return false;
+  }
+  *out = std::move(cli);
+  return true;
+}
+
+bool apply_overrides(const CommandLine& cli, Config* config, std::string* error) {
+  std::string why;
+  if (cli.listen && !parse_listen_address(*cli.listen, &config->listen, &why)) {
+    *error = "--listen: " + why;
+    return false;
+  }
+  if (cli.admin_listen && !parse_listen_address(*cli.admin_listen, &config->admin_listen, &why)) {
+    *error = "--admin-listen: " + why;
+    return false;
+  }
+  if (cli.data_dir) config->data_dir = *cli.data_dir;
+  if (cli.log_dir) config->log_dir = *cli.log_dir;
+  if (cli.workers) config->workers = *cli.workers;
+  return true;
+}
+
+bool validate_config(const Config& config, std::string* error) {
+  if (config.data_dir.empty()) {
+    *error = "server.data_dir must not be empty";
+    return false;
+  }
+  if (config.log_dir.empty()) {
+    *error = "server.log_dir must not be empty";
+    return false;
+  }
+  if (config.listen.port != 0 && config.listen.host == config.admin_listen.host &&
+      config.listen.port == config.admin_listen.port) {
+    *error = "server.listen and server.admin_listen must differ";
+    return false;
+  }
+  return true;
+}
+
+std::string_view usage_text() {
+  return R"(Usage: keygate [--config FILE] [flags]
+
+keygate is an API-key gateway. With no flags it runs on its embedded defaults:
+data port 127.0.0.1:8080, admin port 127.0.0.1:8081, data in ./data.
+
+Flags (each overrides the config file):
+  --config FILE          TOML configuration file (see examples/keygate.toml and
+                         docs/configuration.md for every key and its default)
+  --listen ADDR:PORT     data-plane listener (default 127.0.0.1:8080; port 0 = ephemeral)
+  --admin-listen ADDR:PORT
+                         admin listener (default 127.0.0.1:8081; loopback by default)
+  --data-dir DIR         data directory, created if missing (default ./data)
+  --log-dir DIR          access-log directory (default ./data/logs)
+  --workers N            worker threads, each with its own io_uring (default 0 = one per CPU)
+  -h, --help             print this help and exit
+
+On start keygate prints one line per listener to stdout:
+  keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N
+SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
+limits.drain_timeout_ms), exit 0. Exit code 2: bad flags or config; 1: start-up failure.
+)";
+}
+
+}  // namespace keygate

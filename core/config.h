@@ -1,0 +1,65 @@
+// Config: everything keygate reads from its TOML file and command-line flags.
+//
+// Pure logic, immutable after start: parse_config() turns TOML text into a Config (the caller
+// reads the file), parse_command_line() turns argv into flag overrides, apply_overrides() merges
+// them. Unknown tables, keys and flags are errors, so a typo never silently keeps a default.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/limits.h"
+
+namespace keygate {
+
+// "ADDR:PORT" or "[IPv6]:PORT". Port 0 asks the kernel for an ephemeral port.
+struct ListenAddress {
+  std::string host;  // numeric IPv4 or IPv6 literal, without brackets
+  uint16_t port = 0;
+  bool ipv6 = false;
+
+  std::string to_string() const;
+};
+
+// Parses "ADDR:PORT". Returns false with a message in `error` when malformed.
+bool parse_listen_address(std::string_view text, ListenAddress* out, std::string* error);
+
+struct Config {
+  ListenAddress listen{"127.0.0.1", 8080, false};
+  ListenAddress admin_listen{"127.0.0.1", 8081, false};
+  std::string data_dir = "./data";
+  std::string log_dir = "./data/logs";
+  unsigned workers = 0;  // 0: one per online CPU
+  Limits limits;
+};
+
+// Parses TOML text. `source` names the file in error messages. On failure returns false and
+// sets `error` to one line: "<source>:<line>:<col>: <what>" or "<source>: <key>: <what>".
+bool parse_config(std::string_view text, std::string_view source, Config* out, std::string* error);
+
+struct CommandLine {
+  bool help = false;
+  std::optional<std::string> config_path;
+  std::optional<std::string> listen;
+  std::optional<std::string> admin_listen;
+  std::optional<std::string> data_dir;
+  std::optional<std::string> log_dir;
+  std::optional<unsigned> workers;
+};
+
+// Parses argv (argv[0] is skipped). Accepts "--flag value" and "--flag=value".
+bool parse_command_line(int argc, const char* const* argv, CommandLine* out, std::string* error);
+
+// Applies flag overrides on top of `config`. Fails on a malformed address.
+bool apply_overrides(const CommandLine& cli, Config* config, std::string* error);
+
+// Checks cross-field rules (e.g. limits that must be positive). Fails with one line.
+bool validate_config(const Config& config, std::string* error);
+
+// The --help text.
+std::string_view usage_text();
+
+}  // namespace keygate

@@ -1,0 +1,56 @@
+// HttpRequest: a parsed HTTP/1.x request as views into the connection's receive buffers.
+//
+// Worker-local and borrowed: nothing here owns memory. The views stay valid for the duration of
+// Handler::handle() only; a handler that needs a value later must copy it.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace keygate {
+
+struct HttpHeader {
+  std::string_view name;   // as sent (case preserved); compare case-insensitively
+  std::string_view value;  // optional whitespace around it already trimmed
+};
+
+// ASCII case-insensitive equality for header names and tokens.
+constexpr bool equals_ignore_case(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i];
+    char y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
+    if (x != y) return false;
+  }
+  return true;
+}
+
+struct HttpRequest {
+  std::string_view method;  // e.g. "GET"
+  std::string_view target;  // request-target as sent: path plus optional "?query"
+  std::string_view path;    // target up to '?'
+  std::string_view query;   // after '?', without it; empty when absent
+  uint8_t version_minor = 1;  // HTTP/1.<minor>; only 0 and 1 reach a handler
+  bool keep_alive = true;     // false when this is the connection's last request
+  std::span<const HttpHeader> headers;
+  std::string_view body;  // decoded (de-chunked) body; empty when none
+
+  bool is_head() const noexcept { return method == "HEAD"; }
+
+  // First header with this name (case-insensitive), or an empty view with found == false.
+  std::string_view header(std::string_view name, bool* found = nullptr) const noexcept {
+    for (const HttpHeader& h : headers) {
+      if (equals_ignore_case(h.name, name)) {
+        if (found != nullptr) *found = true;
+        return h.value;
+      }
+    }
+    if (found != nullptr) *found = false;
+    return {};
+  }
+};
+
+}  // namespace keygate

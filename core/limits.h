@@ -1,0 +1,41 @@
+// Limits: every bound the HTTP engine enforces, with its default, in one place.
+//
+// Immutable after start: the server builds one Limits from config and flags and every worker
+// reads it. Each field has a config knob of the same name in the [limits] table
+// (see docs/configuration.md) and is checked where docs/architecture.md says.
+#pragma once
+
+#include <cstdint>
+
+namespace keygate {
+
+struct Limits {
+  // Request line (method, target, version) longer than this: 414.
+  uint32_t request_line_bytes_max = 8 * 1024;
+  // All header field lines together (after the request line): 431.
+  uint32_t header_bytes_max = 16 * 1024;
+  // Number of header fields: 431.
+  uint32_t header_count_max = 100;
+  // Decoded request body: 413 (before reading it when Content-Length says so).
+  uint64_t body_bytes_max = 1024 * 1024;
+  // Open client connections per worker; beyond it new connections are closed at accept.
+  uint32_t connections_per_worker_max = 10000;
+  // Requests parsed on one connection whose responses are not yet fully sent. At the cap the
+  // connection stops reading until responses drain.
+  uint32_t pipeline_depth_max = 32;
+  // From the first byte of a request until its headers are complete (absolute, not reset by
+  // progress, so a slowloris client cannot extend it): 408 and close.
+  uint32_t header_timeout_ms = 10000;
+  // From the end of the headers until the whole body is in (absolute): 408 and close.
+  uint32_t body_timeout_ms = 30000;
+  // Keep-alive connection with no request in progress, or a send that makes no progress:
+  // closed silently.
+  uint32_t idle_timeout_ms = 60000;
+  // After the last response on a closing connection: how long unread input is drained before
+  // the socket is closed (so the client sees the response rather than a reset).
+  uint32_t linger_timeout_ms = 2000;
+  // On SIGTERM/SIGINT: how long in-flight requests may take before the process exits anyway.
+  uint32_t drain_timeout_ms = 10000;
+};
+
+}  // namespace keygate

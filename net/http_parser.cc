@@ -1,0 +1,360 @@
+#include "net/http_parser.h"
+
+#include <cstring>
+
+#include "core/assert.h"
+
+namespace keygate::net {
+namespace {
+
+HttpParser* self(llhttp_t* p) { return static_cast<HttpParser*>(p->data); }
+
+std::string_view trim_trailing_ows(std::string_view v) {
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+}  // namespace
+
+const llhttp_settings_t HttpParser::kSettings = [] {
+  llhttp_settings_t s;
+  llhttp_settings_init(&s);
+  s.on_message_begin = &HttpParser::on_message_begin;
+  s.on_method = &HttpParser::on_method;
+  s.on_url = &HttpParser::on_url;
+  s.on_header_field = &HttpParser::on_header_field;
+  s.on_header_value = &HttpParser::on_header_value;
+  s.on_header_value_complete = &HttpParser::on_header_value_complete;
+  s.on_headers_complete = &HttpParser::on_headers_complete;
+  s.on_body = &HttpParser::on_body;
+  s.on_message_complete = &HttpParser::on_message_complete;
+  return s;
+}();
+
+HttpParser::HttpParser(const Limits& limits) : limits_(limits) {
+  llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
+  parser_.data = this;
+  // Reserve up front so the header vectors never reallocate on the request path.
+  raw_headers_.reserve(limits_.header_count_max);
+  headers_.reserve(limits_.header_count_max);
+  error_message_[0] = '\0';
+}
+
+int HttpParser::fail(int status, std::string_view code, std::string_view message) {
+  if (!failed_) {
+    failed_ = true;
+    error_ = ParseError{status, code, message};
+  }
+  return -1;
+}
+
+uint64_t HttpParser::raw_position(const char* at) const {
+  return raw_consumed_ + static_cast<uint64_t>(at - exec_start_);
+}
+
+bool HttpParser::extend(Span* span, const char* at, size_t len) {
+  const auto off = static_cast<uint32_t>(at - base_);
+  if (span->len == 0) {
+    span->off = off;
+  } else if (off != span->off + span->len) {
+    return false;  // not contiguous with what came before: a folded (obs-fold) line
+  }
+  span->len += static_cast<uint32_t>(len);
+  if (span->off + span->len > recorded_end_) recorded_end_ = span->off + span->len;
+  return true;
+}
+
+int HttpParser::on_message_begin(llhttp_t* p) {
+  self(p)->started_ = true;
+  return 0;
+}
+
+int HttpParser::on_method(llhttp_t* p, const char* at, size_t len) {
+  HttpParser* h = self(p);
+  h->extend(&h->method_, at, len);
+  return 0;
+}
+
+int HttpParser::on_url(llhttp_t* p, const char* at, size_t len) {
+  HttpParser* h = self(p);
+  h->extend(&h->url_, at, len);
+  if (h->raw_position(at + len) > h->limits_.request_line_bytes_max) {
+    return h->fail(414, "uri_too_long", "request line too long");
+  }
+  return 0;
+}
+
+int HttpParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
+  HttpParser* h = self(p);
+  if (h->headers_done_) {
+    // Chunked trailers: bounded like headers, then dropped (nothing downstream reads them).
+    h->trailer_bytes_ += len;
+    if (h->trailer_bytes_ > h->limits_.header_bytes_max) {
+      return h->fail(431, "header_too_large", "trailer section too large");
+    }
+    h->in_trailers_ = true;
+    return 0;
+  }
+  if (h->request_line_raw_ == 0) h->request_line_raw_ = h->raw_position(at);
+  if (h->raw_headers_.empty() || h->header_value_started_) {
+    if (h->raw_headers_.size() >= h->limits_.header_count_max) {
+      return h->fail(431, "too_many_headers", "too many header fields");
+    }
+    h->raw_headers_.push_back(RawHeader{});
+    h->header_value_started_ = false;
+  }
+  h->extend(&h->raw_headers_.back().name, at, len);
+  if (h->raw_position(at + len) - h->request_line_raw_ > h->limits_.header_bytes_max) {
+    return h->fail(431, "header_too_large", "header section too large");
+  }
+  return 0;
+}
+
+int HttpParser::on_header_value(llhttp_t* p, const char* at, size_t len) {
+  HttpParser* h = self(p);
+  if (h->headers_done_) {
+    h->trailer_bytes_ += len;
+    if (h->trailer_bytes_ > h->limits_.header_bytes_max) {
+      return h->fail(431, "header_too_large", "trailer section too large");
+    }
+    return 0;
+  }
+  if (h->raw_headers_.empty()) return h->fail(400, "bad_request", "header value without name");
+  h->header_value_started_ = true;
+  if (!h->extend(&h->raw_headers_.back().value, at, len)) {
+    return h->fail(400, "bad_request", "obsolete line folding is not allowed");
+  }
+  if (h->raw_position(at + len) - h->request_line_raw_ > h->limits_.header_bytes_max) {
+    return h->fail(431, "header_too_large", "header section too large");
+  }
+  return 0;
+}
+
+int HttpParser::on_header_value_complete(llhttp_t* p) {
+  HttpParser* h = self(p);
+  if (h->headers_done_) return 0;  // trailer
+  if (h->raw_headers_.empty()) return h->fail(400, "bad_request", "header value without name");
+  // A header whose value is empty never calls on_header_value.
+  h->header_value_started_ = true;
+  const RawHeader& raw = h->raw_headers_.back();
+  const std::string_view name = h->view(raw.name);
+  const std::string_view value = h->view(raw.value);
+  if (name.empty()) return h->fail(400, "bad_request", "empty header name");
+  for (char c : value) {
+    const auto u = static_cast<unsigned char>(c);
+    if ((u < 0x20 && c != '\t') || u == 0x7f) {
+      return h->fail(400, "bad_request", "control character in header value");
+    }
+  }
+  if (equals_ignore_case(name, "host")) {
+    ++h->host_count_;
+  } else if (equals_ignore_case(name, "transfer-encoding")) {
+    h->has_transfer_encoding_ = true;
+  } else if (equals_ignore_case(name, "upgrade")) {
+    h->has_upgrade_ = true;
+  } else if (equals_ignore_case(name, "expect")) {
+    if (h->has_expect_) return h->fail(400, "bad_request", "repeated Expect header");
+    h->has_expect_ = true;
+    h->expect_is_continue_ = equals_ignore_case(trim_trailing_ows(value), "100-continue");
+  }
+  return 0;
+}
+
+int HttpParser::on_headers_complete(llhttp_t* p) {
+  HttpParser* h = self(p);
+  h->headers_done_ = true;
+  if (p->http_major != 1 || p->http_minor > 1) {
+    return h->fail(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
+  }
+  if (p->method == HTTP_CONNECT) {
+    return h->fail(405, "method_not_allowed", "CONNECT is not supported");
+  }
+  if (h->has_upgrade_ || p->upgrade) {
+    return h->fail(400, "upgrade_not_supported", "protocol upgrades are not supported");
+  }
+  if (p->http_minor == 1 && h->host_count_ != 1) {
+    return h->fail(400, "bad_request", h->host_count_ == 0 ? "missing Host header"
+                                                           : "repeated Host header");
+  }
+  if (p->http_minor == 0 && h->host_count_ > 1) {
+    return h->fail(400, "bad_request", "repeated Host header");
+  }
+  if (p->http_minor == 0 && h->has_transfer_encoding_) {
+    return h->fail(400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0");
+  }
+  if (h->has_expect_ && !h->expect_is_continue_) {
+    return h->fail(417, "expectation_failed", "only 100-continue is supported");
+  }
+  const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  const bool chunked = (p->flags & F_CHUNKED) != 0;
+  if (has_length && p->content_length > h->limits_.body_bytes_max) {
+    return h->fail(413, "body_too_large", "request body too large");
+  }
+  h->body_.off = h->recorded_end_;
+  const bool body_expected = chunked || (has_length && p->content_length > 0);
+  if (h->expect_is_continue_ && p->http_minor == 1 && body_expected) {
+    h->expect_continue_ = true;
+    h->paused_continue_ = true;
+    return HPE_PAUSED;
+  }
+  return 0;
+}
+
+int HttpParser::on_body(llhttp_t* p, const char* at, size_t len) {
+  HttpParser* h = self(p);
+  if (h->body_.len + len > h->limits_.body_bytes_max) {
+    return h->fail(413, "body_too_large", "request body too large");
+  }
+  const auto off = static_cast<uint32_t>(at - h->base_);
+  if (h->body_.len == 0) {
+    h->body_.off = off;
+  } else if (off != h->body_.off + h->body_.len) {
+    // Chunk framing sat between this piece and the last: slide it down so the body stays one
+    // contiguous view. Safe because the destination lies in bytes llhttp already consumed.
+    std::memmove(h->base_ + h->body_.off + h->body_.len, at, len);
+  }
+  h->body_.len += static_cast<uint32_t>(len);
+  return 0;
+}
+
+int HttpParser::on_message_complete(llhttp_t* p) {
+  HttpParser* h = self(p);
+  h->message_done_ = true;
+  h->keep_alive_ = llhttp_should_keep_alive(p) != 0;
+  // Stop here so the caller answers this request before the next pipelined one is parsed.
+  return HPE_PAUSED;
+}
+
+size_t HttpParser::kept_bytes() const {
+  if (headers_done_) return body_.off + body_.len;
+  return recorded_end_;
+}
+
+void HttpParser::move_to_assembly() {
+  const size_t kept = kept_bytes();
+  if (!assembled_) {
+    assembly_.assign(base_, kept);
+    assembled_ = true;
+  } else {
+    // Drop consumed bytes no view needs (CRLFs, chunk framing) so the buffer stays bounded by
+    // the limits rather than by what the client sends.
+    assembly_.resize(kept);
+  }
+  base_ = assembly_.data();
+}
+
+void HttpParser::begin_next_request() {
+  started_ = headers_done_ = message_done_ = false;
+  in_trailers_ = header_value_started_ = expect_continue_ = false;
+  has_transfer_encoding_ = has_upgrade_ = has_expect_ = expect_is_continue_ = false;
+  host_count_ = 0;
+  keep_alive_ = true;
+  method_ = url_ = body_ = Span{};
+  recorded_end_ = 0;
+  trailer_bytes_ = 0;
+  raw_consumed_ = 0;
+  request_line_raw_ = 0;
+  raw_headers_.clear();
+  headers_.clear();
+  assembly_.clear();
+  assembled_ = false;
+  base_ = nullptr;
+  request_ = HttpRequest{};
+}
+
+void HttpParser::reset() {
+  begin_next_request();
+  llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
+  parser_.data = this;
+  paused_continue_ = false;
+  failed_ = false;
+  error_ = ParseError{};
+}
+
+void HttpParser::check_partial_limits() {
+  if (headers_done_ || failed_) return;
+  if (request_line_raw_ == 0) {
+    if (raw_consumed_ > limits_.request_line_bytes_max) {
+      fail(414, "uri_too_long", "request line too long");
+    }
+  } else if (raw_consumed_ - request_line_raw_ > limits_.header_bytes_max) {
+    fail(431, "header_too_large", "header section too large");
+  }
+}
+
+void HttpParser::build_request() {
+  headers_.clear();
+  for (const RawHeader& raw : raw_headers_) {
+    headers_.push_back(HttpHeader{view(raw.name), trim_trailing_ows(view(raw.value))});
+  }
+  request_.method = view(method_);
+  request_.target = view(url_);
+  const size_t q = request_.target.find('?');
+  request_.path = request_.target.substr(0, q);
+  request_.query = q == std::string_view::npos ? std::string_view() : request_.target.substr(q + 1);
+  request_.version_minor = static_cast<uint8_t>(parser_.http_minor);
+  request_.keep_alive = keep_alive_;
+  request_.headers = std::span<const HttpHeader>(headers_.data(), headers_.size());
+  request_.body = view(body_);
+}
+
+HttpParser::Result HttpParser::parse(std::span<char> input) {
+  KEYGATE_ASSERT(!failed_);
+  if (message_done_) {
+    begin_next_request();
+    llhttp_resume(&parser_);
+  } else if (paused_continue_) {
+    paused_continue_ = false;
+    llhttp_resume(&parser_);
+  }
+  if (input.empty()) return {Status::kNeedMore, 0};
+
+  char* exec_start;
+  if (!assembled_) {
+    if (!started_) base_ = input.data();
+    exec_start = input.data();
+  } else {
+    const size_t old_size = assembly_.size();
+    assembly_.append(input.data(), input.size());
+    base_ = assembly_.data();
+    exec_start = base_ + old_size;
+  }
+  exec_start_ = exec_start;
+
+  const llhttp_errno_t err = llhttp_execute(&parser_, exec_start, input.size());
+  size_t consumed = input.size();
+  if (err == HPE_PAUSED) {
+    consumed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - exec_start);
+  } else if (err != HPE_OK) {
+    if (!failed_) {
+      // llhttp's own verdict. Its reason strings are static; copy one into JSON-safe text.
+      const char* reason = llhttp_get_error_reason(&parser_);
+      size_t n = 0;
+      for (; reason != nullptr && reason[n] != '\0' && n + 1 < sizeof(error_message_); ++n) {
+        const char c = reason[n];
+        error_message_[n] = (c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20) ? ' ' : c;
+      }
+      error_message_[n] = '\0';
+      const bool version = err == HPE_INVALID_VERSION;
+      failed_ = true;
+      error_ = ParseError{version ? 505 : 400,
+                          version ? "http_version_not_supported" : "bad_request",
+                          std::string_view(error_message_, n)};
+    }
+    return {Status::kError, input.size()};
+  }
+  if (failed_) return {Status::kError, input.size()};
+  raw_consumed_ += consumed;
+
+  if (message_done_) {
+    build_request();
+    return {Status::kRequest, consumed};
+  }
+  check_partial_limits();
+  if (failed_) return {Status::kError, input.size()};
+  if (started_ && consumed == input.size()) move_to_assembly();
+  if (paused_continue_) return {Status::kExpectContinue, consumed};
+  return {Status::kNeedMore, consumed};
+}
+
+}  // namespace keygate::net

@@ -1,0 +1,141 @@
+// HttpParser: incremental, strict HTTP/1.x request parser on llhttp, with every request limit.
+//
+// Worker-local: one per connection, reused across the connection's requests. The request it
+// hands out is a set of views: into the caller's receive buffer when the request arrived in one
+// piece (the common case, zero-copy), otherwise into the parser's own assembly buffer, which
+// holds only the bytes of the request in progress and keeps its capacity between requests.
+// Chunked bodies are de-chunked in place, so a request's body is always one contiguous view.
+//
+// On top of llhttp's strict mode it rejects what llhttp 8.1.0 still accepts: obs-fold, control
+// characters in values, empty header names, a missing or repeated Host in HTTP/1.1,
+// Transfer-Encoding in HTTP/1.0, versions other than 1.0/1.1 (505), CONNECT and Upgrade.
+// After an error the parser accepts no more input: the connection must be closed.
+#pragma once
+
+#include <llhttp.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/http_request.h"
+#include "core/limits.h"
+
+namespace keygate::net {
+
+struct ParseError {
+  int status = 400;                  // 4xx (or 505) to answer with
+  std::string_view code;             // stable machine-readable code, e.g. "header_too_large"
+  std::string_view message;          // short human text, safe to embed in JSON
+};
+
+class HttpParser {
+ public:
+  enum class Status {
+    kNeedMore,        // all input consumed; the partial request is kept internally
+    kRequest,         // request() is complete
+    kExpectContinue,  // headers complete and the client waits for "100 Continue" before the body
+    kError,           // error() says why; no further input is accepted
+  };
+  struct Result {
+    Status status;
+    size_t consumed;  // bytes of `input` used; the caller passes the rest in the next call
+  };
+
+  explicit HttpParser(const Limits& limits);
+  HttpParser(const HttpParser&) = delete;
+  // Makes the parser ready for a new connection (keeps buffer capacity).
+  void reset();
+  HttpParser& operator=(const HttpParser&) = delete;
+
+  // Parses from `input` (writable: chunked bodies are de-chunked in place). Stops after one
+  // complete request so responses can be produced in order. The views of request() stay valid
+  // until the next parse() call and as long as `input` is alive. Never throws, never blocks;
+  // allocates only when a request spans receives and the assembly buffer must grow.
+  Result parse(std::span<char> input);
+
+  const HttpRequest& request() const { return request_; }
+  const ParseError& error() const { return error_; }
+
+  // A request has begun (bytes of it were consumed) and is not yet complete.
+  bool request_in_progress() const { return started_ && !message_done_; }
+  // Headers of the request in progress are complete (its body may still be arriving).
+  bool headers_complete() const { return headers_done_; }
+
+ private:
+  struct Span {
+    uint32_t off = 0;
+    uint32_t len = 0;
+  };
+  struct RawHeader {
+    Span name;
+    Span value;
+  };
+
+  static int on_message_begin(llhttp_t* p);
+  static int on_method(llhttp_t* p, const char* at, size_t len);
+  static int on_url(llhttp_t* p, const char* at, size_t len);
+  static int on_header_field(llhttp_t* p, const char* at, size_t len);
+  static int on_header_value(llhttp_t* p, const char* at, size_t len);
+  static int on_header_value_complete(llhttp_t* p);
+  static int on_headers_complete(llhttp_t* p);
+  static int on_body(llhttp_t* p, const char* at, size_t len);
+  static int on_message_complete(llhttp_t* p);
+
+  int fail(int status, std::string_view code, std::string_view message);
+  bool extend(Span* span, const char* at, size_t len);
+  uint64_t raw_position(const char* at) const;
+  size_t kept_bytes() const;
+  void begin_next_request();
+  void move_to_assembly();
+  void build_request();
+  void check_partial_limits();
+  std::string_view view(Span s) const { return std::string_view(base_ + s.off, s.len); }
+
+  static const llhttp_settings_t kSettings;
+
+  const Limits& limits_;
+  llhttp_t parser_;
+
+  // Where offsets point: the start of the request in the caller's buffer (direct mode) or
+  // assembly_.data() (assembled mode). Valid only during and right after parse().
+  char* base_ = nullptr;
+  bool assembled_ = false;
+  std::string assembly_;
+
+  // Raw bytes of this request consumed so far, and where the current execute began.
+  uint64_t raw_consumed_ = 0;
+  const char* exec_start_ = nullptr;
+  uint64_t request_line_raw_ = 0;  // raw bytes up to the first header field
+
+  bool started_ = false;
+  bool headers_done_ = false;
+  bool message_done_ = false;
+  bool paused_continue_ = false;
+  bool failed_ = false;
+  bool in_trailers_ = false;
+  bool header_value_started_ = false;
+  bool expect_continue_ = false;
+  uint32_t host_count_ = 0;
+  bool has_transfer_encoding_ = false;
+  bool has_upgrade_ = false;
+  bool has_expect_ = false;
+  bool expect_is_continue_ = false;
+  bool keep_alive_ = true;
+
+  Span method_;
+  Span url_;
+  Span body_;
+  uint32_t recorded_end_ = 0;  // end offset of the last recorded span (method, url, header)
+  uint64_t trailer_bytes_ = 0;
+  std::vector<RawHeader> raw_headers_;
+  std::vector<HttpHeader> headers_;
+
+  HttpRequest request_;
+  ParseError error_;
+  char error_message_[96];
+};
+
+}  // namespace keygate::net
