@@ -1,0 +1,172 @@
+#include "net/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+#include <thread>
+
+#include "net/worker.h"
+
+namespace keygate::net {
+namespace {
+
+constexpr int kListenBacklog = 4096;
+
+bool make_sockaddr(const ListenAddress& addr, uint16_t port, sockaddr_storage* out,
+                   socklen_t* len, std::string* error) {
+  std::memset(out, 0, sizeof(*out));
+  if (addr.ipv6) {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(out);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    if (inet_pton(AF_INET6, addr.host.c_str(), &sin6->sin6_addr) != 1) {
+      *error = "invalid IPv6 address '" + addr.host + "'";
+      return false;
+    }
+    *len = sizeof(sockaddr_in6);
+  } else {
+    auto* sin = reinterpret_cast<sockaddr_in*>(out);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    if (inet_pton(AF_INET, addr.host.c_str(), &sin->sin_addr) != 1) {
+      *error = "invalid IPv4 address '" + addr.host + "'";
+      return false;
+    }
+    *len = sizeof(sockaddr_in);
+  }
+  return true;
+}
+
+int bind_socket(const ListenAddress& addr, uint16_t port, bool reuseport, std::string* error) {
+  sockaddr_storage ss;
+  socklen_t len;
+  if (!make_sockaddr(addr, port, &ss, &len, error)) return -1;
+  const int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = std::string("socket: ") + std::strerror(errno);
+    return -1;
+  }
+  const int one = 1;
+  (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+    *error = std::string("SO_REUSEPORT: ") + std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    *error = "cannot listen on " + ListenAddress{addr.host, port, addr.ipv6}.to_string() + ": " +
+             std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+uint16_t bound_port(int fd) {
+  sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+// One listening socket per worker on the same address. SO_REUSEPORT would let a second keygate
+// (or anything else of this user with SO_REUSEPORT) silently share a fixed port, so a fixed port
+// is first probed with a plain bind.
+bool bind_group(const ListenAddress& addr, unsigned count, std::vector<int>* fds, uint16_t* port,
+                std::string* error) {
+  uint16_t p = addr.port;
+  if (p != 0) {
+    const int probe = bind_socket(addr, p, false, error);
+    if (probe < 0) return false;
+    ::close(probe);
+  }
+  for (unsigned i = 0; i < count; ++i) {
+    const int fd = bind_socket(addr, p, true, error);
+    if (fd < 0) return false;
+    fds->push_back(fd);
+    if (::listen(fd, kListenBacklog) != 0) {
+      *error = "listen on " + addr.to_string() + ": " + std::strerror(errno);
+      return false;
+    }
+    if (p == 0) p = bound_port(fd);  // later sockets join the kernel-chosen port
+  }
+  *port = p;
+  return true;
+}
+
+}  // namespace
+
+struct Server::Running {
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<std::thread> threads;
+};
+
+Server::Server(ServerOptions options) : options_(std::move(options)) {}
+
+Server::~Server() { stop(); }
+
+bool Server::start(std::string* error) {
+  std::vector<int> data_fds;
+  std::vector<int> admin_fds;
+  auto close_all = [&] {
+    for (int fd : data_fds) ::close(fd);
+    for (int fd : admin_fds) ::close(fd);
+  };
+  const unsigned n = options_.workers;
+  if (!bind_group(options_.data_listen, n, &data_fds, &data_port_, error) ||
+      !bind_group(options_.admin_listen, n, &admin_fds, &admin_port_, error)) {
+    close_all();
+    return false;
+  }
+
+  auto running = std::make_unique<Running>();
+  for (unsigned i = 0; i < n; ++i) {
+    std::vector<WorkerListener> listeners;
+    listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i)});
+    listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i)});
+    data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
+    running->workers.push_back(std::make_unique<Worker>(i, options_.limits, std::move(listeners)));
+  }
+
+  // Each ring must be created on its worker's thread (SINGLE_ISSUER), so init happens there and
+  // reports back before the thread enters its loop.
+  std::vector<std::promise<std::string>> ready(n);
+  for (unsigned i = 0; i < n; ++i) {
+    Worker* w = running->workers[i].get();
+    std::promise<std::string>* p = &ready[i];
+    running->threads.emplace_back([w, p] {
+      std::string why;
+      const bool ok = w->init(&why);
+      p->set_value(ok ? std::string() : (why.empty() ? "worker init failed" : why));
+      if (ok) w->run();
+    });
+  }
+  std::string first_error;
+  for (unsigned i = 0; i < n; ++i) {
+    std::string why = ready[i].get_future().get();
+    if (!why.empty() && first_error.empty()) first_error = why;
+  }
+  running_ = std::move(running);
+  if (!first_error.empty()) {
+    *error = first_error;
+    stop();
+    return false;
+  }
+  ring_mode_ = running_->workers[0]->ring_mode();
+  return true;
+}
+
+void Server::stop() {
+  if (!running_) return;
+  for (auto& w : running_->workers) w->request_stop();
+  for (std::thread& t : running_->threads) t.join();
+  running_.reset();
+}
+
+}  // namespace keygate::net

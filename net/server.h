@@ -1,0 +1,54 @@
+// Server: binds the listeners, starts one Worker thread per core, and stops them gracefully.
+//
+// Owned by the main thread. start() returns only when every worker has set up its ring (or one
+// failed), so start-up errors surface as one clear message before anything is served.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/handler.h"
+
+namespace keygate::net {
+
+class Worker;
+
+struct ServerOptions {
+  ListenAddress data_listen;
+  ListenAddress admin_listen;
+  unsigned workers = 1;  // resolved count, >= 1
+  Limits limits;
+  HandlerFactory* data_handlers = nullptr;   // one handler per worker for the data port
+  HandlerFactory* admin_handlers = nullptr;  // one handler per worker for the admin port
+};
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server();
+
+  // Binds both listeners (SO_REUSEPORT, one socket per worker) and starts the workers. Fails
+  // with one line in `error` (address in use, permission, kernel feature missing).
+  bool start(std::string* error);
+
+  // Bound ports (useful with port 0).
+  uint16_t data_port() const { return data_port_; }
+  uint16_t admin_port() const { return admin_port_; }
+  const std::string& ring_mode() const { return ring_mode_; }
+
+  // Asks every worker to drain and waits until all have exited. Idempotent.
+  void stop();
+
+ private:
+  ServerOptions options_;
+  uint16_t data_port_ = 0;
+  uint16_t admin_port_ = 0;
+  std::string ring_mode_;
+  struct Running;
+  std::unique_ptr<Running> running_;
+};
+
+}  // namespace keygate::net

@@ -1,0 +1,788 @@
+#include "net/worker.h"
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <span>
+#include <utility>
+
+#include "core/assert.h"
+#include "core/response_writer.h"
+#include "net/http_parser.h"
+
+namespace keygate::net {
+namespace {
+
+// Provided-buffer ring: every receive lands in one of these, is parsed in place, and the buffer
+// goes back to the kernel at the end of the event-loop pass.
+constexpr unsigned kBufCount = 512;  // power of two (ring requirement)
+constexpr unsigned kBufSize = 16 * 1024;
+constexpr uint16_t kBufGroup = 1;
+// Received bytes held while a connection is paused at its pipeline cap. Past this the multishot
+// receive is cancelled, so a client that never reads cannot make us buffer without bound.
+constexpr size_t kPendingInputMax = 64 * 1024;
+// An output buffer that grew past this (a large response) is released rather than kept.
+constexpr size_t kOutputKeepCapacity = 256 * 1024;
+constexpr long kTickNs = 100'000'000;  // timeout resolution and drain check interval
+
+enum Op : uint64_t { kOpAccept = 1, kOpRecv, kOpSend, kOpCancel, kOpTick, kOpWake, kOpAcceptCancel };
+
+uint64_t make_user_data(Op op, uint32_t slot, uint32_t gen) {
+  return (static_cast<uint64_t>(gen) << 32) | (static_cast<uint64_t>(slot) << 4) | op;
+}
+Op op_of(uint64_t ud) { return static_cast<Op>(ud & 0xf); }
+uint32_t slot_of(uint64_t ud) { return static_cast<uint32_t>((ud >> 4) & 0x0fffffff); }
+uint32_t gen_of(uint64_t ud) { return static_cast<uint32_t>(ud >> 32); }
+
+int64_t monotonic_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+enum TimerKind : uint8_t { kHeader, kBody, kIdle, kWrite, kLinger, kTimerKinds, kNoTimer };
+
+}  // namespace
+
+struct Connection {
+  explicit Connection(const Limits& limits, uint32_t s) : parser(limits), slot(s) {}
+
+  HttpParser parser;
+  uint32_t slot;
+  uint32_t gen = 0;
+  int fd = -1;
+  uint32_t listener = 0;
+  uint32_t ops = 0;  // operations whose final completion has not been reaped
+
+  std::string out[2];  // out[fill] collects responses; the other one is being sent
+  uint8_t fill = 0;
+  size_t send_off = 0;
+  uint32_t responses_fill = 0;
+  uint32_t responses_send = 0;
+  std::string pending;     // received, not yet parsed (paused at the pipeline cap)
+  std::string resume_buf;  // pending's bytes while they are being parsed
+
+  bool send_in_flight = false;
+  bool recv_armed = false;
+  bool recv_cancel_sent = false;
+  bool close_after_send = false;
+  bool lingering = false;
+  bool closed = false;
+
+  TimerKind timer = kNoTimer;
+  int64_t deadline_ms = 0;
+  Connection* tprev = nullptr;
+  Connection* tnext = nullptr;
+};
+
+namespace {
+
+// Connections waiting on one kind of timeout. Every member's deadline is "when it joined + the
+// kind's fixed duration", and time only moves forward, so appending keeps the list sorted and
+// expiry only ever looks at the head.
+struct TimerList {
+  Connection* head = nullptr;
+  Connection* tail = nullptr;
+
+  void push_back(Connection* c) {
+    c->tprev = tail;
+    c->tnext = nullptr;
+    if (tail != nullptr) tail->tnext = c;
+    else head = c;
+    tail = c;
+  }
+  void remove(Connection* c) {
+    if (c->tprev != nullptr) c->tprev->tnext = c->tnext;
+    else head = c->tnext;
+    if (c->tnext != nullptr) c->tnext->tprev = c->tprev;
+    else tail = c->tprev;
+    c->tprev = c->tnext = nullptr;
+  }
+};
+
+}  // namespace
+
+struct Worker::Impl {
+  Impl(unsigned i, const Limits& l, std::vector<WorkerListener> ls)
+      : index(i), limits(l), listeners(std::move(ls)), accept_armed(listeners.size(), false) {}
+  ~Impl();
+
+  bool init(std::string* error);
+  void run();
+
+  io_uring_sqe* get_sqe();
+  void arm_accept(uint32_t li);
+  void arm_recv(Connection* c);
+  void arm_tick();
+  void arm_wake();
+
+  void handle_cqe(io_uring_cqe* cqe);
+  void on_accept(uint32_t li, io_uring_cqe* cqe);
+  void on_recv(Connection* c, io_uring_cqe* cqe);
+  void on_send(Connection* c, int res);
+  void on_tick();
+  void on_data(Connection* c, std::span<char> data);
+  void process(Connection* c, std::span<char> data);
+  void resume(Connection* c);
+  void dispatch(Connection* c);
+  void write_error(Connection* c, int status, std::string_view code, std::string_view message);
+  void flush(Connection* c);
+  void submit_send(Connection* c);
+  void start_linger(Connection* c);
+  void on_peer_eof(Connection* c);
+  void close_conn(Connection* c);
+  void op_done(Connection* c);
+  void release(Connection* c);
+  void mark_dirty(Connection* c) { dirty.emplace_back(c, c->gen); }
+  void begin_drain();
+
+  void timer_set(Connection* c, TimerKind kind);
+  void timer_clear(Connection* c);
+  void update_timer(Connection* c);
+  void expire(Connection* c);
+  std::string& fill_buf(Connection* c) { return c->out[c->fill]; }
+  bool idle(const Connection* c) const {
+    return !c->parser.request_in_progress() && !c->send_in_flight && c->out[c->fill].empty() &&
+           c->pending.empty();
+  }
+
+  unsigned index;
+  const Limits& limits;
+  std::vector<WorkerListener> listeners;
+  std::vector<bool> accept_armed;
+  std::vector<bool> accept_retry;
+
+  io_uring ring{};
+  bool ring_ready = false;
+  io_uring_buf_ring* buf_ring = nullptr;
+  char* buf_base = nullptr;
+  unsigned buf_adv = 0;
+
+  int wake_fd = -1;
+  uint64_t wake_value = 0;
+  std::atomic<bool> ready{false};  // init() succeeded; run() will (or does) serve
+  std::atomic<bool> stop_requested{false};
+  __kernel_timespec tick_ts{0, kTickNs};
+
+  std::vector<std::unique_ptr<Connection>> conns;
+  std::vector<uint32_t> free_slots;
+  uint32_t live = 0;
+  TimerList timers[kTimerKinds];
+  std::vector<std::pair<Connection*, uint32_t>> dirty;
+  std::vector<std::pair<Connection*, uint32_t>> rearm;
+
+  int64_t now_ms = 0;
+  int64_t date_sec = -1;
+  char date_buf[29];
+  std::string_view date;
+  bool draining = false;
+  int64_t drain_deadline_ms = 0;
+
+  std::string mode;
+  WorkerStats stats;
+};
+
+Worker::Impl::~Impl() {
+  // The ring goes first: tearing it down cancels every operation, after which no buffer below
+  // is owned by the kernel any more.
+  if (ring_ready) io_uring_queue_exit(&ring);
+  if (buf_ring != nullptr) munmap(buf_ring, kBufCount * sizeof(io_uring_buf));
+  if (buf_base != nullptr) munmap(buf_base, static_cast<size_t>(kBufCount) * kBufSize);
+  for (auto& c : conns) {
+    if (c->fd >= 0) ::close(c->fd);
+  }
+  for (WorkerListener& l : listeners) {
+    if (l.fd >= 0) ::close(l.fd);
+  }
+  if (wake_fd >= 0) ::close(wake_fd);
+}
+
+bool Worker::Impl::init(std::string* error) {
+  // Multishot receive (6.0) is the newest feature on the required path; refuse older kernels up
+  // front instead of failing on the first connection.
+  utsname u;
+  if (uname(&u) == 0) {
+    int major = 0, minor = 0;
+    if (std::sscanf(u.release, "%d.%d", &major, &minor) == 2 && major < 6) {
+      *error = std::string("keygate needs Linux 6.0+ (io_uring multishot receive); running ") +
+               u.release;
+      return false;
+    }
+  }
+  struct Attempt {
+    unsigned flags;
+    const char* name;
+  };
+  const Attempt attempts[] = {
+      {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "single_issuer+defer_taskrun"},
+      {IORING_SETUP_COOP_TASKRUN, "coop_taskrun"},
+      {0, "plain"},
+  };
+  int ret = -EINVAL;
+  for (const Attempt& a : attempts) {
+    io_uring_params p{};
+    p.flags = a.flags | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+    p.cq_entries = 16384;
+    ret = io_uring_queue_init_params(2048, &ring, &p);
+    if (ret == 0) {
+      mode = a.name;
+      break;
+    }
+  }
+  if (ret != 0) {
+    *error = std::string("io_uring set-up failed: ") + std::strerror(-ret) +
+             " (is io_uring disabled by sysctl kernel.io_uring_disabled or a seccomp policy?)";
+    return false;
+  }
+  ring_ready = true;
+  // Saves a file-table lookup on every io_uring_enter; an optimisation only.
+  (void)io_uring_register_ring_fd(&ring);
+
+  const size_t ring_bytes = kBufCount * sizeof(io_uring_buf);
+  void* ring_mem = mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
+                        -1, 0);
+  void* bufs = mmap(nullptr, static_cast<size_t>(kBufCount) * kBufSize, PROT_READ | PROT_WRITE,
+                    MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (ring_mem == MAP_FAILED || bufs == MAP_FAILED) {
+    *error = "cannot allocate receive buffers";
+    return false;
+  }
+  buf_ring = static_cast<io_uring_buf_ring*>(ring_mem);
+  buf_base = static_cast<char*>(bufs);
+  io_uring_buf_ring_init(buf_ring);
+  io_uring_buf_reg reg{};
+  reg.ring_addr = reinterpret_cast<uint64_t>(ring_mem);
+  reg.ring_entries = kBufCount;
+  reg.bgid = kBufGroup;
+  ret = io_uring_register_buf_ring(&ring, &reg, 0);
+  if (ret != 0) {
+    *error = std::string("io_uring provided buffer rings unavailable (needs Linux 5.19+): ") +
+             std::strerror(-ret);
+    return false;
+  }
+  const int mask = io_uring_buf_ring_mask(kBufCount);
+  for (unsigned i = 0; i < kBufCount; ++i) {
+    io_uring_buf_ring_add(buf_ring, buf_base + static_cast<size_t>(i) * kBufSize, kBufSize,
+                          static_cast<unsigned short>(i), mask, static_cast<int>(i));
+  }
+  io_uring_buf_ring_advance(buf_ring, static_cast<int>(kBufCount));
+
+  wake_fd = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd < 0) {
+    *error = std::string("eventfd: ") + std::strerror(errno);
+    return false;
+  }
+  now_ms = monotonic_ms();
+  accept_retry.assign(listeners.size(), false);
+  conns.reserve(1024);
+  dirty.reserve(256);
+  rearm.reserve(64);
+  on_tick();  // formats the Date header
+  arm_tick();
+  arm_wake();
+  for (uint32_t i = 0; i < listeners.size(); ++i) arm_accept(i);
+  ret = io_uring_submit(&ring);
+  if (ret < 0) {
+    *error = std::string("io_uring submit failed: ") + std::strerror(-ret);
+    return false;
+  }
+  ready.store(true, std::memory_order_release);
+  return true;
+}
+
+io_uring_sqe* Worker::Impl::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+  while (sqe == nullptr) {
+    // Submission queue full: hand what we have to the kernel and take a fresh slot.
+    io_uring_submit(&ring);
+    sqe = io_uring_get_sqe(&ring);
+  }
+  return sqe;
+}
+
+void Worker::Impl::arm_accept(uint32_t li) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_multishot_accept(sqe, listeners[li].fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpAccept, li, 0));
+  accept_armed[li] = true;
+}
+
+void Worker::Impl::arm_recv(Connection* c) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_recv_multishot(sqe, c->fd, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = kBufGroup;
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpRecv, c->slot, c->gen));
+  c->recv_armed = true;
+  c->recv_cancel_sent = false;
+  ++c->ops;
+}
+
+void Worker::Impl::arm_tick() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_timeout(sqe, &tick_ts, 0, 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpTick, 0, 0));
+}
+
+void Worker::Impl::arm_wake() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, wake_fd, &wake_value, sizeof(wake_value), 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpWake, 0, 0));
+}
+
+void Worker::Impl::run() {
+  for (;;) {
+    for (auto [c, gen] : dirty) {
+      if (c->gen == gen) flush(c);
+    }
+    dirty.clear();
+    if (draining && (live == 0 || now_ms >= drain_deadline_ms)) break;
+    const int ret = io_uring_submit_and_wait(&ring, 1);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
+      std::fprintf(stderr, "keygate: worker %u: io_uring_enter failed: %s\n", index,
+                   std::strerror(-ret));
+      break;
+    }
+    now_ms = monotonic_ms();
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      handle_cqe(cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(&ring, seen);
+    if (buf_adv != 0) {
+      io_uring_buf_ring_advance(buf_ring, static_cast<int>(buf_adv));
+      buf_adv = 0;
+    }
+    for (auto [c, gen] : rearm) {
+      if (c->gen == gen && !c->closed && !c->recv_armed) arm_recv(c);
+    }
+    rearm.clear();
+  }
+  // Past the drain deadline: whatever is left is cut off.
+  for (auto& c : conns) {
+    if (c->fd >= 0 && !c->closed) close_conn(c.get());
+  }
+}
+
+void Worker::Impl::handle_cqe(io_uring_cqe* cqe) {
+  const uint64_t ud = io_uring_cqe_get_data64(cqe);
+  const Op op = op_of(ud);
+  switch (op) {
+    case kOpAccept:
+      on_accept(slot_of(ud), cqe);
+      return;
+    case kOpTick:
+      on_tick();
+      if (!(draining && live == 0)) arm_tick();
+      return;
+    case kOpWake:
+      begin_drain();
+      return;
+    case kOpAcceptCancel:
+      return;
+    default:
+      break;
+  }
+  Connection* c = conns[slot_of(ud)].get();
+  KEYGATE_ASSERT(c->gen == gen_of(ud));
+  switch (op) {
+    case kOpRecv:
+      on_recv(c, cqe);
+      return;
+    case kOpSend:
+      on_send(c, cqe->res);
+      return;
+    case kOpCancel:
+      op_done(c);
+      return;
+    default:
+      KEYGATE_ASSERT(false);
+  }
+}
+
+void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
+  const bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+  if (!more) accept_armed[li] = false;
+  const int res = cqe->res;
+  if (res >= 0) {
+    if (draining || live >= limits.connections_per_worker_max) {
+      ::close(res);
+      stats.connections_refused.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      const int one = 1;
+      (void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      uint32_t slot;
+      if (!free_slots.empty()) {
+        slot = free_slots.back();
+        free_slots.pop_back();
+      } else {
+        slot = static_cast<uint32_t>(conns.size());
+        conns.push_back(std::make_unique<Connection>(limits, slot));
+      }
+      Connection* c = conns[slot].get();
+      c->fd = res;
+      c->listener = li;
+      c->closed = false;
+      ++live;
+      stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
+      arm_recv(c);
+      // The first request must start within the header timeout, like every later one.
+      timer_set(c, kHeader);
+    }
+  } else if (res != -ECANCELED) {
+    // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin on the error.
+    if (!more) accept_retry[li] = true;
+    return;
+  }
+  if (!more && !draining && res != -ECANCELED) arm_accept(li);
+}
+
+void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
+  const bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+  const int res = cqe->res;
+  if (!more) c->recv_armed = false;
+  if ((cqe->flags & IORING_CQE_F_BUFFER) != 0) {
+    const auto bid = static_cast<unsigned short>(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    char* buf = buf_base + static_cast<size_t>(bid) * kBufSize;
+    if (res > 0 && !c->closed) on_data(c, std::span<char>(buf, static_cast<size_t>(res)));
+    // The buffer returns to the kernel only now that nothing refers to it.
+    io_uring_buf_ring_add(buf_ring, buf, kBufSize, bid, io_uring_buf_ring_mask(kBufCount),
+                          static_cast<int>(buf_adv));
+    ++buf_adv;
+  }
+  if (!c->closed) {
+    if (res == 0) {
+      on_peer_eof(c);
+    } else if (res == -ENOBUFS) {
+      // Every receive buffer was in use for a moment; they are back at the end of this pass.
+      if (!more) rearm.emplace_back(c, c->gen);
+    } else if (res < 0 && res != -ECANCELED) {
+      close_conn(c);
+    } else if (!more && !c->recv_cancel_sent && c->pending.empty()) {
+      rearm.emplace_back(c, c->gen);
+    }
+  }
+  if (!more) op_done(c);
+}
+
+void Worker::Impl::on_data(Connection* c, std::span<char> data) {
+  if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
+  if (!c->pending.empty()) {
+    c->pending.append(data.data(), data.size());
+    if (c->pending.size() > kPendingInputMax && c->recv_armed && !c->recv_cancel_sent) {
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, make_user_data(kOpRecv, c->slot, c->gen), 0);
+      io_uring_sqe_set_data64(sqe, make_user_data(kOpCancel, c->slot, c->gen));
+      ++c->ops;
+      c->recv_cancel_sent = true;
+    }
+    return;
+  }
+  process(c, data);
+}
+
+void Worker::Impl::process(Connection* c, std::span<char> data) {
+  for (;;) {
+    if (c->close_after_send || c->closed) return;
+    if (c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
+      c->pending.append(data.data(), data.size());
+      return;
+    }
+    const HttpParser::Result r = c->parser.parse(data);
+    data = data.subspan(r.consumed);
+    switch (r.status) {
+      case HttpParser::Status::kNeedMore:
+        update_timer(c);
+        return;
+      case HttpParser::Status::kExpectContinue:
+        fill_buf(c).append("HTTP/1.1 100 Continue\r\n\r\n");
+        mark_dirty(c);
+        update_timer(c);
+        continue;
+      case HttpParser::Status::kError: {
+        stats.parse_errors.fetch_add(1, std::memory_order_relaxed);
+        const ParseError& e = c->parser.error();
+        write_error(c, e.status, e.code, e.message);
+        return;
+      }
+      case HttpParser::Status::kRequest:
+        dispatch(c);
+        continue;
+    }
+  }
+}
+
+void Worker::Impl::dispatch(Connection* c) {
+  const HttpRequest& request = c->parser.request();
+  stats.requests.fetch_add(1, std::memory_order_relaxed);
+  ResponseWriter writer(fill_buf(c), date, request.is_head(), request.keep_alive && !draining);
+  listeners[c->listener].handler->handle(request, writer);
+  KEYGATE_ASSERT(writer.finished());
+  ++c->responses_fill;
+  if (!writer.keep_alive()) c->close_after_send = true;
+  // The next request gets a fresh header deadline.
+  timer_clear(c);
+  mark_dirty(c);
+}
+
+void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
+                               std::string_view message) {
+  ResponseWriter writer(fill_buf(c), date, false, false);
+  writer.error(status, code, message);
+  ++c->responses_fill;
+  c->close_after_send = true;
+  c->pending.clear();
+  timer_clear(c);
+  mark_dirty(c);
+}
+
+void Worker::Impl::resume(Connection* c) {
+  if (c->closed) return;
+  if (!c->pending.empty()) {
+    std::swap(c->pending, c->resume_buf);
+    process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()));
+    c->resume_buf.clear();
+  }
+  if (c->pending.empty() && !c->recv_armed && !c->closed && !c->close_after_send) {
+    arm_recv(c);
+  }
+}
+
+void Worker::Impl::flush(Connection* c) {
+  if (c->closed || c->send_in_flight) return;
+  if (c->out[c->fill].empty()) {
+    if (c->close_after_send && !c->lingering) start_linger(c);
+    return;
+  }
+  c->fill ^= 1;
+  KEYGATE_ASSERT(c->out[c->fill].empty());
+  c->responses_send = c->responses_fill;
+  c->responses_fill = 0;
+  c->send_off = 0;
+  submit_send(c);
+  update_timer(c);
+}
+
+void Worker::Impl::submit_send(Connection* c) {
+  const std::string& buf = c->out[c->fill ^ 1];
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_send(sqe, c->fd, buf.data() + c->send_off, buf.size() - c->send_off,
+                     MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpSend, c->slot, c->gen));
+  c->send_in_flight = true;
+  ++c->ops;
+}
+
+void Worker::Impl::on_send(Connection* c, int res) {
+  c->send_in_flight = false;
+  if (c->closed) {
+    op_done(c);
+    return;
+  }
+  --c->ops;
+  if (res < 0) {
+    close_conn(c);
+    return;
+  }
+  std::string& buf = c->out[c->fill ^ 1];
+  c->send_off += static_cast<size_t>(res);
+  if (c->send_off < buf.size()) {
+    submit_send(c);  // partial send: the rest, from where the kernel stopped
+    if (c->timer == kWrite || c->timer == kIdle) timer_set(c, kWrite);  // progress resets it
+    return;
+  }
+  buf.clear();
+  if (buf.capacity() > kOutputKeepCapacity) buf.shrink_to_fit();
+  c->responses_send = 0;
+  resume(c);
+  flush(c);
+  if (!c->closed && !c->send_in_flight) update_timer(c);
+}
+
+void Worker::Impl::start_linger(Connection* c) {
+  // Half-close and keep reading (and discarding) for a moment: closing with unread input would
+  // make the kernel send a reset that can destroy the response before the client reads it.
+  c->lingering = true;
+  c->pending.clear();
+  ::shutdown(c->fd, SHUT_WR);
+  if (limits.linger_timeout_ms == 0) {
+    close_conn(c);
+    return;
+  }
+  timer_set(c, kLinger);
+  if (!c->recv_armed) arm_recv(c);
+}
+
+void Worker::Impl::on_peer_eof(Connection* c) {
+  if (c->lingering || c->parser.request_in_progress()) {
+    close_conn(c);  // linger done, or the client gave up mid-request
+    return;
+  }
+  if (c->send_in_flight || !c->out[c->fill].empty() || !c->pending.empty()) {
+    c->close_after_send = true;  // half-closed client: still owed its responses
+    return;
+  }
+  close_conn(c);
+}
+
+void Worker::Impl::close_conn(Connection* c) {
+  if (c->closed) return;
+  c->closed = true;
+  timer_clear(c);
+  if (c->ops == 0) {
+    release(c);
+  } else {
+    // Wakes the outstanding receive (EOF) and send (EPIPE); the slot is released when their
+    // completions have been reaped, so no buffer is freed while the kernel may still use it.
+    ::shutdown(c->fd, SHUT_RDWR);
+  }
+}
+
+void Worker::Impl::op_done(Connection* c) {
+  KEYGATE_ASSERT(c->ops > 0);
+  --c->ops;
+  if (c->closed && c->ops == 0) release(c);
+}
+
+void Worker::Impl::release(Connection* c) {
+  ::close(c->fd);
+  c->fd = -1;
+  ++c->gen;
+  c->parser.reset();
+  for (std::string& b : c->out) {
+    b.clear();
+    if (b.capacity() > kOutputKeepCapacity) b.shrink_to_fit();
+  }
+  c->pending.clear();
+  c->resume_buf.clear();
+  c->fill = 0;
+  c->send_off = 0;
+  c->responses_fill = c->responses_send = 0;
+  c->send_in_flight = c->recv_armed = c->recv_cancel_sent = false;
+  c->close_after_send = c->lingering = false;
+  --live;
+  free_slots.push_back(c->slot);
+}
+
+void Worker::Impl::timer_set(Connection* c, TimerKind kind) {
+  timer_clear(c);
+  uint32_t ms = 0;
+  switch (kind) {
+    case kHeader: ms = limits.header_timeout_ms; break;
+    case kBody: ms = limits.body_timeout_ms; break;
+    case kIdle: ms = limits.idle_timeout_ms; break;
+    case kWrite: ms = limits.idle_timeout_ms; break;
+    case kLinger: ms = limits.linger_timeout_ms; break;
+    default: KEYGATE_ASSERT(false);
+  }
+  c->timer = kind;
+  c->deadline_ms = now_ms + ms;
+  timers[kind].push_back(c);
+}
+
+void Worker::Impl::timer_clear(Connection* c) {
+  if (c->timer == kNoTimer) return;
+  timers[c->timer].remove(c);
+  c->timer = kNoTimer;
+}
+
+void Worker::Impl::update_timer(Connection* c) {
+  if (c->closed || c->lingering) return;
+  TimerKind want;
+  if (c->parser.request_in_progress()) {
+    want = c->parser.headers_complete() ? kBody : kHeader;
+  } else if (c->send_in_flight) {
+    want = kWrite;
+  } else if (c->close_after_send) {
+    return;  // about to linger
+  } else {
+    want = kIdle;
+    if (draining && idle(c)) {
+      close_conn(c);
+      return;
+    }
+  }
+  if (c->timer != want) timer_set(c, want);
+}
+
+void Worker::Impl::expire(Connection* c) {
+  stats.timeouts.fetch_add(1, std::memory_order_relaxed);
+  const TimerKind kind = c->timer;
+  timer_clear(c);
+  if ((kind == kHeader || kind == kBody) && c->parser.request_in_progress() &&
+      !c->close_after_send) {
+    write_error(c, 408, "request_timeout", "request not received in time");
+    // If the client does not read the 408 either, the write timeout ends it.
+    timer_set(c, kWrite);
+    return;
+  }
+  close_conn(c);
+}
+
+void Worker::Impl::on_tick() {
+  timespec wall;
+  clock_gettime(CLOCK_REALTIME_COARSE, &wall);
+  if (wall.tv_sec != date_sec) {
+    date_sec = wall.tv_sec;
+    date = format_http_date(wall.tv_sec, date_buf);
+  }
+  now_ms = monotonic_ms();
+  for (TimerList& list : timers) {
+    while (list.head != nullptr && list.head->deadline_ms <= now_ms) expire(list.head);
+  }
+  for (uint32_t li = 0; li < listeners.size(); ++li) {
+    if (accept_retry[li] && !accept_armed[li] && !draining) {
+      accept_retry[li] = false;
+      arm_accept(li);
+    }
+  }
+}
+
+void Worker::Impl::begin_drain() {
+  if (draining) return;
+  draining = true;
+  drain_deadline_ms = now_ms + limits.drain_timeout_ms;
+  for (uint32_t li = 0; li < listeners.size(); ++li) {
+    if (!accept_armed[li]) continue;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, make_user_data(kOpAccept, li, 0), 0);
+    io_uring_sqe_set_data64(sqe, make_user_data(kOpAcceptCancel, li, 0));
+  }
+  for (auto& c : conns) {
+    if (c->fd >= 0 && !c->closed && idle(c.get())) close_conn(c.get());
+  }
+}
+
+Worker::Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners)
+    : impl_(std::make_unique<Impl>(index, limits, std::move(listeners))) {}
+Worker::~Worker() = default;
+
+bool Worker::init(std::string* error) { return impl_->init(error); }
+void Worker::run() { impl_->run(); }
+
+void Worker::request_stop() {
+  if (!impl_->ready.load(std::memory_order_acquire)) return;  // never started: nothing to stop
+  if (impl_->stop_requested.exchange(true)) return;
+  const uint64_t one = 1;
+  // eventfd writes of 8 bytes do not fail short; a failure means the fd is gone (a bug).
+  const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));
+  KEYGATE_ASSERT(n == sizeof(one));
+}
+
+const std::string& Worker::ring_mode() const { return impl_->mode; }
+const WorkerStats& Worker::stats() const { return impl_->stats; }
+
+}  // namespace keygate::net

@@ -1,0 +1,65 @@
+// Worker: one thread, one io_uring, its own listening sockets and its own connections.
+//
+// Thread-per-core: a Worker is created and run on its own thread and shares nothing mutable with
+// other workers; the only cross-thread call is request_stop(). Each worker accepts on its own
+// SO_REUSEPORT socket per listener (multishot accept), reads with multishot receive into a
+// provided buffer ring, parses with HttpParser, calls the listener's Handler, and writes the
+// responses of each event-loop pass with one send per connection. Every buffer handed to the
+// kernel stays owned by its operation until its completion is reaped.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/handler.h"
+#include "core/limits.h"
+
+namespace keygate::net {
+
+// Counters a worker keeps for itself (read by tests and, later, metrics). Written only by the
+// worker thread; read after the worker stopped or as relaxed snapshots.
+struct WorkerStats {
+  std::atomic<uint64_t> connections_accepted{0};
+  std::atomic<uint64_t> connections_refused{0};  // over connections_per_worker_max or draining
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> parse_errors{0};
+  std::atomic<uint64_t> timeouts{0};
+};
+
+struct WorkerListener {
+  int fd = -1;                        // listening socket; the worker closes it
+  std::unique_ptr<Handler> handler;   // this worker's handler for the listener
+};
+
+class Worker {
+ public:
+  Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Sets up the ring, the buffer ring and the first operations. Must run on the thread that
+  // will call run() (the ring is created SINGLE_ISSUER). On failure returns false with one line
+  // in `error` naming the missing kernel feature.
+  bool init(std::string* error);
+
+  // Runs the event loop until a requested stop has drained (or the drain timeout passed).
+  void run();
+
+  // Thread-safe, async-signal-unsafe: asks the worker to stop accepting, finish in-flight
+  // requests (bounded by limits.drain_timeout_ms) and return from run().
+  void request_stop();
+
+  // Which ring set-up the kernel accepted, e.g. "single_issuer+defer_taskrun".
+  const std::string& ring_mode() const;
+  const WorkerStats& stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace keygate::net

@@ -1,0 +1,776 @@
+#include "net/http_parser.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/limits.h"
+
+namespace keygate::net {
+namespace {
+
+using namespace std::string_literals;
+using Status = HttpParser::Status;
+
+// Small limits so every bound is reachable with short literals. Static because HttpParser keeps
+// a reference to its Limits.
+const Limits& small_limits() {
+  static const Limits limits = [] {
+    Limits l;
+    l.request_line_bytes_max = 64;
+    l.header_bytes_max = 256;
+    l.header_count_max = 8;
+    l.body_bytes_max = 32;
+    return l;
+  }();
+  return limits;
+}
+
+// A completed request copied out of the parser (its views die at the next parse() call).
+struct Parsed {
+  std::string method;
+  std::string target;
+  std::string path;
+  std::string query;
+  int version_minor = -1;
+  bool keep_alive = false;
+  bool is_head = false;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+Parsed copy_request(const HttpRequest& r) {
+  Parsed p;
+  p.method = std::string(r.method);
+  p.target = std::string(r.target);
+  p.path = std::string(r.path);
+  p.query = std::string(r.query);
+  p.version_minor = r.version_minor;
+  p.keep_alive = r.keep_alive;
+  p.is_head = r.is_head();
+  for (const HttpHeader& h : r.headers) p.headers.emplace_back(h.name, h.value);
+  p.body = std::string(r.body);
+  return p;
+}
+
+struct FeedResult {
+  std::vector<Parsed> requests;
+  std::vector<size_t> request_ends;     // input offset just past each request
+  std::vector<size_t> continue_points;  // input offset where each kExpectContinue was returned
+  bool error = false;
+  int error_status = 0;
+  std::string error_code;
+  Status last = Status::kNeedMore;
+};
+
+// Feeds `input` to `parser` in slices of `slice` bytes (0: all at once), each slice in its own
+// freshly allocated buffer that is scribbled over and freed after use, so a parser that kept a
+// pointer into an old receive buffer trips ASan or produces garbage. Within a slice it keeps
+// calling parse() on the unconsumed rest, as a connection would. Stops at the first kError:
+// the parser must not be called again after one.
+FeedResult feed(HttpParser& parser, std::string_view input, size_t slice) {
+  FeedResult out;
+  if (slice == 0) slice = input.size() == 0 ? 1 : input.size();
+  for (size_t pos = 0; pos < input.size(); pos += slice) {
+    std::string buf(input.substr(pos, slice));
+    size_t off = 0;
+    int idle_rounds = 0;
+    while (off < buf.size()) {
+      const size_t rest = buf.size() - off;
+      const HttpParser::Result r = parser.parse(std::span<char>(buf.data() + off, rest));
+      out.last = r.status;
+      EXPECT_LE(r.consumed, rest);
+      if (r.consumed > rest) return out;
+      switch (r.status) {
+        case Status::kNeedMore:
+          EXPECT_EQ(r.consumed, rest) << "kNeedMore must consume all input";
+          break;
+        case Status::kRequest:
+          out.requests.push_back(copy_request(parser.request()));
+          out.request_ends.push_back(pos + off + r.consumed);
+          break;
+        case Status::kExpectContinue:
+          out.continue_points.push_back(pos + off + r.consumed);
+          break;
+        case Status::kError:
+          out.error = true;
+          out.error_status = parser.error().status;
+          out.error_code = std::string(parser.error().code);
+          return out;
+      }
+      off += r.consumed;
+      idle_rounds = r.consumed == 0 ? idle_rounds + 1 : 0;
+      if (idle_rounds > 2) {
+        ADD_FAILURE() << "parser makes no progress at offset " << pos + off;
+        return out;
+      }
+      if (r.status == Status::kNeedMore) break;
+    }
+    std::memset(buf.data(), '#', buf.size());
+  }
+  return out;
+}
+
+// Whole input at once, one byte per call, and two odd slice sizes.
+constexpr size_t kSlices[] = {0, 1, 3, 7};
+
+// Parses `input` with a fresh parser per slice pattern and expects exactly one request and
+// nothing left over.
+Parsed parse_one(std::string_view input, const Limits& limits, size_t slice) {
+  HttpParser parser(limits);
+  FeedResult r = feed(parser, input, slice);
+  EXPECT_FALSE(r.error) << "status " << r.error_status << " code " << r.error_code;
+  EXPECT_EQ(r.requests.size(), 1u);
+  if (r.requests.size() != 1) return Parsed{};
+  EXPECT_EQ(r.request_ends[0], input.size());
+  return r.requests[0];
+}
+
+// Expects `input` to be rejected with `status` (and `code` when given) in every slice pattern,
+// with no request produced before the error.
+void expect_rejected(std::string_view input, int status, std::string_view code = {},
+                     const Limits& limits = Limits{}) {
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser parser(limits);
+    FeedResult r = feed(parser, input, slice);
+    EXPECT_TRUE(r.error);
+    EXPECT_EQ(r.error_status, status);
+    if (!code.empty()) EXPECT_EQ(r.error_code, code);
+    EXPECT_TRUE(r.requests.empty());
+  }
+}
+
+std::string header_value(const Parsed& p, std::string_view name) {
+  for (const auto& [n, v] : p.headers) {
+    if (equals_ignore_case(n, name)) return v;
+  }
+  return "<absent>";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Well-formed requests
+
+TEST(HttpParser, ParsesSimpleGet) {
+  const std::string input =
+      "GET /v1/items?limit=10&x=y HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    const Parsed p = parse_one(input, Limits{}, slice);
+    EXPECT_EQ(p.method, "GET");
+    EXPECT_EQ(p.target, "/v1/items?limit=10&x=y");
+    EXPECT_EQ(p.path, "/v1/items");
+    EXPECT_EQ(p.query, "limit=10&x=y");
+    EXPECT_EQ(p.version_minor, 1);
+    EXPECT_TRUE(p.keep_alive);
+    EXPECT_FALSE(p.is_head);
+    ASSERT_EQ(p.headers.size(), 2u);
+    EXPECT_EQ(p.headers[0].first, "Host");
+    EXPECT_EQ(p.headers[0].second, "example.com");
+    EXPECT_EQ(p.headers[1].first, "Accept");
+    EXPECT_EQ(p.headers[1].second, "*/*");
+    EXPECT_EQ(p.body, "");
+  }
+}
+
+TEST(HttpParser, TargetWithoutQueryHasEmptyQuery) {
+  const Parsed p = parse_one("GET /plain HTTP/1.1\r\nHost: h\r\n\r\n", Limits{}, 0);
+  EXPECT_EQ(p.path, "/plain");
+  EXPECT_EQ(p.query, "");
+}
+
+TEST(HttpParser, HeaderLookupIsCaseInsensitive) {
+  const std::string input = "GET / HTTP/1.1\r\nHost: h\r\nX-Api-Key: secret\r\n\r\n";
+  HttpParser parser(Limits{});
+  std::string buf = input;
+  ASSERT_EQ(parser.parse(buf).status, Status::kRequest);
+  const HttpRequest& req = parser.request();
+  bool found = false;
+  EXPECT_EQ(req.header("x-api-key", &found), "secret");
+  EXPECT_TRUE(found);
+  EXPECT_EQ(req.header("X-API-KEY"), "secret");
+  EXPECT_EQ(req.header("HOST"), "h");
+  EXPECT_EQ(req.header("x-missing", &found), "");
+  EXPECT_FALSE(found);
+  // The name is handed out as sent.
+  EXPECT_EQ(req.headers[1].name, "X-Api-Key");
+}
+
+TEST(HttpParser, TrimsWhitespaceAroundHeaderValues) {
+  const std::string input =
+      "GET / HTTP/1.1\r\nHost: h\r\nX-A:   spaced value \t \r\nX-B:\tv\t\r\nX-Empty:\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    const Parsed p = parse_one(input, Limits{}, slice);
+    EXPECT_EQ(header_value(p, "x-a"), "spaced value");
+    EXPECT_EQ(header_value(p, "x-b"), "v");
+    EXPECT_EQ(header_value(p, "x-empty"), "");
+  }
+}
+
+TEST(HttpParser, RequestInOnePieceIsViewedInPlace) {
+  std::string buf = "POST /p?q HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+  HttpParser parser(Limits{});
+  ASSERT_EQ(parser.parse(buf).status, Status::kRequest);
+  const HttpRequest& req = parser.request();
+  const char* begin = buf.data();
+  const char* end = buf.data() + buf.size();
+  EXPECT_TRUE(req.method.data() >= begin && req.method.data() < end);
+  EXPECT_TRUE(req.target.data() >= begin && req.target.data() < end);
+  EXPECT_TRUE(req.body.data() >= begin && req.body.data() + req.body.size() <= end);
+  EXPECT_EQ(req.body, "abc");
+}
+
+TEST(HttpParser, ReportsProgressStateWhileARequestArrives) {
+  HttpParser parser(Limits{});
+  EXPECT_FALSE(parser.request_in_progress());
+  std::string part1 = "POST / HTTP/1.1\r\nHost: h\r\n";
+  EXPECT_EQ(parser.parse(part1).status, Status::kNeedMore);
+  EXPECT_TRUE(parser.request_in_progress());
+  EXPECT_FALSE(parser.headers_complete());
+  std::string part2 = "Content-Length: 4\r\n\r\nab";
+  EXPECT_EQ(parser.parse(part2).status, Status::kNeedMore);
+  EXPECT_TRUE(parser.request_in_progress());
+  EXPECT_TRUE(parser.headers_complete());
+  std::string part3 = "cd";
+  ASSERT_EQ(parser.parse(part3).status, Status::kRequest);
+  EXPECT_FALSE(parser.request_in_progress());
+  EXPECT_EQ(parser.request().body, "abcd");
+}
+
+TEST(HttpParser, ParsesPipelinedRequestsOneAtATime) {
+  const std::string first = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string second = "POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi";
+  const std::string third = "GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+  std::string buf = first + second + third;
+  HttpParser parser(Limits{});
+
+  HttpParser::Result r = parser.parse(buf);
+  ASSERT_EQ(r.status, Status::kRequest);
+  EXPECT_EQ(r.consumed, first.size());
+  EXPECT_EQ(parser.request().target, "/a");
+
+  std::span<char> rest = std::span<char>(buf).subspan(r.consumed);
+  r = parser.parse(rest);
+  ASSERT_EQ(r.status, Status::kRequest);
+  EXPECT_EQ(r.consumed, second.size());
+  EXPECT_EQ(parser.request().target, "/b");
+  EXPECT_EQ(parser.request().body, "hi");
+
+  rest = rest.subspan(r.consumed);
+  r = parser.parse(rest);
+  ASSERT_EQ(r.status, Status::kRequest);
+  EXPECT_EQ(r.consumed, third.size());
+  EXPECT_EQ(parser.request().target, "/c");
+  EXPECT_FALSE(parser.request().keep_alive);
+}
+
+TEST(HttpParser, PipelinedRequestsParseTheSameInEverySlicing) {
+  const std::string first = "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+  const std::string second =
+      "POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+  const std::string third = "GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string input = first + second + third;
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser parser(Limits{});
+    FeedResult r = feed(parser, input, slice);
+    ASSERT_FALSE(r.error) << r.error_code;
+    ASSERT_EQ(r.requests.size(), 3u);
+    EXPECT_EQ(r.requests[0].target, "/a");
+    EXPECT_EQ(r.requests[0].body, "hello");
+    EXPECT_EQ(r.requests[1].target, "/b");
+    EXPECT_EQ(r.requests[1].body, "abc");
+    EXPECT_EQ(r.requests[2].target, "/c");
+    EXPECT_EQ(r.requests[2].body, "");
+    EXPECT_EQ(r.request_ends, (std::vector<size_t>{first.size(), first.size() + second.size(),
+                                                   input.size()}));
+  }
+}
+
+TEST(HttpParser, ReadsContentLengthBody) {
+  const std::string input =
+      "POST /submit HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    const Parsed p = parse_one(input, Limits{}, slice);
+    EXPECT_EQ(p.method, "POST");
+    EXPECT_EQ(p.body, "hello world");
+    EXPECT_EQ(header_value(p, "content-length"), "11");
+  }
+}
+
+TEST(HttpParser, ReadsBodyArrivingOverSeveralCalls) {
+  HttpParser parser(Limits{});
+  std::string headers = "PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n";
+  std::string part1 = "0123";
+  std::string part2 = "456";
+  std::string part3 = "789";
+  EXPECT_EQ(parser.parse(headers).status, Status::kNeedMore);
+  EXPECT_EQ(parser.parse(part1).status, Status::kNeedMore);
+  // Overwrite delivered buffers the way a reused receive buffer would be.
+  headers.assign(headers.size(), 'Z');
+  part1.assign(part1.size(), 'Z');
+  EXPECT_EQ(parser.parse(part2).status, Status::kNeedMore);
+  part2.assign(part2.size(), 'Z');
+  const HttpParser::Result r = parser.parse(part3);
+  ASSERT_EQ(r.status, Status::kRequest);
+  EXPECT_EQ(r.consumed, 3u);
+  EXPECT_EQ(parser.request().method, "PUT");
+  EXPECT_EQ(parser.request().target, "/x");
+  EXPECT_EQ(parser.request().header("host"), "h");
+  EXPECT_EQ(parser.request().body, "0123456789");
+}
+
+TEST(HttpParser, DechunksBodyIntoOneContiguousView) {
+  const std::string input =
+      "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    const Parsed p = parse_one(input, Limits{}, slice);
+    EXPECT_EQ(p.body, "hello 0123456789");
+  }
+}
+
+TEST(HttpParser, AcceptsChunkExtensions) {
+  const std::string input =
+      "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3;name=value\r\nabc\r\n0\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    EXPECT_EQ(parse_one(input, Limits{}, slice).body, "abc");
+  }
+}
+
+TEST(HttpParser, DropsChunkedTrailers) {
+  const std::string input =
+      "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    const Parsed p = parse_one(input, Limits{}, slice);
+    EXPECT_EQ(p.body, "wikipedia");
+    // Trailers are bounded and dropped, never merged into the header list.
+    EXPECT_EQ(header_value(p, "x-checksum"), "<absent>");
+    EXPECT_EQ(p.headers.size(), 2u);
+  }
+}
+
+TEST(HttpParser, ChunkedRequestFollowedByPipelinedRequestKeepsBothIntact) {
+  const std::string first =
+      "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "2\r\nab\r\n2\r\ncd\r\n0\r\nT: v\r\n\r\n";
+  const std::string second = "GET /next HTTP/1.1\r\nHost: h2\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser parser(Limits{});
+    FeedResult r = feed(parser, first + second, slice);
+    ASSERT_EQ(r.requests.size(), 2u);
+    EXPECT_EQ(r.requests[0].body, "abcd");
+    EXPECT_EQ(r.requests[1].target, "/next");
+    EXPECT_EQ(header_value(r.requests[1], "host"), "h2");
+    EXPECT_EQ(r.request_ends[0], first.size());
+  }
+}
+
+TEST(HttpParser, ExpectContinuePausesBeforeTheBody) {
+  const std::string head =
+      "POST /up HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+  HttpParser parser(Limits{});
+  std::string buf = head;
+  HttpParser::Result r = parser.parse(buf);
+  ASSERT_EQ(r.status, Status::kExpectContinue);
+  EXPECT_EQ(r.consumed, head.size());
+  EXPECT_TRUE(parser.headers_complete());
+  std::string body = "data";
+  r = parser.parse(body);
+  ASSERT_EQ(r.status, Status::kRequest);
+  EXPECT_EQ(r.consumed, 4u);
+  EXPECT_EQ(parser.request().body, "data");
+  EXPECT_EQ(parser.request().header("expect"), "100-continue");
+}
+
+TEST(HttpParser, ExpectContinueWithBodyInSameBufferStopsAtHeaderEnd) {
+  const std::string head =
+      "POST /up HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 4\r\n\r\n";
+  const std::string input = head + "data";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser parser(Limits{});
+    FeedResult r = feed(parser, input, slice);
+    ASSERT_FALSE(r.error) << r.error_code;
+    EXPECT_EQ(r.continue_points, std::vector<size_t>{head.size()});
+    ASSERT_EQ(r.requests.size(), 1u);
+    EXPECT_EQ(r.requests[0].body, "data");
+  }
+}
+
+TEST(HttpParser, ExpectContinueWithoutBodyDoesNotPause) {
+  std::string buf = "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n";
+  HttpParser parser(Limits{});
+  EXPECT_EQ(parser.parse(buf).status, Status::kRequest);
+}
+
+TEST(HttpParser, UnknownExpectationIs417) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nExpect: something-else\r\nContent-Length: 1\r\n\r\nx", 417,
+      "expectation_failed");
+}
+
+TEST(HttpParser, ParsesHeadRequest) {
+  const std::string head = "HEAD /res HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string next = "GET /after HTTP/1.1\r\nHost: h\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser parser(Limits{});
+    FeedResult r = feed(parser, head + next, slice);
+    ASSERT_EQ(r.requests.size(), 2u);
+    EXPECT_EQ(r.requests[0].method, "HEAD");
+    EXPECT_TRUE(r.requests[0].is_head);
+    EXPECT_EQ(r.requests[0].body, "");
+    EXPECT_EQ(r.request_ends[0], head.size());
+    EXPECT_EQ(r.requests[1].target, "/after");
+    EXPECT_FALSE(r.requests[1].is_head);
+  }
+}
+
+TEST(HttpParser, AcceptsHttp10WithoutHost) {
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    const Parsed p = parse_one("GET /old HTTP/1.0\r\n\r\n", Limits{}, slice);
+    EXPECT_EQ(p.version_minor, 0);
+    EXPECT_EQ(p.target, "/old");
+    EXPECT_TRUE(p.headers.empty());
+  }
+}
+
+TEST(HttpParser, ConnectionCloseEndsKeepAlive) {
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    EXPECT_FALSE(
+        parse_one("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", Limits{}, slice)
+            .keep_alive);
+  }
+}
+
+TEST(HttpParser, Http10IsNotKeptAliveUnlessAsked) {
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    EXPECT_FALSE(parse_one("GET / HTTP/1.0\r\nHost: h\r\n\r\n", Limits{}, slice).keep_alive);
+    EXPECT_TRUE(
+        parse_one("GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", Limits{}, slice)
+            .keep_alive);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+
+TEST(HttpParser, RequestLineOverLimitIs414) {
+  const std::string input = "GET /" + std::string(100, 'a') + " HTTP/1.1\r\nHost: h\r\n\r\n";
+  expect_rejected(input, 414, "uri_too_long", small_limits());
+}
+
+TEST(HttpParser, RequestLineOverLimitIs414BeforeItEnds) {
+  // The line never finishes: the parser must not buffer it without bound.
+  HttpParser parser(small_limits());
+  std::string buf = "GET /" + std::string(200, 'a');
+  FeedResult r = feed(parser, buf, 1);
+  EXPECT_TRUE(r.error);
+  EXPECT_EQ(r.error_status, 414);
+}
+
+TEST(HttpParser, RequestLineAtLimitIsAccepted) {
+  // "GET " + target + " HTTP/1.1" is exactly request_line_bytes_max (64) bytes.
+  const std::string target = "/" + std::string(64 - 4 - 9 - 1, 'a');
+  const std::string line = "GET " + target + " HTTP/1.1";
+  ASSERT_EQ(line.size(), small_limits().request_line_bytes_max);
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    EXPECT_EQ(parse_one(line + "\r\nHost: h\r\n\r\n", small_limits(), slice).target, target);
+  }
+}
+
+TEST(HttpParser, RequestLineOneByteOverLimitIs414) {
+  // The target ends within the limit; only " HTTP/1.1" pushes the line one byte past it.
+  const std::string target = "/" + std::string(64 - 4 - 9, 'a');
+  const std::string line = "GET " + target + " HTTP/1.1";
+  ASSERT_EQ(line.size(), small_limits().request_line_bytes_max + 1);
+  expect_rejected(line + "\r\nHost: h\r\n\r\n", 414, "uri_too_long", small_limits());
+}
+
+TEST(HttpParser, HeaderSectionOverLimitIs431) {
+  const std::string input =
+      "GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + std::string(300, 'v') + "\r\n\r\n";
+  expect_rejected(input, 431, "header_too_large", small_limits());
+}
+
+TEST(HttpParser, HeaderSectionOverLimitIs431BeforeItEnds) {
+  HttpParser parser(small_limits());
+  const std::string input = "GET / HTTP/1.1\r\nHost: h\r\n" + std::string(400, 'X');
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser p(small_limits());
+    FeedResult r = feed(p, input, slice);
+    EXPECT_TRUE(r.error);
+    EXPECT_EQ(r.error_status, 431);
+  }
+}
+
+TEST(HttpParser, ManySmallHeadersOverByteLimitAre431) {
+  // Under the count limit in fields but over the byte limit in total.
+  std::string input = "GET / HTTP/1.1\r\nHost: h\r\n";
+  for (int i = 0; i < 6; ++i) input += "X-" + std::to_string(i) + ": " + std::string(50, 'v') + "\r\n";
+  input += "\r\n";
+  expect_rejected(input, 431, "header_too_large", small_limits());
+}
+
+TEST(HttpParser, HeaderCountOverLimitIs431) {
+  std::string input = "GET / HTTP/1.1\r\nHost: h\r\n";
+  for (int i = 0; i < 8; ++i) input += "X-" + std::to_string(i) + ": v\r\n";  // 9 fields
+  input += "\r\n";
+  expect_rejected(input, 431, "too_many_headers", small_limits());
+}
+
+TEST(HttpParser, HeaderCountAtLimitIsAccepted) {
+  std::string input = "GET / HTTP/1.1\r\nHost: h\r\n";
+  for (int i = 0; i < 7; ++i) input += "X-" + std::to_string(i) + ": v\r\n";  // 8 fields
+  input += "\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    EXPECT_EQ(parse_one(input, small_limits(), slice).headers.size(), 8u);
+  }
+}
+
+TEST(HttpParser, ContentLengthOverLimitIs413BeforeTheBodyArrives) {
+  // Only the headers are sent: the verdict must not wait for 33 body bytes.
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 33\r\n\r\n", 413,
+                  "body_too_large", small_limits());
+}
+
+TEST(HttpParser, ContentLengthAtLimitIsAccepted) {
+  const std::string body(32, 'b');
+  const std::string input = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 32\r\n\r\n" + body;
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    EXPECT_EQ(parse_one(input, small_limits(), slice).body, body);
+  }
+}
+
+TEST(HttpParser, ChunkedBodyOverLimitIs413) {
+  const std::string input =
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "14\r\n" + std::string(20, 'a') + "\r\n14\r\n" + std::string(20, 'b') + "\r\n0\r\n\r\n";
+  expect_rejected(input, 413, "body_too_large", small_limits());
+}
+
+TEST(HttpParser, ChunkedBodyAtLimitIsAccepted) {
+  const std::string input =
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "10\r\n" + std::string(16, 'a') + "\r\n10\r\n" + std::string(16, 'b') + "\r\n0\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    EXPECT_EQ(parse_one(input, small_limits(), slice).body,
+              std::string(16, 'a') + std::string(16, 'b'));
+  }
+}
+
+TEST(HttpParser, OversizedTrailersAre431) {
+  const std::string input =
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "1\r\na\r\n0\r\nX-T: " + std::string(300, 't') + "\r\n\r\n";
+  expect_rejected(input, 431, "header_too_large", small_limits());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed requests
+
+TEST(HttpParser, RejectsContentLengthWithTransferEncoding) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "0\r\n\r\n",
+      400);
+}
+
+TEST(HttpParser, RejectsTwoDifferentContentLengths) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400);
+}
+
+TEST(HttpParser, RejectsSignedContentLength) {
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello", 400);
+}
+
+TEST(HttpParser, RejectsObsFoldHidingContentLength) {
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nX: a\r\n Content-Length: 5\r\n\r\nhello", 400);
+}
+
+TEST(HttpParser, RejectsObsFoldWithTab) {
+  expect_rejected("GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\tb\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsBareLfLineEndings) {
+  expect_rejected("GET / HTTP/1.1\nHost: h\n\n", 400);
+}
+
+TEST(HttpParser, RejectsBareLfInsideHeaderSection) {
+  expect_rejected("GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsNulInHeaderValue) {
+  expect_rejected("GET / HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n"s, 400);
+}
+
+TEST(HttpParser, RejectsControlCharacterInHeaderValue) {
+  expect_rejected("GET / HTTP/1.1\r\nHost: h\r\nX: a\x01z\r\n\r\n"s, 400);
+}
+
+TEST(HttpParser, RejectsSpaceBeforeColon) {
+  expect_rejected("GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsEmptyHeaderName) {
+  expect_rejected("GET / HTTP/1.1\r\nHost: h\r\n: x\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsHttp11WithoutHost) {
+  expect_rejected("GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsTwoHostHeaders) {
+  expect_rejected("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsTwoHostHeadersInHttp10) {
+  expect_rejected("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsHttp2RequestLineWith505) {
+  expect_rejected("GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
+}
+
+TEST(HttpParser, RejectsHttp12With505) {
+  expect_rejected("GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
+}
+
+TEST(HttpParser, RejectsTransferEncodingInHttp10) {
+  expect_rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+                  400);
+}
+
+TEST(HttpParser, RejectsHexPrefixedChunkSize) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+      400);
+}
+
+TEST(HttpParser, RejectsMissingCrlfAfterChunkData) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n",
+      400);
+}
+
+TEST(HttpParser, RejectsConnectWith405) {
+  expect_rejected("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405,
+                  "method_not_allowed");
+}
+
+TEST(HttpParser, RejectsUpgradeHeader) {
+  expect_rejected(
+      "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400,
+      "upgrade_not_supported");
+}
+
+TEST(HttpParser, RejectsUpgradeHeaderWithoutConnectionUpgrade) {
+  expect_rejected("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\n", 400,
+                  "upgrade_not_supported");
+}
+
+TEST(HttpParser, RejectsGarbageMethod) {
+  expect_rejected("FOO@ / HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+}
+
+TEST(HttpParser, RejectsRepeatedExpect) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n"
+      "Content-Length: 1\r\n\r\nx",
+      400);
+}
+
+TEST(HttpParser, ErrorMessageIsJsonSafe) {
+  // llhttp's own reason text is copied into the error; it must never carry quotes, backslashes
+  // or control characters into the JSON error body.
+  HttpParser parser(Limits{});
+  std::string buf = "GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n";
+  ASSERT_EQ(parser.parse(buf).status, Status::kError);
+  EXPECT_FALSE(parser.error().message.empty());
+  for (char c : parser.error().message) {
+    EXPECT_NE(c, '"');
+    EXPECT_NE(c, '\\');
+    EXPECT_GE(static_cast<unsigned char>(c), 0x20);
+  }
+}
+
+TEST(HttpParser, RefusesInputAfterAnError) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        HttpParser parser(Limits{});
+        std::string bad = "GET / HTTP/1.1\nHost: h\n\n";
+        (void)parser.parse(bad);
+        std::string good = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        (void)parser.parse(good);
+      },
+      "assertion failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reuse
+
+TEST(HttpParser, ResetMakesParserReusableAfterAnError) {
+  HttpParser parser(Limits{});
+  std::string bad = "GET / HTTP/2.0\r\nHost: h\r\n\r\n";
+  ASSERT_EQ(parser.parse(bad).status, Status::kError);
+  EXPECT_EQ(parser.error().status, 505);
+  parser.reset();
+  FeedResult r = feed(parser, "GET /again HTTP/1.1\r\nHost: h\r\n\r\n", 0);
+  EXPECT_FALSE(r.error);
+  ASSERT_EQ(r.requests.size(), 1u);
+  EXPECT_EQ(r.requests[0].target, "/again");
+}
+
+TEST(HttpParser, ResetDiscardsAPartialRequest) {
+  HttpParser parser(Limits{});
+  std::string partial = "POST /first HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc";
+  ASSERT_EQ(parser.parse(partial).status, Status::kNeedMore);
+  ASSERT_TRUE(parser.request_in_progress());
+  parser.reset();
+  EXPECT_FALSE(parser.request_in_progress());
+  EXPECT_FALSE(parser.headers_complete());
+  FeedResult r = feed(parser, "GET /second HTTP/1.1\r\nHost: h\r\n\r\n", 1);
+  EXPECT_FALSE(r.error);
+  ASSERT_EQ(r.requests.size(), 1u);
+  EXPECT_EQ(r.requests[0].target, "/second");
+  EXPECT_EQ(r.requests[0].body, "");
+}
+
+TEST(HttpParser, ResetClearsAPendingExpectContinue) {
+  HttpParser parser(Limits{});
+  std::string head =
+      "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+  ASSERT_EQ(parser.parse(head).status, Status::kExpectContinue);
+  parser.reset();
+  FeedResult r = feed(parser, "GET /fresh HTTP/1.1\r\nHost: h\r\n\r\n", 0);
+  EXPECT_FALSE(r.error) << r.error_code;
+  ASSERT_EQ(r.requests.size(), 1u);
+  EXPECT_EQ(r.requests[0].target, "/fresh");
+}
+
+}  // namespace
+}  // namespace keygate::net
