@@ -17,6 +17,9 @@ namespace {
 using namespace std::string_literals;
 using Status = HttpParser::Status;
 
+// HttpParser keeps a reference to its Limits, so they must outlive it: never pass a temporary.
+const Limits kDefaultLimits;
+
 // Small limits so every bound is reachable with short literals. Static because HttpParser keeps
 // a reference to its Limits.
 const Limits& small_limits() {
@@ -134,14 +137,16 @@ Parsed parse_one(std::string_view input, const Limits& limits, size_t slice) {
 // Expects `input` to be rejected with `status` (and `code` when given) in every slice pattern,
 // with no request produced before the error.
 void expect_rejected(std::string_view input, int status, std::string_view code = {},
-                     const Limits& limits = Limits{}) {
+                     const Limits& limits = kDefaultLimits) {
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
     HttpParser parser(limits);
     FeedResult r = feed(parser, input, slice);
     EXPECT_TRUE(r.error);
     EXPECT_EQ(r.error_status, status);
-    if (!code.empty()) EXPECT_EQ(r.error_code, code);
+    if (!code.empty()) {
+      EXPECT_EQ(r.error_code, code);
+    }
     EXPECT_TRUE(r.requests.empty());
   }
 }
@@ -161,7 +166,7 @@ TEST(HttpParser, ParsesSimpleGet) {
       "GET /v1/items?limit=10&x=y HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    const Parsed p = parse_one(input, Limits{}, slice);
+    const Parsed p = parse_one(input, kDefaultLimits, slice);
     EXPECT_EQ(p.method, "GET");
     EXPECT_EQ(p.target, "/v1/items?limit=10&x=y");
     EXPECT_EQ(p.path, "/v1/items");
@@ -179,14 +184,14 @@ TEST(HttpParser, ParsesSimpleGet) {
 }
 
 TEST(HttpParser, TargetWithoutQueryHasEmptyQuery) {
-  const Parsed p = parse_one("GET /plain HTTP/1.1\r\nHost: h\r\n\r\n", Limits{}, 0);
+  const Parsed p = parse_one("GET /plain HTTP/1.1\r\nHost: h\r\n\r\n", kDefaultLimits, 0);
   EXPECT_EQ(p.path, "/plain");
   EXPECT_EQ(p.query, "");
 }
 
 TEST(HttpParser, HeaderLookupIsCaseInsensitive) {
   const std::string input = "GET / HTTP/1.1\r\nHost: h\r\nX-Api-Key: secret\r\n\r\n";
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   std::string buf = input;
   ASSERT_EQ(parser.parse(buf).status, Status::kRequest);
   const HttpRequest& req = parser.request();
@@ -206,7 +211,7 @@ TEST(HttpParser, TrimsWhitespaceAroundHeaderValues) {
       "GET / HTTP/1.1\r\nHost: h\r\nX-A:   spaced value \t \r\nX-B:\tv\t\r\nX-Empty:\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    const Parsed p = parse_one(input, Limits{}, slice);
+    const Parsed p = parse_one(input, kDefaultLimits, slice);
     EXPECT_EQ(header_value(p, "x-a"), "spaced value");
     EXPECT_EQ(header_value(p, "x-b"), "v");
     EXPECT_EQ(header_value(p, "x-empty"), "");
@@ -215,7 +220,7 @@ TEST(HttpParser, TrimsWhitespaceAroundHeaderValues) {
 
 TEST(HttpParser, RequestInOnePieceIsViewedInPlace) {
   std::string buf = "POST /p?q HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   ASSERT_EQ(parser.parse(buf).status, Status::kRequest);
   const HttpRequest& req = parser.request();
   const char* begin = buf.data();
@@ -227,7 +232,7 @@ TEST(HttpParser, RequestInOnePieceIsViewedInPlace) {
 }
 
 TEST(HttpParser, ReportsProgressStateWhileARequestArrives) {
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   EXPECT_FALSE(parser.request_in_progress());
   std::string part1 = "POST / HTTP/1.1\r\nHost: h\r\n";
   EXPECT_EQ(parser.parse(part1).status, Status::kNeedMore);
@@ -248,7 +253,7 @@ TEST(HttpParser, ParsesPipelinedRequestsOneAtATime) {
   const std::string second = "POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi";
   const std::string third = "GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
   std::string buf = first + second + third;
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
 
   HttpParser::Result r = parser.parse(buf);
   ASSERT_EQ(r.status, Status::kRequest);
@@ -278,7 +283,7 @@ TEST(HttpParser, PipelinedRequestsParseTheSameInEverySlicing) {
   const std::string input = first + second + third;
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    HttpParser parser(Limits{});
+    HttpParser parser(kDefaultLimits);
     FeedResult r = feed(parser, input, slice);
     ASSERT_FALSE(r.error) << r.error_code;
     ASSERT_EQ(r.requests.size(), 3u);
@@ -298,7 +303,7 @@ TEST(HttpParser, ReadsContentLengthBody) {
       "POST /submit HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    const Parsed p = parse_one(input, Limits{}, slice);
+    const Parsed p = parse_one(input, kDefaultLimits, slice);
     EXPECT_EQ(p.method, "POST");
     EXPECT_EQ(p.body, "hello world");
     EXPECT_EQ(header_value(p, "content-length"), "11");
@@ -306,7 +311,7 @@ TEST(HttpParser, ReadsContentLengthBody) {
 }
 
 TEST(HttpParser, ReadsBodyArrivingOverSeveralCalls) {
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   std::string headers = "PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n";
   std::string part1 = "0123";
   std::string part2 = "456";
@@ -333,7 +338,7 @@ TEST(HttpParser, DechunksBodyIntoOneContiguousView) {
       "5\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    const Parsed p = parse_one(input, Limits{}, slice);
+    const Parsed p = parse_one(input, kDefaultLimits, slice);
     EXPECT_EQ(p.body, "hello 0123456789");
   }
 }
@@ -344,7 +349,7 @@ TEST(HttpParser, AcceptsChunkExtensions) {
       "3;name=value\r\nabc\r\n0\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    EXPECT_EQ(parse_one(input, Limits{}, slice).body, "abc");
+    EXPECT_EQ(parse_one(input, kDefaultLimits, slice).body, "abc");
   }
 }
 
@@ -354,7 +359,7 @@ TEST(HttpParser, DropsChunkedTrailers) {
       "4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    const Parsed p = parse_one(input, Limits{}, slice);
+    const Parsed p = parse_one(input, kDefaultLimits, slice);
     EXPECT_EQ(p.body, "wikipedia");
     // Trailers are bounded and dropped, never merged into the header list.
     EXPECT_EQ(header_value(p, "x-checksum"), "<absent>");
@@ -369,7 +374,7 @@ TEST(HttpParser, ChunkedRequestFollowedByPipelinedRequestKeepsBothIntact) {
   const std::string second = "GET /next HTTP/1.1\r\nHost: h2\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    HttpParser parser(Limits{});
+    HttpParser parser(kDefaultLimits);
     FeedResult r = feed(parser, first + second, slice);
     ASSERT_EQ(r.requests.size(), 2u);
     EXPECT_EQ(r.requests[0].body, "abcd");
@@ -382,7 +387,7 @@ TEST(HttpParser, ChunkedRequestFollowedByPipelinedRequestKeepsBothIntact) {
 TEST(HttpParser, ExpectContinuePausesBeforeTheBody) {
   const std::string head =
       "POST /up HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   std::string buf = head;
   HttpParser::Result r = parser.parse(buf);
   ASSERT_EQ(r.status, Status::kExpectContinue);
@@ -402,7 +407,7 @@ TEST(HttpParser, ExpectContinueWithBodyInSameBufferStopsAtHeaderEnd) {
   const std::string input = head + "data";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    HttpParser parser(Limits{});
+    HttpParser parser(kDefaultLimits);
     FeedResult r = feed(parser, input, slice);
     ASSERT_FALSE(r.error) << r.error_code;
     EXPECT_EQ(r.continue_points, std::vector<size_t>{head.size()});
@@ -413,7 +418,7 @@ TEST(HttpParser, ExpectContinueWithBodyInSameBufferStopsAtHeaderEnd) {
 
 TEST(HttpParser, ExpectContinueWithoutBodyDoesNotPause) {
   std::string buf = "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n";
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   EXPECT_EQ(parser.parse(buf).status, Status::kRequest);
 }
 
@@ -428,7 +433,7 @@ TEST(HttpParser, ParsesHeadRequest) {
   const std::string next = "GET /after HTTP/1.1\r\nHost: h\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    HttpParser parser(Limits{});
+    HttpParser parser(kDefaultLimits);
     FeedResult r = feed(parser, head + next, slice);
     ASSERT_EQ(r.requests.size(), 2u);
     EXPECT_EQ(r.requests[0].method, "HEAD");
@@ -443,7 +448,7 @@ TEST(HttpParser, ParsesHeadRequest) {
 TEST(HttpParser, AcceptsHttp10WithoutHost) {
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    const Parsed p = parse_one("GET /old HTTP/1.0\r\n\r\n", Limits{}, slice);
+    const Parsed p = parse_one("GET /old HTTP/1.0\r\n\r\n", kDefaultLimits, slice);
     EXPECT_EQ(p.version_minor, 0);
     EXPECT_EQ(p.target, "/old");
     EXPECT_TRUE(p.headers.empty());
@@ -454,7 +459,7 @@ TEST(HttpParser, ConnectionCloseEndsKeepAlive) {
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
     EXPECT_FALSE(
-        parse_one("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", Limits{}, slice)
+        parse_one("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", kDefaultLimits, slice)
             .keep_alive);
   }
 }
@@ -462,9 +467,9 @@ TEST(HttpParser, ConnectionCloseEndsKeepAlive) {
 TEST(HttpParser, Http10IsNotKeptAliveUnlessAsked) {
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    EXPECT_FALSE(parse_one("GET / HTTP/1.0\r\nHost: h\r\n\r\n", Limits{}, slice).keep_alive);
+    EXPECT_FALSE(parse_one("GET / HTTP/1.0\r\nHost: h\r\n\r\n", kDefaultLimits, slice).keep_alive);
     EXPECT_TRUE(
-        parse_one("GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", Limits{}, slice)
+        parse_one("GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", kDefaultLimits, slice)
             .keep_alive);
   }
 }
@@ -706,7 +711,7 @@ TEST(HttpParser, RejectsRepeatedExpect) {
 TEST(HttpParser, ErrorMessageIsJsonSafe) {
   // llhttp's own reason text is copied into the error; it must never carry quotes, backslashes
   // or control characters into the JSON error body.
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   std::string buf = "GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n";
   ASSERT_EQ(parser.parse(buf).status, Status::kError);
   EXPECT_FALSE(parser.error().message.empty());
@@ -721,7 +726,7 @@ TEST(HttpParser, RefusesInputAfterAnError) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
-        HttpParser parser(Limits{});
+        HttpParser parser(kDefaultLimits);
         std::string bad = "GET / HTTP/1.1\nHost: h\n\n";
         (void)parser.parse(bad);
         std::string good = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
@@ -734,7 +739,7 @@ TEST(HttpParser, RefusesInputAfterAnError) {
 // Reuse
 
 TEST(HttpParser, ResetMakesParserReusableAfterAnError) {
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   std::string bad = "GET / HTTP/2.0\r\nHost: h\r\n\r\n";
   ASSERT_EQ(parser.parse(bad).status, Status::kError);
   EXPECT_EQ(parser.error().status, 505);
@@ -746,7 +751,7 @@ TEST(HttpParser, ResetMakesParserReusableAfterAnError) {
 }
 
 TEST(HttpParser, ResetDiscardsAPartialRequest) {
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   std::string partial = "POST /first HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nabc";
   ASSERT_EQ(parser.parse(partial).status, Status::kNeedMore);
   ASSERT_TRUE(parser.request_in_progress());
@@ -761,7 +766,7 @@ TEST(HttpParser, ResetDiscardsAPartialRequest) {
 }
 
 TEST(HttpParser, ResetClearsAPendingExpectContinue) {
-  HttpParser parser(Limits{});
+  HttpParser parser(kDefaultLimits);
   std::string head =
       "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
   ASSERT_EQ(parser.parse(head).status, Status::kExpectContinue);
