@@ -23,7 +23,7 @@
 #   WRK_CONNECTIONS   default 50
 #   KEEP_TMP=1        keep the temp dir (configs, server logs, raw wrk output)
 # Every process the script starts is stopped on exit, including on failure and Ctrl-C.
-set -euo pipefail
+set -Eeuo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "${script_dir}/.." && pwd)"
@@ -136,7 +136,7 @@ stop_process() {  # name pid: SIGTERM, wait up to STOP_TIMEOUT_S, then SIGKILL; 
 
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM ERR
   [[ -n "$keygate_pid" ]] && stop_process keygate "$keygate_pid"
   # nginx's master stops its workers on SIGTERM before it exits.
   [[ -n "$nginx_pid" ]] && stop_process nginx "$nginx_pid"
@@ -148,6 +148,7 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'log "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -279,7 +280,7 @@ run_wrk() {  # server client_cpu duration_s label
   result="$(grep '^E2E_RESULT ' "$out")" || die "no result line in $out"
   # The values of "E2E_RESULT requests=N duration_us=N p99_us=N errors=N non2xx=N", in order.
   read -r requests duration_us p99_us errors non2xx < <(
-    awk '{ for (i = 2; i <= NF; ++i) { sub(/^[a-z0-9_]+=/, "", $i); printf "%s ", $i } }' \
+    awk '{ for (i = 2; i <= NF; ++i) { sub(/^[a-z0-9_]+=/, "", $i); printf "%s ", $i }; print "" }' \
       <<<"$result")
   ((requests > 0)) || die "wrk completed no requests against $server: see $out"
   if ((errors > 0 || non2xx > 0)); then
