@@ -2,20 +2,22 @@
 
 namespace keygate {
 
-void BuiltinHandler::handle(const HttpRequest& request, ResponseWriter& response) noexcept {
+Handler::Result BuiltinHandler::handle(const HttpRequest& request, ResponseWriter& response,
+                                       RequestContext&) noexcept {
   if (request.path == "/healthz") {
     if (request.method != "GET" && request.method != "HEAD") {
       response.start(405);
       response.header("Allow", "GET, HEAD");
       response.finish("application/json",
                       "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}\n");
-      return;
+      return Result::kDone;
     }
     response.start(200);
     response.finish("text/plain", "ok");
-    return;
+    return Result::kDone;
   }
   response.error(404, "not_found", "no such route");
+  return Result::kDone;
 }
 
 }  // namespace keygate

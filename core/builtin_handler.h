@@ -10,7 +10,8 @@ namespace keygate {
 
 class BuiltinHandler final : public Handler {
  public:
-  void handle(const HttpRequest& request, ResponseWriter& response) noexcept override;
+  Result handle(const HttpRequest& request, ResponseWriter& response,
+                RequestContext& ctx) noexcept override;
 };
 
 class BuiltinHandlerFactory final : public HandlerFactory {

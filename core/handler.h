@@ -2,15 +2,17 @@
 //
 // Threading: each worker owns its own Handler instances (made by a HandlerFactory at start), so
 // a handler needs no locks for its own state; anything it shares across workers must be
-// thread-safe. handle() runs on the worker's event loop: it must not block, must not throw, and
-// should not allocate per request.
+// thread-safe. handle() and resume() run on the worker's event loop: they must not block, must
+// not throw, and should not allocate per request.
 //
-// Contract for issue #2: handle() completes the response synchronously. Later issues add an
-// asynchronous completion for the rare paths that must wait (a key lookup that misses the cache,
-// an admin write); the engine already serializes responses per connection in request order, so
-// a pending request will simply hold back the responses pipelined behind it.
+// Asynchronous requests: a handler that must wait (a key lookup that misses the cache, an admin
+// write that must be synced) calls ctx.defer(), starts the work elsewhere, returns kPending, and
+// has the other thread call the returned ticket's post() when done. The worker then calls
+// resume() on its own thread with the same request views (kept valid meanwhile). Responses stay
+// in request order: the connection parses nothing further until the pending request completes.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "core/http_request.h"
@@ -18,12 +20,57 @@
 
 namespace keygate {
 
+// Thread-safe handle to one deferred request. post() may be called from any thread, exactly once.
+class ResumeTicket {
+ public:
+  class Sink {
+   public:
+    virtual ~Sink() = default;
+    virtual void post(uint32_t slot, uint32_t gen) noexcept = 0;
+  };
+  ResumeTicket() = default;
+  ResumeTicket(Sink* sink, uint32_t slot, uint32_t gen) : sink_(sink), slot_(slot), gen_(gen) {}
+  void post() const noexcept { sink_->post(slot_, gen_); }
+  bool valid() const noexcept { return sink_ != nullptr; }
+
+ private:
+  Sink* sink_ = nullptr;
+  uint32_t slot_ = 0;
+  uint32_t gen_ = 0;
+};
+
+// Per-connection context the worker passes to its handler. Worker-local.
+class RequestContext {
+ public:
+  virtual ~RequestContext() = default;
+  // Marks the current request as pending and returns its ticket. Call at most once per
+  // handle()/resume() call, and then return Handler::Result::kPending.
+  virtual ResumeTicket defer() noexcept = 0;
+  // A slot for the handler's own per-request state while the request is pending. The worker
+  // never touches it; Handler::abandon() is the handler's chance to free it.
+  void* state = nullptr;
+};
+
 class Handler {
  public:
+  enum class Result { kDone, kPending };
+
   virtual ~Handler() = default;
-  // Writes exactly one complete response into `response`. The request's views are valid only
-  // during this call.
-  virtual void handle(const HttpRequest& request, ResponseWriter& response) noexcept = 0;
+  // Writes exactly one complete response into `response` (kDone), or defers (kPending). The
+  // request's views are valid during this call and, when deferred, until the request completes.
+  virtual Result handle(const HttpRequest& request, ResponseWriter& response,
+                        RequestContext& ctx) noexcept = 0;
+  // Continues a deferred request after its ticket was posted. Same contract as handle().
+  virtual Result resume(const HttpRequest& request, ResponseWriter& response,
+                        RequestContext& ctx) noexcept {
+    (void)request;
+    (void)ctx;
+    response.error(500, "internal_error", "unexpected resume");
+    return Result::kDone;
+  }
+  // The connection of a deferred request closed; its ticket was posted (so no other thread
+  // still uses ctx.state). Free any per-request state.
+  virtual void abandon(RequestContext& ctx) noexcept { (void)ctx; }
 };
 
 // Makes one Handler per worker. Called once per worker at start-up, on the main thread.
@@ -31,6 +78,17 @@ class HandlerFactory {
  public:
   virtual ~HandlerFactory() = default;
   virtual std::unique_ptr<Handler> make(unsigned worker_index) = 0;
+};
+
+// Hooks a worker calls around its blocking wait, once per event-loop pass, on its own thread.
+// Between after_wait() and the next before_wait() the worker may hold references into shared
+// read-mostly structures; across before_wait() it holds none. That is exactly what
+// quiescent-state-based reclamation (the key cache's) needs.
+class LoopObserver {
+ public:
+  virtual ~LoopObserver() = default;
+  virtual void before_wait() noexcept = 0;
+  virtual void after_wait() noexcept = 0;
 };
 
 }  // namespace keygate

@@ -271,6 +271,15 @@ void HttpParser::reset() {
   error_ = ParseError{};
 }
 
+void HttpParser::stabilize() {
+  KEYGATE_ASSERT(message_done_);
+  if (assembled_) return;
+  assembly_.assign(base_, kept_bytes());
+  assembled_ = true;
+  base_ = assembly_.data();
+  build_request();
+}
+
 void HttpParser::check_partial_limits() {
   if (headers_done_ || failed_) return;
   if (request_line_raw_ == 0) {

@@ -57,6 +57,11 @@ class HttpParser {
   Result parse(std::span<char> input);
 
   const HttpRequest& request() const { return request_; }
+
+  // Copies the completed request into the parser's own buffer (if it still points into the
+  // caller's receive buffer) so its views outlive that buffer: used when a handler defers the
+  // request. The views stay valid until the next parse() call.
+  void stabilize();
   const ParseError& error() const { return error_; }
 
   // A request has begun (bytes of it were consumed) and is not yet complete.

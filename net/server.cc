@@ -131,7 +131,9 @@ bool Server::start(std::string* error) {
     listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i)});
     listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i)});
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
-    running->workers.push_back(std::make_unique<Worker>(i, options_.limits, std::move(listeners)));
+    LoopObserver* observer = i < options_.loop_observers.size() ? options_.loop_observers[i] : nullptr;
+    running->workers.push_back(
+        std::make_unique<Worker>(i, options_.limits, std::move(listeners), observer));
   }
 
   // Each ring must be created on its worker's thread (SINGLE_ISSUER), so init happens there and

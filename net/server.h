@@ -23,6 +23,8 @@ struct ServerOptions {
   Limits limits;
   HandlerFactory* data_handlers = nullptr;   // one handler per worker for the data port
   HandlerFactory* admin_handlers = nullptr;  // one handler per worker for the admin port
+  // Empty, or one per worker (index = worker index); each must outlive the server.
+  std::vector<LoopObserver*> loop_observers;
 };
 
 class Server {

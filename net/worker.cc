@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 #include <span>
 #include <utility>
 
@@ -54,11 +55,26 @@ enum TimerKind : uint8_t { kHeader, kBody, kIdle, kWrite, kLinger, kTimerKinds, 
 
 }  // namespace
 
+struct Connection;
+
+// The RequestContext a connection hands its handler; defer() makes the request pending.
+class ConnContext final : public RequestContext {
+ public:
+  ConnContext(Connection* c, ResumeTicket::Sink* sink) : conn_(c), sink_(sink) {}
+  ResumeTicket defer() noexcept override;
+
+ private:
+  Connection* conn_;
+  ResumeTicket::Sink* sink_;
+};
+
 struct Connection {
-  explicit Connection(const Limits& limits, uint32_t s) : parser(limits), slot(s) {}
+  Connection(const Limits& limits, uint32_t s, ResumeTicket::Sink* sink)
+      : parser(limits), slot(s), ctx(this, sink) {}
 
   HttpParser parser;
   uint32_t slot;
+  ConnContext ctx;
   uint32_t gen = 0;
   int fd = -1;
   uint32_t listener = 0;
@@ -72,6 +88,7 @@ struct Connection {
   std::string pending;     // received, not yet parsed (paused at the pipeline cap)
   std::string resume_buf;  // pending's bytes while they are being parsed
 
+  bool awaiting = false;  // a deferred request waits for its ticket to be posted
   bool send_in_flight = false;
   bool recv_armed = false;
   bool recv_cancel_sent = false;
@@ -84,6 +101,13 @@ struct Connection {
   Connection* tprev = nullptr;
   Connection* tnext = nullptr;
 };
+
+ResumeTicket ConnContext::defer() noexcept {
+  KEYGATE_ASSERT(!conn_->awaiting);
+  conn_->awaiting = true;
+  ++conn_->ops;  // the slot stays ours until the ticket's post is reaped
+  return ResumeTicket(sink_, conn_->slot, conn_->gen);
+}
 
 namespace {
 
@@ -112,10 +136,19 @@ struct TimerList {
 
 }  // namespace
 
-struct Worker::Impl {
-  Impl(unsigned i, const Limits& l, std::vector<WorkerListener> ls)
-      : index(i), limits(l), listeners(std::move(ls)), accept_armed(listeners.size(), false) {}
-  ~Impl();
+struct Worker::Impl final : public ResumeTicket::Sink {
+  Impl(unsigned i, const Limits& l, std::vector<WorkerListener> ls, LoopObserver* o)
+      : index(i),
+        limits(l),
+        listeners(std::move(ls)),
+        accept_armed(listeners.size(), false),
+        observer(o) {}
+  ~Impl() override;
+
+  // ResumeTicket::Sink: any thread.
+  void post(uint32_t slot, uint32_t gen) noexcept override;
+  void on_wake();
+  void on_posted(uint32_t slot, uint32_t gen);
 
   bool init(std::string* error);
   void run();
@@ -133,8 +166,8 @@ struct Worker::Impl {
   void on_tick();
   void on_data(Connection* c, std::span<char> data);
   void process(Connection* c, std::span<char> data);
-  void resume(Connection* c);
-  void dispatch(Connection* c);
+  void drain_pending(Connection* c);
+  void dispatch(Connection* c, bool resuming);
   void write_error(Connection* c, int status, std::string_view code, std::string_view message);
   void flush(Connection* c);
   void submit_send(Connection* c);
@@ -152,8 +185,8 @@ struct Worker::Impl {
   void expire(Connection* c);
   std::string& fill_buf(Connection* c) { return c->out[c->fill]; }
   bool idle(const Connection* c) const {
-    return !c->parser.request_in_progress() && !c->send_in_flight && c->out[c->fill].empty() &&
-           c->pending.empty();
+    return !c->parser.request_in_progress() && !c->awaiting && !c->send_in_flight &&
+           c->out[c->fill].empty() && c->pending.empty();
   }
 
   unsigned index;
@@ -161,6 +194,7 @@ struct Worker::Impl {
   std::vector<WorkerListener> listeners;
   std::vector<bool> accept_armed;
   std::vector<bool> accept_retry;
+  LoopObserver* observer;
 
   io_uring ring{};
   bool ring_ready = false;
@@ -170,6 +204,11 @@ struct Worker::Impl {
 
   int wake_fd = -1;
   uint64_t wake_value = 0;
+  // Tickets posted by other threads. A mutex is fine here: only deferred requests (cache
+  // misses, admin writes) come this way, never the common request path.
+  std::mutex posted_mu;
+  std::vector<std::pair<uint32_t, uint32_t>> posted;
+  std::vector<std::pair<uint32_t, uint32_t>> posted_local;
   std::atomic<bool> ready{false};  // init() succeeded; run() will (or does) serve
   std::atomic<bool> stop_requested{false};
   __kernel_timespec tick_ts{0, kTickNs};
@@ -347,7 +386,9 @@ void Worker::Impl::run() {
     }
     dirty.clear();
     if (draining && (live == 0 || now_ms >= drain_deadline_ms)) break;
+    if (observer != nullptr) observer->before_wait();
     const int ret = io_uring_submit_and_wait(&ring, 1);
+    if (observer != nullptr) observer->after_wait();
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
       std::fprintf(stderr, "keygate: worker %u: io_uring_enter failed: %s\n", index,
                    std::strerror(-ret));
@@ -389,7 +430,7 @@ void Worker::Impl::handle_cqe(io_uring_cqe* cqe) {
       if (!(draining && live == 0)) arm_tick();
       return;
     case kOpWake:
-      begin_drain();
+      on_wake();
       return;
     case kOpAcceptCancel:
       return;
@@ -430,7 +471,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
         free_slots.pop_back();
       } else {
         slot = static_cast<uint32_t>(conns.size());
-        conns.push_back(std::make_unique<Connection>(limits, slot));
+        conns.push_back(std::make_unique<Connection>(limits, slot, this));
       }
       Connection* c = conns[slot].get();
       c->fd = res;
@@ -480,7 +521,7 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
 
 void Worker::Impl::on_data(Connection* c, std::span<char> data) {
   if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
-  if (!c->pending.empty()) {
+  if (!c->pending.empty() || c->awaiting) {
     c->pending.append(data.data(), data.size());
     if (c->pending.size() > kPendingInputMax && c->recv_armed && !c->recv_cancel_sent) {
       io_uring_sqe* sqe = get_sqe();
@@ -497,7 +538,7 @@ void Worker::Impl::on_data(Connection* c, std::span<char> data) {
 void Worker::Impl::process(Connection* c, std::span<char> data) {
   for (;;) {
     if (c->close_after_send || c->closed) return;
-    if (c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
+    if (c->awaiting || c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
       c->pending.append(data.data(), data.size());
       return;
     }
@@ -519,18 +560,28 @@ void Worker::Impl::process(Connection* c, std::span<char> data) {
         return;
       }
       case HttpParser::Status::kRequest:
-        dispatch(c);
+        stats.requests.fetch_add(1, std::memory_order_relaxed);
+        dispatch(c, false);
         continue;
     }
   }
 }
 
-void Worker::Impl::dispatch(Connection* c) {
+void Worker::Impl::dispatch(Connection* c, bool resuming) {
   const HttpRequest& request = c->parser.request();
-  stats.requests.fetch_add(1, std::memory_order_relaxed);
-  ResponseWriter writer(fill_buf(c), date, request.is_head(), request.keep_alive && !draining);
-  listeners[c->listener].handler->handle(request, writer);
-  KEYGATE_ASSERT(writer.finished());
+  ResponseWriter writer(fill_buf(c), date, request.is_head(),
+                        request.keep_alive && !draining && !c->close_after_send);
+  Handler& handler = *listeners[c->listener].handler;
+  const Handler::Result result = resuming ? handler.resume(request, writer, c->ctx)
+                                          : handler.handle(request, writer, c->ctx);
+  if (result == Handler::Result::kPending) {
+    KEYGATE_ASSERT(c->awaiting && !writer.started());
+    // The receive buffer the views point into goes back to the kernel at the end of this pass.
+    c->parser.stabilize();
+    timer_clear(c);
+    return;
+  }
+  KEYGATE_ASSERT(!c->awaiting && writer.finished());
   ++c->responses_fill;
   if (!writer.keep_alive()) c->close_after_send = true;
   // The next request gets a fresh header deadline.
@@ -549,8 +600,8 @@ void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
   mark_dirty(c);
 }
 
-void Worker::Impl::resume(Connection* c) {
-  if (c->closed) return;
+void Worker::Impl::drain_pending(Connection* c) {
+  if (c->closed || c->awaiting) return;
   if (!c->pending.empty()) {
     std::swap(c->pending, c->resume_buf);
     process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()));
@@ -607,7 +658,7 @@ void Worker::Impl::on_send(Connection* c, int res) {
   buf.clear();
   if (buf.capacity() > kOutputKeepCapacity) buf.shrink_to_fit();
   c->responses_send = 0;
-  resume(c);
+  drain_pending(c);
   flush(c);
   if (!c->closed && !c->send_in_flight) update_timer(c);
 }
@@ -631,7 +682,7 @@ void Worker::Impl::on_peer_eof(Connection* c) {
     close_conn(c);  // linger done, or the client gave up mid-request
     return;
   }
-  if (c->send_in_flight || !c->out[c->fill].empty() || !c->pending.empty()) {
+  if (c->send_in_flight || !c->out[c->fill].empty() || !c->pending.empty() || c->awaiting) {
     c->close_after_send = true;  // half-closed client: still owed its responses
     return;
   }
@@ -671,7 +722,8 @@ void Worker::Impl::release(Connection* c) {
   c->fill = 0;
   c->send_off = 0;
   c->responses_fill = c->responses_send = 0;
-  c->send_in_flight = c->recv_armed = c->recv_cancel_sent = false;
+  c->send_in_flight = c->recv_armed = c->recv_cancel_sent = c->awaiting = false;
+  c->ctx.state = nullptr;
   c->close_after_send = c->lingering = false;
   --live;
   free_slots.push_back(c->slot);
@@ -700,7 +752,8 @@ void Worker::Impl::timer_clear(Connection* c) {
 }
 
 void Worker::Impl::update_timer(Connection* c) {
-  if (c->closed || c->lingering) return;
+  // A deferred request is bounded by whoever holds its ticket, not by a client timeout.
+  if (c->closed || c->lingering || c->awaiting) return;
   TimerKind want;
   if (c->parser.request_in_progress()) {
     want = c->parser.headers_complete() ? kBody : kHeader;
@@ -766,8 +819,45 @@ void Worker::Impl::begin_drain() {
   }
 }
 
-Worker::Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners)
-    : impl_(std::make_unique<Impl>(index, limits, std::move(listeners))) {}
+void Worker::Impl::post(uint32_t slot, uint32_t gen) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(posted_mu);
+    posted.emplace_back(slot, gen);
+  }
+  const uint64_t one = 1;
+  const ssize_t n = ::write(wake_fd, &one, sizeof(one));
+  KEYGATE_ASSERT(n == sizeof(one));
+}
+
+void Worker::Impl::on_wake() {
+  arm_wake();
+  if (stop_requested.load(std::memory_order_acquire)) begin_drain();
+  {
+    std::lock_guard<std::mutex> lock(posted_mu);
+    posted_local.swap(posted);
+  }
+  for (auto [slot, gen] : posted_local) on_posted(slot, gen);
+  posted_local.clear();
+}
+
+void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
+  Connection* c = conns[slot].get();
+  // The pending request holds an op on its slot, so the slot cannot have been reused.
+  KEYGATE_ASSERT(c->gen == gen && c->awaiting);
+  c->awaiting = false;
+  if (c->closed) {
+    listeners[c->listener].handler->abandon(c->ctx);
+  } else {
+    dispatch(c, true);
+    drain_pending(c);
+    update_timer(c);
+  }
+  op_done(c);
+}
+
+Worker::Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
+               LoopObserver* observer)
+    : impl_(std::make_unique<Impl>(index, limits, std::move(listeners), observer)) {}
 Worker::~Worker() = default;
 
 bool Worker::init(std::string* error) { return impl_->init(error); }
@@ -775,7 +865,7 @@ void Worker::run() { impl_->run(); }
 
 void Worker::request_stop() {
   if (!impl_->ready.load(std::memory_order_acquire)) return;  // never started: nothing to stop
-  if (impl_->stop_requested.exchange(true)) return;
+  if (impl_->stop_requested.exchange(true, std::memory_order_acq_rel)) return;
   const uint64_t one = 1;
   // eventfd writes of 8 bytes do not fail short; a failure means the fd is gone (a bug).
   const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));

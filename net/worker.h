@@ -36,7 +36,9 @@ struct WorkerListener {
 
 class Worker {
  public:
-  Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners);
+  // `observer` (may be null) is called around every blocking wait; it must outlive the worker.
+  Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
+         LoopObserver* observer);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
