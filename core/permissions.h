@@ -1,0 +1,79 @@
+// Permissions: which configured API a request path belongs to, users and their grants, and the
+// decision for one request.
+//
+// Pure logic, no I/O. An ApiRegistry is immutable after start (built from config) and shared by
+// all workers; Users live in the store and reach workers through the key cache.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/api_key.h"
+
+namespace keygate {
+
+constexpr std::string_view kAdminApi = "admin";
+
+struct ApiConfig {
+  std::string name;                 // unique; "admin" is reserved for the built-in admin API
+  std::vector<std::string> routes;  // path prefixes, each starting with '/'
+};
+
+// Segment-aware prefix match: "/orders" matches "/orders", "/orders/", "/orders/7" but not
+// "/ordersX"; a route ending in '/' (including "/") matches every path that starts with it.
+bool route_matches(std::string_view route, std::string_view path) noexcept;
+
+// True when `path` is safe to match against prefixes: starts with '/', has no "." or ".."
+// segments, no percent-encoded '.', '/' or '\\' (%2e %2f %5c, any case), no backslash and no
+// NUL. Requests with other paths are rejected (400) before any permission check, so a prefix
+// grant cannot be escaped with "/orders/../admin".
+bool path_is_normalized(std::string_view path) noexcept;
+
+class ApiRegistry {
+ public:
+  // Validates and indexes. Fails (false, one line in `error`) on: empty or duplicate names,
+  // the reserved name "admin", names that are not [A-Za-z0-9_.-]{1,64}, an API without routes,
+  // a route not starting with '/', the same route in two APIs, more than 256 APIs.
+  bool init(std::vector<ApiConfig> apis, std::string* error);
+
+  // The API whose route is the longest match for `path`, or nullptr. Does not allocate.
+  const ApiConfig* match(std::string_view path) const noexcept;
+  const ApiConfig* find(std::string_view name) const noexcept;
+  const std::vector<ApiConfig>& apis() const noexcept { return apis_; }
+
+ private:
+  std::vector<ApiConfig> apis_;
+};
+
+struct Grant {
+  std::string api;                   // an API name
+  std::vector<std::string> methods;  // e.g. {"GET","POST"}; empty = any method
+  std::string path_prefix;           // "" or "/" = any path within the API; segment-aware
+};
+
+struct User {
+  std::string name;  // compared exactly, case-sensitive (e.g. "kharnagy@domain.corp")
+  std::vector<Grant> grants;
+};
+
+enum class Decision : uint8_t {
+  kAllowed,
+  kApiNotPermitted,   // 403 api_not_permitted: the key's apis lack the route's API
+  kUserNotPermitted,  // 403 user_not_permitted: no grant matches, or the key's user is gone
+  kInvalidKey,        // 401 invalid_api_key: disabled or expired
+};
+
+// The decision for a key, an already-matched API, method and path at `now` (Unix seconds).
+// `user` is the key's user when the key has one and it exists, nullptr otherwise (a key whose
+// user no longer exists gets kUserNotPermitted). "admin" in a key's apis grants the admin API
+// only, not data-plane APIs (least privilege: name them too). Does not allocate.
+Decision authorize(const KeyRecord& key, const User* user, const ApiConfig& api,
+                   std::string_view method, std::string_view path, int64_t now) noexcept;
+
+// Stable binary encoding of a user for storage. decode never crashes on arbitrary bytes.
+std::string encode_user(const User& user);
+bool decode_user(std::string_view bytes, User* out);
+
+}  // namespace keygate
