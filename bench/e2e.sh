@@ -60,7 +60,7 @@ readonly KEYGATE_ADMIN_PORT="${KEYGATE_ADMIN_PORT:-18082}"
 readonly WRK_CONNECTIONS="${WRK_CONNECTIONS:-50}"
 readonly WORKERS=1
 readonly STARTUP_TIMEOUT_S=10
-readonly STOP_TIMEOUT_S=10
+readonly STOP_TIMEOUT_S=15  # above keygate's default drain_timeout_ms
 
 die() {
   echo "e2e.sh: $*" >&2
@@ -321,9 +321,9 @@ echo "- keygate: \`taskset -c $SERVER_CPU ${keygate_cmd[*]}\`"
 nginx_version="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
 echo "- nginx: \`taskset -c $SERVER_CPU ${nginx_cmd[*]}\` ($nginx_version)," \
   "worker_processes $WORKERS, access_log off, keepalive_requests 1000000"
+wrk_version="$( (wrk -v 2>&1 || true) | awk 'NR == 1 { print $2 }')"
 echo "- wrk: \`taskset -c CPU wrk -t1 -c$WRK_CONNECTIONS -d${DURATION}s --latency URL\`" \
-  "($(wrk -v 2>&1 | head -1 | awk '{print $2}')), $ROUNDS rounds per layout, interleaved," \
-  "after a 1 s warm-up per server"
+  "($wrk_version), ROUNDS=$ROUNDS per layout, servers interleaved, after a 1 s warm-up each"
 echo "- host: $(uname -sr), $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)," \
   "$(nproc) CPUs usable, CLK_TCK $CLK_TCK"
 echo "- ratio = keygate / nginx: above 1 is better for req/s, below 1 is better for p99 and CPU"

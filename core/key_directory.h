@@ -31,11 +31,20 @@ class KeyDirectory {
   // Worker thread, non-blocking. nullptr when no such user.
   virtual const User* find_user(std::string_view name) noexcept = 0;
 
-  // Worker thread, non-blocking: looks the digest up in the store off the event loop, caches
-  // the answer (positively or negatively), then posts `ticket`. After the post, find_key() on
-  // the worker answers kFound or kUnknown for this digest. Must always post, even on errors
-  // (then find_key() may answer kUnknown).
-  virtual void fetch(const KeyDigest& digest, ResumeTicket ticket) noexcept = 0;
+  // The answer of fetch(), written by the fetching thread before it posts the ticket. Owned by
+  // the caller (e.g. in RequestContext::state) and left alone by the caller until the post.
+  struct FetchResult {
+    bool found = false;
+    bool failed = false;  // the store could not answer (I/O error): answer 503, not 401
+    KeyRecord record;
+    bool has_user = false;
+    User user;  // the record's user, when it has one and the user exists
+  };
+
+  // Worker thread, non-blocking: looks the digest up in the store off the event loop, fills
+  // `*out`, caches the answer (positively or negatively, bounded), then posts `ticket`. Always
+  // posts exactly once, also on errors (then out->failed is set).
+  virtual void fetch(const KeyDigest& digest, FetchResult* out, ResumeTicket ticket) noexcept = 0;
 };
 
 }  // namespace keygate

@@ -1,0 +1,444 @@
+#include "core/config.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace keygate {
+namespace {
+
+// Parses `text` expecting success.
+Config parse_ok(std::string_view text) {
+  Config config;
+  std::string error;
+  EXPECT_TRUE(parse_config(text, "test.toml", &config, &error)) << error;
+  EXPECT_EQ(error, "");
+  return config;
+}
+
+// Parses `text` expecting failure; returns the error line.
+std::string parse_error(std::string_view text) {
+  Config config;
+  config.data_dir = "untouched";
+  std::string error;
+  EXPECT_FALSE(parse_config(text, "test.toml", &config, &error));
+  EXPECT_EQ(config.data_dir, "untouched") << "a failed parse must not modify the output";
+  return error;
+}
+
+bool contains(const std::string& haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TOML file
+
+TEST(Config, EmptyFileKeepsEveryDefault) {
+  const Config c = parse_ok("");
+  const Config defaults;
+  const Limits limits;
+  EXPECT_EQ(c.listen.host, "127.0.0.1");
+  EXPECT_EQ(c.listen.port, 8080);
+  EXPECT_FALSE(c.listen.ipv6);
+  EXPECT_EQ(c.admin_listen.host, "127.0.0.1");
+  EXPECT_EQ(c.admin_listen.port, 8081);
+  EXPECT_EQ(c.data_dir, "./data");
+  EXPECT_EQ(c.log_dir, "./data/logs");
+  EXPECT_EQ(c.workers, 0u);
+  EXPECT_EQ(c.limits.request_line_bytes_max, limits.request_line_bytes_max);
+  EXPECT_EQ(c.limits.header_bytes_max, limits.header_bytes_max);
+  EXPECT_EQ(c.limits.body_bytes_max, limits.body_bytes_max);
+  EXPECT_EQ(c.limits.idle_timeout_ms, limits.idle_timeout_ms);
+}
+
+TEST(Config, ReadsEveryKey) {
+  const Config c = parse_ok(R"(
+# comment
+[server]
+listen = "0.0.0.0:9000"
+admin_listen = "[::1]:9001"
+data_dir = "/var/lib/keygate"
+log_dir = "/var/log/keygate"
+workers = 4
+
+[limits]
+request_line_bytes_max = 4096
+header_bytes_max = 8192
+header_count_max = 50
+body_bytes_max = 65536
+connections_per_worker_max = 2000
+pipeline_depth_max = 8
+header_timeout_ms = 5000
+body_timeout_ms = 6000
+idle_timeout_ms = 7000
+linger_timeout_ms = 0
+drain_timeout_ms = 9000
+)");
+  EXPECT_EQ(c.listen.host, "0.0.0.0");
+  EXPECT_EQ(c.listen.port, 9000);
+  EXPECT_FALSE(c.listen.ipv6);
+  EXPECT_EQ(c.admin_listen.host, "::1");
+  EXPECT_EQ(c.admin_listen.port, 9001);
+  EXPECT_TRUE(c.admin_listen.ipv6);
+  EXPECT_EQ(c.data_dir, "/var/lib/keygate");
+  EXPECT_EQ(c.log_dir, "/var/log/keygate");
+  EXPECT_EQ(c.workers, 4u);
+  EXPECT_EQ(c.limits.request_line_bytes_max, 4096u);
+  EXPECT_EQ(c.limits.header_bytes_max, 8192u);
+  EXPECT_EQ(c.limits.header_count_max, 50u);
+  EXPECT_EQ(c.limits.body_bytes_max, 65536u);
+  EXPECT_EQ(c.limits.connections_per_worker_max, 2000u);
+  EXPECT_EQ(c.limits.pipeline_depth_max, 8u);
+  EXPECT_EQ(c.limits.header_timeout_ms, 5000u);
+  EXPECT_EQ(c.limits.body_timeout_ms, 6000u);
+  EXPECT_EQ(c.limits.idle_timeout_ms, 7000u);
+  EXPECT_EQ(c.limits.linger_timeout_ms, 0u);
+  EXPECT_EQ(c.limits.drain_timeout_ms, 9000u);
+}
+
+TEST(Config, PartialTablesKeepOtherDefaults) {
+  const Config c = parse_ok("[limits]\nbody_bytes_max = 0\n");
+  EXPECT_EQ(c.limits.body_bytes_max, 0u);
+  EXPECT_EQ(c.limits.header_count_max, Limits{}.header_count_max);
+  EXPECT_EQ(c.listen.port, 8080);
+}
+
+TEST(Config, AcceptsLargestBodyLimit) {
+  EXPECT_EQ(parse_ok("[limits]\nbody_bytes_max = 1073741824\n").limits.body_bytes_max,
+            uint64_t{1} << 30);
+}
+
+TEST(Config, RejectsUnknownTopLevelTable) {
+  const std::string error = parse_error("[serevr]\nlisten = \"127.0.0.1:1\"\n");
+  EXPECT_TRUE(contains(error, "unknown key 'serevr'")) << error;
+  EXPECT_EQ(error.rfind("test.toml:", 0), 0u) << error;
+}
+
+TEST(Config, RejectsUnknownKeyWithItsPosition) {
+  const std::string error = parse_error("[server]\nworkers = 2\nlisten_addr = \"127.0.0.1:1\"\n");
+  EXPECT_EQ(error, "test.toml:3:15: unknown key 'server.listen_addr'");
+}
+
+TEST(Config, RejectsUnknownLimit) {
+  const std::string error = parse_error("[limits]\nbody_max = 5\n");
+  EXPECT_TRUE(contains(error, "unknown key 'limits.body_max'")) << error;
+}
+
+TEST(Config, RejectsSyntaxErrorWithPosition) {
+  const std::string error = parse_error("[server]\nworkers = = 3\n");
+  EXPECT_EQ(error.rfind("test.toml:2:", 0), 0u) << error;
+}
+
+TEST(Config, RejectsServerThatIsNotATable) {
+  EXPECT_TRUE(contains(parse_error("server = 5\n"), "server: expected a table"));
+}
+
+TEST(Config, RejectsLimitsThatIsNotATable) {
+  EXPECT_TRUE(contains(parse_error("limits = \"big\"\n"), "limits: expected a table"));
+}
+
+TEST(Config, RejectsStringWhereIntegerExpected) {
+  const std::string error = parse_error("[server]\nworkers = \"4\"\n");
+  EXPECT_EQ(error, "test.toml:2:11: server.workers: expected an integer");
+}
+
+TEST(Config, RejectsFloatWhereIntegerExpected) {
+  EXPECT_TRUE(contains(parse_error("[limits]\nheader_count_max = 10.0\n"),
+                       "limits.header_count_max: expected an integer"));
+}
+
+TEST(Config, RejectsIntegerWhereStringExpected) {
+  EXPECT_TRUE(
+      contains(parse_error("[server]\ndata_dir = 5\n"), "server.data_dir: expected a string"));
+}
+
+TEST(Config, RejectsLimitBelowItsMinimum) {
+  const std::string error = parse_error("[limits]\nheader_bytes_max = 255\n");
+  EXPECT_EQ(error, "test.toml:2:20: limits.header_bytes_max: must be between 256 and 1048576");
+}
+
+TEST(Config, AcceptsLimitAtItsMinimum) {
+  EXPECT_EQ(parse_ok("[limits]\nheader_bytes_max = 256\n").limits.header_bytes_max, 256u);
+}
+
+TEST(Config, RejectsLimitAboveItsMaximum) {
+  EXPECT_TRUE(contains(parse_error("[limits]\nbody_bytes_max = 1073741825\n"),
+                       "limits.body_bytes_max: must be between 0 and 1073741824"));
+  EXPECT_TRUE(contains(parse_error("[server]\nworkers = 1025\n"),
+                       "server.workers: must be between 0 and 1024"));
+}
+
+TEST(Config, RejectsNegativeInteger) {
+  EXPECT_TRUE(contains(parse_error("[limits]\nidle_timeout_ms = -1\n"),
+                       "limits.idle_timeout_ms: must be between 1 and 4294967295"));
+}
+
+TEST(Config, RejectsZeroWherePositiveRequired) {
+  EXPECT_TRUE(contains(parse_error("[limits]\nheader_count_max = 0\n"),
+                       "limits.header_count_max: must be between 1 and 10000"));
+}
+
+TEST(Config, RejectsTimeoutThatOverflowsUint32) {
+  EXPECT_TRUE(contains(parse_error("[limits]\nheader_timeout_ms = 4294967296\n"),
+                       "limits.header_timeout_ms: must be between 1 and 4294967295"));
+}
+
+TEST(Config, RejectsMalformedListenAddressInFile) {
+  const std::string error = parse_error("[server]\nlisten = \"localhost:80\"\n");
+  EXPECT_TRUE(contains(error, "test.toml:2:")) << error;
+  EXPECT_TRUE(contains(error, "server.listen: address must be a numeric IP")) << error;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listen addresses
+
+TEST(ListenAddress, ParsesIpv4AndPort) {
+  ListenAddress a;
+  std::string error;
+  ASSERT_TRUE(parse_listen_address("10.1.2.3:443", &a, &error)) << error;
+  EXPECT_EQ(a.host, "10.1.2.3");
+  EXPECT_EQ(a.port, 443);
+  EXPECT_FALSE(a.ipv6);
+  EXPECT_EQ(a.to_string(), "10.1.2.3:443");
+}
+
+TEST(ListenAddress, ParsesBracketedIpv6) {
+  ListenAddress a;
+  std::string error;
+  ASSERT_TRUE(parse_listen_address("[2001:db8::1]:8443", &a, &error)) << error;
+  EXPECT_EQ(a.host, "2001:db8::1");
+  EXPECT_EQ(a.port, 8443);
+  EXPECT_TRUE(a.ipv6);
+  EXPECT_EQ(a.to_string(), "[2001:db8::1]:8443");
+}
+
+TEST(ListenAddress, AcceptsPortZeroAndPortMax) {
+  ListenAddress a;
+  std::string error;
+  ASSERT_TRUE(parse_listen_address("127.0.0.1:0", &a, &error)) << error;
+  EXPECT_EQ(a.port, 0);
+  ASSERT_TRUE(parse_listen_address("[::]:65535", &a, &error)) << error;
+  EXPECT_EQ(a.port, 65535);
+  EXPECT_EQ(a.host, "::");
+}
+
+TEST(ListenAddress, RejectsMalformedAddresses) {
+  const std::vector<std::string_view> bad = {
+      "",                  // nothing
+      "127.0.0.1",         // no port
+      ":8080",             // no host
+      "127.0.0.1:",        // empty port
+      "127.0.0.1:65536",   // port out of range
+      "127.0.0.1:-1",      // negative port
+      "127.0.0.1:+80",     // signed port
+      "127.0.0.1:80x",     // trailing junk
+      "127.0.0.1: 80",     // space
+      "localhost:80",      // names are not resolved
+      "::1:80",            // IPv6 without brackets
+      "[::1]80",           // no colon after bracket
+      "[::1]:",            // bracketed, empty port
+      "[::1",              // unclosed bracket
+      "[]:80",             // empty IPv6 host
+      "[fe80::1%eth0]:80",  // zone ids are not numeric
+  };
+  for (std::string_view text : bad) {
+    SCOPED_TRACE(std::string(text));
+    ListenAddress a{"keep", 7, false};
+    std::string error;
+    EXPECT_FALSE(parse_listen_address(text, &a, &error));
+    EXPECT_FALSE(error.empty());
+    EXPECT_EQ(a.host, "keep");
+    EXPECT_EQ(a.port, 7);
+  }
+}
+
+TEST(ListenAddress, ExplainsMissingBrackets) {
+  ListenAddress a;
+  std::string error;
+  ASSERT_FALSE(parse_listen_address("::1:80", &a, &error));
+  EXPECT_TRUE(contains(error, "IPv6 addresses need brackets")) << error;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+bool parse_args(std::vector<const char*> args, CommandLine* cli, std::string* error) {
+  args.insert(args.begin(), "keygate");
+  return parse_command_line(static_cast<int>(args.size()), args.data(), cli, error);
+}
+
+TEST(CommandLine, NoFlagsOverrideNothing) {
+  CommandLine cli;
+  std::string error;
+  ASSERT_TRUE(parse_args({}, &cli, &error)) << error;
+  EXPECT_FALSE(cli.help);
+  EXPECT_FALSE(cli.config_path);
+  EXPECT_FALSE(cli.listen);
+  EXPECT_FALSE(cli.admin_listen);
+  EXPECT_FALSE(cli.data_dir);
+  EXPECT_FALSE(cli.log_dir);
+  EXPECT_FALSE(cli.workers);
+}
+
+TEST(CommandLine, AcceptsSeparateAndEqualsValues) {
+  CommandLine cli;
+  std::string error;
+  ASSERT_TRUE(parse_args({"--config", "/etc/kg.toml", "--listen=0.0.0.0:80", "--admin-listen",
+                          "[::1]:81", "--data-dir=/d", "--log-dir", "/l", "--workers=3"},
+                         &cli, &error))
+      << error;
+  EXPECT_EQ(cli.config_path, "/etc/kg.toml");
+  EXPECT_EQ(cli.listen, "0.0.0.0:80");
+  EXPECT_EQ(cli.admin_listen, "[::1]:81");
+  EXPECT_EQ(cli.data_dir, "/d");
+  EXPECT_EQ(cli.log_dir, "/l");
+  EXPECT_EQ(cli.workers, 3u);
+}
+
+TEST(CommandLine, ValueAfterEqualsMayContainEquals) {
+  CommandLine cli;
+  std::string error;
+  ASSERT_TRUE(parse_args({"--data-dir=/a=b"}, &cli, &error)) << error;
+  EXPECT_EQ(cli.data_dir, "/a=b");
+}
+
+TEST(CommandLine, RecognisesHelp) {
+  for (const char* flag : {"--help", "-h"}) {
+    CommandLine cli;
+    std::string error;
+    ASSERT_TRUE(parse_args({flag}, &cli, &error)) << error;
+    EXPECT_TRUE(cli.help) << flag;
+  }
+}
+
+TEST(CommandLine, RejectsUnknownFlag) {
+  CommandLine cli;
+  std::string error;
+  EXPECT_FALSE(parse_args({"--listn", "127.0.0.1:1"}, &cli, &error));
+  EXPECT_EQ(error, "unknown flag '--listn' (see --help)");
+}
+
+TEST(CommandLine, RejectsPositionalArgument) {
+  CommandLine cli;
+  std::string error;
+  EXPECT_FALSE(parse_args({"serve"}, &cli, &error));
+  EXPECT_EQ(error, "unexpected argument 'serve' (see --help)");
+}
+
+TEST(CommandLine, RejectsFlagMissingItsValue) {
+  CommandLine cli;
+  std::string error;
+  EXPECT_FALSE(parse_args({"--data-dir"}, &cli, &error));
+  EXPECT_EQ(error, "flag --data-dir needs a value (see --help)");
+}
+
+TEST(CommandLine, RejectsEmptyValue) {
+  CommandLine cli;
+  std::string error;
+  EXPECT_FALSE(parse_args({"--log-dir="}, &cli, &error));
+  EXPECT_EQ(error, "flag --log-dir needs a non-empty value");
+}
+
+TEST(CommandLine, RejectsBadWorkerCounts) {
+  for (const char* value : {"--workers=1025", "--workers=-1", "--workers=two", "--workers=",
+                            "--workers=4x"}) {
+    SCOPED_TRACE(value);
+    CommandLine cli;
+    std::string error;
+    EXPECT_FALSE(parse_args({value}, &cli, &error));
+    EXPECT_TRUE(contains(error, "--workers must be 0-1024")) << error;
+  }
+}
+
+TEST(CommandLine, AcceptsWorkerCountBounds) {
+  CommandLine cli;
+  std::string error;
+  ASSERT_TRUE(parse_args({"--workers", "0"}, &cli, &error)) << error;
+  EXPECT_EQ(cli.workers, 0u);
+  ASSERT_TRUE(parse_args({"--workers", "1024"}, &cli, &error)) << error;
+  EXPECT_EQ(cli.workers, 1024u);
+}
+
+TEST(CommandLine, FailedParseLeavesOutputUntouched) {
+  CommandLine cli;
+  cli.data_dir = "keep";
+  std::string error;
+  EXPECT_FALSE(parse_args({"--data-dir", "/new", "--bogus"}, &cli, &error));
+  EXPECT_EQ(cli.data_dir, "keep");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overrides and validation
+
+TEST(Config, OverridesReplaceFileValues) {
+  Config config = parse_ok("[server]\nlisten = \"127.0.0.1:1000\"\nworkers = 2\n");
+  CommandLine cli;
+  cli.listen = "[::]:0";
+  cli.data_dir = "/override";
+  cli.workers = 8;
+  std::string error;
+  ASSERT_TRUE(apply_overrides(cli, &config, &error)) << error;
+  EXPECT_EQ(config.listen.host, "::");
+  EXPECT_EQ(config.listen.port, 0);
+  EXPECT_TRUE(config.listen.ipv6);
+  EXPECT_EQ(config.data_dir, "/override");
+  EXPECT_EQ(config.workers, 8u);
+  // Not overridden: kept.
+  EXPECT_EQ(config.log_dir, "./data/logs");
+  EXPECT_EQ(config.admin_listen.port, 8081);
+}
+
+TEST(Config, OverrideWithBadAddressNamesTheFlag) {
+  Config config;
+  CommandLine cli;
+  cli.admin_listen = "127.0.0.1";
+  std::string error;
+  EXPECT_FALSE(apply_overrides(cli, &config, &error));
+  EXPECT_EQ(error.rfind("--admin-listen: ", 0), 0u) << error;
+}
+
+TEST(Config, DefaultsAreValid) {
+  std::string error;
+  EXPECT_TRUE(validate_config(Config{}, &error)) << error;
+}
+
+TEST(Config, ValidationRejectsEmptyDirectories) {
+  std::string error;
+  Config c;
+  c.data_dir.clear();
+  EXPECT_FALSE(validate_config(c, &error));
+  EXPECT_EQ(error, "server.data_dir must not be empty");
+  c = Config{};
+  c.log_dir.clear();
+  EXPECT_FALSE(validate_config(c, &error));
+  EXPECT_EQ(error, "server.log_dir must not be empty");
+}
+
+TEST(Config, ValidationRejectsSameDataAndAdminAddress) {
+  Config c;
+  c.admin_listen = c.listen;
+  std::string error;
+  EXPECT_FALSE(validate_config(c, &error));
+  EXPECT_EQ(error, "server.listen and server.admin_listen must differ");
+}
+
+TEST(Config, ValidationAllowsBothListenersOnEphemeralPorts) {
+  Config c;
+  c.listen = ListenAddress{"127.0.0.1", 0, false};
+  c.admin_listen = ListenAddress{"127.0.0.1", 0, false};
+  std::string error;
+  EXPECT_TRUE(validate_config(c, &error)) << error;
+}
+
+TEST(Config, UsageNamesEveryFlag) {
+  const std::string usage(usage_text());
+  for (std::string_view flag : {"--config", "--listen", "--admin-listen", "--data-dir",
+                                "--log-dir", "--workers", "--help"}) {
+    EXPECT_TRUE(contains(usage, flag)) << flag;
+  }
+}
+
+}  // namespace
+}  // namespace keygate

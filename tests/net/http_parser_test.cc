@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <ostream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -12,6 +13,18 @@
 #include "core/limits.h"
 
 namespace keygate::net {
+
+// Readable failure messages for statuses. Outside the anonymous namespace so ADL finds it.
+static void PrintTo(HttpParser::Status status, std::ostream* os) {
+  switch (status) {
+    case HttpParser::Status::kNeedMore: *os << "kNeedMore"; return;
+    case HttpParser::Status::kRequest: *os << "kRequest"; return;
+    case HttpParser::Status::kExpectContinue: *os << "kExpectContinue"; return;
+    case HttpParser::Status::kError: *os << "kError"; return;
+  }
+  *os << "Status(" << static_cast<int>(status) << ")";
+}
+
 namespace {
 
 using namespace std::string_literals;
@@ -422,6 +435,36 @@ TEST(HttpParser, ExpectContinueWithoutBodyDoesNotPause) {
   EXPECT_EQ(parser.parse(buf).status, Status::kRequest);
 }
 
+TEST(HttpParser, ExpectContinuePausesBeforeAChunkedBody) {
+  const std::string head =
+      "POST /up HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n";
+  const std::string input = head + "3\r\nabc\r\n0\r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser parser(kDefaultLimits);
+    FeedResult r = feed(parser, input, slice);
+    ASSERT_FALSE(r.error) << r.error_code;
+    EXPECT_EQ(r.continue_points, std::vector<size_t>{head.size()});
+    ASSERT_EQ(r.requests.size(), 1u);
+    EXPECT_EQ(r.requests[0].body, "abc");
+  }
+}
+
+TEST(HttpParser, OversizedBodyIs413WithoutAskingForIt) {
+  // No kExpectContinue first: the client must not be invited to send a body we will refuse.
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    HttpParser parser(small_limits());
+    FeedResult r = feed(
+        parser, "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 33\r\n\r\n",
+        slice);
+    EXPECT_TRUE(r.error);
+    EXPECT_EQ(r.error_status, 413);
+    EXPECT_TRUE(r.continue_points.empty());
+  }
+}
+
 TEST(HttpParser, UnknownExpectationIs417) {
   expect_rejected(
       "POST / HTTP/1.1\r\nHost: h\r\nExpect: something-else\r\nContent-Length: 1\r\n\r\nx", 417,
@@ -508,6 +551,22 @@ TEST(HttpParser, RequestLineOneByteOverLimitIs414) {
   const std::string line = "GET " + target + " HTTP/1.1";
   ASSERT_EQ(line.size(), small_limits().request_line_bytes_max + 1);
   expect_rejected(line + "\r\nHost: h\r\n\r\n", 414, "uri_too_long", small_limits());
+}
+
+// The verdict on a request must depend on its bytes, not on how TCP happened to cut them up.
+TEST(HttpParser, HeaderSectionLimitDoesNotDependOnHowBytesArrive) {
+  // Field lines "Host: h\r\n" + "X-Big: <n>\r\n" walk across header_bytes_max (256).
+  for (size_t n = 230; n <= 245; ++n) {
+    const std::string fields = "Host: h\r\nX-Big: " + std::string(n, 'v') + "\r\n";
+    SCOPED_TRACE("header section of " + std::to_string(fields.size()) + " bytes");
+    const std::string input = "GET / HTTP/1.1\r\n" + fields + "\r\n";
+    HttpParser whole(small_limits());
+    HttpParser bytewise(small_limits());
+    const FeedResult a = feed(whole, input, 0);
+    const FeedResult b = feed(bytewise, input, 1);
+    EXPECT_EQ(a.error, b.error);
+    EXPECT_EQ(a.requests.size(), b.requests.size());
+  }
 }
 
 TEST(HttpParser, HeaderSectionOverLimitIs431) {
@@ -620,6 +679,19 @@ TEST(HttpParser, RejectsObsFoldWithTab) {
   expect_rejected("GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\tb\r\n\r\n", 400);
 }
 
+TEST(HttpParser, RejectsObsFoldArrivingInTheNextReceive) {
+  // The fold's continuation line starts a new receive: the folded value must still be refused.
+  HttpParser parser(kDefaultLimits);
+  std::string first = "POST / HTTP/1.1\r\nHost: h\r\nX: a\r\n";
+  std::string second = " Content-Length: 5\r\n\r\nhello";
+  ASSERT_EQ(parser.parse(first).status, Status::kNeedMore);
+  const HttpParser::Result r = parser.parse(second);
+  EXPECT_EQ(r.status, Status::kError);
+  if (r.status == Status::kRequest) {
+    ADD_FAILURE() << "accepted with X = '" << parser.request().header("x") << "'";
+  }
+}
+
 TEST(HttpParser, RejectsBareLfLineEndings) {
   expect_rejected("GET / HTTP/1.1\nHost: h\n\n", 400);
 }
@@ -662,6 +734,11 @@ TEST(HttpParser, RejectsHttp2RequestLineWith505) {
 
 TEST(HttpParser, RejectsHttp12With505) {
   expect_rejected("GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
+}
+
+TEST(HttpParser, RejectsTransferEncodingNotEndingInChunked) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400);
 }
 
 TEST(HttpParser, RejectsTransferEncodingInHttp10) {
