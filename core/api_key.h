@@ -2,7 +2,8 @@
 //
 // Pure logic, no I/O. Randomness and time come in as arguments (core makes no syscalls): the
 // caller passes bytes from getrandom and the current Unix time. The plaintext of a key is never
-// stored: records hold the SHA-256 digest and a short display hint.
+// stored: records hold the SHA-256 digest and a short display hint. All functions are
+// thread-safe (no shared state).
 #pragma once
 
 #include <array>
@@ -12,6 +13,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/binary_codec.h"
 
 namespace keygate {
 
@@ -27,28 +30,42 @@ constexpr size_t kKeyValueBytesMax = 256;
 constexpr std::string_view kGeneratedKeyPrefix = "kg_";
 // Random bytes a generated key needs (>= 128 bits of entropy).
 constexpr size_t kGeneratedKeyRandomBytes = 24;
+// Length of a generated value: prefix + 33 base62 digits (24 bytes) + 4 checksum digits.
+constexpr size_t kGeneratedKeyChars = 40;
 // Random bytes a key id needs.
 constexpr size_t kKeyIdRandomBytes = 9;
 
-// Operator-set values: 1..256 printable ASCII characters (0x21..0x7e). Returns false with a
-// static reason when invalid.
+// Operator-set values: 1..256 printable ASCII characters (0x21..0x7e). A value with the
+// generated shape must also carry a valid checksum, so an operator value can never be mistaken
+// for a mistyped generated key. Returns false with a static reason in `*reason` (when not
+// null) when invalid. Does not allocate.
 bool validate_key_value(std::string_view value, std::string_view* reason) noexcept;
 
-// A generated value: "kg_" + base62(random) + base62 checksum (4 chars). `random` must hold
-// kGeneratedKeyRandomBytes bytes.
+// A generated value: "kg_" + 33 base62 digits of `random` (big-endian, zero-padded) + 4 base62
+// digits of CRC-32(the first 36 characters) mod 62^4. The checksum catches typos, it is not a
+// secret. `random` must hold kGeneratedKeyRandomBytes bytes.
 std::string generate_key_value(std::span<const uint8_t> random);
 
-// True when `value` looks generated (prefix and length) — such a value with a bad checksum is
-// rejected before any lookup.
+// True when `value` looks generated: the "kg_" prefix, kGeneratedKeyChars long, base62 after
+// the prefix. Such a value with a bad checksum is rejected before any lookup.
 bool has_generated_shape(std::string_view value) noexcept;
-// For a value with the generated shape: does its checksum match? Does not allocate.
+// Has the generated shape and its checksum matches. Does not allocate.
 bool generated_checksum_ok(std::string_view value) noexcept;
 
 // A short, stable, public key id ("k" + 12 base62 chars) from kKeyIdRandomBytes random bytes.
+// 12 base62 digits hold ~71.4 of the 72 bits (the value is taken mod 62^12): ids must be unique,
+// not secret, and the store rejects a colliding id.
 std::string make_key_id(std::span<const uint8_t> random);
 
-// The display hint: the first few characters of the value followed by "...".
+// The display hint: the first 6 characters followed by "..." (for a generated key, "kg_" and
+// three digits). Values shorter than 12 characters show 2 characters, shorter than 6 none, so a
+// hint never shows more than half of a key. At most 9 characters.
 std::string make_key_hint(std::string_view value);
+
+// Bounds a record must respect to be encoded (and that decode enforces on bytes from disk).
+// The admin API validates against them; encoding a record beyond them is a programmer error.
+constexpr size_t kKeyApisMax = 1024;
+constexpr size_t kRecordStringBytesMax = kCodecStringBytesMax;  // each string field and list element
 
 struct KeyRecord {
   std::string id;
@@ -64,13 +81,15 @@ struct KeyRecord {
   int64_t updated_at = 0;
   std::optional<int64_t> expires_at;
 
+  // Exact, case-sensitive membership of `api` in `apis`.
   bool has_api(std::string_view api) const noexcept;
-  // Enabled and not expired at `now` (Unix seconds).
+  // Enabled and not expired at `now` (Unix seconds); a key is expired from expires_at on.
   bool usable_at(int64_t now) const noexcept;
 };
 
 // Stable binary encoding of a record for storage (versioned; see api_key.cc). decode returns
-// false on malformed or unknown-version input, never crashes on arbitrary bytes.
+// false on malformed, truncated, trailing or unknown-version input and never crashes on
+// arbitrary bytes; `*out` is only written on success.
 std::string encode_key_record(const KeyRecord& record);
 bool decode_key_record(std::string_view bytes, KeyRecord* out);
 

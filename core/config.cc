@@ -154,7 +154,9 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
     return false;
   }
   const toml::table& root = parsed.table();
-  if (!check_known_keys(root, {"server", "limits"}, source, "", error)) return false;
+  if (!check_known_keys(root, {"server", "limits", "keys", "cache", "apis"}, source, "", error)) {
+    return false;
+  }
 
   Config config;
   if (const toml::node* node = root.get("server")) {
@@ -209,6 +211,78 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         !read_uint(*limits, "drain_timeout_ms", source, "limits", 0, kU32Max,
                    &l.drain_timeout_ms, error)) {
       return false;
+    }
+  }
+  if (const toml::node* node = root.get("keys")) {
+    const toml::table* keys = node->as_table();
+    if (keys == nullptr) {
+      *error = where(node->source(), source) + ": keys: expected a table";
+      return false;
+    }
+    if (!check_known_keys(*keys, {"body_inspect_bytes_max"}, source, "keys", error) ||
+        !read_uint(*keys, "body_inspect_bytes_max", source, "keys", 0, uint64_t{1} << 30,
+                   &config.body_inspect_bytes_max, error)) {
+      return false;
+    }
+  }
+  if (const toml::node* node = root.get("cache")) {
+    const toml::table* cache = node->as_table();
+    if (cache == nullptr) {
+      *error = where(node->source(), source) + ": cache: expected a table";
+      return false;
+    }
+    if (!check_known_keys(*cache, {"max_keys", "negative_entries"}, source, "cache", error) ||
+        !read_uint(*cache, "max_keys", source, "cache", 0, uint64_t{1} << 32,
+                   &config.cache_max_keys, error) ||
+        !read_uint(*cache, "negative_entries", source, "cache", 0, 1u << 24,
+                   &config.cache_negative_entries, error)) {
+      return false;
+    }
+  }
+  if (const toml::node* node = root.get("apis")) {
+    const toml::array* apis = node->as_array();
+    if (apis == nullptr) {
+      *error = where(node->source(), source) + ": apis: expected an array of tables ([[apis]])";
+      return false;
+    }
+    for (const toml::node& item : *apis) {
+      const toml::table* api = item.as_table();
+      if (api == nullptr) {
+        *error = where(item.source(), source) + ": apis: expected a table";
+        return false;
+      }
+      ApiConfig parsed_api;
+      std::string mode = "auth-check";
+      if (!check_known_keys(*api, {"name", "routes", "mode"}, source, "apis", error) ||
+          !read_string(*api, "name", source, "apis", &parsed_api.name, error) ||
+          !read_string(*api, "mode", source, "apis", &mode, error)) {
+        return false;
+      }
+      if (api->get("name") == nullptr) {
+        *error = where(item.source(), source) + ": apis: every API needs a name";
+        return false;
+      }
+      if (mode != "auth-check") {
+        *error = where(api->get("mode")->source(), source) + ": apis.mode: unknown mode '" + mode +
+                 "' (supported: auth-check)";
+        return false;
+      }
+      const toml::node* routes = api->get("routes");
+      const toml::array* route_list = routes != nullptr ? routes->as_array() : nullptr;
+      if (route_list == nullptr) {
+        *error = where(item.source(), source) + ": apis." + parsed_api.name +
+                 ".routes: expected an array of path prefixes";
+        return false;
+      }
+      for (const toml::node& route : *route_list) {
+        if (!route.is_string()) {
+          *error = where(route.source(), source) + ": apis." + parsed_api.name +
+                   ".routes: expected strings";
+          return false;
+        }
+        parsed_api.routes.push_back(**route.as_string());
+      }
+      config.apis.push_back(std::move(parsed_api));
     }
   }
   *out = std::move(config);
@@ -298,6 +372,11 @@ bool validate_config(const Config& config, std::string* error) {
   }
   if (config.log_dir.empty()) {
     *error = "server.log_dir must not be empty";
+    return false;
+  }
+  ApiRegistry registry;
+  if (!registry.init(config.apis, error)) {
+    *error = "apis: " + *error;
     return false;
   }
   if (config.listen.port != 0 && config.listen.host == config.admin_listen.host &&

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/limits.h"
+#include "core/permissions.h"
 
 namespace keygate {
 
@@ -34,6 +35,14 @@ struct Config {
   std::string log_dir = "./data/logs";
   unsigned workers = 0;  // 0: one per online CPU
   Limits limits;
+
+  // [keys]
+  uint64_t body_inspect_bytes_max = 1024 * 1024;  // form/JSON bodies searched for a key (413 above)
+  // [cache]
+  uint64_t cache_max_keys = 0;            // 0: every key of the store stays cached
+  uint32_t cache_negative_entries = 65536;  // unknown digests remembered (partial cache only)
+  // [[apis]], validated by ApiRegistry::init in validate_config.
+  std::vector<ApiConfig> apis;
 };
 
 // Parses TOML text. `source` names the file in error messages. On failure returns false and

@@ -26,25 +26,40 @@ struct ApiConfig {
 bool route_matches(std::string_view route, std::string_view path) noexcept;
 
 // True when `path` is safe to match against prefixes: starts with '/', has no "." or ".."
-// segments, no percent-encoded '.', '/' or '\\' (%2e %2f %5c, any case), no backslash and no
-// NUL. Requests with other paths are rejected (400) before any permission check, so a prefix
-// grant cannot be escaped with "/orders/../admin".
+// segments (also not before a ";param", as in "/..;/"), no empty segment except a trailing
+// one ("//"), no backslash, NUL or other control byte, and no percent-encoding that an upstream
+// could decode into different segments: none of '/', '\\' or an unreserved character
+// (%2e %2f %5c %41 ..., any case) and no malformed escape. Requests with other paths are
+// rejected (400) before any permission check, so a prefix grant cannot be escaped with
+// "/orders/../admin", and a path is routed here as the upstream will route it.
 bool path_is_normalized(std::string_view path) noexcept;
+
+constexpr size_t kApisMax = 256;
+constexpr size_t kApiRoutesMax = 64;  // per API
 
 class ApiRegistry {
  public:
-  // Validates and indexes. Fails (false, one line in `error`) on: empty or duplicate names,
-  // the reserved name "admin", names that are not [A-Za-z0-9_.-]{1,64}, an API without routes,
-  // a route not starting with '/', the same route in two APIs, more than 256 APIs.
+  // Validates and indexes. Fails (false, one line in `error`, registry unchanged) on: empty or
+  // duplicate names, the reserved name "admin", names that are not [A-Za-z0-9_.-]{1,64}, an
+  // API without routes or with more than kApiRoutesMax, a route that is not a normalized path
+  // (see path_is_normalized; so it starts with '/'), the same route twice (in one API or two),
+  // more than kApisMax APIs.
   bool init(std::vector<ApiConfig> apis, std::string* error);
 
-  // The API whose route is the longest match for `path`, or nullptr. Does not allocate.
+  // The API whose route is the longest match for `path` (see route_matches), or nullptr.
+  // Does not allocate.
   const ApiConfig* match(std::string_view path) const noexcept;
+  // The API with exactly this name, or nullptr.
   const ApiConfig* find(std::string_view name) const noexcept;
   const std::vector<ApiConfig>& apis() const noexcept { return apis_; }
 
  private:
+  struct RouteRef {
+    uint32_t api;    // index into apis_
+    uint32_t route;  // index into apis_[api].routes
+  };
   std::vector<ApiConfig> apis_;
+  std::vector<RouteRef> longest_first_;  // every route, longest first: the first match wins
 };
 
 struct Grant {
@@ -68,11 +83,22 @@ enum class Decision : uint8_t {
 // The decision for a key, an already-matched API, method and path at `now` (Unix seconds).
 // `user` is the key's user when the key has one and it exists, nullptr otherwise (a key whose
 // user no longer exists gets kUserNotPermitted). "admin" in a key's apis grants the admin API
-// only, not data-plane APIs (least privilege: name them too). Does not allocate.
+// only, not data-plane APIs (least privilege: name them too). Checks, in order: key unusable
+// (kInvalidKey), API not in the key's apis (kApiNotPermitted), key has a user that is missing or
+// has no grant for this API, method (exact, case-sensitive) and path (kUserNotPermitted).
+// A key without a user acts as an administrator within its apis. Passing a user for a key
+// without one, or a different user, is a programmer error (asserts). Does not allocate.
 Decision authorize(const KeyRecord& key, const User* user, const ApiConfig& api,
                    std::string_view method, std::string_view path, int64_t now) noexcept;
 
-// Stable binary encoding of a user for storage. decode never crashes on arbitrary bytes.
+// Bounds a user must respect to be encoded (and that decode enforces on bytes from disk);
+// strings are bounded by kRecordStringBytesMax. The admin API validates against them.
+constexpr size_t kUserGrantsMax = 1024;
+constexpr size_t kGrantMethodsMax = 32;
+
+// Stable binary encoding of a user for storage (versioned; see permissions.cc). decode returns
+// false on malformed, truncated, trailing or unknown-version input and never crashes on
+// arbitrary bytes; `*out` is only written on success.
 std::string encode_user(const User& user);
 bool decode_user(std::string_view bytes, User* out);
 

@@ -1,0 +1,364 @@
+#include "core/key_extractor.h"
+
+// The error-code API only: the request path must not throw (see docs/STYLE.md, Errors).
+#define SIMDJSON_EXCEPTIONS 0
+#include <simdjson.h>
+
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include "core/assert.h"
+
+namespace keygate {
+
+namespace ondemand = simdjson::ondemand;
+
+static_assert(KeyExtractor::kJsonPaddingBytes == simdjson::SIMDJSON_PADDING,
+              "kJsonPaddingBytes must match the simdjson the build links");
+
+namespace {
+
+constexpr std::string_view kHeaderName = "X-ApiKey";
+constexpr std::string_view kParamName = "key";
+constexpr std::string_view kMemberName = "API_Key";
+constexpr std::string_view kFormMediaType = "application/x-www-form-urlencoded";
+constexpr std::string_view kJsonMediaType = "application/json";
+
+bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
+
+std::string_view trim_ows(std::string_view s) noexcept {
+  while (!s.empty() && is_ows(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_ows(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// The media type of a Content-Type value: everything before the first ';', without OWS.
+std::string_view media_type(std::string_view content_type) noexcept {
+  const size_t semicolon = content_type.find(';');
+  if (semicolon != std::string_view::npos) content_type = content_type.substr(0, semicolon);
+  return trim_ows(content_type);
+}
+
+int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool needs_form_decoding(std::string_view s) noexcept {
+  for (char c : s) {
+    if (c == '%' || c == '+') return true;
+  }
+  return false;
+}
+
+enum class DecodeStatus : uint8_t { kOk, kMalformed, kTooLong };
+
+// application/x-www-form-urlencoded decoding ('+' is a space, %XX a byte) into `out`.
+DecodeStatus form_decode(std::string_view in, std::array<char, kExtractedKeyBytesMax>& out,
+                         size_t* out_bytes) noexcept {
+  size_t n = 0;
+  for (size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '+') {
+      c = ' ';
+    } else if (c == '%') {
+      if (in.size() - i < 3) return DecodeStatus::kMalformed;
+      const int hi = hex_value(in[i + 1]);
+      const int lo = hex_value(in[i + 2]);
+      if (hi < 0 || lo < 0) return DecodeStatus::kMalformed;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (n == out.size()) return DecodeStatus::kTooLong;
+    out[n++] = c;
+  }
+  *out_bytes = n;
+  return DecodeStatus::kOk;
+}
+
+// Does the (encoded) parameter name decode to "key"? Decodes on the fly without a buffer; a
+// malformed name is simply some other name.
+bool param_name_is_key(std::string_view name) noexcept {
+  if (name == kParamName) return true;
+  if (name.size() > kParamName.size() * 3) return false;
+  size_t n = 0;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    if (c == '+') {
+      c = ' ';
+    } else if (c == '%') {
+      if (name.size() - i < 3) return false;
+      const int hi = hex_value(name[i + 1]);
+      const int lo = hex_value(name[i + 2]);
+      if (hi < 0 || lo < 0) return false;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (n == kParamName.size() || kParamName[n] != c) return false;
+    ++n;
+  }
+  return n == kParamName.size();
+}
+
+}  // namespace
+
+// Folds candidate values into one key, or into the first problem that rules one out.
+class KeyExtractor::Collector {
+ public:
+  explicit Collector(KeyExtractor& owner) noexcept : owner_(owner) {}
+
+  // A value that needs no decoding (header value, JSON string without escapes, or already
+  // unescaped into the parser's buffer).
+  void offer(std::string_view value, KeySource source) noexcept { offer(value, source, -1); }
+
+  // A query or form value, still percent-encoded.
+  void offer_encoded(std::string_view raw, KeySource source) noexcept {
+    if (raw.empty() || invalid_) return;
+    if (!needs_form_decoding(raw)) {
+      offer(raw, source, -1);
+      return;
+    }
+    // Decode into whichever slot does not hold the key found so far.
+    const int slot = key_slot_ == 0 ? 1 : 0;
+    std::array<char, kExtractedKeyBytesMax>& out = owner_.scratch_[static_cast<size_t>(slot)];
+    size_t n = 0;
+    if (form_decode(raw, out, &n) != DecodeStatus::kOk) {
+      invalid_ = true;
+      return;
+    }
+    offer(std::string_view(out.data(), n), source, slot);
+  }
+
+  // Every `key` parameter of a query string or form body.
+  void offer_params(std::string_view params, KeySource source) noexcept {
+    while (!params.empty() && !invalid_) {
+      const size_t amp = params.find('&');
+      const std::string_view pair = params.substr(0, amp);
+      params = amp == std::string_view::npos ? std::string_view() : params.substr(amp + 1);
+      const size_t eq = pair.find('=');
+      // A parameter without '=' ("?key") has an empty value: absent.
+      if (eq == std::string_view::npos) continue;
+      if (param_name_is_key(pair.substr(0, eq))) offer_encoded(pair.substr(eq + 1), source);
+    }
+  }
+
+  void mark_invalid() noexcept { invalid_ = true; }
+  bool has_key() const noexcept { return !key_.empty(); }
+
+  ExtractResult result() const noexcept {
+    if (invalid_) return {KeyOutcome::kInvalidKey, KeySource::kNone, {}};
+    if (ambiguous_) return {KeyOutcome::kAmbiguous, KeySource::kNone, {}};
+    if (key_.empty()) return {KeyOutcome::kMissing, KeySource::kNone, {}};
+    return {KeyOutcome::kFound, source_, key_};
+  }
+
+ private:
+  void offer(std::string_view value, KeySource source, int slot) noexcept {
+    if (value.empty()) return;
+    if (value.size() > kExtractedKeyBytesMax) {
+      invalid_ = true;
+      return;
+    }
+    if (key_.empty()) {
+      key_ = value;
+      source_ = source;
+      key_slot_ = slot;
+    } else if (value != key_) {
+      ambiguous_ = true;
+    }
+  }
+
+  KeyExtractor& owner_;
+  std::string_view key_;
+  KeySource source_ = KeySource::kNone;
+  int key_slot_ = -1;  // scratch slot key_ points into, -1 when it points into the request
+  bool invalid_ = false;
+  bool ambiguous_ = false;
+};
+
+struct KeyExtractor::Json {
+  ondemand::parser parser;
+  // Body copy plus kJsonPaddingBytes, for callers that cannot promise readable padding.
+  std::unique_ptr<char[]> padded;
+};
+
+KeyExtractor::KeyExtractor(size_t body_inspect_bytes_max)
+    : body_inspect_bytes_max_(body_inspect_bytes_max), json_(std::make_unique<Json>()) {
+  KEYGATE_ASSERT(body_inspect_bytes_max < std::numeric_limits<uint32_t>::max());
+  // Sized once for the largest body we inspect so extract() never allocates. The buffers are
+  // not initialized, so their pages cost memory only once a body of that size arrives.
+  json_->padded.reset(new char[body_inspect_bytes_max + kJsonPaddingBytes]);
+  if (body_inspect_bytes_max > 0) {
+    const simdjson::error_code error = json_->parser.allocate(body_inspect_bytes_max);
+    KEYGATE_ASSERT(error == simdjson::SUCCESS);
+  }
+}
+
+KeyExtractor::~KeyExtractor() = default;
+
+ExtractResult KeyExtractor::extract(const HttpRequest& request, size_t readable_padding) noexcept {
+  Collector collector(*this);
+  for (const HttpHeader& h : request.headers) {
+    if (equals_ignore_case(h.name, kHeaderName)) {
+      collector.offer(trim_ows(h.value), KeySource::kHeader);
+    }
+  }
+  collector.offer_params(request.query, KeySource::kQuery);
+  const ExtractResult from_request_line = collector.result();
+  if (from_request_line.outcome != KeyOutcome::kMissing || request.body.empty()) {
+    return from_request_line;
+  }
+
+  const std::string_view type = media_type(request.header("Content-Type"));
+  const bool form = equals_ignore_case(type, kFormMediaType);
+  const bool json = !form && equals_ignore_case(type, kJsonMediaType);
+  if (!form && !json) return from_request_line;
+  if (request.body.size() > body_inspect_bytes_max_) {
+    return {KeyOutcome::kBodyTooLarge, KeySource::kNone, {}};
+  }
+  if (json) return extract_json(request.body, readable_padding);
+  collector.offer_params(request.body, KeySource::kForm);
+  return collector.result();
+}
+
+ExtractResult KeyExtractor::extract_json(std::string_view body,
+                                         size_t readable_padding) noexcept {
+  constexpr ExtractResult kInvalidBody{KeyOutcome::kInvalidBody, KeySource::kNone, {}};
+  const char* input = body.data();
+  if (readable_padding < kJsonPaddingBytes) {
+    char* copy = json_->padded.get();
+    std::memcpy(copy, body.data(), body.size());
+    // simdjson only reads the padding, but defined bytes keep memory checkers quiet.
+    std::memset(copy + body.size(), ' ', kJsonPaddingBytes);
+    input = copy;
+  }
+  // Views into the input are reported as views into the body, even when parsing a copy.
+  const auto to_body = [&](std::string_view in_input) noexcept {
+    return std::string_view(body.data() + (in_input.data() - input), in_input.size());
+  };
+
+  ondemand::document doc;
+  if (json_->parser.iterate(input, body.size(), body.size() + kJsonPaddingBytes).get(doc) !=
+      simdjson::SUCCESS) {
+    return kInvalidBody;
+  }
+  ondemand::object root;
+  if (doc.get_object().get(root) != simdjson::SUCCESS) return kInvalidBody;
+
+  Collector collector(*this);
+  for (auto member : root) {
+    ondemand::field field;
+    if (std::move(member).get(field) != simdjson::SUCCESS) return kInvalidBody;
+
+    // Most names are plain: compare the raw bytes (simdjson guarantees readable padding past
+    // any token) and unescape only names that contain a backslash.
+    const char* name = field.key().raw();
+    bool is_key = std::memcmp(name, "API_Key\"", kMemberName.size() + 1) == 0;
+    if (!is_key) {
+      bool escaped = false;
+      for (const char* p = name; *p != '"'; ++p) {
+        if (*p == '\\') {
+          escaped = true;
+          break;
+        }
+      }
+      if (escaped) {
+        std::string_view unescaped;
+        if (field.unescaped_key().get(unescaped) != simdjson::SUCCESS) return kInvalidBody;
+        is_key = unescaped == kMemberName;
+      }
+    }
+    // Values of other members are left unread; the iterator skips them.
+    if (!is_key) continue;
+
+    ondemand::value& value = field.value();
+    ondemand::json_type type;
+    if (value.type().get(type) != simdjson::SUCCESS) return kInvalidBody;
+    switch (type) {
+      case ondemand::json_type::string:
+        break;
+      case ondemand::json_type::number: {
+        ondemand::number number;
+        if (value.get_number().get(number) != simdjson::SUCCESS) return kInvalidBody;
+        collector.mark_invalid();
+        continue;
+      }
+      case ondemand::json_type::boolean: {
+        bool b = false;
+        if (value.get_bool().get(b) != simdjson::SUCCESS) return kInvalidBody;
+        collector.mark_invalid();
+        continue;
+      }
+      case ondemand::json_type::null: {
+        bool is_null = false;
+        if (value.is_null().get(is_null) != simdjson::SUCCESS || !is_null) return kInvalidBody;
+        collector.mark_invalid();
+        continue;
+      }
+      case ondemand::json_type::object:
+      case ondemand::json_type::array:
+        collector.mark_invalid();
+        continue;
+    }
+
+    // The raw token runs from the opening quote to the next token, whitespace included.
+    std::string_view token = value.raw_json_token();
+    while (!token.empty() && (token.back() == ' ' || token.back() == '\t' ||
+                              token.back() == '\n' || token.back() == '\r')) {
+      token.remove_suffix(1);
+    }
+    if (token.size() < 2 || token.front() != '"' || token.back() != '"') return kInvalidBody;
+    const std::string_view content = token.substr(1, token.size() - 2);
+    if (std::memchr(content.data(), '\\', content.size()) == nullptr) {
+      collector.offer(to_body(content), KeySource::kJson);
+    } else {
+      // Unescaped into the parser's string buffer, which the extractor owns and reuses.
+      std::string_view unescaped;
+      if (value.get_string().get(unescaped) != simdjson::SUCCESS) return kInvalidBody;
+      collector.offer(unescaped, KeySource::kJson);
+    }
+  }
+  // The walk ended at the root's closing brace; anything after it is not JSON.
+  const char* trailing = nullptr;
+  if (doc.current_location().get(trailing) == simdjson::SUCCESS) return kInvalidBody;
+  return collector.result();
+}
+
+KeyRejection key_rejection(KeyOutcome outcome) noexcept {
+  switch (outcome) {
+    case KeyOutcome::kFound:
+      return {};
+    case KeyOutcome::kMissing:
+      return {401, "missing_api_key", "an API key is required (X-ApiKey header)"};
+    case KeyOutcome::kInvalidKey:
+      return {401, "invalid_api_key", "the API key is not valid"};
+    case KeyOutcome::kAmbiguous:
+      return {401, "ambiguous_api_key", "the request carries more than one different API key"};
+    case KeyOutcome::kInvalidBody:
+      return {400, "invalid_body", "the JSON request body does not parse"};
+    case KeyOutcome::kBodyTooLarge:
+      return {413, "body_too_large", "request body too large to look for an API key in"};
+  }
+  return {500, "internal_error", "unknown key outcome"};
+}
+
+std::string_view key_source_name(KeySource source) noexcept {
+  switch (source) {
+    case KeySource::kNone:
+      return "none";
+    case KeySource::kHeader:
+      return "header";
+    case KeySource::kQuery:
+      return "query";
+    case KeySource::kForm:
+      return "form";
+    case KeySource::kJson:
+      return "json";
+  }
+  return "none";
+}
+
+}  // namespace keygate

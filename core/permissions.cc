@@ -1,0 +1,231 @@
+#include "core/permissions.h"
+
+#include <algorithm>
+#include <map>
+
+#include "core/assert.h"
+#include "core/binary_codec.h"
+
+namespace keygate {
+namespace {
+
+int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool is_control(unsigned char c) noexcept { return c < 0x20 || c == 0x7f; }
+
+// RFC 3986 unreserved characters: URI normalizers decode their escapes, so an upstream may see
+// "%2e%2e" as ".." or "%61dmin" as "admin" even though we matched the encoded form.
+bool is_unreserved(unsigned char c) noexcept {
+  return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+// A segment is checked up to its first ';' because servlet containers strip ";params" from a
+// segment before resolving it ("/..;/admin" is "/../admin" to them).
+bool segment_ok(std::string_view segment, bool last) noexcept {
+  if (segment.empty()) return last;  // "/a//b" may be merged to "/a/b" upstream
+  std::string_view name = segment.substr(0, segment.find(';'));
+  return name != "." && name != "..";
+}
+
+bool valid_api_name(std::string_view name) noexcept {
+  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' ||
+           c == '.' || c == '-';
+  });
+}
+
+bool grant_path_matches(std::string_view path_prefix, std::string_view path) noexcept {
+  return path_prefix.empty() || path_prefix == "/" || route_matches(path_prefix, path);
+}
+
+bool grant_matches(const Grant& grant, std::string_view api, std::string_view method,
+                   std::string_view path) noexcept {
+  return grant.api == api &&
+         (grant.methods.empty() ||
+          std::find(grant.methods.begin(), grant.methods.end(), method) != grant.methods.end()) &&
+         grant_path_matches(grant.path_prefix, path);
+}
+
+// User layout, version 1 (same primitives as the key record in api_key.cc):
+//   u8 version | str name | varint grants count |
+//   per grant: str api | varint methods count | str method... | str path_prefix
+// Nothing may follow.
+constexpr uint8_t kUserVersion = 1;
+
+}  // namespace
+
+bool route_matches(std::string_view route, std::string_view path) noexcept {
+  if (route.empty() || !path.starts_with(route)) return false;
+  if (route.back() == '/') return true;
+  return path.size() == route.size() || path[route.size()] == '/';
+}
+
+bool path_is_normalized(std::string_view path) noexcept {
+  if (path.empty() || path.front() != '/') return false;
+  for (size_t i = 0; i < path.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(path[i]);
+    if (c == '\\' || is_control(c)) return false;
+    if (c != '%') continue;
+    if (path.size() - i < 3) return false;
+    int hi = hex_value(path[i + 1]);
+    int lo = hex_value(path[i + 2]);
+    if (hi < 0 || lo < 0) return false;
+    unsigned char decoded = static_cast<unsigned char>(hi * 16 + lo);
+    if (decoded == '/' || decoded == '\\' || is_unreserved(decoded) || is_control(decoded)) {
+      return false;
+    }
+    i += 2;
+  }
+  size_t start = 1;
+  while (true) {
+    size_t end = path.find('/', start);
+    bool last = end == std::string_view::npos;
+    if (!segment_ok(path.substr(start, last ? std::string_view::npos : end - start), last)) {
+      return false;
+    }
+    if (last) return true;
+    start = end + 1;
+  }
+}
+
+bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error) {
+  if (apis.size() > kApisMax) {
+    *error = "too many apis: " + std::to_string(apis.size()) + " (at most " +
+             std::to_string(kApisMax) + ")";
+    return false;
+  }
+  std::vector<RouteRef> refs;
+  std::map<std::string_view, uint32_t> owner;  // route -> index of the api that has it
+  for (size_t a = 0; a < apis.size(); ++a) {
+    const ApiConfig& api = apis[a];
+    std::string label = "api \"" + api.name + "\"";
+    if (api.name.empty()) {
+      *error = "api #" + std::to_string(a + 1) + ": name is empty";
+      return false;
+    }
+    if (!valid_api_name(api.name)) {
+      *error = label + ": name must be 1 to 64 of A-Z a-z 0-9 _ . -";
+      return false;
+    }
+    if (api.name == kAdminApi) {
+      *error = label + ": the name is reserved for the built-in admin API";
+      return false;
+    }
+    for (size_t b = 0; b < a; ++b) {
+      if (apis[b].name == api.name) {
+        *error = label + ": duplicate name";
+        return false;
+      }
+    }
+    if (api.routes.empty()) {
+      *error = label + ": has no routes";
+      return false;
+    }
+    if (api.routes.size() > kApiRoutesMax) {
+      *error = label + ": more than " + std::to_string(kApiRoutesMax) + " routes";
+      return false;
+    }
+    for (size_t r = 0; r < api.routes.size(); ++r) {
+      const std::string& route = api.routes[r];
+      if (!path_is_normalized(route)) {
+        *error = label + ": route \"" + route +
+                 "\" must be a normalized path starting with '/' (no . or .. segments, no //, "
+                 "no backslash, no encoded / \\ or unreserved characters)";
+        return false;
+      }
+      auto [it, inserted] = owner.emplace(route, static_cast<uint32_t>(a));
+      if (!inserted) {
+        *error = label + ": route \"" + route + "\" is already used by api \"" +
+                 apis[it->second].name + "\"";
+        return false;
+      }
+      refs.push_back({static_cast<uint32_t>(a), static_cast<uint32_t>(r)});
+    }
+  }
+  // Two distinct routes that both match a path differ in length, so longest-first order makes
+  // the first match the longest one.
+  std::stable_sort(refs.begin(), refs.end(), [&apis](const RouteRef& x, const RouteRef& y) {
+    return apis[x.api].routes[x.route].size() > apis[y.api].routes[y.route].size();
+  });
+  apis_ = std::move(apis);
+  longest_first_ = std::move(refs);
+  return true;
+}
+
+const ApiConfig* ApiRegistry::match(std::string_view path) const noexcept {
+  for (const RouteRef& ref : longest_first_) {
+    const ApiConfig& api = apis_[ref.api];
+    if (route_matches(api.routes[ref.route], path)) return &api;
+  }
+  return nullptr;
+}
+
+const ApiConfig* ApiRegistry::find(std::string_view name) const noexcept {
+  for (const ApiConfig& api : apis_) {
+    if (api.name == name) return &api;
+  }
+  return nullptr;
+}
+
+Decision authorize(const KeyRecord& key, const User* user, const ApiConfig& api,
+                   std::string_view method, std::string_view path, int64_t now) noexcept {
+  if (!key.usable_at(now)) return Decision::kInvalidKey;
+  if (!key.has_api(api.name)) return Decision::kApiNotPermitted;
+  if (!key.user) {
+    KEYGATE_ASSERT(user == nullptr);
+    return Decision::kAllowed;
+  }
+  if (user == nullptr) return Decision::kUserNotPermitted;
+  KEYGATE_ASSERT(user->name == *key.user);
+  for (const Grant& grant : user->grants) {
+    if (grant_matches(grant, api.name, method, path)) return Decision::kAllowed;
+  }
+  return Decision::kUserNotPermitted;
+}
+
+std::string encode_user(const User& user) {
+  KEYGATE_ASSERT(user.grants.size() <= kUserGrantsMax);
+  std::string out;
+  BinaryWriter w(&out);
+  w.byte(kUserVersion);
+  w.str(user.name);
+  w.varint(user.grants.size());
+  for (const Grant& grant : user.grants) {
+    KEYGATE_ASSERT(grant.methods.size() <= kGrantMethodsMax);
+    w.str(grant.api);
+    w.varint(grant.methods.size());
+    for (const std::string& method : grant.methods) w.str(method);
+    w.str(grant.path_prefix);
+  }
+  return out;
+}
+
+bool decode_user(std::string_view bytes, User* out) {
+  BinaryReader r(bytes);
+  User user;
+  uint8_t version = 0;
+  if (!r.byte(&version) || version != kUserVersion || !r.str(&user.name)) return false;
+  size_t grant_count = 0;
+  if (!r.count(kUserGrantsMax, &grant_count)) return false;
+  user.grants.resize(grant_count);
+  for (Grant& grant : user.grants) {
+    size_t method_count = 0;
+    if (!r.str(&grant.api) || !r.count(kGrantMethodsMax, &method_count)) return false;
+    grant.methods.resize(method_count);
+    for (std::string& method : grant.methods) {
+      if (!r.str(&method)) return false;
+    }
+    if (!r.str(&grant.path_prefix)) return false;
+  }
+  if (!r.at_end()) return false;
+  *out = std::move(user);
+  return true;
+}
+
+}  // namespace keygate

@@ -1,0 +1,418 @@
+#include "core/permissions.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace keygate {
+namespace {
+
+constexpr int64_t kNow = 1700000000;
+
+TEST(RouteMatches, RouteMatchesItselfAndPathsBelowIt) {
+  EXPECT_TRUE(route_matches("/orders", "/orders"));
+  EXPECT_TRUE(route_matches("/orders", "/orders/"));
+  EXPECT_TRUE(route_matches("/orders", "/orders/7"));
+  EXPECT_TRUE(route_matches("/orders", "/orders/7/items"));
+}
+
+TEST(RouteMatches, RouteDoesNotMatchALongerSegmentOrOtherPaths) {
+  EXPECT_FALSE(route_matches("/orders", "/ordersX"));
+  EXPECT_FALSE(route_matches("/orders", "/orders-old/1"));
+  EXPECT_FALSE(route_matches("/orders", "/order"));
+  EXPECT_FALSE(route_matches("/orders", "/"));
+  EXPECT_FALSE(route_matches("/orders", "/Orders"));
+  EXPECT_FALSE(route_matches("/orders", "/v1/orders"));
+}
+
+TEST(RouteMatches, RouteEndingInSlashMatchesEverythingUnderIt) {
+  EXPECT_TRUE(route_matches("/", "/"));
+  EXPECT_TRUE(route_matches("/", "/anything/at/all"));
+  EXPECT_TRUE(route_matches("/a/", "/a/"));
+  EXPECT_TRUE(route_matches("/a/", "/a/b"));
+  EXPECT_FALSE(route_matches("/a/", "/a"));
+  EXPECT_FALSE(route_matches("/a/", "/ab"));
+}
+
+TEST(RouteMatches, EmptyRouteMatchesNothing) {
+  EXPECT_FALSE(route_matches("", "/"));
+  EXPECT_FALSE(route_matches("", ""));
+}
+
+TEST(PathIsNormalized, AcceptsOrdinaryPaths) {
+  for (std::string_view path : {"/", "/orders/7", "/a.b/c..d", "/orders/", "/.well-known/x", "/...",
+                                "/a/b;v=1", "/q%3Fx/%25/%20", "/caf%C3%A9", "/~u/a_b-c"}) {
+    EXPECT_TRUE(path_is_normalized(path)) << path;
+  }
+}
+
+TEST(PathIsNormalized, RejectsDotSegments) {
+  for (std::string_view path :
+       {"/a/../b", "/a/./b", "/..", "/.", "/a/..", "/a/.", "/../a", "/..;/admin", "/a/.;x/b"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
+}
+
+TEST(PathIsNormalized, RejectsEncodedDotsSlashesAndBackslashes) {
+  for (std::string_view path :
+       {"/a/%2e%2e/b", "/a/%2E%2E/b", "/a/.%2e/b", "/a%2Fb", "/a%2fb", "/a%5cb", "/a%5Cb"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
+}
+
+TEST(PathIsNormalized, RejectsEncodedUnreservedCharactersAnUpstreamWouldDecode) {
+  for (std::string_view path : {"/%61dmin", "/a%41", "/%30", "/%2D", "/%5F", "/%7e", "/%7E"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
+}
+
+TEST(PathIsNormalized, RejectsMalformedEscapesAndControlBytes) {
+  for (std::string_view path :
+       {"/%", "/%2", "/%zz", "/%g0", "/a%0", "/%00", "/%1f", "/%7F", "/a\tb", "/a\x7f"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
+  EXPECT_FALSE(path_is_normalized(std::string_view("/a\0b", 4)));
+}
+
+TEST(PathIsNormalized, RejectsBackslashEmptyRelativeAndDoubleSlash) {
+  for (std::string_view path : {"\\", "/a\\b", "", "orders", "*", "//", "/a//b", "//admin"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
+}
+
+std::vector<ApiConfig> two_apis() {
+  return {{"orders", {"/orders", "/v1/orders"}}, {"catalog", {"/catalog/", "/"}}};
+}
+
+std::string init_error(std::vector<ApiConfig> apis) {
+  ApiRegistry registry;
+  std::string error;
+  EXPECT_FALSE(registry.init(std::move(apis), &error));
+  EXPECT_EQ(error.find('\n'), std::string::npos);
+  return error;
+}
+
+TEST(ApiRegistry, MatchesTheLongestRoute) {
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init({{"root", {"/"}},
+                             {"orders", {"/orders"}},
+                             {"order-items", {"/orders/7/items"}},
+                             {"v1", {"/v1/"}}},
+                            &error))
+      << error;
+  auto name_of = [&](std::string_view path) -> std::string {
+    const ApiConfig* api = registry.match(path);
+    return api == nullptr ? "none" : api->name;
+  };
+  EXPECT_EQ(name_of("/"), "root");
+  EXPECT_EQ(name_of("/ordersX"), "root");
+  EXPECT_EQ(name_of("/orders"), "orders");
+  EXPECT_EQ(name_of("/orders/7"), "orders");
+  EXPECT_EQ(name_of("/orders/7/items"), "order-items");
+  EXPECT_EQ(name_of("/orders/7/items/3"), "order-items");
+  EXPECT_EQ(name_of("/orders/7/itemsX"), "orders");
+  EXPECT_EQ(name_of("/v1/x"), "v1");
+  EXPECT_EQ(name_of("/v1"), "root");
+}
+
+TEST(ApiRegistry, MatchReturnsNullWhenNoRouteMatches) {
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init({{"orders", {"/orders"}}}, &error)) << error;
+  EXPECT_EQ(registry.match("/catalog"), nullptr);
+  EXPECT_EQ(registry.match(""), nullptr);
+  ApiRegistry empty;
+  EXPECT_EQ(empty.match("/"), nullptr);
+}
+
+TEST(ApiRegistry, FindsApisByExactName) {
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init(two_apis(), &error)) << error;
+  ASSERT_NE(registry.find("orders"), nullptr);
+  EXPECT_EQ(registry.find("orders")->routes.size(), 2u);
+  EXPECT_EQ(registry.find("catalog"), registry.match("/catalog/x"));
+  EXPECT_EQ(registry.find("Orders"), nullptr);
+  EXPECT_EQ(registry.find("admin"), nullptr);
+  EXPECT_EQ(registry.apis().size(), 2u);
+}
+
+TEST(ApiRegistry, CopiesMatchLikeTheOriginal) {
+  ApiRegistry original;
+  std::string error;
+  ASSERT_TRUE(original.init(two_apis(), &error)) << error;
+  ApiRegistry copy = original;
+  ASSERT_NE(copy.match("/v1/orders/1"), nullptr);
+  EXPECT_EQ(copy.match("/v1/orders/1"), copy.find("orders"));
+}
+
+TEST(ApiRegistry, RejectsDuplicateNames) {
+  EXPECT_EQ(init_error({{"orders", {"/a"}}, {"orders", {"/b"}}}), "api \"orders\": duplicate name");
+}
+
+TEST(ApiRegistry, RejectsTheReservedAdminName) {
+  EXPECT_EQ(init_error({{"admin", {"/admin"}}}),
+            "api \"admin\": the name is reserved for the built-in admin API");
+}
+
+TEST(ApiRegistry, RejectsBadNames) {
+  EXPECT_EQ(init_error({{"", {"/a"}}}), "api #1: name is empty");
+  for (std::string name :
+       std::vector<std::string>{"has space", "slash/", "ümlaut", std::string(65, 'n')}) {
+    EXPECT_NE(init_error({{name, {"/a"}}}).find("name must be 1 to 64"), std::string::npos) << name;
+  }
+  ApiRegistry registry;
+  std::string error;
+  EXPECT_TRUE(registry.init({{std::string(64, 'n'), {"/a"}}, {"a-Z_0.9", {"/b"}}}, &error))
+      << error;
+}
+
+TEST(ApiRegistry, RejectsApisWithoutRoutesOrWithTooMany) {
+  EXPECT_EQ(init_error({{"orders", {}}}), "api \"orders\": has no routes");
+  std::vector<std::string> routes;
+  for (size_t i = 0; i <= kApiRoutesMax; ++i) routes.push_back("/r" + std::to_string(i));
+  EXPECT_EQ(init_error({{"orders", routes}}), "api \"orders\": more than 64 routes");
+}
+
+TEST(ApiRegistry, RejectsRoutesThatAreNotNormalizedPaths) {
+  for (std::string route :
+       std::vector<std::string>{"orders", "", "/a/../b", "/a//b", "/a\\b", "/%2e"}) {
+    EXPECT_NE(init_error({{"orders", {route}}}).find("must be a normalized path"),
+              std::string::npos)
+        << route;
+  }
+}
+
+TEST(ApiRegistry, RejectsTheSameRouteTwice) {
+  EXPECT_EQ(init_error({{"orders", {"/orders"}}, {"legacy", {"/x", "/orders"}}}),
+            "api \"legacy\": route \"/orders\" is already used by api \"orders\"");
+  EXPECT_EQ(init_error({{"orders", {"/orders", "/orders"}}}),
+            "api \"orders\": route \"/orders\" is already used by api \"orders\"");
+}
+
+TEST(ApiRegistry, AcceptsAtMost256Apis) {
+  std::vector<ApiConfig> apis;
+  for (size_t i = 0; i < kApisMax; ++i) {
+    apis.push_back({"api" + std::to_string(i), {"/r" + std::to_string(i)}});
+  }
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init(apis, &error)) << error;
+  ASSERT_NE(registry.match("/r255/x"), nullptr);
+  EXPECT_EQ(registry.match("/r255/x")->name, "api255");
+  apis.push_back({"one-more", {"/one-more"}});
+  EXPECT_EQ(init_error(apis), "too many apis: 257 (at most 256)");
+}
+
+TEST(ApiRegistry, FailedInitKeepsThePreviousApis) {
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init(two_apis(), &error)) << error;
+  EXPECT_FALSE(registry.init({{"admin", {"/"}}}, &error));
+  EXPECT_NE(registry.find("orders"), nullptr);
+  EXPECT_NE(registry.match("/orders"), nullptr);
+}
+
+class Authorize : public ::testing::Test {
+ protected:
+  Authorize() {
+    orders_.name = "orders";
+    orders_.routes = {"/orders"};
+    billing_.name = "billing";
+    billing_.routes = {"/billing"};
+    admin_.name = std::string(kAdminApi);
+    admin_.routes = {"/"};
+    key_.apis = {"orders", "billing"};
+    key_.user = "kharnagy@domain.corp";
+    user_.name = "kharnagy@domain.corp";
+  }
+
+  Decision decide(const ApiConfig& api, std::string_view method, std::string_view path,
+                  int64_t now = kNow) const {
+    return authorize(key_, key_.user ? &user_ : nullptr, api, method, path, now);
+  }
+
+  ApiConfig orders_;
+  ApiConfig billing_;
+  ApiConfig admin_;
+  KeyRecord key_;
+  User user_;
+};
+
+TEST_F(Authorize, UserGrantForTheApiAllowsAnyMethodAndPath) {
+  user_.grants = {{"orders", {}, ""}};
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "DELETE", "/orders/7/items"), Decision::kAllowed);
+  user_.grants = {{"orders", {}, "/"}};
+  EXPECT_EQ(decide(orders_, "PATCH", "/orders/7"), Decision::kAllowed);
+}
+
+TEST_F(Authorize, UserGrantForAnotherApiIsNotPermitted) {
+  user_.grants = {{"billing", {}, ""}};
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kUserNotPermitted);
+  EXPECT_EQ(decide(billing_, "GET", "/billing"), Decision::kAllowed);
+}
+
+TEST_F(Authorize, GrantMethodsMatchExactlyAndCaseSensitively) {
+  user_.grants = {{"orders", {"GET", "HEAD"}, ""}};
+  EXPECT_EQ(decide(orders_, "GET", "/orders/7"), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "HEAD", "/orders/7"), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "POST", "/orders/7"), Decision::kUserNotPermitted);
+  EXPECT_EQ(decide(orders_, "get", "/orders/7"), Decision::kUserNotPermitted);
+  EXPECT_EQ(decide(orders_, "GETX", "/orders/7"), Decision::kUserNotPermitted);
+  EXPECT_EQ(decide(orders_, "", "/orders/7"), Decision::kUserNotPermitted);
+}
+
+TEST_F(Authorize, GrantPathPrefixIsSegmentAware) {
+  user_.grants = {{"orders", {}, "/orders/7"}};
+  EXPECT_EQ(decide(orders_, "GET", "/orders/7"), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "GET", "/orders/7/items"), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "GET", "/orders/70"), Decision::kUserNotPermitted);
+  EXPECT_EQ(decide(orders_, "GET", "/orders/8"), Decision::kUserNotPermitted);
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kUserNotPermitted);
+}
+
+TEST_F(Authorize, AnyMatchingGrantAllows) {
+  user_.grants = {
+      {"orders", {"GET"}, "/orders/1"}, {"billing", {}, ""}, {"orders", {"POST"}, "/orders/2"}};
+  EXPECT_EQ(decide(orders_, "POST", "/orders/2"), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "GET", "/orders/1"), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "POST", "/orders/1"), Decision::kUserNotPermitted);
+  EXPECT_EQ(decide(orders_, "GET", "/orders/2"), Decision::kUserNotPermitted);
+}
+
+TEST_F(Authorize, UserWithoutGrantsIsNotPermitted) {
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kUserNotPermitted);
+}
+
+TEST_F(Authorize, KeyWhoseUserIsMissingIsNotPermitted) {
+  user_.grants = {{"orders", {}, ""}};
+  EXPECT_EQ(authorize(key_, nullptr, orders_, "GET", "/orders", kNow), Decision::kUserNotPermitted);
+}
+
+TEST_F(Authorize, KeyWithoutUserActsAsAdministratorWithinItsApis) {
+  key_.user.reset();
+  EXPECT_EQ(decide(orders_, "DELETE", "/orders/7"), Decision::kAllowed);
+  EXPECT_EQ(decide(billing_, "GET", "/billing"), Decision::kAllowed);
+  key_.apis = {"billing"};
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kApiNotPermitted);
+}
+
+TEST_F(Authorize, ApiMissingFromTheKeyIsNotPermittedEvenWithAGrant) {
+  key_.apis = {"billing"};
+  user_.grants = {{"orders", {}, ""}};
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kApiNotPermitted);
+}
+
+TEST_F(Authorize, AdminOnlyKeyIsNotPermittedOnADataApi) {
+  key_.user.reset();
+  key_.apis = {"admin"};
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kApiNotPermitted);
+  EXPECT_EQ(decide(admin_, "GET", "/keys"), Decision::kAllowed);
+}
+
+TEST_F(Authorize, KeyIsInvalidAtAndAfterExpiry) {
+  user_.grants = {{"orders", {}, ""}};
+  key_.expires_at = kNow;
+  EXPECT_EQ(decide(orders_, "GET", "/orders", kNow - 1), Decision::kAllowed);
+  EXPECT_EQ(decide(orders_, "GET", "/orders", kNow), Decision::kInvalidKey);
+  EXPECT_EQ(decide(orders_, "GET", "/orders", kNow + 1), Decision::kInvalidKey);
+}
+
+TEST_F(Authorize, DisabledKeyIsInvalidBeforeAnyOtherCheck) {
+  key_.enabled = false;
+  key_.apis.clear();
+  EXPECT_EQ(decide(orders_, "GET", "/orders"), Decision::kInvalidKey);
+  EXPECT_EQ(authorize(key_, nullptr, orders_, "GET", "/orders", kNow), Decision::kInvalidKey);
+}
+
+User user_with_grants() {
+  return {"kharnagy@domain.corp",
+          {{"orders", {"GET", "POST"}, "/orders/7"}, {"billing", {}, ""}, {"x", {""}, "/"}}};
+}
+
+void expect_same(const User& a, const User& b) {
+  EXPECT_EQ(a.name, b.name);
+  ASSERT_EQ(a.grants.size(), b.grants.size());
+  for (size_t i = 0; i < a.grants.size(); ++i) {
+    EXPECT_EQ(a.grants[i].api, b.grants[i].api);
+    EXPECT_EQ(a.grants[i].methods, b.grants[i].methods);
+    EXPECT_EQ(a.grants[i].path_prefix, b.grants[i].path_prefix);
+  }
+}
+
+TEST(Permissions, UserRoundTripsWithGrants) {
+  User in = user_with_grants();
+  User out;
+  ASSERT_TRUE(decode_user(encode_user(in), &out));
+  expect_same(in, out);
+}
+
+TEST(Permissions, UserRoundTripsWithoutGrants) {
+  User in{"u", {}};
+  User out = user_with_grants();
+  ASSERT_TRUE(decode_user(encode_user(in), &out));
+  expect_same(in, out);
+}
+
+TEST(Permissions, UserRoundTripsAtTheBounds) {
+  User in{std::string(kRecordStringBytesMax, 'n'), {}};
+  in.grants.assign(kUserGrantsMax,
+                   Grant{"orders", std::vector<std::string>(kGrantMethodsMax, "GET"), "/"});
+  User out;
+  ASSERT_TRUE(decode_user(encode_user(in), &out));
+  expect_same(in, out);
+}
+
+TEST(Permissions, DecodeUserRejectsEveryTruncation) {
+  const std::string bytes = encode_user(user_with_grants());
+  User out;
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_FALSE(decode_user(std::string_view(bytes).substr(0, n), &out)) << n;
+  }
+}
+
+TEST(Permissions, DecodeUserRejectsTrailingBytesUnknownVersionAndOversizedCounts) {
+  const std::string bytes = encode_user(User{"u", {}});
+  User out;
+  ASSERT_TRUE(decode_user(bytes, &out));
+  EXPECT_FALSE(decode_user(bytes + 'x', &out));
+  EXPECT_FALSE(decode_user(std::string("\x02\x01u\x00", 4), &out));
+  // 1025 grants, and a grant with 33 methods, each with enough bytes behind it.
+  EXPECT_FALSE(decode_user(std::string("\x01\x01u\x81\x08", 5) + std::string(8000, '\0'), &out));
+  EXPECT_FALSE(decode_user(std::string("\x01\x01u\x01\x00\x21", 6) + std::string(100, '\0'), &out));
+  // Forged counts larger than the input are rejected before anything is reserved.
+  EXPECT_FALSE(decode_user(std::string("\x01\x01u\x80\x08", 5), &out));
+}
+
+TEST(Permissions, DecodeUserLeavesTheOutputAloneOnFailure) {
+  User out = user_with_grants();
+  EXPECT_FALSE(decode_user("\x01\x05short", &out));
+  expect_same(out, user_with_grants());
+}
+
+TEST(Permissions, DecodeUserOfRandomBytesNeverCrashes) {
+  std::mt19937_64 rng(11);
+  const std::string valid = encode_user(user_with_grants());
+  User out;
+  for (int i = 0; i < 20000; ++i) {
+    std::string bytes;
+    if (i % 2 == 0) {
+      bytes.resize(rng() % 200);
+      for (char& c : bytes) c = static_cast<char>(rng());
+      if (!bytes.empty()) bytes[0] = 1;
+    } else {
+      bytes = valid;
+      for (int k = 0; k < 3; ++k) bytes[rng() % bytes.size()] = static_cast<char>(rng());
+    }
+    (void)decode_user(bytes, &out);
+  }
+}
+
+}  // namespace
+}  // namespace keygate

@@ -1,0 +1,866 @@
+// Integration tests of the HTTP/1.1 engine: each test starts the real keygate binary on
+// ephemeral loopback ports with its own temp directory and speaks raw HTTP to it.
+//
+// Every server a test starts is stopped with SIGTERM at the end and must exit 0 after printing
+// "keygate: stopped", so a crash or a sanitizer report in the server fails the test that
+// caused it. Timeouts are configured small (the engine's resolution is 100 ms) and every wait
+// here is bounded.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+using namespace std::chrono_literals;
+using namespace std::string_literals;
+using Clock = std::chrono::steady_clock;
+
+std::string get(std::string_view path) {
+  return "GET "s + std::string(path) + " HTTP/1.1\r\nHost: a\r\n\r\n";
+}
+
+const std::string kHealthz = get("/healthz");
+const std::string kSmuggled = get("/smuggled");
+
+Millis since(Clock::time_point start) {
+  return std::chrono::duration_cast<Millis>(Clock::now() - start);
+}
+
+std::string describe(const std::optional<Response>& r, const RawClient& client) {
+  if (!r) return "no response (" + std::string(to_string(client.last_end())) + ")";
+  return "response:\n" + r->raw;
+}
+
+// A rejection as the engine sends it: this status, `Connection: close`, an error JSON body.
+::testing::AssertionResult is_rejection(const std::optional<Response>& r, int status) {
+  if (!r) return ::testing::AssertionFailure() << "no response";
+  if (r->status != status) {
+    return ::testing::AssertionFailure() << "status " << r->status << ", want " << status
+                                         << "; response:\n" << r->raw;
+  }
+  if (!r->connection_close()) {
+    return ::testing::AssertionFailure() << "no 'Connection: close'; response:\n" << r->raw;
+  }
+  if (!r->json_error_body()) {
+    return ::testing::AssertionFailure() << "body is not error JSON; response:\n" << r->raw;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// The server closes the connection (FIN or RST) within `timeout` and sends nothing more.
+::testing::AssertionResult closes_without_more_bytes(RawClient& client,
+                                                     Millis timeout = 3000ms) {
+  const std::string rest = client.read_until_close(timeout);
+  if (client.last_end() != ReadEnd::kEof && client.last_end() != ReadEnd::kReset) {
+    return ::testing::AssertionFailure()
+           << "connection not closed within " << timeout.count() << " ms ("
+           << to_string(client.last_end()) << "); extra bytes: '" << rest << "'";
+  }
+  if (!rest.empty()) {
+    return ::testing::AssertionFailure() << "bytes after the last expected response:\n" << rest;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// A fresh connection gets 200 for GET /healthz: the server is alive and serving.
+::testing::AssertionResult serves_healthz(uint16_t port) {
+  const std::optional<Response> r = round_trip(port, kHealthz);
+  if (!r) return ::testing::AssertionFailure() << "no response to GET /healthz";
+  if (r->status != 200 || r->body != "ok") {
+    return ::testing::AssertionFailure() << "GET /healthz got:\n" << r->raw;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Server options: `limits` for the [limits] table, `workers` worker threads.
+ServerOptions with(std::vector<std::pair<std::string, uint64_t>> limits, unsigned workers = 2) {
+  ServerOptions options;
+  options.limits = std::move(limits);
+  options.workers = workers;
+  return options;
+}
+
+std::vector<int> statuses(const std::vector<Response>& responses) {
+  std::vector<int> out;
+  for (const Response& r : responses) out.push_back(r.status);
+  return out;
+}
+
+// Base fixture: starts one keygate and, at teardown, stops it cleanly.
+class ServerTest : public ::testing::Test {
+ protected:
+  ::testing::AssertionResult start(ServerOptions options = {}) {
+    server_ = std::make_unique<TestServer>(std::move(options));
+    std::string error;
+    if (!server_->start(&error)) return ::testing::AssertionFailure() << error;
+    return ::testing::AssertionSuccess();
+  }
+
+  TestServer& server() { return *server_; }
+  uint16_t port() const { return server_->data_port(); }
+
+  ::testing::AssertionResult connect(RawClient& client) {
+    std::string error;
+    if (!client.connect(port(), &error)) return ::testing::AssertionFailure() << error;
+    return ::testing::AssertionSuccess();
+  }
+
+  void TearDown() override {
+    if (server_ == nullptr || !server_->running()) return;
+    const ExitStatus status = server_->stop(SIGTERM);
+    EXPECT_TRUE(status.clean()) << "keygate " << status.describe() << "; stdout:\n"
+                                << server_->output();
+    EXPECT_NE(server_->output().find("keygate: stopped\n"), std::string::npos)
+        << server_->output();
+  }
+
+  std::unique_ptr<TestServer> server_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Routing, keep-alive, pipelining, bodies
+
+using HttpEngine = ServerTest;
+
+TEST_F(HttpEngine, HealthzAnswers200WithBodyOk) {
+  ASSERT_TRUE(start());
+  const std::optional<Response> r = round_trip(port(), kHealthz);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "ok");
+  EXPECT_EQ(r->header("Content-Type"), "text/plain");
+  EXPECT_EQ(r->header("Content-Length"), "2");
+  EXPECT_FALSE(r->connection_close()) << r->raw;
+}
+
+TEST_F(HttpEngine, UnknownPathAnswers404WithJsonErrorAndKeepsTheConnection) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(get("/no/such/route")));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_TRUE(r->json_error_body()) << r->raw;
+  EXPECT_NE(r->body.find("\"error\":\"not_found\""), std::string::npos) << r->body;
+  EXPECT_FALSE(r->connection_close()) << r->raw;
+
+  ASSERT_TRUE(client.send(kHealthz));
+  const std::optional<Response> next = client.read_response();
+  ASSERT_TRUE(next) << describe(next, client);
+  EXPECT_EQ(next->status, 200);
+}
+
+TEST_F(HttpEngine, OtherMethodsOnHealthzAnswer405) {
+  ASSERT_TRUE(start());
+  const std::optional<Response> r =
+      round_trip(port(), "DELETE /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 405);
+  EXPECT_TRUE(r->json_error_body()) << r->raw;
+}
+
+TEST_F(HttpEngine, HeadHealthzHasContentLength2AndNoBody) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"));
+  const std::optional<Response> r = client.read_response(3000ms, /*head=*/true);
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->header("Content-Length"), "2");
+  // A body sent after a HEAD response would be sitting in the socket now.
+  EXPECT_FALSE(client.readable(200ms)) << "bytes after the HEAD response: '"
+                                       << client.read_until_close(200ms) << "'";
+
+  ASSERT_TRUE(client.send(kHealthz));
+  const std::optional<Response> next = client.read_response();
+  ASSERT_TRUE(next) << describe(next, client);
+  EXPECT_EQ(next->status, 200);
+  EXPECT_EQ(next->body, "ok");
+}
+
+TEST_F(HttpEngine, KeepAliveServesThreeRequestsOnOneConnection) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    ASSERT_TRUE(client.send(kHealthz));
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(r) << describe(r, client);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->body, "ok");
+    EXPECT_FALSE(r->connection_close());
+  }
+}
+
+// Alternating /healthz (200) and /x (404) makes any reordering visible in the status sequence.
+std::pair<std::string, std::vector<int>> alternating_pipeline(int n) {
+  std::string bytes;
+  std::vector<int> want;
+  for (int i = 0; i < n; ++i) {
+    bytes += i % 2 == 0 ? kHealthz : get("/x");
+    want.push_back(i % 2 == 0 ? 200 : 404);
+  }
+  return {bytes, want};
+}
+
+TEST_F(HttpEngine, TenPipelinedRequestsInOneWriteAreAnsweredInOrder) {
+  ASSERT_TRUE(start());
+  const auto [bytes, want] = alternating_pipeline(10);
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(bytes));
+  const std::vector<Response> responses = client.read_responses(10);
+  EXPECT_EQ(statuses(responses), want) << "read ended: " << to_string(client.last_end());
+  EXPECT_FALSE(client.readable(100ms)) << "extra bytes after 10 responses";
+}
+
+TEST_F(HttpEngine, PipelineDeeperThanDepthMaxIsAnsweredCompletelyInOrder) {
+  ASSERT_TRUE(start(with({{"pipeline_depth_max", 4}})));
+  const auto [bytes, want] = alternating_pipeline(50);
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(bytes));
+  const std::vector<Response> responses = client.read_responses(50);
+  EXPECT_EQ(statuses(responses), want) << "read ended: " << to_string(client.last_end());
+
+  // Still a healthy keep-alive connection after the backlog drained.
+  ASSERT_TRUE(client.send(kHealthz));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST_F(HttpEngine, PipelinedRequestsSentOneBytePerWriteAreAnsweredInOrder) {
+  ASSERT_TRUE(start());
+  const auto [bytes, want] = alternating_pipeline(20);
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send_bytewise(bytes));
+  const std::vector<Response> responses = client.read_responses(20);
+  EXPECT_EQ(statuses(responses), want) << "read ended: " << to_string(client.last_end());
+}
+
+TEST_F(HttpEngine, BodySpanningManyReceivesIsConsumedAndThePipelinedRequestAfterItServed) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n" +
+                          std::string(200000, 'x') + kHealthz));
+  const std::vector<Response> responses = client.read_responses(2);
+  EXPECT_EQ(statuses(responses), (std::vector<int>{404, 200}))
+      << "read ended: " << to_string(client.last_end());
+}
+
+TEST_F(HttpEngine, ChunkedBodyOfSmallChunksSentOneBytePerWriteIsConsumed) {
+  ASSERT_TRUE(start());
+  std::string request = "POST /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 50; ++i) request += "3\r\nabc\r\n";
+  request += "0\r\n\r\n" + kHealthz;
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send_bytewise(request));
+  const std::vector<Response> responses = client.read_responses(2);
+  EXPECT_EQ(statuses(responses), (std::vector<int>{404, 200}))
+      << "read ended: " << to_string(client.last_end());
+}
+
+TEST_F(HttpEngine, Http10RequestWithoutKeepAliveIsAnsweredThenClosed) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("GET /healthz HTTP/1.0\r\n\r\n"));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_TRUE(r->connection_close()) << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(client));
+}
+
+TEST_F(HttpEngine, ContentLengthBodyIsConsumedAndTheConnectionStaysUsable) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world"));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_FALSE(r->connection_close());
+
+  ASSERT_TRUE(client.send(kHealthz));
+  const std::optional<Response> next = client.read_response();
+  ASSERT_TRUE(next) << describe(next, client);
+  EXPECT_EQ(next->status, 200);
+}
+
+TEST_F(HttpEngine, ChunkedBodyIsConsumedAndTheConnectionStaysUsable) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(
+      "POST /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_FALSE(r->connection_close());
+
+  ASSERT_TRUE(client.send(kHealthz));
+  const std::optional<Response> next = client.read_response();
+  ASSERT_TRUE(next) << describe(next, client);
+  EXPECT_EQ(next->status, 200);
+}
+
+TEST_F(HttpEngine, ExpectContinueGets100ContinueBeforeTheBodyThenTheFinalResponse) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(
+      "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"));
+  const std::optional<Response> interim = client.read_response();
+  ASSERT_TRUE(interim) << describe(interim, client);
+  EXPECT_EQ(interim->status, 100);
+  EXPECT_EQ(interim->raw.rfind("HTTP/1.1 100 Continue\r\n", 0), 0u) << interim->raw;
+
+  ASSERT_TRUE(client.send("hello"));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_FALSE(r->connection_close());
+
+  ASSERT_TRUE(client.send(kHealthz));
+  const std::optional<Response> next = client.read_response();
+  ASSERT_TRUE(next) << describe(next, client);
+  EXPECT_EQ(next->status, 200);
+}
+
+TEST_F(HttpEngine, ExpectContinueWithLengthOverBodyMaxGets413Without100Continue) {
+  ASSERT_TRUE(start(with({{"body_bytes_max", 1024}})));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(
+      "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 4096\r\nExpect: 100-continue\r\n\r\n"));
+  const std::optional<Response> r = client.read_response();
+  EXPECT_TRUE(is_rejection(r, 413)) << describe(r, client);
+  EXPECT_TRUE(closes_without_more_bytes(client));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+
+class HttpEngineLimits : public ServerTest {
+ protected:
+  static ServerOptions small_limits() {
+    return with({{"request_line_bytes_max", 256},
+                 {"header_bytes_max", 512},
+                 {"header_count_max", 8},
+                 {"body_bytes_max", 1024}});
+  }
+};
+
+TEST_F(HttpEngineLimits, RequestLineOverMaxAnswers414) {
+  ASSERT_TRUE(start(small_limits()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("GET /" + std::string(300, 'a') + " HTTP/1.1\r\nHost: a\r\n\r\n"));
+  const std::optional<Response> r = client.read_response();
+  EXPECT_TRUE(is_rejection(r, 414)) << describe(r, client);
+  EXPECT_TRUE(closes_without_more_bytes(client));
+  EXPECT_TRUE(serves_healthz(port()));
+}
+
+TEST_F(HttpEngineLimits, HeaderSectionOverMaxAnswers431) {
+  ASSERT_TRUE(start(small_limits()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(600, 'b') +
+                          "\r\n\r\n"));
+  const std::optional<Response> r = client.read_response();
+  EXPECT_TRUE(is_rejection(r, 431)) << describe(r, client);
+  EXPECT_TRUE(closes_without_more_bytes(client));
+  EXPECT_TRUE(serves_healthz(port()));
+}
+
+TEST_F(HttpEngineLimits, MoreHeadersThanCountMaxAnswers431) {
+  ASSERT_TRUE(start(small_limits()));
+  std::string request = "GET /healthz HTTP/1.1\r\nHost: a\r\n";
+  for (int i = 0; i < 9; ++i) request += "X-" + std::to_string(i) + ": v\r\n";
+  request += "\r\n";
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(request));
+  const std::optional<Response> r = client.read_response();
+  EXPECT_TRUE(is_rejection(r, 431)) << describe(r, client);
+  EXPECT_TRUE(closes_without_more_bytes(client));
+}
+
+TEST_F(HttpEngineLimits, ExactlyCountMaxHeadersAndBodyMaxBytesAreAccepted) {
+  ASSERT_TRUE(start(small_limits()));
+  std::string request = "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 1024\r\n";
+  for (int i = 0; i < 6; ++i) request += "X-" + std::to_string(i) + ": v\r\n";  // 8 in all
+  request += "\r\n" + std::string(1024, 'x');
+  const std::optional<Response> r = round_trip(port(), request);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 404) << r->raw;
+}
+
+TEST_F(HttpEngineLimits, ContentLengthOverBodyMaxAnswers413BeforeTheBodyIsSent) {
+  ASSERT_TRUE(start(small_limits()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n"));
+  // No body byte is ever sent: the answer must come from the headers alone.
+  const std::optional<Response> r = client.read_response(2000ms);
+  EXPECT_TRUE(is_rejection(r, 413)) << describe(r, client);
+  EXPECT_TRUE(closes_without_more_bytes(client));
+}
+
+TEST_F(HttpEngineLimits, ChunkedBodyOverBodyMaxAnswers413) {
+  ASSERT_TRUE(start(small_limits()));
+  const std::string chunk = "258\r\n" + std::string(600, 'c') + "\r\n";  // 0x258 = 600
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("POST /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                          chunk + chunk + "0\r\n\r\n"));
+  const std::optional<Response> r = client.read_response();
+  EXPECT_TRUE(is_rejection(r, 413)) << describe(r, client);
+  EXPECT_TRUE(closes_without_more_bytes(client));
+}
+
+TEST_F(HttpEngineLimits, ConnectionOverPerWorkerMaxIsClosedWithoutAResponse) {
+  ASSERT_TRUE(start(with({{"connections_per_worker_max", 2}}, /*workers=*/1)));
+  RawClient first;
+  RawClient second;
+  ASSERT_TRUE(connect(first));
+  ASSERT_TRUE(connect(second));
+  // A round trip on each proves both are accepted before the third arrives.
+  for (RawClient* c : {&first, &second}) {
+    ASSERT_TRUE(c->send(kHealthz));
+    const std::optional<Response> r = c->read_response();
+    ASSERT_TRUE(r) << describe(r, *c);
+    EXPECT_EQ(r->status, 200);
+  }
+
+  RawClient third;
+  ASSERT_TRUE(connect(third));  // the kernel completes the handshake; keygate closes at accept
+  EXPECT_TRUE(closes_without_more_bytes(third, 2000ms));
+
+  for (RawClient* c : {&first, &second}) {
+    ASSERT_TRUE(c->send(kHealthz));
+    const std::optional<Response> r = c->read_response();
+    ASSERT_TRUE(r) << describe(r, *c);
+    EXPECT_EQ(r->status, 200);
+  }
+
+  // A freed slot is usable again (once the worker has seen the close).
+  first.close();
+  bool served = false;
+  for (int attempt = 0; attempt < 20 && !served; ++attempt) {
+    const std::optional<Response> r = round_trip(port(), kHealthz, 500ms);
+    served = r && r->status == 200;
+  }
+  EXPECT_TRUE(served) << "no new connection served after one of the two was closed";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts
+
+class HttpEngineTimeouts : public ServerTest {
+ protected:
+  static ServerOptions short_timeouts() {
+    return with({{"header_timeout_ms", 500},
+                 {"body_timeout_ms", 500},
+                 {"idle_timeout_ms", 500},
+                 {"linger_timeout_ms", 200}});
+  }
+};
+
+TEST_F(HttpEngineTimeouts, IdleKeepAliveConnectionIsClosedSilentlyAfterIdleTimeout) {
+  ASSERT_TRUE(start(short_timeouts()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(kHealthz));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  ASSERT_EQ(r->status, 200);
+  const auto idle_since = Clock::now();
+  EXPECT_TRUE(closes_without_more_bytes(client, 3000ms));
+  EXPECT_GE(since(idle_since), 300ms) << "closed long before idle_timeout_ms=500";
+}
+
+TEST_F(HttpEngineTimeouts, SlowlorisHeadersGet408WithinHeaderTimeoutDespiteSteadyBytes) {
+  ASSERT_TRUE(start(short_timeouts()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  // Never completes; one byte per 100 ms would take 20 s to send.
+  const std::string trickle =
+      "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: " + std::string(200, 'a');
+  const auto start_time = Clock::now();
+  for (char c : trickle) {
+    if (!client.send(std::string_view(&c, 1))) break;  // server gone: read what it said
+    if (client.readable(100ms)) break;                 // paces the trickle, without sleeping
+  }
+  const std::optional<Response> r = client.read_response(2000ms);
+  const Millis answered_after = since(start_time);
+  EXPECT_TRUE(is_rejection(r, 408)) << describe(r, client);
+  EXPECT_GE(answered_after, 400ms);
+  EXPECT_LT(answered_after, 2000ms) << "the header timeout was extended by the trickle";
+  EXPECT_TRUE(closes_without_more_bytes(client, 2000ms));
+  EXPECT_LT(since(start_time), 3000ms);
+}
+
+TEST_F(HttpEngineTimeouts, StalledBodyGets408AndTheConnectionIsClosed) {
+  ASSERT_TRUE(start(short_timeouts()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  const auto start_time = Clock::now();
+  ASSERT_TRUE(client.send("POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello"));
+  const std::optional<Response> r = client.read_response(3000ms);
+  EXPECT_TRUE(is_rejection(r, 408)) << describe(r, client);
+  EXPECT_GE(since(start_time), 400ms);
+  EXPECT_TRUE(closes_without_more_bytes(client, 2000ms));
+  EXPECT_LT(since(start_time), 3000ms);
+}
+
+TEST_F(HttpEngineTimeouts, ConnectionThatSendsNothingIsClosedWithoutAResponse) {
+  ASSERT_TRUE(start(short_timeouts()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  const auto start_time = Clock::now();
+  EXPECT_TRUE(closes_without_more_bytes(client, 3000ms));
+  EXPECT_GE(since(start_time), 300ms);
+  EXPECT_TRUE(serves_healthz(port()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful shutdown
+
+class GracefulShutdown : public ServerTest {
+ protected:
+  // Starts "POST /nope" with a 10-byte body and sends the first 5 bytes. Waiting for the
+  // 100 Continue proves keygate has parsed the headers, so the request is in flight (not an
+  // idle connection) when a signal arrives.
+  static ::testing::AssertionResult start_half_request(RawClient& client) {
+    if (!client.send("POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n"
+                     "Expect: 100-continue\r\n\r\n")) {
+      return ::testing::AssertionFailure() << "send failed";
+    }
+    const std::optional<Response> interim = client.read_response();
+    if (!interim || interim->status != 100) {
+      return ::testing::AssertionFailure() << "no 100 Continue: " << describe(interim, client);
+    }
+    if (!client.send("hello")) return ::testing::AssertionFailure() << "send failed";
+    return ::testing::AssertionSuccess();
+  }
+};
+
+TEST_F(GracefulShutdown, InFlightRequestIsAnsweredAfterSigtermThenTheServerExitsZero) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(start_half_request(client));
+
+  ASSERT_TRUE(server().send_signal(SIGTERM));
+  ASSERT_TRUE(server().wait_for_output("draining", 3000ms)) << server().output();
+  // The line is printed just before the workers are told; give them a moment to act on it.
+  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(client.send("world"));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 404);
+  EXPECT_TRUE(r->connection_close()) << "a draining server should end keep-alive:\n" << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(client));
+  client.close();  // ends the server's lingering close at once
+
+  const ExitStatus status = server().wait_exit(5000ms);
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos)
+      << server().output();
+}
+
+TEST_F(GracefulShutdown, NewConnectionsAfterSigtermAreRefused) {
+  ASSERT_TRUE(start(with({{"drain_timeout_ms", 5000}})));
+  RawClient in_flight;
+  ASSERT_TRUE(connect(in_flight));
+  ASSERT_TRUE(start_half_request(in_flight));  // keeps the server draining, not exiting
+
+  ASSERT_TRUE(server().send_signal(SIGTERM));
+  ASSERT_TRUE(server().wait_for_output("draining", 3000ms)) << server().output();
+  // The line is printed just before the workers are told; give them a moment to act on it.
+  std::this_thread::sleep_for(100ms);
+
+  RawClient late;
+  std::string error;
+  if (late.connect(port(), &error, 1000ms)) {
+    late.send(kHealthz);
+    const std::string bytes = late.read_until_close(1000ms);
+    EXPECT_EQ(bytes, "") << "a connection opened after SIGTERM was served";
+    EXPECT_NE(to_string(late.last_end()), "timeout")
+        << "a connection opened after SIGTERM was accepted by the kernel and then neither "
+           "answered nor closed for 1 s: it waits in the listen backlog until the drain ends";
+  }
+
+  ASSERT_TRUE(in_flight.send("world"));
+  const std::optional<Response> r = in_flight.read_response();
+  ASSERT_TRUE(r) << describe(r, in_flight);
+  EXPECT_EQ(r->status, 404);
+  const ExitStatus status = server().wait_exit(5000ms);
+  EXPECT_TRUE(status.clean()) << status.describe();
+}
+
+TEST_F(GracefulShutdown, StalledClientCannotHoldTheServerPastDrainTimeout) {
+  // body_timeout_ms stays at its 30 s default: only the drain deadline can end the request.
+  ASSERT_TRUE(start(with({{"drain_timeout_ms", 500}})));
+  RawClient stalled;
+  ASSERT_TRUE(connect(stalled));
+  ASSERT_TRUE(start_half_request(stalled));
+
+  const auto signalled = Clock::now();
+  ASSERT_TRUE(server().send_signal(SIGTERM));
+  const ExitStatus status = server().wait_exit(5000ms);
+  EXPECT_LT(since(signalled), 3000ms);
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos)
+      << server().output();
+  stalled.read_until_close(1000ms);
+  EXPECT_NE(to_string(stalled.last_end()), "timeout") << "the stalled connection was left open";
+}
+
+TEST_F(GracefulShutdown, IdleConnectionsDoNotDelayShutdown) {
+  ASSERT_TRUE(start());  // drain_timeout_ms keeps its 10 s default
+  RawClient kept_alive;
+  ASSERT_TRUE(connect(kept_alive));
+  ASSERT_TRUE(kept_alive.send(kHealthz));
+  const std::optional<Response> r = kept_alive.read_response();
+  ASSERT_TRUE(r) << describe(r, kept_alive);
+  RawClient silent;  // connected, never sends
+  ASSERT_TRUE(connect(silent));
+
+  const auto signalled = Clock::now();
+  const ExitStatus status = server().stop(SIGTERM, 5000ms);
+  EXPECT_LT(since(signalled), 2000ms) << "idle connections held the drain";
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_TRUE(closes_without_more_bytes(kept_alive, 1000ms));
+  EXPECT_TRUE(closes_without_more_bytes(silent, 1000ms));
+}
+
+TEST_F(GracefulShutdown, SigintStopsTheServerLikeSigterm) {
+  ASSERT_TRUE(start());
+  EXPECT_TRUE(serves_healthz(port()));
+  const ExitStatus status = server().stop(SIGINT, 5000ms);
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos)
+      << server().output();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+size_t line_count(std::string_view text) {
+  size_t n = 0;
+  for (char c : text) n += c == '\n';
+  return n;
+}
+
+TEST(Cli, UnknownFlagExitsWithCode2AndOneStderrLine) {
+  const ProcessResult p = run_keygate({"--no-such-flag"});
+  EXPECT_TRUE(p.status.exited && p.status.code == 2) << p.status.describe();
+  EXPECT_EQ(line_count(p.err), 1u) << p.err;
+  EXPECT_EQ(p.err.rfind("keygate: ", 0), 0u) << p.err;
+  EXPECT_NE(p.err.find("--no-such-flag"), std::string::npos) << p.err;
+  EXPECT_EQ(p.out, "");
+}
+
+TEST(Cli, HelpExitsZeroAndMentionsEveryFlag) {
+  const ProcessResult p = run_keygate({"--help"});
+  EXPECT_TRUE(p.status.clean()) << p.status.describe();
+  for (const char* flag :
+       {"--config", "--listen", "--admin-listen", "--data-dir", "--workers", "--log-dir"}) {
+    EXPECT_NE(p.out.find(flag), std::string::npos) << flag << " missing from --help:\n" << p.out;
+  }
+}
+
+TEST(Cli, ReadyLineNamesBothPortsTheWorkerCountAndTheRingMode) {
+  TestServer server(with({}, /*workers=*/2));
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  const std::string& out = server.output();
+  EXPECT_EQ(line_count(out), 1u) << out;
+  EXPECT_EQ(out.rfind("keygate: listening data=127.0.0.1:" + std::to_string(server.data_port()) +
+                          " admin=127.0.0.1:" + std::to_string(server.admin_port()) +
+                          " workers=2 ring=",
+                      0),
+            0u)
+      << out;
+  EXPECT_NE(server.data_port(), server.admin_port());
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe();
+}
+
+TEST(Cli, DataDirLockedByARunningServerMakesTheSecondExitWithInUse) {
+  TestServer first;
+  std::string error;
+  ASSERT_TRUE(first.start(&error)) << error;
+  TempDir other;
+  const ProcessResult second = run_keygate(
+      {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1", "--data-dir",
+       first.data_dir(), "--log-dir", other.path() + "/logs"});
+  EXPECT_TRUE(second.status.exited && second.status.code != 0) << second.status.describe();
+  EXPECT_NE(second.err.find("in use"), std::string::npos) << second.err;
+  EXPECT_EQ(second.out, "");
+  EXPECT_TRUE(serves_healthz(first.data_port()));
+  const ExitStatus status = first.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe();
+}
+
+struct BadConfig {
+  const char* name;
+  const char* toml;
+};
+
+void PrintTo(const BadConfig& c, std::ostream* os) { *os << c.name; }
+
+class CliBadConfig : public ::testing::TestWithParam<BadConfig> {};
+
+TEST_P(CliBadConfig, ExitsWithCode2AndOneStderrLine) {
+  TempDir dir;
+  const std::string config = dir.write_file("keygate.toml", GetParam().toml);
+  const ProcessResult p =
+      run_keygate({"--config", config, "--listen", "127.0.0.1:0", "--admin-listen",
+                   "127.0.0.1:0", "--data-dir", dir.path() + "/data"});
+  EXPECT_TRUE(p.status.exited && p.status.code == 2) << p.status.describe() << "\n" << p.err;
+  EXPECT_EQ(line_count(p.err), 1u) << p.err;
+  EXPECT_EQ(p.err.rfind("keygate: ", 0), 0u) << p.err;
+  EXPECT_EQ(p.out, "");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Configs, CliBadConfig,
+    ::testing::Values(BadConfig{"UnknownKey", "[limits]\nheader_timeout = 5\n"},
+                      BadConfig{"UnknownTable", "[limit]\nheader_timeout_ms = 5\n"},
+                      BadConfig{"WrongType", "[limits]\nheader_timeout_ms = \"fast\"\n"},
+                      BadConfig{"OutOfRange", "[limits]\npipeline_depth_max = 0\n"},
+                      BadConfig{"MalformedToml", "[server\nlisten = \n"},
+                      BadConfig{"BadListenAddress", "[server]\nlisten = \"localhost:80\"\n"}),
+    [](const ::testing::TestParamInfo<BadConfig>& param) { return std::string(param.param.name); });
+
+// ---------------------------------------------------------------------------------------------
+// Malformed and smuggling-shaped requests
+
+struct MalformedCase {
+  const char* name;
+  std::string bytes;  // the malformed request, smuggled request appended where meaningful
+  int status;         // 0: any 4xx
+};
+
+enum class SendMode { kOneWrite, kBytewise };
+
+// Readable parameter names in test listings (gtest would print the bytes of the struct).
+void PrintTo(const MalformedCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(SendMode mode, std::ostream* os) {
+  *os << (mode == SendMode::kOneWrite ? "one write" : "one byte per write");
+}
+
+std::vector<MalformedCase> malformed_cases() {
+  const std::string te = "Transfer-Encoding: chunked\r\n";
+  return {
+      {"ContentLengthAndTransferEncoding",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n" + te + "\r\n0\r\n\r\n" +
+           kSmuggled,
+       0},
+      {"TwoDifferentContentLengths",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!" +
+           kSmuggled,
+       0},
+      {"ContentLengthWithPlusSign",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello" + kSmuggled, 0},
+      {"ObsFoldHidingContentLength",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n Content-Length: 5\r\n\r\nhello" +
+           kSmuggled,
+       0},
+      {"BareLfLineEndings", "GET /healthz HTTP/1.1\nHost: a\n\n" + kSmuggled, 0},
+      {"NulInHeaderValue", "GET /healthz HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n"s + kSmuggled,
+       0},
+      {"SpaceBeforeColon",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\nhello" + kSmuggled, 0},
+      {"EmptyHeaderName", "GET /healthz HTTP/1.1\r\nHost: a\r\n: v\r\n\r\n" + kSmuggled, 0},
+      {"Http11WithoutHost", "GET /healthz HTTP/1.1\r\n\r\n" + kSmuggled, 0},
+      {"TwoHostHeaders", "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + kSmuggled, 0},
+      {"Http2VersionOnRequestLine", "GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n" + kSmuggled, 505},
+      {"TransferEncodingInHttp10",
+       "POST /nope HTTP/1.0\r\nHost: a\r\n" + te + "\r\n5\r\nhello\r\n0\r\n\r\n" + kSmuggled, 0},
+      {"HexPrefixedChunkSize",
+       "POST /nope HTTP/1.1\r\nHost: a\r\n" + te + "\r\n0x5\r\nhello\r\n0\r\n\r\n" + kSmuggled,
+       0},
+      {"MissingCrlfAfterChunkData",
+       "POST /nope HTTP/1.1\r\nHost: a\r\n" + te + "\r\n5\r\nhello0\r\n\r\n" + kSmuggled, 0},
+      {"ConnectMethod", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n" + kSmuggled, 0},
+      {"UpgradeToWebsocket",
+       "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" +
+           kSmuggled,
+       0},
+      // Not malformed: the first request is served normally, the one after it must not be.
+      {"ConnectionCloseThenPipelinedRequest",
+       "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" + kSmuggled, 200},
+  };
+}
+
+class Malformed : public ServerTest,
+                  public ::testing::WithParamInterface<std::tuple<MalformedCase, SendMode>> {};
+
+TEST_P(Malformed, GetsOneRejectionThenCloseAndTheServerStaysUp) {
+  const auto& [c, mode] = GetParam();
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  // A failed write only means the server already answered and closed; the response is read
+  // either way.
+  if (mode == SendMode::kOneWrite) {
+    client.send(c.bytes);
+  } else {
+    client.send_bytewise(c.bytes);
+  }
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r) << describe(r, client);
+  if (c.status == 200) {
+    EXPECT_EQ(r->status, 200) << r->raw;
+    EXPECT_EQ(r->body, "ok");
+    EXPECT_TRUE(r->connection_close()) << r->raw;
+  } else if (c.status != 0) {
+    EXPECT_TRUE(is_rejection(r, c.status));
+  } else {
+    EXPECT_TRUE(r->status >= 400 && r->status <= 499) << r->raw;
+    EXPECT_TRUE(is_rejection(r, r->status));
+  }
+  EXPECT_EQ(r->raw.find("smuggled"), std::string::npos) << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(client)) << "the request after it was parsed";
+  EXPECT_TRUE(serves_healthz(port())) << "canary on a new connection";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Requests, Malformed,
+    ::testing::Combine(::testing::ValuesIn(malformed_cases()),
+                       ::testing::Values(SendMode::kOneWrite, SendMode::kBytewise)),
+    [](const ::testing::TestParamInfo<std::tuple<MalformedCase, SendMode>>& param) {
+      return std::string(std::get<0>(param.param).name) +
+             (std::get<1>(param.param) == SendMode::kOneWrite ? "_OneWrite" : "_Bytewise");
+    });
+
+}  // namespace
+}  // namespace keygate::integration

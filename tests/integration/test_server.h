@@ -1,0 +1,198 @@
+// TestServer and RawClient: the integration-test harness that runs the real keygate binary.
+//
+// Test-thread only, nothing here is thread-safe. TestServer owns one keygate child process and
+// the temp directory holding its config, data and logs. RawClient is a blocking loopback TCP
+// client that sends exact bytes and parses responses just far enough to check framing. Every
+// wait has a deadline: nothing in this file can hang a test, and a test that fails mid-way
+// still kills its server and removes its files (destructors).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace keygate::integration {
+
+using Millis = std::chrono::milliseconds;
+
+// Path of the keygate binary under test (KEYGATE_BINARY, set by CMake).
+const char* keygate_binary();
+
+// A fresh directory from mkdtemp, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  // Writes `contents` to path()/name and returns the full path.
+  std::string write_file(std::string_view name, std::string_view contents) const;
+
+ private:
+  std::string path_;
+};
+
+// How a child process ended.
+struct ExitStatus {
+  bool timed_out = false;  // still running at the deadline (then killed)
+  bool exited = false;     // exited normally; `code` is valid
+  int code = -1;
+  int signal = 0;          // killed by this signal
+
+  bool clean() const { return exited && code == 0; }
+  std::string describe() const;
+};
+
+// Output and status of a keygate run that is expected to end by itself (CLI checks).
+struct ProcessResult {
+  ExitStatus status;
+  std::string out;
+  std::string err;
+};
+
+// Runs keygate with `args` (argv[0] is added), stdin closed, capturing stdout and stderr.
+// Kills it at `timeout`.
+ProcessResult run_keygate(const std::vector<std::string>& args, Millis timeout = Millis(10000));
+
+struct ServerOptions {
+  unsigned workers = 2;
+  // Written to the config file's [limits] table, e.g. {"pipeline_depth_max", 4}.
+  std::vector<std::pair<std::string, uint64_t>> limits;
+  // Data directory; empty: <temp dir>/data.
+  std::string data_dir;
+};
+
+// One running keygate on 127.0.0.1 with ephemeral data and admin ports.
+class TestServer {
+ public:
+  explicit TestServer(ServerOptions options = {});
+  // SIGKILLs the process if it still runs, reaps it and removes the temp dir.
+  ~TestServer();
+  TestServer(const TestServer&) = delete;
+  TestServer& operator=(const TestServer&) = delete;
+
+  // Spawns keygate and waits (up to `timeout`) for its ready line. On failure returns false
+  // with what went wrong (including the exit status if it died) in `error`.
+  bool start(std::string* error, Millis timeout = Millis(10000));
+
+  uint16_t data_port() const { return data_port_; }
+  uint16_t admin_port() const { return admin_port_; }
+  pid_t pid() const { return pid_; }
+  const TempDir& dir() const { return dir_; }
+  const std::string& data_dir() const { return data_dir_; }
+  bool running() const { return pid_ > 0; }
+
+  // Sends `sig` to the server; false if it is not running.
+  bool send_signal(int sig);
+  // Waits up to `timeout` for the server to exit, collecting its stdout meanwhile. On timeout
+  // the process is SIGKILLed (reported as timed_out).
+  ExitStatus wait_exit(Millis timeout);
+  // send_signal() then wait_exit().
+  ExitStatus stop(int sig, Millis timeout = Millis(10000));
+  // Reads stdout until it contains `needle` or `timeout` passes.
+  bool wait_for_output(std::string_view needle, Millis timeout);
+  // Everything the server printed to stdout so far (the ready line included).
+  const std::string& output() const { return stdout_; }
+
+ private:
+  // Appends available stdout to stdout_, waiting at most until `deadline`. Returns false at EOF.
+  bool read_stdout_until(std::chrono::steady_clock::time_point deadline);
+  void kill_and_reap();
+
+  ServerOptions options_;
+  TempDir dir_;
+  std::string data_dir_;
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string stdout_;
+  uint16_t data_port_ = 0;
+  uint16_t admin_port_ = 0;
+};
+
+// A parsed HTTP response (status line, headers, body framed by Content-Length).
+struct Response {
+  int status = 0;
+  std::string reason;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string raw;  // exact bytes of the whole response
+
+  // First header with this name (case-insensitive).
+  std::optional<std::string> header(std::string_view name) const;
+  bool connection_close() const;
+  // Body looks like the server's error JSON: {"error":"...","message":"..."}.
+  bool json_error_body() const;
+};
+
+// How a read that waits for the peer ended.
+enum class ReadEnd {
+  kOk,       // got what was asked for
+  kEof,      // the server closed (FIN)
+  kReset,    // the server reset the connection
+  kTimeout,  // deadline passed with the connection still open
+  kError,    // something else (bad response framing, socket error)
+};
+std::string_view to_string(ReadEnd end);
+
+// A blocking TCP client on 127.0.0.1. Move-only; closes its socket on destruction.
+class RawClient {
+ public:
+  RawClient() = default;
+  ~RawClient();
+  RawClient(RawClient&& other) noexcept;
+  RawClient& operator=(RawClient&& other) noexcept;
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  // Connects (TCP_NODELAY, SO_RCVTIMEO/SO_SNDTIMEO as a safety net). False with errno-text in
+  // `error` if the connection is refused or times out.
+  bool connect(uint16_t port, std::string* error = nullptr, Millis timeout = Millis(3000));
+  bool connected() const { return fd_ >= 0; }
+
+  // Sends all of `bytes` in one write() call (looping only on a short write). False once the
+  // peer refuses more (EPIPE/ECONNRESET).
+  bool send(std::string_view bytes);
+  // Sends `bytes` one byte per write(), no pauses. Stops at the first failed write.
+  bool send_bytewise(std::string_view bytes);
+  // Half-closes our side (the server sees EOF).
+  void shutdown_write();
+  void close();
+
+  // Reads one response (an interim 1xx included). `head`: the response has no body.
+  // Returns nullopt on EOF/reset/timeout before a whole response; last_end() says which.
+  std::optional<Response> read_response(Millis timeout = Millis(3000), bool head = false);
+  // Reads `n` responses in order; stops early at the first failure.
+  std::vector<Response> read_responses(size_t n, Millis timeout = Millis(5000));
+  // Reads until the server closes or `timeout` passes. Returns the bytes that arrived after
+  // whatever earlier reads consumed; last_end() says how it ended (kEof/kReset/kTimeout).
+  std::string read_until_close(Millis timeout = Millis(3000));
+  // Waits up to `timeout` for data or close without consuming anything: true if the socket is
+  // readable (data, FIN or RST pending).
+  bool readable(Millis timeout);
+
+  ReadEnd last_end() const { return last_end_; }
+  // Bytes received but not yet consumed by a read_* call.
+  const std::string& buffered() const { return buffer_; }
+
+ private:
+  // One recv() into buffer_ waiting until `deadline`; returns kOk when bytes arrived.
+  ReadEnd fill(std::chrono::steady_clock::time_point deadline);
+
+  int fd_ = -1;
+  std::string buffer_;
+  ReadEnd last_end_ = ReadEnd::kOk;
+};
+
+// Connects a RawClient to `port`, sends `request` and reads one response (nullopt on failure).
+std::optional<Response> round_trip(uint16_t port, std::string_view request,
+                                   Millis timeout = Millis(3000));
+
+}  // namespace keygate::integration
