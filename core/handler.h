@@ -46,6 +46,8 @@ class RequestContext {
   // Marks the current request as pending and returns its ticket. Call at most once per
   // handle()/resume() call, and then return Handler::Result::kPending.
   virtual ResumeTicket defer() noexcept = 0;
+  // Wall-clock Unix seconds, refreshed by the worker every loop tick (no syscall per call).
+  virtual int64_t now_unix() const noexcept = 0;
   // A slot for the handler's own per-request state while the request is pending. The worker
   // never touches it; Handler::abandon() is the handler's chance to free it.
   void* state = nullptr;

@@ -37,6 +37,9 @@ struct HttpRequest {
   bool keep_alive = true;     // false when this is the connection's last request
   std::span<const HttpHeader> headers;
   std::string_view body;  // decoded (de-chunked) body; empty when none
+  // Bytes known readable after body's end (receive-buffer slack), so a parser that reads
+  // ahead (simdjson needs 64) can work in place; 0 when unknown.
+  size_t body_readable_padding = 0;
 
   bool is_head() const noexcept { return method == "HEAD"; }
 

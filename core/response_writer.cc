@@ -86,6 +86,10 @@ void ResponseWriter::finish(std::string_view content_type, std::string_view body
 
 void ResponseWriter::error(int status, std::string_view code, std::string_view message) noexcept {
   start(status);
+  finish_error(code, message);
+}
+
+void ResponseWriter::finish_error(std::string_view code, std::string_view message) noexcept {
   // Error bodies are small; build them on the stack so the error path does not allocate.
   char body[256];
   size_t n = 0;

@@ -29,9 +29,11 @@ class ResponseWriter {
   // response. Call exactly once, last.
   void finish(std::string_view content_type, std::string_view body) noexcept;
 
-  // A complete JSON error response: start(status) + finish(application/json, body).
-  // `code` and `message` are static text without characters that need JSON escaping.
+  // A complete JSON error response: start(status) + finish_error(code, message).
   void error(int status, std::string_view code, std::string_view message) noexcept;
+  // Ends a started response with the JSON error body {"error":code,"message":message}.
+  // `code` and `message` are static text without characters that need JSON escaping.
+  void finish_error(std::string_view code, std::string_view message) noexcept;
 
   // Forces "Connection: close" on this response (call before finish()).
   void close_connection() noexcept { keep_alive_ = false; }

@@ -305,9 +305,11 @@ void HttpParser::build_request() {
   request_.keep_alive = keep_alive_;
   request_.headers = std::span<const HttpHeader>(headers_.data(), headers_.size());
   request_.body = view(body_);
+  request_.body_readable_padding =
+      assembled_ ? 0 : static_cast<size_t>(readable_end_ - (request_.body.data() + request_.body.size()));
 }
 
-HttpParser::Result HttpParser::parse(std::span<char> input) {
+HttpParser::Result HttpParser::parse(std::span<char> input, size_t readable_after) {
   KEYGATE_ASSERT(!failed_);
   if (message_done_) {
     begin_next_request();
@@ -329,6 +331,7 @@ HttpParser::Result HttpParser::parse(std::span<char> input) {
     exec_start = base_ + old_size;
   }
   exec_start_ = exec_start;
+  readable_end_ = input.data() + input.size() + readable_after;
 
   const llhttp_errno_t err = llhttp_execute(&parser_, exec_start, input.size());
   size_t consumed = input.size();

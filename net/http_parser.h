@@ -54,7 +54,9 @@ class HttpParser {
   // complete request so responses can be produced in order. The views of request() stay valid
   // until the next parse() call and as long as `input` is alive. Never throws, never blocks;
   // allocates only when a request spans receives and the assembly buffer must grow.
-  Result parse(std::span<char> input);
+  // `readable_after` is how many bytes past input's end may be read (receive-buffer slack); it
+  // becomes HttpRequest::body_readable_padding when the body lies in `input`.
+  Result parse(std::span<char> input, size_t readable_after = 0);
 
   const HttpRequest& request() const { return request_; }
 
@@ -113,6 +115,7 @@ class HttpParser {
   // Raw bytes of this request consumed so far, and where the current execute began.
   uint64_t raw_consumed_ = 0;
   const char* exec_start_ = nullptr;
+  const char* readable_end_ = nullptr;  // direct mode: end of what may be read after input
   uint64_t request_line_raw_ = 0;  // raw bytes up to the first header field
 
   bool started_ = false;

@@ -60,17 +60,20 @@ struct Connection;
 // The RequestContext a connection hands its handler; defer() makes the request pending.
 class ConnContext final : public RequestContext {
  public:
-  ConnContext(Connection* c, ResumeTicket::Sink* sink) : conn_(c), sink_(sink) {}
+  ConnContext(Connection* c, ResumeTicket::Sink* sink, const int64_t* clock)
+      : conn_(c), sink_(sink), clock_(clock) {}
   ResumeTicket defer() noexcept override;
+  int64_t now_unix() const noexcept override { return *clock_; }
 
  private:
   Connection* conn_;
   ResumeTicket::Sink* sink_;
+  const int64_t* clock_;
 };
 
 struct Connection {
-  Connection(const Limits& limits, uint32_t s, ResumeTicket::Sink* sink)
-      : parser(limits), slot(s), ctx(this, sink) {}
+  Connection(const Limits& limits, uint32_t s, ResumeTicket::Sink* sink, const int64_t* clock)
+      : parser(limits), slot(s), ctx(this, sink, clock) {}
 
   HttpParser parser;
   uint32_t slot;
@@ -164,8 +167,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void on_recv(Connection* c, io_uring_cqe* cqe);
   void on_send(Connection* c, int res);
   void on_tick();
-  void on_data(Connection* c, std::span<char> data);
-  void process(Connection* c, std::span<char> data);
+  void on_data(Connection* c, std::span<char> data, size_t readable_after);
+  void process(Connection* c, std::span<char> data, size_t readable_after);
   void drain_pending(Connection* c);
   void dispatch(Connection* c, bool resuming);
   void write_error(Connection* c, int status, std::string_view code, std::string_view message);
@@ -471,7 +474,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
         free_slots.pop_back();
       } else {
         slot = static_cast<uint32_t>(conns.size());
-        conns.push_back(std::make_unique<Connection>(limits, slot, this));
+        conns.push_back(std::make_unique<Connection>(limits, slot, this, &date_sec));
       }
       Connection* c = conns[slot].get();
       c->fd = res;
@@ -498,7 +501,9 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
   if ((cqe->flags & IORING_CQE_F_BUFFER) != 0) {
     const auto bid = static_cast<unsigned short>(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     char* buf = buf_base + static_cast<size_t>(bid) * kBufSize;
-    if (res > 0 && !c->closed) on_data(c, std::span<char>(buf, static_cast<size_t>(res)));
+    if (res > 0 && !c->closed) {
+      on_data(c, std::span<char>(buf, static_cast<size_t>(res)), kBufSize - static_cast<size_t>(res));
+    }
     // The buffer returns to the kernel only now that nothing refers to it.
     io_uring_buf_ring_add(buf_ring, buf, kBufSize, bid, io_uring_buf_ring_mask(kBufCount),
                           static_cast<int>(buf_adv));
@@ -519,7 +524,7 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
   if (!more) op_done(c);
 }
 
-void Worker::Impl::on_data(Connection* c, std::span<char> data) {
+void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_after) {
   if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
   if (!c->pending.empty() || c->awaiting) {
     c->pending.append(data.data(), data.size());
@@ -532,17 +537,17 @@ void Worker::Impl::on_data(Connection* c, std::span<char> data) {
     }
     return;
   }
-  process(c, data);
+  process(c, data, readable_after);
 }
 
-void Worker::Impl::process(Connection* c, std::span<char> data) {
+void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_after) {
   for (;;) {
     if (c->close_after_send || c->closed) return;
     if (c->awaiting || c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
       c->pending.append(data.data(), data.size());
       return;
     }
-    const HttpParser::Result r = c->parser.parse(data);
+    const HttpParser::Result r = c->parser.parse(data, readable_after);
     data = data.subspan(r.consumed);
     switch (r.status) {
       case HttpParser::Status::kNeedMore:
@@ -604,7 +609,7 @@ void Worker::Impl::drain_pending(Connection* c) {
   if (c->closed || c->awaiting) return;
   if (!c->pending.empty()) {
     std::swap(c->pending, c->resume_buf);
-    process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()));
+    process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()), 0);
     c->resume_buf.clear();
   }
   if (c->pending.empty() && !c->recv_armed && !c->closed && !c->close_after_send) {
