@@ -79,7 +79,11 @@ void ResponseWriter::finish(std::string_view content_type, std::string_view body
     out_.append(digits, static_cast<size_t>(end - digits));
     out_.append("\r\n");
   }
-  if (!keep_alive_) out_.append("Connection: close\r\n");
+  if (!keep_alive_) {
+    out_.append("Connection: close\r\n");
+  } else if (http10_) {
+    out_.append("Connection: keep-alive\r\n");
+  }
   out_.append("\r\n");
   if (!head_request_ && !bodyless_status) out_.append(body);
 }

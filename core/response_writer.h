@@ -35,6 +35,9 @@ class ResponseWriter {
   // `code` and `message` are static text without characters that need JSON escaping.
   void finish_error(std::string_view code, std::string_view message) noexcept;
 
+  // The request was HTTP/1.0: a kept-alive connection must then say "Connection: keep-alive"
+  // (1.0 clients assume close otherwise). Call before finish().
+  void http10_client() noexcept { http10_ = true; }
   // Forces "Connection: close" on this response (call before finish()).
   void close_connection() noexcept { keep_alive_ = false; }
   bool keep_alive() const noexcept { return keep_alive_; }
@@ -47,6 +50,7 @@ class ResponseWriter {
   std::string_view date_;
   bool head_request_;
   bool keep_alive_;
+  bool http10_ = false;
   bool started_ = false;
   bool finished_ = false;
   int status_ = 0;

@@ -576,6 +576,7 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
   const HttpRequest& request = c->parser.request();
   ResponseWriter writer(fill_buf(c), date, request.is_head(),
                         request.keep_alive && !draining && !c->close_after_send);
+  if (request.version_minor == 0) writer.http10_client();
   Handler& handler = *listeners[c->listener].handler;
   const Handler::Result result = resuming ? handler.resume(request, writer, c->ctx)
                                           : handler.handle(request, writer, c->ctx);
@@ -814,10 +815,17 @@ void Worker::Impl::begin_drain() {
   draining = true;
   drain_deadline_ms = now_ms + limits.drain_timeout_ms;
   for (uint32_t li = 0; li < listeners.size(); ++li) {
-    if (!accept_armed[li]) continue;
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel64(sqe, make_user_data(kOpAccept, li, 0), 0);
-    io_uring_sqe_set_data64(sqe, make_user_data(kOpAcceptCancel, li, 0));
+    if (accept_armed[li]) {
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, make_user_data(kOpAccept, li, 0), 0);
+      io_uring_sqe_set_data64(sqe, make_user_data(kOpAcceptCancel, li, 0));
+    }
+    // Stop listening now, so new clients are refused at once instead of completing handshakes
+    // into a backlog nobody accepts from until the drain ends. The pending accept keeps its own
+    // reference to the socket until its cancellation completes.
+    ::shutdown(listeners[li].fd, SHUT_RDWR);
+    ::close(listeners[li].fd);
+    listeners[li].fd = -1;
   }
   for (auto& c : conns) {
     if (c->fd >= 0 && !c->closed && idle(c.get())) close_conn(c.get());

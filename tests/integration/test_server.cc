@@ -171,8 +171,8 @@ const char* keygate_binary() { return KEYGATE_BINARY; }
 
 TempDir::TempDir() {
   const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") +
-                     "/keygate-it-XXXXXX";
+  std::string tmpl =
+      std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/keygate-it-XXXXXX";
   if (::mkdtemp(tmpl.data()) == nullptr) {
     std::fprintf(stderr, "test harness: mkdtemp(%s): %s\n", tmpl.c_str(), std::strerror(errno));
     std::abort();
@@ -258,9 +258,9 @@ bool TestServer::start(std::string* error, Millis timeout) {
   }
   const std::string config_path = dir_.write_file("keygate.toml", config);
   const std::vector<std::string> args = {
-      "--config",     config_path,        "--listen",   "127.0.0.1:0",
-      "--admin-listen", "127.0.0.1:0",    "--workers",  std::to_string(options_.workers),
-      "--data-dir",   data_dir_,          "--log-dir",  dir_.path() + "/logs",
+      "--config",       config_path,   "--listen",  "127.0.0.1:0",
+      "--admin-listen", "127.0.0.1:0", "--workers", std::to_string(options_.workers),
+      "--data-dir",     data_dir_,     "--log-dir", dir_.path() + "/logs",
   };
   Child child;
   if (!spawn(args, false, &child, error)) return false;
@@ -268,8 +268,7 @@ bool TestServer::start(std::string* error, Millis timeout) {
   stdout_fd_ = child.out_fd;
 
   const auto deadline = Clock::now() + timeout;
-  while (stdout_.find('\n') == std::string::npos && stdout_fd_ >= 0 &&
-         Clock::now() < deadline) {
+  while (stdout_.find('\n') == std::string::npos && stdout_fd_ >= 0 && Clock::now() < deadline) {
     read_stdout_until(deadline);
   }
   const size_t eol = stdout_.find('\n');
@@ -330,8 +329,8 @@ ExitStatus TestServer::wait_exit(Millis timeout) {
   const ExitStatus status = reap(pid_, deadline);
   pid_ = -1;
   // Whatever was still in the pipe (the last lines) once the process is gone.
-  while (stdout_fd_ >= 0 && read_stdout_until(Clock::now() + Millis(100))) {
-  }
+  const auto drain_deadline = Clock::now() + Millis(200);
+  while (stdout_fd_ >= 0 && Clock::now() < drain_deadline) read_stdout_until(drain_deadline);
   return status;
 }
 
@@ -571,8 +570,7 @@ std::vector<Response> RawClient::read_responses(size_t n, Millis timeout) {
   const auto deadline = Clock::now() + timeout;
   std::vector<Response> out;
   while (out.size() < n) {
-    std::optional<Response> r =
-        read_response(Millis(std::max(remaining_ms(deadline), 0)), /*head=*/false);
+    std::optional<Response> r = read_response(Millis(remaining_ms(deadline)), /*head=*/false);
     if (!r) break;
     out.push_back(std::move(*r));
   }

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -45,7 +46,7 @@ struct ExitStatus {
   bool timed_out = false;  // still running at the deadline (then killed)
   bool exited = false;     // exited normally; `code` is valid
   int code = -1;
-  int signal = 0;          // killed by this signal
+  int signal = 0;  // killed by this signal
 
   bool clean() const { return exited && code == 0; }
   std::string describe() const;
@@ -141,6 +142,8 @@ enum class ReadEnd {
   kError,    // something else (bad response framing, socket error)
 };
 std::string_view to_string(ReadEnd end);
+// Lets gtest print a ReadEnd in assertion messages.
+inline void PrintTo(ReadEnd end, std::ostream* os) { *os << to_string(end); }
 
 // A blocking TCP client on 127.0.0.1. Move-only; closes its socket on destruction.
 class RawClient {
