@@ -1,0 +1,768 @@
+#include "core/auth_handler.h"
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/api_key.h"
+#include "core/handler.h"
+#include "core/http_request.h"
+#include "core/key_directory.h"
+#include "core/permissions.h"
+#include "core/response_writer.h"
+
+namespace keygate {
+namespace {
+
+constexpr int64_t kNow = 1700000000;
+constexpr std::string_view kDate = "Sun, 06 Nov 1994 08:49:37 GMT";
+constexpr size_t kBodyInspectBytesMax = 4096;
+constexpr std::string_view kJson = "application/json";
+constexpr std::string_view kForm = "application/x-www-form-urlencoded";
+constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
+
+// Operator-set values (not of the generated shape) used as keys in most tests.
+constexpr std::string_view kAdminLikeKey = "orders-key-without-user";
+constexpr std::string_view kAliceKey = "orders-key-of-alice";
+constexpr std::string_view kBillingKey = "billing-only-key";
+
+std::string generated_value(uint8_t seed) {
+  std::array<uint8_t, kGeneratedKeyRandomBytes> random{};
+  for (size_t i = 0; i < random.size(); ++i) random[i] = static_cast<uint8_t>(seed + i * 7);
+  return generate_key_value(random);
+}
+
+KeyRecord key_record(std::string id, std::vector<std::string> apis,
+                     std::optional<std::string> user = std::nullopt) {
+  KeyRecord r;
+  r.id = std::move(id);
+  r.apis = std::move(apis);
+  r.user = std::move(user);
+  r.created_at = kNow - 1000;
+  r.updated_at = kNow - 1000;
+  return r;
+}
+
+// A KeyDirectory over two maps. find_key() can be switched to answer kNotCached (a partial
+// cache that does not know the digest); fetch() then only records its arguments, so the test
+// plays the fetching thread: it fills the FetchResult, posts the ticket and calls resume().
+class FakeDirectory final : public KeyDirectory {
+ public:
+  struct Fetch {
+    KeyDigest digest;
+    FetchResult* out;
+    ResumeTicket ticket;
+  };
+
+  void add_key(std::string_view value, KeyRecord record) {
+    record.digest = digest_key(value);
+    keys_[record.digest] = std::move(record);
+  }
+  void add_user(User user) {
+    std::string name = user.name;
+    users_[std::move(name)] = std::move(user);
+  }
+
+  Lookup find_key(const KeyDigest& digest, const KeyRecord** record) noexcept override {
+    ++find_key_calls;
+    if (not_cached) return Lookup::kNotCached;
+    auto it = keys_.find(digest);
+    if (it == keys_.end()) return Lookup::kUnknown;
+    *record = &it->second;
+    return Lookup::kFound;
+  }
+  const User* find_user(std::string_view name) noexcept override {
+    auto it = users_.find(name);
+    return it == users_.end() ? nullptr : &it->second;
+  }
+  void fetch(const KeyDigest& digest, FetchResult* out, ResumeTicket ticket) noexcept override {
+    fetches.push_back({digest, out, ticket});
+  }
+
+  bool not_cached = false;
+  int find_key_calls = 0;
+  std::vector<Fetch> fetches;
+
+ private:
+  std::map<KeyDigest, KeyRecord> keys_;
+  std::map<std::string, User, std::less<>> users_;
+};
+
+class RecordingSink final : public ResumeTicket::Sink {
+ public:
+  void post(uint32_t slot, uint32_t gen) noexcept override { posts.emplace_back(slot, gen); }
+  std::vector<std::pair<uint32_t, uint32_t>> posts;
+};
+
+// The worker's side of one connection: defer() hands out tickets to a recording sink, the
+// clock is whatever the test sets.
+class FakeContext final : public RequestContext {
+ public:
+  explicit FakeContext(uint32_t slot = 7) : slot_(slot) {}
+  ResumeTicket defer() noexcept override {
+    ++defer_calls;
+    return ResumeTicket(&sink, slot_, ++gen_);
+  }
+  int64_t now_unix() const noexcept override { return now; }
+
+  int64_t now = kNow;
+  int defer_calls = 0;
+  RecordingSink sink;
+
+ private:
+  uint32_t slot_;
+  uint32_t gen_ = 0;
+};
+
+// A request under construction; owns the bytes the HttpRequest views point into. view() builds
+// the views, which stay valid while this object lives unchanged.
+class TestRequest {
+ public:
+  TestRequest(std::string method, std::string target)
+      : method_(std::move(method)), target_(std::move(target)) {}
+
+  TestRequest& header(std::string name, std::string value) {
+    fields_.emplace_back(std::move(name), std::move(value));
+    return *this;
+  }
+  TestRequest& api_key(std::string_view value) { return header("X-ApiKey", std::string(value)); }
+  TestRequest& body(std::string_view content_type, std::string content) {
+    header("Content-Type", std::string(content_type));
+    body_ = std::move(content);
+    return *this;
+  }
+
+  const HttpRequest& view() {
+    views_.clear();
+    for (const auto& [name, value] : fields_) views_.push_back({name, value});
+    const std::string_view target = target_;
+    const size_t q = target.find('?');
+    request_.method = method_;
+    request_.target = target;
+    request_.path = target.substr(0, q);
+    request_.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+    request_.headers = views_;
+    request_.body = body_;
+    request_.body_readable_padding = 0;
+    return request_;
+  }
+
+ private:
+  std::string method_;
+  std::string target_;
+  std::vector<std::pair<std::string, std::string>> fields_;
+  std::string body_;
+  std::vector<HttpHeader> views_;
+  HttpRequest request_;
+};
+
+TestRequest get(std::string target) { return TestRequest("GET", std::move(target)); }
+
+// A response as written, split into its parts.
+struct Response {
+  std::string raw;
+  int status = 0;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+
+  int header_count(std::string_view name) const {
+    int n = 0;
+    for (const auto& h : headers) n += equals_ignore_case(h.first, name) ? 1 : 0;
+    return n;
+  }
+  bool has_header(std::string_view name) const { return header_count(name) > 0; }
+  // The first header with this name; "" when absent.
+  std::string header(std::string_view name) const {
+    for (const auto& h : headers) {
+      if (equals_ignore_case(h.first, name)) return h.second;
+    }
+    return "";
+  }
+  // The "error" member of a JSON error body, or a marker that says there is none.
+  std::string error_code() const {
+    constexpr std::string_view kPrefix = "{\"error\":\"";
+    if (!std::string_view(body).starts_with(kPrefix)) return "<no error body>";
+    const size_t end = body.find('"', kPrefix.size());
+    return body.substr(kPrefix.size(), end - kPrefix.size());
+  }
+};
+
+Response parse_response(const std::string& raw) {
+  Response r;
+  r.raw = raw;
+  const size_t head_end = raw.find("\r\n\r\n");
+  if (head_end == std::string::npos || !raw.starts_with("HTTP/1.1 ") || raw.size() < 12) {
+    ADD_FAILURE() << "not an HTTP/1.1 response: " << raw;
+    return r;
+  }
+  r.status = std::stoi(raw.substr(9, 3));
+  size_t line_start = raw.find("\r\n") + 2;
+  while (line_start < head_end + 2) {
+    const size_t line_end = raw.find("\r\n", line_start);
+    const std::string line = raw.substr(line_start, line_end - line_start);
+    const size_t colon = line.find(": ");
+    if (colon == std::string::npos) {
+      ADD_FAILURE() << "malformed header line: " << line;
+    } else {
+      r.headers.emplace_back(line.substr(0, colon), line.substr(colon + 2));
+    }
+    line_start = line_end + 2;
+  }
+  r.body = raw.substr(head_end + 4);
+  return r;
+}
+
+void expect_key_not_echoed(const Response& response, std::string_view key) {
+  EXPECT_EQ(response.raw.find(key), std::string::npos)
+      << "the response contains the key value " << key << ":\n"
+      << response.raw;
+}
+
+std::string ok_body(std::string_view key_id, std::string_view api, std::string_view user_json) {
+  return "{\"key_id\":\"" + std::string(key_id) + "\",\"api\":\"" + std::string(api) +
+         "\",\"user\":" + std::string(user_json) + "}\n";
+}
+
+class AuthHandlerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(registry_.init({{"orders", {"/orders"}}, {"billing", {"/billing"}}}, &error))
+        << error;
+    directory_.add_key(kAdminLikeKey, key_record("kadminlike01", {"orders"}));
+    directory_.add_key(kAliceKey, key_record("kalice000001", {"orders"}, "alice"));
+    directory_.add_key(kBillingKey, key_record("kbilling0001", {"billing"}));
+    directory_.add_user({"alice", {{"orders", {"GET"}, "/orders/public"}}});
+  }
+
+  // A safety net for tests that stop early: a still-pending request is abandoned, as the
+  // worker would on close, so a failed assertion does not turn into a leak report too.
+  void TearDown() override {
+    for (FakeContext* ctx : {&ctx_, &other_ctx_}) {
+      if (ctx->state != nullptr) handler_.abandon(*ctx);
+    }
+  }
+
+  // Handles the request and expects a complete response (no deferral).
+  Response send(TestRequest& request) {
+    const Handler::Result result = call(request, &AuthHandler::handle, ctx_);
+    EXPECT_EQ(result, Handler::Result::kDone);
+    return parse_response(out_);
+  }
+
+  // Handles the request and expects it to be deferred without any response bytes.
+  void send_expecting_deferral(TestRequest& request, FakeContext& ctx) {
+    const size_t fetches_before = directory_.fetches.size();
+    EXPECT_EQ(call(request, &AuthHandler::handle, ctx), Handler::Result::kPending);
+    EXPECT_TRUE(out_.empty()) << out_;
+    EXPECT_NE(ctx.state, nullptr);
+    EXPECT_EQ(directory_.fetches.size(), fetches_before + 1);
+  }
+
+  // Plays the worker after the ticket was posted: resumes and expects a complete response.
+  Response resume(TestRequest& request, FakeContext& ctx) {
+    EXPECT_EQ(call(request, &AuthHandler::resume, ctx), Handler::Result::kDone);
+    EXPECT_EQ(ctx.state, nullptr);
+    return parse_response(out_);
+  }
+
+  // The fetch the handler started last; fails the test when there is none.
+  FakeDirectory::Fetch& last_fetch() {
+    if (directory_.fetches.empty()) {
+      ADD_FAILURE() << "no fetch was started";
+      directory_.fetches.push_back({});
+    }
+    return directory_.fetches.back();
+  }
+
+  ApiRegistry registry_;
+  FakeDirectory directory_;
+  AuthHandler handler_{registry_, directory_, kBodyInspectBytesMax};
+  FakeContext ctx_{7};
+  FakeContext other_ctx_{8};
+  std::string out_;
+
+ private:
+  using Method = Handler::Result (AuthHandler::*)(const HttpRequest&, ResponseWriter&,
+                                                  RequestContext&) noexcept;
+  Handler::Result call(TestRequest& request, Method method, FakeContext& ctx) {
+    out_.clear();
+    const HttpRequest& view = request.view();
+    ResponseWriter writer(out_, kDate, view.is_head(), view.keep_alive);
+    const Handler::Result result = (handler_.*method)(view, writer, ctx);
+    if (result == Handler::Result::kDone) {
+      EXPECT_TRUE(writer.finished()) << "kDone without a complete response";
+    }
+    return result;
+  }
+};
+
+// --- Routes answered before any key check -------------------------------------------------
+
+TEST_F(AuthHandlerTest, HealthzAnswersOkWithoutAKey) {
+  TestRequest request = get("/healthz");
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "ok");
+  EXPECT_EQ(directory_.find_key_calls, 0);
+}
+
+TEST_F(AuthHandlerTest, NonNormalizedPathIsRejectedBeforeRoutingEvenWithAValidKey) {
+  // "/orders/../admin" starts with the "/orders" route: only the path check stops it.
+  TestRequest request = get("/orders/../admin");
+  request.api_key(kAdminLikeKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.error_code(), "invalid_path");
+  EXPECT_EQ(directory_.find_key_calls, 0);
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+TEST_F(AuthHandlerTest, PathNoApiServesIsNotFoundEvenWithAValidKey) {
+  TestRequest request = get("/inventory/1");
+  request.api_key(kAdminLikeKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(r.error_code(), "no_route");
+  EXPECT_EQ(directory_.find_key_calls, 0);
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+// --- Key extraction failures --------------------------------------------------------------
+
+TEST_F(AuthHandlerTest, MissingKeyIsUnauthorizedWithAnApiKeyChallenge) {
+  TestRequest request = get("/orders/1");
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "missing_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  EXPECT_EQ(directory_.find_key_calls, 0);
+}
+
+TEST_F(AuthHandlerTest, HeaderAndQueryKeysThatDifferAreAmbiguous) {
+  TestRequest request = get("/orders/1?key=" + std::string(kBillingKey));
+  request.api_key(kAdminLikeKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "ambiguous_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  EXPECT_EQ(directory_.find_key_calls, 0);
+  expect_key_not_echoed(r, kAdminLikeKey);
+  expect_key_not_echoed(r, kBillingKey);
+}
+
+TEST_F(AuthHandlerTest, JsonBodyThatDoesNotParseIsABadRequestWithoutChallenge) {
+  TestRequest request("POST", "/orders");
+  request.body(kJson, "{\"API_Key\":\"" + std::string(kAdminLikeKey) + "\",");
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.error_code(), "invalid_body");
+  EXPECT_FALSE(r.has_header("WWW-Authenticate"));
+  EXPECT_EQ(directory_.find_key_calls, 0);
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+TEST_F(AuthHandlerTest, FormBodyOverTheInspectLimitIsTooLarge) {
+  TestRequest request("POST", "/orders");
+  request.body(kForm, "key=" + std::string(kAdminLikeKey) +
+                          "&pad=" + std::string(kBodyInspectBytesMax, 'x'));
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 413);
+  EXPECT_EQ(r.error_code(), "body_too_large");
+  EXPECT_EQ(directory_.find_key_calls, 0);
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+// --- Key resolution -----------------------------------------------------------------------
+
+TEST_F(AuthHandlerTest, UnknownKeyIsUnauthorizedInvalidApiKey) {
+  constexpr std::string_view kUnknown = "no-such-key-value";
+  TestRequest request = get("/orders/1");
+  request.api_key(kUnknown);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  EXPECT_EQ(directory_.find_key_calls, 1);
+  expect_key_not_echoed(r, kUnknown);
+}
+
+TEST_F(AuthHandlerTest, GeneratedShapeWithWrongChecksumIsRejectedWithoutALookup) {
+  std::string mistyped = generated_value(3);
+  mistyped.back() = mistyped.back() == 'A' ? 'B' : 'A';
+  ASSERT_TRUE(has_generated_shape(mistyped));
+  ASSERT_FALSE(generated_checksum_ok(mistyped));
+  // Even a directory that knows the value must not be asked: the checksum alone decides.
+  directory_.add_key(mistyped, key_record("kmistyped001", {"orders"}));
+  TestRequest request = get("/orders/1");
+  request.api_key(mistyped);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  EXPECT_EQ(directory_.find_key_calls, 0);
+  expect_key_not_echoed(r, mistyped);
+}
+
+TEST_F(AuthHandlerTest, ValidGeneratedKeyWithoutUserIsAllowed) {
+  const std::string value = generated_value(5);
+  ASSERT_TRUE(generated_checksum_ok(value));
+  directory_.add_key(value, key_record("kgenerated01", {"orders"}));
+  TestRequest request = get("/orders/7");
+  request.api_key(value);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("Content-Type"), "application/json");
+  EXPECT_EQ(r.body, ok_body("kgenerated01", "orders", "null"));
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kgenerated01");
+  EXPECT_EQ(r.header("X-Keygate-Api"), "orders");
+  EXPECT_FALSE(r.has_header("X-Keygate-User"));
+  EXPECT_EQ(directory_.find_key_calls, 1);
+  expect_key_not_echoed(r, value);
+}
+
+TEST_F(AuthHandlerTest, KeyWithUserWhoseGrantMatchesIsAllowedAndNamesTheUser) {
+  TestRequest request = get("/orders/public/3");
+  request.api_key(kAliceKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, ok_body("kalice000001", "orders", "\"alice\""));
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kalice000001");
+  EXPECT_EQ(r.header("X-Keygate-Api"), "orders");
+  EXPECT_EQ(r.header("X-Keygate-User"), "alice");
+}
+
+TEST_F(AuthHandlerTest, UserGrantForAnotherMethodIsForbidden) {
+  TestRequest request("POST", "/orders/public/3");
+  request.api_key(kAliceKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+  EXPECT_FALSE(r.has_header("X-Keygate-Key-Id"));
+  expect_key_not_echoed(r, kAliceKey);
+}
+
+TEST_F(AuthHandlerTest, UserGrantForAnotherPathIsForbidden) {
+  TestRequest request = get("/orders/private/3");
+  request.api_key(kAliceKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+  expect_key_not_echoed(r, kAliceKey);
+}
+
+TEST_F(AuthHandlerTest, KeyWhoseUserWasDeletedIsForbidden) {
+  constexpr std::string_view kOrphanKey = "key-of-deleted-user";
+  directory_.add_key(kOrphanKey, key_record("korphan00001", {"orders"}, "bob"));
+  TestRequest request = get("/orders/public/3");
+  request.api_key(kOrphanKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+  expect_key_not_echoed(r, kOrphanKey);
+}
+
+TEST_F(AuthHandlerTest, KeyWhoseApisLackTheRoutesApiIsForbidden) {
+  TestRequest request = get("/orders/1");
+  request.api_key(kBillingKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "api_not_permitted");
+  EXPECT_FALSE(r.has_header("WWW-Authenticate"));
+  expect_key_not_echoed(r, kBillingKey);
+}
+
+TEST_F(AuthHandlerTest, DisabledKeyIsUnauthorizedInvalidApiKey) {
+  constexpr std::string_view kDisabledKey = "disabled-orders-key";
+  KeyRecord record = key_record("kdisabled001", {"orders"});
+  record.enabled = false;
+  directory_.add_key(kDisabledKey, record);
+  TestRequest request = get("/orders/1");
+  request.api_key(kDisabledKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  expect_key_not_echoed(r, kDisabledKey);
+}
+
+TEST_F(AuthHandlerTest, KeyExpiresAtItsExpiryTimeByTheContextsClock) {
+  constexpr std::string_view kExpiringKey = "expiring-orders-key";
+  KeyRecord record = key_record("kexpiring001", {"orders"});
+  record.expires_at = kNow + 100;
+  directory_.add_key(kExpiringKey, record);
+  TestRequest request = get("/orders/1");
+  request.api_key(kExpiringKey);
+
+  ctx_.now = kNow + 99;
+  EXPECT_EQ(send(request).status, 200);
+
+  ctx_.now = kNow + 100;
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  expect_key_not_echoed(r, kExpiringKey);
+}
+
+// --- Key sources and HEAD -----------------------------------------------------------------
+
+TEST_F(AuthHandlerTest, KeyInQueryIsAccepted) {
+  TestRequest request = get("/orders/1?x=1&key=" + std::string(kAdminLikeKey));
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kadminlike01");
+}
+
+TEST_F(AuthHandlerTest, KeyInFormBodyIsAccepted) {
+  TestRequest request("POST", "/orders");
+  request.body(kForm, "item=7&key=" + std::string(kAdminLikeKey));
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kadminlike01");
+}
+
+TEST_F(AuthHandlerTest, KeyInJsonBodyIsAccepted) {
+  TestRequest request("POST", "/orders");
+  request.body(kJson, "{\"item\":7,\"API_Key\":\"" + std::string(kAdminLikeKey) + "\"}");
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kadminlike01");
+}
+
+TEST_F(AuthHandlerTest, HeadRequestGetsHeadersAndContentLengthButNoBody) {
+  TestRequest request("HEAD", "/orders/1");
+  request.api_key(kAdminLikeKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "");
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kadminlike01");
+  EXPECT_EQ(r.header("Content-Length"),
+            std::to_string(ok_body("kadminlike01", "orders", "null").size()));
+}
+
+// --- Header safety ------------------------------------------------------------------------
+
+TEST_F(AuthHandlerTest, UserNameWithCrLfIsNotEmittedAsAHeaderButIsEscapedInJson) {
+  constexpr std::string_view kEveKey = "key-of-eve";
+  const std::string eve = "eve\r\nX-Injected: 1";
+  directory_.add_key(kEveKey, key_record("keve00000001", {"orders"}, eve));
+  directory_.add_user({eve, {{"orders", {}, ""}}});
+  TestRequest request = get("/orders/1");
+  request.api_key(kEveKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_FALSE(r.has_header("X-Keygate-User"));
+  EXPECT_FALSE(r.has_header("X-Injected"));
+  EXPECT_EQ(r.raw.find("\r\nX-Injected"), std::string::npos);
+  EXPECT_EQ(r.body, ok_body("keve00000001", "orders", "\"eve\\u000d\\u000aX-Injected: 1\""));
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "keve00000001");
+}
+
+// --- Partial cache: deferral and resume ---------------------------------------------------
+
+TEST_F(AuthHandlerTest, KeyNotCachedIsFetchedAndTheResumedRequestIsAllowed) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey);
+  send_expecting_deferral(request, ctx_);
+  EXPECT_EQ(ctx_.defer_calls, 1);
+  FakeDirectory::Fetch& fetch = last_fetch();
+  EXPECT_EQ(fetch.digest, digest_key(kAdminLikeKey));
+  ASSERT_NE(fetch.out, nullptr);
+  ASSERT_TRUE(fetch.ticket.valid());
+
+  fetch.out->found = true;
+  fetch.out->record = key_record("kfetched0001", {"orders"});
+  fetch.ticket.post();
+  ASSERT_EQ(ctx_.sink.posts.size(), 1u);
+  EXPECT_EQ(ctx_.sink.posts[0].first, 7u);
+
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, ok_body("kfetched0001", "orders", "null"));
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kfetched0001");
+  EXPECT_EQ(r.header("X-Keygate-Api"), "orders");
+  EXPECT_FALSE(r.has_header("X-Keygate-User"));
+}
+
+TEST_F(AuthHandlerTest, FetchedKeyWithUserIsCheckedAgainstTheFetchedUsersGrants) {
+  directory_.not_cached = true;
+  TestRequest allowed = get("/orders/public/1");
+  allowed.api_key(kAliceKey);
+  send_expecting_deferral(allowed, ctx_);
+  KeyDirectory::FetchResult* out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  out->found = true;
+  out->record = key_record("kfetched0002", {"orders"}, "carol");
+  out->has_user = true;
+  out->user = {"carol", {{"orders", {"GET"}, "/orders/public"}}};
+  last_fetch().ticket.post();
+  const Response ok = resume(allowed, ctx_);
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_EQ(ok.header("X-Keygate-User"), "carol");
+  EXPECT_EQ(ok.body, ok_body("kfetched0002", "orders", "\"carol\""));
+
+  TestRequest denied = get("/orders/private/1");
+  denied.api_key(kAliceKey);
+  send_expecting_deferral(denied, ctx_);
+  out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  out->found = true;
+  out->record = key_record("kfetched0002", {"orders"}, "carol");
+  out->has_user = true;
+  out->user = {"carol", {{"orders", {"GET"}, "/orders/public"}}};
+  last_fetch().ticket.post();
+  const Response r = resume(denied, ctx_);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+  expect_key_not_echoed(r, kAliceKey);
+}
+
+TEST_F(AuthHandlerTest, FetchedKeyWhoseUserIsGoneIsForbidden) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/public/1");
+  request.api_key(kAliceKey);
+  send_expecting_deferral(request, ctx_);
+  KeyDirectory::FetchResult* out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  out->found = true;
+  out->record = key_record("kfetched0003", {"orders"}, "carol");
+  out->has_user = false;
+  last_fetch().ticket.post();
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+  expect_key_not_echoed(r, kAliceKey);
+}
+
+TEST_F(AuthHandlerTest, FetchedKeyIsCheckedForExpiryAtResumeTime) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey);
+  send_expecting_deferral(request, ctx_);
+  KeyDirectory::FetchResult* out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  out->found = true;
+  out->record = key_record("kfetched0004", {"orders"});
+  out->record.expires_at = kNow + 10;
+  last_fetch().ticket.post();
+  ctx_.now = kNow + 10;  // the fetch took long enough for the key to expire
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+TEST_F(AuthHandlerTest, KeyTheStoreDoesNotKnowIsUnauthorizedAfterResume) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey);
+  send_expecting_deferral(request, ctx_);
+  ASSERT_NE(last_fetch().out, nullptr);
+  last_fetch().out->found = false;
+  last_fetch().ticket.post();
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+TEST_F(AuthHandlerTest, StoreFailureDuringFetchIsServiceUnavailable) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey);
+  send_expecting_deferral(request, ctx_);
+  ASSERT_NE(last_fetch().out, nullptr);
+  last_fetch().out->failed = true;
+  last_fetch().ticket.post();
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.error_code(), "store_unavailable");
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+TEST_F(AuthHandlerTest, AbandonedDeferralFreesItsStateAndTheNextDeferralWorks) {
+  directory_.not_cached = true;
+  TestRequest first = get("/orders/1");
+  first.api_key(kAdminLikeKey);
+  send_expecting_deferral(first, ctx_);
+  ASSERT_NE(last_fetch().out, nullptr);
+  // The fetch completes, but the connection closed meanwhile: the worker abandons.
+  last_fetch().out->found = true;
+  last_fetch().out->record = key_record("kabandoned01", {"orders"});
+  last_fetch().ticket.post();
+  handler_.abandon(ctx_);
+  EXPECT_EQ(ctx_.state, nullptr);
+
+  TestRequest second = get("/orders/2");
+  second.api_key(kBillingKey);
+  send_expecting_deferral(second, ctx_);
+  KeyDirectory::FetchResult* out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  EXPECT_EQ(last_fetch().digest, digest_key(kBillingKey));
+  // Nothing of the abandoned request's answer may leak into the next one.
+  EXPECT_FALSE(out->found);
+  EXPECT_FALSE(out->failed);
+  EXPECT_TRUE(out->record.id.empty());
+  out->found = true;
+  out->record = key_record("kfetched0005", {"orders"});
+  last_fetch().ticket.post();
+  const Response r = resume(second, ctx_);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kfetched0005");
+}
+
+TEST_F(AuthHandlerTest, AbandonWithoutPendingStateDoesNothing) {
+  handler_.abandon(ctx_);
+  EXPECT_EQ(ctx_.state, nullptr);
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey);
+  EXPECT_EQ(send(request).status, 200);
+}
+
+TEST_F(AuthHandlerTest, ConcurrentDeferralsKeepTheirOwnFetchResults) {
+  directory_.not_cached = true;
+  TestRequest on_first = get("/orders/1");
+  on_first.api_key(kAdminLikeKey);
+  TestRequest on_second = get("/billing/1");
+  on_second.api_key(kBillingKey);
+  send_expecting_deferral(on_first, ctx_);
+  FakeDirectory::Fetch first = last_fetch();
+  send_expecting_deferral(on_second, other_ctx_);
+  FakeDirectory::Fetch second = last_fetch();
+  ASSERT_NE(first.out, nullptr);
+  ASSERT_NE(second.out, nullptr);
+  EXPECT_NE(first.out, second.out);
+  EXPECT_NE(ctx_.state, other_ctx_.state);
+
+  first.out->found = true;
+  first.out->record = key_record("kfirst000001", {"orders"});
+  second.out->found = true;
+  second.out->record = key_record("ksecond00001", {"billing"});
+  second.ticket.post();
+  first.ticket.post();
+  ASSERT_EQ(other_ctx_.sink.posts.size(), 1u);
+  EXPECT_EQ(other_ctx_.sink.posts[0].first, 8u);
+
+  const Response second_response = resume(on_second, other_ctx_);
+  EXPECT_EQ(second_response.status, 200);
+  EXPECT_EQ(second_response.body, ok_body("ksecond00001", "billing", "null"));
+  const Response first_response = resume(on_first, ctx_);
+  EXPECT_EQ(first_response.status, 200);
+  EXPECT_EQ(first_response.body, ok_body("kfirst000001", "orders", "null"));
+}
+
+}  // namespace
+}  // namespace keygate
