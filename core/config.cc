@@ -1,5 +1,8 @@
 #include "core/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <charconv>
 #include <limits>
 
@@ -124,15 +127,12 @@ bool parse_listen_address(std::string_view text, ListenAddress* out, std::string
     }
     port_text = text.substr(colon + 1);
   }
-  // Numeric literals only: name resolution would be I/O, and a listener should not depend on it.
-  bool numeric = !result.host.empty();
-  for (char c : result.host) {
-    bool ok = result.ipv6 ? (std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.')
-                          : (std::isdigit(static_cast<unsigned char>(c)) || c == '.');
-    numeric = numeric && ok;
-  }
-  if (!numeric) {
-    *error = "address must be a numeric IP, got '" + result.host + "'";
+  // Numeric literals only: name resolution would be I/O, and a listener should not depend on
+  // it. inet_pton is pure parsing (no syscall).
+  unsigned char parsed[sizeof(in6_addr)];
+  if (inet_pton(result.ipv6 ? AF_INET6 : AF_INET, result.host.c_str(), parsed) != 1) {
+    *error = std::string("address must be a numeric ") + (result.ipv6 ? "IPv6" : "IPv4") +
+             " literal, got '" + result.host + "'";
     return false;
   }
   uint16_t port = 0;

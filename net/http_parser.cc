@@ -22,6 +22,8 @@ const llhttp_settings_t HttpParser::kSettings = [] {
   s.on_message_begin = &HttpParser::on_message_begin;
   s.on_method = &HttpParser::on_method;
   s.on_url = &HttpParser::on_url;
+  s.on_version = &HttpParser::on_version;
+  s.on_version_complete = &HttpParser::on_version_complete;
   s.on_header_field = &HttpParser::on_header_field;
   s.on_header_value = &HttpParser::on_header_value;
   s.on_header_value_complete = &HttpParser::on_header_value_complete;
@@ -78,10 +80,33 @@ int HttpParser::on_method(llhttp_t* p, const char* at, size_t len) {
 int HttpParser::on_url(llhttp_t* p, const char* at, size_t len) {
   HttpParser* h = self(p);
   h->extend(&h->url_, at, len);
+  // The target alone already too long: no need to wait for the version.
   if (h->raw_position(at + len) > h->limits_.request_line_bytes_max) {
     return h->fail(414, "uri_too_long", "request line too long");
   }
   return 0;
+}
+
+// The request line is "method SP target SP version"; its end is the version's end.
+int HttpParser::on_version(llhttp_t* p, const char* at, size_t len) {
+  HttpParser* h = self(p);
+  const uint64_t end = h->raw_position(at + len);
+  if (end > h->limits_.request_line_bytes_max) {
+    return h->fail(414, "uri_too_long", "request line too long");
+  }
+  h->header_start_raw_ = end + 2;  // after its CRLF
+  return 0;
+}
+
+int HttpParser::on_version_complete(llhttp_t* p) {
+  self(p)->request_line_done_ = true;
+  return 0;
+}
+
+// The header section is counted as its field lines, each with its CRLF. A field or value
+// ending at raw position `end` needs at least a CRLF after it.
+bool HttpParser::header_section_over(uint64_t end) const {
+  return end + 2 - header_start_raw_ > limits_.header_bytes_max;
 }
 
 int HttpParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
@@ -95,7 +120,6 @@ int HttpParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
     h->in_trailers_ = true;
     return 0;
   }
-  if (h->request_line_raw_ == 0) h->request_line_raw_ = h->raw_position(at);
   if (h->raw_headers_.empty() || h->header_value_started_) {
     if (h->raw_headers_.size() >= h->limits_.header_count_max) {
       return h->fail(431, "too_many_headers", "too many header fields");
@@ -104,7 +128,7 @@ int HttpParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
     h->header_value_started_ = false;
   }
   h->extend(&h->raw_headers_.back().name, at, len);
-  if (h->raw_position(at + len) - h->request_line_raw_ > h->limits_.header_bytes_max) {
+  if (h->header_section_over(h->raw_position(at + len))) {
     return h->fail(431, "header_too_large", "header section too large");
   }
   return 0;
@@ -124,7 +148,7 @@ int HttpParser::on_header_value(llhttp_t* p, const char* at, size_t len) {
   if (!h->extend(&h->raw_headers_.back().value, at, len)) {
     return h->fail(400, "bad_request", "obsolete line folding is not allowed");
   }
-  if (h->raw_position(at + len) - h->request_line_raw_ > h->limits_.header_bytes_max) {
+  if (h->header_section_over(h->raw_position(at + len))) {
     return h->fail(431, "header_too_large", "header section too large");
   }
   return 0;
@@ -225,19 +249,22 @@ int HttpParser::on_message_complete(llhttp_t* p) {
   return HPE_PAUSED;
 }
 
-size_t HttpParser::kept_bytes() const {
+// What of the request so far must survive the caller's buffer: in the body only the body (the
+// chunk framing is dropped), before that every consumed byte, so that line structure (the CRLF
+// that separates a folded line from its value) stays visible to the next parse() call.
+size_t HttpParser::kept_bytes(size_t consumed_end) const {
   if (headers_done_) return body_.off + body_.len;
-  return recorded_end_;
+  return consumed_end;
 }
 
-void HttpParser::move_to_assembly() {
-  const size_t kept = kept_bytes();
+void HttpParser::move_to_assembly(size_t consumed_end) {
+  const size_t kept = kept_bytes(consumed_end);
   if (!assembled_) {
     assembly_.assign(base_, kept);
     assembled_ = true;
   } else {
-    // Drop consumed bytes no view needs (CRLFs, chunk framing) so the buffer stays bounded by
-    // the limits rather than by what the client sends.
+    // Drop consumed chunk framing no view needs, so the buffer stays bounded by the limits
+    // rather than by what the client sends.
     assembly_.resize(kept);
   }
   base_ = assembly_.data();
@@ -253,7 +280,8 @@ void HttpParser::begin_next_request() {
   recorded_end_ = 0;
   trailer_bytes_ = 0;
   raw_consumed_ = 0;
-  request_line_raw_ = 0;
+  request_line_done_ = false;
+  header_start_raw_ = 0;
   raw_headers_.clear();
   headers_.clear();
   assembly_.clear();
@@ -274,7 +302,7 @@ void HttpParser::reset() {
 void HttpParser::stabilize() {
   KEYGATE_ASSERT(message_done_);
   if (assembled_) return;
-  assembly_.assign(base_, kept_bytes());
+  assembly_.assign(base_, kept_bytes(0));
   assembled_ = true;
   base_ = assembly_.data();
   build_request();
@@ -282,11 +310,13 @@ void HttpParser::stabilize() {
 
 void HttpParser::check_partial_limits() {
   if (headers_done_ || failed_) return;
-  if (request_line_raw_ == 0) {
+  if (!request_line_done_) {
     if (raw_consumed_ > limits_.request_line_bytes_max) {
       fail(414, "uri_too_long", "request line too long");
     }
-  } else if (raw_consumed_ - request_line_raw_ > limits_.header_bytes_max) {
+  } else if (raw_consumed_ > header_start_raw_ &&
+             raw_consumed_ - header_start_raw_ > limits_.header_bytes_max + 2) {
+    // + 2: the empty line ending the section may be partly consumed already.
     fail(431, "header_too_large", "header section too large");
   }
 }
@@ -364,7 +394,9 @@ HttpParser::Result HttpParser::parse(std::span<char> input, size_t readable_afte
   }
   check_partial_limits();
   if (failed_) return {Status::kError, input.size()};
-  if (started_ && consumed == input.size()) move_to_assembly();
+  if (started_ && consumed == input.size()) {
+    move_to_assembly(static_cast<size_t>(exec_start + consumed - base_));
+  }
   if (paused_continue_) return {Status::kExpectContinue, consumed};
   return {Status::kNeedMore, consumed};
 }

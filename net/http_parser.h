@@ -44,7 +44,9 @@ class HttpParser {
     size_t consumed;  // bytes of `input` used; the caller passes the rest in the next call
   };
 
+  // Keeps a reference to `limits`: it must outlive the parser.
   explicit HttpParser(const Limits& limits);
+  explicit HttpParser(Limits&&) = delete;
   HttpParser(const HttpParser&) = delete;
   // Makes the parser ready for a new connection (keeps buffer capacity).
   void reset();
@@ -84,6 +86,8 @@ class HttpParser {
   static int on_message_begin(llhttp_t* p);
   static int on_method(llhttp_t* p, const char* at, size_t len);
   static int on_url(llhttp_t* p, const char* at, size_t len);
+  static int on_version(llhttp_t* p, const char* at, size_t len);
+  static int on_version_complete(llhttp_t* p);
   static int on_header_field(llhttp_t* p, const char* at, size_t len);
   static int on_header_value(llhttp_t* p, const char* at, size_t len);
   static int on_header_value_complete(llhttp_t* p);
@@ -94,9 +98,10 @@ class HttpParser {
   int fail(int status, std::string_view code, std::string_view message);
   bool extend(Span* span, const char* at, size_t len);
   uint64_t raw_position(const char* at) const;
-  size_t kept_bytes() const;
+  size_t kept_bytes(size_t consumed_end) const;
+  bool header_section_over(uint64_t end) const;
   void begin_next_request();
-  void move_to_assembly();
+  void move_to_assembly(size_t consumed_end);
   void build_request();
   void check_partial_limits();
   std::string_view view(Span s) const { return std::string_view(base_ + s.off, s.len); }
@@ -116,7 +121,8 @@ class HttpParser {
   uint64_t raw_consumed_ = 0;
   const char* exec_start_ = nullptr;
   const char* readable_end_ = nullptr;  // direct mode: end of what may be read after input
-  uint64_t request_line_raw_ = 0;  // raw bytes up to the first header field
+  bool request_line_done_ = false;
+  uint64_t header_start_raw_ = 0;  // raw position of the first header field line
 
   bool started_ = false;
   bool headers_done_ = false;

@@ -191,10 +191,105 @@ TEST(Config, RejectsMalformedListenAddressInFile) {
   EXPECT_TRUE(contains(error, "server.listen: address must be a numeric IP")) << error;
 }
 
+TEST(Config, ReadsKeysAndCacheTables) {
+  const Config c = parse_ok(
+      "[keys]\nbody_inspect_bytes_max = 4096\n[cache]\nmax_keys = 1000\nnegative_entries = 10\n");
+  EXPECT_EQ(c.body_inspect_bytes_max, 4096u);
+  EXPECT_EQ(c.cache_max_keys, 1000u);
+  EXPECT_EQ(c.cache_negative_entries, 10u);
+}
+
+TEST(Config, KeysAndCacheDefaultsWhenAbsent) {
+  const Config c = parse_ok("");
+  const Config defaults;
+  EXPECT_EQ(c.body_inspect_bytes_max, defaults.body_inspect_bytes_max);
+  EXPECT_EQ(c.cache_max_keys, defaults.cache_max_keys);
+  EXPECT_EQ(c.cache_negative_entries, defaults.cache_negative_entries);
+  EXPECT_TRUE(c.apis.empty());
+}
+
+TEST(Config, RejectsOutOfRangeCacheSetting) {
+  EXPECT_TRUE(contains(parse_error("[cache]\nnegative_entries = 16777217\n"),
+                       "cache.negative_entries: must be between 0 and 16777216"));
+}
+
+TEST(Config, RejectsUnknownKeyInKeysTable) {
+  EXPECT_TRUE(
+      contains(parse_error("[keys]\nheader = \"x-api-key\"\n"), "unknown key 'keys.header'"));
+}
+
+TEST(Config, ReadsApis) {
+  const Config c = parse_ok(R"(
+[[apis]]
+name = "orders"
+routes = ["/orders", "/carts/"]
+
+[[apis]]
+name = "billing"
+mode = "auth-check"
+routes = ["/billing"]
+)");
+  ASSERT_EQ(c.apis.size(), 2u);
+  EXPECT_EQ(c.apis[0].name, "orders");
+  EXPECT_EQ(c.apis[0].routes, (std::vector<std::string>{"/orders", "/carts/"}));
+  EXPECT_EQ(c.apis[1].name, "billing");
+  EXPECT_EQ(c.apis[1].routes, std::vector<std::string>{"/billing"});
+  std::string error;
+  EXPECT_TRUE(validate_config(c, &error)) << error;
+}
+
+TEST(Config, RejectsApisThatAreNotAnArrayOfTables) {
+  EXPECT_TRUE(contains(parse_error("[apis]\nname = \"x\"\n"),
+                       "apis: expected an array of tables ([[apis]])"));
+  EXPECT_TRUE(contains(parse_error("apis = [1]\n"), "apis: expected a table"));
+}
+
+TEST(Config, RejectsApiWithoutName) {
+  EXPECT_TRUE(
+      contains(parse_error("[[apis]]\nroutes = [\"/x\"]\n"), "apis: every API needs a name"));
+}
+
+TEST(Config, RejectsUnknownApiMode) {
+  const std::string error =
+      parse_error("[[apis]]\nname = \"a\"\nmode = \"proxy\"\nroutes = [\"/a\"]\n");
+  EXPECT_TRUE(contains(error, "apis.mode: unknown mode 'proxy' (supported: auth-check)")) << error;
+}
+
+TEST(Config, RejectsApiRoutesThatAreNotAListOfStrings) {
+  EXPECT_TRUE(contains(parse_error("[[apis]]\nname = \"a\"\n"),
+                       "apis.a.routes: expected an array of path prefixes"));
+  EXPECT_TRUE(contains(parse_error("[[apis]]\nname = \"a\"\nroutes = \"/a\"\n"),
+                       "apis.a.routes: expected an array of path prefixes"));
+  EXPECT_TRUE(contains(parse_error("[[apis]]\nname = \"a\"\nroutes = [\"/a\", 5]\n"),
+                       "apis.a.routes: expected strings"));
+}
+
+TEST(Config, RejectsUnknownKeyInApi) {
+  EXPECT_TRUE(contains(parse_error("[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\nupstream = 1\n"),
+                       "unknown key 'apis.upstream'"));
+}
+
+TEST(Config, ValidationRejectsInvalidApis) {
+  // Parsing only checks shapes; the API rules themselves are checked by validate_config.
+  for (std::string_view text : {
+           "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n[[apis]]\nname = \"a\"\nroutes = [\"/b\"]\n",
+           "[[apis]]\nname = \"admin\"\nroutes = [\"/x\"]\n",
+           "[[apis]]\nname = \"a\"\nroutes = []\n",
+           "[[apis]]\nname = \"a\"\nroutes = [\"no-slash\"]\n",
+           "[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
+       }) {
+    SCOPED_TRACE(std::string(text));
+    const Config c = parse_ok(text);
+    std::string error;
+    EXPECT_FALSE(validate_config(c, &error));
+    EXPECT_EQ(error.rfind("apis: ", 0), 0u) << error;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Listen addresses
 
-TEST(ListenAddress, ParsesIpv4AndPort) {
+TEST(Config, ParsesIpv4ListenAddress) {
   ListenAddress a;
   std::string error;
   ASSERT_TRUE(parse_listen_address("10.1.2.3:443", &a, &error)) << error;
@@ -204,7 +299,7 @@ TEST(ListenAddress, ParsesIpv4AndPort) {
   EXPECT_EQ(a.to_string(), "10.1.2.3:443");
 }
 
-TEST(ListenAddress, ParsesBracketedIpv6) {
+TEST(Config, ParsesBracketedIpv6ListenAddress) {
   ListenAddress a;
   std::string error;
   ASSERT_TRUE(parse_listen_address("[2001:db8::1]:8443", &a, &error)) << error;
@@ -214,7 +309,7 @@ TEST(ListenAddress, ParsesBracketedIpv6) {
   EXPECT_EQ(a.to_string(), "[2001:db8::1]:8443");
 }
 
-TEST(ListenAddress, AcceptsPortZeroAndPortMax) {
+TEST(Config, AcceptsListenPortZeroAndPortMax) {
   ListenAddress a;
   std::string error;
   ASSERT_TRUE(parse_listen_address("127.0.0.1:0", &a, &error)) << error;
@@ -224,23 +319,23 @@ TEST(ListenAddress, AcceptsPortZeroAndPortMax) {
   EXPECT_EQ(a.host, "::");
 }
 
-TEST(ListenAddress, RejectsMalformedAddresses) {
+TEST(Config, RejectsMalformedListenAddresses) {
   const std::vector<std::string_view> bad = {
-      "",                  // nothing
-      "127.0.0.1",         // no port
-      ":8080",             // no host
-      "127.0.0.1:",        // empty port
-      "127.0.0.1:65536",   // port out of range
-      "127.0.0.1:-1",      // negative port
-      "127.0.0.1:+80",     // signed port
-      "127.0.0.1:80x",     // trailing junk
-      "127.0.0.1: 80",     // space
-      "localhost:80",      // names are not resolved
-      "::1:80",            // IPv6 without brackets
-      "[::1]80",           // no colon after bracket
-      "[::1]:",            // bracketed, empty port
-      "[::1",              // unclosed bracket
-      "[]:80",             // empty IPv6 host
+      "",                   // nothing
+      "127.0.0.1",          // no port
+      ":8080",              // no host
+      "127.0.0.1:",         // empty port
+      "127.0.0.1:65536",    // port out of range
+      "127.0.0.1:-1",       // negative port
+      "127.0.0.1:+80",      // signed port
+      "127.0.0.1:80x",      // trailing junk
+      "127.0.0.1: 80",      // space
+      "localhost:80",       // names are not resolved
+      "::1:80",             // IPv6 without brackets
+      "[::1]80",            // no colon after bracket
+      "[::1]:",             // bracketed, empty port
+      "[::1",               // unclosed bracket
+      "[]:80",              // empty IPv6 host
       "[fe80::1%eth0]:80",  // zone ids are not numeric
   };
   for (std::string_view text : bad) {
@@ -254,7 +349,19 @@ TEST(ListenAddress, RejectsMalformedAddresses) {
   }
 }
 
-TEST(ListenAddress, ExplainsMissingBrackets) {
+TEST(Config, RejectsListenHostsThatAreNotIpLiterals) {
+  // Right characters, wrong shape: a bad address is a config error (exit 2) at parse time, not
+  // a bind failure later.
+  for (std::string_view text :
+       {"256.0.0.1:80", "1.2.3:80", "1.2.3.4.5:80", "...:80", "[1:2:3]:80", "[:::]:80", "[.]:80"}) {
+    SCOPED_TRACE(std::string(text));
+    ListenAddress a;
+    std::string error;
+    EXPECT_FALSE(parse_listen_address(text, &a, &error));
+  }
+}
+
+TEST(Config, ExplainsMissingIpv6Brackets) {
   ListenAddress a;
   std::string error;
   ASSERT_FALSE(parse_listen_address("::1:80", &a, &error));
@@ -269,7 +376,7 @@ bool parse_args(std::vector<const char*> args, CommandLine* cli, std::string* er
   return parse_command_line(static_cast<int>(args.size()), args.data(), cli, error);
 }
 
-TEST(CommandLine, NoFlagsOverrideNothing) {
+TEST(Config, NoFlagsOverrideNothing) {
   CommandLine cli;
   std::string error;
   ASSERT_TRUE(parse_args({}, &cli, &error)) << error;
@@ -282,7 +389,7 @@ TEST(CommandLine, NoFlagsOverrideNothing) {
   EXPECT_FALSE(cli.workers);
 }
 
-TEST(CommandLine, AcceptsSeparateAndEqualsValues) {
+TEST(Config, AcceptsFlagValuesSeparateOrAfterEquals) {
   CommandLine cli;
   std::string error;
   ASSERT_TRUE(parse_args({"--config", "/etc/kg.toml", "--listen=0.0.0.0:80", "--admin-listen",
@@ -297,14 +404,14 @@ TEST(CommandLine, AcceptsSeparateAndEqualsValues) {
   EXPECT_EQ(cli.workers, 3u);
 }
 
-TEST(CommandLine, ValueAfterEqualsMayContainEquals) {
+TEST(Config, FlagValueAfterEqualsMayContainEquals) {
   CommandLine cli;
   std::string error;
   ASSERT_TRUE(parse_args({"--data-dir=/a=b"}, &cli, &error)) << error;
   EXPECT_EQ(cli.data_dir, "/a=b");
 }
 
-TEST(CommandLine, RecognisesHelp) {
+TEST(Config, RecognisesHelpFlag) {
   for (const char* flag : {"--help", "-h"}) {
     CommandLine cli;
     std::string error;
@@ -313,37 +420,37 @@ TEST(CommandLine, RecognisesHelp) {
   }
 }
 
-TEST(CommandLine, RejectsUnknownFlag) {
+TEST(Config, RejectsUnknownFlag) {
   CommandLine cli;
   std::string error;
   EXPECT_FALSE(parse_args({"--listn", "127.0.0.1:1"}, &cli, &error));
   EXPECT_EQ(error, "unknown flag '--listn' (see --help)");
 }
 
-TEST(CommandLine, RejectsPositionalArgument) {
+TEST(Config, RejectsPositionalArgument) {
   CommandLine cli;
   std::string error;
   EXPECT_FALSE(parse_args({"serve"}, &cli, &error));
   EXPECT_EQ(error, "unexpected argument 'serve' (see --help)");
 }
 
-TEST(CommandLine, RejectsFlagMissingItsValue) {
+TEST(Config, RejectsFlagMissingItsValue) {
   CommandLine cli;
   std::string error;
   EXPECT_FALSE(parse_args({"--data-dir"}, &cli, &error));
   EXPECT_EQ(error, "flag --data-dir needs a value (see --help)");
 }
 
-TEST(CommandLine, RejectsEmptyValue) {
+TEST(Config, RejectsEmptyFlagValue) {
   CommandLine cli;
   std::string error;
   EXPECT_FALSE(parse_args({"--log-dir="}, &cli, &error));
   EXPECT_EQ(error, "flag --log-dir needs a non-empty value");
 }
 
-TEST(CommandLine, RejectsBadWorkerCounts) {
-  for (const char* value : {"--workers=1025", "--workers=-1", "--workers=two", "--workers=",
-                            "--workers=4x"}) {
+TEST(Config, RejectsBadWorkerCounts) {
+  for (const char* value :
+       {"--workers=1025", "--workers=-1", "--workers=two", "--workers=", "--workers=4x"}) {
     SCOPED_TRACE(value);
     CommandLine cli;
     std::string error;
@@ -352,7 +459,7 @@ TEST(CommandLine, RejectsBadWorkerCounts) {
   }
 }
 
-TEST(CommandLine, AcceptsWorkerCountBounds) {
+TEST(Config, AcceptsWorkerCountBounds) {
   CommandLine cli;
   std::string error;
   ASSERT_TRUE(parse_args({"--workers", "0"}, &cli, &error)) << error;
@@ -361,7 +468,7 @@ TEST(CommandLine, AcceptsWorkerCountBounds) {
   EXPECT_EQ(cli.workers, 1024u);
 }
 
-TEST(CommandLine, FailedParseLeavesOutputUntouched) {
+TEST(Config, FailedCommandLineParseLeavesOutputUntouched) {
   CommandLine cli;
   cli.data_dir = "keep";
   std::string error;
@@ -434,8 +541,8 @@ TEST(Config, ValidationAllowsBothListenersOnEphemeralPorts) {
 
 TEST(Config, UsageNamesEveryFlag) {
   const std::string usage(usage_text());
-  for (std::string_view flag : {"--config", "--listen", "--admin-listen", "--data-dir",
-                                "--log-dir", "--workers", "--help"}) {
+  for (std::string_view flag : {"--config", "--listen", "--admin-listen", "--data-dir", "--log-dir",
+                                "--workers", "--help"}) {
     EXPECT_TRUE(contains(usage, flag)) << flag;
   }
 }

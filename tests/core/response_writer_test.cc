@@ -193,7 +193,7 @@ TEST(ResponseWriter, HeaderAfterFinishIsAProgrammerError) {
       "assertion failed");
 }
 
-TEST(ReasonPhrase, NamesEveryStatusTheServerSends) {
+TEST(ResponseWriter, ReasonPhraseNamesEveryStatusTheServerSends) {
   EXPECT_EQ(reason_phrase(200), "OK");
   EXPECT_EQ(reason_phrase(400), "Bad Request");
   EXPECT_EQ(reason_phrase(405), "Method Not Allowed");
@@ -207,7 +207,7 @@ TEST(ReasonPhrase, NamesEveryStatusTheServerSends) {
   EXPECT_EQ(reason_phrase(505), "HTTP Version Not Supported");
 }
 
-TEST(ReasonPhrase, IsUnknownForUnlistedCodes) {
+TEST(ResponseWriter, ReasonPhraseIsUnknownForUnlistedCodes) {
   EXPECT_EQ(reason_phrase(299), "Unknown");
   EXPECT_EQ(reason_phrase(418), "Unknown");
   EXPECT_EQ(reason_phrase(999), "Unknown");
@@ -221,20 +221,20 @@ std::string http_date(int64_t unix_seconds) {
   return std::string(v);
 }
 
-TEST(FormatHttpDate, FormatsTheEpoch) {
+TEST(ResponseWriter, FormatsHttpDateOfTheEpoch) {
   EXPECT_EQ(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
 }
 
-TEST(FormatHttpDate, FormatsTheRfcExample) {
+TEST(ResponseWriter, FormatsHttpDateOfTheRfcExample) {
   EXPECT_EQ(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
 }
 
-TEST(FormatHttpDate, FormatsLeapDays) {
+TEST(ResponseWriter, FormatsHttpDateOnLeapDays) {
   EXPECT_EQ(http_date(951782400), "Tue, 29 Feb 2000 00:00:00 GMT");
   EXPECT_EQ(http_date(1709164800), "Thu, 29 Feb 2024 00:00:00 GMT");
 }
 
-TEST(FormatHttpDate, FormatsEndOfDayAndYear) {
+TEST(ResponseWriter, FormatsHttpDateAtEndOfDayAndYear) {
   EXPECT_EQ(http_date(1234567890), "Fri, 13 Feb 2009 23:31:30 GMT");
   EXPECT_EQ(http_date(1704067199), "Sun, 31 Dec 2023 23:59:59 GMT");
   EXPECT_EQ(http_date(253402300799), "Fri, 31 Dec 9999 23:59:59 GMT");

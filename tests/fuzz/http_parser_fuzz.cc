@@ -2,9 +2,11 @@
 //
 // Each input is parsed under two sets of limits (the defaults, and small ones so every limit is
 // reachable by short inputs) and in several split patterns: all at once, one byte per call, two
-// pieces, and pseudo-random slices with empty calls mixed in. Every slice lives in its own heap
-// buffer that is scribbled over and freed once the parser has moved on, so a view or offset
-// into an old receive buffer shows up under ASan or as a mismatch. Checked:
+// pieces, pseudo-random slices with empty calls mixed in and receive-buffer slack, and the same
+// slices with every request deferred (stabilize(), then the receive buffer is dropped). Every
+// slice lives in its own heap buffer that is scribbled over and freed once the parser has moved
+// on, so a view or offset into an old receive buffer shows up under ASan or as a mismatch, and
+// every byte of body_readable_padding is read. Checked:
 //   - per call: consumed <= input; kNeedMore consumes everything; the parser makes progress;
 //     it is never called again after kError;
 //   - per request: the properties the parser promises (one Host in 1.1, no CONNECT or Upgrade,
@@ -48,9 +50,9 @@ const char* g_pattern = "";  // the split pattern being run, for failure message
   std::abort();
 }
 
-#define FUZZ_CHECK(cond)                  \
-  do {                                    \
-    if (!(cond)) fail(#cond, __LINE__);   \
+#define FUZZ_CHECK(cond)                \
+  do {                                  \
+    if (!(cond)) fail(#cond, __LINE__); \
   } while (0)
 
 const Limits& default_limits() {
@@ -167,21 +169,51 @@ struct Outcome {
   bool in_progress = false;
 };
 
-// Runs one split pattern: `cuts` are the slice lengths, in order, summing to data.size();
-// a zero-length slice is an empty parse() call.
+// Touches every byte the request says is readable past its body, so a wrong
+// body_readable_padding is an out-of-bounds read under ASan.
+void read_padding(const HttpRequest& r) {
+  volatile unsigned char sink = 0;
+  const char* end = r.body.data() + r.body.size();
+  for (size_t i = 0; i < r.body_readable_padding; ++i)
+    sink = sink ^ static_cast<unsigned char>(end[i]);
+  (void)sink;
+}
+
+struct Pattern {
+  const char* name;
+  std::vector<size_t> cuts;  // slice lengths summing to the input size; 0 is an empty call
+  size_t slack = 0;          // readable bytes after each slice (parse()'s readable_after)
+  bool stabilize = false;    // defer every request: stabilize(), then drop the receive buffer
+};
+
+// One receive buffer: `len` bytes of input plus `slack` readable bytes after them.
+std::unique_ptr<char[]> make_buffer(const char* bytes, size_t len, size_t slack) {
+  std::unique_ptr<char[]> buf(new char[len + slack + 1]);
+  std::memcpy(buf.get(), bytes, len);
+  std::memset(buf.get() + len, 0x5A, slack + 1);
+  return buf;
+}
+
+void drop_buffer(std::unique_ptr<char[]>& buf, size_t len) {
+  std::memset(buf.get(), 0xA5, len);
+  buf.reset();
+}
+
 Outcome run(HttpParser& parser, const Limits& limits, std::string_view data,
-            const std::vector<size_t>& cuts) {
+            const Pattern& pattern) {
   Outcome out;
   size_t pos = 0;
-  for (size_t len : cuts) {
-    // A fresh allocation per receive; freed (after scribbling) when the next one arrives.
-    std::unique_ptr<char[]> buf(new char[len == 0 ? 1 : len]);
-    std::memcpy(buf.get(), data.data() + pos, len);
+  for (size_t cut : pattern.cuts) {
+    // A fresh allocation per receive, scribbled over and freed once the parser moved on.
+    size_t len = cut;
+    std::unique_ptr<char[]> buf = make_buffer(data.data() + pos, len, pattern.slack);
+    pos += cut;
     size_t off = 0;
     int idle = 0;
     do {
       const size_t rest = len - off;
-      const HttpParser::Result r = parser.parse(std::span<char>(buf.get() + off, rest));
+      const HttpParser::Result r =
+          parser.parse(std::span<char>(buf.get() + off, rest), pattern.slack);
       FUZZ_CHECK(r.consumed <= rest);
       if (r.status == Status::kError) {
         check_error(parser.error());
@@ -189,6 +221,7 @@ Outcome run(HttpParser& parser, const Limits& limits, std::string_view data,
         out.error_status = parser.error().status;
         return out;  // the parser must not be called after kError
       }
+      off += r.consumed;
       if (r.status == Status::kNeedMore) {
         FUZZ_CHECK(r.consumed == rest);
       } else if (r.status == Status::kExpectContinue) {
@@ -196,14 +229,23 @@ Outcome run(HttpParser& parser, const Limits& limits, std::string_view data,
         ++out.continues;
       } else {
         FUZZ_CHECK(!parser.request_in_progress());
+        read_padding(parser.request());
+        if (pattern.stabilize) {
+          // As a deferring connection does: keep the unparsed rest, reuse the receive buffer.
+          parser.stabilize();
+          FUZZ_CHECK(parser.request().body_readable_padding == 0);
+          std::unique_ptr<char[]> next = make_buffer(buf.get() + off, len - off, pattern.slack);
+          drop_buffer(buf, len);
+          buf = std::move(next);
+          len -= off;
+          off = 0;
+        }
         out.requests.push_back(check_and_serialize(parser.request(), limits));
       }
-      off += r.consumed;
       idle = r.consumed == 0 && rest > 0 ? idle + 1 : 0;
       FUZZ_CHECK(idle <= 2);  // no livelock: a stuck parser would spin here forever
     } while (off < len);
-    std::memset(buf.get(), 0xA5, len);
-    pos += len;
+    drop_buffer(buf, len);
   }
   out.in_progress = parser.request_in_progress();
   return out;
@@ -228,10 +270,6 @@ void check_reset(HttpParser& parser) {
 }
 
 void fuzz_with(const Limits& limits, std::string_view data) {
-  struct Pattern {
-    const char* name;
-    std::vector<size_t> cuts;
-  };
   std::vector<Pattern> patterns;
   patterns.push_back({"whole", {data.size()}});
   patterns.push_back({"bytewise", std::vector<size_t>(data.size(), 1)});
@@ -249,13 +287,14 @@ void fuzz_with(const Limits& limits, std::string_view data) {
     random_cuts.push_back(len);
     left -= len;
   }
-  patterns.push_back({"random-slices", random_cuts});
+  patterns.push_back({"random-slices", random_cuts, 64});
+  patterns.push_back({"random-slices-deferred", random_cuts, 0, true});
 
   Outcome reference;
   for (size_t i = 0; i < patterns.size(); ++i) {
     g_pattern = patterns[i].name;
     HttpParser parser(limits);
-    const Outcome o = run(parser, limits, data, patterns[i].cuts);
+    const Outcome o = run(parser, limits, data, patterns[i]);
     if (i == 0) {
       reference = o;
     } else {

@@ -17,10 +17,18 @@ namespace keygate::net {
 // Readable failure messages for statuses. Outside the anonymous namespace so ADL finds it.
 static void PrintTo(HttpParser::Status status, std::ostream* os) {
   switch (status) {
-    case HttpParser::Status::kNeedMore: *os << "kNeedMore"; return;
-    case HttpParser::Status::kRequest: *os << "kRequest"; return;
-    case HttpParser::Status::kExpectContinue: *os << "kExpectContinue"; return;
-    case HttpParser::Status::kError: *os << "kError"; return;
+    case HttpParser::Status::kNeedMore:
+      *os << "kNeedMore";
+      return;
+    case HttpParser::Status::kRequest:
+      *os << "kRequest";
+      return;
+    case HttpParser::Status::kExpectContinue:
+      *os << "kExpectContinue";
+      return;
+    case HttpParser::Status::kError:
+      *os << "kError";
+      return;
   }
   *os << "Status(" << static_cast<int>(status) << ")";
 }
@@ -306,8 +314,8 @@ TEST(HttpParser, PipelinedRequestsParseTheSameInEverySlicing) {
     EXPECT_EQ(r.requests[1].body, "abc");
     EXPECT_EQ(r.requests[2].target, "/c");
     EXPECT_EQ(r.requests[2].body, "");
-    EXPECT_EQ(r.request_ends, (std::vector<size_t>{first.size(), first.size() + second.size(),
-                                                   input.size()}));
+    EXPECT_EQ(r.request_ends,
+              (std::vector<size_t>{first.size(), first.size() + second.size(), input.size()}));
   }
 }
 
@@ -511,9 +519,9 @@ TEST(HttpParser, Http10IsNotKeptAliveUnlessAsked) {
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
     EXPECT_FALSE(parse_one("GET / HTTP/1.0\r\nHost: h\r\n\r\n", kDefaultLimits, slice).keep_alive);
-    EXPECT_TRUE(
-        parse_one("GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n", kDefaultLimits, slice)
-            .keep_alive);
+    EXPECT_TRUE(parse_one("GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+                          kDefaultLimits, slice)
+                    .keep_alive);
   }
 }
 
@@ -576,12 +584,12 @@ TEST(HttpParser, HeaderSectionOverLimitIs431) {
 }
 
 TEST(HttpParser, HeaderSectionOverLimitIs431BeforeItEnds) {
-  HttpParser parser(small_limits());
+  // A header line that never ends must not be buffered without bound.
   const std::string input = "GET / HTTP/1.1\r\nHost: h\r\n" + std::string(400, 'X');
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
-    HttpParser p(small_limits());
-    FeedResult r = feed(p, input, slice);
+    HttpParser parser(small_limits());
+    FeedResult r = feed(parser, input, slice);
     EXPECT_TRUE(r.error);
     EXPECT_EQ(r.error_status, 431);
   }
@@ -590,7 +598,8 @@ TEST(HttpParser, HeaderSectionOverLimitIs431BeforeItEnds) {
 TEST(HttpParser, ManySmallHeadersOverByteLimitAre431) {
   // Under the count limit in fields but over the byte limit in total.
   std::string input = "GET / HTTP/1.1\r\nHost: h\r\n";
-  for (int i = 0; i < 6; ++i) input += "X-" + std::to_string(i) + ": " + std::string(50, 'v') + "\r\n";
+  for (int i = 0; i < 6; ++i)
+    input += "X-" + std::to_string(i) + ": " + std::string(50, 'v') + "\r\n";
   input += "\r\n";
   expect_rejected(input, 431, "header_too_large", small_limits());
 }
@@ -614,8 +623,8 @@ TEST(HttpParser, HeaderCountAtLimitIsAccepted) {
 
 TEST(HttpParser, ContentLengthOverLimitIs413BeforeTheBodyArrives) {
   // Only the headers are sent: the verdict must not wait for 33 body bytes.
-  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 33\r\n\r\n", 413,
-                  "body_too_large", small_limits());
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 33\r\n\r\n", 413, "body_too_large",
+                  small_limits());
 }
 
 TEST(HttpParser, ContentLengthAtLimitIsAccepted) {
@@ -630,14 +639,16 @@ TEST(HttpParser, ContentLengthAtLimitIsAccepted) {
 TEST(HttpParser, ChunkedBodyOverLimitIs413) {
   const std::string input =
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "14\r\n" + std::string(20, 'a') + "\r\n14\r\n" + std::string(20, 'b') + "\r\n0\r\n\r\n";
+      "14\r\n" +
+      std::string(20, 'a') + "\r\n14\r\n" + std::string(20, 'b') + "\r\n0\r\n\r\n";
   expect_rejected(input, 413, "body_too_large", small_limits());
 }
 
 TEST(HttpParser, ChunkedBodyAtLimitIsAccepted) {
   const std::string input =
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "10\r\n" + std::string(16, 'a') + "\r\n10\r\n" + std::string(16, 'b') + "\r\n0\r\n\r\n";
+      "10\r\n" +
+      std::string(16, 'a') + "\r\n10\r\n" + std::string(16, 'b') + "\r\n0\r\n\r\n";
   for (size_t slice : kSlices) {
     SCOPED_TRACE("slice " + std::to_string(slice));
     EXPECT_EQ(parse_one(input, small_limits(), slice).body,
@@ -648,7 +659,8 @@ TEST(HttpParser, ChunkedBodyAtLimitIsAccepted) {
 TEST(HttpParser, OversizedTrailersAre431) {
   const std::string input =
       "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "1\r\na\r\n0\r\nX-T: " + std::string(300, 't') + "\r\n\r\n";
+      "1\r\na\r\n0\r\nX-T: " +
+      std::string(300, 't') + "\r\n\r\n";
   expect_rejected(input, 431, "header_too_large", small_limits());
 }
 
@@ -692,9 +704,7 @@ TEST(HttpParser, RejectsObsFoldArrivingInTheNextReceive) {
   }
 }
 
-TEST(HttpParser, RejectsBareLfLineEndings) {
-  expect_rejected("GET / HTTP/1.1\nHost: h\n\n", 400);
-}
+TEST(HttpParser, RejectsBareLfLineEndings) { expect_rejected("GET / HTTP/1.1\nHost: h\n\n", 400); }
 
 TEST(HttpParser, RejectsBareLfInsideHeaderSection) {
   expect_rejected("GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", 400);
@@ -737,13 +747,12 @@ TEST(HttpParser, RejectsHttp12With505) {
 }
 
 TEST(HttpParser, RejectsTransferEncodingNotEndingInChunked) {
-  expect_rejected(
-      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400);
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+                  400);
 }
 
 TEST(HttpParser, RejectsTransferEncodingInHttp10) {
-  expect_rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
-                  400);
+  expect_rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", 400);
 }
 
 TEST(HttpParser, RejectsHexPrefixedChunkSize) {
@@ -810,6 +819,95 @@ TEST(HttpParser, RefusesInputAfterAnError) {
         (void)parser.parse(good);
       },
       "assertion failed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deferred requests
+
+TEST(HttpParser, StabilizedRequestOutlivesTheReceiveBuffer) {
+  const std::string first =
+      "POST /defer?x=1 HTTP/1.1\r\nHost: h\r\nX-Api-Key: k1\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+  const std::string second = "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  std::string buf = first + second;
+  HttpParser parser(kDefaultLimits);
+  const HttpParser::Result r = parser.parse(buf);
+  ASSERT_EQ(r.status, Status::kRequest);
+  parser.stabilize();
+  // The connection keeps the unparsed rest, then reuses its receive buffer.
+  std::string rest = buf.substr(r.consumed);
+  buf.assign(buf.size(), '#');
+  const HttpRequest& req = parser.request();
+  EXPECT_EQ(req.method, "POST");
+  EXPECT_EQ(req.target, "/defer?x=1");
+  EXPECT_EQ(req.path, "/defer");
+  EXPECT_EQ(req.query, "x=1");
+  EXPECT_EQ(req.header("x-api-key"), "k1");
+  EXPECT_EQ(req.body, "abcde");
+  // The next request still parses normally from the saved rest.
+  ASSERT_EQ(parser.parse(rest).status, Status::kRequest);
+  EXPECT_EQ(parser.request().target, "/next");
+}
+
+TEST(HttpParser, StabilizeKeepsAnAssembledRequestIntact) {
+  HttpParser parser(kDefaultLimits);
+  std::string part1 = "PUT /p HTTP/1.1\r\nHost: h\r\nContent-Len";
+  std::string part2 = "gth: 3\r\n\r\nxyz";
+  ASSERT_EQ(parser.parse(part1).status, Status::kNeedMore);
+  ASSERT_EQ(parser.parse(part2).status, Status::kRequest);
+  parser.stabilize();
+  part1.assign(part1.size(), '#');
+  part2.assign(part2.size(), '#');
+  EXPECT_EQ(parser.request().target, "/p");
+  EXPECT_EQ(parser.request().header("content-length"), "3");
+  EXPECT_EQ(parser.request().body, "xyz");
+}
+
+TEST(HttpParser, StabilizedRequestHasNoBodyPadding) {
+  std::string buf = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi";
+  HttpParser parser(kDefaultLimits);
+  ASSERT_EQ(parser.parse(buf, 64).status, Status::kRequest);
+  EXPECT_EQ(parser.request().body_readable_padding, 64u);
+  parser.stabilize();
+  EXPECT_EQ(parser.request().body_readable_padding, 0u);
+  EXPECT_EQ(parser.request().body, "hi");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body padding (bytes readable past the body, for parsers that read ahead)
+
+TEST(HttpParser, BodyPaddingCountsInputAfterTheBodyAndReceiveSlack) {
+  const std::string first = "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+  const std::string second = "GET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+  std::string buf = first + second;
+  HttpParser parser(kDefaultLimits);
+  const HttpParser::Result r = parser.parse(buf, 100);
+  ASSERT_EQ(r.status, Status::kRequest);
+  EXPECT_EQ(parser.request().body, "abc");
+  // Everything after "abc" in the buffer is readable, plus the 100 bytes of slack.
+  EXPECT_EQ(parser.request().body_readable_padding, second.size() + 100);
+}
+
+TEST(HttpParser, BodyPaddingOfDechunkedBodyReachesTheInputEnd) {
+  std::string buf =
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n";
+  HttpParser parser(kDefaultLimits);
+  ASSERT_EQ(parser.parse(buf, 8).status, Status::kRequest);
+  const HttpRequest& req = parser.request();
+  EXPECT_EQ(req.body, "abcd");
+  EXPECT_EQ(req.body.data() + req.body.size() + req.body_readable_padding,
+            buf.data() + buf.size() + 8);
+}
+
+TEST(HttpParser, AssembledBodyHasNoPadding) {
+  HttpParser parser(kDefaultLimits);
+  std::string head = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n";
+  std::string body = "abc";
+  ASSERT_EQ(parser.parse(head, 64).status, Status::kNeedMore);
+  ASSERT_EQ(parser.parse(body, 64).status, Status::kRequest);
+  EXPECT_EQ(parser.request().body, "abc");
+  EXPECT_EQ(parser.request().body_readable_padding, 0u);
 }
 
 // ---------------------------------------------------------------------------------------------
