@@ -103,6 +103,21 @@ bool param_name_is_key(std::string_view name) noexcept {
   return n == kParamName.size();
 }
 
+enum class MemberName : uint8_t { kOther, kKey, kEscaped };
+
+// Compares a raw member name (the bytes after its opening quote) with "API_Key" without
+// unescaping it: most names differ in their first byte, and only a name with a backslash
+// before the first difference could still unescape to "API_Key". Stage 1 guarantees the name
+// is closed by an unescaped quote, so the walk stays inside it.
+MemberName classify_member_name(const char* raw) noexcept {
+  for (size_t i = 0;; ++i) {
+    const char c = raw[i];
+    if (c == '\\') return MemberName::kEscaped;
+    if (i == kMemberName.size()) return c == '"' ? MemberName::kKey : MemberName::kOther;
+    if (c != kMemberName[i]) return MemberName::kOther;
+  }
+}
+
 }  // namespace
 
 // Folds candidate values into one key, or into the first problem that rules one out.
@@ -224,8 +239,7 @@ ExtractResult KeyExtractor::extract(const HttpRequest& request, size_t readable_
   return collector.result();
 }
 
-ExtractResult KeyExtractor::extract_json(std::string_view body,
-                                         size_t readable_padding) noexcept {
+ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_padding) noexcept {
   constexpr ExtractResult kInvalidBody{KeyOutcome::kInvalidBody, KeySource::kNone, {}};
   const char* input = body.data();
   if (readable_padding < kJsonPaddingBytes) {
@@ -253,30 +267,28 @@ ExtractResult KeyExtractor::extract_json(std::string_view body,
     ondemand::field field;
     if (std::move(member).get(field) != simdjson::SUCCESS) return kInvalidBody;
 
-    // Most names are plain: compare the raw bytes (simdjson guarantees readable padding past
-    // any token) and unescape only names that contain a backslash.
-    const char* name = field.key().raw();
-    bool is_key = std::memcmp(name, "API_Key\"", kMemberName.size() + 1) == 0;
-    if (!is_key) {
-      bool escaped = false;
-      for (const char* p = name; *p != '"'; ++p) {
-        if (*p == '\\') {
-          escaped = true;
-          break;
-        }
-      }
-      if (escaped) {
-        std::string_view unescaped;
-        if (field.unescaped_key().get(unescaped) != simdjson::SUCCESS) return kInvalidBody;
-        is_key = unescaped == kMemberName;
-      }
+    const MemberName name = classify_member_name(field.key().raw());
+    bool is_key = name == MemberName::kKey;
+    if (name == MemberName::kEscaped) {
+      std::string_view unescaped;
+      if (field.unescaped_key().get(unescaped) != simdjson::SUCCESS) return kInvalidBody;
+      is_key = unescaped == kMemberName;
     }
-    // Values of other members are left unread; the iterator skips them.
-    if (!is_key) continue;
-
+    // On-Demand's skip of an unread value takes a first token of ':' or ',', or a string
+    // followed by ':', for an opened container and runs to the next closing bracket. That can
+    // swallow the root's closing brace and let the outcome depend on the bytes past the body
+    // ({"a"::1}}, {"a":"b":1]}). So the first byte of every value is checked, and strings are
+    // consumed (without unescaping) rather than skipped.
     ondemand::value& value = field.value();
     ondemand::json_type type;
     if (value.type().get(type) != simdjson::SUCCESS) return kInvalidBody;
+    if (!is_key) {
+      if (type == ondemand::json_type::string) {
+        ondemand::raw_json_string ignored;
+        if (value.get_raw_json_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+      }
+      continue;
+    }
     switch (type) {
       case ondemand::json_type::string:
         break;
@@ -306,13 +318,15 @@ ExtractResult KeyExtractor::extract_json(std::string_view body,
 
     // The raw token runs from the opening quote to the next token, whitespace included.
     std::string_view token = value.raw_json_token();
-    while (!token.empty() && (token.back() == ' ' || token.back() == '\t' ||
-                              token.back() == '\n' || token.back() == '\r')) {
+    while (!token.empty() && (token.back() == ' ' || token.back() == '\t' || token.back() == '\n' ||
+                              token.back() == '\r')) {
       token.remove_suffix(1);
     }
     if (token.size() < 2 || token.front() != '"' || token.back() != '"') return kInvalidBody;
     const std::string_view content = token.substr(1, token.size() - 2);
     if (std::memchr(content.data(), '\\', content.size()) == nullptr) {
+      ondemand::raw_json_string consumed;
+      if (value.get_raw_json_string().get(consumed) != simdjson::SUCCESS) return kInvalidBody;
       collector.offer(to_body(content), KeySource::kJson);
     } else {
       // Unescaped into the parser's string buffer, which the extractor owns and reuses.

@@ -419,6 +419,8 @@ void Worker::Impl::run() {
   for (auto& c : conns) {
     if (c->fd >= 0 && !c->closed) close_conn(c.get());
   }
+  // This worker holds no shared references any more: grace periods must not wait for it.
+  if (observer != nullptr) observer->before_wait();
 }
 
 void Worker::Impl::handle_cqe(io_uring_cqe* cqe) {

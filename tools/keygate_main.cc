@@ -8,10 +8,16 @@
 #include <sstream>
 #include <string>
 
+#include <cstdlib>
+#include <ctime>
+
+#include "core/auth_handler.h"
 #include "core/builtin_handler.h"
 #include "core/config.h"
+#include "core/permissions.h"
 #include "net/server.h"
 #include "storage/data_dir.h"
+#include "storage/key_service.h"
 
 namespace {
 
@@ -82,7 +88,43 @@ int main(int argc, char** argv) {
     workers = cpus > 0 ? static_cast<unsigned>(cpus) : 1;
   }
 
-  keygate::BuiltinHandlerFactory data_handlers;
+  keygate::ApiRegistry registry;
+  if (!registry.init(config.apis, &error)) return usage_error("apis: " + error);
+
+  keygate::storage::KeyService keys;
+  keygate::storage::KeyService::Options key_options;
+  key_options.workers = workers;
+  key_options.max_keys = static_cast<size_t>(config.cache_max_keys);
+  key_options.negative_cache_entries = config.cache_negative_entries;
+  if (!keys.open(config.data_dir, key_options, &error)) {
+    std::fprintf(stderr, "keygate: %s\n", error.c_str());
+    return kExitStartupFailure;
+  }
+  // First start on an empty store: an admin key from KEYGATE_BOOTSTRAP_ADMIN_KEY, or a
+  // generated one printed once (it is stored nowhere in plaintext).
+  const char* bootstrap_value = std::getenv("KEYGATE_BOOTSTRAP_ADMIN_KEY");
+  keygate::storage::KeyService::AdminBootstrap bootstrap;
+  const auto status = keys.ensure_admin_key(bootstrap_value != nullptr ? bootstrap_value : "", {},
+                                            static_cast<int64_t>(std::time(nullptr)), &bootstrap);
+  if (!status.is_ok()) {
+    std::fprintf(stderr, "keygate: cannot create the bootstrap admin key: %s\n",
+                 status.message());
+    return kExitStartupFailure;
+  }
+  if (bootstrap.created) {
+    if (bootstrap.generated_value.empty()) {
+      std::fprintf(stderr, "keygate: created admin key %s from KEYGATE_BOOTSTRAP_ADMIN_KEY\n",
+                   bootstrap.id.c_str());
+    } else {
+      std::fprintf(stderr,
+                   "keygate: created admin key %s; its value is shown only this once:\n"
+                   "keygate: admin key: %s\n",
+                   bootstrap.id.c_str(), bootstrap.generated_value.c_str());
+    }
+  }
+
+  keygate::AuthHandlerFactory data_handlers(registry, keys,
+                                            static_cast<size_t>(config.body_inspect_bytes_max));
   keygate::BuiltinHandlerFactory admin_handlers;
   keygate::net::ServerOptions options;
   options.data_listen = config.listen;
@@ -91,6 +133,7 @@ int main(int argc, char** argv) {
   options.limits = config.limits;
   options.data_handlers = &data_handlers;
   options.admin_handlers = &admin_handlers;
+  for (unsigned i = 0; i < workers; ++i) options.loop_observers.push_back(keys.loop_observer(i));
   keygate::net::Server server(options);
   if (!server.start(&error)) {
     std::fprintf(stderr, "keygate: %s\n", error.c_str());

@@ -60,8 +60,8 @@ bool operator==(const Got& a, const Got& b) {
 }
 
 void PrintTo(const Got& g, std::ostream* os) {
-  *os << "{outcome " << static_cast<int>(g.outcome) << ", " << key_source_name(g.source)
-      << ", \"" << g.key << "\"}";
+  *os << "{outcome " << static_cast<int>(g.outcome) << ", " << key_source_name(g.source) << ", \""
+      << g.key << "\"}";
 }
 
 // Runs `extractor` on the request twice: with no readable padding (the body is copied) and with
@@ -82,8 +82,7 @@ Got extract_with(KeyExtractor& extractor, const TestRequest& t) {
   std::vector<char> padded(t.body.size() + KeyExtractor::kJsonPaddingBytes, 'x');
   std::memcpy(padded.data(), t.body.data(), t.body.size());
   request.body = std::string_view(padded.data(), t.body.size());
-  const ExtractResult in_place =
-      extractor.extract(request, KeyExtractor::kJsonPaddingBytes);
+  const ExtractResult in_place = extractor.extract(request, KeyExtractor::kJsonPaddingBytes);
   const Got b{in_place.outcome, in_place.source, std::string(in_place.key)};
 
   EXPECT_EQ(a, b) << "readable_padding changed the result";
@@ -157,7 +156,7 @@ TEST(KeyExtractor, DoesNotDecodeHeaderValue) {
   EXPECT_EQ(extract(get().header("X-ApiKey", "a%41+b")), found(KeySource::kHeader, "a%41+b"));
 }
 
-// --- query ----------------------------------------------------------------------------------------
+// --- query ---------------------------------------------------------------------------------------
 
 TEST(KeyExtractor, DecodesPercentEncodedParameterName) {
   EXPECT_EQ(extract(get("k%65y=abc")), found(KeySource::kQuery, "abc"));
@@ -202,7 +201,7 @@ TEST(KeyExtractor, TreatsMalformedParameterNameAsSomeOtherName) {
   EXPECT_EQ(extract(get("ke%7=abc")), kMissing);
 }
 
-// --- form -----------------------------------------------------------------------------------------
+// --- form ----------------------------------------------------------------------------------------
 
 TEST(KeyExtractor, AcceptsFormMediaTypeWithCharsetParameter) {
   EXPECT_EQ(extract(post("application/x-www-form-urlencoded; charset=UTF-8", "key=abc")),
@@ -220,7 +219,7 @@ TEST(KeyExtractor, DecodesFormValue) {
   EXPECT_EQ(extract(post(kForm, "key=a%2Fb+c")), found(KeySource::kForm, "a/b c"));
 }
 
-// --- JSON -----------------------------------------------------------------------------------------
+// --- JSON ----------------------------------------------------------------------------------------
 
 TEST(KeyExtractor, ComparesJsonMemberNamesAfterUnescaping) {
   EXPECT_EQ(extract(post(kJson, R"({"API\u005fKey":"abc"})")), found(KeySource::kJson, "abc"));
@@ -237,10 +236,9 @@ TEST(KeyExtractor, JsonKeyOnlyCountsOnRootObject) {
 }
 
 TEST(KeyExtractor, SkipsMembersBeforeAndAfterTheKey) {
-  EXPECT_EQ(
-      extract(post(kJson, R"( { "a" : {"API_Key":"x","b":[1,2,{"c":null}]} , "s":"}\"{" ,)"
-                          R"( "API_Key" : "abc" , "z" : [ ] } )")),
-      found(KeySource::kJson, "abc"));
+  EXPECT_EQ(extract(post(kJson, R"( { "a" : {"API_Key":"x","b":[1,2,{"c":null}]} , "s":"}\"{" ,)"
+                                R"( "API_Key" : "abc" , "z" : [ ] } )")),
+            found(KeySource::kJson, "abc"));
 }
 
 TEST(KeyExtractor, RejectsNonStringJsonKeyAsInvalidKey) {
@@ -280,11 +278,9 @@ TEST(KeyExtractor, PrefersInvalidBodyOverInvalidKey) {
   EXPECT_EQ(extract(post(kJson, R"({"API_Key":1,"b":)")), kInvalidBody);
 }
 
-TEST(KeyExtractor, TreatsEmptyJsonBodyAsNoBody) {
-  EXPECT_EQ(extract(post(kJson, "")), kMissing);
-}
+TEST(KeyExtractor, TreatsEmptyJsonBodyAsNoBody) { EXPECT_EQ(extract(post(kJson, "")), kMissing); }
 
-// --- names are case-sensitive ---------------------------------------------------------------------
+// --- names are case-sensitive --------------------------------------------------------------------
 
 TEST(KeyExtractor, DoesNotTreatOtherCaseNamesAsCarriers) {
   EXPECT_EQ(extract(get("KEY=abc&Key=abc")), kMissing);
@@ -292,7 +288,7 @@ TEST(KeyExtractor, DoesNotTreatOtherCaseNamesAsCarriers) {
   EXPECT_EQ(extract(post(kJson, R"({"API_KEY":"abc","api_key":"abc"})")), kMissing);
 }
 
-// --- duplicates and ambiguity ---------------------------------------------------------------------
+// --- duplicates and ambiguity --------------------------------------------------------------------
 
 TEST(KeyExtractor, AcceptsIdenticalRepeatsInEachSource) {
   EXPECT_EQ(extract(get().header("X-ApiKey", "abc").header("x-apikey", "abc")),
@@ -324,8 +320,7 @@ TEST(KeyExtractor, RejectsHeaderAndQueryWithDifferentKeysAsAmbiguous) {
 }
 
 TEST(KeyExtractor, AcceptsHeaderAndQueryWithTheSameKey) {
-  EXPECT_EQ(extract(get("key=a%62c").header("X-ApiKey", "abc")),
-            found(KeySource::kHeader, "abc"));
+  EXPECT_EQ(extract(get("key=a%62c").header("X-ApiKey", "abc")), found(KeySource::kHeader, "abc"));
 }
 
 TEST(KeyExtractor, PrefersInvalidKeyOverAmbiguous) {
@@ -355,7 +350,7 @@ TEST(KeyExtractor, IgnoresOversizedBodyWhenHeaderCarriesKey) {
             found(KeySource::kHeader, "k"));
 }
 
-// --- empty values ---------------------------------------------------------------------------------
+// --- empty values --------------------------------------------------------------------------------
 
 TEST(KeyExtractor, TreatsEmptyValuesAsAbsent) {
   EXPECT_EQ(extract(get().header("X-ApiKey", "")), kMissing);
@@ -378,7 +373,7 @@ TEST(KeyExtractor, ExaminesBodyWhenHeaderAndQueryAreEmpty) {
   EXPECT_EQ(extract(t), found(KeySource::kForm, "abc"));
 }
 
-// --- bodies that are not sources ------------------------------------------------------------------
+// --- bodies that are not sources -----------------------------------------------------------------
 
 TEST(KeyExtractor, DoesNotReadKeyFromTextPlainBody) {
   EXPECT_EQ(extract(post("text/plain", "key=abc")), kMissing);
@@ -401,7 +396,7 @@ TEST(KeyExtractor, DoesNotTreatJsonSuffixMediaTypesAsJson) {
   EXPECT_EQ(extract(post("application/vnd.api+json", R"({"API_Key":"abc"})")), kMissing);
 }
 
-// --- limits ---------------------------------------------------------------------------------------
+// --- limits --------------------------------------------------------------------------------------
 
 TEST(KeyExtractor, RejectsJsonOrFormBodyOverTheInspectLimit) {
   KeyExtractor extractor(64);
@@ -455,7 +450,7 @@ TEST(KeyExtractor, RejectsUndecodedKeyLongerThan256BytesAsInvalidKey) {
   EXPECT_EQ(extract(post(kJson, R"({"API_Key":")" + key + "\"}")), kInvalidKey);
 }
 
-// --- zero copy and scratch reuse ------------------------------------------------------------------
+// --- zero copy and scratch reuse -----------------------------------------------------------------
 
 bool points_into(std::string_view inner, std::string_view outer) {
   return inner.data() >= outer.data() && inner.data() + inner.size() <= outer.data() + outer.size();
@@ -532,7 +527,39 @@ TEST(KeyExtractor, GivesTheSameResultWithAndWithoutReadablePadding) {
   EXPECT_EQ(unpadded, "key");
 }
 
-// --- outcome mapping ------------------------------------------------------------------------------
+TEST(KeyExtractor, GivesTheSameResultWhateverBytesFollowTheBody) {
+  // simdjson peeks at the first byte past the body when malformed input runs it off the end.
+  const std::vector<std::string> bodies = {R"({"a"::1}})",
+                                           R"({"a":,1}})",
+                                           R"({"a":}})",
+                                           R"({"a":{"b":1})",
+                                           R"({"a":"b":"c"})",
+                                           R"({"a":"b":1]})",
+                                           R"({"API_Key":"k":1]})",
+                                           R"({"API_Key":"k"}})",
+                                           R"({"API_Key":"k","a":[1,{}})",
+                                           R"({"a":1})"};
+  KeyExtractor extractor;
+  const HttpHeader headers[] = {{"Content-Type", "application/json"}};
+  HttpRequest request;
+  request.headers = headers;
+  for (const std::string& body : bodies) {
+    request.body = body;
+    const ExtractResult unpadded = extractor.extract(request, 0);
+    const KeyOutcome expected =
+        body == R"({"a":1})" ? KeyOutcome::kMissing : KeyOutcome::kInvalidBody;
+    EXPECT_EQ(unpadded.outcome, expected) << body;
+    for (const char fill : {'}', ']', ',', '"', ' '}) {
+      std::vector<char> buffer(body.size() + KeyExtractor::kJsonPaddingBytes, fill);
+      std::memcpy(buffer.data(), body.data(), body.size());
+      request.body = std::string_view(buffer.data(), body.size());
+      EXPECT_EQ(extractor.extract(request, KeyExtractor::kJsonPaddingBytes).outcome, expected)
+          << body << " followed by " << fill;
+    }
+  }
+}
+
+// --- outcome mapping -----------------------------------------------------------------------------
 
 TEST(KeyExtractor, MapsEachRejectionToItsStatusAndCode) {
   EXPECT_EQ(key_rejection(KeyOutcome::kFound).status, 0);

@@ -154,7 +154,7 @@ TEST_F(HttpEngine, UnknownPathAnswers404WithJsonErrorAndKeepsTheConnection) {
   ASSERT_TRUE(r) << describe(r, client);
   EXPECT_EQ(r->status, 404);
   EXPECT_TRUE(r->json_error_body()) << r->raw;
-  EXPECT_NE(r->body.find("\"error\":\"not_found\""), std::string::npos) << r->body;
+  EXPECT_NE(r->body.find("\"error\":\"no_route\""), std::string::npos) << r->body;
   EXPECT_FALSE(r->connection_close()) << r->raw;
 
   ASSERT_TRUE(client.send(kHealthz));

@@ -1,0 +1,448 @@
+#include "storage/key_store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/iterator.h>
+#include <rocksdb/options.h>
+#include <rocksdb/slice.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <unordered_set>
+
+namespace keygate::storage {
+namespace {
+
+constexpr char kKeyPrefix = 'k';
+constexpr char kIdPrefix = 'i';
+constexpr char kUserPrefix = 'u';
+constexpr std::string_view kSchemaKey = "mschema";
+constexpr std::string_view kSchemaVersion = "1";
+
+std::string digest_entry(const KeyDigest& digest) {
+  std::string key;
+  key.reserve(1 + digest.size());
+  key.push_back(kKeyPrefix);
+  key.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  return key;
+}
+
+std::string prefixed(char prefix, std::string_view name) {
+  std::string key;
+  key.reserve(1 + name.size());
+  key.push_back(prefix);
+  key.append(name);
+  return key;
+}
+
+rocksdb::Slice slice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
+
+bool digest_from(std::string_view bytes, KeyDigest* out) {
+  if (bytes.size() != out->size()) return false;
+  std::memcpy(out->data(), bytes.data(), out->size());
+  return true;
+}
+
+// RocksDB messages are the only non-static text we pass on, and only from open(): keep them to
+// one line so start-up errors stay one line.
+std::string one_line(std::string text) {
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  return text;
+}
+
+std::string describe_open_error(const std::string& path, const rocksdb::Status& s) {
+  const std::string detail = one_line(s.ToString());
+  if (s.IsCorruption()) return "key store at " + path + " is corrupted: " + detail;
+  // RocksDB reports both as IO errors; its messages are the only way to tell them apart.
+  if (detail.find("Permission denied") != std::string::npos) {
+    return "key store at " + path + " is not accessible (permission denied): " + detail;
+  }
+  if (detail.find("While lock file") != std::string::npos ||
+      detail.find("lock hold by current process") != std::string::npos) {
+    return "key store at " + path + " is locked by another process: " + detail;
+  }
+  return "cannot open key store at " + path + ": " + detail;
+}
+
+// An iterator over one key prefix ("k", "i", "u"), optionally at a snapshot. Not movable: the
+// iterator keeps a pointer to the upper bound it owns.
+class PrefixScan {
+ public:
+  PrefixScan(rocksdb::DB* db, char prefix, const rocksdb::Snapshot* snapshot = nullptr)
+      : prefix_(prefix), upper_(1, static_cast<char>(prefix + 1)), bound_(upper_) {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot;
+    ro.iterate_upper_bound = &bound_;
+    it_.reset(db->NewIterator(ro));
+  }
+  PrefixScan(const PrefixScan&) = delete;
+  PrefixScan& operator=(const PrefixScan&) = delete;
+
+  void seek_to_first() { it_->Seek(rocksdb::Slice(&prefix_, 1)); }
+  rocksdb::Iterator* operator->() { return it_.get(); }
+
+ private:
+  char prefix_;
+  std::string upper_;
+  rocksdb::Slice bound_;
+  std::unique_ptr<rocksdb::Iterator> it_;  // last: destroyed before the bound it points to
+};
+
+}  // namespace
+
+struct KeyStore::Impl {
+  std::unique_ptr<rocksdb::DB> db;
+  rocksdb::WriteOptions synced;
+  // Writers read-check-write (id index, conflicts); serializing them keeps that atomic.
+  std::mutex write_mutex;
+
+  Impl() { synced.sync = true; }
+
+  // Reads `key` into `*value`: ok, not_found or io_error.
+  Status get(std::string_view key, std::string* value,
+             const rocksdb::Snapshot* snapshot = nullptr) const {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot;
+    const rocksdb::Status s = db->Get(ro, slice(key), value);
+    if (s.ok()) return Status::ok();
+    if (s.IsNotFound()) return Status::not_found("no such entry");
+    return Status::io_error("key store read failed");
+  }
+
+  Status get_digest(const KeyDigest& digest, KeyRecord* out,
+                    const rocksdb::Snapshot* snapshot = nullptr) const {
+    std::string value;
+    const Status s = get(digest_entry(digest), &value, snapshot);
+    if (s.is_not_found()) return Status::not_found("no key with this digest");
+    if (!s.is_ok()) return s;
+    KeyRecord record;
+    if (!decode_key_record(value, &record) || !digests_equal(record.digest, digest)) {
+      return Status::io_error("corrupted key record in the store");
+    }
+    *out = std::move(record);
+    return Status::ok();
+  }
+
+  // The digest the id index holds for `id`.
+  Status get_index(std::string_view id, KeyDigest* digest,
+                   const rocksdb::Snapshot* snapshot = nullptr) const {
+    std::string value;
+    const Status s = get(prefixed(kIdPrefix, id), &value, snapshot);
+    if (s.is_not_found()) return Status::not_found("no key with this id");
+    if (!s.is_ok()) return s;
+    if (!digest_from(value, digest)) return Status::io_error("corrupted id index entry");
+    return Status::ok();
+  }
+
+  Status write(rocksdb::WriteBatch* batch) {
+    const rocksdb::Status s = db->Write(synced, batch);
+    return s.ok() ? Status::ok() : Status::io_error("key store write failed");
+  }
+
+  // Rotation: the record moved from `old_digest` to a new digest. Removing the old entry in the
+  // same batch revokes the old value atomically with the switch. A grace period (accepting the
+  // old value for a while) would keep the entry here, marked with its end time, and have a
+  // sweeper remove it; not implemented.
+  static void stage_replaced_digest(rocksdb::WriteBatch* batch, const KeyDigest& old_digest) {
+    batch->Delete(digest_entry(old_digest));
+  }
+};
+
+KeyStore::KeyStore() : impl_(std::make_unique<Impl>()) {}
+
+KeyStore::~KeyStore() {
+  if (impl_->db) {
+    // Close() waits for background flushes/compactions; its status only matters to callers
+    // that could act on it, and a destructor cannot.
+    impl_->db->Close().PermitUncheckedError();
+  }
+}
+
+bool KeyStore::open(const std::string& path, std::string* error) {
+  if (impl_->db) {
+    *error = "key store is already open";
+    return false;
+  }
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  options.paranoid_checks = true;
+  // Small, bounded info logs inside the store directory.
+  options.keep_log_file_num = 3;
+  options.max_log_file_size = 4 << 20;
+  rocksdb::DB* db = nullptr;
+  const rocksdb::Status s = rocksdb::DB::Open(options, path, &db);
+  if (!s.ok()) {
+    *error = describe_open_error(path, s);
+    return false;
+  }
+  impl_->db.reset(db);
+
+  std::string version;
+  const Status vs = impl_->get(kSchemaKey, &version);
+  if (vs.is_not_found()) {
+    rocksdb::WriteBatch batch;
+    batch.Put(slice(kSchemaKey), slice(kSchemaVersion));
+    if (!impl_->write(&batch).is_ok()) {
+      *error = "cannot write the schema version of key store at " + path;
+      impl_->db.reset();
+      return false;
+    }
+  } else if (!vs.is_ok()) {
+    *error = "cannot read the schema version of key store at " + path;
+    impl_->db.reset();
+    return false;
+  } else if (version != kSchemaVersion) {
+    const bool printable =
+        version.size() <= 16 &&
+        std::all_of(version.begin(), version.end(), [](char c) { return c >= 0x21 && c <= 0x7e; });
+    *error = "key store at " + path + " has schema version " +
+             (printable ? version : std::string("(unreadable)")) + ", this keygate reads " +
+             std::string(kSchemaVersion);
+    impl_->db.reset();
+    return false;
+  }
+  return true;
+}
+
+bool KeyStore::is_open() const noexcept { return impl_->db != nullptr; }
+
+Status KeyStore::put_key(const KeyRecord& record, PutMode mode) {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  if (record.id.empty()) return Status::invalid_argument("key id is empty");
+  std::lock_guard lock(impl_->write_mutex);
+
+  KeyDigest old_digest{};
+  const Status index = impl_->get_index(record.id, &old_digest);
+  if (!index.is_ok() && !index.is_not_found()) return index;
+  const bool exists = index.is_ok();
+  if (mode == PutMode::kCreate && exists) return Status::conflict("key id already exists");
+  if (mode == PutMode::kUpdate && !exists) return Status::not_found("no key with this id");
+
+  const bool rotated = exists && !digests_equal(old_digest, record.digest);
+  if (!exists || rotated) {
+    KeyRecord holder;
+    const Status s = impl_->get_digest(record.digest, &holder);
+    if (s.is_ok()) return Status::conflict("key digest already in use");
+    // A corrupt record under the new digest would be overwritten by a different key's record:
+    // refuse instead, the operator must delete it first.
+    if (!s.is_not_found()) return s;
+  }
+
+  rocksdb::WriteBatch batch;
+  batch.Put(digest_entry(record.digest), encode_key_record(record));
+  batch.Put(
+      prefixed(kIdPrefix, record.id),
+      rocksdb::Slice(reinterpret_cast<const char*>(record.digest.data()), record.digest.size()));
+  if (rotated) Impl::stage_replaced_digest(&batch, old_digest);
+  return impl_->write(&batch);
+}
+
+Status KeyStore::put_keys_batch(std::span<const KeyRecord> records, size_t* conflict_index) {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  std::lock_guard lock(impl_->write_mutex);
+
+  std::unordered_set<std::string> digests;
+  std::unordered_set<std::string_view> ids;
+  digests.reserve(records.size());
+  ids.reserve(records.size());
+  rocksdb::WriteBatch batch;
+  for (size_t i = 0; i < records.size(); ++i) {
+    const KeyRecord& record = records[i];
+    auto fail = [&](Status s) {
+      if (conflict_index != nullptr) *conflict_index = i;
+      return s;
+    };
+    if (record.id.empty()) return fail(Status::invalid_argument("key id is empty"));
+    std::string digest_key_bytes = digest_entry(record.digest);
+    if (!ids.insert(record.id).second) return fail(Status::conflict("key id repeats in batch"));
+    if (digests.count(digest_key_bytes) != 0) {
+      return fail(Status::conflict("key digest repeats in batch"));
+    }
+    std::string ignored;
+    Status s = impl_->get(prefixed(kIdPrefix, record.id), &ignored);
+    if (s.is_ok()) return fail(Status::conflict("key id already exists"));
+    if (!s.is_not_found()) return fail(s);
+    s = impl_->get(digest_key_bytes, &ignored);
+    if (s.is_ok()) return fail(Status::conflict("key digest already in use"));
+    if (!s.is_not_found()) return fail(s);
+
+    batch.Put(digest_key_bytes, encode_key_record(record));
+    batch.Put(
+        prefixed(kIdPrefix, record.id),
+        rocksdb::Slice(reinterpret_cast<const char*>(record.digest.data()), record.digest.size()));
+    digests.insert(std::move(digest_key_bytes));
+  }
+  if (records.empty()) return Status::ok();
+  return impl_->write(&batch);
+}
+
+Status KeyStore::delete_key_by_id(std::string_view id, KeyRecord* deleted) {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  std::lock_guard lock(impl_->write_mutex);
+
+  KeyDigest digest{};
+  const Status index = impl_->get_index(id, &digest);
+  if (!index.is_ok()) return index;
+  KeyRecord record;
+  const Status s = impl_->get_digest(digest, &record);
+  if (!s.is_ok() && !s.is_not_found() && !s.is_io_error()) return s;
+  if (!s.is_ok()) {
+    // Deleting is how an operator gets rid of a record that no longer decodes: go ahead, and
+    // report what is known for sure.
+    record = KeyRecord();
+    record.id = std::string(id);
+    record.digest = digest;
+  }
+
+  rocksdb::WriteBatch batch;
+  batch.Delete(digest_entry(digest));
+  batch.Delete(prefixed(kIdPrefix, id));
+  const Status w = impl_->write(&batch);
+  if (w.is_ok() && deleted != nullptr) *deleted = std::move(record);
+  return w;
+}
+
+Status KeyStore::get_key_by_digest(const KeyDigest& digest, KeyRecord* out) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  return impl_->get_digest(digest, out);
+}
+
+Status KeyStore::get_key_by_id(std::string_view id, KeyRecord* out) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  const rocksdb::Snapshot* snapshot = impl_->db->GetSnapshot();
+  KeyDigest digest{};
+  Status s = impl_->get_index(id, &digest, snapshot);
+  if (s.is_ok()) {
+    s = impl_->get_digest(digest, out, snapshot);
+    if (s.is_not_found()) s = Status::io_error("id index points to a missing key record");
+  }
+  impl_->db->ReleaseSnapshot(snapshot);
+  return s;
+}
+
+Status KeyStore::has_keys(bool* out) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  PrefixScan it(impl_->db.get(), kKeyPrefix);
+  it.seek_to_first();
+  const bool any = it->Valid();
+  if (!it->status().ok()) return Status::io_error("key store scan failed");
+  *out = any;
+  return Status::ok();
+}
+
+Status KeyStore::for_each_key(const std::function<bool(KeyRecord&)>& fn) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  PrefixScan it(impl_->db.get(), kKeyPrefix);
+  for (it.seek_to_first(); it->Valid(); it->Next()) {
+    KeyDigest digest{};
+    KeyRecord record;
+    const rocksdb::Slice key = it->key();
+    if (!digest_from(std::string_view(key.data() + 1, key.size() - 1), &digest) ||
+        !decode_key_record(it->value().ToStringView(), &record) ||
+        !digests_equal(record.digest, digest)) {
+      return Status::io_error("corrupted key record in the store");
+    }
+    if (!fn(record)) return Status::ok();
+  }
+  if (!it->status().ok()) return Status::io_error("key store scan failed");
+  return Status::ok();
+}
+
+Status KeyStore::list_keys(std::string_view after_id, size_t limit,
+                           std::vector<KeyRecord>* out) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  // One snapshot for the index scan and the record reads, so they agree.
+  const rocksdb::Snapshot* snapshot = impl_->db->GetSnapshot();
+  Status result = Status::ok();
+  {
+    PrefixScan it(impl_->db.get(), kIdPrefix, snapshot);
+    const std::string start = prefixed(kIdPrefix, after_id);
+    size_t listed = 0;
+    for (it->Seek(start); it->Valid() && listed < limit; it->Next()) {
+      if (!after_id.empty() && it->key().ToStringView() == start) continue;
+      KeyDigest digest{};
+      if (!digest_from(it->value().ToStringView(), &digest)) {
+        result = Status::io_error("corrupted id index entry");
+        break;
+      }
+      KeyRecord record;
+      result = impl_->get_digest(digest, &record, snapshot);
+      if (result.is_not_found()) {
+        result = Status::io_error("id index points to a missing key record");
+      }
+      if (!result.is_ok()) break;
+      out->push_back(std::move(record));
+      ++listed;
+    }
+    if (result.is_ok() && !it->status().ok()) result = Status::io_error("key store scan failed");
+  }
+  impl_->db->ReleaseSnapshot(snapshot);
+  return result;
+}
+
+Status KeyStore::put_user(const User& user) {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  if (user.name.empty()) return Status::invalid_argument("user name is empty");
+  std::lock_guard lock(impl_->write_mutex);
+  rocksdb::WriteBatch batch;
+  batch.Put(prefixed(kUserPrefix, user.name), encode_user(user));
+  return impl_->write(&batch);
+}
+
+Status KeyStore::delete_user(std::string_view name) {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  std::lock_guard lock(impl_->write_mutex);
+  std::string value;
+  const Status s = impl_->get(prefixed(kUserPrefix, name), &value);
+  if (s.is_not_found()) return Status::not_found("no such user");
+  if (!s.is_ok()) return s;
+  rocksdb::WriteBatch batch;
+  batch.Delete(prefixed(kUserPrefix, name));
+  return impl_->write(&batch);
+}
+
+Status KeyStore::get_user(std::string_view name, User* out) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  std::string value;
+  const Status s = impl_->get(prefixed(kUserPrefix, name), &value);
+  if (s.is_not_found()) return Status::not_found("no such user");
+  if (!s.is_ok()) return s;
+  User user;
+  if (!decode_user(value, &user) || user.name != name) {
+    return Status::io_error("corrupted user record in the store");
+  }
+  *out = std::move(user);
+  return Status::ok();
+}
+
+Status KeyStore::for_each_user(const std::function<bool(User&)>& fn) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  PrefixScan it(impl_->db.get(), kUserPrefix);
+  for (it.seek_to_first(); it->Valid(); it->Next()) {
+    User user;
+    const std::string_view key = it->key().ToStringView();
+    if (!decode_user(it->value().ToStringView(), &user) || user.name != key.substr(1)) {
+      return Status::io_error("corrupted user record in the store");
+    }
+    if (!fn(user)) return Status::ok();
+  }
+  if (!it->status().ok()) return Status::io_error("key store scan failed");
+  return Status::ok();
+}
+
+Status KeyStore::flush() {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions());
+  return s.ok() ? Status::ok() : Status::io_error("key store flush failed");
+}
+
+Status KeyStore::write_raw_for_testing(std::string_view key, std::string_view value) {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  std::lock_guard lock(impl_->write_mutex);
+  rocksdb::WriteBatch batch;
+  batch.Put(slice(key), slice(value));
+  return impl_->write(&batch);
+}
+
+}  // namespace keygate::storage

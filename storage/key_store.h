@@ -1,0 +1,141 @@
+// KeyStore: API keys and users persisted in RocksDB, plus the Status every storage call returns.
+//
+// Thread-safe. Reads may run concurrently on any thread; writes are serialized by an internal
+// mutex (they read-check-write the id index) and are synced to disk before they return. Every
+// call blocks on the filesystem: never call it on a worker's event loop (workers read keys
+// through KeyCache; KeyService runs store reads on its fetch threads).
+//
+// On-disk layout (schema 1; part of the file format, change it only with a version bump):
+//   "k" + 32-byte digest  -> encode_key_record(record)   the key by its SHA-256 digest
+//   "i" + id              -> 32-byte digest              the id index (ids sort = list order)
+//   "u" + name            -> encode_user(user)
+//   "m" + "schema"        -> "1"
+// The key plaintext is never written: records carry the digest and a short hint only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/api_key.h"
+#include "core/permissions.h"
+
+namespace keygate::storage {
+
+// The outcome of a storage call: a code and a static message (never allocates). Ignoring one
+// is explicit and searchable: `status.ignore()`.
+class [[nodiscard]] Status {
+ public:
+  enum class Code : uint8_t {
+    kOk,
+    kNotFound,         // no such key / user (the message says which)
+    kConflict,         // the digest or id is already taken
+    kInvalidArgument,  // the caller passed something the call cannot accept
+    kIoError,          // the disk failed or returned bytes that do not decode
+    kUnavailable,      // the store is not open
+  };
+
+  constexpr Status() = default;
+  static constexpr Status ok() { return Status(); }
+  static constexpr Status not_found(const char* message) { return {Code::kNotFound, message}; }
+  static constexpr Status conflict(const char* message) { return {Code::kConflict, message}; }
+  static constexpr Status invalid_argument(const char* message) {
+    return {Code::kInvalidArgument, message};
+  }
+  static constexpr Status io_error(const char* message) { return {Code::kIoError, message}; }
+  static constexpr Status unavailable(const char* message) { return {Code::kUnavailable, message}; }
+
+  bool is_ok() const noexcept { return code_ == Code::kOk; }
+  bool is_not_found() const noexcept { return code_ == Code::kNotFound; }
+  bool is_conflict() const noexcept { return code_ == Code::kConflict; }
+  bool is_io_error() const noexcept { return code_ == Code::kIoError; }
+  Code code() const noexcept { return code_; }
+  // A static, human-readable string ("" when ok).
+  const char* message() const noexcept { return message_; }
+  void ignore() const noexcept {}
+
+ private:
+  constexpr Status(Code code, const char* message) : code_(code), message_(message) {}
+
+  Code code_ = Code::kOk;
+  const char* message_ = "";
+};
+
+class KeyStore {
+ public:
+  // How put_key treats an existing record with the same id.
+  enum class PutMode : uint8_t {
+    kCreate,  // conflict if the id or the digest exists
+    kUpdate,  // not_found if the id does not exist
+    kUpsert,  // either
+  };
+
+  KeyStore();
+  ~KeyStore();  // closes the database (blocks until background work stops)
+  KeyStore(const KeyStore&) = delete;
+  KeyStore& operator=(const KeyStore&) = delete;
+
+  // Opens (creating if missing) the database in directory `path`, whose parent must exist.
+  // Fails with one line in `error`, naming the cause when it is known: corrupted files, locked
+  // by another process, permission denied, unsupported schema version. Blocks; start-up only.
+  bool open(const std::string& path, std::string* error);
+  bool is_open() const noexcept;
+
+  // Writes `record` (new or updated) and its id index in one synced batch. When the id already
+  // maps to another digest (rotation), the old digest's entry is removed in the same batch.
+  // Conflict when the digest belongs to a different id, or per `mode`; io_error when the write
+  // fails. Blocks.
+  Status put_key(const KeyRecord& record, PutMode mode = PutMode::kUpsert);
+  // Creates every record in one synced batch: all or nothing. Conflict when any digest or id
+  // exists or repeats within `records`; then `*conflict_index` (when not null) is the index of
+  // the first offending record and nothing is written. Blocks.
+  Status put_keys_batch(std::span<const KeyRecord> records, size_t* conflict_index = nullptr);
+  // Removes the key with `id` and its index entry in one synced batch; not_found when there is
+  // none. On success `*deleted` (when not null) holds the removed record, or only its id and
+  // digest when the record did not decode (deleting is how such a record is got rid of).
+  // Blocks.
+  Status delete_key_by_id(std::string_view id, KeyRecord* deleted = nullptr);
+
+  // Point reads: ok and `*out` set, not_found, or io_error (including a value that does not
+  // decode). Block.
+  Status get_key_by_digest(const KeyDigest& digest, KeyRecord* out) const;
+  Status get_key_by_id(std::string_view id, KeyRecord* out) const;
+  // `*out` = whether any key exists. Blocks.
+  Status has_keys(bool* out) const;
+
+  // Calls `fn` for every key in digest order over one consistent snapshot; `fn` returns false
+  // to stop early. io_error (and the scan stops) on a record that does not decode. Blocks for
+  // the whole scan.
+  Status for_each_key(const std::function<bool(KeyRecord&)>& fn) const;
+  // Appends to `*out` up to `limit` keys in id order, starting after `after_id` ("" = from the
+  // first), read from one snapshot. Blocks.
+  Status list_keys(std::string_view after_id, size_t limit, std::vector<KeyRecord>* out) const;
+
+  // Writes (creates or replaces) a user, synced. Blocks.
+  Status put_user(const User& user);
+  // Removes a user, synced; not_found when there is none. Keys naming the user are left as
+  // they are (authorization then denies them). Blocks.
+  Status delete_user(std::string_view name);
+  Status get_user(std::string_view name, User* out) const;
+  // Calls `fn` for every user in name order (snapshot); false from `fn` stops. Blocks.
+  Status for_each_user(const std::function<bool(User&)>& fn) const;
+
+  // Flushes the memtable into SST files. Blocks. For tests and backups; writes are already
+  // durable through the synced WAL.
+  Status flush();
+
+  // Writes raw bytes under a raw key, bypassing every check. Tests only: it lets them plant a
+  // value that does not decode, as a disk fault would.
+  Status write_raw_for_testing(std::string_view key, std::string_view value);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace keygate::storage
