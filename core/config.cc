@@ -154,7 +154,7 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
     return false;
   }
   const toml::table& root = parsed.table();
-  if (!check_known_keys(root, {"server", "limits", "keys", "cache", "apis"}, source, "", error)) {
+  if (!check_known_keys(root, {"server", "limits", "admin", "keys", "cache", "apis"}, source, "", error)) {
     return false;
   }
 
@@ -210,6 +210,18 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                    &l.linger_timeout_ms, error) ||
         !read_uint(*limits, "drain_timeout_ms", source, "limits", 0, kU32Max,
                    &l.drain_timeout_ms, error)) {
+      return false;
+    }
+  }
+  if (const toml::node* node = root.get("admin")) {
+    const toml::table* admin = node->as_table();
+    if (admin == nullptr) {
+      *error = where(node->source(), source) + ": admin: expected a table";
+      return false;
+    }
+    if (!check_known_keys(*admin, {"body_bytes_max"}, source, "admin", error) ||
+        !read_uint(*admin, "body_bytes_max", source, "admin", 1024, uint64_t{1} << 30,
+                   &config.admin_body_bytes_max, error)) {
       return false;
     }
   }

@@ -36,6 +36,8 @@ struct Config {
   unsigned workers = 0;  // 0: one per online CPU
   Limits limits;
 
+  // [admin]
+  uint64_t admin_body_bytes_max = 64 * 1024 * 1024;  // admin port request bodies (bulk import)
   // [keys]
   uint64_t body_inspect_bytes_max = 1024 * 1024;  // form/JSON bodies searched for a key (413 above)
   // [cache]

@@ -33,7 +33,8 @@ const llhttp_settings_t HttpParser::kSettings = [] {
   return s;
 }();
 
-HttpParser::HttpParser(const Limits& limits) : limits_(limits) {
+HttpParser::HttpParser(const Limits& limits)
+    : limits_(limits), body_bytes_max_(limits.body_bytes_max) {
   llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
   parser_.data = this;
   // Reserve up front so the header vectors never reallocate on the request path.
@@ -211,7 +212,7 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   }
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   const bool chunked = (p->flags & F_CHUNKED) != 0;
-  if (has_length && p->content_length > h->limits_.body_bytes_max) {
+  if (has_length && p->content_length > h->body_bytes_max_) {
     return h->fail(413, "body_too_large", "request body too large");
   }
   h->body_.off = h->recorded_end_;
@@ -226,7 +227,7 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
 
 int HttpParser::on_body(llhttp_t* p, const char* at, size_t len) {
   HttpParser* h = self(p);
-  if (h->body_.len + len > h->limits_.body_bytes_max) {
+  if (h->body_.len + len > h->body_bytes_max_) {
     return h->fail(413, "body_too_large", "request body too large");
   }
   const auto off = static_cast<uint32_t>(at - h->base_);
@@ -290,7 +291,8 @@ void HttpParser::begin_next_request() {
   request_ = HttpRequest{};
 }
 
-void HttpParser::reset() {
+void HttpParser::reset(uint64_t body_bytes_max) {
+  body_bytes_max_ = body_bytes_max;
   begin_next_request();
   llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
   parser_.data = this;

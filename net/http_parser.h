@@ -48,8 +48,11 @@ class HttpParser {
   explicit HttpParser(const Limits& limits);
   explicit HttpParser(Limits&&) = delete;
   HttpParser(const HttpParser&) = delete;
-  // Makes the parser ready for a new connection (keeps buffer capacity).
-  void reset();
+  // Makes the parser ready for a new connection (keeps buffer capacity). `body_bytes_max`
+  // replaces limits.body_bytes_max for that connection (listeners differ: the admin port takes
+  // bulk imports).
+  void reset(uint64_t body_bytes_max);
+  void reset() { reset(limits_.body_bytes_max); }
   HttpParser& operator=(const HttpParser&) = delete;
 
   // Parses from `input` (writable: chunked bodies are de-chunked in place). Stops after one
@@ -109,6 +112,7 @@ class HttpParser {
   static const llhttp_settings_t kSettings;
 
   const Limits& limits_;
+  uint64_t body_bytes_max_;
   llhttp_t parser_;
 
   // Where offsets point: the start of the request in the caller's buffer (direct mode) or

@@ -128,8 +128,10 @@ bool Server::start(std::string* error) {
   auto running = std::make_unique<Running>();
   for (unsigned i = 0; i < n; ++i) {
     std::vector<WorkerListener> listeners;
-    listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i)});
-    listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i)});
+    listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i),
+                                       options_.limits.body_bytes_max});
+    listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i),
+                                       options_.admin_body_bytes_max});
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
     LoopObserver* observer = i < options_.loop_observers.size() ? options_.loop_observers[i] : nullptr;
     running->workers.push_back(

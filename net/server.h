@@ -21,6 +21,7 @@ struct ServerOptions {
   ListenAddress admin_listen;
   unsigned workers = 1;  // resolved count, >= 1
   Limits limits;
+  uint64_t admin_body_bytes_max = 64 * 1024 * 1024;  // the admin port's body limit (imports)
   HandlerFactory* data_handlers = nullptr;   // one handler per worker for the data port
   HandlerFactory* admin_handlers = nullptr;  // one handler per worker for the admin port
   // Empty, or one per worker (index = worker index); each must outlive the server.

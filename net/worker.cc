@@ -481,6 +481,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       Connection* c = conns[slot].get();
       c->fd = res;
       c->listener = li;
+      c->parser.reset(listeners[li].body_bytes_max);
       c->closed = false;
       ++live;
       stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
@@ -720,7 +721,6 @@ void Worker::Impl::release(Connection* c) {
   ::close(c->fd);
   c->fd = -1;
   ++c->gen;
-  c->parser.reset();
   for (std::string& b : c->out) {
     b.clear();
     if (b.capacity() > kOutputKeepCapacity) b.shrink_to_fit();

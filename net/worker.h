@@ -32,6 +32,7 @@ struct WorkerStats {
 struct WorkerListener {
   int fd = -1;                        // listening socket; the worker closes it
   std::unique_ptr<Handler> handler;   // this worker's handler for the listener
+  uint64_t body_bytes_max = 0;        // request body limit on this listener (413 above)
 };
 
 class Worker {

@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
   options.admin_listen = config.admin_listen;
   options.workers = workers;
   options.limits = config.limits;
+  options.admin_body_bytes_max = config.admin_body_bytes_max;
   options.data_handlers = &data_handlers;
   options.admin_handlers = &admin_handlers;
   for (unsigned i = 0; i < workers; ++i) options.loop_observers.push_back(keys.loop_observer(i));
