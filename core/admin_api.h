@@ -1,0 +1,117 @@
+// Admin API: what every /admin route does, as pure logic over an AdminStore.
+//
+// No I/O and no threads here: execute_admin() parses and validates the request's JSON body
+// (simdjson, error codes), calls the store, and renders the JSON response. The admin handler
+// (admin_handler.h) authenticates on the worker and hands the request to an executor thread
+// (storage/admin_executor.h), which calls execute_admin() there, so neither JSON work on large
+// bodies nor the blocking, synced store calls ever run on a worker's event loop.
+//
+// Routes (all JSON; records never contain the plaintext or the digest; times are RFC 3339 UTC):
+//   POST   /admin/keys                 201 record + "key" (plaintext, shown this once)
+//   GET    /admin/keys                 200 {"keys":[record...],"next_cursor":str|null}
+//                                       ?limit=1..1000 (default 100) &cursor= &api= &user=
+//   GET    /admin/keys/{id}            200 record
+//   PATCH  /admin/keys/{id}            200 record
+//   DELETE /admin/keys/{id}            204
+//   POST   /admin/keys/{id}/rotate     201 record + "key"; body optional {"grace_seconds":N}
+//   POST   /admin/keys/import          200 {"imported":N,"ids":[...]} (all or nothing)
+//   POST   /admin/users                201 user
+//   GET    /admin/users                200 {"users":[user...]}
+//   GET    /admin/users/{name}         200 user        ({name} percent-decoded)
+//   PATCH  /admin/users/{name}         200 user
+//   DELETE /admin/users/{name}         204
+//   GET    /admin/apis                 200 {"apis":[{"name","routes"}...]}
+// Errors: {"error":code,"field":name|null,"message":text} with 400 (invalid_json,
+// unknown_field, invalid_type, invalid_value, missing_field, unknown_api, unknown_user),
+// 404 not_found, 405 method_not_allowed (+ Allow), 409 conflict, 413 body_too_large,
+// 503 store_unavailable.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/api_key.h"
+#include "core/permissions.h"
+
+namespace keygate {
+
+// The outcome of a store call, as the admin API needs it (storage maps its own Status here).
+enum class AdminStoreCode : uint8_t { kOk, kNotFound, kConflict, kIoError };
+struct AdminStoreResult {
+  AdminStoreCode code = AdminStoreCode::kOk;
+  const char* message = "";  // static text
+  size_t failed_index = 0;   // import: the first offending record
+  bool ok() const noexcept { return code == AdminStoreCode::kOk; }
+};
+
+// What execute_admin() needs from storage. Implemented by storage (over KeyService) and by test
+// doubles. Calls block; they run on the admin executor thread. Every mutation is synced and
+// visible to every worker before it returns.
+class AdminStore {
+ public:
+  virtual ~AdminStore() = default;
+  // Keys in id order after `after_id` (exclusive), at most `limit`.
+  virtual AdminStoreResult list_keys(std::string_view after_id, size_t limit,
+                                     std::vector<KeyRecord>* out) = 0;
+  virtual AdminStoreResult get_key(std::string_view id, KeyRecord* out) = 0;
+  // conflict: digest or id taken; not_found: record.user names no user.
+  virtual AdminStoreResult create_key(const KeyRecord& record) = 0;
+  // Replaces the record with the same id (not_found when none). When `previous` is set, the
+  // record's digest changed (rotation) and the old digest keeps working until
+  // previous->valid_until (Unix seconds); otherwise an old digest stops working at once.
+  struct PreviousDigest {
+    KeyDigest digest{};
+    int64_t valid_until = 0;
+  };
+  virtual AdminStoreResult update_key(const KeyRecord& record,
+                                      const std::optional<PreviousDigest>& previous) = 0;
+  virtual AdminStoreResult delete_key(std::string_view id) = 0;
+  virtual AdminStoreResult import_keys(std::vector<KeyRecord> records) = 0;
+  virtual AdminStoreResult list_users(std::vector<User>* out) = 0;
+  virtual AdminStoreResult get_user(std::string_view name, User* out) = 0;
+  virtual AdminStoreResult put_user(const User& user) = 0;
+  virtual AdminStoreResult delete_user(std::string_view name) = 0;
+};
+
+struct AdminRequest {
+  std::string_view method;
+  std::string_view path;   // starts with /admin
+  std::string_view query;  // without '?'
+  std::string_view body;
+  size_t body_readable_padding = 0;  // see HttpRequest
+};
+
+struct AdminResponse {
+  int status = 200;
+  std::string body;          // JSON (empty for 204)
+  std::string_view allow;    // for 405: the Allow header value
+};
+
+struct AdminContext {
+  const ApiRegistry* apis = nullptr;
+  int64_t now = 0;  // Unix seconds
+  // Random bytes for generated key values and ids (getrandom in production).
+  std::function<bool(std::span<uint8_t>)> random;
+  size_t small_body_bytes_max = 64 * 1024;  // every route but import
+  size_t import_keys_max = 100000;
+};
+
+// Runs one admin request. Never throws (allocation failure aside); any input gets a response.
+AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
+                            const AdminContext& ctx);
+
+// True when `method` `path` names an admin route (with any method): used to answer 404 for
+// unknown paths before authentication work is queued. Does not allocate.
+bool is_admin_route(std::string_view path) noexcept;
+
+// Formats Unix seconds as RFC 3339 UTC ("2026-11-26T10:00:00Z"); parses the same (also with
+// fractional seconds and numeric offsets). Parse returns false on malformed input.
+std::string format_rfc3339(int64_t unix_seconds);
+bool parse_rfc3339(std::string_view text, int64_t* unix_seconds) noexcept;
+
+}  // namespace keygate
