@@ -35,7 +35,7 @@ for arg in "$@"; do
   case "$arg" in
     --smoke) smoke=1 ;;
     -h | --help)
-      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -108,6 +108,8 @@ done
 
 CLK_TCK="$(getconf CLK_TCK)"
 readonly CLK_TCK
+load_at_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+readonly load_at_start
 
 # --- cleanup ------------------------------------------------------------------------------------
 
@@ -280,7 +282,8 @@ run_wrk() {  # server client_cpu duration_s label
   result="$(grep '^E2E_RESULT ' "$out")" || die "no result line in $out"
   # The values of "E2E_RESULT requests=N duration_us=N p99_us=N errors=N non2xx=N", in order.
   read -r requests duration_us p99_us errors non2xx < <(
-    awk '{ for (i = 2; i <= NF; ++i) { sub(/^[a-z0-9_]+=/, "", $i); printf "%s ", $i }; print "" }' \
+    awk '{ for (i = 2; i <= NF; ++i) { sub(/^[a-z0-9_]+=/, "", $i); printf "%s ", $i }
+           print "" }' \
       <<<"$result")
   ((requests > 0)) || die "wrk completed no requests against $server: see $out"
   if ((errors > 0 || non2xx > 0)); then
@@ -326,6 +329,8 @@ echo "- wrk: \`taskset -c CPU wrk -t1 -c$WRK_CONNECTIONS -d${DURATION}s --latenc
   "($wrk_version), ROUNDS=$ROUNDS per layout, servers interleaved, after a 1 s warm-up each"
 echo "- host: $(uname -sr), $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)," \
   "$(nproc) CPUs usable, CLK_TCK $CLK_TCK"
+echo "- load average (1/5/15 min) at start: $load_at_start," \
+  "at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on these CPUs skews every figure)"
 echo "- ratio = keygate / nginx: above 1 is better for req/s, below 1 is better for p99 and CPU"
 
 for layout in "${layouts[@]}"; do

@@ -7,8 +7,9 @@
 //
 // The parser is reused the way a keep-alive connection reuses it: a parse() that follows a
 // complete request starts the next one, so the loop needs no reset() and, once warm, allocates
-// nothing. Single-threaded; run with --benchmark_repetitions=N to get medians (the ratio table
-// then uses the medians).
+// nothing. Single-threaded. On a shared machine run
+//   http_parser_bench --benchmark_repetitions=7 --benchmark_enable_random_interleaving=true
+// and read the medians; the ratio table then uses the medians too.
 #include <benchmark/benchmark.h>
 #include <llhttp.h>
 
@@ -270,9 +271,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
       if (run.error_occurred) continue;
       const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
       if (run.run_type == Run::RT_Aggregate && !median) continue;
-      const std::string name = run.run_name.str();
-      if (!cpu_ns_.contains(name)) order_.push_back(name);
-      Sample& s = cpu_ns_[name];
+      Sample& s = cpu_ns_[run.run_name.str()];
       if (median || !s.from_median) {
         s = Sample{run.GetAdjustedCPUTime() * to_ns(run.time_unit), median};
       }
@@ -283,9 +282,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
     ConsoleReporter::Finalize();
     std::ostream& out = GetOutputStream();
     bool header = false;
-    for (const std::string& name : order_) {
+    for (const auto& [name, wrapper] : cpu_ns_) {  // by name: stable under random interleaving
       if (!name.starts_with(kWrapperPrefix)) continue;
-      const Sample& wrapper = cpu_ns_[name];
       const std::string shape = name.substr(kWrapperPrefix.size());
       const auto base = cpu_ns_.find(std::string(kBaselinePrefix) + shape);
       if (base == cpu_ns_.end() || base->second.ns <= 0) continue;
@@ -325,7 +323,6 @@ class RatioReporter : public benchmark::ConsoleReporter {
   }
 
   std::map<std::string, Sample> cpu_ns_;
-  std::vector<std::string> order_;  // first-seen order, which is registration order
 };
 
 }  // namespace
