@@ -10,6 +10,8 @@
 //   POST   /admin/keys                 201 record + "key" (plaintext, shown this once)
 //   GET    /admin/keys                 200 {"keys":[record...],"next_cursor":str|null}
 //                                       ?limit=1..1000 (default 100) &cursor= &api= &user=
+//                                       (filtered pages may be short, even empty: page on
+//                                       until next_cursor is null)
 //   GET    /admin/keys/{id}            200 record
 //   PATCH  /admin/keys/{id}            200 record
 //   DELETE /admin/keys/{id}            204
@@ -24,7 +26,7 @@
 // Errors: {"error":code,"field":name|null,"message":text} with 400 (invalid_json,
 // unknown_field, invalid_type, invalid_value, missing_field, unknown_api, unknown_user),
 // 404 not_found, 405 method_not_allowed (+ Allow), 409 conflict, 413 body_too_large,
-// 503 store_unavailable.
+// 503 store_unavailable; 500 internal_error only when ctx.random fails.
 #pragma once
 
 #include <cstdint>

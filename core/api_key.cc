@@ -70,16 +70,19 @@ std::array<char, kChecksumDigits> checksum_digits(std::string_view checksummed) 
 // str = varint length + bytes):
 //   u8 version | str id | 32 bytes digest | str hint | str description |
 //   varint apis count | str api... | u8 flags | [str user] | svarint created_at |
-//   svarint updated_at | [svarint expires_at]
-// Nothing may follow. Optional fields are present exactly when their flag bit is set.
+//   svarint updated_at | [svarint expires_at] | [32 bytes previous digest |
+//   svarint previous_valid_until]
+// Nothing may follow. Optional fields are present exactly when their flag bit is set; the
+// previous-digest bit came later, so records written before it decode unchanged.
 constexpr uint8_t kRecordVersion = 1;
 constexpr uint8_t kFlagHasUser = 1u << 0;
 constexpr uint8_t kFlagLogRequest = 1u << 1;
 constexpr uint8_t kFlagLogResponse = 1u << 2;
 constexpr uint8_t kFlagEnabled = 1u << 3;
 constexpr uint8_t kFlagHasExpiry = 1u << 4;
-constexpr uint8_t kFlagsKnown =
-    kFlagHasUser | kFlagLogRequest | kFlagLogResponse | kFlagEnabled | kFlagHasExpiry;
+constexpr uint8_t kFlagHasPrevious = 1u << 5;
+constexpr uint8_t kFlagsKnown = kFlagHasUser | kFlagLogRequest | kFlagLogResponse | kFlagEnabled |
+                                kFlagHasExpiry | kFlagHasPrevious;
 
 
 }  // namespace
@@ -175,11 +178,17 @@ std::string encode_key_record(const KeyRecord& record) {
   if (record.log_response) flags |= kFlagLogResponse;
   if (record.enabled) flags |= kFlagEnabled;
   if (record.expires_at) flags |= kFlagHasExpiry;
+  if (record.previous_digest) flags |= kFlagHasPrevious;
   w.byte(flags);
   if (record.user) w.str(*record.user);
   w.svarint(record.created_at);
   w.svarint(record.updated_at);
   if (record.expires_at) w.svarint(*record.expires_at);
+  if (record.previous_digest) {
+    out.append(reinterpret_cast<const char*>(record.previous_digest->data()),
+               record.previous_digest->size());
+    w.svarint(record.previous_valid_until);
+  }
   return out;
 }
 
@@ -211,6 +220,12 @@ bool decode_key_record(std::string_view bytes, KeyRecord* out) {
   if (flags & kFlagHasExpiry) {
     record.expires_at.emplace();
     if (!r.svarint(&*record.expires_at)) return false;
+  }
+  if (flags & kFlagHasPrevious) {
+    record.previous_digest.emplace();
+    if (!r.bytes(*record.previous_digest) || !r.svarint(&record.previous_valid_until)) {
+      return false;
+    }
   }
   if (!r.at_end()) return false;
   *out = std::move(record);

@@ -80,6 +80,11 @@ struct KeyRecord {
   int64_t created_at = 0;  // Unix seconds
   int64_t updated_at = 0;
   std::optional<int64_t> expires_at;
+  // Rotation with a grace period: the digest the key had before its last rotation, accepted
+  // (by the same record) until previous_valid_until (Unix seconds, exclusive). The store also
+  // indexes the record under it. previous_valid_until means nothing without previous_digest.
+  std::optional<KeyDigest> previous_digest;
+  int64_t previous_valid_until = 0;
 
   // Exact, case-sensitive membership of `api` in `apis`.
   bool has_api(std::string_view api) const noexcept;

@@ -6,15 +6,23 @@ namespace keygate {
 
 AuthHandler::AuthHandler(const ApiRegistry& registry, KeyDirectory& directory,
                          size_t body_inspect_bytes_max)
-    : registry_(registry), directory_(directory), extractor_(body_inspect_bytes_max) {
+    : registry_(registry), authenticator_(directory, body_inspect_bytes_max) {
   body_.reserve(512);
 }
 
 void AuthHandler::unauthorized(ResponseWriter& response, std::string_view code,
                                std::string_view message) noexcept {
   response.start(401);
-  response.header("WWW-Authenticate", "ApiKey realm=\"keygate\"");
+  response.header("WWW-Authenticate", Authenticator::kChallenge);
   response.finish_error(code, message);
+}
+
+void AuthHandler::reject(ResponseWriter& response, const Authenticator::Rejection& r) noexcept {
+  if (r.challenge) {
+    unauthorized(response, r.code, r.message);
+  } else {
+    response.error(r.status, r.code, r.message);
+  }
 }
 
 Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& response,
@@ -29,36 +37,21 @@ Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& 
     response.error(404, "no_route", "no API serves this path");
     return Result::kDone;
   }
-  const ExtractResult extracted = extractor_.extract(request, request.body_readable_padding);
-  if (extracted.outcome != KeyOutcome::kFound) {
-    const KeyRejection r = key_rejection(extracted.outcome);
-    if (r.status == 401) {
-      unauthorized(response, r.code, r.message);
-    } else {
-      response.error(r.status, r.code, r.message);
-    }
-    return Result::kDone;
-  }
-  if (has_generated_shape(extracted.key) && !generated_checksum_ok(extracted.key)) {
-    unauthorized(response, "invalid_api_key", "the API key is not valid");
-    return Result::kDone;
-  }
-  const KeyDigest digest = digest_key(extracted.key);
-  const KeyRecord* key = nullptr;
-  switch (directory_.find_key(digest, &key)) {
-    case KeyDirectory::Lookup::kFound: {
-      const User* user = key->user ? directory_.find_user(*key->user) : nullptr;
-      respond(request, response, *api, *key, user, ctx.now_unix());
+  const int64_t now = ctx.now_unix();
+  KeyDigest digest{};
+  const Authenticator::Result r = authenticator_.resolve(request, now, &digest);
+  switch (r.outcome) {
+    case Authenticator::Outcome::kFound:
+      respond(request, response, *api, *r.key, r.user, now);
       return Result::kDone;
-    }
-    case KeyDirectory::Lookup::kUnknown:
-      unauthorized(response, "invalid_api_key", "the API key is not valid");
+    case Authenticator::Outcome::kRejected:
+      reject(response, r.rejection);
       return Result::kDone;
-    case KeyDirectory::Lookup::kNotCached: {
+    case Authenticator::Outcome::kFetch: {
       Pending* p = take_pending();
       p->api = api;
       ctx.state = p;
-      directory_.fetch(digest, &p->fetch, ctx.defer());
+      authenticator_.fetch(digest, &p->lookup, ctx);
       return Result::kPending;
     }
   }
@@ -70,13 +63,12 @@ Handler::Result AuthHandler::resume(const HttpRequest& request, ResponseWriter& 
                                     RequestContext& ctx) noexcept {
   auto* p = static_cast<Pending*>(ctx.state);
   ctx.state = nullptr;
-  if (p->fetch.failed) {
-    response.error(503, "store_unavailable", "the key store cannot answer right now");
-  } else if (!p->fetch.found) {
-    unauthorized(response, "invalid_api_key", "the API key is not valid");
+  const int64_t now = ctx.now_unix();
+  const Authenticator::Result r = authenticator_.finish_fetch(p->lookup, now);
+  if (r.outcome == Authenticator::Outcome::kFound) {
+    respond(request, response, *p->api, *r.key, r.user, now);
   } else {
-    respond(request, response, *p->api, p->fetch.record, p->fetch.has_user ? &p->fetch.user : nullptr,
-            ctx.now_unix());
+    reject(response, r.rejection);
   }
   give_back(p);
   return Result::kDone;
@@ -130,7 +122,7 @@ AuthHandler::Pending* AuthHandler::take_pending() {
 }
 
 void AuthHandler::give_back(Pending* p) noexcept {
-  p->fetch = KeyDirectory::FetchResult{};
+  p->lookup.reset();
   pending_pool_.emplace_back(p);
 }
 

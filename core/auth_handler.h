@@ -1,7 +1,8 @@
 // AuthHandler: the data plane in auth-check mode — resolve the key, authorize, answer.
 //
-// Worker-local: one per worker (AuthHandlerFactory), owning its KeyExtractor and scratch
-// buffers; the ApiRegistry (immutable) and the KeyDirectory (thread-safe) are shared.
+// Worker-local: one per worker (AuthHandlerFactory), owning its Authenticator (key resolution,
+// shared with the admin handler: authenticator.h) and scratch buffers; the ApiRegistry
+// (immutable) and the KeyDirectory (thread-safe) are shared.
 //
 // Order of checks for a request on the data port:
 //   GET/HEAD /healthz -> 200 "ok" (no key needed);
@@ -10,7 +11,8 @@
 //   key extraction fails -> 401 missing/invalid/ambiguous_api_key (with
 //     WWW-Authenticate: ApiKey realm="keygate"), 400 invalid_body or 413 body_too_large;
 //   a value of the generated shape with a bad checksum -> 401 invalid_api_key, no lookup;
-//   unknown digest, disabled or expired key -> 401 invalid_api_key;
+//   unknown digest, disabled or expired key, or an old value after its rotation's grace
+//     period -> 401 invalid_api_key;
 //   the key's apis lack the API -> 403 api_not_permitted; user grants -> 403 user_not_permitted;
 //   allowed -> 200 {"key_id","api","user"} with X-Keygate-Key-Id / -Api / -User headers.
 // Error bodies never say anything about the key. A key the cache does not hold (partial cache)
@@ -22,10 +24,10 @@
 #include <string>
 #include <vector>
 
+#include "core/authenticator.h"
 #include "core/builtin_handler.h"
 #include "core/handler.h"
 #include "core/key_directory.h"
-#include "core/key_extractor.h"
 #include "core/permissions.h"
 
 namespace keygate {
@@ -43,7 +45,7 @@ class AuthHandler final : public Handler {
 
  private:
   struct Pending {
-    KeyDirectory::FetchResult fetch;
+    Authenticator::PendingLookup lookup;
     const ApiConfig* api = nullptr;
   };
 
@@ -51,12 +53,12 @@ class AuthHandler final : public Handler {
                const KeyRecord& key, const User* user, int64_t now) noexcept;
   void unauthorized(ResponseWriter& response, std::string_view code,
                     std::string_view message) noexcept;
+  void reject(ResponseWriter& response, const Authenticator::Rejection& r) noexcept;
   Pending* take_pending();
   void give_back(Pending* p) noexcept;
 
   const ApiRegistry& registry_;
-  KeyDirectory& directory_;
-  KeyExtractor extractor_;
+  Authenticator authenticator_;
   BuiltinHandler builtin_;
   std::string body_;  // response body scratch, capacity reused
   std::vector<std::unique_ptr<Pending>> pending_pool_;

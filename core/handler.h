@@ -8,8 +8,11 @@
 // Asynchronous requests: a handler that must wait (a key lookup that misses the cache, an admin
 // write that must be synced) calls ctx.defer(), starts the work elsewhere, returns kPending, and
 // has the other thread call the returned ticket's post() when done. The worker then calls
-// resume() on its own thread with the same request views (kept valid meanwhile). Responses stay
-// in request order: the connection parses nothing further until the pending request completes.
+// resume() on its own thread. When handle() defers, the worker moves the request out of the
+// receive buffer, so the views handle() saw die with it; the views resume() sees stay valid
+// until the request completes (a resume() that defers again may hand them to another thread).
+// Responses stay in request order: the connection parses nothing further until the pending
+// request completes.
 #pragma once
 
 #include <cstdint>
@@ -59,7 +62,7 @@ class Handler {
 
   virtual ~Handler() = default;
   // Writes exactly one complete response into `response` (kDone), or defers (kPending). The
-  // request's views are valid during this call and, when deferred, until the request completes.
+  // request's views are valid during this call only (see above for resume()).
   virtual Result handle(const HttpRequest& request, ResponseWriter& response,
                         RequestContext& ctx) noexcept = 0;
   // Continues a deferred request after its ticket was posted. Same contract as handle().

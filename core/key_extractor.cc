@@ -1,13 +1,13 @@
 #include "core/key_extractor.h"
 
-// The error-code API only: the request path must not throw (see docs/STYLE.md, Errors).
+// The error-code API only: nothing on the request path may throw.
 #define SIMDJSON_EXCEPTIONS 0
 #include <simdjson.h>
 
 #include <cstring>
 #include <limits>
-#include <new>
 
+#include "core/api_key.h"
 #include "core/assert.h"
 
 namespace keygate {
@@ -16,6 +16,8 @@ namespace ondemand = simdjson::ondemand;
 
 static_assert(KeyExtractor::kJsonPaddingBytes == simdjson::SIMDJSON_PADDING,
               "kJsonPaddingBytes must match the simdjson the build links");
+// A longer value could never match a stored key, so it is rejected before any lookup.
+static_assert(kExtractedKeyBytesMax == kKeyValueBytesMax);
 
 namespace {
 
@@ -161,7 +163,6 @@ class KeyExtractor::Collector {
   }
 
   void mark_invalid() noexcept { invalid_ = true; }
-  bool has_key() const noexcept { return !key_.empty(); }
 
   ExtractResult result() const noexcept {
     if (invalid_) return {KeyOutcome::kInvalidKey, KeySource::kNone, {}};
@@ -222,15 +223,15 @@ ExtractResult KeyExtractor::extract(const HttpRequest& request, size_t readable_
     }
   }
   collector.offer_params(request.query, KeySource::kQuery);
-  const ExtractResult from_request_line = collector.result();
-  if (from_request_line.outcome != KeyOutcome::kMissing || request.body.empty()) {
-    return from_request_line;
+  const ExtractResult from_head = collector.result();
+  if (from_head.outcome != KeyOutcome::kMissing || request.body.empty()) {
+    return from_head;
   }
 
   const std::string_view type = media_type(request.header("Content-Type"));
   const bool form = equals_ignore_case(type, kFormMediaType);
   const bool json = !form && equals_ignore_case(type, kJsonMediaType);
-  if (!form && !json) return from_request_line;
+  if (!form && !json) return from_head;
   if (request.body.size() > body_inspect_bytes_max_) {
     return {KeyOutcome::kBodyTooLarge, KeySource::kNone, {}};
   }

@@ -109,7 +109,10 @@ struct Server::Running {
 
 Server::Server(ServerOptions options) : options_(std::move(options)) {}
 
-Server::~Server() { stop(); }
+Server::~Server() {
+  stop();
+  running_.reset();
+}
 
 bool Server::start(std::string* error) {
   std::vector<int> data_fds;
@@ -160,6 +163,7 @@ bool Server::start(std::string* error) {
   if (!first_error.empty()) {
     *error = first_error;
     stop();
+    running_.reset();
     return false;
   }
   ring_mode_ = running_->workers[0]->ring_mode();
@@ -169,8 +173,9 @@ bool Server::start(std::string* error) {
 void Server::stop() {
   if (!running_) return;
   for (auto& w : running_->workers) w->request_stop();
-  for (std::thread& t : running_->threads) t.join();
-  running_.reset();
+  for (std::thread& t : running_->threads) {
+    if (t.joinable()) t.join();
+  }
 }
 
 }  // namespace keygate::net

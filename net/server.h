@@ -42,7 +42,10 @@ class Server {
   uint16_t admin_port() const { return admin_port_; }
   const std::string& ring_mode() const { return ring_mode_; }
 
-  // Asks every worker to drain and waits until all have exited. Idempotent.
+  // Asks every worker to drain and waits until their threads have exited. Idempotent. The
+  // workers' memory stays until the Server is destroyed, so threads that still hold a
+  // ResumeTicket (key fetches, admin jobs) may post safely until they are stopped: destroy
+  // those before the Server.
   void stop();
 
  private:

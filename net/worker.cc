@@ -835,10 +835,10 @@ void Worker::Impl::begin_drain() {
 }
 
 void Worker::Impl::post(uint32_t slot, uint32_t gen) noexcept {
-  {
-    std::lock_guard<std::mutex> lock(posted_mu);
-    posted.emplace_back(slot, gen);
-  }
+  // The eventfd write stays under the lock: once a post is visible, the worker may drain it,
+  // finish and stop; the lock keeps that from overtaking this write.
+  std::lock_guard<std::mutex> lock(posted_mu);
+  posted.emplace_back(slot, gen);
   const uint64_t one = 1;
   const ssize_t n = ::write(wake_fd, &one, sizeof(one));
   KEYGATE_ASSERT(n == sizeof(one));

@@ -231,7 +231,10 @@ void KeyCache::apply_locked(Batch* batch, std::span<const KeyDigest> erased,
   const size_t shard_mask = options_.shards - 1;
   batch->work.resize(options_.shards);
   batch->extra.assign(options_.shards, 0);
-  for (const KeyRecord& record : *puts) ++batch->extra[hash_digest(record.digest) & shard_mask];
+  for (const KeyRecord& record : *puts) {
+    ++batch->extra[hash_digest(record.digest) & shard_mask];
+    if (record.previous_digest) ++batch->extra[hash_digest(*record.previous_digest) & shard_mask];
+  }
   auto working = [&](size_t shard) -> Table& {
     if (!batch->work[shard]) {
       batch->work[shard] =
@@ -254,23 +257,29 @@ void KeyCache::apply_locked(Batch* batch, std::span<const KeyDigest> erased,
     batch->garbage.push_back(table.erase_at(i, shard_bits_));
     size_.fetch_sub(1, std::memory_order_relaxed);
   }
-  for (KeyRecord& record : *puts) {
-    const uint64_t hash = hash_digest(record.digest);
+  auto put_entry = [&](const KeyDigest& digest, KeyRecord record) {
+    const uint64_t hash = hash_digest(digest);
     const size_t shard = hash & shard_mask;
     Table& table = working(shard);
-    size_t i = table.probe(record.digest, hash, shard_bits_);
+    size_t i = table.probe(digest, hash, shard_bits_);
     if (table.slots[i].record != nullptr) {
       batch->garbage.push_back(table.slots[i].record);
       table.slots[i].record = new KeyRecord(std::move(record));
-      continue;
+      return;
     }
     if (options_.max_keys != 0 && size_.load(std::memory_order_relaxed) >= options_.max_keys) {
       evict_one_locked(batch, shard);
-      i = table.probe(record.digest, hash, shard_bits_);  // the eviction may have shifted slots
+      i = table.probe(digest, hash, shard_bits_);  // the eviction may have shifted slots
     }
-    const KeyDigest digest = record.digest;
     table.insert_at(i, digest, new KeyRecord(std::move(record)));
     size_.fetch_add(1, std::memory_order_relaxed);
+  };
+  for (KeyRecord& record : *puts) {
+    // Each entry owns its copy, so erasing, replacing or evicting one never frees what the
+    // other still points to.
+    if (record.previous_digest) put_entry(*record.previous_digest, record);
+    const KeyDigest digest = record.digest;
+    put_entry(digest, std::move(record));
   }
 }
 

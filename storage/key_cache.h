@@ -9,11 +9,13 @@
 //
 // Layout: S shards (a power of two), shard = XXH3_64bits(digest) & (S-1). Each shard is an
 // immutable open-addressing table (linear probing, load <= 1/2) of digest -> const KeyRecord*,
-// compared with digests_equal (constant time). Users: one immutable sorted array of const
+// compared with digests_equal (constant time). A record in a rotation's grace period
+// (previous_digest set) has a second entry under its previous digest, holding its own copy of
+// the record; size() and max_keys count entries. Users: one immutable sorted array of const
 // User*, replaced whole on each change (users are few).
 //
-// Capacity: with max_keys > 0 the cache holds at most max_keys records. Inserting a new digest
-// when full evicts one record first: random replacement, from the inserted digest's shard (a
+// Capacity: with max_keys > 0 the cache holds at most max_keys entries. Inserting a new digest
+// when full evicts one entry first: random replacement, from the inserted digest's shard (a
 // uniformly random slot, then the next occupied one), or from the next non-empty shard when
 // that one is empty. An eviction makes the cache partial for good (complete() == false).
 #pragma once
@@ -50,7 +52,8 @@ class KeyCache {
   // --- Readers (online Qsbr reader). The pointers stay valid until the reader's next
   // quiescent point (Qsbr::online/offline, i.e. the worker's next before_wait()).
 
-  // The record with `digest`, or nullptr. Wait-free, no allocation.
+  // The record filed under `digest` (its digest or previous_digest), or nullptr. Wait-free, no
+  // allocation.
   const KeyRecord* find(const KeyDigest& digest) const noexcept;
   // The user called `name`, or nullptr. No allocation.
   const User* find_user(std::string_view name) const noexcept;
@@ -65,9 +68,10 @@ class KeyCache {
   // --- Writers (any thread that is not an online reader). All allocate; all but fill() block
   // for a grace period (Qsbr::reclaim) after publishing.
 
-  // Inserts or replaces the record with `record.digest`.
+  // Inserts or replaces the entries of `record.digest` (and of record.previous_digest, when
+  // set) with the record.
   void put(KeyRecord record);
-  // Removes the record with `digest`, if cached.
+  // Removes the entry of `digest`, if cached (a record's other entry stays).
   void erase(const KeyDigest& digest);
   // Removes `erased`, then inserts or replaces `puts`, copying each touched shard once and
   // waiting for one grace period: for start-up fill, bulk import and rotation (erase the old

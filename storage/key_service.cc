@@ -152,11 +152,16 @@ bool KeyService::open(const std::string& data_dir, const Options& options, std::
   negative_ = std::make_unique<NegativeCache>(options.negative_cache_entries);
 
   std::vector<KeyRecord> records;
-  size_t total = 0;
+  // Cache entries, not records: a key in a rotation's grace period takes two.
+  size_t entries = 0;
+  bool all_loaded = true;
   Status s = store_.for_each_key([&](KeyRecord& record) {
-    ++total;
-    if (options.max_keys == 0 || records.size() < options.max_keys) {
+    const size_t needed = record.previous_digest ? 2 : 1;
+    if (options.max_keys == 0 || entries + needed <= options.max_keys) {
+      entries += needed;
       records.push_back(std::move(record));
+    } else {
+      all_loaded = false;
     }
     return true;
   });
@@ -165,7 +170,7 @@ bool KeyService::open(const std::string& data_dir, const Options& options, std::
     return false;
   }
   cache_->apply({}, std::move(records));
-  cache_->set_complete(options.max_keys == 0 || total <= options.max_keys);
+  cache_->set_complete(all_loaded);
 
   std::vector<User> users;
   s = store_.for_each_user([&](User& user) {
@@ -296,21 +301,39 @@ Status KeyService::create_key(const KeyRecord& record) {
   return Status::ok();
 }
 
-Status KeyService::update_key(const KeyRecord& record) {
+Status KeyService::update_key(const KeyRecord& record,
+                              const std::optional<PreviousDigest>& previous) {
   std::lock_guard lock(mutation_mutex_);
   KeyRecord old;
   Status s = store_.get_key_by_id(record.id, &old);
   if (!s.is_ok()) return s;
   s = check_user_exists(record.user);
   if (!s.is_ok()) return s;
-  s = store_.put_key(record, KeyStore::PutMode::kUpdate);
-  if (!s.is_ok()) return s;
-  std::vector<KeyRecord> puts{record};
-  if (digests_equal(old.digest, record.digest)) {
-    cache_->apply({}, std::move(puts));
+  KeyRecord updated = record;
+  if (previous) {
+    updated.previous_digest = previous->digest;
+    updated.previous_valid_until = previous->valid_until;
+  } else if (digests_equal(old.digest, record.digest)) {
+    // Not a rotation: a grace period in progress goes on.
+    updated.previous_digest = old.previous_digest;
+    updated.previous_valid_until = old.previous_valid_until;
   } else {
-    cache_->apply(std::span(&old.digest, 1), std::move(puts));
+    updated.previous_digest.reset();
+    updated.previous_valid_until = 0;
   }
+  s = store_.put_key(updated, KeyStore::PutMode::kUpdate);
+  if (!s.is_ok()) return s;
+  // Cache entries the key no longer has go in the same publish as the new ones.
+  std::vector<KeyDigest> erased;
+  auto kept = [&](const KeyDigest& d) {
+    return digests_equal(d, updated.digest) ||
+           (updated.previous_digest && digests_equal(d, *updated.previous_digest));
+  };
+  if (!kept(old.digest)) erased.push_back(old.digest);
+  if (old.previous_digest && !kept(*old.previous_digest)) erased.push_back(*old.previous_digest);
+  std::vector<KeyRecord> puts;
+  puts.push_back(std::move(updated));
+  cache_->apply(erased, std::move(puts));
   return Status::ok();
 }
 
@@ -319,7 +342,9 @@ Status KeyService::delete_key(std::string_view id, KeyRecord* deleted) {
   KeyRecord record;
   const Status s = store_.delete_key_by_id(id, &record);
   if (!s.is_ok()) return s;
-  cache_->erase(record.digest);
+  std::vector<KeyDigest> erased{record.digest};
+  if (record.previous_digest) erased.push_back(*record.previous_digest);
+  cache_->apply(erased, {});
   if (deleted != nullptr) *deleted = std::move(record);
   return Status::ok();
 }

@@ -44,7 +44,8 @@ class KeyService final : public KeyDirectory {
  public:
   struct Options {
     size_t workers = 1;                     // readers of the cache: one per worker thread
-    size_t max_keys = 0;                    // keys the cache holds; 0 = all of them
+    size_t max_keys = 0;                    // cache entries (a key in a rotation's grace
+                                            // period takes two); 0 = all keys
     size_t negative_cache_entries = 65536;  // unknown digests remembered (partial cache only),
                                             // rounded up to a power of two; 0 = none
     size_t fetch_threads = 1;               // store reads on a partial-cache miss
@@ -97,11 +98,21 @@ class KeyService final : public KeyDirectory {
   //
   // Creates a key. conflict: the digest or id exists; not_found: record.user names no user.
   Status create_key(const KeyRecord& record);
-  // Replaces the key with record.id; a new digest (rotation) revokes the old one at once.
-  // not_found: no such id, or record.user names no user; conflict: the new digest is another
-  // key's.
-  Status update_key(const KeyRecord& record);
-  // Deletes the key with `id` (not_found when none); `*deleted` gets the removed record.
+  // A digest that keeps working after a rotation, until valid_until (Unix seconds, exclusive).
+  struct PreviousDigest {
+    KeyDigest digest{};
+    int64_t valid_until = 0;
+  };
+  // Replaces the key with record.id (record.previous_digest/previous_valid_until are ignored).
+  // With `previous` (a rotation with a grace period), the key is also found by
+  // previous->digest, and authentication accepts that value until previous->valid_until.
+  // Without it, a new digest (rotation) revokes the old one, and any earlier previous digest,
+  // at once; an unchanged digest keeps a grace period in progress. not_found: no such id, or
+  // record.user names no user; conflict: the new or previous digest is another key's.
+  Status update_key(const KeyRecord& record,
+                    const std::optional<PreviousDigest>& previous = std::nullopt);
+  // Deletes the key with `id` (not_found when none), under its digest and its previous digest;
+  // `*deleted` gets the removed record.
   Status delete_key(std::string_view id, KeyRecord* deleted = nullptr);
   // Creates or replaces a user.
   Status put_user(const User& user);

@@ -28,6 +28,12 @@ std::string digest_entry(const KeyDigest& digest) {
   return key;
 }
 
+// The digests a record is filed under: its own and, during a rotation's grace, the previous.
+bool files_under(const KeyRecord& record, const KeyDigest& digest) {
+  return digests_equal(record.digest, digest) ||
+         (record.previous_digest && digests_equal(*record.previous_digest, digest));
+}
+
 std::string prefixed(char prefix, std::string_view name) {
   std::string key;
   key.reserve(1 + name.size());
@@ -117,7 +123,7 @@ struct KeyStore::Impl {
     if (s.is_not_found()) return Status::not_found("no key with this digest");
     if (!s.is_ok()) return s;
     KeyRecord record;
-    if (!decode_key_record(value, &record) || !digests_equal(record.digest, digest)) {
+    if (!decode_key_record(value, &record) || !files_under(record, digest)) {
       return Status::io_error("corrupted key record in the store");
     }
     *out = std::move(record);
@@ -140,12 +146,12 @@ struct KeyStore::Impl {
     return s.ok() ? Status::ok() : Status::io_error("key store write failed");
   }
 
-  // Rotation: the record moved from `old_digest` to a new digest. Removing the old entry in the
-  // same batch revokes the old value atomically with the switch. A grace period (accepting the
-  // old value for a while) would keep the entry here, marked with its end time, and have a
-  // sweeper remove it; not implemented.
-  static void stage_replaced_digest(rocksdb::WriteBatch* batch, const KeyDigest& old_digest) {
-    batch->Delete(digest_entry(old_digest));
+  // Stages the "k" entries of `record`: its digest and, during a rotation's grace, its
+  // previous digest, both holding the same encoded record.
+  static void stage_record(rocksdb::WriteBatch* batch, const KeyRecord& record) {
+    const std::string encoded = encode_key_record(record);
+    batch->Put(digest_entry(record.digest), encoded);
+    if (record.previous_digest) batch->Put(digest_entry(*record.previous_digest), encoded);
   }
 };
 
@@ -219,10 +225,29 @@ Status KeyStore::put_key(const KeyRecord& record, PutMode mode) {
   if (mode == PutMode::kCreate && exists) return Status::conflict("key id already exists");
   if (mode == PutMode::kUpdate && !exists) return Status::not_found("no key with this id");
 
-  const bool rotated = exists && !digests_equal(old_digest, record.digest);
-  if (!exists || rotated) {
+  // The entries the key has now: its digest and, in a grace period, its previous digest. A
+  // record that no longer decodes only tells its digest (the index has it); its previous entry,
+  // if any, then stays behind, harmless, since it holds a record that does not decode either.
+  std::vector<KeyDigest> old_digests;
+  if (exists) {
+    old_digests.push_back(old_digest);
+    KeyRecord old;
+    if (impl_->get_digest(old_digest, &old).is_ok() && old.previous_digest) {
+      old_digests.push_back(*old.previous_digest);
+    }
+  }
+  auto owned = [&](const KeyDigest& d) {
+    for (const KeyDigest& o : old_digests) {
+      if (digests_equal(o, d)) return true;
+    }
+    return false;
+  };
+  std::vector<KeyDigest> new_digests{record.digest};
+  if (record.previous_digest) new_digests.push_back(*record.previous_digest);
+  for (const KeyDigest& d : new_digests) {
+    if (owned(d)) continue;
     KeyRecord holder;
-    const Status s = impl_->get_digest(record.digest, &holder);
+    const Status s = impl_->get_digest(d, &holder);
     if (s.is_ok()) return Status::conflict("key digest already in use");
     // A corrupt record under the new digest would be overwritten by a different key's record:
     // refuse instead, the operator must delete it first.
@@ -230,11 +255,17 @@ Status KeyStore::put_key(const KeyRecord& record, PutMode mode) {
   }
 
   rocksdb::WriteBatch batch;
-  batch.Put(digest_entry(record.digest), encode_key_record(record));
+  Impl::stage_record(&batch, record);
   batch.Put(
       prefixed(kIdPrefix, record.id),
       rocksdb::Slice(reinterpret_cast<const char*>(record.digest.data()), record.digest.size()));
-  if (rotated) Impl::stage_replaced_digest(&batch, old_digest);
+  // Entries the record no longer has (rotation; the end of a grace period) go in the same
+  // batch, so an old value is revoked atomically with the switch.
+  for (const KeyDigest& d : old_digests) {
+    const bool kept = std::any_of(new_digests.begin(), new_digests.end(),
+                                  [&](const KeyDigest& n) { return digests_equal(n, d); });
+    if (!kept) batch.Delete(digest_entry(d));
+  }
   return impl_->write(&batch);
 }
 
@@ -254,24 +285,27 @@ Status KeyStore::put_keys_batch(std::span<const KeyRecord> records, size_t* conf
       return s;
     };
     if (record.id.empty()) return fail(Status::invalid_argument("key id is empty"));
-    std::string digest_key_bytes = digest_entry(record.digest);
     if (!ids.insert(record.id).second) return fail(Status::conflict("key id repeats in batch"));
-    if (digests.count(digest_key_bytes) != 0) {
-      return fail(Status::conflict("key digest repeats in batch"));
-    }
     std::string ignored;
     Status s = impl_->get(prefixed(kIdPrefix, record.id), &ignored);
     if (s.is_ok()) return fail(Status::conflict("key id already exists"));
     if (!s.is_not_found()) return fail(s);
-    s = impl_->get(digest_key_bytes, &ignored);
-    if (s.is_ok()) return fail(Status::conflict("key digest already in use"));
-    if (!s.is_not_found()) return fail(s);
+    for (int which = 0; which < 2; ++which) {
+      if (which == 1 && !record.previous_digest) break;
+      std::string digest_key_bytes =
+          digest_entry(which == 0 ? record.digest : *record.previous_digest);
+      if (!digests.insert(digest_key_bytes).second) {
+        return fail(Status::conflict("key digest repeats in batch"));
+      }
+      s = impl_->get(digest_key_bytes, &ignored);
+      if (s.is_ok()) return fail(Status::conflict("key digest already in use"));
+      if (!s.is_not_found()) return fail(s);
+    }
 
-    batch.Put(digest_key_bytes, encode_key_record(record));
+    Impl::stage_record(&batch, record);
     batch.Put(
         prefixed(kIdPrefix, record.id),
         rocksdb::Slice(reinterpret_cast<const char*>(record.digest.data()), record.digest.size()));
-    digests.insert(std::move(digest_key_bytes));
   }
   if (records.empty()) return Status::ok();
   return impl_->write(&batch);
@@ -297,6 +331,7 @@ Status KeyStore::delete_key_by_id(std::string_view id, KeyRecord* deleted) {
 
   rocksdb::WriteBatch batch;
   batch.Delete(digest_entry(digest));
+  if (record.previous_digest) batch.Delete(digest_entry(*record.previous_digest));
   batch.Delete(prefixed(kIdPrefix, id));
   const Status w = impl_->write(&batch);
   if (w.is_ok() && deleted != nullptr) *deleted = std::move(record);
@@ -339,10 +374,11 @@ Status KeyStore::for_each_key(const std::function<bool(KeyRecord&)>& fn) const {
     KeyRecord record;
     const rocksdb::Slice key = it->key();
     if (!digest_from(std::string_view(key.data() + 1, key.size() - 1), &digest) ||
-        !decode_key_record(it->value().ToStringView(), &record) ||
-        !digests_equal(record.digest, digest)) {
+        !decode_key_record(it->value().ToStringView(), &record) || !files_under(record, digest)) {
       return Status::io_error("corrupted key record in the store");
     }
+    // A record in a rotation's grace is filed twice; visit it once, under its own digest.
+    if (!digests_equal(record.digest, digest)) continue;
     if (!fn(record)) return Status::ok();
   }
   if (!it->status().ok()) return Status::io_error("key store scan failed");

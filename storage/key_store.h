@@ -6,7 +6,9 @@
 // through KeyCache; KeyService runs store reads on its fetch threads).
 //
 // On-disk layout (schema 1; part of the file format, change it only with a version bump):
-//   "k" + 32-byte digest  -> encode_key_record(record)   the key by its SHA-256 digest
+//   "k" + 32-byte digest  -> encode_key_record(record)   the key by its SHA-256 digest; a key in
+//                                                        a rotation's grace period is also
+//                                                        filed under its previous_digest
 //   "i" + id              -> 32-byte digest              the id index (ids sort = list order)
 //   "u" + name            -> encode_user(user)
 //   "m" + "schema"        -> "1"
@@ -86,31 +88,33 @@ class KeyStore {
   bool open(const std::string& path, std::string* error);
   bool is_open() const noexcept;
 
-  // Writes `record` (new or updated) and its id index in one synced batch. When the id already
-  // maps to another digest (rotation), the old digest's entry is removed in the same batch.
-  // Conflict when the digest belongs to a different id, or per `mode`; io_error when the write
-  // fails. Blocks.
+  // Writes `record` (new or updated), filed under its digest and, when set, its
+  // previous_digest, and its id index, in one synced batch. Entries of digests the stored key
+  // had but `record` lacks (the old digest after a rotation without grace, the previous digest
+  // when a grace ends) are removed in the same batch. Conflict when the digest or previous
+  // digest belongs to a different id, or per `mode`; io_error when the write fails. Blocks.
   Status put_key(const KeyRecord& record, PutMode mode = PutMode::kUpsert);
   // Creates every record in one synced batch: all or nothing. Conflict when any digest or id
   // exists or repeats within `records`; then `*conflict_index` (when not null) is the index of
   // the first offending record and nothing is written. Blocks.
   Status put_keys_batch(std::span<const KeyRecord> records, size_t* conflict_index = nullptr);
-  // Removes the key with `id` and its index entry in one synced batch; not_found when there is
-  // none. On success `*deleted` (when not null) holds the removed record, or only its id and
-  // digest when the record did not decode (deleting is how such a record is got rid of).
-  // Blocks.
+  // Removes the key with `id`, its previous-digest entry and its index entry in one synced
+  // batch; not_found when there is none. On success `*deleted` (when not null) holds the
+  // removed record, or only its id and digest when the record did not decode (deleting is how
+  // such a record is got rid of). Blocks.
   Status delete_key_by_id(std::string_view id, KeyRecord* deleted = nullptr);
 
   // Point reads: ok and `*out` set, not_found, or io_error (including a value that does not
-  // decode). Block.
+  // decode). By digest, a key in a rotation's grace is also found by its previous digest
+  // (whether the grace is over is for the caller to judge). Block.
   Status get_key_by_digest(const KeyDigest& digest, KeyRecord* out) const;
   Status get_key_by_id(std::string_view id, KeyRecord* out) const;
   // `*out` = whether any key exists. Blocks.
   Status has_keys(bool* out) const;
 
-  // Calls `fn` for every key in digest order over one consistent snapshot; `fn` returns false
-  // to stop early. io_error (and the scan stops) on a record that does not decode. Blocks for
-  // the whole scan.
+  // Calls `fn` once for every key, in order of its digest (not the previous one), over one
+  // consistent snapshot; `fn` returns false to stop early. io_error (and the scan stops) on a
+  // record that does not decode. Blocks for the whole scan.
   Status for_each_key(const std::function<bool(KeyRecord&)>& fn) const;
   // Appends to `*out` up to `limit` keys in id order, starting after `after_id` ("" = from the
   // first), read from one snapshot. Blocks.

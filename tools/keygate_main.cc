@@ -5,19 +5,22 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include <cstdlib>
 #include <ctime>
 
+#include "core/admin_handler.h"
 #include "core/auth_handler.h"
-#include "core/builtin_handler.h"
 #include "core/config.h"
 #include "core/permissions.h"
 #include "net/server.h"
+#include "storage/admin_executor.h"
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
+#include "storage/key_service_admin_store.h"
 
 namespace {
 
@@ -91,6 +94,9 @@ int main(int argc, char** argv) {
   keygate::ApiRegistry registry;
   if (!registry.init(config.apis, &error)) return usage_error("apis: " + error);
 
+  // Declared before everything that can post to its workers (the KeyService's fetch pool, the
+  // admin executor), so it is destroyed after them: a late post still finds its worker.
+  std::optional<keygate::net::Server> server;
   keygate::storage::KeyService keys;
   keygate::storage::KeyService::Options key_options;
   key_options.workers = workers;
@@ -123,9 +129,13 @@ int main(int argc, char** argv) {
     }
   }
 
-  keygate::AuthHandlerFactory data_handlers(registry, keys,
-                                            static_cast<size_t>(config.body_inspect_bytes_max));
-  keygate::BuiltinHandlerFactory admin_handlers;
+  // Destroyed before the KeyService they write to, after the server stopped (no worker still
+  // submits a job).
+  keygate::storage::KeyServiceAdminStore admin_store(keys);
+  keygate::storage::AdminExecutor admin_executor(admin_store, registry, {});
+  const auto body_inspect_bytes_max = static_cast<size_t>(config.body_inspect_bytes_max);
+  keygate::AuthHandlerFactory data_handlers(registry, keys, body_inspect_bytes_max);
+  keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max);
   keygate::net::ServerOptions options;
   options.data_listen = config.listen;
   options.admin_listen = config.admin_listen;
@@ -135,17 +145,17 @@ int main(int argc, char** argv) {
   options.data_handlers = &data_handlers;
   options.admin_handlers = &admin_handlers;
   for (unsigned i = 0; i < workers; ++i) options.loop_observers.push_back(keys.loop_observer(i));
-  keygate::net::Server server(options);
-  if (!server.start(&error)) {
+  server.emplace(options);
+  if (!server->start(&error)) {
     std::fprintf(stderr, "keygate: %s\n", error.c_str());
     return kExitStartupFailure;
   }
   keygate::ListenAddress data = config.listen;
   keygate::ListenAddress admin = config.admin_listen;
-  data.port = server.data_port();
-  admin.port = server.admin_port();
+  data.port = server->data_port();
+  admin.port = server->admin_port();
   std::printf("keygate: listening data=%s admin=%s workers=%u ring=%s\n", data.to_string().c_str(),
-              admin.to_string().c_str(), workers, server.ring_mode().c_str());
+              admin.to_string().c_str(), workers, server->ring_mode().c_str());
   std::fflush(stdout);
 
   int sig = 0;
@@ -153,7 +163,7 @@ int main(int argc, char** argv) {
   std::printf("keygate: %s received, draining (up to %u ms)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
-  server.stop();
+  server->stop();
   std::printf("keygate: stopped\n");
   std::fflush(stdout);
   return 0;

@@ -9,6 +9,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace keygate {
 namespace {
@@ -69,6 +70,16 @@ void expect_same(const KeyRecord& a, const KeyRecord& b) {
   EXPECT_EQ(a.created_at, b.created_at);
   EXPECT_EQ(a.updated_at, b.updated_at);
   EXPECT_EQ(a.expires_at, b.expires_at);
+  EXPECT_EQ(a.previous_digest, b.previous_digest);
+  EXPECT_EQ(a.previous_valid_until, b.previous_valid_until);
+}
+
+// full_record() in a rotation's grace period.
+KeyRecord full_record_in_grace() {
+  KeyRecord r = full_record();
+  r.previous_digest = digest_key("kg_old_secret");
+  r.previous_valid_until = 1700000300;
+  return r;
 }
 
 TEST(ApiKey, DigestIsSha256OfTheValue) {
@@ -300,6 +311,53 @@ TEST(ApiKey, DecodeRejectsTrailingBytesUnknownVersionAndUnknownFlags) {
   ASSERT_EQ(unknown_flag[37], 0x08);  // only "enabled"
   unknown_flag[37] = static_cast<char>(0x08 | 0x80);
   EXPECT_FALSE(decode_key_record(unknown_flag, &out));
+}
+
+TEST(ApiKey, RecordRoundTripsWithPreviousDigest) {
+  KeyRecord in = full_record_in_grace();
+  KeyRecord out;
+  ASSERT_TRUE(decode_key_record(encode_key_record(in), &out));
+  expect_same(in, out);
+  in.previous_valid_until = INT64_MIN;
+  in.expires_at.reset();
+  in.user.reset();
+  ASSERT_TRUE(decode_key_record(encode_key_record(in), &out));
+  expect_same(in, out);
+}
+
+TEST(ApiKey, RecordWithoutPreviousDigestDecodesWithoutOne) {
+  KeyRecord out = full_record_in_grace();  // decode must clear the previous digest
+  ASSERT_TRUE(decode_key_record(encode_key_record(full_record()), &out));
+  EXPECT_FALSE(out.previous_digest.has_value());
+  EXPECT_EQ(out.previous_valid_until, 0);
+}
+
+TEST(ApiKey, DecodeReadsRecordsWrittenBeforePreviousDigests) {
+  // Bytes of a record as the codec wrote them before the previous-digest flag existed:
+  // version 1, id "k1", digest of "v", hint "", description "", apis {"a"}, flags enabled |
+  // expiry, created_at 1, updated_at 2, expires_at 3.
+  std::string bytes("\x01\x02k1", 4);
+  const KeyDigest digest = digest_key("v");
+  bytes.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  bytes += std::string("\x00\x00\x01\x01" "a" "\x18\x02\x04\x06", 9);
+  KeyRecord out;
+  ASSERT_TRUE(decode_key_record(bytes, &out));
+  EXPECT_EQ(out.id, "k1");
+  EXPECT_EQ(out.digest, digest);
+  EXPECT_EQ(out.apis, std::vector<std::string>{"a"});
+  EXPECT_TRUE(out.enabled);
+  EXPECT_EQ(out.created_at, 1);
+  EXPECT_EQ(out.updated_at, 2);
+  EXPECT_EQ(out.expires_at, 3);
+  EXPECT_FALSE(out.previous_digest.has_value());
+}
+
+TEST(ApiKey, DecodeRejectsEveryTruncationOfARecordWithPreviousDigest) {
+  const std::string bytes = encode_key_record(full_record_in_grace());
+  KeyRecord out;
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_FALSE(decode_key_record(std::string_view(bytes).substr(0, n), &out)) << n;
+  }
 }
 
 TEST(ApiKey, DecodeLeavesTheOutputAloneOnFailure) {

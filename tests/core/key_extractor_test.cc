@@ -225,6 +225,12 @@ TEST(KeyExtractor, ComparesJsonMemberNamesAfterUnescaping) {
   EXPECT_EQ(extract(post(kJson, R"({"API\u005fKey":"abc"})")), found(KeySource::kJson, "abc"));
 }
 
+TEST(KeyExtractor, DoesNotTakeMemberNamesThatOnlyStartLikeTheKey) {
+  EXPECT_EQ(extract(post(kJson, R"({"API_Ke":"x","API_Keyy":"y","API_Key\u0000":"z"})")), kMissing);
+  EXPECT_EQ(extract(post(kJson, R"({"API_Ke":"x","API_K\u0065y":"abc","\u0041PI_Key":"abc"})")),
+            found(KeySource::kJson, "abc"));
+}
+
 TEST(KeyExtractor, UnescapesJsonStringValue) {
   EXPECT_EQ(extract(post(kJson, R"({"API_Key":"a\u0062c"})")), found(KeySource::kJson, "abc"));
   EXPECT_EQ(extract(post(kJson, R"({"API_Key":"a\/b\"c"})")), found(KeySource::kJson, "a/b\"c"));

@@ -95,16 +95,48 @@ struct Child {
   int err_fd = -1;  // -1 when stderr is inherited
 };
 
+// The test's own environment with `set` added (replacing variables of the same name) and the
+// variables named in `unset` removed, as "NAME=VALUE" strings.
+std::vector<std::string> child_environment(
+    const std::vector<std::pair<std::string, std::string>>& set,
+    const std::vector<std::string>& unset) {
+  auto replaced = [&](std::string_view entry) {
+    const std::string_view name = entry.substr(0, entry.find('='));
+    for (const auto& [n, v] : set) {
+      if (n == name) return true;
+    }
+    for (const std::string& n : unset) {
+      if (n == name) return true;
+    }
+    return false;
+  };
+  std::vector<std::string> out;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (!replaced(*e)) out.emplace_back(*e);
+  }
+  for (const auto& [n, v] : set) out.push_back(n + "=" + v);
+  return out;
+}
+
 // fork/exec keygate with stdout (and optionally stderr) on pipes and stdin on /dev/null. The
 // child gets SIGKILL when the test process dies, so a crashed test leaves no server behind.
+// `env`, when given, is the child's whole environment ("NAME=VALUE"); otherwise it inherits ours.
 bool spawn(const std::vector<std::string>& args, bool capture_stderr, Child* child,
-           std::string* error) {
+           std::string* error, const std::vector<std::string>* env = nullptr) {
   std::vector<std::string> argv_storage;
   argv_storage.emplace_back(keygate_binary());
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // Built before fork: the child may only make async-signal-safe calls.
+  std::vector<std::string> env_storage;
+  std::vector<char*> envp;
+  if (env != nullptr) {
+    env_storage = *env;
+    for (std::string& e : env_storage) envp.push_back(e.data());
+    envp.push_back(nullptr);
+  }
 
   int out_pipe[2] = {-1, -1};
   int err_pipe[2] = {-1, -1};
@@ -135,7 +167,11 @@ bool spawn(const std::vector<std::string>& args, bool capture_stderr, Child* chi
     if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
     ::dup2(out_pipe[1], STDOUT_FILENO);
     if (capture_stderr) ::dup2(err_pipe[1], STDERR_FILENO);
-    ::execv(argv[0], argv.data());
+    if (env != nullptr) {
+      ::execve(argv[0], argv.data(), envp.data());
+    } else {
+      ::execv(argv[0], argv.data());
+    }
     const char msg[] = "test harness: execv of keygate failed\n";
     (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
     ::_exit(127);
@@ -243,6 +279,7 @@ TestServer::TestServer(ServerOptions options) : options_(std::move(options)) {
 TestServer::~TestServer() {
   if (pid_ > 0) kill_and_reap();
   if (stdout_fd_ >= 0) ::close(stdout_fd_);
+  if (stderr_fd_ >= 0) ::close(stderr_fd_);
 }
 
 void TestServer::kill_and_reap() {
@@ -256,16 +293,21 @@ bool TestServer::start(std::string* error, Millis timeout) {
   for (const auto& [key, value] : options_.limits) {
     config += key + " = " + std::to_string(value) + "\n";
   }
+  if (!options_.extra_config.empty()) config += "\n" + options_.extra_config + "\n";
   const std::string config_path = dir_.write_file("keygate.toml", config);
   const std::vector<std::string> args = {
       "--config",       config_path,   "--listen",  "127.0.0.1:0",
       "--admin-listen", "127.0.0.1:0", "--workers", std::to_string(options_.workers),
       "--data-dir",     data_dir_,     "--log-dir", dir_.path() + "/logs",
   };
+  std::vector<std::string> env;
+  const bool own_env = !options_.env.empty() || !options_.env_unset.empty();
+  if (own_env) env = child_environment(options_.env, options_.env_unset);
   Child child;
-  if (!spawn(args, false, &child, error)) return false;
+  if (!spawn(args, options_.capture_stderr, &child, error, own_env ? &env : nullptr)) return false;
   pid_ = child.pid;
   stdout_fd_ = child.out_fd;
+  stderr_fd_ = child.err_fd;
 
   const auto deadline = Clock::now() + timeout;
   while (stdout_.find('\n') == std::string::npos && stdout_fd_ >= 0 && Clock::now() < deadline) {
@@ -299,13 +341,30 @@ bool TestServer::start(std::string* error, Millis timeout) {
 
 bool TestServer::read_stdout_until(Clock::time_point deadline) {
   if (stdout_fd_ < 0) return false;
-  pollfd p{stdout_fd_, POLLIN, 0};
-  const int n = ::poll(&p, 1, remaining_ms(deadline));
-  if (n <= 0) return true;  // timeout (or EINTR): still open
-  if (!read_some(stdout_fd_, &stdout_)) {
+  read_outputs_until(deadline);
+  return stdout_fd_ >= 0;
+}
+
+void TestServer::read_outputs_until(Clock::time_point deadline) {
+  if (stdout_fd_ < 0 && stderr_fd_ < 0) return;
+  pollfd fds[2] = {{stdout_fd_, POLLIN, 0}, {stderr_fd_, POLLIN, 0}};  // poll ignores fd -1
+  const int n = ::poll(fds, 2, remaining_ms(deadline));
+  if (n <= 0) return;  // timeout (or EINTR): still open
+  if (fds[0].revents != 0 && !read_some(stdout_fd_, &stdout_)) {
     ::close(stdout_fd_);
     stdout_fd_ = -1;
-    return false;
+  }
+  if (fds[1].revents != 0 && !read_some(stderr_fd_, &stderr_)) {
+    ::close(stderr_fd_);
+    stderr_fd_ = -1;
+  }
+}
+
+bool TestServer::wait_for_error_output(std::string_view needle, Millis timeout) {
+  const auto deadline = Clock::now() + timeout;
+  while (stderr_.find(needle) == std::string::npos) {
+    if (stderr_fd_ < 0 || Clock::now() >= deadline) return false;
+    read_outputs_until(deadline);
   }
   return true;
 }
@@ -330,7 +389,9 @@ ExitStatus TestServer::wait_exit(Millis timeout) {
   pid_ = -1;
   // Whatever was still in the pipe (the last lines) once the process is gone.
   const auto drain_deadline = Clock::now() + Millis(200);
-  while (stdout_fd_ >= 0 && Clock::now() < drain_deadline) read_stdout_until(drain_deadline);
+  while ((stdout_fd_ >= 0 || stderr_fd_ >= 0) && Clock::now() < drain_deadline) {
+    read_outputs_until(drain_deadline);
+  }
   return status;
 }
 

@@ -67,8 +67,17 @@ struct ServerOptions {
   unsigned workers = 2;
   // Written to the config file's [limits] table, e.g. {"pipeline_depth_max", 4}.
   std::vector<std::pair<std::string, uint64_t>> limits;
-  // Data directory; empty: <temp dir>/data.
+  // Data directory; empty: <temp dir>/data. A directory given here belongs to the caller: it
+  // is not removed with the server, so a test can restart a server on the same data.
   std::string data_dir;
+  // Appended verbatim to the config file after the [limits] table, e.g. "[[apis]]\n...".
+  std::string extra_config;
+  // Environment variables set (or replaced) in the server's environment.
+  std::vector<std::pair<std::string, std::string>> env;
+  // Environment variables removed from the server's environment.
+  std::vector<std::string> env_unset;
+  // Pipe the server's stderr into error_output() instead of sharing the test's stderr.
+  bool capture_stderr = false;
 };
 
 // One running keygate on 127.0.0.1 with ephemeral data and admin ports.
@@ -102,10 +111,19 @@ class TestServer {
   bool wait_for_output(std::string_view needle, Millis timeout);
   // Everything the server printed to stdout so far (the ready line included).
   const std::string& output() const { return stdout_; }
+  // With capture_stderr: reads stderr until it contains `needle` or `timeout` passes.
+  bool wait_for_error_output(std::string_view needle, Millis timeout);
+  // With capture_stderr: everything the server printed to stderr so far (all of it once
+  // wait_exit() returned).
+  const std::string& error_output() const { return stderr_; }
 
  private:
   // Appends available stdout to stdout_, waiting at most until `deadline`. Returns false at EOF.
+  // With capture_stderr also appends whatever stderr has to stderr_ (so neither pipe fills).
   bool read_stdout_until(std::chrono::steady_clock::time_point deadline);
+  // One poll over the open output pipes until `deadline`; appends what arrived, closes a pipe
+  // at EOF.
+  void read_outputs_until(std::chrono::steady_clock::time_point deadline);
   void kill_and_reap();
 
   ServerOptions options_;
@@ -114,6 +132,8 @@ class TestServer {
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
   std::string stdout_;
+  int stderr_fd_ = -1;  // with capture_stderr only
+  std::string stderr_;
   uint16_t data_port_ = 0;
   uint16_t admin_port_ = 0;
 };

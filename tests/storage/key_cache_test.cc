@@ -85,6 +85,26 @@ TEST_F(KeyCacheTest, ApplyErasesThenPutsAcrossShards) {
   EXPECT_EQ(lookup(5000), "k5000");
 }
 
+TEST_F(KeyCacheTest, ARecordWithAPreviousDigestIsFoundByBoth) {
+  KeyRecord record = make_record(1);
+  record.previous_digest = make_record(2).digest;
+  record.previous_valid_until = 1700000300;
+  cache_.put(record);
+  EXPECT_EQ(cache_.size(), 2u);
+  EXPECT_EQ(lookup(1), "k1");
+  EXPECT_EQ(lookup(2), "k1");
+  // Each entry owns its copy: erasing one leaves the other intact.
+  cache_.erase(make_record(2).digest);
+  EXPECT_EQ(lookup(2), "");
+  qsbr_.online(0);
+  const KeyRecord* found = cache_.find(make_record(1).digest);
+  ASSERT_NE(found, nullptr);
+  ASSERT_TRUE(found->previous_digest.has_value());
+  EXPECT_EQ(found->previous_valid_until, 1700000300);
+  qsbr_.offline(0);
+  EXPECT_EQ(cache_.size(), 1u);
+}
+
 TEST_F(KeyCacheTest, UsersArePublishedReplacedAndErased) {
   cache_.set_users({User{"carol", {}}, User{"alice", {}}, User{"bob", {}}});
   cache_.put_user(User{"alice", {Grant{"orders", {}, ""}}});

@@ -203,6 +203,61 @@ TEST_F(KeyServiceTest, RotationRevokesTheOldValueWhenUpdateReturns) {
   EXPECT_TRUE(service_->update_key(make_record("kmissing", "whatever-1")).is_not_found());
 }
 
+TEST_F(KeyServiceTest, ARotationWithGraceKeepsTheOldValueFoundUntilTheKeyChanges) {
+  open();
+  KeyRecord record = make_record("kone", "old-value-123");
+  ASSERT_TRUE(service_->create_key(record).is_ok());
+  const KeyDigest old_digest = record.digest;
+  record.digest = digest_key("new-value-456");
+  ASSERT_TRUE(
+      service_->update_key(record, KeyService::PreviousDigest{old_digest, 1700000300}).is_ok());
+  KeyRecord copy;
+  ASSERT_EQ(lookup("old-value-123", &copy), Lookup::kFound);
+  EXPECT_EQ(copy.id, "kone");
+  EXPECT_TRUE(digests_equal(copy.digest, record.digest));
+  ASSERT_TRUE(copy.previous_digest.has_value());
+  EXPECT_TRUE(digests_equal(*copy.previous_digest, old_digest));
+  EXPECT_EQ(copy.previous_valid_until, 1700000300);
+  ASSERT_EQ(lookup("new-value-456", &copy), Lookup::kFound);
+  EXPECT_EQ(copy.previous_valid_until, 1700000300);
+
+  // An update that does not rotate keeps the grace (the record's own fields are ignored).
+  record.description = "patched";
+  record.previous_digest.reset();
+  ASSERT_TRUE(service_->update_key(record).is_ok());
+  ASSERT_EQ(lookup("old-value-123", &copy), Lookup::kFound);
+  EXPECT_EQ(copy.description, "patched");
+  KeyRecord stored;
+  ASSERT_TRUE(service_->store().get_key_by_id("kone", &stored).is_ok());
+  EXPECT_TRUE(stored.previous_digest.has_value());
+
+  // The grace survives a restart: both digests are cached again.
+  open();
+  EXPECT_EQ(lookup("old-value-123"), Lookup::kFound);
+  EXPECT_EQ(lookup("new-value-456"), Lookup::kFound);
+
+  // A rotation without grace revokes both earlier values at once.
+  record.digest = digest_key("third-value-789");
+  ASSERT_TRUE(service_->update_key(record).is_ok());
+  EXPECT_EQ(lookup("old-value-123"), Lookup::kUnknown);
+  EXPECT_EQ(lookup("new-value-456"), Lookup::kUnknown);
+  EXPECT_EQ(lookup("third-value-789"), Lookup::kFound);
+}
+
+TEST_F(KeyServiceTest, DeletingAKeyInItsGraceRevokesBothValues) {
+  open();
+  KeyRecord record = make_record("kone", "old-value-123");
+  ASSERT_TRUE(service_->create_key(record).is_ok());
+  const KeyDigest old_digest = record.digest;
+  record.digest = digest_key("new-value-456");
+  ASSERT_TRUE(
+      service_->update_key(record, KeyService::PreviousDigest{old_digest, 1700000300}).is_ok());
+  ASSERT_TRUE(service_->delete_key("kone").is_ok());
+  EXPECT_EQ(lookup("old-value-123"), Lookup::kUnknown);
+  EXPECT_EQ(lookup("new-value-456"), Lookup::kUnknown);
+  EXPECT_EQ(service_->stats().cached_keys, 0u);
+}
+
 TEST_F(KeyServiceTest, AnUpdateIsVisibleWhenItReturns) {
   open();
   KeyRecord record = make_record("kone", "some-value-1");
@@ -298,6 +353,35 @@ class PartialKeyServiceTest : public KeyServiceTest {
   RecordingSink sink_;
   size_t posts_ = 0;
 };
+
+TEST_F(PartialKeyServiceTest, AFetchByThePreviousDigestFindsTheRotatedKey) {
+  open(KeyService::Options{.max_keys = 1, .negative_cache_entries = 64});
+  KeyRecord record = make_record("krotated", "rotated-old-value");
+  ASSERT_TRUE(service_->create_key(record).is_ok());
+  record.digest = digest_key("rotated-new-value");
+  ASSERT_TRUE(service_
+                  ->update_key(record, KeyService::PreviousDigest{digest_key("rotated-old-value"),
+                                                                  1700000300})
+                  .is_ok());
+  // One entry fits (of the eleven keys' twelve): at least one digest is not cached, and a
+  // fetch by either finds the record.
+  int fetched = 0;
+  for (const char* value : {"rotated-old-value", "rotated-new-value"}) {
+    KeyRecord copy;
+    const Lookup l = lookup(value, &copy);
+    ASSERT_NE(l, Lookup::kUnknown) << value;
+    if (l == Lookup::kFound) {
+      EXPECT_EQ(copy.id, "krotated");
+      continue;
+    }
+    const FetchResult result = fetch(digest_key(value));
+    ++fetched;
+    EXPECT_TRUE(result.found) << value;
+    EXPECT_EQ(result.record.id, "krotated");
+    EXPECT_TRUE(digests_equal(result.record.digest, digest_key("rotated-new-value")));
+  }
+  EXPECT_GE(fetched, 1);
+}
 
 TEST_F(PartialKeyServiceTest, MissesInAPartialCacheAreNotCachedUntilFetched) {
   open_partial();

@@ -195,6 +195,113 @@ TEST_F(KeyStoreTest, DeleteRemovesTheRecordAndItsIndexEntry) {
   EXPECT_TRUE(store_->put_key(record, KeyStore::PutMode::kCreate).is_ok());
 }
 
+// A rotation of `before` to `new_value` whose old value stays valid until `valid_until`.
+KeyRecord rotated_with_grace(const KeyRecord& before, const std::string& new_value,
+                             int64_t valid_until) {
+  KeyRecord after = before;
+  after.digest = digest_key(new_value);
+  after.previous_digest = before.digest;
+  after.previous_valid_until = valid_until;
+  return after;
+}
+
+TEST_F(KeyStoreTest, ARotationWithGraceFilesTheRecordUnderBothDigests) {
+  const KeyRecord before = make_record("kaaaaaaaaaaaa", "old-value-old-value");
+  ASSERT_TRUE(store_->put_key(before).is_ok());
+  const KeyRecord after = rotated_with_grace(before, "new-value-new-value", 1700000300);
+  ASSERT_TRUE(store_->put_key(after, KeyStore::PutMode::kUpdate).is_ok());
+
+  for (const KeyDigest& d : {before.digest, after.digest}) {
+    KeyRecord out;
+    ASSERT_TRUE(store_->get_key_by_digest(d, &out).is_ok());
+    EXPECT_EQ(out.id, before.id);
+    EXPECT_TRUE(digests_equal(out.digest, after.digest));
+    ASSERT_TRUE(out.previous_digest.has_value());
+    EXPECT_TRUE(digests_equal(*out.previous_digest, before.digest));
+    EXPECT_EQ(out.previous_valid_until, 1700000300);
+  }
+  // Listed and scanned once, under its own digest.
+  std::vector<std::string> scanned;
+  ASSERT_TRUE(store_->for_each_key([&](KeyRecord& r) {
+    scanned.push_back(r.id);
+    EXPECT_TRUE(digests_equal(r.digest, after.digest));
+    return true;
+  }).is_ok());
+  EXPECT_EQ(scanned, std::vector<std::string>{before.id});
+  std::vector<KeyRecord> listed;
+  ASSERT_TRUE(store_->list_keys("", 10, &listed).is_ok());
+  EXPECT_EQ(listed.size(), 1u);
+  // Both entries survive a reopen.
+  ASSERT_TRUE(reopen());
+  KeyRecord out;
+  EXPECT_TRUE(store_->get_key_by_digest(before.digest, &out).is_ok());
+  EXPECT_TRUE(store_->get_key_by_digest(after.digest, &out).is_ok());
+}
+
+TEST_F(KeyStoreTest, AnUpdateThatDropsThePreviousDigestRemovesItsEntry) {
+  const KeyRecord before = make_record("kaaaaaaaaaaaa", "old-value-old-value");
+  ASSERT_TRUE(store_->put_key(before).is_ok());
+  KeyRecord after = rotated_with_grace(before, "new-value-new-value", 1700000300);
+  ASSERT_TRUE(store_->put_key(after, KeyStore::PutMode::kUpdate).is_ok());
+  after.previous_digest.reset();
+  after.previous_valid_until = 0;
+  ASSERT_TRUE(store_->put_key(after, KeyStore::PutMode::kUpdate).is_ok());
+  KeyRecord out;
+  EXPECT_TRUE(store_->get_key_by_digest(before.digest, &out).is_not_found());
+  ASSERT_TRUE(store_->get_key_by_digest(after.digest, &out).is_ok());
+  EXPECT_FALSE(out.previous_digest.has_value());
+}
+
+TEST_F(KeyStoreTest, ASecondRotationRemovesTheFirstPreviousDigest) {
+  const KeyRecord first = make_record("kaaaaaaaaaaaa", "value-one-value-one");
+  ASSERT_TRUE(store_->put_key(first).is_ok());
+  const KeyRecord second = rotated_with_grace(first, "value-two-value-two", 1700000300);
+  ASSERT_TRUE(store_->put_key(second, KeyStore::PutMode::kUpdate).is_ok());
+  const KeyRecord third = rotated_with_grace(second, "value-three-value-three", 1700000600);
+  ASSERT_TRUE(store_->put_key(third, KeyStore::PutMode::kUpdate).is_ok());
+  KeyRecord out;
+  EXPECT_TRUE(store_->get_key_by_digest(first.digest, &out).is_not_found());
+  EXPECT_TRUE(store_->get_key_by_digest(second.digest, &out).is_ok());
+  EXPECT_TRUE(store_->get_key_by_digest(third.digest, &out).is_ok());
+  // A rotation without grace leaves only the newest digest.
+  KeyRecord fourth = third;
+  fourth.digest = digest_key("value-four-value-four");
+  fourth.previous_digest.reset();
+  ASSERT_TRUE(store_->put_key(fourth, KeyStore::PutMode::kUpdate).is_ok());
+  EXPECT_TRUE(store_->get_key_by_digest(second.digest, &out).is_not_found());
+  EXPECT_TRUE(store_->get_key_by_digest(third.digest, &out).is_not_found());
+  EXPECT_TRUE(store_->get_key_by_digest(fourth.digest, &out).is_ok());
+}
+
+TEST_F(KeyStoreTest, DeleteRemovesThePreviousDigestEntryToo) {
+  const KeyRecord before = make_record("kaaaaaaaaaaaa", "old-value-old-value");
+  ASSERT_TRUE(store_->put_key(before).is_ok());
+  const KeyRecord after = rotated_with_grace(before, "new-value-new-value", 1700000300);
+  ASSERT_TRUE(store_->put_key(after, KeyStore::PutMode::kUpdate).is_ok());
+  ASSERT_TRUE(store_->delete_key_by_id(before.id).is_ok());
+  KeyRecord out;
+  EXPECT_TRUE(store_->get_key_by_digest(before.digest, &out).is_not_found());
+  EXPECT_TRUE(store_->get_key_by_digest(after.digest, &out).is_not_found());
+  bool any = true;
+  ASSERT_TRUE(store_->has_keys(&any).is_ok());
+  EXPECT_FALSE(any);
+}
+
+TEST_F(KeyStoreTest, APreviousDigestOfAnotherKeyIsAConflict) {
+  const KeyRecord a = make_record("kaaaaaaaaaaaa", "value-a-value-a");
+  const KeyRecord b = make_record("kbbbbbbbbbbbb", "value-b-value-b");
+  ASSERT_TRUE(store_->put_key(a).is_ok());
+  ASSERT_TRUE(store_->put_key(b).is_ok());
+  KeyRecord claims_b = rotated_with_grace(a, "value-c-value-c", 1700000300);
+  claims_b.previous_digest = b.digest;
+  EXPECT_TRUE(store_->put_key(claims_b, KeyStore::PutMode::kUpdate).is_conflict());
+  KeyRecord out;
+  ASSERT_TRUE(store_->get_key_by_digest(b.digest, &out).is_ok());
+  EXPECT_EQ(out.id, b.id);
+  ASSERT_TRUE(store_->get_key_by_id(a.id, &out).is_ok());
+  EXPECT_TRUE(digests_equal(out.digest, a.digest));
+}
+
 TEST_F(KeyStoreTest, ListKeysPagesInIdOrder) {
   for (const char* id : {"kc", "ka", "ke", "kb", "kd"}) {
     ASSERT_TRUE(store_->put_key(make_record(id, std::string("value-of-") + id)).is_ok());

@@ -1,0 +1,171 @@
+#include "core/admin_handler.h"
+
+#include "core/assert.h"
+
+namespace keygate {
+namespace {
+
+// A pooled state keeps its response body's capacity for the next request, but not that of a
+// large answer (an import's id list), so idle workers do not hold megabytes.
+constexpr size_t kKeptBodyCapacityMax = 64 * 1024;
+
+bool under_admin(std::string_view path) noexcept {
+  return path == "/admin" || path.starts_with("/admin/");
+}
+
+}  // namespace
+
+AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
+                           size_t body_inspect_bytes_max)
+    : authenticator_(directory, body_inspect_bytes_max), backend_(backend) {}
+
+Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter& response,
+                                     RequestContext& ctx) noexcept {
+  if (request.path == "/healthz") return builtin_.handle(request, response, ctx);
+  if (!under_admin(request.path) || !is_admin_route(request.path)) {
+    write_error(response, 404, "not_found", "no such route", false);
+    return Result::kDone;
+  }
+  KeyDigest digest{};
+  const Authenticator::Result resolved = authenticator_.resolve(request, ctx.now_unix(), &digest);
+  if (resolved.outcome == Authenticator::Outcome::kFetch) {
+    State* state = take_state();
+    state->phase = State::Phase::kLookup;
+    ctx.state = state;
+    authenticator_.fetch(digest, &state->lookup, ctx);
+    return Result::kPending;
+  }
+  return admit(resolved, response, ctx, nullptr);
+}
+
+Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter& response,
+                                     RequestContext& ctx) noexcept {
+  auto* state = static_cast<State*>(ctx.state);
+  KEYGATE_ASSERT(state != nullptr);
+  switch (state->phase) {
+    case State::Phase::kLookup: {
+      const Authenticator::Result resolved =
+          authenticator_.finish_fetch(state->lookup, ctx.now_unix());
+      // The record may live in state->lookup: decide before the state is reused or given back.
+      const Result r = admit(resolved, response, ctx, state);
+      if (r == Result::kDone) {
+        ctx.state = nullptr;
+        give_back(state);
+      }
+      return r;
+    }
+    case State::Phase::kStabilize:
+      // These views stay valid until the request completes: now the backend may read them.
+      submit(request, ctx, state);
+      return Result::kPending;
+    case State::Phase::kExecute:
+      ctx.state = nullptr;
+      write_result(state->response, response);
+      give_back(state);
+      return Result::kDone;
+  }
+  KEYGATE_ASSERT(false && "admin request in an unknown phase");
+  return Result::kDone;
+}
+
+void AdminHandler::abandon(RequestContext& ctx) noexcept {
+  // The worker calls this only after the ticket was posted, so neither the fetching thread nor
+  // the backend still writes into the state.
+  if (ctx.state != nullptr) give_back(static_cast<State*>(ctx.state));
+  ctx.state = nullptr;
+}
+
+Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, ResponseWriter& response,
+                                    RequestContext& ctx, State* state) noexcept {
+  if (resolved.outcome != Authenticator::Outcome::kFound) {
+    const Authenticator::Rejection& r = resolved.rejection;
+    write_error(response, r.status, r.code, r.message, r.challenge);
+    return Result::kDone;
+  }
+  if (!resolved.key->usable_at(ctx.now_unix())) {
+    write_error(response, 401, "invalid_api_key", "the API key is not valid", true);
+    return Result::kDone;
+  }
+  if (!resolved.key->has_api(kAdminApi)) {
+    write_error(response, 403, "api_not_permitted", "the API key may not call this API", false);
+    return Result::kDone;
+  }
+  if (state == nullptr) {
+    state = take_state();
+    ctx.state = state;
+  }
+  state->lookup.reset();
+  state->phase = State::Phase::kStabilize;
+  ctx.defer().post();
+  return Result::kPending;
+}
+
+void AdminHandler::submit(const HttpRequest& request, RequestContext& ctx, State* state) noexcept {
+  state->phase = State::Phase::kExecute;
+  state->request.method = request.method;
+  state->request.path = request.path;
+  state->request.query = request.query;
+  state->request.body = request.body;
+  state->request.body_readable_padding = request.body_readable_padding;
+  state->response.status = 0;
+  state->response.body.clear();
+  state->response.allow = {};
+  backend_.submit(state->request, &state->response, ctx.defer());
+}
+
+void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& response) noexcept {
+  if (out.status < 200 || out.status > 599) {
+    // A backend bug must not become a malformed response.
+    write_error(response, 500, "internal_error", "the admin backend gave no answer", false);
+    return;
+  }
+  response.start(out.status);
+  if (!out.allow.empty()) response.header("Allow", out.allow);
+  if (out.status == 204) {
+    response.finish({}, {});
+  } else {
+    response.finish("application/json", out.body);
+  }
+}
+
+void AdminHandler::write_error(ResponseWriter& response, int status, std::string_view code,
+                               std::string_view message, bool challenge) noexcept {
+  // Static code and message, no escaping needed: built on the stack, no allocation.
+  char body[256];
+  size_t n = 0;
+  auto put = [&](std::string_view s) {
+    const size_t take = s.size() < sizeof(body) - n ? s.size() : sizeof(body) - n;
+    for (size_t i = 0; i < take; ++i) body[n + i] = s[i];
+    n += take;
+  };
+  put("{\"error\":\"");
+  put(code);
+  put("\",\"field\":null,\"message\":\"");
+  put(message);
+  put("\"}\n");
+  response.start(status);
+  if (challenge) response.header("WWW-Authenticate", Authenticator::kChallenge);
+  response.finish("application/json", std::string_view(body, n));
+}
+
+AdminHandler::State* AdminHandler::take_state() {
+  if (pool_.empty()) return new State();
+  State* state = pool_.back().release();
+  pool_.pop_back();
+  return state;
+}
+
+void AdminHandler::give_back(State* state) noexcept {
+  state->lookup.reset();
+  state->request = AdminRequest{};
+  state->response.status = 0;
+  state->response.allow = {};
+  if (state->response.body.capacity() > kKeptBodyCapacityMax) {
+    std::string().swap(state->response.body);
+  } else {
+    state->response.body.clear();
+  }
+  pool_.emplace_back(state);
+}
+
+}  // namespace keygate

@@ -1,0 +1,112 @@
+// AdminHandler: the admin listener's Handler — authenticate on the worker, run the admin API
+// (admin_api.h) on an AdminBackend's thread, answer when it posts.
+//
+// Worker-local: one per worker (AdminHandlerFactory), owning its Authenticator (the same key
+// resolution as the data plane: authenticator.h) and a pool of per-request states. The
+// KeyDirectory and the AdminBackend are shared and thread-safe.
+//
+// Order of checks for a request on the admin port:
+//   GET/HEAD /healthz -> 200 "ok" (no key needed; other methods 405);
+//   a path outside /admin, or one is_admin_route() does not know -> 404 not_found, before any
+//     key work;
+//   key resolution fails -> 401 missing/invalid/ambiguous_api_key (with WWW-Authenticate),
+//     400 invalid_body, 413 body_too_large, 503 store_unavailable (see authenticator.h); the key
+//     may come in any of the data plane's four ways (X-ApiKey, ?key=, form `key`, JSON
+//     `API_Key`);
+//   the key is disabled or expired -> 401 invalid_api_key;
+//   its apis lack "admin" -> 403 api_not_permitted ("admin" is full control of the instance:
+//     user grants do not narrow it);
+//   otherwise the AdminBackend runs execute_admin() and the response is its status, its Allow
+//     header (405), Content-Type application/json and its body (none for 204).
+// Error bodies have the admin API's shape: {"error":code,"field":null,"message":text}.
+//
+// Deferral: the views handle() sees point into the worker's receive buffer, which goes back to
+// the kernel at the end of the pass (the parser then copies the request out; only views that
+// resume() sees stay valid until the request completes). So an authenticated request is first
+// deferred with a ticket the handler posts itself, and handed to the backend from resume().
+// Every admin request therefore costs the worker one extra wake-up; admin traffic is rare.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/admin_api.h"
+#include "core/authenticator.h"
+#include "core/builtin_handler.h"
+#include "core/handler.h"
+#include "core/key_directory.h"
+
+namespace keygate {
+
+// Where admin requests are executed, off the workers (storage/admin_executor.h; test doubles).
+// Thread-safe.
+class AdminBackend {
+ public:
+  virtual ~AdminBackend() = default;
+  // Worker thread, non-blocking: runs `request` elsewhere, fills `*out`, then posts `ticket` —
+  // exactly once, also when it cannot run it (then `*out` is a 503 store_unavailable; it may
+  // post before returning). `request` is copied, but the bytes its views point to and `*out`
+  // must stay valid, and untouched by the caller, until the post.
+  virtual void submit(const AdminRequest& request, AdminResponse* out,
+                      ResumeTicket ticket) noexcept = 0;
+};
+
+class AdminHandler final : public Handler {
+ public:
+  // `directory` and `backend` must outlive the handler. `body_inspect_bytes_max`: the largest
+  // form/JSON body searched for a key (413 above it when the key is not in the header or query).
+  AdminHandler(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max);
+
+  Result handle(const HttpRequest& request, ResponseWriter& response,
+                RequestContext& ctx) noexcept override;
+  Result resume(const HttpRequest& request, ResponseWriter& response,
+                RequestContext& ctx) noexcept override;
+  void abandon(RequestContext& ctx) noexcept override;
+
+ private:
+  // Per-request state while deferred (RequestContext::state), pooled per worker.
+  struct State {
+    enum class Phase : uint8_t {
+      kLookup,     // the key is being fetched from the store
+      kStabilize,  // authenticated; waiting for the self-posted ticket (stable views)
+      kExecute,    // the backend runs the request
+    };
+    Phase phase = Phase::kLookup;
+    Authenticator::PendingLookup lookup;
+    AdminRequest request;
+    AdminResponse response;
+  };
+
+  // After the key resolved: authorizes and defers towards execution (kPending), or answers.
+  Result admit(const Authenticator::Result& resolved, ResponseWriter& response, RequestContext& ctx,
+               State* state) noexcept;
+  void submit(const HttpRequest& request, RequestContext& ctx, State* state) noexcept;
+  void write_result(const AdminResponse& out, ResponseWriter& response) noexcept;
+  void write_error(ResponseWriter& response, int status, std::string_view code,
+                   std::string_view message, bool challenge) noexcept;
+  State* take_state();
+  void give_back(State* state) noexcept;
+
+  Authenticator authenticator_;
+  AdminBackend& backend_;
+  BuiltinHandler builtin_;
+  std::vector<std::unique_ptr<State>> pool_;
+};
+
+class AdminHandlerFactory final : public HandlerFactory {
+ public:
+  AdminHandlerFactory(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max)
+      : directory_(directory), backend_(backend), body_inspect_bytes_max_(body_inspect_bytes_max) {}
+  std::unique_ptr<Handler> make(unsigned) override {
+    return std::make_unique<AdminHandler>(directory_, backend_, body_inspect_bytes_max_);
+  }
+
+ private:
+  KeyDirectory& directory_;
+  AdminBackend& backend_;
+  size_t body_inspect_bytes_max_;
+};
+
+}  // namespace keygate

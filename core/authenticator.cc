@@ -1,0 +1,90 @@
+#include "core/authenticator.h"
+
+namespace keygate {
+namespace {
+
+Authenticator::Result rejected(int status, std::string_view code, std::string_view message,
+                               bool challenge) noexcept {
+  Authenticator::Result r;
+  r.outcome = Authenticator::Outcome::kRejected;
+  r.rejection = {status, code, message, challenge};
+  return r;
+}
+
+Authenticator::Result invalid_key() noexcept {
+  return rejected(401, "invalid_api_key", "the API key is not valid", true);
+}
+
+}  // namespace
+
+void Authenticator::PendingLookup::reset() noexcept {
+  digest = KeyDigest{};
+  fetch = KeyDirectory::FetchResult{};
+}
+
+Authenticator::Authenticator(KeyDirectory& directory, size_t body_inspect_bytes_max)
+    : directory_(directory), extractor_(body_inspect_bytes_max) {}
+
+Authenticator::Result Authenticator::resolve(const HttpRequest& request, int64_t now,
+                                             KeyDigest* pending_digest) noexcept {
+  const ExtractResult extracted = extractor_.extract(request, request.body_readable_padding);
+  if (extracted.outcome != KeyOutcome::kFound) {
+    const KeyRejection r = key_rejection(extracted.outcome);
+    return rejected(r.status, r.code, r.message, r.status == 401);
+  }
+  // A mistyped generated key is caught here, before it costs a lookup (or a store read).
+  if (has_generated_shape(extracted.key) && !generated_checksum_ok(extracted.key)) {
+    return invalid_key();
+  }
+  const KeyDigest digest = digest_key(extracted.key);
+  const KeyRecord* key = nullptr;
+  switch (directory_.find_key(digest, &key)) {
+    case KeyDirectory::Lookup::kFound: {
+      const User* user = key->user ? directory_.find_user(*key->user) : nullptr;
+      return found(*key, user, digest, now);
+    }
+    case KeyDirectory::Lookup::kUnknown:
+      return invalid_key();
+    case KeyDirectory::Lookup::kNotCached: {
+      *pending_digest = digest;
+      Result r;
+      r.outcome = Outcome::kFetch;
+      return r;
+    }
+  }
+  return rejected(500, "internal_error", "unexpected lookup result", false);
+}
+
+void Authenticator::fetch(const KeyDigest& digest, PendingLookup* lookup,
+                          RequestContext& ctx) noexcept {
+  lookup->digest = digest;
+  directory_.fetch(digest, &lookup->fetch, ctx.defer());
+}
+
+Authenticator::Result Authenticator::finish_fetch(const PendingLookup& lookup,
+                                                  int64_t now) const noexcept {
+  const KeyDirectory::FetchResult& f = lookup.fetch;
+  if (f.failed) {
+    return rejected(503, "store_unavailable", "the key store cannot answer right now", false);
+  }
+  if (!f.found) return invalid_key();
+  return found(f.record, f.has_user ? &f.user : nullptr, lookup.digest, now);
+}
+
+Authenticator::Result Authenticator::found(const KeyRecord& record, const User* user,
+                                           const KeyDigest& digest, int64_t now) noexcept {
+  // The directory answers for the record's current digest and, during a rotation's grace,
+  // for its previous one too. The stale entry stays in the store until the key's next change,
+  // so the end of the grace is enforced here, on every use.
+  const bool matched_previous = record.previous_digest &&
+                                digests_equal(*record.previous_digest, digest) &&
+                                !digests_equal(record.digest, digest);
+  if (matched_previous && now >= record.previous_valid_until) return invalid_key();
+  Result r;
+  r.outcome = Outcome::kFound;
+  r.key = &record;
+  r.user = user;
+  return r;
+}
+
+}  // namespace keygate

@@ -1,0 +1,101 @@
+// Authenticator: finds the key record a request's API key names — the part of request handling
+// the data plane (AuthHandler) and the admin API (AdminHandler) share.
+//
+// Worker-local: one per handler (so one per worker and listener), owning its KeyExtractor. The
+// KeyDirectory it reads is shared and thread-safe. Nothing here allocates per request or
+// blocks; a key the directory's cache does not hold is fetched off the event loop into
+// caller-owned memory (the handler's per-request state), and the handler defers.
+//
+// Steps, each ending the resolution with a rejection when it fails:
+//   extract the key (key_extractor.h)      -> 401 missing/invalid/ambiguous_api_key (with the
+//                                             challenge), 400 invalid_body, 413 body_too_large;
+//   a generated-shape value, bad checksum  -> 401 invalid_api_key, no lookup;
+//   digest, KeyDirectory::find_key         -> unknown: 401 invalid_api_key;
+//                                             not cached: fetch and defer (kFetch), then
+//                                             finish_fetch(): 503 store_unavailable when the
+//                                             store cannot answer, else as above;
+//   the value matched the record's previous digest (a rotation's grace period) and the grace
+//   is over (now >= previous_valid_until)  -> 401 invalid_api_key.
+// A found record is not yet authorized: whether it is enabled, unexpired and may call what the
+// request asks is the caller's decision (authorize() in permissions.h). Rejection messages
+// never say anything about the key.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "core/api_key.h"
+#include "core/handler.h"
+#include "core/http_request.h"
+#include "core/key_directory.h"
+#include "core/key_extractor.h"
+#include "core/permissions.h"
+
+namespace keygate {
+
+class Authenticator {
+ public:
+  // What to answer when resolution fails: status, static code and message for the error body,
+  // and whether the response must carry `WWW-Authenticate: ApiKey realm="keygate"` (401s).
+  struct Rejection {
+    int status = 0;
+    std::string_view code;
+    std::string_view message;
+    bool challenge = false;
+  };
+
+  enum class Outcome : uint8_t {
+    kFound,     // key (and user) are set
+    kRejected,  // rejection is set
+    kFetch,     // the directory's cache does not know the digest: call fetch() and defer
+  };
+
+  struct Result {
+    Outcome outcome = Outcome::kRejected;
+    // kFound: the record, valid until the worker's next wait (from find_key) or as long as the
+    // PendingLookup it came from; do not keep it across a deferral.
+    const KeyRecord* key = nullptr;
+    // kFound: the key's user when it has one and the user exists, else nullptr.
+    const User* user = nullptr;
+    Rejection rejection;
+  };
+
+  // A lookup in flight: lives in the handler's per-request state (RequestContext::state). The
+  // fetching thread writes `fetch` before it posts; the handler leaves it alone until then.
+  struct PendingLookup {
+    KeyDigest digest{};
+    KeyDirectory::FetchResult fetch;
+    // Empties it for reuse (keeps the strings' capacity where it can).
+    void reset() noexcept;
+  };
+
+  // The WWW-Authenticate value every 401 carries.
+  static constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
+
+  // `directory` must outlive the authenticator. Allocates the extractor's scratch for bodies of
+  // up to `body_inspect_bytes_max` bytes (see KeyExtractor).
+  Authenticator(KeyDirectory& directory, size_t body_inspect_bytes_max);
+
+  // Resolves the key `request` carries at `now` (Unix seconds). With kFetch, `*pending_digest`
+  // is the digest to hand to fetch(). Does not allocate.
+  Result resolve(const HttpRequest& request, int64_t now, KeyDigest* pending_digest) noexcept;
+
+  // Starts fetching `digest` into `*lookup` and defers the request (ctx.defer()); the caller
+  // returns Handler::Result::kPending, and on resume calls finish_fetch(*lookup, ...).
+  void fetch(const KeyDigest& digest, PendingLookup* lookup, RequestContext& ctx) noexcept;
+
+  // The answer of a fetch, after its ticket was posted. kFound points into `lookup`.
+  Result finish_fetch(const PendingLookup& lookup, int64_t now) const noexcept;
+
+ private:
+  // kFound for `record` looked up by `digest`, unless it matched a previous digest whose grace
+  // is over.
+  static Result found(const KeyRecord& record, const User* user, const KeyDigest& digest,
+                      int64_t now) noexcept;
+
+  KeyDirectory& directory_;
+  KeyExtractor extractor_;
+};
+
+}  // namespace keygate

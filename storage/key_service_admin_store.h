@@ -1,0 +1,47 @@
+// KeyServiceAdminStore: the AdminStore the admin API runs on in production, over KeyService.
+//
+// Thread-safe as KeyService is; every call blocks (store reads, or synced writes followed by a
+// cache grace period), so it runs on the admin executor thread, never on a worker. When a
+// mutation returns, every worker sees its effect (KeyService's contract).
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "core/admin_api.h"
+#include "storage/key_service.h"
+#include "storage/key_store.h"
+
+namespace keygate::storage {
+
+// The admin API's view of a storage outcome: ok, not_found and conflict map to themselves;
+// io_error, unavailable and invalid_argument (a record storage cannot accept, which the admin
+// API's validation should have caught) to kIoError, which the admin API answers with 503.
+// The message is the status's static text.
+AdminStoreResult to_admin_result(Status status) noexcept;
+
+class KeyServiceAdminStore final : public AdminStore {
+ public:
+  // `keys` must be open and outlive this object.
+  explicit KeyServiceAdminStore(KeyService& keys) : keys_(keys) {}
+
+  AdminStoreResult list_keys(std::string_view after_id, size_t limit,
+                             std::vector<KeyRecord>* out) override;
+  AdminStoreResult get_key(std::string_view id, KeyRecord* out) override;
+  AdminStoreResult create_key(const KeyRecord& record) override;
+  AdminStoreResult update_key(const KeyRecord& record,
+                              const std::optional<PreviousDigest>& previous) override;
+  AdminStoreResult delete_key(std::string_view id) override;
+  AdminStoreResult import_keys(std::vector<KeyRecord> records) override;
+  AdminStoreResult list_users(std::vector<User>* out) override;
+  AdminStoreResult get_user(std::string_view name, User* out) override;
+  AdminStoreResult put_user(const User& user) override;
+  AdminStoreResult delete_user(std::string_view name) override;
+
+ private:
+  KeyService& keys_;
+};
+
+}  // namespace keygate::storage

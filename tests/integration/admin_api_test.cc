@@ -1,0 +1,624 @@
+// Integration tests of the admin API: the real keygate binary on ephemeral loopback ports,
+// started on an empty data directory with a bootstrap admin key (KEYGATE_BOOTSTRAP_ADMIN_KEY),
+// driven over real HTTP on its admin port, with the effect of every change checked on its data
+// port (auth-check mode, two data APIs).
+//
+// Every server runs two workers, and checks that must hold "on every worker" use several fresh
+// connections (SO_REUSEPORT spreads them over both workers' sockets). Every server is stopped
+// with SIGTERM at the end and must exit 0 after "keygate: stopped", so a crash or a sanitizer
+// report fails the test.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+using namespace std::string_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::string_view kApisConfig =
+    "[[apis]]\n"
+    "name = \"orders\"\n"
+    "routes = [\"/orders\"]\n"
+    "\n"
+    "[[apis]]\n"
+    "name = \"billing\"\n"
+    "routes = [\"/billing\"]\n";
+
+constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
+// Fresh connections a check makes when it must hold on both workers: the chance that all of
+// them land on the same one of two workers is 2^-7.
+constexpr int kConnectionsPerCheck = 8;
+
+std::string random_hex(size_t chars) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < chars; ++i) out += kDigits[rng() % 16];
+  return out;
+}
+
+// A request; `headers` are complete lines without the CRLF. Content-Length is added whenever
+// there is a body or the method usually has one.
+std::string request(std::string_view method, std::string_view target,
+                    const std::vector<std::string>& headers = {}, std::string_view body = {}) {
+  std::string out = std::string(method) + " " + std::string(target) + " HTTP/1.1\r\nHost: it\r\n";
+  for (const std::string& h : headers) out += h + "\r\n";
+  if (!body.empty() || method == "POST" || method == "PATCH" || method == "PUT") {
+    out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  }
+  out += "\r\n";
+  out += body;
+  return out;
+}
+
+std::string show(const std::optional<Response>& r) {
+  return r ? "response:\n" + r->raw : "no response"s;
+}
+
+// The string value of the first `"name":"..."` member in `json` ("" when absent). The values
+// these tests read (ids, generated keys, cursors) need no escapes.
+std::string string_member(std::string_view json, std::string_view name) {
+  const std::string needle = "\"" + std::string(name) + "\":\"";
+  const size_t at = json.find(needle);
+  if (at == std::string_view::npos) return "";
+  const size_t start = at + needle.size();
+  return std::string(json.substr(start, json.find('"', start) - start));
+}
+
+size_t count_of(std::string_view haystack, std::string_view needle) {
+  size_t n = 0;
+  for (size_t at = haystack.find(needle); at != std::string_view::npos;
+       at = haystack.find(needle, at + needle.size())) {
+    ++n;
+  }
+  return n;
+}
+
+// An admin error: this status, JSON {"error":code,"field":...,"message":...}; a 401 also carries
+// the ApiKey challenge, a 405 an Allow header.
+::testing::AssertionResult admin_error(const std::optional<Response>& r, int status,
+                                       std::string_view code) {
+  if (!r || r->status != status) {
+    return ::testing::AssertionFailure() << "want " << status << " " << code << "; " << show(r);
+  }
+  const std::optional<std::string> type = r->header("Content-Type");
+  if (!type || type->rfind("application/json", 0) != 0 ||
+      r->body.rfind("{\"error\":\"" + std::string(code) + "\",\"field\":", 0) != 0 ||
+      r->body.find(",\"message\":\"") == std::string::npos) {
+    return ::testing::AssertionFailure()
+           << "want an admin error body with " << code << "; " << show(r);
+  }
+  if (status == 401 && r->header("WWW-Authenticate") != std::string(kChallenge)) {
+    return ::testing::AssertionFailure() << "want the ApiKey challenge; " << show(r);
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult status_is(const std::optional<Response>& r, int status) {
+  if (r && r->status == status) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "want " << status << "; " << show(r);
+}
+
+struct CreatedKey {
+  std::string id;
+  std::string value;
+};
+
+class AdminApi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options;
+    options.workers = 2;
+    options.extra_config = std::string(kApisConfig);
+    options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_value_}};
+    options.capture_stderr = true;
+    server_ = std::make_unique<TestServer>(std::move(options));
+    std::string error;
+    ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
+  }
+
+  void TearDown() override {
+    if (!server_ || !server_->running()) return;
+    const ExitStatus status = server_->stop(SIGTERM);
+    EXPECT_TRUE(status.clean()) << status.describe() << "\nstdout: " << server_->output()
+                                << "\nstderr: " << server_->error_output();
+    EXPECT_NE(server_->output().find("keygate: stopped"), std::string::npos) << server_->output();
+  }
+
+  // One admin request with the bootstrap admin key in X-ApiKey; a body goes as JSON.
+  std::optional<Response> admin(std::string_view method, std::string_view target,
+                                std::string_view body = {}) {
+    std::vector<std::string> headers = {"X-ApiKey: " + admin_value_};
+    if (!body.empty()) headers.push_back("Content-Type: application/json");
+    return round_trip(server_->admin_port(), request(method, target, headers, body));
+  }
+  std::optional<Response> admin_raw(const std::string& bytes) {
+    return round_trip(server_->admin_port(), bytes);
+  }
+  // One data-port GET with `key` in X-ApiKey, on a fresh connection.
+  std::optional<Response> data(std::string_view target, std::string_view key,
+                               std::string_view method = "GET") {
+    return round_trip(server_->data_port(),
+                      request(method, target, {"X-ApiKey: " + std::string(key)}));
+  }
+  // The same data-port request on kConnectionsPerCheck fresh connections: all must answer
+  // `status`.
+  ::testing::AssertionResult data_everywhere(std::string_view target, std::string_view key,
+                                             int status) {
+    for (int i = 0; i < kConnectionsPerCheck; ++i) {
+      const std::optional<Response> r = data(target, key);
+      if (!r || r->status != status) {
+        return ::testing::AssertionFailure()
+               << "connection " << i << ": want " << status << "; " << show(r);
+      }
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+  // POST /admin/keys with `body`; the new key's id and plaintext value.
+  CreatedKey create_key(std::string_view body) {
+    const std::optional<Response> r = admin("POST", "/admin/keys", body);
+    EXPECT_TRUE(status_is(r, 201));
+    if (!r) return {};
+    CreatedKey k{string_member(r->body, "id"), string_member(r->body, "key")};
+    EXPECT_FALSE(k.id.empty()) << r->body;
+    EXPECT_FALSE(k.value.empty()) << r->body;
+    return k;
+  }
+
+  const std::string admin_value_ = "it-admin-" + random_hex(24);
+  std::unique_ptr<TestServer> server_;
+};
+
+// --- Authentication of the admin port ---------------------------------------------------------
+
+TEST_F(AdminApi, AdminPortAnswersHealthzWithoutAKeyAnd404OutsideTheAdminRoutes) {
+  std::optional<Response> r = round_trip(server_->admin_port(), request("GET", "/healthz"));
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(r->body, "ok");
+  // Unknown paths are 404 before any key work: with no key, and with a valid one.
+  for (const char* path : {"/", "/orders/1", "/admin", "/admin/nothing", "/admin/keys/a/b/c"}) {
+    EXPECT_TRUE(
+        admin_error(round_trip(server_->admin_port(), request("GET", path)), 404, "not_found"))
+        << path;
+    EXPECT_TRUE(admin_error(admin("GET", path), 404, "not_found")) << path;
+  }
+}
+
+TEST_F(AdminApi, NoKeyOrAWrongKeyIs401) {
+  EXPECT_TRUE(admin_error(admin_raw(request("GET", "/admin/apis")), 401, "missing_api_key"));
+  EXPECT_TRUE(admin_error(admin_raw(request("GET", "/admin/apis", {"X-ApiKey: it-not-a-key"})), 401,
+                          "invalid_api_key"));
+  EXPECT_TRUE(
+      admin_error(admin_raw(request("GET", "/admin/apis",
+                                    {"X-ApiKey: " + admin_value_, "X-ApiKey: it-another-value"})),
+                  401, "ambiguous_api_key"));
+}
+
+TEST_F(AdminApi, ADataOnlyKeyIs403AndCannotChangeAnything) {
+  const CreatedKey data_key = create_key(R"({"apis":["orders","billing"]})");
+  const std::string with_data_key = "X-ApiKey: " + data_key.value;
+  EXPECT_TRUE(admin_error(admin_raw(request("GET", "/admin/keys", {with_data_key})), 403,
+                          "api_not_permitted"));
+  EXPECT_TRUE(
+      admin_error(admin_raw(request("DELETE", "/admin/keys/" + data_key.id, {with_data_key})), 403,
+                  "api_not_permitted"));
+  // Still there, still working on the data port.
+  EXPECT_TRUE(status_is(admin("GET", "/admin/keys/" + data_key.id), 200));
+  EXPECT_TRUE(status_is(data("/orders/1", data_key.value), 200));
+}
+
+TEST_F(AdminApi, TheAdminKeyWorksInEachOfTheFourWays) {
+  const std::vector<std::string> requests = {
+      request("GET", "/admin/apis", {"X-ApiKey: " + admin_value_}),
+      request("GET", "/admin/apis?key=" + admin_value_),
+      request("GET", "/admin/apis", {"Content-Type: application/x-www-form-urlencoded"},
+              "key=" + admin_value_),
+      request("GET", "/admin/apis", {"Content-Type: application/json"},
+              "{\"API_Key\":\"" + admin_value_ + "\"}"),
+  };
+  for (const std::string& bytes : requests) {
+    const std::optional<Response> r = admin_raw(bytes);
+    ASSERT_TRUE(status_is(r, 200)) << bytes;
+    EXPECT_EQ(r->header("Content-Type"), "application/json");
+    EXPECT_NE(r->body.find("\"name\":\"orders\""), std::string::npos) << r->body;
+    EXPECT_EQ(r->body.find(admin_value_), std::string::npos) << r->body;
+  }
+}
+
+TEST_F(AdminApi, ABootstrapKeyMadeFromTheEnvironmentIsListedWithoutItsValue) {
+  EXPECT_NE(server_->error_output().find("from KEYGATE_BOOTSTRAP_ADMIN_KEY"), std::string::npos)
+      << server_->error_output();
+  const std::optional<Response> r = admin("GET", "/admin/keys");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(count_of(r->body, "\"id\":"), 1u) << r->body;
+  EXPECT_NE(r->body.find("\"apis\":[\"admin\"]"), std::string::npos) << r->body;
+  EXPECT_EQ(r->body.find(admin_value_), std::string::npos) << r->body;
+  // An admin key is not a data key.
+  EXPECT_TRUE(status_is(data("/orders/1", admin_value_), 403));
+}
+
+// --- Every route --------------------------------------------------------------------------------
+
+TEST_F(AdminApi, KeyRoutesCreateListGetPatchRotateDelete) {
+  const CreatedKey k = create_key(R"({"apis":["orders"],"description":"first"})");
+  EXPECT_TRUE(status_is(data("/orders/1", k.value), 200));
+
+  std::optional<Response> r = admin("GET", "/admin/keys");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_NE(r->body.find("\"id\":\"" + k.id + "\""), std::string::npos) << r->body;
+  EXPECT_NE(r->body.find("\"next_cursor\":null"), std::string::npos) << r->body;
+  EXPECT_EQ(r->body.find(k.value), std::string::npos) << "a listing shows a plaintext";
+  r = admin("GET", "/admin/keys?limit=1");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(count_of(r->body, "\"id\":"), 1u) << r->body;
+  const std::string cursor = string_member(r->body, "next_cursor");
+  ASSERT_FALSE(cursor.empty()) << r->body;
+  r = admin("GET", "/admin/keys?limit=1&cursor=" + cursor);
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(count_of(r->body, "\"id\":"), 1u) << r->body;
+  r = admin("GET", "/admin/keys?api=orders");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(count_of(r->body, "\"id\":"), 1u) << r->body;
+
+  r = admin("GET", "/admin/keys/" + k.id);
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(string_member(r->body, "description"), "first");
+  EXPECT_EQ(r->body.find("\"key\":"), std::string::npos) << r->body;
+
+  r = admin("PATCH", "/admin/keys/" + k.id, R"({"description":"second","apis":["billing"]})");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(string_member(r->body, "description"), "second");
+  EXPECT_TRUE(status_is(data("/orders/1", k.value), 403));
+  EXPECT_TRUE(status_is(data("/billing/1", k.value), 200));
+
+  r = admin("POST", "/admin/keys/" + k.id + "/rotate");
+  ASSERT_TRUE(status_is(r, 201));
+  EXPECT_EQ(string_member(r->body, "id"), k.id);
+  const std::string rotated = string_member(r->body, "key");
+  ASSERT_FALSE(rotated.empty());
+  EXPECT_TRUE(status_is(data("/billing/1", rotated), 200));
+
+  r = admin("DELETE", "/admin/keys/" + k.id);
+  ASSERT_TRUE(status_is(r, 204));
+  EXPECT_EQ(r->body, "");
+  EXPECT_FALSE(r->header("Content-Length").has_value());
+  EXPECT_TRUE(admin_error(admin("GET", "/admin/keys/" + k.id), 404, "not_found"));
+  EXPECT_TRUE(admin_error(admin("DELETE", "/admin/keys/" + k.id), 404, "not_found"));
+}
+
+TEST_F(AdminApi, UserRoutesCreateListGetPatchDelete) {
+  std::optional<Response> r =
+      admin("POST", "/admin/users",
+            R"({"name":"kharnagy@domain.corp","grants":[{"api":"orders","methods":["GET"]}]})");
+  ASSERT_TRUE(status_is(r, 201));
+  EXPECT_EQ(string_member(r->body, "name"), "kharnagy@domain.corp");
+  r = admin("GET", "/admin/users");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_NE(r->body.find("\"name\":\"kharnagy@domain.corp\""), std::string::npos) << r->body;
+  r = admin("GET", "/admin/users/kharnagy%40domain.corp");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_NE(r->body.find("\"methods\":[\"GET\"]"), std::string::npos) << r->body;
+  r = admin("PATCH", "/admin/users/kharnagy%40domain.corp",
+            R"({"grants":[{"api":"billing","path_prefix":"/billing/reports"}]})");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_NE(r->body.find("\"path_prefix\":\"/billing/reports\""), std::string::npos) << r->body;
+  EXPECT_TRUE(status_is(admin("DELETE", "/admin/users/kharnagy%40domain.corp"), 204));
+  EXPECT_TRUE(admin_error(admin("GET", "/admin/users/kharnagy%40domain.corp"), 404, "not_found"));
+  EXPECT_TRUE(
+      admin_error(admin("DELETE", "/admin/users/kharnagy%40domain.corp"), 404, "not_found"));
+}
+
+TEST_F(AdminApi, ApisListsTheConfiguredApis) {
+  const std::optional<Response> r = admin("GET", "/admin/apis");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(r->body, R"({"apis":[{"name":"orders","routes":["/orders"]},)"
+                     R"({"name":"billing","routes":["/billing"]}]})");
+}
+
+// --- Every error code ---------------------------------------------------------------------------
+
+TEST_F(AdminApi, BadBodiesGetEach400Code) {
+  struct Case {
+    std::string_view body;
+    std::string_view code;
+  };
+  const Case cases[] = {
+      {R"({"apis":["orders"])", "invalid_json"},
+      {R"([1,2])", "invalid_json"},
+      {R"({"apis":["orders"],"colour":"blue"})", "unknown_field"},
+      {R"({"apis":"orders"})", "invalid_type"},
+      {R"({"apis":[]})", "invalid_value"},
+      {R"({"description":"no apis"})", "missing_field"},
+      {R"({"apis":["shipping"]})", "unknown_api"},
+      {R"({"apis":["orders"],"user":"ghost"})", "unknown_user"},
+  };
+  for (const Case& c : cases) {
+    EXPECT_TRUE(admin_error(admin("POST", "/admin/keys", c.body), 400, c.code)) << c.body;
+  }
+  const std::optional<Response> r = admin("POST", "/admin/keys", R"({"apis":"orders"})");
+  ASSERT_TRUE(r);
+  EXPECT_NE(r->body.find("\"field\":\"apis\""), std::string::npos) << r->body;
+  // Nothing was created.
+  const std::optional<Response> list = admin("GET", "/admin/keys");
+  ASSERT_TRUE(status_is(list, 200));
+  EXPECT_EQ(count_of(list->body, "\"id\":"), 1u) << list->body;
+}
+
+TEST_F(AdminApi, UnknownIdsAndUsersAre404) {
+  EXPECT_TRUE(admin_error(admin("GET", "/admin/keys/kAAAAAAAAAAAA"), 404, "not_found"));
+  EXPECT_TRUE(admin_error(admin("PATCH", "/admin/keys/kAAAAAAAAAAAA", R"({"enabled":false})"), 404,
+                          "not_found"));
+  EXPECT_TRUE(admin_error(admin("POST", "/admin/keys/kAAAAAAAAAAAA/rotate"), 404, "not_found"));
+  EXPECT_TRUE(admin_error(admin("GET", "/admin/users/nobody"), 404, "not_found"));
+  EXPECT_TRUE(
+      admin_error(admin("PATCH", "/admin/users/nobody", R"({"grants":[]})"), 404, "not_found"));
+}
+
+TEST_F(AdminApi, AWrongMethodIs405WithAllow) {
+  std::optional<Response> r = admin("PUT", "/admin/keys", "{}");
+  ASSERT_TRUE(admin_error(r, 405, "method_not_allowed"));
+  EXPECT_EQ(r->header("Allow"), "GET, POST");
+  r = admin("GET", "/admin/keys/import");
+  ASSERT_TRUE(admin_error(r, 405, "method_not_allowed"));
+  EXPECT_EQ(r->header("Allow"), "POST");
+  r = admin("POST", "/admin/users/alice", "{}");
+  ASSERT_TRUE(admin_error(r, 405, "method_not_allowed"));
+  EXPECT_EQ(r->header("Allow"), "GET, PATCH, DELETE");
+}
+
+TEST_F(AdminApi, ARepeatedValueOrUserNameIs409) {
+  const std::string value = "it-operator-" + random_hex(16);
+  const std::string body = R"({"apis":["orders"],"key":")" + value + "\"}";
+  const CreatedKey first = create_key(body);
+  EXPECT_EQ(first.value, value);
+  const std::optional<Response> r = admin("POST", "/admin/keys", body);
+  ASSERT_TRUE(admin_error(r, 409, "conflict"));
+  EXPECT_EQ(r->body.find(value), std::string::npos) << "a rejection echoes the key value";
+  ASSERT_TRUE(status_is(admin("POST", "/admin/users", R"({"name":"alice"})"), 201));
+  EXPECT_TRUE(admin_error(admin("POST", "/admin/users", R"({"name":"alice"})"), 409, "conflict"));
+}
+
+TEST_F(AdminApi, ABodyOverTheSmallRouteLimitIs413) {
+  // The key is in the header, so the body is not searched for one: the admin API's own limit
+  // (64 KiB on every route but import) answers.
+  const std::string body =
+      R"({"apis":["orders"],"description":")" + std::string(70 * 1024, 'd') + "\"}";
+  EXPECT_TRUE(admin_error(admin("POST", "/admin/keys", body), 413, "body_too_large"));
+}
+
+// --- Effects on the data port -------------------------------------------------------------------
+
+TEST_F(AdminApi, DisablingOrDeletingAKeyRevokesItOnEveryWorkerWhenTheCallReturns) {
+  const CreatedKey k = create_key(R"({"apis":["orders"]})");
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 200));
+  ASSERT_TRUE(status_is(admin("PATCH", "/admin/keys/" + k.id, R"({"enabled":false})"), 200));
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 401));
+  ASSERT_TRUE(status_is(admin("PATCH", "/admin/keys/" + k.id, R"({"enabled":true})"), 200));
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 200));
+  ASSERT_TRUE(status_is(admin("DELETE", "/admin/keys/" + k.id), 204));
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 401));
+}
+
+TEST_F(AdminApi, ExpiryInThePastRevokesAtOnce) {
+  const CreatedKey k = create_key(R"({"apis":["orders"]})");
+  ASSERT_TRUE(status_is(
+      admin("PATCH", "/admin/keys/" + k.id, R"({"expires_at":"2020-01-01T00:00:00Z"})"), 200));
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 401));
+}
+
+TEST_F(AdminApi, RotationWithoutGraceRevokesTheOldValueAtOnce) {
+  const CreatedKey k = create_key(R"({"apis":["orders"]})");
+  const std::optional<Response> r = admin("POST", "/admin/keys/" + k.id + "/rotate");
+  ASSERT_TRUE(status_is(r, 201));
+  const std::string new_value = string_member(r->body, "key");
+  ASSERT_FALSE(new_value.empty());
+  EXPECT_NE(new_value, k.value);
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 401));
+  EXPECT_TRUE(data_everywhere("/orders/1", new_value, 200));
+  const std::optional<Response> zero =
+      admin("POST", "/admin/keys/" + k.id + "/rotate", R"({"grace_seconds":0})");
+  ASSERT_TRUE(status_is(zero, 201));
+  EXPECT_TRUE(data_everywhere("/orders/1", new_value, 401));
+  EXPECT_TRUE(data_everywhere("/orders/1", string_member(zero->body, "key"), 200));
+}
+
+TEST_F(AdminApi, RotationWithGraceKeepsTheOldValueUntilTheGraceEnds) {
+  const CreatedKey k = create_key(R"({"apis":["orders"]})");
+  const std::optional<Response> r =
+      admin("POST", "/admin/keys/" + k.id + "/rotate", R"({"grace_seconds":2})");
+  const auto rotated_at = Clock::now();
+  ASSERT_TRUE(status_is(r, 201));
+  const std::string new_value = string_member(r->body, "key");
+  ASSERT_FALSE(new_value.empty());
+  // The grace ends 2 s after the rotation's whole second, so at least 1 s from now.
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 200));
+  EXPECT_TRUE(data_everywhere("/orders/1", new_value, 200));
+  // A change that is no rotation keeps the grace going.
+  ASSERT_TRUE(status_is(admin("PATCH", "/admin/keys/" + k.id, R"({"description":"x"})"), 200));
+  if (Clock::now() - rotated_at < std::chrono::milliseconds(900)) {
+    EXPECT_TRUE(status_is(data("/orders/1", k.value), 200));
+  }
+
+  std::this_thread::sleep_until(rotated_at + std::chrono::milliseconds(3200));
+  EXPECT_TRUE(data_everywhere("/orders/1", k.value, 401));
+  EXPECT_TRUE(data_everywhere("/orders/1", new_value, 200));
+}
+
+TEST_F(AdminApi, AThousandImportedKeysWorkAtOnce) {
+  constexpr int kKeys = 1000;
+  const std::string prefix = "it-import-" + random_hex(12) + "-";
+  std::string body = R"({"keys":[)";
+  for (int i = 0; i < kKeys; ++i) {
+    if (i > 0) body += ',';
+    body += R"({"key":")" + prefix + std::to_string(i) + R"(","apis":["orders"])";
+    if (i % 2 == 1) body += R"(,"description":"odd")";
+    body += '}';
+  }
+  body += "]}";
+  const std::optional<Response> r = admin("POST", "/admin/keys/import", body);
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(r->body.rfind("{\"imported\":1000,\"ids\":[", 0), 0u) << r->body.substr(0, 80);
+  EXPECT_EQ(count_of(r->body, "\"k"), static_cast<size_t>(kKeys));
+  for (int i : {0, 1, 499, 998, 999}) {
+    EXPECT_TRUE(status_is(data("/orders/" + std::to_string(i), prefix + std::to_string(i)), 200))
+        << i;
+  }
+  const std::optional<Response> page = admin("GET", "/admin/keys?limit=1000");
+  ASSERT_TRUE(status_is(page, 200));
+  EXPECT_EQ(count_of(page->body, "\"id\":"), 1000u);
+  EXPECT_EQ(string_member(page->body, "next_cursor").size(), 13u);  // the bootstrap key is left
+  // All or nothing: an import repeating one of these values stores none of its keys.
+  const std::string again = R"({"keys":[{"key":")" + prefix + R"(new","apis":["orders"]},)" +
+                            R"({"key":")" + prefix + R"(7","apis":["orders"]}]})";
+  const std::optional<Response> conflict = admin("POST", "/admin/keys/import", again);
+  ASSERT_TRUE(admin_error(conflict, 409, "conflict"));
+  EXPECT_NE(conflict->body.find("\"field\":\"keys[1].key\""), std::string::npos) << conflict->body;
+  EXPECT_TRUE(status_is(data("/orders/1", prefix + "new"), 401));
+}
+
+TEST_F(AdminApi, AUserBoundKeyIsLimitedByItsUsersGrants) {
+  ASSERT_TRUE(status_is(admin("POST", "/admin/users",
+                              R"({"name":"alice","grants":[{"api":"orders","methods":["GET"],)"
+                              R"("path_prefix":"/orders/public"}]})"),
+                        201));
+  const CreatedKey k = create_key(R"({"apis":["orders","billing"],"user":"alice"})");
+  std::optional<Response> r = data("/orders/public/7", k.value);
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(r->header("X-Keygate-User"), "alice");
+  EXPECT_EQ(r->header("X-Keygate-Key-Id"), k.id);
+  EXPECT_TRUE(status_is(data("/orders/private/7", k.value), 403));
+  EXPECT_TRUE(status_is(data("/orders/public/7", k.value, "POST"), 403));
+  EXPECT_TRUE(status_is(data("/billing/1", k.value), 403));
+
+  // New grants apply on every worker as soon as the PATCH returns.
+  ASSERT_TRUE(
+      status_is(admin("PATCH", "/admin/users/alice", R"({"grants":[{"api":"billing"}]})"), 200));
+  EXPECT_TRUE(data_everywhere("/orders/public/7", k.value, 403));
+  EXPECT_TRUE(data_everywhere("/billing/1", k.value, 200));
+  // A deleted user's keys are denied.
+  ASSERT_TRUE(status_is(admin("DELETE", "/admin/users/alice"), 204));
+  r = data("/billing/1", k.value);
+  ASSERT_TRUE(status_is(r, 403));
+  EXPECT_EQ(string_member(r->body, "error"), "user_not_permitted");
+  EXPECT_TRUE(data_everywhere("/billing/1", k.value, 403));
+}
+
+TEST_F(AdminApi, AClientThatLeavesMidRequestDoesNotStopTheChange) {
+  std::string body = R"({"keys":[)";
+  for (int i = 0; i < 200; ++i) {
+    if (i > 0) body += ',';
+    body += R"({"key":"it-leaver-)" + std::to_string(i) + R"(","apis":["orders"]})";
+  }
+  body += "]}";
+  {
+    RawClient c;
+    ASSERT_TRUE(c.connect(server_->admin_port()));
+    ASSERT_TRUE(
+        c.send(request("POST", "/admin/keys/import",
+                       {"X-ApiKey: " + admin_value_, "Content-Type: application/json"}, body)));
+  }  // closed before the answer: the worker abandons the request once the executor posts
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  std::optional<Response> r;
+  while (Clock::now() < deadline) {
+    r = data("/orders/1", "it-leaver-199");
+    if (r && r->status == 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(status_is(r, 200));
+  EXPECT_TRUE(status_is(admin("GET", "/admin/apis"), 200));
+}
+
+// Two client threads hammer the data port with one key over keep-alive connections (four
+// each, spread over both workers) while the test deletes the key. Every request sent after the
+// DELETE's response arrived must be refused; requests in flight before may go either way.
+TEST_F(AdminApi, UnderLoadEveryRequestSentAfterTheDeleteReturnsIsRefused) {
+  constexpr int kThreads = 2;
+  constexpr int kConnectionsPerThread = 4;
+  const CreatedKey k = create_key(R"({"apis":["orders"]})");
+  const std::string get = request("GET", "/orders/load", {"X-ApiKey: " + k.value});
+
+  struct Sample {
+    Clock::time_point sent;
+    int status;
+  };
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::vector<std::vector<Sample>> samples(kThreads);
+  std::vector<std::thread> threads;
+  const uint16_t port = server_->data_port();
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<RawClient> clients(kConnectionsPerThread);
+      for (size_t n = 0; !stop.load(std::memory_order_relaxed); ++n) {
+        RawClient& c = clients[n % clients.size()];
+        if (!c.connected() && !c.connect(port)) {
+          ++failures;
+          continue;
+        }
+        const Clock::time_point sent = Clock::now();
+        if (!c.send(get)) {
+          c.close();
+          ++failures;
+          continue;
+        }
+        const std::optional<Response> r = c.read_response(std::chrono::milliseconds(3000));
+        if (!r) {
+          c.close();
+          ++failures;
+          continue;
+        }
+        samples[t].push_back({sent, r->status});
+        if (r->connection_close()) c.close();
+      }
+    });
+  }
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::optional<Response> deleted = admin("DELETE", "/admin/keys/" + k.id);
+  const Clock::time_point delete_returned = Clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  stop = true;
+  for (std::thread& t : threads) t.join();
+  ASSERT_TRUE(status_is(deleted, 204));
+
+  size_t before = 0;
+  size_t after = 0;
+  size_t late_successes = 0;
+  for (const std::vector<Sample>& list : samples) {
+    for (const Sample& s : list) {
+      if (s.sent > delete_returned) {
+        ++after;
+        if (s.status != 401) ++late_successes;
+      } else {
+        ++before;
+        EXPECT_TRUE(s.status == 200 || s.status == 401) << s.status;
+      }
+    }
+    EXPECT_FALSE(list.empty());
+  }
+  EXPECT_EQ(late_successes, 0u) << "of " << after << " requests sent after the DELETE returned";
+  EXPECT_GT(before, 20u);
+  EXPECT_GT(after, 20u);
+  EXPECT_EQ(failures.load(), 0);
+}
+
+}  // namespace
+}  // namespace keygate::integration

@@ -1,0 +1,223 @@
+#include "storage/admin_executor.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/admin_api.h"
+#include "core/handler.h"
+#include "core/permissions.h"
+
+namespace keygate::storage {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr int64_t kNow = 1700000000;  // 2023-11-14T22:13:20Z
+
+// An AdminStore that answers list_keys with nothing, or holds it until released (which keeps
+// the executor thread busy so its queue can be filled), and remembers created keys.
+class FakeStore final : public AdminStore {
+ public:
+  AdminStoreResult list_keys(std::string_view, size_t, std::vector<KeyRecord>*) override {
+    std::unique_lock lock(mutex_);
+    list_thread_ = std::this_thread::get_id();
+    ++list_calls_;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return !holding_; });
+    return {};
+  }
+  AdminStoreResult get_key(std::string_view, KeyRecord*) override {
+    return {AdminStoreCode::kNotFound, "no key"};
+  }
+  AdminStoreResult create_key(const KeyRecord& record) override {
+    std::lock_guard lock(mutex_);
+    created_.push_back(record);
+    return {};
+  }
+  AdminStoreResult update_key(const KeyRecord&, const std::optional<PreviousDigest>&) override {
+    return {AdminStoreCode::kNotFound, "no key"};
+  }
+  AdminStoreResult delete_key(std::string_view) override {
+    return {AdminStoreCode::kNotFound, "no key"};
+  }
+  AdminStoreResult import_keys(std::vector<KeyRecord>) override { return {}; }
+  AdminStoreResult list_users(std::vector<User>*) override { return {}; }
+  AdminStoreResult get_user(std::string_view, User*) override {
+    return {AdminStoreCode::kNotFound, "no user"};
+  }
+  AdminStoreResult put_user(const User&) override { return {}; }
+  AdminStoreResult delete_user(std::string_view) override {
+    return {AdminStoreCode::kNotFound, "no user"};
+  }
+
+  void hold() {
+    std::lock_guard lock(mutex_);
+    holding_ = true;
+  }
+  void release() {
+    std::lock_guard lock(mutex_);
+    holding_ = false;
+    changed_.notify_all();
+  }
+  // Waits (up to 10 s) until list_keys was entered `n` times.
+  bool wait_for_list_calls(int n) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, 10s, [&] { return list_calls_ >= n; });
+  }
+  std::thread::id list_thread() {
+    std::lock_guard lock(mutex_);
+    return list_thread_;
+  }
+  std::vector<KeyRecord> created() {
+    std::lock_guard lock(mutex_);
+    return created_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool holding_ = false;
+  int list_calls_ = 0;
+  std::thread::id list_thread_;
+  std::vector<KeyRecord> created_;
+};
+
+// Records which slots were posted, from any thread.
+class RecordingSink final : public ResumeTicket::Sink {
+ public:
+  void post(uint32_t slot, uint32_t) noexcept override {
+    std::lock_guard lock(mutex_);
+    posted_.push_back(slot);
+    changed_.notify_all();
+  }
+  // Waits (up to 10 s) until `n` posts happened; returns the slots posted so far.
+  std::vector<uint32_t> wait_for(size_t n) {
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, 10s, [&] { return posted_.size() >= n; });
+    return posted_;
+  }
+  std::vector<uint32_t> posted() {
+    std::lock_guard lock(mutex_);
+    return posted_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<uint32_t> posted_;
+};
+
+bool counting_random(std::span<uint8_t> out) {
+  static std::atomic<uint8_t> next{1};
+  for (uint8_t& b : out) b = next.fetch_add(1);
+  return true;
+}
+
+class AdminExecutorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string error;
+    ASSERT_TRUE(apis_.init({ApiConfig{"orders", {"/orders"}}}, &error)) << error;
+  }
+
+  AdminExecutor::Options options(size_t queue_max = 256) {
+    AdminExecutor::Options o;
+    o.queue_max = queue_max;
+    o.clock = [] { return kNow; };
+    o.random = counting_random;
+    return o;
+  }
+
+  static AdminRequest request(std::string_view method, std::string_view path,
+                              std::string_view body = {}) {
+    AdminRequest r;
+    r.method = method;
+    r.path = path;
+    r.body = body;
+    return r;
+  }
+
+  ApiRegistry apis_;
+  FakeStore store_;
+  RecordingSink sink_;
+};
+
+TEST_F(AdminExecutorTest, RunsARequestOnItsOwnThreadAndPostsWhenTheAnswerIsFilledIn) {
+  AdminExecutor executor(store_, apis_, options());
+  AdminResponse out;
+  executor.submit(request("GET", "/admin/keys"), &out, ResumeTicket(&sink_, 1, 0));
+  ASSERT_EQ(sink_.wait_for(1).size(), 1u);
+  EXPECT_EQ(out.status, 200);
+  EXPECT_EQ(out.body, "{\"keys\":[],\"next_cursor\":null}");
+  EXPECT_NE(store_.list_thread(), std::this_thread::get_id());
+  EXPECT_EQ(executor.stats().executed_total, 1u);
+}
+
+TEST_F(AdminExecutorTest, TheContextCarriesTheClockTheRandomSourceAndTheApis) {
+  AdminExecutor executor(store_, apis_, options());
+  AdminResponse out;
+  constexpr std::string_view kBody = R"({"apis":["orders"],"description":"made by a test"})";
+  executor.submit(request("POST", "/admin/keys", kBody), &out, ResumeTicket(&sink_, 1, 0));
+  ASSERT_EQ(sink_.wait_for(1).size(), 1u);
+  EXPECT_EQ(out.status, 201) << out.body;
+  EXPECT_NE(out.body.find("\"created_at\":\"2023-11-14T22:13:20Z\""), std::string::npos)
+      << out.body;
+  EXPECT_NE(out.body.find("\"key\":\"kg_"), std::string::npos) << out.body;
+  const std::vector<KeyRecord> created = store_.created();
+  ASSERT_EQ(created.size(), 1u);
+  EXPECT_EQ(created[0].created_at, kNow);
+  EXPECT_EQ(created[0].apis, std::vector<std::string>{"orders"});
+}
+
+TEST_F(AdminExecutorTest, RequestsRunOneAtATimeInArrivalOrder) {
+  AdminExecutor executor(store_, apis_, options());
+  store_.hold();
+  std::vector<AdminResponse> out(5);
+  executor.submit(request("GET", "/admin/keys"), &out[0], ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_list_calls(1));
+  for (uint32_t i = 1; i < 5; ++i) {
+    executor.submit(request("GET", "/admin/apis"), &out[i], ResumeTicket(&sink_, i, 0));
+  }
+  std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(sink_.posted().empty());  // all wait behind the held request
+  store_.release();
+  EXPECT_EQ(sink_.wait_for(5), (std::vector<uint32_t>{0, 1, 2, 3, 4}));
+  for (const AdminResponse& r : out) EXPECT_EQ(r.status, 200);
+}
+
+TEST_F(AdminExecutorTest, AFullQueueAnswers503AtOnce) {
+  AdminExecutor executor(store_, apis_, options(/*queue_max=*/2));
+  store_.hold();
+  std::vector<AdminResponse> out(4);
+  executor.submit(request("GET", "/admin/keys"), &out[0], ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_list_calls(1));  // running, so no longer queued
+  executor.submit(request("GET", "/admin/apis"), &out[1], ResumeTicket(&sink_, 1, 0));
+  executor.submit(request("GET", "/admin/apis"), &out[2], ResumeTicket(&sink_, 2, 0));
+  executor.submit(request("GET", "/admin/apis"), &out[3], ResumeTicket(&sink_, 3, 0));
+  // The third queued request found the queue full: answered before submit() returned.
+  EXPECT_EQ(sink_.posted(), std::vector<uint32_t>{3});
+  EXPECT_EQ(out[3].status, 503);
+  EXPECT_TRUE(out[3].allow.empty());
+  EXPECT_EQ(out[3].body.rfind("{\"error\":\"store_unavailable\",\"field\":null,", 0), 0u)
+      << out[3].body;
+  EXPECT_EQ(executor.stats().rejected_total, 1u);
+  store_.release();
+  EXPECT_EQ(sink_.wait_for(4), (std::vector<uint32_t>{3, 0, 1, 2}));
+  EXPECT_EQ(out[0].status, 200);
+  EXPECT_EQ(out[1].status, 200);
+  EXPECT_EQ(out[2].status, 200);
+  EXPECT_EQ(executor.stats().executed_total, 3u);
+}
+
+}  // namespace
+}  // namespace keygate::storage
