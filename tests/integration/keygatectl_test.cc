@@ -1,0 +1,641 @@
+// Integration tests of keygatectl, the admin CLI: the real keygatectl binary (KEYGATECTL_BINARY)
+// run as a subprocess against the real keygate binary on ephemeral loopback ports, started on an
+// empty data directory with a bootstrap admin key and two data APIs (auth-check mode). What the
+// CLI changes is checked where it matters, on the data port.
+//
+// Secrets: every keygatectl run is recorded, and each test ends by checking that the admin key
+// appears in none of the output; a created or rotated key's value may appear only in the output
+// of the command that made it.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::string_view kApisConfig =
+    "[[apis]]\n"
+    "name = \"orders\"\n"
+    "routes = [\"/orders\"]\n"
+    "\n"
+    "[[apis]]\n"
+    "name = \"billing\"\n"
+    "routes = [\"/billing\"]\n";
+
+// keygatectl talks to a local server: a run taking longer than this is a hang.
+constexpr Millis kCtlTimeout(10000);
+
+const char* keygatectl_binary() { return KEYGATECTL_BINARY; }
+
+std::string random_hex(size_t chars) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < chars; ++i) out += kDigits[rng() % 16];
+  return out;
+}
+
+struct CtlRun {
+  std::vector<std::string> args;
+  ExitStatus status;
+  std::string out;
+  std::string err;
+
+  bool exited_with(int code) const { return status.exited && status.code == code; }
+  std::string describe() const {
+    std::string s = "keygatectl";
+    for (const std::string& a : args) s += " " + a;
+    return s + "\n  " + status.describe() + "\n  stdout: " + out + "\n  stderr: " + err;
+  }
+};
+
+// The environment for a keygatectl run: ours without KEYGATE_ADMIN_KEY, plus `admin_key` as
+// KEYGATE_ADMIN_KEY when given.
+std::vector<std::string> ctl_environment(const std::optional<std::string>& admin_key) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (!std::string_view(*e).starts_with("KEYGATE_ADMIN_KEY=")) env.emplace_back(*e);
+  }
+  if (admin_key) env.push_back("KEYGATE_ADMIN_KEY=" + *admin_key);
+  return env;
+}
+
+// Runs keygatectl with `args` and environment `env`, stdin on /dev/null, capturing stdout and
+// stderr; SIGKILLed at kCtlTimeout (then status.timed_out).
+CtlRun run_ctl(std::vector<std::string> args, std::vector<std::string> env) {
+  CtlRun run;
+  run.args = args;
+  std::vector<std::string> argv_storage = {keygatectl_binary()};
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  int out_pipe[2] = {-1, -1};
+  int err_pipe[2] = {-1, -1};
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    run.err = std::string("test: pipe2: ") + std::strerror(errno);
+    return run;
+  }
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    // Child: async-signal-safe calls only until exec.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    const int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+    ::dup2(out_pipe[1], STDOUT_FILENO);
+    ::dup2(err_pipe[1], STDERR_FILENO);
+    ::execve(argv[0], argv.data(), envp.data());
+    ::_exit(127);
+  }
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  if (pid < 0) {
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    run.err = std::string("test: fork: ") + std::strerror(errno);
+    return run;
+  }
+  const auto deadline = Clock::now() + kCtlTimeout;
+  int fds[2] = {out_pipe[0], err_pipe[0]};
+  std::string* sinks[2] = {&run.out, &run.err};
+  while ((fds[0] >= 0 || fds[1] >= 0) && Clock::now() < deadline) {
+    pollfd p[2] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
+    const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
+    const int n = ::poll(p, 2, static_cast<int>(std::max<int64_t>(left, 0)));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (int k = 0; k < 2; ++k) {
+      if (p[k].revents == 0) continue;
+      char buf[4096];
+      const ssize_t got = ::read(fds[k], buf, sizeof(buf));
+      if (got > 0) {
+        sinks[k]->append(buf, static_cast<size_t>(got));
+      } else if (got == 0 || errno != EINTR) {
+        ::close(fds[k]);
+        fds[k] = -1;
+      }
+    }
+  }
+  for (int fd : fds) {
+    if (fd >= 0) ::close(fd);
+  }
+  int st = 0;
+  while (::waitpid(pid, &st, WNOHANG) == 0) {
+    if (Clock::now() >= deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &st, 0);
+      run.status.timed_out = true;
+      return run;
+    }
+    std::this_thread::sleep_for(Millis(2));
+  }
+  if (WIFEXITED(st)) {
+    run.status.exited = true;
+    run.status.code = WEXITSTATUS(st);
+  } else if (WIFSIGNALED(st)) {
+    run.status.signal = WTERMSIG(st);
+  }
+  return run;
+}
+
+// The value on the "key: VALUE" line of create/rotate output ("" when absent).
+std::string printed_key(std::string_view out) {
+  constexpr std::string_view kPrefix = "key: ";
+  for (size_t at = 0; at < out.size();) {
+    size_t end = out.find('\n', at);
+    if (end == std::string_view::npos) end = out.size();
+    const std::string_view line = out.substr(at, end - at);
+    if (line.starts_with(kPrefix)) return std::string(line.substr(kPrefix.size()));
+    at = end + 1;
+  }
+  return "";
+}
+
+// The value of the "label:  value" line of a record listing ("" when absent).
+std::string field(std::string_view out, std::string_view label) {
+  const std::string needle = std::string(label) + ":";
+  for (size_t at = 0; at < out.size();) {
+    size_t end = out.find('\n', at);
+    if (end == std::string_view::npos) end = out.size();
+    std::string_view line = out.substr(at, end - at);
+    if (line.starts_with(needle)) {
+      line.remove_prefix(needle.size());
+      while (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+      return std::string(line);
+    }
+    at = end + 1;
+  }
+  return "";
+}
+
+size_t count_of(std::string_view haystack, std::string_view needle) {
+  size_t n = 0;
+  for (size_t at = haystack.find(needle); at != std::string_view::npos;
+       at = haystack.find(needle, at + needle.size())) {
+    ++n;
+  }
+  return n;
+}
+
+bool contains(std::string_view haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string_view::npos;
+}
+
+class Keygatectl : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options;
+    options.workers = 2;
+    options.extra_config = std::string(kApisConfig);
+    options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_value_}};
+    options.capture_stderr = true;
+    server_ = std::make_unique<TestServer>(std::move(options));
+    std::string error;
+    ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
+    url_ = "http://127.0.0.1:" + std::to_string(server_->admin_port());
+  }
+
+  void TearDown() override {
+    // The admin key never shows, in any run, whatever it did.
+    for (const CtlRun& run : runs_) {
+      EXPECT_FALSE(contains(run.out, admin_value_)) << run.describe();
+      EXPECT_FALSE(contains(run.err, admin_value_)) << run.describe();
+    }
+    // A created key's value shows only in the output of the run that created it.
+    for (const auto& [value, maker] : created_) {
+      for (size_t i = 0; i < runs_.size(); ++i) {
+        if (i == maker) continue;
+        EXPECT_FALSE(contains(runs_[i].out, value)) << runs_[i].describe();
+        EXPECT_FALSE(contains(runs_[i].err, value)) << runs_[i].describe();
+      }
+      EXPECT_EQ(count_of(runs_[maker].out + runs_[maker].err, value), 1u)
+          << runs_[maker].describe();
+    }
+    if (!server_ || !server_->running()) return;
+    const ExitStatus status = server_->stop(SIGTERM);
+    EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+  }
+
+  // keygatectl --url <admin port> ARGS, with the admin key in KEYGATE_ADMIN_KEY.
+  CtlRun ctl(std::vector<std::string> args) {
+    args.insert(args.begin(), {"--url", url_});
+    runs_.push_back(run_ctl(std::move(args), ctl_environment(admin_value_)));
+    return runs_.back();
+  }
+  // keygatectl ARGS exactly, with KEYGATE_ADMIN_KEY set to `admin_key` or unset.
+  CtlRun ctl_raw(std::vector<std::string> args, std::optional<std::string> admin_key) {
+    runs_.push_back(run_ctl(std::move(args), ctl_environment(admin_key)));
+    return runs_.back();
+  }
+
+  // A create or rotate that must succeed; returns the printed value and remembers it.
+  std::string made_key(const CtlRun& run) {
+    EXPECT_TRUE(run.exited_with(0)) << run.describe();
+    const std::string value = printed_key(run.out);
+    EXPECT_TRUE(value.starts_with("kg_")) << run.describe();
+    if (!value.empty()) created_.emplace_back(value, runs_.size() - 1);
+    return value;
+  }
+
+  // The data-port status of METHOD target with `key` in X-ApiKey (0: no response).
+  int data_status(std::string_view target, std::string_view key, std::string_view method = "GET") {
+    std::string request = std::string(method) + " " + std::string(target) +
+                          " HTTP/1.1\r\nHost: it\r\nX-ApiKey: " + std::string(key) + "\r\n";
+    if (method == "POST") request += "Content-Length: 0\r\n";
+    request += "\r\n";
+    const std::optional<Response> r = round_trip(server_->data_port(), request);
+    return r ? r->status : 0;
+  }
+
+  const std::string admin_value_ = "it-admin-" + random_hex(24);
+  std::unique_ptr<TestServer> server_;
+  std::string url_;
+  std::vector<CtlRun> runs_;  // every keygatectl run of the test, in order
+  std::vector<std::pair<std::string, size_t>> created_;  // key value, index of its run
+};
+
+// --- keys ------------------------------------------------------------------------------------
+
+TEST_F(Keygatectl, KeysCreatePrintsTheValueOnceAndTheKeyWorksOnTheDataPort) {
+  const CtlRun create = ctl({"keys", "create", "--api", "orders", "--description", "shop front"});
+  const std::string value = made_key(create);
+  const std::string id = field(create.out, "id");
+  ASSERT_EQ(id.size(), 13u) << create.describe();
+  EXPECT_EQ(field(create.out, "apis"), "orders");
+  EXPECT_EQ(field(create.out, "enabled"), "yes");
+  EXPECT_EQ(field(create.out, "description"), "shop front");
+  EXPECT_TRUE(contains(create.err, "only time")) << create.describe();
+
+  EXPECT_EQ(data_status("/orders/1", value), 200);
+  EXPECT_EQ(data_status("/billing/1", value), 403);
+
+  // The table: headings, the new key's row, the bootstrap admin key's row; no value.
+  const CtlRun list = ctl({"keys", "list"});
+  ASSERT_TRUE(list.exited_with(0)) << list.describe();
+  EXPECT_TRUE(list.out.starts_with("ID ")) << list.describe();
+  for (const char* heading : {"HINT", "APIS", "USER", "ENABLED", "EXPIRES", "DESCRIPTION"}) {
+    EXPECT_TRUE(contains(list.out.substr(0, list.out.find('\n')), heading)) << list.describe();
+  }
+  EXPECT_EQ(count_of(list.out, "\n"), 3u) << list.describe();
+  EXPECT_TRUE(contains(list.out, id)) << list.describe();
+  EXPECT_TRUE(contains(list.out, "shop front")) << list.describe();
+  EXPECT_TRUE(contains(list.out, "admin")) << list.describe();
+
+  const CtlRun json = ctl({"keys", "list", "--json"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_TRUE(json.out.starts_with("{\"keys\":[")) << json.describe();
+  EXPECT_TRUE(contains(json.out, "\"id\":\"" + id + "\"")) << json.describe();
+  EXPECT_TRUE(contains(json.out, "\"next_cursor\":null")) << json.describe();
+
+  const CtlRun show = ctl({"keys", "show", id});
+  ASSERT_TRUE(show.exited_with(0)) << show.describe();
+  EXPECT_EQ(field(show.out, "id"), id);
+  EXPECT_EQ(field(show.out, "hint"), value.substr(0, 6) + "...");
+  EXPECT_EQ(field(show.out, "expires_at"), "never");
+
+  // --json output of create is the server's record, with the value in it, once.
+  const CtlRun created_json =
+      ctl({"--json", "keys", "create", "--api", "billing", "--log-request", "--disabled"});
+  ASSERT_TRUE(created_json.exited_with(0)) << created_json.describe();
+  EXPECT_TRUE(created_json.out.starts_with("{\"id\":\"")) << created_json.describe();
+  EXPECT_TRUE(contains(created_json.out, "\"log_request\":true")) << created_json.describe();
+  EXPECT_TRUE(contains(created_json.out, "\"enabled\":false")) << created_json.describe();
+  const size_t at = created_json.out.find("\"key\":\"");
+  ASSERT_NE(at, std::string::npos) << created_json.describe();
+  const std::string json_value =
+      created_json.out.substr(at + 7, created_json.out.find('"', at + 7) - at - 7);
+  created_.emplace_back(json_value, runs_.size() - 1);
+  EXPECT_EQ(data_status("/billing/1", json_value), 401);  // created disabled
+}
+
+TEST_F(Keygatectl, KeysUpdateRotateAndDeleteTakeEffectOnTheDataPort) {
+  const CtlRun create = ctl({"keys", "create", "--api", "orders"});
+  const std::string value = made_key(create);
+  const std::string id = field(create.out, "id");
+  ASSERT_FALSE(id.empty());
+
+  const CtlRun disable = ctl({"keys", "update", id, "--enabled=false", "--description", "paused"});
+  ASSERT_TRUE(disable.exited_with(0)) << disable.describe();
+  EXPECT_EQ(field(disable.out, "enabled"), "no");
+  EXPECT_EQ(field(disable.out, "description"), "paused");
+  EXPECT_EQ(data_status("/orders/1", value), 401);
+
+  const CtlRun enable = ctl({"keys", "update", id, "--enabled=true", "--api", "orders", "--api",
+                             "billing", "--expires-at", "2099-01-02T03:04:05Z"});
+  ASSERT_TRUE(enable.exited_with(0)) << enable.describe();
+  EXPECT_EQ(field(enable.out, "apis"), "orders, billing");
+  EXPECT_EQ(field(enable.out, "expires_at"), "2099-01-02T03:04:05Z");
+  EXPECT_EQ(data_status("/billing/1", value), 200);
+  const CtlRun no_expiry = ctl({"keys", "update", id, "--no-expiry"});
+  ASSERT_TRUE(no_expiry.exited_with(0)) << no_expiry.describe();
+  EXPECT_EQ(field(no_expiry.out, "expires_at"), "never");
+
+  // Rotation without grace: the old value stops at once, the new one works.
+  const std::string rotated = made_key(ctl({"keys", "rotate", id}));
+  ASSERT_FALSE(rotated.empty());
+  EXPECT_NE(rotated, value);
+  EXPECT_EQ(data_status("/orders/1", value), 401);
+  EXPECT_EQ(data_status("/orders/1", rotated), 200);
+  // With grace, both work for now.
+  const std::string graced = made_key(ctl({"keys", "rotate", id, "--grace-seconds", "600"}));
+  ASSERT_FALSE(graced.empty());
+  EXPECT_EQ(data_status("/orders/1", rotated), 200);
+  EXPECT_EQ(data_status("/orders/1", graced), 200);
+
+  const CtlRun del = ctl({"keys", "delete", id});
+  ASSERT_TRUE(del.exited_with(0)) << del.describe();
+  EXPECT_EQ(del.out, "deleted key " + id + "\n");
+  EXPECT_EQ(data_status("/orders/1", graced), 401);
+
+  const CtlRun gone = ctl({"keys", "show", id});
+  EXPECT_TRUE(gone.exited_with(1)) << gone.describe();
+  EXPECT_TRUE(contains(gone.err, "keygatectl: 404 not_found: no key with this id"))
+      << gone.describe();
+  EXPECT_TRUE(gone.out.empty()) << gone.describe();
+}
+
+TEST_F(Keygatectl, KeysImportReadsJsonLinesAndNamesTheLineOfABadRecord) {
+  const std::string v1 = "it-import-" + random_hex(16);
+  const std::string v2 = "it-import-" + random_hex(16);
+  const std::string file = server_->dir().write_file(
+      "keys.jsonl", "{\"key\":\"" + v1 + "\",\"apis\":[\"orders\"],\"description\":\"one\"}\n\n" +
+                        "{\"key\":\"" + v2 + "\",\"apis\":[\"billing\"],\"user\":null}\r\n");
+  const CtlRun import = ctl({"keys", "import", file});
+  ASSERT_TRUE(import.exited_with(0)) << import.describe();
+  EXPECT_EQ(import.out, "imported 2 keys\n");
+  EXPECT_EQ(data_status("/orders/1", v1), 200);
+  EXPECT_EQ(data_status("/billing/1", v2), 200);
+
+  // The server's refusal names the record; keygatectl adds its line. Nothing is imported.
+  const std::string v3 = "it-import-" + random_hex(16);
+  const std::string bad_api = server_->dir().write_file(
+      "bad_api.jsonl", "{\"key\":\"" + v3 + "\",\"apis\":[\"orders\"]}\n\n" +
+                           "{\"key\":\"it-import-" + random_hex(16) + "\",\"apis\":[\"nope\"]}\n");
+  const CtlRun refused = ctl({"keys", "import", bad_api});
+  EXPECT_TRUE(refused.exited_with(1)) << refused.describe();
+  EXPECT_TRUE(contains(refused.err,
+                       "400 unknown_api: names an API that is not configured "
+                       "(field: keys[1].apis, " +
+                           bad_api + " line 3)"))
+      << refused.describe();
+  EXPECT_EQ(data_status("/orders/1", v3), 401);
+
+  // A line that is not JSON is caught before sending, by line, without echoing it.
+  const std::string broken = server_->dir().write_file(
+      "broken.jsonl", "{\"key\":\"" + v3 + "\",\"apis\":[\"orders\"]}\n{\"key\":\"" + v3 + "\n");
+  const CtlRun parse_error = ctl({"keys", "import", broken});
+  EXPECT_TRUE(parse_error.exited_with(1)) << parse_error.describe();
+  EXPECT_TRUE(contains(parse_error.err, broken + " line 2: not a JSON object"))
+      << parse_error.describe();
+  for (const CtlRun& run : {import, refused, parse_error}) {
+    for (const std::string& v : {v1, v2, v3}) {
+      EXPECT_FALSE(contains(run.out + run.err, v)) << run.describe();
+    }
+  }
+  EXPECT_EQ(data_status("/orders/1", v3), 401);
+
+  const CtlRun missing = ctl({"keys", "import", server_->dir().path() + "/absent.jsonl"});
+  EXPECT_TRUE(missing.exited_with(1)) << missing.describe();
+  EXPECT_TRUE(contains(missing.err, "cannot open")) << missing.describe();
+}
+
+TEST_F(Keygatectl, KeysListPagesWithCursorsFiltersAndFollowsThemAllWithAll) {
+  std::string lines;
+  for (int i = 0; i < 5; ++i) {
+    lines += "{\"key\":\"it-page-" + random_hex(16) + "\",\"apis\":[\"" +
+             (i % 2 == 0 ? "orders" : "billing") + "\"]}\n";
+  }
+  ASSERT_TRUE(ctl({"keys", "import", server_->dir().write_file("k.jsonl", lines)}).exited_with(0));
+
+  // Six keys in all with the bootstrap admin key.
+  const CtlRun page = ctl({"keys", "list", "--limit", "2"});
+  ASSERT_TRUE(page.exited_with(0)) << page.describe();
+  EXPECT_EQ(count_of(page.out, "\n"), 3u) << page.describe();
+  EXPECT_TRUE(contains(page.err, "more keys may follow: add --cursor k")) << page.describe();
+
+  const CtlRun all = ctl({"keys", "list", "--limit", "2", "--all"});
+  ASSERT_TRUE(all.exited_with(0)) << all.describe();
+  EXPECT_EQ(count_of(all.out, "\n"), 7u) << all.describe();
+  EXPECT_TRUE(all.err.empty()) << all.describe();
+
+  const CtlRun all_json = ctl({"keys", "list", "--limit", "2", "--all", "--json"});
+  ASSERT_TRUE(all_json.exited_with(0)) << all_json.describe();
+  EXPECT_EQ(count_of(all_json.out, "\"id\":"), 6u) << all_json.describe();
+  EXPECT_TRUE(all_json.out.ends_with(",\"next_cursor\":null}\n")) << all_json.describe();
+
+  const CtlRun billing = ctl({"keys", "list", "--api", "billing", "--all"});
+  ASSERT_TRUE(billing.exited_with(0)) << billing.describe();
+  EXPECT_EQ(count_of(billing.out, "\n"), 3u) << billing.describe();
+  EXPECT_EQ(count_of(billing.out, "orders"), 0u) << billing.describe();
+
+  // The cursor from the note continues the listing.
+  const std::string note = "--cursor ";
+  const size_t at = page.err.find(note);
+  ASSERT_NE(at, std::string::npos) << page.describe();
+  const std::string cursor = page.err.substr(at + note.size(), 13);
+  const CtlRun rest = ctl({"keys", "list", "--cursor", cursor});
+  ASSERT_TRUE(rest.exited_with(0)) << rest.describe();
+  EXPECT_EQ(count_of(rest.out, "\n"), 5u) << rest.describe();
+  EXPECT_TRUE(rest.err.empty()) << rest.describe();
+
+  const CtlRun bad_limit = ctl({"keys", "list", "--limit", "0"});
+  EXPECT_TRUE(bad_limit.exited_with(2)) << bad_limit.describe();
+  EXPECT_TRUE(contains(bad_limit.err, "--limit takes 1 to 1000")) << bad_limit.describe();
+  // The server's own validation comes back as its message.
+  const CtlRun bad_grace = ctl({"keys", "rotate", "kAAAAAAAAAAAA", "--grace-seconds", "9999999"});
+  EXPECT_TRUE(bad_grace.exited_with(1)) << bad_grace.describe();
+  EXPECT_TRUE(contains(bad_grace.err,
+                       "400 invalid_value: grace_seconds is 0 to 2592000 (30 days) "
+                       "(field: grace_seconds)"))
+      << bad_grace.describe();
+}
+
+// --- users and apis --------------------------------------------------------------------------
+
+TEST_F(Keygatectl, UsersCanBeCreatedListedShownUpdatedAndDeleted) {
+  const std::string name = "alice@example.com";
+  const CtlRun create =
+      ctl({"users", "create", name, "--grant", "orders:GET,POST:/orders", "--grant", "billing:*"});
+  ASSERT_TRUE(create.exited_with(0)) << create.describe();
+  EXPECT_EQ(field(create.out, "name"), name);
+  EXPECT_TRUE(contains(create.out, "orders:GET,POST:/orders\n")) << create.describe();
+  EXPECT_TRUE(contains(create.out, "billing:*\n")) << create.describe();
+  // A name that needs encoding in a path.
+  const std::string odd = "team a/b?c%";
+  ASSERT_TRUE(ctl({"users", "create", odd}).exited_with(0));
+
+  const CtlRun list = ctl({"users", "list"});
+  ASSERT_TRUE(list.exited_with(0)) << list.describe();
+  EXPECT_TRUE(list.out.starts_with("NAME ")) << list.describe();
+  EXPECT_TRUE(contains(list.out, "GRANTS")) << list.describe();
+  EXPECT_TRUE(contains(list.out, name)) << list.describe();
+  EXPECT_TRUE(contains(list.out, odd)) << list.describe();
+
+  const CtlRun show_odd = ctl({"users", "show", odd});
+  ASSERT_TRUE(show_odd.exited_with(0)) << show_odd.describe();
+  EXPECT_EQ(field(show_odd.out, "name"), odd);
+  EXPECT_EQ(field(show_odd.out, "grants"), "(none)");
+
+  // A key of the user may POST under /orders until the grants say GET only.
+  const std::string value = made_key(ctl({"keys", "create", "--api", "orders", "--user", name}));
+  EXPECT_EQ(data_status("/orders/1", value, "POST"), 200);
+  const CtlRun update = ctl({"users", "update", name, "--grant", "orders:GET:/orders"});
+  ASSERT_TRUE(update.exited_with(0)) << update.describe();
+  EXPECT_EQ(field(update.out, "grants"), "orders:GET:/orders");
+  EXPECT_EQ(data_status("/orders/1", value, "POST"), 403);
+  EXPECT_EQ(data_status("/orders/1", value), 200);
+
+  const CtlRun show_json = ctl({"users", "show", name, "--json"});
+  ASSERT_TRUE(show_json.exited_with(0)) << show_json.describe();
+  EXPECT_TRUE(contains(show_json.out, "\"methods\":[\"GET\"],\"path_prefix\":\"/orders\""))
+      << show_json.describe();
+
+  const CtlRun del = ctl({"users", "delete", name});
+  ASSERT_TRUE(del.exited_with(0)) << del.describe();
+  EXPECT_EQ(del.out, "deleted user " + name + "\n");
+  const CtlRun gone = ctl({"users", "show", name});
+  EXPECT_TRUE(gone.exited_with(1)) << gone.describe();
+  EXPECT_TRUE(contains(gone.err, "404 not_found: no user with this name")) << gone.describe();
+  ASSERT_TRUE(ctl({"users", "delete", odd}).exited_with(0));
+
+  const CtlRun bad_grant = ctl({"users", "update", "x", "--grant", ":GET"});
+  EXPECT_TRUE(bad_grant.exited_with(2)) << bad_grant.describe();
+  const CtlRun no_grants = ctl({"users", "update", "x"});
+  EXPECT_TRUE(no_grants.exited_with(2)) << no_grants.describe();
+}
+
+TEST_F(Keygatectl, ApisListsTheConfiguredApis) {
+  const CtlRun table = ctl({"apis"});
+  ASSERT_TRUE(table.exited_with(0)) << table.describe();
+  EXPECT_TRUE(table.out.starts_with("NAME     ROUTES\n")) << table.describe();
+  EXPECT_TRUE(contains(table.out, "orders   /orders\n")) << table.describe();
+  EXPECT_TRUE(contains(table.out, "billing  /billing\n")) << table.describe();
+  const CtlRun json = ctl({"apis", "--json"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_TRUE(json.out.starts_with("{\"apis\":[{\"name\":\"orders\"")) << json.describe();
+}
+
+// --- errors ----------------------------------------------------------------------------------
+
+TEST_F(Keygatectl, ErrorsExitNonZeroWithAClearMessageAndNeverShowTheAdminKey) {
+  const CtlRun unknown_api = ctl({"keys", "create", "--api", "nope"});
+  EXPECT_TRUE(unknown_api.exited_with(1)) << unknown_api.describe();
+  EXPECT_EQ(unknown_api.err,
+            "keygatectl: 400 unknown_api: names an API that is not configured (field: apis)\n");
+  EXPECT_TRUE(unknown_api.out.empty()) << unknown_api.describe();
+
+  const CtlRun no_key = ctl_raw({"--url", url_, "apis"}, std::nullopt);
+  EXPECT_TRUE(no_key.exited_with(2)) << no_key.describe();
+  EXPECT_TRUE(contains(no_key.err, "no admin key: pass --key KEY or set KEYGATE_ADMIN_KEY"))
+      << no_key.describe();
+
+  const std::string wrong = "it-wrong-" + random_hex(24);
+  const CtlRun wrong_key = ctl_raw({"--url", url_, "--key", wrong, "apis"}, admin_value_);
+  EXPECT_TRUE(wrong_key.exited_with(1)) << wrong_key.describe();
+  EXPECT_TRUE(wrong_key.err.starts_with("keygatectl: 401 invalid_api_key: "))
+      << wrong_key.describe();
+  EXPECT_FALSE(contains(wrong_key.out + wrong_key.err, wrong)) << wrong_key.describe();
+
+  // --key wins over the environment, and a data-only key is not an admin key.
+  const std::string data_key = made_key(ctl({"keys", "create", "--api", "orders"}));
+  const CtlRun not_admin =
+      ctl_raw({"--url", url_, "--key", data_key, "keys", "list"}, admin_value_);
+  EXPECT_TRUE(not_admin.exited_with(1)) << not_admin.describe();
+  EXPECT_TRUE(contains(not_admin.err, "403 api_not_permitted")) << not_admin.describe();
+
+  const CtlRun unknown_command = ctl({"frobnicate"});
+  EXPECT_TRUE(unknown_command.exited_with(2)) << unknown_command.describe();
+  EXPECT_TRUE(contains(unknown_command.err, "unknown command 'frobnicate'"))
+      << unknown_command.describe();
+  EXPECT_TRUE(contains(unknown_command.err, "usage: keygatectl")) << unknown_command.describe();
+  // A misplaced key value is not echoed back.
+  const CtlRun misplaced = ctl({admin_value_, "keys", "list"});
+  EXPECT_TRUE(misplaced.exited_with(2)) << misplaced.describe();
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"keys", "frob"},
+           {"keys"},
+           {"keys", "list", "--bogus"},
+           {"keys", "show"},
+           {"keys", "list", "--key", "x"},
+           {"keys", "update", "kAAAAAAAAAAAA"},
+           {"keys", "rotate", "kAAAAAAAAAAAA", "--grace-seconds", "soon"}}) {
+    const CtlRun run = ctl(args);
+    EXPECT_TRUE(run.exited_with(2)) << run.describe();
+    EXPECT_TRUE(contains(run.err, "usage: keygatectl")) << run.describe();
+  }
+
+  const CtlRun bad_url = ctl_raw({"--url", "https://127.0.0.1:1", "apis"}, admin_value_);
+  EXPECT_TRUE(bad_url.exited_with(2)) << bad_url.describe();
+  EXPECT_TRUE(contains(bad_url.err, "only http://")) << bad_url.describe();
+  const CtlRun dns = ctl_raw({"--url", "http://example.com:8081", "apis"}, admin_value_);
+  EXPECT_TRUE(dns.exited_with(2)) << dns.describe();
+  // A port bound but not listening refuses connections, and nothing else can take it meanwhile.
+  const int closed = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(closed, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(closed, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::getsockname(closed, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string port = std::to_string(ntohs(addr.sin_port));
+  const CtlRun refused = ctl_raw({"--url", "http://127.0.0.1:" + port, "apis"}, admin_value_);
+  ::close(closed);
+  EXPECT_TRUE(refused.exited_with(1)) << refused.describe();
+  EXPECT_TRUE(contains(refused.err, "cannot connect to 127.0.0.1:" + port + ": Connection refused"))
+      << refused.describe();
+}
+
+TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
+  const CtlRun help = ctl_raw({"--help"}, std::nullopt);
+  ASSERT_TRUE(help.exited_with(0)) << help.describe();
+  for (const char* word :
+       {"--url", "--key", "--json", "KEYGATE_ADMIN_KEY", "keys", "users", "apis", "Exit status"}) {
+    EXPECT_TRUE(contains(help.out, word)) << word << "\n" << help.describe();
+  }
+  const CtlRun keys = ctl_raw({"keys", "--help"}, std::nullopt);
+  ASSERT_TRUE(keys.exited_with(0)) << keys.describe();
+  for (const char* word :
+       {"keys create", "keys list", "keys show", "keys update", "keys delete", "keys rotate",
+        "keys import", "--grace-seconds", "--no-expiry", "--enabled=true|false", "--all"}) {
+    EXPECT_TRUE(contains(keys.out, word)) << word << "\n" << keys.describe();
+  }
+  const CtlRun users = ctl_raw({"users", "create", "--help"}, std::nullopt);
+  ASSERT_TRUE(users.exited_with(0)) << users.describe();
+  for (const char* word : {"users create", "users list", "users show", "users update",
+                           "users delete", "--grant", "--no-grants"}) {
+    EXPECT_TRUE(contains(users.out, word)) << word << "\n" << users.describe();
+  }
+}
+
+}  // namespace
+}  // namespace keygate::integration

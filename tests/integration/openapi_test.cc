@@ -1,0 +1,459 @@
+// docs/openapi.yaml against the server: every documented (path, method) is routed by a running
+// keygate, every route of the admin API's table is documented, and for every documented path
+// the server's Allow header lists exactly the documented methods.
+//
+// The document is read by a tiny line-based reader of its `paths:` section, not a YAML library.
+// It relies on the block style docs/openapi.yaml is written in, and fails loudly (not silently
+// skips) on what it does not understand:
+//   - `paths:` is a top-level key on a line of its own; the section ends at the next line that
+//     starts at column 0 (another top-level key). Indentation is spaces, two per level.
+//   - a path item is a key at indent 2 that starts with '/', unquoted (`  /admin/keys:`), never a
+//     flow mapping or a $ref; `x-` extension keys at that level are ignored;
+//   - an operation is a key at indent 4 named get/put/post/delete/options/head/patch/trace;
+//     other keys at indent 4 (parameters, summary, ...) are not operations;
+//   - an operation's status codes are the keys at indent 8 under its `responses:` key at
+//     indent 6, quoted or not ("200", default);
+//   - block scalars (`|`, `>` and their variants) are skipped whole; multi-line plain scalars
+//     continue on lines indented deeper than their key (as YAML requires), where no structural
+//     key is looked for; blank lines and comment lines are ignored; no anchors or aliases.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+using namespace std::string_literals;
+
+// The admin API's routes as core/admin_api.h lists them (its header comment and match_route /
+// allowed_methods in core/admin_api.cc). Whoever adds a route there adds it here; the test then
+// fails until docs/openapi.yaml documents it.
+struct Route {
+  std::string_view method;
+  std::string_view path;
+};
+constexpr std::array<Route, 13> kServerRoutes = {{
+    {"POST", "/admin/keys"},
+    {"GET", "/admin/keys"},
+    {"GET", "/admin/keys/{id}"},
+    {"PATCH", "/admin/keys/{id}"},
+    {"DELETE", "/admin/keys/{id}"},
+    {"POST", "/admin/keys/{id}/rotate"},
+    {"POST", "/admin/keys/import"},
+    {"POST", "/admin/users"},
+    {"GET", "/admin/users"},
+    {"GET", "/admin/users/{name}"},
+    {"PATCH", "/admin/users/{name}"},
+    {"DELETE", "/admin/users/{name}"},
+    {"GET", "/admin/apis"},
+}};
+// Served on the admin port besides the admin API (core/builtin_handler.cc).
+constexpr std::array<Route, 2> kBuiltinRoutes = {{{"GET", "/healthz"}, {"HEAD", "/healthz"}}};
+
+// Values for path templates: well-formed, and naming nothing that exists.
+constexpr std::array<std::pair<std::string_view, std::string_view>, 2> kPlaceholders = {{
+    {"{id}", "k000000000000"},
+    {"{name}", "openapi-test-no-such-user"},
+}};
+
+// The two messages of a 404 for a path that names no route (core/admin_handler.cc answers
+// before authentication; core/admin_api.cc's execute_admin() after): a 404 for a missing id or
+// name says "no key with this id" / "no user with this name" instead.
+constexpr std::array<std::string_view, 2> kUnknownRouteMessages = {"no such route",
+                                                                   "no such admin route"};
+
+struct DocOperation {
+  std::string method;  // uppercase
+  std::string path;    // as documented, templates included
+  std::vector<std::string> statuses;
+  int line = 0;
+};
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+  }
+  return out;
+}
+
+std::string_view unquote(std::string_view s) {
+  if (s.size() >= 2 && (s.front() == '"' || s.front() == '\'') && s.back() == s.front()) {
+    return s.substr(1, s.size() - 2);
+  }
+  return s;
+}
+
+bool is_http_method_key(std::string_view key) {
+  static constexpr std::array<std::string_view, 8> kMethods = {"get",     "put",  "post",  "delete",
+                                                               "options", "head", "patch", "trace"};
+  return std::find(kMethods.begin(), kMethods.end(), key) != kMethods.end();
+}
+
+// The operations of the document's `paths:` section (see the file comment for what it
+// understands). False with a message naming the line on anything else.
+bool read_operations(std::string_view yaml, std::vector<DocOperation>* out, std::string* error) {
+  out->clear();
+  bool in_paths = false;
+  bool seen_paths = false;
+  std::string path;
+  DocOperation* op = nullptr;
+  bool in_responses = false;
+  bool in_extension = false;                       // inside an x- key of the paths object
+  size_t block_scalar_indent = std::string::npos;  // skip lines deeper than this
+  int line_number = 0;
+  size_t pos = 0;
+  while (pos < yaml.size()) {
+    const size_t eol = yaml.find('\n', pos);
+    std::string_view line = yaml.substr(pos, eol == std::string_view::npos ? eol : eol - pos);
+    pos = eol == std::string_view::npos ? yaml.size() : eol + 1;
+    ++line_number;
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
+    const size_t indent = line.find_first_not_of(' ');
+    if (indent == std::string_view::npos) continue;  // blank
+    if (block_scalar_indent != std::string::npos) {
+      if (indent > block_scalar_indent) continue;
+      block_scalar_indent = std::string::npos;
+    }
+    const std::string_view text = line.substr(indent);
+    if (text.front() == '#') continue;
+    const auto fail = [&](std::string_view what) {
+      *error = "docs/openapi.yaml:" + std::to_string(line_number) + ": " + std::string(what) +
+               ": '" + std::string(line) + "'";
+      return false;
+    };
+    if (text.front() == '\t') return fail("tab in indentation");
+    // "key: value" or "key:"; list items and continuation lines have no structural key.
+    const size_t colon = text.find(": ");
+    const bool ends_with_colon = text.back() == ':';
+    std::string_view key;
+    std::string_view value;
+    if (ends_with_colon && (colon == std::string_view::npos || colon == text.size() - 1)) {
+      key = text.substr(0, text.size() - 1);
+    } else if (colon != std::string_view::npos) {
+      key = text.substr(0, colon);
+      value = text.substr(colon + 2);
+      while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+    }
+    if (!value.empty() && (value.front() == '|' || value.front() == '>')) {
+      block_scalar_indent = indent;
+    }
+    if (indent == 0) {
+      in_paths = key == "paths" && value.empty();
+      seen_paths = seen_paths || in_paths;
+      op = nullptr;
+      path.clear();
+      in_extension = false;
+      continue;
+    }
+    if (!in_paths) continue;
+    if (indent % 2 != 0) continue;  // continuation of a plain scalar
+    if (indent == 2) {
+      op = nullptr;
+      path.clear();
+      in_extension = key.starts_with("x-");
+      if (in_extension) continue;
+      if (!key.starts_with("/") || !value.empty()) return fail("expected a path item '/...:'");
+      path = std::string(key);
+      continue;
+    }
+    if (in_extension) continue;
+    if (indent == 4) {
+      in_responses = false;
+      op = nullptr;
+      if (!is_http_method_key(key)) continue;
+      if (path.empty()) return fail("an operation outside a path item");
+      if (!value.empty()) return fail("an operation must be a block mapping");
+      out->push_back(DocOperation{upper(key), path, {}, line_number});
+      op = &out->back();
+      continue;
+    }
+    if (op == nullptr) continue;
+    if (indent == 6) {
+      in_responses = key == "responses";
+      continue;
+    }
+    if (indent == 8 && in_responses && !key.empty()) {
+      op->statuses.emplace_back(unquote(key));
+    }
+  }
+  if (!seen_paths) {
+    *error = "docs/openapi.yaml has no top-level 'paths:'";
+    return false;
+  }
+  for (const DocOperation& o : *out) {
+    if (o.statuses.empty()) {
+      *error = "docs/openapi.yaml:" + std::to_string(o.line) + ": " + o.method + " " + o.path +
+               " documents no responses";
+      return false;
+    }
+  }
+  return true;
+}
+
+std::vector<DocOperation> load_operations() {
+  const std::string text = read_text_file(KEYGATE_SOURCE_DIR "/docs/openapi.yaml");
+  EXPECT_FALSE(text.empty()) << "cannot read docs/openapi.yaml";
+  std::vector<DocOperation> ops;
+  std::string error;
+  EXPECT_TRUE(read_operations(text, &ops, &error)) << error;
+  return ops;
+}
+
+bool documented(const std::vector<DocOperation>& ops, std::string_view method,
+                std::string_view path) {
+  return std::any_of(ops.begin(), ops.end(),
+                     [&](const DocOperation& o) { return o.method == method && o.path == path; });
+}
+
+// The documented path with every template replaced by its placeholder; "" for an unknown
+// template.
+std::string concrete_path(std::string_view path) {
+  std::string out(path);
+  for (const auto& [name, value] : kPlaceholders) {
+    for (size_t at = out.find(name); at != std::string::npos; at = out.find(name)) {
+      out.replace(at, name.size(), value);
+    }
+  }
+  return out.find('{') == std::string::npos ? out : "";
+}
+
+std::set<std::string> split_allow(std::string_view allow) {
+  std::set<std::string> out;
+  while (!allow.empty()) {
+    const size_t comma = allow.find(',');
+    std::string_view item = allow.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (!item.empty()) out.emplace(item);
+    allow = comma == std::string_view::npos ? std::string_view() : allow.substr(comma + 1);
+  }
+  return out;
+}
+
+std::string show(const std::optional<Response>& r) {
+  return r ? "response:\n" + r->raw : "no response"s;
+}
+
+std::string string_member(std::string_view json, std::string_view name) {
+  const std::string needle = "\"" + std::string(name) + "\":\"";
+  const size_t at = json.find(needle);
+  if (at == std::string_view::npos) return "";
+  const size_t start = at + needle.size();
+  return std::string(json.substr(start, json.find('"', start) - start));
+}
+
+// --- The document alone ------------------------------------------------------------------------
+
+TEST(OpenApiReader, ReadsPathsMethodsAndStatusesAndSkipsEverythingElse) {
+  constexpr std::string_view kYaml =
+      "openapi: 3.0.3\n"
+      "info:\n"
+      "  description: |\n"
+      "    paths:\n"
+      "      /not/a/path:\n"
+      "paths:\n"
+      "  /a/{id}:\n"
+      "    parameters:\n"
+      "      - name: id\n"
+      "    get:\n"
+      "      description: |\n"
+      "        get:\n"
+      "        responses:\n"
+      "      summary: two\n"
+      "        lines\n"
+      "      responses:\n"
+      "        \"200\":\n"
+      "          description: ok\n"
+      "        default:\n"
+      "          description: error\n"
+      "    post:\n"
+      "      responses:\n"
+      "        \"201\":\n"
+      "          description: made\n"
+      "  x-extension:\n"
+      "    get: nothing\n"
+      "components:\n"
+      "  /b:\n"
+      "    get:\n"
+      "      responses: {}\n";
+  std::vector<DocOperation> ops;
+  std::string error;
+  ASSERT_TRUE(read_operations(kYaml, &ops, &error)) << error;
+  ASSERT_EQ(ops.size(), 2u);
+  EXPECT_EQ(ops[0].method, "GET");
+  EXPECT_EQ(ops[0].path, "/a/{id}");
+  EXPECT_EQ(ops[0].statuses, (std::vector<std::string>{"200", "default"}));
+  EXPECT_EQ(ops[1].method, "POST");
+  EXPECT_EQ(ops[1].statuses, (std::vector<std::string>{"201"}));
+
+  EXPECT_FALSE(read_operations("paths:\n  \"/quoted\":\n", &ops, &error));
+  EXPECT_FALSE(read_operations("paths:\n  /x:\n    get:\n      summary: none\n", &ops, &error))
+      << "an operation without responses is refused";
+  EXPECT_FALSE(read_operations("openapi: 3.0.3\n", &ops, &error));
+}
+
+TEST(OpenApiDocument, DocumentsTheApiKeySchemesAndTheErrorShape) {
+  const std::string text = read_text_file(KEYGATE_SOURCE_DIR "/docs/openapi.yaml");
+  ASSERT_TRUE(text.starts_with("openapi: 3.0.")) << "an OpenAPI 3.0 document";
+  EXPECT_NE(text.find("      type: apiKey\n      in: header\n      name: X-ApiKey\n"),
+            std::string::npos);
+  EXPECT_NE(text.find("      type: apiKey\n      in: query\n      name: key\n"), std::string::npos);
+  EXPECT_NE(text.find("      required: [error, field, message]\n"), std::string::npos);
+}
+
+TEST(OpenApiDocument, EveryRouteOfTheServerIsDocumentedAndNothingElse) {
+  const std::vector<DocOperation> ops = load_operations();
+  ASSERT_FALSE(ops.empty());
+  for (const Route& r : kServerRoutes) {
+    EXPECT_TRUE(documented(ops, r.method, r.path))
+        << r.method << " " << r.path << " is routed by core/admin_api.cc but not documented";
+  }
+  for (const Route& r : kBuiltinRoutes) {
+    EXPECT_TRUE(documented(ops, r.method, r.path)) << r.method << " " << r.path;
+  }
+  for (const DocOperation& o : ops) {
+    const auto same = [&](const Route& r) { return r.method == o.method && r.path == o.path; };
+    EXPECT_TRUE(std::any_of(kServerRoutes.begin(), kServerRoutes.end(), same) ||
+                std::any_of(kBuiltinRoutes.begin(), kBuiltinRoutes.end(), same))
+        << o.method << " " << o.path << " (docs/openapi.yaml:" << o.line
+        << ") is documented but not in kServerRoutes";
+  }
+}
+
+// --- The document against a running server -----------------------------------------------------
+
+class OpenApi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options;
+    options.workers = 1;
+    options.extra_config = "[[apis]]\nname = \"orders\"\nroutes = [\"/orders\"]\n";
+    options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_value_}};
+    options.capture_stderr = true;
+    server_ = std::make_unique<TestServer>(std::move(options));
+    std::string error;
+    ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
+  }
+
+  void TearDown() override {
+    if (!server_ || !server_->running()) return;
+    const ExitStatus status = server_->stop(SIGTERM);
+    EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+  }
+
+  // `method` `target` with the admin key; POST and PATCH carry an empty JSON object, which no
+  // route accepts as a change (create and import miss required members, patches need one), so
+  // probing a route never alters the store.
+  std::optional<Response> admin(std::string_view method, const std::string& target) {
+    std::string bytes = std::string(method) + " " + target + " HTTP/1.1\r\nHost: it\r\n" +
+                        "X-ApiKey: " + admin_value_ + "\r\n";
+    const bool with_body = method == "POST" || method == "PATCH" || method == "PUT";
+    if (with_body) bytes += "Content-Type: application/json\r\nContent-Length: 2\r\n";
+    bytes += "\r\n";
+    if (with_body) bytes += "{}";
+    RawClient client;
+    std::string error;
+    if (!client.connect(server_->admin_port(), &error)) {
+      ADD_FAILURE() << "connect: " << error;
+      return std::nullopt;
+    }
+    if (!client.send(bytes)) return std::nullopt;
+    return client.read_response(Millis(3000), /*head=*/method == "HEAD");
+  }
+
+  const std::string admin_value_ = "openapi-test-admin-key-0123456789";
+  std::unique_ptr<TestServer> server_;
+};
+
+TEST_F(OpenApi, EveryDocumentedOperationIsRoutedByTheServer) {
+  const std::vector<DocOperation> ops = load_operations();
+  ASSERT_FALSE(ops.empty());
+  for (const DocOperation& o : ops) {
+    SCOPED_TRACE(o.method + " " + o.path);
+    const std::string target = concrete_path(o.path);
+    ASSERT_FALSE(target.empty()) << "a path template without a placeholder in kPlaceholders";
+    const std::optional<Response> r = admin(o.method, target);
+    ASSERT_TRUE(r.has_value()) << "no response";
+    EXPECT_NE(r->status, 405) << show(r);
+    EXPECT_TRUE(std::find(o.statuses.begin(), o.statuses.end(), std::to_string(r->status)) !=
+                o.statuses.end())
+        << "status " << r->status << " is not documented for this operation; " << show(r);
+    if (r->status == 404) {
+      // A missing id or name is fine; the 404 of a path that names no route is not.
+      EXPECT_EQ(string_member(r->body, "error"), "not_found") << show(r);
+      const std::string message = string_member(r->body, "message");
+      EXPECT_FALSE(message.empty()) << show(r);
+      for (std::string_view unknown : kUnknownRouteMessages) {
+        EXPECT_NE(message, unknown) << "the server does not route this path; " << show(r);
+      }
+    }
+  }
+}
+
+TEST_F(OpenApi, TheServerAllowsExactlyTheDocumentedMethodsOnEveryDocumentedPath) {
+  const std::vector<DocOperation> ops = load_operations();
+  ASSERT_FALSE(ops.empty());
+  std::set<std::string> paths;
+  for (const DocOperation& o : ops) paths.insert(o.path);
+  for (const std::string& path : paths) {
+    SCOPED_TRACE(path);
+    std::set<std::string> methods;
+    for (const DocOperation& o : ops) {
+      if (o.path == path) methods.insert(o.method);
+    }
+    // A method the document does not list on this path must be 405, and the Allow header must
+    // list exactly the documented ones.
+    std::string probe;
+    for (const char* m : {"PUT", "DELETE", "PATCH", "POST", "GET"}) {
+      if (methods.count(m) == 0) {
+        probe = m;
+        break;
+      }
+    }
+    ASSERT_FALSE(probe.empty());
+    const std::optional<Response> r = admin(probe, concrete_path(path));
+    ASSERT_TRUE(r.has_value()) << "no response";
+    ASSERT_EQ(r->status, 405) << probe << " " << path << "; " << show(r);
+    const std::optional<std::string> allow = r->header("Allow");
+    ASSERT_TRUE(allow.has_value()) << show(r);
+    EXPECT_EQ(split_allow(*allow), methods) << "Allow: " << *allow;
+  }
+}
+
+TEST_F(OpenApi, AnUndocumentedPathIsTheUnknownRoute404) {
+  // The control for the 404 distinction above: a path no route serves.
+  for (const char* path : {"/admin/keys/k000000000000/nothing", "/admin/nothing"}) {
+    const std::optional<Response> r = admin("GET", path);
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->status, 404) << show(r);
+    const std::string message = string_member(r->body, "message");
+    EXPECT_TRUE(std::find(kUnknownRouteMessages.begin(), kUnknownRouteMessages.end(), message) !=
+                kUnknownRouteMessages.end())
+        << show(r);
+  }
+}
+
+}  // namespace
+}  // namespace keygate::integration

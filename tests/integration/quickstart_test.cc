@@ -1,0 +1,344 @@
+// README.md's "Quick start" against the real binary: the lines a newcomer copies must work.
+//
+// The test takes from README.md the environment the `<!-- quickstart:server -->` block sets
+// before `make run`, starts keygate on examples/keygate.toml (the file `make run` uses) with
+// that environment, ephemeral ports and a fresh data directory, then runs the
+// `<!-- quickstart:begin -->` ... `<!-- quickstart:end -->` block verbatim with
+// `bash -euo pipefail -c`, 127.0.0.1:8080 and 127.0.0.1:8081 replaced by the actual data and
+// admin ports, and checks what it prints: the new key, 200 with the key's identity with it,
+// 401 without it. curl comes from scripts/install-deps.sh.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::string_view kDefaultDataAddress = "127.0.0.1:8080";
+constexpr std::string_view kDefaultAdminAddress = "127.0.0.1:8081";
+constexpr Millis kScriptTimeout(30000);
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The body of the ```sh fence that follows `marker` in `markdown` (the lines between the fence
+// lines, each with its newline); nullopt when the marker or the fence is missing, or when the
+// fence does not follow the marker directly.
+std::optional<std::string> fenced_block_after(std::string_view markdown, std::string_view marker) {
+  const size_t at = markdown.find(marker);
+  if (at == std::string_view::npos) return std::nullopt;
+  constexpr std::string_view kOpen = "\n```sh\n";
+  const size_t open = markdown.find(kOpen, at);
+  if (open != at + marker.size()) return std::nullopt;
+  const size_t begin = open + kOpen.size();
+  // From the newline ending the opening fence, so an empty block is found too.
+  const size_t close = markdown.find("\n```\n", begin - 1);
+  if (close == std::string_view::npos) return std::nullopt;
+  return std::string(markdown.substr(begin, close + 1 - begin));
+}
+
+// The NAME=VALUE assignments in front of `make run` on the server block's one command line.
+std::optional<std::vector<std::pair<std::string, std::string>>> make_run_environment(
+    std::string_view block, std::string* error) {
+  while (!block.empty() && block.back() == '\n') block.remove_suffix(1);
+  if (block.find('\n') != std::string_view::npos || !block.ends_with("make run")) {
+    *error =
+        "the server block is not one 'NAME=VALUE ... make run' line: '" + std::string(block) + "'";
+    return std::nullopt;
+  }
+  block.remove_suffix(std::string_view("make run").size());
+  std::vector<std::pair<std::string, std::string>> env;
+  while (!block.empty()) {
+    const size_t space = block.find(' ');
+    const std::string_view word = block.substr(0, space);
+    block = space == std::string_view::npos ? std::string_view() : block.substr(space + 1);
+    if (word.empty()) continue;
+    const size_t eq = word.find('=');
+    if (eq == std::string_view::npos || eq == 0 ||
+        word.find_first_of("'\"$`\\") != std::string_view::npos) {
+      *error = "not a plain NAME=VALUE assignment: '" + std::string(word) + "'";
+      return std::nullopt;
+    }
+    env.emplace_back(word.substr(0, eq), word.substr(eq + 1));
+  }
+  return env;
+}
+
+// examples/keygate.toml as TestServer's extra_config. TestServer writes its own config file,
+// which opens a [limits] table (TOML forbids defining a table twice), so the example's [limits]
+// entries are moved to the front, under that header; every other line keeps its order. The
+// example's [server] addresses, workers and directories are overridden by TestServer's flags
+// (ephemeral ports, a temp data directory).
+bool example_as_extra_config(std::string_view toml, std::string* out, std::string* error) {
+  std::string limits;
+  std::string rest;
+  bool in_limits = false;
+  bool seen_limits = false;
+  size_t pos = 0;
+  while (pos < toml.size()) {
+    const size_t eol = toml.find('\n', pos);
+    const std::string_view line =
+        toml.substr(pos, eol == std::string_view::npos ? std::string_view::npos : eol - pos);
+    pos = eol == std::string_view::npos ? toml.size() : eol + 1;
+    if (line.starts_with("[")) {
+      in_limits = line.starts_with("[limits]");
+      if (in_limits) {
+        if (seen_limits) {
+          *error = "examples/keygate.toml defines [limits] twice";
+          return false;
+        }
+        seen_limits = true;
+        continue;
+      }
+    }
+    (in_limits ? limits : rest) += std::string(line) + "\n";
+  }
+  *out = limits + "\n" + rest;
+  return true;
+}
+
+struct ScriptResult {
+  bool finished = false;  // exited before the deadline
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs `bash -euo pipefail -c script` with `env` as its whole environment, capturing stdout and
+// stderr; kills it at `timeout`.
+ScriptResult run_bash(const std::string& script, const std::vector<std::string>& env,
+                      Millis timeout) {
+  ScriptResult result;
+  int out_pipe[2];
+  int err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return result;
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
+    return result;
+  }
+  std::vector<std::string> argv_storage = {"/bin/bash", "-euo", "pipefail", "-c", script};
+  std::vector<char*> argv;
+  for (std::string& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_storage = env;
+  std::vector<char*> envp;
+  for (std::string& e : env_storage) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    const int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+    ::dup2(out_pipe[1], STDOUT_FILENO);
+    ::dup2(err_pipe[1], STDERR_FILENO);
+    ::execve(argv[0], argv.data(), envp.data());
+    ::_exit(127);
+  }
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  if (pid < 0) {
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    return result;
+  }
+  const auto deadline = Clock::now() + timeout;
+  int fds_open[2] = {out_pipe[0], err_pipe[0]};
+  std::string* sinks[2] = {&result.out, &result.err};
+  while ((fds_open[0] >= 0 || fds_open[1] >= 0) && Clock::now() < deadline) {
+    pollfd fds[2] = {{fds_open[0], POLLIN, 0}, {fds_open[1], POLLIN, 0}};
+    const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
+    const int n = ::poll(fds, 2, static_cast<int>(std::max<int64_t>(left, 0)));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].revents == 0) continue;
+      char buf[4096];
+      const ssize_t got = ::read(fds_open[i], buf, sizeof(buf));
+      if (got > 0) {
+        sinks[i]->append(buf, static_cast<size_t>(got));
+      } else if (got == 0 || errno != EINTR) {
+        ::close(fds_open[i]);
+        fds_open[i] = -1;
+      }
+    }
+  }
+  for (int fd : fds_open) {
+    if (fd >= 0) ::close(fd);
+  }
+  int status = 0;
+  while (Clock::now() < deadline) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      result.finished = true;
+      result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return result;
+    }
+    std::this_thread::sleep_for(Millis(5));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  return result;
+}
+
+// The test's environment without proxy settings (curl would send 127.0.0.1 through a proxy).
+std::vector<std::string> script_environment() {
+  std::vector<std::string> out;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('='));
+    if (name == "http_proxy" || name == "HTTP_PROXY" || name == "https_proxy" ||
+        name == "HTTPS_PROXY" || name == "all_proxy" || name == "ALL_PROXY") {
+      continue;
+    }
+    out.emplace_back(entry);
+  }
+  return out;
+}
+
+void replace_all(std::string* s, std::string_view from, std::string_view to, int* count) {
+  for (size_t at = s->find(from); at != std::string::npos; at = s->find(from, at + to.size())) {
+    s->replace(at, from.size(), to);
+    ++*count;
+  }
+}
+
+bool is_generated_key(std::string_view line) {
+  if (line.size() != 40 || !line.starts_with("kg_")) return false;
+  for (char c : line.substr(3)) {
+    const bool base62 = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+    if (!base62) return false;
+  }
+  return true;
+}
+
+std::string string_member(std::string_view json, std::string_view name) {
+  const std::string needle = "\"" + std::string(name) + "\":\"";
+  const size_t at = json.find(needle);
+  if (at == std::string_view::npos) return "";
+  const size_t start = at + needle.size();
+  return std::string(json.substr(start, json.find('"', start) - start));
+}
+
+TEST(Quickstart, TheReadmeLinesCreateAKeyAndCallTheDemoApiWithAndWithoutIt) {
+  const std::string readme = read_text_file(KEYGATE_SOURCE_DIR "/README.md");
+  ASSERT_FALSE(readme.empty()) << "cannot read README.md";
+  const std::optional<std::string> server_block =
+      fenced_block_after(readme, "<!-- quickstart:server -->");
+  ASSERT_TRUE(server_block.has_value())
+      << "README.md: no ```sh block right after <!-- quickstart:server -->";
+  std::optional<std::string> client_block = fenced_block_after(readme, "<!-- quickstart:begin -->");
+  ASSERT_TRUE(client_block.has_value())
+      << "README.md: no ```sh block right after <!-- quickstart:begin -->";
+  const size_t block_at = readme.find(*client_block);
+  ASSERT_NE(readme.find("```\n<!-- quickstart:end -->", block_at), std::string::npos)
+      << "README.md: the quickstart block must close right before <!-- quickstart:end -->";
+
+  std::string error;
+  const auto env = make_run_environment(*server_block, &error);
+  ASSERT_TRUE(env.has_value()) << error;
+  // `make run` must start keygate on the example configuration this test uses.
+  const std::string makefile = read_text_file(KEYGATE_SOURCE_DIR "/Makefile");
+  ASSERT_NE(makefile.find("tools/keygate --config examples/keygate.toml"), std::string::npos)
+      << "Makefile: 'make run' no longer runs keygate on examples/keygate.toml";
+
+  std::string extra_config;
+  ASSERT_TRUE(example_as_extra_config(read_text_file(KEYGATE_SOURCE_DIR "/examples/keygate.toml"),
+                                      &extra_config, &error))
+      << error;
+  ServerOptions options;
+  options.extra_config = extra_config;
+  options.env = *env;
+  options.capture_stderr = true;
+  TestServer server(std::move(options));
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+
+  int data_uses = 0;
+  int admin_uses = 0;
+  std::string script = *client_block;
+  replace_all(&script, kDefaultDataAddress, "127.0.0.1:" + std::to_string(server.data_port()),
+              &data_uses);
+  replace_all(&script, kDefaultAdminAddress, "127.0.0.1:" + std::to_string(server.admin_port()),
+              &admin_uses);
+  ASSERT_GT(data_uses, 0) << "the quickstart block no longer calls " << kDefaultDataAddress;
+  ASSERT_GT(admin_uses, 0) << "the quickstart block no longer calls " << kDefaultAdminAddress;
+
+  const ScriptResult run = run_bash(script, script_environment(), kScriptTimeout);
+  const std::string shown = "script:\n" + script + "\nstdout:\n" + run.out + "\nstderr:\n" +
+                            run.err + "\nserver stderr:\n" + server.error_output();
+  ASSERT_TRUE(run.finished) << "still running after " << kScriptTimeout.count() << " ms\n" << shown;
+  ASSERT_EQ(run.exit_code, 0) << shown;
+
+  // The echoed key, then the 200 (with the key) and the 401 (without), in that order.
+  std::vector<std::string> lines;
+  std::istringstream in(run.out);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(line);
+  }
+  size_t i = 0;
+  while (i < lines.size() && !is_generated_key(lines[i])) ++i;
+  ASSERT_LT(i, lines.size()) << "no generated key echoed\n" << shown;
+  const std::string key = lines[i];
+  const size_t ok_at = run.out.find("HTTP/1.1 200 ");
+  const size_t unauthorized_at = run.out.find("HTTP/1.1 401 ");
+  ASSERT_NE(ok_at, std::string::npos) << shown;
+  ASSERT_NE(unauthorized_at, std::string::npos) << shown;
+  ASSERT_LT(ok_at, unauthorized_at) << shown;
+  const std::string ok_part = run.out.substr(ok_at, unauthorized_at - ok_at);
+  const std::string unauthorized_part = run.out.substr(unauthorized_at);
+  EXPECT_NE(ok_part.find("\"api\":\"demo\""), std::string::npos) << shown;
+  const std::string key_id = string_member(ok_part, "key_id");
+  EXPECT_EQ(key_id.size(), 13u) << shown;
+  EXPECT_NE(unauthorized_part.find("\"error\":\"missing_api_key\""), std::string::npos) << shown;
+  EXPECT_NE(unauthorized_part.find("WWW-Authenticate: ApiKey realm=\"keygate\""), std::string::npos)
+      << shown;
+
+  // The key the README made is the one that answered, and it is what the README says it is.
+  const auto admin = std::find_if(env->begin(), env->end(), [](const auto& kv) {
+    return kv.first == "KEYGATE_BOOTSTRAP_ADMIN_KEY";
+  });
+  ASSERT_NE(admin, env->end()) << "the README no longer sets KEYGATE_BOOTSTRAP_ADMIN_KEY";
+  const std::optional<Response> record = round_trip(
+      server.admin_port(), "GET /admin/keys/" + key_id +
+                               " HTTP/1.1\r\nHost: it\r\nX-ApiKey: " + admin->second + "\r\n\r\n");
+  ASSERT_TRUE(record.has_value());
+  ASSERT_EQ(record->status, 200) << record->raw;
+  EXPECT_NE(record->body.find("\"apis\":[\"demo\"]"), std::string::npos) << record->body;
+  EXPECT_EQ(string_member(record->body, "hint"), key.substr(0, 6) + "...");
+
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+}
+
+}  // namespace
+}  // namespace keygate::integration

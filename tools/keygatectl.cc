@@ -1,0 +1,1259 @@
+// keygatectl: the admin CLI. Manages the keys, users and APIs of a running keygate through its
+// admin HTTP API (core/admin_api.h lists the routes and JSON shapes).
+//
+// Single-threaded; every command makes one blocking request (keys list: one per page it needs)
+// through tools/ctl/http_client.h, each wait bounded by --timeout. Exit status: 0 success, 1 the
+// server refused the request, could not be reached or answered something unexpected, 2 usage
+// error (nothing was sent).
+//
+// Secrets: a key value is printed only by `keys create` and `keys rotate`, once, in the response
+// that carries it. The admin key only ever goes into the X-ApiKey header: no message repeats it,
+// nor any argument the user typed that could be one (unknown commands and options are named
+// only when they look like words).
+#define SIMDJSON_EXCEPTIONS 0
+#include <simdjson.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "core/json_text.h"
+#include "tools/ctl/http_client.h"
+#include "tools/ctl/table.h"
+
+namespace keygate::ctl {
+namespace {
+
+namespace dom = simdjson::dom;
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+constexpr std::string_view kUrlDefault = "http://127.0.0.1:8081";
+constexpr const char* kAdminKeyEnv = "KEYGATE_ADMIN_KEY";
+constexpr int kTimeoutSecondsDefault = 10;
+constexpr int kTimeoutSecondsMax = 3600;
+// An import file is read whole and sent as one body; the server's own limit is usually lower.
+constexpr size_t kImportFileBytesMax = size_t{1} << 30;
+// keys list --all: a bound on the pages followed (1000 keys each at most), far above any real
+// key count, so a server that keeps returning cursors cannot loop us forever.
+constexpr size_t kListPagesMax = 1'000'000;
+// The admin API's page sizes (core/admin_api.cc): checked here to say so before sending.
+constexpr int64_t kListLimitDefault = 100;
+constexpr int64_t kListLimitMax = 1000;
+// Unknown commands and options are echoed only when they look like words of this length at
+// most: anything else may be a key value typed in the wrong place.
+constexpr size_t kEchoWordBytesMax = 24;
+
+// ---------------------------------------------------------------------------------------------
+// Help
+
+constexpr std::string_view kUsageLine =
+    "usage: keygatectl [--url URL] [--key KEY] [--json] [--timeout SECONDS] <command> ...\n";
+
+constexpr std::string_view kMainHelp =
+    R"(Usage: keygatectl [--url URL] [--key KEY] [--json] [--timeout SECONDS] <command> ...
+
+Manages the keys, users and APIs of a running keygate through its admin HTTP API.
+
+Global options (before the command; --url, --json and --timeout may also follow it):
+  --url URL          the admin listener: http://HOST:PORT, HOST a numeric IP address or
+                     localhost (default http://127.0.0.1:8081)
+  --key KEY          an admin key (one whose apis include "admin"). Default: the environment
+                     variable KEYGATE_ADMIN_KEY, which is preferable: command-line arguments
+                     are visible to other users of the machine.
+  --json             print the server's JSON response as is instead of a table
+  --timeout SECONDS  connect and read timeout, 1 to 3600 (default 10)
+  -h, --help         this help; 'keygatectl keys --help' and 'keygatectl users --help' for
+                     the commands of a group
+
+Commands:
+  keys create|list|show|update|delete|rotate|import ...  API keys
+  users create|list|show|update|delete ...               users and their grants
+  apis                                                   the configured APIs and their routes
+
+Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, DESCRIPTION), users (NAME,
+GRANTS) and apis (NAME, ROUTES) likewise; one record as "field: value" lines.
+
+Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
+"key: VALUE" before the record (with --json, as the response's "key" member). Store them
+then; keygate keeps only a digest and cannot show them again.
+
+Exit status: 0 success; 1 the server refused the request ("keygatectl: STATUS ERROR: MESSAGE"
+on stderr), could not be reached, or answered something unexpected; 2 usage error.
+
+Examples:
+  export KEYGATE_ADMIN_KEY=...
+  keygatectl keys create --api orders --description "shop frontend"
+  keygatectl keys list --api orders --all
+  keygatectl --url http://127.0.0.1:9081 users create alice@example.com --grant orders:GET:/orders
+)";
+
+constexpr std::string_view kKeysHelp = R"(Usage: keygatectl [global options] keys <subcommand> ...
+
+  keys create --api NAME [--api NAME ...] [--description TEXT] [--user NAME] [--key VALUE]
+              [--log-request] [--log-response] [--disabled] [--expires-at TIME]
+      Creates a key that may call the named APIs ("admin": full control of this keygate).
+      Without --key the server generates the value (kg_...). Prints "key: VALUE" once, then
+      the record. --user ties the key to a user: it may then do only what the user's grants
+      allow. --log-request/--log-response log the key's traffic; --disabled creates it
+      switched off; --expires-at sets when it stops working.
+  keys list [--api NAME] [--user NAME] [--limit N] [--cursor ID] [--all]
+      Keys in id order, one page of up to N (1 to 1000, default 100), only those with API
+      NAME or of user NAME when asked. --all follows the cursor to the end (with --json: one
+      document holding every key). Without --all, a note on stderr gives the cursor of the
+      next page when there may be one. --json without --all prints the server's page as is
+      (a filtered page may be short, even empty, and still have a next_cursor).
+  keys show ID
+  keys update ID [--description TEXT] [--api NAME ...] [--user NAME | --no-user]
+                 [--log-request=true|false] [--log-response=true|false]
+                 [--enabled=true|false] [--expires-at TIME | --no-expiry]
+      Changes only what is given; the --api options replace the whole list. A key's value
+      cannot be changed: rotate it.
+  keys delete ID
+      The key stops working at once.
+  keys rotate ID [--grace-seconds N]
+      Gives the key a new generated value, printed once like create's. The old value keeps
+      working for N more seconds (0 to 2592000; default 0: it stops at once).
+  keys import FILE
+      Imports keys with known values from a JSON Lines file ('-': stdin), one key object per
+      line in the shape the import route expects, e.g.
+        {"key":"VALUE","apis":["orders"],"description":"legacy","user":null}
+      (members: key and apis required; description, user, log_request, log_response,
+      enabled, expires_at optional). Blank lines are skipped. All or nothing: one bad line
+      imports none, and the error names its line. Prints the number imported.
+
+TIME is RFC 3339, e.g. 2026-11-26T10:00:00Z.
+)";
+
+constexpr std::string_view kUsersHelp = R"(Usage: keygatectl [global options] users <subcommand> ...
+
+  users create NAME [--grant GRANT ...]
+  users list
+  users show NAME
+  users update NAME (--grant GRANT ... | --no-grants)
+      Replaces all of the user's grants.
+  users delete NAME
+      Keys of a deleted user are refused until their user is changed (keys update --user or
+      --no-user).
+
+A GRANT is API[:METHODS[:PATH_PREFIX]]: METHODS comma-separated upper-case HTTP methods or
+'*' (any method, also when left out), PATH_PREFIX a path within the API (left out: any).
+  users create alice@example.com --grant orders:GET,POST:/orders --grant billing:*
+A key tied to a user may call a route only when one of the user's grants matches it (and the
+key's own apis allow its API). Names may hold any characters but control characters.
+)";
+
+constexpr std::string_view kApisHelp = R"(Usage: keygatectl [global options] apis
+
+Lists the APIs configured in keygate's config file, with their routes. APIs are not changed
+through the admin API: edit the config file and restart keygate.
+)";
+
+enum class Group : uint8_t { kNone, kKeys, kUsers, kApis };
+
+std::string_view help_for(Group group) {
+  switch (group) {
+    case Group::kKeys:
+      return kKeysHelp;
+    case Group::kUsers:
+      return kUsersHelp;
+    case Group::kApis:
+      return kApisHelp;
+    case Group::kNone:
+      break;
+  }
+  return kMainHelp;
+}
+
+std::string_view group_name(Group group) {
+  switch (group) {
+    case Group::kKeys:
+      return "keys";
+    case Group::kUsers:
+      return "users";
+    case Group::kApis:
+      return "apis";
+    case Group::kNone:
+      break;
+  }
+  return "";
+}
+
+// `text` when it looks like a command or option word, else a neutral stand-in: what the user
+// typed in the wrong place may be a key value.
+std::string echo_word(std::string_view text, std::string_view stand_in) {
+  std::string_view word = text;
+  while (word.starts_with('-')) word.remove_prefix(1);
+  bool ok = !word.empty() && text.size() <= kEchoWordBytesMax;
+  for (char c : word) ok = ok && ((c >= 'a' && c <= 'z') || c == '-');
+  return ok ? "'" + std::string(text) + "'" : std::string(stand_in);
+}
+
+std::string_view usage_line(Group group) {
+  switch (group) {
+    case Group::kKeys:
+      return "usage: keygatectl [global options] keys "
+             "create|list|show|update|delete|rotate|import ...\n";
+    case Group::kUsers:
+      return "usage: keygatectl [global options] users create|list|show|update|delete ...\n";
+    case Group::kApis:
+      return "usage: keygatectl [global options] apis\n";
+    case Group::kNone:
+      break;
+  }
+  return kUsageLine;
+}
+
+int usage_error(Group group, const std::string& message) {
+  std::string out = "keygatectl: " + message + "\n";
+  out += usage_line(group);
+  out += "Try 'keygatectl ";
+  if (group != Group::kNone) out.append(group_name(group)).push_back(' ');
+  out += "--help'.\n";
+  std::fputs(out.c_str(), stderr);
+  return kExitUsage;
+}
+
+int failure(const std::string& message) {
+  std::fprintf(stderr, "keygatectl: %s\n", message.c_str());
+  return kExitFailure;
+}
+
+// Writes all of `text` to stdout; the exit code to return.
+int emit(const std::string& text) {
+  if (!text.empty() && std::fwrite(text.data(), 1, text.size(), stdout) != text.size()) {
+    return failure("cannot write the output");
+  }
+  if (std::fflush(stdout) != 0) return failure("cannot write the output");
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+enum class Arity : uint8_t {
+  kFlag,   // --name
+  kValue,  // --name VALUE or --name=VALUE
+  kBool,   // --name (true) or --name=true|false
+};
+
+struct OptionSpec {
+  std::string_view name;  // with the leading "--"
+  Arity arity;
+};
+
+// Options every command takes after it, as well as before.
+constexpr OptionSpec kCommonOptions[] = {
+    {"--url", Arity::kValue}, {"--json", Arity::kFlag}, {"--timeout", Arity::kValue}};
+
+struct Args {
+  std::vector<std::string> positionals;
+  std::vector<std::pair<std::string_view, std::string>> options;  // spec name, value
+
+  bool has(std::string_view name) const {
+    for (const auto& [n, v] : options) {
+      if (n == name) return true;
+    }
+    return false;
+  }
+  // The last value given (a repeated single-valued option: the last one wins).
+  std::optional<std::string> last(std::string_view name) const {
+    std::optional<std::string> out;
+    for (const auto& [n, v] : options) {
+      if (n == name) out = v;
+    }
+    return out;
+  }
+  std::vector<std::string> all(std::string_view name) const {
+    std::vector<std::string> out;
+    for (const auto& [n, v] : options) {
+      if (n == name) out.push_back(v);
+    }
+    return out;
+  }
+};
+
+const OptionSpec* find_option(std::string_view name, std::span<const OptionSpec> specs) {
+  for (const OptionSpec& s : specs) {
+    if (s.name == name) return &s;
+  }
+  for (const OptionSpec& s : kCommonOptions) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
+
+// Splits a command's arguments into positionals and options known to `specs` (plus
+// kCommonOptions). False with a message for the user on anything else.
+bool parse_args(std::span<char* const> argv, std::span<const OptionSpec> specs, Args* out,
+                std::string* error) {
+  bool options_done = false;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string_view arg = argv[i];
+    if (options_done || arg == "-" || !arg.starts_with('-')) {
+      out->positionals.emplace_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      options_done = true;
+      continue;
+    }
+    const size_t eq = arg.find('=');
+    const std::string_view name = arg.substr(0, eq);
+    const OptionSpec* spec = find_option(name, specs);
+    if (spec == nullptr) {
+      if (name == "--key") {
+        *error = "--key (the admin key) goes before the command: keygatectl --key KEY ...";
+      } else {
+        *error = "unknown option " + echo_word(name, "(an unrecognized option)");
+      }
+      return false;
+    }
+    std::string value;
+    switch (spec->arity) {
+      case Arity::kFlag:
+        if (eq != std::string_view::npos) {
+          *error = std::string(spec->name) + " takes no value";
+          return false;
+        }
+        value = "true";
+        break;
+      case Arity::kValue:
+        if (eq != std::string_view::npos) {
+          value = std::string(arg.substr(eq + 1));
+        } else if (i + 1 < argv.size()) {
+          value = argv[++i];
+        } else {
+          *error = std::string(spec->name) + " needs a value";
+          return false;
+        }
+        break;
+      case Arity::kBool:
+        value = eq == std::string_view::npos ? "true" : std::string(arg.substr(eq + 1));
+        if (value != "true" && value != "false") {
+          *error = std::string(spec->name) + " takes =true or =false";
+          return false;
+        }
+        break;
+    }
+    out->options.emplace_back(spec->name, std::move(value));
+  }
+  return true;
+}
+
+bool parse_count(std::string_view text, int64_t max, int64_t* out) {
+  if (text.empty() || text.size() > 10) return false;
+  int64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  if (v > max) return false;
+  *out = v;
+  return true;
+}
+
+// Percent-encodes everything but RFC 3986 unreserved characters: safe in a path segment and in
+// a query value alike ('@', '/', '+', ' ' included).
+std::string url_encode(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    const bool unreserved = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                            (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
+    if (unreserved) {
+      out += c;
+    } else {
+      out += '%';
+      out += kHex[u >> 4];
+      out += kHex[u & 0xf];
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+// Builds one JSON object member by member; strings are escaped.
+class JsonObject {
+ public:
+  void string(std::string_view name, std::string_view value) {
+    member(name);
+    append_json_string(out_, value);
+  }
+  void boolean(std::string_view name, bool value) {
+    member(name);
+    out_ += value ? "true" : "false";
+  }
+  void null(std::string_view name) {
+    member(name);
+    out_ += "null";
+  }
+  void integer(std::string_view name, int64_t value) {
+    member(name);
+    out_ += std::to_string(value);
+  }
+  void string_array(std::string_view name, const std::vector<std::string>& values) {
+    member(name);
+    out_ += '[';
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (i > 0) out_ += ',';
+      append_json_string(out_, values[i]);
+    }
+    out_ += ']';
+  }
+  // `json` must be valid JSON text (the caller built or validated it).
+  void raw(std::string_view name, std::string_view json) {
+    member(name);
+    out_ += json;
+  }
+  bool empty() const { return out_.size() == 1; }
+  std::string finish() {
+    out_ += '}';
+    return std::move(out_);
+  }
+
+ private:
+  void member(std::string_view name) {
+    if (out_.size() > 1) out_ += ',';
+    append_json_string(out_, name);
+    out_ += ':';
+  }
+  std::string out_ = "{";
+};
+
+std::string string_member(dom::object o, std::string_view name) {
+  std::string_view s;
+  if (o[name].get_string().get(s) != simdjson::SUCCESS) return "";
+  return std::string(s);
+}
+
+// A string member, or nullopt when null or absent.
+std::optional<std::string> nullable_string(dom::object o, std::string_view name) {
+  std::string_view s;
+  if (o[name].get_string().get(s) != simdjson::SUCCESS) return std::nullopt;
+  return std::string(s);
+}
+
+bool bool_member(dom::object o, std::string_view name) {
+  bool b = false;
+  if (o[name].get_bool().get(b) != simdjson::SUCCESS) return false;
+  return b;
+}
+
+std::vector<std::string> string_array(dom::object o, std::string_view name) {
+  std::vector<std::string> out;
+  dom::array array;
+  if (o[name].get_array().get(array) != simdjson::SUCCESS) return out;
+  for (dom::element e : array) {
+    std::string_view s;
+    if (e.get_string().get(s) == simdjson::SUCCESS) out.emplace_back(s);
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& parts, std::string_view separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += separator;
+    out += parts[i];
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+struct KeyView {
+  std::string id;
+  std::string hint;
+  std::string description;
+  std::vector<std::string> apis;
+  std::optional<std::string> user;
+  bool log_request = false;
+  bool log_response = false;
+  bool enabled = false;
+  std::string created_at;
+  std::string updated_at;
+  std::optional<std::string> expires_at;
+};
+
+bool read_key(dom::element e, KeyView* out) {
+  dom::object o;
+  if (e.get_object().get(o) != simdjson::SUCCESS) return false;
+  out->id = string_member(o, "id");
+  if (out->id.empty()) return false;
+  out->hint = string_member(o, "hint");
+  out->description = string_member(o, "description");
+  out->apis = string_array(o, "apis");
+  out->user = nullable_string(o, "user");
+  out->log_request = bool_member(o, "log_request");
+  out->log_response = bool_member(o, "log_response");
+  out->enabled = bool_member(o, "enabled");
+  out->created_at = string_member(o, "created_at");
+  out->updated_at = string_member(o, "updated_at");
+  out->expires_at = nullable_string(o, "expires_at");
+  return true;
+}
+
+Table key_table() {
+  return Table({"ID", "HINT", "APIS", "USER", "ENABLED", "EXPIRES", "DESCRIPTION"});
+}
+
+void add_key_row(Table& table, const KeyView& k) {
+  table.add_row({k.id, k.hint, join(k.apis, ","), k.user.value_or("-"), k.enabled ? "yes" : "no",
+                 k.expires_at.value_or("never"), k.description});
+}
+
+void render_key(const KeyView& k, std::string* out) {
+  render_fields({{"id", {k.id}},
+                 {"hint", {k.hint}},
+                 {"description", {k.description}},
+                 {"apis", {join(k.apis, ", ")}},
+                 {"user", {k.user.value_or("-")}},
+                 {"enabled", {k.enabled ? "yes" : "no"}},
+                 {"expires_at", {k.expires_at.value_or("never")}},
+                 {"log_request", {k.log_request ? "yes" : "no"}},
+                 {"log_response", {k.log_response ? "yes" : "no"}},
+                 {"created_at", {k.created_at}},
+                 {"updated_at", {k.updated_at}}},
+                out);
+}
+
+// A grant in the syntax --grant takes: api:METHODS[:prefix], '*' for any method.
+std::string grant_text(dom::element e) {
+  dom::object o;
+  if (e.get_object().get(o) != simdjson::SUCCESS) return "?";
+  const std::vector<std::string> methods = string_array(o, "methods");
+  std::string out = string_member(o, "api");
+  out += ':';
+  out += methods.empty() ? "*" : join(methods, ",");
+  const std::string prefix = string_member(o, "path_prefix");
+  if (!prefix.empty()) out += ":" + prefix;
+  return out;
+}
+
+struct UserView {
+  std::string name;
+  std::vector<std::string> grants;
+};
+
+bool read_user(dom::element e, UserView* out) {
+  dom::object o;
+  if (e.get_object().get(o) != simdjson::SUCCESS) return false;
+  out->name = string_member(o, "name");
+  if (out->name.empty()) return false;
+  out->grants.clear();
+  dom::array grants;
+  if (o["grants"].get_array().get(grants) == simdjson::SUCCESS) {
+    for (dom::element g : grants) out->grants.push_back(grant_text(g));
+  }
+  return true;
+}
+
+void render_user(const UserView& u, std::string* out) {
+  render_fields({{"name", {u.name}},
+                 {"grants", u.grants.empty() ? std::vector<std::string>{"(none)"} : u.grants}},
+                out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Talking to keygate
+
+struct Context {
+  Endpoint endpoint;
+  std::string admin_key;
+  bool json = false;
+  ClientLimits limits;
+};
+
+// Sends one admin request (`body` as JSON when given). False, after saying why on stderr, when
+// keygate could not be reached or answered garbage.
+bool exchange(const Context& ctx, std::string_view method, const std::string& target,
+              const std::string* body, HttpResponse* out) {
+  HttpRequest request;
+  request.method = method;
+  request.target = target;
+  request.headers = {
+      {"X-ApiKey", ctx.admin_key}, {"Accept", "application/json"}, {"User-Agent", "keygatectl"}};
+  if (body != nullptr) {
+    request.body = *body;
+    request.json_body = true;
+  }
+  std::string error;
+  if (!http_exchange(ctx.endpoint, request, ctx.limits, out, &error)) {
+    failure(error);
+    return false;
+  }
+  return true;
+}
+
+bool success(const HttpResponse& r) { return r.status >= 200 && r.status < 300; }
+
+// Says on stderr why keygate refused a request: "keygatectl: STATUS ERROR: MESSAGE (field: F)".
+// `field_note` may add to the field (import: the line it came from). Returns kExitFailure.
+int report_refusal(const HttpResponse& r,
+                   std::string (*field_note)(std::string_view field, const void* arg) = nullptr,
+                   const void* note_arg = nullptr) {
+  dom::parser parser;
+  dom::object o;
+  std::string line = "keygatectl: " + std::to_string(r.status);
+  std::string code;
+  if (parser.parse(r.body.data(), r.body.size()).get_object().get(o) == simdjson::SUCCESS &&
+      !(code = string_member(o, "error")).empty()) {
+    line += " " + printable(code) + ": " + printable(string_member(o, "message"));
+    const std::optional<std::string> field = nullable_string(o, "field");
+    if (field) {
+      line += " (field: " + printable(*field);
+      if (field_note != nullptr) line += field_note(*field, note_arg);
+      line += ")";
+    }
+  } else {
+    line += " " + printable(r.reason) + " (the response is not a keygate admin error)";
+  }
+  line += '\n';
+  if (r.status == 401) {
+    line += "keygatectl: the admin key was not accepted: check --key or " +
+            std::string(kAdminKeyEnv) + "\n";
+  } else if (r.status == 403 && code == "api_not_permitted") {
+    line += "keygatectl: the key given is not an admin key (its apis lack \"admin\")\n";
+  }
+  std::fputs(line.c_str(), stderr);
+  return kExitFailure;
+}
+
+int unexpected_response(std::string_view what) {
+  return failure("unexpected response from the server: " + std::string(what));
+}
+
+// The response body as the --json output: as is, newline-terminated.
+int emit_json(const HttpResponse& r) {
+  std::string out = r.body;
+  if (!out.empty() && out.back() != '\n') out += '\n';
+  return emit(out);
+}
+
+// Runs one request whose answer is a single key record, printed with its value first when the
+// response carries one (create and rotate).
+int key_record_command(const Context& ctx, std::string_view method, const std::string& target,
+                       const std::string* body) {
+  HttpResponse r;
+  if (!exchange(ctx, method, target, body, &r)) return kExitFailure;
+  if (!success(r)) return report_refusal(r);
+  if (ctx.json) return emit_json(r);
+  dom::parser parser;
+  dom::element root;
+  KeyView k;
+  if (parser.parse(r.body.data(), r.body.size()).get(root) != simdjson::SUCCESS ||
+      !read_key(root, &k)) {
+    return unexpected_response("not a key record");
+  }
+  std::string out;
+  std::string_view value;
+  if (root["key"].get_string().get(value) == simdjson::SUCCESS) {
+    out += "key: " + printable(value) + "\n";
+    std::fputs("keygatectl: this is the only time the key's value is shown: store it now\n",
+               stderr);
+  }
+  render_key(k, &out);
+  return emit(out);
+}
+
+int user_record_command(const Context& ctx, std::string_view method, const std::string& target,
+                        const std::string* body) {
+  HttpResponse r;
+  if (!exchange(ctx, method, target, body, &r)) return kExitFailure;
+  if (!success(r)) return report_refusal(r);
+  if (ctx.json) return emit_json(r);
+  dom::parser parser;
+  dom::element root;
+  UserView u;
+  if (parser.parse(r.body.data(), r.body.size()).get(root) != simdjson::SUCCESS ||
+      !read_user(root, &u)) {
+    return unexpected_response("not a user record");
+  }
+  std::string out;
+  render_user(u, &out);
+  return emit(out);
+}
+
+int delete_command(const Context& ctx, const std::string& target, std::string_view what) {
+  HttpResponse r;
+  if (!exchange(ctx, "DELETE", target, nullptr, &r)) return kExitFailure;
+  if (!success(r)) return report_refusal(r);
+  if (ctx.json) return emit_json(r);
+  return emit("deleted " + printable(what) + "\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// keys
+
+std::string key_path(std::string_view id) { return "/admin/keys/" + url_encode(id); }
+
+int keys_create(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) return usage_error(Group::kKeys, "keys create takes no ID");
+  const std::vector<std::string> apis = args.all("--api");
+  if (apis.empty()) return usage_error(Group::kKeys, "keys create needs at least one --api NAME");
+  JsonObject body;
+  body.string_array("apis", apis);
+  if (auto v = args.last("--description")) body.string("description", *v);
+  if (auto v = args.last("--user")) body.string("user", *v);
+  if (auto v = args.last("--key")) body.string("key", *v);
+  if (auto v = args.last("--log-request")) body.boolean("log_request", *v == "true");
+  if (auto v = args.last("--log-response")) body.boolean("log_response", *v == "true");
+  if (args.has("--disabled")) body.boolean("enabled", false);
+  if (auto v = args.last("--expires-at")) body.string("expires_at", *v);
+  const std::string json = body.finish();
+  return key_record_command(ctx, "POST", "/admin/keys", &json);
+}
+
+int keys_list(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) return usage_error(Group::kKeys, "keys list takes no arguments");
+  int64_t limit = kListLimitDefault;
+  if (auto v = args.last("--limit"); v && !parse_count(*v, kListLimitMax, &limit)) {
+    return usage_error(Group::kKeys, "--limit takes 1 to 1000");
+  }
+  if (limit < 1) return usage_error(Group::kKeys, "--limit takes 1 to 1000");
+  std::string filters;
+  if (auto v = args.last("--api")) filters += "&api=" + url_encode(*v);
+  if (auto v = args.last("--user")) filters += "&user=" + url_encode(*v);
+  const bool all = args.has("--all");
+  std::optional<std::string> cursor = args.last("--cursor");
+
+  Table table = key_table();
+  std::string merged;  // --all --json: the records of every page
+  size_t merged_count = 0;
+  size_t shown = 0;
+  dom::parser parser;
+  for (size_t page = 0;; ++page) {
+    if (page == kListPagesMax) return failure("keys list: too many pages; giving up");
+    // A filtered page may come back short, even empty (the server bounds its scan). Unless the
+    // raw page is wanted (--json without --all), ask again for what is missing, so a table
+    // shows up to --limit keys.
+    const int64_t want = all ? limit : limit - static_cast<int64_t>(shown);
+    std::string target = "/admin/keys?limit=" + std::to_string(want) + filters;
+    if (cursor) target += "&cursor=" + url_encode(*cursor);
+    HttpResponse r;
+    if (!exchange(ctx, "GET", target, nullptr, &r)) return kExitFailure;
+    if (!success(r)) return report_refusal(r);
+    if (ctx.json && !all) return emit_json(r);
+
+    dom::object root;
+    dom::array keys;
+    if (parser.parse(r.body.data(), r.body.size()).get_object().get(root) != simdjson::SUCCESS ||
+        root["keys"].get_array().get(keys) != simdjson::SUCCESS) {
+      return unexpected_response("not a key listing");
+    }
+    for (dom::element e : keys) {
+      ++shown;
+      if (ctx.json) {
+        if (merged_count++ > 0) merged += ',';
+        merged += simdjson::to_string(e);
+        continue;
+      }
+      KeyView k;
+      if (!read_key(e, &k)) return unexpected_response("not a key record");
+      add_key_row(table, k);
+    }
+    const std::optional<std::string> next = nullable_string(root, "next_cursor");
+    if (!next) break;
+    // A cursor that does not move would page forever.
+    if (cursor && *next == *cursor) return unexpected_response("the cursor did not advance");
+    cursor = next;
+    if (!all && static_cast<int64_t>(shown) >= limit) {
+      std::fprintf(stderr,
+                   "keygatectl: more keys may follow: add --cursor %s for the next page, or "
+                   "--all\n",
+                   printable(*next).c_str());
+      break;
+    }
+  }
+  if (ctx.json) return emit("{\"keys\":[" + merged + "],\"next_cursor\":null}\n");
+  if (table.rows() == 0) {
+    std::fputs("keygatectl: no keys\n", stderr);
+    return kExitOk;
+  }
+  std::string out;
+  table.render(&out);
+  return emit(out);
+}
+
+int keys_show(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys show needs one ID");
+  return key_record_command(ctx, "GET", key_path(args.positionals[0]), nullptr);
+}
+
+int keys_update(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys update needs one ID");
+  if (args.has("--user") && args.has("--no-user")) {
+    return usage_error(Group::kKeys, "--user and --no-user exclude each other");
+  }
+  if (args.has("--expires-at") && args.has("--no-expiry")) {
+    return usage_error(Group::kKeys, "--expires-at and --no-expiry exclude each other");
+  }
+  JsonObject body;
+  if (auto v = args.last("--description")) body.string("description", *v);
+  const std::vector<std::string> apis = args.all("--api");
+  if (!apis.empty()) body.string_array("apis", apis);
+  if (auto v = args.last("--user")) body.string("user", *v);
+  if (args.has("--no-user")) body.null("user");
+  if (auto v = args.last("--log-request")) body.boolean("log_request", *v == "true");
+  if (auto v = args.last("--log-response")) body.boolean("log_response", *v == "true");
+  if (auto v = args.last("--enabled")) body.boolean("enabled", *v == "true");
+  if (auto v = args.last("--expires-at")) body.string("expires_at", *v);
+  if (args.has("--no-expiry")) body.null("expires_at");
+  if (body.empty()) return usage_error(Group::kKeys, "keys update needs something to change");
+  const std::string json = body.finish();
+  return key_record_command(ctx, "PATCH", key_path(args.positionals[0]), &json);
+}
+
+int keys_delete(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys delete needs one ID");
+  return delete_command(ctx, key_path(args.positionals[0]), "key " + args.positionals[0]);
+}
+
+int keys_rotate(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys rotate needs one ID");
+  std::string json;
+  if (auto v = args.last("--grace-seconds")) {
+    int64_t seconds = 0;
+    if (!parse_count(*v, 9'999'999'999, &seconds)) {
+      return usage_error(Group::kKeys, "--grace-seconds takes a number of seconds");
+    }
+    JsonObject body;
+    body.integer("grace_seconds", seconds);
+    json = body.finish();
+  }
+  return key_record_command(ctx, "POST", key_path(args.positionals[0]) + "/rotate", &json);
+}
+
+// Import errors name a field "keys[N]..."; this turns N into the file's line number.
+struct ImportLines {
+  std::string file;
+  std::vector<size_t> line_of_key;
+};
+
+std::string import_line_note(std::string_view field, const void* arg) {
+  const auto& lines = *static_cast<const ImportLines*>(arg);
+  if (!field.starts_with("keys[")) return "";
+  const size_t close = field.find(']');
+  int64_t index = 0;
+  if (close == std::string_view::npos ||
+      !parse_count(field.substr(5, close - 5), 1'000'000'000, &index) ||
+      static_cast<size_t>(index) >= lines.line_of_key.size()) {
+    return "";
+  }
+  return ", " + lines.file + " line " +
+         std::to_string(lines.line_of_key[static_cast<size_t>(index)]);
+}
+
+bool read_all(const std::string& path, std::string* out, std::string* error) {
+  if (path == "-") {
+    out->assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    if (std::cin.bad()) {
+      *error = "cannot read stdin";
+      return false;
+    }
+  } else {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      *error = "cannot open " + path + ": " + std::strerror(errno);
+      return false;
+    }
+    out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (in.bad()) {
+      *error = "cannot read " + path;
+      return false;
+    }
+  }
+  if (out->size() > kImportFileBytesMax) {
+    *error = "the import file is larger than 1 GiB";
+    return false;
+  }
+  return true;
+}
+
+int keys_import(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys import needs one FILE");
+  ImportLines lines;
+  lines.file = args.positionals[0] == "-" ? "stdin" : args.positionals[0];
+  std::string text;
+  std::string error;
+  if (!read_all(args.positionals[0], &text, &error)) return failure(error);
+
+  // Each line is checked to be one JSON object here, so a typo is reported by line before
+  // anything is sent, and the lines can then be joined into the body as they are. Messages name
+  // lines only: their text holds key values.
+  std::string body = "{\"keys\":[";
+  dom::parser parser;
+  size_t line_number = 0;
+  for (size_t start = 0; start < text.size();) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line = std::string_view(text).substr(start, end - start);
+    start = end + 1;
+    ++line_number;
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) {
+      line.remove_suffix(1);
+    }
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+    if (line.empty()) continue;
+    dom::object object;
+    if (parser.parse(line.data(), line.size()).get_object().get(object) != simdjson::SUCCESS) {
+      return failure(lines.file + " line " + std::to_string(line_number) +
+                     ": not a JSON object (one key object per line)");
+    }
+    if (!lines.line_of_key.empty()) body += ',';
+    body += line;
+    lines.line_of_key.push_back(line_number);
+  }
+  body += "]}";
+  if (lines.line_of_key.empty()) return failure(lines.file + " holds no keys");
+
+  HttpResponse r;
+  if (!exchange(ctx, "POST", "/admin/keys/import", &body, &r)) return kExitFailure;
+  if (!success(r)) return report_refusal(r, import_line_note, &lines);
+  if (ctx.json) return emit_json(r);
+  dom::object root;
+  uint64_t imported = 0;
+  if (parser.parse(r.body.data(), r.body.size()).get_object().get(root) != simdjson::SUCCESS ||
+      root["imported"].get_uint64().get(imported) != simdjson::SUCCESS) {
+    return unexpected_response("not an import result");
+  }
+  return emit("imported " + std::to_string(imported) + (imported == 1 ? " key\n" : " keys\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// users
+
+std::string user_path(std::string_view name) { return "/admin/users/" + url_encode(name); }
+
+// Parses API[:METHODS[:PATH_PREFIX]] into a grant object's JSON.
+bool grant_json(std::string_view text, std::string* out, std::string* error) {
+  const size_t first = text.find(':');
+  const std::string_view api = text.substr(0, first);
+  std::string_view methods_text;
+  std::string_view prefix;
+  if (first != std::string_view::npos) {
+    const std::string_view rest = text.substr(first + 1);
+    const size_t second = rest.find(':');
+    methods_text = rest.substr(0, second);
+    if (second != std::string_view::npos) prefix = rest.substr(second + 1);
+  }
+  if (api.empty()) {
+    *error = "a --grant names its API first: API[:METHODS[:PATH_PREFIX]]";
+    return false;
+  }
+  JsonObject grant;
+  grant.string("api", api);
+  if (!methods_text.empty() && methods_text != "*") {
+    std::vector<std::string> methods;
+    while (true) {
+      const size_t comma = methods_text.find(',');
+      const std::string_view method = methods_text.substr(0, comma);
+      if (method.empty()) {
+        *error = "a --grant's METHODS are comma-separated HTTP methods, or '*'";
+        return false;
+      }
+      methods.emplace_back(method);
+      if (comma == std::string_view::npos) break;
+      methods_text = methods_text.substr(comma + 1);
+    }
+    grant.string_array("methods", methods);
+  }
+  if (!prefix.empty()) grant.string("path_prefix", prefix);
+  *out = grant.finish();
+  return true;
+}
+
+bool grants_json(const Args& args, std::string* out, std::string* error) {
+  *out = "[";
+  for (const std::string& g : args.all("--grant")) {
+    std::string one;
+    if (!grant_json(g, &one, error)) return false;
+    if (out->size() > 1) *out += ',';
+    *out += one;
+  }
+  *out += ']';
+  return true;
+}
+
+int users_create(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kUsers, "users create needs a NAME");
+  std::string grants;
+  std::string error;
+  if (!grants_json(args, &grants, &error)) return usage_error(Group::kUsers, error);
+  JsonObject body;
+  body.string("name", args.positionals[0]);
+  body.raw("grants", grants);
+  const std::string json = body.finish();
+  return user_record_command(ctx, "POST", "/admin/users", &json);
+}
+
+int users_list(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) {
+    return usage_error(Group::kUsers, "users list takes no arguments");
+  }
+  HttpResponse r;
+  if (!exchange(ctx, "GET", "/admin/users", nullptr, &r)) return kExitFailure;
+  if (!success(r)) return report_refusal(r);
+  if (ctx.json) return emit_json(r);
+  dom::parser parser;
+  dom::object root;
+  dom::array users;
+  if (parser.parse(r.body.data(), r.body.size()).get_object().get(root) != simdjson::SUCCESS ||
+      root["users"].get_array().get(users) != simdjson::SUCCESS) {
+    return unexpected_response("not a user listing");
+  }
+  Table table({"NAME", "GRANTS"});
+  for (dom::element e : users) {
+    UserView u;
+    if (!read_user(e, &u)) return unexpected_response("not a user record");
+    table.add_row({u.name, u.grants.empty() ? "(none)" : join(u.grants, " ")});
+  }
+  if (table.rows() == 0) {
+    std::fputs("keygatectl: no users\n", stderr);
+    return kExitOk;
+  }
+  std::string out;
+  table.render(&out);
+  return emit(out);
+}
+
+int users_show(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kUsers, "users show needs a NAME");
+  return user_record_command(ctx, "GET", user_path(args.positionals[0]), nullptr);
+}
+
+int users_update(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kUsers, "users update needs a NAME");
+  const bool grants_given = args.has("--grant");
+  if (grants_given == args.has("--no-grants")) {
+    return usage_error(Group::kUsers, "users update needs --grant GRANT ... or --no-grants");
+  }
+  std::string grants;
+  std::string error;
+  if (!grants_json(args, &grants, &error)) return usage_error(Group::kUsers, error);
+  JsonObject body;
+  body.raw("grants", grants);
+  const std::string json = body.finish();
+  return user_record_command(ctx, "PATCH", user_path(args.positionals[0]), &json);
+}
+
+int users_delete(const Context& ctx, const Args& args) {
+  if (args.positionals.size() != 1) return usage_error(Group::kUsers, "users delete needs a NAME");
+  return delete_command(ctx, user_path(args.positionals[0]), "user " + args.positionals[0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// apis
+
+int apis_list(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) return usage_error(Group::kApis, "apis takes no arguments");
+  HttpResponse r;
+  if (!exchange(ctx, "GET", "/admin/apis", nullptr, &r)) return kExitFailure;
+  if (!success(r)) return report_refusal(r);
+  if (ctx.json) return emit_json(r);
+  dom::parser parser;
+  dom::object root;
+  dom::array apis;
+  if (parser.parse(r.body.data(), r.body.size()).get_object().get(root) != simdjson::SUCCESS ||
+      root["apis"].get_array().get(apis) != simdjson::SUCCESS) {
+    return unexpected_response("not an API listing");
+  }
+  Table table({"NAME", "ROUTES"});
+  for (dom::element e : apis) {
+    dom::object o;
+    if (e.get_object().get(o) != simdjson::SUCCESS) return unexpected_response("not an API");
+    table.add_row({string_member(o, "name"), join(string_array(o, "routes"), " ")});
+  }
+  std::string out;
+  table.render(&out);
+  return emit(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+
+using Handler = int (*)(const Context&, const Args&);
+
+struct Command {
+  Group group;
+  std::string_view name;  // the subcommand; "" for apis
+  Handler handler;
+  std::span<const OptionSpec> options;
+};
+
+constexpr OptionSpec kCreateKeyOptions[] = {
+    {"--api", Arity::kValue},        {"--description", Arity::kValue},
+    {"--user", Arity::kValue},       {"--key", Arity::kValue},
+    {"--log-request", Arity::kBool}, {"--log-response", Arity::kBool},
+    {"--disabled", Arity::kFlag},    {"--expires-at", Arity::kValue}};
+constexpr OptionSpec kListKeyOptions[] = {{"--api", Arity::kValue},
+                                          {"--user", Arity::kValue},
+                                          {"--limit", Arity::kValue},
+                                          {"--cursor", Arity::kValue},
+                                          {"--all", Arity::kFlag}};
+constexpr OptionSpec kUpdateKeyOptions[] = {
+    {"--description", Arity::kValue}, {"--api", Arity::kValue},
+    {"--user", Arity::kValue},        {"--no-user", Arity::kFlag},
+    {"--log-request", Arity::kBool},  {"--log-response", Arity::kBool},
+    {"--enabled", Arity::kBool},      {"--expires-at", Arity::kValue},
+    {"--no-expiry", Arity::kFlag}};
+constexpr OptionSpec kRotateKeyOptions[] = {{"--grace-seconds", Arity::kValue}};
+constexpr OptionSpec kCreateUserOptions[] = {{"--grant", Arity::kValue}};
+constexpr OptionSpec kUpdateUserOptions[] = {{"--grant", Arity::kValue},
+                                             {"--no-grants", Arity::kFlag}};
+
+const Command kCommands[] = {
+    {Group::kKeys, "create", keys_create, kCreateKeyOptions},
+    {Group::kKeys, "list", keys_list, kListKeyOptions},
+    {Group::kKeys, "show", keys_show, {}},
+    {Group::kKeys, "update", keys_update, kUpdateKeyOptions},
+    {Group::kKeys, "delete", keys_delete, {}},
+    {Group::kKeys, "rotate", keys_rotate, kRotateKeyOptions},
+    {Group::kKeys, "import", keys_import, {}},
+    {Group::kUsers, "create", users_create, kCreateUserOptions},
+    {Group::kUsers, "list", users_list, {}},
+    {Group::kUsers, "show", users_show, {}},
+    {Group::kUsers, "update", users_update, kUpdateUserOptions},
+    {Group::kUsers, "delete", users_delete, {}},
+    {Group::kApis, "", apis_list, {}},
+};
+
+Group parse_group(std::string_view word) {
+  if (word == "keys" || word == "key") return Group::kKeys;
+  if (word == "users" || word == "user") return Group::kUsers;
+  if (word == "apis" || word == "api") return Group::kApis;
+  return Group::kNone;
+}
+
+int print_help(Group group) { return emit(std::string(help_for(group))); }
+
+bool is_help(std::string_view arg) { return arg == "--help" || arg == "-h"; }
+
+struct GlobalOptions {
+  std::optional<std::string> url;
+  std::optional<std::string> key;
+  std::optional<std::string> timeout;
+  bool json = false;
+};
+
+int run(int argc, char** argv) {
+  const std::span<char* const> all(argv + 1, static_cast<size_t>(argc > 0 ? argc - 1 : 0));
+  GlobalOptions global;
+  size_t i = 0;
+  // Global options, up to the command.
+  for (; i < all.size(); ++i) {
+    const std::string_view arg = all[i];
+    if (!arg.starts_with('-')) break;
+    if (arg == "--help" || arg == "-h") return print_help(Group::kNone);
+    const size_t eq = arg.find('=');
+    const std::string_view name = arg.substr(0, eq);
+    std::optional<std::string>* slot = nullptr;
+    if (name == "--url") slot = &global.url;
+    if (name == "--key") slot = &global.key;
+    if (name == "--timeout") slot = &global.timeout;
+    if (name == "--json") {
+      if (eq != std::string_view::npos) return usage_error(Group::kNone, "--json takes no value");
+      global.json = true;
+      continue;
+    }
+    if (slot == nullptr) {
+      return usage_error(Group::kNone,
+                         "unknown option " + echo_word(name, "(an unrecognized option)"));
+    }
+    if (eq != std::string_view::npos) {
+      *slot = std::string(arg.substr(eq + 1));
+    } else if (i + 1 < all.size()) {
+      *slot = std::string(all[++i]);
+    } else {
+      return usage_error(Group::kNone, std::string(name) + " needs a value");
+    }
+  }
+  if (i == all.size()) return usage_error(Group::kNone, "no command given");
+
+  const std::string_view command = all[i++];
+  if (command == "help") {
+    return print_help(i < all.size() ? parse_group(all[i]) : Group::kNone);
+  }
+  const Group group = parse_group(command);
+  if (group == Group::kNone) {
+    return usage_error(Group::kNone, "unknown command " + echo_word(command, "(not a command)"));
+  }
+  for (size_t j = i; j < all.size(); ++j) {
+    if (std::string_view(all[j]) == "--") break;
+    if (is_help(all[j])) return print_help(group);
+  }
+  std::string_view sub;
+  if (group != Group::kApis) {
+    if (i == all.size()) {
+      return usage_error(group, std::string(group_name(group)) + " needs a subcommand");
+    }
+    sub = all[i++];
+    if (sub == "help") return print_help(group);
+  }
+  const Command* cmd = nullptr;
+  for (const Command& c : kCommands) {
+    if (c.group == group && c.name == sub) cmd = &c;
+  }
+  if (cmd == nullptr) {
+    return usage_error(group, "unknown " + std::string(group_name(group)) + " subcommand " +
+                                  echo_word(sub, "(not a subcommand)"));
+  }
+  Args args;
+  std::string error;
+  if (!parse_args(all.subspan(i), cmd->options, &args, &error)) return usage_error(group, error);
+
+  // Options after the command win over the same ones before it.
+  Context ctx;
+  ctx.json = global.json || args.has("--json");
+  const std::string url =
+      args.last("--url").value_or(global.url.value_or(std::string(kUrlDefault)));
+  if (!parse_url(url, &ctx.endpoint, &error)) return usage_error(group, "invalid --url: " + error);
+  if (const std::optional<std::string> t =
+          args.last("--timeout") ? args.last("--timeout") : global.timeout) {
+    int64_t seconds = 0;
+    if (!parse_count(*t, kTimeoutSecondsMax, &seconds) || seconds < 1) {
+      return usage_error(group, "--timeout takes 1 to 3600 seconds");
+    }
+    ctx.limits.connect_timeout_ms = static_cast<int>(seconds * 1000);
+    ctx.limits.io_timeout_ms = static_cast<int>(seconds * 1000);
+  } else {
+    ctx.limits.connect_timeout_ms = kTimeoutSecondsDefault * 1000;
+    ctx.limits.io_timeout_ms = kTimeoutSecondsDefault * 1000;
+  }
+  if (global.key) {
+    ctx.admin_key = *global.key;
+  } else if (const char* env = std::getenv(kAdminKeyEnv); env != nullptr) {
+    ctx.admin_key = env;
+  }
+  if (ctx.admin_key.empty()) {
+    return usage_error(group, "no admin key: pass --key KEY or set " + std::string(kAdminKeyEnv));
+  }
+  if (!header_safe(ctx.admin_key)) {
+    return usage_error(group,
+                       "the admin key holds characters that cannot be sent in an HTTP header");
+  }
+  return cmd->handler(ctx, args);
+}
+
+}  // namespace
+}  // namespace keygate::ctl
+
+int main(int argc, char** argv) { return keygate::ctl::run(argc, argv); }
