@@ -15,13 +15,11 @@
 
 #include <cstdio>
 #include <cstring>
-#include <map>
-#include <ostream>
 #include <span>
 #include <string>
 #include <string_view>
-#include <vector>
 
+#include "bench/bench_report.h"
 #include "core/limits.h"
 #include "net/http_parser.h"
 
@@ -256,95 +254,20 @@ BENCHMARK(BM_Llhttp_PostChunked4KiB);
 
 // --- ratio report ------------------------------------------------------------------------------
 
-constexpr std::string_view kWrapperPrefix = "BM_HttpParser_";
-constexpr std::string_view kBaselinePrefix = "BM_Llhttp_";
-
-// The console table as usual, then wrapper / baseline per shape. Uses each benchmark's median
-// when repetitions produced one, else its (last) measurement.
-class RatioReporter : public benchmark::ConsoleReporter {
- public:
-  using ConsoleReporter::ConsoleReporter;
-
-  void ReportRuns(const std::vector<Run>& reports) override {
-    ConsoleReporter::ReportRuns(reports);
-    for (const Run& run : reports) {
-      if (run.error_occurred) continue;
-      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if (run.run_type == Run::RT_Aggregate && !median) continue;
-      Sample& s = cpu_ns_[run.run_name.str()];
-      if (median || !s.from_median) {
-        s = Sample{run.GetAdjustedCPUTime() * to_ns(run.time_unit), median};
-      }
-    }
-  }
-
-  void Finalize() override {
-    ConsoleReporter::Finalize();
-    std::ostream& out = GetOutputStream();
-    bool header = false;
-    for (const auto& [name, wrapper] : cpu_ns_) {  // by name: stable under random interleaving
-      if (!name.starts_with(kWrapperPrefix)) continue;
-      const std::string shape = name.substr(kWrapperPrefix.size());
-      const auto base = cpu_ns_.find(std::string(kBaselinePrefix) + shape);
-      if (base == cpu_ns_.end() || base->second.ns <= 0) continue;
-      if (!header) {
-        out << "\nHttpParser vs bare llhttp (CPU ns per request, same run)\n";
-        char line[128];
-        std::snprintf(line, sizeof(line), "%-24s %12s %12s %8s\n", "shape", "HttpParser", "llhttp",
-                      "ratio");
-        out << line;
-        header = true;
-      }
-      char line[128];
-      std::snprintf(line, sizeof(line), "%-24s %12.1f %12.1f %7.2fx\n", shape.c_str(), wrapper.ns,
-                    base->second.ns, wrapper.ns / base->second.ns);
-      out << line;
-    }
-  }
-
- private:
-  struct Sample {
-    double ns = 0;
-    bool from_median = false;
-  };
-
-  static double to_ns(benchmark::TimeUnit unit) {
-    switch (unit) {
-      case benchmark::kNanosecond:
-        return 1;
-      case benchmark::kMicrosecond:
-        return 1e3;
-      case benchmark::kMillisecond:
-        return 1e6;
-      case benchmark::kSecond:
-        return 1e9;
-    }
-    return 1;
-  }
-
-  std::map<std::string, Sample> cpu_ns_;
+constexpr keygate::bench::RatioTable kRatioTable = {
+    .title = "HttpParser vs bare llhttp (CPU ns per request, same run)",
+    .subject_prefix = "BM_HttpParser_",
+    .baseline_prefix = "BM_Llhttp_",
+    .subject_column = "HttpParser",
+    .baseline_column = "llhttp",
+    .shape_width = 24,
 };
 
 }  // namespace
 
 // Our own main (benchmark_main's archive member is then not linked) so the ratio table can be
-// appended. A non-console --benchmark_format keeps the library's reporter and has no ratio table.
+// appended.
 int main(int argc, char** argv) {
-  bool console = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg(argv[i]);
-    if (arg.starts_with("--benchmark_format=") && arg != "--benchmark_format=console") {
-      console = false;
-    }
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  if (console) {
-    RatioReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
-    benchmark::RunSpecifiedBenchmarks(&reporter);
-  } else {
-    benchmark::RunSpecifiedBenchmarks();
-  }
-  benchmark::Shutdown();
-  return 0;
+  keygate::bench::RatioReporter reporter(kRatioTable);
+  return keygate::bench::run_benchmarks(argc, argv, reporter);
 }

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_report.h"
 #include "core/api_key.h"
 #include "storage/key_cache.h"
 #include "storage/qsbr.h"
@@ -335,22 +336,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
 
 }  // namespace
 
+// Our own main so RatioReporter's lines can follow the table.
 int main(int argc, char** argv) {
-  bool console = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg(argv[i]);
-    if (arg.starts_with("--benchmark_format=") && arg != "--benchmark_format=console") {
-      console = false;
-    }
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  if (console) {
-    RatioReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
-    benchmark::RunSpecifiedBenchmarks(&reporter);
-  } else {
-    benchmark::RunSpecifiedBenchmarks();
-  }
-  benchmark::Shutdown();
-  return 0;
+  RatioReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
+  return keygate::bench::run_benchmarks(argc, argv, reporter);
 }

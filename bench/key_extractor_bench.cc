@@ -26,19 +26,17 @@
 #define SIMDJSON_EXCEPTIONS 0
 #include <simdjson.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <new>
-#include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "bench/bench_report.h"
 #include "core/http_request.h"
 #include "core/key_extractor.h"
 
@@ -414,100 +412,20 @@ BENCHMARK(BM_Scan_Json4KiBText);
 
 // --- ratio report --------------------------------------------------------------------------------
 
-constexpr std::string_view kSubjectPrefix = "BM_KeyExtractor_";
-constexpr std::string_view kBaselinePrefix = "BM_Baseline_";
-
-// The console table as usual, then extract / baseline per shape. Uses each benchmark's median
-// when repetitions produced one, else its (last) measurement.
-class RatioReporter : public benchmark::ConsoleReporter {
- public:
-  using ConsoleReporter::ConsoleReporter;
-
-  void ReportRuns(const std::vector<Run>& reports) override {
-    ConsoleReporter::ReportRuns(reports);
-    for (const Run& run : reports) {
-      if (run.error_occurred) continue;
-      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      if (run.run_type == Run::RT_Aggregate && !median) continue;
-      const std::string name = run.run_name.str();
-      if (!cpu_ns_.contains(name)) order_.push_back(name);
-      Sample& s = cpu_ns_[name];
-      if (median || !s.from_median) {
-        s = Sample{run.GetAdjustedCPUTime() * to_ns(run.time_unit), median};
-      }
-    }
-  }
-
-  void Finalize() override {
-    ConsoleReporter::Finalize();
-    std::ostream& out = GetOutputStream();
-    // By name, so the table reads the same with --benchmark_enable_random_interleaving.
-    std::sort(order_.begin(), order_.end());
-    bool header = false;
-    for (const std::string& name : order_) {
-      if (!name.starts_with(kSubjectPrefix)) continue;
-      const Sample& subject = cpu_ns_[name];
-      const std::string shape = name.substr(kSubjectPrefix.size());
-      const auto base = cpu_ns_.find(std::string(kBaselinePrefix) + shape);
-      if (base == cpu_ns_.end() || base->second.ns <= 0) continue;
-      char line[160];
-      if (!header) {
-        out << "\nKeyExtractor vs baseline on the same bytes (CPU ns per request, same run)\n";
-        std::snprintf(line, sizeof(line), "%-32s %12s %12s %8s\n", "shape", "extract", "baseline",
-                      "ratio");
-        out << line;
-        header = true;
-      }
-      std::snprintf(line, sizeof(line), "%-32s %12.1f %12.1f %7.2fx\n", shape.c_str(), subject.ns,
-                    base->second.ns, subject.ns / base->second.ns);
-      out << line;
-    }
-  }
-
- private:
-  struct Sample {
-    double ns = 0;
-    bool from_median = false;
-  };
-
-  static double to_ns(benchmark::TimeUnit unit) {
-    switch (unit) {
-      case benchmark::kNanosecond:
-        return 1;
-      case benchmark::kMicrosecond:
-        return 1e3;
-      case benchmark::kMillisecond:
-        return 1e6;
-      case benchmark::kSecond:
-        return 1e9;
-    }
-    return 1;
-  }
-
-  std::map<std::string, Sample> cpu_ns_;
-  std::vector<std::string> order_;  // first-seen order
+constexpr keygate::bench::RatioTable kRatioTable = {
+    .title = "KeyExtractor vs baseline on the same bytes (CPU ns per request, same run)",
+    .subject_prefix = "BM_KeyExtractor_",
+    .baseline_prefix = "BM_Baseline_",
+    .subject_column = "extract",
+    .baseline_column = "baseline",
+    .shape_width = 32,
 };
 
 }  // namespace
 
 // Our own main (benchmark_main's archive member is then not linked) so the ratio table can be
-// appended. A non-console --benchmark_format keeps the library's reporter and has no ratio table.
+// appended.
 int main(int argc, char** argv) {
-  bool console = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg(argv[i]);
-    if (arg.starts_with("--benchmark_format=") && arg != "--benchmark_format=console") {
-      console = false;
-    }
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  if (console) {
-    RatioReporter reporter(benchmark::ConsoleReporter::OO_Tabular);
-    benchmark::RunSpecifiedBenchmarks(&reporter);
-  } else {
-    benchmark::RunSpecifiedBenchmarks();
-  }
-  benchmark::Shutdown();
-  return 0;
+  keygate::bench::RatioReporter reporter(kRatioTable);
+  return keygate::bench::run_benchmarks(argc, argv, reporter);
 }

@@ -5,8 +5,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,12 +17,19 @@
 #include "core/key_directory.h"
 #include "core/permissions.h"
 #include "core/response_writer.h"
+#include "tests/core/handler_test_support.h"
 
 namespace keygate {
 namespace {
 
-constexpr int64_t kNow = 1700000000;
-constexpr std::string_view kDate = "Sun, 06 Nov 1994 08:49:37 GMT";
+using test::FakeContext;
+using test::FakeDirectory;
+using test::kDate;
+using test::kNow;
+using test::parse_response;
+using test::Response;
+using test::TestRequest;
+
 constexpr size_t kBodyInspectBytesMax = 4096;
 constexpr std::string_view kJson = "application/json";
 constexpr std::string_view kForm = "application/x-www-form-urlencoded";
@@ -52,174 +57,7 @@ KeyRecord key_record(std::string id, std::vector<std::string> apis,
   return r;
 }
 
-// A KeyDirectory over two maps. find_key() can be switched to answer kNotCached (a partial
-// cache that does not know the digest); fetch() then only records its arguments, so the test
-// plays the fetching thread: it fills the FetchResult, posts the ticket and calls resume().
-class FakeDirectory final : public KeyDirectory {
- public:
-  struct Fetch {
-    KeyDigest digest;
-    FetchResult* out;
-    ResumeTicket ticket;
-  };
-
-  void add_key(std::string_view value, KeyRecord record) {
-    record.digest = digest_key(value);
-    keys_[record.digest] = std::move(record);
-  }
-  void add_user(User user) {
-    std::string name = user.name;
-    users_[std::move(name)] = std::move(user);
-  }
-
-  Lookup find_key(const KeyDigest& digest, const KeyRecord** record) noexcept override {
-    ++find_key_calls;
-    if (not_cached) return Lookup::kNotCached;
-    auto it = keys_.find(digest);
-    if (it == keys_.end()) return Lookup::kUnknown;
-    *record = &it->second;
-    return Lookup::kFound;
-  }
-  const User* find_user(std::string_view name) noexcept override {
-    auto it = users_.find(name);
-    return it == users_.end() ? nullptr : &it->second;
-  }
-  void fetch(const KeyDigest& digest, FetchResult* out, ResumeTicket ticket) noexcept override {
-    fetches.push_back({digest, out, ticket});
-  }
-
-  bool not_cached = false;
-  int find_key_calls = 0;
-  std::vector<Fetch> fetches;
-
- private:
-  std::map<KeyDigest, KeyRecord> keys_;
-  std::map<std::string, User, std::less<>> users_;
-};
-
-class RecordingSink final : public ResumeTicket::Sink {
- public:
-  void post(uint32_t slot, uint32_t gen) noexcept override { posts.emplace_back(slot, gen); }
-  std::vector<std::pair<uint32_t, uint32_t>> posts;
-};
-
-// The worker's side of one connection: defer() hands out tickets to a recording sink, the
-// clock is whatever the test sets.
-class FakeContext final : public RequestContext {
- public:
-  explicit FakeContext(uint32_t slot = 7) : slot_(slot) {}
-  ResumeTicket defer() noexcept override {
-    ++defer_calls;
-    return ResumeTicket(&sink, slot_, ++gen_);
-  }
-  int64_t now_unix() const noexcept override { return now; }
-
-  int64_t now = kNow;
-  int defer_calls = 0;
-  RecordingSink sink;
-
- private:
-  uint32_t slot_;
-  uint32_t gen_ = 0;
-};
-
-// A request under construction; owns the bytes the HttpRequest views point into. view() builds
-// the views, which stay valid while this object lives unchanged.
-class TestRequest {
- public:
-  TestRequest(std::string method, std::string target)
-      : method_(std::move(method)), target_(std::move(target)) {}
-
-  TestRequest& header(std::string name, std::string value) {
-    fields_.emplace_back(std::move(name), std::move(value));
-    return *this;
-  }
-  TestRequest& api_key(std::string_view value) { return header("X-ApiKey", std::string(value)); }
-  TestRequest& body(std::string_view content_type, std::string content) {
-    header("Content-Type", std::string(content_type));
-    body_ = std::move(content);
-    return *this;
-  }
-
-  const HttpRequest& view() {
-    views_.clear();
-    for (const auto& [name, value] : fields_) views_.push_back({name, value});
-    const std::string_view target = target_;
-    const size_t q = target.find('?');
-    request_.method = method_;
-    request_.target = target;
-    request_.path = target.substr(0, q);
-    request_.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
-    request_.headers = views_;
-    request_.body = body_;
-    request_.body_readable_padding = 0;
-    return request_;
-  }
-
- private:
-  std::string method_;
-  std::string target_;
-  std::vector<std::pair<std::string, std::string>> fields_;
-  std::string body_;
-  std::vector<HttpHeader> views_;
-  HttpRequest request_;
-};
-
 TestRequest get(std::string target) { return TestRequest("GET", std::move(target)); }
-
-// A response as written, split into its parts.
-struct Response {
-  std::string raw;
-  int status = 0;
-  std::vector<std::pair<std::string, std::string>> headers;
-  std::string body;
-
-  int header_count(std::string_view name) const {
-    int n = 0;
-    for (const auto& h : headers) n += equals_ignore_case(h.first, name) ? 1 : 0;
-    return n;
-  }
-  bool has_header(std::string_view name) const { return header_count(name) > 0; }
-  // The first header with this name; "" when absent.
-  std::string header(std::string_view name) const {
-    for (const auto& h : headers) {
-      if (equals_ignore_case(h.first, name)) return h.second;
-    }
-    return "";
-  }
-  // The "error" member of a JSON error body, or a marker that says there is none.
-  std::string error_code() const {
-    constexpr std::string_view kPrefix = "{\"error\":\"";
-    if (!std::string_view(body).starts_with(kPrefix)) return "<no error body>";
-    const size_t end = body.find('"', kPrefix.size());
-    return body.substr(kPrefix.size(), end - kPrefix.size());
-  }
-};
-
-Response parse_response(const std::string& raw) {
-  Response r;
-  r.raw = raw;
-  const size_t head_end = raw.find("\r\n\r\n");
-  if (head_end == std::string::npos || !raw.starts_with("HTTP/1.1 ") || raw.size() < 12) {
-    ADD_FAILURE() << "not an HTTP/1.1 response: " << raw;
-    return r;
-  }
-  r.status = std::stoi(raw.substr(9, 3));
-  size_t line_start = raw.find("\r\n") + 2;
-  while (line_start < head_end + 2) {
-    const size_t line_end = raw.find("\r\n", line_start);
-    const std::string line = raw.substr(line_start, line_end - line_start);
-    const size_t colon = line.find(": ");
-    if (colon == std::string::npos) {
-      ADD_FAILURE() << "malformed header line: " << line;
-    } else {
-      r.headers.emplace_back(line.substr(0, colon), line.substr(colon + 2));
-    }
-    line_start = line_end + 2;
-  }
-  r.body = raw.substr(head_end + 4);
-  return r;
-}
 
 void expect_key_not_echoed(const Response& response, std::string_view key) {
   EXPECT_EQ(response.raw.find(key), std::string::npos)
@@ -282,6 +120,20 @@ class AuthHandlerTest : public ::testing::Test {
       directory_.fetches.push_back({});
     }
     return directory_.fetches.back();
+  }
+
+  // Plays one whole deferral on ctx_: handles the request (expecting a deferral), answers the
+  // fetch it started with `answer` as the fetching thread would, posts the ticket and resumes.
+  Response fetch_and_resume(TestRequest& request, KeyDirectory::FetchResult answer) {
+    send_expecting_deferral(request, ctx_);
+    FakeDirectory::Fetch& fetch = last_fetch();
+    if (fetch.out == nullptr) {
+      ADD_FAILURE() << "the fetch has no result to fill";
+      return {};
+    }
+    *fetch.out = std::move(answer);
+    fetch.ticket.post();
+    return resume(request, ctx_);
   }
 
   ApiRegistry registry_;
@@ -597,32 +449,22 @@ TEST_F(AuthHandlerTest, KeyNotCachedIsFetchedAndTheResumedRequestIsAllowed) {
 
 TEST_F(AuthHandlerTest, FetchedKeyWithUserIsCheckedAgainstTheFetchedUsersGrants) {
   directory_.not_cached = true;
+  KeyDirectory::FetchResult carols_key;
+  carols_key.found = true;
+  carols_key.record = key_record("kfetched0002", {"orders"}, "carol");
+  carols_key.has_user = true;
+  carols_key.user = {"carol", {{"orders", {"GET"}, "/orders/public"}}};
+
   TestRequest allowed = get("/orders/public/1");
   allowed.api_key(kAliceKey);
-  send_expecting_deferral(allowed, ctx_);
-  KeyDirectory::FetchResult* out = last_fetch().out;
-  ASSERT_NE(out, nullptr);
-  out->found = true;
-  out->record = key_record("kfetched0002", {"orders"}, "carol");
-  out->has_user = true;
-  out->user = {"carol", {{"orders", {"GET"}, "/orders/public"}}};
-  last_fetch().ticket.post();
-  const Response ok = resume(allowed, ctx_);
+  const Response ok = fetch_and_resume(allowed, carols_key);
   EXPECT_EQ(ok.status, 200);
   EXPECT_EQ(ok.header("X-Keygate-User"), "carol");
   EXPECT_EQ(ok.body, ok_body("kfetched0002", "orders", "\"carol\""));
 
   TestRequest denied = get("/orders/private/1");
   denied.api_key(kAliceKey);
-  send_expecting_deferral(denied, ctx_);
-  out = last_fetch().out;
-  ASSERT_NE(out, nullptr);
-  out->found = true;
-  out->record = key_record("kfetched0002", {"orders"}, "carol");
-  out->has_user = true;
-  out->user = {"carol", {{"orders", {"GET"}, "/orders/public"}}};
-  last_fetch().ticket.post();
-  const Response r = resume(denied, ctx_);
+  const Response r = fetch_and_resume(denied, carols_key);
   EXPECT_EQ(r.status, 403);
   EXPECT_EQ(r.error_code(), "user_not_permitted");
   expect_key_not_echoed(r, kAliceKey);
@@ -630,16 +472,13 @@ TEST_F(AuthHandlerTest, FetchedKeyWithUserIsCheckedAgainstTheFetchedUsersGrants)
 
 TEST_F(AuthHandlerTest, FetchedKeyWhoseUserIsGoneIsForbidden) {
   directory_.not_cached = true;
+  KeyDirectory::FetchResult orphan;
+  orphan.found = true;
+  orphan.record = key_record("kfetched0003", {"orders"}, "carol");
+  orphan.has_user = false;
   TestRequest request = get("/orders/public/1");
   request.api_key(kAliceKey);
-  send_expecting_deferral(request, ctx_);
-  KeyDirectory::FetchResult* out = last_fetch().out;
-  ASSERT_NE(out, nullptr);
-  out->found = true;
-  out->record = key_record("kfetched0003", {"orders"}, "carol");
-  out->has_user = false;
-  last_fetch().ticket.post();
-  const Response r = resume(request, ctx_);
+  const Response r = fetch_and_resume(request, orphan);
   EXPECT_EQ(r.status, 403);
   EXPECT_EQ(r.error_code(), "user_not_permitted");
   expect_key_not_echoed(r, kAliceKey);
@@ -666,13 +505,11 @@ TEST_F(AuthHandlerTest, FetchedKeyIsCheckedForExpiryAtResumeTime) {
 
 TEST_F(AuthHandlerTest, KeyTheStoreDoesNotKnowIsUnauthorizedAfterResume) {
   directory_.not_cached = true;
+  KeyDirectory::FetchResult unknown;
+  unknown.found = false;
   TestRequest request = get("/orders/1");
   request.api_key(kAdminLikeKey);
-  send_expecting_deferral(request, ctx_);
-  ASSERT_NE(last_fetch().out, nullptr);
-  last_fetch().out->found = false;
-  last_fetch().ticket.post();
-  const Response r = resume(request, ctx_);
+  const Response r = fetch_and_resume(request, unknown);
   EXPECT_EQ(r.status, 401);
   EXPECT_EQ(r.error_code(), "invalid_api_key");
   EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
@@ -681,13 +518,11 @@ TEST_F(AuthHandlerTest, KeyTheStoreDoesNotKnowIsUnauthorizedAfterResume) {
 
 TEST_F(AuthHandlerTest, StoreFailureDuringFetchIsServiceUnavailable) {
   directory_.not_cached = true;
+  KeyDirectory::FetchResult store_failed;
+  store_failed.failed = true;
   TestRequest request = get("/orders/1");
   request.api_key(kAdminLikeKey);
-  send_expecting_deferral(request, ctx_);
-  ASSERT_NE(last_fetch().out, nullptr);
-  last_fetch().out->failed = true;
-  last_fetch().ticket.post();
-  const Response r = resume(request, ctx_);
+  const Response r = fetch_and_resume(request, store_failed);
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.error_code(), "store_unavailable");
   expect_key_not_echoed(r, kAdminLikeKey);

@@ -100,9 +100,11 @@ class RecordingSink final : public ResumeTicket::Sink {
 // clock is whatever the test sets.
 class FakeContext final : public RequestContext {
  public:
+  // `slot` is the connection slot the tickets name (what the sink's posts record).
+  explicit FakeContext(uint32_t slot = 7) : slot_(slot) {}
   ResumeTicket defer() noexcept override {
     ++defer_calls;
-    return ResumeTicket(&sink, 7, ++gen_);
+    return ResumeTicket(&sink, slot_, ++gen_);
   }
   int64_t now_unix() const noexcept override { return now; }
 
@@ -111,6 +113,7 @@ class FakeContext final : public RequestContext {
   RecordingSink sink;
 
  private:
+  uint32_t slot_;
   uint32_t gen_ = 0;
 };
 

@@ -17,7 +17,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -29,67 +28,12 @@
 namespace keygate::integration {
 namespace {
 
-using namespace std::string_literals;
 using Clock = std::chrono::steady_clock;
-
-constexpr std::string_view kApisConfig =
-    "[[apis]]\n"
-    "name = \"orders\"\n"
-    "routes = [\"/orders\"]\n"
-    "\n"
-    "[[apis]]\n"
-    "name = \"billing\"\n"
-    "routes = [\"/billing\"]\n";
 
 constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
 // Fresh connections a check makes when it must hold on both workers: the chance that all of
 // them land on the same one of two workers is 2^-7.
 constexpr int kConnectionsPerCheck = 8;
-
-std::string random_hex(size_t chars) {
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < chars; ++i) out += kDigits[rng() % 16];
-  return out;
-}
-
-// A request; `headers` are complete lines without the CRLF. Content-Length is added whenever
-// there is a body or the method usually has one.
-std::string request(std::string_view method, std::string_view target,
-                    const std::vector<std::string>& headers = {}, std::string_view body = {}) {
-  std::string out = std::string(method) + " " + std::string(target) + " HTTP/1.1\r\nHost: it\r\n";
-  for (const std::string& h : headers) out += h + "\r\n";
-  if (!body.empty() || method == "POST" || method == "PATCH" || method == "PUT") {
-    out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
-  }
-  out += "\r\n";
-  out += body;
-  return out;
-}
-
-std::string show(const std::optional<Response>& r) {
-  return r ? "response:\n" + r->raw : "no response"s;
-}
-
-// The string value of the first `"name":"..."` member in `json` ("" when absent). The values
-// these tests read (ids, generated keys, cursors) need no escapes.
-std::string string_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":\"";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return "";
-  const size_t start = at + needle.size();
-  return std::string(json.substr(start, json.find('"', start) - start));
-}
-
-size_t count_of(std::string_view haystack, std::string_view needle) {
-  size_t n = 0;
-  for (size_t at = haystack.find(needle); at != std::string_view::npos;
-       at = haystack.find(needle, at + needle.size())) {
-    ++n;
-  }
-  return n;
-}
 
 // An admin error: this status, JSON {"error":code,"field":...,"message":...}; a 401 also carries
 // the ApiKey challenge, a 405 an Allow header.
@@ -124,12 +68,7 @@ struct CreatedKey {
 class AdminApi : public ::testing::Test {
  protected:
   void SetUp() override {
-    ServerOptions options;
-    options.workers = 2;
-    options.extra_config = std::string(kApisConfig);
-    options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_value_}};
-    options.capture_stderr = true;
-    server_ = std::make_unique<TestServer>(std::move(options));
+    server_ = std::make_unique<TestServer>(admin_server_options(admin_value_));
     std::string error;
     ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
   }
@@ -147,7 +86,7 @@ class AdminApi : public ::testing::Test {
                                 std::string_view body = {}) {
     std::vector<std::string> headers = {"X-ApiKey: " + admin_value_};
     if (!body.empty()) headers.push_back("Content-Type: application/json");
-    return round_trip(server_->admin_port(), request(method, target, headers, body));
+    return round_trip(server_->admin_port(), http_request(method, target, headers, body));
   }
   std::optional<Response> admin_raw(const std::string& bytes) {
     return round_trip(server_->admin_port(), bytes);
@@ -156,7 +95,7 @@ class AdminApi : public ::testing::Test {
   std::optional<Response> data(std::string_view target, std::string_view key,
                                std::string_view method = "GET") {
     return round_trip(server_->data_port(),
-                      request(method, target, {"X-ApiKey: " + std::string(key)}));
+                      http_request(method, target, {"X-ApiKey: " + std::string(key)}));
   }
   // The same data-port request on kConnectionsPerCheck fresh connections: all must answer
   // `status`.
@@ -190,36 +129,36 @@ class AdminApi : public ::testing::Test {
 // --- Authentication of the admin port ---------------------------------------------------------
 
 TEST_F(AdminApi, AdminPortAnswersHealthzWithoutAKeyAnd404OutsideTheAdminRoutes) {
-  std::optional<Response> r = round_trip(server_->admin_port(), request("GET", "/healthz"));
+  std::optional<Response> r = round_trip(server_->admin_port(), http_request("GET", "/healthz"));
   ASSERT_TRUE(status_is(r, 200));
   EXPECT_EQ(r->body, "ok");
   // Unknown paths are 404 before any key work: with no key, and with a valid one.
   for (const char* path : {"/", "/orders/1", "/admin", "/admin/nothing", "/admin/keys/a/b/c"}) {
     EXPECT_TRUE(
-        admin_error(round_trip(server_->admin_port(), request("GET", path)), 404, "not_found"))
+        admin_error(round_trip(server_->admin_port(), http_request("GET", path)), 404, "not_found"))
         << path;
     EXPECT_TRUE(admin_error(admin("GET", path), 404, "not_found")) << path;
   }
 }
 
 TEST_F(AdminApi, NoKeyOrAWrongKeyIs401) {
-  EXPECT_TRUE(admin_error(admin_raw(request("GET", "/admin/apis")), 401, "missing_api_key"));
-  EXPECT_TRUE(admin_error(admin_raw(request("GET", "/admin/apis", {"X-ApiKey: it-not-a-key"})), 401,
-                          "invalid_api_key"));
-  EXPECT_TRUE(
-      admin_error(admin_raw(request("GET", "/admin/apis",
-                                    {"X-ApiKey: " + admin_value_, "X-ApiKey: it-another-value"})),
-                  401, "ambiguous_api_key"));
+  EXPECT_TRUE(admin_error(admin_raw(http_request("GET", "/admin/apis")), 401, "missing_api_key"));
+  EXPECT_TRUE(admin_error(admin_raw(http_request("GET", "/admin/apis", {"X-ApiKey: it-not-a-key"})),
+                          401, "invalid_api_key"));
+  EXPECT_TRUE(admin_error(
+      admin_raw(http_request("GET", "/admin/apis",
+                             {"X-ApiKey: " + admin_value_, "X-ApiKey: it-another-value"})),
+      401, "ambiguous_api_key"));
 }
 
 TEST_F(AdminApi, ADataOnlyKeyIs403AndCannotChangeAnything) {
   const CreatedKey data_key = create_key(R"({"apis":["orders","billing"]})");
   const std::string with_data_key = "X-ApiKey: " + data_key.value;
-  EXPECT_TRUE(admin_error(admin_raw(request("GET", "/admin/keys", {with_data_key})), 403,
+  EXPECT_TRUE(admin_error(admin_raw(http_request("GET", "/admin/keys", {with_data_key})), 403,
                           "api_not_permitted"));
   EXPECT_TRUE(
-      admin_error(admin_raw(request("DELETE", "/admin/keys/" + data_key.id, {with_data_key})), 403,
-                  "api_not_permitted"));
+      admin_error(admin_raw(http_request("DELETE", "/admin/keys/" + data_key.id, {with_data_key})),
+                  403, "api_not_permitted"));
   // Still there, still working on the data port.
   EXPECT_TRUE(status_is(admin("GET", "/admin/keys/" + data_key.id), 200));
   EXPECT_TRUE(status_is(data("/orders/1", data_key.value), 200));
@@ -227,12 +166,12 @@ TEST_F(AdminApi, ADataOnlyKeyIs403AndCannotChangeAnything) {
 
 TEST_F(AdminApi, TheAdminKeyWorksInEachOfTheFourWays) {
   const std::vector<std::string> requests = {
-      request("GET", "/admin/apis", {"X-ApiKey: " + admin_value_}),
-      request("GET", "/admin/apis?key=" + admin_value_),
-      request("GET", "/admin/apis", {"Content-Type: application/x-www-form-urlencoded"},
-              "key=" + admin_value_),
-      request("GET", "/admin/apis", {"Content-Type: application/json"},
-              "{\"API_Key\":\"" + admin_value_ + "\"}"),
+      http_request("GET", "/admin/apis", {"X-ApiKey: " + admin_value_}),
+      http_request("GET", "/admin/apis?key=" + admin_value_),
+      http_request("GET", "/admin/apis", {"Content-Type: application/x-www-form-urlencoded"},
+                   "key=" + admin_value_),
+      http_request("GET", "/admin/apis", {"Content-Type: application/json"},
+                   "{\"API_Key\":\"" + admin_value_ + "\"}"),
   };
   for (const std::string& bytes : requests) {
     const std::optional<Response> r = admin_raw(bytes);
@@ -531,9 +470,9 @@ TEST_F(AdminApi, AClientThatLeavesMidRequestDoesNotStopTheChange) {
   {
     RawClient c;
     ASSERT_TRUE(c.connect(server_->admin_port()));
-    ASSERT_TRUE(
-        c.send(request("POST", "/admin/keys/import",
-                       {"X-ApiKey: " + admin_value_, "Content-Type: application/json"}, body)));
+    ASSERT_TRUE(c.send(http_request("POST", "/admin/keys/import",
+                                    {"X-ApiKey: " + admin_value_, "Content-Type: application/json"},
+                                    body)));
   }  // closed before the answer: the worker abandons the request once the executor posts
   const auto deadline = Clock::now() + std::chrono::seconds(10);
   std::optional<Response> r;
@@ -553,7 +492,7 @@ TEST_F(AdminApi, UnderLoadEveryRequestSentAfterTheDeleteReturnsIsRefused) {
   constexpr int kThreads = 2;
   constexpr int kConnectionsPerThread = 4;
   const CreatedKey k = create_key(R"({"apis":["orders"]})");
-  const std::string get = request("GET", "/orders/load", {"X-ApiKey: " + k.value});
+  const std::string get = http_request("GET", "/orders/load", {"X-ApiKey: " + k.value});
 
   struct Sample {
     Clock::time_point sent;

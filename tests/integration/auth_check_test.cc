@@ -83,21 +83,8 @@ KeyRecord make_key(std::string_view value, std::vector<std::string> apis,
   return record;
 }
 
-// A request; `headers` are complete lines without the CRLF. Content-Length is added for a body.
-std::string request(std::string_view method, std::string_view target,
-                    const std::vector<std::string>& headers = {}, std::string_view body = {}) {
-  std::string out = std::string(method) + " " + std::string(target) + " HTTP/1.1\r\nHost: it\r\n";
-  for (const std::string& h : headers) out += h + "\r\n";
-  if (!body.empty() || method == "POST") {
-    out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
-  }
-  out += "\r\n";
-  out += body;
-  return out;
-}
-
 std::string get_with_key(std::string_view target, std::string_view key) {
-  return request("GET", target, {"X-ApiKey: " + std::string(key)});
+  return http_request("GET", target, {"X-ApiKey: " + std::string(key)});
 }
 
 // Percent-encodes everything but unreserved characters (for a query or form value).
@@ -132,10 +119,6 @@ std::string json_string(std::string_view value) {
 std::string flip(std::string value, size_t at) {
   value[at] = value[at] == 'a' ? 'b' : 'a';
   return value;
-}
-
-std::string show(const std::optional<Response>& r) {
-  return r ? "response:\n" + r->raw : "no response"s;
 }
 
 class AuthCheck : public ::testing::Test {
@@ -305,20 +288,21 @@ TEST_F(AuthCheck, AKeyIsAcceptedFromEachOfTheFourSources) {
     SCOPED_TRACE("key " + key->id);
     EXPECT_TRUE(allowed(round_trip(port, get_with_key("/orders/7", value)), key->id, "orders"))
         << "X-ApiKey header";
-    EXPECT_TRUE(
-        allowed(round_trip(port, request("GET", "/orders/7?page=2&key=" + percent_encode(value))),
-                key->id, "orders"))
+    EXPECT_TRUE(allowed(
+        round_trip(port, http_request("GET", "/orders/7?page=2&key=" + percent_encode(value))),
+        key->id, "orders"))
         << "key query parameter";
     EXPECT_TRUE(allowed(
-        round_trip(port, request("POST", "/orders",
-                                 {"Content-Type: application/x-www-form-urlencoded; charset=UTF-8"},
-                                 "item=3&key=" + percent_encode(value) + "&qty=1")),
+        round_trip(port,
+                   http_request("POST", "/orders",
+                                {"Content-Type: application/x-www-form-urlencoded; charset=UTF-8"},
+                                "item=3&key=" + percent_encode(value) + "&qty=1")),
         key->id, "orders"))
         << "key form field";
     EXPECT_TRUE(allowed(
-        round_trip(
-            port, request("POST", "/orders/new", {"Content-Type: application/json"},
-                          R"({"item":{"API_Key":"nested"},"API_Key":)" + json_string(value) + "}")),
+        round_trip(port, http_request("POST", "/orders/new", {"Content-Type: application/json"},
+                                      R"({"item":{"API_Key":"nested"},"API_Key":)" +
+                                          json_string(value) + "}")),
         key->id, "orders"))
         << "API_Key JSON member";
     // The second route of the API answers for the same API.
@@ -338,7 +322,7 @@ TEST_F(AuthCheck, GeneratedKeysWorkAndOneChangedCharacterMakesThemInvalid) {
   EXPECT_TRUE(
       allowed(round_trip(port, get_with_key("/billing/invoices", value)), key.id, "billing"));
   EXPECT_TRUE(
-      allowed(round_trip(port, request("GET", "/billing?key=" + value)), key.id, "billing"));
+      allowed(round_trip(port, http_request("GET", "/billing?key=" + value)), key.id, "billing"));
   // A typo in the random part, in the checksum, and in the first digit after the prefix.
   for (const size_t at : {size_t{3}, size_t{20}, kGeneratedKeyChars - 1}) {
     const std::string typo = flip(value, at);
@@ -347,8 +331,8 @@ TEST_F(AuthCheck, GeneratedKeysWorkAndOneChangedCharacterMakesThemInvalid) {
     EXPECT_TRUE(
         rejected(round_trip(port, get_with_key("/billing/invoices", typo)), 401, "invalid_api_key"))
         << "changed at " << at;
-    EXPECT_TRUE(
-        rejected(round_trip(port, request("GET", "/billing?key=" + typo)), 401, "invalid_api_key"))
+    EXPECT_TRUE(rejected(round_trip(port, http_request("GET", "/billing?key=" + typo)), 401,
+                         "invalid_api_key"))
         << "changed at " << at;
   }
 }
@@ -372,23 +356,24 @@ TEST_F(AuthCheck, RequestsWithoutAUsableKeyGetTheDocumentedRejection) {
   ASSERT_NE(server, nullptr);
   const uint16_t port = server->data_port();
 
-  EXPECT_TRUE(rejected(round_trip(port, request("GET", "/orders/1")), 401, "missing_api_key"));
-  EXPECT_TRUE(rejected(round_trip(port, request("GET", "/orders/1?key=")), 401, "missing_api_key"));
+  EXPECT_TRUE(rejected(round_trip(port, http_request("GET", "/orders/1")), 401, "missing_api_key"));
+  EXPECT_TRUE(
+      rejected(round_trip(port, http_request("GET", "/orders/1?key=")), 401, "missing_api_key"));
   EXPECT_TRUE(
       rejected(round_trip(port, get_with_key("/orders/1", unknown_value)), 401, "invalid_api_key"));
-  EXPECT_TRUE(rejected(round_trip(port, request("GET", "/orders/1?key=" + unknown_value)), 401,
+  EXPECT_TRUE(rejected(round_trip(port, http_request("GET", "/orders/1?key=" + unknown_value)), 401,
                        "invalid_api_key"));
-  EXPECT_TRUE(rejected(round_trip(port, request("GET", "/orders/1?key=" + billing_value,
-                                                {"X-ApiKey: " + orders_value})),
+  EXPECT_TRUE(rejected(round_trip(port, http_request("GET", "/orders/1?key=" + billing_value,
+                                                     {"X-ApiKey: " + orders_value})),
                        401, "ambiguous_api_key"))
       << "header and query disagree";
   EXPECT_TRUE(
-      rejected(round_trip(port, request("POST", "/orders", {"Content-Type: application/json"},
-                                        R"({"API_Key":")" + orders_value + R"(",)")),
+      rejected(round_trip(port, http_request("POST", "/orders", {"Content-Type: application/json"},
+                                             R"({"API_Key":")" + orders_value + R"(",)")),
                400, "invalid_body"));
   EXPECT_TRUE(
-      rejected(round_trip(port, request("POST", "/orders", {"Content-Type: application/json"},
-                                        "[\"" + orders_value + "\"]")),
+      rejected(round_trip(port, http_request("POST", "/orders", {"Content-Type: application/json"},
+                                             "[\"" + orders_value + "\"]")),
                400, "invalid_body"))
       << "a JSON body whose root is not an object";
   EXPECT_TRUE(
@@ -406,7 +391,7 @@ TEST_F(AuthCheck, RequestsWithoutAUsableKeyGetTheDocumentedRejection) {
       rejected(round_trip(port, get_with_key("/orders/1", expired_value)), 401, "invalid_api_key"))
       << "expired key";
 
-  const std::optional<Response> health = round_trip(port, request("GET", "/healthz"));
+  const std::optional<Response> health = round_trip(port, http_request("GET", "/healthz"));
   ASSERT_TRUE(health.has_value());
   EXPECT_EQ(health->status, 200) << health->raw;
   EXPECT_TRUE(no_secret_in(*health));
@@ -419,9 +404,9 @@ TEST_F(AuthCheck, RequestsWithoutAUsableKeyGetTheDocumentedRejection) {
   }
   // The documented order: path form, then route, then the key, then whether it is usable,
   // then its apis.
-  EXPECT_TRUE(rejected(round_trip(port, request("GET", "/api/../admin")), 400, "invalid_path"))
+  EXPECT_TRUE(rejected(round_trip(port, http_request("GET", "/api/../admin")), 400, "invalid_path"))
       << "no key, not normalized";
-  EXPECT_TRUE(rejected(round_trip(port, request("GET", "/inventory/1")), 404, "no_route"))
+  EXPECT_TRUE(rejected(round_trip(port, http_request("GET", "/inventory/1")), 404, "no_route"))
       << "no key, no route";
   EXPECT_TRUE(
       rejected(round_trip(port, get_with_key("/inventory/1", unknown_value)), 404, "no_route"))
@@ -429,8 +414,8 @@ TEST_F(AuthCheck, RequestsWithoutAUsableKeyGetTheDocumentedRejection) {
   EXPECT_TRUE(rejected(round_trip(port, get_with_key("/billing/1", disabled_value)), 401,
                        "invalid_api_key"))
       << "a disabled key for another API is invalid before it is not permitted";
-  EXPECT_TRUE(allowed(round_trip(port, request("GET", "/orders/1?key=" + orders_value,
-                                               {"X-ApiKey: " + orders_value})),
+  EXPECT_TRUE(allowed(round_trip(port, http_request("GET", "/orders/1?key=" + orders_value,
+                                                    {"X-ApiKey: " + orders_value})),
                       orders.id, "orders"))
       << "the same key in header and query is not ambiguous";
   // The key still works afterwards: nothing above poisoned a cache.
@@ -461,16 +446,16 @@ TEST_F(AuthCheck, AUserBoundKeyIsAllowedOnlyWhatItsUsersGrantsAllow) {
   EXPECT_TRUE(allowed(round_trip(port, get_with_key("/orders/reports", user_value)), alice_key.id,
                       "orders", alice));
   EXPECT_TRUE(
-      allowed(round_trip(port, request("DELETE", "/billing/9", {"X-ApiKey: " + user_value})),
+      allowed(round_trip(port, http_request("DELETE", "/billing/9", {"X-ApiKey: " + user_value})),
               alice_key.id, "billing", alice))
       << "a grant without methods or prefix allows the whole API";
-  EXPECT_TRUE(
-      rejected(round_trip(port, request("POST", "/orders/reports", {"X-ApiKey: " + user_value})),
-               403, "user_not_permitted"))
+  EXPECT_TRUE(rejected(
+      round_trip(port, http_request("POST", "/orders/reports", {"X-ApiKey: " + user_value})), 403,
+      "user_not_permitted"))
       << "method not granted";
   EXPECT_TRUE(rejected(
-      round_trip(port, request("DELETE", "/orders/reports/1", {"X-ApiKey: " + user_value})), 403,
-      "user_not_permitted"))
+      round_trip(port, http_request("DELETE", "/orders/reports/1", {"X-ApiKey: " + user_value})),
+      403, "user_not_permitted"))
       << "method not granted, path inside the grant";
   EXPECT_TRUE(
       rejected(round_trip(port, get_with_key("/orders/1", user_value)), 403, "user_not_permitted"))
@@ -482,8 +467,9 @@ TEST_F(AuthCheck, AUserBoundKeyIsAllowedOnlyWhatItsUsersGrantsAllow) {
       rejected(round_trip(port, get_with_key("/api/x", user_value)), 403, "user_not_permitted"))
       << "another route of the API, outside the grant";
   // A key without a user is unrestricted within its apis.
-  EXPECT_TRUE(allowed(round_trip(port, request("POST", "/orders/1", {"X-ApiKey: " + admin_value})),
-                      unbound.id, "orders"));
+  EXPECT_TRUE(
+      allowed(round_trip(port, http_request("POST", "/orders/1", {"X-ApiKey: " + admin_value})),
+              unbound.id, "orders"));
 }
 
 TEST_F(AuthCheck, AKeyWhoseUserWasDeletedIsDenied) {
@@ -501,8 +487,9 @@ TEST_F(AuthCheck, AKeyWhoseUserWasDeletedIsDenied) {
   ASSERT_NE(server, nullptr);
   const uint16_t port = server->data_port();
   for (const char* method : {"GET", "POST"}) {
-    EXPECT_TRUE(rejected(round_trip(port, request(method, "/orders/1", {"X-ApiKey: " + value})),
-                         403, "user_not_permitted"))
+    EXPECT_TRUE(
+        rejected(round_trip(port, http_request(method, "/orders/1", {"X-ApiKey: " + value})), 403,
+                 "user_not_permitted"))
         << method;
   }
 }
@@ -523,7 +510,7 @@ TEST_F(AuthCheck, EveryKeySurvivesARestart) {
   }));
   auto key_request = [&](size_t i) {
     return i % 2 == 0 ? get_with_key("/orders/" + std::to_string(i), values[i])
-                      : request("GET", "/billing/" + std::to_string(i) + "?key=" + values[i]);
+                      : http_request("GET", "/billing/" + std::to_string(i) + "?key=" + values[i]);
   };
   auto key_allowed = [&](size_t i, const std::optional<Response>& r) {
     return allowed(r, records[i].id, i % 2 == 0 ? "orders" : "billing");
@@ -613,7 +600,7 @@ TEST_F(AuthCheck, TheBootstrapAdminKeyFromTheEnvironmentExistsButGrantsNoDataApi
   // 403, not 401: the key exists, it just names no data API ("admin" is not a wildcard).
   EXPECT_TRUE(
       rejected(round_trip(port, get_with_key("/orders/1", admin_value)), 403, "api_not_permitted"));
-  EXPECT_TRUE(rejected(round_trip(port, request("GET", "/billing?key=" + admin_value)), 403,
+  EXPECT_TRUE(rejected(round_trip(port, http_request("GET", "/billing?key=" + admin_value)), 403,
                        "api_not_permitted"));
   EXPECT_TRUE(
       rejected(round_trip(port, get_with_key("/orders/1", unknown_value)), 401, "invalid_api_key"));

@@ -116,16 +116,6 @@ Exchange round_trip_once(uint16_t port, const std::string& bytes) {
 
 std::string show(const Response& r) { return "response:\n" + r.raw; }
 
-// The string value of the first `"name":"..."` member (""when absent or null). The values these
-// tests read (ids, descriptions, hints, generated keys) need no escapes.
-std::string string_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":\"";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return "";
-  const size_t start = at + needle.size();
-  return std::string(json.substr(start, json.find('"', start) - start));
-}
-
 std::optional<bool> bool_member(std::string_view json, std::string_view name) {
   const std::string needle = "\"" + std::string(name) + "\":";
   const size_t at = json.find(needle);

@@ -7,25 +7,16 @@
 // appears in none of the output; a created or rotated key's value may appear only in the output
 // of the command that made it.
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <chrono>
-#include <cstring>
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -34,29 +25,10 @@
 namespace keygate::integration {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-constexpr std::string_view kApisConfig =
-    "[[apis]]\n"
-    "name = \"orders\"\n"
-    "routes = [\"/orders\"]\n"
-    "\n"
-    "[[apis]]\n"
-    "name = \"billing\"\n"
-    "routes = [\"/billing\"]\n";
-
 // keygatectl talks to a local server: a run taking longer than this is a hang.
 constexpr Millis kCtlTimeout(10000);
 
 const char* keygatectl_binary() { return KEYGATECTL_BINARY; }
-
-std::string random_hex(size_t chars) {
-  static thread_local std::mt19937_64 rng(std::random_device{}());
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < chars; ++i) out += kDigits[rng() % 16];
-  return out;
-}
 
 struct CtlRun {
   std::vector<std::string> args;
@@ -85,86 +57,9 @@ std::vector<std::string> ctl_environment(const std::optional<std::string>& admin
 
 // Runs keygatectl with `args` and environment `env`, stdin on /dev/null, capturing stdout and
 // stderr; SIGKILLed at kCtlTimeout (then status.timed_out).
-CtlRun run_ctl(std::vector<std::string> args, std::vector<std::string> env) {
-  CtlRun run;
-  run.args = args;
-  std::vector<std::string> argv_storage = {keygatectl_binary()};
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<char*> envp;
-  for (std::string& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-
-  int out_pipe[2] = {-1, -1};
-  int err_pipe[2] = {-1, -1};
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    run.err = std::string("test: pipe2: ") + std::strerror(errno);
-    return run;
-  }
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    // Child: async-signal-safe calls only until exec.
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
-    ::dup2(out_pipe[1], STDOUT_FILENO);
-    ::dup2(err_pipe[1], STDERR_FILENO);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  ::close(out_pipe[1]);
-  ::close(err_pipe[1]);
-  if (pid < 0) {
-    ::close(out_pipe[0]);
-    ::close(err_pipe[0]);
-    run.err = std::string("test: fork: ") + std::strerror(errno);
-    return run;
-  }
-  const auto deadline = Clock::now() + kCtlTimeout;
-  int fds[2] = {out_pipe[0], err_pipe[0]};
-  std::string* sinks[2] = {&run.out, &run.err};
-  while ((fds[0] >= 0 || fds[1] >= 0) && Clock::now() < deadline) {
-    pollfd p[2] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
-    const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-    const int n = ::poll(p, 2, static_cast<int>(std::max<int64_t>(left, 0)));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    for (int k = 0; k < 2; ++k) {
-      if (p[k].revents == 0) continue;
-      char buf[4096];
-      const ssize_t got = ::read(fds[k], buf, sizeof(buf));
-      if (got > 0) {
-        sinks[k]->append(buf, static_cast<size_t>(got));
-      } else if (got == 0 || errno != EINTR) {
-        ::close(fds[k]);
-        fds[k] = -1;
-      }
-    }
-  }
-  for (int fd : fds) {
-    if (fd >= 0) ::close(fd);
-  }
-  int st = 0;
-  while (::waitpid(pid, &st, WNOHANG) == 0) {
-    if (Clock::now() >= deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &st, 0);
-      run.status.timed_out = true;
-      return run;
-    }
-    std::this_thread::sleep_for(Millis(2));
-  }
-  if (WIFEXITED(st)) {
-    run.status.exited = true;
-    run.status.code = WEXITSTATUS(st);
-  } else if (WIFSIGNALED(st)) {
-    run.status.signal = WTERMSIG(st);
-  }
-  return run;
+CtlRun run_ctl(std::vector<std::string> args, const std::vector<std::string>& env) {
+  ProcessResult result = run_process(keygatectl_binary(), args, &env, kCtlTimeout);
+  return CtlRun{std::move(args), result.status, std::move(result.out), std::move(result.err)};
 }
 
 // The value on the "key: VALUE" line of create/rotate output ("" when absent).
@@ -197,15 +92,6 @@ std::string field(std::string_view out, std::string_view label) {
   return "";
 }
 
-size_t count_of(std::string_view haystack, std::string_view needle) {
-  size_t n = 0;
-  for (size_t at = haystack.find(needle); at != std::string_view::npos;
-       at = haystack.find(needle, at + needle.size())) {
-    ++n;
-  }
-  return n;
-}
-
 bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;
 }
@@ -213,12 +99,7 @@ bool contains(std::string_view haystack, std::string_view needle) {
 class Keygatectl : public ::testing::Test {
  protected:
   void SetUp() override {
-    ServerOptions options;
-    options.workers = 2;
-    options.extra_config = std::string(kApisConfig);
-    options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_value_}};
-    options.capture_stderr = true;
-    server_ = std::make_unique<TestServer>(std::move(options));
+    server_ = std::make_unique<TestServer>(admin_server_options(admin_value_));
     std::string error;
     ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
     url_ = "http://127.0.0.1:" + std::to_string(server_->admin_port());
@@ -268,11 +149,8 @@ class Keygatectl : public ::testing::Test {
 
   // The data-port status of METHOD target with `key` in X-ApiKey (0: no response).
   int data_status(std::string_view target, std::string_view key, std::string_view method = "GET") {
-    std::string request = std::string(method) + " " + std::string(target) +
-                          " HTTP/1.1\r\nHost: it\r\nX-ApiKey: " + std::string(key) + "\r\n";
-    if (method == "POST") request += "Content-Length: 0\r\n";
-    request += "\r\n";
-    const std::optional<Response> r = round_trip(server_->data_port(), request);
+    const std::optional<Response> r = round_trip(
+        server_->data_port(), http_request(method, target, {"X-ApiKey: " + std::string(key)}));
     return r ? r->status : 0;
   }
 

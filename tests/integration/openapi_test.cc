@@ -37,8 +37,6 @@
 namespace keygate::integration {
 namespace {
 
-using namespace std::string_literals;
-
 // The admin API's routes as core/admin_api.h lists them (its header comment and match_route /
 // allowed_methods in core/admin_api.cc). Whoever adds a route there adds it here; the test then
 // fails until docs/openapi.yaml documents it.
@@ -250,18 +248,6 @@ std::set<std::string> split_allow(std::string_view allow) {
     allow = comma == std::string_view::npos ? std::string_view() : allow.substr(comma + 1);
   }
   return out;
-}
-
-std::string show(const std::optional<Response>& r) {
-  return r ? "response:\n" + r->raw : "no response"s;
-}
-
-std::string string_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":\"";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return "";
-  const size_t start = at + needle.size();
-  return std::string(json.substr(start, json.find('"', start) - start));
 }
 
 // --- The document alone ------------------------------------------------------------------------

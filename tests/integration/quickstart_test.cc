@@ -7,26 +7,16 @@
 // `bash -euo pipefail -c`, 127.0.0.1:8080 and 127.0.0.1:8081 replaced by the actual data and
 // admin ports, and checks what it prints: the new key, 200 with the key's identity with it,
 // 401 without it. curl comes from scripts/install-deps.sh.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <chrono>
-#include <cstdint>
-#include <cstring>
 #include <fstream>
-#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -34,8 +24,6 @@
 
 namespace keygate::integration {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 constexpr std::string_view kDefaultDataAddress = "127.0.0.1:8080";
 constexpr std::string_view kDefaultAdminAddress = "127.0.0.1:8081";
@@ -124,92 +112,6 @@ bool example_as_extra_config(std::string_view toml, std::string* out, std::strin
   return true;
 }
 
-struct ScriptResult {
-  bool finished = false;  // exited before the deadline
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-// Runs `bash -euo pipefail -c script` with `env` as its whole environment, capturing stdout and
-// stderr; kills it at `timeout`.
-ScriptResult run_bash(const std::string& script, const std::vector<std::string>& env,
-                      Millis timeout) {
-  ScriptResult result;
-  int out_pipe[2];
-  int err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return result;
-  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    ::close(out_pipe[0]);
-    ::close(out_pipe[1]);
-    return result;
-  }
-  std::vector<std::string> argv_storage = {"/bin/bash", "-euo", "pipefail", "-c", script};
-  std::vector<char*> argv;
-  for (std::string& a : argv_storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_storage = env;
-  std::vector<char*> envp;
-  for (std::string& e : env_storage) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
-    ::dup2(out_pipe[1], STDOUT_FILENO);
-    ::dup2(err_pipe[1], STDERR_FILENO);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  ::close(out_pipe[1]);
-  ::close(err_pipe[1]);
-  if (pid < 0) {
-    ::close(out_pipe[0]);
-    ::close(err_pipe[0]);
-    return result;
-  }
-  const auto deadline = Clock::now() + timeout;
-  int fds_open[2] = {out_pipe[0], err_pipe[0]};
-  std::string* sinks[2] = {&result.out, &result.err};
-  while ((fds_open[0] >= 0 || fds_open[1] >= 0) && Clock::now() < deadline) {
-    pollfd fds[2] = {{fds_open[0], POLLIN, 0}, {fds_open[1], POLLIN, 0}};
-    const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-    const int n = ::poll(fds, 2, static_cast<int>(std::max<int64_t>(left, 0)));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].revents == 0) continue;
-      char buf[4096];
-      const ssize_t got = ::read(fds_open[i], buf, sizeof(buf));
-      if (got > 0) {
-        sinks[i]->append(buf, static_cast<size_t>(got));
-      } else if (got == 0 || errno != EINTR) {
-        ::close(fds_open[i]);
-        fds_open[i] = -1;
-      }
-    }
-  }
-  for (int fd : fds_open) {
-    if (fd >= 0) ::close(fd);
-  }
-  int status = 0;
-  while (Clock::now() < deadline) {
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) {
-      result.finished = true;
-      result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      return result;
-    }
-    std::this_thread::sleep_for(Millis(5));
-  }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, &status, 0);
-  return result;
-}
-
 // The test's environment without proxy settings (curl would send 127.0.0.1 through a proxy).
 std::vector<std::string> script_environment() {
   std::vector<std::string> out;
@@ -239,14 +141,6 @@ bool is_generated_key(std::string_view line) {
     if (!base62) return false;
   }
   return true;
-}
-
-std::string string_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":\"";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return "";
-  const size_t start = at + needle.size();
-  return std::string(json.substr(start, json.find('"', start) - start));
 }
 
 TEST(Quickstart, TheReadmeLinesCreateAKeyAndCallTheDemoApiWithAndWithoutIt) {
@@ -292,11 +186,14 @@ TEST(Quickstart, TheReadmeLinesCreateAKeyAndCallTheDemoApiWithAndWithoutIt) {
   ASSERT_GT(data_uses, 0) << "the quickstart block no longer calls " << kDefaultDataAddress;
   ASSERT_GT(admin_uses, 0) << "the quickstart block no longer calls " << kDefaultAdminAddress;
 
-  const ScriptResult run = run_bash(script, script_environment(), kScriptTimeout);
+  const std::vector<std::string> script_env = script_environment();
+  const ProcessResult run =
+      run_process("/bin/bash", {"-euo", "pipefail", "-c", script}, &script_env, kScriptTimeout);
   const std::string shown = "script:\n" + script + "\nstdout:\n" + run.out + "\nstderr:\n" +
                             run.err + "\nserver stderr:\n" + server.error_output();
-  ASSERT_TRUE(run.finished) << "still running after " << kScriptTimeout.count() << " ms\n" << shown;
-  ASSERT_EQ(run.exit_code, 0) << shown;
+  ASSERT_FALSE(run.status.timed_out) << "still running after " << kScriptTimeout.count() << " ms\n"
+                                     << shown;
+  ASSERT_TRUE(run.status.clean()) << run.status.describe() << "\n" << shown;
 
   // The echoed key, then the 200 (with the key) and the 401 (without), in that order.
   std::vector<std::string> lines;

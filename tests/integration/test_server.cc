@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <thread>
 
 namespace keygate::integration {
@@ -118,13 +119,13 @@ std::vector<std::string> child_environment(
   return out;
 }
 
-// fork/exec keygate with stdout (and optionally stderr) on pipes and stdin on /dev/null. The
-// child gets SIGKILL when the test process dies, so a crashed test leaves no server behind.
+// fork/exec `program` with stdout (and optionally stderr) on pipes and stdin on /dev/null. The
+// child gets SIGKILL when the test process dies, so a crashed test leaves no process behind.
 // `env`, when given, is the child's whole environment ("NAME=VALUE"); otherwise it inherits ours.
-bool spawn(const std::vector<std::string>& args, bool capture_stderr, Child* child,
-           std::string* error, const std::vector<std::string>* env = nullptr) {
+bool spawn(const std::string& program, const std::vector<std::string>& args, bool capture_stderr,
+           Child* child, std::string* error, const std::vector<std::string>* env = nullptr) {
   std::vector<std::string> argv_storage;
-  argv_storage.emplace_back(keygate_binary());
+  argv_storage.push_back(program);
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& a : argv_storage) argv.push_back(a.data());
@@ -172,8 +173,10 @@ bool spawn(const std::vector<std::string>& args, bool capture_stderr, Child* chi
     } else {
       ::execv(argv[0], argv.data());
     }
-    const char msg[] = "test harness: execv of keygate failed\n";
+    const char msg[] = "test harness: exec failed: ";
     (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)!::write(STDERR_FILENO, argv[0], std::strlen(argv[0]));
+    (void)!::write(STDERR_FILENO, "\n", 1);
     ::_exit(127);
   }
   ::close(out_pipe[1]);
@@ -239,10 +242,15 @@ std::string ExitStatus::describe() const {
 }
 
 ProcessResult run_keygate(const std::vector<std::string>& args, Millis timeout) {
+  return run_process(keygate_binary(), args, nullptr, timeout);
+}
+
+ProcessResult run_process(const std::string& program, const std::vector<std::string>& args,
+                          const std::vector<std::string>* env, Millis timeout) {
   ProcessResult result;
   Child child;
   std::string error;
-  if (!spawn(args, true, &child, &error)) {
+  if (!spawn(program, args, true, &child, &error, env)) {
     result.err = "test harness: " + error;
     return result;
   }
@@ -304,7 +312,10 @@ bool TestServer::start(std::string* error, Millis timeout) {
   const bool own_env = !options_.env.empty() || !options_.env_unset.empty();
   if (own_env) env = child_environment(options_.env, options_.env_unset);
   Child child;
-  if (!spawn(args, options_.capture_stderr, &child, error, own_env ? &env : nullptr)) return false;
+  if (!spawn(keygate_binary(), args, options_.capture_stderr, &child, error,
+             own_env ? &env : nullptr)) {
+    return false;
+  }
   pid_ = child.pid;
   stdout_fd_ = child.out_fd;
   stderr_fd_ = child.err_fd;
@@ -661,6 +672,59 @@ std::optional<Response> round_trip(uint16_t port, std::string_view request, Mill
   RawClient client;
   if (!client.connect(port) || !client.send(request)) return std::nullopt;
   return client.read_response(timeout, request.rfind("HEAD ", 0) == 0);
+}
+
+std::string http_request(std::string_view method, std::string_view target,
+                         const std::vector<std::string>& headers, std::string_view body) {
+  std::string out = std::string(method) + " " + std::string(target) + " HTTP/1.1\r\nHost: it\r\n";
+  for (const std::string& h : headers) out += h + "\r\n";
+  if (!body.empty() || method == "POST" || method == "PATCH" || method == "PUT") {
+    out += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  }
+  out += "\r\n";
+  out += body;
+  return out;
+}
+
+std::string show(const std::optional<Response>& r) {
+  return r ? "response:\n" + r->raw : std::string("no response");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test data
+
+ServerOptions admin_server_options(const std::string& admin_key) {
+  ServerOptions options;
+  options.workers = 2;
+  options.extra_config = std::string(kOrdersAndBillingApis);
+  options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_key}};
+  options.capture_stderr = true;
+  return options;
+}
+
+std::string random_hex(size_t chars) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < chars; ++i) out += kDigits[rng() % 16];
+  return out;
+}
+
+std::string string_member(std::string_view json, std::string_view name) {
+  const std::string needle = "\"" + std::string(name) + "\":\"";
+  const size_t at = json.find(needle);
+  if (at == std::string_view::npos) return "";
+  const size_t start = at + needle.size();
+  return std::string(json.substr(start, json.find('"', start) - start));
+}
+
+size_t count_of(std::string_view haystack, std::string_view needle) {
+  size_t n = 0;
+  for (size_t at = haystack.find(needle); at != std::string_view::npos;
+       at = haystack.find(needle, at + needle.size())) {
+    ++n;
+  }
+  return n;
 }
 
 }  // namespace keygate::integration

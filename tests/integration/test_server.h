@@ -2,14 +2,17 @@
 //
 // Test-thread only, nothing here is thread-safe. TestServer owns one keygate child process and
 // the temp directory holding its config, data and logs. RawClient is a blocking loopback TCP
-// client that sends exact bytes and parses responses just far enough to check framing. Every
-// wait has a deadline: nothing in this file can hang a test, and a test that fails mid-way
-// still kills its server and removes its files (destructors).
+// client that sends exact bytes and parses responses just far enough to check framing.
+// run_process() runs any other program (keygatectl, a shell script) to its end. Every wait has
+// a deadline: nothing in this file can hang a test, and a test that fails mid-way still kills
+// its server and removes its files (destructors). The helpers at the end build requests and
+// read the JSON members the tests look at.
 #pragma once
 
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <ostream>
@@ -52,7 +55,7 @@ struct ExitStatus {
   std::string describe() const;
 };
 
-// Output and status of a keygate run that is expected to end by itself (CLI checks).
+// Output and status of a run that is expected to end by itself (CLI checks, scripts).
 struct ProcessResult {
   ExitStatus status;
   std::string out;
@@ -62,6 +65,14 @@ struct ProcessResult {
 // Runs keygate with `args` (argv[0] is added), stdin closed, capturing stdout and stderr.
 // Kills it at `timeout`.
 ProcessResult run_keygate(const std::vector<std::string>& args, Millis timeout = Millis(10000));
+
+// Runs `program` (a path: no PATH search) with `args` (argv[0] is added), stdin on /dev/null,
+// capturing stdout and stderr. `env`, when given, is its whole environment ("NAME=VALUE");
+// otherwise it inherits ours. SIGKILLed at `timeout` (then status.timed_out). A fork or pipe
+// failure leaves status not exited, with the reason in `err`.
+ProcessResult run_process(const std::string& program, const std::vector<std::string>& args,
+                          const std::vector<std::string>* env = nullptr,
+                          Millis timeout = Millis(10000));
 
 struct ServerOptions {
   unsigned workers = 2;
@@ -217,5 +228,40 @@ class RawClient {
 // Connects a RawClient to `port`, sends `request` and reads one response (nullopt on failure).
 std::optional<Response> round_trip(uint16_t port, std::string_view request,
                                    Millis timeout = Millis(3000));
+
+// The bytes of an HTTP/1.1 request with "Host: it"; `headers` are complete lines without the
+// CRLF. Content-Length is added whenever there is a body or the method usually has one (POST,
+// PATCH, PUT).
+std::string http_request(std::string_view method, std::string_view target,
+                         const std::vector<std::string>& headers = {}, std::string_view body = {});
+
+// A response for an assertion message: its raw bytes, or "no response".
+std::string show(const std::optional<Response>& r);
+
+// --- Test data --------------------------------------------------------------------------------
+
+// Two data APIs as config text: "orders" on /orders and "billing" on /billing.
+inline constexpr std::string_view kOrdersAndBillingApis =
+    "[[apis]]\n"
+    "name = \"orders\"\n"
+    "routes = [\"/orders\"]\n"
+    "\n"
+    "[[apis]]\n"
+    "name = \"billing\"\n"
+    "routes = [\"/billing\"]\n";
+
+// A server for admin tests: two workers, kOrdersAndBillingApis, `admin_key` as the bootstrap
+// admin key (KEYGATE_BOOTSTRAP_ADMIN_KEY) and stderr captured into error_output().
+ServerOptions admin_server_options(const std::string& admin_key);
+
+// `chars` random lowercase hex digits (not cryptographic: unique test values).
+std::string random_hex(size_t chars);
+
+// The string value of the first `"name":"..."` member in `json` ("" when absent or not a
+// string). No unescaping: for the values tests read (ids, hints, generated keys, cursors).
+std::string string_member(std::string_view json, std::string_view name);
+
+// How often `needle` occurs in `haystack`, without overlaps.
+size_t count_of(std::string_view haystack, std::string_view needle);
 
 }  // namespace keygate::integration
