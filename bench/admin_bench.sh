@@ -51,13 +51,16 @@ repo_root="$(cd "${script_dir}/.." && pwd)"
 readonly script_dir repo_root
 readonly command_line="$0${*:+ $*}"
 readonly started_s="$SECONDS"
+readonly BENCH_NAME=admin_bench.sh
+# shellcheck source=bench/lib.sh
+source "${script_dir}/lib.sh"
 
 smoke=0
 for arg in "$@"; do
   case "$arg" in
     --smoke) smoke=1 ;;
     -h | --help)
-      sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      print_help
       exit 0
       ;;
     *)
@@ -106,19 +109,12 @@ readonly ADMIN_BODY_BYTES_MAX=$((64 << 20))  # [admin] body_bytes_max default
 readonly AUTH_LUA="${script_dir}/e2e_auth.lua"
 readonly STARTUP_TIMEOUT_S=60  # a restart loads every key into the cache
 readonly STOP_TIMEOUT_S=15     # above keygate's default drain_timeout_ms
-
-die() {
-  echo "admin_bench.sh: $*" >&2
-  exit 1
-}
-log() { echo "admin_bench.sh: $*" >&2; }
+readonly HTTP_READ_TIMEOUT_S=5
 
 # --- preconditions ------------------------------------------------------------------------------
 
-for v in CREATES CLIENTS IMPORT_KEYS DATA_KEYS DURATION ROUNDS WRITES_PER_S SETTLE_S SERVER_CPU \
-  CLIENT_CPU WRITER_CPU KEYGATE_PORT KEYGATE_ADMIN_PORT WRK_CONNECTIONS; do
-  [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+require_uints CREATES CLIENTS IMPORT_KEYS DATA_KEYS DURATION ROUNDS WRITES_PER_S SETTLE_S SERVER_CPU \
+  CLIENT_CPU WRITER_CPU KEYGATE_PORT KEYGATE_ADMIN_PORT WRK_CONNECTIONS
 ((CREATES > 0 && CLIENTS > 0 && DURATION > 0 && ROUNDS > 0 && WRITES_PER_S > 0)) ||
   die "CREATES, CLIENTS, DURATION, ROUNDS and WRITES_PER_S must be positive"
 ((IMPORT_KEYS >= 1 && IMPORT_KEYS <= IMPORT_KEYS_MAX)) ||
@@ -126,90 +122,29 @@ done
 ((DATA_KEYS >= 1000 && DATA_KEYS <= 100000000)) ||
   die "DATA_KEYS must be in 1000..100000000, got $DATA_KEYS"
 
-for tool in wrk curl taskset getconf ss awk sort; do
-  command -v "$tool" >/dev/null || die "$tool not found"
-done
+require_tools wrk curl taskset getconf ss awk sort
 for bin in KEYGATE_BIN KEYGATE_SEED_BIN ADMIN_BENCH_BIN; do
   [[ -x "${!bin}" ]] || die "${!bin} not found (set $bin, or build: cmake --build build/release" \
     "--target keygate keygate-seed keygate-admin-bench)"
 done
 [[ -r "$AUTH_LUA" ]] || die "wrk script $AUTH_LUA not found"
 
-allowed_cpus="$(awk '/^Cpus_allowed_list:/ {print $2}' /proc/self/status)"
-cpu_allowed() { taskset -c "$1" true 2>/dev/null; }
+record_host
 for v in SERVER_CPU CLIENT_CPU WRITER_CPU; do
   cpu_allowed "${!v}" || die "$v=${!v} is not a usable CPU (allowed: $allowed_cpus)"
 done
 ((CLIENT_CPU != SERVER_CPU)) || die "CLIENT_CPU must differ from SERVER_CPU"
 
-for port in "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT"; do
-  if [[ -n "$(ss -Htln "sport = :$port")" ]]; then
-    die "port $port is already in use (set KEYGATE_PORT / KEYGATE_ADMIN_PORT)"
-  fi
-done
+require_ports_free "KEYGATE_PORT / KEYGATE_ADMIN_PORT" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT"
 
-CLK_TCK="$(getconf CLK_TCK)"
-readonly CLK_TCK
-load_at_start="$(cut -d' ' -f1-3 /proc/loadavg)"
-readonly load_at_start
 date_at_start="$(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 readonly date_at_start
 
 # --- cleanup ------------------------------------------------------------------------------------
 
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/keygate-admin-bench.XXXXXX")"
-keygate_pid=""
-writer_pid=""
-succeeded=0
-
-stop_process() {  # name pid: SIGTERM, wait up to STOP_TIMEOUT_S, then SIGKILL; reaps it
-  local name="$1" pid="$2" i
-  kill -0 "$pid" 2>/dev/null || {
-    wait "$pid" 2>/dev/null || true
-    return 0
-  }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < STOP_TIMEOUT_S * 10; ++i)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_S}s: killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM ERR
-  [[ -n "$writer_pid" ]] && stop_process writer "$writer_pid"
-  [[ -n "$keygate_pid" ]] && stop_process keygate "$keygate_pid"
-  if ((succeeded)) && [[ "${KEEP_TMP:-0}" != 1 ]]; then
-    rm -rf "$tmp"
-  else
-    log "logs and raw outputs kept in $tmp"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_make_tmp keygate-admin-bench "logs and raw outputs" writer:writer_pid keygate:keygate_pid
 
 # --- helpers ------------------------------------------------------------------------------------
-
-# Status line of the response to the request "command args..." writes, sent to 127.0.0.1:port.
-http_status() {  # port command [args...]
-  local port="$1"
-  shift
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
-    "$@" >&3
-    IFS= read -r -t 5 line <&3 || exit 1
-    printf '%s\n' "${line%$'\r'}"
-  ) 2>/dev/null || true
-}
 
 get_request() {  # path [api-key]
   printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n' "$1"
@@ -255,40 +190,17 @@ stop_keygate() {
   keygate_pid=""
 }
 
-# utime+stime in clock ticks of the process (all its threads).
-cpu_ticks() {
-  local stat
-  stat="$(cat "/proc/$1/stat")"
-  stat="${stat##*) }"  # fields after "comm"
-  # shellcheck disable=SC2086
-  set -- $stat
-  echo $((${12} + ${13}))  # utime (14) and stime (15): $1 is field 3
-}
-
 status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }  # pid field
 anon_huge_kib() { awk '$1 == "AnonHugePages:" { print $2 }' "/proc/$1/smaps_rollup"; }  # pid
 
-median() {  # "v1 v2 ..."
-  tr -s ' ' '\n' <<<"$1" | grep . | sort -g |
-    awk '{ v[NR] = $1 }
-         END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 per_key() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }'; }
 
 # "key=value ..." of a result line -> the value of key.
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
 
-# wrk reports through this hook (as in e2e.sh): exact totals and p99 in microseconds.
-cat >"$tmp/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("E2E_RESULT requests=%d duration_us=%d p99_us=%d errors=%d non2xx=%d\n",
-    summary.requests, summary.duration, latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-EOF
+# wrk reports through lib.sh's hook (as in e2e.sh): exact totals and p99 in microseconds.
+write_report_lua "$tmp/report.lua"
 cat "$tmp/report.lua" "$AUTH_LUA" >"$tmp/auth.lua"
 
 cat >"$tmp/keygate.toml" <<EOF
@@ -428,9 +340,7 @@ run_wrk() {  # duration_s label
   ((requests > 0)) || die "wrk completed no requests: see $out"
   ((non2xx == 0)) || die "keygate answered $non2xx of $requests requests with 4xx/5xx: see $out"
   ((errors == 0)) || log "warning: run $2 had $errors socket errors"
-  awk -v n="$requests" -v us="$duration_us" -v p99="$p99_us" -v ticks="$((after - before))" \
-    -v hz="$CLK_TCK" -v e="$errors" \
-    'BEGIN { printf "%.0f %d %.2f %d\n", n / (us / 1e6), p99, ticks * 1e6 / hz / n, e }'
+  wrk_figures "$requests" "$duration_us" "$p99_us" "$((after - before))" "$errors"
 }
 
 run_wrk 1 warmup >/dev/null

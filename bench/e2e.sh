@@ -44,6 +44,9 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "${script_dir}/.." && pwd)"
 readonly script_dir repo_root
 readonly command_line="$0${*:+ $*}"
+readonly BENCH_NAME=e2e.sh
+# shellcheck source=bench/lib.sh
+source "${script_dir}/lib.sh"
 
 smoke=0
 auth=0
@@ -52,7 +55,7 @@ for arg in "$@"; do
     --smoke) smoke=1 ;;
     --auth) auth=1 ;;
     -h | --help)
-      sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      print_help
       exit 0
       ;;
     *)
@@ -86,19 +89,12 @@ readonly WRK_CONNECTIONS="${WRK_CONNECTIONS:-50}"
 readonly WORKERS=1
 readonly STARTUP_TIMEOUT_S=10
 readonly STOP_TIMEOUT_S=15  # above keygate's default drain_timeout_ms
-
-die() {
-  echo "e2e.sh: $*" >&2
-  exit 1
-}
-log() { echo "e2e.sh: $*" >&2; }
+readonly HTTP_READ_TIMEOUT_S=2
 
 # --- preconditions ------------------------------------------------------------------------------
 
-for v in DURATION ROUNDS SERVER_CPU CLIENT_CPU NGINX_PORT KEYGATE_PORT \
-  KEYGATE_ADMIN_PORT WRK_CONNECTIONS AUTH_KEYS; do
-  [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
-done
+require_uints DURATION ROUNDS SERVER_CPU CLIENT_CPU NGINX_PORT KEYGATE_PORT \
+  KEYGATE_ADMIN_PORT WRK_CONNECTIONS AUTH_KEYS
 ((DURATION > 0 && ROUNDS > 0)) || die "DURATION and ROUNDS must be positive"
 # Keys have 8 digits, so that every request of a case has the same length.
 ((AUTH_KEYS >= AUTH_KEYS_FEW && AUTH_KEYS <= 100000000)) ||
@@ -109,9 +105,7 @@ NGINX_BIN="$(command -v nginx || true)"
 [[ -z "$NGINX_BIN" && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
 [[ -n "$NGINX_BIN" ]] || die "nginx not found: install the Debian package nginx-light"
 readonly NGINX_BIN
-for tool in taskset getconf ss pgrep awk sort; do
-  command -v "$tool" >/dev/null || die "$tool not found"
-done
+require_tools taskset getconf ss pgrep awk sort
 [[ -x "$KEYGATE_BIN" ]] ||
   die "keygate binary not found at $KEYGATE_BIN (set KEYGATE_BIN, or build it:" \
     "cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release &&" \
@@ -123,8 +117,7 @@ if ((auth)); then
   [[ -r "$AUTH_LUA" ]] || die "wrk script $AUTH_LUA not found"
 fi
 
-allowed_cpus="$(awk '/^Cpus_allowed_list:/ {print $2}' /proc/self/status)"
-cpu_allowed() { taskset -c "$1" true 2>/dev/null; }
+record_host
 cpu_allowed "$SERVER_CPU" ||
   die "SERVER_CPU=$SERVER_CPU is not usable here (allowed: $allowed_cpus)"
 layouts=(a b)
@@ -134,74 +127,15 @@ if ! cpu_allowed "$CLIENT_CPU" || ((CLIENT_CPU == SERVER_CPU)); then
   layouts=(b)
 fi
 
-for port in "$NGINX_PORT" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT"; do
-  if [[ -n "$(ss -Htln "sport = :$port")" ]]; then
-    die "port $port is already in use (set NGINX_PORT / KEYGATE_PORT / KEYGATE_ADMIN_PORT)"
-  fi
-done
-
-CLK_TCK="$(getconf CLK_TCK)"
-readonly CLK_TCK
-load_at_start="$(cut -d' ' -f1-3 /proc/loadavg)"
-readonly load_at_start
+require_ports_free "NGINX_PORT / KEYGATE_PORT / KEYGATE_ADMIN_PORT" \
+  "$NGINX_PORT" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT"
 
 # --- cleanup ------------------------------------------------------------------------------------
 
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/keygate-e2e.XXXXXX")"
-keygate_pid=""
-nginx_pid=""
-succeeded=0
-
-stop_process() {  # name pid: SIGTERM, wait up to STOP_TIMEOUT_S, then SIGKILL; reaps it
-  local name="$1" pid="$2" i
-  kill -0 "$pid" 2>/dev/null || {
-    wait "$pid" 2>/dev/null || true
-    return 0
-  }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < STOP_TIMEOUT_S * 10; ++i)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT_S}s: killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM ERR
-  [[ -n "$keygate_pid" ]] && stop_process keygate "$keygate_pid"
-  # nginx's master stops its workers on SIGTERM before it exits.
-  [[ -n "$nginx_pid" ]] && stop_process nginx "$nginx_pid"
-  if ((succeeded)) && [[ "${KEEP_TMP:-0}" != 1 ]]; then
-    rm -rf "$tmp"
-  else
-    log "logs and raw wrk output kept in $tmp"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# nginx's master stops its workers on SIGTERM before it exits.
+bench_make_tmp keygate-e2e "logs and raw wrk output" keygate:keygate_pid nginx:nginx_pid
 
 # --- helpers ------------------------------------------------------------------------------------
-
-# Status line of the response to the request that "command args..." writes to stdout, sent to
-# 127.0.0.1:port; nothing if the connection fails. The request should say "Connection: close".
-http_status() {  # port command [args...]
-  local port="$1"
-  shift
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
-    "$@" >&3
-    IFS= read -r -t 2 line <&3 || exit 1
-    printf '%s\n' "${line%$'\r'}"
-  ) 2>/dev/null || true
-}
 
 healthz_status() {  # port
   http_status "$1" printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'
@@ -253,41 +187,8 @@ wait_until_ready() {  # name pid port [stdout-file ready-regex]
   die "$name not ready on port $port after ${STARTUP_TIMEOUT_S}s; see $tmp/$name.*"
 }
 
-# utime+stime in clock ticks of pid and all its descendants.
-cpu_ticks() {
-  local pids=("$1") i=0 total=0 stat child pid
-  while ((i < ${#pids[@]})); do
-    for child in $(pgrep -P "${pids[i]}" || true); do pids+=("$child"); done
-    ((++i))
-  done
-  for pid in "${pids[@]}"; do
-    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
-    stat="${stat##*) }"  # fields after "comm", which may contain spaces
-    # shellcheck disable=SC2086
-    set -- $stat
-    # Now $1 is field 3 (state), so utime (14) and stime (15) are $12 and $13.
-    total=$((total + ${12} + ${13}))
-  done
-  echo "$total"
-}
-
-median() {  # "v1 v2 ..."
-  tr -s ' ' '\n' <<<"$1" | grep . | sort -g |
-    awk '{ v[NR] = $1 }
-         END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
-
-# wrk reports through this hook: exact totals and the latency percentile in microseconds.
-cat >"$tmp/report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("E2E_RESULT requests=%d duration_us=%d p99_us=%d errors=%d non2xx=%d\n",
-    summary.requests, summary.duration, latency:percentile(99),
-    e.connect + e.read + e.write + e.timeout, e.status))
-end
-EOF
+# wrk reports through lib.sh's hook: exact totals and the latency percentile in microseconds.
+write_report_lua "$tmp/report.lua"
 
 # --- servers ------------------------------------------------------------------------------------
 
@@ -431,11 +332,11 @@ run_wrk() {  # server case client_cpu duration_s label
     script="$tmp/auth.lua"
     read -ra script_args <<<"-- ${case_args[$case]} $AUTH_KEY_PREFIX"
   fi
-  before="$(cpu_ticks "${pid_of[$server]}")"
+  before="$(cpu_ticks_tree "${pid_of[$server]}")"
   taskset -c "$client_cpu" wrk -t1 -c"$WRK_CONNECTIONS" -d"${duration}s" --latency \
     -s "$script" "$url" "${script_args[@]}" >"$out" 2>&1 ||
     die "wrk failed against $server ($case): see $out"
-  after="$(cpu_ticks "${pid_of[$server]}")"
+  after="$(cpu_ticks_tree "${pid_of[$server]}")"
   kill -0 "${pid_of[$server]}" 2>/dev/null || die "$server died during the run; see $tmp/$server.*"
   result="$(grep '^E2E_RESULT ' "$out")" || die "no result line in $out"
   # The values of "E2E_RESULT requests=N duration_us=N p99_us=N errors=N non2xx=N", in order.
@@ -449,9 +350,7 @@ run_wrk() {  # server case client_cpu duration_s label
   if ((errors > 0)); then
     log "warning: $server run $label ($case) had $errors socket errors"
   fi
-  awk -v n="$requests" -v us="$duration_us" -v p99="$p99_us" -v ticks="$((after - before))" \
-    -v hz="$CLK_TCK" -v e="$errors" \
-    'BEGIN { printf "%.0f %d %.2f %d\n", n / (us / 1e6), p99, ticks * 1e6 / hz / n, e }'
+  wrk_figures "$requests" "$duration_us" "$p99_us" "$((after - before))" "$errors"
 }
 
 # Warm-up, not counted; it also runs every case once, so a broken request fails here.
