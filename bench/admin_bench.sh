@@ -351,6 +351,7 @@ for ((round = 1; round <= ROUNDS; ++round)); do
     writer_cells="| – | – | – | – |"
     if [[ "$run" == B ]]; then
       writer_out="$tmp/writer-$round.txt"
+      : >"$writer_out"  # exists before the background job opens it
       KEYGATE_ADMIN_KEY="$ADMIN_KEY_SEEDED" "${writer_cmd[@]}" >"$writer_out" 2>&1 &
       writer_pid=$!
       for ((i = 0; i < 200; ++i)); do
