@@ -84,11 +84,7 @@ AdminResponse error_response(const Failure& f) {
   out += "{\"error\":";
   append_json_string(out, f.code);
   out += ",\"field\":";
-  if (f.field) {
-    append_json_string(out, *f.field);
-  } else {
-    out += "null";
-  }
+  append_json_string_or_null(out, f.field);
   out += ",\"message\":";
   append_json_string(out, f.message);
   out += '}';
@@ -701,11 +697,7 @@ void append_record(std::string& out, const KeyRecord& r,
   out += ",\"apis\":";
   append_string_array(out, r.apis);
   out += ",\"user\":";
-  if (r.user) {
-    append_json_string(out, *r.user);
-  } else {
-    out += "null";
-  }
+  append_json_string_or_null(out, r.user);
   out += ",\"log_request\":";
   append_bool(out, r.log_request);
   out += ",\"log_response\":";

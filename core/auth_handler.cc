@@ -101,11 +101,7 @@ void AuthHandler::respond(const HttpRequest& request, ResponseWriter& response,
   body_.append(",\"api\":");
   append_json_string(body_, api.name);
   body_.append(",\"user\":");
-  if (key.user) {
-    append_json_string(body_, *key.user);
-  } else {
-    body_.append("null");
-  }
+  append_json_string_or_null(body_, key.user);
   body_.append("}\n");
   response.start(200);
   response.header("X-Keygate-Key-Id", key.id);

@@ -21,6 +21,14 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
 }
 
+void append_json_string_or_null(std::string& out, const std::optional<std::string>& s) {
+  if (s) {
+    append_json_string(out, *s);
+  } else {
+    out.append("null");
+  }
+}
+
 bool header_safe(std::string_view s) noexcept {
   for (char c : s) {
     const auto u = static_cast<unsigned char>(c);
