@@ -650,19 +650,33 @@ int emit_json(const HttpResponse& r) {
 
 // Runs one request whose answer is a single key record, printed with its value first when the
 // response carries one (create and rotate).
+// Sends one request whose answer is one JSON document. Returns kRender with `*root` parsed
+// when the caller should render it; otherwise the exit code (a refusal, a transport failure, or
+// --json output already printed).
+constexpr int kRender = -1;
+int fetch_document(const Context& ctx, std::string_view method, const std::string& target,
+                   const std::string* body, HttpResponse* r, dom::parser* parser,
+                   dom::element* root) {
+  if (!exchange(ctx, method, target, body, r)) return kExitFailure;
+  if (!success(*r)) return report_refusal(*r);
+  if (ctx.json) return emit_json(*r);
+  if (parser->parse(r->body.data(), r->body.size()).get(*root) != simdjson::SUCCESS) {
+    return unexpected_response("not JSON");
+  }
+  return kRender;
+}
+
 int key_record_command(const Context& ctx, std::string_view method, const std::string& target,
                        const std::string* body) {
   HttpResponse r;
-  if (!exchange(ctx, method, target, body, &r)) return kExitFailure;
-  if (!success(r)) return report_refusal(r);
-  if (ctx.json) return emit_json(r);
   dom::parser parser;
   dom::element root;
-  KeyView k;
-  if (parser.parse(r.body.data(), r.body.size()).get(root) != simdjson::SUCCESS ||
-      !read_key(root, &k)) {
-    return unexpected_response("not a key record");
+  if (const int rc = fetch_document(ctx, method, target, body, &r, &parser, &root);
+      rc != kRender) {
+    return rc;
   }
+  KeyView k;
+  if (!read_key(root, &k)) return unexpected_response("not a key record");
   std::string out;
   std::string_view value;
   if (root["key"].get_string().get(value) == simdjson::SUCCESS) {
@@ -677,16 +691,14 @@ int key_record_command(const Context& ctx, std::string_view method, const std::s
 int user_record_command(const Context& ctx, std::string_view method, const std::string& target,
                         const std::string* body) {
   HttpResponse r;
-  if (!exchange(ctx, method, target, body, &r)) return kExitFailure;
-  if (!success(r)) return report_refusal(r);
-  if (ctx.json) return emit_json(r);
   dom::parser parser;
   dom::element root;
-  UserView u;
-  if (parser.parse(r.body.data(), r.body.size()).get(root) != simdjson::SUCCESS ||
-      !read_user(root, &u)) {
-    return unexpected_response("not a user record");
+  if (const int rc = fetch_document(ctx, method, target, body, &r, &parser, &root);
+      rc != kRender) {
+    return rc;
   }
+  UserView u;
+  if (!read_user(root, &u)) return unexpected_response("not a user record");
   std::string out;
   render_user(u, &out);
   return emit(out);
@@ -1010,14 +1022,14 @@ int users_list(const Context& ctx, const Args& args) {
     return usage_error(Group::kUsers, "users list takes no arguments");
   }
   HttpResponse r;
-  if (!exchange(ctx, "GET", "/admin/users", nullptr, &r)) return kExitFailure;
-  if (!success(r)) return report_refusal(r);
-  if (ctx.json) return emit_json(r);
   dom::parser parser;
-  dom::object root;
+  dom::element root;
+  if (const int rc = fetch_document(ctx, "GET", "/admin/users", nullptr, &r, &parser, &root);
+      rc != kRender) {
+    return rc;
+  }
   dom::array users;
-  if (parser.parse(r.body.data(), r.body.size()).get_object().get(root) != simdjson::SUCCESS ||
-      root["users"].get_array().get(users) != simdjson::SUCCESS) {
+  if (root["users"].get_array().get(users) != simdjson::SUCCESS) {
     return unexpected_response("not a user listing");
   }
   Table table({"NAME", "GRANTS"});
@@ -1066,14 +1078,14 @@ int users_delete(const Context& ctx, const Args& args) {
 int apis_list(const Context& ctx, const Args& args) {
   if (!args.positionals.empty()) return usage_error(Group::kApis, "apis takes no arguments");
   HttpResponse r;
-  if (!exchange(ctx, "GET", "/admin/apis", nullptr, &r)) return kExitFailure;
-  if (!success(r)) return report_refusal(r);
-  if (ctx.json) return emit_json(r);
   dom::parser parser;
-  dom::object root;
+  dom::element root;
+  if (const int rc = fetch_document(ctx, "GET", "/admin/apis", nullptr, &r, &parser, &root);
+      rc != kRender) {
+    return rc;
+  }
   dom::array apis;
-  if (parser.parse(r.body.data(), r.body.size()).get_object().get(root) != simdjson::SUCCESS ||
-      root["apis"].get_array().get(apis) != simdjson::SUCCESS) {
+  if (root["apis"].get_array().get(apis) != simdjson::SUCCESS) {
     return unexpected_response("not an API listing");
   }
   Table table({"NAME", "ROUTES"});
