@@ -9,10 +9,6 @@ namespace {
 // large answer (an import's id list), so idle workers do not hold megabytes.
 constexpr size_t kKeptBodyCapacityMax = 64 * 1024;
 
-bool under_admin(std::string_view path) noexcept {
-  return path == "/admin" || path.starts_with("/admin/");
-}
-
 }  // namespace
 
 AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
@@ -22,7 +18,7 @@ AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
 Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter& response,
                                      RequestContext& ctx) noexcept {
   if (request.path == "/healthz") return builtin_.handle(request, response, ctx);
-  if (!under_admin(request.path) || !is_admin_route(request.path)) {
+  if (!is_admin_route(request.path)) {
     write_error(response, 404, "not_found", "no such route", false);
     return Result::kDone;
   }
@@ -102,15 +98,13 @@ Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, Respo
 
 void AdminHandler::submit(const HttpRequest& request, RequestContext& ctx, State* state) noexcept {
   state->phase = State::Phase::kExecute;
-  state->request.method = request.method;
-  state->request.path = request.path;
-  state->request.query = request.query;
-  state->request.body = request.body;
-  state->request.body_readable_padding = request.body_readable_padding;
   state->response.status = 0;
   state->response.body.clear();
   state->response.allow = {};
-  backend_.submit(state->request, &state->response, ctx.defer());
+  // Views into the stabilized request, valid until it completes; the backend copies the struct.
+  const AdminRequest admin_request{request.method, request.path, request.query, request.body,
+                                   request.body_readable_padding};
+  backend_.submit(admin_request, &state->response, ctx.defer());
 }
 
 void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& response) noexcept {
@@ -130,22 +124,9 @@ void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& respon
 
 void AdminHandler::write_error(ResponseWriter& response, int status, std::string_view code,
                                std::string_view message, bool challenge) noexcept {
-  // Static code and message, no escaping needed: built on the stack, no allocation.
-  char body[256];
-  size_t n = 0;
-  auto put = [&](std::string_view s) {
-    const size_t take = s.size() < sizeof(body) - n ? s.size() : sizeof(body) - n;
-    for (size_t i = 0; i < take; ++i) body[n + i] = s[i];
-    n += take;
-  };
-  put("{\"error\":\"");
-  put(code);
-  put("\",\"field\":null,\"message\":\"");
-  put(message);
-  put("\"}\n");
   response.start(status);
   if (challenge) response.header("WWW-Authenticate", Authenticator::kChallenge);
-  response.finish("application/json", std::string_view(body, n));
+  response.finish_error(code, message, /*field_null=*/true);
 }
 
 AdminHandler::State* AdminHandler::take_state() {
@@ -157,9 +138,6 @@ AdminHandler::State* AdminHandler::take_state() {
 
 void AdminHandler::give_back(State* state) noexcept {
   state->lookup.reset();
-  state->request = AdminRequest{};
-  state->response.status = 0;
-  state->response.allow = {};
   if (state->response.body.capacity() > kKeptBodyCapacityMax) {
     std::string().swap(state->response.body);
   } else {

@@ -75,7 +75,6 @@ class AdminHandler final : public Handler {
     };
     Phase phase = Phase::kLookup;
     Authenticator::PendingLookup lookup;
-    AdminRequest request;
     AdminResponse response;
   };
 

@@ -93,7 +93,8 @@ void ResponseWriter::error(int status, std::string_view code, std::string_view m
   finish_error(code, message);
 }
 
-void ResponseWriter::finish_error(std::string_view code, std::string_view message) noexcept {
+void ResponseWriter::finish_error(std::string_view code, std::string_view message,
+                                  bool field_null) noexcept {
   // Error bodies are small; build them on the stack so the error path does not allocate.
   char body[256];
   size_t n = 0;
@@ -104,7 +105,7 @@ void ResponseWriter::finish_error(std::string_view code, std::string_view messag
   };
   put("{\"error\":\"");
   put(code);
-  put("\",\"message\":\"");
+  put(field_null ? "\",\"field\":null,\"message\":\"" : "\",\"message\":\"");
   put(message);
   put("\"}\n");
   finish("application/json", std::string_view(body, n));

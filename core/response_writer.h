@@ -31,9 +31,11 @@ class ResponseWriter {
 
   // A complete JSON error response: start(status) + finish_error(code, message).
   void error(int status, std::string_view code, std::string_view message) noexcept;
-  // Ends a started response with the JSON error body {"error":code,"message":message}.
+  // Ends a started response with the JSON error body {"error":code,"message":message}, or
+  // {"error":code,"field":null,"message":message} with `field_null` (the admin API's shape).
   // `code` and `message` are static text without characters that need JSON escaping.
-  void finish_error(std::string_view code, std::string_view message) noexcept;
+  void finish_error(std::string_view code, std::string_view message,
+                    bool field_null = false) noexcept;
 
   // The request was HTTP/1.0: a kept-alive connection must then say "Connection: keep-alive"
   // (1.0 clients assume close otherwise). Call before finish().
