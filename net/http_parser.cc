@@ -118,7 +118,6 @@ int HttpParser::on_header_field(llhttp_t* p, const char* at, size_t len) {
     if (h->trailer_bytes_ > h->limits_.header_bytes_max) {
       return h->fail(431, "header_too_large", "trailer section too large");
     }
-    h->in_trailers_ = true;
     return 0;
   }
   if (h->raw_headers_.empty() || h->header_value_started_) {
@@ -220,7 +219,6 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   h->body_.off = h->recorded_end_;
   const bool body_expected = chunked || (has_length && p->content_length > 0);
   if (h->expect_is_continue_ && p->http_minor == 1 && body_expected) {
-    h->expect_continue_ = true;
     h->paused_continue_ = true;
     return HPE_PAUSED;
   }
@@ -275,7 +273,7 @@ void HttpParser::move_to_assembly(size_t consumed_end) {
 
 void HttpParser::begin_next_request() {
   started_ = headers_done_ = message_done_ = false;
-  in_trailers_ = header_value_started_ = expect_continue_ = false;
+  header_value_started_ = false;
   has_transfer_encoding_ = has_upgrade_ = has_expect_ = expect_is_continue_ = false;
   host_count_ = 0;
   keep_alive_ = true;

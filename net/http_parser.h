@@ -133,9 +133,7 @@ class HttpParser {
   bool message_done_ = false;
   bool paused_continue_ = false;
   bool failed_ = false;
-  bool in_trailers_ = false;
   bool header_value_started_ = false;
-  bool expect_continue_ = false;
   uint32_t host_count_ = 0;
   bool has_transfer_encoding_ = false;
   bool has_upgrade_ = false;

@@ -56,6 +56,12 @@ int64_t monotonic_ms() {
 
 enum TimerKind : uint8_t { kHeader, kBody, kIdle, kWrite, kLinger, kTimerKinds, kNoTimer };
 
+// The worker is the only writer of its stats: a plain load/store keeps the lock prefix of an
+// atomic read-modify-write off the request path; readers take relaxed snapshots.
+void bump(std::atomic<uint64_t>& counter) {
+  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 struct Connection;
@@ -482,7 +488,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
   if (res >= 0) {
     if (draining || live >= limits.connections_per_worker_max) {
       ::close(res);
-      stats.connections_refused.fetch_add(1, std::memory_order_relaxed);
+      bump(stats.connections_refused);
     } else {
       const int one = 1;
       (void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -500,7 +506,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->parser.reset(listeners[li].body_bytes_max);
       c->closed = false;
       ++live;
-      stats.connections_accepted.fetch_add(1, std::memory_order_relaxed);
+      bump(stats.connections_accepted);
       arm_recv(c);
       // The first request must start within the header timeout, like every later one.
       timer_set(c, kHeader);
@@ -578,13 +584,13 @@ void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_
         update_timer(c);
         continue;
       case HttpParser::Status::kError: {
-        stats.parse_errors.fetch_add(1, std::memory_order_relaxed);
+        bump(stats.parse_errors);
         const ParseError& e = c->parser.error();
         write_error(c, e.status, e.code, e.message);
         return;
       }
       case HttpParser::Status::kRequest:
-        stats.requests.fetch_add(1, std::memory_order_relaxed);
+        bump(stats.requests);
         dispatch(c, false);
         continue;
     }
@@ -664,11 +670,8 @@ void Worker::Impl::submit_send(Connection* c) {
 
 void Worker::Impl::on_send(Connection* c, int res) {
   c->send_in_flight = false;
-  if (c->closed) {
-    op_done(c);
-    return;
-  }
-  --c->ops;
+  op_done(c);
+  if (c->closed) return;
   if (res < 0) {
     close_conn(c);
     return;
@@ -703,11 +706,11 @@ void Worker::Impl::start_linger(Connection* c) {
 }
 
 void Worker::Impl::on_peer_eof(Connection* c) {
-  if (c->lingering || c->parser.request_in_progress()) {
+  if (c->lingering || (c->parser.request_in_progress() && !c->close_after_send)) {
     close_conn(c);  // linger done, or the client gave up mid-request
     return;
   }
-  if (c->send_in_flight || !c->out[c->fill].empty() || !c->pending.empty() || c->awaiting) {
+  if (!idle(c)) {
     c->close_after_send = true;  // half-closed client: still owed its responses
     return;
   }
@@ -779,12 +782,15 @@ void Worker::Impl::update_timer(Connection* c) {
   // A deferred request is bounded by whoever holds its ticket, not by a client timeout.
   if (c->closed || c->lingering || c->awaiting) return;
   TimerKind want;
-  if (c->parser.request_in_progress()) {
+  if (c->close_after_send) {
+    // The last response is queued (possibly a rejection of a half-read request, which the
+    // parser still counts as in progress): only the write can time out now.
+    if (!c->send_in_flight) return;  // about to linger
+    want = kWrite;
+  } else if (c->parser.request_in_progress()) {
     want = c->parser.headers_complete() ? kBody : kHeader;
   } else if (c->send_in_flight) {
     want = kWrite;
-  } else if (c->close_after_send) {
-    return;  // about to linger
   } else {
     want = kIdle;
     if (draining && idle(c)) {
@@ -796,7 +802,7 @@ void Worker::Impl::update_timer(Connection* c) {
 }
 
 void Worker::Impl::expire(Connection* c) {
-  stats.timeouts.fetch_add(1, std::memory_order_relaxed);
+  bump(stats.timeouts);
   const TimerKind kind = c->timer;
   timer_clear(c);
   if ((kind == kHeader || kind == kBody) && c->parser.request_in_progress() &&
@@ -854,7 +860,11 @@ void Worker::Impl::post(uint32_t slot, uint32_t gen) noexcept {
   // The eventfd write stays under the lock: once a post is visible, the worker may drain it,
   // finish and stop; the lock keeps that from overtaking this write.
   std::lock_guard<std::mutex> lock(posted_mu);
+  const bool first = posted.empty();
   posted.emplace_back(slot, gen);
+  // One wake-up serves every post until the worker swaps the list (on_wake re-arms its read
+  // before it takes the lock), so later posts skip the syscall.
+  if (!first) return;
   const uint64_t one = 1;
   const ssize_t n = ::write(wake_fd, &one, sizeof(one));
   KEYGATE_ASSERT(n == sizeof(one));

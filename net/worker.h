@@ -1,7 +1,8 @@
 // Worker: one thread, one io_uring, its own listening sockets and its own connections.
 //
 // Thread-per-core: a Worker is created and run on its own thread and shares nothing mutable with
-// other workers; the only cross-thread call is request_stop(). Each worker accepts on its own
+// other workers; the only cross-thread calls are request_stop() and the ResumeTicket posts of
+// deferred requests (a mutex-guarded list and an eventfd, off the common request path). Each worker accepts on its own
 // SO_REUSEPORT socket per listener (multishot accept), reads with multishot receive into a
 // provided buffer ring, parses with HttpParser, calls the listener's Handler, and writes the
 // responses of each event-loop pass with one send per connection. Every buffer handed to the

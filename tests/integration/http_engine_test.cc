@@ -163,6 +163,22 @@ TEST_F(HttpEngine, UnknownPathAnswers404WithJsonErrorAndKeepsTheConnection) {
   EXPECT_EQ(next->status, 200);
 }
 
+TEST_F(HttpEngine, AClientThatHalfClosesAfterABadPartialRequestStillGetsItsRejection) {
+  ASSERT_TRUE(start());
+  for (int i = 0; i < 20; ++i) {
+    RawClient client;
+    ASSERT_TRUE(connect(client));
+    // A space before the colon is rejected before the headers end, so the parser still counts
+    // the request as in progress when the client's FIN arrives.
+    ASSERT_TRUE(client.send("GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n"));
+    client.shutdown_write();
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(r) << "attempt " << i << ": " << describe(r, client);
+    EXPECT_EQ(r->status, 400);
+    EXPECT_TRUE(r->connection_close()) << r->raw;
+  }
+}
+
 TEST_F(HttpEngine, OtherMethodsOnHealthzAnswer405) {
   ASSERT_TRUE(start());
   const std::optional<Response> r =
