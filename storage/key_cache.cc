@@ -215,12 +215,13 @@ bool KeyCache::fill(KeyRecord record, uint64_t seen_generation) {
   if (generation_.load(std::memory_order_relaxed) != seen_generation) return false;
   std::vector<KeyRecord> puts;
   puts.push_back(std::move(record));
-  Batch batch;
-  const uint64_t hash = hash_digest(puts[0].digest);
-  const Table* table = shards_[hash & (options_.shards - 1)].load(std::memory_order_relaxed);
-  if (table->slots[table->probe(puts[0].digest, hash, shard_bits_)].record != nullptr) {
+  // Nothing to do only when every digest the record answers to is cached: during a rotation
+  // grace the previous digest's entry may have been evicted while the current one stayed.
+  const KeyRecord& r = puts[0];
+  if (find(r.digest) != nullptr && (!r.previous_digest || find(*r.previous_digest) != nullptr)) {
     return true;
   }
+  Batch batch;
   apply_locked(&batch, {}, &puts);
   publish_locked(&batch);
   return true;

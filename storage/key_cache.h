@@ -77,9 +77,10 @@ class KeyCache {
   // waiting for one grace period: for start-up fill, bulk import and rotation (erase the old
   // digest, put the new record).
   void apply(std::span<const KeyDigest> erased, std::vector<KeyRecord> puts);
-  // Inserts a record read from the store on a cache miss, unless an authoritative write came
-  // in since the reader saw `seen_generation` (the record may be stale then) — returns false
-  // and inserts nothing. Keeps an existing entry. Does not wait: its garbage is freed by the
+  // Inserts a record read from the store on a cache miss, under each digest it answers to,
+  // unless an authoritative write came in since the reader saw `seen_generation` (the record
+  // may be stale then): then returns false and inserts nothing. Existing entries are kept (a
+  // record whose digests are all cached already changes nothing). Does not wait: its garbage is freed by the
   // next reclaim (any authoritative write, or Qsbr::reclaim()).
   bool fill(KeyRecord record, uint64_t seen_generation);
 

@@ -107,7 +107,8 @@ class KeyService final : public KeyDirectory {
   // With `previous` (a rotation with a grace period), the key is also found by
   // previous->digest, and authentication accepts that value until previous->valid_until.
   // Without it, a new digest (rotation) revokes the old one, and any earlier previous digest,
-  // at once; an unchanged digest keeps a grace period in progress. not_found: no such id, or
+  // at once; an unchanged digest keeps the previous digest (even past its
+  // deadline, when authentication already refuses it). not_found: no such id, or
   // record.user names no user; conflict: the new or previous digest is another key's.
   Status update_key(const KeyRecord& record,
                     const std::optional<PreviousDigest>& previous = std::nullopt);

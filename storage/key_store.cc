@@ -259,7 +259,7 @@ Status KeyStore::put_key(const KeyRecord& record, PutMode mode) {
   batch.Put(
       prefixed(kIdPrefix, record.id),
       rocksdb::Slice(reinterpret_cast<const char*>(record.digest.data()), record.digest.size()));
-  // Entries the record no longer has (rotation; the end of a grace period) go in the same
+  // Entries the record no longer has (rotation; a dropped previous digest) go in the same
   // batch, so an old value is revoked atomically with the switch.
   for (const KeyDigest& d : old_digests) {
     const bool kept = std::any_of(new_digests.begin(), new_digests.end(),
@@ -320,7 +320,6 @@ Status KeyStore::delete_key_by_id(std::string_view id, KeyRecord* deleted) {
   if (!index.is_ok()) return index;
   KeyRecord record;
   const Status s = impl_->get_digest(digest, &record);
-  if (!s.is_ok() && !s.is_not_found() && !s.is_io_error()) return s;
   if (!s.is_ok()) {
     // Deleting is how an operator gets rid of a record that no longer decodes: go ahead, and
     // report what is known for sure.

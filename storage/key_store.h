@@ -90,8 +90,10 @@ class KeyStore {
 
   // Writes `record` (new or updated), filed under its digest and, when set, its
   // previous_digest, and its id index, in one synced batch. Entries of digests the stored key
-  // had but `record` lacks (the old digest after a rotation without grace, the previous digest
-  // when a grace ends) are removed in the same batch. Conflict when the digest or previous
+  // had but `record` lacks (the old digest after a rotation without grace, a previous digest a
+  // later update drops) are removed in the same batch. Nothing here ends a grace period by
+  // time: an expired previous digest stays filed (and refused by the Authenticator) until the
+  // key's next rotation or deletion. Conflict when the digest or previous
   // digest belongs to a different id, or per `mode`; io_error when the write fails. Blocks.
   Status put_key(const KeyRecord& record, PutMode mode = PutMode::kUpsert);
   // Creates every record in one synced batch: all or nothing. Conflict when any digest or id
