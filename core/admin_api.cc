@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/assert.h"
+#include "core/http_request.h"
 #include "core/json_text.h"
 
 namespace keygate {
@@ -176,13 +177,6 @@ bool valid_method_token(std::string_view m) noexcept {
     if (!ok) return false;
   }
   return true;
-}
-
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 // Percent-decoding; `plus_is_space` for query strings (form convention), not for paths.

@@ -107,7 +107,7 @@ struct AdminContext {
 AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
                             const AdminContext& ctx);
 
-// True when `method` `path` names an admin route (with any method): used to answer 404 for
+// True when `path` names an admin route (with any method): used to answer 404 for
 // unknown paths before authentication work is queued. Does not allocate.
 bool is_admin_route(std::string_view path) noexcept;
 

@@ -1,5 +1,7 @@
 #include "core/auth_handler.h"
 
+#include "core/assert.h"
+
 #include "core/json_text.h"
 
 namespace keygate {
@@ -55,13 +57,14 @@ Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& 
       return Result::kPending;
     }
   }
-  response.error(500, "internal_error", "unexpected lookup result");
+  KEYGATE_ASSERT(false && "every Authenticator outcome is handled above");
   return Result::kDone;
 }
 
 Handler::Result AuthHandler::resume(const HttpRequest& request, ResponseWriter& response,
                                     RequestContext& ctx) noexcept {
   auto* p = static_cast<Pending*>(ctx.state);
+  KEYGATE_ASSERT(p != nullptr);
   ctx.state = nullptr;
   const int64_t now = ctx.now_unix();
   const Authenticator::Result r = authenticator_.finish_fetch(p->lookup, now);

@@ -1,5 +1,7 @@
 #include "core/authenticator.h"
 
+#include "core/assert.h"
+
 namespace keygate {
 namespace {
 
@@ -52,7 +54,8 @@ Authenticator::Result Authenticator::resolve(const HttpRequest& request, int64_t
       return r;
     }
   }
-  return rejected(500, "internal_error", "unexpected lookup result", false);
+  KEYGATE_ASSERT(false && "every KeyDirectory::Lookup value is handled above");
+  return invalid_key();
 }
 
 void Authenticator::fetch(const KeyDigest& digest, PendingLookup* lookup,

@@ -8,8 +8,7 @@ Handler::Result BuiltinHandler::handle(const HttpRequest& request, ResponseWrite
     if (request.method != "GET" && request.method != "HEAD") {
       response.start(405);
       response.header("Allow", "GET, HEAD");
-      response.finish("application/json",
-                      "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}\n");
+      response.finish_error("method_not_allowed", "use GET or HEAD");
       return Result::kDone;
     }
     response.start(200);

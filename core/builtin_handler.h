@@ -1,7 +1,7 @@
 // BuiltinHandler: the routes keygate answers itself on the data port.
 //
 // Worker-local, stateless. GET/HEAD /healthz answers 200 "ok"; everything else is a JSON 404.
-// Key checking and proxying (later issues) sit in front of it and fall through to it.
+// The data-plane AuthHandler and the AdminHandler delegate /healthz to it.
 #pragma once
 
 #include "core/handler.h"

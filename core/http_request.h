@@ -28,6 +28,14 @@ constexpr bool equals_ignore_case(std::string_view a, std::string_view b) noexce
   return true;
 }
 
+// The value of one hex digit (either case), or -1 for any other character.
+constexpr int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
 struct HttpRequest {
   std::string_view method;  // e.g. "GET"
   std::string_view target;  // request-target as sent: path plus optional "?query"

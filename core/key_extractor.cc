@@ -9,6 +9,7 @@
 
 #include "core/api_key.h"
 #include "core/assert.h"
+#include "core/http_request.h"
 
 namespace keygate {
 
@@ -40,13 +41,6 @@ std::string_view media_type(std::string_view content_type) noexcept {
   const size_t semicolon = content_type.find(';');
   if (semicolon != std::string_view::npos) content_type = content_type.substr(0, semicolon);
   return trim_ows(content_type);
-}
-
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 bool needs_form_decoding(std::string_view s) noexcept {
