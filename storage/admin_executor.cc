@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "core/assert.h"
-#include "storage/key_service.h"
+#include "storage/system_random.h"
 
 namespace keygate::storage {
 namespace {

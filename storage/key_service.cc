@@ -1,11 +1,9 @@
 #include "storage/key_service.h"
 
 #include <string.h>  // explicit_bzero
-#include <sys/random.h>
 
 #include <array>
 #include <bit>
-#include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <set>
@@ -22,21 +20,6 @@ constexpr std::string_view kBootstrapDescription = "bootstrap admin key";
 constexpr uint32_t kFillsPerReclaimMax = 64;
 
 }  // namespace
-
-bool system_random(std::span<uint8_t> out) noexcept {
-  size_t filled = 0;
-  // Bounded: getrandom returns at least 256 bytes per call once initialized; EINTR retries
-  // are bounded by the signal rate.
-  while (filled < out.size()) {
-    const ssize_t n = ::getrandom(out.data() + filled, out.size() - filled, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    filled += static_cast<size_t>(n);
-  }
-  return true;
-}
 
 // Digests the store recently said it does not have. A direct-mapped table of full digests,
 // each stamped with the cache generation it was looked up at; an entry is valid only while

@@ -33,12 +33,9 @@
 #include "storage/key_cache.h"
 #include "storage/key_store.h"
 #include "storage/qsbr.h"
+#include "storage/system_random.h"
 
 namespace keygate::storage {
-
-// Fills `out` with bytes from getrandom(2); false when the kernel cannot deliver. Blocks only
-// before the kernel's entropy pool is first initialized.
-bool system_random(std::span<uint8_t> out) noexcept;
 
 class KeyService final : public KeyDirectory {
  public:
