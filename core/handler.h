@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string_view>
 
 #include "core/http_request.h"
 #include "core/response_writer.h"
@@ -42,6 +43,16 @@ class ResumeTicket {
   uint32_t gen_ = 0;
 };
 
+// Where and as whom an allowed request goes upstream (Handler::Result::kForward). The views
+// may point into the key record: the worker reads them before the handler call returns to
+// the event loop, never later.
+struct ForwardTarget {
+  uint32_t api_index = 0;     // index in ApiRegistry::apis() of the API; it has upstreams
+  std::string_view key_id;    // X-Keygate-Key-Id
+  std::string_view api;       // X-Keygate-Api
+  std::string_view user;      // X-Keygate-User; empty: the key has no user
+};
+
 // Per-connection context the worker passes to its handler. Worker-local.
 class RequestContext {
  public:
@@ -54,11 +65,18 @@ class RequestContext {
   // A slot for the handler's own per-request state while the request is pending. The worker
   // never touches it; Handler::abandon() is the handler's chance to free it.
   void* state = nullptr;
+  // Set by a handler that returns kForward (see ForwardTarget).
+  ForwardTarget forward;
 };
 
 class Handler {
  public:
-  enum class Result { kDone, kPending };
+  enum class Result {
+    kDone,      // one complete response was written
+    kPending,   // deferred: see ctx.defer()
+    kForward,   // ctx.forward is set: the worker forwards the request to the API's upstreams
+    kNeedBody,  // handle_head() only: read the whole body, then call handle()
+  };
 
   virtual ~Handler() = default;
   // Writes exactly one complete response into `response` (kDone), or defers (kPending). The
@@ -72,6 +90,23 @@ class Handler {
     (void)ctx;
     response.error(500, "internal_error", "unexpected resume");
     return Result::kDone;
+  }
+  // Called on listeners that forward (the data port when an API has upstreams) as soon as a
+  // request's headers are complete, before its body is read; request.body is empty.
+  //   kNeedBody: the worker reads the whole body (up to the listener's body limit) and calls
+  //              handle() as for any request (the default: key in the body, a cache miss, ...);
+  //   kForward:  ctx.forward is set; the worker forwards the request, streaming its body (up to
+  //              Limits::proxy_body_bytes_max) without buffering it whole;
+  //   kDone:     a complete response was written (a rejection); if the request has a body the
+  //              worker closes the connection after the response instead of reading it.
+  // Never kPending. handle()/resume() may also return kForward (the body is then forwarded
+  // from memory).
+  virtual Result handle_head(const HttpRequest& request, ResponseWriter& response,
+                             RequestContext& ctx) noexcept {
+    (void)request;
+    (void)response;
+    (void)ctx;
+    return Result::kNeedBody;
   }
   // The connection of a deferred request closed; its ticket was posted (so no other thread
   // still uses ctx.state). Free any per-request state.

@@ -34,6 +34,17 @@ struct Limits {
   // After the last response on a closing connection: how long unread input is drained before
   // the socket is closed (so the client sees the response rather than a reset).
   uint32_t linger_timeout_ms = 2000;
+  // Request body forwarded (streamed) to an upstream: 413 above it (before reading the body
+  // when Content-Length says so).
+  uint64_t proxy_body_bytes_max = 1024ull * 1024 * 1024;
+  // Upstream response header section: 502 above it.
+  uint32_t upstream_header_bytes_max = 64 * 1024;
+  // Idle keep-alive connections kept per upstream server per worker; more are closed.
+  uint32_t upstream_idle_connections_max = 64;
+  // An idle upstream keep-alive connection older than this is closed.
+  uint32_t upstream_idle_timeout_ms = 30000;
+  // After a connect failure an upstream server is skipped for this long (503 when all are).
+  uint32_t upstream_fail_timeout_ms = 10000;
   // On SIGTERM/SIGINT: how long in-flight requests may take before the process exits anyway.
   uint32_t drain_timeout_ms = 10000;
 };

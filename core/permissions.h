@@ -19,6 +19,11 @@ constexpr std::string_view kAdminApi = "admin";
 struct ApiConfig {
   std::string name;                 // unique; "admin" is reserved for the built-in admin API
   std::vector<std::string> routes;  // path prefixes, each starting with '/'
+  // "host:port" (IPv4 literal) of the API's servers, tried round robin; empty: auth-check mode
+  // (keygate answers allowed requests itself).
+  std::vector<std::string> upstreams;
+  uint32_t connect_timeout_ms = 1000;    // TCP connect to one upstream: 504 after it
+  uint32_t response_timeout_ms = 30000;  // request sent until response headers: 504 after it
 };
 
 // Segment-aware prefix match: "/orders" matches "/orders", "/orders/", "/orders/7" but not
