@@ -1,0 +1,729 @@
+#include "storage/access_log.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "storage/data_dir.h"
+#include "storage/log_line.h"
+
+namespace keygate::storage {
+namespace {
+
+constexpr std::string_view kSegmentPrefix = "access-";
+constexpr std::string_view kSegmentSuffix = ".jsonl";
+constexpr size_t kSeqDigits = 20;
+// Reads of segment files (recovery and queries) go in chunks of this size.
+constexpr size_t kReadChunkBytes = 1 << 20;
+
+struct SegmentName {
+  uint64_t first_seq = 0;
+  std::string name;
+};
+
+std::string segment_name(uint64_t first_seq) {
+  char digits[kSeqDigits + 1];
+  std::snprintf(digits, sizeof(digits), "%020llu", static_cast<unsigned long long>(first_seq));
+  return std::string(kSegmentPrefix) + digits + std::string(kSegmentSuffix);
+}
+
+bool parse_segment_name(std::string_view name, uint64_t* first_seq) {
+  if (name.size() != kSegmentPrefix.size() + kSeqDigits + kSegmentSuffix.size() ||
+      !name.starts_with(kSegmentPrefix) || !name.ends_with(kSegmentSuffix)) {
+    return false;
+  }
+  const std::string_view digits = name.substr(kSegmentPrefix.size(), kSeqDigits);
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return false;
+  }
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), *first_seq);
+  return ec == std::errc() && end == digits.data() + digits.size();
+}
+
+std::string errno_text(std::string_view what, const std::string& path, int err) {
+  return "access log: " + std::string(what) + " " + path + ": " + std::strerror(err);
+}
+
+// Segments in `dir`, oldest first.
+bool list_segments(const std::string& dir, std::vector<SegmentName>* out, std::string* error) {
+  out->clear();
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) {
+    *error = errno_text("cannot list", dir, errno);
+    return false;
+  }
+  while (const dirent* entry = ::readdir(d)) {
+    SegmentName segment;
+    if (parse_segment_name(entry->d_name, &segment.first_seq)) {
+      segment.name = entry->d_name;
+      out->push_back(std::move(segment));
+    }
+  }
+  ::closedir(d);
+  std::sort(out->begin(), out->end(),
+            [](const SegmentName& a, const SegmentName& b) { return a.first_seq < b.first_seq; });
+  return true;
+}
+
+bool pread_full(int fd, char* out, size_t bytes, uint64_t offset) {
+  while (bytes > 0) {
+    const ssize_t n = ::pread(fd, out, bytes, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;  // the file shrank under us
+      return false;
+    }
+    out += n;
+    bytes -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return true;
+}
+
+// Reads a file's lines from its end backwards, in chunks; the bytes after the last '\n' (a
+// line still being written, or torn) are never returned.
+class BackwardLines {
+ public:
+  BackwardLines(int fd, uint64_t size) : fd_(fd), buf_start_(size), end_(size) {}
+
+  // The previous complete line (without '\n') and its offset, or false at the start of the
+  // file (then *ok says whether reading failed).
+  bool next(std::string_view* line, uint64_t* offset, bool* ok) {
+    *ok = true;
+    if (!started_) {
+      started_ = true;
+      int64_t last_newline;
+      if (!find_newline_before(end_, &last_newline)) return *ok = false;
+      if (last_newline < 0) return false;
+      end_ = static_cast<uint64_t>(last_newline);
+    }
+    if (done_) return false;
+    int64_t newline;
+    if (!find_newline_before(end_, &newline)) return *ok = false;
+    const uint64_t start = static_cast<uint64_t>(newline + 1);
+    *line = std::string_view(buf_).substr(start - buf_start_, end_ - start);
+    *offset = start;
+    if (newline < 0) {
+      done_ = true;
+    } else {
+      end_ = static_cast<uint64_t>(newline);
+    }
+    return true;
+  }
+
+ private:
+  // The offset of the last '\n' before `end` (-1 if none). buf_ keeps [buf_start_, end).
+  bool find_newline_before(uint64_t end, int64_t* out) {
+    uint64_t search_end = end;
+    for (;;) {
+      const size_t p = std::string_view(buf_.data(), search_end - buf_start_).rfind('\n');
+      if (p != std::string_view::npos) {
+        *out = static_cast<int64_t>(buf_start_ + p);
+        return true;
+      }
+      if (buf_start_ == 0) {
+        *out = -1;
+        return true;
+      }
+      const uint64_t new_start = buf_start_ - std::min<uint64_t>(kReadChunkBytes, buf_start_);
+      std::string more(buf_start_ - new_start, '\0');
+      if (!pread_full(fd_, more.data(), more.size(), new_start)) return false;
+      more.append(buf_, 0, end - buf_start_);
+      buf_.swap(more);
+      search_end = buf_start_;
+      buf_start_ = new_start;
+    }
+  }
+
+  const int fd_;
+  std::string buf_;  // file bytes from buf_start_
+  uint64_t buf_start_;
+  uint64_t end_;  // the unread region is [0, end_)
+  bool started_ = false;
+  bool done_ = false;
+};
+
+// Calls on_line(line) for each complete line of [0, size) in order until it returns false.
+template <typename F>
+bool for_each_line_forward(int fd, uint64_t size, F&& on_line) {
+  std::string buf;
+  uint64_t pos = 0;
+  while (pos < size) {
+    const size_t carried = buf.size();
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(kReadChunkBytes, size - pos));
+    buf.resize(carried + chunk);
+    if (!pread_full(fd, buf.data() + carried, chunk, pos)) return false;
+    pos += chunk;
+    size_t start = 0;
+    for (;;) {
+      const size_t newline = buf.find('\n', start);
+      if (newline == std::string::npos) break;
+      if (!on_line(std::string_view(buf).substr(start, newline - start))) return true;
+      start = newline + 1;
+    }
+    buf.erase(0, start);
+  }
+  return true;
+}
+
+int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+struct AccessLog::Impl {
+  struct Segment {
+    uint64_t first_seq = 0;
+    uint64_t bytes = 0;
+  };
+  // Where the buffer must switch to a new segment: before the line at `offset`.
+  struct Cut {
+    size_t offset = 0;
+    uint64_t first_seq = 0;
+  };
+
+  AccessLogOptions options;
+  std::vector<std::unique_ptr<LogRing>>* rings = nullptr;
+  int dir_fd = -1;  // locked with flock for our lifetime
+
+  // Writer thread only (and open() before it starts).
+  int active_fd = -1;
+  Segment active;
+  std::vector<Segment> closed;  // oldest first
+  uint64_t next_seq = 1;
+  std::string buffer;  // drained lines not yet (fully) written
+  std::vector<Cut> cuts;
+  size_t next_cut = 0;
+  size_t write_pos = 0;
+  uint64_t buffer_records = 0;
+  uint64_t buffer_markers = 0;
+  bool planned_segment = false;  // a segment exists or is planned for the next line
+  uint64_t planned_bytes = 0;    // of that segment, counting the unwritten buffer
+
+  std::mutex mutex;
+  std::condition_variable wake;     // the writer waits here
+  std::condition_variable flushed;  // flush() waits here
+  bool stopping = false;            // mutex
+  uint64_t flush_requested = 0;     // mutex
+  uint64_t flush_done = 0;          // mutex
+  bool last_write_ok = true;        // mutex
+
+  std::atomic<uint64_t> written{0};
+  std::atomic<uint64_t> lost{0};
+  std::atomic<uint64_t> markers_written{0};
+  std::atomic<uint64_t> write_errors{0};
+  std::atomic<uint64_t> next_seq_public{1};
+  std::atomic<int64_t> delay_ms{0};
+  uint64_t torn_bytes_cut = 0;  // set by open()
+
+  std::thread thread;
+
+  ~Impl() {
+    if (active_fd >= 0) ::close(active_fd);
+    if (dir_fd >= 0) ::close(dir_fd);
+  }
+
+  bool recover(std::string* error);
+  void enforce_retention();
+  void run();
+  bool pass(bool stopping_now);
+  void gather();
+  void plan_line(size_t line_bytes, uint64_t seq);
+  void emit_record(std::string_view a, std::string_view b);
+  void emit_marker(unsigned worker, uint64_t count);
+  bool write_buffer();
+  bool switch_segment(uint64_t first_seq);
+  void close_active();
+};
+
+bool AccessLog::Impl::recover(std::string* error) {
+  std::vector<SegmentName> segments;
+  if (!list_segments(options.dir, &segments, error)) return false;
+  for (size_t i = 0; i + 1 < segments.size(); ++i) {
+    struct stat st;
+    if (::fstatat(dir_fd, segments[i].name.c_str(), &st, 0) != 0) {
+      *error = errno_text("cannot stat", segments[i].name, errno);
+      return false;
+    }
+    closed.push_back({segments[i].first_seq, static_cast<uint64_t>(st.st_size)});
+  }
+  if (segments.empty()) {
+    next_seq = 1;
+    return true;
+  }
+  const SegmentName& newest = segments.back();
+  const int fd = ::openat(dir_fd, newest.name.c_str(), O_RDWR | O_APPEND | O_CLOEXEC);
+  if (fd < 0) {
+    *error = errno_text("cannot open", newest.name, errno);
+    return false;
+  }
+  active_fd = fd;
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    *error = errno_text("cannot stat", newest.name, errno);
+    return false;
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  // The last line that is a complete record; everything after it is a torn write.
+  uint64_t valid_end = 0;
+  uint64_t last_seq = 0;
+  bool found = false;
+  BackwardLines lines(fd, size);
+  std::string_view line;
+  uint64_t offset = 0;
+  bool ok = true;
+  while (lines.next(&line, &offset, &ok)) {
+    uint64_t seq;
+    if (line_seq(line, &seq) && is_complete_object(line)) {
+      valid_end = offset + line.size() + 1;
+      last_seq = seq;
+      found = true;
+      break;
+    }
+  }
+  if (!ok) {
+    *error = errno_text("cannot read", newest.name, errno);
+    return false;
+  }
+  if (valid_end < size) {
+    if (::ftruncate(fd, static_cast<off_t>(valid_end)) != 0 || ::fdatasync(fd) != 0) {
+      *error = errno_text("cannot cut the torn tail of", newest.name, errno);
+      return false;
+    }
+    torn_bytes_cut = size - valid_end;
+  }
+  active = {newest.first_seq, valid_end};
+  planned_segment = true;
+  planned_bytes = valid_end;
+  next_seq = found ? std::max(last_seq + 1, newest.first_seq) : newest.first_seq;
+  if (next_seq == 0) next_seq = 1;
+  enforce_retention();
+  return true;
+}
+
+void AccessLog::Impl::enforce_retention() {
+  uint64_t total = active.bytes;
+  for (const Segment& s : closed) total += s.bytes;
+  size_t removed = 0;
+  while (removed < closed.size() && total > options.retention_bytes) {
+    const std::string name = segment_name(closed[removed].first_seq);
+    // A failed unlink leaves the file behind; it is no longer tracked and open() retries it.
+    if (::unlinkat(dir_fd, name.c_str(), 0) != 0) {
+      write_errors.fetch_add(1, std::memory_order_relaxed);
+    }
+    total -= closed[removed].bytes;
+    ++removed;
+  }
+  closed.erase(closed.begin(), closed.begin() + static_cast<ptrdiff_t>(removed));
+}
+
+void AccessLog::Impl::run() {
+  std::unique_lock lock(mutex);
+  for (;;) {
+    wake.wait_for(lock, std::chrono::milliseconds(options.flush_interval_ms),
+                  [&] { return stopping || flush_requested != flush_done; });
+    const bool stopping_now = stopping;
+    const uint64_t flush_target = flush_requested;
+    lock.unlock();
+    const int64_t delay = delay_ms.load(std::memory_order_relaxed);
+    if (delay > 0 && !stopping_now) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    const bool ok = pass(stopping_now);
+    lock.lock();
+    last_write_ok = ok;
+    flush_done = flush_target;
+    flushed.notify_all();
+    if (stopping_now) return;
+  }
+}
+
+// One drain-and-write pass. While an earlier buffer could not be written, nothing more is
+// drained (the rings fill and drop, which is counted) except at shutdown.
+bool AccessLog::Impl::pass(bool stopping_now) {
+  if (write_pos < buffer.size() && !write_buffer() && !stopping_now) return false;
+  gather();
+  bool ok = write_buffer();
+  if (stopping_now) {
+    if (!ok) {
+      std::fprintf(stderr, "keygate: access log: %llu records could not be written at shutdown\n",
+                   static_cast<unsigned long long>(buffer_records));
+      lost.fetch_add(buffer_records, std::memory_order_relaxed);
+    }
+    close_active();
+  }
+  return ok;
+}
+
+void AccessLog::Impl::gather() {
+  if (write_pos == buffer.size()) {
+    buffer.clear();
+    cuts.clear();
+    next_cut = 0;
+    write_pos = 0;
+  }
+  for (size_t w = 0; w < rings->size(); ++w) {
+    LogRing& ring = *(*rings)[w];
+    // Producers keep appending meanwhile; at shutdown they have stopped, and one drain per
+    // ring takes everything. Otherwise one drain bounds the pass by the ring's capacity.
+    ring.drain([&](std::string_view a, std::string_view b, uint32_t drops_before) {
+      if (drops_before > 0) emit_marker(static_cast<unsigned>(w), drops_before);
+      emit_record(a, b);
+    });
+    const uint64_t trailing = ring.take_pending_drops();
+    if (trailing > 0) emit_marker(static_cast<unsigned>(w), trailing);
+  }
+  next_seq_public.store(next_seq, std::memory_order_relaxed);
+}
+
+void AccessLog::Impl::plan_line(size_t line_bytes, uint64_t seq) {
+  if (!planned_segment ||
+      (planned_bytes > 0 && planned_bytes + line_bytes > options.segment_bytes_max)) {
+    cuts.push_back({buffer.size(), seq});
+    planned_segment = true;
+    planned_bytes = 0;
+  }
+  planned_bytes += line_bytes;
+}
+
+void AccessLog::Impl::emit_record(std::string_view a, std::string_view b) {
+  // The payload is a + b and starts with '{' (checked by append()).
+  a.remove_prefix(1);
+  // "{}" becomes {"seq":N}; anything else gets a comma after the seq member.
+  bool empty_object = false;
+  for (std::string_view part : {a, b}) {
+    const size_t p = part.find_first_not_of(" \t\r\n");
+    if (p != std::string_view::npos) {
+      empty_object = part[p] == '}';
+      break;
+    }
+  }
+  const uint64_t seq = next_seq++;
+  char digits[24];
+  const auto [digits_end, ec] = std::to_chars(digits, digits + sizeof(digits), seq);
+  const std::string_view seq_text(digits, static_cast<size_t>(digits_end - digits));
+  constexpr std::string_view kSeqMember = "{\"seq\":";
+  const size_t line_bytes =
+      kSeqMember.size() + seq_text.size() + (empty_object ? 0 : 1) + a.size() + b.size() + 1;
+  plan_line(line_bytes, seq);
+  buffer.append(kSeqMember);
+  buffer.append(seq_text);
+  if (!empty_object) buffer.push_back(',');
+  const size_t body = buffer.size();
+  buffer.append(a);
+  buffer.append(b);
+  // A raw newline can only be whitespace between tokens (strings must escape it); as a space
+  // it keeps both the JSON and the one-record-per-line framing.
+  for (size_t p = buffer.find('\n', body); p != std::string::npos; p = buffer.find('\n', p + 1)) {
+    buffer[p] = ' ';
+  }
+  buffer.push_back('\n');
+  ++buffer_records;
+}
+
+void AccessLog::Impl::emit_marker(unsigned worker, uint64_t count) {
+  const uint64_t from = next_seq;
+  const uint64_t to = from + count - 1;
+  const uint64_t seq = to + 1;
+  next_seq = seq + 1;
+  char line[256];
+  const int n =
+      std::snprintf(line, sizeof(line),
+                    "{\"seq\":%llu,\"type\":\"dropped\",\"worker\":%u,\"count\":%llu,"
+                    "\"dropped_from_seq\":%llu,\"dropped_to_seq\":%llu,\"time_us\":%lld}\n",
+                    static_cast<unsigned long long>(seq), worker,
+                    static_cast<unsigned long long>(count), static_cast<unsigned long long>(from),
+                    static_cast<unsigned long long>(to), static_cast<long long>(now_us()));
+  KEYGATE_ASSERT(n > 0 && static_cast<size_t>(n) < sizeof(line));
+  plan_line(static_cast<size_t>(n), seq);
+  buffer.append(line, static_cast<size_t>(n));
+  ++buffer_markers;
+}
+
+bool AccessLog::Impl::write_buffer() {
+  while (write_pos < buffer.size()) {
+    if (next_cut < cuts.size() && cuts[next_cut].offset == write_pos) {
+      if (!switch_segment(cuts[next_cut].first_seq)) return false;
+      ++next_cut;
+      continue;
+    }
+    const size_t end = next_cut < cuts.size() ? cuts[next_cut].offset : buffer.size();
+    const ssize_t n = ::write(active_fd, buffer.data() + write_pos, end - write_pos);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      write_errors.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    write_pos += static_cast<size_t>(n);
+    active.bytes += static_cast<uint64_t>(n);
+  }
+  if (buffer_records > 0 || buffer_markers > 0) {
+    written.fetch_add(buffer_records, std::memory_order_release);
+    markers_written.fetch_add(buffer_markers, std::memory_order_relaxed);
+    buffer_records = 0;
+    buffer_markers = 0;
+  }
+  return true;
+}
+
+void AccessLog::Impl::close_active() {
+  if (active_fd < 0) return;
+  // fsync errors are not retried: after a failed fdatasync Linux may have dropped the dirty
+  // pages, so a retry would report success for data that is gone. Counted instead.
+  if (::fdatasync(active_fd) != 0) write_errors.fetch_add(1, std::memory_order_relaxed);
+  ::close(active_fd);
+  active_fd = -1;
+}
+
+bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
+  if (active_fd >= 0) {
+    close_active();
+    closed.push_back(active);
+    active = {};
+  }
+  const std::string name = segment_name(first_seq);
+  const int fd =
+      ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    write_errors.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  active_fd = fd;
+  active = {first_seq, 0};
+  // The new name must survive a crash once its records are synced.
+  if (::fsync(dir_fd) != 0) write_errors.fetch_add(1, std::memory_order_relaxed);
+  enforce_retention();
+  return true;
+}
+
+AccessLog::AccessLog(unsigned workers, size_t ring_bytes, std::unique_ptr<Impl> impl)
+    : workers_(workers), impl_(std::move(impl)) {
+  rings_.reserve(workers);
+  for (unsigned w = 0; w < workers; ++w) rings_.push_back(std::make_unique<LogRing>(ring_bytes));
+  impl_->rings = &rings_;
+}
+
+std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsigned workers,
+                                           std::string* error) {
+  if (workers == 0) {
+    *error = "access log: at least one worker is needed";
+    return nullptr;
+  }
+  if (options.ring_bytes_per_worker < LogRing::kCapacityBytesMin) {
+    *error = "access log: ring_bytes_per_worker must be at least 64";
+    return nullptr;
+  }
+  if (options.segment_bytes_max == 0 || options.flush_interval_ms == 0) {
+    *error = "access log: segment_bytes_max and flush_interval_ms must be positive";
+    return nullptr;
+  }
+  if (!make_directories(options.dir, error)) return nullptr;
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->dir_fd = ::open(options.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (impl->dir_fd < 0) {
+    *error = errno_text("cannot open", options.dir, errno);
+    return nullptr;
+  }
+  if (::flock(impl->dir_fd, LOCK_EX | LOCK_NB) != 0) {
+    *error = errno == EWOULDBLOCK ? "access log: " + options.dir + " is in use by another log"
+                                  : errno_text("cannot lock", options.dir, errno);
+    return nullptr;
+  }
+  if (!impl->recover(error)) return nullptr;
+  impl->next_seq_public.store(impl->next_seq, std::memory_order_relaxed);
+  size_t total_ring_bytes = 0;
+  std::unique_ptr<AccessLog> log(
+      new AccessLog(workers, options.ring_bytes_per_worker, std::move(impl)));
+  for (const auto& ring : log->rings_) total_ring_bytes += ring->capacity();
+  // Lines are a little longer than ring records (the seq member; markers): some slack.
+  log->impl_->buffer.reserve(total_ring_bytes + total_ring_bytes / 4 + 4096);
+  Impl* raw = log->impl_.get();
+  raw->thread = std::thread([raw] { raw->run(); });
+  return log;
+}
+
+AccessLog::~AccessLog() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  impl_->thread.join();
+}
+
+AccessLogStats AccessLog::stats() const {
+  AccessLogStats s;
+  // Writer counters first: a record is counted written only after it was pushed, so reading
+  // the producers' counters afterwards never makes queued negative.
+  s.written = impl_->written.load(std::memory_order_acquire);
+  const uint64_t lost = impl_->lost.load(std::memory_order_acquire);
+  s.markers_written = impl_->markers_written.load(std::memory_order_relaxed);
+  s.write_errors = impl_->write_errors.load(std::memory_order_relaxed);
+  s.next_seq = impl_->next_seq_public.load(std::memory_order_relaxed);
+  s.torn_bytes_cut = impl_->torn_bytes_cut;
+  uint64_t pushed = 0;
+  for (const auto& ring : rings_) {
+    pushed += ring->pushed();
+    s.dropped += ring->dropped();
+  }
+  s.enqueued = pushed + s.dropped;
+  s.dropped += lost;
+  s.queued = pushed - s.written - lost;
+  return s;
+}
+
+void AccessLog::set_writer_delay_for_testing(std::chrono::milliseconds delay) {
+  impl_->delay_ms.store(delay.count(), std::memory_order_relaxed);
+}
+
+bool AccessLog::flush() {
+  std::unique_lock lock(impl_->mutex);
+  const uint64_t target = ++impl_->flush_requested;
+  impl_->wake.notify_all();
+  impl_->flushed.wait(lock, [&] { return impl_->flush_done >= target || impl_->stopping; });
+  return impl_->last_write_ok;
+}
+
+namespace {
+
+struct Matcher {
+  const AccessLog::Query& query;
+
+  bool matches(std::string_view line) const {
+    if (!query.key_id.empty()) {
+      const auto raw = find_root_member(line, "key_id");
+      if (!raw || !json_string_equals(*raw, query.key_id)) return false;
+    }
+    if (query.status != 0) {
+      const auto raw = find_root_member(line, "status");
+      int64_t status;
+      if (!raw || !parse_json_int(*raw, &status) || status != query.status) return false;
+    }
+    if (query.since_us != 0 || query.until_us != 0) {
+      const auto raw = find_root_member(line, "time_us");
+      int64_t time_us;
+      if (!raw || !parse_json_int(*raw, &time_us)) return false;
+      if (query.since_us != 0 && time_us < query.since_us) return false;
+      if (query.until_us != 0 && time_us >= query.until_us) return false;
+    }
+    return true;
+  }
+};
+
+// Opens a segment for reading; false with *gone when retention deleted it meanwhile.
+bool open_segment(int dir_fd, const std::string& name, int* fd, uint64_t* size, bool* gone) {
+  *gone = false;
+  *fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
+  if (*fd < 0) {
+    *gone = errno == ENOENT;
+    return false;
+  }
+  struct stat st;
+  if (::fstat(*fd, &st) != 0) {
+    ::close(*fd);
+    return false;
+  }
+  *size = static_cast<uint64_t>(st.st_size);
+  return true;
+}
+
+}  // namespace
+
+bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) const {
+  result->records.clear();
+  result->next_cursor = 0;
+  const uint32_t limit = q.limit == 0 || q.limit > kQueryLimitMax ? kQueryLimitMax : q.limit;
+  std::vector<SegmentName> segments;
+  if (!list_segments(impl_->options.dir, &segments, error)) return false;
+  const Matcher matcher{q};
+  uint64_t scanned_bytes = 0;
+
+  if (q.after_seq > 0) {
+    // Follow: oldest first. Segment i holds [first_i, first_{i+1}); skip those entirely <=.
+    result->next_cursor = q.after_seq;
+    size_t first = 0;
+    while (first + 1 < segments.size() && segments[first + 1].first_seq <= q.after_seq + 1) {
+      ++first;
+    }
+    for (size_t i = first; i < segments.size(); ++i) {
+      int fd;
+      uint64_t size;
+      bool gone;
+      if (!open_segment(impl_->dir_fd, segments[i].name, &fd, &size, &gone)) {
+        if (gone) continue;
+        *error = errno_text("cannot open", segments[i].name, errno);
+        return false;
+      }
+      bool stop = false;
+      const bool ok = for_each_line_forward(fd, size, [&](std::string_view line) {
+        uint64_t seq;
+        if (!line_seq(line, &seq) || seq <= q.after_seq) return true;
+        scanned_bytes += line.size() + 1;
+        result->next_cursor = std::max(result->next_cursor, seq);
+        if (matcher.matches(line)) result->records.emplace_back(line);
+        stop = result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max;
+        return !stop;
+      });
+      const int read_errno = errno;
+      ::close(fd);
+      if (!ok) {
+        *error = errno_text("cannot read", segments[i].name, read_errno);
+        return false;
+      }
+      if (stop) break;
+    }
+    return true;
+  }
+
+  // Newest first.
+  for (size_t i = segments.size(); i-- > 0;) {
+    if (q.before_seq != 0 && segments[i].first_seq >= q.before_seq) continue;
+    int fd;
+    uint64_t size;
+    bool gone;
+    if (!open_segment(impl_->dir_fd, segments[i].name, &fd, &size, &gone)) {
+      if (gone) continue;
+      *error = errno_text("cannot open", segments[i].name, errno);
+      return false;
+    }
+    BackwardLines lines(fd, size);
+    std::string_view line;
+    uint64_t offset;
+    bool ok = true;
+    bool stop = false;
+    while (!stop && lines.next(&line, &offset, &ok)) {
+      uint64_t seq;
+      if (!line_seq(line, &seq) || (q.before_seq != 0 && seq >= q.before_seq)) continue;
+      scanned_bytes += line.size() + 1;
+      if (matcher.matches(line)) result->records.emplace_back(line);
+      if (result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max) {
+        result->next_cursor = seq;
+        stop = true;
+      }
+    }
+    const int read_errno = errno;
+    ::close(fd);
+    if (!ok) {
+      *error = errno_text("cannot read", segments[i].name, read_errno);
+      return false;
+    }
+    if (stop) break;
+  }
+  return true;
+}
+
+}  // namespace keygate::storage

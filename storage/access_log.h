@@ -1,0 +1,149 @@
+// AccessLog: the access log's storage side. Workers hand over finished records without ever
+// touching a file; one writer thread appends them to size-rotated JSON Lines segment files,
+// and queries read those files back.
+//
+// Threading: append(worker, ...) is called only by the thread that owns `worker` (each worker
+// has its own LogRing, a bounded lock-free single-producer single-consumer buffer; see
+// storage/log_ring.h). It is wait-free: no lock, no allocation, no syscall, and it never
+// notifies the writer. The writer thread wakes every flush_interval_ms (or on flush() or
+// shutdown), drains every ring into one buffer, assigns sequence numbers and writes the buffer
+// with as few write() calls as possible (one per segment touched). stats(), flush() and
+// query() are thread-safe and may block; call them off the event loop.
+//
+// Full buffer: append() drops the record and counts it (stats().dropped). The writer reserves
+// sequence numbers for the dropped records and writes a marker line in their place in that
+// worker's stream:
+//   {"seq":M,"type":"dropped","worker":W,"count":C,"dropped_from_seq":A,"dropped_to_seq":B,
+//    "time_us":T}
+// with B - A + 1 == C and M == B + 1, so every gap in the written seqs is explained. A ring
+// must hold flush_interval_ms worth of a worker's records (4 MiB / 20 ms = 200 MB/s).
+//
+// On disk: <dir>/access-<first seq, 20 digits>.jsonl; each line is the producer's record with
+// `"seq":N` inserted as its first member. Seqs increase by one across records, markers and
+// reserved ranges, and continue after a restart (a seq whose line never reached the file, e.g.
+// lost to kill -9, may be handed out again; a written one never is). A segment is rotated
+// before it would exceed segment_bytes_max (a record larger than that gets a segment of its
+// own); at each rotation and at open() the oldest closed segments are deleted while the total
+// exceeds retention_bytes, so the total stays below retention_bytes + segment_bytes_max.
+//
+// Durability: a segment is fdatasync'ed when it is rotated away from and at shutdown; records
+// are otherwise written with plain write() each pass. A kill -9 loses what was still in the
+// rings or the writer's buffer (up to one flush interval of traffic); a power loss may lose
+// the unsynced part of the active segment. A torn last line is cut off at the next open().
+// Write errors (disk full) are retried each pass without draining more, so the rings fill and
+// further records are dropped and counted (with markers once writing works again). Records
+// that still cannot be written at shutdown are counted as dropped (no marker).
+//
+// One AccessLog per directory: open() takes an flock on the directory.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/assert.h"
+#include "storage/log_ring.h"
+
+namespace keygate::storage {
+
+struct AccessLogOptions {
+  std::string dir;                         // created (with parents) if missing
+  size_t ring_bytes_per_worker = 4 << 20;  // per-worker buffer, rounded down to a power of two
+  uint64_t segment_bytes_max = 64 << 20;   // rotate before a segment would exceed this
+  uint64_t retention_bytes = 1ull << 30;   // delete the oldest closed segments beyond this
+  uint32_t flush_interval_ms = 20;         // the writer wakes at least this often
+};
+
+// A snapshot; exact whenever no append() is in progress and the writer is idle (e.g. after
+// flush() with producers stopped), and always enqueued == written + dropped + queued.
+struct AccessLogStats {
+  uint64_t enqueued = 0;         // append() calls
+  uint64_t written = 0;          // producer records written to a segment (markers excluded)
+  uint64_t dropped = 0;          // refused by a full buffer (+ lost to write errors at close)
+  uint64_t queued = 0;           // accepted, not yet written
+  uint64_t markers_written = 0;  // "dropped" marker lines written
+  uint64_t write_errors = 0;     // failed open/write/fdatasync calls (each retried)
+  uint64_t next_seq = 0;         // the seq the next line will get
+  uint64_t torn_bytes_cut = 0;   // cut from the newest segment's tail by open()
+};
+
+class AccessLog {
+ public:
+  static constexpr uint32_t kQueryLimitMax = 10000;
+
+  // Creates `options.dir` if needed, locks it, recovers the newest segment (cuts a torn last
+  // line; the next seq follows the last complete line, or the segment's name when it is
+  // empty), applies retention, allocates one ring per worker and starts the writer thread.
+  // Blocks on the filesystem; call at start-up. Returns null with one line in `error` on bad
+  // options or an unusable directory.
+  static std::unique_ptr<AccessLog> open(const AccessLogOptions& options, unsigned workers,
+                                         std::string* error);
+  // Stops the writer after it has drained and written everything queued, fdatasync'ed the
+  // active segment and closed it. Every append() must have returned before.
+  ~AccessLog();
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  // Worker `worker`'s thread only. `record` is one JSON object text, starting with '{' (a raw
+  // newline in it, only possible as whitespace between tokens, is written as a space). Copies
+  // it into the worker's buffer and returns true, or returns false and counts it dropped when
+  // the buffer is full (or the record can never fit). Wait-free; no lock, allocation or
+  // syscall; never blocks.
+  bool append(unsigned worker, std::string_view record) noexcept {
+    KEYGATE_ASSERT(worker < workers_);
+    KEYGATE_ASSERT(!record.empty() && record.front() == '{');
+    return rings_[worker]->try_push(record);
+  }
+
+  AccessLogStats stats() const;
+
+  // Testing/ops: the writer sleeps this long before each drain pass (not at shutdown).
+  void set_writer_delay_for_testing(std::chrono::milliseconds delay);
+
+  // Blocks until everything appended before the call (that happens-before it) is written to
+  // its segment (write() returned; not fdatasync'ed). False when writing failed (the records
+  // stay queued and are retried).
+  bool flush();
+
+  struct Query {
+    std::string key_id;    // "" = any; else the record's "key_id" must be this string
+    int status = 0;        // 0 = any; else the record's "status" must equal it
+    int64_t since_us = 0;  // 0 = unbounded; else "time_us" >= since_us
+    int64_t until_us = 0;  // 0 = unbounded; else "time_us" < until_us
+    uint32_t limit = 100;  // records returned at most; 0 or above kQueryLimitMax = kQueryLimitMax
+    // Newest-first mode (after_seq == 0): only seq < before_seq (0 = from the newest).
+    uint64_t before_seq = 0;
+    // Follow mode (after_seq > 0): only seq > after_seq, oldest first. before_seq is ignored.
+    uint64_t after_seq = 0;
+    // Bytes of lines examined at most; the scan stops there and returns a cursor to resume.
+    uint64_t scan_bytes_max = 256ull << 20;
+  };
+  struct QueryResult {
+    std::vector<std::string> records;  // full lines without the newline, in scan order
+    // Newest-first: pass as before_seq to continue (seq of the last line examined); 0 when the
+    // scan reached the oldest record. Follow: pass as after_seq next time (the newest seq
+    // examined, or the request's after_seq when nothing newer exists yet); never 0 in follow.
+    uint64_t next_cursor = 0;
+  };
+  // Scans the segment files (not the records still queued: flush() first for fresh data).
+  // Marker lines match only queries without key_id and status filters. Thread-safe w.r.t. the
+  // writer: a line still being written is ignored, a segment deleted by retention mid-query is
+  // skipped. Blocks on file reads; allocates. False with `error` when a segment cannot be
+  // listed or read.
+  bool query(const Query& query, QueryResult* result, std::string* error) const;
+
+ private:
+  struct Impl;
+  AccessLog(unsigned workers, size_t ring_bytes, std::unique_ptr<Impl> impl);
+
+  const unsigned workers_;
+  std::vector<std::unique_ptr<LogRing>> rings_;  // one per worker; fixed after open()
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace keygate::storage

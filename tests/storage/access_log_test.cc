@@ -1,0 +1,588 @@
+#include "storage/access_log.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "storage/log_line.h"
+#include "storage/log_ring.h"
+#include "tests/storage/temp_dir.h"
+
+namespace keygate::storage {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::TempDir;
+
+// ---- helpers ------------------------------------------------------------------------------
+
+std::string record(unsigned worker, uint64_t i, std::string_view key_id = "k1", int status = 200,
+                   int64_t time_us = 1'700'000'000'000'000) {
+  return "{\"time_us\":" + std::to_string(time_us) + ",\"key_id\":\"" + std::string(key_id) +
+         "\",\"status\":" + std::to_string(status) + ",\"w\":" + std::to_string(worker) +
+         ",\"i\":" + std::to_string(i) + "}";
+}
+
+std::vector<std::string> segment_paths(const std::string& dir) {
+  std::vector<std::string> paths;
+  for (const std::string& path : testing::list_files(dir)) {
+    if (path.ends_with(".jsonl")) paths.push_back(path);
+  }
+  std::sort(paths.begin(), paths.end());  // zero-padded names: text order is seq order
+  return paths;
+}
+
+// Every line of every segment, oldest first; each must end with '\n'.
+std::vector<std::string> all_lines(const std::string& dir) {
+  std::vector<std::string> lines;
+  for (const std::string& path : segment_paths(dir)) {
+    const std::string content = testing::read_file(path);
+    EXPECT_TRUE(content.empty() || content.back() == '\n') << path;
+    size_t start = 0;
+    for (size_t nl = content.find('\n'); nl != std::string::npos; nl = content.find('\n', start)) {
+      lines.push_back(content.substr(start, nl - start));
+      start = nl + 1;
+    }
+  }
+  return lines;
+}
+
+uint64_t seq_of(std::string_view line) {
+  uint64_t seq = 0;
+  EXPECT_TRUE(line_seq(line, &seq)) << line;
+  return seq;
+}
+
+int64_t int_member(std::string_view line, std::string_view name) {
+  const auto raw = find_root_member(line, name);
+  int64_t value = -1;
+  EXPECT_TRUE(raw && parse_json_int(*raw, &value)) << name << " in " << line;
+  return value;
+}
+
+bool is_marker(std::string_view line) {
+  const auto type = find_root_member(line, "type");
+  return type && json_string_equals(*type, "dropped");
+}
+
+std::unique_ptr<AccessLog> open_log(const AccessLogOptions& options, unsigned workers = 1) {
+  std::string error;
+  auto log = AccessLog::open(options, workers, &error);
+  EXPECT_NE(log, nullptr) << error;
+  return log;
+}
+
+// ---- LogRing ------------------------------------------------------------------------------
+
+TEST(LogRing, RecordsDrainInOrderAcrossTheWrapAround) {
+  LogRing ring(64);
+  std::vector<std::string> seen;
+  auto drain = [&] {
+    ring.drain([&](std::string_view a, std::string_view b, uint32_t drops) {
+      EXPECT_EQ(drops, 0u);
+      seen.push_back(std::string(a) + std::string(b));
+    });
+  };
+  for (int i = 0; i < 50; ++i) {
+    // 8 + 24 bytes each: two fit, and the odd payload sizes make records wrap at the end.
+    const std::string payload =
+        "{" + std::string(static_cast<size_t>(13 + i % 7), static_cast<char>('a' + i % 26));
+    ASSERT_TRUE(ring.try_push(payload)) << i;
+    drain();
+    ASSERT_EQ(seen.back(), payload);
+  }
+  EXPECT_EQ(seen.size(), 50u);
+  EXPECT_EQ(ring.pushed(), 50u);
+}
+
+TEST(LogRing, AFullRingDropsAndTheNextRecordCarriesTheDropCount) {
+  LogRing ring(64);
+  ASSERT_TRUE(ring.try_push(std::string(24, 'x')));  // 32 bytes
+  ASSERT_TRUE(ring.try_push(std::string(24, 'y')));  // 64: full
+  EXPECT_FALSE(ring.try_push("{}"));
+  EXPECT_FALSE(ring.try_push("{}"));
+  EXPECT_EQ(ring.dropped(), 2u);
+  std::vector<uint32_t> drops;
+  ring.drain([&](std::string_view, std::string_view, uint32_t d) { drops.push_back(d); });
+  EXPECT_EQ(drops, (std::vector<uint32_t>{0, 0}));
+  ASSERT_TRUE(ring.try_push("{z}"));
+  ring.drain([&](std::string_view, std::string_view, uint32_t d) { drops.push_back(d); });
+  EXPECT_EQ(drops.back(), 2u);
+  EXPECT_EQ(ring.take_pending_drops(), 0u);  // reported once, by the record
+}
+
+TEST(LogRing, DropsWithNoRecordAfterThemAreClaimedByTheConsumerOnce) {
+  LogRing ring(64);
+  const std::string too_big(64, 'x');  // footprint 72 > 64: can never fit
+  EXPECT_FALSE(ring.try_push(too_big));
+  EXPECT_FALSE(ring.try_push(too_big));
+  EXPECT_EQ(ring.take_pending_drops(), 2u);
+  ASSERT_TRUE(ring.try_push("{}"));
+  ring.drain([](std::string_view, std::string_view, uint32_t d) { EXPECT_EQ(d, 0u); });
+}
+
+TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
+  LogRing ring(256);
+  constexpr uint64_t kRecords = 200000;
+  std::atomic<bool> done{false};
+  uint64_t received = 0;
+  uint64_t drops_reported = 0;
+  uint64_t next_expected = 0;
+  std::thread consumer([&] {
+    auto drain = [&] {
+      ring.drain([&](std::string_view a, std::string_view b, uint32_t drops) {
+        const std::string text = std::string(a) + std::string(b);
+        const uint64_t i = std::stoull(text.substr(1));
+        EXPECT_GE(i, next_expected);
+        next_expected = i + 1;
+        ++received;
+        drops_reported += drops;
+      });
+      drops_reported += ring.take_pending_drops();
+    };
+    while (!done.load()) drain();
+    drain();
+  });
+  uint64_t accepted = 0;
+  for (uint64_t i = 0; i < kRecords; ++i) {
+    if (ring.try_push("{" + std::to_string(i))) ++accepted;
+  }
+  done.store(true);
+  consumer.join();
+  EXPECT_EQ(received, accepted);
+  EXPECT_EQ(drops_reported, kRecords - accepted);
+  EXPECT_EQ(ring.dropped(), kRecords - accepted);
+}
+
+// ---- log_line -----------------------------------------------------------------------------
+
+TEST(LogLine, FindRootMemberSeesOnlyTheRootObjectsMembers) {
+  const std::string_view line =
+      R"({"seq":3,"req":{"key_id":"inner","a":[1,{"status":1}]},"s":"x\"}","key_id":"k\u0031",)"
+      R"("status":404})";
+  EXPECT_EQ(find_root_member(line, "status").value_or(""), "404");
+  const auto key = find_root_member(line, "key_id");
+  ASSERT_TRUE(key.has_value());
+  EXPECT_TRUE(json_string_equals(*key, "k1"));
+  EXPECT_FALSE(json_string_equals(*key, "inner"));
+  EXPECT_FALSE(find_root_member(line, "a").has_value());
+  uint64_t seq = 0;
+  EXPECT_TRUE(line_seq(line, &seq));
+  EXPECT_EQ(seq, 3u);
+}
+
+TEST(LogLine, TornLinesAreNotCompleteObjects) {
+  EXPECT_TRUE(is_complete_object(R"({"seq":1,"a":{"b":"}"}})"));
+  EXPECT_FALSE(is_complete_object(R"({"seq":1,"a":{"b":"}"})"));
+  EXPECT_FALSE(is_complete_object(R"({"seq":1,"a":"x)"));
+  EXPECT_FALSE(is_complete_object(R"({"seq":1,"a":[}})"));
+  EXPECT_FALSE(is_complete_object(""));
+  EXPECT_FALSE(is_complete_object(std::string_view("\0\0\0", 3)));
+}
+
+// ---- AccessLog ----------------------------------------------------------------------------
+
+TEST(AccessLog, RecordsFromSeveralProducersAreWrittenInOrderWithIncreasingSeq) {
+  TempDir dir;
+  constexpr unsigned kWorkers = 4;
+  constexpr uint64_t kPerWorker = 5000;
+  {
+    auto log = open_log({.dir = dir.path()}, kWorkers);
+    std::vector<std::thread> producers;
+    for (unsigned w = 0; w < kWorkers; ++w) {
+      producers.emplace_back([&, w] {
+        for (uint64_t i = 0; i < kPerWorker; ++i) EXPECT_TRUE(log->append(w, record(w, i)));
+      });
+    }
+    for (auto& t : producers) t.join();
+    ASSERT_TRUE(log->flush());
+    const AccessLogStats stats = log->stats();
+    EXPECT_EQ(stats.enqueued, kWorkers * kPerWorker);
+    EXPECT_EQ(stats.written, kWorkers * kPerWorker);
+    EXPECT_EQ(stats.dropped, 0u);
+    EXPECT_EQ(stats.queued, 0u);
+  }
+  const auto lines = all_lines(dir.path());
+  ASSERT_EQ(lines.size(), kWorkers * kPerWorker);
+  std::vector<int64_t> next_i(kWorkers, 0);
+  for (size_t n = 0; n < lines.size(); ++n) {
+    ASSERT_TRUE(is_complete_object(lines[n])) << lines[n];
+    ASSERT_EQ(seq_of(lines[n]), n + 1);
+    const auto w = static_cast<size_t>(int_member(lines[n], "w"));
+    ASSERT_LT(w, kWorkers);
+    ASSERT_EQ(int_member(lines[n], "i"), next_i[w]++);  // each worker's order is kept
+  }
+}
+
+TEST(AccessLog, AnEmptyObjectRecordAndRawNewlinesStayOneValidLine) {
+  TempDir dir;
+  {
+    auto log = open_log({.dir = dir.path()});
+    ASSERT_TRUE(log->append(0, "{}"));
+    ASSERT_TRUE(log->append(0, "{\"a\":\n1}"));
+  }
+  const auto lines = all_lines(dir.path());
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0], R"({"seq":1})");
+  EXPECT_EQ(lines[1], R"({"seq":2,"a": 1})");
+}
+
+TEST(AccessLog, SeqContinuesAfterReopen) {
+  TempDir dir;
+  for (int round = 0; round < 3; ++round) {
+    auto log = open_log({.dir = dir.path()});
+    EXPECT_EQ(log->stats().next_seq, static_cast<uint64_t>(round * 10 + 1));
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(log->append(0, record(0, i)));
+  }
+  const auto lines = all_lines(dir.path());
+  ASSERT_EQ(lines.size(), 30u);
+  for (size_t n = 0; n < lines.size(); ++n) EXPECT_EQ(seq_of(lines[n]), n + 1);
+}
+
+TEST(AccessLog, ATornTailIsCutOnOpenAndWritingResumesAfterTheLastCompleteLine) {
+  TempDir dir;
+  {
+    auto log = open_log({.dir = dir.path()});
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(log->append(0, record(0, i)));
+  }
+  const auto paths = segment_paths(dir.path());
+  ASSERT_EQ(paths.size(), 1u);
+  const std::string before = testing::read_file(paths[0]);
+  {
+    // A torn write: a complete-looking but unterminated line would be cut too; here, a line
+    // with its newline but an unclosed object, then a fragment without one.
+    std::ofstream out(paths[0], std::ios::app | std::ios::binary);
+    out << "{\"seq\":11,\"time_us\":1,\"key\n{\"seq\":12,\"ti";
+  }
+  {
+    auto log = open_log({.dir = dir.path()});
+    const AccessLogStats stats = log->stats();
+    EXPECT_EQ(stats.next_seq, 11u);
+    EXPECT_GT(stats.torn_bytes_cut, 0u);
+    ASSERT_TRUE(log->append(0, record(0, 10)));
+  }
+  const std::string after = testing::read_file(paths[0]);
+  ASSERT_TRUE(after.starts_with(before));  // nothing earlier lost
+  const auto lines = all_lines(dir.path());
+  ASSERT_EQ(lines.size(), 11u);
+  for (size_t n = 0; n < lines.size(); ++n) {
+    EXPECT_TRUE(is_complete_object(lines[n])) << lines[n];
+    EXPECT_EQ(seq_of(lines[n]), n + 1);
+    EXPECT_EQ(int_member(lines[n], "i"), static_cast<int64_t>(n));
+  }
+}
+
+TEST(AccessLog, AnEmptyNewestSegmentGivesTheNextSeqByItsName) {
+  TempDir dir;
+  {
+    auto log = open_log({.dir = dir.path()});
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(log->append(0, record(0, i)));
+  }
+  std::ofstream(dir.path() + "/access-00000000000000000042.jsonl").close();
+  {
+    auto log = open_log({.dir = dir.path()});
+    EXPECT_EQ(log->stats().next_seq, 42u);
+    ASSERT_TRUE(log->append(0, record(0, 3)));
+  }
+  const auto lines = all_lines(dir.path());
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(seq_of(lines[3]), 42u);
+  EXPECT_EQ(segment_paths(dir.path()).size(), 2u);
+}
+
+TEST(AccessLog, SegmentsRotateBySizeAndRetentionDeletesTheOldest) {
+  TempDir dir;
+  constexpr uint64_t kSegmentBytes = 4096;
+  constexpr uint64_t kRetentionBytes = 16384;
+  constexpr int kRecords = 2000;  // ~100 bytes each: ~200 KB in ~50 segments
+  {
+    auto log = open_log({.dir = dir.path(),
+                         .segment_bytes_max = kSegmentBytes,
+                         .retention_bytes = kRetentionBytes});
+    for (int i = 0; i < kRecords; ++i) {
+      ASSERT_TRUE(log->append(0, record(0, i)));
+      if (i % 100 == 99) {
+        ASSERT_TRUE(log->flush());
+      }
+    }
+  }
+  const auto paths = segment_paths(dir.path());
+  ASSERT_GE(paths.size(), 4u);
+  uint64_t total = 0;
+  for (const std::string& path : paths) {
+    const std::string content = testing::read_file(path);
+    EXPECT_LE(content.size(), kSegmentBytes) << path;
+    total += content.size();
+    // Each file is named after its first line's seq.
+    const std::string name = std::filesystem::path(path).filename().string();
+    EXPECT_EQ(std::stoull(name.substr(7, 20)), seq_of(content.substr(0, content.find('\n'))));
+  }
+  // Retention runs when a segment is started: the total stays within retention plus the
+  // segment being filled.
+  EXPECT_LE(total, kRetentionBytes + kSegmentBytes);
+  const auto lines = all_lines(dir.path());
+  ASSERT_FALSE(lines.empty());
+  EXPECT_GT(seq_of(lines.front()), 1u);  // the oldest are gone
+  EXPECT_EQ(seq_of(lines.back()), static_cast<uint64_t>(kRecords));
+  for (size_t n = 1; n < lines.size(); ++n) EXPECT_EQ(seq_of(lines[n]), seq_of(lines[n - 1]) + 1);
+}
+
+TEST(AccessLog, DropsUnderASlowWriterAreCountedAndExplainedByMarkersInPlace) {
+  TempDir dir;
+  constexpr unsigned kWorkers = 2;
+  constexpr auto kAppendFor = 300ms;
+  // outcomes[w][i]: whether worker w's i-th append was accepted.
+  std::vector<std::vector<bool>> outcomes(kWorkers);
+  AccessLogStats stats;
+  {
+    auto log = open_log({.dir = dir.path(), .ring_bytes_per_worker = 1024, .flush_interval_ms = 2},
+                        kWorkers);
+    log->set_writer_delay_for_testing(15ms);
+    std::vector<std::thread> producers;
+    for (unsigned w = 0; w < kWorkers; ++w) {
+      producers.emplace_back([&, w] {
+        // Appending all the time while the writer drains makes both kinds of marker likely:
+        // drops carried by the next accepted record, and drops claimed at a drain's end.
+        const auto until = std::chrono::steady_clock::now() + kAppendFor;
+        while (std::chrono::steady_clock::now() < until) {
+          outcomes[w].push_back(log->append(w, record(w, outcomes[w].size())));
+          std::this_thread::yield();
+        }
+        // A final burst: drops with no record after them, claimed by the writer.
+        for (int i = 0; i < 50; ++i) {
+          outcomes[w].push_back(log->append(w, record(w, outcomes[w].size())));
+        }
+      });
+    }
+    for (auto& t : producers) t.join();
+    log->set_writer_delay_for_testing(0ms);
+    ASSERT_TRUE(log->flush());
+    stats = log->stats();
+  }
+  EXPECT_EQ(stats.enqueued, outcomes[0].size() + outcomes[1].size());
+  EXPECT_GT(stats.dropped, 0u);
+  EXPECT_GT(stats.written, 0u);
+  EXPECT_EQ(stats.queued, 0u);
+  EXPECT_EQ(stats.enqueued, stats.written + stats.dropped + stats.queued);
+
+  // Every seq in 1..N is either a written line or inside exactly one marker's range.
+  const auto lines = all_lines(dir.path());
+  std::set<uint64_t> covered;
+  uint64_t records = 0, markers = 0, marker_counts = 0;
+  uint64_t prev_seq = 0;
+  // Per worker, in file order: the drops reported since the last record.
+  std::vector<uint64_t> drops_since(kWorkers, 0);
+  std::vector<int64_t> last_i(kWorkers, -1);
+  for (const std::string& line : lines) {
+    const uint64_t seq = seq_of(line);
+    ASSERT_GT(seq, prev_seq);
+    prev_seq = seq;
+    ASSERT_TRUE(covered.insert(seq).second) << seq;
+    if (is_marker(line)) {
+      ++markers;
+      const auto w = static_cast<size_t>(int_member(line, "worker"));
+      const auto count = static_cast<uint64_t>(int_member(line, "count"));
+      const auto from = static_cast<uint64_t>(int_member(line, "dropped_from_seq"));
+      const auto to = static_cast<uint64_t>(int_member(line, "dropped_to_seq"));
+      ASSERT_LT(w, kWorkers);
+      EXPECT_EQ(to - from + 1, count) << line;
+      EXPECT_EQ(to + 1, seq) << line;
+      for (uint64_t s = from; s <= to; ++s) ASSERT_TRUE(covered.insert(s).second) << s;
+      marker_counts += count;
+      drops_since[w] += count;
+    } else {
+      ++records;
+      const auto w = static_cast<size_t>(int_member(line, "w"));
+      const int64_t i = int_member(line, "i");
+      ASSERT_TRUE(outcomes[w][static_cast<size_t>(i)]) << "a dropped record was written";
+      // The drops between this worker's previous written record and this one.
+      uint64_t expected = 0;
+      for (int64_t k = last_i[w] + 1; k < i; ++k) expected += outcomes[w][k] ? 0 : 1;
+      ASSERT_EQ(drops_since[w], expected) << "worker " << w << " before i=" << i;
+      for (int64_t k = last_i[w] + 1; k < i; ++k) {
+        ASSERT_FALSE(outcomes[w][k]) << "accepted record " << k << " missing";
+      }
+      drops_since[w] = 0;
+      last_i[w] = i;
+    }
+  }
+  for (unsigned w = 0; w < kWorkers; ++w) {
+    uint64_t trailing = 0;
+    for (size_t k = static_cast<size_t>(last_i[w] + 1); k < outcomes[w].size(); ++k) {
+      ASSERT_FALSE(outcomes[w][k]);
+      ++trailing;
+    }
+    EXPECT_EQ(drops_since[w], trailing) << "worker " << w;
+  }
+  EXPECT_GT(markers, 1u);
+  EXPECT_EQ(records, stats.written);
+  EXPECT_EQ(markers, stats.markers_written);
+  EXPECT_EQ(marker_counts, stats.dropped);
+  ASSERT_FALSE(covered.empty());
+  EXPECT_EQ(*covered.begin(), 1u);
+  EXPECT_EQ(*covered.rbegin(), covered.size());  // 1..N with no gaps
+}
+
+TEST(AccessLog, ARecordLargerThanTheRingIsDroppedAndCounted) {
+  TempDir dir;
+  {
+    auto log = open_log({.dir = dir.path(), .ring_bytes_per_worker = 256});
+    EXPECT_FALSE(log->append(0, "{\"x\":\"" + std::string(300, 'x') + "\"}"));
+    EXPECT_TRUE(log->append(0, record(0, 0)));
+    ASSERT_TRUE(log->flush());
+    const AccessLogStats stats = log->stats();
+    EXPECT_EQ(stats.enqueued, 2u);
+    EXPECT_EQ(stats.dropped, 1u);
+    EXPECT_EQ(stats.written, 1u);
+  }
+  const auto lines = all_lines(dir.path());
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_TRUE(is_marker(lines[0]));
+  EXPECT_EQ(seq_of(lines[0]), 2u);  // reserved seq 1 for the dropped record
+  EXPECT_EQ(seq_of(lines[1]), 3u);
+}
+
+TEST(AccessLog, ASecondLogOnTheSameDirectoryIsRefused) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path()});
+  std::string error;
+  EXPECT_EQ(AccessLog::open({.dir = dir.path()}, 1, &error), nullptr);
+  EXPECT_NE(error.find("in use"), std::string::npos) << error;
+}
+
+// 300 records over small segments: key k0..k2 by i % 3, status 200/404/500 by i % 5 (200 for
+// 0-2), time_us = 1000 + i.
+class AccessLogQuery : public ::testing::Test {
+ protected:
+  static constexpr int kRecords = 300;
+
+  void SetUp() override {
+    log_ = open_log({.dir = dir_.path(), .segment_bytes_max = 2048});
+    for (int i = 0; i < kRecords; ++i) {
+      const int status = i % 5 == 3 ? 404 : i % 5 == 4 ? 500 : 200;
+      ASSERT_TRUE(log_->append(
+          0, record(0, static_cast<uint64_t>(i), "k" + std::to_string(i % 3), status, 1000 + i)));
+    }
+    ASSERT_TRUE(log_->flush());
+    ASSERT_GT(segment_paths(dir_.path()).size(), 5u);
+  }
+
+  AccessLog::QueryResult run(const AccessLog::Query& query) {
+    AccessLog::QueryResult result;
+    std::string error;
+    EXPECT_TRUE(log_->query(query, &result, &error)) << error;
+    return result;
+  }
+
+  static std::vector<int64_t> indexes(const AccessLog::QueryResult& result) {
+    std::vector<int64_t> out;
+    for (const std::string& line : result.records) out.push_back(int_member(line, "i"));
+    return out;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<AccessLog> log_;
+};
+
+TEST_F(AccessLogQuery, KeyIdFilterReturnsThatKeysRecordsNewestFirst) {
+  const auto result = run({.key_id = "k1", .limit = 1000});
+  std::vector<int64_t> expected;
+  for (int i = kRecords - 1; i >= 0; --i) {
+    if (i % 3 == 1) expected.push_back(i);
+  }
+  EXPECT_EQ(indexes(result), expected);
+  EXPECT_EQ(result.next_cursor, 0u);
+}
+
+TEST_F(AccessLogQuery, StatusAndTimeFiltersCombine) {
+  const auto result =
+      run({.key_id = "", .status = 404, .since_us = 1100, .until_us = 1200, .limit = 1000});
+  std::vector<int64_t> expected;
+  for (int i = 199; i >= 100; --i) {
+    if (i % 5 == 3) expected.push_back(i);
+  }
+  EXPECT_EQ(indexes(result), expected);
+}
+
+TEST_F(AccessLogQuery, LimitStopsTheScanAndGivesACursor) {
+  const auto result = run({.key_id = "", .limit = 5});
+  EXPECT_EQ(indexes(result), (std::vector<int64_t>{299, 298, 297, 296, 295}));
+  EXPECT_EQ(result.next_cursor, seq_of(result.records.back()));
+}
+
+TEST_F(AccessLogQuery, BeforeSeqPagesThroughEverythingNewestFirstWithoutDuplicates) {
+  std::vector<int64_t> all;
+  std::set<uint64_t> seqs;
+  AccessLog::Query query{.key_id = "", .limit = 7};
+  for (int page = 0; page < 100; ++page) {
+    const auto result = run(query);
+    for (const std::string& line : result.records) {
+      ASSERT_TRUE(seqs.insert(seq_of(line)).second);
+      all.push_back(int_member(line, "i"));
+    }
+    if (result.next_cursor == 0) break;
+    query.before_seq = result.next_cursor;
+  }
+  ASSERT_EQ(all.size(), static_cast<size_t>(kRecords));
+  for (int n = 0; n < kRecords; ++n) EXPECT_EQ(all[n], kRecords - 1 - n);
+}
+
+TEST_F(AccessLogQuery, BeforeSeqPagingWithAFilterSkipsOtherRecords) {
+  std::vector<int64_t> all;
+  AccessLog::Query query{.key_id = "k2", .status = 200, .limit = 4};
+  for (int page = 0; page < 100; ++page) {
+    const auto result = run(query);
+    const auto got = indexes(result);
+    all.insert(all.end(), got.begin(), got.end());
+    if (result.next_cursor == 0) break;
+    query.before_seq = result.next_cursor;
+  }
+  std::vector<int64_t> expected;
+  for (int i = kRecords - 1; i >= 0; --i) {
+    if (i % 3 == 2 && i % 5 < 3) expected.push_back(i);
+  }
+  EXPECT_EQ(all, expected);
+}
+
+TEST_F(AccessLogQuery, AfterSeqFollowsOldestFirstAndPicksUpNewRecords) {
+  auto result = run({.key_id = "", .limit = 10, .after_seq = 100});
+  std::vector<int64_t> expected;
+  for (int i = 100; i < 110; ++i) expected.push_back(i);  // seq 101..110 = i 100..109
+  EXPECT_EQ(indexes(result), expected);
+  EXPECT_EQ(result.next_cursor, 110u);
+
+  result = run({.key_id = "", .limit = 1000, .after_seq = 290});
+  EXPECT_EQ(result.records.size(), 10u);
+  EXPECT_EQ(result.next_cursor, 300u);
+  result = run({.key_id = "", .limit = 1000, .after_seq = 300});
+  EXPECT_TRUE(result.records.empty());
+  EXPECT_EQ(result.next_cursor, 300u);  // nothing new: poll again with the same cursor
+
+  ASSERT_TRUE(log_->append(0, record(0, 300)));
+  ASSERT_TRUE(log_->flush());
+  result = run({.key_id = "", .limit = 1000, .after_seq = 300});
+  EXPECT_EQ(indexes(result), (std::vector<int64_t>{300}));
+  EXPECT_EQ(result.next_cursor, 301u);
+}
+
+TEST_F(AccessLogQuery, ScanBudgetStopsEarlyWithAResumableCursor) {
+  AccessLog::Query query{.key_id = "nobody", .limit = 10, .scan_bytes_max = 1000};
+  const auto result = run(query);
+  EXPECT_TRUE(result.records.empty());
+  ASSERT_NE(result.next_cursor, 0u);
+  EXPECT_LT(result.next_cursor, 301u);
+  EXPECT_GT(result.next_cursor, 280u);
+}
+
+}  // namespace
+}  // namespace keygate::storage
