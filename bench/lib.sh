@@ -180,3 +180,69 @@ median() {  # "v1 v2 ..."
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+# --- shared by bench/e2e_proxy.sh and bench/e2e_log.sh ------------------------------------------
+
+# Starts `keygate-upstream --listen 127.0.0.1:0` with `--threads 1`, pinned to cpu, output in
+# out-file, and waits for its "listening on 127.0.0.1:PORT" line. Sets the variable named
+# pid-var to its pid (as soon as it starts, so the exit trap stops it even if this fails) and
+# upstream_port to the port. Call it directly, not in $(...): the process must be our child.
+# shellcheck disable=SC2034  # upstream_port is for the sourcing script
+bench_start_upstream() {  # binary cpu out-file pid-var
+  local bin="$1" cpu="$2" out="$3" i line
+  taskset -c "$cpu" "$bin" --listen 127.0.0.1:0 --threads 1 >"$out" 2>"$out.err" &
+  printf -v "$4" '%s' "$!"
+  upstream_port=""
+  for ((i = 0; i < ${STARTUP_TIMEOUT_S:-10} * 20; ++i)); do
+    kill -0 "${!4}" 2>/dev/null || die "keygate-upstream exited during start-up; see $out.err"
+    line="$(head -n1 "$out" 2>/dev/null || true)"
+    if [[ "$line" =~ ^listening\ on\ 127\.0\.0\.1:([0-9]+)$ ]]; then
+      upstream_port="${BASH_REMATCH[1]}"
+      return 0
+    fi
+    sleep 0.05
+  done
+  die "keygate-upstream printed no 'listening on' line in ${STARTUP_TIMEOUT_S:-10}s; see $out"
+}
+
+# Waits until GET /healthz on 127.0.0.1:port answers 200 (and, when given, out-file has a line
+# matching ready-regex); dies if pid exits first or after STARTUP_TIMEOUT_S.
+bench_wait_healthz() {  # name pid port [out-file ready-regex]
+  local name="$1" pid="$2" port="$3" out="${4:-}" ready="${5:-}" i status
+  for ((i = 0; i < ${STARTUP_TIMEOUT_S:-10} * 20; ++i)); do
+    kill -0 "$pid" 2>/dev/null || die "$name exited during start-up; see $tmp/$name.*"
+    if [[ -z "$out" ]] || grep -Eq "$ready" "$out"; then
+      status="$(http_status "$port" printf \
+        'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')"
+      [[ "$status" =~ ^HTTP/1\.[01]\ 200 ]] && return 0
+    fi
+    sleep 0.05
+  done
+  die "$name not ready on port $port after ${STARTUP_TIMEOUT_S:-10}s; see $tmp/$name.*"
+}
+
+# "requests duration_us p99_us errors non2xx" from the E2E_RESULT line (write_report_lua's hook)
+# of a wrk output file; fails when there is none.
+bench_wrk_result() {  # wrk-output-file
+  local line
+  line="$(grep '^E2E_RESULT ' "$1")" || return 1
+  awk '{ for (i = 2; i <= NF; ++i) { sub(/^[a-z0-9_]+=/, "", $i); printf "%s ", $i }
+         print "" }' <<<"$line"
+}
+
+# Median of the per-round ratios a_i / b_i of two equally long lists "v1 v2 ...".
+median_ratio() {  # "a1 a2 ..." "b1 b2 ..."
+  local -a a b
+  local i ratios=""
+  read -ra a <<<"$1"
+  read -ra b <<<"$2"
+  ((${#a[@]} == ${#b[@]})) || die "median_ratio: lists of different lengths"
+  for ((i = 0; i < ${#a[@]}; ++i)); do ratios+="$(ratio "${a[i]}" "${b[i]}") "; done
+  median "$ratios" | awk '{ printf "%.2f", $1 }'
+}
+
+# "met" or "NOT met": does value satisfy "le limit" / "ge limit"?
+meets() {  # value le|ge limit
+  awk -v v="$1" -v op="$2" -v lim="$3" \
+    'BEGIN { ok = op == "le" ? v <= lim : v >= lim; print (v != "n/a" && ok) ? "met" : "NOT met" }'
+}

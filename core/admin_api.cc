@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <array>
 #include <cinttypes>
+#include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -35,6 +37,12 @@ constexpr size_t kListLimitMax = 1000;
 // (possibly empty) with a next_cursor to continue from.
 constexpr size_t kListScanFactor = 10;
 constexpr int64_t kRotateGraceSecondsMax = 30 * 86400;
+// GET /admin/logs: page sizes, and the bytes of log lines one request examines at most, which
+// bounds both its disk reads (a rare filter over a large log comes back short, even empty, with a
+// cursor) and the size of its response.
+constexpr uint32_t kLogLimitDefault = 100;
+constexpr uint32_t kLogLimitMax = 1000;
+constexpr uint64_t kLogScanBytesMax = 32ull << 20;
 // A generated key that hits a conflict collided on its id (a 192-bit value cannot collide), so a
 // fresh id is worth a few more tries.
 constexpr int kCreateIdRetriesMax = 3;
@@ -203,7 +211,17 @@ bool percent_decode(std::string_view in, bool plus_is_space, std::string* out) {
 // ---------------------------------------------------------------------------------------------
 // Routing
 
-enum class Route : uint8_t { kNone, kKeys, kKeysImport, kKey, kKeyRotate, kUsers, kUser, kApis };
+enum class Route : uint8_t {
+  kNone,
+  kKeys,
+  kKeysImport,
+  kKey,
+  kKeyRotate,
+  kUsers,
+  kUser,
+  kApis,
+  kLogs
+};
 
 struct RouteMatch {
   Route route = Route::kNone;
@@ -240,6 +258,7 @@ RouteMatch match_route(std::string_view path) noexcept {
     return {};
   }
   if (segments[0] == "apis" && count == 1) return {Route::kApis, {}};
+  if (segments[0] == "logs" && count == 1) return {Route::kLogs, {}};
   return {};
 }
 
@@ -255,6 +274,7 @@ std::string_view allowed_methods(Route route) noexcept {
     case Route::kUser:
       return "GET, PATCH, DELETE";
     case Route::kApis:
+    case Route::kLogs:
       return "GET";
     case Route::kNone:
       break;
@@ -789,6 +809,7 @@ Failure update_failure(const AdminStoreResult& result, const KeyRecord& record, 
     case AdminStoreCode::kConflict:
       return failure(409, "conflict", "the key's value collides with another key");
     case AdminStoreCode::kIoError:
+    case AdminStoreCode::kNotConfigured:
     case AdminStoreCode::kOk:
       break;
   }
@@ -837,6 +858,7 @@ AdminResponse create_key(const AdminRequest& request, AdminStore& store, const A
         return error_response(
             field_failure(400, "unknown_user", "user", "no user with this name exists"));
       case AdminStoreCode::kIoError:
+      case AdminStoreCode::kNotConfigured:
       case AdminStoreCode::kOk:
         return error_response(store_unavailable(result));
     }
@@ -854,9 +876,11 @@ struct ListQuery {
   std::optional<std::string> user;
 };
 
-bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
-  bool seen_limit = false;
-  bool seen_cursor = false;
+// Calls `visit(name, value)` for every name=value pair of a query string, both percent-decoded
+// ('+' is a space); empty pairs are skipped. False when a pair is malformed (with `*f` set) or
+// `visit` returned false (after setting `*f`).
+template <typename Visit>
+bool visit_query(std::string_view query, Failure* f, Visit&& visit) {
   std::string name;
   std::string value;
   while (!query.empty()) {
@@ -872,6 +896,15 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
       *f = failure(400, "invalid_value", "malformed percent-encoding in the query string");
       return false;
     }
+    if (!visit(name, value)) return false;
+  }
+  return true;
+}
+
+bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
+  bool seen_limit = false;
+  bool seen_cursor = false;
+  return visit_query(query, f, [&](const std::string& name, const std::string& value) {
     bool* seen = nullptr;
     if (name == "limit") {
       seen = &seen_limit;
@@ -919,8 +952,8 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
       }
       q->user = value;
     }
-  }
-  return true;
+    return true;
+  });
 }
 
 // Pages through the store until `limit` records match the filters, the store is exhausted, or the
@@ -1170,6 +1203,7 @@ AdminResponse import_keys(const AdminRequest& request, AdminStore& store, const 
         return error_response(
             Failure{400, "unknown_user", failed_field("user"), "no user with this name exists"});
       case AdminStoreCode::kIoError:
+      case AdminStoreCode::kNotConfigured:
         return error_response(store_unavailable(result));
     }
   }
@@ -1314,6 +1348,168 @@ AdminResponse list_apis(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Access log
+
+constexpr uint64_t kU64Max = std::numeric_limits<uint64_t>::max();
+
+// A decimal number of 1 to 20 digits, at most `max`.
+bool parse_decimal(std::string_view text, uint64_t max, uint64_t* out) noexcept {
+  if (text.empty() || text.size() > 20) return false;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    const auto digit = static_cast<uint64_t>(c - '0');
+    if (digit > max || v > (max - digit) / 10) return false;
+    v = v * 10 + digit;
+  }
+  *out = v;
+  return true;
+}
+
+// since/until: RFC 3339 like every time of the admin API (fractions of a second are dropped), as
+// microseconds since 1970 to compare with the records' "time_us". The log's own "0 = unbounded"
+// cannot be asked for by a time: since=1970-01-01T00:00:00Z is unbounded anyway, and until at or
+// before it is refused (nothing is logged before 1970).
+bool read_log_time(const std::string& value, const char* field, int64_t* us, Failure* f) {
+  int64_t seconds = 0;
+  if (!parse_rfc3339(value, &seconds)) {
+    *f = invalid_value(field, "not an RFC 3339 time (e.g. 2026-11-26T10:00:00Z)");
+    return false;
+  }
+  if (seconds < 0 || (seconds == 0 && std::string_view(field) == "until")) {
+    *f = invalid_value(field, "times start after 1970-01-01T00:00:00Z");
+    return false;
+  }
+  // Four-digit years keep this far from overflow (9999-12-31 is 2.5e17 us).
+  *us = seconds * 1'000'000;
+  return true;
+}
+
+bool parse_log_query(std::string_view query, LogQuery* q, Failure* f) {
+  static constexpr std::array<std::string_view, 7> kParams = {"key_id", "status", "since", "until",
+                                                              "limit",  "cursor", "after"};
+  enum : size_t { kKeyId, kStatus, kSince, kUntil, kLimit, kCursor, kAfter };
+  q->limit = kLogLimitDefault;
+  q->scan_bytes_max = kLogScanBytesMax;
+  uint32_t seen = 0;
+  const bool ok = visit_query(query, f, [&](const std::string& name, const std::string& value) {
+    size_t index = kParams.size();
+    for (size_t i = 0; i < kParams.size(); ++i) {
+      if (kParams[i] == name) index = i;
+    }
+    if (index == kParams.size()) {
+      *f = field_failure(400, "unknown_field", name, "unknown query parameter");
+      return false;
+    }
+    const uint32_t bit = uint32_t{1} << index;
+    if ((seen & bit) != 0) {
+      *f = invalid_value(name, "query parameter given more than once");
+      return false;
+    }
+    seen |= bit;
+    uint64_t n = 0;
+    switch (index) {
+      case kKeyId:
+        if (!is_key_id(value)) {
+          *f = invalid_value("key_id", "a key id is \"k\" and 12 base62 characters");
+          return false;
+        }
+        q->key_id = value;
+        return true;
+      case kStatus:
+        if (!parse_decimal(value, 599, &n) || n < 100) {
+          *f = invalid_value("status", "status is an HTTP status code from 100 to 599");
+          return false;
+        }
+        q->status = static_cast<int>(n);
+        return true;
+      case kSince:
+        return read_log_time(value, "since", &q->since_us, f);
+      case kUntil:
+        return read_log_time(value, "until", &q->until_us, f);
+      case kLimit:
+        if (!parse_decimal(value, kLogLimitMax, &n) || n < 1) {
+          *f = invalid_value("limit", "limit is an integer from 1 to 1000");
+          return false;
+        }
+        q->limit = static_cast<uint32_t>(n);
+        return true;
+      case kCursor:
+        // Empty starts at the newest record, as for the key listing.
+        if (!value.empty() && (!parse_decimal(value, kU64Max, &n) || n == 0)) {
+          *f = invalid_value("cursor", "not a cursor returned by this API");
+          return false;
+        }
+        q->before_seq = n;
+        return true;
+      case kAfter:
+        // Seqs start at 1; the log reads 0 as "not following".
+        if (!parse_decimal(value, kU64Max, &n) || n == 0) {
+          *f = invalid_value("after", "after is a record's seq (from 1) or a follow next_cursor");
+          return false;
+        }
+        q->after_seq = n;
+        return true;
+    }
+    return false;
+  });
+  if (!ok) return false;
+  if ((seen & (uint32_t{1} << kCursor)) != 0 && (seen & (uint32_t{1} << kAfter)) != 0) {
+    *f = invalid_value("after", "cursor (newest first) and after (follow) exclude each other");
+    return false;
+  }
+  if (q->since_us != 0 && q->until_us != 0 && q->since_us >= q->until_us) {
+    *f = invalid_value("until", "until must be later than since");
+    return false;
+  }
+  return true;
+}
+
+Failure logs_unavailable(const AdminStoreResult& result) {
+  const std::string_view message = result.message != nullptr && result.message[0] != '\0'
+                                       ? result.message
+                                       : "the access log is unavailable";
+  return failure(503, "logs_unavailable", message);
+}
+
+// Records go out verbatim: keygate wrote them as one JSON object per line. They come from disk,
+// so each is still checked to be one, and a line that is not (damage) is left out rather than
+// breaking the whole response.
+AdminResponse query_logs(const AdminRequest& request, AdminStore& store) {
+  LogQuery q;
+  Failure f;
+  if (!parse_log_query(request.query, &q, &f)) return error_response(f);
+  LogPage page;
+  const AdminStoreResult result = store.query_logs(q, &page);
+  if (!result.ok()) return error_response(logs_unavailable(result));
+
+  size_t bytes = 64;
+  for (const std::string& record : page.records) bytes += record.size() + 1;
+  std::string out;
+  out.reserve(bytes);
+  out += "{\"records\":[";
+  dom::parser parser;
+  bool first = true;
+  for (const std::string& record : page.records) {
+    dom::object object;
+    if (parser.parse(record).get_object().get(object) != simdjson::SUCCESS) continue;
+    if (!first) out += ',';
+    first = false;
+    out += record;
+  }
+  out += "],\"next_cursor\":";
+  if (page.next_cursor == 0) {
+    out += "null";
+  } else {
+    out += '"';
+    append_uint(out, page.next_cursor);
+    out += '"';
+  }
+  out += '}';
+  return json_response(200, std::move(out));
+}
+
 }  // namespace
 
 AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
@@ -1355,6 +1551,8 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
       return delete_user(match.param, store);
     case Route::kApis:
       return list_apis(ctx);
+    case Route::kLogs:
+      return query_logs(request, store);
     case Route::kNone:
       break;
   }

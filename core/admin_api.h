@@ -23,10 +23,18 @@
 //   PATCH  /admin/users/{name}         200 user
 //   DELETE /admin/users/{name}         204
 //   GET    /admin/apis                 200 {"apis":[{"name","routes"}...]}
+//   GET    /admin/logs                 200 {"records":[record...],"next_cursor":str|null}
+//                                       ?key_id= &status=100..599 &since= &until= (RFC 3339)
+//                                       &limit=1..1000 (default 100) and either &cursor= (newest
+//                                       first; page on while next_cursor is not null) or
+//                                       &after=SEQ (follow: seq > SEQ, oldest first; next_cursor
+//                                       is never null, pass it as the next after). Each record
+//                                       is the access-log line's JSON object as stored.
 // Errors: {"error":code,"field":name|null,"message":text} with 400 (invalid_json,
 // unknown_field, invalid_type, invalid_value, missing_field, unknown_api, unknown_user),
 // 404 not_found, 405 method_not_allowed (+ Allow), 409 conflict, 413 body_too_large,
-// 503 store_unavailable; 500 internal_error only when ctx.random fails.
+// 503 store_unavailable, 503 logs_unavailable (no access log configured, or it cannot be
+// read); 500 internal_error only when ctx.random fails.
 #pragma once
 
 #include <cstdint>
@@ -43,12 +51,37 @@
 namespace keygate {
 
 // The outcome of a store call, as the admin API needs it (storage maps its own Status here).
-enum class AdminStoreCode : uint8_t { kOk, kNotFound, kConflict, kIoError };
+// kNotConfigured: the store has no such facility (query_logs without an access log).
+enum class AdminStoreCode : uint8_t { kOk, kNotFound, kConflict, kIoError, kNotConfigured };
 struct AdminStoreResult {
   AdminStoreCode code = AdminStoreCode::kOk;
   const char* message = "";  // static text
   size_t failed_index = 0;   // import: the first offending record
   bool ok() const noexcept { return code == AdminStoreCode::kOk; }
+};
+
+// A query of the access log: storage::AccessLog::Query, which core cannot include, field for
+// field. A record matches when every filter that is set matches.
+struct LogQuery {
+  std::string key_id;    // "" = any; else the record's "key_id" must be this string
+  int status = 0;        // 0 = any; else the record's "status" must equal it
+  int64_t since_us = 0;  // 0 = unbounded; else "time_us" >= since_us
+  int64_t until_us = 0;  // 0 = unbounded; else "time_us" < until_us
+  uint32_t limit = 100;  // records returned at most
+  // Newest-first mode (after_seq == 0): only seq < before_seq (0 = from the newest).
+  uint64_t before_seq = 0;
+  // Follow mode (after_seq > 0): only seq > after_seq, oldest first. before_seq is ignored.
+  uint64_t after_seq = 0;
+  // Bytes of log lines examined at most; the scan stops there and returns a cursor to resume.
+  uint64_t scan_bytes_max = 256ull << 20;
+};
+
+// One page of access-log records: storage::AccessLog::QueryResult, field for field.
+struct LogPage {
+  std::vector<std::string> records;  // one JSON object text per record, in scan order
+  // Newest-first: the before_seq to continue with; 0 when the scan reached the oldest record.
+  // Follow: the after_seq to poll with next (never 0).
+  uint64_t next_cursor = 0;
 };
 
 // What execute_admin() needs from storage. Implemented by storage (over KeyService) and by test
@@ -78,6 +111,12 @@ class AdminStore {
   virtual AdminStoreResult get_user(std::string_view name, User* out) = 0;
   virtual AdminStoreResult put_user(const User& user) = 0;
   virtual AdminStoreResult delete_user(std::string_view name) = 0;
+  // The access-log records matching `query`, including every record appended before the call.
+  // kIoError when the log cannot be read. This default is the store without an access log:
+  // kNotConfigured (the admin API answers 503 logs_unavailable).
+  virtual AdminStoreResult query_logs(const LogQuery& /*query*/, LogPage* /*out*/) {
+    return {AdminStoreCode::kNotConfigured, "no access log is configured", 0};
+  }
 };
 
 struct AdminRequest {

@@ -31,7 +31,16 @@ Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter&
     authenticator_.fetch(digest, &state->lookup, ctx);
     return Result::kPending;
   }
-  return admit(resolved, response, ctx, nullptr);
+  const Result r = admit(resolved, response, ctx, nullptr);
+  note_key_value(request, ctx);
+  return r;
+}
+
+void AdminHandler::note_key_value(const HttpRequest& request, RequestContext& ctx) noexcept {
+  // For a capturing admin key, the access log scrubs its value from the captures.
+  if (ctx.access.log_request || ctx.access.log_response) {
+    ctx.access.key_value = authenticator_.extracted_key(request);
+  }
 }
 
 Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter& response,
@@ -44,6 +53,7 @@ Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter&
           authenticator_.finish_fetch(state->lookup, ctx.now_unix());
       // The record may live in state->lookup: decide before the state is reused or given back.
       const Result r = admit(resolved, response, ctx, state);
+      note_key_value(request, ctx);
       if (r == Result::kDone) {
         ctx.state = nullptr;
         give_back(state);
@@ -78,6 +88,11 @@ Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, Respo
     write_error(response, r.status, r.code, r.message, r.challenge);
     return Result::kDone;
   }
+  ctx.access.key_id = resolved.key->id;
+  ctx.access.user = resolved.key->user ? std::string_view(*resolved.key->user) : std::string_view();
+  ctx.access.api = kAdminApi;
+  ctx.access.log_request = resolved.key->log_request;
+  ctx.access.log_response = resolved.key->log_response;
   if (!resolved.key->usable_at(ctx.now_unix())) {
     write_error(response, 401, "invalid_api_key", "the API key is not valid", true);
     return Result::kDone;

@@ -78,6 +78,8 @@ class AdminHandler final : public Handler {
     AdminResponse response;
   };
 
+  // For a capturing admin key: tells the access log the key's value (see AccessNote).
+  void note_key_value(const HttpRequest& request, RequestContext& ctx) noexcept;
   // After the key resolved: authorizes and defers towards execution (kPending), or answers.
   Result admit(const Authenticator::Result& resolved, ResponseWriter& response, RequestContext& ctx,
                State* state) noexcept;

@@ -1,10 +1,65 @@
 #include "core/auth_handler.h"
 
 #include "core/assert.h"
-
 #include "core/json_text.h"
 
 namespace keygate {
+namespace {
+
+constexpr std::string_view kOriginalUri = "X-Original-URI";
+constexpr std::string_view kOriginalMethod = "X-Original-Method";
+
+// RFC 9110 tchar: what a method token may be made of.
+bool is_tchar(char c) noexcept {
+  if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) return true;
+  switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool is_method(std::string_view s) noexcept {
+  if (s.empty() || s.size() > 32) return false;
+  for (char c : s) {
+    if (!is_tchar(c)) return false;
+  }
+  return true;
+}
+
+// The value of header `name` and how often it occurs.
+std::string_view header_once(const HttpRequest& request, std::string_view name,
+                             int* count) noexcept {
+  std::string_view value;
+  *count = 0;
+  for (const HttpHeader& h : request.headers) {
+    if (!equals_ignore_case(h.name, name)) continue;
+    if (*count == 0) value = h.value;
+    ++*count;
+  }
+  return value;
+}
+
+void bad_auth_request(ResponseWriter& response, std::string_view message) noexcept {
+  response.error(400, "invalid_auth_request", message);
+}
+
+}  // namespace
 
 AuthHandler::AuthHandler(const ApiRegistry& registry, KeyDirectory& directory,
                          size_t body_inspect_bytes_max)
@@ -27,9 +82,100 @@ void AuthHandler::reject(ResponseWriter& response, const Authenticator::Rejectio
   }
 }
 
+bool AuthHandler::describe(const HttpRequest& auth, HttpRequest* described,
+                           ResponseWriter& response) noexcept {
+  *described = auth;
+  int uri_count = 0;
+  int method_count = 0;
+  const std::string_view uri = header_once(auth, kOriginalUri, &uri_count);
+  const std::string_view method = header_once(auth, kOriginalMethod, &method_count);
+  if (uri_count == 0 && method_count == 0) {
+    // ext_authz form: the path after the prefix, with the auth request's method and query.
+    const std::string_view rest = auth.path.substr(kAuthPath.size());
+    if (rest.empty()) {
+      bad_auth_request(response,
+                       "describe the request: X-Original-URI and X-Original-Method, or a path "
+                       "after /_keygate/auth");
+      return false;
+    }
+    described->path = rest;
+    described->target =
+        auth.target.starts_with(kAuthPath) ? auth.target.substr(kAuthPath.size()) : rest;
+    return true;
+  }
+  if (uri_count != 1 || method_count != 1) {
+    bad_auth_request(response, "X-Original-URI and X-Original-Method must both be sent, once");
+    return false;
+  }
+  // Two descriptions of one request could disagree; the proxy must pick one form.
+  if (auth.path != kAuthPath) {
+    bad_auth_request(response, "X-Original-URI goes with a request for /_keygate/auth exactly");
+    return false;
+  }
+  if (!is_method(method)) {
+    bad_auth_request(response, "X-Original-Method is not a request method");
+    return false;
+  }
+  if (uri.empty() || uri.front() != '/') {
+    bad_auth_request(response, "X-Original-URI is not an origin-form request target");
+    return false;
+  }
+  const size_t q = uri.find('?');
+  described->method = method;
+  described->target = uri;
+  described->path = uri.substr(0, q);
+  described->query = q == std::string_view::npos ? std::string_view() : uri.substr(q + 1);
+  return true;
+}
+
 Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& response,
                                     RequestContext& ctx) noexcept {
   if (request.path == "/healthz") return builtin_.handle(request, response, ctx);
+  if (route_matches(kAuthPath, request.path)) {
+    HttpRequest described;
+    if (!describe(request, &described, response)) return Result::kDone;
+    return check(described, response, ctx, Mode::kAuthEndpoint);
+  }
+  return check(request, response, ctx, Mode::kDataPlane);
+}
+
+Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWriter& response,
+                                         RequestContext& ctx) noexcept {
+  if (request.path == "/healthz" || route_matches(kAuthPath, request.path)) {
+    return Result::kNeedBody;
+  }
+  // Routing needs no body, so these rejections need not wait for one.
+  if (!path_is_normalized(request.path)) {
+    response.error(400, "invalid_path", "request path is not in normal form");
+    return Result::kDone;
+  }
+  const ApiConfig* api = registry_.match(request.path);
+  if (api == nullptr) {
+    response.error(404, "no_route", "no API serves this path");
+    return Result::kDone;
+  }
+  if (api->upstreams.empty()) return Result::kNeedBody;
+  const int64_t now = ctx.now_unix();
+  KeyDigest digest{};
+  Authenticator::Result r;
+  if (!authenticator_.resolve_head(request, now, &digest, &r)) return Result::kNeedBody;
+  switch (r.outcome) {
+    case Authenticator::Outcome::kFound:
+      return decide(request, response, ctx, *api, *r.key, r.user, now, Mode::kDataPlane);
+    case Authenticator::Outcome::kRejected:
+      reject(response, r.rejection);
+      return Result::kDone;
+    case Authenticator::Outcome::kFetch:
+      // handle() looks the key up again and defers; the fetch needs the request copied out of
+      // the receive buffer, which the worker does for handle(), not here.
+      return Result::kNeedBody;
+  }
+  KEYGATE_ASSERT(false && "every Authenticator outcome is handled above");
+  return Result::kNeedBody;
+}
+
+Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& response,
+                                   RequestContext& ctx, Mode mode) noexcept {
   if (!path_is_normalized(request.path)) {
     response.error(400, "invalid_path", "request path is not in normal form");
     return Result::kDone;
@@ -44,14 +190,14 @@ Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& 
   const Authenticator::Result r = authenticator_.resolve(request, now, &digest);
   switch (r.outcome) {
     case Authenticator::Outcome::kFound:
-      respond(request, response, *api, *r.key, r.user, now);
-      return Result::kDone;
+      return decide(request, response, ctx, *api, *r.key, r.user, now, mode);
     case Authenticator::Outcome::kRejected:
       reject(response, r.rejection);
       return Result::kDone;
     case Authenticator::Outcome::kFetch: {
       Pending* p = take_pending();
       p->api = api;
+      p->mode = mode;
       ctx.state = p;
       authenticator_.fetch(digest, &p->lookup, ctx);
       return Result::kPending;
@@ -66,15 +212,24 @@ Handler::Result AuthHandler::resume(const HttpRequest& request, ResponseWriter& 
   auto* p = static_cast<Pending*>(ctx.state);
   KEYGATE_ASSERT(p != nullptr);
   ctx.state = nullptr;
+  HttpRequest described = request;
+  if (p->mode == Mode::kAuthEndpoint) {
+    // handle() described this same request before it deferred, so this cannot fail.
+    const bool ok = describe(request, &described, response);
+    KEYGATE_ASSERT(ok);
+  }
   const int64_t now = ctx.now_unix();
   const Authenticator::Result r = authenticator_.finish_fetch(p->lookup, now);
+  Result result = Result::kDone;
   if (r.outcome == Authenticator::Outcome::kFound) {
-    respond(request, response, *p->api, *r.key, r.user, now);
+    result = decide(described, response, ctx, *p->api, *r.key, r.user, now, p->mode);
   } else {
     reject(response, r.rejection);
   }
+  // With kForward, ctx.forward points into p->lookup's record: give_back() keeps it intact
+  // (take_pending() empties it), so it outlives this call as ForwardTarget requires.
   give_back(p);
-  return Result::kDone;
+  return result;
 }
 
 void AuthHandler::abandon(RequestContext& ctx) noexcept {
@@ -82,22 +237,49 @@ void AuthHandler::abandon(RequestContext& ctx) noexcept {
   ctx.state = nullptr;
 }
 
-void AuthHandler::respond(const HttpRequest& request, ResponseWriter& response,
-                          const ApiConfig& api, const KeyRecord& key, const User* user,
-                          int64_t now) noexcept {
+Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& response,
+                                    RequestContext& ctx, const ApiConfig& api, const KeyRecord& key,
+                                    const User* user, int64_t now, Mode mode) noexcept {
+  // The access log learns whose request this is, whatever the decision.
+  ctx.access.key_id = key.id;
+  ctx.access.user = key.user ? std::string_view(*key.user) : std::string_view();
+  ctx.access.api = api.name;
+  ctx.access.log_request = key.log_request;
+  ctx.access.log_response = key.log_response;
+  if (key.log_request || key.log_response) {
+    // Captures are scrubbed of the key by value too (wherever else the client put it).
+    ctx.access.key_value = authenticator_.extracted_key(request);
+  }
   switch (authorize(key, user, api, request.method, request.path, now)) {
     case Decision::kInvalidKey:
       unauthorized(response, "invalid_api_key", "the API key is not valid");
-      return;
+      return Result::kDone;
     case Decision::kApiNotPermitted:
       response.error(403, "api_not_permitted", "the API key may not call this API");
-      return;
+      return Result::kDone;
     case Decision::kUserNotPermitted:
       response.error(403, "user_not_permitted", "the key's user may not make this request");
-      return;
+      return Result::kDone;
     case Decision::kAllowed:
       break;
   }
+  if (mode == Mode::kDataPlane && !api.upstreams.empty()) {
+    const ApiConfig* first = registry_.apis().data();
+    KEYGATE_ASSERT(&api >= first && &api < first + registry_.apis().size());
+    ctx.forward.api_index = static_cast<uint32_t>(&api - first);
+    ctx.forward.key_id = key.id;
+    ctx.forward.api = api.name;
+    // As in the 200 answer: a name that cannot be a header value is not sent.
+    ctx.forward.user =
+        key.user && header_safe(*key.user) ? std::string_view(*key.user) : std::string_view();
+    return Result::kForward;
+  }
+  answer_allowed(response, api, key);
+  return Result::kDone;
+}
+
+void AuthHandler::answer_allowed(ResponseWriter& response, const ApiConfig& api,
+                                 const KeyRecord& key) noexcept {
   body_.clear();
   body_.append("{\"key_id\":");
   append_json_string(body_, key.id);
@@ -114,15 +296,17 @@ void AuthHandler::respond(const HttpRequest& request, ResponseWriter& response,
 }
 
 AuthHandler::Pending* AuthHandler::take_pending() {
-  if (pending_pool_.empty()) return new Pending();
-  Pending* p = pending_pool_.back().release();
-  pending_pool_.pop_back();
+  Pending* p = nullptr;
+  if (pending_pool_.empty()) {
+    p = new Pending();
+  } else {
+    p = pending_pool_.back().release();
+    pending_pool_.pop_back();
+  }
+  p->lookup.reset();
   return p;
 }
 
-void AuthHandler::give_back(Pending* p) noexcept {
-  p->lookup.reset();
-  pending_pool_.emplace_back(p);
-}
+void AuthHandler::give_back(Pending* p) noexcept { pending_pool_.emplace_back(p); }
 
 }  // namespace keygate

@@ -1,4 +1,5 @@
-// AuthHandler: the data plane in auth-check mode — resolve the key, authorize, answer.
+// AuthHandler: the data plane — resolve the key, authorize, then answer (auth-check APIs),
+// forward (APIs with upstreams) or answer another proxy's auth request (/_keygate/auth).
 //
 // Worker-local: one per worker (AuthHandlerFactory), owning its Authenticator (key resolution,
 // shared with the admin handler: authenticator.h) and scratch buffers; the ApiRegistry
@@ -14,14 +15,40 @@
 //   unknown digest, disabled or expired key, or an old value after its rotation's grace
 //     period -> 401 invalid_api_key;
 //   the key's apis lack the API -> 403 api_not_permitted; user grants -> 403 user_not_permitted;
-//   allowed -> 200 {"key_id","api","user"} with X-Keygate-Key-Id / -Api / -User headers.
+//   allowed, auth-check API (no upstreams) -> 200 {"key_id","api","user"} with
+//     X-Keygate-Key-Id / -Api / -User headers;
+//   allowed, API with upstreams -> Result::kForward with ctx.forward set (the worker forwards).
 // Error bodies never say anything about the key. A key the cache does not hold (partial cache)
 // is fetched off the event loop: the request is deferred and resumed (503 store_unavailable if
 // the store cannot answer).
+//
+// handle_head() decides before the body is read, for APIs with upstreams only: a key from the
+// X-ApiKey header or the query that the cache resolves gives kForward or the rejection (kDone;
+// likewise 400 invalid_path and 404 no_route for any API); a key that only a form/JSON body can
+// carry, or a cache miss, gives kNeedBody and handle()/resume() finish. /healthz, the auth
+// endpoint and auth-check APIs always get kNeedBody.
+//
+// The auth endpoint, `/_keygate/auth` on the data port, lets another proxy ask keygate (nginx
+// `auth_request`, Envoy's HTTP `ext_authz`; any method). It describes a request in one of two
+// forms and answers exactly what the data plane would answer for it, except that an allowed
+// request always gets the 200 answer (never forwarded, whatever the API's upstreams):
+//   nginx form: `X-Original-URI` (origin-form request-target, query optional) and
+//     `X-Original-Method` headers on a request for exactly /_keygate/auth. Both or neither:
+//     one alone, either repeated, a malformed method or URI, or a path after the prefix next
+//     to them -> 400 invalid_auth_request.
+//   ext_authz form (no X-Original-* header): the path after the prefix, the auth request's own
+//     query and method: `POST /_keygate/auth/orders/7?x=1` describes `POST /orders/7?x=1`.
+//     Bare /_keygate/auth -> 400 invalid_auth_request.
+// Key sources are those of the data plane, taken from the auth request: its X-ApiKey header,
+// the `key` parameter of the described query (X-Original-URI's in the nginx form), and a
+// form/JSON body of the auth request. The described path is routed like any data-plane path
+// (so /healthz is not special there); /_keygate/auth itself is never routed to an API.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/authenticator.h"
@@ -34,26 +61,48 @@ namespace keygate {
 
 class AuthHandler final : public Handler {
  public:
-  AuthHandler(const ApiRegistry& registry, KeyDirectory& directory,
-              size_t body_inspect_bytes_max);
+  // The auth endpoint's path (segment-aware prefix: "/_keygate/auth/..." too).
+  static constexpr std::string_view kAuthPath = "/_keygate/auth";
+
+  AuthHandler(const ApiRegistry& registry, KeyDirectory& directory, size_t body_inspect_bytes_max);
 
   Result handle(const HttpRequest& request, ResponseWriter& response,
                 RequestContext& ctx) noexcept override;
   Result resume(const HttpRequest& request, ResponseWriter& response,
                 RequestContext& ctx) noexcept override;
+  Result handle_head(const HttpRequest& request, ResponseWriter& response,
+                     RequestContext& ctx) noexcept override;
   void abandon(RequestContext& ctx) noexcept override;
 
  private:
+  // Whom an allowed request is answered for: the data plane forwards when the API has
+  // upstreams; the auth endpoint always answers.
+  enum class Mode : uint8_t { kDataPlane, kAuthEndpoint };
+
   struct Pending {
     Authenticator::PendingLookup lookup;
     const ApiConfig* api = nullptr;
+    Mode mode = Mode::kDataPlane;
   };
 
-  void respond(const HttpRequest& request, ResponseWriter& response, const ApiConfig& api,
-               const KeyRecord& key, const User* user, int64_t now) noexcept;
+  // The request an auth request describes (views into `auth`), or false after writing the
+  // 400 into `response`.
+  static bool describe(const HttpRequest& auth, HttpRequest* described,
+                       ResponseWriter& response) noexcept;
+  // Route, resolve and decide for `request` (the described one for the auth endpoint).
+  Result check(const HttpRequest& request, ResponseWriter& response, RequestContext& ctx,
+               Mode mode) noexcept;
+  // authorize() and what follows: a rejection, the 200 answer, or kForward.
+  Result decide(const HttpRequest& request, ResponseWriter& response, RequestContext& ctx,
+                const ApiConfig& api, const KeyRecord& key, const User* user, int64_t now,
+                Mode mode) noexcept;
+  void answer_allowed(ResponseWriter& response, const ApiConfig& api,
+                      const KeyRecord& key) noexcept;
   void unauthorized(ResponseWriter& response, std::string_view code,
                     std::string_view message) noexcept;
   void reject(ResponseWriter& response, const Authenticator::Rejection& r) noexcept;
+  // take_pending() hands out an emptied Pending; give_back() keeps its lookup as it is, so a
+  // record a resume() forwarded stays valid after the call (ForwardTarget's views).
   Pending* take_pending();
   void give_back(Pending* p) noexcept;
 
@@ -68,7 +117,9 @@ class AuthHandlerFactory final : public HandlerFactory {
  public:
   AuthHandlerFactory(const ApiRegistry& registry, KeyDirectory& directory,
                      size_t body_inspect_bytes_max)
-      : registry_(registry), directory_(directory), body_inspect_bytes_max_(body_inspect_bytes_max) {}
+      : registry_(registry),
+        directory_(directory),
+        body_inspect_bytes_max_(body_inspect_bytes_max) {}
   std::unique_ptr<Handler> make(unsigned) override {
     return std::make_unique<AuthHandler>(registry_, directory_, body_inspect_bytes_max_);
   }

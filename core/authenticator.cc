@@ -30,6 +30,26 @@ Authenticator::Authenticator(KeyDirectory& directory, size_t body_inspect_bytes_
 Authenticator::Result Authenticator::resolve(const HttpRequest& request, int64_t now,
                                              KeyDigest* pending_digest) noexcept {
   const ExtractResult extracted = extractor_.extract(request, request.body_readable_padding);
+  return resolve_extracted(extracted, now, pending_digest);
+}
+
+bool Authenticator::resolve_head(const HttpRequest& request, int64_t now,
+                                 KeyDigest* pending_digest, Result* result) noexcept {
+  // The extractor reads the body only when header and query carried no key; without a body
+  // it answers from those two alone.
+  HttpRequest head = request;
+  head.body = {};
+  head.body_readable_padding = 0;
+  const ExtractResult extracted = extractor_.extract(head);
+  if (extracted.outcome == KeyOutcome::kMissing && KeyExtractor::body_may_carry_key(request)) {
+    return false;
+  }
+  *result = resolve_extracted(extracted, now, pending_digest);
+  return true;
+}
+
+Authenticator::Result Authenticator::resolve_extracted(const ExtractResult& extracted, int64_t now,
+                                                       KeyDigest* pending_digest) noexcept {
   if (extracted.outcome != KeyOutcome::kFound) {
     const KeyRejection r = key_rejection(extracted.outcome);
     return rejected(r.status, r.code, r.message, r.status == 401);
@@ -56,6 +76,11 @@ Authenticator::Result Authenticator::resolve(const HttpRequest& request, int64_t
   }
   KEYGATE_ASSERT(false && "every KeyDirectory::Lookup value is handled above");
   return invalid_key();
+}
+
+std::string_view Authenticator::extracted_key(const HttpRequest& request) noexcept {
+  const ExtractResult extracted = extractor_.extract(request, request.body_readable_padding);
+  return extracted.outcome == KeyOutcome::kFound ? extracted.key : std::string_view();
 }
 
 void Authenticator::fetch(const KeyDigest& digest, PendingLookup* lookup,

@@ -81,14 +81,30 @@ class Authenticator {
   // is the digest to hand to fetch(). Does not allocate.
   Result resolve(const HttpRequest& request, int64_t now, KeyDigest* pending_digest) noexcept;
 
+  // resolve() before the body is read: from the X-ApiKey header and the query only. Returns
+  // false (and leaves `*result` alone) when only the body can decide, i.e. neither carried a
+  // key and the body may (KeyExtractor::body_may_carry_key); otherwise true with `*result` as
+  // resolve() would give it for the whole request. Does not allocate.
+  bool resolve_head(const HttpRequest& request, int64_t now, KeyDigest* pending_digest,
+                    Result* result) noexcept;
+
   // Starts fetching `digest` into `*lookup` and defers the request (ctx.defer()); the caller
   // returns Handler::Result::kPending, and on resume calls finish_fetch(*lookup, ...).
   void fetch(const KeyDigest& digest, PendingLookup* lookup, RequestContext& ctx) noexcept;
+
+  // The key value `request` carries (extracted again: for the access log, which scrubs it from
+  // captured requests and responses); empty when it carries none or an ambiguous pair. A view
+  // into the request or the extractor's scratch, valid until the next extraction.
+  std::string_view extracted_key(const HttpRequest& request) noexcept;
 
   // The answer of a fetch, after its ticket was posted. kFound points into `lookup`.
   Result finish_fetch(const PendingLookup& lookup, int64_t now) const noexcept;
 
  private:
+  // The steps after extraction (checksum, lookup, grace), shared by resolve() and
+  // resolve_head().
+  Result resolve_extracted(const ExtractResult& extracted, int64_t now,
+                           KeyDigest* pending_digest) noexcept;
   // kFound for `record` looked up by `digest`, unless it matched a previous digest whose grace
   // is over.
   static Result found(const KeyRecord& record, const User* user, const KeyDigest& digest,

@@ -154,7 +154,8 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
     return false;
   }
   const toml::table& root = parsed.table();
-  if (!check_known_keys(root, {"server", "limits", "admin", "keys", "cache", "apis"}, source, "", error)) {
+  if (!check_known_keys(root, {"server", "limits", "admin", "keys", "cache", "log", "apis"},
+                        source, "", error)) {
     return false;
   }
 
@@ -186,7 +187,9 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                           {"request_line_bytes_max", "header_bytes_max", "header_count_max",
                            "body_bytes_max", "connections_per_worker_max", "pipeline_depth_max",
                            "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms",
-                           "linger_timeout_ms", "drain_timeout_ms"},
+                           "linger_timeout_ms", "drain_timeout_ms", "proxy_body_bytes_max",
+                           "upstream_header_bytes_max", "upstream_idle_connections_max",
+                           "upstream_idle_timeout_ms", "upstream_fail_timeout_ms"},
                           source, "limits", error) ||
         !read_uint(*limits, "request_line_bytes_max", source, "limits", 64, 1 << 20,
                    &l.request_line_bytes_max, error) ||
@@ -209,7 +212,17 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         !read_uint(*limits, "linger_timeout_ms", source, "limits", 0, kU32Max,
                    &l.linger_timeout_ms, error) ||
         !read_uint(*limits, "drain_timeout_ms", source, "limits", 0, kU32Max,
-                   &l.drain_timeout_ms, error)) {
+                   &l.drain_timeout_ms, error) ||
+        !read_uint(*limits, "proxy_body_bytes_max", source, "limits", 0, uint64_t{1} << 40,
+                   &l.proxy_body_bytes_max, error) ||
+        !read_uint(*limits, "upstream_header_bytes_max", source, "limits", 1024, 1 << 20,
+                   &l.upstream_header_bytes_max, error) ||
+        !read_uint(*limits, "upstream_idle_connections_max", source, "limits", 0, 100000,
+                   &l.upstream_idle_connections_max, error) ||
+        !read_uint(*limits, "upstream_idle_timeout_ms", source, "limits", 1, kU32Max,
+                   &l.upstream_idle_timeout_ms, error) ||
+        !read_uint(*limits, "upstream_fail_timeout_ms", source, "limits", 0, kU32Max,
+                   &l.upstream_fail_timeout_ms, error)) {
       return false;
     }
   }
@@ -251,6 +264,36 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
       return false;
     }
   }
+  if (const toml::node* node = root.get("log")) {
+    const toml::table* log = node->as_table();
+    if (log == nullptr) {
+      *error = where(node->source(), source) + ": log: expected a table";
+      return false;
+    }
+    if (const toml::node* enabled = log->get("enabled")) {
+      if (!enabled->is_boolean()) {
+        *error = where(enabled->source(), source) + ": log.enabled: expected true or false";
+        return false;
+      }
+      config.log_enabled = **enabled->as_boolean();
+    }
+    if (!check_known_keys(*log,
+                          {"enabled", "ring_bytes_per_worker", "segment_bytes_max",
+                           "retention_bytes", "capture_bytes_max", "flush_interval_ms"},
+                          source, "log", error) ||
+        !read_uint(*log, "ring_bytes_per_worker", source, "log", 64 * 1024, uint64_t{1} << 30,
+                   &config.log_ring_bytes_per_worker, error) ||
+        !read_uint(*log, "segment_bytes_max", source, "log", 64 * 1024, uint64_t{1} << 40,
+                   &config.log_segment_bytes_max, error) ||
+        !read_uint(*log, "retention_bytes", source, "log", 64 * 1024, uint64_t{1} << 50,
+                   &config.log_retention_bytes, error) ||
+        !read_uint(*log, "capture_bytes_max", source, "log", 0, 16u << 20,
+                   &config.log_capture_bytes_max, error) ||
+        !read_uint(*log, "flush_interval_ms", source, "log", 1, 10000,
+                   &config.log_flush_interval_ms, error)) {
+      return false;
+    }
+  }
   if (const toml::node* node = root.get("apis")) {
     const toml::array* apis = node->as_array();
     if (apis == nullptr) {
@@ -264,19 +307,59 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         return false;
       }
       ApiConfig parsed_api;
-      std::string mode = "auth-check";
-      if (!check_known_keys(*api, {"name", "routes", "mode"}, source, "apis", error) ||
+      std::string mode;
+      if (!check_known_keys(*api,
+                            {"name", "routes", "mode", "upstreams", "connect_timeout_ms",
+                             "response_timeout_ms"},
+                            source, "apis", error) ||
           !read_string(*api, "name", source, "apis", &parsed_api.name, error) ||
-          !read_string(*api, "mode", source, "apis", &mode, error)) {
+          !read_string(*api, "mode", source, "apis", &mode, error) ||
+          !read_uint(*api, "connect_timeout_ms", source, "apis", 1, kU32Max,
+                     &parsed_api.connect_timeout_ms, error) ||
+          !read_uint(*api, "response_timeout_ms", source, "apis", 1, kU32Max,
+                     &parsed_api.response_timeout_ms, error)) {
         return false;
       }
       if (api->get("name") == nullptr) {
         *error = where(item.source(), source) + ": apis: every API needs a name";
         return false;
       }
-      if (mode != "auth-check") {
+      if (const toml::node* ups = api->get("upstreams")) {
+        const toml::array* list = ups->as_array();
+        if (list == nullptr) {
+          *error = where(ups->source(), source) + ": apis." + parsed_api.name +
+                   ".upstreams: expected an array of \"host:port\" strings";
+          return false;
+        }
+        for (const toml::node& up : *list) {
+          ListenAddress addr;
+          std::string why;
+          if (!up.is_string() || !parse_listen_address(**up.as_string(), &addr, &why) ||
+              addr.port == 0) {
+            *error = where(up.source(), source) + ": apis." + parsed_api.name +
+                     ".upstreams: expected \"IP:port\" with a numeric IP and a port above 0" +
+                     (why.empty() ? std::string() : " (" + why + ")");
+            return false;
+          }
+          parsed_api.upstreams.push_back(**up.as_string());
+        }
+        if (parsed_api.upstreams.size() > kApiUpstreamsMax) {
+          *error = where(ups->source(), source) + ": apis." + parsed_api.name +
+                   ".upstreams: at most " + std::to_string(kApiUpstreamsMax);
+          return false;
+        }
+      }
+      const bool proxied = !parsed_api.upstreams.empty();
+      if (mode.empty()) mode = proxied ? "proxy" : "auth-check";
+      if (mode != "auth-check" && mode != "proxy") {
         *error = where(api->get("mode")->source(), source) + ": apis.mode: unknown mode '" + mode +
-                 "' (supported: auth-check)";
+                 "' (supported: auth-check, proxy)";
+        return false;
+      }
+      if ((mode == "proxy") != proxied) {
+        *error = where(api->get("mode")->source(), source) + ": apis." + parsed_api.name +
+                 (proxied ? ": mode auth-check cannot have upstreams"
+                          : ": mode proxy needs upstreams");
         return false;
       }
       const toml::node* routes = api->get("routes");

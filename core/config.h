@@ -43,6 +43,13 @@ struct Config {
   // [cache]
   uint64_t cache_max_keys = 0;            // 0: every key of the store stays cached
   uint32_t cache_negative_entries = 65536;  // unknown digests remembered (partial cache only)
+  // [log]: the access log in log_dir (see docs/configuration.md)
+  bool log_enabled = true;
+  uint64_t log_ring_bytes_per_worker = 4 * 1024 * 1024;  // per-worker buffer; full: drop+count
+  uint64_t log_segment_bytes_max = 64 * 1024 * 1024;     // rotate a segment file at this size
+  uint64_t log_retention_bytes = 1024ull * 1024 * 1024;  // delete the oldest segments beyond it
+  uint64_t log_capture_bytes_max = 64 * 1024;  // per captured body (log_request/log_response)
+  uint32_t log_flush_interval_ms = 20;         // the log writer drains at least this often
   // [[apis]], validated by ApiRegistry::init in validate_config.
   std::vector<ApiConfig> apis;
 };

@@ -53,6 +53,26 @@ struct ForwardTarget {
   std::string_view user;      // X-Keygate-User; empty: the key has no user
 };
 
+// What a handler tells the access log about the request it handled (RequestContext::access).
+// The worker clears it before each handle()/handle_head()/resume() call and copies what it
+// keeps right after, so the views may point into the request or the key record.
+struct AccessNote {
+  std::string_view key_id;     // the identified key; empty: none
+  std::string_view user;
+  std::string_view api;
+  std::string_view key_value;  // the plaintext the request carried (scrubbed from captures)
+  bool log_request = false;    // the key asks for its requests to be captured
+  bool log_response = false;   // ... and/or its responses
+};
+
+// Where finished access-log records go (storage's AccessLog). append() is called by worker
+// `worker` only, must not block and may drop (returns false; the sink counts it).
+class AccessSink {
+ public:
+  virtual ~AccessSink() = default;
+  virtual bool append(unsigned worker, std::string_view record) noexcept = 0;
+};
+
 // Per-connection context the worker passes to its handler. Worker-local.
 class RequestContext {
  public:
@@ -67,6 +87,8 @@ class RequestContext {
   void* state = nullptr;
   // Set by a handler that returns kForward (see ForwardTarget).
   ForwardTarget forward;
+  // Set by the handler for the access log (see AccessNote).
+  AccessNote access;
 };
 
 class Handler {

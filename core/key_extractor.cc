@@ -234,6 +234,11 @@ ExtractResult KeyExtractor::extract(const HttpRequest& request, size_t readable_
   return collector.result();
 }
 
+bool KeyExtractor::body_may_carry_key(const HttpRequest& request) noexcept {
+  const std::string_view type = media_type(request.header("Content-Type"));
+  return equals_ignore_case(type, kFormMediaType) || equals_ignore_case(type, kJsonMediaType);
+}
+
 ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_padding) noexcept {
   constexpr ExtractResult kInvalidBody{KeyOutcome::kInvalidBody, KeySource::kNone, {}};
   const char* input = body.data();

@@ -98,6 +98,11 @@ class KeyExtractor {
   // is checked.
   ExtractResult extract(const HttpRequest& request, size_t readable_padding = 0) noexcept;
 
+  // True when request's body would be searched for a key (rule 3 or 4) if the header and the
+  // query carried none: its Content-Type is form or JSON. Looks at the headers only, so it can
+  // answer before the body is read. Does not allocate.
+  static bool body_may_carry_key(const HttpRequest& request) noexcept;
+
   size_t body_inspect_bytes_max() const noexcept { return body_inspect_bytes_max_; }
 
  private:

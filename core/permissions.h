@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/api_key.h"
@@ -17,10 +18,14 @@ namespace keygate {
 constexpr std::string_view kAdminApi = "admin";
 
 struct ApiConfig {
+  ApiConfig() = default;
+  ApiConfig(std::string api_name, std::vector<std::string> api_routes)
+      : name(std::move(api_name)), routes(std::move(api_routes)) {}
+
   std::string name;                 // unique; "admin" is reserved for the built-in admin API
   std::vector<std::string> routes;  // path prefixes, each starting with '/'
-  // "host:port" (IPv4 literal) of the API's servers, tried round robin; empty: auth-check mode
-  // (keygate answers allowed requests itself).
+  // "IP:port" (numeric IPv4, or [IPv6]:port) of the API's servers, tried round robin; empty:
+  // auth-check mode (keygate answers allowed requests itself).
   std::vector<std::string> upstreams;
   uint32_t connect_timeout_ms = 1000;    // TCP connect to one upstream: 504 after it
   uint32_t response_timeout_ms = 30000;  // request sent until response headers: 504 after it
@@ -41,6 +46,7 @@ bool path_is_normalized(std::string_view path) noexcept;
 
 constexpr size_t kApisMax = 256;
 constexpr size_t kApiRoutesMax = 64;  // per API
+constexpr size_t kApiUpstreamsMax = 64;  // per API
 
 class ApiRegistry {
  public:

@@ -95,6 +95,7 @@ void ResponseWriter::error(int status, std::string_view code, std::string_view m
 
 void ResponseWriter::finish_error(std::string_view code, std::string_view message,
                                   bool field_null) noexcept {
+  error_code_ = code;
   // Error bodies are small; build them on the stack so the error path does not allocate.
   char body[256];
   size_t n = 0;

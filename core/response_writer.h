@@ -46,6 +46,9 @@ class ResponseWriter {
   bool started() const noexcept { return started_; }
   bool finished() const noexcept { return finished_; }
   int status() const noexcept { return status_; }
+  // The error code of an error response (error()/finish_error()), else empty: the access
+  // log's "reason".
+  std::string_view error_code() const noexcept { return error_code_; }
 
  private:
   std::string& out_;
@@ -56,6 +59,7 @@ class ResponseWriter {
   bool started_ = false;
   bool finished_ = false;
   int status_ = 0;
+  std::string_view error_code_;
 };
 
 // Reason phrase for a status code ("OK", "Not Found", ...); "Unknown" for unlisted codes.

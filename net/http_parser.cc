@@ -1,5 +1,7 @@
 #include "net/http_parser.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "core/assert.h"
@@ -34,7 +36,9 @@ const llhttp_settings_t HttpParser::kSettings = [] {
 }();
 
 HttpParser::HttpParser(const Limits& limits)
-    : limits_(limits), body_bytes_max_(limits.body_bytes_max) {
+    : limits_(limits),
+      body_bytes_max_(limits.body_bytes_max),
+      connection_body_bytes_max_(limits.body_bytes_max) {
   llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
   parser_.data = this;
   // Reserve up front so the header vectors never reallocate on the request path.
@@ -211,13 +215,22 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   if (h->has_expect_ && !h->expect_is_continue_) {
     return h->fail(417, "expectation_failed", "only 100-continue is supported");
   }
+  // Known from the head already (version, Connection): a request handed out at its head
+  // (head pause) must say so too.
+  h->keep_alive_ = llhttp_should_keep_alive(p) != 0;
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   const bool chunked = (p->flags & F_CHUNKED) != 0;
+  h->declared_length_ = has_length ? p->content_length : 0;
+  h->body_.off = h->recorded_end_;
+  const bool body_expected = chunked || (has_length && p->content_length > 0);
+  if (h->head_pause_ && body_expected) {
+    // The caller decides how (and whether) to read the body; limits are checked then.
+    h->paused_head_ = true;
+    return HPE_PAUSED;
+  }
   if (has_length && p->content_length > h->body_bytes_max_) {
     return h->fail(413, "body_too_large", "request body too large");
   }
-  h->body_.off = h->recorded_end_;
-  const bool body_expected = chunked || (has_length && p->content_length > 0);
   if (h->expect_is_continue_ && p->http_minor == 1 && body_expected) {
     h->paused_continue_ = true;
     return HPE_PAUSED;
@@ -227,6 +240,25 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
 
 int HttpParser::on_body(llhttp_t* p, const char* at, size_t len) {
   HttpParser* h = self(p);
+  if (h->sink_ != nullptr) {
+    if (h->capture_ != nullptr && h->capture_->size() < h->capture_max_) {
+      h->capture_->append(at, std::min(len, h->capture_max_ - h->capture_->size()));
+    }
+    h->streamed_bytes_ += len;
+    if (h->streamed_bytes_ > h->body_bytes_max_) {
+      return h->fail(413, "body_too_large", "request body too large");
+    }
+    if ((p->flags & F_CHUNKED) != 0) {
+      char size_line[24];
+      const int n = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", len);
+      h->sink_->append(size_line, static_cast<size_t>(n));
+      h->sink_->append(at, len);
+      h->sink_->append("\r\n", 2);
+    } else {
+      h->sink_->append(at, len);
+    }
+    return 0;
+  }
   if (h->body_.len + len > h->body_bytes_max_) {
     return h->fail(413, "body_too_large", "request body too large");
   }
@@ -245,6 +277,7 @@ int HttpParser::on_body(llhttp_t* p, const char* at, size_t len) {
 int HttpParser::on_message_complete(llhttp_t* p) {
   HttpParser* h = self(p);
   h->message_done_ = true;
+  if (h->sink_ != nullptr && (p->flags & F_CHUNKED) != 0) h->sink_->append("0\r\n\r\n", 5);
   h->keep_alive_ = llhttp_should_keep_alive(p) != 0;
   // Stop here so the caller answers this request before the next pipelined one is parsed.
   return HPE_PAUSED;
@@ -254,6 +287,7 @@ int HttpParser::on_message_complete(llhttp_t* p) {
 // chunk framing is dropped), before that every consumed byte, so that line structure (the CRLF
 // that separates a folded line from its value) stays visible to the next parse() call.
 size_t HttpParser::kept_bytes(size_t consumed_end) const {
+  if (sink_ != nullptr) return 0;  // streaming: the head was handled, the body went to the sink
   if (headers_done_) return body_.off + body_.len;
   return consumed_end;
 }
@@ -277,6 +311,12 @@ void HttpParser::begin_next_request() {
   has_transfer_encoding_ = has_upgrade_ = has_expect_ = expect_is_continue_ = false;
   host_count_ = 0;
   keep_alive_ = true;
+  paused_head_ = false;
+  sink_ = nullptr;
+  capture_ = nullptr;
+  capture_max_ = 0;
+  body_bytes_max_ = connection_body_bytes_max_;
+  streamed_bytes_ = declared_length_ = 0;
   method_ = url_ = body_ = Span{};
   recorded_end_ = 0;
   trailer_bytes_ = 0;
@@ -292,13 +332,38 @@ void HttpParser::begin_next_request() {
 }
 
 void HttpParser::reset(uint64_t body_bytes_max) {
-  body_bytes_max_ = body_bytes_max;
+  connection_body_bytes_max_ = body_bytes_max;
   begin_next_request();
   llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
   parser_.data = this;
   paused_continue_ = false;
+  head_pause_ = false;
   failed_ = false;
   error_ = ParseError{};
+}
+
+bool HttpParser::read_body() {
+  KEYGATE_ASSERT(paused_head_);
+  if (declared_length_ > body_bytes_max_) {
+    fail(413, "body_too_large", "request body too large");
+    return false;
+  }
+  return true;
+}
+
+bool HttpParser::stream_body(uint64_t body_bytes_max, std::string* sink) {
+  KEYGATE_ASSERT(paused_head_ && sink != nullptr);
+  body_bytes_max_ = body_bytes_max;  // for this request only (begin_next_request restores)
+  if (declared_length_ > body_bytes_max) {
+    fail(413, "body_too_large", "request body too large");
+    return false;
+  }
+  sink_ = sink;
+  // Nothing of the request is needed any more: drop the assembled head.
+  assembly_.clear();
+  assembled_ = false;
+  base_ = nullptr;
+  return true;
 }
 
 void HttpParser::stabilize() {
@@ -349,11 +414,17 @@ HttpParser::Result HttpParser::parse(std::span<char> input, size_t readable_afte
   } else if (paused_continue_) {
     paused_continue_ = false;
     llhttp_resume(&parser_);
+  } else if (paused_head_) {
+    // The caller chose read_body() or stream_body() (or closes the connection instead).
+    paused_head_ = false;
+    llhttp_resume(&parser_);
   }
   if (input.empty()) return {Status::kNeedMore, 0};
 
   char* exec_start;
-  if (!assembled_) {
+  if (sink_ != nullptr) {
+    exec_start = input.data();  // streaming: bytes are consumed in place, nothing kept
+  } else if (!assembled_) {
     if (!started_) base_ = input.data();
     exec_start = input.data();
   } else {
@@ -385,17 +456,36 @@ HttpParser::Result HttpParser::parse(std::span<char> input, size_t readable_afte
                           version ? "http_version_not_supported" : "bad_request",
                           std::string_view(error_message_, n)};
     }
+    raw_consumed_ += input.size();
     return {Status::kError, input.size()};
   }
-  if (failed_) return {Status::kError, input.size()};
+  if (failed_) {
+    raw_consumed_ += input.size();
+    return {Status::kError, input.size()};
+  }
   raw_consumed_ += consumed;
 
   if (message_done_) {
+    if (sink_ != nullptr) return {Status::kBodyEnd, consumed};
     build_request();
     return {Status::kRequest, consumed};
   }
+  if (sink_ != nullptr) return {Status::kNeedMore, consumed};
+  if (assembled_ && consumed < input.size()) {
+    // Paused mid-input (100-continue, head pause): the unconsumed tail was appended to the
+    // assembly too, and the caller passes it again.
+    assembly_.resize(static_cast<size_t>(exec_start - base_) + consumed);
+  }
   check_partial_limits();
   if (failed_) return {Status::kError, input.size()};
+  if (paused_head_) {
+    // The head must survive `input` if the body is to be buffered and arrives later.
+    if (consumed == input.size()) {
+      move_to_assembly(static_cast<size_t>(exec_start + consumed - base_));
+    }
+    build_request();
+    return {Status::kHeaders, consumed};
+  }
   if (started_ && consumed == input.size()) {
     move_to_assembly(static_cast<size_t>(exec_start + consumed - base_));
   }

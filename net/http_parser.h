@@ -38,6 +38,10 @@ class HttpParser {
     kRequest,         // request() is complete
     kExpectContinue,  // headers complete and the client waits for "100 Continue" before the body
     kError,           // error() says why; no further input is accepted
+    kHeaders,         // with set_head_pause(true): headers of a request with a body are complete;
+                      // request() has no body yet; call read_body() or stream_body() next and
+                      // pass the rest of the same input (its views may still point into it)
+    kBodyEnd,         // streaming: the body ended (the request is complete)
   };
   struct Result {
     Status status;
@@ -64,6 +68,37 @@ class HttpParser {
   Result parse(std::span<char> input, size_t readable_after = 0);
 
   const HttpRequest& request() const { return request_; }
+
+  // Makes parse() stop with kHeaders once the headers of a request that has a body are complete
+  // (requests without a body still come whole, as kRequest), so the caller can decide how to
+  // read the body before any of it is consumed. For this connection until the next reset().
+  void set_head_pause(bool on) { head_pause_ = on; }
+  // After kHeaders: the client sent "Expect: 100-continue" (HTTP/1.1) for this body.
+  bool expects_continue() const { return expect_is_continue_ && parser_.http_minor == 1; }
+  // After kHeaders: buffer the body as usual (the next complete parse returns kRequest). False
+  // (with error() set, 413) when Content-Length already exceeds the body limit.
+  bool read_body();
+  // After kHeaders: stream the body instead. Each parse() appends the body bytes it consumes to
+  // `*sink` (re-framed as chunks when the request is chunked: see streamed_chunked()) and returns
+  // kNeedMore, or kBodyEnd when the body ended (a chunked body's last-chunk is appended then).
+  // More than `body_bytes_max` body bytes: kError 413 (already on Content-Length). Nothing of the
+  // request is kept: request() is invalid from here on. False (error() set) on a too-large
+  // Content-Length.
+  bool stream_body(uint64_t body_bytes_max, std::string* sink);
+  // The body being streamed is chunked (else it has a Content-Length: content_length()).
+  bool streamed_chunked() const { return (parser_.flags & F_CHUNKED) != 0; }
+  uint64_t content_length() const { return declared_length_; }
+  // Body bytes streamed so far.
+  uint64_t streamed_bytes() const { return streamed_bytes_; }
+  // Raw bytes of the current (or just completed) request consumed so far, framing included.
+  uint64_t request_bytes() const { return raw_consumed_; }
+  // While streaming: also copy the first `max` body bytes to `*capture` (the access log's
+  // request capture); body_captured_all() says whether that was all of it.
+  void set_body_capture(std::string* capture, size_t max) {
+    capture_ = capture;
+    capture_max_ = max;
+  }
+  bool body_captured_all() const { return streamed_bytes_ <= capture_max_; }
 
   // Copies the completed request into the parser's own buffer (if it still points into the
   // caller's receive buffer) so its views outlive that buffer: used when a handler defers the
@@ -112,7 +147,8 @@ class HttpParser {
   static const llhttp_settings_t kSettings;
 
   const Limits& limits_;
-  uint64_t body_bytes_max_;
+  uint64_t body_bytes_max_;             // this request's body limit
+  uint64_t connection_body_bytes_max_;  // the connection's (reset()), restored per request
   llhttp_t parser_;
 
   // Where offsets point: the start of the request in the caller's buffer (direct mode) or
@@ -140,6 +176,13 @@ class HttpParser {
   bool has_expect_ = false;
   bool expect_is_continue_ = false;
   bool keep_alive_ = true;
+  bool head_pause_ = false;
+  bool paused_head_ = false;
+  std::string* sink_ = nullptr;  // streaming: where body bytes go
+  std::string* capture_ = nullptr;
+  size_t capture_max_ = 0;
+  uint64_t streamed_bytes_ = 0;
+  uint64_t declared_length_ = 0;
 
   Span method_;
   Span url_;

@@ -129,16 +129,20 @@ bool Server::start(std::string* error) {
   }
 
   auto running = std::make_unique<Running>();
+  bool forwards = false;
+  for (const ApiConfig& api : options_.apis) forwards = forwards || !api.upstreams.empty();
   for (unsigned i = 0; i < n; ++i) {
     std::vector<WorkerListener> listeners;
     listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i),
-                                       options_.limits.body_bytes_max});
+                                       options_.limits.body_bytes_max, forwards, "data"});
     listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i),
-                                       options_.admin_body_bytes_max});
+                                       options_.admin_body_bytes_max, false, "admin"});
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
     LoopObserver* observer = i < options_.loop_observers.size() ? options_.loop_observers[i] : nullptr;
     running->workers.push_back(
-        std::make_unique<Worker>(i, options_.limits, std::move(listeners), observer));
+        std::make_unique<Worker>(i, options_.limits, std::move(listeners), observer,
+                                 options_.apis));
+    running->workers.back()->set_access_log(options_.access_sink, options_.capture_bytes_max);
   }
 
   // Each ring must be created on its worker's thread (SINGLE_ISSUER), so init happens there and

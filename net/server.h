@@ -26,6 +26,12 @@ struct ServerOptions {
   HandlerFactory* admin_handlers = nullptr;  // one handler per worker for the admin port
   // Empty, or one per worker (index = worker index); each must outlive the server.
   std::vector<LoopObserver*> loop_observers;
+  // The configured APIs (index = ApiRegistry index): where forwarded requests go.
+  std::vector<ApiConfig> apis;
+  // Where every request's access record goes (null: no access log), and the cap on each
+  // captured body (keys with log_request / log_response). Must outlive the server.
+  AccessSink* access_sink = nullptr;
+  size_t capture_bytes_max = 64 * 1024;
 };
 
 class Server {

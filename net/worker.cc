@@ -20,100 +20,9 @@
 #include "core/assert.h"
 #include "core/response_writer.h"
 #include "net/http_parser.h"
+#include "net/worker_impl.h"
 
 namespace keygate::net {
-namespace {
-
-// Provided-buffer ring: every receive lands in one of these, is parsed in place, and the buffer
-// goes back to the kernel at the end of the event-loop pass.
-constexpr unsigned kBufCount = 512;  // power of two (ring requirement)
-constexpr unsigned kBufSize = 16 * 1024;
-constexpr uint16_t kBufGroup = 1;
-// Received bytes held while a connection is paused at its pipeline cap. Past this the multishot
-// receive is cancelled, so a client that never reads cannot make us buffer without bound.
-constexpr size_t kPendingInputMax = 64 * 1024;
-// An output buffer that grew past this (a large response) is released rather than kept.
-constexpr size_t kOutputKeepCapacity = 256 * 1024;
-constexpr long kTickNs = 100'000'000;  // timeout resolution and drain check interval
-// Longest a busy worker waits for a batch of completions before it runs with what it has.
-// 50 us measured ~2-4% less CPU per request at ~150k req/s (200 us was worse).
-constexpr long kBatchWaitNs = 50'000;
-
-enum Op : uint64_t { kOpAccept = 1, kOpRecv, kOpSend, kOpCancel, kOpTick, kOpWake, kOpAcceptCancel };
-
-uint64_t make_user_data(Op op, uint32_t slot, uint32_t gen) {
-  return (static_cast<uint64_t>(gen) << 32) | (static_cast<uint64_t>(slot) << 4) | op;
-}
-Op op_of(uint64_t ud) { return static_cast<Op>(ud & 0xf); }
-uint32_t slot_of(uint64_t ud) { return static_cast<uint32_t>((ud >> 4) & 0x0fffffff); }
-uint32_t gen_of(uint64_t ud) { return static_cast<uint32_t>(ud >> 32); }
-
-int64_t monotonic_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
-
-enum TimerKind : uint8_t { kHeader, kBody, kIdle, kWrite, kLinger, kTimerKinds, kNoTimer };
-
-// The worker is the only writer of its stats: a plain load/store keeps the lock prefix of an
-// atomic read-modify-write off the request path; readers take relaxed snapshots.
-void bump(std::atomic<uint64_t>& counter) {
-  counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-}
-
-}  // namespace
-
-struct Connection;
-
-// The RequestContext a connection hands its handler; defer() makes the request pending.
-class ConnContext final : public RequestContext {
- public:
-  ConnContext(Connection* c, ResumeTicket::Sink* sink, const int64_t* clock)
-      : conn_(c), sink_(sink), clock_(clock) {}
-  ResumeTicket defer() noexcept override;
-  int64_t now_unix() const noexcept override { return *clock_; }
-
- private:
-  Connection* conn_;
-  ResumeTicket::Sink* sink_;
-  const int64_t* clock_;
-};
-
-struct Connection {
-  Connection(const Limits& limits, uint32_t s, ResumeTicket::Sink* sink, const int64_t* clock)
-      : parser(limits), slot(s), ctx(this, sink, clock) {}
-
-  HttpParser parser;
-  uint32_t slot;
-  ConnContext ctx;
-  uint32_t gen = 0;
-  int fd = -1;
-  uint32_t listener = 0;
-  uint32_t ops = 0;  // operations whose final completion has not been reaped
-
-  std::string out[2];  // out[fill] collects responses; the other one is being sent
-  uint8_t fill = 0;
-  size_t send_off = 0;
-  uint32_t responses_fill = 0;
-  uint32_t responses_send = 0;
-  std::string pending;     // received, not yet parsed (paused at the pipeline cap)
-  std::string resume_buf;  // pending's bytes while they are being parsed
-
-  bool awaiting = false;  // a deferred request waits for its ticket to be posted
-  bool send_in_flight = false;
-  bool recv_armed = false;
-  bool recv_cancel_sent = false;
-  bool close_after_send = false;
-  bool lingering = false;
-  bool closed = false;
-
-  TimerKind timer = kNoTimer;
-  int64_t deadline_ms = 0;
-  Connection* tprev = nullptr;
-  Connection* tnext = nullptr;
-};
-
 ResumeTicket ConnContext::defer() noexcept {
   KEYGATE_ASSERT(!conn_->awaiting);
   conn_->awaiting = true;
@@ -121,128 +30,6 @@ ResumeTicket ConnContext::defer() noexcept {
   return ResumeTicket(sink_, conn_->slot, conn_->gen);
 }
 
-namespace {
-
-// Connections waiting on one kind of timeout. Every member's deadline is "when it joined + the
-// kind's fixed duration", and time only moves forward, so appending keeps the list sorted and
-// expiry only ever looks at the head.
-struct TimerList {
-  Connection* head = nullptr;
-  Connection* tail = nullptr;
-
-  void push_back(Connection* c) {
-    c->tprev = tail;
-    c->tnext = nullptr;
-    if (tail != nullptr) tail->tnext = c;
-    else head = c;
-    tail = c;
-  }
-  void remove(Connection* c) {
-    if (c->tprev != nullptr) c->tprev->tnext = c->tnext;
-    else head = c->tnext;
-    if (c->tnext != nullptr) c->tnext->tprev = c->tprev;
-    else tail = c->tprev;
-    c->tprev = c->tnext = nullptr;
-  }
-};
-
-}  // namespace
-
-struct Worker::Impl final : public ResumeTicket::Sink {
-  Impl(unsigned i, const Limits& l, std::vector<WorkerListener> ls, LoopObserver* o)
-      : index(i),
-        limits(l),
-        listeners(std::move(ls)),
-        accept_armed(listeners.size(), false),
-        observer(o) {}
-  ~Impl() override;
-
-  // ResumeTicket::Sink: any thread.
-  void post(uint32_t slot, uint32_t gen) noexcept override;
-  void on_wake();
-  void on_posted(uint32_t slot, uint32_t gen);
-
-  bool init(std::string* error);
-  void run();
-
-  io_uring_sqe* get_sqe();
-  void arm_accept(uint32_t li);
-  void arm_recv(Connection* c);
-  void arm_tick();
-  void arm_wake();
-
-  void handle_cqe(io_uring_cqe* cqe);
-  void on_accept(uint32_t li, io_uring_cqe* cqe);
-  void on_recv(Connection* c, io_uring_cqe* cqe);
-  void on_send(Connection* c, int res);
-  void on_tick();
-  void on_data(Connection* c, std::span<char> data, size_t readable_after);
-  void process(Connection* c, std::span<char> data, size_t readable_after);
-  void drain_pending(Connection* c);
-  void dispatch(Connection* c, bool resuming);
-  void write_error(Connection* c, int status, std::string_view code, std::string_view message);
-  void flush(Connection* c);
-  void submit_send(Connection* c);
-  void start_linger(Connection* c);
-  void on_peer_eof(Connection* c);
-  void close_conn(Connection* c);
-  void op_done(Connection* c);
-  void release(Connection* c);
-  void mark_dirty(Connection* c) { dirty.emplace_back(c, c->gen); }
-  void begin_drain();
-
-  void timer_set(Connection* c, TimerKind kind);
-  void timer_clear(Connection* c);
-  void update_timer(Connection* c);
-  void expire(Connection* c);
-  std::string& fill_buf(Connection* c) { return c->out[c->fill]; }
-  bool idle(const Connection* c) const {
-    return !c->parser.request_in_progress() && !c->awaiting && !c->send_in_flight &&
-           c->out[c->fill].empty() && c->pending.empty();
-  }
-
-  unsigned index;
-  const Limits& limits;
-  std::vector<WorkerListener> listeners;
-  std::vector<bool> accept_armed;
-  std::vector<bool> accept_retry;
-  LoopObserver* observer;
-
-  io_uring ring{};
-  bool ring_ready = false;
-  io_uring_buf_ring* buf_ring = nullptr;
-  char* buf_base = nullptr;
-  unsigned buf_adv = 0;
-
-  int wake_fd = -1;
-  uint64_t wake_value = 0;
-  // Tickets posted by other threads. A mutex is fine here: only deferred requests (cache
-  // misses, admin writes) come this way, never the common request path.
-  std::mutex posted_mu;
-  std::vector<std::pair<uint32_t, uint32_t>> posted;
-  std::vector<std::pair<uint32_t, uint32_t>> posted_local;
-  std::atomic<bool> ready{false};  // init() succeeded; run() will (or does) serve
-  std::atomic<bool> stop_requested{false};
-  __kernel_timespec tick_ts{0, kTickNs};
-
-  std::vector<std::unique_ptr<Connection>> conns;
-  std::vector<uint32_t> free_slots;
-  uint32_t live = 0;
-  TimerList timers[kTimerKinds];
-  std::vector<std::pair<Connection*, uint32_t>> dirty;
-  std::vector<std::pair<Connection*, uint32_t>> rearm;
-
-  int64_t now_ms = 0;
-  unsigned last_batch = 0;
-  int64_t date_sec = -1;
-  char date_buf[29];
-  std::string_view date;
-  bool draining = false;
-  int64_t drain_deadline_ms = 0;
-
-  std::string mode;
-  WorkerStats stats;
-};
 
 Worker::Impl::~Impl() {
   // The ring goes first: tearing it down cancels every operation, after which no buffer below
@@ -252,6 +39,9 @@ Worker::Impl::~Impl() {
   if (buf_base != nullptr) munmap(buf_base, static_cast<size_t>(kBufCount) * kBufSize);
   for (auto& c : conns) {
     if (c->fd >= 0) ::close(c->fd);
+  }
+  for (auto& up : upconns) {
+    if (up->fd >= 0) ::close(up->fd);
   }
   for (WorkerListener& l : listeners) {
     if (l.fd >= 0) ::close(l.fd);
@@ -334,6 +124,7 @@ bool Worker::Impl::init(std::string* error) {
     *error = std::string("eventfd: ") + std::strerror(errno);
     return false;
   }
+  if (!init_upstreams(error)) return false;
   now_ms = monotonic_ms();
   accept_retry.assign(listeners.size(), false);
   conns.reserve(1024);
@@ -436,6 +227,13 @@ void Worker::Impl::run() {
       if (c->gen == gen && !c->closed && !c->recv_armed) arm_recv(c);
     }
     rearm.clear();
+    for (auto [up, gen] : uprearm) {
+      if (up->gen == gen && !up->recv_armed &&
+          (up->state == UpConn::State::kBusy || up->state == UpConn::State::kIdle)) {
+        arm_up_recv(up);
+      }
+    }
+    uprearm.clear();
   }
   // Past the drain deadline: whatever is left is cut off.
   for (auto& c : conns) {
@@ -461,6 +259,19 @@ void Worker::Impl::handle_cqe(io_uring_cqe* cqe) {
       return;
     case kOpAcceptCancel:
       return;
+    case kOpUpConnect:
+    case kOpUpConnectTimeout:
+    case kOpUpSend:
+    case kOpUpRecv:
+    case kOpUpCancel: {
+      UpConn* up = upconns[slot_of(ud)].get();
+      KEYGATE_ASSERT(up->gen == gen_of(ud));
+      if (op == kOpUpConnect) on_up_connect(up, cqe->res);
+      else if (op == kOpUpSend) on_up_send(up, cqe->res);
+      else if (op == kOpUpRecv) on_up_recv(up, cqe);
+      else up_op_done(up);
+      return;
+    }
     default:
       break;
   }
@@ -504,6 +315,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->fd = res;
       c->listener = li;
       c->parser.reset(listeners[li].body_bytes_max);
+      c->parser.set_head_pause(listeners[li].forwards);
       c->closed = false;
       ++live;
       bump(stats.connections_accepted);
@@ -551,7 +363,7 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
 
 void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_after) {
   if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
-  if (!c->pending.empty() || c->awaiting) {
+  if (!c->pending.empty() || c->awaiting || (c->proxying && !c->streaming)) {
     c->pending.append(data.data(), data.size());
     if (c->pending.size() > kPendingInputMax && c->recv_armed && !c->recv_cancel_sent) {
       io_uring_sqe* sqe = get_sqe();
@@ -568,7 +380,18 @@ void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_
 void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_after) {
   for (;;) {
     if (c->close_after_send || c->closed) return;
-    if (c->awaiting || c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
+    if (c->streaming) {
+      stream_request_body(c, &data);
+      if (c->streaming) {
+        // Backpressure: the upstream has enough queued; the rest waits (on_data pauses the
+        // receive when it grows).
+        if (!data.empty()) c->pending.append(data.data(), data.size());
+        return;
+      }
+      continue;
+    }
+    if (c->awaiting || c->proxying ||
+        c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
       c->pending.append(data.data(), data.size());
       return;
     }
@@ -593,6 +416,13 @@ void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_
         bump(stats.requests);
         dispatch(c, false);
         continue;
+      case HttpParser::Status::kHeaders:
+        bump(stats.requests);
+        head_ready(c);
+        continue;
+      case HttpParser::Status::kBodyEnd:
+        KEYGATE_ASSERT(false);  // only while streaming, handled above
+        return;
     }
   }
 }
@@ -603,8 +433,17 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
                         request.keep_alive && !draining && !c->close_after_send);
   if (request.version_minor == 0) writer.http10_client();
   Handler& handler = *listeners[c->listener].handler;
+  log_begin(c, &request);
+  const size_t response_at = fill_buf(c).size();
+  c->ctx.access = AccessNote{};
   const Handler::Result result = resuming ? handler.resume(request, writer, c->ctx)
                                           : handler.handle(request, writer, c->ctx);
+  log_note(c, request);
+  if (result == Handler::Result::kForward) {
+    KEYGATE_ASSERT(!c->awaiting && !writer.started());
+    start_forward(c, false);
+    return;
+  }
   if (result == Handler::Result::kPending) {
     KEYGATE_ASSERT(c->awaiting && !writer.started());
     // The receive buffer the views point into goes back to the kernel at the end of this pass.
@@ -613,6 +452,8 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
     return;
   }
   KEYGATE_ASSERT(!c->awaiting && writer.finished());
+  log_end(c, writer.status(), writer.error_code(),
+          std::string_view(fill_buf(c)).substr(response_at));
   ++c->responses_fill;
   if (!writer.keep_alive()) c->close_after_send = true;
   // The next request gets a fresh header deadline.
@@ -622,8 +463,11 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
 
 void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
                                std::string_view message) {
+  const size_t response_at = fill_buf(c).size();
   ResponseWriter writer(fill_buf(c), date, false, false);
   writer.error(status, code, message);
+  log_begin(c, nullptr);  // a request that did not parse: no method or target to show
+  log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));
   ++c->responses_fill;
   c->close_after_send = true;
   c->pending.clear();
@@ -632,7 +476,7 @@ void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
 }
 
 void Worker::Impl::drain_pending(Connection* c) {
-  if (c->closed || c->awaiting) return;
+  if (c->closed || c->awaiting || (c->proxying && !c->streaming)) return;
   if (!c->pending.empty()) {
     std::swap(c->pending, c->resume_buf);
     process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()), 0);
@@ -650,6 +494,7 @@ void Worker::Impl::flush(Connection* c) {
     return;
   }
   c->fill ^= 1;
+  ++c->flushes;
   KEYGATE_ASSERT(c->out[c->fill].empty());
   c->responses_send = c->responses_fill;
   c->responses_fill = 0;
@@ -686,6 +531,7 @@ void Worker::Impl::on_send(Connection* c, int res) {
   buf.clear();
   if (buf.capacity() > kOutputKeepCapacity) buf.shrink_to_fit();
   c->responses_send = 0;
+  client_output_drained(c);
   drain_pending(c);
   flush(c);
   if (!c->closed && !c->send_in_flight) update_timer(c);
@@ -720,6 +566,7 @@ void Worker::Impl::on_peer_eof(Connection* c) {
 void Worker::Impl::close_conn(Connection* c) {
   if (c->closed) return;
   c->closed = true;
+  detach_client(c);
   timer_clear(c);
   if (c->ops == 0) {
     release(c);
@@ -752,6 +599,11 @@ void Worker::Impl::release(Connection* c) {
   c->send_in_flight = c->recv_armed = c->recv_cancel_sent = c->awaiting = false;
   c->ctx.state = nullptr;
   c->close_after_send = c->lingering = false;
+  c->proxying = c->streaming = false;
+  c->up = nullptr;
+  c->peer_ip[0] = '\0';
+  c->peer[0] = '\0';
+  c->rlog.active = false;
   --live;
   free_slots.push_back(c->slot);
 }
@@ -779,8 +631,9 @@ void Worker::Impl::timer_clear(Connection* c) {
 }
 
 void Worker::Impl::update_timer(Connection* c) {
-  // A deferred request is bounded by whoever holds its ticket, not by a client timeout.
-  if (c->closed || c->lingering || c->awaiting) return;
+  // A deferred request is bounded by whoever holds its ticket, not by a client timeout; a
+  // forwarded one (once its body is in) by the upstream's deadlines.
+  if (c->closed || c->lingering || c->awaiting || (c->proxying && !c->streaming)) return;
   TimerKind want;
   if (c->close_after_send) {
     // The last response is queued (possibly a rejection of a half-read request, which the
@@ -826,6 +679,7 @@ void Worker::Impl::on_tick() {
   for (TimerList& list : timers) {
     while (list.head != nullptr && list.head->deadline_ms <= now_ms) expire(list.head);
   }
+  check_upstream_timers();
   for (uint32_t li = 0; li < listeners.size(); ++li) {
     if (accept_retry[li] && !accept_armed[li] && !draining) {
       accept_retry[li] = false;
@@ -897,8 +751,8 @@ void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
 }
 
 Worker::Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
-               LoopObserver* observer)
-    : impl_(std::make_unique<Impl>(index, limits, std::move(listeners), observer)) {}
+               LoopObserver* observer, const std::vector<ApiConfig>& apis)
+    : impl_(std::make_unique<Impl>(index, limits, std::move(listeners), observer, apis)) {}
 Worker::~Worker() = default;
 
 bool Worker::init(std::string* error) { return impl_->init(error); }
@@ -911,6 +765,11 @@ void Worker::request_stop() {
   // eventfd writes of 8 bytes do not fail short; a failure means the fd is gone (a bug).
   const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));
   KEYGATE_ASSERT(n == sizeof(one));
+}
+
+void Worker::set_access_log(AccessSink* sink, size_t capture_bytes_max) {
+  impl_->access_sink = sink;
+  impl_->capture_bytes_max = capture_bytes_max;
 }
 
 const std::string& Worker::ring_mode() const { return impl_->mode; }

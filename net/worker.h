@@ -13,10 +13,12 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/handler.h"
 #include "core/limits.h"
+#include "core/permissions.h"
 
 namespace keygate::net {
 
@@ -34,13 +36,19 @@ struct WorkerListener {
   int fd = -1;                        // listening socket; the worker closes it
   std::unique_ptr<Handler> handler;   // this worker's handler for the listener
   uint64_t body_bytes_max = 0;        // request body limit on this listener (413 above)
+  // The handler may forward requests (Handler::handle_head is called; see handler.h).
+  bool forwards = false;
+  // The access log's "listener" value: "data" or "admin".
+  std::string_view name = "data";
 };
 
 class Worker {
  public:
   // `observer` (may be null) is called around every blocking wait; it must outlive the worker.
+  // `apis` (index = API index, as ApiRegistry::apis()) names the upstreams forwarded requests
+  // go to; it must outlive the worker.
   Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
-         LoopObserver* observer);
+         LoopObserver* observer, const std::vector<ApiConfig>& apis);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -56,6 +64,10 @@ class Worker {
   // Thread-safe, async-signal-unsafe: asks the worker to stop accepting, finish in-flight
   // requests (bounded by limits.drain_timeout_ms) and return from run().
   void request_stop();
+
+  // Access records of every request go to `sink` (may be null: none), with captures of at most
+  // `capture_bytes_max` bytes per body. Call before init(); the sink must outlive the worker.
+  void set_access_log(AccessSink* sink, size_t capture_bytes_max);
 
   // Which ring set-up the kernel accepted, e.g. "single_issuer+defer_taskrun".
   const std::string& ring_mode() const;

@@ -1,5 +1,6 @@
 #include "storage/key_service_admin_store.h"
 
+#include <string>
 #include <utility>
 
 namespace keygate::storage {
@@ -74,6 +75,35 @@ AdminStoreResult KeyServiceAdminStore::put_user(const User& user) {
 
 AdminStoreResult KeyServiceAdminStore::delete_user(std::string_view name) {
   return to_admin_result(keys_.delete_user(name));
+}
+
+AdminStoreResult KeyServiceAdminStore::query_logs(const LogQuery& query, LogPage* out) {
+  if (log_ == nullptr) {
+    return {AdminStoreCode::kNotConfigured, "no access log is configured", 0};
+  }
+  // A failed flush (the writer cannot write: disk full) still leaves the segments readable, and
+  // that is when an operator most needs them; the unwritten records stay queued and show up in
+  // a later query once writing works again (AccessLogStats::write_errors counts the failures).
+  static_cast<void>(log_->flush());
+  AccessLog::Query q;
+  q.key_id = query.key_id;
+  q.status = query.status;
+  q.since_us = query.since_us;
+  q.until_us = query.until_us;
+  q.limit = query.limit;
+  q.before_seq = query.before_seq;
+  q.after_seq = query.after_seq;
+  q.scan_bytes_max = query.scan_bytes_max;
+  AccessLog::QueryResult result;
+  std::string error;
+  // The error text names a file and errno; the admin API's messages are static, so it stays
+  // here.
+  if (!log_->query(q, &result, &error)) {
+    return {AdminStoreCode::kIoError, "the access log cannot be read", 0};
+  }
+  out->records = std::move(result.records);
+  out->next_cursor = result.next_cursor;
+  return {};
 }
 
 }  // namespace keygate::storage

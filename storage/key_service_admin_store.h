@@ -1,8 +1,11 @@
-// KeyServiceAdminStore: the AdminStore the admin API runs on in production, over KeyService.
+// KeyServiceAdminStore: the AdminStore the admin API runs on in production, over KeyService
+// (keys and users) and, when one is set, the AccessLog (GET /admin/logs).
 //
-// Thread-safe as KeyService is; every call blocks (store reads, or synced writes followed by a
-// cache grace period), so it runs on the admin executor thread, never on a worker. When a
-// mutation returns, every worker sees its effect (KeyService's contract).
+// Thread-safe as KeyService and AccessLog are; every call blocks (store reads, synced writes
+// followed by a cache grace period, log flushes and segment reads), so it runs on the admin
+// executor thread, never on a worker. When a mutation returns, every worker sees its effect
+// (KeyService's contract). set_access_log() is start-up wiring: call it before the store is
+// shared with the executor.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "core/admin_api.h"
+#include "storage/access_log.h"
 #include "storage/key_service.h"
 #include "storage/key_store.h"
 
@@ -40,8 +44,16 @@ class KeyServiceAdminStore final : public AdminStore {
   AdminStoreResult put_user(const User& user) override;
   AdminStoreResult delete_user(std::string_view name) override;
 
+  // The access log query_logs() reads; nullptr (the default): none, and query_logs() answers
+  // kNotConfigured. `log` must outlive this object. Not synchronized: set it before any call.
+  void set_access_log(AccessLog* log) noexcept { log_ = log; }
+  // Flushes the log (so a query sees what was appended just before it), then queries it.
+  // kIoError when the segments cannot be read; a failed flush does not fail the query.
+  AdminStoreResult query_logs(const LogQuery& query, LogPage* out) override;
+
  private:
   KeyService& keys_;
+  AccessLog* log_ = nullptr;
 };
 
 }  // namespace keygate::storage

@@ -18,12 +18,25 @@
 #include "core/config.h"
 #include "core/permissions.h"
 #include "net/server.h"
+#include "storage/access_log.h"
 #include "storage/admin_executor.h"
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
 #include "storage/key_service_admin_store.h"
 
 namespace {
+
+// The workers' view of the access log (net/ knows only core's AccessSink).
+class AccessLogSink final : public keygate::AccessSink {
+ public:
+  explicit AccessLogSink(keygate::storage::AccessLog& log) : log_(log) {}
+  bool append(unsigned worker, std::string_view record) noexcept override {
+    return log_.append(worker, record);
+  }
+
+ private:
+  keygate::storage::AccessLog& log_;
+};
 
 constexpr int kExitStartupFailure = 1;
 constexpr int kExitUsage = 2;
@@ -154,9 +167,29 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The access log: workers append to their own buffers, its thread writes the files. Declared
+  // after the server, so it is destroyed (drained, flushed) once no worker appends any more.
+  std::unique_ptr<keygate::storage::AccessLog> access_log;
+  std::optional<AccessLogSink> access_sink;
+  if (config.log_enabled) {
+    keygate::storage::AccessLogOptions log_options;
+    log_options.dir = config.log_dir;
+    log_options.ring_bytes_per_worker = static_cast<size_t>(config.log_ring_bytes_per_worker);
+    log_options.segment_bytes_max = config.log_segment_bytes_max;
+    log_options.retention_bytes = config.log_retention_bytes;
+    log_options.flush_interval_ms = config.log_flush_interval_ms;
+    access_log = keygate::storage::AccessLog::open(log_options, workers, &error);
+    if (access_log == nullptr) {
+      std::fprintf(stderr, "keygate: access log: %s\n", error.c_str());
+      return kExitStartupFailure;
+    }
+    access_sink.emplace(*access_log);
+  }
+
   // Destroyed before the KeyService they write to, after the server stopped (no worker still
   // submits a job).
   keygate::storage::KeyServiceAdminStore admin_store(keys);
+  admin_store.set_access_log(access_log.get());
   keygate::storage::AdminExecutor admin_executor(admin_store, registry, {});
   const auto body_inspect_bytes_max = static_cast<size_t>(config.body_inspect_bytes_max);
   keygate::AuthHandlerFactory data_handlers(registry, keys, body_inspect_bytes_max);
@@ -169,6 +202,9 @@ int main(int argc, char** argv) {
   options.admin_body_bytes_max = config.admin_body_bytes_max;
   options.data_handlers = &data_handlers;
   options.admin_handlers = &admin_handlers;
+  options.apis = registry.apis();
+  if (access_sink) options.access_sink = &*access_sink;
+  options.capture_bytes_max = static_cast<size_t>(config.log_capture_bytes_max);
   for (unsigned i = 0; i < workers; ++i) options.loop_observers.push_back(keys.loop_observer(i));
   server.emplace(options);
   if (!server->start(&error)) {

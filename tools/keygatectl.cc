@@ -1,8 +1,9 @@
 // keygatectl: the admin CLI. Manages the keys, users and APIs of a running keygate through its
-// admin HTTP API (core/admin_api.h lists the routes and JSON shapes).
+// admin HTTP API (core/admin_api.h lists the routes and JSON shapes), and reads its access log.
 //
-// Single-threaded; every command makes one blocking request (keys list: one per page it needs)
-// through tools/ctl/http_client.h, each wait bounded by --timeout. Exit status: 0 success, 1 the
+// Single-threaded; every command makes one blocking request (keys list and logs: one per page
+// they need) through tools/ctl/http_client.h, each wait bounded by --timeout. `logs --follow`
+// polls until SIGINT (or SIGTERM), which ends it with status 0. Exit status: 0 success, 1 the
 // server refused the request, could not be reached or answered something unexpected, 2 usage
 // error (nothing was sent).
 //
@@ -13,7 +14,11 @@
 #define SIMDJSON_EXCEPTIONS 0
 #include <simdjson.h>
 
+#include <signal.h>
+#include <time.h>
+
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -52,6 +57,11 @@ constexpr size_t kListPagesMax = 1'000'000;
 // The admin API's page sizes (core/admin_api.cc): checked here to say so before sending.
 constexpr int64_t kListLimitDefault = 100;
 constexpr int64_t kListLimitMax = 1000;
+// logs (core/admin_api.cc): a page holds 1 to 1000 records, 100 by default.
+constexpr int64_t kLogsLimitDefault = 100;
+constexpr int64_t kLogsLimitMax = 1000;
+// logs --follow asks for new records this often while there are none.
+constexpr long kFollowPollMs = 500;
 // Unknown commands and options are echoed only when they look like words of this length at
 // most: anything else may be a key value typed in the wrong place.
 constexpr size_t kEchoWordBytesMax = 24;
@@ -82,9 +92,12 @@ Commands:
   keys create|list|show|update|delete|rotate|import ...  API keys
   users create|list|show|update|delete ...               users and their grants
   apis                                                   the configured APIs and their routes
+  logs [--key ID] [--status N] [--since TIME] [--limit N] [--follow] ...
+                                                         the access log ('logs --help')
 
 Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, DESCRIPTION), users (NAME,
-GRANTS) and apis (NAME, ROUTES) likewise; one record as "field: value" lines.
+GRANTS) and apis (NAME, ROUTES) likewise; one record as "field: value" lines; access-log
+records as JSON Lines, one record per line as keygate stored it.
 
 Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
 "key: VALUE" before the record (with --json, as the response's "key" member). Store them
@@ -97,6 +110,7 @@ Examples:
   export KEYGATE_ADMIN_KEY=...
   keygatectl keys create --api orders --description "shop frontend"
   keygatectl keys list --api orders --all
+  keygatectl logs --key k7Qd2XcLm0aZb --status 403 --follow
   keygatectl --url http://127.0.0.1:9081 users create alice@example.com --grant orders:GET:/orders
 )";
 
@@ -161,7 +175,34 @@ Lists the APIs configured in keygate's config file, with their routes. APIs are 
 through the admin API: edit the config file and restart keygate.
 )";
 
-enum class Group : uint8_t { kNone, kKeys, kUsers, kApis };
+constexpr std::string_view kLogsHelp = R"(Usage: keygatectl [global options] logs [options]
+
+  logs [--key ID] [--status N] [--since TIME] [--until TIME] [--limit N] [--cursor C]
+  logs --follow [--key ID] [--status N] [--since TIME] [--until TIME] [--limit N]
+
+Prints access-log records, one per line, each the JSON object keygate stored: newest first,
+up to N (1 to 1000, default 100). A note on stderr gives the --cursor of the next (older) page
+when there may be one.
+  --key ID       only requests made with this key (its id, as 'keys list' shows)
+  --status N     only responses with this HTTP status (100 to 599)
+  --since TIME   only records at or after TIME
+  --until TIME   only records before TIME
+  --limit N      records per page, 1 to 1000 (default 100)
+  --cursor C     continue from an earlier page's note
+  --follow       print the newest N matching records oldest first, then every new matching
+                 record as it is logged (checking every 0.5 s) until interrupted (Ctrl-C
+                 ends it with exit status 0)
+  --json         print the server's page as is ({"records":[...],"next_cursor":...}); not
+                 with --follow
+
+TIME is RFC 3339 UTC, e.g. 2026-11-26T12:00:00Z (fractions of a second are ignored).
+Records carry seq, time_us, request_id, worker, listener, client, key_id, user, api, method,
+path, status, bytes_in, bytes_out, duration_us, reason, ...; a {"type":"dropped",...} line
+says how many records were lost to a full buffer (shown only without --key and --status).
+Exit status 1 with "503 logs_unavailable" when keygate runs without an access log.
+)";
+
+enum class Group : uint8_t { kNone, kKeys, kUsers, kApis, kLogs };
 
 std::string_view help_for(Group group) {
   switch (group) {
@@ -171,6 +212,8 @@ std::string_view help_for(Group group) {
       return kUsersHelp;
     case Group::kApis:
       return kApisHelp;
+    case Group::kLogs:
+      return kLogsHelp;
     case Group::kNone:
       break;
   }
@@ -185,6 +228,8 @@ std::string_view group_name(Group group) {
       return "users";
     case Group::kApis:
       return "apis";
+    case Group::kLogs:
+      return "logs";
     case Group::kNone:
       break;
   }
@@ -210,6 +255,9 @@ std::string_view usage_line(Group group) {
       return "usage: keygatectl [global options] users create|list|show|update|delete ...\n";
     case Group::kApis:
       return "usage: keygatectl [global options] apis\n";
+    case Group::kLogs:
+      return "usage: keygatectl [global options] logs [--key ID] [--status N] [--since TIME] "
+             "[--until TIME] [--limit N] [--cursor C] [--follow]\n";
     case Group::kNone:
       break;
   }
@@ -362,6 +410,30 @@ bool parse_count(std::string_view text, int64_t max, int64_t* out) {
   }
   if (v > max) return false;
   *out = v;
+  return true;
+}
+
+// A decimal number of 1 to 20 digits that fits in 64 bits (a cursor or seq from the server).
+bool parse_count_u64(std::string_view text, uint64_t* out) {
+  if (text.empty() || text.size() > 20) return false;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    const auto digit = static_cast<uint64_t>(c - '0');
+    if (v > (UINT64_MAX - digit) / 10) return false;
+    v = v * 10 + digit;
+  }
+  *out = v;
+  return true;
+}
+
+// The shape of a key id as keygate assigns them: "k" and 12 base62 characters.
+bool looks_like_key_id(std::string_view text) {
+  if (text.size() != 13 || text[0] != 'k') return false;
+  for (char c : text.substr(1)) {
+    const bool base62 = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+    if (!base62) return false;
+  }
   return true;
 }
 
@@ -1100,6 +1172,312 @@ int apis_list(const Context& ctx, const Args& args) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// logs
+
+// Set by SIGINT/SIGTERM while `logs --follow` runs.
+volatile sig_atomic_t g_stop_requested = 0;
+
+void on_stop_signal(int) { g_stop_requested = 1; }
+
+// Without SA_RESTART, so a sleep ends at once; the HTTP client retries on EINTR, so a request
+// in flight finishes (bounded by --timeout) before the flag is seen.
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// Sleeps `ms` or until a stop signal arrives.
+void sleep_or_stop(long ms) {
+  timespec left{ms / 1000, (ms % 1000) * 1'000'000};
+  while (g_stop_requested == 0 && nanosleep(&left, &left) != 0 && errno == EINTR) {
+  }
+}
+
+// The end of the JSON value starting at text[pos]; `text` is known to be valid JSON.
+size_t skip_json_value(std::string_view text, size_t pos) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = pos; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+        if (depth == 0) return i + 1;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"':
+        in_string = true;
+        break;
+      case '{':
+      case '[':
+        ++depth;
+        break;
+      case '}':
+      case ']':
+        if (depth == 0) return i;  // the end of a scalar inside a container
+        if (--depth == 0) return i + 1;
+        break;
+      case ',':
+      case ' ':
+      case '\t':
+      case '\r':
+      case '\n':
+        if (depth == 0) return i;
+        break;
+      default:
+        break;
+    }
+  }
+  return text.size();
+}
+
+size_t skip_json_space(std::string_view text, size_t pos) {
+  while (pos < text.size() &&
+         (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\r' || text[pos] == '\n')) {
+    ++pos;
+  }
+  return pos;
+}
+
+// One page of GET /admin/logs: each record as the exact text the server sent (parsing and
+// re-serializing would change escapes such as "\u00e9", which in a record stands for a raw
+// byte), and the cursor.
+struct LogsPage {
+  std::vector<std::string_view> records;  // views into the response body
+  std::optional<std::string> next_cursor;
+};
+
+// Validates the page with simdjson, then cuts the members of "records" out of the text.
+bool read_logs_page(const std::string& body, dom::parser& parser, LogsPage* out) {
+  out->records.clear();
+  dom::object root;
+  dom::array records;
+  if (parser.parse(body.data(), body.size()).get_object().get(root) != simdjson::SUCCESS ||
+      root["records"].get_array().get(records) != simdjson::SUCCESS) {
+    return false;
+  }
+  for (dom::element e : records) {
+    if (!e.is_object()) return false;
+  }
+  out->next_cursor = nullable_string(root, "next_cursor");
+  const std::string_view text = body;
+  size_t pos = skip_json_space(text, 0) + 1;  // past '{'
+  while (true) {
+    pos = skip_json_space(text, pos);
+    if (pos >= text.size() || text[pos] != '"') return false;
+    const size_t name_end = skip_json_value(text, pos);
+    const std::string_view name = text.substr(pos, name_end - pos);
+    pos = skip_json_space(text, name_end);
+    if (pos >= text.size() || text[pos] != ':') return false;
+    pos = skip_json_space(text, pos + 1);
+    if (name != "\"records\"") {
+      pos = skip_json_space(text, skip_json_value(text, pos));
+      if (pos >= text.size() || text[pos] != ',') return false;
+      ++pos;
+      continue;
+    }
+    pos = skip_json_space(text, pos + 1);  // past '['
+    while (pos < text.size() && text[pos] != ']') {
+      const size_t end = skip_json_value(text, pos);
+      out->records.push_back(text.substr(pos, end - pos));
+      pos = skip_json_space(text, end);
+      if (pos < text.size() && text[pos] == ',') pos = skip_json_space(text, pos + 1);
+    }
+    return out->records.size() == records.size();
+  }
+}
+
+struct LogsQuery {
+  std::string filters;  // "&key_id=...&status=..." as given
+  int64_t limit = kLogsLimitDefault;
+};
+
+// Fetches one page; kRender when `*page` holds it, else the exit code.
+int fetch_logs(const Context& ctx, const std::string& params, HttpResponse* r, dom::parser& parser,
+               LogsPage* page) {
+  if (!exchange(ctx, "GET", "/admin/logs?" + params, nullptr, r)) return kExitFailure;
+  if (!success(*r)) return report_refusal(*r);
+  if (!read_logs_page(r->body, parser, page)) {
+    return unexpected_response("not a page of access-log records");
+  }
+  return kRender;
+}
+
+// Prints records newest first, following the cursor until --limit records were shown (a
+// filtered page may come back short: the server bounds the bytes one request scans).
+int logs_page(const Context& ctx, const LogsQuery& q, std::optional<std::string> cursor) {
+  dom::parser parser;
+  int64_t shown = 0;
+  for (size_t page_number = 0;; ++page_number) {
+    if (page_number == kListPagesMax) return failure("logs: too many pages; giving up");
+    std::string params = "limit=" + std::to_string(q.limit - shown) + q.filters;
+    if (cursor) params += "&cursor=" + url_encode(*cursor);
+    HttpResponse r;
+    if (ctx.json) {
+      // The server's page as is.
+      if (!exchange(ctx, "GET", "/admin/logs?" + params, nullptr, &r)) return kExitFailure;
+      if (!success(r)) return report_refusal(r);
+      return emit_json(r);
+    }
+    LogsPage page;
+    if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
+    std::string out;
+    for (std::string_view record : page.records) {
+      out.append(record).push_back('\n');
+      ++shown;
+    }
+    if (const int rc = emit(out); rc != kExitOk) return rc;
+    if (!page.next_cursor) break;
+    if (cursor && *page.next_cursor == *cursor) {
+      return unexpected_response("the cursor did not advance");
+    }
+    cursor = page.next_cursor;
+    if (shown >= q.limit) {
+      std::fprintf(stderr,
+                   "keygatectl: older records may follow: add --cursor %s for the next page\n",
+                   printable(*cursor).c_str());
+      return kExitOk;
+    }
+  }
+  if (shown == 0) std::fputs("keygatectl: no records\n", stderr);
+  return kExitOk;
+}
+
+// The seq of the newest record of the whole log, unfiltered (0 when the log is empty); kRender
+// on success, else the exit code.
+int newest_seq(const Context& ctx, dom::parser& parser, uint64_t* seq) {
+  HttpResponse r;
+  LogsPage page;
+  if (const int rc = fetch_logs(ctx, "limit=1", &r, parser, &page); rc != kRender) return rc;
+  *seq = 0;
+  if (page.records.empty()) return kRender;
+  dom::parser record_parser;
+  dom::object o;
+  const std::string_view record = page.records.front();
+  if (record_parser.parse(record.data(), record.size()).get_object().get(o) != simdjson::SUCCESS ||
+      o["seq"].get_uint64().get(*seq) != simdjson::SUCCESS || *seq == 0) {
+    return unexpected_response("a record without a seq");
+  }
+  return kRender;
+}
+
+// Prints the matching records with seq <= `upto`, oldest first: the newest `limit` of them, or
+// all of them when `limit` is 0.
+int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t limit) {
+  dom::parser parser;
+  std::vector<std::string> backlog;  // newest first
+  std::optional<std::string> cursor = std::to_string(upto + 1);
+  for (size_t page_number = 0; cursor && g_stop_requested == 0; ++page_number) {
+    if (page_number == kListPagesMax) return failure("logs: too many pages; giving up");
+    const int64_t want = limit == 0 ? kLogsLimitMax : limit - static_cast<int64_t>(backlog.size());
+    if (want <= 0) break;
+    HttpResponse r;
+    LogsPage page;
+    const std::string params =
+        "limit=" + std::to_string(want) + q.filters + "&cursor=" + url_encode(*cursor);
+    if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
+    for (std::string_view record : page.records) backlog.emplace_back(record);
+    if (page.next_cursor && *page.next_cursor == *cursor) {
+      return unexpected_response("the cursor did not advance");
+    }
+    cursor = page.next_cursor;
+  }
+  std::string out;
+  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) out.append(*it).push_back('\n');
+  return emit(out);
+}
+
+// --follow: the newest --limit matching records oldest first, then new ones as they come, by
+// polling with after=<the newest seq examined>. The starting point is the seq of the newest
+// record of the whole log, so no record is lost or shown twice between the requests.
+int logs_follow(const Context& ctx, const LogsQuery& q) {
+  install_stop_handlers();
+  // An error after a stop signal is the interruption, not a failure.
+  const auto end = [](int rc) { return g_stop_requested != 0 ? kExitOk : rc; };
+  dom::parser parser;
+  uint64_t after = 0;
+  if (const int rc = newest_seq(ctx, parser, &after); rc != kRender) return end(rc);
+  if (after > 0) {
+    if (const int rc = print_backlog(ctx, q, after, q.limit); rc != kExitOk) return end(rc);
+  }
+  while (g_stop_requested == 0) {
+    if (after == 0) {
+      // The log was empty: wait for its first record, then show every matching record up to
+      // it (all of them were logged since we started).
+      uint64_t newest = 0;
+      if (const int rc = newest_seq(ctx, parser, &newest); rc != kRender) return end(rc);
+      if (newest == 0) {
+        sleep_or_stop(kFollowPollMs);
+        continue;
+      }
+      if (const int rc = print_backlog(ctx, q, newest, 0); rc != kExitOk) return end(rc);
+      after = newest;
+      continue;
+    }
+    HttpResponse r;
+    LogsPage page;
+    const std::string params =
+        "limit=" + std::to_string(kLogsLimitMax) + q.filters + "&after=" + std::to_string(after);
+    if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return end(rc);
+    std::string out;
+    for (std::string_view record : page.records) out.append(record).push_back('\n');
+    if (const int rc = emit(out); rc != kExitOk) return end(rc);
+    uint64_t next = 0;
+    if (!page.next_cursor || !parse_count_u64(*page.next_cursor, &next) || next < after) {
+      return end(unexpected_response("a follow page without a usable next_cursor"));
+    }
+    // Nothing newer was examined: wait. Otherwise more may be there at once (a full page, or
+    // the server's scan budget ended the page).
+    const bool idle = next == after;
+    after = next;
+    if (idle) sleep_or_stop(kFollowPollMs);
+  }
+  return kExitOk;
+}
+
+int logs_command(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) return usage_error(Group::kLogs, "logs takes no arguments");
+  LogsQuery q;
+  if (auto v = args.last("--limit");
+      v && (!parse_count(*v, kLogsLimitMax, &q.limit) || q.limit < 1)) {
+    return usage_error(Group::kLogs, "--limit takes 1 to 1000");
+  }
+  if (auto v = args.last("--key")) {
+    // Checked here so that a key value typed in the wrong place never goes into a URL.
+    if (!looks_like_key_id(*v)) {
+      return usage_error(Group::kLogs,
+                         "--key takes a key id (\"k\" and 12 letters or digits, as 'keys list' "
+                         "shows), not a key value");
+    }
+    q.filters += "&key_id=" + url_encode(*v);
+  }
+  if (auto v = args.last("--status")) {
+    int64_t status = 0;
+    if (!parse_count(*v, 599, &status) || status < 100) {
+      return usage_error(Group::kLogs, "--status takes an HTTP status code, 100 to 599");
+    }
+    q.filters += "&status=" + std::to_string(status);
+  }
+  if (auto v = args.last("--since")) q.filters += "&since=" + url_encode(*v);
+  if (auto v = args.last("--until")) q.filters += "&until=" + url_encode(*v);
+  const std::optional<std::string> cursor = args.last("--cursor");
+  if (args.has("--follow")) {
+    if (cursor) return usage_error(Group::kLogs, "--cursor and --follow exclude each other");
+    if (ctx.json) return usage_error(Group::kLogs, "--json and --follow exclude each other");
+    return logs_follow(ctx, q);
+  }
+  return logs_page(ctx, q, cursor);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dispatch
 
 using Handler = int (*)(const Context&, const Args&);
@@ -1131,6 +1509,10 @@ constexpr OptionSpec kRotateKeyOptions[] = {{"--grace-seconds", Arity::kValue}};
 constexpr OptionSpec kCreateUserOptions[] = {{"--grant", Arity::kValue}};
 constexpr OptionSpec kUpdateUserOptions[] = {{"--grant", Arity::kValue},
                                              {"--no-grants", Arity::kFlag}};
+constexpr OptionSpec kLogsOptions[] = {{"--key", Arity::kValue},   {"--status", Arity::kValue},
+                                       {"--since", Arity::kValue}, {"--until", Arity::kValue},
+                                       {"--limit", Arity::kValue}, {"--cursor", Arity::kValue},
+                                       {"--follow", Arity::kFlag}};
 
 const Command kCommands[] = {
     {Group::kKeys, "create", keys_create, kCreateKeyOptions},
@@ -1146,12 +1528,14 @@ const Command kCommands[] = {
     {Group::kUsers, "update", users_update, kUpdateUserOptions},
     {Group::kUsers, "delete", users_delete, {}},
     {Group::kApis, "", apis_list, {}},
+    {Group::kLogs, "", logs_command, kLogsOptions},
 };
 
 Group parse_group(std::string_view word) {
   if (word == "keys" || word == "key") return Group::kKeys;
   if (word == "users" || word == "user") return Group::kUsers;
   if (word == "apis" || word == "api") return Group::kApis;
+  if (word == "logs" || word == "log") return Group::kLogs;
   return Group::kNone;
 }
 
@@ -1213,7 +1597,7 @@ int run(int argc, char** argv) {
     if (is_help(all[j])) return print_help(group);
   }
   std::string_view sub;
-  if (group != Group::kApis) {
+  if (group != Group::kApis && group != Group::kLogs) {
     if (i == all.size()) {
       return usage_error(group, std::string(group_name(group)) + " needs a subcommand");
     }

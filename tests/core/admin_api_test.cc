@@ -123,6 +123,19 @@ class FakeAdminStore : public AdminStore {
     if (io_error) return io();
     return users.erase(std::string(name)) == 1 ? ok() : code(AdminStoreCode::kNotFound);
   }
+  // Without has_log, the interface's default (no access log); with it, every query is recorded
+  // and answered with log_page.
+  AdminStoreResult query_logs(const LogQuery& query, LogPage* out) override {
+    if (!has_log) return AdminStore::query_logs(query, out);
+    log_queries.push_back(query);
+    if (io_error) return io();
+    *out = log_page;
+    return ok();
+  }
+
+  bool has_log = false;
+  std::vector<LogQuery> log_queries;
+  LogPage log_page;
 
   const KeyRecord* find_by_digest(const KeyDigest& digest) const {
     for (const auto& [id, r] : keys) {
@@ -202,6 +215,13 @@ std::vector<std::string> imported_ids(std::string_view json) {
 std::optional<std::string> next_cursor(std::string_view json) {
   if (contains(json, "\"next_cursor\":null")) return std::nullopt;
   return string_member(json, "next_cursor");
+}
+
+// An RFC 3339 time as the access log's microseconds.
+int64_t parsed_us(std::string_view text) {
+  int64_t t = -1;
+  EXPECT_TRUE(parse_rfc3339(text, &t)) << text;
+  return t * 1'000'000;
 }
 
 void expect_error(const AdminResponse& r, int status, std::string_view code,
@@ -296,6 +316,7 @@ using AdminImport = AdminTest;
 using AdminUsers = AdminTest;
 using AdminApis = AdminTest;
 using AdminStoreErrors = AdminTest;
+using AdminLogs = AdminTest;
 
 // ---------------------------------------------------------------------------------------------
 // Routing
@@ -303,13 +324,13 @@ using AdminStoreErrors = AdminTest;
 TEST(AdminRouteShape, IsAdminRouteKnowsEveryRouteAndNothingElse) {
   for (std::string_view path :
        {"/admin/keys", "/admin/keys/import", "/admin/keys/k000000000000", "/admin/keys/x/rotate",
-        "/admin/users", "/admin/users/kharnagy%40domain.corp", "/admin/apis"}) {
+        "/admin/users", "/admin/users/kharnagy%40domain.corp", "/admin/apis", "/admin/logs"}) {
     EXPECT_TRUE(is_admin_route(path)) << path;
   }
   for (std::string_view path :
        {"", "/", "/admin", "/admin/", "/admin/keys/", "/admin/keys//rotate", "/admin/keys/a/b",
         "/admin/keys/a/rotate/", "/admin/users/a/b", "/admin/apis/x", "/admin/nope", "/adminx/keys",
-        "/orders", "/admin/Keys", "/admin//keys"}) {
+        "/orders", "/admin/Keys", "/admin//keys", "/admin/logs/", "/admin/logs/x"}) {
     EXPECT_FALSE(is_admin_route(path)) << path;
   }
 }
@@ -336,7 +357,8 @@ TEST_F(AdminRouting, WrongMethodIsMethodNotAllowedWithAllow) {
         Case{"PATCH", "/admin/users", "GET, POST"},
         Case{"POST", "/admin/users/alice", "GET, PATCH, DELETE"},
         Case{"POST", "/admin/apis", "GET"}, Case{"get", "/admin/apis", "GET"},
-        Case{"HEAD", "/admin/apis", "GET"}}) {
+        Case{"HEAD", "/admin/apis", "GET"}, Case{"POST", "/admin/logs", "GET"},
+        Case{"DELETE", "/admin/logs", "GET"}}) {
     const AdminResponse r = call(c.method, c.path);
     expect_error(r, 405, "method_not_allowed", std::nullopt);
     EXPECT_EQ(r.allow, c.allow) << c.method << " " << c.path;
@@ -1051,6 +1073,163 @@ TEST_F(AdminApis, ListsTheConfiguredApis) {
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, R"({"apis":[{"name":"orders","routes":["/orders"]},)"
                     R"({"name":"billing","routes":["/billing","/invoices"]}]})");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access log
+
+TEST_F(AdminLogs, WithoutAnAccessLogTheRouteIsLogsUnavailable) {
+  const AdminResponse r = call("GET", "/admin/logs");
+  EXPECT_EQ(r.body,
+            R"({"error":"logs_unavailable","field":null,"message":"no access log is configured"})");
+  EXPECT_EQ(r.status, 503);
+}
+
+TEST_F(AdminLogs, WithoutParametersAsksForTheNewestHundredWithinTheScanBudget) {
+  store_.has_log = true;
+  EXPECT_EQ(call("GET", "/admin/logs").status, 200);
+  ASSERT_EQ(store_.log_queries.size(), 1u);
+  const LogQuery& q = store_.log_queries[0];
+  EXPECT_EQ(q.key_id, "");
+  EXPECT_EQ(q.status, 0);
+  EXPECT_EQ(q.since_us, 0);
+  EXPECT_EQ(q.until_us, 0);
+  EXPECT_EQ(q.limit, 100u);
+  EXPECT_EQ(q.before_seq, 0u);
+  EXPECT_EQ(q.after_seq, 0u);
+  // Bounded well below the log's own default, so one request's reads and response stay small.
+  EXPECT_GT(q.scan_bytes_max, 0u);
+  EXPECT_LE(q.scan_bytes_max, uint64_t{64} << 20);
+}
+
+TEST_F(AdminLogs, ParsesEveryParameterIntoTheQuery) {
+  store_.has_log = true;
+  ASSERT_EQ(call("GET", "/admin/logs", {},
+                 "key_id=k7Qd2XcLm0aZb&status=404&since=2026-11-26T12:00:00Z"
+                 "&until=2026-11-26T13:00:00.999Z&limit=1000&cursor=77")
+                .status,
+            200);
+  // Percent-encoded like any query value; '+' must be sent as %2B ('+' is a space).
+  ASSERT_EQ(
+      call("GET", "/admin/logs", {},
+           "status=4%304&since=2026-11-26T13:00:00%2B01:00&limit=1&after=18446744073709551615&")
+          .status,
+      200);
+  ASSERT_EQ(call("GET", "/admin/logs", {}, "cursor=").status, 200);
+  ASSERT_EQ(store_.log_queries.size(), 3u);
+  const LogQuery& a = store_.log_queries[0];
+  EXPECT_EQ(a.key_id, "k7Qd2XcLm0aZb");
+  EXPECT_EQ(a.status, 404);
+  EXPECT_EQ(a.since_us, parsed_us("2026-11-26T12:00:00Z"));
+  EXPECT_EQ(a.until_us, parsed_us("2026-11-26T13:00:00Z")) << "fractions of a second are dropped";
+  EXPECT_EQ(a.limit, 1000u);
+  EXPECT_EQ(a.before_seq, 77u);
+  EXPECT_EQ(a.after_seq, 0u);
+  const LogQuery& b = store_.log_queries[1];
+  EXPECT_EQ(b.status, 404);
+  EXPECT_EQ(b.since_us, parsed_us("2026-11-26T12:00:00Z"));
+  EXPECT_EQ(b.until_us, 0);
+  EXPECT_EQ(b.limit, 1u);
+  EXPECT_EQ(b.after_seq, UINT64_MAX);
+  EXPECT_EQ(store_.log_queries[2].before_seq, 0u) << "an empty cursor starts at the newest";
+}
+
+TEST_F(AdminLogs, RecordsAreEmbeddedVerbatimAndTheCursorIsADecimalString) {
+  store_.has_log = true;
+  const std::string newer =
+      R"({"seq":9,"time_us":1764158400000000,"key_id":"k7Qd2XcLm0aZb","method":"GET",)"
+      R"("path":"/orders?a=%C3%A9","status":200,"reason":null, "note":"\u00e9 \"q\""})";
+  const std::string older =
+      R"({"seq":7,"type":"dropped","worker":1,"count":1,"dropped_from_seq":6,"dropped_to_seq":6})";
+  store_.log_page.records = {newer, older};
+  store_.log_page.next_cursor = 7;
+  AdminResponse r = call("GET", "/admin/logs", {}, "limit=2");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "{\"records\":[" + newer + "," + older + "],\"next_cursor\":\"7\"}");
+
+  // The last page: the scan reached the oldest record.
+  store_.log_page.next_cursor = 0;
+  r = call("GET", "/admin/logs", {}, "cursor=7");
+  EXPECT_EQ(r.body, "{\"records\":[" + newer + "," + older + "],\"next_cursor\":null}");
+
+  store_.log_page = {};
+  r = call("GET", "/admin/logs");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"records":[],"next_cursor":null})");
+}
+
+TEST_F(AdminLogs, FollowPassesAfterThroughAndReturnsTheNextAfter) {
+  store_.has_log = true;
+  store_.log_page.records = {R"({"seq":13,"status":200})", R"({"seq":14,"status":200})"};
+  store_.log_page.next_cursor = 15;  // a later non-matching line was examined too
+  const AdminResponse r = call("GET", "/admin/logs", {}, "after=12&status=200");
+  EXPECT_EQ(r.body, R"({"records":[{"seq":13,"status":200},{"seq":14,"status":200}],)"
+                    R"("next_cursor":"15"})");
+  ASSERT_EQ(store_.log_queries.size(), 1u);
+  EXPECT_EQ(store_.log_queries[0].after_seq, 12u);
+  EXPECT_EQ(store_.log_queries[0].before_seq, 0u);
+}
+
+TEST_F(AdminLogs, ALineThatIsNotAJsonObjectIsLeftOut) {
+  store_.has_log = true;
+  store_.log_page.records = {R"({"seq":3})", R"({"seq":2,"path":"/x)", "[1]", R"({"seq":1})"};
+  store_.log_page.next_cursor = 0;
+  EXPECT_EQ(call("GET", "/admin/logs").body,
+            R"({"records":[{"seq":3},{"seq":1}],"next_cursor":null})");
+}
+
+TEST_F(AdminLogs, RejectsBadParametersBeforeAskingTheStore) {
+  store_.has_log = true;
+  struct Case {
+    std::string_view query;
+    std::string_view code;
+    std::optional<std::string_view> field;
+  };
+  for (const Case& c : {
+           Case{"status=99", "invalid_value", "status"},
+           Case{"status=600", "invalid_value", "status"},
+           Case{"status=2xx", "invalid_value", "status"},
+           Case{"status=", "invalid_value", "status"},
+           Case{"status=-200", "invalid_value", "status"},
+           Case{"limit=0", "invalid_value", "limit"},
+           Case{"limit=1001", "invalid_value", "limit"},
+           Case{"limit=ten", "invalid_value", "limit"},
+           Case{"since=yesterday", "invalid_value", "since"},
+           Case{"since=1764158400", "invalid_value", "since"},
+           Case{"since=2026-13-01T00:00:00Z", "invalid_value", "since"},
+           Case{"since=2026-11-26T13:00:00+01:00", "invalid_value", "since"},
+           Case{"since=1969-12-31T23:59:59Z", "invalid_value", "since"},
+           Case{"until=1970-01-01T00:00:00Z", "invalid_value", "until"},
+           Case{"until=", "invalid_value", "until"},
+           Case{"since=2026-11-26T12:00:00Z&until=2026-11-26T12:00:00Z", "invalid_value", "until"},
+           Case{"cursor=0", "invalid_value", "cursor"},
+           Case{"cursor=k7Qd2XcLm0aZb", "invalid_value", "cursor"},
+           Case{"cursor=18446744073709551616", "invalid_value", "cursor"},
+           Case{"cursor=123456789012345678901", "invalid_value", "cursor"},
+           Case{"after=0", "invalid_value", "after"},
+           Case{"after=", "invalid_value", "after"},
+           Case{"after=-1", "invalid_value", "after"},
+           Case{"cursor=9&after=3", "invalid_value", "after"},
+           Case{"key_id=", "invalid_value", "key_id"},
+           Case{"key_id=alice", "invalid_value", "key_id"},
+           Case{"status=200&status=200", "invalid_value", "status"},
+           Case{"limit=1&limit=2", "invalid_value", "limit"},
+           Case{"api=orders", "unknown_field", "api"},
+           Case{"seq=1", "unknown_field", "seq"},
+           Case{"key_id=%zz", "invalid_value", std::nullopt},
+       }) {
+    SCOPED_TRACE(c.query);
+    expect_error(call("GET", "/admin/logs", {}, c.query), 400, c.code, c.field);
+  }
+  EXPECT_TRUE(store_.log_queries.empty());
+}
+
+TEST_F(AdminLogs, AnUnreadableLogIsLogsUnavailableWithTheStoresMessage) {
+  store_.has_log = true;
+  store_.io_error = true;
+  const AdminResponse r = call("GET", "/admin/logs");
+  expect_error(r, 503, "logs_unavailable", std::nullopt);
+  EXPECT_TRUE(contains(r.body, "disk on fire")) << r.body;
 }
 
 // ---------------------------------------------------------------------------------------------

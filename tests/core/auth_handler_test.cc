@@ -39,6 +39,10 @@ constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
 constexpr std::string_view kAdminLikeKey = "orders-key-without-user";
 constexpr std::string_view kAliceKey = "orders-key-of-alice";
 constexpr std::string_view kBillingKey = "billing-only-key";
+constexpr std::string_view kShopKey = "shop-key-without-user";
+constexpr std::string_view kBobKey = "shop-key-of-bob";
+// Index of the "shop" API (the one with upstreams) in the registry.
+constexpr uint32_t kShopIndex = 2;
 
 std::string generated_value(uint8_t seed) {
   std::array<uint8_t, kGeneratedKeyRandomBytes> random{};
@@ -74,12 +78,25 @@ class AuthHandlerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string error;
-    ASSERT_TRUE(registry_.init({{"orders", {"/orders"}}, {"billing", {"/billing"}}}, &error))
-        << error;
+    ApiConfig orders;
+    orders.name = "orders";
+    orders.routes = {"/orders"};
+    ApiConfig billing;
+    billing.name = "billing";
+    billing.routes = {"/billing"};
+    ApiConfig shop;  // forwarded: it has upstreams
+    shop.name = "shop";
+    shop.routes = {"/shop"};
+    shop.upstreams = {"127.0.0.1:9"};
+    ASSERT_TRUE(registry_.init({orders, billing, shop}, &error)) << error;
+    ASSERT_EQ(registry_.apis()[kShopIndex].name, "shop");
     directory_.add_key(kAdminLikeKey, key_record("kadminlike01", {"orders"}));
     directory_.add_key(kAliceKey, key_record("kalice000001", {"orders"}, "alice"));
     directory_.add_key(kBillingKey, key_record("kbilling0001", {"billing"}));
     directory_.add_user({"alice", {{"orders", {"GET"}, "/orders/public"}}});
+    directory_.add_key(kShopKey, key_record("kshop0000001", {"shop", "orders"}));
+    directory_.add_key(kBobKey, key_record("kbob00000001", {"shop"}, "bob"));
+    directory_.add_user({"bob", {{"shop", {"GET"}, "/shop/public"}}});
   }
 
   // A safety net for tests that stop early: a still-pending request is abandoned, as the
@@ -135,6 +152,34 @@ class AuthHandlerTest : public ::testing::Test {
     fetch.ticket.post();
     return resume(request, ctx_);
   }
+
+  // Handles the request and expects it to be forwarded: kForward, no response bytes.
+  ForwardTarget forward(TestRequest& request, FakeContext& ctx) {
+    ctx.forward = ForwardTarget{};
+    EXPECT_EQ(call(request, &AuthHandler::handle, ctx), Handler::Result::kForward);
+    EXPECT_TRUE(out_.empty()) << out_;
+    EXPECT_EQ(ctx.state, nullptr);
+    return ctx.forward;
+  }
+
+  // resume() on ctx, whatever it returns.
+  Handler::Result call_resume(TestRequest& request, FakeContext& ctx) {
+    return call(request, &AuthHandler::resume, ctx);
+  }
+
+  // handle_head() on ctx_; kNeedBody and kForward must not have written anything.
+  Handler::Result head(TestRequest& request) {
+    ctx_.forward = ForwardTarget{};
+    const Handler::Result result = call(request, &AuthHandler::handle_head, ctx_);
+    EXPECT_NE(result, Handler::Result::kPending);
+    if (result != Handler::Result::kDone) {
+      EXPECT_TRUE(out_.empty()) << out_;
+    }
+    EXPECT_EQ(ctx_.defer_calls, 0);
+    EXPECT_EQ(ctx_.state, nullptr);
+    return result;
+  }
+  Response head_response() const { return parse_response(out_); }
 
   ApiRegistry registry_;
   FakeDirectory directory_;
@@ -597,6 +642,336 @@ TEST_F(AuthHandlerTest, ConcurrentDeferralsKeepTheirOwnFetchResults) {
   const Response first_response = resume(on_first, ctx_);
   EXPECT_EQ(first_response.status, 200);
   EXPECT_EQ(first_response.body, ok_body("kfirst000001", "orders", "null"));
+}
+
+// --- The auth endpoint (/_keygate/auth) ---------------------------------------------------
+
+TestRequest nginx_auth(std::string uri, std::string method) {
+  TestRequest r = get("/_keygate/auth");
+  r.header("X-Original-URI", std::move(uri));
+  r.header("X-Original-Method", std::move(method));
+  return r;
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointExtAuthzFormDescribesThePathAfterThePrefix) {
+  TestRequest request = get("/_keygate/auth/orders/7?x=1");
+  request.api_key(kAdminLikeKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, ok_body("kadminlike01", "orders", "null"));
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kadminlike01");
+  EXPECT_EQ(r.header("X-Keygate-Api"), "orders");
+  expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointExtAuthzFormTakesTheKeyFromItsQueryAndBody) {
+  TestRequest query = get("/_keygate/auth/orders/7?x=1&key=" + std::string(kAdminLikeKey));
+  EXPECT_EQ(send(query).header("X-Keygate-Key-Id"), "kadminlike01");
+
+  TestRequest json("POST", "/_keygate/auth/orders");
+  json.body(kJson, "{\"API_Key\":\"" + std::string(kAdminLikeKey) + "\"}");
+  EXPECT_EQ(send(json).header("X-Keygate-Key-Id"), "kadminlike01");
+
+  TestRequest form("POST", "/_keygate/auth/orders");
+  form.body(kForm, "key=" + std::string(kAdminLikeKey));
+  EXPECT_EQ(send(form).header("X-Keygate-Key-Id"), "kadminlike01");
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointExtAuthzFormChecksGrantsWithItsOwnMethod) {
+  TestRequest allowed = get("/_keygate/auth/orders/public/3");
+  allowed.api_key(kAliceKey);
+  const Response ok = send(allowed);
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_EQ(ok.header("X-Keygate-User"), "alice");
+
+  TestRequest denied("POST", "/_keygate/auth/orders/public/3");
+  denied.api_key(kAliceKey);
+  const Response r = send(denied);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointNginxFormUsesOriginalUriAndMethod) {
+  TestRequest allowed = nginx_auth("/orders/public/3?x=1", "GET");
+  allowed.api_key(kAliceKey);
+  const Response ok = send(allowed);
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_EQ(ok.body, ok_body("kalice000001", "orders", "\"alice\""));
+  EXPECT_EQ(ok.header("X-Keygate-User"), "alice");
+
+  // The auth request is a GET; the described request a POST, which alice may not make.
+  TestRequest denied = nginx_auth("/orders/public/3", "POST");
+  denied.api_key(kAliceKey);
+  const Response r = send(denied);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+  expect_key_not_echoed(r, kAliceKey);
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointNginxFormTakesTheKeyFromTheOriginalUrisQuery) {
+  TestRequest request = nginx_auth("/orders/1?a=b&key=" + std::string(kAdminLikeKey), "GET");
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "kadminlike01");
+  expect_key_not_echoed(r, kAdminLikeKey);
+
+  // The auth request's own query is not the described one.
+  TestRequest own_query("GET", "/_keygate/auth?key=" + std::string(kAdminLikeKey));
+  own_query.header("X-Original-URI", "/orders/1").header("X-Original-Method", "GET");
+  const Response missing = send(own_query);
+  EXPECT_EQ(missing.status, 401);
+  EXPECT_EQ(missing.error_code(), "missing_api_key");
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointNginxFormNeedsBothHeadersOnce) {
+  std::vector<TestRequest> bad;
+  bad.push_back(get("/_keygate/auth"));
+  bad.back().header("X-Original-URI", "/orders/1");
+  bad.push_back(get("/_keygate/auth"));
+  bad.back().header("X-Original-Method", "GET");
+  bad.push_back(nginx_auth("/orders/1", "GET"));
+  bad.back().header("X-Original-URI", "/billing/1");         // repeated: which one is the proxy's?
+  bad.push_back(nginx_auth("/orders/1", "GE T"));            // not a method token
+  bad.push_back(nginx_auth("http://host/orders/1", "GET"));  // not origin-form
+  bad.push_back(TestRequest("GET", "/_keygate/auth/orders/1"));  // both forms at once
+  bad.back().header("X-Original-URI", "/orders/1").header("X-Original-Method", "GET");
+  bad.push_back(get("/_keygate/auth"));  // neither form
+  for (TestRequest& request : bad) {
+    request.api_key(kAdminLikeKey);
+    const Response r = send(request);
+    EXPECT_EQ(r.status, 400) << r.raw;
+    EXPECT_EQ(r.error_code(), "invalid_auth_request");
+    EXPECT_FALSE(r.has_header("X-Keygate-Key-Id"));
+    expect_key_not_echoed(r, kAdminLikeKey);
+  }
+  EXPECT_EQ(directory_.find_key_calls, 0);
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointGivesTheDataPlanesRejections) {
+  TestRequest missing = nginx_auth("/orders/1", "GET");
+  Response r = send(missing);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "missing_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+
+  TestRequest unknown = get("/_keygate/auth/orders/1");
+  unknown.api_key("no-such-key");
+  r = send(unknown);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+
+  TestRequest other_api = nginx_auth("/orders/1", "GET");
+  other_api.api_key(kBillingKey);
+  r = send(other_api);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "api_not_permitted");
+  EXPECT_FALSE(r.has_header("WWW-Authenticate"));
+
+  TestRequest no_route = nginx_auth("/inventory/1", "GET");
+  no_route.api_key(kAdminLikeKey);
+  r = send(no_route);
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(r.error_code(), "no_route");
+
+  TestRequest not_normal = nginx_auth("/orders/../billing", "GET");
+  not_normal.api_key(kAdminLikeKey);
+  r = send(not_normal);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.error_code(), "invalid_path");
+
+  // /healthz is keygate's own route, not one an API serves.
+  TestRequest healthz = get("/_keygate/auth/healthz");
+  r = send(healthz);
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(r.error_code(), "no_route");
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointAnswersForApisWithUpstreamsInsteadOfForwarding) {
+  TestRequest request = nginx_auth("/shop/1", "GET");
+  request.api_key(kShopKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, ok_body("kshop0000001", "shop", "null"));
+  EXPECT_EQ(r.header("X-Keygate-Api"), "shop");
+}
+
+TEST_F(AuthHandlerTest, AuthEndpointResumesAFetchWithTheDescribedRequest) {
+  directory_.not_cached = true;
+  KeyDirectory::FetchResult alices;
+  alices.found = true;
+  alices.record = key_record("kfetchedali1", {"orders"}, "alice");
+  alices.has_user = true;
+  alices.user = {"alice", {{"orders", {"GET"}, "/orders/public"}}};
+
+  TestRequest allowed = nginx_auth("/orders/public/1", "GET");
+  allowed.api_key(kAliceKey);
+  const Response ok = fetch_and_resume(allowed, alices);
+  EXPECT_EQ(ok.status, 200);
+  EXPECT_EQ(ok.header("X-Keygate-Key-Id"), "kfetchedali1");
+
+  TestRequest denied = nginx_auth("/orders/public/1", "DELETE");
+  denied.api_key(kAliceKey);
+  const Response r = fetch_and_resume(denied, alices);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+}
+
+TEST_F(AuthHandlerTest, PathThatOnlyStartsLikeTheAuthEndpointIsRoutedNormally) {
+  TestRequest request = get("/_keygate/authx/orders/1");
+  request.api_key(kAdminLikeKey);
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(r.error_code(), "no_route");
+}
+
+// --- Forwarding (APIs with upstreams) -------------------------------------------------------
+
+TEST_F(AuthHandlerTest, AllowedRequestForAnApiWithUpstreamsIsForwarded) {
+  TestRequest request("POST", "/shop/cart");
+  request.body(kJson, "{\"API_Key\":\"" + std::string(kShopKey) + "\",\"item\":3}");
+  const ForwardTarget f = forward(request, ctx_);
+  EXPECT_EQ(f.api_index, kShopIndex);
+  EXPECT_EQ(f.key_id, "kshop0000001");
+  EXPECT_EQ(f.api, "shop");
+  EXPECT_EQ(f.user, "");
+}
+
+TEST_F(AuthHandlerTest, ForwardedRequestNamesTheKeysUser) {
+  TestRequest request = get("/shop/public/7");
+  request.api_key(kBobKey);
+  const ForwardTarget f = forward(request, ctx_);
+  EXPECT_EQ(f.api_index, kShopIndex);
+  EXPECT_EQ(f.key_id, "kbob00000001");
+  EXPECT_EQ(f.user, "bob");
+}
+
+TEST_F(AuthHandlerTest, RejectedRequestForAnApiWithUpstreamsIsAnsweredNotForwarded) {
+  TestRequest denied = get("/shop/private/7");
+  denied.api_key(kBobKey);
+  Response r = send(denied);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+
+  TestRequest missing = get("/shop/1");
+  r = send(missing);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+
+  TestRequest other = get("/shop/1");
+  other.api_key(kBillingKey);
+  r = send(other);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "api_not_permitted");
+}
+
+TEST_F(AuthHandlerTest, ResumedFetchForAnApiWithUpstreamsIsForwardedAndItsViewsOutliveResume) {
+  directory_.not_cached = true;
+  TestRequest request = get("/shop/public/1");
+  request.api_key(kBobKey);
+  send_expecting_deferral(request, ctx_);
+  KeyDirectory::FetchResult* out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  out->found = true;
+  out->record = key_record("kfetchedbob1", {"shop"}, "bob");
+  out->has_user = true;
+  out->user = {"bob", {{"shop", {"GET"}, "/shop/public"}}};
+  last_fetch().ticket.post();
+  ctx_.forward = ForwardTarget{};
+  EXPECT_EQ(call_resume(request, ctx_), Handler::Result::kForward);
+  EXPECT_TRUE(out_.empty()) << out_;
+  EXPECT_EQ(ctx_.state, nullptr);
+  // Read after resume() returned, as the worker does.
+  EXPECT_EQ(ctx_.forward.api_index, kShopIndex);
+  EXPECT_EQ(ctx_.forward.key_id, "kfetchedbob1");
+  EXPECT_EQ(ctx_.forward.api, "shop");
+  EXPECT_EQ(ctx_.forward.user, "bob");
+}
+
+// --- handle_head: deciding before the body is read ------------------------------------------
+
+TEST_F(AuthHandlerTest, HeadDecisionForwardsAHeaderOrQueryKeyTheCacheResolves) {
+  TestRequest header_key = get("/shop/public/1");
+  header_key.api_key(kBobKey);
+  EXPECT_EQ(head(header_key), Handler::Result::kForward);
+  EXPECT_EQ(ctx_.forward.api_index, kShopIndex);
+  EXPECT_EQ(ctx_.forward.key_id, "kbob00000001");
+  EXPECT_EQ(ctx_.forward.api, "shop");
+  EXPECT_EQ(ctx_.forward.user, "bob");
+
+  TestRequest query_key = get("/shop/1?key=" + std::string(kShopKey));
+  EXPECT_EQ(head(query_key), Handler::Result::kForward);
+  EXPECT_EQ(ctx_.forward.key_id, "kshop0000001");
+  EXPECT_EQ(ctx_.forward.user, "");
+
+  // A header key decides even when the body is JSON: the body is never searched then.
+  TestRequest json_body("POST", "/shop/cart");
+  json_body.api_key(kShopKey).header("Content-Type", "application/json; charset=utf-8");
+  EXPECT_EQ(head(json_body), Handler::Result::kForward);
+  EXPECT_EQ(ctx_.forward.key_id, "kshop0000001");
+}
+
+TEST_F(AuthHandlerTest, HeadDecisionRejectsWhatTheHeadersAlreadyDecide) {
+  struct Case {
+    TestRequest request;
+    int status;
+    std::string_view code;
+  };
+  std::vector<Case> cases;
+  cases.push_back({get("/shop/1"), 401, "missing_api_key"});
+  cases.push_back({TestRequest("POST", "/shop/1"), 401, "missing_api_key"});
+  cases.back().request.header("Content-Type", "text/plain");  // not a key carrier
+  cases.push_back({get("/shop/1"), 401, "invalid_api_key"});
+  cases.back().request.api_key("no-such-key");
+  cases.push_back({get("/shop/1?key=" + std::string(kShopKey)), 401, "ambiguous_api_key"});
+  cases.back().request.api_key(kBobKey);
+  cases.push_back({get("/shop/1"), 403, "api_not_permitted"});
+  cases.back().request.api_key(kBillingKey);
+  cases.push_back({get("/shop/private/1"), 403, "user_not_permitted"});
+  cases.back().request.api_key(kBobKey);
+  cases.push_back({get("/nowhere"), 404, "no_route"});
+  cases.push_back({get("/shop/../orders"), 400, "invalid_path"});
+  for (Case& c : cases) {
+    EXPECT_EQ(head(c.request), Handler::Result::kDone);
+    const Response r = head_response();
+    EXPECT_EQ(r.status, c.status) << r.raw;
+    EXPECT_EQ(r.error_code(), c.code);
+    EXPECT_EQ(r.has_header("WWW-Authenticate"), c.status == 401);
+  }
+}
+
+TEST_F(AuthHandlerTest, HeadDecisionNeedsTheBodyWhenOnlyItCanCarryTheKey) {
+  TestRequest json("POST", "/shop/cart");
+  json.header("Content-Type", std::string(kJson));
+  EXPECT_EQ(head(json), Handler::Result::kNeedBody);
+  TestRequest form("POST", "/shop/cart");
+  form.header("Content-Type", std::string(kForm));
+  EXPECT_EQ(head(form), Handler::Result::kNeedBody);
+  EXPECT_EQ(directory_.find_key_calls, 0);
+}
+
+TEST_F(AuthHandlerTest, HeadDecisionNeedsTheBodyOnACacheMissAndStartsNoFetch) {
+  directory_.not_cached = true;
+  TestRequest request = get("/shop/public/1");
+  request.api_key(kBobKey);
+  EXPECT_EQ(head(request), Handler::Result::kNeedBody);
+  EXPECT_TRUE(directory_.fetches.empty());
+  // handle() then defers as usual and the resumed request is forwarded.
+  send_expecting_deferral(request, ctx_);
+}
+
+TEST_F(AuthHandlerTest, HeadDecisionLeavesAuthCheckApisHealthzAndTheAuthEndpointToHandle) {
+  TestRequest auth_check = get("/orders/1");
+  auth_check.api_key(kAdminLikeKey);
+  EXPECT_EQ(head(auth_check), Handler::Result::kNeedBody);
+  TestRequest healthz = get("/healthz");
+  EXPECT_EQ(head(healthz), Handler::Result::kNeedBody);
+  TestRequest ext_authz = get("/_keygate/auth/shop/1");
+  ext_authz.api_key(kShopKey);
+  EXPECT_EQ(head(ext_authz), Handler::Result::kNeedBody);
+  TestRequest nginx = nginx_auth("/shop/1", "GET");
+  EXPECT_EQ(head(nginx), Handler::Result::kNeedBody);
+  EXPECT_EQ(directory_.find_key_calls, 0);
 }
 
 }  // namespace

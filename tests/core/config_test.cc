@@ -251,8 +251,63 @@ TEST(Config, RejectsApiWithoutName) {
 
 TEST(Config, RejectsUnknownApiMode) {
   const std::string error =
-      parse_error("[[apis]]\nname = \"a\"\nmode = \"proxy\"\nroutes = [\"/a\"]\n");
-  EXPECT_TRUE(contains(error, "apis.mode: unknown mode 'proxy' (supported: auth-check)")) << error;
+      parse_error("[[apis]]\nname = \"a\"\nmode = \"tunnel\"\nroutes = [\"/a\"]\n");
+  EXPECT_TRUE(contains(error, "apis.mode: unknown mode 'tunnel' (supported: auth-check, proxy)"))
+      << error;
+}
+
+TEST(Config, ReadsUpstreamsAndTheirTimeouts) {
+  const Config c = parse_ok(
+      "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n"
+      "upstreams = [\"127.0.0.1:9001\", \"[::1]:9002\"]\n"
+      "connect_timeout_ms = 250\nresponse_timeout_ms = 4000\n"
+      "[[apis]]\nname = \"b\"\nroutes = [\"/b\"]\n");
+  ASSERT_EQ(c.apis.size(), 2u);
+  EXPECT_EQ(c.apis[0].upstreams, (std::vector<std::string>{"127.0.0.1:9001", "[::1]:9002"}));
+  EXPECT_EQ(c.apis[0].connect_timeout_ms, 250u);
+  EXPECT_EQ(c.apis[0].response_timeout_ms, 4000u);
+  EXPECT_TRUE(c.apis[1].upstreams.empty());
+  EXPECT_EQ(c.apis[1].connect_timeout_ms, 1000u);
+  EXPECT_EQ(c.apis[1].response_timeout_ms, 30000u);
+}
+
+TEST(Config, RejectsBadUpstreams) {
+  const std::string base = "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n";
+  EXPECT_TRUE(contains(parse_error(base + "upstreams = \"127.0.0.1:1\"\n"),
+                       "apis.a.upstreams: expected an array"));
+  EXPECT_TRUE(contains(parse_error(base + "upstreams = [\"localhost:80\"]\n"),
+                       "apis.a.upstreams: expected \"IP:port\""));
+  EXPECT_TRUE(contains(parse_error(base + "upstreams = [\"127.0.0.1:0\"]\n"),
+                       "apis.a.upstreams: expected \"IP:port\""));
+  EXPECT_TRUE(contains(parse_error(base + "upstreams = [5]\n"), "apis.a.upstreams"));
+  EXPECT_TRUE(contains(parse_error(base + "mode = \"proxy\"\n"), "mode proxy needs upstreams"));
+  EXPECT_TRUE(contains(parse_error(base + "mode = \"auth-check\"\nupstreams = [\"127.0.0.1:1\"]\n"),
+                       "mode auth-check cannot have upstreams"));
+  EXPECT_TRUE(contains(parse_error(base + "connect_timeout_ms = 0\n"), "connect_timeout_ms"));
+}
+
+TEST(Config, ReadsLogTableAndProxyLimits) {
+  const Config c = parse_ok(
+      "[log]\nenabled = false\nring_bytes_per_worker = 65536\nsegment_bytes_max = 1048576\n"
+      "retention_bytes = 10485760\ncapture_bytes_max = 100\nflush_interval_ms = 5\n"
+      "[limits]\nproxy_body_bytes_max = 5\nupstream_idle_connections_max = 3\n"
+      "upstream_fail_timeout_ms = 7\n");
+  EXPECT_FALSE(c.log_enabled);
+  EXPECT_EQ(c.log_ring_bytes_per_worker, 65536u);
+  EXPECT_EQ(c.log_segment_bytes_max, 1048576u);
+  EXPECT_EQ(c.log_retention_bytes, 10485760u);
+  EXPECT_EQ(c.log_capture_bytes_max, 100u);
+  EXPECT_EQ(c.log_flush_interval_ms, 5u);
+  EXPECT_EQ(c.limits.proxy_body_bytes_max, 5u);
+  EXPECT_EQ(c.limits.upstream_idle_connections_max, 3u);
+  EXPECT_EQ(c.limits.upstream_fail_timeout_ms, 7u);
+  EXPECT_TRUE(contains(parse_error("[log]\nenabled = 1\n"), "log.enabled: expected true or false"));
+  EXPECT_TRUE(contains(parse_error("[log]\nring_bytes_per_worker = 10\n"),
+                       "log.ring_bytes_per_worker: must be between"));
+  EXPECT_TRUE(contains(parse_error("[log]\nrotate = 1\n"), "unknown key 'log.rotate'"));
+  const Config d = parse_ok("");
+  EXPECT_TRUE(d.log_enabled);
+  EXPECT_EQ(d.log_capture_bytes_max, 65536u);
 }
 
 TEST(Config, RejectsApiRoutesThatAreNotAListOfStrings) {

@@ -497,7 +497,8 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   const CtlRun help = ctl_raw({"--help"}, std::nullopt);
   ASSERT_TRUE(help.exited_with(0)) << help.describe();
   for (const char* word :
-       {"--url", "--key", "--json", "KEYGATE_ADMIN_KEY", "keys", "users", "apis", "Exit status"}) {
+       {"--url", "--key", "--json", "KEYGATE_ADMIN_KEY", "keys", "users", "apis", "logs",
+        "Exit status"}) {
     EXPECT_TRUE(contains(help.out, word)) << word << "\n" << help.describe();
   }
   const CtlRun keys = ctl_raw({"keys", "--help"}, std::nullopt);
@@ -512,6 +513,33 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   for (const char* word : {"users create", "users list", "users show", "users update",
                            "users delete", "--grant", "--no-grants"}) {
     EXPECT_TRUE(contains(users.out, word)) << word << "\n" << users.describe();
+  }
+  const CtlRun logs = ctl_raw({"logs", "--help"}, std::nullopt);
+  ASSERT_TRUE(logs.exited_with(0)) << logs.describe();
+  for (const char* word : {"logs --follow", "--key ID", "--status N", "--since TIME",
+                           "--until TIME", "--limit N", "--cursor C", "RFC 3339", "JSON",
+                           "newest first", "oldest first", "logs_unavailable"}) {
+    EXPECT_TRUE(contains(logs.out, word)) << word << "\n" << logs.describe();
+  }
+}
+
+TEST_F(Keygatectl, LogsRefusesBadOptionsBeforeSendingAnything) {
+  // A key value where a key id belongs is refused without being echoed or sent.
+  CtlRun run = ctl({"logs", "--key", admin_value_});
+  EXPECT_TRUE(run.exited_with(2)) << run.describe();
+  EXPECT_TRUE(contains(run.err, "--key takes a key id")) << run.describe();
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"logs", "--status", "42"},
+           {"logs", "--status", "600"},
+           {"logs", "--limit", "0"},
+           {"logs", "--limit", "1001"},
+           {"logs", "--follow", "--cursor", "5"},
+           {"logs", "--follow", "--json"},
+           {"logs", "extra"},
+           {"logs", "--user", "alice"}}) {
+    run = ctl(args);
+    EXPECT_TRUE(run.exited_with(2)) << run.describe();
+    EXPECT_TRUE(contains(run.err, "usage: keygatectl [global options] logs")) << run.describe();
   }
 }
 

@@ -282,6 +282,7 @@ ProcessResult run_process(const std::string& program, const std::vector<std::str
 
 TestServer::TestServer(ServerOptions options) : options_(std::move(options)) {
   data_dir_ = options_.data_dir.empty() ? dir_.path() + "/data" : options_.data_dir;
+  log_dir_ = options_.log_dir.empty() ? dir_.path() + "/logs" : options_.log_dir;
 }
 
 TestServer::~TestServer() {
@@ -306,7 +307,7 @@ bool TestServer::start(std::string* error, Millis timeout) {
   const std::vector<std::string> args = {
       "--config",       config_path,   "--listen",  "127.0.0.1:0",
       "--admin-listen", "127.0.0.1:0", "--workers", std::to_string(options_.workers),
-      "--data-dir",     data_dir_,     "--log-dir", dir_.path() + "/logs",
+      "--data-dir",     data_dir_,     "--log-dir", log_dir_,
   };
   std::vector<std::string> env;
   const bool own_env = !options_.env.empty() || !options_.env_unset.empty();

@@ -81,6 +81,9 @@ struct ServerOptions {
   // Data directory; empty: <temp dir>/data. A directory given here belongs to the caller: it
   // is not removed with the server, so a test can restart a server on the same data.
   std::string data_dir;
+  // Access-log directory (--log-dir); empty: <temp dir>/logs. Like data_dir, a directory given
+  // here belongs to the caller, so a restarted server can continue the same log.
+  std::string log_dir;
   // Appended verbatim to the config file after the [limits] table, e.g. "[[apis]]\n...".
   std::string extra_config;
   // Environment variables set (or replaced) in the server's environment.
@@ -109,6 +112,7 @@ class TestServer {
   pid_t pid() const { return pid_; }
   const TempDir& dir() const { return dir_; }
   const std::string& data_dir() const { return data_dir_; }
+  const std::string& log_dir() const { return log_dir_; }
   bool running() const { return pid_ > 0; }
 
   // Sends `sig` to the server; false if it is not running.
@@ -140,6 +144,7 @@ class TestServer {
   ServerOptions options_;
   TempDir dir_;
   std::string data_dir_;
+  std::string log_dir_;
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
   std::string stdout_;

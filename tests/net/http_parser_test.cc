@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <ostream>
 #include <span>
 #include <string>
@@ -28,6 +30,12 @@ static void PrintTo(HttpParser::Status status, std::ostream* os) {
       return;
     case HttpParser::Status::kError:
       *os << "kError";
+      return;
+    case HttpParser::Status::kHeaders:
+      *os << "kHeaders";
+      return;
+    case HttpParser::Status::kBodyEnd:
+      *os << "kBodyEnd";
       return;
   }
   *os << "Status(" << static_cast<int>(status) << ")";
@@ -125,6 +133,10 @@ FeedResult feed(HttpParser& parser, std::string_view input, size_t slice) {
           out.error = true;
           out.error_status = parser.error().status;
           out.error_code = std::string(parser.error().code);
+          return out;
+        case Status::kHeaders:
+        case Status::kBodyEnd:
+          ADD_FAILURE() << "head pause is off here";
           return out;
       }
       off += r.consumed;
@@ -950,6 +962,184 @@ TEST(HttpParser, ResetClearsAPendingExpectContinue) {
   EXPECT_FALSE(r.error) << r.error_code;
   ASSERT_EQ(r.requests.size(), 1u);
   EXPECT_EQ(r.requests[0].target, "/fresh");
+}
+
+
+// --- Head pause and streamed bodies (the reverse proxy's path) -----------------------------
+
+// Feeds `wire` in pieces of `step` bytes to a parser with head pause on. At kHeaders it calls
+// `decide` (which calls read_body() or stream_body()); returns the statuses seen in order.
+// Feeds `wire` in receives of `step` bytes to a parser with head pause on, each receive passed
+// again from where the parser stopped (as the worker does: the rest of a receive is the same
+// buffer). At kHeaders it calls `decide` (read_body() or stream_body()); `done` sees every
+// complete request. Returns the statuses seen in order.
+std::vector<Status> feed_paused(HttpParser& parser, const std::string& wire, size_t step,
+                                const std::function<void()>& decide,
+                                const std::function<void()>& done = [] {}) {
+  std::vector<Status> seen;
+  for (size_t pos = 0; pos < wire.size(); pos += step) {
+    std::string piece = wire.substr(pos, step);
+    size_t off = 0;
+    while (off < piece.size()) {
+      const HttpParser::Result r =
+          parser.parse(std::span<char>(piece.data() + off, piece.size() - off));
+      seen.push_back(r.status);
+      if (r.status == Status::kError) return seen;
+      if (r.status == Status::kHeaders) decide();
+      if (r.status == Status::kRequest) done();
+      off += r.consumed;
+      if (r.status == Status::kNeedMore) break;
+    }
+  }
+  return seen;
+}
+
+TEST(HttpParserStreaming, HeadPauseThenBufferedBodyInEverySlicing) {
+  const std::string wire =
+      "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world"
+      "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  for (size_t step = 1; step <= wire.size(); ++step) {
+    HttpParser parser(kDefaultLimits);
+    parser.set_head_pause(true);
+    std::vector<std::string> bodies;
+    std::vector<std::string> targets;
+    bool decided = false;
+    const auto seen = feed_paused(
+        parser, wire, step,
+        [&] {
+          EXPECT_EQ(parser.request().target, "/p") << "step " << step;
+          EXPECT_TRUE(parser.request().body.empty());
+          ASSERT_TRUE(parser.read_body());
+          decided = true;
+        },
+        [&] {
+          targets.emplace_back(parser.request().target);
+          bodies.emplace_back(parser.request().body);
+        });
+    ASSERT_FALSE(seen.empty());
+    EXPECT_NE(seen.back(), Status::kError) << "step " << step;
+    EXPECT_TRUE(decided) << "step " << step;
+    ASSERT_EQ(targets.size(), 2u) << "step " << step;
+    EXPECT_EQ(targets[0], "/p");
+    EXPECT_EQ(bodies[0], "hello world") << "step " << step;
+    EXPECT_EQ(targets[1], "/next");  // a request without a body comes whole
+  }
+}
+
+TEST(HttpParserStreaming, StreamsContentLengthBodyToTheSinkInEverySlicing) {
+  const std::string body = "0123456789abcdefghij";
+  const std::string wire = "PUT /u HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\n" + body;
+  for (size_t step = 1; step <= wire.size(); ++step) {
+    HttpParser parser(kDefaultLimits);
+    parser.set_head_pause(true);
+    std::string sink;
+    const auto seen = feed_paused(parser, wire, step, [&] {
+      EXPECT_FALSE(parser.streamed_chunked());
+      EXPECT_EQ(parser.content_length(), 20u);
+      ASSERT_TRUE(parser.stream_body(1000, &sink));
+    });
+    ASSERT_FALSE(seen.empty());
+    EXPECT_EQ(seen.back(), Status::kBodyEnd) << "step " << step;
+    EXPECT_EQ(sink, body) << "step " << step;
+    EXPECT_EQ(parser.streamed_bytes(), 20u);
+    EXPECT_EQ(parser.request_bytes(), wire.size());
+  }
+}
+
+TEST(HttpParserStreaming, ReframesChunkedBodiesAndCapturesTheirStart) {
+  const std::string wire =
+      "POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n";
+  for (size_t step = 1; step <= wire.size(); ++step) {
+    HttpParser parser(kDefaultLimits);
+    parser.set_head_pause(true);
+    std::string sink;
+    std::string capture;
+    const auto seen = feed_paused(parser, wire, step, [&] {
+      EXPECT_TRUE(parser.streamed_chunked());
+      parser.set_body_capture(&capture, 7);
+      ASSERT_TRUE(parser.stream_body(1000, &sink));
+    });
+    EXPECT_EQ(seen.back(), Status::kBodyEnd) << "step " << step;
+    // Whatever the pieces, the re-framed chunks carry exactly the body and end with 0-chunk.
+    std::string decoded;
+    std::string_view rest = sink;
+    bool ended = false;
+    while (!rest.empty()) {
+      const size_t eol = rest.find("\r\n");
+      ASSERT_NE(eol, std::string_view::npos);
+      const size_t n = std::stoul(std::string(rest.substr(0, eol)), nullptr, 16);
+      rest.remove_prefix(eol + 2);
+      if (n == 0) {
+        EXPECT_EQ(rest, "\r\n");
+        ended = true;
+        break;
+      }
+      decoded.append(rest.substr(0, n));
+      EXPECT_EQ(rest.substr(n, 2), "\r\n");
+      rest.remove_prefix(n + 2);
+    }
+    EXPECT_TRUE(ended) << "step " << step;
+    EXPECT_EQ(decoded, "hello world") << "step " << step;
+    EXPECT_EQ(capture, "hello w");
+    EXPECT_FALSE(parser.body_captured_all());
+  }
+}
+
+TEST(HttpParserStreaming, StreamLimitAppliesToDeclaredAndChunkedBodies) {
+  {
+    HttpParser parser(kDefaultLimits);
+    parser.set_head_pause(true);
+    std::string wire = "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5000000\r\n\r\n";
+    const HttpParser::Result r = parser.parse(std::span<char>(wire.data(), wire.size()));
+    ASSERT_EQ(r.status, Status::kHeaders);
+    std::string sink;
+    EXPECT_FALSE(parser.stream_body(1000, &sink));
+    EXPECT_EQ(parser.error().status, 413);
+  }
+  {
+    // Larger than the connection's buffered limit is fine when streaming...
+    HttpParser parser(kDefaultLimits);
+    parser.set_head_pause(true);
+    std::string wire = "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5000000\r\n\r\n";
+    ASSERT_EQ(parser.parse(std::span<char>(wire.data(), wire.size())).status, Status::kHeaders);
+    std::string sink;
+    EXPECT_TRUE(parser.stream_body(uint64_t{1} << 30, &sink));
+  }
+  {
+    // ...but not when buffering: read_body() applies body_bytes_max.
+    HttpParser parser(kDefaultLimits);
+    parser.set_head_pause(true);
+    std::string wire = "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5000000\r\n\r\n";
+    ASSERT_EQ(parser.parse(std::span<char>(wire.data(), wire.size())).status, Status::kHeaders);
+    EXPECT_FALSE(parser.read_body());
+    EXPECT_EQ(parser.error().status, 413);
+  }
+  {
+    HttpParser parser(kDefaultLimits);
+    parser.set_head_pause(true);
+    std::string wire = "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    ASSERT_EQ(parser.parse(std::span<char>(wire.data(), wire.size())).status, Status::kHeaders);
+    std::string sink;
+    ASSERT_TRUE(parser.stream_body(8, &sink));
+    std::string chunks = "5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n";
+    EXPECT_EQ(parser.parse(std::span<char>(chunks.data(), chunks.size())).status, Status::kError);
+    EXPECT_EQ(parser.error().status, 413);
+  }
+}
+
+TEST(HttpParserStreaming, ExpectContinueIsReportedAtTheHead) {
+  HttpParser parser(kDefaultLimits);
+  parser.set_head_pause(true);
+  std::string wire =
+      "POST /a HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+  ASSERT_EQ(parser.parse(std::span<char>(wire.data(), wire.size())).status, Status::kHeaders);
+  EXPECT_TRUE(parser.expects_continue());
+  ASSERT_TRUE(parser.read_body());
+  std::string body = "abc";
+  const HttpParser::Result r = parser.parse(std::span<char>(body.data(), body.size()));
+  EXPECT_EQ(r.status, Status::kRequest);
+  EXPECT_EQ(parser.request().body, "abc");
 }
 
 }  // namespace

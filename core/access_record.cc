@@ -1,0 +1,633 @@
+#include "core/access_record.h"
+
+#include <algorithm>
+#include <charconv>
+
+#include "core/assert.h"
+#include "core/forwarding.h"
+#include "core/http_request.h"
+
+namespace keygate {
+
+namespace {
+
+constexpr std::string_view kGenericMarker = "[redacted]";
+constexpr std::string_view kFormMediaType = "application/x-www-form-urlencoded";
+constexpr std::string_view kHeaderName = "X-ApiKey";
+constexpr std::string_view kJsonMemberName = "API_Key";
+constexpr std::string_view kAdminMemberName = "key";
+// Each round can only be needed when a marker's neighbours spell a key value
+// again; real keys never need a second round, so a small bound costs nothing
+// and keeps the loop finite.
+constexpr size_t kRescanRoundsMax = 4;
+// Work bound of one by-value scan, in matcher steps: ordinary text costs about
+// one step per byte, so only text crafted to nearly match a key all over (many
+// long partial matches) can use it up; the rest of such a text is then redacted
+// whole.
+constexpr size_t kScanStepsPerByte = 4;
+constexpr size_t kScanStepsBase = 1 << 16;
+
+bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
+bool is_json_ws(char c) noexcept {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+std::string_view trim_ows(std::string_view s) noexcept {
+  while (!s.empty() && is_ows(s.front()))
+    s.remove_prefix(1);
+  while (!s.empty() && is_ows(s.back()))
+    s.remove_suffix(1);
+  return s;
+}
+
+std::string_view media_type(std::string_view content_type) noexcept {
+  return trim_ows(content_type.substr(0, content_type.find(';')));
+}
+
+// Four hex digits at t[p..p+4) (the caller checked they exist), or -1.
+int hex4(std::string_view t, size_t p) noexcept {
+  int v = 0;
+  for (size_t i = 0; i < 4; ++i) {
+    const int h = hex_value(t[p + i]);
+    if (h < 0)
+      return -1;
+    v = v * 16 + h;
+  }
+  return v;
+}
+
+// The JSON escape starting with the backslash at t[p]: its length (0 when
+// malformed or cut off) and the code unit it stands for in *unit (a \uXXXX
+// above 0xFF is kept as is, so it matches no byte).
+size_t json_escape(std::string_view t, size_t p, int *unit) noexcept {
+  if (t.size() - p < 2)
+    return 0;
+  switch (t[p + 1]) {
+  case '"':
+    *unit = '"';
+    return 2;
+  case '\\':
+    *unit = '\\';
+    return 2;
+  case '/':
+    *unit = '/';
+    return 2;
+  case 'b':
+    *unit = '\b';
+    return 2;
+  case 'f':
+    *unit = '\f';
+    return 2;
+  case 'n':
+    *unit = '\n';
+    return 2;
+  case 'r':
+    *unit = '\r';
+    return 2;
+  case 't':
+    *unit = '\t';
+    return 2;
+  case 'u': {
+    if (t.size() - p < 6)
+      return 0;
+    const int v = hex4(t, p + 2);
+    if (v < 0)
+      return 0;
+    *unit = v;
+    return 6;
+  }
+  default:
+    return 0;
+  }
+}
+
+// One way the text at some position can stand for one byte of a key.
+struct Unit {
+  int byte;
+  uint32_t len;
+};
+
+// Every reading of the text at t[p] as one byte: raw, '+' as a space, %XX, or a
+// JSON escape.
+size_t units_at(std::string_view t, size_t p, Unit (&units)[3]) noexcept {
+  size_t n = 0;
+  const char c = t[p];
+  units[n++] = {static_cast<unsigned char>(c), 1};
+  if (c == '+') {
+    units[n++] = {' ', 1};
+  } else if (c == '%') {
+    if (t.size() - p >= 3) {
+      const int hi = hex_value(t[p + 1]);
+      const int lo = hex_value(t[p + 2]);
+      if (hi >= 0 && lo >= 0)
+        units[n++] = {hi * 16 + lo, 3};
+    }
+  } else if (c == '\\') {
+    int unit = 0;
+    const size_t len = json_escape(t, p, &unit);
+    if (len != 0)
+      units[n++] = {unit, static_cast<uint32_t>(len)};
+  }
+  return n;
+}
+
+// Can a run that decodes to a key starting with `first` begin with byte c?
+bool can_start(char c, char first) noexcept {
+  return c == first || c == '%' || c == '\\' || (c == '+' && first == ' ');
+}
+
+void append_decimal(std::string &out, uint64_t n) noexcept {
+  char digits[24];
+  const auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), n);
+  KEYGATE_ASSERT(ec == std::errc());
+  out.append(digits, static_cast<size_t>(end - digits));
+}
+
+void append_signed(std::string &out, int64_t n) noexcept {
+  char digits[24];
+  const auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), n);
+  KEYGATE_ASSERT(ec == std::errc());
+  out.append(digits, static_cast<size_t>(end - digits));
+}
+
+// Length of the valid UTF-8 sequence starting at s[i] (lead byte >= 0x80), or 0
+// (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF).
+size_t utf8_sequence(std::string_view s, size_t i) noexcept {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const unsigned char c = b(0);
+  size_t len = 0;
+  unsigned char lo = 0x80;
+  unsigned char hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0)
+      lo = 0xA0;
+    if (c == 0xED)
+      hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0)
+      lo = 0x90;
+    if (c == 0xF4)
+      hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (s.size() - i < len)
+    return 0;
+  if (b(1) < lo || b(1) > hi)
+    return 0;
+  for (size_t k = 2; k < len; ++k) {
+    if (b(k) < 0x80 || b(k) > 0xBF)
+      return 0;
+  }
+  return len;
+}
+
+} // namespace
+
+void append_json_escaped(std::string_view s, std::string &out) noexcept {
+  static constexpr char kHex[] = "0123456789abcdef";
+  const auto escape_byte = [&](unsigned char u) {
+    out.append("\\u00");
+    out.push_back(kHex[u >> 4]);
+    out.push_back(kHex[u & 0xf]);
+  };
+  out.push_back('"');
+  size_t i = 0;
+  while (i < s.size()) {
+    // Copy the longest run that needs no escaping in one append.
+    size_t run = i;
+    while (run < s.size()) {
+      const auto u = static_cast<unsigned char>(s[run]);
+      if (u < 0x20 || u >= 0x80 || u == '"' || u == '\\')
+        break;
+      ++run;
+    }
+    out.append(s.data() + i, run - i);
+    i = run;
+    if (i == s.size())
+      break;
+    const auto u = static_cast<unsigned char>(s[i]);
+    if (u == '"' || u == '\\') {
+      out.push_back('\\');
+      out.push_back(static_cast<char>(u));
+      ++i;
+    } else if (u < 0x20) {
+      escape_byte(u);
+      ++i;
+    } else if (const size_t len = utf8_sequence(s, i); len != 0) {
+      out.append(s.data() + i, len);
+      i += len;
+    } else {
+      escape_byte(u);
+      ++i;
+    }
+  }
+  out.push_back('"');
+}
+
+void AccessRecordWriter::add_query_values(std::string_view params,
+                                          size_t base) noexcept {
+  size_t pos = 0;
+  while (true) {
+    const size_t amp = params.find('&', pos);
+    const size_t end = amp == std::string_view::npos ? params.size() : amp;
+    const std::string_view pair = params.substr(pos, end - pos);
+    const size_t eq = pair.find('=');
+    if (eq != std::string_view::npos && eq + 1 < pair.size() &&
+        is_key_param_name(pair.substr(0, eq))) {
+      ranges_.push_back({base + pos + eq + 1, base + end, false});
+    }
+    if (amp == std::string_view::npos)
+      break;
+    pos = amp + 1;
+  }
+}
+
+void AccessRecordWriter::add_head(std::string_view head,
+                                  bool request) noexcept {
+  size_t pos = 0;
+  bool first = true;
+  while (pos < head.size()) {
+    const size_t nl = head.find('\n', pos);
+    size_t end = nl == std::string_view::npos ? head.size() : nl;
+    if (end > pos && head[end - 1] == '\r')
+      --end;
+    const std::string_view line = head.substr(pos, end - pos);
+    if (first) {
+      first = false;
+      const size_t sp1 = line.find(' ');
+      if (request && sp1 != std::string_view::npos) {
+        const size_t sp2 = line.rfind(' ');
+        const size_t target_end = sp2 > sp1 ? sp2 : line.size();
+        const std::string_view target =
+            line.substr(sp1 + 1, target_end - sp1 - 1);
+        const size_t question = target.find('?');
+        if (question != std::string_view::npos) {
+          add_query_values(target.substr(question + 1),
+                           pos + sp1 + 1 + question + 1);
+        }
+      }
+    } else if (const size_t colon = line.find(':');
+               colon != std::string_view::npos) {
+      if (equals_ignore_case(trim_ows(line.substr(0, colon)), kHeaderName)) {
+        size_t b = colon + 1;
+        size_t e = line.size();
+        while (b < e && is_ows(line[b]))
+          ++b;
+        while (e > b && is_ows(line[e - 1]))
+          --e;
+        if (e > b)
+          ranges_.push_back({pos + b, pos + e, false});
+      }
+    }
+    if (nl == std::string_view::npos)
+      break;
+    pos = nl + 1;
+  }
+}
+
+void AccessRecordWriter::add_json_members(std::string_view text,
+                                          std::string_view name,
+                                          bool generic) noexcept {
+  const size_t n = text.size();
+  size_t p = text.find('"');
+  // Every '"' is tried as the opening quote of a member name, so a broken or
+  // cut-off document (or a quote paired wrongly by an earlier guess) cannot
+  // hide a later member. Each try stops after at most name.size() + 1
+  // characters, so the scan stays linear.
+  while (p != std::string_view::npos) {
+    size_t q = p + 1;
+    size_t k = 0;
+    bool matched = false;
+    while (q < n) {
+      const char c = text[q];
+      if (c == '"') {
+        matched = k == name.size();
+        break;
+      }
+      int unit = static_cast<unsigned char>(c);
+      size_t len = 1;
+      if (c == '\\') {
+        len = json_escape(text, q, &unit);
+        if (len == 0)
+          break;
+      }
+      if (k == name.size() || unit != static_cast<unsigned char>(name[k]))
+        break;
+      ++k;
+      q += len;
+    }
+    if (!matched) {
+      p = text.find('"', p + 1);
+      continue;
+    }
+    size_t r = q + 1;
+    while (r < n && is_json_ws(text[r]))
+      ++r;
+    if (r >= n || text[r] != ':') {
+      p = q; // the name's closing quote may open the next string
+      continue;
+    }
+    ++r;
+    while (r < n && is_json_ws(text[r]))
+      ++r;
+    if (r >= n)
+      break;
+    if (text[r] == '"') {
+      const size_t b = r + 1;
+      size_t e = b;
+      while (e < n && text[e] != '"')
+        e += text[e] == '\\' ? 2 : 1;
+      e = std::min(e, n); // cut off inside the value (or its last escape):
+                          // redact to the end
+      if (e > b)
+        ranges_.push_back({b, e, generic});
+      if (e >= n)
+        break;
+      p = text.find('"', e + 1);
+    } else if (text[r] == '{' || text[r] == '[') {
+      p = text.find('"', r);
+    } else {
+      size_t e = r;
+      while (e < n && !is_json_ws(text[e]) && text[e] != ',' &&
+             text[e] != '}' && text[e] != ']' && text[e] != '"') {
+        ++e;
+      }
+      if (e > r)
+        ranges_.push_back({r, e, generic});
+      p = text.find('"', e);
+    }
+  }
+}
+
+size_t AccessRecordWriter::match_length(std::string_view text, size_t at,
+                                        std::string_view key,
+                                        size_t *budget) noexcept {
+  const auto charge = [budget](size_t steps) noexcept {
+    *budget = steps >= *budget ? 0 : *budget - steps;
+  };
+  // Literal prefix first: only '%', '\\' and '+' can start another reading, so
+  // until one of them the run can only be the key's own bytes.
+  const size_t avail = text.size() - at;
+  size_t j = 0;
+  while (j < key.size() && j < avail) {
+    const char c = text[at + j];
+    if (c == '%' || c == '\\' || c == '+')
+      break;
+    if (c != key[j]) {
+      charge(j + 1);
+      return 0;
+    }
+    ++j;
+  }
+  charge(j + 1);
+  if (j == key.size())
+    return j;
+  if (j == avail)
+    return 0;
+
+  // The text offsets (from `at`) reachable after decoding each further key
+  // byte: an NFA run, since a byte like '%' or '\\' can be read raw or as the
+  // start of an escape. seen_ marks the offsets already in next_states_ (a unit
+  // is at most 6 bytes, so offsets stay below 6 * key.size() + 1); it is all
+  // zero between calls.
+  if (seen_.size() < 6 * key.size() + 1)
+    seen_.resize(6 * key.size() + 1, 0);
+  states_.clear();
+  states_.push_back(static_cast<uint32_t>(j));
+  for (size_t k = j; k < key.size(); ++k) {
+    const char kc = key[k];
+    next_states_.clear();
+    charge(states_.size());
+    if (*budget == 0)
+      return 0;
+    for (const uint32_t off : states_) {
+      const size_t p = at + off;
+      if (p >= text.size())
+        continue;
+      Unit units[3];
+      const size_t count = units_at(text, p, units);
+      for (size_t i = 0; i < count; ++i) {
+        if (units[i].byte != static_cast<unsigned char>(kc))
+          continue;
+        const uint32_t reached = off + units[i].len;
+        if (seen_[reached] == 0) {
+          seen_[reached] = 1;
+          next_states_.push_back(reached);
+        }
+      }
+    }
+    for (const uint32_t off : next_states_)
+      seen_[off] = 0;
+    if (next_states_.empty())
+      return 0;
+    states_.swap(next_states_);
+  }
+  // The longest reading covers every shorter one.
+  return *std::max_element(states_.begin(), states_.end());
+}
+
+void AccessRecordWriter::add_value_matches(std::string_view text) noexcept {
+  for (const std::string_view key : record_->key_values) {
+    if (key.empty())
+      continue;
+    const char first = key.front();
+    size_t budget = kScanStepsPerByte * text.size() + kScanStepsBase;
+    size_t i = 0;
+    while (i < text.size()) {
+      if (!can_start(text[i], first)) {
+        ++i;
+        continue;
+      }
+      const size_t len = match_length(text, i, key, &budget);
+      if (budget == 0) {
+        // Only text built to resemble the key gets here; losing its tail beats
+        // a slow worker.
+        ranges_.push_back({i, text.size(), false});
+        break;
+      }
+      if (len == 0) {
+        ++i;
+        continue;
+      }
+      ranges_.push_back({i, i + len, false});
+      i += len;
+    }
+  }
+}
+
+void AccessRecordWriter::add_structural(
+    std::string_view text, Text kind, std::string_view content_type) noexcept {
+  switch (kind) {
+  case Text::kPlain:
+    return;
+  case Text::kTarget: {
+    const size_t question = text.find('?');
+    if (question != std::string_view::npos) {
+      add_query_values(text.substr(question + 1), question + 1);
+    }
+    return;
+  }
+  case Text::kRequestHead:
+    add_head(text, true);
+    return;
+  case Text::kResponseHead:
+    add_head(text, false);
+    return;
+  case Text::kBody:
+    if (equals_ignore_case(media_type(content_type), kFormMediaType))
+      add_query_values(text, 0);
+    add_json_members(text, kJsonMemberName, false);
+    if (record_->listener == "admin")
+      add_json_members(text, kAdminMemberName, true);
+    return;
+  }
+}
+
+void AccessRecordWriter::apply_ranges(std::string_view text,
+                                      std::string &out) noexcept {
+  std::sort(ranges_.begin(), ranges_.end(),
+            [](const Range &a, const Range &b) { return a.begin < b.begin; });
+  // Merge overlapping ranges in place (touching ones stay apart: two markers).
+  size_t merged = 0;
+  for (const Range &r : ranges_) {
+    if (merged > 0 && r.begin < ranges_[merged - 1].end) {
+      ranges_[merged - 1].end = std::max(ranges_[merged - 1].end, r.end);
+    } else {
+      ranges_[merged++] = r;
+    }
+  }
+  ranges_.resize(merged);
+
+  out.clear();
+  marker_spans_.clear();
+  size_t pos = 0;
+  for (const Range &r : ranges_) {
+    out.append(text.substr(pos, r.begin - pos));
+    const std::string_view marker =
+        r.generic ? kGenericMarker : std::string_view(key_marker_);
+    marker_spans_.push_back(
+        {out.size(), out.size() + marker.size(), r.generic});
+    out.append(marker);
+    pos = r.end;
+  }
+  out.append(text.substr(pos));
+}
+
+void AccessRecordWriter::append_redacted(std::string_view text, Text kind,
+                                         std::string_view content_type,
+                                         std::string &out) noexcept {
+  ranges_.clear();
+  add_structural(text, kind, content_type);
+  add_value_matches(text);
+  if (ranges_.empty()) {
+    append_json_escaped(text, out);
+    return;
+  }
+  size_t cur = 0;
+  apply_ranges(text, scratch_[cur]);
+  for (size_t round = 0; round < kRescanRoundsMax; ++round) {
+    ranges_.clear();
+    add_value_matches(scratch_[cur]);
+    // A match wholly inside a marker is the marker's own text (a key value like
+    // "red"), not a leak; one that reaches outside it is redacted together with
+    // the marker.
+    std::erase_if(ranges_, [&](const Range &r) {
+      auto it = std::upper_bound(
+          marker_spans_.begin(), marker_spans_.end(), r.begin,
+          [](size_t v, const Range &m) { return v < m.begin; });
+      if (it == marker_spans_.begin())
+        return false;
+      --it;
+      return r.begin >= it->begin && r.end <= it->end;
+    });
+    if (ranges_.empty()) {
+      append_json_escaped(scratch_[cur], out);
+      return;
+    }
+    apply_ranges(scratch_[cur], scratch_[1 - cur]);
+    cur = 1 - cur;
+  }
+  append_json_escaped(key_marker_, out);
+}
+
+void AccessRecordWriter::append(const AccessRecord &r,
+                                std::string &out) noexcept {
+  record_ = &r;
+  key_marker_.clear();
+  if (r.key_id.empty()) {
+    key_marker_.append(kGenericMarker);
+  } else {
+    key_marker_.append("[redacted:");
+    key_marker_.append(r.key_id);
+    key_marker_.push_back(']');
+  }
+  const auto string_or_null = [&](std::string_view s) {
+    if (s.empty()) {
+      out.append("null");
+    } else {
+      append_json_escaped(s, out);
+    }
+  };
+  const auto message = [&](const CapturedMessage &m, Text head_kind) {
+    out.append("{\"head\":");
+    append_redacted(m.head, head_kind, {}, out);
+    out.append(",\"body\":");
+    append_redacted(m.body, Text::kBody, m.content_type, out);
+    out.append(",\"body_truncated\":");
+    out.append(m.body_truncated ? "true" : "false");
+    out.push_back('}');
+  };
+
+  out.append("{\"time_us\":");
+  append_signed(out, r.time_us);
+  out.append(",\"request_id\":");
+  append_decimal(out, r.request_id);
+  out.append(",\"worker\":");
+  append_decimal(out, r.worker);
+  out.append(",\"listener\":");
+  append_json_escaped(r.listener, out);
+  out.append(",\"client\":");
+  append_json_escaped(r.client, out);
+  out.append(",\"key_id\":");
+  string_or_null(r.key_id);
+  out.append(",\"user\":");
+  string_or_null(r.user);
+  out.append(",\"api\":");
+  string_or_null(r.api);
+  out.append(",\"method\":");
+  append_redacted(r.method, Text::kPlain, {}, out);
+  out.append(",\"path\":");
+  append_redacted(r.target, Text::kTarget, {}, out);
+  out.append(",\"status\":");
+  append_signed(out, r.status);
+  out.append(",\"bytes_in\":");
+  append_decimal(out, r.bytes_in);
+  out.append(",\"bytes_out\":");
+  append_decimal(out, r.bytes_out);
+  out.append(",\"duration_us\":");
+  append_decimal(out, r.duration_us);
+  out.append(",\"reason\":");
+  string_or_null(r.reason);
+  if (r.request != nullptr) {
+    out.append(",\"request\":");
+    message(*r.request, Text::kRequestHead);
+  }
+  if (r.response != nullptr) {
+    out.append(",\"response\":");
+    message(*r.response, Text::kResponseHead);
+  }
+  out.push_back('}');
+  record_ = nullptr;
+}
+
+void append_access_record(const AccessRecord &r, std::string &out) noexcept {
+  thread_local AccessRecordWriter writer;
+  writer.append(r, out);
+}
+
+} // namespace keygate

@@ -1,0 +1,238 @@
+#include "core/forwarding.h"
+
+#include <charconv>
+
+#include "core/assert.h"
+
+namespace keygate {
+
+namespace {
+
+constexpr std::string_view kParamName = "key";
+constexpr std::string_view kCrlf = "\r\n";
+
+bool starts_with_ignore_case(std::string_view s,
+                             std::string_view prefix) noexcept {
+  return s.size() >= prefix.size() &&
+         equals_ignore_case(s.substr(0, prefix.size()), prefix);
+}
+
+bool is_hop_by_hop_name(std::string_view name) noexcept {
+  static constexpr std::string_view kNames[] = {
+      "Connection", "Keep-Alive",        "Proxy-Connection", "TE",
+      "Trailer",    "Transfer-Encoding", "Upgrade",
+  };
+  for (std::string_view n : kNames) {
+    if (equals_ignore_case(name, n))
+      return true;
+  }
+  return false;
+}
+
+bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
+
+// Does any Connection header list `name` among its comma-separated options?
+// Rescans the headers for every candidate instead of collecting the options
+// first: both lists are bounded by header_count_max, and Connection headers are
+// rare and short, so this stays cheap without any scratch memory.
+bool named_by_connection(std::span<const HttpHeader> headers,
+                         std::string_view name) noexcept {
+  for (const HttpHeader &h : headers) {
+    if (!equals_ignore_case(h.name, "Connection"))
+      continue;
+    std::string_view list = h.value;
+    while (!list.empty()) {
+      const size_t comma = list.find(',');
+      std::string_view option = list.substr(0, comma);
+      list = comma == std::string_view::npos ? std::string_view()
+                                             : list.substr(comma + 1);
+      while (!option.empty() && is_ows(option.front()))
+        option.remove_prefix(1);
+      while (!option.empty() && is_ows(option.back()))
+        option.remove_suffix(1);
+      if (equals_ignore_case(option, name))
+        return true;
+    }
+  }
+  return false;
+}
+
+bool is_hop_by_hop(std::span<const HttpHeader> headers,
+                   std::string_view name) noexcept {
+  return is_hop_by_hop_name(name) || named_by_connection(headers, name);
+}
+
+void append_header(std::string &out, std::string_view name,
+                   std::string_view value) noexcept {
+  out.append(name);
+  out.append(": ");
+  out.append(value);
+  out.append(kCrlf);
+}
+
+void append_decimal(std::string &out, uint64_t n) noexcept {
+  char digits[24];
+  const auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), n);
+  KEYGATE_ASSERT(ec == std::errc());
+  out.append(digits, static_cast<size_t>(end - digits));
+}
+
+// X-Forwarded-For / X-Forwarded-Proto: the client's values, then ours, as one
+// header.
+void append_forwarded(std::string &out, std::span<const HttpHeader> headers,
+                      std::string_view name, std::string_view ours) noexcept {
+  out.append(name);
+  out.append(": ");
+  // A client that lists the header in Connection asked for it not to travel
+  // further.
+  if (named_by_connection(headers, name))
+    headers = {};
+  for (const HttpHeader &h : headers) {
+    if (h.value.empty() || !equals_ignore_case(h.name, name))
+      continue;
+    out.append(h.value);
+    out.append(", ");
+  }
+  out.append(ours);
+  out.append(kCrlf);
+}
+
+void append_framing(std::string &out, BodyFraming framing,
+                    uint64_t content_length) noexcept {
+  switch (framing) {
+  case BodyFraming::kContentLength:
+    out.append("Content-Length: ");
+    append_decimal(out, content_length);
+    out.append(kCrlf);
+    break;
+  case BodyFraming::kChunked:
+    out.append("Transfer-Encoding: chunked\r\n");
+    break;
+  case BodyFraming::kNone:
+  case BodyFraming::kUntilClose:
+    break;
+  }
+}
+
+} // namespace
+
+bool is_key_param_name(std::string_view name) noexcept {
+  if (name == kParamName)
+    return true;
+  if (name.size() > kParamName.size() * 3)
+    return false;
+  size_t n = 0;
+  for (size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    if (c == '+') {
+      c = ' ';
+    } else if (c == '%') {
+      if (name.size() - i < 3)
+        return false;
+      const int hi = hex_value(name[i + 1]);
+      const int lo = hex_value(name[i + 2]);
+      if (hi < 0 || lo < 0)
+        return false;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (n == kParamName.size() || kParamName[n] != c)
+      return false;
+    ++n;
+  }
+  return n == kParamName.size();
+}
+
+void append_target_without_key(std::string_view target,
+                               std::string &out) noexcept {
+  const size_t question = target.find('?');
+  out.append(target.substr(0, question));
+  if (question == std::string_view::npos)
+    return;
+  std::string_view query = target.substr(question + 1);
+  // Kept pairs are re-joined with '&', which reproduces the input exactly when
+  // nothing is removed; the '?' is written only once something is kept.
+  bool first = true;
+  while (true) {
+    const size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    if (!is_key_param_name(pair.substr(0, pair.find('=')))) {
+      out.push_back(first ? '?' : '&');
+      out.append(pair);
+      first = false;
+    }
+    if (amp == std::string_view::npos)
+      break;
+    query.remove_prefix(amp + 1);
+  }
+  // Only empty pairs kept ("?key=x&" leaves ""): the query is empty, so no '?'.
+  if (!first && out.back() == '?')
+    out.pop_back();
+}
+
+void write_upstream_request_head(const HttpRequest &request,
+                                 const ForwardTarget &id,
+                                 std::string_view client_ip,
+                                 BodyFraming framing, uint64_t content_length,
+                                 std::string &out) noexcept {
+  KEYGATE_ASSERT(framing != BodyFraming::kUntilClose);
+  out.append(request.method);
+  out.push_back(' ');
+  append_target_without_key(request.target, out);
+  out.append(" HTTP/1.1\r\n");
+
+  for (const HttpHeader &h : request.headers) {
+    const std::string_view name = h.name;
+    if (equals_ignore_case(name, "X-ApiKey") ||
+        equals_ignore_case(name, "Content-Length") ||
+        equals_ignore_case(name, "Expect") ||
+        equals_ignore_case(name, "X-Forwarded-For") ||
+        equals_ignore_case(name, "X-Forwarded-Proto") ||
+        starts_with_ignore_case(name, "X-Keygate-")) {
+      continue;
+    }
+    if (!equals_ignore_case(name, "Host") &&
+        is_hop_by_hop(request.headers, name))
+      continue;
+    append_header(out, name, h.value);
+  }
+
+  append_header(out, "X-Keygate-Key-Id", id.key_id);
+  append_header(out, "X-Keygate-Api", id.api);
+  if (!id.user.empty())
+    append_header(out, "X-Keygate-User", id.user);
+  append_forwarded(out, request.headers, "X-Forwarded-For", client_ip);
+  append_forwarded(out, request.headers, "X-Forwarded-Proto", "http");
+  append_framing(out, framing, content_length);
+  out.append(kCrlf);
+}
+
+void write_client_response_head(const ResponseHead &head, BodyFraming framing,
+                                uint64_t content_length, bool keep_alive,
+                                bool http10_client, std::string &out) noexcept {
+  KEYGATE_ASSERT(head.status >= 100 && head.status <= 999);
+  KEYGATE_ASSERT(framing != BodyFraming::kUntilClose || !keep_alive);
+  out.append("HTTP/1.1 ");
+  append_decimal(out, static_cast<uint64_t>(head.status));
+  out.push_back(' ');
+  out.append(head.reason);
+  out.append(kCrlf);
+
+  for (const HttpHeader &h : head.headers) {
+    if (equals_ignore_case(h.name, "Content-Length") ||
+        is_hop_by_hop(head.headers, h.name)) {
+      continue;
+    }
+    append_header(out, h.name, h.value);
+  }
+
+  append_framing(out, framing, content_length);
+  if (!keep_alive) {
+    out.append("Connection: close\r\n");
+  } else if (http10_client) {
+    out.append("Connection: keep-alive\r\n");
+  }
+  out.append(kCrlf);
+}
+
+} // namespace keygate

@@ -1,0 +1,200 @@
+// The worker's side of the access log: one record per request, on both listeners, formatted on
+// the worker (core's AccessRecordWriter, which redacts every trace of the key) and handed to the
+// AccessSink, which only copies it into the worker's own lock-free buffer: no file I/O, no lock,
+// no syscall here (a full buffer drops the record and counts it).
+//
+// A record begins when a request's head is parsed (log_begin), learns the key's identity and
+// logging options from the handler (log_note, from RequestContext::access), and ends when its
+// response is complete (log_end): at once for responses keygate writes itself, when the
+// upstream's response ends for forwarded ones, or when the client goes away first (status 499,
+// reason "client_closed"). For keys with log_request / log_response the request (head
+// rebuilt from the parsed fields, body) and the response are captured up to
+// capture_bytes_max each and marked truncated beyond it.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdio>
+#include <ctime>
+
+#include "net/worker_impl.h"
+
+namespace keygate::net {
+namespace {
+
+int64_t wall_us() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000 + ts.tv_nsec / 1000;
+}
+
+void fill_peer(Connection* c) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  char ip[48] = "unknown";
+  unsigned port = 0;
+  if (getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    if (ss.ss_family == AF_INET6) {
+      const auto* sa = reinterpret_cast<const sockaddr_in6*>(&ss);
+      inet_ntop(AF_INET6, &sa->sin6_addr, ip, sizeof(ip));
+      port = ntohs(sa->sin6_port);
+    } else {
+      const auto* sa = reinterpret_cast<const sockaddr_in*>(&ss);
+      inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof(ip));
+      port = ntohs(sa->sin_port);
+    }
+  }
+  std::snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, port);
+}
+
+void append_capped(std::string& to, std::string_view from, size_t max, bool* truncated) {
+  if (to.size() >= max) {
+    if (!from.empty()) *truncated = true;
+    return;
+  }
+  const size_t room = max - to.size();
+  if (from.size() > room) *truncated = true;
+  to.append(from.substr(0, room));
+}
+
+}  // namespace
+
+void Worker::Impl::log_begin(Connection* c, const HttpRequest* request) {
+  RequestLog& l = c->rlog;
+  if (access_sink == nullptr || l.active) return;
+  l.active = true;
+  l.start_us = wall_us();
+  l.id = (static_cast<uint64_t>(index) << 48) | ++request_counter;
+  l.method.clear();
+  l.target.clear();
+  if (request != nullptr) {
+    l.method.assign(request->method);
+    l.target.assign(request->target);
+  }
+  l.key_id.clear();
+  l.user.clear();
+  l.api.clear();
+  l.key_value.clear();
+  l.log_request = l.log_response = false;
+  l.req_head.clear();
+  l.req_body.clear();
+  l.req_content_type.clear();
+  l.resp_head.clear();
+  l.resp_body.clear();
+  l.resp_content_type.clear();
+  l.req_truncated = l.resp_truncated = false;
+  l.bytes_out = 0;
+  l.capture_max = capture_bytes_max;
+  l.body_streamed = false;
+}
+
+// After a handler call: what it said about the key.
+void Worker::Impl::log_note(Connection* c, const HttpRequest& request) {
+  RequestLog& l = c->rlog;
+  if (!l.active) return;
+  const AccessNote& note = c->ctx.access;
+  if (!note.key_id.empty()) {
+    l.key_id.assign(note.key_id);
+    l.user.assign(note.user);
+    l.api.assign(note.api);
+  }
+  l.log_request = l.log_request || note.log_request;
+  l.log_response = l.log_response || note.log_response;
+  if ((l.log_request || l.log_response) && !note.key_value.empty()) {
+    l.key_value.assign(note.key_value);
+  }
+  if (l.log_request && l.req_head.empty()) {
+    l.req_head.append(request.method).append(" ").append(request.target);
+    l.req_head.append(request.version_minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
+    for (const HttpHeader& h : request.headers) {
+      l.req_head.append(h.name).append(": ").append(h.value).append("\r\n");
+    }
+    l.req_head.append("\r\n");
+    l.req_content_type.assign(request.header("content-type"));
+    append_capped(l.req_body, request.body, capture_bytes_max, &l.req_truncated);
+  }
+}
+
+void RequestLog::response_head(std::string_view head) {
+  if (!active) return;
+  bytes_out += head.size();
+  if (!log_response) return;
+  resp_head.assign(head);
+  // Content-Type picks the body redaction rules; keygate and llhttp-parsed heads spell it so.
+  for (std::string_view name : {"\r\nContent-Type:", "\r\ncontent-type:"}) {
+    const size_t at = head.find(name);
+    if (at == std::string_view::npos) continue;
+    std::string_view v = head.substr(at + name.size());
+    v = v.substr(0, v.find("\r\n"));
+    while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
+    resp_content_type.assign(v);
+    break;
+  }
+}
+
+void RequestLog::response_body(std::string_view data, size_t wire_bytes) {
+  if (!active) return;
+  bytes_out += wire_bytes;
+  if (log_response) append_capped(resp_body, data, capture_max, &resp_truncated);
+}
+
+// The response is complete (or the exchange ended): write the record. `response_text` is the
+// whole response when keygate wrote it itself (empty when it was streamed: the captures and
+// bytes_out were collected on the way).
+void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
+                           std::string_view response_text) {
+  RequestLog& l = c->rlog;
+  if (!l.active) return;
+  if (c->peer[0] == '\0') fill_peer(c);
+  if (!response_text.empty()) {
+    const size_t split = response_text.find("\r\n\r\n");
+    const size_t head_len = split == std::string_view::npos ? response_text.size() : split + 4;
+    l.response_head(response_text.substr(0, head_len));
+    const std::string_view body = response_text.substr(head_len);
+    l.response_body(body, body.size());
+  }
+  CapturedMessage req;
+  CapturedMessage resp;
+  AccessRecord r;
+  r.time_us = l.start_us;
+  r.request_id = l.id;
+  r.worker = index;
+  r.listener = listeners[c->listener].name;
+  r.client = c->peer;
+  r.key_id = l.key_id;
+  r.user = l.user;
+  r.api = l.api;
+  r.method = l.method;
+  r.target = l.target;
+  r.reason = reason;
+  r.status = status;
+  r.bytes_in = c->parser.request_bytes();
+  r.bytes_out = l.bytes_out;
+  const int64_t end = wall_us();
+  r.duration_us = end > l.start_us ? static_cast<uint64_t>(end - l.start_us) : 0;
+  if (l.log_request) {
+    if (l.body_streamed) l.req_truncated = !c->parser.body_captured_all();
+    req.head = l.req_head;
+    req.body = l.req_body;
+    req.body_truncated = l.req_truncated;
+    req.content_type = l.req_content_type;
+    r.request = &req;
+  }
+  if (l.log_response) {
+    resp.head = l.resp_head;
+    resp.body = l.resp_body;
+    resp.body_truncated = l.resp_truncated;
+    resp.content_type = l.resp_content_type;
+    r.response = &resp;
+  }
+  const std::string_view key_values[1] = {l.key_value};
+  if (!l.key_value.empty()) r.key_values = std::span<const std::string_view>(key_values, 1);
+  l.active = false;
+  record_buf.clear();
+  record_writer.append(r, record_buf);
+  (void)access_sink->append(index, record_buf);
+  if (record_buf.capacity() > kOutputKeepCapacity) record_buf.shrink_to_fit();
+  l.key_value.clear();
+}
+
+}  // namespace keygate::net

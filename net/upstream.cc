@@ -1,0 +1,778 @@
+// The reverse proxy half of a worker: forwarding allowed requests to an API's upstream servers
+// over the worker's own io_uring, and streaming the responses back.
+//
+// Per worker, per upstream server: a pool of idle keep-alive connections (bounded by
+// limits.upstream_idle_connections_max, closed after limits.upstream_idle_timeout_ms or when
+// the server closes them: every pooled connection keeps a receive armed). An upstream
+// connection serves one request at a time and goes back to the pool only after its response
+// was read completely and the whole request was sent.
+//
+// Bodies stream both ways with backpressure: the client's parser appends body bytes to the
+// upstream connection's `fill` buffer and stops being fed at kProxyBufferMax (the client's
+// receive then pauses, see Worker::Impl::on_data); response bytes go to the client's output and
+// the upstream receive is not re-armed while that output holds more than kProxyBufferMax.
+//
+// Failures: connect refused (or any connect error) -> the server is skipped for
+// limits.upstream_fail_timeout_ms and the next one is tried; none left -> 502; every server
+// skipped already -> 503; connect timeout or no progress for response_timeout_ms -> 504; reset
+// or close before the response is complete, or a malformed response -> 502 (if its head has
+// not reached the client yet; otherwise the client connection is closed, which a client sees as
+// a truncated response) and the upstream connection is discarded.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "core/config.h"
+#include "core/forwarding.h"
+#include "net/worker_impl.h"
+
+namespace keygate::net {
+namespace {
+
+UpConn* self(llhttp_t* p) { return static_cast<UpConn*>(p->data); }
+
+// Response parser callbacks: the head is copied into UpConn::head, the body goes straight into
+// the client's output buffer.
+int append_span(UpConn* u, UpConn::Span* span, const char* at, size_t len) {
+  if (u->head.size() + len > u->header_bytes_max) {
+    u->parse_failed = true;
+    return -1;
+  }
+  if (span->len == 0) span->off = static_cast<uint32_t>(u->head.size());
+  u->head.append(at, len);
+  span->len += static_cast<uint32_t>(len);
+  return 0;
+}
+
+int on_status(llhttp_t* p, const char* at, size_t len) {
+  UpConn* u = self(p);
+  return append_span(u, &u->reason, at, len);
+}
+
+int on_header_field(llhttp_t* p, const char* at, size_t len) {
+  UpConn* u = self(p);
+  if (u->header_spans.empty() || u->header_spans.back().second.len != 0 ||
+      u->header_spans.back().first.off + u->header_spans.back().first.len !=
+          u->head.size()) {
+    // A new field (the previous one has a value, or this is the first).
+    if (u->header_spans.size() >= 256) {
+      u->parse_failed = true;
+      return -1;
+    }
+    u->header_spans.emplace_back();
+  }
+  return append_span(u, &u->header_spans.back().first, at, len);
+}
+
+int on_header_value(llhttp_t* p, const char* at, size_t len) {
+  UpConn* u = self(p);
+  if (u->header_spans.empty()) return -1;
+  return append_span(u, &u->header_spans.back().second, at, len);
+}
+
+int on_header_value_complete(llhttp_t* p) {
+  UpConn* u = self(p);
+  // Marks the field finished even when its value is empty, so the next field starts anew.
+  if (!u->header_spans.empty() && u->header_spans.back().second.len == 0) {
+    u->header_spans.back().second.off = static_cast<uint32_t>(u->head.size());
+  }
+  u->head.push_back('\0');  // separator: the next field never looks contiguous
+  return 0;
+}
+
+int on_message_begin(llhttp_t* p) {
+  UpConn* u = self(p);
+  u->head.clear();
+  u->header_spans.clear();
+  u->reason = {};
+  return 0;
+}
+
+int on_headers_complete(llhttp_t* p);
+int on_body(llhttp_t* p, const char* at, size_t len);
+int on_message_complete(llhttp_t* p);
+
+const llhttp_settings_t kResponseSettings = [] {
+  llhttp_settings_t s;
+  llhttp_settings_init(&s);
+  s.on_message_begin = &on_message_begin;
+  s.on_status = &on_status;
+  s.on_header_field = &on_header_field;
+  s.on_header_value = &on_header_value;
+  s.on_header_value_complete = &on_header_value_complete;
+  s.on_headers_complete = &on_headers_complete;
+  s.on_body = &on_body;
+  s.on_message_complete = &on_message_complete;
+  return s;
+}();
+
+int on_headers_complete(llhttp_t* p) {
+  UpConn* u = self(p);
+  Connection* c = u->client;
+  const int status = p->status_code;
+  if (status >= 100 && status < 200) {
+    if (status == 101) {
+      u->parse_failed = true;  // no protocol switches through the proxy
+      return -1;
+    }
+    u->interim = true;  // 100 Continue, 103 Early Hints: dropped (keygate answers Expect itself)
+    return 0;
+  }
+  if (c == nullptr) return -1;
+  u->headers.clear();
+  for (const auto& [name, value] : u->header_spans) {
+    std::string_view v(u->head.data() + value.off, value.len);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    u->headers.push_back(HttpHeader{std::string_view(u->head.data() + name.off, name.len), v});
+  }
+  ResponseHead head;
+  head.status = status;
+  head.reason = std::string_view(u->head.data() + u->reason.off, u->reason.len);
+  head.version_minor = static_cast<uint8_t>(p->http_minor);
+  head.headers = std::span<const HttpHeader>(u->headers.data(), u->headers.size());
+
+  const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  const bool no_body = u->head_request || status == 204 || status == 304;
+  BodyFraming framing;
+  uint64_t length = 0;
+  if (no_body) {
+    // A HEAD response describes the GET body: its Content-Length passes through.
+    framing = (u->head_request && has_length) ? BodyFraming::kContentLength : BodyFraming::kNone;
+    length = has_length ? p->content_length : 0;
+  } else if (has_length) {
+    framing = BodyFraming::kContentLength;
+    length = p->content_length;
+  } else {
+    // Chunked or delimited by the upstream closing: chunked to a 1.1 client, close-delimited
+    // to a 1.0 one (which cannot take chunks).
+    framing = c->http10 ? BodyFraming::kUntilClose : BodyFraming::kChunked;
+  }
+  // Close-delimited, or the request body is still arriving (an early answer: the rest of the
+  // body will not be read), so this connection ends with the response.
+  if (framing == BodyFraming::kUntilClose || c->streaming) c->client_keep_alive = false;
+  u->rechunk = framing == BodyFraming::kChunked;
+  std::string& out = c->out[c->fill];
+  u->head_at = out.size();
+  u->head_at_flush = c->flushes;
+  write_client_response_head(head, framing, length, c->client_keep_alive, c->http10, out);
+  u->head_sent = true;
+  c->rlog.response_head(std::string_view(out).substr(u->head_at));
+  return u->head_request ? 1 : 0;  // 1: this response has no body
+}
+
+int on_body(llhttp_t* p, const char* at, size_t len) {
+  UpConn* u = self(p);
+  Connection* c = u->client;
+  if (c == nullptr) return -1;
+  std::string& out = c->out[c->fill];
+  const size_t before = out.size();
+  if (u->rechunk) {
+    char size_line[24];
+    const int n = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", len);
+    out.append(size_line, static_cast<size_t>(n));
+    out.append(at, len);
+    out.append("\r\n", 2);
+  } else {
+    out.append(at, len);
+  }
+  c->rlog.response_body(std::string_view(at, len), out.size() - before);
+  return 0;
+}
+
+int on_message_complete(llhttp_t* p) {
+  UpConn* u = self(p);
+  if (u->interim) {
+    u->interim = false;
+    return 0;
+  }
+  u->message_done = true;
+  if (u->rechunk && u->client != nullptr) u->client->out[u->client->fill].append("0\r\n\r\n", 5);
+  return HPE_PAUSED;  // anything after the response is not ours to parse
+}
+
+bool is_body_method(std::string_view m) { return m == "POST" || m == "PUT" || m == "PATCH"; }
+
+}  // namespace
+
+bool Worker::Impl::init_upstreams(std::string* error) {
+  groups.resize(apis.size());
+  for (size_t a = 0; a < apis.size(); ++a) {
+    UpstreamGroup& g = groups[a];
+    g.connect_timeout_ms = apis[a].connect_timeout_ms;
+    g.response_timeout_ms = apis[a].response_timeout_ms;
+    for (const std::string& text : apis[a].upstreams) {
+      ListenAddress parsed;
+      std::string why;
+      if (!parse_listen_address(text, &parsed, &why)) {
+        *error = "apis." + apis[a].name + ".upstreams: " + text + ": " + why;
+        return false;
+      }
+      UpstreamServer server;
+      if (parsed.ipv6) {
+        auto* sa = reinterpret_cast<sockaddr_in6*>(&server.addr);
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = htons(parsed.port);
+        if (inet_pton(AF_INET6, parsed.host.c_str(), &sa->sin6_addr) != 1) {
+          *error = "apis." + apis[a].name + ".upstreams: bad address " + text;
+          return false;
+        }
+        server.addr_len = sizeof(sockaddr_in6);
+      } else {
+        auto* sa = reinterpret_cast<sockaddr_in*>(&server.addr);
+        sa->sin_family = AF_INET;
+        sa->sin_port = htons(parsed.port);
+        if (inet_pton(AF_INET, parsed.host.c_str(), &sa->sin_addr) != 1) {
+          *error = "apis." + apis[a].name + ".upstreams: bad address " + text;
+          return false;
+        }
+        server.addr_len = sizeof(sockaddr_in);
+      }
+      g.servers.push_back(static_cast<uint32_t>(servers.size()));
+      servers.push_back(std::move(server));
+    }
+  }
+  return true;
+}
+
+// Called with the parser stopped at the head of a request that has a body.
+void Worker::Impl::head_ready(Connection* c) {
+  const HttpRequest& request = c->parser.request();
+  // A rejection here leaves the body unread: the connection closes after the response.
+  ResponseWriter writer(fill_buf(c), date, request.is_head(), false);
+  if (request.version_minor == 0) writer.http10_client();
+  Handler& handler = *listeners[c->listener].handler;
+  log_begin(c, &request);
+  const size_t response_at = fill_buf(c).size();
+  c->ctx.access = AccessNote{};
+  const Handler::Result result = handler.handle_head(request, writer, c->ctx);
+  log_note(c, request);
+  switch (result) {
+    case Handler::Result::kNeedBody:
+      if (!c->parser.read_body()) {
+        const ParseError& e = c->parser.error();
+        write_error(c, e.status, e.code, e.message);
+        return;
+      }
+      if (c->parser.expects_continue()) {
+        fill_buf(c).append("HTTP/1.1 100 Continue\r\n\r\n");
+        mark_dirty(c);
+      }
+      update_timer(c);
+      return;
+    case Handler::Result::kForward:
+      start_forward(c, true);
+      return;
+    case Handler::Result::kDone:
+      KEYGATE_ASSERT(writer.finished());
+      log_end(c, writer.status(), writer.error_code(),
+              std::string_view(fill_buf(c)).substr(response_at));
+      ++c->responses_fill;
+      c->close_after_send = true;
+      c->pending.clear();
+      timer_clear(c);
+      mark_dirty(c);
+      return;
+    case Handler::Result::kPending:
+      break;
+  }
+  KEYGATE_ASSERT(false);
+}
+
+void Worker::Impl::start_forward(Connection* c, bool stream_body) {
+  const HttpRequest& request = c->parser.request();
+  const ForwardTarget& target = c->ctx.forward;
+  KEYGATE_ASSERT(target.api_index < groups.size() && !groups[target.api_index].servers.empty());
+  c->http10 = request.version_minor == 0;
+  c->client_keep_alive = request.keep_alive && !draining && !c->close_after_send;
+  if (c->peer_ip[0] == '\0') {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+      if (ss.ss_family == AF_INET6) {
+        inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, c->peer_ip,
+                  sizeof(c->peer_ip));
+      } else {
+        inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, c->peer_ip,
+                  sizeof(c->peer_ip));
+      }
+    }
+    if (c->peer_ip[0] == '\0') std::strcpy(c->peer_ip, "unknown");
+  }
+
+  // A pooled connection to the next healthy server, else a new one (connected below).
+  UpstreamGroup& g = groups[target.api_index];
+  UpConn* up = nullptr;
+  for (size_t i = 0; i < g.servers.size() && up == nullptr; ++i) {
+    const uint32_t s = g.servers[(g.next + i) % g.servers.size()];
+    UpstreamServer& server = servers[s];
+    if (server.down_until_ms > now_ms || server.idle.empty()) continue;
+    up = server.idle.back();
+    server.idle.pop_back();
+    g.next = static_cast<uint32_t>((g.next + i + 1) % g.servers.size());
+    up->state = UpConn::State::kBusy;
+  }
+  if (up == nullptr) {
+    uint32_t slot;
+    if (!free_upconns.empty()) {
+      slot = free_upconns.back();
+      free_upconns.pop_back();
+    } else {
+      slot = static_cast<uint32_t>(upconns.size());
+      upconns.push_back(std::make_unique<UpConn>(slot));
+    }
+    up = upconns[slot].get();
+    up->state = UpConn::State::kConnecting;
+    up->fd = -1;
+  }
+  up->client = c;
+  up->group = target.api_index;
+  up->attempts = up->attempts_failed = 0;
+  up->header_bytes_max = limits.upstream_header_bytes_max;
+  up->head_request = request.is_head();
+  up->request_complete = !stream_body;
+  up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
+  up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
+  up->head.clear();
+  up->header_spans.clear();
+  up->fill.clear();
+  llhttp_init(&up->rp, HTTP_RESPONSE, &kResponseSettings);
+  up->rp.data = up;
+  c->up = up;
+  c->proxying = true;
+  c->streaming = stream_body;
+
+  BodyFraming framing = BodyFraming::kNone;
+  uint64_t length = 0;
+  if (stream_body) {
+    if (c->parser.streamed_chunked()) {
+      framing = BodyFraming::kChunked;
+    } else {
+      framing = BodyFraming::kContentLength;
+      length = c->parser.content_length();
+    }
+  } else if (!request.body.empty() || is_body_method(request.method)) {
+    framing = BodyFraming::kContentLength;
+    length = request.body.size();
+  }
+  write_upstream_request_head(request, target, c->peer_ip, framing, length, up->fill);
+  if (stream_body) {
+    const bool expect = c->parser.expects_continue();
+    // From here on request() is gone: the parser appends body bytes to up->fill.
+    if (c->rlog.active && c->rlog.log_request) {
+      c->parser.set_body_capture(&c->rlog.req_body, capture_bytes_max);
+      c->rlog.body_streamed = true;
+    }
+    if (!c->parser.stream_body(limits.proxy_body_bytes_max, &up->fill)) {
+      const ParseError& e = c->parser.error();
+      fail_forward(up, e.status, e.code, e.message);
+      return;
+    }
+    if (expect) {
+      fill_buf(c).append("HTTP/1.1 100 Continue\r\n\r\n");
+      mark_dirty(c);
+    }
+  } else {
+    up->fill.append(request.body);
+  }
+  timer_clear(c);  // the upstream's deadline governs now (and the body timer while streaming)
+  if (up->state == UpConn::State::kBusy) {
+    up->deadline_ms = now_ms + g.response_timeout_ms;
+    flush_up(up);
+    if (!up->recv_armed) arm_up_recv(up);
+    return;
+  }
+  connect_next(up);
+}
+
+// Starts a connection to the group's next server not yet tried and not down. False when the
+// request was answered instead (502/503).
+bool Worker::Impl::connect_next(UpConn* up) {
+  UpstreamGroup& g = groups[up->group];
+  const size_t n = g.servers.size();
+  while (up->attempts < n) {
+    const uint32_t s = g.servers[g.next % n];
+    g.next = static_cast<uint32_t>((g.next + 1) % n);
+    ++up->attempts;
+    UpstreamServer& server = servers[s];
+    if (server.down_until_ms > now_ms) continue;
+    const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      fail_forward(up, 503, "upstream_unavailable", "cannot open a connection to the upstream");
+      return false;
+    }
+    const int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    up->fd = fd;
+    up->server = s;
+    up->state = UpConn::State::kConnecting;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&server.addr),
+                          server.addr_len);
+    io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnect, up->slot, up->gen));
+    sqe->flags |= IOSQE_IO_LINK;
+    ++up->ops;
+    // The linked timeout cancels the connect when it fires; its own completion only counts.
+    static thread_local __kernel_timespec ts;
+    ts.tv_sec = g.connect_timeout_ms / 1000;
+    ts.tv_nsec = static_cast<long long>(g.connect_timeout_ms % 1000) * 1'000'000;
+    sqe = get_sqe();
+    io_uring_prep_link_timeout(sqe, &ts, 0);
+    io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnectTimeout, up->slot, up->gen));
+    ++up->ops;
+    // The timespec is read at submission: submit now, before another connect reuses it.
+    io_uring_submit(&ring);
+    up->deadline_ms = 0;
+    return true;
+  }
+  fail_forward(up, up->attempts_failed == 0 ? 503 : 502,
+               up->attempts_failed == 0 ? "no_healthy_upstream" : "upstream_unavailable",
+               up->attempts_failed == 0 ? "no healthy upstream server"
+                                        : "the upstream server refused the connection");
+  return false;
+}
+
+void Worker::Impl::on_up_connect(UpConn* up, int res) {
+  up_op_done(up);
+  if (up->state != UpConn::State::kConnecting) return;  // the request went away meanwhile
+  if (res == 0) {
+    up->state = UpConn::State::kBusy;
+    up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+    arm_up_recv(up);
+    flush_up(up);
+    return;
+  }
+  ::close(up->fd);
+  up->fd = -1;
+  if (res == -ECANCELED || res == -ETIME) {
+    fail_forward(up, 504, "upstream_timeout", "the upstream server did not accept in time");
+    return;
+  }
+  ++up->attempts_failed;
+  servers[up->server].down_until_ms = now_ms + limits.upstream_fail_timeout_ms;
+  connect_next(up);
+}
+
+// Feeds a streaming request body to the parser, which appends it to the upstream's buffer.
+// Consumes from `*data` what it takes; stops (leaving the rest) at kProxyBufferMax queued.
+void Worker::Impl::stream_request_body(Connection* c, std::span<char>* data) {
+  UpConn* up = c->up;
+  if (up->fill.size() >= kProxyBufferMax || data->empty()) return;
+  const HttpParser::Result r = c->parser.parse(*data, 0);
+  *data = data->subspan(r.consumed);
+  switch (r.status) {
+    case HttpParser::Status::kNeedMore:
+      break;
+    case HttpParser::Status::kBodyEnd:
+      c->streaming = false;
+      up->request_complete = true;
+      break;
+    case HttpParser::Status::kError: {
+      bump(stats.parse_errors);
+      const ParseError& e = c->parser.error();
+      fail_forward(up, e.status, e.code, e.message);  // closes: the body is not all read
+      return;
+    }
+    default:
+      KEYGATE_ASSERT(false);
+  }
+  flush_up(up);
+  update_timer(c);
+}
+
+void Worker::Impl::flush_up(UpConn* up) {
+  if (up->send_in_flight || up->fill.empty() || up->state != UpConn::State::kBusy ||
+      up->send_failed) {
+    return;
+  }
+  std::swap(up->fill, up->sending);
+  up->fill.clear();
+  up->send_off = 0;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_send(sqe, up->fd, up->sending.data(), up->sending.size(), MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpUpSend, up->slot, up->gen));
+  up->send_in_flight = true;
+  ++up->ops;
+}
+
+void Worker::Impl::on_up_send(UpConn* up, int res) {
+  up->send_in_flight = false;
+  up_op_done(up);
+  if (up->state != UpConn::State::kBusy) return;
+  if (res < 0) {
+    // The upstream stopped reading (it may have answered early and closed): the receive side
+    // decides what the client gets.
+    up->send_failed = true;
+    return;
+  }
+  up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  up->send_off += static_cast<size_t>(res);
+  if (up->send_off < up->sending.size()) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_send(sqe, up->fd, up->sending.data() + up->send_off,
+                       up->sending.size() - up->send_off, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, make_user_data(kOpUpSend, up->slot, up->gen));
+    up->send_in_flight = true;
+    ++up->ops;
+    return;
+  }
+  up->sending.clear();
+  if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
+  flush_up(up);
+  Connection* c = up->client;
+  // Room again for body bytes the client sent meanwhile.
+  if (c != nullptr && c->streaming && up->fill.size() < kProxyBufferMax) drain_pending(c);
+}
+
+void Worker::Impl::arm_up_recv(UpConn* up) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_recv(sqe, up->fd, nullptr, kBufSize, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = kBufGroup;
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpUpRecv, up->slot, up->gen));
+  up->recv_armed = true;
+  ++up->ops;
+}
+
+void Worker::Impl::on_up_recv(UpConn* up, io_uring_cqe* cqe) {
+  up->recv_armed = false;
+  const int res = cqe->res;
+  if ((cqe->flags & IORING_CQE_F_BUFFER) != 0) {
+    const auto bid = static_cast<unsigned short>(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    char* buf = buf_base + static_cast<size_t>(bid) * kBufSize;
+    if (res > 0) {
+      if (up->state == UpConn::State::kIdle) {
+        close_up(up);  // a pooled connection must stay silent
+      } else {
+        on_up_data(up, buf, static_cast<size_t>(res));
+      }
+    }
+    io_uring_buf_ring_add(buf_ring, buf, kBufSize, bid, io_uring_buf_ring_mask(kBufCount),
+                          static_cast<int>(buf_adv));
+    ++buf_adv;
+  }
+  if (res == -ENOBUFS) {
+    if (up->state == UpConn::State::kBusy || up->state == UpConn::State::kIdle) {
+      uprearm.emplace_back(up, up->gen);  // once the buffers are back, at the end of this pass
+    }
+  } else if (res <= 0) {
+    on_up_eof(up, res);
+  } else if (up->state == UpConn::State::kBusy && !up->recv_armed) {
+    Connection* c = up->client;
+    if (c != nullptr && client_buffered(c) > kProxyBufferMax) {
+      up->recv_paused = true;  // client_output_drained() re-arms
+    } else {
+      arm_up_recv(up);
+    }
+  }
+  up_op_done(up);
+}
+
+void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
+  if (up->state != UpConn::State::kBusy || up->client == nullptr || up->message_done) {
+    if (up->state == UpConn::State::kBusy) up->parse_failed = true;
+    return;
+  }
+  up->got_bytes = true;
+  up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  const llhttp_errno_t err = llhttp_execute(&up->rp, data, len);
+  Connection* c = up->client;
+  if (err == HPE_PAUSED) {
+    const size_t used = static_cast<size_t>(llhttp_get_error_pos(&up->rp) - data);
+    // Bytes after a complete response: the upstream is out of step; never reuse it.
+    const bool clean = used == len;
+    if (!up->request_complete || up->send_in_flight || !up->fill.empty()) {
+      // The response came before the whole request was sent (e.g. an early 413): the client
+      // gets it, and the connection is not reused.
+      finish_forward(up, false);
+      return;
+    }
+    finish_forward(up, clean && llhttp_should_keep_alive(&up->rp) != 0);
+    return;
+  }
+  if (err != HPE_OK || up->parse_failed) {
+    fail_forward(up, 502, "bad_upstream_response", "the upstream sent an invalid response");
+    return;
+  }
+  if (c != nullptr) mark_dirty(c);
+}
+
+void Worker::Impl::on_up_eof(UpConn* up, int res) {
+  if (up->state == UpConn::State::kIdle) {
+    close_up(up);  // the server closed a pooled connection
+    return;
+  }
+  if (up->state != UpConn::State::kBusy) return;
+  if (res == 0 && up->head_sent) {
+    // A body delimited by the close ends here (llhttp_finish says whether that is valid).
+    if (llhttp_finish(&up->rp) == HPE_OK && up->message_done) {
+      finish_forward(up, false);
+      return;
+    }
+  }
+  (void)res;
+  fail_forward(up, 502, "upstream_closed", "the upstream server closed the connection early");
+}
+
+// The response was forwarded completely.
+void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
+  Connection* c = up->client;
+  up->client = nullptr;
+  if (c != nullptr) {
+    c->up = nullptr;
+    c->proxying = false;
+    if (c->streaming) {
+      // The upstream answered before the body ended; the rest of it is not read.
+      c->streaming = false;
+      c->client_keep_alive = false;
+    }
+    log_end(c, up->rp.status_code, {}, {});
+    ++c->responses_fill;
+    if (!c->client_keep_alive) c->close_after_send = true;
+    mark_dirty(c);
+  }
+  UpstreamServer& server = servers[up->server];
+  if (reusable && up->request_complete && !up->send_failed && !up->send_in_flight &&
+      up->fill.empty() && server.idle.size() < limits.upstream_idle_connections_max &&
+      !draining) {
+    up->state = UpConn::State::kIdle;
+    up->deadline_ms = now_ms + limits.upstream_idle_timeout_ms;
+    up->recv_paused = false;
+    server.idle.push_back(up);
+    if (!up->recv_armed) arm_up_recv(up);  // notices the server closing it
+  } else {
+    close_up(up);
+  }
+  if (c != nullptr) {
+    drain_pending(c);
+    update_timer(c);
+  }
+}
+
+// The request cannot be forwarded (or its response not completed): answer the client with an
+// error if nothing of the response reached it yet, else cut its connection.
+void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
+                                std::string_view message) {
+  Connection* c = up->client;
+  bool head_sent = up->head_sent;
+  if (c != nullptr && head_sent && up->head_at_flush == c->flushes) {
+    // Nothing of this response left yet: take it back and answer with the error instead.
+    fill_buf(c).resize(up->head_at);
+    head_sent = false;
+  }
+  up->client = nullptr;
+  close_up(up);
+  if (c == nullptr) return;
+  c->up = nullptr;
+  c->proxying = false;
+  if (head_sent) {
+    log_end(c, up->rp.status_code, code, {});
+    close_conn(c);
+    return;
+  }
+  const bool body_unread = c->streaming;
+  c->streaming = false;
+  ResponseWriter writer(fill_buf(c), date, false,
+                        c->client_keep_alive && !body_unread && !draining);
+  if (c->http10) writer.http10_client();
+  const size_t response_at = fill_buf(c).size();
+  writer.error(status, code, message);
+  log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));
+  ++c->responses_fill;
+  if (!writer.keep_alive()) {
+    c->close_after_send = true;
+    c->pending.clear();
+  }
+  mark_dirty(c);
+  drain_pending(c);
+  update_timer(c);
+}
+
+// The client connection is closing: its upstream connection cannot finish cleanly.
+void Worker::Impl::detach_client(Connection* c) {
+  UpConn* up = c->up;
+  if (up == nullptr) return;
+  log_end(c, 499, "client_closed", {});
+  c->up = nullptr;
+  c->proxying = c->streaming = false;
+  up->client = nullptr;
+  close_up(up);
+}
+
+void Worker::Impl::close_up(UpConn* up) {
+  if (up->state == UpConn::State::kClosing || up->state == UpConn::State::kFree) return;
+  if (up->state == UpConn::State::kIdle) {
+    auto& idle = servers[up->server].idle;
+    for (size_t i = 0; i < idle.size(); ++i) {
+      if (idle[i] == up) {
+        idle.erase(idle.begin() + static_cast<ptrdiff_t>(i));
+        break;
+      }
+    }
+  }
+  up->state = UpConn::State::kClosing;
+  up->client = nullptr;
+  if (up->ops == 0) {
+    release_up(up);
+    return;
+  }
+  // Cancels the connect, send and receive still in flight on this socket; the slot is freed
+  // when their completions are reaped.
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_cancel_fd(sqe, up->fd, IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpUpCancel, up->slot, up->gen));
+  ++up->ops;
+  if (up->fd >= 0) ::shutdown(up->fd, SHUT_RDWR);
+}
+
+void Worker::Impl::up_op_done(UpConn* up) {
+  KEYGATE_ASSERT(up->ops > 0);
+  --up->ops;
+  if (up->state == UpConn::State::kClosing && up->ops == 0) release_up(up);
+}
+
+void Worker::Impl::release_up(UpConn* up) {
+  if (up->fd >= 0) ::close(up->fd);
+  up->fd = -1;
+  ++up->gen;
+  up->state = UpConn::State::kFree;
+  up->client = nullptr;
+  up->fill.clear();
+  up->sending.clear();
+  if (up->fill.capacity() > kOutputKeepCapacity) up->fill.shrink_to_fit();
+  if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
+  up->send_off = 0;
+  up->send_in_flight = up->send_failed = up->recv_armed = up->recv_paused = false;
+  up->attempts = up->attempts_failed = 0;
+  up->server = 0;
+  free_upconns.push_back(up->slot);
+}
+
+void Worker::Impl::check_upstream_timers() {
+  for (auto& owned : upconns) {
+    UpConn* up = owned.get();
+    if (up->deadline_ms == 0 || up->deadline_ms > now_ms) continue;
+    if (up->state == UpConn::State::kBusy && !up->message_done) {
+      up->deadline_ms = 0;
+      fail_forward(up, 504, "upstream_timeout", "the upstream server did not answer in time");
+    } else if (up->state == UpConn::State::kIdle) {
+      up->deadline_ms = 0;
+      close_up(up);
+    }
+  }
+}
+
+// The client's output drained below the backpressure mark: resume reading the upstream.
+void Worker::Impl::client_output_drained(Connection* c) {
+  UpConn* up = c->up;
+  if (up == nullptr || !up->recv_paused || client_buffered(c) > kProxyBufferMax) return;
+  up->recv_paused = false;
+  if (up->state == UpConn::State::kBusy && !up->recv_armed) arm_up_recv(up);
+}
+
+}  // namespace keygate::net

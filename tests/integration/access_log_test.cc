@@ -1,0 +1,1312 @@
+// Integration tests of the access log: the real keygate binary writing
+// `access-<seq>.jsonl` segments into its --log-dir, read back byte for byte by
+// the test.
+//
+//   - AccessLogRecords: one record per request on both listeners (allowed,
+//   every rejection, a
+//     parse error, admin, proxied), with the fields the brief promises and
+//     increasing seqs.
+//   - AccessLogCapture: log_request / log_response captures (heads and bodies,
+//   the
+//     capture_bytes_max cut) and their absence for keys without the flags.
+//   - AccessLogRedaction: keys sent every way a client can send them (headers,
+//   query, form,
+//     JSON, escapes, truncation, admin create/rotate) never reach any file of
+//     the log dir, in any encoding, and markers stand where they were.
+//   - AccessLogSequence: N sequential requests give exactly N records with
+//   consecutive seqs.
+//   - AccessLogRestart: after SIGKILL and a torn tail, a restarted server
+//   continues the seqs.
+//
+// The log is written asynchronously; tests poll the files with a deadline or
+// stop the server (SIGTERM drains and flushes). Every process started here is
+// stopped by its owner's destructor (TestServer, ChildProcess).
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "tests/integration/process_helper.h"
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::string_view kBootstrapAdminKey =
+    "access-log-test-bootstrap-admin-0123";
+
+// --- A small JSON reader (records are compact JSON, one per line)
+// ----------------------------
+
+struct Json {
+  enum class Type { kNull, kBool, kNumber, kString, kObject, kArray };
+  Type type = Type::kNull;
+  bool boolean = false;
+  int64_t number = 0;
+  std::string string;
+  std::vector<std::pair<std::string, Json>> members;
+  std::vector<Json> items;
+
+  const Json *find(std::string_view name) const {
+    for (const auto &[n, v] : members) {
+      if (n == name)
+        return &v;
+    }
+    return nullptr;
+  }
+  bool has(std::string_view name) const { return find(name) != nullptr; }
+  bool is_null(std::string_view name) const {
+    const Json *v = find(name);
+    return v != nullptr && v->type == Type::kNull;
+  }
+  // The string member `name`; "<absent>" / "<null>" / "<not a string>"
+  // otherwise, so a comparison in an assertion shows what was there.
+  std::string str(std::string_view name) const {
+    const Json *v = find(name);
+    if (v == nullptr)
+      return "<absent>";
+    if (v->type == Type::kNull)
+      return "<null>";
+    if (v->type != Type::kString)
+      return "<not a string>";
+    return v->string;
+  }
+  int64_t num(std::string_view name) const {
+    const Json *v = find(name);
+    return v != nullptr && v->type == Type::kNumber ? v->number : -1;
+  }
+};
+
+class JsonReader {
+public:
+  explicit JsonReader(std::string_view text) : t_(text) {}
+
+  bool parse(Json *out) {
+    if (!value(out, 0))
+      return false;
+    ws();
+    return p_ == t_.size();
+  }
+
+private:
+  void ws() {
+    while (p_ < t_.size() && (t_[p_] == ' ' || t_[p_] == '\t' ||
+                              t_[p_] == '\n' || t_[p_] == '\r')) {
+      ++p_;
+    }
+  }
+  bool lit(std::string_view s) {
+    if (t_.substr(p_, s.size()) != s)
+      return false;
+    p_ += s.size();
+    return true;
+  }
+  bool value(Json *out, int depth) {
+    if (depth > 64)
+      return false;
+    ws();
+    if (p_ >= t_.size())
+      return false;
+    const char c = t_[p_];
+    if (c == '{') {
+      ++p_;
+      out->type = Json::Type::kObject;
+      ws();
+      if (lit("}"))
+        return true;
+      for (;;) {
+        ws();
+        std::string name;
+        if (!string(&name))
+          return false;
+        ws();
+        if (!lit(":"))
+          return false;
+        Json v;
+        if (!value(&v, depth + 1))
+          return false;
+        out->members.emplace_back(std::move(name), std::move(v));
+        ws();
+        if (lit(","))
+          continue;
+        return lit("}");
+      }
+    }
+    if (c == '[') {
+      ++p_;
+      out->type = Json::Type::kArray;
+      ws();
+      if (lit("]"))
+        return true;
+      for (;;) {
+        Json v;
+        if (!value(&v, depth + 1))
+          return false;
+        out->items.push_back(std::move(v));
+        ws();
+        if (lit(","))
+          continue;
+        return lit("]");
+      }
+    }
+    if (c == '"') {
+      out->type = Json::Type::kString;
+      return string(&out->string);
+    }
+    if (lit("true")) {
+      out->type = Json::Type::kBool;
+      out->boolean = true;
+      return true;
+    }
+    if (lit("false")) {
+      out->type = Json::Type::kBool;
+      return true;
+    }
+    if (lit("null"))
+      return true;
+    out->type = Json::Type::kNumber;
+    bool negative = lit("-");
+    const size_t digits_at = p_;
+    int64_t v = 0;
+    while (p_ < t_.size() && t_[p_] >= '0' && t_[p_] <= '9')
+      v = v * 10 + (t_[p_++] - '0');
+    if (p_ == digits_at)
+      return false;
+    // Records hold integers only; a fraction or exponent is read past and
+    // ignored.
+    while (p_ < t_.size() && std::string_view(".eE+-0123456789").find(t_[p_]) !=
+                                 std::string_view::npos) {
+      ++p_;
+    }
+    out->number = negative ? -v : v;
+    return true;
+  }
+  static int hex_digit(char c) {
+    if (c >= '0' && c <= '9')
+      return c - '0';
+    if (c >= 'a' && c <= 'f')
+      return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+      return c - 'A' + 10;
+    return -1;
+  }
+  bool string(std::string *out) {
+    if (!lit("\""))
+      return false;
+    while (p_ < t_.size()) {
+      const char c = t_[p_++];
+      if (c == '"')
+        return true;
+      if (static_cast<unsigned char>(c) < 0x20)
+        return false;
+      if (c != '\\') {
+        out->push_back(c);
+        continue;
+      }
+      if (p_ >= t_.size())
+        return false;
+      const char e = t_[p_++];
+      switch (e) {
+      case '"':
+        out->push_back('"');
+        break;
+      case '\\':
+        out->push_back('\\');
+        break;
+      case '/':
+        out->push_back('/');
+        break;
+      case 'b':
+        out->push_back('\b');
+        break;
+      case 'f':
+        out->push_back('\f');
+        break;
+      case 'n':
+        out->push_back('\n');
+        break;
+      case 'r':
+        out->push_back('\r');
+        break;
+      case 't':
+        out->push_back('\t');
+        break;
+      case 'u': {
+        if (p_ + 4 > t_.size())
+          return false;
+        unsigned cp = 0;
+        for (int i = 0; i < 4; ++i) {
+          const int d = hex_digit(t_[p_++]);
+          if (d < 0)
+            return false;
+          cp = cp * 16 + static_cast<unsigned>(d);
+        }
+        // keygate writes a byte it could not pass through as \u00XX of that
+        // byte.
+        if (cp < 0x100) {
+          out->push_back(static_cast<char>(cp));
+        } else if (cp < 0x800) {
+          out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+          out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        } else {
+          out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+          out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+          out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+        }
+        break;
+      }
+      default:
+        return false;
+      }
+    }
+    return false;
+  }
+
+  std::string_view t_;
+  size_t p_ = 0;
+};
+
+std::optional<Json> parse_json(std::string_view text) {
+  Json j;
+  JsonReader reader(text);
+  if (!reader.parse(&j))
+    return std::nullopt;
+  return j;
+}
+
+// --- Encodings of a key, as a client may send it and as a log line could hold
+// it -------------
+
+std::string percent_encoded(std::string_view s, bool upper) {
+  const char *digits = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+  std::string out;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    out += '%';
+    out += digits[u >> 4];
+    out += digits[u & 15];
+  }
+  return out;
+}
+
+// application/x-www-form-urlencoded as a browser writes it.
+std::string form_encoded(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+        (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+        c == '*') {
+      out += c;
+    } else if (c == ' ') {
+      out += '+';
+    } else {
+      out += percent_encoded(std::string_view(&c, 1), true);
+    }
+  }
+  return out;
+}
+
+// As a JSON encoder writes a string's content (no quotes); `slash`: '/' as
+// "\/".
+std::string json_escaped(std::string_view s, bool slash = false) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (c == '/' && slash) {
+      out += "\\/";
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out +=
+          "\\u00" + percent_encoded(std::string_view(&c, 1), false).substr(1);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// Every character as \u00XX.
+std::string unicode_escaped(std::string_view s, bool upper) {
+  std::string out;
+  for (char c : s)
+    out += "\\u00" + percent_encoded(std::string_view(&c, 1), upper).substr(1);
+  return out;
+}
+
+// Every form of `key` that must not occur in the log's bytes: raw,
+// percent-encoded (both hex cases), form-encoded, JSON-escaped (with and
+// without "\/"), \u-escaped; and each of those as the log's own JSON escaping
+// would write it inside a record.
+std::vector<std::string> forbidden_forms(std::string_view key) {
+  std::set<std::string> forms = {std::string(key),
+                                 percent_encoded(key, false),
+                                 percent_encoded(key, true),
+                                 form_encoded(key),
+                                 json_escaped(key),
+                                 json_escaped(key, true),
+                                 unicode_escaped(key, false),
+                                 unicode_escaped(key, true)};
+  std::set<std::string> in_log;
+  for (const std::string &f : forms)
+    in_log.insert(json_escaped(f));
+  forms.insert(in_log.begin(), in_log.end());
+  return {forms.begin(), forms.end()};
+}
+
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i)
+    s[i] = static_cast<char>('a' + i % 26);
+  return s;
+}
+
+// --- Reading the log directory
+// -----------------------------------------------------------------
+
+std::string read_file(const std::string &path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// The segment files, oldest first (names carry the zero-padded first seq).
+std::vector<std::string> segment_files(const std::string &dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto &e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && name.starts_with("access-") &&
+        name.ends_with(".jsonl")) {
+      out.push_back(e.path().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Every byte of every regular file under `dir`, whatever its name.
+std::string all_bytes_under(const std::string &dir, size_t *files) {
+  std::string out;
+  *files = 0;
+  std::error_code ec;
+  for (const auto &e : std::filesystem::recursive_directory_iterator(dir, ec)) {
+    if (!e.is_regular_file())
+      continue;
+    ++*files;
+    out += read_file(e.path().string());
+    out += '\n';
+  }
+  return out;
+}
+
+struct LogLine {
+  std::string text;
+  Json json;
+};
+
+struct LogContents {
+  std::vector<LogLine> lines; // complete lines, in file order
+  std::vector<std::string>
+      bad_lines; // complete lines that are not JSON objects
+  std::vector<std::string>
+      unterminated; // a file's last bytes without a newline
+  std::vector<const Json *> records() const {
+    std::vector<const Json *> out;
+    for (const LogLine &l : lines) {
+      if (!l.json.has("type"))
+        out.push_back(&l.json);
+    }
+    return out;
+  }
+  size_t markers() const {
+    size_t n = 0;
+    for (const LogLine &l : lines)
+      n += l.json.has("type") ? 1 : 0;
+    return n;
+  }
+};
+
+LogContents read_log(const std::string &dir) {
+  LogContents out;
+  for (const std::string &file : segment_files(dir)) {
+    const std::string text = read_file(file);
+    size_t pos = 0;
+    while (pos < text.size()) {
+      const size_t eol = text.find('\n', pos);
+      if (eol == std::string::npos) {
+        out.unterminated.push_back(text.substr(pos));
+        break;
+      }
+      std::string line = text.substr(pos, eol - pos);
+      pos = eol + 1;
+      std::optional<Json> j = parse_json(line);
+      if (!j || j->type != Json::Type::kObject) {
+        out.bad_lines.push_back(std::move(line));
+        continue;
+      }
+      out.lines.push_back({std::move(line), std::move(*j)});
+    }
+  }
+  return out;
+}
+
+// Polls until the log holds at least `n` records (markers not counted) or
+// `timeout` passes.
+LogContents wait_for_records(const std::string &dir, size_t n,
+                             Millis timeout = Millis(5000)) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    LogContents log = read_log(dir);
+    if (log.records().size() >= n || Clock::now() >= deadline)
+      return log;
+    std::this_thread::sleep_for(Millis(20));
+  }
+}
+
+// The record whose "path" is `path` up to its query; null when none or several.
+const Json *record_for(const LogContents &log, std::string_view path) {
+  const Json *found = nullptr;
+  for (const Json *r : log.records()) {
+    const std::string p = r->str("path");
+    if (std::string_view(p).substr(0, p.find('?')) != path)
+      continue;
+    if (found != nullptr)
+      return nullptr;
+    found = r;
+  }
+  return found;
+}
+
+std::string captured(const Json &record, std::string_view which,
+                     std::string_view part) {
+  const Json *m = record.find(which);
+  if (m == nullptr)
+    return "<no " + std::string(which) + ">";
+  return m->str(part);
+}
+
+// A captured message's body_truncated: 1 / 0, or -1 when the capture or the
+// member is missing.
+int truncated_flag(const Json &record, std::string_view which) {
+  const Json *m = record.find(which);
+  const Json *t = m == nullptr ? nullptr : m->find("body_truncated");
+  if (t == nullptr || t->type != Json::Type::kBool)
+    return -1;
+  return t->boolean ? 1 : 0;
+}
+
+std::string key_array(const std::vector<std::string> &apis) {
+  std::string out = "[";
+  for (const std::string &a : apis)
+    out += (out.size() > 1 ? ",\"" : "\"") + a + "\"";
+  return out + "]";
+}
+
+// The head of a raw request or response (through the blank line).
+std::string head_of(std::string_view raw) {
+  const size_t end = raw.find("\r\n\r\n");
+  return std::string(
+      raw.substr(0, end == std::string_view::npos ? raw.size() : end + 4));
+}
+
+// --- Fixture
+// -----------------------------------------------------------------------------------
+
+struct CreatedKey {
+  std::string id;
+  std::string value;
+};
+
+class AccessLogTest : public ::testing::Test {
+protected:
+  // keygate-upstream, then keygate with kOrdersAndBillingApis plus "proxied"
+  // (/echo, /bytes) forwarded to it, kBootstrapAdminKey as the admin key and
+  // `log_config` as the [log] table's lines. Empty dirs: the server's own temp
+  // dir.
+  void start(unsigned workers, const std::string &log_config,
+             const std::string &data_dir = {},
+             const std::string &log_dir = {}) {
+    if (upstream_ == nullptr) {
+      std::string line, error;
+      upstream_ = start_process_with_ready_line(KEYGATE_UPSTREAM_BINARY,
+                                                {"--listen", "127.0.0.1:0"},
+                                                "listening on ", &line, &error);
+      ASSERT_NE(upstream_, nullptr) << error;
+      upstream_addr_ = line.substr(std::string_view("listening on ").size());
+    }
+    ServerOptions options =
+        admin_server_options(std::string(kBootstrapAdminKey));
+    options.workers = workers;
+    options.data_dir = data_dir;
+    options.log_dir = log_dir;
+    options.extra_config +=
+        "\n[[apis]]\nname = \"proxied\"\nroutes = [\"/echo\", \"/bytes\"]\n"
+        "upstreams = [\"" +
+        upstream_addr_ + "\"]\n\n[log]\n" + log_config + "\n";
+    server_ = std::make_unique<TestServer>(options);
+    std::string error;
+    ASSERT_TRUE(server_->start(&error))
+        << error << "\nstderr: " << server_->error_output();
+  }
+
+  // One request on a fresh data-port connection, its response read whole:
+  // framed by Content-Length, or chunked (the upstream's /echo; keygate keeps
+  // the connection open, so the last chunk ends it). A chunked response's
+  // `body` holds the chunked framing as sent.
+  std::optional<Response> data(std::string_view request) {
+    RawClient client;
+    if (!client.connect(server_->data_port()) || !client.send(request))
+      return std::nullopt;
+    std::optional<Response> r =
+        client.read_response(Millis(3000), /*head=*/true);
+    if (!r)
+      return r;
+    const std::optional<std::string> te = r->header("Transfer-Encoding");
+    const std::optional<std::string> cl = r->header("Content-Length");
+    const bool chunked = te && *te == "chunked";
+    const size_t length = cl ? std::stoul(*cl) : 0;
+    auto complete = [&](const std::string &b) {
+      return chunked ? b.ends_with("0\r\n\r\n") : b.size() >= length;
+    };
+    const auto deadline = Clock::now() + Millis(3000);
+    std::string body; // read_until_close() hands out what was buffered too
+    while (!complete(body) && Clock::now() < deadline) {
+      body += client.read_until_close(Millis(20));
+      if (client.last_end() != ReadEnd::kTimeout)
+        break;
+    }
+    if (!complete(body))
+      return std::nullopt;
+    r->body = body;
+    r->raw += body;
+    return r;
+  }
+  std::optional<Response> admin(std::string_view method,
+                                std::string_view target,
+                                std::string_view admin_key,
+                                std::string_view body = {}) {
+    std::vector<std::string> headers = {"X-ApiKey: " + std::string(admin_key)};
+    if (!body.empty())
+      headers.push_back("Content-Type: application/json");
+    return round_trip(server_->admin_port(),
+                      http_request(method, target, headers, body));
+  }
+
+  // `key` as a JSON string literal, "/" written as "\/".
+  static std::string json_key(std::string_view key) {
+    return "\"" + json_escaped(key, true) + "\"";
+  }
+
+  // POST /admin/keys with `key_json` as the "key" member's JSON text ("" =
+  // generated value) and `description` (when not empty) as the description.
+  // Returns the id and the plaintext the response shows; an empty id (and a
+  // test failure) when the create failed.
+  CreatedKey create_key(std::string_view admin_key, std::string_view key_json,
+                        const std::vector<std::string> &apis, bool log_request,
+                        bool log_response, std::string_view description = {}) {
+    std::string body = "{";
+    if (!key_json.empty())
+      body += "\"key\":" + std::string(key_json) + ",";
+    if (!description.empty())
+      body += "\"description\":" + json_key(description) + ",";
+    body += "\"apis\":" + key_array(apis) +
+            ",\"log_request\":" + (log_request ? "true" : "false") +
+            ",\"log_response\":" + (log_response ? "true" : "false") + "}";
+    auto r = admin("POST", "/admin/keys", admin_key, body);
+    if (!r || r->status != 201) {
+      ADD_FAILURE() << "create key failed: " << show(r)
+                    << "\nrequest body: " << body;
+      return {};
+    }
+    return {string_member(r->body, "id"), string_member(r->body, "key")};
+  }
+
+  std::unique_ptr<ChildProcess> upstream_;
+  std::string upstream_addr_;
+  // Data and log dirs that outlive one server (restart tests); removed after
+  // server_ stops.
+  std::unique_ptr<TempDir> dirs_;
+  std::unique_ptr<TestServer> server_;
+};
+
+// --- 1. Record contents
+// ------------------------------------------------------------------------
+
+TEST_F(AccessLogTest, RecordsEveryOutcomeOnBothListenersWithIncreasingSeq) {
+  // One worker: records reach its ring in request order, so seq order is
+  // request order.
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  ASSERT_TRUE(server_->wait_for_error_output("from KEYGATE_BOOTSTRAP_ADMIN_KEY",
+                                             Millis(3000)));
+  const std::string &err = server_->error_output();
+  const size_t id_at = err.find("created admin key ") +
+                       std::string_view("created admin key ").size();
+  const std::string bootstrap_id =
+      err.substr(id_at, err.find(' ', id_at) - id_at);
+
+  struct Expect {
+    std::string listener, method, path;
+    int status;
+    std::string key_id; // "" = null
+    std::string api;    // "" = not checked ("<null>" = must be null)
+    std::string reason; // "" = null
+    std::string request;
+  };
+  std::vector<Expect> expected;
+  std::vector<std::optional<Response>> responses; // one per expected record
+  auto send_data = [&](Expect e) {
+    responses.push_back(data(e.request));
+    expected.push_back(std::move(e));
+  };
+
+  const std::string ok_key = "alog-rec-ok-" + random_hex(20);
+  const std::string billing_key = "alog-rec-billing-" + random_hex(20);
+  const std::string create_ok =
+      "{\"key\":\"" + ok_key + "\",\"apis\":[\"orders\",\"proxied\"]}";
+  const std::string create_billing =
+      "{\"key\":\"" + billing_key + "\",\"apis\":[\"billing\"]}";
+  for (const std::string &body : {create_ok, create_billing}) {
+    Expect e{"admin", "POST", "/admin/keys", 201, bootstrap_id, "admin",
+             "",      ""};
+    e.request = http_request("POST", "/admin/keys",
+                             {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                              "Content-Type: application/json"},
+                             body);
+    responses.push_back(round_trip(server_->admin_port(), e.request));
+    ASSERT_TRUE(responses.back() && responses.back()->status == 201)
+        << show(responses.back());
+    expected.push_back(std::move(e));
+  }
+  const std::string ok_id = string_member(responses[0]->body, "id");
+  const std::string billing_id = string_member(responses[1]->body, "id");
+
+  send_data({"data", "GET", "/orders/1", 200, ok_id, "orders", "",
+             http_request("GET", "/orders/1", {"X-ApiKey: " + ok_key})});
+  send_data({"data", "GET", "/orders/2", 401, "", "", "missing_api_key",
+             http_request("GET", "/orders/2")});
+  send_data({"data", "GET", "/orders/3", 401, "", "", "invalid_api_key",
+             http_request("GET", "/orders/3",
+                          {"X-ApiKey: not-a-key-" + random_hex(8)})});
+  send_data({"data", "GET", "/orders/4", 403, billing_id, "orders",
+             "api_not_permitted",
+             http_request("GET", "/orders/4", {"X-ApiKey: " + billing_key})});
+  send_data({"data", "GET", "/nowhere/5", 404, "", "", "no_route",
+             http_request("GET", "/nowhere/5", {"X-ApiKey: " + ok_key})});
+  // A header line without a colon: the parser rejects it; the record has no
+  // method or target.
+  send_data({"data", "", "", 400, "", "", "*",
+             "GET /orders/6 HTTP/1.1\r\nHost: it\r\nNo Colon Here\r\n\r\n"});
+  {
+    Expect e{"admin", "GET", "/admin/keys", 200, bootstrap_id, "admin", "", ""};
+    e.request = http_request("GET", "/admin/keys",
+                             {"X-ApiKey: " + std::string(kBootstrapAdminKey)});
+    responses.push_back(round_trip(server_->admin_port(), e.request));
+    expected.push_back(std::move(e));
+  }
+  send_data({"data", "GET", "/bytes/100", 200, ok_id, "proxied", "",
+             http_request("GET", "/bytes/100", {"X-ApiKey: " + ok_key})});
+
+  for (size_t i = 0; i < expected.size(); ++i) {
+    ASSERT_TRUE(responses[i].has_value()) << "no response to:\n"
+                                          << expected[i].request;
+    ASSERT_EQ(responses[i]->status, expected[i].status) << responses[i]->raw;
+  }
+
+  const LogContents log = wait_for_records(server_->log_dir(), expected.size());
+  const std::vector<const Json *> records = log.records();
+  ASSERT_EQ(records.size(), expected.size()) << "records: " << records.size();
+  EXPECT_TRUE(log.bad_lines.empty()) << log.bad_lines.front();
+  EXPECT_EQ(log.markers(), 0u);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const Expect &e = expected[i];
+    const Json &r = *records[i];
+    SCOPED_TRACE("record " + std::to_string(i) + " for " + e.method + " " +
+                 e.path + ": " + log.lines[i].text);
+    if (i > 0) {
+      EXPECT_EQ(r.num("seq"), records[i - 1]->num("seq") + 1)
+          << "seqs not consecutive";
+    }
+    EXPECT_GE(r.num("seq"), 0);
+    EXPECT_EQ(r.str("listener"), e.listener);
+    EXPECT_EQ(r.num("status"), e.status);
+    EXPECT_EQ(r.str("method"), e.method);
+    EXPECT_EQ(r.str("path"), e.path);
+    if (e.key_id.empty()) {
+      EXPECT_TRUE(r.is_null("key_id"));
+    } else {
+      EXPECT_EQ(r.str("key_id"), e.key_id);
+    }
+    if (!e.api.empty()) {
+      EXPECT_EQ(r.str("api"), e.api);
+    }
+    if (e.reason.empty()) {
+      EXPECT_TRUE(r.is_null("reason"));
+    } else if (e.reason == "*") {
+      EXPECT_FALSE(r.str("reason").empty());
+      EXPECT_EQ(r.find("reason")->type, Json::Type::kString);
+    } else {
+      EXPECT_EQ(r.str("reason"), e.reason);
+    }
+    EXPECT_TRUE(r.is_null("user"));
+    EXPECT_GT(r.num("bytes_in"), 0);
+    if (!e.method.empty()) {
+      EXPECT_EQ(r.num("bytes_in"), static_cast<int64_t>(e.request.size()));
+    }
+    EXPECT_EQ(r.num("bytes_out"),
+              static_cast<int64_t>(responses[i]->raw.size()));
+    EXPECT_GT(r.num("time_us"), int64_t{1'600'000'000} * 1'000'000);
+    EXPECT_GE(r.num("duration_us"), 0);
+    EXPECT_GE(r.num("request_id"), 0);
+    EXPECT_EQ(r.num("worker"), 0);
+    EXPECT_TRUE(r.str("client").starts_with("127.0.0.1:")) << r.str("client");
+    EXPECT_FALSE(r.has("request")) << "no key here logs requests";
+    EXPECT_FALSE(r.has("response"));
+  }
+  // Request ids are unique.
+  std::set<int64_t> ids;
+  for (const Json *r : records)
+    ids.insert(r->num("request_id"));
+  EXPECT_EQ(ids.size(), records.size());
+}
+
+// --- 2. Captures
+// -------------------------------------------------------------------------------
+
+TEST_F(AccessLogTest, CapturesRequestAndResponseForFlaggedKeysOnly) {
+  ASSERT_NO_FATAL_FAILURE(start(2, "capture_bytes_max = 1000"));
+  const std::string cap_key = "alog-cap-" + random_hex(24);
+  const std::string plain_key = "alog-nocap-" + random_hex(24);
+  const CreatedKey cap = create_key(kBootstrapAdminKey, json_key(cap_key),
+                                    {"orders", "proxied"}, true, true);
+  const CreatedKey plain = create_key(kBootstrapAdminKey, json_key(plain_key),
+                                      {"orders", "proxied"}, false, false);
+  ASSERT_FALSE(cap.id.empty());
+  ASSERT_FALSE(plain.id.empty());
+  const std::string marker = "[redacted:" + cap.id + "]";
+
+  // Small body, written by keygate: both sides captured exactly (key header
+  // redacted).
+  const std::string small_body = "hello capture body";
+  const std::string small_req = http_request(
+      "POST", "/orders/small",
+      {"X-ApiKey: " + cap_key, "Content-Type: text/plain"}, small_body);
+  auto small = data(small_req);
+  ASSERT_TRUE(small && small->status == 200) << show(small);
+  // Exactly capture_bytes_max: not truncated. One more: truncated.
+  const std::string exact_body = pattern(1000);
+  auto exact = data(http_request(
+      "POST", "/orders/exact",
+      {"X-ApiKey: " + cap_key, "Content-Type: text/plain"}, exact_body));
+  ASSERT_TRUE(exact && exact->status == 200) << show(exact);
+  const std::string big_body = pattern(5000);
+  auto big = data(http_request(
+      "POST", "/orders/big",
+      {"X-ApiKey: " + cap_key, "Content-Type: text/plain"}, big_body));
+  ASSERT_TRUE(big && big->status == 200) << show(big);
+  // Proxied: a large upstream response is cut; a small echo is captured both
+  // ways.
+  auto bytes =
+      data(http_request("GET", "/bytes/5000", {"X-ApiKey: " + cap_key}));
+  ASSERT_TRUE(bytes && bytes->status == 200) << show(bytes);
+  const std::string echo_body = "small echo body";
+  auto echo = data(http_request(
+      "POST", "/echo", {"X-ApiKey: " + cap_key, "Content-Type: text/plain"},
+      echo_body));
+  ASSERT_TRUE(echo && echo->status == 200) << show(echo);
+  // Keys without the flags: no captures.
+  auto nocap = data(http_request(
+      "POST", "/orders/nocap",
+      {"X-ApiKey: " + plain_key, "Content-Type: text/plain"}, "body"));
+  ASSERT_TRUE(nocap && nocap->status == 200) << show(nocap);
+  auto nocap_proxy =
+      data(http_request("GET", "/bytes/10", {"X-ApiKey: " + plain_key}));
+  ASSERT_TRUE(nocap_proxy && nocap_proxy->status == 200) << show(nocap_proxy);
+
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  const LogContents log = read_log(server_->log_dir());
+  ASSERT_EQ(log.records().size(), 9u);
+  EXPECT_TRUE(log.bad_lines.empty());
+  EXPECT_TRUE(log.unterminated.empty());
+
+  const Json *r = record_for(log, "/orders/small");
+  ASSERT_NE(r, nullptr);
+  {
+    std::string head = head_of(small_req);
+    head.replace(head.find(cap_key), cap_key.size(), marker);
+    EXPECT_EQ(captured(*r, "request", "head"), head);
+    EXPECT_EQ(captured(*r, "request", "body"), small_body);
+    EXPECT_EQ(truncated_flag(*r, "request"), 0);
+    EXPECT_EQ(captured(*r, "response", "head"), head_of(small->raw));
+    EXPECT_EQ(captured(*r, "response", "body"), small->body);
+    EXPECT_EQ(truncated_flag(*r, "response"), 0);
+    EXPECT_EQ(r->str("key_id"), cap.id);
+  }
+  r = record_for(log, "/orders/exact");
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(captured(*r, "request", "body"), exact_body);
+  EXPECT_EQ(truncated_flag(*r, "request"), 0) << "1000 bytes fit 1000";
+
+  r = record_for(log, "/orders/big");
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(captured(*r, "request", "body"), big_body.substr(0, 1000));
+  EXPECT_EQ(truncated_flag(*r, "request"), 1);
+  EXPECT_GE(r->num("bytes_in"), 5000);
+
+  r = record_for(log, "/bytes/5000");
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->str("api"), "proxied");
+  EXPECT_TRUE(captured(*r, "response", "head").starts_with("HTTP/1.1 200 "))
+      << captured(*r, "response", "head");
+  EXPECT_TRUE(captured(*r, "response", "head").ends_with("\r\n\r\n"));
+  EXPECT_EQ(captured(*r, "response", "body"), pattern(1000));
+  EXPECT_EQ(truncated_flag(*r, "response"), 1);
+  EXPECT_EQ(r->num("bytes_out"), static_cast<int64_t>(bytes->raw.size()));
+
+  r = record_for(log, "/echo");
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(captured(*r, "request", "body"), echo_body);
+  EXPECT_EQ(captured(*r, "response", "body"), echo_body)
+      << "the echoed body, de-chunked";
+  EXPECT_EQ(truncated_flag(*r, "request"), 0);
+  EXPECT_EQ(truncated_flag(*r, "response"), 0);
+  EXPECT_TRUE(
+      captured(*r, "request", "head").starts_with("POST /echo HTTP/1.1\r\n"));
+
+  for (std::string_view path : {"/orders/nocap", "/bytes/10"}) {
+    r = record_for(log, path);
+    ASSERT_NE(r, nullptr) << path;
+    EXPECT_EQ(r->str("key_id"), plain.id);
+    EXPECT_FALSE(r->has("request")) << path;
+    EXPECT_FALSE(r->has("response")) << path;
+  }
+}
+
+// --- 3. Redaction
+// ------------------------------------------------------------------------------
+
+TEST_F(AccessLogTest, NoKeyReachesAnyLogFileInAnyEncoding) {
+  ASSERT_NO_FATAL_FAILURE(start(2, "capture_bytes_max = 1000"));
+  // An admin key that logs its requests and responses, created by the bootstrap
+  // key.
+  const std::string admin_key = "alog-admin-" + random_hex(24);
+  const CreatedKey adm = create_key(kBootstrapAdminKey, json_key(admin_key),
+                                    {"admin"}, true, true);
+  ASSERT_FALSE(adm.id.empty());
+  // Through it: a plain key, a key full of characters that need escaping (sent
+  // JSON-escaped,
+  // "\/" included), a generated key, then that one rotated.
+  const std::string key_a = "alogA" + random_hex(27);
+  const std::string key_s =
+      "s" + random_hex(10) + "\"/\\&=+%?#;'{}<>~:," + random_hex(10);
+  const CreatedKey a =
+      create_key(admin_key, json_key(key_a), {"orders", "proxied"}, true, true);
+  // Its description quotes the admin key itself: only the by-value rule can
+  // catch that one (in the request and in the response that shows the
+  // description).
+  const CreatedKey s =
+      create_key(admin_key, json_key(key_s), {"orders", "proxied"}, true, true,
+                 "pasted by mistake: " + admin_key);
+  const CreatedKey g = create_key(admin_key, "", {"orders"}, true, true);
+  ASSERT_FALSE(a.id.empty());
+  ASSERT_FALSE(s.id.empty());
+  ASSERT_FALSE(g.id.empty());
+  ASSERT_EQ(a.value, key_a);
+  ASSERT_FALSE(g.value.empty())
+      << "the create response shows the generated key";
+  auto rotated = admin("POST", "/admin/keys/" + g.id + "/rotate", admin_key,
+                       "{\"grace_seconds\":60}");
+  ASSERT_TRUE(rotated && rotated->status == 201) << show(rotated);
+  const std::string key_r = string_member(rotated->body, "key");
+  ASSERT_FALSE(key_r.empty());
+  ASSERT_NE(key_r, g.value);
+
+  const std::string ma = "[redacted:" + a.id + "]";
+  const std::string ms = "[redacted:" + s.id + "]";
+  const std::string mg = "[redacted:" + g.id + "]";
+  const std::string madm = "[redacted:" + adm.id + "]";
+  const std::string hdr_a = "X-ApiKey: " + key_a;
+  const std::string json_t = "Content-Type: application/json";
+  const std::string text_t = "Content-Type: text/plain";
+  const std::string form_t = "Content-Type: application/x-www-form-urlencoded";
+
+  // What each data request must look like in its record: the expected "path",
+  // captured request body (exact, unless `body_has` is used), and markers that
+  // must appear in the head.
+  struct Case {
+    Case(std::string path_, std::string request_, std::string expect_path_,
+         std::string expect_body_, std::string head_marker_ = {},
+         size_t head_markers_ = 0, bool truncated_ = false,
+         std::string response_marker_ = {})
+        : path(std::move(path_)), request(std::move(request_)),
+          expect_path(std::move(expect_path_)),
+          expect_body(std::move(expect_body_)),
+          head_marker(std::move(head_marker_)), head_markers(head_markers_),
+          truncated(truncated_), response_marker(std::move(response_marker_)) {}
+    std::string path; // the tag: the record's path up to '?'
+    std::string request;
+    std::string expect_path; // "" = path == tag
+    std::string expect_body; // exact captured request body; "-" = not checked
+    std::string
+        head_marker; // must occur in the captured head head_markers times
+    size_t head_markers;
+    bool truncated; // the captured request body is cut
+    std::string
+        response_marker; // must occur (twice) in the captured response body
+  };
+  std::vector<Case> cases;
+  auto add = [&](Case c) { cases.push_back(std::move(c)); };
+  const std::string pct_a = percent_encoded(key_a, false);
+  const std::string pctu_a = percent_encoded(key_a, true);
+
+  add({"/orders/hdr", http_request("GET", "/orders/hdr", {hdr_a}), "", "", ma,
+       1});
+  add({"/orders/hdr2", http_request("GET", "/orders/hdr2", {hdr_a, hdr_a}), "",
+       "", ma, 2});
+  add({"/orders/q-raw",
+       http_request("GET", "/orders/q-raw?a=1&key=" + key_a + "&b=2"),
+       "/orders/q-raw?a=1&key=" + ma + "&b=2", "", ma, 1});
+  add({"/orders/q-name", http_request("GET", "/orders/q-name?k%65y=" + key_a),
+       "/orders/q-name?k%65y=" + ma, "", ma, 1});
+  add({"/orders/q-pct", http_request("GET", "/orders/q-pct?key=" + pct_a),
+       "/orders/q-pct?key=" + ma, "", ma, 1});
+  add({"/orders/q-pctu", http_request("GET", "/orders/q-pctu?key=" + pctu_a),
+       "/orders/q-pctu?key=" + ma, "", ma, 1});
+  add({"/orders/form",
+       http_request("POST", "/orders/form", {form_t},
+                    "x=1&key=" + key_a + "&y=2"),
+       "", "x=1&key=" + ma + "&y=2"});
+  add({"/orders/form-pct",
+       http_request("POST", "/orders/form-pct", {form_t + "; charset=UTF-8"},
+                    "k%65y=" + pctu_a),
+       "", "k%65y=" + ma});
+  add({"/orders/json",
+       http_request("POST", "/orders/json", {json_t},
+                    "{\"a\":1,\"API_Key\":\"" + key_a + "\"}"),
+       "", "{\"a\":1,\"API_Key\":\"" + ma + "\"}"});
+  add({"/orders/json-name",
+       http_request("POST", "/orders/json-name", {json_t},
+                    "{\"API\\u005fKey\":\"" + key_a + "\"}"),
+       "", "{\"API\\u005fKey\":\"" + ma + "\"}"});
+  add({"/orders/json-value",
+       http_request("POST", "/orders/json-value", {json_t},
+                    "{\"API_Key\":\"" + unicode_escaped(key_a, false) + "\"}"),
+       "", "{\"API_Key\":\"" + ma + "\"}"});
+  add({"/orders/json-dup",
+       http_request("POST", "/orders/json-dup", {hdr_a, json_t},
+                    "{\"API_Key\":\"" + key_a + "\",\"API_Key\":\"" + key_a +
+                        "\"}"),
+       "", "{\"API_Key\":\"" + ma + "\",\"API_Key\":\"" + ma + "\"}", ma, 1});
+  add({"/orders/json-open",
+       http_request("POST", "/orders/json-open", {hdr_a, json_t},
+                    "{\"API_Key\":\"" + key_a + "\", \"x\":"),
+       "", "{\"API_Key\":\"" + ma + "\", \"x\":", ma, 1});
+  add({"/orders/json-cut",
+       http_request("POST", "/orders/json-cut", {hdr_a, json_t},
+                    "{\"note\":[1,2,{\"API_Key\":\"" + key_a),
+       "", "{\"note\":[1,2,{\"API_Key\":\"" + ma, ma, 1});
+  add({"/orders/json-text",
+       http_request("POST", "/orders/json-text", {hdr_a, text_t},
+                    "{\"deep\":{\"API_Key\":\"" + key_a + "\"}}"),
+       "", "{\"deep\":{\"API_Key\":\"" + ma + "\"}}", ma, 1});
+  add({"/orders/plain",
+       http_request("POST", "/orders/plain", {hdr_a, text_t},
+                    "the key is " + key_a + ", again: " + key_a + "."),
+       "", "the key is " + ma + ", again: " + ma + ".", ma, 1});
+  add({"/orders/plain-pct",
+       http_request("POST", "/orders/plain-pct", {hdr_a, text_t},
+                    "pct " + pct_a + " mixed " + key_a.substr(0, 7) +
+                        pctu_a.substr(21) + " end"),
+       "", "pct " + ma + " mixed " + ma + " end", ma, 1});
+  // Cut by capture_bytes_max (1000) in the middle of the key: the captured half
+  // goes too.
+  {
+    const std::string open = "{\"pad\":\"";
+    const std::string member = "\",\"API_Key\":\"";
+    const std::string before =
+        open + std::string(1000 - 16 - open.size() - member.size(), 'p') +
+        member;
+    ASSERT_EQ(before.size(), 1000u - 16);
+    add({"/orders/trunc-json",
+         http_request("POST", "/orders/trunc-json", {json_t},
+                      before + key_a + "\"}"),
+         "", before + ma, "", 0, true});
+    const std::string form_before =
+        "pad=" + std::string(1000 - 16 - 4 - 5, 'p') + "&key=";
+    ASSERT_EQ(form_before.size(), 1000u - 16);
+    add({"/orders/trunc-form",
+         http_request("POST", "/orders/trunc-form", {form_t},
+                      form_before + key_a + "&z=1"),
+         "", form_before + ma, "", 0, true});
+  }
+  // Proxied: the upstream echoes the body back, so the key is in the response
+  // body too.
+  add({"/echo",
+       http_request("POST", "/echo", {hdr_a, json_t},
+                    "{\"API_Key\":\"" + key_a + "\",\"msg\":\"" + key_a +
+                        "\"}"),
+       "", "{\"API_Key\":\"" + ma + "\",\"msg\":\"" + ma + "\"}", ma, 1, false,
+       ma});
+  // The key that needs escaping, every way.
+  add({"/orders/s-hdr",
+       http_request("GET", "/orders/s-hdr", {"X-ApiKey: " + key_s}), "", "", ms,
+       1});
+  add({"/orders/s-q",
+       http_request("GET", "/orders/s-q?key=" + percent_encoded(key_s, true)),
+       "/orders/s-q?key=" + ms, "", ms, 1});
+  add({"/orders/s-form",
+       http_request("POST", "/orders/s-form", {form_t},
+                    "key=" + form_encoded(key_s)),
+       "", "key=" + ms});
+  add({"/orders/s-json",
+       http_request("POST", "/orders/s-json", {json_t},
+                    "{\"API_Key\":\"" + json_escaped(key_s, true) + "\"}"),
+       "", "{\"API_Key\":\"" + ms + "\"}"});
+  add({"/orders/s-json-plain",
+       http_request("POST", "/orders/s-json-plain", {json_t},
+                    "{\"API_Key\":\"" + json_escaped(key_s) + "\"}"),
+       "", "{\"API_Key\":\"" + ms + "\"}"});
+  add({"/orders/s-text",
+       http_request("POST", "/orders/s-text", {"X-ApiKey: " + key_s, text_t},
+                    "raw " + key_s + " json " + json_escaped(key_s) + " end"),
+       "", "raw " + ms + " json " + ms + " end", ms, 1});
+  // The generated key (its grace period still running) and its rotated value.
+  add({"/orders/gen",
+       http_request("GET", "/orders/gen", {"X-ApiKey: " + g.value}), "", "", mg,
+       1});
+  add({"/orders/rot",
+       http_request("GET", "/orders/rot", {"X-ApiKey: " + key_r}), "", "", mg,
+       1});
+
+  for (const Case &c : cases) {
+    auto r = data(c.request);
+    ASSERT_TRUE(r.has_value()) << c.path;
+    EXPECT_EQ(r->status, 200) << c.path << "\n" << r->raw;
+  }
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+
+  // Every byte of every file under the log dir: no key in any form.
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  const std::vector<std::pair<std::string, std::string>> keys = {
+      {"bootstrap admin key", std::string(kBootstrapAdminKey)},
+      {"capturing admin key", admin_key},
+      {"key A", key_a},
+      {"key S (needs escaping)", key_s},
+      {"generated key", g.value},
+      {"rotated key", key_r},
+  };
+  for (const auto &[what, key] : keys) {
+    for (const std::string &form : forbidden_forms(key)) {
+      EXPECT_EQ(count_of(bytes, form), 0u)
+          << what << " found in the log as '" << form << "'";
+    }
+  }
+  // The half of key A that the capture limit let through in /orders/trunc-*,
+  // counted apart from whole-key occurrences (reported above).
+  const std::string half = key_a.substr(0, 16);
+  for (size_t f = 0; f < 2; ++f) {
+    const std::string whole = f == 0 ? key_a : percent_encoded(key_a, false);
+    const std::string part = f == 0 ? half : percent_encoded(half, false);
+    EXPECT_EQ(count_of(bytes, part), count_of(bytes, whole))
+        << "the truncated half of key A found in the log as '" << part << "'";
+  }
+
+  // Markers where the keys were.
+  const LogContents log = read_log(server_->log_dir());
+  EXPECT_TRUE(log.bad_lines.empty());
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.path);
+    const Json *r = record_for(log, c.path);
+    ASSERT_NE(r, nullptr) << "no single record";
+    EXPECT_EQ(r->num("status"), 200);
+    EXPECT_EQ(r->str("path"), c.expect_path.empty() ? c.path : c.expect_path);
+    ASSERT_TRUE(r->has("request")) << "not captured";
+    ASSERT_TRUE(r->has("response")) << "not captured";
+    if (c.expect_body != "-") {
+      EXPECT_EQ(captured(*r, "request", "body"), c.expect_body);
+    }
+    EXPECT_EQ(truncated_flag(*r, "request"), c.truncated ? 1 : 0);
+    if (!c.head_marker.empty()) {
+      EXPECT_EQ(count_of(captured(*r, "request", "head"), c.head_marker),
+                c.head_markers)
+          << captured(*r, "request", "head");
+    }
+    if (!c.response_marker.empty()) {
+      EXPECT_GE(count_of(captured(*r, "response", "body"), c.response_marker),
+                2u)
+          << captured(*r, "response", "body");
+    }
+  }
+  // Admin records of the capturing admin key: its header and every `key` member
+  // redacted.
+  size_t admin_records = 0;
+  for (const Json *r : log.records()) {
+    if (r->str("listener") != "admin" || r->str("key_id") != adm.id)
+      continue;
+    ++admin_records;
+    SCOPED_TRACE(r->str("method") + " " + r->str("path"));
+    EXPECT_EQ(count_of(captured(*r, "request", "head"), "X-ApiKey: " + madm),
+              1u)
+        << captured(*r, "request", "head");
+    const std::string req_body = captured(*r, "request", "body");
+    const std::string resp_body = captured(*r, "response", "body");
+    EXPECT_NE(resp_body.find("\"key\":\"[redacted]\""), std::string::npos)
+        << resp_body;
+    if (r->str("path") == "/admin/keys" &&
+        resp_body.find(g.id) == std::string::npos) {
+      EXPECT_NE(req_body.find("\"key\":\"[redacted]\""), std::string::npos)
+          << req_body;
+    }
+  }
+  EXPECT_EQ(admin_records, 4u) << "3 creates and a rotate";
+}
+
+// --- 4. Sequence without drops
+// -----------------------------------------------------------------
+
+TEST_F(AccessLogTest, SequentialRequestsGiveOneRecordEachWithConsecutiveSeqs) {
+  ASSERT_NO_FATAL_FAILURE(start(2, ""));
+  const std::string key = "alog-seq-" + random_hex(24);
+  const CreatedKey k =
+      create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false);
+  ASSERT_FALSE(k.id.empty());
+  constexpr int kRequests = 300;
+  constexpr int kConnections =
+      4; // several connections, so both workers take part
+  RawClient clients[kConnections];
+  for (RawClient &c : clients)
+    ASSERT_TRUE(c.connect(server_->data_port()));
+  for (int i = 0; i < kRequests; ++i) {
+    RawClient &c = clients[i % kConnections];
+    ASSERT_TRUE(c.send(http_request("GET", "/orders/n-" + std::to_string(i),
+                                    {"X-ApiKey: " + key})));
+    auto r = c.read_response();
+    ASSERT_TRUE(r && r->status == 200) << i << " " << show(r);
+  }
+  const LogContents polled =
+      wait_for_records(server_->log_dir(), kRequests + 1);
+  EXPECT_EQ(polled.records().size(), static_cast<size_t>(kRequests + 1));
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  const LogContents log = read_log(server_->log_dir());
+  EXPECT_TRUE(log.bad_lines.empty());
+  EXPECT_TRUE(log.unterminated.empty());
+  EXPECT_EQ(log.markers(), 0u) << "records were dropped";
+  ASSERT_EQ(log.lines.size(), static_cast<size_t>(kRequests + 1));
+  std::vector<int64_t> seqs;
+  std::map<int64_t, std::vector<int>>
+      per_worker; // request index in seq order, per worker
+  std::vector<int> seen(kRequests, 0);
+  for (const LogLine &l : log.lines)
+    seqs.push_back(l.json.num("seq"));
+  for (size_t i = 1; i < seqs.size(); ++i) {
+    EXPECT_EQ(seqs[i], seqs[i - 1] + 1) << "line " << i;
+  }
+  std::vector<const Json *> by_seq = log.records();
+  std::sort(by_seq.begin(), by_seq.end(), [](const Json *x, const Json *y) {
+    return x->num("seq") < y->num("seq");
+  });
+  for (const Json *r : by_seq) {
+    const std::string path = r->str("path");
+    if (!path.starts_with("/orders/n-"))
+      continue;
+    const int i = std::stoi(path.substr(10));
+    ASSERT_TRUE(i >= 0 && i < kRequests);
+    ++seen[static_cast<size_t>(i)];
+    EXPECT_EQ(r->str("key_id"), k.id);
+    per_worker[r->num("worker")].push_back(i);
+  }
+  for (int i = 0; i < kRequests; ++i)
+    EXPECT_EQ(seen[static_cast<size_t>(i)], 1) << "request " << i;
+  for (const auto &[worker, order] : per_worker) {
+    EXPECT_TRUE(std::is_sorted(order.begin(), order.end()))
+        << "worker " << worker << "'s records are out of request order";
+  }
+}
+
+// --- 5. Restart after kill -9 with a torn tail
+// -------------------------------------------------
+
+TEST_F(AccessLogTest, RestartAfterKillSkipsTornTailAndContinuesSeq) {
+  dirs_ = std::make_unique<TempDir>();
+  const std::string data_dir = dirs_->path() + "/data";
+  const std::string log_dir = dirs_->path() + "/logs";
+  ASSERT_NO_FATAL_FAILURE(start(2, "", data_dir, log_dir));
+  const std::string key = "alog-restart-" + random_hex(24);
+  const CreatedKey k =
+      create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false);
+  ASSERT_FALSE(k.id.empty());
+  for (int i = 0; i < 3; ++i) {
+    auto r = data(http_request("GET", "/orders/before-" + std::to_string(i),
+                               {"X-ApiKey: " + key}));
+    ASSERT_TRUE(r && r->status == 200) << show(r);
+  }
+  const LogContents before = wait_for_records(log_dir, 4);
+  ASSERT_EQ(before.records().size(), 4u);
+  ASSERT_TRUE(before.unterminated.empty());
+  const ExitStatus killed = server_->stop(SIGKILL);
+  EXPECT_EQ(killed.signal, SIGKILL) << killed.describe();
+  const int64_t last_seq = before.lines.back().json.num("seq");
+  ASSERT_GE(last_seq, 0);
+
+  // A record torn in the middle of its write.
+  const std::vector<std::string> segments = segment_files(log_dir);
+  ASSERT_FALSE(segments.empty());
+  const std::string torn =
+      "{\"seq\":" + std::to_string(last_seq + 1) +
+      ",\"time_us\":1,\"request_id\":7,\"worker\":0,\"listener\":\"data\","
+      "\"client\":\"127.0.0.1:1\",\"key_id\":null,\"user\":null,\"api\":null,"
+      "\"method\":\"GET\",\"path\":\"/orders/torn-frag";
+  {
+    std::ofstream f(segments.back(), std::ios::binary | std::ios::app);
+    f << torn;
+  }
+
+  server_.reset();
+  ASSERT_NO_FATAL_FAILURE(start(2, "", data_dir, log_dir));
+  auto r = data(http_request("GET", "/orders/after", {"X-ApiKey: " + key}));
+  ASSERT_TRUE(r && r->status == 200) << show(r);
+  const LogContents polled = wait_for_records(log_dir, 5);
+  EXPECT_EQ(polled.records().size(), 5u);
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+
+  const LogContents after = read_log(log_dir);
+  EXPECT_TRUE(after.bad_lines.empty())
+      << "a torn fragment joined a line: " << after.bad_lines.front();
+  EXPECT_TRUE(after.unterminated.empty());
+  ASSERT_EQ(after.lines.size(), before.lines.size() + 1);
+  for (size_t i = 0; i < before.lines.size(); ++i) {
+    EXPECT_EQ(after.lines[i].text, before.lines[i].text)
+        << "earlier record " << i << " changed";
+  }
+  const Json &next = after.lines.back().json;
+  EXPECT_EQ(next.str("path"), "/orders/after");
+  EXPECT_EQ(next.num("seq"), last_seq + 1)
+      << "the log does not continue with the next seq";
+  EXPECT_EQ(next.str("key_id"), k.id);
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(log_dir, &files);
+  EXPECT_EQ(count_of(bytes, "torn-frag"), 0u)
+      << "the torn fragment is still in the log";
+}
+
+} // namespace
+} // namespace keygate::integration

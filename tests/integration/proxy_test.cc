@@ -1,0 +1,475 @@
+// Integration tests of the reverse proxy: the real keygate in front of keygate-upstream on
+// loopback. What the upstream receives (methods, stripped keys, identity headers), bodies
+// streamed both ways (64 MiB, with keygate's memory staying bounded), chunked coding both ways,
+// keep-alive reuse, every failure status, malformed upstream responses, clients that go away.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "core/api_key.h"
+#include "tests/integration/process_helper.h"
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+constexpr std::string_view kAdminKey = "proxy-test-admin-key-0123456789";
+constexpr std::string_view kKey = "proxy-test-client-key-abcdefgh";
+
+std::string hex(const KeyDigest& d) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : d) {
+    out += kDigits[b >> 4];
+    out += kDigits[b & 15];
+  }
+  return out;
+}
+
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
+  return s;
+}
+
+int64_t number_member(std::string_view json, std::string_view name) {
+  const std::string needle = "\"" + std::string(name) + "\":";
+  const size_t at = json.find(needle);
+  if (at == std::string_view::npos) return -1;
+  int64_t v = -1;
+  std::from_chars(json.data() + at + needle.size(), json.data() + json.size(), v);
+  return v;
+}
+
+// De-chunks a chunked body (no extensions, no trailers); nullopt when it does not frame.
+std::optional<std::string> dechunk(std::string_view in) {
+  std::string out;
+  for (;;) {
+    const size_t eol = in.find("\r\n");
+    if (eol == std::string_view::npos) return std::nullopt;
+    size_t n = 0;
+    auto [p, ec] = std::from_chars(in.data(), in.data() + eol, n, 16);
+    if (ec != std::errc() || p != in.data() + eol) return std::nullopt;
+    in.remove_prefix(eol + 2);
+    if (n == 0) return in == "\r\n" ? std::optional<std::string>(out) : std::nullopt;
+    if (in.size() < n + 2 || in.substr(n, 2) != "\r\n") return std::nullopt;
+    out.append(in.substr(0, n));
+    in.remove_prefix(n + 2);
+  }
+}
+
+// Resident memory of a process in KiB (VmRSS), or -1.
+int64_t rss_kib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
+class ProxyTest : public ::testing::Test {
+ protected:
+  // Starts keygate-upstream and keygate with an API "orders" (every upstream test path) going
+  // to it, plus `extra_apis` config text; creates kKey for all APIs named in `key_apis`.
+  void start(std::string extra_apis = {}, std::vector<std::pair<std::string, uint64_t>> limits = {},
+             std::vector<std::string> key_apis = {"orders"}, uint32_t response_timeout_ms = 5000) {
+    std::string line, error;
+    upstream_ = start_process_with_ready_line(KEYGATE_UPSTREAM_BINARY,
+                                              {"--listen", "127.0.0.1:0"}, "listening on ",
+                                              &line, &error);
+    ASSERT_NE(upstream_, nullptr) << error;
+    upstream_addr_ = line.substr(std::string_view("listening on ").size());
+    ServerOptions options = admin_server_options(std::string(kAdminKey));
+    options.limits = std::move(limits);
+    if (!asan_options_.empty()) options.env.emplace_back("ASAN_OPTIONS", asan_options_);
+    options.extra_config =
+        "[[apis]]\nname = \"orders\"\n"
+        "routes = [\"/orders\", \"/bytes\", \"/echo\", \"/status\", \"/delay\", \"/close\", "
+        "\"/reset\", \"/malformed\", \"/headers-then-close\"]\n"
+        "upstreams = [\"" + upstream_addr_ + "\"]\n"
+        "response_timeout_ms = " + std::to_string(response_timeout_ms) + "\n" + extra_apis;
+    server_ = std::make_unique<TestServer>(options);
+    ASSERT_TRUE(server_->start(&error)) << error;
+    std::string apis;
+    for (const std::string& a : key_apis) apis += (apis.empty() ? "\"" : ",\"") + a + "\"";
+    const std::string body = "{\"key\":\"" + std::string(kKey) + "\",\"apis\":[" + apis + "]}";
+    auto r = round_trip(server_->admin_port(),
+                        http_request("POST", "/admin/keys",
+                                     {"X-ApiKey: " + std::string(kAdminKey),
+                                      "Content-Type: application/json"},
+                                     body));
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(r->status, 201) << r->raw;
+    key_id_ = string_member(r->body, "id");
+  }
+
+  std::string key_header() const { return "X-ApiKey: " + std::string(kKey); }
+
+  std::optional<Response> get(std::string_view target, std::vector<std::string> headers = {}) {
+    headers.push_back(key_header());
+    return round_trip(server_->data_port(), http_request("GET", target, headers));
+  }
+
+  std::unique_ptr<ChildProcess> upstream_;
+  std::string upstream_addr_;
+  std::unique_ptr<TestServer> server_;
+  std::string key_id_;
+  std::string asan_options_;
+};
+
+TEST_F(ProxyTest, ForwardsEveryMethodWithIdentityHeaders) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  for (std::string_view method : {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}) {
+    const std::string body = method == "GET" || method == "DELETE" || method == "OPTIONS"
+                                 ? std::string()
+                                 : "payload-" + std::string(method);
+    auto r = round_trip(server_->data_port(),
+                        http_request(method, "/orders/7", {key_header()}, body));
+    ASSERT_TRUE(r.has_value()) << method;
+    EXPECT_EQ(r->status, 200) << r->raw;
+    EXPECT_EQ(string_member(r->body, "method"), method);
+    EXPECT_EQ(string_member(r->body, "target"), "/orders/7");
+    EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(body.size()));
+    EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key(body)));
+    EXPECT_NE(r->body.find("[\"X-Keygate-Key-Id\",\"" + key_id_ + "\"]"), std::string::npos)
+        << r->body;
+    EXPECT_NE(r->body.find("[\"X-Keygate-Api\",\"orders\"]"), std::string::npos);
+    EXPECT_NE(r->body.find("[\"X-Forwarded-For\",\"127.0.0.1\"]"), std::string::npos);
+    EXPECT_EQ(r->body.find("X-ApiKey"), std::string::npos) << "key header forwarded";
+    EXPECT_EQ(r->body.find(kKey), std::string::npos) << "key value forwarded";
+  }
+  // HEAD: the upstream's headers (Content-Length of the GET body), no body.
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("HEAD", "/bytes/1000", {key_header()})));
+  auto head = client.read_response(Millis(3000), /*head=*/true);
+  ASSERT_TRUE(head.has_value());
+  EXPECT_EQ(head->status, 200);
+  EXPECT_EQ(head->header("Content-Length").value_or(""), "1000");
+  EXPECT_TRUE(head->body.empty());
+  // The connection is still in step: the next response is the next request's.
+  ASSERT_TRUE(client.send(http_request("GET", "/bytes/5", {key_header()})));
+  auto next = client.read_response();
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->body, "abcde");
+}
+
+TEST_F(ProxyTest, StripsKeysAndSpoofedIdentityKeepsOtherParametersByteForByte) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  auto r = get("/orders/x?a=1&key=" + std::string(kKey) + "&b=%20x+y&&k%65y=" + std::string(kKey) + "&c",
+               {"X-Keygate-Key-Id: forged", "x-keygate-user: mallory", "X-Keygate-Api: admin"});
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->status, 200) << r->raw;
+  EXPECT_EQ(string_member(r->body, "target"), "/orders/x?a=1&b=%20x+y&&c");
+  EXPECT_EQ(r->body.find("forged"), std::string::npos) << r->body;
+  EXPECT_EQ(r->body.find("mallory"), std::string::npos);
+  EXPECT_EQ(r->body.find("\"admin\""), std::string::npos);
+  EXPECT_EQ(count_of(r->body, "X-Keygate-Key-Id"), 1u);
+  // Key only in the query: stripped too, the rest of the target kept.
+  auto q = round_trip(server_->data_port(),
+                      http_request("GET", "/orders/q?key=" + std::string(kKey)));
+  ASSERT_TRUE(q.has_value());
+  ASSERT_EQ(q->status, 200) << q->raw;
+  EXPECT_EQ(string_member(q->body, "target"), "/orders/q");
+}
+
+TEST_F(ProxyTest, ReusesUpstreamConnections) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {}, {"orders"}));
+  // One worker per client connection is not guaranteed (two workers): use one client
+  // connection so every request lands on the same worker and its pool.
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  int64_t first_conn = -1;
+  for (int i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(client.send(http_request("GET", "/orders/" + std::to_string(i), {key_header()})));
+    auto r = client.read_response();
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(r->status, 200);
+    if (first_conn < 0) first_conn = number_member(r->body, "connection");
+    EXPECT_EQ(number_member(r->body, "connection"), first_conn) << "request " << i;
+    EXPECT_EQ(number_member(r->body, "request"), i);
+  }
+  // Pipelined: answered in order, each from the upstream.
+  std::string batch;
+  for (int i = 0; i < 4; ++i) batch += http_request("GET", "/bytes/" + std::to_string(i + 1), {key_header()});
+  ASSERT_TRUE(client.send(batch));
+  auto rs = client.read_responses(4);
+  ASSERT_EQ(rs.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(rs[i].body, pattern(static_cast<size_t>(i + 1)));
+}
+
+TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
+  // Under AddressSanitizer freed blocks sit in a quarantine (256 MiB by default) that shows up
+  // as resident memory; without it RSS measures what keygate holds.
+  std::string asan = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
+  asan_options_ = (asan.empty() ? "" : asan + ":") + "quarantine_size_mb=0";
+  ASSERT_NO_FATAL_FAILURE(start({}, {{"proxy_body_bytes_max", uint64_t{1} << 30}}));
+  const size_t kBig = 64u << 20;
+  std::string body = pattern(kBig);
+  body[12345] = '!';
+  // Warm up (buffers at their working size), then the baseline.
+  {
+    auto r = round_trip(server_->data_port(),
+                        http_request("POST", "/orders/warm", {key_header()}, pattern(1 << 20)));
+    ASSERT_TRUE(r.has_value());
+  }
+  const int64_t base = rss_kib(server_->pid());
+  ASSERT_GT(base, 0);
+  // Upload with Content-Length.
+  {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send(http_request("POST", "/orders/up", {key_header()}, body)));
+    auto r = client.read_response(Millis(60000));
+    ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(kBig));
+    EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key(body)));
+  }
+  // Upload chunked, echoed back chunked: both directions at once (a sender thread).
+  {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    std::string head = "POST /echo HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                       "\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    ASSERT_TRUE(client.send(head));
+    bool sent = false;
+    std::thread sender([&] {
+      bool ok = true;
+      const size_t piece = 1 << 20;
+      for (size_t off = 0; off < body.size() && ok; off += piece) {
+        char line[32];
+        const size_t n = std::min(piece, body.size() - off);
+        const int len = std::snprintf(line, sizeof(line), "%zx\r\n", n);
+        ok = client.send(std::string_view(line, static_cast<size_t>(len))) &&
+             client.send(std::string_view(body).substr(off, n)) && client.send("\r\n");
+      }
+      sent = ok && client.send("0\r\n\r\n");
+    });
+    const std::string raw = client.read_until_close(Millis(60000));
+    sender.join();
+    EXPECT_TRUE(sent);
+    const size_t split = raw.find("\r\n\r\n");
+    ASSERT_NE(split, std::string::npos);
+    EXPECT_NE(raw.substr(0, split).find("Transfer-Encoding: chunked"), std::string::npos);
+    auto echoed = dechunk(std::string_view(raw).substr(split + 4));
+    ASSERT_TRUE(echoed.has_value()) << "bad chunked framing";
+    EXPECT_EQ(echoed->size(), kBig);
+    EXPECT_TRUE(*echoed == body) << "echoed body differs";
+  }
+  // Download.
+  {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send(http_request("GET", "/bytes/" + std::to_string(kBig), {key_header()})));
+    auto r = client.read_response(Millis(60000));
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->body.size(), kBig);
+    EXPECT_TRUE(r->body == pattern(kBig));
+  }
+  const int64_t after = rss_kib(server_->pid());
+  // 64 MiB went through three times; buffering any of it whole would show here.
+  EXPECT_LT(after - base, 32 * 1024) << "RSS grew from " << base << " KiB to " << after << " KiB";
+}
+
+TEST_F(ProxyTest, ChunkedUpstreamResponsesToHttp10ClientsEndWithClose) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("GET /bytes/40000?chunked=1 HTTP/1.0\r\n" + key_header() + "\r\n\r\n"));
+  const std::string raw = client.read_until_close(Millis(5000));
+  EXPECT_EQ(client.last_end(), ReadEnd::kEof);
+  const size_t split = raw.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos);
+  EXPECT_EQ(raw.substr(0, split).find("chunked"), std::string::npos) << raw.substr(0, split);
+  EXPECT_EQ(raw.substr(split + 4), pattern(40000));
+}
+
+TEST_F(ProxyTest, FailureStatuses) {
+  // "dead": nothing listens there; "slow": answers after its response timeout.
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) + "\"]\n",
+                                {}, {"orders", "dead"}, 400));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  auto ask = [&](std::string_view target) {
+    EXPECT_TRUE(client.send(http_request("GET", target, {key_header()})));
+    return client.read_response(Millis(5000));
+  };
+  auto refused = ask("/dead/1");
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->status, 502) << refused->raw;
+  EXPECT_TRUE(refused->json_error_body());
+  auto down = ask("/dead/2");  // the only server is marked down now
+  ASSERT_TRUE(down.has_value());
+  EXPECT_EQ(down->status, 503) << down->raw;
+  auto slow = ask("/delay/2000");
+  ASSERT_TRUE(slow.has_value());
+  EXPECT_EQ(slow->status, 504) << slow->raw;
+  for (std::string_view target : {"/close", "/reset", "/malformed/cl-te", "/malformed/garbage"}) {
+    auto r = ask(target);
+    ASSERT_TRUE(r.has_value()) << target;
+    EXPECT_EQ(r->status, 502) << target << ": " << r->raw;
+    EXPECT_TRUE(r->json_error_body());
+  }
+  // The connection stayed usable through all of that, and fresh upstream connections work.
+  auto ok = ask("/orders/after");
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->status, 200);
+}
+
+TEST_F(ProxyTest, ResponseCutAfterItsHeadClosesTheClient) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  // The head reached the client before the body broke off: the client sees the cut.
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/headers-then-close", {key_header()})));
+  const std::string raw = client.read_until_close(Millis(5000));
+  EXPECT_NE(client.last_end(), ReadEnd::kTimeout);
+  EXPECT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u) << raw;
+  EXPECT_LT(raw.size() - raw.find("\r\n\r\n") - 4, 100u) << "more body than was sent";
+  // A bad chunk in the first bytes: the head never left, so the client gets a 502 instead;
+  // if it did leave, the connection is cut. Never a complete-looking response.
+  RawClient bad;
+  ASSERT_TRUE(bad.connect(server_->data_port()));
+  ASSERT_TRUE(bad.send(http_request("GET", "/malformed/bad-chunk", {key_header()})));
+  auto r = bad.read_response(Millis(5000));
+  if (r.has_value()) {
+    EXPECT_EQ(r->status, 502) << r->raw;
+  } else {
+    EXPECT_TRUE(bad.last_end() == ReadEnd::kEof || bad.last_end() == ReadEnd::kReset ||
+                bad.last_end() == ReadEnd::kError)
+        << to_string(bad.last_end());
+  }
+  auto ok = get("/orders/after");
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->status, 200);
+}
+
+TEST_F(ProxyTest, ConnectTimeoutIs504) {
+  // A listener whose backlog is full drops further SYNs: connecting to it hangs.
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(::listen(lfd, 0), 0);
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  const uint16_t port = ntohs(sa.sin_port);
+  std::vector<RawClient> fillers(3);
+  for (RawClient& f : fillers) (void)f.connect(port, nullptr, Millis(300));
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"blackhole\"\nroutes = [\"/blackhole\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(port) + "\"]\n"
+                                "connect_timeout_ms = 300\n",
+                                {}, {"orders", "blackhole"}));
+  auto r = get("/blackhole/1");
+  ::close(lfd);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 504) << r->raw;
+}
+
+TEST_F(ProxyTest, BodyLimitsAndHeadTimeRejections) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {{"proxy_body_bytes_max", 1000}}));
+  // Content-Length over the proxied limit: 413 before the body is read.
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("POST /orders/1 HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                          "\r\nContent-Length: 5000\r\n\r\n"));
+  auto r = client.read_response();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 413);
+  EXPECT_TRUE(r->connection_close());
+  // A chunked body that grows past it while streaming: 413 too, the connection closed.
+  RawClient chunked;
+  ASSERT_TRUE(chunked.connect(server_->data_port()));
+  ASSERT_TRUE(chunked.send("POST /orders/2 HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                           "\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + pattern(1000) +
+                           "\r\n10\r\n" + pattern(16) + "\r\n0\r\n\r\n"));
+  auto c = chunked.read_response();
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->status, 413) << c->raw;
+  // A bad key with a body: rejected from the head, without reading the body.
+  RawClient bad;
+  ASSERT_TRUE(bad.connect(server_->data_port()));
+  ASSERT_TRUE(bad.send("POST /orders/3 HTTP/1.1\r\nHost: it\r\nX-ApiKey: wrong-key-value\r\n"
+                       "Content-Length: 100000\r\n\r\n"));
+  auto b = bad.read_response();
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->status, 401);
+  EXPECT_TRUE(b->connection_close());
+}
+
+TEST_F(ProxyTest, ExpectContinueIsAnsweredBeforeTheBodyStreams) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("PUT /orders/9 HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                          "\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n"));
+  auto interim = client.read_response();
+  ASSERT_TRUE(interim.has_value());
+  EXPECT_EQ(interim->status, 100);
+  ASSERT_TRUE(client.send("hello world"));
+  auto r = client.read_response();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(number_member(r->body, "body_bytes"), 11);
+  EXPECT_EQ(r->body.find("Expect"), std::string::npos) << "Expect forwarded";
+}
+
+TEST_F(ProxyTest, ClientGoingAwayMidBodyLeavesTheServerHealthy) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  for (int i = 0; i < 5; ++i) {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send("POST /orders/gone HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                            "\r\nContent-Length: 10000000\r\n\r\n" + pattern(300000)));
+    client.close();
+  }
+  // Mid-response too: a large download abandoned after its first bytes.
+  {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send(http_request("GET", "/bytes/50000000", {key_header()})));
+    ASSERT_TRUE(client.readable(Millis(3000)));
+    client.close();
+  }
+  auto r = get("/orders/still-fine");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200);
+  EXPECT_TRUE(server_->running());
+}
+
+TEST_F(ProxyTest, KeyInJsonBodyIsForwardedFromMemory) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  const std::string body = "{\"API_Key\":\"" + std::string(kKey) + "\",\"n\":1}";
+  auto r = round_trip(server_->data_port(),
+                      http_request("POST", "/orders/json", {"Content-Type: application/json"},
+                                   body));
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->status, 200) << r->raw;
+  // Body keys are forwarded as sent (documented): the upstream sees the body unchanged.
+  EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(body.size()));
+  EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key(body)));
+}
+
+}  // namespace
+}  // namespace keygate::integration
