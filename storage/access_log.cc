@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <condition_variable>
@@ -27,6 +28,8 @@ constexpr std::string_view kSegmentSuffix = ".jsonl";
 constexpr size_t kSeqDigits = 20;
 // Reads of segment files (recovery and queries) go in chunks of this size.
 constexpr size_t kReadChunkBytes = 1 << 20;
+// Writeback is started on whole pages: the partial last page would be written twice.
+constexpr uint64_t kPageBytes = 4096;
 
 struct SegmentName {
   uint64_t first_seq = 0;
@@ -204,6 +207,7 @@ struct AccessLog::Impl {
   // Writer thread only (and open() before it starts).
   int active_fd = -1;
   Segment active;
+  uint64_t writeback_from = 0;  // of the active segment; writeback was started before it
   std::vector<Segment> closed;  // oldest first
   uint64_t next_seq = 1;
   std::string buffer;  // drained lines not yet (fully) written
@@ -231,16 +235,52 @@ struct AccessLog::Impl {
   std::atomic<int64_t> delay_ms{0};
   uint64_t torn_bytes_cut = 0;  // set by open()
 
+  // Handed from the writer to the sync thread. The writer only ever holds sync_mutex for a
+  // few instructions, and the sync thread never holds it across a syscall, so the writer
+  // cannot be made to wait for a sync.
+  struct SyncJob {
+    int fd = -1;  // a finished segment, owned by the queue until synced and closed
+    uint64_t first_seq = 0;
+  };
+  std::mutex sync_mutex;
+  std::condition_variable sync_wake;             // the sync thread waits here
+  std::array<SyncJob, kSyncQueueMax> sync_jobs;  // sync_mutex; a ring of sync_count jobs
+  size_t sync_head = 0;                          // sync_mutex
+  size_t sync_count = 0;                         // sync_mutex
+  // Finished segments that found the queue full: already closed, synced later by name.
+  // Segments are finished in seq order, so one range holds them all.
+  uint64_t overflow_segments = 0;  // sync_mutex
+  uint64_t overflow_from_seq = 0;  // sync_mutex; first_seq of the oldest of them
+  uint64_t overflow_to_seq = 0;    // sync_mutex; first_seq of the newest of them
+  uint64_t delete_below_seq = 0;   // sync_mutex; retention: segments before this go
+  uint64_t deleted_below_seq = 0;  // sync_mutex; done up to here
+  bool sync_stopping = false;      // sync_mutex
+
+  std::atomic<uint64_t> segments_finished{0};
+  std::atomic<uint64_t> segments_synced{0};
+  std::atomic<uint64_t> sync_queue_full{0};
+  std::atomic<int64_t> sync_delay_ms{0};
+
   std::thread thread;
+  std::thread sync_thread;
 
   ~Impl() {
+    for (size_t i = 0; i < sync_count; ++i) {
+      ::close(sync_jobs[(sync_head + i) % kSyncQueueMax].fd);
+    }
     if (active_fd >= 0) ::close(active_fd);
     if (dir_fd >= 0) ::close(dir_fd);
   }
 
   bool recover(std::string* error);
-  void enforce_retention();
+  uint64_t retain_from_seq();
+  void delete_segments_before(uint64_t seq);
   void run();
+  void run_sync();
+  void sync_segments_by_name(uint64_t from_seq, uint64_t to_seq);
+  void sync_dir();
+  void start_writeback();
+  void finish_active();
   bool pass(bool stopping_now);
   void gather();
   void plan_line(size_t line_bytes, uint64_t seq);
@@ -308,28 +348,45 @@ bool AccessLog::Impl::recover(std::string* error) {
     torn_bytes_cut = size - valid_end;
   }
   active = {newest.first_seq, valid_end};
+  writeback_from = valid_end & ~(kPageBytes - 1);
   planned_segment = true;
   planned_bytes = valid_end;
   next_seq = found ? std::max(last_seq + 1, newest.first_seq) : newest.first_seq;
   if (next_seq == 0) next_seq = 1;
-  enforce_retention();
+  const uint64_t keep_from = retain_from_seq();
+  if (keep_from != 0) delete_segments_before(keep_from);
   return true;
 }
 
-void AccessLog::Impl::enforce_retention() {
+// Forgets the oldest closed segments while the total exceeds retention_bytes; returns the
+// first_seq of the oldest one kept (or of the active one), or 0 when nothing is to go.
+uint64_t AccessLog::Impl::retain_from_seq() {
   uint64_t total = active.bytes;
   for (const Segment& s : closed) total += s.bytes;
   size_t removed = 0;
   while (removed < closed.size() && total > options.retention_bytes) {
-    const std::string name = segment_name(closed[removed].first_seq);
-    // A failed unlink leaves the file behind; it is no longer tracked and open() retries it.
-    if (::unlinkat(dir_fd, name.c_str(), 0) != 0) {
-      write_errors.fetch_add(1, std::memory_order_relaxed);
-    }
     total -= closed[removed].bytes;
     ++removed;
   }
+  if (removed == 0) return 0;
   closed.erase(closed.begin(), closed.begin() + static_cast<ptrdiff_t>(removed));
+  return closed.empty() ? active.first_seq : closed.front().first_seq;
+}
+
+// By listing the directory, so a segment whose unlink failed earlier is retried.
+void AccessLog::Impl::delete_segments_before(uint64_t seq) {
+  std::vector<SegmentName> segments;
+  std::string error;
+  if (!list_segments(options.dir, &segments, &error)) {
+    write_errors.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  for (const SegmentName& segment : segments) {
+    if (segment.first_seq >= seq) break;
+    if (::unlinkat(dir_fd, segment.name.c_str(), 0) != 0 && errno != ENOENT) {
+      write_errors.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
 }
 
 void AccessLog::Impl::run() {
@@ -469,6 +526,7 @@ bool AccessLog::Impl::write_buffer() {
     }
     write_pos += static_cast<size_t>(n);
     active.bytes += static_cast<uint64_t>(n);
+    start_writeback();
   }
   if (buffer_records > 0 || buffer_markers > 0) {
     written.fetch_add(buffer_records, std::memory_order_release);
@@ -479,6 +537,21 @@ bool AccessLog::Impl::write_buffer() {
   return true;
 }
 
+// Spreads the segment's writeback over its lifetime, so that the fdatasync at its end has
+// little left to do and write() does not run into the kernel's dirty-page throttling.
+// SYNC_FILE_RANGE_WRITE only queues the I/O; it waits only if the device queue is full.
+void AccessLog::Impl::start_writeback() {
+  if (options.writeback_bytes == 0) return;
+  const uint64_t end = active.bytes & ~(kPageBytes - 1);
+  if (end < writeback_from + options.writeback_bytes) return;
+  if (::sync_file_range(active_fd, static_cast<off_t>(writeback_from),
+                        static_cast<off_t>(end - writeback_from), SYNC_FILE_RANGE_WRITE) != 0) {
+    write_errors.fetch_add(1, std::memory_order_relaxed);
+  }
+  writeback_from = end;
+}
+
+// At shutdown only: the writer syncs the active segment itself.
 void AccessLog::Impl::close_active() {
   if (active_fd < 0) return;
   // fsync errors are not retried: after a failed fdatasync Linux may have dropped the dirty
@@ -486,14 +559,42 @@ void AccessLog::Impl::close_active() {
   if (::fdatasync(active_fd) != 0) write_errors.fetch_add(1, std::memory_order_relaxed);
   ::close(active_fd);
   active_fd = -1;
+  // Its name may be newer than the sync thread's last directory fsync.
+  sync_dir();
+}
+
+// Hands the active segment to the sync thread without waiting for it.
+void AccessLog::Impl::finish_active() {
+  const SyncJob job{active_fd, active.first_seq};
+  // Before the job is published, so that segments_synced never passes it.
+  segments_finished.fetch_add(1, std::memory_order_relaxed);
+  bool queued = false;
+  {
+    std::lock_guard lock(sync_mutex);
+    if (sync_count < kSyncQueueMax) {
+      sync_jobs[(sync_head + sync_count) % kSyncQueueMax] = job;
+      ++sync_count;
+      queued = true;
+    }
+  }
+  if (!queued) {
+    // The sync thread is behind: keeping the fd would need an unbounded queue. The data stays
+    // in the page cache, so reopening by name and fdatasync'ing later syncs the same pages.
+    ::close(job.fd);
+    sync_queue_full.fetch_add(1, std::memory_order_release);
+    std::lock_guard lock(sync_mutex);
+    if (overflow_segments == 0) overflow_from_seq = job.first_seq;
+    overflow_to_seq = job.first_seq;
+    ++overflow_segments;
+  }
+  sync_wake.notify_one();
+  active_fd = -1;
+  closed.push_back(active);
+  active = {};
 }
 
 bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
-  if (active_fd >= 0) {
-    close_active();
-    closed.push_back(active);
-    active = {};
-  }
+  if (active_fd >= 0) finish_active();
   const std::string name = segment_name(first_seq);
   const int fd =
       ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644);
@@ -503,10 +604,87 @@ bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
   }
   active_fd = fd;
   active = {first_seq, 0};
-  // The new name must survive a crash once its records are synced.
-  if (::fsync(dir_fd) != 0) write_errors.fetch_add(1, std::memory_order_relaxed);
-  enforce_retention();
+  writeback_from = 0;
+  // No directory fsync here: the new name is durable at the latest by the one that follows
+  // this segment's own sync (in the sync thread, or in close_active() at shutdown).
+  const uint64_t keep_from = retain_from_seq();
+  if (keep_from != 0) {
+    {
+      std::lock_guard lock(sync_mutex);
+      delete_below_seq = std::max(delete_below_seq, keep_from);
+    }
+    sync_wake.notify_one();
+  }
   return true;
+}
+
+void AccessLog::Impl::sync_dir() {
+  if (::fsync(dir_fd) != 0) write_errors.fetch_add(1, std::memory_order_relaxed);
+}
+
+void AccessLog::Impl::sync_segments_by_name(uint64_t from_seq, uint64_t to_seq) {
+  std::vector<SegmentName> segments;
+  std::string error;
+  if (!list_segments(options.dir, &segments, &error)) {
+    write_errors.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  for (const SegmentName& segment : segments) {
+    if (segment.first_seq < from_seq || segment.first_seq > to_seq) continue;
+    const int fd = ::openat(dir_fd, segment.name.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      if (errno != ENOENT) write_errors.fetch_add(1, std::memory_order_relaxed);
+      continue;  // ENOENT: retention deleted it meanwhile
+    }
+    if (::fdatasync(fd) != 0) write_errors.fetch_add(1, std::memory_order_relaxed);
+    ::close(fd);
+  }
+}
+
+// Deletes first: they are cheap next to a sync and bound the disk use; a segment deleted
+// before its sync needs none. Then queued segments oldest first, then the overflow range.
+void AccessLog::Impl::run_sync() {
+  std::unique_lock lock(sync_mutex);
+  for (;;) {
+    sync_wake.wait(lock, [&] {
+      return sync_stopping || sync_count > 0 || overflow_segments > 0 ||
+             delete_below_seq > deleted_below_seq;
+    });
+    const int64_t delay = sync_stopping ? 0 : sync_delay_ms.load(std::memory_order_relaxed);
+    if (delete_below_seq > deleted_below_seq) {
+      const uint64_t target = delete_below_seq;
+      lock.unlock();
+      delete_segments_before(target);
+      lock.lock();
+      deleted_below_seq = target;
+    } else if (sync_count > 0) {
+      const SyncJob job = sync_jobs[sync_head];
+      lock.unlock();
+      if (delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+      // Not retried, as in close_active().
+      if (::fdatasync(job.fd) != 0) write_errors.fetch_add(1, std::memory_order_relaxed);
+      ::close(job.fd);
+      sync_dir();
+      segments_synced.fetch_add(1, std::memory_order_release);
+      lock.lock();
+      // Popped only now, so that the queue bound also counts the segment being synced.
+      sync_head = (sync_head + 1) % kSyncQueueMax;
+      --sync_count;
+    } else if (overflow_segments > 0) {
+      const uint64_t count = overflow_segments;
+      const uint64_t from_seq = overflow_from_seq;
+      const uint64_t to_seq = overflow_to_seq;
+      overflow_segments = 0;
+      lock.unlock();
+      if (delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+      sync_segments_by_name(from_seq, to_seq);
+      sync_dir();
+      segments_synced.fetch_add(count, std::memory_order_release);
+      lock.lock();
+    } else {
+      return;  // stopping, and nothing is left
+    }
+  }
 }
 
 AccessLog::AccessLog(unsigned workers, size_t ring_bytes, std::unique_ptr<Impl> impl)
@@ -552,6 +730,7 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
   // Lines are a little longer than ring records (the seq member; markers): some slack.
   log->impl_->buffer.reserve(total_ring_bytes + total_ring_bytes / 4 + 4096);
   Impl* raw = log->impl_.get();
+  raw->sync_thread = std::thread([raw] { raw->run_sync(); });
   raw->thread = std::thread([raw] { raw->run(); });
   return log;
 }
@@ -563,6 +742,13 @@ AccessLog::~AccessLog() {
   }
   impl_->wake.notify_all();
   impl_->thread.join();
+  // After the writer: its last rotation may have queued work.
+  {
+    std::lock_guard lock(impl_->sync_mutex);
+    impl_->sync_stopping = true;
+  }
+  impl_->sync_wake.notify_all();
+  impl_->sync_thread.join();
 }
 
 AccessLogStats AccessLog::stats() const {
@@ -575,6 +761,10 @@ AccessLogStats AccessLog::stats() const {
   s.write_errors = impl_->write_errors.load(std::memory_order_relaxed);
   s.next_seq = impl_->next_seq_public.load(std::memory_order_relaxed);
   s.torn_bytes_cut = impl_->torn_bytes_cut;
+  // Synced first, so that a snapshot never shows more synced than finished.
+  s.segments_synced = impl_->segments_synced.load(std::memory_order_acquire);
+  s.sync_queue_full = impl_->sync_queue_full.load(std::memory_order_acquire);
+  s.segments_finished = impl_->segments_finished.load(std::memory_order_relaxed);
   uint64_t pushed = 0;
   for (const auto& ring : rings_) {
     pushed += ring->pushed();
@@ -588,6 +778,10 @@ AccessLogStats AccessLog::stats() const {
 
 void AccessLog::set_writer_delay_for_testing(std::chrono::milliseconds delay) {
   impl_->delay_ms.store(delay.count(), std::memory_order_relaxed);
+}
+
+void AccessLog::set_sync_delay_for_testing(std::chrono::milliseconds delay) {
+  impl_->sync_delay_ms.store(delay.count(), std::memory_order_relaxed);
 }
 
 bool AccessLog::flush() {

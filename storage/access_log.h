@@ -7,8 +7,10 @@
 // storage/log_ring.h). It is wait-free: no lock, no allocation, no syscall, and it never
 // notifies the writer. The writer thread wakes every flush_interval_ms (or on flush() or
 // shutdown), drains every ring into one buffer, assigns sequence numbers and writes the buffer
-// with as few write() calls as possible (one per segment touched). stats(), flush() and
-// query() are thread-safe and may block; call them off the event loop.
+// with as few write() calls as possible (one per segment touched). A second, sync thread does
+// the slow filesystem work the writer must never wait for: fdatasync+close of finished
+// segments, directory fsyncs and retention deletes. stats(), flush() and query() are
+// thread-safe and may block; call them off the event loop.
 //
 // Full buffer: append() drops the record and counts it (stats().dropped). The writer reserves
 // sequence numbers for the dropped records and writes a marker line in their place in that
@@ -16,23 +18,38 @@
 //   {"seq":M,"type":"dropped","worker":W,"count":C,"dropped_from_seq":A,"dropped_to_seq":B,
 //    "time_us":T}
 // with B - A + 1 == C and M == B + 1, so every gap in the written seqs is explained. A ring
-// must hold flush_interval_ms worth of a worker's records (4 MiB / 20 ms = 200 MB/s).
+// must hold flush_interval_ms worth of a worker's records (4 MiB / 20 ms = 200 MB/s), plus
+// the longest write() stall; segment rotation adds no stall (the writer only open()s the next
+// file and hands the finished one to the sync thread).
 //
 // On disk: <dir>/access-<first seq, 20 digits>.jsonl; each line is the producer's record with
 // `"seq":N` inserted as its first member. Seqs increase by one across records, markers and
 // reserved ranges, and continue after a restart (a seq whose line never reached the file, e.g.
 // lost to kill -9, may be handed out again; a written one never is). A segment is rotated
 // before it would exceed segment_bytes_max (a record larger than that gets a segment of its
-// own); at each rotation and at open() the oldest closed segments are deleted while the total
-// exceeds retention_bytes, so the total stays below retention_bytes + segment_bytes_max.
+// own). At open() the oldest segments are deleted while the total exceeds retention_bytes;
+// at each rotation the writer picks the oldest closed segments to delete the same way and
+// the sync thread unlinks them before its next sync, so the total stays below
+// retention_bytes + segment_bytes_max except for that short lag (and always after shutdown).
 //
-// Durability: a segment is fdatasync'ed when it is rotated away from and at shutdown; records
-// are otherwise written with plain write() each pass. A kill -9 loses what was still in the
-// rings or the writer's buffer (up to one flush interval of traffic); a power loss may lose
-// the unsynced part of the active segment. A torn last line is cut off at the next open().
-// Write errors (disk full) are retried each pass without draining more, so the rings fill and
-// further records are dropped and counted (with markers once writing works again). Records
-// that still cannot be written at shutdown are counted as dropped (no marker).
+// Durability: the writer starts writeback of the active segment every writeback_bytes
+// written (sync_file_range(SYNC_FILE_RANGE_WRITE): it queues the I/O and does not wait for
+// it), so little is dirty when a segment is finished. A finished segment is fdatasync'ed by
+// the sync thread after the syncs queued before it, normally within one fdatasync of the
+// rotation; the directory is then fsync'ed so its name is durable too. The sync queue holds
+// kSyncQueueMax segments; a segment finished while it is full is closed at once without a
+// sync and recorded in one overflow range, which the sync thread covers next by reopening
+// those segments by name and fdatasync'ing each (stats().segments_finished -
+// segments_synced is the backlog). At shutdown everything queued is written, the active
+// segment is fdatasync'ed and every pending sync is done before the destructor returns.
+// Records are otherwise written with plain write() each pass. A kill -9 loses what was still
+// in the rings or the writer's buffer (up to one flush interval of traffic); a power loss may
+// lose the unsynced part of the active segment and of finished segments still awaiting their
+// sync. A torn last line is cut off at the next open(). Write errors (disk full) are retried
+// each pass without draining more, so the rings fill and further records are dropped and
+// counted (with markers once writing works again). Records that still cannot be written at
+// shutdown are counted as dropped (no marker). Failed syncs and deletes are counted in
+// write_errors and not retried (a failed delete is retried at the next rotation and open()).
 //
 // One AccessLog per directory: open() takes an flock on the directory.
 #pragma once
@@ -57,6 +74,8 @@ struct AccessLogOptions {
   uint64_t segment_bytes_max = 64 << 20;   // rotate before a segment would exceed this
   uint64_t retention_bytes = 1ull << 30;   // delete the oldest closed segments beyond this
   uint32_t flush_interval_ms = 20;         // the writer wakes at least this often
+  // Start (not wait for) writeback of the active segment every this many bytes; 0 = never.
+  uint64_t writeback_bytes = 4 << 20;
 };
 
 // A snapshot; exact whenever no append() is in progress and the writer is idle (e.g. after
@@ -67,14 +86,19 @@ struct AccessLogStats {
   uint64_t dropped = 0;          // refused by a full buffer (+ lost to write errors at close)
   uint64_t queued = 0;           // accepted, not yet written
   uint64_t markers_written = 0;  // "dropped" marker lines written
-  uint64_t write_errors = 0;     // failed open/write/fdatasync calls (each retried)
+  uint64_t write_errors = 0;     // failed open/write (retried), sync and delete calls
   uint64_t next_seq = 0;         // the seq the next line will get
   uint64_t torn_bytes_cut = 0;   // cut from the newest segment's tail by open()
+  uint64_t segments_finished = 0;  // rotated away from since open()
+  uint64_t segments_synced = 0;    // of those, fdatasync'ed (or deleted by retention first)
+  uint64_t sync_queue_full = 0;    // of those, closed unsynced into the overflow range
 };
 
 class AccessLog {
  public:
   static constexpr uint32_t kQueryLimitMax = 10000;
+  // Finished segments waiting for the sync thread, each holding its open fd; see Durability.
+  static constexpr size_t kSyncQueueMax = 4;
 
   // Creates `options.dir` if needed, locks it, recovers the newest segment (cuts a torn last
   // line; the next seq follows the last complete line, or the segment's name when it is
@@ -84,7 +108,8 @@ class AccessLog {
   static std::unique_ptr<AccessLog> open(const AccessLogOptions& options, unsigned workers,
                                          std::string* error);
   // Stops the writer after it has drained and written everything queued, fdatasync'ed the
-  // active segment and closed it. Every append() must have returned before.
+  // active segment and closed it, then stops the sync thread after every pending sync and
+  // delete is done. Blocks on the filesystem. Every append() must have returned before.
   ~AccessLog();
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
@@ -104,6 +129,9 @@ class AccessLog {
 
   // Testing/ops: the writer sleeps this long before each drain pass (not at shutdown).
   void set_writer_delay_for_testing(std::chrono::milliseconds delay);
+  // Testing: the sync thread sleeps this long before each finished-segment sync (one per
+  // queued segment, one per overflow range), as if fdatasync were that slow; not at shutdown.
+  void set_sync_delay_for_testing(std::chrono::milliseconds delay);
 
   // Blocks until everything appended before the call (that happens-before it) is written to
   // its segment (write() returned; not fdatasync'ed). False when writing failed (the records

@@ -1,5 +1,7 @@
 #include "storage/admin_executor.h"
 
+#include <pthread.h>
+
 #include <chrono>
 #include <utility>
 
@@ -32,7 +34,10 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options
                                    : std::function<bool(std::span<uint8_t>)>(system_random);
   context_.small_body_bytes_max = options.small_body_bytes_max;
   context_.import_keys_max = options.import_keys_max;
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "kg-admin");
+    run();
+  });
 }
 
 AdminExecutor::~AdminExecutor() {

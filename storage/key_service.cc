@@ -1,5 +1,6 @@
 #include "storage/key_service.h"
 
+#include <pthread.h>
 #include <string.h>  // explicit_bzero
 
 #include <array>
@@ -168,7 +169,10 @@ bool KeyService::open(const std::string& data_dir, const Options& options, std::
 
   pool_ = std::make_unique<FetchPool>(options.fetch_queue_max);
   for (size_t i = 0; i < options.fetch_threads; ++i) {
-    pool_->threads.emplace_back([this] { run_fetcher(); });
+    pool_->threads.emplace_back([this] {
+      pthread_setname_np(pthread_self(), "kg-fetch");
+      run_fetcher();
+    });
   }
   return true;
 }
