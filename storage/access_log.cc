@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -730,8 +731,14 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
   // Lines are a little longer than ring records (the seq member; markers): some slack.
   log->impl_->buffer.reserve(total_ring_bytes + total_ring_bytes / 4 + 4096);
   Impl* raw = log->impl_.get();
-  raw->sync_thread = std::thread([raw] { raw->run_sync(); });
-  raw->thread = std::thread([raw] { raw->run(); });
+  raw->sync_thread = std::thread([raw] {
+    pthread_setname_np(pthread_self(), "kg-log-sync");
+    raw->run_sync();
+  });
+  raw->thread = std::thread([raw] {
+    pthread_setname_np(pthread_self(), "kg-log");
+    raw->run();
+  });
   return log;
 }
 
