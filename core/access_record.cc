@@ -1,7 +1,13 @@
 #include "core/access_record.h"
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/assert.h"
 #include "core/forwarding.h"
@@ -109,7 +115,7 @@ struct Unit {
 
 // Every reading of the text at t[p] as one byte: raw, '+' as a space, %XX, or a
 // JSON escape.
-size_t units_at(std::string_view t, size_t p, Unit (&units)[3]) noexcept {
+size_t units_at(std::string_view t, size_t p, Unit (&units)[2]) noexcept {
   size_t n = 0;
   const char c = t[p];
   units[n++] = {static_cast<unsigned char>(c), 1};
@@ -131,9 +137,9 @@ size_t units_at(std::string_view t, size_t p, Unit (&units)[3]) noexcept {
   return n;
 }
 
-// Can a run that decodes to a key starting with `first` begin with byte c?
-bool can_start(char c, char first) noexcept {
-  return c == first || c == '%' || c == '\\' || (c == '+' && first == ' ');
+// Can byte c start a reading other than itself ('+', %XX, a JSON escape)?
+bool may_start_encoding(char c) noexcept {
+  return c == '%' || c == '\\' || c == '+';
 }
 
 void append_decimal(std::string &out, uint64_t n) noexcept {
@@ -186,47 +192,326 @@ size_t utf8_sequence(std::string_view s, size_t i) noexcept {
   return len;
 }
 
+
+// --- 16-byte block scans ---
+// Every scan below looks at text 16 bytes at a time and gets a bit mask (bit i for byte i) of
+// the bytes it must stop at, so runs of ordinary bytes cost a few instructions per block instead
+// of a branch per byte. SSE2 (baseline on x86-64) where available; elsewhere a plain loop makes
+// the same mask, so both paths share the logic above them.
+constexpr size_t kBlock = 16;
+using Mask = uint32_t;
+
+// The bytes JSON escaping must look at: control bytes, '"', '\\', and bytes >= 0x80 (UTF-8).
+constexpr bool needs_escape(unsigned char u) noexcept {
+  return u < 0x20 || u >= 0x80 || u == '"' || u == '\\';
+}
+
+#if defined(__SSE2__)
+__m128i load_block(const char *p) noexcept {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
+}
+Mask to_mask(__m128i v) noexcept {
+  return static_cast<Mask>(_mm_movemask_epi8(v));
+}
+// The bytes needing an escape; *quoted gets those that are '"' or '\\'.
+Mask escape_mask(const char *p, Mask *quoted) noexcept {
+  const __m128i v = load_block(p);
+  // Signed compare: bytes >= 0x80 are negative, so "< 0x20" catches them and the control bytes.
+  const __m128i low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+  const __m128i quote = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
+  *quoted = to_mask(quote);
+  return to_mask(_mm_or_si128(low, quote));
+}
+__m128i eq(__m128i v, char c) noexcept {
+  return _mm_cmpeq_epi8(v, _mm_set1_epi8(c));
+}
+#else
+Mask escape_mask(const char *p, Mask *quoted) noexcept {
+  Mask m = 0;
+  *quoted = 0;
+  for (size_t i = 0; i < kBlock; ++i) {
+    m |= static_cast<Mask>(needs_escape(static_cast<unsigned char>(p[i]))) << i;
+    *quoted |= static_cast<Mask>(p[i] == '"' || p[i] == '\\') << i;
+  }
+  return m;
+}
+Mask eq_mask(const char *p, char c) noexcept {
+  Mask m = 0;
+  for (size_t i = 0; i < kBlock; ++i)
+    m |= static_cast<Mask>(p[i] == c) << i;
+  return m;
+}
+#endif
+
+// The first position p >= from where a '"' is followed by `next` or '\\' (the only quotes
+// that can open a member name starting with `next`), or npos.
+size_t find_name_start(std::string_view t, size_t from, char next) noexcept {
+  const size_t n = t.size();
+  size_t i = from;
+  // The block at i+1 must be readable too.
+  for (; i < n && n - i > kBlock; i += kBlock) {
+#if defined(__SSE2__)
+    const __m128i v1 = load_block(t.data() + i + 1);
+    const Mask m = to_mask(_mm_and_si128(
+        eq(load_block(t.data() + i), '"'), _mm_or_si128(eq(v1, next), eq(v1, '\\'))));
+#else
+    const Mask m =
+        eq_mask(t.data() + i, '"') &
+        (eq_mask(t.data() + i + 1, next) | eq_mask(t.data() + i + 1, '\\'));
+#endif
+    if (m != 0)
+      return i + static_cast<size_t>(std::countr_zero(m));
+  }
+  for (; i + 1 < n; ++i) {
+    if (t[i] == '"' && (t[i + 1] == next || t[i + 1] == '\\'))
+      return i;
+  }
+  return std::string_view::npos;
+}
+
+// Where a run that decodes to a key can start: the key's first byte raw, followed by its
+// second byte or by a byte that can start an encoding of it; '%'; a backslash followed by 'u'
+// (or by anything when the first byte has a two-character JSON escape); '+' when the key
+// starts with a space. Every position match_length could accept passes, so the scan skips
+// the rest in blocks and tries only these.
+class StartFilter {
+public:
+  explicit StartFilter(std::string_view key) noexcept
+      : first_(key[0]), second_(key.size() > 1 ? key[1] : key[0]),
+        plus_(key[0] == ' ' ? '+' : '%'),
+        any_second_(key.size() == 1 || may_start_encoding(key[0])),
+        any_after_backslash_(has_short_escape(key[0])) {}
+
+  // The first start at or after `from`, or t.size().
+  size_t next(std::string_view t, size_t from) const noexcept {
+    const size_t n = t.size();
+    size_t i = from;
+#if defined(__SSE2__)
+    // Broadcasts once per call; most blocks hold none of the four first bytes and cost one
+    // movemask, the rest get the filter on the next byte as well.
+    const __m128i pct = _mm_set1_epi8('%');
+    const __m128i plus = _mm_set1_epi8(plus_);
+    const __m128i first = _mm_set1_epi8(first_);
+    const __m128i backslash = _mm_set1_epi8('\\');
+    const __m128i second = _mm_set1_epi8(second_);
+    const __m128i raw_plus = _mm_set1_epi8('+');
+    const __m128i u = _mm_set1_epi8('u');
+    const __m128i any_next = _mm_set1_epi8(any_second_ ? -1 : 0);
+    const __m128i any_escape = _mm_set1_epi8(any_after_backslash_ ? -1 : 0);
+    for (; i + kBlock < n; i += kBlock) {
+      const __m128i v = load_block(t.data() + i);
+      const __m128i at_pct = _mm_or_si128(_mm_cmpeq_epi8(v, pct), _mm_cmpeq_epi8(v, plus));
+      const __m128i at_first = _mm_cmpeq_epi8(v, first);
+      const __m128i at_backslash = _mm_cmpeq_epi8(v, backslash);
+      if (to_mask(_mm_or_si128(at_pct, _mm_or_si128(at_first, at_backslash))) == 0)
+        continue;
+      const __m128i v1 = load_block(t.data() + i + 1);
+      const __m128i next_ok = _mm_or_si128(
+          _mm_or_si128(any_next, _mm_cmpeq_epi8(v1, second)),
+          _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v1, pct), _mm_cmpeq_epi8(v1, backslash)),
+                       _mm_cmpeq_epi8(v1, raw_plus)));
+      const __m128i escape_ok = _mm_or_si128(any_escape, _mm_cmpeq_epi8(v1, u));
+      const Mask m = to_mask(_mm_or_si128(
+          at_pct, _mm_or_si128(_mm_and_si128(at_first, next_ok),
+                               _mm_and_si128(at_backslash, escape_ok))));
+      if (m != 0)
+        return i + static_cast<size_t>(std::countr_zero(m));
+    }
+#else
+    for (; i + kBlock < n; i += kBlock) {
+      if (const Mask m = block_mask(t.data() + i); m != 0)
+        return i + static_cast<size_t>(std::countr_zero(m));
+    }
+#endif
+    for (; i < n; ++i) {
+      if (is_start(t, i))
+        return i;
+    }
+    return n;
+  }
+
+private:
+  static bool has_short_escape(char c) noexcept {
+    return c == '"' || c == '\\' || c == '/' || c == '\b' || c == '\f' ||
+           c == '\n' || c == '\r' || c == '\t';
+  }
+  bool is_start(std::string_view t, size_t i) const noexcept {
+    const char c = t[i];
+    const bool has_next = i + 1 < t.size();
+    const char next = has_next ? t[i + 1] : '\0';
+    if (c == '%' || c == plus_)
+      return true;
+    if (c == first_ && (any_second_ || (has_next && (next == second_ ||
+                                                     may_start_encoding(next)))))
+      return true;
+    return c == '\\' && has_next && (any_after_backslash_ || next == 'u');
+  }
+#if !defined(__SSE2__)
+  // The starts among p[0..kBlock), reading p[kBlock] too.
+  Mask block_mask(const char *p) const noexcept {
+    const Mask next_ok =
+        any_second_ ? ~Mask{0}
+                    : eq_mask(p + 1, second_) | eq_mask(p + 1, '%') |
+                          eq_mask(p + 1, '\\') | eq_mask(p + 1, '+');
+    const Mask after_backslash =
+        any_after_backslash_ ? ~Mask{0} : eq_mask(p + 1, 'u');
+    return eq_mask(p, '%') | eq_mask(p, plus_) | (eq_mask(p, first_) & next_ok) |
+           (eq_mask(p, '\\') & after_backslash);
+  }
+#endif
+
+  char first_;
+  char second_;
+  char plus_; // '+' when the key starts with a space, else '%' again
+  bool any_second_;
+  bool any_after_backslash_;
+};
+
+constexpr char kHex[] = "0123456789abcdef";
+
+// Writes the escape of the byte at p (one that needs_escape) to o, or copies the valid UTF-8
+// sequence it starts; returns the position after what it took (up to 6 bytes written).
+const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
+  const auto u = static_cast<unsigned char>(*p);
+  if (u == '"' || u == '\\') {
+    o[0] = '\\';
+    o[1] = static_cast<char>(u);
+    o += 2;
+    return p + 1;
+  }
+  if (u >= 0x80) {
+    if (const size_t len = utf8_sequence(s, static_cast<size_t>(p - s.data())); len != 0) {
+      std::memcpy(o, p, len);
+      o += len;
+      return p + len;
+    }
+  }
+  std::memcpy(o, "\\u00", 4);
+  o[4] = kHex[u >> 4];
+  o[5] = kHex[u & 0xf];
+  o += 6;
+  return p + 1;
+}
+
 } // namespace
 
 void append_json_escaped(std::string_view s, std::string &out) noexcept {
-  static constexpr char kHex[] = "0123456789abcdef";
-  const auto escape_byte = [&](unsigned char u) {
-    out.append("\\u00");
-    out.push_back(kHex[u >> 4]);
-    out.push_back(kHex[u & 0xf]);
-  };
-  out.push_back('"');
-  size_t i = 0;
-  while (i < s.size()) {
-    // Copy the longest run that needs no escaping in one append.
-    size_t run = i;
-    while (run < s.size()) {
-      const auto u = static_cast<unsigned char>(s[run]);
-      if (u < 0x20 || u >= 0x80 || u == '"' || u == '\\')
-        break;
-      ++run;
+  if (s.size() < 2 * kBlock) {
+    // Short fields (most of a record's): a stack buffer, no resize of `out` to fill and trim.
+    char buf[2 + 6 * 2 * kBlock];
+    char *o = buf;
+    *o++ = '"';
+    const char *p = s.data();
+    const char *const e = p + s.size();
+    while (p < e) {
+      if (!needs_escape(static_cast<unsigned char>(*p))) {
+        *o++ = *p++;
+      } else {
+        p = escape_one(s, p, o);
+      }
     }
-    out.append(s.data() + i, run - i);
-    i = run;
-    if (i == s.size())
-      break;
-    const auto u = static_cast<unsigned char>(s[i]);
-    if (u == '"' || u == '\\') {
-      out.push_back('\\');
-      out.push_back(static_cast<char>(u));
-      ++i;
-    } else if (u < 0x20) {
-      escape_byte(u);
-      ++i;
-    } else if (const size_t len = utf8_sequence(s, i); len != 0) {
-      out.append(s.data() + i, len);
-      i += len;
-    } else {
-      escape_byte(u);
-      ++i;
-    }
+    *o++ = '"';
+    out.append(buf, static_cast<size_t>(o - buf));
+    return;
   }
-  out.push_back('"');
+  // Output goes through a raw pointer into `out`, sized up front and grown (rarely) before a
+  // step could overrun it: per-byte push_back/append calls cost more than the scan itself on
+  // quote-dense JSON. One step writes at most 7 * kBlock bytes past `o`: a block whose bytes
+  // are all escaped in place (6 bytes each), with a block-sized store after the last one; or a
+  // safe prefix plus one escape (6 bytes) or UTF-8 sequence (4).
+  constexpr size_t kStepBytesMax = 8 * kBlock;
+  const size_t old = out.size();
+  out.resize(old + s.size() + s.size() / 8 + kStepBytesMax + 2);
+  char *o = out.data() + old;
+  char *limit = out.data() + out.size();
+  *o++ = '"';
+  const char *p = s.data();
+  const char *const e = p + s.size();
+  while (p < e) {
+    if (static_cast<size_t>(limit - o) < kStepBytesMax) {
+      // Enough for the worst case of the rest (6 bytes per input byte), so this runs at
+      // most once per call.
+      const size_t used = static_cast<size_t>(o - out.data());
+      out.resize(used + 6 * static_cast<size_t>(e - p) + kStepBytesMax + 1);
+      o = out.data() + used;
+      limit = out.data() + out.size();
+    }
+    if (static_cast<size_t>(e - p) >= 2 * kBlock) {
+      Mask quoted = 0;
+      Mask m = escape_mask(p, &quoted);
+      std::memcpy(o, p, kBlock);
+      if (m == 0) {
+        o += kBlock;
+        p += kBlock;
+        continue;
+      }
+      if (m == quoted) {
+        // Only quotes and backslashes (JSON text): four at a time without a branch per byte,
+        // a step past the last one (i == kBlock) writing only into the slack behind the
+        // block, which the next block overwrites.
+        do {
+          for (int step = 0; step < 4; ++step) {
+            const auto i = static_cast<size_t>(std::countr_zero(m | (Mask{1} << kBlock)));
+            o[i] = '\\';
+            std::memcpy(o + i + 1, p + i, kBlock);
+            o += m != 0 ? 1 : 0;
+            m &= m - 1;
+          }
+        } while (m != 0);
+        o += kBlock;
+        p += kBlock;
+        continue;
+      }
+      // Every escape is handled without leaving the block: write it where the byte would go,
+      // then store the block's rest after it again, shifted by what the escape added. `o`
+      // keeps pointing where p[0] would go, so o[i] is where p[i] lands. The block at
+      // p + i + 1 is readable because two blocks remain.
+      while (m != 0) {
+        const auto i = static_cast<size_t>(std::countr_zero(m));
+        const auto u = static_cast<unsigned char>(p[i]);
+        if (u == '"' || u == '\\') {
+          o[i] = '\\';
+          std::memcpy(o + i + 1, p + i, kBlock);
+          ++o;
+          m &= m - 1;
+          continue;
+        }
+        if (u >= 0x80) {
+          const size_t len = utf8_sequence(s, static_cast<size_t>(p - s.data()) + i);
+          if (len != 0) {
+            if (i + len > kBlock)
+              break; // ends in the next block: the step below takes it whole
+            // Already in place; its continuation bytes need no look either.
+            m &= ~(((Mask{1} << len) - 1) << i);
+            continue;
+          }
+        }
+        std::memcpy(o + i, "\\u00", 4);
+        o[i + 4] = kHex[u >> 4];
+        o[i + 5] = kHex[u & 0xf];
+        std::memcpy(o + i + 6, p + i + 1, kBlock);
+        o += 5;
+        m &= m - 1;
+      }
+      if (m == 0) {
+        o += kBlock;
+        p += kBlock;
+        continue;
+      }
+      const auto safe = static_cast<size_t>(std::countr_zero(m));
+      o += safe;
+      p += safe;
+    } else {
+      while (p < e && !needs_escape(static_cast<unsigned char>(*p)))
+        *o++ = *p++;
+      if (p == e)
+        break;
+    }
+    p = escape_one(s, p, o);
+  }
+  *o++ = '"';
+  out.resize(static_cast<size_t>(o - out.data()));
 }
 
 void AccessRecordWriter::add_query_values(std::string_view params,
@@ -294,7 +579,12 @@ void AccessRecordWriter::add_json_members(std::string_view text,
                                           std::string_view name,
                                           bool generic) noexcept {
   const size_t n = text.size();
-  size_t p = text.find('"');
+  // Only a '"' followed by the name's first character or a backslash can open the name, so
+  // the others are skipped in blocks (the same set of tries as trying every '"').
+  const auto next_quote = [&](size_t from) noexcept {
+    return find_name_start(text, from, name.front());
+  };
+  size_t p = next_quote(0);
   // Every '"' is tried as the opening quote of a member name, so a broken or
   // cut-off document (or a quote paired wrongly by an earlier guess) cannot
   // hide a later member. Each try stops after at most name.size() + 1
@@ -322,7 +612,7 @@ void AccessRecordWriter::add_json_members(std::string_view text,
       q += len;
     }
     if (!matched) {
-      p = text.find('"', p + 1);
+      p = next_quote(p + 1);
       continue;
     }
     size_t r = q + 1;
@@ -348,9 +638,9 @@ void AccessRecordWriter::add_json_members(std::string_view text,
         ranges_.push_back({b, e, generic});
       if (e >= n)
         break;
-      p = text.find('"', e + 1);
+      p = next_quote(e + 1);
     } else if (text[r] == '{' || text[r] == '[') {
-      p = text.find('"', r);
+      p = next_quote(r);
     } else {
       size_t e = r;
       while (e < n && !is_json_ws(text[e]) && text[e] != ',' &&
@@ -359,7 +649,7 @@ void AccessRecordWriter::add_json_members(std::string_view text,
       }
       if (e > r)
         ranges_.push_back({r, e, generic});
-      p = text.find('"', e);
+      p = next_quote(e);
     }
   }
 }
@@ -409,7 +699,7 @@ size_t AccessRecordWriter::match_length(std::string_view text, size_t at,
       const size_t p = at + off;
       if (p >= text.size())
         continue;
-      Unit units[3];
+      Unit units[2];
       const size_t count = units_at(text, p, units);
       for (size_t i = 0; i < count; ++i) {
         if (units[i].byte != static_cast<unsigned char>(kc))
@@ -435,14 +725,13 @@ void AccessRecordWriter::add_value_matches(std::string_view text) noexcept {
   for (const std::string_view key : record_->key_values) {
     if (key.empty())
       continue;
-    const char first = key.front();
+    const StartFilter starts(key);
     size_t budget = kScanStepsPerByte * text.size() + kScanStepsBase;
     size_t i = 0;
-    while (i < text.size()) {
-      if (!can_start(text[i], first)) {
-        ++i;
-        continue;
-      }
+    while (true) {
+      i = starts.next(text, i);
+      if (i >= text.size())
+        break;
       const size_t len = match_length(text, i, key, &budget);
       if (budget == 0) {
         // Only text built to resemble the key gets here; losing its tail beats
@@ -582,6 +871,17 @@ void AccessRecordWriter::append(const AccessRecord &r,
     out.append(m.body_truncated ? "true" : "false");
     out.push_back('}');
   };
+
+  // One reservation for the whole record (escaping rarely grows text by more than an eighth),
+  // so the output is not regrown field by field.
+  size_t estimate = 512 + r.client.size() + r.key_id.size() + r.user.size() +
+                    r.api.size() + r.method.size() + r.target.size() +
+                    r.reason.size() + r.listener.size();
+  for (const CapturedMessage *m : {r.request, r.response}) {
+    if (m != nullptr)
+      estimate += 128 + m->head.size() + m->body.size();
+  }
+  out.reserve(out.size() + estimate + estimate / 8);
 
   out.append("{\"time_us\":");
   append_signed(out, r.time_us);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -624,6 +625,187 @@ TEST(AccessRecordRedaction, WriterReuseGivesTheSameRecords) {
       w.with_request(head_with("X-ApiKey: x\r\n"), body, kJson);
   EXPECT_EQ(first, again);
   EXPECT_EQ(field(plain, "request", "body"), "plain");
+}
+
+
+// --- block scans: the same results wherever a byte falls relative to a 16-byte block ---
+
+// Escaping as specified at the top of access_record.h, one byte at a time.
+std::string reference_escaped(std::string_view s) {
+  const auto valid_utf8 = [&](size_t i) -> size_t {
+    const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+    const unsigned char c = b(0);
+    size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      lo = c == 0xE0 ? 0xA0 : 0x80;
+      hi = c == 0xED ? 0x9F : 0xBF;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      lo = c == 0xF0 ? 0x90 : 0x80;
+      hi = c == 0xF4 ? 0x8F : 0xBF;
+    } else {
+      return 0;
+    }
+    if (s.size() - i < len || b(1) < lo || b(1) > hi)
+      return 0;
+    for (size_t k = 2; k < len; ++k) {
+      if (b(k) < 0x80 || b(k) > 0xBF)
+        return 0;
+    }
+    return len;
+  };
+  std::string out = "\"";
+  for (size_t i = 0; i < s.size();) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    if (u == '"' || u == '\\') {
+      out += '\\';
+      out += static_cast<char>(u);
+      ++i;
+    } else if (u >= 0x20 && u < 0x80) {
+      out += static_cast<char>(u);
+      ++i;
+    } else if (const size_t len = u >= 0x80 ? valid_utf8(i) : 0; len != 0) {
+      out.append(s.substr(i, len));
+      i += len;
+    } else {
+      out += "\\u00" + hex_byte(u, false);
+      ++i;
+    }
+  }
+  return out + "\"";
+}
+
+TEST(AccessRecordJson, EscapesAtEveryOffsetAndLengthMatchTheReference) {
+  const std::vector<std::string> specials = {
+      "\"", "\\", "\n", std::string(1, '\0'), "\x1f", "\x7f", "\xc3\xa9",
+      "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\x80", "\xc3", "\xe2\x82", "\xf0\x9f\x98",
+      "\xed\xa0\x80", "\xff", "\"\"\\\\", "\xc3\xa9\xc3\xa9\n\""};
+  for (const std::string &special : specials) {
+    for (size_t len = 0; len <= 70; ++len) {
+      for (size_t at = 0; at + special.size() <= len; ++at) {
+        std::string s(len, 'a');
+        s.replace(at, special.size(), special);
+        std::string out = "x";
+        append_json_escaped(s, out);
+        ASSERT_EQ(out, "x" + reference_escaped(s))
+            << "len " << len << " at " << at << " special " << reference_escaped(special);
+      }
+    }
+  }
+}
+
+TEST(AccessRecordJson, RandomBytesMatchTheReference) {
+  std::mt19937 rng(7);
+  for (int round = 0; round < 300; ++round) {
+    std::string s(rng() % 600, '\0');
+    const auto kind = static_cast<uint32_t>(rng() % 4);
+    for (char &c : s) {
+      const auto r = static_cast<uint32_t>(rng());
+      // All bytes; mostly ASCII with some escapes; UTF-8 lead/continuation heavy; escape-dense.
+      c = kind == 0   ? static_cast<char>(r & 0xff)
+          : kind == 1 ? (r % 16 == 0 ? "\"\\\n\xc3\xa9\x80"[r / 16 % 6]
+                                       : static_cast<char>('a' + r / 16 % 26))
+          : kind == 2 ? static_cast<char>(0x80 | (r & 0x7f))
+                      : "\"\\\x01 a\xe2\x82\xac"[r % 8];
+    }
+    std::string out;
+    append_json_escaped(s, out);
+    ASSERT_EQ(out, reference_escaped(s)) << "round " << round;
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    ASSERT_EQ(parser.parse(out).get(doc), simdjson::SUCCESS) << "round " << round;
+  }
+}
+
+TEST(AccessRecordRedaction, KeyValueIsFoundAtEveryOffsetInLongText) {
+  const std::string k(kKey);
+  const std::vector<std::string> forms = {
+      k,
+      pct_all(k),
+      json_all(k),
+      "%6B" + k.substr(1),            // only the first byte encoded
+      "k%67" + k.substr(2),           // the first byte raw, the second encoded
+      "k\\u0067" + k.substr(2),
+      "\\u006b" + k.substr(1)};
+  for (const std::string &form : forms) {
+    for (size_t before = 0; before <= 40; ++before) {
+      for (size_t after : {size_t{0}, size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{40}}) {
+        Writer w;
+        w.values = {kKey};
+        // Filler of bytes the scan must pass over: the key's own first byte, '%' and '\\'
+        // that start nothing, and quotes.
+        std::string text;
+        while (text.size() < before)
+          text += "k%zz\\q\"kx"[text.size() % 9];
+        const std::string head = text;
+        text += form;
+        std::string tail;
+        while (tail.size() < after)
+          tail += "x\"k%\\"[tail.size() % 5];
+        text += tail;
+        const std::string out = w.with_request(head_with(""), text, "text/plain");
+        expect_no_trace(out, kKey);
+        ASSERT_EQ(field(out, "request", "body"), head + std::string(kMarker) + tail)
+            << "form " << form << " before " << before << " after " << after;
+      }
+    }
+  }
+}
+
+TEST(AccessRecordRedaction, KeysStartingWithSpaceQuoteOrPercentAreFoundInLongText) {
+  for (const std::string &key : {std::string(" k1 z"), std::string("\"q\"9"),
+                                 std::string("%41x"), std::string("\\b\\"), std::string("k")}) {
+    for (size_t before : {size_t{0}, size_t{7}, size_t{15}, size_t{16}, size_t{31}, size_t{45}}) {
+      Writer w;
+      w.values = {key};
+      const std::string pad(before, 'y');
+      for (const std::string &form :
+           {key, pct_all(key), pct_reserved(key, true), json_min(key), json_all(key)}) {
+        const std::string text = pad + form + std::string(33, 'y');
+        const std::string out = w.with_request(head_with(""), text, "text/plain");
+        ASSERT_EQ(field(out, "request", "body"), pad + std::string(kMarker) + std::string(33, 'y'))
+            << "key " << key << " form " << form << " before " << before;
+      }
+    }
+  }
+}
+
+TEST(AccessRecordRedaction, ApiKeyMemberIsFoundAtEveryOffsetInLongBodies) {
+  const std::string k(kKey);
+  for (const std::string &name : {std::string("API_Key"), std::string("\\u0041PI_Key"),
+                                  std::string("API\\u005fKey")}) {
+    for (size_t before = 0; before <= 40; ++before) {
+      Writer w;
+      std::string pad = "{\"a\":\"";
+      while (pad.size() < before + 6)
+        pad += "xA\"\\"[pad.size() % 4]; // '"A' and '"\\' start names that fail
+      pad += "\",";
+      const std::string body = pad + "\"" + name + "\":\"" + k + "\"," + std::string(20, ' ') +
+                               "\"" + name + "\":\"" + k.substr(0, 9);
+      const std::string out = w.with_request(head_with(""), body, kJson, true);
+      EXPECT_EQ(out.find(k.substr(0, 9)), std::string::npos) << body;
+      ASSERT_EQ(field(out, "request", "body"),
+                pad + "\"" + name + "\":\"" + std::string(kMarker) + "\"," +
+                    std::string(20, ' ') + "\"" + name + "\":\"" + std::string(kMarker))
+          << body;
+    }
+  }
+}
+
+TEST(AccessRecordRedaction, LargeBinaryBodiesParseAndKeepTheirBytes) {
+  std::mt19937 rng(11);
+  std::string body(64 * 1024, '\0');
+  for (char &c : body)
+    c = static_cast<char>(rng() & 0xff);
+  Writer w;
+  w.values = {kKey};
+  const std::string out = w.with_request(head_with(""), body, "application/octet-stream");
+  std::string expected = reference_escaped(body);
+  EXPECT_NE(out.find(",\"body\":" + expected + ","), std::string::npos);
 }
 
 } // namespace
