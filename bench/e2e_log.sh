@@ -91,7 +91,8 @@ readonly ADMIN_KEY=bench-admin-key-e2e-log
 readonly PLAIN_KEY=lb-plain-00000001
 readonly FULL_KEY=lb-full-000000001
 readonly BODY_MARK="quick brown fox"  # text of e2e_body.lua's body, to find it in the log
-readonly FLUSH_INTERVAL_MS=20         # keygate's default, written to the config explicitly
+readonly FLUSH_INTERVAL_MS="${FLUSH_INTERVAL_MS:-20}"  # keygate's default, written explicitly
+readonly RING_BYTES="${RING_BYTES:-4194304}"          # [log] ring_bytes_per_worker (default)
 readonly CAPTURE_BYTES_MAX=65536      # keygate's default: BODY_BYTES must fit to be captured
 readonly RETENTION_BYTES=1099511627776  # 1 TiB: keygate deletes nothing during a run
 readonly STARTUP_TIMEOUT_S=10
@@ -150,6 +151,7 @@ cat >"$tmp/keygate.toml" <<EOF
 enabled = true
 capture_bytes_max = $CAPTURE_BYTES_MAX
 flush_interval_ms = $FLUSH_INTERVAL_MS
+ring_bytes_per_worker = $RING_BYTES
 retention_bytes = $RETENTION_BYTES
 
 $api_toml

@@ -229,7 +229,8 @@ void Worker::Impl::run() {
     rearm.clear();
     for (auto [up, gen] : uprearm) {
       if (up->gen == gen && !up->recv_armed &&
-          (up->state == UpConn::State::kBusy || up->state == UpConn::State::kIdle)) {
+          ((up->state == UpConn::State::kBusy && !up->recv_paused) ||
+           up->state == UpConn::State::kIdle)) {
         arm_up_recv(up);
       }
     }
