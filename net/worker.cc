@@ -23,13 +23,13 @@
 #include "net/worker_impl.h"
 
 namespace keygate::net {
+
 ResumeTicket ConnContext::defer() noexcept {
   KEYGATE_ASSERT(!conn_->awaiting);
   conn_->awaiting = true;
   ++conn_->ops;  // the slot stays ours until the ticket's post is reaped
   return ResumeTicket(sink_, conn_->slot, conn_->gen);
 }
-
 
 Worker::Impl::~Impl() {
   // The ring goes first: tearing it down cancels every operation, after which no buffer below

@@ -23,7 +23,6 @@
 
 namespace keygate::net {
 
-
 // Provided-buffer ring: every receive lands in one of these, is parsed in place, and the buffer
 // goes back to the kernel at the end of the event-loop pass.
 inline constexpr unsigned kBufCount = 512;  // power of two (ring requirement)
@@ -68,7 +67,6 @@ enum TimerKind : uint8_t { kHeader, kBody, kIdle, kWrite, kLinger, kTimerKinds, 
 inline void bump(std::atomic<uint64_t>& counter) {
   counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
-
 
 struct Connection;
 struct UpConn;
@@ -234,7 +232,6 @@ struct UpConn {
   int64_t deadline_ms = 0;     // connect, response (no progress) or idle expiry
 };
 
-
 // Connections waiting on one kind of timeout. Every member's deadline is "when it joined + the
 // kind's fixed duration", and time only moves forward, so appending keeps the list sorted and
 // expiry only ever looks at the head.
@@ -257,7 +254,6 @@ struct TimerList {
     c->tprev = c->tnext = nullptr;
   }
 };
-
 
 struct Worker::Impl final : public ResumeTicket::Sink {
   Impl(unsigned i, const Limits& l, std::vector<WorkerListener> ls, LoopObserver* o,
