@@ -40,6 +40,10 @@ enum class BodyFraming : uint8_t {
 // with the access-log redaction.
 bool is_key_param_name(std::string_view raw_name) noexcept;
 
+// Appends `data` to `out` as one chunk of chunked transfer coding ("<hex size>\r\n<data>\r\n");
+// nothing for empty data (an empty chunk would end the body).
+void append_chunk(std::string_view data, std::string& out) noexcept;
+
 // Appends to `out` the request head keygate sends upstream for `request`,
 // always HTTP/1.1:
 //   - request line: method, the target as append_target_without_key() writes

@@ -1,10 +1,10 @@
 #include "net/http_parser.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 
 #include "core/assert.h"
+#include "core/forwarding.h"
 
 namespace keygate::net {
 namespace {
@@ -249,11 +249,7 @@ int HttpParser::on_body(llhttp_t* p, const char* at, size_t len) {
       return h->fail(413, "body_too_large", "request body too large");
     }
     if ((p->flags & F_CHUNKED) != 0) {
-      char size_line[24];
-      const int n = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", len);
-      h->sink_->append(size_line, static_cast<size_t>(n));
-      h->sink_->append(at, len);
-      h->sink_->append("\r\n", 2);
+      append_chunk(std::string_view(at, len), *h->sink_);
     } else {
       h->sink_->append(at, len);
     }

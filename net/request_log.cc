@@ -10,10 +10,6 @@
 // reason "client_closed"). For keys with log_request / log_response the request (head
 // rebuilt from the parsed fields, body) and the response are captured up to
 // capture_bytes_max each and marked truncated beyond it.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <cstdio>
 #include <ctime>
 
@@ -26,25 +22,6 @@ int64_t wall_us() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000 + ts.tv_nsec / 1000;
-}
-
-void fill_peer(Connection* c) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof(ss);
-  char ip[48] = "unknown";
-  unsigned port = 0;
-  if (getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-    if (ss.ss_family == AF_INET6) {
-      const auto* sa = reinterpret_cast<const sockaddr_in6*>(&ss);
-      inet_ntop(AF_INET6, &sa->sin6_addr, ip, sizeof(ip));
-      port = ntohs(sa->sin6_port);
-    } else {
-      const auto* sa = reinterpret_cast<const sockaddr_in*>(&ss);
-      inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof(ip));
-      port = ntohs(sa->sin_port);
-    }
-  }
-  std::snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, port);
 }
 
 void append_capped(std::string& to, std::string_view from, size_t max, bool* truncated) {
@@ -145,7 +122,9 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
                            std::string_view response_text) {
   RequestLog& l = c->rlog;
   if (!l.active) return;
-  if (c->peer[0] == '\0') fill_peer(c);
+  learn_peer(c);
+  char client[64];
+  std::snprintf(client, sizeof(client), "%s:%u", c->peer_ip, static_cast<unsigned>(c->peer_port));
   if (!response_text.empty()) {
     const size_t split = response_text.find("\r\n\r\n");
     const size_t head_len = split == std::string_view::npos ? response_text.size() : split + 4;
@@ -160,7 +139,7 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   r.request_id = l.id;
   r.worker = index;
   r.listener = listeners[c->listener].name;
-  r.client = c->peer;
+  r.client = client;
   r.key_id = l.key_id;
   r.user = l.user;
   r.api = l.api;

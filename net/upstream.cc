@@ -25,7 +25,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 
 #include "core/config.h"
@@ -173,11 +172,7 @@ int on_body(llhttp_t* p, const char* at, size_t len) {
   std::string& out = c->out[c->fill];
   const size_t before = out.size();
   if (u->rechunk) {
-    char size_line[24];
-    const int n = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", len);
-    out.append(size_line, static_cast<size_t>(n));
-    out.append(at, len);
-    out.append("\r\n", 2);
+    append_chunk(std::string_view(at, len), out);
   } else {
     out.append(at, len);
   }
@@ -259,10 +254,7 @@ void Worker::Impl::head_ready(Connection* c) {
         write_error(c, e.status, e.code, e.message);
         return;
       }
-      if (c->parser.expects_continue()) {
-        fill_buf(c).append("HTTP/1.1 100 Continue\r\n\r\n");
-        mark_dirty(c);
-      }
+      if (c->parser.expects_continue()) send_continue(c);
       update_timer(c);
       return;
     case Handler::Result::kForward:
@@ -290,20 +282,7 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   KEYGATE_ASSERT(target.api_index < groups.size() && !groups[target.api_index].servers.empty());
   c->http10 = request.version_minor == 0;
   c->client_keep_alive = request.keep_alive && !draining && !c->close_after_send;
-  if (c->peer_ip[0] == '\0') {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof(ss);
-    if (getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-      if (ss.ss_family == AF_INET6) {
-        inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, c->peer_ip,
-                  sizeof(c->peer_ip));
-      } else {
-        inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, c->peer_ip,
-                  sizeof(c->peer_ip));
-      }
-    }
-    if (c->peer_ip[0] == '\0') std::strcpy(c->peer_ip, "unknown");
-  }
+  learn_peer(c);
 
   // A pooled connection to the next healthy server, else a new one (connected below).
   UpstreamGroup& g = groups[target.api_index];
@@ -373,10 +352,7 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
       fail_forward(up, e.status, e.code, e.message);
       return;
     }
-    if (expect) {
-      fill_buf(c).append("HTTP/1.1 100 Continue\r\n\r\n");
-      mark_dirty(c);
-    }
+    if (expect) send_continue(c);
   } else {
     up->fill.append(request.body);
   }

@@ -1,5 +1,6 @@
 #include "net/worker.h"
 
+#include <arpa/inet.h>
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -403,8 +404,7 @@ void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_
         update_timer(c);
         return;
       case HttpParser::Status::kExpectContinue:
-        fill_buf(c).append("HTTP/1.1 100 Continue\r\n\r\n");
-        mark_dirty(c);
+        send_continue(c);
         update_timer(c);
         continue;
       case HttpParser::Status::kError: {
@@ -474,6 +474,31 @@ void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
   c->pending.clear();
   timer_clear(c);
   mark_dirty(c);
+}
+
+void Worker::Impl::send_continue(Connection* c) {
+  fill_buf(c).append("HTTP/1.1 100 Continue\r\n\r\n");
+  mark_dirty(c);
+}
+
+// The client's address, looked up once per connection (X-Forwarded-For, the access log):
+// multishot accept cannot hand it out per connection.
+void Worker::Impl::learn_peer(Connection* c) {
+  if (c->peer_ip[0] != '\0') return;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getpeername(c->fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    if (ss.ss_family == AF_INET6) {
+      const auto* sa = reinterpret_cast<const sockaddr_in6*>(&ss);
+      inet_ntop(AF_INET6, &sa->sin6_addr, c->peer_ip, sizeof(c->peer_ip));
+      c->peer_port = ntohs(sa->sin6_port);
+    } else {
+      const auto* sa = reinterpret_cast<const sockaddr_in*>(&ss);
+      inet_ntop(AF_INET, &sa->sin_addr, c->peer_ip, sizeof(c->peer_ip));
+      c->peer_port = ntohs(sa->sin_port);
+    }
+  }
+  if (c->peer_ip[0] == '\0') std::strcpy(c->peer_ip, "unknown");
 }
 
 void Worker::Impl::drain_pending(Connection* c) {
@@ -603,7 +628,7 @@ void Worker::Impl::release(Connection* c) {
   c->proxying = c->streaming = false;
   c->up = nullptr;
   c->peer_ip[0] = '\0';
-  c->peer[0] = '\0';
+  c->peer_port = 0;
   c->rlog.active = false;
   --live;
   free_slots.push_back(c->slot);

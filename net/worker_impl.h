@@ -158,8 +158,8 @@ struct Connection {
   bool client_keep_alive = true;
   bool http10 = false;
   uint32_t flushes = 0;      // sends started: tells whether queued output already left
-  char peer_ip[48] = {};     // client address for X-Forwarded-For, filled on first forward
-  char peer[64] = {};        // "ip:port" for the access log, filled on first record
+  char peer_ip[48] = {};     // client address (learn_peer(), on first use)
+  uint16_t peer_port = 0;
   RequestLog rlog;
 };
 
@@ -298,6 +298,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void op_done(Connection* c);
   void release(Connection* c);
   void mark_dirty(Connection* c) { dirty.emplace_back(c, c->gen); }
+  void send_continue(Connection* c);
+  void learn_peer(Connection* c);
   void begin_drain();
 
   // Access log (request_log.cc).

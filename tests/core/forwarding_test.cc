@@ -72,6 +72,18 @@ std::vector<std::string> header_lines(std::string_view head) {
   return lines;
 }
 
+TEST(ForwardingChunk, FramesDataAsOneChunkAndSkipsEmptyData) {
+  std::string out = "x";
+  append_chunk("hello", out);
+  EXPECT_EQ(out, "x5\r\nhello\r\n");
+  append_chunk(std::string(0x1a2b, 'z'), out);
+  EXPECT_EQ(out.substr(0, 17), "x5\r\nhello\r\n1a2b\r\n");
+  EXPECT_EQ(out.size(), 11u + 6 + 0x1a2b + 2);
+  const size_t before = out.size();
+  append_chunk("", out);  // an empty chunk would end the body
+  EXPECT_EQ(out.size(), before);
+}
+
 TEST(ForwardingTarget, KeyParameterIsRemovedWhereverItStands) {
   EXPECT_EQ(strip("/p?key=abc&a=1&b=2"), "/p?a=1&b=2");
   EXPECT_EQ(strip("/p?a=1&key=abc&b=2"), "/p?a=1&b=2");
