@@ -370,13 +370,6 @@ std::vector<std::string> forbidden_forms(std::string_view key) {
   return {forms.begin(), forms.end()};
 }
 
-std::string pattern(size_t n) {
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i)
-    s[i] = static_cast<char>('a' + i % 26);
-  return s;
-}
-
 // --- Reading the log directory
 // -----------------------------------------------------------------
 
@@ -811,12 +804,12 @@ TEST_F(AccessLogTest, CapturesRequestAndResponseForFlaggedKeysOnly) {
   auto small = data(small_req);
   ASSERT_TRUE(small && small->status == 200) << show(small);
   // Exactly capture_bytes_max: not truncated. One more: truncated.
-  const std::string exact_body = pattern(1000);
+  const std::string exact_body = byte_pattern(1000);
   auto exact = data(http_request(
       "POST", "/orders/exact",
       {"X-ApiKey: " + cap_key, "Content-Type: text/plain"}, exact_body));
   ASSERT_TRUE(exact && exact->status == 200) << show(exact);
-  const std::string big_body = pattern(5000);
+  const std::string big_body = byte_pattern(5000);
   auto big = data(http_request(
       "POST", "/orders/big",
       {"X-ApiKey: " + cap_key, "Content-Type: text/plain"}, big_body));
@@ -876,7 +869,7 @@ TEST_F(AccessLogTest, CapturesRequestAndResponseForFlaggedKeysOnly) {
   EXPECT_TRUE(captured(*r, "response", "head").starts_with("HTTP/1.1 200 "))
       << captured(*r, "response", "head");
   EXPECT_TRUE(captured(*r, "response", "head").ends_with("\r\n\r\n"));
-  EXPECT_EQ(captured(*r, "response", "body"), pattern(1000));
+  EXPECT_EQ(captured(*r, "response", "body"), byte_pattern(1000));
   EXPECT_EQ(truncated_flag(*r, "response"), 1);
   EXPECT_EQ(r->num("bytes_out"), static_cast<int64_t>(bytes->raw.size()));
 

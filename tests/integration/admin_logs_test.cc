@@ -96,21 +96,9 @@ std::optional<std::string> next_cursor_of(std::string_view body) {
   return cursor;
 }
 
-// The integer value of the first `"name":N` member; -1 when absent or not an integer.
-int64_t int_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return -1;
-  size_t pos = at + needle.size();
-  if (pos >= json.size() || json[pos] < '0' || json[pos] > '9') return -1;
-  int64_t v = 0;
-  while (pos < json.size() && json[pos] >= '0' && json[pos] <= '9') v = v * 10 + (json[pos++] - '0');
-  return v;
-}
-
 std::vector<int64_t> seqs_of(const std::vector<std::string>& records) {
   std::vector<int64_t> out;
-  for (const std::string& r : records) out.push_back(int_member(r, "seq"));
+  for (const std::string& r : records) out.push_back(number_member(r, "seq"));
   return out;
 }
 
@@ -505,7 +493,7 @@ TEST_F(AdminLogsServer, DataPortRequestsShowUpNewestFirstWithKeyStatusPathAndMet
   const std::vector<int64_t> seqs = seqs_of(records);
   EXPECT_TRUE(std::is_sorted(seqs.rbegin(), seqs.rend())) << body;
   EXPECT_EQ(string_member(records[0], "path"), "/orders/3") << records[0];
-  EXPECT_EQ(int_member(records[1], "status"), 403) << records[1];
+  EXPECT_EQ(number_member(records[1], "status"), 403) << records[1];
   EXPECT_EQ(string_member(records[2], "path"), "/orders/1") << records[2];
   for (const std::string& record : records) {
     EXPECT_EQ(string_member(record, "key_id"), key_id_) << record;
@@ -535,7 +523,7 @@ TEST_F(AdminLogsServer, FiltersByKeyIdAndStatus) {
   body = logs_until("status=401", 1);
   records = records_of(body);
   ASSERT_GE(records.size(), 1u) << body;
-  for (const std::string& record : records) EXPECT_EQ(int_member(record, "status"), 401) << record;
+  for (const std::string& record : records) EXPECT_EQ(number_member(record, "status"), 401) << record;
   EXPECT_TRUE(contains(records[0], "\"key_id\":null")) << records[0];
   EXPECT_EQ(string_member(records[0], "path"), "/orders/9") << records[0];
 
@@ -565,7 +553,7 @@ TEST_F(AdminLogsServer, CursorsPageThroughTheKeysRecordsAndFollowSeesNewOnes) {
 
   // Follow from the newest record: only what comes after, oldest first.
   const std::string newest = logs_until("limit=1", 1);
-  const int64_t after = int_member(records_of(newest).at(0), "seq");
+  const int64_t after = number_member(records_of(newest).at(0), "seq");
   ASSERT_GT(after, 0) << newest;
   ASSERT_NO_FATAL_FAILURE(data("/orders/new1", 200));
   ASSERT_NO_FATAL_FAILURE(data("/orders/new2", 200));

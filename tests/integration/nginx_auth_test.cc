@@ -73,15 +73,6 @@ std::string nginx_config(const std::string& dir, uint16_t listen_port, uint16_t 
   return c;
 }
 
-int64_t number_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return -1;
-  int64_t v = -1;
-  std::from_chars(json.data() + at + needle.size(), json.data() + json.size(), v);
-  return v;
-}
-
 class NginxAuth : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -31,48 +31,6 @@ namespace {
 constexpr std::string_view kAdminKey = "proxy-test-admin-key-0123456789";
 constexpr std::string_view kKey = "proxy-test-client-key-abcdefgh";
 
-std::string hex(const KeyDigest& d) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (uint8_t b : d) {
-    out += kDigits[b >> 4];
-    out += kDigits[b & 15];
-  }
-  return out;
-}
-
-std::string pattern(size_t n) {
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
-  return s;
-}
-
-int64_t number_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return -1;
-  int64_t v = -1;
-  std::from_chars(json.data() + at + needle.size(), json.data() + json.size(), v);
-  return v;
-}
-
-// De-chunks a chunked body (no extensions, no trailers); nullopt when it does not frame.
-std::optional<std::string> dechunk(std::string_view in) {
-  std::string out;
-  for (;;) {
-    const size_t eol = in.find("\r\n");
-    if (eol == std::string_view::npos) return std::nullopt;
-    size_t n = 0;
-    auto [p, ec] = std::from_chars(in.data(), in.data() + eol, n, 16);
-    if (ec != std::errc() || p != in.data() + eol) return std::nullopt;
-    in.remove_prefix(eol + 2);
-    if (n == 0) return in == "\r\n" ? std::optional<std::string>(out) : std::nullopt;
-    if (in.size() < n + 2 || in.substr(n, 2) != "\r\n") return std::nullopt;
-    out.append(in.substr(0, n));
-    in.remove_prefix(n + 2);
-  }
-}
-
 // Resident memory of a process in KiB (VmRSS), or -1.
 int64_t rss_kib(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/status");
@@ -146,7 +104,7 @@ TEST_F(ProxyTest, ForwardsEveryMethodWithIdentityHeaders) {
     EXPECT_EQ(string_member(r->body, "method"), method);
     EXPECT_EQ(string_member(r->body, "target"), "/orders/7");
     EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(body.size()));
-    EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key(body)));
+    EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
     EXPECT_NE(r->body.find("[\"X-Keygate-Key-Id\",\"" + key_id_ + "\"]"), std::string::npos)
         << r->body;
     EXPECT_NE(r->body.find("[\"X-Keygate-Api\",\"orders\"]"), std::string::npos);
@@ -211,7 +169,7 @@ TEST_F(ProxyTest, ReusesUpstreamConnections) {
   ASSERT_TRUE(client.send(batch));
   auto rs = client.read_responses(4);
   ASSERT_EQ(rs.size(), 4u);
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(rs[i].body, pattern(static_cast<size_t>(i + 1)));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(rs[i].body, byte_pattern(static_cast<size_t>(i + 1)));
 }
 
 TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
@@ -221,12 +179,12 @@ TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
   asan_options_ = (asan.empty() ? "" : asan + ":") + "quarantine_size_mb=0";
   ASSERT_NO_FATAL_FAILURE(start({}, {{"proxy_body_bytes_max", uint64_t{1} << 30}}));
   const size_t kBig = 64u << 20;
-  std::string body = pattern(kBig);
+  std::string body = byte_pattern(kBig);
   body[12345] = '!';
   // Warm up (buffers at their working size), then the baseline.
   {
     auto r = round_trip(server_->data_port(),
-                        http_request("POST", "/orders/warm", {key_header()}, pattern(1 << 20)));
+                        http_request("POST", "/orders/warm", {key_header()}, byte_pattern(1 << 20)));
     ASSERT_TRUE(r.has_value());
   }
   const int64_t base = rss_kib(server_->pid());
@@ -240,7 +198,7 @@ TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
     ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
     EXPECT_EQ(r->status, 200);
     EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(kBig));
-    EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key(body)));
+    EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
   }
   // Upload chunked, echoed back chunked: both directions at once (a sender thread).
   {
@@ -281,7 +239,7 @@ TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
     auto r = client.read_response(Millis(60000));
     ASSERT_TRUE(r.has_value());
     EXPECT_EQ(r->body.size(), kBig);
-    EXPECT_TRUE(r->body == pattern(kBig));
+    EXPECT_TRUE(r->body == byte_pattern(kBig));
   }
   const int64_t after = rss_kib(server_->pid());
   // 64 MiB went through three times; buffering any of it whole would show here (the margin
@@ -306,12 +264,12 @@ TEST_F(ProxyTest, AClientThatStopsReadingStopsTheUpstreamRead) {
   auto r = client.read_response(Millis(60000));
   ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
   EXPECT_EQ(r->body.size(), kBig);
-  EXPECT_TRUE(r->body == pattern(kBig));
+  EXPECT_TRUE(r->body == byte_pattern(kBig));
   // And the connection (and its upstream connection) carry on normally.
   ASSERT_TRUE(client.send(http_request("GET", "/bytes/7", {key_header()})));
   auto next = client.read_response();
   ASSERT_TRUE(next.has_value());
-  EXPECT_EQ(next->body, pattern(7));
+  EXPECT_EQ(next->body, byte_pattern(7));
 }
 
 TEST_F(ProxyTest, ChunkedUpstreamResponsesToHttp10ClientsEndWithClose) {
@@ -324,7 +282,7 @@ TEST_F(ProxyTest, ChunkedUpstreamResponsesToHttp10ClientsEndWithClose) {
   const size_t split = raw.find("\r\n\r\n");
   ASSERT_NE(split, std::string::npos);
   EXPECT_EQ(raw.substr(0, split).find("chunked"), std::string::npos) << raw.substr(0, split);
-  EXPECT_EQ(raw.substr(split + 4), pattern(40000));
+  EXPECT_EQ(raw.substr(split + 4), byte_pattern(40000));
 }
 
 TEST_F(ProxyTest, FailureStatuses) {
@@ -434,8 +392,8 @@ TEST_F(ProxyTest, BodyLimitsAndHeadTimeRejections) {
   RawClient chunked;
   ASSERT_TRUE(chunked.connect(server_->data_port()));
   ASSERT_TRUE(chunked.send("POST /orders/2 HTTP/1.1\r\nHost: it\r\n" + key_header() +
-                           "\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + pattern(1000) +
-                           "\r\n10\r\n" + pattern(16) + "\r\n0\r\n\r\n"));
+                           "\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + byte_pattern(1000) +
+                           "\r\n10\r\n" + byte_pattern(16) + "\r\n0\r\n\r\n"));
   auto c = chunked.read_response();
   ASSERT_TRUE(c.has_value());
   EXPECT_EQ(c->status, 413) << c->raw;
@@ -473,7 +431,7 @@ TEST_F(ProxyTest, ClientGoingAwayMidBodyLeavesTheServerHealthy) {
     RawClient client;
     ASSERT_TRUE(client.connect(server_->data_port()));
     ASSERT_TRUE(client.send("POST /orders/gone HTTP/1.1\r\nHost: it\r\n" + key_header() +
-                            "\r\nContent-Length: 10000000\r\n\r\n" + pattern(300000)));
+                            "\r\nContent-Length: 10000000\r\n\r\n" + byte_pattern(300000)));
     client.close();
   }
   // Mid-response too: a large download abandoned after its first bytes.
@@ -500,7 +458,7 @@ TEST_F(ProxyTest, KeyInJsonBodyIsForwardedFromMemory) {
   ASSERT_EQ(r->status, 200) << r->raw;
   // Body keys are forwarded as sent (documented): the upstream sees the body unchanged.
   EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(body.size()));
-  EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key(body)));
+  EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
 }
 
 }  // namespace

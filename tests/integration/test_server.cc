@@ -21,6 +21,8 @@
 #include <random>
 #include <thread>
 
+#include "core/api_key.h"
+
 namespace keygate::integration {
 namespace {
 
@@ -701,6 +703,47 @@ ServerOptions admin_server_options(const std::string& admin_key) {
   options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_key}};
   options.capture_stderr = true;
   return options;
+}
+
+int64_t number_member(std::string_view json, std::string_view name) {
+  const std::string needle = "\"" + std::string(name) + "\":";
+  const size_t at = json.find(needle);
+  if (at == std::string_view::npos) return -1;
+  int64_t v = -1;
+  std::from_chars(json.data() + at + needle.size(), json.data() + json.size(), v);
+  return v;
+}
+
+std::string byte_pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
+  return s;
+}
+
+std::string hex_sha256(std::string_view data) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : digest_key(data)) {
+    out += kDigits[b >> 4];
+    out += kDigits[b & 15];
+  }
+  return out;
+}
+
+std::optional<std::string> dechunk(std::string_view in) {
+  std::string out;
+  for (;;) {
+    const size_t eol = in.find("\r\n");
+    if (eol == std::string_view::npos) return std::nullopt;
+    size_t n = 0;
+    auto [p, ec] = std::from_chars(in.data(), in.data() + eol, n, 16);
+    if (ec != std::errc() || p != in.data() + eol) return std::nullopt;
+    in.remove_prefix(eol + 2);
+    if (n == 0) return in == "\r\n" ? std::optional<std::string>(out) : std::nullopt;
+    if (in.size() < n + 2 || in.substr(n, 2) != "\r\n") return std::nullopt;
+    out.append(in.substr(0, n));
+    in.remove_prefix(n + 2);
+  }
 }
 
 std::string random_hex(size_t chars) {

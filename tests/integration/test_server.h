@@ -269,4 +269,17 @@ std::string string_member(std::string_view json, std::string_view name);
 // How often `needle` occurs in `haystack`, without overlaps.
 size_t count_of(std::string_view haystack, std::string_view needle);
 
+// The integer after the first `"name":` in `json`; -1 when absent or not a number.
+int64_t number_member(std::string_view json, std::string_view name);
+
+// n bytes of keygate-upstream's /bytes pattern: byte i is 'a' + i % 26.
+std::string byte_pattern(size_t n);
+
+// Lowercase hex SHA-256 of `data` (keygate-upstream's "body_sha256").
+std::string hex_sha256(std::string_view data);
+
+// A chunked body de-chunked (no extensions, no trailers); nullopt when it does not frame as
+// chunks ending with the last-chunk and the final CRLF.
+std::optional<std::string> dechunk(std::string_view body);
+
 }  // namespace keygate::integration

@@ -23,34 +23,6 @@ namespace {
 
 const char* upstream_binary() { return KEYGATE_UPSTREAM_BINARY; }
 
-// The /bytes pattern: byte i is 'a' + i % 26.
-std::string pattern(size_t n) {
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
-  return s;
-}
-
-std::string hex(const KeyDigest& d) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (uint8_t b : d) {
-    out += kDigits[b >> 4];
-    out += kDigits[b & 15];
-  }
-  return out;
-}
-
-// The number after `"name":` in `json` (the default response's counters), or -1.
-int64_t number_member(std::string_view json, std::string_view name) {
-  const std::string needle = "\"" + std::string(name) + "\":";
-  const size_t at = json.find(needle);
-  if (at == std::string_view::npos) return -1;
-  int64_t v = -1;
-  const char* begin = json.data() + at + needle.size();
-  std::from_chars(begin, json.data() + json.size(), v);
-  return v;
-}
-
 // A whole response read to the close of the connection, split at the head; a chunked body is
 // de-chunked (chunk extensions and trailers are not used by keygate-upstream). nullopt when
 // the bytes do not frame as that.
@@ -63,24 +35,9 @@ std::optional<RawResponse> split_and_dechunk(const std::string& raw) {
   if (head_end == std::string::npos) return std::nullopt;
   RawResponse r{raw.substr(0, head_end + 2), raw.substr(head_end + 4)};
   if (r.head.find("Transfer-Encoding: chunked") == std::string::npos) return r;
-  std::string_view in = r.body;
-  std::string out;
-  for (;;) {
-    const size_t eol = in.find("\r\n");
-    if (eol == std::string_view::npos) return std::nullopt;
-    size_t n = 0;
-    const auto [end, ec] = std::from_chars(in.data(), in.data() + eol, n, 16);
-    if (ec != std::errc() || end != in.data() + eol || in.size() < eol + 2 + n + 2) {
-      return std::nullopt;
-    }
-    in.remove_prefix(eol + 2);
-    out.append(in.substr(0, n));
-    if (in.substr(n, 2) != "\r\n") return std::nullopt;
-    in.remove_prefix(n + 2);
-    if (n == 0) break;
-  }
-  if (!in.empty()) return std::nullopt;
-  r.body = std::move(out);
+  std::optional<std::string> body = dechunk(r.body);
+  if (!body) return std::nullopt;
+  r.body = std::move(*body);
   return r;
 }
 
@@ -142,7 +99,7 @@ TEST_F(UpstreamTool, DefaultResponseDescribesTheRequestAndCountsKeptAliveRequest
   EXPECT_NE(j.find("\"target\":\"/orders/7?x=1\""), std::string::npos) << j;
   EXPECT_NE(j.find("[\"X-Keygate-Key-Id\",\"k1\"]"), std::string::npos) << j;
   EXPECT_EQ(number_member(j, "body_bytes"), static_cast<int64_t>(body.size()));
-  EXPECT_EQ(string_member(j, "body_sha256"), hex(digest_key(body)));
+  EXPECT_EQ(string_member(j, "body_sha256"), hex_sha256(body));
   EXPECT_EQ(number_member(j, "request"), 1);
   EXPECT_EQ(number_member(rs[1].body, "request"), 2);
   EXPECT_EQ(number_member(rs[1].body, "body_bytes"), 0);
@@ -164,7 +121,7 @@ TEST_F(UpstreamTool, ChunkedRequestBodyIsCountedAndHashed) {
   const std::optional<Response> r = c.read_response();
   ASSERT_TRUE(r) << show(r);
   EXPECT_EQ(number_member(r->body, "body_bytes"), 11);
-  EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key("hello world")));
+  EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256("hello world"));
 }
 
 TEST_F(UpstreamTool, LargeBodyIsStreamHashed) {
@@ -174,7 +131,7 @@ TEST_F(UpstreamTool, LargeBodyIsStreamHashed) {
   const std::optional<Response> r = c.read_response(Millis(30000));
   ASSERT_TRUE(r) << show(r);
   EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(body.size()));
-  EXPECT_EQ(string_member(r->body, "body_sha256"), hex(digest_key(body)));
+  EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
 }
 
 TEST_F(UpstreamTool, BytesAndFixedServeThePatternWithContentLengthOrChunked) {
@@ -183,16 +140,16 @@ TEST_F(UpstreamTool, BytesAndFixedServeThePatternWithContentLengthOrChunked) {
   const std::vector<Response> rs = c.read_responses(2);
   ASSERT_EQ(rs.size(), 2u);
   EXPECT_EQ(rs[0].header("Content-Length"), "100000");
-  EXPECT_TRUE(rs[0].body == pattern(100000));
+  EXPECT_TRUE(rs[0].body == byte_pattern(100000));
   EXPECT_EQ(rs[1].header("Content-Length"), "1024");
-  EXPECT_TRUE(rs[1].body == pattern(1024));
+  EXPECT_TRUE(rs[1].body == byte_pattern(1024));
 
   const std::optional<RawResponse> chunked =
       fetch_to_close(http_request("GET", "/bytes/40000?chunked=1", {"Connection: close"}));
   ASSERT_TRUE(chunked);
   EXPECT_NE(chunked->head.find("Transfer-Encoding: chunked"), std::string::npos);
   EXPECT_EQ(chunked->head.find("Content-Length"), std::string::npos);
-  EXPECT_TRUE(chunked->body == pattern(40000)) << chunked->body.size();
+  EXPECT_TRUE(chunked->body == byte_pattern(40000)) << chunked->body.size();
 }
 
 TEST_F(UpstreamTool, LargeResponseIsStreamedToASlowReader) {
@@ -204,7 +161,7 @@ TEST_F(UpstreamTool, LargeResponseIsStreamedToASlowReader) {
   const std::optional<Response> r = c.read_response(Millis(30000));
   ASSERT_TRUE(r) << "no response: " << to_string(c.last_end());
   ASSERT_EQ(r->body.size(), kBytes);
-  EXPECT_TRUE(r->body == pattern(kBytes));
+  EXPECT_TRUE(r->body == byte_pattern(kBytes));
 }
 
 TEST_F(UpstreamTool, EchoStreamsTheRequestBodyBack) {
@@ -304,7 +261,7 @@ TEST_F(UpstreamTool, MalformedResponsesAreSentAsAskedThenClosed) {
   EXPECT_NE(bad_chunk.find("\r\n\r\nzz\r\n"), std::string::npos) << bad_chunk;
   const std::string short_body = raw("/headers-then-close");
   EXPECT_NE(short_body.find("Content-Length: 100\r\n"), std::string::npos) << short_body;
-  EXPECT_TRUE(short_body.ends_with("\r\n\r\n" + pattern(10))) << short_body;
+  EXPECT_TRUE(short_body.ends_with("\r\n\r\n" + byte_pattern(10))) << short_body;
 }
 
 TEST_F(UpstreamTool, MalformedRequestGetsBadRequestAndClose) {
@@ -330,7 +287,7 @@ TEST_F(UpstreamTool, SeveralThreadsShareThePortAndStopOnSigint) {
   for (RawClient& c : clients) {
     const std::optional<Response> r = c.read_response();
     ASSERT_TRUE(r) << show(r);
-    EXPECT_EQ(r->body, pattern(64));
+    EXPECT_EQ(r->body, byte_pattern(64));
   }
   const ExitStatus status = upstream_->stop(SIGINT);
   EXPECT_TRUE(status.clean()) << status.describe();
