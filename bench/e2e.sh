@@ -137,10 +137,6 @@ bench_make_tmp keygate-e2e "logs and raw wrk output" keygate:keygate_pid nginx:n
 
 # --- helpers ------------------------------------------------------------------------------------
 
-healthz_status() {  # port
-  http_status "$1" printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'
-}
-
 # Writes one request to AUTH_PATH carrying key as carrier says (header, query, form, json).
 auth_request() {  # carrier key
   local carrier="$1" key="$2" type body
@@ -172,20 +168,6 @@ expect_status() {  # server status-regex what carrier key
 }
 
 auth_key() { printf '%s%08d' "$AUTH_KEY_PREFIX" "$1"; }  # index
-
-wait_until_ready() {  # name pid port [stdout-file ready-regex]
-  local name="$1" pid="$2" port="$3" out="${4:-}" ready="${5:-}" i status
-  for ((i = 0; i < STARTUP_TIMEOUT_S * 20; ++i)); do
-    kill -0 "$pid" 2>/dev/null || die "$name exited during start-up; see $tmp/$name.*"
-    if [[ -z "$out" ]] || grep -Eq "$ready" "$out"; then
-      status="$(healthz_status "$port")"
-      if [[ "$status" =~ ^HTTP/1\.[01]\ 200 ]]; then return 0; fi
-      [[ -n "$status" ]] && die "$name answered GET /healthz with '$status', expected 200"
-    fi
-    sleep 0.05
-  done
-  die "$name not ready on port $port after ${STARTUP_TIMEOUT_S}s; see $tmp/$name.*"
-}
 
 # wrk reports through lib.sh's hook: exact totals and the latency percentile in microseconds.
 write_report_lua "$tmp/report.lua"
@@ -267,8 +249,8 @@ taskset -c "$SERVER_CPU" "${keygate_cmd[@]}" >"$tmp/keygate.out" 2>"$tmp/keygate
 keygate_pid=$!
 taskset -c "$SERVER_CPU" "${nginx_cmd[@]}" >"$tmp/nginx.out" 2>"$tmp/nginx.err" &
 nginx_pid=$!
-wait_until_ready keygate "$keygate_pid" "$KEYGATE_PORT" "$tmp/keygate.out" '^keygate: listening '
-wait_until_ready nginx "$nginx_pid" "$NGINX_PORT"
+bench_wait_healthz keygate "$keygate_pid" "$KEYGATE_PORT" "$tmp/keygate.out" '^keygate: listening '
+bench_wait_healthz nginx "$nginx_pid" "$NGINX_PORT"
 log "keygate pid $keygate_pid, nginx pid $nginx_pid, both on CPU $SERVER_CPU"
 
 declare -A port_of=([keygate]="$KEYGATE_PORT" [nginx]="$NGINX_PORT")

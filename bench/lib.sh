@@ -215,6 +215,7 @@ bench_wait_healthz() {  # name pid port [out-file ready-regex]
       status="$(http_status "$port" printf \
         'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')"
       [[ "$status" =~ ^HTTP/1\.[01]\ 200 ]] && return 0
+      [[ -n "$status" ]] && die "$name answered GET /healthz with '$status', expected 200"
     fi
     sleep 0.05
   done
