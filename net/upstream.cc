@@ -199,7 +199,9 @@ bool Worker::Impl::init_upstreams(std::string* error) {
   groups.resize(apis.size());
   for (size_t a = 0; a < apis.size(); ++a) {
     UpstreamGroup& g = groups[a];
-    g.connect_timeout_ms = apis[a].connect_timeout_ms;
+    const uint32_t ms = apis[a].connect_timeout_ms;
+    g.connect_timeout.tv_sec = ms / 1000;
+    g.connect_timeout.tv_nsec = static_cast<long long>(ms % 1000) * 1'000'000;
     g.response_timeout_ms = apis[a].response_timeout_ms;
     for (const std::string& text : apis[a].upstreams) {
       ListenAddress parsed;
@@ -394,15 +396,11 @@ bool Worker::Impl::connect_next(UpConn* up) {
     sqe->flags |= IOSQE_IO_LINK;
     ++up->ops;
     // The linked timeout cancels the connect when it fires; its own completion only counts.
-    static thread_local __kernel_timespec ts;
-    ts.tv_sec = g.connect_timeout_ms / 1000;
-    ts.tv_nsec = static_cast<long long>(g.connect_timeout_ms % 1000) * 1'000'000;
+    // Its timespec lives in the group, which outlives every submission.
     sqe = get_sqe();
-    io_uring_prep_link_timeout(sqe, &ts, 0);
+    io_uring_prep_link_timeout(sqe, &g.connect_timeout, 0);
     io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnectTimeout, up->slot, up->gen));
     ++up->ops;
-    // The timespec is read at submission: submit now, before another connect reuses it.
-    io_uring_submit(&ring);
     up->deadline_ms = 0;
     return true;
   }

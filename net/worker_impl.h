@@ -175,7 +175,7 @@ struct UpstreamServer {
 struct UpstreamGroup {
   std::vector<uint32_t> servers;  // indexes into Worker::Impl::servers
   uint32_t next = 0;              // round robin
-  uint32_t connect_timeout_ms = 0;
+  __kernel_timespec connect_timeout{};  // the linked timeout of every connect
   uint32_t response_timeout_ms = 0;
 };
 
