@@ -277,9 +277,16 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
       }
       config.log_enabled = **enabled->as_boolean();
     }
+    if (const toml::node* direct_io = log->get("direct_io")) {
+      if (!direct_io->is_boolean()) {
+        *error = where(direct_io->source(), source) + ": log.direct_io: expected true or false";
+        return false;
+      }
+      config.log_direct_io = **direct_io->as_boolean();
+    }
     if (!check_known_keys(*log,
                           {"enabled", "ring_bytes_per_worker", "segment_bytes_max",
-                           "retention_bytes", "capture_bytes_max", "flush_interval_ms"},
+                           "retention_bytes", "capture_bytes_max", "flush_interval_ms", "direct_io"},
                           source, "log", error) ||
         !read_uint(*log, "ring_bytes_per_worker", source, "log", 64 * 1024, uint64_t{1} << 30,
                    &config.log_ring_bytes_per_worker, error) ||

@@ -13,8 +13,10 @@
 #include <charconv>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <utility>
 
@@ -188,6 +190,70 @@ int64_t now_us() {
       .count();
 }
 
+// O_DIRECT transfers start and end on this boundary (file offset, length and memory address);
+// 4096 satisfies every logical block size in use (512 and 4096).
+constexpr size_t kDirectAlign = 4096;
+
+// The writer's line buffer: a growable byte buffer whose storage starts on a kDirectAlign
+// boundary, so that its blocks can be handed to O_DIRECT writes as they are.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(data_); }
+
+  char* data() noexcept { return data_; }
+  size_t size() const noexcept { return size_; }
+  std::string_view view() const noexcept { return {data_, size_}; }
+  char& operator[](size_t i) noexcept { return data_[i]; }
+
+  void reserve(size_t bytes) {
+    if (bytes <= capacity_) return;
+    const size_t rounded = (bytes + kDirectAlign - 1) & ~(kDirectAlign - 1);
+    char* const grown = static_cast<char*>(std::aligned_alloc(kDirectAlign, rounded));
+    if (grown == nullptr) throw std::bad_alloc();
+    if (size_ > 0) std::memcpy(grown, data_, size_);
+    std::free(data_);
+    data_ = grown;
+    capacity_ = rounded;
+  }
+  void append(std::string_view bytes) {
+    if (size_ + bytes.size() > capacity_) reserve(std::max(size_ + bytes.size(), capacity_ * 2));
+    if (!bytes.empty()) std::memcpy(data_ + size_, bytes.data(), bytes.size());
+    size_ += bytes.size();
+  }
+  void push_back(char c) { append(std::string_view(&c, 1)); }
+  // Drops the first `bytes` (moving the rest to the aligned start).
+  void erase_front(size_t bytes) noexcept {
+    std::memmove(data_, data_ + bytes, size_ - bytes);
+    size_ -= bytes;
+  }
+
+ private:
+  char* data_ = nullptr;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
+
+// pwrite() until `bytes` are written or an error (not EINTR); the bytes written in *done.
+bool pwrite_full(int fd, const char* data, size_t bytes, uint64_t offset, size_t* done) {
+  *done = 0;
+  while (*done < bytes) {
+    const ssize_t n = ::pwrite(fd, data + *done, bytes - *done, static_cast<off_t>(offset + *done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (n == 0) {
+      errno = EIO;
+      return false;
+    }
+    *done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 }  // namespace
 
 struct AccessLog::Impl {
@@ -206,15 +272,23 @@ struct AccessLog::Impl {
   int dir_fd = -1;  // locked with flock for our lifetime
 
   // Writer thread only (and open() before it starts).
-  int active_fd = -1;
-  Segment active;
+  int active_fd = -1;  // the active segment (buffered writes, syncs)
+  // The same file opened with O_DIRECT, or -1 (direct writes are off or unavailable).
+  int direct_fd = -1;
+  bool direct = false;  // options.direct_io, until the filesystem refuses O_DIRECT
+  Segment active;       // bytes = the segment's size on disk
   uint64_t writeback_from = 0;  // of the active segment; writeback was started before it
   std::vector<Segment> closed;  // oldest first
   uint64_t next_seq = 1;
-  std::string buffer;  // drained lines not yet (fully) written
+  // Lines drained and not yet written, after (in direct mode) the already written start of
+  // the active segment's last, partial block: buffer[0] is at a block boundary of the file,
+  // so the next direct write can rewrite that block whole. See write_region().
+  AlignedBuffer buffer;
   std::vector<Cut> cuts;
   size_t next_cut = 0;
-  size_t write_pos = 0;
+  size_t write_pos = 0;   // buffer[write_pos, size) is not on disk yet
+  size_t segment_at = 0;  // where the active segment's bytes start in the buffer
+  bool write_failed = false;  // the last write_buffer() failed; retried before draining more
   uint64_t buffer_records = 0;
   uint64_t buffer_markers = 0;
   bool planned_segment = false;  // a segment exists or is planned for the next line
@@ -232,6 +306,7 @@ struct AccessLog::Impl {
   std::atomic<uint64_t> lost{0};
   std::atomic<uint64_t> markers_written{0};
   std::atomic<uint64_t> write_errors{0};
+  std::atomic<uint64_t> direct_bytes{0};
   std::atomic<uint64_t> next_seq_public{1};
   std::atomic<int64_t> delay_ms{0};
   uint64_t torn_bytes_cut = 0;  // set by open()
@@ -270,6 +345,7 @@ struct AccessLog::Impl {
       ::close(sync_jobs[(sync_head + i) % kSyncQueueMax].fd);
     }
     if (active_fd >= 0) ::close(active_fd);
+    if (direct_fd >= 0) ::close(direct_fd);
     if (dir_fd >= 0) ::close(dir_fd);
   }
 
@@ -282,12 +358,15 @@ struct AccessLog::Impl {
   void sync_dir();
   void start_writeback();
   void finish_active();
-  bool pass(bool stopping_now);
-  void gather();
+  bool pass(bool stopping_now, bool write_tail, bool* busy);
+  bool gather();
   void plan_line(size_t line_bytes, uint64_t seq);
   void emit_record(std::string_view a, std::string_view b);
   void emit_marker(unsigned worker, uint64_t count);
-  bool write_buffer();
+  bool write_buffer(bool write_tail);
+  bool write_region(size_t end, bool write_tail);
+  void open_direct(const char* name);
+  void disable_direct();
   bool switch_segment(uint64_t first_seq);
   void close_active();
 };
@@ -308,7 +387,7 @@ bool AccessLog::Impl::recover(std::string* error) {
     return true;
   }
   const SegmentName& newest = segments.back();
-  const int fd = ::openat(dir_fd, newest.name.c_str(), O_RDWR | O_APPEND | O_CLOEXEC);
+  const int fd = ::openat(dir_fd, newest.name.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     *error = errno_text("cannot open", newest.name, errno);
     return false;
@@ -349,6 +428,7 @@ bool AccessLog::Impl::recover(std::string* error) {
     torn_bytes_cut = size - valid_end;
   }
   active = {newest.first_seq, valid_end};
+  open_direct(newest.name.c_str());
   writeback_from = valid_end & ~(kPageBytes - 1);
   planned_segment = true;
   planned_bytes = valid_end;
@@ -391,16 +471,24 @@ void AccessLog::Impl::delete_segments_before(uint64_t seq) {
 }
 
 void AccessLog::Impl::run() {
+  const std::chrono::milliseconds interval(options.flush_interval_ms);
+  // After a pass that found a ring more than a quarter full, the next comes this much sooner,
+  // so that a burst does not fill the rings (and drop records) between two passes.
+  const std::chrono::milliseconds busy_interval =
+      std::max(std::chrono::milliseconds(1), interval / 8);
+  std::chrono::milliseconds wait = interval;
   std::unique_lock lock(mutex);
   for (;;) {
-    wake.wait_for(lock, std::chrono::milliseconds(options.flush_interval_ms),
-                  [&] { return stopping || flush_requested != flush_done; });
+    wake.wait_for(lock, wait, [&] { return stopping || flush_requested != flush_done; });
     const bool stopping_now = stopping;
     const uint64_t flush_target = flush_requested;
+    const bool flushing = flush_target != flush_done;
     lock.unlock();
     const int64_t delay = delay_ms.load(std::memory_order_relaxed);
     if (delay > 0 && !stopping_now) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
-    const bool ok = pass(stopping_now);
+    bool busy = false;
+    const bool ok = pass(stopping_now, stopping_now || flushing, &busy);
+    wait = busy ? busy_interval : interval;
     lock.lock();
     last_write_ok = ok;
     flush_done = flush_target;
@@ -410,11 +498,14 @@ void AccessLog::Impl::run() {
 }
 
 // One drain-and-write pass. While an earlier buffer could not be written, nothing more is
-// drained (the rings fill and drop, which is counted) except at shutdown.
-bool AccessLog::Impl::pass(bool stopping_now) {
-  if (write_pos < buffer.size() && !write_buffer() && !stopping_now) return false;
-  gather();
-  bool ok = write_buffer();
+// drained (the rings fill and drop, which is counted) except at shutdown. `write_tail`: also
+// write the partial last block that direct mode would hold for the next pass (flush(),
+// shutdown). *busy: a ring was more than a quarter full.
+bool AccessLog::Impl::pass(bool stopping_now, bool write_tail, bool* busy) {
+  *busy = false;
+  if (write_failed && !write_buffer(write_tail) && !stopping_now) return false;
+  *busy = gather();
+  bool ok = write_buffer(write_tail);
   if (stopping_now) {
     if (!ok) {
       std::fprintf(stderr, "keygate: access log: %llu records could not be written at shutdown\n",
@@ -426,15 +517,24 @@ bool AccessLog::Impl::pass(bool stopping_now) {
   return ok;
 }
 
-void AccessLog::Impl::gather() {
-  if (write_pos == buffer.size()) {
-    buffer.clear();
+bool AccessLog::Impl::gather() {
+  if (!write_failed) {
+    // Everything up to write_pos is written and every cut is behind it. In direct mode the
+    // written start of the segment's last partial block stays, so that buffer[0] is at a
+    // block boundary of the file again (see write_region()).
+    size_t keep_from = write_pos;
+    const size_t in_block = active.bytes % kDirectAlign;
+    if (direct_fd >= 0 && in_block <= write_pos - segment_at) keep_from = write_pos - in_block;
+    buffer.erase_front(keep_from);
+    write_pos -= keep_from;
+    segment_at = 0;
     cuts.clear();
     next_cut = 0;
-    write_pos = 0;
   }
+  bool busy = false;
   for (size_t w = 0; w < rings->size(); ++w) {
     LogRing& ring = *(*rings)[w];
+    const size_t before = buffer.size();
     // Producers keep appending meanwhile; at shutdown they have stopped, and one drain per
     // ring takes everything. Otherwise one drain bounds the pass by the ring's capacity.
     ring.drain([&](std::string_view a, std::string_view b, uint32_t drops_before) {
@@ -443,8 +543,10 @@ void AccessLog::Impl::gather() {
     });
     const uint64_t trailing = ring.take_pending_drops();
     if (trailing > 0) emit_marker(static_cast<unsigned>(w), trailing);
+    if (buffer.size() - before > ring.capacity() / 4) busy = true;
   }
   next_seq_public.store(next_seq, std::memory_order_relaxed);
+  return busy;
 }
 
 void AccessLog::Impl::plan_line(size_t line_bytes, uint64_t seq) {
@@ -485,7 +587,8 @@ void AccessLog::Impl::emit_record(std::string_view a, std::string_view b) {
   buffer.append(b);
   // A raw newline can only be whitespace between tokens (strings must escape it); as a space
   // it keeps both the JSON and the one-record-per-line framing.
-  for (size_t p = buffer.find('\n', body); p != std::string::npos; p = buffer.find('\n', p + 1)) {
+  for (size_t p = buffer.view().find('\n', body); p != std::string_view::npos;
+       p = buffer.view().find('\n', p + 1)) {
     buffer[p] = ' ';
   }
   buffer.push_back('\n');
@@ -507,28 +610,34 @@ void AccessLog::Impl::emit_marker(unsigned worker, uint64_t count) {
                     static_cast<unsigned long long>(to), static_cast<long long>(now_us()));
   KEYGATE_ASSERT(n > 0 && static_cast<size_t>(n) < sizeof(line));
   plan_line(static_cast<size_t>(n), seq);
-  buffer.append(line, static_cast<size_t>(n));
+  buffer.append(std::string_view(line, static_cast<size_t>(n)));
   ++buffer_markers;
 }
 
-bool AccessLog::Impl::write_buffer() {
-  while (write_pos < buffer.size()) {
+// Writes the buffer's lines, switching segments at the cuts. Records are counted written
+// when their lines are on disk or (direct mode) in the partial last block held for the next
+// pass, which writes it at the latest one flush interval later.
+bool AccessLog::Impl::write_buffer(bool write_tail) {
+  for (;;) {
     if (next_cut < cuts.size() && cuts[next_cut].offset == write_pos) {
-      if (!switch_segment(cuts[next_cut].first_seq)) return false;
+      if (!switch_segment(cuts[next_cut].first_seq)) {
+        write_failed = true;
+        return false;
+      }
+      segment_at = write_pos;
       ++next_cut;
       continue;
     }
-    const size_t end = next_cut < cuts.size() ? cuts[next_cut].offset : buffer.size();
-    const ssize_t n = ::write(active_fd, buffer.data() + write_pos, end - write_pos);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      write_errors.fetch_add(1, std::memory_order_relaxed);
+    if (write_pos == buffer.size()) break;
+    const bool before_cut = next_cut < cuts.size();
+    const size_t end = before_cut ? cuts[next_cut].offset : buffer.size();
+    if (!write_region(end, write_tail || before_cut)) {
+      write_failed = true;
       return false;
     }
-    write_pos += static_cast<size_t>(n);
-    active.bytes += static_cast<uint64_t>(n);
-    start_writeback();
+    if (write_pos < end) break;  // the partial last block is held
   }
+  write_failed = false;
   if (buffer_records > 0 || buffer_markers > 0) {
     written.fetch_add(buffer_records, std::memory_order_release);
     markers_written.fetch_add(buffer_markers, std::memory_order_relaxed);
@@ -536,6 +645,65 @@ bool AccessLog::Impl::write_buffer() {
     buffer_markers = 0;
   }
   return true;
+}
+
+// Appends buffer[write_pos, end) to the active segment. Direct mode writes the whole blocks
+// with one O_DIRECT write, starting at the block that holds the segment's current end (its
+// written start is kept at the front of the buffer for this), so the kernel copies nothing
+// into the page cache; that copy is most of a buffered write's CPU cost. The rest, less than a
+// block, is written through the page cache when `write_tail` or when there was no whole
+// block (light traffic); otherwise it is held for the next pass, so that under load a direct
+// write never first has to write back a cached page of the same block.
+bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
+  const size_t in_block = active.bytes % kDirectAlign;
+  if (direct_fd >= 0 && in_block <= write_pos - segment_at) {
+    const size_t from = write_pos - in_block;  // at a block boundary of the file
+    const size_t whole = (end - from) & ~(kDirectAlign - 1);
+    if (whole > 0 && reinterpret_cast<uintptr_t>(buffer.data() + from) % kDirectAlign == 0) {
+      const uint64_t offset = active.bytes - in_block;
+      size_t done = 0;
+      const bool ok = pwrite_full(direct_fd, buffer.data() + from, whole, offset, &done);
+      direct_bytes.fetch_add(done, std::memory_order_relaxed);
+      if (offset + done > active.bytes) {
+        write_pos += static_cast<size_t>(offset + done - active.bytes);
+        active.bytes = offset + done;
+      }
+      if (!ok && errno == EINVAL) {
+        disable_direct();  // this filesystem refuses these writes: the page cache from now on
+      } else if (!ok) {
+        write_errors.fetch_add(1, std::memory_order_relaxed);
+        return false;
+      } else if (!write_tail || write_pos == end) {
+        return true;
+      }
+    }
+  }
+  size_t done = 0;
+  const bool ok =
+      pwrite_full(active_fd, buffer.data() + write_pos, end - write_pos, active.bytes, &done);
+  write_pos += done;
+  active.bytes += done;
+  if (direct_fd < 0) start_writeback();
+  if (!ok) write_errors.fetch_add(1, std::memory_order_relaxed);
+  return ok;
+}
+
+void AccessLog::Impl::open_direct(const char* name) {
+  if (!direct) return;
+  direct_fd = ::openat(dir_fd, name, O_WRONLY | O_DIRECT | O_CLOEXEC);
+  if (direct_fd < 0 && errno == EINVAL) disable_direct();
+}
+
+void AccessLog::Impl::disable_direct() {
+  if (direct) {
+    std::fprintf(stderr,
+                 "keygate: access log: %s does not take O_DIRECT writes; writing through the "
+                 "page cache\n",
+                 options.dir.c_str());
+  }
+  direct = false;
+  if (direct_fd >= 0) ::close(direct_fd);
+  direct_fd = -1;
 }
 
 // Spreads the segment's writeback over its lifetime, so that the fdatasync at its end has
@@ -554,6 +722,8 @@ void AccessLog::Impl::start_writeback() {
 
 // At shutdown only: the writer syncs the active segment itself.
 void AccessLog::Impl::close_active() {
+  if (direct_fd >= 0) ::close(direct_fd);
+  direct_fd = -1;
   if (active_fd < 0) return;
   // fsync errors are not retried: after a failed fdatasync Linux may have dropped the dirty
   // pages, so a retry would report success for data that is gone. Counted instead.
@@ -566,6 +736,8 @@ void AccessLog::Impl::close_active() {
 
 // Hands the active segment to the sync thread without waiting for it.
 void AccessLog::Impl::finish_active() {
+  if (direct_fd >= 0) ::close(direct_fd);
+  direct_fd = -1;
   const SyncJob job{active_fd, active.first_seq};
   // Before the job is published, so that segments_synced never passes it.
   segments_finished.fetch_add(1, std::memory_order_relaxed);
@@ -598,12 +770,13 @@ bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
   if (active_fd >= 0) finish_active();
   const std::string name = segment_name(first_seq);
   const int fd =
-      ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644);
+      ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
     write_errors.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
   active_fd = fd;
+  open_direct(name.c_str());
   active = {first_seq, 0};
   writeback_from = 0;
   // No directory fsync here: the new name is durable at the latest by the one that follows
@@ -712,6 +885,7 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
   if (!make_directories(options.dir, error)) return nullptr;
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  impl->direct = options.direct_io;
   impl->dir_fd = ::open(options.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (impl->dir_fd < 0) {
     *error = errno_text("cannot open", options.dir, errno);
@@ -768,6 +942,7 @@ AccessLogStats AccessLog::stats() const {
   s.write_errors = impl_->write_errors.load(std::memory_order_relaxed);
   s.next_seq = impl_->next_seq_public.load(std::memory_order_relaxed);
   s.torn_bytes_cut = impl_->torn_bytes_cut;
+  s.direct_bytes = impl_->direct_bytes.load(std::memory_order_relaxed);
   // Synced first, so that a snapshot never shows more synced than finished.
   s.segments_synced = impl_->segments_synced.load(std::memory_order_acquire);
   s.sync_queue_full = impl_->sync_queue_full.load(std::memory_order_acquire);
