@@ -2,12 +2,13 @@
 // writing segments to a temp dir ($TMPDIR or /tmp).
 //
 // One producer appends a 600-byte record (a typical access record: key id, route, peer,
-// status, timings, a few headers). BM_Append_600B measures the accepted path: every 4096
-// appends (well inside the 4 MiB ring) the timer pauses while flush() empties the ring, so no
-// append is dropped (the "dropped" counter shows it) and the writer's periodic drains still
-// run concurrently with the timed appends. The baseline, BM_Memcpy_600B, copies the same
-// record into a 4 MiB buffer at advancing offsets: the floor for any design that copies the
-// record. BM_AppendUnpaced_600B appends as fast as it can for a while: the producer outruns
+// status, timings, a few headers) or a 9600-byte one (a record with a 4 KiB request and a
+// 4 KiB response captured, as in bench/e2e_log.sh). BM_Append/<size> measures the accepted
+// path: every 2 MiB of appends (half the 4 MiB ring) the timer pauses while flush() empties
+// the ring, so no append is dropped (the "dropped" counter shows it) and the writer's periodic
+// drains still run concurrently with the timed appends. The baseline, BM_Memcpy/<size>, copies
+// the same record into a 4 MiB buffer at advancing offsets: the floor for any design that
+// copies the record. BM_AppendUnpaced_600B appends as fast as it can for a while: the producer outruns
 // the disk, and the "dropped_pct" counter shows how much of the stream the drop path took.
 // After the table, main() prints the append / memcpy ratio.
 #include <benchmark/benchmark.h>
@@ -28,16 +29,15 @@ namespace {
 using keygate::storage::AccessLog;
 using keygate::storage::AccessLogOptions;
 
-constexpr size_t kRecordBytes = 600;
-constexpr uint64_t kAppendsPerFlush = 4096;
+constexpr size_t kFlushEveryBytes = 2 << 20;
 
-std::string make_record() {
+std::string make_record(size_t record_bytes) {
   std::string record =
       R"({"time_us":1700000000123456,"key_id":"k100042","api":"orders","user":"alice",)"
       R"("method":"POST","path":"/orders/v1/items","query":"page=2","status":200,)"
       R"("peer":"203.0.113.7:53122","bytes_in":512,"bytes_out":2048,"duration_us":1834,)"
       R"("upstream_us":1700,"worker":0,"headers":{"user-agent":"bench/1.0","x-request-id":")";
-  while (record.size() < kRecordBytes - 3)
+  while (record.size() < record_bytes - 3)
     record.push_back(static_cast<char>('a' + record.size() % 26));
   record += "\"}}";
   return record;
@@ -77,14 +77,15 @@ std::unique_ptr<AccessLog> open_log(const std::string& dir) {
   return log;
 }
 
-void BM_Append_600B(benchmark::State& state) {
+void BM_Append(benchmark::State& state, size_t record_bytes) {
   TempDir dir;
   auto log = open_log(dir.path());
-  const std::string record = make_record();
+  const std::string record = make_record(record_bytes);
+  const uint64_t appends_per_flush = kFlushEveryBytes / record.size();
   uint64_t since_flush = 0;
   for (auto _ : state) {
     benchmark::DoNotOptimize(log->append(0, record));
-    if (++since_flush == kAppendsPerFlush) {
+    if (++since_flush == appends_per_flush) {
       state.PauseTiming();
       log->flush();
       since_flush = 0;
@@ -95,10 +96,11 @@ void BM_Append_600B(benchmark::State& state) {
   state.counters["dropped"] = static_cast<double>(log->stats().dropped);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * record.size()));
 }
-BENCHMARK(BM_Append_600B);
+BENCHMARK_CAPTURE(BM_Append, 600B, 600);
+BENCHMARK_CAPTURE(BM_Append, 9600B, 9600);
 
-void BM_Memcpy_600B(benchmark::State& state) {
-  const std::string record = make_record();
+void BM_Memcpy(benchmark::State& state, size_t record_bytes) {
+  const std::string record = make_record(record_bytes);
   std::vector<char> ring(4 << 20);
   size_t at = 0;
   for (auto _ : state) {
@@ -110,12 +112,13 @@ void BM_Memcpy_600B(benchmark::State& state) {
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * record.size()));
 }
-BENCHMARK(BM_Memcpy_600B);
+BENCHMARK_CAPTURE(BM_Memcpy, 600B, 600);
+BENCHMARK_CAPTURE(BM_Memcpy, 9600B, 9600);
 
 void BM_AppendUnpaced_600B(benchmark::State& state) {
   TempDir dir;
   auto log = open_log(dir.path());
-  const std::string record = make_record();
+  const std::string record = make_record(600);
   for (auto _ : state) benchmark::DoNotOptimize(log->append(0, record));
   log->flush();
   const auto stats = log->stats();
@@ -128,9 +131,9 @@ BENCHMARK(BM_AppendUnpaced_600B)->MinTime(0.5);
 
 // Our own main so the ratio table can follow the usual one.
 int main(int argc, char** argv) {
-  keygate::bench::RatioReporter reporter({.title = "append() vs a bare 600-byte memcpy (CPU ns)",
-                                          .subject_prefix = "BM_Append_",
-                                          .baseline_prefix = "BM_Memcpy_",
+  keygate::bench::RatioReporter reporter({.title = "append() vs a bare memcpy of the record (CPU ns)",
+                                          .subject_prefix = "BM_Append/",
+                                          .baseline_prefix = "BM_Memcpy/",
                                           .subject_column = "append",
                                           .baseline_column = "memcpy",
                                           .shape_width = 5});

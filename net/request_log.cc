@@ -10,7 +10,8 @@
 // reason "client_closed"). For keys with log_request / log_response the request (head
 // rebuilt from the parsed fields, body) and the response are captured up to
 // capture_bytes_max each and marked truncated beyond it.
-#include <cstdio>
+#include <charconv>
+#include <cstring>
 #include <ctime>
 
 #include "net/worker_impl.h"
@@ -123,8 +124,13 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   RequestLog& l = c->rlog;
   if (!l.active) return;
   learn_peer(c);
-  char client[64];
-  std::snprintf(client, sizeof(client), "%s:%u", c->peer_ip, static_cast<unsigned>(c->peer_port));
+  // "ip:port" without snprintf (a measurable share of a small record's cost).
+  char client[sizeof(c->peer_ip) + 8];
+  const size_t ip_len = std::strlen(c->peer_ip);
+  std::memcpy(client, c->peer_ip, ip_len);
+  client[ip_len] = ':';
+  const auto [port_end, ec] =
+      std::to_chars(client + ip_len + 1, client + sizeof(client), c->peer_port);
   if (!response_text.empty()) {
     const size_t split = response_text.find("\r\n\r\n");
     const size_t head_len = split == std::string_view::npos ? response_text.size() : split + 4;
@@ -139,7 +145,7 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   r.request_id = l.id;
   r.worker = index;
   r.listener = listeners[c->listener].name;
-  r.client = client;
+  r.client = std::string_view(client, static_cast<size_t>(port_end - client));
   r.key_id = l.key_id;
   r.user = l.user;
   r.api = l.api;

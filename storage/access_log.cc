@@ -358,8 +358,8 @@ struct AccessLog::Impl {
   void sync_dir();
   void start_writeback();
   void finish_active();
-  bool pass(bool stopping_now, bool write_tail, bool* busy);
-  bool gather();
+  bool pass(bool stopping_now, bool write_tail, double* fill);
+  double gather();
   void plan_line(size_t line_bytes, uint64_t seq);
   void emit_record(std::string_view a, std::string_view b);
   void emit_marker(unsigned worker, uint64_t count);
@@ -471,12 +471,12 @@ void AccessLog::Impl::delete_segments_before(uint64_t seq) {
 }
 
 void AccessLog::Impl::run() {
-  const std::chrono::milliseconds interval(options.flush_interval_ms);
-  // After a pass that found a ring more than a quarter full, the next comes this much sooner,
-  // so that a burst does not fill the rings (and drop records) between two passes.
-  const std::chrono::milliseconds busy_interval =
-      std::max(std::chrono::milliseconds(1), interval / 8);
-  std::chrono::milliseconds wait = interval;
+  using Clock = std::chrono::steady_clock;
+  const Clock::duration interval = std::chrono::milliseconds(options.flush_interval_ms);
+  const Clock::duration interval_min =
+      std::max<Clock::duration>(std::chrono::milliseconds(1), interval / 8);
+  Clock::duration wait = interval;
+  Clock::time_point last_pass = Clock::now();
   std::unique_lock lock(mutex);
   for (;;) {
     wake.wait_for(lock, wait, [&] { return stopping || flush_requested != flush_done; });
@@ -486,9 +486,17 @@ void AccessLog::Impl::run() {
     lock.unlock();
     const int64_t delay = delay_ms.load(std::memory_order_relaxed);
     if (delay > 0 && !stopping_now) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
-    bool busy = false;
-    const bool ok = pass(stopping_now, stopping_now || flushing, &busy);
-    wait = busy ? busy_interval : interval;
+    double fill = 0;
+    const Clock::time_point start = Clock::now();
+    const bool ok = pass(stopping_now, stopping_now || flushing, &fill);
+    // The next pass comes when the fullest ring would be a quarter full at the rate it filled
+    // since the last pass (but not sooner than interval / 8, at least 1 ms, and not later
+    // than interval), so that heavy traffic does not fill the rings between two passes.
+    const Clock::duration since = start - last_pass;
+    last_pass = start;
+    wait = fill <= 0 ? interval
+                     : std::clamp(std::chrono::duration_cast<Clock::duration>(since * (0.25 / fill)),
+                                  interval_min, interval);
     lock.lock();
     last_write_ok = ok;
     flush_done = flush_target;
@@ -500,11 +508,11 @@ void AccessLog::Impl::run() {
 // One drain-and-write pass. While an earlier buffer could not be written, nothing more is
 // drained (the rings fill and drop, which is counted) except at shutdown. `write_tail`: also
 // write the partial last block that direct mode would hold for the next pass (flush(),
-// shutdown). *busy: a ring was more than a quarter full.
-bool AccessLog::Impl::pass(bool stopping_now, bool write_tail, bool* busy) {
-  *busy = false;
+// shutdown). *fill: the largest share of a ring's capacity drained (0 when none).
+bool AccessLog::Impl::pass(bool stopping_now, bool write_tail, double* fill) {
+  *fill = 0;
   if (write_failed && !write_buffer(write_tail) && !stopping_now) return false;
-  *busy = gather();
+  *fill = gather();
   bool ok = write_buffer(write_tail);
   if (stopping_now) {
     if (!ok) {
@@ -517,7 +525,7 @@ bool AccessLog::Impl::pass(bool stopping_now, bool write_tail, bool* busy) {
   return ok;
 }
 
-bool AccessLog::Impl::gather() {
+double AccessLog::Impl::gather() {
   if (!write_failed) {
     // Everything up to write_pos is written and every cut is behind it. In direct mode the
     // written start of the segment's last partial block stays, so that buffer[0] is at a
@@ -531,7 +539,7 @@ bool AccessLog::Impl::gather() {
     cuts.clear();
     next_cut = 0;
   }
-  bool busy = false;
+  double fill = 0;
   for (size_t w = 0; w < rings->size(); ++w) {
     LogRing& ring = *(*rings)[w];
     const size_t before = buffer.size();
@@ -543,10 +551,11 @@ bool AccessLog::Impl::gather() {
     });
     const uint64_t trailing = ring.take_pending_drops();
     if (trailing > 0) emit_marker(static_cast<unsigned>(w), trailing);
-    if (buffer.size() - before > ring.capacity() / 4) busy = true;
+    fill = std::max(fill, static_cast<double>(buffer.size() - before) /
+                              static_cast<double>(ring.capacity()));
   }
   next_seq_public.store(next_seq, std::memory_order_relaxed);
-  return busy;
+  return fill;
 }
 
 void AccessLog::Impl::plan_line(size_t line_bytes, uint64_t seq) {
