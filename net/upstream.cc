@@ -506,6 +506,10 @@ void Worker::Impl::on_up_send(UpConn* up, int res) {
 void Worker::Impl::arm_up_recv(UpConn* up) {
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_recv(sqe, up->fd, nullptr, kBufSize, 0);
+  // Armed before a response starts (just connected, request just sent, pooled), the socket is
+  // as good as always empty: wait for readiness first instead of a recv try that fails with
+  // EAGAIN and then arms the poll anyway. Mid-response, more bytes are likely already queued.
+  if (up->state == UpConn::State::kIdle || !up->got_bytes) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = kBufGroup;
   io_uring_sqe_set_data64(sqe, make_user_data(kOpUpRecv, up->slot, up->gen));
