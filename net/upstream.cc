@@ -193,6 +193,12 @@ int on_message_complete(llhttp_t* p) {
 
 bool is_body_method(std::string_view m) { return m == "POST" || m == "PUT" || m == "PATCH"; }
 
+// RFC 9110 9.2.2: requests a client may send again after a failed connection.
+bool is_idempotent_method(std::string_view m) {
+  return m == "GET" || m == "HEAD" || m == "PUT" || m == "DELETE" || m == "OPTIONS" ||
+         m == "TRACE";
+}
+
 }  // namespace
 
 bool Worker::Impl::init_upstreams(std::string* error) {
@@ -297,20 +303,10 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
     server.idle.pop_back();
     g.next = static_cast<uint32_t>((g.next + i + 1) % g.servers.size());
     up->state = UpConn::State::kBusy;
+    up->reused = true;
   }
-  if (up == nullptr) {
-    uint32_t slot;
-    if (!free_upconns.empty()) {
-      slot = free_upconns.back();
-      free_upconns.pop_back();
-    } else {
-      slot = static_cast<uint32_t>(upconns.size());
-      upconns.push_back(std::make_unique<UpConn>(slot));
-    }
-    up = upconns[slot].get();
-    up->state = UpConn::State::kConnecting;
-    up->fd = -1;
-  }
+  if (up == nullptr) up = new_upconn();
+  up->replayable = up->reused && !stream_body && is_idempotent_method(request.method);
   up->client = c;
   up->group = target.api_index;
   up->attempts = up->attempts_failed = 0;
@@ -366,6 +362,58 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
     return;
   }
   connect_next(up);
+}
+
+// A free upstream slot, not connected yet.
+UpConn* Worker::Impl::new_upconn() {
+  uint32_t slot;
+  if (!free_upconns.empty()) {
+    slot = free_upconns.back();
+    free_upconns.pop_back();
+  } else {
+    slot = static_cast<uint32_t>(upconns.size());
+    upconns.push_back(std::make_unique<UpConn>(slot));
+  }
+  UpConn* up = upconns[slot].get();
+  up->state = UpConn::State::kConnecting;
+  up->fd = -1;
+  up->reused = up->replayable = false;
+  return up;
+}
+
+// A connection taken from the pool ended (closed or reset by the server) before any byte of
+// the response: most likely the server closed it as idle while the request was on its way,
+// not an answer to the request. An idempotent request held whole in memory is sent again,
+// once, on a new connection (RFC 9110 9.2.2; nginx does the same for its keep-alive cache).
+// False when it cannot be, and the caller answers 502.
+bool Worker::Impl::retry_forward(UpConn* up, int res) {
+  Connection* c = up->client;
+  if (c == nullptr || !up->replayable || up->got_bytes ||
+      (res != 0 && res != -ECONNRESET && res != -EPIPE)) {
+    return false;
+  }
+  UpConn* next = new_upconn();
+  // The whole request as it was sent (copied: a send may still be reading `sending`).
+  next->fill.assign(up->sending.data(), up->sending.size());
+  next->fill.append(up->fill);
+  next->client = c;
+  next->group = up->group;
+  next->attempts = next->attempts_failed = 0;
+  next->header_bytes_max = up->header_bytes_max;
+  next->head_request = up->head_request;
+  next->request_complete = true;
+  next->got_bytes = next->head_sent = next->message_done = next->parse_failed = false;
+  next->interim = next->rechunk = next->send_failed = next->recv_paused = false;
+  next->head.clear();
+  next->header_spans.clear();
+  llhttp_init(&next->rp, HTTP_RESPONSE, &kResponseSettings);
+  next->rp.data = next;
+  up->client = nullptr;
+  close_up(up);
+  c->up = next;
+  bump(stats.upstream_retries);
+  connect_next(next);
+  return true;
 }
 
 // Starts a connection to the group's next server not yet tried and not down. False when the
@@ -495,8 +543,10 @@ void Worker::Impl::on_up_send(UpConn* up, int res) {
     ++up->ops;
     return;
   }
-  up->sending.clear();
-  if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
+  if (!up->replayable) {
+    up->sending.clear();
+    if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
+  }
   flush_up(up);
   Connection* c = up->client;
   // Room again for body bytes the client sent meanwhile.
@@ -593,7 +643,7 @@ void Worker::Impl::on_up_eof(UpConn* up, int res) {
       return;
     }
   }
-  (void)res;
+  if (up->reused && retry_forward(up, res)) return;
   fail_forward(up, 502, "upstream_closed", "the upstream server closed the connection early");
 }
 
@@ -726,6 +776,7 @@ void Worker::Impl::release_up(UpConn* up) {
   if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
   up->send_off = 0;
   up->send_in_flight = up->send_failed = up->recv_armed = up->recv_paused = false;
+  up->reused = up->replayable = false;
   up->attempts = up->attempts_failed = 0;
   up->server = 0;
   free_upconns.push_back(up->slot);

@@ -30,6 +30,7 @@ struct WorkerStats {
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> parse_errors{0};
   std::atomic<uint64_t> timeouts{0};
+  std::atomic<uint64_t> upstream_retries{0};  // requests sent again after a pooled connection failed
 };
 
 struct WorkerListener {

@@ -207,6 +207,11 @@ struct UpConn {
   bool recv_armed = false;
   bool recv_paused = false;  // the client's output is backed up
   bool request_complete = false;  // every request byte is in fill/sending
+  // Taken from the keep-alive pool for this request (the server may have closed it).
+  bool reused = false;
+  // The request can be sent again: idempotent, whole in memory (no streamed body), not yet
+  // retried. `sending` keeps its bytes after they were sent, for retry_forward().
+  bool replayable = false;
 
   // Response parsing (llhttp, response mode). The head is copied into `head` (its pieces
   // arrive across receives); the body streams into the client's output.
@@ -313,6 +318,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void head_ready(Connection* c);
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
+  UpConn* new_upconn();
+  bool retry_forward(UpConn* up, int res);
   void stream_request_body(Connection* c, std::span<char>* data);
   void flush_up(UpConn* up);
   void arm_up_recv(UpConn* up);

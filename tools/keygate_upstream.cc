@@ -19,6 +19,9 @@
 //   /status/NNN      that status (200..599), small body; none for 204, 304 and HEAD
 //   /delay/MS        the default JSON after MS milliseconds (a timer; the thread keeps serving)
 //   /close, /reset   read the request, close without a response (/reset: RST via SO_LINGER 0)
+//   /close-reused[/...]   on a connection's first request the default JSON; on any later one,
+//                    close without a response (a server closing an idle keep-alive
+//                    connection just as a request arrives on it)
 //   /malformed/cl-te, /malformed/bad-chunk, /malformed/garbage   broken responses, then close
 //   /headers-then-close   Content-Length: 100, 10 body bytes, close
 // HEAD gets the headers GET would get. A request that does not parse gets 400 and a close.
@@ -671,6 +674,12 @@ class Loop {
       timers_.push({Clock::now() + std::chrono::milliseconds(n), c.fd, c.id});
     } else if (path == "/close") {
       c.after = After::kClose;
+    } else if (path == "/close-reused" || path.starts_with("/close-reused/")) {
+      if (c.requests > 1) {
+        c.after = After::kClose;
+      } else {
+        describe(c);
+      }
     } else if (path == "/reset") {
       c.after = After::kReset;
     } else if (path == "/malformed/cl-te") {

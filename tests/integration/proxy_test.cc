@@ -59,7 +59,7 @@ class ProxyTest : public ::testing::Test {
     options.extra_config =
         "[[apis]]\nname = \"orders\"\n"
         "routes = [\"/orders\", \"/bytes\", \"/echo\", \"/status\", \"/delay\", \"/close\", "
-        "\"/reset\", \"/malformed\", \"/headers-then-close\"]\n"
+        "\"/reset\", \"/malformed\", \"/headers-then-close\", \"/close-reused\"]\n"
         "upstreams = [\"" + upstream_addr_ + "\"]\n"
         "response_timeout_ms = " + std::to_string(response_timeout_ms) + "\n" + extra_apis;
     server_ = std::make_unique<TestServer>(options);
@@ -316,6 +316,52 @@ TEST_F(ProxyTest, FailureStatuses) {
   }
   // The connection stayed usable through all of that, and fresh upstream connections work.
   auto ok = ask("/orders/after");
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(ok->status, 200);
+}
+
+TEST_F(ProxyTest, AnIdempotentRequestOnAPooledConnectionTheServerClosedIsSentAgainOnce) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  auto ask = [&](std::string_view method, std::string_view target, std::string_view body = {}) {
+    EXPECT_TRUE(client.send(http_request(method, target, {key_header()}, body)));
+    return client.read_response(Millis(5000));
+  };
+  // /close-reused answers a connection's first request and closes the connection, without a
+  // response, on any later one: what a server closing an idle keep-alive connection just as
+  // a request arrives looks like. The first request opens a connection, which is pooled.
+  auto first = ask("GET", "/close-reused/first");
+  ASSERT_TRUE(first.has_value());
+  ASSERT_EQ(first->status, 200) << first->raw;
+  EXPECT_EQ(number_member(first->body, "request"), 1);
+  int64_t previous = number_member(first->body, "connection");
+  // Each of these is sent on the pooled connection, which the server closes; keygate sends it
+  // again on a new connection, where it is that connection's first request.
+  for (std::string_view method : {"GET", "DELETE", "OPTIONS", "GET"}) {
+    auto r = ask(method, "/close-reused/again");
+    ASSERT_TRUE(r.has_value()) << method;
+    ASSERT_EQ(r->status, 200) << method << ": " << r->raw;
+    EXPECT_EQ(string_member(r->body, "method"), method);
+    EXPECT_EQ(number_member(r->body, "request"), 1) << method;
+    EXPECT_NE(number_member(r->body, "connection"), previous) << method;
+    previous = number_member(r->body, "connection");
+  }
+  // Not sent again: POST (not idempotent) and a PUT whose body was streamed to the server
+  // (keygate does not keep a copy of it).
+  for (std::string_view method : {"POST", "PUT"}) {
+    ASSERT_EQ(ask("GET", "/close-reused/prime")->status, 200);  // pools a fresh connection
+    auto r = ask(method, "/close-reused/once", "body");
+    ASSERT_TRUE(r.has_value()) << method;
+    EXPECT_EQ(r->status, 502) << method << ": " << r->raw;
+  }
+  // Once only: a request that fails again on its new connection is a 502 (/close closes every
+  // connection it arrives on, the retry's too).
+  ASSERT_EQ(ask("GET", "/close-reused/prime")->status, 200);
+  auto twice = ask("GET", "/close");
+  ASSERT_TRUE(twice.has_value());
+  EXPECT_EQ(twice->status, 502) << twice->raw;
+  auto ok = ask("GET", "/orders/after");
   ASSERT_TRUE(ok.has_value());
   EXPECT_EQ(ok->status, 200);
 }
