@@ -165,13 +165,24 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
     case Authenticator::Outcome::kRejected:
       reject(response, r.rejection);
       return Result::kDone;
-    case Authenticator::Outcome::kFetch:
-      // handle() looks the key up again and defers; the fetch needs the request copied out of
-      // the receive buffer, which the worker does for handle(), not here.
-      return Result::kNeedBody;
+    case Authenticator::Outcome::kFetch: {
+      // Decided in resume_head() once the record is read; the body waits unread.
+      Pending* p = take_pending();
+      p->api = api;
+      p->mode = Mode::kDataPlane;
+      ctx.state = p;
+      authenticator_.fetch(digest, &p->lookup, ctx);
+      return Result::kPending;
+    }
   }
   KEYGATE_ASSERT(false && "every Authenticator outcome is handled above");
   return Result::kNeedBody;
+}
+
+Handler::Result AuthHandler::resume_head(const HttpRequest& request, ResponseWriter& response,
+                                         RequestContext& ctx) noexcept {
+  // The same as resume() for a data-plane request; decide() forwards (kForward) or rejects.
+  return resume(request, response, ctx);
 }
 
 Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& response,

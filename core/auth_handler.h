@@ -23,10 +23,12 @@
 // the store cannot answer).
 //
 // handle_head() decides before the body is read, for APIs with upstreams only: a key from the
-// X-ApiKey header or the query that the cache resolves gives kForward or the rejection (kDone;
-// likewise 400 invalid_path and 404 no_route for any API); a key that only a form/JSON body can
-// carry, or a cache miss, gives kNeedBody and handle()/resume() finish. /healthz, the auth
-// endpoint and auth-check APIs always get kNeedBody.
+// X-ApiKey header or the query gives kForward or the rejection (kDone; likewise 400
+// invalid_path and 404 no_route for any API), after a fetch when the cache does not hold the
+// key (kPending, then resume_head(): the body waits unread meanwhile, and streams afterwards
+// like any other); a key that only a form/JSON body can carry gives kNeedBody and
+// handle()/resume() finish. /healthz, the auth endpoint and auth-check APIs always get
+// kNeedBody.
 //
 // The auth endpoint, `/_keygate/auth` on the data port, lets another proxy ask keygate (nginx
 // `auth_request`, Envoy's HTTP `ext_authz`; any method). It describes a request in one of two
@@ -71,6 +73,8 @@ class AuthHandler final : public Handler {
   Result resume(const HttpRequest& request, ResponseWriter& response,
                 RequestContext& ctx) noexcept override;
   Result handle_head(const HttpRequest& request, ResponseWriter& response,
+                     RequestContext& ctx) noexcept override;
+  Result resume_head(const HttpRequest& request, ResponseWriter& response,
                      RequestContext& ctx) noexcept override;
   void abandon(RequestContext& ctx) noexcept override;
 

@@ -120,15 +120,26 @@ class Handler {
   //   kForward:  ctx.forward is set; the worker forwards the request, streaming its body (up to
   //              Limits::proxy_body_bytes_max) without buffering it whole;
   //   kDone:     a complete response was written (a rejection); if the request has a body the
-  //              worker closes the connection after the response instead of reading it.
-  // Never kPending. handle()/resume() may also return kForward (the body is then forwarded
-  // from memory).
+  //              worker closes the connection after the response instead of reading it;
+  //   kPending:  deferred as in handle() (a key the cache does not hold): no byte of the body is
+  //              read meanwhile, and the worker calls resume_head() with the head, whose
+  //              answer is one of the three above.
+  // handle()/resume() may also return kForward (the body is then forwarded from memory).
   virtual Result handle_head(const HttpRequest& request, ResponseWriter& response,
                              RequestContext& ctx) noexcept {
     (void)request;
     (void)response;
     (void)ctx;
     return Result::kNeedBody;
+  }
+  // Continues a handle_head() that deferred. Same contract as handle_head() (and may defer
+  // again).
+  virtual Result resume_head(const HttpRequest& request, ResponseWriter& response,
+                             RequestContext& ctx) noexcept {
+    (void)request;
+    (void)ctx;
+    response.error(500, "internal_error", "unexpected resume");
+    return Result::kDone;
   }
   // The connection of a deferred request closed; its ticket was posted (so no other thread
   // still uses ctx.state). Free any per-request state.

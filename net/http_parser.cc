@@ -371,6 +371,15 @@ void HttpParser::stabilize() {
   build_request();
 }
 
+void HttpParser::stabilize_head() {
+  KEYGATE_ASSERT(paused_head_);
+  if (assembled_) return;
+  assembly_.assign(base_, kept_bytes(0));
+  assembled_ = true;
+  base_ = assembly_.data();
+  build_request();
+}
+
 void HttpParser::check_partial_limits() {
   if (headers_done_ || failed_) return;
   if (!request_line_done_) {

@@ -104,6 +104,10 @@ class HttpParser {
   // caller's receive buffer) so its views outlive that buffer: used when a handler defers the
   // request. The views stay valid until the next parse() call.
   void stabilize();
+  // The same after kHeaders (a handler deferred its decision on the head): request() (the
+  // head, no body yet) stays valid until the next parse(), read_body() or stream_body() call
+  // that follows; the caller keeps the unconsumed rest of the input and passes it on later.
+  void stabilize_head();
   const ParseError& error() const { return error_; }
 
   // A request has begun (bytes of it were consumed) and is not yet complete.

@@ -244,7 +244,7 @@ bool Worker::Impl::init_upstreams(std::string* error) {
 }
 
 // Called with the parser stopped at the head of a request that has a body.
-void Worker::Impl::head_ready(Connection* c) {
+void Worker::Impl::head_ready(Connection* c, bool resuming) {
   const HttpRequest& request = c->parser.request();
   // A rejection here leaves the body unread: the connection closes after the response.
   ResponseWriter writer(fill_buf(c), date, request.is_head(), false);
@@ -253,7 +253,8 @@ void Worker::Impl::head_ready(Connection* c) {
   log_begin(c, &request);
   const size_t response_at = fill_buf(c).size();
   c->ctx.access = AccessNote{};
-  const Handler::Result result = handler.handle_head(request, writer, c->ctx);
+  const Handler::Result result = resuming ? handler.resume_head(request, writer, c->ctx)
+                                          : handler.handle_head(request, writer, c->ctx);
   log_note(c, request);
   switch (result) {
     case Handler::Result::kNeedBody:
@@ -279,7 +280,13 @@ void Worker::Impl::head_ready(Connection* c) {
       mark_dirty(c);
       return;
     case Handler::Result::kPending:
-      break;
+      // The views point into the receive buffer, which goes back to the kernel at the end of
+      // this pass; the rest of the input (body bytes) waits in `pending` until the decision.
+      KEYGATE_ASSERT(c->awaiting && !writer.started());
+      c->parser.stabilize_head();
+      c->head_deferred = true;
+      timer_clear(c);
+      return;
   }
   KEYGATE_ASSERT(false);
 }

@@ -419,7 +419,7 @@ void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_
         continue;
       case HttpParser::Status::kHeaders:
         bump(stats.requests);
-        head_ready(c);
+        head_ready(c, false);
         continue;
       case HttpParser::Status::kBodyEnd:
         KEYGATE_ASSERT(false);  // only while streaming, handled above
@@ -622,7 +622,7 @@ void Worker::Impl::release(Connection* c) {
   c->fill = 0;
   c->send_off = 0;
   c->responses_fill = c->responses_send = 0;
-  c->send_in_flight = c->recv_armed = c->recv_cancel_sent = c->awaiting = false;
+  c->send_in_flight = c->recv_armed = c->recv_cancel_sent = c->awaiting = c->head_deferred = false;
   c->ctx.state = nullptr;
   c->close_after_send = c->lingering = false;
   c->proxying = c->streaming = false;
@@ -769,7 +769,12 @@ void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
   if (c->closed) {
     listeners[c->listener].handler->abandon(c->ctx);
   } else {
-    dispatch(c, true);
+    if (c->head_deferred) {
+      c->head_deferred = false;
+      head_ready(c, true);
+    } else {
+      dispatch(c, true);
+    }
     drain_pending(c);
     update_timer(c);
   }

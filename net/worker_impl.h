@@ -138,6 +138,7 @@ struct Connection {
   std::string resume_buf;  // pending's bytes while they are being parsed
 
   bool awaiting = false;  // a deferred request waits for its ticket to be posted
+  bool head_deferred = false;  // ...and it was deferred at its head (resume_head() next)
   bool send_in_flight = false;
   bool recv_armed = false;
   bool recv_cancel_sent = false;
@@ -315,7 +316,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   // Reverse proxy (upstream.cc).
   bool init_upstreams(std::string* error);
-  void head_ready(Connection* c);
+  void head_ready(Connection* c, bool resuming);
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
   UpConn* new_upconn();

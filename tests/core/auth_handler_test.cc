@@ -166,11 +166,18 @@ class AuthHandlerTest : public ::testing::Test {
   Handler::Result call_resume(TestRequest& request, FakeContext& ctx) {
     return call(request, &AuthHandler::resume, ctx);
   }
+  // handle_head() / resume_head() on ctx_, whatever they return.
+  Handler::Result call_head(TestRequest& request) {
+    return call(request, &AuthHandler::handle_head, ctx_);
+  }
+  Handler::Result call_resume_head(TestRequest& request) {
+    return call(request, &AuthHandler::resume_head, ctx_);
+  }
 
   // handle_head() on ctx_; kNeedBody and kForward must not have written anything.
   Handler::Result head(TestRequest& request) {
     ctx_.forward = ForwardTarget{};
-    const Handler::Result result = call(request, &AuthHandler::handle_head, ctx_);
+    const Handler::Result result = call_head(request);
     EXPECT_NE(result, Handler::Result::kPending);
     if (result != Handler::Result::kDone) {
       EXPECT_TRUE(out_.empty()) << out_;
@@ -950,14 +957,54 @@ TEST_F(AuthHandlerTest, HeadDecisionNeedsTheBodyWhenOnlyItCanCarryTheKey) {
   EXPECT_EQ(directory_.find_key_calls, 0);
 }
 
-TEST_F(AuthHandlerTest, HeadDecisionNeedsTheBodyOnACacheMissAndStartsNoFetch) {
+TEST_F(AuthHandlerTest, HeadDecisionOnACacheMissFetchesAndResumeHeadForwardsOrRejects) {
   directory_.not_cached = true;
+  // Allowed once fetched: resume_head() forwards (the body then streams).
   TestRequest request = get("/shop/public/1");
   request.api_key(kBobKey);
-  EXPECT_EQ(head(request), Handler::Result::kNeedBody);
-  EXPECT_TRUE(directory_.fetches.empty());
-  // handle() then defers as usual and the resumed request is forwarded.
-  send_expecting_deferral(request, ctx_);
+  EXPECT_EQ(call_head(request), Handler::Result::kPending);
+  EXPECT_TRUE(out_.empty()) << out_;
+  EXPECT_NE(ctx_.state, nullptr);
+  ASSERT_EQ(directory_.fetches.size(), 1u);
+  EXPECT_EQ(last_fetch().digest, digest_key(kBobKey));
+  KeyDirectory::FetchResult* out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  out->found = true;
+  out->record = key_record("kfetchedbob2", {"shop"}, "bob");
+  out->has_user = true;
+  out->user = {"bob", {{"shop", {"GET"}, "/shop/public"}}};
+  last_fetch().ticket.post();
+  ctx_.forward = ForwardTarget{};
+  EXPECT_EQ(call_resume_head(request), Handler::Result::kForward);
+  EXPECT_TRUE(out_.empty()) << out_;
+  EXPECT_EQ(ctx_.state, nullptr);
+  EXPECT_EQ(ctx_.forward.key_id, "kfetchedbob2");
+  EXPECT_EQ(ctx_.forward.user, "bob");
+  // Not in the store either: resume_head() answers 401 (the worker closes, body unread).
+  TestRequest unknown = get("/shop/public/2");
+  unknown.api_key("no-such-key-anywhere");
+  EXPECT_EQ(call_head(unknown), Handler::Result::kPending);
+  ASSERT_EQ(directory_.fetches.size(), 2u);
+  last_fetch().ticket.post();  // found stays false
+  EXPECT_EQ(call_resume_head(unknown), Handler::Result::kDone);
+  EXPECT_EQ(ctx_.state, nullptr);
+  const Response r = parse_response(out_);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  // The user's grants still apply: a fetched key whose user may not POST is 403.
+  TestRequest post = TestRequest("POST", "/shop/public/3");
+  post.api_key(kBobKey);
+  EXPECT_EQ(call_head(post), Handler::Result::kPending);
+  ASSERT_EQ(directory_.fetches.size(), 3u);
+  out = last_fetch().out;
+  ASSERT_NE(out, nullptr);
+  out->found = true;
+  out->record = key_record("kfetchedbob3", {"shop"}, "bob");
+  out->has_user = true;
+  out->user = {"bob", {{"shop", {"GET"}, "/shop/public"}}};
+  last_fetch().ticket.post();
+  EXPECT_EQ(call_resume_head(post), Handler::Result::kDone);
+  EXPECT_EQ(parse_response(out_).status, 403);
 }
 
 TEST_F(AuthHandlerTest, HeadDecisionLeavesAuthCheckApisHealthzAndTheAuthEndpointToHandle) {

@@ -471,6 +471,80 @@ TEST_F(ProxyTest, ExpectContinueIsAnsweredBeforeTheBodyStreams) {
   EXPECT_EQ(r->body.find("Expect"), std::string::npos) << "Expect forwarded";
 }
 
+TEST_F(ProxyTest, AKeyTheCacheDoesNotHoldIsFetchedAtTheHeadAndTheBodyStillStreams) {
+  // A cache of one entry: every key created after kKey evicts it, so kKey's next request is a
+  // cache miss, fetched from the store while the body waits unread. Bodies above the 1 MiB
+  // buffered-body limit pass only if they stream (the fetch must not buffer them).
+  ASSERT_NO_FATAL_FAILURE(start("[cache]\nmax_keys = 1\n"));
+  int evictions = 0;
+  auto evict_key = [&] {
+    const std::string body = "{\"key\":\"proxy-test-evicting-key-" + std::to_string(evictions++) +
+                             "\",\"apis\":[\"orders\"]}";
+    auto r = round_trip(server_->admin_port(),
+                        http_request("POST", "/admin/keys",
+                                     {"X-ApiKey: " + std::string(kAdminKey),
+                                      "Content-Type: application/json"},
+                                     body));
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(r->status, 201) << r->raw;
+  };
+  const std::string big = byte_pattern(3u << 20);
+  // Content-Length, then a GET pipelined behind it on the same connection.
+  {
+    ASSERT_NO_FATAL_FAILURE(evict_key());
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send(http_request("POST", "/orders/fetched", {key_header()}, big) +
+                            http_request("GET", "/orders/next", {key_header()})));
+    auto rs = client.read_responses(2, Millis(20000));
+    ASSERT_EQ(rs.size(), 2u) << to_string(client.last_end());
+    EXPECT_EQ(rs[0].status, 200) << rs[0].raw.substr(0, 300);
+    EXPECT_EQ(number_member(rs[0].body, "body_bytes"), static_cast<int64_t>(big.size()));
+    EXPECT_EQ(string_member(rs[0].body, "body_sha256"), hex_sha256(big));
+    EXPECT_EQ(string_member(rs[0].body, "target"), "/orders/fetched");
+    EXPECT_EQ(rs[1].status, 200);
+    EXPECT_EQ(string_member(rs[1].body, "target"), "/orders/next");
+  }
+  // Chunked, with Expect: 100-continue: the 100 comes once the fetched key is allowed.
+  {
+    ASSERT_NO_FATAL_FAILURE(evict_key());
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send("POST /orders/chunked HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                            "\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"));
+    auto interim = client.read_response();
+    ASSERT_TRUE(interim.has_value());
+    EXPECT_EQ(interim->status, 100);
+    std::string chunked;
+    for (size_t off = 0; off < big.size(); off += 1 << 20) {
+      const size_t n = std::min<size_t>(1 << 20, big.size() - off);
+      char line[32];
+      std::snprintf(line, sizeof(line), "%zx\r\n", n);
+      chunked += line;
+      chunked.append(big, off, n);
+      chunked += "\r\n";
+    }
+    chunked += "0\r\n\r\n";
+    ASSERT_TRUE(client.send(chunked));
+    auto r = client.read_response(Millis(20000));
+    ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+    EXPECT_EQ(r->status, 200) << r->raw.substr(0, 300);
+    EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(big.size()));
+    EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(big));
+  }
+  // A key the store does not have either: 401 at the head, the body is never read.
+  {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send(http_request("POST", "/orders/unknown",
+                                         {"X-ApiKey: proxy-test-no-such-key-0123456"}, big)));
+    auto r = client.read_response(Millis(20000));
+    ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+    EXPECT_EQ(r->status, 401) << r->raw.substr(0, 300);
+    EXPECT_EQ(r->header("connection"), "close");
+  }
+}
+
 TEST_F(ProxyTest, ClientGoingAwayMidBodyLeavesTheServerHealthy) {
   ASSERT_NO_FATAL_FAILURE(start());
   for (int i = 0; i < 5; ++i) {

@@ -1026,6 +1026,68 @@ TEST(HttpParserStreaming, HeadPauseThenBufferedBodyInEverySlicing) {
   }
 }
 
+// A decision deferred at the head (a key fetched from the store): stabilize_head() copies the
+// head out of the receive buffer, which is then reused, and the rest of the input is passed
+// later from elsewhere (the worker's pending buffer). The head stays intact and the body is
+// read, buffered or streamed, from where the parser stopped.
+TEST(HttpParserStreaming, AHeadStabilizedAtThePauseOutlivesItsReceiveBuffer) {
+  const std::string wire =
+      "POST /p?x=1 HTTP/1.1\r\nHost: h\r\nX-Api: v\r\nContent-Length: 11\r\n\r\nhello world"
+      "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  for (const bool stream : {false, true}) {
+    for (size_t step = 1; step <= wire.size(); ++step) {
+      HttpParser parser(kDefaultLimits);
+      parser.set_head_pause(true);
+      std::string sink;
+      std::vector<std::string> targets;
+      std::vector<std::string> bodies;
+      std::vector<std::string> pieces;
+      for (size_t pos = 0; pos < wire.size(); pos += step) pieces.push_back(wire.substr(pos, step));
+      for (size_t p = 0; p < pieces.size(); ++p) {
+        size_t off = 0;
+        while (off < pieces[p].size()) {
+          const HttpParser::Result r =
+              parser.parse(std::span<char>(pieces[p].data() + off, pieces[p].size() - off));
+          ASSERT_NE(r.status, Status::kError) << "step " << step;
+          off += r.consumed;
+          if (r.status == Status::kHeaders) {
+            parser.stabilize_head();
+            // The rest of this receive moves away; the receive buffers are reused.
+            const std::string rest = pieces[p].substr(off);
+            for (size_t q = 0; q <= p; ++q) std::fill(pieces[q].begin(), pieces[q].end(), '#');
+            pieces[p] = rest;
+            off = 0;
+            const HttpRequest& head = parser.request();
+            EXPECT_EQ(head.method, "POST") << "step " << step;
+            EXPECT_EQ(head.target, "/p?x=1") << "step " << step;
+            EXPECT_EQ(head.header("x-api"), "v") << "step " << step;
+            EXPECT_EQ(head.header("host"), "h") << "step " << step;
+            if (stream) {
+              ASSERT_TRUE(parser.stream_body(1000, &sink));
+            } else {
+              ASSERT_TRUE(parser.read_body());
+            }
+          } else if (r.status == Status::kRequest) {
+            targets.emplace_back(parser.request().target);
+            bodies.emplace_back(parser.request().body);
+          } else if (r.status == Status::kBodyEnd) {
+            targets.emplace_back("(streamed)");
+            bodies.push_back(sink);
+            parser.reset();  // as the worker does after a forwarded request
+            parser.set_head_pause(true);
+          } else if (r.status == Status::kNeedMore) {
+            break;
+          }
+        }
+      }
+      ASSERT_EQ(targets.size(), 2u) << "step " << step << (stream ? " streamed" : " buffered");
+      EXPECT_EQ(targets[0], stream ? "(streamed)" : "/p?x=1");
+      EXPECT_EQ(bodies[0], "hello world") << "step " << step;
+      EXPECT_EQ(targets[1], "/next") << "step " << step;
+    }
+  }
+}
+
 TEST(HttpParserStreaming, StreamsContentLengthBodyToTheSinkInEverySlicing) {
   const std::string body = "0123456789abcdefghij";
   const std::string wire = "PUT /u HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\n" + body;
