@@ -1,6 +1,7 @@
 #include "core/access_record.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <charconv>
 #include <cstring>
@@ -370,6 +371,18 @@ private:
 
 constexpr char kHex[] = "0123456789abcdef";
 
+// The two-character JSON escapes of control bytes (their letter; 0: \u00XX instead): CR LF in
+// every captured head and the newlines of text bodies take 2 bytes in the log instead of 6.
+constexpr std::array<char, 0x20> kShortEscape = [] {
+  std::array<char, 0x20> t{};
+  t['\b'] = 'b';
+  t['\t'] = 't';
+  t['\n'] = 'n';
+  t['\f'] = 'f';
+  t['\r'] = 'r';
+  return t;
+}();
+
 // Writes the escape of the byte at p (one that needs_escape) to o, or copies the valid UTF-8
 // sequence it starts; returns the position after what it took (up to 6 bytes written).
 const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
@@ -386,6 +399,12 @@ const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
       o += len;
       return p + len;
     }
+  }
+  if (u < 0x20 && kShortEscape[u] != 0) {
+    o[0] = '\\';
+    o[1] = kShortEscape[u];
+    o += 2;
+    return p + 1;
   }
   std::memcpy(o, "\\u00", 4);
   o[4] = kHex[u >> 4];
@@ -486,6 +505,14 @@ void append_json_escaped(std::string_view s, std::string &out) noexcept {
             m &= ~(((Mask{1} << len) - 1) << i);
             continue;
           }
+        }
+        if (u < 0x20 && kShortEscape[u] != 0) {
+          o[i] = '\\';
+          o[i + 1] = kShortEscape[u];
+          std::memcpy(o + i + 2, p + i + 1, kBlock);
+          ++o;
+          m &= m - 1;
+          continue;
         }
         std::memcpy(o + i, "\\u00", 4);
         o[i + 4] = kHex[u >> 4];

@@ -197,8 +197,8 @@ TEST(AccessRecord, CapturedMessagesAreWrittenWithTheirTruncationFlag) {
   const std::string out = w.write(r);
   EXPECT_NE(
       out.find(
-          ",\"request\":{\"head\":\"GET /orders HTTP/1.1\\u000d\\u000aHost: "
-          "a\\u000d\\u000a\\u000d\\u000a\",\"body\":\"\",\"body_truncated\":"
+          ",\"request\":{\"head\":\"GET /orders HTTP/1.1\\r\\nHost: "
+          "a\\r\\n\\r\\n\",\"body\":\"\",\"body_truncated\":"
           "false},"
           "\"response\":{\"head\":"),
       std::string::npos)
@@ -222,8 +222,8 @@ TEST(AccessRecord, AppendsToExistingOutput) {
 
 TEST(AccessRecordJson, EscapesQuotesBackslashesAndControlBytes) {
   std::string out;
-  append_json_escaped(std::string_view("a\"b\\c\x01\n\x1f\x7f", 9), out);
-  EXPECT_EQ(out, "\"a\\\"b\\\\c\\u0001\\u000a\\u001f\x7f\"");
+  append_json_escaped(std::string_view("a\"b\\c\x01\n\x1f\x7f\b\t\f\r", 13), out);
+  EXPECT_EQ(out, "\"a\\\"b\\\\c\\u0001\\n\\u001f\x7f\\b\\t\\f\\r\"");
 }
 
 TEST(AccessRecordJson, ValidUtf8PassesAndInvalidBytesBecomeEscapes) {
@@ -671,6 +671,14 @@ std::string reference_escaped(std::string_view s) {
     } else if (const size_t len = u >= 0x80 ? valid_utf8(i) : 0; len != 0) {
       out.append(s.substr(i, len));
       i += len;
+    } else if (const char* short_escape = u == '\b'   ? "\\b"
+                                          : u == '\t' ? "\\t"
+                                          : u == '\n' ? "\\n"
+                                          : u == '\f' ? "\\f"
+                                          : u == '\r' ? "\\r"
+                                                      : nullptr) {
+      out += short_escape;
+      ++i;
     } else {
       out += "\\u00" + hex_byte(u, false);
       ++i;
