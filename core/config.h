@@ -49,7 +49,7 @@ struct Config {
   uint64_t log_segment_bytes_max = 64 * 1024 * 1024;     // rotate a segment file at this size
   uint64_t log_retention_bytes = 1024ull * 1024 * 1024;  // delete the oldest segments beyond it
   uint64_t log_capture_bytes_max = 64 * 1024;  // per captured body (log_request/log_response)
-  uint32_t log_flush_interval_ms = 20;         // the log writer drains at least this often
+  uint32_t log_flush_interval_ms = 10;         // the log writer drains at least this often
   bool log_direct_io = true;  // whole blocks written with O_DIRECT (falls back if refused)
   // [[apis]], validated by ApiRegistry::init in validate_config.
   std::vector<ApiConfig> apis;

@@ -6,8 +6,9 @@
 // has its own LogRing, a bounded lock-free single-producer single-consumer buffer; see
 // storage/log_ring.h). It is wait-free: no lock, no allocation, no syscall, and it never
 // notifies the writer. The writer thread wakes every flush_interval_ms (or on flush() or
-// shutdown; 8 times as often, at least every 1 ms, after a pass that found a ring more than a
-// quarter full), drains every ring into one buffer, assigns sequence numbers and writes the
+// shutdown; sooner under load: when the fullest ring would be a quarter full at the rate it
+// filled since the last pass, but not more often than every flush_interval_ms / 8, at least
+// 1 ms), drains every ring into one buffer, assigns sequence numbers and writes the
 // buffer with as few write calls as possible (see Writing). A second, sync thread does
 // the slow filesystem work the writer must never wait for: fdatasync+close of finished
 // segments, directory fsyncs and retention deletes. stats(), flush() and query() are
@@ -19,8 +20,9 @@
 //   {"seq":M,"type":"dropped","worker":W,"count":C,"dropped_from_seq":A,"dropped_to_seq":B,
 //    "time_us":T}
 // with B - A + 1 == C and M == B + 1, so every gap in the written seqs is explained. A ring
-// must hold a pass interval's worth of a worker's records (4 MiB / 2.5 ms busy interval =
-// 1.6 GB/s), plus the longest write stall and the writer's scheduling delay; segment rotation
+// must hold one full interval's worth of a worker's records when traffic starts after an idle
+// spell (4 MiB / 10 ms = 400 MB/s), and under steady load a pass interval's worth (4 MiB /
+// 1.25 ms = 3 GB/s), plus the longest write stall and the writer's scheduling delay; segment rotation
 // adds no stall (the writer only open()s the next file and hands the finished one to the sync
 // thread).
 //
@@ -85,7 +87,7 @@ struct AccessLogOptions {
   size_t ring_bytes_per_worker = 4 << 20;  // per-worker buffer, rounded down to a power of two
   uint64_t segment_bytes_max = 64 << 20;   // rotate before a segment would exceed this
   uint64_t retention_bytes = 1ull << 30;   // delete the oldest closed segments beyond this
-  uint32_t flush_interval_ms = 20;         // the writer wakes at least this often
+  uint32_t flush_interval_ms = 10;         // the writer wakes at least this often
   // Start (not wait for) writeback of the active segment every this many bytes; 0 = never.
   uint64_t writeback_bytes = 4 << 20;
   // Write whole blocks with O_DIRECT (see Writing); false, or a filesystem that refuses
