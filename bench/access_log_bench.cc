@@ -8,8 +8,9 @@
 // the ring, so no append is dropped (the "dropped" counter shows it) and the writer's periodic
 // drains still run concurrently with the timed appends. The baseline, BM_Memcpy/<size>, copies
 // the same record into a 4 MiB buffer at advancing offsets: the floor for any design that
-// copies the record. BM_AppendUnpaced_600B appends as fast as it can for a while: the producer outruns
-// the disk, and the "dropped_pct" counter shows how much of the stream the drop path took.
+// copies the record. BM_AppendUnpaced_600B appends as fast as it can for a while: the
+// producer outruns the disk, and the "dropped_pct" counter shows how much of the stream the
+// drop path took.
 // After the table, main() prints the append / memcpy ratio.
 #include <benchmark/benchmark.h>
 #include <stdlib.h>
@@ -131,7 +132,7 @@ BENCHMARK(BM_AppendUnpaced_600B)->MinTime(0.5);
 
 // Our own main so the ratio table can follow the usual one.
 int main(int argc, char** argv) {
-  keygate::bench::RatioReporter reporter({.title = "append() vs a bare memcpy of the record (CPU ns)",
+  keygate::bench::RatioReporter reporter({.title = "append() vs a memcpy of the record (CPU ns)",
                                           .subject_prefix = "BM_Append/",
                                           .baseline_prefix = "BM_Memcpy/",
                                           .subject_column = "append",

@@ -286,7 +286,8 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
     }
     if (!check_known_keys(*log,
                           {"enabled", "ring_bytes_per_worker", "segment_bytes_max",
-                           "retention_bytes", "capture_bytes_max", "flush_interval_ms", "direct_io"},
+                           "retention_bytes", "capture_bytes_max", "flush_interval_ms",
+                           "direct_io"},
                           source, "log", error) ||
         !read_uint(*log, "ring_bytes_per_worker", source, "log", 64 * 1024, uint64_t{1} << 30,
                    &config.log_ring_bytes_per_worker, error) ||

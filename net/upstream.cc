@@ -314,20 +314,8 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   }
   if (up == nullptr) up = new_upconn();
   up->replayable = up->reused && !stream_body && is_idempotent_method(request.method);
-  up->client = c;
-  up->group = target.api_index;
-  up->attempts = up->attempts_failed = 0;
-  up->header_bytes_max = limits.upstream_header_bytes_max;
-  up->head_request = request.is_head();
-  up->request_complete = !stream_body;
-  up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
-  up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
-  up->head.clear();
-  up->header_spans.clear();
   up->fill.clear();
-  llhttp_init(&up->rp, HTTP_RESPONSE, &kResponseSettings);
-  up->rp.data = up;
-  c->up = up;
+  begin_exchange(up, c, target.api_index, request.is_head(), !stream_body);
   c->proxying = true;
   c->streaming = stream_body;
 
@@ -371,6 +359,24 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   connect_next(up);
 }
 
+// Makes `up` serve `c`'s request (its bytes go to up->fill): fresh response parsing state.
+void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, bool head_request,
+                                  bool request_complete) {
+  up->client = c;
+  up->group = group;
+  up->attempts = up->attempts_failed = 0;
+  up->header_bytes_max = limits.upstream_header_bytes_max;
+  up->head_request = head_request;
+  up->request_complete = request_complete;
+  up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
+  up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
+  up->head.clear();
+  up->header_spans.clear();
+  llhttp_init(&up->rp, HTTP_RESPONSE, &kResponseSettings);
+  up->rp.data = up;
+  c->up = up;
+}
+
 // A free upstream slot, not connected yet.
 UpConn* Worker::Impl::new_upconn() {
   uint32_t slot;
@@ -403,21 +409,9 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
   // The whole request as it was sent (copied: a send may still be reading `sending`).
   next->fill.assign(up->sending.data(), up->sending.size());
   next->fill.append(up->fill);
-  next->client = c;
-  next->group = up->group;
-  next->attempts = next->attempts_failed = 0;
-  next->header_bytes_max = up->header_bytes_max;
-  next->head_request = up->head_request;
-  next->request_complete = true;
-  next->got_bytes = next->head_sent = next->message_done = next->parse_failed = false;
-  next->interim = next->rechunk = next->send_failed = next->recv_paused = false;
-  next->head.clear();
-  next->header_spans.clear();
-  llhttp_init(&next->rp, HTTP_RESPONSE, &kResponseSettings);
-  next->rp.data = next;
+  begin_exchange(next, c, up->group, up->head_request, true);
   up->client = nullptr;
   close_up(up);
-  c->up = next;
   bump(stats.upstream_retries);
   connect_next(next);
   return true;
@@ -566,7 +560,9 @@ void Worker::Impl::arm_up_recv(UpConn* up) {
   // Armed before a response starts (just connected, request just sent, pooled), the socket is
   // as good as always empty: wait for readiness first instead of a recv try that fails with
   // EAGAIN and then arms the poll anyway. Mid-response, more bytes are likely already queued.
-  if (up->state == UpConn::State::kIdle || !up->got_bytes) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  if (up->state == UpConn::State::kIdle || !up->got_bytes) {
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  }
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = kBufGroup;
   io_uring_sqe_set_data64(sqe, make_user_data(kOpUpRecv, up->slot, up->gen));

@@ -622,7 +622,8 @@ void Worker::Impl::release(Connection* c) {
   c->fill = 0;
   c->send_off = 0;
   c->responses_fill = c->responses_send = 0;
-  c->send_in_flight = c->recv_armed = c->recv_cancel_sent = c->awaiting = c->head_deferred = false;
+  c->send_in_flight = c->recv_armed = c->recv_cancel_sent = false;
+  c->awaiting = c->head_deferred = false;
   c->ctx.state = nullptr;
   c->close_after_send = c->lingering = false;
   c->proxying = c->streaming = false;

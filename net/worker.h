@@ -30,7 +30,8 @@ struct WorkerStats {
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> parse_errors{0};
   std::atomic<uint64_t> timeouts{0};
-  std::atomic<uint64_t> upstream_retries{0};  // requests sent again after a pooled connection failed
+  // Requests sent again on a new connection after a pooled one failed (retry_forward).
+  std::atomic<uint64_t> upstream_retries{0};
 };
 
 struct WorkerListener {

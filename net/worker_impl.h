@@ -320,6 +320,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
   UpConn* new_upconn();
+  void begin_exchange(UpConn* up, Connection* c, uint32_t group, bool head_request,
+                      bool request_complete);
   bool retry_forward(UpConn* up, int res);
   void stream_request_body(Connection* c, std::span<char>* data);
   void flush_up(UpConn* up);

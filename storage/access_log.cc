@@ -494,9 +494,11 @@ void AccessLog::Impl::run() {
     // than interval), so that heavy traffic does not fill the rings between two passes.
     const Clock::duration since = start - last_pass;
     last_pass = start;
-    wait = fill <= 0 ? interval
-                     : std::clamp(std::chrono::duration_cast<Clock::duration>(since * (0.25 / fill)),
-                                  interval_min, interval);
+    wait = interval;
+    if (fill > 0) {
+      const auto paced = std::chrono::duration_cast<Clock::duration>(since * (0.25 / fill));
+      wait = std::clamp(paced, interval_min, interval);
+    }
     lock.lock();
     last_write_ok = ok;
     flush_done = flush_target;

@@ -22,9 +22,9 @@
 // with B - A + 1 == C and M == B + 1, so every gap in the written seqs is explained. A ring
 // must hold one full interval's worth of a worker's records when traffic starts after an idle
 // spell (4 MiB / 10 ms = 400 MB/s), and under steady load a pass interval's worth (4 MiB /
-// 1.25 ms = 3 GB/s), plus the longest write stall and the writer's scheduling delay; segment rotation
-// adds no stall (the writer only open()s the next file and hands the finished one to the sync
-// thread).
+// 1.25 ms = 3 GB/s), plus the longest write stall and the writer's scheduling delay; segment
+// rotation adds no stall (the writer only open()s the next file and hands the finished one to
+// the sync thread).
 //
 // Writing: with direct_io (the default) the writer writes the whole 4 KiB blocks of each pass
 // with one O_DIRECT pwrite() from its own aligned buffer, so the kernel copies nothing into the
@@ -57,13 +57,14 @@
 // segments_synced is the backlog). At shutdown everything queued is written, the active
 // segment is fdatasync'ed and every pending sync is done before the destructor returns.
 // Records are otherwise not synced. A kill -9 loses what was still in the rings or the
-// writer's buffer (up to one flush interval of traffic, including a held partial block); a power loss may
-// lose the unsynced part of the active segment and of finished segments still awaiting their
-// sync. A torn last line is cut off at the next open(). Write errors (disk full) are retried
-// each pass without draining more, so the rings fill and further records are dropped and
-// counted (with markers once writing works again). Records that still cannot be written at
-// shutdown are counted as dropped (no marker). Failed syncs and deletes are counted in
-// write_errors and not retried (a failed delete is retried at the next rotation and open()).
+// writer's buffer (up to one flush interval of traffic, including a held partial block); a
+// power loss may lose the unsynced part of the active segment and of finished segments still
+// awaiting their sync. A torn last line is cut off at the next open(). Write errors (disk
+// full) are retried each pass without draining more, so the rings fill and further records
+// are dropped and counted (with markers once writing works again). Records that still cannot
+// be written at shutdown are counted as dropped (no marker). Failed syncs and deletes are
+// counted in write_errors and not retried (a failed delete is retried at the next rotation and
+// open()).
 //
 // One AccessLog per directory: open() takes an flock on the directory.
 #pragma once

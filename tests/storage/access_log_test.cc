@@ -576,9 +576,8 @@ std::string expected_line(uint64_t seq, std::string_view record) {
 std::vector<std::string> varied_records(int n) {
   std::vector<std::string> records;
   for (int i = 0; i < n; ++i) {
-    records.push_back("{\"i\":" + std::to_string(i) + ",\"pad\":\"" +
-                      std::string(static_cast<size_t>(i * 977 % 9001), static_cast<char>('a' + i % 26)) +
-                      "\"}");
+    const std::string pad(static_cast<size_t>(i * 977 % 9001), static_cast<char>('a' + i % 26));
+    records.push_back("{\"i\":" + std::to_string(i) + ",\"pad\":\"" + pad + "\"}");
   }
   return records;
 }
@@ -628,7 +627,8 @@ TEST(AccessLog, DirectWritesGiveTheSameBytesAsBufferedOnesAcrossPassesRotationsA
   }
   std::vector<std::string> names[2];
   for (int d = 0; d < 2; ++d) {
-    for (const std::string& path : segment_paths(d == 0 ? direct_dir.path() : buffered_dir.path())) {
+    const std::string& dir = d == 0 ? direct_dir.path() : buffered_dir.path();
+    for (const std::string& path : segment_paths(dir)) {
       names[d].push_back(std::filesystem::path(path).filename().string());
     }
   }
@@ -640,7 +640,8 @@ TEST(AccessLog, APartialLastBlockHeldBackByADirectWriteReachesTheFileWithoutAFlu
   auto log = open_log({.dir = dir.path(), .flush_interval_ms = 2});
   std::string expected;
   for (uint64_t i = 0; i < 30; ++i) {  // ~17 KB: whole blocks and a partial one
-    const std::string r = "{\"i\":" + std::to_string(i) + ",\"pad\":\"" + std::string(530, 'p') + "\"}";
+    const std::string r =
+        "{\"i\":" + std::to_string(i) + ",\"pad\":\"" + std::string(530, 'p') + "\"}";
     ASSERT_TRUE(log->append(0, r));
     expected += expected_line(i + 1, r);
   }
