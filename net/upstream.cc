@@ -674,6 +674,10 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
     up->state = UpConn::State::kIdle;
     up->deadline_ms = now_ms + limits.upstream_idle_timeout_ms;
     up->recv_paused = false;
+    // The request kept for a retry (up to the buffered-body limit) is not held while idle.
+    up->replayable = false;
+    up->sending.clear();
+    if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
     server.idle.push_back(up);
     if (!up->recv_armed) arm_up_recv(up);  // notices the server closing it
   } else {
