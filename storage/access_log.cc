@@ -236,6 +236,9 @@ class AlignedBuffer {
   size_t capacity_ = 0;
 };
 
+// The errors with which a filesystem refuses O_DIRECT (at open or at the first write).
+bool direct_refused(int err) { return err == EINVAL || err == EOPNOTSUPP; }
+
 // pwrite() until `bytes` are written or an error (not EINTR); the bytes written in *done.
 bool pwrite_full(int fd, const char* data, size_t bytes, uint64_t offset, size_t* done) {
   *done = 0;
@@ -307,6 +310,7 @@ struct AccessLog::Impl {
   std::atomic<uint64_t> markers_written{0};
   std::atomic<uint64_t> write_errors{0};
   std::atomic<uint64_t> direct_bytes{0};
+  std::atomic<int> direct_fault{0};  // testing: the next direct write fails with this errno
   std::atomic<uint64_t> next_seq_public{1};
   std::atomic<int64_t> delay_ms{0};
   uint64_t torn_bytes_cut = 0;  // set by open()
@@ -673,13 +677,18 @@ bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
     if (whole > 0 && reinterpret_cast<uintptr_t>(buffer.data() + from) % kDirectAlign == 0) {
       const uint64_t offset = active.bytes - in_block;
       size_t done = 0;
-      const bool ok = pwrite_full(direct_fd, buffer.data() + from, whole, offset, &done);
+      bool ok = false;
+      if (const int injected = direct_fault.exchange(0, std::memory_order_relaxed)) {
+        errno = injected;
+      } else {
+        ok = pwrite_full(direct_fd, buffer.data() + from, whole, offset, &done);
+      }
       direct_bytes.fetch_add(done, std::memory_order_relaxed);
       if (offset + done > active.bytes) {
         write_pos += static_cast<size_t>(offset + done - active.bytes);
         active.bytes = offset + done;
       }
-      if (!ok && errno == EINVAL) {
+      if (!ok && direct_refused(errno)) {
         disable_direct();  // this filesystem refuses these writes: the page cache from now on
       } else if (!ok) {
         write_errors.fetch_add(1, std::memory_order_relaxed);
@@ -702,7 +711,7 @@ bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
 void AccessLog::Impl::open_direct(const char* name) {
   if (!direct) return;
   direct_fd = ::openat(dir_fd, name, O_WRONLY | O_DIRECT | O_CLOEXEC);
-  if (direct_fd < 0 && errno == EINVAL) disable_direct();
+  if (direct_fd < 0 && direct_refused(errno)) disable_direct();
 }
 
 void AccessLog::Impl::disable_direct() {
@@ -941,6 +950,10 @@ AccessLog::~AccessLog() {
   }
   impl_->sync_wake.notify_all();
   impl_->sync_thread.join();
+}
+
+void AccessLog::fail_next_direct_write_for_testing(int err) {
+  impl_->direct_fault.store(err, std::memory_order_relaxed);
 }
 
 AccessLogStats AccessLog::stats() const {

@@ -148,6 +148,9 @@ class AccessLog {
 
   // Testing/ops: the writer sleeps this long before each drain pass (not at shutdown).
   void set_writer_delay_for_testing(std::chrono::milliseconds delay);
+  // Testing: the next O_DIRECT write fails with `err` without writing (EINVAL: as on a
+  // filesystem that refuses O_DIRECT; EIO: a failed write, retried by the next pass).
+  void fail_next_direct_write_for_testing(int err);
   // Testing: the sync thread sleeps this long before each finished-segment sync (one per
   // queued segment, one per overflow range), as if fdatasync were that slow; not at shutdown.
   void set_sync_delay_for_testing(std::chrono::milliseconds delay);

@@ -635,6 +635,41 @@ TEST(AccessLog, DirectWritesGiveTheSameBytesAsBufferedOnesAcrossPassesRotationsA
   EXPECT_EQ(names[0], names[1]);
 }
 
+TEST(AccessLog, ARefusedDirectWriteFallsBackToThePageCacheAndAFailedOneIsRetried) {
+  TempDir dir;
+  if (!filesystem_takes_direct_io(dir.path())) GTEST_SKIP() << "no O_DIRECT on " << dir.path();
+  const std::vector<std::string> records = varied_records(90);  // ~400 KB
+  std::string expected;
+  for (size_t i = 0; i < records.size(); ++i) expected += expected_line(i + 1, records[i]);
+  {
+    // Passes only on flush(): the injected fault hits the pass the test expects it in.
+    auto log = open_log({.dir = dir.path(), .flush_interval_ms = 600000});
+    for (size_t i = 0; i < 30; ++i) ASSERT_TRUE(log->append(0, records[i]));
+    ASSERT_TRUE(log->flush());
+    const uint64_t direct_before = log->stats().direct_bytes;
+    EXPECT_GT(direct_before, 0u);
+    // A failed direct write (EIO): counted, nothing lost, the next pass writes it.
+    log->fail_next_direct_write_for_testing(EIO);
+    for (size_t i = 30; i < 60; ++i) ASSERT_TRUE(log->append(0, records[i]));
+    EXPECT_FALSE(log->flush());
+    ASSERT_TRUE(log->flush());
+    EXPECT_EQ(log->stats().write_errors, 1u);
+    const uint64_t direct_after_retry = log->stats().direct_bytes;
+    EXPECT_GT(direct_after_retry, direct_before);
+    // Refused (EINVAL, as some filesystems answer): buffered writes from then on.
+    log->fail_next_direct_write_for_testing(EINVAL);
+    for (size_t i = 60; i < records.size(); ++i) ASSERT_TRUE(log->append(0, records[i]));
+    ASSERT_TRUE(log->flush());
+    const AccessLogStats stats = log->stats();
+    EXPECT_EQ(stats.direct_bytes, direct_after_retry);
+    EXPECT_EQ(stats.write_errors, 1u);
+    EXPECT_EQ(stats.written, records.size());
+  }
+  const auto paths = segment_paths(dir.path());
+  ASSERT_EQ(paths.size(), 1u);
+  EXPECT_TRUE(testing::read_file(paths[0]) == expected);
+}
+
 TEST(AccessLog, APartialLastBlockHeldBackByADirectWriteReachesTheFileWithoutAFlush) {
   TempDir dir;
   auto log = open_log({.dir = dir.path(), .flush_interval_ms = 2});
