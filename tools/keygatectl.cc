@@ -191,7 +191,8 @@ when there may be one.
   --cursor C     continue from an earlier page's note
   --follow       print the newest N matching records oldest first, then every new matching
                  record as it is logged (checking every 0.5 s) until interrupted (Ctrl-C
-                 ends it with exit status 0)
+                 ends it with exit status 0); log queries (GET /admin/logs, its own polling
+                 included) are left out
   --json         print the server's page as is ({"records":[...],"next_cursor":...}); not
                  with --follow
 
@@ -1371,6 +1372,24 @@ int newest_seq(const Context& ctx, dom::parser& parser, uint64_t* seq) {
 
 // Prints the matching records with seq <= `upto`, oldest first: the newest `limit` of them, or
 // all of them when `limit` is 0.
+// A record of a log query (GET /admin/logs on the admin port). --follow leaves them out: its
+// own polling would otherwise add two lines a second to what it shows.
+bool is_log_query(dom::parser& parser, std::string_view record) {
+  dom::object object;
+  if (parser.parse(record.data(), record.size()).get(object) != simdjson::SUCCESS) return false;
+  std::string_view listener;
+  std::string_view path;
+  return object["listener"].get(listener) == simdjson::SUCCESS && listener == "admin" &&
+         object["path"].get(path) == simdjson::SUCCESS &&
+         (path == "/admin/logs" || path.starts_with("/admin/logs?"));
+}
+
+// Appends the records that are not log queries to `out`, one per line.
+void append_followed(dom::parser& parser, std::string_view record, std::string* out) {
+  if (is_log_query(parser, record)) return;
+  out->append(record).push_back('\n');
+}
+
 int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t limit) {
   dom::parser parser;
   std::vector<std::string> backlog;  // newest first
@@ -1390,8 +1409,11 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
     }
     cursor = page.next_cursor;
   }
+  dom::parser record_parser;
   std::string out;
-  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) out.append(*it).push_back('\n');
+  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) {
+    append_followed(record_parser, *it, &out);
+  }
   return emit(out);
 }
 
@@ -1403,6 +1425,7 @@ int logs_follow(const Context& ctx, const LogsQuery& q) {
   // An error after a stop signal is the interruption, not a failure.
   const auto end = [](int rc) { return g_stop_requested != 0 ? kExitOk : rc; };
   dom::parser parser;
+  dom::parser record_parser;
   uint64_t after = 0;
   if (const int rc = newest_seq(ctx, parser, &after); rc != kRender) return end(rc);
   if (after > 0) {
@@ -1428,7 +1451,7 @@ int logs_follow(const Context& ctx, const LogsQuery& q) {
         "limit=" + std::to_string(kLogsLimitMax) + q.filters + "&after=" + std::to_string(after);
     if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return end(rc);
     std::string out;
-    for (std::string_view record : page.records) out.append(record).push_back('\n');
+    for (std::string_view record : page.records) append_followed(record_parser, record, &out);
     if (const int rc = emit(out); rc != kExitOk) return end(rc);
     uint64_t next = 0;
     if (!page.next_cursor || !parse_count_u64(*page.next_cursor, &next) || next < after) {

@@ -623,5 +623,45 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowStreamsNewRecordsUntilInterrupted) {
       << out;
 }
 
+TEST_F(AdminLogsServer, KeygatectlLogsFollowLeavesOutLogQueriesItsOwnPollingIncluded) {
+  ASSERT_NO_FATAL_FAILURE(data("/orders/before", 200));
+  ASSERT_EQ(records_of(logs_until("key_id=" + key_id_, 1)).size(), 1u);  // itself a log query
+  const std::string url = "http://127.0.0.1:" + std::to_string(server_->admin_port());
+  BackgroundProcess follow;
+  std::string error;
+  ASSERT_TRUE(follow.start(KEYGATECTL_BINARY, {"--url", url, "logs", "--follow"},
+                           ctl_environment(admin_value_), &error))
+      << error;
+  ASSERT_TRUE(follow.wait_for_lines(1, Millis(5000))) << follow.out() << follow.err();
+  // Several polls (every 0.5 s) happen meanwhile, each logged.
+  std::this_thread::sleep_for(Millis(1500));
+  ASSERT_NO_FATAL_FAILURE(data("/orders/after", 200));
+  ASSERT_NO_FATAL_FAILURE(data("/orders/last", 200));
+  bool seen_last = false;
+  for (int i = 0; i < 50 && !seen_last; ++i) {
+    (void)follow.wait_for_lines(SIZE_MAX, Millis(100));  // reads whatever came meanwhile
+    seen_last = contains(follow.out(), "\"/orders/last\"");
+  }
+  const ExitStatus status = follow.stop(SIGINT, Millis(5000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.err();
+  ASSERT_TRUE(seen_last) << follow.out();
+  std::vector<std::string> paths;
+  const std::string& out = follow.out();
+  for (size_t at = 0; at < out.size();) {
+    const size_t end = out.find('\n', at);
+    if (end == std::string::npos) break;
+    paths.push_back(string_member(out.substr(at, end - at), "path"));
+    at = end + 1;
+  }
+  for (const std::string& path : paths) {
+    EXPECT_FALSE(path.starts_with("/admin/logs")) << out;
+  }
+  // Everything else is shown: the data requests (and any other admin request).
+  ASSERT_GE(paths.size(), 3u) << out;
+  EXPECT_EQ(paths[paths.size() - 3], "/orders/before");
+  EXPECT_EQ(paths[paths.size() - 2], "/orders/after");
+  EXPECT_EQ(paths.back(), "/orders/last");
+}
+
 }  // namespace
 }  // namespace keygate::integration
