@@ -1370,8 +1370,6 @@ int newest_seq(const Context& ctx, dom::parser& parser, uint64_t* seq) {
   return kRender;
 }
 
-// Prints the matching records with seq <= `upto`, oldest first: the newest `limit` of them, or
-// all of them when `limit` is 0.
 // A record of a log query (GET /admin/logs on the admin port). --follow leaves them out: its
 // own polling would otherwise add two lines a second to what it shows.
 bool is_log_query(dom::parser& parser, std::string_view record) {
@@ -1390,6 +1388,8 @@ void append_followed(dom::parser& parser, std::string_view record, std::string* 
   out->append(record).push_back('\n');
 }
 
+// Prints the matching records with seq <= `upto`, oldest first (log queries left out): the
+// newest `limit` of them, or all of them when `limit` is 0.
 int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t limit) {
   dom::parser parser;
   std::vector<std::string> backlog;  // newest first
