@@ -11,8 +11,8 @@
 #endif
 
 #include "core/assert.h"
-#include "core/forwarding.h"
 #include "core/http_request.h"
+#include "core/key_extractor.h"
 
 namespace keygate {
 

@@ -3,12 +3,12 @@
 #include <charconv>
 
 #include "core/assert.h"
+#include "core/key_extractor.h"
 
 namespace keygate {
 
 namespace {
 
-constexpr std::string_view kParamName = "key";
 constexpr std::string_view kCrlf = "\r\n";
 
 bool starts_with_ignore_case(std::string_view s,
@@ -115,33 +115,6 @@ void append_framing(std::string &out, BodyFraming framing,
 }
 
 } // namespace
-
-bool is_key_param_name(std::string_view name) noexcept {
-  if (name == kParamName)
-    return true;
-  if (name.size() > kParamName.size() * 3)
-    return false;
-  size_t n = 0;
-  for (size_t i = 0; i < name.size(); ++i) {
-    char c = name[i];
-    if (c == '+') {
-      c = ' ';
-    } else if (c == '%') {
-      if (name.size() - i < 3)
-        return false;
-      const int hi = hex_value(name[i + 1]);
-      const int lo = hex_value(name[i + 2]);
-      if (hi < 0 || lo < 0)
-        return false;
-      c = static_cast<char>(hi * 16 + lo);
-      i += 2;
-    }
-    if (n == kParamName.size() || kParamName[n] != c)
-      return false;
-    ++n;
-  }
-  return n == kParamName.size();
-}
 
 void append_target_without_key(std::string_view target,
                                std::string &out) noexcept {

@@ -33,13 +33,6 @@ enum class BodyFraming : uint8_t {
                // header)
 };
 
-// True when a raw (still percent-encoded) query or form parameter name decodes
-// to "key"
-// ("%XX" is a byte, '+' a space; a malformed escape makes it some other name).
-// "key", "k%65y" and "%6B%65%79" are; "keys", "akey", "KEY" are not. Shared
-// with the access-log redaction.
-bool is_key_param_name(std::string_view raw_name) noexcept;
-
 // Appends `data` to `out` as one chunk of chunked transfer coding ("<hex size>\r\n<data>\r\n");
 // nothing for empty data (an empty chunk would end the body).
 void append_chunk(std::string_view data, std::string& out) noexcept;

@@ -75,9 +75,26 @@ DecodeStatus form_decode(std::string_view in, std::array<char, kExtractedKeyByte
   return DecodeStatus::kOk;
 }
 
-// Does the (encoded) parameter name decode to "key"? Decodes on the fly without a buffer; a
-// malformed name is simply some other name.
-bool param_name_is_key(std::string_view name) noexcept {
+
+enum class MemberName : uint8_t { kOther, kKey, kEscaped };
+
+// Compares a raw member name (the bytes after its opening quote) with "API_Key" without
+// unescaping it: most names differ in their first byte, and only a name with a backslash
+// before the first difference could still unescape to "API_Key". Stage 1 guarantees the name
+// is closed by an unescaped quote, so the walk stays inside it.
+MemberName classify_member_name(const char* raw) noexcept {
+  for (size_t i = 0;; ++i) {
+    const char c = raw[i];
+    if (c == '\\') return MemberName::kEscaped;
+    if (i == kMemberName.size()) return c == '"' ? MemberName::kKey : MemberName::kOther;
+    if (c != kMemberName[i]) return MemberName::kOther;
+  }
+}
+
+}  // namespace
+
+// Decodes on the fly without a buffer; a malformed name is simply some other name.
+bool is_key_param_name(std::string_view name) noexcept {
   if (name == kParamName) return true;
   if (name.size() > kParamName.size() * 3) return false;
   size_t n = 0;
@@ -98,23 +115,6 @@ bool param_name_is_key(std::string_view name) noexcept {
   }
   return n == kParamName.size();
 }
-
-enum class MemberName : uint8_t { kOther, kKey, kEscaped };
-
-// Compares a raw member name (the bytes after its opening quote) with "API_Key" without
-// unescaping it: most names differ in their first byte, and only a name with a backslash
-// before the first difference could still unescape to "API_Key". Stage 1 guarantees the name
-// is closed by an unescaped quote, so the walk stays inside it.
-MemberName classify_member_name(const char* raw) noexcept {
-  for (size_t i = 0;; ++i) {
-    const char c = raw[i];
-    if (c == '\\') return MemberName::kEscaped;
-    if (i == kMemberName.size()) return c == '"' ? MemberName::kKey : MemberName::kOther;
-    if (c != kMemberName[i]) return MemberName::kOther;
-  }
-}
-
-}  // namespace
 
 // Folds candidate values into one key, or into the first problem that rules one out.
 class KeyExtractor::Collector {
@@ -152,7 +152,7 @@ class KeyExtractor::Collector {
       const size_t eq = pair.find('=');
       // A parameter without '=' ("?key") has an empty value: absent.
       if (eq == std::string_view::npos) continue;
-      if (param_name_is_key(pair.substr(0, eq))) offer_encoded(pair.substr(eq + 1), source);
+      if (is_key_param_name(pair.substr(0, eq))) offer_encoded(pair.substr(eq + 1), source);
     }
   }
 

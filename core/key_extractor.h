@@ -72,6 +72,12 @@ KeyRejection key_rejection(KeyOutcome outcome) noexcept;
 // "header", "query", "form", "json" or "none"; static, for logs.
 std::string_view key_source_name(KeySource source) noexcept;
 
+// True when a raw (still percent-encoded) query or form parameter name decodes to "key" ("%XX"
+// is a byte, '+' a space; a malformed escape makes it some other name): "key", "k%65y" and
+// "%6B%65%79" are; "keys", "akey", "KEY" are not. The extractor's rule, shared with forwarding
+// (key parameters stripped) and the access-log redaction.
+bool is_key_param_name(std::string_view raw_name) noexcept;
+
 class KeyExtractor {
  public:
   static constexpr size_t kBodyInspectBytesMaxDefault = size_t{1} << 20;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/handler.h"
+#include "core/key_extractor.h"
 #include "core/http_request.h"
 
 namespace keygate {
