@@ -165,15 +165,9 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
     case Authenticator::Outcome::kRejected:
       reject(response, r.rejection);
       return Result::kDone;
-    case Authenticator::Outcome::kFetch: {
+    case Authenticator::Outcome::kFetch:
       // Decided in resume_head() once the record is read; the body waits unread.
-      Pending* p = take_pending();
-      p->api = api;
-      p->mode = Mode::kDataPlane;
-      ctx.state = p;
-      authenticator_.fetch(digest, &p->lookup, ctx);
-      return Result::kPending;
-    }
+      return defer_fetch(digest, *api, Mode::kDataPlane, ctx);
   }
   KEYGATE_ASSERT(false && "every Authenticator outcome is handled above");
   return Result::kNeedBody;
@@ -205,14 +199,8 @@ Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& r
     case Authenticator::Outcome::kRejected:
       reject(response, r.rejection);
       return Result::kDone;
-    case Authenticator::Outcome::kFetch: {
-      Pending* p = take_pending();
-      p->api = api;
-      p->mode = mode;
-      ctx.state = p;
-      authenticator_.fetch(digest, &p->lookup, ctx);
-      return Result::kPending;
-    }
+    case Authenticator::Outcome::kFetch:
+      return defer_fetch(digest, *api, mode, ctx);
   }
   KEYGATE_ASSERT(false && "every Authenticator outcome is handled above");
   return Result::kDone;
@@ -304,6 +292,16 @@ void AuthHandler::answer_allowed(ResponseWriter& response, const ApiConfig& api,
   response.header("X-Keygate-Api", api.name);
   if (key.user && header_safe(*key.user)) response.header("X-Keygate-User", *key.user);
   response.finish("application/json", body_);
+}
+
+Handler::Result AuthHandler::defer_fetch(const KeyDigest& digest, const ApiConfig& api, Mode mode,
+                                         RequestContext& ctx) noexcept {
+  Pending* p = take_pending();
+  p->api = &api;
+  p->mode = mode;
+  ctx.state = p;
+  authenticator_.fetch(digest, &p->lookup, ctx);
+  return Result::kPending;
 }
 
 AuthHandler::Pending* AuthHandler::take_pending() {

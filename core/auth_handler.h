@@ -105,6 +105,10 @@ class AuthHandler final : public Handler {
   void unauthorized(ResponseWriter& response, std::string_view code,
                     std::string_view message) noexcept;
   void reject(ResponseWriter& response, const Authenticator::Rejection& r) noexcept;
+  // Starts reading the key filed under `digest` from the store and defers the request;
+  // resume() / resume_head() decide with the record.
+  Result defer_fetch(const KeyDigest& digest, const ApiConfig& api, Mode mode,
+                     RequestContext& ctx) noexcept;
   // take_pending() hands out an emptied Pending; give_back() keeps its lookup as it is, so a
   // record a resume() forwarded stays valid after the call (ForwardTarget's views).
   Pending* take_pending();
