@@ -355,6 +355,7 @@ struct AccessLog::Impl {
 
   bool recover(std::string* error);
   uint64_t retain_from_seq();
+  bool list_segments_counted(std::vector<SegmentName>* segments);
   void delete_segments_before(uint64_t seq);
   void run();
   void run_sync();
@@ -458,14 +459,18 @@ uint64_t AccessLog::Impl::retain_from_seq() {
   return closed.empty() ? active.first_seq : closed.front().first_seq;
 }
 
+// The writer's and sync thread's listing: a failure is counted in write_errors.
+bool AccessLog::Impl::list_segments_counted(std::vector<SegmentName>* segments) {
+  std::string error;
+  if (list_segments(options.dir, segments, &error)) return true;
+  write_errors.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
 // By listing the directory, so a segment whose unlink failed earlier is retried.
 void AccessLog::Impl::delete_segments_before(uint64_t seq) {
   std::vector<SegmentName> segments;
-  std::string error;
-  if (!list_segments(options.dir, &segments, &error)) {
-    write_errors.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
+  if (!list_segments_counted(&segments)) return;
   for (const SegmentName& segment : segments) {
     if (segment.first_seq >= seq) break;
     if (::unlinkat(dir_fd, segment.name.c_str(), 0) != 0 && errno != ENOENT) {
@@ -818,11 +823,7 @@ void AccessLog::Impl::sync_dir() {
 
 void AccessLog::Impl::sync_segments_by_name(uint64_t from_seq, uint64_t to_seq) {
   std::vector<SegmentName> segments;
-  std::string error;
-  if (!list_segments(options.dir, &segments, &error)) {
-    write_errors.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
+  if (!list_segments_counted(&segments)) return;
   for (const SegmentName& segment : segments) {
     if (segment.first_seq < from_seq || segment.first_seq > to_seq) continue;
     const int fd = ::openat(dir_fd, segment.name.c_str(), O_RDONLY | O_CLOEXEC);
