@@ -25,42 +25,12 @@ int remaining_ms(Clock::time_point deadline) {
   return left <= 0 ? 0 : static_cast<int>(left);
 }
 
-ExitStatus decode(int st) {
-  ExitStatus s;
-  if (WIFEXITED(st)) {
-    s.exited = true;
-    s.code = WEXITSTATUS(st);
-  } else if (WIFSIGNALED(st)) {
-    s.signal = WTERMSIG(st);
-  }
-  return s;
-}
-
-// Reaps `pid` by `deadline`, else SIGKILLs it and reaps it (SIGKILL cannot be ignored).
-ExitStatus reap(pid_t pid, Clock::time_point deadline) {
-  int st = 0;
-  for (;;) {
-    const pid_t r = ::waitpid(pid, &st, WNOHANG);
-    if (r == pid) return decode(st);
-    if (r < 0 && errno != EINTR) return ExitStatus{};
-    if (Clock::now() >= deadline) break;
-    std::this_thread::sleep_for(Millis(5));
-  }
-  ::kill(pid, SIGKILL);
-  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  ExitStatus s;
-  s.timed_out = true;
-  s.signal = SIGKILL;
-  return s;
-}
-
 }  // namespace
 
 ChildProcess::~ChildProcess() {
   if (pid_ > 0) {
     ::kill(pid_, SIGKILL);
-    (void)reap(pid_, Clock::now());
+    (void)reap_child(pid_, Clock::now());
   }
   if (out_fd_ >= 0) ::close(out_fd_);
   if (err_fd_ >= 0) ::close(err_fd_);
@@ -162,7 +132,7 @@ ExitStatus ChildProcess::stop(int sig, Millis timeout) {
   const auto deadline = Clock::now() + timeout;
   // Output pipes close when the process exits; reading them keeps it from blocking on a write.
   while ((out_fd_ >= 0 || err_fd_ >= 0) && Clock::now() < deadline) read_until(deadline);
-  const ExitStatus status = reap(pid_, deadline);
+  const ExitStatus status = reap_child(pid_, deadline);
   pid_ = -1;
   return status;
 }
@@ -171,7 +141,7 @@ bool ChildProcess::exited(ExitStatus* status) {
   if (pid_ <= 0) return true;
   int st = 0;
   if (::waitpid(pid_, &st, WNOHANG) != pid_) return false;
-  *status = decode(st);
+  *status = decode_wait_status(st);
   pid_ = -1;
   return true;
 }

@@ -60,37 +60,6 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-ExitStatus decode_wait_status(int st) {
-  ExitStatus s;
-  if (WIFEXITED(st)) {
-    s.exited = true;
-    s.code = WEXITSTATUS(st);
-  } else if (WIFSIGNALED(st)) {
-    s.signal = WTERMSIG(st);
-  }
-  return s;
-}
-
-// Waits for `pid` until `deadline`, then SIGKILLs it. Never returns with the child unreaped.
-ExitStatus reap(pid_t pid, Clock::time_point deadline) {
-  int st = 0;
-  for (;;) {
-    const pid_t r = ::waitpid(pid, &st, WNOHANG);
-    if (r == pid) return decode_wait_status(st);
-    if (r < 0 && errno != EINTR) return ExitStatus{};  // not our child any more: nothing to do
-    if (Clock::now() >= deadline) break;
-    std::this_thread::sleep_for(Millis(5));
-  }
-  ::kill(pid, SIGKILL);
-  const auto hard_deadline = Clock::now() + kReapAfterKill;
-  while (::waitpid(pid, &st, WNOHANG) == 0 && Clock::now() < hard_deadline) {
-    std::this_thread::sleep_for(Millis(5));
-  }
-  ExitStatus s;
-  s.timed_out = true;
-  s.signal = SIGKILL;
-  return s;
-}
 
 struct Child {
   pid_t pid = -1;
@@ -205,6 +174,37 @@ bool read_some(int fd, std::string* out) {
 
 }  // namespace
 
+ExitStatus decode_wait_status(int st) {
+  ExitStatus s;
+  if (WIFEXITED(st)) {
+    s.exited = true;
+    s.code = WEXITSTATUS(st);
+  } else if (WIFSIGNALED(st)) {
+    s.signal = WTERMSIG(st);
+  }
+  return s;
+}
+
+ExitStatus reap_child(pid_t pid, Clock::time_point deadline) {
+  int st = 0;
+  for (;;) {
+    const pid_t r = ::waitpid(pid, &st, WNOHANG);
+    if (r == pid) return decode_wait_status(st);
+    if (r < 0 && errno != EINTR) return ExitStatus{};  // not our child any more: nothing to do
+    if (Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(Millis(5));
+  }
+  ::kill(pid, SIGKILL);
+  const auto hard_deadline = Clock::now() + kReapAfterKill;
+  while (::waitpid(pid, &st, WNOHANG) == 0 && Clock::now() < hard_deadline) {
+    std::this_thread::sleep_for(Millis(5));
+  }
+  ExitStatus s;
+  s.timed_out = true;
+  s.signal = SIGKILL;
+  return s;
+}
+
 const char* keygate_binary() { return KEYGATE_BINARY; }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ ProcessResult run_process(const std::string& program, const std::vector<std::str
   }
   if (out_fd >= 0) ::close(out_fd);
   if (err_fd >= 0) ::close(err_fd);
-  result.status = reap(child.pid, deadline);
+  result.status = reap_child(child.pid, deadline);
   return result;
 }
 
@@ -295,7 +295,7 @@ TestServer::~TestServer() {
 
 void TestServer::kill_and_reap() {
   ::kill(pid_, SIGKILL);
-  (void)reap(pid_, Clock::now() + kReapAfterKill);
+  (void)reap_child(pid_, Clock::now() + kReapAfterKill);
   pid_ = -1;
 }
 
@@ -399,7 +399,7 @@ ExitStatus TestServer::wait_exit(Millis timeout) {
   const auto deadline = Clock::now() + timeout;
   // stdout closes when the process exits; reading it also keeps the pipe from filling up.
   while (stdout_fd_ >= 0 && Clock::now() < deadline) read_stdout_until(deadline);
-  const ExitStatus status = reap(pid_, deadline);
+  const ExitStatus status = reap_child(pid_, deadline);
   pid_ = -1;
   // Whatever was still in the pipe (the last lines) once the process is gone.
   const auto drain_deadline = Clock::now() + Millis(200);

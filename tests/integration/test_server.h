@@ -55,6 +55,12 @@ struct ExitStatus {
   std::string describe() const;
 };
 
+// A waitpid() status as an ExitStatus.
+ExitStatus decode_wait_status(int st);
+// Waits for child `pid` until `deadline`, then SIGKILLs it (waiting a bounded time more).
+// Never returns with the child unreaped.
+ExitStatus reap_child(pid_t pid, std::chrono::steady_clock::time_point deadline);
+
 // Output and status of a run that is expected to end by itself (CLI checks, scripts).
 struct ProcessResult {
   ExitStatus status;
