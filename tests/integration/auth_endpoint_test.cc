@@ -15,6 +15,7 @@
 #include "core/permissions.h"
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
+#include "tests/integration/orders_billing_keys.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -25,22 +26,11 @@ constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
 class AuthEndpoint : public ::testing::Test {
  protected:
   void SetUp() override {
-    orders_key_ = "it-auth-orders-" + random_hex(16);
-    billing_key_ = "it-auth-billing-" + random_hex(16);
-    alice_key_ = "it-auth-alice-" + random_hex(16);
-    {
-      storage::DataDir dir;
-      std::string error;
-      ASSERT_TRUE(dir.open(dir_.path() + "/data", &error)) << error;
-      auto keys = std::make_unique<storage::KeyService>();
-      ASSERT_TRUE(keys->open(dir_.path() + "/data", storage::KeyService::Options{}, &error))
-          << error;
-      ASSERT_TRUE(keys->put_user({"alice", {{"orders", {"GET"}, "/orders/public"}}}).is_ok());
-      create(*keys, orders_key_, "korders00001", {"orders"}, std::nullopt);
-      create(*keys, billing_key_, "kbilling0001", {"billing"}, std::nullopt);
-      create(*keys, alice_key_, "kalice000001", {"orders"}, "alice");
-      keys.reset();
-    }
+    OrdersBillingKeys keys;
+    ASSERT_NO_FATAL_FAILURE(seed_orders_billing_keys(dir_.path() + "/data", "it-auth-", &keys));
+    orders_key_ = keys.orders;
+    billing_key_ = keys.billing;
+    alice_key_ = keys.alice;
     ServerOptions options;
     options.data_dir = dir_.path() + "/data";
     options.extra_config = std::string(kOrdersAndBillingApis);
@@ -54,20 +44,6 @@ class AuthEndpoint : public ::testing::Test {
     if (server_ == nullptr || !server_->running()) return;
     const ExitStatus status = server_->stop(SIGTERM);
     EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
-  }
-
-  static void create(storage::KeyService& keys, const std::string& value, std::string id,
-                     std::vector<std::string> apis, std::optional<std::string> user) {
-    KeyRecord r;
-    r.id = std::move(id);
-    r.digest = digest_key(value);
-    r.hint = make_key_hint(value);
-    r.apis = std::move(apis);
-    r.user = std::move(user);
-    r.created_at = static_cast<int64_t>(std::time(nullptr));
-    r.updated_at = r.created_at;
-    const storage::Status s = keys.create_key(r);
-    ASSERT_TRUE(s.is_ok()) << s.message();
   }
 
   std::optional<Response> ask(std::string_view method, std::string_view target,

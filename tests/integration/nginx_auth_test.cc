@@ -22,6 +22,7 @@
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
 #include "tests/integration/process_helper.h"
+#include "tests/integration/orders_billing_keys.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -86,22 +87,11 @@ class NginxAuth : public ::testing::Test {
       GTEST_SKIP() << "this nginx was built without ngx_http_auth_request_module";
     }
 
-    orders_key_ = "it-nginx-orders-" + random_hex(16);
-    billing_key_ = "it-nginx-billing-" + random_hex(16);
-    alice_key_ = "it-nginx-alice-" + random_hex(16);
-    {
-      storage::DataDir dir;
-      std::string error;
-      ASSERT_TRUE(dir.open(dir_.path() + "/data", &error)) << error;
-      auto keys = std::make_unique<storage::KeyService>();
-      ASSERT_TRUE(keys->open(dir_.path() + "/data", storage::KeyService::Options{}, &error))
-          << error;
-      ASSERT_TRUE(keys->put_user({"alice", {{"orders", {"GET"}, "/orders/public"}}}).is_ok());
-      create(*keys, orders_key_, "korders00001", {"orders"}, std::nullopt);
-      create(*keys, billing_key_, "kbilling0001", {"billing"}, std::nullopt);
-      create(*keys, alice_key_, "kalice000001", {"orders"}, "alice");
-      keys.reset();
-    }
+    OrdersBillingKeys keys;
+    ASSERT_NO_FATAL_FAILURE(seed_orders_billing_keys(dir_.path() + "/data", "it-nginx-", &keys));
+    orders_key_ = keys.orders;
+    billing_key_ = keys.billing;
+    alice_key_ = keys.alice;
     ServerOptions options;
     options.data_dir = dir_.path() + "/data";
     options.extra_config = std::string(kOrdersAndBillingApis);
@@ -153,20 +143,6 @@ class NginxAuth : public ::testing::Test {
       const ExitStatus s = keygate_->stop(SIGTERM);
       EXPECT_TRUE(s.clean()) << "keygate " << s.describe() << "\n" << keygate_->error_output();
     }
-  }
-
-  static void create(storage::KeyService& keys, const std::string& value, std::string id,
-                     std::vector<std::string> apis, std::optional<std::string> user) {
-    KeyRecord r;
-    r.id = std::move(id);
-    r.digest = digest_key(value);
-    r.hint = make_key_hint(value);
-    r.apis = std::move(apis);
-    r.user = std::move(user);
-    r.created_at = static_cast<int64_t>(std::time(nullptr));
-    r.updated_at = r.created_at;
-    const storage::Status s = keys.create_key(r);
-    ASSERT_TRUE(s.is_ok()) << s.message();
   }
 
   std::string error_log() const {
