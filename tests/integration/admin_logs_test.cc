@@ -37,6 +37,7 @@
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
 #include "storage/key_service_admin_store.h"
+#include "tests/integration/process_helper.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -276,145 +277,6 @@ TEST_F(AdminLogsStore, FollowReturnsNewerRecordsOldestFirstAndTheNextAfter) {
 
 // --- AdminLogsServer: the real server and keygatectl (need the access log wired in) ----------
 
-// keygatectl in the background (for --follow): stdout and stderr collected as they come.
-class BackgroundProcess {
- public:
-  BackgroundProcess() = default;
-  ~BackgroundProcess() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    close_fd(out_fd_);
-    close_fd(err_fd_);
-  }
-  BackgroundProcess(const BackgroundProcess&) = delete;
-  BackgroundProcess& operator=(const BackgroundProcess&) = delete;
-
-  bool start(const std::string& program, const std::vector<std::string>& args,
-             const std::vector<std::string>& env, std::string* error) {
-    int out[2];
-    int err[2];
-    if (::pipe2(out, O_CLOEXEC) != 0) {
-      *error = "pipe failed";
-      return false;
-    }
-    if (::pipe2(err, O_CLOEXEC) != 0) {
-      ::close(out[0]);
-      ::close(out[1]);
-      *error = "pipe failed";
-      return false;
-    }
-    // Built before fork: the child only calls async-signal-safe functions.
-    std::vector<std::string> argv_strings = {program};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& a : argv_strings) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::vector<std::string> env_strings = env;
-    std::vector<char*> envp;
-    for (std::string& e : env_strings) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      *error = "fork failed";
-      return false;
-    }
-    if (pid == 0) {
-      const int devnull = ::open("/dev/null", O_RDONLY);
-      if (devnull < 0 || ::dup2(devnull, 0) < 0 || ::dup2(out[1], 1) < 0 ||
-          ::dup2(err[1], 2) < 0) {
-        ::_exit(127);
-      }
-      ::execve(program.c_str(), argv.data(), envp.data());
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    ::close(err[1]);
-    pid_ = pid;
-    out_fd_ = out[0];
-    err_fd_ = err[0];
-    return true;
-  }
-
-  // Reads until stdout holds at least `lines` lines, or `timeout` passes.
-  bool wait_for_lines(size_t lines, Millis timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (count_of(out_, "\n") < lines) {
-      if (Clock::now() >= deadline || !read_some(deadline)) return count_of(out_, "\n") >= lines;
-    }
-    return true;
-  }
-
-  // Sends `sig` and waits for the exit (SIGKILL at `timeout`), collecting the output.
-  ExitStatus stop(int sig, Millis timeout) {
-    ExitStatus status;
-    if (pid_ <= 0) return status;
-    ::kill(pid_, sig);
-    const auto deadline = Clock::now() + timeout;
-    int wstatus = 0;
-    while (true) {
-      const pid_t done = ::waitpid(pid_, &wstatus, WNOHANG);
-      if (done == pid_) break;
-      if (Clock::now() >= deadline) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &wstatus, 0);
-        status.timed_out = true;
-        break;
-      }
-      read_some(std::min(deadline, Clock::now() + Millis(20)));
-    }
-    pid_ = -1;
-    while (read_some(Clock::now() + Millis(100))) {
-    }
-    if (WIFEXITED(wstatus)) {
-      status.exited = true;
-      status.code = WEXITSTATUS(wstatus);
-    } else if (WIFSIGNALED(wstatus)) {
-      status.signal = WTERMSIG(wstatus);
-    }
-    return status;
-  }
-
-  const std::string& out() const { return out_; }
-  const std::string& err() const { return err_; }
-
- private:
-  static void close_fd(int& fd) {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-
-  // One poll over the open pipes until `deadline`; false when both are closed or nothing came.
-  bool read_some(Clock::time_point deadline) {
-    pollfd fds[2] = {{out_fd_, POLLIN, 0}, {err_fd_, POLLIN, 0}};
-    if (out_fd_ < 0 && err_fd_ < 0) return false;
-    const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now()).count();
-    const int n = ::poll(fds, 2, static_cast<int>(std::max<int64_t>(0, left)));
-    if (n <= 0) return false;
-    bool got = false;
-    char buf[4096];
-    for (int i = 0; i < 2; ++i) {
-      int& fd = i == 0 ? out_fd_ : err_fd_;
-      if (fd < 0 || (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
-      const ssize_t r = ::read(fd, buf, sizeof(buf));
-      if (r > 0) {
-        (i == 0 ? out_ : err_).append(buf, static_cast<size_t>(r));
-        got = true;
-      } else {
-        close_fd(fd);
-      }
-    }
-    return got || out_fd_ >= 0 || err_fd_ >= 0;
-  }
-
-  pid_t pid_ = -1;
-  int out_fd_ = -1;
-  int err_fd_ = -1;
-  std::string out_;
-  std::string err_;
-};
-
 // keygatectl's environment: ours, with KEYGATE_ADMIN_KEY set to `admin_key`.
 std::vector<std::string> ctl_environment(const std::string& admin_key) {
   std::vector<std::string> env;
@@ -599,20 +461,21 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowStreamsNewRecordsUntilInterrupted) {
   ASSERT_NO_FATAL_FAILURE(data("/orders/old", 200));
   ASSERT_EQ(records_of(logs_until("key_id=" + key_id_, 1)).size(), 1u);
   const std::string url = "http://127.0.0.1:" + std::to_string(server_->admin_port());
-  BackgroundProcess follow;
+  const std::vector<std::string> ctl_env = ctl_environment(admin_value_);
+  ChildProcess follow;
   std::string error;
-  ASSERT_TRUE(follow.start(KEYGATECTL_BINARY, {"--url", url, "logs", "--key", key_id_, "--follow"},
-                           ctl_environment(admin_value_), &error))
+  ASSERT_TRUE(follow.spawn(KEYGATECTL_BINARY, {"--url", url, "logs", "--key", key_id_, "--follow"},
+                           &error, &ctl_env))
       << error;
-  ASSERT_TRUE(follow.wait_for_lines(1, Millis(5000))) << follow.out() << follow.err();
+  ASSERT_TRUE(follow.wait_for_lines(1, Millis(5000))) << follow.output() << follow.error_output();
   ASSERT_NO_FATAL_FAILURE(data("/orders/new1", 200));
   ASSERT_NO_FATAL_FAILURE(data("/orders/new2", 200));
-  EXPECT_TRUE(follow.wait_for_lines(3, Millis(5000))) << follow.out() << follow.err();
+  EXPECT_TRUE(follow.wait_for_lines(3, Millis(5000))) << follow.output() << follow.error_output();
   const ExitStatus status = follow.stop(SIGINT, Millis(5000));
-  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.err();
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
   // The backlog first, then the new records oldest first, each once.
   std::vector<std::string> paths;
-  const std::string& out = follow.out();
+  const std::string& out = follow.output();
   for (size_t at = 0; at < out.size();) {
     const size_t end = out.find('\n', at);
     if (end == std::string::npos) break;
@@ -627,26 +490,27 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowLeavesOutLogQueriesItsOwnPollingIncl
   ASSERT_NO_FATAL_FAILURE(data("/orders/before", 200));
   ASSERT_EQ(records_of(logs_until("key_id=" + key_id_, 1)).size(), 1u);  // itself a log query
   const std::string url = "http://127.0.0.1:" + std::to_string(server_->admin_port());
-  BackgroundProcess follow;
+  const std::vector<std::string> ctl_env = ctl_environment(admin_value_);
+  ChildProcess follow;
   std::string error;
-  ASSERT_TRUE(follow.start(KEYGATECTL_BINARY, {"--url", url, "logs", "--follow"},
-                           ctl_environment(admin_value_), &error))
+  ASSERT_TRUE(follow.spawn(KEYGATECTL_BINARY, {"--url", url, "logs", "--follow"}, &error,
+                           &ctl_env))
       << error;
-  ASSERT_TRUE(follow.wait_for_lines(1, Millis(5000))) << follow.out() << follow.err();
+  ASSERT_TRUE(follow.wait_for_lines(1, Millis(5000))) << follow.output() << follow.error_output();
   // Several polls (every 0.5 s) happen meanwhile, each logged.
   std::this_thread::sleep_for(Millis(1500));
   ASSERT_NO_FATAL_FAILURE(data("/orders/after", 200));
   ASSERT_NO_FATAL_FAILURE(data("/orders/last", 200));
   bool seen_last = false;
   for (int i = 0; i < 50 && !seen_last; ++i) {
-    (void)follow.wait_for_lines(SIZE_MAX, Millis(100));  // reads whatever came meanwhile
-    seen_last = contains(follow.out(), "\"/orders/last\"");
+    follow.drain_output(Millis(100));  // reads whatever came meanwhile
+    seen_last = contains(follow.output(), "\"/orders/last\"");
   }
   const ExitStatus status = follow.stop(SIGINT, Millis(5000));
-  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.err();
-  ASSERT_TRUE(seen_last) << follow.out();
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
+  ASSERT_TRUE(seen_last) << follow.output();
   std::vector<std::string> paths;
-  const std::string& out = follow.out();
+  const std::string& out = follow.output();
   for (size_t at = 0; at < out.size();) {
     const size_t end = out.find('\n', at);
     if (end == std::string::npos) break;

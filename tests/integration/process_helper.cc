@@ -37,12 +37,16 @@ ChildProcess::~ChildProcess() {
 }
 
 bool ChildProcess::spawn(const std::string& program, const std::vector<std::string>& args,
-                         std::string* error) {
+                         std::string* error, const std::vector<std::string>* env) {
   std::vector<std::string> storage{program};
   storage.insert(storage.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (std::string& a : storage) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<std::string> env_storage = env != nullptr ? *env : std::vector<std::string>{};
+  std::vector<char*> envp;
+  for (std::string& e : env_storage) envp.push_back(e.data());
+  envp.push_back(nullptr);
   int out[2] = {-1, -1};
   int err[2] = {-1, -1};
   if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
@@ -70,7 +74,11 @@ bool ChildProcess::spawn(const std::string& program, const std::vector<std::stri
     if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
     ::dup2(out[1], STDOUT_FILENO);
     ::dup2(err[1], STDERR_FILENO);
-    ::execv(argv[0], argv.data());
+    if (env != nullptr) {
+      ::execve(argv[0], argv.data(), envp.data());
+    } else {
+      ::execv(argv[0], argv.data());
+    }
     const char msg[] = "process helper: exec failed\n";
     (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
     ::_exit(127);
@@ -119,6 +127,15 @@ bool ChildProcess::wait_for_line(std::string_view prefix, Millis timeout, std::s
     if (out_fd_ < 0 || Clock::now() >= deadline) return false;
     read_until(deadline);
   }
+}
+
+bool ChildProcess::wait_for_lines(size_t lines, Millis timeout) {
+  const auto deadline = Clock::now() + timeout;
+  const auto complete = [&] {
+    return static_cast<size_t>(std::count(stdout_.begin(), stdout_.end(), '\n')) >= lines;
+  };
+  while (!complete() && out_fd_ >= 0 && Clock::now() < deadline) read_until(deadline);
+  return complete();
 }
 
 void ChildProcess::drain_output(Millis timeout) {

@@ -27,13 +27,18 @@ class ChildProcess {
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
 
-  // Runs `program` (a path, no PATH search) with `args` (argv[0] is added). False with the
+  // Runs `program` (a path, no PATH search) with `args` (argv[0] is added), in `env`
+  // ("NAME=value" entries) when given, else in this process's environment. False with the
   // reason in `error` when it cannot be started (exec failures show up as an early exit).
-  bool spawn(const std::string& program, const std::vector<std::string>& args, std::string* error);
+  bool spawn(const std::string& program, const std::vector<std::string>& args, std::string* error,
+             const std::vector<std::string>* env = nullptr);
 
   // Reads output until stdout has a complete line starting with `prefix` (returned in `line`,
   // without the newline) or `timeout` passes or the child closes stdout.
   bool wait_for_line(std::string_view prefix, Millis timeout, std::string* line);
+  // Reads output until stdout holds at least `lines` complete lines, or `timeout` passes or
+  // the child closes stdout; whether it got there.
+  bool wait_for_lines(size_t lines, Millis timeout);
   // Reads whatever output arrives within `timeout`.
   void drain_output(Millis timeout);
 
