@@ -68,7 +68,8 @@ void write_upstream_request_head(const HttpRequest &request,
                                  std::string &out) noexcept;
 
 // Appends `target` (path plus optional "?query") with every `key` query
-// parameter removed (see is_key_param_name(); a "key" without '=' goes too).
+// parameter removed (see is_key_param_name() in key_extractor.h; a "key" without
+// '=' goes too).
 // All other parameters are kept byte for byte, in order, with the '&' between
 // them, so empty pairs ("a=1&&b=2") survive; when nothing is removed the output
 // equals the input, except that a query left empty (also one that was empty:
