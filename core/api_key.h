@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <string>
@@ -23,8 +24,24 @@ using KeyDigest = std::array<uint8_t, 32>;  // SHA-256 of the key value
 // SHA-256 of a key value. Does not allocate.
 KeyDigest digest_key(std::string_view key_value) noexcept;
 
-// Constant-time comparison of two digests.
-bool digests_equal(const KeyDigest& a, const KeyDigest& b) noexcept;
+// Constant-time comparison of two digests: the XOR of each 8-byte word is ORed into one
+// accumulator with no branch on the data; the empty asm makes the accumulator opaque after each
+// word, so the compiler cannot turn the loop into an early-exit comparison. Inline and
+// straight-line on purpose: the key cache calls it on a slot that has just missed every cache
+// level, and a call into a byte loop (OpenSSL's CRYPTO_memcmp) there kept the CPU from
+// overlapping that miss with other work (bench/key_cache_bench; docs/benchmarks.md).
+inline bool digests_equal(const KeyDigest& a, const KeyDigest& b) noexcept {
+  uint64_t diff = 0;
+  for (size_t i = 0; i < a.size(); i += sizeof(uint64_t)) {
+    uint64_t x;
+    uint64_t y;
+    std::memcpy(&x, a.data() + i, sizeof x);
+    std::memcpy(&y, b.data() + i, sizeof y);
+    diff |= x ^ y;
+    __asm__("" : "+r"(diff));
+  }
+  return diff == 0;
+}
 
 constexpr size_t kKeyValueBytesMax = 256;
 constexpr std::string_view kGeneratedKeyPrefix = "kg_";

@@ -99,6 +99,15 @@ TEST(ApiKey, DigestsEqualComparesEveryByte) {
   b[0] ^= 0x80;
   EXPECT_FALSE(digests_equal(a, b));
   EXPECT_FALSE(digests_equal(digest_key("abc"), digest_key("abd")));
+  // Every bit of every byte (each of the four 8-byte words the comparison folds).
+  for (size_t byte = 0; byte < a.size(); ++byte) {
+    for (int bit = 0; bit < 8; ++bit) {
+      b = a;
+      b[byte] ^= static_cast<uint8_t>(1u << bit);
+      EXPECT_FALSE(digests_equal(a, b)) << "byte " << byte << " bit " << bit;
+      EXPECT_FALSE(digests_equal(b, a)) << "byte " << byte << " bit " << bit;
+    }
+  }
 }
 
 TEST(ApiKey, ValidateAcceptsOneTo256PrintableCharacters) {
