@@ -175,7 +175,11 @@ write_report_lua "$tmp/report.lua"
 # --- servers ------------------------------------------------------------------------------------
 
 mkdir -p "$tmp/data" "$tmp/logs" "$tmp/nginx"
-keygate_config=()
+# No access log on either side: nginx has `access_log off`, keygate `[log] enabled = false`
+# (its default is on; each record costs ~0.6-1 us of its CPU per request, see
+# bench/e2e_proxy.sh PROXY_ACCESS_LOG=1, which nginx would not be paying here).
+printf '[log]\nenabled = false\n' >"$tmp/keygate.toml"
+keygate_config=(--config "$tmp/keygate.toml")
 nginx_auth_http=""
 nginx_auth_server=""
 if ((auth)); then
@@ -183,13 +187,12 @@ if ((auth)); then
   seed_cmd=("$KEYGATE_SEED_BIN" --data-dir "$tmp/data" --count "$AUTH_KEYS" --api "$AUTH_API"
     --prefix "$AUTH_KEY_PREFIX")
   "${seed_cmd[@]}" >"$tmp/seed.out" 2>&1 || die "keygate-seed failed; see $tmp/seed.out"
-  cat >"$tmp/keygate.toml" <<EOF
+  cat >>"$tmp/keygate.toml" <<EOF
 [[apis]]
 name = "$AUTH_API"
 routes = ["$AUTH_PATH"]
 mode = "auth-check"
 EOF
-  keygate_config=(--config "$tmp/keygate.toml")
   awk -v n="$AUTH_KEYS" -v p="$AUTH_KEY_PREFIX" \
     'BEGIN { for (i = 0; i < n; ++i) printf "\"%s%08d\" 1;\n", p, i }' >"$tmp/nginx/keys.map"
   # Large enough for AUTH_KEYS keys (nginx builds this hash for 100,000 keys in well under a
@@ -385,7 +388,8 @@ auth_env=""
 ((auth)) && auth_env="AUTH_KEYS=$AUTH_KEYS "
 echo "- command: \`DURATION=$DURATION ROUNDS=$ROUNDS ${auth_env}KEYGATE_BIN=$KEYGATE_BIN" \
   "$command_line\`"
-echo "- keygate: \`taskset -c $SERVER_CPU ${keygate_cmd[*]}\`"
+echo "- keygate: \`taskset -c $SERVER_CPU ${keygate_cmd[*]}\`, keygate.toml has" \
+  "\`[log] enabled = false\` (no access log, as nginx)"
 nginx_version="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
 echo "- nginx: \`taskset -c $SERVER_CPU ${nginx_cmd[*]}\` ($nginx_version)," \
   "worker_processes $WORKERS, access_log off, keepalive_requests 1000000"
