@@ -153,16 +153,18 @@ void BM_Sha256Only(benchmark::State& state) {
 }
 BENCHMARK(BM_Sha256Only);
 
-// What a worker pays per request: digest the presented value, then find it.
-void BM_DigestAndLookup(benchmark::State& state) {
-  Corpus& c = corpus();
+// Runs `lookup(i)` once per iteration the way a worker reads the cache: as an online QSBR
+// reader with a quiescent point every kLookupsPerQuiescentPoint lookups. The next index
+// depends on the result (next_index, opaque_zero), so lookups do not overlap.
+template <typename Lookup>
+void run_reader(benchmark::State& state, Corpus& c, Lookup lookup) {
   size_t i = 0;
   uint32_t since_quiescent = 0;
   c.qsbr->online(0);
   for (auto _ : state) {
-    const KeyRecord* record = c.cache->find(keygate::digest_key(c.value(i)));
-    benchmark::DoNotOptimize(record);
-    i = next_index(i, opaque_zero(record));
+    const auto result = lookup(i);
+    benchmark::DoNotOptimize(result);
+    i = next_index(i, opaque_zero(result));
     if (++since_quiescent == kLookupsPerQuiescentPoint) {
       c.qsbr->online(0);
       since_quiescent = 0;
@@ -170,25 +172,20 @@ void BM_DigestAndLookup(benchmark::State& state) {
   }
   c.qsbr->offline(0);
 }
+
+// What a worker pays per request: digest the presented value, then find it.
+void BM_DigestAndLookup(benchmark::State& state) {
+  Corpus& c = corpus();
+  run_reader(state, c, [&](size_t i) { return c.cache->find(keygate::digest_key(c.value(i))); });
+}
 BENCHMARK(BM_DigestAndLookup);
 
 // The same, plus reading the record found (as the handler does next): one more cold line.
 void BM_DigestLookupAndRead(benchmark::State& state) {
   Corpus& c = corpus();
-  size_t i = 0;
-  uint32_t since_quiescent = 0;
-  c.qsbr->online(0);
-  for (auto _ : state) {
-    const KeyRecord* record = c.cache->find(keygate::digest_key(c.value(i)));
-    bool usable = record->usable_at(1700000000);
-    benchmark::DoNotOptimize(usable);
-    i = next_index(i, opaque_zero(usable));
-    if (++since_quiescent == kLookupsPerQuiescentPoint) {
-      c.qsbr->online(0);
-      since_quiescent = 0;
-    }
-  }
-  c.qsbr->offline(0);
+  run_reader(state, c, [&](size_t i) {
+    return c.cache->find(keygate::digest_key(c.value(i)))->usable_at(1700000000);
+  });
 }
 BENCHMARK(BM_DigestLookupAndRead);
 
@@ -213,23 +210,14 @@ void BM_HeaderKeyResolveAndLookup(benchmark::State& state) {
   request.path = "/orders/48213";
   request.headers = headers;
   keygate::KeyExtractor extractor;
-  size_t i = 0;
-  uint32_t since_quiescent = 0;
   size_t misses = 0;
-  c.qsbr->online(0);
-  for (auto _ : state) {
+  run_reader(state, c, [&](size_t i) {
     headers[4].value = c.value(i);
     const keygate::ExtractResult r = extractor.extract(request, 0);
     const KeyRecord* record = c.cache->find(keygate::digest_key(r.key));
     misses += record == nullptr;
-    benchmark::DoNotOptimize(record);
-    i = next_index(i, opaque_zero(record));
-    if (++since_quiescent == kLookupsPerQuiescentPoint) {
-      c.qsbr->online(0);
-      since_quiescent = 0;
-    }
-  }
-  c.qsbr->offline(0);
+    return record;
+  });
   if (misses != 0) state.SkipWithError("a presented key was not found");
 }
 BENCHMARK(BM_HeaderKeyResolveAndLookup);
@@ -237,34 +225,15 @@ BENCHMARK(BM_HeaderKeyResolveAndLookup);
 // The lookup alone, hits in random order (mostly cache-missing memory at 1M keys).
 void BM_LookupHit(benchmark::State& state) {
   Corpus& c = corpus();
-  size_t i = 0;
-  uint32_t since_quiescent = 0;
-  c.qsbr->online(0);
-  for (auto _ : state) {
-    const KeyRecord* record = c.cache->find(c.digests[i]);
-    benchmark::DoNotOptimize(record);
-    i = next_index(i, opaque_zero(record));
-    if (++since_quiescent == kLookupsPerQuiescentPoint) {
-      c.qsbr->online(0);
-      since_quiescent = 0;
-    }
-  }
-  c.qsbr->offline(0);
+  run_reader(state, c, [&](size_t i) { return c.cache->find(c.digests[i]); });
 }
 BENCHMARK(BM_LookupHit);
 
-// Unknown digests: probe to an empty slot.
+// Unknown digests (a power-of-two count): probe to an empty slot.
 void BM_LookupMiss(benchmark::State& state) {
   Corpus& c = corpus();
-  size_t i = 0;
-  c.qsbr->online(0);
-  for (auto _ : state) {
-    const KeyRecord* record = c.cache->find(c.unknown[i]);
-    benchmark::DoNotOptimize(record);
-    i = (i + 1 + opaque_zero(record)) & (c.unknown.size() - 1);
-    if (i == 0) c.qsbr->online(0);
-  }
-  c.qsbr->offline(0);
+  run_reader(state, c,
+             [&](size_t i) { return c.cache->find(c.unknown[i & (c.unknown.size() - 1)]); });
 }
 BENCHMARK(BM_LookupMiss);
 
