@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "core/access_record.h"
+#include "tests/fuzz/fuzz_check.h"
 
 namespace {
 
@@ -40,16 +41,6 @@ using keygate::CapturedMessage;
 
 constexpr size_t kKeyBytesMax = 64;
 constexpr std::string_view kKeyId = "kid1";
-
-[[noreturn]] void fail(const char* what, int line) {
-  std::fprintf(stderr, "access_record_fuzz: invariant violated: %s (line %d)\n", what, line);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond)                \
-  do {                                  \
-    if (!(cond)) fail(#cond, __LINE__); \
-  } while (0)
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -145,7 +136,7 @@ void check_text(std::string_view logged, std::string_view key) {
 
 std::string_view string_member(simdjson::dom::object object, std::string_view name) {
   std::string_view value;
-  if (object[name].get_string().get(value) != simdjson::SUCCESS) fail("missing string", __LINE__);
+  if (object[name].get_string().get(value) != simdjson::SUCCESS) FUZZ_FAIL("missing string");
   return value;
 }
 

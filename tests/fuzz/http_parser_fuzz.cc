@@ -32,6 +32,7 @@
 #include "core/http_request.h"
 #include "core/limits.h"
 #include "net/http_parser.h"
+#include "tests/fuzz/fuzz_check.h"
 
 namespace {
 
@@ -41,19 +42,6 @@ using keygate::HttpRequest;
 using keygate::Limits;
 using keygate::net::HttpParser;
 using Status = HttpParser::Status;
-
-const char* g_pattern = "";  // the split pattern being run, for failure messages
-
-[[noreturn]] void fail(const char* what, int line) {
-  std::fprintf(stderr, "http_parser_fuzz: invariant violated: %s (line %d, pattern %s)\n", what,
-               line, g_pattern);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond)                \
-  do {                                  \
-    if (!(cond)) fail(#cond, __LINE__); \
-  } while (0)
 
 const Limits& default_limits() {
   static const Limits limits;
@@ -292,7 +280,7 @@ void fuzz_with(const Limits& limits, std::string_view data) {
 
   Outcome reference;
   for (size_t i = 0; i < patterns.size(); ++i) {
-    g_pattern = patterns[i].name;
+    keygate::fuzz::context = patterns[i].name;
     HttpParser parser(limits);
     const Outcome o = run(parser, limits, data, patterns[i]);
     if (i == 0) {
@@ -314,7 +302,7 @@ void fuzz_with(const Limits& limits, std::string_view data) {
     }
     check_reset(parser);
   }
-  g_pattern = "";
+  keygate::fuzz::context = "";
 }
 
 }  // namespace

@@ -35,6 +35,7 @@
 
 #include "core/http_request.h"
 #include "core/key_extractor.h"
+#include "tests/fuzz/fuzz_check.h"
 
 namespace {
 
@@ -48,16 +49,6 @@ using keygate::KeySource;
 
 constexpr size_t kSmallLimitBytes = 128;
 constexpr size_t kHeaderCountMax = 64;
-
-[[noreturn]] void fail(const char* what, int line) {
-  std::fprintf(stderr, "key_extractor_fuzz: invariant violated: %s (line %d)\n", what, line);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond)                \
-  do {                                  \
-    if (!(cond)) fail(#cond, __LINE__); \
-  } while (0)
 
 struct Got {
   KeyOutcome outcome = KeyOutcome::kMissing;
@@ -247,7 +238,7 @@ void run(KeyExtractor& extractor, HttpRequest r, std::string_view body) {
       std::fprintf(stderr, "reference: outcome %d source %d key [%s]\n",
                    static_cast<int>(expected.outcome), static_cast<int>(expected.source),
                    expected.key.c_str());
-      fail("extractor disagrees with the reference", __LINE__);
+      FUZZ_FAIL("extractor disagrees with the reference");
     }
   }
 }

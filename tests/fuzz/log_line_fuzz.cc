@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "storage/log_line.h"
+#include "tests/fuzz/fuzz_check.h"
 
 namespace {
 
@@ -36,16 +37,6 @@ using keygate::storage::is_complete_object;
 using keygate::storage::json_string_equals;
 using keygate::storage::line_seq;
 using keygate::storage::parse_json_int;
-
-[[noreturn]] void fail(const char* what, int line) {
-  std::fprintf(stderr, "log_line_fuzz: invariant violated: %s (line %d)\n", what, line);
-  std::abort();
-}
-
-#define FUZZ_CHECK(cond)                \
-  do {                                  \
-    if (!(cond)) fail(#cond, __LINE__); \
-  } while (0)
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
