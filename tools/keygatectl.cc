@@ -289,6 +289,18 @@ int emit(const std::string& text) {
   return kExitOk;
 }
 
+// Writes `table` to stdout, or, when it has no rows, "keygatectl: no <what>" to stderr (an
+// empty listing is not an error). The exit code to return.
+int emit_table(const Table& table, const char* what) {
+  if (table.rows() == 0) {
+    std::fprintf(stderr, "keygatectl: no %s\n", what);
+    return kExitOk;
+  }
+  std::string out;
+  table.render(&out);
+  return emit(out);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
@@ -869,13 +881,7 @@ int keys_list(const Context& ctx, const Args& args) {
     }
   }
   if (ctx.json) return emit("{\"keys\":[" + merged + "],\"next_cursor\":null}\n");
-  if (table.rows() == 0) {
-    std::fputs("keygatectl: no keys\n", stderr);
-    return kExitOk;
-  }
-  std::string out;
-  table.render(&out);
-  return emit(out);
+  return emit_table(table, "keys");
 }
 
 int keys_show(const Context& ctx, const Args& args) {
@@ -1111,13 +1117,7 @@ int users_list(const Context& ctx, const Args& args) {
     if (!read_user(e, &u)) return unexpected_response("not a user record");
     table.add_row({u.name, u.grants.empty() ? "(none)" : join(u.grants, " ")});
   }
-  if (table.rows() == 0) {
-    std::fputs("keygatectl: no users\n", stderr);
-    return kExitOk;
-  }
-  std::string out;
-  table.render(&out);
-  return emit(out);
+  return emit_table(table, "users");
 }
 
 int users_show(const Context& ctx, const Args& args) {
