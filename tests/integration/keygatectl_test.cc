@@ -404,6 +404,11 @@ TEST_F(Keygatectl, UsersCanBeCreatedListedShownUpdatedAndDeleted) {
   EXPECT_TRUE(gone.exited_with(1)) << gone.describe();
   EXPECT_TRUE(contains(gone.err, "404 not_found: no user with this name")) << gone.describe();
   ASSERT_TRUE(ctl({"users", "delete", odd}).exited_with(0));
+  // An empty listing is not an error: nothing on stdout, a word on stderr, exit 0.
+  const CtlRun empty = ctl({"users", "list"});
+  EXPECT_TRUE(empty.exited_with(0)) << empty.describe();
+  EXPECT_EQ(empty.out, "") << empty.describe();
+  EXPECT_EQ(empty.err, "keygatectl: no users\n") << empty.describe();
 
   const CtlRun bad_grant = ctl({"users", "update", "x", "--grant", ":GET"});
   EXPECT_TRUE(bad_grant.exited_with(2)) << bad_grant.describe();
