@@ -1,11 +1,9 @@
 #include "tests/integration/process_helper.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,56 +36,11 @@ ChildProcess::~ChildProcess() {
 
 bool ChildProcess::spawn(const std::string& program, const std::vector<std::string>& args,
                          std::string* error, const std::vector<std::string>* env) {
-  std::vector<std::string> storage{program};
-  storage.insert(storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_storage = env != nullptr ? *env : std::vector<std::string>{};
-  std::vector<char*> envp;
-  for (std::string& e : env_storage) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  int out[2] = {-1, -1};
-  int err[2] = {-1, -1};
-  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
-    *error = std::string("pipe2: ") + std::strerror(errno);
-    for (int fd : {out[0], out[1], err[0], err[1]}) {
-      if (fd >= 0) ::close(fd);
-    }
-    return false;
-  }
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    *error = std::string("fork: ") + std::strerror(errno);
-    for (int fd : {out[0], out[1], err[0], err[1]}) ::close(fd);
-    return false;
-  }
-  if (pid == 0) {
-    // Async-signal-safe calls only until exec.
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
-    ::dup2(out[1], STDOUT_FILENO);
-    ::dup2(err[1], STDERR_FILENO);
-    if (env != nullptr) {
-      ::execve(argv[0], argv.data(), envp.data());
-    } else {
-      ::execv(argv[0], argv.data());
-    }
-    const char msg[] = "process helper: exec failed\n";
-    (void)!::write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  ::close(err[1]);
-  pid_ = pid;
-  out_fd_ = out[0];
-  err_fd_ = err[0];
+  SpawnedChild child;
+  if (!spawn_child(program, args, /*capture_stderr=*/true, &child, error, env)) return false;
+  pid_ = child.pid;
+  out_fd_ = child.out_fd;
+  err_fd_ = child.err_fd;
   return true;
 }
 

@@ -61,12 +61,6 @@ std::string_view trim(std::string_view s) {
 }
 
 
-struct Child {
-  pid_t pid = -1;
-  int out_fd = -1;
-  int err_fd = -1;  // -1 when stderr is inherited
-};
-
 // The test's own environment with `set` added (replacing variables of the same name) and the
 // variables named in `unset` removed, as "NAME=VALUE" strings.
 std::vector<std::string> child_environment(
@@ -90,11 +84,25 @@ std::vector<std::string> child_environment(
   return out;
 }
 
-// fork/exec `program` with stdout (and optionally stderr) on pipes and stdin on /dev/null. The
-// child gets SIGKILL when the test process dies, so a crashed test leaves no process behind.
-// `env`, when given, is the child's whole environment ("NAME=VALUE"); otherwise it inherits ours.
-bool spawn(const std::string& program, const std::vector<std::string>& args, bool capture_stderr,
-           Child* child, std::string* error, const std::vector<std::string>* env = nullptr) {
+// One read from `fd` into `out`. Returns false at EOF or on error (the caller closes `fd`).
+bool read_some(int fd, std::string* out) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      out->append(buf, static_cast<size_t>(n));
+      return true;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return false;
+  }
+}
+
+}  // namespace
+
+bool spawn_child(const std::string& program, const std::vector<std::string>& args,
+                 bool capture_stderr, SpawnedChild* child, std::string* error,
+                 const std::vector<std::string>* env) {
   std::vector<std::string> argv_storage;
   argv_storage.push_back(program);
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
@@ -157,22 +165,6 @@ bool spawn(const std::string& program, const std::vector<std::string>& args, boo
   child->err_fd = capture_stderr ? err_pipe[0] : -1;
   return true;
 }
-
-// One read from `fd` into `out`. Returns false at EOF or on error (the caller closes `fd`).
-bool read_some(int fd, std::string* out) {
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n > 0) {
-      out->append(buf, static_cast<size_t>(n));
-      return true;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    return false;
-  }
-}
-
-}  // namespace
 
 ExitStatus decode_wait_status(int st) {
   ExitStatus s;
@@ -250,9 +242,9 @@ ProcessResult run_keygate(const std::vector<std::string>& args, Millis timeout) 
 ProcessResult run_process(const std::string& program, const std::vector<std::string>& args,
                           const std::vector<std::string>* env, Millis timeout) {
   ProcessResult result;
-  Child child;
+  SpawnedChild child;
   std::string error;
-  if (!spawn(program, args, true, &child, &error, env)) {
+  if (!spawn_child(program, args, true, &child, &error, env)) {
     result.err = "test harness: " + error;
     return result;
   }
@@ -314,9 +306,9 @@ bool TestServer::start(std::string* error, Millis timeout) {
   std::vector<std::string> env;
   const bool own_env = !options_.env.empty() || !options_.env_unset.empty();
   if (own_env) env = child_environment(options_.env, options_.env_unset);
-  Child child;
-  if (!spawn(keygate_binary(), args, options_.capture_stderr, &child, error,
-             own_env ? &env : nullptr)) {
+  SpawnedChild child;
+  if (!spawn_child(keygate_binary(), args, options_.capture_stderr, &child, error,
+                   own_env ? &env : nullptr)) {
     return false;
   }
   pid_ = child.pid;

@@ -55,6 +55,22 @@ struct ExitStatus {
   std::string describe() const;
 };
 
+// A child started by spawn_child(): its pid and the read ends of the pipes on its stdout and
+// stderr (err_fd -1 when stderr is inherited).
+struct SpawnedChild {
+  pid_t pid = -1;
+  int out_fd = -1;
+  int err_fd = -1;
+};
+
+// fork/exec `program` with `args`, stdout (and with `capture_stderr` stderr) on pipes, stdin on
+// /dev/null. The child gets SIGKILL when the test process dies, so a crashed test leaves no
+// process behind. `env`, when given, is the child's whole environment ("NAME=VALUE");
+// otherwise it inherits ours. On failure returns false with *error set and nothing to clean up.
+bool spawn_child(const std::string& program, const std::vector<std::string>& args,
+                 bool capture_stderr, SpawnedChild* child, std::string* error,
+                 const std::vector<std::string>* env = nullptr);
+
 // A waitpid() status as an ExitStatus.
 ExitStatus decode_wait_status(int st);
 // Waits for child `pid` until `deadline`, then SIGKILLs it (waiting a bounded time more).
