@@ -244,17 +244,7 @@ EOF
 keygate_cmd=("$KEYGATE_BIN" "${keygate_config[@]}" --listen "127.0.0.1:$KEYGATE_PORT"
   --admin-listen "127.0.0.1:$KEYGATE_ADMIN_PORT" --workers "$WORKERS"
   --data-dir "$tmp/data" --log-dir "$tmp/logs")
-# -e: nginx opens its compiled-in error log before reading the config unless told otherwise.
-nginx_cmd=("$NGINX_BIN" -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx/nginx.conf")
-
-# taskset execs the server, so $! is the server itself; its children inherit the pinning.
-taskset -c "$SERVER_CPU" "${keygate_cmd[@]}" >"$tmp/keygate.out" 2>"$tmp/keygate.err" &
-keygate_pid=$!
-taskset -c "$SERVER_CPU" "${nginx_cmd[@]}" >"$tmp/nginx.out" 2>"$tmp/nginx.err" &
-nginx_pid=$!
-bench_wait_healthz keygate "$keygate_pid" "$KEYGATE_PORT" "$tmp/keygate.out" '^keygate: listening '
-bench_wait_healthz nginx "$nginx_pid" "$NGINX_PORT"
-log "keygate pid $keygate_pid, nginx pid $nginx_pid, both on CPU $SERVER_CPU"
+bench_start_keygate_and_nginx
 
 declare -A port_of=([keygate]="$KEYGATE_PORT" [nginx]="$NGINX_PORT")
 declare -A pid_of=([keygate]="$keygate_pid" [nginx]="$nginx_pid")

@@ -222,6 +222,23 @@ bench_wait_healthz() {  # name pid port [out-file ready-regex]
   die "$name not ready on port $port after ${STARTUP_TIMEOUT_S:-10}s; see $tmp/$name.*"
 }
 
+# Starts "${keygate_cmd[@]}" and nginx (NGINX_BIN with $tmp/nginx/nginx.conf; the command it
+# runs is left in nginx_cmd for the report), both on SERVER_CPU, waits until both answer
+# GET /healthz, and sets keygate_pid and nginx_pid (which the cleanup trap stops). taskset execs
+# the server, so each pid is the server's own; its children inherit the pinning.
+bench_start_keygate_and_nginx() {
+  # -e: nginx opens its compiled-in error log before reading the config unless told otherwise.
+  nginx_cmd=("$NGINX_BIN" -p "$tmp/nginx" -e "$tmp/nginx/error.log" -c "$tmp/nginx/nginx.conf")
+  taskset -c "$SERVER_CPU" "${keygate_cmd[@]}" >"$tmp/keygate.out" 2>"$tmp/keygate.err" &
+  keygate_pid=$!
+  taskset -c "$SERVER_CPU" "${nginx_cmd[@]}" >"$tmp/nginx.out" 2>"$tmp/nginx.err" &
+  nginx_pid=$!
+  bench_wait_healthz keygate "$keygate_pid" "$KEYGATE_PORT" "$tmp/keygate.out" \
+    '^keygate: listening '
+  bench_wait_healthz nginx "$nginx_pid" "$NGINX_PORT"
+  log "keygate pid $keygate_pid, nginx pid $nginx_pid, both on CPU $SERVER_CPU"
+}
+
 # "requests duration_us p99_us errors non2xx" from the E2E_RESULT line (write_report_lua's hook)
 # of a wrk output file; fails when there is none.
 bench_wrk_result() {  # wrk-output-file
