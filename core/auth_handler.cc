@@ -139,21 +139,25 @@ Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& 
   return check(request, response, ctx, Mode::kDataPlane);
 }
 
+const ApiConfig* AuthHandler::route(const HttpRequest& request,
+                                     ResponseWriter& response) const noexcept {
+  if (!path_is_normalized(request.path)) {
+    response.error(400, "invalid_path", "request path is not in normal form");
+    return nullptr;
+  }
+  const ApiConfig* api = registry_.match(request.path);
+  if (api == nullptr) response.error(404, "no_route", "no API serves this path");
+  return api;
+}
+
 Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWriter& response,
                                          RequestContext& ctx) noexcept {
   if (request.path == "/healthz" || route_matches(kAuthPath, request.path)) {
     return Result::kNeedBody;
   }
-  // Routing needs no body, so these rejections need not wait for one.
-  if (!path_is_normalized(request.path)) {
-    response.error(400, "invalid_path", "request path is not in normal form");
-    return Result::kDone;
-  }
-  const ApiConfig* api = registry_.match(request.path);
-  if (api == nullptr) {
-    response.error(404, "no_route", "no API serves this path");
-    return Result::kDone;
-  }
+  // Routing needs no body, so its rejections need not wait for one.
+  const ApiConfig* api = route(request, response);
+  if (api == nullptr) return Result::kDone;
   if (api->upstreams.empty()) return Result::kNeedBody;
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
@@ -181,15 +185,8 @@ Handler::Result AuthHandler::resume_head(const HttpRequest& request, ResponseWri
 
 Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& response,
                                    RequestContext& ctx, Mode mode) noexcept {
-  if (!path_is_normalized(request.path)) {
-    response.error(400, "invalid_path", "request path is not in normal form");
-    return Result::kDone;
-  }
-  const ApiConfig* api = registry_.match(request.path);
-  if (api == nullptr) {
-    response.error(404, "no_route", "no API serves this path");
-    return Result::kDone;
-  }
+  const ApiConfig* api = route(request, response);
+  if (api == nullptr) return Result::kDone;
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
   const Authenticator::Result r = authenticator_.resolve(request, now, &digest);

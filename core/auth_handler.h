@@ -93,6 +93,9 @@ class AuthHandler final : public Handler {
   // 400 into `response`.
   static bool describe(const HttpRequest& auth, HttpRequest* described,
                        ResponseWriter& response) noexcept;
+  // The API whose routes match `request`'s path, or nullptr after writing the rejection
+  // (400 invalid_path, 404 no_route) into `response`.
+  const ApiConfig* route(const HttpRequest& request, ResponseWriter& response) const noexcept;
   // Route, resolve and decide for `request` (the described one for the auth endpoint).
   Result check(const HttpRequest& request, ResponseWriter& response, RequestContext& ctx,
                Mode mode) noexcept;
