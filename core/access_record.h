@@ -48,8 +48,9 @@
 // number of times, and a text that still holds one is replaced by a lone
 // marker.
 //
-// JSON escaping: '"' and '\\' are backslash-escaped, control bytes (< 0x20)
-// become \u00XX, valid UTF-8 passes through, and each byte of an invalid UTF-8
+// JSON escaping: '"' and '\\' are backslash-escaped, the control bytes with a
+// two-character escape become it (\b \t \n \f \r), the other control bytes
+// (< 0x20) \u00XX, valid UTF-8 passes through, and each byte of an invalid UTF-8
 // sequence becomes \u00XX of that byte (so "\u00e9" in a record means the raw
 // byte 0xE9 was sent, never "é"). Every record is therefore valid JSON, one
 // line.
