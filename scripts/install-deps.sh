@@ -8,7 +8,7 @@ packages=(
   liburing-dev libsimdjson-dev librocksdb-dev libxxhash-dev libssl-dev
   libbenchmark-dev libgtest-dev libgmock-dev
   node-llhttp libtomlplusplus-dev
-  curl python3 wrk nginx-light
+  curl python3 wrk nginx-light procps iproute2
 )
 
 missing=()
