@@ -27,8 +27,10 @@ run() {  # name, then the command
   local name="$1"
   shift
   local started=$SECONDS
-  if ! (cd "$repo_root" && timeout 600 "$@") >"$work/$name.log" 2>&1; then
-    echo "FAIL $name: exit $?; the end of its output:"
+  local status=0
+  (cd "$repo_root" && timeout 600 "$@") >"$work/$name.log" 2>&1 || status=$?
+  if ((status != 0)); then
+    echo "FAIL $name: exit $status; the end of its output:"
     tail -n 30 "$work/$name.log" | sed 's/^/    /'
     failed=$((failed + 1))
     return
