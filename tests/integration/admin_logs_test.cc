@@ -103,6 +103,18 @@ std::vector<int64_t> seqs_of(const std::vector<std::string>& records) {
   return out;
 }
 
+// The "path" of each complete line of `keygatectl logs` output (one record per line).
+std::vector<std::string> paths_of_lines(const std::string& out) {
+  std::vector<std::string> paths;
+  for (size_t at = 0; at < out.size();) {
+    const size_t end = out.find('\n', at);
+    if (end == std::string::npos) break;
+    paths.push_back(string_member(out.substr(at, end - at), "path"));
+    at = end + 1;
+  }
+  return paths;
+}
+
 bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;
 }
@@ -339,6 +351,18 @@ class AdminLogsServer : public ::testing::Test {
     }
   }
 
+  // Starts `keygatectl --url <admin port> logs ARGS --follow` and waits for its first line.
+  void start_follow(ChildProcess* follow, std::vector<std::string> args) {
+    const std::vector<std::string> env = ctl_environment(admin_value_);
+    args.insert(args.begin(),
+                {"--url", "http://127.0.0.1:" + std::to_string(server_->admin_port()), "logs"});
+    args.push_back("--follow");
+    std::string error;
+    ASSERT_TRUE(follow->spawn(KEYGATECTL_BINARY, args, &error, &env)) << error;
+    ASSERT_TRUE(follow->wait_for_lines(1, Millis(5000)))
+        << follow->output() << follow->error_output();
+  }
+
   const std::string admin_value_ = "admin-logs-test-admin-key-" + random_hex(16);
   std::unique_ptr<TestServer> server_;
   std::string key_id_;
@@ -460,28 +484,16 @@ TEST_F(AdminLogsServer, KeygatectlLogsPrintsTheKeysRecordsOnePerLine) {
 TEST_F(AdminLogsServer, KeygatectlLogsFollowStreamsNewRecordsUntilInterrupted) {
   ASSERT_NO_FATAL_FAILURE(data("/orders/old", 200));
   ASSERT_EQ(records_of(logs_until("key_id=" + key_id_, 1)).size(), 1u);
-  const std::string url = "http://127.0.0.1:" + std::to_string(server_->admin_port());
-  const std::vector<std::string> ctl_env = ctl_environment(admin_value_);
   ChildProcess follow;
-  std::string error;
-  ASSERT_TRUE(follow.spawn(KEYGATECTL_BINARY, {"--url", url, "logs", "--key", key_id_, "--follow"},
-                           &error, &ctl_env))
-      << error;
-  ASSERT_TRUE(follow.wait_for_lines(1, Millis(5000))) << follow.output() << follow.error_output();
+  ASSERT_NO_FATAL_FAILURE(start_follow(&follow, {"--key", key_id_}));
   ASSERT_NO_FATAL_FAILURE(data("/orders/new1", 200));
   ASSERT_NO_FATAL_FAILURE(data("/orders/new2", 200));
   EXPECT_TRUE(follow.wait_for_lines(3, Millis(5000))) << follow.output() << follow.error_output();
   const ExitStatus status = follow.stop(SIGINT, Millis(5000));
   EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
   // The backlog first, then the new records oldest first, each once.
-  std::vector<std::string> paths;
   const std::string& out = follow.output();
-  for (size_t at = 0; at < out.size();) {
-    const size_t end = out.find('\n', at);
-    if (end == std::string::npos) break;
-    paths.push_back(string_member(out.substr(at, end - at), "path"));
-    at = end + 1;
-  }
+  const std::vector<std::string> paths = paths_of_lines(out);
   EXPECT_EQ(paths, (std::vector<std::string>{"/orders/old", "/orders/new1", "/orders/new2"}))
       << out;
 }
@@ -489,14 +501,8 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowStreamsNewRecordsUntilInterrupted) {
 TEST_F(AdminLogsServer, KeygatectlLogsFollowLeavesOutLogQueriesItsOwnPollingIncluded) {
   ASSERT_NO_FATAL_FAILURE(data("/orders/before", 200));
   ASSERT_EQ(records_of(logs_until("key_id=" + key_id_, 1)).size(), 1u);  // itself a log query
-  const std::string url = "http://127.0.0.1:" + std::to_string(server_->admin_port());
-  const std::vector<std::string> ctl_env = ctl_environment(admin_value_);
   ChildProcess follow;
-  std::string error;
-  ASSERT_TRUE(follow.spawn(KEYGATECTL_BINARY, {"--url", url, "logs", "--follow"}, &error,
-                           &ctl_env))
-      << error;
-  ASSERT_TRUE(follow.wait_for_lines(1, Millis(5000))) << follow.output() << follow.error_output();
+  ASSERT_NO_FATAL_FAILURE(start_follow(&follow, {}));
   // Several polls (every 0.5 s) happen meanwhile, each logged.
   std::this_thread::sleep_for(Millis(1500));
   ASSERT_NO_FATAL_FAILURE(data("/orders/after", 200));
@@ -509,14 +515,8 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowLeavesOutLogQueriesItsOwnPollingIncl
   const ExitStatus status = follow.stop(SIGINT, Millis(5000));
   EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
   ASSERT_TRUE(seen_last) << follow.output();
-  std::vector<std::string> paths;
   const std::string& out = follow.output();
-  for (size_t at = 0; at < out.size();) {
-    const size_t end = out.find('\n', at);
-    if (end == std::string::npos) break;
-    paths.push_back(string_member(out.substr(at, end - at), "path"));
-    at = end + 1;
-  }
+  const std::vector<std::string> paths = paths_of_lines(out);
   for (const std::string& path : paths) {
     EXPECT_FALSE(path.starts_with("/admin/logs")) << out;
   }
