@@ -75,7 +75,6 @@ DecodeStatus form_decode(std::string_view in, std::array<char, kExtractedKeyByte
   return DecodeStatus::kOk;
 }
 
-
 enum class MemberName : uint8_t { kOther, kKey, kEscaped };
 
 // Compares a raw member name (the bytes after its opening quote) with "API_Key" without
