@@ -9,6 +9,8 @@
 //                  with longer strings and some UTF-8): the case the product target is about
 //   Json64KiB      the same bodies grown to 64 KiB each
 //   Text4KiB       text/plain bodies with tabs, newlines and quotes (escape-heavy)
+//   Prose4KiB      application/octet-stream bodies of one line of prose repeated (a newline
+//                  every 56 bytes): what bench/e2e_log.sh sends and its upstream answers
 //   Binary4KiB     4 KiB of random bytes each way (application/octet-stream): most bytes need
 //                  an escape or a UTF-8 check
 // Each shape is measured twice in one run: through append(), and through a baseline that does
@@ -112,6 +114,15 @@ std::string plain_text(size_t bytes) {
   return body;
 }
 
+// The body bench/e2e_body.lua sends: one line of prose repeated (a newline every 56 bytes).
+std::string prose_text(size_t bytes) {
+  constexpr std::string_view kLine = "The quick brown fox jumps over the lazy dog 0123456789.\n";
+  std::string body;
+  while (body.size() < bytes) body += kLine;
+  body.resize(bytes);
+  return body;
+}
+
 std::string random_bytes(size_t bytes, uint32_t seed) {
   std::mt19937 rng(seed);
   std::string body(bytes, '\0');
@@ -180,6 +191,11 @@ const Shape& json_shape(size_t bytes) {
 const Shape& text_shape() {
   static const Shape s(true, "text/plain", plain_text(4096), "text/plain; charset=utf-8",
                        plain_text(4096));
+  return s;
+}
+const Shape& prose_shape() {
+  static const Shape s(true, "application/octet-stream", prose_text(4096),
+                       "application/octet-stream", prose_text(4096));
   return s;
 }
 const Shape& binary_shape() {
@@ -261,6 +277,8 @@ void BM_AccessRecord_Json64KiB(benchmark::State& state) { run_append(state, json
 BENCHMARK(BM_AccessRecord_Json64KiB);
 void BM_AccessRecord_Text4KiB(benchmark::State& state) { run_append(state, text_shape()); }
 BENCHMARK(BM_AccessRecord_Text4KiB);
+void BM_AccessRecord_Prose4KiB(benchmark::State& state) { run_append(state, prose_shape()); }
+BENCHMARK(BM_AccessRecord_Prose4KiB);
 void BM_AccessRecord_Binary4KiB(benchmark::State& state) { run_append(state, binary_shape()); }
 BENCHMARK(BM_AccessRecord_Binary4KiB);
 
@@ -272,6 +290,8 @@ void BM_Copy_Json64KiB(benchmark::State& state) { run_copy(state, json_shape(655
 BENCHMARK(BM_Copy_Json64KiB);
 void BM_Copy_Text4KiB(benchmark::State& state) { run_copy(state, text_shape()); }
 BENCHMARK(BM_Copy_Text4KiB);
+void BM_Copy_Prose4KiB(benchmark::State& state) { run_copy(state, prose_shape()); }
+BENCHMARK(BM_Copy_Prose4KiB);
 void BM_Copy_Binary4KiB(benchmark::State& state) { run_copy(state, binary_shape()); }
 BENCHMARK(BM_Copy_Binary4KiB);
 

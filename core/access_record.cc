@@ -4,9 +4,12 @@
 #include <array>
 #include <bit>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 
-#if defined(__SSE2__)
+#if defined(__x86_64__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
@@ -194,79 +197,42 @@ size_t utf8_sequence(std::string_view s, size_t i) noexcept {
 }
 
 
-// --- 16-byte block scans ---
-// Every scan below looks at text 16 bytes at a time and gets a bit mask (bit i for byte i) of
-// the bytes it must stop at, so runs of ordinary bytes cost a few instructions per block instead
-// of a branch per byte. SSE2 (baseline on x86-64) where available; elsewhere a plain loop makes
-// the same mask, so both paths share the logic above them.
-constexpr size_t kBlock = 16;
-using Mask = uint32_t;
+// --- Scans ---
+// The scalar tests first; the block scans that skip text in 16 or 32 byte blocks and stop only
+// where these tests hold are in access_record_blocks.inc, included below once per width.
+using Mask = uint64_t; // bit i for byte i of a block
 
 // The bytes JSON escaping must look at: control bytes, '"', '\\', and bytes >= 0x80 (UTF-8).
 constexpr bool needs_escape(unsigned char u) noexcept {
   return u < 0x20 || u >= 0x80 || u == '"' || u == '\\';
 }
 
-#if defined(__SSE2__)
-__m128i load_block(const char *p) noexcept {
-  return _mm_loadu_si128(reinterpret_cast<const __m128i *>(p));
+// A quote that can open a member name starting with `next`: followed by `next` or '\\'.
+bool is_name_start(std::string_view t, size_t i, char next) noexcept {
+  return t[i] == '"' && i + 1 < t.size() && (t[i + 1] == next || t[i + 1] == '\\');
 }
-Mask to_mask(__m128i v) noexcept {
-  return static_cast<Mask>(_mm_movemask_epi8(v));
-}
-// The bytes needing an escape; *quoted gets those that are '"' or '\\'.
-Mask escape_mask(const char *p, Mask *quoted) noexcept {
-  const __m128i v = load_block(p);
-  // Signed compare: bytes >= 0x80 are negative, so "< 0x20" catches them and the control bytes.
-  const __m128i low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
-  const __m128i quote = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
-                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('\\')));
-  *quoted = to_mask(quote);
-  return to_mask(_mm_or_si128(low, quote));
-}
-__m128i eq(__m128i v, char c) noexcept {
-  return _mm_cmpeq_epi8(v, _mm_set1_epi8(c));
-}
-#else
-Mask escape_mask(const char *p, Mask *quoted) noexcept {
-  Mask m = 0;
-  *quoted = 0;
-  for (size_t i = 0; i < kBlock; ++i) {
-    m |= static_cast<Mask>(needs_escape(static_cast<unsigned char>(p[i]))) << i;
-    *quoted |= static_cast<Mask>(p[i] == '"' || p[i] == '\\') << i;
-  }
-  return m;
-}
-Mask eq_mask(const char *p, char c) noexcept {
-  Mask m = 0;
-  for (size_t i = 0; i < kBlock; ++i)
-    m |= static_cast<Mask>(p[i] == c) << i;
-  return m;
-}
-#endif
 
-// The first position p >= from where a '"' is followed by `next` or '\\' (the only quotes
-// that can open a member name starting with `next`), or npos.
-size_t find_name_start(std::string_view t, size_t from, char next) noexcept {
+// When the string whose opening quote is t[p] JSON-unescapes to exactly `name`: the position
+// of its closing quote; else npos. Stops after at most name.size() + 1 characters.
+size_t member_name_end(std::string_view t, size_t p, std::string_view name) noexcept {
   const size_t n = t.size();
-  size_t i = from;
-  // The block at i+1 must be readable too.
-  for (; i < n && n - i > kBlock; i += kBlock) {
-#if defined(__SSE2__)
-    const __m128i v1 = load_block(t.data() + i + 1);
-    const Mask m = to_mask(_mm_and_si128(
-        eq(load_block(t.data() + i), '"'), _mm_or_si128(eq(v1, next), eq(v1, '\\'))));
-#else
-    const Mask m =
-        eq_mask(t.data() + i, '"') &
-        (eq_mask(t.data() + i + 1, next) | eq_mask(t.data() + i + 1, '\\'));
-#endif
-    if (m != 0)
-      return i + static_cast<size_t>(std::countr_zero(m));
-  }
-  for (; i + 1 < n; ++i) {
-    if (t[i] == '"' && (t[i + 1] == next || t[i + 1] == '\\'))
-      return i;
+  size_t q = p + 1;
+  size_t k = 0;
+  while (q < n) {
+    const char c = t[q];
+    if (c == '"')
+      return k == name.size() ? q : std::string_view::npos;
+    int unit = static_cast<unsigned char>(c);
+    size_t len = 1;
+    if (c == '\\') {
+      len = json_escape(t, q, &unit);
+      if (len == 0)
+        break;
+    }
+    if (k == name.size() || unit != static_cast<unsigned char>(name[k]))
+      break;
+    ++k;
+    q += len;
   }
   return std::string_view::npos;
 }
@@ -274,99 +240,37 @@ size_t find_name_start(std::string_view t, size_t from, char next) noexcept {
 // Where a run that decodes to a key can start: the key's first byte raw, followed by its
 // second byte or by a byte that can start an encoding of it; '%'; a backslash followed by 'u'
 // (or by anything when the first byte has a two-character JSON escape); '+' when the key
-// starts with a space. Every position match_length could accept passes, so the scan skips
-// the rest in blocks and tries only these.
-class StartFilter {
-public:
-  explicit StartFilter(std::string_view key) noexcept
-      : first_(key[0]), second_(key.size() > 1 ? key[1] : key[0]),
-        plus_(key[0] == ' ' ? '+' : '%'),
-        any_second_(key.size() == 1 || may_start_encoding(key[0])),
-        any_after_backslash_(has_short_escape(key[0])) {}
+// starts with a space. Every position match_length could accept passes, so a scan skips the
+// rest in blocks and tries only these.
+struct KeyStarts {
+  explicit KeyStarts(std::string_view key) noexcept
+      : first(key[0]), second(key.size() > 1 ? key[1] : key[0]),
+        plus(key[0] == ' ' ? '+' : '%'),
+        any_second(key.size() == 1 || may_start_encoding(key[0])),
+        any_after_backslash(has_short_escape(key[0])) {}
 
-  // The first start at or after `from`, or t.size().
-  size_t next(std::string_view t, size_t from) const noexcept {
-    const size_t n = t.size();
-    size_t i = from;
-#if defined(__SSE2__)
-    // Broadcasts once per call; most blocks hold none of the four first bytes and cost one
-    // movemask, the rest get the filter on the next byte as well.
-    const __m128i pct = _mm_set1_epi8('%');
-    const __m128i plus = _mm_set1_epi8(plus_);
-    const __m128i first = _mm_set1_epi8(first_);
-    const __m128i backslash = _mm_set1_epi8('\\');
-    const __m128i second = _mm_set1_epi8(second_);
-    const __m128i raw_plus = _mm_set1_epi8('+');
-    const __m128i u = _mm_set1_epi8('u');
-    const __m128i any_next = _mm_set1_epi8(any_second_ ? -1 : 0);
-    const __m128i any_escape = _mm_set1_epi8(any_after_backslash_ ? -1 : 0);
-    for (; i + kBlock < n; i += kBlock) {
-      const __m128i v = load_block(t.data() + i);
-      const __m128i at_pct = _mm_or_si128(_mm_cmpeq_epi8(v, pct), _mm_cmpeq_epi8(v, plus));
-      const __m128i at_first = _mm_cmpeq_epi8(v, first);
-      const __m128i at_backslash = _mm_cmpeq_epi8(v, backslash);
-      if (to_mask(_mm_or_si128(at_pct, _mm_or_si128(at_first, at_backslash))) == 0)
-        continue;
-      const __m128i v1 = load_block(t.data() + i + 1);
-      const __m128i next_ok = _mm_or_si128(
-          _mm_or_si128(any_next, _mm_cmpeq_epi8(v1, second)),
-          _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v1, pct), _mm_cmpeq_epi8(v1, backslash)),
-                       _mm_cmpeq_epi8(v1, raw_plus)));
-      const __m128i escape_ok = _mm_or_si128(any_escape, _mm_cmpeq_epi8(v1, u));
-      const Mask m = to_mask(_mm_or_si128(
-          at_pct, _mm_or_si128(_mm_and_si128(at_first, next_ok),
-                               _mm_and_si128(at_backslash, escape_ok))));
-      if (m != 0)
-        return i + static_cast<size_t>(std::countr_zero(m));
-    }
-#else
-    for (; i + kBlock < n; i += kBlock) {
-      if (const Mask m = block_mask(t.data() + i); m != 0)
-        return i + static_cast<size_t>(std::countr_zero(m));
-    }
-#endif
-    for (; i < n; ++i) {
-      if (is_start(t, i))
-        return i;
-    }
-    return n;
-  }
-
-private:
-  static bool has_short_escape(char c) noexcept {
-    return c == '"' || c == '\\' || c == '/' || c == '\b' || c == '\f' ||
-           c == '\n' || c == '\r' || c == '\t';
-  }
   bool is_start(std::string_view t, size_t i) const noexcept {
     const char c = t[i];
     const bool has_next = i + 1 < t.size();
     const char next = has_next ? t[i + 1] : '\0';
-    if (c == '%' || c == plus_)
+    if (c == '%' || c == plus)
       return true;
-    if (c == first_ && (any_second_ || (has_next && (next == second_ ||
-                                                     may_start_encoding(next)))))
+    if (c == first && (any_second || (has_next && (next == second ||
+                                                   may_start_encoding(next)))))
       return true;
-    return c == '\\' && has_next && (any_after_backslash_ || next == 'u');
+    return c == '\\' && has_next && (any_after_backslash || next == 'u');
   }
-#if !defined(__SSE2__)
-  // The starts among p[0..kBlock), reading p[kBlock] too.
-  Mask block_mask(const char *p) const noexcept {
-    const Mask next_ok =
-        any_second_ ? ~Mask{0}
-                    : eq_mask(p + 1, second_) | eq_mask(p + 1, '%') |
-                          eq_mask(p + 1, '\\') | eq_mask(p + 1, '+');
-    const Mask after_backslash =
-        any_after_backslash_ ? ~Mask{0} : eq_mask(p + 1, 'u');
-    return eq_mask(p, '%') | eq_mask(p, plus_) | (eq_mask(p, first_) & next_ok) |
-           (eq_mask(p, '\\') & after_backslash);
-  }
-#endif
 
-  char first_;
-  char second_;
-  char plus_; // '+' when the key starts with a space, else '%' again
-  bool any_second_;
-  bool any_after_backslash_;
+  static bool has_short_escape(char c) noexcept {
+    return c == '"' || c == '\\' || c == '/' || c == '\b' || c == '\f' ||
+           c == '\n' || c == '\r' || c == '\t';
+  }
+
+  char first;
+  char second;
+  char plus; // '+' when the key starts with a space, else '%' again
+  bool any_second;
+  bool any_after_backslash;
 };
 
 constexpr char kHex[] = "0123456789abcdef";
@@ -413,12 +317,39 @@ const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
   return p + 1;
 }
 
+namespace blocks16 {
+#define KEYGATE_BLOCK_BYTES 16
+#define KEYGATE_BLOCK_TARGET
+#include "core/access_record_blocks.inc"
+#undef KEYGATE_BLOCK_TARGET
+#undef KEYGATE_BLOCK_BYTES
+} // namespace blocks16
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define KEYGATE_HAVE_BLOCKS32 1
+namespace blocks32 {
+#define KEYGATE_BLOCK_BYTES 32
+#define KEYGATE_BLOCK_TARGET __attribute__((target("avx2")))
+#include "core/access_record_blocks.inc"
+#undef KEYGATE_BLOCK_TARGET
+#undef KEYGATE_BLOCK_BYTES
+} // namespace blocks32
+
+// The 32-byte scans where the CPU has AVX2, unless KEYGATE_NO_AVX2 is set in the environment
+// (it forces the 16-byte ones: for tests, and to rule them out when debugging). Decided once.
+bool use_blocks32() noexcept {
+  static const bool use =
+      __builtin_cpu_supports("avx2") != 0 && std::getenv("KEYGATE_NO_AVX2") == nullptr;
+  return use;
+}
+#endif
+
 } // namespace
 
 void append_json_escaped(std::string_view s, std::string &out) noexcept {
-  if (s.size() < 2 * kBlock) {
+  if (s.size() < 64) {
     // Short fields (most of a record's): a stack buffer, no resize of `out` to fill and trim.
-    char buf[2 + 6 * 2 * kBlock];
+    char buf[2 + 6 * 64];
     char *o = buf;
     *o++ = '"';
     const char *p = s.data();
@@ -434,111 +365,16 @@ void append_json_escaped(std::string_view s, std::string &out) noexcept {
     out.append(buf, static_cast<size_t>(o - buf));
     return;
   }
-  // Output goes through a raw pointer into `out`, sized up front and grown (rarely) before a
-  // step could overrun it: per-byte push_back/append calls cost more than the scan itself on
-  // quote-dense JSON. One step writes at most 7 * kBlock bytes past `o`: a block whose bytes
-  // are all escaped in place (6 bytes each), with a block-sized store after the last one; or a
-  // safe prefix plus one escape (6 bytes) or UTF-8 sequence (4).
-  constexpr size_t kStepBytesMax = 8 * kBlock;
-  const size_t old = out.size();
-  out.resize(old + s.size() + s.size() / 8 + kStepBytesMax + 2);
-  char *o = out.data() + old;
-  char *limit = out.data() + out.size();
-  *o++ = '"';
-  const char *p = s.data();
-  const char *const e = p + s.size();
-  while (p < e) {
-    if (static_cast<size_t>(limit - o) < kStepBytesMax) {
-      // Enough for the worst case of the rest (6 bytes per input byte), so this runs at
-      // most once per call.
-      const size_t used = static_cast<size_t>(o - out.data());
-      out.resize(used + 6 * static_cast<size_t>(e - p) + kStepBytesMax + 1);
-      o = out.data() + used;
-      limit = out.data() + out.size();
-    }
-    if (static_cast<size_t>(e - p) >= 2 * kBlock) {
-      Mask quoted = 0;
-      Mask m = escape_mask(p, &quoted);
-      std::memcpy(o, p, kBlock);
-      if (m == 0) {
-        o += kBlock;
-        p += kBlock;
-        continue;
-      }
-      if (m == quoted) {
-        // Only quotes and backslashes (JSON text): four at a time without a branch per byte,
-        // a step past the last one (i == kBlock) writing only into the slack behind the
-        // block, which the next block overwrites.
-        do {
-          for (int step = 0; step < 4; ++step) {
-            const auto i = static_cast<size_t>(std::countr_zero(m | (Mask{1} << kBlock)));
-            o[i] = '\\';
-            std::memcpy(o + i + 1, p + i, kBlock);
-            o += m != 0 ? 1 : 0;
-            m &= m - 1;
-          }
-        } while (m != 0);
-        o += kBlock;
-        p += kBlock;
-        continue;
-      }
-      // Every escape is handled without leaving the block: write it where the byte would go,
-      // then store the block's rest after it again, shifted by what the escape added. `o`
-      // keeps pointing where p[0] would go, so o[i] is where p[i] lands. The block at
-      // p + i + 1 is readable because two blocks remain.
-      while (m != 0) {
-        const auto i = static_cast<size_t>(std::countr_zero(m));
-        const auto u = static_cast<unsigned char>(p[i]);
-        if (u == '"' || u == '\\') {
-          o[i] = '\\';
-          std::memcpy(o + i + 1, p + i, kBlock);
-          ++o;
-          m &= m - 1;
-          continue;
-        }
-        if (u >= 0x80) {
-          const size_t len = utf8_sequence(s, static_cast<size_t>(p - s.data()) + i);
-          if (len != 0) {
-            if (i + len > kBlock)
-              break; // ends in the next block: the step below takes it whole
-            // Already in place; its continuation bytes need no look either.
-            m &= ~(((Mask{1} << len) - 1) << i);
-            continue;
-          }
-        }
-        if (u < 0x20 && kShortEscape[u] != 0) {
-          o[i] = '\\';
-          o[i + 1] = kShortEscape[u];
-          std::memcpy(o + i + 2, p + i + 1, kBlock);
-          ++o;
-          m &= m - 1;
-          continue;
-        }
-        std::memcpy(o + i, "\\u00", 4);
-        o[i + 4] = kHex[u >> 4];
-        o[i + 5] = kHex[u & 0xf];
-        std::memcpy(o + i + 6, p + i + 1, kBlock);
-        o += 5;
-        m &= m - 1;
-      }
-      if (m == 0) {
-        o += kBlock;
-        p += kBlock;
-        continue;
-      }
-      const auto safe = static_cast<size_t>(std::countr_zero(m));
-      o += safe;
-      p += safe;
-    } else {
-      while (p < e && !needs_escape(static_cast<unsigned char>(*p)))
-        *o++ = *p++;
-      if (p == e)
-        break;
-    }
-    p = escape_one(s, p, o);
+  out.push_back('"');
+#if KEYGATE_HAVE_BLOCKS32
+  if (use_blocks32()) {
+    blocks32::escape_long(s, out);
+    out.push_back('"');
+    return;
   }
-  *o++ = '"';
-  out.resize(static_cast<size_t>(o - out.data()));
+#endif
+  blocks16::escape_long(s, out);
+  out.push_back('"');
 }
 
 void AccessRecordWriter::add_query_values(std::string_view params,
@@ -609,7 +445,7 @@ void AccessRecordWriter::add_json_members(std::string_view text,
   // Only a '"' followed by the name's first character or a backslash can open the name, so
   // the others are skipped in blocks (the same set of tries as trying every '"').
   const auto next_quote = [&](size_t from) noexcept {
-    return find_name_start(text, from, name.front());
+    return blocks16::find_name_start(text, from, name.front());
   };
   size_t p = next_quote(0);
   // Every '"' is tried as the opening quote of a member name, so a broken or
@@ -617,28 +453,8 @@ void AccessRecordWriter::add_json_members(std::string_view text,
   // hide a later member. Each try stops after at most name.size() + 1
   // characters, so the scan stays linear.
   while (p != std::string_view::npos) {
-    size_t q = p + 1;
-    size_t k = 0;
-    bool matched = false;
-    while (q < n) {
-      const char c = text[q];
-      if (c == '"') {
-        matched = k == name.size();
-        break;
-      }
-      int unit = static_cast<unsigned char>(c);
-      size_t len = 1;
-      if (c == '\\') {
-        len = json_escape(text, q, &unit);
-        if (len == 0)
-          break;
-      }
-      if (k == name.size() || unit != static_cast<unsigned char>(name[k]))
-        break;
-      ++k;
-      q += len;
-    }
-    if (!matched) {
+    const size_t q = member_name_end(text, p, name);
+    if (q == std::string_view::npos) {
       p = next_quote(p + 1);
       continue;
     }
@@ -752,11 +568,11 @@ void AccessRecordWriter::add_value_matches(std::string_view text) noexcept {
   for (const std::string_view key : record_->key_values) {
     if (key.empty())
       continue;
-    const StartFilter starts(key);
+    const KeyStarts starts(key);
     size_t budget = kScanStepsPerByte * text.size() + kScanStepsBase;
     size_t i = 0;
     while (true) {
-      i = starts.next(text, i);
+      i = blocks16::next_start(starts, text, i);
       if (i >= text.size())
         break;
       const size_t len = match_length(text, i, key, &budget);
@@ -834,9 +650,67 @@ void AccessRecordWriter::apply_ranges(std::string_view text,
   out.append(text.substr(pos));
 }
 
+bool AccessRecordWriter::body_is_clean(std::string_view text) noexcept {
+  std::string_view keys[2];
+  size_t count = 0;
+  for (const std::string_view key : record_->key_values) {
+    if (key.empty())
+      continue;
+    if (count == std::size(keys))
+      return false;
+    keys[count++] = key;
+  }
+  // (An unused one is built on a stand-in key and never consulted.)
+  const KeyStarts starts[2] = {KeyStarts(count > 0 ? keys[0] : kJsonMemberName),
+                               KeyStarts(count > 1 ? keys[1] : kJsonMemberName)};
+  const size_t n = text.size();
+  // Per key, as add_value_matches: the same starts tried in the same order with the same
+  // budget, so a start that would give a range (or exhaust the budget) is found here too.
+  size_t budgets[2] = {kScanStepsPerByte * n + kScanStepsBase,
+                       kScanStepsPerByte * n + kScanStepsBase};
+  const char name_first = kJsonMemberName.front();
+  const auto clean_at = [&](size_t j) noexcept {
+    // A quote that opens the member name: add_json_members may redact its value (no need to
+    // know whether it would).
+    if (is_name_start(text, j, name_first) &&
+        member_name_end(text, j, kJsonMemberName) != std::string_view::npos)
+      return false;
+    for (size_t k = 0; k < count; ++k) {
+      if (!starts[k].is_start(text, j))
+        continue;
+      if (match_length(text, j, keys[k], &budgets[k]) != 0 || budgets[k] == 0)
+        return false;
+    }
+    return true;
+  };
+  // The key count as a constant, so the block loop holds every key's bytes in registers.
+  const auto scan = [&]<size_t kKeys>() noexcept {
+#if KEYGATE_HAVE_BLOCKS32
+    if (use_blocks32())
+      return blocks32::all_candidates<kKeys>(text, starts, name_first, clean_at);
+#endif
+    return blocks16::all_candidates<kKeys>(text, starts, name_first, clean_at);
+  };
+  switch (count) {
+  case 0:
+    return scan.template operator()<0>();
+  case 1:
+    return scan.template operator()<1>();
+  default:
+    return scan.template operator()<2>();
+  }
+}
+
 void AccessRecordWriter::append_redacted(std::string_view text, Text kind,
                                          std::string_view content_type,
                                          std::string &out) noexcept {
+  // The common body: nothing any rule would redact, found in one pass that tries the same
+  // positions as the rules' own scans. Form bodies and the admin listener have further rules.
+  if (kind == Text::kBody && record_->listener != "admin" &&
+      !equals_ignore_case(media_type(content_type), kFormMediaType) && body_is_clean(text)) {
+    append_json_escaped(text, out);
+    return;
+  }
   ranges_.clear();
   add_structural(text, kind, content_type);
   add_value_matches(text);
