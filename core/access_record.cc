@@ -19,7 +19,77 @@
 
 namespace keygate {
 
+namespace detail {
+
+// Where a record is written: a std::string that grows, or a fixed buffer. A fixed one that
+// runs out of room stops taking bytes and says so (overflowed()); the caller then has nothing
+// usable and formats the record again into a string.
+class RecordOut {
+public:
+  explicit RecordOut(std::string &s) noexcept : string_(&s) {}
+  RecordOut(char *data, size_t capacity) noexcept
+      : data_(data), capacity_(capacity) {}
+
+  size_t size() const noexcept { return string_ != nullptr ? string_->size() : size_; }
+  bool overflowed() const noexcept { return overflowed_; }
+
+  void reserve(size_t more) {
+    if (string_ != nullptr)
+      string_->reserve(string_->size() + more);
+  }
+  void append(std::string_view v) noexcept {
+    if (string_ != nullptr) {
+      string_->append(v);
+    } else if (v.size() <= capacity_ - size_) {
+      std::memcpy(data_ + size_, v.data(), v.size());
+      size_ += v.size();
+    } else {
+      overflow();
+    }
+  }
+  void append(const char *p, size_t n) noexcept { append(std::string_view(p, n)); }
+  void push_back(char c) noexcept { append(std::string_view(&c, 1)); }
+
+  // Makes up to `more` bytes writable after the end (all of them for a string; what is left
+  // for a fixed buffer) and returns where they start; *granted says how many. They are not
+  // part of the output until close().
+  char *open(size_t more, size_t *granted) noexcept {
+    if (string_ != nullptr) {
+      const size_t used = string_->size();
+      string_->resize(used + more);
+      *granted = more;
+      return string_->data() + used;
+    }
+    *granted = std::min(more, capacity_ - size_);
+    return data_ + size_;
+  }
+  // The output does not fit: nothing more is taken.
+  void overflow() noexcept {
+    overflowed_ = true;
+    capacity_ = size_;
+  }
+  // Ends the output at `end`, a position within what open() made writable.
+  void close(const char *end) noexcept {
+    if (string_ != nullptr) {
+      string_->resize(static_cast<size_t>(end - string_->data()));
+    } else {
+      size_ = static_cast<size_t>(end - data_);
+    }
+  }
+
+private:
+  std::string *string_ = nullptr;
+  char *data_ = nullptr;
+  size_t capacity_ = 0;
+  size_t size_ = 0;
+  bool overflowed_ = false;
+};
+
+} // namespace detail
+
 namespace {
+
+using detail::RecordOut;
 
 constexpr std::string_view kGenericMarker = "[redacted]";
 constexpr std::string_view kFormMediaType = "application/x-www-form-urlencoded";
@@ -146,14 +216,14 @@ bool may_start_encoding(char c) noexcept {
   return c == '%' || c == '\\' || c == '+';
 }
 
-void append_decimal(std::string &out, uint64_t n) noexcept {
+void append_decimal(RecordOut &out, uint64_t n) noexcept {
   char digits[24];
   const auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), n);
   KEYGATE_ASSERT(ec == std::errc());
   out.append(digits, static_cast<size_t>(end - digits));
 }
 
-void append_signed(std::string &out, int64_t n) noexcept {
+void append_signed(RecordOut &out, int64_t n) noexcept {
   char digits[24];
   const auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), n);
   KEYGATE_ASSERT(ec == std::errc());
@@ -317,6 +387,18 @@ const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
   return p + 1;
 }
 
+// How many bytes escape_one writes for the byte at p (one that needs_escape).
+size_t escaped_size(std::string_view s, const char *p) noexcept {
+  const auto u = static_cast<unsigned char>(*p);
+  if (u == '"' || u == '\\')
+    return 2;
+  if (u >= 0x80) {
+    if (const size_t len = utf8_sequence(s, static_cast<size_t>(p - s.data())); len != 0)
+      return len;
+  }
+  return u < 0x20 && kShortEscape[u] != 0 ? 2 : 6;
+}
+
 namespace blocks16 {
 #define KEYGATE_BLOCK_BYTES 16
 #define KEYGATE_BLOCK_TARGET
@@ -346,7 +428,9 @@ bool use_blocks32() noexcept {
 
 } // namespace
 
-void append_json_escaped(std::string_view s, std::string &out) noexcept {
+namespace {
+
+void append_escaped(std::string_view s, RecordOut &out) noexcept {
   if (s.size() < 64) {
     // Short fields (most of a record's): a stack buffer, no resize of `out` to fill and trim.
     char buf[2 + 6 * 64];
@@ -375,6 +459,13 @@ void append_json_escaped(std::string_view s, std::string &out) noexcept {
 #endif
   blocks16::escape_long(s, out);
   out.push_back('"');
+}
+
+} // namespace
+
+void append_json_escaped(std::string_view s, std::string &out) noexcept {
+  RecordOut o(out);
+  append_escaped(s, o);
 }
 
 void AccessRecordWriter::add_query_values(std::string_view params,
@@ -703,19 +794,19 @@ bool AccessRecordWriter::body_is_clean(std::string_view text) noexcept {
 
 void AccessRecordWriter::append_redacted(std::string_view text, Text kind,
                                          std::string_view content_type,
-                                         std::string &out) noexcept {
+                                         RecordOut &out) noexcept {
   // The common body: nothing any rule would redact, found in one pass that tries the same
   // positions as the rules' own scans. Form bodies and the admin listener have further rules.
   if (kind == Text::kBody && record_->listener != "admin" &&
       !equals_ignore_case(media_type(content_type), kFormMediaType) && body_is_clean(text)) {
-    append_json_escaped(text, out);
+    append_escaped(text, out);
     return;
   }
   ranges_.clear();
   add_structural(text, kind, content_type);
   add_value_matches(text);
   if (ranges_.empty()) {
-    append_json_escaped(text, out);
+    append_escaped(text, out);
     return;
   }
   size_t cur = 0;
@@ -736,17 +827,41 @@ void AccessRecordWriter::append_redacted(std::string_view text, Text kind,
       return r.begin >= it->begin && r.end <= it->end;
     });
     if (ranges_.empty()) {
-      append_json_escaped(scratch_[cur], out);
+      append_escaped(scratch_[cur], out);
       return;
     }
     apply_ranges(scratch_[cur], scratch_[1 - cur]);
     cur = 1 - cur;
   }
-  append_json_escaped(key_marker_, out);
+  append_escaped(key_marker_, out);
 }
 
 void AccessRecordWriter::append(const AccessRecord &r,
                                 std::string &out) noexcept {
+  RecordOut o(out);
+  append_to(r, o);
+}
+
+size_t AccessRecordWriter::append(const AccessRecord &r, char *out,
+                                  size_t capacity) noexcept {
+  RecordOut o(out, capacity);
+  append_to(r, o);
+  return o.overflowed() ? 0 : o.size();
+}
+
+size_t AccessRecordWriter::capacity_hint(const AccessRecord &r) noexcept {
+  size_t text = r.client.size() + r.key_id.size() + r.user.size() + r.api.size() +
+                r.method.size() + r.target.size() + r.reason.size() + r.listener.size();
+  for (const CapturedMessage *m : {r.request, r.response}) {
+    if (m != nullptr)
+      text += m->head.size() + m->body.size();
+  }
+  // The field names and numbers take under 512 bytes; every text byte escapes to 6 at most.
+  return 512 + 6 * text;
+}
+
+void AccessRecordWriter::append_to(const AccessRecord &r,
+                                   RecordOut &out) noexcept {
   record_ = &r;
   key_marker_.clear();
   if (r.key_id.empty()) {
@@ -760,7 +875,7 @@ void AccessRecordWriter::append(const AccessRecord &r,
     if (s.empty()) {
       out.append("null");
     } else {
-      append_json_escaped(s, out);
+      append_escaped(s, out);
     }
   };
   const auto message = [&](const CapturedMessage &m, Text head_kind) {
@@ -782,7 +897,7 @@ void AccessRecordWriter::append(const AccessRecord &r,
     if (m != nullptr)
       estimate += 128 + m->head.size() + m->body.size();
   }
-  out.reserve(out.size() + estimate + estimate / 8);
+  out.reserve(estimate + estimate / 8);
 
   out.append("{\"time_us\":");
   append_signed(out, r.time_us);
@@ -791,9 +906,9 @@ void AccessRecordWriter::append(const AccessRecord &r,
   out.append(",\"worker\":");
   append_decimal(out, r.worker);
   out.append(",\"listener\":");
-  append_json_escaped(r.listener, out);
+  append_escaped(r.listener, out);
   out.append(",\"client\":");
-  append_json_escaped(r.client, out);
+  append_escaped(r.client, out);
   out.append(",\"key_id\":");
   string_or_null(r.key_id);
   out.append(",\"user\":");

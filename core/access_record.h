@@ -64,6 +64,10 @@
 
 namespace keygate {
 
+namespace detail {
+class RecordOut; // access_record.cc: where append() writes
+} // namespace detail
+
 // A request or response as captured for a key with log_request / log_response.
 struct CapturedMessage {
   std::string_view
@@ -118,6 +122,12 @@ public:
   // Never fails; allocates only while its scratch (about the size of the
   // largest captured text) and `out` grow.
   void append(const AccessRecord &r, std::string &out) noexcept;
+  // The same record written to out[0, capacity): returns its length, or 0 when it does not
+  // fit (out's contents are then unspecified). Never allocates once warm.
+  size_t append(const AccessRecord &r, char *out, size_t capacity) noexcept;
+  // A capacity that always holds r's record, except when redaction markers are longer
+  // than what they replace (a very short key value) and add more than the escaping slack.
+  static size_t capacity_hint(const AccessRecord &r) noexcept;
 
 private:
   struct Range {
@@ -133,9 +143,10 @@ private:
     kBody
   };
 
+  void append_to(const AccessRecord &r, detail::RecordOut &out) noexcept;
   void append_redacted(std::string_view text, Text kind,
                        std::string_view content_type,
-                       std::string &out) noexcept;
+                       detail::RecordOut &out) noexcept;
   void add_structural(std::string_view text, Text kind,
                       std::string_view content_type) noexcept;
   void add_query_values(std::string_view params, size_t base) noexcept;

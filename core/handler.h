@@ -65,12 +65,26 @@ struct AccessNote {
   bool log_response = false;   // ... and/or its responses
 };
 
-// Where finished access-log records go (storage's AccessLog). append() is called by worker
-// `worker` only, must not block and may drop (returns false; the sink counts it).
+// Where finished access-log records go (storage's AccessLog). Every call is made by worker
+// `worker` only and must not block. A record is one JSON object on one line, as
+// AccessRecordWriter writes it.
 class AccessSink {
  public:
   virtual ~AccessSink() = default;
+  // Takes a copy of `record`, or drops it (returns false; the sink counts it).
   virtual bool append(unsigned worker, std::string_view record) noexcept = 0;
+  // Writing in place instead: room for a record of up to `max_bytes`, or null when there is
+  // none now (then append() the record). After writing the record there, commit() its length
+  // before any other call for this worker; a reservation not committed is simply abandoned.
+  virtual char* reserve(unsigned worker, size_t max_bytes) noexcept {
+    (void)worker;
+    (void)max_bytes;
+    return nullptr;
+  }
+  virtual void commit(unsigned worker, size_t bytes) noexcept {
+    (void)worker;
+    (void)bytes;
+  }
 };
 
 // Per-connection context the worker passes to its handler. Worker-local.

@@ -175,10 +175,19 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   const std::string_view key_values[1] = {l.key_value};
   if (!l.key_value.empty()) r.key_values = std::span<const std::string_view>(key_values, 1);
   l.active = false;
-  record_buf.clear();
-  record_writer.append(r, record_buf);
-  (void)access_sink->append(index, record_buf);
-  if (record_buf.capacity() > kOutputKeepCapacity) record_buf.shrink_to_fit();
+  // Straight into the log's buffer when it has room for the worst case; else (a full buffer,
+  // or a record longer than that) formatted here and copied, or dropped and counted.
+  const size_t max_bytes = AccessRecordWriter::capacity_hint(r);
+  char* const at = access_sink->reserve(index, max_bytes);
+  const size_t bytes = at != nullptr ? record_writer.append(r, at, max_bytes) : 0;
+  if (bytes != 0) {
+    access_sink->commit(index, bytes);
+  } else {
+    record_buf.clear();
+    record_writer.append(r, record_buf);
+    (void)access_sink->append(index, record_buf);
+    if (record_buf.capacity() > kOutputKeepCapacity) record_buf.shrink_to_fit();
+  }
   l.key_value.clear();
 }
 

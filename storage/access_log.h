@@ -134,14 +134,29 @@ class AccessLog {
   AccessLog& operator=(const AccessLog&) = delete;
 
   // Worker `worker`'s thread only. `record` is one JSON object text, starting with '{' (a raw
-  // newline in it, only possible as whitespace between tokens, is written as a space). Copies
-  // it into the worker's buffer and returns true, or returns false and counts it dropped when
-  // the buffer is full (or the record can never fit). Wait-free; no lock, allocation or
-  // syscall; never blocks.
-  bool append(unsigned worker, std::string_view record) noexcept {
+  // newline in it, only possible as whitespace between tokens, is written as a space; with
+  // `one_line` the caller vouches there is none and the writer does not look). Copies it into
+  // the worker's buffer and returns true, or returns false and counts it dropped when the
+  // buffer is full (or the record can never fit). Wait-free; no lock, allocation or syscall;
+  // never blocks.
+  bool append(unsigned worker, std::string_view record, bool one_line = false) noexcept {
     KEYGATE_ASSERT(worker < workers_);
     KEYGATE_ASSERT(!record.empty() && record.front() == '{');
-    return rings_[worker]->try_push(record);
+    return rings_[worker]->try_push(record, one_line);
+  }
+
+  // Worker `worker`'s thread only: append() without the copy. Room for a record of up to
+  // `max_bytes` in the worker's buffer, or null when there is none now (nothing is counted;
+  // use append(), which counts a drop when it cannot take the record either). Write the
+  // record there (a JSON object, as for append()), then call commit() before any other
+  // append(), reserve() or commit() for this worker. Wait-free.
+  char* reserve(unsigned worker, size_t max_bytes) noexcept {
+    KEYGATE_ASSERT(worker < workers_);
+    return rings_[worker]->reserve(max_bytes);
+  }
+  void commit(unsigned worker, size_t bytes, bool one_line) noexcept {
+    KEYGATE_ASSERT(worker < workers_);
+    rings_[worker]->commit(bytes, one_line);
   }
 
   AccessLogStats stats() const;

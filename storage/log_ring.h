@@ -1,30 +1,43 @@
 // LogRing: a bounded single-producer single-consumer byte ring of length-prefixed records, the
 // per-worker buffer between a worker and the access-log writer thread.
 //
-// Threading: exactly one producer thread calls try_push() and exactly one consumer thread
-// calls drain() and take_pending_drops(); any thread may read the counters. try_push() is
-// wait-free: no lock, no allocation, no syscall (a few atomics and a memcpy). The producer and
-// consumer indices live on separate cache lines, and each side caches the other's index, so
-// in the steady state neither side touches the other's line on every record.
+// Threading: exactly one producer thread calls try_push(), reserve() and commit(), and exactly
+// one consumer thread calls drain() and take_pending_drops(); any thread may read the
+// counters. The producer's calls are wait-free: no lock, no allocation, no syscall (a few
+// atomics, and a memcpy in try_push). The producer and consumer indices live on separate cache
+// lines, and each side caches the other's index, so in the steady state neither side touches
+// the other's line on every record.
+//
+// Two ways in: try_push() copies a finished record; reserve() hands out contiguous space at
+// the head for a record written in place, published by commit() (nothing is visible to the
+// consumer before it, and a reservation that is never committed costs nothing).
 //
 // When full, try_push() drops the record and counts it: in dropped() and in a pending-drop
 // count. The next record pushed carries that pending count in its header (so the consumer
 // learns where in this worker's stream the drops happened); drops with no record after them
 // yet are claimed by the consumer with take_pending_drops(). Every drop is reported exactly
-// once, by one of the two.
+// once, by one of the two. A failed reserve() counts nothing (the caller falls back to
+// try_push(), which counts).
 //
-// Layout: each record is an 8-byte header {uint32 length, uint32 drops_before} followed by
-// the payload, padded to 8 bytes. A payload may wrap around the end of the buffer (drain()
-// hands it out in two parts); a header never does.
+// Layout: each record is an 8-byte header {uint32 length | kOneLine flag, uint32 drops_before}
+// followed by the payload, padded to 8 bytes. A pushed payload may wrap around the end of the
+// buffer (drain() hands it out in two parts); a header never does. A reserved record never
+// wraps: when the space left before the end is too small, the header there says kSkip and the
+// record starts at the beginning of the buffer. The buffer is backed by transparent huge
+// pages where the kernel offers them (fewer TLB misses for both sides).
 #pragma once
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
+#include <new>
 #include <string_view>
 
 #include "core/assert.h"
@@ -35,18 +48,19 @@ class LogRing {
  public:
   static constexpr size_t kHeaderBytes = 8;
   static constexpr size_t kCapacityBytesMin = 64;
+  // Longest payload a header can describe.
+  static constexpr size_t kPayloadBytesMax = (size_t{1} << 31) - 8;
 
   // Capacity is `capacity_bytes` rounded down to a power of two; at least kCapacityBytesMin.
   // Allocates the buffer once.
   explicit LogRing(size_t capacity_bytes)
-      : capacity_(std::bit_floor(capacity_bytes)),
-        mask_(capacity_ - 1),
-        data_(new char[capacity_]) {
+      : capacity_(std::bit_floor(capacity_bytes)), mask_(capacity_ - 1), data_(allocate(capacity_)) {
     KEYGATE_ASSERT(capacity_bytes >= kCapacityBytesMin);
-    producer_.data = data_.get();
+    producer_.data = data_;
     producer_.mask = mask_;
     producer_.capacity = capacity_;
   }
+  ~LogRing() { std::free(data_); }
   LogRing(const LogRing&) = delete;
   LogRing& operator=(const LogRing&) = delete;
 
@@ -58,47 +72,60 @@ class LogRing {
   }
 
   // Producer only. Copies `record` in, or drops it (false) when the free space is too small;
-  // a record whose footprint exceeds capacity() is always dropped. Wait-free.
-  bool try_push(std::string_view record) noexcept {
+  // a record whose footprint exceeds capacity() is always dropped. `one_line`: the producer
+  // vouches that the payload holds no newline byte (handed to the consumer). Wait-free.
+  bool try_push(std::string_view record, bool one_line = false) noexcept {
     const uint64_t need = footprint(record.size());
     const uint64_t head = producer_.head.load(std::memory_order_relaxed);
-    if (need > producer_.capacity || record.size() > std::numeric_limits<uint32_t>::max() ||
-        !has_room(head, need)) {
-      pending_drops_.fetch_add(1, std::memory_order_relaxed);
-      producer_.dropped.store(producer_.dropped.load(std::memory_order_relaxed) + 1,
-                              std::memory_order_relaxed);
+    if (need > producer_.capacity || record.size() > kPayloadBytesMax || !has_room(head, need)) {
+      count_drop();
       return false;
-    }
-    uint64_t drops = 0;
-    // A plain load first: the read-modify-write (and the cache line the consumer may have
-    // touched) is paid only after drops. The exchange is ordered before the head store below,
-    // so a consumer that sees this record can no longer claim these drops.
-    if (pending_drops_.load(std::memory_order_relaxed) != 0) {
-      drops = pending_drops_.exchange(0, std::memory_order_acq_rel);
-      constexpr uint64_t kMax = std::numeric_limits<uint32_t>::max();
-      if (drops > kMax) {
-        pending_drops_.fetch_add(drops - kMax, std::memory_order_relaxed);
-        drops = kMax;
-      }
     }
     char* const data = producer_.data;
     const uint64_t at = head & producer_.mask;
-    const uint32_t header[2] = {static_cast<uint32_t>(record.size()), static_cast<uint32_t>(drops)};
-    std::memcpy(data + at, header, kHeaderBytes);
     const uint64_t payload_at = (at + kHeaderBytes) & producer_.mask;
     const size_t first = std::min<size_t>(record.size(), producer_.capacity - payload_at);
     std::memcpy(data + payload_at, record.data(), first);
     if (first < record.size()) std::memcpy(data, record.data() + first, record.size() - first);
-    producer_.pushed.store(producer_.pushed.load(std::memory_order_relaxed) + 1,
-                           std::memory_order_relaxed);
-    producer_.head.store(head + need, std::memory_order_release);
+    publish(head, at, record.size(), one_line, need);
     return true;
   }
 
-  // Consumer only. Hands every record pushed before the call to
-  // `on_record(std::string_view part1, std::string_view part2, uint32_t drops_before)` in
-  // order (the payload is part1 + part2; part2 is empty unless it wraps), then frees their
-  // space. The views are valid only during the callback. Returns the number of records.
+  // Producer only. Contiguous space for a record of up to `max_bytes` at the head, or null
+  // when the ring lacks it now (counts nothing). Write the record there, then commit() it
+  // before any other producer call. Wait-free.
+  char* reserve(size_t max_bytes) noexcept {
+    if (max_bytes > kPayloadBytesMax) return nullptr;
+    const uint64_t head = producer_.head.load(std::memory_order_relaxed);
+    const uint64_t at = head & producer_.mask;
+    const uint64_t need = footprint(max_bytes);
+    // Headers are 8-byte aligned and the capacity is a power of two >= 64, so a skip header
+    // always fits in what is left before the end.
+    const uint64_t skip = at + need <= producer_.capacity ? 0 : producer_.capacity - at;
+    if (skip + need > producer_.capacity || !has_room(head, skip + need)) return nullptr;
+    producer_.reserved_skip = skip;
+    return producer_.data + ((at + skip + kHeaderBytes) & producer_.mask);
+  }
+
+  // Producer only. Publishes the record reserve() made room for, its first `bytes` bytes
+  // (at most the reserved max_bytes). Wait-free.
+  void commit(size_t bytes, bool one_line) noexcept {
+    uint64_t head = producer_.head.load(std::memory_order_relaxed);
+    if (producer_.reserved_skip > 0) {
+      const uint32_t skip_header[2] = {kSkip, 0};
+      std::memcpy(producer_.data + (head & producer_.mask), skip_header, kHeaderBytes);
+      head += producer_.reserved_skip;
+      producer_.reserved_skip = 0;
+    }
+    const uint64_t at = head & producer_.mask;
+    publish(head, at, bytes, one_line, footprint(bytes));
+  }
+
+  // Consumer only. Hands every record published before the call to
+  // `on_record(std::string_view part1, std::string_view part2, uint32_t drops_before,
+  // bool one_line)` in order (the payload is part1 + part2; part2 is empty unless it wraps),
+  // then frees their space. The views are valid only during the callback. Returns the number
+  // of records.
   template <typename F>
   uint64_t drain(F&& on_record) {
     const uint64_t head = producer_.head.load(std::memory_order_acquire);
@@ -107,13 +134,17 @@ class LogRing {
     while (tail != head) {
       const uint64_t at = tail & mask_;
       uint32_t header[2];
-      std::memcpy(header, data_.get() + at, kHeaderBytes);
-      const size_t length = header[0];
+      std::memcpy(header, data_ + at, kHeaderBytes);
+      if (header[0] == kSkip) {
+        tail += capacity_ - at;
+        continue;
+      }
+      const size_t length = header[0] & ~kOneLine;
       KEYGATE_ASSERT(footprint(length) <= head - tail);
       const uint64_t payload_at = (at + kHeaderBytes) & mask_;
       const size_t first = std::min<size_t>(length, capacity_ - payload_at);
-      on_record(std::string_view(data_.get() + payload_at, first),
-                std::string_view(data_.get(), length - first), header[1]);
+      on_record(std::string_view(data_ + payload_at, first),
+                std::string_view(data_, length - first), header[1], (header[0] & kOneLine) != 0);
       tail += footprint(length);
       ++records;
     }
@@ -128,11 +159,51 @@ class LogRing {
     return pending_drops_.exchange(0, std::memory_order_acq_rel);
   }
 
-  // Any thread. Records accepted / refused by try_push() so far.
+  // Any thread. Records accepted / refused by try_push() and commit() so far.
   uint64_t pushed() const noexcept { return producer_.pushed.load(std::memory_order_relaxed); }
   uint64_t dropped() const noexcept { return producer_.dropped.load(std::memory_order_relaxed); }
 
  private:
+  static constexpr uint32_t kOneLine = 0x80000000u;
+  static constexpr uint32_t kSkip = 0xffffffffu;  // the rest of the buffer is unused
+  static constexpr size_t kHugePageBytes = 2 << 20;
+
+  static char* allocate(size_t bytes) {
+    const size_t align = bytes >= kHugePageBytes ? kHugePageBytes : alignof(std::max_align_t);
+    void* const p = std::aligned_alloc(align, bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    if (align == kHugePageBytes) (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a hint only
+    return static_cast<char*>(p);
+  }
+
+  void count_drop() noexcept {
+    pending_drops_.fetch_add(1, std::memory_order_relaxed);
+    producer_.dropped.store(producer_.dropped.load(std::memory_order_relaxed) + 1,
+                            std::memory_order_relaxed);
+  }
+
+  // Writes the header of the payload already at `at` + kHeaderBytes and makes it visible.
+  void publish(uint64_t head, uint64_t at, size_t length, bool one_line, uint64_t need) noexcept {
+    uint64_t drops = 0;
+    // A plain load first: the read-modify-write (and the cache line the consumer may have
+    // touched) is paid only after drops. The exchange is ordered before the head store below,
+    // so a consumer that sees this record can no longer claim these drops.
+    if (pending_drops_.load(std::memory_order_relaxed) != 0) {
+      drops = pending_drops_.exchange(0, std::memory_order_acq_rel);
+      constexpr uint64_t kMax = std::numeric_limits<uint32_t>::max();
+      if (drops > kMax) {
+        pending_drops_.fetch_add(drops - kMax, std::memory_order_relaxed);
+        drops = kMax;
+      }
+    }
+    const uint32_t header[2] = {static_cast<uint32_t>(length) | (one_line ? kOneLine : 0u),
+                                static_cast<uint32_t>(drops)};
+    std::memcpy(producer_.data + at, header, kHeaderBytes);
+    producer_.pushed.store(producer_.pushed.load(std::memory_order_relaxed) + 1,
+                           std::memory_order_relaxed);
+    producer_.head.store(head + need, std::memory_order_release);
+  }
+
   bool has_room(uint64_t head, uint64_t need) noexcept {
     if (head + need - producer_.cached_tail <= producer_.capacity) return true;
     producer_.cached_tail = tail_.load(std::memory_order_acquire);
@@ -142,10 +213,11 @@ class LogRing {
   // The consumer's copies of the constants (the producer has its own, on its line).
   const size_t capacity_;
   const uint64_t mask_;
-  const std::unique_ptr<char[]> data_;
+  char* const data_;
 
-  // The producer's line: its index, counters and cache of the tail, and its copy of the
-  // constants. The consumer reads `head` once per drain; stats readers read the counters.
+  // The producer's line: its index, counters and cache of the tail, its copy of the
+  // constants, and the pending reservation. The consumer reads `head` once per drain; stats
+  // readers read the counters.
   struct alignas(64) Producer {
     std::atomic<uint64_t> head{0};
     std::atomic<uint64_t> pushed{0};
@@ -154,6 +226,7 @@ class LogRing {
     char* data = nullptr;
     uint64_t mask = 0;
     uint64_t capacity = 0;
+    uint64_t reserved_skip = 0;  // bytes the pending reservation skips at the end
   };
   Producer producer_;
   // Written by the producer on drops and by the consumer once per drain that finds drops.

@@ -30,8 +30,16 @@ namespace {
 class AccessLogSink final : public keygate::AccessSink {
  public:
   explicit AccessLogSink(keygate::storage::AccessLog& log) : log_(log) {}
+  // Records from core's AccessRecordWriter are one line each, so the log writer need not
+  // look for raw newlines in them.
   bool append(unsigned worker, std::string_view record) noexcept override {
-    return log_.append(worker, record);
+    return log_.append(worker, record, /*one_line=*/true);
+  }
+  char* reserve(unsigned worker, size_t max_bytes) noexcept override {
+    return log_.reserve(worker, max_bytes);
+  }
+  void commit(unsigned worker, size_t bytes) noexcept override {
+    log_.commit(worker, bytes, /*one_line=*/true);
   }
 
  private:

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <string_view>
@@ -141,7 +142,25 @@ struct Writer {
     EXPECT_EQ(out.find('\n'), std::string::npos);
     simdjson::dom::parser parser;
     parse(parser, out);
+    expect_same_in_fixed_buffers(r, out);
     return out;
+  }
+  // Every record is also written into fixed buffers (the log's in-place path): the same
+  // bytes when it fits, 0 (never a partial record) when it does not.
+  void expect_same_in_fixed_buffers(const AccessRecord &r, const std::string &out) {
+    const size_t hint = AccessRecordWriter::capacity_hint(r);
+    std::vector<char> buf(std::max(hint, out.size()) + 1);
+    const size_t hinted = writer.append(r, buf.data(), hint);
+    if (hinted != 0) {
+      EXPECT_EQ(std::string_view(buf.data(), hinted), out);
+    } else {
+      EXPECT_GT(out.size(), hint); // only a record longer than the hint may not fit it
+    }
+    ASSERT_EQ(writer.append(r, buf.data(), out.size()), out.size());
+    EXPECT_EQ(std::string_view(buf.data(), out.size()), out);
+    EXPECT_EQ(writer.append(r, buf.data(), out.size() - 1), 0u);
+    EXPECT_EQ(writer.append(r, buf.data(), out.size() / 2), 0u);
+    EXPECT_EQ(writer.append(r, buf.data(), 0), 0u);
   }
   std::string with_request(std::string_view head, std::string_view body = {},
                            std::string_view content_type = {},

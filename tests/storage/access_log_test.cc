@@ -93,7 +93,7 @@ TEST(LogRing, RecordsDrainInOrderAcrossTheWrapAround) {
   LogRing ring(64);
   std::vector<std::string> seen;
   auto drain = [&] {
-    ring.drain([&](std::string_view a, std::string_view b, uint32_t drops) {
+    ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool) {
       EXPECT_EQ(drops, 0u);
       seen.push_back(std::string(a) + std::string(b));
     });
@@ -118,10 +118,10 @@ TEST(LogRing, AFullRingDropsAndTheNextRecordCarriesTheDropCount) {
   EXPECT_FALSE(ring.try_push("{}"));
   EXPECT_EQ(ring.dropped(), 2u);
   std::vector<uint32_t> drops;
-  ring.drain([&](std::string_view, std::string_view, uint32_t d) { drops.push_back(d); });
+  ring.drain([&](std::string_view, std::string_view, uint32_t d, bool) { drops.push_back(d); });
   EXPECT_EQ(drops, (std::vector<uint32_t>{0, 0}));
   ASSERT_TRUE(ring.try_push("{z}"));
-  ring.drain([&](std::string_view, std::string_view, uint32_t d) { drops.push_back(d); });
+  ring.drain([&](std::string_view, std::string_view, uint32_t d, bool) { drops.push_back(d); });
   EXPECT_EQ(drops.back(), 2u);
   EXPECT_EQ(ring.take_pending_drops(), 0u);  // reported once, by the record
 }
@@ -133,7 +133,7 @@ TEST(LogRing, DropsWithNoRecordAfterThemAreClaimedByTheConsumerOnce) {
   EXPECT_FALSE(ring.try_push(too_big));
   EXPECT_EQ(ring.take_pending_drops(), 2u);
   ASSERT_TRUE(ring.try_push("{}"));
-  ring.drain([](std::string_view, std::string_view, uint32_t d) { EXPECT_EQ(d, 0u); });
+  ring.drain([](std::string_view, std::string_view, uint32_t d, bool) { EXPECT_EQ(d, 0u); });
 }
 
 TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
@@ -145,7 +145,7 @@ TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
   uint64_t next_expected = 0;
   std::thread consumer([&] {
     auto drain = [&] {
-      ring.drain([&](std::string_view a, std::string_view b, uint32_t drops) {
+      ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool) {
         const std::string text = std::string(a) + std::string(b);
         const uint64_t i = std::stoull(text.substr(1));
         EXPECT_GE(i, next_expected);
@@ -161,6 +161,103 @@ TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
   uint64_t accepted = 0;
   for (uint64_t i = 0; i < kRecords; ++i) {
     if (ring.try_push("{" + std::to_string(i))) ++accepted;
+  }
+  done.store(true);
+  consumer.join();
+  EXPECT_EQ(received, accepted);
+  EXPECT_EQ(drops_reported, kRecords - accepted);
+  EXPECT_EQ(ring.dropped(), kRecords - accepted);
+}
+
+TEST(LogRing, ReservedRecordsAreWrittenInPlaceAndNeverWrap) {
+  LogRing ring(128);
+  std::vector<std::pair<std::string, bool>> seen;
+  auto drain = [&] {
+    ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool one_line) {
+      EXPECT_EQ(drops, 0u);
+      EXPECT_TRUE(b.empty() || !one_line) << "a reserved record wrapped";
+      seen.emplace_back(std::string(a) + std::string(b), one_line);
+    });
+  };
+  for (int i = 0; i < 60; ++i) {
+    const std::string payload =
+        "{" + std::string(static_cast<size_t>(5 + i % 23), static_cast<char>('a' + i % 26));
+    if (i % 3 == 0) {
+      // A copied record between reserved ones shifts where the next reservation falls.
+      ASSERT_TRUE(ring.try_push(payload)) << i;
+    } else {
+      // Room for more than is written, as a record formatter asks for its worst case.
+      char* const at = ring.reserve(payload.size() + 20);
+      ASSERT_NE(at, nullptr) << i;
+      std::memcpy(at, payload.data(), payload.size());
+      ring.commit(payload.size(), true);
+    }
+    drain();
+    ASSERT_EQ(seen.back().first, payload) << i;
+    EXPECT_EQ(seen.back().second, i % 3 != 0) << i;
+  }
+  EXPECT_EQ(ring.pushed(), 60u);
+  EXPECT_EQ(ring.dropped(), 0u);
+}
+
+TEST(LogRing, AReservationThatDoesNotFitCountsNothingAndCommitCarriesEarlierDrops) {
+  LogRing ring(128);
+  ASSERT_TRUE(ring.try_push(std::string(56, 'x')));  // 64 of 128 bytes
+  EXPECT_EQ(ring.reserve(64), nullptr);               // footprint 72 > the 64 left
+  EXPECT_EQ(ring.reserve(200), nullptr);              // more than the whole ring
+  EXPECT_EQ(ring.dropped(), 0u);
+  EXPECT_FALSE(ring.try_push(std::string(64, 'y')));  // a real drop
+  char* const at = ring.reserve(8);
+  ASSERT_NE(at, nullptr);
+  std::memcpy(at, "{ok}", 4);
+  ring.commit(4, true);
+  std::vector<std::pair<std::string, uint32_t>> seen;
+  ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool) {
+    seen.emplace_back(std::string(a) + std::string(b), drops);
+  });
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1], (std::pair<std::string, uint32_t>{"{ok}", 1}));
+  EXPECT_EQ(ring.take_pending_drops(), 0u);
+  EXPECT_EQ(ring.pushed(), 2u);
+  EXPECT_EQ(ring.dropped(), 1u);
+}
+
+TEST(LogRing, ReservingAndPushingThreadsAgreeWithTheConsumerOnEveryRecord) {
+  LogRing ring(512);
+  constexpr uint64_t kRecords = 200000;
+  std::atomic<bool> done{false};
+  uint64_t received = 0;
+  uint64_t drops_reported = 0;
+  uint64_t next_expected = 0;
+  std::thread consumer([&] {
+    auto drain = [&] {
+      ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool one_line) {
+        const std::string text = std::string(a) + std::string(b);
+        const uint64_t i = std::stoull(text.substr(1));
+        EXPECT_GE(i, next_expected);
+        EXPECT_EQ(one_line, i % 2 == 0) << i;
+        EXPECT_EQ(text.size(), 1 + std::to_string(i).size() + i % 40) << i;
+        next_expected = i + 1;
+        ++received;
+        drops_reported += drops;
+      });
+      drops_reported += ring.take_pending_drops();
+    };
+    while (!done.load()) drain();
+    drain();
+  });
+  uint64_t accepted = 0;
+  for (uint64_t i = 0; i < kRecords; ++i) {
+    const std::string record = "{" + std::to_string(i) + std::string(i % 40, 'p');
+    if (i % 2 == 0) {
+      if (char* const at = ring.reserve(record.size() + 32); at != nullptr) {
+        std::memcpy(at, record.data(), record.size());
+        ring.commit(record.size(), true);
+        ++accepted;
+        continue;
+      }
+    }
+    if (ring.try_push(record, i % 2 == 0)) ++accepted;
   }
   done.store(true);
   consumer.join();
@@ -240,6 +337,26 @@ TEST(AccessLog, AnEmptyObjectRecordAndRawNewlinesStayOneValidLine) {
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[0], R"({"seq":1})");
   EXPECT_EQ(lines[1], R"({"seq":2,"a": 1})");
+}
+
+TEST(AccessLog, RecordsWrittenInPlaceOrVouchedOneLineAreWrittenAsGiven) {
+  TempDir dir;
+  {
+    auto log = open_log({.dir = dir.path()});
+    char* const at = log->reserve(0, 64);
+    ASSERT_NE(at, nullptr);
+    const std::string_view in_place = "{\"in_place\":true}";
+    std::memcpy(at, in_place.data(), in_place.size());
+    log->commit(0, in_place.size(), true);
+    ASSERT_TRUE(log->append(0, "{\"copied\":1}", true));
+    ASSERT_TRUE(log->append(0, "{\"b\":\n2}"));  // not vouched: the newline becomes a space
+    EXPECT_EQ(log->stats().enqueued, 3u);
+  }
+  const auto lines = all_lines(dir.path());
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0], R"({"seq":1,"in_place":true})");
+  EXPECT_EQ(lines[1], R"({"seq":2,"copied":1})");
+  EXPECT_EQ(lines[2], R"({"seq":3,"b": 2})");
 }
 
 TEST(AccessLog, SeqContinuesAfterReopen) {
