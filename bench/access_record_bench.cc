@@ -20,6 +20,9 @@
 // inverted rate, so the console prints it with an "s" suffix: "0.58s" means 0.58 ns per byte);
 // allocs/op counts operator new calls in the timed loop and must be 0 once the writer and
 // output are warm. Before timing, each shape checks that the key did not reach the record.
+// BM_InRing_<shape> formats the record straight into a 4 MiB LogRing as a worker does
+// (reserve/append/commit); BM_InRingCopied_<shape> formats into a string and copies it in
+// (try_push): their difference is the copy the in-place path saves.
 // Single-threaded; use --benchmark_repetitions=N for medians.
 #include <benchmark/benchmark.h>
 
@@ -35,6 +38,7 @@
 #include "bench/bench_report.h"
 #include "bench/count_allocations.h"
 #include "core/access_record.h"
+#include "storage/log_ring.h"
 
 namespace {
 
@@ -235,6 +239,49 @@ void run_append(benchmark::State& state, const Shape& shape) {
   finish(state, before, shape.captured_bytes());
 }
 
+// What a worker does per record with the access log on (net/request_log.cc): format it into its
+// ring, in place (reserve, append into the reservation, commit) or (InRingCopied: the path
+// when the ring lacks room for the worst case) into a string that try_push() copies. The ring
+// is drained (timer paused) whenever it is half full, as the log writer would.
+void run_to_ring(benchmark::State& state, const Shape& shape, bool in_place) {
+  AccessRecordWriter writer;
+  keygate::storage::LogRing ring(4 << 20);
+  std::string out;
+  writer.append(shape.record, out);  // warm the writer's scratch and the output's capacity
+  const size_t hint = AccessRecordWriter::capacity_hint(shape.record);
+  uint64_t bytes_since_drain = 0;
+  uint64_t drained = 0;
+  const uint64_t before = g_allocations.load();
+  for (auto _ : state) {
+    bool ok = false;
+    if (in_place) {
+      if (char* const at = ring.reserve(hint); at != nullptr) {
+        if (const size_t n = writer.append(shape.record, at, hint); n != 0) {
+          ring.commit(n, true);
+          ok = true;
+        }
+      }
+    } else {
+      out.clear();
+      writer.append(shape.record, out);
+      ok = ring.try_push(out, true);
+    }
+    if (!ok) {
+      state.SkipWithError("the ring refused a record");
+      break;
+    }
+    bytes_since_drain += out.size();
+    if (bytes_since_drain + hint > ring.capacity() / 2) {
+      state.PauseTiming();
+      drained += ring.drain([](std::string_view, std::string_view, uint32_t, bool) {});
+      bytes_since_drain = 0;
+      state.ResumeTiming();
+    }
+  }
+  benchmark::DoNotOptimize(drained);
+  finish(state, before, shape.captured_bytes());
+}
+
 // The same texts (and field names) copied into the output, nothing else.
 void run_copy(benchmark::State& state, const Shape& shape) {
   const AccessRecord& r = shape.record;
@@ -281,6 +328,19 @@ void BM_AccessRecord_Prose4KiB(benchmark::State& state) { run_append(state, pros
 BENCHMARK(BM_AccessRecord_Prose4KiB);
 void BM_AccessRecord_Binary4KiB(benchmark::State& state) { run_append(state, binary_shape()); }
 BENCHMARK(BM_AccessRecord_Binary4KiB);
+
+void BM_InRing_Metadata(benchmark::State& state) { run_to_ring(state, metadata_shape(), true); }
+BENCHMARK(BM_InRing_Metadata);
+void BM_InRingCopied_Metadata(benchmark::State& state) {
+  run_to_ring(state, metadata_shape(), false);
+}
+BENCHMARK(BM_InRingCopied_Metadata);
+void BM_InRing_Prose4KiB(benchmark::State& state) { run_to_ring(state, prose_shape(), true); }
+BENCHMARK(BM_InRing_Prose4KiB);
+void BM_InRingCopied_Prose4KiB(benchmark::State& state) {
+  run_to_ring(state, prose_shape(), false);
+}
+BENCHMARK(BM_InRingCopied_Prose4KiB);
 
 void BM_Copy_Metadata(benchmark::State& state) { run_copy(state, metadata_shape()); }
 BENCHMARK(BM_Copy_Metadata);
