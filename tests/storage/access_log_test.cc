@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -337,6 +339,37 @@ TEST(AccessLog, AnEmptyObjectRecordAndRawNewlinesStayOneValidLine) {
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(lines[0], R"({"seq":1})");
   EXPECT_EQ(lines[1], R"({"seq":2,"a": 1})");
+}
+
+// The writer thread asks for 100 µs scheduler slices (EEVDF custom slices, Linux 6.12+), so a
+// pass starts promptly on a CPU a worker keeps busy. Skipped on kernels without them.
+TEST(AccessLog, TheWriterThreadRunsInShortSlicesWhereTheKernelHasThem) {
+  struct utsname u;
+  ASSERT_EQ(::uname(&u), 0);
+  int major = 0;
+  int minor = 0;
+  if (std::sscanf(u.release, "%d.%d", &major, &minor) != 2 || major < 6 ||
+      (major == 6 && minor < 12)) {
+    GTEST_SKIP() << "kernel " << u.release << " has no custom slices";
+  }
+  TempDir dir;
+  auto log = open_log({.dir = dir.path()});
+  std::string slice;
+  for (int attempt = 0; attempt < 100 && slice.empty(); ++attempt) {
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream comm(task.path() / "comm");
+      std::string name;
+      std::getline(comm, name);
+      if (name != "kg-log") continue;
+      std::ifstream sched(task.path() / "sched");
+      for (std::string line; std::getline(sched, line);) {
+        if (line.rfind("se.slice", 0) == 0) slice = line.substr(line.find(':') + 1);
+      }
+    }
+    if (slice.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (slice.empty()) GTEST_SKIP() << "no se.slice in /proc/<tid>/sched";
+  EXPECT_EQ(std::stoull(slice), 100000u);
 }
 
 TEST(AccessLog, RecordsWrittenInPlaceOrVouchedOneLineAreWrittenAsGiven) {
