@@ -138,19 +138,22 @@ TEST(LogRing, DropsWithNoRecordAfterThemAreClaimedByTheConsumerOnce) {
   ring.drain([](std::string_view, std::string_view, uint32_t d, bool) { EXPECT_EQ(d, 0u); });
 }
 
-TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
-  LogRing ring(256);
-  constexpr uint64_t kRecords = 200000;
+// Calls produce(i) (true: the record "{i..." was accepted) for i in [0, records) on this thread
+// while a consumer thread drains `ring`, handing each record to check(i, text, one_line).
+// Records must arrive in order, every accepted one must arrive and every drop be reported once.
+template <typename Produce, typename Check>
+void expect_consumer_agrees(LogRing& ring, uint64_t records, Produce produce, Check check) {
   std::atomic<bool> done{false};
   uint64_t received = 0;
   uint64_t drops_reported = 0;
   uint64_t next_expected = 0;
   std::thread consumer([&] {
     auto drain = [&] {
-      ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool) {
+      ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool one_line) {
         const std::string text = std::string(a) + std::string(b);
         const uint64_t i = std::stoull(text.substr(1));
         EXPECT_GE(i, next_expected);
+        check(i, text, one_line);
         next_expected = i + 1;
         ++received;
         drops_reported += drops;
@@ -161,14 +164,21 @@ TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
     drain();
   });
   uint64_t accepted = 0;
-  for (uint64_t i = 0; i < kRecords; ++i) {
-    if (ring.try_push("{" + std::to_string(i))) ++accepted;
+  for (uint64_t i = 0; i < records; ++i) {
+    if (produce(i)) ++accepted;
   }
   done.store(true);
   consumer.join();
   EXPECT_EQ(received, accepted);
-  EXPECT_EQ(drops_reported, kRecords - accepted);
-  EXPECT_EQ(ring.dropped(), kRecords - accepted);
+  EXPECT_EQ(drops_reported, records - accepted);
+  EXPECT_EQ(ring.dropped(), records - accepted);
+}
+
+TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
+  LogRing ring(256);
+  expect_consumer_agrees(
+      ring, 200000, [&](uint64_t i) { return ring.try_push("{" + std::to_string(i)); },
+      [](uint64_t, const std::string&, bool) {});
 }
 
 TEST(LogRing, ReservedRecordsAreWrittenInPlaceAndNeverWrap) {
@@ -226,46 +236,26 @@ TEST(LogRing, AReservationThatDoesNotFitCountsNothingAndCommitCarriesEarlierDrop
 
 TEST(LogRing, ReservingAndPushingThreadsAgreeWithTheConsumerOnEveryRecord) {
   LogRing ring(512);
-  constexpr uint64_t kRecords = 200000;
-  std::atomic<bool> done{false};
-  uint64_t received = 0;
-  uint64_t drops_reported = 0;
-  uint64_t next_expected = 0;
-  std::thread consumer([&] {
-    auto drain = [&] {
-      ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool one_line) {
-        const std::string text = std::string(a) + std::string(b);
-        const uint64_t i = std::stoull(text.substr(1));
-        EXPECT_GE(i, next_expected);
+  const auto record = [](uint64_t i) {
+    return "{" + std::to_string(i) + std::string(i % 40, 'p');
+  };
+  expect_consumer_agrees(
+      ring, 200000,
+      [&](uint64_t i) {
+        const std::string text = record(i);
+        if (i % 2 == 0) {
+          if (char* const at = ring.reserve(text.size() + 32); at != nullptr) {
+            std::memcpy(at, text.data(), text.size());
+            ring.commit(text.size(), true);
+            return true;
+          }
+        }
+        return ring.try_push(text, i % 2 == 0);
+      },
+      [&](uint64_t i, const std::string& text, bool one_line) {
         EXPECT_EQ(one_line, i % 2 == 0) << i;
-        EXPECT_EQ(text.size(), 1 + std::to_string(i).size() + i % 40) << i;
-        next_expected = i + 1;
-        ++received;
-        drops_reported += drops;
+        EXPECT_EQ(text, record(i));
       });
-      drops_reported += ring.take_pending_drops();
-    };
-    while (!done.load()) drain();
-    drain();
-  });
-  uint64_t accepted = 0;
-  for (uint64_t i = 0; i < kRecords; ++i) {
-    const std::string record = "{" + std::to_string(i) + std::string(i % 40, 'p');
-    if (i % 2 == 0) {
-      if (char* const at = ring.reserve(record.size() + 32); at != nullptr) {
-        std::memcpy(at, record.data(), record.size());
-        ring.commit(record.size(), true);
-        ++accepted;
-        continue;
-      }
-    }
-    if (ring.try_push(record, i % 2 == 0)) ++accepted;
-  }
-  done.store(true);
-  consumer.join();
-  EXPECT_EQ(received, accepted);
-  EXPECT_EQ(drops_reported, kRecords - accepted);
-  EXPECT_EQ(ring.dropped(), kRecords - accepted);
 }
 
 // ---- log_line -----------------------------------------------------------------------------
