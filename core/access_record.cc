@@ -426,10 +426,6 @@ bool use_blocks32() noexcept {
 }
 #endif
 
-} // namespace
-
-namespace {
-
 void append_escaped(std::string_view s, RecordOut &out) noexcept {
   if (s.size() < 64) {
     // Short fields (most of a record's): a stack buffer, no resize of `out` to fill and trim.
