@@ -232,7 +232,8 @@ void append_signed(RecordOut &out, int64_t n) noexcept {
 
 // Length of the valid UTF-8 sequence starting at s[i] (lead byte >= 0x80), or 0
 // (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF).
-size_t utf8_sequence(std::string_view s, size_t i) noexcept {
+// Always inlined: a call from the AVX2 block loop would spill its vector registers.
+[[gnu::always_inline]] inline size_t utf8_sequence(std::string_view s, size_t i) noexcept {
   const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
   const unsigned char c = b(0);
   size_t len = 0;
@@ -345,10 +346,13 @@ struct KeyStarts {
 
 constexpr char kHex[] = "0123456789abcdef";
 
-// The two-character JSON escapes of control bytes (their letter; 0: \u00XX instead): CR LF in
-// every captured head and the newlines of text bodies take 2 bytes in the log instead of 6.
-constexpr std::array<char, 0x20> kShortEscape = [] {
-  std::array<char, 0x20> t{};
+// The bytes with a two-character JSON escape, each with the character after the backslash (0:
+// none): '"' and '\\' as themselves, and the control bytes \b \t \n \f \r as letters, so CR LF
+// in every captured head and the newlines of text bodies take 2 bytes in the log instead of 6.
+constexpr std::array<char, 256> kTwoCharEscape = [] {
+  std::array<char, 256> t{};
+  t['"'] = '"';
+  t['\\'] = '\\';
   t['\b'] = 'b';
   t['\t'] = 't';
   t['\n'] = 'n';
@@ -361,9 +365,9 @@ constexpr std::array<char, 0x20> kShortEscape = [] {
 // sequence it starts; returns the position after what it took (up to 6 bytes written).
 const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
   const auto u = static_cast<unsigned char>(*p);
-  if (u == '"' || u == '\\') {
+  if (const char second = kTwoCharEscape[u]; second != 0) {
     o[0] = '\\';
-    o[1] = static_cast<char>(u);
+    o[1] = second;
     o += 2;
     return p + 1;
   }
@@ -373,12 +377,6 @@ const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
       o += len;
       return p + len;
     }
-  }
-  if (u < 0x20 && kShortEscape[u] != 0) {
-    o[0] = '\\';
-    o[1] = kShortEscape[u];
-    o += 2;
-    return p + 1;
   }
   std::memcpy(o, "\\u00", 4);
   o[4] = kHex[u >> 4];
@@ -390,13 +388,13 @@ const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
 // How many bytes escape_one writes for the byte at p (one that needs_escape).
 size_t escaped_size(std::string_view s, const char *p) noexcept {
   const auto u = static_cast<unsigned char>(*p);
-  if (u == '"' || u == '\\')
+  if (kTwoCharEscape[u] != 0)
     return 2;
   if (u >= 0x80) {
     if (const size_t len = utf8_sequence(s, static_cast<size_t>(p - s.data())); len != 0)
       return len;
   }
-  return u < 0x20 && kShortEscape[u] != 0 ? 2 : 6;
+  return 6;
 }
 
 namespace blocks16 {
