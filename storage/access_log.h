@@ -156,6 +156,7 @@ class AccessLog {
   }
   void commit(unsigned worker, size_t bytes, bool one_line) noexcept {
     KEYGATE_ASSERT(worker < workers_);
+    KEYGATE_ASSERT(bytes > 0);  // at least the '{' (the writer relies on it)
     rings_[worker]->commit(bytes, one_line);
   }
 
