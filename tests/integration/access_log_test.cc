@@ -892,6 +892,47 @@ TEST_F(AccessLogTest, CapturesRequestAndResponseForFlaggedKeysOnly) {
   }
 }
 
+// A worker writes a record straight into its ring when the ring has room for the record's worst
+// case (6 bytes per captured byte); with a 64 KiB ring and ~16 KB of captures it never has, so
+// every captured record takes the other path (formatted aside, then copied in) while the small
+// ones still go in place. Both kinds must all arrive, whole and in order.
+TEST_F(AccessLogTest, RecordsTooLargeToWriteInPlaceAreCopiedInWhole) {
+  ASSERT_NO_FATAL_FAILURE(
+      start(1, "ring_bytes_per_worker = 65536\ncapture_bytes_max = 8000"));
+  const std::string cap_key = "alog-ring-" + random_hex(24);
+  const CreatedKey cap = create_key(kBootstrapAdminKey, json_key(cap_key),
+                                    {"orders", "proxied"}, true, true);
+  ASSERT_FALSE(cap.id.empty());
+  constexpr int kRequests = 12;
+  for (int i = 0; i < kRequests; ++i) {
+    // Alternately a large captured echo (copied in) and a small one (in place).
+    const std::string body =
+        i % 2 == 0 ? byte_pattern(7000 + static_cast<size_t>(i)) : "small " + std::to_string(i);
+    auto r = data(http_request("POST", "/echo?n=" + std::to_string(i),
+                               {"X-ApiKey: " + cap_key, "Content-Type: text/plain"}, body));
+    ASSERT_TRUE(r && r->status == 200) << i << " " << show(r);
+  }
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  const LogContents log = read_log(server_->log_dir());
+  EXPECT_TRUE(log.bad_lines.empty());
+  EXPECT_TRUE(log.unterminated.empty());
+  EXPECT_EQ(log.markers(), 0u) << "records were dropped";
+  ASSERT_EQ(log.records().size(), static_cast<size_t>(kRequests + 1));  // + the key's creation
+  for (int i = 0; i < kRequests; ++i) {
+    const std::string path = "/echo?n=" + std::to_string(i);
+    const Json *r = nullptr;
+    for (const Json *candidate : log.records()) {
+      if (candidate->str("path") == path) r = candidate;
+    }
+    ASSERT_NE(r, nullptr) << path;
+    const std::string body =
+        i % 2 == 0 ? byte_pattern(7000 + static_cast<size_t>(i)) : "small " + std::to_string(i);
+    EXPECT_EQ(captured(*r, "request", "body"), body) << path;
+    EXPECT_EQ(captured(*r, "response", "body"), body) << path;
+    EXPECT_EQ(truncated_flag(*r, "request"), 0) << path;
+  }
+}
+
 // --- 3. Redaction
 // ------------------------------------------------------------------------------
 
