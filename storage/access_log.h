@@ -149,7 +149,8 @@ class AccessLog {
   // `max_bytes` in the worker's buffer, or null when there is none now (nothing is counted;
   // use append(), which counts a drop when it cannot take the record either). Write the
   // record there (a JSON object, as for append()), then call commit() before any other
-  // append(), reserve() or commit() for this worker. Wait-free.
+  // append(), reserve() or commit() for this worker — or abandon the reservation by not
+  // committing it. Wait-free.
   char* reserve(unsigned worker, size_t max_bytes) noexcept {
     KEYGATE_ASSERT(worker < workers_);
     return rings_[worker]->reserve(max_bytes);

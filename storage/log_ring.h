@@ -93,7 +93,8 @@ class LogRing {
 
   // Producer only. Contiguous space for a record of up to `max_bytes` at the head, or null
   // when the ring lacks it now (counts nothing). Write the record there, then commit() it
-  // before any other producer call. Wait-free.
+  // before any other producer call, or abandon it (no commit(); any call may follow, and a
+  // commit() needs a reserve() of its own). Wait-free.
   char* reserve(size_t max_bytes) noexcept {
     if (max_bytes > kPayloadBytesMax) return nullptr;
     const uint64_t head = producer_.head.load(std::memory_order_relaxed);
