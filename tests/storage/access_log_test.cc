@@ -212,6 +212,25 @@ TEST(LogRing, ReservedRecordsAreWrittenInPlaceAndNeverWrap) {
   EXPECT_EQ(ring.dropped(), 0u);
 }
 
+TEST(LogRing, AnAbandonedReservationLeavesNoTrace) {
+  LogRing ring(128);
+  ASSERT_TRUE(ring.try_push(std::string(80, 'a')));  // head at 88: a reservation of 48 skips
+  ring.drain([](std::string_view, std::string_view, uint32_t, bool) {});
+  ASSERT_NE(ring.reserve(48), nullptr);  // abandoned (as when a record overflows it)
+  ASSERT_TRUE(ring.try_push("{copied}"));
+  char* const at = ring.reserve(48);
+  ASSERT_NE(at, nullptr);
+  std::memcpy(at, "{in place}", 10);
+  ring.commit(10, true);
+  std::vector<std::string> seen;
+  ring.drain([&](std::string_view a, std::string_view b, uint32_t, bool) {
+    seen.push_back(std::string(a) + std::string(b));
+  });
+  EXPECT_EQ(seen, (std::vector<std::string>{"{copied}", "{in place}"}));
+  EXPECT_EQ(ring.pushed(), 3u);
+  EXPECT_EQ(ring.dropped(), 0u);
+}
+
 TEST(LogRing, AReservationThatDoesNotFitCountsNothingAndCommitCarriesEarlierDrops) {
   LogRing ring(128);
   ASSERT_TRUE(ring.try_push(std::string(56, 'x')));  // 64 of 128 bytes
