@@ -385,18 +385,6 @@ const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
   return p + 1;
 }
 
-// How many bytes escape_one writes for the byte at p (one that needs_escape).
-size_t escaped_size(std::string_view s, const char *p) noexcept {
-  const auto u = static_cast<unsigned char>(*p);
-  if (kTwoCharEscape[u] != 0)
-    return 2;
-  if (u >= 0x80) {
-    if (const size_t len = utf8_sequence(s, static_cast<size_t>(p - s.data())); len != 0)
-      return len;
-  }
-  return 6;
-}
-
 namespace blocks16 {
 #define KEYGATE_BLOCK_BYTES 16
 #define KEYGATE_BLOCK_TARGET
@@ -423,6 +411,22 @@ bool use_blocks32() noexcept {
   return use;
 }
 #endif
+
+// The bytes of every text field of `r`, captures included: what its record escapes.
+size_t text_bytes(const AccessRecord &r) noexcept {
+  size_t n = r.client.size() + r.key_id.size() + r.user.size() + r.api.size() +
+             r.method.size() + r.target.size() + r.reason.size() + r.listener.size();
+  for (const CapturedMessage *m : {r.request, r.response}) {
+    if (m != nullptr)
+      n += m->head.size() + m->body.size();
+  }
+  return n;
+}
+
+// Form bodies get the `key` field rule on top of the JSON member rule every body gets.
+bool is_form_body(std::string_view content_type) noexcept {
+  return equals_ignore_case(media_type(content_type), kFormMediaType);
+}
 
 void append_escaped(std::string_view s, RecordOut &out) noexcept {
   if (s.size() < 64) {
@@ -696,10 +700,10 @@ void AccessRecordWriter::add_structural(
     add_head(text, false);
     return;
   case Text::kBody:
-    if (equals_ignore_case(media_type(content_type), kFormMediaType))
+    if (is_form_body(content_type))
       add_query_values(text, 0);
     add_json_members(text, kJsonMemberName, false);
-    if (record_->listener == "admin")
+    if (admin_listener())
       add_json_members(text, kAdminMemberName, true);
     return;
   }
@@ -790,9 +794,10 @@ void AccessRecordWriter::append_redacted(std::string_view text, Text kind,
                                          std::string_view content_type,
                                          RecordOut &out) noexcept {
   // The common body: nothing any rule would redact, found in one pass that tries the same
-  // positions as the rules' own scans. Form bodies and the admin listener have further rules.
-  if (kind == Text::kBody && record_->listener != "admin" &&
-      !equals_ignore_case(media_type(content_type), kFormMediaType) && body_is_clean(text)) {
+  // positions as the rules' own scans. Form bodies and the admin listener have further rules
+  // (add_structural), which this pass does not cover.
+  if (kind == Text::kBody && !admin_listener() && !is_form_body(content_type) &&
+      body_is_clean(text)) {
     append_escaped(text, out);
     return;
   }
@@ -844,14 +849,8 @@ size_t AccessRecordWriter::append(const AccessRecord &r, char *out,
 }
 
 size_t AccessRecordWriter::capacity_hint(const AccessRecord &r) noexcept {
-  size_t text = r.client.size() + r.key_id.size() + r.user.size() + r.api.size() +
-                r.method.size() + r.target.size() + r.reason.size() + r.listener.size();
-  for (const CapturedMessage *m : {r.request, r.response}) {
-    if (m != nullptr)
-      text += m->head.size() + m->body.size();
-  }
   // The field names and numbers take under 512 bytes; every text byte escapes to 6 at most.
-  return 512 + 6 * text;
+  return 512 + 6 * text_bytes(r);
 }
 
 void AccessRecordWriter::append_to(const AccessRecord &r,
@@ -884,13 +883,7 @@ void AccessRecordWriter::append_to(const AccessRecord &r,
 
   // One reservation for the whole record (escaping rarely grows text by more than an eighth),
   // so the output is not regrown field by field.
-  size_t estimate = 512 + r.client.size() + r.key_id.size() + r.user.size() +
-                    r.api.size() + r.method.size() + r.target.size() +
-                    r.reason.size() + r.listener.size();
-  for (const CapturedMessage *m : {r.request, r.response}) {
-    if (m != nullptr)
-      estimate += 128 + m->head.size() + m->body.size();
-  }
+  const size_t estimate = 768 + text_bytes(r);
   out.reserve(estimate + estimate / 8);
 
   out.append("{\"time_us\":");

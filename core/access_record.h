@@ -157,6 +157,7 @@ private:
   // True when add_structural (JSON member rule only) and add_value_matches would find nothing
   // to redact in body `text`; one pass over it. False also when it cannot tell cheaply.
   bool body_is_clean(std::string_view text) noexcept;
+  bool admin_listener() const noexcept { return record_->listener == "admin"; }
   // Length of the longest run at text[at] that decodes to `key`, or 0. Spends
   // matcher steps from *budget; returns 0 with *budget == 0 when it runs out.
   size_t match_length(std::string_view text, size_t at, std::string_view key,
