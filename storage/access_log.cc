@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -214,14 +213,8 @@ class AlignedBuffer {
 
   void reserve(size_t bytes) {
     if (bytes <= capacity_) return;
-    // From 2 MiB on, transparent huge pages where the kernel offers them: O_DIRECT pins the
-    // pages of every write, which costs less per byte for huge ones.
-    constexpr size_t kHugePageBytes = 2 << 20;
-    const size_t align = bytes >= kHugePageBytes ? kHugePageBytes : kDirectAlign;
-    const size_t rounded = (bytes + align - 1) & ~(align - 1);
-    char* const grown = static_cast<char*>(std::aligned_alloc(align, rounded));
-    if (grown == nullptr) throw std::bad_alloc();
-    if (align == kHugePageBytes) (void)::madvise(grown, rounded, MADV_HUGEPAGE);  // a hint
+    const size_t rounded = (bytes + kDirectAlign - 1) & ~(kDirectAlign - 1);
+    char* const grown = allocate_log_buffer(rounded, kDirectAlign);
     if (size_ > 0) std::memcpy(grown, data_, size_);
     std::free(data_);
     data_ = grown;

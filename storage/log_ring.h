@@ -44,6 +44,20 @@
 
 namespace keygate::storage {
 
+// A buffer of at least `bytes` for free(), aligned to `align` (a power of two); from 2 MiB on,
+// 2 MiB aligned and backed by transparent huge pages where the kernel offers them (fewer TLB
+// misses, cheaper pinning for O_DIRECT writes). Throws std::bad_alloc. The log's rings and the
+// writer's buffer use it.
+inline char* allocate_log_buffer(size_t bytes, size_t align) {
+  constexpr size_t kHugePageBytes = 2 << 20;
+  if (bytes >= kHugePageBytes) align = kHugePageBytes;
+  const size_t rounded = (bytes + align - 1) & ~(align - 1);
+  void* const p = std::aligned_alloc(align, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+  if (align == kHugePageBytes) (void)::madvise(p, rounded, MADV_HUGEPAGE);  // a hint only
+  return static_cast<char*>(p);
+}
+
 class LogRing {
  public:
   static constexpr size_t kHeaderBytes = 8;
@@ -167,14 +181,9 @@ class LogRing {
  private:
   static constexpr uint32_t kOneLine = 0x80000000u;
   static constexpr uint32_t kSkip = 0xffffffffu;  // the rest of the buffer is unused
-  static constexpr size_t kHugePageBytes = 2 << 20;
 
   static char* allocate(size_t bytes) {
-    const size_t align = bytes >= kHugePageBytes ? kHugePageBytes : alignof(std::max_align_t);
-    void* const p = std::aligned_alloc(align, bytes);
-    if (p == nullptr) throw std::bad_alloc();
-    if (align == kHugePageBytes) (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a hint only
-    return static_cast<char*>(p);
+    return allocate_log_buffer(bytes, alignof(std::max_align_t));
   }
 
   void count_drop() noexcept {
