@@ -794,6 +794,9 @@ void Worker::Impl::check_upstream_timers() {
     UpConn* up = owned.get();
     if (up->deadline_ms == 0 || up->deadline_ms > now_ms) continue;
     if (up->state == UpConn::State::kBusy && !up->message_done) {
+      // Paused for a slow client: the upstream waits for us, not we for it (the client's
+      // write timeout governs; client_output_drained() gives the upstream a fresh deadline).
+      if (up->recv_paused) continue;
       up->deadline_ms = 0;
       fail_forward(up, 504, "upstream_timeout", "the upstream server did not answer in time");
     } else if (up->state == UpConn::State::kIdle) {
@@ -808,6 +811,7 @@ void Worker::Impl::client_output_drained(Connection* c) {
   UpConn* up = c->up;
   if (up == nullptr || !up->recv_paused || client_buffered(c) > kProxyBufferMax) return;
   up->recv_paused = false;
+  if (up->deadline_ms != 0) up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
   if (up->state == UpConn::State::kBusy && !up->recv_armed) arm_up_recv(up);
 }
 

@@ -366,6 +366,27 @@ TEST_F(ProxyTest, AnIdempotentRequestOnAPooledConnectionTheServerClosedIsSentAga
   EXPECT_EQ(ok->status, 200);
 }
 
+// A client that stops reading a large response makes keygate stop reading the upstream
+// (backpressure). The upstream then waits for us: its response timeout must not run out
+// meanwhile, or a slow download would be cut as "upstream_timeout". (The client's own write
+// timeout, idle_timeout_ms, is what limits a client that never reads again.)
+TEST_F(ProxyTest, AClientReadingSlowlyIsNotCutByTheUpstreamResponseTimeout) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {}, {"orders"}, /*response_timeout_ms=*/300));
+  constexpr size_t kBytes = 32u << 20;  // well past keygate's and the sockets' buffers
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(
+      http_request("GET", "/bytes/" + std::to_string(kBytes), {key_header()})));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // 5 response timeouts
+  auto r = client.read_response(Millis(60000));
+  ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(r->status, 200);
+  ASSERT_EQ(r->body.size(), kBytes);
+  for (size_t i = 0; i < kBytes; i += 4099) {
+    ASSERT_EQ(r->body[i], static_cast<char>('a' + i % 26)) << i;
+  }
+}
+
 TEST_F(ProxyTest, ResponseCutAfterItsHeadClosesTheClient) {
   ASSERT_NO_FATAL_FAILURE(start());
   // The body breaks off after 10 of 100 bytes. If the head already left, the client sees the
