@@ -287,7 +287,7 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
     if (!check_known_keys(*log,
                           {"enabled", "ring_bytes_per_worker", "segment_bytes_max",
                            "retention_bytes", "capture_bytes_max", "flush_interval_ms",
-                           "direct_io"},
+                           "direct_io", "backlog_bytes_max"},
                           source, "log", error) ||
         !read_uint(*log, "ring_bytes_per_worker", source, "log", 64 * 1024, uint64_t{1} << 30,
                    &config.log_ring_bytes_per_worker, error) ||
@@ -298,7 +298,9 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         !read_uint(*log, "capture_bytes_max", source, "log", 0, 16u << 20,
                    &config.log_capture_bytes_max, error) ||
         !read_uint(*log, "flush_interval_ms", source, "log", 1, 10000,
-                   &config.log_flush_interval_ms, error)) {
+                   &config.log_flush_interval_ms, error) ||
+        !read_uint(*log, "backlog_bytes_max", source, "log", 0, uint64_t{1} << 40,
+                   &config.log_backlog_bytes_max, error)) {
       return false;
     }
   }

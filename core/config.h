@@ -51,6 +51,7 @@ struct Config {
   uint64_t log_capture_bytes_max = 64 * 1024;  // per captured body (log_request/log_response)
   uint32_t log_flush_interval_ms = 10;         // the log writer drains at least this often
   bool log_direct_io = true;  // whole blocks written with O_DIRECT (falls back if refused)
+  uint64_t log_backlog_bytes_max = 64 * 1024 * 1024;  // records held while the writer is behind
   // [[apis]], validated by ApiRegistry::init in validate_config.
   std::vector<ApiConfig> apis;
 };

@@ -371,6 +371,21 @@ struct AccessLog::Impl {
   std::thread thread;
   std::thread sync_thread;
 
+  // The backlog (see Backlog in the header). drain_mutex makes the writer and the relief
+  // thread take turns as the rings' consumer and guards the backlogs; the writer holds it only
+  // while it gathers, never across a write.
+  std::mutex drain_mutex;
+  // Per worker: records taken out of its ring, oldest first, each as a ring header (length |
+  // kBacklogOneLine, drops_before) and the payload; never more bytes than the ring space they
+  // came from.
+  std::vector<std::string> backlogs;  // drain_mutex
+  size_t backlog_bytes = 0;           // drain_mutex; the sum of their sizes
+  std::atomic<uint64_t> backlog_records{0};
+  std::atomic<uint64_t> backlog_bytes_peak{0};
+  std::condition_variable relief_wake;  // the relief thread waits here, with `mutex`
+  bool relief_stopping = false;         // mutex
+  std::thread relief_thread;
+
   ~Impl() {
     for (size_t i = 0; i < sync_count; ++i) {
       ::close(sync_jobs[(sync_head + i) % kSyncQueueMax].fd);
@@ -386,6 +401,9 @@ struct AccessLog::Impl {
   void delete_segments_before(uint64_t seq);
   void run();
   void run_sync();
+  void run_relief();
+  bool relieve();
+  void take_backlog(unsigned worker);
   void sync_segments_by_name(uint64_t from_seq, uint64_t to_seq);
   void sync_dir();
   void start_writeback();
@@ -578,9 +596,11 @@ double AccessLog::Impl::gather() {
     next_cut = 0;
   }
   double fill = 0;
+  std::lock_guard drain_lock(drain_mutex);
   for (size_t w = 0; w < rings->size(); ++w) {
     LogRing& ring = *(*rings)[w];
     const size_t before = buffer.size();
+    take_backlog(static_cast<unsigned>(w));  // older than what the ring holds now
     // Producers keep appending meanwhile; at shutdown they have stopped, and one drain per
     // ring takes everything. Otherwise one drain bounds the pass by the ring's capacity.
     ring.drain([&](std::string_view a, std::string_view b, uint32_t drops_before,
@@ -595,6 +615,81 @@ double AccessLog::Impl::gather() {
   }
   next_seq_public.store(next_seq, std::memory_order_relaxed);
   return fill;
+}
+
+namespace {
+constexpr uint32_t kBacklogOneLine = 0x80000000u;
+}  // namespace
+
+// Emits worker's backlog, as gather() would have emitted those records from its ring, and
+// frees it. drain_mutex.
+void AccessLog::Impl::take_backlog(unsigned worker) {
+  std::string& backlog = backlogs[worker];
+  if (backlog.empty()) return;
+  std::string_view rest = backlog;
+  while (!rest.empty()) {
+    uint32_t header[2];
+    KEYGATE_ASSERT(rest.size() >= sizeof(header));
+    std::memcpy(header, rest.data(), sizeof(header));
+    const size_t length = header[0] & ~kBacklogOneLine;
+    KEYGATE_ASSERT(rest.size() >= sizeof(header) + length);
+    if (header[1] > 0) emit_marker(worker, header[1]);
+    emit_record(rest.substr(sizeof(header), length), {}, (header[0] & kBacklogOneLine) != 0);
+    rest.remove_prefix(sizeof(header) + length);
+  }
+  backlog_bytes -= backlog.size();
+  std::string().swap(backlog);  // its memory is only for stalls
+}
+
+// The relief thread; see Backlog in the header.
+void AccessLog::Impl::run_relief() {
+  const std::chrono::milliseconds busy_period(std::max<uint32_t>(1, options.flush_interval_ms / 8));
+  const std::chrono::milliseconds idle_period(options.flush_interval_ms);
+  std::chrono::milliseconds period = idle_period;
+  std::unique_lock lock(mutex);
+  for (;;) {
+    relief_wake.wait_for(lock, period, [&] { return relief_stopping; });
+    if (relief_stopping) return;
+    lock.unlock();
+    period = relieve() ? busy_period : idle_period;
+    lock.lock();
+  }
+}
+
+// Moves the records of every ring at least half full into its worker's backlog, while the
+// backlog has room for all of them. Returns whether records are flowing (a ring more than
+// 1/16 full).
+bool AccessLog::Impl::relieve() {
+  bool busy = false;
+  std::lock_guard drain_lock(drain_mutex);
+  for (size_t w = 0; w < rings->size(); ++w) {
+    LogRing& ring = *(*rings)[w];
+    const size_t queued = ring.queued_bytes();
+    busy = busy || queued > ring.capacity() / 16;
+    // An entry takes no more bytes than the ring space it came from (the same 8-byte header,
+    // no padding), so `queued` bounds what this adds.
+    if (queued < ring.capacity() / 2 || backlog_bytes + queued > options.backlog_bytes_max) {
+      continue;
+    }
+    std::string& backlog = backlogs[w];
+    const size_t before = backlog.size();
+    backlog.reserve(before + queued);
+    const uint64_t records = ring.drain([&](std::string_view a, std::string_view b,
+                                            uint32_t drops_before, bool one_line) {
+      const uint32_t header[2] = {
+          static_cast<uint32_t>(a.size() + b.size()) | (one_line ? kBacklogOneLine : 0u),
+          drops_before};
+      backlog.append(reinterpret_cast<const char*>(header), sizeof(header));
+      backlog.append(a);
+      backlog.append(b);
+    });
+    backlog_bytes += backlog.size() - before;
+    backlog_records.fetch_add(records, std::memory_order_relaxed);
+    if (backlog_bytes > backlog_bytes_peak.load(std::memory_order_relaxed)) {
+      backlog_bytes_peak.store(backlog_bytes, std::memory_order_relaxed);
+    }
+  }
+  return busy;
 }
 
 void AccessLog::Impl::plan_line(size_t line_bytes, uint64_t seq) {
@@ -958,15 +1053,32 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
     pthread_setname_np(pthread_self(), "kg-log-sync");
     raw->run_sync();
   });
+  raw->backlogs.resize(workers);
   raw->thread = std::thread([raw] {
     pthread_setname_np(pthread_self(), "kg-log");
     ask_for_short_slices();
     raw->run();
   });
+  if (options.backlog_bytes_max > 0) {
+    raw->relief_thread = std::thread([raw] {
+      pthread_setname_np(pthread_self(), "kg-log-relief");
+      ask_for_short_slices();
+      raw->run_relief();
+    });
+  }
   return log;
 }
 
 AccessLog::~AccessLog() {
+  // The relief thread first: whatever it moved into the backlog, the writer's last pass takes.
+  if (impl_->relief_thread.joinable()) {
+    {
+      std::lock_guard lock(impl_->mutex);
+      impl_->relief_stopping = true;
+    }
+    impl_->relief_wake.notify_all();
+    impl_->relief_thread.join();
+  }
   {
     std::lock_guard lock(impl_->mutex);
     impl_->stopping = true;
@@ -997,6 +1109,8 @@ AccessLogStats AccessLog::stats() const {
   s.next_seq = impl_->next_seq_public.load(std::memory_order_relaxed);
   s.torn_bytes_cut = impl_->torn_bytes_cut;
   s.direct_bytes = impl_->direct_bytes.load(std::memory_order_relaxed);
+  s.backlog_records = impl_->backlog_records.load(std::memory_order_relaxed);
+  s.backlog_bytes_peak = impl_->backlog_bytes_peak.load(std::memory_order_relaxed);
   // Synced first, so that a snapshot never shows more synced than finished.
   s.segments_synced = impl_->segments_synced.load(std::memory_order_acquire);
   s.sync_queue_full = impl_->sync_queue_full.load(std::memory_order_acquire);

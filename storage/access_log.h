@@ -26,6 +26,17 @@
 // rotation adds no stall (the writer only open()s the next file and hands the finished one to
 // the sync thread).
 //
+// Backlog: a write the disk is slow to finish (a device stall of tens of milliseconds is
+// ordinary on shared or networked storage) or a pass that comes late would fill the rings
+// (4 MiB holds 20 ms at 200 MB/s) and drop records. So a third thread, the relief thread,
+// looks at the rings every flush_interval_ms / 8 (at least 1 ms) while records flow, and moves
+// the records of every ring at least half full into that worker's backlog in memory (up to
+// backlog_bytes_max in all; 0 turns the backlog and the thread off). The writer's next pass
+// takes a worker's backlog before its ring, so each worker's records keep their order, and
+// frees the backlog's memory. Records in the backlog count as queued. Only when the backlog is
+// full too are records dropped. When all rings are nearly empty the relief thread looks only
+// every flush_interval_ms.
+//
 // Writing: with direct_io (the default) the writer writes the whole 4 KiB blocks of each pass
 // with one O_DIRECT pwrite() from its own aligned buffer, so the kernel copies nothing into the
 // page cache (that copy is most of a buffered write's CPU: about 10x less CPU per byte here).
@@ -60,8 +71,8 @@
 // writer's buffer (up to one flush interval of traffic, including a held partial block); a
 // power loss may lose the unsynced part of the active segment and of finished segments still
 // awaiting their sync. A torn last line is cut off at the next open(). Write errors (disk
-// full) are retried each pass without draining more, so the rings fill and further records
-// are dropped and counted (with markers once writing works again). Records that still cannot
+// full) are retried each pass without draining more, so the rings (and the backlog) fill and
+// further records are dropped and counted (with markers once writing works again). Records that still cannot
 // be written at shutdown are counted as dropped (no marker). Failed syncs and deletes are
 // counted in write_errors and not retried (a failed delete is retried at the next rotation and
 // open()).
@@ -94,6 +105,9 @@ struct AccessLogOptions {
   // Write whole blocks with O_DIRECT (see Writing); false, or a filesystem that refuses
   // O_DIRECT, writes everything through the page cache.
   bool direct_io = true;
+  // Memory for records moved out of filling rings while the writer is behind (see Backlog),
+  // allocated only while needed; 0 = no backlog (full rings drop at once).
+  size_t backlog_bytes_max = 64 << 20;
 };
 
 // A snapshot; exact whenever no append() is in progress and the writer is idle (e.g. after
@@ -111,6 +125,8 @@ struct AccessLogStats {
   uint64_t segments_synced = 0;    // of those, fdatasync'ed (or deleted by retention first)
   uint64_t sync_queue_full = 0;    // of those, closed unsynced into the overflow range
   uint64_t direct_bytes = 0;       // written with O_DIRECT (the rest went through the page cache)
+  uint64_t backlog_records = 0;    // moved into the backlog by the relief thread, in all
+  uint64_t backlog_bytes_peak = 0;  // the most the backlog held at once
 };
 
 class AccessLog {
@@ -126,7 +142,7 @@ class AccessLog {
   // options or an unusable directory.
   static std::unique_ptr<AccessLog> open(const AccessLogOptions& options, unsigned workers,
                                          std::string* error);
-  // Stops the writer after it has drained and written everything queued, fdatasync'ed the
+  // Stops the relief thread, then the writer after it has drained and written everything queued, fdatasync'ed the
   // active segment and closed it, then stops the sync thread after every pending sync and
   // delete is done. Blocks on the filesystem. Every append() must have returned before.
   ~AccessLog();

@@ -1,8 +1,9 @@
 // LogRing: a bounded single-producer single-consumer byte ring of length-prefixed records, the
 // per-worker buffer between a worker and the access-log writer thread.
 //
-// Threading: exactly one producer thread calls try_push(), reserve() and commit(), and exactly
-// one consumer thread calls drain() and take_pending_drops(); any thread may read the
+// Threading: exactly one producer thread calls try_push(), reserve() and commit(), and one
+// consumer at a time calls drain(), queued_bytes() and take_pending_drops() (consumers on
+// several threads must serialize these calls, e.g. with a mutex); any thread may read the
 // counters. The producer's calls are wait-free: no lock, no allocation, no syscall (a few
 // atomics, and a memcpy in try_push). The producer and consumer indices live on separate cache
 // lines, and each side caches the other's index, so in the steady state neither side touches
@@ -165,6 +166,13 @@ class LogRing {
     }
     tail_.store(tail, std::memory_order_release);
     return records;
+  }
+
+  // Consumer only. Bytes of the buffer holding records not yet drained (headers and padding
+  // included): how full the producer finds it, as of now.
+  size_t queued_bytes() const noexcept {
+    return static_cast<size_t>(producer_.head.load(std::memory_order_acquire) -
+                               tail_.load(std::memory_order_relaxed));
   }
 
   // Consumer only. Drops not yet carried by a pushed record; they are reported by the caller

@@ -187,6 +187,7 @@ int main(int argc, char** argv) {
     log_options.retention_bytes = config.log_retention_bytes;
     log_options.flush_interval_ms = config.log_flush_interval_ms;
     log_options.direct_io = config.log_direct_io;
+    log_options.backlog_bytes_max = static_cast<size_t>(config.log_backlog_bytes_max);
     access_log = keygate::storage::AccessLog::open(log_options, workers, &error);
     if (access_log == nullptr) {
       std::fprintf(stderr, "keygate: access log: %s\n", error.c_str());

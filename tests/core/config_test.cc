@@ -290,7 +290,7 @@ TEST(Config, ReadsLogTableAndProxyLimits) {
   const Config c = parse_ok(
       "[log]\nenabled = false\nring_bytes_per_worker = 65536\nsegment_bytes_max = 1048576\n"
       "retention_bytes = 10485760\ncapture_bytes_max = 100\nflush_interval_ms = 5\n"
-      "direct_io = false\n"
+      "direct_io = false\nbacklog_bytes_max = 0\n"
       "[limits]\nproxy_body_bytes_max = 5\nupstream_idle_connections_max = 3\n"
       "upstream_fail_timeout_ms = 7\n");
   EXPECT_FALSE(c.log_enabled);
@@ -300,6 +300,7 @@ TEST(Config, ReadsLogTableAndProxyLimits) {
   EXPECT_EQ(c.log_capture_bytes_max, 100u);
   EXPECT_EQ(c.log_flush_interval_ms, 5u);
   EXPECT_FALSE(c.log_direct_io);
+  EXPECT_EQ(c.log_backlog_bytes_max, 0u);
   EXPECT_EQ(c.limits.proxy_body_bytes_max, 5u);
   EXPECT_EQ(c.limits.upstream_idle_connections_max, 3u);
   EXPECT_EQ(c.limits.upstream_fail_timeout_ms, 7u);
@@ -312,6 +313,9 @@ TEST(Config, ReadsLogTableAndProxyLimits) {
   const Config d = parse_ok("");
   EXPECT_TRUE(d.log_enabled);
   EXPECT_TRUE(d.log_direct_io);
+  EXPECT_EQ(d.log_backlog_bytes_max, 64u << 20);
+  EXPECT_TRUE(contains(parse_error("[log]\nbacklog_bytes_max = -1\n"),
+                       "log.backlog_bytes_max: must be between"));
   EXPECT_EQ(d.log_capture_bytes_max, 65536u);
 }
 
