@@ -643,7 +643,10 @@ void AccessLog::Impl::take_backlog(unsigned worker) {
 
 // The relief thread; see Backlog in the header.
 void AccessLog::Impl::run_relief() {
-  const std::chrono::milliseconds busy_period(std::max<uint32_t>(1, options.flush_interval_ms / 8));
+  // A quarter interval: a 4 MiB ring that fills at 200 MB/s is half full after 10 ms and full
+  // after 20, so a look every 2.5 ms moves it in time. (Each look is a wake-up; an eighth
+  // doubled the relief thread's share for no gain at that rate.)
+  const std::chrono::milliseconds busy_period(std::max<uint32_t>(1, options.flush_interval_ms / 4));
   const std::chrono::milliseconds idle_period(options.flush_interval_ms);
   std::chrono::milliseconds period = idle_period;
   std::unique_lock lock(mutex);

@@ -28,8 +28,8 @@
 //
 // Backlog: a write the disk is slow to finish (a device stall of tens of milliseconds is
 // ordinary on shared or networked storage) or a pass that comes late would fill the rings
-// (4 MiB holds 20 ms at 200 MB/s) and drop records. So a third thread, the relief thread,
-// looks at the rings every flush_interval_ms / 8 (at least 1 ms) while records flow, and moves
+// (4 MiB holds 20 ms at 200 MB/s) and drop records. So another thread, the relief thread,
+// looks at the rings every flush_interval_ms / 4 (at least 1 ms) while records flow, and moves
 // the records of every ring at least half full into that worker's backlog in memory (up to
 // backlog_bytes_max in all; 0 turns the backlog and the thread off). The writer's next pass
 // takes a worker's backlog before its ring, so each worker's records keep their order, and
