@@ -711,8 +711,10 @@ TEST(AccessRecordJson, EscapesAtEveryOffsetAndLengthMatchTheReference) {
       "\"", "\\", "\n", std::string(1, '\0'), "\x1f", "\x7f", "\xc3\xa9",
       "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\x80", "\xc3", "\xe2\x82", "\xf0\x9f\x98",
       "\xed\xa0\x80", "\xff", "\"\"\\\\", "\xc3\xa9\xc3\xa9\n\""};
+  // Up to past four 32-byte blocks: the block loop, then a tail under two blocks (escaped
+  // through a padded copy) with the special byte in either part or across them.
   for (const std::string &special : specials) {
-    for (size_t len = 0; len <= 70; ++len) {
+    for (size_t len = 0; len <= 140; ++len) {
       for (size_t at = 0; at + special.size() <= len; ++at) {
         std::string s(len, 'a');
         s.replace(at, special.size(), special);
