@@ -62,6 +62,8 @@ inline char* allocate_log_buffer(size_t bytes, size_t align) {
 class LogRing {
  public:
   static constexpr size_t kHeaderBytes = 8;
+  // drain() frees the space of what it drained at least this often.
+  static constexpr size_t kReleaseBytes = 256 << 10;
   static constexpr size_t kCapacityBytesMin = 64;
   // Longest payload a header can describe.
   static constexpr size_t kPayloadBytesMax = (size_t{1} << 31) - 8;
@@ -140,14 +142,21 @@ class LogRing {
   // Consumer only. Hands every record published before the call to
   // `on_record(std::string_view part1, std::string_view part2, uint32_t drops_before,
   // bool one_line)` in order (the payload is part1 + part2; part2 is empty unless it wraps),
-  // then frees their space. The views are valid only during the callback. Returns the number
+  // freeing their space as it goes: every kReleaseBytes drained, and at the end. (A drain of a
+  // full ring by a consumer that the scheduler keeps waiting would otherwise hold all of it
+  // until the last record.) The views are valid only during the callback. Returns the number
   // of records.
   template <typename F>
   uint64_t drain(F&& on_record) {
     const uint64_t head = producer_.head.load(std::memory_order_acquire);
     uint64_t tail = tail_.load(std::memory_order_relaxed);
+    uint64_t released = tail;
     uint64_t records = 0;
     while (tail != head) {
+      if (tail - released >= kReleaseBytes) {
+        tail_.store(tail, std::memory_order_release);
+        released = tail;
+      }
       const uint64_t at = tail & mask_;
       uint32_t header[2];
       std::memcpy(header, data_ + at, kHeaderBytes);

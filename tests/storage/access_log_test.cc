@@ -181,6 +181,31 @@ TEST(LogRing, OneProducerAndOneConsumerThreadAgreeOnEveryRecordAndDrop) {
       [](uint64_t, const std::string&, bool) {});
 }
 
+TEST(LogRing, ALongDrainFreesSpaceAsItGoes) {
+  LogRing ring(1 << 20);
+  const std::string filler(1000, 'f');
+  int pushed = 0;
+  while (ring.try_push("{" + std::to_string(pushed) + filler)) ++pushed;
+  ASSERT_GT(pushed, 1000);  // full
+  // The producer, in the middle of a drain of the full ring, finds room again for a record
+  // as large as the one that did not fit.
+  int seen = 0;
+  bool pushed_during_drain = false;
+  ring.drain([&](std::string_view a, std::string_view b, uint32_t, bool) {
+    EXPECT_EQ(std::string(a) + std::string(b), "{" + std::to_string(seen) + filler);
+    if (++seen == pushed / 2) pushed_during_drain = ring.try_push("{during" + filler);
+  });
+  EXPECT_EQ(seen, pushed);
+  EXPECT_TRUE(pushed_during_drain);
+  // Pushed after the drain began: the next drain has it, after everything earlier.
+  std::vector<std::string> next;
+  ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool) {
+    EXPECT_EQ(drops, 1u);  // the failed push that found the ring full
+    next.push_back(std::string(a) + std::string(b));
+  });
+  EXPECT_EQ(next, std::vector<std::string>{"{during" + filler});
+}
+
 TEST(LogRing, ReservedRecordsAreWrittenInPlaceAndNeverWrap) {
   LogRing ring(128);
   std::vector<std::pair<std::string, bool>> seen;
