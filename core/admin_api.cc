@@ -220,7 +220,8 @@ enum class Route : uint8_t {
   kUsers,
   kUser,
   kApis,
-  kLogs
+  kLogs,
+  kStats
 };
 
 struct RouteMatch {
@@ -259,6 +260,7 @@ RouteMatch match_route(std::string_view path) noexcept {
   }
   if (segments[0] == "apis" && count == 1) return {Route::kApis, {}};
   if (segments[0] == "logs" && count == 1) return {Route::kLogs, {}};
+  if (segments[0] == "stats" && count == 1) return {Route::kStats, {}};
   return {};
 }
 
@@ -275,6 +277,7 @@ std::string_view allowed_methods(Route route) noexcept {
       return "GET, PATCH, DELETE";
     case Route::kApis:
     case Route::kLogs:
+    case Route::kStats:
       return "GET";
     case Route::kNone:
       break;
@@ -1348,6 +1351,31 @@ AdminResponse list_apis(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
+AdminResponse instance_stats(const AdminContext& ctx) {
+  std::vector<StatsGroup> groups;
+  if (ctx.stats) ctx.stats(&groups);
+  std::string out = "{";
+  for (size_t g = 0; g < groups.size(); ++g) {
+    if (g > 0) out += ',';
+    append_json_string(out, groups[g].name);
+    out += ':';
+    if (!groups[g].present) {
+      out += "null";
+      continue;
+    }
+    out += '{';
+    for (size_t v = 0; v < groups[g].values.size(); ++v) {
+      if (v > 0) out += ',';
+      append_json_string(out, groups[g].values[v].first);
+      out += ':';
+      out += std::to_string(groups[g].values[v].second);
+    }
+    out += '}';
+  }
+  out += '}';
+  return json_response(200, std::move(out));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Access log
 
@@ -1553,6 +1581,8 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
       return list_apis(ctx);
     case Route::kLogs:
       return query_logs(request, store);
+    case Route::kStats:
+      return instance_stats(ctx);
     case Route::kNone:
       break;
   }

@@ -30,6 +30,9 @@
 //                                       &after=SEQ (follow: seq > SEQ, oldest first; next_cursor
 //                                       is never null, pass it as the next after). Each record
 //                                       is the access-log line's JSON object as stored.
+//   GET    /admin/stats                200 {group:{name:number...}|null...}: the instance's
+//                                       counters (AdminContext::stats), e.g. "workers",
+//                                       "keys", "access_log" (null when not enabled)
 // Errors: {"error":code,"field":name|null,"message":text} with 400 (invalid_json,
 // unknown_field, invalid_type, invalid_value, missing_field, unknown_api, unknown_user),
 // 404 not_found, 405 method_not_allowed (+ Allow), 409 conflict, 413 body_too_large,
@@ -119,6 +122,14 @@ class AdminStore {
   }
 };
 
+// One group of GET /admin/stats: counters (only grow) and gauges (move both ways), read when
+// the request is served. `present` false renders the group as null (a facility turned off).
+struct StatsGroup {
+  std::string name;
+  bool present = true;
+  std::vector<std::pair<std::string, uint64_t>> values;  // in this order
+};
+
 struct AdminRequest {
   std::string_view method;
   std::string_view path;   // starts with /admin
@@ -140,6 +151,9 @@ struct AdminContext {
   std::function<bool(std::span<uint8_t>)> random;
   size_t small_body_bytes_max = 64 * 1024;  // every route but import
   size_t import_keys_max = 100000;
+  // Fills GET /admin/stats (called on the executor thread; it must only read counters); empty:
+  // the route answers {}.
+  std::function<void(std::vector<StatsGroup>*)> stats;
 };
 
 // Runs one admin request. Never throws (allocation failure aside); any input gets a response.

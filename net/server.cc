@@ -111,6 +111,23 @@ struct Server::Running {
 
 Server::Server(ServerOptions options) : options_(std::move(options)) {}
 
+Server::Stats Server::stats() const {
+  Stats s;
+  const Running* running = started_.load(std::memory_order_acquire);
+  if (running == nullptr) return s;
+  for (const auto& worker : running->workers) {
+    const WorkerStats& w = worker->stats();
+    ++s.workers;
+    s.connections_accepted += w.connections_accepted.load(std::memory_order_relaxed);
+    s.connections_refused += w.connections_refused.load(std::memory_order_relaxed);
+    s.requests += w.requests.load(std::memory_order_relaxed);
+    s.parse_errors += w.parse_errors.load(std::memory_order_relaxed);
+    s.timeouts += w.timeouts.load(std::memory_order_relaxed);
+    s.upstream_retries += w.upstream_retries.load(std::memory_order_relaxed);
+  }
+  return s;
+}
+
 Server::~Server() {
   stop();
   running_.reset();
@@ -177,6 +194,7 @@ bool Server::start(std::string* error) {
     return false;
   }
   ring_mode_ = running_->workers[0]->ring_mode();
+  started_.store(running_.get(), std::memory_order_release);
   return true;
 }
 

@@ -4,6 +4,7 @@
 // failed), so start-up errors surface as one clear message before anything is served.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -54,6 +55,18 @@ class Server {
   // those before the Server.
   void stop();
 
+  // The workers' counters (WorkerStats), summed; zeros before start(). Any thread.
+  struct Stats {
+    unsigned workers = 0;
+    uint64_t connections_accepted = 0;
+    uint64_t connections_refused = 0;
+    uint64_t requests = 0;
+    uint64_t parse_errors = 0;
+    uint64_t timeouts = 0;
+    uint64_t upstream_retries = 0;
+  };
+  Stats stats() const;
+
  private:
   ServerOptions options_;
   uint16_t data_port_ = 0;
@@ -61,6 +74,9 @@ class Server {
   std::string ring_mode_;
   struct Running;
   std::unique_ptr<Running> running_;
+  // running_ for stats(), published once start() succeeded (requests, and so stats() calls,
+  // can come in while start() still waits for other workers).
+  std::atomic<const Running*> started_{nullptr};
 };
 
 }  // namespace keygate::net

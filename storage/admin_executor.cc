@@ -34,6 +34,12 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options
                                    : std::function<bool(std::span<uint8_t>)>(system_random);
   context_.small_body_bytes_max = options.small_body_bytes_max;
   context_.import_keys_max = options.import_keys_max;
+  context_.stats = [this, outer = std::move(options.stats)](std::vector<StatsGroup>* groups) {
+    if (outer) outer(groups);
+    const Stats s = stats();
+    groups->push_back({"admin", true,
+                       {{"executed_total", s.executed_total}, {"rejected_total", s.rejected_total}}});
+  };
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "kg-admin");
     run();

@@ -42,6 +42,9 @@ class AdminExecutor final : public AdminBackend {
     std::function<int64_t()> clock;
     // AdminContext::random; empty = system_random (getrandom).
     std::function<bool(std::span<uint8_t>)> random;
+    // The groups of GET /admin/stats (AdminContext::stats), run on the executor thread; the
+    // executor adds its own group, "admin", after them.
+    std::function<void(std::vector<StatsGroup>*)> stats;
   };
 
   struct Stats {

@@ -200,7 +200,50 @@ int main(int argc, char** argv) {
   // submits a job).
   keygate::storage::KeyServiceAdminStore admin_store(keys);
   admin_store.set_access_log(access_log.get());
-  keygate::storage::AdminExecutor admin_executor(admin_store, registry, {});
+  // GET /admin/stats: the workers' counters, the key cache's and the access log's.
+  keygate::storage::AdminExecutor::Options executor_options;
+  executor_options.stats = [&server, &keys, log = access_log.get()](
+                               std::vector<keygate::StatsGroup>* groups) {
+    const keygate::net::Server::Stats w =
+        server.has_value() ? server->stats() : keygate::net::Server::Stats{};
+    groups->push_back({"workers",
+                       true,
+                       {{"workers", w.workers},
+                        {"connections_accepted", w.connections_accepted},
+                        {"connections_refused", w.connections_refused},
+                        {"requests", w.requests},
+                        {"parse_errors", w.parse_errors},
+                        {"timeouts", w.timeouts},
+                        {"upstream_retries", w.upstream_retries}}});
+    const keygate::storage::KeyService::Stats k = keys.stats();
+    groups->push_back({"keys",
+                       true,
+                       {{"cached_keys", k.cached_keys},
+                        {"cache_complete", k.cache_complete ? 1u : 0u},
+                        {"evictions_total", k.evictions_total},
+                        {"fetches_total", k.fetches_total},
+                        {"fetch_rejected_total", k.fetch_rejected_total}}});
+    keygate::StatsGroup access{"access_log", log != nullptr, {}};
+    if (log != nullptr) {
+      const keygate::storage::AccessLogStats a = log->stats();
+      access.values = {{"enqueued", a.enqueued},
+                       {"written", a.written},
+                       {"dropped", a.dropped},
+                       {"queued", a.queued},
+                       {"markers_written", a.markers_written},
+                       {"write_errors", a.write_errors},
+                       {"next_seq", a.next_seq},
+                       {"segments_finished", a.segments_finished},
+                       {"segments_synced", a.segments_synced},
+                       {"sync_queue_full", a.sync_queue_full},
+                       {"direct_bytes", a.direct_bytes},
+                       {"backlog_records", a.backlog_records},
+                       {"backlog_bytes_peak", a.backlog_bytes_peak}};
+    }
+    groups->push_back(std::move(access));
+  };
+  keygate::storage::AdminExecutor admin_executor(admin_store, registry,
+                                                 std::move(executor_options));
   const auto body_inspect_bytes_max = static_cast<size_t>(config.body_inspect_bytes_max);
   keygate::AuthHandlerFactory data_handlers(registry, keys, body_inspect_bytes_max);
   keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max);

@@ -94,9 +94,10 @@ Commands:
   apis                                                   the configured APIs and their routes
   logs [--key ID] [--status N] [--since TIME] [--limit N] [--follow] ...
                                                          the access log ('logs --help')
+  stats                                                  the instance's counters
 
 Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, DESCRIPTION), users (NAME,
-GRANTS) and apis (NAME, ROUTES) likewise; one record as "field: value" lines; access-log
+GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one record as "field: value" lines; access-log
 records as JSON Lines, one record per line as keygate stored it.
 
 Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
@@ -175,6 +176,16 @@ Lists the APIs configured in keygate's config file, with their routes. APIs are 
 through the admin API: edit the config file and restart keygate.
 )";
 
+constexpr std::string_view kStatsHelp = R"(Usage: keygatectl [global options] stats
+
+Prints keygate's counters as a table (GROUP, COUNTER, VALUE), read when asked
+(GET /admin/stats): "workers" (connections accepted and refused, requests, parse errors,
+timeouts, upstream retries, summed over the workers), "keys" (the key cache), "access_log"
+(records enqueued, written, dropped, still queued, the backlog, segments; "off" when the
+access log is disabled) and "admin" (admin requests run and refused). With --json, the
+server's object as is.
+)";
+
 constexpr std::string_view kLogsHelp = R"(Usage: keygatectl [global options] logs [options]
 
   logs [--key ID] [--status N] [--since TIME] [--until TIME] [--limit N] [--cursor C]
@@ -203,7 +214,7 @@ says how many records were lost to a full buffer (shown only without --key and -
 Exit status 1 with "503 logs_unavailable" when keygate runs without an access log.
 )";
 
-enum class Group : uint8_t { kNone, kKeys, kUsers, kApis, kLogs };
+enum class Group : uint8_t { kNone, kKeys, kUsers, kApis, kLogs, kStats };
 
 std::string_view help_for(Group group) {
   switch (group) {
@@ -215,6 +226,8 @@ std::string_view help_for(Group group) {
       return kApisHelp;
     case Group::kLogs:
       return kLogsHelp;
+    case Group::kStats:
+      return kStatsHelp;
     case Group::kNone:
       break;
   }
@@ -231,6 +244,8 @@ std::string_view group_name(Group group) {
       return "apis";
     case Group::kLogs:
       return "logs";
+    case Group::kStats:
+      return "stats";
     case Group::kNone:
       break;
   }
@@ -259,6 +274,8 @@ std::string_view usage_line(Group group) {
     case Group::kLogs:
       return "usage: keygatectl [global options] logs [--key ID] [--status N] [--since TIME] "
              "[--until TIME] [--limit N] [--cursor C] [--follow]\n";
+    case Group::kStats:
+      return "usage: keygatectl [global options] stats\n";
     case Group::kNone:
       break;
   }
@@ -1173,6 +1190,46 @@ int apis_list(const Context& ctx, const Args& args) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// stats
+
+int stats_show(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) return usage_error(Group::kStats, "stats takes no arguments");
+  HttpResponse r;
+  dom::parser parser;
+  dom::element root;
+  if (const int rc = fetch_document(ctx, "GET", "/admin/stats", nullptr, &r, &parser, &root);
+      rc != kRender) {
+    return rc;
+  }
+  dom::object groups;
+  if (root.get_object().get(groups) != simdjson::SUCCESS) {
+    return unexpected_response("not a stats object");
+  }
+  Table table({"GROUP", "COUNTER", "VALUE"});
+  for (dom::key_value_pair group : groups) {
+    const std::string name(group.key);
+    if (group.value.is_null()) {
+      table.add_row({name, "-", "off"});
+      continue;
+    }
+    dom::object counters;
+    if (group.value.get_object().get(counters) != simdjson::SUCCESS) {
+      return unexpected_response("not a stats group");
+    }
+    for (dom::key_value_pair counter : counters) {
+      uint64_t value = 0;
+      if (counter.value.get_uint64().get(value) != simdjson::SUCCESS) {
+        return unexpected_response("not a counter");
+      }
+      table.add_row({name, std::string(counter.key), std::to_string(value)});
+    }
+  }
+  std::string out;
+  table.render(&out);
+  return emit(out);
+}
+
+// ---------------------------------------------------------------------------------------------
 // logs
 
 // Set by SIGINT/SIGTERM while `logs --follow` runs.
@@ -1552,6 +1609,7 @@ const Command kCommands[] = {
     {Group::kUsers, "delete", users_delete, {}},
     {Group::kApis, "", apis_list, {}},
     {Group::kLogs, "", logs_command, kLogsOptions},
+    {Group::kStats, "", stats_show, {}},
 };
 
 Group parse_group(std::string_view word) {
@@ -1559,6 +1617,7 @@ Group parse_group(std::string_view word) {
   if (word == "users" || word == "user") return Group::kUsers;
   if (word == "apis" || word == "api") return Group::kApis;
   if (word == "logs" || word == "log") return Group::kLogs;
+  if (word == "stats") return Group::kStats;
   return Group::kNone;
 }
 
@@ -1620,7 +1679,7 @@ int run(int argc, char** argv) {
     if (is_help(all[j])) return print_help(group);
   }
   std::string_view sub;
-  if (group != Group::kApis && group != Group::kLogs) {
+  if (group != Group::kApis && group != Group::kLogs && group != Group::kStats) {
     if (i == all.size()) {
       return usage_error(group, std::string(group_name(group)) + " needs a subcommand");
     }

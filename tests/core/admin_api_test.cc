@@ -317,6 +317,7 @@ using AdminUsers = AdminTest;
 using AdminApis = AdminTest;
 using AdminStoreErrors = AdminTest;
 using AdminLogs = AdminTest;
+using AdminStats = AdminTest;
 
 // ---------------------------------------------------------------------------------------------
 // Routing
@@ -324,13 +325,15 @@ using AdminLogs = AdminTest;
 TEST(AdminRouteShape, IsAdminRouteKnowsEveryRouteAndNothingElse) {
   for (std::string_view path :
        {"/admin/keys", "/admin/keys/import", "/admin/keys/k000000000000", "/admin/keys/x/rotate",
-        "/admin/users", "/admin/users/kharnagy%40domain.corp", "/admin/apis", "/admin/logs"}) {
+        "/admin/users", "/admin/users/kharnagy%40domain.corp", "/admin/apis", "/admin/logs",
+        "/admin/stats"}) {
     EXPECT_TRUE(is_admin_route(path)) << path;
   }
   for (std::string_view path :
        {"", "/", "/admin", "/admin/", "/admin/keys/", "/admin/keys//rotate", "/admin/keys/a/b",
         "/admin/keys/a/rotate/", "/admin/users/a/b", "/admin/apis/x", "/admin/nope", "/adminx/keys",
-        "/orders", "/admin/Keys", "/admin//keys", "/admin/logs/", "/admin/logs/x"}) {
+        "/orders", "/admin/Keys", "/admin//keys", "/admin/logs/", "/admin/logs/x",
+        "/admin/stats/", "/admin/stats/x"}) {
     EXPECT_FALSE(is_admin_route(path)) << path;
   }
 }
@@ -358,7 +361,7 @@ TEST_F(AdminRouting, WrongMethodIsMethodNotAllowedWithAllow) {
         Case{"POST", "/admin/users/alice", "GET, PATCH, DELETE"},
         Case{"POST", "/admin/apis", "GET"}, Case{"get", "/admin/apis", "GET"},
         Case{"HEAD", "/admin/apis", "GET"}, Case{"POST", "/admin/logs", "GET"},
-        Case{"DELETE", "/admin/logs", "GET"}}) {
+        Case{"DELETE", "/admin/logs", "GET"}, Case{"POST", "/admin/stats", "GET"}}) {
     const AdminResponse r = call(c.method, c.path);
     expect_error(r, 405, "method_not_allowed", std::nullopt);
     EXPECT_EQ(r.allow, c.allow) << c.method << " " << c.path;
@@ -1349,4 +1352,29 @@ TEST(Rfc3339, RejectsMalformedOrImpossibleTimes) {
 }
 
 }  // namespace
+// ---------------------------------------------------------------------------------------------
+// Stats
+
+TEST_F(AdminStats, RendersTheGroupsInOrderAndAnAbsentOneAsNull) {
+  int calls = 0;
+  ctx_.stats = [&](std::vector<StatsGroup>* groups) {
+    ++calls;
+    groups->push_back({"workers", true, {{"requests", 12}, {"timeouts", 0}}});
+    groups->push_back({"access_log", false, {}});
+    groups->push_back({"big", true, {{"max", UINT64_MAX}}});
+  };
+  const AdminResponse r = call("GET", "/admin/stats");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body,
+            R"({"workers":{"requests":12,"timeouts":0},"access_log":null,)"
+            R"("big":{"max":18446744073709551615}})");
+  EXPECT_EQ(calls, 1);  // read once per request
+}
+
+TEST_F(AdminStats, WithoutAProviderTheObjectIsEmpty) {
+  const AdminResponse r = call("GET", "/admin/stats");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "{}");
+}
+
 }  // namespace keygate

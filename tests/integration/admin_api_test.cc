@@ -272,6 +272,47 @@ TEST_F(AdminApi, ApisListsTheConfiguredApis) {
                      R"({"name":"billing","routes":["/billing"]}]})");
 }
 
+// The value of counter `name` in group `group` of a GET /admin/stats body, or -1.
+int64_t stats_counter(std::string_view body, std::string_view group, std::string_view name) {
+  const std::string open = "\"" + std::string(group) + "\":{";
+  const size_t at = body.find(open);
+  if (at == std::string_view::npos) return -1;
+  const size_t from = at + open.size();
+  const std::string_view members = body.substr(from, body.find('}', from) - from);
+  const size_t n = members.find("\"" + std::string(name) + "\":");
+  if (n == std::string_view::npos) return -1;
+  return std::stoll(std::string(members.substr(n + name.size() + 3)));
+}
+
+TEST_F(AdminApi, StatsCountTheRequestsOfBothPortsAndTheAccessLog) {
+  const std::optional<Response> before = admin("GET", "/admin/stats");
+  ASSERT_TRUE(status_is(before, 200));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(status_is(data("/orders/1", "no-such-key"), 401));
+  const std::optional<Response> after = admin("GET", "/admin/stats");
+  ASSERT_TRUE(status_is(after, 200));
+  const std::string& a = after->body;
+  EXPECT_GE(stats_counter(a, "workers", "workers"), 1) << a;
+  // The three data requests and the first stats request, at least (other tests' traffic
+  // cannot reach this server).
+  EXPECT_GE(stats_counter(a, "workers", "requests") -
+                stats_counter(before->body, "workers", "requests"),
+            4)
+      << before->body << "\n" << a;
+  EXPECT_GE(stats_counter(a, "workers", "connections_accepted"), 5) << a;
+  EXPECT_GE(stats_counter(a, "keys", "cached_keys"), 1) << a;  // the bootstrap admin key
+  // Every request so far has its access record (the second stats request's own comes later).
+  EXPECT_GE(stats_counter(a, "access_log", "enqueued") -
+                stats_counter(before->body, "access_log", "enqueued"),
+            4)
+      << a;
+  EXPECT_EQ(stats_counter(a, "access_log", "dropped"), 0) << a;
+  EXPECT_EQ(stats_counter(a, "access_log", "enqueued"),
+            stats_counter(a, "access_log", "written") + stats_counter(a, "access_log", "queued"))
+      << a;
+  EXPECT_GE(stats_counter(a, "admin", "executed_total"), 1) << a;
+  ASSERT_TRUE(status_is(admin("GET", "/admin/stats/x"), 404));
+}
+
 // --- Every error code ---------------------------------------------------------------------------
 
 TEST_F(AdminApi, BadBodiesGetEach400Code) {

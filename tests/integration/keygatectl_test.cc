@@ -427,6 +427,23 @@ TEST_F(Keygatectl, ApisListsTheConfiguredApis) {
   EXPECT_TRUE(json.out.starts_with("{\"apis\":[{\"name\":\"orders\"")) << json.describe();
 }
 
+TEST_F(Keygatectl, StatsPrintsEveryGroupsCounters) {
+  ASSERT_TRUE(round_trip(server_->data_port(), http_request("GET", "/healthz")).has_value());
+  const CtlRun table = ctl({"stats"});
+  ASSERT_TRUE(table.exited_with(0)) << table.describe();
+  EXPECT_TRUE(table.out.starts_with("GROUP       COUNTER")) << table.describe();
+  for (std::string_view row : {"\nworkers     requests ", "\nkeys        cached_keys ",
+                               "\naccess_log  enqueued ", "\naccess_log  dropped ",
+                               "\nadmin       executed_total "}) {
+    EXPECT_TRUE(contains(table.out, row)) << row << "\n" << table.describe();
+  }
+  const CtlRun json = ctl({"stats", "--json"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_TRUE(json.out.starts_with("{\"workers\":{\"workers\":")) << json.describe();
+  const CtlRun extra = ctl({"stats", "now"});
+  EXPECT_TRUE(extra.exited_with(2)) << extra.describe();
+}
+
 // --- errors ----------------------------------------------------------------------------------
 
 TEST_F(Keygatectl, ErrorsExitNonZeroWithAClearMessageAndNeverShowTheAdminKey) {

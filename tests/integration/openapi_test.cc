@@ -44,7 +44,7 @@ struct Route {
   std::string_view method;
   std::string_view path;
 };
-constexpr std::array<Route, 14> kServerRoutes = {{
+constexpr std::array<Route, 15> kServerRoutes = {{
     {"POST", "/admin/keys"},
     {"GET", "/admin/keys"},
     {"GET", "/admin/keys/{id}"},
@@ -59,6 +59,7 @@ constexpr std::array<Route, 14> kServerRoutes = {{
     {"DELETE", "/admin/users/{name}"},
     {"GET", "/admin/apis"},
     {"GET", "/admin/logs"},
+    {"GET", "/admin/stats"},
 }};
 // Served on the admin port besides the admin API (core/builtin_handler.cc).
 constexpr std::array<Route, 2> kBuiltinRoutes = {{{"GET", "/healthz"}, {"HEAD", "/healthz"}}};
