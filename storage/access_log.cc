@@ -660,7 +660,7 @@ void AccessLog::Impl::run_relief() {
 }
 
 // Moves the records of every ring at least half full into its worker's backlog, while the
-// backlog has room for all of them. Returns whether records are flowing (a ring more than
+// backlog has room for a whole ring's worth. Returns whether records are flowing (a ring more than
 // 1/16 full).
 bool AccessLog::Impl::relieve() {
   bool busy = false;
@@ -670,8 +670,10 @@ bool AccessLog::Impl::relieve() {
     const size_t queued = ring.queued_bytes();
     busy = busy || queued > ring.capacity() / 16;
     // An entry takes no more bytes than the ring space it came from (the same 8-byte header,
-    // no padding), so `queued` bounds what this adds.
-    if (queued < ring.capacity() / 2 || backlog_bytes + queued > options.backlog_bytes_max) {
+    // no padding), so a drain adds at most the ring's capacity (more may arrive meanwhile
+    // than `queued` says).
+    if (queued < ring.capacity() / 2 ||
+        backlog_bytes + ring.capacity() > options.backlog_bytes_max) {
       continue;
     }
     std::string& backlog = backlogs[w];
