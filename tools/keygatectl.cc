@@ -97,8 +97,9 @@ Commands:
   stats                                                  the instance's counters
 
 Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, DESCRIPTION), users (NAME,
-GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one record as "field: value" lines; access-log
-records as JSON Lines, one record per line as keygate stored it.
+GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one record as
+"field: value" lines; access-log records as JSON Lines, one record per line as keygate stored
+it.
 
 Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
 "key: VALUE" before the record (with --json, as the response's "key" member). Store them

@@ -520,7 +520,7 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   ASSERT_TRUE(help.exited_with(0)) << help.describe();
   for (const char* word :
        {"--url", "--key", "--json", "KEYGATE_ADMIN_KEY", "keys", "users", "apis", "logs",
-        "Exit status"}) {
+        "stats", "Exit status"}) {
     EXPECT_TRUE(contains(help.out, word)) << word << "\n" << help.describe();
   }
   const CtlRun keys = ctl_raw({"keys", "--help"}, std::nullopt);
@@ -535,6 +535,11 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   for (const char* word : {"users create", "users list", "users show", "users update",
                            "users delete", "--grant", "--no-grants"}) {
     EXPECT_TRUE(contains(users.out, word)) << word << "\n" << users.describe();
+  }
+  const CtlRun stats = ctl_raw({"stats", "--help"}, std::nullopt);
+  ASSERT_TRUE(stats.exited_with(0)) << stats.describe();
+  for (const char* word : {"GROUP, COUNTER, VALUE", "workers", "access_log", "GET /admin/stats"}) {
+    EXPECT_TRUE(contains(stats.out, word)) << word << "\n" << stats.describe();
   }
   const CtlRun logs = ctl_raw({"logs", "--help"}, std::nullopt);
   ASSERT_TRUE(logs.exited_with(0)) << logs.describe();
