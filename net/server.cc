@@ -162,6 +162,7 @@ bool Server::start(std::string* error) {
         std::make_unique<Worker>(i, options_.limits, std::move(listeners), observer,
                                  options_.apis));
     running->workers.back()->set_access_log(options_.access_sink, options_.capture_bytes_max);
+    running->workers.back()->set_registered_files(options_.registered_files);
   }
 
   // Each ring must be created on its worker's thread (SINGLE_ISSUER), so init happens there and

@@ -33,6 +33,8 @@ struct ServerOptions {
   // captured body (keys with log_request / log_response). Must outlive the server.
   AccessSink* access_sink = nullptr;
   size_t capture_bytes_max = 64 * 1024;
+  // Client connections in each worker ring's registered file table (false: plain descriptors).
+  bool registered_files = true;
 };
 
 class Server {

@@ -71,7 +71,11 @@ class Worker {
   // `capture_bytes_max` bytes per body. Call before init(); the sink must outlive the worker.
   void set_access_log(AccessSink* sink, size_t capture_bytes_max);
 
-  // Which ring set-up the kernel accepted, e.g. "single_issuer+defer_taskrun".
+  // false: client connections use plain descriptors only, no registered file table
+  // (troubleshooting, and tests of that path). Call before init().
+  void set_registered_files(bool on);
+
+  // Which ring set-up the kernel accepted, e.g. "single_issuer+defer_taskrun+fixed_files".
   const std::string& ring_mode() const;
   const WorkerStats& stats() const;
 

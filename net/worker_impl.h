@@ -126,6 +126,7 @@ struct Connection {
   ConnContext ctx;
   uint32_t gen = 0;
   int fd = -1;
+  bool fixed = false;  // fd is also in the ring's registered file table, at index `slot`
   uint32_t listener = 0;
   uint32_t ops = 0;  // operations whose final completion has not been reaped
 
@@ -368,6 +369,11 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   io_uring_buf_ring* buf_ring = nullptr;
   char* buf_base = nullptr;
   unsigned buf_adv = 0;
+  // Size of the ring's registered file table (0: none). A client connection whose slot fits
+  // is registered at index `slot`, so its receives and sends skip the per-operation file
+  // lookup and reference count (fget/fput).
+  uint32_t fixed_files = 0;
+  bool registered_files = true;  // may init() set up that table at all
 
   int wake_fd = -1;
   uint64_t wake_value = 0;

@@ -258,6 +258,10 @@ int main(int argc, char** argv) {
   options.apis = registry.apis();
   if (access_sink) options.access_sink = &*access_sink;
   options.capture_bytes_max = static_cast<size_t>(config.log_capture_bytes_max);
+  const char* registered_files = std::getenv("KEYGATE_REGISTERED_FILES");
+  if (registered_files != nullptr && std::string_view(registered_files) == "0") {
+    options.registered_files = false;
+  }
   for (unsigned i = 0; i < workers; ++i) options.loop_observers.push_back(keys.loop_observer(i));
   server.emplace(options);
   if (!server->start(&error)) {

@@ -7,8 +7,11 @@
 // here is bounded.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/types.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -492,6 +495,101 @@ TEST_F(HttpEngineLimits, ConnectionOverPerWorkerMaxIsClosedWithoutAResponse) {
   }
   EXPECT_TRUE(served) << "no new connection served after one of the two was closed";
 }
+
+// Connections go through the worker ring's registered file table (KEYGATE_REGISTERED_FILES
+// unset) or use plain descriptors (=0). In both, slots are reused many times over and every
+// close reaches the client: with the table, a slot left registered after release would keep
+// the socket open (no EOF), and a stale registration would send to the wrong client.
+class ConnectionSlots : public ServerTest, public ::testing::WithParamInterface<bool> {};
+
+// Sockets in the registered file tables of the process's io_uring instances, as the kernel
+// lists them in each ring's fdinfo ("UserFiles:" then one "<index>: socket:[inode]" line per
+// occupied entry).
+int registered_sockets(pid_t pid) {
+  const std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  int n = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(fd_dir, ec)) {
+    std::error_code link_ec;
+    const std::string target = std::filesystem::read_symlink(entry.path(), link_ec).string();
+    if (target.find("io_uring") == std::string::npos) continue;
+    std::ifstream info("/proc/" + std::to_string(pid) + "/fdinfo/" +
+                       entry.path().filename().string());
+    std::string line;
+    bool in_files = false;
+    while (std::getline(info, line)) {
+      if (line.rfind("UserFiles:", 0) == 0) {
+        in_files = true;
+      } else if (in_files && line.find(": socket:[") != std::string::npos) {
+        ++n;
+      } else if (in_files && line.find(':') != std::string::npos && line[0] != ' ') {
+        in_files = false;  // the next section
+      }
+    }
+  }
+  return n;
+}
+
+// Polls registered_sockets() until it equals `want` (the worker releases a slot once the
+// close's completions are reaped, a moment after the client sees the end).
+::testing::AssertionResult registered_sockets_become(pid_t pid, int want) {
+  int got = -1;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    got = registered_sockets(pid);
+    if (got == want) return ::testing::AssertionSuccess();
+    std::this_thread::sleep_for(20ms);
+  }
+  return ::testing::AssertionFailure() << got << " registered sockets, expected " << want;
+}
+
+TEST_P(ConnectionSlots, ReusedSlotsServeTheirOwnClientAndEveryCloseReachesIt) {
+  const bool registered = GetParam();
+  ServerOptions options = with({{"connections_per_worker_max", 3}}, /*workers=*/1);
+  if (!registered) options.env.emplace_back("KEYGATE_REGISTERED_FILES", "0");
+  ASSERT_TRUE(start(std::move(options)));
+  EXPECT_EQ(server().output().find("+fixed_files") != std::string::npos, registered)
+      << server().output();
+
+  for (int round = 0; round < 4; ++round) {
+    RawClient clients[3];
+    for (RawClient& c : clients) ASSERT_TRUE(connect(c)) << "round " << round;
+    // Interleaved keep-alive requests with a different answer each (200, 404, 405): every
+    // client must get its own, so no slot answers on another client's socket.
+    const std::string requests[3] = {"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+                                     "GET /nope HTTP/1.1\r\nHost: a\r\n\r\n",
+                                     "DELETE /healthz HTTP/1.1\r\nHost: a\r\n\r\n"};
+    const int expected[3] = {200, 404, 405};
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(clients[i].send(requests[i]));
+    for (int i = 0; i < 3; ++i) {
+      const std::optional<Response> r = clients[i].read_response();
+      ASSERT_TRUE(r) << describe(r, clients[i]);
+      EXPECT_EQ(r->status, expected[i]) << "round " << round << " client " << i;
+    }
+    EXPECT_TRUE(registered_sockets_become(server().pid(), registered ? 3 : 0))
+        << "round " << round;
+    // Two closes the server starts (Connection: close), one the client starts (half-close,
+    // then the server closes its side): each client must see the end of its connection.
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(
+          clients[i].send("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+      const std::optional<Response> r = clients[i].read_response();
+      ASSERT_TRUE(r) << describe(r, clients[i]);
+      EXPECT_EQ(r->status, 200);
+      EXPECT_TRUE(closes_without_more_bytes(clients[i])) << "round " << round << " client " << i;
+      clients[i].close();  // ends the server's linger
+    }
+    clients[2].shutdown_write();
+    EXPECT_TRUE(closes_without_more_bytes(clients[2])) << "round " << round;
+    clients[2].close();
+    // Closed means closed: no socket left behind in the table (it would stay open there).
+    EXPECT_TRUE(registered_sockets_become(server().pid(), 0)) << "round " << round;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, ConnectionSlots, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return std::string(param.param ? "Registered" : "Plain");
+                         });
 
 // ---------------------------------------------------------------------------------------------
 // Timeouts
