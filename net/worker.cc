@@ -11,6 +11,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -93,8 +94,10 @@ bool Worker::Impl::init(std::string* error) {
   (void)io_uring_register_ring_fd(&ring);
   // A registered file table for client connections, also an optimisation only: without it
   // (old kernel, low RLIMIT_NOFILE) they use their plain descriptors. The kernel refuses a
-  // table larger than RLIMIT_NOFILE; connections in slots beyond it stay plain.
-  uint32_t table = registered_files ? limits.connections_per_worker_max : 0;
+  // table larger than RLIMIT_NOFILE (or 2^20); it costs the kernel ~8 bytes per entry, so it
+  // stops at kFixedFilesMax. Connections in slots beyond the table stay plain.
+  uint32_t table =
+      registered_files ? std::min(limits.connections_per_worker_max, kFixedFilesMax) : 0;
   rlimit nofile{};
   if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < table) {
     table = static_cast<uint32_t>(nofile.rlim_cur);

@@ -37,6 +37,9 @@ inline constexpr long kTickNs = 100'000'000;  // timeout resolution and drain ch
 // Longest a busy worker waits for a batch of completions before it runs with what it has.
 // 50 us measured ~2-4% less CPU per request at ~150k req/s (200 us was worse).
 inline constexpr long kBatchWaitNs = 50'000;
+// Entries of a worker ring's registered file table at most (client connections beyond it use
+// their plain descriptors).
+inline constexpr uint32_t kFixedFilesMax = 65536;
 
 enum Op : uint64_t {
   kOpAccept = 1, kOpRecv, kOpSend, kOpCancel, kOpTick, kOpWake, kOpAcceptCancel,
