@@ -691,9 +691,21 @@ void Worker::Impl::timer_clear(Connection* c) {
 }
 
 void Worker::Impl::update_timer(Connection* c) {
-  // A deferred request is bounded by whoever holds its ticket, not by a client timeout; a
-  // forwarded one (once its body is in) by the upstream's deadlines.
-  if (c->closed || c->lingering || c->awaiting || (c->proxying && !c->streaming)) return;
+  // A deferred request is bounded by whoever holds its ticket, not by a client timeout.
+  if (c->closed || c->lingering || c->awaiting) return;
+  if (c->proxying && !c->streaming) {
+    // A forwarded request (its body in): while keygate waits for the upstream, the upstream's
+    // deadlines bound it; while its response is being written, the write timeout does. The
+    // upstream's response timeout does not run while a client too slow to read keeps the
+    // upstream paused, so without this a client that stops reading would hold both
+    // connections for ever.
+    if (c->send_in_flight) {
+      if (c->timer != kWrite) timer_set(c, kWrite);
+    } else if (c->timer == kWrite) {
+      timer_clear(c);
+    }
+    return;
+  }
   TimerKind want;
   if (c->close_after_send) {
     // The last response is queued (possibly a rejection of a half-read request, which the

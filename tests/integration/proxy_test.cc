@@ -387,6 +387,28 @@ TEST_F(ProxyTest, AClientReadingSlowlyIsNotCutByTheUpstreamResponseTimeout) {
   }
 }
 
+// ...but a client that never reads again is cut by its write timeout (idle_timeout_ms): with
+// the upstream paused for it, nothing else would ever end the exchange, and the client
+// connection, the upstream connection and their buffers would stay taken.
+TEST_F(ProxyTest, AClientThatStopsReadingAProxiedResponseIsCutByTheWriteTimeout) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {{"idle_timeout_ms", 500}}, {"orders"},
+                                /*response_timeout_ms=*/300));
+  constexpr size_t kBytes = 32u << 20;
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(
+      http_request("GET", "/bytes/" + std::to_string(kBytes), {key_header()})));
+  std::this_thread::sleep_for(std::chrono::milliseconds(3000));  // 6 write timeouts
+  const std::string got = client.read_until_close(Millis(20000));
+  EXPECT_TRUE(client.last_end() == ReadEnd::kEof || client.last_end() == ReadEnd::kReset)
+      << to_string(client.last_end());
+  EXPECT_LT(got.size(), kBytes) << "the whole response arrived: nothing cut the stalled client";
+  // The upstream connection went with it: the next request is served normally.
+  auto r = round_trip(server_->data_port(), http_request("GET", "/orders/1", {key_header()}));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+}
+
 TEST_F(ProxyTest, ResponseCutAfterItsHeadClosesTheClient) {
   ASSERT_NO_FATAL_FAILURE(start());
   // The body breaks off after 10 of 100 bytes. If the head already left, the client sees the
