@@ -60,13 +60,16 @@ struct Json {
   bool boolean = false;
   int64_t number = 0;
   std::string string;
-  std::vector<std::pair<std::string, Json>> members;
+  // An object's members as two parallel vectors: a vector of the still incomplete Json is
+  // fine, a pair holding one is not (clang rejects it).
+  std::vector<std::string> member_names;
+  std::vector<Json> member_values;
   std::vector<Json> items;
 
   const Json *find(std::string_view name) const {
-    for (const auto &[n, v] : members) {
-      if (n == name)
-        return &v;
+    for (size_t i = 0; i < member_names.size(); ++i) {
+      if (member_names[i] == name)
+        return &member_values[i];
     }
     return nullptr;
   }
@@ -141,7 +144,8 @@ private:
         Json v;
         if (!value(&v, depth + 1))
           return false;
-        out->members.emplace_back(std::move(name), std::move(v));
+        out->member_names.push_back(std::move(name));
+        out->member_values.push_back(std::move(v));
         ws();
         if (lit(","))
           continue;
