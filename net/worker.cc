@@ -56,13 +56,11 @@ bool Worker::Impl::init(std::string* error) {
   // Multishot receive (6.0) is the newest feature on the required path; refuse older kernels up
   // front instead of failing on the first connection.
   utsname u;
-  if (uname(&u) == 0) {
-    int major = 0, minor = 0;
-    if (std::sscanf(u.release, "%d.%d", &major, &minor) == 2 && major < 6) {
-      *error = std::string("keygate needs Linux 6.0+ (io_uring multishot receive); running ") +
-               u.release;
-      return false;
-    }
+  int major = 0, minor = 0;
+  if (uname(&u) == 0 && std::sscanf(u.release, "%d.%d", &major, &minor) == 2 && major < 6) {
+    *error = std::string("keygate needs Linux 6.0+ (io_uring multishot receive); running ") +
+             u.release;
+    return false;
   }
   struct Attempt {
     unsigned flags;
@@ -96,8 +94,14 @@ bool Worker::Impl::init(std::string* error) {
   // (old kernel, low RLIMIT_NOFILE) they use their plain descriptors. The kernel refuses a
   // table larger than RLIMIT_NOFILE (or 2^20); it costs the kernel ~8 bytes per entry, so it
   // stops at kFixedFilesMax. Connections in slots beyond the table stay plain.
-  uint32_t table =
-      registered_files ? std::min(limits.connections_per_worker_max, kFixedFilesMax) : 0;
+  // Before 6.13 the kernel frees what a table update releases only in order, after every
+  // request that started earlier has ended; a keep-alive connection's multishot receive lasts
+  // as long as the connection, so one long-lived client would pin every socket closed after it
+  // (liburing issue #1192). Plain descriptors there.
+  const bool table_frees_promptly = major > 6 || (major == 6 && minor >= 13);
+  uint32_t table = registered_files && table_frees_promptly
+                       ? std::min(limits.connections_per_worker_max, kFixedFilesMax)
+                       : 0;
   rlimit nofile{};
   if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < table) {
     table = static_cast<uint32_t>(nofile.rlim_cur);
