@@ -303,6 +303,17 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                    &config.log_backlog_bytes_max, error)) {
       return false;
     }
+    // The relief thread moves a whole ring at a time: a smaller backlog would never be used.
+    if (config.log_backlog_bytes_max != 0 &&
+        config.log_backlog_bytes_max < config.log_ring_bytes_per_worker) {
+      const toml::node* value = log->get("backlog_bytes_max");
+      *error = where(value != nullptr ? value->source() : log->source(), source) +
+               ": log.backlog_bytes_max: must be 0 (no backlog) or at least "
+               "log.ring_bytes_per_worker (" +
+               std::to_string(config.log_ring_bytes_per_worker) +
+               "): the backlog takes in a whole buffer at a time";
+      return false;
+    }
   }
   if (const toml::node* node = root.get("apis")) {
     const toml::array* apis = node->as_array();

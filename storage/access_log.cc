@@ -375,11 +375,12 @@ struct AccessLog::Impl {
   // thread take turns as the rings' consumer and guards the backlogs; the writer holds it only
   // while it gathers, never across a write.
   std::mutex drain_mutex;
-  // Per worker: records taken out of its ring, oldest first, each as a ring header (length |
-  // kBacklogOneLine, drops_before) and the payload; never more bytes than the ring space they
-  // came from.
-  std::vector<std::string> backlogs;  // drain_mutex
-  size_t backlog_bytes = 0;           // drain_mutex; the sum of their sizes
+  // Per worker: records taken out of its ring, oldest first, in one chunk per move; each
+  // record as a ring header (length | kBacklogOneLine, drops_before) and the payload, never
+  // more bytes than the ring space it came from, so a chunk reserved at the ring's capacity
+  // never reallocates.
+  std::vector<std::vector<std::string>> backlogs;  // drain_mutex
+  size_t backlog_bytes = 0;  // drain_mutex; the memory they hold (the chunks' capacities)
   std::atomic<uint64_t> backlog_records{0};
   std::atomic<uint64_t> backlog_bytes_peak{0};
   std::condition_variable relief_wake;  // the relief thread waits here, with `mutex`
@@ -624,21 +625,23 @@ constexpr uint32_t kBacklogOneLine = 0x80000000u;
 // Emits worker's backlog, as gather() would have emitted those records from its ring, and
 // frees it. drain_mutex.
 void AccessLog::Impl::take_backlog(unsigned worker) {
-  std::string& backlog = backlogs[worker];
-  if (backlog.empty()) return;
-  std::string_view rest = backlog;
-  while (!rest.empty()) {
-    uint32_t header[2];
-    KEYGATE_ASSERT(rest.size() >= sizeof(header));
-    std::memcpy(header, rest.data(), sizeof(header));
-    const size_t length = header[0] & ~kBacklogOneLine;
-    KEYGATE_ASSERT(rest.size() >= sizeof(header) + length);
-    if (header[1] > 0) emit_marker(worker, header[1]);
-    emit_record(rest.substr(sizeof(header), length), {}, (header[0] & kBacklogOneLine) != 0);
-    rest.remove_prefix(sizeof(header) + length);
+  std::vector<std::string>& chunks = backlogs[worker];
+  if (chunks.empty()) return;
+  for (std::string& chunk : chunks) {
+    std::string_view rest = chunk;
+    while (!rest.empty()) {
+      uint32_t header[2];
+      KEYGATE_ASSERT(rest.size() >= sizeof(header));
+      std::memcpy(header, rest.data(), sizeof(header));
+      const size_t length = header[0] & ~kBacklogOneLine;
+      KEYGATE_ASSERT(rest.size() >= sizeof(header) + length);
+      if (header[1] > 0) emit_marker(worker, header[1]);
+      emit_record(rest.substr(sizeof(header), length), {}, (header[0] & kBacklogOneLine) != 0);
+      rest.remove_prefix(sizeof(header) + length);
+    }
+    backlog_bytes -= chunk.capacity();
   }
-  backlog_bytes -= backlog.size();
-  std::string().swap(backlog);  // its memory is only for stalls
+  std::vector<std::string>().swap(chunks);  // its memory is only for stalls
 }
 
 // The relief thread; see Backlog in the header.
@@ -676,19 +679,21 @@ bool AccessLog::Impl::relieve() {
         backlog_bytes + ring.capacity() > options.backlog_bytes_max) {
       continue;
     }
-    std::string& backlog = backlogs[w];
-    const size_t before = backlog.size();
-    backlog.reserve(before + queued);
+    std::string chunk;
+    chunk.reserve(ring.capacity());
+    const size_t reserved = chunk.capacity();
     const uint64_t records = ring.drain([&](std::string_view a, std::string_view b,
                                             uint32_t drops_before, bool one_line) {
       const uint32_t header[2] = {
           static_cast<uint32_t>(a.size() + b.size()) | (one_line ? kBacklogOneLine : 0u),
           drops_before};
-      backlog.append(reinterpret_cast<const char*>(header), sizeof(header));
-      backlog.append(a);
-      backlog.append(b);
+      chunk.append(reinterpret_cast<const char*>(header), sizeof(header));
+      chunk.append(a);
+      chunk.append(b);
     });
-    backlog_bytes += backlog.size() - before;
+    KEYGATE_ASSERT(chunk.capacity() == reserved);  // a drain fits in the ring's capacity
+    backlog_bytes += chunk.capacity();
+    backlogs[w].push_back(std::move(chunk));
     backlog_records.fetch_add(records, std::memory_order_relaxed);
     if (backlog_bytes > backlog_bytes_peak.load(std::memory_order_relaxed)) {
       backlog_bytes_peak.store(backlog_bytes, std::memory_order_relaxed);

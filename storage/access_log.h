@@ -126,7 +126,7 @@ struct AccessLogStats {
   uint64_t sync_queue_full = 0;    // of those, closed unsynced into the overflow range
   uint64_t direct_bytes = 0;       // written with O_DIRECT (the rest went through the page cache)
   uint64_t backlog_records = 0;    // moved into the backlog by the relief thread, in all
-  uint64_t backlog_bytes_peak = 0;  // the most the backlog held at once
+  uint64_t backlog_bytes_peak = 0;  // the most memory the backlog held at once
 };
 
 class AccessLog {

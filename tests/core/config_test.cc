@@ -316,6 +316,13 @@ TEST(Config, ReadsLogTableAndProxyLimits) {
   EXPECT_EQ(d.log_backlog_bytes_max, 64u << 20);
   EXPECT_TRUE(contains(parse_error("[log]\nbacklog_bytes_max = -1\n"),
                        "log.backlog_bytes_max: must be between"));
+  // Smaller than one ring (default 4 MiB): the relief thread could never move a ring into it.
+  EXPECT_TRUE(contains(parse_error("[log]\nbacklog_bytes_max = 1048576\n"),
+                       "log.backlog_bytes_max: must be 0 (no backlog) or at least "
+                       "log.ring_bytes_per_worker (4194304)"));
+  EXPECT_EQ(parse_ok("[log]\nring_bytes_per_worker = 1048576\nbacklog_bytes_max = 1048576\n")
+                .log_backlog_bytes_max,
+            1048576u);
   EXPECT_EQ(d.log_capture_bytes_max, 65536u);
 }
 
