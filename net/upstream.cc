@@ -790,8 +790,10 @@ void Worker::Impl::release_up(UpConn* up) {
 }
 
 void Worker::Impl::check_upstream_timers() {
-  for (auto& owned : upconns) {
-    UpConn* up = owned.get();
+  // By index: fail_forward() can serve the client's next pipelined request, whose forward may
+  // add an upstream connection (push_back would invalidate a range-for's iterator).
+  for (size_t i = 0; i < upconns.size(); ++i) {
+    UpConn* up = upconns[i].get();
     if (up->deadline_ms == 0 || up->deadline_ms > now_ms) continue;
     if (up->state == UpConn::State::kBusy && !up->message_done) {
       // Paused for a slow client: the upstream waits for us, not we for it (the client's

@@ -703,9 +703,10 @@ void Worker::Impl::update_timer(Connection* c) {
     // upstream's response timeout does not run while a client too slow to read keeps the
     // upstream paused, so without this a client that stops reading would hold both
     // connections for ever.
+    // (A body timer left from streaming the request body is cleared too: the body is in.)
     if (c->send_in_flight) {
       if (c->timer != kWrite) timer_set(c, kWrite);
-    } else if (c->timer == kWrite) {
+    } else {
       timer_clear(c);
     }
     return;

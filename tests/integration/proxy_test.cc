@@ -46,7 +46,8 @@ class ProxyTest : public ::testing::Test {
   // Starts keygate-upstream and keygate with an API "orders" (every upstream test path) going
   // to it, plus `extra_apis` config text; creates kKey for all APIs named in `key_apis`.
   void start(std::string extra_apis = {}, std::vector<std::pair<std::string, uint64_t>> limits = {},
-             std::vector<std::string> key_apis = {"orders"}, uint32_t response_timeout_ms = 5000) {
+             std::vector<std::string> key_apis = {"orders"}, uint32_t response_timeout_ms = 5000,
+             unsigned workers = 2) {
     std::string line, error;
     upstream_ = start_process_with_ready_line(KEYGATE_UPSTREAM_BINARY,
                                               {"--listen", "127.0.0.1:0"}, "listening on ",
@@ -55,6 +56,7 @@ class ProxyTest : public ::testing::Test {
     upstream_addr_ = line.substr(std::string_view("listening on ").size());
     ServerOptions options = admin_server_options(std::string(kAdminKey));
     options.limits = std::move(limits);
+    options.workers = workers;
     if (!asan_options_.empty()) options.env.emplace_back("ASAN_OPTIONS", asan_options_);
     options.extra_config =
         "[[apis]]\nname = \"orders\"\n"
@@ -318,6 +320,50 @@ TEST_F(ProxyTest, FailureStatuses) {
   auto ok = ask("/orders/after");
   ASSERT_TRUE(ok.has_value());
   EXPECT_EQ(ok->status, 200);
+}
+
+// A request pipelined behind one that times out is forwarded from inside the timeout check
+// (the 504 frees the connection for it), on a fresh upstream connection. Adding that
+// connection must not disturb the check's walk over the upstream connections: it once
+// iterated a vector the forward grew, and read freed memory (ASan) when the timed-out
+// connection was not the last one — here a second client's exchange comes after it.
+TEST_F(ProxyTest, ARequestPipelinedBehindAnUpstreamTimeoutIsServed) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {}, {"orders"}, /*response_timeout_ms=*/300, /*workers=*/1));
+  RawClient first;
+  ASSERT_TRUE(first.connect(server_->data_port()));
+  ASSERT_TRUE(first.send(http_request("GET", "/delay/2000", {key_header()}) +
+                         http_request("GET", "/orders/1", {key_header()})));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // its upstream slot comes first
+  RawClient second;
+  ASSERT_TRUE(second.connect(server_->data_port()));
+  ASSERT_TRUE(second.send(http_request("GET", "/delay/2000", {key_header()})));
+  const std::vector<Response> rs = first.read_responses(2, Millis(10000));
+  ASSERT_EQ(rs.size(), 2u) << to_string(first.last_end());
+  EXPECT_EQ(rs[0].status, 504) << rs[0].raw;
+  EXPECT_EQ(rs[1].status, 200) << rs[1].raw;
+  const std::optional<Response> r = second.read_response(Millis(10000));
+  ASSERT_TRUE(r.has_value()) << to_string(second.last_end());
+  EXPECT_EQ(r->status, 504) << r->raw;
+}
+
+// The body timer runs while a request body streams to the upstream; once the body is in, the
+// upstream's response timeout governs. A body timer left armed would cut an upstream that
+// answers after body_timeout_ms (counted from the first body byte) with a bare close.
+TEST_F(ProxyTest, AStreamedBodyIsNotCutByTheBodyTimeoutWhileTheUpstreamWorks) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {{"body_timeout_ms", 300}}, {"orders"},
+                                /*response_timeout_ms=*/5000));
+  const std::string body(256 << 10, 'b');
+  const std::string request = http_request("POST", "/delay/1000", {key_header()}, body);
+  const size_t half = request.size() - body.size() / 2;
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  // In two parts, so the body streams (the first part leaves it incomplete).
+  ASSERT_TRUE(client.send(std::string_view(request).substr(0, half)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(client.send(std::string_view(request).substr(half)));
+  const std::optional<Response> r = client.read_response(Millis(10000));
+  ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(r->status, 200) << r->raw;
 }
 
 TEST_F(ProxyTest, AnIdempotentRequestOnAPooledConnectionTheServerClosedIsSentAgainOnce) {
