@@ -735,6 +735,20 @@ void Worker::Impl::expire(Connection* c) {
   bump(stats.timeouts);
   const TimerKind kind = c->timer;
   timer_clear(c);
+  if (kind == kBody && c->up != nullptr) {
+    // The body stopped short while it streamed to the upstream: the exchange cannot finish,
+    // so the upstream connection goes too. Blame where the bytes stopped: received bytes
+    // waiting for the upstream to take them mean the upstream is the slow side. If the
+    // upstream's response has begun (it answered early), the client is closed mid-response.
+    const bool upstream_slow = !c->pending.empty() || c->up->fill.size() >= kProxyBufferMax;
+    if (upstream_slow) {
+      fail_forward(c->up, 504, "upstream_timeout",
+                   "the upstream server did not take the request body in time");
+    } else {
+      fail_forward(c->up, 408, "request_timeout", "request not received in time");
+    }
+    return;  // the answer's send arms the write timer, should the client not read it either
+  }
   if ((kind == kHeader || kind == kBody) && c->parser.request_in_progress() &&
       !c->close_after_send) {
     write_error(c, 408, "request_timeout", "request not received in time");

@@ -366,6 +366,57 @@ TEST_F(ProxyTest, AStreamedBodyIsNotCutByTheBodyTimeoutWhileTheUpstreamWorks) {
   EXPECT_EQ(r->status, 200) << r->raw;
 }
 
+// A client that stops sending a body that streams to the upstream hits the body timeout. The
+// upstream's exchange is abandoned with it: here the upstream (/echo) has already answered
+// and is streaming the body back, so the client is closed mid-response — a 408 written into
+// the middle of that response would be garbage to it.
+TEST_F(ProxyTest, ABodyTimeoutWhileTheUpstreamAlreadyAnswersClosesWithoutA408InTheResponse) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {{"body_timeout_ms", 300}}));
+  const std::string body(100000, 'e');
+  const std::string request = http_request("POST", "/echo", {key_header()}, body);
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  const size_t head_and_some_body = request.size() - body.size() + 4000;
+  ASSERT_TRUE(client.send(std::string_view(request).substr(0, head_and_some_body)));
+  const std::string got = client.read_until_close(Millis(5000));
+  EXPECT_TRUE(client.last_end() == ReadEnd::kEof || client.last_end() == ReadEnd::kReset)
+      << to_string(client.last_end());
+  EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got.substr(0, 200);
+  EXPECT_EQ(got.find("HTTP/1.1 408"), std::string::npos) << got.substr(0, 400);
+  EXPECT_EQ(got.find("request_timeout"), std::string::npos);
+}
+
+// Body bytes the client did send but the upstream does not take (a server that never reads):
+// a body timeout then is the upstream's fault (504), not the client's (408).
+TEST_F(ProxyTest, ABodyTimeoutWhileTheUpstreamTakesNoBodyIsTheUpstreamsTimeout) {
+  // A listening socket nobody accepts from: the kernel completes the handshake and buffers
+  // what fits, then keygate's sends stall.
+  const int sink = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(sink, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(sink, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(sink, 8), 0);
+  ASSERT_EQ(::getsockname(sink, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string sink_addr = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  const std::string sink_api =
+      "[[apis]]\nname = \"sink\"\nroutes = [\"/sink\"]\nupstreams = [\"" + sink_addr + "\"]\n";
+  ASSERT_NO_FATAL_FAILURE(start(sink_api, {{"body_timeout_ms", 300}}, {"orders", "sink"}));
+  const std::string body(16 << 20, 's');
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  // keygate stops reading once its buffers for the upstream are full; after the 504 it
+  // lingers, reading and discarding the rest, so this send ends (or fails at the close).
+  (void)client.send(http_request("POST", "/sink/upload", {key_header()}, body));
+  const std::optional<Response> r = client.read_response(Millis(10000));
+  ::close(sink);
+  ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(r->status, 504) << r->raw;
+  EXPECT_NE(r->body.find("upstream_timeout"), std::string::npos) << r->raw;
+}
+
 TEST_F(ProxyTest, AnIdempotentRequestOnAPooledConnectionTheServerClosedIsSentAgainOnce) {
   ASSERT_NO_FATAL_FAILURE(start());
   RawClient client;
