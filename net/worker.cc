@@ -538,7 +538,10 @@ void Worker::Impl::drain_pending(Connection* c) {
     process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()), 0);
     c->resume_buf.clear();
   }
-  if (c->pending.empty() && !c->recv_armed && !c->closed && !c->close_after_send) {
+  if (c->closed || !c->pending.empty()) return;
+  if (c->peer_eof) {
+    on_peer_eof(c);  // what was received before the FIN is through: settle the end now
+  } else if (!c->recv_armed && !c->close_after_send) {
     arm_recv(c);
   }
 }
@@ -546,7 +549,9 @@ void Worker::Impl::drain_pending(Connection* c) {
 void Worker::Impl::flush(Connection* c) {
   if (c->closed || c->send_in_flight) return;
   if (c->out[c->fill].empty()) {
-    if (c->close_after_send && !c->lingering) start_linger(c);
+    // The last response is out, unless a request is still with an upstream or a deferred
+    // handler (a client that half-closed behind it): its answer comes, and then the linger.
+    if (c->close_after_send && !c->lingering && !c->proxying && !c->awaiting) start_linger(c);
     return;
   }
   c->fill ^= 1;
@@ -600,7 +605,8 @@ void Worker::Impl::start_linger(Connection* c) {
   c->lingering = true;
   c->pending.clear();
   ::shutdown(c->fd, SHUT_WR);
-  if (limits.linger_timeout_ms == 0) {
+  // Nothing can be left unread after the client's FIN.
+  if (limits.linger_timeout_ms == 0 || c->peer_eof) {
     close_conn(c);
     return;
   }
@@ -609,6 +615,11 @@ void Worker::Impl::start_linger(Connection* c) {
 }
 
 void Worker::Impl::on_peer_eof(Connection* c) {
+  c->peer_eof = true;
+  // Bytes received before the FIN but not parsed yet (waiting behind a deferred or forwarded
+  // request, at the pipeline cap, or for the upstream to take a streamed body) are requests
+  // still owed an answer: drain_pending() comes back here once they are through.
+  if (!c->lingering && !c->close_after_send && !c->pending.empty()) return;
   if (c->lingering || (c->parser.request_in_progress() && !c->close_after_send)) {
     close_conn(c);  // linger done, or the client gave up mid-request
     return;
@@ -662,7 +673,7 @@ void Worker::Impl::release(Connection* c) {
   c->send_in_flight = c->recv_armed = c->recv_cancel_sent = false;
   c->awaiting = c->head_deferred = false;
   c->ctx.state = nullptr;
-  c->close_after_send = c->lingering = false;
+  c->close_after_send = c->lingering = c->peer_eof = false;
   c->proxying = c->streaming = false;
   c->up = nullptr;
   c->peer_ip[0] = '\0';

@@ -149,6 +149,9 @@ struct Connection {
   bool close_after_send = false;
   bool lingering = false;
   bool closed = false;
+  // The client sent its FIN. Requests received before it are still answered (they may wait
+  // in `pending`); the connection closes once they are.
+  bool peer_eof = false;
 
   TimerKind timer = kNoTimer;
   int64_t deadline_ms = 0;

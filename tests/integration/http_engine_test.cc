@@ -266,6 +266,20 @@ TEST_F(HttpEngine, PipelineDeeperThanDepthMaxIsAnsweredCompletelyInOrder) {
   EXPECT_EQ(r->status, 200);
 }
 
+// The same deep pipeline followed at once by the client's FIN: the requests still waiting at
+// the cap when the FIN arrives are answered too, then keygate closes.
+TEST_F(HttpEngine, PipelineDeeperThanDepthMaxThenAHalfCloseIsAnsweredCompletely) {
+  ASSERT_TRUE(start(with({{"pipeline_depth_max", 4}})));
+  const auto [bytes, want] = alternating_pipeline(50);
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send(bytes));
+  client.shutdown_write();
+  const std::vector<Response> responses = client.read_responses(50);
+  EXPECT_EQ(statuses(responses), want) << "read ended: " << to_string(client.last_end());
+  EXPECT_TRUE(closes_without_more_bytes(client));
+}
+
 TEST_F(HttpEngine, PipelinedRequestsSentOneBytePerWriteAreAnsweredInOrder) {
   ASSERT_TRUE(start());
   const auto [bytes, want] = alternating_pipeline(20);

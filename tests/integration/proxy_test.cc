@@ -417,6 +417,43 @@ TEST_F(ProxyTest, ABodyTimeoutWhileTheUpstreamTakesNoBodyIsTheUpstreamsTimeout) 
   EXPECT_NE(r->body.find("upstream_timeout"), std::string::npos) << r->raw;
 }
 
+// A client that sends its requests and then its FIN (a half-close, as `nc -N` does) is owed
+// every response. Requests pipelined behind a forwarded one wait unparsed in keygate when the
+// FIN arrives; they must still be answered, in order, before keygate closes.
+TEST_F(ProxyTest, RequestsPipelinedBeforeAHalfCloseAreAllAnswered) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/delay/200", {key_header()}) +
+                          http_request("GET", "/orders/1", {key_header()}) +
+                          http_request("GET", "/orders/2", {key_header()})));
+  client.shutdown_write();
+  const std::vector<Response> rs = client.read_responses(3, Millis(10000));
+  ASSERT_EQ(rs.size(), 3u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 200);
+  EXPECT_NE(rs[0].body.find("/delay/200"), std::string::npos) << rs[0].body;
+  EXPECT_NE(rs[1].body.find("/orders/1"), std::string::npos) << rs[1].body;
+  EXPECT_NE(rs[2].body.find("/orders/2"), std::string::npos) << rs[2].body;
+  client.read_until_close(Millis(5000));
+  EXPECT_TRUE(client.last_end() == ReadEnd::kEof) << to_string(client.last_end());
+}
+
+// The same for a large body streamed to the upstream: its tail may still wait in keygate for
+// the upstream when the FIN arrives; the upstream gets all of it and the client its answer.
+TEST_F(ProxyTest, ALargeUploadFollowedByAHalfCloseIsForwardedWhole) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  std::string body(8 << 20, 'u');
+  for (size_t i = 0; i < body.size(); i += 4093) body[i] = static_cast<char>('a' + i % 26);
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("POST", "/orders/upload", {key_header()}, body)));
+  client.shutdown_write();
+  const std::optional<Response> r = client.read_response(Millis(20000));
+  ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(r->status, 200) << r->raw.substr(0, 300);
+  EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
+}
+
 TEST_F(ProxyTest, AnIdempotentRequestOnAPooledConnectionTheServerClosedIsSentAgainOnce) {
   ASSERT_NO_FATAL_FAILURE(start());
   RawClient client;
