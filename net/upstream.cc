@@ -349,7 +349,11 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   } else {
     up->fill.append(request.body);
   }
-  timer_clear(c);  // the upstream's deadline governs now (and the body timer while streaming)
+  // The upstream's deadlines govern now, and while the body streams the body timer too (armed
+  // here, from the end of the headers: a client that sends no body byte at all is bounded by
+  // it as well).
+  timer_clear(c);
+  update_timer(c);
   if (up->state == UpConn::State::kBusy) {
     up->deadline_ms = now_ms + g.response_timeout_ms;
     flush_up(up);
@@ -438,6 +442,9 @@ bool Worker::Impl::connect_next(UpConn* up) {
     up->fd = fd;
     up->server = s;
     up->state = UpConn::State::kConnecting;
+    // The connect and its linked timeout must go in one submission: get_sqe() submitting
+    // between them (a full queue) would send the connect without its timeout.
+    if (io_uring_sq_space_left(&ring) < 2) io_uring_submit(&ring);
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&server.addr),
                           server.addr_len);
@@ -799,6 +806,13 @@ void Worker::Impl::check_upstream_timers() {
       // Paused for a slow client: the upstream waits for us, not we for it (the client's
       // write timeout governs; client_output_drained() gives the upstream a fresh deadline).
       if (up->recv_paused) continue;
+      // Likewise while it has taken every body byte the client sent so far: the client's body
+      // timer governs a stalled upload.
+      const Connection* c = up->client;
+      if (c != nullptr && c->streaming && up->fill.empty() && !up->send_in_flight) {
+        up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+        continue;
+      }
       up->deadline_ms = 0;
       fail_forward(up, 504, "upstream_timeout", "the upstream server did not answer in time");
     } else if (up->state == UpConn::State::kIdle) {

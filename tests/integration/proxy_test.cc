@@ -454,6 +454,28 @@ TEST_F(ProxyTest, ALargeUploadFollowedByAHalfCloseIsForwardedWhole) {
   EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
 }
 
+// A client that stops sending the body it announced is the slow side, whatever the
+// upstream's response timeout: 408 from the body timer, counted from the end of the headers —
+// also when not a single body byte came (the timer once started only at the first one).
+TEST_F(ProxyTest, AStalledUploadIsTheClientsBodyTimeoutNotTheUpstreams) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {{"body_timeout_ms", 1000}}, {"orders"},
+                                /*response_timeout_ms=*/300));
+  const std::string body(4000, 'x');
+  const std::string request = http_request("POST", "/orders/new", {key_header()}, body);
+  for (const size_t body_sent : {size_t{0}, size_t{1000}}) {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->data_port()));
+    ASSERT_TRUE(client.send(
+        std::string_view(request).substr(0, request.size() - body.size() + body_sent)));
+    const auto started = std::chrono::steady_clock::now();
+    const std::optional<Response> r = client.read_response(Millis(10000));
+    const auto waited = std::chrono::steady_clock::now() - started;
+    ASSERT_TRUE(r.has_value()) << body_sent << ": " << to_string(client.last_end());
+    EXPECT_EQ(r->status, 408) << body_sent << ": " << r->raw;
+    EXPECT_GE(waited, std::chrono::milliseconds(800)) << body_sent;
+  }
+}
+
 TEST_F(ProxyTest, AnIdempotentRequestOnAPooledConnectionTheServerClosedIsSentAgainOnce) {
   ASSERT_NO_FATAL_FAILURE(start());
   RawClient client;
