@@ -369,6 +369,7 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, boo
   up->client = c;
   up->group = group;
   up->attempts = up->attempts_failed = 0;
+  up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
   up->head_request = head_request;
   up->request_complete = request_complete;
@@ -460,10 +461,13 @@ bool Worker::Impl::connect_next(UpConn* up) {
     up->deadline_ms = 0;
     return true;
   }
-  fail_forward(up, up->attempts_failed == 0 ? 503 : 502,
-               up->attempts_failed == 0 ? "no_healthy_upstream" : "upstream_unavailable",
-               up->attempts_failed == 0 ? "no healthy upstream server"
-                                        : "the upstream server refused the connection");
+  if (up->attempts_failed == 0) {
+    fail_forward(up, 503, "no_healthy_upstream", "no healthy upstream server");
+  } else if (up->connect_timed_out) {
+    fail_forward(up, 504, "upstream_timeout", "the upstream server did not accept in time");
+  } else {
+    fail_forward(up, 502, "upstream_unavailable", "the upstream server refused the connection");
+  }
   return false;
 }
 
@@ -479,11 +483,10 @@ void Worker::Impl::on_up_connect(UpConn* up, int res) {
   }
   ::close(up->fd);
   up->fd = -1;
-  if (res == -ECANCELED || res == -ETIME) {
-    fail_forward(up, 504, "upstream_timeout", "the upstream server did not accept in time");
-    return;
-  }
+  // Refused or timed out (the link timeout cancels the connect: ECANCELED), it is a failed
+  // connect: the server is skipped for upstream_fail_timeout_ms and the next one is tried.
   ++up->attempts_failed;
+  up->connect_timed_out = res == -ECANCELED || res == -ETIME;
   servers[up->server].down_until_ms = now_ms + limits.upstream_fail_timeout_ms;
   connect_next(up);
 }
@@ -792,6 +795,7 @@ void Worker::Impl::release_up(UpConn* up) {
   up->send_in_flight = up->send_failed = up->recv_armed = up->recv_paused = false;
   up->reused = up->replayable = false;
   up->attempts = up->attempts_failed = 0;
+  up->connect_timed_out = false;
   up->server = 0;
   free_upconns.push_back(up->slot);
 }

@@ -202,7 +202,8 @@ struct UpConn {
   Connection* client = nullptr;  // the request it serves (kConnecting/kBusy)
   uint32_t group = 0;
   uint32_t attempts = 0;         // servers tried for this request (connect failures move on)
-  uint32_t attempts_failed = 0;  // of which refused or failed (not skipped as down)
+  uint32_t attempts_failed = 0;  // of which refused, failed or timed out (not skipped as down)
+  bool connect_timed_out = false;  // the last failed attempt timed out (504, not 502)
   uint32_t header_bytes_max = 0;
 
   // Request bytes: appended to `fill` (also by the client's parser when streaming), sent from

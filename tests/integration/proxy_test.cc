@@ -54,6 +54,10 @@ class ProxyTest : public ::testing::Test {
                                               &line, &error);
     ASSERT_NE(upstream_, nullptr) << error;
     upstream_addr_ = line.substr(std::string_view("listening on ").size());
+    // "@UPSTREAM@" in extra_apis stands for that address.
+    for (size_t at; (at = extra_apis.find("@UPSTREAM@")) != std::string::npos;) {
+      extra_apis.replace(at, std::string_view("@UPSTREAM@").size(), upstream_addr_);
+    }
     ServerOptions options = admin_server_options(std::string(kAdminKey));
     options.limits = std::move(limits);
     options.workers = workers;
@@ -598,20 +602,55 @@ TEST_F(ProxyTest, ResponseCutAfterItsHeadClosesTheClient) {
   EXPECT_EQ(ok->status, 200);
 }
 
-TEST_F(ProxyTest, ConnectTimeoutIs504) {
-  // A listener whose backlog is full drops further SYNs: connecting to it hangs.
+// A listener whose backlog is full drops further SYNs: connecting to it hangs. Returns the
+// listening socket (close it when done) and its port.
+std::pair<int, uint16_t> blackhole_listener(std::vector<RawClient>* fillers) {
   const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(lfd, 0);
+  if (lfd < 0) return {-1, 0};
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
-  ASSERT_EQ(::listen(lfd, 0), 0);
   socklen_t len = sizeof(sa);
-  ASSERT_EQ(getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  if (::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(lfd, 0) != 0 ||
+      getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    ::close(lfd);
+    return {-1, 0};
+  }
   const uint16_t port = ntohs(sa.sin_port);
-  std::vector<RawClient> fillers(3);
-  for (RawClient& f : fillers) (void)f.connect(port, nullptr, Millis(300));
+  fillers->resize(3);
+  for (RawClient& f : *fillers) (void)f.connect(port, nullptr, Millis(300));
+  return {lfd, port};
+}
+
+// A connect timeout is a failed connect like a refusal: the server is skipped for
+// upstream_fail_timeout_ms and the request goes to the next server.
+TEST_F(ProxyTest, AConnectTimeoutMarksTheServerDownAndTriesTheNext) {
+  std::vector<RawClient> fillers;
+  const auto [lfd, port] = blackhole_listener(&fillers);
+  ASSERT_GE(lfd, 0);
+  // The black hole first, the real upstream (known only inside start()) second.
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(port) +
+                                    "\", \"@UPSTREAM@\"]\nconnect_timeout_ms = 300\n",
+                                {}, {"orders", "pair"}));
+  for (int i = 0; i < 4; ++i) {
+    const auto started = std::chrono::steady_clock::now();
+    auto r = get("/pair/" + std::to_string(i));
+    const auto took = std::chrono::steady_clock::now() - started;
+    ASSERT_TRUE(r.has_value()) << i;
+    EXPECT_EQ(r->status, 200) << i << ": " << r->raw;
+    // Only the first request waits for the black hole; it is down for the others.
+    if (i > 0) {
+      EXPECT_LT(took, std::chrono::milliseconds(250)) << i;
+    }
+  }
+  ::close(lfd);
+}
+
+TEST_F(ProxyTest, ConnectTimeoutIs504) {
+  std::vector<RawClient> fillers;
+  const auto [lfd, port] = blackhole_listener(&fillers);
+  ASSERT_GE(lfd, 0);
   ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"blackhole\"\nroutes = [\"/blackhole\"]\n"
                                 "upstreams = [\"127.0.0.1:" + std::to_string(port) + "\"]\n"
                                 "connect_timeout_ms = 300\n",
