@@ -632,7 +632,7 @@ TEST_F(ProxyTest, AConnectTimeoutMarksTheServerDownAndTriesTheNext) {
   ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
                                 "upstreams = [\"127.0.0.1:" + std::to_string(port) +
                                     "\", \"@UPSTREAM@\"]\nconnect_timeout_ms = 300\n",
-                                {}, {"orders", "pair"}));
+                                {}, {"orders", "pair"}, 5000, /*workers=*/1));  // (down: per worker)
   for (int i = 0; i < 4; ++i) {
     const auto started = std::chrono::steady_clock::now();
     auto r = get("/pair/" + std::to_string(i));
