@@ -105,6 +105,11 @@ Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, Respo
     state = take_state();
     ctx.state = state;
   }
+  // Copied before the reset: resolved.key may be the record fetched into state->lookup.
+  state->key_id.assign(ctx.access.key_id);
+  state->user.assign(ctx.access.user);
+  ctx.access.key_id = state->key_id;
+  ctx.access.user = state->user;
   state->lookup.reset();
   state->phase = State::Phase::kStabilize;
   ctx.defer().post();

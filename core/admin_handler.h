@@ -76,6 +76,10 @@ class AdminHandler final : public Handler {
     Phase phase = Phase::kLookup;
     Authenticator::PendingLookup lookup;
     AdminResponse response;
+    // The key's id and user for the access record: the record they came from may be the
+    // fetched one in `lookup`, which is reset before the request is executed.
+    std::string key_id;
+    std::string user;
   };
 
   // For a capturing admin key: tells the access log the key's value (see AccessNote).

@@ -52,7 +52,9 @@ class FakeBackend final : public AdminBackend {
 class AdminHandlerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    directory_.add_key(kAdminKey, key_record("kadmin000001", {"admin"}));
+    KeyRecord admin = key_record("kadmin000001", {"admin"});
+    admin.user = "operator-with-a-long-name@example.org";  // past the string's inline storage
+    directory_.add_key(kAdminKey, std::move(admin));
     directory_.add_key(kDataKey, key_record("kdata0000001", {"orders"}));
   }
 
@@ -251,6 +253,10 @@ TEST_F(AdminHandlerTest, AKeyTheCacheDoesNotHoldIsFetchedFirst) {
   backend_.submissions[0].out->body = "{}";
   ASSERT_EQ(call(true, request, &r), Handler::Result::kDone);
   EXPECT_EQ(r.status, 200);
+  // The access record names the fetched key and its user, although the fetched record was
+  // let go before the request ran (the views once pointed into it).
+  EXPECT_EQ(ctx_.access.key_id, "kadmin000001");
+  EXPECT_EQ(ctx_.access.user, "operator-with-a-long-name@example.org");
 }
 
 TEST_F(AdminHandlerTest, AFetchedDataKeyIs403AndAFailedFetch503) {
