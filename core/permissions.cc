@@ -55,16 +55,32 @@ constexpr uint8_t kUserVersion = 1;
 }  // namespace
 
 bool route_matches(std::string_view route, std::string_view path) noexcept {
-  if (route.empty() || !path.starts_with(route)) return false;
+  if (route.empty()) return false;
+  // Each path segment counts up to its first ';': servlet containers and other frameworks
+  // strip ";params" before routing, so "/v1;x/admin" and "/v1/admin;x" are "/v1/admin" to
+  // them and must be to us (else they would fall back to a shorter route, e.g. "/v1").
+  size_t i = 0;
+  size_t j = 0;
+  while (i < route.size()) {
+    if (j < path.size() && path[j] == ';') {
+      const size_t slash = path.find('/', j);
+      j = slash == std::string_view::npos ? path.size() : slash;
+      continue;
+    }
+    if (j >= path.size() || path[j] != route[i]) return false;
+    ++i;
+    ++j;
+  }
   if (route.back() == '/') return true;
-  return path.size() == route.size() || path[route.size()] == '/';
+  return j == path.size() || path[j] == '/' || path[j] == ';';
 }
 
 bool path_is_normalized(std::string_view path) noexcept {
   if (path.empty() || path.front() != '/') return false;
   for (size_t i = 0; i < path.size(); ++i) {
     unsigned char c = static_cast<unsigned char>(path[i]);
-    if (c == '\\' || is_control(c)) return false;
+    // '#' (a fragment has no place in a request target, and upstreams cut the path there).
+    if (c == '\\' || c == '#' || is_control(c)) return false;
     if (c != '%') continue;
     if (path.size() - i < 3) return false;
     int hi = hex_value(path[i + 1]);

@@ -33,12 +33,14 @@ struct ApiConfig {
 
 // Segment-aware prefix match: "/orders" matches "/orders", "/orders/", "/orders/7" but not
 // "/ordersX"; a route ending in '/' (including "/") matches every path that starts with it.
+// Path segments are compared up to their first ';' (";params" are stripped by many upstreams
+// before routing): "/orders;x/7" and "/orders;x" match "/orders", "/ord;x/ers" does not.
 bool route_matches(std::string_view route, std::string_view path) noexcept;
 
 // True when `path` is safe to match against prefixes: starts with '/', has no "." or ".."
 // segments (also not before a ";param", as in "/..;/"), no empty segment except a trailing
-// one ("//"), no backslash, NUL or other control byte, and no percent-encoding that an upstream
-// could decode into different segments: none of '/', '\\' or an unreserved character
+// one ("//"), no backslash, '#', NUL or other control byte, and no percent-encoding that an
+// upstream could decode into different segments: none of '/', '\\' or an unreserved character
 // (%2e %2f %5c %41 ..., any case) and no malformed escape. Requests with other paths are
 // rejected (400) before any permission check, so a prefix grant cannot be escaped with
 // "/orders/../admin", and a path is routed here as the upstream will route it.

@@ -38,6 +38,21 @@ TEST(RouteMatches, RouteEndingInSlashMatchesEverythingUnderIt) {
   EXPECT_FALSE(route_matches("/a/", "/ab"));
 }
 
+// Upstreams that strip ";params" from segments (servlet containers, Spring) route
+// "/v1;x/admin/users" and "/v1/admin;x/users" as "/v1/admin/users": so must keygate, or such a
+// path would fall back to a shorter route (another API) and reach the longer one's resources.
+TEST(RouteMatches, SegmentParamsAreIgnoredLikeUpstreamsDo) {
+  EXPECT_TRUE(route_matches("/v1/admin", "/v1/admin;x/users"));
+  EXPECT_TRUE(route_matches("/v1/admin", "/v1;x/admin/users"));
+  EXPECT_TRUE(route_matches("/v1/admin", "/v1;x;y=2/admin;z"));
+  EXPECT_TRUE(route_matches("/v1/admin", "/v1/admin;jsessionid=42"));
+  EXPECT_TRUE(route_matches("/v1/", "/v1;x/anything"));
+  EXPECT_TRUE(route_matches("/v1", "/v1;x"));
+  EXPECT_FALSE(route_matches("/v1/admin", "/v1/adm;x/in"));  // "/v1/adm/in" upstream
+  EXPECT_FALSE(route_matches("/v1/admin", "/v1/admin2;x"));
+  EXPECT_FALSE(route_matches("/v1/admin", "/v1;x"));
+}
+
 TEST(RouteMatches, EmptyRouteMatchesNothing) {
   EXPECT_FALSE(route_matches("", "/"));
   EXPECT_FALSE(route_matches("", ""));
@@ -76,6 +91,14 @@ TEST(PathIsNormalized, RejectsMalformedEscapesAndControlBytes) {
     EXPECT_FALSE(path_is_normalized(path)) << path;
   }
   EXPECT_FALSE(path_is_normalized(std::string_view("/a\0b", 4)));
+}
+
+// A fragment is not part of a request target; upstreams cut the path at '#', so
+// "/v1/admin#/users" would be routed by keygate as one path and by them as "/v1/admin".
+TEST(PathIsNormalized, RejectsAFragment) {
+  for (std::string_view path : {"/v1/admin#/users", "/#", "/a#b"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
 }
 
 TEST(PathIsNormalized, RejectsBackslashEmptyRelativeAndDoubleSlash) {
