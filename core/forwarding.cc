@@ -11,10 +11,27 @@ namespace {
 
 constexpr std::string_view kCrlf = "\r\n";
 
-bool starts_with_ignore_case(std::string_view s,
-                             std::string_view prefix) noexcept {
-  return s.size() >= prefix.size() &&
-         equals_ignore_case(s.substr(0, prefix.size()), prefix);
+// Case-insensitive, and '_' equal to '-': CGI, WSGI and Rack upstreams turn both into '_'
+// (X_Keygate_User is HTTP_X_KEYGATE_USER to them, like X-Keygate-User), so a header keygate
+// strips must also go in its underscore spelling.
+bool name_starts_like(std::string_view name, std::string_view prefix) noexcept {
+  if (name.size() < prefix.size())
+    return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    char a = name[i] == '_' ? '-' : name[i];
+    char b = prefix[i];
+    if (a >= 'A' && a <= 'Z')
+      a = static_cast<char>(a - 'A' + 'a');
+    if (b >= 'A' && b <= 'Z')
+      b = static_cast<char>(b - 'A' + 'a');
+    if (a != b)
+      return false;
+  }
+  return true;
+}
+
+bool name_is_like(std::string_view name, std::string_view other) noexcept {
+  return name.size() == other.size() && name_starts_like(name, other);
 }
 
 bool is_hop_by_hop_name(std::string_view name) noexcept {
@@ -156,12 +173,12 @@ void write_upstream_request_head(const HttpRequest &request,
 
   for (const HttpHeader &h : request.headers) {
     const std::string_view name = h.name;
-    if (equals_ignore_case(name, "X-ApiKey") ||
+    if (name_is_like(name, "X-ApiKey") ||
         equals_ignore_case(name, "Content-Length") ||
         equals_ignore_case(name, "Expect") ||
-        equals_ignore_case(name, "X-Forwarded-For") ||
-        equals_ignore_case(name, "X-Forwarded-Proto") ||
-        starts_with_ignore_case(name, "X-Keygate-")) {
+        name_is_like(name, "X-Forwarded-For") ||
+        name_is_like(name, "X-Forwarded-Proto") ||
+        name_starts_like(name, "X-Keygate-")) {
       continue;
     }
     if (!equals_ignore_case(name, "Host") &&

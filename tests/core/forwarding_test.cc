@@ -187,6 +187,23 @@ TEST(UpstreamRequestHead, ApiKeyHeaderIsRemovedInAnyCase) {
                 "X-Forwarded-Proto: http"}));
 }
 
+// CGI, WSGI and Rack upstreams read X_Keygate_User as HTTP_X_KEYGATE_USER, like
+// X-Keygate-User: a client could pose as a user through the underscore spelling (a key with
+// no user gets no X-Keygate-User from keygate to override it), or pass a second key.
+TEST(UpstreamRequestHead, UnderscoreSpellingsOfStrippedHeadersAreRemovedToo) {
+  TestRequest t;
+  t.header("X_Keygate_User", "root")
+      .header("x_keygate-key_id", "forged")
+      .header("X_ApiKey", "other-key")
+      .header("X_Forwarded_For", "6.6.6.6")
+      .header("X_Forwarded-Proto", "https")
+      .header("X_Other", "kept");
+  EXPECT_EQ(header_lines(upstream_head(t, BodyFraming::kNone, 0, {0, "k_1", "orders", ""})),
+            (std::vector<std::string>{"X_Other: kept", "X-Keygate-Key-Id: k_1",
+                                      "X-Keygate-Api: orders", "X-Forwarded-For: 10.0.0.7",
+                                      "X-Forwarded-Proto: http"}));
+}
+
 TEST(UpstreamRequestHead, EveryHopByHopHeaderIsRemoved) {
   for (const char *name :
        {"Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer",
