@@ -169,7 +169,7 @@ bool valid_user_name(std::string_view name) noexcept {
   if (name.empty() || name.size() > kUserNameBytesMax) return false;
   for (char c : name) {
     const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) return false;
+    if (u < 0x20 || u > 0x7e) return false;  // sent on as X-Keygate-User: a header value
   }
   return true;
 }
@@ -409,7 +409,7 @@ bool read_user_ref(dom::element v, const std::string& field, std::optional<std::
     return false;
   }
   if (!valid_user_name(name)) {
-    *f = invalid_value(field, "a user name is 1 to 256 bytes without control characters");
+    *f = invalid_value(field, "a user name is 1 to 256 printable ASCII characters");
     return false;
   }
   *out = std::string(name);
@@ -950,7 +950,7 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
       q->api = value;
     } else {
       if (!valid_user_name(value)) {
-        *f = invalid_value("user", "a user name is 1 to 256 bytes without control characters");
+        *f = invalid_value("user", "a user name is 1 to 256 printable ASCII characters");
         return false;
       }
       q->user = value;
@@ -1223,7 +1223,7 @@ bool decode_user_name(std::string_view segment, std::string* name, Failure* f) {
     return false;
   }
   if (!valid_user_name(*name)) {
-    *f = invalid_value("name", "a user name is 1 to 256 bytes without control characters");
+    *f = invalid_value("name", "a user name is 1 to 256 printable ASCII characters");
     return false;
   }
   return true;
@@ -1245,7 +1245,7 @@ AdminResponse create_user(const AdminRequest& request, AdminStore& store, const 
           return false;
         }
         if (!valid_user_name(name)) {
-          f = invalid_value("name", "a user name is 1 to 256 bytes without control characters");
+          f = invalid_value("name", "a user name is 1 to 256 printable ASCII characters");
           return false;
         }
         user.name = std::string(name);

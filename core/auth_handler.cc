@@ -259,15 +259,21 @@ Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& 
     case Decision::kAllowed:
       break;
   }
+  if (key.user && !header_safe(*key.user)) {
+    // The user is passed on as X-Keygate-User; a name that cannot be a header value (control
+    // bytes, non-ASCII: possible in stores from before names were limited to printable ASCII)
+    // would have to be left out, and an upstream would take the request for a user-less,
+    // administrator key. Fail closed.
+    response.error(403, "user_not_permitted", "the key's user name cannot be passed on");
+    return Result::kDone;
+  }
   if (mode == Mode::kDataPlane && !api.upstreams.empty()) {
     const ApiConfig* first = registry_.apis().data();
     KEYGATE_ASSERT(&api >= first && &api < first + registry_.apis().size());
     ctx.forward.api_index = static_cast<uint32_t>(&api - first);
     ctx.forward.key_id = key.id;
     ctx.forward.api = api.name;
-    // As in the 200 answer: a name that cannot be a header value is not sent.
-    ctx.forward.user =
-        key.user && header_safe(*key.user) ? std::string_view(*key.user) : std::string_view();
+    ctx.forward.user = key.user ? std::string_view(*key.user) : std::string_view();
     return Result::kForward;
   }
   answer_allowed(response, api, key);
@@ -287,7 +293,7 @@ void AuthHandler::answer_allowed(ResponseWriter& response, const ApiConfig& api,
   response.start(200);
   response.header("X-Keygate-Key-Id", key.id);
   response.header("X-Keygate-Api", api.name);
-  if (key.user && header_safe(*key.user)) response.header("X-Keygate-User", *key.user);
+  if (key.user) response.header("X-Keygate-User", *key.user);  // header-safe: checked above
   response.finish("application/json", body_);
 }
 

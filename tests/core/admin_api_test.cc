@@ -1011,6 +1011,8 @@ TEST_F(AdminUsers, RejectsBadUsersAndGrants) {
       {R"({"name":""})", "invalid_value", "name"},
       {R"({"name":"a\nb"})", "invalid_value", "name"},
       {R"({"name":"a\u007fb"})", "invalid_value", "name"},
+      // Sent on as X-Keygate-User: printable ASCII only.
+      {R"({"name":"j\u00fcrgen"})", "invalid_value", "name"},
       {R"({"name":")" + long_name + "\"}", "invalid_value", "name"},
       {R"({"name":"u","role":"x"})", "unknown_field", "role"},
       {R"({"name":"u","grants":{}})", "invalid_type", "grants"},

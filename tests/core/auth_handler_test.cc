@@ -456,20 +456,25 @@ TEST_F(AuthHandlerTest, HeadRequestGetsHeadersAndContentLengthButNoBody) {
 
 // --- Header safety ------------------------------------------------------------------------
 
-TEST_F(AuthHandlerTest, UserNameWithCrLfIsNotEmittedAsAHeaderButIsEscapedInJson) {
-  constexpr std::string_view kEveKey = "key-of-eve";
-  const std::string eve = "eve\r\nX-Injected: 1";
-  directory_.add_key(kEveKey, key_record("keve00000001", {"orders"}, eve));
-  directory_.add_user({eve, {{"orders", {}, ""}}});
-  TestRequest request = get("/orders/1");
-  request.api_key(kEveKey);
-  const Response r = send(request);
-  EXPECT_EQ(r.status, 200);
-  EXPECT_FALSE(r.has_header("X-Keygate-User"));
-  EXPECT_FALSE(r.has_header("X-Injected"));
-  EXPECT_EQ(r.raw.find("\r\nX-Injected"), std::string::npos);
-  EXPECT_EQ(r.body, ok_body("keve00000001", "orders", "\"eve\\u000d\\u000aX-Injected: 1\""));
-  EXPECT_EQ(r.header("X-Keygate-Key-Id"), "keve00000001");
+// A user name that cannot be a header value (from a store older than the printable-ASCII
+// rule) can neither be sent as X-Keygate-User nor be left out (the upstream would take the
+// key for a user-less, administrator key): the request is refused, nothing injected.
+TEST_F(AuthHandlerTest, UserNameThatCannotBeAHeaderValueIsRefusedNotOmitted) {
+  const std::string names[] = {"eve\r\nX-Injected: 1", "j\xc3\xbc" "rgen"};
+  for (const std::string& name : names) {
+    const std::string key = "key-of-" + std::to_string(name.size());
+    directory_.add_key(key, key_record("keve0000000" + std::to_string(name.size() % 10),
+                                       {"orders"}, name));
+    directory_.add_user({name, {{"orders", {}, ""}}});
+    TestRequest request = get("/orders/1");
+    request.api_key(key);
+    const Response r = send(request);
+    EXPECT_EQ(r.status, 403) << name;
+    EXPECT_NE(r.body.find("user_not_permitted"), std::string::npos) << r.body;
+    EXPECT_FALSE(r.has_header("X-Keygate-User"));
+    EXPECT_FALSE(r.has_header("X-Injected"));
+    EXPECT_EQ(r.raw.find("\r\nX-Injected"), std::string::npos);
+  }
 }
 
 // --- Partial cache: deferral and resume ---------------------------------------------------
