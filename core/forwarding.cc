@@ -18,13 +18,7 @@ bool name_starts_like(std::string_view name, std::string_view prefix) noexcept {
   if (name.size() < prefix.size())
     return false;
   for (size_t i = 0; i < prefix.size(); ++i) {
-    char a = name[i] == '_' ? '-' : name[i];
-    char b = prefix[i];
-    if (a >= 'A' && a <= 'Z')
-      a = static_cast<char>(a - 'A' + 'a');
-    if (b >= 'A' && b <= 'Z')
-      b = static_cast<char>(b - 'A' + 'a');
-    if (a != b)
+    if (ascii_lower(name[i] == '_' ? '-' : name[i]) != ascii_lower(prefix[i]))
       return false;
   }
   return true;
