@@ -8,6 +8,11 @@
 # reports medians of requests/s, p99 latency and server CPU time per request, with the ratio
 # keygate/nginx (req/s: higher is better; p99 and CPU/request: lower is better).
 #
+# Without --auth a third server runs in the same rounds: keygate-bare-responder
+# (bench/bare_responder.cc), io_uring with a fixed response and no parsing — the floor any
+# io_uring server pays on this kernel. Its ratios show how much of the gap to nginx is
+# io_uring's and how much is left to keygate's own code.
+#
 # --auth: keygate-seed creates AUTH_KEYS keys bk-00000000, bk-00000001, ... for API "bench"
 # (routes ["/bench"], auth-check) in keygate's data dir before keygate starts; nginx gets a
 # `map $http_x_apikey` of the same keys and answers /bench with 200 or 403. wrk
@@ -28,12 +33,14 @@
 # Environment:
 #   KEYGATE_BIN       default build/release/tools/keygate (relative to the repo root)
 #   KEYGATE_SEED_BIN  default build/release/tools/keygate-seed (--auth only)
+#   BARE_BIN          default build/release/bench/keygate-bare-responder (without --auth; needs
+#                     -DKEYGATE_BUILD_BENCH=ON); BARE_BIN= (empty) leaves the floor out
 #   AUTH_KEYS         keys seeded and rotated through with --auth (default 100000, min 1000)
 #   DURATION          seconds per wrk run (default 10)
 #   ROUNDS            rounds per layout (default 3)
 #   SERVER_CPU        CPU the servers are pinned to (default 0)
 #   CLIENT_CPU        CPU wrk is pinned to in layout (a) (default 1)
-#   NGINX_PORT, KEYGATE_PORT, KEYGATE_ADMIN_PORT   default 18080, 18081, 18082
+#   NGINX_PORT, KEYGATE_PORT, KEYGATE_ADMIN_PORT, BARE_PORT   default 18080, 18081, 18082, 18083
 #   WRK_CONNECTIONS   default 50
 #   KEEP_TMP=1        keep the temp dir (configs, server logs, raw wrk output)
 # Any non-2xx response during a run is fatal: the figures would not measure what they claim.
@@ -72,6 +79,9 @@ fi
 readonly auth
 readonly KEYGATE_BIN="${KEYGATE_BIN:-${repo_root}/build/release/tools/keygate}"
 readonly KEYGATE_SEED_BIN="${KEYGATE_SEED_BIN:-${repo_root}/build/release/tools/keygate-seed}"
+BARE_BIN="${BARE_BIN-${repo_root}/build/release/bench/keygate-bare-responder}"
+((auth)) && BARE_BIN=""  # the floor answers without checking anything: no auth counterpart
+readonly BARE_BIN
 readonly AUTH_KEYS="${AUTH_KEYS:-100000}"
 readonly AUTH_KEYS_FEW=1000     # the "1,000 rotating keys" case
 readonly AUTH_KEY_PREFIX=bk-    # key i is bk-<i, 8 digits>, as keygate-seed makes it
@@ -85,6 +95,7 @@ readonly CLIENT_CPU="${CLIENT_CPU:-1}"
 readonly NGINX_PORT="${NGINX_PORT:-18080}"
 readonly KEYGATE_PORT="${KEYGATE_PORT:-18081}"
 readonly KEYGATE_ADMIN_PORT="${KEYGATE_ADMIN_PORT:-18082}"
+readonly BARE_PORT="${BARE_PORT:-18083}"
 readonly WRK_CONNECTIONS="${WRK_CONNECTIONS:-50}"
 readonly WORKERS=1
 readonly STARTUP_TIMEOUT_S=10
@@ -94,7 +105,7 @@ readonly HTTP_READ_TIMEOUT_S=2
 # --- preconditions ------------------------------------------------------------------------------
 
 require_uints DURATION ROUNDS SERVER_CPU CLIENT_CPU NGINX_PORT KEYGATE_PORT \
-  KEYGATE_ADMIN_PORT WRK_CONNECTIONS AUTH_KEYS
+  KEYGATE_ADMIN_PORT BARE_PORT WRK_CONNECTIONS AUTH_KEYS
 ((DURATION > 0 && ROUNDS > 0)) || die "DURATION and ROUNDS must be positive"
 # Keys have 8 digits, so that every request of a case has the same length.
 ((AUTH_KEYS >= AUTH_KEYS_FEW && AUTH_KEYS <= 100000000)) ||
@@ -110,6 +121,11 @@ require_tools taskset getconf ss pgrep awk sort
   die "keygate binary not found at $KEYGATE_BIN (set KEYGATE_BIN, or build it:" \
     "cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release &&" \
     "cmake --build build/release --target keygate)"
+if [[ -n "$BARE_BIN" && ! -x "$BARE_BIN" ]]; then
+  die "keygate-bare-responder not found at $BARE_BIN (set BARE_BIN, build it with" \
+    "cmake -S . -B build/release -DKEYGATE_BUILD_BENCH=ON &&" \
+    "cmake --build build/release --target keygate-bare-responder, or set BARE_BIN= to skip it)"
+fi
 if ((auth)); then
   [[ -x "$KEYGATE_SEED_BIN" ]] ||
     die "keygate-seed not found at $KEYGATE_SEED_BIN (set KEYGATE_SEED_BIN, or build it:" \
@@ -127,13 +143,14 @@ if ! cpu_allowed "$CLIENT_CPU" || ((CLIENT_CPU == SERVER_CPU)); then
   layouts=(b)
 fi
 
-require_ports_free "NGINX_PORT / KEYGATE_PORT / KEYGATE_ADMIN_PORT" \
-  "$NGINX_PORT" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT"
+require_ports_free "NGINX_PORT / KEYGATE_PORT / KEYGATE_ADMIN_PORT / BARE_PORT" \
+  "$NGINX_PORT" "$KEYGATE_PORT" "$KEYGATE_ADMIN_PORT" "$BARE_PORT"
 
 # --- cleanup ------------------------------------------------------------------------------------
 
 # nginx's master stops its workers on SIGTERM before it exits.
-bench_make_tmp keygate-e2e "logs and raw wrk output" keygate:keygate_pid nginx:nginx_pid
+bench_make_tmp keygate-e2e "logs and raw wrk output" keygate:keygate_pid nginx:nginx_pid \
+  bare:bare_pid
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -246,8 +263,16 @@ keygate_cmd=("$KEYGATE_BIN" "${keygate_config[@]}" --listen "127.0.0.1:$KEYGATE_
   --data-dir "$tmp/data" --log-dir "$tmp/logs")
 bench_start_keygate_and_nginx
 
-declare -A port_of=([keygate]="$KEYGATE_PORT" [nginx]="$NGINX_PORT")
+declare -A port_of=([keygate]="$KEYGATE_PORT" [nginx]="$NGINX_PORT" [bare]="$BARE_PORT")
 declare -A pid_of=([keygate]="$keygate_pid" [nginx]="$nginx_pid")
+if [[ -n "$BARE_BIN" ]]; then
+  bare_cmd=("$BARE_BIN" "$BARE_PORT")
+  taskset -c "$SERVER_CPU" "${bare_cmd[@]}" >"$tmp/bare.out" 2>"$tmp/bare.err" &
+  bare_pid=$!
+  bench_wait_healthz bare "$bare_pid" "$BARE_PORT" "$tmp/bare.out" '^bare: listening '
+  pid_of[bare]="$bare_pid"
+  log "keygate-bare-responder pid $bare_pid on CPU $SERVER_CPU"
+fi
 
 if ((auth)); then
   if grep -q 'could not build' "$tmp/nginx/error.log" "$tmp/nginx.err"; then
@@ -288,6 +313,7 @@ if ((auth)); then
 else
   compared_case=healthz
   plan=(keygate:healthz nginx:healthz)
+  [[ -n "$BARE_BIN" ]] && plan+=(bare:healthz)
   keygate_only_cases=()
 fi
 declare -A client_cpu_of=([a]="$CLIENT_CPU" [b]="$SERVER_CPU")
@@ -401,6 +427,11 @@ echo "- host: $(uname -sr), $(awk -F': ' '/^model name/ {print $2; exit}' /proc/
 echo "- load average (1/5/15 min) at start: $load_at_start," \
   "at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on these CPUs skews every figure)"
 echo "- ratio = keygate / nginx: above 1 is better for req/s, below 1 is better for p99 and CPU"
+if [[ -n "$BARE_BIN" ]]; then
+  echo "- bare io_uring: \`taskset -c $SERVER_CPU ${bare_cmd[*]}\` (bench/bare_responder.cc: same" \
+    "ring set-up as a keygate worker, multishot accept and receive, one fixed response per" \
+    "blank line, no parsing): the floor under any io_uring server here"
+fi
 
 for layout in "${layouts[@]}"; do
   echo
@@ -412,8 +443,13 @@ for layout in "${layouts[@]}"; do
   echo "## Layout ($layout): $where (medians of $ROUNDS)"
   echo
   ((auth)) && echo "Key in the X-ApiKey header, $AUTH_KEYS keys." && echo
-  echo "| metric | keygate | nginx | keygate/nginx |"
-  echo "|---|---:|---:|---:|"
+  if [[ -n "$BARE_BIN" ]]; then
+    echo "| metric | keygate | nginx | bare io_uring | keygate/nginx | bare/nginx | keygate/bare |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+  else
+    echo "| metric | keygate | nginx | keygate/nginx |"
+    echo "|---|---:|---:|---:|"
+  fi
   for metric in rps p99 cpu; do
     k="$(med "$metric" "$layout keygate $compared_case")"
     n="$(med "$metric" "$layout nginx $compared_case")"
@@ -422,10 +458,28 @@ for layout in "${layouts[@]}"; do
       p99) name="p99 latency (µs)" ;;
       cpu) name="server CPU (µs/request)" ;;
     esac
-    echo "| $name | $k | $n | $(ratio "$k" "$n") |"
+    if [[ -n "$BARE_BIN" ]]; then
+      f="$(med "$metric" "$layout bare $compared_case")"
+      echo "| $name | $k | $n | $f | $(ratio "$k" "$n") | $(ratio "$f" "$n") | $(ratio "$k" "$f") |"
+    else
+      echo "| $name | $k | $n | $(ratio "$k" "$n") |"
+    fi
   done
 
-  ((auth)) || continue
+  if ((!auth)); then
+    k_cpu="$(med cpu "$layout keygate healthz")"
+    n_cpu="$(med cpu "$layout nginx healthz")"
+    echo
+    echo "- target keygate CPU/request ≤ 0.8 × nginx: $(ratio "$k_cpu" "$n_cpu")," \
+      "$(target "$k_cpu" "$n_cpu" le 0.8)"
+    if [[ "$layout" == b ]]; then
+      k_rps="$(med rps "$layout keygate healthz")"
+      n_rps="$(med rps "$layout nginx healthz")"
+      echo "- target keygate req/s ≥ 1.15 × nginx: $(ratio "$k_rps" "$n_rps")," \
+        "$(target "$k_rps" "$n_rps" ge 1.15)"
+    fi
+    continue
+  fi
   k_cpu="$(med cpu "$layout keygate header")"
   n_cpu="$(med cpu "$layout nginx header")"
   echo

@@ -3,23 +3,29 @@
 # build's binaries, exits 0, and leaves no process behind (the scripts promise to stop every
 # process they start). No figure is checked: speed is measured by the scripts, not here.
 #
-# Usage: bench_smoke.sh REPO_ROOT TOOLS_DIR   (ctest passes both; exit 77 = skipped when wrk or
-# nginx is missing, which `make test` installs)
+# Usage: bench_smoke.sh REPO_ROOT TOOLS_DIR [BARE_BIN]   (ctest passes them; BARE_BIN is
+# bench/keygate-bare-responder when the benchmarks are built, else empty and e2e.sh leaves the
+# floor out; exit 77 = skipped when wrk or nginx is missing, which `make test` installs)
 set -uo pipefail
 
 repo_root="$1"
 tools_dir="$2"
+bare_bin="${3:-}"
 command -v wrk >/dev/null || { echo "bench_smoke: wrk not installed, skipped"; exit 77; }
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] ||
   { echo "bench_smoke: nginx not installed, skipped"; exit 77; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench-smoke.XXXXXX")"
-trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'pkill -KILL -f "${leftover_pattern:-$work}" 2>/dev/null; rm -rf "$work"' EXIT
 # Every temp dir (and so every server's command line) lives under $work.
 export TMPDIR="$work"
 export KEYGATE_BIN="$tools_dir/keygate" KEYGATE_SEED_BIN="$tools_dir/keygate-seed"
 export KEYGATE_UPSTREAM_BIN="$tools_dir/keygate-upstream"
 export ADMIN_BENCH_BIN="$tools_dir/keygate-admin-bench"
+export BARE_BIN="$bare_bin"
+# Servers run from temp dirs under $work, except the bare responder (no files): matched by path.
+leftover_pattern="$work"
+[[ -n "$bare_bin" ]] && leftover_pattern="$work|^$bare_bin "  # not this script, which has it as an argument
 
 passed=0
 failed=0
@@ -37,11 +43,11 @@ run() {  # name, then the command
   fi
   # The script's servers ran from its temp dir under $work: none may be left.
   local left
-  left="$(pgrep -af "$work" | grep -v -e bench_smoke -e pgrep || true)"
+  left="$(pgrep -af "$leftover_pattern" | grep -v -e bench_smoke -e pgrep || true)"
   if [[ -n "$left" ]]; then
     echo "FAIL $name left processes behind:"
     echo "$left" | sed 's/^/    /'
-    pkill -KILL -f "$work" 2>/dev/null
+    pkill -KILL -f "$leftover_pattern" 2>/dev/null
     failed=$((failed + 1))
     return
   fi
