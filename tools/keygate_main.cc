@@ -1,12 +1,14 @@
 // keygate: the server binary. Thin wiring: flags and config (core), data directory (storage),
 // listeners and workers (net). See --help.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 
@@ -54,16 +56,45 @@ int usage_error(const std::string& message) {
   return kExitUsage;
 }
 
+// The whole config file, or false with the reason. Only a regular file (or what a symlink names)
+// is read: a directory opens fine as an ifstream and reads as empty, which is a valid, empty
+// config. A read error is an error, never a shorter text; a file above kConfigBytesMax is
+// refused (a config is a few KiB; this is a mistake, e.g. a log file named by accident).
+constexpr size_t kConfigBytesMax = 16u << 20;
+
 bool read_file(const std::string& path, std::string* out, std::string* error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    *error = "cannot read config file " + path;
+  const auto fail = [&](const std::string& why) {
+    *error = "cannot read config file " + path + ": " + why;
     return false;
+  };
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(std::strerror(errno));
+  struct stat st {};
+  std::string why;
+  if (fstat(fd, &st) != 0) {
+    why = std::strerror(errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    why = S_ISDIR(st.st_mode) ? std::strerror(EISDIR) : "not a regular file";
+  } else {
+    out->clear();
+    char buf[16384];
+    for (;;) {
+      const ssize_t n = read(fd, buf, sizeof(buf));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        why = std::strerror(errno);
+        break;
+      }
+      if (n == 0) break;
+      if (out->size() + static_cast<size_t>(n) > kConfigBytesMax) {
+        why = "larger than " + std::to_string(kConfigBytesMax >> 20) + " MiB";
+        break;
+      }
+      out->append(buf, static_cast<size_t>(n));
+    }
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  *out = ss.str();
-  return true;
+  close(fd);
+  return why.empty() || fail(why);
 }
 
 // Transparent huge pages for the heap (glibc >= 2.35: glibc.malloc.hugetlb=1). Key records are

@@ -864,6 +864,32 @@ TEST(Cli, DataDirLockedByARunningServerMakesTheSecondExitWithInUse) {
   EXPECT_TRUE(status.clean()) << status.describe();
 }
 
+// A directory opens as an ifstream and reads as an empty, valid config: keygate used to start on
+// its defaults (and create a bootstrap admin key) instead of refusing.
+TEST(Cli, ConfigPathThatIsADirectoryOrMissingExitsWithCode2AndTheReason) {
+  TempDir dir;
+  for (const auto& [path, reason] :
+       {std::pair<std::string, std::string>{dir.path(), "Is a directory"},
+        {dir.path() + "/absent.toml", "No such file or directory"}}) {
+    const ProcessResult p =
+        run_keygate({"--config", path, "--listen", "127.0.0.1:0", "--admin-listen",
+                     "127.0.0.1:0", "--data-dir", dir.path() + "/data"});
+    EXPECT_TRUE(p.status.exited && p.status.code == 2) << p.status.describe() << "\n" << p.err;
+    EXPECT_EQ(p.err, "keygate: cannot read config file " + path + ": " + reason + "\n");
+    EXPECT_EQ(p.out, "");
+  }
+}
+
+// ...but an empty file is a valid config: the run gets past it to the next check (--listen).
+TEST(Cli, EmptyConfigFileIsRead) {
+  TempDir dir;
+  const std::string config = dir.write_file("keygate.toml", "");
+  const ProcessResult p = run_keygate({"--config", config, "--listen", "localhost:80"});
+  EXPECT_TRUE(p.status.exited && p.status.code == 2) << p.status.describe();
+  EXPECT_EQ(p.err.find("config file"), std::string::npos) << p.err;
+  EXPECT_NE(p.err.find("--listen"), std::string::npos) << p.err;
+}
+
 struct BadConfig {
   const char* name;
   const char* toml;
