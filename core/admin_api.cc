@@ -19,6 +19,7 @@
 #include "core/assert.h"
 #include "core/http_request.h"
 #include "core/json_text.h"
+#include "core/key_extractor.h"
 
 namespace keygate {
 
@@ -345,13 +346,16 @@ std::string field_name(std::string_view prefix, std::string_view name) {
 
 // Visits every member of `object`, with the index of its name in `names`. An unknown member is 400
 // unknown_field, a repeated one 400 invalid_json (a repeat would make the outcome depend on which
-// copy a reader keeps). `visit(index, value)` returns false after setting `*f`.
+// copy a reader keeps). `visit(index, value)` returns false after setting `*f`. A root object's
+// (empty prefix) "API_Key" is skipped: it carried the admin key the request was authenticated
+// with (the authenticator already refused a repeated or non-string one).
 template <size_t N, typename Visit>
 bool visit_members(dom::object object, const std::array<std::string_view, N>& names,
                    std::string_view prefix, Failure* f, Visit&& visit) {
   static_assert(N <= 32);
   uint32_t seen = 0;
   for (dom::key_value_pair member : object) {
+    if (prefix.empty() && member.key == kKeyJsonMemberName) continue;
     size_t index = N;
     for (size_t i = 0; i < N; ++i) {
       if (names[i] == member.key) {
@@ -880,8 +884,9 @@ struct ListQuery {
 };
 
 // Calls `visit(name, value)` for every name=value pair of a query string, both percent-decoded
-// ('+' is a space); empty pairs are skipped. False when a pair is malformed (with `*f` set) or
-// `visit` returned false (after setting `*f`).
+// ('+' is a space); empty pairs and `key` (it carried the admin key the request was
+// authenticated with) are skipped. False when a pair is malformed (with `*f` set) or `visit`
+// returned false (after setting `*f`).
 template <typename Visit>
 bool visit_query(std::string_view query, Failure* f, Visit&& visit) {
   std::string name;
@@ -899,6 +904,7 @@ bool visit_query(std::string_view query, Failure* f, Visit&& visit) {
       *f = failure(400, "invalid_value", "malformed percent-encoding in the query string");
       return false;
     }
+    if (name == kKeyParamName) continue;
     if (!visit(name, value)) return false;
   }
   return true;

@@ -134,6 +134,9 @@ void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& respon
     return;
   }
   response.start(out.status);
+  // Nothing the admin API answers may be kept by a browser or an intermediary: create and rotate
+  // answers carry a plaintext key, the rest key records and access-log contents.
+  response.header("Cache-Control", "no-store");
   if (!out.allow.empty()) response.header("Allow", out.allow);
   if (out.status == 204) {
     response.finish({}, {});

@@ -23,8 +23,8 @@ static_assert(kExtractedKeyBytesMax == kKeyValueBytesMax);
 namespace {
 
 constexpr std::string_view kHeaderName = "X-ApiKey";
-constexpr std::string_view kParamName = "key";
-constexpr std::string_view kMemberName = "API_Key";
+constexpr std::string_view kParamName = kKeyParamName;
+constexpr std::string_view kMemberName = kKeyJsonMemberName;
 constexpr std::string_view kFormMediaType = "application/x-www-form-urlencoded";
 constexpr std::string_view kJsonMediaType = "application/json";
 

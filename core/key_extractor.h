@@ -72,6 +72,12 @@ KeyRejection key_rejection(KeyOutcome outcome) noexcept;
 // "header", "query", "form", "json" or "none"; static, for logs.
 std::string_view key_source_name(KeySource source) noexcept;
 
+// The carriers' names: the query parameter / form field (after percent-decoding) and the root
+// JSON member (after unescaping). Routes that read a query or a JSON body of their own (the admin
+// API) skip them: they carry the key the request was authenticated with.
+inline constexpr std::string_view kKeyParamName = "key";
+inline constexpr std::string_view kKeyJsonMemberName = "API_Key";
+
 // True when a raw (still percent-encoded) query or form parameter name decodes to "key" ("%XX"
 // is a byte, '+' a space; a malformed escape makes it some other name): "key", "k%65y" and
 // "%6B%65%79" are; "keys", "akey", "KEY" are not. The extractor's rule, shared with forwarding

@@ -182,6 +182,49 @@ TEST_F(AdminApi, TheAdminKeyWorksInEachOfTheFourWays) {
   }
 }
 
+// Routes that read a query or a JSON body of their own skip the carrier (`key`, root `API_Key`)
+// instead of refusing it as an unknown field: the four ways work on every route.
+TEST_F(AdminApi, RoutesWithAQueryOrABodyAcceptTheAdminKeyInThem) {
+  std::optional<Response> r =
+      admin_raw(http_request("GET", "/admin/keys?limit=1&key=" + admin_value_));
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(count_of(r->body, "\"id\":"), 1u) << r->body;
+  r = admin_raw(http_request("GET", "/admin/logs?k%65y=" + admin_value_ + "&limit=1"));
+  EXPECT_TRUE(status_is(r, 200));
+  r = admin_raw(http_request("POST", "/admin/users", {"Content-Type: application/json"},
+                             "{\"API_Key\":\"" + admin_value_ + "\",\"name\":\"in-body\"}"));
+  EXPECT_TRUE(status_is(r, 201));
+  r = admin_raw(http_request("POST", "/admin/keys", {"Content-Type: application/json"},
+                             "{\"apis\":[\"orders\"],\"API\\u005fKey\":\"" + admin_value_ + "\"}"));
+  ASSERT_TRUE(status_is(r, 201));
+  const std::string created = string_member(r->body, "key");
+  ASSERT_FALSE(created.empty()) << r->body;
+  EXPECT_NE(created, admin_value_);
+  EXPECT_TRUE(status_is(data("/orders/1", created), 200));
+  EXPECT_TRUE(status_is(admin("GET", "/admin/users/in-body"), 200));
+  // Other unknown names are still refused, and a nested API_Key is no carrier.
+  EXPECT_TRUE(admin_error(
+      admin_raw(http_request("GET", "/admin/keys?keys=1", {"X-ApiKey: " + admin_value_})), 400,
+      "unknown_field"));
+  EXPECT_TRUE(admin_error(admin("POST", "/admin/users",
+                                R"({"name":"nested","grants":[{"api":"orders","API_Key":"x"}]})"),
+                          400, "unknown_field"));
+}
+
+// Answers with a plaintext key (create, rotate), records and log lines are never cached.
+TEST_F(AdminApi, AdminAnswersAreNotCacheable) {
+  std::optional<Response> r = admin("POST", "/admin/keys", R"({"apis":["orders"]})");
+  ASSERT_TRUE(status_is(r, 201));
+  EXPECT_EQ(r->header("Cache-Control"), "no-store");
+  const std::string id = string_member(r->body, "id");
+  r = admin("POST", "/admin/keys/" + id + "/rotate");
+  ASSERT_TRUE(status_is(r, 201));
+  EXPECT_EQ(r->header("Cache-Control"), "no-store");
+  r = admin("GET", "/admin/keys");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(r->header("Cache-Control"), "no-store");
+}
+
 TEST_F(AdminApi, ABootstrapKeyMadeFromTheEnvironmentIsListedWithoutItsValue) {
   EXPECT_NE(server_->error_output().find("from KEYGATE_BOOTSTRAP_ADMIN_KEY"), std::string::npos)
       << server_->error_output();
