@@ -1546,6 +1546,35 @@ AdminResponse query_logs(const AdminRequest& request, AdminStore& store) {
 
 }  // namespace
 
+// The key that authenticated the request, checked again now that every change queued ahead of
+// it has run (see AdminRequest::key_id): the worker's verdict may be stale. Same answers as the
+// worker's checks; false with `*out` set when the key no longer may call the admin API.
+bool key_still_admits(const AdminRequest& request, AdminStore& store, int64_t now,
+                      AdminResponse* out) {
+  if (request.key_id.empty()) return true;
+  KeyRecord record;
+  const AdminStoreResult result = store.get_key(request.key_id, &record);
+  if (!result.ok() && result.code != AdminStoreCode::kNotFound) {
+    *out = error_response(store_unavailable(result));
+    return false;
+  }
+  const bool current = digests_equal(record.digest, request.key_digest);
+  const bool in_grace = record.previous_digest &&
+                        digests_equal(*record.previous_digest, request.key_digest) &&
+                        now < record.previous_valid_until;
+  if (!result.ok() || !(current || in_grace) || !record.usable_at(now)) {
+    *out = error_response(failure(401, "invalid_api_key", "the API key is not valid"));
+    out->challenge = true;
+    return false;
+  }
+  if (!record.has_api(kAdminApi)) {
+    *out = error_response(
+        failure(403, "api_not_permitted", "the API key may not call this API"));
+    return false;
+  }
+  return true;
+}
+
 AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
                             const AdminContext& ctx) {
   KEYGATE_ASSERT(ctx.apis != nullptr);
@@ -1553,6 +1582,9 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
   const RouteMatch match = match_route(request.path);
   if (match.route == Route::kNone) {
     return error_response(failure(404, "not_found", "no such admin route"));
+  }
+  if (AdminResponse refused; !key_still_admits(request, store, ctx.now, &refused)) {
+    return refused;
   }
   const std::string_view allow = allowed_methods(match.route);
   if (!method_allowed(allow, request.method)) {

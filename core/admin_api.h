@@ -136,12 +136,20 @@ struct AdminRequest {
   std::string_view query;  // without '?'
   std::string_view body;
   size_t body_readable_padding = 0;  // see HttpRequest
+  // The key the worker authenticated the request with: its id and the presented value's digest.
+  // execute_admin checks it again against the store first, because changes run one at a time
+  // and one queued ahead of this request (delete, disable, rotate without grace, apis without
+  // admin) may have revoked it after the worker's check: such a request gets the 401/403 it
+  // would get if it arrived now. An empty id skips the check (tests of the routes themselves).
+  std::string_view key_id;
+  KeyDigest key_digest{};
 };
 
 struct AdminResponse {
   int status = 200;
   std::string body;          // JSON (empty for 204)
   std::string_view allow;    // for 405: the Allow header value
+  bool challenge = false;    // a 401 for the key: add WWW-Authenticate
 };
 
 struct AdminContext {

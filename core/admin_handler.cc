@@ -108,6 +108,7 @@ Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, Respo
   // Copied before the reset: resolved.key may be the record fetched into state->lookup.
   state->key_id.assign(ctx.access.key_id);
   state->user.assign(ctx.access.user);
+  state->key_digest = resolved.digest;
   ctx.access.key_id = state->key_id;
   ctx.access.user = state->user;
   state->lookup.reset();
@@ -122,8 +123,9 @@ void AdminHandler::submit(const HttpRequest& request, RequestContext& ctx, State
   state->response.body.clear();
   state->response.allow = {};
   // Views into the stabilized request, valid until it completes; the backend copies the struct.
-  const AdminRequest admin_request{request.method, request.path, request.query, request.body,
-                                   request.body_readable_padding};
+  const AdminRequest admin_request{request.method, request.path,  request.query,
+                                   request.body,   request.body_readable_padding,
+                                   state->key_id,  state->key_digest};
   backend_.submit(admin_request, &state->response, ctx.defer());
 }
 
@@ -137,6 +139,7 @@ void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& respon
   // Nothing the admin API answers may be kept by a browser or an intermediary: create and rotate
   // answers carry a plaintext key, the rest key records and access-log contents.
   response.header("Cache-Control", "no-store");
+  if (out.challenge) response.header("WWW-Authenticate", Authenticator::kChallenge);
   if (!out.allow.empty()) response.header("Allow", out.allow);
   if (out.status == 204) {
     response.finish({}, {});

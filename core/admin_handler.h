@@ -80,6 +80,7 @@ class AdminHandler final : public Handler {
     // fetched one in `lookup`, which is reset before the request is executed.
     std::string key_id;
     std::string user;
+    KeyDigest key_digest{};  // of the value presented, checked again by the backend
   };
 
   // For a capturing admin key: tells the access log the key's value (see AccessNote).

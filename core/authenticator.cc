@@ -112,6 +112,7 @@ Authenticator::Result Authenticator::found(const KeyRecord& record, const User* 
   r.outcome = Outcome::kFound;
   r.key = &record;
   r.user = user;
+  r.digest = digest;
   return r;
 }
 

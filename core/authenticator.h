@@ -58,6 +58,9 @@ class Authenticator {
     const KeyRecord* key = nullptr;
     // kFound: the key's user when it has one and the user exists, else nullptr.
     const User* user = nullptr;
+    // kFound: the digest of the value presented (the record's current or, during a rotation's
+    // grace, previous digest).
+    KeyDigest digest{};
     Rejection rejection;
   };
 

@@ -1379,4 +1379,81 @@ TEST_F(AdminStats, WithoutAProviderTheObjectIsEmpty) {
   EXPECT_EQ(r.body, "{}");
 }
 
+// --- The authenticating key, checked again when the request runs -------------------------------
+
+// The worker checked the key when the request arrived; changes run one at a time, and one queued
+// ahead of this request may have revoked it. The request must get what it would get now.
+class AdminRecheck : public AdminTest {
+ protected:
+  static constexpr std::string_view kValue = "recheck-admin-key-value";
+  static constexpr std::string_view kId = "k0000000000aa";
+
+  AdminRecheck() {
+    KeyRecord r;
+    r.id = kId;
+    r.digest = digest_key(kValue);
+    r.hint = make_key_hint(kValue);
+    r.apis = {"admin"};
+    store_.keys[r.id] = r;
+  }
+
+  KeyRecord& key() { return store_.keys.at(std::string(kId)); }
+
+  // GET /admin/apis (reads nothing from the store) as the key presenting `value`.
+  AdminResponse as_key(std::string_view value, std::string_view method = "GET",
+                       std::string_view path = "/admin/apis") {
+    AdminRequest request;
+    request.method = method;
+    request.path = path;
+    request.key_id = kId;
+    request.key_digest = digest_key(value);
+    return execute_admin(request, store_, ctx_);
+  }
+};
+
+TEST_F(AdminRecheck, AKeyThatStillAdmitsRunsTheRequest) {
+  EXPECT_EQ(as_key(kValue).status, 200);
+}
+
+TEST_F(AdminRecheck, ADeletedKeyIs401WithTheChallenge) {
+  store_.keys.erase(std::string(kId));
+  const AdminResponse r = as_key(kValue, "POST", "/admin/users");
+  expect_error(r, 401, "invalid_api_key", std::nullopt);
+  EXPECT_TRUE(r.challenge);
+  EXPECT_EQ(store_.users.size(), 0u);
+}
+
+TEST_F(AdminRecheck, ADisabledOrExpiredKeyIs401) {
+  key().enabled = false;
+  expect_error(as_key(kValue), 401, "invalid_api_key", std::nullopt);
+  key().enabled = true;
+  key().expires_at = kNow;
+  expect_error(as_key(kValue), 401, "invalid_api_key", std::nullopt);
+}
+
+TEST_F(AdminRecheck, AKeyThatLostAdminIs403) {
+  key().apis = {"orders"};
+  const AdminResponse r = as_key(kValue);
+  expect_error(r, 403, "api_not_permitted", std::nullopt);
+  EXPECT_FALSE(r.challenge);
+}
+
+TEST_F(AdminRecheck, ARotatedValueWorksOnlyDuringItsGrace) {
+  key().previous_digest = key().digest;
+  key().digest = digest_key("the-new-value-after-rotation");
+  key().previous_valid_until = kNow + 1;
+  EXPECT_EQ(as_key(kValue).status, 200);
+  EXPECT_EQ(as_key("the-new-value-after-rotation").status, 200);
+  key().previous_valid_until = kNow;
+  expect_error(as_key(kValue), 401, "invalid_api_key", std::nullopt);
+  key().previous_digest.reset();
+  expect_error(as_key(kValue), 401, "invalid_api_key", std::nullopt);
+  EXPECT_EQ(as_key("the-new-value-after-rotation").status, 200);
+}
+
+TEST_F(AdminRecheck, AStoreThatCannotAnswerIs503) {
+  store_.io_error = true;
+  expect_error(as_key(kValue), 503, "store_unavailable", std::nullopt);
+}
+
 }  // namespace keygate

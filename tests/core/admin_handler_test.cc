@@ -190,6 +190,9 @@ TEST_F(AdminHandlerTest, TheBackendGetsTheResumedRequestsViewsAndItsAnswerIsWrit
   EXPECT_EQ(s.request.query, "ignored=1");
   EXPECT_EQ(s.request.body.data(), view.body.data());
   EXPECT_EQ(s.request.body, "{\"apis\":[\"orders\"]}");
+  // The key the request was authenticated with, for the backend's check when it runs.
+  EXPECT_EQ(s.request.key_id, "kadmin000001");
+  EXPECT_TRUE(digests_equal(s.request.key_digest, digest_key(kAdminKey)));
   ASSERT_NE(s.out, nullptr);
 
   // The executor thread's part.
@@ -218,6 +221,21 @@ TEST_F(AdminHandlerTest, A405CarriesAllowAndA204HasNoBody) {
   ASSERT_EQ(call(true, not_allowed, &r), Handler::Result::kDone);
   EXPECT_EQ(r.status, 405);
   EXPECT_EQ(r.header("Allow"), "GET, POST");
+  EXPECT_EQ(r.header("Cache-Control"), "no-store");
+  EXPECT_FALSE(r.has_header("WWW-Authenticate"));
+
+  // The backend's own 401 (the key was revoked while the request waited) carries the challenge.
+  ctx_.sink.posts.clear();
+  backend_.submissions.clear();
+  TestRequest revoked("GET", "/admin/keys");
+  revoked.api_key(kAdminKey);
+  s = submitted(revoked);
+  s.out->status = 401;
+  s.out->challenge = true;
+  s.out->body = "{\"error\":\"invalid_api_key\"}";
+  ASSERT_EQ(call(true, revoked, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
 
   ctx_.sink.posts.clear();
   backend_.submissions.clear();
