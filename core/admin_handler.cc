@@ -13,7 +13,9 @@ constexpr size_t kKeptBodyCapacityMax = 64 * 1024;
 
 AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
                            size_t body_inspect_bytes_max)
-    : authenticator_(directory, body_inspect_bytes_max), backend_(backend) {}
+    : authenticator_(directory, body_inspect_bytes_max),
+      body_inspect_bytes_max_(body_inspect_bytes_max),
+      backend_(backend) {}
 
 Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter& response,
                                      RequestContext& ctx) noexcept {
@@ -34,6 +36,62 @@ Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter&
   const Result r = admit(resolved, response, ctx, nullptr);
   note_key_value(request, ctx);
   return r;
+}
+
+Handler::Result AdminHandler::handle_head(const HttpRequest& request, ResponseWriter& response,
+                                          RequestContext& ctx) noexcept {
+  if (request.path == "/healthz") return Result::kNeedBody;  // answered as ever once read
+  if (!is_admin_route(request.path)) {
+    write_error(response, 404, "not_found", "no such route", false);
+    return Result::kDone;
+  }
+  KeyDigest digest{};
+  Authenticator::Result resolved;
+  if (!authenticator_.resolve_head(request, ctx.now_unix(), &digest, &resolved)) {
+    // Only the body can carry the key: read no more of it than the extractor searches.
+    ctx.body_bytes_max = body_inspect_bytes_max_;
+    return Result::kNeedBody;
+  }
+  if (resolved.outcome == Authenticator::Outcome::kFetch) {
+    State* state = take_state();
+    state->phase = State::Phase::kHeadLookup;
+    ctx.state = state;
+    authenticator_.fetch(digest, &state->lookup, ctx);
+    return Result::kPending;
+  }
+  if (refused(resolved, response, ctx)) {
+    note_key_value(request, ctx);
+    return Result::kDone;
+  }
+  // Admitted: handle() notes the key once the body is read (a note now would capture the
+  // request for the access log without its body).
+  ctx.access = AccessNote{};
+  return Result::kNeedBody;
+}
+
+Handler::Result AdminHandler::resume_head(const HttpRequest& request, ResponseWriter& response,
+                                          RequestContext& ctx) noexcept {
+  auto* state = static_cast<State*>(ctx.state);
+  KEYGATE_ASSERT(state != nullptr && state->phase == State::Phase::kHeadLookup);
+  const Authenticator::Result resolved =
+      authenticator_.finish_fetch(state->lookup, ctx.now_unix());
+  const bool no = refused(resolved, response, ctx);
+  if (no) {
+    note_key_value(request, ctx);
+  } else {
+    ctx.access = AccessNote{};  // as in handle_head()
+  }
+  // The access note may point into the fetched record: kept in the pooled state's strings
+  // (give_back leaves them), which nothing reuses before the worker copies the note.
+  state->key_id.assign(ctx.access.key_id);
+  state->user.assign(ctx.access.user);
+  ctx.access.key_id = state->key_id;
+  ctx.access.user = state->user;
+  ctx.state = nullptr;
+  give_back(state);
+  // Admitted: the body is read and handle() authenticates the whole request as usual (the
+  // fetch filled the cache, so that is a cache hit).
+  return no ? Result::kDone : Result::kNeedBody;
 }
 
 void AdminHandler::note_key_value(const HttpRequest& request, RequestContext& ctx) noexcept {
@@ -69,6 +127,8 @@ Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter&
       write_result(state->response, response);
       give_back(state);
       return Result::kDone;
+    case State::Phase::kHeadLookup:
+      break;  // resume_head()'s
   }
   KEYGATE_ASSERT(false && "admin request in an unknown phase");
   return Result::kDone;
@@ -81,12 +141,12 @@ void AdminHandler::abandon(RequestContext& ctx) noexcept {
   ctx.state = nullptr;
 }
 
-Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, ResponseWriter& response,
-                                    RequestContext& ctx, State* state) noexcept {
+bool AdminHandler::refused(const Authenticator::Result& resolved, ResponseWriter& response,
+                           RequestContext& ctx) noexcept {
   if (resolved.outcome != Authenticator::Outcome::kFound) {
     const Authenticator::Rejection& r = resolved.rejection;
     write_error(response, r.status, r.code, r.message, r.challenge);
-    return Result::kDone;
+    return true;
   }
   ctx.access.key_id = resolved.key->id;
   ctx.access.user = resolved.key->user ? std::string_view(*resolved.key->user) : std::string_view();
@@ -95,12 +155,18 @@ Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, Respo
   ctx.access.log_response = resolved.key->log_response;
   if (!resolved.key->usable_at(ctx.now_unix())) {
     write_error(response, 401, "invalid_api_key", "the API key is not valid", true);
-    return Result::kDone;
+    return true;
   }
   if (!resolved.key->has_api(kAdminApi)) {
     write_error(response, 403, "api_not_permitted", "the API key may not call this API", false);
-    return Result::kDone;
+    return true;
   }
+  return false;
+}
+
+Handler::Result AdminHandler::admit(const Authenticator::Result& resolved, ResponseWriter& response,
+                                    RequestContext& ctx, State* state) noexcept {
+  if (refused(resolved, response, ctx)) return Result::kDone;
   if (state == nullptr) {
     state = take_state();
     ctx.state = state;

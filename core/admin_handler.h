@@ -9,6 +9,7 @@
 //   GET/HEAD /healthz -> 200 "ok" (no key needed; other methods 405);
 //   a path outside /admin, or one is_admin_route() does not know -> 404 not_found, before any
 //     key work;
+//   (a request with a body: the same key checks at its head first, see handle_head())
 //   key resolution fails -> 401 missing/invalid/ambiguous_api_key (with WWW-Authenticate),
 //     400 invalid_body, 413 body_too_large, 503 store_unavailable (see authenticator.h); the key
 //     may come in any of the data plane's four ways (X-ApiKey, ?key=, form `key`, JSON
@@ -63,12 +64,24 @@ class AdminHandler final : public Handler {
                 RequestContext& ctx) noexcept override;
   Result resume(const HttpRequest& request, ResponseWriter& response,
                 RequestContext& ctx) noexcept override;
+  // Requests with a body are judged at their head first, so that no body is read for a client
+  // the admin API would refuse (an unauthenticated client could otherwise make a worker buffer
+  // [admin] body_bytes_max, 64 MiB by default, per connection): a path that is no admin route
+  // is 404, a key in the header or query that does not admit is answered (the connection then
+  // closes unread), and when only the body can carry the key at most body_inspect_bytes_max
+  // of it is read (413 above, as the extractor would answer). An admitted head reads its body
+  // and handle() runs as for any request.
+  Result handle_head(const HttpRequest& request, ResponseWriter& response,
+                     RequestContext& ctx) noexcept override;
+  Result resume_head(const HttpRequest& request, ResponseWriter& response,
+                     RequestContext& ctx) noexcept override;
   void abandon(RequestContext& ctx) noexcept override;
 
  private:
   // Per-request state while deferred (RequestContext::state), pooled per worker.
   struct State {
     enum class Phase : uint8_t {
+      kHeadLookup,  // handle_head(): the key is being fetched from the store
       kLookup,     // the key is being fetched from the store
       kStabilize,  // authenticated; waiting for the self-posted ticket (stable views)
       kExecute,    // the backend runs the request
@@ -85,6 +98,10 @@ class AdminHandler final : public Handler {
 
   // For a capturing admin key: tells the access log the key's value (see AccessNote).
   void note_key_value(const HttpRequest& request, RequestContext& ctx) noexcept;
+  // Writes the answer when the resolved key may not call the admin API (true); sets the access
+  // note's key fields either way (views into the record).
+  bool refused(const Authenticator::Result& resolved, ResponseWriter& response,
+               RequestContext& ctx) noexcept;
   // After the key resolved: authorizes and defers towards execution (kPending), or answers.
   Result admit(const Authenticator::Result& resolved, ResponseWriter& response, RequestContext& ctx,
                State* state) noexcept;
@@ -96,6 +113,7 @@ class AdminHandler final : public Handler {
   void give_back(State* state) noexcept;
 
   Authenticator authenticator_;
+  size_t body_inspect_bytes_max_;
   AdminBackend& backend_;
   BuiltinHandler builtin_;
   std::vector<std::unique_ptr<State>> pool_;

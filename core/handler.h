@@ -103,6 +103,10 @@ class RequestContext {
   ForwardTarget forward;
   // Set by the handler for the access log (see AccessNote).
   AccessNote access;
+  // handle_head()/resume_head() returning kNeedBody may set this to read at most this many body
+  // bytes of the request (413 body_too_large above, as for the listener's limit, which a larger
+  // value cannot raise); 0: the listener's limit. The worker clears it before handle_head().
+  uint64_t body_bytes_max = 0;
 };
 
 class Handler {

@@ -9,6 +9,9 @@
 namespace keygate::net {
 namespace {
 
+// Assembly capacity a parser keeps between requests (see begin_next_request).
+constexpr size_t kKeptAssemblyBytesMax = 256 * 1024;
+
 HttpParser* self(llhttp_t* p) { return static_cast<HttpParser*>(p->data); }
 
 std::string_view trim_trailing_ows(std::string_view v) {
@@ -321,7 +324,13 @@ void HttpParser::begin_next_request() {
   header_start_raw_ = 0;
   raw_headers_.clear();
   headers_.clear();
-  assembly_.clear();
+  // A large assembled request (a body up to the listener's limit: 64 MiB on the admin port)
+  // does not leave its capacity to the connection slot, which is kept for reuse.
+  if (assembly_.capacity() > kKeptAssemblyBytesMax) {
+    std::string().swap(assembly_);
+  } else {
+    assembly_.clear();
+  }
   assembled_ = false;
   base_ = nullptr;
   request_ = HttpRequest{};
@@ -338,8 +347,10 @@ void HttpParser::reset(uint64_t body_bytes_max) {
   error_ = ParseError{};
 }
 
-bool HttpParser::read_body() {
+bool HttpParser::read_body(uint64_t body_bytes_max) {
   KEYGATE_ASSERT(paused_head_);
+  // For this request only (begin_next_request restores).
+  if (body_bytes_max != 0 && body_bytes_max < body_bytes_max_) body_bytes_max_ = body_bytes_max;
   if (declared_length_ > body_bytes_max_) {
     fail(413, "body_too_large", "request body too large");
     return false;

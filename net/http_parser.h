@@ -76,8 +76,9 @@ class HttpParser {
   // After kHeaders: the client sent "Expect: 100-continue" (HTTP/1.1) for this body.
   bool expects_continue() const { return expect_is_continue_ && parser_.http_minor == 1; }
   // After kHeaders: buffer the body as usual (the next complete parse returns kRequest). False
-  // (with error() set, 413) when Content-Length already exceeds the body limit.
-  bool read_body();
+  // (with error() set, 413) when Content-Length already exceeds the body limit. A non-zero
+  // `body_bytes_max` below the connection's limit lowers it for this request only.
+  bool read_body(uint64_t body_bytes_max = 0);
   // After kHeaders: stream the body instead. Each parse() appends the body bytes it consumes to
   // `*sink` (re-framed as chunks when the request is chunked: see streamed_chunked()) and returns
   // kNeedMore, or kBodyEnd when the body ended (a chunked body's last-chunk is appended then).
@@ -88,6 +89,8 @@ class HttpParser {
   // The body being streamed is chunked (else it has a Content-Length: content_length()).
   bool streamed_chunked() const { return (parser_.flags & F_CHUNKED) != 0; }
   uint64_t content_length() const { return declared_length_; }
+  // Bytes the parser holds for assembling requests across receives (tests).
+  size_t assembly_capacity() const { return assembly_.capacity(); }
   // Body bytes streamed so far.
   uint64_t streamed_bytes() const { return streamed_bytes_; }
   // Raw bytes of the current (or just completed) request consumed so far, framing included.

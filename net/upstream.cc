@@ -253,12 +253,13 @@ void Worker::Impl::head_ready(Connection* c, bool resuming) {
   log_begin(c, &request);
   const size_t response_at = fill_buf(c).size();
   c->ctx.access = AccessNote{};
+  c->ctx.body_bytes_max = 0;
   const Handler::Result result = resuming ? handler.resume_head(request, writer, c->ctx)
                                           : handler.handle_head(request, writer, c->ctx);
   log_note(c, request);
   switch (result) {
     case Handler::Result::kNeedBody:
-      if (!c->parser.read_body()) {
+      if (!c->parser.read_body(c->ctx.body_bytes_max)) {
         const ParseError& e = c->parser.error();
         write_error(c, e.status, e.code, e.message);
         return;

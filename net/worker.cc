@@ -347,7 +347,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->fixed = slot < fixed_files && io_uring_register_files_update(&ring, slot, &res, 1) == 1;
       c->listener = li;
       c->parser.reset(listeners[li].body_bytes_max);
-      c->parser.set_head_pause(listeners[li].forwards);
+      c->parser.set_head_pause(listeners[li].decides_at_head);
       c->closed = false;
       ++live;
       bump(stats.connections_accepted);

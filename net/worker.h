@@ -38,8 +38,9 @@ struct WorkerListener {
   int fd = -1;                        // listening socket; the worker closes it
   std::unique_ptr<Handler> handler;   // this worker's handler for the listener
   uint64_t body_bytes_max = 0;        // request body limit on this listener (413 above)
-  // The handler may forward requests (Handler::handle_head is called; see handler.h).
-  bool forwards = false;
+  // Handler::handle_head is called for requests with a body (see handler.h): the data port when
+  // an API forwards, the admin port (a key is checked before a large body is read).
+  bool decides_at_head = false;
   // The access log's "listener" value: "data" or "admin".
   std::string_view name = "data";
 };

@@ -211,6 +211,47 @@ TEST_F(AdminApi, RoutesWithAQueryOrABodyAcceptTheAdminKeyInThem) {
                           400, "unknown_field"));
 }
 
+// A body is read only for a key that may call the admin API: a refused key (or none, beyond
+// what the key extractor searches) is answered at the head, the 64 MiB body never read (and
+// never "100 Continue"d), the connection closed.
+TEST_F(AdminApi, BodiesAreNotReadForAClientTheAdminApiRefuses) {
+  const std::string big_head =
+      "POST /admin/keys/import HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: 67108864\r\nExpect: 100-continue\r\n";
+  for (const std::string& extra : {std::string("X-ApiKey: never-issued-admin-key\r\n"),
+                                   std::string("X-ApiKey: ") + "\r\n", std::string()}) {
+    RawClient client;
+    ASSERT_TRUE(client.connect(server_->admin_port()));
+    ASSERT_TRUE(client.send(big_head + extra + "\r\n"));
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(r.has_value()) << extra;
+    if (extra.size() > 12) {
+      EXPECT_TRUE(admin_error(r, 401, "invalid_api_key"));
+    } else {
+      // No key in the head (an empty one is none): only the body could carry it, and this one
+      // is larger than the extractor searches (1 MiB by default). The HTTP layer's 413.
+      EXPECT_EQ(r->status, 413) << extra;
+      EXPECT_NE(r->body.find("\"body_too_large\""), std::string::npos) << r->body;
+    }
+    EXPECT_EQ(r->header("Connection"), "close");
+    client.read_until_close();
+    EXPECT_EQ(client.last_end(), ReadEnd::kEof) << extra;
+  }
+  // A chunked body without a key in the head is cut at the extractor's limit too.
+  RawClient chunked;
+  ASSERT_TRUE(chunked.connect(server_->admin_port()));
+  ASSERT_TRUE(chunked.send(
+      "POST /admin/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n"));
+  const std::string chunk = "100000\r\n" + std::string(0x100000, ' ') + "\r\n";
+  chunked.send(chunk);
+  chunked.send(chunk);
+  const std::optional<Response> r = chunked.read_response();
+  EXPECT_TRUE(r && r->status == 413) << show(r);
+  // An admitted key still posts bodies (the header key, and the key in the JSON body).
+  EXPECT_TRUE(status_is(admin("POST", "/admin/users", R"({"name":"after-the-head"})"), 201));
+}
+
 // Answers with a plaintext key (create, rotate), records and log lines are never cached.
 TEST_F(AdminApi, AdminAnswersAreNotCacheable) {
   std::optional<Response> r = admin("POST", "/admin/keys", R"({"apis":["orders"]})");

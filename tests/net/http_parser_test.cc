@@ -925,6 +925,31 @@ TEST(HttpParser, AssembledBodyHasNoPadding) {
 // ---------------------------------------------------------------------------------------------
 // Reuse
 
+// A large assembled request does not leave megabytes with the (pooled) parser: the next request
+// starts without its capacity; a small one keeps it (no allocation per request).
+TEST(HttpParser, ALargeAssembledRequestsBufferIsReleasedSmallOnesAreKept) {
+  HttpParser parser(kDefaultLimits);
+  const std::string body(900 * 1024, 'x');  // under the default 1 MiB body limit
+  std::string head = "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " +
+                     std::to_string(body.size()) + "\r\n\r\n";
+  std::string rest = body;
+  ASSERT_EQ(parser.parse(head).status, Status::kNeedMore);
+  ASSERT_EQ(parser.parse(rest).status, Status::kRequest);
+  EXPECT_EQ(parser.request().body.size(), body.size());
+  EXPECT_GE(parser.assembly_capacity(), body.size());
+  std::string next = "GET /next HTTP/1.1\r\nHost: h\r\n";
+  ASSERT_EQ(parser.parse(next).status, Status::kNeedMore);
+  EXPECT_LT(parser.assembly_capacity(), 64u * 1024);
+
+  std::string end = "\r\n";
+  ASSERT_EQ(parser.parse(end).status, Status::kRequest);
+  const size_t small = parser.assembly_capacity();
+  EXPECT_GT(small, 0u);
+  std::string again = "GET /again HTTP/1.1\r\nHost: h\r\n";
+  ASSERT_EQ(parser.parse(again).status, Status::kNeedMore);
+  EXPECT_EQ(parser.assembly_capacity(), small);
+}
+
 TEST(HttpParser, ResetMakesParserReusableAfterAnError) {
   HttpParser parser(kDefaultLimits);
   std::string bad = "GET / HTTP/2.0\r\nHost: h\r\n\r\n";
