@@ -10,21 +10,23 @@
 // Secrets: a key value is printed only by `keys create` and `keys rotate`, once, in the response
 // that carries it. The admin key only ever goes into the X-ApiKey header: no message repeats it,
 // nor any argument the user typed that could be one (unknown commands and options are named
-// only when they look like words).
+// only when they look like words). Where a key id belongs (keys show|update|delete|rotate ID,
+// keys list --cursor, logs --key), anything not shaped like one is refused before sending: it
+// would go into the URL, and so into the admin access log. `keys create --key-file` keeps a
+// chosen value off the command line.
 #define SIMDJSON_EXCEPTIONS 0
 #include <simdjson.h>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iostream>
-#include <iterator>
 #include <optional>
 #include <span>
 #include <string>
@@ -51,6 +53,11 @@ constexpr int kTimeoutSecondsDefault = 10;
 constexpr int kTimeoutSecondsMax = 3600;
 // An import file is read whole and sent as one body; the server's own limit is usually lower.
 constexpr size_t kImportFileBytesMax = size_t{1} << 30;
+// keys create --key-file holds one value (the server takes up to 256 bytes); anything much
+// larger is the wrong file, and is not read whole.
+constexpr size_t kKeyFileBytesMax = 64 * 1024;
+// Files are read this much at a time.
+constexpr size_t kReadChunkBytes = 64 * 1024;
 // keys list --all: a bound on the pages followed (1000 keys each at most), far above any real
 // key count, so a server that keeps returning cursors cannot loop us forever.
 constexpr size_t kListPagesMax = 1'000'000;
@@ -118,13 +125,17 @@ Examples:
 
 constexpr std::string_view kKeysHelp = R"(Usage: keygatectl [global options] keys <subcommand> ...
 
-  keys create --api NAME [--api NAME ...] [--description TEXT] [--user NAME] [--key VALUE]
-              [--log-request] [--log-response] [--disabled] [--expires-at TIME]
+  keys create --api NAME [--api NAME ...] [--description TEXT] [--user NAME]
+              [--key-file FILE | --key VALUE] [--log-request] [--log-response] [--disabled]
+              [--expires-at TIME]
       Creates a key that may call the named APIs ("admin": full control of this keygate).
-      Without --key the server generates the value (kg_...). Prints "key: VALUE" once, then
-      the record. --user ties the key to a user: it may then do only what the user's grants
-      allow. --log-request/--log-response log the key's traffic; --disabled creates it
-      switched off; --expires-at sets when it stops working.
+      Without --key-file or --key the server generates the value (kg_...). --key-file reads
+      a chosen value from FILE ('-': stdin): one line, its line ending dropped. --key VALUE
+      takes it on the command line instead; prefer --key-file: command-line arguments are
+      visible to other users of the machine, and shell history keeps them. Prints
+      "key: VALUE" once, then the record. --user ties the key to a user: it may then do only
+      what the user's grants allow. --log-request/--log-response log the key's traffic;
+      --disabled creates it switched off; --expires-at sets when it stops working.
   keys list [--api NAME] [--user NAME] [--limit N] [--cursor ID] [--all]
       Keys in id order, one page of up to N (1 to 1000, default 100), only those with API
       NAME or of user NAME when asked. --all follows the cursor to the end (with --json: one
@@ -132,6 +143,8 @@ constexpr std::string_view kKeysHelp = R"(Usage: keygatectl [global options] key
       next page when there may be one. --json without --all prints the server's page as is
       (a filtered page may be short, even empty, and still have a next_cursor).
   keys show ID
+      ID is a key id ("k" and 12 letters or digits, as 'keys list' shows), never a key value,
+      here and below.
   keys update ID [--description TEXT] [--api NAME ...] [--user NAME | --no-user]
                  [--log-request=true|false] [--log-response=true|false]
                  [--enabled=true|false] [--expires-at TIME | --no-expiry]
@@ -168,7 +181,8 @@ A GRANT is API[:METHODS[:PATH_PREFIX]]: METHODS comma-separated upper-case HTTP 
 '*' (any method, also when left out), PATH_PREFIX a path within the API (left out: any).
   users create alice@example.com --grant orders:GET,POST:/orders --grant billing:*
 A key tied to a user may call a route only when one of the user's grants matches it (and the
-key's own apis allow its API). Names may hold any characters but control characters.
+key's own apis allow its API). Names are 1 to 256 printable ASCII characters (spaces
+included); keygate sends a key's user name on to the upstream as X-Keygate-User.
 )";
 
 constexpr std::string_view kApisHelp = R"(Usage: keygatectl [global options] apis
@@ -466,6 +480,16 @@ bool looks_like_key_id(std::string_view text) {
     if (!base62) return false;
   }
   return true;
+}
+
+// The usage error for something not shaped like a key id where one belongs (`what`: the
+// command or option). Checked before anything is sent, so that a key value typed in the wrong
+// place never goes into a URL: the admin access log redacts only key= query values. The text
+// given is not repeated.
+int not_a_key_id(Group group, std::string_view what) {
+  return usage_error(group, std::string(what) +
+                                " takes a key id (\"k\" and 12 letters or digits, as 'keys list' "
+                                "shows), not a key value");
 }
 
 // Percent-encodes everything but RFC 3986 unreserved characters: safe in a path segment and in
@@ -818,17 +842,69 @@ int delete_command(const Context& ctx, const std::string& target, std::string_vi
 // ---------------------------------------------------------------------------------------------
 // keys
 
+// Reads `path` ('-': stdin) into *out, stopping once it holds more than `bytes_max` bytes: the
+// caller checks the size. False with a message naming the file `name` when it cannot be
+// opened or read (a directory opens, then fails to read). Plain read(2) rather than iostreams,
+// which throw from inside istreambuf_iterator on a read error.
+bool read_all(const std::string& path, const std::string& name, size_t bytes_max, std::string* out,
+              std::string* error) {
+  int fd = STDIN_FILENO;
+  if (path != "-") {
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      *error = "cannot open " + name + ": " + std::strerror(errno);
+      return false;
+    }
+  }
+  out->clear();
+  bool ok = true;
+  while (out->size() <= bytes_max) {
+    const size_t size = out->size();
+    out->resize(size + kReadChunkBytes);
+    const ssize_t n = ::read(fd, out->data() + size, kReadChunkBytes);
+    const int read_errno = errno;
+    out->resize(size + (n > 0 ? static_cast<size_t>(n) : 0));
+    if (n == 0) break;
+    if (n < 0 && read_errno != EINTR) {
+      *error = "cannot read " + name + ": " + std::strerror(read_errno);
+      ok = false;
+      break;
+    }
+  }
+  if (fd != STDIN_FILENO) ::close(fd);
+  return ok;
+}
+
 std::string key_path(std::string_view id) { return "/admin/keys/" + url_encode(id); }
 
 int keys_create(const Context& ctx, const Args& args) {
   if (!args.positionals.empty()) return usage_error(Group::kKeys, "keys create takes no ID");
   const std::vector<std::string> apis = args.all("--api");
   if (apis.empty()) return usage_error(Group::kKeys, "keys create needs at least one --api NAME");
+  std::optional<std::string> value = args.last("--key");
+  if (auto path = args.last("--key-file")) {
+    if (value) return usage_error(Group::kKeys, "--key and --key-file exclude each other");
+    std::string text;
+    std::string error;
+    // The file is named in no message: what was typed there may be the key value itself.
+    if (!read_all(*path, "the --key-file", kKeyFileBytesMax, &text, &error)) {
+      return failure(error);
+    }
+    if (text.size() > kKeyFileBytesMax) {
+      return usage_error(Group::kKeys, "the --key-file is larger than 64 KiB: not one key value");
+    }
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+    if (text.empty()) return usage_error(Group::kKeys, "the --key-file is empty");
+    if (text.find_first_of("\r\n") != std::string::npos) {
+      return usage_error(Group::kKeys, "the --key-file holds more than one line");
+    }
+    value = std::move(text);
+  }
   JsonObject body;
   body.string_array("apis", apis);
   if (auto v = args.last("--description")) body.string("description", *v);
   if (auto v = args.last("--user")) body.string("user", *v);
-  if (auto v = args.last("--key")) body.string("key", *v);
+  if (value) body.string("key", *value);
   if (auto v = args.last("--log-request")) body.boolean("log_request", *v == "true");
   if (auto v = args.last("--log-response")) body.boolean("log_response", *v == "true");
   if (args.has("--disabled")) body.boolean("enabled", false);
@@ -849,6 +925,7 @@ int keys_list(const Context& ctx, const Args& args) {
   if (auto v = args.last("--user")) filters += "&user=" + url_encode(*v);
   const bool all = args.has("--all");
   std::optional<std::string> cursor = args.last("--cursor");
+  if (cursor && !looks_like_key_id(*cursor)) return not_a_key_id(Group::kKeys, "--cursor");
 
   Table table = key_table();
   std::string merged;  // --all --json: the records of every page
@@ -904,11 +981,13 @@ int keys_list(const Context& ctx, const Args& args) {
 
 int keys_show(const Context& ctx, const Args& args) {
   if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys show needs one ID");
+  if (!looks_like_key_id(args.positionals[0])) return not_a_key_id(Group::kKeys, "keys show");
   return key_record_command(ctx, "GET", key_path(args.positionals[0]), nullptr);
 }
 
 int keys_update(const Context& ctx, const Args& args) {
   if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys update needs one ID");
+  if (!looks_like_key_id(args.positionals[0])) return not_a_key_id(Group::kKeys, "keys update");
   if (args.has("--user") && args.has("--no-user")) {
     return usage_error(Group::kKeys, "--user and --no-user exclude each other");
   }
@@ -933,11 +1012,13 @@ int keys_update(const Context& ctx, const Args& args) {
 
 int keys_delete(const Context& ctx, const Args& args) {
   if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys delete needs one ID");
+  if (!looks_like_key_id(args.positionals[0])) return not_a_key_id(Group::kKeys, "keys delete");
   return delete_command(ctx, key_path(args.positionals[0]), "key " + args.positionals[0]);
 }
 
 int keys_rotate(const Context& ctx, const Args& args) {
   if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys rotate needs one ID");
+  if (!looks_like_key_id(args.positionals[0])) return not_a_key_id(Group::kKeys, "keys rotate");
   std::string json;
   if (auto v = args.last("--grace-seconds")) {
     int64_t seconds = 0;
@@ -971,39 +1052,18 @@ std::string import_line_note(std::string_view field, const void* arg) {
          std::to_string(lines.line_of_key[static_cast<size_t>(index)]);
 }
 
-bool read_all(const std::string& path, std::string* out, std::string* error) {
-  if (path == "-") {
-    out->assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
-    if (std::cin.bad()) {
-      *error = "cannot read stdin";
-      return false;
-    }
-  } else {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-      *error = "cannot open " + path + ": " + std::strerror(errno);
-      return false;
-    }
-    out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    if (in.bad()) {
-      *error = "cannot read " + path;
-      return false;
-    }
-  }
-  if (out->size() > kImportFileBytesMax) {
-    *error = "the import file is larger than 1 GiB";
-    return false;
-  }
-  return true;
-}
-
 int keys_import(const Context& ctx, const Args& args) {
   if (args.positionals.size() != 1) return usage_error(Group::kKeys, "keys import needs one FILE");
   ImportLines lines;
   lines.file = args.positionals[0] == "-" ? "stdin" : args.positionals[0];
   std::string text;
   std::string error;
-  if (!read_all(args.positionals[0], &text, &error)) return failure(error);
+  if (!read_all(args.positionals[0], lines.file, kImportFileBytesMax, &text, &error)) {
+    return failure(error);
+  }
+  if (text.size() > kImportFileBytesMax) {
+    return failure("the import file is larger than 1 GiB");
+  }
 
   // Each line is checked to be one JSON object here, so a typo is reported by line before
   // anything is sent, and the lines can then be joined into the body as they are. Messages name
@@ -1532,12 +1592,7 @@ int logs_command(const Context& ctx, const Args& args) {
     return usage_error(Group::kLogs, "--limit takes 1 to 1000");
   }
   if (auto v = args.last("--key")) {
-    // Checked here so that a key value typed in the wrong place never goes into a URL.
-    if (!looks_like_key_id(*v)) {
-      return usage_error(Group::kLogs,
-                         "--key takes a key id (\"k\" and 12 letters or digits, as 'keys list' "
-                         "shows), not a key value");
-    }
+    if (!looks_like_key_id(*v)) return not_a_key_id(Group::kLogs, "--key");
     q.filters += "&key_id=" + url_encode(*v);
   }
   if (auto v = args.last("--status")) {
@@ -1571,10 +1626,11 @@ struct Command {
 };
 
 constexpr OptionSpec kCreateKeyOptions[] = {
-    {"--api", Arity::kValue},        {"--description", Arity::kValue},
-    {"--user", Arity::kValue},       {"--key", Arity::kValue},
-    {"--log-request", Arity::kBool}, {"--log-response", Arity::kBool},
-    {"--disabled", Arity::kFlag},    {"--expires-at", Arity::kValue}};
+    {"--api", Arity::kValue},         {"--description", Arity::kValue},
+    {"--user", Arity::kValue},        {"--key", Arity::kValue},
+    {"--key-file", Arity::kValue},    {"--log-request", Arity::kBool},
+    {"--log-response", Arity::kBool}, {"--disabled", Arity::kFlag},
+    {"--expires-at", Arity::kValue}};
 constexpr OptionSpec kListKeyOptions[] = {{"--api", Arity::kValue},
                                           {"--user", Arity::kValue},
                                           {"--limit", Arity::kValue},

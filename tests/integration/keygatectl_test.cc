@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -96,6 +97,38 @@ bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;
 }
 
+// A loopback port bound but not listening: it refuses connections, and nothing else can take it
+// while this lives. A keygatectl run pointed at it fails to connect if it sends anything.
+class ClosedPort {
+ public:
+  ClosedPort() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) return;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~ClosedPort() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  ClosedPort(const ClosedPort&) = delete;
+  ClosedPort& operator=(const ClosedPort&) = delete;
+
+  bool ok() const { return port_ != 0; }
+  std::string port() const { return std::to_string(port_); }
+  std::string url() const { return "http://127.0.0.1:" + port(); }
+
+ private:
+  int fd_ = -1;
+  uint16_t port_ = 0;
+};
+
 class Keygatectl : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -135,6 +168,21 @@ class Keygatectl : public ::testing::Test {
   // keygatectl ARGS exactly, with KEYGATE_ADMIN_KEY set to `admin_key` or unset.
   CtlRun ctl_raw(std::vector<std::string> args, std::optional<std::string> admin_key) {
     runs_.push_back(run_ctl(std::move(args), ctl_environment(admin_key)));
+    return runs_.back();
+  }
+
+  // keygatectl --url <admin port> ARGS with stdin read from `input` (a file), through /bin/sh:
+  // the process helper gives its children /dev/null as stdin.
+  CtlRun ctl_stdin(std::vector<std::string> args, const std::string& input) {
+    args.insert(args.begin(), {"--url", url_});
+    std::vector<std::string> sh_args = {"-c", "in=$1; shift; exec \"$0\" \"$@\" < \"$in\"",
+                                        keygatectl_binary(), input};
+    sh_args.insert(sh_args.end(), args.begin(), args.end());
+    const std::vector<std::string> env = ctl_environment(admin_value_);
+    ProcessResult result = run_process("/bin/sh", sh_args, &env, kCtlTimeout);
+    args.push_back("< " + input);
+    runs_.push_back(
+        CtlRun{std::move(args), result.status, std::move(result.out), std::move(result.err)});
     return runs_.back();
   }
 
@@ -304,6 +352,133 @@ TEST_F(Keygatectl, KeysImportReadsJsonLinesAndNamesTheLineOfABadRecord) {
   const CtlRun missing = ctl({"keys", "import", server_->dir().path() + "/absent.jsonl"});
   EXPECT_TRUE(missing.exited_with(1)) << missing.describe();
   EXPECT_TRUE(contains(missing.err, "cannot open")) << missing.describe();
+}
+
+TEST_F(Keygatectl, KeysImportOfAnUnreadableFileFailsWithTheReasonAndStdinWorks) {
+  // A directory opens but cannot be read: the reason, exit 1, not an abort.
+  const std::string dir = server_->dir().path();
+  const CtlRun directory = ctl({"keys", "import", dir});
+  EXPECT_TRUE(directory.exited_with(1)) << directory.describe();
+  EXPECT_EQ(directory.err, "keygatectl: cannot read " + dir + ": Is a directory\n")
+      << directory.describe();
+  EXPECT_TRUE(directory.out.empty()) << directory.describe();
+
+  const std::string value = "it-import-" + random_hex(16);
+  const std::string file = server_->dir().write_file(
+      "stdin.jsonl", "{\"key\":\"" + value + "\",\"apis\":[\"orders\"]}\n");
+  const CtlRun piped = ctl_stdin({"keys", "import", "-"}, file);
+  ASSERT_TRUE(piped.exited_with(0)) << piped.describe();
+  EXPECT_EQ(piped.out, "imported 1 key\n");
+  EXPECT_EQ(data_status("/orders/1", value), 200);
+  const CtlRun empty = ctl_stdin({"keys", "import", "-"}, "/dev/null");
+  EXPECT_TRUE(empty.exited_with(1)) << empty.describe();
+  EXPECT_EQ(empty.err, "keygatectl: stdin holds no keys\n") << empty.describe();
+}
+
+TEST_F(Keygatectl, KeysCreateTakesTheValueFromAKeyFileOrStdin) {
+  // From a file, its line ending dropped.
+  const std::string from_file = "it-keyfile-" + random_hex(16);
+  const std::string file = server_->dir().write_file("key.txt", from_file + "\r\n");
+  const CtlRun create = ctl({"keys", "create", "--api", "orders", "--key-file", file});
+  ASSERT_TRUE(create.exited_with(0)) << create.describe();
+  EXPECT_EQ(printed_key(create.out), from_file) << create.describe();
+  EXPECT_EQ(field(create.out, "hint"), from_file.substr(0, 6) + "...") << create.describe();
+  created_.emplace_back(from_file, runs_.size() - 1);
+  EXPECT_EQ(data_status("/orders/1", from_file), 200);
+
+  // From stdin ('-'), also as --key-file=-.
+  const std::string from_stdin = "it-keyfile-" + random_hex(16);
+  const CtlRun piped = ctl_stdin({"keys", "create", "--api", "billing", "--key-file", "-"},
+                                 server_->dir().write_file("stdin.txt", from_stdin + "\n"));
+  ASSERT_TRUE(piped.exited_with(0)) << piped.describe();
+  EXPECT_EQ(printed_key(piped.out), from_stdin) << piped.describe();
+  created_.emplace_back(from_stdin, runs_.size() - 1);
+  EXPECT_EQ(data_status("/billing/1", from_stdin), 200);
+  const std::string bare = "it-keyfile-" + random_hex(16);  // no line ending at all
+  const CtlRun piped_eq = ctl_stdin({"keys", "create", "--api", "orders", "--key-file=-"},
+                                    server_->dir().write_file("bare.txt", bare));
+  ASSERT_TRUE(piped_eq.exited_with(0)) << piped_eq.describe();
+  created_.emplace_back(bare, runs_.size() - 1);
+  EXPECT_EQ(data_status("/orders/1", bare), 200);
+
+  // Refused before sending: an empty file, a file of line endings only, two lines, and --key
+  // with --key-file. None of them echoes what it read or was given.
+  const std::string other = "it-keyfile-" + random_hex(16);
+  const std::string two_lines = server_->dir().write_file("two.txt", other + "\n" + other + "\n");
+  struct Refusal {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Refusal> refusals = {
+      {{"--key-file", server_->dir().write_file("empty.txt", "")}, "the --key-file is empty"},
+      {{"--key-file", server_->dir().write_file("newline.txt", "\r\n\n")},
+       "the --key-file is empty"},
+      {{"--key-file", two_lines}, "the --key-file holds more than one line"},
+      {{"--key", other, "--key-file", file}, "--key and --key-file exclude each other"},
+  };
+  for (const Refusal& refusal : refusals) {
+    std::vector<std::string> args = {"keys", "create", "--api", "orders"};
+    args.insert(args.end(), refusal.args.begin(), refusal.args.end());
+    const CtlRun run = ctl(args);
+    EXPECT_TRUE(run.exited_with(2)) << run.describe();
+    EXPECT_TRUE(contains(run.err, "keygatectl: " + refusal.message)) << run.describe();
+    EXPECT_TRUE(contains(run.err, "usage: keygatectl")) << run.describe();
+    EXPECT_FALSE(contains(run.out + run.err, other)) << run.describe();
+  }
+  const CtlRun empty_stdin =
+      ctl_stdin({"keys", "create", "--api", "orders", "--key-file", "-"}, "/dev/null");
+  EXPECT_TRUE(empty_stdin.exited_with(2)) << empty_stdin.describe();
+  EXPECT_TRUE(contains(empty_stdin.err, "the --key-file is empty")) << empty_stdin.describe();
+  EXPECT_EQ(data_status("/orders/1", other), 401);
+
+  // A file that cannot be read fails like an import file, without naming it (the name given
+  // may be a key value typed in the wrong place).
+  const std::string absent = server_->dir().path() + "/" + other;
+  const CtlRun missing = ctl({"keys", "create", "--api", "orders", "--key-file", absent});
+  EXPECT_TRUE(missing.exited_with(1)) << missing.describe();
+  EXPECT_EQ(missing.err, "keygatectl: cannot open the --key-file: No such file or directory\n")
+      << missing.describe();
+  const CtlRun directory =
+      ctl({"keys", "create", "--api", "orders", "--key-file", server_->dir().path()});
+  EXPECT_TRUE(directory.exited_with(1)) << directory.describe();
+  EXPECT_EQ(directory.err, "keygatectl: cannot read the --key-file: Is a directory\n")
+      << directory.describe();
+
+  // Three keys made, besides the bootstrap admin key.
+  const CtlRun list = ctl({"keys", "list"});
+  ASSERT_TRUE(list.exited_with(0)) << list.describe();
+  EXPECT_EQ(count_of(list.out, "\n"), 5u) << list.describe();
+}
+
+TEST_F(Keygatectl, CommandsTakingAKeyIdRefuseAKeyValueBeforeSendingAnything) {
+  // A key value where a key id belongs would go into the URL, and so into the admin access
+  // log. Pointed at a port that refuses connections, each run must end with a usage error, not
+  // a connection error; the values are never echoed (TearDown checks).
+  const std::string value = made_key(ctl({"keys", "create", "--api", "orders"}));
+  ASSERT_FALSE(value.empty());
+  const ClosedPort closed;
+  ASSERT_TRUE(closed.ok());
+  for (const std::string& wrong : {value, admin_value_, std::string("kAAAAAAAAAAA/")}) {
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"keys", "show", wrong},
+             {"keys", "update", wrong, "--description", "x"},
+             {"keys", "delete", wrong},
+             {"keys", "rotate", wrong},
+             {"keys", "rotate", wrong, "--grace-seconds", "60"},
+             {"keys", "list", "--cursor", wrong}}) {
+      std::vector<std::string> all = {"--url", closed.url()};
+      all.insert(all.end(), args.begin(), args.end());
+      const CtlRun run = ctl_raw(all, admin_value_);
+      EXPECT_TRUE(run.exited_with(2)) << run.describe();
+      EXPECT_TRUE(contains(run.err, "takes a key id (\"k\" and 12 letters or digits"))
+          << run.describe();
+      EXPECT_TRUE(contains(run.err, "usage: keygatectl [global options] keys")) << run.describe();
+    }
+  }
+  // Against the server: refused the same way, and the key is untouched.
+  const CtlRun del = ctl({"keys", "delete", value});
+  EXPECT_TRUE(del.exited_with(2)) << del.describe();
+  EXPECT_EQ(data_status("/orders/1", value), 200);
 }
 
 TEST_F(Keygatectl, KeysListPagesWithCursorsFiltersAndFollowsThemAllWithAll) {
@@ -498,20 +673,12 @@ TEST_F(Keygatectl, ErrorsExitNonZeroWithAClearMessageAndNeverShowTheAdminKey) {
   EXPECT_TRUE(contains(bad_url.err, "only http://")) << bad_url.describe();
   const CtlRun dns = ctl_raw({"--url", "http://example.com:8081", "apis"}, admin_value_);
   EXPECT_TRUE(dns.exited_with(2)) << dns.describe();
-  // A port bound but not listening refuses connections, and nothing else can take it meanwhile.
-  const int closed = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(closed, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(::bind(closed, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(::getsockname(closed, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  const std::string port = std::to_string(ntohs(addr.sin_port));
-  const CtlRun refused = ctl_raw({"--url", "http://127.0.0.1:" + port, "apis"}, admin_value_);
-  ::close(closed);
+  const ClosedPort closed;
+  ASSERT_TRUE(closed.ok());
+  const CtlRun refused = ctl_raw({"--url", closed.url(), "apis"}, admin_value_);
   EXPECT_TRUE(refused.exited_with(1)) << refused.describe();
-  EXPECT_TRUE(contains(refused.err, "cannot connect to 127.0.0.1:" + port + ": Connection refused"))
+  EXPECT_TRUE(contains(refused.err,
+                       "cannot connect to 127.0.0.1:" + closed.port() + ": Connection refused"))
       << refused.describe();
 }
 
@@ -527,13 +694,15 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   ASSERT_TRUE(keys.exited_with(0)) << keys.describe();
   for (const char* word :
        {"keys create", "keys list", "keys show", "keys update", "keys delete", "keys rotate",
-        "keys import", "--grace-seconds", "--no-expiry", "--enabled=true|false", "--all"}) {
+        "keys import", "--grace-seconds", "--no-expiry", "--enabled=true|false", "--all",
+        "--key-file FILE", "visible to other users"}) {
     EXPECT_TRUE(contains(keys.out, word)) << word << "\n" << keys.describe();
   }
   const CtlRun users = ctl_raw({"users", "create", "--help"}, std::nullopt);
   ASSERT_TRUE(users.exited_with(0)) << users.describe();
-  for (const char* word : {"users create", "users list", "users show", "users update",
-                           "users delete", "--grant", "--no-grants"}) {
+  for (const char* word :
+       {"users create", "users list", "users show", "users update", "users delete", "--grant",
+        "--no-grants", "1 to 256 printable ASCII characters"}) {
     EXPECT_TRUE(contains(users.out, word)) << word << "\n" << users.describe();
   }
   const CtlRun stats = ctl_raw({"stats", "--help"}, std::nullopt);
