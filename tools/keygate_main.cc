@@ -16,6 +16,7 @@
 #include <ctime>
 
 #include "core/admin_handler.h"
+#include "core/api_key.h"
 #include "core/auth_handler.h"
 #include "core/config.h"
 #include "core/permissions.h"
@@ -144,6 +145,15 @@ int main(int argc, char** argv) {
       !keygate::validate_config(config, &error)) {
     return usage_error(error);
   }
+  // Checked before anything is opened, with the reason (never the value): it is the operator's
+  // input like a flag. Used only on first start (an empty store), but wrong in any case.
+  const char* bootstrap_value = std::getenv("KEYGATE_BOOTSTRAP_ADMIN_KEY");
+  if (bootstrap_value != nullptr && *bootstrap_value != '\0') {
+    std::string_view why;
+    if (!keygate::validate_key_value(bootstrap_value, &why)) {
+      return usage_error("KEYGATE_BOOTSTRAP_ADMIN_KEY " + std::string(why));
+    }
+  }
 
   // Signals are taken synchronously by this thread; every thread started below inherits the
   // mask, so a SIGTERM can never interrupt a worker mid-request. SIGPIPE is ignored outright
@@ -185,7 +195,6 @@ int main(int argc, char** argv) {
   }
   // First start on an empty store: an admin key from KEYGATE_BOOTSTRAP_ADMIN_KEY, or a
   // generated one printed once (it is stored nowhere in plaintext).
-  const char* bootstrap_value = std::getenv("KEYGATE_BOOTSTRAP_ADMIN_KEY");
   keygate::storage::KeyService::AdminBootstrap bootstrap;
   const auto status = keys.ensure_admin_key(bootstrap_value != nullptr ? bootstrap_value : "", {},
                                             static_cast<int64_t>(std::time(nullptr)), &bootstrap);

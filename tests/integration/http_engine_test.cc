@@ -880,6 +880,27 @@ TEST(Cli, ConfigPathThatIsADirectoryOrMissingExitsWithCode2AndTheReason) {
   }
 }
 
+// A bad bootstrap admin key is a usage error with the reason, before any file is touched; the
+// value itself is never printed.
+TEST(Cli, BadBootstrapAdminKeyExitsWithCode2AndTheReason) {
+  TempDir dir;
+  const std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--admin-listen",
+                                         "127.0.0.1:0", "--data-dir", dir.path() + "/data"};
+  for (const auto& [value, reason] : {std::pair<std::string, std::string>{
+                                          "has a-space-inside", "outside printable ASCII"},
+                                      {std::string(257, 'k'), "longer than 256"},
+                                      {"kg_" + std::string(37, 'A'), "checksum"}}) {
+    const std::vector<std::string> env = {"PATH=/usr/bin:/bin",
+                                          "KEYGATE_BOOTSTRAP_ADMIN_KEY=" + value};
+    const ProcessResult p = run_process(keygate_binary(), args, &env);
+    EXPECT_TRUE(p.status.exited && p.status.code == 2) << p.status.describe() << "\n" << p.err;
+    EXPECT_EQ(p.err.rfind("keygate: KEYGATE_BOOTSTRAP_ADMIN_KEY ", 0), 0u) << p.err;
+    EXPECT_NE(p.err.find(reason), std::string::npos) << p.err;
+    EXPECT_EQ(p.err.find(value), std::string::npos) << "the value was printed";
+    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data")) << "a store was created";
+  }
+}
+
 // ...but an empty file is a valid config: the run gets past it to the next check (--listen).
 TEST(Cli, EmptyConfigFileIsRead) {
   TempDir dir;
