@@ -85,6 +85,9 @@ class AccessSink {
     (void)worker;
     (void)bytes;
   }
+  // The longest record the sink can ever take (its per-worker buffer, less framing): a longer
+  // one would always be dropped, so the worker cuts captured bodies to fit instead.
+  virtual size_t record_bytes_max() const noexcept { return SIZE_MAX; }
 };
 
 // Per-connection context the worker passes to its handler. Worker-local.

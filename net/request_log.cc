@@ -35,6 +35,31 @@ void append_capped(std::string& to, std::string_view from, size_t max, bool* tru
   to.append(from.substr(0, room));
 }
 
+// Cuts the captured bodies (marked truncated) so that the record gets shorter: each to `keep`
+// of `total` of its length, or, with total == 0, to an equal share of the room the rest of the
+// record leaves in `bytes_max` at the worst escape (6 bytes per text byte), which always fits.
+void cut_captured_bodies(const AccessRecord& r, CapturedMessage* req, CapturedMessage* resp,
+                         size_t keep, size_t total, size_t bytes_max) {
+  CapturedMessage* const messages[2] = {req, resp};
+  size_t share[2] = {0, 0};
+  if (total != 0) {
+    for (size_t i = 0; i < 2; ++i) share[i] = messages[i]->body.size() / total * keep +
+                                              messages[i]->body.size() % total * keep / total;
+  } else {
+    const std::string_view bodies[2] = {req->body, resp->body};
+    req->body = resp->body = {};
+    const size_t rest = AccessRecordWriter::capacity_hint(r);
+    share[0] = share[1] = rest < bytes_max ? (bytes_max - rest) / 12 : 0;
+    req->body = bodies[0];
+    resp->body = bodies[1];
+  }
+  for (size_t i = 0; i < 2; ++i) {
+    if (messages[i]->body.size() <= share[i]) continue;
+    messages[i]->body = messages[i]->body.substr(0, share[i]);
+    messages[i]->body_truncated = true;
+  }
+}
+
 }  // namespace
 
 void Worker::Impl::log_begin(Connection* c, const HttpRequest* request) {
@@ -185,6 +210,21 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   } else {
     record_buf.clear();
     record_writer.append(r, record_buf);
+    // Longer than the log could ever take (large captures, a small buffer): the captured
+    // bodies are cut to fit, so the request is still logged rather than dropped. The rest of
+    // the record is fixed, so cutting in proportion fits within a step or two; the last resort
+    // is the share that fits even at the worst escape.
+    const size_t record_max = access_sink->record_bytes_max();
+    for (int step = 0; record_buf.size() > record_max && step < 4; ++step) {
+      if (step < 3) {
+        cut_captured_bodies(r, &req, &resp, record_max - record_max / 16, record_buf.size(),
+                            record_max);
+      } else {
+        cut_captured_bodies(r, &req, &resp, 0, 0, record_max);
+      }
+      record_buf.clear();
+      record_writer.append(r, record_buf);
+    }
     (void)access_sink->append(index, record_buf);
     if (record_buf.capacity() > kOutputKeepCapacity) record_buf.shrink_to_fit();
   }

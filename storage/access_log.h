@@ -171,6 +171,11 @@ class AccessLog {
     KEYGATE_ASSERT(worker < workers_);
     return rings_[worker]->reserve(max_bytes);
   }
+  // The longest record append() or reserve() can ever take: a worker buffer's capacity less
+  // its framing (every worker's buffer has the same size).
+  size_t record_bytes_max() const noexcept {
+    return rings_.empty() ? 0 : rings_[0]->capacity() - LogRing::kHeaderBytes;
+  }
   void commit(unsigned worker, size_t bytes, bool one_line) noexcept {
     KEYGATE_ASSERT(worker < workers_);
     KEYGATE_ASSERT(bytes > 0);  // at least the '{' (the writer relies on it)

@@ -44,6 +44,7 @@ class AccessLogSink final : public keygate::AccessSink {
   void commit(unsigned worker, size_t bytes) noexcept override {
     log_.commit(worker, bytes, /*one_line=*/true);
   }
+  size_t record_bytes_max() const noexcept override { return log_.record_bytes_max(); }
 
  private:
   keygate::storage::AccessLog& log_;

@@ -937,6 +937,40 @@ TEST_F(AccessLogTest, RecordsTooLargeToWriteInPlaceAreCopiedInWhole) {
   }
 }
 
+// A capture limit the buffer cannot hold in the worst case (64 KiB of request and response
+// body, each byte escaping to up to 6, in a 64 KiB buffer): the bodies are cut to fit and marked
+// truncated, so the request is still logged instead of dropped as too long.
+TEST_F(AccessLogTest, CapturesLargerThanTheBufferAreCutToFitNotDropped) {
+  ASSERT_NO_FATAL_FAILURE(
+      start(1, "ring_bytes_per_worker = 65536\ncapture_bytes_max = 65536"));
+  const std::string cap_key = "alog-fit-" + random_hex(24);
+  const CreatedKey cap = create_key(kBootstrapAdminKey, json_key(cap_key),
+                                    {"orders", "proxied"}, true, true);
+  ASSERT_FALSE(cap.id.empty());
+  const std::string body = byte_pattern(60000);
+  auto r = data(http_request("POST", "/echo?n=fit",
+                             {"X-ApiKey: " + cap_key, "Content-Type: application/octet-stream"},
+                             body));
+  ASSERT_TRUE(r && r->status == 200) << show(r);
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  const LogContents log = read_log(server_->log_dir());
+  EXPECT_TRUE(log.bad_lines.empty());
+  EXPECT_EQ(log.markers(), 0u) << "the record was dropped";
+  const Json *rec = nullptr;
+  for (const Json *candidate : log.records()) {
+    if (candidate->str("path") == "/echo?n=fit") rec = candidate;
+  }
+  ASSERT_NE(rec, nullptr) << "the request was not logged";
+  EXPECT_EQ(rec->num("status"), 200);
+  for (const char *message : {"request", "response"}) {
+    const std::string captured_body = captured(*rec, message, "body");
+    EXPECT_EQ(truncated_flag(*rec, message), 1) << message;
+    EXPECT_GT(captured_body.size(), 1000u) << message;
+    EXPECT_LT(captured_body.size(), body.size()) << message;
+    EXPECT_EQ(captured_body, body.substr(0, captured_body.size())) << message;
+  }
+}
+
 // --- 3. Redaction
 // ------------------------------------------------------------------------------
 
