@@ -62,6 +62,7 @@ class Server {
     unsigned workers = 0;
     uint64_t connections_accepted = 0;
     uint64_t connections_refused = 0;
+    uint64_t accept_errors = 0;
     uint64_t requests = 0;
     uint64_t parse_errors = 0;
     uint64_t timeouts = 0;

@@ -357,6 +357,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
     }
   } else if (res != -ECANCELED) {
     // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin on the error.
+    bump(stats.accept_errors);
     if (!more) accept_retry[li] = true;
     return;
   }

@@ -27,6 +27,9 @@ namespace keygate::net {
 struct WorkerStats {
   std::atomic<uint64_t> connections_accepted{0};
   std::atomic<uint64_t> connections_refused{0};  // over connections_per_worker_max or draining
+  // Accepts that failed for want of a resource (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM):
+  // the connection waits in the listen backlog and accepting resumes on the next tick.
+  std::atomic<uint64_t> accept_errors{0};
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> parse_errors{0};
   std::atomic<uint64_t> timeouts{0};

@@ -2,6 +2,7 @@
 // listeners and workers (net). See --help.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -122,6 +123,32 @@ void reexec_with_huge_pages(char** argv) {
   }
 }
 
+// Every client connection is a descriptor (a proxied one two), on top of RocksDB's files, the
+// log's and the listeners. Debian's soft limit is 1024 while connections_per_worker_max defaults
+// to 10,000: the soft limit is raised to the hard one, and a limit still short of the
+// configured connections is said once on stderr (accepts beyond it fail with EMFILE: the
+// connections wait in the listen backlog, counted as workers.accept_errors in /admin/stats).
+void raise_descriptor_limit(unsigned workers, uint64_t connections_per_worker_max) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  constexpr uint64_t kSpareDescriptors = 256;  // store, log files, listeners, rings, eventfds
+  const uint64_t wanted = uint64_t{workers} * connections_per_worker_max + kSpareDescriptors;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
+    std::fprintf(stderr,
+                 "keygate: warning: the descriptor limit (RLIMIT_NOFILE %llu) is below the %llu "
+                 "that %u workers x connections_per_worker_max %llu need; raise it (ulimit -n, "
+                 "systemd LimitNOFILE=) or lower [limits] connections_per_worker_max\n",
+                 static_cast<unsigned long long>(limit.rlim_cur),
+                 static_cast<unsigned long long>(wanted), workers,
+                 static_cast<unsigned long long>(connections_per_worker_max));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -178,6 +205,7 @@ int main(int argc, char** argv) {
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     workers = cpus > 0 ? static_cast<unsigned>(cpus) : 1;
   }
+  raise_descriptor_limit(workers, config.limits.connections_per_worker_max);
 
   keygate::ApiRegistry registry;
   if (!registry.init(config.apis, &error)) return usage_error("apis: " + error);
@@ -252,6 +280,7 @@ int main(int argc, char** argv) {
                        {{"workers", w.workers},
                         {"connections_accepted", w.connections_accepted},
                         {"connections_refused", w.connections_refused},
+                        {"accept_errors", w.accept_errors},
                         {"requests", w.requests},
                         {"parse_errors", w.parse_errors},
                         {"timeouts", w.timeouts},

@@ -306,8 +306,16 @@ bool TestServer::start(std::string* error, Millis timeout) {
   std::vector<std::string> env;
   const bool own_env = !options_.env.empty() || !options_.env_unset.empty();
   if (own_env) env = child_environment(options_.env, options_.env_unset);
+  std::string program = keygate_binary();
+  std::vector<std::string> program_args = args;
+  if (!options_.wrapper.empty()) {
+    program = options_.wrapper.front();
+    program_args.assign(options_.wrapper.begin() + 1, options_.wrapper.end());
+    program_args.push_back(keygate_binary());
+    program_args.insert(program_args.end(), args.begin(), args.end());
+  }
   SpawnedChild child;
-  if (!spawn_child(keygate_binary(), args, options_.capture_stderr, &child, error,
+  if (!spawn_child(program, program_args, options_.capture_stderr, &child, error,
                    own_env ? &env : nullptr)) {
     return false;
   }

@@ -114,6 +114,10 @@ struct ServerOptions {
   std::vector<std::string> env_unset;
   // Pipe the server's stderr into error_output() instead of sharing the test's stderr.
   bool capture_stderr = false;
+  // A command keygate runs under, which must exec it in its own process (so pid() stays
+  // keygate's), e.g. {"/usr/bin/prlimit", "--nofile=64:64", "--"}; keygate's path and
+  // arguments follow it. Empty: keygate itself.
+  std::vector<std::string> wrapper;
 };
 
 // One running keygate on 127.0.0.1 with ephemeral data and admin ports.
