@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -109,9 +110,7 @@ class Responder {
     buffers_.resize(size_t{kBuffers} * kBufferBytes);
     for (unsigned i = 0; i < kBuffers; ++i) return_buffer(i, static_cast<int>(i));
     io_uring_buf_ring_advance(buf_ring_, static_cast<int>(kBuffers));
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, 0);
-    io_uring_sqe_set_data64(sqe, tag(Op::kAccept, listen_fd_));
+    arm_accept();
     return true;
   }
 
@@ -135,6 +134,10 @@ class Responder {
       }
       io_uring_buf_ring_advance(buf_ring_, returned_);
       io_uring_cq_advance(&ring_, seen);
+      if (accept_wanted_ && seen == 0) {  // a quiet wait since the accept failed
+        accept_wanted_ = false;
+        arm_accept();
+      }
     }
     for (unsigned fd = 0; fd < kMaxConnections; ++fd) {
       if (conns_[fd].open) close(static_cast<int>(fd));
@@ -157,6 +160,12 @@ class Responder {
     io_uring_buf_ring_add(buf_ring_, &buffers_[size_t{id} * kBufferBytes], kBufferBytes,
                           static_cast<unsigned short>(id), io_uring_buf_ring_mask(kBuffers),
                           offset);
+  }
+
+  void arm_accept() {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, 0);
+    io_uring_sqe_set_data64(sqe, tag(Op::kAccept, listen_fd_));
   }
 
   void arm_recv(int fd) {
@@ -189,6 +198,10 @@ class Responder {
     if (!c.receiving && c.in_flight == 0) {
       c = Connection{};
       close(fd);
+      if (accept_wanted_) {  // a descriptor is free again
+        accept_wanted_ = false;
+        arm_accept();
+      }
     }
   }
 
@@ -206,10 +219,14 @@ class Responder {
             arm_recv(cqe.res);
           }
         }
+        // Ended: at once, or after the next wake-up (at most the wait's timeout) when it ended
+        // for want of descriptors or memory, rather than spin on the error.
         if ((cqe.flags & IORING_CQE_F_MORE) == 0 && g_stop == 0) {
-          io_uring_sqe* sqe = get_sqe();
-          io_uring_prep_multishot_accept(sqe, listen_fd_, nullptr, nullptr, 0);
-          io_uring_sqe_set_data64(sqe, tag(Op::kAccept, listen_fd_));
+          if (cqe.res < 0 && cqe.res != -ECANCELED) {
+            accept_wanted_ = true;
+          } else {
+            arm_accept();
+          }
         }
         return;
       case Op::kRecv: {
@@ -268,6 +285,7 @@ class Responder {
   std::vector<Connection> conns_;
   std::string batch_;
   unsigned returned_ = 0;
+  bool accept_wanted_ = false;  // the multishot accept failed; armed again after a quiet wait
 };
 
 }  // namespace
@@ -282,6 +300,11 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   std::signal(SIGPIPE, SIG_IGN);
+  rlimit files{};  // as keygate: the soft descriptor limit up to the hard one
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &files);
+  }
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const int one = 1;
   (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));

@@ -40,7 +40,9 @@ Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter&
 
 Handler::Result AdminHandler::handle_head(const HttpRequest& request, ResponseWriter& response,
                                           RequestContext& ctx) noexcept {
-  if (request.path == "/healthz") return Result::kNeedBody;  // answered as ever once read
+  // /healthz needs no body: answered now (405 for other methods than GET and HEAD), the body
+  // left unread (the connection then closes), so no client can make the port buffer one.
+  if (request.path == "/healthz") return builtin_.handle(request, response, ctx);
   if (!is_admin_route(request.path)) {
     write_error(response, 404, "not_found", "no such route", false);
     return Result::kDone;
@@ -48,7 +50,12 @@ Handler::Result AdminHandler::handle_head(const HttpRequest& request, ResponseWr
   KeyDigest digest{};
   Authenticator::Result resolved;
   if (!authenticator_.resolve_head(request, ctx.now_unix(), &digest, &resolved)) {
-    // Only the body can carry the key: read no more of it than the extractor searches.
+    // Only the body can carry the key: read no more of it than the extractor searches (none:
+    // the extractor's 413 at once, since a body is coming).
+    if (body_inspect_bytes_max_ == 0) {
+      write_error(response, 413, "body_too_large", "request body too large", false);
+      return Result::kDone;
+    }
     ctx.body_bytes_max = body_inspect_bytes_max_;
     return Result::kNeedBody;
   }
@@ -188,6 +195,7 @@ void AdminHandler::submit(const HttpRequest& request, RequestContext& ctx, State
   state->response.status = 0;
   state->response.body.clear();
   state->response.allow = {};
+  state->response.challenge = false;
   // Views into the stabilized request, valid until it completes; the backend copies the struct.
   const AdminRequest admin_request{request.method, request.path,  request.query,
                                    request.body,   request.body_readable_padding,
@@ -217,6 +225,7 @@ void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& respon
 void AdminHandler::write_error(ResponseWriter& response, int status, std::string_view code,
                                std::string_view message, bool challenge) noexcept {
   response.start(status);
+  response.header("Cache-Control", "no-store");
   if (challenge) response.header("WWW-Authenticate", Authenticator::kChallenge);
   response.finish_error(code, message, /*field_null=*/true);
 }

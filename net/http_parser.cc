@@ -336,6 +336,14 @@ void HttpParser::begin_next_request() {
   request_ = HttpRequest{};
 }
 
+void HttpParser::trim() {
+  if (assembly_.capacity() > kKeptAssemblyBytesMax) {
+    std::string().swap(assembly_);
+    assembled_ = false;
+    base_ = nullptr;
+  }
+}
+
 void HttpParser::reset(uint64_t body_bytes_max) {
   connection_body_bytes_max_ = body_bytes_max;
   begin_next_request();

@@ -91,6 +91,9 @@ class HttpParser {
   uint64_t content_length() const { return declared_length_; }
   // Bytes the parser holds for assembling requests across receives (tests).
   size_t assembly_capacity() const { return assembly_.capacity(); }
+  // Gives back assembly capacity above what a parser keeps between requests. Only while no
+  // view into the current request is in use (the connection is being released).
+  void trim();
   // Body bytes streamed so far.
   uint64_t streamed_bytes() const { return streamed_bytes_; }
   // Raw bytes of the current (or just completed) request consumed so far, framing included.

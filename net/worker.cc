@@ -445,11 +445,14 @@ void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_
         return;
       }
       case HttpParser::Status::kRequest:
-        bump(stats.requests);
+        // A request whose body was read after its head (kNeedBody) was counted there.
+        if (!c->head_counted) bump(stats.requests);
+        c->head_counted = false;
         dispatch(c, false);
         continue;
       case HttpParser::Status::kHeaders:
         bump(stats.requests);
+        c->head_counted = true;
         head_ready(c, false);
         continue;
       case HttpParser::Status::kBodyEnd:
@@ -672,8 +675,9 @@ void Worker::Impl::release(Connection* c) {
   c->send_off = 0;
   c->responses_fill = c->responses_send = 0;
   c->send_in_flight = c->recv_armed = c->recv_cancel_sent = false;
-  c->awaiting = c->head_deferred = false;
+  c->awaiting = c->head_deferred = c->head_counted = false;
   c->ctx.state = nullptr;
+  c->parser.trim();  // a slot kept for reuse does not keep a large request's buffer
   c->close_after_send = c->lingering = c->peer_eof = false;
   c->proxying = c->streaming = false;
   c->up = nullptr;

@@ -143,6 +143,7 @@ struct Connection {
 
   bool awaiting = false;  // a deferred request waits for its ticket to be posted
   bool head_deferred = false;  // ...and it was deferred at its head (resume_head() next)
+  bool head_counted = false;   // the request was counted at its head (kHeaders), not again
   bool send_in_flight = false;
   bool recv_armed = false;
   bool recv_cancel_sent = false;

@@ -76,6 +76,7 @@ void AdminExecutor::submit(const AdminRequest& request, AdminResponse* out,
   rejected_total_.fetch_add(1, std::memory_order_relaxed);
   out->status = 503;
   out->allow = {};
+  out->challenge = false;
   // The caller's pooled response keeps its capacity, so this rarely allocates.
   out->body.assign(kQueueFullBody);
   ticket.post();

@@ -59,10 +59,11 @@ int usage_error(const std::string& message) {
   return kExitUsage;
 }
 
-// The whole config file, or false with the reason. Only a regular file (or what a symlink names)
-// is read: a directory opens fine as an ifstream and reads as empty, which is a valid, empty
-// config. A read error is an error, never a shorter text; a file above kConfigBytesMax is
-// refused (a config is a few KiB; this is a mistake, e.g. a log file named by accident).
+// The whole config file, or false with the reason. Only a regular file or a pipe (`--config
+// <(generate)`; through symlinks) is read: a directory opens fine as an ifstream and reads as
+// empty, which is a valid, empty config. A read error is an error, never a shorter text; a file
+// above kConfigBytesMax is refused (a config is a few KiB: this is a mistake, e.g. a log file
+// named by accident).
 constexpr size_t kConfigBytesMax = 16u << 20;
 
 bool read_file(const std::string& path, std::string* out, std::string* error) {
@@ -70,31 +71,28 @@ bool read_file(const std::string& path, std::string* out, std::string* error) {
     *error = "cannot read config file " + path + ": " + why;
     return false;
   };
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return fail(std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) return fail(std::strerror(EISDIR));
+  if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) return fail("not a regular file or a pipe");
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return fail(std::strerror(errno));
-  struct stat st {};
   std::string why;
-  if (fstat(fd, &st) != 0) {
-    why = std::strerror(errno);
-  } else if (!S_ISREG(st.st_mode)) {
-    why = S_ISDIR(st.st_mode) ? std::strerror(EISDIR) : "not a regular file";
-  } else {
-    out->clear();
-    char buf[16384];
-    for (;;) {
-      const ssize_t n = read(fd, buf, sizeof(buf));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        why = std::strerror(errno);
-        break;
-      }
-      if (n == 0) break;
-      if (out->size() + static_cast<size_t>(n) > kConfigBytesMax) {
-        why = "larger than " + std::to_string(kConfigBytesMax >> 20) + " MiB";
-        break;
-      }
-      out->append(buf, static_cast<size_t>(n));
+  out->clear();
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      why = std::strerror(errno);
+      break;
     }
+    if (n == 0) break;
+    if (out->size() + static_cast<size_t>(n) > kConfigBytesMax) {
+      why = "larger than " + std::to_string(kConfigBytesMax >> 20) + " MiB";
+      break;
+    }
+    out->append(buf, static_cast<size_t>(n));
   }
   close(fd);
   return why.empty() || fail(why);
@@ -123,8 +121,8 @@ void reexec_with_huge_pages(char** argv) {
   }
 }
 
-// Every client connection is a descriptor (a proxied one two), on top of RocksDB's files, the
-// log's and the listeners. Debian's soft limit is 1024 while connections_per_worker_max defaults
+// Every client connection is a descriptor (a proxied one two: the check below counts one), on
+// top of RocksDB's files, the log's and the listeners. Debian's soft limit is 1024 while connections_per_worker_max defaults
 // to 10,000: the soft limit is raised to the hard one, and a limit still short of the
 // configured connections is said once on stderr (accepts beyond it fail with EMFILE: the
 // connections wait in the listen backlog, counted as workers.accept_errors in /admin/stats).

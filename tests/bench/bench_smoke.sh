@@ -16,16 +16,19 @@ command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] ||
   { echo "bench_smoke: nginx not installed, skipped"; exit 77; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench-smoke.XXXXXX")"
-trap 'pkill -KILL -f "${leftover_pattern:-$work}" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'pkill -KILL -f "$work" 2>/dev/null; rm -rf "$work"' EXIT
 # Every temp dir (and so every server's command line) lives under $work.
 export TMPDIR="$work"
 export KEYGATE_BIN="$tools_dir/keygate" KEYGATE_SEED_BIN="$tools_dir/keygate-seed"
 export KEYGATE_UPSTREAM_BIN="$tools_dir/keygate-upstream"
 export ADMIN_BENCH_BIN="$tools_dir/keygate-admin-bench"
+# The bare responder takes no files: it runs from a copy under $work, so that the leftover check
+# below (every server's command line names $work) covers it and no other run's.
+if [[ -n "$bare_bin" ]]; then
+  cp "$bare_bin" "$work/keygate-bare-responder"
+  bare_bin="$work/keygate-bare-responder"
+fi
 export BARE_BIN="$bare_bin"
-# Servers run from temp dirs under $work, except the bare responder (no files): matched by path.
-leftover_pattern="$work"
-[[ -n "$bare_bin" ]] && leftover_pattern="$work|^$bare_bin "  # not this script, which has it as an argument
 
 passed=0
 failed=0
@@ -43,11 +46,11 @@ run() {  # name, then the command
   fi
   # The script's servers ran from its temp dir under $work: none may be left.
   local left
-  left="$(pgrep -af "$leftover_pattern" | grep -v -e bench_smoke -e pgrep || true)"
+  left="$(pgrep -af "$work" | grep -v -e bench_smoke -e pgrep || true)"
   if [[ -n "$left" ]]; then
     echo "FAIL $name left processes behind:"
     echo "$left" | sed 's/^/    /'
-    pkill -KILL -f "$leftover_pattern" 2>/dev/null
+    pkill -KILL -f "$work" 2>/dev/null
     failed=$((failed + 1))
     return
   fi

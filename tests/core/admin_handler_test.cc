@@ -132,6 +132,7 @@ TEST_F(AdminHandlerTest, NoKeyOrAnUnknownKeyIs401WithAChallenge) {
   EXPECT_EQ(r.status, 401);
   EXPECT_EQ(r.error_code(), "invalid_api_key");
   EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+  EXPECT_EQ(r.header("Cache-Control"), "no-store");
   EXPECT_TRUE(backend_.submissions.empty());
 }
 
@@ -237,6 +238,20 @@ TEST_F(AdminHandlerTest, A405CarriesAllowAndA204HasNoBody) {
   EXPECT_EQ(r.status, 401);
   EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
 
+  // The pooled state that carried that challenge answers the next request without it (a backend
+  // that leaves `challenge` alone, as the executor's queue-full answer does).
+  ctx_.sink.posts.clear();
+  backend_.submissions.clear();
+  TestRequest busy("GET", "/admin/keys");
+  busy.api_key(kAdminKey);
+  s = submitted(busy);
+  EXPECT_FALSE(s.out->challenge);
+  s.out->status = 503;
+  s.out->body = "{\"error\":\"store_unavailable\"}";
+  ASSERT_EQ(call(true, busy, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_FALSE(r.has_header("WWW-Authenticate"));
+
   ctx_.sink.posts.clear();
   backend_.submissions.clear();
   TestRequest deletion("DELETE", "/admin/keys/kdata0000001");
@@ -305,8 +320,34 @@ TEST_F(AdminHandlerHead, AnAdmittedKeyReadsTheBodyUnderTheListenersLimit) {
   EXPECT_TRUE(ctx_.access.key_id.empty());
   EXPECT_FALSE(ctx_.access.log_request);
   EXPECT_EQ(ctx_.state, nullptr);
-  TestRequest healthz("POST", "/healthz");
-  EXPECT_EQ(head(false, healthz, &r), Handler::Result::kNeedBody);
+}
+
+// /healthz needs no body: it is answered at the head, so no client can make the port read one.
+TEST_F(AdminHandlerHead, HealthzIsAnsweredAtTheHead) {
+  TestRequest post("POST", "/healthz");
+  Response r;
+  ASSERT_EQ(head(false, post, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 405);
+  TestRequest get("GET", "/healthz");
+  ASSERT_EQ(head(false, get, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(directory_.find_key_calls, 0);
+}
+
+// body_inspect_bytes_max = 0: a body can never carry the key, so one without a key in the head
+// is refused at once (the extractor's 413), not read under the listener's limit.
+TEST_F(AdminHandlerHead, NoBodyInspectionRefusesAKeylessBodyAtTheHead) {
+  AdminHandler no_inspection(directory_, backend_, 0);
+  TestRequest request("POST", "/admin/keys");
+  request.header("Content-Type", "application/json");
+  std::string out;
+  const HttpRequest& view = request.view();
+  ResponseWriter writer(out, kDate, false, true);
+  ctx_.body_bytes_max = 0;
+  ASSERT_EQ(no_inspection.handle_head(view, writer, ctx_), Handler::Result::kDone);
+  const Response r = parse_response(out);
+  EXPECT_EQ(r.status, 413);
+  EXPECT_EQ(r.error_code(), "body_too_large");
 }
 
 TEST_F(AdminHandlerHead, WithoutAKeyInTheHeadOnlyWhatTheExtractorSearchesIsRead) {

@@ -5,13 +5,18 @@
 // "keygate: stopped", so a crash or a sanitizer report in the server fails the test that
 // caused it. Timeouts are configured small (the engine's resolution is 100 ms) and every wait
 // here is bounded.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -899,6 +904,24 @@ TEST(Cli, BadBootstrapAdminKeyExitsWithCode2AndTheReason) {
     EXPECT_EQ(p.err.find(value), std::string::npos) << "the value was printed";
     EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data")) << "a store was created";
   }
+}
+
+// A pipe is read like a file (`--config <(generate)`).
+TEST(Cli, ConfigFromAPipeIsRead) {
+  TempDir dir;
+  const std::string fifo = dir.path() + "/config.pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  std::thread writer([&] {
+    const int fd = ::open(fifo.c_str(), O_WRONLY);
+    if (fd < 0) return;
+    const std::string text = "[limits]\npipeline_depth_max = 0\n";  // out of range: exit 2
+    (void)!::write(fd, text.data(), text.size());
+    ::close(fd);
+  });
+  const ProcessResult p = run_keygate({"--config", fifo});
+  writer.join();
+  EXPECT_TRUE(p.status.exited && p.status.code == 2) << p.status.describe();
+  EXPECT_NE(p.err.find("pipeline_depth_max"), std::string::npos) << p.err;
 }
 
 // ...but an empty file is a valid config: the run gets past it to the next check (--listen).

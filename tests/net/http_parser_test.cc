@@ -950,6 +950,25 @@ TEST(HttpParser, ALargeAssembledRequestsBufferIsReleasedSmallOnesAreKept) {
   EXPECT_EQ(parser.assembly_capacity(), small);
 }
 
+// A connection released right after a large request (no next request to release it) gives the
+// buffer back through trim(), and the parser serves the next connection after reset().
+TEST(HttpParser, TrimGivesBackALargeBufferAtOnce) {
+  HttpParser parser(kDefaultLimits);
+  std::string head =
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " + std::to_string(900 * 1024) + "\r\n\r\n";
+  std::string body(900 * 1024, 'y');
+  ASSERT_EQ(parser.parse(head).status, Status::kNeedMore);
+  ASSERT_EQ(parser.parse(body).status, Status::kRequest);
+  ASSERT_GE(parser.assembly_capacity(), body.size());
+  parser.trim();
+  EXPECT_LT(parser.assembly_capacity(), 64u * 1024);
+  parser.reset();
+  FeedResult r = feed(parser, "GET /next HTTP/1.1\r\nHost: h\r\n\r\n", 0);
+  EXPECT_FALSE(r.error);
+  ASSERT_EQ(r.requests.size(), 1u);
+  EXPECT_EQ(r.requests[0].target, "/next");
+}
+
 TEST(HttpParser, ResetMakesParserReusableAfterAnError) {
   HttpParser parser(kDefaultLimits);
   std::string bad = "GET / HTTP/2.0\r\nHost: h\r\n\r\n";
