@@ -402,8 +402,10 @@ echo
 echo "- date: $(date -u '+%Y-%m-%dT%H:%M:%SZ')"
 auth_env=""
 ((auth)) && auth_env="AUTH_KEYS=$AUTH_KEYS "
+bare_env=""
+[[ -n "$BARE_BIN" ]] && bare_env="BARE_BIN=$BARE_BIN "
 echo "- command: \`DURATION=$DURATION ROUNDS=$ROUNDS ${auth_env}KEYGATE_BIN=$KEYGATE_BIN" \
-  "$command_line\`"
+  "$bare_env$command_line\`"
 echo "- keygate: \`taskset -c $SERVER_CPU ${keygate_cmd[*]}\`, keygate.toml has" \
   "\`[log] enabled = false\` (no access log, as nginx)"
 nginx_version="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
