@@ -17,21 +17,37 @@ AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
       body_inspect_bytes_max_(body_inspect_bytes_max),
       backend_(backend) {}
 
-Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter& response,
-                                     RequestContext& ctx) noexcept {
-  if (request.path == "/healthz") return builtin_.handle(request, response, ctx);
+bool AdminHandler::answered_without_key(const HttpRequest& request, ResponseWriter& response,
+                                        RequestContext& ctx) noexcept {
+  // /healthz needs no key (and no body: at the head it is answered with the body unread, the
+  // connection then closes, so no client can make the port buffer one).
+  if (request.path == "/healthz") {
+    builtin_.handle(request, response, ctx);
+    return true;
+  }
   if (!is_admin_route(request.path)) {
     write_error(response, 404, "not_found", "no such route", false);
-    return Result::kDone;
+    return true;
   }
+  return false;
+}
+
+Handler::Result AdminHandler::fetch_key(const KeyDigest& digest, State::Phase phase,
+                                        RequestContext& ctx) noexcept {
+  State* state = take_state();
+  state->phase = phase;
+  ctx.state = state;
+  authenticator_.fetch(digest, &state->lookup, ctx);
+  return Result::kPending;
+}
+
+Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter& response,
+                                     RequestContext& ctx) noexcept {
+  if (answered_without_key(request, response, ctx)) return Result::kDone;
   KeyDigest digest{};
   const Authenticator::Result resolved = authenticator_.resolve(request, ctx.now_unix(), &digest);
   if (resolved.outcome == Authenticator::Outcome::kFetch) {
-    State* state = take_state();
-    state->phase = State::Phase::kLookup;
-    ctx.state = state;
-    authenticator_.fetch(digest, &state->lookup, ctx);
-    return Result::kPending;
+    return fetch_key(digest, State::Phase::kLookup, ctx);
   }
   const Result r = admit(resolved, response, ctx, nullptr);
   note_key_value(request, ctx);
@@ -40,13 +56,7 @@ Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter&
 
 Handler::Result AdminHandler::handle_head(const HttpRequest& request, ResponseWriter& response,
                                           RequestContext& ctx) noexcept {
-  // /healthz needs no body: answered now (405 for other methods than GET and HEAD), the body
-  // left unread (the connection then closes), so no client can make the port buffer one.
-  if (request.path == "/healthz") return builtin_.handle(request, response, ctx);
-  if (!is_admin_route(request.path)) {
-    write_error(response, 404, "not_found", "no such route", false);
-    return Result::kDone;
-  }
+  if (answered_without_key(request, response, ctx)) return Result::kDone;
   KeyDigest digest{};
   Authenticator::Result resolved;
   if (!authenticator_.resolve_head(request, ctx.now_unix(), &digest, &resolved)) {
@@ -60,11 +70,7 @@ Handler::Result AdminHandler::handle_head(const HttpRequest& request, ResponseWr
     return Result::kNeedBody;
   }
   if (resolved.outcome == Authenticator::Outcome::kFetch) {
-    State* state = take_state();
-    state->phase = State::Phase::kHeadLookup;
-    ctx.state = state;
-    authenticator_.fetch(digest, &state->lookup, ctx);
-    return Result::kPending;
+    return fetch_key(digest, State::Phase::kHeadLookup, ctx);
   }
   if (refused(resolved, response, ctx)) {
     note_key_value(request, ctx);

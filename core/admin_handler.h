@@ -96,6 +96,12 @@ class AdminHandler final : public Handler {
     KeyDigest key_digest{};  // of the value presented, checked again by the backend
   };
 
+  // /healthz (no key needed) and paths that name no admin route (404 before any key work):
+  // true when answered.
+  bool answered_without_key(const HttpRequest& request, ResponseWriter& response,
+                            RequestContext& ctx) noexcept;
+  // Starts fetching the key the cache does not hold; the request resumes in `phase`.
+  Result fetch_key(const KeyDigest& digest, State::Phase phase, RequestContext& ctx) noexcept;
   // For a capturing admin key: tells the access log the key's value (see AccessNote).
   void note_key_value(const HttpRequest& request, RequestContext& ctx) noexcept;
   // Writes the answer when the resolved key may not call the admin API (true); sets the access
