@@ -257,6 +257,9 @@ void Worker::Impl::head_ready(Connection* c, bool resuming) {
   const Handler::Result result = resuming ? handler.resume_head(request, writer, c->ctx)
                                           : handler.handle_head(request, writer, c->ctx);
   log_note(c, request);
+  // Counted at its head: its kRequest (after kNeedBody) must not count it again. Forwarded or
+  // answered heads end without one, so the next request is counted as usual.
+  c->head_counted = result == Handler::Result::kNeedBody || result == Handler::Result::kPending;
   switch (result) {
     case Handler::Result::kNeedBody:
       if (!c->parser.read_body(c->ctx.body_bytes_max)) {

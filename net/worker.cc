@@ -452,7 +452,6 @@ void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_
         continue;
       case HttpParser::Status::kHeaders:
         bump(stats.requests);
-        c->head_counted = true;
         head_ready(c, false);
         continue;
       case HttpParser::Status::kBodyEnd:

@@ -97,6 +97,34 @@ class ProxyTest : public ::testing::Test {
   std::string asan_options_;
 };
 
+// workers.requests of a GET /admin/stats answer, or -1.
+int64_t requests_counted(const TestServer& server) {
+  const auto r = round_trip(
+      server.admin_port(),
+      http_request("GET", "/admin/stats", {"X-ApiKey: " + std::string(kAdminKey)}));
+  if (!r || r->status != 200) return -1;
+  const size_t at = r->body.find("\"requests\":");
+  return at == std::string::npos ? -1 : std::stoll(r->body.substr(at + 11));
+}
+
+// A forwarded request with a body (decided at its head, streamed) counts once, and the next
+// request on the same connection counts too.
+TEST_F(ProxyTest, EveryRequestIsCountedOnce) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  const int64_t before = requests_counted(*server_);
+  ASSERT_GE(before, 0);
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("POST", "/orders/1", {key_header()}, "streamed body") +
+                          http_request("GET", "/orders/2", {key_header()})));
+  const std::vector<Response> responses = client.read_responses(2);
+  ASSERT_EQ(responses.size(), 2u);
+  EXPECT_EQ(responses[0].status, 200);
+  EXPECT_EQ(responses[1].status, 200);
+  // The POST, the GET and the first stats request.
+  EXPECT_EQ(requests_counted(*server_) - before, 3);
+}
+
 TEST_F(ProxyTest, ForwardsEveryMethodWithIdentityHeaders) {
   ASSERT_NO_FATAL_FAILURE(start());
   for (std::string_view method : {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}) {
