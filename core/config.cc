@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 
 #include <charconv>
+#include <cstring>
 #include <limits>
 
 // Header-only and exception-free: config errors come back as values, and the exception ABI of
@@ -495,12 +496,31 @@ bool validate_config(const Config& config, std::string* error) {
     *error = "apis: " + *error;
     return false;
   }
-  if (config.listen.port != 0 && config.listen.host == config.admin_listen.host &&
-      config.listen.port == config.admin_listen.port) {
-    *error = "server.listen and server.admin_listen must differ";
+  if (addresses_overlap(config.listen, config.admin_listen)) {
+    *error = "server.listen and server.admin_listen must differ (" + config.listen.to_string() +
+             " and " + config.admin_listen.to_string() + " take the same port on one address)";
     return false;
   }
   return true;
+}
+
+bool addresses_overlap(const ListenAddress& a, const ListenAddress& b) {
+  if (a.port == 0 || a.port != b.port) return false;  // port 0: two different ephemeral ports
+  // The literals as bytes ("::1" and "0::1" are one address); unparsable ones compare as text.
+  unsigned char bytes_a[16] = {};
+  unsigned char bytes_b[16] = {};
+  const bool parsed_a = inet_pton(a.ipv6 ? AF_INET6 : AF_INET, a.host.c_str(), bytes_a) == 1;
+  const bool parsed_b = inet_pton(b.ipv6 ? AF_INET6 : AF_INET, b.host.c_str(), bytes_b) == 1;
+  if (!parsed_a || !parsed_b) return a.host == b.host;
+  const auto wildcard = [](const unsigned char* bytes) {
+    for (int i = 0; i < 16; ++i) {
+      if (bytes[i] != 0) return false;
+    }
+    return true;
+  };
+  // A wildcard takes the port on every address (IPv6's "::" on IPv4 ones too, by default).
+  if (wildcard(bytes_a) || wildcard(bytes_b)) return true;
+  return a.ipv6 == b.ipv6 && std::memcmp(bytes_a, bytes_b, a.ipv6 ? 16 : 4) == 0;
 }
 
 std::string_view usage_text() {

@@ -25,6 +25,10 @@ struct ListenAddress {
   std::string to_string() const;
 };
 
+// True when listening on both would take the same port on some address: same port (not 0) and
+// the same address, or either a wildcard (0.0.0.0, ::).
+bool addresses_overlap(const ListenAddress& a, const ListenAddress& b);
+
 // Parses "ADDR:PORT". Returns false with a message in `error` when malformed.
 bool parse_listen_address(std::string_view text, ListenAddress* out, std::string* error);
 

@@ -599,7 +599,35 @@ TEST(Config, ValidationRejectsSameDataAndAdminAddress) {
   c.admin_listen = c.listen;
   std::string error;
   EXPECT_FALSE(validate_config(c, &error));
-  EXPECT_EQ(error, "server.listen and server.admin_listen must differ");
+  EXPECT_EQ(error.rfind("server.listen and server.admin_listen must differ", 0), 0u) << error;
+}
+
+// Spelled differently, the same port on one address: a usage error (exit 2), not a bind
+// failure that reads as if another process held the port.
+TEST(Config, ListenAddressesOverlapThroughWildcardsAndSpellings) {
+  const auto overlap = [](const char* a, const char* b) {
+    ListenAddress x, y;
+    std::string why;
+    EXPECT_TRUE(parse_listen_address(a, &x, &why)) << a << ": " << why;
+    EXPECT_TRUE(parse_listen_address(b, &y, &why)) << b << ": " << why;
+    return addresses_overlap(x, y) && addresses_overlap(y, x);
+  };
+  EXPECT_TRUE(overlap("127.0.0.1:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(overlap("0.0.0.0:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(overlap("[::]:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(overlap("[::1]:8080", "[0::1]:8080"));
+  EXPECT_TRUE(overlap("[::]:8080", "[::1]:8080"));
+  EXPECT_FALSE(overlap("127.0.0.1:8080", "127.0.0.1:8081"));
+  EXPECT_FALSE(overlap("127.0.0.1:8080", "127.0.0.2:8080"));
+  EXPECT_FALSE(overlap("127.0.0.1:8080", "[::1]:8080"));
+  EXPECT_FALSE(overlap("0.0.0.0:0", "0.0.0.0:0"));
+
+  Config c;
+  std::string error;
+  ASSERT_TRUE(parse_listen_address("0.0.0.0:9000", &c.listen, &error));
+  ASSERT_TRUE(parse_listen_address("127.0.0.1:9000", &c.admin_listen, &error));
+  EXPECT_FALSE(validate_config(c, &error));
+  EXPECT_NE(error.find("must differ"), std::string::npos) << error;
 }
 
 TEST(Config, ValidationAllowsBothListenersOnEphemeralPorts) {
