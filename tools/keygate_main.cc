@@ -27,6 +27,7 @@
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
 #include "storage/key_service_admin_store.h"
+#include "tools/read_fd.h"
 
 namespace {
 
@@ -77,25 +78,14 @@ bool read_file(const std::string& path, std::string* out, std::string* error) {
   if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) return fail("not a regular file or a pipe");
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return fail(std::strerror(errno));
-  std::string why;
-  out->clear();
-  char buf[16384];
-  for (;;) {
-    const ssize_t n = read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      why = std::strerror(errno);
-      break;
-    }
-    if (n == 0) break;
-    if (out->size() + static_cast<size_t>(n) > kConfigBytesMax) {
-      why = "larger than " + std::to_string(kConfigBytesMax >> 20) + " MiB";
-      break;
-    }
-    out->append(buf, static_cast<size_t>(n));
-  }
+  int err = 0;
+  const bool ok = keygate::tools::read_fd(fd, kConfigBytesMax, out, &err);
   close(fd);
-  return why.empty() || fail(why);
+  if (!ok) return fail(std::strerror(err));
+  if (out->size() > kConfigBytesMax) {
+    return fail("larger than " + std::to_string(kConfigBytesMax >> 20) + " MiB");
+  }
+  return true;
 }
 
 // Transparent huge pages for the heap (glibc >= 2.35: glibc.malloc.hugetlb=1). Key records are

@@ -37,6 +37,7 @@
 #include "core/json_text.h"
 #include "tools/ctl/http_client.h"
 #include "tools/ctl/table.h"
+#include "tools/read_fd.h"
 
 namespace keygate::ctl {
 namespace {
@@ -56,8 +57,6 @@ constexpr size_t kImportFileBytesMax = size_t{1} << 30;
 // keys create --key-file holds one value (the server takes up to 256 bytes); anything much
 // larger is the wrong file, and is not read whole.
 constexpr size_t kKeyFileBytesMax = 64 * 1024;
-// Files are read this much at a time.
-constexpr size_t kReadChunkBytes = 64 * 1024;
 // keys list --all: a bound on the pages followed (1000 keys each at most), far above any real
 // key count, so a server that keeps returning cursors cannot loop us forever.
 constexpr size_t kListPagesMax = 1'000'000;
@@ -856,21 +855,9 @@ bool read_all(const std::string& path, const std::string& name, size_t bytes_max
       return false;
     }
   }
-  out->clear();
-  bool ok = true;
-  while (out->size() <= bytes_max) {
-    const size_t size = out->size();
-    out->resize(size + kReadChunkBytes);
-    const ssize_t n = ::read(fd, out->data() + size, kReadChunkBytes);
-    const int read_errno = errno;
-    out->resize(size + (n > 0 ? static_cast<size_t>(n) : 0));
-    if (n == 0) break;
-    if (n < 0 && read_errno != EINTR) {
-      *error = "cannot read " + name + ": " + std::strerror(read_errno);
-      ok = false;
-      break;
-    }
-  }
+  int err = 0;
+  const bool ok = keygate::tools::read_fd(fd, bytes_max, out, &err);
+  if (!ok) *error = "cannot read " + name + ": " + std::strerror(err);
   if (fd != STDIN_FILENO) ::close(fd);
   return ok;
 }
