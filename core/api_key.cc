@@ -142,7 +142,7 @@ std::string make_key_id(std::span<const uint8_t> random) {
 }
 
 std::string make_key_hint(std::string_view value) {
-  size_t shown = value.size() >= 12 ? 6 : value.size() >= 6 ? 2 : 0;
+  const size_t shown = std::min<size_t>(6, value.size() / 4);
   std::string hint(value.substr(0, shown));
   hint += "...";
   return hint;

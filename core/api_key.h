@@ -75,8 +75,9 @@ bool generated_checksum_ok(std::string_view value) noexcept;
 std::string make_key_id(std::span<const uint8_t> random);
 
 // The display hint: the first 6 characters followed by "..." (for a generated key, "kg_" and
-// three digits). Values shorter than 12 characters show 2 characters, shorter than 6 none, so a
-// hint never shows more than half of a key. At most 9 characters.
+// three digits). Values shorter than 24 characters show a quarter of their length (rounded
+// down: 12 characters show 3, fewer than 4 none), so a hint never gives away more than a
+// quarter of a key. At most 9 characters.
 std::string make_key_hint(std::string_view value);
 
 // Bounds a record must respect to be encoded (and that decode enforces on bytes from disk).

@@ -223,24 +223,27 @@ TEST(ApiKey, KeyIdIsKPlusTwelveBase62Characters) {
 
 TEST(ApiKey, HintShowsSixCharactersOfLongValues) {
   EXPECT_EQ(make_key_hint("kg_0000000000000000000000000000000005fyq"), "kg_000...");
-  EXPECT_EQ(make_key_hint("abcdefghijkl"), "abcdef...");
+  EXPECT_EQ(make_key_hint("abcdefghijklmnopqrstuvwx"), "abcdef...");
 }
 
 TEST(ApiKey, HintShowsLittleOfShortValues) {
+  // Never more than a quarter of the value: a 12-character secret keeps 9 characters hidden.
+  EXPECT_EQ(make_key_hint("abcdefghijklmnopqrstuvw"), "abcde...");
+  EXPECT_EQ(make_key_hint("abcdefghijkl"), "abc...");
   EXPECT_EQ(make_key_hint("abcdefghijk"), "ab...");
-  EXPECT_EQ(make_key_hint("abcdef"), "ab...");
-  EXPECT_EQ(make_key_hint("abcde"), "...");
+  EXPECT_EQ(make_key_hint("abcd"), "a...");
+  EXPECT_EQ(make_key_hint("abc"), "...");
   EXPECT_EQ(make_key_hint("a"), "...");
   EXPECT_EQ(make_key_hint(""), "...");
 }
 
-TEST(ApiKey, HintIsNeverLongerThanNineCharactersNorHalfTheValue) {
+TEST(ApiKey, HintIsNeverLongerThanNineCharactersNorAQuarterOfTheValue) {
   for (size_t n = 0; n <= kKeyValueBytesMax; ++n) {
     std::string value(n, 'v');
     std::string hint = make_key_hint(value);
     EXPECT_LE(hint.size(), 9u);
     ASSERT_TRUE(hint.ends_with("..."));
-    EXPECT_LE((hint.size() - 3) * 2, n) << "length " << n;
+    EXPECT_LE((hint.size() - 3) * 4, n) << "length " << n;
   }
 }
 
