@@ -664,9 +664,10 @@ bool read_grants(dom::element v, const ApiRegistry& apis, std::vector<Grant>* ou
             return true;
           }
           if (!read_string(value, field, kRecordStringBytesMax, &text, f)) return false;
-          if (!text.empty() && (text.front() != '/' || !path_is_normalized(text))) {
-            *f =
-                invalid_value(field, "a path prefix is empty or a normalized path starting with /");
+          if (!text.empty() && !prefix_is_valid(text)) {
+            *f = invalid_value(field,
+                               "a path prefix is empty or a normalized path starting with / "
+                               "(no ; or ?)");
             return false;
           }
           grant.path_prefix = std::string(text);

@@ -22,8 +22,11 @@ bool is_unreserved(unsigned char c) noexcept {
 // A segment is checked up to its first ';' because servlet containers strip ";params" from a
 // segment before resolving it ("/..;/admin" is "/../admin" to them).
 bool segment_ok(std::string_view segment, bool last) noexcept {
-  if (segment.empty()) return last;  // "/a//b" may be merged to "/a/b" upstream
   std::string_view name = segment.substr(0, segment.find(';'));
+  // An empty segment, also one that is only ";params" ("/;x/billing" is "//billing" once the
+  // params are stripped), may be merged away upstream ("/a//b" becomes "/a/b"): it would be
+  // routed here as a different path than there.
+  if (name.empty()) return last;
   return name != "." && name != "..";
 }
 
@@ -59,15 +62,25 @@ bool route_matches(std::string_view route, std::string_view path) noexcept {
   // Each path segment counts up to its first ';': servlet containers and other frameworks
   // strip ";params" before routing, so "/v1;x/admin" and "/v1/admin;x" are "/v1/admin" to
   // them and must be to us (else they would fall back to a shorter route, e.g. "/v1").
+  // The two hex digits of a percent-escape compare in either case ("%C3" is "%c3", RFC 3986
+  // 6.2.2.1): an upstream decodes both to the same byte.
   size_t i = 0;
   size_t j = 0;
+  unsigned hex_digits_left = 0;
   while (i < route.size()) {
-    if (j < path.size() && path[j] == ';') {
+    if (hex_digits_left == 0 && j < path.size() && path[j] == ';') {
       const size_t slash = path.find('/', j);
       j = slash == std::string_view::npos ? path.size() : slash;
       continue;
     }
-    if (j >= path.size() || path[j] != route[i]) return false;
+    if (j >= path.size()) return false;
+    if (hex_digits_left > 0) {
+      if (ascii_lower(path[j]) != ascii_lower(route[i])) return false;
+      --hex_digits_left;
+    } else {
+      if (path[j] != route[i]) return false;
+      if (route[i] == '%') hex_digits_left = 2;
+    }
     ++i;
     ++j;
   }
@@ -104,11 +117,28 @@ bool path_is_normalized(std::string_view path) noexcept {
   }
 }
 
+bool prefix_is_valid(std::string_view prefix) noexcept {
+  return path_is_normalized(prefix) && prefix.find_first_of(";?") == std::string_view::npos;
+}
+
 bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error) {
   if (apis.size() > kApisMax) {
     *error = "too many apis: " + std::to_string(apis.size()) + " (at most " +
              std::to_string(kApisMax) + ")";
     return false;
+  }
+  // Escapes in one case, so "/caf%c3%a9" and "/caf%C3%A9" are seen as the same route (they
+  // match the same paths) and named in that spelling in errors.
+  for (ApiConfig& api : apis) {
+    for (std::string& route : api.routes) {
+      for (size_t i = 0; i + 2 < route.size(); ++i) {
+        if (route[i] != '%') continue;
+        for (size_t k = i + 1; k <= i + 2; ++k) {
+          if (route[k] >= 'a' && route[k] <= 'f') route[k] = static_cast<char>(route[k] - 32);
+        }
+        i += 2;
+      }
+    }
   }
   std::vector<RouteRef> refs;
   std::map<std::string_view, uint32_t> owner;  // route -> index of the api that has it
@@ -143,10 +173,10 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error) {
     }
     for (size_t r = 0; r < api.routes.size(); ++r) {
       const std::string& route = api.routes[r];
-      if (!path_is_normalized(route)) {
+      if (!prefix_is_valid(route)) {
         *error = label + ": route \"" + route +
                  "\" must be a normalized path starting with '/' (no . or .. segments, no //, "
-                 "no backslash, no encoded / \\ or unreserved characters)";
+                 "no backslash, ';' or '?', no encoded / \\ or unreserved characters)";
         return false;
       }
       auto [it, inserted] = owner.emplace(route, static_cast<uint32_t>(a));

@@ -34,7 +34,8 @@ struct ApiConfig {
 // Segment-aware prefix match: "/orders" matches "/orders", "/orders/", "/orders/7" but not
 // "/ordersX"; a route ending in '/' (including "/") matches every path that starts with it.
 // Path segments are compared up to their first ';' (";params" are stripped by many upstreams
-// before routing): "/orders;x/7" and "/orders;x" match "/orders", "/ord;x/ers" does not.
+// before routing): "/orders;x/7" and "/orders;x" match "/orders", "/ord;x/ers" does not. The
+// hex digits of a percent-escape compare in either case: "/caf%c3%a9" matches "/caf%C3%A9".
 bool route_matches(std::string_view route, std::string_view path) noexcept;
 
 // True when `path` is safe to match against prefixes: starts with '/', has no "." or ".."
@@ -46,6 +47,11 @@ bool route_matches(std::string_view route, std::string_view path) noexcept;
 // "/orders/../admin", and a path is routed here as the upstream will route it.
 bool path_is_normalized(std::string_view path) noexcept;
 
+// True when `prefix` can serve as an API route or a grant's path_prefix: a normalized path
+// (above) without ';' or '?'. A request path is cut at '?' and its ";params" are skipped when
+// matching, so a prefix holding either could never match anything.
+bool prefix_is_valid(std::string_view prefix) noexcept;
+
 constexpr size_t kApisMax = 256;
 constexpr size_t kApiRoutesMax = 64;  // per API
 constexpr size_t kApiUpstreamsMax = 64;  // per API
@@ -54,8 +60,8 @@ class ApiRegistry {
  public:
   // Validates and indexes. Fails (false, one line in `error`, registry unchanged) on: empty or
   // duplicate names, the reserved name "admin", names that are not [A-Za-z0-9_.-]{1,64}, an
-  // API without routes or with more than kApiRoutesMax, a route that is not a normalized path
-  // (see path_is_normalized; so it starts with '/'), the same route twice (in one API or two),
+  // API without routes or with more than kApiRoutesMax, a route that is not a valid prefix
+  // (see prefix_is_valid; so it starts with '/'), the same route twice (in one API or two),
   // more than kApisMax APIs.
   bool init(std::vector<ApiConfig> apis, std::string* error);
 

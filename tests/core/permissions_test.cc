@@ -53,6 +53,16 @@ TEST(RouteMatches, SegmentParamsAreIgnoredLikeUpstreamsDo) {
   EXPECT_FALSE(route_matches("/v1/admin", "/v1;x"));
 }
 
+// An upstream decodes "%c3" and "%C3" to the same byte, so they route alike: were the case
+// compared, "/caf%c3%a9" would fall back to a shorter route (another API) and reach "/caf%C3%A9".
+TEST(RouteMatches, EscapeHexDigitsMatchInEitherCase) {
+  EXPECT_TRUE(route_matches("/caf%C3%A9", "/caf%c3%a9"));
+  EXPECT_TRUE(route_matches("/caf%C3%A9", "/caf%C3%a9/menu"));
+  EXPECT_TRUE(route_matches("/caf%c3%a9", "/caf%C3%A9;x/menu"));
+  EXPECT_FALSE(route_matches("/caf%C3%A9", "/caf%C3%A8"));
+  EXPECT_FALSE(route_matches("/CAFE", "/cafe"));  // only the escape's digits, not the path
+}
+
 TEST(RouteMatches, EmptyRouteMatchesNothing) {
   EXPECT_FALSE(route_matches("", "/"));
   EXPECT_FALSE(route_matches("", ""));
@@ -104,6 +114,24 @@ TEST(PathIsNormalized, RejectsAFragment) {
 TEST(PathIsNormalized, RejectsBackslashEmptyRelativeAndDoubleSlash) {
   for (std::string_view path : {"\\", "/a\\b", "", "orders", "*", "//", "/a//b", "//admin"}) {
     EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
+}
+
+// A segment that is only ";params" is an empty segment once an upstream strips the params:
+// "/;x/billing" is "//billing", merged to "/billing" there, while here it would be routed by
+// its first segment (to "/", another API).
+TEST(PathIsNormalized, RejectsASegmentThatIsOnlyParams) {
+  for (std::string_view path : {"/;x/billing", "/;/billing", "/v1/;x/admin", "/a/;/b"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+  }
+  EXPECT_TRUE(path_is_normalized("/a/;x"));  // a trailing one is a trailing '/' upstream
+}
+
+TEST(PrefixIsValid, RejectsParamsAndQueriesThatCouldNeverMatch) {
+  EXPECT_TRUE(prefix_is_valid("/orders"));
+  EXPECT_TRUE(prefix_is_valid("/caf%C3%A9/"));
+  for (std::string_view prefix : {"/v1;x", "/orders?x=1", "/a;b/c", "/a/../b", "orders"}) {
+    EXPECT_FALSE(prefix_is_valid(prefix)) << prefix;
   }
 }
 
@@ -204,7 +232,8 @@ TEST(ApiRegistry, RejectsApisWithoutRoutesOrWithTooMany) {
 
 TEST(ApiRegistry, RejectsRoutesThatAreNotNormalizedPaths) {
   for (std::string route :
-       std::vector<std::string>{"orders", "", "/a/../b", "/a//b", "/a\\b", "/%2e"}) {
+       std::vector<std::string>{"orders", "", "/a/../b", "/a//b", "/a\\b", "/%2e", "/v1;x",
+                                "/orders?x"}) {
     EXPECT_NE(init_error({{"orders", {route}}}).find("must be a normalized path"),
               std::string::npos)
         << route;
@@ -216,6 +245,20 @@ TEST(ApiRegistry, RejectsTheSameRouteTwice) {
             "api \"legacy\": route \"/orders\" is already used by api \"orders\"");
   EXPECT_EQ(init_error({{"orders", {"/orders", "/orders"}}}),
             "api \"orders\": route \"/orders\" is already used by api \"orders\"");
+  // The same route in another case of its escapes (they match the same paths).
+  EXPECT_EQ(init_error({{"cafe", {"/caf%C3%A9"}}, {"cafe2", {"/caf%c3%a9"}}}),
+            "api \"cafe2\": route \"/caf%C3%A9\" is already used by api \"cafe\"");
+}
+
+TEST(ApiRegistry, EscapesInAnyCaseReachTheLongerRoute) {
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init({{"root", {"/"}}, {"cafe", {"/caf%c3%a9"}}}, &error)) << error;
+  for (std::string_view path : {"/caf%C3%A9", "/caf%c3%a9", "/caf%c3%A9/x"}) {
+    const ApiConfig* api = registry.match(path);
+    ASSERT_NE(api, nullptr) << path;
+    EXPECT_EQ(api->name, "cafe") << path;
+  }
 }
 
 TEST(ApiRegistry, AcceptsAtMost256Apis) {
