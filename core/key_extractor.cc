@@ -81,13 +81,60 @@ enum class MemberName : uint8_t { kOther, kKey, kEscaped };
 // unescaping it: most names differ in their first byte, and only a name with a backslash
 // before the first difference could still unescape to "API_Key". Stage 1 guarantees the name
 // is closed by an unescaped quote, so the walk stays inside it.
+// True when the rest of a raw JSON string (up to its closing quote) holds an escape. The
+// first backslash answers, so an escaped quote never needs telling from the closing one.
+bool raw_string_has_escape(const char* raw) noexcept {
+  for (size_t i = 0;; ++i) {
+    if (raw[i] == '\\') return true;
+    if (raw[i] == '"') return false;
+  }
+}
+
+// kEscaped for every name with an escape, also one that is plainly not API_Key: its escapes
+// must be checked (a body with an invalid escape anywhere does not parse).
 MemberName classify_member_name(const char* raw) noexcept {
   for (size_t i = 0;; ++i) {
     const char c = raw[i];
     if (c == '\\') return MemberName::kEscaped;
-    if (i == kMemberName.size()) return c == '"' ? MemberName::kKey : MemberName::kOther;
-    if (c != kMemberName[i]) return MemberName::kOther;
+    if (i == kMemberName.size()) {
+      if (c == '"') return MemberName::kKey;
+      return raw_string_has_escape(raw + i) ? MemberName::kEscaped : MemberName::kOther;
+    }
+    if (c != kMemberName[i]) {
+      return raw_string_has_escape(raw + i) ? MemberName::kEscaped : MemberName::kOther;
+    }
   }
+}
+
+// The JSON number grammar (RFC 8259 section 6) over a raw token, trailing whitespace allowed:
+// checked by hand because converting may fail on a well-formed number (1e999, or an integer
+// beyond 64 bits) that is an invalid key, not an unparsable body.
+bool is_json_number(std::string_view token) noexcept {
+  size_t i = 0;
+  const auto digits = [&]() noexcept {
+    const size_t start = i;
+    while (i < token.size() && token[i] >= '0' && token[i] <= '9') ++i;
+    return i > start;
+  };
+  if (i < token.size() && token[i] == '-') ++i;
+  if (i < token.size() && token[i] == '0') {
+    ++i;
+  } else if (!digits()) {
+    return false;
+  }
+  if (i < token.size() && token[i] == '.') {
+    ++i;
+    if (!digits()) return false;
+  }
+  if (i < token.size() && (token[i] == 'e' || token[i] == 'E')) {
+    ++i;
+    if (i < token.size() && (token[i] == '+' || token[i] == '-')) ++i;
+    if (!digits()) return false;
+  }
+  for (; i < token.size(); ++i) {
+    if (token[i] != ' ' && token[i] != '\t' && token[i] != '\n' && token[i] != '\r') return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -283,20 +330,26 @@ ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_
     if (value.type().get(type) != simdjson::SUCCESS) return kInvalidBody;
     if (!is_key) {
       if (type == ondemand::json_type::string) {
-        ondemand::raw_json_string ignored;
-        if (value.get_raw_json_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+        // A string with escapes is unescaped (into the parser's reused buffer) only to check
+        // them: an invalid one ("\q", "\uZZZZ", a lone surrogate) means the body does not parse.
+        const std::string_view token = value.raw_json_token();
+        if (std::memchr(token.data(), '\\', token.size()) != nullptr) {
+          std::string_view ignored;
+          if (value.get_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+        } else {
+          ondemand::raw_json_string ignored;
+          if (value.get_raw_json_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+        }
       }
       continue;
     }
     switch (type) {
       case ondemand::json_type::string:
         break;
-      case ondemand::json_type::number: {
-        ondemand::number number;
-        if (value.get_number().get(number) != simdjson::SUCCESS) return kInvalidBody;
+      case ondemand::json_type::number:
+        if (!is_json_number(value.raw_json_token())) return kInvalidBody;
         collector.mark_invalid();
         continue;
-      }
       case ondemand::json_type::boolean: {
         bool b = false;
         if (value.get_bool().get(b) != simdjson::SUCCESS) return kInvalidBody;

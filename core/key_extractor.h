@@ -104,10 +104,11 @@ class KeyExtractor {
   // The result is the same either way. Does not allocate.
   //
   // JSON bodies are walked with simdjson On-Demand over the root object's members only: the
-  // values of other members are skipped, not parsed, so a malformed scalar or a mismatched
-  // bracket kind inside them ({"x":[1}, ...}) goes unnoticed. Everything else (UTF-8, strings
-  // and their escapes, the root object's structure, trailing content, the API_Key values)
-  // is checked.
+  // non-string values of other members (and an API_Key that is an object or an array) are
+  // skipped, not parsed, so a malformed scalar or a mismatched bracket kind inside them
+  // ({"x":[1}, ...}) goes unnoticed. Everything else (UTF-8, every root member's name and
+  // string value with its escapes, the root object's structure, trailing content, the API_Key
+  // values, numbers by their grammar) is checked: a failure is kInvalidBody.
   ExtractResult extract(const HttpRequest& request, size_t readable_padding = 0) noexcept;
 
   // True when request's body would be searched for a key (rule 3 or 4) if the header and the

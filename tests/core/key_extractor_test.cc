@@ -253,6 +253,31 @@ TEST(KeyExtractor, RejectsNonStringJsonKeyAsInvalidKey) {
   EXPECT_EQ(extract(post(kJson, R"({"API_Key":null})")), kInvalidKey);
   EXPECT_EQ(extract(post(kJson, R"({"API_Key":["abc"]})")), kInvalidKey);
   EXPECT_EQ(extract(post(kJson, R"({"API_Key":{"k":"abc"}})")), kInvalidKey);
+  // Well-formed numbers that do not convert (beyond double, beyond 64 bits) are numbers too.
+  EXPECT_EQ(extract(post(kJson, R"({"API_Key":1e999})")), kInvalidKey);
+  EXPECT_EQ(extract(post(kJson, R"({"API_Key":123456789012345678901234567890})")), kInvalidKey);
+  EXPECT_EQ(extract(post(kJson, R"({"API_Key":-0.5E+3 })")), kInvalidKey);
+}
+
+TEST(KeyExtractor, RejectsMalformedNumberJsonKeyAsInvalidBody) {
+  for (const char* body : {R"({"API_Key":01})", R"({"API_Key":1.})", R"({"API_Key":1e})",
+                           R"({"API_Key":-})", R"({"API_Key":1x})", R"({"API_Key":.5})"}) {
+    EXPECT_EQ(extract(post(kJson, body)), kInvalidBody) << body;
+  }
+}
+
+// Escapes are checked in every member, not only in API_Key: a body with an invalid one does
+// not parse, wherever it is.
+TEST(KeyExtractor, RejectsInvalidEscapesInOtherMembersAsInvalidBody) {
+  for (const char* body :
+       {R"({"a":"\q","API_Key":"abc"})", R"({"a\q":1,"API_Key":"abc"})",
+        R"({"a":"\uZZZZ","API_Key":"abc"})", R"({"a":"\ud800","API_Key":"abc"})",
+        R"({"API_Key":"abc","API_Kex\q":1})", R"({"API_Key":"abc","b":"\x"})"}) {
+    EXPECT_EQ(extract(post(kJson, body)), kInvalidBody) << body;
+  }
+  // Valid escapes elsewhere are fine.
+  EXPECT_EQ(extract(post(kJson, R"({"a\n":"\u00e9\"\\","API_Key":"abc"})")).outcome,
+            KeyOutcome::kFound);
 }
 
 TEST(KeyExtractor, RejectsTruncatedJsonAsInvalidBody) {
