@@ -610,7 +610,7 @@ size_t AccessRecordWriter::match_length(std::string_view text, size_t at,
   if (j == key.size())
     return j;
   if (j == avail)
-    return 0;
+    return cut_prefix_counts(j, key.size()) ? j : 0;
 
   // The text offsets (from `at`) reachable after decoding each further key
   // byte: an NFA run, since a byte like '%' or '\\' can be read raw or as the
@@ -623,6 +623,11 @@ size_t AccessRecordWriter::match_length(std::string_view text, size_t at,
   states_.push_back(static_cast<uint32_t>(j));
   for (size_t k = j; k < key.size(); ++k) {
     const char kc = key[k];
+    if (cut_prefix_counts(k, key.size()) &&
+        std::find(states_.begin(), states_.end(), static_cast<uint32_t>(avail)) !=
+            states_.end()) {
+      return avail;  // the text was cut right after k of the key's bytes
+    }
     next_states_.clear();
     charge(states_.size());
     if (*budget == 0)
@@ -791,16 +796,22 @@ bool AccessRecordWriter::body_is_clean(std::string_view text) noexcept {
 }
 
 void AccessRecordWriter::append_redacted(std::string_view text, Text kind,
-                                         std::string_view content_type,
+                                         std::string_view content_type, bool cut,
                                          RecordOut &out) noexcept {
   // The common body: nothing any rule would redact, found in one pass that tries the same
   // positions as the rules' own scans. Form bodies and the admin listener have further rules
   // (add_structural), which this pass does not cover.
-  if (kind == Text::kBody && !admin_listener() && !is_form_body(content_type) &&
+  if (kind == Text::kBody && !cut && !admin_listener() && !is_form_body(content_type) &&
       body_is_clean(text)) {
     append_escaped(text, out);
     return;
   }
+  // match_length reads it; cleared on every way out (by the guard).
+  text_cut_ = cut;
+  struct ClearCut {
+    bool &flag;
+    ~ClearCut() { flag = false; }
+  } clear_cut{text_cut_};
   ranges_.clear();
   add_structural(text, kind, content_type);
   add_value_matches(text);
@@ -873,9 +884,9 @@ void AccessRecordWriter::append_to(const AccessRecord &r,
   };
   const auto message = [&](const CapturedMessage &m, Text head_kind) {
     out.append("{\"head\":");
-    append_redacted(m.head, head_kind, {}, out);
+    append_redacted(m.head, head_kind, {}, false, out);
     out.append(",\"body\":");
-    append_redacted(m.body, Text::kBody, m.content_type, out);
+    append_redacted(m.body, Text::kBody, m.content_type, m.body_truncated, out);
     out.append(",\"body_truncated\":");
     out.append(m.body_truncated ? "true" : "false");
     out.push_back('}');
@@ -903,9 +914,9 @@ void AccessRecordWriter::append_to(const AccessRecord &r,
   out.append(",\"api\":");
   string_or_null(r.api);
   out.append(",\"method\":");
-  append_redacted(r.method, Text::kPlain, {}, out);
+  append_redacted(r.method, Text::kPlain, {}, false, out);
   out.append(",\"path\":");
-  append_redacted(r.target, Text::kTarget, {}, out);
+  append_redacted(r.target, Text::kTarget, {}, false, out);
   out.append(",\"status\":");
   append_signed(out, r.status);
   out.append(",\"bytes_in\":");

@@ -144,8 +144,11 @@ private:
   };
 
   void append_to(const AccessRecord &r, detail::RecordOut &out) noexcept;
+  // `cut`: the text was cut short (a captured body marked truncated), so a key may end past
+  // it: a run at its end that decodes to the key's first kCutKeyBytesMin or more bytes is
+  // redacted too (a 36-character prefix of a generated key holds all its randomness).
   void append_redacted(std::string_view text, Text kind,
-                       std::string_view content_type,
+                       std::string_view content_type, bool cut,
                        detail::RecordOut &out) noexcept;
   void add_structural(std::string_view text, Text kind,
                       std::string_view content_type) noexcept;
@@ -159,14 +162,23 @@ private:
   bool body_is_clean(std::string_view text) noexcept;
   bool admin_listener() const noexcept { return record_->listener == "admin"; }
   // Length of the longest run at text[at] that decodes to `key`, or 0. Spends
-  // matcher steps from *budget; returns 0 with *budget == 0 when it runs out.
+  // matcher steps from *budget; returns 0 with *budget == 0 when it runs out. While
+  // text_cut_, a run that reaches the text's end after decoding at least
+  // kCutKeyBytesMin of the key's first bytes counts too (its length is returned).
   size_t match_length(std::string_view text, size_t at, std::string_view key,
                       size_t *budget) noexcept;
+  // Fewer of a key's first bytes than this at the end of a cut text are kept: no more
+  // than its display hint shows, and a shorter rule would redact stray bytes.
+  static constexpr size_t kCutKeyBytesMin = 4;
+  bool cut_prefix_counts(size_t key_bytes, size_t key_size) const noexcept {
+    return text_cut_ && key_bytes >= kCutKeyBytesMin && key_bytes < key_size;
+  }
   // Replaces ranges_ (sorted and merged here) in `text` by markers into `out`,
   // noting each marker's span in marker_spans_.
   void apply_ranges(std::string_view text, std::string &out) noexcept;
 
   const AccessRecord *record_ = nullptr;
+  bool text_cut_ = false; // the text being redacted was cut short (see append_redacted)
   std::string key_marker_; // "[redacted:<key_id>]" (or "[redacted]") for the
                            // current record
   std::vector<Range> ranges_;

@@ -568,6 +568,37 @@ TEST(AccessRecordRedaction, NearMissesOfTheKeySurvive) {
   EXPECT_EQ(field(out, "request", "body"), near);
 }
 
+// A body cut at the capture limit may end inside a key: every prefix of four or more of its
+// bytes, in any encoding, is redacted to the end (the first 36 characters of a generated key
+// hold all its randomness). Bodies that were not cut keep such a tail (a near miss).
+TEST(AccessRecordRedaction, KeyPrefixAtTheCutOfATruncatedBodyIsRedacted) {
+  Writer w;
+  w.values = {kKey};
+  const std::string k(kKey);
+  for (size_t n = 4; n < k.size(); ++n) {
+    const std::string prefix = k.substr(0, n);
+    for (const std::string& tail : {prefix, pct_all(prefix), json_all(prefix)}) {
+      const std::string body = "pad pad " + tail;
+      const std::string out = w.with_request(head_with(""), body, "text/plain", true);
+      EXPECT_EQ(field(out, "request", "body"), "pad pad [redacted:k_abc]") << tail;
+      const std::string kept = w.with_request(head_with(""), body, "text/plain", false);
+      EXPECT_EQ(field(kept, "request", "body"), body) << tail;
+    }
+  }
+  // Three bytes (less than the display hint shows) and a tail that is not the key's start
+  // are kept, as is a key prefix that does not run to the cut.
+  for (const std::string& body : {"pad " + k.substr(0, 3), "pad " + k.substr(1, 10),
+                                   "pad " + k.substr(0, 10) + " more"}) {
+    EXPECT_EQ(field(w.with_request(head_with(""), body, "text/plain", true), "request", "body"),
+              body);
+  }
+  // Also in a JSON body (its fast path) and with a whole key before the cut.
+  const std::string json = "{\"note\":\"" + k + "\",\"x\":\"" + k.substr(0, 20);
+  EXPECT_EQ(field(w.with_request(head_with(""), json, "application/json", true), "request",
+                  "body"),
+            "{\"note\":\"[redacted:k_abc]\",\"x\":\"[redacted:k_abc]");
+}
+
 TEST(AccessRecordRedaction, RedactionCannotJoinNeighboursIntoAKey) {
   Writer w;
   // Redacting "abc" would leave exactly the second value; the rescan catches
