@@ -1,6 +1,7 @@
 #include "core/admin_handler.h"
 
 #include "core/assert.h"
+#include "core/console_assets.h"
 
 namespace keygate {
 namespace {
@@ -25,11 +26,39 @@ bool AdminHandler::answered_without_key(const HttpRequest& request, ResponseWrit
     builtin_.handle(request, response, ctx);
     return true;
   }
+  // The console's files need no key either: the page asks the operator for one.
+  if (is_console_path(request.path)) {
+    write_console(request, response);
+    return true;
+  }
   if (!is_admin_route(request.path)) {
     write_error(response, 404, "not_found", "no such route", false);
     return true;
   }
   return false;
+}
+
+void AdminHandler::write_console(const HttpRequest& request, ResponseWriter& response) noexcept {
+  const ConsoleAsset* asset = find_console_asset(request.path);
+  if (asset == nullptr) {
+    write_error(response, 404, "not_found", "no such route", false);
+    return;
+  }
+  if (request.method != "GET" && request.method != "HEAD") {
+    response.start(405);
+    response.header("Cache-Control", "no-store");
+    response.header("Allow", "GET, HEAD");
+    response.finish_error("method_not_allowed", "use GET or HEAD", /*field_null=*/true);
+    return;
+  }
+  response.start(200);
+  // no-store as for every admin answer: an old console must not outlive an upgrade of the API
+  // it calls.
+  response.header("Cache-Control", "no-store");
+  response.header("Content-Security-Policy", kConsoleContentSecurityPolicy);
+  response.header("X-Content-Type-Options", "nosniff");
+  response.header("Referrer-Policy", "no-referrer");
+  response.finish(asset->content_type, asset->body);
 }
 
 Handler::Result AdminHandler::fetch_key(const KeyDigest& digest, State::Phase phase,

@@ -7,6 +7,9 @@
 //
 // Order of checks for a request on the admin port:
 //   GET/HEAD /healthz -> 200 "ok" (no key needed; other methods 405);
+//   GET/HEAD /console and its files (console_assets.h) -> 200 with the console's security
+//     headers (no key needed: they hold no secrets); other methods 405 (Allow: GET, HEAD), an
+//     unknown /console/... 404 not_found;
 //   a path outside /admin, or one is_admin_route() does not know -> 404 not_found, before any
 //     key work;
 //   (a request with a body: the same key checks at its head first, see handle_head())
@@ -96,10 +99,12 @@ class AdminHandler final : public Handler {
     KeyDigest key_digest{};  // of the value presented, checked again by the backend
   };
 
-  // /healthz (no key needed) and paths that name no admin route (404 before any key work):
-  // true when answered.
+  // /healthz and the console (no key needed) and paths that name no admin route (404 before
+  // any key work): true when answered.
   bool answered_without_key(const HttpRequest& request, ResponseWriter& response,
                             RequestContext& ctx) noexcept;
+  // A path under /console: the embedded file, 404 or 405.
+  void write_console(const HttpRequest& request, ResponseWriter& response) noexcept;
   // Starts fetching the key the cache does not hold; the request resumes in `phase`.
   Result fetch_key(const KeyDigest& digest, State::Phase phase, RequestContext& ctx) noexcept;
   // For a capturing admin key: tells the access log the key's value (see AccessNote).

@@ -8,6 +8,7 @@
 
 #include "core/admin_api.h"
 #include "core/api_key.h"
+#include "core/console_assets.h"
 #include "core/handler.h"
 #include "core/response_writer.h"
 #include "tests/core/handler_test_support.h"
@@ -116,6 +117,61 @@ TEST_F(AdminHandlerTest, PathsThatAreNoAdminRouteAre404BeforeAnyKeyWork) {
   }
   EXPECT_EQ(directory_.find_key_calls, 0);
   EXPECT_EQ(ctx_.defer_calls, 0);
+}
+
+// The literal values, not the constants, so a change to a header shows up here.
+constexpr std::string_view kConsoleCsp =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+
+TEST_F(AdminHandlerTest, TheConsoleIsServedWithoutAKeyUnderItsSecurityHeaders) {
+  ASSERT_FALSE(console_assets().empty());
+  for (const ConsoleAsset& asset : console_assets()) {
+    for (const char* method : {"GET", "HEAD"}) {
+      SCOPED_TRACE(std::string(method) + " " + std::string(asset.path));
+      TestRequest request(method, std::string(asset.path));
+      const Response r = answer(request);
+      EXPECT_EQ(r.status, 200);
+      EXPECT_EQ(r.header("Content-Type"), asset.content_type);
+      EXPECT_EQ(r.header("Content-Length"), std::to_string(asset.body.size()));
+      EXPECT_EQ(r.body, std::string_view(method) == "HEAD" ? "" : asset.body);
+      EXPECT_EQ(r.header("Content-Security-Policy"), kConsoleCsp);
+      EXPECT_EQ(r.header("X-Content-Type-Options"), "nosniff");
+      EXPECT_EQ(r.header("Referrer-Policy"), "no-referrer");
+      EXPECT_EQ(r.header("Cache-Control"), "no-store");
+      EXPECT_FALSE(r.has_header("WWW-Authenticate"));
+    }
+  }
+  // With a key too (a browser sends none, but it changes nothing).
+  TestRequest with_key("GET", "/console?x=1");
+  with_key.api_key("never-issued-key");
+  EXPECT_EQ(answer(with_key).status, 200);
+  EXPECT_EQ(directory_.find_key_calls, 0);
+  EXPECT_EQ(ctx_.defer_calls, 0);
+  EXPECT_TRUE(backend_.submissions.empty());
+}
+
+TEST_F(AdminHandlerTest, OtherMethodsOnTheConsoleAre405AndUnknownFilesThere404) {
+  for (const char* method : {"POST", "PUT", "DELETE", "PATCH", "OPTIONS"}) {
+    TestRequest request(method, "/console/app.js");
+    const Response r = answer(request);
+    EXPECT_EQ(r.status, 405) << method;
+    EXPECT_EQ(r.header("Allow"), "GET, HEAD") << method;
+    EXPECT_EQ(r.header("Cache-Control"), "no-store") << method;
+    EXPECT_EQ(
+        r.body,
+        "{\"error\":\"method_not_allowed\",\"field\":null,\"message\":\"use GET or HEAD\"}\n");
+  }
+  for (const char* path : {"/console/", "/console/nope", "/console/app.js/x", "/console//app.js",
+                           "/console/index.html"}) {
+    TestRequest request("GET", path);
+    const Response r = answer(request);
+    EXPECT_EQ(r.status, 404) << path;
+    EXPECT_EQ(r.body, "{\"error\":\"not_found\",\"field\":null,\"message\":\"no such route\"}\n")
+        << path;
+    EXPECT_FALSE(r.has_header("Content-Security-Policy")) << path;
+  }
+  EXPECT_EQ(directory_.find_key_calls, 0);
 }
 
 TEST_F(AdminHandlerTest, NoKeyOrAnUnknownKeyIs401WithAChallenge) {
@@ -329,6 +385,19 @@ TEST_F(AdminHandlerHead, HealthzIsAnsweredAtTheHead) {
   ASSERT_EQ(head(false, post, &r), Handler::Result::kDone);
   EXPECT_EQ(r.status, 405);
   TestRequest get("GET", "/healthz");
+  ASSERT_EQ(head(false, get, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(directory_.find_key_calls, 0);
+}
+
+// Like /healthz: a request with a body to the console is answered at its head, body unread.
+TEST_F(AdminHandlerHead, TheConsoleIsAnsweredAtTheHead) {
+  TestRequest post("POST", "/console");
+  post.body("application/json", "{}");
+  Response r;
+  ASSERT_EQ(head(false, post, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 405);
+  TestRequest get("GET", "/console/app.css");
   ASSERT_EQ(head(false, get, &r), Handler::Result::kDone);
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(directory_.find_key_calls, 0);

@@ -23,6 +23,7 @@
 #include <array>
 #include <cstdint>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -32,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/console_assets.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -61,8 +63,16 @@ constexpr std::array<Route, 15> kServerRoutes = {{
     {"GET", "/admin/logs"},
     {"GET", "/admin/stats"},
 }};
-// Served on the admin port besides the admin API (core/builtin_handler.cc).
-constexpr std::array<Route, 2> kBuiltinRoutes = {{{"GET", "/healthz"}, {"HEAD", "/healthz"}}};
+// Served on the admin port besides the admin API: /healthz (core/builtin_handler.cc) and every
+// file of the web console (core/console_assets.h), each with GET and HEAD.
+std::vector<Route> builtin_routes() {
+  std::vector<Route> routes = {{"GET", "/healthz"}, {"HEAD", "/healthz"}};
+  for (const ConsoleAsset& asset : console_assets()) {
+    routes.push_back({"GET", asset.path});
+    routes.push_back({"HEAD", asset.path});
+  }
+  return routes;
+}
 
 // Values for path templates: well-formed, and naming nothing that exists.
 constexpr std::array<std::pair<std::string_view, std::string_view>, 2> kPlaceholders = {{
@@ -318,15 +328,98 @@ TEST(OpenApiDocument, EveryRouteOfTheServerIsDocumentedAndNothingElse) {
     EXPECT_TRUE(documented(ops, r.method, r.path))
         << r.method << " " << r.path << " is routed by core/admin_api.cc but not documented";
   }
-  for (const Route& r : kBuiltinRoutes) {
+  const std::vector<Route> builtin = builtin_routes();
+  for (const Route& r : builtin) {
     EXPECT_TRUE(documented(ops, r.method, r.path)) << r.method << " " << r.path;
   }
   for (const DocOperation& o : ops) {
     const auto same = [&](const Route& r) { return r.method == o.method && r.path == o.path; };
     EXPECT_TRUE(std::any_of(kServerRoutes.begin(), kServerRoutes.end(), same) ||
-                std::any_of(kBuiltinRoutes.begin(), kBuiltinRoutes.end(), same))
+                std::any_of(builtin.begin(), builtin.end(), same))
         << o.method << " " << o.path << " (docs/openapi.yaml:" << o.line
         << ") is documented but not in kServerRoutes";
+  }
+}
+
+bool is_identifier_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+// The web console (core/console/app.js, as embedded in the binary) calls the admin API only
+// through its ROUTES table (`name: '/admin/...'`) and api('METHOD', 'name', ...) calls with
+// literal arguments. Every path of the table and every (method, path) of a call must be
+// documented, so the console cannot drift from the API: a renamed route or a method the API
+// does not serve fails here, not in an operator's browser. An admin path spelled anywhere else
+// in the script (a template string, a concatenation) or a call this reading cannot resolve fails
+// too.
+TEST(OpenApiDocument, EveryAdminCallOfTheConsoleIsDocumented) {
+  const std::vector<DocOperation> ops = load_operations();
+  ASSERT_FALSE(ops.empty());
+  const ConsoleAsset* asset = find_console_asset("/console/app.js");
+  ASSERT_NE(asset, nullptr);
+  const std::string script(asset->body);
+
+  // ROUTES: lines `  name: '/admin/...',`.
+  std::map<std::string, std::string> routes;  // ROUTES name -> documented path
+  for (size_t at = script.find("\n  "); at != std::string::npos; at = script.find("\n  ", at + 1)) {
+    const size_t name_begin = at + 3;
+    size_t name_end = name_begin;
+    while (name_end < script.size() && is_identifier_char(script[name_end])) ++name_end;
+    if (name_end == name_begin || script.compare(name_end, 4, ": '/") != 0) continue;
+    const size_t path_begin = name_end + 3;
+    const size_t path_end = script.find("',", path_begin);
+    ASSERT_NE(path_end, std::string::npos);
+    const std::string name = script.substr(name_begin, name_end - name_begin);
+    const std::string path = script.substr(path_begin, path_end - path_begin);
+    EXPECT_TRUE(routes.emplace(name, path).second) << "ROUTES names " << name << " twice";
+    EXPECT_TRUE(
+        std::any_of(ops.begin(), ops.end(), [&](const DocOperation& o) { return o.path == path; }))
+        << "the console's route " << name << " = " << path << " is not in docs/openapi.yaml";
+  }
+  ASSERT_GE(routes.size(), 8u) << "the ROUTES table of app.js was not found";
+  EXPECT_EQ(count_of(script, "/admin"), routes.size())
+      << "app.js spells an admin path outside its ROUTES table";
+
+  // Calls: every `api(` with arguments is the function's definition or api('METHOD', 'name'
+  // (comments say "api()").
+  std::set<std::string> used;
+  size_t calls = 0;
+  for (size_t at = script.find("api("); at != std::string::npos; at = script.find("api(", at + 1)) {
+    if ((at > 0 && is_identifier_char(script[at - 1])) || script.compare(at, 5, "api()") == 0) {
+      continue;
+    }
+    if (script.compare(at, 11, "api(method,") == 0) continue;  // the definition
+    const size_t method_begin = at + 5;
+    size_t method_end = method_begin;
+    while (method_end < script.size() && script[method_end] >= 'A' && script[method_end] <= 'Z') {
+      ++method_end;
+    }
+    const size_t name_begin = method_end + 4;
+    size_t name_end = name_begin;
+    while (name_end < script.size() && is_identifier_char(script[name_end])) ++name_end;
+    if (script.compare(at, 5, "api('") != 0 || method_end == method_begin ||
+        script.compare(method_end, 4, "', '") != 0 || name_end == name_begin ||
+        script.compare(name_end, 1, "'") != 0) {
+      ADD_FAILURE() << "an api() call whose method or route is not a literal: "
+                    << script.substr(at, 40);
+      continue;
+    }
+    ++calls;
+    const std::string method = script.substr(method_begin, method_end - method_begin);
+    const std::string name = script.substr(name_begin, name_end - name_begin);
+    const auto route = routes.find(name);
+    if (route == routes.end()) {
+      ADD_FAILURE() << "app.js calls api() with '" << name << "', which ROUTES lacks";
+      continue;
+    }
+    used.insert(name);
+    EXPECT_TRUE(documented(ops, method, route->second))
+        << "app.js calls " << method << " " << route->second
+        << ", which docs/openapi.yaml does not document";
+  }
+  EXPECT_GE(calls, 12u);
+  for (const auto& [name, path] : routes) {
+    EXPECT_EQ(used.count(name), 1u) << "ROUTES has " << name << ", which no call uses";
   }
 }
 
