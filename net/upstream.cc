@@ -305,21 +305,24 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
 
   // A pooled connection to the next healthy server, else a new one (connected below).
   UpstreamGroup& g = groups[target.api_index];
+  const auto n = static_cast<uint32_t>(g.servers.size());
   UpConn* up = nullptr;
-  for (size_t i = 0; i < g.servers.size() && up == nullptr; ++i) {
-    const uint32_t s = g.servers[(g.next + i) % g.servers.size()];
-    UpstreamServer& server = servers[s];
+  uint32_t first = g.next;
+  for (uint32_t i = 0; i < n && up == nullptr; ++i) {
+    const uint32_t at = (g.next + i) % n;
+    UpstreamServer& server = servers[g.servers[at]];
     if (server.down_until_ms > now_ms || server.idle.empty()) continue;
     up = server.idle.back();
     server.idle.pop_back();
-    g.next = static_cast<uint32_t>((g.next + i + 1) % g.servers.size());
+    first = at;
     up->state = UpConn::State::kBusy;
     up->reused = true;
   }
+  g.next = (first + 1) % n;
   if (up == nullptr) up = new_upconn();
   up->replayable = up->reused && !stream_body && is_idempotent_method(request.method);
   up->fill.clear();
-  begin_exchange(up, c, target.api_index, request.is_head(), !stream_body);
+  begin_exchange(up, c, target.api_index, first, request.is_head(), !stream_body);
   c->proxying = true;
   c->streaming = stream_body;
 
@@ -368,10 +371,11 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
 }
 
 // Makes `up` serve `c`'s request (its bytes go to up->fill): fresh response parsing state.
-void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, bool head_request,
-                                  bool request_complete) {
+void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uint32_t first,
+                                  bool head_request, bool request_complete) {
   up->client = c;
   up->group = group;
+  up->first = first;
   up->attempts = up->attempts_failed = 0;
   up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
@@ -418,7 +422,8 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
   // The whole request as it was sent (copied: a send may still be reading `sending`).
   next->fill.assign(up->sending.data(), up->sending.size());
   next->fill.append(up->fill);
-  begin_exchange(next, c, up->group, up->head_request, true);
+  // The same server first: it closed an idle connection, it did not fail.
+  begin_exchange(next, c, up->group, up->first, up->head_request, true);
   up->client = nullptr;
   close_up(up);
   bump(stats.upstream_retries);
@@ -426,14 +431,13 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
   return true;
 }
 
-// Starts a connection to the group's next server not yet tried and not down. False when the
-// request was answered instead (502/503).
+// Starts a connection to the next server this request has not tried yet (walking the group
+// from up->first) that is not down. False when the request was answered instead (502/503).
 bool Worker::Impl::connect_next(UpConn* up) {
   UpstreamGroup& g = groups[up->group];
   const size_t n = g.servers.size();
   while (up->attempts < n) {
-    const uint32_t s = g.servers[g.next % n];
-    g.next = static_cast<uint32_t>((g.next + 1) % n);
+    const uint32_t s = g.servers[(up->first + up->attempts) % n];
     ++up->attempts;
     UpstreamServer& server = servers[s];
     if (server.down_until_ms > now_ms) continue;

@@ -202,6 +202,10 @@ struct UpConn {
   State state = State::kFree;
   Connection* client = nullptr;  // the request it serves (kConnecting/kBusy)
   uint32_t group = 0;
+  // Failover walks the group's servers from `first` (an index into UpstreamGroup::servers),
+  // each at most once per request: `attempts` of them so far. Per request, not the group's
+  // shared round-robin position, which concurrent requests move on meanwhile.
+  uint32_t first = 0;
   uint32_t attempts = 0;         // servers tried for this request (connect failures move on)
   uint32_t attempts_failed = 0;  // of which refused, failed or timed out (not skipped as down)
   bool connect_timed_out = false;  // the last failed attempt timed out (504, not 502)
@@ -329,8 +333,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
   UpConn* new_upconn();
-  void begin_exchange(UpConn* up, Connection* c, uint32_t group, bool head_request,
-                      bool request_complete);
+  void begin_exchange(UpConn* up, Connection* c, uint32_t group, uint32_t first,
+                      bool head_request, bool request_complete);
   bool retry_forward(UpConn* up, int res);
   void stream_request_body(Connection* c, std::span<char>* data);
   void flush_up(UpConn* up);

@@ -675,6 +675,31 @@ TEST_F(ProxyTest, AConnectTimeoutMarksTheServerDownAndTriesTheNext) {
   ::close(lfd);
 }
 
+// Failover is per request: each one tries every server of its API once, whatever the other
+// requests in flight do. It once walked the API's shared round-robin position instead, and
+// counted its picks of it: requests connecting at the same time moved it on for each other,
+// so some counted the dead server twice, never tried the live one and got 502.
+TEST_F(ProxyTest, ConcurrentRequestsEachFailOverToTheLiveServer) {
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) +
+                                    "\", \"@UPSTREAM@\"]\n",
+                                {}, {"orders", "pair"}, 5000, /*workers=*/1));
+  constexpr int kClients = 16;
+  std::vector<RawClient> clients(kClients);
+  for (RawClient& client : clients) ASSERT_TRUE(client.connect(server_->data_port()));
+  // Every request is sent before any response is read: they connect upstream together.
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(clients[i].send(http_request("GET", "/pair/" + std::to_string(i), {key_header()})));
+  }
+  for (int i = 0; i < kClients; ++i) {
+    const std::optional<Response> r = clients[i].read_response(Millis(5000));
+    ASSERT_TRUE(r.has_value()) << i << ": " << to_string(clients[i].last_end());
+    EXPECT_EQ(r->status, 200) << i << ": " << r->raw;
+  }
+}
+
 TEST_F(ProxyTest, ConnectTimeoutIs504) {
   std::vector<RawClient> fillers;
   const auto [lfd, port] = blackhole_listener(&fillers);
