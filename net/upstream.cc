@@ -121,7 +121,7 @@ int on_headers_complete(llhttp_t* p) {
       return -1;
     }
     u->interim = true;  // 100 Continue, 103 Early Hints: dropped (keygate answers Expect itself)
-    return 0;
+    return 1;           // no body, whatever the head says (see below)
   }
   if (c == nullptr) return -1;
   u->headers.clear();
@@ -162,7 +162,12 @@ int on_headers_complete(llhttp_t* p) {
   write_client_response_head(head, framing, length, c->client_keep_alive, c->http10, out);
   u->head_sent = true;
   c->rlog.response_head(std::string_view(out).substr(u->head_at));
-  return u->head_request ? 1 : 0;  // 1: this response has no body
+  // 1: this response has no body. llhttp 8 knows that only for a HEAD response, and only when
+  // told: it would read the body a 204 or 304 head announces (a 304 may carry the GET's
+  // Content-Length, RFC 9110 8.6) and wait for it or take the next response's bytes for it.
+  // Bytes after such a response are not part of it: on_up_data() then never reuses the
+  // connection.
+  return no_body ? 1 : 0;
 }
 
 int on_body(llhttp_t* p, const char* at, size_t len) {

@@ -17,6 +17,9 @@
 //   /fixed/N         the same from a prebuilt buffer, written at once (benchmarks: /fixed/1024)
 //   /echo            200 chunked, the request body echoed as it arrives
 //   /status/NNN      that status (200..599), small body; none for 204, 304 and HEAD
+//                    (204/304 ?length=N: with "Content-Length: N" all the same, which RFC 9110
+//                    8.6 allows a 304 (the GET's length) and forbids a 204; &stray=1: and N
+//                    pattern bytes after the response, as a broken server sends)
 //   /delay/MS        the default JSON after MS milliseconds (a timer; the thread keeps serving)
 //   /close, /reset   read the request, close without a response (/reset: RST via SO_LINGER 0)
 //   /close-reused[/...]   on a connection's first request the default JSON; on any later one,
@@ -165,6 +168,20 @@ bool parse_uint(std::string_view s, uint64_t* out) {
   if (s.empty()) return false;
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
   return ec == std::errc() && end == s.data() + s.size();
+}
+
+// The value of `name=N` in the query, when it is there and a number.
+bool query_uint(std::string_view query, std::string_view name, uint64_t* out) {
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    if (pair.size() > name.size() && pair.starts_with(name) && pair[name.size()] == '=') {
+      return parse_uint(pair.substr(name.size() + 1), out);
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return false;
 }
 
 bool query_has(std::string_view query, std::string_view param) {
@@ -730,7 +747,12 @@ class Loop {
     const int s = static_cast<int>(code);
     if (s == 204 || s == 304) {
       start_headers(c, s, "");
+      if (s == 304) c.out += "ETag: \"x\"\r\n";
+      uint64_t length = 0;
+      const bool has_length = query_uint(query_of(c), "length", &length) && length <= kChunkBytes;
+      if (has_length) content_length(c, length);
       end_headers(c);
+      if (has_length && query_has(query_of(c), "stray=1")) c.out.append(pattern(), 0, length);
       finish_response(c);
       return;
     }

@@ -206,6 +206,43 @@ TEST_F(ProxyTest, ReusesUpstreamConnections) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(rs[i].body, byte_pattern(static_cast<size_t>(i + 1)));
 }
 
+// A 204 or 304 has no body whatever its head says. A 304 may carry the Content-Length of the
+// GET it stands for (RFC 9110 8.6): waiting for that body left the client's connection stuck
+// until the response timeout, its pipelined request unanswered.
+TEST_F(ProxyTest, ANotModifiedResponseWithContentLengthHasNoBody) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/status/304?length=10", {key_header()}) +
+                          http_request("GET", "/orders/after-304", {key_header()})));
+  const std::vector<Response> rs = client.read_responses(2, Millis(2000));
+  ASSERT_EQ(rs.size(), 2u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 304) << rs[0].raw;
+  EXPECT_EQ(rs[0].header("ETag").value_or(""), "\"x\"");
+  EXPECT_EQ(rs[1].status, 200) << rs[1].raw;
+  EXPECT_EQ(string_member(rs[1].body, "target"), "/orders/after-304");
+}
+
+// Bytes a broken server sends after a 204 (here the 5 its Content-Length announced) belong to
+// no response: they once reached the client as the start of the next one.
+TEST_F(ProxyTest, BytesAfterANoContentResponseNeverReachTheClient) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {}, {"orders"}, /*response_timeout_ms=*/5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/status/204?length=5&stray=1", {key_header()}) +
+                          http_request("GET", "/orders/after-204", {key_header()})));
+  const std::optional<Response> no_content = client.read_response(Millis(2000));
+  ASSERT_TRUE(no_content.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(no_content->status, 204) << no_content->raw;
+  const std::optional<Response> next = client.read_response(Millis(2000));
+  ASSERT_TRUE(next.has_value()) << to_string(client.last_end()) << ": "
+                                << client.buffered().substr(0, 40);
+  EXPECT_EQ(next->status, 200) << next->raw;
+  EXPECT_EQ(string_member(next->body, "target"), "/orders/after-204");
+  // Not on the connection the stray bytes came on: that one is closed, never pooled.
+  EXPECT_EQ(number_member(next->body, "request"), 1) << next->body;
+}
+
 TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
   // Under AddressSanitizer freed blocks sit in a quarantine (256 MiB by default) that shows up
   // as resident memory; without it RSS measures what keygate holds.
