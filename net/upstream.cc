@@ -717,6 +717,7 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
 void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
                                 std::string_view message) {
   Connection* c = up->client;
+  const bool head_request = up->head_request;
   bool head_sent = up->head_sent;
   if (c != nullptr && head_sent && up->head_at_flush == c->flushes) {
     // Nothing of this response left yet: take it back and answer with the error instead.
@@ -735,7 +736,8 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
   }
   const bool body_unread = c->streaming;
   c->streaming = false;
-  ResponseWriter writer(fill_buf(c), date, false,
+  // The answer to a HEAD has no body here either: the connection stays in step.
+  ResponseWriter writer(fill_buf(c), date, head_request,
                         c->client_keep_alive && !body_unread && !draining);
   if (c->http10) writer.http10_client();
   const size_t response_at = fill_buf(c).size();

@@ -391,6 +391,28 @@ TEST_F(ProxyTest, FailureStatuses) {
   EXPECT_EQ(ok->status, 200);
 }
 
+// The error that answers a HEAD whose upstream failed has no body either: it once carried the
+// JSON error body, which the client (no body expected) read as the start of the next response.
+TEST_F(ProxyTest, AnUpstreamFailureAnswersAHeadWithoutABody) {
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) + "\"]\n",
+                                {}, {"orders", "dead"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("HEAD", "/dead/1", {key_header()}) +
+                          http_request("GET", "/orders/after", {key_header()})));
+  const std::optional<Response> head = client.read_response(Millis(5000), /*head=*/true);
+  ASSERT_TRUE(head.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(head->status, 502) << head->raw;
+  EXPECT_FALSE(head->connection_close());
+  const std::optional<Response> next = client.read_response(Millis(5000));
+  ASSERT_TRUE(next.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(next->raw.rfind("HTTP/1.1 ", 0), 0u) << next->raw.substr(0, 80);
+  EXPECT_EQ(next->status, 200) << next->raw;
+}
+
 // A request pipelined behind one that times out is forwarded from inside the timeout check
 // (the 504 frees the connection for it), on a fresh upstream connection. Adding that
 // connection must not disturb the check's walk over the upstream connections: it once
