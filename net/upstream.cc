@@ -308,23 +308,31 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   c->client_keep_alive = request.keep_alive && !draining && !c->close_after_send;
   learn_peer(c);
 
-  // A pooled connection to the next healthy server, else a new one (connected below).
+  // Round robin over the servers that are not down picks the server first; then its pooled
+  // connection if it has one, else a new one (connected below, failing over from there).
+  // Preferring any server with an idle connection instead would send all traffic of a lightly
+  // loaded API to one server, and none back to a server once it restarted.
   UpstreamGroup& g = groups[target.api_index];
   const auto n = static_cast<uint32_t>(g.servers.size());
-  UpConn* up = nullptr;
   uint32_t first = g.next;
-  for (uint32_t i = 0; i < n && up == nullptr; ++i) {
+  for (uint32_t i = 0; i < n; ++i) {
     const uint32_t at = (g.next + i) % n;
-    UpstreamServer& server = servers[g.servers[at]];
-    if (server.down_until_ms > now_ms || server.idle.empty()) continue;
-    up = server.idle.back();
-    server.idle.pop_back();
-    first = at;
-    up->state = UpConn::State::kBusy;
-    up->reused = true;
+    if (servers[g.servers[at]].down_until_ms <= now_ms) {
+      first = at;
+      break;
+    }
   }
   g.next = (first + 1) % n;
-  if (up == nullptr) up = new_upconn();
+  UpstreamServer& chosen = servers[g.servers[first]];
+  UpConn* up = nullptr;
+  if (chosen.down_until_ms <= now_ms && !chosen.idle.empty()) {
+    up = chosen.idle.back();
+    chosen.idle.pop_back();
+    up->state = UpConn::State::kBusy;
+    up->reused = true;
+  } else {
+    up = new_upconn();
+  }
   up->replayable = up->reused && !stream_body && is_idempotent_method(request.method);
   up->fill.clear();
   begin_exchange(up, c, target.api_index, first, request.is_head(), !stream_body);

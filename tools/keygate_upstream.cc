@@ -11,8 +11,9 @@
 //
 // Paths (anything else gets the default JSON description of the request):
 //   default          200 {"method","target","headers":[[n,v],..],"body_bytes","body_sha256",
-//                    "connection","request"} (connection: per-process id of this TCP
-//                    connection, request: 1-based number of the request on it)
+//                    "connection","request","listen"} (connection: per-process id of this TCP
+//                    connection, request: 1-based number of the request on it, listen: the
+//                    address of the ready line, telling several upstreams apart)
 //   /bytes/N         N bytes, byte i = 'a' + i % 26, Content-Length (?chunked=1: 16 KiB chunks)
 //   /fixed/N         the same from a prebuilt buffer, written at once (benchmarks: /fixed/1024)
 //   /echo            200 chunked, the request body echoed as it arrives
@@ -75,6 +76,7 @@ constexpr unsigned kThreadsMax = 64;
 constexpr uint64_t kDelayMsMax = 600'000;
 
 std::atomic<uint64_t> g_connections{0};
+std::string g_listen;  // "ip:port", set before the threads start, read-only after
 
 // The body pattern, long enough that any window of up to kFixedBytesMax bytes starting at any
 // phase (0..25) is a plain slice of it.
@@ -663,6 +665,8 @@ class Loop {
     append_uint(body_, c.id);
     body_ += ",\"request\":";
     append_uint(body_, c.requests);
+    body_ += ",\"listen\":";
+    append_json_string(body_, g_listen);
     body_ += "}\n";
     simple(c, 200, "application/json", body_);
   }
@@ -874,6 +878,9 @@ int main(int argc, char** argv) {
     }
     listeners.push_back(fd);
   }
+  char ip[INET_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof(ip));
+  g_listen = std::string(ip) + ":" + std::to_string(ntohs(addr.sin_port));
   std::vector<int> stop_fds;
   std::vector<std::thread> workers;
   for (int listen_fd : listeners) {
@@ -889,9 +896,7 @@ int main(int argc, char** argv) {
       loop.run();
     });
   }
-  char ip[INET_ADDRSTRLEN] = {};
-  ::inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof(ip));
-  std::printf("listening on %s:%u\n", ip, static_cast<unsigned>(ntohs(addr.sin_port)));
+  std::printf("listening on %s\n", g_listen.c_str());
   std::fflush(stdout);
 
   int sig = 0;

@@ -734,6 +734,36 @@ TEST_F(ProxyTest, AConnectTimeoutMarksTheServerDownAndTriesTheNext) {
   ::close(lfd);
 }
 
+// Round robin picks the server, then its pooled connection is used: sequential requests
+// alternate between two live servers. A server with an idle connection once always won, so
+// all the traffic of one client went to the first server it had used.
+TEST_F(ProxyTest, SequentialRequestsAlternateBetweenServers) {
+  std::string line, error;
+  const std::unique_ptr<ChildProcess> second = start_process_with_ready_line(
+      KEYGATE_UPSTREAM_BINARY, {"--listen", "127.0.0.1:0"}, "listening on ", &line, &error);
+  ASSERT_NE(second, nullptr) << error;
+  const std::string second_addr = line.substr(std::string_view("listening on ").size());
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+                                "upstreams = [\"@UPSTREAM@\", \"" + second_addr + "\"]\n",
+                                {}, {"orders", "pair"}, 5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  int first_server = 0;
+  int second_server = 0;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(client.send(http_request("GET", "/pair/" + std::to_string(i), {key_header()})));
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(r.has_value()) << i << ": " << to_string(client.last_end());
+    ASSERT_EQ(r->status, 200) << r->raw;
+    const std::string listen = string_member(r->body, "listen");
+    if (listen == upstream_addr_) ++first_server;
+    if (listen == second_addr) ++second_server;
+  }
+  EXPECT_NEAR(first_server, 10, 1);
+  EXPECT_NEAR(second_server, 10, 1);
+  EXPECT_EQ(first_server + second_server, 20);
+}
+
 // Failover is per request: each one tries every server of its API once, whatever the other
 // requests in flight do. It once walked the API's shared round-robin position instead, and
 // counted its picks of it: requests connecting at the same time moved it on for each other,
