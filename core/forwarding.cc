@@ -154,16 +154,27 @@ void append_target_without_key(std::string_view target,
     out.pop_back();
 }
 
-void write_upstream_request_head(const HttpRequest &request,
-                                 const ForwardTarget &id,
-                                 std::string_view client_ip,
-                                 BodyFraming framing, uint64_t content_length,
-                                 std::string &out) noexcept {
+size_t write_upstream_request_head(const HttpRequest &request,
+                                   const ForwardTarget &id,
+                                   std::string_view client_ip,
+                                   BodyFraming framing, uint64_t content_length,
+                                   std::string &out,
+                                   std::string_view host_if_missing) noexcept {
   KEYGATE_ASSERT(framing != BodyFraming::kUntilClose);
   out.append(request.method);
   out.push_back(' ');
   append_target_without_key(request.target, out);
   out.append(" HTTP/1.1\r\n");
+
+  size_t host_at = 0;
+  bool has_host = false;
+  (void)request.header("Host", &has_host);
+  if (!host_if_missing.empty() && !has_host) {
+    out.append("Host: ");
+    host_at = out.size();
+    out.append(host_if_missing);
+    out.append(kCrlf);
+  }
 
   for (const HttpHeader &h : request.headers) {
     const std::string_view name = h.name;
@@ -189,6 +200,7 @@ void write_upstream_request_head(const HttpRequest &request,
   append_forwarded(out, request.headers, "X-Forwarded-Proto", "http");
   append_framing(out, framing, content_length);
   out.append(kCrlf);
+  return host_at;
 }
 
 void write_client_response_head(const ResponseHead &head, BodyFraming framing,

@@ -222,6 +222,7 @@ bool Worker::Impl::init_upstreams(std::string* error) {
         return false;
       }
       UpstreamServer server;
+      server.authority = parsed.to_string();
       if (parsed.ipv6) {
         auto* sa = reinterpret_cast<sockaddr_in6*>(&server.addr);
         sa->sin6_family = AF_INET6;
@@ -352,7 +353,9 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
     framing = BodyFraming::kContentLength;
     length = request.body.size();
   }
-  write_upstream_request_head(request, target, c->peer_ip, framing, length, up->fill);
+  up->host_at = write_upstream_request_head(request, target, c->peer_ip, framing, length,
+                                            up->fill, chosen.authority);
+  up->host_server = g.servers[first];
   if (stream_body) {
     const bool expect = c->parser.expects_continue();
     // From here on request() is gone: the parser appends body bytes to up->fill.
@@ -389,6 +392,7 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->client = c;
   up->group = group;
   up->first = first;
+  up->host_at = 0;
   up->attempts = up->attempts_failed = 0;
   up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
@@ -437,6 +441,8 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
   next->fill.append(up->fill);
   // The same server first: it closed an idle connection, it did not fail.
   begin_exchange(next, c, up->group, up->first, up->head_request, true);
+  next->host_at = up->host_at;  // `sending` starts with the request head
+  next->host_server = up->host_server;
   up->client = nullptr;
   close_up(up);
   bump(stats.upstream_retries);
@@ -454,6 +460,10 @@ bool Worker::Impl::connect_next(UpConn* up) {
     ++up->attempts;
     UpstreamServer& server = servers[s];
     if (server.down_until_ms > now_ms) continue;
+    if (up->host_at != 0 && up->host_server != s) {
+      up->fill.replace(up->host_at, servers[up->host_server].authority.size(), server.authority);
+      up->host_server = s;
+    }
     const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       fail_forward(up, 503, "upstream_unavailable", "cannot open a connection to the upstream");

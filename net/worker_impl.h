@@ -176,6 +176,7 @@ struct Connection {
 struct UpstreamServer {
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
+  std::string authority;      // "host:port" ("[v6]:port"): the Host of a request without one
   std::vector<UpConn*> idle;  // keep-alive connections ready for reuse (most recent last)
   int64_t down_until_ms = 0;  // skipped until then after a connect failure
 };
@@ -210,6 +211,11 @@ struct UpConn {
   uint32_t attempts_failed = 0;  // of which refused, failed or timed out (not skipped as down)
   bool connect_timed_out = false;  // the last failed attempt timed out (504, not 502)
   uint32_t header_bytes_max = 0;
+  // A request without Host (HTTP/1.0) gets the server's authority as its Host: it starts at
+  // fill[host_at] (0: the client sent a Host) and names servers[host_server], until failover
+  // to another server rewrites it (nothing is sent before a connect succeeds).
+  size_t host_at = 0;
+  uint32_t host_server = 0;
 
   // Request bytes: appended to `fill` (also by the client's parser when streaming), sent from
   // `sending`; swapped when a send completes, so neither moves under the kernel.

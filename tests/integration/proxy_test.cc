@@ -734,6 +734,31 @@ TEST_F(ProxyTest, AConnectTimeoutMarksTheServerDownAndTriesTheNext) {
   ::close(lfd);
 }
 
+// An HTTP/1.0 request may come without Host; forwarded as HTTP/1.1 it must have one (RFC 9112
+// 3.2: keygate is the upstream's client), so it gets the address of the server it goes to —
+// also after failing over from a dead server. A client's own Host is forwarded as sent.
+TEST_F(ProxyTest, AnHttp10RequestWithoutHostGetsTheUpstreamsAddressAsHost) {
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) +
+                                    "\", \"@UPSTREAM@\"]\n",
+                                {}, {"orders", "pair"}, 5000, /*workers=*/1));
+  for (std::string_view target : {"/orders/h", "/pair/h"}) {
+    auto r = round_trip(server_->data_port(),
+                        "GET " + std::string(target) + " HTTP/1.0\r\n" + key_header() + "\r\n\r\n");
+    ASSERT_TRUE(r.has_value()) << target;
+    ASSERT_EQ(r->status, 200) << r->raw;
+    EXPECT_NE(r->body.find("[\"Host\",\"" + upstream_addr_ + "\"]"), std::string::npos)
+        << target << ": " << r->body;
+    EXPECT_EQ(count_of(r->body, "\"Host\""), 1u) << r->body;
+  }
+  auto own = round_trip(server_->data_port(), "GET /orders/h HTTP/1.0\r\nHost: api.example\r\n" +
+                                                  key_header() + "\r\n\r\n");
+  ASSERT_TRUE(own.has_value());
+  EXPECT_NE(own->body.find("[\"Host\",\"api.example\"]"), std::string::npos) << own->body;
+}
+
 // Round robin picks the server, then its pooled connection is used: sequential requests
 // alternate between two live servers. A server with an idle connection once always won, so
 // all the traffic of one client went to the first server it had used.
