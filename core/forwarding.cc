@@ -231,6 +231,19 @@ void write_client_response_head(const ResponseHead &head, BodyFraming framing,
   out.append(kCrlf);
 }
 
+bool only_chunked_coding(std::string_view transfer_encoding) noexcept {
+  std::string_view list = transfer_encoding;
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    std::string_view coding = list.substr(0, comma);
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    while (!coding.empty() && is_ows(coding.front())) coding.remove_prefix(1);
+    while (!coding.empty() && is_ows(coding.back())) coding.remove_suffix(1);
+    if (!coding.empty() && !equals_ignore_case(coding, "chunked")) return false;
+  }
+  return true;
+}
+
 void append_chunk(std::string_view data, std::string& out) noexcept {
   if (data.empty()) return;
   static constexpr char kHex[] = "0123456789abcdef";

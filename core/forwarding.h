@@ -33,6 +33,11 @@ enum class BodyFraming : uint8_t {
                // header)
 };
 
+// True when every transfer coding a Transfer-Encoding field value lists is "chunked" (any
+// case; whitespace and empty list elements are skipped). keygate implements no other coding:
+// one it forwarded would lose its header (hop-by-hop) while the body stayed encoded.
+bool only_chunked_coding(std::string_view transfer_encoding) noexcept;
+
 // Appends `data` to `out` as one chunk of chunked transfer coding ("<hex size>\r\n<data>\r\n");
 // nothing for empty data (an empty chunk would end the body).
 void append_chunk(std::string_view data, std::string& out) noexcept;

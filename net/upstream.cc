@@ -128,7 +128,12 @@ int on_headers_complete(llhttp_t* p) {
   for (const auto& [name, value] : u->header_spans) {
     std::string_view v(u->head.data() + value.off, value.len);
     while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-    u->headers.push_back(HttpHeader{std::string_view(u->head.data() + name.off, name.len), v});
+    const std::string_view n(u->head.data() + name.off, name.len);
+    if (equals_ignore_case(n, "Transfer-Encoding") && !only_chunked_coding(v)) {
+      u->parse_failed = true;  // a coding keygate cannot undo (gzip...): 502, not a misread body
+      return -1;
+    }
+    u->headers.push_back(HttpHeader{n, v});
   }
   ResponseHead head;
   head.status = status;

@@ -27,6 +27,8 @@
 //                    close without a response (a server closing an idle keep-alive
 //                    connection just as a request arrives on it)
 //   /malformed/cl-te, /malformed/bad-chunk, /malformed/garbage   broken responses, then close
+//   /malformed/gzip-chunked   "Transfer-Encoding: gzip, chunked" on a body that is only
+//                    chunked (a coding keygate does not implement), then close
 //   /headers-then-close   Content-Length: 100, 10 body bytes, close
 // HEAD gets the headers GET would get. A request that does not parse gets 400 and a close.
 #include <arpa/inet.h>
@@ -710,6 +712,9 @@ class Loop {
       c.after = After::kClose;
     } else if (path == "/malformed/bad-chunk") {
       c.out += "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+      c.after = After::kClose;
+    } else if (path == "/malformed/gzip-chunked") {
+      c.out += "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
       c.after = After::kClose;
     } else if (path == "/malformed/garbage") {
       c.out += "NOT HTTP\r\n\r\n";

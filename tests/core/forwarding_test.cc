@@ -85,6 +85,14 @@ TEST(ForwardingChunk, FramesDataAsOneChunkAndSkipsEmptyData) {
   EXPECT_EQ(out.size(), before);
 }
 
+TEST(ForwardingCodings, OnlyChunkedIsImplemented) {
+  EXPECT_TRUE(only_chunked_coding("chunked"));
+  EXPECT_TRUE(only_chunked_coding(" Chunked ,"));
+  EXPECT_FALSE(only_chunked_coding("gzip, chunked"));
+  EXPECT_FALSE(only_chunked_coding("chunked, gzip"));
+  EXPECT_FALSE(only_chunked_coding("identity"));
+}
+
 TEST(ForwardingTarget, KeyParameterIsRemovedWhereverItStands) {
   EXPECT_EQ(strip("/p?key=abc&a=1&b=2"), "/p?a=1&b=2");
   EXPECT_EQ(strip("/p?a=1&key=abc&b=2"), "/p?a=1&b=2");

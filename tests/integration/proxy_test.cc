@@ -391,6 +391,27 @@ TEST_F(ProxyTest, FailureStatuses) {
   EXPECT_EQ(ok->status, 200);
 }
 
+// keygate implements only the chunked transfer coding. Any other one was dropped with its
+// (hop-by-hop) header while the body stayed encoded: "gzip, chunked" reached the other side as
+// plain "chunked". A request with one is 501 (RFC 9112 6.1) and closes; a response with one
+// is 502 bad_upstream_response.
+TEST_F(ProxyTest, TransferCodingsOtherThanChunkedAreRefused) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("POST /orders/1 HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                          "\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+  const std::optional<Response> request = client.read_response();
+  ASSERT_TRUE(request.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(request->status, 501) << request->raw;
+  EXPECT_TRUE(request->json_error_body()) << request->raw;
+  EXPECT_TRUE(request->connection_close()) << request->raw;
+  const std::optional<Response> response = get("/malformed/gzip-chunked", {"Connection: close"});
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 502) << response->raw;
+  EXPECT_NE(response->body.find("bad_upstream_response"), std::string::npos) << response->raw;
+}
+
 // The error that answers a HEAD whose upstream failed has no body either: it once carried the
 // JSON error body, which the client (no body expected) read as the start of the next response.
 TEST_F(ProxyTest, AnUpstreamFailureAnswersAHeadWithoutABody) {
