@@ -111,6 +111,22 @@ const llhttp_settings_t kResponseSettings = [] {
   return s;
 }();
 
+// The head parsed so far as a ResponseHead (views into u->head, via u->headers).
+ResponseHead collect_head(UpConn* u, const llhttp_t* p) {
+  u->headers.clear();
+  for (const auto& [name, value] : u->header_spans) {
+    std::string_view v(u->head.data() + value.off, value.len);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    u->headers.push_back(HttpHeader{std::string_view(u->head.data() + name.off, name.len), v});
+  }
+  ResponseHead head;
+  head.status = p->status_code;
+  head.reason = std::string_view(u->head.data() + u->reason.off, u->reason.len);
+  head.version_minor = static_cast<uint8_t>(p->http_minor);
+  head.headers = std::span<const HttpHeader>(u->headers.data(), u->headers.size());
+  return head;
+}
+
 int on_headers_complete(llhttp_t* p) {
   UpConn* u = self(p);
   Connection* c = u->client;
@@ -120,26 +136,24 @@ int on_headers_complete(llhttp_t* p) {
       u->parse_failed = true;  // no protocol switches through the proxy
       return -1;
     }
-    u->interim = true;  // 100 Continue, 103 Early Hints: dropped (keygate answers Expect itself)
-    return 1;           // no body, whatever the head says (see below)
+    u->interim = true;
+    // RFC 9110 15.2: a proxy forwards 1xx responses (103 Early Hints...), except one it asked
+    // for itself and to an HTTP/1.0 client, which knows none. 100 Continue counts as keygate's
+    // own: it answers Expect itself and never forwards the header.
+    if (status != 100 && c != nullptr && !c->http10) {
+      write_client_response_head(collect_head(u, p), BodyFraming::kNone, 0, true, false,
+                                 c->out[c->fill]);
+    }
+    return 1;  // no body, whatever the head says (see below)
   }
   if (c == nullptr) return -1;
-  u->headers.clear();
-  for (const auto& [name, value] : u->header_spans) {
-    std::string_view v(u->head.data() + value.off, value.len);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-    const std::string_view n(u->head.data() + name.off, name.len);
-    if (equals_ignore_case(n, "Transfer-Encoding") && !only_chunked_coding(v)) {
+  const ResponseHead head = collect_head(u, p);
+  for (const HttpHeader& h : head.headers) {
+    if (equals_ignore_case(h.name, "Transfer-Encoding") && !only_chunked_coding(h.value)) {
       u->parse_failed = true;  // a coding keygate cannot undo (gzip...): 502, not a misread body
       return -1;
     }
-    u->headers.push_back(HttpHeader{n, v});
   }
-  ResponseHead head;
-  head.status = status;
-  head.reason = std::string_view(u->head.data() + u->reason.off, u->reason.len);
-  head.version_minor = static_cast<uint8_t>(p->http_minor);
-  head.headers = std::span<const HttpHeader>(u->headers.data(), u->headers.size());
 
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   const bool no_body = u->head_request || status == 204 || status == 304;

@@ -245,7 +245,7 @@ struct UpConn {
   std::vector<HttpHeader> headers;
   Span reason;
   bool head_request = false;   // the client's request was HEAD: the response has no body
-  bool interim = false;        // the current response is 1xx (dropped)
+  bool interim = false;        // the current response is 1xx (forwarded or dropped)
   bool got_bytes = false;      // any response byte arrived for this request
   bool head_sent = false;      // the response head was queued for the client
   uint32_t head_at_flush = 0;  // the client's `flushes` when it was queued...

@@ -30,6 +30,7 @@
 //   /malformed/gzip-chunked   "Transfer-Encoding: gzip, chunked" on a body that is only
 //                    chunked (a coding keygate does not implement), then close
 //   /headers-then-close   Content-Length: 100, 10 body bytes, close
+// ?early-hints=1 on any path: a "103 Early Hints" (Link: </s.css>; rel=preload) first.
 // HEAD gets the headers GET would get. A request that does not parse gets 400 and a close.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -677,6 +678,9 @@ class Loop {
   void respond(Conn& c) {
     const std::string_view path = path_of(c);
     uint64_t n = 0;
+    if (query_has(query_of(c), "early-hints=1")) {
+      c.out += "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n";
+    }
     if (c.echo) {
       if (!c.head) c.out += "0\r\n\r\n";
       c.echo = false;

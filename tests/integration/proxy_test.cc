@@ -391,6 +391,24 @@ TEST_F(ProxyTest, FailureStatuses) {
   EXPECT_EQ(ok->status, 200);
 }
 
+// RFC 9110 15.2: 1xx responses other than the 100 Continue keygate handles itself reach an
+// HTTP/1.1 client (they were all dropped); an HTTP/1.0 client knows none and gets none.
+TEST_F(ProxyTest, EarlyHintsReachHttp11ClientsOnly) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/orders/e?early-hints=1", {key_header()})));
+  const std::vector<Response> rs = client.read_responses(2);
+  ASSERT_EQ(rs.size(), 2u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 103) << rs[0].raw;
+  EXPECT_EQ(rs[0].header("Link").value_or(""), "</s.css>; rel=preload");
+  EXPECT_EQ(rs[1].status, 200) << rs[1].raw;
+  auto old = round_trip(server_->data_port(),
+                        "GET /orders/e?early-hints=1 HTTP/1.0\r\n" + key_header() + "\r\n\r\n");
+  ASSERT_TRUE(old.has_value());
+  EXPECT_EQ(old->status, 200) << old->raw;
+}
+
 // keygate implements only the chunked transfer coding. Any other one was dropped with its
 // (hop-by-hop) header while the body stayed encoded: "gzip, chunked" reached the other side as
 // plain "chunked". A request with one is 501 (RFC 9112 6.1) and closes; a response with one
