@@ -154,16 +154,27 @@ void append_target_without_key(std::string_view target,
     out.pop_back();
 }
 
-void write_upstream_request_head(const HttpRequest &request,
-                                 const ForwardTarget &id,
-                                 std::string_view client_ip,
-                                 BodyFraming framing, uint64_t content_length,
-                                 std::string &out) noexcept {
+size_t write_upstream_request_head(const HttpRequest &request,
+                                   const ForwardTarget &id,
+                                   std::string_view client_ip,
+                                   BodyFraming framing, uint64_t content_length,
+                                   std::string &out,
+                                   std::string_view host_if_missing) noexcept {
   KEYGATE_ASSERT(framing != BodyFraming::kUntilClose);
   out.append(request.method);
   out.push_back(' ');
   append_target_without_key(request.target, out);
   out.append(" HTTP/1.1\r\n");
+
+  size_t host_at = 0;
+  bool has_host = false;
+  (void)request.header("Host", &has_host);
+  if (!host_if_missing.empty() && !has_host) {
+    out.append("Host: ");
+    host_at = out.size();
+    out.append(host_if_missing);
+    out.append(kCrlf);
+  }
 
   for (const HttpHeader &h : request.headers) {
     const std::string_view name = h.name;
@@ -189,6 +200,7 @@ void write_upstream_request_head(const HttpRequest &request,
   append_forwarded(out, request.headers, "X-Forwarded-Proto", "http");
   append_framing(out, framing, content_length);
   out.append(kCrlf);
+  return host_at;
 }
 
 void write_client_response_head(const ResponseHead &head, BodyFraming framing,
@@ -217,6 +229,19 @@ void write_client_response_head(const ResponseHead &head, BodyFraming framing,
     out.append("Connection: keep-alive\r\n");
   }
   out.append(kCrlf);
+}
+
+bool only_chunked_coding(std::string_view transfer_encoding) noexcept {
+  std::string_view list = transfer_encoding;
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    std::string_view coding = list.substr(0, comma);
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    while (!coding.empty() && is_ows(coding.front())) coding.remove_prefix(1);
+    while (!coding.empty() && is_ows(coding.back())) coding.remove_suffix(1);
+    if (!coding.empty() && !equals_ignore_case(coding, "chunked")) return false;
+  }
+  return true;
 }
 
 void append_chunk(std::string_view data, std::string& out) noexcept {

@@ -33,6 +33,11 @@ enum class BodyFraming : uint8_t {
                // header)
 };
 
+// True when every transfer coding a Transfer-Encoding field value lists is "chunked" (any
+// case; whitespace and empty list elements are skipped). keygate implements no other coding:
+// one it forwarded would lose its header (hop-by-hop) while the body stayed encoded.
+bool only_chunked_coding(std::string_view transfer_encoding) noexcept;
+
 // Appends `data` to `out` as one chunk of chunked transfer coding ("<hex size>\r\n<data>\r\n");
 // nothing for empty data (an empty chunk would end the body).
 void append_chunk(std::string_view data, std::string& out) noexcept;
@@ -41,6 +46,10 @@ void append_chunk(std::string_view data, std::string& out) noexcept;
 // always HTTP/1.1:
 //   - request line: method, the target as append_target_without_key() writes
 //   it, "HTTP/1.1";
+//   - "Host: <host_if_missing>" when the request has no Host header (an
+//   HTTP/1.0 request may lack it; an HTTP/1.1 request must have one, RFC 9112
+//   3.2, and keygate is the client here), before any other header; nothing
+//   when host_if_missing is empty;
 //   - the client's headers in order, minus X-ApiKey (any case), the hop-by-hop
 //   headers (see the
 //     top of this file), Content-Length and Transfer-Encoding (framing is
@@ -60,12 +69,15 @@ void append_chunk(std::string_view data, std::string& out) noexcept;
 //     is not valid for a request and asserts);
 //   - no Connection header (keep-alive is HTTP/1.1's default), then the final
 //   CRLF.
-// `content_length` is read for kContentLength only.
-void write_upstream_request_head(const HttpRequest &request,
-                                 const ForwardTarget &id,
-                                 std::string_view client_ip,
-                                 BodyFraming framing, uint64_t content_length,
-                                 std::string &out) noexcept;
+// `content_length` is read for kContentLength only. Returns where in `out` the
+// added Host value starts (so the caller can name another server in its place),
+// 0 when none was added.
+size_t write_upstream_request_head(const HttpRequest &request,
+                                   const ForwardTarget &id,
+                                   std::string_view client_ip,
+                                   BodyFraming framing, uint64_t content_length,
+                                   std::string &out,
+                                   std::string_view host_if_missing = {}) noexcept;
 
 // Appends `target` (path plus optional "?query") with every `key` query
 // parameter removed (see is_key_param_name() in key_extractor.h; a "key" without

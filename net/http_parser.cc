@@ -183,6 +183,7 @@ int HttpParser::on_header_value_complete(llhttp_t* p) {
     ++h->host_count_;
   } else if (equals_ignore_case(name, "transfer-encoding")) {
     h->has_transfer_encoding_ = true;
+    if (!only_chunked_coding(value)) h->has_other_coding_ = true;
   } else if (equals_ignore_case(name, "upgrade")) {
     h->has_upgrade_ = true;
   } else if (equals_ignore_case(name, "expect")) {
@@ -214,6 +215,12 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   }
   if (p->http_minor == 0 && h->has_transfer_encoding_) {
     return h->fail(400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0");
+  }
+  if (h->has_other_coding_ && (p->flags & F_CHUNKED) != 0) {
+    // RFC 9112 6.1: a coding keygate does not implement ("gzip, chunked") would be forwarded
+    // without its header, the body still encoded. (Without chunked last the length is unknown:
+    // llhttp answers that with 400, as RFC 9112 6.3 requires.)
+    return h->fail(501, "not_implemented", "only the chunked transfer coding is supported");
   }
   if (h->has_expect_ && !h->expect_is_continue_) {
     return h->fail(417, "expectation_failed", "only 100-continue is supported");
@@ -307,7 +314,8 @@ void HttpParser::move_to_assembly(size_t consumed_end) {
 void HttpParser::begin_next_request() {
   started_ = headers_done_ = message_done_ = false;
   header_value_started_ = false;
-  has_transfer_encoding_ = has_upgrade_ = has_expect_ = expect_is_continue_ = false;
+  has_transfer_encoding_ = has_other_coding_ = has_upgrade_ = has_expect_ = false;
+  expect_is_continue_ = false;
   host_count_ = 0;
   keep_alive_ = true;
   paused_head_ = false;

@@ -182,6 +182,7 @@ class HttpParser {
   bool header_value_started_ = false;
   uint32_t host_count_ = 0;
   bool has_transfer_encoding_ = false;
+  bool has_other_coding_ = false;  // a Transfer-Encoding lists a coding other than chunked
   bool has_upgrade_ = false;
   bool has_expect_ = false;
   bool expect_is_continue_ = false;

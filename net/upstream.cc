@@ -111,6 +111,22 @@ const llhttp_settings_t kResponseSettings = [] {
   return s;
 }();
 
+// The head parsed so far as a ResponseHead (views into u->head, via u->headers).
+ResponseHead collect_head(UpConn* u, const llhttp_t* p) {
+  u->headers.clear();
+  for (const auto& [name, value] : u->header_spans) {
+    std::string_view v(u->head.data() + value.off, value.len);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    u->headers.push_back(HttpHeader{std::string_view(u->head.data() + name.off, name.len), v});
+  }
+  ResponseHead head;
+  head.status = p->status_code;
+  head.reason = std::string_view(u->head.data() + u->reason.off, u->reason.len);
+  head.version_minor = static_cast<uint8_t>(p->http_minor);
+  head.headers = std::span<const HttpHeader>(u->headers.data(), u->headers.size());
+  return head;
+}
+
 int on_headers_complete(llhttp_t* p) {
   UpConn* u = self(p);
   Connection* c = u->client;
@@ -120,21 +136,24 @@ int on_headers_complete(llhttp_t* p) {
       u->parse_failed = true;  // no protocol switches through the proxy
       return -1;
     }
-    u->interim = true;  // 100 Continue, 103 Early Hints: dropped (keygate answers Expect itself)
-    return 0;
+    u->interim = true;
+    // RFC 9110 15.2: a proxy forwards 1xx responses (103 Early Hints...), except one it asked
+    // for itself and to an HTTP/1.0 client, which knows none. 100 Continue counts as keygate's
+    // own: it answers Expect itself and never forwards the header.
+    if (status != 100 && c != nullptr && !c->http10) {
+      write_client_response_head(collect_head(u, p), BodyFraming::kNone, 0, true, false,
+                                 c->out[c->fill]);
+    }
+    return 1;  // no body, whatever the head says (see below)
   }
   if (c == nullptr) return -1;
-  u->headers.clear();
-  for (const auto& [name, value] : u->header_spans) {
-    std::string_view v(u->head.data() + value.off, value.len);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-    u->headers.push_back(HttpHeader{std::string_view(u->head.data() + name.off, name.len), v});
+  const ResponseHead head = collect_head(u, p);
+  for (const HttpHeader& h : head.headers) {
+    if (equals_ignore_case(h.name, "Transfer-Encoding") && !only_chunked_coding(h.value)) {
+      u->parse_failed = true;  // a coding keygate cannot undo (gzip...): 502, not a misread body
+      return -1;
+    }
   }
-  ResponseHead head;
-  head.status = status;
-  head.reason = std::string_view(u->head.data() + u->reason.off, u->reason.len);
-  head.version_minor = static_cast<uint8_t>(p->http_minor);
-  head.headers = std::span<const HttpHeader>(u->headers.data(), u->headers.size());
 
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   const bool no_body = u->head_request || status == 204 || status == 304;
@@ -162,7 +181,12 @@ int on_headers_complete(llhttp_t* p) {
   write_client_response_head(head, framing, length, c->client_keep_alive, c->http10, out);
   u->head_sent = true;
   c->rlog.response_head(std::string_view(out).substr(u->head_at));
-  return u->head_request ? 1 : 0;  // 1: this response has no body
+  // 1: this response has no body. llhttp 8 knows that only for a HEAD response, and only when
+  // told: it would read the body a 204 or 304 head announces (a 304 may carry the GET's
+  // Content-Length, RFC 9110 8.6) and wait for it or take the next response's bytes for it.
+  // Bytes after such a response are not part of it: on_up_data() then never reuses the
+  // connection.
+  return no_body ? 1 : 0;
 }
 
 int on_body(llhttp_t* p, const char* at, size_t len) {
@@ -217,6 +241,7 @@ bool Worker::Impl::init_upstreams(std::string* error) {
         return false;
       }
       UpstreamServer server;
+      server.authority = parsed.to_string();
       if (parsed.ipv6) {
         auto* sa = reinterpret_cast<sockaddr_in6*>(&server.addr);
         sa->sin6_family = AF_INET6;
@@ -303,23 +328,34 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   c->client_keep_alive = request.keep_alive && !draining && !c->close_after_send;
   learn_peer(c);
 
-  // A pooled connection to the next healthy server, else a new one (connected below).
+  // Round robin over the servers that are not down picks the server first; then its pooled
+  // connection if it has one, else a new one (connected below, failing over from there).
+  // Preferring any server with an idle connection instead would send all traffic of a lightly
+  // loaded API to one server, and none back to a server once it restarted.
   UpstreamGroup& g = groups[target.api_index];
+  const auto n = static_cast<uint32_t>(g.servers.size());
+  uint32_t first = g.next;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t at = (g.next + i) % n;
+    if (servers[g.servers[at]].down_until_ms <= now_ms) {
+      first = at;
+      break;
+    }
+  }
+  g.next = (first + 1) % n;
+  UpstreamServer& chosen = servers[g.servers[first]];
   UpConn* up = nullptr;
-  for (size_t i = 0; i < g.servers.size() && up == nullptr; ++i) {
-    const uint32_t s = g.servers[(g.next + i) % g.servers.size()];
-    UpstreamServer& server = servers[s];
-    if (server.down_until_ms > now_ms || server.idle.empty()) continue;
-    up = server.idle.back();
-    server.idle.pop_back();
-    g.next = static_cast<uint32_t>((g.next + i + 1) % g.servers.size());
+  if (chosen.down_until_ms <= now_ms && !chosen.idle.empty()) {
+    up = chosen.idle.back();
+    chosen.idle.pop_back();
     up->state = UpConn::State::kBusy;
     up->reused = true;
+  } else {
+    up = new_upconn();
   }
-  if (up == nullptr) up = new_upconn();
   up->replayable = up->reused && !stream_body && is_idempotent_method(request.method);
   up->fill.clear();
-  begin_exchange(up, c, target.api_index, request.is_head(), !stream_body);
+  begin_exchange(up, c, target.api_index, first, request.is_head(), !stream_body);
   c->proxying = true;
   c->streaming = stream_body;
 
@@ -336,7 +372,9 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
     framing = BodyFraming::kContentLength;
     length = request.body.size();
   }
-  write_upstream_request_head(request, target, c->peer_ip, framing, length, up->fill);
+  up->host_at = write_upstream_request_head(request, target, c->peer_ip, framing, length,
+                                            up->fill, chosen.authority);
+  up->host_server = g.servers[first];
   if (stream_body) {
     const bool expect = c->parser.expects_continue();
     // From here on request() is gone: the parser appends body bytes to up->fill.
@@ -368,10 +406,12 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
 }
 
 // Makes `up` serve `c`'s request (its bytes go to up->fill): fresh response parsing state.
-void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, bool head_request,
-                                  bool request_complete) {
+void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uint32_t first,
+                                  bool head_request, bool request_complete) {
   up->client = c;
   up->group = group;
+  up->first = first;
+  up->host_at = 0;
   up->attempts = up->attempts_failed = 0;
   up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
@@ -418,7 +458,10 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
   // The whole request as it was sent (copied: a send may still be reading `sending`).
   next->fill.assign(up->sending.data(), up->sending.size());
   next->fill.append(up->fill);
-  begin_exchange(next, c, up->group, up->head_request, true);
+  // The same server first: it closed an idle connection, it did not fail.
+  begin_exchange(next, c, up->group, up->first, up->head_request, true);
+  next->host_at = up->host_at;  // `sending` starts with the request head
+  next->host_server = up->host_server;
   up->client = nullptr;
   close_up(up);
   bump(stats.upstream_retries);
@@ -426,17 +469,20 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
   return true;
 }
 
-// Starts a connection to the group's next server not yet tried and not down. False when the
-// request was answered instead (502/503).
+// Starts a connection to the next server this request has not tried yet (walking the group
+// from up->first) that is not down. False when the request was answered instead (502/503).
 bool Worker::Impl::connect_next(UpConn* up) {
   UpstreamGroup& g = groups[up->group];
   const size_t n = g.servers.size();
   while (up->attempts < n) {
-    const uint32_t s = g.servers[g.next % n];
-    g.next = static_cast<uint32_t>((g.next + 1) % n);
+    const uint32_t s = g.servers[(up->first + up->attempts) % n];
     ++up->attempts;
     UpstreamServer& server = servers[s];
     if (server.down_until_ms > now_ms) continue;
+    if (up->host_at != 0 && up->host_server != s) {
+      up->fill.replace(up->host_at, servers[up->host_server].authority.size(), server.authority);
+      up->host_server = s;
+    }
     const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       fail_forward(up, 503, "upstream_unavailable", "cannot open a connection to the upstream");
@@ -708,6 +754,7 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
 void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
                                 std::string_view message) {
   Connection* c = up->client;
+  const bool head_request = up->head_request;
   bool head_sent = up->head_sent;
   if (c != nullptr && head_sent && up->head_at_flush == c->flushes) {
     // Nothing of this response left yet: take it back and answer with the error instead.
@@ -726,7 +773,8 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
   }
   const bool body_unread = c->streaming;
   c->streaming = false;
-  ResponseWriter writer(fill_buf(c), date, false,
+  // The answer to a HEAD has no body here either: the connection stays in step.
+  ResponseWriter writer(fill_buf(c), date, head_request,
                         c->client_keep_alive && !body_unread && !draining);
   if (c->http10) writer.http10_client();
   const size_t response_at = fill_buf(c).size();

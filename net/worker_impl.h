@@ -176,6 +176,7 @@ struct Connection {
 struct UpstreamServer {
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
+  std::string authority;      // "host:port" ("[v6]:port"): the Host of a request without one
   std::vector<UpConn*> idle;  // keep-alive connections ready for reuse (most recent last)
   int64_t down_until_ms = 0;  // skipped until then after a connect failure
 };
@@ -202,10 +203,19 @@ struct UpConn {
   State state = State::kFree;
   Connection* client = nullptr;  // the request it serves (kConnecting/kBusy)
   uint32_t group = 0;
+  // Failover walks the group's servers from `first` (an index into UpstreamGroup::servers),
+  // each at most once per request: `attempts` of them so far. Per request, not the group's
+  // shared round-robin position, which concurrent requests move on meanwhile.
+  uint32_t first = 0;
   uint32_t attempts = 0;         // servers tried for this request (connect failures move on)
   uint32_t attempts_failed = 0;  // of which refused, failed or timed out (not skipped as down)
   bool connect_timed_out = false;  // the last failed attempt timed out (504, not 502)
   uint32_t header_bytes_max = 0;
+  // A request without Host (HTTP/1.0) gets the server's authority as its Host: it starts at
+  // fill[host_at] (0: the client sent a Host) and names servers[host_server], until failover
+  // to another server rewrites it (nothing is sent before a connect succeeds).
+  size_t host_at = 0;
+  uint32_t host_server = 0;
 
   // Request bytes: appended to `fill` (also by the client's parser when streaming), sent from
   // `sending`; swapped when a send completes, so neither moves under the kernel.
@@ -235,7 +245,7 @@ struct UpConn {
   std::vector<HttpHeader> headers;
   Span reason;
   bool head_request = false;   // the client's request was HEAD: the response has no body
-  bool interim = false;        // the current response is 1xx (dropped)
+  bool interim = false;        // the current response is 1xx (forwarded or dropped)
   bool got_bytes = false;      // any response byte arrived for this request
   bool head_sent = false;      // the response head was queued for the client
   uint32_t head_at_flush = 0;  // the client's `flushes` when it was queued...
@@ -329,8 +339,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
   UpConn* new_upconn();
-  void begin_exchange(UpConn* up, Connection* c, uint32_t group, bool head_request,
-                      bool request_complete);
+  void begin_exchange(UpConn* up, Connection* c, uint32_t group, uint32_t first,
+                      bool head_request, bool request_complete);
   bool retry_forward(UpConn* up, int res);
   void stream_request_body(Connection* c, std::span<char>* data);
   void flush_up(UpConn* up);

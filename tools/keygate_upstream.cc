@@ -11,19 +11,26 @@
 //
 // Paths (anything else gets the default JSON description of the request):
 //   default          200 {"method","target","headers":[[n,v],..],"body_bytes","body_sha256",
-//                    "connection","request"} (connection: per-process id of this TCP
-//                    connection, request: 1-based number of the request on it)
+//                    "connection","request","listen"} (connection: per-process id of this TCP
+//                    connection, request: 1-based number of the request on it, listen: the
+//                    address of the ready line, telling several upstreams apart)
 //   /bytes/N         N bytes, byte i = 'a' + i % 26, Content-Length (?chunked=1: 16 KiB chunks)
 //   /fixed/N         the same from a prebuilt buffer, written at once (benchmarks: /fixed/1024)
 //   /echo            200 chunked, the request body echoed as it arrives
 //   /status/NNN      that status (200..599), small body; none for 204, 304 and HEAD
+//                    (204/304 ?length=N: with "Content-Length: N" all the same, which RFC 9110
+//                    8.6 allows a 304 (the GET's length) and forbids a 204; &stray=1: and N
+//                    pattern bytes after the response, as a broken server sends)
 //   /delay/MS        the default JSON after MS milliseconds (a timer; the thread keeps serving)
 //   /close, /reset   read the request, close without a response (/reset: RST via SO_LINGER 0)
 //   /close-reused[/...]   on a connection's first request the default JSON; on any later one,
 //                    close without a response (a server closing an idle keep-alive
 //                    connection just as a request arrives on it)
 //   /malformed/cl-te, /malformed/bad-chunk, /malformed/garbage   broken responses, then close
+//   /malformed/gzip-chunked   "Transfer-Encoding: gzip, chunked" on a body that is only
+//                    chunked (a coding keygate does not implement), then close
 //   /headers-then-close   Content-Length: 100, 10 body bytes, close
+// ?early-hints=1 on any path: a "103 Early Hints" (Link: </s.css>; rel=preload) first.
 // HEAD gets the headers GET would get. A request that does not parse gets 400 and a close.
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -72,6 +79,7 @@ constexpr unsigned kThreadsMax = 64;
 constexpr uint64_t kDelayMsMax = 600'000;
 
 std::atomic<uint64_t> g_connections{0};
+std::string g_listen;  // "ip:port", set before the threads start, read-only after
 
 // The body pattern, long enough that any window of up to kFixedBytesMax bytes starting at any
 // phase (0..25) is a plain slice of it.
@@ -165,6 +173,20 @@ bool parse_uint(std::string_view s, uint64_t* out) {
   if (s.empty()) return false;
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
   return ec == std::errc() && end == s.data() + s.size();
+}
+
+// The value of `name=N` in the query, when it is there and a number.
+bool query_uint(std::string_view query, std::string_view name, uint64_t* out) {
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    if (pair.size() > name.size() && pair.starts_with(name) && pair[name.size()] == '=') {
+      return parse_uint(pair.substr(name.size() + 1), out);
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return false;
 }
 
 bool query_has(std::string_view query, std::string_view param) {
@@ -646,6 +668,8 @@ class Loop {
     append_uint(body_, c.id);
     body_ += ",\"request\":";
     append_uint(body_, c.requests);
+    body_ += ",\"listen\":";
+    append_json_string(body_, g_listen);
     body_ += "}\n";
     simple(c, 200, "application/json", body_);
   }
@@ -654,6 +678,9 @@ class Loop {
   void respond(Conn& c) {
     const std::string_view path = path_of(c);
     uint64_t n = 0;
+    if (query_has(query_of(c), "early-hints=1")) {
+      c.out += "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n";
+    }
     if (c.echo) {
       if (!c.head) c.out += "0\r\n\r\n";
       c.echo = false;
@@ -689,6 +716,9 @@ class Loop {
       c.after = After::kClose;
     } else if (path == "/malformed/bad-chunk") {
       c.out += "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+      c.after = After::kClose;
+    } else if (path == "/malformed/gzip-chunked") {
+      c.out += "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
       c.after = After::kClose;
     } else if (path == "/malformed/garbage") {
       c.out += "NOT HTTP\r\n\r\n";
@@ -730,7 +760,12 @@ class Loop {
     const int s = static_cast<int>(code);
     if (s == 204 || s == 304) {
       start_headers(c, s, "");
+      if (s == 304) c.out += "ETag: \"x\"\r\n";
+      uint64_t length = 0;
+      const bool has_length = query_uint(query_of(c), "length", &length) && length <= kChunkBytes;
+      if (has_length) content_length(c, length);
       end_headers(c);
+      if (has_length && query_has(query_of(c), "stray=1")) c.out.append(pattern(), 0, length);
       finish_response(c);
       return;
     }
@@ -852,6 +887,9 @@ int main(int argc, char** argv) {
     }
     listeners.push_back(fd);
   }
+  char ip[INET_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof(ip));
+  g_listen = std::string(ip) + ":" + std::to_string(ntohs(addr.sin_port));
   std::vector<int> stop_fds;
   std::vector<std::thread> workers;
   for (int listen_fd : listeners) {
@@ -867,9 +905,7 @@ int main(int argc, char** argv) {
       loop.run();
     });
   }
-  char ip[INET_ADDRSTRLEN] = {};
-  ::inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof(ip));
-  std::printf("listening on %s:%u\n", ip, static_cast<unsigned>(ntohs(addr.sin_port)));
+  std::printf("listening on %s\n", g_listen.c_str());
   std::fflush(stdout);
 
   int sig = 0;

@@ -85,6 +85,14 @@ TEST(ForwardingChunk, FramesDataAsOneChunkAndSkipsEmptyData) {
   EXPECT_EQ(out.size(), before);
 }
 
+TEST(ForwardingCodings, OnlyChunkedIsImplemented) {
+  EXPECT_TRUE(only_chunked_coding("chunked"));
+  EXPECT_TRUE(only_chunked_coding(" Chunked ,"));
+  EXPECT_FALSE(only_chunked_coding("gzip, chunked"));
+  EXPECT_FALSE(only_chunked_coding("chunked, gzip"));
+  EXPECT_FALSE(only_chunked_coding("identity"));
+}
+
 TEST(ForwardingTarget, KeyParameterIsRemovedWhereverItStands) {
   EXPECT_EQ(strip("/p?key=abc&a=1&b=2"), "/p?a=1&b=2");
   EXPECT_EQ(strip("/p?a=1&key=abc&b=2"), "/p?a=1&b=2");
@@ -241,6 +249,28 @@ TEST(UpstreamRequestHead, HostIsKeptEvenWhenConnectionNamesIt) {
   t.header("Host", "Api.Example:8080").header("Connection", "Host");
   EXPECT_NE(upstream_head(t).find("\r\nHost: Api.Example:8080\r\n"),
             std::string::npos);
+}
+
+// keygate is the client of the upstream: an HTTP/1.1 request needs a Host (RFC 9112 3.2), and
+// an HTTP/1.0 client may have sent none.
+TEST(UpstreamRequestHead, ARequestWithoutHostGetsTheUpstreamsAuthorityFirst) {
+  TestRequest t;
+  t.header("Accept", "*/*");
+  std::string out = "x";
+  const size_t host_at =
+      write_upstream_request_head(t.view(), kId, "1.2.3.4", BodyFraming::kNone, 0, out,
+                                  "127.0.0.1:9001");
+  EXPECT_EQ(header_lines(out.substr(1)).at(0), "Host: 127.0.0.1:9001");
+  EXPECT_EQ(out.substr(host_at, 14), "127.0.0.1:9001");
+  // The client's own Host is kept as sent, and nothing is added.
+  TestRequest with_host;
+  with_host.header("Host", "api.example");
+  std::string kept;
+  EXPECT_EQ(write_upstream_request_head(with_host.view(), kId, "1.2.3.4", BodyFraming::kNone, 0,
+                                        kept, "127.0.0.1:9001"),
+            0u);
+  EXPECT_NE(kept.find("\r\nHost: api.example\r\n"), std::string::npos) << kept;
+  EXPECT_EQ(kept.find("127.0.0.1:9001"), std::string::npos);
 }
 
 TEST(UpstreamRequestHead, ContentLengthAndExpectAreRemoved) {

@@ -206,6 +206,43 @@ TEST_F(ProxyTest, ReusesUpstreamConnections) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(rs[i].body, byte_pattern(static_cast<size_t>(i + 1)));
 }
 
+// A 204 or 304 has no body whatever its head says. A 304 may carry the Content-Length of the
+// GET it stands for (RFC 9110 8.6): waiting for that body left the client's connection stuck
+// until the response timeout, its pipelined request unanswered.
+TEST_F(ProxyTest, ANotModifiedResponseWithContentLengthHasNoBody) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/status/304?length=10", {key_header()}) +
+                          http_request("GET", "/orders/after-304", {key_header()})));
+  const std::vector<Response> rs = client.read_responses(2, Millis(2000));
+  ASSERT_EQ(rs.size(), 2u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 304) << rs[0].raw;
+  EXPECT_EQ(rs[0].header("ETag").value_or(""), "\"x\"");
+  EXPECT_EQ(rs[1].status, 200) << rs[1].raw;
+  EXPECT_EQ(string_member(rs[1].body, "target"), "/orders/after-304");
+}
+
+// Bytes a broken server sends after a 204 (here the 5 its Content-Length announced) belong to
+// no response: they once reached the client as the start of the next one.
+TEST_F(ProxyTest, BytesAfterANoContentResponseNeverReachTheClient) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {}, {"orders"}, /*response_timeout_ms=*/5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/status/204?length=5&stray=1", {key_header()}) +
+                          http_request("GET", "/orders/after-204", {key_header()})));
+  const std::optional<Response> no_content = client.read_response(Millis(2000));
+  ASSERT_TRUE(no_content.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(no_content->status, 204) << no_content->raw;
+  const std::optional<Response> next = client.read_response(Millis(2000));
+  ASSERT_TRUE(next.has_value()) << to_string(client.last_end()) << ": "
+                                << client.buffered().substr(0, 40);
+  EXPECT_EQ(next->status, 200) << next->raw;
+  EXPECT_EQ(string_member(next->body, "target"), "/orders/after-204");
+  // Not on the connection the stray bytes came on: that one is closed, never pooled.
+  EXPECT_EQ(number_member(next->body, "request"), 1) << next->body;
+}
+
 TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
   // Under AddressSanitizer freed blocks sit in a quarantine (256 MiB by default) that shows up
   // as resident memory; without it RSS measures what keygate holds.
@@ -352,6 +389,67 @@ TEST_F(ProxyTest, FailureStatuses) {
   auto ok = ask("/orders/after");
   ASSERT_TRUE(ok.has_value());
   EXPECT_EQ(ok->status, 200);
+}
+
+// RFC 9110 15.2: 1xx responses other than the 100 Continue keygate handles itself reach an
+// HTTP/1.1 client (they were all dropped); an HTTP/1.0 client knows none and gets none.
+TEST_F(ProxyTest, EarlyHintsReachHttp11ClientsOnly) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/orders/e?early-hints=1", {key_header()})));
+  const std::vector<Response> rs = client.read_responses(2);
+  ASSERT_EQ(rs.size(), 2u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 103) << rs[0].raw;
+  EXPECT_EQ(rs[0].header("Link").value_or(""), "</s.css>; rel=preload");
+  EXPECT_EQ(rs[1].status, 200) << rs[1].raw;
+  auto old = round_trip(server_->data_port(),
+                        "GET /orders/e?early-hints=1 HTTP/1.0\r\n" + key_header() + "\r\n\r\n");
+  ASSERT_TRUE(old.has_value());
+  EXPECT_EQ(old->status, 200) << old->raw;
+}
+
+// keygate implements only the chunked transfer coding. Any other one was dropped with its
+// (hop-by-hop) header while the body stayed encoded: "gzip, chunked" reached the other side as
+// plain "chunked". A request with one is 501 (RFC 9112 6.1) and closes; a response with one
+// is 502 bad_upstream_response.
+TEST_F(ProxyTest, TransferCodingsOtherThanChunkedAreRefused) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("POST /orders/1 HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                          "\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+  const std::optional<Response> request = client.read_response();
+  ASSERT_TRUE(request.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(request->status, 501) << request->raw;
+  EXPECT_TRUE(request->json_error_body()) << request->raw;
+  EXPECT_TRUE(request->connection_close()) << request->raw;
+  const std::optional<Response> response = get("/malformed/gzip-chunked", {"Connection: close"});
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 502) << response->raw;
+  EXPECT_NE(response->body.find("bad_upstream_response"), std::string::npos) << response->raw;
+}
+
+// The error that answers a HEAD whose upstream failed has no body either: it once carried the
+// JSON error body, which the client (no body expected) read as the start of the next response.
+TEST_F(ProxyTest, AnUpstreamFailureAnswersAHeadWithoutABody) {
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) + "\"]\n",
+                                {}, {"orders", "dead"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("HEAD", "/dead/1", {key_header()}) +
+                          http_request("GET", "/orders/after", {key_header()})));
+  const std::optional<Response> head = client.read_response(Millis(5000), /*head=*/true);
+  ASSERT_TRUE(head.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(head->status, 502) << head->raw;
+  EXPECT_FALSE(head->connection_close());
+  const std::optional<Response> next = client.read_response(Millis(5000));
+  ASSERT_TRUE(next.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(next->raw.rfind("HTTP/1.1 ", 0), 0u) << next->raw.substr(0, 80);
+  EXPECT_EQ(next->status, 200) << next->raw;
 }
 
 // A request pipelined behind one that times out is forwarded from inside the timeout check
@@ -673,6 +771,86 @@ TEST_F(ProxyTest, AConnectTimeoutMarksTheServerDownAndTriesTheNext) {
     }
   }
   ::close(lfd);
+}
+
+// An HTTP/1.0 request may come without Host; forwarded as HTTP/1.1 it must have one (RFC 9112
+// 3.2: keygate is the upstream's client), so it gets the address of the server it goes to —
+// also after failing over from a dead server. A client's own Host is forwarded as sent.
+TEST_F(ProxyTest, AnHttp10RequestWithoutHostGetsTheUpstreamsAddressAsHost) {
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) +
+                                    "\", \"@UPSTREAM@\"]\n",
+                                {}, {"orders", "pair"}, 5000, /*workers=*/1));
+  for (std::string_view target : {"/orders/h", "/pair/h"}) {
+    auto r = round_trip(server_->data_port(),
+                        "GET " + std::string(target) + " HTTP/1.0\r\n" + key_header() + "\r\n\r\n");
+    ASSERT_TRUE(r.has_value()) << target;
+    ASSERT_EQ(r->status, 200) << r->raw;
+    EXPECT_NE(r->body.find("[\"Host\",\"" + upstream_addr_ + "\"]"), std::string::npos)
+        << target << ": " << r->body;
+    EXPECT_EQ(count_of(r->body, "\"Host\""), 1u) << r->body;
+  }
+  auto own = round_trip(server_->data_port(), "GET /orders/h HTTP/1.0\r\nHost: api.example\r\n" +
+                                                  key_header() + "\r\n\r\n");
+  ASSERT_TRUE(own.has_value());
+  EXPECT_NE(own->body.find("[\"Host\",\"api.example\"]"), std::string::npos) << own->body;
+}
+
+// Round robin picks the server, then its pooled connection is used: sequential requests
+// alternate between two live servers. A server with an idle connection once always won, so
+// all the traffic of one client went to the first server it had used.
+TEST_F(ProxyTest, SequentialRequestsAlternateBetweenServers) {
+  std::string line, error;
+  const std::unique_ptr<ChildProcess> second = start_process_with_ready_line(
+      KEYGATE_UPSTREAM_BINARY, {"--listen", "127.0.0.1:0"}, "listening on ", &line, &error);
+  ASSERT_NE(second, nullptr) << error;
+  const std::string second_addr = line.substr(std::string_view("listening on ").size());
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+                                "upstreams = [\"@UPSTREAM@\", \"" + second_addr + "\"]\n",
+                                {}, {"orders", "pair"}, 5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  int first_server = 0;
+  int second_server = 0;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(client.send(http_request("GET", "/pair/" + std::to_string(i), {key_header()})));
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(r.has_value()) << i << ": " << to_string(client.last_end());
+    ASSERT_EQ(r->status, 200) << r->raw;
+    const std::string listen = string_member(r->body, "listen");
+    if (listen == upstream_addr_) ++first_server;
+    if (listen == second_addr) ++second_server;
+  }
+  EXPECT_NEAR(first_server, 10, 1);
+  EXPECT_NEAR(second_server, 10, 1);
+  EXPECT_EQ(first_server + second_server, 20);
+}
+
+// Failover is per request: each one tries every server of its API once, whatever the other
+// requests in flight do. It once walked the API's shared round-robin position instead, and
+// counted its picks of it: requests connecting at the same time moved it on for each other,
+// so some counted the dead server twice, never tried the live one and got 502.
+TEST_F(ProxyTest, ConcurrentRequestsEachFailOverToTheLiveServer) {
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) +
+                                    "\", \"@UPSTREAM@\"]\n",
+                                {}, {"orders", "pair"}, 5000, /*workers=*/1));
+  constexpr int kClients = 16;
+  std::vector<RawClient> clients(kClients);
+  for (RawClient& client : clients) ASSERT_TRUE(client.connect(server_->data_port()));
+  // Every request is sent before any response is read: they connect upstream together.
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(clients[i].send(http_request("GET", "/pair/" + std::to_string(i), {key_header()})));
+  }
+  for (int i = 0; i < kClients; ++i) {
+    const std::optional<Response> r = clients[i].read_response(Millis(5000));
+    ASSERT_TRUE(r.has_value()) << i << ": " << to_string(clients[i].last_end());
+    EXPECT_EQ(r->status, 200) << i << ": " << r->raw;
+  }
 }
 
 TEST_F(ProxyTest, ConnectTimeoutIs504) {

@@ -763,6 +763,17 @@ TEST(HttpParser, RejectsTransferEncodingNotEndingInChunked) {
                   400);
 }
 
+// RFC 9112 6.1: a transfer coding keygate does not implement is 501 (it was dropped with the
+// header while the body stayed encoded), in one field or across several.
+TEST(HttpParser, RejectsTransferCodingsOtherThanChunkedWith501) {
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                  501, "not_implemented");
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"
+      "\r\n0\r\n\r\n",
+      501, "not_implemented");
+}
+
 TEST(HttpParser, RejectsTransferEncodingInHttp10) {
   expect_rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", 400);
 }
