@@ -17,6 +17,8 @@
 //   consecutive seqs.
 //   - AccessLogRestart: after SIGKILL and a torn tail, a restarted server
 //   continues the seqs.
+//   - Clients that leave: admin creates reset right after sending (every
+//   created key has its record), data requests abandoned mid-body (one 499).
 //
 // The log is written asynchronously; tests poll the files with a deadline or
 // stop the server (SIGTERM drains and flushes). Every process started here is
@@ -1378,6 +1380,142 @@ TEST_F(AccessLogTest, RestartAfterKillSkipsTornTailAndContinuesSeq) {
   const std::string bytes = all_bytes_under(log_dir, &files);
   EXPECT_EQ(count_of(bytes, "torn-frag"), 0u)
       << "the torn fragment is still in the log";
+}
+
+// --- 6. Requests whose client leaves before the answer
+// -----------------------------------------
+
+// N admin creates, each connection reset (SO_LINGER {1, 0}) right after its request was sent:
+// whatever point each request reached (not read, deferred, executed, answered), every key that
+// was created has its record — with status 201, also when nobody heard the answer — and no
+// request has two.
+TEST_F(AccessLogTest, AdminCreatesWhoseClientResetsAreEachLoggedOnce) {
+  dirs_ = std::make_unique<TempDir>();
+  const std::string data_dir = dirs_->path() + "/data";
+  const std::string log_dir = dirs_->path() + "/logs";
+  ASSERT_NO_FATAL_FAILURE(start(2, "", data_dir, log_dir));
+  constexpr int kCreates = 20;
+  const std::string create =
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   R"({"apis":["orders"],"description":"reset-after-send"})");
+  for (int i = 0; i < kCreates; ++i) {
+    RawClient c;
+    ASSERT_TRUE(c.connect(server_->admin_port()));
+    ASSERT_TRUE(c.send(create));
+    if (i % 2 == 1)
+      std::this_thread::sleep_for(Millis(1));
+    c.reset();
+  }
+  // SIGTERM drains: every request still with the admin executor completes
+  // (and is logged) before the log's last flush.
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  const LogContents log = read_log(log_dir);
+  EXPECT_EQ(log.markers(), 0u) << "records were dropped";
+  size_t posts = 0, created_records = 0;
+  std::set<int64_t> request_ids;
+  for (const Json *r : log.records()) {
+    if (r->str("method") != "POST" || r->str("path") != "/admin/keys")
+      continue;
+    ++posts;
+    request_ids.insert(r->num("request_id"));
+    const int64_t status = r->num("status");
+    EXPECT_TRUE(status == 201 || status == 499) << status;
+    if (status == 201)
+      ++created_records;
+    if (status == 499) {
+      EXPECT_EQ(r->str("reason"), "client_closed");
+    }
+  }
+  EXPECT_EQ(request_ids.size(), posts) << "a request has two records";
+  EXPECT_LE(posts, static_cast<size_t>(kCreates));
+  EXPECT_GT(posts, 0u);
+
+  // The keys that exist, from a server restarted on the same data.
+  server_.reset();
+  ASSERT_NO_FATAL_FAILURE(start(1, "", data_dir, log_dir));
+  auto listed = admin("GET", "/admin/keys?limit=1000", kBootstrapAdminKey);
+  ASSERT_TRUE(listed && listed->status == 200) << show(listed);
+  const size_t keys = count_of(listed->body, "reset-after-send");
+  EXPECT_EQ(created_records, keys)
+      << keys << " keys were created, " << created_records
+      << " records say so (of " << posts << " POST records)";
+}
+
+// A client that sends a data request's head and part of its body, then closes
+// (FIN) or resets: the request gets one record, status 499 client_closed — on
+// a data port that stops at heads (an API forwards) and on one that does not.
+void expect_one_abandoned_record(const std::string &log_dir,
+                                 const std::string &path) {
+  const LogContents log = read_log(log_dir);
+  size_t found = 0;
+  for (const Json *r : log.records()) {
+    if (r->str("path") != path)
+      continue;
+    ++found;
+    EXPECT_EQ(r->str("method"), "POST") << path;
+    EXPECT_EQ(r->num("status"), 499) << path;
+    EXPECT_EQ(r->str("reason"), "client_closed") << path;
+    EXPECT_GE(r->num("bytes_in"), 100) << path;
+  }
+  EXPECT_EQ(found, 1u) << path;
+}
+
+void abandon_mid_body(uint16_t port, const std::string &key,
+                      const std::string &path, bool reset) {
+  std::string request = http_request(
+      "POST", path,
+      {"X-ApiKey: " + key, "Content-Type: application/octet-stream"},
+      std::string(1000, 'b'));
+  request.resize(request.size() - 900); // 100 of the 1000 body bytes
+  RawClient c;
+  ASSERT_TRUE(c.connect(port));
+  ASSERT_TRUE(c.send(request));
+  // The head is read and the body awaited before the client leaves.
+  std::this_thread::sleep_for(Millis(100));
+  if (reset)
+    c.reset();
+  else
+    c.close();
+}
+
+TEST_F(AccessLogTest, ADataRequestAbandonedMidBodyGetsOne499Record) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alog-midbody-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"orders"},
+                          false, false)
+                   .id.empty());
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server_->data_port(), key, "/orders/mid-fin", false));
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server_->data_port(), key, "/orders/mid-rst", true));
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  expect_one_abandoned_record(server_->log_dir(), "/orders/mid-fin");
+  expect_one_abandoned_record(server_->log_dir(), "/orders/mid-rst");
+}
+
+TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
+  // No API forwards: the data port reads whole requests before the handler
+  // sees them, so the record begins only when the client leaves.
+  TestServer server(admin_server_options(std::string(kBootstrapAdminKey)));
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  const std::string key = "alog-midbody-nofw-" + random_hex(24);
+  auto created = round_trip(
+      server.admin_port(),
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   "{\"key\":\"" + key + "\",\"apis\":[\"orders\"]}"));
+  ASSERT_TRUE(created && created->status == 201) << show(created);
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server.data_port(), key, "/orders/mid-fin", false));
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server.data_port(), key, "/orders/mid-rst", true));
+  ASSERT_TRUE(server.stop(SIGTERM).clean());
+  expect_one_abandoned_record(server.log_dir(), "/orders/mid-fin");
+  expect_one_abandoned_record(server.log_dir(), "/orders/mid-rst");
 }
 
 } // namespace
