@@ -1562,11 +1562,14 @@ int logs_follow(const Context& ctx, const LogsQuery& q) {
     if (!page.next_cursor || !parse_count_u64(*page.next_cursor, &next) || next < after) {
       return end(unexpected_response("a follow page without a usable next_cursor"));
     }
-    // Nothing newer was examined: wait. Otherwise more may be there at once (a full page, or
-    // the server's scan budget ended the page).
-    const bool idle = next == after;
     after = next;
-    if (idle) sleep_or_stop(kFollowPollMs);
+    // Only a full page says more is waiting: ask again at once. Whether anything new was
+    // examined says nothing, because the previous poll's own record (this query, logged) is
+    // always new: waiting only when the cursor stood still never waited, and an idle follow
+    // polled as fast as the server answered, each poll a record, a flush and a scan. A page
+    // the server's scan budget cut short waits one interval too; the cursor keeps its place.
+    const bool full = static_cast<int64_t>(page.records.size()) >= kLogsLimitMax;
+    if (!full) sleep_or_stop(kFollowPollMs);
   }
   return kExitOk;
 }

@@ -527,5 +527,21 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowLeavesOutLogQueriesItsOwnPollingIncl
   EXPECT_EQ(paths.back(), "/orders/last");
 }
 
+TEST_F(AdminLogsServer, KeygatectlLogsFollowOnAnIdleServerPollsTwiceASecond) {
+  ChildProcess follow;
+  ASSERT_NO_FATAL_FAILURE(start_follow(&follow, {}));  // the key's creation, then idle
+  std::this_thread::sleep_for(Millis(2000));
+  const ExitStatus status = follow.stop(SIGINT, Millis(5000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
+  // Each poll is logged: its own records count the polls. One every 0.5 s for 2 s, give or
+  // take one at either end.
+  size_t polls = 0;
+  for (const std::string& record : records_of(logs_until("limit=1000", 1))) {
+    if (contains(string_member(record, "path"), "after=")) ++polls;
+  }
+  EXPECT_LE(polls, 6u) << "an idle follow polled without pausing";
+  EXPECT_GE(polls, 2u);
+}
+
 }  // namespace
 }  // namespace keygate::integration
