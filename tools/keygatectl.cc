@@ -1494,9 +1494,13 @@ void append_followed(dom::parser& parser, std::string_view record, std::string* 
 }
 
 // Prints the matching records with seq <= `upto`, oldest first (log queries left out): the
-// newest `limit` of them, or all of them when `limit` is 0.
+// newest `limit` of them, or all of them when `limit` is 0. Log queries are left out as the
+// pages come, so they do not count towards `limit`: the pages go on until `limit` other
+// records are in or the log ends (each `keygatectl logs` run adds one query record, and those
+// used to fill the backlog and push the records asked for out of it).
 int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t limit) {
   dom::parser parser;
+  dom::parser record_parser;
   std::vector<std::string> backlog;  // newest first
   std::optional<std::string> cursor = std::to_string(upto + 1);
   for (size_t page_number = 0; cursor && g_stop_requested == 0; ++page_number) {
@@ -1508,17 +1512,16 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
     const std::string params =
         "limit=" + std::to_string(want) + q.filters + "&cursor=" + url_encode(*cursor);
     if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
-    for (std::string_view record : page.records) backlog.emplace_back(record);
+    for (std::string_view record : page.records) {
+      if (!is_log_query(record_parser, record)) backlog.emplace_back(record);
+    }
     if (page.next_cursor && *page.next_cursor == *cursor) {
       return unexpected_response("the cursor did not advance");
     }
     cursor = page.next_cursor;
   }
-  dom::parser record_parser;
   std::string out;
-  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) {
-    append_followed(record_parser, *it, &out);
-  }
+  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) out.append(*it).push_back('\n');
   return emit(out);
 }
 
