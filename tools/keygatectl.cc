@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/admin_api.h"
 #include "core/json_text.h"
 #include "tools/ctl/http_client.h"
 #include "tools/ctl/table.h"
@@ -489,6 +490,21 @@ int not_a_key_id(Group group, std::string_view what) {
   return usage_error(group, std::string(what) +
                                 " takes a key id (\"k\" and 12 letters or digits, as 'keys list' "
                                 "shows), not a key value");
+}
+
+// `logs --cursor`: a record's seq, as the note about older records gives it (a decimal number
+// from 1). Checked before anything is sent, as key ids are: whatever was typed goes into the
+// URL, and so into the admin port's access log in plain text (only key= values are redacted).
+bool looks_like_log_cursor(std::string_view text) {
+  uint64_t seq = 0;
+  return parse_count_u64(text, &seq) && seq > 0;
+}
+
+// `logs --since/--until`: an RFC 3339 time from 1970 on, read by the parser GET /admin/logs
+// uses (so what passes here is what the server takes); until must be after 1970-01-01T00:00:00Z.
+bool looks_like_log_time(std::string_view text, bool until) {
+  int64_t seconds = 0;
+  return keygate::parse_rfc3339(text, &seconds) && (until ? seconds > 0 : seconds >= 0);
 }
 
 // Percent-encodes everything but RFC 3986 unreserved characters: safe in a path segment and in
@@ -1595,9 +1611,27 @@ int logs_command(const Context& ctx, const Args& args) {
     }
     q.filters += "&status=" + std::to_string(status);
   }
-  if (auto v = args.last("--since")) q.filters += "&since=" + url_encode(*v);
-  if (auto v = args.last("--until")) q.filters += "&until=" + url_encode(*v);
+  // The values refused below are not repeated: a key pasted in the wrong place would be.
+  if (auto v = args.last("--since")) {
+    if (!looks_like_log_time(*v, false)) {
+      return usage_error(Group::kLogs,
+                         "--since takes an RFC 3339 time, e.g. 2026-11-26T12:00:00Z");
+    }
+    q.filters += "&since=" + url_encode(*v);
+  }
+  if (auto v = args.last("--until")) {
+    if (!looks_like_log_time(*v, true)) {
+      return usage_error(Group::kLogs,
+                         "--until takes an RFC 3339 time after 1970, e.g. 2026-11-26T12:00:00Z");
+    }
+    q.filters += "&until=" + url_encode(*v);
+  }
   const std::optional<std::string> cursor = args.last("--cursor");
+  if (cursor && !looks_like_log_cursor(*cursor)) {
+    return usage_error(Group::kLogs,
+                       "--cursor takes a record's seq (a number from 1), as the note about "
+                       "older records gives it");
+  }
   if (args.has("--follow")) {
     if (cursor) return usage_error(Group::kLogs, "--cursor and --follow exclude each other");
     if (ctx.json) return usage_error(Group::kLogs, "--json and --follow exclude each other");
