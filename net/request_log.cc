@@ -184,7 +184,10 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   const int64_t end = wall_us();
   r.duration_us = end > l.start_us ? static_cast<uint64_t>(end - l.start_us) : 0;
   if (l.log_request) {
-    if (l.body_streamed) l.req_truncated = !c->parser.body_captured_all();
+    // A body still streaming when the exchange ends (the upstream answered before it was all
+    // sent, the client left, an error) was not captured whole either, however little of it
+    // arrived: callers end the record before they clear `streaming`.
+    if (l.body_streamed) l.req_truncated = !c->parser.body_captured_all() || c->streaming;
     req.head = l.req_head;
     req.body = l.req_body;
     req.body_truncated = l.req_truncated;

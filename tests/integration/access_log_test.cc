@@ -19,14 +19,20 @@
 //   continues the seqs.
 //   - Clients that leave: admin creates reset right after sending (every
 //   created key has its record), data requests abandoned mid-body (one 499).
+//   - A body the upstream answered before it was all sent: marked truncated.
 //
 // The log is written asynchronously; tests poll the files with a deadline or
 // stop the server (SIGTERM drains and flushes). Every process started here is
 // stopped by its owner's destructor (TestServer, ChildProcess).
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -1516,6 +1522,124 @@ TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
   ASSERT_TRUE(server.stop(SIGTERM).clean());
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-fin");
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-rst");
+}
+
+// --- 7. A request body the upstream did not wait for
+// -------------------------------------------
+
+// An upstream on 127.0.0.1 that answers each connection's first request as soon as its head
+// has arrived, reading (and dropping) the rest of the body only afterwards, for at most 3 s.
+class EarlyAnsweringUpstream {
+public:
+  bool start() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr *>(&a), len) != 0 ||
+        ::listen(fd_, 8) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr *>(&a), &len) != 0) {
+      return false;
+    }
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+    return true;
+  }
+  ~EarlyAnsweringUpstream() {
+    stop_ = true;
+    if (thread_.joinable())
+      thread_.join();
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+  uint16_t port() const { return port_; }
+
+private:
+  void serve() {
+    const auto deadline = Clock::now() + Millis(10000);
+    while (!stop_ && Clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0)
+        continue;
+      const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0)
+        continue;
+      std::string in;
+      char buf[4096];
+      const auto until = Clock::now() + Millis(3000);
+      bool answered = false;
+      while (!stop_ && Clock::now() < until) {
+        pollfd q{c, POLLIN, 0};
+        if (::poll(&q, 1, 50) <= 0)
+          continue;
+        const ssize_t n = ::read(c, buf, sizeof(buf));
+        if (n <= 0)
+          break;
+        if (answered)
+          continue;
+        in.append(buf, static_cast<size_t>(n));
+        if (in.find("\r\n\r\n") == std::string::npos)
+          continue;
+        const std::string_view answer =
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        (void)!::write(c, answer.data(), answer.size());
+        answered = true;
+      }
+      ::close(c);
+    }
+  }
+
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// The upstream answers before the request body is all there: keygate stops
+// reading it, so the captured request body is only a part, and says so.
+TEST(AccessLogEarlyAnswer, ABodyTheUpstreamDidNotWaitForIsMarkedTruncated) {
+  EarlyAnsweringUpstream upstream;
+  ASSERT_TRUE(upstream.start());
+  ServerOptions options = admin_server_options(std::string(kBootstrapAdminKey));
+  options.workers = 1;
+  options.extra_config += "\n[[apis]]\nname = \"early\"\nroutes = [\"/early\"]\n"
+                          "upstreams = [\"127.0.0.1:" +
+                          std::to_string(upstream.port()) + "\"]\n";
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error << server.error_output();
+  const std::string key = "alog-early-" + random_hex(24);
+  auto created = round_trip(
+      server.admin_port(),
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   "{\"key\":\"" + key +
+                       "\",\"apis\":[\"early\"],\"log_request\":true}"));
+  ASSERT_TRUE(created && created->status == 201) << show(created);
+
+  // 1000 of 100000 body bytes: far below capture_bytes_max.
+  std::string request = http_request(
+      "POST", "/early/upload",
+      {"X-ApiKey: " + key, "Content-Type: application/octet-stream"},
+      std::string(100000, 'u'));
+  request.resize(request.size() - 99000);
+  RawClient client;
+  ASSERT_TRUE(client.connect(server.data_port()));
+  ASSERT_TRUE(client.send(request));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r && r->status == 200) << show(r);
+  client.close();
+  ASSERT_TRUE(server.stop(SIGTERM).clean());
+
+  const LogContents log = read_log(server.log_dir());
+  const Json *record = record_for(log, "/early/upload");
+  ASSERT_NE(record, nullptr);
+  EXPECT_EQ(record->num("status"), 200);
+  EXPECT_LE(captured(*record, "request", "body").size(), 1000u);
+  EXPECT_EQ(truncated_flag(*record, "request"), 1)
+      << "a request body cut short is logged as if whole";
 }
 
 } // namespace
