@@ -176,11 +176,21 @@ Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter&
   return Result::kDone;
 }
 
-void AdminHandler::abandon(RequestContext& ctx) noexcept {
+int AdminHandler::abandon(RequestContext& ctx) noexcept {
   // The worker calls this only after the ticket was posted, so neither the fetching thread nor
   // the backend still writes into the state.
-  if (ctx.state != nullptr) give_back(static_cast<State*>(ctx.state));
+  auto* state = static_cast<State*>(ctx.state);
+  if (state == nullptr) return 0;
   ctx.state = nullptr;
+  int done = 0;
+  if (state->phase == State::Phase::kExecute) {
+    // The backend ran it: the change happened (or failed) whether or not the client hears it,
+    // and the access log must say which. Out of range: what write_result() would answer.
+    const int status = state->response.status;
+    done = status < 200 || status > 599 ? 500 : status;
+  }
+  give_back(state);
+  return done;
 }
 
 bool AdminHandler::refused(const Authenticator::Result& resolved, ResponseWriter& response,

@@ -78,7 +78,9 @@ class AdminHandler final : public Handler {
                      RequestContext& ctx) noexcept override;
   Result resume_head(const HttpRequest& request, ResponseWriter& response,
                      RequestContext& ctx) noexcept override;
-  void abandon(RequestContext& ctx) noexcept override;
+  // Before the backend ran the request: 0. After: the backend's status (a key was created,
+  // rotated, deleted... although the client left).
+  int abandon(RequestContext& ctx) noexcept override;
 
  private:
   // Per-request state while deferred (RequestContext::state), pooled per worker.

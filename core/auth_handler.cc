@@ -228,9 +228,10 @@ Handler::Result AuthHandler::resume(const HttpRequest& request, ResponseWriter& 
   return result;
 }
 
-void AuthHandler::abandon(RequestContext& ctx) noexcept {
+int AuthHandler::abandon(RequestContext& ctx) noexcept {
   if (ctx.state != nullptr) give_back(static_cast<Pending*>(ctx.state));
   ctx.state = nullptr;
+  return 0;
 }
 
 Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& response,

@@ -76,7 +76,7 @@ class AuthHandler final : public Handler {
                      RequestContext& ctx) noexcept override;
   Result resume_head(const HttpRequest& request, ResponseWriter& response,
                      RequestContext& ctx) noexcept override;
-  void abandon(RequestContext& ctx) noexcept override;
+  int abandon(RequestContext& ctx) noexcept override;  // 0: a key lookup changes nothing
 
  private:
   // Whom an allowed request is answered for: the data plane forwards when the API has

@@ -163,8 +163,14 @@ class Handler {
     return Result::kDone;
   }
   // The connection of a deferred request closed; its ticket was posted (so no other thread
-  // still uses ctx.state). Free any per-request state.
-  virtual void abandon(RequestContext& ctx) noexcept { (void)ctx; }
+  // still uses ctx.state). Free any per-request state. Returns the status of what the request
+  // did anyway although nobody hears the answer (the admin API's status when its backend ran
+  // the request: a key created or deleted), or 0 when it did nothing; the worker logs the
+  // request with that status, or 499, and reason "client_closed".
+  virtual int abandon(RequestContext& ctx) noexcept {
+    (void)ctx;
+    return 0;
+  }
 };
 
 // Makes one Handler per worker. Called once per worker at start-up, on the main thread.

@@ -407,6 +407,18 @@ void HttpParser::stabilize_head() {
   build_request();
 }
 
+bool HttpParser::head_in_progress(std::string_view* method, std::string_view* target) const {
+  // Between parse() calls a request in progress lives in the assembly buffer (parse() moves it
+  // there before returning kNeedMore), so base_ is still valid here.
+  if (!started_ || !headers_done_ || message_done_ || failed_ || sink_ != nullptr ||
+      base_ == nullptr) {
+    return false;
+  }
+  *method = view(method_);
+  *target = view(url_);
+  return true;
+}
+
 void HttpParser::check_partial_limits() {
   if (headers_done_ || failed_) return;
   if (!request_line_done_) {

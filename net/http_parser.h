@@ -120,6 +120,11 @@ class HttpParser {
   bool request_in_progress() const { return started_ && !message_done_; }
   // Headers of the request in progress are complete (its body may still be arriving).
   bool headers_complete() const { return headers_done_; }
+  // A request whose headers are complete and whose body is still being buffered (not
+  // streamed): its method and target, so that a request the client abandons mid-body can be
+  // logged on a connection that did not stop at its head. Views valid until the next parse(),
+  // reset() or trim(); false (nothing set) for any other state.
+  bool head_in_progress(std::string_view* method, std::string_view* target) const;
 
  private:
   struct Span {

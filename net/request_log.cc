@@ -6,10 +6,11 @@
 // A record begins when a request's head is parsed (log_begin), learns the key's identity and
 // logging options from the handler (log_note, from RequestContext::access), and ends when its
 // response is complete (log_end): at once for responses keygate writes itself, when the
-// upstream's response ends for forwarded ones, or when the client goes away first (status 499,
-// reason "client_closed"). For keys with log_request / log_response the request (head
-// rebuilt from the parsed fields, body) and the response are captured up to
-// capture_bytes_max each and marked truncated beyond it.
+// upstream's response ends for forwarded ones, or when the connection ends first
+// (log_abandoned: status 499, reason "client_closed"; a deferred request whose handler did its
+// work anyway, an admin change the backend made, keeps that status with the same reason). For
+// keys with log_request / log_response the request (head rebuilt from the parsed fields, body)
+// and the response are captured up to capture_bytes_max each and marked truncated beyond it.
 #include <charconv>
 #include <cstring>
 #include <ctime>
@@ -183,7 +184,10 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   const int64_t end = wall_us();
   r.duration_us = end > l.start_us ? static_cast<uint64_t>(end - l.start_us) : 0;
   if (l.log_request) {
-    if (l.body_streamed) l.req_truncated = !c->parser.body_captured_all();
+    // A body still streaming when the exchange ends (the upstream answered before it was all
+    // sent, the client left, an error) was not captured whole either, however little of it
+    // arrived: callers end the record before they clear `streaming`.
+    if (l.body_streamed) l.req_truncated = !c->parser.body_captured_all() || c->streaming;
     req.head = l.req_head;
     req.body = l.req_body;
     req.body_truncated = l.req_truncated;
@@ -229,6 +233,24 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
     if (record_buf.capacity() > kOutputKeepCapacity) record_buf.shrink_to_fit();
   }
   l.key_value.clear();
+}
+
+// The connection ends (reset, closed mid-request, timed out writing) before the request in
+// progress was answered; or, for a deferred request, its ticket came back after that. Writes
+// the record that request never got, with reason "client_closed" and `status` (499, or what
+// the handler did anyway: Handler::abandon()). Nothing when there is no such request: the
+// connection's last record was written (close_after_send, lingering), or none began.
+void Worker::Impl::log_abandoned(Connection* c, int status) {
+  if (access_sink == nullptr) return;
+  if (!c->rlog.active) {
+    // A listener that does not stop at heads begins a record only once the body is in: a
+    // request abandoned mid-body begins its record here, from the head the parser holds.
+    if (c->close_after_send || c->lingering) return;
+    HttpRequest head;
+    if (!c->parser.head_in_progress(&head.method, &head.target)) return;
+    log_begin(c, &head);
+  }
+  log_end(c, status, "client_closed", {});
 }
 
 }  // namespace keygate::net

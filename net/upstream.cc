@@ -717,12 +717,12 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
   if (c != nullptr) {
     c->up = nullptr;
     c->proxying = false;
+    log_end(c, up->rp.status_code, {}, {});  // while `streaming` still says the body was cut
     if (c->streaming) {
       // The upstream answered before the body ended; the rest of it is not read.
       c->streaming = false;
       c->client_keep_alive = false;
     }
-    log_end(c, up->rp.status_code, {}, {});
     ++c->responses_fill;
     if (!c->client_keep_alive) c->close_after_send = true;
     mark_dirty(c);
@@ -772,7 +772,6 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
     return;
   }
   const bool body_unread = c->streaming;
-  c->streaming = false;
   // The answer to a HEAD has no body here either: the connection stays in step.
   ResponseWriter writer(fill_buf(c), date, head_request,
                         c->client_keep_alive && !body_unread && !draining);
@@ -780,6 +779,7 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
   const size_t response_at = fill_buf(c).size();
   writer.error(status, code, message);
   log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));
+  c->streaming = false;  // after log_end: a body cut short is logged as truncated
   ++c->responses_fill;
   if (!writer.keep_alive()) {
     c->close_after_send = true;

@@ -638,6 +638,9 @@ void Worker::Impl::close_conn(Connection* c) {
   if (c->closed) return;
   c->closed = true;
   detach_client(c);
+  // A deferred request is logged when its ticket comes back (on_posted): its handler may still
+  // be doing what it was asked, and the record must say whether it did.
+  if (!c->awaiting) log_abandoned(c, 499);
   timer_clear(c);
   if (c->ops == 0) {
     release(c);
@@ -682,7 +685,8 @@ void Worker::Impl::release(Connection* c) {
   c->up = nullptr;
   c->peer_ip[0] = '\0';
   c->peer_port = 0;
-  c->rlog.active = false;
+  // Every request that began was logged: by its response, or by close_conn()/on_posted().
+  KEYGATE_ASSERT(!c->rlog.active);
   --live;
   free_slots.push_back(c->slot);
 }
@@ -847,7 +851,8 @@ void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
   KEYGATE_ASSERT(c->gen == gen && c->awaiting);
   c->awaiting = false;
   if (c->closed) {
-    listeners[c->listener].handler->abandon(c->ctx);
+    const int done = listeners[c->listener].handler->abandon(c->ctx);
+    log_abandoned(c, done != 0 ? done : 499);
   } else {
     if (c->head_deferred) {
       c->head_deferred = false;

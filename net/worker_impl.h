@@ -332,6 +332,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void log_note(Connection* c, const HttpRequest& request);
   void log_end(Connection* c, int status, std::string_view reason,
                std::string_view response_text);
+  void log_abandoned(Connection* c, int status);
 
   // Reverse proxy (upstream.cc).
   bool init_upstreams(std::string* error);

@@ -1243,7 +1243,10 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
     return true;
   }
 
-  // Newest first.
+  // Newest first. Once the page is full (or the budget spent) at `last_seq`, the scan goes on to
+  // the next older line only to learn whether there is one: the cursor is `last_seq` then, and
+  // stays 0 (the listing is complete) when `last_seq` was the oldest record.
+  uint64_t last_seq = 0;
   for (size_t i = segments.size(); i-- > 0;) {
     if (q.before_seq != 0 && segments[i].first_seq >= q.before_seq) continue;
     int fd;
@@ -1262,12 +1265,14 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
     while (!stop && lines.next(&line, &offset, &ok)) {
       uint64_t seq;
       if (!line_seq(line, &seq) || (q.before_seq != 0 && seq >= q.before_seq)) continue;
+      if (last_seq != 0) {
+        result->next_cursor = last_seq;  // an older line exists
+        stop = true;
+        continue;
+      }
       scanned_bytes += line.size() + 1;
       if (matcher.matches(line)) result->records.emplace_back(line);
-      if (result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max) {
-        result->next_cursor = seq;
-        stop = true;
-      }
+      if (result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max) last_seq = seq;
     }
     const int read_errno = errno;
     ::close(fd);

@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/admin_api.h"
 #include "core/json_text.h"
 #include "tools/ctl/http_client.h"
 #include "tools/ctl/table.h"
@@ -489,6 +490,21 @@ int not_a_key_id(Group group, std::string_view what) {
   return usage_error(group, std::string(what) +
                                 " takes a key id (\"k\" and 12 letters or digits, as 'keys list' "
                                 "shows), not a key value");
+}
+
+// `logs --cursor`: a record's seq, as the note about older records gives it (a decimal number
+// from 1). Checked before anything is sent, as key ids are: whatever was typed goes into the
+// URL, and so into the admin port's access log in plain text (only key= values are redacted).
+bool looks_like_log_cursor(std::string_view text) {
+  uint64_t seq = 0;
+  return parse_count_u64(text, &seq) && seq > 0;
+}
+
+// `logs --since/--until`: an RFC 3339 time from 1970 on, read by the parser GET /admin/logs
+// uses (so what passes here is what the server takes); until must be after 1970-01-01T00:00:00Z.
+bool looks_like_log_time(std::string_view text, bool until) {
+  int64_t seconds = 0;
+  return keygate::parse_rfc3339(text, &seconds) && (until ? seconds > 0 : seconds >= 0);
 }
 
 // Percent-encodes everything but RFC 3986 unreserved characters: safe in a path segment and in
@@ -1494,9 +1510,13 @@ void append_followed(dom::parser& parser, std::string_view record, std::string* 
 }
 
 // Prints the matching records with seq <= `upto`, oldest first (log queries left out): the
-// newest `limit` of them, or all of them when `limit` is 0.
+// newest `limit` of them, or all of them when `limit` is 0. Log queries are left out as the
+// pages come, so they do not count towards `limit`: the pages go on until `limit` other
+// records are in or the log ends (each `keygatectl logs` run adds one query record, and those
+// used to fill the backlog and push the records asked for out of it).
 int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t limit) {
   dom::parser parser;
+  dom::parser record_parser;
   std::vector<std::string> backlog;  // newest first
   std::optional<std::string> cursor = std::to_string(upto + 1);
   for (size_t page_number = 0; cursor && g_stop_requested == 0; ++page_number) {
@@ -1508,17 +1528,16 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
     const std::string params =
         "limit=" + std::to_string(want) + q.filters + "&cursor=" + url_encode(*cursor);
     if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
-    for (std::string_view record : page.records) backlog.emplace_back(record);
+    for (std::string_view record : page.records) {
+      if (!is_log_query(record_parser, record)) backlog.emplace_back(record);
+    }
     if (page.next_cursor && *page.next_cursor == *cursor) {
       return unexpected_response("the cursor did not advance");
     }
     cursor = page.next_cursor;
   }
-  dom::parser record_parser;
   std::string out;
-  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) {
-    append_followed(record_parser, *it, &out);
-  }
+  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) out.append(*it).push_back('\n');
   return emit(out);
 }
 
@@ -1562,11 +1581,14 @@ int logs_follow(const Context& ctx, const LogsQuery& q) {
     if (!page.next_cursor || !parse_count_u64(*page.next_cursor, &next) || next < after) {
       return end(unexpected_response("a follow page without a usable next_cursor"));
     }
-    // Nothing newer was examined: wait. Otherwise more may be there at once (a full page, or
-    // the server's scan budget ended the page).
-    const bool idle = next == after;
     after = next;
-    if (idle) sleep_or_stop(kFollowPollMs);
+    // Only a full page says more is waiting: ask again at once. Whether anything new was
+    // examined says nothing, because the previous poll's own record (this query, logged) is
+    // always new: waiting only when the cursor stood still never waited, and an idle follow
+    // polled as fast as the server answered, each poll a record, a flush and a scan. A page
+    // the server's scan budget cut short waits one interval too; the cursor keeps its place.
+    const bool full = static_cast<int64_t>(page.records.size()) >= kLogsLimitMax;
+    if (!full) sleep_or_stop(kFollowPollMs);
   }
   return kExitOk;
 }
@@ -1589,9 +1611,27 @@ int logs_command(const Context& ctx, const Args& args) {
     }
     q.filters += "&status=" + std::to_string(status);
   }
-  if (auto v = args.last("--since")) q.filters += "&since=" + url_encode(*v);
-  if (auto v = args.last("--until")) q.filters += "&until=" + url_encode(*v);
+  // The values refused below are not repeated: a key pasted in the wrong place would be.
+  if (auto v = args.last("--since")) {
+    if (!looks_like_log_time(*v, false)) {
+      return usage_error(Group::kLogs,
+                         "--since takes an RFC 3339 time, e.g. 2026-11-26T12:00:00Z");
+    }
+    q.filters += "&since=" + url_encode(*v);
+  }
+  if (auto v = args.last("--until")) {
+    if (!looks_like_log_time(*v, true)) {
+      return usage_error(Group::kLogs,
+                         "--until takes an RFC 3339 time after 1970, e.g. 2026-11-26T12:00:00Z");
+    }
+    q.filters += "&until=" + url_encode(*v);
+  }
   const std::optional<std::string> cursor = args.last("--cursor");
+  if (cursor && !looks_like_log_cursor(*cursor)) {
+    return usage_error(Group::kLogs,
+                       "--cursor takes a record's seq (a number from 1), as the note about "
+                       "older records gives it");
+  }
   if (args.has("--follow")) {
     if (cursor) return usage_error(Group::kLogs, "--cursor and --follow exclude each other");
     if (ctx.json) return usage_error(Group::kLogs, "--json and --follow exclude each other");

@@ -17,14 +17,22 @@
 //   consecutive seqs.
 //   - AccessLogRestart: after SIGKILL and a torn tail, a restarted server
 //   continues the seqs.
+//   - Clients that leave: admin creates reset right after sending (every
+//   created key has its record), data requests abandoned mid-body (one 499).
+//   - A body the upstream answered before it was all sent: marked truncated.
 //
 // The log is written asynchronously; tests poll the files with a deadline or
 // stop the server (SIGTERM drains and flushes). Every process started here is
 // stopped by its owner's destructor (TestServer, ChildProcess).
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -1378,6 +1386,260 @@ TEST_F(AccessLogTest, RestartAfterKillSkipsTornTailAndContinuesSeq) {
   const std::string bytes = all_bytes_under(log_dir, &files);
   EXPECT_EQ(count_of(bytes, "torn-frag"), 0u)
       << "the torn fragment is still in the log";
+}
+
+// --- 6. Requests whose client leaves before the answer
+// -----------------------------------------
+
+// N admin creates, each connection reset (SO_LINGER {1, 0}) right after its request was sent:
+// whatever point each request reached (not read, deferred, executed, answered), every key that
+// was created has its record — with status 201, also when nobody heard the answer — and no
+// request has two.
+TEST_F(AccessLogTest, AdminCreatesWhoseClientResetsAreEachLoggedOnce) {
+  dirs_ = std::make_unique<TempDir>();
+  const std::string data_dir = dirs_->path() + "/data";
+  const std::string log_dir = dirs_->path() + "/logs";
+  ASSERT_NO_FATAL_FAILURE(start(2, "", data_dir, log_dir));
+  constexpr int kCreates = 20;
+  const std::string create =
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   R"({"apis":["orders"],"description":"reset-after-send"})");
+  for (int i = 0; i < kCreates; ++i) {
+    RawClient c;
+    ASSERT_TRUE(c.connect(server_->admin_port()));
+    ASSERT_TRUE(c.send(create));
+    if (i % 2 == 1)
+      std::this_thread::sleep_for(Millis(1));
+    c.reset();
+  }
+  // SIGTERM drains: every request still with the admin executor completes
+  // (and is logged) before the log's last flush.
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  const LogContents log = read_log(log_dir);
+  EXPECT_EQ(log.markers(), 0u) << "records were dropped";
+  size_t posts = 0, created_records = 0;
+  std::set<int64_t> request_ids;
+  for (const Json *r : log.records()) {
+    if (r->str("method") != "POST" || r->str("path") != "/admin/keys")
+      continue;
+    ++posts;
+    request_ids.insert(r->num("request_id"));
+    const int64_t status = r->num("status");
+    EXPECT_TRUE(status == 201 || status == 499) << status;
+    if (status == 201)
+      ++created_records;
+    if (status == 499) {
+      EXPECT_EQ(r->str("reason"), "client_closed");
+    }
+  }
+  EXPECT_EQ(request_ids.size(), posts) << "a request has two records";
+  EXPECT_LE(posts, static_cast<size_t>(kCreates));
+  EXPECT_GT(posts, 0u);
+
+  // The keys that exist, from a server restarted on the same data.
+  server_.reset();
+  ASSERT_NO_FATAL_FAILURE(start(1, "", data_dir, log_dir));
+  auto listed = admin("GET", "/admin/keys?limit=1000", kBootstrapAdminKey);
+  ASSERT_TRUE(listed && listed->status == 200) << show(listed);
+  const size_t keys = count_of(listed->body, "reset-after-send");
+  EXPECT_EQ(created_records, keys)
+      << keys << " keys were created, " << created_records
+      << " records say so (of " << posts << " POST records)";
+}
+
+// A client that sends a data request's head and part of its body, then closes
+// (FIN) or resets: the request gets one record, status 499 client_closed — on
+// a data port that stops at heads (an API forwards) and on one that does not.
+void expect_one_abandoned_record(const std::string &log_dir,
+                                 const std::string &path) {
+  const LogContents log = read_log(log_dir);
+  size_t found = 0;
+  for (const Json *r : log.records()) {
+    if (r->str("path") != path)
+      continue;
+    ++found;
+    EXPECT_EQ(r->str("method"), "POST") << path;
+    EXPECT_EQ(r->num("status"), 499) << path;
+    EXPECT_EQ(r->str("reason"), "client_closed") << path;
+    EXPECT_GE(r->num("bytes_in"), 100) << path;
+  }
+  EXPECT_EQ(found, 1u) << path;
+}
+
+void abandon_mid_body(uint16_t port, const std::string &key,
+                      const std::string &path, bool reset) {
+  std::string request = http_request(
+      "POST", path,
+      {"X-ApiKey: " + key, "Content-Type: application/octet-stream"},
+      std::string(1000, 'b'));
+  request.resize(request.size() - 900); // 100 of the 1000 body bytes
+  RawClient c;
+  ASSERT_TRUE(c.connect(port));
+  ASSERT_TRUE(c.send(request));
+  // The head is read and the body awaited before the client leaves.
+  std::this_thread::sleep_for(Millis(100));
+  if (reset)
+    c.reset();
+  else
+    c.close();
+}
+
+TEST_F(AccessLogTest, ADataRequestAbandonedMidBodyGetsOne499Record) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alog-midbody-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"orders"},
+                          false, false)
+                   .id.empty());
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server_->data_port(), key, "/orders/mid-fin", false));
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server_->data_port(), key, "/orders/mid-rst", true));
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  expect_one_abandoned_record(server_->log_dir(), "/orders/mid-fin");
+  expect_one_abandoned_record(server_->log_dir(), "/orders/mid-rst");
+}
+
+TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
+  // No API forwards: the data port reads whole requests before the handler
+  // sees them, so the record begins only when the client leaves.
+  TestServer server(admin_server_options(std::string(kBootstrapAdminKey)));
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  const std::string key = "alog-midbody-nofw-" + random_hex(24);
+  auto created = round_trip(
+      server.admin_port(),
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   "{\"key\":\"" + key + "\",\"apis\":[\"orders\"]}"));
+  ASSERT_TRUE(created && created->status == 201) << show(created);
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server.data_port(), key, "/orders/mid-fin", false));
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server.data_port(), key, "/orders/mid-rst", true));
+  ASSERT_TRUE(server.stop(SIGTERM).clean());
+  expect_one_abandoned_record(server.log_dir(), "/orders/mid-fin");
+  expect_one_abandoned_record(server.log_dir(), "/orders/mid-rst");
+}
+
+// --- 7. A request body the upstream did not wait for
+// -------------------------------------------
+
+// An upstream on 127.0.0.1 that answers each connection's first request as soon as its head
+// has arrived, reading (and dropping) the rest of the body only afterwards, for at most 3 s.
+class EarlyAnsweringUpstream {
+public:
+  bool start() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr *>(&a), len) != 0 ||
+        ::listen(fd_, 8) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr *>(&a), &len) != 0) {
+      return false;
+    }
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+    return true;
+  }
+  ~EarlyAnsweringUpstream() {
+    stop_ = true;
+    if (thread_.joinable())
+      thread_.join();
+    if (fd_ >= 0)
+      ::close(fd_);
+  }
+  uint16_t port() const { return port_; }
+
+private:
+  void serve() {
+    const auto deadline = Clock::now() + Millis(10000);
+    while (!stop_ && Clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0)
+        continue;
+      const int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0)
+        continue;
+      std::string in;
+      char buf[4096];
+      const auto until = Clock::now() + Millis(3000);
+      bool answered = false;
+      while (!stop_ && Clock::now() < until) {
+        pollfd q{c, POLLIN, 0};
+        if (::poll(&q, 1, 50) <= 0)
+          continue;
+        const ssize_t n = ::read(c, buf, sizeof(buf));
+        if (n <= 0)
+          break;
+        if (answered)
+          continue;
+        in.append(buf, static_cast<size_t>(n));
+        if (in.find("\r\n\r\n") == std::string::npos)
+          continue;
+        const std::string_view answer =
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        (void)!::write(c, answer.data(), answer.size());
+        answered = true;
+      }
+      ::close(c);
+    }
+  }
+
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// The upstream answers before the request body is all there: keygate stops
+// reading it, so the captured request body is only a part, and says so.
+TEST(AccessLogEarlyAnswer, ABodyTheUpstreamDidNotWaitForIsMarkedTruncated) {
+  EarlyAnsweringUpstream upstream;
+  ASSERT_TRUE(upstream.start());
+  ServerOptions options = admin_server_options(std::string(kBootstrapAdminKey));
+  options.workers = 1;
+  options.extra_config += "\n[[apis]]\nname = \"early\"\nroutes = [\"/early\"]\n"
+                          "upstreams = [\"127.0.0.1:" +
+                          std::to_string(upstream.port()) + "\"]\n";
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error << server.error_output();
+  const std::string key = "alog-early-" + random_hex(24);
+  auto created = round_trip(
+      server.admin_port(),
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   "{\"key\":\"" + key +
+                       "\",\"apis\":[\"early\"],\"log_request\":true}"));
+  ASSERT_TRUE(created && created->status == 201) << show(created);
+
+  // 1000 of 100000 body bytes: far below capture_bytes_max.
+  std::string request = http_request(
+      "POST", "/early/upload",
+      {"X-ApiKey: " + key, "Content-Type: application/octet-stream"},
+      std::string(100000, 'u'));
+  request.resize(request.size() - 99000);
+  RawClient client;
+  ASSERT_TRUE(client.connect(server.data_port()));
+  ASSERT_TRUE(client.send(request));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_TRUE(r && r->status == 200) << show(r);
+  client.close();
+  ASSERT_TRUE(server.stop(SIGTERM).clean());
+
+  const LogContents log = read_log(server.log_dir());
+  const Json *record = record_for(log, "/early/upload");
+  ASSERT_NE(record, nullptr);
+  EXPECT_EQ(record->num("status"), 200);
+  EXPECT_LE(captured(*record, "request", "body").size(), 1000u);
+  EXPECT_EQ(truncated_flag(*record, "request"), 1)
+      << "a request body cut short is logged as if whole";
 }
 
 } // namespace

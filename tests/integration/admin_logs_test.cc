@@ -527,5 +527,45 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowLeavesOutLogQueriesItsOwnPollingIncl
   EXPECT_EQ(paths.back(), "/orders/last");
 }
 
+TEST_F(AdminLogsServer, KeygatectlLogsFollowOnAnIdleServerPollsTwiceASecond) {
+  ChildProcess follow;
+  ASSERT_NO_FATAL_FAILURE(start_follow(&follow, {}));  // the key's creation, then idle
+  std::this_thread::sleep_for(Millis(2000));
+  const ExitStatus status = follow.stop(SIGINT, Millis(5000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
+  // Each poll is logged: its own records count the polls. One every 0.5 s for 2 s, give or
+  // take one at either end.
+  size_t polls = 0;
+  for (const std::string& record : records_of(logs_until("limit=1000", 1))) {
+    if (contains(string_member(record, "path"), "after=")) ++polls;
+  }
+  EXPECT_LE(polls, 6u) << "an idle follow polled without pausing";
+  EXPECT_GE(polls, 2u);
+}
+
+TEST_F(AdminLogsServer, KeygatectlLogsFollowLimitCountsOnlyTheRecordsItShows) {
+  for (const char* path : {"/orders/1", "/orders/2", "/orders/3"}) {
+    ASSERT_NO_FATAL_FAILURE(data(path, 200));
+  }
+  ASSERT_EQ(records_of(logs_until("key_id=" + key_id_, 3)).size(), 3u);
+  // Two more log queries, the newest records before the follow starts.
+  const std::string url = "http://127.0.0.1:" + std::to_string(server_->admin_port());
+  const std::vector<std::string> env = ctl_environment(admin_value_);
+  for (int i = 0; i < 2; ++i) {
+    const ProcessResult run = run_process(KEYGATECTL_BINARY, {"--url", url, "logs"}, &env);
+    ASSERT_TRUE(run.status.clean()) << run.status.describe() << "\n" << run.err;
+  }
+  ChildProcess follow;
+  ASSERT_NO_FATAL_FAILURE(start_follow(&follow, {"--limit", "2"}));
+  EXPECT_TRUE(follow.wait_for_lines(2, Millis(5000))) << follow.output() << follow.error_output();
+  const ExitStatus status = follow.stop(SIGINT, Millis(5000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
+  // The two newest records that are not log queries, oldest first.
+  const std::vector<std::string> paths = paths_of_lines(follow.output());
+  ASSERT_GE(paths.size(), 2u) << follow.output();
+  EXPECT_EQ(paths[0], "/orders/2") << follow.output();
+  EXPECT_EQ(paths[1], "/orders/3") << follow.output();
+}
+
 }  // namespace
 }  // namespace keygate::integration

@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -732,11 +735,44 @@ TEST_F(Keygatectl, LogsRefusesBadOptionsBeforeSendingAnything) {
            {"logs", "--follow", "--cursor", "5"},
            {"logs", "--follow", "--json"},
            {"logs", "extra"},
-           {"logs", "--user", "alice"}}) {
+           {"logs", "--user", "alice"},
+           {"logs", "--cursor", "0"},
+           {"logs", "--cursor", "-5"},
+           {"logs", "--cursor", "12abc"},
+           {"logs", "--since", "yesterday"},
+           {"logs", "--since", "2026-11-26"},
+           {"logs", "--until", "1970-01-01T00:00:00Z"},
+           {"logs", "--follow", "--until", "noon"}}) {
     run = ctl(args);
     EXPECT_TRUE(run.exited_with(2)) << run.describe();
     EXPECT_TRUE(contains(run.err, "usage: keygatectl [global options] logs")) << run.describe();
   }
+}
+
+TEST_F(Keygatectl, LogsCursorSinceAndUntilAreCheckedSoAKeyTypedThereNeverReachesTheLog) {
+  // A key value where a seq or a time belongs: refused before anything is sent, not echoed
+  // (TearDown checks every run's output for the admin key).
+  for (const char* option : {"--cursor", "--since", "--until"}) {
+    const CtlRun run = ctl({"logs", option, admin_value_});
+    EXPECT_TRUE(run.exited_with(2)) << run.describe();
+    EXPECT_TRUE(contains(run.err, std::string(option) + " takes")) << run.describe();
+  }
+  // What the server takes passes (and the query flushes the log to its files).
+  const CtlRun ok = ctl({"logs", "--since", "2026-01-01T00:00:00Z", "--until",
+                         "2099-12-31T23:59:59+01:00", "--cursor", "18446744073709551615"});
+  EXPECT_TRUE(ok.exited_with(0)) << ok.describe();
+  size_t files = 0;
+  std::string bytes;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(server_->log_dir(), ec)) {
+    if (!e.is_regular_file()) continue;
+    ++files;
+    std::ifstream f(e.path(), std::ios::binary);
+    bytes.append(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+  ASSERT_GT(files, 0u);
+  EXPECT_TRUE(contains(bytes, "/admin/logs?")) << "the accepted query is not in the log";
+  EXPECT_FALSE(contains(bytes, admin_value_)) << "the key reached the access log";
 }
 
 }  // namespace

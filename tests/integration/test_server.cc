@@ -534,6 +534,14 @@ void RawClient::shutdown_write() {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
 }
 
+void RawClient::reset() {
+  if (fd_ >= 0) {
+    const linger abort_on_close{1, 0};
+    (void)::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof(abort_on_close));
+  }
+  close();
+}
+
 ReadEnd RawClient::fill(Clock::time_point deadline) {
   if (fd_ < 0) return ReadEnd::kError;
   pollfd p{fd_, POLLIN, 0};

@@ -230,6 +230,8 @@ class RawClient {
   // Half-closes our side (the server sees EOF).
   void shutdown_write();
   void close();
+  // Closes with SO_LINGER {1, 0}: the server sees a reset (ECONNRESET), not a FIN.
+  void reset();
 
   // Reads one response (an interim 1xx included). `head`: the response has no body.
   // Returns nullopt on EOF/reset/timeout before a whole response; last_end() says which.

@@ -1030,6 +1030,24 @@ TEST_F(AccessLogQuery, LimitStopsTheScanAndGivesACursor) {
   EXPECT_EQ(result.next_cursor, seq_of(result.records.back()));
 }
 
+TEST_F(AccessLogQuery, APageThatEndsOnTheOldestRecordHasNoCursor) {
+  // Exactly the whole log: nothing older to page to.
+  auto result = run({.key_id = "", .limit = kRecords});
+  EXPECT_EQ(result.records.size(), static_cast<size_t>(kRecords));
+  EXPECT_EQ(result.next_cursor, 0u);
+  // The last page of a paging, full to the oldest record (seqs 3, 2, 1).
+  result = run({.key_id = "", .limit = 3, .before_seq = 4});
+  EXPECT_EQ(indexes(result), (std::vector<int64_t>{2, 1, 0}));
+  EXPECT_EQ(result.next_cursor, 0u);
+  // One record short of it: the cursor leads to the oldest.
+  result = run({.key_id = "", .limit = 2, .before_seq = 4});
+  EXPECT_EQ(indexes(result), (std::vector<int64_t>{2, 1}));
+  EXPECT_EQ(result.next_cursor, 2u);
+  result = run({.key_id = "", .limit = 2, .before_seq = result.next_cursor});
+  EXPECT_EQ(indexes(result), (std::vector<int64_t>{0}));
+  EXPECT_EQ(result.next_cursor, 0u);
+}
+
 TEST_F(AccessLogQuery, BeforeSeqPagesThroughEverythingNewestFirstWithoutDuplicates) {
   std::vector<int64_t> all;
   std::set<uint64_t> seqs;
