@@ -567,5 +567,29 @@ TEST_F(AdminLogsServer, KeygatectlLogsFollowLimitCountsOnlyTheRecordsItShows) {
   EXPECT_EQ(paths[1], "/orders/3") << follow.output();
 }
 
+// The backlog is fetched in whole pages however few records are missing: with the newest 300
+// records all log queries (another follow polling for a while), `--limit 1` once asked for
+// limit=1 pages, one request per query record, before showing anything.
+TEST_F(AdminLogsServer, KeygatectlLogsFollowBacklogSkipsLogQueriesInWholePages) {
+  ASSERT_NO_FATAL_FAILURE(data("/orders/under-the-queries", 200));
+  for (int i = 0; i < 300; ++i) {
+    const std::optional<Response> r = admin("GET", "/admin/logs?limit=1");
+    ASSERT_TRUE(r.has_value());
+    ASSERT_EQ(r->status, 200) << r->raw;
+  }
+  ChildProcess follow;
+  ASSERT_NO_FATAL_FAILURE(start_follow(&follow, {"--limit", "1"}));
+  const ExitStatus status = follow.stop(SIGINT, Millis(5000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << follow.error_output();
+  const std::vector<std::string> paths = paths_of_lines(follow.output());
+  ASSERT_FALSE(paths.empty()) << follow.output();
+  EXPECT_EQ(paths[0], "/orders/under-the-queries") << follow.output();
+  size_t backlog_pages = 0;
+  for (const std::string& record : records_of(logs_until("limit=1000", 1))) {
+    if (contains(string_member(record, "path"), "cursor=")) ++backlog_pages;
+  }
+  EXPECT_LE(backlog_pages, 3u) << "the backlog was fetched a record or two per request";
+}
+
 }  // namespace
 }  // namespace keygate::integration
