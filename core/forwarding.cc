@@ -231,17 +231,37 @@ void write_client_response_head(const ResponseHead &head, BodyFraming framing,
   out.append(kCrlf);
 }
 
-bool only_chunked_coding(std::string_view transfer_encoding) noexcept {
-  std::string_view list = transfer_encoding;
+namespace {
+
+// Calls `f` with each non-empty element of a Transfer-Encoding list, its OWS trimmed.
+template <typename F>
+void for_each_coding(std::string_view list, F&& f) noexcept {
   while (!list.empty()) {
     const size_t comma = list.find(',');
     std::string_view coding = list.substr(0, comma);
     list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
     while (!coding.empty() && is_ows(coding.front())) coding.remove_prefix(1);
     while (!coding.empty() && is_ows(coding.back())) coding.remove_suffix(1);
-    if (!coding.empty() && !equals_ignore_case(coding, "chunked")) return false;
+    if (!coding.empty()) f(coding);
   }
-  return true;
+}
+
+}  // namespace
+
+bool only_chunked_coding(std::string_view transfer_encoding) noexcept {
+  bool only = true;
+  for_each_coding(transfer_encoding, [&](std::string_view coding) noexcept {
+    if (!equals_ignore_case(coding, "chunked")) only = false;
+  });
+  return only;
+}
+
+size_t chunked_codings(std::string_view transfer_encoding) noexcept {
+  size_t n = 0;
+  for_each_coding(transfer_encoding, [&](std::string_view coding) noexcept {
+    if (equals_ignore_case(coding, "chunked")) ++n;
+  });
+  return n;
 }
 
 void append_chunk(std::string_view data, std::string& out) noexcept {

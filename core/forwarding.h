@@ -37,6 +37,8 @@ enum class BodyFraming : uint8_t {
 // case; whitespace and empty list elements are skipped). keygate implements no other coding:
 // one it forwarded would lose its header (hop-by-hop) while the body stayed encoded.
 bool only_chunked_coding(std::string_view transfer_encoding) noexcept;
+// How many times a Transfer-Encoding field value lists "chunked" (any case).
+size_t chunked_codings(std::string_view transfer_encoding) noexcept;
 
 // Appends `data` to `out` as one chunk of chunked transfer coding ("<hex size>\r\n<data>\r\n");
 // nothing for empty data (an empty chunk would end the body).

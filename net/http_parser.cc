@@ -184,6 +184,7 @@ int HttpParser::on_header_value_complete(llhttp_t* p) {
   } else if (equals_ignore_case(name, "transfer-encoding")) {
     h->has_transfer_encoding_ = true;
     if (!only_chunked_coding(value)) h->has_other_coding_ = true;
+    h->chunked_codings_ += chunked_codings(value);
   } else if (equals_ignore_case(name, "upgrade")) {
     h->has_upgrade_ = true;
   } else if (equals_ignore_case(name, "expect")) {
@@ -215,6 +216,11 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   }
   if (p->http_minor == 0 && h->has_transfer_encoding_) {
     return h->fail(400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0");
+  }
+  if (h->chunked_codings_ > 1) {
+    // RFC 9112 7: chunked is applied at most once. Read once here and re-framed, such a body
+    // would reach the upstream with the inner chunk framing as its content.
+    return h->fail(400, "bad_request", "the chunked transfer coding is listed more than once");
   }
   if (h->has_other_coding_ && (p->flags & F_CHUNKED) != 0) {
     // RFC 9112 6.1: a coding keygate does not implement ("gzip, chunked") would be forwarded
@@ -315,6 +321,7 @@ void HttpParser::begin_next_request() {
   started_ = headers_done_ = message_done_ = false;
   header_value_started_ = false;
   has_transfer_encoding_ = has_other_coding_ = has_upgrade_ = has_expect_ = false;
+  chunked_codings_ = 0;
   expect_is_continue_ = false;
   host_count_ = 0;
   keep_alive_ = true;

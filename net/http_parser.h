@@ -188,6 +188,7 @@ class HttpParser {
   uint32_t host_count_ = 0;
   bool has_transfer_encoding_ = false;
   bool has_other_coding_ = false;  // a Transfer-Encoding lists a coding other than chunked
+  size_t chunked_codings_ = 0;     // "chunked" elements over all Transfer-Encoding fields
   bool has_upgrade_ = false;
   bool has_expect_ = false;
   bool expect_is_continue_ = false;

@@ -148,9 +148,14 @@ int on_headers_complete(llhttp_t* p) {
   }
   if (c == nullptr) return -1;
   const ResponseHead head = collect_head(u, p);
+  size_t chunked = 0;
   for (const HttpHeader& h : head.headers) {
-    if (equals_ignore_case(h.name, "Transfer-Encoding") && !only_chunked_coding(h.value)) {
-      u->parse_failed = true;  // a coding keygate cannot undo (gzip...): 502, not a misread body
+    if (!equals_ignore_case(h.name, "Transfer-Encoding")) continue;
+    chunked += chunked_codings(h.value);
+    // A coding keygate cannot undo (gzip...), or chunked applied twice (de-chunked once, the
+    // inner framing would be the content): 502, not a misread body.
+    if (!only_chunked_coding(h.value) || chunked > 1) {
+      u->parse_failed = true;
       return -1;
     }
   }

@@ -29,6 +29,8 @@
 //   /malformed/cl-te, /malformed/bad-chunk, /malformed/garbage   broken responses, then close
 //   /malformed/gzip-chunked   "Transfer-Encoding: gzip, chunked" on a body that is only
 //                    chunked (a coding keygate does not implement), then close
+//   /malformed/chunked-twice   "Transfer-Encoding: chunked, chunked" on a body chunked once
+//                    (chunked may be applied only once), then close
 //   /headers-then-close   Content-Length: 100, 10 body bytes, close
 // ?early-hints=1 on any path: a "103 Early Hints" (Link: </s.css>; rel=preload) first.
 // HEAD gets the headers GET would get. A request that does not parse gets 400 and a close.
@@ -719,6 +721,10 @@ class Loop {
       c.after = After::kClose;
     } else if (path == "/malformed/gzip-chunked") {
       c.out += "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+      c.after = After::kClose;
+    } else if (path == "/malformed/chunked-twice") {
+      c.out +=
+          "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
       c.after = After::kClose;
     } else if (path == "/malformed/garbage") {
       c.out += "NOT HTTP\r\n\r\n";

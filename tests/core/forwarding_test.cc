@@ -93,6 +93,13 @@ TEST(ForwardingCodings, OnlyChunkedIsImplemented) {
   EXPECT_FALSE(only_chunked_coding("identity"));
 }
 
+TEST(ForwardingCodings, CountsChunkedElements) {
+  EXPECT_EQ(chunked_codings(""), 0u);
+  EXPECT_EQ(chunked_codings("gzip"), 0u);
+  EXPECT_EQ(chunked_codings(" Chunked ,"), 1u);
+  EXPECT_EQ(chunked_codings("chunked, gzip, CHUNKED"), 2u);
+}
+
 TEST(ForwardingTarget, KeyParameterIsRemovedWhereverItStands) {
   EXPECT_EQ(strip("/p?key=abc&a=1&b=2"), "/p?a=1&b=2");
   EXPECT_EQ(strip("/p?a=1&key=abc&b=2"), "/p?a=1&b=2");

@@ -430,6 +430,25 @@ TEST_F(ProxyTest, TransferCodingsOtherThanChunkedAreRefused) {
   EXPECT_NE(response->body.find("bad_upstream_response"), std::string::npos) << response->raw;
 }
 
+// Chunked applied twice: de-chunked once and re-framed, the inner chunk framing would reach the
+// other side as content. A request listing it twice is 400, a response 502.
+TEST_F(ProxyTest, ChunkedListedTwiceIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("POST /orders/1 HTTP/1.1\r\nHost: it\r\n" + key_header() +
+                          "\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          "5\r\nhello\r\n0\r\n\r\n"));
+  const std::optional<Response> request = client.read_response();
+  ASSERT_TRUE(request.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(request->status, 400) << request->raw;
+  EXPECT_TRUE(request->connection_close()) << request->raw;
+  const std::optional<Response> response = get("/malformed/chunked-twice", {"Connection: close"});
+  ASSERT_TRUE(response.has_value());
+  EXPECT_EQ(response->status, 502) << response->raw;
+  EXPECT_NE(response->body.find("bad_upstream_response"), std::string::npos) << response->raw;
+}
+
 // The error that answers a HEAD whose upstream failed has no body either: it once carried the
 // JSON error body, which the client (no body expected) read as the start of the next response.
 TEST_F(ProxyTest, AnUpstreamFailureAnswersAHeadWithoutABody) {

@@ -774,6 +774,16 @@ TEST(HttpParser, RejectsTransferCodingsOtherThanChunkedWith501) {
       501, "not_implemented");
 }
 
+TEST(HttpParser, RejectsChunkedListedTwiceWith400) {
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+      400, "bad_request");
+  expect_rejected(
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: Chunked\r\n"
+      "\r\n0\r\n\r\n",
+      400, "bad_request");
+}
+
 TEST(HttpParser, RejectsTransferEncodingInHttp10) {
   expect_rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", 400);
 }
