@@ -1518,22 +1518,20 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
   dom::parser parser;
   dom::parser record_parser;
   std::vector<std::string> backlog;  // newest first
+  const auto enough = [&] { return limit != 0 && static_cast<int64_t>(backlog.size()) >= limit; };
   std::optional<std::string> cursor = std::to_string(upto + 1);
-  for (size_t page_number = 0; cursor && g_stop_requested == 0; ++page_number) {
+  for (size_t page_number = 0; cursor && g_stop_requested == 0 && !enough(); ++page_number) {
     if (page_number == kListPagesMax) return failure("logs: too many pages; giving up");
     // Whole pages even when few records are missing: a log whose newest records are log
     // queries (another follow polling for an hour leaves thousands) would otherwise be walked
     // a record or two per request.
-    const bool enough = limit != 0 && static_cast<int64_t>(backlog.size()) >= limit;
-    if (enough) break;
     HttpResponse r;
     LogsPage page;
     const std::string params =
         "limit=" + std::to_string(kLogsLimitMax) + q.filters + "&cursor=" + url_encode(*cursor);
     if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
-    for (std::string_view record : page.records) {
-      if (limit != 0 && static_cast<int64_t>(backlog.size()) >= limit) break;
-      if (!is_log_query(record_parser, record)) backlog.emplace_back(record);
+    for (size_t i = 0; i < page.records.size() && !enough(); ++i) {
+      if (!is_log_query(record_parser, page.records[i])) backlog.emplace_back(page.records[i]);
     }
     if (page.next_cursor && *page.next_cursor == *cursor) {
       return unexpected_response("the cursor did not advance");
