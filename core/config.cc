@@ -176,6 +176,11 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         !read_uint(*server, "workers", source, "server", 0, 1024, &config.workers, error)) {
       return false;
     }
+    // Unset means <data_dir>/logs; set, it must name a directory.
+    if (const toml::node* log_dir = server->get("log_dir"); log_dir && config.log_dir.empty()) {
+      *error = where(log_dir->source(), source) + ": server.log_dir must not be empty";
+      return false;
+    }
   }
   if (const toml::node* node = root.get("limits")) {
     const toml::table* limits = node->as_table();
@@ -477,18 +482,27 @@ bool apply_overrides(const CommandLine& cli, Config* config, std::string* error)
     return false;
   }
   if (cli.data_dir) config->data_dir = *cli.data_dir;
-  if (cli.log_dir) config->log_dir = *cli.log_dir;
+  if (cli.log_dir) {
+    if (cli.log_dir->empty()) {
+      *error = "--log-dir must not be empty";
+      return false;
+    }
+    config->log_dir = *cli.log_dir;
+  }
   if (cli.workers) config->workers = *cli.workers;
   return true;
+}
+
+std::string log_directory(const Config& config) {
+  if (!config.log_dir.empty()) return config.log_dir;
+  std::string dir = config.data_dir;
+  if (!dir.empty() && dir.back() != '/') dir += '/';
+  return dir + "logs";
 }
 
 bool validate_config(const Config& config, std::string* error) {
   if (config.data_dir.empty()) {
     *error = "server.data_dir must not be empty";
-    return false;
-  }
-  if (config.log_dir.empty()) {
-    *error = "server.log_dir must not be empty";
     return false;
   }
   ApiRegistry registry;
@@ -536,8 +550,9 @@ Flags (each overrides the config file):
   --admin-listen ADDR:PORT
                          admin listener (default 127.0.0.1:8081; loopback by default)
   --data-dir DIR         data directory, created if missing (default ./data)
-  --log-dir DIR          access-log directory (default ./data/logs)
-  --workers N            worker threads, each with its own io_uring (default 0 = one per CPU)
+  --log-dir DIR          access-log directory (default: logs inside the data directory)
+  --workers N            worker threads, each with its own io_uring (default 0 = one per
+                         CPU the process may run on)
   -h, --help             print this help and exit
 
 On start keygate prints one line per listener to stdout:

@@ -36,8 +36,8 @@ struct Config {
   ListenAddress listen{"127.0.0.1", 8080, false};
   ListenAddress admin_listen{"127.0.0.1", 8081, false};
   std::string data_dir = "./data";
-  std::string log_dir = "./data/logs";
-  unsigned workers = 0;  // 0: one per online CPU
+  std::string log_dir;  // empty: <data_dir>/logs (see log_directory)
+  unsigned workers = 0;  // 0: one per CPU the process may run on
   Limits limits;
 
   // [admin]
@@ -79,6 +79,10 @@ bool parse_command_line(int argc, const char* const* argv, CommandLine* out, std
 
 // Applies flag overrides on top of `config`. Fails on a malformed address.
 bool apply_overrides(const CommandLine& cli, Config* config, std::string* error);
+
+// The access-log directory: log_dir when set, else "logs" inside data_dir, so moving the data
+// directory moves the logs with it.
+std::string log_directory(const Config& config);
 
 // Checks cross-field rules (e.g. limits that must be positive). Fails with one line.
 bool validate_config(const Config& config, std::string* error);

@@ -67,8 +67,9 @@
 // those segments by name and fdatasync'ing each (stats().segments_finished -
 // segments_synced is the backlog). At shutdown everything queued is written, the active
 // segment is fdatasync'ed and every pending sync is done before the destructor returns.
-// Records are otherwise not synced. A kill -9 loses what was still in the rings or the
-// writer's buffer (up to one flush interval of traffic, including a held partial block); a
+// Records are otherwise not synced. A kill -9 loses what was still in the rings, the backlog
+// or the writer's buffer (up to one flush interval of traffic, including a held partial block,
+// plus at most backlog_bytes_max while the writer was behind); a
 // power loss may lose the unsynced part of the active segment and of finished segments still
 // awaiting their sync. A torn last line is cut off at the next open(). Write errors (disk
 // full) are retried each pass without draining more, so the rings (and the backlog) fill and

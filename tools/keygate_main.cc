@@ -1,6 +1,7 @@
 // keygate: the server binary. Thin wiring: flags and config (core), data directory (storage),
 // listeners and workers (net). See --help.
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -9,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -111,6 +113,18 @@ void reexec_with_huge_pages(char** argv) {
   }
 }
 
+// workers = 0: one per CPU this process may run on (its affinity mask, as set by taskset,
+// cpusets or a container's CPU list), not one per CPU of the machine.
+unsigned usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
+    return static_cast<unsigned>(CPU_COUNT(&set));
+  }
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);  // a mask beyond CPU_SETSIZE CPUs
+  return online > 0 ? static_cast<unsigned>(online) : 1;
+}
+
 // Every client connection is a descriptor (a proxied one two: the check below counts one), on
 // top of RocksDB's files, the log's and the listeners. Debian's soft limit is 1024 while connections_per_worker_max defaults
 // to 10,000: the soft limit is raised to the hard one, and a limit still short of the
@@ -183,16 +197,14 @@ int main(int argc, char** argv) {
 
   keygate::storage::DataDir data_dir;
   if (!data_dir.open(config.data_dir, &error) ||
-      !keygate::storage::make_directories(config.log_dir, &error)) {
+      (config.log_enabled &&
+       !keygate::storage::make_directories(keygate::log_directory(config), &error))) {
     std::fprintf(stderr, "keygate: %s\n", error.c_str());
     return kExitStartupFailure;
   }
 
   unsigned workers = config.workers;
-  if (workers == 0) {
-    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    workers = cpus > 0 ? static_cast<unsigned>(cpus) : 1;
-  }
+  if (workers == 0) workers = usable_cpus();
   raise_descriptor_limit(workers, config.limits.connections_per_worker_max);
 
   keygate::ApiRegistry registry;
@@ -238,14 +250,21 @@ int main(int argc, char** argv) {
   std::optional<AccessLogSink> access_sink;
   if (config.log_enabled) {
     keygate::storage::AccessLogOptions log_options;
-    log_options.dir = config.log_dir;
+    log_options.dir = keygate::log_directory(config);
     log_options.ring_bytes_per_worker = static_cast<size_t>(config.log_ring_bytes_per_worker);
     log_options.segment_bytes_max = config.log_segment_bytes_max;
     log_options.retention_bytes = config.log_retention_bytes;
     log_options.flush_interval_ms = config.log_flush_interval_ms;
     log_options.direct_io = config.log_direct_io;
     log_options.backlog_bytes_max = static_cast<size_t>(config.log_backlog_bytes_max);
-    access_log = keygate::storage::AccessLog::open(log_options, workers, &error);
+    try {
+      access_log = keygate::storage::AccessLog::open(log_options, workers, &error);
+    } catch (const std::bad_alloc&) {
+      // Start-up only: the rings (workers × ring_bytes_per_worker) did not fit in memory.
+      error = "cannot allocate " + std::to_string(workers) + " buffers of " +
+              std::to_string(log_options.ring_bytes_per_worker) +
+              " bytes (log.ring_bytes_per_worker)";
+    }
     if (access_log == nullptr) {
       std::fprintf(stderr, "keygate: access log: %s\n", error.c_str());
       return kExitStartupFailure;

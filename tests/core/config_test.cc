@@ -45,7 +45,7 @@ TEST(Config, EmptyFileKeepsEveryDefault) {
   EXPECT_EQ(c.admin_listen.host, "127.0.0.1");
   EXPECT_EQ(c.admin_listen.port, 8081);
   EXPECT_EQ(c.data_dir, "./data");
-  EXPECT_EQ(c.log_dir, "./data/logs");
+  EXPECT_EQ(log_directory(c), "./data/logs");
   EXPECT_EQ(c.workers, 0u);
   EXPECT_EQ(c.limits.request_line_bytes_max, limits.request_line_bytes_max);
   EXPECT_EQ(c.limits.header_bytes_max, limits.header_bytes_max);
@@ -563,8 +563,8 @@ TEST(Config, OverridesReplaceFileValues) {
   EXPECT_TRUE(config.listen.ipv6);
   EXPECT_EQ(config.data_dir, "/override");
   EXPECT_EQ(config.workers, 8u);
-  // Not overridden: kept.
-  EXPECT_EQ(config.log_dir, "./data/logs");
+  // Not overridden: follows the data directory.
+  EXPECT_EQ(log_directory(config), "/override/logs");
   EXPECT_EQ(config.admin_listen.port, 8081);
 }
 
@@ -588,10 +588,26 @@ TEST(Config, ValidationRejectsEmptyDirectories) {
   c.data_dir.clear();
   EXPECT_FALSE(validate_config(c, &error));
   EXPECT_EQ(error, "server.data_dir must not be empty");
-  c = Config{};
-  c.log_dir.clear();
-  EXPECT_FALSE(validate_config(c, &error));
-  EXPECT_EQ(error, "server.log_dir must not be empty");
+}
+
+// An unset log_dir is <data_dir>/logs; set, it must name a directory.
+TEST(Config, LogDirectoryFollowsTheDataDirectoryUnlessSet) {
+  Config c;
+  c.data_dir = "/srv/keygate/";
+  EXPECT_EQ(log_directory(c), "/srv/keygate/logs");
+  c.data_dir = "relative";
+  EXPECT_EQ(log_directory(c), "relative/logs");
+  c.log_dir = "/var/log/keygate";
+  EXPECT_EQ(log_directory(c), "/var/log/keygate");
+
+  std::string error;
+  Config parsed;
+  EXPECT_FALSE(parse_config("[server]\nlog_dir = \"\"\n", "k.toml", &parsed, &error));
+  EXPECT_EQ(error, "k.toml:2:11: server.log_dir must not be empty");
+  CommandLine cli;
+  cli.log_dir = "";
+  EXPECT_FALSE(apply_overrides(cli, &parsed, &error));
+  EXPECT_EQ(error, "--log-dir must not be empty");
 }
 
 TEST(Config, ValidationRejectsSameDataAndAdminAddress) {

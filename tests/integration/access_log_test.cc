@@ -1524,6 +1524,33 @@ TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-rst");
 }
 
+// --- Where the log lives when no log_dir is configured
+
+// Without server.log_dir / --log-dir the log follows the data directory (<data_dir>/logs),
+// wherever the process runs; with logging disabled no log directory is made at all.
+TEST(AccessLogDirectory, DefaultsToLogsInsideTheDataDirectory) {
+  for (const bool enabled : {true, false}) {
+    SCOPED_TRACE(enabled ? "logging enabled" : "logging disabled");
+    ServerOptions options = admin_server_options(std::string(kBootstrapAdminKey));
+    options.log_dir_flag = false;
+    if (!enabled) options.extra_config += "\n[log]\nenabled = false\n";
+    TestServer server(options);
+    std::string error;
+    ASSERT_TRUE(server.start(&error)) << error;
+    EXPECT_EQ(server.log_dir(), server.data_dir() + "/logs");
+    auto health = round_trip(server.data_port(), http_request("GET", "/healthz", {}, ""));
+    ASSERT_TRUE(health && health->status == 200) << show(health);
+    ASSERT_TRUE(server.stop(SIGTERM).clean());
+    if (enabled) {
+      const std::vector<std::string> files = segment_files(server.log_dir());
+      ASSERT_EQ(files.size(), 1u);
+      EXPECT_NE(read_file(files[0]).find("\"path\":\"/healthz\""), std::string::npos);
+    } else {
+      EXPECT_FALSE(std::filesystem::exists(server.log_dir()));
+    }
+  }
+}
+
 // --- 7. A request body the upstream did not wait for
 // -------------------------------------------
 

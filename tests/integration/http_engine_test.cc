@@ -853,6 +853,19 @@ TEST(Cli, ReadyLineNamesBothPortsTheWorkerCountAndTheRingMode) {
   EXPECT_TRUE(status.clean()) << status.describe();
 }
 
+// --workers 0 counts the CPUs the process may run on, not the machine's: under `taskset -c 0`
+// that is one worker, however many CPUs are online.
+TEST(Cli, WorkersZeroFollowsTheCpuAffinityMask) {
+  ServerOptions options = with({}, /*workers=*/0);
+  options.wrapper = {"/usr/bin/taskset", "-c", "0"};
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  EXPECT_NE(server.output().find(" workers=1 ring="), std::string::npos) << server.output();
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe();
+}
+
 TEST(Cli, DataDirLockedByARunningServerMakesTheSecondExitWithInUse) {
   TestServer first;
   std::string error;

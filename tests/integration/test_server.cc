@@ -277,6 +277,7 @@ ProcessResult run_process(const std::string& program, const std::vector<std::str
 TestServer::TestServer(ServerOptions options) : options_(std::move(options)) {
   data_dir_ = options_.data_dir.empty() ? dir_.path() + "/data" : options_.data_dir;
   log_dir_ = options_.log_dir.empty() ? dir_.path() + "/logs" : options_.log_dir;
+  if (!options_.log_dir_flag) log_dir_ = data_dir_ + "/logs";
 }
 
 TestServer::~TestServer() {
@@ -298,11 +299,15 @@ bool TestServer::start(std::string* error, Millis timeout) {
   }
   if (!options_.extra_config.empty()) config += "\n" + options_.extra_config + "\n";
   const std::string config_path = dir_.write_file("keygate.toml", config);
-  const std::vector<std::string> args = {
+  std::vector<std::string> args = {
       "--config",       config_path,   "--listen",  "127.0.0.1:0",
       "--admin-listen", "127.0.0.1:0", "--workers", std::to_string(options_.workers),
-      "--data-dir",     data_dir_,     "--log-dir", log_dir_,
+      "--data-dir",     data_dir_,
   };
+  if (options_.log_dir_flag) {
+    args.push_back("--log-dir");
+    args.push_back(log_dir_);
+  }
   std::vector<std::string> env;
   const bool own_env = !options_.env.empty() || !options_.env_unset.empty();
   if (own_env) env = child_environment(options_.env, options_.env_unset);

@@ -106,6 +106,9 @@ struct ServerOptions {
   // Access-log directory (--log-dir); empty: <temp dir>/logs. Like data_dir, a directory given
   // here belongs to the caller, so a restarted server can continue the same log.
   std::string log_dir;
+  // false: no --log-dir at all, so keygate's own default applies (<data_dir>/logs, which
+  // log_dir() then reports; log_dir above must stay empty).
+  bool log_dir_flag = true;
   // Appended verbatim to the config file after the [limits] table, e.g. "[[apis]]\n...".
   std::string extra_config;
   // Environment variables set (or replaced) in the server's environment.
