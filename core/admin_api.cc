@@ -166,14 +166,18 @@ bool is_key_id(std::string_view s) noexcept {
   return true;
 }
 
+// Sent on as X-Keygate-User, so it must reach the upstream as written: a header value of
+// printable ASCII, without the leading or trailing spaces a receiver strips (" " would arrive
+// as no user at all, "alice " as "alice"). "." and ".." could not be named in a URL path: a
+// client resolves them away (/admin/users/.. is /admin/).
 bool valid_user_name(std::string_view name) noexcept {
-  if (name.empty() || name.size() > kUserNameBytesMax) return false;
-  for (char c : name) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u > 0x7e) return false;  // sent on as X-Keygate-User: a header value
-  }
-  return true;
+  if (name.size() > kUserNameBytesMax || !header_value_round_trips(name)) return false;
+  return name != "." && name != "..";
 }
+
+constexpr std::string_view kUserNameRule =
+    "a user name is 1 to 256 printable ASCII characters, without leading or trailing spaces, "
+    "and not . or ..";
 
 // An HTTP method token (RFC 9110 tchar) without lowercase letters: methods are compared
 // case-sensitively, so a lowercase grant would silently never match.
@@ -413,7 +417,7 @@ bool read_user_ref(dom::element v, const std::string& field, std::optional<std::
     return false;
   }
   if (!valid_user_name(name)) {
-    *f = invalid_value(field, "a user name is 1 to 256 printable ASCII characters");
+    *f = invalid_value(field, kUserNameRule);
     return false;
   }
   *out = std::string(name);
@@ -957,7 +961,7 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
       q->api = value;
     } else {
       if (!valid_user_name(value)) {
-        *f = invalid_value("user", "a user name is 1 to 256 printable ASCII characters");
+        *f = invalid_value("user", kUserNameRule);
         return false;
       }
       q->user = value;
@@ -1230,7 +1234,7 @@ bool decode_user_name(std::string_view segment, std::string* name, Failure* f) {
     return false;
   }
   if (!valid_user_name(*name)) {
-    *f = invalid_value("name", "a user name is 1 to 256 printable ASCII characters");
+    *f = invalid_value("name", kUserNameRule);
     return false;
   }
   return true;
@@ -1252,7 +1256,7 @@ AdminResponse create_user(const AdminRequest& request, AdminStore& store, const 
           return false;
         }
         if (!valid_user_name(name)) {
-          f = invalid_value("name", "a user name is 1 to 256 printable ASCII characters");
+          f = invalid_value("name", kUserNameRule);
           return false;
         }
         user.name = std::string(name);
@@ -1687,7 +1691,13 @@ bool parse_rfc3339(std::string_view s, int64_t* unix_seconds) noexcept {
   } else {
     return false;
   }
-  *unix_seconds = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset;
+  const int64_t t = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset;
+  // An offset can carry the instant past the years 0000-9999 a four-digit year can write
+  // ("9999-12-31T23:59:59-23:59" is in year 10000 UTC): such a time could not be written back.
+  constexpr int64_t kFirstSecond = -62167219200;  // 0000-01-01T00:00:00Z
+  constexpr int64_t kLastSecond = 253402300799;   // 9999-12-31T23:59:59Z
+  if (t < kFirstSecond || t > kLastSecond) return false;
+  *unix_seconds = t;
   return true;
 }
 

@@ -260,11 +260,11 @@ Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& 
     case Decision::kAllowed:
       break;
   }
-  if (key.user && !header_safe(*key.user)) {
-    // The user is passed on as X-Keygate-User; a name that cannot be a header value (control
-    // bytes, non-ASCII: possible in stores from before names were limited to printable ASCII)
-    // would have to be left out, and an upstream would take the request for a user-less,
-    // administrator key. Fail closed.
+  if (key.user && !header_value_round_trips(*key.user)) {
+    // The user is passed on as X-Keygate-User; a name that cannot be a header value as written
+    // (control bytes, non-ASCII, surrounding spaces: possible in stores from before names were
+    // limited) would be left out or arrive changed (" " as no header at all), and an upstream
+    // would take the request for a user-less, administrator key or another user. Fail closed.
     response.error(403, "user_not_permitted", "the key's user name cannot be passed on");
     return Result::kDone;
   }

@@ -37,4 +37,8 @@ bool header_safe(std::string_view s) noexcept {
   return true;
 }
 
+bool header_value_round_trips(std::string_view s) noexcept {
+  return !s.empty() && s.front() != ' ' && s.back() != ' ' && header_safe(s);
+}
+
 }  // namespace keygate

@@ -20,4 +20,8 @@ void append_json_string_or_null(std::string& out, const std::optional<std::strin
 // True when `s` can go into an HTTP header value as is: visible ASCII and spaces only.
 bool header_safe(std::string_view s) noexcept;
 
+// True when `s` read back from a header value is `s` again: non-empty, header_safe, and no
+// leading or trailing space (receivers strip those).
+bool header_value_round_trips(std::string_view s) noexcept;
+
 }  // namespace keygate

@@ -377,9 +377,14 @@ Status KeyService::ensure_admin_key(std::string_view value, const RandomSource& 
   std::lock_guard lock(mutation_mutex_);
   *out = AdminBootstrap();
   bool any = false;
-  Status s = store_.has_keys(&any);
+  bool usable_admin = false;
+  Status s = store_.for_each_key([&](KeyRecord& record) {
+    any = true;
+    usable_admin = record.usable_at(now) && record.has_api(kAdminApi);
+    return !usable_admin;  // stop at the first usable admin key
+  });
   if (!s.is_ok()) return s;
-  if (any) return Status::ok();
+  if (usable_admin) return Status::ok();
 
   std::string generated;
   if (value.empty()) {
@@ -406,6 +411,7 @@ Status KeyService::ensure_admin_key(std::string_view value, const RandomSource& 
   if (!s.is_ok()) return s;
   cache_->put(record);
   out->created = true;
+  out->recovered = any;
   out->id = record.id;
   out->generated_value = std::move(generated);
   return Status::ok();

@@ -60,7 +60,8 @@ class KeyService final : public KeyDirectory {
 
   // What ensure_admin_key() did.
   struct AdminBootstrap {
-    bool created = false;         // false: the store already had keys, nothing was written
+    bool created = false;         // false: a usable admin key exists, nothing was written
+    bool recovered = false;       // created in a store that had keys, none a usable admin key
     std::string id;               // the new key's id
     std::string generated_value;  // the generated plaintext (empty if the caller gave one):
                                   // show it once, it is stored nowhere
@@ -121,11 +122,14 @@ class KeyService final : public KeyDirectory {
   // `*failed_index` (when not null) is the first offending record.
   Status import_keys(std::vector<KeyRecord> records, size_t* failed_index = nullptr);
 
-  // Bootstrap: when the store holds no key at all, creates an "admin" key (apis = {"admin"})
-  // whose value is `value`, or, when `value` is empty, a generated one returned in
-  // out->generated_value. Does nothing on a store that has keys. An empty `random` means
-  // system_random. invalid_argument: `value` is
-  // not a valid key value; io_error: `random` failed or the store did.
+  // Bootstrap: when the store holds no usable admin key — no key at all (first start), or
+  // none that is enabled, unexpired at `now` and has "admin" (every one deleted, disabled,
+  // expired or stripped of admin: the instance could not be administered any more) — creates
+  // an "admin" key (apis = {"admin"}) whose value is `value`, or, when `value` is empty, a
+  // generated one returned in out->generated_value. Does nothing while a usable admin key
+  // exists. An empty `random` means system_random. invalid_argument: `value` is not a valid key
+  // value; conflict: `value` is already a key in the store (one that is not usable as admin);
+  // io_error: `random` failed or the store did.
   Status ensure_admin_key(std::string_view value, const RandomSource& random, int64_t now,
                           AdminBootstrap* out);
 

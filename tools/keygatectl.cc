@@ -182,7 +182,8 @@ A GRANT is API[:METHODS[:PATH_PREFIX]]: METHODS comma-separated upper-case HTTP 
   users create alice@example.com --grant orders:GET,POST:/orders --grant billing:*
 A key tied to a user may call a route only when one of the user's grants matches it (and the
 key's own apis allow its API). Names are 1 to 256 printable ASCII characters (spaces
-included); keygate sends a key's user name on to the upstream as X-Keygate-User.
+inside, not at either end; not . or ..); keygate sends a key's user name on to the upstream
+as X-Keygate-User.
 )";
 
 constexpr std::string_view kApisHelp = R"(Usage: keygatectl [global options] apis

@@ -460,7 +460,7 @@ async function usersView(view) {
       closePanel();
       await load();
       notify(`User ${name.value} created.`);
-    }, 'Create', field('Name (printable ASCII; sent upstream as X-Keygate-User)', name), grants.element);
+    }, 'Create', field('Name (printable ASCII, no spaces at either end; sent upstream as X-Keygate-User)', name), grants.element);
   }
 
   view.append(h('div', { class: 'toolbar' }, button('New user', createUser)), panel,

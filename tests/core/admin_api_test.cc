@@ -802,6 +802,7 @@ TEST_F(AdminKeyList, RejectsBadQueryParameters) {
         Case{"cursor=abc", "invalid_value", "cursor"},
         Case{"cursor=k00000000000!", "invalid_value", "cursor"},
         Case{"api=", "invalid_value", "api"}, Case{"user=", "invalid_value", "user"},
+        Case{"user=alice%20", "invalid_value", "user"},
         Case{"user=%zz", "invalid_value", std::nullopt},
         Case{"api=a&api=b", "invalid_value", "api"}, Case{"sort=id", "unknown_field", "sort"}}) {
     SCOPED_TRACE(c.query);
@@ -1014,6 +1015,13 @@ TEST_F(AdminUsers, RejectsBadUsersAndGrants) {
       // Sent on as X-Keygate-User: printable ASCII only.
       {R"({"name":"j\u00fcrgen"})", "invalid_value", "name"},
       {R"({"name":")" + long_name + "\"}", "invalid_value", "name"},
+      // X-Keygate-User must arrive as written: receivers strip surrounding spaces (" " would
+      // be no user at all, "alice " would be alice), and "."/".." cannot be named in a path.
+      {R"({"name":" "})", "invalid_value", "name"},
+      {R"({"name":"alice "})", "invalid_value", "name"},
+      {R"({"name":" alice"})", "invalid_value", "name"},
+      {R"({"name":"."})", "invalid_value", "name"},
+      {R"({"name":".."})", "invalid_value", "name"},
       {R"({"name":"u","role":"x"})", "unknown_field", "role"},
       {R"({"name":"u","grants":{}})", "invalid_type", "grants"},
       {R"({"name":"u","grants":[1]})", "invalid_type", "grants[0]"},
@@ -1055,6 +1063,8 @@ TEST_F(AdminUsers, RejectsBadUsersAndGrants) {
            R"({"name":"u","grants":[{"api":"orders","methods":["M-SEARCH"],"path_prefix":"/"}]})")
           .status,
       201);
+  EXPECT_EQ(call("POST", "/admin/users", R"({"name":"Ada Lovelace"})").status, 201);
+  EXPECT_EQ(call("POST", "/admin/users", R"({"name":"..."})").status, 201);
 }
 
 TEST_F(AdminUsers, PatchReplacesOnlyGrants) {
@@ -1306,6 +1316,9 @@ TEST(Rfc3339, ParsesKnownInstantsOffsetsAndFractions) {
   EXPECT_EQ(parsed("2000-02-29T00:00:00Z"), 951782400);
   EXPECT_EQ(parsed("1969-12-31T23:59:59Z"), -1);
   EXPECT_EQ(parsed("0000-01-01T00:00:00Z"), -62167219200);
+  // At the edges an offset that stays inside the range is fine.
+  EXPECT_EQ(parsed("9999-12-31T23:59:59+01:00"), 253402300799 - 3600);
+  EXPECT_EQ(parsed("0000-01-01T01:00:00+01:00"), -62167219200);
 }
 
 TEST(Rfc3339, RoundTripsThroughFormat) {
@@ -1338,6 +1351,10 @@ TEST(Rfc3339, RejectsMalformedOrImpossibleTimes) {
            "2026-01-01T00:00:00.Z",
            "2026-01-01T00:00:00.1234567890Z",
            "2026-01-01T00:00:00ZZ",
+           // Offsets that carry the instant outside years 0000-9999 (not writable back).
+           "9999-12-31T23:59:59-23:59",
+           "9999-12-31T23:00:00-01:00",
+           "0000-01-01T00:00:00+01:00",
            "2026-01-01T00:00:00+0100",
            "2026-01-01T00:00:00+01",
            "2026-01-01T00:00:00+24:00",

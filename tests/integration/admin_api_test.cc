@@ -281,6 +281,48 @@ TEST_F(AdminApi, ABootstrapKeyMadeFromTheEnvironmentIsListedWithoutItsValue) {
   EXPECT_TRUE(status_is(data("/orders/1", admin_value_), 403));
 }
 
+// An operator who took "admin" from the only admin key (or deleted, disabled or expired it)
+// can no longer administer the instance; the next start creates an admin key again, as on the
+// first start.
+TEST(AdminLockout, ARestartCreatesAnAdminKeyWhenNoneIsUsable) {
+  TempDir dir;
+  ServerOptions options = admin_server_options("lockout-first-" + random_hex(16));
+  const std::string first_value = options.env.back().second;
+  options.data_dir = dir.path() + "/data";
+  auto first = std::make_unique<TestServer>(options);
+  std::string error;
+  ASSERT_TRUE(first->start(&error)) << error;
+  const auto as = [&](const TestServer& s, const std::string& value, std::string_view method,
+                      std::string_view target, std::string_view body = {}) {
+    std::vector<std::string> headers = {"X-ApiKey: " + value};
+    if (!body.empty()) headers.push_back("Content-Type: application/json");
+    return round_trip(s.admin_port(), http_request(method, target, headers, body));
+  };
+  std::optional<Response> r = as(*first, first_value, "GET", "/admin/keys");
+  ASSERT_TRUE(status_is(r, 200));
+  const std::string id = string_member(r->body, "id");
+  ASSERT_TRUE(status_is(as(*first, first_value, "PATCH", "/admin/keys/" + id,
+                           R"({"apis":["orders"]})"),
+                        200));
+  ASSERT_TRUE(status_is(as(*first, first_value, "GET", "/admin/keys"), 403));
+  ASSERT_TRUE(first->stop(SIGTERM).clean());
+  first.reset();
+
+  ServerOptions again = admin_server_options("lockout-second-" + random_hex(16));
+  const std::string second_value = again.env.back().second;
+  again.data_dir = options.data_dir;
+  TestServer second(again);
+  ASSERT_TRUE(second.start(&error)) << error;
+  EXPECT_NE(second.error_output().find("no usable admin key"), std::string::npos)
+      << second.error_output();
+  r = as(second, second_value, "GET", "/admin/keys");
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(count_of(r->body, "\"id\":"), 2u) << r->body;
+  // The stripped key stays what the operator made it.
+  EXPECT_TRUE(status_is(as(second, first_value, "GET", "/admin/keys"), 403));
+  ASSERT_TRUE(second.stop(SIGTERM).clean());
+}
+
 // --- Every route --------------------------------------------------------------------------------
 
 TEST_F(AdminApi, KeyRoutesCreateListGetPatchRotateDelete) {

@@ -491,6 +491,7 @@ TEST_F(KeyServiceTest, BootstrapGeneratesOneAdminKeyOnlyOnAnEmptyStore) {
   KeyService::AdminBootstrap first;
   ASSERT_TRUE(service_->ensure_admin_key("", system_random, 1700000000, &first).is_ok());
   ASSERT_TRUE(first.created);
+  EXPECT_FALSE(first.recovered);  // an empty store: a first start, not a recovery
   EXPECT_TRUE(generated_checksum_ok(first.generated_value)) << first.generated_value;
   KeyRecord copy;
   ASSERT_EQ(lookup(first.generated_value, &copy), Lookup::kFound);
@@ -508,6 +509,57 @@ TEST_F(KeyServiceTest, BootstrapGeneratesOneAdminKeyOnlyOnAnEmptyStore) {
   size_t keys = 0;
   ASSERT_TRUE(service_->store().for_each_key([&](KeyRecord&) { return ++keys, true; }).is_ok());
   EXPECT_EQ(keys, 1u);
+}
+
+// A store whose admin keys were all deleted, disabled, expired or stripped of "admin" could not
+// be administered any more: the next start creates an admin key as on first start. A usable
+// admin key, even among others that are not, stops it.
+TEST_F(KeyServiceTest, BootstrapRecoversAStoreWithNoUsableAdminKey) {
+  open();
+  constexpr int64_t kNow = 1700000000;
+  KeyRecord data_key = make_record("kdata", "recovery-data-key");
+  ASSERT_TRUE(service_->create_key(data_key).is_ok());
+  KeyRecord disabled = make_record("kdisabled", "recovery-disabled-admin");
+  disabled.apis = {"admin"};
+  disabled.enabled = false;
+  ASSERT_TRUE(service_->create_key(disabled).is_ok());
+  KeyRecord expired = make_record("kexpired", "recovery-expired-admin");
+  expired.apis = {"admin", "orders"};
+  expired.expires_at = kNow;  // expired from expires_at on
+  ASSERT_TRUE(service_->create_key(expired).is_ok());
+
+  // The operator's value is already one of those keys: refused with conflict, nothing written.
+  KeyService::AdminBootstrap taken;
+  EXPECT_TRUE(
+      service_->ensure_admin_key("recovery-disabled-admin", nullptr, kNow, &taken).is_conflict());
+  EXPECT_FALSE(taken.created);
+
+  KeyService::AdminBootstrap out;
+  ASSERT_TRUE(service_->ensure_admin_key("recovery-new-admin", nullptr, kNow, &out).is_ok());
+  EXPECT_TRUE(out.created);
+  EXPECT_TRUE(out.recovered);
+  KeyRecord created;
+  ASSERT_EQ(lookup("recovery-new-admin", &created), Lookup::kFound);
+  EXPECT_EQ(created.apis, std::vector<std::string>{"admin"});
+
+  // Now one usable admin key exists: nothing more, also after a restart.
+  open();
+  KeyService::AdminBootstrap again;
+  ASSERT_TRUE(service_->ensure_admin_key("", system_random, kNow + 1, &again).is_ok());
+  EXPECT_FALSE(again.created);
+  // An unexpired admin key that is not the first in the store's order also counts.
+  ASSERT_TRUE(service_->delete_key(created.id).is_ok());
+  KeyRecord later = make_record("klater", "recovery-later-admin");
+  later.apis = {"orders", "admin"};
+  later.expires_at = kNow + 3600;
+  ASSERT_TRUE(service_->create_key(later).is_ok());
+  ASSERT_TRUE(service_->ensure_admin_key("", system_random, kNow + 1, &again).is_ok());
+  EXPECT_FALSE(again.created);
+  // Once it expires, the next start recovers again.
+  ASSERT_TRUE(service_->ensure_admin_key("", system_random, kNow + 3600, &again).is_ok());
+  EXPECT_TRUE(again.created);
+  EXPECT_TRUE(again.recovered);
+  EXPECT_TRUE(generated_checksum_ok(again.generated_value));
 }
 
 TEST_F(KeyServiceTest, BootstrapUsesTheOperatorsValueWhenGiven) {
