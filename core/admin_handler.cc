@@ -117,6 +117,11 @@ Handler::Result AdminHandler::resume_head(const HttpRequest& request, ResponseWr
   KEYGATE_ASSERT(state != nullptr && state->phase == State::Phase::kHeadLookup);
   const Authenticator::Result resolved =
       authenticator_.finish_fetch(state->lookup, ctx.now_unix());
+  if (resolved.outcome == Authenticator::Outcome::kFetch) {
+    // A key changed while the record was being read: read it again (bounded).
+    authenticator_.fetch(state->lookup.digest, &state->lookup, ctx);
+    return Result::kPending;
+  }
   const bool no = refused(resolved, response, ctx);
   if (no) {
     note_key_value(request, ctx);
@@ -151,6 +156,11 @@ Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter&
     case State::Phase::kLookup: {
       const Authenticator::Result resolved =
           authenticator_.finish_fetch(state->lookup, ctx.now_unix());
+      if (resolved.outcome == Authenticator::Outcome::kFetch) {
+        // A key changed while the record was being read: read it again (bounded).
+        authenticator_.fetch(state->lookup.digest, &state->lookup, ctx);
+        return Result::kPending;
+      }
       // The record may live in state->lookup: decide before the state is reused or given back.
       const Result r = admit(resolved, response, ctx, state);
       note_key_value(request, ctx);

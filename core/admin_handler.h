@@ -86,10 +86,11 @@ class AdminHandler final : public Handler {
   // Per-request state while deferred (RequestContext::state), pooled per worker.
   struct State {
     enum class Phase : uint8_t {
-      kHeadLookup,  // handle_head(): the key is being fetched from the store
-      kLookup,     // the key is being fetched from the store
-      kStabilize,  // authenticated; waiting for the self-posted ticket (stable views)
-      kExecute,    // the backend runs the request
+      kHeadLookup,  // handle_head(): the key is being fetched from the store (maybe again)
+      kLookup,      // the key is being fetched from the store (again when a key changed
+                    // while it was out: Authenticator::finish_fetch)
+      kStabilize,   // authenticated; waiting for the self-posted ticket (stable views)
+      kExecute,     // the backend runs the request
     };
     Phase phase = Phase::kLookup;
     Authenticator::PendingLookup lookup;

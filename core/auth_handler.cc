@@ -217,13 +217,22 @@ Handler::Result AuthHandler::resume(const HttpRequest& request, ResponseWriter& 
   const int64_t now = ctx.now_unix();
   const Authenticator::Result r = authenticator_.finish_fetch(p->lookup, now);
   Result result = Result::kDone;
-  if (r.outcome == Authenticator::Outcome::kFound) {
-    result = decide(described, response, ctx, *p->api, *r.key, r.user, now, p->mode);
-  } else {
-    reject(response, r.rejection);
+  switch (r.outcome) {
+    case Authenticator::Outcome::kFound:
+      result = decide(described, response, ctx, *p->api, *r.key, r.user, now, p->mode);
+      break;
+    case Authenticator::Outcome::kRejected:
+      reject(response, r.rejection);
+      break;
+    case Authenticator::Outcome::kFetch:
+      // A key changed while the record was being read: read it again (bounded).
+      ctx.state = p;
+      authenticator_.fetch(p->lookup.digest, &p->lookup, ctx);
+      return Result::kPending;
   }
-  // With kForward, ctx.forward points into p->lookup's record: give_back() keeps it intact
-  // (take_pending() empties it), so it outlives this call as ForwardTarget requires.
+  // With kForward, ctx.forward points into p->lookup's record (give_back() keeps it intact,
+  // take_pending() empties it, so it outlives this call as ForwardTarget requires) or into the
+  // cache (valid until the worker's next wait).
   give_back(p);
   return result;
 }

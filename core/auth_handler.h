@@ -20,7 +20,9 @@
 //   allowed, API with upstreams -> Result::kForward with ctx.forward set (the worker forwards).
 // Error bodies never say anything about the key. A key the cache does not hold (partial cache)
 // is fetched off the event loop: the request is deferred and resumed (503 store_unavailable if
-// the store cannot answer).
+// the store cannot answer); a key change that lands while the record is out makes the resume
+// look again, and perhaps fetch again (Authenticator::finish_fetch), so a revocation that
+// returned before the resume always wins.
 //
 // handle_head() decides before the body is read, for APIs with upstreams only: a key from the
 // X-ApiKey header or the query gives kForward or the rejection (kDone; likewise 400
@@ -109,7 +111,8 @@ class AuthHandler final : public Handler {
                     std::string_view message) noexcept;
   void reject(ResponseWriter& response, const Authenticator::Rejection& r) noexcept;
   // Starts reading the key filed under `digest` from the store and defers the request;
-  // resume() / resume_head() decide with the record.
+  // resume() / resume_head() decide with the record, or read it again when a key changed
+  // meanwhile (deferring once more).
   Result defer_fetch(const KeyDigest& digest, const ApiConfig& api, Mode mode,
                      RequestContext& ctx) noexcept;
   // take_pending() hands out an emptied Pending; give_back() keeps its lookup as it is, so a

@@ -17,11 +17,16 @@ Authenticator::Result invalid_key() noexcept {
   return rejected(401, "invalid_api_key", "the API key is not valid", true);
 }
 
+Authenticator::Result store_unavailable() noexcept {
+  return rejected(503, "store_unavailable", "the key store cannot answer right now", false);
+}
+
 }  // namespace
 
 void Authenticator::PendingLookup::reset() noexcept {
   digest = KeyDigest{};
   fetch = KeyDirectory::FetchResult{};
+  fetches = 0;
 }
 
 Authenticator::Authenticator(KeyDirectory& directory, size_t body_inspect_bytes_max)
@@ -61,10 +66,8 @@ Authenticator::Result Authenticator::resolve_extracted(const ExtractResult& extr
   const KeyDigest digest = digest_key(extracted.key);
   const KeyRecord* key = nullptr;
   switch (directory_.find_key(digest, &key)) {
-    case KeyDirectory::Lookup::kFound: {
-      const User* user = key->user ? directory_.find_user(*key->user) : nullptr;
-      return found(*key, user, digest, now);
-    }
+    case KeyDirectory::Lookup::kFound:
+      return found(*key, user_of(*key), digest, now);
     case KeyDirectory::Lookup::kUnknown:
       return invalid_key();
     case KeyDirectory::Lookup::kNotCached: {
@@ -85,18 +88,45 @@ std::string_view Authenticator::extracted_key(const HttpRequest& request) noexce
 
 void Authenticator::fetch(const KeyDigest& digest, PendingLookup* lookup,
                           RequestContext& ctx) noexcept {
+  KEYGATE_ASSERT(lookup->fetches < kFetchesMax);
   lookup->digest = digest;
+  ++lookup->fetches;
   directory_.fetch(digest, &lookup->fetch, ctx.defer());
 }
 
 Authenticator::Result Authenticator::finish_fetch(const PendingLookup& lookup,
                                                   int64_t now) const noexcept {
   const KeyDirectory::FetchResult& f = lookup.fetch;
-  if (f.failed) {
-    return rejected(503, "store_unavailable", "the key store cannot answer right now", false);
+  if (f.failed) return store_unavailable();
+  if (directory_.key_generation() == f.generation) {
+    if (!f.found) return invalid_key();
+    return found(f.record, user_of(f.record), lookup.digest, now);
   }
-  if (!f.found) return invalid_key();
-  return found(f.record, f.has_user ? &f.user : nullptr, lookup.digest, now);
+  // A key changed after the fetch read the store, and its call may have returned before this
+  // resume: a DELETE, disable or rotation of this very key must win over the copy (the same
+  // promise the cache keeps). The cache holds the change; if it does not hold the digest, the
+  // store is asked again.
+  const KeyRecord* key = nullptr;
+  switch (directory_.find_key(lookup.digest, &key)) {
+    case KeyDirectory::Lookup::kFound:
+      return found(*key, user_of(*key), lookup.digest, now);
+    case KeyDirectory::Lookup::kUnknown:
+      return invalid_key();
+    case KeyDirectory::Lookup::kNotCached: {
+      if (lookup.fetches >= kFetchesMax) return store_unavailable();
+      Result r;
+      r.outcome = Outcome::kFetch;
+      return r;
+    }
+  }
+  KEYGATE_ASSERT(false && "every KeyDirectory::Lookup value is handled above");
+  return invalid_key();
+}
+
+const User* Authenticator::user_of(const KeyRecord& record) const noexcept {
+  // Never a copy from a fetch: users are all in the directory, and only its answer reflects a
+  // user change (delete_user, a grant removed) that returned before this request is decided.
+  return record.user ? directory_.find_user(*record.user) : nullptr;
 }
 
 Authenticator::Result Authenticator::found(const KeyRecord& record, const User* user,

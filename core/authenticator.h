@@ -13,12 +13,17 @@
 //   digest, KeyDirectory::find_key         -> unknown: 401 invalid_api_key;
 //                                             not cached: fetch and defer (kFetch), then
 //                                             finish_fetch(): 503 store_unavailable when the
-//                                             store cannot answer, else as above;
+//                                             store cannot answer, else as above — unless a
+//                                             key changed while the fetch was out (the copy
+//                                             may be stale): then the lookup is made again,
+//                                             and may fetch again (kFetch), at most
+//                                             kFetchesMax fetches, then 503 store_unavailable;
 //   the value matched the record's previous digest (a rotation's grace period) and the grace
 //   is over (now >= previous_valid_until)  -> 401 invalid_api_key.
 // A found record is not yet authorized: whether it is enabled, unexpired and may call what the
-// request asks is the caller's decision (authorize() in permissions.h). Rejection messages
-// never say anything about the key.
+// request asks is the caller's decision (authorize() in permissions.h). The key's user is
+// always the directory's current one, also for a fetched record. Rejection messages never say
+// anything about the key.
 #pragma once
 
 #include <cstddef>
@@ -49,6 +54,7 @@ class Authenticator {
     kFound,     // key (and user) are set
     kRejected,  // rejection is set
     kFetch,     // the directory's cache does not know the digest: call fetch() and defer
+                // (from finish_fetch(): fetch(lookup.digest, &lookup, ctx) again)
   };
 
   struct Result {
@@ -69,12 +75,17 @@ class Authenticator {
   struct PendingLookup {
     KeyDigest digest{};
     KeyDirectory::FetchResult fetch;
+    uint8_t fetches = 0;  // fetch() calls for this request, bounded by kFetchesMax
     // Empties it for reuse (keeps the strings' capacity where it can).
     void reset() noexcept;
   };
 
   // The WWW-Authenticate value every 401 carries.
   static constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
+  // Store reads one request may make: the first, and more only when a key change voided the
+  // previous one before the request resumed. Beyond it: 503 store_unavailable, so steady key
+  // churn cannot keep a request deferred for ever.
+  static constexpr uint8_t kFetchesMax = 3;
 
   // `directory` must outlive the authenticator. Allocates the extractor's scratch for bodies of
   // up to `body_inspect_bytes_max` bytes (see KeyExtractor).
@@ -92,7 +103,8 @@ class Authenticator {
                     Result* result) noexcept;
 
   // Starts fetching `digest` into `*lookup` and defers the request (ctx.defer()); the caller
-  // returns Handler::Result::kPending, and on resume calls finish_fetch(*lookup, ...).
+  // returns Handler::Result::kPending, and on resume calls finish_fetch(*lookup, ...). Counts
+  // the fetch in lookup->fetches (reset() zeroes it).
   void fetch(const KeyDigest& digest, PendingLookup* lookup, RequestContext& ctx) noexcept;
 
   // The key value `request` carries (extracted again: for the access log, which scrubs it from
@@ -100,7 +112,14 @@ class Authenticator {
   // into the request or the extractor's scratch, valid until the next extraction.
   std::string_view extracted_key(const HttpRequest& request) noexcept;
 
-  // The answer of a fetch, after its ticket was posted. kFound points into `lookup`.
+  // The answer of a fetch, after its ticket was posted (worker thread, at resume). When no key
+  // changed since the fetch read the store (the directory's key_generation() is the one the
+  // fetch noted), the fetched record decides and kFound points into `lookup`. Otherwise the
+  // copy may predate a revocation that has returned since, so the digest is looked up again:
+  // kFound then points into the directory's cache (valid until the worker's next wait, like
+  // resolve()'s), and a digest the cache does not hold gives kFetch — call
+  // fetch(lookup.digest, &lookup, ctx) and defer again — or, after kFetchesMax fetches, 503
+  // store_unavailable. The user is the directory's current one. Does not allocate.
   Result finish_fetch(const PendingLookup& lookup, int64_t now) const noexcept;
 
  private:
@@ -108,6 +127,8 @@ class Authenticator {
   // resolve_head().
   Result resolve_extracted(const ExtractResult& extracted, int64_t now,
                            KeyDigest* pending_digest) noexcept;
+  // The directory's current user of `record`; nullptr when it has none or the user is gone.
+  const User* user_of(const KeyRecord& record) const noexcept;
   // kFound for `record` looked up by `digest`, unless it matched a previous digest whose grace
   // is over.
   static Result found(const KeyRecord& record, const User* user, const KeyDigest& digest,

@@ -197,6 +197,8 @@ const User* KeyService::find_user(std::string_view name) noexcept {
   return cache_->find_user(name);
 }
 
+uint64_t KeyService::key_generation() noexcept { return cache_->generation(); }
+
 void KeyService::fetch(const KeyDigest& digest, FetchResult* out, ResumeTicket ticket) noexcept {
   bool queued = false;
   if (pool_) {
@@ -239,22 +241,19 @@ void KeyService::run_fetcher() {
 
     FetchResult& out = *job.out;
     out = FetchResult();
-    // Read before the store: a key write after this point changes it, which voids both the
-    // positive fill and the negative entry made from what the store says below.
+    // Read before the store: a key write after this point changes it, which voids the positive
+    // fill and the negative entry made from what the store says below, and tells the worker at
+    // resume that the copy in `out` may be stale (a revocation that returned meanwhile must
+    // win). The record's user is not copied: the worker takes it from the cache, which holds
+    // every user and is current when the request resumes.
     const uint64_t generation = cache_->generation();
+    out.generation = generation;
     KeyRecord record;
     const Status s = store_.get_key_by_digest(job.digest, &record);
     if (s.is_ok()) {
-      if (record.user) {
-        const Status us = store_.get_user(*record.user, &out.user);
-        out.has_user = us.is_ok();
-        if (!us.is_ok() && !us.is_not_found()) out.failed = true;
-      }
-      if (!out.failed) {
-        out.found = true;
-        out.record = record;
-        if (cache_->fill(std::move(record), generation)) ++unreclaimed_fills;
-      }
+      out.found = true;
+      out.record = record;
+      if (cache_->fill(std::move(record), generation)) ++unreclaimed_fills;
     } else if (s.is_not_found()) {
       negative_->insert(job.digest, generation);
     } else {

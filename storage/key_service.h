@@ -86,10 +86,13 @@ class KeyService final : public KeyDirectory {
   LoopObserver* loop_observer(size_t worker_index) noexcept;
 
   // KeyDirectory (worker threads). find_key: kFound from the cache; kUnknown when the cache is
-  // complete or remembers the digest as unknown; kNotCached otherwise. fetch: queued for the
-  // pool, or posted at once with out->failed when the queue is full.
+  // complete or remembers the digest as unknown; kNotCached otherwise. find_user: from the
+  // cache, which holds every user. key_generation: the cache's generation (bumped by every key
+  // mutation before its grace period). fetch: queued for the pool, or posted at once with
+  // out->failed when the queue is full; the pool reads the key record only.
   Lookup find_key(const KeyDigest& digest, const KeyRecord** record) noexcept override;
   const User* find_user(std::string_view name) noexcept override;
+  uint64_t key_generation() noexcept override;
   void fetch(const KeyDigest& digest, FetchResult* out, ResumeTicket ticket) noexcept override;
 
   // Mutations: synced store write, cache publish, grace period. Each blocks; none throws.

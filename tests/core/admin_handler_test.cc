@@ -501,6 +501,54 @@ TEST_F(AdminHandlerTest, AFetchedDataKeyIs403AndAFailedFetch503) {
   EXPECT_TRUE(backend_.submissions.empty());
 }
 
+TEST_F(AdminHandlerTest, AnAdminKeyDeletedWhileItWasFetchedIsFetchedAgainAndRefused) {
+  directory_.not_cached = true;
+  TestRequest request("GET", "/admin/keys");
+  request.api_key(kAdminKey);
+  Response r;
+  ASSERT_EQ(call(false, request, &r), Handler::Result::kPending);
+  ASSERT_EQ(directory_.fetches.size(), 1u);
+  *directory_.fetches[0].out = directory_.answer(digest_key(kAdminKey));
+  directory_.fetches[0].ticket.post();
+  // The delete returned before the worker resumed: the fetched copy must not admit.
+  directory_.remove_key(digest_key(kAdminKey));
+  ++directory_.generation;
+  ASSERT_EQ(call(true, request, &r), Handler::Result::kPending);
+  ASSERT_EQ(directory_.fetches.size(), 2u);
+  EXPECT_TRUE(backend_.submissions.empty());
+  *directory_.fetches[1].out = directory_.answer(digest_key(kAdminKey));
+  directory_.fetches[1].ticket.post();
+  ASSERT_EQ(call(true, request, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(ctx_.state, nullptr);
+  EXPECT_TRUE(backend_.submissions.empty());
+}
+
+TEST_F(AdminHandlerHead, AnAdminKeyDisabledWhileItWasFetchedAtTheHeadIsRefused) {
+  directory_.not_cached = true;
+  TestRequest request("POST", "/admin/users");
+  request.api_key(kAdminKey);
+  Response r;
+  ASSERT_EQ(head(false, request, &r), Handler::Result::kPending);
+  ASSERT_EQ(directory_.fetches.size(), 1u);
+  *directory_.fetches[0].out = directory_.answer(digest_key(kAdminKey));
+  directory_.fetches[0].ticket.post();
+  KeyRecord disabled = key_record("kadmin000001", {"admin"});
+  disabled.enabled = false;
+  directory_.add_key(kAdminKey, disabled);
+  ++directory_.generation;
+  // Not cached either: fetched again, and the store's answer now is the disabled key.
+  ASSERT_EQ(head(true, request, &r), Handler::Result::kPending);
+  ASSERT_EQ(directory_.fetches.size(), 2u);
+  *directory_.fetches[1].out = directory_.answer(digest_key(kAdminKey));
+  directory_.fetches[1].ticket.post();
+  ASSERT_EQ(head(true, request, &r), Handler::Result::kDone);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(ctx_.state, nullptr);
+  EXPECT_TRUE(backend_.submissions.empty());
+}
+
 TEST_F(AdminHandlerTest, AnOldAdminValueAfterItsGraceIs401) {
   KeyRecord rotated = key_record("krotated0001", {"admin"});
   rotated.digest = digest_key("new-admin-value");

@@ -505,13 +505,12 @@ TEST_F(AuthHandlerTest, KeyNotCachedIsFetchedAndTheResumedRequestIsAllowed) {
   EXPECT_FALSE(r.has_header("X-Keygate-User"));
 }
 
-TEST_F(AuthHandlerTest, FetchedKeyWithUserIsCheckedAgainstTheFetchedUsersGrants) {
+TEST_F(AuthHandlerTest, FetchedKeyWithUserIsCheckedAgainstTheUsersGrants) {
   directory_.not_cached = true;
+  directory_.add_user({"carol", {{"orders", {"GET"}, "/orders/public"}}});
   KeyDirectory::FetchResult carols_key;
   carols_key.found = true;
   carols_key.record = key_record("kfetched0002", {"orders"}, "carol");
-  carols_key.has_user = true;
-  carols_key.user = {"carol", {{"orders", {"GET"}, "/orders/public"}}};
 
   TestRequest allowed = get("/orders/public/1");
   allowed.api_key(kAliceKey);
@@ -532,8 +531,7 @@ TEST_F(AuthHandlerTest, FetchedKeyWhoseUserIsGoneIsForbidden) {
   directory_.not_cached = true;
   KeyDirectory::FetchResult orphan;
   orphan.found = true;
-  orphan.record = key_record("kfetched0003", {"orders"}, "carol");
-  orphan.has_user = false;
+  orphan.record = key_record("kfetched0003", {"orders"}, "carol");  // no user carol
   TestRequest request = get("/orders/public/1");
   request.api_key(kAliceKey);
   const Response r = fetch_and_resume(request, orphan);
@@ -584,6 +582,121 @@ TEST_F(AuthHandlerTest, StoreFailureDuringFetchIsServiceUnavailable) {
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(r.error_code(), "store_unavailable");
   expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+// --- A key change while the fetch is out -----------------------------------------------------
+// The fetching thread copied the record and posted; then a change completed (its call returned,
+// the directory's generation moved on) before the worker resumed. The copy must not decide.
+
+TEST_F(AuthHandlerTest, AKeyDeletedWhileItWasFetchedIsFetchedAgainAndRefused) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey);
+  send_expecting_deferral(request, ctx_);
+  *last_fetch().out = directory_.answer(digest_key(kAdminLikeKey));
+  ASSERT_TRUE(last_fetch().out->found);
+  last_fetch().ticket.post();
+  directory_.remove_key(digest_key(kAdminLikeKey));
+  ++directory_.generation;
+
+  // The cache does not hold the digest: resume() reads the store again, deferring once more.
+  EXPECT_EQ(call_resume(request, ctx_), Handler::Result::kPending);
+  EXPECT_TRUE(out_.empty()) << out_;
+  EXPECT_NE(ctx_.state, nullptr);
+  ASSERT_EQ(directory_.fetches.size(), 2u);
+  EXPECT_EQ(last_fetch().digest, digest_key(kAdminLikeKey));
+  EXPECT_EQ(ctx_.defer_calls, 2);
+  *last_fetch().out = directory_.answer(digest_key(kAdminLikeKey));
+  last_fetch().ticket.post();
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(r.header("WWW-Authenticate"), kChallenge);
+}
+
+TEST_F(AuthHandlerTest, AKeyDisabledWhileItWasFetchedIsDecidedByTheCache) {
+  directory_.not_cached = true;
+  TestRequest request = get("/shop/1");
+  request.api_key(kShopKey);
+  send_expecting_deferral(request, ctx_);
+  *last_fetch().out = directory_.answer(digest_key(kShopKey));
+  last_fetch().ticket.post();
+  KeyRecord disabled = key_record("kshop0000001", {"shop", "orders"});
+  disabled.enabled = false;
+  directory_.add_key(kShopKey, disabled);
+  ++directory_.generation;
+  directory_.not_cached = false;  // the change put the record in the cache
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
+  EXPECT_EQ(directory_.fetches.size(), 1u);
+}
+
+TEST_F(AuthHandlerTest, AFetchVoidedByAnotherKeysChangeIsForwardedFromTheCache) {
+  directory_.not_cached = true;
+  TestRequest request = get("/shop/public/1");
+  request.api_key(kBobKey);
+  send_expecting_deferral(request, ctx_);
+  *last_fetch().out = directory_.answer(digest_key(kBobKey));
+  last_fetch().ticket.post();
+  ++directory_.generation;
+  directory_.not_cached = false;
+  ctx_.forward = ForwardTarget{};
+  EXPECT_EQ(call_resume(request, ctx_), Handler::Result::kForward);
+  EXPECT_EQ(ctx_.state, nullptr);
+  EXPECT_EQ(ctx_.forward.key_id, "kbob00000001");
+  EXPECT_EQ(ctx_.forward.user, "bob");
+}
+
+TEST_F(AuthHandlerTest, AFetchedKeyIsCheckedAgainstItsUserAsItIsAtResume) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/public/1");
+  request.api_key(kAliceKey);
+  send_expecting_deferral(request, ctx_);
+  *last_fetch().out = directory_.answer(digest_key(kAliceKey));
+  last_fetch().ticket.post();
+  // Users' changes leave the key generation alone; the user is looked up at resume anyway.
+  directory_.remove_user("alice");
+  Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+
+  directory_.add_user({"alice", {{"billing", {}, ""}}});  // the orders grant is gone
+  send_expecting_deferral(request, ctx_);
+  *last_fetch().out = directory_.answer(digest_key(kAliceKey));
+  last_fetch().ticket.post();
+  r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+}
+
+TEST_F(AuthHandlerTest, ARequestWhoseFetchesKeepGettingVoidedGets503AfterTheLast) {
+  directory_.not_cached = true;
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey);
+  send_expecting_deferral(request, ctx_);
+  for (int fetch = 1; fetch <= Authenticator::kFetchesMax; ++fetch) {
+    ASSERT_EQ(directory_.fetches.size(), static_cast<size_t>(fetch));
+    *last_fetch().out = directory_.answer(digest_key(kAdminLikeKey));
+    last_fetch().ticket.post();
+    ++directory_.generation;  // some key changed while this fetch was out
+    if (fetch < Authenticator::kFetchesMax) {
+      ASSERT_EQ(call_resume(request, ctx_), Handler::Result::kPending) << fetch;
+    }
+  }
+  const Response r = resume(request, ctx_);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.error_code(), "store_unavailable");
+  EXPECT_EQ(directory_.fetches.size(), static_cast<size_t>(Authenticator::kFetchesMax));
+
+  // The state went back to the pool with its count cleared: the next request may fetch again.
+  directory_.generation = 0;
+  TestRequest next = get("/orders/2");
+  next.api_key(kAdminLikeKey);
+  send_expecting_deferral(next, ctx_);
+  *last_fetch().out = directory_.answer(digest_key(kAdminLikeKey));
+  last_fetch().ticket.post();
+  EXPECT_EQ(resume(next, ctx_).status, 200);
 }
 
 TEST_F(AuthHandlerTest, AbandonedDeferralFreesItsStateAndTheNextDeferralWorks) {
@@ -814,8 +927,6 @@ TEST_F(AuthHandlerTest, AuthEndpointResumesAFetchWithTheDescribedRequest) {
   KeyDirectory::FetchResult alices;
   alices.found = true;
   alices.record = key_record("kfetchedali1", {"orders"}, "alice");
-  alices.has_user = true;
-  alices.user = {"alice", {{"orders", {"GET"}, "/orders/public"}}};
 
   TestRequest allowed = nginx_auth("/orders/public/1", "GET");
   allowed.api_key(kAliceKey);
@@ -887,8 +998,6 @@ TEST_F(AuthHandlerTest, ResumedFetchForAnApiWithUpstreamsIsForwardedAndItsViewsO
   ASSERT_NE(out, nullptr);
   out->found = true;
   out->record = key_record("kfetchedbob1", {"shop"}, "bob");
-  out->has_user = true;
-  out->user = {"bob", {{"shop", {"GET"}, "/shop/public"}}};
   last_fetch().ticket.post();
   ctx_.forward = ForwardTarget{};
   EXPECT_EQ(call_resume(request, ctx_), Handler::Result::kForward);
@@ -977,8 +1086,6 @@ TEST_F(AuthHandlerTest, HeadDecisionOnACacheMissFetchesAndResumeHeadForwardsOrRe
   ASSERT_NE(out, nullptr);
   out->found = true;
   out->record = key_record("kfetchedbob2", {"shop"}, "bob");
-  out->has_user = true;
-  out->user = {"bob", {{"shop", {"GET"}, "/shop/public"}}};
   last_fetch().ticket.post();
   ctx_.forward = ForwardTarget{};
   EXPECT_EQ(call_resume_head(request), Handler::Result::kForward);
@@ -1006,11 +1113,32 @@ TEST_F(AuthHandlerTest, HeadDecisionOnACacheMissFetchesAndResumeHeadForwardsOrRe
   ASSERT_NE(out, nullptr);
   out->found = true;
   out->record = key_record("kfetchedbob3", {"shop"}, "bob");
-  out->has_user = true;
-  out->user = {"bob", {{"shop", {"GET"}, "/shop/public"}}};
   last_fetch().ticket.post();
   EXPECT_EQ(call_resume_head(post), Handler::Result::kDone);
   EXPECT_EQ(parse_response(out_).status, 403);
+}
+
+TEST_F(AuthHandlerTest, HeadDecisionFetchesAgainWhenTheKeyWasDeletedWhileItWasFetched) {
+  directory_.not_cached = true;
+  TestRequest request = get("/shop/public/1");
+  request.api_key(kBobKey);
+  EXPECT_EQ(call_head(request), Handler::Result::kPending);
+  ASSERT_EQ(directory_.fetches.size(), 1u);
+  *last_fetch().out = directory_.answer(digest_key(kBobKey));
+  last_fetch().ticket.post();
+  directory_.remove_key(digest_key(kBobKey));
+  ++directory_.generation;
+  EXPECT_EQ(call_resume_head(request), Handler::Result::kPending);
+  EXPECT_TRUE(out_.empty()) << out_;
+  EXPECT_NE(ctx_.state, nullptr);
+  ASSERT_EQ(directory_.fetches.size(), 2u);
+  *last_fetch().out = directory_.answer(digest_key(kBobKey));
+  last_fetch().ticket.post();
+  EXPECT_EQ(call_resume_head(request), Handler::Result::kDone);
+  EXPECT_EQ(ctx_.state, nullptr);
+  const Response r = parse_response(out_);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.error_code(), "invalid_api_key");
 }
 
 TEST_F(AuthHandlerTest, HeadDecisionLeavesAuthCheckApisHealthzAndTheAuthEndpointToHandle) {

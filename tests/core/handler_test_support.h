@@ -28,7 +28,9 @@ inline constexpr std::string_view kDate = "Sun, 06 Nov 1994 08:49:37 GMT";
 
 // A KeyDirectory over a map of digest -> record; a record is filed under every digest it is
 // added with. With not_cached set, find_key() answers kNotCached and fetch() only records its
-// arguments, so the test plays the fetching thread.
+// arguments, so the test plays the fetching thread. key_generation() is `generation`, which a
+// test bumps to play a key change made while a fetch was out (results it builds by hand carry
+// generation 0, the default).
 class FakeDirectory final : public KeyDirectory {
  public:
   struct Fetch {
@@ -44,24 +46,21 @@ class FakeDirectory final : public KeyDirectory {
   }
   // Files `record` as is under `digest` (e.g. its previous digest).
   void file_under(const KeyDigest& digest, KeyRecord record) { keys_[digest] = std::move(record); }
+  // Removes what is filed under `digest` (a key change: the test bumps `generation` too).
+  void remove_key(const KeyDigest& digest) { keys_.erase(digest); }
+  void remove_user(const std::string& name) { users_.erase(name); }
   void add_user(User user) {
     std::string name = user.name;
     users_[std::move(name)] = std::move(user);
   }
-  // What the store would answer for `digest` (a fetch): found or not.
+  // What the store would answer for `digest` (a fetch) now: found or not, at `generation`.
   KeyDirectory::FetchResult answer(const KeyDigest& digest) const {
     FetchResult r;
+    r.generation = generation;
     auto it = keys_.find(digest);
     if (it == keys_.end()) return r;
     r.found = true;
     r.record = it->second;
-    if (it->second.user) {
-      auto u = users_.find(*it->second.user);
-      if (u != users_.end()) {
-        r.has_user = true;
-        r.user = u->second;
-      }
-    }
     return r;
   }
 
@@ -77,11 +76,13 @@ class FakeDirectory final : public KeyDirectory {
     auto it = users_.find(name);
     return it == users_.end() ? nullptr : &it->second;
   }
+  uint64_t key_generation() noexcept override { return generation; }
   void fetch(const KeyDigest& digest, FetchResult* out, ResumeTicket ticket) noexcept override {
     fetches.push_back({digest, out, ticket});
   }
 
   bool not_cached = false;
+  uint64_t generation = 0;
   int find_key_calls = 0;
   std::vector<Fetch> fetches;
 

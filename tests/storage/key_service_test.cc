@@ -7,10 +7,13 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/authenticator.h"
+#include "core/permissions.h"
 #include "tests/storage/temp_dir.h"
 
 namespace keygate::storage {
@@ -406,8 +409,7 @@ TEST_F(PartialKeyServiceTest, MissesInAPartialCacheAreNotCachedUntilFetched) {
   EXPECT_TRUE(result.found);
   EXPECT_FALSE(result.failed);
   EXPECT_EQ(result.record.id, id_of(missing));
-  EXPECT_TRUE(result.has_user);
-  EXPECT_EQ(result.user.name, "alice");
+  EXPECT_EQ(result.record.user, std::optional<std::string>("alice"));
   // The fetch filled the cache (evicting another key to stay within 2).
   EXPECT_EQ(lookup(value_of(missing)), Lookup::kFound);
   EXPECT_EQ(service_->stats().cached_keys, 2u);
@@ -484,6 +486,154 @@ TEST_F(PartialKeyServiceTest, FetchesStillQueuedAtShutdownArePosted) {
   sink_.release();
   closer.join();
   EXPECT_EQ(sink_.wait_for(3).size(), 3u);
+}
+
+// A request whose key the cache does not hold, played on the real service: the test thread is
+// worker 0 (reader 0) and resumes with the Authenticator the handlers use. The fetch thread has
+// read the record and posted; a change then completes before the worker resumes. Whatever the
+// change, the resume must decide as the changed state says (the change's call has returned).
+class ChangeDuringFetchTest : public PartialKeyServiceTest {
+ protected:
+  static constexpr int64_t kNow = 1700000100;
+
+  // The worker's side of the request: tickets go to the fixture's sink, which records the post
+  // and resumes nothing by itself.
+  class TicketContext final : public RequestContext {
+   public:
+    explicit TicketContext(ResumeTicket::Sink* sink) : sink_(sink) {}
+    ResumeTicket defer() noexcept override { return ResumeTicket(sink_, 9, 0); }
+    int64_t now_unix() const noexcept override { return kNow; }
+
+   private:
+    ResumeTicket::Sink* sink_;
+  };
+
+  void SetUp() override {
+    PartialKeyServiceTest::SetUp();
+    open_partial();
+    authenticator_ = std::make_unique<Authenticator>(*service_, 0);
+  }
+  void TearDown() override {
+    authenticator_.reset();
+    PartialKeyServiceTest::TearDown();
+  }
+
+  // A key of the store (bound to user alice) that the cache does not hold.
+  int uncached_key() {
+    for (int i = 0; i < 10; ++i) {
+      if (lookup(value_of(i)) == Lookup::kNotCached) return i;
+    }
+    ADD_FAILURE() << "every key is cached";
+    return 0;
+  }
+
+  // Starts the request's fetch (as a handler does) and waits until the fetch thread posted.
+  void fetch_and_wait(const KeyDigest& digest) {
+    authenticator_->fetch(digest, &lookup_, ctx_);
+    ++posts_;
+    ASSERT_GE(sink_.wait_for(posts_).size(), posts_);
+  }
+
+  // Resumes as the handlers do (fetching again when told to), then authorizes GET /orders/1:
+  // the answer's code, "allowed", or the rejection's code.
+  std::string resume() {
+    LoopObserver* observer = service_->loop_observer(0);
+    for (;;) {
+      observer->after_wait();
+      const Authenticator::Result r = authenticator_->finish_fetch(lookup_, kNow);
+      if (r.outcome == Authenticator::Outcome::kFetch) {
+        authenticator_->fetch(lookup_.digest, &lookup_, ctx_);
+        observer->before_wait();
+        ++posts_;
+        if (sink_.wait_for(posts_).size() < posts_) return "the fetch was never posted";
+        ++refetches_;
+        continue;
+      }
+      std::string answer;
+      if (r.outcome == Authenticator::Outcome::kRejected) {
+        answer = std::string(r.rejection.code);
+      } else {
+        switch (authorize(*r.key, r.user, orders_, "GET", "/orders/1", kNow)) {
+          case Decision::kAllowed:
+            answer = "allowed";
+            break;
+          case Decision::kInvalidKey:
+            answer = "invalid_api_key";
+            break;
+          case Decision::kApiNotPermitted:
+            answer = "api_not_permitted";
+            break;
+          case Decision::kUserNotPermitted:
+            answer = "user_not_permitted";
+            break;
+        }
+      }
+      observer->before_wait();
+      return answer;
+    }
+  }
+
+  ApiConfig orders_{"orders", {"/orders"}};
+  TicketContext ctx_{&sink_};
+  std::unique_ptr<Authenticator> authenticator_;
+  Authenticator::PendingLookup lookup_;
+  int refetches_ = 0;
+};
+
+TEST_F(ChangeDuringFetchTest, WithNoChangeTheFetchedRecordDecides) {
+  const int i = uncached_key();
+  fetch_and_wait(digest_key(value_of(i)));
+  EXPECT_EQ(resume(), "allowed");
+  EXPECT_EQ(refetches_, 0);
+}
+
+TEST_F(ChangeDuringFetchTest, AKeyDeletedBeforeTheResumeIsRefused) {
+  const int i = uncached_key();
+  fetch_and_wait(digest_key(value_of(i)));
+  ASSERT_TRUE(lookup_.fetch.found);
+  ASSERT_TRUE(service_->delete_key(id_of(i)).is_ok());
+  EXPECT_EQ(resume(), "invalid_api_key");
+}
+
+TEST_F(ChangeDuringFetchTest, AKeyDisabledBeforeTheResumeIsRefused) {
+  const int i = uncached_key();
+  fetch_and_wait(digest_key(value_of(i)));
+  KeyRecord disabled = lookup_.fetch.record;
+  disabled.enabled = false;
+  ASSERT_TRUE(service_->update_key(disabled).is_ok());
+  EXPECT_EQ(resume(), "invalid_api_key");
+}
+
+TEST_F(ChangeDuringFetchTest, TheOldValueOfAKeyRotatedWithoutGraceBeforeTheResumeIsRefused) {
+  const int i = uncached_key();
+  fetch_and_wait(digest_key(value_of(i)));
+  KeyRecord rotated = lookup_.fetch.record;
+  rotated.digest = digest_key("rotated-during-the-fetch");
+  ASSERT_TRUE(service_->update_key(rotated).is_ok());
+  EXPECT_EQ(resume(), "invalid_api_key");
+}
+
+TEST_F(ChangeDuringFetchTest, AKeyWhoseUserIsDeletedBeforeTheResumeIsForbidden) {
+  const int i = uncached_key();
+  fetch_and_wait(digest_key(value_of(i)));
+  ASSERT_EQ(lookup_.fetch.record.user, std::optional<std::string>("alice"));
+  ASSERT_TRUE(service_->delete_user("alice").is_ok());
+  EXPECT_EQ(resume(), "user_not_permitted");
+}
+
+TEST_F(ChangeDuringFetchTest, AGrantRemovedBeforeTheResumeNoLongerAllows) {
+  const int i = uncached_key();
+  fetch_and_wait(digest_key(value_of(i)));
+  ASSERT_TRUE(service_->put_user(User{"alice", {Grant{"billing", {}, ""}}}).is_ok());
+  EXPECT_EQ(resume(), "user_not_permitted");
+}
+
+TEST_F(ChangeDuringFetchTest, AnotherKeysChangeCostsALookupButTheKeyStillWorks) {
+  const int i = uncached_key();
+  fetch_and_wait(digest_key(value_of(i)));
+  ASSERT_TRUE(service_->create_key(make_record("kother", "created-during-the-fetch")).is_ok());
+  EXPECT_EQ(resume(), "allowed");
+  EXPECT_LE(refetches_, 1);
 }
 
 TEST_F(KeyServiceTest, BootstrapGeneratesOneAdminKeyOnlyOnAnEmptyStore) {
