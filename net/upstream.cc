@@ -131,6 +131,12 @@ int on_headers_complete(llhttp_t* p) {
   UpConn* u = self(p);
   Connection* c = u->client;
   const int status = p->status_code;
+  // llhttp takes 0 to 3 digits, so 0..99 pass it ("HTTP/1.1 099", "HTTP/1.1 0"); RFC 9110 15
+  // has none below 100, and write_client_response_head() asserts 100..999.
+  if (status < 100) {
+    u->parse_failed = true;
+    return -1;
+  }
   if (status >= 100 && status < 200) {
     if (status == 101) {
       u->parse_failed = true;  // no protocol switches through the proxy

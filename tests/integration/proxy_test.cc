@@ -2,19 +2,25 @@
 // loopback. What the upstream receives (methods, stripped keys, identity headers), bodies
 // streamed both ways (64 MiB, with keygate's memory staying bounded), chunked coding both ways,
 // keep-alive reuse, every failure status, malformed upstream responses, clients that go away.
+// Responses keygate-upstream cannot produce (a status below 100, a body sent late after a HEAD
+// response) come from a ScriptedUpstream written into this file.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -1042,6 +1048,142 @@ TEST_F(ProxyTest, KeyInJsonBodyIsForwardedFromMemory) {
   // Body keys are forwarded as sent (documented): the upstream sees the body unchanged.
   EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(body.size()));
   EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
+}
+
+// --- Upstreams that break the rules in ways keygate-upstream does not script -----------------
+
+// Writes all of `bytes` to `fd`; false when the peer is gone.
+bool send_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// An upstream server on 127.0.0.1:0 that answers each request head it reads (requests without
+// a body) by calling `script(fd, head)`, which writes whatever bytes it likes, sleeps if it
+// likes, and returns false to close the connection (a FIN). One thread per connection; the
+// destructor stops and joins them all.
+class ScriptedUpstream {
+ public:
+  using Script = std::function<bool(int fd, const std::string& head)>;
+
+  explicit ScriptedUpstream(Script script) : script_(std::move(script)) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    if (listen_fd_ < 0 || ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
+        ::listen(listen_fd_, 16) != 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(sa.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+
+  ~ScriptedUpstream() {
+    stop_ = true;
+    if (acceptor_.joinable()) acceptor_.join();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);  // wakes the connection threads
+    }
+    for (std::thread& t : threads_) t.join();
+    for (int fd : fds_) ::close(fd);
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+  }
+
+  ScriptedUpstream(const ScriptedUpstream&) = delete;
+  ScriptedUpstream& operator=(const ScriptedUpstream&) = delete;
+
+  // "[[apis]]" config text for an API "scripted" on the routes /s... going to this server.
+  std::string api_config() const {
+    return "[[apis]]\nname = \"scripted\"\nroutes = [\"/s\"]\nupstreams = [\"127.0.0.1:" +
+           std::to_string(port_) + "\"]\nresponse_timeout_ms = 5000\n";
+  }
+  bool listening() const { return port_ != 0; }
+  size_t connections() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fds_.size();
+  }
+
+ private:
+  void accept_loop() {
+    while (!stop_) {
+      pollfd p{listen_fd_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      fds_.push_back(fd);
+      threads_.emplace_back([this, fd] { serve(fd); });
+    }
+  }
+
+  void serve(int fd) {
+    std::string in;
+    char buf[4096];
+    for (;;) {
+      size_t end;
+      while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) return;
+        in.append(buf, static_cast<size_t>(n));
+      }
+      const std::string head = in.substr(0, end + 4);
+      in.erase(0, end + 4);
+      if (!script_(fd, head)) {
+        ::shutdown(fd, SHUT_RDWR);  // closed by the destructor
+        return;
+      }
+    }
+  }
+
+  Script script_;
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::vector<int> fds_;
+  std::vector<std::thread> threads_;
+};
+
+bool has_target(const std::string& head, std::string_view target) {
+  return head.find(" " + std::string(target) + " HTTP/1.1\r\n") != std::string::npos;
+}
+
+// llhttp reads 0 to 3 digits as the status, so "099" and "0" pass it. keygate asserted that
+// every status it writes is 100..999 (on in every build): one such answer aborted the gateway.
+TEST_F(ProxyTest, AStatusBelow100IsABadUpstreamResponseNotACrash) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (has_target(head, "/s/099")) return send_all(fd, "HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n");
+    if (has_target(head, "/s/0")) return send_all(fd, "HTTP/1.1 0 X\r\nContent-Length: 0\r\n\r\n");
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  for (std::string_view target : {"/s/099", "/s/0"}) {
+    ASSERT_TRUE(client.send(http_request("GET", target, {key_header()})));
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(r.has_value()) << target << ": " << to_string(client.last_end());
+    EXPECT_EQ(r->status, 502) << r->raw;
+    EXPECT_NE(r->body.find("bad_upstream_response"), std::string::npos) << r->raw;
+  }
+  // The same client connection and a new one are both served.
+  ASSERT_TRUE(client.send(http_request("GET", "/s/after", {key_header()})));
+  const std::optional<Response> after = client.read_response();
+  ASSERT_TRUE(after.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(after->body, "ok") << after->raw;
+  const std::optional<Response> fresh = get("/s/fresh");
+  ASSERT_TRUE(fresh.has_value());
+  EXPECT_EQ(fresh->body, "ok") << fresh->raw;
 }
 
 }  // namespace
