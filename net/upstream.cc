@@ -711,8 +711,10 @@ void Worker::Impl::on_up_eof(UpConn* up, int res) {
   }
   if (up->state != UpConn::State::kBusy) return;
   if (res == 0 && up->head_sent) {
-    // A body delimited by the close ends here (llhttp_finish says whether that is valid).
-    if (llhttp_finish(&up->rp) == HPE_OK && up->message_done) {
+    // A body delimited by the close ends here (llhttp_finish says whether that is valid). It
+    // ends through on_message_complete, whose HPE_PAUSED llhttp_finish passes on.
+    const llhttp_errno_t err = llhttp_finish(&up->rp);
+    if ((err == HPE_OK || err == HPE_PAUSED) && up->message_done) {
       finish_forward(up, false);
       return;
     }

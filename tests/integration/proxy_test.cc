@@ -8,15 +8,18 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -1184,6 +1187,90 @@ TEST_F(ProxyTest, AStatusBelow100IsABadUpstreamResponseNotACrash) {
   const std::optional<Response> fresh = get("/s/fresh");
   ASSERT_TRUE(fresh.has_value());
   EXPECT_EQ(fresh->body, "ok") << fresh->raw;
+}
+
+// Reads from `client` until `end` is among the bytes received (or `timeout` passes); returns
+// them all.
+std::string read_through(RawClient& client, std::string_view end, Millis timeout = Millis(3000)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string got;
+  while (got.find(end) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    got += client.read_until_close(Millis(50));
+    if (client.last_end() != ReadEnd::kTimeout) break;
+  }
+  return got;
+}
+
+// A body without Content-Length or chunked coding ends when the upstream closes. llhttp_finish()
+// reports that end through on_message_complete, whose HPE_PAUSED it returns: keygate took that
+// for a failure, so an HTTP/1.1 client never got the last chunk (the connection was cut, or the
+// head taken back for a 502) and an HTTP/1.0 one lost the output still queued for it.
+TEST_F(ProxyTest, ABodyDelimitedByTheUpstreamsCloseReachesTheClientWhole) {
+  const std::string big = byte_pattern(200000);
+  ScriptedUpstream upstream([&big](int fd, const std::string& head) {
+    if (has_target(head, "/s/big")) {
+      send_all(fd, "HTTP/1.0 200 OK\r\n\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the head leaves first
+      send_all(fd, big);
+      return false;
+    }
+    if (has_target(head, "/s/until-close")) {
+      send_all(fd, "HTTP/1.0 200 OK\r\n\r\nhello");
+      return false;
+    }
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+
+  // HTTP/1.1: re-chunked, complete, and the client connection stays usable.
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/s/until-close", {key_header()})));
+  const std::string raw = read_through(client, "\r\n0\r\n\r\n");
+  const size_t split = raw.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos) << raw << to_string(client.last_end());
+  EXPECT_EQ(raw.rfind("HTTP/1.1 200 ", 0), 0u) << raw;
+  EXPECT_NE(raw.substr(0, split).find("Transfer-Encoding: chunked"), std::string::npos) << raw;
+  EXPECT_EQ(dechunk(raw.substr(split + 4)).value_or("<not chunked>"), "hello") << raw;
+  EXPECT_TRUE(client.send(http_request("GET", "/s/next", {key_header()})));
+  const std::optional<Response> next = client.read_response();
+  EXPECT_EQ(next ? next->body : "<" + std::string(to_string(client.last_end())) + ">", "ok");
+
+  // HTTP/1.0, read slowly through a small receive buffer: keygate has seen the upstream's close
+  // while most of the body still waits for the client. All of it arrives, then the close.
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  const int small = 4096;
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  // Small segments keep keygate's send buffer small too (the kernel sizes it from the MSS), so
+  // most of the body waits in keygate's own output.
+  const int mss = 536;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss));
+  const timeval tv{5, 0};
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(server_->data_port());
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_TRUE(send_all(fd, "GET /s/big HTTP/1.0\r\n" + key_header() + "\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::string got;
+  char buf[1024];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
+    got.append(buf, static_cast<size_t>(n));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const int recv_errno = n < 0 ? errno : 0;
+  ::close(fd);
+  EXPECT_EQ(n, 0) << "ended by " << std::strerror(recv_errno) << " after " << got.size();
+  const size_t body_at = got.find("\r\n\r\n");
+  ASSERT_NE(body_at, std::string::npos) << got.substr(0, 200);
+  EXPECT_EQ(got.rfind("HTTP/1.1 200 ", 0), 0u) << got.substr(0, 200);
+  EXPECT_EQ(got.substr(0, body_at).find("chunked"), std::string::npos) << got.substr(0, body_at);
+  EXPECT_TRUE(got.substr(body_at + 4) == big) << "got " << got.size() - body_at - 4 << " bytes";
 }
 
 }  // namespace
