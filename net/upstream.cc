@@ -155,8 +155,10 @@ int on_headers_complete(llhttp_t* p) {
   if (c == nullptr) return -1;
   const ResponseHead head = collect_head(u, p);
   size_t chunked = 0;
+  bool has_transfer_encoding = false;
   for (const HttpHeader& h : head.headers) {
     if (!equals_ignore_case(h.name, "Transfer-Encoding")) continue;
+    has_transfer_encoding = true;
     chunked += chunked_codings(h.value);
     // A coding keygate cannot undo (gzip...), or chunked applied twice (de-chunked once, the
     // inner framing would be the content): 502, not a misread body.
@@ -168,6 +170,7 @@ int on_headers_complete(llhttp_t* p) {
 
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   const bool no_body = u->head_request || status == 204 || status == 304;
+  u->body_announced = no_body && (has_transfer_encoding || (has_length && p->content_length > 0));
   BodyFraming framing;
   uint64_t length = 0;
   if (no_body) {
@@ -196,7 +199,7 @@ int on_headers_complete(llhttp_t* p) {
   // told: it would read the body a 204 or 304 head announces (a 304 may carry the GET's
   // Content-Length, RFC 9110 8.6) and wait for it or take the next response's bytes for it.
   // Bytes after such a response are not part of it: on_up_data() then never reuses the
-  // connection.
+  // connection, nor one whose head announced a body (body_announced), whose bytes may come late.
   return no_body ? 1 : 0;
 }
 
@@ -429,6 +432,7 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->head_request = head_request;
   up->request_complete = request_complete;
   up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
+  up->body_announced = false;
   up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
   up->head.clear();
   up->header_spans.clear();
@@ -694,7 +698,7 @@ void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
       finish_forward(up, false);
       return;
     }
-    finish_forward(up, clean && llhttp_should_keep_alive(&up->rp) != 0);
+    finish_forward(up, clean && !up->body_announced && llhttp_should_keep_alive(&up->rp) != 0);
     return;
   }
   if (err != HPE_OK || up->parse_failed) {

@@ -1273,5 +1273,45 @@ TEST_F(ProxyTest, ABodyDelimitedByTheUpstreamsCloseReachesTheClientWhole) {
   EXPECT_TRUE(got.substr(body_at + 4) == big) << "got " << got.size() - body_at - 4 << " bytes";
 }
 
+// A HEAD response (or 204, 304) ends with its head whatever it announces. A server that sends
+// the announced body anyway, but in a later write than the head, got its connection pooled: the
+// late bytes, here a whole fake response, became the answer to the next request sent on it.
+TEST_F(ProxyTest, ABodyAHeadResponseAnnouncedIsNeverTakenForTheNextResponse) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (head.rfind("HEAD ", 0) == 0) {
+      send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSMUGL");
+    }
+    if (has_target(head, "/s/no-content")) {
+      send_all(fd, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSMUGL");
+    }
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(
+      start(upstream.api_config(), {}, {"orders", "scripted"}, 5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("HEAD", "/s/x", {key_header()}) +
+                          http_request("GET", "/s/y", {key_header()})));
+  const std::optional<Response> head = client.read_response(Millis(3000), /*head=*/true);
+  ASSERT_TRUE(head.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(head->status, 200) << head->raw;
+  EXPECT_EQ(head->header("Content-Length").value_or(""), "5") << head->raw;
+  const std::optional<Response> y = client.read_response();
+  ASSERT_TRUE(y.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(y->body, "real") << y->raw;
+
+  ASSERT_TRUE(client.send(http_request("GET", "/s/no-content", {key_header()}) +
+                          http_request("GET", "/s/z", {key_header()})));
+  const std::vector<Response> rs = client.read_responses(2);
+  ASSERT_EQ(rs.size(), 2u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 204) << rs[0].raw;
+  EXPECT_EQ(rs[1].body, "real") << rs[1].raw;
+}
+
 }  // namespace
 }  // namespace keygate::integration
