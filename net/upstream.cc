@@ -167,6 +167,13 @@ int on_headers_complete(llhttp_t* p) {
       return -1;
     }
   }
+  // What llhttp frames the body by decides, not only_chunked_coding(): "chunked," or "chunked ,"
+  // (an empty list element, which the list walk skips) is not chunked to llhttp, which then
+  // reads the body until the close: the chunk framing would reach the client as content.
+  if (has_transfer_encoding && (p->flags & F_CHUNKED) == 0) {
+    u->parse_failed = true;
+    return -1;
+  }
 
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   const bool no_body = u->head_request || status == 204 || status == 304;

@@ -1313,5 +1313,41 @@ TEST_F(ProxyTest, ABodyAHeadResponseAnnouncedIsNeverTakenForTheNextResponse) {
   EXPECT_EQ(rs[1].body, "real") << rs[1].raw;
 }
 
+// "chunked," and "chunked ,": keygate's own check skips the empty list element and finds only
+// chunked, but llhttp sets no chunked framing then and reads the body until the close, which
+// keygate re-chunked raw (the chunk framing as content), waiting for a close that never came.
+TEST_F(ProxyTest, ATransferEncodingLlhttpDoesNotReadAsChunkedIsRefused) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (has_target(head, "/s/comma")) {
+      return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n"
+                          "5\r\nhello\r\n0\r\n\r\n");
+    }
+    if (has_target(head, "/s/space-comma")) {
+      return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked ,\r\n\r\n"
+                          "5\r\nhello\r\n0\r\n\r\n");
+    }
+    return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "5\r\nhello\r\n0\r\n\r\n");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  for (std::string_view target : {"/s/comma", "/s/space-comma"}) {
+    ASSERT_TRUE(client.send(http_request("GET", target, {key_header()})));
+    const std::optional<Response> r = client.read_response(Millis(2000));
+    ASSERT_TRUE(r.has_value()) << target << ": " << to_string(client.last_end()) << ": "
+                               << client.buffered();
+    EXPECT_EQ(r->status, 502) << r->raw;
+    EXPECT_NE(r->body.find("bad_upstream_response"), std::string::npos) << r->raw;
+  }
+  // Plain chunked still passes.
+  ASSERT_TRUE(client.send(http_request("GET", "/s/chunked", {key_header()})));
+  const std::string raw = read_through(client, "\r\n0\r\n\r\n");
+  const size_t split = raw.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos) << raw;
+  EXPECT_EQ(dechunk(raw.substr(split + 4)).value_or("<not chunked>"), "hello") << raw;
+}
+
 }  // namespace
 }  // namespace keygate::integration
