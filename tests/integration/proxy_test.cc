@@ -1349,5 +1349,35 @@ TEST_F(ProxyTest, ATransferEncodingLlhttpDoesNotReadAsChunkedIsRefused) {
   EXPECT_EQ(dechunk(raw.substr(split + 4)).value_or("<not chunked>"), "hello") << raw;
 }
 
+// llhttp takes any byte but CR and LF in the reason phrase; keygate copied it to the client
+// byte for byte, NUL and other control characters included. Such a reason is replaced by the
+// standard one for the status (none for a status without one); a valid one passes unchanged.
+TEST_F(ProxyTest, AReasonPhraseWithControlCharactersIsReplaced) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (has_target(head, "/s/ctl")) {
+      return send_all(fd, "HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok");
+    }
+    if (has_target(head, "/s/nul")) {
+      return send_all(fd, std::string_view("HTTP/1.1 299 A\0B\r\nContent-Length: 2\r\n\r\nok", 41));
+    }
+    return send_all(fd, "HTTP/1.1 200 Fine\tand \xe9l\xe9gant\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  auto status_line = [&](std::string_view target) {
+    EXPECT_TRUE(client.send(http_request("GET", target, {key_header()})));
+    const std::optional<Response> r = client.read_response();
+    EXPECT_TRUE(r.has_value()) << target << ": " << to_string(client.last_end());
+    if (!r) return std::string("<none>");
+    EXPECT_EQ(r->body, "ok") << r->raw;
+    return r->raw.substr(0, r->raw.find("\r\n"));
+  };
+  EXPECT_EQ(status_line("/s/ctl"), "HTTP/1.1 200 OK");
+  EXPECT_EQ(status_line("/s/nul"), "HTTP/1.1 299 ");
+  EXPECT_EQ(status_line("/s/valid"), "HTTP/1.1 200 Fine\tand \xe9l\xe9gant");
+}
+
 }  // namespace
 }  // namespace keygate::integration
