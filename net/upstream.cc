@@ -14,10 +14,11 @@
 //
 // Failures: connect refused (or any connect error) -> the server is skipped for
 // limits.upstream_fail_timeout_ms and the next one is tried; none left -> 502; every server
-// skipped already -> 503; connect timeout or no progress for response_timeout_ms -> 504; reset
-// or close before the response is complete, or a malformed response -> 502 (if its head has
-// not reached the client yet; otherwise the client connection is closed, which a client sees as
-// a truncated response) and the upstream connection is discarded.
+// skipped already -> 503; no socket to be had (keygate's descriptor limit) -> 503; connect
+// timeout or no progress for response_timeout_ms -> 504; reset or close before the response is
+// complete, or a malformed response -> 502 (if its head has not reached the client yet;
+// otherwise the client connection is closed, which a client sees as a truncated response) and
+// the upstream connection is discarded.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -507,7 +508,10 @@ bool Worker::Impl::connect_next(UpConn* up) {
     }
     const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      fail_forward(up, 503, "upstream_unavailable", "cannot open a connection to the upstream");
+      // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM), not the
+      // server's fault: no server is marked down, and the others would fail the same way.
+      fail_forward(up, 503, "sockets_exhausted",
+                   "keygate cannot open a connection to the upstream now");
       return false;
     }
     const int one = 1;

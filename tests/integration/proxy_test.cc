@@ -6,10 +6,12 @@
 // response) come from a ScriptedUpstream written into this file.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -1377,6 +1379,63 @@ TEST_F(ProxyTest, AReasonPhraseWithControlCharactersIsReplaced) {
   EXPECT_EQ(status_line("/s/ctl"), "HTTP/1.1 200 OK");
   EXPECT_EQ(status_line("/s/nul"), "HTTP/1.1 299 ");
   EXPECT_EQ(status_line("/s/valid"), "HTTP/1.1 200 Fine\tand \xe9l\xe9gant");
+}
+
+// The lowest descriptor number `pid` does not have open, or -1.
+int lowest_free_fd(pid_t pid) {
+  std::vector<bool> used;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  while (const dirent* e = ::readdir(d)) {
+    int fd = -1;
+    const std::string_view name = e->d_name;
+    const auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), fd);
+    if (ec != std::errc() || fd < 0) continue;
+    if (static_cast<size_t>(fd) >= used.size()) used.resize(static_cast<size_t>(fd) + 1);
+    used[static_cast<size_t>(fd)] = true;
+  }
+  ::closedir(d);
+  size_t at = 0;
+  while (at < used.size() && used[at]) ++at;
+  return static_cast<int>(at);
+}
+
+// keygate out of descriptors cannot open an upstream connection: that is its own shortage, a
+// 503 with its own code (it was 503 "upstream_unavailable", the code docs/configuration.md gives
+// a refused connect's 502), and no server is marked down for it.
+TEST_F(ProxyTest, NoSocketForTheUpstreamIs503SocketsExhausted) {
+  ScriptedUpstream upstream([](int fd, const std::string&) {
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(
+      start(upstream.api_config(), {}, {"orders", "scripted"}, 5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("GET /healthz HTTP/1.1\r\nHost: it\r\n\r\n"));
+  ASSERT_TRUE(client.read_response().has_value());  // accepted: its descriptor is open
+  // The soft limit at the lowest free descriptor: the next socket() fails with EMFILE, open
+  // descriptors keep working.
+  rlimit old{};
+  ASSERT_EQ(::prlimit(server_->pid(), RLIMIT_NOFILE, nullptr, &old), 0);
+  const int free_fd = lowest_free_fd(server_->pid());
+  ASSERT_GT(free_fd, 0);
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(free_fd);
+  ASSERT_EQ(::prlimit(server_->pid(), RLIMIT_NOFILE, &low, nullptr), 0);
+  ASSERT_TRUE(client.send(http_request("GET", "/s/1", {key_header()})));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_EQ(::prlimit(server_->pid(), RLIMIT_NOFILE, &old, nullptr), 0);
+  ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(r->status, 503) << r->raw;
+  EXPECT_EQ(string_member(r->body, "error"), "sockets_exhausted") << r->raw;
+  EXPECT_EQ(upstream.connections(), 0u);
+  // Descriptors again: the server was not marked down, the same connection is served.
+  ASSERT_TRUE(client.send(http_request("GET", "/s/2", {key_header()})));
+  const std::optional<Response> ok = client.read_response();
+  ASSERT_TRUE(ok.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(ok->body, "ok") << ok->raw;
 }
 
 }  // namespace
