@@ -4,6 +4,7 @@
 
 #include "core/assert.h"
 #include "core/key_extractor.h"
+#include "core/response_writer.h"
 
 namespace keygate {
 
@@ -203,6 +204,21 @@ size_t write_upstream_request_head(const HttpRequest &request,
   return host_at;
 }
 
+namespace {
+
+// RFC 9112 4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). llhttp takes any byte but CR
+// and LF there, NUL and the other control characters included.
+bool is_valid_reason(std::string_view reason) noexcept {
+  for (const char ch : reason) {
+    const auto b = static_cast<unsigned char>(ch);
+    if ((b < 0x20 && b != '\t') || b == 0x7f)
+      return false;
+  }
+  return true;
+}
+
+} // namespace
+
 void write_client_response_head(const ResponseHead &head, BodyFraming framing,
                                 uint64_t content_length, bool keep_alive,
                                 bool http10_client, std::string &out) noexcept {
@@ -211,7 +227,12 @@ void write_client_response_head(const ResponseHead &head, BodyFraming framing,
   out.append("HTTP/1.1 ");
   append_decimal(out, static_cast<uint64_t>(head.status));
   out.push_back(' ');
-  out.append(head.reason);
+  if (is_valid_reason(head.reason)) {
+    out.append(head.reason);
+  } else if (const std::string_view standard = reason_phrase(head.status);
+             standard != "Unknown") {
+    out.append(standard);
+  }
   out.append(kCrlf);
 
   for (const HttpHeader &h : head.headers) {

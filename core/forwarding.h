@@ -102,7 +102,9 @@ struct ResponseHead {
 };
 
 // Appends the head keygate sends to the client for an upstream response:
-// "HTTP/1.1 <status> <reason>", the upstream's headers in order minus the
+// "HTTP/1.1 <status> <reason>" (a reason with a control character other than
+// HTAB is replaced by reason_phrase(status), or left empty for a status that
+// has none listed), the upstream's headers in order minus the
 // hop-by-hop ones (see the top of this file) and minus
 // Content-Length/Transfer-Encoding, then the framing line
 // ("Content-Length: <content_length>" for kContentLength, "Transfer-Encoding:

@@ -14,10 +14,11 @@
 //
 // Failures: connect refused (or any connect error) -> the server is skipped for
 // limits.upstream_fail_timeout_ms and the next one is tried; none left -> 502; every server
-// skipped already -> 503; connect timeout or no progress for response_timeout_ms -> 504; reset
-// or close before the response is complete, or a malformed response -> 502 (if its head has
-// not reached the client yet; otherwise the client connection is closed, which a client sees as
-// a truncated response) and the upstream connection is discarded.
+// skipped already -> 503; no socket to be had (keygate's descriptor limit) -> 503; connect
+// timeout or no progress for response_timeout_ms -> 504; reset or close before the response is
+// complete, or a malformed response -> 502 (if its head has not reached the client yet;
+// otherwise the client connection is closed, which a client sees as a truncated response) and
+// the upstream connection is discarded.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -131,6 +132,12 @@ int on_headers_complete(llhttp_t* p) {
   UpConn* u = self(p);
   Connection* c = u->client;
   const int status = p->status_code;
+  // llhttp takes 0 to 3 digits, so 0..99 pass it ("HTTP/1.1 099", "HTTP/1.1 0"); RFC 9110 15
+  // has none below 100, and write_client_response_head() asserts 100..999.
+  if (status < 100) {
+    u->parse_failed = true;
+    return -1;
+  }
   if (status >= 100 && status < 200) {
     if (status == 101) {
       u->parse_failed = true;  // no protocol switches through the proxy
@@ -149,8 +156,10 @@ int on_headers_complete(llhttp_t* p) {
   if (c == nullptr) return -1;
   const ResponseHead head = collect_head(u, p);
   size_t chunked = 0;
+  bool has_transfer_encoding = false;
   for (const HttpHeader& h : head.headers) {
     if (!equals_ignore_case(h.name, "Transfer-Encoding")) continue;
+    has_transfer_encoding = true;
     chunked += chunked_codings(h.value);
     // A coding keygate cannot undo (gzip...), or chunked applied twice (de-chunked once, the
     // inner framing would be the content): 502, not a misread body.
@@ -159,9 +168,17 @@ int on_headers_complete(llhttp_t* p) {
       return -1;
     }
   }
+  // What llhttp frames the body by decides, not only_chunked_coding(): "chunked," or "chunked ,"
+  // (an empty list element, which the list walk skips) is not chunked to llhttp, which then
+  // reads the body until the close: the chunk framing would reach the client as content.
+  if (has_transfer_encoding && (p->flags & F_CHUNKED) == 0) {
+    u->parse_failed = true;
+    return -1;
+  }
 
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   const bool no_body = u->head_request || status == 204 || status == 304;
+  u->body_announced = no_body && (has_transfer_encoding || (has_length && p->content_length > 0));
   BodyFraming framing;
   uint64_t length = 0;
   if (no_body) {
@@ -190,7 +207,7 @@ int on_headers_complete(llhttp_t* p) {
   // told: it would read the body a 204 or 304 head announces (a 304 may carry the GET's
   // Content-Length, RFC 9110 8.6) and wait for it or take the next response's bytes for it.
   // Bytes after such a response are not part of it: on_up_data() then never reuses the
-  // connection.
+  // connection, nor one whose head announced a body (body_announced), whose bytes may come late.
   return no_body ? 1 : 0;
 }
 
@@ -423,6 +440,7 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->head_request = head_request;
   up->request_complete = request_complete;
   up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
+  up->body_announced = false;
   up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
   up->head.clear();
   up->header_spans.clear();
@@ -490,7 +508,10 @@ bool Worker::Impl::connect_next(UpConn* up) {
     }
     const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      fail_forward(up, 503, "upstream_unavailable", "cannot open a connection to the upstream");
+      // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM), not the
+      // server's fault: no server is marked down, and the others would fail the same way.
+      fail_forward(up, 503, "sockets_exhausted",
+                   "keygate cannot open a connection to the upstream now");
       return false;
     }
     const int one = 1;
@@ -688,7 +709,7 @@ void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
       finish_forward(up, false);
       return;
     }
-    finish_forward(up, clean && llhttp_should_keep_alive(&up->rp) != 0);
+    finish_forward(up, clean && !up->body_announced && llhttp_should_keep_alive(&up->rp) != 0);
     return;
   }
   if (err != HPE_OK || up->parse_failed) {
@@ -705,8 +726,10 @@ void Worker::Impl::on_up_eof(UpConn* up, int res) {
   }
   if (up->state != UpConn::State::kBusy) return;
   if (res == 0 && up->head_sent) {
-    // A body delimited by the close ends here (llhttp_finish says whether that is valid).
-    if (llhttp_finish(&up->rp) == HPE_OK && up->message_done) {
+    // A body delimited by the close ends here (llhttp_finish says whether that is valid). It
+    // ends through on_message_complete, whose HPE_PAUSED llhttp_finish passes on.
+    const llhttp_errno_t err = llhttp_finish(&up->rp);
+    if ((err == HPE_OK || err == HPE_PAUSED) && up->message_done) {
       finish_forward(up, false);
       return;
     }

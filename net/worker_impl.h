@@ -254,6 +254,10 @@ struct UpConn {
   bool rechunk = false;        // the body goes to the client in chunks
   bool message_done = false;
   bool parse_failed = false;
+  // A response without a body (HEAD, 204, 304) whose head announced one (Content-Length > 0,
+  // Transfer-Encoding): a server that sends that body anyway may send it after the head, as the
+  // next request's "response". Such a connection is closed, never pooled.
+  bool body_announced = false;
   int64_t deadline_ms = 0;     // connect, response (no progress) or idle expiry
 };
 

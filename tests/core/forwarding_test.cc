@@ -386,6 +386,22 @@ TEST(ClientResponseHead, KeepsTheUpstreamsReasonAndStatus) {
                   .starts_with("HTTP/1.1 299 \r\n"));
 }
 
+// llhttp passes any byte but CR and LF in a reason phrase: control characters never reach the
+// client. HTAB, SP, visible ASCII and obs-text (0x80-0xff) are valid and kept.
+TEST(ClientResponseHead, AReasonWithControlCharactersIsReplacedByTheStandardOne) {
+  EXPECT_TRUE(client_head({}, BodyFraming::kNone, 0, true, false, 200, "O\x01K")
+                  .starts_with("HTTP/1.1 200 OK\r\n"));
+  EXPECT_TRUE(client_head({}, BodyFraming::kNone, 0, true, false, 404,
+                          std::string_view("A\0B", 3))
+                  .starts_with("HTTP/1.1 404 Not Found\r\n"));
+  EXPECT_TRUE(client_head({}, BodyFraming::kNone, 0, true, false, 200, "del\x7f")
+                  .starts_with("HTTP/1.1 200 OK\r\n"));
+  EXPECT_TRUE(client_head({}, BodyFraming::kNone, 0, true, false, 299, "bad\x1b[0m")
+                  .starts_with("HTTP/1.1 299 \r\n"));
+  EXPECT_TRUE(client_head({}, BodyFraming::kNone, 0, true, false, 200, "Fine\tand \xe9t\xe9")
+                  .starts_with("HTTP/1.1 200 Fine\tand \xe9t\xe9\r\n"));
+}
+
 TEST(ClientResponseHead, HopByHopAndFramingHeadersAreRemoved) {
   const std::string head = client_head({{"Connection", "close, X-Private"},
                                         {"Keep-Alive", "timeout=5"},

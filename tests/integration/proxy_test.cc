@@ -2,19 +2,30 @@
 // loopback. What the upstream receives (methods, stripped keys, identity headers), bodies
 // streamed both ways (64 MiB, with keygate's memory staying bounded), chunked coding both ways,
 // keep-alive reuse, every failure status, malformed upstream responses, clients that go away.
+// Responses keygate-upstream cannot produce (a status below 100, a body sent late after a HEAD
+// response) come from a ScriptedUpstream written into this file.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -1042,6 +1053,389 @@ TEST_F(ProxyTest, KeyInJsonBodyIsForwardedFromMemory) {
   // Body keys are forwarded as sent (documented): the upstream sees the body unchanged.
   EXPECT_EQ(number_member(r->body, "body_bytes"), static_cast<int64_t>(body.size()));
   EXPECT_EQ(string_member(r->body, "body_sha256"), hex_sha256(body));
+}
+
+// --- Upstreams that break the rules in ways keygate-upstream does not script -----------------
+
+// Writes all of `bytes` to `fd`; false when the peer is gone.
+bool send_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// An upstream server on 127.0.0.1:0 that answers each request head it reads (requests without
+// a body) by calling `script(fd, head)`, which writes whatever bytes it likes, sleeps if it
+// likes, and returns false to close the connection (a FIN). One thread per connection; the
+// destructor stops and joins them all.
+class ScriptedUpstream {
+ public:
+  using Script = std::function<bool(int fd, const std::string& head)>;
+
+  explicit ScriptedUpstream(Script script) : script_(std::move(script)) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    if (listen_fd_ < 0 || ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
+        ::listen(listen_fd_, 16) != 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(sa.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+
+  ~ScriptedUpstream() {
+    stop_ = true;
+    if (acceptor_.joinable()) acceptor_.join();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);  // wakes the connection threads
+    }
+    for (std::thread& t : threads_) t.join();
+    for (int fd : fds_) ::close(fd);
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+  }
+
+  ScriptedUpstream(const ScriptedUpstream&) = delete;
+  ScriptedUpstream& operator=(const ScriptedUpstream&) = delete;
+
+  // "[[apis]]" config text for an API "scripted" on the routes /s... going to this server.
+  std::string api_config() const {
+    return "[[apis]]\nname = \"scripted\"\nroutes = [\"/s\"]\nupstreams = [\"127.0.0.1:" +
+           std::to_string(port_) + "\"]\nresponse_timeout_ms = 5000\n";
+  }
+  bool listening() const { return port_ != 0; }
+  size_t connections() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fds_.size();
+  }
+
+ private:
+  void accept_loop() {
+    while (!stop_) {
+      pollfd p{listen_fd_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      fds_.push_back(fd);
+      threads_.emplace_back([this, fd] { serve(fd); });
+    }
+  }
+
+  void serve(int fd) {
+    std::string in;
+    char buf[4096];
+    for (;;) {
+      size_t end;
+      while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) return;
+        in.append(buf, static_cast<size_t>(n));
+      }
+      const std::string head = in.substr(0, end + 4);
+      in.erase(0, end + 4);
+      if (!script_(fd, head)) {
+        ::shutdown(fd, SHUT_RDWR);  // closed by the destructor
+        return;
+      }
+    }
+  }
+
+  Script script_;
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::vector<int> fds_;
+  std::vector<std::thread> threads_;
+};
+
+bool has_target(const std::string& head, std::string_view target) {
+  return head.find(" " + std::string(target) + " HTTP/1.1\r\n") != std::string::npos;
+}
+
+// llhttp reads 0 to 3 digits as the status, so "099" and "0" pass it. keygate asserted that
+// every status it writes is 100..999 (on in every build): one such answer aborted the gateway.
+TEST_F(ProxyTest, AStatusBelow100IsABadUpstreamResponseNotACrash) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (has_target(head, "/s/099")) return send_all(fd, "HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n");
+    if (has_target(head, "/s/0")) return send_all(fd, "HTTP/1.1 0 X\r\nContent-Length: 0\r\n\r\n");
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  for (std::string_view target : {"/s/099", "/s/0"}) {
+    ASSERT_TRUE(client.send(http_request("GET", target, {key_header()})));
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(r.has_value()) << target << ": " << to_string(client.last_end());
+    EXPECT_EQ(r->status, 502) << r->raw;
+    EXPECT_NE(r->body.find("bad_upstream_response"), std::string::npos) << r->raw;
+  }
+  // The same client connection and a new one are both served.
+  ASSERT_TRUE(client.send(http_request("GET", "/s/after", {key_header()})));
+  const std::optional<Response> after = client.read_response();
+  ASSERT_TRUE(after.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(after->body, "ok") << after->raw;
+  const std::optional<Response> fresh = get("/s/fresh");
+  ASSERT_TRUE(fresh.has_value());
+  EXPECT_EQ(fresh->body, "ok") << fresh->raw;
+}
+
+// Reads from `client` until `end` is among the bytes received (or `timeout` passes); returns
+// them all.
+std::string read_through(RawClient& client, std::string_view end, Millis timeout = Millis(3000)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string got;
+  while (got.find(end) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    got += client.read_until_close(Millis(50));
+    if (client.last_end() != ReadEnd::kTimeout) break;
+  }
+  return got;
+}
+
+// A body without Content-Length or chunked coding ends when the upstream closes. llhttp_finish()
+// reports that end through on_message_complete, whose HPE_PAUSED it returns: keygate took that
+// for a failure, so an HTTP/1.1 client never got the last chunk (the connection was cut, or the
+// head taken back for a 502) and an HTTP/1.0 one lost the output still queued for it.
+TEST_F(ProxyTest, ABodyDelimitedByTheUpstreamsCloseReachesTheClientWhole) {
+  const std::string big = byte_pattern(200000);
+  ScriptedUpstream upstream([&big](int fd, const std::string& head) {
+    if (has_target(head, "/s/big")) {
+      send_all(fd, "HTTP/1.0 200 OK\r\n\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the head leaves first
+      send_all(fd, big);
+      return false;
+    }
+    if (has_target(head, "/s/until-close")) {
+      send_all(fd, "HTTP/1.0 200 OK\r\n\r\nhello");
+      return false;
+    }
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+
+  // HTTP/1.1: re-chunked, complete, and the client connection stays usable.
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/s/until-close", {key_header()})));
+  const std::string raw = read_through(client, "\r\n0\r\n\r\n");
+  const size_t split = raw.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos) << raw << to_string(client.last_end());
+  EXPECT_EQ(raw.rfind("HTTP/1.1 200 ", 0), 0u) << raw;
+  EXPECT_NE(raw.substr(0, split).find("Transfer-Encoding: chunked"), std::string::npos) << raw;
+  EXPECT_EQ(dechunk(raw.substr(split + 4)).value_or("<not chunked>"), "hello") << raw;
+  EXPECT_TRUE(client.send(http_request("GET", "/s/next", {key_header()})));
+  const std::optional<Response> next = client.read_response();
+  EXPECT_EQ(next ? next->body : "<" + std::string(to_string(client.last_end())) + ">", "ok");
+
+  // HTTP/1.0, read slowly through a small receive buffer: keygate has seen the upstream's close
+  // while most of the body still waits for the client. All of it arrives, then the close.
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  const int small = 4096;
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  // Small segments keep keygate's send buffer small too (the kernel sizes it from the MSS), so
+  // most of the body waits in keygate's own output.
+  const int mss = 536;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss));
+  const timeval tv{5, 0};
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(server_->data_port());
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_TRUE(send_all(fd, "GET /s/big HTTP/1.0\r\n" + key_header() + "\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::string got;
+  char buf[1024];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
+    got.append(buf, static_cast<size_t>(n));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const int recv_errno = n < 0 ? errno : 0;
+  ::close(fd);
+  EXPECT_EQ(n, 0) << "ended by " << std::strerror(recv_errno) << " after " << got.size();
+  const size_t body_at = got.find("\r\n\r\n");
+  ASSERT_NE(body_at, std::string::npos) << got.substr(0, 200);
+  EXPECT_EQ(got.rfind("HTTP/1.1 200 ", 0), 0u) << got.substr(0, 200);
+  EXPECT_EQ(got.substr(0, body_at).find("chunked"), std::string::npos) << got.substr(0, body_at);
+  EXPECT_TRUE(got.substr(body_at + 4) == big) << "got " << got.size() - body_at - 4 << " bytes";
+}
+
+// A HEAD response (or 204, 304) ends with its head whatever it announces. A server that sends
+// the announced body anyway, but in a later write than the head, got its connection pooled: the
+// late bytes, here a whole fake response, became the answer to the next request sent on it.
+TEST_F(ProxyTest, ABodyAHeadResponseAnnouncedIsNeverTakenForTheNextResponse) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (head.rfind("HEAD ", 0) == 0) {
+      send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSMUGL");
+    }
+    if (has_target(head, "/s/no-content")) {
+      send_all(fd, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSMUGL");
+    }
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(
+      start(upstream.api_config(), {}, {"orders", "scripted"}, 5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("HEAD", "/s/x", {key_header()}) +
+                          http_request("GET", "/s/y", {key_header()})));
+  const std::optional<Response> head = client.read_response(Millis(3000), /*head=*/true);
+  ASSERT_TRUE(head.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(head->status, 200) << head->raw;
+  EXPECT_EQ(head->header("Content-Length").value_or(""), "5") << head->raw;
+  const std::optional<Response> y = client.read_response();
+  ASSERT_TRUE(y.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(y->body, "real") << y->raw;
+
+  ASSERT_TRUE(client.send(http_request("GET", "/s/no-content", {key_header()}) +
+                          http_request("GET", "/s/z", {key_header()})));
+  const std::vector<Response> rs = client.read_responses(2);
+  ASSERT_EQ(rs.size(), 2u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 204) << rs[0].raw;
+  EXPECT_EQ(rs[1].body, "real") << rs[1].raw;
+}
+
+// "chunked," and "chunked ,": keygate's own check skips the empty list element and finds only
+// chunked, but llhttp sets no chunked framing then and reads the body until the close, which
+// keygate re-chunked raw (the chunk framing as content), waiting for a close that never came.
+TEST_F(ProxyTest, ATransferEncodingLlhttpDoesNotReadAsChunkedIsRefused) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (has_target(head, "/s/comma")) {
+      return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n"
+                          "5\r\nhello\r\n0\r\n\r\n");
+    }
+    if (has_target(head, "/s/space-comma")) {
+      return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked ,\r\n\r\n"
+                          "5\r\nhello\r\n0\r\n\r\n");
+    }
+    return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "5\r\nhello\r\n0\r\n\r\n");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  for (std::string_view target : {"/s/comma", "/s/space-comma"}) {
+    ASSERT_TRUE(client.send(http_request("GET", target, {key_header()})));
+    const std::optional<Response> r = client.read_response(Millis(2000));
+    ASSERT_TRUE(r.has_value()) << target << ": " << to_string(client.last_end()) << ": "
+                               << client.buffered();
+    EXPECT_EQ(r->status, 502) << r->raw;
+    EXPECT_NE(r->body.find("bad_upstream_response"), std::string::npos) << r->raw;
+  }
+  // Plain chunked still passes.
+  ASSERT_TRUE(client.send(http_request("GET", "/s/chunked", {key_header()})));
+  const std::string raw = read_through(client, "\r\n0\r\n\r\n");
+  const size_t split = raw.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos) << raw;
+  EXPECT_EQ(dechunk(raw.substr(split + 4)).value_or("<not chunked>"), "hello") << raw;
+}
+
+// llhttp takes any byte but CR and LF in the reason phrase; keygate copied it to the client
+// byte for byte, NUL and other control characters included. Such a reason is replaced by the
+// standard one for the status (none for a status without one); a valid one passes unchanged.
+TEST_F(ProxyTest, AReasonPhraseWithControlCharactersIsReplaced) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (has_target(head, "/s/ctl")) {
+      return send_all(fd, "HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok");
+    }
+    if (has_target(head, "/s/nul")) {
+      return send_all(fd, std::string_view("HTTP/1.1 299 A\0B\r\nContent-Length: 2\r\n\r\nok", 41));
+    }
+    return send_all(fd, "HTTP/1.1 200 Fine\tand \xe9l\xe9gant\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  auto status_line = [&](std::string_view target) {
+    EXPECT_TRUE(client.send(http_request("GET", target, {key_header()})));
+    const std::optional<Response> r = client.read_response();
+    EXPECT_TRUE(r.has_value()) << target << ": " << to_string(client.last_end());
+    if (!r) return std::string("<none>");
+    EXPECT_EQ(r->body, "ok") << r->raw;
+    return r->raw.substr(0, r->raw.find("\r\n"));
+  };
+  EXPECT_EQ(status_line("/s/ctl"), "HTTP/1.1 200 OK");
+  EXPECT_EQ(status_line("/s/nul"), "HTTP/1.1 299 ");
+  EXPECT_EQ(status_line("/s/valid"), "HTTP/1.1 200 Fine\tand \xe9l\xe9gant");
+}
+
+// The lowest descriptor number `pid` does not have open, or -1.
+int lowest_free_fd(pid_t pid) {
+  std::vector<bool> used;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  while (const dirent* e = ::readdir(d)) {
+    int fd = -1;
+    const std::string_view name = e->d_name;
+    const auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), fd);
+    if (ec != std::errc() || fd < 0) continue;
+    if (static_cast<size_t>(fd) >= used.size()) used.resize(static_cast<size_t>(fd) + 1);
+    used[static_cast<size_t>(fd)] = true;
+  }
+  ::closedir(d);
+  size_t at = 0;
+  while (at < used.size() && used[at]) ++at;
+  return static_cast<int>(at);
+}
+
+// keygate out of descriptors cannot open an upstream connection: that is its own shortage, a
+// 503 with its own code (it was 503 "upstream_unavailable", the code docs/configuration.md gives
+// a refused connect's 502), and no server is marked down for it.
+TEST_F(ProxyTest, NoSocketForTheUpstreamIs503SocketsExhausted) {
+  ScriptedUpstream upstream([](int fd, const std::string&) {
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(
+      start(upstream.api_config(), {}, {"orders", "scripted"}, 5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send("GET /healthz HTTP/1.1\r\nHost: it\r\n\r\n"));
+  ASSERT_TRUE(client.read_response().has_value());  // accepted: its descriptor is open
+  // The soft limit at the lowest free descriptor: the next socket() fails with EMFILE, open
+  // descriptors keep working.
+  rlimit old{};
+  ASSERT_EQ(::prlimit(server_->pid(), RLIMIT_NOFILE, nullptr, &old), 0);
+  const int free_fd = lowest_free_fd(server_->pid());
+  ASSERT_GT(free_fd, 0);
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(free_fd);
+  ASSERT_EQ(::prlimit(server_->pid(), RLIMIT_NOFILE, &low, nullptr), 0);
+  ASSERT_TRUE(client.send(http_request("GET", "/s/1", {key_header()})));
+  const std::optional<Response> r = client.read_response();
+  ASSERT_EQ(::prlimit(server_->pid(), RLIMIT_NOFILE, &old, nullptr), 0);
+  ASSERT_TRUE(r.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(r->status, 503) << r->raw;
+  EXPECT_EQ(string_member(r->body, "error"), "sockets_exhausted") << r->raw;
+  EXPECT_EQ(upstream.connections(), 0u);
+  // Descriptors again: the server was not marked down, the same connection is served.
+  ASSERT_TRUE(client.send(http_request("GET", "/s/2", {key_header()})));
+  const std::optional<Response> ok = client.read_response();
+  ASSERT_TRUE(ok.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(ok->body, "ok") << ok->raw;
 }
 
 }  // namespace
