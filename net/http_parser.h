@@ -150,6 +150,7 @@ class HttpParser {
 
   int fail(int status, std::string_view code, std::string_view message);
   bool extend(Span* span, const char* at, size_t len);
+  bool line_break_before(Span name, const char* value_at) const;
   uint64_t raw_position(const char* at) const;
   size_t kept_bytes(size_t consumed_end) const;
   bool header_section_over(uint64_t end) const;

@@ -997,6 +997,14 @@ std::vector<MalformedCase> malformed_cases() {
       {"ObsFoldHidingContentLength",
        "POST /nope HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n Content-Length: 5\r\n\r\nhello" + kSmuggled,
        0},
+      // The fold before any value byte: llhttp starts X-Fold's value on the continuation line.
+      {"ObsFoldOfAnEmptyValueHidingContentLength",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nX-Fold:\r\n Content-Length: 5\r\n\r\nhello" + kSmuggled,
+       0},
+      {"ObsFoldOfAnEmptyValueHidingChunked",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" +
+           kSmuggled,
+       0},
       {"BareLfLineEndings", "GET /healthz HTTP/1.1\nHost: a\n\n" + kSmuggled, 0},
       {"NulInHeaderValue", "GET /healthz HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n"s + kSmuggled, 0},
       {"SpaceBeforeColon",
