@@ -387,7 +387,12 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
       if (!more) rearm.emplace_back(c, c->gen);
     } else if (res < 0 && res != -ECANCELED) {
       close_conn(c);
-    } else if (!more && !c->recv_cancel_sent && c->pending.empty()) {
+    } else if (!more && c->pending.empty()) {
+      // The receive ended (its last completion, a cancel included) and nothing waits to be
+      // parsed: read on. Also after a cancel at kPendingInputMax, whose completion may come
+      // after drain_pending() emptied `pending` (it arms nothing while this receive is armed):
+      // otherwise no receive would be armed and the request would stall until a timeout.
+      // With input still pending, drain_pending() arms once it is through.
       rearm.emplace_back(c, c->gen);
     }
   }

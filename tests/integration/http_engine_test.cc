@@ -306,6 +306,33 @@ TEST_F(HttpEngine, BodySpanningManyReceivesIsConsumedAndThePipelinedRequestAfter
       << "read ended: " << to_string(client.last_end());
 }
 
+// At the pipeline cap received bytes wait in keygate; past 64 KiB of them the receive is
+// cancelled. Here the GET's answer is sent and its completion drains the waiting bytes (the
+// POST's head and the first 100 KB of its body) in the same pass that reaps the cancel's
+// completion, the send's first: the cancel's completion must re-arm the receive, the rest of
+// the body is still to come. It did not, and the POST stalled until its body timeout. The rest
+// is sent once the GET's answer is in, so it cannot reach keygate in that first pass.
+TEST_F(HttpEngine, ABodyStillArrivingWhenTheReceiveCancelAtThePendingCapCompletesIsRead) {
+  ASSERT_TRUE(start(with({{"pipeline_depth_max", 1}}, /*workers=*/1)));
+  const std::string request = kHealthz +
+                              "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n" +
+                              std::string(200000, 'x');
+  const size_t first_part = request.size() - 100000;
+  for (int i = 0; i < 10; ++i) {
+    SCOPED_TRACE("attempt " + std::to_string(i));
+    RawClient client;
+    ASSERT_TRUE(connect(client));
+    ASSERT_TRUE(client.send(std::string_view(request).substr(0, first_part)));
+    const std::optional<Response> healthz = client.read_response(2000ms);
+    ASSERT_TRUE(healthz) << describe(healthz, client);
+    ASSERT_EQ(healthz->status, 200) << healthz->raw;
+    ASSERT_TRUE(client.send(std::string_view(request).substr(first_part)));
+    const std::optional<Response> post = client.read_response(2000ms);
+    ASSERT_TRUE(post) << describe(post, client);
+    EXPECT_EQ(post->status, 404) << post->raw;
+  }
+}
+
 TEST_F(HttpEngine, ChunkedBodyOfSmallChunksSentOneBytePerWriteIsConsumed) {
   ASSERT_TRUE(start());
   std::string request = "POST /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
