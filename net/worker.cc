@@ -416,6 +416,13 @@ void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_
 }
 
 void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_after) {
+  KEYGATE_ASSERT(!c->in_process);
+  c->in_process = true;
+  process_input(c, data, readable_after);
+  c->in_process = false;
+}
+
+void Worker::Impl::process_input(Connection* c, std::span<char> data, size_t readable_after) {
   for (;;) {
     if (c->close_after_send || c->closed) return;
     if (c->streaming) {
@@ -540,6 +547,10 @@ void Worker::Impl::learn_peer(Connection* c) {
 }
 
 void Worker::Impl::drain_pending(Connection* c) {
+  // Called from inside process() (a forward that failed at once answered its request): the
+  // rest of the received input is still in that loop, not in `pending`, so neither the FIN nor
+  // the receive can be settled here. The loop goes on, and its caller settles them after it.
+  if (c->in_process) return;
   if (c->closed || c->awaiting || (c->proxying && !c->streaming)) return;
   if (!c->pending.empty()) {
     std::swap(c->pending, c->resume_buf);
