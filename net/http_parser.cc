@@ -115,6 +115,16 @@ int HttpParser::on_version(llhttp_t* p, const char* at, size_t len) {
   if (end > h->limits_.request_line_bytes_max) {
     return h->fail(414, "uri_too_long", "request line too long");
   }
+  if (!h->version_seen_) {
+    // llhttp 8 also takes "RTSP/" and "ICE/" before the version digits, and reports only the
+    // digits. The protocol name precedes the first piece of the version; like every consumed
+    // byte of the request line it is still at base_ (kept_bytes), however the input was split.
+    h->version_seen_ = true;
+    const auto off = static_cast<size_t>(at - h->base_);
+    if (off < 5 || std::memcmp(h->base_ + off - 5, "HTTP/", 5) != 0) {
+      return h->fail(400, "bad_request", "the protocol is not HTTP");
+    }
+  }
   h->header_start_raw_ = end + 2;  // after its CRLF
   return 0;
 }
@@ -355,6 +365,7 @@ void HttpParser::begin_next_request() {
   trailer_bytes_ = 0;
   raw_consumed_ = 0;
   request_line_done_ = false;
+  version_seen_ = false;
   header_start_raw_ = 0;
   raw_headers_.clear();
   headers_.clear();

@@ -8,7 +8,8 @@
 //
 // On top of llhttp's strict mode it rejects what llhttp 8.1.0 still accepts: obs-fold, control
 // characters in values, empty header names, a missing or repeated Host in HTTP/1.1,
-// Transfer-Encoding in HTTP/1.0, versions other than 1.0/1.1 (505), CONNECT and Upgrade.
+// Transfer-Encoding in HTTP/1.0, protocols other than HTTP (RTSP/1.0, ICE/1.0), versions other
+// than 1.0/1.1 (505), CONNECT and Upgrade.
 // After an error the parser accepts no more input: the connection must be closed.
 #pragma once
 
@@ -178,6 +179,7 @@ class HttpParser {
   const char* exec_start_ = nullptr;
   const char* readable_end_ = nullptr;  // direct mode: end of what may be read after input
   bool request_line_done_ = false;
+  bool version_seen_ = false;      // on_version() had the version's first piece
   uint64_t header_start_raw_ = 0;  // raw position of the first header field line
 
   bool started_ = false;

@@ -1040,6 +1040,11 @@ std::vector<MalformedCase> malformed_cases() {
       {"Http11WithoutHost", "GET /healthz HTTP/1.1\r\n\r\n" + kSmuggled, 0},
       {"TwoHostHeaders", "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + kSmuggled, 0},
       {"Http2VersionOnRequestLine", "GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n" + kSmuggled, 505},
+      // llhttp 8 takes these protocol names where HTTP/ belongs.
+      {"RtspRequestLine",
+       "GET /healthz RTSP/1.0\r\nConnection: keep-alive\r\n\r\n" + kSmuggled, 400},
+      {"IceRequestLine",
+       "SOURCE /healthz ICE/1.0\r\nConnection: keep-alive\r\n\r\n" + kSmuggled, 400},
       {"TransferEncodingInHttp10",
        "POST /nope HTTP/1.0\r\nHost: a\r\n" + te + "\r\n5\r\nhello\r\n0\r\n\r\n" + kSmuggled, 0},
       {"HexPrefixedChunkSize",

@@ -781,6 +781,13 @@ TEST(HttpParser, RejectsHttp12With505) {
   expect_rejected("GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
 }
 
+// llhttp 8 parses these protocol names like "HTTP/" and reports only the version digits.
+TEST(HttpParser, RejectsRtspAndIceRequestLines) {
+  expect_rejected("GET /healthz RTSP/1.0\r\n\r\n", 400, "bad_request");
+  expect_rejected("GET /healthz RTSP/1.1\r\nHost: h\r\n\r\n", 400, "bad_request");
+  expect_rejected("SOURCE /healthz ICE/1.0\r\n\r\n", 400, "bad_request");
+}
+
 TEST(HttpParser, RejectsTransferEncodingNotEndingInChunked) {
   expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
                   400);
