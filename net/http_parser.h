@@ -121,6 +121,9 @@ class HttpParser {
   bool request_in_progress() const { return started_ && !message_done_; }
   // Headers of the request in progress are complete (its body may still be arriving).
   bool headers_complete() const { return headers_done_; }
+  // The request in progress, or the one just rejected, is a HEAD whose head was parsed: any
+  // answer to it (a rejection too) has no body.
+  bool head_of_head_request() const { return headers_done_ && parser_.method == HTTP_HEAD; }
   // A request whose headers are complete and whose body is still being buffered (not
   // streamed): its method and target, so that a request the client abandons mid-body can be
   // logged on a connection that did not stop at its head. Views valid until the next parse(),

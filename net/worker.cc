@@ -510,7 +510,8 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
 void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
                                std::string_view message) {
   const size_t response_at = fill_buf(c).size();
-  ResponseWriter writer(fill_buf(c), date, false, false);
+  // A HEAD rejected after its head (413 on Content-Length, 408 mid-body) gets no body either.
+  ResponseWriter writer(fill_buf(c), date, c->parser.head_of_head_request(), false);
   writer.error(status, code, message);
   log_begin(c, nullptr);  // a request that did not parse: no method or target to show
   log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));

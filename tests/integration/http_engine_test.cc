@@ -218,6 +218,22 @@ TEST_F(HttpEngine, HeadHealthzHasContentLength2AndNoBody) {
   EXPECT_EQ(next->body, "ok");
 }
 
+// A HEAD rejected once its head is parsed is still a HEAD: the rejection has the error's
+// Content-Length and no body (a client reading a HEAD response would take those bytes for the
+// start of the next response).
+TEST_F(HttpEngine, AHeadRejectedAfterItsHeadIsAnsweredWithoutABody) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999\r\n\r\n"));
+  const std::optional<Response> r = client.read_response(3000ms, /*head=*/true);
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 413) << r->raw;
+  EXPECT_TRUE(r->connection_close()) << r->raw;
+  EXPECT_NE(r->header("Content-Length").value_or("0"), "0") << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(client)) << "a body after the HEAD's rejection";
+}
+
 TEST_F(HttpEngine, KeepAliveServesThreeRequestsOnOneConnection) {
   ASSERT_TRUE(start());
   RawClient client;
@@ -705,6 +721,18 @@ TEST_F(HttpEngineTimeouts, StalledBodyGets408AndTheConnectionIsClosed) {
   EXPECT_GE(since(start_time), 400ms);
   EXPECT_TRUE(closes_without_more_bytes(client, 2000ms));
   EXPECT_LT(since(start_time), 3000ms);
+}
+
+TEST_F(HttpEngineTimeouts, AStalledHeadRequestBodyGets408WithoutABody) {
+  ASSERT_TRUE(start(short_timeouts()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("HEAD /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello"));
+  const std::optional<Response> r = client.read_response(3000ms, /*head=*/true);
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 408) << r->raw;
+  EXPECT_TRUE(r->connection_close()) << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(client, 2000ms)) << "a body after the HEAD's 408";
 }
 
 TEST_F(HttpEngineTimeouts, ConnectionThatSendsNothingIsClosedWithoutAResponse) {
