@@ -74,6 +74,19 @@ bool HttpParser::extend(Span* span, const char* at, size_t len) {
   return true;
 }
 
+// llhttp 8 (strict mode too) skips a fold that comes before the first value byte: for
+// "X:\r\n Content-Length: 5" it discards the whitespace and the line break and starts X's value
+// at "Content-Length", so the value looks like one contiguous piece. What lies between the
+// name's end and the value's start must be the colon and whitespace only. Those bytes are all
+// still at base_: until the headers are complete every consumed byte of the request is kept
+// (kept_bytes), however the input was split.
+bool HttpParser::line_break_before(Span name, const char* value_at) const {
+  for (const char* c = base_ + name.off + name.len; c < value_at; ++c) {
+    if (*c == '\r' || *c == '\n') return true;
+  }
+  return false;
+}
+
 int HttpParser::on_message_begin(llhttp_t* p) {
   self(p)->started_ = true;
   return 0;
@@ -101,6 +114,16 @@ int HttpParser::on_version(llhttp_t* p, const char* at, size_t len) {
   const uint64_t end = h->raw_position(at + len);
   if (end > h->limits_.request_line_bytes_max) {
     return h->fail(414, "uri_too_long", "request line too long");
+  }
+  if (!h->version_seen_) {
+    // llhttp 8 also takes "RTSP/" and "ICE/" before the version digits, and reports only the
+    // digits. The protocol name precedes the first piece of the version; like every consumed
+    // byte of the request line it is still at base_ (kept_bytes), however the input was split.
+    h->version_seen_ = true;
+    const auto off = static_cast<size_t>(at - h->base_);
+    if (off < 5 || std::memcmp(h->base_ + off - 5, "HTTP/", 5) != 0) {
+      return h->fail(400, "bad_request", "the protocol is not HTTP");
+    }
   }
   h->header_start_raw_ = end + 2;  // after its CRLF
   return 0;
@@ -152,7 +175,13 @@ int HttpParser::on_header_value(llhttp_t* p, const char* at, size_t len) {
   }
   if (h->raw_headers_.empty()) return h->fail(400, "bad_request", "header value without name");
   h->header_value_started_ = true;
-  if (!h->extend(&h->raw_headers_.back().value, at, len)) {
+  RawHeader& raw = h->raw_headers_.back();
+  // The value's first piece (llhttp reports an empty value as an empty piece at the start of
+  // the next line: nothing folded there).
+  if (raw.value.len == 0 && len != 0 && h->line_break_before(raw.name, at)) {
+    return h->fail(400, "bad_request", "obsolete line folding is not allowed");
+  }
+  if (!h->extend(&raw.value, at, len)) {
     return h->fail(400, "bad_request", "obsolete line folding is not allowed");
   }
   if (h->header_section_over(h->raw_position(at + len))) {
@@ -336,6 +365,7 @@ void HttpParser::begin_next_request() {
   trailer_bytes_ = 0;
   raw_consumed_ = 0;
   request_line_done_ = false;
+  version_seen_ = false;
   header_start_raw_ = 0;
   raw_headers_.clear();
   headers_.clear();

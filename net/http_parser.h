@@ -8,7 +8,8 @@
 //
 // On top of llhttp's strict mode it rejects what llhttp 8.1.0 still accepts: obs-fold, control
 // characters in values, empty header names, a missing or repeated Host in HTTP/1.1,
-// Transfer-Encoding in HTTP/1.0, versions other than 1.0/1.1 (505), CONNECT and Upgrade.
+// Transfer-Encoding in HTTP/1.0, protocols other than HTTP (RTSP/1.0, ICE/1.0), versions other
+// than 1.0/1.1 (505), CONNECT and Upgrade.
 // After an error the parser accepts no more input: the connection must be closed.
 #pragma once
 
@@ -120,6 +121,9 @@ class HttpParser {
   bool request_in_progress() const { return started_ && !message_done_; }
   // Headers of the request in progress are complete (its body may still be arriving).
   bool headers_complete() const { return headers_done_; }
+  // The request in progress, or the one just rejected, is a HEAD whose head was parsed: any
+  // answer to it (a rejection too) has no body.
+  bool head_of_head_request() const { return headers_done_ && parser_.method == HTTP_HEAD; }
   // A request whose headers are complete and whose body is still being buffered (not
   // streamed): its method and target, so that a request the client abandons mid-body can be
   // logged on a connection that did not stop at its head. Views valid until the next parse(),
@@ -150,6 +154,7 @@ class HttpParser {
 
   int fail(int status, std::string_view code, std::string_view message);
   bool extend(Span* span, const char* at, size_t len);
+  bool line_break_before(Span name, const char* value_at) const;
   uint64_t raw_position(const char* at) const;
   size_t kept_bytes(size_t consumed_end) const;
   bool header_section_over(uint64_t end) const;
@@ -177,6 +182,7 @@ class HttpParser {
   const char* exec_start_ = nullptr;
   const char* readable_end_ = nullptr;  // direct mode: end of what may be read after input
   bool request_line_done_ = false;
+  bool version_seen_ = false;      // on_version() had the version's first piece
   uint64_t header_start_raw_ = 0;  // raw position of the first header field line
 
   bool started_ = false;

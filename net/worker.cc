@@ -387,7 +387,12 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
       if (!more) rearm.emplace_back(c, c->gen);
     } else if (res < 0 && res != -ECANCELED) {
       close_conn(c);
-    } else if (!more && !c->recv_cancel_sent && c->pending.empty()) {
+    } else if (!more && c->pending.empty()) {
+      // The receive ended (its last completion, a cancel included) and nothing waits to be
+      // parsed: read on. Also after a cancel at kPendingInputMax, whose completion may come
+      // after drain_pending() emptied `pending` (it arms nothing while this receive is armed):
+      // otherwise no receive would be armed and the request would stall until a timeout.
+      // With input still pending, drain_pending() arms once it is through.
       rearm.emplace_back(c, c->gen);
     }
   }
@@ -411,6 +416,13 @@ void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_
 }
 
 void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_after) {
+  KEYGATE_ASSERT(!c->in_process);
+  c->in_process = true;
+  process_input(c, data, readable_after);
+  c->in_process = false;
+}
+
+void Worker::Impl::process_input(Connection* c, std::span<char> data, size_t readable_after) {
   for (;;) {
     if (c->close_after_send || c->closed) return;
     if (c->streaming) {
@@ -498,7 +510,8 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
 void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
                                std::string_view message) {
   const size_t response_at = fill_buf(c).size();
-  ResponseWriter writer(fill_buf(c), date, false, false);
+  // A HEAD rejected after its head (413 on Content-Length, 408 mid-body) gets no body either.
+  ResponseWriter writer(fill_buf(c), date, c->parser.head_of_head_request(), false);
   writer.error(status, code, message);
   log_begin(c, nullptr);  // a request that did not parse: no method or target to show
   log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));
@@ -535,6 +548,10 @@ void Worker::Impl::learn_peer(Connection* c) {
 }
 
 void Worker::Impl::drain_pending(Connection* c) {
+  // Called from inside process() (a forward that failed at once answered its request): the
+  // rest of the received input is still in that loop, not in `pending`, so neither the FIN nor
+  // the receive can be settled here. The loop goes on, and its caller settles them after it.
+  if (c->in_process) return;
   if (c->closed || c->awaiting || (c->proxying && !c->streaming)) return;
   if (!c->pending.empty()) {
     std::swap(c->pending, c->resume_buf);

@@ -140,6 +140,10 @@ struct Connection {
   uint32_t responses_send = 0;
   std::string pending;     // received, not yet parsed (paused at the pipeline cap)
   std::string resume_buf;  // pending's bytes while they are being parsed
+  // process() is on the stack: a request it dispatched may be answered synchronously (an
+  // upstream failure found at once), and drain_pending() must then leave the rest of the input
+  // to that process() loop rather than conclude on `pending` (empty while it runs).
+  bool in_process = false;
 
   bool awaiting = false;  // a deferred request waits for its ticket to be posted
   bool head_deferred = false;  // ...and it was deferred at its head (resume_head() next)
@@ -316,6 +320,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void on_tick();
   void on_data(Connection* c, std::span<char> data, size_t readable_after);
   void process(Connection* c, std::span<char> data, size_t readable_after);
+  void process_input(Connection* c, std::span<char> data, size_t readable_after);
   void drain_pending(Connection* c);
   void dispatch(Connection* c, bool resuming);
   void write_error(Connection* c, int status, std::string_view code, std::string_view message);

@@ -218,6 +218,22 @@ TEST_F(HttpEngine, HeadHealthzHasContentLength2AndNoBody) {
   EXPECT_EQ(next->body, "ok");
 }
 
+// A HEAD rejected once its head is parsed is still a HEAD: the rejection has the error's
+// Content-Length and no body (a client reading a HEAD response would take those bytes for the
+// start of the next response).
+TEST_F(HttpEngine, AHeadRejectedAfterItsHeadIsAnsweredWithoutABody) {
+  ASSERT_TRUE(start());
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999\r\n\r\n"));
+  const std::optional<Response> r = client.read_response(3000ms, /*head=*/true);
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 413) << r->raw;
+  EXPECT_TRUE(r->connection_close()) << r->raw;
+  EXPECT_NE(r->header("Content-Length").value_or("0"), "0") << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(client)) << "a body after the HEAD's rejection";
+}
+
 TEST_F(HttpEngine, KeepAliveServesThreeRequestsOnOneConnection) {
   ASSERT_TRUE(start());
   RawClient client;
@@ -304,6 +320,33 @@ TEST_F(HttpEngine, BodySpanningManyReceivesIsConsumedAndThePipelinedRequestAfter
   const std::vector<Response> responses = client.read_responses(2);
   EXPECT_EQ(statuses(responses), (std::vector<int>{404, 200}))
       << "read ended: " << to_string(client.last_end());
+}
+
+// At the pipeline cap received bytes wait in keygate; past 64 KiB of them the receive is
+// cancelled. Here the GET's answer is sent and its completion drains the waiting bytes (the
+// POST's head and the first 100 KB of its body) in the same pass that reaps the cancel's
+// completion, the send's first: the cancel's completion must re-arm the receive, the rest of
+// the body is still to come. It did not, and the POST stalled until its body timeout. The rest
+// is sent once the GET's answer is in, so it cannot reach keygate in that first pass.
+TEST_F(HttpEngine, ABodyStillArrivingWhenTheReceiveCancelAtThePendingCapCompletesIsRead) {
+  ASSERT_TRUE(start(with({{"pipeline_depth_max", 1}}, /*workers=*/1)));
+  const std::string request = kHealthz +
+                              "POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n" +
+                              std::string(200000, 'x');
+  const size_t first_part = request.size() - 100000;
+  for (int i = 0; i < 10; ++i) {
+    SCOPED_TRACE("attempt " + std::to_string(i));
+    RawClient client;
+    ASSERT_TRUE(connect(client));
+    ASSERT_TRUE(client.send(std::string_view(request).substr(0, first_part)));
+    const std::optional<Response> healthz = client.read_response(2000ms);
+    ASSERT_TRUE(healthz) << describe(healthz, client);
+    ASSERT_EQ(healthz->status, 200) << healthz->raw;
+    ASSERT_TRUE(client.send(std::string_view(request).substr(first_part)));
+    const std::optional<Response> post = client.read_response(2000ms);
+    ASSERT_TRUE(post) << describe(post, client);
+    EXPECT_EQ(post->status, 404) << post->raw;
+  }
 }
 
 TEST_F(HttpEngine, ChunkedBodyOfSmallChunksSentOneBytePerWriteIsConsumed) {
@@ -680,6 +723,18 @@ TEST_F(HttpEngineTimeouts, StalledBodyGets408AndTheConnectionIsClosed) {
   EXPECT_LT(since(start_time), 3000ms);
 }
 
+TEST_F(HttpEngineTimeouts, AStalledHeadRequestBodyGets408WithoutABody) {
+  ASSERT_TRUE(start(short_timeouts()));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(client.send("HEAD /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello"));
+  const std::optional<Response> r = client.read_response(3000ms, /*head=*/true);
+  ASSERT_TRUE(r) << describe(r, client);
+  EXPECT_EQ(r->status, 408) << r->raw;
+  EXPECT_TRUE(r->connection_close()) << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(client, 2000ms)) << "a body after the HEAD's 408";
+}
+
 TEST_F(HttpEngineTimeouts, ConnectionThatSendsNothingIsClosedWithoutAResponse) {
   ASSERT_TRUE(start(short_timeouts()));
   RawClient client;
@@ -1010,6 +1065,14 @@ std::vector<MalformedCase> malformed_cases() {
       {"ObsFoldHidingContentLength",
        "POST /nope HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n Content-Length: 5\r\n\r\nhello" + kSmuggled,
        0},
+      // The fold before any value byte: llhttp starts X-Fold's value on the continuation line.
+      {"ObsFoldOfAnEmptyValueHidingContentLength",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nX-Fold:\r\n Content-Length: 5\r\n\r\nhello" + kSmuggled,
+       0},
+      {"ObsFoldOfAnEmptyValueHidingChunked",
+       "POST /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" +
+           kSmuggled,
+       0},
       {"BareLfLineEndings", "GET /healthz HTTP/1.1\nHost: a\n\n" + kSmuggled, 0},
       {"NulInHeaderValue", "GET /healthz HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n"s + kSmuggled, 0},
       {"SpaceBeforeColon",
@@ -1018,6 +1081,11 @@ std::vector<MalformedCase> malformed_cases() {
       {"Http11WithoutHost", "GET /healthz HTTP/1.1\r\n\r\n" + kSmuggled, 0},
       {"TwoHostHeaders", "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + kSmuggled, 0},
       {"Http2VersionOnRequestLine", "GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n" + kSmuggled, 505},
+      // llhttp 8 takes these protocol names where HTTP/ belongs.
+      {"RtspRequestLine",
+       "GET /healthz RTSP/1.0\r\nConnection: keep-alive\r\n\r\n" + kSmuggled, 400},
+      {"IceRequestLine",
+       "SOURCE /healthz ICE/1.0\r\nConnection: keep-alive\r\n\r\n" + kSmuggled, 400},
       {"TransferEncodingInHttp10",
        "POST /nope HTTP/1.0\r\nHost: a\r\n" + te + "\r\n5\r\nhello\r\n0\r\n\r\n" + kSmuggled, 0},
       {"HexPrefixedChunkSize",

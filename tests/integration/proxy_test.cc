@@ -598,6 +598,37 @@ TEST_F(ProxyTest, RequestsPipelinedBeforeAHalfCloseAreAllAnswered) {
   EXPECT_TRUE(client.last_end() == ReadEnd::kEof) << to_string(client.last_end());
 }
 
+// The same when one of them is answered at once, without a connect: every server of its API is
+// marked down (503). That answer came from inside the loop that parsed the waiting requests,
+// and concluded the FIN there, so the requests after it were dropped unanswered.
+TEST_F(ProxyTest, RequestsPipelinedBeforeAHalfCloseBehindAnImmediate503AreAllAnswered) {
+  const uint16_t dead_port = probe_free_port();
+  ASSERT_NE(dead_port, 0);
+  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
+                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) + "\"]\n",
+                                {}, {"orders", "dead"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  // Refused: the only "dead" server is marked down (per worker: the same connection's).
+  ASSERT_TRUE(client.send(http_request("GET", "/dead/0", {key_header()})));
+  const std::optional<Response> refused = client.read_response(Millis(5000));
+  ASSERT_TRUE(refused.has_value()) << to_string(client.last_end());
+  ASSERT_EQ(refused->status, 502) << refused->raw;
+  ASSERT_TRUE(client.send(http_request("GET", "/delay/200", {key_header()}) +
+                          http_request("GET", "/dead/1", {key_header()}) +
+                          "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"));
+  client.shutdown_write();
+  const std::vector<Response> rs = client.read_responses(3, Millis(10000));
+  ASSERT_EQ(rs.size(), 3u) << to_string(client.last_end());
+  EXPECT_EQ(rs[0].status, 200) << rs[0].raw;
+  EXPECT_NE(rs[0].body.find("/delay/200"), std::string::npos) << rs[0].body;
+  EXPECT_EQ(rs[1].status, 503) << rs[1].raw;
+  EXPECT_EQ(rs[2].status, 200) << rs[2].raw;
+  EXPECT_EQ(rs[2].body, "ok");
+  client.read_until_close(Millis(5000));
+  EXPECT_TRUE(client.last_end() == ReadEnd::kEof) << to_string(client.last_end());
+}
+
 // The same for a large body streamed to the upstream: its tail may still wait in keygate for
 // the upstream when the FIN arrives; the upstream gets all of it and the client its answer.
 TEST_F(ProxyTest, ALargeUploadFollowedByAHalfCloseIsForwardedWhole) {

@@ -716,6 +716,29 @@ TEST(HttpParser, RejectsObsFoldArrivingInTheNextReceive) {
   }
 }
 
+// llhttp drops a fold that comes before any value byte and starts the value on the
+// continuation line: without a check X would be "Content-Length: 5", the request would have no
+// body, and "hello" would be parsed as the start of a second request. Every slicing, one byte
+// per call included (the fold then lies in earlier receives than the value).
+TEST(HttpParser, RejectsObsFoldBeforeTheFirstValueByte) {
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nX:\r\n Content-Length: 5\r\n\r\nhello", 400);
+  expect_rejected("GET / HTTP/1.1\r\nHost: h\r\nX: \r\n\tb\r\n\r\n", 400);
+  expect_rejected("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+                  400);
+  expect_rejected("GET / HTTP/1.1\r\nHost:\r\n\th\r\n\r\n", 400);
+}
+
+TEST(HttpParser, EmptyHeaderValuesAndValuesAfterWhitespaceAreStillAccepted) {
+  const std::string input = "GET / HTTP/1.1\r\nHost: h\r\nX:\r\nY:   \t y\r\nZ: \r\n\r\n";
+  for (size_t slice : kSlices) {
+    SCOPED_TRACE("slice " + std::to_string(slice));
+    const Parsed p = parse_one(input, kDefaultLimits, slice);
+    EXPECT_EQ(header_value(p, "x"), "");
+    EXPECT_EQ(header_value(p, "y"), "y");
+    EXPECT_EQ(header_value(p, "z"), "");
+  }
+}
+
 TEST(HttpParser, RejectsBareLfLineEndings) { expect_rejected("GET / HTTP/1.1\nHost: h\n\n", 400); }
 
 TEST(HttpParser, RejectsBareLfInsideHeaderSection) {
@@ -756,6 +779,13 @@ TEST(HttpParser, RejectsHttp2RequestLineWith505) {
 
 TEST(HttpParser, RejectsHttp12With505) {
   expect_rejected("GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
+}
+
+// llhttp 8 parses these protocol names like "HTTP/" and reports only the version digits.
+TEST(HttpParser, RejectsRtspAndIceRequestLines) {
+  expect_rejected("GET /healthz RTSP/1.0\r\n\r\n", 400, "bad_request");
+  expect_rejected("GET /healthz RTSP/1.1\r\nHost: h\r\n\r\n", 400, "bad_request");
+  expect_rejected("SOURCE /healthz ICE/1.0\r\n\r\n", 400, "bad_request");
 }
 
 TEST(HttpParser, RejectsTransferEncodingNotEndingInChunked) {
