@@ -137,77 +137,6 @@ bool is_json_number(std::string_view token) noexcept {
   return true;
 }
 
-// A string value's escapes are checked by unescaping it (into the parser's reused buffer) only
-// when it holds one: an invalid escape ("\q", "\uZZZZ", a lone surrogate) means the body does
-// not parse. Either way the string is consumed, never skipped (see the walk below).
-bool string_is_valid(ondemand::value& value) noexcept {
-  const std::string_view token = value.raw_json_token();
-  if (std::memchr(token.data(), '\\', token.size()) != nullptr) {
-    std::string_view ignored;
-    return value.get_string().get(ignored) == simdjson::SUCCESS;
-  }
-  ondemand::raw_json_string ignored;
-  return value.get_raw_json_string().get(ignored) == simdjson::SUCCESS;
-}
-
-// An object member's name, escapes checked as for string values.
-bool member_name_is_valid(ondemand::field& field) noexcept {
-  if (!raw_string_has_escape(field.key().raw())) return true;
-  std::string_view ignored;
-  return field.unescaped_key().get(ignored) == simdjson::SUCCESS;
-}
-
-// Deeper nesting is refused as not parsing (RFC 8259 section 9 lets a parser limit it); it
-// bounds the recursion below, whose frames live on the worker's stack.
-constexpr size_t kJsonDepthMax = 256;
-
-// Checks a value the walk does not use, all the way down. Skipping it would not notice
-// malformed content inside ([1,,2], tru, 01, "\q" in a nested member), and a body with any of
-// that does not parse, wherever it is.
-bool value_is_valid(ondemand::value& value, size_t depth) noexcept {
-  ondemand::json_type type;
-  if (value.type().get(type) != simdjson::SUCCESS) return false;
-  switch (type) {
-    case ondemand::json_type::string:
-      return string_is_valid(value);
-    case ondemand::json_type::number:
-      return is_json_number(value.raw_json_token());
-    case ondemand::json_type::boolean: {
-      bool ignored = false;
-      return value.get_bool().get(ignored) == simdjson::SUCCESS;
-    }
-    case ondemand::json_type::null: {
-      bool is_null = false;
-      return value.is_null().get(is_null) == simdjson::SUCCESS && is_null;
-    }
-    case ondemand::json_type::array: {
-      if (depth == kJsonDepthMax) return false;
-      ondemand::array array;
-      if (value.get_array().get(array) != simdjson::SUCCESS) return false;
-      for (auto element : array) {
-        ondemand::value inner;
-        if (std::move(element).get(inner) != simdjson::SUCCESS) return false;
-        if (!value_is_valid(inner, depth + 1)) return false;
-      }
-      return true;
-    }
-    case ondemand::json_type::object: {
-      if (depth == kJsonDepthMax) return false;
-      ondemand::object object;
-      if (value.get_object().get(object) != simdjson::SUCCESS) return false;
-      for (auto member : object) {
-        ondemand::field field;
-        if (std::move(member).get(field) != simdjson::SUCCESS) return false;
-        if (!member_name_is_valid(field) || !value_is_valid(field.value(), depth + 1)) {
-          return false;
-        }
-      }
-      return true;
-    }
-  }
-  return false;
-}
-
 }  // namespace
 
 // Decodes on the fly without a buffer; a malformed name is simply some other name.
@@ -391,18 +320,52 @@ ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_
       if (field.unescaped_key().get(unescaped) != simdjson::SUCCESS) return kInvalidBody;
       is_key = unescaped == kMemberName;
     }
-    // No value is skipped: On-Demand's skip neither checks what it passes over nor stops
-    // reliably on malformed input (a skip that takes a first token of ':' or ',' runs to the next
-    // closing bracket and can swallow the root's closing brace, so the outcome would depend on
-    // the bytes past the body: {"a"::1}}, {"a":"b":1]}). Every value is checked all the way down.
+    // On-Demand's skip of an unread value takes a first token of ':' or ',', or a string
+    // followed by ':', for an opened container and runs to the next closing bracket. That can
+    // swallow the root's closing brace and let the outcome depend on the bytes past the body
+    // ({"a"::1}}, {"a":"b":1]}). So the first byte of every value is checked, and strings are
+    // consumed (without unescaping) rather than skipped.
     ondemand::value& value = field.value();
     ondemand::json_type type;
     if (value.type().get(type) != simdjson::SUCCESS) return kInvalidBody;
-    if (!is_key || type != ondemand::json_type::string) {
-      if (!value_is_valid(value, 1)) return kInvalidBody;
-      // A well-formed API_Key that is not a string is an invalid key.
-      if (is_key) collector.mark_invalid();
+    if (!is_key) {
+      if (type == ondemand::json_type::string) {
+        // A string with escapes is unescaped (into the parser's reused buffer) only to check
+        // them: an invalid one ("\q", "\uZZZZ", a lone surrogate) means the body does not parse.
+        const std::string_view token = value.raw_json_token();
+        if (std::memchr(token.data(), '\\', token.size()) != nullptr) {
+          std::string_view ignored;
+          if (value.get_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+        } else {
+          ondemand::raw_json_string ignored;
+          if (value.get_raw_json_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+        }
+      }
       continue;
+    }
+    switch (type) {
+      case ondemand::json_type::string:
+        break;
+      case ondemand::json_type::number:
+        if (!is_json_number(value.raw_json_token())) return kInvalidBody;
+        collector.mark_invalid();
+        continue;
+      case ondemand::json_type::boolean: {
+        bool b = false;
+        if (value.get_bool().get(b) != simdjson::SUCCESS) return kInvalidBody;
+        collector.mark_invalid();
+        continue;
+      }
+      case ondemand::json_type::null: {
+        bool is_null = false;
+        if (value.is_null().get(is_null) != simdjson::SUCCESS || !is_null) return kInvalidBody;
+        collector.mark_invalid();
+        continue;
+      }
+      case ondemand::json_type::object:
+      case ondemand::json_type::array:
+        collector.mark_invalid();
+        continue;
     }
 
     // The raw token runs from the opening quote to the next token, whitespace included.
