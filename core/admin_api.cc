@@ -175,6 +175,16 @@ bool valid_user_name(std::string_view name) noexcept {
   return name != "." && name != "..";
 }
 
+// What a user already in the store may be called: names from before the space and dot rules
+// must stay reachable by GET, PATCH and DELETE (and the keys filter), or such a user could not
+// be fixed or removed.
+bool may_name_stored_user(std::string_view name) noexcept {
+  return !name.empty() && name.size() <= kUserNameBytesMax && header_safe(name);
+}
+
+constexpr std::string_view kStoredUserNameRule =
+    "a user name is 1 to 256 printable ASCII characters";
+
 constexpr std::string_view kUserNameRule =
     "a user name is 1 to 256 printable ASCII characters, without leading or trailing spaces, "
     "and not . or ..";
@@ -960,8 +970,8 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
       }
       q->api = value;
     } else {
-      if (!valid_user_name(value)) {
-        *f = invalid_value("user", kUserNameRule);
+      if (!may_name_stored_user(value)) {
+        *f = invalid_value("user", kStoredUserNameRule);
         return false;
       }
       q->user = value;
@@ -1233,8 +1243,8 @@ bool decode_user_name(std::string_view segment, std::string* name, Failure* f) {
     *f = invalid_value("name", "malformed percent-encoding in the user name");
     return false;
   }
-  if (!valid_user_name(*name)) {
-    *f = invalid_value("name", kUserNameRule);
+  if (!may_name_stored_user(*name)) {
+    *f = invalid_value("name", kStoredUserNameRule);
     return false;
   }
   return true;

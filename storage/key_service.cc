@@ -384,6 +384,10 @@ Status KeyService::ensure_admin_key(std::string_view value, const RandomSource& 
   });
   if (!s.is_ok()) return s;
   if (usable_admin) return Status::ok();
+  // A recovery (the store has keys, none a usable admin key) always generates the value: the
+  // operator's value is for the first start only — it may be one they since deleted or rotated
+  // away after a leak, or one still in the store disabled or expired.
+  if (any) value = {};
 
   std::string generated;
   if (value.empty()) {

@@ -128,11 +128,11 @@ class KeyService final : public KeyDirectory {
   // Bootstrap: when the store holds no usable admin key — no key at all (first start), or
   // none that is enabled, unexpired at `now` and has "admin" (every one deleted, disabled,
   // expired or stripped of admin: the instance could not be administered any more) — creates
-  // an "admin" key (apis = {"admin"}) whose value is `value`, or, when `value` is empty, a
-  // generated one returned in out->generated_value. Does nothing while a usable admin key
-  // exists. An empty `random` means system_random. invalid_argument: `value` is not a valid key
-  // value; conflict: `value` is already a key in the store (one that is not usable as admin);
-  // io_error: `random` failed or the store did.
+  // an "admin" key (apis = {"admin"}). On first start its value is `value`, or, when `value` is
+  // empty, a generated one returned in out->generated_value; a recovery always generates one
+  // (`value` may be a value since deleted or rotated away). Does nothing while a usable admin
+  // key exists. An empty `random` means system_random. invalid_argument: `value` is not a valid
+  // key value; io_error: `random` failed or the store did.
   Status ensure_admin_key(std::string_view value, const RandomSource& random, int64_t now,
                           AdminBootstrap* out);
 

@@ -222,29 +222,25 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "keygate: %s\n", error.c_str());
     return kExitStartupFailure;
   }
-  // First start on an empty store, or a store left with no usable admin key (all deleted,
-  // disabled, expired or stripped of admin): an admin key from KEYGATE_BOOTSTRAP_ADMIN_KEY, or
-  // a generated one printed once (it is stored nowhere in plaintext). Restarting is how an
-  // operator locked out of the admin API gets back in.
+  // First start on an empty store: an admin key from KEYGATE_BOOTSTRAP_ADMIN_KEY, or a
+  // generated one printed once (it is stored nowhere in plaintext). A store left with no usable
+  // admin key (all deleted, disabled, expired or stripped of admin) gets a generated one:
+  // restarting is how an operator locked out of the admin API gets back in.
   keygate::storage::KeyService::AdminBootstrap bootstrap;
   const auto status = keys.ensure_admin_key(bootstrap_value != nullptr ? bootstrap_value : "", {},
                                             static_cast<int64_t>(std::time(nullptr)), &bootstrap);
   if (!status.is_ok()) {
-    if (status.is_conflict()) {
-      std::fprintf(stderr,
-                   "keygate: the store has no usable admin key, and KEYGATE_BOOTSTRAP_ADMIN_KEY "
-                   "is already a key in it that cannot administer (disabled, expired or without "
-                   "admin): set another value, or unset it for a generated one\n");
-    } else {
-      std::fprintf(stderr, "keygate: cannot create the bootstrap admin key: %s\n",
-                   status.message());
-    }
+    std::fprintf(stderr, "keygate: cannot create the bootstrap admin key: %s\n",
+                 status.message());
     return kExitStartupFailure;
   }
   if (bootstrap.recovered) {
     std::fprintf(stderr,
                  "keygate: the store had no usable admin key (every one deleted, disabled, "
-                 "expired or without admin): creating one\n");
+                 "expired or without admin): creating one with a generated value%s\n",
+                 bootstrap_value != nullptr && *bootstrap_value != '\0'
+                     ? " (KEYGATE_BOOTSTRAP_ADMIN_KEY is for the first start only)"
+                     : "");
   }
   if (bootstrap.created) {
     if (bootstrap.generated_value.empty()) {

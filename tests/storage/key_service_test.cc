@@ -678,19 +678,21 @@ TEST_F(KeyServiceTest, BootstrapRecoversAStoreWithNoUsableAdminKey) {
   expired.expires_at = kNow;  // expired from expires_at on
   ASSERT_TRUE(service_->create_key(expired).is_ok());
 
-  // The operator's value is already one of those keys: refused with conflict, nothing written.
-  KeyService::AdminBootstrap taken;
-  EXPECT_TRUE(
-      service_->ensure_admin_key("recovery-disabled-admin", nullptr, kNow, &taken).is_conflict());
-  EXPECT_FALSE(taken.created);
-
+  // A recovery generates the value: the operator's (here the disabled admin key's own value,
+  // as when KEYGATE_BOOTSTRAP_ADMIN_KEY stays set) is for the first start only.
   KeyService::AdminBootstrap out;
-  ASSERT_TRUE(service_->ensure_admin_key("recovery-new-admin", nullptr, kNow, &out).is_ok());
+  ASSERT_TRUE(
+      service_->ensure_admin_key("recovery-disabled-admin", system_random, kNow, &out).is_ok());
   EXPECT_TRUE(out.created);
   EXPECT_TRUE(out.recovered);
+  EXPECT_TRUE(generated_checksum_ok(out.generated_value)) << out.generated_value;
   KeyRecord created;
-  ASSERT_EQ(lookup("recovery-new-admin", &created), Lookup::kFound);
+  ASSERT_EQ(lookup(out.generated_value, &created), Lookup::kFound);
+  EXPECT_EQ(created.id, out.id);
   EXPECT_EQ(created.apis, std::vector<std::string>{"admin"});
+  KeyRecord still_disabled;
+  ASSERT_EQ(lookup("recovery-disabled-admin", &still_disabled), Lookup::kFound);
+  EXPECT_FALSE(still_disabled.enabled);
 
   // Now one usable admin key exists: nothing more, also after a restart.
   open();
