@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# ab_keygate.sh: A/B of two keygate binaries on GET /healthz, to tell whether a change costs
+# anything on the request path. Both run one worker pinned to SERVER_CPU (default 0), started
+# side by side on loopback ports; wrk -t1 -c50 on CLIENT_CPU (default 1) drives them in
+# alternating pairs (A,B then B,A ...). Prints per pair the server CPU µs/request (utime+stime
+# of the process over the run / requests) and requests/s, then the medians.
+#
+# Usage: bench/ab_keygate.sh BIN_A BIN_B [PAIRS (6)] [SECONDS (5)]
+# Every process it starts is stopped on exit; its temp dir is removed.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+fi
+readonly A=$1 B=$2 PAIRS=${3:-6} SECONDS_PER_RUN=${4:-5}
+readonly SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+start() {  # binary port dir
+  mkdir -p "$3"
+  KEYGATE_BOOTSTRAP_ADMIN_KEY=ab-keygate-admin-key-0000 taskset -c "$SERVER_CPU" "$1" \
+    --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$(($2 + 1))" --data-dir "$3/data" \
+    --workers 1 >"$3/out" 2>&1 &
+  pids+=($!)
+}
+start "$A" 18200 "$tmp/a"
+start "$B" 18210 "$tmp/b"
+readonly pid_a=${pids[0]} pid_b=${pids[1]}
+for port in 18200 18210; do
+  for _ in $(seq 50); do
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break
+    sleep 0.1
+  done
+done
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+readonly hz=$(getconf CLK_TCK)
+run() {  # pid port -> "cpu_us_per_request requests_per_s"
+  local t0 t1 out
+  t0=$(ticks "$1")
+  out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$2/healthz")
+  t1=$(ticks "$1")
+  awk -v t0="$t0" -v t1="$t1" -v hz="$hz" '
+    /requests in/ {n = $1} /Requests\/sec/ {r = $2}
+    END {printf "%.3f %.0f\n", (t1 - t0) / hz / n * 1e6, r}' <<<"$out"
+}
+: >"$tmp/results"
+for i in $(seq "$PAIRS"); do
+  if ((i % 2)); then ra=$(run "$pid_a" 18200); rb=$(run "$pid_b" 18210)
+  else rb=$(run "$pid_b" 18210); ra=$(run "$pid_a" 18200); fi
+  echo "pair $i: A $ra  B $rb" | tee -a "$tmp/results"
+done
+awk '{ca[NR] = $4; ra[NR] = $5; cb[NR] = $7; rb[NR] = $8}
+  function median(v, n,   i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) {t = v[i]; v[i] = v[j]; v[j] = t}
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  END {printf "medians: A %.3f µs/request %.0f req/s, B %.3f µs/request %.0f req/s, B/A CPU %.3f\n",
+    median(ca, NR), median(ra, NR), median(cb, NR), median(rb, NR), median(cb, NR) / median(ca, NR)}' \
+  "$tmp/results"
