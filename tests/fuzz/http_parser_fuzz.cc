@@ -140,7 +140,8 @@ std::string check_and_serialize(const HttpRequest& r, const Limits& limits) {
 
 void check_error(const keygate::net::ParseError& e) {
   const int s = e.status;
-  FUZZ_CHECK(s == 400 || s == 405 || s == 413 || s == 414 || s == 417 || s == 431 || s == 505);
+  FUZZ_CHECK(s == 400 || s == 405 || s == 413 || s == 414 || s == 417 || s == 431 || s == 501 ||
+             s == 505);
   FUZZ_CHECK(!e.code.empty());
   for (char c : e.message) {
     FUZZ_CHECK(c != '"' && c != '\\' && static_cast<unsigned char>(c) >= 0x20);
