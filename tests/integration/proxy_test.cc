@@ -94,6 +94,17 @@ class ProxyTest : public ::testing::Test {
     key_id_ = string_member(r->body, "id");
   }
 
+  // start() plus an API "dead" (routes /dead) whose only upstream is a loopback port nothing
+  // listens on; the key may call "orders" and "dead".
+  void start_with_dead_api(uint32_t response_timeout_ms = 5000) {
+    const uint16_t dead_port = probe_free_port();
+    ASSERT_NE(dead_port, 0);
+    ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
+                                  "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) +
+                                      "\"]\n",
+                                  {}, {"orders", "dead"}, response_timeout_ms));
+  }
+
   std::string key_header() const { return "X-ApiKey: " + std::string(kKey); }
 
   std::optional<Response> get(std::string_view target, std::vector<std::string> headers = {}) {
@@ -369,11 +380,7 @@ TEST_F(ProxyTest, ChunkedUpstreamResponsesToHttp10ClientsEndWithClose) {
 
 TEST_F(ProxyTest, FailureStatuses) {
   // "dead": nothing listens there; "slow": answers after its response timeout.
-  const uint16_t dead_port = probe_free_port();
-  ASSERT_NE(dead_port, 0);
-  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
-                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) + "\"]\n",
-                                {}, {"orders", "dead"}, 400));
+  ASSERT_NO_FATAL_FAILURE(start_with_dead_api(400));
   RawClient client;
   ASSERT_TRUE(client.connect(server_->data_port()));
   auto ask = [&](std::string_view target) {
@@ -463,11 +470,7 @@ TEST_F(ProxyTest, ChunkedListedTwiceIsRefused) {
 // The error that answers a HEAD whose upstream failed has no body either: it once carried the
 // JSON error body, which the client (no body expected) read as the start of the next response.
 TEST_F(ProxyTest, AnUpstreamFailureAnswersAHeadWithoutABody) {
-  const uint16_t dead_port = probe_free_port();
-  ASSERT_NE(dead_port, 0);
-  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
-                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) + "\"]\n",
-                                {}, {"orders", "dead"}));
+  ASSERT_NO_FATAL_FAILURE(start_with_dead_api());
   RawClient client;
   ASSERT_TRUE(client.connect(server_->data_port()));
   ASSERT_TRUE(client.send(http_request("HEAD", "/dead/1", {key_header()}) +
@@ -602,11 +605,7 @@ TEST_F(ProxyTest, RequestsPipelinedBeforeAHalfCloseAreAllAnswered) {
 // marked down (503). That answer came from inside the loop that parsed the waiting requests,
 // and concluded the FIN there, so the requests after it were dropped unanswered.
 TEST_F(ProxyTest, RequestsPipelinedBeforeAHalfCloseBehindAnImmediate503AreAllAnswered) {
-  const uint16_t dead_port = probe_free_port();
-  ASSERT_NE(dead_port, 0);
-  ASSERT_NO_FATAL_FAILURE(start("[[apis]]\nname = \"dead\"\nroutes = [\"/dead\"]\n"
-                                "upstreams = [\"127.0.0.1:" + std::to_string(dead_port) + "\"]\n",
-                                {}, {"orders", "dead"}));
+  ASSERT_NO_FATAL_FAILURE(start_with_dead_api());
   RawClient client;
   ASSERT_TRUE(client.connect(server_->data_port()));
   // Refused: the only "dead" server is marked down (per worker: the same connection's).
