@@ -394,21 +394,30 @@ class Loop {
 
   // Parses what may be parsed, sends what can be sent, and settles the epoll interest.
   void progress(Conn& c) {
-    while (!c.dead && c.after == After::kContinue && !c.blocked && c.in_off < c.in.size() &&
-           c.pending_out() < kOutputHighWaterBytes) {
-      parse_some(c);
-      fill_stream(c);
-    }
-    if (c.dead) return;
-    if (c.in_off == c.in.size()) {
-      c.in.clear();
-      c.in_off = 0;
-    } else if (c.in_off > c.in.size() / 2) {
-      c.in.erase(0, c.in_off);
-      c.in_off = 0;
-    }
-    flush(c);
-    if (c.dead) return;
+    const auto may_parse = [&c] {
+      return c.after == After::kContinue && !c.blocked && c.in_off < c.in.size() &&
+             c.pending_out() < kOutputHighWaterBytes;
+    };
+    do {
+      while (!c.dead && may_parse()) {
+        parse_some(c);
+        fill_stream(c);
+      }
+      if (c.dead) return;
+      if (c.in_off == c.in.size()) {
+        c.in.clear();
+        c.in_off = 0;
+      } else if (c.in_off > c.in.size() / 2) {
+        c.in.erase(0, c.in_off);
+        c.in_off = 0;
+      }
+      flush(c);
+      if (c.dead) return;
+      // The flush may have sent everything (the peer caught up since the last EAGAIN) with
+      // input still unparsed: parse on. Nothing else would — no EPOLLOUT without output, no
+      // EPOLLIN with the input full — and the connection would hang until the peer gave up
+      // (keygate's response timeout cut an /echo that way under load).
+    } while (may_parse());
     const bool idle = c.pending_out() == 0 && c.stream == Stream::kNone && !c.delayed;
     if (idle && (c.after != After::kContinue || (c.eof && c.in_off == c.in.size()))) {
       close_conn(c, c.after == After::kReset);
