@@ -7,8 +7,9 @@
 // logging options from the handler (log_note, from RequestContext::access), and ends when its
 // response is complete (log_end): at once for responses keygate writes itself, when the
 // upstream's response ends for forwarded ones, or when the connection ends first
-// (log_abandoned: status 499, reason "client_closed"; a deferred request whose handler did its
-// work anyway, an admin change the backend made, keeps that status with the same reason). For
+// (log_abandoned: status 499, reason "client_closed", or "write_timeout"/"shutdown" when keygate
+// cut it; a deferred request whose handler did its work anyway, an admin change the backend
+// made, keeps that status with the same reason). For
 // keys with log_request / log_response the request (head rebuilt from the parsed fields, body)
 // and the response are captured up to capture_bytes_max each and marked truncated beyond it.
 #include <charconv>
@@ -235,10 +236,16 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
   l.key_value.clear();
 }
 
-// The connection ends (reset, closed mid-request, timed out writing) before the request in
-// progress was answered; or, for a deferred request, its ticket came back after that. Writes
-// the record that request never got, with reason "client_closed" and `status` (499, or what
-// the handler did anyway: Handler::abandon()). Nothing when there is no such request: the
+// Why a request in progress had no complete answer when its connection ended: keygate's own
+// cut (Connection::cut_reason: "write_timeout", "shutdown") or else the client's leaving.
+const char* Worker::Impl::abandoned_reason(const Connection* c) {
+  return c->cut_reason != nullptr ? c->cut_reason : "client_closed";
+}
+
+// The connection ends (reset, closed mid-request, timed out writing, cut at the drain deadline)
+// before the request in progress was answered; or, for a deferred request, its ticket came back
+// after that. Writes the record that request never got, with reason abandoned_reason() and
+// `status` (499, or what the handler did anyway: Handler::abandon()). Nothing when there is no such request: the
 // connection's last record was written (close_after_send, lingering), or none began.
 void Worker::Impl::log_abandoned(Connection* c, int status) {
   if (access_sink == nullptr) return;
@@ -250,7 +257,7 @@ void Worker::Impl::log_abandoned(Connection* c, int status) {
     if (!c->parser.head_in_progress(&head.method, &head.target)) return;
     log_begin(c, &head);
   }
-  log_end(c, status, "client_closed", {});
+  log_end(c, status, abandoned_reason(c), {});
 }
 
 }  // namespace keygate::net

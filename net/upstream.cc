@@ -822,7 +822,7 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
 void Worker::Impl::detach_client(Connection* c) {
   UpConn* up = c->up;
   if (up == nullptr) return;
-  log_end(c, 499, "client_closed", {});
+  log_end(c, 499, abandoned_reason(c), {});
   c->up = nullptr;
   c->proxying = c->streaming = false;
   up->client = nullptr;

@@ -268,7 +268,10 @@ void Worker::Impl::run() {
   }
   // Past the drain deadline: whatever is left is cut off.
   for (auto& c : conns) {
-    if (c->fd >= 0 && !c->closed) close_conn(c.get());
+    if (c->fd >= 0 && !c->closed) {
+      c->cut_reason = "shutdown";
+      close_conn(c.get());
+    }
   }
   // This worker holds no shared references any more: grace periods must not wait for it.
   if (observer != nullptr) observer->before_wait();
@@ -349,6 +352,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->parser.reset(listeners[li].body_bytes_max);
       c->parser.set_head_pause(listeners[li].decides_at_head);
       c->closed = false;
+      c->cut_reason = nullptr;
       ++live;
       bump(stats.connections_accepted);
       arm_recv(c);
@@ -792,6 +796,7 @@ void Worker::Impl::expire(Connection* c) {
     timer_set(c, kWrite);
     return;
   }
+  if (kind == kWrite) c->cut_reason = "write_timeout";
   close_conn(c);
 }
 

@@ -154,6 +154,10 @@ struct Connection {
   bool close_after_send = false;
   bool lingering = false;
   bool closed = false;
+  // Set when keygate itself ends the connection ("write_timeout": the client stopped reading
+  // its answer; "shutdown": the drain deadline passed): the reason a request still in progress
+  // is logged with instead of "client_closed".
+  const char* cut_reason = nullptr;
   // The client sent its FIN. Requests received before it are still answered (they may wait
   // in `pending`); the connection closes once they are.
   bool peer_eof = false;
@@ -342,6 +346,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void log_end(Connection* c, int status, std::string_view reason,
                std::string_view response_text);
   void log_abandoned(Connection* c, int status);
+  static const char* abandoned_reason(const Connection* c);
 
   // Reverse proxy (upstream.cc).
   bool init_upstreams(std::string* error);

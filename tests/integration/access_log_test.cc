@@ -548,7 +548,8 @@ protected:
   // dir.
   void start(unsigned workers, const std::string &log_config,
              const std::string &data_dir = {},
-             const std::string &log_dir = {}) {
+             const std::string &log_dir = {},
+             std::vector<std::pair<std::string, uint64_t>> limits = {}) {
     if (upstream_ == nullptr) {
       std::string line, error;
       upstream_ = start_process_with_ready_line(KEYGATE_UPSTREAM_BINARY,
@@ -562,6 +563,7 @@ protected:
     options.workers = workers;
     options.data_dir = data_dir;
     options.log_dir = log_dir;
+    options.limits = std::move(limits);
     options.extra_config +=
         "\n[[apis]]\nname = \"proxied\"\nroutes = [\"/echo\", \"/bytes\"]\n"
         "upstreams = [\"" +
@@ -1522,6 +1524,48 @@ TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
   ASSERT_TRUE(server.stop(SIGTERM).clean());
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-fin");
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-rst");
+}
+
+// --- Requests keygate itself cut off
+
+// The record of a request whose connection keygate ended says so: "write_timeout" when the
+// client stopped reading its answer (idle_timeout_ms without send progress), "shutdown" when
+// the drain deadline passed — not "client_closed", which blames the client.
+TEST_F(AccessLogTest, RequestsKeygateCutOffNameTheCutNotTheClient) {
+  ASSERT_NO_FATAL_FAILURE(start(1, "", {}, {},
+                                {{"idle_timeout_ms", 300}, {"drain_timeout_ms", 300}}));
+  const std::string key = "alog-cut-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"proxied", "orders"}, false, false)
+                   .id.empty());
+
+  // 64 MiB the client never reads: the send stalls, the write timeout cuts it.
+  RawClient reader;
+  ASSERT_TRUE(reader.connect(server_->data_port()));
+  ASSERT_TRUE(reader.send(http_request("GET", "/bytes/67108864", {"X-ApiKey: " + key})));
+  // A request mid-body when the server is told to stop: cut at the drain deadline.
+  std::string partial = http_request(
+      "POST", "/orders/cut-at-shutdown",
+      {"X-ApiKey: " + key, "Content-Type: application/octet-stream"}, std::string(1000, 'b'));
+  partial.resize(partial.size() - 900);
+  RawClient writer;
+  ASSERT_TRUE(writer.connect(server_->data_port()));
+  ASSERT_TRUE(writer.send(partial));
+  std::this_thread::sleep_for(Millis(1500));  // several write timeouts
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+
+  const LogContents log = read_log(server_->log_dir());
+  const Json *cut = nullptr;
+  const Json *shutdown = nullptr;
+  for (const Json *r : log.records()) {
+    if (r->str("path") == "/bytes/67108864") cut = r;
+    if (r->str("path") == "/orders/cut-at-shutdown") shutdown = r;
+  }
+  ASSERT_NE(cut, nullptr);
+  EXPECT_EQ(cut->str("reason"), "write_timeout");
+  EXPECT_EQ(cut->num("status"), 499);
+  ASSERT_NE(shutdown, nullptr);
+  EXPECT_EQ(shutdown->str("reason"), "shutdown");
+  EXPECT_EQ(shutdown->num("status"), 499);
 }
 
 // --- Where the log lives when no log_dir is configured
