@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/integration/running_server.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -68,20 +69,10 @@ struct CreatedKey {
   std::string value;
 };
 
-class AdminApi : public ::testing::Test {
+class AdminApi : public RunningServer {
  protected:
-  void SetUp() override {
-    server_ = std::make_unique<TestServer>(admin_server_options(admin_value_));
-    std::string error;
-    ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
-  }
-
-  void TearDown() override {
-    if (!server_ || !server_->running()) return;
-    const ExitStatus status = server_->stop(SIGTERM);
-    EXPECT_TRUE(status.clean()) << status.describe() << "\nstdout: " << server_->output()
-                                << "\nstderr: " << server_->error_output();
-    EXPECT_NE(server_->output().find("keygate: stopped"), std::string::npos) << server_->output();
+  ServerOptions server_options() override {
+    return admin_server_options(admin_value_);
   }
 
   // One admin request with the bootstrap admin key in X-ApiKey; a body goes as JSON.
@@ -126,7 +117,6 @@ class AdminApi : public ::testing::Test {
   }
 
   const std::string admin_value_ = "it-admin-" + random_hex(24);
-  std::unique_ptr<TestServer> server_;
 };
 
 // --- Authentication of the admin port ---------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/console_assets.h"
+#include "tests/integration/running_server.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -57,18 +58,10 @@ std::string read_source(const char* relative) {
   return ::testing::AssertionSuccess();
 }
 
-class Console : public ::testing::Test {
+class Console : public RunningServer {
  protected:
-  void SetUp() override {
-    server_ = std::make_unique<TestServer>(admin_server_options(admin_value_));
-    std::string error;
-    ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
-  }
-
-  void TearDown() override {
-    if (!server_ || !server_->running()) return;
-    const ExitStatus status = server_->stop(SIGTERM);
-    EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+  ServerOptions server_options() override {
+    return admin_server_options(admin_value_);
   }
 
   std::optional<Response> admin_port(std::string_view method, std::string_view target,
@@ -91,7 +84,6 @@ class Console : public ::testing::Test {
   }
 
   const std::string admin_value_ = "console-test-admin-key-0123456789";
-  std::unique_ptr<TestServer> server_;
 };
 
 TEST_F(Console, TheAdminPortServesThePageAndItsFilesWithoutAKey) {

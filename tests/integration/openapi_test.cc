@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "core/console_assets.h"
+#include "tests/integration/running_server.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -425,23 +426,15 @@ TEST(OpenApiDocument, EveryAdminCallOfTheConsoleIsDocumented) {
 
 // --- The document against a running server -----------------------------------------------------
 
-class OpenApi : public ::testing::Test {
+class OpenApi : public RunningServer {
  protected:
-  void SetUp() override {
+  ServerOptions server_options() override {
     ServerOptions options;
     options.workers = 1;
     options.extra_config = "[[apis]]\nname = \"orders\"\nroutes = [\"/orders\"]\n";
     options.env = {{"KEYGATE_BOOTSTRAP_ADMIN_KEY", admin_value_}};
     options.capture_stderr = true;
-    server_ = std::make_unique<TestServer>(std::move(options));
-    std::string error;
-    ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
-  }
-
-  void TearDown() override {
-    if (!server_ || !server_->running()) return;
-    const ExitStatus status = server_->stop(SIGTERM);
-    EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+    return options;
   }
 
   // `method` `target` with the admin key; POST and PATCH carry an empty JSON object, which no
@@ -465,7 +458,6 @@ class OpenApi : public ::testing::Test {
   }
 
   const std::string admin_value_ = "openapi-test-admin-key-0123456789";
-  std::unique_ptr<TestServer> server_;
 };
 
 TEST_F(OpenApi, EveryDocumentedOperationIsRoutedByTheServer) {
