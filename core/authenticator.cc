@@ -64,6 +64,13 @@ Authenticator::Result Authenticator::resolve_extracted(const ExtractResult& extr
     return invalid_key();
   }
   const KeyDigest digest = digest_key(extracted.key);
+  Result r = from_cache(digest, now);
+  if (r.outcome == Outcome::kFetch) *pending_digest = digest;
+  return r;
+}
+
+Authenticator::Result Authenticator::from_cache(const KeyDigest& digest,
+                                                int64_t now) const noexcept {
   const KeyRecord* key = nullptr;
   switch (directory_.find_key(digest, &key)) {
     case KeyDirectory::Lookup::kFound:
@@ -71,7 +78,6 @@ Authenticator::Result Authenticator::resolve_extracted(const ExtractResult& extr
     case KeyDirectory::Lookup::kUnknown:
       return invalid_key();
     case KeyDirectory::Lookup::kNotCached: {
-      *pending_digest = digest;
       Result r;
       r.outcome = Outcome::kFetch;
       return r;
@@ -106,21 +112,9 @@ Authenticator::Result Authenticator::finish_fetch(const PendingLookup& lookup,
   // resume: a DELETE, disable or rotation of this very key must win over the copy (the same
   // promise the cache keeps). The cache holds the change; if it does not hold the digest, the
   // store is asked again.
-  const KeyRecord* key = nullptr;
-  switch (directory_.find_key(lookup.digest, &key)) {
-    case KeyDirectory::Lookup::kFound:
-      return found(*key, user_of(*key), lookup.digest, now);
-    case KeyDirectory::Lookup::kUnknown:
-      return invalid_key();
-    case KeyDirectory::Lookup::kNotCached: {
-      if (lookup.fetches >= kFetchesMax) return store_unavailable();
-      Result r;
-      r.outcome = Outcome::kFetch;
-      return r;
-    }
-  }
-  KEYGATE_ASSERT(false && "every KeyDirectory::Lookup value is handled above");
-  return invalid_key();
+  Result r = from_cache(lookup.digest, now);
+  if (r.outcome == Outcome::kFetch && lookup.fetches >= kFetchesMax) return store_unavailable();
+  return r;
 }
 
 const User* Authenticator::user_of(const KeyRecord& record) const noexcept {

@@ -129,6 +129,9 @@ class Authenticator {
                            KeyDigest* pending_digest) noexcept;
   // The directory's current user of `record`; nullptr when it has none or the user is gone.
   const User* user_of(const KeyRecord& record) const noexcept;
+  // The decision the cache can make for `digest`: found (authorized), unknown (401), or
+  // Outcome::kFetch when it does not hold the digest.
+  Result from_cache(const KeyDigest& digest, int64_t now) const noexcept;
   // kFound for `record` looked up by `digest`, unless it matched a previous digest whose grace
   // is over.
   static Result found(const KeyRecord& record, const User* user, const KeyDigest& digest,
