@@ -256,7 +256,7 @@ Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& 
     // Captures are scrubbed of the key by value too (wherever else the client put it).
     ctx.access.key_value = authenticator_.extracted_key(request);
   }
-  switch (authorize(key, user, api, request.method, request.path, now)) {
+  switch (authorize_request(key, user, api, request, now)) {
     case Decision::kInvalidKey:
       unauthorized(response, "invalid_api_key", "the API key is not valid");
       return Result::kDone;
@@ -265,6 +265,11 @@ Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& 
       return Result::kDone;
     case Decision::kUserNotPermitted:
       response.error(403, "user_not_permitted", "the key's user may not make this request");
+      return Result::kDone;
+    case Decision::kUrlOverride:
+      response.error(403, "url_override_not_permitted",
+                     "X-Original-URL and X-Rewrite-URL are not accepted: an upstream could route "
+                     "by them past keygate's check");
       return Result::kDone;
     case Decision::kAllowed:
       break;

@@ -12,23 +12,6 @@ namespace {
 
 constexpr std::string_view kCrlf = "\r\n";
 
-// Case-insensitive, and '_' equal to '-': CGI, WSGI and Rack upstreams turn both into '_'
-// (X_Keygate_User is HTTP_X_KEYGATE_USER to them, like X-Keygate-User), so a header keygate
-// strips must also go in its underscore spelling.
-bool name_starts_like(std::string_view name, std::string_view prefix) noexcept {
-  if (name.size() < prefix.size())
-    return false;
-  for (size_t i = 0; i < prefix.size(); ++i) {
-    if (ascii_lower(name[i] == '_' ? '-' : name[i]) != ascii_lower(prefix[i]))
-      return false;
-  }
-  return true;
-}
-
-bool name_is_like(std::string_view name, std::string_view other) noexcept {
-  return name.size() == other.size() && name_starts_like(name, other);
-}
-
 bool is_hop_by_hop_name(std::string_view name) noexcept {
   static constexpr std::string_view kNames[] = {
       "Connection", "Keep-Alive",        "Proxy-Connection", "TE",
@@ -179,12 +162,12 @@ size_t write_upstream_request_head(const HttpRequest &request,
 
   for (const HttpHeader &h : request.headers) {
     const std::string_view name = h.name;
-    if (name_is_like(name, "X-ApiKey") ||
+    if (header_name_is_like(name, "X-ApiKey") ||
         equals_ignore_case(name, "Content-Length") ||
         equals_ignore_case(name, "Expect") ||
-        name_is_like(name, "X-Forwarded-For") ||
-        name_is_like(name, "X-Forwarded-Proto") ||
-        name_starts_like(name, "X-Keygate-")) {
+        header_name_is_like(name, "X-Forwarded-For") ||
+        header_name_is_like(name, "X-Forwarded-Proto") ||
+        header_name_starts_like(name, "X-Keygate-")) {
       continue;
     }
     if (!equals_ignore_case(name, "Host") &&

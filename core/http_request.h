@@ -28,6 +28,20 @@ constexpr bool equals_ignore_case(std::string_view a, std::string_view b) noexce
   return true;
 }
 
+// Header-name likeness: case-insensitive, and '_' equal to '-'. CGI, WSGI and Rack upstreams
+// turn both into '_' (X_Keygate_User is HTTP_X_KEYGATE_USER to them, like X-Keygate-User), so a
+// header keygate strips or acts on must also count in its underscore spelling.
+constexpr bool header_name_starts_like(std::string_view name, std::string_view prefix) noexcept {
+  if (name.size() < prefix.size()) return false;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (ascii_lower(name[i] == '_' ? '-' : name[i]) != ascii_lower(prefix[i])) return false;
+  }
+  return true;
+}
+constexpr bool header_name_is_like(std::string_view name, std::string_view other) noexcept {
+  return name.size() == other.size() && header_name_starts_like(name, other);
+}
+
 // The value of one hex digit (either case), or -1 for any other character.
 constexpr int hex_value(char c) noexcept {
   if (c >= '0' && c <= '9') return c - '0';

@@ -229,6 +229,42 @@ Decision authorize(const KeyRecord& key, const User* user, const ApiConfig& api,
   return Decision::kUserNotPermitted;
 }
 
+bool is_method_override_header(std::string_view name) noexcept {
+  return header_name_is_like(name, "X-HTTP-Method-Override") ||
+         header_name_is_like(name, "X-HTTP-Method") || header_name_is_like(name, "X-Method-Override");
+}
+
+bool is_url_override_header(std::string_view name) noexcept {
+  return header_name_is_like(name, "X-Original-URL") || header_name_is_like(name, "X-Rewrite-URL");
+}
+
+Decision authorize_request(const KeyRecord& key, const User* user, const ApiConfig& api,
+                           const HttpRequest& request, int64_t now) noexcept {
+  const Decision line = authorize(key, user, api, request.method, request.path, now);
+  if (line != Decision::kAllowed) return line;
+  for (const HttpHeader& h : request.headers) {
+    if (is_url_override_header(h.name)) return Decision::kUrlOverride;
+  }
+  if (!key.user) return Decision::kAllowed;
+  for (const HttpHeader& h : request.headers) {
+    if (!is_method_override_header(h.name)) continue;
+    std::string_view value = h.value;
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+    while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+    if (value.empty()) continue;
+    if (value.size() > kMethodOverrideBytesMax) return Decision::kUserNotPermitted;
+    char upper[kMethodOverrideBytesMax];
+    for (size_t i = 0; i < value.size(); ++i) {
+      const char c = value[i];
+      upper[i] = c >= 'a' && c <= 'z' ? static_cast<char>(c - 32) : c;
+    }
+    const Decision d =
+        authorize(key, user, api, std::string_view(upper, value.size()), request.path, now);
+    if (d != Decision::kAllowed) return d;
+  }
+  return Decision::kAllowed;
+}
+
 std::string encode_user(const User& user) {
   KEYGATE_ASSERT(user.grants.size() <= kUserGrantsMax);
   std::string out;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/api_key.h"
+#include "core/http_request.h"
 
 namespace keygate {
 
@@ -97,6 +98,7 @@ enum class Decision : uint8_t {
   kApiNotPermitted,   // 403 api_not_permitted: the key's apis lack the route's API
   kUserNotPermitted,  // 403 user_not_permitted: no grant matches, or the key's user is gone
   kInvalidKey,        // 401 invalid_api_key: disabled or expired
+  kUrlOverride,       // 403 url_override_not_permitted: see authorize_request
 };
 
 // The decision for a key, an already-matched API, method and path at `now` (Unix seconds).
@@ -109,6 +111,29 @@ enum class Decision : uint8_t {
 // without one, or a different user, is a programmer error (asserts). Does not allocate.
 Decision authorize(const KeyRecord& key, const User* user, const ApiConfig& api,
                    std::string_view method, std::string_view path, int64_t now) noexcept;
+
+// Request headers some upstream frameworks take the method from instead of the request line
+// (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override: Symfony and Laravel, Rails,
+// Express's method-override, ASP.NET Core), in any case and '_' spelling.
+bool is_method_override_header(std::string_view name) noexcept;
+// Request headers some upstreams take the path from instead of the request line (X-Original-URL,
+// X-Rewrite-URL: IIS URL Rewrite, older Symfony and Zend), in any case and '_' spelling.
+bool is_url_override_header(std::string_view name) noexcept;
+
+// A method override longer than this is refused, even where a grant allows any method.
+constexpr size_t kMethodOverrideBytesMax = 32;
+
+// authorize() for a whole request, so that what an upstream may take from the headers instead of
+// the request line cannot escape the decision: after the request line is allowed,
+//   - a request carrying a URL-override header gets kUrlOverride (whatever the key: it could
+//     route the request to another API, or past a grant's path, on the upstream);
+//   - for a key with a user, every method a method-override header names (trimmed, ASCII
+//     upper-cased as those frameworks do; empty ones are ignored, as they ignore them) must be
+//     allowed too, for the same API and path; else kUserNotPermitted. A key without a user may
+//     use any method within its apis, so its overrides need no check.
+// Does not allocate.
+Decision authorize_request(const KeyRecord& key, const User* user, const ApiConfig& api,
+                           const HttpRequest& request, int64_t now) noexcept;
 
 // Bounds a user must respect to be encoded (and that decode enforces on bytes from disk);
 // strings are bounded by kRecordStringBytesMax. The admin API validates against them.

@@ -355,6 +355,20 @@ TEST_F(AuthHandlerTest, UserGrantForAnotherMethodIsForbidden) {
   expect_key_not_echoed(r, kAliceKey);
 }
 
+TEST_F(AuthHandlerTest, MethodOverrideHeaderTheUserMayNotUseIsForbidden) {
+  // alice may GET /orders/public; an upstream honouring the override would see a DELETE.
+  TestRequest request = get("/orders/public/3");
+  request.api_key(kAliceKey).header("X-HTTP-Method-Override", "DELETE");
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "user_not_permitted");
+  expect_key_not_echoed(r, kAliceKey);
+
+  TestRequest same = get("/orders/public/3");
+  same.api_key(kAliceKey).header("X-HTTP-Method-Override", "get");
+  EXPECT_EQ(send(same).status, 200);
+}
+
 TEST_F(AuthHandlerTest, UserGrantForAnotherPathIsForbidden) {
   TestRequest request = get("/orders/private/3");
   request.api_key(kAliceKey);
@@ -832,6 +846,21 @@ TEST_F(AuthHandlerTest, AuthEndpointNginxFormUsesOriginalUriAndMethod) {
   EXPECT_EQ(r.status, 403);
   EXPECT_EQ(r.error_code(), "user_not_permitted");
   expect_key_not_echoed(r, kAliceKey);
+}
+
+TEST_F(AuthHandlerTest, UrlOverrideHeaderIsForbiddenEvenForAKeyWithoutUser) {
+  TestRequest request = get("/orders/1");
+  request.api_key(kAdminLikeKey).header("X-Original-URL", "/billing/1");
+  const Response r = send(request);
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.error_code(), "url_override_not_permitted");
+  EXPECT_FALSE(r.has_header("X-Keygate-Key-Id"));
+  expect_key_not_echoed(r, kAdminLikeKey);
+
+  // The auth endpoint describes a request its proxy forwards with the same headers.
+  TestRequest described = nginx_auth("/orders/1", "GET");
+  described.api_key(kAdminLikeKey).header("X-Rewrite-URL", "/billing/1");
+  EXPECT_EQ(send(described).error_code(), "url_override_not_permitted");
 }
 
 TEST_F(AuthHandlerTest, AuthEndpointNginxFormTakesTheKeyFromTheOriginalUrisQuery) {

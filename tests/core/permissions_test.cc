@@ -480,5 +480,80 @@ TEST(Permissions, DecodeUserOfRandomBytesNeverCrashes) {
   }
 }
 
+
+
+// authorize_request: what an upstream may take from the headers instead of the request line.
+class AuthorizeRequest : public Authorize {
+ protected:
+  Decision decide_request(std::string_view method, std::vector<HttpHeader> headers) {
+    headers_ = std::move(headers);
+    HttpRequest request;
+    request.method = method;
+    request.target = "/orders/7";
+    request.path = "/orders/7";
+    request.headers = headers_;
+    return authorize_request(key_, key_.user ? &user_ : nullptr, orders_, request, kNow);
+  }
+  std::vector<HttpHeader> headers_;
+};
+
+TEST_F(AuthorizeRequest, MethodOverrideMustBeGrantedToo) {
+  user_.grants = {{"orders", {"POST"}, "/orders"}};
+  EXPECT_EQ(decide_request("POST", {}), Decision::kAllowed);
+  for (const char* name : {"X-HTTP-Method-Override", "x-http-method", "X-Method-Override",
+                           "X_HTTP_Method_Override", "x_method_override"}) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(decide_request("POST", {{name, "DELETE"}}), Decision::kUserNotPermitted);
+    // Upstreams upper-case the value: "delete" is DELETE to them.
+    EXPECT_EQ(decide_request("POST", {{name, "delete"}}), Decision::kUserNotPermitted);
+    EXPECT_EQ(decide_request("POST", {{name, "post"}}), Decision::kAllowed);
+    EXPECT_EQ(decide_request("POST", {{name, " POST "}}), Decision::kAllowed);
+    // Empty: ignored by those frameworks, so by keygate.
+    EXPECT_EQ(decide_request("POST", {{name, ""}}), Decision::kAllowed);
+  }
+  // Every override counts, not only the first.
+  EXPECT_EQ(decide_request("POST", {{"X-HTTP-Method-Override", "POST"}, {"X-HTTP-Method", "PUT"}}),
+            Decision::kUserNotPermitted);
+  // Longer than any method: matches no grant.
+  EXPECT_EQ(decide_request("POST", {{"X-HTTP-Method-Override", std::string(33, 'P')}}),
+            Decision::kUserNotPermitted);
+  user_.grants = {{"orders", {}, "/orders"}};  // any method: still no overlong override
+  EXPECT_EQ(decide_request("POST", {{"X-HTTP-Method-Override", std::string(33, 'P')}}),
+            Decision::kUserNotPermitted);
+  EXPECT_EQ(decide_request("POST", {{"X-HTTP-Method-Override", "DELETE"}}), Decision::kAllowed);
+}
+
+TEST_F(AuthorizeRequest, MethodOverrideIsCheckedOnlyAfterTheRequestLine) {
+  user_.grants = {{"orders", {"DELETE"}, "/orders"}};
+  // The request line decides first: an override cannot make a refused method allowed.
+  EXPECT_EQ(decide_request("POST", {{"X-HTTP-Method-Override", "DELETE"}}),
+            Decision::kUserNotPermitted);
+  key_.apis = {"billing"};
+  EXPECT_EQ(decide_request("DELETE", {{"X-HTTP-Method-Override", "DELETE"}}),
+            Decision::kApiNotPermitted);
+}
+
+TEST_F(AuthorizeRequest, KeyWithoutUserMayOverrideTheMethod) {
+  key_.user.reset();
+  EXPECT_EQ(decide_request("POST", {{"X-HTTP-Method-Override", "DELETE"}}), Decision::kAllowed);
+}
+
+TEST_F(AuthorizeRequest, UrlOverrideIsRefusedForEveryKey) {
+  user_.grants = {{"orders", {}, ""}};
+  for (const char* name : {"X-Original-URL", "x-rewrite-url", "X_Original_URL"}) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(decide_request("GET", {{name, "/billing/1"}}), Decision::kUrlOverride);
+    key_.user.reset();
+    EXPECT_EQ(decide_request("GET", {{name, "/orders/8"}}), Decision::kUrlOverride);
+    key_.user = "kharnagy@domain.corp";
+  }
+  // Look-alikes are ordinary headers; nginx's X-Original-URI is the auth endpoint's own.
+  EXPECT_EQ(decide_request("GET", {{"X-Original-URI", "/x"}, {"X-Original-URLs", "/x"}}),
+            Decision::kAllowed);
+  // A refused request line is reported as such, not as the override.
+  key_.apis = {"billing"};
+  EXPECT_EQ(decide_request("GET", {{"X-Original-URL", "/billing/1"}}), Decision::kApiNotPermitted);
+}
+
 }  // namespace
 }  // namespace keygate

@@ -566,6 +566,9 @@ class ChangeDuringFetchTest : public PartialKeyServiceTest {
           case Decision::kUserNotPermitted:
             answer = "user_not_permitted";
             break;
+          case Decision::kUrlOverride:  // authorize_request() only
+            answer = "url_override_not_permitted";
+            break;
         }
       }
       observer->before_wait();
