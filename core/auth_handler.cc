@@ -163,6 +163,7 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
   KeyDigest digest{};
   Authenticator::Result r;
   if (!authenticator_.resolve_head(request, now, &digest, &r)) return Result::kNeedBody;
+  ctx.access.key_value = r.presented;  // as in check()
   switch (r.outcome) {
     case Authenticator::Outcome::kFound:
       return decide(request, response, ctx, *api, *r.key, r.user, now, Mode::kDataPlane);
@@ -190,6 +191,9 @@ Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& r
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
   const Authenticator::Result r = authenticator_.resolve(request, now, &digest);
+  // The record's path and captures are scrubbed of the key by value (wherever else the client
+  // put it), whatever the decision.
+  ctx.access.key_value = r.presented;
   switch (r.outcome) {
     case Authenticator::Outcome::kFound:
       return decide(request, response, ctx, *api, *r.key, r.user, now, mode);
@@ -216,6 +220,8 @@ Handler::Result AuthHandler::resume(const HttpRequest& request, ResponseWriter& 
   }
   const int64_t now = ctx.now_unix();
   const Authenticator::Result r = authenticator_.finish_fetch(p->lookup, now);
+  // As in check(); a fetch's result carries no view of the value, so it is extracted again.
+  ctx.access.key_value = authenticator_.extracted_key(described);
   Result result = Result::kDone;
   switch (r.outcome) {
     case Authenticator::Outcome::kFound:
@@ -252,10 +258,6 @@ Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& 
   ctx.access.api = api.name;
   ctx.access.log_request = key.log_request;
   ctx.access.log_response = key.log_response;
-  if (key.log_request || key.log_response) {
-    // Captures are scrubbed of the key by value too (wherever else the client put it).
-    ctx.access.key_value = authenticator_.extracted_key(request);
-  }
   switch (authorize_request(key, user, api, request, now)) {
     case Decision::kInvalidKey:
       unauthorized(response, "invalid_api_key", "the API key is not valid");

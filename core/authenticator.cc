@@ -61,11 +61,14 @@ Authenticator::Result Authenticator::resolve_extracted(const ExtractResult& extr
   }
   // A mistyped generated key is caught here, before it costs a lookup (or a store read).
   if (has_generated_shape(extracted.key) && !generated_checksum_ok(extracted.key)) {
-    return invalid_key();
+    Result r = invalid_key();
+    r.presented = extracted.key;
+    return r;
   }
   const KeyDigest digest = digest_key(extracted.key);
   Result r = from_cache(digest, now);
   if (r.outcome == Outcome::kFetch) *pending_digest = digest;
+  r.presented = extracted.key;
   return r;
 }
 

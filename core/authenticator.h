@@ -68,6 +68,11 @@ class Authenticator {
     // grace, previous digest).
     KeyDigest digest{};
     Rejection rejection;
+    // The key value the request presented, whenever extraction found one (kFound, kFetch, and
+    // kRejected for an unknown or mistyped key): the access log scrubs it from the record's
+    // path and captures. A view into the request or the extractor's scratch, valid until the
+    // next extraction. Empty from finish_fetch() (see extracted_key()).
+    std::string_view presented;
   };
 
   // A lookup in flight: lives in the handler's per-request state (RequestContext::state). The
@@ -107,8 +112,8 @@ class Authenticator {
   // the fetch in lookup->fetches (reset() zeroes it).
   void fetch(const KeyDigest& digest, PendingLookup* lookup, RequestContext& ctx) noexcept;
 
-  // The key value `request` carries (extracted again: for the access log, which scrubs it from
-  // captured requests and responses); empty when it carries none or an ambiguous pair. A view
+  // The key value `request` carries (extracted again: for the access log after a fetch, which
+  // scrubs it from the record's path and captures); empty when it carries none or an ambiguous pair. A view
   // into the request or the extractor's scratch, valid until the next extraction.
   std::string_view extracted_key(const HttpRequest& request) noexcept;
 

@@ -105,9 +105,9 @@ void Worker::Impl::log_note(Connection* c, const HttpRequest& request) {
   }
   l.log_request = l.log_request || note.log_request;
   l.log_response = l.log_response || note.log_response;
-  if ((l.log_request || l.log_response) && !note.key_value.empty()) {
-    l.key_value.assign(note.key_value);
-  }
+  // Every record scrubs the presented key by value from its path (a key the client also put in
+  // a path segment or another query parameter), not only records with captures.
+  if (!note.key_value.empty()) l.key_value.assign(note.key_value);
   if (l.log_request && l.req_head.empty()) {
     l.req_head.append(request.method).append(" ").append(request.target);
     l.req_head.append(request.version_minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");

@@ -1262,6 +1262,63 @@ TEST_F(AccessLogTest, NoKeyReachesAnyLogFileInAnyEncoding) {
   EXPECT_EQ(admin_records, 4u) << "3 creates and a rotate";
 }
 
+// The path rule by value holds for every record, not only for keys that capture: a key (or an
+// unknown value) that also appears in a path segment or another query parameter is scrubbed
+// from the record's "path" as well.
+TEST_F(AccessLogTest, KeysWithoutCaptureAndUnknownKeysAreScrubbedFromThePath) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alogP" + random_hex(27);
+  const CreatedKey k =
+      create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false);
+  ASSERT_FALSE(k.id.empty());
+  const std::string unknown = "alogU" + random_hex(27);
+  struct Sent {
+    std::string target;
+    std::string header_key; // "" = no X-ApiKey (the query's key= carries it)
+    int status;
+    std::string expect_path;
+  };
+  const std::string mk = "[redacted:" + k.id + "]";
+  const std::vector<Sent> sent = {
+      {"/orders/" + key, key, 200, "/orders/" + mk},
+      {"/orders/t?token=" + key, key, 200, "/orders/t?token=" + mk},
+      {"/orders/p?ref=" + percent_encoded(key, true), key, 200, "/orders/p?ref=" + mk},
+      {"/orders/q?key=" + key + "&x=" + percent_encoded(key, false), "", 200,
+       "/orders/q?key=" + mk + "&x=" + mk},
+      {"/orders/" + unknown, unknown, 401, "/orders/[redacted]"},
+      {"/orders/u?token=" + unknown, unknown, 401, "/orders/u?token=[redacted]"},
+  };
+  for (const Sent &c : sent) {
+    std::vector<std::string> headers;
+    if (!c.header_key.empty())
+      headers.push_back("X-ApiKey: " + c.header_key);
+    auto r = data(http_request("GET", c.target, headers, ""));
+    ASSERT_TRUE(r.has_value()) << c.target;
+    EXPECT_EQ(r->status, c.status) << c.target;
+  }
+  // The bootstrap admin key (no capture) named in an admin path.
+  auto r = admin("GET", "/admin/keys/" + std::string(kBootstrapAdminKey), kBootstrapAdminKey);
+  ASSERT_TRUE(r.has_value());
+
+  const LogContents log = wait_for_records(server_->log_dir(), sent.size() + 2);
+  std::vector<std::string> paths;
+  for (const Json *rec : log.records())
+    paths.push_back(rec->str("path"));
+  for (const Sent &c : sent) {
+    EXPECT_NE(std::find(paths.begin(), paths.end(), c.expect_path), paths.end())
+        << "no record with path " << c.expect_path;
+  }
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string_view secret : {std::string_view(key), std::string_view(unknown),
+                                        kBootstrapAdminKey}) {
+    for (const std::string &form : forbidden_forms(secret)) {
+      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+    }
+  }
+}
+
 // --- 4. Sequence without drops
 // -----------------------------------------------------------------
 
