@@ -891,9 +891,43 @@ AdminResponse create_key(const AdminRequest& request, AdminStore& store, const A
   return json_response(201, std::move(out));
 }
 
+// What a listing pages through: keys by id (with the api and user filters) or users by name.
+enum class Listing : uint8_t { kKeys, kUsers };
+
+// GET /admin/users: a cursor is the page's last user name in hex. A name may hold any printable
+// character, and in a query value ' ', '+', '%', '&' or '/' mean something unless the client
+// percent-encodes them; hex digits mean nothing, so a cursor put into a URL as it came (or
+// encoded anyway) still names exactly the same bytes.
+std::string user_cursor(std::string_view name) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * name.size());
+  for (char c : name) {
+    const auto u = static_cast<unsigned char>(c);
+    out += kHex[u >> 4];
+    out += kHex[u & 0xf];
+  }
+  return out;
+}
+
+// The name in a non-empty user_cursor(). Any bytes are taken, not only what a name may hold
+// now: the cursor is a position in the store's byte order, and a page may end at a name stored
+// under older rules.
+bool decode_user_cursor(std::string_view cursor, std::string* name) {
+  if (cursor.size() % 2 != 0 || cursor.size() > 2 * kUserNameBytesMax) return false;
+  name->clear();
+  for (size_t i = 0; i < cursor.size(); i += 2) {
+    const int hi = hex_value(cursor[i]);
+    const int lo = hex_value(cursor[i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    name->push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return true;
+}
+
 struct ListQuery {
   size_t limit = kListLimitDefault;
-  std::string cursor;
+  std::string cursor;  // where the page starts after: a key id, or a decoded user name; "" = first
   std::optional<std::string> api;
   std::optional<std::string> user;
 };
@@ -925,7 +959,8 @@ bool visit_query(std::string_view query, Failure* f, Visit&& visit) {
   return true;
 }
 
-bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
+// The query of GET /admin/keys (limit, cursor, api, user) or GET /admin/users (limit, cursor).
+bool parse_list_query(std::string_view query, Listing listing, ListQuery* q, Failure* f) {
   bool seen_limit = false;
   bool seen_cursor = false;
   return visit_query(query, f, [&](const std::string& name, const std::string& value) {
@@ -934,7 +969,7 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
       seen = &seen_limit;
     } else if (name == "cursor") {
       seen = &seen_cursor;
-    } else if (name != "api" && name != "user") {
+    } else if (listing == Listing::kUsers || (name != "api" && name != "user")) {
       *f = field_failure(400, "unknown_field", name, "unknown query parameter");
       return false;
     }
@@ -958,11 +993,20 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
       }
       q->limit = limit;
     } else if (name == "cursor") {
-      if (!value.empty() && !is_key_id(value)) {
+      // Empty starts at the first record, as no cursor does.
+      bool ok = true;
+      if (value.empty()) {
+        q->cursor.clear();
+      } else if (listing == Listing::kKeys) {
+        ok = is_key_id(value);
+        q->cursor = value;
+      } else {
+        ok = decode_user_cursor(value, &q->cursor);
+      }
+      if (!ok) {
         *f = invalid_value("cursor", "not a cursor returned by this API");
         return false;
       }
-      q->cursor = value;
     } else if (name == "api") {
       if (value.empty()) {
         *f = invalid_value("api", "the api filter names an API");
@@ -987,7 +1031,7 @@ bool parse_list_query(std::string_view query, ListQuery* q, Failure* f) {
 AdminResponse list_keys(const AdminRequest& request, AdminStore& store) {
   ListQuery q;
   Failure f;
-  if (!parse_list_query(request.query, &q, &f)) return error_response(f);
+  if (!parse_list_query(request.query, Listing::kKeys, &q, &f)) return error_response(f);
 
   std::string out;
   out.reserve(256 * q.limit);
@@ -1291,16 +1335,32 @@ AdminResponse create_user(const AdminRequest& request, AdminStore& store, const 
   return json_response(201, std::move(out));
 }
 
-AdminResponse list_users(AdminStore& store) {
+// Users in name order, `limit` at a time, read from the cursor on (the store seeks there).
+// next_cursor names the page's last user, and is null once no user follows it. The next page
+// starts after that name whether or not it is still stored, so users created or deleted between
+// pages do not upset the paging: each user present throughout is listed exactly once.
+AdminResponse list_users(const AdminRequest& request, AdminStore& store) {
+  ListQuery q;
+  Failure f;
+  if (!parse_list_query(request.query, Listing::kUsers, &q, &f)) return error_response(f);
   std::vector<User> users;
-  const AdminStoreResult result = store.list_users(&users);
+  // One user more than the page holds shows whether the store holds more.
+  const AdminStoreResult result = store.list_users(q.cursor, q.limit + 1, &users);
   if (!result.ok()) return error_response(store_unavailable(result));
+  const bool more = users.size() > q.limit;
+  if (more) users.resize(q.limit);
   std::string out = "{\"users\":[";
   for (size_t i = 0; i < users.size(); ++i) {
     if (i > 0) out += ',';
     append_user(out, users[i]);
   }
-  out += "]}";
+  out += "],\"next_cursor\":";
+  if (more) {
+    append_json_string(out, user_cursor(users.back().name));
+  } else {
+    out += "null";
+  }
+  out += '}';
   return json_response(200, std::move(out));
 }
 
@@ -1625,7 +1685,7 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
     case Route::kKeyRotate:
       return rotate_key(match.param, request, store, ctx);
     case Route::kUsers:
-      return m == "GET" ? list_users(store) : create_user(request, store, ctx);
+      return m == "GET" ? list_users(request, store) : create_user(request, store, ctx);
     case Route::kUser:
       if (m == "GET") return get_user(match.param, store);
       if (m == "PATCH") return patch_user(match.param, request, store, ctx);

@@ -18,7 +18,9 @@
 //   POST   /admin/keys/{id}/rotate     201 record + "key"; body optional {"grace_seconds":N}
 //   POST   /admin/keys/import          200 {"imported":N,"ids":[...]} (all or nothing)
 //   POST   /admin/users                201 user
-//   GET    /admin/users                200 {"users":[user...]}
+//   GET    /admin/users                200 {"users":[user...],"next_cursor":str|null}
+//                                       ?limit=1..1000 (default 100) &cursor= (users in name
+//                                       order; the cursor is opaque and URL-safe)
 //   GET    /admin/users/{name}         200 user        ({name} percent-decoded)
 //   PATCH  /admin/users/{name}         200 user
 //   DELETE /admin/users/{name}         204
@@ -110,7 +112,10 @@ class AdminStore {
                                       const std::optional<PreviousDigest>& previous) = 0;
   virtual AdminStoreResult delete_key(std::string_view id) = 0;
   virtual AdminStoreResult import_keys(std::vector<KeyRecord> records) = 0;
-  virtual AdminStoreResult list_users(std::vector<User>* out) = 0;
+  // Users in name order (bytewise) after `after_name` (exclusive; "" = from the first; it need
+  // not name a stored user), at most `limit`.
+  virtual AdminStoreResult list_users(std::string_view after_name, size_t limit,
+                                      std::vector<User>* out) = 0;
   virtual AdminStoreResult get_user(std::string_view name, User* out) = 0;
   virtual AdminStoreResult put_user(const User& user) = 0;
   virtual AdminStoreResult delete_user(std::string_view name) = 0;

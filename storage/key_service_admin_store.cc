@@ -58,11 +58,9 @@ AdminStoreResult KeyServiceAdminStore::import_keys(std::vector<KeyRecord> record
   return r;
 }
 
-AdminStoreResult KeyServiceAdminStore::list_users(std::vector<User>* out) {
-  return to_admin_result(keys_.store().for_each_user([&](User& user) {
-    out->push_back(std::move(user));
-    return true;
-  }));
+AdminStoreResult KeyServiceAdminStore::list_users(std::string_view after_name, size_t limit,
+                                                  std::vector<User>* out) {
+  return to_admin_result(keys_.store().list_users(after_name, limit, out));
 }
 
 AdminStoreResult KeyServiceAdminStore::get_user(std::string_view name, User* out) {

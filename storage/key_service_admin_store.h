@@ -39,7 +39,8 @@ class KeyServiceAdminStore final : public AdminStore {
                               const std::optional<PreviousDigest>& previous) override;
   AdminStoreResult delete_key(std::string_view id) override;
   AdminStoreResult import_keys(std::vector<KeyRecord> records) override;
-  AdminStoreResult list_users(std::vector<User>* out) override;
+  AdminStoreResult list_users(std::string_view after_name, size_t limit,
+                              std::vector<User>* out) override;
   AdminStoreResult get_user(std::string_view name, User* out) override;
   AdminStoreResult put_user(const User& user) override;
   AdminStoreResult delete_user(std::string_view name) override;

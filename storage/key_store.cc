@@ -44,6 +44,11 @@ std::string prefixed(char prefix, std::string_view name) {
 
 rocksdb::Slice slice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
 
+// A "u" entry: the user it holds, which must be filed under its own name.
+bool decode_user_entry(const rocksdb::Slice& key, const rocksdb::Slice& value, User* out) {
+  return decode_user(value.ToStringView(), out) && out->name == key.ToStringView().substr(1);
+}
+
 bool digest_from(std::string_view bytes, KeyDigest* out) {
   if (bytes.size() != out->size()) return false;
   std::memcpy(out->data(), bytes.data(), out->size());
@@ -456,11 +461,32 @@ Status KeyStore::for_each_user(const std::function<bool(User&)>& fn) const {
   PrefixScan it(impl_->db.get(), kUserPrefix);
   for (it.seek_to_first(); it->Valid(); it->Next()) {
     User user;
-    const std::string_view key = it->key().ToStringView();
-    if (!decode_user(it->value().ToStringView(), &user) || user.name != key.substr(1)) {
+    if (!decode_user_entry(it->key(), it->value(), &user)) {
       return Status::io_error("corrupted user record in the store");
     }
     if (!fn(user)) return Status::ok();
+  }
+  if (!it->status().ok()) return Status::io_error("key store scan failed");
+  return Status::ok();
+}
+
+Status KeyStore::list_users(std::string_view after_name, size_t limit,
+                            std::vector<User>* out) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  // An iterator reads from an implicit snapshot taken when it is created.
+  PrefixScan it(impl_->db.get(), kUserPrefix);
+  // after_name + '\0' is the name right after after_name in byte order: the seek lands on the
+  // first user after it, whether or not after_name itself is stored.
+  std::string start = prefixed(kUserPrefix, after_name);
+  if (!after_name.empty()) start.push_back('\0');
+  size_t listed = 0;
+  for (it->Seek(start); it->Valid() && listed < limit; it->Next()) {
+    User user;
+    if (!decode_user_entry(it->key(), it->value(), &user)) {
+      return Status::io_error("corrupted user record in the store");
+    }
+    out->push_back(std::move(user));
+    ++listed;
   }
   if (!it->status().ok()) return Status::io_error("key store scan failed");
   return Status::ok();

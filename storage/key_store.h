@@ -130,6 +130,11 @@ class KeyStore {
   Status get_user(std::string_view name, User* out) const;
   // Calls `fn` for every user in name order (snapshot); false from `fn` stops. Blocks.
   Status for_each_user(const std::function<bool(User&)>& fn) const;
+  // Appends to `*out` up to `limit` users in name order (bytewise), starting after
+  // `after_name` ("" = from the first; it need not name a stored user), read from one snapshot.
+  // The scan seeks to its start: a page costs its own users, not the ones before it. io_error
+  // on a user that does not decode. Blocks.
+  Status list_users(std::string_view after_name, size_t limit, std::vector<User>* out) const;
 
   // Flushes the memtable into SST files. Blocks. For tests and backups; writes are already
   // durable through the synced WAL.

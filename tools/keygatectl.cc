@@ -1,11 +1,11 @@
 // keygatectl: the admin CLI. Manages the keys, users and APIs of a running keygate through its
 // admin HTTP API (core/admin_api.h lists the routes and JSON shapes), and reads its access log.
 //
-// Single-threaded; every command makes one blocking request (keys list and logs: one per page
-// they need) through tools/ctl/http_client.h, each wait bounded by --timeout. `logs --follow`
-// polls until SIGINT (or SIGTERM), which ends it with status 0. Exit status: 0 success, 1 the
-// server refused the request, could not be reached or answered something unexpected, 2 usage
-// error (nothing was sent).
+// Single-threaded; every command makes one blocking request (keys list, users list and logs: one
+// per page they need) through tools/ctl/http_client.h, each wait bounded by --timeout.
+// `logs --follow` polls until SIGINT (or SIGTERM), which ends it with status 0. Exit status: 0
+// success, 1 the server refused the request, could not be reached or answered something
+// unexpected, 2 usage error (nothing was sent).
 //
 // Secrets: a key value is printed only by `keys create` and `keys rotate`, once, in the response
 // that carries it. The admin key only ever goes into the X-ApiKey header: no message repeats it,
@@ -58,8 +58,8 @@ constexpr size_t kImportFileBytesMax = size_t{1} << 30;
 // keys create --key-file holds one value (the server takes up to 256 bytes); anything much
 // larger is the wrong file, and is not read whole.
 constexpr size_t kKeyFileBytesMax = 64 * 1024;
-// keys list --all: a bound on the pages followed (1000 keys each at most), far above any real
-// key count, so a server that keeps returning cursors cannot loop us forever.
+// keys list --all and users list: a bound on the pages followed (1000 records each at most), far
+// above any real count, so a server that keeps returning cursors cannot loop us forever.
 constexpr size_t kListPagesMax = 1'000'000;
 // The admin API's page sizes (core/admin_api.cc): checked here to say so before sending.
 constexpr int64_t kListLimitDefault = 100;
@@ -169,7 +169,9 @@ TIME is RFC 3339, e.g. 2026-11-26T10:00:00Z.
 constexpr std::string_view kUsersHelp = R"(Usage: keygatectl [global options] users <subcommand> ...
 
   users create NAME [--grant GRANT ...]
-  users list
+  users list [--limit N]
+      Every user, in name order: keygatectl asks for N at a time (1 to 1000, default 1000) and
+      follows the pages to the end (with --json: one document holding every user).
   users show NAME
   users update NAME (--grant GRANT ... | --no-grants)
       Replaces all of the user's grants.
@@ -809,6 +811,45 @@ int fetch_document(const Context& ctx, std::string_view method, const std::strin
   return kRender;
 }
 
+// Appends `e` to `*items`, the members of a JSON array being built (without its brackets).
+void append_array_item(std::string* items, dom::element e) {
+  if (!items->empty()) *items += ',';
+  *items += simdjson::to_string(e);
+}
+
+// One page of a paged listing (GET /admin/keys or /admin/users).
+struct ListPage {
+  dom::object root;
+  dom::array items;  // the listing's array member ("keys", "users")
+  bool last = true;  // next_cursor is null (or absent: a server that sends everything at once)
+};
+
+// GETs `target` (a query string already begun) with `*cursor`, when set, as its cursor, reads the
+// page into `*page` and moves `*cursor` on to the page's next_cursor. kRender, or the exit code:
+// the request was refused or failed, the answer is not a listing of `member`, or its cursor did
+// not move (the server would page forever). With `raw_json` the page is printed as it came
+// instead (the --json output of a single page).
+int fetch_list_page(const Context& ctx, std::string target, std::string_view member, bool raw_json,
+                    dom::parser& parser, std::optional<std::string>* cursor, ListPage* page) {
+  if (*cursor) target += "&cursor=" + url_encode(**cursor);
+  HttpResponse r;
+  if (!exchange(ctx, "GET", target, nullptr, &r)) return kExitFailure;
+  if (!success(r)) return report_refusal(r);
+  if (raw_json) return emit_json(r);
+  if (parser.parse(r.body.data(), r.body.size()).get_object().get(page->root) !=
+          simdjson::SUCCESS ||
+      page->root[member].get_array().get(page->items) != simdjson::SUCCESS) {
+    return unexpected_response("not a listing of " + std::string(member));
+  }
+  std::optional<std::string> next = nullable_string(page->root, "next_cursor");
+  page->last = !next;
+  if (next) {
+    if (*cursor && *next == **cursor) return unexpected_response("the cursor did not advance");
+    *cursor = std::move(next);
+  }
+  return kRender;
+}
+
 int key_record_command(const Context& ctx, std::string_view method, const std::string& target,
                        const std::string* body) {
   HttpResponse r;
@@ -933,7 +974,6 @@ int keys_list(const Context& ctx, const Args& args) {
 
   Table table = key_table();
   std::string merged;  // --all --json: the records of every page
-  size_t merged_count = 0;
   size_t shown = 0;
   dom::parser parser;
   for (size_t page = 0;; ++page) {
@@ -942,40 +982,28 @@ int keys_list(const Context& ctx, const Args& args) {
     // raw page is wanted (--json without --all), ask again for what is missing, so a table
     // shows up to --limit keys.
     const int64_t want = all ? limit : limit - static_cast<int64_t>(shown);
-    std::string target = "/admin/keys?limit=" + std::to_string(want) + filters;
-    if (cursor) target += "&cursor=" + url_encode(*cursor);
-    HttpResponse r;
-    if (!exchange(ctx, "GET", target, nullptr, &r)) return kExitFailure;
-    if (!success(r)) return report_refusal(r);
-    if (ctx.json && !all) return emit_json(r);
-
-    dom::object root;
-    dom::array keys;
-    if (parser.parse(r.body.data(), r.body.size()).get_object().get(root) != simdjson::SUCCESS ||
-        root["keys"].get_array().get(keys) != simdjson::SUCCESS) {
-      return unexpected_response("not a key listing");
+    ListPage keys;
+    if (const int rc = fetch_list_page(ctx, "/admin/keys?limit=" + std::to_string(want) + filters,
+                                       "keys", ctx.json && !all, parser, &cursor, &keys);
+        rc != kRender) {
+      return rc;
     }
-    for (dom::element e : keys) {
+    for (dom::element e : keys.items) {
       ++shown;
       if (ctx.json) {
-        if (merged_count++ > 0) merged += ',';
-        merged += simdjson::to_string(e);
+        append_array_item(&merged, e);
         continue;
       }
       KeyView k;
       if (!read_key(e, &k)) return unexpected_response("not a key record");
       add_key_row(table, k);
     }
-    const std::optional<std::string> next = nullable_string(root, "next_cursor");
-    if (!next) break;
-    // A cursor that does not move would page forever.
-    if (cursor && *next == *cursor) return unexpected_response("the cursor did not advance");
-    cursor = next;
+    if (keys.last) break;
     if (!all && static_cast<int64_t>(shown) >= limit) {
       std::fprintf(stderr,
                    "keygatectl: more keys may follow: add --cursor %s for the next page, or "
                    "--all\n",
-                   printable(*next).c_str());
+                   printable(*cursor).c_str());
       break;
     }
   }
@@ -1178,27 +1206,40 @@ int users_create(const Context& ctx, const Args& args) {
   return user_record_command(ctx, "POST", "/admin/users", &json);
 }
 
+// Every user: the server hands them out a page at a time, and every page is followed, so that a
+// listing never stops at the first page.
 int users_list(const Context& ctx, const Args& args) {
   if (!args.positionals.empty()) {
     return usage_error(Group::kUsers, "users list takes no arguments");
   }
-  HttpResponse r;
-  dom::parser parser;
-  dom::element root;
-  if (const int rc = fetch_document(ctx, "GET", "/admin/users", nullptr, &r, &parser, &root);
-      rc != kRender) {
-    return rc;
-  }
-  dom::array users;
-  if (root["users"].get_array().get(users) != simdjson::SUCCESS) {
-    return unexpected_response("not a user listing");
+  int64_t limit = kListLimitMax;
+  if (auto v = args.last("--limit"); v && (!parse_count(*v, kListLimitMax, &limit) || limit < 1)) {
+    return usage_error(Group::kUsers, "--limit takes 1 to 1000");
   }
   Table table({"NAME", "GRANTS"});
-  for (dom::element e : users) {
-    UserView u;
-    if (!read_user(e, &u)) return unexpected_response("not a user record");
-    table.add_row({u.name, u.grants.empty() ? "(none)" : join(u.grants, " ")});
+  std::string merged;  // --json: the users of every page
+  std::optional<std::string> cursor;
+  dom::parser parser;
+  for (size_t page = 0;; ++page) {
+    if (page == kListPagesMax) return failure("users list: too many pages; giving up");
+    ListPage users;
+    if (const int rc = fetch_list_page(ctx, "/admin/users?limit=" + std::to_string(limit), "users",
+                                       false, parser, &cursor, &users);
+        rc != kRender) {
+      return rc;
+    }
+    for (dom::element e : users.items) {
+      if (ctx.json) {
+        append_array_item(&merged, e);
+        continue;
+      }
+      UserView u;
+      if (!read_user(e, &u)) return unexpected_response("not a user record");
+      table.add_row({u.name, u.grants.empty() ? "(none)" : join(u.grants, " ")});
+    }
+    if (users.last) break;
   }
+  if (ctx.json) return emit("{\"users\":[" + merged + "],\"next_cursor\":null}\n");
   return emit_table(table, "users");
 }
 
@@ -1674,6 +1715,7 @@ constexpr OptionSpec kUpdateKeyOptions[] = {
     {"--no-expiry", Arity::kFlag}};
 constexpr OptionSpec kRotateKeyOptions[] = {{"--grace-seconds", Arity::kValue}};
 constexpr OptionSpec kCreateUserOptions[] = {{"--grant", Arity::kValue}};
+constexpr OptionSpec kListUserOptions[] = {{"--limit", Arity::kValue}};
 constexpr OptionSpec kUpdateUserOptions[] = {{"--grant", Arity::kValue},
                                              {"--no-grants", Arity::kFlag}};
 constexpr OptionSpec kLogsOptions[] = {{"--key", Arity::kValue},   {"--status", Arity::kValue},
@@ -1690,7 +1732,7 @@ const Command kCommands[] = {
     {Group::kKeys, "rotate", keys_rotate, kRotateKeyOptions},
     {Group::kKeys, "import", keys_import, {}},
     {Group::kUsers, "create", users_create, kCreateUserOptions},
-    {Group::kUsers, "list", users_list, {}},
+    {Group::kUsers, "list", users_list, kListUserOptions},
     {Group::kUsers, "show", users_show, {}},
     {Group::kUsers, "update", users_update, kUpdateUserOptions},
     {Group::kUsers, "delete", users_delete, {}},

@@ -24,7 +24,7 @@ const ROUTES = Object.freeze({
 
 let adminKey = null;      // the operator's admin key; null when none is held
 let configuredApis = [];  // API names from the configuration, for the key and grant forms
-let userNames = [];       // user names, for the key forms (refreshed by the keys and users views)
+let userNames = [];       // every user's name, for the key forms (refreshed by the keys view)
 
 const $ = (id) => document.getElementById(id);
 
@@ -88,6 +88,21 @@ async function api(method, route, { params = {}, query = {}, body } = {}) {
   }
   if (!response.ok || json === null) throw new ApiError(response.status, json);
   return json;
+}
+
+// Every user, in name order: the admin API hands them out a page at a time, and every page is
+// followed (as large as the API allows, so an instance with many users costs few calls).
+async function allUsers() {
+  const users = [];
+  let cursor = '';
+  do {
+    const page = await api('GET', 'users', { query: { cursor, limit: 1000 } });
+    users.push(...page.users);
+    const next = page.next_cursor ?? '';  // null: that was the last page
+    if (next !== '' && next === cursor) throw new Error('the user listing did not advance');
+    cursor = next;
+  } while (cursor !== '');
+  return users;
 }
 
 // --- Messages and actions -------------------------------------------------------------------
@@ -258,7 +273,7 @@ function keyFields(key) {
 }
 
 async function keysView(view) {
-  userNames = (await api('GET', 'users')).users.map((u) => u.name);
+  userNames = (await allUsers()).map((u) => u.name);
   const filter = { api: '', user: '' };
   let cursor = null;
   const rows = h('tbody');
@@ -410,7 +425,9 @@ function grantsEditor(grants) {
 const grantText = (g) => `${g.api} ${g.methods.length ? g.methods.join(' ') : 'any method'} ${g.path_prefix || 'any path'}`;
 
 async function usersView(view) {
+  let cursor = null;
   const rows = h('tbody');
+  const more = button('More', () => run(() => load(false)), { hidden: true });
   const panel = h('section', { class: 'panel', hidden: true });
   const closePanel = () => {
     panel.replaceChildren();
@@ -422,33 +439,42 @@ async function usersView(view) {
     panel.hidden = false;
   };
 
-  async function load() {
-    const { users } = await api('GET', 'users');
-    userNames = users.map((u) => u.name);
-    rows.replaceChildren(...users.map((user) => h('tr', {},
+  // A page of users at a time, like the keys view: `reset` starts again from the first.
+  async function load(reset) {
+    if (reset) cursor = null;
+    const page = await api('GET', 'users', { query: { cursor: cursor ?? '', limit: 100 } });
+    if (reset) rows.replaceChildren();
+    for (const user of page.users) rows.append(userRow(user));
+    cursor = page.next_cursor ?? null;
+    more.hidden = cursor === null;
+    if (rows.children.length === 0) rows.append(emptyRow(3, 'No users.'));
+  }
+
+  function userRow(user) {
+    const row = h('tr', {},
       h('td', {}, user.name),
       h('td', {}, user.grants.length ? user.grants.map((g) => h('div', { class: 'mono' }, grantText(g))) : 'none: its keys may call nothing'),
       h('td', { class: 'actions' },
-        button('Edit grants', () => editUser(user)),
-        button('Delete', () => run(() => deleteUser(user)))))));
-    if (users.length === 0) rows.append(emptyRow(3, 'No users.'));
+        button('Edit grants', () => editUser(user, row)),
+        button('Delete', () => run(() => deleteUser(user, row)))));
+    return row;
   }
 
-  function editUser(user) {
+  function editUser(user, row) {
     const grants = grantsEditor(user.grants);
     openPanel(`Grants of ${user.name}`, async () => {
-      await api('PATCH', 'user', { params: { name: user.name }, body: { grants: grants.read() } });
+      const updated = await api('PATCH', 'user', { params: { name: user.name }, body: { grants: grants.read() } });
+      row.replaceWith(userRow(updated));
       closePanel();
-      await load();
       notify(`User ${user.name} updated.`);
     }, 'Save', grants.element);
   }
 
-  async function deleteUser(user) {
+  async function deleteUser(user, row) {
     if (!window.confirm(`Delete user ${user.name}? Keys that name this user stay, but the data plane refuses them until their user is changed.`)) return;
     await api('DELETE', 'user', { params: { name: user.name } });
+    row.remove();
     closePanel();
-    await load();
     notify(`User ${user.name} deleted.`);
   }
 
@@ -458,14 +484,14 @@ async function usersView(view) {
     openPanel('New user', async () => {
       await api('POST', 'users', { body: { name: name.value, grants: grants.read() } });
       closePanel();
-      await load();
+      await load(true);
       notify(`User ${name.value} created.`);
     }, 'Create', field('Name (printable ASCII, no spaces at either end; sent upstream as X-Keygate-User)', name), grants.element);
   }
 
   view.append(h('div', { class: 'toolbar' }, button('New user', createUser)), panel,
-    table(['Name', 'Grants', ''], rows));
-  await load();
+    table(['Name', 'Grants', ''], rows), more);
+  await load(true);
 }
 
 // --- APIs, logs, stats ----------------------------------------------------------------------

@@ -31,7 +31,8 @@ class FakeAdminStore : public AdminStore {
   int conflicts_to_inject = 0;  // create_key answers conflict this many times first
   int create_calls = 0;
   int import_calls = 0;
-  std::vector<std::optional<PreviousDigest>> update_previous;  // one per update_key call
+  std::vector<std::optional<PreviousDigest>> update_previous;    // one per update_key call
+  std::vector<std::pair<std::string, size_t>> list_users_calls;  // after_name, limit
 
   static AdminStoreResult ok() { return {}; }
   static AdminStoreResult code(AdminStoreCode c, size_t index = 0) {
@@ -101,10 +102,15 @@ class FakeAdminStore : public AdminStore {
     for (KeyRecord& r : records) keys[r.id] = std::move(r);
     return ok();
   }
-  AdminStoreResult list_users(std::vector<User>* out) override {
+  AdminStoreResult list_users(std::string_view after_name, size_t limit,
+                              std::vector<User>* out) override {
+    list_users_calls.emplace_back(after_name, limit);
     if (io_error) return io();
     out->clear();
-    for (const auto& [name, user] : users) out->push_back(user);
+    for (auto it = users.upper_bound(std::string(after_name));
+         it != users.end() && out->size() < limit; ++it) {
+      out->push_back(it->second);
+    }
     return ok();
   }
   AdminStoreResult get_user(std::string_view name, User* out) override {
@@ -198,6 +204,22 @@ std::vector<std::string> ids_in(std::string_view json) {
   return ids;
 }
 
+// Every user "name" in a list response, in order, with the JSON escapes \" and \\ undone.
+std::vector<std::string> names_in(std::string_view json) {
+  std::vector<std::string> names;
+  const std::string_view needle = "{\"name\":\"";
+  for (size_t pos = json.find(needle); pos != std::string_view::npos;
+       pos = json.find(needle, pos)) {
+    std::string name;
+    for (pos += needle.size(); pos < json.size() && json[pos] != '"'; ++pos) {
+      if (json[pos] == '\\') ++pos;
+      name += json[pos];
+    }
+    names.push_back(std::move(name));
+  }
+  return names;
+}
+
 // The "ids" of an import answer, in order.
 std::vector<std::string> imported_ids(std::string_view json) {
   std::vector<std::string> ids;
@@ -234,6 +256,31 @@ void expect_error(const AdminResponse& r, int status, std::string_view code,
     EXPECT_TRUE(contains(r.body, "\"field\":null,")) << r.body;
   }
   EXPECT_TRUE(contains(r.body, "\"message\":\"")) << r.body;
+}
+
+// A query a listing refuses: 400 `code`, naming `field` (nullopt: the error names none).
+struct BadQuery {
+  std::string query;
+  std::string_view code;
+  std::optional<std::string_view> field;
+};
+
+// What GET /admin/keys and GET /admin/users refuse alike.
+const std::vector<BadQuery>& bad_paging_queries() {
+  static const std::vector<BadQuery> kCases = {
+      {"limit=0", "invalid_value", "limit"},
+      {"limit=1001", "invalid_value", "limit"},
+      {"limit=abc", "invalid_value", "limit"},
+      {"limit=-1", "invalid_value", "limit"},
+      {"limit=", "invalid_value", "limit"},
+      {"limit=10000000000000000000000", "invalid_value", "limit"},
+      {"limit=1&limit=2", "invalid_value", "limit"},
+      {"cursor=abc", "invalid_value", "cursor"},
+      {"cursor=zz&limit=1", "invalid_value", "cursor"},
+      {"cursor=%zz", "invalid_value", std::nullopt},
+      {"sort=id", "unknown_field", "sort"},
+  };
+  return kCases;
 }
 
 class AdminTest : public ::testing::Test {
@@ -300,6 +347,14 @@ class AdminTest : public ::testing::Test {
 
   void add_user(const std::string& name) { store_.users[name] = User{name, {}}; }
 
+  // GET `path` with each query is refused as the case says.
+  void expect_refused(std::string_view path, const std::vector<BadQuery>& cases) {
+    for (const BadQuery& c : cases) {
+      SCOPED_TRACE(c.query);
+      expect_error(call("GET", path, "", c.query), 400, c.code, c.field);
+    }
+  }
+
   ApiRegistry apis_;
   FakeAdminStore store_;
   DeterministicRandom random_;
@@ -314,6 +369,7 @@ using AdminKeyList = AdminTest;
 using AdminRotate = AdminTest;
 using AdminImport = AdminTest;
 using AdminUsers = AdminTest;
+using AdminUserList = AdminTest;
 using AdminApis = AdminTest;
 using AdminStoreErrors = AdminTest;
 using AdminLogs = AdminTest;
@@ -788,25 +844,12 @@ TEST_F(AdminKeyList, ARareFilterReturnsShortPagesWithACursorWithinTheScanBudget)
 }
 
 TEST_F(AdminKeyList, RejectsBadQueryParameters) {
-  struct Case {
-    std::string_view query;
-    std::string_view code;
-    std::optional<std::string_view> field;
-  };
-  for (const Case& c :
-       {Case{"limit=0", "invalid_value", "limit"}, Case{"limit=1001", "invalid_value", "limit"},
-        Case{"limit=abc", "invalid_value", "limit"}, Case{"limit=-1", "invalid_value", "limit"},
-        Case{"limit=", "invalid_value", "limit"},
-        Case{"limit=10000000000000000000000", "invalid_value", "limit"},
-        Case{"limit=1&limit=2", "invalid_value", "limit"},
-        Case{"cursor=abc", "invalid_value", "cursor"},
-        Case{"cursor=k00000000000!", "invalid_value", "cursor"},
-        Case{"api=", "invalid_value", "api"}, Case{"user=", "invalid_value", "user"},
-        Case{"user=%zz", "invalid_value", std::nullopt},
-        Case{"api=a&api=b", "invalid_value", "api"}, Case{"sort=id", "unknown_field", "sort"}}) {
-    SCOPED_TRACE(c.query);
-    expect_error(call("GET", "/admin/keys", "", c.query), 400, c.code, c.field);
-  }
+  expect_refused("/admin/keys", bad_paging_queries());
+  expect_refused("/admin/keys", {{"cursor=k00000000000!", "invalid_value", "cursor"},
+                                 {"api=", "invalid_value", "api"},
+                                 {"user=", "invalid_value", "user"},
+                                 {"user=%zz", "invalid_value", std::nullopt},
+                                 {"api=a&api=b", "invalid_value", "api"}});
   EXPECT_EQ(call("GET", "/admin/keys", "", "limit=1000").status, 200);
   EXPECT_EQ(call("GET", "/admin/keys", "", "cursor=&limit=1").status, 200);
 }
@@ -967,7 +1010,7 @@ TEST_F(AdminUsers, CreateGetListPatchDelete) {
   expect_error(call("GET", "/admin/users/KHARNAGY%40domain.corp"), 404, "not_found", std::nullopt);
 
   r = call("GET", "/admin/users");
-  EXPECT_EQ(r.body, "{\"users\":[" + expected + "]}");
+  EXPECT_EQ(r.body, "{\"users\":[" + expected + "],\"next_cursor\":null}");
 
   r = call("PATCH", "/admin/users/kharnagy%40domain.corp",
            R"({"grants":[{"api":"billing","methods":["DELETE"]}]})");
@@ -1099,6 +1142,158 @@ TEST_F(AdminUsers, MalformedNamesInThePathAreRejected) {
   EXPECT_EQ(call("GET", "/admin/users/a+b").status, 200);
   add_user("a/b");
   EXPECT_EQ(call("GET", "/admin/users/a%2Fb").status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// User list
+
+TEST_F(AdminUserList, PagesInNameOrderFromTheCursorAndEndsWithANullCursor) {
+  for (const char* name : {"erin", "bob", "dave", "alice", "carol"}) add_user(name);
+  AdminResponse r = call("GET", "/admin/users", "", "limit=2");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(names_in(r.body), (std::vector<std::string>{"alice", "bob"}));
+  const std::optional<std::string> first = next_cursor(r.body);
+  ASSERT_TRUE(first);
+  r = call("GET", "/admin/users", "", "limit=2&cursor=" + *first);
+  EXPECT_EQ(names_in(r.body), (std::vector<std::string>{"carol", "dave"}));
+  const std::optional<std::string> second = next_cursor(r.body);
+  ASSERT_TRUE(second);
+  r = call("GET", "/admin/users", "", "cursor=" + *second + "&limit=2");
+  EXPECT_EQ(names_in(r.body), std::vector<std::string>{"erin"});
+  EXPECT_EQ(next_cursor(r.body), std::nullopt);
+  EXPECT_TRUE(r.body.ends_with("],\"next_cursor\":null}")) << r.body;
+  // The store is read from the cursor on, one user more than the page: never all of it.
+  EXPECT_EQ(store_.list_users_calls,
+            (std::vector<std::pair<std::string, size_t>>{{"", 3}, {"bob", 3}, {"dave", 3}}));
+
+  // A page that ends exactly at the last user already says so.
+  r = call("GET", "/admin/users", "", "limit=5");
+  EXPECT_EQ(names_in(r.body).size(), 5u);
+  EXPECT_EQ(next_cursor(r.body), std::nullopt);
+  // An empty cursor starts at the first user.
+  r = call("GET", "/admin/users", "", "cursor=&limit=1");
+  EXPECT_EQ(names_in(r.body), std::vector<std::string>{"alice"});
+}
+
+TEST_F(AdminUserList, DefaultsToOneHundredAndTakesAtMostOneThousand) {
+  AdminResponse r = call("GET", "/admin/users");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"users":[],"next_cursor":null})");
+  for (int i = 0; i < 1001; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof(name), "user-%04d", i);
+    add_user(name);
+  }
+  r = call("GET", "/admin/users");
+  ASSERT_EQ(r.status, 200);
+  const std::vector<std::string> names = names_in(r.body);
+  ASSERT_EQ(names.size(), 100u);
+  EXPECT_EQ(names.back(), "user-0099");
+  EXPECT_TRUE(next_cursor(r.body));
+  r = call("GET", "/admin/users", "", "limit=1000");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(names_in(r.body).size(), 1000u);
+  r = call("GET", "/admin/users", "", "limit=1000&cursor=" + next_cursor(r.body).value_or(""));
+  EXPECT_EQ(names_in(r.body), std::vector<std::string>{"user-1000"});
+  EXPECT_EQ(next_cursor(r.body), std::nullopt);
+  expect_error(call("GET", "/admin/users", "", "limit=1001"), 400, "invalid_value", "limit");
+}
+
+TEST_F(AdminUserList, RejectsBadQueryParametersAsTheKeyListingDoes) {
+  add_user("alice");
+  expect_refused("/admin/users", bad_paging_queries());
+  expect_refused("/admin/users",
+                 {// Not what this API hands out: odd length, a name or a key id as is, too long.
+                  {"cursor=616", "invalid_value", "cursor"},
+                  {"cursor=alice", "invalid_value", "cursor"},
+                  {"cursor=k000000000000", "invalid_value", "cursor"},
+                  {"cursor=" + std::string(2 * 257, '6'), "invalid_value", "cursor"},
+                  {"cursor=61&cursor=62", "invalid_value", "cursor"},
+                  // The key listing's filters mean nothing here.
+                  {"api=orders", "unknown_field", "api"},
+                  {"user=alice", "unknown_field", "user"}});
+  EXPECT_TRUE(store_.list_users_calls.empty());
+  // The admin key in the query is not a parameter of the route.
+  EXPECT_EQ(call("GET", "/admin/users", "", "key=whatever&limit=1000").status, 200);
+  EXPECT_EQ(call("GET", "/admin/users", "", "cursor=" + std::string(2 * 256, '7')).status, 200);
+}
+
+// Percent-encodes every byte: what a client that encodes its query values sends at most.
+std::string encode_every_byte(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    char hex[4];
+    std::snprintf(hex, sizeof(hex), "%%%02X", static_cast<unsigned char>(c));
+    out += hex;
+  }
+  return out;
+}
+
+TEST_F(AdminUserList, AnyNameRoundTripsThroughTheCursorWhetherOrNotTheClientEncodesIt) {
+  const std::vector<std::string> names = {
+      "a b", "a+b", "a%2B", "a%", "a&b=c", "a/b", "a?b#c", "a\"b", "a\\b", "a;b,", "%zz", "+",
+      "~!@", "50%", "alice", "a b ", "kharnagy@domain.corp",
+      // Stored under older rules or from outside the API: non-ASCII bytes, trailing space.
+      "j\xc3\xbcrgen", "zed "};
+  for (const std::string& name : names) add_user(name);
+  std::vector<std::string> expected;
+  for (const auto& [name, user] : store_.users) expected.push_back(name);
+  ASSERT_EQ(expected.size(), names.size());
+
+  for (const bool encode : {false, true}) {
+    SCOPED_TRACE(encode ? "percent-encoded cursors" : "cursors as given");
+    store_.list_users_calls.clear();
+    std::vector<std::string> seen;
+    std::optional<std::string> cursor = "";
+    for (size_t page = 0; page <= names.size() && cursor; ++page) {
+      const std::string query = "limit=1&cursor=" + (encode ? encode_every_byte(*cursor) : *cursor);
+      const AdminResponse r = call("GET", "/admin/users", "", query);
+      ASSERT_EQ(r.status, 200) << r.body;
+      const std::vector<std::string> page_names = names_in(r.body);
+      ASSERT_EQ(page_names.size(), 1u) << r.body;
+      seen.push_back(page_names[0]);
+      cursor = next_cursor(r.body);
+      if (!cursor) break;
+      // Opaque, and safe in a URL as it is: RFC 3986 unreserved characters only.
+      EXPECT_EQ(cursor->find_first_not_of(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"),
+                std::string::npos)
+          << *cursor;
+    }
+    EXPECT_FALSE(cursor);
+    EXPECT_EQ(seen, expected);
+    // Each page started right after the previous page's name, byte for byte.
+    ASSERT_EQ(store_.list_users_calls.size(), expected.size());
+    for (size_t i = 1; i < expected.size(); ++i) {
+      EXPECT_EQ(store_.list_users_calls[i].first, expected[i - 1]);
+    }
+  }
+}
+
+TEST_F(AdminUserList, UsersCreatedOrDeletedBetweenPagesDoNotBreakThePaging) {
+  for (const char* name : {"u1", "u2", "u3", "u4", "u5", "u6"}) add_user(name);
+  AdminResponse r = call("GET", "/admin/users", "", "limit=2");
+  EXPECT_EQ(names_in(r.body), (std::vector<std::string>{"u1", "u2"}));
+  std::optional<std::string> cursor = next_cursor(r.body);
+  ASSERT_TRUE(cursor);
+
+  // The cursor's own user and one not yet listed go; one before the cursor and one after it
+  // come.
+  ASSERT_EQ(call("DELETE", "/admin/users/u2").status, 204);
+  ASSERT_EQ(call("DELETE", "/admin/users/u4").status, 204);
+  ASSERT_EQ(call("POST", "/admin/users", R"({"name":"u0"})").status, 201);
+  ASSERT_EQ(call("POST", "/admin/users", R"({"name":"u5a"})").status, 201);
+
+  r = call("GET", "/admin/users", "", "limit=2&cursor=" + *cursor);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(names_in(r.body), (std::vector<std::string>{"u3", "u5"}));
+  cursor = next_cursor(r.body);
+  ASSERT_TRUE(cursor);
+  // The next page's first user goes too.
+  ASSERT_EQ(call("DELETE", "/admin/users/u5a").status, 204);
+  r = call("GET", "/admin/users", "", "limit=2&cursor=" + *cursor);
+  EXPECT_EQ(names_in(r.body), std::vector<std::string>{"u6"});
+  EXPECT_EQ(next_cursor(r.body), std::nullopt);
 }
 
 TEST_F(AdminApis, ListsTheConfiguredApis) {

@@ -594,6 +594,47 @@ TEST_F(Keygatectl, UsersCanBeCreatedListedShownUpdatedAndDeleted) {
   EXPECT_TRUE(no_grants.exited_with(2)) << no_grants.describe();
 }
 
+TEST_F(Keygatectl, UsersListFollowsEveryPageWhateverTheNamesHold) {
+  // In name (byte) order; each page ends at a name its cursor must carry exactly.
+  const std::vector<std::string> names = {"a b", "a%20b", "a&b=c", "a+b", "a/b", "bob", "z z"};
+  for (const std::string& name : names) {
+    const CtlRun create = ctl({"users", "create", name});
+    ASSERT_TRUE(create.exited_with(0)) << create.describe();
+  }
+
+  // Four pages of at most two.
+  const CtlRun list = ctl({"users", "list", "--limit", "2"});
+  ASSERT_TRUE(list.exited_with(0)) << list.describe();
+  EXPECT_TRUE(list.out.starts_with("NAME ")) << list.describe();
+  EXPECT_EQ(count_of(list.out, "\n"), names.size() + 1) << list.describe();
+  size_t previous = 0;
+  for (const std::string& name : names) {
+    const std::string row = "\n" + name + "  ";
+    EXPECT_EQ(count_of(list.out, row), 1u) << name << "\n" << list.describe();
+    const size_t at = list.out.find(row);
+    EXPECT_GT(at, previous) << name << " is out of order\n" << list.describe();
+    previous = at;
+  }
+  EXPECT_TRUE(list.err.empty()) << list.describe();
+
+  // --json: one document holding every page's users.
+  const CtlRun json = ctl({"users", "list", "--limit", "3", "--json"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_TRUE(json.out.starts_with("{\"users\":[{\"name\":\"a b\"")) << json.describe();
+  EXPECT_EQ(count_of(json.out, "\"name\":"), names.size()) << json.describe();
+  EXPECT_TRUE(json.out.ends_with("}],\"next_cursor\":null}\n")) << json.describe();
+
+  const CtlRun whole = ctl({"users", "list"});
+  ASSERT_TRUE(whole.exited_with(0)) << whole.describe();
+  EXPECT_EQ(whole.out, list.out);
+
+  for (const char* bad : {"0", "1001", "x"}) {
+    const CtlRun bad_limit = ctl({"users", "list", "--limit", bad});
+    EXPECT_TRUE(bad_limit.exited_with(2)) << bad_limit.describe();
+    EXPECT_TRUE(contains(bad_limit.err, "--limit takes 1 to 1000")) << bad_limit.describe();
+  }
+}
+
 TEST_F(Keygatectl, ApisListsTheConfiguredApis) {
   const CtlRun table = ctl({"apis"});
   ASSERT_TRUE(table.exited_with(0)) << table.describe();

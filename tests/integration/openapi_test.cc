@@ -13,6 +13,9 @@
 //     other keys at indent 4 (parameters, summary, ...) are not operations;
 //   - an operation's status codes are the keys at indent 8 under its `responses:` key at
 //     indent 6, quoted or not ("200", default);
+//   - an operation's own parameters are the list items at indent 8 under its `parameters:` key
+//     at indent 6, each `- $ref: "#/components/parameters/NAME"` (read as NAME) or an inline
+//     object whose first line is `- name: NAME`; a path item's shared parameters are not read;
 //   - block scalars (`|`, `>` and their variants) are skipped whole; multi-line plain scalars
 //     continue on lines indented deeper than their key (as YAML requires), where no structural
 //     key is looked for; blank lines and comment lines are ignored; no anchors or aliases.
@@ -91,6 +94,7 @@ struct DocOperation {
   std::string method;  // uppercase
   std::string path;    // as documented, templates included
   std::vector<std::string> statuses;
+  std::vector<std::string> parameters;  // a component's name ("Limit") or an inline one's
   int line = 0;
 };
 
@@ -131,6 +135,7 @@ bool read_operations(std::string_view yaml, std::vector<DocOperation>* out, std:
   std::string path;
   DocOperation* op = nullptr;
   bool in_responses = false;
+  bool in_parameters = false;
   bool in_extension = false;                       // inside an x- key of the paths object
   size_t block_scalar_indent = std::string::npos;  // skip lines deeper than this
   int line_number = 0;
@@ -196,14 +201,28 @@ bool read_operations(std::string_view yaml, std::vector<DocOperation>* out, std:
       if (!is_http_method_key(key)) continue;
       if (path.empty()) return fail("an operation outside a path item");
       if (!value.empty()) return fail("an operation must be a block mapping");
-      out->push_back(DocOperation{upper(key), path, {}, line_number});
+      out->push_back(DocOperation{upper(key), path, {}, {}, line_number});
       op = &out->back();
       continue;
     }
     if (op == nullptr) continue;
     if (indent == 6) {
       in_responses = key == "responses";
+      in_parameters = key == "parameters";
       continue;
+    }
+    if (indent == 8 && in_parameters) {
+      constexpr std::string_view kRef = "- $ref: ";
+      constexpr std::string_view kName = "- name: ";
+      if (text.starts_with(kRef)) {
+        const std::string_view ref = unquote(text.substr(kRef.size()));
+        if (!ref.starts_with("#/components/parameters/")) return fail("not a parameter $ref");
+        op->parameters.emplace_back(ref.substr(ref.rfind('/') + 1));
+      } else if (text.starts_with(kName)) {
+        op->parameters.emplace_back(unquote(text.substr(kName.size())));
+      } else {
+        return fail("a parameter is '- $ref: ...' or starts with '- name: ...'");
+      }
     }
     if (indent == 8 && in_responses && !key.empty()) {
       op->statuses.emplace_back(unquote(key));
@@ -282,6 +301,10 @@ TEST(OpenApiReader, ReadsPathsMethodsAndStatusesAndSkipsEverythingElse) {
       "        responses:\n"
       "      summary: two\n"
       "        lines\n"
+      "      parameters:\n"
+      "        - $ref: \"#/components/parameters/Limit\"\n"
+      "        - name: status\n"
+      "          in: query\n"
       "      responses:\n"
       "        \"200\":\n"
       "          description: ok\n"
@@ -304,13 +327,21 @@ TEST(OpenApiReader, ReadsPathsMethodsAndStatusesAndSkipsEverythingElse) {
   EXPECT_EQ(ops[0].method, "GET");
   EXPECT_EQ(ops[0].path, "/a/{id}");
   EXPECT_EQ(ops[0].statuses, (std::vector<std::string>{"200", "default"}));
+  EXPECT_EQ(ops[0].parameters, (std::vector<std::string>{"Limit", "status"}));
   EXPECT_EQ(ops[1].method, "POST");
   EXPECT_EQ(ops[1].statuses, (std::vector<std::string>{"201"}));
+  EXPECT_TRUE(ops[1].parameters.empty()) << "the path item's own parameters are not read";
 
   EXPECT_FALSE(read_operations("paths:\n  \"/quoted\":\n", &ops, &error));
   EXPECT_FALSE(read_operations("paths:\n  /x:\n    get:\n      summary: none\n", &ops, &error))
       << "an operation without responses is refused";
   EXPECT_FALSE(read_operations("openapi: 3.0.3\n", &ops, &error));
+  EXPECT_FALSE(read_operations(
+      "paths:\n  /x:\n    get:\n      parameters:\n        - in: query\n      responses:\n"
+      "        \"200\":\n",
+      &ops, &error))
+      << "an inline parameter that does not start with its name is refused";
+  EXPECT_NE(error.find("a parameter is"), std::string::npos) << error;
 }
 
 TEST(OpenApiDocument, DocumentsTheApiKeySchemesAndTheErrorShape) {
@@ -513,6 +544,43 @@ TEST_F(OpenApi, TheServerAllowsExactlyTheDocumentedMethodsOnEveryDocumentedPath)
     ASSERT_TRUE(allow.has_value()) << show(r);
     EXPECT_EQ(split_allow(*allow), methods) << "Allow: " << *allow;
   }
+}
+
+// A listing documented with the shared Limit and Cursor parameters pages by them: a limit out
+// of 1..1000 or a cursor this API never handed out is 400 invalid_value naming it, and a page
+// answers next_cursor. (The checks every such listing shares; tests/core/admin_api_test.cc
+// has the rest.)
+TEST_F(OpenApi, EveryListingDocumentedAsPagedTakesLimitAndCursor) {
+  const std::vector<DocOperation> ops = load_operations();
+  const auto takes = [](const DocOperation& o, std::string_view name) {
+    return std::find(o.parameters.begin(), o.parameters.end(), name) != o.parameters.end();
+  };
+  std::set<std::string> paged;
+  for (const DocOperation& o : ops) {
+    EXPECT_EQ(takes(o, "Limit"), takes(o, "Cursor"))
+        << o.method << " " << o.path << " documents one of Limit and Cursor without the other";
+    if (!takes(o, "Limit")) continue;
+    SCOPED_TRACE(o.method + " " + o.path);
+    ASSERT_EQ(o.method, "GET");
+    paged.insert(o.path);
+    const std::string target = concrete_path(o.path);
+    for (const char* query : {"?limit=0", "?limit=1001", "?limit=1&limit=2"}) {
+      const std::optional<Response> r = admin("GET", target + query);
+      ASSERT_TRUE(r) << query;
+      EXPECT_EQ(r->status, 400) << query << "\n" << r->body;
+      EXPECT_NE(r->body.find(R"("error":"invalid_value","field":"limit")"), std::string::npos)
+          << query << "\n" << r->body;
+    }
+    const std::optional<Response> bad_cursor = admin("GET", target + "?cursor=not%20a%20cursor");
+    ASSERT_TRUE(bad_cursor);
+    EXPECT_EQ(bad_cursor->status, 400) << bad_cursor->body;
+    EXPECT_NE(bad_cursor->body.find(R"("field":"cursor")"), std::string::npos) << bad_cursor->body;
+    const std::optional<Response> page = admin("GET", target + "?limit=1&cursor=");
+    ASSERT_TRUE(page);
+    EXPECT_EQ(page->status, 200) << page->body;
+    EXPECT_NE(page->body.find("\"next_cursor\":"), std::string::npos) << page->body;
+  }
+  EXPECT_EQ(paged, (std::set<std::string>{"/admin/keys", "/admin/users"}));
 }
 
 TEST_F(OpenApi, AnUndocumentedPathIsTheUnknownRoute404) {

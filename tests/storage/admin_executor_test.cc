@@ -51,7 +51,9 @@ class FakeStore final : public AdminStore {
     return {AdminStoreCode::kNotFound, "no key"};
   }
   AdminStoreResult import_keys(std::vector<KeyRecord>) override { return {}; }
-  AdminStoreResult list_users(std::vector<User>*) override { return {}; }
+  AdminStoreResult list_users(std::string_view, size_t, std::vector<User>*) override {
+    return {};
+  }
   AdminStoreResult get_user(std::string_view, User*) override {
     return {AdminStoreCode::kNotFound, "no user"};
   }

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tests/storage/temp_dir.h"
@@ -422,11 +423,43 @@ TEST_F(KeyStoreTest, UsersArePutListedAndDeleted) {
   ASSERT_TRUE(store_->get_user("bob", &out).is_ok());
 }
 
+TEST_F(KeyStoreTest, ListUsersPagesInByteOrderStartingAfterTheGivenName) {
+  for (const char* name : {"bob", "alice", "Zed", "a b", "a+b", "a%2B", "a/b", "carol"}) {
+    ASSERT_TRUE(store_->put_user(User{name, {}}).is_ok());
+  }
+  const auto page = [&](std::string_view after, size_t limit) {
+    std::vector<User> users;
+    EXPECT_TRUE(store_->list_users(after, limit, &users).is_ok());
+    std::vector<std::string> names;
+    for (const User& u : users) names.push_back(u.name);
+    return names;
+  };
+  EXPECT_EQ(page("", 3), (std::vector<std::string>{"Zed", "a b", "a%2B"}));
+  EXPECT_EQ(page("a%2B", 3), (std::vector<std::string>{"a+b", "a/b", "alice"}));
+  EXPECT_EQ(page("alice", 3), (std::vector<std::string>{"bob", "carol"}));
+  EXPECT_EQ(page("carol", 3), std::vector<std::string>{});
+  // A name no user has (one deleted since the page before): the next page starts right after
+  // where it would be, also when it is a prefix of stored names.
+  EXPECT_EQ(page("a c", 2), (std::vector<std::string>{"a%2B", "a+b"}));
+  EXPECT_EQ(page("a", 1), std::vector<std::string>{"a b"});
+  EXPECT_EQ(page("", 0), std::vector<std::string>{});
+  // Entries of other kinds (a key, the schema version) are never listed as users.
+  ASSERT_TRUE(store_->put_key(make_record("kaaaaaaaaaaaa", "value-one-value-one")).is_ok());
+  EXPECT_EQ(page("", 100).size(), 8u);
+}
+
 TEST_F(KeyStoreTest, AUserThatDoesNotDecodeReadsAsAnIoError) {
   ASSERT_TRUE(store_->write_raw_for_testing("ubroken", "\xff\xfe").is_ok());
   User out;
   EXPECT_TRUE(store_->get_user("broken", &out).is_io_error());
   EXPECT_TRUE(store_->for_each_user([](User&) { return true; }).is_io_error());
+  std::vector<User> page;
+  EXPECT_TRUE(store_->list_users("", 10, &page).is_io_error());
+  // A page that starts after it does not read it.
+  EXPECT_TRUE(store_->list_users("broken", 10, &page).is_ok());
+  // A user filed under another name is damage too.
+  ASSERT_TRUE(store_->write_raw_for_testing("uother", encode_user(User{"someone", {}})).is_ok());
+  EXPECT_TRUE(store_->list_users("broken", 10, &page).is_io_error());
 }
 
 TEST_F(KeyStoreTest, ASecondOpenOfTheSameDirectoryFailsAsLocked) {
