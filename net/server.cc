@@ -129,6 +129,7 @@ Server::Stats Server::stats() const {
     s.timeouts += w.timeouts.load(std::memory_order_relaxed);
     s.upstream_retries += w.upstream_retries.load(std::memory_order_relaxed);
   }
+  s.admin_connections_refused = running->admin_budget.refused();
   return s;
 }
 

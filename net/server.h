@@ -64,7 +64,8 @@ class Server {
   struct Stats {
     unsigned workers = 0;
     uint64_t connections_accepted = 0;
-    uint64_t connections_refused = 0;
+    uint64_t connections_refused = 0;  // both ports
+    uint64_t admin_connections_refused = 0;  // of which the admin port's, at its cap
     uint64_t accept_errors = 0;
     uint64_t requests = 0;
     uint64_t parse_errors = 0;

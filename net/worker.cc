@@ -371,11 +371,11 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
   if (!more && !draining && res != -ECANCELED) arm_accept(li);
 }
 
-// Counts a new connection of listener `li` against its caps (release() gives it back); false
-// at either, and the connection is to be closed: the same answer at every listener's cap.
+// Counts a new connection of listener `li` against its cap (release() gives it back); false at
+// the cap, and the connection is to be closed: the same answer at every listener's cap.
 bool Worker::Impl::admit(uint32_t li) {
   const WorkerListener& l = listeners[li];
-  if (open[li] >= l.connections_max || (l.budget != nullptr && !l.budget->take())) return false;
+  if (l.budget != nullptr ? !l.budget->take() : open[li] >= l.connections_max) return false;
   ++open[li];
   return true;
 }
@@ -383,7 +383,10 @@ bool Worker::Impl::admit(uint32_t li) {
 bool ConnectionBudget::take() noexcept {
   uint32_t n = open_.load(std::memory_order_relaxed);
   do {
-    if (n >= max_) return false;
+    if (n >= max_) {
+      refused_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
   } while (!open_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
   return true;
 }

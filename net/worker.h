@@ -49,14 +49,17 @@ class ConnectionBudget {
   ConnectionBudget(const ConnectionBudget&) = delete;
   ConnectionBudget& operator=(const ConnectionBudget&) = delete;
 
-  // Takes a place for a new connection; false when all `max` are taken.
+  // Takes a place for a new connection; false (counted in refused()) when all `max` are taken.
   bool take() noexcept;
   // Gives back the place of a connection taken with take().
   void give_back() noexcept;
+  // Connections refused so far. Any thread.
+  uint64_t refused() const noexcept { return refused_.load(std::memory_order_relaxed); }
 
  private:
   const uint32_t max_;
   std::atomic<uint32_t> open_{0};
+  std::atomic<uint64_t> refused_{0};
 };
 
 struct WorkerListener {
@@ -69,12 +72,13 @@ struct WorkerListener {
   // The access log's "listener" value: "data" or "admin".
   std::string_view name = "data";
   // Connections of this listener one worker keeps open; beyond it new ones are closed at accept
-  // (the data port: connections_per_worker_max; the admin port: its budget's max, which one
-  // worker cannot pass either). Counted per listener: the connections of one never take the
-  // places of another's. The sum over the listeners sizes the registered file table.
+  // (the data port: connections_per_worker_max). Counted per listener: the connections of one
+  // never take the places of another's. The sum over the listeners sizes the registered file
+  // table.
   uint32_t connections_max = 0;
-  // When set, the listener's connections must also find a place in this budget, shared with
-  // the other workers (the admin port). Must outlive the worker.
+  // When set, the listener's connections take their places in this budget, shared with the
+  // other workers, instead (the admin port; connections_max is then the budget's max, which one
+  // worker cannot pass either). Must outlive the worker.
   ConnectionBudget* budget = nullptr;
 };
 

@@ -303,6 +303,7 @@ int main(int argc, char** argv) {
                        {{"workers", w.workers},
                         {"connections_accepted", w.connections_accepted},
                         {"connections_refused", w.connections_refused},
+                        {"admin_connections_refused", w.admin_connections_refused},
                         {"accept_errors", w.accept_errors},
                         {"requests", w.requests},
                         {"parse_errors", w.parse_errors},
