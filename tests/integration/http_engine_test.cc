@@ -568,6 +568,17 @@ std::string admin_get(std::string_view path) {
   return http_request("GET", path, {"X-ApiKey: " + std::string(kBudgetAdminKey)});
 }
 
+// Connects `client` to `port` and makes one GET /healthz round trip: the server has accepted
+// the connection, which stays open (keep-alive) and idle.
+::testing::AssertionResult connect_and_serve(RawClient& client, uint16_t port) {
+  std::string error;
+  if (!client.connect(port, &error)) return ::testing::AssertionFailure() << error;
+  if (!client.send(kHealthz)) return ::testing::AssertionFailure() << "send failed";
+  const std::optional<Response> r = client.read_response();
+  if (!r || r->status != 200) return ::testing::AssertionFailure() << describe(r, client);
+  return ::testing::AssertionSuccess();
+}
+
 TEST_F(HttpEngineLimits, AdminPortAnswersWhileIdleClientsHoldEveryDataConnection) {
   ServerOptions options = admin_server_options(std::string(kBudgetAdminKey));
   options.workers = 1;
@@ -602,13 +613,7 @@ TEST_F(HttpEngineLimits, DataPortServesWhileAdminClientsHoldEveryAdminConnection
   // Two keep-alive admin connections (a round trip each proves both accepted) fill the admin
   // port; a third is closed at accept without a response.
   RawClient admin[2];
-  for (RawClient& c : admin) {
-    ASSERT_TRUE(c.connect(server().admin_port()));
-    ASSERT_TRUE(c.send(kHealthz));
-    const std::optional<Response> r = c.read_response();
-    ASSERT_TRUE(r) << describe(r, c);
-    EXPECT_EQ(r->status, 200);
-  }
+  for (RawClient& c : admin) ASSERT_TRUE(connect_and_serve(c, server().admin_port()));
   RawClient refused;
   ASSERT_TRUE(refused.connect(server().admin_port()));
   EXPECT_TRUE(closes_without_more_bytes(refused, 2000ms));
@@ -645,13 +650,7 @@ TEST_F(HttpEngineLimits, AdminConnectionsMaxCountsTheConnectionsOfEveryWorker) {
   options.extra_config = "[admin]\nconnections_max = 3\n";
   ASSERT_TRUE(start(std::move(options)));
   RawClient admin[3];
-  for (RawClient& c : admin) {
-    ASSERT_TRUE(c.connect(server().admin_port()));
-    ASSERT_TRUE(c.send(kHealthz));
-    const std::optional<Response> r = c.read_response();
-    ASSERT_TRUE(r) << describe(r, c);
-    EXPECT_EQ(r->status, 200);
-  }
+  for (RawClient& c : admin) ASSERT_TRUE(connect_and_serve(c, server().admin_port()));
   // Each of these lands on one of the two workers (both, almost surely): every one is refused.
   for (int i = 0; i < 8; ++i) {
     RawClient more;
