@@ -423,7 +423,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::vector<std::unique_ptr<Connection>> conns;
   std::vector<uint32_t> free_slots;
   uint32_t live = 0;                // open client connections, all listeners
-  std::vector<uint32_t> open;       // ...per listener (index = listener), against its cap
+  std::vector<uint32_t> open;       // ...per listener (index = listener): admit() checks it
   TimerList timers[kTimerKinds];
   std::vector<std::pair<Connection*, uint32_t>> dirty;
   std::vector<std::pair<Connection*, uint32_t>> rearm;
