@@ -238,9 +238,12 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
       *error = where(node->source(), source) + ": admin: expected a table";
       return false;
     }
-    if (!check_known_keys(*admin, {"body_bytes_max"}, source, "admin", error) ||
+    if (!check_known_keys(*admin, {"body_bytes_max", "connections_max"}, source, "admin",
+                          error) ||
         !read_uint(*admin, "body_bytes_max", source, "admin", 1024, uint64_t{1} << 30,
-                   &config.admin_body_bytes_max, error)) {
+                   &config.admin_body_bytes_max, error) ||
+        !read_uint(*admin, "connections_max", source, "admin", 1, 100000,
+                   &config.admin_connections_max, error)) {
       return false;
     }
   }

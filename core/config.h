@@ -42,6 +42,9 @@ struct Config {
 
   // [admin]
   uint64_t admin_body_bytes_max = 64 * 1024 * 1024;  // admin port request bodies (bulk import)
+  // Open admin-port connections, all workers together: a budget apart from the data port's
+  // limits.connections_per_worker_max, so neither port's clients can take the other's places.
+  uint32_t admin_connections_max = 64;
   // [keys]
   uint64_t body_inspect_bytes_max = 1024 * 1024;  // form/JSON bodies searched for a key (413 above)
   // [cache]

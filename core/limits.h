@@ -18,7 +18,8 @@ struct Limits {
   uint32_t header_count_max = 100;
   // Decoded request body: 413 (before reading it when Content-Length says so).
   uint64_t body_bytes_max = 1024 * 1024;
-  // Open client connections per worker; beyond it new connections are closed at accept.
+  // Open data-port connections per worker; beyond it new ones are closed at accept. The admin
+  // port has its own budget (Config::admin_connections_max): neither takes the other's places.
   uint32_t connections_per_worker_max = 10000;
   // Requests parsed on one connection whose responses are not yet fully sent. At the cap the
   // connection stops reading until responses drain.

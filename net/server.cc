@@ -105,6 +105,9 @@ bool bind_group(const ListenAddress& addr, unsigned count, std::vector<int>* fds
 }  // namespace
 
 struct Server::Running {
+  explicit Running(uint32_t admin_connections_max) : admin_budget(admin_connections_max) {}
+
+  ConnectionBudget admin_budget;  // before the workers, which use it until they are destroyed
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> threads;
 };
@@ -126,6 +129,7 @@ Server::Stats Server::stats() const {
     s.timeouts += w.timeouts.load(std::memory_order_relaxed);
     s.upstream_retries += w.upstream_retries.load(std::memory_order_relaxed);
   }
+  s.admin_connections_refused = running->admin_budget.refused();
   return s;
 }
 
@@ -148,15 +152,17 @@ bool Server::start(std::string* error) {
     return false;
   }
 
-  auto running = std::make_unique<Running>();
+  auto running = std::make_unique<Running>(options_.admin_connections_max);
   bool forwards = false;
   for (const ApiConfig& api : options_.apis) forwards = forwards || !api.upstreams.empty();
   for (unsigned i = 0; i < n; ++i) {
     std::vector<WorkerListener> listeners;
     listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i),
-                                       options_.limits.body_bytes_max, forwards, "data"});
+                                       options_.limits.body_bytes_max, forwards, "data",
+                                       options_.limits.connections_per_worker_max, nullptr});
     listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i),
-                                       options_.admin_body_bytes_max, true, "admin"});
+                                       options_.admin_body_bytes_max, true, "admin",
+                                       options_.admin_connections_max, &running->admin_budget});
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
     LoopObserver* observer = i < options_.loop_observers.size() ? options_.loop_observers[i] : nullptr;
     running->workers.push_back(

@@ -23,6 +23,9 @@ struct ServerOptions {
   unsigned workers = 1;  // resolved count, >= 1
   Limits limits;
   uint64_t admin_body_bytes_max = 64 * 1024 * 1024;  // the admin port's body limit (imports)
+  // The admin port's open connections, all workers together (limits.connections_per_worker_max
+  // counts the data port's only); beyond it new ones are closed at accept.
+  uint32_t admin_connections_max = 64;
   HandlerFactory* data_handlers = nullptr;   // one handler per worker for the data port
   HandlerFactory* admin_handlers = nullptr;  // one handler per worker for the admin port
   // Empty, or one per worker (index = worker index); each must outlive the server.
@@ -61,7 +64,8 @@ class Server {
   struct Stats {
     unsigned workers = 0;
     uint64_t connections_accepted = 0;
-    uint64_t connections_refused = 0;
+    uint64_t connections_refused = 0;  // both ports
+    uint64_t admin_connections_refused = 0;  // of which the admin port's, at its cap
     uint64_t accept_errors = 0;
     uint64_t requests = 0;
     uint64_t parse_errors = 0;

@@ -99,8 +99,10 @@ bool Worker::Impl::init(std::string* error) {
   // as long as the connection, so one long-lived client would pin every socket closed after it
   // (liburing issue #1192). Plain descriptors there.
   const bool table_frees_promptly = major > 6 || (major == 6 && minor >= 13);
+  uint64_t conns_max = 0;  // this worker's connections at most, every listener at its cap
+  for (const WorkerListener& l : listeners) conns_max += l.connections_max;
   uint32_t table = registered_files && table_frees_promptly
-                       ? std::min(limits.connections_per_worker_max, kFixedFilesMax)
+                       ? static_cast<uint32_t>(std::min<uint64_t>(conns_max, kFixedFilesMax))
                        : 0;
   rlimit nofile{};
   if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < table) {
@@ -148,6 +150,7 @@ bool Worker::Impl::init(std::string* error) {
   if (!init_upstreams(error)) return false;
   now_ms = monotonic_ms();
   accept_retry.assign(listeners.size(), false);
+  open.assign(listeners.size(), 0);
   conns.reserve(1024);
   dirty.reserve(256);
   rearm.reserve(64);
@@ -331,7 +334,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
   if (!more) accept_armed[li] = false;
   const int res = cqe->res;
   if (res >= 0) {
-    if (draining || live >= limits.connections_per_worker_max) {
+    if (draining || !admit(li)) {
       ::close(res);
       bump(stats.connections_refused);
     } else {
@@ -366,6 +369,31 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
     return;
   }
   if (!more && !draining && res != -ECANCELED) arm_accept(li);
+}
+
+// Counts a new connection of listener `li` against its cap (release() gives it back); false at
+// the cap, and the connection is to be closed: the same answer at every listener's cap.
+bool Worker::Impl::admit(uint32_t li) {
+  const WorkerListener& l = listeners[li];
+  if (l.budget != nullptr ? !l.budget->take() : open[li] >= l.connections_max) return false;
+  ++open[li];
+  return true;
+}
+
+bool ConnectionBudget::take() noexcept {
+  uint32_t n = open_.load(std::memory_order_relaxed);
+  do {
+    if (n >= max_) {
+      refused_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+  } while (!open_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  return true;
+}
+
+void ConnectionBudget::give_back() noexcept {
+  const uint32_t before = open_.fetch_sub(1, std::memory_order_relaxed);
+  KEYGATE_ASSERT(before > 0);
 }
 
 void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
@@ -709,6 +737,8 @@ void Worker::Impl::release(Connection* c) {
   // Every request that began was logged: by its response, or by close_conn()/on_posted().
   KEYGATE_ASSERT(!c->rlog.active);
   --live;
+  --open[c->listener];
+  if (listeners[c->listener].budget != nullptr) listeners[c->listener].budget->give_back();
   free_slots.push_back(c->slot);
 }
 

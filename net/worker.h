@@ -26,7 +26,9 @@ namespace keygate::net {
 // worker thread; read after the worker stopped or as relaxed snapshots.
 struct WorkerStats {
   std::atomic<uint64_t> connections_accepted{0};
-  std::atomic<uint64_t> connections_refused{0};  // over connections_per_worker_max or draining
+  // Closed at accept: over their listener's cap (WorkerListener::connections_max or budget),
+  // or draining.
+  std::atomic<uint64_t> connections_refused{0};
   // Accepts that failed for want of a resource (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM):
   // the connection waits in the listen backlog and accepting resumes on the next tick.
   std::atomic<uint64_t> accept_errors{0};
@@ -35,6 +37,29 @@ struct WorkerStats {
   std::atomic<uint64_t> timeouts{0};
   // Requests sent again on a new connection after a pooled one failed (retry_forward).
   std::atomic<uint64_t> upstream_retries{0};
+};
+
+// A cap on one listener's open connections in all workers together (the admin port's
+// [admin] connections_max): every worker accepts on its own SO_REUSEPORT socket and the kernel
+// picks which, so a per-worker cap would depend on that choice. Thread-safe; used only when one
+// of the listener's connections is accepted or released, never per request.
+class ConnectionBudget {
+ public:
+  explicit ConnectionBudget(uint32_t max) : max_(max) {}
+  ConnectionBudget(const ConnectionBudget&) = delete;
+  ConnectionBudget& operator=(const ConnectionBudget&) = delete;
+
+  // Takes a place for a new connection; false (counted in refused()) when all `max` are taken.
+  bool take() noexcept;
+  // Gives back the place of a connection taken with take().
+  void give_back() noexcept;
+  // Connections refused so far. Any thread.
+  uint64_t refused() const noexcept { return refused_.load(std::memory_order_relaxed); }
+
+ private:
+  const uint32_t max_;
+  std::atomic<uint32_t> open_{0};
+  std::atomic<uint64_t> refused_{0};
 };
 
 struct WorkerListener {
@@ -46,6 +71,15 @@ struct WorkerListener {
   bool decides_at_head = false;
   // The access log's "listener" value: "data" or "admin".
   std::string_view name = "data";
+  // Connections of this listener one worker keeps open; beyond it new ones are closed at accept
+  // (the data port: connections_per_worker_max). Counted per listener: the connections of one
+  // never take the places of another's. The sum over the listeners sizes the registered file
+  // table.
+  uint32_t connections_max = 0;
+  // When set, the listener's connections take their places in this budget, shared with the
+  // other workers, instead (the admin port; connections_max is then the budget's max, which one
+  // worker cannot pass either). Must outlive the worker.
+  ConnectionBudget* budget = nullptr;
 };
 
 class Worker {

@@ -319,6 +319,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   void handle_cqe(io_uring_cqe* cqe);
   void on_accept(uint32_t li, io_uring_cqe* cqe);
+  bool admit(uint32_t li);
   void on_recv(Connection* c, io_uring_cqe* cqe);
   void on_send(Connection* c, int res);
   void on_tick();
@@ -421,7 +422,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   std::vector<std::unique_ptr<Connection>> conns;
   std::vector<uint32_t> free_slots;
-  uint32_t live = 0;
+  uint32_t live = 0;                // open client connections, all listeners
+  std::vector<uint32_t> open;       // ...per listener (index = listener): admit() checks it
   TimerList timers[kTimerKinds];
   std::vector<std::pair<Connection*, uint32_t>> dirty;
   std::vector<std::pair<Connection*, uint32_t>> rearm;

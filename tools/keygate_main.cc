@@ -128,9 +128,11 @@ unsigned usable_cpus() {
 // Every client connection is a descriptor (a proxied one two: the check below counts one), on
 // top of RocksDB's files, the log's and the listeners. Debian's soft limit is 1024 while connections_per_worker_max defaults
 // to 10,000: the soft limit is raised to the hard one, and a limit still short of the
-// configured connections is said once on stderr (accepts beyond it fail with EMFILE: the
-// connections wait in the listen backlog, counted as workers.accept_errors in /admin/stats).
-void raise_descriptor_limit(unsigned workers, uint64_t connections_per_worker_max) {
+// configured connections (the data port's in every worker, and the admin port's) is said once
+// on stderr (accepts beyond it fail with EMFILE: the connections wait in the listen backlog,
+// counted as workers.accept_errors in /admin/stats).
+void raise_descriptor_limit(unsigned workers, uint64_t connections_per_worker_max,
+                            uint64_t admin_connections_max) {
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
   if (limit.rlim_cur < limit.rlim_max) {
@@ -139,15 +141,18 @@ void raise_descriptor_limit(unsigned workers, uint64_t connections_per_worker_ma
     if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
   }
   constexpr uint64_t kSpareDescriptors = 256;  // store, log files, listeners, rings, eventfds
-  const uint64_t wanted = uint64_t{workers} * connections_per_worker_max + kSpareDescriptors;
+  const uint64_t wanted = uint64_t{workers} * connections_per_worker_max +
+                          admin_connections_max + kSpareDescriptors;
   if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
     std::fprintf(stderr,
                  "keygate: warning: the descriptor limit (RLIMIT_NOFILE %llu) is below the %llu "
-                 "that %u workers x connections_per_worker_max %llu need; raise it (ulimit -n, "
-                 "systemd LimitNOFILE=) or lower [limits] connections_per_worker_max\n",
+                 "that %u workers x connections_per_worker_max %llu + admin.connections_max "
+                 "%llu need; raise it (ulimit -n, systemd LimitNOFILE=) or lower [limits] "
+                 "connections_per_worker_max\n",
                  static_cast<unsigned long long>(limit.rlim_cur),
                  static_cast<unsigned long long>(wanted), workers,
-                 static_cast<unsigned long long>(connections_per_worker_max));
+                 static_cast<unsigned long long>(connections_per_worker_max),
+                 static_cast<unsigned long long>(admin_connections_max));
   }
 }
 
@@ -205,7 +210,8 @@ int main(int argc, char** argv) {
 
   unsigned workers = config.workers;
   if (workers == 0) workers = usable_cpus();
-  raise_descriptor_limit(workers, config.limits.connections_per_worker_max);
+  raise_descriptor_limit(workers, config.limits.connections_per_worker_max,
+                         config.admin_connections_max);
 
   keygate::ApiRegistry registry;
   if (!registry.init(config.apis, &error)) return usage_error("apis: " + error);
@@ -297,6 +303,7 @@ int main(int argc, char** argv) {
                        {{"workers", w.workers},
                         {"connections_accepted", w.connections_accepted},
                         {"connections_refused", w.connections_refused},
+                        {"admin_connections_refused", w.admin_connections_refused},
                         {"accept_errors", w.accept_errors},
                         {"requests", w.requests},
                         {"parse_errors", w.parse_errors},
@@ -340,6 +347,7 @@ int main(int argc, char** argv) {
   options.workers = workers;
   options.limits = config.limits;
   options.admin_body_bytes_max = config.admin_body_bytes_max;
+  options.admin_connections_max = config.admin_connections_max;
   options.data_handlers = &data_handlers;
   options.admin_handlers = &admin_handlers;
   options.apis = registry.apis();

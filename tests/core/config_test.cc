@@ -191,6 +191,20 @@ TEST(Config, RejectsMalformedListenAddressInFile) {
   EXPECT_TRUE(contains(error, "server.listen: address must be a numeric IP")) << error;
 }
 
+TEST(Config, ReadsAdminConnectionsMaxWithinItsRange) {
+  EXPECT_EQ(parse_ok("").admin_connections_max, 64u);
+  EXPECT_EQ(parse_ok("[admin]\nconnections_max = 1\n").admin_connections_max, 1u);
+  EXPECT_EQ(parse_ok("[admin]\nconnections_max = 100000\n").admin_connections_max, 100000u);
+  EXPECT_EQ(parse_error("[admin]\nconnections_max = 0\n"),
+            "test.toml:2:19: admin.connections_max: must be between 1 and 100000");
+  EXPECT_EQ(parse_error("[admin]\nconnections_max = 100001\n"),
+            "test.toml:2:19: admin.connections_max: must be between 1 and 100000");
+  EXPECT_EQ(parse_error("[admin]\nconnections_max = -1\n"),
+            "test.toml:2:19: admin.connections_max: must be between 1 and 100000");
+  EXPECT_EQ(parse_error("[admin]\nconnections_max = \"64\"\n"),
+            "test.toml:2:19: admin.connections_max: expected an integer");
+}
+
 TEST(Config, ReadsKeysAndCacheTables) {
   const Config c = parse_ok(
       "[keys]\nbody_inspect_bytes_max = 4096\n[cache]\nmax_keys = 1000\nnegative_entries = 10\n");

@@ -778,8 +778,8 @@ TEST(DescriptorLimit, AShortLimitIsWarnedAbout) {
   std::string error;
   ASSERT_TRUE(server.start(&error)) << error;
   EXPECT_TRUE(server.wait_for_error_output(
-      "keygate: warning: the descriptor limit (RLIMIT_NOFILE 300) is below the 10256 that 1 "
-      "workers x connections_per_worker_max 10000 need",
+      "keygate: warning: the descriptor limit (RLIMIT_NOFILE 300) is below the 10320 that 1 "
+      "workers x connections_per_worker_max 10000 + admin.connections_max 64 need",
       Millis(2000)))
       << server.error_output();
   EXPECT_TRUE(server.stop(SIGTERM).clean());

@@ -560,6 +560,107 @@ TEST_F(HttpEngineLimits, ConnectionOverPerWorkerMaxIsClosedWithoutAResponse) {
   EXPECT_TRUE(served) << "no new connection served after one of the two was closed";
 }
 
+// The two ports have separate connection budgets: a data-plane flood (idle or slowloris
+// clients) must not lock operators out of the admin port, nor admin clients the data port.
+constexpr std::string_view kBudgetAdminKey = "it-connection-budget-admin-key";
+
+std::string admin_get(std::string_view path) {
+  return http_request("GET", path, {"X-ApiKey: " + std::string(kBudgetAdminKey)});
+}
+
+// Connects `client` to `port` and makes one GET /healthz round trip: the server has accepted
+// the connection, which stays open (keep-alive) and idle.
+::testing::AssertionResult connect_and_serve(RawClient& client, uint16_t port) {
+  std::string error;
+  if (!client.connect(port, &error)) return ::testing::AssertionFailure() << error;
+  if (!client.send(kHealthz)) return ::testing::AssertionFailure() << "send failed";
+  const std::optional<Response> r = client.read_response();
+  if (!r || r->status != 200) return ::testing::AssertionFailure() << describe(r, client);
+  return ::testing::AssertionSuccess();
+}
+
+TEST_F(HttpEngineLimits, AdminPortAnswersWhileIdleClientsHoldEveryDataConnection) {
+  ServerOptions options = admin_server_options(std::string(kBudgetAdminKey));
+  options.workers = 1;
+  options.limits = {{"connections_per_worker_max", 2}};
+  ASSERT_TRUE(start(std::move(options)));
+  // Two connections that never send a byte take the data port's two...
+  RawClient idle[2];
+  for (RawClient& c : idle) ASSERT_TRUE(connect(c));
+  // ...as a third shows: it is closed at accept (one worker accepts in arrival order).
+  RawClient third;
+  ASSERT_TRUE(connect(third));
+  EXPECT_TRUE(closes_without_more_bytes(third, 2000ms));
+
+  const std::optional<Response> health = round_trip(server().admin_port(), kHealthz);
+  ASSERT_TRUE(health) << "GET /healthz on the admin port: no response";
+  EXPECT_EQ(health->status, 200) << health->raw;
+  const std::optional<Response> stats = round_trip(server().admin_port(), admin_get("/admin/stats"));
+  ASSERT_TRUE(stats) << "GET /admin/stats: no response";
+  EXPECT_EQ(stats->status, 200) << stats->raw;
+  EXPECT_EQ(number_member(stats->body, "connections_refused"), 1) << stats->body;
+  EXPECT_EQ(number_member(stats->body, "admin_connections_refused"), 0) << stats->body;
+  // The idle clients still hold their connections (header_timeout_ms is 10 s).
+  for (RawClient& c : idle) EXPECT_FALSE(c.readable(0ms));
+}
+
+TEST_F(HttpEngineLimits, DataPortServesWhileAdminClientsHoldEveryAdminConnection) {
+  ServerOptions options = admin_server_options(std::string(kBudgetAdminKey));
+  options.workers = 1;
+  options.limits = {{"connections_per_worker_max", 2}};
+  options.extra_config = "[admin]\nconnections_max = 2\n" + options.extra_config;
+  ASSERT_TRUE(start(std::move(options)));
+  // Two keep-alive admin connections (a round trip each proves both accepted) fill the admin
+  // port; a third is closed at accept without a response.
+  RawClient admin[2];
+  for (RawClient& c : admin) ASSERT_TRUE(connect_and_serve(c, server().admin_port()));
+  RawClient refused;
+  ASSERT_TRUE(refused.connect(server().admin_port()));
+  EXPECT_TRUE(closes_without_more_bytes(refused, 2000ms));
+
+  // The data port still has both of its connections, at once.
+  RawClient data[2];
+  for (RawClient& c : data) ASSERT_TRUE(connect(c));
+  for (RawClient& c : data) {
+    ASSERT_TRUE(c.send(get("/orders/1")));
+    const std::optional<Response> r = c.read_response();
+    ASSERT_TRUE(r) << describe(r, c);
+    EXPECT_EQ(r->status, 401) << r->raw;  // served: the key check answered (no key sent)
+  }
+
+  // A closed admin connection frees its place; the refusal was counted as the admin port's.
+  admin[0].close();
+  std::optional<Response> stats;
+  for (int attempt = 0; attempt < 20 && !stats; ++attempt) {
+    stats = round_trip(server().admin_port(), admin_get("/admin/stats"), 500ms);
+    if (!stats) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(stats) << "no admin connection served after one of the two was closed";
+  EXPECT_EQ(stats->status, 200) << stats->raw;
+  // (A retry that came before the worker saw the close was refused too.)
+  const int64_t admin_refused = number_member(stats->body, "admin_connections_refused");
+  EXPECT_GE(admin_refused, 1) << stats->body;
+  EXPECT_EQ(number_member(stats->body, "connections_refused"), admin_refused) << stats->body;
+}
+
+// [admin] connections_max is the admin port's total over all workers, wherever the kernel's
+// SO_REUSEPORT hash sends each connection.
+TEST_F(HttpEngineLimits, AdminConnectionsMaxCountsTheConnectionsOfEveryWorker) {
+  ServerOptions options = with({}, /*workers=*/2);
+  options.extra_config = "[admin]\nconnections_max = 3\n";
+  ASSERT_TRUE(start(std::move(options)));
+  RawClient admin[3];
+  for (RawClient& c : admin) ASSERT_TRUE(connect_and_serve(c, server().admin_port()));
+  // Each of these lands on one of the two workers (both, almost surely): every one is refused.
+  for (int i = 0; i < 8; ++i) {
+    RawClient more;
+    ASSERT_TRUE(more.connect(server().admin_port()));
+    (void)more.send(kHealthz);
+    EXPECT_TRUE(closes_without_more_bytes(more, 2000ms)) << "connection " << i;
+  }
+  EXPECT_TRUE(serves_healthz(port()));
+}
+
 // Connections go through the worker ring's registered file table (KEYGATE_REGISTERED_FILES
 // unset) or use plain descriptors (=0). In both, slots are reused many times over and every
 // close reaches the client: with the table, a slot left registered after release would keep
@@ -1029,6 +1130,7 @@ INSTANTIATE_TEST_SUITE_P(
                       BadConfig{"UnknownTable", "[limit]\nheader_timeout_ms = 5\n"},
                       BadConfig{"WrongType", "[limits]\nheader_timeout_ms = \"fast\"\n"},
                       BadConfig{"OutOfRange", "[limits]\npipeline_depth_max = 0\n"},
+                      BadConfig{"AdminConnectionsOutOfRange", "[admin]\nconnections_max = 0\n"},
                       BadConfig{"MalformedToml", "[server\nlisten = \n"},
                       BadConfig{"BadListenAddress", "[server]\nlisten = \"localhost:80\"\n"}),
     [](const ::testing::TestParamInfo<BadConfig>& param) { return std::string(param.param.name); });
