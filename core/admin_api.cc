@@ -37,6 +37,8 @@ constexpr size_t kListLimitMax = 1000;
 // does bounded store work however rare the matches are; past that budget the page comes back short
 // (possibly empty) with a next_cursor to continue from.
 constexpr size_t kListScanFactor = 10;
+// GET /admin/users: a page ends after the user that takes its body past this many bytes.
+constexpr size_t kUserListBytesMax = 4u << 20;
 constexpr int64_t kRotateGraceSecondsMax = 30 * 86400;
 // GET /admin/logs: page sizes, and the bytes of log lines one request examines at most, which
 // bounds both its disk reads (a rare filter over a large log comes back short, even empty, with a
@@ -1347,16 +1349,24 @@ AdminResponse list_users(const AdminRequest& request, AdminStore& store) {
   // One user more than the page holds shows whether the store holds more.
   const AdminStoreResult result = store.list_users(q.cursor, q.limit + 1, &users);
   if (!result.ok()) return error_response(store_unavailable(result));
-  const bool more = users.size() > q.limit;
+  bool more = users.size() > q.limit;
   if (more) users.resize(q.limit);
   std::string out = "{\"users\":[";
-  for (size_t i = 0; i < users.size(); ++i) {
-    if (i > 0) out += ',';
-    append_user(out, users[i]);
+  size_t listed = 0;
+  while (listed < users.size()) {
+    // A user may hold up to kUserGrantsMax grants: a page of the largest would run to
+    // gigabytes, so it ends early (with a cursor) once it passes kUserListBytesMax.
+    if (listed > 0 && out.size() >= kUserListBytesMax) {
+      more = true;
+      break;
+    }
+    if (listed > 0) out += ',';
+    append_user(out, users[listed]);
+    ++listed;
   }
   out += "],\"next_cursor\":";
   if (more) {
-    append_json_string(out, user_cursor(users.back().name));
+    append_json_string(out, user_cursor(users[listed - 1].name));
   } else {
     out += "null";
   }

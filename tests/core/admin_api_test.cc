@@ -1199,6 +1199,38 @@ TEST_F(AdminUserList, DefaultsToOneHundredAndTakesAtMostOneThousand) {
   expect_error(call("GET", "/admin/users", "", "limit=1001"), 400, "invalid_value", "limit");
 }
 
+TEST_F(AdminUserList, APageOfLargeUsersEndsEarlyWithACursor) {
+  // 8 users of ~1 MiB each (1000 grants with 1 KiB path prefixes): a page of all 8 would be
+  // ~8 MiB; it ends after the user that passes the 4 MiB budget, and the cursor continues.
+  for (int u = 0; u < 8; ++u) {
+    User user{"big-" + std::to_string(u), {}};
+    for (int g = 0; g < 1000; ++g) {
+      user.grants.push_back({"orders", {"GET"}, "/orders/" + std::string(1024, static_cast<char>('a' + u))});
+    }
+    store_.users[user.name] = user;
+  }
+  std::vector<std::string> all;
+  std::string cursor;
+  int pages = 0;
+  for (;;) {
+    const AdminResponse r = call("GET", "/admin/users", "", "limit=8&cursor=" + cursor);
+    ASSERT_EQ(r.status, 200);
+    ++pages;
+    EXPECT_LT(r.body.size(), (4u << 20) + (2u << 20)) << "one user past the budget at most";
+    const std::vector<std::string> names = names_in(r.body);
+    ASSERT_FALSE(names.empty());
+    all.insert(all.end(), names.begin(), names.end());
+    const std::optional<std::string> next = next_cursor(r.body);
+    if (!next) break;
+    cursor = *next;
+    ASSERT_LT(pages, 10);
+  }
+  EXPECT_EQ(all.size(), 8u);
+  EXPECT_EQ(all.front(), "big-0");
+  EXPECT_EQ(all.back(), "big-7");
+  EXPECT_GE(pages, 2);
+}
+
 TEST_F(AdminUserList, RejectsBadQueryParametersAsTheKeyListingDoes) {
   add_user("alice");
   expect_refused("/admin/users", bad_paging_queries());
