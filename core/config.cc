@@ -555,10 +555,19 @@ Flags (each overrides the config file):
                          CPU the process may run on)
   -h, --help             print this help and exit
 
-On start keygate prints one line per listener to stdout:
-  keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N
+Once ready keygate prints one line to stdout, with the ports actually bound and the io_uring
+features in use:
+  keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. Exit code 2: bad flags or config; 1: start-up failure.
+
+Environment (docs/configuration.md, "Environment"):
+  KEYGATE_BOOTSTRAP_ADMIN_KEY  the admin key created on first start (empty store); unset,
+                               keygate generates one and prints it once on stderr
+  KEYGATE_REGISTERED_FILES     0: no io_uring registered file table for connections
+  KEYGATE_MALLOC_HUGEPAGES     0: no transparent huge pages for the heap (otherwise keygate
+                               re-executes itself once with glibc.malloc.hugetlb=1)
+  KEYGATE_NO_AVX2              set: the access log's scanners use SSE2 even where AVX2 exists
 )";
 }
 

@@ -654,6 +654,18 @@ TEST(Config, ValidationAllowsBothListenersOnEphemeralPorts) {
   EXPECT_TRUE(validate_config(c, &error)) << error;
 }
 
+TEST(Config, UsageShowsTheOneReadyLineAsPrintedAndTheEnvironment) {
+  const std::string usage(usage_text());
+  // tools/keygate_main.cc prints one line for both listeners, with the ring mode.
+  EXPECT_TRUE(contains(usage, "prints one line to stdout")) << usage;
+  EXPECT_TRUE(
+      contains(usage, "  keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE\n"))
+      << usage;
+  EXPECT_FALSE(contains(usage, "one line per listener")) << usage;
+  EXPECT_TRUE(contains(usage, "\nEnvironment")) << usage;
+  EXPECT_TRUE(contains(usage, "  KEYGATE_BOOTSTRAP_ADMIN_KEY ")) << usage;
+}
+
 TEST(Config, UsageNamesEveryFlag) {
   const std::string usage(usage_text());
   for (std::string_view flag : {"--config", "--listen", "--admin-listen", "--data-dir", "--log-dir",
