@@ -176,6 +176,10 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         !read_uint(*server, "workers", source, "server", 0, 1024, &config.workers, error)) {
       return false;
     }
+    if (const toml::node* data_dir = server->get("data_dir"); data_dir && config.data_dir.empty()) {
+      *error = where(data_dir->source(), source) + ": server.data_dir must not be empty";
+      return false;
+    }
     // Unset means <data_dir>/logs; set, it must name a directory.
     if (const toml::node* log_dir = server->get("log_dir"); log_dir && config.log_dir.empty()) {
       *error = where(log_dir->source(), source) + ": server.log_dir must not be empty";
@@ -405,6 +409,33 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         parsed_api.routes.push_back(**route.as_string());
       }
       config.apis.push_back(std::move(parsed_api));
+    }
+    // The rules for names and routes are ApiRegistry's (validate_config applies them to any
+    // Config); applied here as well, while the file's positions are at hand to point at the
+    // value. config.apis[i] came from (*apis)[i].
+    ApiRegistry registry;
+    ApiConfigFault fault;
+    std::string why;
+    if (!registry.init(config.apis, &why, &fault)) {
+      const toml::node* at = node;
+      if (fault.part != ApiConfigFault::Part::kList) {
+        const toml::table& api = *(*apis)[fault.api].as_table();
+        switch (fault.part) {
+          case ApiConfigFault::Part::kName:
+            at = api.get("name");
+            break;
+          case ApiConfigFault::Part::kRoutes:
+            at = api.get("routes");
+            break;
+          case ApiConfigFault::Part::kRoute:
+            at = api.get("routes")->as_array()->get(fault.route);
+            break;
+          case ApiConfigFault::Part::kList:
+            break;
+        }
+      }
+      *error = where(at->source(), source) + ": apis: " + why;
+      return false;
     }
   }
   *out = std::move(config);

@@ -340,21 +340,51 @@ TEST(Config, RejectsUnknownKeyInApi) {
                        "unknown key 'apis.upstream'"));
 }
 
-TEST(Config, ValidationRejectsInvalidApis) {
-  // Parsing only checks shapes; the API rules themselves are checked by validate_config.
-  for (std::string_view text : {
-           "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n[[apis]]\nname = \"a\"\nroutes = [\"/b\"]\n",
-           "[[apis]]\nname = \"admin\"\nroutes = [\"/x\"]\n",
-           "[[apis]]\nname = \"a\"\nroutes = []\n",
-           "[[apis]]\nname = \"a\"\nroutes = [\"no-slash\"]\n",
-           "[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
+TEST(Config, RejectsInvalidApisWithThePositionOfTheOffendingValue) {
+  // ApiRegistry's rules, reported at the value they refuse: the name, the routes list, or the
+  // route itself.
+  struct Case {
+    std::string_view text;
+    std::string_view error;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n[[apis]]\nname = \"a\"\nroutes = [\"/b\"]\n",
+            "test.toml:5:8: apis: api \"a\": duplicate name"},
+           {"[[apis]]\nname = \"admin\"\nroutes = [\"/x\"]\n",
+            "test.toml:2:8: apis: api \"admin\": the name is reserved"},
+           {"[[apis]]\nname = \"\"\nroutes = [\"/x\"]\n", "test.toml:2:8: apis: api #1: name is empty"},
+           {"[[apis]]\nname = \"a\"\nroutes = []\n", "test.toml:3:10: apis: api \"a\": has no routes"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/ok\", \"no-slash\"]\n",
+            "test.toml:3:18: apis: api \"a\": route \"no-slash\" must be a normalized path"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
+            "test.toml:3:11: apis: api \"a\": route \"/x/../admin\" must be a normalized path"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n\n[[apis]]\nname = \"b\"\n"
+            "routes = [\"/b\",\n  \"/a\"]\n",
+            "test.toml:8:3: apis: api \"b\": route \"/a\" is already used by api \"a\""},
        }) {
-    SCOPED_TRACE(std::string(text));
-    const Config c = parse_ok(text);
-    std::string error;
-    EXPECT_FALSE(validate_config(c, &error));
-    EXPECT_EQ(error.rfind("apis: ", 0), 0u) << error;
+    SCOPED_TRACE(std::string(c.text));
+    EXPECT_EQ(parse_error(c.text).rfind(c.error, 0), 0u) << parse_error(c.text);
   }
+  std::string many;
+  for (size_t i = 0; i <= kApisMax; ++i) {
+    many += "[[apis]]\nname = \"a" + std::to_string(i) + "\"\nroutes = [\"/a" + std::to_string(i) +
+            "\"]\n";
+  }
+  const std::string error = parse_error(many);
+  EXPECT_EQ(error.rfind("test.toml:1:1: apis: too many apis", 0), 0u) << error;
+}
+
+TEST(Config, ValidationRejectsInvalidApisOfAConfigNotReadFromAFile) {
+  Config c;
+  c.apis.emplace_back("admin", std::vector<std::string>{"/x"});
+  std::string error;
+  EXPECT_FALSE(validate_config(c, &error));
+  EXPECT_EQ(error.rfind("apis: api \"admin\": the name is reserved", 0), 0u) << error;
+}
+
+TEST(Config, RejectsAnEmptyDataDirWithItsPosition) {
+  EXPECT_EQ(parse_error("[server]\ndata_dir = \"\"\n"),
+            "test.toml:2:12: server.data_dir must not be empty");
 }
 
 // ---------------------------------------------------------------------------------------------
