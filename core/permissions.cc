@@ -177,6 +177,18 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfi
                           "no //, no backslash, ';' or '?', no encoded / \\ or unreserved "
                           "characters)");
       }
+      if (route == kHealthzPath) {
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route +
+                          "\" is reserved: keygate answers /healthz itself, so the API would "
+                          "never receive it");
+      }
+      if (route_matches(kAuthEndpointPath, route)) {
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route +
+                          "\" is reserved: keygate answers /_keygate/auth and every path under "
+                          "it itself, so the API would never receive them");
+      }
       auto [it, inserted] = owner.emplace(route, static_cast<uint32_t>(a));
       if (!inserted) {
         return refuse(Part::kRoute, a, r,

@@ -17,6 +17,15 @@ namespace keygate {
 
 constexpr std::string_view kAdminApi = "admin";
 
+// Data-port paths keygate answers itself before looking at any route (core/auth_handler.cc):
+// exactly /healthz, and the auth endpoint with every path under it ("/_keygate/auth/...").
+// ApiRegistry::init refuses a route equal to kHealthzPath (the API would still get
+// "/healthz/x", but the route names a path it never receives) or at or under
+// kAuthEndpointPath (the API would receive nothing through it). "/_keygate" and "/healthz/"
+// are routes like any other.
+constexpr std::string_view kHealthzPath = "/healthz";
+constexpr std::string_view kAuthEndpointPath = "/_keygate/auth";
+
 struct ApiConfig {
   ApiConfig() = default;
   ApiConfig(std::string api_name, std::vector<std::string> api_routes)
@@ -75,7 +84,8 @@ class ApiRegistry {
   // Validates and indexes. Fails (false, one line in `error`, registry unchanged; `fault`, when
   // not null, says which entry) on: empty or duplicate names, the reserved name "admin", names
   // that are not [A-Za-z0-9_.-]{1,64}, an API without routes or with more than kApiRoutesMax,
-  // a route that is not a valid prefix (see prefix_is_valid; so it starts with '/'), the same
+  // a route that is not a valid prefix (see prefix_is_valid; so it starts with '/'), a route
+  // keygate answers itself (kHealthzPath, kAuthEndpointPath or under it: see there), the same
   // route twice (in one API or two), more than kApisMax APIs.
   bool init(std::vector<ApiConfig> apis, std::string* error, ApiConfigFault* fault = nullptr);
 

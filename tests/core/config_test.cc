@@ -374,6 +374,29 @@ TEST(Config, RejectsInvalidApisWithThePositionOfTheOffendingValue) {
   EXPECT_EQ(error.rfind("test.toml:1:1: apis: too many apis", 0), 0u) << error;
 }
 
+// The data port answers /healthz and /_keygate/auth[/...] before routing (core/auth_handler.cc):
+// a route naming one of them could never receive that path.
+TEST(Config, RejectsRoutesThatOnlyKeygatesOwnPathsCouldMatch) {
+  const std::string base = "[[apis]]\nname = \"a\"\nroutes = [\"/a\", ";
+  EXPECT_EQ(parse_error(base + "\"/healthz\"]\n"),
+            "test.toml:3:17: apis: api \"a\": route \"/healthz\" is reserved: keygate answers "
+            "/healthz itself, so the API would never receive it");
+  for (std::string_view route : {"/_keygate/auth", "/_keygate/auth/", "/_keygate/auth/orders"}) {
+    EXPECT_EQ(parse_error(base + "\"" + std::string(route) + "\"]\n"),
+              "test.toml:3:17: apis: api \"a\": route \"" + std::string(route) +
+                  "\" is reserved: keygate answers /_keygate/auth and every path under it "
+                  "itself, so the API would never receive them");
+  }
+  // Routes some of whose paths reach the API ("/healthz/x", "/_keygate/other") are accepted.
+  for (std::string_view route :
+       {"/healthz/", "/healthz/x", "/healthzx", "/_keygate", "/_keygate/", "/_keygate/authx",
+        "/_keygate/other", "/"}) {
+    const Config c = parse_ok(base + "\"" + std::string(route) + "\"]\n");
+    std::string error;
+    EXPECT_TRUE(validate_config(c, &error)) << route << ": " << error;
+  }
+}
+
 TEST(Config, ValidationRejectsInvalidApisOfAConfigNotReadFromAFile) {
   Config c;
   c.apis.emplace_back("admin", std::vector<std::string>{"/x"});
