@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -96,6 +97,32 @@ bool read_address(const toml::table& table, std::string_view key, std::string_vi
 }
 
 constexpr uint64_t kU32Max = std::numeric_limits<uint32_t>::max();
+
+// The 16 bytes of a numeric address (an IPv4 one in the first 4); false when `a.host` is no
+// literal of its family.
+bool address_bytes(const ListenAddress& a, unsigned char (&out)[16]) {
+  std::memset(out, 0, sizeof(out));
+  return inet_pton(a.ipv6 ? AF_INET6 : AF_INET, a.host.c_str(), out) == 1;
+}
+
+// 0.0.0.0, [::] and [::ffff:0.0.0.0] (an IPv4-mapped address is its IPv4 address).
+bool is_unspecified(const ListenAddress& a) {
+  unsigned char bytes[16];
+  if (!address_bytes(a, bytes)) return false;
+  const auto zero = [](unsigned char c) { return c == 0; };
+  const bool mapped =
+      a.ipv6 && std::all_of(bytes, bytes + 10, zero) && bytes[10] == 0xff && bytes[11] == 0xff;
+  return std::all_of(mapped ? bytes + 12 : bytes, bytes + 16, zero);
+}
+
+// The same server: one address (in any spelling: "::1" is "0::1") and one port.
+bool same_endpoint(const ListenAddress& a, const ListenAddress& b) {
+  unsigned char bytes_a[16];
+  unsigned char bytes_b[16];
+  if (a.port != b.port || a.ipv6 != b.ipv6) return false;
+  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
+  return std::memcmp(bytes_a, bytes_b, sizeof(bytes_a)) == 0;
+}
 
 }  // namespace
 
@@ -362,6 +389,7 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                    ".upstreams: expected an array of \"host:port\" strings";
           return false;
         }
+        std::vector<ListenAddress> seen;
         for (const toml::node& up : *list) {
           ListenAddress addr;
           std::string why;
@@ -372,6 +400,23 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                      (why.empty() ? std::string() : " (" + why + ")");
             return false;
           }
+          // Connecting to the wildcard reaches this host by accident of the kernel, not a
+          // server anyone named.
+          if (is_unspecified(addr)) {
+            *error = where(up.source(), source) + ": apis." + parsed_api.name + ".upstreams: " +
+                     addr.to_string() +
+                     " is the unspecified address, not a server: name one (127.0.0.1, [::1], ...)";
+            return false;
+          }
+          // Listed twice, a server would get twice its share of the round robin unnoticed.
+          for (const ListenAddress& other : seen) {
+            if (same_endpoint(addr, other)) {
+              *error = where(up.source(), source) + ": apis." + parsed_api.name +
+                       ".upstreams: " + addr.to_string() + " is listed twice";
+              return false;
+            }
+          }
+          seen.push_back(addr);
           parsed_api.upstreams.push_back(**up.as_string());
         }
         if (parsed_api.upstreams.size() > kApiUpstreamsMax) {
@@ -381,7 +426,7 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         }
       }
       const bool proxied = !parsed_api.upstreams.empty();
-      if (mode.empty()) mode = proxied ? "proxy" : "auth-check";
+      if (api->get("mode") == nullptr) mode = proxied ? "proxy" : "auth-check";
       if (mode != "auth-check" && mode != "proxy") {
         *error = where(api->get("mode")->source(), source) + ": apis.mode: unknown mode '" + mode +
                  "' (supported: auth-check, proxy)";
@@ -552,11 +597,9 @@ bool validate_config(const Config& config, std::string* error) {
 bool addresses_overlap(const ListenAddress& a, const ListenAddress& b) {
   if (a.port == 0 || a.port != b.port) return false;  // port 0: two different ephemeral ports
   // The literals as bytes ("::1" and "0::1" are one address); unparsable ones compare as text.
-  unsigned char bytes_a[16] = {};
-  unsigned char bytes_b[16] = {};
-  const bool parsed_a = inet_pton(a.ipv6 ? AF_INET6 : AF_INET, a.host.c_str(), bytes_a) == 1;
-  const bool parsed_b = inet_pton(b.ipv6 ? AF_INET6 : AF_INET, b.host.c_str(), bytes_b) == 1;
-  if (!parsed_a || !parsed_b) return a.host == b.host;
+  unsigned char bytes_a[16];
+  unsigned char bytes_b[16];
+  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
   const auto wildcard = [](const unsigned char* bytes) {
     for (int i = 0; i < 16; ++i) {
       if (bytes[i] != 0) return false;

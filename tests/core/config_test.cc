@@ -256,6 +256,11 @@ TEST(Config, RejectsUnknownApiMode) {
       << error;
 }
 
+TEST(Config, RejectsAnEmptyApiModeNamingTheSupportedOnes) {
+  const std::string error = parse_error("[[apis]]\nname = \"a\"\nmode = \"\"\nroutes = [\"/a\"]\n");
+  EXPECT_EQ(error, "test.toml:3:8: apis.mode: unknown mode '' (supported: auth-check, proxy)");
+}
+
 TEST(Config, ReadsUpstreamsAndTheirTimeouts) {
   const Config c = parse_ok(
       "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n"
@@ -284,6 +289,35 @@ TEST(Config, RejectsBadUpstreams) {
   EXPECT_TRUE(contains(parse_error(base + "mode = \"auth-check\"\nupstreams = [\"127.0.0.1:1\"]\n"),
                        "mode auth-check cannot have upstreams"));
   EXPECT_TRUE(contains(parse_error(base + "connect_timeout_ms = 0\n"), "connect_timeout_ms"));
+}
+
+TEST(Config, RejectsAnUpstreamListedTwiceInAnySpelling) {
+  const std::string base = "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n";
+  EXPECT_EQ(parse_error(base + "upstreams = [\"127.0.0.1:9001\", \"127.0.0.1:9001\"]\n"),
+            "test.toml:4:32: apis.a.upstreams: 127.0.0.1:9001 is listed twice");
+  EXPECT_TRUE(contains(parse_error(base + "upstreams = [\"[::1]:9001\", \"[0::1]:09001\"]\n"),
+                       "apis.a.upstreams: [0::1]:9001 is listed twice"));
+  // Another port, or the other API's server, is another upstream.
+  const Config c = parse_ok(base +
+                            "upstreams = [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"[::1]:9001\"]\n"
+                            "[[apis]]\nname = \"b\"\nroutes = [\"/b\"]\nupstreams = [\"127.0.0.1:9001\"]\n");
+  EXPECT_EQ(c.apis[0].upstreams.size(), 3u);
+}
+
+TEST(Config, RejectsTheUnspecifiedAddressAsAnUpstream) {
+  const std::string base = "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n";
+  EXPECT_EQ(parse_error(base + "upstreams = [\"0.0.0.0:9001\"]\n"),
+            "test.toml:4:14: apis.a.upstreams: 0.0.0.0:9001 is the unspecified address, not a "
+            "server: name one (127.0.0.1, [::1], ...)");
+  for (std::string_view up : {"[::]:9001", "[0:0::0]:9001", "[::ffff:0.0.0.0]:9001"}) {
+    EXPECT_TRUE(contains(parse_error(base + "upstreams = [\"" + std::string(up) + "\"]\n"),
+                         "is the unspecified address"))
+        << up;
+  }
+  EXPECT_EQ(parse_ok(base + "upstreams = [\"[::ffff:127.0.0.1]:9001\", \"127.0.0.2:9001\"]\n")
+                .apis[0]
+                .upstreams.size(),
+            2u);
 }
 
 TEST(Config, ReadsLogTableAndProxyLimits) {
