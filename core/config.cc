@@ -403,8 +403,8 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
           // Connecting to the wildcard reaches this host by accident of the kernel, not a
           // server anyone named.
           if (is_unspecified(addr)) {
-            *error = where(up.source(), source) + ": apis." + parsed_api.name + ".upstreams: " +
-                     addr.to_string() +
+            *error = where(up.source(), source) + ": apis." + parsed_api.name +
+                     ".upstreams: " + addr.to_string() +
                      " is the unspecified address, not a server: name one (127.0.0.1, [::1], ...)";
             return false;
           }

@@ -1101,7 +1101,7 @@ int keys_import(const Context& ctx, const Args& args) {
     dom::object object;
     if (parser.parse(line.data(), line.size()).get_object().get(object) != simdjson::SUCCESS) {
       return input_error(lines.file + " line " + std::to_string(line_number) +
-                     ": not a JSON object (one key object per line)");
+                         ": not a JSON object (one key object per line)");
     }
     if (!lines.line_of_key.empty()) body += ',';
     body += line;

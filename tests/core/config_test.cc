@@ -298,9 +298,9 @@ TEST(Config, RejectsAnUpstreamListedTwiceInAnySpelling) {
   EXPECT_TRUE(contains(parse_error(base + "upstreams = [\"[::1]:9001\", \"[0::1]:09001\"]\n"),
                        "apis.a.upstreams: [0::1]:9001 is listed twice"));
   // Another port, or the other API's server, is another upstream.
-  const Config c = parse_ok(base +
-                            "upstreams = [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"[::1]:9001\"]\n"
-                            "[[apis]]\nname = \"b\"\nroutes = [\"/b\"]\nupstreams = [\"127.0.0.1:9001\"]\n");
+  const Config c =
+      parse_ok(base + "upstreams = [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"[::1]:9001\"]\n" +
+               "[[apis]]\nname = \"b\"\nroutes = [\"/b\"]\nupstreams = [\"127.0.0.1:9001\"]\n");
   EXPECT_EQ(c.apis[0].upstreams.size(), 3u);
 }
 
@@ -382,12 +382,15 @@ TEST(Config, RejectsInvalidApisWithThePositionOfTheOffendingValue) {
     std::string_view error;
   };
   for (const Case& c : std::vector<Case>{
-           {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n[[apis]]\nname = \"a\"\nroutes = [\"/b\"]\n",
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n"
+            "[[apis]]\nname = \"a\"\nroutes = [\"/b\"]\n",
             "test.toml:5:8: apis: api \"a\": duplicate name"},
            {"[[apis]]\nname = \"admin\"\nroutes = [\"/x\"]\n",
             "test.toml:2:8: apis: api \"admin\": the name is reserved"},
-           {"[[apis]]\nname = \"\"\nroutes = [\"/x\"]\n", "test.toml:2:8: apis: api #1: name is empty"},
-           {"[[apis]]\nname = \"a\"\nroutes = []\n", "test.toml:3:10: apis: api \"a\": has no routes"},
+           {"[[apis]]\nname = \"\"\nroutes = [\"/x\"]\n",
+            "test.toml:2:8: apis: api #1: name is empty"},
+           {"[[apis]]\nname = \"a\"\nroutes = []\n",
+            "test.toml:3:10: apis: api \"a\": has no routes"},
            {"[[apis]]\nname = \"a\"\nroutes = [\"/ok\", \"no-slash\"]\n",
             "test.toml:3:18: apis: api \"a\": route \"no-slash\" must be a normalized path"},
            {"[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
@@ -422,9 +425,8 @@ TEST(Config, RejectsRoutesThatOnlyKeygatesOwnPathsCouldMatch) {
                   "itself, so the API would never receive them");
   }
   // Routes some of whose paths reach the API ("/healthz/x", "/_keygate/other") are accepted.
-  for (std::string_view route :
-       {"/healthz/", "/healthz/x", "/healthzx", "/_keygate", "/_keygate/", "/_keygate/authx",
-        "/_keygate/other", "/"}) {
+  for (std::string_view route : {"/healthz/", "/healthz/x", "/healthzx", "/_keygate", "/_keygate/",
+                                 "/_keygate/authx", "/_keygate/other", "/"}) {
     const Config c = parse_ok(base + "\"" + std::string(route) + "\"]\n");
     std::string error;
     EXPECT_TRUE(validate_config(c, &error)) << route << ": " << error;

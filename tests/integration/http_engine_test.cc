@@ -925,7 +925,8 @@ TEST(Cli, HelpAndTheConfigurationDocNameEveryEnvironmentVariableTheServerReads) 
   ASSERT_NE(table, std::string::npos) << "docs/configuration.md has no Environment section";
   for (const std::string& name : variables) {
     EXPECT_NE(help.out.find("  " + name + " "), std::string::npos)
-        << name << " missing from --help:\n" << help.out;
+        << name << " missing from --help:\n"
+        << help.out;
     EXPECT_NE(doc.find("| `" + name + "` |", table), std::string::npos)
         << name << " missing from docs/configuration.md's Environment table";
   }
