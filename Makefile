@@ -1,6 +1,9 @@
-# The two commands a newcomer needs (see README.md):
-#   make run    install dependencies, build (Release), start keygate on examples/keygate.toml
-#   make test   install dependencies, build with ASan+UBSan, run the whole test suite
+# The two commands a newcomer needs (see README.md), each after ./scripts/install-deps.sh, which
+# installs make itself on a bare Debian 12 (it returns at once when everything is installed):
+#   make run    build keygate and its tools (Release, no tests or benchmarks), start keygate on
+#               examples/keygate.toml
+#   make test   build with ASan+UBSan, run the whole test suite
+# Every target but clean runs scripts/install-deps.sh first as well.
 JOBS ?= $(shell nproc)
 RELEASE_DIR := build/release
 ASAN_DIR := build/asan
@@ -10,8 +13,10 @@ ASAN_DIR := build/asan
 deps:
 	./scripts/install-deps.sh
 
+# Tests and micro-benchmarks are left out: a first `make run` builds only what it runs.
 build: deps
-	cmake -S . -B $(RELEASE_DIR) -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B $(RELEASE_DIR) -DCMAKE_BUILD_TYPE=Release -DKEYGATE_BUILD_TESTS=OFF \
+	  -DKEYGATE_BUILD_BENCH=OFF
 	cmake --build $(RELEASE_DIR) -j$(JOBS)
 
 run: build
@@ -22,7 +27,11 @@ test: deps
 	cmake --build $(ASAN_DIR) -j$(JOBS)
 	cd $(ASAN_DIR) && ctest --output-on-failure -j$(JOBS) --timeout 300
 
-bench: build
+# bench/e2e.sh also runs bench/keygate-bare-responder, built only with KEYGATE_BUILD_BENCH.
+bench: deps
+	cmake -S . -B $(RELEASE_DIR) -DCMAKE_BUILD_TYPE=Release -DKEYGATE_BUILD_TESTS=OFF \
+	  -DKEYGATE_BUILD_BENCH=ON
+	cmake --build $(RELEASE_DIR) -j$(JOBS)
 	./bench/e2e.sh
 
 clean:

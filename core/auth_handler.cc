@@ -130,7 +130,7 @@ bool AuthHandler::describe(const HttpRequest& auth, HttpRequest* described,
 
 Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& response,
                                     RequestContext& ctx) noexcept {
-  if (request.path == "/healthz") return builtin_.handle(request, response, ctx);
+  if (request.path == kHealthzPath) return builtin_.handle(request, response, ctx);
   if (route_matches(kAuthPath, request.path)) {
     HttpRequest described;
     if (!describe(request, &described, response)) return Result::kDone;
@@ -152,7 +152,7 @@ const ApiConfig* AuthHandler::route(const HttpRequest& request,
 
 Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWriter& response,
                                          RequestContext& ctx) noexcept {
-  if (request.path == "/healthz" || route_matches(kAuthPath, request.path)) {
+  if (request.path == kHealthzPath || route_matches(kAuthPath, request.path)) {
     return Result::kNeedBody;
   }
   // Routing needs no body, so its rejections need not wait for one.

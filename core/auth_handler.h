@@ -66,7 +66,7 @@ namespace keygate {
 class AuthHandler final : public Handler {
  public:
   // The auth endpoint's path (segment-aware prefix: "/_keygate/auth/..." too).
-  static constexpr std::string_view kAuthPath = "/_keygate/auth";
+  static constexpr std::string_view kAuthPath = kAuthEndpointPath;
 
   AuthHandler(const ApiRegistry& registry, KeyDirectory& directory, size_t body_inspect_bytes_max);
 

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -97,6 +98,32 @@ bool read_address(const toml::table& table, std::string_view key, std::string_vi
 
 constexpr uint64_t kU32Max = std::numeric_limits<uint32_t>::max();
 
+// The 16 bytes of a numeric address (an IPv4 one in the first 4); false when `a.host` is no
+// literal of its family.
+bool address_bytes(const ListenAddress& a, unsigned char (&out)[16]) {
+  std::memset(out, 0, sizeof(out));
+  return inet_pton(a.ipv6 ? AF_INET6 : AF_INET, a.host.c_str(), out) == 1;
+}
+
+// 0.0.0.0, [::] and [::ffff:0.0.0.0] (an IPv4-mapped address is its IPv4 address).
+bool is_unspecified(const ListenAddress& a) {
+  unsigned char bytes[16];
+  if (!address_bytes(a, bytes)) return false;
+  const auto zero = [](unsigned char c) { return c == 0; };
+  const bool mapped =
+      a.ipv6 && std::all_of(bytes, bytes + 10, zero) && bytes[10] == 0xff && bytes[11] == 0xff;
+  return std::all_of(mapped ? bytes + 12 : bytes, bytes + 16, zero);
+}
+
+// The same server: one address (in any spelling: "::1" is "0::1") and one port.
+bool same_endpoint(const ListenAddress& a, const ListenAddress& b) {
+  unsigned char bytes_a[16];
+  unsigned char bytes_b[16];
+  if (a.port != b.port || a.ipv6 != b.ipv6) return false;
+  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
+  return std::memcmp(bytes_a, bytes_b, sizeof(bytes_a)) == 0;
+}
+
 }  // namespace
 
 std::string ListenAddress::to_string() const {
@@ -174,6 +201,10 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         !read_string(*server, "data_dir", source, "server", &config.data_dir, error) ||
         !read_string(*server, "log_dir", source, "server", &config.log_dir, error) ||
         !read_uint(*server, "workers", source, "server", 0, 1024, &config.workers, error)) {
+      return false;
+    }
+    if (const toml::node* data_dir = server->get("data_dir"); data_dir && config.data_dir.empty()) {
+      *error = where(data_dir->source(), source) + ": server.data_dir must not be empty";
       return false;
     }
     // Unset means <data_dir>/logs; set, it must name a directory.
@@ -361,6 +392,7 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                    ".upstreams: expected an array of \"host:port\" strings";
           return false;
         }
+        std::vector<ListenAddress> seen;
         for (const toml::node& up : *list) {
           ListenAddress addr;
           std::string why;
@@ -371,6 +403,23 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                      (why.empty() ? std::string() : " (" + why + ")");
             return false;
           }
+          // Connecting to the wildcard reaches this host by accident of the kernel, not a
+          // server anyone named.
+          if (is_unspecified(addr)) {
+            *error = where(up.source(), source) + ": apis." + parsed_api.name +
+                     ".upstreams: " + addr.to_string() +
+                     " is the unspecified address, not a server: name one (127.0.0.1, [::1], ...)";
+            return false;
+          }
+          // Listed twice, a server would get twice its share of the round robin unnoticed.
+          for (const ListenAddress& other : seen) {
+            if (same_endpoint(addr, other)) {
+              *error = where(up.source(), source) + ": apis." + parsed_api.name +
+                       ".upstreams: " + addr.to_string() + " is listed twice";
+              return false;
+            }
+          }
+          seen.push_back(addr);
           parsed_api.upstreams.push_back(**up.as_string());
         }
         if (parsed_api.upstreams.size() > kApiUpstreamsMax) {
@@ -380,7 +429,7 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         }
       }
       const bool proxied = !parsed_api.upstreams.empty();
-      if (mode.empty()) mode = proxied ? "proxy" : "auth-check";
+      if (api->get("mode") == nullptr) mode = proxied ? "proxy" : "auth-check";
       if (mode != "auth-check" && mode != "proxy") {
         *error = where(api->get("mode")->source(), source) + ": apis.mode: unknown mode '" + mode +
                  "' (supported: auth-check, proxy)";
@@ -408,6 +457,33 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         parsed_api.routes.push_back(**route.as_string());
       }
       config.apis.push_back(std::move(parsed_api));
+    }
+    // The rules for names and routes are ApiRegistry's (validate_config applies them to any
+    // Config); applied here as well, while the file's positions are at hand to point at the
+    // value. config.apis[i] came from (*apis)[i].
+    ApiRegistry registry;
+    ApiConfigFault fault;
+    std::string why;
+    if (!registry.init(config.apis, &why, &fault)) {
+      const toml::node* at = node;
+      if (fault.part != ApiConfigFault::Part::kList) {
+        const toml::table& api = *(*apis)[fault.api].as_table();
+        switch (fault.part) {
+          case ApiConfigFault::Part::kName:
+            at = api.get("name");
+            break;
+          case ApiConfigFault::Part::kRoutes:
+            at = api.get("routes");
+            break;
+          case ApiConfigFault::Part::kRoute:
+            at = api.get("routes")->as_array()->get(fault.route);
+            break;
+          case ApiConfigFault::Part::kList:
+            break;
+        }
+      }
+      *error = where(at->source(), source) + ": apis: " + why;
+      return false;
     }
   }
   *out = std::move(config);
@@ -524,11 +600,9 @@ bool validate_config(const Config& config, std::string* error) {
 bool addresses_overlap(const ListenAddress& a, const ListenAddress& b) {
   if (a.port == 0 || a.port != b.port) return false;  // port 0: two different ephemeral ports
   // The literals as bytes ("::1" and "0::1" are one address); unparsable ones compare as text.
-  unsigned char bytes_a[16] = {};
-  unsigned char bytes_b[16] = {};
-  const bool parsed_a = inet_pton(a.ipv6 ? AF_INET6 : AF_INET, a.host.c_str(), bytes_a) == 1;
-  const bool parsed_b = inet_pton(b.ipv6 ? AF_INET6 : AF_INET, b.host.c_str(), bytes_b) == 1;
-  if (!parsed_a || !parsed_b) return a.host == b.host;
+  unsigned char bytes_a[16];
+  unsigned char bytes_b[16];
+  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
   const auto wildcard = [](const unsigned char* bytes) {
     for (int i = 0; i < 16; ++i) {
       if (bytes[i] != 0) return false;
@@ -558,10 +632,19 @@ Flags (each overrides the config file):
                          CPU the process may run on)
   -h, --help             print this help and exit
 
-On start keygate prints one line per listener to stdout:
-  keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N
+Once ready keygate prints one line to stdout, with the ports actually bound and the io_uring
+features in use:
+  keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. Exit code 2: bad flags or config; 1: start-up failure.
+
+Environment (docs/configuration.md, "Environment"):
+  KEYGATE_BOOTSTRAP_ADMIN_KEY  the admin key created on first start (empty store); unset,
+                               keygate generates one and prints it once on stderr
+  KEYGATE_REGISTERED_FILES     0: no io_uring registered file table for connections
+  KEYGATE_MALLOC_HUGEPAGES     0: no transparent huge pages for the heap (otherwise keygate
+                               re-executes itself once with glibc.malloc.hugetlb=1)
+  KEYGATE_NO_AVX2              set: the access log's scanners use SSE2 even where AVX2 exists
 )";
 }
 

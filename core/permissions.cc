@@ -121,11 +121,17 @@ bool prefix_is_valid(std::string_view prefix) noexcept {
   return path_is_normalized(prefix) && prefix.find_first_of(";?") == std::string_view::npos;
 }
 
-bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error) {
-  if (apis.size() > kApisMax) {
-    *error = "too many apis: " + std::to_string(apis.size()) + " (at most " +
-             std::to_string(kApisMax) + ")";
+bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfigFault* fault) {
+  using Part = ApiConfigFault::Part;
+  const auto refuse = [&](Part part, size_t api, size_t route, std::string message) {
+    *error = std::move(message);
+    if (fault != nullptr) *fault = ApiConfigFault{part, api, route};
     return false;
+  };
+  if (apis.size() > kApisMax) {
+    return refuse(Part::kList, 0, 0,
+                  "too many apis: " + std::to_string(apis.size()) + " (at most " +
+                      std::to_string(kApisMax) + ")");
   }
   // Escapes in one case, so "/caf%c3%a9" and "/caf%C3%A9" are seen as the same route (they
   // match the same paths) and named in that spelling in errors.
@@ -146,44 +152,48 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error) {
     const ApiConfig& api = apis[a];
     std::string label = "api \"" + api.name + "\"";
     if (api.name.empty()) {
-      *error = "api #" + std::to_string(a + 1) + ": name is empty";
-      return false;
+      return refuse(Part::kName, a, 0, "api #" + std::to_string(a + 1) + ": name is empty");
     }
     if (!valid_api_name(api.name)) {
-      *error = label + ": name must be 1 to 64 of A-Z a-z 0-9 _ . -";
-      return false;
+      return refuse(Part::kName, a, 0, label + ": name must be 1 to 64 of A-Z a-z 0-9 _ . -");
     }
     if (api.name == kAdminApi) {
-      *error = label + ": the name is reserved for the built-in admin API";
-      return false;
+      return refuse(Part::kName, a, 0, label + ": the name is reserved for the built-in admin API");
     }
     for (size_t b = 0; b < a; ++b) {
-      if (apis[b].name == api.name) {
-        *error = label + ": duplicate name";
-        return false;
-      }
+      if (apis[b].name == api.name) return refuse(Part::kName, a, 0, label + ": duplicate name");
     }
-    if (api.routes.empty()) {
-      *error = label + ": has no routes";
-      return false;
-    }
+    if (api.routes.empty()) return refuse(Part::kRoutes, a, 0, label + ": has no routes");
     if (api.routes.size() > kApiRoutesMax) {
-      *error = label + ": more than " + std::to_string(kApiRoutesMax) + " routes";
-      return false;
+      return refuse(Part::kRoutes, a, 0,
+                    label + ": more than " + std::to_string(kApiRoutesMax) + " routes");
     }
     for (size_t r = 0; r < api.routes.size(); ++r) {
       const std::string& route = api.routes[r];
       if (!prefix_is_valid(route)) {
-        *error = label + ": route \"" + route +
-                 "\" must be a normalized path starting with '/' (no . or .. segments, no //, "
-                 "no backslash, ';' or '?', no encoded / \\ or unreserved characters)";
-        return false;
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route +
+                          "\" must be a normalized path starting with '/' (no . or .. segments, "
+                          "no //, no backslash, ';' or '?', no encoded / \\ or unreserved "
+                          "characters)");
+      }
+      if (route == kHealthzPath) {
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route +
+                          "\" is reserved: keygate answers /healthz itself, so the API would "
+                          "never receive it");
+      }
+      if (route_matches(kAuthEndpointPath, route)) {
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route +
+                          "\" is reserved: keygate answers /_keygate/auth and every path under "
+                          "it itself, so the API would never receive them");
       }
       auto [it, inserted] = owner.emplace(route, static_cast<uint32_t>(a));
       if (!inserted) {
-        *error = label + ": route \"" + route + "\" is already used by api \"" +
-                 apis[it->second].name + "\"";
-        return false;
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route + "\" is already used by api \"" +
+                          apis[it->second].name + "\"");
       }
       refs.push_back({static_cast<uint32_t>(a), static_cast<uint32_t>(r)});
     }

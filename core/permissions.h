@@ -18,6 +18,15 @@ namespace keygate {
 
 constexpr std::string_view kAdminApi = "admin";
 
+// Data-port paths keygate answers itself before looking at any route (core/auth_handler.cc):
+// exactly /healthz, and the auth endpoint with every path under it ("/_keygate/auth/...").
+// ApiRegistry::init refuses a route equal to kHealthzPath (the API would still get
+// "/healthz/x", but the route names a path it never receives) or at or under
+// kAuthEndpointPath (the API would receive nothing through it). "/_keygate" and "/healthz/"
+// are routes like any other.
+constexpr std::string_view kHealthzPath = "/healthz";
+constexpr std::string_view kAuthEndpointPath = "/_keygate/auth";
+
 struct ApiConfig {
   ApiConfig() = default;
   ApiConfig(std::string api_name, std::vector<std::string> api_routes)
@@ -57,14 +66,29 @@ constexpr size_t kApisMax = 256;
 constexpr size_t kApiRoutesMax = 64;  // per API
 constexpr size_t kApiUpstreamsMax = 64;  // per API
 
+// What ApiRegistry::init refused, so a caller that knows where each value came from (the
+// config file's positions) can point there.
+struct ApiConfigFault {
+  enum class Part : uint8_t {
+    kList,    // the list as a whole (too many APIs)
+    kName,    // apis[api].name
+    kRoutes,  // apis[api].routes as a whole (none, too many)
+    kRoute,   // apis[api].routes[route]
+  };
+  Part part = Part::kList;
+  size_t api = 0;    // index into the list given to init (not for kList)
+  size_t route = 0;  // index into that API's routes (kRoute only)
+};
+
 class ApiRegistry {
  public:
-  // Validates and indexes. Fails (false, one line in `error`, registry unchanged) on: empty or
-  // duplicate names, the reserved name "admin", names that are not [A-Za-z0-9_.-]{1,64}, an
-  // API without routes or with more than kApiRoutesMax, a route that is not a valid prefix
-  // (see prefix_is_valid; so it starts with '/'), the same route twice (in one API or two),
-  // more than kApisMax APIs.
-  bool init(std::vector<ApiConfig> apis, std::string* error);
+  // Validates and indexes. Fails (false, one line in `error`, registry unchanged; `fault`, when
+  // not null, says which entry) on: empty or duplicate names, the reserved name "admin", names
+  // that are not [A-Za-z0-9_.-]{1,64}, an API without routes or with more than kApiRoutesMax,
+  // a route that is not a valid prefix (see prefix_is_valid; so it starts with '/'), a route
+  // keygate answers itself (kHealthzPath, kAuthEndpointPath or under it: see there), the same
+  // route twice (in one API or two), more than kApisMax APIs.
+  bool init(std::vector<ApiConfig> apis, std::string* error, ApiConfigFault* fault = nullptr);
 
   // The API whose route is the longest match for `path` (see route_matches), or nullptr.
   // Does not allocate.

@@ -113,7 +113,9 @@ Key values are printed exactly once: by 'keys create' and 'keys rotate', as a li
 then; keygate keeps only a digest and cannot show them again.
 
 Exit status: 0 success; 1 the server refused the request ("keygatectl: STATUS ERROR: MESSAGE"
-on stderr), could not be reached, or answered something unexpected; 2 usage error.
+on stderr), could not be reached, or answered something unexpected; 2 usage error, or input
+refused before anything was sent (a --key-file or import file that cannot be read, is empty,
+or does not hold what it should).
 
 Examples:
   export KEYGATE_ADMIN_KEY=...
@@ -161,7 +163,10 @@ constexpr std::string_view kKeysHelp = R"(Usage: keygatectl [global options] key
         {"key":"VALUE","apis":["orders"],"description":"legacy","user":null}
       (members: key and apis required; description, user, log_request, log_response,
       enabled, expires_at optional). Blank lines are skipped. All or nothing: one bad line
-      imports none, and the error names its line. Prints the number imported.
+      imports none, and the error names its line. Prints the number imported. keygate takes
+      at most 100,000 keys in one import, in a request body of at most its [admin]
+      body_bytes_max (default 64 MiB); beyond either it answers 413 body_too_large and
+      imports none: split a larger file.
 
 TIME is RFC 3339, e.g. 2026-11-26T10:00:00Z.
 )";
@@ -313,6 +318,13 @@ int usage_error(Group group, const std::string& message) {
 int failure(const std::string& message) {
   std::fprintf(stderr, "keygatectl: %s\n", message.c_str());
   return kExitFailure;
+}
+
+// The user's own input, refused before anything was sent (a file that cannot be read or does
+// not hold what it should): exit status 2 like a usage error, so 1 always means the server.
+int input_error(const std::string& message) {
+  std::fprintf(stderr, "keygatectl: %s\n", message.c_str());
+  return kExitUsage;
 }
 
 // Writes all of `text` to stdout; the exit code to return.
@@ -933,7 +945,7 @@ int keys_create(const Context& ctx, const Args& args) {
     std::string error;
     // The file is named in no message: what was typed there may be the key value itself.
     if (!read_all(*path, "the --key-file", kKeyFileBytesMax, &text, &error)) {
-      return failure(error);
+      return input_error(error);
     }
     if (text.size() > kKeyFileBytesMax) {
       return usage_error(Group::kKeys, "the --key-file is larger than 64 KiB: not one key value");
@@ -1091,10 +1103,10 @@ int keys_import(const Context& ctx, const Args& args) {
   std::string text;
   std::string error;
   if (!read_all(args.positionals[0], lines.file, kImportFileBytesMax, &text, &error)) {
-    return failure(error);
+    return input_error(error);
   }
   if (text.size() > kImportFileBytesMax) {
-    return failure("the import file is larger than 1 GiB");
+    return input_error("the import file is larger than 1 GiB");
   }
 
   // Each line is checked to be one JSON object here, so a typo is reported by line before
@@ -1116,15 +1128,15 @@ int keys_import(const Context& ctx, const Args& args) {
     if (line.empty()) continue;
     dom::object object;
     if (parser.parse(line.data(), line.size()).get_object().get(object) != simdjson::SUCCESS) {
-      return failure(lines.file + " line " + std::to_string(line_number) +
-                     ": not a JSON object (one key object per line)");
+      return input_error(lines.file + " line " + std::to_string(line_number) +
+                         ": not a JSON object (one key object per line)");
     }
     if (!lines.line_of_key.empty()) body += ',';
     body += line;
     lines.line_of_key.push_back(line_number);
   }
   body += "]}";
-  if (lines.line_of_key.empty()) return failure(lines.file + " holds no keys");
+  if (lines.line_of_key.empty()) return input_error(lines.file + " holds no keys");
 
   HttpResponse r;
   if (!exchange(ctx, "POST", "/admin/keys/import", &body, &r)) return kExitFailure;

@@ -270,6 +270,11 @@ TEST(Config, RejectsUnknownApiMode) {
       << error;
 }
 
+TEST(Config, RejectsAnEmptyApiModeNamingTheSupportedOnes) {
+  const std::string error = parse_error("[[apis]]\nname = \"a\"\nmode = \"\"\nroutes = [\"/a\"]\n");
+  EXPECT_EQ(error, "test.toml:3:8: apis.mode: unknown mode '' (supported: auth-check, proxy)");
+}
+
 TEST(Config, ReadsUpstreamsAndTheirTimeouts) {
   const Config c = parse_ok(
       "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n"
@@ -298,6 +303,35 @@ TEST(Config, RejectsBadUpstreams) {
   EXPECT_TRUE(contains(parse_error(base + "mode = \"auth-check\"\nupstreams = [\"127.0.0.1:1\"]\n"),
                        "mode auth-check cannot have upstreams"));
   EXPECT_TRUE(contains(parse_error(base + "connect_timeout_ms = 0\n"), "connect_timeout_ms"));
+}
+
+TEST(Config, RejectsAnUpstreamListedTwiceInAnySpelling) {
+  const std::string base = "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n";
+  EXPECT_EQ(parse_error(base + "upstreams = [\"127.0.0.1:9001\", \"127.0.0.1:9001\"]\n"),
+            "test.toml:4:32: apis.a.upstreams: 127.0.0.1:9001 is listed twice");
+  EXPECT_TRUE(contains(parse_error(base + "upstreams = [\"[::1]:9001\", \"[0::1]:09001\"]\n"),
+                       "apis.a.upstreams: [0::1]:9001 is listed twice"));
+  // Another port, or the other API's server, is another upstream.
+  const Config c =
+      parse_ok(base + "upstreams = [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"[::1]:9001\"]\n" +
+               "[[apis]]\nname = \"b\"\nroutes = [\"/b\"]\nupstreams = [\"127.0.0.1:9001\"]\n");
+  EXPECT_EQ(c.apis[0].upstreams.size(), 3u);
+}
+
+TEST(Config, RejectsTheUnspecifiedAddressAsAnUpstream) {
+  const std::string base = "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n";
+  EXPECT_EQ(parse_error(base + "upstreams = [\"0.0.0.0:9001\"]\n"),
+            "test.toml:4:14: apis.a.upstreams: 0.0.0.0:9001 is the unspecified address, not a "
+            "server: name one (127.0.0.1, [::1], ...)");
+  for (std::string_view up : {"[::]:9001", "[0:0::0]:9001", "[::ffff:0.0.0.0]:9001"}) {
+    EXPECT_TRUE(contains(parse_error(base + "upstreams = [\"" + std::string(up) + "\"]\n"),
+                         "is the unspecified address"))
+        << up;
+  }
+  EXPECT_EQ(parse_ok(base + "upstreams = [\"[::ffff:127.0.0.1]:9001\", \"127.0.0.2:9001\"]\n")
+                .apis[0]
+                .upstreams.size(),
+            2u);
 }
 
 TEST(Config, ReadsLogTableAndProxyLimits) {
@@ -354,21 +388,76 @@ TEST(Config, RejectsUnknownKeyInApi) {
                        "unknown key 'apis.upstream'"));
 }
 
-TEST(Config, ValidationRejectsInvalidApis) {
-  // Parsing only checks shapes; the API rules themselves are checked by validate_config.
-  for (std::string_view text : {
-           "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n[[apis]]\nname = \"a\"\nroutes = [\"/b\"]\n",
-           "[[apis]]\nname = \"admin\"\nroutes = [\"/x\"]\n",
-           "[[apis]]\nname = \"a\"\nroutes = []\n",
-           "[[apis]]\nname = \"a\"\nroutes = [\"no-slash\"]\n",
-           "[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
+TEST(Config, RejectsInvalidApisWithThePositionOfTheOffendingValue) {
+  // ApiRegistry's rules, reported at the value they refuse: the name, the routes list, or the
+  // route itself.
+  struct Case {
+    std::string_view text;
+    std::string_view error;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n"
+            "[[apis]]\nname = \"a\"\nroutes = [\"/b\"]\n",
+            "test.toml:5:8: apis: api \"a\": duplicate name"},
+           {"[[apis]]\nname = \"admin\"\nroutes = [\"/x\"]\n",
+            "test.toml:2:8: apis: api \"admin\": the name is reserved"},
+           {"[[apis]]\nname = \"\"\nroutes = [\"/x\"]\n",
+            "test.toml:2:8: apis: api #1: name is empty"},
+           {"[[apis]]\nname = \"a\"\nroutes = []\n",
+            "test.toml:3:10: apis: api \"a\": has no routes"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/ok\", \"no-slash\"]\n",
+            "test.toml:3:18: apis: api \"a\": route \"no-slash\" must be a normalized path"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
+            "test.toml:3:11: apis: api \"a\": route \"/x/../admin\" must be a normalized path"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n\n[[apis]]\nname = \"b\"\n"
+            "routes = [\"/b\",\n  \"/a\"]\n",
+            "test.toml:8:3: apis: api \"b\": route \"/a\" is already used by api \"a\""},
        }) {
-    SCOPED_TRACE(std::string(text));
-    const Config c = parse_ok(text);
-    std::string error;
-    EXPECT_FALSE(validate_config(c, &error));
-    EXPECT_EQ(error.rfind("apis: ", 0), 0u) << error;
+    SCOPED_TRACE(std::string(c.text));
+    EXPECT_EQ(parse_error(c.text).rfind(c.error, 0), 0u) << parse_error(c.text);
   }
+  std::string many;
+  for (size_t i = 0; i <= kApisMax; ++i) {
+    many += "[[apis]]\nname = \"a" + std::to_string(i) + "\"\nroutes = [\"/a" + std::to_string(i) +
+            "\"]\n";
+  }
+  const std::string error = parse_error(many);
+  EXPECT_EQ(error.rfind("test.toml:1:1: apis: too many apis", 0), 0u) << error;
+}
+
+// The data port answers /healthz and /_keygate/auth[/...] before routing (core/auth_handler.cc):
+// a route naming one of them could never receive that path.
+TEST(Config, RejectsRoutesThatOnlyKeygatesOwnPathsCouldMatch) {
+  const std::string base = "[[apis]]\nname = \"a\"\nroutes = [\"/a\", ";
+  EXPECT_EQ(parse_error(base + "\"/healthz\"]\n"),
+            "test.toml:3:17: apis: api \"a\": route \"/healthz\" is reserved: keygate answers "
+            "/healthz itself, so the API would never receive it");
+  for (std::string_view route : {"/_keygate/auth", "/_keygate/auth/", "/_keygate/auth/orders"}) {
+    EXPECT_EQ(parse_error(base + "\"" + std::string(route) + "\"]\n"),
+              "test.toml:3:17: apis: api \"a\": route \"" + std::string(route) +
+                  "\" is reserved: keygate answers /_keygate/auth and every path under it "
+                  "itself, so the API would never receive them");
+  }
+  // Routes some of whose paths reach the API ("/healthz/x", "/_keygate/other") are accepted.
+  for (std::string_view route : {"/healthz/", "/healthz/x", "/healthzx", "/_keygate", "/_keygate/",
+                                 "/_keygate/authx", "/_keygate/other", "/"}) {
+    const Config c = parse_ok(base + "\"" + std::string(route) + "\"]\n");
+    std::string error;
+    EXPECT_TRUE(validate_config(c, &error)) << route << ": " << error;
+  }
+}
+
+TEST(Config, ValidationRejectsInvalidApisOfAConfigNotReadFromAFile) {
+  Config c;
+  c.apis.emplace_back("admin", std::vector<std::string>{"/x"});
+  std::string error;
+  EXPECT_FALSE(validate_config(c, &error));
+  EXPECT_EQ(error.rfind("apis: api \"admin\": the name is reserved", 0), 0u) << error;
+}
+
+TEST(Config, RejectsAnEmptyDataDirWithItsPosition) {
+  EXPECT_EQ(parse_error("[server]\ndata_dir = \"\"\n"),
+            "test.toml:2:12: server.data_dir must not be empty");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,6 +755,18 @@ TEST(Config, ValidationAllowsBothListenersOnEphemeralPorts) {
   c.admin_listen = ListenAddress{"127.0.0.1", 0, false};
   std::string error;
   EXPECT_TRUE(validate_config(c, &error)) << error;
+}
+
+TEST(Config, UsageShowsTheOneReadyLineAsPrintedAndTheEnvironment) {
+  const std::string usage(usage_text());
+  // tools/keygate_main.cc prints one line for both listeners, with the ring mode.
+  EXPECT_TRUE(contains(usage, "prints one line to stdout")) << usage;
+  EXPECT_TRUE(
+      contains(usage, "  keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE\n"))
+      << usage;
+  EXPECT_FALSE(contains(usage, "one line per listener")) << usage;
+  EXPECT_TRUE(contains(usage, "\nEnvironment")) << usage;
+  EXPECT_TRUE(contains(usage, "  KEYGATE_BOOTSTRAP_ADMIN_KEY ")) << usage;
 }
 
 TEST(Config, UsageNamesEveryFlag) {

@@ -423,6 +423,52 @@ TEST_F(AuthCheck, RequestsWithoutAUsableKeyGetTheDocumentedRejection) {
       allowed(round_trip(port, get_with_key("/orders/1", orders_value)), orders.id, "orders"));
 }
 
+// A refusal about the key or the route is an answer like any other: the connection stays open
+// for the next request (only the HTTP layer's refusals close it, see http_engine_test). Proxies
+// keep their connections to keygate for these, and a client that retries with a key need not
+// reconnect.
+TEST_F(AuthCheck, KeyAndRouteRejectionsKeepTheConnectionAlive) {
+  const std::string orders_value = secret("orders");
+  const std::string billing_value = secret("billing");
+  const std::string unknown_value = secret("unknown");
+  const KeyRecord orders = make_key(orders_value, {"orders"});
+  ASSERT_NO_FATAL_FAILURE(prepare_store([&](KeyService& keys) {
+    create(keys, orders);
+    create(keys, make_key(billing_value, {"billing"}));
+  }));
+  ServerOptions options;
+  options.extra_config = "[keys]\nbody_inspect_bytes_max = 16\n";
+  TestServer* server = start(options);
+  ASSERT_NE(server, nullptr);
+
+  struct Step {
+    std::string request;
+    int status;
+    std::string_view code;
+  };
+  const std::vector<Step> steps = {
+      {http_request("GET", "/orders/1"), 401, "missing_api_key"},
+      {get_with_key("/orders/1", unknown_value), 401, "invalid_api_key"},
+      {http_request("GET", "/orders/1?key=" + billing_value, {"X-ApiKey: " + orders_value}), 401,
+       "ambiguous_api_key"},
+      {get_with_key("/billing/1", orders_value), 403, "api_not_permitted"},
+      {get_with_key("/inventory/1", orders_value), 404, "no_route"},
+      {get_with_key("/orders/../billing/1", orders_value), 400, "invalid_path"},
+      {http_request("POST", "/orders", {"Content-Type: application/json"}, "{\"API_Key\":"), 400,
+       "invalid_body"},
+      {http_request("POST", "/orders", {"Content-Type: application/json"},
+                    "{\"note\":\"longer than sixteen bytes\"}"),
+       413, "body_too_large"},
+      {get_with_key("/orders/1", orders_value), 200, ""},
+  };
+  EXPECT_TRUE(on_one_connection(
+      server->data_port(), steps.size(), [&](size_t i) { return steps[i].request; },
+      [&](size_t i, const std::optional<Response>& r) {
+        return steps[i].status == 200 ? allowed(r, orders.id, "orders")
+                                      : rejected(r, steps[i].status, steps[i].code);
+      }));
+}
+
 TEST_F(AuthCheck, AUserBoundKeyIsAllowedOnlyWhatItsUsersGrantsAllow) {
   const std::string user_value = secret("alice");
   const std::string admin_value = secret("unbound");

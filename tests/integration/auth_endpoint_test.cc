@@ -194,5 +194,42 @@ TEST_F(AuthEndpoint, AnswersOnOneKeptAliveConnection) {
   }
 }
 
+// Refusals of /_keygate/auth keep the connection too: nginx (keepalive in its upstream block)
+// and Envoy reuse it for the next auth request. docs/proxies.md says so.
+TEST_F(AuthEndpoint, RejectionsKeepTheConnectionAlive) {
+  RawClient client;
+  std::string error;
+  ASSERT_TRUE(client.connect(server_->data_port(), &error)) << error;
+  const auto nginx = [](std::string_view uri, std::vector<std::string> headers) {
+    headers.push_back("X-Original-URI: " + std::string(uri));
+    headers.push_back("X-Original-Method: GET");
+    return http_request("GET", "/_keygate/auth", headers);
+  };
+  struct Step {
+    std::string request;
+    int status;
+    std::string_view code;
+  };
+  const std::vector<Step> steps = {
+      {nginx("/orders/1", {}), 401, "missing_api_key"},
+      {nginx("/orders/1", {"X-ApiKey: it-no-such-key"}), 401, "invalid_api_key"},
+      {http_request("GET", "/_keygate/auth/orders/1", {}), 401, "missing_api_key"},
+      {nginx("/billing/1", {"X-ApiKey: " + orders_key_}), 403, "api_not_permitted"},
+      {nginx("/inventory/1", {"X-ApiKey: " + orders_key_}), 404, "no_route"},
+      {nginx("/orders/../admin", {"X-ApiKey: " + orders_key_}), 400, "invalid_path"},
+      {http_request("GET", "/_keygate/auth", {"X-Original-URI: /orders/1"}), 400,
+       "invalid_auth_request"},
+  };
+  for (const Step& step : steps) {
+    SCOPED_TRACE(step.request);
+    ASSERT_TRUE(client.send(step.request));
+    const std::optional<Response> r = client.read_response();
+    ASSERT_TRUE(rejected(r, step.status, step.code)) << to_string(client.last_end());
+    EXPECT_FALSE(r->connection_close()) << r->raw;
+  }
+  ASSERT_TRUE(client.send(nginx("/orders/1", {"X-ApiKey: " + orders_key_})));
+  EXPECT_TRUE(allowed(client.read_response(), "korders00001", "orders"));
+}
+
 }  // namespace
 }  // namespace keygate::integration

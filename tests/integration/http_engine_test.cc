@@ -19,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -989,6 +990,46 @@ TEST(Cli, HelpExitsZeroAndMentionsEveryFlag) {
   for (const char* flag :
        {"--config", "--listen", "--admin-listen", "--data-dir", "--workers", "--log-dir"}) {
     EXPECT_NE(p.out.find(flag), std::string::npos) << flag << " missing from --help:\n" << p.out;
+  }
+}
+
+// Every KEYGATE_* variable the server reads (a getenv in the files the keygate binary is built
+// from) is listed by --help and in docs/configuration.md's "Environment" table.
+TEST(Cli, HelpAndTheConfigurationDocNameEveryEnvironmentVariableTheServerReads) {
+  namespace fs = std::filesystem;
+  const fs::path root = KEYGATE_SOURCE_DIR;
+  std::vector<fs::path> sources = {root / "tools" / "keygate_main.cc"};
+  for (const char* dir : {"core", "net", "storage"}) {
+    for (const fs::directory_entry& e : fs::recursive_directory_iterator(root / dir)) {
+      const std::string ext = e.path().extension().string();
+      if (ext == ".cc" || ext == ".h") sources.push_back(e.path());
+    }
+  }
+  auto read = [](const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  std::vector<std::string> variables;
+  for (const fs::path& path : sources) {
+    const std::string text = read(path);
+    constexpr std::string_view kCall = "getenv(\"KEYGATE_";
+    for (size_t at = text.find(kCall); at != std::string::npos; at = text.find(kCall, at + 1)) {
+      const size_t begin = at + kCall.size() - std::string_view("KEYGATE_").size();
+      variables.push_back(text.substr(begin, text.find('"', begin) - begin));
+    }
+  }
+  ASSERT_GE(variables.size(), 4u) << "the scan found too few getenv calls: is the tree moved?";
+  const ProcessResult help = run_keygate({"--help"});
+  ASSERT_TRUE(help.status.clean()) << help.status.describe();
+  const std::string doc = read(root / "docs" / "configuration.md");
+  const size_t table = doc.find("\n## Environment\n");
+  ASSERT_NE(table, std::string::npos) << "docs/configuration.md has no Environment section";
+  for (const std::string& name : variables) {
+    EXPECT_NE(help.out.find("  " + name + " "), std::string::npos)
+        << name << " missing from --help:\n"
+        << help.out;
+    EXPECT_NE(doc.find("| `" + name + "` |", table), std::string::npos)
+        << name << " missing from docs/configuration.md's Environment table";
   }
 }
 

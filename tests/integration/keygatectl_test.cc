@@ -338,11 +338,12 @@ TEST_F(Keygatectl, KeysImportReadsJsonLinesAndNamesTheLineOfABadRecord) {
       << refused.describe();
   EXPECT_EQ(data_status("/orders/1", v3), 401);
 
-  // A line that is not JSON is caught before sending, by line, without echoing it.
+  // A line that is not JSON is caught before sending, by line, without echoing it: the user's
+  // input, exit status 2 (1 is for the server's answers).
   const std::string broken = server_->dir().write_file(
       "broken.jsonl", "{\"key\":\"" + v3 + "\",\"apis\":[\"orders\"]}\n{\"key\":\"" + v3 + "\n");
   const CtlRun parse_error = ctl({"keys", "import", broken});
-  EXPECT_TRUE(parse_error.exited_with(1)) << parse_error.describe();
+  EXPECT_TRUE(parse_error.exited_with(2)) << parse_error.describe();
   EXPECT_TRUE(contains(parse_error.err, broken + " line 2: not a JSON object"))
       << parse_error.describe();
   for (const CtlRun& run : {import, refused, parse_error}) {
@@ -353,15 +354,15 @@ TEST_F(Keygatectl, KeysImportReadsJsonLinesAndNamesTheLineOfABadRecord) {
   EXPECT_EQ(data_status("/orders/1", v3), 401);
 
   const CtlRun missing = ctl({"keys", "import", server_->dir().path() + "/absent.jsonl"});
-  EXPECT_TRUE(missing.exited_with(1)) << missing.describe();
+  EXPECT_TRUE(missing.exited_with(2)) << missing.describe();
   EXPECT_TRUE(contains(missing.err, "cannot open")) << missing.describe();
 }
 
 TEST_F(Keygatectl, KeysImportOfAnUnreadableFileFailsWithTheReasonAndStdinWorks) {
-  // A directory opens but cannot be read: the reason, exit 1, not an abort.
+  // A directory opens but cannot be read: the reason, exit 2 (the user's input), not an abort.
   const std::string dir = server_->dir().path();
   const CtlRun directory = ctl({"keys", "import", dir});
-  EXPECT_TRUE(directory.exited_with(1)) << directory.describe();
+  EXPECT_TRUE(directory.exited_with(2)) << directory.describe();
   EXPECT_EQ(directory.err, "keygatectl: cannot read " + dir + ": Is a directory\n")
       << directory.describe();
   EXPECT_TRUE(directory.out.empty()) << directory.describe();
@@ -374,7 +375,7 @@ TEST_F(Keygatectl, KeysImportOfAnUnreadableFileFailsWithTheReasonAndStdinWorks) 
   EXPECT_EQ(piped.out, "imported 1 key\n");
   EXPECT_EQ(data_status("/orders/1", value), 200);
   const CtlRun empty = ctl_stdin({"keys", "import", "-"}, "/dev/null");
-  EXPECT_TRUE(empty.exited_with(1)) << empty.describe();
+  EXPECT_TRUE(empty.exited_with(2)) << empty.describe();
   EXPECT_EQ(empty.err, "keygatectl: stdin holds no keys\n") << empty.describe();
 }
 
@@ -435,15 +436,16 @@ TEST_F(Keygatectl, KeysCreateTakesTheValueFromAKeyFileOrStdin) {
   EXPECT_EQ(data_status("/orders/1", other), 401);
 
   // A file that cannot be read fails like an import file, without naming it (the name given
-  // may be a key value typed in the wrong place).
+  // may be a key value typed in the wrong place): exit status 2 like the empty file, since
+  // 1 means the server refused or could not be reached, and nothing was sent.
   const std::string absent = server_->dir().path() + "/" + other;
   const CtlRun missing = ctl({"keys", "create", "--api", "orders", "--key-file", absent});
-  EXPECT_TRUE(missing.exited_with(1)) << missing.describe();
+  EXPECT_TRUE(missing.exited_with(2)) << missing.describe();
   EXPECT_EQ(missing.err, "keygatectl: cannot open the --key-file: No such file or directory\n")
       << missing.describe();
   const CtlRun directory =
       ctl({"keys", "create", "--api", "orders", "--key-file", server_->dir().path()});
-  EXPECT_TRUE(directory.exited_with(1)) << directory.describe();
+  EXPECT_TRUE(directory.exited_with(2)) << directory.describe();
   EXPECT_EQ(directory.err, "keygatectl: cannot read the --key-file: Is a directory\n")
       << directory.describe();
 
@@ -731,7 +733,7 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   ASSERT_TRUE(help.exited_with(0)) << help.describe();
   for (const char* word :
        {"--url", "--key", "--json", "KEYGATE_ADMIN_KEY", "keys", "users", "apis", "logs",
-        "stats", "Exit status"}) {
+        "stats", "Exit status", "refused before anything was sent"}) {
     EXPECT_TRUE(contains(help.out, word)) << word << "\n" << help.describe();
   }
   const CtlRun keys = ctl_raw({"keys", "--help"}, std::nullopt);
@@ -739,7 +741,8 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   for (const char* word :
        {"keys create", "keys list", "keys show", "keys update", "keys delete", "keys rotate",
         "keys import", "--grace-seconds", "--no-expiry", "--enabled=true|false", "--all",
-        "--key-file FILE", "visible to other users"}) {
+        "--key-file FILE", "visible to other users", "100,000 keys in one import",
+        "body_bytes_max"}) {
     EXPECT_TRUE(contains(keys.out, word)) << word << "\n" << keys.describe();
   }
   const CtlRun users = ctl_raw({"users", "create", "--help"}, std::nullopt);

@@ -52,15 +52,22 @@ std::optional<std::string> fenced_block_after(std::string_view markdown, std::st
   return std::string(markdown.substr(begin, close + 1 - begin));
 }
 
-// The NAME=VALUE assignments in front of `make run` on the server block's one command line.
+// A bare Debian 12 has no make: the README's commands install the dependencies (make among
+// them) first.
+constexpr std::string_view kInstallDeps = "./scripts/install-deps.sh && ";
+
+// The NAME=VALUE assignments in front of `make run` on the server block's one command line,
+// "./scripts/install-deps.sh && NAME=VALUE ... make run".
 std::optional<std::vector<std::pair<std::string, std::string>>> make_run_environment(
     std::string_view block, std::string* error) {
   while (!block.empty() && block.back() == '\n') block.remove_suffix(1);
-  if (block.find('\n') != std::string_view::npos || !block.ends_with("make run")) {
-    *error =
-        "the server block is not one 'NAME=VALUE ... make run' line: '" + std::string(block) + "'";
+  if (block.find('\n') != std::string_view::npos || !block.starts_with(kInstallDeps) ||
+      !block.ends_with("make run")) {
+    *error = "the server block is not one '" + std::string(kInstallDeps) +
+             "NAME=VALUE ... make run' line: '" + std::string(block) + "'";
     return std::nullopt;
   }
+  block.remove_prefix(kInstallDeps.size());
   block.remove_suffix(std::string_view("make run").size());
   std::vector<std::pair<std::string, std::string>> env;
   while (!block.empty()) {
@@ -235,6 +242,64 @@ TEST(Quickstart, TheReadmeLinesCreateAKeyAndCallTheDemoApiWithAndWithoutIt) {
 
   const ExitStatus status = server.stop(SIGTERM);
   EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+}
+
+// README's "Tests" command is the one CI runs, word for word, and it installs the dependencies
+// before it needs make.
+TEST(Quickstart, CiRunsExactlyTheReadmesTestCommand) {
+  const std::string readme = read_text_file(KEYGATE_SOURCE_DIR "/README.md");
+  const size_t tests = readme.find("\n## Tests\n");
+  ASSERT_NE(tests, std::string::npos) << "README.md has no '## Tests' section";
+  const size_t fence = readme.find("\n```sh\n", tests);
+  ASSERT_NE(fence, std::string::npos) << "README.md: no ```sh block under '## Tests'";
+  const std::optional<std::string> block =
+      fenced_block_after(std::string_view(readme).substr(fence), "");
+  ASSERT_TRUE(block.has_value());
+  EXPECT_EQ(*block, std::string(kInstallDeps) + "make test\n");
+  const std::string ci = read_text_file(KEYGATE_SOURCE_DIR "/.ci/run");
+  ASSERT_FALSE(ci.empty()) << "cannot read .ci/run";
+  EXPECT_TRUE(ci.ends_with("\n" + *block)) << ".ci/run does not end with README's test command:\n"
+                                           << ci;
+}
+
+// `make -n TARGET` (what make would run, nothing run), each recipe line joined across its "\"
+// continuations; nullopt when make fails.
+std::optional<std::string> make_dry_run(std::string_view target) {
+  const ProcessResult r =
+      run_process("/usr/bin/make", {"-n", "-C", KEYGATE_SOURCE_DIR, std::string(target)});
+  if (!r.status.clean()) return std::nullopt;
+  std::string out;
+  for (size_t i = 0; i < r.out.size(); ++i) {
+    if (r.out[i] == '\\' && i + 1 < r.out.size() && r.out[i + 1] == '\n') {
+      i += 1;
+      while (i + 1 < r.out.size() && r.out[i + 1] == ' ') ++i;
+      continue;
+    }
+    out += r.out[i];
+  }
+  return out;
+}
+
+// A first `make run` builds what it runs, not the test suite and the micro-benchmarks; `make
+// bench` builds the benchmarks bench/e2e.sh needs (bench/keygate-bare-responder) in the same
+// directory before it runs the script.
+TEST(Quickstart, MakeRunLeavesTestsAndBenchmarksOutAndMakeBenchBuildsThem) {
+  const std::optional<std::string> run = make_dry_run("run");
+  ASSERT_TRUE(run.has_value()) << "make -n run failed";
+  EXPECT_NE(run->find("cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release "
+                      "-DKEYGATE_BUILD_TESTS=OFF -DKEYGATE_BUILD_BENCH=OFF\n"),
+            std::string::npos)
+      << *run;
+  EXPECT_NE(run->find("tools/keygate --config examples/keygate.toml"), std::string::npos) << *run;
+  const std::optional<std::string> bench = make_dry_run("bench");
+  ASSERT_TRUE(bench.has_value()) << "make -n bench failed";
+  const size_t configure = bench->find(
+      "cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DKEYGATE_BUILD_TESTS=OFF "
+      "-DKEYGATE_BUILD_BENCH=ON\n");
+  const size_t script = bench->find("./bench/e2e.sh");
+  ASSERT_NE(configure, std::string::npos) << *bench;
+  ASSERT_NE(script, std::string::npos) << *bench;
+  EXPECT_LT(configure, script) << *bench;
 }
 
 }  // namespace
