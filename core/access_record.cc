@@ -230,8 +230,10 @@ void append_signed(RecordOut &out, int64_t n) noexcept {
   out.append(digits, static_cast<size_t>(end - digits));
 }
 
-// Length of the valid UTF-8 sequence starting at s[i] (lead byte >= 0x80), or 0
-// (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF).
+// Length of the valid UTF-8 sequence starting at s[i] (lead byte >= 0x80) that may pass into
+// the log raw, or 0 (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF; and no C1
+// control U+0080..U+009F, C2 80..C2 9F: a terminal takes C2 9B as CSI, so a record shown to an
+// operator could rewrite the screen. Its bytes are escaped like invalid UTF-8).
 // Always inlined: a call from the AVX2 block loop would spill its vector registers.
 [[gnu::always_inline]] inline size_t utf8_sequence(std::string_view s, size_t i) noexcept {
   const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
@@ -241,6 +243,8 @@ void append_signed(RecordOut &out, int64_t n) noexcept {
   unsigned char hi = 0xBF;
   if (c >= 0xC2 && c <= 0xDF) {
     len = 2;
+    if (c == 0xC2)
+      lo = 0xA0;
   } else if (c >= 0xE0 && c <= 0xEF) {
     len = 3;
     if (c == 0xE0)
