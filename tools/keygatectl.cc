@@ -786,9 +786,11 @@ int unexpected_response(std::string_view what) {
   return failure("unexpected response from the server: " + std::string(what));
 }
 
-// The response body as the --json output: as is, newline-terminated.
-int emit_json(const HttpResponse& r) {
-  std::string out = r.body;
+// The response body as the --json output: as it came, newline-terminated, except that what a
+// terminal would act on (C1 controls, raw control bytes, invalid UTF-8) is written as JSON escapes
+// per `convention` (terminal_safe_json): a valid document still means the same.
+int emit_json(const HttpResponse& r, RawBytes convention = RawBytes::kCodePoints) {
+  std::string out = terminal_safe_json(r.body, convention);
   if (!out.empty() && out.back() != '\n') out += '\n';
   return emit(out);
 }
@@ -1489,13 +1491,13 @@ int logs_page(const Context& ctx, const LogsQuery& q, std::optional<std::string>
       // The server's page as is.
       if (!exchange(ctx, "GET", "/admin/logs?" + params, nullptr, &r)) return kExitFailure;
       if (!success(r)) return report_refusal(r);
-      return emit_json(r);
+      return emit_json(r, RawBytes::kRawByte);  // records: "\u00XX" is the raw byte XX
     }
     LogsPage page;
     if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
     std::string out;
     for (std::string_view record : page.records) {
-      out.append(record).push_back('\n');
+      out.append(terminal_safe_json(record, RawBytes::kRawByte)).push_back('\n');
       ++shown;
     }
     if (const int rc = emit(out); rc != kExitOk) return rc;
@@ -1548,7 +1550,7 @@ bool is_log_query(dom::parser& parser, std::string_view record) {
 // Appends the records that are not log queries to `out`, one per line.
 void append_followed(dom::parser& parser, std::string_view record, std::string* out) {
   if (is_log_query(parser, record)) return;
-  out->append(record).push_back('\n');
+  out->append(terminal_safe_json(record, RawBytes::kRawByte)).push_back('\n');
 }
 
 // Prints the matching records with seq <= `upto`, oldest first (log queries left out): the
@@ -1581,7 +1583,9 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
     cursor = page.next_cursor;
   }
   std::string out;
-  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) out.append(*it).push_back('\n');
+  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) {
+    out.append(terminal_safe_json(*it, RawBytes::kRawByte)).push_back('\n');
+  }
   return emit(out);
 }
 
