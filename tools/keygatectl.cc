@@ -53,6 +53,10 @@ constexpr std::string_view kUrlDefault = "http://127.0.0.1:8081";
 constexpr const char* kAdminKeyEnv = "KEYGATE_ADMIN_KEY";
 constexpr int kTimeoutSecondsDefault = 10;
 constexpr int kTimeoutSecondsMax = 3600;
+// One request and its whole answer take at most this many --timeouts: each wait is bounded by
+// --timeout, and this bounds a server that trickles its answer a byte at a time. The largest
+// answer (a page of 32 MiB) takes well under a second on any link the admin port is used over.
+constexpr int kExchangeTimeouts = 10;
 // An import file is read whole and sent as one body; the server's own limit is usually lower.
 constexpr size_t kImportFileBytesMax = size_t{1} << 30;
 // keys create --key-file holds one value (the server takes up to 256 bytes); anything much
@@ -90,8 +94,10 @@ Global options (before the command; --url, --json and --timeout may also follow 
   --key KEY          an admin key (one whose apis include "admin"). Default: the environment
                      variable KEYGATE_ADMIN_KEY, which is preferable: command-line arguments
                      are visible to other users of the machine.
-  --json             print the server's JSON response as is instead of a table
-  --timeout SECONDS  connect and read timeout, 1 to 3600 (default 10)
+  --json             print the server's JSON response instead of a table, as is but for
+                     terminal controls in it, written as \u escapes of the same meaning
+  --timeout SECONDS  connect and read timeout, 1 to 3600 (default 10); each request with its
+                     whole answer must also be done within 10 times this
   -h, --help         this help; 'keygatectl keys --help' and 'keygatectl users --help' for
                      the commands of a group
 
@@ -1845,9 +1851,11 @@ int run(int argc, char** argv) {
     }
     ctx.limits.connect_timeout_ms = static_cast<int>(seconds * 1000);
     ctx.limits.io_timeout_ms = static_cast<int>(seconds * 1000);
+    ctx.limits.exchange_timeout_ms = static_cast<int>(seconds * 1000 * kExchangeTimeouts);
   } else {
     ctx.limits.connect_timeout_ms = kTimeoutSecondsDefault * 1000;
     ctx.limits.io_timeout_ms = kTimeoutSecondsDefault * 1000;
+    ctx.limits.exchange_timeout_ms = kTimeoutSecondsDefault * 1000 * kExchangeTimeouts;
   }
   if (global.key) {
     ctx.admin_key = *global.key;

@@ -997,5 +997,25 @@ TEST(KeygatectlAgainstAFakeServer, C1ControlsInTextFromTheServerNeverReachTheTer
   }
 }
 
+TEST(KeygatectlAgainstAFakeServer, AServerTricklingItsAnswerIsCutOffByTheExchangeDeadline) {
+  // One byte every 400 ms: each wait is short of --timeout 1, the answer never ends (at most
+  // 60 s of it, and the fake gives up when the test ends).
+  FakeAdmin fake([](FakeAdmin& self, int fd, const std::string&) {
+    if (!FakeAdmin::send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 150\r\n\r\n")) return;
+    for (int i = 0; i < 150 && !self.stopping(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(400));
+      if (!FakeAdmin::send_all(fd, "{")) return;
+    }
+  });
+  ASSERT_TRUE(fake.ok());
+  const auto start = std::chrono::steady_clock::now();
+  const CtlRun run = ctl_against(fake, {"--timeout", "1", "stats"}, Millis(30000));
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_TRUE(run.exited_with(1)) << run.describe();
+  EXPECT_TRUE(contains(run.err, "no complete response within 10 s")) << run.describe();
+  EXPECT_GE(took, std::chrono::seconds(9));
+  EXPECT_LT(took, std::chrono::seconds(20));
+}
+
 }  // namespace
 }  // namespace keygate::integration

@@ -2,7 +2,8 @@
 //
 // No global state and nothing shared: every call owns its socket and closes it before returning,
 // so calls are safe from any thread. Every call blocks the calling thread, but no single wait
-// (connect, each send, each receive) lasts longer than the limits given, and the response is
+// (connect, each send, each receive) lasts longer than the limits given, the whole exchange ends
+// by its deadline (a server trickling a byte at a time is cut off too), and the response is
 // bounded in size, so a silent or misbehaving server cannot hang keygatectl.
 #pragma once
 
@@ -60,6 +61,9 @@ struct ClientLimits {
   // The longest any single send or receive waits for the peer (an inactivity timeout: a large
   // response that keeps arriving is not cut off).
   int io_timeout_ms = 10000;
+  // The longest a whole exchange (connect, send, every receive) may take, however the waits add
+  // up.
+  int exchange_timeout_ms = 100000;
   size_t head_bytes_max = 64 * 1024;
   size_t body_bytes_max = 256 * 1024 * 1024;
 };
