@@ -31,6 +31,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -65,6 +66,10 @@ constexpr size_t kKeyFileBytesMax = 64 * 1024;
 // keys list --all and users list: a bound on the pages followed (1000 records each at most), far
 // above any real count, so a server that keeps returning cursors cannot loop us forever.
 constexpr size_t kListPagesMax = 1'000'000;
+// Rows `keys list --all` and `users list` gather before printing: ten times the largest
+// deployment we know of, and about a gigabyte of table; a server that keeps sending rows under
+// fresh cursors is cut off here instead of exhausting memory.
+constexpr size_t kListRowsMax = 10'000'000;
 // The admin API's page sizes (core/admin_api.cc): checked here to say so before sending.
 constexpr int64_t kListLimitDefault = 100;
 constexpr int64_t kListLimitMax = 1000;
@@ -825,6 +830,21 @@ void append_array_item(std::string* items, dom::element e) {
   *items += simdjson::to_string(e);
 }
 
+// The cursors a paged listing has been given. A server that hands one out again (A, B, A, B, ...)
+// would page forever, gathering rows; any repeat ends the walk. Each cursor is kept as a 64-bit
+// hash (at most kListPagesMax of them, 8 MiB): a chance collision among a million cursors, which
+// would end a legitimate walk early with an error, has odds near 1 in 10^7.
+class CursorTrail {
+ public:
+  // False when `cursor` was given before.
+  bool is_new(std::string_view cursor) {
+    return seen_.insert(std::hash<std::string_view>{}(cursor)).second;
+  }
+
+ private:
+  std::unordered_set<size_t> seen_;
+};
+
 // One page of a paged listing (GET /admin/keys or /admin/users).
 struct ListPage {
   dom::object root;
@@ -834,11 +854,12 @@ struct ListPage {
 
 // GETs `target` (a query string already begun) with `*cursor`, when set, as its cursor, reads the
 // page into `*page` and moves `*cursor` on to the page's next_cursor. kRender, or the exit code:
-// the request was refused or failed, the answer is not a listing of `member`, or its cursor did
-// not move (the server would page forever). With `raw_json` the page is printed as it came
-// instead (the --json output of a single page).
+// the request was refused or failed, the answer is not a listing of `member`, or its cursor is
+// one `trail` has seen (the server would page forever). With `raw_json` the page is printed as it
+// came instead (the --json output of a single page).
 int fetch_list_page(const Context& ctx, std::string target, std::string_view member, bool raw_json,
-                    dom::parser& parser, std::optional<std::string>* cursor, ListPage* page) {
+                    dom::parser& parser, std::optional<std::string>* cursor, CursorTrail* trail,
+                    ListPage* page) {
   if (*cursor) target += "&cursor=" + url_encode(**cursor);
   HttpResponse r;
   if (!exchange(ctx, "GET", target, nullptr, &r)) return kExitFailure;
@@ -852,7 +873,9 @@ int fetch_list_page(const Context& ctx, std::string target, std::string_view mem
   std::optional<std::string> next = nullable_string(page->root, "next_cursor");
   page->last = !next;
   if (next) {
-    if (*cursor && *next == **cursor) return unexpected_response("the cursor did not advance");
+    if ((*cursor && *next == **cursor) || !trail->is_new(*next)) {
+      return unexpected_response("the cursor did not advance (a cursor came again)");
+    }
     *cursor = std::move(next);
   }
   return kRender;
@@ -984,15 +1007,17 @@ int keys_list(const Context& ctx, const Args& args) {
   std::string merged;  // --all --json: the records of every page
   size_t shown = 0;
   dom::parser parser;
+  CursorTrail trail;
   for (size_t page = 0;; ++page) {
     if (page == kListPagesMax) return failure("keys list: too many pages; giving up");
+    if (shown > kListRowsMax) return failure("keys list: too many keys; giving up");
     // A filtered page may come back short, even empty (the server bounds its scan). Unless the
     // raw page is wanted (--json without --all), ask again for what is missing, so a table
     // shows up to --limit keys.
     const int64_t want = all ? limit : limit - static_cast<int64_t>(shown);
     ListPage keys;
     if (const int rc = fetch_list_page(ctx, "/admin/keys?limit=" + std::to_string(want) + filters,
-                                       "keys", ctx.json && !all, parser, &cursor, &keys);
+                                       "keys", ctx.json && !all, parser, &cursor, &trail, &keys);
         rc != kRender) {
       return rc;
     }
@@ -1228,15 +1253,19 @@ int users_list(const Context& ctx, const Args& args) {
   std::string merged;  // --json: the users of every page
   std::optional<std::string> cursor;
   dom::parser parser;
+  CursorTrail trail;
+  size_t rows = 0;
   for (size_t page = 0;; ++page) {
     if (page == kListPagesMax) return failure("users list: too many pages; giving up");
+    if (rows > kListRowsMax) return failure("users list: too many users; giving up");
     ListPage users;
     if (const int rc = fetch_list_page(ctx, "/admin/users?limit=" + std::to_string(limit), "users",
-                                       false, parser, &cursor, &users);
+                                       false, parser, &cursor, &trail, &users);
         rc != kRender) {
       return rc;
     }
     for (dom::element e : users.items) {
+      ++rows;
       if (ctx.json) {
         append_array_item(&merged, e);
         continue;

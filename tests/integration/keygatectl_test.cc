@@ -1017,5 +1017,24 @@ TEST(KeygatectlAgainstAFakeServer, AServerTricklingItsAnswerIsCutOffByTheExchang
   EXPECT_LT(took, std::chrono::seconds(20));
 }
 
+TEST(KeygatectlAgainstAFakeServer, AListingWhoseCursorsComeAgainEnds) {
+  // Cursors A, B, A, B, ...: never the same twice in a row, so only remembering every cursor
+  // notices; each page brings a user, so the listing would grow without end.
+  FakeAdmin fake([](FakeAdmin&, int fd, const std::string& head) {
+    const bool at_a = contains(head.substr(0, head.find('\n')), "cursor=A");
+    FakeAdmin::send_json(fd, std::string(R"({"users":[{"name":"u","grants":[]}],"next_cursor":")") +
+                                 (at_a ? "B" : "A") + "\"}");
+  });
+  ASSERT_TRUE(fake.ok());
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"users", "list"},
+        std::vector<std::string>{"--json", "users", "list"}}) {
+    const CtlRun run = ctl_against(fake, args);
+    EXPECT_TRUE(run.exited_with(1)) << run.describe();
+    EXPECT_TRUE(contains(run.err, "a cursor came again")) << run.describe();
+  }
+  EXPECT_LE(fake.requests(), 8);
+}
+
 }  // namespace
 }  // namespace keygate::integration
