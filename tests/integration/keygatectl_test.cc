@@ -1036,5 +1036,17 @@ TEST(KeygatectlAgainstAFakeServer, AListingWhoseCursorsComeAgainEnds) {
   EXPECT_LE(fake.requests(), 8);
 }
 
+TEST(KeygatectlAgainstAFakeServer, AnAnswerAboveTheLargestTheAdminApiGivesIsRefusedUpFront) {
+  // 100 MiB announced (above 64 MiB, the cap; a logs page, the largest answer, is about 32 MiB),
+  // then nothing: refused at the head, without waiting for or buffering the body.
+  FakeAdmin fake([](FakeAdmin&, int fd, const std::string&) {
+    FakeAdmin::send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n{");
+  });
+  ASSERT_TRUE(fake.ok());
+  const CtlRun run = ctl_against(fake, {"stats"});
+  EXPECT_TRUE(run.exited_with(1)) << run.describe();
+  EXPECT_TRUE(contains(run.err, "too large")) << run.describe();
+}
+
 }  // namespace
 }  // namespace keygate::integration

@@ -65,7 +65,13 @@ struct ClientLimits {
   // up.
   int exchange_timeout_ms = 100000;
   size_t head_bytes_max = 64 * 1024;
-  size_t body_bytes_max = 256 * 1024 * 1024;
+  // Above the largest answer the admin API gives: a logs page stops after the record that takes
+  // it past 32 MiB (a record fits a worker's log buffer, 4 MiB by default), a users page after
+  // the user past 4 MiB; keys pages and the rest are far smaller. (Only a log buffer configured
+  // above 32 MiB with captured bodies escaping past that could make a larger page.) A server
+  // that sends more costs keygatectl little beyond twice this (the body and the receive buffer
+  // it is cut from), where 256 MiB cost 827 MB.
+  size_t body_bytes_max = 64 * 1024 * 1024;
 };
 
 // Connects to `endpoint`, sends `request` with Host, the request's headers, Content-Type and
