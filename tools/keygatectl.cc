@@ -95,7 +95,10 @@ Manages the keys, users and APIs of a running keygate through its admin HTTP API
 
 Global options (before the command; --url, --json and --timeout may also follow it):
   --url URL          the admin listener: http://HOST:PORT, HOST a numeric IP address or
-                     localhost (default http://127.0.0.1:8081)
+                     localhost (default http://127.0.0.1:8081). keygatectl speaks plain HTTP
+                     only, and the admin key travels in every request: run it on keygate's
+                     host or through an SSH tunnel (ssh -L 8081:127.0.0.1:8081 HOST); a
+                     non-loopback URL gets a warning on stderr
   --key KEY          an admin key (one whose apis include "admin"). Default: the environment
                      variable KEYGATE_ADMIN_KEY, which is preferable: command-line arguments
                      are visible to other users of the machine.
@@ -737,6 +740,12 @@ struct Context {
   bool json = false;
   ClientLimits limits;
 };
+
+// True for a host that stays on this machine: 127.0.0.0/8, ::1, localhost (parse_url takes
+// numeric addresses and localhost only).
+bool is_loopback(std::string_view host) {
+  return host == "localhost" || host == "::1" || host.starts_with("127.");
+}
 
 // Sends one admin request (`body` as JSON when given). False, after saying why on stderr, when
 // keygate could not be reached or answered garbage.
@@ -1872,6 +1881,11 @@ int run(int argc, char** argv) {
   const std::string url =
       args.last("--url").value_or(global.url.value_or(std::string(kUrlDefault)));
   if (!parse_url(url, &ctx.endpoint, &error)) return usage_error(group, "invalid --url: " + error);
+  if (!is_loopback(ctx.endpoint.host)) {
+    std::fputs("keygatectl: warning: --url is not a loopback address: the admin key crosses the "
+               "network in cleartext (use an SSH tunnel)\n",
+               stderr);
+  }
   if (const std::optional<std::string> t =
           args.last("--timeout") ? args.last("--timeout") : global.timeout) {
     int64_t seconds = 0;

@@ -1048,5 +1048,21 @@ TEST(KeygatectlAgainstAFakeServer, AnAnswerAboveTheLargestTheAdminApiGivesIsRefu
   EXPECT_TRUE(contains(run.err, "too large")) << run.describe();
 }
 
+TEST(KeygatectlAgainstAFakeServer, ANonLoopbackUrlIsWarnedAboutALoopbackOneIsNot) {
+  // 192.0.2.1 (TEST-NET-1) is never contacted: the warning comes before the command, and this
+  // one (not a key id) is refused before sending anything.
+  const std::vector<std::string> env = ctl_environment("fake-admin-key");
+  const ProcessResult remote = run_process(
+      keygatectl_binary(), {"--url", "http://192.0.2.1:1", "keys", "show", "nokey"}, &env,
+      kCtlTimeout);
+  EXPECT_TRUE(contains(remote.err, "not a loopback address")) << remote.err;
+  EXPECT_TRUE(contains(remote.err, "SSH tunnel")) << remote.err;
+  const ClosedPort closed;
+  ASSERT_TRUE(closed.ok());
+  const ProcessResult local =
+      run_process(keygatectl_binary(), {"--url", closed.url(), "stats"}, &env, kCtlTimeout);
+  EXPECT_FALSE(contains(local.err, "loopback")) << local.err;
+}
+
 }  // namespace
 }  // namespace keygate::integration
