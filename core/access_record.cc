@@ -14,6 +14,7 @@
 #endif
 
 #include "core/assert.h"
+#include "core/utf8.h"
 #include "core/http_request.h"
 #include "core/key_extractor.h"
 
@@ -230,44 +231,6 @@ void append_signed(RecordOut &out, int64_t n) noexcept {
   out.append(digits, static_cast<size_t>(end - digits));
 }
 
-// Length of the valid UTF-8 sequence starting at s[i] (lead byte >= 0x80), or 0
-// (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF).
-// Always inlined: a call from the AVX2 block loop would spill its vector registers.
-[[gnu::always_inline]] inline size_t utf8_sequence(std::string_view s, size_t i) noexcept {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
-  const unsigned char c = b(0);
-  size_t len = 0;
-  unsigned char lo = 0x80;
-  unsigned char hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3;
-    if (c == 0xE0)
-      lo = 0xA0;
-    if (c == 0xED)
-      hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4;
-    if (c == 0xF0)
-      lo = 0x90;
-    if (c == 0xF4)
-      hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (s.size() - i < len)
-    return 0;
-  if (b(1) < lo || b(1) > hi)
-    return 0;
-  for (size_t k = 2; k < len; ++k) {
-    if (b(k) < 0x80 || b(k) > 0xBF)
-      return 0;
-  }
-  return len;
-}
-
-
 // --- Scans ---
 // The scalar tests first; the block scans that skip text in 16 or 32 byte blocks and stop only
 // where these tests hold are in access_record_blocks.inc, included below once per width.
@@ -372,7 +335,7 @@ const char *escape_one(std::string_view s, const char *p, char *&o) noexcept {
     return p + 1;
   }
   if (u >= 0x80) {
-    if (const size_t len = utf8_sequence(s, static_cast<size_t>(p - s.data())); len != 0) {
+    if (const size_t len = utf8_passing_length(s, static_cast<size_t>(p - s.data())); len != 0) {
       std::memcpy(o, p, len);
       o += len;
       return p + len;

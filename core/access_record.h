@@ -50,10 +50,12 @@
 //
 // JSON escaping: '"' and '\\' are backslash-escaped, the control bytes with a
 // two-character escape become it (\b \t \n \f \r), the other control bytes
-// (< 0x20) \u00XX, valid UTF-8 passes through, and each byte of an invalid UTF-8
-// sequence becomes \u00XX of that byte (so "\u00e9" in a record means the raw
-// byte 0xE9 was sent, never "é"). Every record is therefore valid JSON, one
-// line.
+// (< 0x20) \u00XX, valid UTF-8 passes through except the C1 controls
+// U+0080..U+009F, and each byte of an invalid UTF-8 sequence or of a C1
+// control becomes \u00XX of that byte (so "\u00e9" in a record means the raw
+// byte 0xE9 was sent, never "é"; U+009B, CSI, is "\u00c2\u009b", so a record
+// printed to a terminal cannot drive it). Every record is therefore valid JSON,
+// one line.
 #pragma once
 
 #include <cstdint>

@@ -31,6 +31,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -53,6 +54,10 @@ constexpr std::string_view kUrlDefault = "http://127.0.0.1:8081";
 constexpr const char* kAdminKeyEnv = "KEYGATE_ADMIN_KEY";
 constexpr int kTimeoutSecondsDefault = 10;
 constexpr int kTimeoutSecondsMax = 3600;
+// One request and its whole answer take at most this many --timeouts: each wait is bounded by
+// --timeout, and this bounds a server that trickles its answer a byte at a time. The largest
+// answer (a page of 32 MiB) takes well under a second on any link the admin port is used over.
+constexpr int kExchangeTimeouts = 10;
 // An import file is read whole and sent as one body; the server's own limit is usually lower.
 constexpr size_t kImportFileBytesMax = size_t{1} << 30;
 // keys create --key-file holds one value (the server takes up to 256 bytes); anything much
@@ -61,6 +66,10 @@ constexpr size_t kKeyFileBytesMax = 64 * 1024;
 // keys list --all and users list: a bound on the pages followed (1000 records each at most), far
 // above any real count, so a server that keeps returning cursors cannot loop us forever.
 constexpr size_t kListPagesMax = 1'000'000;
+// Rows `keys list --all` and `users list` gather before printing: ten times the largest
+// deployment we know of, and about a gigabyte of table; a server that keeps sending rows under
+// fresh cursors is cut off here instead of exhausting memory.
+constexpr size_t kListRowsMax = 10'000'000;
 // The admin API's page sizes (core/admin_api.cc): checked here to say so before sending.
 constexpr int64_t kListLimitDefault = 100;
 constexpr int64_t kListLimitMax = 1000;
@@ -86,12 +95,17 @@ Manages the keys, users and APIs of a running keygate through its admin HTTP API
 
 Global options (before the command; --url, --json and --timeout may also follow it):
   --url URL          the admin listener: http://HOST:PORT, HOST a numeric IP address or
-                     localhost (default http://127.0.0.1:8081)
+                     localhost (default http://127.0.0.1:8081). keygatectl speaks plain HTTP
+                     only, and the admin key travels in every request: run it on keygate's
+                     host or through an SSH tunnel (ssh -L 8081:127.0.0.1:8081 HOST); a
+                     non-loopback URL gets a warning on stderr
   --key KEY          an admin key (one whose apis include "admin"). Default: the environment
                      variable KEYGATE_ADMIN_KEY, which is preferable: command-line arguments
                      are visible to other users of the machine.
-  --json             print the server's JSON response as is instead of a table
-  --timeout SECONDS  connect and read timeout, 1 to 3600 (default 10)
+  --json             print the server's JSON response instead of a table, as is but for
+                     terminal controls in it, written as \u escapes of the same meaning
+  --timeout SECONDS  connect and read timeout, 1 to 3600 (default 10); each request with its
+                     whole answer must also be done within 10 times this
   -h, --help         this help; 'keygatectl keys --help' and 'keygatectl users --help' for
                      the commands of a group
 
@@ -739,6 +753,12 @@ struct Context {
   ClientLimits limits;
 };
 
+// True for a host that stays on this machine: 127.0.0.0/8, ::1, localhost (parse_url takes
+// numeric addresses and localhost only).
+bool is_loopback(std::string_view host) {
+  return host == "localhost" || host == "::1" || host.starts_with("127.");
+}
+
 // Sends one admin request (`body` as JSON when given). False, after saying why on stderr, when
 // keygate could not be reached or answered garbage.
 bool exchange(const Context& ctx, std::string_view method, const std::string& target,
@@ -798,9 +818,11 @@ int unexpected_response(std::string_view what) {
   return failure("unexpected response from the server: " + std::string(what));
 }
 
-// The response body as the --json output: as is, newline-terminated.
-int emit_json(const HttpResponse& r) {
-  std::string out = r.body;
+// The response body as the --json output: as it came, newline-terminated, except that what a
+// terminal would act on (C1 controls, raw control bytes, invalid UTF-8) is written as JSON escapes
+// per `convention` (terminal_safe_json): a valid document still means the same.
+int emit_json(const HttpResponse& r, RawBytes convention = RawBytes::kCodePoints) {
+  std::string out = terminal_safe_json(r.body, convention);
   if (!out.empty() && out.back() != '\n') out += '\n';
   return emit(out);
 }
@@ -829,6 +851,21 @@ void append_array_item(std::string* items, dom::element e) {
   *items += simdjson::to_string(e);
 }
 
+// The cursors a paged listing has been given. A server that hands one out again (A, B, A, B, ...)
+// would page forever, gathering rows; any repeat ends the walk. Each cursor is kept as a 64-bit
+// hash (at most kListPagesMax of them, 8 MiB): a chance collision among a million cursors, which
+// would end a legitimate walk early with an error, has odds near 1 in 10^7.
+class CursorTrail {
+ public:
+  // False when `cursor` was given before.
+  bool is_new(std::string_view cursor) {
+    return seen_.insert(std::hash<std::string_view>{}(cursor)).second;
+  }
+
+ private:
+  std::unordered_set<size_t> seen_;
+};
+
 // One page of a paged listing (GET /admin/keys or /admin/users).
 struct ListPage {
   dom::object root;
@@ -838,11 +875,12 @@ struct ListPage {
 
 // GETs `target` (a query string already begun) with `*cursor`, when set, as its cursor, reads the
 // page into `*page` and moves `*cursor` on to the page's next_cursor. kRender, or the exit code:
-// the request was refused or failed, the answer is not a listing of `member`, or its cursor did
-// not move (the server would page forever). With `raw_json` the page is printed as it came
-// instead (the --json output of a single page).
+// the request was refused or failed, the answer is not a listing of `member`, or its cursor is
+// one `trail` has seen (the server would page forever). With `raw_json` the page is printed as it
+// came instead (the --json output of a single page).
 int fetch_list_page(const Context& ctx, std::string target, std::string_view member, bool raw_json,
-                    dom::parser& parser, std::optional<std::string>* cursor, ListPage* page) {
+                    dom::parser& parser, std::optional<std::string>* cursor, CursorTrail* trail,
+                    ListPage* page) {
   if (*cursor) target += "&cursor=" + url_encode(**cursor);
   HttpResponse r;
   if (!exchange(ctx, "GET", target, nullptr, &r)) return kExitFailure;
@@ -856,7 +894,9 @@ int fetch_list_page(const Context& ctx, std::string target, std::string_view mem
   std::optional<std::string> next = nullable_string(page->root, "next_cursor");
   page->last = !next;
   if (next) {
-    if (*cursor && *next == **cursor) return unexpected_response("the cursor did not advance");
+    if ((*cursor && *next == **cursor) || !trail->is_new(*next)) {
+      return unexpected_response("the cursor did not advance (a cursor came again)");
+    }
     *cursor = std::move(next);
   }
   return kRender;
@@ -988,15 +1028,17 @@ int keys_list(const Context& ctx, const Args& args) {
   std::string merged;  // --all --json: the records of every page
   size_t shown = 0;
   dom::parser parser;
+  CursorTrail trail;
   for (size_t page = 0;; ++page) {
     if (page == kListPagesMax) return failure("keys list: too many pages; giving up");
+    if (shown > kListRowsMax) return failure("keys list: too many keys; giving up");
     // A filtered page may come back short, even empty (the server bounds its scan). Unless the
     // raw page is wanted (--json without --all), ask again for what is missing, so a table
     // shows up to --limit keys.
     const int64_t want = all ? limit : limit - static_cast<int64_t>(shown);
     ListPage keys;
     if (const int rc = fetch_list_page(ctx, "/admin/keys?limit=" + std::to_string(want) + filters,
-                                       "keys", ctx.json && !all, parser, &cursor, &keys);
+                                       "keys", ctx.json && !all, parser, &cursor, &trail, &keys);
         rc != kRender) {
       return rc;
     }
@@ -1232,15 +1274,19 @@ int users_list(const Context& ctx, const Args& args) {
   std::string merged;  // --json: the users of every page
   std::optional<std::string> cursor;
   dom::parser parser;
+  CursorTrail trail;
+  size_t rows = 0;
   for (size_t page = 0;; ++page) {
     if (page == kListPagesMax) return failure("users list: too many pages; giving up");
+    if (rows > kListRowsMax) return failure("users list: too many users; giving up");
     ListPage users;
     if (const int rc = fetch_list_page(ctx, "/admin/users?limit=" + std::to_string(limit), "users",
-                                       false, parser, &cursor, &users);
+                                       false, parser, &cursor, &trail, &users);
         rc != kRender) {
       return rc;
     }
     for (dom::element e : users.items) {
+      ++rows;
       if (ctx.json) {
         append_array_item(&merged, e);
         continue;
@@ -1501,13 +1547,13 @@ int logs_page(const Context& ctx, const LogsQuery& q, std::optional<std::string>
       // The server's page as is.
       if (!exchange(ctx, "GET", "/admin/logs?" + params, nullptr, &r)) return kExitFailure;
       if (!success(r)) return report_refusal(r);
-      return emit_json(r);
+      return emit_json(r, RawBytes::kRawByte);  // records: "\u00XX" is the raw byte XX
     }
     LogsPage page;
     if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
     std::string out;
     for (std::string_view record : page.records) {
-      out.append(record).push_back('\n');
+      out.append(terminal_safe_json(record, RawBytes::kRawByte)).push_back('\n');
       ++shown;
     }
     if (const int rc = emit(out); rc != kExitOk) return rc;
@@ -1560,7 +1606,7 @@ bool is_log_query(dom::parser& parser, std::string_view record) {
 // Appends the records that are not log queries to `out`, one per line.
 void append_followed(dom::parser& parser, std::string_view record, std::string* out) {
   if (is_log_query(parser, record)) return;
-  out->append(record).push_back('\n');
+  out->append(terminal_safe_json(record, RawBytes::kRawByte)).push_back('\n');
 }
 
 // Prints the matching records with seq <= `upto`, oldest first (log queries left out): the
@@ -1593,7 +1639,9 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
     cursor = page.next_cursor;
   }
   std::string out;
-  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) out.append(*it).push_back('\n');
+  for (auto it = backlog.rbegin(); it != backlog.rend(); ++it) {
+    out.append(terminal_safe_json(*it, RawBytes::kRawByte)).push_back('\n');
+  }
   return emit(out);
 }
 
@@ -1845,6 +1893,11 @@ int run(int argc, char** argv) {
   const std::string url =
       args.last("--url").value_or(global.url.value_or(std::string(kUrlDefault)));
   if (!parse_url(url, &ctx.endpoint, &error)) return usage_error(group, "invalid --url: " + error);
+  if (!is_loopback(ctx.endpoint.host)) {
+    std::fputs("keygatectl: warning: --url is not a loopback address: the admin key crosses the "
+               "network in cleartext (use an SSH tunnel)\n",
+               stderr);
+  }
   if (const std::optional<std::string> t =
           args.last("--timeout") ? args.last("--timeout") : global.timeout) {
     int64_t seconds = 0;
@@ -1853,9 +1906,11 @@ int run(int argc, char** argv) {
     }
     ctx.limits.connect_timeout_ms = static_cast<int>(seconds * 1000);
     ctx.limits.io_timeout_ms = static_cast<int>(seconds * 1000);
+    ctx.limits.exchange_timeout_ms = static_cast<int>(seconds * 1000 * kExchangeTimeouts);
   } else {
     ctx.limits.connect_timeout_ms = kTimeoutSecondsDefault * 1000;
     ctx.limits.io_timeout_ms = kTimeoutSecondsDefault * 1000;
+    ctx.limits.exchange_timeout_ms = kTimeoutSecondsDefault * 1000 * kExchangeTimeouts;
   }
   if (global.key) {
     ctx.admin_key = *global.key;

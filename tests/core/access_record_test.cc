@@ -258,6 +258,15 @@ TEST(AccessRecordJson, ValidUtf8PassesAndInvalidBytesBecomeEscapes) {
                  "\\u00e2\\u0082\"");
 }
 
+TEST(AccessRecordJson, C1ControlsAreEscapedByteByByteLikeInvalidUtf8) {
+  // U+009B (CSI) and U+009D (OSC) would drive a terminal showing the record; U+0080 and
+  // U+009F are the ends of the C1 range, U+00A0 (no-break space) the first that passes.
+  std::string out;
+  append_json_escaped("a\xc2\x9b" "2J\xc2\x9d" "0;t\x07 \xc2\x80\xc2\x9f\xc2\xa0\xc2\xbf", out);
+  EXPECT_EQ(out, "\"a\\u00c2\\u009b2J\\u00c2\\u009d0;t\\u0007 "
+                 "\\u00c2\\u0080\\u00c2\\u009f\xc2\xa0\xc2\xbf\"");
+}
+
 TEST(AccessRecordJson, EveryFieldOfHostileBytesStillParses) {
   std::string hostile;
   for (int c = 0; c < 256; ++c)
@@ -689,6 +698,7 @@ std::string reference_escaped(std::string_view s) {
     unsigned char lo = 0x80, hi = 0xBF;
     if (c >= 0xC2 && c <= 0xDF) {
       len = 2;
+      lo = c == 0xC2 ? 0xA0 : 0x80; // C1 controls (C2 80..C2 9F) do not pass
     } else if (c >= 0xE0 && c <= 0xEF) {
       len = 3;
       lo = c == 0xE0 ? 0xA0 : 0x80;
@@ -741,7 +751,8 @@ TEST(AccessRecordJson, EscapesAtEveryOffsetAndLengthMatchTheReference) {
   const std::vector<std::string> specials = {
       "\"", "\\", "\n", std::string(1, '\0'), "\x1f", "\x7f", "\xc3\xa9",
       "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\x80", "\xc3", "\xe2\x82", "\xf0\x9f\x98",
-      "\xed\xa0\x80", "\xff", "\"\"\\\\", "\xc3\xa9\xc3\xa9\n\""};
+      "\xed\xa0\x80", "\xff", "\"\"\\\\", "\xc3\xa9\xc3\xa9\n\"", "\xc2\x9b",
+      "\xc2\x80", "\xc2\x9f", "\xc2\xa0", "\xc2\x9b[2J\xc2\x9d" "0;x\x07"};
   // Up to past four 32-byte blocks: the block loop, then a tail under two blocks (escaped
   // through a padded copy) with the special byte in either part or across them.
   for (const std::string &special : specials) {
@@ -767,7 +778,7 @@ TEST(AccessRecordJson, RandomBytesMatchTheReference) {
       const auto r = static_cast<uint32_t>(rng());
       // All bytes; mostly ASCII with some escapes; UTF-8 lead/continuation heavy; escape-dense.
       c = kind == 0   ? static_cast<char>(r & 0xff)
-          : kind == 1 ? (r % 16 == 0 ? "\"\\\n\xc3\xa9\x80"[r / 16 % 6]
+          : kind == 1 ? (r % 16 == 0 ? "\"\\\n\xc3\xa9\x80\xc2\x9b"[r / 16 % 8]
                                        : static_cast<char>('a' + r / 16 % 26))
           : kind == 2 ? static_cast<char>(0x80 | (r & 0x7f))
                       : "\"\\\x01 a\xe2\x82\xac"[r % 8];

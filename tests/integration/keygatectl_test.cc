@@ -13,14 +13,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -826,6 +830,241 @@ TEST_F(Keygatectl, LogsCursorSinceAndUntilAreCheckedSoAKeyTypedThereNeverReaches
   ASSERT_GT(files, 0u);
   EXPECT_TRUE(contains(bytes, "/admin/logs?")) << "the accepted query is not in the log";
   EXPECT_FALSE(contains(bytes, admin_value_)) << "the key reached the access log";
+}
+
+TEST_F(Keygatectl, C1ControlsInADescriptionOrACapturedRequestStayEscaped) {
+  const std::string csi = "\xc2\x9b";  // U+009B, CSI to a terminal
+  const CtlRun create = ctl({"keys", "create", "--api", "orders", "--log-request", "--description",
+                             "a" + csi + "31m b"});
+  const std::string value = made_key(create);
+  const std::string id = field(create.out, "id");
+  EXPECT_FALSE(contains(create.out, csi)) << create.describe();
+  EXPECT_EQ(field(create.out, "description"), "a\\xc2\\x9b31m b") << create.describe();
+
+  const CtlRun list = ctl({"keys", "list"});
+  ASSERT_TRUE(list.exited_with(0)) << list.describe();
+  EXPECT_FALSE(contains(list.out, csi)) << list.describe();
+  EXPECT_TRUE(contains(list.out, "a\\xc2\\x9b31m b")) << list.describe();
+
+  // The admin API writes it as the code point escape.
+  const CtlRun json = ctl({"--json", "keys", "show", id});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_TRUE(contains(json.out, R"("description":"a\u009b31m b")")) << json.describe();
+
+  // A captured request with CSI in a header and the body: the log has each byte escaped.
+  const std::optional<Response> r =
+      round_trip(server_->data_port(),
+                 http_request("POST", "/orders/1", {"X-ApiKey: " + value, "X-Note: n" + csi + "2J"},
+                              "b" + csi + "2J"));
+  ASSERT_TRUE(r.has_value());
+  CtlRun logs;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {  // the record reaches GET /admin/logs at the writer's next flush
+    logs = ctl({"logs", "--key", id});
+    if (contains(logs.out, "X-Note")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (std::chrono::steady_clock::now() < deadline);
+  ASSERT_TRUE(logs.exited_with(0)) << logs.describe();
+  EXPECT_FALSE(contains(logs.out, csi)) << logs.describe();
+  EXPECT_TRUE(contains(logs.out, R"(X-Note: n\u00c2\u009b2J)")) << logs.describe();
+  EXPECT_TRUE(contains(logs.out, R"("body":"b\u00c2\u009b2J")")) << logs.describe();
+}
+
+// --- against a server that misbehaves -----------------------------------------------------------
+
+// A stand-in for the admin port, for what keygate itself never sends: a thread accepts loopback
+// connections (at most kConnectionsMax, then it stops) and hands each one, with its request head,
+// to `respond`, which writes what it likes; the connection is then closed. The destructor stops
+// the thread (`stopping()` tells a slow `respond` to give up).
+class FakeAdmin {
+ public:
+  using Respond = std::function<void(FakeAdmin&, int fd, const std::string& head)>;
+  static constexpr int kConnectionsMax = 64;
+
+  explicit FakeAdmin(Respond respond) : respond_(std::move(respond)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::listen(fd_, 16) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~FakeAdmin() {
+    stopping_ = true;
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);  // wakes accept()
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FakeAdmin(const FakeAdmin&) = delete;
+  FakeAdmin& operator=(const FakeAdmin&) = delete;
+
+  bool ok() const { return port_ != 0; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  bool stopping() const { return stopping_; }
+  int requests() const { return requests_; }
+
+  // Sends all of `bytes` (false when the client has gone).
+  static bool send_all(int fd, std::string_view bytes) {
+    while (!bytes.empty()) {
+      const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      bytes.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+  // A complete 200 response with a JSON body.
+  static void send_json(int fd, std::string_view body) {
+    send_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                     std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+                     std::string(body));
+  }
+
+ private:
+  void serve() {
+    for (int n = 0; n < kConnectionsMax && !stopping_; ++n) {
+      const int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      std::string head;
+      char buf[4096];
+      while (head.find("\r\n\r\n") == std::string::npos && head.size() < 65536) {
+        const ssize_t r = ::recv(fd, buf, sizeof(buf), 0);
+        if (r <= 0) break;
+        head.append(buf, static_cast<size_t>(r));
+      }
+      ++requests_;
+      respond_(*this, fd, head);
+      ::close(fd);
+    }
+  }
+
+  Respond respond_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> requests_{0};
+  std::thread thread_;
+};
+
+// keygatectl --url <fake> ARGS with an admin key, SIGKILLed after `timeout`.
+CtlRun ctl_against(const FakeAdmin& fake, std::vector<std::string> args,
+                   Millis timeout = kCtlTimeout) {
+  args.insert(args.begin(), {"--url", fake.url()});
+  const std::vector<std::string> env = ctl_environment("fake-admin-key");
+  ProcessResult result = run_process(keygatectl_binary(), args, &env, timeout);
+  return CtlRun{std::move(args), result.status, std::move(result.out), std::move(result.err)};
+}
+
+constexpr std::string_view kCsi = "\xc2\x9b";  // U+009B, CSI to a terminal
+constexpr std::string_view kOsc = "\xc2\x9d";  // U+009D, OSC
+
+TEST(KeygatectlAgainstAFakeServer, C1ControlsInTextFromTheServerNeverReachTheTerminalRaw) {
+  // A key record whose description holds raw C1 controls (valid JSON: keygate itself escapes
+  // them, an older or hostile server may not), and an access-log page whose record does too.
+  const std::string key_record = R"({"id":"kAAAAAAAAAAAA","hint":"x","description":"a)" +
+                                 std::string(kCsi) + "2J" + std::string(kOsc) +
+                                 R"(0;t b","apis":[],"user":null,"enabled":true,"expires_at":null})";
+  const std::string logs_page = R"({"records":[{"seq":7,"path":"/x)" + std::string(kCsi) +
+                                R"(31m"}],"next_cursor":null})";
+  FakeAdmin fake([&](FakeAdmin&, int fd, const std::string& head) {
+    FakeAdmin::send_json(fd, head.starts_with("GET /admin/logs") ? logs_page : key_record);
+  });
+  ASSERT_TRUE(fake.ok());
+  const auto raw_c1 = [](const std::string& text) {
+    return contains(text, kCsi) || contains(text, kOsc);
+  };
+
+  const CtlRun show = ctl_against(fake, {"keys", "show", "kAAAAAAAAAAAA"});
+  ASSERT_TRUE(show.exited_with(0)) << show.describe();
+  EXPECT_FALSE(raw_c1(show.out)) << show.describe();
+  EXPECT_EQ(field(show.out, "description"), "a\\xc2\\x9b2J\\xc2\\x9d0;t b") << show.describe();
+
+  // --json: as code point escapes, which mean the same to a JSON parser.
+  const CtlRun json = ctl_against(fake, {"--json", "keys", "show", "kAAAAAAAAAAAA"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_FALSE(raw_c1(json.out)) << json.describe();
+  EXPECT_TRUE(contains(json.out, R"("description":"a\u009b2J\u009d0;t b")")) << json.describe();
+
+  // Log records keep the log's convention, "\u00XX" = the raw byte XX.
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"logs"}, std::vector<std::string>{"--json", "logs"}}) {
+    const CtlRun logs = ctl_against(fake, args);
+    ASSERT_TRUE(logs.exited_with(0)) << logs.describe();
+    EXPECT_FALSE(raw_c1(logs.out)) << logs.describe();
+    EXPECT_TRUE(contains(logs.out, R"("path":"/x\u00c2\u009b31m")")) << logs.describe();
+  }
+}
+
+TEST(KeygatectlAgainstAFakeServer, AServerTricklingItsAnswerIsCutOffByTheExchangeDeadline) {
+  // One byte every 400 ms: each wait is short of --timeout 1, the answer never ends (at most
+  // 60 s of it, and the fake gives up when the test ends).
+  FakeAdmin fake([](FakeAdmin& self, int fd, const std::string&) {
+    if (!FakeAdmin::send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 150\r\n\r\n")) return;
+    for (int i = 0; i < 150 && !self.stopping(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(400));
+      if (!FakeAdmin::send_all(fd, "{")) return;
+    }
+  });
+  ASSERT_TRUE(fake.ok());
+  const auto start = std::chrono::steady_clock::now();
+  const CtlRun run = ctl_against(fake, {"--timeout", "1", "stats"}, Millis(30000));
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_TRUE(run.exited_with(1)) << run.describe();
+  EXPECT_TRUE(contains(run.err, "no complete response within 10 s")) << run.describe();
+  EXPECT_GE(took, std::chrono::seconds(9));
+  EXPECT_LT(took, std::chrono::seconds(20));
+}
+
+TEST(KeygatectlAgainstAFakeServer, AListingWhoseCursorsComeAgainEnds) {
+  // Cursors A, B, A, B, ...: never the same twice in a row, so only remembering every cursor
+  // notices; each page brings a user, so the listing would grow without end.
+  FakeAdmin fake([](FakeAdmin&, int fd, const std::string& head) {
+    const bool at_a = contains(head.substr(0, head.find('\n')), "cursor=A");
+    FakeAdmin::send_json(fd, std::string(R"({"users":[{"name":"u","grants":[]}],"next_cursor":")") +
+                                 (at_a ? "B" : "A") + "\"}");
+  });
+  ASSERT_TRUE(fake.ok());
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"users", "list"},
+        std::vector<std::string>{"--json", "users", "list"}}) {
+    const CtlRun run = ctl_against(fake, args);
+    EXPECT_TRUE(run.exited_with(1)) << run.describe();
+    EXPECT_TRUE(contains(run.err, "a cursor came again")) << run.describe();
+  }
+  EXPECT_LE(fake.requests(), 8);
+}
+
+TEST(KeygatectlAgainstAFakeServer, AnAnswerAboveTheLargestTheAdminApiGivesIsRefusedUpFront) {
+  // 100 MiB announced (above 64 MiB, the cap; a logs page, the largest answer, is about 32 MiB),
+  // then nothing: refused at the head, without waiting for or buffering the body.
+  FakeAdmin fake([](FakeAdmin&, int fd, const std::string&) {
+    FakeAdmin::send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n{");
+  });
+  ASSERT_TRUE(fake.ok());
+  const CtlRun run = ctl_against(fake, {"stats"});
+  EXPECT_TRUE(run.exited_with(1)) << run.describe();
+  EXPECT_TRUE(contains(run.err, "too large")) << run.describe();
+}
+
+TEST(KeygatectlAgainstAFakeServer, ANonLoopbackUrlIsWarnedAboutALoopbackOneIsNot) {
+  // 192.0.2.1 (TEST-NET-1) is never contacted: the warning comes before the command, and this
+  // one (not a key id) is refused before sending anything.
+  const std::vector<std::string> env = ctl_environment("fake-admin-key");
+  const ProcessResult remote = run_process(
+      keygatectl_binary(), {"--url", "http://192.0.2.1:1", "keys", "show", "nokey"}, &env,
+      kCtlTimeout);
+  EXPECT_TRUE(contains(remote.err, "not a loopback address")) << remote.err;
+  EXPECT_TRUE(contains(remote.err, "SSH tunnel")) << remote.err;
+  const ClosedPort closed;
+  ASSERT_TRUE(closed.ok());
+  const ProcessResult local =
+      run_process(keygatectl_binary(), {"--url", closed.url(), "stats"}, &env, kCtlTimeout);
+  EXPECT_FALSE(contains(local.err, "loopback")) << local.err;
 }
 
 }  // namespace

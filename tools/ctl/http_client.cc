@@ -8,6 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <time.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -78,10 +81,41 @@ int wait_for(int fd, short events, int timeout_ms) {
   }
 }
 
+int64_t monotonic_ms() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+// The end of one exchange, ClientLimits::exchange_timeout_ms after its start: every wait is cut
+// to what is left of it, so a server that sends a byte now and then cannot hold the exchange
+// open, however short each wait.
+class Deadline {
+ public:
+  explicit Deadline(int timeout_ms)
+      : timeout_ms_(timeout_ms), end_ms_(monotonic_ms() + timeout_ms) {}
+
+  // `wait_ms`, or what is left before the deadline when that is less (0 once it has passed).
+  int clamp(int wait_ms) const {
+    const int64_t left = end_ms_ - monotonic_ms();
+    return left <= 0 ? 0 : static_cast<int>(std::min<int64_t>(wait_ms, left));
+  }
+  bool passed() const { return monotonic_ms() >= end_ms_; }
+  // The reason given when a wait ended at the deadline.
+  std::string reason() const {
+    return "no complete response within " + std::to_string(timeout_ms_ / 1000) + " s";
+  }
+
+ private:
+  int timeout_ms_;
+  int64_t end_ms_;
+};
+
 // Incremental reads from a non-blocking socket into one buffer that the parser consumes from.
 class Reader {
  public:
-  Reader(int fd, const ClientLimits& limits) : fd_(fd), limits_(limits) {}
+  Reader(int fd, const ClientLimits& limits, const Deadline& deadline)
+      : fd_(fd), limits_(limits), deadline_(deadline) {}
 
   // Appends at least one more byte. False on EOF (eof() then true), timeout or error, with a
   // reason in `*error` unless it was a clean EOF.
@@ -102,10 +136,12 @@ class Reader {
         *error = "receiving the response: " + errno_text(errno);
         return false;
       }
-      const int ready = wait_for(fd_, POLLIN, limits_.io_timeout_ms);
+      const int ready = wait_for(fd_, POLLIN, deadline_.clamp(limits_.io_timeout_ms));
       if (ready == 0) {
-        *error = "timed out after " + std::to_string(limits_.io_timeout_ms / 1000) +
-                 " s waiting for the response";
+        *error = deadline_.passed() ? deadline_.reason()
+                                    : "timed out after " +
+                                          std::to_string(limits_.io_timeout_ms / 1000) +
+                                          " s waiting for the response";
         return false;
       }
       if (ready < 0) {
@@ -162,6 +198,7 @@ class Reader {
  private:
   int fd_;
   const ClientLimits& limits_;
+  const Deadline& deadline_;
   std::string buffer_;
   size_t pos_ = 0;
   bool eof_ = false;
@@ -187,7 +224,8 @@ bool resolve(const Endpoint& endpoint, sockaddr_storage* addr, socklen_t* len) {
   return false;
 }
 
-bool connect_to(const Endpoint& endpoint, const ClientLimits& limits, int* fd_out,
+bool connect_to(const Endpoint& endpoint, const ClientLimits& limits, const Deadline& deadline,
+                int* fd_out,
                 std::string* error) {
   sockaddr_storage addr;
   socklen_t len = 0;
@@ -206,10 +244,12 @@ bool connect_to(const Endpoint& endpoint, const ClientLimits& limits, int* fd_ou
     *error = errno_text(errno);
     return false;
   }
-  const int ready = wait_for(fd, POLLOUT, limits.connect_timeout_ms);
+  const int ready = wait_for(fd, POLLOUT, deadline.clamp(limits.connect_timeout_ms));
   if (ready == 0) {
-    *error =
-        "timed out after " + std::to_string(limits.connect_timeout_ms / 1000) + " s connecting";
+    *error = deadline.passed() ? deadline.reason()
+                               : "timed out after " +
+                                     std::to_string(limits.connect_timeout_ms / 1000) +
+                                     " s connecting";
     return false;
   }
   int so_error = 0;
@@ -228,7 +268,8 @@ bool connect_to(const Endpoint& endpoint, const ClientLimits& limits, int* fd_ou
   return true;
 }
 
-bool send_all(int fd, std::string_view bytes, const ClientLimits& limits, std::string* error) {
+bool send_all(int fd, std::string_view bytes, const ClientLimits& limits, const Deadline& deadline,
+              std::string* error) {
   while (!bytes.empty()) {
     const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
     if (n > 0) {
@@ -237,10 +278,12 @@ bool send_all(int fd, std::string_view bytes, const ClientLimits& limits, std::s
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      const int ready = wait_for(fd, POLLOUT, limits.io_timeout_ms);
+      const int ready = wait_for(fd, POLLOUT, deadline.clamp(limits.io_timeout_ms));
       if (ready == 0) {
-        *error = "timed out after " + std::to_string(limits.io_timeout_ms / 1000) +
-                 " s sending the request";
+        *error = deadline.passed() ? deadline.reason()
+                                   : "timed out after " +
+                                         std::to_string(limits.io_timeout_ms / 1000) +
+                                         " s sending the request";
         return false;
       }
       if (ready > 0) continue;
@@ -476,8 +519,9 @@ const std::string* HttpResponse::header(std::string_view name) const {
 
 bool http_exchange(const Endpoint& endpoint, const HttpRequest& request, const ClientLimits& limits,
                    HttpResponse* out, std::string* error) {
+  const Deadline deadline(limits.exchange_timeout_ms);
   int fd = -1;
-  const bool connected = connect_to(endpoint, limits, &fd, error);
+  const bool connected = connect_to(endpoint, limits, deadline, &fd, error);
   const Socket socket(fd);
   if (!connected) {
     *error = "cannot connect to " + endpoint.authority() + ": " + *error;
@@ -502,10 +546,10 @@ bool http_exchange(const Endpoint& endpoint, const HttpRequest& request, const C
   bool sent = false;
   if (request.body.size() <= 64 * 1024) {
     head.append(request.body);
-    sent = send_all(socket.fd(), head, limits, error);
+    sent = send_all(socket.fd(), head, limits, deadline, error);
   } else {
-    sent = send_all(socket.fd(), head, limits, error) &&
-           send_all(socket.fd(), request.body, limits, error);
+    sent = send_all(socket.fd(), head, limits, deadline, error) &&
+           send_all(socket.fd(), request.body, limits, deadline, error);
   }
   // A server may answer early and close (413 for a body over its limit): its response, if one
   // arrived, says more than the failed send does.
@@ -513,7 +557,7 @@ bool http_exchange(const Endpoint& endpoint, const HttpRequest& request, const C
   const std::string send_error = sent ? std::string() : *error;
   if (!sent && wait_for(socket.fd(), POLLIN, 0) <= 0) return false;
 
-  Reader reader(socket.fd(), limits);
+  Reader reader(socket.fd(), limits, deadline);
   for (int interim = 0;; ++interim) {
     if (!read_head(reader, limits, out, error)) {
       if (!sent) *error = send_error;

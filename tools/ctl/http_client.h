@@ -2,7 +2,8 @@
 //
 // No global state and nothing shared: every call owns its socket and closes it before returning,
 // so calls are safe from any thread. Every call blocks the calling thread, but no single wait
-// (connect, each send, each receive) lasts longer than the limits given, and the response is
+// (connect, each send, each receive) lasts longer than the limits given, the whole exchange ends
+// by its deadline (a server trickling a byte at a time is cut off too), and the response is
 // bounded in size, so a silent or misbehaving server cannot hang keygatectl.
 #pragma once
 
@@ -60,8 +61,17 @@ struct ClientLimits {
   // The longest any single send or receive waits for the peer (an inactivity timeout: a large
   // response that keeps arriving is not cut off).
   int io_timeout_ms = 10000;
+  // The longest a whole exchange (connect, send, every receive) may take, however the waits add
+  // up.
+  int exchange_timeout_ms = 100000;
   size_t head_bytes_max = 64 * 1024;
-  size_t body_bytes_max = 256 * 1024 * 1024;
+  // Above the largest answer the admin API gives: a logs page stops after the record that takes
+  // it past 32 MiB (a record fits a worker's log buffer, 4 MiB by default), a users page after
+  // the user past 4 MiB; keys pages and the rest are far smaller. (Only a log buffer configured
+  // above 32 MiB with captured bodies escaping past that could make a larger page.) A server
+  // that sends more costs keygatectl little beyond twice this (the body and the receive buffer
+  // it is cut from), where 256 MiB cost 827 MB.
+  size_t body_bytes_max = 64 * 1024 * 1024;
 };
 
 // Connects to `endpoint`, sends `request` with Host, the request's headers, Content-Type and

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/assert.h"
+#include "core/utf8.h"
 
 namespace keygate::ctl {
 
@@ -14,13 +15,20 @@ void pad_to(std::string* out, size_t width, size_t target) {
   if (target > width) out->append(target - width, ' ');
 }
 
+void append_hex_escape(std::string* out, std::string_view prefix, unsigned char u) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out->append(prefix);
+  out->push_back(kHex[u >> 4]);
+  out->push_back(kHex[u & 0xf]);
+}
+
 }  // namespace
 
 std::string printable(std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(text.size());
-  for (char c : text) {
+  for (size_t i = 0; i < text.size();) {
+    const char c = text[i];
     const auto u = static_cast<unsigned char>(c);
     if (c == '\n') {
       out += "\\n";
@@ -30,13 +38,49 @@ std::string printable(std::string_view text) {
       out += "\\t";
     } else if (c == '\\') {
       out += "\\\\";
+    } else if (u >= 0x80) {
+      if (const size_t len = utf8_passing_length(text, i); len != 0) {
+        out.append(text.substr(i, len));
+        i += len;
+        continue;
+      }
+      append_hex_escape(&out, "\\x", u);
     } else if (u < 0x20 || u == 0x7f) {
-      out += "\\x";
-      out += kHex[u >> 4];
-      out += kHex[u & 0xf];
+      append_hex_escape(&out, "\\x", u);
     } else {
       out += c;
     }
+    ++i;
+  }
+  return out;
+}
+
+std::string terminal_safe_json(std::string_view text, RawBytes convention) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    const auto u = static_cast<unsigned char>(text[i]);
+    if (u >= 0x80) {
+      if (const size_t len = utf8_passing_length(text, i); len != 0) {
+        out.append(text.substr(i, len));
+        i += len;
+        continue;
+      }
+      const bool c1 = u == 0xC2 && i + 1 < text.size() &&
+                      static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+                      static_cast<unsigned char>(text[i + 1]) <= 0x9F;
+      if (c1 && convention == RawBytes::kCodePoints) {
+        append_hex_escape(&out, "\\u00", static_cast<unsigned char>(text[i + 1]));
+        i += 2;
+        continue;
+      }
+      append_hex_escape(&out, "\\u00", u);
+    } else if ((u < 0x20 && u != '\n' && u != '\r' && u != '\t') || u == 0x7f) {
+      append_hex_escape(&out, "\\u00", u);
+    } else {
+      out.push_back(text[i]);
+    }
+    ++i;
   }
   return out;
 }

@@ -12,9 +12,25 @@
 
 namespace keygate::ctl {
 
-// `text` with control characters written as escapes: \n, \r, \t, \\ and \xHH (also DEL). Other
-// bytes, UTF-8 included, pass through.
+// `text` with control characters written as escapes: \n, \r, \t, \\ and \xHH (also DEL, each
+// byte of a C1 control U+0080..U+009F, and each byte that is not part of valid UTF-8: a terminal
+// may take a lone 0x9B as CSI). Other bytes, valid UTF-8, pass through.
 std::string printable(std::string_view text);
+
+// How terminal_safe_json() writes a raw byte that a terminal could act on.
+enum class RawBytes {
+  kRawByte,     // each byte as \u00XX of that byte: the access log's convention ("\u00XX" in a
+                // record stands for the raw byte XX), so C2 9B becomes \u00c2\u009b
+  kCodePoints,  // a C1 control as its code point (C2 9B: \u009b), as JSON means it; other
+                // bytes as \u00XX of the byte
+};
+
+// JSON text from the server, made safe to print as is: the bytes that are never valid raw in
+// JSON text (control bytes other than \t \n \r, invalid UTF-8), DEL, and the C1 controls
+// (valid JSON, but a terminal takes U+009B as CSI and U+009D as OSC) are written as escapes per
+// `convention`; everything else is unchanged, so a valid document stays valid and means the
+// same (with kRawByte, the same under the log's convention). The output of `logs` and --json.
+std::string terminal_safe_json(std::string_view text, RawBytes convention);
 
 // Display width of `text` as a terminal shows it, approximately: one column per UTF-8 code point
 // (continuation bytes do not count; wide characters are not special-cased).
