@@ -20,6 +20,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -187,6 +188,25 @@ bool for_each_line_forward(int fd, uint64_t size, F&& on_line) {
   return true;
 }
 
+// Proves that files can be created in the directory: a directory the writer cannot create
+// segments in would otherwise be accepted at start and the whole log lost, silently (the
+// write errors are only counted). An unnamed O_TMPFILE leaves nothing behind; where the
+// filesystem has none, a named probe is created and removed at once.
+bool probe_writable(int dir_fd, const std::string& dir, std::string* error) {
+  int fd = ::openat(dir_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+    constexpr const char* kProbeName = ".access-log-probe";
+    fd = ::openat(dir_fd, kProbeName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) ::unlinkat(dir_fd, kProbeName, 0);
+  }
+  if (fd < 0) {
+    *error = "access log: cannot create files in " + dir + ": " + std::strerror(errno);
+    return false;
+  }
+  ::close(fd);
+  return true;
+}
+
 int64_t now_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -323,6 +343,14 @@ struct AccessLog::Impl {
   uint64_t buffer_markers = 0;
   bool planned_segment = false;  // a segment exists or is planned for the next line
   uint64_t planned_bytes = 0;    // of that segment, counting the unwritten buffer
+  int write_errno = 0;  // of the last failed segment open or write
+  // Saying on stderr when writing starts failing and when it works again: at most one failure
+  // line per kFailureReportInterval.
+  bool writes_failing = false;
+  bool failure_reported = false;  // the current failing spell was said on stderr
+  uint64_t failed_attempts = 0;   // in the current failing spell
+  std::chrono::steady_clock::time_point failing_since{};
+  std::optional<std::chrono::steady_clock::time_point> last_failure_report;
 
   std::mutex mutex;
   std::condition_variable wake;     // the writer waits here
@@ -416,6 +444,8 @@ struct AccessLog::Impl {
   void emit_marker(unsigned worker, uint64_t count);
   bool write_buffer(bool write_tail);
   bool write_region(size_t end, bool write_tail);
+  void note_write_failure(const char* what, uint64_t first_seq);
+  void note_write_success();
   void open_direct(const char* name);
   void disable_direct();
   bool switch_segment(uint64_t first_seq);
@@ -447,6 +477,10 @@ bool AccessLog::Impl::recover(std::string* error) {
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     *error = errno_text("cannot stat", newest.name, errno);
+    return false;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *error = "access log: " + newest.name + " in " + options.dir + " is not a regular file";
     return false;
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -774,6 +808,7 @@ bool AccessLog::Impl::write_buffer(bool write_tail) {
   for (;;) {
     if (next_cut < cuts.size() && cuts[next_cut].offset == write_pos) {
       if (!switch_segment(cuts[next_cut].first_seq)) {
+        note_write_failure("create", cuts[next_cut].first_seq);
         write_failed = true;
         return false;
       }
@@ -785,12 +820,14 @@ bool AccessLog::Impl::write_buffer(bool write_tail) {
     const bool before_cut = next_cut < cuts.size();
     const size_t end = before_cut ? cuts[next_cut].offset : buffer.size();
     if (!write_region(end, write_tail || before_cut)) {
+      note_write_failure("write", active.first_seq);
       write_failed = true;
       return false;
     }
     if (write_pos < end) break;  // the partial last block is held
   }
   write_failed = false;
+  note_write_success();
   if (buffer_records > 0 || buffer_markers > 0) {
     written.fetch_add(buffer_records, std::memory_order_release);
     markers_written.fetch_add(buffer_markers, std::memory_order_relaxed);
@@ -821,15 +858,16 @@ bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
       } else {
         ok = pwrite_full(direct_fd, buffer.data() + from, whole, offset, &done);
       }
+      const int err = errno;
       direct_bytes.fetch_add(done, std::memory_order_relaxed);
       if (offset + done > active.bytes) {
         write_pos += static_cast<size_t>(offset + done - active.bytes);
         active.bytes = offset + done;
       }
-      if (!ok && direct_refused(errno)) {
+      if (!ok && direct_refused(err)) {
         disable_direct();  // this filesystem refuses these writes: the page cache from now on
       } else if (!ok) {
-        write_errors.fetch_add(1, std::memory_order_relaxed);
+        write_errno = err;
         return false;
       } else if (!write_tail || write_pos == end) {
         return true;
@@ -839,11 +877,45 @@ bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
   size_t done = 0;
   const bool ok =
       pwrite_full(active_fd, buffer.data() + write_pos, end - write_pos, active.bytes, &done);
+  write_errno = ok ? 0 : errno;
   write_pos += done;
   active.bytes += done;
   if (direct_fd < 0) start_writeback();
-  if (!ok) write_errors.fetch_add(1, std::memory_order_relaxed);
   return ok;
+}
+
+// A segment could not be created or written (write_errno says why). Counted; said on stderr
+// when writing was working until now (at most once per kFailureReportInterval: a disk that
+// fails and recovers over and over would flood it).
+void AccessLog::Impl::note_write_failure(const char* what, uint64_t first_seq) {
+  write_errors.fetch_add(1, std::memory_order_relaxed);
+  ++failed_attempts;
+  if (writes_failing) return;
+  constexpr auto kFailureReportInterval = std::chrono::minutes(1);
+  const auto now = std::chrono::steady_clock::now();
+  writes_failing = true;
+  failing_since = now;
+  failed_attempts = 1;
+  failure_reported = !last_failure_report || now - *last_failure_report >= kFailureReportInterval;
+  if (!failure_reported) return;
+  last_failure_report = now;
+  std::fprintf(stderr,
+               "keygate: access log: cannot %s %s/%s: %s; records wait in memory, then are "
+               "dropped and counted, until writing works again\n",
+               what, options.dir.c_str(), segment_name(first_seq).c_str(),
+               std::strerror(write_errno));
+}
+
+void AccessLog::Impl::note_write_success() {
+  if (!writes_failing) return;
+  writes_failing = false;
+  if (!failure_reported) return;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - failing_since).count();
+  std::fprintf(stderr,
+               "keygate: access log: writing works again, after %.1f s and %llu failed "
+               "attempts\n",
+               seconds, static_cast<unsigned long long>(failed_attempts));
 }
 
 void AccessLog::Impl::open_direct(const char* name) {
@@ -930,7 +1002,7 @@ bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
   const int fd =
       ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
-    write_errors.fetch_add(1, std::memory_order_relaxed);
+    write_errno = errno;
     return false;
   }
   active_fd = fd;
@@ -1050,6 +1122,7 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
                                   : errno_text("cannot lock", options.dir, errno);
     return nullptr;
   }
+  if (!probe_writable(impl->dir_fd, options.dir, error)) return nullptr;
   if (!impl->recover(error)) return nullptr;
   impl->next_seq_public.store(impl->next_seq, std::memory_order_relaxed);
   size_t total_ring_bytes = 0;

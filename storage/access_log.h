@@ -76,7 +76,8 @@
 // further records are dropped and counted (with markers once writing works again). Records that still cannot
 // be written at shutdown are counted as dropped (no marker). Failed syncs and deletes are
 // counted in write_errors and not retried (a failed delete is retried at the next rotation and
-// open()).
+// open()). The writer says on stderr when writing starts failing (what, which file, errno) and
+// when it works again, at most one failure line a minute (write_errors counts every one).
 //
 // One AccessLog per directory: open() takes an flock on the directory.
 #pragma once
@@ -136,11 +137,13 @@ class AccessLog {
   // Finished segments waiting for the sync thread, each holding its open fd; see Durability.
   static constexpr size_t kSyncQueueMax = 4;
 
-  // Creates `options.dir` if needed, locks it, recovers the newest segment (cuts a torn last
-  // line; the next seq follows the last complete line, or the segment's name when it is
-  // empty), applies retention, allocates one ring per worker and starts the writer thread.
-  // Blocks on the filesystem; call at start-up. Returns null with one line in `error` on bad
-  // options or an unusable directory.
+  // Creates `options.dir` if needed, locks it, proves that files can be created in it (an
+  // unnamed O_TMPFILE, or a named probe file removed at once where the filesystem has no
+  // O_TMPFILE), recovers the newest segment (cuts a torn last line; the next seq follows the
+  // last complete line, or the segment's name when it is empty), applies retention, allocates
+  // one ring per worker and starts the writer thread. Blocks on the filesystem; call at
+  // start-up. Returns null with one line in `error`, starting "access log: ", on bad options or
+  // an unusable directory (one the writer could not create segments in, too).
   static std::unique_ptr<AccessLog> open(const AccessLogOptions& options, unsigned workers,
                                          std::string* error);
   // Stops the relief thread, then the writer after it has drained and written everything queued, fdatasync'ed the

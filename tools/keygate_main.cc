@@ -271,12 +271,12 @@ int main(int argc, char** argv) {
       access_log = keygate::storage::AccessLog::open(log_options, workers, &error);
     } catch (const std::bad_alloc&) {
       // Start-up only: the rings (workers × ring_bytes_per_worker) did not fit in memory.
-      error = "cannot allocate " + std::to_string(workers) + " buffers of " +
+      error = "access log: cannot allocate " + std::to_string(workers) + " buffers of " +
               std::to_string(log_options.ring_bytes_per_worker) +
               " bytes (log.ring_bytes_per_worker)";
     }
     if (access_log == nullptr) {
-      std::fprintf(stderr, "keygate: access log: %s\n", error.c_str());
+      std::fprintf(stderr, "keygate: %s\n", error.c_str());  // open()'s errors say "access log:"
       return kExitStartupFailure;
     }
     access_sink.emplace(*access_log);

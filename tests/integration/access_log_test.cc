@@ -29,6 +29,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1388,6 +1389,64 @@ TEST_F(AccessLogTest, RestartAfterKillSkipsTornTailAndContinuesSeq) {
   const std::string bytes = all_bytes_under(log_dir, &files);
   EXPECT_EQ(count_of(bytes, "torn-frag"), 0u)
       << "the torn fragment is still in the log";
+}
+
+// --- 5b. Directories, limits and files keygate cannot use
+// --------------------------------------
+
+// A log directory keygate cannot create files in (the reviewer: `chmod 555 logs`, keygate run as
+// another user) was accepted: keygate started, said nothing, and lost the whole log. Now it
+// does not start. Root passes file permissions (CAP_DAC_OVERRIDE), and CI runs the tests as
+// root: keygate then runs under setpriv without that capability, as a plain user would.
+TEST(AccessLogStartup, ALogDirectoryKeygateCannotWriteStopsTheStartWithOneClearLine) {
+  TempDir dirs;
+  const std::string log_dir = dirs.path() + "/logs";
+  ASSERT_EQ(::mkdir(log_dir.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(log_dir.c_str(), 0555), 0);
+  std::string program = keygate_binary();
+  std::vector<std::string> args;
+  if (::geteuid() == 0) {
+    program = "/usr/bin/setpriv";
+    args = {"--bounding-set=-dac_override,-dac_read_search", "--", keygate_binary()};
+  }
+  args.insert(args.end(), {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                           "--workers", "1", "--data-dir", dirs.path() + "/data", "--log-dir",
+                           log_dir});
+  const ProcessResult run = run_process(program, args);
+  if (run.err.starts_with("setpriv:")) GTEST_SKIP() << "setpriv cannot drop capabilities: " << run.err;
+  EXPECT_TRUE(run.status.exited && run.status.code == 1) << run.status.describe() << "\n" << run.err;
+  EXPECT_EQ(count_of(run.err, "keygate: access log: cannot create files in " + log_dir +
+                                  ": Permission denied\n"),
+            1u)
+      << run.err;
+  EXPECT_EQ(count_of(run.err, "access log: access log:"), 0u) << run.err;
+  EXPECT_EQ(run.out.find("keygate: listening"), std::string::npos) << run.out;
+  ::chmod(log_dir.c_str(), 0755);
+}
+
+// A newest segment keygate cannot continue — a FIFO (the writer would block on it for good) or
+// a directory — stops the start with one line, said once ("access log: access log: ..." it was).
+TEST(AccessLogStartup, ANewestSegmentThatIsNoFileStopsTheStartWithOneClearLine) {
+  for (const bool fifo : {true, false}) {
+    SCOPED_TRACE(fifo ? "a FIFO" : "a directory");
+    TempDir dirs;
+    const std::string log_dir = dirs.path() + "/logs";
+    ASSERT_EQ(::mkdir(log_dir.c_str(), 0700), 0);
+    const std::string newest = log_dir + "/access-00000000000000000001.jsonl";
+    ASSERT_EQ(fifo ? ::mkfifo(newest.c_str(), 0600) : ::mkdir(newest.c_str(), 0700), 0);
+    const ProcessResult run = run_keygate(
+        {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1",
+         "--data-dir", dirs.path() + "/data", "--log-dir", log_dir});
+    EXPECT_TRUE(run.status.exited && run.status.code == 1)
+        << run.status.describe() << "\n" << run.err;
+    const std::string said =
+        fifo ? "keygate: access log: access-00000000000000000001.jsonl in " + log_dir +
+                   " is not a regular file\n"
+             : "keygate: access log: cannot open access-00000000000000000001.jsonl: Is a "
+               "directory\n";
+    EXPECT_EQ(count_of(run.err, said), 1u) << run.err;
+    EXPECT_EQ(count_of(run.err, "access log: access log:"), 0u) << run.err;
+  }
 }
 
 // --- 6. Requests whose client leaves before the answer

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -968,6 +971,131 @@ TEST(AccessLog, ASecondLogOnTheSameDirectoryIsRefused) {
   std::string error;
   EXPECT_EQ(AccessLog::open({.dir = dir.path()}, 1, &error), nullptr);
   EXPECT_NE(error.find("in use"), std::string::npos) << error;
+}
+
+// ---- Unusable directories, failing writes, the file size limit ----------------------------
+
+// Whether `needle` occurs in `text` exactly once.
+bool once(std::string_view text, std::string_view needle) {
+  const size_t at = text.find(needle);
+  return at != std::string_view::npos && text.find(needle, at + 1) == std::string_view::npos;
+}
+
+// What the process writes to stderr (fd 2, from any thread) while this lives, kept in a
+// temporary file; restored at destruction.
+class StderrCapture {
+ public:
+  StderrCapture() : file_(std::tmpfile()) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    if (file_ != nullptr) ::dup2(::fileno(file_), 2);
+  }
+  ~StderrCapture() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    if (file_ != nullptr) std::fclose(file_);
+  }
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+
+  std::string text() const {
+    std::fflush(stderr);
+    std::string out;
+    if (file_ == nullptr) return out;
+    char buf[4096];
+    for (off_t at = 0;;) {
+      const ssize_t n = ::pread(::fileno(file_), buf, sizeof(buf), at);
+      if (n <= 0) break;
+      out.append(buf, static_cast<size_t>(n));
+      at += n;
+    }
+    return out;
+  }
+
+ private:
+  FILE* file_;
+  int saved_ = -1;
+};
+
+// Takes CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of this thread's effective capabilities
+// while it lives, so that file permissions hold even for root (CI runs the tests as root);
+// they stay permitted and are put back at destruction. Threads started meanwhile inherit the
+// reduced set. Without them (not root) nothing changes.
+class WithoutDacOverride {
+ public:
+  WithoutDacOverride() {
+    header_.version = _LINUX_CAPABILITY_VERSION_3;
+    header_.pid = 0;
+    if (::syscall(SYS_capget, &header_, saved_) != 0) return;
+    __user_cap_data_struct reduced[2];
+    std::memcpy(reduced, saved_, sizeof(reduced));
+    reduced[0].effective &= ~((1u << CAP_DAC_OVERRIDE) | (1u << CAP_DAC_READ_SEARCH));
+    ok_ = ::syscall(SYS_capset, &header_, reduced) == 0;
+  }
+  ~WithoutDacOverride() {
+    if (ok_) (void)::syscall(SYS_capset, &header_, saved_);
+  }
+  WithoutDacOverride(const WithoutDacOverride&) = delete;
+  WithoutDacOverride& operator=(const WithoutDacOverride&) = delete;
+
+  bool ok() const { return ok_; }
+
+ private:
+  __user_cap_header_struct header_{};
+  __user_cap_data_struct saved_[2]{};
+  bool ok_ = false;
+};
+
+// The reviewer's case: a log directory keygate's user cannot write (`chmod 555 logs`, another
+// user) was accepted, and the whole log then lost without a word. open() now proves it can
+// create a file there.
+TEST(AccessLog, OpenRefusesADirectoryItCannotCreateFilesIn) {
+  TempDir dir;
+  const std::string logs = dir.path() + "/logs";
+  ASSERT_EQ(::mkdir(logs.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(logs.c_str(), 0555), 0);
+  std::string error;
+  std::unique_ptr<AccessLog> log;
+  {
+    WithoutDacOverride as_its_owner_only;
+    ASSERT_TRUE(as_its_owner_only.ok());
+    log = AccessLog::open({.dir = logs}, 1, &error);
+  }
+  EXPECT_EQ(log, nullptr);
+  EXPECT_EQ(error, "access log: cannot create files in " + logs + ": Permission denied");
+  ASSERT_EQ(::chmod(logs.c_str(), 0755), 0);
+  EXPECT_TRUE(testing::list_files(logs).empty());
+  // Once writable, it opens, and the probe leaves nothing behind.
+  log = open_log({.dir = logs});
+  ASSERT_NE(log, nullptr);
+  EXPECT_TRUE(testing::list_files(logs).empty());
+}
+
+// A segment that cannot be created (here its name is taken by a directory, which stops root
+// too) is said once on stderr however many passes fail, and so is the recovery.
+TEST(AccessLog, WritesThatStartFailingAndWorkAgainAreSaidOnStderrOnceEach) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path(), .flush_interval_ms = 1});
+  const std::string first = dir.path() + "/access-00000000000000000001.jsonl";
+  ASSERT_EQ(::mkdir(first.c_str(), 0755), 0);
+  std::string text;
+  {
+    StderrCapture captured;
+    ASSERT_TRUE(log->append(0, record(0, 0)));
+    EXPECT_FALSE(log->flush());
+    std::this_thread::sleep_for(50ms);  // dozens of failed passes, one every ms
+    EXPECT_FALSE(log->flush());
+    ASSERT_EQ(::rmdir(first.c_str()), 0);
+    ASSERT_TRUE(log->flush());
+    text = captured.text();
+  }
+  EXPECT_TRUE(once(text, "keygate: access log: cannot create " + first + ": File exists"))
+      << text;
+  EXPECT_TRUE(once(text, "keygate: access log: writing works again, after ")) << text;
+  const AccessLogStats stats = log->stats();
+  EXPECT_GE(stats.write_errors, 2u);
+  EXPECT_EQ(stats.written, 1u);
 }
 
 // 300 records over small segments: key k0..k2 by i % 3, status 200/404/500 by i % 5 (200 for
