@@ -188,6 +188,15 @@ bool for_each_line_forward(int fd, uint64_t size, F&& on_line) {
   return true;
 }
 
+// RLIMIT_FSIZE's soft limit in bytes (UINT64_MAX when unlimited).
+uint64_t file_size_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_FSIZE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return UINT64_MAX;
+  }
+  return static_cast<uint64_t>(limit.rlim_cur);
+}
+
 // Proves that files can be created in the directory: a directory the writer cannot create
 // segments in would otherwise be accepted at start and the whole log lost, silently (the
 // write errors are only counted). An unnamed O_TMPFILE leaves nothing behind; where the
@@ -247,9 +256,18 @@ class AlignedBuffer {
   }
   void push_back(char c) { append(std::string_view(&c, 1)); }
   // Drops the first `bytes` (moving the rest to the aligned start).
-  void erase_front(size_t bytes) noexcept {
-    std::memmove(data_, data_ + bytes, size_ - bytes);
+  void erase_front(size_t bytes) noexcept { erase(0, bytes); }
+  // Drops `bytes` at `at`.
+  void erase(size_t at, size_t bytes) noexcept {
+    std::memmove(data_ + at, data_ + at + bytes, size_ - at - bytes);
     size_ -= bytes;
+  }
+  // Inserts `bytes` at `at`.
+  void insert(size_t at, std::string_view bytes) {
+    const size_t tail = size_ - at;
+    append(bytes);  // grows; the bytes are moved into place below
+    std::memmove(data_ + at + bytes.size(), data_ + at, tail);
+    std::memcpy(data_ + at, bytes.data(), bytes.size());
   }
 
  private:
@@ -343,6 +361,9 @@ struct AccessLog::Impl {
   uint64_t buffer_markers = 0;
   bool planned_segment = false;  // a segment exists or is planned for the next line
   uint64_t planned_bytes = 0;    // of that segment, counting the unwritten buffer
+  // Segments rotate before they would exceed this: segment_bytes_max, or the file size limit
+  // (RLIMIT_FSIZE) when that is lower. Set by open(), lowered when a write meets EFBIG.
+  uint64_t segment_bytes_cap = 0;
   int write_errno = 0;  // of the last failed segment open or write
   // Saying on stderr when writing starts failing and when it works again: at most one failure
   // line per kFailureReportInterval.
@@ -351,6 +372,7 @@ struct AccessLog::Impl {
   uint64_t failed_attempts = 0;   // in the current failing spell
   std::chrono::steady_clock::time_point failing_since{};
   std::optional<std::chrono::steady_clock::time_point> last_failure_report;
+  std::optional<std::chrono::steady_clock::time_point> last_oversize_report;
 
   std::mutex mutex;
   std::condition_variable wake;     // the writer waits here
@@ -444,6 +466,7 @@ struct AccessLog::Impl {
   void emit_marker(unsigned worker, uint64_t count);
   bool write_buffer(bool write_tail);
   bool write_region(size_t end, bool write_tail);
+  bool rotate_at_size_limit();
   void note_write_failure(const char* what, uint64_t first_seq);
   void note_write_success();
   void open_direct(const char* name);
@@ -738,7 +761,7 @@ bool AccessLog::Impl::relieve() {
 
 void AccessLog::Impl::plan_line(size_t line_bytes, uint64_t seq) {
   if (!planned_segment ||
-      (planned_bytes > 0 && planned_bytes + line_bytes > options.segment_bytes_max)) {
+      (planned_bytes > 0 && planned_bytes + line_bytes > segment_bytes_cap)) {
     cuts.push_back({buffer.size(), seq});
     planned_segment = true;
     planned_bytes = 0;
@@ -820,6 +843,7 @@ bool AccessLog::Impl::write_buffer(bool write_tail) {
     const bool before_cut = next_cut < cuts.size();
     const size_t end = before_cut ? cuts[next_cut].offset : buffer.size();
     if (!write_region(end, write_tail || before_cut)) {
+      if (write_errno == EFBIG && rotate_at_size_limit()) continue;
       note_write_failure("write", active.first_seq);
       write_failed = true;
       return false;
@@ -882,6 +906,103 @@ bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
   active.bytes += done;
   if (direct_fd < 0) start_writeback();
   return ok;
+}
+
+// A write failed with EFBIG: the active segment reached the file size limit (see "File size
+// limit" in the header). The segment is cut back to its last complete line, and the line that
+// did not fit becomes the start of a new segment (a cut at write_pos; write_buffer() opens
+// it). The part of that line an earlier pass wrote is no longer in the buffer (direct mode
+// keeps only the last partial block): it is read back from the file and put back in front.
+// When the line was the segment's first, no segment can hold it: it is dropped and counted.
+// Returns false when the file cannot be read or cut (a failed write, retried next pass).
+bool AccessLog::Impl::rotate_at_size_limit() {
+  const uint64_t limit = file_size_limit();
+  if (limit < segment_bytes_cap) {
+    segment_bytes_cap = std::max<uint64_t>(limit, 1);
+    std::fprintf(stderr,
+                 "keygate: access log: %s reached the file size limit (RLIMIT_FSIZE, %llu "
+                 "bytes); segments rotate at that size from now on\n",
+                 segment_name(active.first_seq).c_str(), static_cast<unsigned long long>(limit));
+  }
+  // The end of the segment's last complete line (0 when it has none).
+  BackwardLines lines(active_fd, active.bytes);
+  std::string_view last_line;
+  uint64_t last_line_at = 0;
+  bool read_ok = true;
+  const uint64_t line_end =
+      lines.next(&last_line, &last_line_at, &read_ok) ? last_line_at + last_line.size() + 1 : 0;
+  if (!read_ok) {
+    write_errno = errno;
+    return false;
+  }
+  const uint64_t partial = active.bytes - line_end;  // of the line that did not fit
+  const size_t in_buffer = write_pos - segment_at;    // the segment's bytes still in the buffer
+  std::string head;  // the line's bytes on disk only
+  if (partial > in_buffer) {
+    head.resize(static_cast<size_t>(partial - in_buffer));
+    if (!pread_full(active_fd, head.data(), head.size(), line_end)) {
+      write_errno = errno;
+      return false;
+    }
+  }
+  if (::ftruncate(active_fd, static_cast<off_t>(line_end)) != 0) {
+    write_errno = errno;
+    return false;
+  }
+  active.bytes = line_end;
+  const size_t line_at = head.empty() ? write_pos - static_cast<size_t>(partial) : segment_at;
+  write_pos = line_at;
+  if (!head.empty()) {
+    buffer.insert(line_at, head);
+    for (size_t i = next_cut; i < cuts.size(); ++i) cuts[i].offset += head.size();
+  }
+  // Every line in the buffer starts with the seq the writer gave it, and ends with '\n'.
+  const size_t newline = buffer.view().find('\n', line_at);
+  KEYGATE_ASSERT(newline != std::string_view::npos);
+  const std::string_view line = buffer.view().substr(line_at, newline - line_at);
+  // Its start may have been read back from the disk: checked, never assumed.
+  uint64_t seq = 0;
+  const bool has_seq = line_seq(line, &seq);
+  if (line_end == 0 || !has_seq) {
+    // A marker line is {"seq":M,"type":"dropped",...} (emit_marker()).
+    const size_t comma = line.find(',');
+    const bool marker = comma != std::string_view::npos &&
+                        line.substr(comma).starts_with(",\"type\":\"dropped\",");
+    const size_t line_bytes = line.size() + 1;
+    const auto now = std::chrono::steady_clock::now();
+    if (!last_oversize_report || now - *last_oversize_report >= std::chrono::minutes(1)) {
+      last_oversize_report = now;
+      if (has_seq) {
+        std::fprintf(stderr,
+                     "keygate: access log: the line of seq %llu (%zu bytes) is larger than the "
+                     "file size limit (RLIMIT_FSIZE, %llu bytes): dropped\n",
+                     static_cast<unsigned long long>(seq), line_bytes,
+                     static_cast<unsigned long long>(limit));
+      } else {
+        std::fprintf(stderr,
+                     "keygate: access log: a line cut by the file size limit read back damaged "
+                     "from %s: dropped\n",
+                     segment_name(active.first_seq).c_str());
+      }
+    }
+    buffer.erase(line_at, line_bytes);
+    for (size_t i = next_cut; i < cuts.size(); ++i) cuts[i].offset -= line_bytes;
+    if (marker) {
+      --buffer_markers;
+    } else {
+      --buffer_records;
+      lost.fetch_add(1, std::memory_order_relaxed);
+    }
+  } else {
+    cuts.insert(cuts.begin() + static_cast<ptrdiff_t>(next_cut), Cut{line_at, seq});
+  }
+  // The last planned segment, which the next pass's lines continue.
+  if (next_cut < cuts.size()) {
+    planned_bytes = buffer.size() - cuts.back().offset;
+  } else {
+    planned_bytes = active.bytes + (buffer.size() - write_pos);
+  }
+  return true;
 }
 
 // A segment could not be created or written (write_errno says why). Counted; said on stderr
@@ -999,8 +1120,8 @@ void AccessLog::Impl::finish_active() {
 bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
   if (active_fd >= 0) finish_active();
   const std::string name = segment_name(first_seq);
-  const int fd =
-      ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  // Read and write: a write that meets the file size limit reads the segment's tail back.
+  const int fd = ::openat(dir_fd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
     write_errno = errno;
     return false;
@@ -1123,6 +1244,16 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
     return nullptr;
   }
   if (!probe_writable(impl->dir_fd, options.dir, error)) return nullptr;
+  impl->segment_bytes_cap = options.segment_bytes_max;
+  if (const uint64_t limit = file_size_limit(); limit < options.segment_bytes_max) {
+    impl->segment_bytes_cap = std::max<uint64_t>(limit, 1);
+    std::fprintf(stderr,
+                 "keygate: access log: the file size limit (RLIMIT_FSIZE, %llu bytes) is below "
+                 "segment_bytes_max (%llu): segments rotate at %llu bytes\n",
+                 static_cast<unsigned long long>(limit),
+                 static_cast<unsigned long long>(options.segment_bytes_max),
+                 static_cast<unsigned long long>(impl->segment_bytes_cap));
+  }
   if (!impl->recover(error)) return nullptr;
   impl->next_seq_public.store(impl->next_seq, std::memory_order_relaxed);
   size_t total_ring_bytes = 0;

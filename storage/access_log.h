@@ -79,6 +79,14 @@
 // open()). The writer says on stderr when writing starts failing (what, which file, errno) and
 // when it works again, at most one failure line a minute (write_errors counts every one).
 //
+// File size limit: the process must ignore SIGXFSZ (keygate does), so that a write past
+// RLIMIT_FSIZE fails with EFBIG instead of killing the process. open() caps segments at the
+// limit (one stderr line when it is below segment_bytes_max). Should a write still meet EFBIG
+// (the limit lowered while running), the segment is cut back to its last complete line and
+// that line starts the next segment; a line that is the first of its segment and still does
+// not fit can never be written: it is dropped and counted (stats().dropped; its seq is then
+// missing from the log), with a stderr line.
+//
 // One AccessLog per directory: open() takes an flock on the directory.
 #pragma once
 

@@ -187,13 +187,17 @@ int main(int argc, char** argv) {
 
   // Signals are taken synchronously by this thread; every thread started below inherits the
   // mask, so a SIGTERM can never interrupt a worker mid-request. SIGPIPE is ignored outright
-  // (sends use MSG_NOSIGNAL, but belt and braces).
+  // (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ: a file reaching the file
+  // size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill keygate, data plane and all;
+  // ignored, the write fails with EFBIG instead (the access log then rotates, RocksDB reports
+  // an error).
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN);
 
   keygate::storage::DataDir data_dir;
   if (!data_dir.open(config.data_dir, &error) ||

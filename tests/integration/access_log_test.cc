@@ -565,6 +565,7 @@ protected:
     options.data_dir = data_dir;
     options.log_dir = log_dir;
     options.limits = std::move(limits);
+    options.wrapper = wrapper_;
     options.extra_config +=
         "\n[[apis]]\nname = \"proxied\"\nroutes = [\"/echo\", \"/bytes\"]\n"
         "upstreams = [\"" +
@@ -647,6 +648,8 @@ protected:
     return {string_member(r->body, "id"), string_member(r->body, "key")};
   }
 
+  // What start() runs keygate under (ServerOptions::wrapper); empty: nothing.
+  std::vector<std::string> wrapper_;
   std::unique_ptr<ChildProcess> upstream_;
   std::string upstream_addr_;
   // Data and log dirs that outlive one server (restart tests); removed after
@@ -1446,6 +1449,45 @@ TEST(AccessLogStartup, ANewestSegmentThatIsNoFileStopsTheStartWithOneClearLine) 
                "directory\n";
     EXPECT_EQ(count_of(run.err, said), 1u) << run.err;
     EXPECT_EQ(count_of(run.err, "access log: access log:"), 0u) << run.err;
+  }
+}
+
+// `ulimit -f` below segment_bytes_max killed keygate with SIGXFSZ (exit 153), data plane and
+// all, once a segment reached it. Now segments rotate at the limit: keygate serves on, every
+// record is written whole, no segment passes the limit.
+TEST_F(AccessLogTest, AFileSizeLimitBelowSegmentBytesMaxNeitherKillsKeygateNorLosesRecords) {
+  constexpr uint64_t kLimit = 256 << 10;
+  wrapper_ = {"/usr/bin/prlimit", "--fsize=" + std::to_string(kLimit), "--"};
+  ASSERT_NO_FATAL_FAILURE(start(2, "segment_bytes_max = 1048576"));
+  EXPECT_NE(server_->error_output().find("segments rotate at 262144 bytes"), std::string::npos)
+      << server_->error_output();
+  const std::string key = "alog-fsize-" + random_hex(24);
+  const CreatedKey k = create_key(kBootstrapAdminKey, json_key(key), {"orders"}, true, false);
+  ASSERT_FALSE(k.id.empty());
+  constexpr int kRequests = 120;  // ~8.5 KB records: ~1 MB of log, four limits' worth
+  const std::string body = byte_pattern(8000);
+  for (int i = 0; i < kRequests; ++i) {
+    auto r = data(http_request("POST", "/orders/fsize-" + std::to_string(i),
+                               {"X-ApiKey: " + key, "Content-Type: text/plain"}, body));
+    ASSERT_TRUE(r && r->status == 200) << i << ": " << show(r) << "\nstderr: "
+                                       << server_->error_output();
+  }
+  EXPECT_GE(wait_for_records(server_->log_dir(), kRequests + 1).records().size(),
+            static_cast<size_t>(kRequests + 1));
+  const ExitStatus status = server_->stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+  const LogContents log = read_log(server_->log_dir());
+  EXPECT_TRUE(log.bad_lines.empty()) << log.bad_lines.front().substr(0, 200);
+  EXPECT_TRUE(log.unterminated.empty());
+  size_t captured = 0;
+  for (const Json* r : log.records()) {
+    if (r->str("path").starts_with("/orders/fsize-")) ++captured;
+  }
+  EXPECT_EQ(captured, static_cast<size_t>(kRequests));
+  const std::vector<std::string> segments = segment_files(server_->log_dir());
+  EXPECT_GE(segments.size(), 4u);
+  for (const std::string& segment : segments) {
+    EXPECT_LE(std::filesystem::file_size(segment), kLimit) << segment;
   }
 }
 

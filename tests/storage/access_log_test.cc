@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -15,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -1096,6 +1098,130 @@ TEST(AccessLog, WritesThatStartFailingAndWorkAgainAreSaidOnStderrOnceEach) {
   const AccessLogStats stats = log->stats();
   EXPECT_GE(stats.write_errors, 2u);
   EXPECT_EQ(stats.written, 1u);
+}
+
+// RLIMIT_FSIZE for this process while it lives, SIGXFSZ ignored (as keygate does) so that a
+// write past it fails with EFBIG instead of killing the test.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(uint64_t bytes) {
+    saved_handler_ = std::signal(SIGXFSZ, SIG_IGN);
+    if (::getrlimit(RLIMIT_FSIZE, &saved_) != 0) return;
+    rlimit lowered = saved_;
+    lowered.rlim_cur = bytes;
+    ok_ = ::setrlimit(RLIMIT_FSIZE, &lowered) == 0;
+  }
+  ~FileSizeLimit() {
+    if (ok_) ::setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, saved_handler_);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+  bool ok() const { return ok_; }
+
+ private:
+  rlimit saved_{};
+  void (*saved_handler_)(int) = SIG_DFL;
+  bool ok_ = false;
+};
+
+// The concatenated bytes of every segment, and the largest segment's size.
+std::string all_segment_bytes(const std::string& dir, uint64_t* largest) {
+  std::string content;
+  *largest = 0;
+  for (const std::string& path : segment_paths(dir)) {
+    const std::string bytes = testing::read_file(path);
+    *largest = std::max<uint64_t>(*largest, bytes.size());
+    content += bytes;
+  }
+  return content;
+}
+
+// A file size limit (`ulimit -f`) lowered while keygate runs: writes meet EFBIG mid-line. The
+// segment is cut back to its last whole line, which starts the next segment, so every line
+// stays whole and every record is kept — except one larger than the limit, which no segment
+// can hold: dropped and counted, the lines after it written.
+TEST(AccessLog, AFileSizeLimitMetWhileRunningRotatesSegmentsAndDropsOnlyALineTooLargeForAny) {
+  TempDir dir;
+  constexpr uint64_t kLimit = 64 << 10;
+  const std::vector<std::string> records = varied_records(120);  // ~540 KB
+  const std::string big = "{\"big\":\"" + std::string(kLimit + 100, 'b') + "\"}";
+  std::string text;
+  AccessLogStats stats;
+  {
+    auto log = open_log({.dir = dir.path(), .segment_bytes_max = 1 << 20, .flush_interval_ms = 1});
+    for (size_t i = 0; i < 10; ++i) ASSERT_TRUE(log->append(0, records[i]));
+    ASSERT_TRUE(log->flush());  // ~45 KB: below the limit to come
+    FileSizeLimit limit(kLimit);
+    ASSERT_TRUE(limit.ok());
+    StderrCapture captured;
+    // Passes every ms see the stream in bursts, so the limit cuts lines at many offsets.
+    for (size_t i = 10; i < records.size(); ++i) {
+      ASSERT_TRUE(log->append(0, records[i]));
+      if (i % 7 == 6) std::this_thread::sleep_for(3ms);
+    }
+    ASSERT_TRUE(log->flush());
+    ASSERT_TRUE(log->append(0, big));
+    ASSERT_TRUE(log->append(0, records[1]));
+    ASSERT_TRUE(log->flush());
+    stats = log->stats();
+    text = captured.text();
+  }
+  std::string expected;
+  for (size_t i = 0; i < records.size(); ++i) expected += expected_line(i + 1, records[i]);
+  expected += expected_line(records.size() + 2, records[1]);  // seq 121 was the big one
+  uint64_t largest = 0;
+  const std::string content = all_segment_bytes(dir.path(), &largest);
+  EXPECT_LE(largest, kLimit);
+  ASSERT_EQ(content.size(), expected.size());
+  EXPECT_TRUE(content == expected);
+  EXPECT_GE(segment_paths(dir.path()).size(), 8u);
+  EXPECT_EQ(stats.written, records.size() + 1);
+  EXPECT_EQ(stats.dropped, 1u);
+  EXPECT_EQ(stats.write_errors, 0u);
+  EXPECT_TRUE(once(text, "reached the file size limit (RLIMIT_FSIZE, 65536 bytes)"))
+      << text;
+  EXPECT_TRUE(once(text, "the line of seq 121 (")) << text;
+}
+
+// The case above where the line the limit cuts began in an earlier pass, and its start is no
+// longer in the writer's buffer: direct mode held that pass's partial last block, so the
+// block boundary fell inside the line. Its start is read back from the file.
+TEST(AccessLog, ALineCutByTheLimitThatBeganBeforeAHeldBlockMovesWholeToTheNextSegment) {
+  TempDir dir;
+  if (!filesystem_takes_direct_io(dir.path())) GTEST_SKIP() << "no O_DIRECT on " << dir.path();
+  const std::string r1 = "{\"pad\":\"" + std::string(6000, 'a') + "\"}";
+  const std::string r2 = "{\"pad\":\"" + std::string(10000, 'b') + "\"}";
+  const std::string r3 = "{\"pad\":\"" + std::string(100, 'c') + "\"}";
+  const std::string expected = expected_line(1, r1) + expected_line(2, r2) + expected_line(3, r3);
+  const uint64_t line2_end = expected_line(1, r1).size() + expected_line(2, r2).size();
+  const uint64_t held_at = line2_end & ~uint64_t{4095};  // whole blocks of the first pass
+  {
+    // A pass every second; the test writes no flush() until the limit is set.
+    auto log = open_log({.dir = dir.path(), .flush_interval_ms = 1000});
+    ASSERT_TRUE(log->append(0, r1));
+    ASSERT_TRUE(log->append(0, r2));
+    const std::string path = dir.path() + "/access-00000000000000000001.jsonl";
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    uint64_t size = 0;
+    while (size == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);
+      struct stat st{};
+      if (::stat(path.c_str(), &st) == 0) size = static_cast<uint64_t>(st.st_size);
+    }
+    if (size != held_at) GTEST_SKIP() << "the first pass held no block (" << size << " bytes)";
+    // Below the end of line 2, above what is written of it.
+    FileSizeLimit limit(held_at + 1000);
+    ASSERT_TRUE(limit.ok());
+    ASSERT_TRUE(log->append(0, r3));
+    ASSERT_TRUE(log->flush());
+    EXPECT_EQ(log->stats().write_errors, 0u);
+  }
+  const auto paths = segment_paths(dir.path());
+  ASSERT_EQ(paths.size(), 2u);
+  EXPECT_TRUE(testing::read_file(paths[0]) == expected_line(1, r1));
+  EXPECT_TRUE(testing::read_file(paths[1]) == expected_line(2, r2) + expected_line(3, r3));
 }
 
 // 300 records over small segments: key k0..k2 by i % 3, status 200/404/500 by i % 5 (200 for
