@@ -21,6 +21,7 @@
 #include <mutex>
 #include <new>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -103,10 +104,12 @@ bool pread_full(int fd, char* out, size_t bytes, uint64_t offset) {
 }
 
 // Reads a file's lines from its end backwards, in chunks; the bytes after the last '\n' (a
-// line still being written, or torn) are never returned.
+// line still being written, or torn) are never returned. Bytes read are added to
+// *bytes_read when given.
 class BackwardLines {
  public:
-  BackwardLines(int fd, uint64_t size) : fd_(fd), buf_start_(size), end_(size) {}
+  BackwardLines(int fd, uint64_t size, uint64_t* bytes_read = nullptr)
+      : fd_(fd), buf_start_(size), end_(size), bytes_read_(bytes_read) {}
 
   // The previous complete line (without '\n') and its offset, or false at the start of the
   // file (then *ok says whether reading failed).
@@ -150,6 +153,7 @@ class BackwardLines {
       const uint64_t new_start = buf_start_ - std::min<uint64_t>(kReadChunkBytes, buf_start_);
       std::string more(buf_start_ - new_start, '\0');
       if (!pread_full(fd_, more.data(), more.size(), new_start)) return false;
+      if (bytes_read_ != nullptr) *bytes_read_ += more.size();
       more.append(buf_, 0, end - buf_start_);
       buf_.swap(more);
       search_end = buf_start_;
@@ -161,31 +165,136 @@ class BackwardLines {
   std::string buf_;  // file bytes from buf_start_
   uint64_t buf_start_;
   uint64_t end_;  // the unread region is [0, end_)
+  uint64_t* bytes_read_;
   bool started_ = false;
   bool done_ = false;
 };
 
-// Calls on_line(line) for each complete line of [0, size) in order until it returns false.
+// Calls on_line(line, offset) for each complete line of [from, size) in order until it
+// returns false; `from` is the start of a line. Reads `chunk_bytes` at a time; bytes read are
+// added to *bytes_read.
 template <typename F>
-bool for_each_line_forward(int fd, uint64_t size, F&& on_line) {
+bool for_each_line_forward(int fd, uint64_t from, uint64_t size, uint64_t* bytes_read,
+                           F&& on_line, size_t chunk_bytes = kReadChunkBytes) {
   std::string buf;
-  uint64_t pos = 0;
+  uint64_t pos = from;
+  uint64_t buf_offset = from;  // the file offset of buf[0]
   while (pos < size) {
     const size_t carried = buf.size();
-    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(kReadChunkBytes, size - pos));
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(chunk_bytes, size - pos));
     buf.resize(carried + chunk);
     if (!pread_full(fd, buf.data() + carried, chunk, pos)) return false;
+    *bytes_read += chunk;
     pos += chunk;
     size_t start = 0;
     for (;;) {
       const size_t newline = buf.find('\n', start);
       if (newline == std::string::npos) break;
-      if (!on_line(std::string_view(buf).substr(start, newline - start))) return true;
+      if (!on_line(std::string_view(buf).substr(start, newline - start), buf_offset + start)) {
+        return true;
+      }
       start = newline + 1;
     }
     buf.erase(0, start);
+    buf_offset += start;
   }
   return true;
+}
+
+// A seek reads lines in order once bisection has narrowed the range to this many bytes; the
+// probes in between read this much at a time.
+constexpr uint64_t kSeekScanBytes = 64 << 10;
+constexpr size_t kProbeBytes = 4096;
+
+// The first '\n' in [from, end) (*found false when there is none). Reads kProbeBytes first,
+// then larger chunks (a long line).
+bool find_newline(int fd, uint64_t from, uint64_t end, uint64_t* bytes_read, uint64_t* at,
+                  bool* found) {
+  *found = false;
+  std::string buf;
+  size_t chunk = kProbeBytes;
+  for (uint64_t pos = from; pos < end; pos += buf.size()) {
+    buf.resize(static_cast<size_t>(std::min<uint64_t>(chunk, end - pos)));
+    if (!pread_full(fd, buf.data(), buf.size(), pos)) return false;
+    *bytes_read += buf.size();
+    const size_t newline = buf.find('\n');
+    if (newline != std::string::npos) {
+      *at = pos + newline;
+      *found = true;
+      return true;
+    }
+    chunk = kReadChunkBytes;
+  }
+  return true;
+}
+
+// The first line starting in [from, end) that begins with a seq: its offset and seq (*found
+// false when there is none). `size` is the file's: a line's seq may be read past `end`.
+bool next_seq_line(int fd, uint64_t from, uint64_t end, uint64_t size, uint64_t* bytes_read,
+                   uint64_t* offset, uint64_t* seq, bool* found) {
+  *found = false;
+  uint64_t line = 0;
+  if (from > 0) {
+    // A line starts after each '\n'; one at from - 1 starts a line at `from`.
+    uint64_t newline = 0;
+    if (!find_newline(fd, from - 1, end, bytes_read, &newline, found)) return false;
+    if (!*found) return true;
+    line = newline + 1;
+  }
+  std::string prefix;
+  while (line < end) {
+    // Enough of the line for its {"seq":N, prefix (20 digits at most).
+    constexpr size_t kSeqPrefixBytes = 32;
+    prefix.resize(static_cast<size_t>(std::min<uint64_t>(kSeqPrefixBytes, size - line)));
+    if (!pread_full(fd, prefix.data(), prefix.size(), line)) return false;
+    *bytes_read += prefix.size();
+    if (line_seq(prefix, seq)) {
+      *offset = line;
+      *found = true;
+      return true;
+    }
+    uint64_t newline = 0;
+    if (!find_newline(fd, line, end, bytes_read, &newline, found)) return false;
+    if (!*found) return true;
+    line = newline + 1;
+  }
+  *found = false;
+  return true;
+}
+
+// The offset of the first line of [0, size) whose seq is at least `target`, or `size` when
+// there is none. Lines without a seq (damage) are passed over. Seqs increase along a segment,
+// so this bisects on byte offsets down to kSeekScanBytes, then reads those lines in order: a
+// few dozen KiB read wherever the target is, instead of everything before it.
+bool seek_seq(int fd, uint64_t size, uint64_t target, uint64_t* out, uint64_t* bytes_read) {
+  uint64_t lo = 0;     // a line start; every line before it has a seq below target
+  uint64_t hi = size;  // every line with a seq starting at or after hi has one >= target
+  while (hi - lo > kSeekScanBytes) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    uint64_t offset = 0;
+    uint64_t seq = 0;
+    bool found = false;
+    if (!next_seq_line(fd, mid, hi, size, bytes_read, &offset, &seq, &found)) return false;
+    if (!found) {
+      hi = mid;  // no line with a seq starts in [mid, hi)
+    } else if (seq >= target) {
+      hi = offset;
+    } else {
+      lo = offset;
+    }
+  }
+  *out = size;
+  return for_each_line_forward(
+      fd, lo, size, bytes_read,
+      [&](std::string_view line, uint64_t offset) {
+        uint64_t seq = 0;
+        if (offset >= hi || (line_seq(line, &seq) && seq >= target)) {
+          *out = offset;
+          return false;
+        }
+        return true;
+      },
+      kSeekScanBytes);
 }
 
 // RLIMIT_FSIZE's soft limit in bytes (UINT64_MAX when unlimited).
@@ -392,6 +501,12 @@ struct AccessLog::Impl {
   std::atomic<int64_t> delay_ms{0};
   uint64_t torn_bytes_cut = 0;  // set by open()
 
+  // Queries (any thread): segments skipped as unreadable, and the ones already named on
+  // stderr (at most kUnreadableReportsMax names are remembered).
+  std::atomic<uint64_t> query_segments_skipped{0};
+  std::mutex unreadable_mutex;
+  std::set<uint64_t> unreadable_reported;  // unreadable_mutex; first_seqs
+
   // Handed from the writer to the sync thread. The writer only ever holds sync_mutex for a
   // few instructions, and the sync thread never holds it across a syscall, so the writer
   // cannot be made to wait for a sync.
@@ -469,6 +584,7 @@ struct AccessLog::Impl {
   bool rotate_at_size_limit();
   void note_write_failure(const char* what, uint64_t first_seq);
   void note_write_success();
+  void skip_unreadable(const SegmentName& segment, int err);
   void open_direct(const char* name);
   void disable_direct();
   bool switch_segment(uint64_t first_seq);
@@ -1322,6 +1438,7 @@ AccessLogStats AccessLog::stats() const {
   s.write_errors = impl_->write_errors.load(std::memory_order_relaxed);
   s.next_seq = impl_->next_seq_public.load(std::memory_order_relaxed);
   s.torn_bytes_cut = impl_->torn_bytes_cut;
+  s.query_segments_skipped = impl_->query_segments_skipped.load(std::memory_order_relaxed);
   s.direct_bytes = impl_->direct_bytes.load(std::memory_order_relaxed);
   s.backlog_records = impl_->backlog_records.load(std::memory_order_relaxed);
   s.backlog_bytes_peak = impl_->backlog_bytes_peak.load(std::memory_order_relaxed);
@@ -1382,67 +1499,96 @@ struct Matcher {
   }
 };
 
-// Opens a segment for reading; false with *gone when retention deleted it meanwhile.
-bool open_segment(int dir_fd, const std::string& name, int* fd, uint64_t* size, bool* gone) {
-  *gone = false;
-  *fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
-  if (*fd < 0) {
-    *gone = errno == ENOENT;
-    return false;
-  }
+enum class SegmentOpen : uint8_t { kOk, kGone, kUnreadable };
+
+// Opens a segment for reading. Non-blocking and only a regular file: a FIFO put in a
+// segment's place would otherwise block the open (and the query) until a writer came. kGone:
+// retention deleted it meanwhile. kUnreadable leaves the reason in errno.
+SegmentOpen open_segment(int dir_fd, const std::string& name, int* fd, uint64_t* size) {
+  *fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (*fd < 0) return errno == ENOENT ? SegmentOpen::kGone : SegmentOpen::kUnreadable;
   struct stat st;
+  int err = 0;
   if (::fstat(*fd, &st) != 0) {
+    err = errno;
+  } else if (!S_ISREG(st.st_mode)) {
+    err = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;  // EINVAL: said as "not a regular file"
+  }
+  if (err != 0) {
     ::close(*fd);
-    return false;
+    errno = err;
+    return SegmentOpen::kUnreadable;
   }
   *size = static_cast<uint64_t>(st.st_size);
-  return true;
+  return SegmentOpen::kOk;
 }
 
 }  // namespace
 
+// At most this many unreadable segments are named on stderr (each once); more are counted only.
+constexpr size_t kUnreadableReportsMax = 1024;
+
+void AccessLog::Impl::skip_unreadable(const SegmentName& segment, int err) {
+  query_segments_skipped.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(unreadable_mutex);
+  if (unreadable_reported.size() >= kUnreadableReportsMax ||
+      !unreadable_reported.insert(segment.first_seq).second) {
+    return;
+  }
+  std::fprintf(stderr,
+               "keygate: access log: cannot read %s/%s (%s): queries skip it, as if retention "
+               "had deleted it\n",
+               options.dir.c_str(), segment.name.c_str(),
+               err == EINVAL ? "not a regular file" : std::strerror(err));
+}
+
 bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) const {
   result->records.clear();
   result->next_cursor = 0;
+  result->bytes_read = 0;
   const uint32_t limit = q.limit == 0 || q.limit > kQueryLimitMax ? kQueryLimitMax : q.limit;
   std::vector<SegmentName> segments;
   if (!list_segments(impl_->options.dir, &segments, error)) return false;
   const Matcher matcher{q};
+  // Every line read counts, also the ones outside the cursor's range and damaged ones; the scan
+  // stops only at a line in range, so the cursor it returns always moves on.
   uint64_t scanned_bytes = 0;
+  const auto budget_spent = [&] { return scanned_bytes >= q.scan_bytes_max; };
 
   if (q.after_seq > 0) {
-    // Follow: oldest first. Segment i holds [first_i, first_{i+1}); skip those entirely <=.
+    // Follow: oldest first. Segment i holds [first_i, first_{i+1}); skip those entirely before
+    // from_seq.
     result->next_cursor = q.after_seq;
+    if (q.after_seq == UINT64_MAX) return true;  // no seq comes after it
+    const uint64_t from_seq = q.after_seq + 1;
     size_t first = 0;
-    while (first + 1 < segments.size() && segments[first + 1].first_seq <= q.after_seq + 1) {
-      ++first;
-    }
-    for (size_t i = first; i < segments.size(); ++i) {
-      int fd;
-      uint64_t size;
-      bool gone;
-      if (!open_segment(impl_->dir_fd, segments[i].name, &fd, &size, &gone)) {
-        if (gone) continue;
-        *error = errno_text("cannot open", segments[i].name, errno);
-        return false;
+    while (first + 1 < segments.size() && segments[first + 1].first_seq <= from_seq) ++first;
+    bool stop = false;
+    for (size_t i = first; i < segments.size() && !stop; ++i) {
+      int fd = -1;
+      uint64_t size = 0;
+      const SegmentOpen opened = open_segment(impl_->dir_fd, segments[i].name, &fd, &size);
+      if (opened == SegmentOpen::kGone) continue;
+      if (opened == SegmentOpen::kUnreadable) {
+        impl_->skip_unreadable(segments[i], errno);
+        continue;
       }
-      bool stop = false;
-      const bool ok = for_each_line_forward(fd, size, [&](std::string_view line) {
-        uint64_t seq;
-        if (!line_seq(line, &seq) || seq <= q.after_seq) return true;
-        scanned_bytes += line.size() + 1;
-        result->next_cursor = std::max(result->next_cursor, seq);
-        if (matcher.matches(line)) result->records.emplace_back(line);
-        stop = result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max;
-        return !stop;
-      });
+      uint64_t start = 0;
+      bool ok = segments[i].first_seq >= from_seq ||
+                seek_seq(fd, size, from_seq, &start, &result->bytes_read);
+      ok = ok && for_each_line_forward(
+                     fd, start, size, &result->bytes_read, [&](std::string_view line, uint64_t) {
+                       scanned_bytes += line.size() + 1;
+                       uint64_t seq;
+                       if (!line_seq(line, &seq) || seq <= q.after_seq) return true;
+                       result->next_cursor = std::max(result->next_cursor, seq);
+                       if (matcher.matches(line)) result->records.emplace_back(line);
+                       stop = result->records.size() >= limit || budget_spent();
+                       return !stop;
+                     });
       const int read_errno = errno;
       ::close(fd);
-      if (!ok) {
-        *error = errno_text("cannot read", segments[i].name, read_errno);
-        return false;
-      }
-      if (stop) break;
+      if (!ok) impl_->skip_unreadable(segments[i], read_errno);
     }
     return true;
   }
@@ -1451,40 +1597,42 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
   // the next older line only to learn whether there is one: the cursor is `last_seq` then, and
   // stays 0 (the listing is complete) when `last_seq` was the oldest record.
   uint64_t last_seq = 0;
-  for (size_t i = segments.size(); i-- > 0;) {
+  bool stop = false;
+  for (size_t i = segments.size(); i-- > 0 && !stop;) {
     if (q.before_seq != 0 && segments[i].first_seq >= q.before_seq) continue;
-    int fd;
-    uint64_t size;
-    bool gone;
-    if (!open_segment(impl_->dir_fd, segments[i].name, &fd, &size, &gone)) {
-      if (gone) continue;
-      *error = errno_text("cannot open", segments[i].name, errno);
-      return false;
+    int fd = -1;
+    uint64_t size = 0;
+    const SegmentOpen opened = open_segment(impl_->dir_fd, segments[i].name, &fd, &size);
+    if (opened == SegmentOpen::kGone) continue;
+    if (opened == SegmentOpen::kUnreadable) {
+      impl_->skip_unreadable(segments[i], errno);
+      continue;
     }
-    BackwardLines lines(fd, size);
-    std::string_view line;
-    uint64_t offset;
-    bool ok = true;
-    bool stop = false;
-    while (!stop && lines.next(&line, &offset, &ok)) {
-      uint64_t seq;
-      if (!line_seq(line, &seq) || (q.before_seq != 0 && seq >= q.before_seq)) continue;
-      if (last_seq != 0) {
-        result->next_cursor = last_seq;  // an older line exists
-        stop = true;
-        continue;
+    // Only the segment holding the cursor has lines at or after it: they end where it starts.
+    uint64_t end = size;
+    bool ok = q.before_seq == 0 ||
+              (i + 1 < segments.size() && segments[i + 1].first_seq <= q.before_seq) ||
+              seek_seq(fd, size, q.before_seq, &end, &result->bytes_read);
+    if (ok) {
+      BackwardLines lines(fd, end, &result->bytes_read);
+      std::string_view line;
+      uint64_t offset;
+      while (!stop && lines.next(&line, &offset, &ok)) {
+        scanned_bytes += line.size() + 1;
+        uint64_t seq;
+        if (!line_seq(line, &seq) || (q.before_seq != 0 && seq >= q.before_seq)) continue;
+        if (last_seq != 0) {
+          result->next_cursor = last_seq;  // an older line exists
+          stop = true;
+          continue;
+        }
+        if (matcher.matches(line)) result->records.emplace_back(line);
+        if (result->records.size() >= limit || budget_spent()) last_seq = seq;
       }
-      scanned_bytes += line.size() + 1;
-      if (matcher.matches(line)) result->records.emplace_back(line);
-      if (result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max) last_seq = seq;
     }
     const int read_errno = errno;
     ::close(fd);
-    if (!ok) {
-      *error = errno_text("cannot read", segments[i].name, read_errno);
-      return false;
-    }
-    if (stop) break;
+    if (!ok) impl_->skip_unreadable(segments[i], read_errno);
   }
   return true;
 }

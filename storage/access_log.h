@@ -131,6 +131,9 @@ struct AccessLogStats {
   uint64_t write_errors = 0;     // failed open/write (retried), sync and delete calls
   uint64_t next_seq = 0;         // the seq the next line will get
   uint64_t torn_bytes_cut = 0;   // cut from the newest segment's tail by open()
+  // Segments a query passed over because they could not be opened or read (not a regular
+  // file, no permission, a read error), once per query that met one.
+  uint64_t query_segments_skipped = 0;
   uint64_t segments_finished = 0;  // rotated away from since open()
   uint64_t segments_synced = 0;    // of those, fdatasync'ed (or deleted by retention first)
   uint64_t sync_queue_full = 0;    // of those, closed unsynced into the overflow range
@@ -220,7 +223,8 @@ class AccessLog {
     uint64_t before_seq = 0;
     // Follow mode (after_seq > 0): only seq > after_seq, oldest first. before_seq is ignored.
     uint64_t after_seq = 0;
-    // Bytes of lines examined at most; the scan stops there and returns a cursor to resume.
+    // Bytes of lines read at most (lines outside the cursor's range and damaged lines count
+    // too); the scan stops at the next line in range and returns a cursor to resume.
     uint64_t scan_bytes_max = 256ull << 20;
   };
   struct QueryResult {
@@ -229,12 +233,18 @@ class AccessLog {
     // scan reached the oldest record. Follow: pass as after_seq next time (the newest seq
     // examined, or the request's after_seq when nothing newer exists yet); never 0 in follow.
     uint64_t next_cursor = 0;
+    // Bytes read from segment files for this query (seeking included).
+    uint64_t bytes_read = 0;
   };
   // Scans the segment files (not the records still queued: flush() first for fresh data).
-  // Marker lines match only queries without key_id and status filters. Thread-safe w.r.t. the
-  // writer: a line still being written is ignored, a segment deleted by retention mid-query is
-  // skipped. Blocks on file reads; allocates. False with `error` when a segment cannot be
-  // listed or read.
+  // Marker lines match only queries without key_id and status filters. A cursor (before_seq,
+  // after_seq) is found by bisecting the segment that holds it, so a page costs about the
+  // same wherever it starts. Thread-safe w.r.t. the writer: a line still being written is
+  // ignored, a segment deleted by retention mid-query is skipped. So is a segment that cannot
+  // be opened or read (not a regular file — segments are opened non-blocking, so a FIFO never
+  // hangs a query —, no permission, a read error): counted in stats().query_segments_skipped
+  // and named once on stderr. Blocks on file reads; allocates. False with `error` only when
+  // the directory cannot be listed.
   bool query(const Query& query, QueryResult* result, std::string* error) const;
 
  private:

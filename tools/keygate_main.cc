@@ -324,6 +324,7 @@ int main(int argc, char** argv) {
                        {"markers_written", a.markers_written},
                        {"write_errors", a.write_errors},
                        {"next_seq", a.next_seq},
+                       {"query_segments_skipped", a.query_segments_skipped},
                        {"segments_finished", a.segments_finished},
                        {"segments_synced", a.segments_synced},
                        {"sync_queue_full", a.sync_queue_full},

@@ -19,6 +19,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <optional>
 #include <set>
@@ -1364,6 +1365,169 @@ TEST_F(AccessLogQuery, ScanBudgetStopsEarlyWithAResumableCursor) {
   ASSERT_NE(result.next_cursor, 0u);
   EXPECT_LT(result.next_cursor, 301u);
   EXPECT_GT(result.next_cursor, 280u);
+}
+
+// after = the largest seq: nothing can follow it (after + 1 once wrapped to 0 and read the
+// whole log).
+TEST_F(AccessLogQuery, AfterTheLargestSeqReadsNothing) {
+  const auto result = run({.key_id = "", .limit = 1000, .after_seq = UINT64_MAX});
+  EXPECT_TRUE(result.records.empty());
+  EXPECT_EQ(result.next_cursor, UINT64_MAX);
+  EXPECT_EQ(result.bytes_read, 0u);
+}
+
+// Lines that are not examined still cost reading them: the budget counts them, so one request
+// reads a bounded amount however the log looks. Here a run of damaged lines (no seq) between
+// seq 5 and seq 6.
+TEST(AccessLogScanBudget, LinesPassedOverCountTowardsTheBudget) {
+  TempDir dir;
+  std::string content;
+  for (uint64_t seq = 1; seq <= 5; ++seq) content += expected_line(seq, record(0, seq - 1));
+  for (int i = 0; i < 2000; ++i) content += "damaged line " + std::string(40, 'x') + "\n";
+  for (uint64_t seq = 6; seq <= 10; ++seq) content += expected_line(seq, record(0, seq - 1));
+  {
+    std::ofstream out(dir.path() + "/access-00000000000000000001.jsonl", std::ios::binary);
+    out << content;
+  }
+  auto log = open_log({.dir = dir.path()});
+  AccessLog::QueryResult result;
+  std::string error;
+  // Newest first: 10..6, then the damage spends the budget; 5 is the last one examined.
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .scan_bytes_max = 4096}, &result, &error))
+      << error;
+  std::vector<uint64_t> seqs;
+  for (const std::string& line : result.records) seqs.push_back(seq_of(line));
+  EXPECT_EQ(seqs, (std::vector<uint64_t>{10, 9, 8, 7, 6, 5}));
+  EXPECT_EQ(result.next_cursor, 5u);
+  // Follow from seq 1: 2..5, the damage, then 6 is the last one examined.
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .after_seq = 1, .scan_bytes_max = 4096},
+                         &result, &error))
+      << error;
+  seqs.clear();
+  for (const std::string& line : result.records) seqs.push_back(seq_of(line));
+  EXPECT_EQ(seqs, (std::vector<uint64_t>{2, 3, 4, 5, 6}));
+  EXPECT_EQ(result.next_cursor, 6u);
+}
+
+// A cursor deep inside a large segment is found by bisecting it: a page reads a few hundred
+// KiB at most wherever it starts, not the whole segment before (follow) or after (newest
+// first) it. Paging newest first through a large log was O(n^2) reads.
+TEST(AccessLogSeek, CursorsDeepInALargeSegmentAreFoundWithoutReadingItAll) {
+  TempDir dir;
+  constexpr uint64_t kRecords = 20000;
+  const std::string pad(360, 'p');
+  auto log = open_log({.dir = dir.path(), .segment_bytes_max = 1ull << 30});
+  for (uint64_t i = 0; i < kRecords; ++i) {
+    ASSERT_TRUE(log->append(0, "{\"i\":" + std::to_string(i) + ",\"pad\":\"" + pad + "\"}"));
+    if (i % 4000 == 3999) {
+      ASSERT_TRUE(log->flush());
+    }
+  }
+  ASSERT_TRUE(log->flush());
+  const auto paths = segment_paths(dir.path());
+  ASSERT_EQ(paths.size(), 1u);
+  const uint64_t segment_bytes = testing::read_file(paths[0]).size();
+  ASSERT_GT(segment_bytes, 7u << 20);
+  const auto seqs = [](const AccessLog::QueryResult& result) {
+    std::vector<uint64_t> out;
+    for (const std::string& line : result.records) out.push_back(seq_of(line));
+    return out;
+  };
+  AccessLog::QueryResult result;
+  std::string error;
+  // Newest first, from a cursor near the start and one in the middle.
+  for (const uint64_t before : {uint64_t{10}, uint64_t{1000}, kRecords / 2, kRecords - 5}) {
+    SCOPED_TRACE("before_seq " + std::to_string(before));
+    ASSERT_TRUE(log->query({.key_id = "", .limit = 5, .before_seq = before}, &result, &error));
+    EXPECT_EQ(seqs(result),
+              (std::vector<uint64_t>{before - 1, before - 2, before - 3, before - 4, before - 5}));
+    EXPECT_EQ(result.next_cursor, before - 5);
+    EXPECT_LT(result.bytes_read, 2u << 20);
+  }
+  // Follow, from near the start, the middle and the end.
+  for (const uint64_t after : {uint64_t{10}, kRecords / 2, kRecords - 5}) {
+    SCOPED_TRACE("after_seq " + std::to_string(after));
+    ASSERT_TRUE(log->query({.key_id = "", .limit = 5, .after_seq = after}, &result, &error));
+    EXPECT_EQ(seqs(result),
+              (std::vector<uint64_t>{after + 1, after + 2, after + 3, after + 4, after + 5}));
+    EXPECT_LT(result.bytes_read, 2u << 20);
+  }
+  // Nothing newer: a poll at the end reads next to nothing.
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 5, .after_seq = kRecords}, &result, &error));
+  EXPECT_TRUE(result.records.empty());
+  EXPECT_LT(result.bytes_read, 256u << 10);
+  // The whole log, paged newest first with pages of 700: every record once, in order.
+  uint64_t expected = kRecords;
+  AccessLog::Query query{.key_id = "", .limit = 700};
+  for (int page = 0; page < 100; ++page) {
+    ASSERT_TRUE(log->query(query, &result, &error));
+    for (const uint64_t seq : seqs(result)) ASSERT_EQ(seq, expected--);
+    if (result.next_cursor == 0) break;
+    query.before_seq = result.next_cursor;
+  }
+  EXPECT_EQ(expected, 0u);
+}
+
+// Segment `index` (oldest first) of the fixture's log, and the first seq of the next one.
+struct SegmentAt {
+  std::string path;
+  uint64_t first_seq = 0;
+  uint64_t next_first_seq = 0;
+};
+SegmentAt segment_at(const std::string& dir, size_t index) {
+  const auto paths = segment_paths(dir);
+  SegmentAt out;
+  out.path = paths.at(index);
+  const auto first_seq_of = [](const std::string& path) {
+    uint64_t seq = 0;
+    const std::string name = std::filesystem::path(path).filename().string();
+    EXPECT_EQ(std::sscanf(name.c_str(), "access-%20lu.jsonl", &seq), 1) << name;
+    return seq;
+  };
+  out.first_seq = first_seq_of(paths.at(index));
+  out.next_first_seq = first_seq_of(paths.at(index + 1));
+  return out;
+}
+
+// One old segment that cannot be read — replaced by a directory (the query used to fail with
+// 503 for every page that reached it) or by a FIFO (the query's open used to block for good)
+// — is skipped like one retention deleted: counted, named once on stderr.
+TEST_F(AccessLogQuery, AnUnreadableSegmentIsSkippedCountedAndNamedOnceOnStderr) {
+  const SegmentAt as_dir = segment_at(dir_.path(), 1);
+  const SegmentAt as_fifo = segment_at(dir_.path(), 3);
+  std::filesystem::remove(as_dir.path);
+  ASSERT_EQ(::mkdir(as_dir.path.c_str(), 0755), 0);
+  std::filesystem::remove(as_fifo.path);
+  ASSERT_EQ(::mkfifo(as_fifo.path.c_str(), 0644), 0);
+  std::set<uint64_t> lost;
+  for (const SegmentAt* s : {&as_dir, &as_fifo}) {
+    for (uint64_t seq = s->first_seq; seq < s->next_first_seq; ++seq) lost.insert(seq);
+  }
+  StderrCapture captured;
+  for (int round = 0; round < 2; ++round) {
+    // Bounded even when a query blocks on the FIFO: opening its write end releases it.
+    auto query = std::async(std::launch::async, [&] {
+      return run({.key_id = "", .limit = 1000});
+    });
+    if (query.wait_for(10s) != std::future_status::ready) {
+      const int fd = ::open(as_fifo.path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      query.wait();
+      if (fd >= 0) ::close(fd);
+      FAIL() << "the query blocked on the FIFO";
+    }
+    const AccessLog::QueryResult result = query.get();
+    ASSERT_EQ(result.records.size(), kRecords - lost.size());
+    for (const std::string& line : result.records) EXPECT_EQ(lost.count(seq_of(line)), 0u);
+    EXPECT_EQ(result.next_cursor, 0u);
+  }
+  const std::string text = captured.text();
+  // Each named once, though each query met both.
+  EXPECT_TRUE(once(text, "keygate: access log: cannot read " + as_dir.path + " (Is a directory)"))
+      << text;
+  EXPECT_TRUE(
+      once(text, "keygate: access log: cannot read " + as_fifo.path + " (not a regular file)"))
+      << text;
+  EXPECT_EQ(log_->stats().query_segments_skipped, 4u);  // two per query
 }
 
 }  // namespace
