@@ -1646,6 +1646,10 @@ bool is_admin_route(std::string_view path) noexcept {
   return match_route(path).route != Route::kNone;
 }
 
+bool is_log_route(std::string_view path) noexcept {
+  return match_route(path).route == Route::kLogs;
+}
+
 std::string format_rfc3339(int64_t unix_seconds) {
   const int64_t days = floor_div(unix_seconds, 86400);
   const int64_t secs = unix_seconds - days * 86400;

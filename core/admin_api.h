@@ -171,6 +171,10 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
 // True when `path` names an admin route (with any method): used to answer 404 for
 // unknown paths before authentication work is queued. Does not allocate.
 bool is_admin_route(std::string_view path) noexcept;
+// True when `path` is the access-log route (GET /admin/logs, with any method): a request that
+// only reads log files and changes nothing, which may run beside the store's changes (the
+// admin executor gives it a thread of its own). Does not allocate.
+bool is_log_route(std::string_view path) noexcept;
 
 // Formats Unix seconds as RFC 3339 UTC ("2026-11-26T10:00:00Z"); parses the same (also with
 // fractional seconds and numeric offsets). Parse returns false on malformed input.

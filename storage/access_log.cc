@@ -1473,6 +1473,15 @@ bool AccessLog::flush() {
   return impl_->last_write_ok;
 }
 
+bool AccessLog::flush(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mutex);
+  const uint64_t target = ++impl_->flush_requested;
+  impl_->wake.notify_all();
+  const bool done = impl_->flushed.wait_for(
+      lock, timeout, [&] { return impl_->flush_done >= target || impl_->stopping; });
+  return done && impl_->last_write_ok;
+}
+
 namespace {
 
 struct Matcher {

@@ -212,6 +212,9 @@ class AccessLog {
   // its segment (write() returned; not fdatasync'ed). False when writing failed (the records
   // stay queued and are retried).
   bool flush();
+  // flush(), waiting at most `timeout` (a write stalled on the disk); false also on timeout
+  // (the writer still writes those records when it can).
+  bool flush(std::chrono::milliseconds timeout);
 
   struct Query {
     std::string key_id;    // "" = any; else the record's "key_id" must be this string

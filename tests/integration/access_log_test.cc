@@ -1491,6 +1491,50 @@ TEST_F(AccessLogTest, AFileSizeLimitBelowSegmentBytesMaxNeitherKillsKeygateNorLo
   }
 }
 
+// The reviewer's repro: a FIFO in place of an old segment made GET /admin/logs?cursor=2 open
+// it and wait for a writer forever, and every admin request after it (a key revocation too)
+// waited behind it. The query now skips it (counted, said once on stderr) and answers; and log
+// queries run beside the other admin requests anyway.
+TEST_F(AccessLogTest, AFifoInPlaceOfASegmentNeitherHangsALogQueryNorHoldsUpKeyChanges) {
+  ASSERT_NO_FATAL_FAILURE(start(2, "segment_bytes_max = 65536"));
+  // ~400-byte records: over two segments.
+  for (int i = 0; i < 300; ++i) {
+    auto r = data(http_request("GET", "/orders/fill-" + std::to_string(i) + "-" + random_hex(100),
+                               {}));
+    ASSERT_TRUE(r && r->status == 401) << show(r);
+  }
+  ASSERT_EQ(wait_for_records(server_->log_dir(), 300).records().size(), 300u);
+  std::vector<std::string> segments;
+  for (int i = 0; i < 100 && segments.size() < 2; ++i) {
+    segments = segment_files(server_->log_dir());
+    std::this_thread::sleep_for(Millis(20));
+  }
+  ASSERT_GE(segments.size(), 2u);
+  ASSERT_TRUE(segments.front().ends_with("access-00000000000000000001.jsonl")) << segments.front();
+  std::filesystem::remove(segments.front());
+  ASSERT_EQ(::mkfifo(segments.front().c_str(), 0644), 0);
+
+  const auto started = Clock::now();
+  auto page = admin("GET", "/admin/logs?cursor=2", kBootstrapAdminKey);
+  ASSERT_TRUE(page.has_value()) << "the log query hung";
+  EXPECT_EQ(page->status, 200) << page->raw;
+  EXPECT_EQ(page->body, R"({"records":[],"next_cursor":null})");
+  auto created = admin("POST", "/admin/keys", kBootstrapAdminKey, R"({"apis":["orders"]})");
+  ASSERT_TRUE(created.has_value()) << "a key change waited behind the log query";
+  EXPECT_EQ(created->status, 201) << created->raw;
+  EXPECT_LT(Clock::now() - started, Millis(3000));
+  // The rest of the log still reads.
+  auto newest = admin("GET", "/admin/logs?limit=5", kBootstrapAdminKey);
+  ASSERT_TRUE(newest && newest->status == 200) << show(newest);
+  EXPECT_NE(newest->body.find("\"seq\":"), std::string::npos) << newest->body;
+  auto stats = admin("GET", "/admin/stats", kBootstrapAdminKey);
+  ASSERT_TRUE(stats && stats->status == 200) << show(stats);
+  EXPECT_GE(number_member(stats->body, "query_segments_skipped"), 1) << stats->body;
+  const std::string said = "access-00000000000000000001.jsonl (not a regular file): queries skip it";
+  EXPECT_TRUE(server_->wait_for_error_output(said, Millis(3000))) << server_->error_output();
+  EXPECT_EQ(count_of(server_->error_output(), said), 1u) << server_->error_output();
+}
+
 // --- 6. Requests whose client leaves before the answer
 // -----------------------------------------
 

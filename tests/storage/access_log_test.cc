@@ -1225,6 +1225,22 @@ TEST(AccessLog, ALineCutByTheLimitThatBeganBeforeAHeldBlockMovesWholeToTheNextSe
   EXPECT_TRUE(testing::read_file(paths[1]) == expected_line(2, r2) + expected_line(3, r3));
 }
 
+// A flush waits for the writer; a caller that cannot wait long (a log query) gives up after
+// its timeout when the writer is stalled.
+TEST(AccessLog, AFlushWithATimeoutReturnsWhileTheWriterIsStalled) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path(), .flush_interval_ms = 1});
+  log->set_writer_delay_for_testing(1500ms);
+  std::this_thread::sleep_for(20ms);  // the writer is now in its delay
+  ASSERT_TRUE(log->append(0, record(0, 0)));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(log->flush(100ms));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1000ms);
+  log->set_writer_delay_for_testing(0ms);
+  EXPECT_TRUE(log->flush());
+  EXPECT_EQ(log->stats().written, 1u);
+}
+
 // 300 records over small segments: key k0..k2 by i % 3, status 200/404/500 by i % 5 (200 for
 // 0-2), time_us = 1000 + i.
 class AccessLogQuery : public ::testing::Test {
