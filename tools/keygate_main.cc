@@ -283,6 +283,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "keygate: %s\n", error.c_str());  // open()'s errors say "access log:"
       return kExitStartupFailure;
     }
+    // A crash mid-write leaves a torn last line, which open() cut off: said once, as it is the
+    // end of a record that was lost.
+    if (const uint64_t torn = access_log->stats().torn_bytes_cut; torn > 0) {
+      std::fprintf(stderr,
+                   "keygate: access log: cut %llu bytes of a torn last line off the newest segment "
+                   "in %s (keygate stopped while writing it)\n",
+                   static_cast<unsigned long long>(torn), log_options.dir.c_str());
+    }
     access_sink.emplace(*access_log);
   }
 
@@ -324,6 +332,7 @@ int main(int argc, char** argv) {
                        {"markers_written", a.markers_written},
                        {"write_errors", a.write_errors},
                        {"next_seq", a.next_seq},
+                       {"torn_bytes_cut", a.torn_bytes_cut},
                        {"query_segments_skipped", a.query_segments_skipped},
                        {"segments_finished", a.segments_finished},
                        {"segments_synced", a.segments_synced},

@@ -1535,6 +1535,34 @@ TEST_F(AccessLogTest, AFifoInPlaceOfASegmentNeitherHangsALogQueryNorHoldsUpKeyCh
   EXPECT_EQ(count_of(server_->error_output(), said), 1u) << server_->error_output();
 }
 
+// A torn last line (keygate stopped mid-write) was cut off at the next start without a word:
+// that is the end of a record that was lost. It is now said once on stderr and counted in
+// /admin/stats.
+TEST_F(AccessLogTest, ATornTailCutAtStartIsSaidOnStderrAndCounted) {
+  dirs_ = std::make_unique<TempDir>();
+  const std::string log_dir = dirs_->path() + "/logs";
+  ASSERT_EQ(::mkdir(log_dir.c_str(), 0700), 0);
+  const std::string whole = "{\"seq\":1,\"time_us\":1,\"path\":\"/orders/whole\"}\n";
+  const std::string torn = "{\"seq\":2,\"time_us\":2,\"path\":\"/orders/to";
+  {
+    std::ofstream f(log_dir + "/access-00000000000000000001.jsonl", std::ios::binary);
+    f << whole << torn;
+  }
+  ASSERT_NO_FATAL_FAILURE(start(2, "", dirs_->path() + "/data", log_dir));
+  const std::string said = "keygate: access log: cut " + std::to_string(torn.size()) +
+                           " bytes of a torn last line off the newest segment in " + log_dir +
+                           " (keygate stopped while writing it)\n";
+  EXPECT_TRUE(server_->wait_for_error_output(said, Millis(3000))) << server_->error_output();
+  EXPECT_EQ(count_of(server_->error_output(), said), 1u) << server_->error_output();
+  auto stats = admin("GET", "/admin/stats", kBootstrapAdminKey);
+  ASSERT_TRUE(stats && stats->status == 200) << show(stats);
+  EXPECT_EQ(number_member(stats->body, "torn_bytes_cut"), static_cast<int64_t>(torn.size()))
+      << stats->body;
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  EXPECT_EQ(read_file(log_dir + "/access-00000000000000000001.jsonl").substr(0, whole.size()),
+            whole);
+}
+
 // --- 6. Requests whose client leaves before the answer
 // -----------------------------------------
 
