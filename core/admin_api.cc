@@ -1555,6 +1555,13 @@ AdminResponse query_logs(const AdminRequest& request, AdminStore& store) {
     append_uint(out, page.next_cursor);
     out += '"';
   }
+  if (page.missing_from != 0) {
+    out += ",\"missing\":{\"from\":\"";
+    append_uint(out, page.missing_from);
+    out += "\",\"to\":\"";
+    append_uint(out, page.missing_to);
+    out += "\"}";
+  }
   out += '}';
   return json_response(200, std::move(out));
 }

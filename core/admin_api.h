@@ -28,7 +28,9 @@
 //                                       &limit=1..1000 (default 100) and either &cursor= (newest
 //                                       first; page on while next_cursor is not null) or
 //                                       &after=SEQ (follow: seq > SEQ, oldest first; next_cursor
-//                                       is never null, pass it as the next after). Each record
+//                                       is never null, pass it as the next after; a follow page
+//                                       that starts after a gap has "missing":{"from":str,
+//                                       "to":str}: seqs no longer in the log). Each record
 //                                       is the access-log line's JSON object as stored.
 //   GET    /admin/stats                200 {group:{name:number...}|null...}: the instance's
 //                                       counters (AdminContext::stats), e.g. "workers",
@@ -85,6 +87,10 @@ struct LogPage {
   // Newest-first: the before_seq to continue with; 0 when the scan reached the oldest record.
   // Follow: the after_seq to poll with next (never 0).
   uint64_t next_cursor = 0;
+  // Follow: seqs missing_from..missing_to came after the query's after_seq, before this page,
+  // and are no longer in the log (0 = no gap).
+  uint64_t missing_from = 0;
+  uint64_t missing_to = 0;
 };
 
 // What execute_admin() needs from storage. Implemented by storage (over KeyService) and by test

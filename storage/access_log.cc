@@ -1532,6 +1532,19 @@ SegmentOpen open_segment(int dir_fd, const std::string& name, int* fd, uint64_t*
   return SegmentOpen::kOk;
 }
 
+// The first seq a follow line accounts for: a dropped marker (seq B + 1) stands for its range
+// A..B as well.
+uint64_t first_seq_covered(std::string_view line, uint64_t seq) {
+  const auto type = find_root_member(line, "type");
+  if (!type || !json_string_equals(*type, "dropped")) return seq;
+  const auto raw = find_root_member(line, "dropped_from_seq");
+  int64_t from = 0;
+  if (!raw || !parse_json_int(*raw, &from) || from <= 0 || static_cast<uint64_t>(from) > seq) {
+    return seq;
+  }
+  return static_cast<uint64_t>(from);
+}
+
 }  // namespace
 
 // At most this many unreadable segments are named on stderr (each once); more are counted only.
@@ -1554,6 +1567,8 @@ void AccessLog::Impl::skip_unreadable(const SegmentName& segment, int err) {
 bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) const {
   result->records.clear();
   result->next_cursor = 0;
+  result->missing_from = 0;
+  result->missing_to = 0;
   result->bytes_read = 0;
   const uint32_t limit = q.limit == 0 || q.limit > kQueryLimitMax ? kQueryLimitMax : q.limit;
   std::vector<SegmentName> segments;
@@ -1572,6 +1587,7 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
     const uint64_t from_seq = q.after_seq + 1;
     size_t first = 0;
     while (first + 1 < segments.size() && segments[first + 1].first_seq <= from_seq) ++first;
+    uint64_t expected = from_seq;  // the seq the next line should account for
     bool stop = false;
     for (size_t i = first; i < segments.size() && !stop; ++i) {
       int fd = -1;
@@ -1590,6 +1606,19 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
                        scanned_bytes += line.size() + 1;
                        uint64_t seq;
                        if (!line_seq(line, &seq) || seq <= q.after_seq) return true;
+                       if (seq > expected) {
+                         const uint64_t covered = first_seq_covered(line, seq);
+                         if (covered > expected) {
+                           if (result->next_cursor != q.after_seq) {
+                             // A second gap: this page ends before it, the next one reports it.
+                             stop = true;
+                             return false;
+                           }
+                           result->missing_from = expected;
+                           result->missing_to = covered - 1;
+                         }
+                       }
+                       expected = seq + 1;
                        result->next_cursor = std::max(result->next_cursor, seq);
                        if (matcher.matches(line)) result->records.emplace_back(line);
                        stop = result->records.size() >= limit || budget_spent();

@@ -236,6 +236,13 @@ class AccessLog {
     // scan reached the oldest record. Follow: pass as after_seq next time (the newest seq
     // examined, or the request's after_seq when nothing newer exists yet); never 0 in follow.
     uint64_t next_cursor = 0;
+    // Follow only: seqs missing_from..missing_to (both included, 0 = none) come after the
+    // request's after_seq, before the first line of this page, and are in no readable segment:
+    // deleted by retention, in a segment that could not be read, or a line dropped at the file
+    // size limit. (A range lost to a full buffer is no gap: its marker stands for it.) A page
+    // ends before a second such gap, so each page reports at most one, at its start.
+    uint64_t missing_from = 0;
+    uint64_t missing_to = 0;
     // Bytes read from segment files for this query (seeking included).
     uint64_t bytes_read = 0;
   };

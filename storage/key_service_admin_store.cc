@@ -104,6 +104,8 @@ AdminStoreResult KeyServiceAdminStore::query_logs(const LogQuery& query, LogPage
   }
   out->records = std::move(result.records);
   out->next_cursor = result.next_cursor;
+  out->missing_from = result.missing_from;
+  out->missing_to = result.missing_to;
   return {};
 }
 

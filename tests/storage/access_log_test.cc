@@ -1546,5 +1546,76 @@ TEST_F(AccessLogQuery, AnUnreadableSegmentIsSkippedCountedAndNamedOnceOnStderr) 
   EXPECT_EQ(log_->stats().query_segments_skipped, 4u);  // two per query
 }
 
+// Follow pages say which seqs after their cursor the log no longer holds: deleted before the
+// follower read them, or unreadable. One gap per page, at its start.
+TEST_F(AccessLogQuery, FollowPagesNameTheSeqsNoLongerInTheLog) {
+  const SegmentAt oldest = segment_at(dir_.path(), 0);
+  const SegmentAt unreadable = segment_at(dir_.path(), 3);
+  std::filesystem::remove(oldest.path);  // as retention would
+  std::filesystem::remove(unreadable.path);
+  ASSERT_EQ(::mkdir(unreadable.path.c_str(), 0755), 0);
+  StderrCapture quiet;
+  // From seq 1: seqs 2 .. (the second segment's first - 1) are gone.
+  auto result = run({.key_id = "", .limit = 1000, .after_seq = 1});
+  EXPECT_EQ(result.missing_from, 2u);
+  EXPECT_EQ(result.missing_to, oldest.next_first_seq - 1);
+  ASSERT_FALSE(result.records.empty());
+  EXPECT_EQ(seq_of(result.records.front()), oldest.next_first_seq);
+  // The page ends before the second gap ...
+  EXPECT_EQ(seq_of(result.records.back()), unreadable.first_seq - 1);
+  EXPECT_EQ(result.next_cursor, unreadable.first_seq - 1);
+  // ... which the next page starts with.
+  result = run({.key_id = "", .limit = 1000, .after_seq = result.next_cursor});
+  EXPECT_EQ(result.missing_from, unreadable.first_seq);
+  EXPECT_EQ(result.missing_to, unreadable.next_first_seq - 1);
+  ASSERT_FALSE(result.records.empty());
+  EXPECT_EQ(seq_of(result.records.front()), unreadable.next_first_seq);
+  EXPECT_EQ(result.next_cursor, static_cast<uint64_t>(kRecords));
+  // A filter changes nothing about the gaps: they are about seqs, not matches.
+  result = run({.key_id = "k1", .limit = 1000, .after_seq = 1});
+  EXPECT_EQ(result.missing_from, 2u);
+  EXPECT_EQ(result.missing_to, oldest.next_first_seq - 1);
+  // No gap: none said.
+  result = run({.key_id = "", .limit = 10, .after_seq = unreadable.next_first_seq + 3});
+  EXPECT_EQ(result.missing_from, 0u);
+  EXPECT_EQ(result.missing_to, 0u);
+}
+
+// Records lost to a full buffer leave no gap: the marker stands for them.
+TEST(AccessLogFollow, ADroppedRangeIsNoGapItsMarkerStandsForIt) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path(), .ring_bytes_per_worker = 256, .backlog_bytes_max = 0});
+  ASSERT_TRUE(log->append(0, record(0, 0)));
+  ASSERT_TRUE(log->flush());  // seq 1
+  // The writer waits: a 256-byte ring takes a few records, then drops.
+  log->set_writer_delay_for_testing(300ms);
+  std::this_thread::sleep_for(20ms);
+  int refused = 0;
+  for (int i = 1; i < 20; ++i) refused += log->append(0, record(0, static_cast<uint64_t>(i))) ? 0 : 1;
+  ASSERT_GT(refused, 0);
+  log->set_writer_delay_for_testing(0ms);
+  ASSERT_TRUE(log->flush());
+  ASSERT_TRUE(log->append(0, record(0, 20)));
+  ASSERT_TRUE(log->flush());
+  AccessLog::QueryResult result;
+  std::string error;
+  // The marker inside a page ...
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .after_seq = 1}, &result, &error)) << error;
+  EXPECT_EQ(result.missing_from, 0u);
+  std::optional<std::string> marker;
+  for (const std::string& line : result.records) {
+    if (is_marker(line)) marker = line;
+  }
+  ASSERT_TRUE(marker.has_value());
+  EXPECT_EQ(seq_of(result.records.back()), result.next_cursor);  // the page went past it
+  // ... and first in a page.
+  const auto from = static_cast<uint64_t>(int_member(*marker, "dropped_from_seq"));
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .after_seq = from - 1}, &result, &error))
+      << error;
+  EXPECT_EQ(result.missing_from, 0u);
+  ASSERT_FALSE(result.records.empty());
+  EXPECT_EQ(result.records.front(), *marker);
+}
+
 }  // namespace
 }  // namespace keygate::storage
