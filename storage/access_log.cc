@@ -1578,6 +1578,20 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
   // stops only at a line in range, so the cursor it returns always moves on.
   uint64_t scanned_bytes = 0;
   const auto budget_spent = [&] { return scanned_bytes >= q.scan_bytes_max; };
+  // Opens segments[i] for reading; false when the scan passes over it: deleted by retention
+  // meanwhile, or unreadable (counted, named once on stderr).
+  const auto open_or_skip = [&](size_t i, int* fd, uint64_t* size) {
+    const SegmentOpen opened = open_segment(impl_->dir_fd, segments[i].name, fd, size);
+    if (opened == SegmentOpen::kUnreadable) impl_->skip_unreadable(segments[i], errno);
+    return opened == SegmentOpen::kOk;
+  };
+  // Closes segments[i]; a read that failed in it (`read_ok` false, errno set) passes over the
+  // rest of it, counted the same way.
+  const auto close_segment = [&](size_t i, int fd, bool read_ok) {
+    const int read_errno = errno;
+    ::close(fd);
+    if (!read_ok) impl_->skip_unreadable(segments[i], read_errno);
+  };
 
   if (q.after_seq > 0) {
     // Follow: oldest first. Segment i holds [first_i, first_{i+1}); skip those entirely before
@@ -1592,12 +1606,7 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
     for (size_t i = first; i < segments.size() && !stop; ++i) {
       int fd = -1;
       uint64_t size = 0;
-      const SegmentOpen opened = open_segment(impl_->dir_fd, segments[i].name, &fd, &size);
-      if (opened == SegmentOpen::kGone) continue;
-      if (opened == SegmentOpen::kUnreadable) {
-        impl_->skip_unreadable(segments[i], errno);
-        continue;
-      }
+      if (!open_or_skip(i, &fd, &size)) continue;
       uint64_t start = 0;
       bool ok = segments[i].first_seq >= from_seq ||
                 seek_seq(fd, size, from_seq, &start, &result->bytes_read);
@@ -1624,9 +1633,7 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
                        stop = result->records.size() >= limit || budget_spent();
                        return !stop;
                      });
-      const int read_errno = errno;
-      ::close(fd);
-      if (!ok) impl_->skip_unreadable(segments[i], read_errno);
+      close_segment(i, fd, ok);
     }
     return true;
   }
@@ -1640,12 +1647,7 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
     if (q.before_seq != 0 && segments[i].first_seq >= q.before_seq) continue;
     int fd = -1;
     uint64_t size = 0;
-    const SegmentOpen opened = open_segment(impl_->dir_fd, segments[i].name, &fd, &size);
-    if (opened == SegmentOpen::kGone) continue;
-    if (opened == SegmentOpen::kUnreadable) {
-      impl_->skip_unreadable(segments[i], errno);
-      continue;
-    }
+    if (!open_or_skip(i, &fd, &size)) continue;
     // Only the segment holding the cursor has lines at or after it: they end where it starts.
     uint64_t end = size;
     bool ok = q.before_seq == 0 ||
@@ -1668,9 +1670,7 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
         if (result->records.size() >= limit || budget_spent()) last_seq = seq;
       }
     }
-    const int read_errno = errno;
-    ::close(fd);
-    if (!ok) impl_->skip_unreadable(segments[i], read_errno);
+    close_segment(i, fd, ok);
   }
   return true;
 }
