@@ -1625,6 +1625,13 @@ AdminResponse query_logs(const AdminRequest& request, AdminStore& store) {
     append_uint(out, page.next_cursor);
     out += '"';
   }
+  if (page.missing_from != 0) {
+    out += ",\"missing\":{\"from\":\"";
+    append_uint(out, page.missing_from);
+    out += "\",\"to\":\"";
+    append_uint(out, page.missing_to);
+    out += "\"}";
+  }
   out += '}';
   return json_response(200, std::move(out));
 }
@@ -1714,6 +1721,10 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
 
 bool is_admin_route(std::string_view path) noexcept {
   return match_route(path).route != Route::kNone;
+}
+
+bool is_log_route(std::string_view path) noexcept {
+  return match_route(path).route == Route::kLogs;
 }
 
 std::string format_rfc3339(int64_t unix_seconds) {

@@ -30,7 +30,9 @@
 //                                       &limit=1..1000 (default 100) and either &cursor= (newest
 //                                       first; page on while next_cursor is not null) or
 //                                       &after=SEQ (follow: seq > SEQ, oldest first; next_cursor
-//                                       is never null, pass it as the next after). Each record
+//                                       is never null, pass it as the next after; a follow page
+//                                       that starts after a gap has "missing":{"from":str,
+//                                       "to":str}: seqs no longer in the log). Each record
 //                                       is the access-log line's JSON object as stored.
 //   GET    /admin/stats                200 {group:{name:number...}|null...}: the instance's
 //                                       counters (AdminContext::stats), e.g. "workers",
@@ -87,6 +89,10 @@ struct LogPage {
   // Newest-first: the before_seq to continue with; 0 when the scan reached the oldest record.
   // Follow: the after_seq to poll with next (never 0).
   uint64_t next_cursor = 0;
+  // Follow: seqs missing_from..missing_to came after the query's after_seq, before this page,
+  // and are no longer in the log (0 = no gap).
+  uint64_t missing_from = 0;
+  uint64_t missing_to = 0;
 };
 
 // What execute_admin() needs from storage. Implemented by storage (over KeyService) and by test
@@ -176,6 +182,10 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
 // True when `path` names an admin route (with any method): used to answer 404 for
 // unknown paths before authentication work is queued. Does not allocate.
 bool is_admin_route(std::string_view path) noexcept;
+// True when `path` is the access-log route (GET /admin/logs, with any method): a request that
+// only reads log files and changes nothing, which may run beside the store's changes (the
+// admin executor gives it a thread of its own). Does not allocate.
+bool is_log_route(std::string_view path) noexcept;
 
 // Formats Unix seconds as RFC 3339 UTC ("2026-11-26T10:00:00Z"); parses the same (also with
 // fractional seconds and numeric offsets). Parse returns false on malformed input.

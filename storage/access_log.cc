@@ -20,6 +20,8 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <optional>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -102,10 +104,12 @@ bool pread_full(int fd, char* out, size_t bytes, uint64_t offset) {
 }
 
 // Reads a file's lines from its end backwards, in chunks; the bytes after the last '\n' (a
-// line still being written, or torn) are never returned.
+// line still being written, or torn) are never returned. Bytes read are added to
+// *bytes_read when given.
 class BackwardLines {
  public:
-  BackwardLines(int fd, uint64_t size) : fd_(fd), buf_start_(size), end_(size) {}
+  BackwardLines(int fd, uint64_t size, uint64_t* bytes_read = nullptr)
+      : fd_(fd), buf_start_(size), end_(size), bytes_read_(bytes_read) {}
 
   // The previous complete line (without '\n') and its offset, or false at the start of the
   // file (then *ok says whether reading failed).
@@ -149,6 +153,7 @@ class BackwardLines {
       const uint64_t new_start = buf_start_ - std::min<uint64_t>(kReadChunkBytes, buf_start_);
       std::string more(buf_start_ - new_start, '\0');
       if (!pread_full(fd_, more.data(), more.size(), new_start)) return false;
+      if (bytes_read_ != nullptr) *bytes_read_ += more.size();
       more.append(buf_, 0, end - buf_start_);
       buf_.swap(more);
       search_end = buf_start_;
@@ -160,30 +165,163 @@ class BackwardLines {
   std::string buf_;  // file bytes from buf_start_
   uint64_t buf_start_;
   uint64_t end_;  // the unread region is [0, end_)
+  uint64_t* bytes_read_;
   bool started_ = false;
   bool done_ = false;
 };
 
-// Calls on_line(line) for each complete line of [0, size) in order until it returns false.
+// Calls on_line(line, offset) for each complete line of [from, size) in order until it
+// returns false; `from` is the start of a line. Reads `chunk_bytes` at a time; bytes read are
+// added to *bytes_read.
 template <typename F>
-bool for_each_line_forward(int fd, uint64_t size, F&& on_line) {
+bool for_each_line_forward(int fd, uint64_t from, uint64_t size, uint64_t* bytes_read,
+                           F&& on_line, size_t chunk_bytes = kReadChunkBytes) {
   std::string buf;
-  uint64_t pos = 0;
+  uint64_t pos = from;
+  uint64_t buf_offset = from;  // the file offset of buf[0]
   while (pos < size) {
     const size_t carried = buf.size();
-    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(kReadChunkBytes, size - pos));
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(chunk_bytes, size - pos));
     buf.resize(carried + chunk);
     if (!pread_full(fd, buf.data() + carried, chunk, pos)) return false;
+    *bytes_read += chunk;
     pos += chunk;
     size_t start = 0;
     for (;;) {
       const size_t newline = buf.find('\n', start);
       if (newline == std::string::npos) break;
-      if (!on_line(std::string_view(buf).substr(start, newline - start))) return true;
+      if (!on_line(std::string_view(buf).substr(start, newline - start), buf_offset + start)) {
+        return true;
+      }
       start = newline + 1;
     }
     buf.erase(0, start);
+    buf_offset += start;
   }
+  return true;
+}
+
+// A seek reads lines in order once bisection has narrowed the range to this many bytes; the
+// probes in between read this much at a time.
+constexpr uint64_t kSeekScanBytes = 64 << 10;
+constexpr size_t kProbeBytes = 4096;
+
+// The first '\n' in [from, end) (*found false when there is none). Reads kProbeBytes first,
+// then larger chunks (a long line).
+bool find_newline(int fd, uint64_t from, uint64_t end, uint64_t* bytes_read, uint64_t* at,
+                  bool* found) {
+  *found = false;
+  std::string buf;
+  size_t chunk = kProbeBytes;
+  for (uint64_t pos = from; pos < end; pos += buf.size()) {
+    buf.resize(static_cast<size_t>(std::min<uint64_t>(chunk, end - pos)));
+    if (!pread_full(fd, buf.data(), buf.size(), pos)) return false;
+    *bytes_read += buf.size();
+    const size_t newline = buf.find('\n');
+    if (newline != std::string::npos) {
+      *at = pos + newline;
+      *found = true;
+      return true;
+    }
+    chunk = kReadChunkBytes;
+  }
+  return true;
+}
+
+// The first line starting in [from, end) that begins with a seq: its offset and seq (*found
+// false when there is none). `size` is the file's: a line's seq may be read past `end`.
+bool next_seq_line(int fd, uint64_t from, uint64_t end, uint64_t size, uint64_t* bytes_read,
+                   uint64_t* offset, uint64_t* seq, bool* found) {
+  *found = false;
+  uint64_t line = 0;
+  if (from > 0) {
+    // A line starts after each '\n'; one at from - 1 starts a line at `from`.
+    uint64_t newline = 0;
+    if (!find_newline(fd, from - 1, end, bytes_read, &newline, found)) return false;
+    if (!*found) return true;
+    line = newline + 1;
+  }
+  std::string prefix;
+  while (line < end) {
+    // Enough of the line for its {"seq":N, prefix (20 digits at most).
+    constexpr size_t kSeqPrefixBytes = 32;
+    prefix.resize(static_cast<size_t>(std::min<uint64_t>(kSeqPrefixBytes, size - line)));
+    if (!pread_full(fd, prefix.data(), prefix.size(), line)) return false;
+    *bytes_read += prefix.size();
+    if (line_seq(prefix, seq)) {
+      *offset = line;
+      *found = true;
+      return true;
+    }
+    uint64_t newline = 0;
+    if (!find_newline(fd, line, end, bytes_read, &newline, found)) return false;
+    if (!*found) return true;
+    line = newline + 1;
+  }
+  *found = false;
+  return true;
+}
+
+// The offset of the first line of [0, size) whose seq is at least `target`, or `size` when
+// there is none. Lines without a seq (damage) are passed over. Seqs increase along a segment,
+// so this bisects on byte offsets down to kSeekScanBytes, then reads those lines in order: a
+// few dozen KiB read wherever the target is, instead of everything before it.
+bool seek_seq(int fd, uint64_t size, uint64_t target, uint64_t* out, uint64_t* bytes_read) {
+  uint64_t lo = 0;     // a line start; every line before it has a seq below target
+  uint64_t hi = size;  // every line with a seq starting at or after hi has one >= target
+  while (hi - lo > kSeekScanBytes) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    uint64_t offset = 0;
+    uint64_t seq = 0;
+    bool found = false;
+    if (!next_seq_line(fd, mid, hi, size, bytes_read, &offset, &seq, &found)) return false;
+    if (!found) {
+      hi = mid;  // no line with a seq starts in [mid, hi)
+    } else if (seq >= target) {
+      hi = offset;
+    } else {
+      lo = offset;
+    }
+  }
+  *out = size;
+  return for_each_line_forward(
+      fd, lo, size, bytes_read,
+      [&](std::string_view line, uint64_t offset) {
+        uint64_t seq = 0;
+        if (offset >= hi || (line_seq(line, &seq) && seq >= target)) {
+          *out = offset;
+          return false;
+        }
+        return true;
+      },
+      kSeekScanBytes);
+}
+
+// RLIMIT_FSIZE's soft limit in bytes (UINT64_MAX when unlimited).
+uint64_t file_size_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_FSIZE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return UINT64_MAX;
+  }
+  return static_cast<uint64_t>(limit.rlim_cur);
+}
+
+// Proves that files can be created in the directory: a directory the writer cannot create
+// segments in would otherwise be accepted at start and the whole log lost, silently (the
+// write errors are only counted). An unnamed O_TMPFILE leaves nothing behind; where the
+// filesystem has none, a named probe is created and removed at once.
+bool probe_writable(int dir_fd, const std::string& dir, std::string* error) {
+  int fd = ::openat(dir_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+    constexpr const char* kProbeName = ".access-log-probe";
+    fd = ::openat(dir_fd, kProbeName, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) ::unlinkat(dir_fd, kProbeName, 0);
+  }
+  if (fd < 0) {
+    *error = "access log: cannot create files in " + dir + ": " + std::strerror(errno);
+    return false;
+  }
+  ::close(fd);
   return true;
 }
 
@@ -227,9 +365,18 @@ class AlignedBuffer {
   }
   void push_back(char c) { append(std::string_view(&c, 1)); }
   // Drops the first `bytes` (moving the rest to the aligned start).
-  void erase_front(size_t bytes) noexcept {
-    std::memmove(data_, data_ + bytes, size_ - bytes);
+  void erase_front(size_t bytes) noexcept { erase(0, bytes); }
+  // Drops `bytes` at `at`.
+  void erase(size_t at, size_t bytes) noexcept {
+    std::memmove(data_ + at, data_ + at + bytes, size_ - at - bytes);
     size_ -= bytes;
+  }
+  // Inserts `bytes` at `at`.
+  void insert(size_t at, std::string_view bytes) {
+    const size_t tail = size_ - at;
+    append(bytes);  // grows; the bytes are moved into place below
+    std::memmove(data_ + at + bytes.size(), data_ + at, tail);
+    std::memcpy(data_ + at, bytes.data(), bytes.size());
   }
 
  private:
@@ -323,6 +470,18 @@ struct AccessLog::Impl {
   uint64_t buffer_markers = 0;
   bool planned_segment = false;  // a segment exists or is planned for the next line
   uint64_t planned_bytes = 0;    // of that segment, counting the unwritten buffer
+  // Segments rotate before they would exceed this: segment_bytes_max, or the file size limit
+  // (RLIMIT_FSIZE) when that is lower. Set by open(), lowered when a write meets EFBIG.
+  uint64_t segment_bytes_cap = 0;
+  int write_errno = 0;  // of the last failed segment open or write
+  // Saying on stderr when writing starts failing and when it works again: at most one failure
+  // line per kFailureReportInterval.
+  bool writes_failing = false;
+  bool failure_reported = false;  // the current failing spell was said on stderr
+  uint64_t failed_attempts = 0;   // in the current failing spell
+  std::chrono::steady_clock::time_point failing_since{};
+  std::optional<std::chrono::steady_clock::time_point> last_failure_report;
+  std::optional<std::chrono::steady_clock::time_point> last_oversize_report;
 
   std::mutex mutex;
   std::condition_variable wake;     // the writer waits here
@@ -341,6 +500,12 @@ struct AccessLog::Impl {
   std::atomic<uint64_t> next_seq_public{1};
   std::atomic<int64_t> delay_ms{0};
   uint64_t torn_bytes_cut = 0;  // set by open()
+
+  // Queries (any thread): segments skipped as unreadable, and the ones already named on
+  // stderr (at most kUnreadableReportsMax names are remembered).
+  std::atomic<uint64_t> query_segments_skipped{0};
+  std::mutex unreadable_mutex;
+  std::set<uint64_t> unreadable_reported;  // unreadable_mutex; first_seqs
 
   // Handed from the writer to the sync thread. The writer only ever holds sync_mutex for a
   // few instructions, and the sync thread never holds it across a syscall, so the writer
@@ -416,6 +581,10 @@ struct AccessLog::Impl {
   void emit_marker(unsigned worker, uint64_t count);
   bool write_buffer(bool write_tail);
   bool write_region(size_t end, bool write_tail);
+  bool rotate_at_size_limit();
+  void note_write_failure(const char* what, uint64_t first_seq);
+  void note_write_success();
+  void skip_unreadable(const SegmentName& segment, int err);
   void open_direct(const char* name);
   void disable_direct();
   bool switch_segment(uint64_t first_seq);
@@ -447,6 +616,10 @@ bool AccessLog::Impl::recover(std::string* error) {
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     *error = errno_text("cannot stat", newest.name, errno);
+    return false;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *error = "access log: " + newest.name + " in " + options.dir + " is not a regular file";
     return false;
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -704,7 +877,7 @@ bool AccessLog::Impl::relieve() {
 
 void AccessLog::Impl::plan_line(size_t line_bytes, uint64_t seq) {
   if (!planned_segment ||
-      (planned_bytes > 0 && planned_bytes + line_bytes > options.segment_bytes_max)) {
+      (planned_bytes > 0 && planned_bytes + line_bytes > segment_bytes_cap)) {
     cuts.push_back({buffer.size(), seq});
     planned_segment = true;
     planned_bytes = 0;
@@ -774,6 +947,7 @@ bool AccessLog::Impl::write_buffer(bool write_tail) {
   for (;;) {
     if (next_cut < cuts.size() && cuts[next_cut].offset == write_pos) {
       if (!switch_segment(cuts[next_cut].first_seq)) {
+        note_write_failure("create", cuts[next_cut].first_seq);
         write_failed = true;
         return false;
       }
@@ -785,12 +959,15 @@ bool AccessLog::Impl::write_buffer(bool write_tail) {
     const bool before_cut = next_cut < cuts.size();
     const size_t end = before_cut ? cuts[next_cut].offset : buffer.size();
     if (!write_region(end, write_tail || before_cut)) {
+      if (write_errno == EFBIG && rotate_at_size_limit()) continue;
+      note_write_failure("write", active.first_seq);
       write_failed = true;
       return false;
     }
     if (write_pos < end) break;  // the partial last block is held
   }
   write_failed = false;
+  note_write_success();
   if (buffer_records > 0 || buffer_markers > 0) {
     written.fetch_add(buffer_records, std::memory_order_release);
     markers_written.fetch_add(buffer_markers, std::memory_order_relaxed);
@@ -821,15 +998,16 @@ bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
       } else {
         ok = pwrite_full(direct_fd, buffer.data() + from, whole, offset, &done);
       }
+      const int err = errno;
       direct_bytes.fetch_add(done, std::memory_order_relaxed);
       if (offset + done > active.bytes) {
         write_pos += static_cast<size_t>(offset + done - active.bytes);
         active.bytes = offset + done;
       }
-      if (!ok && direct_refused(errno)) {
+      if (!ok && direct_refused(err)) {
         disable_direct();  // this filesystem refuses these writes: the page cache from now on
       } else if (!ok) {
-        write_errors.fetch_add(1, std::memory_order_relaxed);
+        write_errno = err;
         return false;
       } else if (!write_tail || write_pos == end) {
         return true;
@@ -839,11 +1017,142 @@ bool AccessLog::Impl::write_region(size_t end, bool write_tail) {
   size_t done = 0;
   const bool ok =
       pwrite_full(active_fd, buffer.data() + write_pos, end - write_pos, active.bytes, &done);
+  write_errno = ok ? 0 : errno;
   write_pos += done;
   active.bytes += done;
   if (direct_fd < 0) start_writeback();
-  if (!ok) write_errors.fetch_add(1, std::memory_order_relaxed);
   return ok;
+}
+
+// A write failed with EFBIG: the active segment reached the file size limit (see "File size
+// limit" in the header). The segment is cut back to its last complete line, and the line that
+// did not fit becomes the start of a new segment (a cut at write_pos; write_buffer() opens
+// it). The part of that line an earlier pass wrote is no longer in the buffer (direct mode
+// keeps only the last partial block): it is read back from the file and put back in front.
+// When the line was the segment's first, no segment can hold it: it is dropped and counted.
+// Returns false when the file cannot be read or cut (a failed write, retried next pass).
+bool AccessLog::Impl::rotate_at_size_limit() {
+  const uint64_t limit = file_size_limit();
+  if (limit < segment_bytes_cap) {
+    segment_bytes_cap = std::max<uint64_t>(limit, 1);
+    std::fprintf(stderr,
+                 "keygate: access log: %s reached the file size limit (RLIMIT_FSIZE, %llu "
+                 "bytes); segments rotate at that size from now on\n",
+                 segment_name(active.first_seq).c_str(), static_cast<unsigned long long>(limit));
+  }
+  // The end of the segment's last complete line (0 when it has none).
+  BackwardLines lines(active_fd, active.bytes);
+  std::string_view last_line;
+  uint64_t last_line_at = 0;
+  bool read_ok = true;
+  const uint64_t line_end =
+      lines.next(&last_line, &last_line_at, &read_ok) ? last_line_at + last_line.size() + 1 : 0;
+  if (!read_ok) {
+    write_errno = errno;
+    return false;
+  }
+  const uint64_t partial = active.bytes - line_end;  // of the line that did not fit
+  const size_t in_buffer = write_pos - segment_at;    // the segment's bytes still in the buffer
+  std::string head;  // the line's bytes on disk only
+  if (partial > in_buffer) {
+    head.resize(static_cast<size_t>(partial - in_buffer));
+    if (!pread_full(active_fd, head.data(), head.size(), line_end)) {
+      write_errno = errno;
+      return false;
+    }
+  }
+  if (::ftruncate(active_fd, static_cast<off_t>(line_end)) != 0) {
+    write_errno = errno;
+    return false;
+  }
+  active.bytes = line_end;
+  const size_t line_at = head.empty() ? write_pos - static_cast<size_t>(partial) : segment_at;
+  write_pos = line_at;
+  if (!head.empty()) {
+    buffer.insert(line_at, head);
+    for (size_t i = next_cut; i < cuts.size(); ++i) cuts[i].offset += head.size();
+  }
+  // Every line in the buffer starts with the seq the writer gave it, and ends with '\n'.
+  const size_t newline = buffer.view().find('\n', line_at);
+  KEYGATE_ASSERT(newline != std::string_view::npos);
+  const std::string_view line = buffer.view().substr(line_at, newline - line_at);
+  // Its start may have been read back from the disk: checked, never assumed.
+  uint64_t seq = 0;
+  const bool has_seq = line_seq(line, &seq);
+  if (line_end == 0 || !has_seq) {
+    // A marker line is {"seq":M,"type":"dropped",...} (emit_marker()).
+    const size_t comma = line.find(',');
+    const bool marker = comma != std::string_view::npos &&
+                        line.substr(comma).starts_with(",\"type\":\"dropped\",");
+    const size_t line_bytes = line.size() + 1;
+    const auto now = std::chrono::steady_clock::now();
+    if (!last_oversize_report || now - *last_oversize_report >= std::chrono::minutes(1)) {
+      last_oversize_report = now;
+      if (has_seq) {
+        std::fprintf(stderr,
+                     "keygate: access log: the line of seq %llu (%zu bytes) is larger than the "
+                     "file size limit (RLIMIT_FSIZE, %llu bytes): dropped\n",
+                     static_cast<unsigned long long>(seq), line_bytes,
+                     static_cast<unsigned long long>(limit));
+      } else {
+        std::fprintf(stderr,
+                     "keygate: access log: a line cut by the file size limit read back damaged "
+                     "from %s: dropped\n",
+                     segment_name(active.first_seq).c_str());
+      }
+    }
+    buffer.erase(line_at, line_bytes);
+    for (size_t i = next_cut; i < cuts.size(); ++i) cuts[i].offset -= line_bytes;
+    if (marker) {
+      --buffer_markers;
+    } else {
+      --buffer_records;
+      lost.fetch_add(1, std::memory_order_relaxed);
+    }
+  } else {
+    cuts.insert(cuts.begin() + static_cast<ptrdiff_t>(next_cut), Cut{line_at, seq});
+  }
+  // The last planned segment, which the next pass's lines continue.
+  if (next_cut < cuts.size()) {
+    planned_bytes = buffer.size() - cuts.back().offset;
+  } else {
+    planned_bytes = active.bytes + (buffer.size() - write_pos);
+  }
+  return true;
+}
+
+// A segment could not be created or written (write_errno says why). Counted; said on stderr
+// when writing was working until now (at most once per kFailureReportInterval: a disk that
+// fails and recovers over and over would flood it).
+void AccessLog::Impl::note_write_failure(const char* what, uint64_t first_seq) {
+  write_errors.fetch_add(1, std::memory_order_relaxed);
+  ++failed_attempts;
+  if (writes_failing) return;
+  constexpr auto kFailureReportInterval = std::chrono::minutes(1);
+  const auto now = std::chrono::steady_clock::now();
+  writes_failing = true;
+  failing_since = now;
+  failed_attempts = 1;
+  failure_reported = !last_failure_report || now - *last_failure_report >= kFailureReportInterval;
+  if (!failure_reported) return;
+  last_failure_report = now;
+  std::fprintf(stderr,
+               "keygate: access log: cannot %s %s/%s: %s; records wait in memory, then are "
+               "dropped and counted, until writing works again\n",
+               what, options.dir.c_str(), segment_name(first_seq).c_str(),
+               std::strerror(write_errno));
+}
+
+void AccessLog::Impl::note_write_success() {
+  if (!writes_failing) return;
+  writes_failing = false;
+  if (!failure_reported) return;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - failing_since).count();
+  std::fprintf(stderr,
+               "keygate: access log: writing works again, after %.1f s and %llu failed "
+               "attempts\n",
+               seconds, static_cast<unsigned long long>(failed_attempts));
 }
 
 void AccessLog::Impl::open_direct(const char* name) {
@@ -927,10 +1236,10 @@ void AccessLog::Impl::finish_active() {
 bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
   if (active_fd >= 0) finish_active();
   const std::string name = segment_name(first_seq);
-  const int fd =
-      ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  // Read and write: a write that meets the file size limit reads the segment's tail back.
+  const int fd = ::openat(dir_fd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
-    write_errors.fetch_add(1, std::memory_order_relaxed);
+    write_errno = errno;
     return false;
   }
   active_fd = fd;
@@ -1050,6 +1359,17 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
                                   : errno_text("cannot lock", options.dir, errno);
     return nullptr;
   }
+  if (!probe_writable(impl->dir_fd, options.dir, error)) return nullptr;
+  impl->segment_bytes_cap = options.segment_bytes_max;
+  if (const uint64_t limit = file_size_limit(); limit < options.segment_bytes_max) {
+    impl->segment_bytes_cap = std::max<uint64_t>(limit, 1);
+    std::fprintf(stderr,
+                 "keygate: access log: the file size limit (RLIMIT_FSIZE, %llu bytes) is below "
+                 "segment_bytes_max (%llu): segments rotate at %llu bytes\n",
+                 static_cast<unsigned long long>(limit),
+                 static_cast<unsigned long long>(options.segment_bytes_max),
+                 static_cast<unsigned long long>(impl->segment_bytes_cap));
+  }
   if (!impl->recover(error)) return nullptr;
   impl->next_seq_public.store(impl->next_seq, std::memory_order_relaxed);
   size_t total_ring_bytes = 0;
@@ -1118,6 +1438,7 @@ AccessLogStats AccessLog::stats() const {
   s.write_errors = impl_->write_errors.load(std::memory_order_relaxed);
   s.next_seq = impl_->next_seq_public.load(std::memory_order_relaxed);
   s.torn_bytes_cut = impl_->torn_bytes_cut;
+  s.query_segments_skipped = impl_->query_segments_skipped.load(std::memory_order_relaxed);
   s.direct_bytes = impl_->direct_bytes.load(std::memory_order_relaxed);
   s.backlog_records = impl_->backlog_records.load(std::memory_order_relaxed);
   s.backlog_bytes_peak = impl_->backlog_bytes_peak.load(std::memory_order_relaxed);
@@ -1152,6 +1473,15 @@ bool AccessLog::flush() {
   return impl_->last_write_ok;
 }
 
+bool AccessLog::flush(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mutex);
+  const uint64_t target = ++impl_->flush_requested;
+  impl_->wake.notify_all();
+  const bool done = impl_->flushed.wait_for(
+      lock, timeout, [&] { return impl_->flush_done >= target || impl_->stopping; });
+  return done && impl_->last_write_ok;
+}
+
 namespace {
 
 struct Matcher {
@@ -1178,67 +1508,132 @@ struct Matcher {
   }
 };
 
-// Opens a segment for reading; false with *gone when retention deleted it meanwhile.
-bool open_segment(int dir_fd, const std::string& name, int* fd, uint64_t* size, bool* gone) {
-  *gone = false;
-  *fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC);
-  if (*fd < 0) {
-    *gone = errno == ENOENT;
-    return false;
-  }
+enum class SegmentOpen : uint8_t { kOk, kGone, kUnreadable };
+
+// Opens a segment for reading. Non-blocking and only a regular file: a FIFO put in a
+// segment's place would otherwise block the open (and the query) until a writer came. kGone:
+// retention deleted it meanwhile. kUnreadable leaves the reason in errno.
+SegmentOpen open_segment(int dir_fd, const std::string& name, int* fd, uint64_t* size) {
+  *fd = ::openat(dir_fd, name.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (*fd < 0) return errno == ENOENT ? SegmentOpen::kGone : SegmentOpen::kUnreadable;
   struct stat st;
+  int err = 0;
   if (::fstat(*fd, &st) != 0) {
+    err = errno;
+  } else if (!S_ISREG(st.st_mode)) {
+    err = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;  // EINVAL: said as "not a regular file"
+  }
+  if (err != 0) {
     ::close(*fd);
-    return false;
+    errno = err;
+    return SegmentOpen::kUnreadable;
   }
   *size = static_cast<uint64_t>(st.st_size);
-  return true;
+  return SegmentOpen::kOk;
+}
+
+// The first seq a follow line accounts for: a dropped marker (seq B + 1) stands for its range
+// A..B as well.
+uint64_t first_seq_covered(std::string_view line, uint64_t seq) {
+  const auto type = find_root_member(line, "type");
+  if (!type || !json_string_equals(*type, "dropped")) return seq;
+  const auto raw = find_root_member(line, "dropped_from_seq");
+  int64_t from = 0;
+  if (!raw || !parse_json_int(*raw, &from) || from <= 0 || static_cast<uint64_t>(from) > seq) {
+    return seq;
+  }
+  return static_cast<uint64_t>(from);
 }
 
 }  // namespace
 
+// At most this many unreadable segments are named on stderr (each once); more are counted only.
+constexpr size_t kUnreadableReportsMax = 1024;
+
+void AccessLog::Impl::skip_unreadable(const SegmentName& segment, int err) {
+  query_segments_skipped.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(unreadable_mutex);
+  if (unreadable_reported.size() >= kUnreadableReportsMax ||
+      !unreadable_reported.insert(segment.first_seq).second) {
+    return;
+  }
+  std::fprintf(stderr,
+               "keygate: access log: cannot read %s/%s (%s): queries skip it, as if retention "
+               "had deleted it\n",
+               options.dir.c_str(), segment.name.c_str(),
+               err == EINVAL ? "not a regular file" : std::strerror(err));
+}
+
 bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) const {
   result->records.clear();
   result->next_cursor = 0;
+  result->missing_from = 0;
+  result->missing_to = 0;
+  result->bytes_read = 0;
   const uint32_t limit = q.limit == 0 || q.limit > kQueryLimitMax ? kQueryLimitMax : q.limit;
   std::vector<SegmentName> segments;
   if (!list_segments(impl_->options.dir, &segments, error)) return false;
   const Matcher matcher{q};
+  // Every line read counts, also the ones outside the cursor's range and damaged ones; the scan
+  // stops only at a line in range, so the cursor it returns always moves on.
   uint64_t scanned_bytes = 0;
+  const auto budget_spent = [&] { return scanned_bytes >= q.scan_bytes_max; };
+  // Opens segments[i] for reading; false when the scan passes over it: deleted by retention
+  // meanwhile, or unreadable (counted, named once on stderr).
+  const auto open_or_skip = [&](size_t i, int* fd, uint64_t* size) {
+    const SegmentOpen opened = open_segment(impl_->dir_fd, segments[i].name, fd, size);
+    if (opened == SegmentOpen::kUnreadable) impl_->skip_unreadable(segments[i], errno);
+    return opened == SegmentOpen::kOk;
+  };
+  // Closes segments[i]; a read that failed in it (`read_ok` false, errno set) passes over the
+  // rest of it, counted the same way.
+  const auto close_segment = [&](size_t i, int fd, bool read_ok) {
+    const int read_errno = errno;
+    ::close(fd);
+    if (!read_ok) impl_->skip_unreadable(segments[i], read_errno);
+  };
 
   if (q.after_seq > 0) {
-    // Follow: oldest first. Segment i holds [first_i, first_{i+1}); skip those entirely <=.
+    // Follow: oldest first. Segment i holds [first_i, first_{i+1}); skip those entirely before
+    // from_seq.
     result->next_cursor = q.after_seq;
+    if (q.after_seq == UINT64_MAX) return true;  // no seq comes after it
+    const uint64_t from_seq = q.after_seq + 1;
     size_t first = 0;
-    while (first + 1 < segments.size() && segments[first + 1].first_seq <= q.after_seq + 1) {
-      ++first;
-    }
-    for (size_t i = first; i < segments.size(); ++i) {
-      int fd;
-      uint64_t size;
-      bool gone;
-      if (!open_segment(impl_->dir_fd, segments[i].name, &fd, &size, &gone)) {
-        if (gone) continue;
-        *error = errno_text("cannot open", segments[i].name, errno);
-        return false;
-      }
-      bool stop = false;
-      const bool ok = for_each_line_forward(fd, size, [&](std::string_view line) {
-        uint64_t seq;
-        if (!line_seq(line, &seq) || seq <= q.after_seq) return true;
-        scanned_bytes += line.size() + 1;
-        result->next_cursor = std::max(result->next_cursor, seq);
-        if (matcher.matches(line)) result->records.emplace_back(line);
-        stop = result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max;
-        return !stop;
-      });
-      const int read_errno = errno;
-      ::close(fd);
-      if (!ok) {
-        *error = errno_text("cannot read", segments[i].name, read_errno);
-        return false;
-      }
-      if (stop) break;
+    while (first + 1 < segments.size() && segments[first + 1].first_seq <= from_seq) ++first;
+    uint64_t expected = from_seq;  // the seq the next line should account for
+    bool stop = false;
+    for (size_t i = first; i < segments.size() && !stop; ++i) {
+      int fd = -1;
+      uint64_t size = 0;
+      if (!open_or_skip(i, &fd, &size)) continue;
+      uint64_t start = 0;
+      bool ok = segments[i].first_seq >= from_seq ||
+                seek_seq(fd, size, from_seq, &start, &result->bytes_read);
+      ok = ok && for_each_line_forward(
+                     fd, start, size, &result->bytes_read, [&](std::string_view line, uint64_t) {
+                       scanned_bytes += line.size() + 1;
+                       uint64_t seq;
+                       if (!line_seq(line, &seq) || seq <= q.after_seq) return true;
+                       if (seq > expected) {
+                         const uint64_t covered = first_seq_covered(line, seq);
+                         if (covered > expected) {
+                           if (result->next_cursor != q.after_seq) {
+                             // A second gap: this page ends before it, the next one reports it.
+                             stop = true;
+                             return false;
+                           }
+                           result->missing_from = expected;
+                           result->missing_to = covered - 1;
+                         }
+                       }
+                       expected = seq + 1;
+                       result->next_cursor = std::max(result->next_cursor, seq);
+                       if (matcher.matches(line)) result->records.emplace_back(line);
+                       stop = result->records.size() >= limit || budget_spent();
+                       return !stop;
+                     });
+      close_segment(i, fd, ok);
     }
     return true;
   }
@@ -1247,40 +1642,35 @@ bool AccessLog::query(const Query& q, QueryResult* result, std::string* error) c
   // the next older line only to learn whether there is one: the cursor is `last_seq` then, and
   // stays 0 (the listing is complete) when `last_seq` was the oldest record.
   uint64_t last_seq = 0;
-  for (size_t i = segments.size(); i-- > 0;) {
+  bool stop = false;
+  for (size_t i = segments.size(); i-- > 0 && !stop;) {
     if (q.before_seq != 0 && segments[i].first_seq >= q.before_seq) continue;
-    int fd;
-    uint64_t size;
-    bool gone;
-    if (!open_segment(impl_->dir_fd, segments[i].name, &fd, &size, &gone)) {
-      if (gone) continue;
-      *error = errno_text("cannot open", segments[i].name, errno);
-      return false;
-    }
-    BackwardLines lines(fd, size);
-    std::string_view line;
-    uint64_t offset;
-    bool ok = true;
-    bool stop = false;
-    while (!stop && lines.next(&line, &offset, &ok)) {
-      uint64_t seq;
-      if (!line_seq(line, &seq) || (q.before_seq != 0 && seq >= q.before_seq)) continue;
-      if (last_seq != 0) {
-        result->next_cursor = last_seq;  // an older line exists
-        stop = true;
-        continue;
+    int fd = -1;
+    uint64_t size = 0;
+    if (!open_or_skip(i, &fd, &size)) continue;
+    // Only the segment holding the cursor has lines at or after it: they end where it starts.
+    uint64_t end = size;
+    bool ok = q.before_seq == 0 ||
+              (i + 1 < segments.size() && segments[i + 1].first_seq <= q.before_seq) ||
+              seek_seq(fd, size, q.before_seq, &end, &result->bytes_read);
+    if (ok) {
+      BackwardLines lines(fd, end, &result->bytes_read);
+      std::string_view line;
+      uint64_t offset;
+      while (!stop && lines.next(&line, &offset, &ok)) {
+        scanned_bytes += line.size() + 1;
+        uint64_t seq;
+        if (!line_seq(line, &seq) || (q.before_seq != 0 && seq >= q.before_seq)) continue;
+        if (last_seq != 0) {
+          result->next_cursor = last_seq;  // an older line exists
+          stop = true;
+          continue;
+        }
+        if (matcher.matches(line)) result->records.emplace_back(line);
+        if (result->records.size() >= limit || budget_spent()) last_seq = seq;
       }
-      scanned_bytes += line.size() + 1;
-      if (matcher.matches(line)) result->records.emplace_back(line);
-      if (result->records.size() >= limit || scanned_bytes >= q.scan_bytes_max) last_seq = seq;
     }
-    const int read_errno = errno;
-    ::close(fd);
-    if (!ok) {
-      *error = errno_text("cannot read", segments[i].name, read_errno);
-      return false;
-    }
-    if (stop) break;
+    close_segment(i, fd, ok);
   }
   return true;
 }

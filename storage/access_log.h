@@ -76,7 +76,16 @@
 // further records are dropped and counted (with markers once writing works again). Records that still cannot
 // be written at shutdown are counted as dropped (no marker). Failed syncs and deletes are
 // counted in write_errors and not retried (a failed delete is retried at the next rotation and
-// open()).
+// open()). The writer says on stderr when writing starts failing (what, which file, errno) and
+// when it works again, at most one failure line a minute (write_errors counts every one).
+//
+// File size limit: the process must ignore SIGXFSZ (keygate does), so that a write past
+// RLIMIT_FSIZE fails with EFBIG instead of killing the process. open() caps segments at the
+// limit (one stderr line when it is below segment_bytes_max). Should a write still meet EFBIG
+// (the limit lowered while running), the segment is cut back to its last complete line and
+// that line starts the next segment; a line that is the first of its segment and still does
+// not fit can never be written: it is dropped and counted (stats().dropped; its seq is then
+// missing from the log), with a stderr line.
 //
 // One AccessLog per directory: open() takes an flock on the directory.
 #pragma once
@@ -122,6 +131,9 @@ struct AccessLogStats {
   uint64_t write_errors = 0;     // failed open/write (retried), sync and delete calls
   uint64_t next_seq = 0;         // the seq the next line will get
   uint64_t torn_bytes_cut = 0;   // cut from the newest segment's tail by open()
+  // Segments a query passed over because they could not be opened or read (not a regular
+  // file, no permission, a read error), once per query that met one.
+  uint64_t query_segments_skipped = 0;
   uint64_t segments_finished = 0;  // rotated away from since open()
   uint64_t segments_synced = 0;    // of those, fdatasync'ed (or deleted by retention first)
   uint64_t sync_queue_full = 0;    // of those, closed unsynced into the overflow range
@@ -136,11 +148,13 @@ class AccessLog {
   // Finished segments waiting for the sync thread, each holding its open fd; see Durability.
   static constexpr size_t kSyncQueueMax = 4;
 
-  // Creates `options.dir` if needed, locks it, recovers the newest segment (cuts a torn last
-  // line; the next seq follows the last complete line, or the segment's name when it is
-  // empty), applies retention, allocates one ring per worker and starts the writer thread.
-  // Blocks on the filesystem; call at start-up. Returns null with one line in `error` on bad
-  // options or an unusable directory.
+  // Creates `options.dir` if needed, locks it, proves that files can be created in it (an
+  // unnamed O_TMPFILE, or a named probe file removed at once where the filesystem has no
+  // O_TMPFILE), recovers the newest segment (cuts a torn last line; the next seq follows the
+  // last complete line, or the segment's name when it is empty), applies retention, allocates
+  // one ring per worker and starts the writer thread. Blocks on the filesystem; call at
+  // start-up. Returns null with one line in `error`, starting "access log: ", on bad options or
+  // an unusable directory (one the writer could not create segments in, too).
   static std::unique_ptr<AccessLog> open(const AccessLogOptions& options, unsigned workers,
                                          std::string* error);
   // Stops the relief thread, then the writer after it has drained and written everything queued, fdatasync'ed the
@@ -198,6 +212,9 @@ class AccessLog {
   // its segment (write() returned; not fdatasync'ed). False when writing failed (the records
   // stay queued and are retried).
   bool flush();
+  // flush(), waiting at most `timeout` (a write stalled on the disk); false also on timeout
+  // (the writer still writes those records when it can).
+  bool flush(std::chrono::milliseconds timeout);
 
   struct Query {
     std::string key_id;    // "" = any; else the record's "key_id" must be this string
@@ -209,7 +226,8 @@ class AccessLog {
     uint64_t before_seq = 0;
     // Follow mode (after_seq > 0): only seq > after_seq, oldest first. before_seq is ignored.
     uint64_t after_seq = 0;
-    // Bytes of lines examined at most; the scan stops there and returns a cursor to resume.
+    // Bytes of lines read at most (lines outside the cursor's range and damaged lines count
+    // too); the scan stops at the next line in range and returns a cursor to resume.
     uint64_t scan_bytes_max = 256ull << 20;
   };
   struct QueryResult {
@@ -218,12 +236,25 @@ class AccessLog {
     // scan reached the oldest record. Follow: pass as after_seq next time (the newest seq
     // examined, or the request's after_seq when nothing newer exists yet); never 0 in follow.
     uint64_t next_cursor = 0;
+    // Follow only: seqs missing_from..missing_to (both included, 0 = none) come after the
+    // request's after_seq, before the first line of this page, and are in no readable segment:
+    // deleted by retention, in a segment that could not be read, or a line dropped at the file
+    // size limit. (A range lost to a full buffer is no gap: its marker stands for it.) A page
+    // ends before a second such gap, so each page reports at most one, at its start.
+    uint64_t missing_from = 0;
+    uint64_t missing_to = 0;
+    // Bytes read from segment files for this query (seeking included).
+    uint64_t bytes_read = 0;
   };
   // Scans the segment files (not the records still queued: flush() first for fresh data).
-  // Marker lines match only queries without key_id and status filters. Thread-safe w.r.t. the
-  // writer: a line still being written is ignored, a segment deleted by retention mid-query is
-  // skipped. Blocks on file reads; allocates. False with `error` when a segment cannot be
-  // listed or read.
+  // Marker lines match only queries without key_id and status filters. A cursor (before_seq,
+  // after_seq) is found by bisecting the segment that holds it, so a page costs about the
+  // same wherever it starts. Thread-safe w.r.t. the writer: a line still being written is
+  // ignored, a segment deleted by retention mid-query is skipped. So is a segment that cannot
+  // be opened or read (not a regular file — segments are opened non-blocking, so a FIFO never
+  // hangs a query —, no permission, a read error): counted in stats().query_segments_skipped
+  // and named once on stderr. Blocks on file reads; allocates. False with `error` only when
+  // the directory cannot be listed.
   bool query(const Query& query, QueryResult* result, std::string* error) const;
 
  private:

@@ -26,23 +26,35 @@ int64_t system_clock_seconds() {
 AdminExecutor::AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options options)
     : store_(store),
       clock_(options.clock ? std::move(options.clock)
-                           : std::function<int64_t()>(system_clock_seconds)),
-      ring_(options.queue_max) {
+                           : std::function<int64_t()>(system_clock_seconds)) {
   KEYGATE_ASSERT(options.queue_max >= 1);
-  context_.apis = &apis;
-  context_.random = options.random ? std::move(options.random)
-                                   : std::function<bool(std::span<uint8_t>)>(system_random);
-  context_.small_body_bytes_max = options.small_body_bytes_max;
-  context_.import_keys_max = options.import_keys_max;
-  context_.stats = [this, outer = std::move(options.stats)](std::vector<StatsGroup>* groups) {
+  KEYGATE_ASSERT(options.log_queue_max >= 1);
+  AdminContext& context = main_.context;
+  context.apis = &apis;
+  context.random = options.random ? std::move(options.random)
+                                  : std::function<bool(std::span<uint8_t>)>(system_random);
+  context.small_body_bytes_max = options.small_body_bytes_max;
+  context.import_keys_max = options.import_keys_max;
+  context.stats = [this, outer = std::move(options.stats)](std::vector<StatsGroup>* groups) {
     if (outer) outer(groups);
     const Stats s = stats();
     groups->push_back({"admin", true,
                        {{"executed_total", s.executed_total}, {"rejected_total", s.rejected_total}}});
   };
-  thread_ = std::thread([this] {
+  // The log lane runs only the log route, which reads none of the rest (execute_admin wants a
+  // random source all the same; it is thread-safe: getrandom, or the caller's).
+  logs_.context.apis = &apis;
+  logs_.context.random = context.random;
+  logs_.context.small_body_bytes_max = options.small_body_bytes_max;
+  main_.ring.resize(options.queue_max);
+  logs_.ring.resize(options.log_queue_max);
+  main_.thread = std::thread([this] {
     pthread_setname_np(pthread_self(), "kg-admin");
-    run();
+    run(main_);
+  });
+  logs_.thread = std::thread([this] {
+    pthread_setname_np(pthread_self(), "kg-admin-logs");
+    run(logs_);
   });
 }
 
@@ -51,26 +63,29 @@ AdminExecutor::~AdminExecutor() {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
-  wake_.notify_all();
-  thread_.join();
+  main_.wake.notify_all();
+  logs_.wake.notify_all();
+  main_.thread.join();
+  logs_.thread.join();
 }
 
 void AdminExecutor::submit(const AdminRequest& request, AdminResponse* out,
                            ResumeTicket ticket) noexcept {
+  Lane& lane = is_log_route(request.path) ? logs_ : main_;
   bool queued = false;
   {
     std::lock_guard lock(mutex_);
-    if (!stopping_ && queued_ < ring_.size()) {
-      Job& job = ring_[(head_ + queued_) % ring_.size()];
+    if (!stopping_ && lane.queued < lane.ring.size()) {
+      Job& job = lane.ring[(lane.head + lane.queued) % lane.ring.size()];
       job.request = request;
       job.out = out;
       job.ticket = ticket;
-      ++queued_;
+      ++lane.queued;
       queued = true;
     }
   }
   if (queued) {
-    wake_.notify_one();
+    lane.wake.notify_one();
     return;
   }
   rejected_total_.fetch_add(1, std::memory_order_relaxed);
@@ -82,20 +97,20 @@ void AdminExecutor::submit(const AdminRequest& request, AdminResponse* out,
   ticket.post();
 }
 
-void AdminExecutor::run() {
+void AdminExecutor::run(Lane& lane) {
   for (;;) {
     Job job;
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return queued_ > 0 || stopping_; });
+      lane.wake.wait(lock, [&] { return lane.queued > 0 || stopping_; });
       if (stopping_) return;  // queued jobs are dropped: their workers are gone (see header)
-      job = ring_[head_];
-      ring_[head_] = Job{};
-      head_ = (head_ + 1) % ring_.size();
-      --queued_;
+      job = lane.ring[lane.head];
+      lane.ring[lane.head] = Job{};
+      lane.head = (lane.head + 1) % lane.ring.size();
+      --lane.queued;
     }
-    context_.now = clock_();
-    *job.out = execute_admin(job.request, store_, context_);
+    lane.context.now = clock_();
+    *job.out = execute_admin(job.request, store_, lane.context);
     executed_total_.fetch_add(1, std::memory_order_relaxed);
     // Posting under the mutex orders it against the destructor: once stopping_ is set, nothing
     // is posted any more. (A request still running after the workers exited outlived the

@@ -1,18 +1,24 @@
-// AdminExecutor: runs admin requests (execute_admin, core/admin_api.h) on a thread of its own,
+// AdminExecutor: runs admin requests (execute_admin, core/admin_api.h) on threads of its own,
 // so neither JSON work on large bodies nor the blocking, synced store calls run on a worker.
 //
-// Thread-safe: submit() is called by every worker's AdminHandler; one executor thread takes
-// requests in arrival order from a bounded queue (a preallocated ring: queueing never
-// allocates) and runs them one at a time, which also serializes admin mutations.
+// Thread-safe: submit() is called by every worker's AdminHandler. Two lanes, each a thread
+// taking requests in arrival order from a bounded queue (a preallocated ring: queueing never
+// allocates) and running them one at a time:
+//   - the main lane: every route but the access log's, so admin mutations are serialized;
+//   - the log lane: GET /admin/logs (is_log_route()), which only reads log files. A query can
+//     take long (up to its scan budget of disk reads, a flush waiting on a stalled disk): on
+//     its own thread it never delays a key revocation queued behind it. Its key is checked
+//     again when it runs, like every request's, so it never runs after a revocation of that
+//     key returned.
 //
-// When the queue is full, submit() answers 503 store_unavailable and posts at once (counted in
-// rejected_total). Shutdown: destroy the executor after the server has stopped (its workers,
-// the tickets' sinks, are gone then). The request in progress finishes; neither it nor the
-// requests still queued are posted. In a normal drain there are none: workers wait for their
-// deferred requests before they exit. Only a request that outlives the drain deadline
-// (drain_timeout_ms, while a store call blocks) can still be running when the workers are
-// destroyed; its answer would then be written to freed memory. The engine has no way yet to
-// keep a worker's sink alive for such a request (KeyService's fetch pool shares the limit).
+// When a lane's queue is full, submit() answers 503 store_unavailable and posts at once
+// (counted in rejected_total). Shutdown: destroy the executor after the server has stopped
+// (its workers, the tickets' sinks, are gone then). The requests in progress finish; neither
+// they nor the requests still queued are posted. In a normal drain there are none: workers
+// wait for their deferred requests before they exit. Only a request that outlives the drain
+// deadline (drain_timeout_ms, while a store call blocks) can still be running when the workers
+// are destroyed; its answer would then be written to freed memory. The engine has no way yet
+// to keep a worker's sink alive for such a request (KeyService's fetch pool shares the limit).
 #pragma once
 
 #include <atomic>
@@ -35,26 +41,29 @@ namespace keygate::storage {
 class AdminExecutor final : public AdminBackend {
  public:
   struct Options {
-    size_t queue_max = 256;                   // requests waiting to run; >= 1
+    size_t queue_max = 256;                   // requests waiting to run on the main lane; >= 1
+    size_t log_queue_max = 16;                // log queries waiting to run; >= 1
     size_t small_body_bytes_max = 64 * 1024;  // AdminContext: every route but import
     size_t import_keys_max = 100000;          // AdminContext: records per import
     // Unix seconds for AdminContext::now, read once per request; empty = the system clock.
+    // Both lanes' threads call it: it must be thread-safe, as must `random`.
     std::function<int64_t()> clock;
     // AdminContext::random; empty = system_random (getrandom).
     std::function<bool(std::span<uint8_t>)> random;
-    // The groups of GET /admin/stats (AdminContext::stats), run on the executor thread; the
-    // executor adds its own group, "admin", after them.
+    // The groups of GET /admin/stats (AdminContext::stats), run on the main lane's thread;
+    // the executor adds its own group, "admin", after them.
     std::function<void(std::vector<StatsGroup>*)> stats;
   };
 
   struct Stats {
-    uint64_t executed_total = 0;  // requests run by the executor thread
+    uint64_t executed_total = 0;  // requests run by the executor's threads
     uint64_t rejected_total = 0;  // requests answered 503 at once: queue full or shutting down
   };
 
-  // `store` and `apis` must outlive the executor. Starts the executor thread.
+  // `store` and `apis` must outlive the executor; `store` is called from both lanes' threads
+  // (the log lane: get_key() and query_logs() only). Starts the executor's threads.
   AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options options);
-  // Stops the thread after the request in progress (see the header comment).
+  // Stops the threads after the requests in progress (see the header comment).
   ~AdminExecutor() override;
   AdminExecutor(const AdminExecutor&) = delete;
   AdminExecutor& operator=(const AdminExecutor&) = delete;
@@ -72,22 +81,27 @@ class AdminExecutor final : public AdminBackend {
     AdminResponse* out = nullptr;
     ResumeTicket ticket;
   };
+  // One thread and its queue.
+  struct Lane {
+    AdminContext context;         // now is set per request, on the lane's thread only
+    std::condition_variable wake;
+    std::vector<Job> ring;  // mutex_
+    size_t head = 0;        // mutex_
+    size_t queued = 0;      // mutex_
+    std::thread thread;
+  };
 
-  void run();
+  void run(Lane& lane);
 
   AdminStore& store_;
-  AdminContext context_;  // now is set per request, on the executor thread only
-  std::function<int64_t()> clock_;
+  std::function<int64_t()> clock_;  // called on both lanes' threads
 
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::vector<Job> ring_;  // mutex_
-  size_t head_ = 0;        // mutex_
-  size_t queued_ = 0;      // mutex_
+  std::mutex mutex_;  // guards both lanes' queues and stopping_
   bool stopping_ = false;  // mutex_
   std::atomic<uint64_t> executed_total_{0};
   std::atomic<uint64_t> rejected_total_{0};
-  std::thread thread_;  // last: started when everything it uses exists
+  Lane main_;  // last: their threads start when everything they use exists
+  Lane logs_;
 };
 
 }  // namespace keygate::storage

@@ -82,7 +82,8 @@ AdminStoreResult KeyServiceAdminStore::query_logs(const LogQuery& query, LogPage
   // A failed flush (the writer cannot write: disk full) still leaves the segments readable, and
   // that is when an operator most needs them; the unwritten records stay queued and show up in
   // a later query once writing works again (AccessLogStats::write_errors counts the failures).
-  static_cast<void>(log_->flush());
+  // Nor does the query wait long for a writer stalled on the disk: it reads what is there.
+  static_cast<void>(log_->flush(kQueryFlushWait));
   AccessLog::Query q;
   q.key_id = query.key_id;
   q.status = query.status;
@@ -101,6 +102,8 @@ AdminStoreResult KeyServiceAdminStore::query_logs(const LogQuery& query, LogPage
   }
   out->records = std::move(result.records);
   out->next_cursor = result.next_cursor;
+  out->missing_from = result.missing_from;
+  out->missing_to = result.missing_to;
   return {};
 }
 

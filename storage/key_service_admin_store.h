@@ -8,6 +8,7 @@
 // shared with the executor.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <optional>
 #include <string_view>
@@ -49,8 +50,11 @@ class KeyServiceAdminStore final : public AdminStore {
   // kNotConfigured. `log` must outlive this object. Not synchronized: set it before any call.
   void set_access_log(AccessLog* log) noexcept { log_ = log; }
   // Flushes the log (so a query sees what was appended just before it), then queries it.
-  // kIoError when the segments cannot be read; a failed flush does not fail the query.
+  // kIoError when the log directory cannot be listed; a failed flush does not fail the query,
+  // and neither does one that takes longer than kQueryFlushWait (a write stalled on the disk):
+  // the query then reads what the segments hold.
   AdminStoreResult query_logs(const LogQuery& query, LogPage* out) override;
+  static constexpr std::chrono::milliseconds kQueryFlushWait{1000};
 
  private:
   KeyService& keys_;

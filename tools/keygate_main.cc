@@ -192,13 +192,17 @@ int main(int argc, char** argv) {
 
   // Signals are taken synchronously by this thread; every thread started below inherits the
   // mask, so a SIGTERM can never interrupt a worker mid-request. SIGPIPE is ignored outright
-  // (sends use MSG_NOSIGNAL, but belt and braces).
+  // (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ: a file reaching the file
+  // size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill keygate, data plane and all;
+  // ignored, the write fails with EFBIG instead (the access log then rotates, RocksDB reports
+  // an error).
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN);
 
   keygate::storage::DataDir data_dir;
   if (!data_dir.open(config.data_dir, &error) ||
@@ -277,13 +281,21 @@ int main(int argc, char** argv) {
       access_log = keygate::storage::AccessLog::open(log_options, workers, &error);
     } catch (const std::bad_alloc&) {
       // Start-up only: the rings (workers × ring_bytes_per_worker) did not fit in memory.
-      error = "cannot allocate " + std::to_string(workers) + " buffers of " +
+      error = "access log: cannot allocate " + std::to_string(workers) + " buffers of " +
               std::to_string(log_options.ring_bytes_per_worker) +
               " bytes (log.ring_bytes_per_worker)";
     }
     if (access_log == nullptr) {
-      std::fprintf(stderr, "keygate: access log: %s\n", error.c_str());
+      std::fprintf(stderr, "keygate: %s\n", error.c_str());  // open()'s errors say "access log:"
       return kExitStartupFailure;
+    }
+    // A crash mid-write leaves a torn last line, which open() cut off: said once, as it is the
+    // end of a record that was lost.
+    if (const uint64_t torn = access_log->stats().torn_bytes_cut; torn > 0) {
+      std::fprintf(stderr,
+                   "keygate: access log: cut %llu bytes of a torn last line off the newest segment "
+                   "in %s (keygate stopped while writing it)\n",
+                   static_cast<unsigned long long>(torn), log_options.dir.c_str());
     }
     access_sink.emplace(*access_log);
   }
@@ -327,6 +339,8 @@ int main(int argc, char** argv) {
                        {"markers_written", a.markers_written},
                        {"write_errors", a.write_errors},
                        {"next_seq", a.next_seq},
+                       {"torn_bytes_cut", a.torn_bytes_cut},
+                       {"query_segments_skipped", a.query_segments_skipped},
                        {"segments_finished", a.segments_finished},
                        {"segments_synced", a.segments_synced},
                        {"sync_queue_full", a.sync_queue_full},

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -78,6 +79,9 @@ constexpr int64_t kLogsLimitDefault = 100;
 constexpr int64_t kLogsLimitMax = 1000;
 // logs --follow asks for new records this often while there are none.
 constexpr long kFollowPollMs = 500;
+// logs --follow while keygate cannot be reached (a restart): it asks again after a pause that
+// doubles from kFollowPollMs up to this.
+constexpr long kFollowRetryMsMax = 5000;
 // Unknown commands and options are echoed only when they look like words of this length at
 // most: anything else may be a key value typed in the wrong place.
 constexpr size_t kEchoWordBytesMax = 24;
@@ -240,7 +244,9 @@ when there may be one.
   --follow       print the newest N matching records oldest first, then every new matching
                  record as it is logged (checking every 0.5 s) until interrupted (Ctrl-C
                  ends it with exit status 0); log queries (GET /admin/logs, its own polling
-                 included) are left out
+                 included) are left out. While keygate cannot be reached (a restart) it asks
+                 again, at most every 5 s, and goes on where it was; records deleted by
+                 retention before it read them are counted on stderr
   --json         print the server's page as is ({"records":[...],"next_cursor":...}); not
                  with --follow
 
@@ -759,10 +765,10 @@ bool is_loopback(std::string_view host) {
   return host == "localhost" || host == "::1" || host.starts_with("127.");
 }
 
-// Sends one admin request (`body` as JSON when given). False, after saying why on stderr, when
+// Sends one admin request (`body` as JSON when given). False with the reason in `error` when
 // keygate could not be reached or answered garbage.
-bool exchange(const Context& ctx, std::string_view method, const std::string& target,
-              const std::string* body, HttpResponse* out) {
+bool try_exchange(const Context& ctx, std::string_view method, const std::string& target,
+                  const std::string* body, HttpResponse* out, std::string* error) {
   HttpRequest request;
   request.method = method;
   request.target = target;
@@ -772,8 +778,14 @@ bool exchange(const Context& ctx, std::string_view method, const std::string& ta
     request.body = *body;
     request.json_body = true;
   }
+  return http_exchange(ctx.endpoint, request, ctx.limits, out, error);
+}
+
+// try_exchange(), saying why on stderr when it fails.
+bool exchange(const Context& ctx, std::string_view method, const std::string& target,
+              const std::string* body, HttpResponse* out) {
   std::string error;
-  if (!http_exchange(ctx.endpoint, request, ctx.limits, out, &error)) {
+  if (!try_exchange(ctx, method, target, body, out, &error)) {
     failure(error);
     return false;
   }
@@ -1475,6 +1487,9 @@ size_t skip_json_space(std::string_view text, size_t pos) {
 struct LogsPage {
   std::vector<std::string_view> records;  // views into the response body
   std::optional<std::string> next_cursor;
+  // Follow: the seqs (from, to) the log no longer holds, between the poll's after and the
+  // page's first record ("missing").
+  std::optional<std::pair<uint64_t, uint64_t>> missing;
 };
 
 // Validates the page with simdjson, then cuts the members of "records" out of the text.
@@ -1490,6 +1505,16 @@ bool read_logs_page(const std::string& body, dom::parser& parser, LogsPage* out)
     if (!e.is_object()) return false;
   }
   out->next_cursor = nullable_string(root, "next_cursor");
+  out->missing.reset();
+  if (dom::object missing; root["missing"].get_object().get(missing) == simdjson::SUCCESS) {
+    uint64_t from = 0;
+    uint64_t to = 0;
+    if (!parse_count_u64(string_member(missing, "from"), &from) ||
+        !parse_count_u64(string_member(missing, "to"), &to) || from == 0 || to < from) {
+      return false;
+    }
+    out->missing.emplace(from, to);
+  }
   const std::string_view text = body;
   size_t pos = skip_json_space(text, 0) + 1;  // past '{'
   while (true) {
@@ -1522,10 +1547,20 @@ struct LogsQuery {
   int64_t limit = kLogsLimitDefault;
 };
 
-// Fetches one page; kRender when `*page` holds it, else the exit code.
+// fetch_logs() when keygate could not be reached and the caller retries (--follow).
+constexpr int kUnreachable = -2;
+
+// Fetches one page; kRender when `*page` holds it, else the exit code. With `unreachable`, a
+// keygate that cannot be reached is kUnreachable with the reason there (nothing is printed).
 int fetch_logs(const Context& ctx, const std::string& params, HttpResponse* r, dom::parser& parser,
-               LogsPage* page) {
-  if (!exchange(ctx, "GET", "/admin/logs?" + params, nullptr, r)) return kExitFailure;
+               LogsPage* page, std::string* unreachable = nullptr) {
+  if (unreachable != nullptr) {
+    if (!try_exchange(ctx, "GET", "/admin/logs?" + params, nullptr, r, unreachable)) {
+      return kUnreachable;
+    }
+  } else if (!exchange(ctx, "GET", "/admin/logs?" + params, nullptr, r)) {
+    return kExitFailure;
+  }
   if (!success(*r)) return report_refusal(*r);
   if (!read_logs_page(r->body, parser, page)) {
     return unexpected_response("not a page of access-log records");
@@ -1574,11 +1609,14 @@ int logs_page(const Context& ctx, const LogsQuery& q, std::optional<std::string>
 }
 
 // The seq of the newest record of the whole log, unfiltered (0 when the log is empty); kRender
-// on success, else the exit code.
-int newest_seq(const Context& ctx, dom::parser& parser, uint64_t* seq) {
+// on success, else the exit code (see fetch_logs() for `unreachable`).
+int newest_seq(const Context& ctx, dom::parser& parser, uint64_t* seq,
+               std::string* unreachable = nullptr) {
   HttpResponse r;
   LogsPage page;
-  if (const int rc = fetch_logs(ctx, "limit=1", &r, parser, &page); rc != kRender) return rc;
+  if (const int rc = fetch_logs(ctx, "limit=1", &r, parser, &page, unreachable); rc != kRender) {
+    return rc;
+  }
   *seq = 0;
   if (page.records.empty()) return kRender;
   dom::parser record_parser;
@@ -1613,8 +1651,10 @@ void append_followed(dom::parser& parser, std::string_view record, std::string* 
 // newest `limit` of them, or all of them when `limit` is 0. Log queries are left out as the
 // pages come, so they do not count towards `limit`: the pages go on until `limit` other
 // records are in or the log ends (each `keygatectl logs` run adds one query record, and those
-// used to fill the backlog and push the records asked for out of it).
-int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t limit) {
+// used to fill the backlog and push the records asked for out of it). Prints nothing unless
+// every page came (see fetch_logs() for `unreachable`).
+int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t limit,
+                  std::string* unreachable = nullptr) {
   dom::parser parser;
   dom::parser record_parser;
   std::vector<std::string> backlog;  // newest first
@@ -1629,7 +1669,9 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
     LogsPage page;
     const std::string params =
         "limit=" + std::to_string(kLogsLimitMax) + q.filters + "&cursor=" + url_encode(*cursor);
-    if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return rc;
+    if (const int rc = fetch_logs(ctx, params, &r, parser, &page, unreachable); rc != kRender) {
+      return rc;
+    }
     for (size_t i = 0; i < page.records.size() && !enough(); ++i) {
       if (!is_log_query(record_parser, page.records[i])) backlog.emplace_back(page.records[i]);
     }
@@ -1645,9 +1687,25 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
   return emit(out);
 }
 
+// A follow page that starts after a gap: those records were deleted by retention (or are in a
+// segment keygate cannot read) before the follow read them. Said on stderr, so stdout keeps
+// only records.
+void report_missing(const LogsPage& page) {
+  if (!page.missing) return;
+  const auto [from, to] = *page.missing;
+  std::fprintf(stderr,
+               "keygatectl: %llu records (seq %llu to %llu) are no longer in the log: deleted "
+               "by retention (or unreadable) before this follow read them\n",
+               static_cast<unsigned long long>(to - from + 1),
+               static_cast<unsigned long long>(from), static_cast<unsigned long long>(to));
+}
+
 // --follow: the newest --limit matching records oldest first, then new ones as they come, by
 // polling with after=<the newest seq examined>. The starting point is the seq of the newest
-// record of the whole log, so no record is lost or shown twice between the requests.
+// record of the whole log, so no record is lost or shown twice between the requests. Once
+// following, a keygate that cannot be reached (restarting) is asked again with a growing pause
+// (kFollowPollMs doubling to kFollowRetryMsMax), said once on stderr when it goes and when it
+// answers again; seqs continue across restarts, so the follow picks up where it was.
 int logs_follow(const Context& ctx, const LogsQuery& q) {
   install_stop_handlers();
   // An error after a stop signal is the interruption, not a failure.
@@ -1655,35 +1713,41 @@ int logs_follow(const Context& ctx, const LogsQuery& q) {
   dom::parser parser;
   dom::parser record_parser;
   uint64_t after = 0;
+  // The first request must work: a wrong --url or key is an error, not an outage.
   if (const int rc = newest_seq(ctx, parser, &after); rc != kRender) return end(rc);
   if (after > 0) {
     if (const int rc = print_backlog(ctx, q, after, q.limit); rc != kExitOk) return end(rc);
   }
-  while (g_stop_requested == 0) {
+  // One poll: kRender after it printed what it got (and set `*full` when more is waiting),
+  // kUnreachable with the reason in `unreachable`, else the exit code.
+  std::string unreachable;
+  const auto poll = [&](bool* full) {
+    *full = false;
     if (after == 0) {
       // The log was empty: wait for its first record, then show every matching record up to
       // it (all of them were logged since we started).
       uint64_t newest = 0;
-      if (const int rc = newest_seq(ctx, parser, &newest); rc != kRender) return end(rc);
-      if (newest == 0) {
-        sleep_or_stop(kFollowPollMs);
-        continue;
-      }
-      if (const int rc = print_backlog(ctx, q, newest, 0); rc != kExitOk) return end(rc);
+      if (const int rc = newest_seq(ctx, parser, &newest, &unreachable); rc != kRender) return rc;
+      if (newest == 0) return kRender;
+      if (const int rc = print_backlog(ctx, q, newest, 0, &unreachable); rc != kExitOk) return rc;
       after = newest;
-      continue;
+      *full = true;  // look for newer ones at once
+      return kRender;
     }
     HttpResponse r;
     LogsPage page;
     const std::string params =
         "limit=" + std::to_string(kLogsLimitMax) + q.filters + "&after=" + std::to_string(after);
-    if (const int rc = fetch_logs(ctx, params, &r, parser, &page); rc != kRender) return end(rc);
+    if (const int rc = fetch_logs(ctx, params, &r, parser, &page, &unreachable); rc != kRender) {
+      return rc;
+    }
+    report_missing(page);
     std::string out;
     for (std::string_view record : page.records) append_followed(record_parser, record, &out);
-    if (const int rc = emit(out); rc != kExitOk) return end(rc);
+    if (const int rc = emit(out); rc != kExitOk) return rc;
     uint64_t next = 0;
     if (!page.next_cursor || !parse_count_u64(*page.next_cursor, &next) || next < after) {
-      return end(unexpected_response("a follow page without a usable next_cursor"));
+      return unexpected_response("a follow page without a usable next_cursor");
     }
     after = next;
     // Only a full page says more is waiting: ask again at once. Whether anything new was
@@ -1691,7 +1755,45 @@ int logs_follow(const Context& ctx, const LogsQuery& q) {
     // always new: waiting only when the cursor stood still never waited, and an idle follow
     // polled as fast as the server answered, each poll a record, a flush and a scan. A page
     // the server's scan budget cut short waits one interval too; the cursor keeps its place.
-    const bool full = static_cast<int64_t>(page.records.size()) >= kLogsLimitMax;
+    *full = static_cast<int64_t>(page.records.size()) >= kLogsLimitMax;
+    return kRender;
+  };
+  bool lost = false;  // keygate could not be reached at the last poll
+  long retry_ms = kFollowPollMs;
+  while (g_stop_requested == 0) {
+    bool full = false;
+    const int rc = poll(&full);
+    if (rc == kUnreachable) {
+      if (!lost) {
+        std::fprintf(stderr,
+                     "keygatectl: cannot reach keygate (%s); asking again, at most every %ld s, "
+                     "until it answers (Ctrl-C to stop)\n",
+                     printable(unreachable).c_str(), kFollowRetryMsMax / 1000);
+        lost = true;
+        retry_ms = kFollowPollMs;
+      }
+      sleep_or_stop(retry_ms);
+      retry_ms = std::min(retry_ms * 2, kFollowRetryMsMax);
+      continue;
+    }
+    if (rc != kRender) return end(rc);
+    if (lost) {
+      lost = false;
+      std::fprintf(stderr, "keygatectl: keygate answers again; following on after seq %llu\n",
+                   static_cast<unsigned long long>(after));
+      // A restart on a fresh log directory numbers from 1 again: follow that log from its
+      // newest record instead of waiting for it to pass the old seq.
+      uint64_t newest = 0;
+      if (after > 0 && newest_seq(ctx, parser, &newest, &unreachable) == kRender &&
+          newest < after) {
+        std::fprintf(stderr,
+                     "keygatectl: the log now ends at seq %llu, before seq %llu (a new log?): "
+                     "following it from there\n",
+                     static_cast<unsigned long long>(newest),
+                     static_cast<unsigned long long>(after));
+        after = newest;
+      }
+    }
     if (!full) sleep_or_stop(kFollowPollMs);
   }
   return kExitOk;

@@ -1430,6 +1430,17 @@ TEST_F(AdminLogs, FollowPassesAfterThroughAndReturnsTheNextAfter) {
   EXPECT_EQ(store_.log_queries[0].before_seq, 0u);
 }
 
+TEST_F(AdminLogs, AFollowPageAfterAGapNamesTheMissingSeqs) {
+  store_.has_log = true;
+  store_.log_page.records = {R"({"seq":90,"status":200})"};
+  store_.log_page.next_cursor = 90;
+  store_.log_page.missing_from = 13;
+  store_.log_page.missing_to = 89;
+  const AdminResponse r = call("GET", "/admin/logs", {}, "after=12");
+  EXPECT_EQ(r.body, R"({"records":[{"seq":90,"status":200}],"next_cursor":"90",)"
+                    R"("missing":{"from":"13","to":"89"}})");
+}
+
 TEST_F(AdminLogs, ALineThatIsNotAJsonObjectIsLeftOut) {
   store_.has_log = true;
   store_.log_page.records = {R"({"seq":3})", R"({"seq":2,"path":"/x)", "[1]", R"({"seq":1})"};

@@ -29,6 +29,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -564,6 +565,7 @@ protected:
     options.data_dir = data_dir;
     options.log_dir = log_dir;
     options.limits = std::move(limits);
+    options.wrapper = wrapper_;
     options.extra_config +=
         "\n[[apis]]\nname = \"proxied\"\nroutes = [\"/echo\", \"/bytes\"]\n"
         "upstreams = [\"" +
@@ -646,6 +648,8 @@ protected:
     return {string_member(r->body, "id"), string_member(r->body, "key")};
   }
 
+  // What start() runs keygate under (ServerOptions::wrapper); empty: nothing.
+  std::vector<std::string> wrapper_;
   std::unique_ptr<ChildProcess> upstream_;
   std::string upstream_addr_;
   // Data and log dirs that outlive one server (restart tests); removed after
@@ -1445,6 +1449,175 @@ TEST_F(AccessLogTest, RestartAfterKillSkipsTornTailAndContinuesSeq) {
   const std::string bytes = all_bytes_under(log_dir, &files);
   EXPECT_EQ(count_of(bytes, "torn-frag"), 0u)
       << "the torn fragment is still in the log";
+}
+
+// --- 5b. Directories, limits and files keygate cannot use
+// --------------------------------------
+
+// A log directory keygate cannot create files in (the reviewer: `chmod 555 logs`, keygate run as
+// another user) was accepted: keygate started, said nothing, and lost the whole log. Now it
+// does not start. Root passes file permissions (CAP_DAC_OVERRIDE), and CI runs the tests as
+// root: keygate then runs under setpriv without that capability, as a plain user would.
+TEST(AccessLogStartup, ALogDirectoryKeygateCannotWriteStopsTheStartWithOneClearLine) {
+  TempDir dirs;
+  const std::string log_dir = dirs.path() + "/logs";
+  ASSERT_EQ(::mkdir(log_dir.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(log_dir.c_str(), 0555), 0);
+  std::string program = keygate_binary();
+  std::vector<std::string> args;
+  if (::geteuid() == 0) {
+    program = "/usr/bin/setpriv";
+    args = {"--bounding-set=-dac_override,-dac_read_search", "--", keygate_binary()};
+  }
+  args.insert(args.end(), {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                           "--workers", "1", "--data-dir", dirs.path() + "/data", "--log-dir",
+                           log_dir});
+  const ProcessResult run = run_process(program, args);
+  if (run.err.starts_with("setpriv:")) GTEST_SKIP() << "setpriv cannot drop capabilities: " << run.err;
+  EXPECT_TRUE(run.status.exited && run.status.code == 1) << run.status.describe() << "\n" << run.err;
+  EXPECT_EQ(count_of(run.err, "keygate: access log: cannot create files in " + log_dir +
+                                  ": Permission denied\n"),
+            1u)
+      << run.err;
+  EXPECT_EQ(count_of(run.err, "access log: access log:"), 0u) << run.err;
+  EXPECT_EQ(run.out.find("keygate: listening"), std::string::npos) << run.out;
+  ::chmod(log_dir.c_str(), 0755);
+}
+
+// A newest segment keygate cannot continue — a FIFO (the writer would block on it for good) or
+// a directory — stops the start with one line, said once ("access log: access log: ..." it was).
+TEST(AccessLogStartup, ANewestSegmentThatIsNoFileStopsTheStartWithOneClearLine) {
+  for (const bool fifo : {true, false}) {
+    SCOPED_TRACE(fifo ? "a FIFO" : "a directory");
+    TempDir dirs;
+    const std::string log_dir = dirs.path() + "/logs";
+    ASSERT_EQ(::mkdir(log_dir.c_str(), 0700), 0);
+    const std::string newest = log_dir + "/access-00000000000000000001.jsonl";
+    ASSERT_EQ(fifo ? ::mkfifo(newest.c_str(), 0600) : ::mkdir(newest.c_str(), 0700), 0);
+    const ProcessResult run = run_keygate(
+        {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1",
+         "--data-dir", dirs.path() + "/data", "--log-dir", log_dir});
+    EXPECT_TRUE(run.status.exited && run.status.code == 1)
+        << run.status.describe() << "\n" << run.err;
+    const std::string said =
+        fifo ? "keygate: access log: access-00000000000000000001.jsonl in " + log_dir +
+                   " is not a regular file\n"
+             : "keygate: access log: cannot open access-00000000000000000001.jsonl: Is a "
+               "directory\n";
+    EXPECT_EQ(count_of(run.err, said), 1u) << run.err;
+    EXPECT_EQ(count_of(run.err, "access log: access log:"), 0u) << run.err;
+  }
+}
+
+// `ulimit -f` below segment_bytes_max killed keygate with SIGXFSZ (exit 153), data plane and
+// all, once a segment reached it. Now segments rotate at the limit: keygate serves on, every
+// record is written whole, no segment passes the limit.
+TEST_F(AccessLogTest, AFileSizeLimitBelowSegmentBytesMaxNeitherKillsKeygateNorLosesRecords) {
+  constexpr uint64_t kLimit = 256 << 10;
+  wrapper_ = {"/usr/bin/prlimit", "--fsize=" + std::to_string(kLimit), "--"};
+  ASSERT_NO_FATAL_FAILURE(start(2, "segment_bytes_max = 1048576"));
+  EXPECT_NE(server_->error_output().find("segments rotate at 262144 bytes"), std::string::npos)
+      << server_->error_output();
+  const std::string key = "alog-fsize-" + random_hex(24);
+  const CreatedKey k = create_key(kBootstrapAdminKey, json_key(key), {"orders"}, true, false);
+  ASSERT_FALSE(k.id.empty());
+  constexpr int kRequests = 120;  // ~8.5 KB records: ~1 MB of log, four limits' worth
+  const std::string body = byte_pattern(8000);
+  for (int i = 0; i < kRequests; ++i) {
+    auto r = data(http_request("POST", "/orders/fsize-" + std::to_string(i),
+                               {"X-ApiKey: " + key, "Content-Type: text/plain"}, body));
+    ASSERT_TRUE(r && r->status == 200) << i << ": " << show(r) << "\nstderr: "
+                                       << server_->error_output();
+  }
+  EXPECT_GE(wait_for_records(server_->log_dir(), kRequests + 1).records().size(),
+            static_cast<size_t>(kRequests + 1));
+  const ExitStatus status = server_->stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+  const LogContents log = read_log(server_->log_dir());
+  EXPECT_TRUE(log.bad_lines.empty()) << log.bad_lines.front().substr(0, 200);
+  EXPECT_TRUE(log.unterminated.empty());
+  size_t captured = 0;
+  for (const Json* r : log.records()) {
+    if (r->str("path").starts_with("/orders/fsize-")) ++captured;
+  }
+  EXPECT_EQ(captured, static_cast<size_t>(kRequests));
+  const std::vector<std::string> segments = segment_files(server_->log_dir());
+  EXPECT_GE(segments.size(), 4u);
+  for (const std::string& segment : segments) {
+    EXPECT_LE(std::filesystem::file_size(segment), kLimit) << segment;
+  }
+}
+
+// The reviewer's repro: a FIFO in place of an old segment made GET /admin/logs?cursor=2 open
+// it and wait for a writer forever, and every admin request after it (a key revocation too)
+// waited behind it. The query now skips it (counted, said once on stderr) and answers; and log
+// queries run beside the other admin requests anyway.
+TEST_F(AccessLogTest, AFifoInPlaceOfASegmentNeitherHangsALogQueryNorHoldsUpKeyChanges) {
+  ASSERT_NO_FATAL_FAILURE(start(2, "segment_bytes_max = 65536"));
+  // ~400-byte records: over two segments.
+  for (int i = 0; i < 300; ++i) {
+    auto r = data(http_request("GET", "/orders/fill-" + std::to_string(i) + "-" + random_hex(100),
+                               {}));
+    ASSERT_TRUE(r && r->status == 401) << show(r);
+  }
+  ASSERT_EQ(wait_for_records(server_->log_dir(), 300).records().size(), 300u);
+  std::vector<std::string> segments;
+  for (int i = 0; i < 100 && segments.size() < 2; ++i) {
+    segments = segment_files(server_->log_dir());
+    std::this_thread::sleep_for(Millis(20));
+  }
+  ASSERT_GE(segments.size(), 2u);
+  ASSERT_TRUE(segments.front().ends_with("access-00000000000000000001.jsonl")) << segments.front();
+  std::filesystem::remove(segments.front());
+  ASSERT_EQ(::mkfifo(segments.front().c_str(), 0644), 0);
+
+  const auto started = Clock::now();
+  auto page = admin("GET", "/admin/logs?cursor=2", kBootstrapAdminKey);
+  ASSERT_TRUE(page.has_value()) << "the log query hung";
+  EXPECT_EQ(page->status, 200) << page->raw;
+  EXPECT_EQ(page->body, R"({"records":[],"next_cursor":null})");
+  auto created = admin("POST", "/admin/keys", kBootstrapAdminKey, R"({"apis":["orders"]})");
+  ASSERT_TRUE(created.has_value()) << "a key change waited behind the log query";
+  EXPECT_EQ(created->status, 201) << created->raw;
+  EXPECT_LT(Clock::now() - started, Millis(3000));
+  // The rest of the log still reads.
+  auto newest = admin("GET", "/admin/logs?limit=5", kBootstrapAdminKey);
+  ASSERT_TRUE(newest && newest->status == 200) << show(newest);
+  EXPECT_NE(newest->body.find("\"seq\":"), std::string::npos) << newest->body;
+  auto stats = admin("GET", "/admin/stats", kBootstrapAdminKey);
+  ASSERT_TRUE(stats && stats->status == 200) << show(stats);
+  EXPECT_GE(number_member(stats->body, "query_segments_skipped"), 1) << stats->body;
+  const std::string said = "access-00000000000000000001.jsonl (not a regular file): queries skip it";
+  EXPECT_TRUE(server_->wait_for_error_output(said, Millis(3000))) << server_->error_output();
+  EXPECT_EQ(count_of(server_->error_output(), said), 1u) << server_->error_output();
+}
+
+// A torn last line (keygate stopped mid-write) was cut off at the next start without a word:
+// that is the end of a record that was lost. It is now said once on stderr and counted in
+// /admin/stats.
+TEST_F(AccessLogTest, ATornTailCutAtStartIsSaidOnStderrAndCounted) {
+  dirs_ = std::make_unique<TempDir>();
+  const std::string log_dir = dirs_->path() + "/logs";
+  ASSERT_EQ(::mkdir(log_dir.c_str(), 0700), 0);
+  const std::string whole = "{\"seq\":1,\"time_us\":1,\"path\":\"/orders/whole\"}\n";
+  const std::string torn = "{\"seq\":2,\"time_us\":2,\"path\":\"/orders/to";
+  {
+    std::ofstream f(log_dir + "/access-00000000000000000001.jsonl", std::ios::binary);
+    f << whole << torn;
+  }
+  ASSERT_NO_FATAL_FAILURE(start(2, "", dirs_->path() + "/data", log_dir));
+  const std::string said = "keygate: access log: cut " + std::to_string(torn.size()) +
+                           " bytes of a torn last line off the newest segment in " + log_dir +
+                           " (keygate stopped while writing it)\n";
+  EXPECT_TRUE(server_->wait_for_error_output(said, Millis(3000))) << server_->error_output();
+  EXPECT_EQ(count_of(server_->error_output(), said), 1u) << server_->error_output();
+  auto stats = admin("GET", "/admin/stats", kBootstrapAdminKey);
+  ASSERT_TRUE(stats && stats->status == 200) << show(stats);
+  EXPECT_EQ(number_member(stats->body, "torn_bytes_cut"), static_cast<int64_t>(torn.size()))
+      << stats->body;
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  EXPECT_EQ(read_file(log_dir + "/access-00000000000000000001.jsonl").substr(0, whole.size()),
+            whole);
 }
 
 // --- 6. Requests whose client leaves before the answer

@@ -301,7 +301,8 @@ bool TestServer::start(std::string* error, Millis timeout) {
   const std::string config_path = dir_.write_file("keygate.toml", config);
   std::vector<std::string> args = {
       "--config",       config_path,   "--listen",  "127.0.0.1:0",
-      "--admin-listen", "127.0.0.1:0", "--workers", std::to_string(options_.workers),
+      "--admin-listen", "127.0.0.1:" + std::to_string(options_.admin_port),
+      "--workers",      std::to_string(options_.workers),
       "--data-dir",     data_dir_,
   };
   if (options_.log_dir_flag) {

@@ -98,6 +98,9 @@ ProcessResult run_process(const std::string& program, const std::vector<std::str
 
 struct ServerOptions {
   unsigned workers = 2;
+  // The admin listener's port on 127.0.0.1; 0 = ephemeral. Fixed, a restarted server answers
+  // where its clients were talking to the one before.
+  uint16_t admin_port = 0;
   // Written to the config file's [limits] table, e.g. {"pipeline_depth_max", 4}.
   std::vector<std::pair<std::string, uint64_t>> limits;
   // Data directory; empty: <temp dir>/data. A directory given here belongs to the caller: it

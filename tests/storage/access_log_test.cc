@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -12,8 +16,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <optional>
 #include <set>
@@ -970,6 +976,271 @@ TEST(AccessLog, ASecondLogOnTheSameDirectoryIsRefused) {
   EXPECT_NE(error.find("in use"), std::string::npos) << error;
 }
 
+// ---- Unusable directories, failing writes, the file size limit ----------------------------
+
+// Whether `needle` occurs in `text` exactly once.
+bool once(std::string_view text, std::string_view needle) {
+  const size_t at = text.find(needle);
+  return at != std::string_view::npos && text.find(needle, at + 1) == std::string_view::npos;
+}
+
+// What the process writes to stderr (fd 2, from any thread) while this lives, kept in a
+// temporary file; restored at destruction.
+class StderrCapture {
+ public:
+  StderrCapture() : file_(std::tmpfile()) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    if (file_ != nullptr) ::dup2(::fileno(file_), 2);
+  }
+  ~StderrCapture() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    if (file_ != nullptr) std::fclose(file_);
+  }
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+
+  std::string text() const {
+    std::fflush(stderr);
+    std::string out;
+    if (file_ == nullptr) return out;
+    char buf[4096];
+    for (off_t at = 0;;) {
+      const ssize_t n = ::pread(::fileno(file_), buf, sizeof(buf), at);
+      if (n <= 0) break;
+      out.append(buf, static_cast<size_t>(n));
+      at += n;
+    }
+    return out;
+  }
+
+ private:
+  FILE* file_;
+  int saved_ = -1;
+};
+
+// Takes CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH out of this thread's effective capabilities
+// while it lives, so that file permissions hold even for root (CI runs the tests as root);
+// they stay permitted and are put back at destruction. Threads started meanwhile inherit the
+// reduced set. Without them (not root) nothing changes.
+class WithoutDacOverride {
+ public:
+  WithoutDacOverride() {
+    header_.version = _LINUX_CAPABILITY_VERSION_3;
+    header_.pid = 0;
+    if (::syscall(SYS_capget, &header_, saved_) != 0) return;
+    __user_cap_data_struct reduced[2];
+    std::memcpy(reduced, saved_, sizeof(reduced));
+    reduced[0].effective &= ~((1u << CAP_DAC_OVERRIDE) | (1u << CAP_DAC_READ_SEARCH));
+    ok_ = ::syscall(SYS_capset, &header_, reduced) == 0;
+  }
+  ~WithoutDacOverride() {
+    if (ok_) (void)::syscall(SYS_capset, &header_, saved_);
+  }
+  WithoutDacOverride(const WithoutDacOverride&) = delete;
+  WithoutDacOverride& operator=(const WithoutDacOverride&) = delete;
+
+  bool ok() const { return ok_; }
+
+ private:
+  __user_cap_header_struct header_{};
+  __user_cap_data_struct saved_[2]{};
+  bool ok_ = false;
+};
+
+// The reviewer's case: a log directory keygate's user cannot write (`chmod 555 logs`, another
+// user) was accepted, and the whole log then lost without a word. open() now proves it can
+// create a file there.
+TEST(AccessLog, OpenRefusesADirectoryItCannotCreateFilesIn) {
+  TempDir dir;
+  const std::string logs = dir.path() + "/logs";
+  ASSERT_EQ(::mkdir(logs.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(logs.c_str(), 0555), 0);
+  std::string error;
+  std::unique_ptr<AccessLog> log;
+  {
+    WithoutDacOverride as_its_owner_only;
+    ASSERT_TRUE(as_its_owner_only.ok());
+    log = AccessLog::open({.dir = logs}, 1, &error);
+  }
+  EXPECT_EQ(log, nullptr);
+  EXPECT_EQ(error, "access log: cannot create files in " + logs + ": Permission denied");
+  ASSERT_EQ(::chmod(logs.c_str(), 0755), 0);
+  EXPECT_TRUE(testing::list_files(logs).empty());
+  // Once writable, it opens, and the probe leaves nothing behind.
+  log = open_log({.dir = logs});
+  ASSERT_NE(log, nullptr);
+  EXPECT_TRUE(testing::list_files(logs).empty());
+}
+
+// A segment that cannot be created (here its name is taken by a directory, which stops root
+// too) is said once on stderr however many passes fail, and so is the recovery.
+TEST(AccessLog, WritesThatStartFailingAndWorkAgainAreSaidOnStderrOnceEach) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path(), .flush_interval_ms = 1});
+  const std::string first = dir.path() + "/access-00000000000000000001.jsonl";
+  ASSERT_EQ(::mkdir(first.c_str(), 0755), 0);
+  std::string text;
+  {
+    StderrCapture captured;
+    ASSERT_TRUE(log->append(0, record(0, 0)));
+    EXPECT_FALSE(log->flush());
+    std::this_thread::sleep_for(50ms);  // dozens of failed passes, one every ms
+    EXPECT_FALSE(log->flush());
+    ASSERT_EQ(::rmdir(first.c_str()), 0);
+    ASSERT_TRUE(log->flush());
+    text = captured.text();
+  }
+  EXPECT_TRUE(once(text, "keygate: access log: cannot create " + first + ": File exists"))
+      << text;
+  EXPECT_TRUE(once(text, "keygate: access log: writing works again, after ")) << text;
+  const AccessLogStats stats = log->stats();
+  EXPECT_GE(stats.write_errors, 2u);
+  EXPECT_EQ(stats.written, 1u);
+}
+
+// RLIMIT_FSIZE for this process while it lives, SIGXFSZ ignored (as keygate does) so that a
+// write past it fails with EFBIG instead of killing the test.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(uint64_t bytes) {
+    saved_handler_ = std::signal(SIGXFSZ, SIG_IGN);
+    if (::getrlimit(RLIMIT_FSIZE, &saved_) != 0) return;
+    rlimit lowered = saved_;
+    lowered.rlim_cur = bytes;
+    ok_ = ::setrlimit(RLIMIT_FSIZE, &lowered) == 0;
+  }
+  ~FileSizeLimit() {
+    if (ok_) ::setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, saved_handler_);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+  bool ok() const { return ok_; }
+
+ private:
+  rlimit saved_{};
+  void (*saved_handler_)(int) = SIG_DFL;
+  bool ok_ = false;
+};
+
+// The concatenated bytes of every segment, and the largest segment's size.
+std::string all_segment_bytes(const std::string& dir, uint64_t* largest) {
+  std::string content;
+  *largest = 0;
+  for (const std::string& path : segment_paths(dir)) {
+    const std::string bytes = testing::read_file(path);
+    *largest = std::max<uint64_t>(*largest, bytes.size());
+    content += bytes;
+  }
+  return content;
+}
+
+// A file size limit (`ulimit -f`) lowered while keygate runs: writes meet EFBIG mid-line. The
+// segment is cut back to its last whole line, which starts the next segment, so every line
+// stays whole and every record is kept — except one larger than the limit, which no segment
+// can hold: dropped and counted, the lines after it written.
+TEST(AccessLog, AFileSizeLimitMetWhileRunningRotatesSegmentsAndDropsOnlyALineTooLargeForAny) {
+  TempDir dir;
+  constexpr uint64_t kLimit = 64 << 10;
+  const std::vector<std::string> records = varied_records(120);  // ~540 KB
+  const std::string big = "{\"big\":\"" + std::string(kLimit + 100, 'b') + "\"}";
+  std::string text;
+  AccessLogStats stats;
+  {
+    auto log = open_log({.dir = dir.path(), .segment_bytes_max = 1 << 20, .flush_interval_ms = 1});
+    for (size_t i = 0; i < 10; ++i) ASSERT_TRUE(log->append(0, records[i]));
+    ASSERT_TRUE(log->flush());  // ~45 KB: below the limit to come
+    FileSizeLimit limit(kLimit);
+    ASSERT_TRUE(limit.ok());
+    StderrCapture captured;
+    // Passes every ms see the stream in bursts, so the limit cuts lines at many offsets.
+    for (size_t i = 10; i < records.size(); ++i) {
+      ASSERT_TRUE(log->append(0, records[i]));
+      if (i % 7 == 6) std::this_thread::sleep_for(3ms);
+    }
+    ASSERT_TRUE(log->flush());
+    ASSERT_TRUE(log->append(0, big));
+    ASSERT_TRUE(log->append(0, records[1]));
+    ASSERT_TRUE(log->flush());
+    stats = log->stats();
+    text = captured.text();
+  }
+  std::string expected;
+  for (size_t i = 0; i < records.size(); ++i) expected += expected_line(i + 1, records[i]);
+  expected += expected_line(records.size() + 2, records[1]);  // seq 121 was the big one
+  uint64_t largest = 0;
+  const std::string content = all_segment_bytes(dir.path(), &largest);
+  EXPECT_LE(largest, kLimit);
+  ASSERT_EQ(content.size(), expected.size());
+  EXPECT_TRUE(content == expected);
+  EXPECT_GE(segment_paths(dir.path()).size(), 8u);
+  EXPECT_EQ(stats.written, records.size() + 1);
+  EXPECT_EQ(stats.dropped, 1u);
+  EXPECT_EQ(stats.write_errors, 0u);
+  EXPECT_TRUE(once(text, "reached the file size limit (RLIMIT_FSIZE, 65536 bytes)"))
+      << text;
+  EXPECT_TRUE(once(text, "the line of seq 121 (")) << text;
+}
+
+// The case above where the line the limit cuts began in an earlier pass, and its start is no
+// longer in the writer's buffer: direct mode held that pass's partial last block, so the
+// block boundary fell inside the line. Its start is read back from the file.
+TEST(AccessLog, ALineCutByTheLimitThatBeganBeforeAHeldBlockMovesWholeToTheNextSegment) {
+  TempDir dir;
+  if (!filesystem_takes_direct_io(dir.path())) GTEST_SKIP() << "no O_DIRECT on " << dir.path();
+  const std::string r1 = "{\"pad\":\"" + std::string(6000, 'a') + "\"}";
+  const std::string r2 = "{\"pad\":\"" + std::string(10000, 'b') + "\"}";
+  const std::string r3 = "{\"pad\":\"" + std::string(100, 'c') + "\"}";
+  const std::string expected = expected_line(1, r1) + expected_line(2, r2) + expected_line(3, r3);
+  const uint64_t line2_end = expected_line(1, r1).size() + expected_line(2, r2).size();
+  const uint64_t held_at = line2_end & ~uint64_t{4095};  // whole blocks of the first pass
+  {
+    // A pass every second; the test writes no flush() until the limit is set.
+    auto log = open_log({.dir = dir.path(), .flush_interval_ms = 1000});
+    ASSERT_TRUE(log->append(0, r1));
+    ASSERT_TRUE(log->append(0, r2));
+    const std::string path = dir.path() + "/access-00000000000000000001.jsonl";
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    uint64_t size = 0;
+    while (size == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);
+      struct stat st{};
+      if (::stat(path.c_str(), &st) == 0) size = static_cast<uint64_t>(st.st_size);
+    }
+    if (size != held_at) GTEST_SKIP() << "the first pass held no block (" << size << " bytes)";
+    // Below the end of line 2, above what is written of it.
+    FileSizeLimit limit(held_at + 1000);
+    ASSERT_TRUE(limit.ok());
+    ASSERT_TRUE(log->append(0, r3));
+    ASSERT_TRUE(log->flush());
+    EXPECT_EQ(log->stats().write_errors, 0u);
+  }
+  const auto paths = segment_paths(dir.path());
+  ASSERT_EQ(paths.size(), 2u);
+  EXPECT_TRUE(testing::read_file(paths[0]) == expected_line(1, r1));
+  EXPECT_TRUE(testing::read_file(paths[1]) == expected_line(2, r2) + expected_line(3, r3));
+}
+
+// A flush waits for the writer; a caller that cannot wait long (a log query) gives up after
+// its timeout when the writer is stalled.
+TEST(AccessLog, AFlushWithATimeoutReturnsWhileTheWriterIsStalled) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path(), .flush_interval_ms = 1});
+  log->set_writer_delay_for_testing(1500ms);
+  std::this_thread::sleep_for(20ms);  // the writer is now in its delay
+  ASSERT_TRUE(log->append(0, record(0, 0)));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(log->flush(100ms));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1000ms);
+  log->set_writer_delay_for_testing(0ms);
+  EXPECT_TRUE(log->flush());
+  EXPECT_EQ(log->stats().written, 1u);
+}
+
 // 300 records over small segments: key k0..k2 by i % 3, status 200/404/500 by i % 5 (200 for
 // 0-2), time_us = 1000 + i.
 class AccessLogQuery : public ::testing::Test {
@@ -1110,6 +1381,240 @@ TEST_F(AccessLogQuery, ScanBudgetStopsEarlyWithAResumableCursor) {
   ASSERT_NE(result.next_cursor, 0u);
   EXPECT_LT(result.next_cursor, 301u);
   EXPECT_GT(result.next_cursor, 280u);
+}
+
+// after = the largest seq: nothing can follow it (after + 1 once wrapped to 0 and read the
+// whole log).
+TEST_F(AccessLogQuery, AfterTheLargestSeqReadsNothing) {
+  const auto result = run({.key_id = "", .limit = 1000, .after_seq = UINT64_MAX});
+  EXPECT_TRUE(result.records.empty());
+  EXPECT_EQ(result.next_cursor, UINT64_MAX);
+  EXPECT_EQ(result.bytes_read, 0u);
+}
+
+// Lines that are not examined still cost reading them: the budget counts them, so one request
+// reads a bounded amount however the log looks. Here a run of damaged lines (no seq) between
+// seq 5 and seq 6.
+TEST(AccessLogScanBudget, LinesPassedOverCountTowardsTheBudget) {
+  TempDir dir;
+  std::string content;
+  for (uint64_t seq = 1; seq <= 5; ++seq) content += expected_line(seq, record(0, seq - 1));
+  for (int i = 0; i < 2000; ++i) content += "damaged line " + std::string(40, 'x') + "\n";
+  for (uint64_t seq = 6; seq <= 10; ++seq) content += expected_line(seq, record(0, seq - 1));
+  {
+    std::ofstream out(dir.path() + "/access-00000000000000000001.jsonl", std::ios::binary);
+    out << content;
+  }
+  auto log = open_log({.dir = dir.path()});
+  AccessLog::QueryResult result;
+  std::string error;
+  // Newest first: 10..6, then the damage spends the budget; 5 is the last one examined.
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .scan_bytes_max = 4096}, &result, &error))
+      << error;
+  std::vector<uint64_t> seqs;
+  for (const std::string& line : result.records) seqs.push_back(seq_of(line));
+  EXPECT_EQ(seqs, (std::vector<uint64_t>{10, 9, 8, 7, 6, 5}));
+  EXPECT_EQ(result.next_cursor, 5u);
+  // Follow from seq 1: 2..5, the damage, then 6 is the last one examined.
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .after_seq = 1, .scan_bytes_max = 4096},
+                         &result, &error))
+      << error;
+  seqs.clear();
+  for (const std::string& line : result.records) seqs.push_back(seq_of(line));
+  EXPECT_EQ(seqs, (std::vector<uint64_t>{2, 3, 4, 5, 6}));
+  EXPECT_EQ(result.next_cursor, 6u);
+}
+
+// A cursor deep inside a large segment is found by bisecting it: a page reads a few hundred
+// KiB at most wherever it starts, not the whole segment before (follow) or after (newest
+// first) it. Paging newest first through a large log was O(n^2) reads.
+TEST(AccessLogSeek, CursorsDeepInALargeSegmentAreFoundWithoutReadingItAll) {
+  TempDir dir;
+  constexpr uint64_t kRecords = 20000;
+  const std::string pad(360, 'p');
+  auto log = open_log({.dir = dir.path(), .segment_bytes_max = 1ull << 30});
+  for (uint64_t i = 0; i < kRecords; ++i) {
+    ASSERT_TRUE(log->append(0, "{\"i\":" + std::to_string(i) + ",\"pad\":\"" + pad + "\"}"));
+    if (i % 4000 == 3999) {
+      ASSERT_TRUE(log->flush());
+    }
+  }
+  ASSERT_TRUE(log->flush());
+  const auto paths = segment_paths(dir.path());
+  ASSERT_EQ(paths.size(), 1u);
+  const uint64_t segment_bytes = testing::read_file(paths[0]).size();
+  ASSERT_GT(segment_bytes, 7u << 20);
+  const auto seqs = [](const AccessLog::QueryResult& result) {
+    std::vector<uint64_t> out;
+    for (const std::string& line : result.records) out.push_back(seq_of(line));
+    return out;
+  };
+  AccessLog::QueryResult result;
+  std::string error;
+  // Newest first, from a cursor near the start and one in the middle.
+  for (const uint64_t before : {uint64_t{10}, uint64_t{1000}, kRecords / 2, kRecords - 5}) {
+    SCOPED_TRACE("before_seq " + std::to_string(before));
+    ASSERT_TRUE(log->query({.key_id = "", .limit = 5, .before_seq = before}, &result, &error));
+    EXPECT_EQ(seqs(result),
+              (std::vector<uint64_t>{before - 1, before - 2, before - 3, before - 4, before - 5}));
+    EXPECT_EQ(result.next_cursor, before - 5);
+    EXPECT_LT(result.bytes_read, 2u << 20);
+  }
+  // Follow, from near the start, the middle and the end.
+  for (const uint64_t after : {uint64_t{10}, kRecords / 2, kRecords - 5}) {
+    SCOPED_TRACE("after_seq " + std::to_string(after));
+    ASSERT_TRUE(log->query({.key_id = "", .limit = 5, .after_seq = after}, &result, &error));
+    EXPECT_EQ(seqs(result),
+              (std::vector<uint64_t>{after + 1, after + 2, after + 3, after + 4, after + 5}));
+    EXPECT_LT(result.bytes_read, 2u << 20);
+  }
+  // Nothing newer: a poll at the end reads next to nothing.
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 5, .after_seq = kRecords}, &result, &error));
+  EXPECT_TRUE(result.records.empty());
+  EXPECT_LT(result.bytes_read, 256u << 10);
+  // The whole log, paged newest first with pages of 700: every record once, in order.
+  uint64_t expected = kRecords;
+  AccessLog::Query query{.key_id = "", .limit = 700};
+  for (int page = 0; page < 100; ++page) {
+    ASSERT_TRUE(log->query(query, &result, &error));
+    for (const uint64_t seq : seqs(result)) ASSERT_EQ(seq, expected--);
+    if (result.next_cursor == 0) break;
+    query.before_seq = result.next_cursor;
+  }
+  EXPECT_EQ(expected, 0u);
+}
+
+// Segment `index` (oldest first) of the fixture's log, and the first seq of the next one.
+struct SegmentAt {
+  std::string path;
+  uint64_t first_seq = 0;
+  uint64_t next_first_seq = 0;
+};
+SegmentAt segment_at(const std::string& dir, size_t index) {
+  const auto paths = segment_paths(dir);
+  SegmentAt out;
+  out.path = paths.at(index);
+  const auto first_seq_of = [](const std::string& path) {
+    uint64_t seq = 0;
+    const std::string name = std::filesystem::path(path).filename().string();
+    EXPECT_EQ(std::sscanf(name.c_str(), "access-%20lu.jsonl", &seq), 1) << name;
+    return seq;
+  };
+  out.first_seq = first_seq_of(paths.at(index));
+  out.next_first_seq = first_seq_of(paths.at(index + 1));
+  return out;
+}
+
+// One old segment that cannot be read — replaced by a directory (the query used to fail with
+// 503 for every page that reached it) or by a FIFO (the query's open used to block for good)
+// — is skipped like one retention deleted: counted, named once on stderr.
+TEST_F(AccessLogQuery, AnUnreadableSegmentIsSkippedCountedAndNamedOnceOnStderr) {
+  const SegmentAt as_dir = segment_at(dir_.path(), 1);
+  const SegmentAt as_fifo = segment_at(dir_.path(), 3);
+  std::filesystem::remove(as_dir.path);
+  ASSERT_EQ(::mkdir(as_dir.path.c_str(), 0755), 0);
+  std::filesystem::remove(as_fifo.path);
+  ASSERT_EQ(::mkfifo(as_fifo.path.c_str(), 0644), 0);
+  std::set<uint64_t> lost;
+  for (const SegmentAt* s : {&as_dir, &as_fifo}) {
+    for (uint64_t seq = s->first_seq; seq < s->next_first_seq; ++seq) lost.insert(seq);
+  }
+  StderrCapture captured;
+  for (int round = 0; round < 2; ++round) {
+    // Bounded even when a query blocks on the FIFO: opening its write end releases it.
+    auto query = std::async(std::launch::async, [&] {
+      return run({.key_id = "", .limit = 1000});
+    });
+    if (query.wait_for(10s) != std::future_status::ready) {
+      const int fd = ::open(as_fifo.path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      query.wait();
+      if (fd >= 0) ::close(fd);
+      FAIL() << "the query blocked on the FIFO";
+    }
+    const AccessLog::QueryResult result = query.get();
+    ASSERT_EQ(result.records.size(), kRecords - lost.size());
+    for (const std::string& line : result.records) EXPECT_EQ(lost.count(seq_of(line)), 0u);
+    EXPECT_EQ(result.next_cursor, 0u);
+  }
+  const std::string text = captured.text();
+  // Each named once, though each query met both.
+  EXPECT_TRUE(once(text, "keygate: access log: cannot read " + as_dir.path + " (Is a directory)"))
+      << text;
+  EXPECT_TRUE(
+      once(text, "keygate: access log: cannot read " + as_fifo.path + " (not a regular file)"))
+      << text;
+  EXPECT_EQ(log_->stats().query_segments_skipped, 4u);  // two per query
+}
+
+// Follow pages say which seqs after their cursor the log no longer holds: deleted before the
+// follower read them, or unreadable. One gap per page, at its start.
+TEST_F(AccessLogQuery, FollowPagesNameTheSeqsNoLongerInTheLog) {
+  const SegmentAt oldest = segment_at(dir_.path(), 0);
+  const SegmentAt unreadable = segment_at(dir_.path(), 3);
+  std::filesystem::remove(oldest.path);  // as retention would
+  std::filesystem::remove(unreadable.path);
+  ASSERT_EQ(::mkdir(unreadable.path.c_str(), 0755), 0);
+  StderrCapture quiet;
+  // From seq 1: seqs 2 .. (the second segment's first - 1) are gone.
+  auto result = run({.key_id = "", .limit = 1000, .after_seq = 1});
+  EXPECT_EQ(result.missing_from, 2u);
+  EXPECT_EQ(result.missing_to, oldest.next_first_seq - 1);
+  ASSERT_FALSE(result.records.empty());
+  EXPECT_EQ(seq_of(result.records.front()), oldest.next_first_seq);
+  // The page ends before the second gap ...
+  EXPECT_EQ(seq_of(result.records.back()), unreadable.first_seq - 1);
+  EXPECT_EQ(result.next_cursor, unreadable.first_seq - 1);
+  // ... which the next page starts with.
+  result = run({.key_id = "", .limit = 1000, .after_seq = result.next_cursor});
+  EXPECT_EQ(result.missing_from, unreadable.first_seq);
+  EXPECT_EQ(result.missing_to, unreadable.next_first_seq - 1);
+  ASSERT_FALSE(result.records.empty());
+  EXPECT_EQ(seq_of(result.records.front()), unreadable.next_first_seq);
+  EXPECT_EQ(result.next_cursor, static_cast<uint64_t>(kRecords));
+  // A filter changes nothing about the gaps: they are about seqs, not matches.
+  result = run({.key_id = "k1", .limit = 1000, .after_seq = 1});
+  EXPECT_EQ(result.missing_from, 2u);
+  EXPECT_EQ(result.missing_to, oldest.next_first_seq - 1);
+  // No gap: none said.
+  result = run({.key_id = "", .limit = 10, .after_seq = unreadable.next_first_seq + 3});
+  EXPECT_EQ(result.missing_from, 0u);
+  EXPECT_EQ(result.missing_to, 0u);
+}
+
+// Records lost to a full buffer leave no gap: the marker stands for them.
+TEST(AccessLogFollow, ADroppedRangeIsNoGapItsMarkerStandsForIt) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path(), .ring_bytes_per_worker = 256, .backlog_bytes_max = 0});
+  ASSERT_TRUE(log->append(0, record(0, 0)));
+  ASSERT_TRUE(log->flush());  // seq 1
+  // The writer waits: a 256-byte ring takes a few records, then drops.
+  log->set_writer_delay_for_testing(300ms);
+  std::this_thread::sleep_for(20ms);
+  int refused = 0;
+  for (int i = 1; i < 20; ++i) refused += log->append(0, record(0, static_cast<uint64_t>(i))) ? 0 : 1;
+  ASSERT_GT(refused, 0);
+  log->set_writer_delay_for_testing(0ms);
+  ASSERT_TRUE(log->flush());
+  ASSERT_TRUE(log->append(0, record(0, 20)));
+  ASSERT_TRUE(log->flush());
+  AccessLog::QueryResult result;
+  std::string error;
+  // The marker inside a page ...
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .after_seq = 1}, &result, &error)) << error;
+  EXPECT_EQ(result.missing_from, 0u);
+  std::optional<std::string> marker;
+  for (const std::string& line : result.records) {
+    if (is_marker(line)) marker = line;
+  }
+  ASSERT_TRUE(marker.has_value());
+  EXPECT_EQ(seq_of(result.records.back()), result.next_cursor);  // the page went past it
+  // ... and first in a page.
+  const auto from = static_cast<uint64_t>(int_member(*marker, "dropped_from_seq"));
+  ASSERT_TRUE(log->query({.key_id = "", .limit = 1000, .after_seq = from - 1}, &result, &error))
+      << error;
+  EXPECT_EQ(result.missing_from, 0u);
+  ASSERT_FALSE(result.records.empty());
+  EXPECT_EQ(result.records.front(), *marker);
 }
 
 }  // namespace

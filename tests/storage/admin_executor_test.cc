@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -24,16 +25,16 @@ using namespace std::chrono_literals;
 
 constexpr int64_t kNow = 1700000000;  // 2023-11-14T22:13:20Z
 
-// An AdminStore that answers list_keys with nothing, or holds it until released (which keeps
-// the executor thread busy so its queue can be filled), and remembers created keys.
+// An AdminStore that answers list_keys and query_logs with nothing, or holds either until
+// released (which keeps the executor thread running it busy so its queue can be filled), and
+// remembers created keys.
 class FakeStore final : public AdminStore {
  public:
+  // The calls that can be held, each independently of the other.
+  enum Gate : size_t { kList, kLogs, kGates };
+
   AdminStoreResult list_keys(std::string_view, size_t, std::vector<KeyRecord>*) override {
-    std::unique_lock lock(mutex_);
-    list_thread_ = std::this_thread::get_id();
-    ++list_calls_;
-    changed_.notify_all();
-    changed_.wait(lock, [&] { return !holding_; });
+    pass(kList);
     return {};
   }
   AdminStoreResult get_key(std::string_view, KeyRecord*) override {
@@ -61,24 +62,29 @@ class FakeStore final : public AdminStore {
   AdminStoreResult delete_user(std::string_view) override {
     return {AdminStoreCode::kNotFound, "no user"};
   }
-
-  void hold() {
-    std::lock_guard lock(mutex_);
-    holding_ = true;
+  AdminStoreResult query_logs(const LogQuery&, LogPage*) override {
+    pass(kLogs);
+    return {};
   }
-  void release() {
+
+  void hold(Gate gate = kList) {
     std::lock_guard lock(mutex_);
-    holding_ = false;
+    gates_[gate].holding = true;
+  }
+  void release(Gate gate = kList) {
+    std::lock_guard lock(mutex_);
+    gates_[gate].holding = false;
     changed_.notify_all();
   }
-  // Waits (up to 10 s) until list_keys was entered `n` times.
-  bool wait_for_list_calls(int n) {
+  // Waits (up to 10 s) until the gate's call was entered `n` times.
+  bool wait_for_calls(int n, Gate gate = kList) {
     std::unique_lock lock(mutex_);
-    return changed_.wait_for(lock, 10s, [&] { return list_calls_ >= n; });
+    return changed_.wait_for(lock, 10s, [&] { return gates_[gate].calls >= n; });
   }
-  std::thread::id list_thread() {
+  // The thread the last call of the gate ran on.
+  std::thread::id thread_of(Gate gate = kList) {
     std::lock_guard lock(mutex_);
-    return list_thread_;
+    return gates_[gate].thread;
   }
   std::vector<KeyRecord> created() {
     std::lock_guard lock(mutex_);
@@ -86,11 +92,24 @@ class FakeStore final : public AdminStore {
   }
 
  private:
+  struct GateState {
+    bool holding = false;
+    int calls = 0;
+    std::thread::id thread;
+  };
+  // A held call: counted, then waits until its gate is released.
+  void pass(Gate gate) {
+    std::unique_lock lock(mutex_);
+    GateState& state = gates_[gate];
+    state.thread = std::this_thread::get_id();
+    ++state.calls;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return !state.holding; });
+  }
+
   std::mutex mutex_;
   std::condition_variable changed_;
-  bool holding_ = false;
-  int list_calls_ = 0;
-  std::thread::id list_thread_;
+  std::array<GateState, kGates> gates_;
   std::vector<KeyRecord> created_;
 };
 
@@ -161,7 +180,7 @@ TEST_F(AdminExecutorTest, RunsARequestOnItsOwnThreadAndPostsWhenTheAnswerIsFille
   ASSERT_EQ(sink_.wait_for(1).size(), 1u);
   EXPECT_EQ(out.status, 200);
   EXPECT_EQ(out.body, "{\"keys\":[],\"next_cursor\":null}");
-  EXPECT_NE(store_.list_thread(), std::this_thread::get_id());
+  EXPECT_NE(store_.thread_of(), std::this_thread::get_id());
   EXPECT_EQ(executor.stats().executed_total, 1u);
 }
 
@@ -186,7 +205,7 @@ TEST_F(AdminExecutorTest, RequestsRunOneAtATimeInArrivalOrder) {
   store_.hold();
   std::vector<AdminResponse> out(5);
   executor.submit(request("GET", "/admin/keys"), &out[0], ResumeTicket(&sink_, 0, 0));
-  ASSERT_TRUE(store_.wait_for_list_calls(1));
+  ASSERT_TRUE(store_.wait_for_calls(1));
   for (uint32_t i = 1; i < 5; ++i) {
     executor.submit(request("GET", "/admin/apis"), &out[i], ResumeTicket(&sink_, i, 0));
   }
@@ -202,7 +221,7 @@ TEST_F(AdminExecutorTest, AFullQueueAnswers503AtOnce) {
   store_.hold();
   std::vector<AdminResponse> out(4);
   executor.submit(request("GET", "/admin/keys"), &out[0], ResumeTicket(&sink_, 0, 0));
-  ASSERT_TRUE(store_.wait_for_list_calls(1));  // running, so no longer queued
+  ASSERT_TRUE(store_.wait_for_calls(1));  // running, so no longer queued
   executor.submit(request("GET", "/admin/apis"), &out[1], ResumeTicket(&sink_, 1, 0));
   executor.submit(request("GET", "/admin/apis"), &out[2], ResumeTicket(&sink_, 2, 0));
   executor.submit(request("GET", "/admin/apis"), &out[3], ResumeTicket(&sink_, 3, 0));
@@ -219,6 +238,46 @@ TEST_F(AdminExecutorTest, AFullQueueAnswers503AtOnce) {
   EXPECT_EQ(out[1].status, 200);
   EXPECT_EQ(out[2].status, 200);
   EXPECT_EQ(executor.stats().executed_total, 3u);
+}
+
+// A log query can take long (a scan of the segments, a flush waiting on a stalled disk). It
+// runs on a thread of its own, so the changes queued behind it (a key revocation above all)
+// do not wait for it.
+TEST_F(AdminExecutorTest, ALogQueryRunsOnItsOwnThreadSoChangesQueuedBehindItGoOn) {
+  AdminExecutor executor(store_, apis_, options());
+  store_.hold(FakeStore::kLogs);
+  AdminResponse log_out;
+  AdminResponse create_out;
+  executor.submit(request("GET", "/admin/logs"), &log_out, ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_calls(1, FakeStore::kLogs));
+  executor.submit(request("POST", "/admin/keys", R"({"apis":["orders"]})"), &create_out,
+                  ResumeTicket(&sink_, 1, 0));
+  EXPECT_EQ(sink_.wait_for(1), std::vector<uint32_t>{1});  // while the query is still held
+  EXPECT_EQ(create_out.status, 201) << create_out.body;
+  store_.release(FakeStore::kLogs);
+  EXPECT_EQ(sink_.wait_for(2), (std::vector<uint32_t>{1, 0}));
+  EXPECT_EQ(log_out.status, 200) << log_out.body;
+  EXPECT_EQ(executor.stats().executed_total, 2u);
+}
+
+TEST_F(AdminExecutorTest, AFullLogQueueAnswers503AtOnceAndTheOtherRoutesGoOn) {
+  AdminExecutor::Options o = options();
+  o.log_queue_max = 1;
+  AdminExecutor executor(store_, apis_, std::move(o));
+  store_.hold(FakeStore::kLogs);
+  std::vector<AdminResponse> out(4);
+  executor.submit(request("GET", "/admin/logs"), &out[0], ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_calls(1, FakeStore::kLogs));  // running, so no longer queued
+  executor.submit(request("GET", "/admin/logs"), &out[1], ResumeTicket(&sink_, 1, 0));
+  executor.submit(request("GET", "/admin/logs"), &out[2], ResumeTicket(&sink_, 2, 0));
+  EXPECT_EQ(sink_.posted(), std::vector<uint32_t>{2});
+  EXPECT_EQ(out[2].status, 503);
+  executor.submit(request("GET", "/admin/apis"), &out[3], ResumeTicket(&sink_, 3, 0));
+  EXPECT_EQ(sink_.wait_for(2), (std::vector<uint32_t>{2, 3}));
+  EXPECT_EQ(out[3].status, 200);
+  store_.release(FakeStore::kLogs);
+  EXPECT_EQ(sink_.wait_for(4), (std::vector<uint32_t>{2, 3, 0, 1}));
+  EXPECT_EQ(executor.stats().rejected_total, 1u);
 }
 
 }  // namespace
