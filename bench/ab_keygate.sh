@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# ab_keygate.sh: A/B of two keygate binaries on GET /healthz, to tell whether a change costs
-# anything on the request path. Both run one worker pinned to SERVER_CPU (default 0), started
-# side by side on loopback ports; wrk -t1 -c50 on CLIENT_CPU (default 1) drives them in
-# alternating pairs (A,B then B,A ...). Prints per pair the server CPU µs/request (utime+stime
+# ab_keygate.sh: A/B of two keygate binaries on GET /healthz (or, with AUTH=1, an auth-check
+# request: GET /demo/items/42?x=1 with a key in X-ApiKey, the key created through the admin
+# API first), to tell whether a change costs anything on the request path. Both run one worker
+# pinned to SERVER_CPU (default 0), started side by side on loopback ports; wrk -t1 -c50 on
+# CLIENT_CPU (default 1) drives them in alternating pairs (A,B then B,A ...). Prints per pair the server CPU µs/request (utime+stime
 # of the process over the run / requests) and requests/s, then the medians.
 #
-# Usage: bench/ab_keygate.sh BIN_A BIN_B [PAIRS (6)] [SECONDS (5)]
+# Usage: [AUTH=1] bench/ab_keygate.sh BIN_A BIN_B [PAIRS (6)] [SECONDS (5)]
 # Every process it starts is stopped on exit; its temp dir is removed.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 readonly A=$1 B=$2 PAIRS=${3:-6} SECONDS_PER_RUN=${4:-5}
@@ -23,9 +24,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+readonly AUTH=${AUTH:-0} ADMIN_KEY=ab-keygate-admin-key-0000 DEMO_KEY=ab-keygate-demo-key-0123456789
+printf '[[apis]]\nname = "demo"\nroutes = ["/demo"]\n' >"$tmp/keygate.toml"
 start() {  # binary port dir
   mkdir -p "$3"
-  KEYGATE_BOOTSTRAP_ADMIN_KEY=ab-keygate-admin-key-0000 taskset -c "$SERVER_CPU" "$1" \
+  KEYGATE_BOOTSTRAP_ADMIN_KEY=$ADMIN_KEY taskset -c "$SERVER_CPU" "$1" \
+    --config "$tmp/keygate.toml" \
     --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$(($2 + 1))" --data-dir "$3/data" \
     --workers 1 >"$3/out" 2>&1 &
   pids+=($!)
@@ -40,12 +44,25 @@ for port in 18200 18210; do
   done
 done
 
+path=/healthz
+wrk_args=()
+if [ "$AUTH" = 1 ]; then
+  path="/demo/items/42?x=1"
+  wrk_args=(-H "X-ApiKey: $DEMO_KEY")
+  for port in 18201 18211; do
+    curl -fsS -o /dev/null -X POST -H "X-ApiKey: $ADMIN_KEY" -H 'Content-Type: application/json' \
+      --data "{\"key\":\"$DEMO_KEY\",\"apis\":[\"demo\"]}" "http://127.0.0.1:$port/admin/keys"
+    curl -fsS -o /dev/null -H "X-ApiKey: $DEMO_KEY" "http://127.0.0.1:$((port - 1))$path"
+  done
+fi
+
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 readonly hz=$(getconf CLK_TCK)
 run() {  # pid port -> "cpu_us_per_request requests_per_s"
   local t0 t1 out
   t0=$(ticks "$1")
-  out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "http://127.0.0.1:$2/healthz")
+  out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c50 -d"${SECONDS_PER_RUN}s" "${wrk_args[@]}" \
+    "http://127.0.0.1:$2$path")
   t1=$(ticks "$1")
   awk -v t0="$t0" -v t1="$t1" -v hz="$hz" '
     /requests in/ {n = $1} /Requests\/sec/ {r = $2}
