@@ -3,14 +3,15 @@
 # request: GET /demo/items/42?x=1 with a key in X-ApiKey, the key created through the admin
 # API first), to tell whether a change costs anything on the request path. Both run one worker
 # pinned to SERVER_CPU (default 0), started side by side on loopback ports; wrk -t1 -c50 on
-# CLIENT_CPU (default 1) drives them in alternating pairs (A,B then B,A ...). Prints per pair the server CPU µs/request (utime+stime
-# of the process over the run / requests) and requests/s, then the medians.
+# CLIENT_CPU (default 1) drives them in alternating pairs (A,B then B,A ...). Prints per pair
+# the server CPU µs/request (utime+stime of the process over the run / requests) and
+# requests/s, then the medians.
 #
 # Usage: [AUTH=1] bench/ab_keygate.sh BIN_A BIN_B [PAIRS (6)] [SECONDS (5)]
 # Every process it starts is stopped on exit; its temp dir is removed.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 readonly A=$1 B=$2 PAIRS=${3:-6} SECONDS_PER_RUN=${4:-5}
