@@ -79,7 +79,7 @@ Handler::Result AdminHandler::handle(const HttpRequest& request, ResponseWriter&
     return fetch_key(digest, State::Phase::kLookup, ctx);
   }
   const Result r = admit(resolved, response, ctx, nullptr);
-  note_key_value(request, ctx);
+  note_key_value(request, resolved, ctx);
   return r;
 }
 
@@ -102,7 +102,7 @@ Handler::Result AdminHandler::handle_head(const HttpRequest& request, ResponseWr
     return fetch_key(digest, State::Phase::kHeadLookup, ctx);
   }
   if (refused(resolved, response, ctx)) {
-    note_key_value(request, ctx);
+    note_key_value(request, resolved, ctx);
     return Result::kDone;
   }
   // Admitted: handle() notes the key once the body is read (a note now would capture the
@@ -124,7 +124,7 @@ Handler::Result AdminHandler::resume_head(const HttpRequest& request, ResponseWr
   }
   const bool no = refused(resolved, response, ctx);
   if (no) {
-    note_key_value(request, ctx);
+    note_key_value(request, resolved, ctx);
   } else {
     ctx.access = AccessNote{};  // as in handle_head()
   }
@@ -141,10 +141,13 @@ Handler::Result AdminHandler::resume_head(const HttpRequest& request, ResponseWr
   return no ? Result::kDone : Result::kNeedBody;
 }
 
-void AdminHandler::note_key_value(const HttpRequest& request, RequestContext& ctx) noexcept {
-  // The access log scrubs the value from the record's path and captures, whatever the decision
-  // (admin requests are few: extracting again costs nothing that matters).
-  ctx.access.key_value = authenticator_.extracted_key(request);
+void AdminHandler::note_key_value(const HttpRequest& request,
+                                  const Authenticator::Result& resolved,
+                                  RequestContext& ctx) noexcept {
+  // The access log scrubs the value from the record's path and captures, whatever the decision:
+  // the value resolve() saw, or (a fetch's result carries none) the request's, extracted again.
+  ctx.access.key_value =
+      !resolved.presented.empty() ? resolved.presented : authenticator_.extracted_key(request);
 }
 
 Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter& response,
@@ -162,7 +165,7 @@ Handler::Result AdminHandler::resume(const HttpRequest& request, ResponseWriter&
       }
       // The record may live in state->lookup: decide before the state is reused or given back.
       const Result r = admit(resolved, response, ctx, state);
-      note_key_value(request, ctx);
+      note_key_value(request, resolved, ctx);
       if (r == Result::kDone) {
         ctx.state = nullptr;
         give_back(state);

@@ -110,8 +110,9 @@ class AdminHandler final : public Handler {
   void write_console(const HttpRequest& request, ResponseWriter& response) noexcept;
   // Starts fetching the key the cache does not hold; the request resumes in `phase`.
   Result fetch_key(const KeyDigest& digest, State::Phase phase, RequestContext& ctx) noexcept;
-  // For a capturing admin key: tells the access log the key's value (see AccessNote).
-  void note_key_value(const HttpRequest& request, RequestContext& ctx) noexcept;
+  // Tells the access log the presented key value, for every admin request (see AccessNote).
+  void note_key_value(const HttpRequest& request, const Authenticator::Result& resolved,
+                      RequestContext& ctx) noexcept;
   // Writes the answer when the resolved key may not call the admin API (true); sets the access
   // note's key fields either way (views into the record).
   bool refused(const Authenticator::Result& resolved, ResponseWriter& response,

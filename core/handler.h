@@ -60,7 +60,7 @@ struct AccessNote {
   std::string_view key_id;     // the identified key; empty: none
   std::string_view user;
   std::string_view api;
-  std::string_view key_value;  // the plaintext the request carried (scrubbed from captures)
+  std::string_view key_value;  // the plaintext the request carried (scrubbed from path, captures)
   bool log_request = false;    // the key asks for its requests to be captured
   bool log_response = false;   // ... and/or its responses
 };
