@@ -901,13 +901,12 @@ enum class Listing : uint8_t { kKeys, kUsers };
 // percent-encodes them; hex digits mean nothing, so a cursor put into a URL as it came (or
 // encoded anyway) still names exactly the same bytes.
 std::string user_cursor(std::string_view name) {
-  static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
   out.reserve(2 * name.size());
   for (char c : name) {
     const auto u = static_cast<unsigned char>(c);
-    out += kHex[u >> 4];
-    out += kHex[u & 0xf];
+    out += kHexDigits[u >> 4];
+    out += kHexDigits[u & 0xf];
   }
   return out;
 }

@@ -270,14 +270,13 @@ size_t chunked_codings(std::string_view transfer_encoding) noexcept {
 
 void append_chunk(std::string_view data, std::string& out) noexcept {
   if (data.empty()) return;
-  static constexpr char kHex[] = "0123456789abcdef";
   char size_line[20];
   size_t n = sizeof(size_line);
   size_line[--n] = '\n';
   size_line[--n] = '\r';
   size_t v = data.size();
   do {
-    size_line[--n] = kHex[v & 15];
+    size_line[--n] = kHexDigits[v & 15];
     v >>= 4;
   } while (v != 0);
   out.append(size_line + n, sizeof(size_line) - n);

@@ -42,6 +42,9 @@ constexpr bool header_name_is_like(std::string_view name, std::string_view other
   return name.size() == other.size() && header_name_starts_like(name, other);
 }
 
+// The hex digits, lower case: kHexDigits[v] for v in 0..15 (hex_value's inverse).
+inline constexpr char kHexDigits[] = "0123456789abcdef";
+
 // The value of one hex digit (either case), or -1 for any other character.
 constexpr int hex_value(char c) noexcept {
   if (c >= '0' && c <= '9') return c - '0';

@@ -1,5 +1,7 @@
 #include "core/json_text.h"
 
+#include "core/http_request.h"
+
 namespace keygate {
 
 namespace {
@@ -31,10 +33,9 @@ unsigned escaped_code_point(std::string_view s, size_t i, size_t* len) {
 }  // namespace
 
 void append_json_string(std::string& out, std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
   const auto append_escape = [&](unsigned cp) {
     out.append("\\u");
-    for (int shift = 12; shift >= 0; shift -= 4) out.push_back(kHex[(cp >> shift) & 0xf]);
+    for (int shift = 12; shift >= 0; shift -= 4) out.push_back(kHexDigits[(cp >> shift) & 0xf]);
   };
   out.push_back('"');
   for (size_t i = 0; i < s.size(); ++i) {
