@@ -91,6 +91,7 @@ Failure random_failed() { return failure(500, "internal_error", "the random sour
 AdminResponse error_response(const Failure& f) {
   AdminResponse response;
   response.status = f.status;
+  response.error_code = f.code;
   std::string& out = response.body;
   out.reserve(64 + f.message.size() + (f.field ? f.field->size() : 0));
   out += "{\"error\":";

@@ -161,6 +161,8 @@ struct AdminResponse {
   std::string body;          // JSON (empty for 204)
   std::string_view allow;    // for 405: the Allow header value
   bool challenge = false;    // a 401 for the key: add WWW-Authenticate
+  // An error answer's code (static text, as in the body): the access record's reason.
+  std::string_view error_code;
 };
 
 struct AdminContext {

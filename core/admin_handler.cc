@@ -267,6 +267,7 @@ void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& respon
     return;
   }
   response.start(out.status);
+  response.set_error_code(out.error_code);
   // Nothing the admin API answers may be kept by a browser or an intermediary: create and rotate
   // answers carry a plaintext key, the rest key records and access-log contents.
   response.header("Cache-Control", "no-store");

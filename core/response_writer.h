@@ -37,6 +37,10 @@ class ResponseWriter {
   void finish_error(std::string_view code, std::string_view message,
                     bool field_null = false) noexcept;
 
+  // Names the error code (static text) of an error answer written with finish(), whose body
+  // the caller formatted itself (the admin API's): error_code() then reports it.
+  void set_error_code(std::string_view code) noexcept { error_code_ = code; }
+
   // The request was HTTP/1.0: a kept-alive connection must then say "Connection: keep-alive"
   // (1.0 clients assume close otherwise). Call before finish().
   void http10_client() noexcept { http10_ = true; }

@@ -64,9 +64,42 @@ void cut_captured_bodies(const AccessRecord& r, CapturedMessage* req, CapturedMe
 
 }  // namespace
 
+void ReasonCounters::bump(std::string_view code) noexcept {
+  if (code.empty()) return;
+  const uint32_t used = used_.load(std::memory_order_relaxed);  // this thread is the only writer
+  for (uint32_t i = 0; i < used; ++i) {
+    Slot& slot = slots_[i];
+    if (code.size() == slot.length && std::memcmp(code.data(), slot.name, code.size()) == 0) {
+      net::bump(slot.count);
+      return;
+    }
+  }
+  if (used == kSlots || code.size() > kNameMax || code == "other") {
+    net::bump(other_);
+    return;
+  }
+  Slot& slot = slots_[used];
+  std::memcpy(slot.name, code.data(), code.size());
+  slot.length = static_cast<uint8_t>(code.size());
+  slot.count.store(1, std::memory_order_relaxed);
+  used_.store(used + 1, std::memory_order_release);  // the name before it can be read
+}
+
+// One per access record, whether or not the log is on.
+void Worker::Impl::count_response(const Connection* c, int status, std::string_view reason) {
+  const size_t listener = c->listener < WorkerStats::kListeners ? c->listener : 0;
+  const size_t slot = status >= 100 && static_cast<size_t>(status) < WorkerStats::kStatusSlots
+                          ? static_cast<size_t>(status)
+                          : 0;
+  bump(stats.responses[listener][slot]);
+  stats.reasons[listener].bump(reason);
+}
+
 void Worker::Impl::log_begin(Connection* c, const HttpRequest* request) {
   RequestLog& l = c->rlog;
-  if (access_sink == nullptr || l.active) return;
+  if (l.open) return;
+  l.open = true;
+  if (access_sink == nullptr) return;
   l.active = true;
   l.start_us = wall_us();
   l.id = (static_cast<uint64_t>(index) << 48) | ++request_counter;
@@ -149,6 +182,9 @@ void RequestLog::response_body(std::string_view data, size_t wire_bytes) {
 void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
                            std::string_view response_text) {
   RequestLog& l = c->rlog;
+  if (!l.open) return;
+  l.open = false;
+  count_response(c, status, reason);
   if (!l.active) return;
   learn_peer(c);
   // "ip:port" without snprintf (a measurable share of a small record's cost).
@@ -248,8 +284,7 @@ const char* Worker::Impl::abandoned_reason(const Connection* c) {
 // `status` (499, or what the handler did anyway: Handler::abandon()). Nothing when there is no such request: the
 // connection's last record was written (close_after_send, lingering), or none began.
 void Worker::Impl::log_abandoned(Connection* c, int status) {
-  if (access_sink == nullptr) return;
-  if (!c->rlog.active) {
+  if (!c->rlog.open) {
     // A listener that does not stop at heads begins a record only once the body is in: a
     // request abandoned mid-body begins its record here, from the head the parser holds.
     if (c->close_after_send || c->lingering) return;

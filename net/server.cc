@@ -128,6 +128,19 @@ Server::Stats Server::stats() const {
     s.parse_errors += w.parse_errors.load(std::memory_order_relaxed);
     s.timeouts += w.timeouts.load(std::memory_order_relaxed);
     s.upstream_retries += w.upstream_retries.load(std::memory_order_relaxed);
+    for (size_t l = 0; l < WorkerStats::kListeners; ++l) {
+      for (size_t i = 0; i < WorkerStats::kStatusSlots; ++i) {
+        s.responses[l][i] += w.responses[l][i].load(std::memory_order_relaxed);
+      }
+      w.reasons[l].for_each([&](std::string_view code, uint64_t count) {
+        const auto at = s.reasons[l].find(code);
+        if (at != s.reasons[l].end()) {
+          at->second += count;
+        } else {
+          s.reasons[l].emplace(code, count);
+        }
+      });
+    }
   }
   s.admin_connections_refused = running->admin_budget.refused();
   return s;

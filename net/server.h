@@ -4,14 +4,17 @@
 // failed), so start-up errors surface as one clear message before anything is served.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
 #include "core/handler.h"
+#include "net/worker.h"
 
 namespace keygate::net {
 
@@ -71,6 +74,11 @@ class Server {
     uint64_t parse_errors = 0;
     uint64_t timeouts = 0;
     uint64_t upstream_retries = 0;
+    // Answers by listener (0: data port, 1: admin port), summed over the workers (see
+    // WorkerStats): by status (index = status; 0 = outside 100-599), and by reason code.
+    std::array<std::array<uint64_t, WorkerStats::kStatusSlots>, WorkerStats::kListeners>
+        responses{};
+    std::array<std::map<std::string, uint64_t, std::less<>>, WorkerStats::kListeners> reasons;
   };
   Stats stats() const;
 

@@ -735,7 +735,7 @@ void Worker::Impl::release(Connection* c) {
   c->peer_ip[0] = '\0';
   c->peer_port = 0;
   // Every request that began was logged: by its response, or by close_conn()/on_posted().
-  KEYGATE_ASSERT(!c->rlog.active);
+  KEYGATE_ASSERT(!c->rlog.open);
   --live;
   --open[c->listener];
   if (listeners[c->listener].budget != nullptr) listeners[c->listener].budget->give_back();

@@ -9,6 +9,7 @@
 // kernel stays owned by its operation until its completion is reaped.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -21,6 +22,42 @@
 #include "core/permissions.h"
 
 namespace keygate::net {
+
+// Counts by reason code (short names: every code keygate writes is a literal of its own),
+// without a lock or an allocation: a fixed table the worker fills as codes first appear. Written
+// by one thread (the worker); read by any, each slot's name published before its count is read.
+// Codes beyond the table's room or longer than kNameMax bytes are counted under "other".
+class ReasonCounters {
+ public:
+  static constexpr size_t kSlots = 64;
+  static constexpr size_t kNameMax = 47;
+
+  // The worker thread only. An empty code counts nothing.
+  void bump(std::string_view code) noexcept;
+  // Calls f(name, count) for every code seen so far, "other" last when it counted any.
+  // Any thread.
+  template <typename F>
+  void for_each(F&& f) const {
+    const uint32_t used = used_.load(std::memory_order_acquire);
+    for (uint32_t i = 0; i < used; ++i) {
+      f(std::string_view(slots_[i].name, slots_[i].length),
+        slots_[i].count.load(std::memory_order_relaxed));
+    }
+    if (const uint64_t other = other_.load(std::memory_order_relaxed); other != 0) {
+      f(std::string_view("other"), other);
+    }
+  }
+
+ private:
+  struct Slot {
+    char name[kNameMax];
+    uint8_t length = 0;
+    std::atomic<uint64_t> count{0};
+  };
+  std::array<Slot, kSlots> slots_{};
+  std::atomic<uint32_t> used_{0};
+  std::atomic<uint64_t> other_{0};
+};
 
 // Counters a worker keeps for itself (read by tests and, later, metrics). Written only by the
 // worker thread; read after the worker stopped or as relaxed snapshots.
@@ -37,6 +74,13 @@ struct WorkerStats {
   std::atomic<uint64_t> timeouts{0};
   // Requests sent again on a new connection after a pooled one failed (retry_forward).
   std::atomic<uint64_t> upstream_retries{0};
+  // Answers by listener (0: data port, 1: admin port), one per access record (whether or not
+  // the access log is on): by status (index = status, 100-599; any other status at 0) and by
+  // the record's reason code (the error code of a refusal, "client_closed", ...).
+  static constexpr size_t kListeners = 2;
+  static constexpr size_t kStatusSlots = 600;
+  std::array<std::array<std::atomic<uint64_t>, kStatusSlots>, kListeners> responses{};
+  std::array<ReasonCounters, kListeners> reasons;
 };
 
 // A cap on one listener's open connections in all workers together (the admin port's

@@ -77,7 +77,8 @@ struct UpConn;
 // The access-log state of the request a connection is serving (request_log.cc). Strings keep
 // their capacity between requests.
 struct RequestLog {
-  bool active = false;
+  bool open = false;    // a request began and its record (counted in WorkerStats) did not end
+  bool active = false;  // open, with the access log on: the record is being collected
   int64_t start_us = 0;  // wall clock, Unix microseconds
   uint64_t id = 0;
   std::string method;
@@ -347,6 +348,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void log_end(Connection* c, int status, std::string_view reason,
                std::string_view response_text);
   void log_abandoned(Connection* c, int status);
+  void count_response(const Connection* c, int status, std::string_view reason);
   static const char* abandoned_reason(const Connection* c);
 
   // Reverse proxy (upstream.cc).

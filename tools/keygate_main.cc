@@ -321,6 +321,20 @@ int main(int argc, char** argv) {
                         {"parse_errors", w.parse_errors},
                         {"timeouts", w.timeouts},
                         {"upstream_retries", w.upstream_retries}}});
+    // data_responses / admin_responses: answers by status ("other": outside 100-599);
+    // data_reasons / admin_reasons: by reason code. Only what was counted at least once.
+    constexpr std::string_view kPorts[] = {"data", "admin"};
+    for (size_t l = 0; l < std::size(kPorts); ++l) {
+      keygate::StatsGroup by_status{std::string(kPorts[l]) + "_responses", true, {}};
+      for (size_t i = 1; i < w.responses[l].size(); ++i) {
+        if (w.responses[l][i] != 0) by_status.values.emplace_back(std::to_string(i), w.responses[l][i]);
+      }
+      if (w.responses[l][0] != 0) by_status.values.emplace_back("other", w.responses[l][0]);
+      groups->push_back(std::move(by_status));
+      keygate::StatsGroup by_reason{std::string(kPorts[l]) + "_reasons", true, {}};
+      for (const auto& [code, count] : w.reasons[l]) by_reason.values.emplace_back(code, count);
+      groups->push_back(std::move(by_reason));
+    }
     const keygate::storage::KeyService::Stats k = keys.stats();
     groups->push_back({"keys",
                        true,

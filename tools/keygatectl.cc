@@ -221,10 +221,12 @@ constexpr std::string_view kStatsHelp = R"(Usage: keygatectl [global options] st
 
 Prints keygate's counters as a table (GROUP, COUNTER, VALUE), read when asked
 (GET /admin/stats): "workers" (connections accepted and refused, requests, parse errors,
-timeouts, upstream retries, summed over the workers), "keys" (the key cache), "access_log"
-(records enqueued, written, dropped, still queued, the backlog, segments; "off" when the
-access log is disabled) and "admin" (admin requests run and refused). With --json, the
-server's object as is.
+timeouts, upstream retries, summed over the workers), "data_responses" and
+"admin_responses" (answers on each port by status, e.g. 200, 401, 502), "data_reasons" and
+"admin_reasons" (by error code, e.g. invalid_api_key, upstream_timeout, client_closed),
+"keys" (the key cache), "access_log" (records enqueued, written, dropped, still queued, the
+backlog, segments; "off" when the access log is disabled) and "admin" (admin requests run
+and refused). With --json, the server's object as is.
 )";
 
 constexpr std::string_view kLogsHelp = R"(Usage: keygatectl [global options] logs [options]

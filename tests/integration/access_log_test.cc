@@ -732,6 +732,14 @@ TEST_F(AccessLogTest, RecordsEveryOutcomeOnBothListenersWithIncreasingSeq) {
     responses.push_back(round_trip(server_->admin_port(), e.request));
     expected.push_back(std::move(e));
   }
+  {
+    // An admin API error: its code is the record's reason, as on the data port.
+    Expect e{"admin", "GET", "/admin/keys/no-such-id", 404, bootstrap_id, "admin", "not_found", ""};
+    e.request = http_request("GET", "/admin/keys/no-such-id",
+                             {"X-ApiKey: " + std::string(kBootstrapAdminKey)});
+    responses.push_back(round_trip(server_->admin_port(), e.request));
+    expected.push_back(std::move(e));
+  }
   send_data({"data", "GET", "/bytes/100", 200, ok_id, "proxied", "",
              http_request("GET", "/bytes/100", {"X-ApiKey: " + ok_key})});
 

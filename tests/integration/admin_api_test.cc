@@ -116,6 +116,9 @@ class AdminApi : public RunningServer {
     return k;
   }
 
+  // StatsCountAnswersByPortStatusAndReason, with the access log on or off.
+  void expect_answers_counted();
+
   const std::string admin_value_ = "it-admin-" + random_hex(24);
 };
 
@@ -451,6 +454,80 @@ TEST_F(AdminApi, ARequestWithABodyIsCountedOnce) {
                 stats_counter(before->body, "workers", "requests"),
             2)
       << before->body << "\n" << after->body;
+}
+
+// The growth of stats counter group/name between two GET /admin/stats bodies (a counter not
+// yet in a group counts as 0: the answer groups list only what was counted).
+int64_t stats_growth(std::string_view before, std::string_view after, std::string_view group,
+                     std::string_view name) {
+  return std::max<int64_t>(stats_counter(after, group, name), 0) -
+         std::max<int64_t>(stats_counter(before, group, name), 0);
+}
+
+// Answers are counted by port, status and reason code — one count per access record, so the
+// same whether or not the access log is on. A request the client abandons mid-body counts as
+// 499 client_closed.
+void AdminApi::expect_answers_counted() {
+  AdminApi& t = *this;
+  const std::optional<Response> before = t.admin("GET", "/admin/stats");
+  ASSERT_TRUE(status_is(before, 200));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(status_is(t.data("/orders/1", "no-such-key"), 401));
+  ASSERT_TRUE(status_is(round_trip(server_->data_port(), http_request("GET", "/orders/1", {})), 401));
+  ASSERT_TRUE(status_is(t.data("/nowhere", "no-such-key"), 404));
+  ASSERT_TRUE(status_is(t.admin("GET", "/admin/keys/no-such-id"), 404));
+  {
+    std::string request = http_request("POST", "/orders/mid-body", {"X-ApiKey: x"},
+                                       std::string(1000, 'b'));
+    request.resize(request.size() - 900);
+    RawClient c;
+    ASSERT_TRUE(c.connect(server_->data_port()));
+    ASSERT_TRUE(c.send(request));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    c.close();
+  }
+  // The abandoned request is counted when its worker sees the connection end.
+  std::optional<Response> after;
+  for (int attempt = 0; attempt < 60; ++attempt) {
+    after = t.admin("GET", "/admin/stats");
+    ASSERT_TRUE(status_is(after, 200));
+    if (stats_growth(before->body, after->body, "data_reasons", "client_closed") >= 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const std::string& b = before->body;
+  const std::string& a = after->body;
+  EXPECT_EQ(stats_growth(b, a, "data_responses", "401"), 4) << b << "\n" << a;
+  EXPECT_EQ(stats_growth(b, a, "data_responses", "404"), 1) << a;
+  EXPECT_EQ(stats_growth(b, a, "data_responses", "499"), 1) << a;
+  EXPECT_EQ(stats_growth(b, a, "data_responses", "200"), 0) << a;
+  EXPECT_EQ(stats_growth(b, a, "data_reasons", "invalid_api_key"), 3) << a;
+  EXPECT_EQ(stats_growth(b, a, "data_reasons", "missing_api_key"), 1) << a;
+  EXPECT_EQ(stats_growth(b, a, "data_reasons", "no_route"), 1) << a;
+  EXPECT_EQ(stats_growth(b, a, "data_reasons", "client_closed"), 1) << a;
+  // The admin port's own: the 404 and at least the first stats request (200, no reason).
+  EXPECT_EQ(stats_growth(b, a, "admin_responses", "404"), 1) << a;
+  EXPECT_GE(stats_growth(b, a, "admin_responses", "200"), 1) << a;
+  EXPECT_EQ(stats_growth(b, a, "admin_reasons", "not_found"), 1) << a;
+  EXPECT_EQ(stats_counter(a, "admin_reasons", "invalid_api_key"), -1) << a;
+}
+
+TEST_F(AdminApi, StatsCountAnswersByPortStatusAndReason) {
+  expect_answers_counted();
+}
+
+class AdminApiLogOff : public AdminApi {
+ protected:
+  ServerOptions server_options() override {
+    ServerOptions options = admin_server_options(admin_value_);
+    options.extra_config += "\n[log]\nenabled = false\n";
+    return options;
+  }
+};
+
+TEST_F(AdminApiLogOff, StatsCountAnswersByPortStatusAndReasonWithTheAccessLogOff) {
+  const std::optional<Response> stats = admin("GET", "/admin/stats");
+  ASSERT_TRUE(status_is(stats, 200));
+  ASSERT_NE(stats->body.find("\"access_log\":null"), std::string::npos) << stats->body;
+  expect_answers_counted();
 }
 
 // --- Every error code ---------------------------------------------------------------------------

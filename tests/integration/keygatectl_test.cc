@@ -22,6 +22,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -657,11 +658,20 @@ TEST_F(Keygatectl, StatsPrintsEveryGroupsCounters) {
   ASSERT_TRUE(round_trip(server_->data_port(), http_request("GET", "/healthz")).has_value());
   const CtlRun table = ctl({"stats"});
   ASSERT_TRUE(table.exited_with(0)) << table.describe();
-  EXPECT_TRUE(table.out.starts_with("GROUP       COUNTER")) << table.describe();
-  for (std::string_view row : {"\nworkers     requests ", "\nkeys        cached_keys ",
-                               "\naccess_log  enqueued ", "\naccess_log  dropped ",
-                               "\nadmin       executed_total "}) {
-    EXPECT_TRUE(contains(table.out, row)) << row << "\n" << table.describe();
+  // Columns as wide as their longest cell ("data_responses"): a row is its group, spaces, its
+  // counter, spaces, its value.
+  const auto has_row = [&](std::string_view group, std::string_view counter) {
+    const std::regex row("(^|\n)" + std::string(group) + " +" + std::string(counter) +
+                         " +[0-9]+\n");
+    return std::regex_search(table.out, row);
+  };
+  EXPECT_TRUE(std::regex_search(table.out, std::regex("^GROUP +COUNTER +VALUE\n")))
+      << table.describe();
+  for (const auto& [group, counter] :
+       std::vector<std::pair<std::string_view, std::string_view>>{
+           {"workers", "requests"}, {"keys", "cached_keys"}, {"access_log", "enqueued"},
+           {"access_log", "dropped"}, {"admin", "executed_total"}, {"data_responses", "200"}}) {
+    EXPECT_TRUE(has_row(group, counter)) << group << " " << counter << "\n" << table.describe();
   }
   const CtlRun json = ctl({"stats", "--json"});
   ASSERT_TRUE(json.exited_with(0)) << json.describe();
