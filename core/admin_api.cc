@@ -239,7 +239,8 @@ enum class Route : uint8_t {
   kUser,
   kApis,
   kLogs,
-  kStats
+  kStats,
+  kMetrics
 };
 
 struct RouteMatch {
@@ -279,6 +280,7 @@ RouteMatch match_route(std::string_view path) noexcept {
   if (segments[0] == "apis" && count == 1) return {Route::kApis, {}};
   if (segments[0] == "logs" && count == 1) return {Route::kLogs, {}};
   if (segments[0] == "stats" && count == 1) return {Route::kStats, {}};
+  if (segments[0] == "metrics" && count == 1) return {Route::kMetrics, {}};
   return {};
 }
 
@@ -296,6 +298,7 @@ std::string_view allowed_methods(Route route) noexcept {
     case Route::kApis:
     case Route::kLogs:
     case Route::kStats:
+    case Route::kMetrics:
       return "GET";
     case Route::kNone:
       break;
@@ -1467,6 +1470,79 @@ AdminResponse instance_stats(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
+// The same counters in the Prometheus text exposition format (version 0.0.4), for scrapers.
+// Metric names keep only [a-zA-Z0-9_] (anything else becomes '_'); label values are escaped as
+// the format asks (backslash, double quote, line feed). Every series of a metric follows its
+// one TYPE line, also when several groups feed it (data_responses and admin_responses).
+void append_metric_name(std::string& out, std::string_view text) {
+  for (const char c : text) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    out += ok ? c : '_';
+  }
+}
+
+void append_label_value(std::string& out, std::string_view text) {
+  for (const char c : text) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+}
+
+AdminResponse instance_metrics(const AdminContext& ctx) {
+  std::vector<StatsGroup> groups;
+  if (ctx.stats) ctx.stats(&groups);
+  std::string out;
+  std::vector<std::pair<std::string, std::string>> labelled;  // metric, its series
+  for (const StatsGroup& group : groups) {
+    if (!group.present) continue;
+    if (!group.metric.empty()) {
+      std::string metric = "keygate_";
+      append_metric_name(metric, group.metric);
+      auto at = std::find_if(labelled.begin(), labelled.end(),
+                             [&](const auto& m) { return m.first == metric; });
+      if (at == labelled.end()) at = labelled.insert(labelled.end(), {metric, {}});
+      for (const auto& [name, value] : group.values) {
+        std::string& series = at->second;
+        series += metric;
+        series += '{';
+        if (!group.labels.empty()) series.append(group.labels).append(",");
+        append_metric_name(series, group.label);
+        series += "=\"";
+        append_label_value(series, name);
+        series += "\"} ";
+        series += std::to_string(value);
+        series += '\n';
+      }
+      continue;
+    }
+    for (const auto& [name, value] : group.values) {
+      const bool gauge =
+          std::find(group.gauges.begin(), group.gauges.end(), name) != group.gauges.end();
+      std::string metric = "keygate_";
+      append_metric_name(metric, group.name);
+      metric += '_';
+      append_metric_name(metric, name);
+      if (!gauge && !metric.ends_with("_total")) metric += "_total";
+      out.append("# TYPE ").append(metric).append(gauge ? " gauge\n" : " counter\n");
+      out.append(metric).append(" ").append(std::to_string(value)).append("\n");
+    }
+  }
+  for (const auto& [metric, series] : labelled) {
+    out.append("# TYPE ").append(metric).append(" counter\n").append(series);
+  }
+  AdminResponse response;
+  response.status = 200;
+  response.body = std::move(out);
+  response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  return response;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Access log
 
@@ -1713,6 +1789,8 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
       return query_logs(request, store);
     case Route::kStats:
       return instance_stats(ctx);
+    case Route::kMetrics:
+      return instance_metrics(ctx);
     case Route::kNone:
       break;
   }

@@ -139,6 +139,15 @@ struct StatsGroup {
   std::string name;
   bool present = true;
   std::vector<std::pair<std::string, uint64_t>> values;  // in this order
+  // How GET /admin/metrics (Prometheus text format) shows the group. Empty `metric`: each value
+  // is a metric of its own, keygate_<group>_<value> (counters with a "_total" suffix). Else
+  // every value is one series of the counter `metric`, labelled `labels` (e.g. port="data")
+  // and its name as the label `label` (e.g. status="200"); groups may share a metric.
+  std::string metric;
+  std::string labels;
+  std::string label;
+  // Values (by name) that are gauges, moving both ways; the others are counters.
+  std::vector<std::string> gauges;
 };
 
 struct AdminRequest {
@@ -163,6 +172,8 @@ struct AdminResponse {
   bool challenge = false;    // a 401 for the key: add WWW-Authenticate
   // An error answer's code (static text, as in the body): the access record's reason.
   std::string_view error_code;
+  // The body's media type (static text); empty: application/json.
+  std::string_view content_type;
 };
 
 struct AdminContext {

@@ -276,7 +276,7 @@ void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& respon
   if (out.status == 204) {
     response.finish({}, {});
   } else {
-    response.finish("application/json", out.body);
+    response.finish(out.content_type.empty() ? "application/json" : out.content_type, out.body);
   }
 }
 

@@ -38,8 +38,9 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options
   context.stats = [this, outer = std::move(options.stats)](std::vector<StatsGroup>* groups) {
     if (outer) outer(groups);
     const Stats s = stats();
-    groups->push_back({"admin", true,
-                       {{"executed_total", s.executed_total}, {"rejected_total", s.rejected_total}}});
+    StatsGroup& admin = groups->emplace_back();
+    admin.name = "admin";
+    admin.values = {{"executed_total", s.executed_total}, {"rejected_total", s.rejected_total}};
   };
   // The log lane runs only the log route, which reads none of the rest (execute_admin wants a
   // random source all the same; it is thread-safe: getrandom, or the caller's).

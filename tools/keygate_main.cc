@@ -310,40 +310,53 @@ int main(int argc, char** argv) {
                                std::vector<keygate::StatsGroup>* groups) {
     const keygate::net::Server::Stats w =
         server.has_value() ? server->stats() : keygate::net::Server::Stats{};
-    groups->push_back({"workers",
-                       true,
-                       {{"workers", w.workers},
-                        {"connections_accepted", w.connections_accepted},
-                        {"connections_refused", w.connections_refused},
-                        {"admin_connections_refused", w.admin_connections_refused},
-                        {"accept_errors", w.accept_errors},
-                        {"requests", w.requests},
-                        {"parse_errors", w.parse_errors},
-                        {"timeouts", w.timeouts},
-                        {"upstream_retries", w.upstream_retries}}});
+    keygate::StatsGroup& worker_group = groups->emplace_back();
+    worker_group.name = "workers";
+    worker_group.values = {{"workers", w.workers},
+                      {"connections_accepted", w.connections_accepted},
+                      {"connections_refused", w.connections_refused},
+                      {"admin_connections_refused", w.admin_connections_refused},
+                      {"accept_errors", w.accept_errors},
+                      {"requests", w.requests},
+                      {"parse_errors", w.parse_errors},
+                      {"timeouts", w.timeouts},
+                      {"upstream_retries", w.upstream_retries}};
+    worker_group.gauges = {"workers"};
     // data_responses / admin_responses: answers by status ("other": outside 100-599);
     // data_reasons / admin_reasons: by reason code. Only what was counted at least once.
     constexpr std::string_view kPorts[] = {"data", "admin"};
     for (size_t l = 0; l < std::size(kPorts); ++l) {
-      keygate::StatsGroup by_status{std::string(kPorts[l]) + "_responses", true, {}};
+      const std::string port_label = "port=\"" + std::string(kPorts[l]) + "\"";
+      keygate::StatsGroup& by_status = groups->emplace_back();
+      by_status.name = std::string(kPorts[l]) + "_responses";
+      by_status.metric = "responses_total";
+      by_status.labels = port_label;
+      by_status.label = "status";
       for (size_t i = 1; i < w.responses[l].size(); ++i) {
-        if (w.responses[l][i] != 0) by_status.values.emplace_back(std::to_string(i), w.responses[l][i]);
+        if (w.responses[l][i] == 0) continue;
+        by_status.values.emplace_back(std::to_string(i), w.responses[l][i]);
       }
       if (w.responses[l][0] != 0) by_status.values.emplace_back("other", w.responses[l][0]);
-      groups->push_back(std::move(by_status));
-      keygate::StatsGroup by_reason{std::string(kPorts[l]) + "_reasons", true, {}};
+      keygate::StatsGroup& by_reason = groups->emplace_back();
+      by_reason.name = std::string(kPorts[l]) + "_reasons";
+      by_reason.metric = "reasons_total";
+      by_reason.labels = port_label;
+      by_reason.label = "reason";
       for (const auto& [code, count] : w.reasons[l]) by_reason.values.emplace_back(code, count);
-      groups->push_back(std::move(by_reason));
     }
     const keygate::storage::KeyService::Stats k = keys.stats();
-    groups->push_back({"keys",
-                       true,
-                       {{"cached_keys", k.cached_keys},
+    keygate::StatsGroup& key_cache = groups->emplace_back();
+    key_cache.name = "keys";
+    key_cache.values = {{"cached_keys", k.cached_keys},
                         {"cache_complete", k.cache_complete ? 1u : 0u},
                         {"evictions_total", k.evictions_total},
                         {"fetches_total", k.fetches_total},
-                        {"fetch_rejected_total", k.fetch_rejected_total}}});
-    keygate::StatsGroup access{"access_log", log != nullptr, {}};
+                        {"fetch_rejected_total", k.fetch_rejected_total}};
+    key_cache.gauges = {"cached_keys", "cache_complete"};
+    keygate::StatsGroup access;
+    access.name = "access_log";
+    access.present = log != nullptr;
+    access.gauges = {"queued", "next_seq", "backlog_records", "backlog_bytes_peak"};
     if (log != nullptr) {
       const keygate::storage::AccessLogStats a = log->stats();
       access.values = {{"enqueued", a.enqueued},

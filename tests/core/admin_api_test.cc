@@ -382,14 +382,14 @@ TEST(AdminRouteShape, IsAdminRouteKnowsEveryRouteAndNothingElse) {
   for (std::string_view path :
        {"/admin/keys", "/admin/keys/import", "/admin/keys/k000000000000", "/admin/keys/x/rotate",
         "/admin/users", "/admin/users/kharnagy%40domain.corp", "/admin/apis", "/admin/logs",
-        "/admin/stats"}) {
+        "/admin/stats", "/admin/metrics"}) {
     EXPECT_TRUE(is_admin_route(path)) << path;
   }
   for (std::string_view path :
        {"", "/", "/admin", "/admin/", "/admin/keys/", "/admin/keys//rotate", "/admin/keys/a/b",
         "/admin/keys/a/rotate/", "/admin/users/a/b", "/admin/apis/x", "/admin/nope", "/adminx/keys",
         "/orders", "/admin/Keys", "/admin//keys", "/admin/logs/", "/admin/logs/x",
-        "/admin/stats/", "/admin/stats/x"}) {
+        "/admin/stats/", "/admin/stats/x", "/admin/metrics/", "/admin/metrics/x"}) {
     EXPECT_FALSE(is_admin_route(path)) << path;
   }
 }
@@ -1630,13 +1630,22 @@ TEST(Rfc3339, RejectsMalformedOrImpossibleTimes) {
 // ---------------------------------------------------------------------------------------------
 // Stats
 
+StatsGroup stats_group(std::string name, bool present,
+                       std::vector<std::pair<std::string, uint64_t>> values) {
+  StatsGroup group;
+  group.name = std::move(name);
+  group.present = present;
+  group.values = std::move(values);
+  return group;
+}
+
 TEST_F(AdminStats, RendersTheGroupsInOrderAndAnAbsentOneAsNull) {
   int calls = 0;
   ctx_.stats = [&](std::vector<StatsGroup>* groups) {
     ++calls;
-    groups->push_back({"workers", true, {{"requests", 12}, {"timeouts", 0}}});
-    groups->push_back({"access_log", false, {}});
-    groups->push_back({"big", true, {{"max", UINT64_MAX}}});
+    groups->push_back(stats_group("workers", true, {{"requests", 12}, {"timeouts", 0}}));
+    groups->push_back(stats_group("access_log", false, {}));
+    groups->push_back(stats_group("big", true, {{"max", UINT64_MAX}}));
   };
   const AdminResponse r = call("GET", "/admin/stats");
   EXPECT_EQ(r.status, 200);
@@ -1650,6 +1659,65 @@ TEST_F(AdminStats, WithoutAProviderTheObjectIsEmpty) {
   const AdminResponse r = call("GET", "/admin/stats");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "{}");
+}
+
+// GET /admin/metrics: the same groups in the Prometheus text format (0.0.4).
+TEST_F(AdminStats, MetricsRenderCountersGaugesAndLabelledSeriesInPrometheusTextFormat) {
+  int calls = 0;
+  ctx_.stats = [&](std::vector<StatsGroup>* groups) {
+    ++calls;
+    StatsGroup workers = stats_group("workers", true, {{"workers", 2}, {"requests", 12}});
+    workers.gauges = {"workers"};
+    groups->push_back(std::move(workers));
+    for (const char* port : {"data", "admin"}) {
+      StatsGroup by_status = stats_group(std::string(port) + "_responses", true,
+                                         {{"200", 7}, {"401", 3}});
+      by_status.metric = "responses_total";
+      by_status.labels = std::string("port=\"") + port + "\"";
+      by_status.label = "status";
+      groups->push_back(std::move(by_status));
+      StatsGroup by_reason =
+          stats_group(std::string(port) + "_reasons", true, {{"odd\"co\\de\n", 1}});
+      by_reason.metric = "reasons_total";
+      by_reason.labels = std::string("port=\"") + port + "\"";
+      by_reason.label = "reason";
+      groups->push_back(std::move(by_reason));
+    }
+    groups->push_back(stats_group("access_log", false, {{"written", 5}}));  // absent: left out
+    groups->push_back(stats_group("keys", true, {{"evictions_total", 4}, {"odd-name.x", 1}}));
+    groups->push_back(stats_group("empty", true, {}));
+  };
+  const AdminResponse r = call("GET", "/admin/metrics");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_EQ(r.body,
+            "# TYPE keygate_workers_workers gauge\n"
+            "keygate_workers_workers 2\n"
+            "# TYPE keygate_workers_requests_total counter\n"
+            "keygate_workers_requests_total 12\n"
+            "# TYPE keygate_keys_evictions_total counter\n"
+            "keygate_keys_evictions_total 4\n"
+            "# TYPE keygate_keys_odd_name_x_total counter\n"
+            "keygate_keys_odd_name_x_total 1\n"
+            "# TYPE keygate_responses_total counter\n"
+            "keygate_responses_total{port=\"data\",status=\"200\"} 7\n"
+            "keygate_responses_total{port=\"data\",status=\"401\"} 3\n"
+            "keygate_responses_total{port=\"admin\",status=\"200\"} 7\n"
+            "keygate_responses_total{port=\"admin\",status=\"401\"} 3\n"
+            "# TYPE keygate_reasons_total counter\n"
+            "keygate_reasons_total{port=\"data\",reason=\"odd\\\"co\\\\de\\n\"} 1\n"
+            "keygate_reasons_total{port=\"admin\",reason=\"odd\\\"co\\\\de\\n\"} 1\n");
+  EXPECT_EQ(calls, 1);
+  const AdminResponse post = call("POST", "/admin/metrics");
+  expect_error(post, 405, "method_not_allowed", std::nullopt);
+  EXPECT_EQ(post.allow, "GET");
+  EXPECT_TRUE(post.content_type.empty());  // errors stay JSON
+}
+
+TEST_F(AdminStats, MetricsWithoutAProviderAreEmpty) {
+  const AdminResponse r = call("GET", "/admin/metrics");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "");
 }
 
 // --- The authenticating key, checked again when the request runs -------------------------------

@@ -530,6 +530,74 @@ TEST_F(AdminApiLogOff, StatsCountAnswersByPortStatusAndReasonWithTheAccessLogOff
   expect_answers_counted();
 }
 
+// A line of the Prometheus text format as keygate writes it: "# TYPE keygate_x counter|gauge",
+// or "keygate_x 12" / "keygate_x{a="v",b="w"} 12" (label values without '"', '\\', LF).
+bool is_exposition_line(std::string_view line) {
+  const auto name_end = [](std::string_view s) {
+    return s.find_first_not_of("abcdefghijklmnopqrstuvwxyz_");
+  };
+  if (line.starts_with("# TYPE ")) {
+    line.remove_prefix(7);
+    if (!line.starts_with("keygate_")) return false;
+    const size_t end = name_end(line);
+    if (end == std::string_view::npos) return false;
+    const std::string_view type = line.substr(end);
+    return type == " counter" || type == " gauge";
+  }
+  if (!line.starts_with("keygate_")) return false;
+  size_t at = name_end(line);
+  if (at == std::string_view::npos) return false;
+  if (line[at] == '{') {
+    do {
+      ++at;
+      const size_t eq = line.find_first_not_of("abcdefghijklmnopqrstuvwxyz", at);
+      if (eq == at || eq == std::string_view::npos || line.substr(eq, 2) != "=\"") return false;
+      const size_t close = line.find('"', eq + 2);
+      if (close == std::string_view::npos) return false;
+      if (line.substr(eq + 2, close - eq - 2).find_first_of("\\\n") != std::string_view::npos) {
+        return false;
+      }
+      at = close + 1;
+    } while (at < line.size() && line[at] == ',');
+    if (at >= line.size() || line[at] != '}') return false;
+    ++at;
+  }
+  const std::string_view value = line.substr(at);
+  return value.size() >= 2 && value[0] == ' ' &&
+         value.find_first_not_of("0123456789", 1) == std::string_view::npos;
+}
+
+// GET /admin/metrics as a Prometheus scraper would fetch it: the key in the query (its
+// scrape_config `params`), a text body in the exposition format, the answers counted so far.
+TEST_F(AdminApi, MetricsServeTheCountersInPrometheusTextFormat) {
+  ASSERT_TRUE(status_is(data("/orders/1", "no-such-key"), 401));
+  ASSERT_TRUE(status_is(data("/nowhere", "no-such-key"), 404));
+  const std::optional<Response> r = round_trip(
+      server_->admin_port(), http_request("GET", "/admin/metrics?key=" + admin_value_, {}));
+  ASSERT_TRUE(status_is(r, 200));
+  EXPECT_EQ(r->header("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+  size_t lines = 0;
+  std::istringstream body(r->body);
+  for (std::string line; std::getline(body, line); ++lines) {
+    EXPECT_TRUE(is_exposition_line(line)) << line;
+  }
+  EXPECT_GT(lines, 20u) << r->body;
+  EXPECT_NE(r->body.find("\nkeygate_responses_total{port=\"data\",status=\"401\"} 1\n"),
+            std::string::npos)
+      << r->body;
+  EXPECT_NE(r->body.find("\nkeygate_reasons_total{port=\"data\",reason=\"no_route\"} 1\n"),
+            std::string::npos)
+      << r->body;
+  EXPECT_NE(r->body.find("\nkeygate_workers_requests_total "), std::string::npos) << r->body;
+  EXPECT_NE(r->body.find("\n# TYPE keygate_keys_cached_keys gauge\n"), std::string::npos)
+      << r->body;
+  EXPECT_EQ(count_of(r->body, "# TYPE keygate_responses_total "), 1u) << r->body;
+  // The key is required, as on every admin route.
+  ASSERT_TRUE(admin_error(
+      round_trip(server_->admin_port(), http_request("GET", "/admin/metrics", {})), 401,
+      "missing_api_key"));
+}
+
 // --- Every error code ---------------------------------------------------------------------------
 
 TEST_F(AdminApi, BadBodiesGetEach400Code) {

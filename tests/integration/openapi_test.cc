@@ -50,7 +50,7 @@ struct Route {
   std::string_view method;
   std::string_view path;
 };
-constexpr std::array<Route, 15> kServerRoutes = {{
+constexpr std::array<Route, 16> kServerRoutes = {{
     {"POST", "/admin/keys"},
     {"GET", "/admin/keys"},
     {"GET", "/admin/keys/{id}"},
@@ -66,6 +66,7 @@ constexpr std::array<Route, 15> kServerRoutes = {{
     {"GET", "/admin/apis"},
     {"GET", "/admin/logs"},
     {"GET", "/admin/stats"},
+    {"GET", "/admin/metrics"},
 }};
 // Served on the admin port besides the admin API: /healthz (core/builtin_handler.cc) and every
 // file of the web console (core/console_assets.h), each with GET and HEAD.
