@@ -636,7 +636,8 @@ Once ready keygate prints one line to stdout, with the ports actually bound and 
 features in use:
   keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
-limits.drain_timeout_ms), exit 0. Exit code 2: bad flags or config; 1: start-up failure.
+limits.drain_timeout_ms), exit 0. SIGHUP, SIGUSR1, SIGUSR2: ignored (said on
+stderr; there is no reload). Exit code 2: bad flags or config; 1: start-up failure.
 
 Environment (docs/configuration.md, "Environment"):
   KEYGATE_BOOTSTRAP_ADMIN_KEY  the admin key created on first start (empty store); unset,

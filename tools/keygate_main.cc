@@ -196,10 +196,12 @@ int main(int argc, char** argv) {
   // size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill keygate, data plane and all;
   // ignored, the write fails with EFBIG instead (the access log then rotates, RocksDB reports
   // an error).
+  // SIGHUP, SIGUSR1 and SIGUSR2 are taken too and only said on stderr: their default action
+  // would end keygate at once, without a drain and with the access log's last records lost,
+  // and SIGHUP is what operators' tools send to make a daemon reload (keygate has no reload).
   sigset_t signals;
   sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
+  for (const int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&signals, sig);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   signal(SIGXFSZ, SIG_IGN);
@@ -244,25 +246,18 @@ int main(int argc, char** argv) {
                  status.message());
     return kExitStartupFailure;
   }
-  if (bootstrap.recovered) {
-    std::fprintf(stderr,
-                 "keygate: the store had no usable admin key (every one deleted, disabled, "
-                 "expired or without admin): creating one with a generated value%s\n",
-                 bootstrap_value != nullptr && *bootstrap_value != '\0'
-                     ? " (KEYGATE_BOOTSTRAP_ADMIN_KEY is for the first start only)"
-                     : "");
-  }
-  if (bootstrap.created) {
-    if (bootstrap.generated_value.empty()) {
-      std::fprintf(stderr, "keygate: created admin key %s from KEYGATE_BOOTSTRAP_ADMIN_KEY\n",
-                   bootstrap.id.c_str());
-    } else {
+  // Said only once keygate is up. A start that fails after this point takes the key back out,
+  // so the next start makes (and shows) one again: a generated value printed by a start that
+  // then failed would be easy to miss, and the next start would see a usable admin key and show
+  // nothing — the operator locked out.
+  const auto startup_failed = [&]() {
+    if (bootstrap.created && !keys.delete_key(bootstrap.id).is_ok()) {
       std::fprintf(stderr,
-                   "keygate: created admin key %s; its value is shown only this once:\n"
-                   "keygate: admin key: %s\n",
-                   bootstrap.id.c_str(), bootstrap.generated_value.c_str());
+                   "keygate: could not remove the admin key %s created by this failed start\n",
+                   bootstrap.id.c_str());
     }
-  }
+    return kExitStartupFailure;
+  };
 
   // The access log: workers append to their own buffers, its thread writes the files. Declared
   // after the server, so it is destroyed (drained, flushed) once no worker appends any more.
@@ -287,7 +282,7 @@ int main(int argc, char** argv) {
     }
     if (access_log == nullptr) {
       std::fprintf(stderr, "keygate: %s\n", error.c_str());  // open()'s errors say "access log:"
-      return kExitStartupFailure;
+      return startup_failed();
     }
     // A crash mid-write leaves a torn last line, which open() cut off: said once, as it is the
     // end of a record that was lost.
@@ -402,7 +397,27 @@ int main(int argc, char** argv) {
   server.emplace(options);
   if (!server->start(&error)) {
     std::fprintf(stderr, "keygate: %s\n", error.c_str());
-    return kExitStartupFailure;
+    server.reset();  // no worker left to serve the key being removed
+    return startup_failed();
+  }
+  if (bootstrap.recovered) {
+    std::fprintf(stderr,
+                 "keygate: the store had no usable admin key (every one deleted, disabled, "
+                 "expired or without admin): created one with a generated value%s\n",
+                 bootstrap_value != nullptr && *bootstrap_value != '\0'
+                     ? " (KEYGATE_BOOTSTRAP_ADMIN_KEY is for the first start only)"
+                     : "");
+  }
+  if (bootstrap.created) {
+    if (bootstrap.generated_value.empty()) {
+      std::fprintf(stderr, "keygate: created admin key %s from KEYGATE_BOOTSTRAP_ADMIN_KEY\n",
+                   bootstrap.id.c_str());
+    } else {
+      std::fprintf(stderr,
+                   "keygate: created admin key %s; its value is shown only this once:\n"
+                   "keygate: admin key: %s\n",
+                   bootstrap.id.c_str(), bootstrap.generated_value.c_str());
+    }
   }
   keygate::ListenAddress data = config.listen;
   keygate::ListenAddress admin = config.admin_listen;
@@ -413,7 +428,12 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) != 0 || (sig != SIGTERM && sig != SIGINT)) {
+    std::fprintf(stderr,
+                 "keygate: %s ignored (keygate has no reload: restart it to apply a new "
+                 "configuration; SIGTERM or SIGINT stop it)\n",
+                 sig == SIGHUP ? "SIGHUP" : sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+  }
   std::printf("keygate: %s received, draining (up to %u ms)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
               config.limits.drain_timeout_ms);
   std::fflush(stdout);

@@ -8,7 +8,11 @@
 // response a test checks is also searched for the plaintext of every key the test used: no
 // response, least of all a rejection, may echo a key.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <ctime>
@@ -705,6 +709,53 @@ TEST_F(AuthCheck, WithoutTheEnvironmentAGeneratedAdminKeyIsPrintedOnceAndAccepte
   EXPECT_EQ(second->error_output().find("admin key"), std::string::npos)
       << "a second start printed a key again:\n"
       << second->error_output();
+}
+
+// A start that fails after creating the generated admin key (here: its admin port is taken)
+// shows no key and takes it out again, so the next start makes and shows one: an operator who
+// missed a line printed just before the failure is not locked out.
+TEST_F(AuthCheck, AStartThatFailsShowsNoAdminKeyAndTheNextStartShowsOne) {
+  const int taken = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(taken, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(bind(taken, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(taken, 1), 0);
+  ASSERT_EQ(getsockname(taken, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+
+  ServerOptions options;
+  options.env_unset = {"KEYGATE_BOOTSTRAP_ADMIN_KEY"};
+  options.capture_stderr = true;
+  options.data_dir = data_dir();
+  options.extra_config = std::string(kApisConfig);
+  options.admin_port = ntohs(addr.sin_port);
+  TestServer failing(options);
+  std::string error;
+  EXPECT_FALSE(failing.start(&error, Millis(5000)));
+  close(taken);
+  EXPECT_NE(failing.error_output().find("cannot listen"), std::string::npos)
+      << failing.error_output();
+  EXPECT_EQ(failing.error_output().find("admin key"), std::string::npos)
+      << "a failed start showed an admin key:\n"
+      << failing.error_output();
+
+  options.admin_port = 0;
+  options.data_dir.clear();  // start() below sets it to the same directory again
+  options.extra_config.clear();
+  TestServer* next = start(options);
+  ASSERT_NE(next, nullptr);
+  constexpr std::string_view kLabel = "admin key: ";
+  ASSERT_TRUE(next->wait_for_error_output("admin key: kg_", Millis(3000)))
+      << next->error_output();
+  const std::string& err = next->error_output();
+  const std::string admin_value = err.substr(err.find(kLabel) + kLabel.size(), kGeneratedKeyChars);
+  remember_secret(admin_value);
+  EXPECT_TRUE(rejected(round_trip(next->data_port(), get_with_key("/orders/1", admin_value)), 403,
+                       "api_not_permitted"))
+      << "the key shown is an admin key";
+  stop_cleanly(*next);
 }
 
 }  // namespace

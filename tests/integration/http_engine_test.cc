@@ -966,6 +966,31 @@ TEST_F(GracefulShutdown, SigintStopsTheServerLikeSigterm) {
   EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos) << server().output();
 }
 
+// SIGHUP, SIGUSR1 and SIGUSR2 (a reload request, a terminal hangup, a stray signal) neither
+// stop keygate nor cut a request: they are said on stderr and ignored.
+TEST_F(GracefulShutdown, HangupAndUserSignalsAreIgnoredAndSaid) {
+  ServerOptions options;
+  options.capture_stderr = true;
+  ASSERT_TRUE(start(options));
+  RawClient client;
+  ASSERT_TRUE(connect(client));
+  ASSERT_TRUE(start_half_request(client));
+  for (const int sig : {SIGHUP, SIGUSR1, SIGUSR2}) ASSERT_TRUE(server().send_signal(sig));
+  for (const char* said : {"keygate: SIGHUP ignored", "keygate: SIGUSR1 ignored",
+                           "keygate: SIGUSR2 ignored"}) {
+    EXPECT_TRUE(server().wait_for_error_output(said, 3000ms)) << server().error_output();
+  }
+  ASSERT_TRUE(server().running());
+  // The request in flight completes on its connection, and new ones are served.
+  ASSERT_TRUE(client.send("world"));
+  const std::optional<Response> answer = client.read_response();
+  ASSERT_TRUE(answer.has_value()) << describe(answer, client);
+  EXPECT_EQ(answer->status, 404);
+  EXPECT_TRUE(serves_healthz(port()));
+  const ExitStatus status = server().stop(SIGTERM, 5000ms);
+  EXPECT_TRUE(status.clean()) << status.describe();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Command line
 
