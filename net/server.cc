@@ -124,6 +124,7 @@ Server::Stats Server::stats() const {
     s.connections_accepted += w.connections_accepted.load(std::memory_order_relaxed);
     s.connections_refused += w.connections_refused.load(std::memory_order_relaxed);
     s.accept_errors += w.accept_errors.load(std::memory_order_relaxed);
+    s.descriptor_reserve_refused += w.descriptor_reserve_refused.load(std::memory_order_relaxed);
     s.requests += w.requests.load(std::memory_order_relaxed);
     s.parse_errors += w.parse_errors.load(std::memory_order_relaxed);
     s.timeouts += w.timeouts.load(std::memory_order_relaxed);

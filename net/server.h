@@ -70,6 +70,7 @@ class Server {
     uint64_t connections_refused = 0;  // both ports
     uint64_t admin_connections_refused = 0;  // of which the admin port's, at its cap
     uint64_t accept_errors = 0;
+    uint64_t descriptor_reserve_refused = 0;  // of connections_refused
     uint64_t requests = 0;
     uint64_t parse_errors = 0;
     uint64_t timeouts = 0;

@@ -108,6 +108,18 @@ bool Worker::Impl::init(std::string* error) {
   if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < table) {
     table = static_cast<uint32_t>(nofile.rlim_cur);
   }
+  // Descriptors kept free of clients: descriptors are numbered lowest free first, so an accepted
+  // one numbered within `reserve` of RLIMIT_NOFILE means fewer than that are left. The data
+  // port stops there; the admin port keeps half of it (operators can still get in), and the rest
+  // is for what must not fail for want of one: access-log segments, the key store's files,
+  // upstream sockets. An eighth of the limit where that is less (tiny limits in tests).
+  if (nofile.rlim_cur != 0 && nofile.rlim_cur != RLIM_INFINITY) {
+    const uint64_t reserve = std::min<uint64_t>(kDescriptorReserve, nofile.rlim_cur / 8);
+    for (size_t li = 0; li < listeners.size(); ++li) {
+      const uint64_t keep = listeners[li].budget != nullptr ? reserve / 2 : reserve;
+      descriptor_ceiling[li] = nofile.rlim_cur - keep;
+    }
+  }
   if (table > 0 && io_uring_register_files_sparse(&ring, table) == 0) {
     fixed_files = table;
     mode += "+fixed_files";
@@ -334,7 +346,11 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
   if (!more) accept_armed[li] = false;
   const int res = cqe->res;
   if (res >= 0) {
-    if (draining || !admit(li)) {
+    if (static_cast<uint64_t>(res) >= descriptor_ceiling[li]) {
+      ::close(res);
+      bump(stats.connections_refused);
+      bump(stats.descriptor_reserve_refused);
+    } else if (draining || !admit(li)) {
       ::close(res);
       bump(stats.connections_refused);
     } else {

@@ -69,6 +69,9 @@ struct WorkerStats {
   // Accepts that failed for want of a resource (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM):
   // the connection waits in the listen backlog and accepting resumes on the next tick.
   std::atomic<uint64_t> accept_errors{0};
+  // Of connections_refused: closed at accept because fewer than the reserve of descriptors was
+  // left (the data port keeps kDescriptorReserve free, the admin port half of it).
+  std::atomic<uint64_t> descriptor_reserve_refused{0};
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> parse_errors{0};
   std::atomic<uint64_t> timeouts{0};

@@ -31,6 +31,8 @@ inline constexpr uint16_t kBufGroup = 1;
 // Received bytes held while a connection is paused at its pipeline cap. Past this the multishot
 // receive is cancelled, so a client that never reads cannot make us buffer without bound.
 inline constexpr size_t kPendingInputMax = 64 * 1024;
+// Descriptors the data port leaves free below RLIMIT_NOFILE (the admin port half as many).
+inline constexpr uint64_t kDescriptorReserve = 64;
 // An output buffer that grew past this (a large response) is released rather than kept.
 inline constexpr size_t kOutputKeepCapacity = 256 * 1024;
 inline constexpr long kTickNs = 100'000'000;  // timeout resolution and drain check interval
@@ -300,6 +302,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
         limits(l),
         listeners(std::move(ls)),
         accept_armed(listeners.size(), false),
+        descriptor_ceiling(listeners.size(), UINT64_MAX),
         observer(o),
         apis(a) {}
   ~Impl() override;
@@ -398,6 +401,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::vector<WorkerListener> listeners;
   std::vector<bool> accept_armed;
   std::vector<bool> accept_retry;
+  // Per listener: an accepted descriptor numbered at or above this is closed at once (see init).
+  std::vector<uint64_t> descriptor_ceiling;
   LoopObserver* observer;
 
   io_uring ring{};

@@ -452,6 +452,11 @@ struct AccessLog::Impl {
   int active_fd = -1;  // the active segment (buffered writes, syncs)
   // The same file opened with O_DIRECT, or -1 (direct writes are off or unavailable).
   int direct_fd = -1;
+  // Descriptors held in reserve (dups of dir_fd) for the next segment's two: clients that take
+  // every descriptor the process may have (RLIMIT_NOFILE) must not stop the log from starting
+  // a segment. Given up for a segment open that failed for want of descriptors, taken again
+  // as soon as one is free.
+  std::array<int, 2> spare_fds{-1, -1};
   bool direct = false;  // options.direct_io, until the filesystem refuses O_DIRECT
   Segment active;       // bytes = the segment's size on disk
   uint64_t writeback_from = 0;  // of the active segment; writeback was started before it
@@ -558,7 +563,29 @@ struct AccessLog::Impl {
     }
     if (active_fd >= 0) ::close(active_fd);
     if (direct_fd >= 0) ::close(direct_fd);
+    for (const int fd : spare_fds) {
+      if (fd >= 0) ::close(fd);
+    }
     if (dir_fd >= 0) ::close(dir_fd);
+  }
+
+  // Takes the reserve back where descriptors allow (writer thread, and open()).
+  void take_spare_fds() {
+    for (int& fd : spare_fds) {
+      if (fd < 0) fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+    }
+  }
+  // Gives the reserve up so that the opens that follow find free descriptors; false when there
+  // was none to give.
+  bool give_up_spare_fds() {
+    bool any = false;
+    for (int& fd : spare_fds) {
+      if (fd < 0) continue;
+      ::close(fd);
+      fd = -1;
+      any = true;
+    }
+    return any;
   }
 
   bool recover(std::string* error);
@@ -1237,13 +1264,22 @@ bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
   if (active_fd >= 0) finish_active();
   const std::string name = segment_name(first_seq);
   // Read and write: a write that meets the file size limit reads the segment's tail back.
-  const int fd = ::openat(dir_fd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  const auto create = [&] {
+    return ::openat(dir_fd, name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  };
+  int fd = create();
+  if (fd < 0 && (errno == EMFILE || errno == ENFILE) && give_up_spare_fds()) fd = create();
   if (fd < 0) {
     write_errno = errno;
+    take_spare_fds();
     return false;
   }
   active_fd = fd;
   open_direct(name.c_str());
+  if (direct && direct_fd < 0 && (errno == EMFILE || errno == ENFILE) && give_up_spare_fds()) {
+    open_direct(name.c_str());
+  }
+  take_spare_fds();
   active = {first_seq, 0};
   writeback_from = 0;
   // No directory fsync here: the new name is durable at the latest by the one that follows
@@ -1360,6 +1396,7 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
     return nullptr;
   }
   if (!probe_writable(impl->dir_fd, options.dir, error)) return nullptr;
+  impl->take_spare_fds();
   impl->segment_bytes_cap = options.segment_bytes_max;
   if (const uint64_t limit = file_size_limit(); limit < options.segment_bytes_max) {
     impl->segment_bytes_cap = std::max<uint64_t>(limit, 1);

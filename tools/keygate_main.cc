@@ -312,6 +312,7 @@ int main(int argc, char** argv) {
                       {"connections_refused", w.connections_refused},
                       {"admin_connections_refused", w.admin_connections_refused},
                       {"accept_errors", w.accept_errors},
+                      {"descriptor_reserve_refused", w.descriptor_reserve_refused},
                       {"requests", w.requests},
                       {"parse_errors", w.parse_errors},
                       {"timeouts", w.timeouts},

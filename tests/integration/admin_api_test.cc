@@ -958,8 +958,66 @@ TEST(DescriptorLimit, FailedAcceptsAreCountedAndServingResumes) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ASSERT_TRUE(status_is(r, 200));
-  EXPECT_GT(stats_counter(r->body, "workers", "accept_errors"), 0) << r->body;
+  // Most are closed at once for the descriptors held in reserve; any that found none (the
+  // reserve in use) wait in the backlog, counted as failed accepts.
+  EXPECT_GT(stats_counter(r->body, "workers", "descriptor_reserve_refused") +
+                stats_counter(r->body, "workers", "accept_errors"),
+            0)
+      << r->body;
   EXPECT_TRUE(server.stop(SIGTERM).clean());
+}
+
+// Clients that take every descriptor they can get cannot take the reserve: the admin port still
+// answers, and the access log still starts new segments (it dropped records and said "cannot
+// create ...: Too many open files" when clients had taken them all).
+TEST(DescriptorLimit, ClientsLeaveTheReserveForTheAdminPortAndTheAccessLog) {
+  const std::string key = "it-descriptor-admin-key";
+  ServerOptions options = admin_server_options(key);
+  options.workers = 1;
+  options.wrapper = {"/usr/bin/prlimit", "--nofile=128:128", "--"};
+  options.extra_config += "\n[log]\nsegment_bytes_max = 65536\n";
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  RawClient keep;
+  ASSERT_TRUE(keep.connect(server.data_port()));
+  std::vector<RawClient> hogs(200);
+  for (RawClient& c : hogs) ASSERT_TRUE(c.connect(server.data_port()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+
+  std::optional<Response> during = stats_with(server, key);
+  ASSERT_TRUE(status_is(during, 200)) << "the admin port is locked out";
+  EXPECT_GT(stats_counter(during->body, "workers", "descriptor_reserve_refused"), 0)
+      << during->body;
+  // ~1 MB of records (a 400-byte path each): some fifteen 64 KiB segments, all started while
+  // the clients hold every descriptor outside the reserve.
+  const std::string request =
+      http_request("GET", "/orders/" + std::string(400, 'x'), {"X-ApiKey: no-such-key"});
+  for (int i = 0; i < 1500; ++i) {
+    ASSERT_TRUE(keep.send(request));
+    const std::optional<Response> r = keep.read_response();
+    ASSERT_TRUE(status_is(r, 401)) << i;
+  }
+  hogs.clear();
+  std::optional<Response> after;
+  for (int i = 0; i < 50; ++i) {
+    after = stats_with(server, key);
+    if (after && after->status == 200 &&
+        stats_counter(after->body, "access_log", "written") ==
+            stats_counter(after->body, "access_log", "enqueued")) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(status_is(after, 200));
+  const std::string& a = after->body;
+  EXPECT_GE(stats_counter(a, "access_log", "written"), 1500) << a;
+  EXPECT_EQ(stats_counter(a, "access_log", "dropped"), 0) << a;
+  EXPECT_EQ(stats_counter(a, "access_log", "write_errors"), 0) << a;
+  EXPECT_GE(stats_counter(a, "access_log", "segments_finished"), 10) << a;
+  EXPECT_TRUE(server.stop(SIGTERM).clean());
+  EXPECT_EQ(server.error_output().find("cannot create"), std::string::npos)
+      << server.error_output();
 }
 #endif
 
