@@ -14,11 +14,11 @@
 //
 // Failures: connect refused (or any connect error) -> the server is skipped for
 // limits.upstream_fail_timeout_ms and the next one is tried; none left -> 502; every server
-// skipped already -> 503; no socket to be had (keygate's descriptor limit) -> 503; connect
-// timeout or no progress for response_timeout_ms -> 504; reset or close before the response is
-// complete, or a malformed response -> 502 (if its head has not reached the client yet;
-// otherwise the client connection is closed, which a client sees as a truncated response) and
-// the upstream connection is discarded.
+// skipped -> one attempt anyway at the one whose skip ends soonest (connect_next); no socket
+// to be had (keygate's descriptor limit) -> 503; connect timeout or no progress for
+// response_timeout_ms -> 504; reset or close before the response is complete, or a malformed
+// response -> 502 (if its head has not reached the client yet; otherwise the client connection
+// is cut, see close_conn) and the upstream connection is discarded.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -354,15 +354,18 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   // connection if it has one, else a new one (connected below, failing over from there).
   // Preferring any server with an idle connection instead would send all traffic of a lightly
   // loaded API to one server, and none back to a server once it restarted.
+  // Every server skipped: the one whose skip ends soonest (the panic rule, see connect_next).
   UpstreamGroup& g = groups[target.api_index];
   const auto n = static_cast<uint32_t>(g.servers.size());
   uint32_t first = g.next;
   for (uint32_t i = 0; i < n; ++i) {
     const uint32_t at = (g.next + i) % n;
-    if (servers[g.servers[at]].down_until_ms <= now_ms) {
+    const int64_t until = servers[g.servers[at]].down_until_ms;
+    if (until <= now_ms) {
       first = at;
       break;
     }
+    if (until < servers[g.servers[first]].down_until_ms) first = at;
   }
   g.next = (first + 1) % n;
   UpstreamServer& chosen = servers[g.servers[first]];
@@ -434,7 +437,9 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->group = group;
   up->first = first;
   up->host_at = 0;
-  up->attempts = up->attempts_failed = 0;
+  up->attempts = 0;
+  up->tried = 0;
+  up->panicked = false;
   up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
   up->head_request = head_request;
@@ -493,58 +498,89 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
 }
 
 // Starts a connection to the next server this request has not tried yet (walking the group
-// from up->first) that is not down. False when the request was answered instead (502/503).
+// from up->first) that is not down. When the walk finds none (each server tried or skipped),
+// the panic rule (Envoy's): one attempt per request at the untried server whose skip ends
+// soonest, so an API is never unavailable only because its servers are skipped (a one-server
+// API whose server refused one connect, a group whose servers all blipped). False when the
+// request was answered instead (502/504, or 503 sockets_exhausted).
 bool Worker::Impl::connect_next(UpConn* up) {
+  static_assert(kApiUpstreamsMax <= 64, "UpConn::tried has a bit per server of an API");
   UpstreamGroup& g = groups[up->group];
   const size_t n = g.servers.size();
   while (up->attempts < n) {
-    const uint32_t s = g.servers[(up->first + up->attempts) % n];
+    const uint32_t at = (up->first + up->attempts) % static_cast<uint32_t>(n);
     ++up->attempts;
-    UpstreamServer& server = servers[s];
-    if (server.down_until_ms > now_ms) continue;
-    if (up->host_at != 0 && up->host_server != s) {
-      up->fill.replace(up->host_at, servers[up->host_server].authority.size(), server.authority);
-      up->host_server = s;
-    }
-    const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-      // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM), not the
-      // server's fault: no server is marked down, and the others would fail the same way.
-      fail_forward(up, 503, "sockets_exhausted",
-                   "keygate cannot open a connection to the upstream now");
-      return false;
-    }
-    const int one = 1;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    up->fd = fd;
-    up->server = s;
-    up->state = UpConn::State::kConnecting;
-    // The connect and its linked timeout must go in one submission: get_sqe() submitting
-    // between them (a full queue) would send the connect without its timeout.
-    if (io_uring_sq_space_left(&ring) < 2) io_uring_submit(&ring);
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&server.addr),
-                          server.addr_len);
-    io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnect, up->slot, up->gen));
-    sqe->flags |= IOSQE_IO_LINK;
-    ++up->ops;
-    // The linked timeout cancels the connect when it fires; its own completion only counts.
-    // Its timespec lives in the group, which outlives every submission.
-    sqe = get_sqe();
-    io_uring_prep_link_timeout(sqe, &g.connect_timeout, 0);
-    io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnectTimeout, up->slot, up->gen));
-    ++up->ops;
-    up->deadline_ms = 0;
-    return true;
+    if (servers[g.servers[at]].down_until_ms > now_ms) continue;
+    return connect_to(up, at);
   }
-  if (up->attempts_failed == 0) {
-    fail_forward(up, 503, "no_healthy_upstream", "no healthy upstream server");
-  } else if (up->connect_timed_out) {
+  if (!up->panicked) {
+    // From up->first, as the walk: start_forward() gave the request the soonest back already.
+    uint32_t best = static_cast<uint32_t>(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t at = (up->first + i) % static_cast<uint32_t>(n);
+      if ((up->tried & (uint64_t{1} << at)) != 0) continue;
+      if (best == n || servers[g.servers[at]].down_until_ms <
+                           servers[g.servers[best]].down_until_ms) {
+        best = at;
+      }
+    }
+    if (best != n) {
+      up->panicked = true;
+      return connect_to(up, best);
+    }
+  }
+  // Nothing left to try. At least one server was (a request that found every server skipped
+  // made its panic attempt), and its failure, the last one, says what the client gets.
+  KEYGATE_ASSERT(up->tried != 0);
+  if (up->connect_timed_out) {
     fail_forward(up, 504, "upstream_timeout", "the upstream server did not accept in time");
   } else {
     fail_forward(up, 502, "upstream_unavailable", "the upstream server refused the connection");
   }
   return false;
+}
+
+// Starts the connect to server g.servers[at] for `up`'s request. False when no socket could be
+// had (the request was answered 503).
+bool Worker::Impl::connect_to(UpConn* up, uint32_t at) {
+  UpstreamGroup& g = groups[up->group];
+  const uint32_t s = g.servers[at];
+  UpstreamServer& server = servers[s];
+  up->tried |= uint64_t{1} << at;
+  if (up->host_at != 0 && up->host_server != s) {
+    up->fill.replace(up->host_at, servers[up->host_server].authority.size(), server.authority);
+    up->host_server = s;
+  }
+  const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM), not the
+    // server's fault: no server is marked down, and the others would fail the same way.
+    fail_forward(up, 503, "sockets_exhausted",
+                 "keygate cannot open a connection to the upstream now");
+    return false;
+  }
+  const int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  up->fd = fd;
+  up->server = s;
+  up->state = UpConn::State::kConnecting;
+  // The connect and its linked timeout must go in one submission: get_sqe() submitting
+  // between them (a full queue) would send the connect without its timeout.
+  if (io_uring_sq_space_left(&ring) < 2) io_uring_submit(&ring);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&server.addr),
+                        server.addr_len);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnect, up->slot, up->gen));
+  sqe->flags |= IOSQE_IO_LINK;
+  ++up->ops;
+  // The linked timeout cancels the connect when it fires; its own completion only counts.
+  // Its timespec lives in the group, which outlives every submission.
+  sqe = get_sqe();
+  io_uring_prep_link_timeout(sqe, &g.connect_timeout, 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnectTimeout, up->slot, up->gen));
+  ++up->ops;
+  up->deadline_ms = 0;
+  return true;
 }
 
 void Worker::Impl::on_up_connect(UpConn* up, int res) {
@@ -561,7 +597,6 @@ void Worker::Impl::on_up_connect(UpConn* up, int res) {
   up->fd = -1;
   // Refused or timed out (the link timeout cancels the connect: ECANCELED), it is a failed
   // connect: the server is skipped for upstream_fail_timeout_ms and the next one is tried.
-  ++up->attempts_failed;
   up->connect_timed_out = res == -ECANCELED || res == -ETIME;
   servers[up->server].down_until_ms = now_ms + limits.upstream_fail_timeout_ms;
   connect_next(up);
@@ -874,7 +909,9 @@ void Worker::Impl::release_up(UpConn* up) {
   up->send_off = 0;
   up->send_in_flight = up->send_failed = up->recv_armed = up->recv_paused = false;
   up->reused = up->replayable = false;
-  up->attempts = up->attempts_failed = 0;
+  up->attempts = 0;
+  up->tried = 0;
+  up->panicked = false;
   up->connect_timed_out = false;
   up->server = 0;
   free_upconns.push_back(up->slot);

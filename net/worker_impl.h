@@ -216,8 +216,11 @@ struct UpConn {
   // each at most once per request: `attempts` of them so far. Per request, not the group's
   // shared round-robin position, which concurrent requests move on meanwhile.
   uint32_t first = 0;
-  uint32_t attempts = 0;         // servers tried for this request (connect failures move on)
-  uint32_t attempts_failed = 0;  // of which refused, failed or timed out (not skipped as down)
+  uint32_t attempts = 0;  // servers of the walk passed so far (tried, or skipped as down)
+  // Servers connected to for this request, by index into UpstreamGroup::servers (at most
+  // kApiUpstreamsMax of them): the panic attempt (connect_next) picks one not among them.
+  uint64_t tried = 0;
+  bool panicked = false;  // the one attempt at a skipped server was made
   bool connect_timed_out = false;  // the last failed attempt timed out (504, not 502)
   uint32_t header_bytes_max = 0;
   // A request without Host (HTTP/1.0) gets the server's authority as its Host: it starts at
@@ -356,6 +359,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void head_ready(Connection* c, bool resuming);
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
+  bool connect_to(UpConn* up, uint32_t at);
   UpConn* new_upconn();
   void begin_exchange(UpConn* up, Connection* c, uint32_t group, uint32_t first,
                       bool head_request, bool request_complete);
