@@ -196,6 +196,7 @@ int on_headers_complete(llhttp_t* p) {
   // Close-delimited, or the request body is still arriving (an early answer: the rest of the
   // body will not be read), so this connection ends with the response.
   if (framing == BodyFraming::kUntilClose || c->streaming) c->client_keep_alive = false;
+  c->until_close_open = framing == BodyFraming::kUntilClose;
   u->rechunk = framing == BodyFraming::kChunked;
   std::string& out = c->out[c->fill];
   u->head_at = out.size();
@@ -779,7 +780,7 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
   up->client = nullptr;
   if (c != nullptr) {
     c->up = nullptr;
-    c->proxying = false;
+    c->proxying = c->until_close_open = false;
     log_end(c, up->rp.status_code, {}, {});  // while `streaming` still says the body was cut
     if (c->streaming) {
       // The upstream answered before the body ended; the rest of it is not read.
@@ -823,6 +824,7 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
     // Nothing of this response left yet: take it back and answer with the error instead.
     fill_buf(c).resize(up->head_at);
     head_sent = false;
+    c->until_close_open = false;
   }
   up->client = nullptr;
   close_up(up);
@@ -831,7 +833,7 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
   c->proxying = false;
   if (head_sent) {
     log_end(c, up->rp.status_code, code, {});
-    close_conn(c);
+    close_conn(c);  // a reset when the client would take the close for the body's end
     return;
   }
   const bool body_unread = c->streaming;

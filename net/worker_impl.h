@@ -175,6 +175,9 @@ struct Connection {
   bool streaming = false;    // its body is still arriving and being streamed upstream
   bool client_keep_alive = true;
   bool http10 = false;
+  // The response under way is delimited by the close (an HTTP/1.0 client and no upstream
+  // length): cut before its end, the connection is reset, not closed (close_conn).
+  bool until_close_open = false;
   uint32_t flushes = 0;      // sends started: tells whether queued output already left
   char peer_ip[48] = {};     // client address (learn_peer(), on first use)
   uint16_t peer_port = 0;

@@ -1488,6 +1488,44 @@ TEST_F(ProxyTest, AnApiWhoseServersAreAllSkippedIsTriedAnyway) {
   }
 }
 
+// A response delimited by the close (an HTTP/1.0 client, no upstream length) that breaks off
+// (the upstream closes early, sends a bad chunk) ended with a plain FIN: the client could not
+// tell the cut from the end. It is reset now. A client that knows the length from the framing
+// (chunked to HTTP/1.1) keeps seeing a close before the last chunk.
+TEST_F(ProxyTest, ACloseDelimitedResponseCutShortResetsTheClient) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the head leaves first
+    if (has_target(head, "/s/complete")) return send_all(fd, "6\r\n world\r\n0\r\n\r\n");
+    if (has_target(head, "/s/bad-chunk")) {
+      send_all(fd, "zz\r\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return false;  // "/s/fin": the close mid-body
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  auto fetch = [&](std::string_view target, std::string_view version, std::string* body) {
+    RawClient client;
+    EXPECT_TRUE(client.connect(server_->data_port()));
+    EXPECT_TRUE(client.send("GET " + std::string(target) + " HTTP/" + std::string(version) +
+                            "\r\nHost: it\r\n" + key_header() + "\r\n\r\n"));
+    const std::string raw = client.read_until_close(Millis(5000));
+    const size_t split = raw.find("\r\n\r\n");
+    *body = split == std::string::npos ? "<no head>" : raw.substr(split + 4);
+    return client.last_end();
+  };
+  std::string body;
+  EXPECT_EQ(fetch("/s/complete", "1.0", &body), ReadEnd::kEof);
+  EXPECT_EQ(body, "hello world");
+  for (std::string_view target : {"/s/fin", "/s/bad-chunk"}) {
+    EXPECT_EQ(fetch(target, "1.0", &body), ReadEnd::kReset) << target << ": " << body;
+    EXPECT_EQ(body.rfind("hello", 0), 0u) << target << ": " << body;  // the head had left
+    EXPECT_EQ(fetch(target, "1.1", &body), ReadEnd::kEof) << target;
+    EXPECT_EQ(body.find("0\r\n\r\n"), std::string::npos) << target << ": " << body;
+  }
+}
+
 // Requests pipelined before a half-close are all answered, also when one of them is answered
 // at once, without a connect: keygate has no descriptor for the upstream socket (503
 // sockets_exhausted, from inside connect_to()). That answer came from inside the loop that
