@@ -37,9 +37,13 @@ namespace {
 
 UpConn* self(llhttp_t* p) { return static_cast<UpConn*>(p->data); }
 
+// Header fields of one response head, and of its trailer section on its own.
+constexpr size_t kResponseFieldsMax = 256;
+
 // Response parser callbacks: the head is copied into UpConn::head, the body goes straight into
-// the client's output buffer.
+// the client's output buffer, trailer fields are counted and dropped.
 int append_span(UpConn* u, UpConn::Span* span, const char* at, size_t len) {
+  u->piece_end = at + len;
   if (u->head.size() + len > u->header_bytes_max) {
     u->parse_failed = true;
     return -1;
@@ -50,6 +54,16 @@ int append_span(UpConn* u, UpConn::Span* span, const char* at, size_t len) {
   return 0;
 }
 
+// A piece of a trailer field's name or value (the final head is complete: head_sent).
+int count_trailer(UpConn* u, size_t len) {
+  u->trailer_bytes += len;
+  if (u->trailer_bytes > u->header_bytes_max) {
+    u->parse_failed = true;
+    return -1;
+  }
+  return 0;
+}
+
 int on_status(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
   return append_span(u, &u->reason, at, len);
@@ -57,11 +71,12 @@ int on_status(llhttp_t* p, const char* at, size_t len) {
 
 int on_header_field(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
+  if (u->head_sent) return count_trailer(u, len);
   if (u->header_spans.empty() || u->header_spans.back().second.len != 0 ||
       u->header_spans.back().first.off + u->header_spans.back().first.len !=
           u->head.size()) {
     // A new field (the previous one has a value, or this is the first).
-    if (u->header_spans.size() >= 256) {
+    if (u->header_spans.size() >= kResponseFieldsMax) {
       u->parse_failed = true;
       return -1;
     }
@@ -72,12 +87,20 @@ int on_header_field(llhttp_t* p, const char* at, size_t len) {
 
 int on_header_value(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
+  if (u->head_sent) return count_trailer(u, len);
   if (u->header_spans.empty()) return -1;
   return append_span(u, &u->header_spans.back().second, at, len);
 }
 
 int on_header_value_complete(llhttp_t* p) {
   UpConn* u = self(p);
+  if (u->head_sent) {
+    if (++u->trailer_fields > kResponseFieldsMax) {
+      u->parse_failed = true;
+      return -1;
+    }
+    return 0;
+  }
   // Marks the field finished even when its value is empty, so the next field starts anew.
   if (!u->header_spans.empty() && u->header_spans.back().second.len == 0) {
     u->header_spans.back().second.off = static_cast<uint32_t>(u->head.size());
@@ -154,6 +177,13 @@ int on_headers_complete(llhttp_t* p) {
     return 1;  // no body, whatever the head says (see below)
   }
   if (c == nullptr) return -1;
+  // Every head of this request on the wire (1xx ones included), up to this one's last field.
+  const size_t in_recv = u->piece_end != nullptr ? static_cast<size_t>(u->piece_end - u->recv_at)
+                                                 : 0;
+  if (u->head_wire_bytes + in_recv > u->header_bytes_max) {
+    u->parse_failed = true;
+    return -1;
+  }
   const ResponseHead head = collect_head(u, p);
   size_t chunked = 0;
   bool has_transfer_encoding = false;
@@ -458,6 +488,9 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->request_complete = request_complete;
   up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
   up->body_announced = false;
+  up->head_wire_bytes = 0;
+  up->trailer_fields = 0;
+  up->trailer_bytes = 0;
   up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
   up->head.clear();
   up->header_spans.clear();
@@ -743,7 +776,8 @@ void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
     return;
   }
   up->got_bytes = true;
-  up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  up->recv_at = data;
+  up->piece_end = nullptr;
   const llhttp_errno_t err = llhttp_execute(&up->rp, data, len);
   Connection* c = up->client;
   if (err == HPE_PAUSED) {
@@ -759,10 +793,20 @@ void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
     finish_forward(up, clean && !up->body_announced && llhttp_should_keep_alive(&up->rp) != 0);
     return;
   }
+  if (!up->head_sent && err == HPE_OK && !up->parse_failed) {
+    // Still no final head: this receive counts whole against the head limit, and does not
+    // extend the deadline. The final head is due within response_timeout_ms of the request's
+    // last byte sent (on_up_send) however the upstream drips it: a header value of endless
+    // spaces, 1xx after 1xx, a field every so often.
+    up->head_wire_bytes += len;
+    if (up->head_wire_bytes > up->header_bytes_max) up->parse_failed = true;
+  }
   if (err != HPE_OK || up->parse_failed) {
     fail_forward(up, 502, "bad_upstream_response", "the upstream sent an invalid response");
     return;
   }
+  // From the head on, any byte is progress: the body may take as long as it keeps coming.
+  if (up->head_sent) up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
   if (c != nullptr) mark_dirty(c);
 }
 
@@ -963,7 +1007,10 @@ void Worker::Impl::client_output_drained(Connection* c) {
   UpConn* up = c->up;
   if (up == nullptr || !up->recv_paused || client_buffered(c) > kProxyBufferMax) return;
   up->recv_paused = false;
-  if (up->deadline_ms != 0) up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  // A fresh no-progress deadline for the body; a head still due keeps its own.
+  if (up->deadline_ms != 0 && up->head_sent) {
+    up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  }
   if (up->state == UpConn::State::kBusy && !up->recv_armed) arm_up_recv(up);
 }
 

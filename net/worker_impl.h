@@ -259,6 +259,18 @@ struct UpConn {
   std::vector<std::pair<Span, Span>> header_spans;
   std::vector<HttpHeader> headers;
   Span reason;
+  // Wire bytes of this request's response heads (1xx ones too) in the receives parsed before
+  // the one in progress, while the final head was not complete: bounded by header_bytes_max,
+  // which the stored head alone is not (llhttp stores no leading whitespace of a value, and
+  // every 1xx head starts it anew). The receive in progress starts at `recv_at`; the last
+  // field piece parsed in it ends at `piece_end` (nullptr: none yet).
+  size_t head_wire_bytes = 0;
+  const char* recv_at = nullptr;
+  const char* piece_end = nullptr;
+  // Trailer fields after a chunked body: not stored (keygate drops them), only bounded by the
+  // head's limits on their own.
+  uint32_t trailer_fields = 0;
+  size_t trailer_bytes = 0;
   bool head_request = false;   // the client's request was HEAD: the response has no body
   bool interim = false;        // the current response is 1xx (forwarded or dropped)
   bool got_bytes = false;      // any response byte arrived for this request

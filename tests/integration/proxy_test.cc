@@ -1574,6 +1574,125 @@ TEST_F(ProxyTest, LargeResponseHeadsDoNotStayAllocated) {
   EXPECT_LT(after - base, 16 * 1024) << "RSS grew from " << base << " KiB to " << after << " KiB";
 }
 
+// Trailer fields went into the head's own field list and buffer: a legal chunked response with
+// 200 head fields and 100 trailer fields passed the 256-field cap together and was cut. The
+// trailers (which keygate drops) are bounded on their own now.
+TEST_F(ProxyTest, TrailersAreBoundedApartFromTheHead) {
+  auto fields = [](std::string_view prefix, int n) {
+    std::string out;
+    for (int i = 0; i < n; ++i) out += std::string(prefix) + std::to_string(i) + ": v\r\n";
+    return out;
+  };
+  ScriptedUpstream upstream([&fields](int fd, const std::string& head) {
+    const int trailers = has_target(head, "/s/too-many") ? 257 : 100;
+    return send_all(fd, "HTTP/1.1 200 OK\r\n" + fields("X-H", 200) +
+                            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" +
+                            fields("X-T", trailers) + "\r\n");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {{"upstream_header_bytes_max", 4096}},
+                                {"orders", "scripted"}));
+  // 200 fields and ~2.2 KB of head, 100 fields and ~1 KB of trailers: each within the limits.
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/s/ok", {key_header()})));
+  const std::string raw = read_through(client, "\r\n0\r\n\r\n");
+  const size_t split = raw.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos) << raw << to_string(client.last_end());
+  EXPECT_EQ(raw.rfind("HTTP/1.1 200 ", 0), 0u) << raw.substr(0, 100);
+  EXPECT_EQ(dechunk(raw.substr(split + 4)).value_or("<not chunked>"), "hello");
+  EXPECT_EQ(raw.find("X-T"), std::string::npos) << "trailers are dropped";
+  ASSERT_TRUE(client.send(http_request("GET", "/s/next", {key_header()})));
+  EXPECT_EQ(read_through(client, "\r\n0\r\n\r\n").rfind("HTTP/1.1 200 ", 0), 0u);
+  // 257 trailer fields: over the cap on their own. If the head left already the cut shows as
+  // a close before the last chunk; if not, it is taken back for a 502 (closed on request).
+  RawClient over;
+  ASSERT_TRUE(over.connect(server_->data_port()));
+  ASSERT_TRUE(over.send(http_request("GET", "/s/too-many", {key_header(), "Connection: close"})));
+  const std::string cut = over.read_until_close(Millis(5000));
+  EXPECT_NE(over.last_end(), ReadEnd::kTimeout);
+  if (cut.rfind("HTTP/1.1 502 ", 0) != 0) {
+    EXPECT_EQ(cut.rfind("HTTP/1.1 200 ", 0), 0u) << cut.substr(0, 100);
+    EXPECT_EQ(cut.find("\r\n0\r\n\r\n"), std::string::npos) << "a complete-looking response";
+  } else {
+    EXPECT_NE(cut.find("bad_upstream_response"), std::string::npos) << cut;
+  }
+}
+
+// An upstream could hold a request before its head for ever: every byte gave it a fresh
+// response_timeout_ms. The final head is due within response_timeout_ms of the request having
+// been sent now, whatever trickles in meanwhile.
+TEST_F(ProxyTest, AHeadDrippedByTheUpstreamIsDueWithinTheResponseTimeout) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    auto drip = [fd](std::string_view first, auto next) {
+      if (!send_all(fd, first)) return false;
+      for (int i = 0; i < 30; ++i) {  // 3 s, were it not cut
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (!send_all(fd, next(i))) return false;
+      }
+      return false;
+    };
+    if (has_target(head, "/s/spaces")) {
+      // A header value of spaces: llhttp skips them, the stored head never grows.
+      return drip("HTTP/1.1 200 OK\r\nX-A:", [](int) { return std::string(" "); });
+    }
+    if (has_target(head, "/s/continues")) {
+      return drip("", [](int) { return std::string("HTTP/1.1 100 Continue\r\n\r\n"); });
+    }
+    if (has_target(head, "/s/fields")) {
+      return drip("HTTP/1.1 200 OK\r\n",
+                  [](int i) { return "X-" + std::to_string(i) + ": v\r\n"; });
+    }
+    return send_all(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  std::string api = upstream.api_config();
+  api.replace(api.find("response_timeout_ms = 5000"), 26, "response_timeout_ms = 600");
+  ASSERT_NO_FATAL_FAILURE(start(api, {}, {"orders", "scripted"}));
+  for (std::string_view target : {"/s/spaces", "/s/continues", "/s/fields"}) {
+    const auto started = std::chrono::steady_clock::now();
+    const std::optional<Response> r = get(target);
+    const auto took = std::chrono::steady_clock::now() - started;
+    ASSERT_TRUE(r.has_value()) << target;
+    EXPECT_EQ(r->status, 504) << target << ": " << r->raw;
+    EXPECT_EQ(string_member(r->body, "error"), "upstream_timeout") << r->raw;
+    EXPECT_LT(took, std::chrono::milliseconds(2000)) << target;
+  }
+}
+
+// The wire bytes of every head of a response count against upstream_header_bytes_max, 1xx heads
+// included: a value's leading spaces (which llhttp does not store) and a run of 100 Continue
+// heads (each one starts the stored head anew) passed any limit.
+TEST_F(ProxyTest, EveryHeadOnTheWireCountsAgainstTheHeadLimit) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    if (has_target(head, "/s/spaces")) {
+      return send_all(fd, "HTTP/1.1 200 OK\r\nX-A:" + std::string(2000, ' ') +
+                              "v\r\nContent-Length: 2\r\n\r\nok");
+    }
+    if (has_target(head, "/s/continues")) {
+      std::string heads;
+      for (int i = 0; i < 100; ++i) heads += "HTTP/1.1 100 Continue\r\n\r\n";  // 2,500 bytes
+      return send_all(fd, heads + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    }
+    // A head just under the limit, in one write with its body: still fine.
+    return send_all(fd, "HTTP/1.1 200 OK\r\nX-A: " + std::string(900, 'a') +
+                            "\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {{"upstream_header_bytes_max", 1024}},
+                                {"orders", "scripted"}));
+  for (std::string_view target : {"/s/spaces", "/s/continues"}) {
+    const std::optional<Response> r = get(target);
+    ASSERT_TRUE(r.has_value()) << target;
+    EXPECT_EQ(r->status, 502) << target << ": " << r->raw;
+    EXPECT_EQ(string_member(r->body, "error"), "bad_upstream_response") << r->raw;
+  }
+  const std::optional<Response> r = get("/s/fits");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_EQ(r->body, "ok");
+}
+
 // Requests pipelined before a half-close are all answered, also when one of them is answered
 // at once, without a connect: keygate has no descriptor for the upstream socket (503
 // sockets_exhausted, from inside connect_to()). That answer came from inside the loop that
