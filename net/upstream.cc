@@ -14,11 +14,11 @@
 //
 // Failures: connect refused (or any connect error) -> the server is skipped for
 // limits.upstream_fail_timeout_ms and the next one is tried; none left -> 502; every server
-// skipped already -> 503; no socket to be had (keygate's descriptor limit) -> 503; connect
-// timeout or no progress for response_timeout_ms -> 504; reset or close before the response is
-// complete, or a malformed response -> 502 (if its head has not reached the client yet;
-// otherwise the client connection is closed, which a client sees as a truncated response) and
-// the upstream connection is discarded.
+// skipped -> one attempt anyway at the one whose skip ends soonest (connect_next); no socket
+// to be had (keygate's descriptor limit) -> 503; connect timeout or no progress for
+// response_timeout_ms -> 504; reset or close before the response is complete, or a malformed
+// response -> 502 (if its head has not reached the client yet; otherwise the client connection
+// is cut, see close_conn) and the upstream connection is discarded.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -37,9 +37,13 @@ namespace {
 
 UpConn* self(llhttp_t* p) { return static_cast<UpConn*>(p->data); }
 
+// Header fields of one response head, and of its trailer section on its own.
+constexpr size_t kResponseFieldsMax = 256;
+
 // Response parser callbacks: the head is copied into UpConn::head, the body goes straight into
-// the client's output buffer.
+// the client's output buffer, trailer fields are counted and dropped.
 int append_span(UpConn* u, UpConn::Span* span, const char* at, size_t len) {
+  u->piece_end = at + len;
   if (u->head.size() + len > u->header_bytes_max) {
     u->parse_failed = true;
     return -1;
@@ -50,6 +54,16 @@ int append_span(UpConn* u, UpConn::Span* span, const char* at, size_t len) {
   return 0;
 }
 
+// A piece of a trailer field's name or value (the final head is complete: head_sent).
+int count_trailer(UpConn* u, size_t len) {
+  u->trailer_bytes += len;
+  if (u->trailer_bytes > u->header_bytes_max) {
+    u->parse_failed = true;
+    return -1;
+  }
+  return 0;
+}
+
 int on_status(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
   return append_span(u, &u->reason, at, len);
@@ -57,11 +71,12 @@ int on_status(llhttp_t* p, const char* at, size_t len) {
 
 int on_header_field(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
+  if (u->head_sent) return count_trailer(u, len);
   if (u->header_spans.empty() || u->header_spans.back().second.len != 0 ||
       u->header_spans.back().first.off + u->header_spans.back().first.len !=
           u->head.size()) {
     // A new field (the previous one has a value, or this is the first).
-    if (u->header_spans.size() >= 256) {
+    if (u->header_spans.size() >= kResponseFieldsMax) {
       u->parse_failed = true;
       return -1;
     }
@@ -72,12 +87,20 @@ int on_header_field(llhttp_t* p, const char* at, size_t len) {
 
 int on_header_value(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
+  if (u->head_sent) return count_trailer(u, len);
   if (u->header_spans.empty()) return -1;
   return append_span(u, &u->header_spans.back().second, at, len);
 }
 
 int on_header_value_complete(llhttp_t* p) {
   UpConn* u = self(p);
+  if (u->head_sent) {
+    if (++u->trailer_fields > kResponseFieldsMax) {
+      u->parse_failed = true;
+      return -1;
+    }
+    return 0;
+  }
   // Marks the field finished even when its value is empty, so the next field starts anew.
   if (!u->header_spans.empty() && u->header_spans.back().second.len == 0) {
     u->header_spans.back().second.off = static_cast<uint32_t>(u->head.size());
@@ -154,6 +177,13 @@ int on_headers_complete(llhttp_t* p) {
     return 1;  // no body, whatever the head says (see below)
   }
   if (c == nullptr) return -1;
+  // Every head of this request on the wire (1xx ones included), up to this one's last field.
+  const size_t in_recv = u->piece_end != nullptr ? static_cast<size_t>(u->piece_end - u->recv_at)
+                                                 : 0;
+  if (u->head_wire_bytes + in_recv > u->header_bytes_max) {
+    u->parse_failed = true;
+    return -1;
+  }
   const ResponseHead head = collect_head(u, p);
   size_t chunked = 0;
   bool has_transfer_encoding = false;
@@ -196,6 +226,7 @@ int on_headers_complete(llhttp_t* p) {
   // Close-delimited, or the request body is still arriving (an early answer: the rest of the
   // body will not be read), so this connection ends with the response.
   if (framing == BodyFraming::kUntilClose || c->streaming) c->client_keep_alive = false;
+  c->until_close_open = framing == BodyFraming::kUntilClose;
   u->rechunk = framing == BodyFraming::kChunked;
   std::string& out = c->out[c->fill];
   u->head_at = out.size();
@@ -235,6 +266,17 @@ int on_message_complete(llhttp_t* p) {
   u->message_done = true;
   if (u->rechunk && u->client != nullptr) u->client->out[u->client->fill].append("0\r\n\r\n", 5);
   return HPE_PAUSED;  // anything after the response is not ours to parse
+}
+
+// A slot kept for reuse (pooled or free) does not keep a large response head's buffer past
+// kOutputKeepCapacity (as the client side's HttpParser::trim()): slots are never freed, and
+// 200 concurrent 400 KB heads kept ~100 MB for good. The field spans and views need no trim:
+// at most kResponseFieldsMax of them (4 and 8 KiB).
+void trim_head(UpConn* up) {
+  up->head.clear();
+  up->header_spans.clear();
+  up->headers.clear();
+  if (up->head.capacity() > kOutputKeepCapacity) up->head.shrink_to_fit();
 }
 
 bool is_body_method(std::string_view m) { return m == "POST" || m == "PUT" || m == "PATCH"; }
@@ -354,15 +396,18 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   // connection if it has one, else a new one (connected below, failing over from there).
   // Preferring any server with an idle connection instead would send all traffic of a lightly
   // loaded API to one server, and none back to a server once it restarted.
+  // Every server skipped: the one whose skip ends soonest (the panic rule, see connect_next).
   UpstreamGroup& g = groups[target.api_index];
   const auto n = static_cast<uint32_t>(g.servers.size());
   uint32_t first = g.next;
   for (uint32_t i = 0; i < n; ++i) {
     const uint32_t at = (g.next + i) % n;
-    if (servers[g.servers[at]].down_until_ms <= now_ms) {
+    const int64_t until = servers[g.servers[at]].down_until_ms;
+    if (until <= now_ms) {
       first = at;
       break;
     }
+    if (until < servers[g.servers[first]].down_until_ms) first = at;
   }
   g.next = (first + 1) % n;
   UpstreamServer& chosen = servers[g.servers[first]];
@@ -434,13 +479,18 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->group = group;
   up->first = first;
   up->host_at = 0;
-  up->attempts = up->attempts_failed = 0;
+  up->attempts = 0;
+  up->tried = 0;
+  up->panicked = false;
   up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
   up->head_request = head_request;
   up->request_complete = request_complete;
   up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
   up->body_announced = false;
+  up->head_wire_bytes = 0;
+  up->trailer_fields = 0;
+  up->trailer_bytes = 0;
   up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
   up->head.clear();
   up->header_spans.clear();
@@ -493,58 +543,89 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
 }
 
 // Starts a connection to the next server this request has not tried yet (walking the group
-// from up->first) that is not down. False when the request was answered instead (502/503).
+// from up->first) that is not down. When the walk finds none (each server tried or skipped),
+// the panic rule (Envoy's): one attempt per request at the untried server whose skip ends
+// soonest, so an API is never unavailable only because its servers are skipped (a one-server
+// API whose server refused one connect, a group whose servers all blipped). False when the
+// request was answered instead (502/504, or 503 sockets_exhausted).
 bool Worker::Impl::connect_next(UpConn* up) {
+  static_assert(kApiUpstreamsMax <= 64, "UpConn::tried has a bit per server of an API");
   UpstreamGroup& g = groups[up->group];
   const size_t n = g.servers.size();
   while (up->attempts < n) {
-    const uint32_t s = g.servers[(up->first + up->attempts) % n];
+    const uint32_t at = (up->first + up->attempts) % static_cast<uint32_t>(n);
     ++up->attempts;
-    UpstreamServer& server = servers[s];
-    if (server.down_until_ms > now_ms) continue;
-    if (up->host_at != 0 && up->host_server != s) {
-      up->fill.replace(up->host_at, servers[up->host_server].authority.size(), server.authority);
-      up->host_server = s;
-    }
-    const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-      // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM), not the
-      // server's fault: no server is marked down, and the others would fail the same way.
-      fail_forward(up, 503, "sockets_exhausted",
-                   "keygate cannot open a connection to the upstream now");
-      return false;
-    }
-    const int one = 1;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    up->fd = fd;
-    up->server = s;
-    up->state = UpConn::State::kConnecting;
-    // The connect and its linked timeout must go in one submission: get_sqe() submitting
-    // between them (a full queue) would send the connect without its timeout.
-    if (io_uring_sq_space_left(&ring) < 2) io_uring_submit(&ring);
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&server.addr),
-                          server.addr_len);
-    io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnect, up->slot, up->gen));
-    sqe->flags |= IOSQE_IO_LINK;
-    ++up->ops;
-    // The linked timeout cancels the connect when it fires; its own completion only counts.
-    // Its timespec lives in the group, which outlives every submission.
-    sqe = get_sqe();
-    io_uring_prep_link_timeout(sqe, &g.connect_timeout, 0);
-    io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnectTimeout, up->slot, up->gen));
-    ++up->ops;
-    up->deadline_ms = 0;
-    return true;
+    if (servers[g.servers[at]].down_until_ms > now_ms) continue;
+    return connect_to(up, at);
   }
-  if (up->attempts_failed == 0) {
-    fail_forward(up, 503, "no_healthy_upstream", "no healthy upstream server");
-  } else if (up->connect_timed_out) {
+  if (!up->panicked) {
+    // From up->first, as the walk: start_forward() gave the request the soonest back already.
+    uint32_t best = static_cast<uint32_t>(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t at = (up->first + i) % static_cast<uint32_t>(n);
+      if ((up->tried & (uint64_t{1} << at)) != 0) continue;
+      if (best == n || servers[g.servers[at]].down_until_ms <
+                           servers[g.servers[best]].down_until_ms) {
+        best = at;
+      }
+    }
+    if (best != n) {
+      up->panicked = true;
+      return connect_to(up, best);
+    }
+  }
+  // Nothing left to try. At least one server was (a request that found every server skipped
+  // made its panic attempt), and its failure, the last one, says what the client gets.
+  KEYGATE_ASSERT(up->tried != 0);
+  if (up->connect_timed_out) {
     fail_forward(up, 504, "upstream_timeout", "the upstream server did not accept in time");
   } else {
     fail_forward(up, 502, "upstream_unavailable", "the upstream server refused the connection");
   }
   return false;
+}
+
+// Starts the connect to server g.servers[at] for `up`'s request. False when no socket could be
+// had (the request was answered 503).
+bool Worker::Impl::connect_to(UpConn* up, uint32_t at) {
+  UpstreamGroup& g = groups[up->group];
+  const uint32_t s = g.servers[at];
+  UpstreamServer& server = servers[s];
+  up->tried |= uint64_t{1} << at;
+  if (up->host_at != 0 && up->host_server != s) {
+    up->fill.replace(up->host_at, servers[up->host_server].authority.size(), server.authority);
+    up->host_server = s;
+  }
+  const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM), not the
+    // server's fault: no server is marked down, and the others would fail the same way.
+    fail_forward(up, 503, "sockets_exhausted",
+                 "keygate cannot open a connection to the upstream now");
+    return false;
+  }
+  const int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  up->fd = fd;
+  up->server = s;
+  up->state = UpConn::State::kConnecting;
+  // The connect and its linked timeout must go in one submission: get_sqe() submitting
+  // between them (a full queue) would send the connect without its timeout.
+  if (io_uring_sq_space_left(&ring) < 2) io_uring_submit(&ring);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&server.addr),
+                        server.addr_len);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnect, up->slot, up->gen));
+  sqe->flags |= IOSQE_IO_LINK;
+  ++up->ops;
+  // The linked timeout cancels the connect when it fires; its own completion only counts.
+  // Its timespec lives in the group, which outlives every submission.
+  sqe = get_sqe();
+  io_uring_prep_link_timeout(sqe, &g.connect_timeout, 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnectTimeout, up->slot, up->gen));
+  ++up->ops;
+  up->deadline_ms = 0;
+  return true;
 }
 
 void Worker::Impl::on_up_connect(UpConn* up, int res) {
@@ -561,7 +642,6 @@ void Worker::Impl::on_up_connect(UpConn* up, int res) {
   up->fd = -1;
   // Refused or timed out (the link timeout cancels the connect: ECANCELED), it is a failed
   // connect: the server is skipped for upstream_fail_timeout_ms and the next one is tried.
-  ++up->attempts_failed;
   up->connect_timed_out = res == -ECANCELED || res == -ETIME;
   servers[up->server].down_until_ms = now_ms + limits.upstream_fail_timeout_ms;
   connect_next(up);
@@ -696,7 +776,8 @@ void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
     return;
   }
   up->got_bytes = true;
-  up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  up->recv_at = data;
+  up->piece_end = nullptr;
   const llhttp_errno_t err = llhttp_execute(&up->rp, data, len);
   Connection* c = up->client;
   if (err == HPE_PAUSED) {
@@ -712,10 +793,20 @@ void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
     finish_forward(up, clean && !up->body_announced && llhttp_should_keep_alive(&up->rp) != 0);
     return;
   }
+  if (!up->head_sent && err == HPE_OK && !up->parse_failed) {
+    // Still no final head: this receive counts whole against the head limit, and does not
+    // extend the deadline. The final head is due within response_timeout_ms of the request's
+    // last byte sent (on_up_send) however the upstream drips it: a header value of endless
+    // spaces, 1xx after 1xx, a field every so often.
+    up->head_wire_bytes += len;
+    if (up->head_wire_bytes > up->header_bytes_max) up->parse_failed = true;
+  }
   if (err != HPE_OK || up->parse_failed) {
     fail_forward(up, 502, "bad_upstream_response", "the upstream sent an invalid response");
     return;
   }
+  // From the head on, any byte is progress: the body may take as long as it keeps coming.
+  if (up->head_sent) up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
   if (c != nullptr) mark_dirty(c);
 }
 
@@ -744,7 +835,7 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
   up->client = nullptr;
   if (c != nullptr) {
     c->up = nullptr;
-    c->proxying = false;
+    c->proxying = c->until_close_open = false;
     log_end(c, up->rp.status_code, {}, {});  // while `streaming` still says the body was cut
     if (c->streaming) {
       // The upstream answered before the body ended; the rest of it is not read.
@@ -766,6 +857,7 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
     up->replayable = false;
     up->sending.clear();
     if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
+    trim_head(up);
     server.idle.push_back(up);
     if (!up->recv_armed) arm_up_recv(up);  // notices the server closing it
   } else {
@@ -788,6 +880,7 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
     // Nothing of this response left yet: take it back and answer with the error instead.
     fill_buf(c).resize(up->head_at);
     head_sent = false;
+    c->until_close_open = false;
   }
   up->client = nullptr;
   close_up(up);
@@ -796,7 +889,7 @@ void Worker::Impl::fail_forward(UpConn* up, int status, std::string_view code,
   c->proxying = false;
   if (head_sent) {
     log_end(c, up->rp.status_code, code, {});
-    close_conn(c);
+    close_conn(c);  // a reset when the client would take the close for the body's end
     return;
   }
   const bool body_unread = c->streaming;
@@ -871,10 +964,13 @@ void Worker::Impl::release_up(UpConn* up) {
   up->sending.clear();
   if (up->fill.capacity() > kOutputKeepCapacity) up->fill.shrink_to_fit();
   if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
+  trim_head(up);
   up->send_off = 0;
   up->send_in_flight = up->send_failed = up->recv_armed = up->recv_paused = false;
   up->reused = up->replayable = false;
-  up->attempts = up->attempts_failed = 0;
+  up->attempts = 0;
+  up->tried = 0;
+  up->panicked = false;
   up->connect_timed_out = false;
   up->server = 0;
   free_upconns.push_back(up->slot);
@@ -911,7 +1007,10 @@ void Worker::Impl::client_output_drained(Connection* c) {
   UpConn* up = c->up;
   if (up == nullptr || !up->recv_paused || client_buffered(c) > kProxyBufferMax) return;
   up->recv_paused = false;
-  if (up->deadline_ms != 0) up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  // A fresh no-progress deadline for the body; a head still due keeps its own.
+  if (up->deadline_ms != 0 && up->head_sent) {
+    up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  }
   if (up->state == UpConn::State::kBusy && !up->recv_armed) arm_up_recv(up);
 }
 

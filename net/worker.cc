@@ -707,6 +707,20 @@ void Worker::Impl::close_conn(Connection* c) {
   // be doing what it was asked, and the record must say whether it did.
   if (!c->awaiting) log_abandoned(c, 499);
   timer_clear(c);
+  if (c->until_close_open) {
+    // A body whose end the client learns from the close is cut short (the upstream failed, a
+    // timeout, shutdown): a FIN would look like its end. connect(2) to AF_UNSPEC dissolves the
+    // connection at once with a reset (unsent output is dropped; it is cut anyway), and wakes
+    // the receive and send in flight like the shutdown below. Should it fail, the linger of 0
+    // still turns the final close into a reset.
+    c->until_close_open = false;
+    sockaddr unspec{};
+    unspec.sa_family = AF_UNSPEC;
+    if (::connect(c->fd, &unspec, sizeof(unspec)) != 0) {
+      const linger reset{1, 0};
+      (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    }
+  }
   if (c->ops == 0) {
     release(c);
   } else {
@@ -746,7 +760,7 @@ void Worker::Impl::release(Connection* c) {
   c->ctx.state = nullptr;
   c->parser.trim();  // a slot kept for reuse does not keep a large request's buffer
   c->close_after_send = c->lingering = c->peer_eof = false;
-  c->proxying = c->streaming = false;
+  c->proxying = c->streaming = c->until_close_open = false;
   c->up = nullptr;
   c->peer_ip[0] = '\0';
   c->peer_port = 0;

@@ -177,6 +177,9 @@ struct Connection {
   bool streaming = false;    // its body is still arriving and being streamed upstream
   bool client_keep_alive = true;
   bool http10 = false;
+  // The response under way is delimited by the close (an HTTP/1.0 client and no upstream
+  // length): cut before its end, the connection is reset, not closed (close_conn).
+  bool until_close_open = false;
   uint32_t flushes = 0;      // sends started: tells whether queued output already left
   char peer_ip[48] = {};     // client address (learn_peer(), on first use)
   uint16_t peer_port = 0;
@@ -218,8 +221,11 @@ struct UpConn {
   // each at most once per request: `attempts` of them so far. Per request, not the group's
   // shared round-robin position, which concurrent requests move on meanwhile.
   uint32_t first = 0;
-  uint32_t attempts = 0;         // servers tried for this request (connect failures move on)
-  uint32_t attempts_failed = 0;  // of which refused, failed or timed out (not skipped as down)
+  uint32_t attempts = 0;  // servers of the walk passed so far (tried, or skipped as down)
+  // Servers connected to for this request, by index into UpstreamGroup::servers (at most
+  // kApiUpstreamsMax of them): the panic attempt (connect_next) picks one not among them.
+  uint64_t tried = 0;
+  bool panicked = false;  // the one attempt at a skipped server was made
   bool connect_timed_out = false;  // the last failed attempt timed out (504, not 502)
   uint32_t header_bytes_max = 0;
   // A request without Host (HTTP/1.0) gets the server's authority as its Host: it starts at
@@ -255,6 +261,18 @@ struct UpConn {
   std::vector<std::pair<Span, Span>> header_spans;
   std::vector<HttpHeader> headers;
   Span reason;
+  // Wire bytes of this request's response heads (1xx ones too) in the receives parsed before
+  // the one in progress, while the final head was not complete: bounded by header_bytes_max,
+  // which the stored head alone is not (llhttp stores no leading whitespace of a value, and
+  // every 1xx head starts it anew). The receive in progress starts at `recv_at`; the last
+  // field piece parsed in it ends at `piece_end` (nullptr: none yet).
+  size_t head_wire_bytes = 0;
+  const char* recv_at = nullptr;
+  const char* piece_end = nullptr;
+  // Trailer fields after a chunked body: not stored (keygate drops them), only bounded by the
+  // head's limits on their own.
+  uint32_t trailer_fields = 0;
+  size_t trailer_bytes = 0;
   bool head_request = false;   // the client's request was HEAD: the response has no body
   bool interim = false;        // the current response is 1xx (forwarded or dropped)
   bool got_bytes = false;      // any response byte arrived for this request
@@ -359,6 +377,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void head_ready(Connection* c, bool resuming);
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
+  bool connect_to(UpConn* up, uint32_t at);
   UpConn* new_upconn();
   void begin_exchange(UpConn* up, Connection* c, uint32_t group, uint32_t first,
                       bool head_request, bool request_complete);

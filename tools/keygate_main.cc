@@ -126,13 +126,14 @@ unsigned usable_cpus() {
 }
 
 // Every client connection is a descriptor (a proxied one two: the check below counts one), on
-// top of RocksDB's files, the log's and the listeners. Debian's soft limit is 1024 while connections_per_worker_max defaults
-// to 10,000: the soft limit is raised to the hard one, and a limit still short of the
-// configured connections (the data port's in every worker, and the admin port's) is said once
-// on stderr (accepts beyond it fail with EMFILE: the connections wait in the listen backlog,
-// counted as workers.accept_errors in /admin/stats).
-void raise_descriptor_limit(unsigned workers, uint64_t connections_per_worker_max,
-                            uint64_t admin_connections_max) {
+// top of RocksDB's files, the log's and the listeners, and the idle upstream connections each
+// worker may keep (upstream_idle_connections_max per upstream server). Debian's soft limit is
+// 1024 while connections_per_worker_max defaults to 10,000: the soft limit is raised to the
+// hard one, and a limit still short of the configured connections (the data port's and the
+// pooled upstream ones in every worker, and the admin port's) is said once on stderr (accepts
+// beyond it fail with EMFILE: the connections wait in the listen backlog, counted as
+// workers.accept_errors in /admin/stats).
+void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
   if (limit.rlim_cur < limit.rlim_max) {
@@ -140,19 +141,26 @@ void raise_descriptor_limit(unsigned workers, uint64_t connections_per_worker_ma
     raised.rlim_cur = limit.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
   }
+  uint64_t upstream_servers = 0;  // per worker: the same address in two APIs is two pools
+  for (const keygate::ApiConfig& api : config.apis) upstream_servers += api.upstreams.size();
+  const uint64_t per_worker = config.limits.connections_per_worker_max +
+                              upstream_servers * config.limits.upstream_idle_connections_max;
   constexpr uint64_t kSpareDescriptors = 256;  // store, log files, listeners, rings, eventfds
-  const uint64_t wanted = uint64_t{workers} * connections_per_worker_max +
-                          admin_connections_max + kSpareDescriptors;
+  const uint64_t wanted =
+      uint64_t{workers} * per_worker + config.admin_connections_max + kSpareDescriptors;
   if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
     std::fprintf(stderr,
                  "keygate: warning: the descriptor limit (RLIMIT_NOFILE %llu) is below the %llu "
-                 "that %u workers x connections_per_worker_max %llu + admin.connections_max "
-                 "%llu need; raise it (ulimit -n, systemd LimitNOFILE=) or lower [limits] "
+                 "that %u workers x (connections_per_worker_max %llu + %llu upstream servers x "
+                 "upstream_idle_connections_max %llu) + admin.connections_max %llu need; raise "
+                 "it (ulimit -n, systemd LimitNOFILE=) or lower [limits] "
                  "connections_per_worker_max\n",
                  static_cast<unsigned long long>(limit.rlim_cur),
                  static_cast<unsigned long long>(wanted), workers,
-                 static_cast<unsigned long long>(connections_per_worker_max),
-                 static_cast<unsigned long long>(admin_connections_max));
+                 static_cast<unsigned long long>(config.limits.connections_per_worker_max),
+                 static_cast<unsigned long long>(upstream_servers),
+                 static_cast<unsigned long long>(config.limits.upstream_idle_connections_max),
+                 static_cast<unsigned long long>(config.admin_connections_max));
   }
 }
 
@@ -216,8 +224,7 @@ int main(int argc, char** argv) {
 
   unsigned workers = config.workers;
   if (workers == 0) workers = usable_cpus();
-  raise_descriptor_limit(workers, config.limits.connections_per_worker_max,
-                         config.admin_connections_max);
+  raise_descriptor_limit(workers, config);
 
   keygate::ApiRegistry registry;
   if (!registry.init(config.apis, &error)) return usage_error("apis: " + error);

@@ -924,7 +924,33 @@ TEST(DescriptorLimit, AShortLimitIsWarnedAbout) {
   ASSERT_TRUE(server.start(&error)) << error;
   EXPECT_TRUE(server.wait_for_error_output(
       "keygate: warning: the descriptor limit (RLIMIT_NOFILE 300) is below the 10320 that 1 "
-      "workers x connections_per_worker_max 10000 + admin.connections_max 64 need",
+      "workers x (connections_per_worker_max 10000 + 0 upstream servers x "
+      "upstream_idle_connections_max 64) + admin.connections_max 64 need",
+      Millis(2000)))
+      << server.error_output();
+  EXPECT_TRUE(server.stop(SIGTERM).clean());
+}
+
+// Idle pooled upstream connections are descriptors too: up to upstream_idle_connections_max per
+// upstream server in every worker. The estimate left them out, so a limit that covered the
+// client connections but not the pools drew no warning.
+TEST(DescriptorLimit, IdleUpstreamConnectionsCountInTheEstimate) {
+  ServerOptions options = admin_server_options("it-descriptor-admin-key");
+  options.workers = 1;
+  options.limits = {{"connections_per_worker_max", 1000},
+                    {"upstream_idle_connections_max", 2000}};
+  options.extra_config =
+      "[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\n"
+      "upstreams = [\"127.0.0.1:9\", \"127.0.0.1:10\"]\n";
+  options.wrapper = {"/usr/bin/prlimit", "--nofile=200:4096", "--"};
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  // 1 x (1000 + 2 x 2000) + 64 + 256 spare = 5320 > 4096.
+  EXPECT_TRUE(server.wait_for_error_output(
+      "keygate: warning: the descriptor limit (RLIMIT_NOFILE 4096) is below the 5320 that 1 "
+      "workers x (connections_per_worker_max 1000 + 2 upstream servers x "
+      "upstream_idle_connections_max 2000) + admin.connections_max 64 need",
       Millis(2000)))
       << server.error_output();
   EXPECT_TRUE(server.stop(SIGTERM).clean());
