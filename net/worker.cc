@@ -472,6 +472,8 @@ void Worker::Impl::process_input(Connection* c, std::span<char> data, size_t rea
       c->pending.append(data.data(), data.size());
       return;
     }
+    // A request's record starts when keygate reads its first byte (the loop's cached clock).
+    if (!c->parser.request_in_progress()) c->rlog.head_ms = now_ms;
     const HttpParser::Result r = c->parser.parse(data, readable_after);
     data = data.subspan(r.consumed);
     switch (r.status) {
@@ -545,7 +547,11 @@ void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
   // A HEAD rejected after its head (413 on Content-Length, 408 mid-body) gets no body either.
   ResponseWriter writer(fill_buf(c), date, c->parser.head_of_head_request(), false);
   writer.error(status, code, message);
-  log_begin(c, nullptr);  // a request that did not parse: no method or target to show
+  // Rejected once its head was parsed (an error in the head's fields, 413, a body that timed
+  // out): its method and target; before that there are none to show.
+  HttpRequest head;
+  const bool parsed = c->parser.head_parsed(&head.method, &head.target);
+  log_begin(c, parsed ? &head : nullptr);
   log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));
   ++c->responses_fill;
   c->close_after_send = true;
