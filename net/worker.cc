@@ -924,6 +924,27 @@ void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
   op_done(c);
 }
 
+// After run() returned: the deferred requests the drain deadline cut off (closed with their
+// ticket out, so not logged then) whose tickets have come back since. The executor posts the
+// job it was running when the workers exited once it is done (AdminExecutor::stop), so the
+// change it made is logged with its real status and reason "shutdown", as on_posted() would
+// have. The slot is not released: the ring is no longer ours (~Impl closes the descriptor).
+void Worker::Impl::settle_deferred() {
+  {
+    std::lock_guard<std::mutex> lock(posted_mu);
+    posted_local.swap(posted);
+  }
+  for (auto [slot, gen] : posted_local) {
+    Connection* c = conns[slot].get();
+    KEYGATE_ASSERT(c->gen == gen && c->awaiting && c->closed);
+    c->awaiting = false;
+    const int done = listeners[c->listener].handler->abandon(c->ctx);
+    log_abandoned(c, done != 0 ? done : 499);
+    --c->ops;
+  }
+  posted_local.clear();
+}
+
 Worker::Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
                LoopObserver* observer, const std::vector<ApiConfig>& apis)
     : impl_(std::make_unique<Impl>(index, limits, std::move(listeners), observer, apis)) {}
@@ -941,6 +962,8 @@ void Worker::request_stop() {
   const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));
   KEYGATE_ASSERT(n == sizeof(one));
 }
+
+void Worker::settle_deferred() { impl_->settle_deferred(); }
 
 void Worker::set_access_log(AccessSink* sink, size_t capture_bytes_max) {
   impl_->access_sink = sink;
