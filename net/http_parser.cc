@@ -456,6 +456,17 @@ bool HttpParser::head_in_progress(std::string_view* method, std::string_view* ta
   return true;
 }
 
+bool HttpParser::head_parsed(std::string_view* method, std::string_view* target) const {
+  // As head_in_progress(), and also once parse() failed: an error returns before the request
+  // is moved anywhere, so base_ still points at it (the caller's input, or the assembly).
+  if (!started_ || !headers_done_ || message_done_ || sink_ != nullptr || base_ == nullptr) {
+    return false;
+  }
+  *method = view(method_);
+  *target = view(url_);
+  return true;
+}
+
 void HttpParser::check_partial_limits() {
   if (headers_done_ || failed_) return;
   if (!request_line_done_) {

@@ -129,6 +129,11 @@ class HttpParser {
   // logged on a connection that did not stop at its head. Views valid until the next parse(),
   // reset() or trim(); false (nothing set) for any other state.
   bool head_in_progress(std::string_view* method, std::string_view* target) const;
+  // The request in progress, or the one parse() just rejected (an error of its head or body,
+  // read_body()'s 413, a body that timed out), got as far as a complete head: its method and
+  // target, for the record of the error answering it. Views valid until the next parse(),
+  // reset() or trim(); false (nothing set) before the head is complete or while streaming.
+  bool head_parsed(std::string_view* method, std::string_view* target) const;
 
  private:
   struct Span {

@@ -3,15 +3,20 @@
 // AccessSink, which only copies it into the worker's own lock-free buffer: no file I/O, no lock,
 // no syscall here (a full buffer drops the record and counts it).
 //
-// A record begins when a request's head is parsed (log_begin), learns the key's identity and
-// logging options from the handler (log_note, from RequestContext::access), and ends when its
-// response is complete (log_end): at once for responses keygate writes itself, when the
-// upstream's response ends for forwarded ones, or when the connection ends first
+// A record begins when a request's head is parsed (log_begin; on a listener that reads whole
+// requests, once its body is in), dated back to the request's first byte; it learns the key's
+// identity and logging options from the handler (log_note, from RequestContext::access), and
+// ends when its response is complete (log_end): at once for responses keygate writes itself,
+// when the upstream's response ends for forwarded ones, or when the connection ends first
 // (log_abandoned: status 499, reason "client_closed", or "write_timeout"/"shutdown" when keygate
 // cut it; a deferred request whose handler did its work anyway, an admin change the backend
-// made, keeps that status with the same reason). For
-// keys with log_request / log_response the request (head rebuilt from the parsed fields, body)
-// and the response are captured up to capture_bytes_max each and marked truncated beyond it.
+// made, keeps that status with the same reason, also one the drain deadline cut off, logged
+// after the workers exited: Worker::Impl::settle_deferred). For keys with log_request /
+// log_response the request (head rebuilt from the parsed fields, body) and the response are
+// captured up to capture_bytes_max each and marked truncated beyond it. A record ends when its
+// response is queued, not when it was sent: status and bytes_out say what keygate answered,
+// not what the client received (a response cut off by the drain deadline or a reset is still
+// logged with its status).
 #include <charconv>
 #include <cstring>
 #include <ctime>
@@ -101,7 +106,11 @@ void Worker::Impl::log_begin(Connection* c, const HttpRequest* request) {
   l.open = true;
   if (access_sink == nullptr) return;
   l.active = true;
-  l.start_us = wall_us();
+  // Back to the request's first byte: a record begun once the body is in (a listener that does
+  // not stop at heads), or when the request is abandoned or rejected, covers its upload too.
+  // The loop's cached clock, so no clock read is added: to the millisecond, at the pass.
+  const int64_t waited_ms = now_ms - l.head_ms;
+  l.start_us = wall_us() - (l.head_ms != 0 && waited_ms > 0 ? waited_ms * 1000 : 0);
   l.id = (static_cast<uint64_t>(index) << 48) | ++request_counter;
   l.method.clear();
   l.target.clear();

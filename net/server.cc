@@ -228,4 +228,10 @@ void Server::stop() {
   }
 }
 
+void Server::settle_deferred() {
+  if (!running_) return;
+  stop();
+  for (auto& w : running_->workers) w->settle_deferred();
+}
+
 }  // namespace keygate::net

@@ -62,6 +62,10 @@ class Server {
   // ResumeTicket (key fetches, admin jobs) may post safely until they are stopped: destroy
   // those before the Server.
   void stop();
+  // After stop() and after every thread that holds a ResumeTicket has posted it (stop the
+  // AdminExecutor first): writes the access records of the deferred requests the drain
+  // deadline cut off, now that their tickets are back (Worker::settle_deferred). Idempotent.
+  void settle_deferred();
 
   // The workers' counters (WorkerStats), summed; zeros before start(). Any thread.
   struct Stats {

@@ -488,6 +488,8 @@ void Worker::Impl::process_input(Connection* c, std::span<char> data, size_t rea
       c->pending.append(data.data(), data.size());
       return;
     }
+    // A request's record starts when keygate reads its first byte (the loop's cached clock).
+    if (!c->parser.request_in_progress()) c->rlog.head_ms = now_ms;
     const HttpParser::Result r = c->parser.parse(data, readable_after);
     data = data.subspan(r.consumed);
     switch (r.status) {
@@ -561,7 +563,11 @@ void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
   // A HEAD rejected after its head (413 on Content-Length, 408 mid-body) gets no body either.
   ResponseWriter writer(fill_buf(c), date, c->parser.head_of_head_request(), false);
   writer.error(status, code, message);
-  log_begin(c, nullptr);  // a request that did not parse: no method or target to show
+  // Rejected once its head was parsed (an error in the head's fields, 413, a body that timed
+  // out): its method and target; before that there are none to show.
+  HttpRequest head;
+  const bool parsed = c->parser.head_parsed(&head.method, &head.target);
+  log_begin(c, parsed ? &head : nullptr);
   log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));
   ++c->responses_fill;
   c->close_after_send = true;
@@ -948,6 +954,27 @@ void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
   op_done(c);
 }
 
+// After run() returned: the deferred requests the drain deadline cut off (closed with their
+// ticket out, so not logged then) whose tickets have come back since. The executor posts the
+// job it was running when the workers exited once it is done (AdminExecutor::stop), so the
+// change it made is logged with its real status and reason "shutdown", as on_posted() would
+// have. The slot is not released: the ring is no longer ours (~Impl closes the descriptor).
+void Worker::Impl::settle_deferred() {
+  {
+    std::lock_guard<std::mutex> lock(posted_mu);
+    posted_local.swap(posted);
+  }
+  for (auto [slot, gen] : posted_local) {
+    Connection* c = conns[slot].get();
+    KEYGATE_ASSERT(c->gen == gen && c->awaiting && c->closed);
+    c->awaiting = false;
+    const int done = listeners[c->listener].handler->abandon(c->ctx);
+    log_abandoned(c, done != 0 ? done : 499);
+    --c->ops;
+  }
+  posted_local.clear();
+}
+
 Worker::Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
                LoopObserver* observer, const std::vector<ApiConfig>& apis)
     : impl_(std::make_unique<Impl>(index, limits, std::move(listeners), observer, apis)) {}
@@ -965,6 +992,8 @@ void Worker::request_stop() {
   const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));
   KEYGATE_ASSERT(n == sizeof(one));
 }
+
+void Worker::settle_deferred() { impl_->settle_deferred(); }
 
 void Worker::set_access_log(AccessSink* sink, size_t capture_bytes_max) {
   impl_->access_sink = sink;

@@ -151,6 +151,10 @@ class Worker {
   // Thread-safe, async-signal-unsafe: asks the worker to stop accepting, finish in-flight
   // requests (bounded by limits.drain_timeout_ms) and return from run().
   void request_stop();
+  // After run() has returned (its thread joined): writes the access records of the deferred
+  // requests cut at the drain deadline whose tickets were posted since (an admin job the
+  // executor finished after the workers exited). From the thread that joined the worker's.
+  void settle_deferred();
 
   // Access records of every request go to `sink` (may be null: none), with captures of at most
   // `capture_bytes_max` bytes per body. Call before init(); the sink must outlive the worker.

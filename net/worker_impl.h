@@ -81,7 +81,10 @@ struct UpConn;
 struct RequestLog {
   bool open = false;    // a request began and its record (counted in WorkerStats) did not end
   bool active = false;  // open, with the access log on: the record is being collected
-  int64_t start_us = 0;  // wall clock, Unix microseconds
+  int64_t start_us = 0;  // wall clock, Unix microseconds: when the request's first byte was read
+  // Worker::Impl::now_ms (the loop's cached monotonic clock) when the parser began the request
+  // in progress: log_begin() dates the record back to it without another clock read.
+  int64_t head_ms = 0;
   uint64_t id = 0;
   std::string method;
   std::string target;
@@ -329,6 +332,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void post(uint32_t slot, uint32_t gen) noexcept override;
   void on_wake();
   void on_posted(uint32_t slot, uint32_t gen);
+  void settle_deferred();
 
   bool init(std::string* error);
   void run();

@@ -14,6 +14,19 @@ namespace {
 constexpr std::string_view kQueueFullBody =
     "{\"error\":\"store_unavailable\",\"field\":null,"
     "\"message\":\"the admin API is busy, try again\"}\n";
+constexpr std::string_view kStoppedBody =
+    "{\"error\":\"store_unavailable\",\"field\":null,"
+    "\"message\":\"keygate is shutting down\"}\n";
+
+// A request the executor will not run: 503 store_unavailable, filled in before its post.
+void refuse(AdminResponse* out, std::string_view body) noexcept {
+  out->status = 503;
+  out->error_code = "store_unavailable";
+  out->allow = {};
+  out->challenge = false;
+  // The caller's pooled response keeps its capacity, so this rarely allocates.
+  out->body.assign(body);
+}
 
 int64_t system_clock_seconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(
@@ -59,15 +72,17 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options
   });
 }
 
-AdminExecutor::~AdminExecutor() {
+AdminExecutor::~AdminExecutor() { stop(); }
+
+void AdminExecutor::stop() noexcept {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
   main_.wake.notify_all();
   logs_.wake.notify_all();
-  main_.thread.join();
-  logs_.thread.join();
+  if (main_.thread.joinable()) main_.thread.join();
+  if (logs_.thread.joinable()) logs_.thread.join();
 }
 
 void AdminExecutor::submit(const AdminRequest& request, AdminResponse* out,
@@ -90,11 +105,7 @@ void AdminExecutor::submit(const AdminRequest& request, AdminResponse* out,
     return;
   }
   rejected_total_.fetch_add(1, std::memory_order_relaxed);
-  out->status = 503;
-  out->allow = {};
-  out->challenge = false;
-  // The caller's pooled response keeps its capacity, so this rarely allocates.
-  out->body.assign(kQueueFullBody);
+  refuse(out, kQueueFullBody);
   ticket.post();
 }
 
@@ -104,7 +115,18 @@ void AdminExecutor::run(Lane& lane) {
     {
       std::unique_lock lock(mutex_);
       lane.wake.wait(lock, [&] { return lane.queued > 0 || stopping_; });
-      if (stopping_) return;  // queued jobs are dropped: their workers are gone (see header)
+      if (stopping_) {
+        // Not run: answered 503 and posted, so that their workers log them (see header).
+        for (; lane.queued > 0; --lane.queued) {
+          Job& queued = lane.ring[lane.head];
+          refuse(queued.out, kStoppedBody);
+          queued.ticket.post();
+          rejected_total_.fetch_add(1, std::memory_order_relaxed);
+          queued = Job{};
+          lane.head = (lane.head + 1) % lane.ring.size();
+        }
+        return;
+      }
       job = lane.ring[lane.head];
       lane.ring[lane.head] = Job{};
       lane.head = (lane.head + 1) % lane.ring.size();
@@ -113,11 +135,8 @@ void AdminExecutor::run(Lane& lane) {
     lane.context.now = clock_();
     *job.out = execute_admin(job.request, store_, lane.context);
     executed_total_.fetch_add(1, std::memory_order_relaxed);
-    // Posting under the mutex orders it against the destructor: once stopping_ is set, nothing
-    // is posted any more. (A request still running after the workers exited outlived the
-    // drain deadline; see the header.)
-    std::lock_guard lock(mutex_);
-    if (stopping_) return;
+    // Posted also once stopping: a request that outlived the drain deadline is logged by its
+    // worker after the workers exited (Server::settle_deferred; see the header).
     job.ticket.post();
   }
 }

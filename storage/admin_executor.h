@@ -12,13 +12,16 @@
 //     key returned.
 //
 // When a lane's queue is full, submit() answers 503 store_unavailable and posts at once
-// (counted in rejected_total). Shutdown: destroy the executor after the server has stopped
-// (its workers, the tickets' sinks, are gone then). The requests in progress finish; neither
-// they nor the requests still queued are posted. In a normal drain there are none: workers
-// wait for their deferred requests before they exit. Only a request that outlives the drain
-// deadline (drain_timeout_ms, while a store call blocks) can still be running when the workers
-// are destroyed; its answer would then be written to freed memory. The engine has no way yet
-// to keep a worker's sink alive for such a request (KeyService's fetch pool shares the limit).
+// (counted in rejected_total). Shutdown: stop() (or the destructor) after the server's workers
+// have exited (Server::stop), then Server::settle_deferred(), then destroy the server: the
+// tickets' sinks (the workers' memory) must outlive the executor. In a normal drain no request
+// is left: workers wait for their deferred requests before they exit. A request still with the
+// executor at the drain deadline (drain_timeout_ms: a long import, a store call that blocks)
+// was cut off from its client; stop() lets the one in progress on each lane finish (so exit
+// waits for it) and answers the ones still queued 503 store_unavailable without running them.
+// Every one of them is posted all the same, and settle_deferred() has its worker write its
+// access record (reason "shutdown", the status of what the executor did), so no change the
+// executor made goes unlogged.
 #pragma once
 
 #include <atomic>
@@ -63,8 +66,11 @@ class AdminExecutor final : public AdminBackend {
   // `store` and `apis` must outlive the executor; `store` is called from both lanes' threads
   // (the log lane: get_key() and query_logs() only). Starts the executor's threads.
   AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options options);
-  // Stops the threads after the requests in progress (see the header comment).
+  // stop(), if it was not called.
   ~AdminExecutor() override;
+  // Stops the threads after the requests in progress; the queued ones are answered 503 (see
+  // the header comment). Every request is posted. Idempotent; not from a lane's thread.
+  void stop() noexcept;
   AdminExecutor(const AdminExecutor&) = delete;
   AdminExecutor& operator=(const AdminExecutor&) = delete;
 

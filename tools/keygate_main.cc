@@ -446,6 +446,11 @@ int main(int argc, char** argv) {
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
   server->stop();
+  // An admin job still running at the drain deadline finishes (exit waits for it; the jobs
+  // queued behind it are answered 503 unrun) and is posted; the workers, stopped, then write
+  // the records of the requests cut off with their tickets out, so every change is logged.
+  admin_executor.stop();
+  server->settle_deferred();
   std::printf("keygate: stopped\n");
   std::fflush(stdout);
   return 0;

@@ -1741,6 +1741,92 @@ TEST_F(AccessLogTest, ADataRequestAbandonedMidBodyGetsOne499Record) {
   expect_one_abandoned_record(server_->log_dir(), "/orders/mid-rst");
 }
 
+// On a data port that reads whole requests (no API forwards) a record begins only once the body
+// is in (or the request is abandoned or rejected), but it is dated from the request's first
+// byte: time_us and duration_us cover the upload. An error answered after the head (a body
+// timeout's 408, a 413 on Content-Length) names the request's method and path.
+TEST(AccessLogNoForwarding, ARecordStartsAtTheRequestsFirstByteAndErrorsAfterTheHeadNameIt) {
+  ServerOptions options = admin_server_options(std::string(kBootstrapAdminKey));
+  options.workers = 1;
+  options.limits = {{"body_timeout_ms", 1200}};
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  const std::string key = "alog-duration-" + random_hex(24);
+  auto created = round_trip(
+      server.admin_port(),
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   "{\"key\":\"" + key + "\",\"apis\":[\"orders\"]}"));
+  ASSERT_TRUE(created && created->status == 201) << show(created);
+  const auto wall_us = [] {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  const std::vector<std::string> headers = {"X-ApiKey: " + key,
+                                            "Content-Type: application/octet-stream"};
+  // Head and 100 of 1000 body bytes, then nothing: 408 at the body timeout.
+  std::string stalled_request =
+      http_request("POST", "/orders/body-timeout", headers, std::string(1000, 'b'));
+  stalled_request.resize(stalled_request.size() - 900);
+  RawClient stalled;
+  ASSERT_TRUE(stalled.connect(server.data_port()));
+  ASSERT_TRUE(stalled.send(stalled_request));
+  // A 10-byte body sent one byte every 70 ms: answered 200 after ~630 ms.
+  const std::string upload = http_request("POST", "/orders/slow-upload", headers, "0123456789");
+  RawClient slow;
+  ASSERT_TRUE(slow.connect(server.data_port()));
+  const int64_t upload_began_us = wall_us();
+  ASSERT_TRUE(slow.send(upload.substr(0, upload.size() - 9)));
+  for (size_t i = upload.size() - 9; i < upload.size(); ++i) {
+    std::this_thread::sleep_for(Millis(70));
+    ASSERT_TRUE(slow.send(upload.substr(i, 1)));
+  }
+  const std::optional<Response> uploaded = slow.read_response();
+  ASSERT_TRUE(uploaded && uploaded->status == 200) << show(uploaded);
+  // A client that leaves 400 ms into its body.
+  std::string left_request = http_request("POST", "/orders/client-left", headers,
+                                          std::string(1000, 'b'));
+  left_request.resize(left_request.size() - 900);
+  RawClient left;
+  ASSERT_TRUE(left.connect(server.data_port()));
+  ASSERT_TRUE(left.send(left_request));
+  std::this_thread::sleep_for(Millis(400));
+  left.close();
+  // Content-Length beyond the port's body limit: 413 once the head is parsed.
+  const std::optional<Response> too_large = round_trip(
+      server.data_port(), "POST /orders/too-large HTTP/1.1\r\nHost: x\r\nX-ApiKey: " + key +
+                              "\r\nContent-Length: 99999999999999\r\n\r\n");
+  ASSERT_TRUE(too_large && too_large->status == 413) << show(too_large);
+  const std::optional<Response> timed_out = stalled.read_response(Millis(3000));
+  ASSERT_TRUE(timed_out && timed_out->status == 408) << show(timed_out);
+  ASSERT_TRUE(server.stop(SIGTERM).clean());
+
+  const LogContents log = read_log(server.log_dir());
+  std::map<std::string, const Json *> by_path;
+  for (const Json *r : log.records()) by_path[r->str("path")] = r;
+  for (const char *path :
+       {"/orders/slow-upload", "/orders/client-left", "/orders/body-timeout", "/orders/too-large"}) {
+    ASSERT_EQ(by_path.count(path), 1u) << path << " has no record (a 408/413 record names no path?)";
+    EXPECT_EQ(by_path[path]->str("method"), "POST") << path;
+  }
+  const Json *up = by_path["/orders/slow-upload"];
+  EXPECT_EQ(up->num("status"), 200);
+  EXPECT_GE(up->num("duration_us"), 500000);
+  EXPECT_LE(up->num("time_us"), upload_began_us + 100000);  // not when the body was in
+  const Json *gone = by_path["/orders/client-left"];
+  EXPECT_EQ(gone->num("status"), 499);
+  EXPECT_EQ(gone->str("reason"), "client_closed");
+  EXPECT_GE(gone->num("duration_us"), 300000);
+  const Json *late = by_path["/orders/body-timeout"];
+  EXPECT_EQ(late->num("status"), 408);
+  EXPECT_EQ(late->str("reason"), "request_timeout");
+  EXPECT_GE(late->num("duration_us"), 1000000);
+  EXPECT_EQ(by_path["/orders/too-large"]->num("status"), 413);
+}
+
 TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
   // No API forwards: the data port reads whole requests before the handler
   // sees them, so the record begins only when the client leaves.
@@ -1804,6 +1890,68 @@ TEST_F(AccessLogTest, RequestsKeygateCutOffNameTheCutNotTheClient) {
   ASSERT_NE(shutdown, nullptr);
   EXPECT_EQ(shutdown->str("reason"), "shutdown");
   EXPECT_EQ(shutdown->num("status"), 499);
+}
+
+// An admin change still running at the drain deadline (a 100,000-key import, drain_timeout_ms
+// = 100): its client is cut off, but the executor finishes it (exit waits for it) and its
+// record says so — status 200, reason "shutdown" — as the store does; a change queued behind it
+// is not run and is logged 503 "shutdown". Nothing leaks (the sanitizer build exits 1 on a
+// leak), and keygate exits 0.
+TEST_F(AccessLogTest, AnAdminChangeCutOffByTheDrainDeadlineIsStillLogged) {
+  dirs_ = std::make_unique<TempDir>();
+  const std::string data_dir = dirs_->path() + "/data";
+  const std::string log_dir = dirs_->path() + "/logs";
+  ASSERT_NO_FATAL_FAILURE(start(1, "", data_dir, log_dir, {{"drain_timeout_ms", 100}}));
+  constexpr int kKeys = 100000;
+  const std::string prefix = "alog-drain-import-" + random_hex(12) + "-";
+  std::string body = R"({"keys":[)";
+  for (int i = 0; i < kKeys; ++i) {
+    if (i > 0) body += ',';
+    body += R"({"key":")" + prefix + std::to_string(i) + R"(","apis":["orders"]})";
+  }
+  body += "]}";
+  const std::vector<std::string> headers = {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                                            "Content-Type: application/json"};
+  RawClient importer;
+  ASSERT_TRUE(importer.connect(server_->admin_port()));
+  ASSERT_TRUE(importer.send(http_request("POST", "/admin/keys/import", headers, body)));
+  std::this_thread::sleep_for(Millis(100));  // read, and with the executor
+  RawClient creator;
+  ASSERT_TRUE(creator.connect(server_->admin_port()));
+  ASSERT_TRUE(creator.send(http_request("POST", "/admin/keys", headers,
+                                        R"({"apis":["orders"],"description":"queued-at-drain"})")));
+  std::this_thread::sleep_for(Millis(50));  // queued behind the import
+  const ExitStatus status = server_->stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+  const std::optional<Response> heard = importer.read_response(Millis(500));
+  EXPECT_FALSE(heard.has_value()) << "the import was answered before the deadline: "
+                                  << heard->status;
+
+  const LogContents log = read_log(log_dir);
+  size_t imports = 0, creates = 0;
+  for (const Json *r : log.records()) {
+    if (r->str("path") == "/admin/keys/import") {
+      ++imports;
+      EXPECT_EQ(r->num("status"), 200);
+      EXPECT_EQ(r->str("reason"), "shutdown");
+    } else if (r->str("path") == "/admin/keys" && r->str("method") == "POST") {
+      ++creates;
+      EXPECT_EQ(r->num("status"), 503);
+      EXPECT_EQ(r->str("reason"), "shutdown");
+    }
+  }
+  EXPECT_EQ(imports, 1u);
+  EXPECT_EQ(creates, 1u);
+
+  // As the records say: the import's keys exist, the queued create made nothing.
+  server_.reset();
+  ASSERT_NO_FATAL_FAILURE(start(1, "", data_dir, log_dir));
+  const std::optional<Response> last =
+      data(http_request("GET", "/orders/1", {"X-ApiKey: " + prefix + std::to_string(kKeys - 1)}));
+  EXPECT_TRUE(last && last->status == 200) << show(last);
+  const std::optional<Response> listed = admin("GET", "/admin/keys?limit=1000", kBootstrapAdminKey);
+  ASSERT_TRUE(listed && listed->status == 200) << show(listed);
+  EXPECT_EQ(listed->body.find("queued-at-drain"), std::string::npos);
 }
 
 // --- Where the log lives when no log_dir is configured
