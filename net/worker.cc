@@ -434,7 +434,7 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
 void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_after) {
   if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
   if (!c->pending.empty() || c->awaiting || (c->proxying && !c->streaming)) {
-    c->pending.append(data.data(), data.size());
+    hold_input(c, data);
     if (c->pending.size() > kPendingInputMax && c->recv_armed && !c->recv_cancel_sent) {
       io_uring_sqe* sqe = get_sqe();
       io_uring_prep_cancel64(sqe, make_user_data(kOpRecv, c->slot, c->gen), 0);
@@ -445,6 +445,28 @@ void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_
     return;
   }
   process(c, data, readable_after);
+}
+
+// Keeps received bytes that cannot be parsed yet in `pending`.
+void Worker::Impl::hold_input(Connection* c, std::span<const char> data) {
+  c->pending.append(data.data(), data.size());
+  account_input(c);
+}
+
+// Brings the input gauges of the stats up to date with c's buffers.
+void Worker::Impl::account_input(Connection* c) {
+  static const size_t kInline = std::string().capacity();  // no heap bytes up to this
+  const auto heap = [](const std::string& s) { return s.capacity() > kInline ? s.capacity() : 0; };
+  const size_t now = heap(c->pending) + heap(c->resume_buf);
+  if (now != c->input_heap) {
+    stats.pending_input_bytes.store(
+        stats.pending_input_bytes.load(std::memory_order_relaxed) + now - c->input_heap,
+        std::memory_order_relaxed);
+    c->input_heap = now;
+  }
+  if (c->pending.size() > stats.pending_input_peak.load(std::memory_order_relaxed)) {
+    stats.pending_input_peak.store(c->pending.size(), std::memory_order_relaxed);
+  }
 }
 
 void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_after) {
@@ -462,14 +484,14 @@ void Worker::Impl::process_input(Connection* c, std::span<char> data, size_t rea
       if (c->streaming) {
         // Backpressure: the upstream has enough queued; the rest waits (on_data pauses the
         // receive when it grows).
-        if (!data.empty()) c->pending.append(data.data(), data.size());
+        if (!data.empty()) hold_input(c, data);
         return;
       }
       continue;
     }
     if (c->awaiting || c->proxying ||
         c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
-      c->pending.append(data.data(), data.size());
+      hold_input(c, data);
       return;
     }
     const HttpParser::Result r = c->parser.parse(data, readable_after);
@@ -589,6 +611,7 @@ void Worker::Impl::drain_pending(Connection* c) {
     std::swap(c->pending, c->resume_buf);
     process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()), 0);
     c->resume_buf.clear();
+    account_input(c);
   }
   if (c->closed || !c->pending.empty()) return;
   if (c->peer_eof) {
@@ -722,6 +745,7 @@ void Worker::Impl::release(Connection* c) {
   }
   c->pending.clear();
   c->resume_buf.clear();
+  account_input(c);
   c->fill = 0;
   c->send_off = 0;
   c->responses_fill = c->responses_send = 0;

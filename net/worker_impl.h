@@ -141,6 +141,7 @@ struct Connection {
   uint32_t responses_send = 0;
   std::string pending;     // received, not yet parsed (paused at the pipeline cap)
   std::string resume_buf;  // pending's bytes while they are being parsed
+  size_t input_heap = 0;   // heap bytes of the two, as counted in stats.pending_input_bytes
   // process() is on the stack: a request it dispatched may be answered synchronously (an
   // upstream failure found at once), and drain_pending() must then leave the rest of the input
   // to that process() loop rather than conclude on `pending` (empty while it runs).
@@ -328,6 +329,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void process(Connection* c, std::span<char> data, size_t readable_after);
   void process_input(Connection* c, std::span<char> data, size_t readable_after);
   void drain_pending(Connection* c);
+  void hold_input(Connection* c, std::span<const char> data);
+  void account_input(Connection* c);
   void dispatch(Connection* c, bool resuming);
   void write_error(Connection* c, int status, std::string_view code, std::string_view message);
   void flush(Connection* c);
