@@ -416,7 +416,9 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
       on_peer_eof(c);
     } else if (res == -ENOBUFS) {
       // Every receive buffer was in use for a moment; they are back at the end of this pass.
-      if (!more) rearm.emplace_back(c, c->gen);
+      // Input still waiting (paused at the pipeline cap, behind a deferred or forwarded
+      // request): drain_pending() re-arms once it is through, as after a cancel.
+      if (!more && c->pending.empty()) rearm.emplace_back(c, c->gen);
     } else if (res < 0 && res != -ECANCELED) {
       close_conn(c);
     } else if (!more && c->pending.empty()) {
