@@ -603,6 +603,11 @@ void Worker::Impl::learn_peer(Connection* c) {
   if (c->peer_ip[0] == '\0') std::strcpy(c->peer_ip, "unknown");
 }
 
+// An empty input buffer past kInputKeepCapacity gives its memory back.
+static void trim_input(std::string& b) {
+  if (b.empty() && b.capacity() > kInputKeepCapacity) b.shrink_to_fit();
+}
+
 void Worker::Impl::drain_pending(Connection* c) {
   // Called from inside process() (a forward that failed at once answered its request): the
   // rest of the received input is still in that loop, not in `pending`, so neither the FIN nor
@@ -613,6 +618,8 @@ void Worker::Impl::drain_pending(Connection* c) {
     std::swap(c->pending, c->resume_buf);
     process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()), 0);
     c->resume_buf.clear();
+    trim_input(c->resume_buf);
+    trim_input(c->pending);
     account_input(c);
   }
   if (c->closed || !c->pending.empty()) return;
@@ -747,6 +754,8 @@ void Worker::Impl::release(Connection* c) {
   }
   c->pending.clear();
   c->resume_buf.clear();
+  trim_input(c->pending);
+  trim_input(c->resume_buf);
   account_input(c);
   c->fill = 0;
   c->send_off = 0;

@@ -31,6 +31,9 @@ inline constexpr uint16_t kBufGroup = 1;
 // Received bytes held while a connection is paused at its pipeline cap. Past this the multishot
 // receive is cancelled, so a client that never reads cannot make us buffer without bound.
 inline constexpr size_t kPendingInputMax = 64 * 1024;
+// An input buffer (`pending`, `resume_buf`) that grew past this is released once it is empty
+// again, and when its slot is released: a slot does not keep a backlog's memory.
+inline constexpr size_t kInputKeepCapacity = 16 * 1024;
 // An output buffer that grew past this (a large response) is released rather than kept.
 inline constexpr size_t kOutputKeepCapacity = 256 * 1024;
 inline constexpr long kTickNs = 100'000'000;  // timeout resolution and drain check interval

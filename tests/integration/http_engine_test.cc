@@ -878,6 +878,30 @@ TEST_F(InputBounds, ClientsThatPipelineAndNeverReadHoldBoundedInput) {
   EXPECT_TRUE(serves_healthz(port()));
 }
 
+// Connections that held input give its memory back when they close: a released slot keeps at
+// most 16 KiB in each of its two input buffers (it kept their whole capacity, so every slot
+// that ever paused kept its largest backlog for the life of the process).
+TEST_F(InputBounds, ClosedConnectionsKeepNoLargeInputBuffers) {
+  ASSERT_TRUE(start(input_bounds_options()));
+  constexpr size_t kClients = 32;
+  NonReadingClients clients;
+  ASSERT_TRUE(clients.connect(port(), kClients));
+  (void)clients.send_for(1500ms);
+  const int64_t held = worker_stat(server(), "pending_input_bytes");
+  // The connections hold input: at least kPendingInputMax / 2 each on average.
+  ASSERT_GE(held, static_cast<int64_t>(kClients) * kPendingInputMax / 2);
+  clients.reset_all();
+  const int64_t bound = static_cast<int64_t>(kClients) * 2 * 16 * 1024;
+  int64_t after = -1;
+  for (const auto end = Clock::now() + 5000ms; Clock::now() < end;) {
+    after = worker_stat(server(), "pending_input_bytes");
+    if (after >= 0 && after <= bound) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_GE(after, 0);
+  EXPECT_LE(after, bound) << "held while the clients were connected: " << held;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timeouts
 
