@@ -28,8 +28,14 @@ namespace keygate::net {
 inline constexpr unsigned kBufCount = 512;  // power of two (ring requirement)
 inline constexpr unsigned kBufSize = 16 * 1024;
 inline constexpr uint16_t kBufGroup = 1;
-// Received bytes held while a connection is paused at its pipeline cap. Past this the multishot
-// receive is cancelled, so a client that never reads cannot make us buffer without bound.
+// Received bytes a connection holds while it cannot parse them (at its pipeline cap, behind a
+// deferred or forwarded request, streaming a body the upstream does not take yet). The first
+// byte held stops the connection's multishot receive (which keeps delivering buffers until a
+// cancel lands: measured up to megabytes in one event-loop pass). From then on it reads with
+// single-shot receives no larger than the room left under this, and not at all once it is
+// reached, until the held input is through. What the multishot receive had already delivered
+// in the pass the connection paused in is held too: that one pass can take the connection past
+// this, by at most the worker's buffer ring (docs/configuration.md, "Fixed limits").
 inline constexpr size_t kPendingInputMax = 64 * 1024;
 // An input buffer (`pending`, `resume_buf`) that grew past this is released once it is empty
 // again, and when its slot is released: a slot does not keep a backlog's memory.
@@ -142,7 +148,7 @@ struct Connection {
   size_t send_off = 0;
   uint32_t responses_fill = 0;
   uint32_t responses_send = 0;
-  std::string pending;     // received, not yet parsed (paused at the pipeline cap)
+  std::string pending;     // received, not yet parsed (paused: see kPendingInputMax)
   std::string resume_buf;  // pending's bytes while they are being parsed
   size_t input_heap = 0;   // heap bytes of the two, as counted in stats.pending_input_bytes
   // process() is on the stack: a request it dispatched may be answered synchronously (an
@@ -155,6 +161,7 @@ struct Connection {
   bool head_counted = false;   // the request was counted at its head (kHeaders), not again
   bool send_in_flight = false;
   bool recv_armed = false;
+  bool recv_multishot = false;  // the armed receive is multishot (else single-shot, input held)
   bool recv_cancel_sent = false;
   bool close_after_send = false;
   bool lingering = false;
