@@ -454,6 +454,9 @@ void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_
 // Keeps received bytes that cannot be parsed yet in `pending`. The first of them stops the
 // multishot receive at once (see kPendingInputMax); arm_recv() takes over when it has ended.
 void Worker::Impl::hold_input(Connection* c, std::span<const char> data) {
+  // Nothing left after a request that deferred, forwarded or reached the cap (the usual case):
+  // the multishot receive stays.
+  if (data.empty()) return;
   c->pending.append(data.data(), data.size());
   account_input(c);
   if (c->recv_armed && c->recv_multishot && !c->recv_cancel_sent) {
