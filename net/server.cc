@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -129,6 +130,9 @@ Server::Stats Server::stats() const {
     s.parse_errors += w.parse_errors.load(std::memory_order_relaxed);
     s.timeouts += w.timeouts.load(std::memory_order_relaxed);
     s.upstream_retries += w.upstream_retries.load(std::memory_order_relaxed);
+    s.pending_input_bytes += w.pending_input_bytes.load(std::memory_order_relaxed);
+    s.pending_input_peak =
+        std::max(s.pending_input_peak, w.pending_input_peak.load(std::memory_order_relaxed));
     for (size_t l = 0; l < WorkerStats::kListeners; ++l) {
       for (size_t i = 0; i < WorkerStats::kStatusSlots; ++i) {
         s.responses[l][i] += w.responses[l][i].load(std::memory_order_relaxed);

@@ -204,9 +204,22 @@ static void use_conn_file(io_uring_sqe* sqe, const Connection* c) {
   }
 }
 
+// A multishot receive, the common case; a connection that holds input it cannot parse yet
+// reads with single-shot receives up to kPendingInputMax held, and arms nothing beyond it
+// (drain_pending() arms once the input is through).
 void Worker::Impl::arm_recv(Connection* c) {
-  io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_recv_multishot(sqe, c->fd, nullptr, 0, 0);
+  io_uring_sqe* sqe;
+  if (c->pending.empty()) {
+    sqe = get_sqe();
+    io_uring_prep_recv_multishot(sqe, c->fd, nullptr, 0, 0);
+    c->recv_multishot = true;
+  } else {
+    if (c->pending.size() >= kPendingInputMax) return;
+    const size_t room = std::min<size_t>(kPendingInputMax - c->pending.size(), kBufSize);
+    sqe = get_sqe();
+    io_uring_prep_recv(sqe, c->fd, nullptr, static_cast<unsigned>(room), 0);
+    c->recv_multishot = false;
+  }
   use_conn_file(sqe, c);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = kBufGroup;
@@ -430,17 +443,15 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
   if (!c->closed) {
     if (res == 0) {
       on_peer_eof(c);
-    } else if (res == -ENOBUFS) {
-      // Every receive buffer was in use for a moment; they are back at the end of this pass.
-      if (!more) rearm.emplace_back(c, c->gen);
-    } else if (res < 0 && res != -ECANCELED) {
+    } else if (res < 0 && res != -ECANCELED && res != -ENOBUFS) {
       close_conn(c);
-    } else if (!more && c->pending.empty()) {
-      // The receive ended (its last completion, a cancel included) and nothing waits to be
-      // parsed: read on. Also after a cancel at kPendingInputMax, whose completion may come
-      // after drain_pending() emptied `pending` (it arms nothing while this receive is armed):
-      // otherwise no receive would be armed and the request would stall until a timeout.
-      // With input still pending, drain_pending() arms once it is through.
+    } else if (!more) {
+      // The receive ended: a single-shot one, a multishot one cancelled when the connection
+      // began to hold input (whose completion may come after drain_pending() emptied
+      // `pending`: it arms nothing while this receive is armed), or any of them finding every
+      // receive buffer in use for a moment (ENOBUFS; they are back at the end of this pass).
+      // Read on: arm_recv() picks a multishot receive, a single-shot one within
+      // kPendingInputMax while input is held, or none at that bound (drain_pending() arms).
       rearm.emplace_back(c, c->gen);
     }
   }
@@ -450,17 +461,43 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
 void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_after) {
   if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
   if (!c->pending.empty() || c->awaiting || (c->proxying && !c->streaming)) {
-    c->pending.append(data.data(), data.size());
-    if (c->pending.size() > kPendingInputMax && c->recv_armed && !c->recv_cancel_sent) {
-      io_uring_sqe* sqe = get_sqe();
-      io_uring_prep_cancel64(sqe, make_user_data(kOpRecv, c->slot, c->gen), 0);
-      io_uring_sqe_set_data64(sqe, make_user_data(kOpCancel, c->slot, c->gen));
-      ++c->ops;
-      c->recv_cancel_sent = true;
-    }
+    hold_input(c, data);
     return;
   }
   process(c, data, readable_after);
+}
+
+// Keeps received bytes that cannot be parsed yet in `pending`. The first of them stops the
+// multishot receive at once (see kPendingInputMax); arm_recv() takes over when it has ended.
+void Worker::Impl::hold_input(Connection* c, std::span<const char> data) {
+  // Nothing left after a request that deferred, forwarded or reached the cap (the usual case):
+  // the multishot receive stays.
+  if (data.empty()) return;
+  c->pending.append(data.data(), data.size());
+  account_input(c);
+  if (c->recv_armed && c->recv_multishot && !c->recv_cancel_sent) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, make_user_data(kOpRecv, c->slot, c->gen), 0);
+    io_uring_sqe_set_data64(sqe, make_user_data(kOpCancel, c->slot, c->gen));
+    ++c->ops;
+    c->recv_cancel_sent = true;
+  }
+}
+
+// Brings the input gauges of the stats up to date with c's buffers.
+void Worker::Impl::account_input(Connection* c) {
+  static const size_t kInline = std::string().capacity();  // no heap bytes up to this
+  const auto heap = [](const std::string& s) { return s.capacity() > kInline ? s.capacity() : 0; };
+  const size_t now = heap(c->pending) + heap(c->resume_buf);
+  if (now != c->input_heap) {
+    stats.pending_input_bytes.store(
+        stats.pending_input_bytes.load(std::memory_order_relaxed) + now - c->input_heap,
+        std::memory_order_relaxed);
+    c->input_heap = now;
+  }
+  if (c->pending.size() > stats.pending_input_peak.load(std::memory_order_relaxed)) {
+    stats.pending_input_peak.store(c->pending.size(), std::memory_order_relaxed);
+  }
 }
 
 void Worker::Impl::process(Connection* c, std::span<char> data, size_t readable_after) {
@@ -476,16 +513,16 @@ void Worker::Impl::process_input(Connection* c, std::span<char> data, size_t rea
     if (c->streaming) {
       stream_request_body(c, &data);
       if (c->streaming) {
-        // Backpressure: the upstream has enough queued; the rest waits (on_data pauses the
-        // receive when it grows).
-        if (!data.empty()) c->pending.append(data.data(), data.size());
+        // Backpressure: the upstream has enough queued; the rest waits (and the receive
+        // slows down to kPendingInputMax held).
+        if (!data.empty()) hold_input(c, data);
         return;
       }
       continue;
     }
     if (c->awaiting || c->proxying ||
         c->responses_fill + c->responses_send >= limits.pipeline_depth_max) {
-      c->pending.append(data.data(), data.size());
+      hold_input(c, data);
       return;
     }
     // A request's record starts when keygate reads its first byte (the loop's cached clock).
@@ -601,6 +638,11 @@ void Worker::Impl::learn_peer(Connection* c) {
   if (c->peer_ip[0] == '\0') std::strcpy(c->peer_ip, "unknown");
 }
 
+// An empty input buffer past kInputKeepCapacity gives its memory back.
+static void trim_input(std::string& b) {
+  if (b.empty() && b.capacity() > kInputKeepCapacity) b.shrink_to_fit();
+}
+
 void Worker::Impl::drain_pending(Connection* c) {
   // Called from inside process() (a forward that failed at once answered its request): the
   // rest of the received input is still in that loop, not in `pending`, so neither the FIN nor
@@ -611,6 +653,9 @@ void Worker::Impl::drain_pending(Connection* c) {
     std::swap(c->pending, c->resume_buf);
     process(c, std::span<char>(c->resume_buf.data(), c->resume_buf.size()), 0);
     c->resume_buf.clear();
+    trim_input(c->resume_buf);
+    trim_input(c->pending);
+    account_input(c);
   }
   if (c->closed || !c->pending.empty()) return;
   if (c->peer_eof) {
@@ -758,6 +803,9 @@ void Worker::Impl::release(Connection* c) {
   }
   c->pending.clear();
   c->resume_buf.clear();
+  trim_input(c->pending);
+  trim_input(c->resume_buf);
+  account_input(c);
   c->fill = 0;
   c->send_off = 0;
   c->responses_fill = c->responses_send = 0;

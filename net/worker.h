@@ -77,6 +77,12 @@ struct WorkerStats {
   std::atomic<uint64_t> timeouts{0};
   // Requests sent again on a new connection after a pooled one failed (retry_forward).
   std::atomic<uint64_t> upstream_retries{0};
+  // Gauges of the input client connections hold because it cannot be parsed yet (a connection
+  // at pipeline_depth_max, behind a deferred or forwarded request, or streaming a body the
+  // upstream does not take yet): the heap bytes of the buffers holding it (their capacity,
+  // kept by released slots too), and the most one connection has held at once since start.
+  std::atomic<uint64_t> pending_input_bytes{0};
+  std::atomic<uint64_t> pending_input_peak{0};
   // Answers by listener (0: data port, 1: admin port), one per access record (whether or not
   // the access log is on): by status (index = status, 100-599; any other status at 0) and by
   // the record's reason code (the error code of a refusal, "client_closed", ...).

@@ -28,11 +28,20 @@ namespace keygate::net {
 inline constexpr unsigned kBufCount = 512;  // power of two (ring requirement)
 inline constexpr unsigned kBufSize = 16 * 1024;
 inline constexpr uint16_t kBufGroup = 1;
-// Received bytes held while a connection is paused at its pipeline cap. Past this the multishot
-// receive is cancelled, so a client that never reads cannot make us buffer without bound.
+// Received bytes a connection holds while it cannot parse them (at its pipeline cap, behind a
+// deferred or forwarded request, streaming a body the upstream does not take yet). The first
+// byte held stops the connection's multishot receive (which keeps delivering buffers until a
+// cancel lands: measured up to megabytes in one event-loop pass). From then on it reads with
+// single-shot receives no larger than the room left under this, and not at all once it is
+// reached, until the held input is through. What the multishot receive had already delivered
+// in the pass the connection paused in is held too: that one pass can take the connection past
+// this, by at most the worker's buffer ring (docs/configuration.md, "Fixed limits").
 inline constexpr size_t kPendingInputMax = 64 * 1024;
 // Descriptors the data port leaves free below RLIMIT_NOFILE (the admin port half as many).
 inline constexpr uint64_t kDescriptorReserve = 64;
+// An input buffer (`pending`, `resume_buf`) that grew past this is released once it is empty
+// again, and when its slot is released: a slot does not keep a backlog's memory.
+inline constexpr size_t kInputKeepCapacity = 16 * 1024;
 // An output buffer that grew past this (a large response) is released rather than kept.
 inline constexpr size_t kOutputKeepCapacity = 256 * 1024;
 inline constexpr long kTickNs = 100'000'000;  // timeout resolution and drain check interval
@@ -144,8 +153,9 @@ struct Connection {
   size_t send_off = 0;
   uint32_t responses_fill = 0;
   uint32_t responses_send = 0;
-  std::string pending;     // received, not yet parsed (paused at the pipeline cap)
+  std::string pending;     // received, not yet parsed (paused: see kPendingInputMax)
   std::string resume_buf;  // pending's bytes while they are being parsed
+  size_t input_heap = 0;   // heap bytes of the two, as counted in stats.pending_input_bytes
   // process() is on the stack: a request it dispatched may be answered synchronously (an
   // upstream failure found at once), and drain_pending() must then leave the rest of the input
   // to that process() loop rather than conclude on `pending` (empty while it runs).
@@ -156,6 +166,7 @@ struct Connection {
   bool head_counted = false;   // the request was counted at its head (kHeaders), not again
   bool send_in_flight = false;
   bool recv_armed = false;
+  bool recv_multishot = false;  // the armed receive is multishot (else single-shot, input held)
   bool recv_cancel_sent = false;
   bool close_after_send = false;
   bool lingering = false;
@@ -353,6 +364,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void process(Connection* c, std::span<char> data, size_t readable_after);
   void process_input(Connection* c, std::span<char> data, size_t readable_after);
   void drain_pending(Connection* c);
+  void hold_input(Connection* c, std::span<const char> data);
+  void account_input(Connection* c);
   void dispatch(Connection* c, bool resuming);
   void write_error(Connection* c, int status, std::string_view code, std::string_view message);
   void flush(Connection* c);

@@ -323,8 +323,10 @@ int main(int argc, char** argv) {
                       {"requests", w.requests},
                       {"parse_errors", w.parse_errors},
                       {"timeouts", w.timeouts},
-                      {"upstream_retries", w.upstream_retries}};
-    worker_group.gauges = {"workers"};
+                      {"upstream_retries", w.upstream_retries},
+                      {"pending_input_bytes", w.pending_input_bytes},
+                      {"pending_input_peak", w.pending_input_peak}};
+    worker_group.gauges = {"workers", "pending_input_bytes", "pending_input_peak"};
     // data_responses / admin_responses: answers by status ("other": outside 100-599);
     // data_reasons / admin_reasons: by reason code. Only what was counted at least once.
     constexpr std::string_view kPorts[] = {"data", "admin"};

@@ -8,9 +8,12 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -764,6 +767,141 @@ INSTANTIATE_TEST_SUITE_P(Files, ConnectionSlots, ::testing::Values(true, false),
                          [](const ::testing::TestParamInfo<bool>& param) {
                            return std::string(param.param ? "Registered" : "Plain");
                          });
+
+// ---------------------------------------------------------------------------------------------
+// Input held for clients that do not read their answers
+
+constexpr std::string_view kInputAdminKey = "it-input-bounds-admin-key-0123";
+constexpr int64_t kPendingInputMax = 64 * 1024;  // net/worker_impl.h
+
+// workers.<name> of a GET /admin/stats answer (pending_input_bytes, pending_input_peak), or -1.
+int64_t worker_stat(const TestServer& server, std::string_view name) {
+  const std::optional<Response> r = round_trip(
+      server.admin_port(),
+      http_request("GET", "/admin/stats", {"X-ApiKey: " + std::string(kInputAdminKey)}));
+  if (!r || r->status != 200) return -1;
+  return number_member(r->body, name);
+}
+
+// Clients that pipeline GET /healthz and never read: non-blocking sockets with a small receive
+// buffer, so keygate's answers back up and every connection ends up paused at
+// pipeline_depth_max with whatever input it holds. Reset (not closed) on destruction.
+class NonReadingClients {
+ public:
+  ~NonReadingClients() { reset_all(); }
+
+  ::testing::AssertionResult connect(uint16_t port, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0) return ::testing::AssertionFailure() << "socket: " << std::strerror(errno);
+      fds_.push_back(fd);
+      const int small = 4096;
+      (void)::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(port);
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        return ::testing::AssertionFailure() << "connect: " << std::strerror(errno);
+      }
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+  // Writes pipelined requests on every socket that takes them, for `duration`; bytes sent.
+  uint64_t send_for(Millis duration) {
+    std::string chunk;
+    while (chunk.size() < 64 * 1024) chunk += kHealthz;
+    uint64_t sent = 0;
+    const auto end = Clock::now() + duration;
+    while (Clock::now() < end) {
+      for (const int fd : fds_) {
+        const ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) sent += static_cast<uint64_t>(n);
+      }
+      std::this_thread::sleep_for(2ms);
+    }
+    return sent;
+  }
+
+  void reset_all() {
+    for (const int fd : fds_) {
+      const linger reset{1, 0};
+      (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+      ::close(fd);
+    }
+    fds_.clear();
+  }
+
+ private:
+  std::vector<int> fds_;
+};
+
+ServerOptions input_bounds_options() {
+  ServerOptions options = admin_server_options(std::string(kInputAdminKey));
+  options.workers = 1;
+  // Nothing times out while the test looks.
+  options.limits = {{"idle_timeout_ms", 60000}, {"header_timeout_ms", 60000}};
+  return options;
+}
+
+using InputBounds = ServerTest;
+
+// Many clients pipeline requests and never read: each connection pauses at pipeline_depth_max
+// and keeps at most kPendingInputMax of input, plus what its multishot receive had already
+// delivered in the event-loop pass it paused in (at most the worker's buffer ring). So many
+// busy connections drain that shared ring now and then (a receive ends with ENOBUFS); such a
+// receive was re-armed even on a paused connection, which then read another batch, and
+// another: gigabytes with enough clients.
+TEST_F(InputBounds, ClientsThatPipelineAndNeverReadHoldBoundedInput) {
+  ASSERT_TRUE(start(input_bounds_options()));
+  constexpr size_t kClients = 64;
+  NonReadingClients clients;
+  ASSERT_TRUE(clients.connect(port(), kClients));
+  const uint64_t sent = clients.send_for(3000ms);
+  const int64_t held = worker_stat(server(), "pending_input_bytes");
+  const int64_t peak = worker_stat(server(), "pending_input_peak");
+  std::printf("sent %llu bytes; pending_input_bytes %lld, pending_input_peak %lld\n",
+              static_cast<unsigned long long>(sent), static_cast<long long>(held),
+              static_cast<long long>(peak));
+  ASSERT_GE(held, 0);
+  // The connections did pause with input held.
+  EXPECT_GE(peak, kPendingInputMax / 2);
+  // One connection: kPendingInputMax plus what one pass of its multishot receive delivered,
+  // at most the worker's whole buffer ring (512 x 16 KiB).
+  EXPECT_LE(peak, kPendingInputMax + 512 * 16 * 1024);
+  // All of them: the same bound (measured: 8-27 MiB here; 30-135 MiB while the multishot
+  // receive ran on until more than 64 KiB was held; 1.5 GiB, and growing, when a paused
+  // receive was re-armed after ENOBUFS).
+  EXPECT_LE(held, static_cast<int64_t>(kClients) * (kPendingInputMax + 512 * 16 * 1024));
+  clients.reset_all();
+  EXPECT_TRUE(serves_healthz(port()));
+}
+
+// Connections that held input give its memory back when they close: a released slot keeps at
+// most 16 KiB in each of its two input buffers (it kept their whole capacity, so every slot
+// that ever paused kept its largest backlog for the life of the process).
+TEST_F(InputBounds, ClosedConnectionsKeepNoLargeInputBuffers) {
+  ASSERT_TRUE(start(input_bounds_options()));
+  constexpr size_t kClients = 32;
+  NonReadingClients clients;
+  ASSERT_TRUE(clients.connect(port(), kClients));
+  (void)clients.send_for(1500ms);
+  const int64_t held = worker_stat(server(), "pending_input_bytes");
+  // The connections hold input: at least kPendingInputMax / 2 each on average.
+  ASSERT_GE(held, static_cast<int64_t>(kClients) * kPendingInputMax / 2);
+  clients.reset_all();
+  const int64_t bound = static_cast<int64_t>(kClients) * 2 * 16 * 1024;
+  int64_t after = -1;
+  for (const auto end = Clock::now() + 5000ms; Clock::now() < end;) {
+    after = worker_stat(server(), "pending_input_bytes");
+    if (after >= 0 && after <= bound) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_GE(after, 0);
+  EXPECT_LE(after, bound) << "held while the clients were connected: " << held;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Timeouts

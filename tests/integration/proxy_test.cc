@@ -584,6 +584,40 @@ TEST_F(ProxyTest, ABodyTimeoutWhileTheUpstreamTakesNoBodyIsTheUpstreamsTimeout) 
   EXPECT_NE(r->body.find("upstream_timeout"), std::string::npos) << r->raw;
 }
 
+// Input a client sends behind a forwarded request waits unparsed in keygate until the response
+// is complete. At most kPendingInputMax (64 KiB) of it: once a connection holds input its
+// multishot receive is stopped and it reads with single-shot receives no larger than the room
+// left. Here the first byte held comes alone, so the bound is exact. (The multishot receive
+// was cancelled only once more than 64 KiB was held, and it delivered whatever the client had
+// sent meanwhile until the cancel took effect: up to a whole run of the kernel's receive loop,
+// ~32 buffers of 16 KiB.)
+TEST_F(ProxyTest, InputBehindAForwardedRequestIsHeldUpToKPendingInputMax) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {{"idle_timeout_ms", 60000}}, {"orders"}, 10000,
+                                /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  // The response comes after 8 s: meanwhile the connection parses nothing further.
+  ASSERT_TRUE(client.send(http_request("GET", "/delay/8000", {key_header()})));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::string request = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+  ASSERT_TRUE(client.send(request.substr(0, 10)));  // the first byte held, alone
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Then 2 MiB at once (keygate stops reading: the send ends at its 3 s SO_SNDTIMEO or
+  // sooner; how much it sent does not matter).
+  std::string rest = request.substr(10);
+  while (rest.size() < (2u << 20)) rest += request;
+  (void)client.send(rest);
+  const auto r = round_trip(
+      server_->admin_port(),
+      http_request("GET", "/admin/stats", {"X-ApiKey: " + std::string(kAdminKey)}));
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->status, 200) << r->raw;
+  const int64_t peak = number_member(r->body, "pending_input_peak");
+  EXPECT_GE(peak, 32 * 1024) << r->body;  // the connection did read while paused
+  EXPECT_LE(peak, 64 * 1024) << r->body;
+  client.reset();
+}
+
 // A client that sends its requests and then its FIN (a half-close, as `nc -N` does) is owed
 // every response. Requests pipelined behind a forwarded one wait unparsed in keygate when the
 // FIN arrives; they must still be answered, in order, before keygate closes.
