@@ -315,17 +315,17 @@ int main(int argc, char** argv) {
     keygate::StatsGroup& worker_group = groups->emplace_back();
     worker_group.name = "workers";
     worker_group.values = {{"workers", w.workers},
-                      {"connections_accepted", w.connections_accepted},
-                      {"connections_refused", w.connections_refused},
-                      {"admin_connections_refused", w.admin_connections_refused},
-                      {"accept_errors", w.accept_errors},
-                      {"descriptor_reserve_refused", w.descriptor_reserve_refused},
-                      {"requests", w.requests},
-                      {"parse_errors", w.parse_errors},
-                      {"timeouts", w.timeouts},
-                      {"upstream_retries", w.upstream_retries},
-                      {"pending_input_bytes", w.pending_input_bytes},
-                      {"pending_input_peak", w.pending_input_peak}};
+                           {"connections_accepted", w.connections_accepted},
+                           {"connections_refused", w.connections_refused},
+                           {"admin_connections_refused", w.admin_connections_refused},
+                           {"accept_errors", w.accept_errors},
+                           {"descriptor_reserve_refused", w.descriptor_reserve_refused},
+                           {"requests", w.requests},
+                           {"parse_errors", w.parse_errors},
+                           {"timeouts", w.timeouts},
+                           {"upstream_retries", w.upstream_retries},
+                           {"pending_input_bytes", w.pending_input_bytes},
+                           {"pending_input_peak", w.pending_input_peak}};
     worker_group.gauges = {"workers", "pending_input_bytes", "pending_input_peak"};
     // data_responses / admin_responses: answers by status ("other": outside 100-599);
     // data_reasons / admin_reasons: by reason code. Only what was counted at least once.
