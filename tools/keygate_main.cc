@@ -320,8 +320,10 @@ int main(int argc, char** argv) {
                       {"requests", w.requests},
                       {"parse_errors", w.parse_errors},
                       {"timeouts", w.timeouts},
-                      {"upstream_retries", w.upstream_retries}};
-    worker_group.gauges = {"workers"};
+                      {"upstream_retries", w.upstream_retries},
+                      {"body_bytes_held", w.body_bytes_held},
+                      {"body_memory_refused", w.body_memory_refused}};
+    worker_group.gauges = {"workers", "body_bytes_held"};
     // data_responses / admin_responses: answers by status ("other": outside 100-599);
     // data_reasons / admin_reasons: by reason code. Only what was counted at least once.
     constexpr std::string_view kPorts[] = {"data", "admin"};
