@@ -59,20 +59,11 @@ void bad_auth_request(ResponseWriter* response, std::string_view message) noexce
   if (response != nullptr) response->error(400, "invalid_auth_request", message);
 }
 
-bool any_upstreams(const ApiRegistry& registry) noexcept {
-  for (const ApiConfig& api : registry.apis()) {
-    if (!api.upstreams.empty()) return true;
-  }
-  return false;
-}
-
 }  // namespace
 
 AuthHandler::AuthHandler(const ApiRegistry& registry, KeyDirectory& directory,
                          size_t body_inspect_bytes_max)
-    : registry_(registry),
-      forwards_(any_upstreams(registry)),
-      authenticator_(directory, body_inspect_bytes_max) {
+    : registry_(registry), authenticator_(directory, body_inspect_bytes_max) {
   body_.reserve(512);
 }
 
@@ -175,7 +166,7 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
   // Without forwarding APIs, route rejections keep the connection as they always did; with
   // them, routing needs no body, so its rejections need not wait for one (the body is left
   // unread and the connection closes, as for a forwarded API's at-head refusals).
-  if (!forwards_ && !routes(request)) return Result::kNeedBody;
+  if (!registry_.forwards() && !routes(request)) return Result::kNeedBody;
   const ApiConfig* api = route(request, response);
   if (api == nullptr) return Result::kDone;
   if (api->upstreams.empty()) return body_for_key(request, ctx);

@@ -132,7 +132,6 @@ class AuthHandler final : public Handler {
   void give_back(Pending* p) noexcept;
 
   const ApiRegistry& registry_;
-  const bool forwards_;  // some API has upstreams
   Authenticator authenticator_;
   BuiltinHandler builtin_;
   std::string body_;  // response body scratch, capacity reused

@@ -1152,8 +1152,9 @@ TEST(HttpParserStreaming, ABodyKeptOnlyInPartDropsTheRestInEverySlicing) {
         EXPECT_EQ(dropped[0], 11 - kept);
         EXPECT_EQ(bodies[1], "");
         EXPECT_EQ(dropped[1], 0u);
-        // What the parser holds is the head and the kept prefix, not the dropped rest.
-        EXPECT_LE(parser.assembly_capacity(), 2 * wire.size());
+        // What the parser holds is the head and the kept prefix (with room for one receive),
+        // not the dropped rest.
+        EXPECT_LE(parser.assembly_capacity(), 2 * wire.size() + 16 * 1024);
       }
     }
   }
