@@ -55,8 +55,8 @@ std::string_view header_once(const HttpRequest& request, std::string_view name,
   return value;
 }
 
-void bad_auth_request(ResponseWriter& response, std::string_view message) noexcept {
-  response.error(400, "invalid_auth_request", message);
+void bad_auth_request(ResponseWriter* response, std::string_view message) noexcept {
+  if (response != nullptr) response->error(400, "invalid_auth_request", message);
 }
 
 }  // namespace
@@ -83,7 +83,7 @@ void AuthHandler::reject(ResponseWriter& response, const Authenticator::Rejectio
 }
 
 bool AuthHandler::describe(const HttpRequest& auth, HttpRequest* described,
-                           ResponseWriter& response) noexcept {
+                           ResponseWriter* response) noexcept {
   *described = auth;
   int uri_count = 0;
   int method_count = 0;
@@ -133,7 +133,7 @@ Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& 
   if (request.path == kHealthzPath) return builtin_.handle(request, response, ctx);
   if (route_matches(kAuthPath, request.path)) {
     HttpRequest described;
-    if (!describe(request, &described, response)) return Result::kDone;
+    if (!describe(request, &described, &response)) return Result::kDone;
     return check(described, response, ctx, Mode::kAuthEndpoint);
   }
   return check(request, response, ctx, Mode::kDataPlane);
@@ -152,17 +152,33 @@ const ApiConfig* AuthHandler::route(const HttpRequest& request,
 
 Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWriter& response,
                                          RequestContext& ctx) noexcept {
-  if (request.path == kHealthzPath || route_matches(kAuthPath, request.path)) {
-    return Result::kNeedBody;
+  // Whatever handle() answers without the body (/healthz, a bad or unrouted path, an auth
+  // request that describes nothing) reads the body and keeps none of it: the answer and the
+  // connection stay what they were when the whole body was read, and no client can make a
+  // worker hold a body it does not need.
+  ctx.body_keep_bytes = 0;
+  if (request.path == kHealthzPath) return Result::kNeedBody;
+  if (route_matches(kAuthPath, request.path)) {
+    HttpRequest described;
+    if (!describe(request, &described, nullptr) || !routes(described)) return Result::kNeedBody;
+    return body_for_key(described, ctx);
   }
-  // Routing needs no body, so its rejections need not wait for one.
+  // Without forwarding APIs, route rejections keep the connection as they always did; with
+  // them, routing needs no body, so its rejections need not wait for one (the body is left
+  // unread and the connection closes, as for a forwarded API's at-head refusals).
+  if (!registry_.forwards() && !routes(request)) return Result::kNeedBody;
   const ApiConfig* api = route(request, response);
   if (api == nullptr) return Result::kDone;
-  if (api->upstreams.empty()) return Result::kNeedBody;
+  if (api->upstreams.empty()) return body_for_key(request, ctx);
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
   Authenticator::Result r;
-  if (!authenticator_.resolve_head(request, now, &digest, &r)) return Result::kNeedBody;
+  if (!authenticator_.resolve_head(request, now, &digest, &r)) {
+    // Only the body can carry the key: keep no more of it than the extractor searches (a
+    // longer body is 413 body_too_large in handle(), its rest read and dropped).
+    ctx.body_keep_bytes = authenticator_.body_inspect_bytes_max();
+    return Result::kNeedBody;
+  }
   ctx.access.key_value = r.presented;  // as in check()
   switch (r.outcome) {
     case Authenticator::Outcome::kFound:
@@ -175,6 +191,30 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
       return defer_fetch(digest, *api, Mode::kDataPlane, ctx);
   }
   KEYGATE_ASSERT(false && "every Authenticator outcome is handled above");
+  return Result::kNeedBody;
+}
+
+bool AuthHandler::routes(const HttpRequest& request) const noexcept {
+  return path_is_normalized(request.path) && registry_.match(request.path) != nullptr;
+}
+
+Handler::Result AuthHandler::body_for_key(const HttpRequest& request,
+                                          RequestContext& ctx) noexcept {
+  KeyDigest digest{};
+  Authenticator::Result r;
+  if (!authenticator_.resolve_head(request, ctx.now_unix(), &digest, &r)) {
+    // The body is the key carrier (form or JSON, no key in the header or the query): keep as
+    // much as the extractor searches; a longer body is 413 body_too_large in handle().
+    ctx.body_keep_bytes = authenticator_.body_inspect_bytes_max();
+    return Result::kNeedBody;
+  }
+  // The header or the query decides (or nothing carries a key: 401 missing_api_key), so the
+  // body is never examined. handle() decides again with the whole head, as always; the body
+  // is kept only as far as the access log may capture it for the key (one with log_request,
+  // or one the cache does not hold yet).
+  ctx.body_keep_bytes = 0;
+  ctx.body_keep_capture = r.outcome == Authenticator::Outcome::kFetch ||
+                          (r.outcome == Authenticator::Outcome::kFound && r.key->log_request);
   return Result::kNeedBody;
 }
 
@@ -215,7 +255,7 @@ Handler::Result AuthHandler::resume(const HttpRequest& request, ResponseWriter& 
   HttpRequest described = request;
   if (p->mode == Mode::kAuthEndpoint) {
     // handle() described this same request before it deferred, so this cannot fail.
-    const bool ok = describe(request, &described, response);
+    const bool ok = describe(request, &described, &response);
     KEYGATE_ASSERT(ok);
   }
   const int64_t now = ctx.now_unix();

@@ -24,13 +24,18 @@
 // look again, and perhaps fetch again (Authenticator::finish_fetch), so a revocation that
 // returned before the resume always wins.
 //
-// handle_head() decides before the body is read, for APIs with upstreams only: a key from the
-// X-ApiKey header or the query gives kForward or the rejection (kDone; likewise 400
-// invalid_path and 404 no_route for any API), after a fetch when the cache does not hold the
-// key (kPending, then resume_head(): the body waits unread meanwhile, and streams afterwards
-// like any other); a key that only a form/JSON body can carry gives kNeedBody and
-// handle()/resume() finish. /healthz, the auth endpoint and auth-check APIs always get
-// kNeedBody.
+// handle_head() runs for every data-port request with a body, before the body is read. For
+// APIs with upstreams it decides: a key from the X-ApiKey header or the query gives kForward or
+// the rejection (kDone; likewise 400 invalid_path and 404 no_route when some API has
+// upstreams), after a fetch when the cache does not hold the key (kPending, then
+// resume_head(): the body waits unread meanwhile, and streams afterwards like any other).
+// Everything else gets kNeedBody and handle() answers, but the body is kept only as far as the
+// answer needs it (RequestContext::body_keep_bytes): none of it for /healthz, a path no route
+// takes (without upstream APIs), a key in the header or the query, or a body that cannot carry
+// a key (not form or JSON); at most [keys] body_inspect_bytes_max when the body is the key
+// carrier (413 body_too_large when longer). The rest is read and dropped, so no client makes a
+// worker hold a body the answer does not need (the access log's capture of a log_request key
+// keeps its [log] capture_bytes_max: body_keep_capture).
 //
 // The auth endpoint, `/_keygate/auth` on the data port, lets another proxy ask keygate (nginx
 // `auth_request`, Envoy's HTTP `ext_authz`; any method). It describes a request in one of two
@@ -92,9 +97,15 @@ class AuthHandler final : public Handler {
   };
 
   // The request an auth request describes (views into `auth`), or false after writing the
-  // 400 into `response`.
+  // 400 into `response` (when not null).
   static bool describe(const HttpRequest& auth, HttpRequest* described,
-                       ResponseWriter& response) noexcept;
+                       ResponseWriter* response) noexcept;
+  // The path is in normal form and some API's route matches it (route() would accept it).
+  bool routes(const HttpRequest& request) const noexcept;
+  // handle_head() for a request handle() answers itself (an auth-check API, the auth
+  // endpoint): kNeedBody, keeping no more of the body than the key's extraction and capture
+  // need (ctx.body_keep_bytes, ctx.body_keep_capture).
+  Result body_for_key(const HttpRequest& request, RequestContext& ctx) noexcept;
   // The API whose routes match `request`'s path, or nullptr after writing the rejection
   // (400 invalid_path, 404 no_route) into `response`.
   const ApiConfig* route(const HttpRequest& request, ResponseWriter& response) const noexcept;

@@ -127,6 +127,9 @@ class Authenticator {
   // store_unavailable. The user is the directory's current one. Does not allocate.
   Result finish_fetch(const PendingLookup& lookup, int64_t now) const noexcept;
 
+  // The most of a body the extractor searches for a key (larger: 413 body_too_large).
+  size_t body_inspect_bytes_max() const noexcept { return extractor_.body_inspect_bytes_max(); }
+
  private:
   // The steps after extraction (checksum, lookup, grace), shared by resolve() and
   // resolve_head().

@@ -226,7 +226,8 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
                            "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms",
                            "linger_timeout_ms", "drain_timeout_ms", "proxy_body_bytes_max",
                            "upstream_header_bytes_max", "upstream_idle_connections_max",
-                           "upstream_idle_timeout_ms", "upstream_fail_timeout_ms"},
+                           "upstream_idle_timeout_ms", "upstream_fail_timeout_ms",
+                           "body_memory_per_worker_max"},
                           source, "limits", error) ||
         !read_uint(*limits, "request_line_bytes_max", source, "limits", 64, 1 << 20,
                    &l.request_line_bytes_max, error) ||
@@ -259,7 +260,9 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
         !read_uint(*limits, "upstream_idle_timeout_ms", source, "limits", 1, kU32Max,
                    &l.upstream_idle_timeout_ms, error) ||
         !read_uint(*limits, "upstream_fail_timeout_ms", source, "limits", 0, kU32Max,
-                   &l.upstream_fail_timeout_ms, error)) {
+                   &l.upstream_fail_timeout_ms, error) ||
+        !read_uint(*limits, "body_memory_per_worker_max", source, "limits", 0,
+                   uint64_t{1} << 40, &l.body_memory_per_worker_max, error)) {
       return false;
     }
   }

@@ -110,6 +110,16 @@ class RequestContext {
   // bytes of the request (413 body_too_large above, as for the listener's limit, which a larger
   // value cannot raise); 0: the listener's limit. The worker clears it before handle_head().
   uint64_t body_bytes_max = 0;
+  // handle_head()/resume_head() returning kNeedBody may set this to keep only the body's first
+  // this many bytes: the worker reads the rest (up to the body limit, 413 above) and drops it,
+  // and handle() sees that prefix as request.body with request.body_bytes_dropped set (0: no
+  // byte kept — the answer does not depend on the body). kKeepWholeBody: the whole body. Set
+  // body_keep_capture too when the access log may capture the body (a key with log_request,
+  // or one not known yet): the worker then keeps up to [log] capture_bytes_max as well. The
+  // worker resets both before handle_head().
+  static constexpr uint64_t kKeepWholeBody = UINT64_MAX;
+  uint64_t body_keep_bytes = kKeepWholeBody;
+  bool body_keep_capture = false;
 };
 
 class Handler {
@@ -134,10 +144,11 @@ class Handler {
     response.error(500, "internal_error", "unexpected resume");
     return Result::kDone;
   }
-  // Called on listeners that forward (the data port when an API has upstreams) as soon as a
+  // Called on listeners that decide at the head (the data port and the admin port) as soon as a
   // request's headers are complete, before its body is read; request.body is empty.
   //   kNeedBody: the worker reads the whole body (up to the listener's body limit) and calls
   //              handle() as for any request (the default: key in the body, a cache miss, ...);
+  //              with ctx.body_keep_bytes it keeps only a prefix of it (see RequestContext);
   //   kForward:  ctx.forward is set; the worker forwards the request, streaming its body (up to
   //              Limits::proxy_body_bytes_max) without buffering it whole;
   //   kDone:     a complete response was written (a rejection); if the request has a body the

@@ -62,6 +62,10 @@ struct HttpRequest {
   bool keep_alive = true;     // false when this is the connection's last request
   std::span<const HttpHeader> headers;
   std::string_view body;  // decoded (de-chunked) body; empty when none
+  // Body bytes read after `body` and dropped, not kept: a handler that said at the head it
+  // needs no more of the body than a prefix (RequestContext::body_keep_bytes) gets that prefix
+  // in `body`; the whole body was body.size() + body_bytes_dropped bytes. 0 for a whole body.
+  uint64_t body_bytes_dropped = 0;
   // Bytes known readable after body's end (receive-buffer slack), so a parser that reads
   // ahead (simdjson needs 64) can work in place; 0 when unknown.
   size_t body_readable_padding = 0;

@@ -264,7 +264,8 @@ ExtractResult KeyExtractor::extract(const HttpRequest& request, size_t readable_
   }
   collector.offer_params(request.query, KeySource::kQuery);
   const ExtractResult from_head = collector.result();
-  if (from_head.outcome != KeyOutcome::kMissing || request.body.empty()) {
+  if (from_head.outcome != KeyOutcome::kMissing ||
+      (request.body.empty() && request.body_bytes_dropped == 0)) {
     return from_head;
   }
 
@@ -272,7 +273,9 @@ ExtractResult KeyExtractor::extract(const HttpRequest& request, size_t readable_
   const bool form = equals_ignore_case(type, kFormMediaType);
   const bool json = !form && equals_ignore_case(type, kJsonMediaType);
   if (!form && !json) return from_head;
-  if (request.body.size() > body_inspect_bytes_max_) {
+  // A body read only in part (the rest dropped) is judged by its whole length.
+  if (request.body.size() + request.body_bytes_dropped > body_inspect_bytes_max_ ||
+      request.body_bytes_dropped != 0) {
     return {KeyOutcome::kBodyTooLarge, KeySource::kNone, {}};
   }
   if (json) return extract_json(request.body, readable_padding);

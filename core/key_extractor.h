@@ -43,7 +43,8 @@ enum class KeyOutcome : uint8_t {
   kInvalidBody,   // 400 invalid_body: a JSON body that had to be inspected does not parse, or
                   // its root is not an object
   kBodyTooLarge,  // 413 body_too_large: a form/JSON body that had to be inspected is over the
-                  // extractor's body_inspect_bytes_max
+                  // extractor's body_inspect_bytes_max, or was read only in part
+                  // (HttpRequest::body_bytes_dropped)
 };
 
 enum class KeySource : uint8_t { kNone, kHeader, kQuery, kForm, kJson };

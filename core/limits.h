@@ -46,6 +46,11 @@ struct Limits {
   uint32_t upstream_idle_timeout_ms = 30000;
   // After a connect failure an upstream server is skipped for this long (503 when all are).
   uint32_t upstream_fail_timeout_ms = 10000;
+  // Bytes of request bodies one worker holds in memory on the data port at once (bodies kept
+  // to search them for a key, their captures for the access log): a request whose body would
+  // pass it is answered 503 body_memory_exhausted at its head (and the connection closed).
+  // Bodies that cannot carry the key are read and dropped, never held, and count nothing.
+  uint64_t body_memory_per_worker_max = 64ull * 1024 * 1024;
   // On SIGTERM/SIGINT: how long in-flight requests may take before the process exits anyway.
   uint32_t drain_timeout_ms = 10000;
 };

@@ -204,6 +204,8 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfi
     return apis[x.api].routes[x.route].size() > apis[y.api].routes[y.route].size();
   });
   apis_ = std::move(apis);
+  forwards_ = false;
+  for (const ApiConfig& api : apis_) forwards_ = forwards_ || !api.upstreams.empty();
   longest_first_ = std::move(refs);
   return true;
 }

@@ -96,6 +96,8 @@ class ApiRegistry {
   // The API with exactly this name, or nullptr.
   const ApiConfig* find(std::string_view name) const noexcept;
   const std::vector<ApiConfig>& apis() const noexcept { return apis_; }
+  // Some API has upstreams (the data port then refuses on the path at a request's head).
+  bool forwards() const noexcept { return forwards_; }
 
  private:
   struct RouteRef {
@@ -103,6 +105,7 @@ class ApiRegistry {
     uint32_t route;  // index into apis_[api].routes
   };
   std::vector<ApiConfig> apis_;
+  bool forwards_ = false;
   std::vector<RouteRef> longest_first_;  // every route, longest first: the first match wins
 };
 

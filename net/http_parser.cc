@@ -11,6 +11,8 @@ namespace {
 
 // Assembly capacity a parser keeps between requests (see begin_next_request).
 constexpr size_t kKeptAssemblyBytesMax = 256 * 1024;
+// One receive buffer's worth: parse() appends a whole receive to the assembly before it trims.
+constexpr size_t kReceiveSlackBytes = 16 * 1024;
 
 HttpParser* self(llhttp_t* p) { return static_cast<HttpParser*>(p->data); }
 
@@ -41,7 +43,13 @@ const llhttp_settings_t HttpParser::kSettings = [] {
 HttpParser::HttpParser(const Limits& limits)
     : limits_(limits),
       body_bytes_max_(limits.body_bytes_max),
-      connection_body_bytes_max_(limits.body_bytes_max) {
+      connection_body_bytes_max_(limits.body_bytes_max),
+      // Twice the largest head (request line and header section), so that a head spanning
+      // receives reuses its capacity; at most kKeptAssemblyBytesMax.
+      assembly_keep_max_(static_cast<size_t>(
+          std::min<uint64_t>(kKeptAssemblyBytesMax,
+                             2 * (uint64_t{limits.request_line_bytes_max} +
+                                  limits.header_bytes_max)))) {
   llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
   parser_.data = this;
   // Reserve up front so the header vectors never reallocate on the request path.
@@ -300,8 +308,14 @@ int HttpParser::on_body(llhttp_t* p, const char* at, size_t len) {
     }
     return 0;
   }
-  if (h->body_.len + len > h->body_bytes_max_) {
+  h->body_seen_ += len;
+  if (h->body_seen_ > h->body_bytes_max_) {
     return h->fail(413, "body_too_large", "request body too large");
+  }
+  if (h->body_.len + len > h->body_keep_max_) {
+    // Only a prefix is wanted: the rest is consumed and dropped (not moved, not kept).
+    len = static_cast<size_t>(h->body_keep_max_ - h->body_.len);
+    if (len == 0) return 0;
   }
   const auto off = static_cast<uint32_t>(at - h->base_);
   if (h->body_.len == 0) {
@@ -333,9 +347,21 @@ size_t HttpParser::kept_bytes(size_t consumed_end) const {
   return consumed_end;
 }
 
+// Room in the assembly buffer for the rest of a kept body of known length, so that it grows
+// once instead of doubling its way there (which leaves up to twice the body allocated, and
+// the smaller copies to the allocator). The length is the client's claim, but bounded by the
+// body limits and counted against the worker's body memory before any of it is read.
+void HttpParser::reserve_body_room(size_t size) {
+  if (!headers_done_ || !paused_body_read_ || (parser_.flags & F_CHUNKED) != 0) return;
+  const uint64_t body = std::min(declared_length_, body_keep_max_);
+  if (body <= body_.len) return;
+  assembly_.reserve(size + static_cast<size_t>(body - body_.len) + kReceiveSlackBytes);
+}
+
 void HttpParser::move_to_assembly(size_t consumed_end) {
   const size_t kept = kept_bytes(consumed_end);
   if (!assembled_) {
+    reserve_body_room(kept);
     assembly_.assign(base_, kept);
     assembled_ = true;
   } else {
@@ -359,6 +385,9 @@ void HttpParser::begin_next_request() {
   capture_ = nullptr;
   capture_max_ = 0;
   body_bytes_max_ = connection_body_bytes_max_;
+  body_keep_max_ = kKeepWholeBody;
+  body_seen_ = 0;
+  paused_body_read_ = false;
   streamed_bytes_ = declared_length_ = 0;
   method_ = url_ = body_ = Span{};
   recorded_end_ = 0;
@@ -370,8 +399,10 @@ void HttpParser::begin_next_request() {
   raw_headers_.clear();
   headers_.clear();
   // A large assembled request (a body up to the listener's limit: 64 MiB on the admin port)
-  // does not leave its capacity to the connection slot, which is kept for reuse.
-  if (assembly_.capacity() > kKeptAssemblyBytesMax) {
+  // does not leave its capacity to the connection slot, which is kept for reuse: what a
+  // connection keeps between requests is no more than a head spanning receives needs, so a
+  // body (a key-less one too) cannot leave more memory behind than a head can.
+  if (assembly_.capacity() > assembly_keep_max_) {
     std::string().swap(assembly_);
   } else {
     assembly_.clear();
@@ -382,7 +413,7 @@ void HttpParser::begin_next_request() {
 }
 
 void HttpParser::trim() {
-  if (assembly_.capacity() > kKeptAssemblyBytesMax) {
+  if (assembly_.capacity() > assembly_keep_max_) {
     std::string().swap(assembly_);
     assembled_ = false;
     base_ = nullptr;
@@ -400,10 +431,13 @@ void HttpParser::reset(uint64_t body_bytes_max) {
   error_ = ParseError{};
 }
 
-bool HttpParser::read_body(uint64_t body_bytes_max) {
+bool HttpParser::read_body(uint64_t body_bytes_max, uint64_t keep_bytes) {
   KEYGATE_ASSERT(paused_head_);
   // For this request only (begin_next_request restores).
   if (body_bytes_max != 0 && body_bytes_max < body_bytes_max_) body_bytes_max_ = body_bytes_max;
+  body_keep_max_ = keep_bytes;
+  paused_body_read_ = true;
+  if (assembled_) reserve_body_room(assembly_.size());
   if (declared_length_ > body_bytes_max_) {
     fail(413, "body_too_large", "request body too large");
     return false;
@@ -494,6 +528,7 @@ void HttpParser::build_request() {
   request_.keep_alive = keep_alive_;
   request_.headers = std::span<const HttpHeader>(headers_.data(), headers_.size());
   request_.body = view(body_);
+  request_.body_bytes_dropped = body_seen_ > body_.len ? body_seen_ - body_.len : 0;
   request_.body_readable_padding =
       assembled_ ? 0 : static_cast<size_t>(readable_end_ - (request_.body.data() + request_.body.size()));
 }

@@ -79,7 +79,11 @@ class HttpParser {
   // After kHeaders: buffer the body as usual (the next complete parse returns kRequest). False
   // (with error() set, 413) when Content-Length already exceeds the body limit. A non-zero
   // `body_bytes_max` below the connection's limit lowers it for this request only.
-  bool read_body(uint64_t body_bytes_max = 0);
+  // `keep_bytes` below kKeepWholeBody keeps only the body's first `keep_bytes` bytes: the rest
+  // is read (up to the body limit, 413 above as usual) and dropped, so the request occupies no
+  // more than its head and that prefix, and request().body_bytes_dropped counts what went.
+  static constexpr uint64_t kKeepWholeBody = UINT64_MAX;
+  bool read_body(uint64_t body_bytes_max = 0, uint64_t keep_bytes = kKeepWholeBody);
   // After kHeaders: stream the body instead. Each parse() appends the body bytes it consumes to
   // `*sink` (re-framed as chunks when the request is chunked: see streamed_chunked()) and returns
   // kNeedMore, or kBodyEnd when the body ended (a chunked body's last-chunk is appended then).
@@ -165,6 +169,7 @@ class HttpParser {
   bool header_section_over(uint64_t end) const;
   void begin_next_request();
   void move_to_assembly(size_t consumed_end);
+  void reserve_body_room(size_t size);
   void build_request();
   void check_partial_limits();
   std::string_view view(Span s) const { return std::string_view(base_ + s.off, s.len); }
@@ -173,7 +178,11 @@ class HttpParser {
 
   const Limits& limits_;
   uint64_t body_bytes_max_;             // this request's body limit
+  uint64_t body_keep_max_ = kKeepWholeBody;  // body bytes kept (read_body); the rest dropped
+  uint64_t body_seen_ = 0;              // body bytes consumed while buffering (kept or not)
+  bool paused_body_read_ = false;       // read_body() after a head pause: the body's size known
   uint64_t connection_body_bytes_max_;  // the connection's (reset()), restored per request
+  size_t assembly_keep_max_ = 0;        // assembly capacity kept between requests
   llhttp_t parser_;
 
   // Where offsets point: the start of the request in the caller's buffer (direct mode) or

@@ -159,6 +159,8 @@ void Worker::Impl::log_note(Connection* c, const HttpRequest& request) {
     l.req_head.append("\r\n");
     l.req_content_type.assign(request.header("content-type"));
     append_capped(l.req_body, request.body, capture_bytes_max, &l.req_truncated);
+    // Only a prefix of the body was kept (the rest read and dropped): it is cut short.
+    if (request.body_bytes_dropped != 0) l.req_truncated = true;
   }
 }
 

@@ -133,6 +133,8 @@ Server::Stats Server::stats() const {
     s.pending_input_bytes += w.pending_input_bytes.load(std::memory_order_relaxed);
     s.pending_input_peak =
         std::max(s.pending_input_peak, w.pending_input_peak.load(std::memory_order_relaxed));
+    s.body_bytes_held += w.body_bytes_held.load(std::memory_order_relaxed);
+    s.body_memory_refused += w.body_memory_refused.load(std::memory_order_relaxed);
     for (size_t l = 0; l < WorkerStats::kListeners; ++l) {
       for (size_t i = 0; i < WorkerStats::kStatusSlots; ++i) {
         s.responses[l][i] += w.responses[l][i].load(std::memory_order_relaxed);
@@ -171,13 +173,15 @@ bool Server::start(std::string* error) {
   }
 
   auto running = std::make_unique<Running>(options_.admin_connections_max);
-  bool forwards = false;
-  for (const ApiConfig& api : options_.apis) forwards = forwards || !api.upstreams.empty();
   for (unsigned i = 0; i < n; ++i) {
     std::vector<WorkerListener> listeners;
+    // The data port decides at every head with a body (forward, refuse, or how much of the
+    // body to keep: AuthHandler::handle_head), and what it keeps counts against the worker's
+    // body memory.
     listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i),
-                                       options_.limits.body_bytes_max, forwards, "data",
-                                       options_.limits.connections_per_worker_max, nullptr});
+                                       options_.limits.body_bytes_max, true, "data",
+                                       options_.limits.connections_per_worker_max, nullptr,
+                                       true});
     listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i),
                                        options_.admin_body_bytes_max, true, "admin",
                                        options_.admin_connections_max, &running->admin_budget});

@@ -81,6 +81,8 @@ class Server {
     uint64_t upstream_retries = 0;
     uint64_t pending_input_bytes = 0;  // summed (see WorkerStats)
     uint64_t pending_input_peak = 0;   // the largest of the workers'
+    uint64_t body_bytes_held = 0;      // all workers (WorkerStats::body_bytes_held)
+    uint64_t body_memory_refused = 0;
     // Answers by listener (0: data port, 1: admin port), summed over the workers (see
     // WorkerStats): by status (index = status; 0 = outside 100-599), and by reason code.
     std::array<std::array<uint64_t, WorkerStats::kStatusSlots>, WorkerStats::kListeners>

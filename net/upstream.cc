@@ -343,6 +343,8 @@ void Worker::Impl::head_ready(Connection* c, bool resuming) {
   const size_t response_at = fill_buf(c).size();
   c->ctx.access = AccessNote{};
   c->ctx.body_bytes_max = 0;
+  c->ctx.body_keep_bytes = RequestContext::kKeepWholeBody;
+  c->ctx.body_keep_capture = false;
   const Handler::Result result = resuming ? handler.resume_head(request, writer, c->ctx)
                                           : handler.handle_head(request, writer, c->ctx);
   log_note(c, request);
@@ -350,15 +352,22 @@ void Worker::Impl::head_ready(Connection* c, bool resuming) {
   // answered heads end without one, so the next request is counted as usual.
   c->head_counted = result == Handler::Result::kNeedBody || result == Handler::Result::kPending;
   switch (result) {
-    case Handler::Result::kNeedBody:
-      if (!c->parser.read_body(c->ctx.body_bytes_max)) {
+    case Handler::Result::kNeedBody: {
+      uint64_t keep = c->ctx.body_keep_bytes;
+      if (keep != RequestContext::kKeepWholeBody && c->ctx.body_keep_capture &&
+          c->rlog.active && keep < capture_bytes_max) {
+        keep = capture_bytes_max;  // the access log may capture this much of it
+      }
+      if (!c->parser.read_body(c->ctx.body_bytes_max, keep)) {
         const ParseError& e = c->parser.error();
         write_error(c, e.status, e.code, e.message);
         return;
       }
+      if (!charge_body(c, keep)) return;
       if (c->parser.expects_continue()) send_continue(c);
       update_timer(c);
       return;
+    }
     case Handler::Result::kForward:
       start_forward(c, true);
       return;

@@ -574,6 +574,7 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
   log_note(c, request);
   if (result == Handler::Result::kForward) {
     KEYGATE_ASSERT(!c->awaiting && !writer.started());
+    uncharge_body(c);  // the body is copied to the upstream connection's buffer
     start_forward(c, false);
     return;
   }
@@ -585,6 +586,7 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
     return;
   }
   KEYGATE_ASSERT(!c->awaiting && writer.finished());
+  uncharge_body(c);
   log_end(c, writer.status(), writer.error_code(),
           std::string_view(fill_buf(c)).substr(response_at));
   ++c->responses_fill;
@@ -594,8 +596,36 @@ void Worker::Impl::dispatch(Connection* c, bool resuming) {
   mark_dirty(c);
 }
 
+bool Worker::Impl::charge_body(Connection* c, uint64_t keep_bytes) {
+  if (!listeners[c->listener].body_budget) return true;
+  // The most this request's body can occupy: what is kept of it, within its length and limit.
+  uint64_t charge = std::min(keep_bytes, listeners[c->listener].body_bytes_max);
+  if (!c->parser.streamed_chunked()) charge = std::min(charge, c->parser.content_length());
+  if (charge == 0) return true;
+  if (charge > limits.body_memory_per_worker_max - std::min(limits.body_memory_per_worker_max,
+                                                            held_body_bytes)) {
+    bump(stats.body_memory_refused);
+    write_error(c, 503, "body_memory_exhausted",
+                "the server holds too many request bodies; retry later");
+    return false;
+  }
+  held_body_bytes += charge;
+  c->body_charge = charge;
+  stats.body_bytes_held.store(held_body_bytes, std::memory_order_relaxed);
+  return true;
+}
+
+void Worker::Impl::uncharge_body(Connection* c) {
+  if (c->body_charge == 0) return;
+  KEYGATE_ASSERT(held_body_bytes >= c->body_charge);
+  held_body_bytes -= c->body_charge;
+  c->body_charge = 0;
+  stats.body_bytes_held.store(held_body_bytes, std::memory_order_relaxed);
+}
+
 void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
                                std::string_view message) {
+  uncharge_body(c);
   const size_t response_at = fill_buf(c).size();
   // A HEAD rejected after its head (413 on Content-Length, 408 mid-body) gets no body either.
   ResponseWriter writer(fill_buf(c), date, c->parser.head_of_head_request(), false);
@@ -812,6 +842,7 @@ void Worker::Impl::release(Connection* c) {
   c->send_in_flight = c->recv_armed = c->recv_cancel_sent = false;
   c->awaiting = c->head_deferred = c->head_counted = false;
   c->ctx.state = nullptr;
+  uncharge_body(c);
   c->parser.trim();  // a slot kept for reuse does not keep a large request's buffer
   c->close_after_send = c->lingering = c->peer_eof = false;
   c->proxying = c->streaming = c->until_close_open = false;

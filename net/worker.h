@@ -83,6 +83,11 @@ struct WorkerStats {
   // kept by released slots too), and the most one connection has held at once since start.
   std::atomic<uint64_t> pending_input_bytes{0};
   std::atomic<uint64_t> pending_input_peak{0};
+  // Bytes of request bodies the worker holds for the data port now (a gauge: bodies kept to
+  // search them for a key, and their captures), bounded by Limits::body_memory_per_worker_max;
+  // and the requests refused (503 body_memory_exhausted) because theirs would have passed it.
+  std::atomic<uint64_t> body_bytes_held{0};
+  std::atomic<uint64_t> body_memory_refused{0};
   // Answers by listener (0: data port, 1: admin port), one per access record (whether or not
   // the access log is on): by status (index = status, 100-599; any other status at 0) and by
   // the record's reason code (the error code of a refusal, "client_closed", ...).
@@ -133,6 +138,9 @@ struct WorkerListener {
   // other workers, instead (the admin port; connections_max is then the budget's max, which one
   // worker cannot pass either). Must outlive the worker.
   ConnectionBudget* budget = nullptr;
+  // The bodies this listener's requests keep in memory (a handler's kNeedBody) count against
+  // the worker's Limits::body_memory_per_worker_max (the data port).
+  bool body_budget = false;
 };
 
 class Worker {

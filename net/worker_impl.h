@@ -164,6 +164,9 @@ struct Connection {
   bool awaiting = false;  // a deferred request waits for its ticket to be posted
   bool head_deferred = false;  // ...and it was deferred at its head (resume_head() next)
   bool head_counted = false;   // the request was counted at its head (kHeaders), not again
+  // Body bytes of the request in progress counted against the worker's body memory
+  // (Worker::Impl::held_body_bytes) until it is answered or the connection ends.
+  uint64_t body_charge = 0;
   bool send_in_flight = false;
   bool recv_armed = false;
   bool recv_multishot = false;  // the armed receive is multishot (else single-shot, input held)
@@ -377,6 +380,10 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void release(Connection* c);
   void mark_dirty(Connection* c) { dirty.emplace_back(c, c->gen); }
   void send_continue(Connection* c);
+  // Counts the body a kNeedBody at `c`'s head may keep against the worker's body memory; false
+  // (after answering 503 body_memory_exhausted) when it would pass the limit.
+  bool charge_body(Connection* c, uint64_t keep_bytes);
+  void uncharge_body(Connection* c);
   void learn_peer(Connection* c);
   void begin_drain();
 
@@ -481,6 +488,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   std::string mode;
   WorkerStats stats;
+  uint64_t held_body_bytes = 0;  // the sum of every connection's body_charge
 
   AccessSink* access_sink = nullptr;
   size_t capture_bytes_max = 0;

@@ -325,8 +325,11 @@ int main(int argc, char** argv) {
                            {"timeouts", w.timeouts},
                            {"upstream_retries", w.upstream_retries},
                            {"pending_input_bytes", w.pending_input_bytes},
-                           {"pending_input_peak", w.pending_input_peak}};
-    worker_group.gauges = {"workers", "pending_input_bytes", "pending_input_peak"};
+                           {"pending_input_peak", w.pending_input_peak},
+                           {"body_bytes_held", w.body_bytes_held},
+                           {"body_memory_refused", w.body_memory_refused}};
+    worker_group.gauges = {"workers", "pending_input_bytes", "pending_input_peak",
+                           "body_bytes_held"};
     // data_responses / admin_responses: answers by status ("other": outside 100-599);
     // data_reasons / admin_reasons: by reason code. Only what was counted at least once.
     constexpr std::string_view kPorts[] = {"data", "admin"};

@@ -1101,6 +1101,53 @@ TEST_F(AuthHandlerTest, HeadDecisionNeedsTheBodyWhenOnlyItCanCarryTheKey) {
   EXPECT_EQ(directory_.find_key_calls, 0);
 }
 
+// What handle() answers itself is decided there, but handle_head() says how much of the body
+// to keep: none when the answer cannot depend on it, body_inspect_bytes_max when it is the key
+// carrier. The capture flag asks for the access log's share when the key may want captures.
+TEST_F(AuthHandlerTest, HeadDecisionKeepsOnlyTheBodyTheAnswerNeeds) {
+  struct Case {
+    TestRequest request;
+    uint64_t keep;
+  };
+  std::vector<Case> cases;
+  cases.push_back({TestRequest("POST", "/healthz"), 0});
+  cases.back().request.header("Content-Type", std::string(kJson));
+  cases.push_back({TestRequest("POST", "/orders/1"), 0});  // a header key: body not searched
+  cases.back().request.api_key(kAdminLikeKey).header("Content-Type", std::string(kJson));
+  cases.push_back({TestRequest("POST", "/orders/1"), 0});  // no carrier: 401 in handle()
+  cases.back().request.header("Content-Type", "text/plain");
+  cases.push_back({TestRequest("POST", "/orders/1"), kBodyInspectBytesMax});
+  cases.back().request.header("Content-Type", std::string(kJson));
+  cases.push_back({TestRequest("POST", "/orders/1"), kBodyInspectBytesMax});
+  cases.back().request.header("Content-Type", std::string(kForm));
+  cases.push_back({TestRequest("POST", "/_keygate/auth/orders/1"), 0});
+  cases.back().request.api_key(kAdminLikeKey).header("Content-Type", std::string(kForm));
+  cases.push_back({TestRequest("POST", "/_keygate/auth/orders/1"), kBodyInspectBytesMax});
+  cases.back().request.header("Content-Type", std::string(kForm));
+  cases.push_back({TestRequest("POST", "/_keygate/auth/nowhere"), 0});  // 404 in handle()
+  cases.back().request.header("Content-Type", std::string(kForm));
+  // A forwarded API whose key only the body can carry: kept up to the inspection bound too.
+  cases.push_back({TestRequest("POST", "/shop/cart"), kBodyInspectBytesMax});
+  cases.back().request.header("Content-Type", std::string(kJson));
+  for (size_t i = 0; i < cases.size(); ++i) {
+    ctx_.body_keep_bytes = RequestContext::kKeepWholeBody;
+    ctx_.body_keep_capture = false;
+    EXPECT_EQ(head(cases[i].request), Handler::Result::kNeedBody) << i;
+    EXPECT_EQ(ctx_.body_keep_bytes, cases[i].keep) << i;
+    EXPECT_FALSE(ctx_.body_keep_capture) << i;  // no key here asks for captures
+  }
+  // A key that asks for its requests to be captured keeps the access log's share.
+  KeyRecord capturing = key_record("kcapture0001", {"orders"});
+  capturing.log_request = true;
+  directory_.add_key("capturing-key", capturing);
+  TestRequest captured("POST", "/orders/1");
+  captured.api_key("capturing-key").header("Content-Type", "text/plain");
+  ctx_.body_keep_capture = false;
+  EXPECT_EQ(head(captured), Handler::Result::kNeedBody);
+  EXPECT_EQ(ctx_.body_keep_bytes, 0u);
+  EXPECT_TRUE(ctx_.body_keep_capture);
+}
+
 TEST_F(AuthHandlerTest, HeadDecisionOnACacheMissFetchesAndResumeHeadForwardsOrRejects) {
   directory_.not_cached = true;
   // Allowed once fetched: resume_head() forwards (the body then streams).
@@ -1181,7 +1228,9 @@ TEST_F(AuthHandlerTest, HeadDecisionLeavesAuthCheckApisHealthzAndTheAuthEndpoint
   EXPECT_EQ(head(ext_authz), Handler::Result::kNeedBody);
   TestRequest nginx = nginx_auth("/shop/1", "GET");
   EXPECT_EQ(head(nginx), Handler::Result::kNeedBody);
-  EXPECT_EQ(directory_.find_key_calls, 0);
+  // The key is looked at (a header or query key means the body is not needed, and the key
+  // says whether the access log captures it), but handle() decides: nothing is written.
+  EXPECT_EQ(ctx_.body_keep_bytes, 0u);
 }
 
 }  // namespace

@@ -98,6 +98,18 @@ drain_timeout_ms = 9000
   EXPECT_EQ(c.limits.drain_timeout_ms, 9000u);
 }
 
+TEST(Config, ReadsTheBodyMemoryBoundWithinItsRange) {
+  EXPECT_EQ(Limits{}.body_memory_per_worker_max, uint64_t{64} << 20);
+  EXPECT_EQ(parse_ok("[limits]\nbody_memory_per_worker_max = 0\n").limits.body_memory_per_worker_max,
+            0u);
+  EXPECT_EQ(parse_ok("[limits]\nbody_memory_per_worker_max = 1099511627776\n")
+                .limits.body_memory_per_worker_max,
+            uint64_t{1} << 40);
+  EXPECT_EQ(parse_error("[limits]\nbody_memory_per_worker_max = 1099511627777\n"),
+            "test.toml:2:30: limits.body_memory_per_worker_max: must be between 0 and "
+            "1099511627776");
+}
+
 TEST(Config, PartialTablesKeepOtherDefaults) {
   const Config c = parse_ok("[limits]\nbody_bytes_max = 0\n");
   EXPECT_EQ(c.limits.body_bytes_max, 0u);

@@ -617,5 +617,31 @@ TEST(KeyExtractor, MapsEachRejectionToItsStatusAndCode) {
   EXPECT_FALSE(key_rejection(KeyOutcome::kMissing).message.empty());
 }
 
+
+// A body read only in part (the worker kept a prefix and dropped the rest: body_bytes_dropped)
+// is judged by its whole length when it must be searched: 413, also for an empty prefix. When
+// the header or the query carries the key, or the body cannot carry one, it is never looked at.
+TEST(KeyExtractor, ABodyReadOnlyInPartIsTooLargeWhenItMustBeSearched) {
+  KeyExtractor extractor(64);
+  std::vector<HttpHeader> json = {{"Content-Type", "application/json"}};
+  HttpRequest request;
+  request.method = "POST";
+  request.headers = json;
+  request.body = "{\"API_Key\":\"abc\"}";
+  request.body_bytes_dropped = 1;
+  EXPECT_EQ(extractor.extract(request).outcome, KeyOutcome::kBodyTooLarge);
+  request.body = {};
+  request.body_bytes_dropped = 100;
+  EXPECT_EQ(extractor.extract(request).outcome, KeyOutcome::kBodyTooLarge);
+  std::vector<HttpHeader> with_key = {{"Content-Type", "application/json"}, {"X-ApiKey", "k1"}};
+  request.headers = with_key;
+  const ExtractResult found = extractor.extract(request);
+  EXPECT_EQ(found.outcome, KeyOutcome::kFound);
+  EXPECT_EQ(found.key, "k1");
+  std::vector<HttpHeader> text = {{"Content-Type", "text/plain"}};
+  request.headers = text;
+  EXPECT_EQ(extractor.extract(request).outcome, KeyOutcome::kMissing);
+}
+
 }  // namespace
 }  // namespace keygate

@@ -197,7 +197,11 @@ ExitStatus reap_child(pid_t pid, Clock::time_point deadline) {
   return s;
 }
 
-const char* keygate_binary() { return KEYGATE_BINARY; }
+const char* keygate_binary() {
+  // KEYGATE_TEST_BINARY runs the tests against another build (a fail-before check of a fix).
+  const char* other = std::getenv("KEYGATE_TEST_BINARY");
+  return other != nullptr && other[0] != '\0' ? other : KEYGATE_BINARY;
+}
 
 // ---------------------------------------------------------------------------------------------
 // TempDir

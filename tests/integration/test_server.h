@@ -25,7 +25,8 @@ namespace keygate::integration {
 
 using Millis = std::chrono::milliseconds;
 
-// Path of the keygate binary under test (KEYGATE_BINARY, set by CMake).
+// Path of the keygate binary under test (KEYGATE_BINARY, set by CMake; the environment
+// variable KEYGATE_TEST_BINARY, when set, names another one).
 const char* keygate_binary();
 
 // A fresh directory from mkdtemp, removed with everything in it on destruction.

@@ -1121,6 +1121,83 @@ TEST(HttpParserStreaming, HeadPauseThenBufferedBodyInEverySlicing) {
   }
 }
 
+// read_body() with a keep bound keeps the body's first bytes and drops the rest as it is read
+// (Content-Length and chunked, in every slicing): the request says how much went, the body
+// limit still counts every byte, and the next request parses as usual.
+TEST(HttpParserStreaming, ABodyKeptOnlyInPartDropsTheRestInEverySlicing) {
+  const std::string next = "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string wires[] = {
+      "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world" + next,
+      "POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nhel\r\n8\r\nlo world\r\n0\r\n\r\n" + next,
+  };
+  for (const std::string& wire : wires) {
+    for (uint64_t keep : {uint64_t{0}, uint64_t{4}, uint64_t{11}, uint64_t{64}}) {
+      for (size_t step = 1; step <= wire.size(); ++step) {
+        HttpParser parser(kDefaultLimits);
+        parser.set_head_pause(true);
+        std::vector<std::string> bodies;
+        std::vector<uint64_t> dropped;
+        const auto seen = feed_paused(
+            parser, wire, step, [&] { ASSERT_TRUE(parser.read_body(0, keep)); },
+            [&] {
+              bodies.emplace_back(parser.request().body);
+              dropped.push_back(parser.request().body_bytes_dropped);
+            });
+        ASSERT_FALSE(seen.empty());
+        EXPECT_NE(seen.back(), Status::kError) << "step " << step;
+        ASSERT_EQ(bodies.size(), 2u) << "keep " << keep << " step " << step;
+        const size_t kept = std::min<size_t>(keep, 11);
+        EXPECT_EQ(bodies[0], std::string("hello world").substr(0, kept)) << "step " << step;
+        EXPECT_EQ(dropped[0], 11 - kept);
+        EXPECT_EQ(bodies[1], "");
+        EXPECT_EQ(dropped[1], 0u);
+        // What the parser holds is the head and the kept prefix (with room for one receive),
+        // not the dropped rest.
+        EXPECT_LE(parser.assembly_capacity(), 2 * wire.size() + 16 * 1024);
+      }
+    }
+  }
+  // The body limit counts dropped bytes too: 413 for a declared length, and mid-body for chunks.
+  Limits small = kDefaultLimits;
+  small.body_bytes_max = 8;
+  {
+    HttpParser parser(small);
+    parser.set_head_pause(true);
+    std::string wire = wires[0];
+    const HttpParser::Result r = parser.parse(std::span<char>(wire.data(), wire.size()));
+    ASSERT_EQ(r.status, Status::kHeaders);
+    EXPECT_FALSE(parser.read_body(0, 0));
+    EXPECT_EQ(parser.error().status, 413);
+  }
+  {
+    HttpParser parser(small);
+    parser.set_head_pause(true);
+    std::vector<Status> seen = feed_paused(parser, wires[1], wires[1].size(),
+                                           [&] { ASSERT_TRUE(parser.read_body(0, 0)); });
+    ASSERT_FALSE(seen.empty());
+    EXPECT_EQ(seen.back(), Status::kError);
+    EXPECT_EQ(parser.error().status, 413);
+  }
+}
+
+// A connection keeps no more assembly capacity between requests than a head may need, so a
+// large body that spanned receives does not stay behind in memory.
+TEST(HttpParserStreaming, ALargeAssembledBodyLeavesNoCapacityBehind) {
+  HttpParser parser(kDefaultLimits);
+  parser.set_head_pause(true);
+  const std::string body(200 * 1024, 'b');
+  const std::string wire = "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: " +
+                           std::to_string(body.size()) + "\r\n\r\n" + body +
+                           "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  size_t requests = 0;
+  feed_paused(parser, wire, 16 * 1024, [&] { ASSERT_TRUE(parser.read_body()); },
+              [&] { ++requests; });
+  EXPECT_EQ(requests, 2u);
+  EXPECT_LE(parser.assembly_capacity(),
+            2 * (size_t{kDefaultLimits.request_line_bytes_max} + kDefaultLimits.header_bytes_max));
+}
+
 // A decision deferred at the head (a key fetched from the store): stabilize_head() copies the
 // head out of the receive buffer, which is then reused, and the rest of the input is passed
 // later from elsewhere (the worker's pending buffer). The head stays intact and the body is
