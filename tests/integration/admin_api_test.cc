@@ -401,18 +401,6 @@ TEST_F(AdminApi, ApisListsTheConfiguredApis) {
                      R"({"name":"billing","routes":["/billing"]}]})");
 }
 
-// The value of counter `name` in group `group` of a GET /admin/stats body, or -1.
-int64_t stats_counter(std::string_view body, std::string_view group, std::string_view name) {
-  const std::string open = "\"" + std::string(group) + "\":{";
-  const size_t at = body.find(open);
-  if (at == std::string_view::npos) return -1;
-  const size_t from = at + open.size();
-  const std::string_view members = body.substr(from, body.find('}', from) - from);
-  const size_t n = members.find("\"" + std::string(name) + "\":");
-  if (n == std::string_view::npos) return -1;
-  return std::stoll(std::string(members.substr(n + name.size() + 3)));
-}
-
 TEST_F(AdminApi, StatsCountTheRequestsOfBothPortsAndTheAccessLog) {
   const std::optional<Response> before = admin("GET", "/admin/stats");
   ASSERT_TRUE(status_is(before, 200));

@@ -39,18 +39,6 @@ int64_t resident_bytes(pid_t pid) {
   return -1;
 }
 
-// The value of `name` in group `group` of a GET /admin/stats body, or -1.
-int64_t stats_value(std::string_view body, std::string_view group, std::string_view name) {
-  const std::string open = "\"" + std::string(group) + "\":{";
-  const size_t at = body.find(open);
-  if (at == std::string_view::npos) return -1;
-  const size_t from = at + open.size();
-  const std::string_view members = body.substr(from, body.find('}', from) - from);
-  const size_t n = members.find("\"" + std::string(name) + "\":");
-  if (n == std::string_view::npos) return -1;
-  return std::stoll(std::string(members.substr(n + name.size() + 3)));
-}
-
 // A request head announcing a body of `length` bytes.
 std::string head_of(std::string_view method, std::string_view target,
                     const std::vector<std::string>& headers, size_t length) {
@@ -100,7 +88,7 @@ class BodyMemory : public RunningServer {
     const std::optional<Response> r = round_trip(
         server_->admin_port(), http_request("GET", "/admin/stats", {"X-ApiKey: " + admin_key_}));
     if (!r || r->status != 200) return -2;
-    return stats_value(r->body, "workers", name);
+    return stats_counter(r->body, "workers", name);
   }
 
   // Waits up to `timeout` for the server's resident set to pass `bytes`; its last value.

@@ -723,6 +723,17 @@ ServerOptions admin_server_options(const std::string& admin_key) {
   return options;
 }
 
+int64_t stats_counter(std::string_view body, std::string_view group, std::string_view name) {
+  const std::string open = "\"" + std::string(group) + "\":{";
+  const size_t at = body.find(open);
+  if (at == std::string_view::npos) return -1;
+  const size_t from = at + open.size();
+  const std::string_view members = body.substr(from, body.find('}', from) - from);
+  const size_t n = members.find("\"" + std::string(name) + "\":");
+  if (n == std::string_view::npos) return -1;
+  return std::stoll(std::string(members.substr(n + name.size() + 3)));
+}
+
 int64_t number_member(std::string_view json, std::string_view name) {
   const std::string needle = "\"" + std::string(name) + "\":";
   const size_t at = json.find(needle);

@@ -307,6 +307,9 @@ size_t count_of(std::string_view haystack, std::string_view needle);
 // The integer after the first `"name":` in `json`; -1 when absent or not a number.
 int64_t number_member(std::string_view json, std::string_view name);
 
+// The value of counter `name` in group `group` of a GET /admin/stats body, or -1.
+int64_t stats_counter(std::string_view body, std::string_view group, std::string_view name);
+
 // n bytes of keygate-upstream's /bytes pattern: byte i is 'a' + i % 26.
 std::string byte_pattern(size_t n);
 
