@@ -353,7 +353,7 @@ size_t HttpParser::kept_bytes(size_t consumed_end) const {
 // body limits and counted against the worker's body memory before any of it is read.
 void HttpParser::reserve_body_room(size_t size) {
   if (!headers_done_ || !paused_body_read_ || (parser_.flags & F_CHUNKED) != 0) return;
-  const uint64_t body = std::min(declared_length_, body_keep_max_);
+  const uint64_t body = std::min({declared_length_, body_keep_max_, body_bytes_max_});
   if (body <= body_.len) return;
   assembly_.reserve(size + static_cast<size_t>(body - body_.len) + kReceiveSlackBytes);
 }
@@ -437,11 +437,12 @@ bool HttpParser::read_body(uint64_t body_bytes_max, uint64_t keep_bytes) {
   if (body_bytes_max != 0 && body_bytes_max < body_bytes_max_) body_bytes_max_ = body_bytes_max;
   body_keep_max_ = keep_bytes;
   paused_body_read_ = true;
-  if (assembled_) reserve_body_room(assembly_.size());
+  // Before any room is made for it: a declared length is the client's word until checked.
   if (declared_length_ > body_bytes_max_) {
     fail(413, "body_too_large", "request body too large");
     return false;
   }
+  if (assembled_) reserve_body_room(assembly_.size());
   return true;
 }
 
