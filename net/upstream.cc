@@ -844,7 +844,7 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
   up->client = nullptr;
   if (c != nullptr) {
     c->up = nullptr;
-    c->proxying = c->until_close_open = false;
+    c->proxying = false;  // until_close_open stays: cleared once the output is all sent
     log_end(c, up->rp.status_code, {}, {});  // while `streaming` still says the body was cut
     if (c->streaming) {
       // The upstream answered before the body ended; the rest of it is not read.

@@ -752,6 +752,7 @@ void Worker::Impl::start_linger(Connection* c) {
   // Half-close and keep reading (and discarding) for a moment: closing with unread input would
   // make the kernel send a reset that can destroy the response before the client reads it.
   c->lingering = true;
+  c->until_close_open = false;  // every byte of the response was sent: a FIN ends it
   c->pending.clear();
   ::shutdown(c->fd, SHUT_WR);
   // Nothing can be left unread after the client's FIN.

@@ -1562,6 +1562,54 @@ TEST_F(ProxyTest, ACloseDelimitedResponseCutShortResetsTheClient) {
   }
 }
 
+// The same when the upstream's part ended well but keygate still held the end of the body for a
+// client that was not reading, and then cut the connection (the write timeout here; the drain
+// deadline alike): the client must see a reset, not a FIN that looks like the body's end.
+TEST_F(ProxyTest, ACloseDelimitedResponseCutWhileKeygateStillSendsItResetsTheClient) {
+  const std::string body(3 << 20, 'b');
+  ScriptedUpstream upstream([&body](int fd, const std::string&) {
+    send_all(fd, "HTTP/1.1 200 OK\r\n\r\n");
+    send_all(fd, body);
+    return false;  // the close ends the body: complete on the upstream's side
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(
+      start(upstream.api_config(), {{"idle_timeout_ms", 1500}}, {"orders", "scripted"}));
+  // A client with a small receive buffer that does not read: the upstream is done long before
+  // keygate has sent the end of the body.
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  const int small = 4096;
+  ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(server_->data_port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string request = "GET /s/big HTTP/1.0\r\nHost: it\r\n" + key_header() + "\r\n\r\n";
+  ASSERT_EQ(send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(3000));  // past the write timeout
+  const timeval five{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &five, sizeof(five));
+  size_t received = 0;
+  int end_errno = 0;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n > 0) {
+      received += static_cast<size_t>(n);
+      continue;
+    }
+    end_errno = n == 0 ? 0 : errno;
+    break;
+  }
+  close(fd);
+  EXPECT_LT(received, body.size()) << "the whole body arrived: nothing was cut";
+  EXPECT_EQ(end_errno, ECONNRESET) << received << " bytes, then "
+                                   << (end_errno == 0 ? "a FIN" : std::strerror(end_errno));
+}
+
 // A pooled upstream slot kept a large response head's buffer for good (slots are never freed):
 // N concurrent responses with ~900 KB heads left about N MiB resident after every connection
 // was gone.
