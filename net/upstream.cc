@@ -605,10 +605,15 @@ bool Worker::Impl::connect_to(UpConn* up, uint32_t at) {
     up->fill.replace(up->host_at, servers[up->host_server].authority.size(), server.authority);
     up->host_server = s;
   }
-  const int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = ::socket(server.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && static_cast<uint64_t>(fd) >= upstream_descriptor_ceiling) {
+    ::close(fd);  // it would take the descriptors kept for the admin port and the log
+    fd = -1;
+  }
   if (fd < 0) {
-    // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM), not the
-    // server's fault: no server is marked down, and the others would fail the same way.
+    // keygate's own shortage (EMFILE: RLIMIT_NOFILE reached, ENFILE, ENOMEM, or the reserve
+    // reached), not the server's fault: no server is marked down, and the others would fail
+    // the same way.
     fail_forward(up, 503, "sockets_exhausted",
                  "keygate cannot open a connection to the upstream now");
     return false;

@@ -119,6 +119,10 @@ bool Worker::Impl::init(std::string* error) {
       const uint64_t keep = listeners[li].budget != nullptr ? reserve / 2 : reserve;
       descriptor_ceiling[li] = nofile.rlim_cur - keep;
     }
+    // Upstream sockets may take part of the data port's share of the reserve (a forwarded
+    // request needs two descriptors, only its client's is checked at accept), never what the
+    // admin port and the log keep.
+    upstream_descriptor_ceiling = nofile.rlim_cur - reserve * 3 / 4;
   }
   if (table > 0 && io_uring_register_files_sparse(&ring, table) == 0) {
     fixed_files = table;

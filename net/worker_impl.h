@@ -446,6 +446,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::vector<bool> accept_retry;
   // Per listener: an accepted descriptor numbered at or above this is closed at once (see init).
   std::vector<uint64_t> descriptor_ceiling;
+  // An upstream socket numbered at or above this is closed at once: 503 sockets_exhausted.
+  uint64_t upstream_descriptor_ceiling = UINT64_MAX;
   LoopObserver* observer;
 
   io_uring ring{};
