@@ -1023,8 +1023,7 @@ void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
   KEYGATE_ASSERT(c->gen == gen && c->awaiting);
   c->awaiting = false;
   if (c->closed) {
-    const int done = listeners[c->listener].handler->abandon(c->ctx);
-    log_abandoned(c, done != 0 ? done : 499);
+    log_cut_off(c);
   } else {
     if (c->head_deferred) {
       c->head_deferred = false;
@@ -1036,6 +1035,13 @@ void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
     update_timer(c);
   }
   op_done(c);
+}
+
+// A deferred request whose connection closed before its ticket came back: the handler says
+// what it did anyway (Handler::abandon: an admin change it made keeps its status), else 499.
+void Worker::Impl::log_cut_off(Connection* c) {
+  const int done = listeners[c->listener].handler->abandon(c->ctx);
+  log_abandoned(c, done != 0 ? done : 499);
 }
 
 // After run() returned: the deferred requests the drain deadline cut off (closed with their
@@ -1052,8 +1058,7 @@ void Worker::Impl::settle_deferred() {
     Connection* c = conns[slot].get();
     KEYGATE_ASSERT(c->gen == gen && c->awaiting && c->closed);
     c->awaiting = false;
-    const int done = listeners[c->listener].handler->abandon(c->ctx);
-    log_abandoned(c, done != 0 ? done : 499);
+    log_cut_off(c);
     --c->ops;
   }
   posted_local.clear();

@@ -393,6 +393,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void log_end(Connection* c, int status, std::string_view reason,
                std::string_view response_text);
   void log_abandoned(Connection* c, int status);
+  void log_cut_off(Connection* c);
   void count_response(const Connection* c, int status, std::string_view reason);
   static const char* abandoned_reason(const Connection* c);
 
