@@ -1741,6 +1741,17 @@ TEST_F(AccessLogTest, ADataRequestAbandonedMidBodyGetsOne499Record) {
   expect_one_abandoned_record(server_->log_dir(), "/orders/mid-rst");
 }
 
+// Creates a key with value `key` for API "orders" through `server`'s admin port.
+void create_orders_key(const TestServer &server, const std::string &key) {
+  auto created = round_trip(
+      server.admin_port(),
+      http_request("POST", "/admin/keys",
+                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
+                    "Content-Type: application/json"},
+                   "{\"key\":\"" + key + "\",\"apis\":[\"orders\"]}"));
+  ASSERT_TRUE(created && created->status == 201) << show(created);
+}
+
 // On a data port that reads whole requests (no API forwards) a record begins only once the body
 // is in (or the request is abandoned or rejected), but it is dated from the request's first
 // byte: time_us and duration_us cover the upload. An error answered after the head (a body
@@ -1753,13 +1764,7 @@ TEST(AccessLogNoForwarding, ARecordStartsAtTheRequestsFirstByteAndErrorsAfterThe
   std::string error;
   ASSERT_TRUE(server.start(&error)) << error;
   const std::string key = "alog-duration-" + random_hex(24);
-  auto created = round_trip(
-      server.admin_port(),
-      http_request("POST", "/admin/keys",
-                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
-                    "Content-Type: application/json"},
-                   "{\"key\":\"" + key + "\",\"apis\":[\"orders\"]}"));
-  ASSERT_TRUE(created && created->status == 201) << show(created);
+  ASSERT_NO_FATAL_FAILURE(create_orders_key(server, key));
   const auto wall_us = [] {
     return std::chrono::duration_cast<std::chrono::microseconds>(
                std::chrono::system_clock::now().time_since_epoch())
@@ -1834,13 +1839,7 @@ TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
   std::string error;
   ASSERT_TRUE(server.start(&error)) << error;
   const std::string key = "alog-midbody-nofw-" + random_hex(24);
-  auto created = round_trip(
-      server.admin_port(),
-      http_request("POST", "/admin/keys",
-                   {"X-ApiKey: " + std::string(kBootstrapAdminKey),
-                    "Content-Type: application/json"},
-                   "{\"key\":\"" + key + "\",\"apis\":[\"orders\"]}"));
-  ASSERT_TRUE(created && created->status == 201) << show(created);
+  ASSERT_NO_FATAL_FAILURE(create_orders_key(server, key));
   ASSERT_NO_FATAL_FAILURE(
       abandon_mid_body(server.data_port(), key, "/orders/mid-fin", false));
   ASSERT_NO_FATAL_FAILURE(
