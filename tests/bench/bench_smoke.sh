@@ -63,6 +63,12 @@ AUTH_KEYS=1000 run e2e_auth bench/e2e.sh --auth --smoke
 run e2e_proxy bench/e2e_proxy.sh --smoke
 run e2e_log bench/e2e_log.sh --smoke
 run admin_bench bench/admin_bench.sh --smoke
+# It needs perf (Debian: linux-perf, not a test dependency) and root for its malloc uprobe.
+if command -v perf >/dev/null && ((EUID == 0)); then
+  run allocs_per_request bench/allocs_per_request.sh --smoke
+else
+  echo "skip allocs_per_request (needs perf and root)"
+fi
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
