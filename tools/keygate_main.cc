@@ -164,6 +164,24 @@ void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
   }
 }
 
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    default: return "signal";
+  }
+}
+
+void say_ignored(int sig) {
+  std::fprintf(stderr,
+               "keygate: %s ignored (keygate has no reload: restart it to apply a new "
+               "configuration; SIGTERM or SIGINT stop it)\n",
+               signal_name(sig));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -441,15 +459,32 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0 || (sig != SIGTERM && sig != SIGINT)) {
-    std::fprintf(stderr,
-                 "keygate: %s ignored (keygate has no reload: restart it to apply a new "
-                 "configuration; SIGTERM or SIGINT stop it)\n",
-                 sig == SIGHUP ? "SIGHUP" : sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
-  }
-  std::printf("keygate: %s received, draining (up to %u ms)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+  while (sigwait(&signals, &sig) != 0 || (sig != SIGTERM && sig != SIGINT)) say_ignored(sig);
+  std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
+  server->request_stop();
+  // A second SIGTERM/SIGINT during the drain stops now: an operator's second Ctrl-C, or a
+  // supervisor that escalates. The workers cut what is in flight (logged, reason "shutdown") and
+  // everything below still runs: the access log's records are flushed, the store is closed.
+  // Polled every kStopPollMs: sigtimedwait() is this thread's only wait (workers cannot signal
+  // it), and 20 ms is nothing next to a drain.
+  constexpr long kStopPollMs = 20;
+  bool cut_short = false;
+  while (!server->stopped()) {
+    const timespec poll{0, kStopPollMs * 1000 * 1000};
+    const int got = sigtimedwait(&signals, nullptr, &poll);
+    if (got < 0) continue;  // EAGAIN: the poll interval passed; EINTR
+    if (got != SIGTERM && got != SIGINT) {
+      say_ignored(got);
+    } else if (!cut_short) {
+      cut_short = true;
+      std::printf("keygate: second %s received, stopping now (in-flight requests are cut off)\n",
+                  signal_name(got));
+      std::fflush(stdout);
+      server->stop_now();
+    }
+  }
   server->stop();
   // An admin job still running at the drain deadline finishes (exit waits for it; the jobs
   // queued behind it are answered 503 unrun) and is posted; the workers, stopped, then write
@@ -458,5 +493,9 @@ int main(int argc, char** argv) {
   server->settle_deferred();
   std::printf("keygate: stopped\n");
   std::fflush(stdout);
+  // 0 after a drain cut short too, as nginx's fast shutdown and Envoy's SIGTERM exit 0: the stop
+  // was asked for and was orderly (every record written, the store closed), and a non-zero
+  // status tells supervisors the service failed (systemd marks the unit failed and, with
+  // Restart=on-failure, restarts what the operator is stopping).
   return 0;
 }
