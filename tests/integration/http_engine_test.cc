@@ -1104,6 +1104,29 @@ TEST_F(GracefulShutdown, SigintStopsTheServerLikeSigterm) {
   EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos) << server().output();
 }
 
+// Ctrl-C twice: the second SIGINT ends a drain that a stalled request would hold for 30 s, and
+// keygate still exits 0 with its "stopped" line.
+TEST_F(GracefulShutdown, ASecondSigintDuringTheDrainStopsNow) {
+  ASSERT_TRUE(start(with({{"drain_timeout_ms", 30000}})));
+  RawClient stalled;
+  ASSERT_TRUE(connect(stalled));
+  ASSERT_TRUE(start_half_request(stalled));
+  ASSERT_TRUE(server().send_signal(SIGINT));
+  ASSERT_TRUE(server().wait_for_output("draining", 3000ms)) << server().output();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_TRUE(server().running()) << "the stalled request did not hold the drain";
+  const auto second = Clock::now();
+  ASSERT_TRUE(server().send_signal(SIGINT));
+  const ExitStatus status = server().wait_exit(10000ms);
+  EXPECT_LT(since(second), 3000ms) << "the second SIGINT did not cut the drain short";
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_NE(server().output().find("keygate: second SIGINT received"), std::string::npos)
+      << server().output();
+  EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos) << server().output();
+  stalled.read_until_close(1000ms);
+  EXPECT_NE(stalled.last_end(), ReadEnd::kTimeout) << "the stalled connection was left open";
+}
+
 // SIGHUP, SIGUSR1 and SIGUSR2 (a reload request, a terminal hangup, a stray signal) neither
 // stop keygate nor cut a request: they are said on stderr and ignored.
 TEST_F(GracefulShutdown, HangupAndUserSignalsAreIgnoredAndSaid) {
