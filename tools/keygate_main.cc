@@ -185,6 +185,25 @@ void say_ignored(int sig) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Signals are taken synchronously by this thread; every thread started below inherits the
+  // mask, so a SIGTERM can never interrupt a worker mid-request. Blocked first, before anything
+  // is parsed or opened: a SIGTERM that comes while keygate is starting (a supervisor stopping
+  // it at once, a script's trap) stays pending and is taken once keygate is up, which then
+  // stops as usual (exit 0, "keygate: stopped") instead of dying of it (exit 143, the store
+  // and the log not closed). The mask and the pending signal survive the re-exec below.
+  // SIGHUP, SIGUSR1 and SIGUSR2 are taken too and only said on stderr: their default action
+  // would end keygate at once, without a drain and with the access log's last records lost,
+  // and SIGHUP is what operators' tools send to make a daemon reload (keygate has no reload).
+  // SIGPIPE is ignored outright (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ:
+  // a file reaching the file size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill
+  // keygate, data plane and all; ignored, the write fails with EFBIG instead (the access log
+  // then rotates, RocksDB reports an error).
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (const int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&signals, sig);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN);
   reexec_with_huge_pages(argv);
   keygate::CommandLine cli;
   std::string error;
@@ -216,21 +235,6 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Signals are taken synchronously by this thread; every thread started below inherits the
-  // mask, so a SIGTERM can never interrupt a worker mid-request. SIGPIPE is ignored outright
-  // (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ: a file reaching the file
-  // size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill keygate, data plane and all;
-  // ignored, the write fails with EFBIG instead (the access log then rotates, RocksDB reports
-  // an error).
-  // SIGHUP, SIGUSR1 and SIGUSR2 are taken too and only said on stderr: their default action
-  // would end keygate at once, without a drain and with the access log's last records lost,
-  // and SIGHUP is what operators' tools send to make a daemon reload (keygate has no reload).
-  sigset_t signals;
-  sigemptyset(&signals);
-  for (const int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&signals, sig);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  signal(SIGXFSZ, SIG_IGN);
 
   keygate::storage::DataDir data_dir;
   if (!data_dir.open(config.data_dir, &error) ||
