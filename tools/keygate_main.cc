@@ -259,6 +259,14 @@ int main(int argc, char** argv) {
   key_options.workers = workers;
   key_options.max_keys = static_cast<size_t>(config.cache_max_keys);
   key_options.negative_cache_entries = config.cache_negative_entries;
+#ifdef KEYGATE_TEST_HOOKS
+  // Test builds only (CMake KEYGATE_TEST_HOOKS, on with the tests): every partial-cache fetch
+  // waits this many milliseconds first, so tests can catch a request in a fetch for sure.
+  if (const char* delay = std::getenv("KEYGATE_TEST_FETCH_DELAY_MS")) {
+    const unsigned long ms = std::strtoul(delay, nullptr, 10);
+    key_options.fetch_delay_ms = static_cast<uint32_t>(ms < 60000 ? ms : 60000);
+  }
+#endif
   if (!keys.open(config.data_dir, key_options, &error)) {
     std::fprintf(stderr, "keygate: %s\n", error.c_str());
     return kExitStartupFailure;
@@ -494,6 +502,10 @@ int main(int argc, char** argv) {
   // queued behind it are answered 503 unrun) and is posted; the workers, stopped, then write
   // the records of the requests cut off with their tickets out, so every change is logged.
   admin_executor.stop();
+  // Likewise a data request cut off while its key was being fetched from the store (partial
+  // cache): the fetch finishes (the queued ones are answered unread) and its ticket is posted,
+  // so the worker logs the request (499, reason "shutdown") and frees what its handler held.
+  keys.stop_fetches();
   server->settle_deferred();
   std::printf("keygate: stopped\n");
   std::fflush(stdout);
