@@ -640,7 +640,8 @@ features in use:
   keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
-(in-flight requests are cut off; the access log is still flushed), exit 0. SIGHUP, SIGUSR1, SIGUSR2: ignored (said on
+(in-flight requests are cut off; the access log is still flushed), exit 0.
+One that comes during start-up stops keygate once it is up. SIGHUP, SIGUSR1, SIGUSR2: ignored (said on
 stderr; there is no reload). Exit code 2: bad flags or config; 1: start-up failure.
 
 Environment (docs/configuration.md, "Environment"):
