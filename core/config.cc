@@ -651,6 +651,8 @@ Environment (docs/configuration.md, "Environment"):
   KEYGATE_MALLOC_HUGEPAGES     0: no transparent huge pages for the heap (otherwise keygate
                                re-executes itself once with glibc.malloc.hugetlb=1)
   KEYGATE_NO_AVX2              set: the access log's scanners use SSE2 even where AVX2 exists
+  KEYGATE_TEST_FETCH_DELAY_MS  test builds only: every partial-cache key fetch waits this
+                               many milliseconds first
 )";
 }
 
