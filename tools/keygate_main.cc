@@ -202,8 +202,9 @@ __attribute__((no_sanitize("address", "undefined"))) void block_stop_signals_at_
 
 int main(int argc, char** argv) {
   // Signals are taken synchronously by this thread; every thread started below inherits the
-  // mask, so a SIGTERM can never interrupt a worker mid-request. Blocked first, before anything
-  // is parsed or opened: a SIGTERM that comes while keygate is starting (a supervisor stopping
+  // mask, so a SIGTERM can never interrupt a worker mid-request. Blocked first (already at load:
+  // block_stop_signals_at_load; again here for the set sigwait takes), before anything is
+  // parsed or opened: a SIGTERM that comes while keygate is starting (a supervisor stopping
   // it at once, a script's trap) stays pending and is taken once keygate is up, which then
   // stops as usual (exit 0, "keygate: stopped") instead of dying of it (exit 143, the store
   // and the log not closed). The mask and the pending signal survive the re-exec below.
@@ -250,7 +251,6 @@ int main(int argc, char** argv) {
       return usage_error("KEYGATE_BOOTSTRAP_ADMIN_KEY " + std::string(why));
     }
   }
-
 
   keygate::storage::DataDir data_dir;
   if (!data_dir.open(config.data_dir, &error) ||
