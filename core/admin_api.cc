@@ -88,6 +88,16 @@ Failure store_unavailable(const AdminStoreResult& result) {
 
 Failure random_failed() { return failure(500, "internal_error", "the random source failed"); }
 
+// "application/json" with any parameters ("; charset=utf-8"), case-insensitive, optional
+// whitespace around it (RFC 9110 8.3.1).
+bool is_json_media_type(std::string_view value) noexcept {
+  const size_t semicolon = value.find(';');
+  std::string_view type = value.substr(0, semicolon);
+  while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) type.remove_prefix(1);
+  while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) type.remove_suffix(1);
+  return equals_ignore_case(type, "application/json");
+}
+
 AdminResponse error_response(const Failure& f) {
   AdminResponse response;
   response.status = f.status;
@@ -1766,6 +1776,17 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
     return error_response(failure(413, "body_too_large", "request body too large"));
   }
   const std::string_view m = request.method;
+  // Every POST and PATCH route reads a JSON body. One sent as another media type (a form,
+  // text/plain: `curl -d` without -H, a client's mistake) is refused for what it is instead of
+  // failing as invalid_json, or parsing by accident. No Content-Type is taken as JSON: it
+  // claims nothing, raw clients (nc, scripts) often leave it out, and keygate has no ambient
+  // credentials (no cookies; the key is in every request) that would make this a CSRF guard.
+  // An empty body has nothing to mistake (rotate's is optional).
+  if ((m == "POST" || m == "PATCH") && !request.body.empty() && !request.content_type.empty() &&
+      !is_json_media_type(request.content_type)) {
+    return error_response(failure(415, "unsupported_media_type",
+                                  "the body must be JSON (Content-Type: application/json)"));
+  }
   switch (match.route) {
     case Route::kKeys:
       return m == "GET" ? list_keys(request, store) : create_key(request, store, ctx);

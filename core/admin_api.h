@@ -40,6 +40,8 @@
 // Errors: {"error":code,"field":name|null,"message":text} with 400 (invalid_json,
 // unknown_field, invalid_type, invalid_value, missing_field, unknown_api, unknown_user),
 // 404 not_found, 405 method_not_allowed (+ Allow), 409 conflict, 413 body_too_large,
+// 415 unsupported_media_type (a POST/PATCH body with a Content-Type other than
+// application/json; parameters such as charset allowed; no Content-Type is taken as JSON),
 // 503 store_unavailable, 503 logs_unavailable (no access log configured, or it cannot be
 // read); 500 internal_error only when ctx.random fails.
 #pragma once
@@ -163,6 +165,8 @@ struct AdminRequest {
   // would get if it arrived now. An empty id skips the check (tests of the routes themselves).
   std::string_view key_id;
   KeyDigest key_digest{};
+  // The request's Content-Type header value (the first one); empty when it has none.
+  std::string_view content_type;
 };
 
 struct AdminResponse {

@@ -254,9 +254,14 @@ void AdminHandler::submit(const HttpRequest& request, RequestContext& ctx, State
   state->response.allow = {};
   state->response.challenge = false;
   // Views into the stabilized request, valid until it completes; the backend copies the struct.
-  const AdminRequest admin_request{request.method, request.path,  request.query,
-                                   request.body,   request.body_readable_padding,
-                                   state->key_id,  state->key_digest};
+  const AdminRequest admin_request{request.method,
+                                   request.path,
+                                   request.query,
+                                   request.body,
+                                   request.body_readable_padding,
+                                   state->key_id,
+                                   state->key_digest,
+                                   request.header("Content-Type")};
   backend_.submit(admin_request, &state->response, ctx.defer());
 }
 

@@ -639,7 +639,9 @@ Once ready keygate prints one line to stdout, with the ports actually bound and 
 features in use:
   keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
-limits.drain_timeout_ms), exit 0. SIGHUP, SIGUSR1, SIGUSR2: ignored (said on
+limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
+(in-flight requests are cut off; the access log is still flushed), exit 0.
+One that comes during start-up stops keygate once it is up. SIGHUP, SIGUSR1, SIGUSR2: ignored (said on
 stderr; there is no reload). Exit code 2: bad flags or config; 1: start-up failure.
 
 Environment (docs/configuration.md, "Environment"):
@@ -649,6 +651,8 @@ Environment (docs/configuration.md, "Environment"):
   KEYGATE_MALLOC_HUGEPAGES     0: no transparent huge pages for the heap (otherwise keygate
                                re-executes itself once with glibc.malloc.hugetlb=1)
   KEYGATE_NO_AVX2              set: the access log's scanners use SSE2 even where AVX2 exists
+  KEYGATE_TEST_FETCH_DELAY_MS  test builds only: every partial-cache key fetch waits this
+                               many milliseconds first
 )";
 }
 

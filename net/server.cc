@@ -111,6 +111,9 @@ struct Server::Running {
   ConnectionBudget admin_budget;  // before the workers, which use it until they are destroyed
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> threads;
+  // Worker threads that have left run() (or failed init): stopped() polls it while the main
+  // thread waits for signals during a drain.
+  std::atomic<unsigned> exited{0};
 };
 
 Server::Server(ServerOptions options) : options_(std::move(options)) {}
@@ -200,7 +203,8 @@ bool Server::start(std::string* error) {
   for (unsigned i = 0; i < n; ++i) {
     Worker* w = running->workers[i].get();
     std::promise<std::string>* p = &ready[i];
-    running->threads.emplace_back([w, p, i] {
+    std::atomic<unsigned>* exited = &running->exited;
+    running->threads.emplace_back([w, p, i, exited] {
       // Named so top/perf tell the threads apart ("kg-worker-3").
       char name[16];
       std::snprintf(name, sizeof(name), "kg-worker-%u", i);
@@ -209,6 +213,7 @@ bool Server::start(std::string* error) {
       const bool ok = w->init(&why);
       p->set_value(ok ? std::string() : (why.empty() ? "worker init failed" : why));
       if (ok) w->run();
+      exited->fetch_add(1, std::memory_order_release);
     });
   }
   std::string first_error;
@@ -228,9 +233,24 @@ bool Server::start(std::string* error) {
   return true;
 }
 
-void Server::stop() {
+void Server::request_stop() {
   if (!running_) return;
   for (auto& w : running_->workers) w->request_stop();
+}
+
+void Server::stop_now() {
+  if (!running_) return;
+  for (auto& w : running_->workers) w->request_stop_now();
+}
+
+bool Server::stopped() const {
+  return !running_ ||
+         running_->exited.load(std::memory_order_acquire) == running_->workers.size();
+}
+
+void Server::stop() {
+  if (!running_) return;
+  request_stop();
   for (std::thread& t : running_->threads) {
     if (t.joinable()) t.join();
   }

@@ -62,6 +62,15 @@ class Server {
   // ResumeTicket (key fetches, admin jobs) may post safely until they are stopped: destroy
   // those before the Server.
   void stop();
+  // Asks every worker to drain without waiting for them (stop() waits). Idempotent.
+  void request_stop();
+  // Cuts the drain short: every worker cuts what is still in flight now (as at the drain
+  // deadline: access-log reason "shutdown") and exits. Without a drain begun, begins one that
+  // ends at once. stop() still has to be called to join the threads.
+  void stop_now();
+  // Whether every worker's thread has left its loop (then stop() returns without waiting for
+  // a drain). True before start() and after a failed one. Main thread.
+  bool stopped() const;
   // After stop() and after every thread that holds a ResumeTicket has posted it (stop the
   // AdminExecutor first): writes the access records of the deferred requests the drain
   // deadline cut off, now that their tickets are back (Worker::settle_deferred). Idempotent.

@@ -1009,6 +1009,11 @@ void Worker::Impl::post(uint32_t slot, uint32_t gen) noexcept {
 void Worker::Impl::on_wake() {
   arm_wake();
   if (stop_requested.load(std::memory_order_acquire)) begin_drain();
+  // The loop checks the deadline before its next wait, so what is left is cut off (reason
+  // "shutdown", as at the drain deadline) within this pass.
+  if (stop_now_requested.load(std::memory_order_acquire) && drain_deadline_ms > now_ms) {
+    drain_deadline_ms = now_ms;
+  }
   {
     std::lock_guard<std::mutex> lock(posted_mu);
     posted_local.swap(posted);
@@ -1078,6 +1083,17 @@ void Worker::request_stop() {
   if (impl_->stop_requested.exchange(true, std::memory_order_acq_rel)) return;
   const uint64_t one = 1;
   // eventfd writes of 8 bytes do not fail short; a failure means the fd is gone (a bug).
+  const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));
+  KEYGATE_ASSERT(n == sizeof(one));
+}
+
+void Worker::request_stop_now() {
+  if (!impl_->ready.load(std::memory_order_acquire)) return;
+  // Both flags before the wake-up: on_wake() begins the drain (if request_stop() has not) and
+  // then moves its deadline to now.
+  impl_->stop_now_requested.store(true, std::memory_order_release);
+  impl_->stop_requested.store(true, std::memory_order_release);
+  const uint64_t one = 1;
   const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));
   KEYGATE_ASSERT(n == sizeof(one));
 }

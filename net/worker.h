@@ -165,6 +165,10 @@ class Worker {
   // Thread-safe, async-signal-unsafe: asks the worker to stop accepting, finish in-flight
   // requests (bounded by limits.drain_timeout_ms) and return from run().
   void request_stop();
+  // Thread-safe: cuts a drain short (or stops without one): the drain deadline becomes now, so
+  // run() cuts what is still in flight (access-log reason "shutdown") and returns within one
+  // loop pass. Deferred requests are settled as at the deadline (settle_deferred()).
+  void request_stop_now();
   // After run() has returned (its thread joined): writes the access records of the deferred
   // requests cut at the drain deadline whose tickets were posted since (an admin job the
   // executor finished after the workers exited). From the thread that joined the worker's.

@@ -471,6 +471,9 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::vector<std::pair<uint32_t, uint32_t>> posted_local;
   std::atomic<bool> ready{false};  // init() succeeded; run() will (or does) serve
   std::atomic<bool> stop_requested{false};
+  // request_stop_now(): the drain deadline is now (a second SIGTERM/SIGINT). Set before the
+  // wake-up, read by on_wake() after stop_requested.
+  std::atomic<bool> stop_now_requested{false};
   __kernel_timespec tick_ts{0, kTickNs};
 
   std::vector<std::unique_ptr<Connection>> conns;

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <bit>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <set>
@@ -109,7 +110,9 @@ struct KeyService::FetchPool {
 
 KeyService::KeyService() = default;
 
-KeyService::~KeyService() {
+KeyService::~KeyService() { stop_fetches(); }
+
+void KeyService::stop_fetches() {
   // The workers have stopped (the contract), but a worker whose loop exited right after
   // after_wait() is still marked online, and the pool's last reclaim would wait for it forever.
   if (qsbr_) {
@@ -122,6 +125,7 @@ KeyService::~KeyService() {
     }
     pool_->wake.notify_all();
     for (std::thread& t : pool_->threads) t.join();
+    pool_->threads.clear();
   }
 }
 
@@ -167,6 +171,7 @@ bool KeyService::open(const std::string& data_dir, const Options& options, std::
   }
   cache_->set_users(std::move(users));
 
+  fetch_delay_ms_ = options.fetch_delay_ms;
   pool_ = std::make_unique<FetchPool>(options.fetch_queue_max);
   for (size_t i = 0; i < options.fetch_threads; ++i) {
     pool_->threads.emplace_back([this] {
@@ -229,6 +234,7 @@ void KeyService::run_fetcher() {
   for (;;) {
     FetchPool::Job job;
     bool drained = false;
+    bool stopping = false;
     {
       std::unique_lock lock(pool_->mutex);
       pool_->wake.wait(lock, [&] { return pool_->queued > 0 || pool_->stopping; });
@@ -237,10 +243,22 @@ void KeyService::run_fetcher() {
       pool_->head = (pool_->head + 1) % pool_->ring.size();
       --pool_->queued;
       drained = pool_->queued == 0;
+      stopping = pool_->stopping;
     }
 
     FetchResult& out = *job.out;
     out = FetchResult();
+    if (stopping) {
+      // The workers have stopped: the request is cut off and only waits for its ticket to be
+      // logged, so the store is not read for it (a long queue on a slow disk would hold exit).
+      fetch_rejected_total_.fetch_add(1, std::memory_order_relaxed);
+      out.failed = true;
+      job.ticket.post();
+      continue;
+    }
+    if (fetch_delay_ms_ != 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(fetch_delay_ms_));
+    }
     // Read before the store: a key write after this point changes it, which voids the positive
     // fill and the negative entry made from what the store says below, and tells the worker at
     // resume that the copy in `out` may be stale (a revocation that returned meanwhile must

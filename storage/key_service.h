@@ -48,6 +48,9 @@ class KeyService final : public KeyDirectory {
     size_t fetch_threads = 1;               // store reads on a partial-cache miss
     size_t fetch_queue_max = 1024;          // pending fetches; beyond it fetch() fails at once
     size_t cache_shards = 64;               // a power of two
+    // Test hook (KEYGATE_TEST_FETCH_DELAY_MS, honoured by test builds only): every fetch waits
+    // this long before it reads the store, so tests can hold a request in a fetch for sure.
+    uint32_t fetch_delay_ms = 0;
   };
 
   struct Stats {
@@ -70,8 +73,8 @@ class KeyService final : public KeyDirectory {
   using RandomSource = std::function<bool(std::span<uint8_t>)>;
 
   KeyService();
-  // Marks every reader offline (the workers must have stopped), finishes the queued fetches
-  // (posting each), stops the pool and closes the store.
+  // Marks every reader offline (the workers must have stopped), stops the pool (stop_fetches())
+  // and closes the store.
   ~KeyService() override;
   KeyService(const KeyService&) = delete;
   KeyService& operator=(const KeyService&) = delete;
@@ -136,6 +139,14 @@ class KeyService final : public KeyDirectory {
   Status ensure_admin_key(std::string_view value, const RandomSource& random, int64_t now,
                           AdminBootstrap* out);
 
+  // Stops the fetch pool: the fetch being read finishes, the queued ones are answered
+  // `failed` without reading the store, each ticket is posted, and fetch() fails at once from
+  // then on. Blocks until the pool's threads have exited. Call once the workers have stopped
+  // (their threads joined), before their deferred requests are settled (Server::
+  // settle_deferred), so that a request cut at the drain deadline while its key was being
+  // fetched is logged and its state freed. Idempotent; the destructor calls it.
+  void stop_fetches();
+
   // Read access for the admin API (the store's reads are thread-safe and block).
   const KeyStore& store() const noexcept { return store_; }
   Stats stats() const noexcept;
@@ -152,6 +163,7 @@ class KeyService final : public KeyDirectory {
   std::unique_ptr<KeyCache> cache_;
   std::unique_ptr<NegativeCache> negative_;
   std::unique_ptr<FetchPool> pool_;
+  uint32_t fetch_delay_ms_ = 0;
   std::mutex mutation_mutex_;  // serializes mutations (their checks, writes and publishes)
   std::atomic<uint64_t> fetches_total_{0};
   std::atomic<uint64_t> fetch_rejected_total_{0};

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -164,9 +165,62 @@ void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
   }
 }
 
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    default: return "signal";
+  }
+}
+
+void say_ignored(int sig) {
+  std::fprintf(stderr,
+               "keygate: %s ignored (keygate has no reload: restart it to apply a new "
+               "configuration; SIGTERM or SIGINT stop it)\n",
+               signal_name(sig));
+}
+
+// The stop signals keygate takes with sigwait (main), blocked as early as the process allows:
+// from the executable's .preinit_array, which the dynamic loader runs before any constructor
+// (the sanitizers' set-up runs before it), rather than from main, which runs after every
+// library's and keygate's own static initialisers. Until they are blocked, a SIGTERM has its
+// default action: exit 143, nothing closed. A raw system call: nothing here may depend on
+// initialised state; not instrumented, as sanitizer checks could run before their set-up.
+__attribute__((no_sanitize("address", "undefined"))) void block_stop_signals_at_load(
+    int, char**, char**) {
+  unsigned long mask = 0;  // the kernel's sigset_t: one bit per signal, bit (sig - 1)
+  for (const int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) mask |= 1ul << (sig - 1);
+  (void)syscall(SYS_rt_sigprocmask, SIG_BLOCK, &mask, nullptr, sizeof(mask));
+}
+[[gnu::used, gnu::section(".preinit_array")]] void (*const kBlockStopSignalsAtLoad)(
+    int, char**, char**) = &block_stop_signals_at_load;
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Signals are taken synchronously by this thread; every thread started below inherits the
+  // mask, so a SIGTERM can never interrupt a worker mid-request. Blocked first (already at load:
+  // block_stop_signals_at_load; again here for the set sigwait takes), before anything is
+  // parsed or opened: a SIGTERM that comes while keygate is starting (a supervisor stopping
+  // it at once, a script's trap) stays pending and is taken once keygate is up, which then
+  // stops as usual (exit 0, "keygate: stopped") instead of dying of it (exit 143, the store
+  // and the log not closed). The mask and the pending signal survive the re-exec below.
+  // SIGHUP, SIGUSR1 and SIGUSR2 are taken too and only said on stderr: their default action
+  // would end keygate at once, without a drain and with the access log's last records lost,
+  // and SIGHUP is what operators' tools send to make a daemon reload (keygate has no reload).
+  // SIGPIPE is ignored outright (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ:
+  // a file reaching the file size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill
+  // keygate, data plane and all; ignored, the write fails with EFBIG instead (the access log
+  // then rotates, RocksDB reports an error).
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (const int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&signals, sig);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN);
   reexec_with_huge_pages(argv);
   keygate::CommandLine cli;
   std::string error;
@@ -198,22 +252,6 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Signals are taken synchronously by this thread; every thread started below inherits the
-  // mask, so a SIGTERM can never interrupt a worker mid-request. SIGPIPE is ignored outright
-  // (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ: a file reaching the file
-  // size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill keygate, data plane and all;
-  // ignored, the write fails with EFBIG instead (the access log then rotates, RocksDB reports
-  // an error).
-  // SIGHUP, SIGUSR1 and SIGUSR2 are taken too and only said on stderr: their default action
-  // would end keygate at once, without a drain and with the access log's last records lost,
-  // and SIGHUP is what operators' tools send to make a daemon reload (keygate has no reload).
-  sigset_t signals;
-  sigemptyset(&signals);
-  for (const int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&signals, sig);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-  signal(SIGXFSZ, SIG_IGN);
-
   keygate::storage::DataDir data_dir;
   if (!data_dir.open(config.data_dir, &error) ||
       (config.log_enabled &&
@@ -237,6 +275,14 @@ int main(int argc, char** argv) {
   key_options.workers = workers;
   key_options.max_keys = static_cast<size_t>(config.cache_max_keys);
   key_options.negative_cache_entries = config.cache_negative_entries;
+#ifdef KEYGATE_TEST_HOOKS
+  // Test builds only (CMake KEYGATE_TEST_HOOKS, on with the tests): every partial-cache fetch
+  // waits this many milliseconds first, so tests can catch a request in a fetch for sure.
+  if (const char* delay = std::getenv("KEYGATE_TEST_FETCH_DELAY_MS")) {
+    const unsigned long ms = std::strtoul(delay, nullptr, 10);
+    key_options.fetch_delay_ms = static_cast<uint32_t>(ms < 60000 ? ms : 60000);
+  }
+#endif
   if (!keys.open(config.data_dir, key_options, &error)) {
     std::fprintf(stderr, "keygate: %s\n", error.c_str());
     return kExitStartupFailure;
@@ -441,22 +487,47 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0 || (sig != SIGTERM && sig != SIGINT)) {
-    std::fprintf(stderr,
-                 "keygate: %s ignored (keygate has no reload: restart it to apply a new "
-                 "configuration; SIGTERM or SIGINT stop it)\n",
-                 sig == SIGHUP ? "SIGHUP" : sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
-  }
-  std::printf("keygate: %s received, draining (up to %u ms)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+  while (sigwait(&signals, &sig) != 0 || (sig != SIGTERM && sig != SIGINT)) say_ignored(sig);
+  std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
+  server->request_stop();
+  // A second SIGTERM/SIGINT during the drain stops now: an operator's second Ctrl-C, or a
+  // supervisor that escalates. The workers cut what is in flight (logged, reason "shutdown") and
+  // everything below still runs: the access log's records are flushed, the store is closed.
+  // Polled every kStopPollMs: sigtimedwait() is this thread's only wait (workers cannot signal
+  // it), and 20 ms is nothing next to a drain.
+  constexpr long kStopPollMs = 20;
+  bool cut_short = false;
+  while (!server->stopped()) {
+    const timespec poll{0, kStopPollMs * 1000 * 1000};
+    const int got = sigtimedwait(&signals, nullptr, &poll);
+    if (got < 0) continue;  // EAGAIN: the poll interval passed; EINTR
+    if (got != SIGTERM && got != SIGINT) {
+      say_ignored(got);
+    } else if (!cut_short) {
+      cut_short = true;
+      std::printf("keygate: second %s received, stopping now (in-flight requests are cut off)\n",
+                  signal_name(got));
+      std::fflush(stdout);
+      server->stop_now();
+    }
+  }
   server->stop();
   // An admin job still running at the drain deadline finishes (exit waits for it; the jobs
   // queued behind it are answered 503 unrun) and is posted; the workers, stopped, then write
   // the records of the requests cut off with their tickets out, so every change is logged.
   admin_executor.stop();
+  // Likewise a data request cut off while its key was being fetched from the store (partial
+  // cache): the fetch finishes (the queued ones are answered unread) and its ticket is posted,
+  // so the worker logs the request (499, reason "shutdown") and frees what its handler held.
+  keys.stop_fetches();
   server->settle_deferred();
   std::printf("keygate: stopped\n");
   std::fflush(stdout);
+  // 0 after a drain cut short too, as nginx's fast shutdown and Envoy's SIGTERM exit 0: the stop
+  // was asked for and was orderly (every record written, the store closed), and a non-zero
+  // status tells supervisors the service failed (systemd marks the unit failed and, with
+  // Restart=on-failure, restarts what the operator is stopping).
   return 0;
 }

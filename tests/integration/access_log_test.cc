@@ -1891,6 +1891,99 @@ TEST_F(AccessLogTest, RequestsKeygateCutOffNameTheCutNotTheClient) {
   EXPECT_EQ(shutdown->num("status"), 499);
 }
 
+// A second SIGTERM during the drain stops keygate now (an operator's second Ctrl-C, a
+// supervisor escalating): a request mid-body would hold the 30 s drain, but keygate exits at
+// once, cleanly (0, "stopped"), the cut request logged with reason "shutdown" and every record
+// accepted before it on disk.
+TEST_F(AccessLogTest, ASecondSigtermCutsTheDrainShortAndKeepsTheRecords) {
+  ASSERT_NO_FATAL_FAILURE(start(1, "", {}, {}, {{"drain_timeout_ms", 30000}}));
+  const std::string key = "alog-second-term-" + random_hex(24);
+  ASSERT_NO_FATAL_FAILURE(create_orders_key(*server_, key));
+  constexpr int kServed = 50;
+  for (int i = 0; i < kServed; ++i) {
+    const std::optional<Response> r = data(
+        http_request("GET", "/orders/served-" + std::to_string(i), {"X-ApiKey: " + key}));
+    ASSERT_TRUE(r && r->status == 200) << show(r);
+  }
+  std::string partial = http_request("POST", "/orders/held-the-drain",
+                                     {"X-ApiKey: " + key, "Content-Type: application/octet-stream"},
+                                     std::string(1000, 'b'));
+  partial.resize(partial.size() - 900);
+  RawClient writer;
+  ASSERT_TRUE(writer.connect(server_->data_port()));
+  ASSERT_TRUE(writer.send(partial));
+  std::this_thread::sleep_for(Millis(100));  // the head is in: the request is in flight
+
+  ASSERT_TRUE(server_->send_signal(SIGTERM));
+  ASSERT_TRUE(server_->wait_for_output("draining", Millis(3000))) << server_->output();
+  std::this_thread::sleep_for(Millis(200));
+  const auto second = Clock::now();
+  ASSERT_TRUE(server_->send_signal(SIGTERM));
+  const ExitStatus status = server_->wait_exit(Millis(10000));
+  const auto took = std::chrono::duration_cast<Millis>(Clock::now() - second);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server_->error_output();
+  EXPECT_LT(took.count(), 3000) << "the second SIGTERM did not cut the 30 s drain short";
+  EXPECT_NE(server_->output().find("keygate: second SIGTERM received"), std::string::npos)
+      << server_->output();
+  EXPECT_NE(server_->output().find("keygate: stopped"), std::string::npos) << server_->output();
+
+  const LogContents log = read_log(server_->log_dir());
+  int served = 0;
+  const Json *cut = nullptr;
+  for (const Json *r : log.records()) {
+    if (r->str("path").starts_with("/orders/served-") && r->num("status") == 200) ++served;
+    if (r->str("path") == "/orders/held-the-drain") cut = r;
+  }
+  EXPECT_EQ(served, kServed);
+  ASSERT_NE(cut, nullptr);
+  EXPECT_EQ(cut->num("status"), 499);
+  EXPECT_EQ(cut->str("reason"), "shutdown");
+}
+
+// A data request whose key is being fetched from the store (a partial cache: the miss is read
+// on the fetch pool, the request resumes later) when the drain deadline passes: its client is
+// cut off, and once the fetch is back the request is logged like any request cut at shutdown
+// (499, "shutdown") and its handler state freed (the sanitizer build exits non-zero on a leak).
+// KEYGATE_TEST_FETCH_DELAY_MS holds every fetch for 1 s, so the request is in one for sure.
+TEST(AccessLogShutdown, ARequestInAKeyFetchAtTheDrainDeadlineIsLoggedAndFreed) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  ServerOptions options = admin_server_options(std::string(kBootstrapAdminKey));
+  options.workers = 1;
+  options.limits = {{"drain_timeout_ms", 200}};
+  options.extra_config += "\n[cache]\nmax_keys = 1\n";
+  options.env.emplace_back("KEYGATE_TEST_FETCH_DELAY_MS", "1000");
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  // A cache of one entry: the second key (or the admin key, fetched again) evicts the first.
+  const std::string key = "alog-in-fetch-" + random_hex(24);
+  ASSERT_NO_FATAL_FAILURE(create_orders_key(server, key));
+  ASSERT_NO_FATAL_FAILURE(create_orders_key(server, "alog-in-fetch-other-" + random_hex(24)));
+
+  RawClient client;
+  ASSERT_TRUE(client.connect(server.data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/orders/in-a-fetch", {"X-ApiKey: " + key})));
+  ASSERT_FALSE(client.readable(Millis(300))) << "answered without a fetch: " << client.buffered();
+  ASSERT_TRUE(server.send_signal(SIGTERM));
+  const ExitStatus status = server.wait_exit(Millis(10000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+  EXPECT_NE(server.output().find("keygate: stopped"), std::string::npos) << server.output();
+  client.read_until_close(Millis(1000));
+  EXPECT_NE(client.last_end(), ReadEnd::kTimeout) << "the connection was left open";
+
+  const LogContents log = read_log(server.log_dir());
+  size_t records = 0;
+  for (const Json *r : log.records()) {
+    if (r->str("path") != "/orders/in-a-fetch") continue;
+    ++records;
+    EXPECT_EQ(r->num("status"), 499);
+    EXPECT_EQ(r->str("reason"), "shutdown");
+  }
+  EXPECT_EQ(records, 1u) << "the request cut off in its key fetch has no record";
+}
+
 // An admin change still running at the drain deadline (a 100,000-key import, drain_timeout_ms
 // = 100): its client is cut off, but the executor finishes it (exit waits for it) and its
 // record says so — status 200, reason "shutdown" — as the store does; a change queued behind it

@@ -674,6 +674,71 @@ TEST_F(AdminApi, ABodyOverTheSmallRouteLimitIs413) {
   EXPECT_TRUE(admin_error(admin("POST", "/admin/keys", body), 413, "body_too_large"));
 }
 
+// Every write route reads a JSON body: one sent as another media type (a form, text/plain,
+// `curl -d` without -H) is 415 unsupported_media_type and changes nothing. JSON with parameters
+// or in another case is JSON; no Content-Type is taken as JSON; an empty body (rotate's is
+// optional) has nothing to refuse.
+TEST_F(AdminApi, AWriteWithANonJsonBodyIs415AndChangesNothing) {
+  const CreatedKey k = create_key(R"({"apis":["orders"]})");
+  ASSERT_TRUE(status_is(admin("POST", "/admin/users", R"({"name":"alice"})"), 201));
+  const std::string imported = "it-import-" + random_hex(16);
+  struct Write {
+    std::string method;
+    std::string target;
+    std::string body;
+  };
+  const Write writes[] = {
+      {"POST", "/admin/keys", R"({"apis":["orders"],"description":"not-json-typed"})"},
+      {"PATCH", "/admin/keys/" + k.id, R"({"description":"not-json-typed"})"},
+      {"POST", "/admin/keys/" + k.id + "/rotate", R"({"grace_seconds":0})"},
+      {"POST", "/admin/keys/import", R"({"keys":[{"key":")" + imported + R"(","apis":["orders"]}]})"},
+      {"POST", "/admin/users", R"({"name":"not-json-typed"})"},
+      {"PATCH", "/admin/users/alice", R"({"grants":[{"api":"billing"}]})"},
+  };
+  const char* refused_types[] = {"text/plain", "application/x-www-form-urlencoded",
+                                 "multipart/form-data; boundary=x", "application/jsonx",
+                                 "text/json", "application/json-patch+json"};
+  for (const Write& w : writes) {
+    for (const char* type : refused_types) {
+      EXPECT_TRUE(admin_error(
+          admin_raw(http_request(w.method, w.target,
+                                 {"X-ApiKey: " + admin_value_, "Content-Type: " + std::string(type)},
+                                 w.body)),
+          415, "unsupported_media_type"))
+          << w.method << " " << w.target << " as " << type;
+    }
+  }
+  // Nothing changed: one key besides the admin key, its value unrotated, no new user, alice's
+  // grants as they were, nothing imported.
+  std::optional<Response> list = admin("GET", "/admin/keys");
+  ASSERT_TRUE(status_is(list, 200));
+  EXPECT_EQ(count_of(list->body, "\"id\":"), 2u) << list->body;
+  EXPECT_EQ(list->body.find("not-json-typed"), std::string::npos) << list->body;
+  EXPECT_TRUE(status_is(data("/orders/1", k.value), 200));
+  EXPECT_TRUE(status_is(data("/orders/1", imported), 401));
+  EXPECT_TRUE(admin_error(admin("GET", "/admin/users/not-json-typed"), 404, "not_found"));
+  const std::optional<Response> alice = admin("GET", "/admin/users/alice");
+  ASSERT_TRUE(status_is(alice, 200));
+  EXPECT_EQ(alice->body.find("billing"), std::string::npos) << alice->body;
+
+  // JSON however it is spelled, or no Content-Type at all, is served.
+  auto typed = [&](std::string_view method, const std::string& target,
+                   std::optional<std::string> type, std::string_view body) {
+    std::vector<std::string> headers = {"X-ApiKey: " + admin_value_};
+    if (type) headers.push_back("Content-Type: " + *type);
+    return admin_raw(http_request(method, target, headers, body));
+  };
+  EXPECT_TRUE(status_is(typed("POST", "/admin/users", "application/json; charset=utf-8",
+                              R"({"name":"with-charset"})"),
+                        201));
+  EXPECT_TRUE(status_is(typed("PATCH", "/admin/keys/" + k.id, "Application/JSON ; charset=UTF-8",
+                              R"({"description":"any-case"})"),
+                        200));
+  EXPECT_TRUE(status_is(typed("POST", "/admin/users", std::nullopt, R"({"name":"untyped"})"), 201));
+  // An empty body with whatever type: nothing to mistake.
+  EXPECT_TRUE(status_is(typed("POST", "/admin/keys/" + k.id + "/rotate", "text/plain", ""), 201));
+}
+
 // --- Effects on the data port -------------------------------------------------------------------
 
 TEST_F(AdminApi, DisablingOrDeletingAKeyRevokesItOnEveryWorkerWhenTheCallReturns) {

@@ -1104,6 +1104,29 @@ TEST_F(GracefulShutdown, SigintStopsTheServerLikeSigterm) {
   EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos) << server().output();
 }
 
+// Ctrl-C twice: the second SIGINT ends a drain that a stalled request would hold for 30 s, and
+// keygate still exits 0 with its "stopped" line.
+TEST_F(GracefulShutdown, ASecondSigintDuringTheDrainStopsNow) {
+  ASSERT_TRUE(start(with({{"drain_timeout_ms", 30000}})));
+  RawClient stalled;
+  ASSERT_TRUE(connect(stalled));
+  ASSERT_TRUE(start_half_request(stalled));
+  ASSERT_TRUE(server().send_signal(SIGINT));
+  ASSERT_TRUE(server().wait_for_output("draining", 3000ms)) << server().output();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_TRUE(server().running()) << "the stalled request did not hold the drain";
+  const auto second = Clock::now();
+  ASSERT_TRUE(server().send_signal(SIGINT));
+  const ExitStatus status = server().wait_exit(10000ms);
+  EXPECT_LT(since(second), 3000ms) << "the second SIGINT did not cut the drain short";
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_NE(server().output().find("keygate: second SIGINT received"), std::string::npos)
+      << server().output();
+  EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos) << server().output();
+  stalled.read_until_close(1000ms);
+  EXPECT_NE(stalled.last_end(), ReadEnd::kTimeout) << "the stalled connection was left open";
+}
+
 // SIGHUP, SIGUSR1 and SIGUSR2 (a reload request, a terminal hangup, a stray signal) neither
 // stop keygate nor cut a request: they are said on stderr and ignored.
 TEST_F(GracefulShutdown, HangupAndUserSignalsAreIgnoredAndSaid) {
@@ -1127,6 +1150,44 @@ TEST_F(GracefulShutdown, HangupAndUserSignalsAreIgnoredAndSaid) {
   EXPECT_TRUE(serves_healthz(port()));
   const ExitStatus status = server().stop(SIGTERM, 5000ms);
   EXPECT_TRUE(status.clean()) << status.describe();
+}
+
+// A SIGTERM that comes while keygate is still starting does not kill it (exit 143, nothing
+// closed): it is taken once keygate is up, which then stops as usual, exit 0. keygate is caught
+// mid-start-up for sure by reading its config from a pipe (`--config <(generate)`): the signal
+// is sent while it waits for the config text, after which the rest of the start-up runs.
+TEST(StartupSignals, ASigtermWhileStartingStopsKeygateOnceUpWithExitZero) {
+  TempDir dir;
+  const std::string fifo = dir.path() + "/config.toml";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  SpawnedChild child;
+  std::string error;
+  ASSERT_TRUE(spawn_child(keygate_binary(),
+                          {"--config", fifo, "--listen", "127.0.0.1:0", "--admin-listen",
+                           "127.0.0.1:0", "--workers", "1", "--data-dir", dir.path() + "/data"},
+                          false, &child, &error))
+      << error;
+  // The open for writing succeeds only once keygate has the pipe open for reading: it is in
+  // main, waiting for the config.
+  int fd = -1;
+  const auto deadline = Clock::now() + 10s;
+  while (fd < 0 && Clock::now() < deadline) {
+    fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_GE(fd, 0) << "keygate never opened its config: " << std::strerror(errno);
+  ASSERT_EQ(::kill(child.pid, SIGTERM), 0);
+  std::this_thread::sleep_for(50ms);  // delivered (or left pending) before the config is in
+  ::close(fd);  // an empty config: the defaults, with the flags above
+  const ExitStatus status = reap_child(child.pid, Clock::now() + 20s);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(child.out_fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(child.out_fd);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstdout:\n" << out;
+  EXPECT_NE(out.find("keygate: listening"), std::string::npos) << out;
+  EXPECT_NE(out.find("keygate: stopped\n"), std::string::npos) << out;
 }
 
 // ---------------------------------------------------------------------------------------------

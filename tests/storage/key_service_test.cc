@@ -488,6 +488,39 @@ TEST_F(PartialKeyServiceTest, FetchesStillQueuedAtShutdownArePosted) {
   EXPECT_EQ(sink_.wait_for(3).size(), 3u);
 }
 
+// stop_fetches() (main, once the workers stopped): the fetch being read finishes, the queued ones
+// are answered `failed` without reading the store (nobody waits for them, and a long queue on a
+// slow disk would hold exit), and fetches after it fail at once.
+TEST_F(PartialKeyServiceTest, StopFetchesAnswersTheQueuedOnesUnreadAndLaterOnesAtOnce) {
+  open(KeyService::Options{.max_keys = 2, .fetch_threads = 1, .fetch_queue_max = 1024});
+  sink_.hold(1);  // slot 1's post blocks the only fetch thread: the others stay queued
+  std::vector<FetchResult> results(1024);
+  service_->fetch(digest_key(value_of(1)), &results[1], ResumeTicket(&sink_, 1, 0));
+  ASSERT_EQ(sink_.wait_for(1).size(), 1u);
+  service_->fetch(digest_key(value_of(2)), &results[2], ResumeTicket(&sink_, 2, 0));
+  std::thread stopper([&] { service_->stop_fetches(); });
+  // Queued until the pool is stopping, which the first fetch refused at once shows.
+  uint32_t slot = 3;
+  while (service_->stats().fetch_rejected_total == 0 && slot < results.size()) {
+    service_->fetch(digest_key(value_of(static_cast<int>(slot % 3))), &results[slot],
+                    ResumeTicket(&sink_, slot, 0));
+    ++slot;
+    if (service_->stats().fetch_rejected_total == 0) std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(service_->stats().fetch_rejected_total, 1u);
+  const uint32_t refused = slot - 1;
+  EXPECT_TRUE(results[refused].failed);
+  sink_.release();
+  stopper.join();
+  EXPECT_EQ(sink_.wait_for(refused).size(), refused);
+  EXPECT_TRUE(results[1].found);
+  for (uint32_t i = 2; i < refused; ++i) EXPECT_TRUE(results[i].failed) << i;
+  EXPECT_EQ(service_->stats().fetches_total, 1u);
+  FetchResult late;
+  service_->fetch(digest_key(value_of(1)), &late, ResumeTicket(&sink_, 1023, 0));
+  EXPECT_TRUE(late.failed);
+}
+
 // A request whose key the cache does not hold, played on the real service: the test thread is
 // worker 0 (reader 0) and resumes with the Authenticator the handlers use. The fetch thread has
 // read the record and posted; a change then completes before the worker resumes. Whatever the
