@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <future>
 #include <thread>
 
+#include "core/assert.h"
 #include "net/worker.h"
 
 namespace keygate::net {
@@ -226,6 +228,35 @@ bool Server::start(std::string* error) {
   ring_mode_ = running_->workers[0]->ring_mode();
   started_.store(running_.get(), std::memory_order_release);
   return true;
+}
+
+bool Server::set_apis(std::shared_ptr<const ApiSet> apis, std::string* error) {
+  KEYGATE_ASSERT(apis != nullptr && running_ != nullptr);
+  if (!Worker::check_upstreams(apis->registry.apis(), error)) return false;
+  const uint64_t generation = apis->generation;
+  for (auto& w : running_->workers) w->set_apis(apis);
+  // Each worker takes it at its next loop pass (the eventfd wakes it at once); a worker that
+  // has exited (its ring failed) serves nothing and is not waited for.
+  for (auto& w : running_->workers) {
+    while (w->apis_generation() < generation && !w->exited()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  return true;
+}
+
+void Server::request_stop() {
+  if (!running_) return;
+  for (auto& w : running_->workers) w->request_stop();
+}
+
+bool Server::workers_running() const {
+  const Running* running = started_.load(std::memory_order_acquire);
+  if (running == nullptr) return false;
+  for (const auto& w : running->workers) {
+    if (!w->exited()) return true;
+  }
+  return false;
 }
 
 void Server::stop() {

@@ -7,19 +7,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <cstdlib>
 #include <ctime>
 
 #include "core/admin_handler.h"
 #include "core/api_key.h"
+#include "core/api_versions.h"
 #include "core/auth_handler.h"
 #include "core/config.h"
 #include "core/permissions.h"
@@ -164,6 +168,81 @@ void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
   }
 }
 
+// The reloads of the config file (SIGHUP), for GET /admin/stats. Written by the main thread,
+// read by the admin executor's.
+struct ReloadStats {
+  std::atomic<uint64_t> generation{1};  // of the APIs serving now: 1 at start, +1 per reload
+  std::atomic<uint64_t> applied{0};
+  std::atomic<uint64_t> refused{0};
+};
+
+// What the main thread needs to apply a reload.
+struct Reloader {
+  const keygate::CommandLine& cli;
+  keygate::Config& running;  // the config keygate runs with; its apis follow every reload
+  keygate::net::Server& server;
+  keygate::ApiVersions& apis;
+  ReloadStats& stats;
+
+  void refuse(const std::string& why) {
+    std::fprintf(stderr, "keygate: reload refused: %s\n", why.c_str());
+    stats.refused.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // SIGHUP: reads the config file again and checks it exactly as at start (the command-line
+  // flags still win over it). Invalid: refused, nothing changes. Valid: its [[apis]] replace
+  // the running ones on every worker; any other setting that differs is named as taking effect
+  // at the next start, and the APIs are applied all the same (an operator who fixed a route and
+  // also touched a limit should not have to choose; refusing would keep the wrong route until a
+  // restart). Returns once every worker routes new requests with the new APIs.
+  void reload() {
+    if (!cli.config_path) {
+      refuse("keygate was started without --config: there is no file to read again");
+      return;
+    }
+    const std::string& path = *cli.config_path;
+    std::string text;
+    std::string error;
+    keygate::Config fresh;
+    if (!read_file(path, &text, &error) || !keygate::parse_config(text, path, &fresh, &error) ||
+        !keygate::apply_overrides(cli, &fresh, &error) ||
+        !keygate::validate_config(fresh, &error)) {
+      // Parse errors name the file and line already; a cross-field rule names the file here.
+      refuse(error.starts_with(path) ? error : path + ": " + error);
+      return;
+    }
+    auto set = std::make_shared<keygate::ApiSet>();
+    set->generation = stats.generation.load(std::memory_order_relaxed) + 1;
+    if (!set->registry.init(fresh.apis, &error) || !server.set_apis(set, &error)) {
+      refuse(path + ": apis: " + error);  // validate_config checked both: not expected
+      return;
+    }
+    // After every worker: the admin API accepts keys for an added API (and refuses a removed
+    // one) once requests to it are routed everywhere.
+    apis.publish(set);
+    for (const std::string& key : keygate::settings_needing_restart(running, fresh)) {
+      std::fprintf(stderr, "keygate: reload: %s changed: takes effect at restart\n",
+                   key.c_str());
+    }
+    running.apis = std::move(fresh.apis);
+    stats.generation.store(set->generation, std::memory_order_relaxed);
+    stats.applied.fetch_add(1, std::memory_order_relaxed);
+    std::fprintf(stderr, "keygate: reloaded %s: %zu APIs (generation %llu)\n", path.c_str(),
+                 set->registry.apis().size(), static_cast<unsigned long long>(set->generation));
+  }
+};
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    default: return "a signal";
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -204,9 +283,9 @@ int main(int argc, char** argv) {
   // size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill keygate, data plane and all;
   // ignored, the write fails with EFBIG instead (the access log then rotates, RocksDB reports
   // an error).
-  // SIGHUP, SIGUSR1 and SIGUSR2 are taken too and only said on stderr: their default action
-  // would end keygate at once, without a drain and with the access log's last records lost,
-  // and SIGHUP is what operators' tools send to make a daemon reload (keygate has no reload).
+  // SIGHUP reloads the APIs (Reloader). SIGUSR1 and SIGUSR2 are taken too and only said on
+  // stderr: their default action would end keygate at once, without a drain and with the
+  // access log's last records lost.
   sigset_t signals;
   sigemptyset(&signals);
   for (const int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&signals, sig);
@@ -226,8 +305,12 @@ int main(int argc, char** argv) {
   if (workers == 0) workers = usable_cpus();
   raise_descriptor_limit(workers, config);
 
-  keygate::ApiRegistry registry;
-  if (!registry.init(config.apis, &error)) return usage_error("apis: " + error);
+  // The first version of the APIs; a reload (SIGHUP) publishes the next one. Kept for the
+  // whole run: the data handlers' fallback registry (they go by RequestContext::apis).
+  auto initial_apis = std::make_shared<keygate::ApiSet>();
+  if (!initial_apis->registry.init(config.apis, &error)) return usage_error("apis: " + error);
+  keygate::ApiVersions api_versions(initial_apis);
+  ReloadStats reload_stats;
 
   // Declared before everything that can post to its workers (the KeyService's fetch pool, the
   // admin executor), so it is destroyed after them: a late post still finds its worker.
@@ -308,7 +391,7 @@ int main(int argc, char** argv) {
   admin_store.set_access_log(access_log.get());
   // GET /admin/stats: the workers' counters, the key cache's and the access log's.
   keygate::storage::AdminExecutor::Options executor_options;
-  executor_options.stats = [&server, &keys, log = access_log.get()](
+  executor_options.stats = [&server, &keys, &reload_stats, log = access_log.get()](
                                std::vector<keygate::StatsGroup>* groups) {
     const keygate::net::Server::Stats w =
         server.has_value() ? server->stats() : keygate::net::Server::Stats{};
@@ -384,11 +467,19 @@ int main(int argc, char** argv) {
                        {"backlog_bytes_peak", a.backlog_bytes_peak}};
     }
     groups->push_back(std::move(access));
+    keygate::StatsGroup& reloads = groups->emplace_back();
+    reloads.name = "config";
+    reloads.values = {{"generation", reload_stats.generation.load(std::memory_order_relaxed)},
+                      {"reloads_total", reload_stats.applied.load(std::memory_order_relaxed)},
+                      {"reloads_refused_total",
+                       reload_stats.refused.load(std::memory_order_relaxed)}};
+    reloads.gauges = {"generation"};
   };
-  keygate::storage::AdminExecutor admin_executor(admin_store, registry,
+  keygate::storage::AdminExecutor admin_executor(admin_store, api_versions,
                                                  std::move(executor_options));
   const auto body_inspect_bytes_max = static_cast<size_t>(config.body_inspect_bytes_max);
-  keygate::AuthHandlerFactory data_handlers(registry, keys, body_inspect_bytes_max);
+  keygate::AuthHandlerFactory data_handlers(initial_apis->registry, keys,
+                                            body_inspect_bytes_max);
   keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max);
   keygate::net::ServerOptions options;
   options.data_listen = config.listen;
@@ -399,7 +490,7 @@ int main(int argc, char** argv) {
   options.admin_connections_max = config.admin_connections_max;
   options.data_handlers = &data_handlers;
   options.admin_handlers = &admin_handlers;
-  options.apis = registry.apis();
+  options.apis = initial_apis;
   if (access_sink) options.access_sink = &*access_sink;
   options.capture_bytes_max = static_cast<size_t>(config.log_capture_bytes_max);
   const char* registered_files = std::getenv("KEYGATE_REGISTERED_FILES");
@@ -440,16 +531,39 @@ int main(int argc, char** argv) {
               admin.to_string().c_str(), workers, server->ring_mode().c_str());
   std::fflush(stdout);
 
+  // Signals are taken one at a time: a SIGHUP during a reload waits for it and then reloads
+  // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
+  // during a reload drains once the reload is done.
+  Reloader reloader{cli, config, *server, api_versions, reload_stats};
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0 || (sig != SIGTERM && sig != SIGINT)) {
+  for (;;) {
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig == SIGTERM || sig == SIGINT) break;
+    if (sig == SIGHUP) {
+      reloader.reload();
+      continue;
+    }
     std::fprintf(stderr,
-                 "keygate: %s ignored (keygate has no reload: restart it to apply a new "
-                 "configuration; SIGTERM or SIGINT stop it)\n",
-                 sig == SIGHUP ? "SIGHUP" : sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+                 "keygate: %s ignored (SIGHUP reloads the APIs; SIGTERM or SIGINT stop "
+                 "keygate)\n",
+                 signal_name(sig));
   }
-  std::printf("keygate: %s received, draining (up to %u ms)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+  std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
+  // Signals are still taken while the workers drain, so that each is answered: a reload now
+  // would have nothing left to serve.
+  server->request_stop();
+  while (server->workers_running()) {
+    constexpr timespec kPoll{0, 50'000'000};
+    const int late = sigtimedwait(&signals, nullptr, &kPoll);
+    if (late == SIGHUP) {
+      std::fprintf(stderr, "keygate: SIGHUP ignored: keygate is draining, nothing to reload\n");
+    } else if (late > 0) {
+      std::fprintf(stderr, "keygate: %s ignored: keygate is already draining\n",
+                   signal_name(late));
+    }
+  }
   server->stop();
   // An admin job still running at the drain deadline finishes (exit waits for it; the jobs
   // queued behind it are answered 503 unrun) and is posted; the workers, stopped, then write

@@ -148,7 +148,9 @@ class AdminExecutorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string error;
-    ASSERT_TRUE(apis_.init({ApiConfig{"orders", {"/orders"}}}, &error)) << error;
+    auto set = std::make_shared<ApiSet>();
+    ASSERT_TRUE(set->registry.init({ApiConfig{"orders", {"/orders"}}}, &error)) << error;
+    apis_.publish(std::move(set));
   }
 
   AdminExecutor::Options options(size_t queue_max = 256) {
@@ -168,7 +170,7 @@ class AdminExecutorTest : public ::testing::Test {
     return r;
   }
 
-  ApiRegistry apis_;
+  ApiVersions apis_;
   FakeStore store_;
   RecordingSink sink_;
 };
