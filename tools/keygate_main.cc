@@ -201,6 +201,14 @@ struct Reloader {
       return;
     }
     const std::string& path = *cli.config_path;
+    // A pipe (`--config <(generate)`) was read to its end at start: read again it is empty,
+    // which would be a valid config without any API.
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode)) {
+      refuse(path + " is a pipe, which cannot be read again: restart keygate to apply a new "
+             "configuration");
+      return;
+    }
     std::string text;
     std::string error;
     keygate::Config fresh;
