@@ -7,10 +7,12 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -25,6 +27,33 @@ namespace {
 constexpr std::string_view kAdminKey = "reload-test-admin-key-0123456789";
 constexpr std::string_view kKey = "reload-test-client-key-abcdefgh";
 constexpr std::string_view kNewKey = "reload-test-later-key-abcdefghij";
+
+// TCP connections to 127.0.0.1:`port` in the ESTABLISHED state, seen from the connecting side
+// (/proc/net/tcp: remote address and port in hex, state 01): keygate's upstream connections
+// to a keygate-upstream, idle ones in its pools included.
+int established_to(const std::string& address) {
+  const uint16_t port = static_cast<uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+  char remote[16];
+  std::snprintf(remote, sizeof(remote), "0100007F:%04X", port);
+  std::ifstream tcp("/proc/net/tcp");
+  int n = 0;
+  for (std::string line; std::getline(tcp, line);) {
+    std::istringstream fields(line);
+    std::string slot, local, rem, state;
+    if ((fields >> slot >> local >> rem >> state) && rem == remote && state == "01") ++n;
+  }
+  return n;
+}
+
+// Polls established_to(address) until it is `want` (up to 3 s); the last count.
+int wait_established(const std::string& address, int want) {
+  int n = established_to(address);
+  for (int i = 0; i < 300 && n != want; ++i) {
+    std::this_thread::sleep_for(Millis(10));
+    n = established_to(address);
+  }
+  return n;
+}
 
 // An API as config text; `upstream` empty: auth-check.
 std::string api(std::string_view name, std::string_view route, std::string_view upstream = {}) {
@@ -159,6 +188,16 @@ TEST_F(ReloadTest, ANewApiBecomesReachableProxiedAndAuthCheckAndTakesNewKeys) {
   EXPECT_EQ(stat("generation"), 2);
   EXPECT_EQ(stat("reloads_total"), 1);
   EXPECT_EQ(stat("reloads_refused_total"), 0);
+  const auto metrics = round_trip(server_->admin_port(),
+                                  http_request("GET", "/admin/metrics",
+                                               {"X-ApiKey: " + std::string(kAdminKey)}));
+  ASSERT_TRUE(metrics.has_value());
+  EXPECT_NE(metrics->body.find("# TYPE keygate_config_generation gauge\n"
+                               "keygate_config_generation 2\n"),
+            std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find("\nkeygate_config_reloads_total 1\n"), std::string::npos);
+  EXPECT_NE(metrics->body.find("\nkeygate_config_reloads_refused_total 0\n"), std::string::npos);
 }
 
 TEST_F(ReloadTest, ARemovedApiIsNoRouteAndKeysNamingItKeepTheirOtherApis) {
@@ -188,9 +227,12 @@ TEST_F(ReloadTest, AChangedUpstreamAddressTakesEffectOnEveryWorker) {
   ASSERT_TRUE(r.has_value());
   EXPECT_NE(r->body.find("\"listen\":\"" + upstream_a_.address + "\""), std::string::npos)
       << r->body;
+  ASSERT_EQ(wait_established(upstream_a_.address, 1), 1);  // pooled
 
   rewrite(api("orders", "/orders", "@B@"));
   ASSERT_TRUE(reload(2));
+  // The old version's pool is closed with the reload (it carried no request).
+  EXPECT_EQ(wait_established(upstream_a_.address, 0), 0);
   ASSERT_TRUE(kept.send(request));
   r = kept.read_response();
   ASSERT_TRUE(r.has_value());
@@ -262,6 +304,8 @@ TEST_F(ReloadTest, ARequestInFlightAcrossTheReloadFinishesOnTheOldVersion) {
   EXPECT_EQ(r->status, 200) << r->raw;
   EXPECT_NE(r->body.find("\"listen\":\"" + upstream_a_.address + "\""), std::string::npos)
       << r->body;
+  // Its upstream connection, of the old version, is closed after the response, not pooled.
+  EXPECT_EQ(wait_established(upstream_a_.address, 0), 0);
   // The connection stays usable, and its next request goes by the new APIs.
   ASSERT_TRUE(slow.send(http_request("GET", "/delay/1", {"X-ApiKey: " + std::string(kKey)})));
   const auto next = slow.read_response();
