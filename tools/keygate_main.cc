@@ -184,9 +184,11 @@ struct Reloader {
   keygate::ApiVersions& apis;
   ReloadStats& stats;
 
+  // Counted before it is said, as a reload is: a client that saw the line finds the stats
+  // up to date.
   void refuse(const std::string& why) {
-    std::fprintf(stderr, "keygate: reload refused: %s\n", why.c_str());
     stats.refused.fetch_add(1, std::memory_order_relaxed);
+    std::fprintf(stderr, "keygate: reload refused: %s\n", why.c_str());
   }
 
   // SIGHUP: reads the config file again and checks it exactly as at start (the command-line
