@@ -221,7 +221,7 @@ struct UpstreamServer {
 
 // The upstreams of one API (index = the API's index in its version's ApiRegistry::apis()).
 struct UpstreamGroup {
-  std::vector<uint32_t> servers;  // indexes into Worker::Impl::servers
+  std::vector<uint32_t> servers;  // indexes into its ApiVersion's servers
   uint32_t next = 0;              // round robin
   __kernel_timespec connect_timeout{};  // the linked timeout of every connect
   uint32_t response_timeout_ms = 0;
@@ -422,7 +422,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   static const char* abandoned_reason(const Connection* c);
 
   // Versions of the APIs (upstream.cc). make_apis() builds this worker's state for `set`
-  // (its upstream addresses: false with one line in `error` on a bad one); switch_apis() makes
+  // (its upstream addresses: null with one line in `error` on a bad one); switch_apis() makes
   // a posted set current and closes the previous version's idle upstream connections;
   // pin_apis() gives a starting request the current version; drop_apis() lets go of one;
   // reap_apis() frees the versions nothing uses any more.
