@@ -294,7 +294,8 @@ TEST_F(ReloadTest, ARequestInFlightAcrossTheReloadFinishesOnTheOldVersion) {
   RawClient slow;
   ASSERT_TRUE(slow.connect(server_->data_port()));
   ASSERT_TRUE(slow.send(http_request("GET", "/delay/1500", {"X-ApiKey: " + std::string(kKey)})));
-  std::this_thread::sleep_for(Millis(300));  // forwarded and waiting for the upstream
+  // Forwarded (keygate's connection to A is up) and waiting for the upstream.
+  ASSERT_EQ(wait_established(upstream_a_.address, 1), 1);
   // The API it goes to is removed, and its route with it.
   rewrite(api("orders", "/orders", "@B@"));
   ASSERT_TRUE(reload(2));
@@ -378,7 +379,7 @@ TEST_F(ReloadTest, ASighupWhileDrainingIsIgnoredWithALine) {
   RawClient slow;
   ASSERT_TRUE(slow.connect(server_->data_port()));
   ASSERT_TRUE(slow.send(http_request("GET", "/delay/1500", {"X-ApiKey: " + std::string(kKey)})));
-  std::this_thread::sleep_for(Millis(300));
+  ASSERT_EQ(wait_established(upstream_a_.address, 1), 1);  // forwarded: the drain waits for it
   ASSERT_TRUE(server_->send_signal(SIGTERM));
   ASSERT_TRUE(server_->wait_for_output("draining", Millis(5000)));
   rewrite(api("slow", "/delay", "@A@") + api("checks", "/checks"));
