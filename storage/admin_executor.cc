@@ -48,6 +48,7 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiVersions& apis, Options
                                   : std::function<bool(std::span<uint8_t>)>(system_random);
   context.small_body_bytes_max = options.small_body_bytes_max;
   context.import_keys_max = options.import_keys_max;
+  context.reload = std::move(options.reload);
   context.stats = [this, outer = std::move(options.stats)](std::vector<StatsGroup>* groups) {
     if (outer) outer(groups);
     const Stats s = stats();

@@ -57,6 +57,9 @@ class AdminExecutor final : public AdminBackend {
     // The groups of GET /admin/stats (AdminContext::stats), run on the main lane's thread;
     // the executor adds its own group, "admin", after them.
     std::function<void(std::vector<StatsGroup>*)> stats;
+    // POST /admin/reload (AdminContext::reload), run on the main lane's thread, which it
+    // blocks until the reload has run; empty: the route answers 503.
+    std::function<ReloadOutcome()> reload;
   };
 
   struct Stats {

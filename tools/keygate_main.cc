@@ -1,6 +1,7 @@
 // keygate: the server binary. Thin wiring: flags and config (core), data directory (storage),
 // listeners and workers (net). See --help.
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -9,9 +10,12 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <string>
@@ -186,9 +190,14 @@ struct Reloader {
 
   // Counted before it is said, as a reload is: a client that saw the line finds the stats
   // up to date.
-  void refuse(const std::string& why) {
+  keygate::ReloadOutcome refuse(const std::string& why) {
     stats.refused.fetch_add(1, std::memory_order_relaxed);
     std::fprintf(stderr, "keygate: reload refused: %s\n", why.c_str());
+    keygate::ReloadOutcome outcome;
+    outcome.error = why;
+    outcome.generation = stats.generation.load(std::memory_order_relaxed);
+    outcome.apis = running.apis.size();
+    return outcome;
   }
 
   // SIGHUP: reads the config file again and checks it exactly as at start (the command-line
@@ -197,19 +206,17 @@ struct Reloader {
   // at the next start, and the APIs are applied all the same (an operator who fixed a route and
   // also touched a limit should not have to choose; refusing would keep the wrong route until a
   // restart). Returns once every worker routes new requests with the new APIs.
-  void reload() {
+  keygate::ReloadOutcome reload() {
     if (!cli.config_path) {
-      refuse("keygate was started without --config: there is no file to read again");
-      return;
+      return refuse("keygate was started without --config: there is no file to read again");
     }
     const std::string& path = *cli.config_path;
     // A pipe (`--config <(generate)`) was read to its end at start: read again it is empty,
     // which would be a valid config without any API.
     struct stat st {};
     if (stat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode)) {
-      refuse(path + " is a pipe, which cannot be read again: restart keygate to apply a new "
-             "configuration");
-      return;
+      return refuse(path + " is a pipe, which cannot be read again: restart keygate to apply "
+                    "a new configuration");
     }
     std::string text;
     std::string error;
@@ -218,19 +225,22 @@ struct Reloader {
         !keygate::apply_overrides(cli, &fresh, &error) ||
         !keygate::validate_config(fresh, &error)) {
       // Parse errors name the file and line already; a cross-field rule names the file here.
-      refuse(error.starts_with(path) ? error : path + ": " + error);
-      return;
+      return refuse(error.starts_with(path) ? error : path + ": " + error);
     }
     auto set = std::make_shared<keygate::ApiSet>();
     set->generation = stats.generation.load(std::memory_order_relaxed) + 1;
     if (!set->registry.init(fresh.apis, &error) || !server.set_apis(set, &error)) {
-      refuse(path + ": apis: " + error);  // validate_config checked both: not expected
-      return;
+      return refuse(path + ": apis: " + error);  // validate_config checked both: not expected
     }
     // After every worker: the admin API accepts keys for an added API (and refuses a removed
     // one) once requests to it are routed everywhere.
     apis.publish(set);
-    for (const std::string& key : keygate::settings_needing_restart(running, fresh)) {
+    keygate::ReloadOutcome outcome;
+    outcome.applied = true;
+    outcome.generation = set->generation;
+    outcome.apis = set->registry.apis().size();
+    outcome.restart_settings = keygate::settings_needing_restart(running, fresh);
+    for (const std::string& key : outcome.restart_settings) {
       std::fprintf(stderr, "keygate: reload: %s changed: takes effect at restart\n",
                    key.c_str());
     }
@@ -238,8 +248,70 @@ struct Reloader {
     stats.generation.store(set->generation, std::memory_order_relaxed);
     stats.applied.fetch_add(1, std::memory_order_relaxed);
     std::fprintf(stderr, "keygate: reloaded %s: %zu APIs (generation %llu)\n", path.c_str(),
-                 set->registry.apis().size(), static_cast<unsigned long long>(set->generation));
+                 outcome.apis, static_cast<unsigned long long>(set->generation));
+    return outcome;
   }
+};
+
+// POST /admin/reload hands its reload to the main thread, where reloads run one at a time
+// (SIGHUP's too), and waits for it: ask() (the admin executor's thread) sends the main thread
+// a SIGHUP and waits, at most kReloadWaitMax, for the outcome of a reload that began after
+// the ask (so it read the file as it was then). Thread-safe.
+class ReloadRequests {
+ public:
+  static constexpr std::chrono::seconds kReloadWaitMax{10};
+
+  explicit ReloadRequests(pthread_t main_thread) : main_(main_thread) {}
+
+  keygate::ReloadOutcome ask() {
+    std::unique_lock lock(mu_);
+    if (closed_) return unavailable("keygate is draining: nothing to reload");
+    const uint64_t ticket = ++asked_;
+    pthread_kill(main_, SIGHUP);  // main takes it with sigwait like any SIGHUP
+    if (!done_cv_.wait_for(lock, kReloadWaitMax, [&] { return done_ >= ticket || closed_; })) {
+      return unavailable("the reload did not run within 10 s");
+    }
+    if (done_ < ticket) return unavailable("keygate is draining: nothing to reload");
+    return last_;
+  }
+  // Main thread, before a reload: the asks it answers (every one made before it reads the file).
+  uint64_t begin() {
+    std::lock_guard lock(mu_);
+    return asked_;
+  }
+  void finish(uint64_t answered, keygate::ReloadOutcome outcome) {
+    {
+      std::lock_guard lock(mu_);
+      if (answered <= done_) return;
+      done_ = answered;
+      last_ = std::move(outcome);
+    }
+    done_cv_.notify_all();
+  }
+  // Draining: no more reloads; asks waiting now or later are answered unavailable.
+  void close() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    done_cv_.notify_all();
+  }
+
+ private:
+  static keygate::ReloadOutcome unavailable(const char* why) {
+    keygate::ReloadOutcome outcome;
+    outcome.unavailable = true;
+    outcome.error = why;
+    return outcome;
+  }
+
+  const pthread_t main_;
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  uint64_t asked_ = 0;  // mu_
+  uint64_t done_ = 0;   // mu_: asks answered
+  keygate::ReloadOutcome last_;  // mu_
+  bool closed_ = false;  // mu_
 };
 
 const char* signal_name(int sig) {
@@ -321,6 +393,7 @@ int main(int argc, char** argv) {
   if (!initial_apis->registry.init(config.apis, &error)) return usage_error("apis: " + error);
   keygate::ApiVersions api_versions(initial_apis);
   ReloadStats reload_stats;
+  ReloadRequests reload_requests(pthread_self());
 
   // Declared before everything that can post to its workers (the KeyService's fetch pool, the
   // admin executor), so it is destroyed after them: a late post still finds its worker.
@@ -485,6 +558,7 @@ int main(int argc, char** argv) {
                        reload_stats.refused.load(std::memory_order_relaxed)}};
     reloads.gauges = {"generation"};
   };
+  executor_options.reload = [&reload_requests] { return reload_requests.ask(); };
   keygate::storage::AdminExecutor admin_executor(admin_store, api_versions,
                                                  std::move(executor_options));
   const auto body_inspect_bytes_max = static_cast<size_t>(config.body_inspect_bytes_max);
@@ -550,7 +624,8 @@ int main(int argc, char** argv) {
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGTERM || sig == SIGINT) break;
     if (sig == SIGHUP) {
-      reloader.reload();
+      const uint64_t asks = reload_requests.begin();
+      reload_requests.finish(asks, reloader.reload());
       continue;
     }
     std::fprintf(stderr,
@@ -558,6 +633,7 @@ int main(int argc, char** argv) {
                  "keygate)\n",
                  signal_name(sig));
   }
+  reload_requests.close();
   std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
               config.limits.drain_timeout_ms);
   std::fflush(stdout);

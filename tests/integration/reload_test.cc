@@ -200,6 +200,42 @@ TEST_F(ReloadTest, ANewApiBecomesReachableProxiedAndAuthCheckAndTakesNewKeys) {
   EXPECT_NE(metrics->body.find("\nkeygate_config_reloads_refused_total 0\n"), std::string::npos);
 }
 
+// POST /admin/reload: the same reload, asked for on the admin port, answered with its outcome.
+TEST_F(ReloadTest, PostAdminReloadReloadsAndAnswersWithTheOutcome) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
+  const auto post_reload = [&] {
+    return round_trip(server_->admin_port(),
+                      http_request("POST", "/admin/reload",
+                                   {"X-ApiKey: " + std::string(kAdminKey)}),
+                      Millis(15000));
+  };
+  replace_config("[limits]\nidle_timeout_ms = 1234\n\n" +
+                 fill(api("orders", "/orders", "@A@") + api("checks", "/checks")));
+  auto r = post_reload();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_EQ(r->body, R"({"generation":2,"apis":2,"restart_settings":["limits.idle_timeout_ms"]})");
+  // Answered once the new APIs serve.
+  ASSERT_EQ(create_key(kNewKey, {"checks"}), 201);
+  EXPECT_EQ(get("/checks", kNewKey)->status, 200);
+  EXPECT_TRUE(server_->wait_for_error_output("(generation 2)", Millis(5000)));
+
+  const std::string path = rewrite(api("orders", "/orders", "@A@") + "[[apis]]\nname = 1\n");
+  r = post_reload();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 400) << r->raw;
+  EXPECT_EQ(string_member(r->body, "error"), "reload_refused") << r->body;
+  EXPECT_NE(r->body.find(path + ":"), std::string::npos) << r->body;
+  EXPECT_EQ(get("/checks", kNewKey)->status, 200);  // nothing changed
+  EXPECT_EQ(stat("generation"), 2);
+  EXPECT_EQ(stat("reloads_refused_total"), 1);
+  // A key without admin may not.
+  r = round_trip(server_->admin_port(),
+                 http_request("POST", "/admin/reload", {"X-ApiKey: " + std::string(kKey)}));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 403) << r->raw;
+}
+
 TEST_F(ReloadTest, ARemovedApiIsNoRouteAndKeysNamingItKeepTheirOtherApis) {
   ASSERT_NO_FATAL_FAILURE(
       start(api("orders", "/orders", "@A@") + api("billing", "/billing", "@A@"),
