@@ -250,7 +250,8 @@ enum class Route : uint8_t {
   kApis,
   kLogs,
   kStats,
-  kMetrics
+  kMetrics,
+  kReload
 };
 
 struct RouteMatch {
@@ -291,6 +292,7 @@ RouteMatch match_route(std::string_view path) noexcept {
   if (segments[0] == "logs" && count == 1) return {Route::kLogs, {}};
   if (segments[0] == "stats" && count == 1) return {Route::kStats, {}};
   if (segments[0] == "metrics" && count == 1) return {Route::kMetrics, {}};
+  if (segments[0] == "reload" && count == 1) return {Route::kReload, {}};
   return {};
 }
 
@@ -301,6 +303,7 @@ std::string_view allowed_methods(Route route) noexcept {
       return "GET, POST";
     case Route::kKeysImport:
     case Route::kKeyRotate:
+    case Route::kReload:
       return "POST";
     case Route::kKey:
     case Route::kUser:
@@ -1455,6 +1458,29 @@ AdminResponse list_apis(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
+// POST /admin/reload: {"generation","apis","restart_settings":[...]} once the new APIs serve
+// everywhere; 400 reload_refused with the reason when the file is invalid (nothing changed);
+// 503 reload_unavailable when keygate cannot reload now.
+AdminResponse reload_config(const AdminContext& ctx) {
+  if (!ctx.reload) {
+    return error_response(failure(503, "reload_unavailable", "this keygate cannot reload"));
+  }
+  const ReloadOutcome outcome = ctx.reload();
+  if (!outcome.applied) {
+    return error_response(failure(outcome.unavailable ? 503 : 400,
+                                  outcome.unavailable ? "reload_unavailable" : "reload_refused",
+                                  outcome.error));
+  }
+  std::string out = "{\"generation\":";
+  append_uint(out, outcome.generation);
+  out += ",\"apis\":";
+  append_uint(out, outcome.apis);
+  out += ",\"restart_settings\":";
+  append_string_array(out, outcome.restart_settings);
+  out += '}';
+  return json_response(200, std::move(out));
+}
+
 AdminResponse instance_stats(const AdminContext& ctx) {
   std::vector<StatsGroup> groups;
   if (ctx.stats) ctx.stats(&groups);
@@ -1812,6 +1838,8 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
       return instance_stats(ctx);
     case Route::kMetrics:
       return instance_metrics(ctx);
+    case Route::kReload:
+      return reload_config(ctx);
     case Route::kNone:
       break;
   }

@@ -180,6 +180,20 @@ struct AdminResponse {
   std::string_view content_type;
 };
 
+// What a reload of the config file did (POST /admin/reload, as SIGHUP: docs/configuration.md,
+// "Reload").
+struct ReloadOutcome {
+  bool applied = false;
+  uint64_t generation = 0;  // of the APIs serving after it (the running one when refused)
+  size_t apis = 0;          // APIs in that generation
+  // Settings outside [[apis]] the file changes, which take effect at restart only.
+  std::vector<std::string> restart_settings;
+  std::string error;  // refused: why, one line ("<file>:<line>:<col>: <what>", ...)
+  // Refused because keygate could not reload now (draining, or the reload did not run in
+  // time): 503 rather than 400.
+  bool unavailable = false;
+};
+
 struct AdminContext {
   const ApiRegistry* apis = nullptr;
   int64_t now = 0;  // Unix seconds
@@ -190,6 +204,9 @@ struct AdminContext {
   // Fills GET /admin/stats (called on the executor thread; it must only read counters); empty:
   // the route answers {}.
   std::function<void(std::vector<StatsGroup>*)> stats;
+  // POST /admin/reload: reloads the config file as SIGHUP does and says what it did. Blocks
+  // until the reload has run (on keygate's main thread). Empty: the route answers 503.
+  std::function<ReloadOutcome()> reload;
 };
 
 // Runs one admin request. Never throws (allocation failure aside); any input gets a response.

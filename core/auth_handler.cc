@@ -139,13 +139,13 @@ Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& 
   return check(request, response, ctx, Mode::kDataPlane);
 }
 
-const ApiConfig* AuthHandler::route(const HttpRequest& request,
+const ApiConfig* AuthHandler::route(const ApiRegistry& apis, const HttpRequest& request,
                                      ResponseWriter& response) const noexcept {
   if (!path_is_normalized(request.path)) {
     response.error(400, "invalid_path", "request path is not in normal form");
     return nullptr;
   }
-  const ApiConfig* api = registry_.match(request.path);
+  const ApiConfig* api = apis.match(request.path);
   if (api == nullptr) response.error(404, "no_route", "no API serves this path");
   return api;
 }
@@ -160,14 +160,16 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
   if (request.path == kHealthzPath) return Result::kNeedBody;
   if (route_matches(kAuthPath, request.path)) {
     HttpRequest described;
-    if (!describe(request, &described, nullptr) || !routes(described)) return Result::kNeedBody;
+    if (!describe(request, &described, nullptr) || !routes(apis(ctx), described)) {
+      return Result::kNeedBody;
+    }
     return body_for_key(described, ctx);
   }
   // Without forwarding APIs, route rejections keep the connection as they always did; with
   // them, routing needs no body, so its rejections need not wait for one (the body is left
   // unread and the connection closes, as for a forwarded API's at-head refusals).
-  if (!registry_.forwards() && !routes(request)) return Result::kNeedBody;
-  const ApiConfig* api = route(request, response);
+  if (!apis(ctx).forwards() && !routes(apis(ctx), request)) return Result::kNeedBody;
+  const ApiConfig* api = route(apis(ctx), request, response);
   if (api == nullptr) return Result::kDone;
   if (api->upstreams.empty()) return body_for_key(request, ctx);
   const int64_t now = ctx.now_unix();
@@ -194,8 +196,8 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
   return Result::kNeedBody;
 }
 
-bool AuthHandler::routes(const HttpRequest& request) const noexcept {
-  return path_is_normalized(request.path) && registry_.match(request.path) != nullptr;
+bool AuthHandler::routes(const ApiRegistry& apis, const HttpRequest& request) const noexcept {
+  return path_is_normalized(request.path) && apis.match(request.path) != nullptr;
 }
 
 Handler::Result AuthHandler::body_for_key(const HttpRequest& request,
@@ -226,7 +228,7 @@ Handler::Result AuthHandler::resume_head(const HttpRequest& request, ResponseWri
 
 Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& response,
                                    RequestContext& ctx, Mode mode) noexcept {
-  const ApiConfig* api = route(request, response);
+  const ApiConfig* api = route(apis(ctx), request, response);
   if (api == nullptr) return Result::kDone;
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
@@ -325,8 +327,11 @@ Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& 
     return Result::kDone;
   }
   if (mode == Mode::kDataPlane && !api.upstreams.empty()) {
-    const ApiConfig* first = registry_.apis().data();
-    KEYGATE_ASSERT(&api >= first && &api < first + registry_.apis().size());
+    // `api` came from this same version (the worker keeps a request's version until its last
+    // handler call), so its index is the one the worker forwards by.
+    const std::vector<ApiConfig>& all = apis(ctx).apis();
+    const ApiConfig* first = all.data();
+    KEYGATE_ASSERT(&api >= first && &api < first + all.size());
     ctx.forward.api_index = static_cast<uint32_t>(&api - first);
     ctx.forward.key_id = key.id;
     ctx.forward.api = api.name;

@@ -2,8 +2,9 @@
 // forward (APIs with upstreams) or answer another proxy's auth request (/_keygate/auth).
 //
 // Worker-local: one per worker (AuthHandlerFactory), owning its Authenticator (key resolution,
-// shared with the admin handler: authenticator.h) and scratch buffers; the ApiRegistry
-// (immutable) and the KeyDirectory (thread-safe) are shared.
+// shared with the admin handler: authenticator.h) and scratch buffers; the APIs (an immutable
+// ApiRegistry: the request's version, RequestContext::apis, which the worker keeps for the
+// whole request across a reload) and the KeyDirectory (thread-safe) are shared.
 //
 // Order of checks for a request on the data port:
 //   GET/HEAD /healthz -> 200 "ok" (no key needed);
@@ -100,15 +101,21 @@ class AuthHandler final : public Handler {
   // 400 into `response` (when not null).
   static bool describe(const HttpRequest& auth, HttpRequest* described,
                        ResponseWriter* response) noexcept;
+  // The APIs this request goes by: the worker's version for it (RequestContext::apis), else
+  // the registry the handler was made with.
+  const ApiRegistry& apis(const RequestContext& ctx) const noexcept {
+    return ctx.apis != nullptr ? *ctx.apis : registry_;
+  }
   // The path is in normal form and some API's route matches it (route() would accept it).
-  bool routes(const HttpRequest& request) const noexcept;
+  bool routes(const ApiRegistry& apis, const HttpRequest& request) const noexcept;
   // handle_head() for a request handle() answers itself (an auth-check API, the auth
   // endpoint): kNeedBody, keeping no more of the body than the key's extraction and capture
   // need (ctx.body_keep_bytes, ctx.body_keep_capture).
   Result body_for_key(const HttpRequest& request, RequestContext& ctx) noexcept;
   // The API whose routes match `request`'s path, or nullptr after writing the rejection
   // (400 invalid_path, 404 no_route) into `response`.
-  const ApiConfig* route(const HttpRequest& request, ResponseWriter& response) const noexcept;
+  const ApiConfig* route(const ApiRegistry& apis, const HttpRequest& request,
+                         ResponseWriter& response) const noexcept;
   // Route, resolve and decide for `request` (the described one for the auth endpoint).
   Result check(const HttpRequest& request, ResponseWriter& response, RequestContext& ctx,
                Mode mode) noexcept;

@@ -617,6 +617,68 @@ bool addresses_overlap(const ListenAddress& a, const ListenAddress& b) {
   return a.ipv6 == b.ipv6 && std::memcmp(bytes_a, bytes_b, a.ipv6 ? 16 : 4) == 0;
 }
 
+std::vector<std::string> settings_needing_restart(const Config& running, const Config& reloaded) {
+  std::vector<std::string> keys;
+  const auto check = [&](bool same, const char* key) {
+    if (!same) keys.emplace_back(key);
+  };
+  const auto same_address = [](const ListenAddress& a, const ListenAddress& b) {
+    return a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
+  };
+  check(same_address(running.listen, reloaded.listen), "server.listen");
+  check(same_address(running.admin_listen, reloaded.admin_listen), "server.admin_listen");
+  check(running.data_dir == reloaded.data_dir, "server.data_dir");
+  check(running.log_dir == reloaded.log_dir, "server.log_dir");
+  check(running.workers == reloaded.workers, "server.workers");
+  const Limits& a = running.limits;
+  const Limits& b = reloaded.limits;
+  check(a.request_line_bytes_max == b.request_line_bytes_max, "limits.request_line_bytes_max");
+  check(a.header_bytes_max == b.header_bytes_max, "limits.header_bytes_max");
+  check(a.header_count_max == b.header_count_max, "limits.header_count_max");
+  check(a.body_bytes_max == b.body_bytes_max, "limits.body_bytes_max");
+  check(a.connections_per_worker_max == b.connections_per_worker_max,
+        "limits.connections_per_worker_max");
+  check(a.pipeline_depth_max == b.pipeline_depth_max, "limits.pipeline_depth_max");
+  check(a.header_timeout_ms == b.header_timeout_ms, "limits.header_timeout_ms");
+  check(a.body_timeout_ms == b.body_timeout_ms, "limits.body_timeout_ms");
+  check(a.idle_timeout_ms == b.idle_timeout_ms, "limits.idle_timeout_ms");
+  check(a.linger_timeout_ms == b.linger_timeout_ms, "limits.linger_timeout_ms");
+  check(a.drain_timeout_ms == b.drain_timeout_ms, "limits.drain_timeout_ms");
+  check(a.proxy_body_bytes_max == b.proxy_body_bytes_max, "limits.proxy_body_bytes_max");
+  check(a.upstream_header_bytes_max == b.upstream_header_bytes_max,
+        "limits.upstream_header_bytes_max");
+  check(a.upstream_idle_connections_max == b.upstream_idle_connections_max,
+        "limits.upstream_idle_connections_max");
+  check(a.upstream_idle_timeout_ms == b.upstream_idle_timeout_ms,
+        "limits.upstream_idle_timeout_ms");
+  check(a.upstream_fail_timeout_ms == b.upstream_fail_timeout_ms,
+        "limits.upstream_fail_timeout_ms");
+  check(a.body_memory_per_worker_max == b.body_memory_per_worker_max,
+        "limits.body_memory_per_worker_max");
+  check(running.admin_body_bytes_max == reloaded.admin_body_bytes_max, "admin.body_bytes_max");
+  check(running.admin_connections_max == reloaded.admin_connections_max,
+        "admin.connections_max");
+  check(running.body_inspect_bytes_max == reloaded.body_inspect_bytes_max,
+        "keys.body_inspect_bytes_max");
+  check(running.cache_max_keys == reloaded.cache_max_keys, "cache.max_keys");
+  check(running.cache_negative_entries == reloaded.cache_negative_entries,
+        "cache.negative_entries");
+  check(running.log_enabled == reloaded.log_enabled, "log.enabled");
+  check(running.log_ring_bytes_per_worker == reloaded.log_ring_bytes_per_worker,
+        "log.ring_bytes_per_worker");
+  check(running.log_segment_bytes_max == reloaded.log_segment_bytes_max,
+        "log.segment_bytes_max");
+  check(running.log_retention_bytes == reloaded.log_retention_bytes, "log.retention_bytes");
+  check(running.log_capture_bytes_max == reloaded.log_capture_bytes_max,
+        "log.capture_bytes_max");
+  check(running.log_flush_interval_ms == reloaded.log_flush_interval_ms,
+        "log.flush_interval_ms");
+  check(running.log_direct_io == reloaded.log_direct_io, "log.direct_io");
+  check(running.log_backlog_bytes_max == reloaded.log_backlog_bytes_max,
+        "log.backlog_bytes_max");
+  return keys;
+}
+
 std::string_view usage_text() {
   return R"(Usage: keygate [--config FILE] [flags]
 
@@ -641,8 +703,12 @@ features in use:
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
 (in-flight requests are cut off; the access log is still flushed), exit 0.
-One that comes during start-up stops keygate once it is up. SIGHUP, SIGUSR1, SIGUSR2: ignored (said on
-stderr; there is no reload). Exit code 2: bad flags or config; 1: start-up failure.
+One that comes during start-up stops keygate once it is up. SIGHUP: read the
+--config file again and apply its [[apis]] (routes, upstreams, timeouts) to new
+requests; other changed settings are named on stderr and take effect at restart;
+an invalid file changes nothing (docs/configuration.md, "Reload"). SIGUSR1,
+SIGUSR2: ignored (said on stderr). Exit code 2: bad flags or config; 1: start-up
+failure.
 
 Environment (docs/configuration.md, "Environment"):
   KEYGATE_BOOTSTRAP_ADMIN_KEY  the admin key created on first start (empty store); unset,

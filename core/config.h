@@ -90,6 +90,12 @@ std::string log_directory(const Config& config);
 // Checks cross-field rules (e.g. limits that must be positive). Fails with one line.
 bool validate_config(const Config& config, std::string* error);
 
+// A reload (SIGHUP) applies [[apis]] only. The other settings whose value differs between the
+// running config and a reloaded one, by their key in the file ("server.listen",
+// "limits.idle_timeout_ms", "log.enabled", ...), in the file's order: each takes effect at the
+// next start only. Empty when only [[apis]] (or nothing) changed.
+std::vector<std::string> settings_needing_restart(const Config& running, const Config& reloaded);
+
 // The --help text.
 std::string_view usage_text();
 

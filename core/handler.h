@@ -24,6 +24,8 @@
 
 namespace keygate {
 
+class ApiRegistry;
+
 // Thread-safe handle to one deferred request. post() may be called from any thread, exactly once.
 class ResumeTicket {
  public:
@@ -102,6 +104,11 @@ class RequestContext {
   // A slot for the handler's own per-request state while the request is pending. The worker
   // never touches it; Handler::abandon() is the handler's chance to free it.
   void* state = nullptr;
+  // The version of the configured APIs this request is routed, checked and forwarded with,
+  // set by the worker before the request's first handler call and kept until its last (a
+  // reload meanwhile does not change it: see docs/architecture.md, "Reloading the APIs");
+  // ForwardTarget::api_index indexes it. Null: the handler's own registry (tests).
+  const ApiRegistry* apis = nullptr;
   // Set by a handler that returns kForward (see ForwardTarget).
   ForwardTarget forward;
   // Set by the handler for the access log (see AccessNote).

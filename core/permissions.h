@@ -1,8 +1,9 @@
 // Permissions: which configured API a request path belongs to, users and their grants, and the
 // decision for one request.
 //
-// Pure logic, no I/O. An ApiRegistry is immutable after start (built from config) and shared by
-// all workers; Users live in the store and reach workers through the key cache.
+// Pure logic, no I/O. An ApiRegistry is immutable once initialized (built from config) and shared
+// by all workers; a reload builds a new one (core/api_versions.h). Users live in the store and
+// reach workers through the key cache.
 #pragma once
 
 #include <cstdint>

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <future>
 #include <thread>
 
+#include "core/assert.h"
 #include "net/worker.h"
 
 namespace keygate::net {
@@ -111,9 +113,6 @@ struct Server::Running {
   ConnectionBudget admin_budget;  // before the workers, which use it until they are destroyed
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> threads;
-  // Worker threads that have left run() (or failed init): stopped() polls it while the main
-  // thread waits for signals during a drain.
-  std::atomic<unsigned> exited{0};
 };
 
 Server::Server(ServerOptions options) : options_(std::move(options)) {}
@@ -203,8 +202,7 @@ bool Server::start(std::string* error) {
   for (unsigned i = 0; i < n; ++i) {
     Worker* w = running->workers[i].get();
     std::promise<std::string>* p = &ready[i];
-    std::atomic<unsigned>* exited = &running->exited;
-    running->threads.emplace_back([w, p, i, exited] {
+    running->threads.emplace_back([w, p, i] {
       // Named so top/perf tell the threads apart ("kg-worker-3").
       char name[16];
       std::snprintf(name, sizeof(name), "kg-worker-%u", i);
@@ -213,7 +211,6 @@ bool Server::start(std::string* error) {
       const bool ok = w->init(&why);
       p->set_value(ok ? std::string() : (why.empty() ? "worker init failed" : why));
       if (ok) w->run();
-      exited->fetch_add(1, std::memory_order_release);
     });
   }
   std::string first_error;
@@ -233,9 +230,33 @@ bool Server::start(std::string* error) {
   return true;
 }
 
+bool Server::set_apis(std::shared_ptr<const ApiSet> apis, std::string* error) {
+  KEYGATE_ASSERT(apis != nullptr && running_ != nullptr);
+  if (!Worker::check_upstreams(apis->registry.apis(), error)) return false;
+  const uint64_t generation = apis->generation;
+  for (auto& w : running_->workers) w->set_apis(apis);
+  // Each worker takes it at its next loop pass (the eventfd wakes it at once); a worker that
+  // has exited (its ring failed) serves nothing and is not waited for.
+  for (auto& w : running_->workers) {
+    while (w->apis_generation() < generation && !w->exited()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  return true;
+}
+
 void Server::request_stop() {
   if (!running_) return;
   for (auto& w : running_->workers) w->request_stop();
+}
+
+bool Server::workers_running() const {
+  const Running* running = started_.load(std::memory_order_acquire);
+  if (running == nullptr) return false;
+  for (const auto& w : running->workers) {
+    if (!w->exited()) return true;
+  }
+  return false;
 }
 
 void Server::stop_now() {
@@ -243,10 +264,7 @@ void Server::stop_now() {
   for (auto& w : running_->workers) w->request_stop_now();
 }
 
-bool Server::stopped() const {
-  return !running_ ||
-         running_->exited.load(std::memory_order_acquire) == running_->workers.size();
-}
+bool Server::stopped() const { return !workers_running(); }
 
 void Server::stop() {
   if (!running_) return;

@@ -33,8 +33,9 @@ struct ServerOptions {
   HandlerFactory* admin_handlers = nullptr;  // one handler per worker for the admin port
   // Empty, or one per worker (index = worker index); each must outlive the server.
   std::vector<LoopObserver*> loop_observers;
-  // The configured APIs (index = ApiRegistry index): where forwarded requests go.
-  std::vector<ApiConfig> apis;
+  // The first version of the configured APIs: the routes the handlers go by and where
+  // forwarded requests go. Server::set_apis replaces it.
+  std::shared_ptr<const ApiSet> apis;
   // Where every request's access record goes (null: no access log), and the cap on each
   // captured body (keys with log_request / log_response). Must outlive the server.
   AccessSink* access_sink = nullptr;
@@ -57,19 +58,30 @@ class Server {
   uint16_t admin_port() const { return admin_port_; }
   const std::string& ring_mode() const { return ring_mode_; }
 
+  // A reload of the APIs: every worker serves the requests that start from now on with `apis`
+  // (requests in progress finish with the version they started with; see Worker::set_apis).
+  // Returns once every running worker has taken it, so a request sent after it returns is
+  // routed with `apis` whichever worker takes it. False, nothing changed, with one line in
+  // `error` when an upstream address cannot be used (Worker::check_upstreams). Main thread,
+  // after start() succeeded and before stop(); blocks for at most one loop pass of each worker.
+  bool set_apis(std::shared_ptr<const ApiSet> apis, std::string* error);
+
+  // Asks every worker to drain without waiting (see stop()). Idempotent.
+  void request_stop();
+  // Some worker thread has not finished yet (false before start() succeeded). Any thread.
+  bool workers_running() const;
+
   // Asks every worker to drain and waits until their threads have exited. Idempotent. The
   // workers' memory stays until the Server is destroyed, so threads that still hold a
   // ResumeTicket (key fetches, admin jobs) may post safely until they are stopped: destroy
   // those before the Server.
   void stop();
-  // Asks every worker to drain without waiting for them (stop() waits). Idempotent.
-  void request_stop();
   // Cuts the drain short: every worker cuts what is still in flight now (as at the drain
   // deadline: access-log reason "shutdown") and exits. Without a drain begun, begins one that
   // ends at once. stop() still has to be called to join the threads.
   void stop_now();
   // Whether every worker's thread has left its loop (then stop() returns without waiting for
-  // a drain). True before start() and after a failed one. Main thread.
+  // a drain): !workers_running(). True before start() and after a failed one. Any thread.
   bool stopped() const;
   // After stop() and after every thread that holds a ResumeTicket has posted it (stop the
   // AdminExecutor first): writes the access records of the deferred requests the drain

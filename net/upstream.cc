@@ -287,9 +287,10 @@ bool is_idempotent_method(std::string_view m) {
          m == "TRACE";
 }
 
-}  // namespace
-
-bool Worker::Impl::init_upstreams(std::string* error) {
+// The upstream groups and servers of `apis` (index = API index), or false with one line in
+// `error` on an address that cannot be used.
+bool build_upstreams(const std::vector<ApiConfig>& apis, std::vector<UpstreamGroup>& groups,
+                     std::vector<UpstreamServer>& servers, std::string* error) {
   groups.resize(apis.size());
   for (size_t a = 0; a < apis.size(); ++a) {
     UpstreamGroup& g = groups[a];
@@ -330,6 +331,51 @@ bool Worker::Impl::init_upstreams(std::string* error) {
     }
   }
   return true;
+}
+
+}  // namespace
+
+std::unique_ptr<ApiVersion> Worker::Impl::make_apis(std::shared_ptr<const ApiSet> set,
+                                                    std::string* error) {
+  auto v = std::make_unique<ApiVersion>();
+  if (!build_upstreams(set->registry.apis(), v->groups, v->servers, error)) return nullptr;
+  v->set = std::move(set);
+  return v;
+}
+
+void Worker::Impl::switch_apis(std::shared_ptr<const ApiSet> set) {
+  // Server::set_apis checked the same addresses with the same code first
+  // (Worker::check_upstreams): a failure here is a bug.
+  std::string why;
+  std::unique_ptr<ApiVersion> next = make_apis(std::move(set), &why);
+  KEYGATE_ASSERT(next != nullptr);
+  ApiVersion* old = apis_now;
+  apis_now = next.get();
+  api_versions.push_back(std::move(next));
+  // The old version's idle connections carry no request: closed now. Busy ones finish their
+  // response and are closed then (finish_forward pools only the current version's).
+  for (UpstreamServer& server : old->servers) {
+    while (!server.idle.empty()) close_up(server.idle.back());
+  }
+  apis_generation.store(apis_now->set->generation, std::memory_order_release);
+}
+
+void Worker::Impl::reap_apis() {
+  for (size_t i = 0; i < api_versions.size();) {
+    ApiVersion* v = api_versions[i].get();
+    if (v != apis_now && v->users == 0) {
+      // Its last user is gone: no connection, upstream connection or submission refers to it.
+      api_versions.erase(api_versions.begin() + static_cast<ptrdiff_t>(i));
+    } else {
+      ++i;
+    }
+  }
+}
+
+bool Worker::check_upstreams(const std::vector<ApiConfig>& apis, std::string* error) {
+  std::vector<UpstreamGroup> groups;
+  std::vector<UpstreamServer> servers;
+  return build_upstreams(apis, groups, servers, error);
 }
 
 // Called with the parser stopped at the head of a request that has a body.
@@ -396,7 +442,11 @@ void Worker::Impl::head_ready(Connection* c, bool resuming) {
 void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   const HttpRequest& request = c->parser.request();
   const ForwardTarget& target = c->ctx.forward;
-  KEYGATE_ASSERT(target.api_index < groups.size() && !groups[target.api_index].servers.empty());
+  // The version the handler routed this request with (pinned at its start).
+  ApiVersion& v = *c->apis;
+  std::vector<UpstreamServer>& servers = v.servers;
+  KEYGATE_ASSERT(target.api_index < v.groups.size() &&
+                 !v.groups[target.api_index].servers.empty());
   c->http10 = request.version_minor == 0;
   c->client_keep_alive = request.keep_alive && !draining && !c->close_after_send;
   learn_peer(c);
@@ -406,7 +456,7 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
   // Preferring any server with an idle connection instead would send all traffic of a lightly
   // loaded API to one server, and none back to a server once it restarted.
   // Every server skipped: the one whose skip ends soonest (the panic rule, see connect_next).
-  UpstreamGroup& g = groups[target.api_index];
+  UpstreamGroup& g = v.groups[target.api_index];
   const auto n = static_cast<uint32_t>(g.servers.size());
   uint32_t first = g.next;
   for (uint32_t i = 0; i < n; ++i) {
@@ -485,6 +535,12 @@ void Worker::Impl::start_forward(Connection* c, bool stream_body) {
 void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uint32_t first,
                                   bool head_request, bool request_complete) {
   up->client = c;
+  if (up->apis != c->apis) {
+    // A new connection (a free slot): it belongs to the request's version from now on.
+    drop_apis(up->apis);
+    up->apis = c->apis;
+    ++up->apis->users;
+  }
   up->group = group;
   up->first = first;
   up->host_at = 0;
@@ -559,7 +615,8 @@ bool Worker::Impl::retry_forward(UpConn* up, int res) {
 // request was answered instead (502/504, or 503 sockets_exhausted).
 bool Worker::Impl::connect_next(UpConn* up) {
   static_assert(kApiUpstreamsMax <= 64, "UpConn::tried has a bit per server of an API");
-  UpstreamGroup& g = groups[up->group];
+  UpstreamGroup& g = up->apis->groups[up->group];
+  const std::vector<UpstreamServer>& servers = up->apis->servers;
   const size_t n = g.servers.size();
   while (up->attempts < n) {
     const uint32_t at = (up->first + up->attempts) % static_cast<uint32_t>(n);
@@ -597,8 +654,9 @@ bool Worker::Impl::connect_next(UpConn* up) {
 // Starts the connect to server g.servers[at] for `up`'s request. False when no socket could be
 // had (the request was answered 503).
 bool Worker::Impl::connect_to(UpConn* up, uint32_t at) {
-  UpstreamGroup& g = groups[up->group];
+  UpstreamGroup& g = up->apis->groups[up->group];
   const uint32_t s = g.servers[at];
+  std::vector<UpstreamServer>& servers = up->apis->servers;
   UpstreamServer& server = servers[s];
   up->tried |= uint64_t{1} << at;
   if (up->host_at != 0 && up->host_server != s) {
@@ -633,7 +691,8 @@ bool Worker::Impl::connect_to(UpConn* up, uint32_t at) {
   sqe->flags |= IOSQE_IO_LINK;
   ++up->ops;
   // The linked timeout cancels the connect when it fires; its own completion only counts.
-  // Its timespec lives in the group, which outlives every submission.
+  // Its timespec lives in the group, whose version `up` holds until its slot is released (after
+  // every completion of it is reaped).
   sqe = get_sqe();
   io_uring_prep_link_timeout(sqe, &g.connect_timeout, 0);
   io_uring_sqe_set_data64(sqe, make_user_data(kOpUpConnectTimeout, up->slot, up->gen));
@@ -647,7 +706,7 @@ void Worker::Impl::on_up_connect(UpConn* up, int res) {
   if (up->state != UpConn::State::kConnecting) return;  // the request went away meanwhile
   if (res == 0) {
     up->state = UpConn::State::kBusy;
-    up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+    up->deadline_ms = now_ms + up->apis->groups[up->group].response_timeout_ms;
     arm_up_recv(up);
     flush_up(up);
     return;
@@ -657,7 +716,7 @@ void Worker::Impl::on_up_connect(UpConn* up, int res) {
   // Refused or timed out (the link timeout cancels the connect: ECANCELED), it is a failed
   // connect: the server is skipped for upstream_fail_timeout_ms and the next one is tried.
   up->connect_timed_out = res == -ECANCELED || res == -ETIME;
-  servers[up->server].down_until_ms = now_ms + limits.upstream_fail_timeout_ms;
+  up->apis->servers[up->server].down_until_ms = now_ms + limits.upstream_fail_timeout_ms;
   connect_next(up);
 }
 
@@ -713,7 +772,7 @@ void Worker::Impl::on_up_send(UpConn* up, int res) {
     up->send_failed = true;
     return;
   }
-  up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  up->deadline_ms = now_ms + up->apis->groups[up->group].response_timeout_ms;
   up->send_off += static_cast<size_t>(res);
   if (up->send_off < up->sending.size()) {
     io_uring_sqe* sqe = get_sqe();
@@ -820,7 +879,7 @@ void Worker::Impl::on_up_data(UpConn* up, const char* data, size_t len) {
     return;
   }
   // From the head on, any byte is progress: the body may take as long as it keeps coming.
-  if (up->head_sent) up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+  if (up->head_sent) up->deadline_ms = now_ms + up->apis->groups[up->group].response_timeout_ms;
   if (c != nullptr) mark_dirty(c);
 }
 
@@ -860,10 +919,12 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
     if (!c->client_keep_alive) c->close_after_send = true;
     mark_dirty(c);
   }
-  UpstreamServer& server = servers[up->server];
+  UpstreamServer& server = up->apis->servers[up->server];
+  // A connection of a version a reload replaced is not pooled: the old version's pools are
+  // drained this way, each connection closed once its response is complete.
   if (reusable && up->request_complete && !up->send_failed && !up->send_in_flight &&
       up->fill.empty() && server.idle.size() < limits.upstream_idle_connections_max &&
-      !draining) {
+      !draining && up->apis == apis_now) {
     up->state = UpConn::State::kIdle;
     up->deadline_ms = now_ms + limits.upstream_idle_timeout_ms;
     up->recv_paused = false;
@@ -939,7 +1000,7 @@ void Worker::Impl::detach_client(Connection* c) {
 void Worker::Impl::close_up(UpConn* up) {
   if (up->state == UpConn::State::kClosing || up->state == UpConn::State::kFree) return;
   if (up->state == UpConn::State::kIdle) {
-    auto& idle = servers[up->server].idle;
+    auto& idle = up->apis->servers[up->server].idle;
     for (size_t i = 0; i < idle.size(); ++i) {
       if (idle[i] == up) {
         idle.erase(idle.begin() + static_cast<ptrdiff_t>(i));
@@ -987,6 +1048,8 @@ void Worker::Impl::release_up(UpConn* up) {
   up->panicked = false;
   up->connect_timed_out = false;
   up->server = 0;
+  drop_apis(up->apis);
+  up->apis = nullptr;
   free_upconns.push_back(up->slot);
 }
 
@@ -1004,7 +1067,7 @@ void Worker::Impl::check_upstream_timers() {
       // timer governs a stalled upload.
       const Connection* c = up->client;
       if (c != nullptr && c->streaming && up->fill.empty() && !up->send_in_flight) {
-        up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+        up->deadline_ms = now_ms + up->apis->groups[up->group].response_timeout_ms;
         continue;
       }
       up->deadline_ms = 0;
@@ -1023,7 +1086,7 @@ void Worker::Impl::client_output_drained(Connection* c) {
   up->recv_paused = false;
   // A fresh no-progress deadline for the body; a head still due keeps its own.
   if (up->deadline_ms != 0 && up->head_sent) {
-    up->deadline_ms = now_ms + groups[up->group].response_timeout_ms;
+    up->deadline_ms = now_ms + up->apis->groups[up->group].response_timeout_ms;
   }
   if (up->state == UpConn::State::kBusy && !up->recv_armed) arm_up_recv(up);
 }

@@ -163,7 +163,13 @@ bool Worker::Impl::init(std::string* error) {
     *error = std::string("eventfd: ") + std::strerror(errno);
     return false;
   }
-  if (!init_upstreams(error)) return false;
+  {
+    std::unique_ptr<ApiVersion> first = make_apis(std::move(apis_initial), error);
+    if (first == nullptr) return false;
+    apis_now = first.get();
+    apis_generation.store(apis_now->set->generation, std::memory_order_release);
+    api_versions.push_back(std::move(first));
+  }
   now_ms = monotonic_ms();
   accept_retry.assign(listeners.size(), false);
   open.assign(listeners.size(), 0);
@@ -297,6 +303,8 @@ void Worker::Impl::run() {
       }
     }
     uprearm.clear();
+    // Only after a reload, until the old version's last requests are done.
+    if (api_versions.size() > 1) reap_apis();
   }
   // Past the drain deadline: whatever is left is cut off.
   for (auto& c : conns) {
@@ -307,6 +315,7 @@ void Worker::Impl::run() {
   }
   // This worker holds no shared references any more: grace periods must not wait for it.
   if (observer != nullptr) observer->before_wait();
+  exited.store(true, std::memory_order_release);
 }
 
 void Worker::Impl::handle_cqe(io_uring_cqe* cqe) {
@@ -548,13 +557,18 @@ void Worker::Impl::process_input(Connection* c, std::span<char> data, size_t rea
         return;
       }
       case HttpParser::Status::kRequest:
-        // A request whose body was read after its head (kNeedBody) was counted there.
-        if (!c->head_counted) bump(stats.requests);
+        // A request whose body was read after its head (kNeedBody) was counted there, and
+        // took its version of the APIs there: it keeps it.
+        if (!c->head_counted) {
+          bump(stats.requests);
+          pin_apis(c);
+        }
         c->head_counted = false;
         dispatch(c, false);
         continue;
       case HttpParser::Status::kHeaders:
         bump(stats.requests);
+        pin_apis(c);
         head_ready(c, false);
         continue;
       case HttpParser::Status::kBodyEnd:
@@ -852,6 +866,9 @@ void Worker::Impl::release(Connection* c) {
   c->close_after_send = c->lingering = c->peer_eof = false;
   c->proxying = c->streaming = c->until_close_open = false;
   c->up = nullptr;
+  drop_apis(c->apis);
+  c->apis = nullptr;
+  c->ctx.apis = nullptr;
   c->peer_ip[0] = '\0';
   c->peer_port = 0;
   // Every request that began was logged: by its response, or by close_conn()/on_posted().
@@ -1014,10 +1031,13 @@ void Worker::Impl::on_wake() {
   if (stop_now_requested.load(std::memory_order_acquire) && drain_deadline_ms > now_ms) {
     drain_deadline_ms = now_ms;
   }
+  std::shared_ptr<const ApiSet> apis_next;
   {
     std::lock_guard<std::mutex> lock(posted_mu);
     posted_local.swap(posted);
+    apis_next.swap(apis_posted);
   }
+  if (apis_next != nullptr) switch_apis(std::move(apis_next));
   for (auto [slot, gen] : posted_local) on_posted(slot, gen);
   posted_local.clear();
 }
@@ -1070,8 +1090,9 @@ void Worker::Impl::settle_deferred() {
 }
 
 Worker::Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
-               LoopObserver* observer, const std::vector<ApiConfig>& apis)
-    : impl_(std::make_unique<Impl>(index, limits, std::move(listeners), observer, apis)) {}
+               LoopObserver* observer, std::shared_ptr<const ApiSet> apis)
+    : impl_(std::make_unique<Impl>(index, limits, std::move(listeners), observer,
+                                   std::move(apis))) {}
 Worker::~Worker() = default;
 
 bool Worker::init(std::string* error) { return impl_->init(error); }
@@ -1099,6 +1120,23 @@ void Worker::request_stop_now() {
 }
 
 void Worker::settle_deferred() { impl_->settle_deferred(); }
+
+void Worker::set_apis(std::shared_ptr<const ApiSet> apis) {
+  KEYGATE_ASSERT(apis != nullptr);
+  std::lock_guard<std::mutex> lock(impl_->posted_mu);
+  impl_->apis_posted = std::move(apis);
+  // Under the lock, as post(): the worker cannot stop and close the eventfd in between. Not
+  // skipped when tickets are posted too: a reload is rare, one more wake-up costs nothing.
+  const uint64_t one = 1;
+  const ssize_t n = ::write(impl_->wake_fd, &one, sizeof(one));
+  KEYGATE_ASSERT(n == sizeof(one));
+}
+
+uint64_t Worker::apis_generation() const {
+  return impl_->apis_generation.load(std::memory_order_acquire);
+}
+
+bool Worker::exited() const { return impl_->exited.load(std::memory_order_acquire); }
 
 void Worker::set_access_log(AccessSink* sink, size_t capture_bytes_max) {
   impl_->access_sink = sink;

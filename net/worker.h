@@ -1,8 +1,9 @@
 // Worker: one thread, one io_uring, its own listening sockets and its own connections.
 //
 // Thread-per-core: a Worker is created and run on its own thread and shares nothing mutable with
-// other workers; the only cross-thread calls are request_stop() and the ResumeTicket posts of
-// deferred requests (a mutex-guarded list and an eventfd, off the common request path). Each worker accepts on its own
+// other workers; the only cross-thread calls are request_stop(), set_apis() (a reload) and the
+// ResumeTicket posts of deferred requests (a mutex-guarded list and an eventfd, off the common
+// request path). Each worker accepts on its own
 // SO_REUSEPORT socket per listener (multishot accept), reads with multishot receive into a
 // provided buffer ring, parses with HttpParser, calls the listener's Handler, and writes the
 // responses of each event-loop pass with one send per connection. Every buffer handed to the
@@ -17,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/api_versions.h"
 #include "core/handler.h"
 #include "core/limits.h"
 #include "core/permissions.h"
@@ -146,10 +148,10 @@ struct WorkerListener {
 class Worker {
  public:
   // `observer` (may be null) is called around every blocking wait; it must outlive the worker.
-  // `apis` (index = API index, as ApiRegistry::apis()) names the upstreams forwarded requests
-  // go to; it must outlive the worker.
+  // `apis` is the first version of the APIs: the routes the handlers go by
+  // (RequestContext::apis) and the upstreams forwarded requests go to.
   Worker(unsigned index, const Limits& limits, std::vector<WorkerListener> listeners,
-         LoopObserver* observer, const std::vector<ApiConfig>& apis);
+         LoopObserver* observer, std::shared_ptr<const ApiSet> apis);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -173,6 +175,20 @@ class Worker {
   // requests cut at the drain deadline whose tickets were posted since (an admin job the
   // executor finished after the workers exited). From the thread that joined the worker's.
   void settle_deferred();
+
+  // Thread-safe, non-blocking (a short lock and an eventfd write): the worker serves requests
+  // that start after its next loop pass with `apis` (a reload). Requests already started finish
+  // with the version they started with; upstream connections of the old version are closed
+  // when idle (now, for those in the pool) instead of going back to a pool. Several posts
+  // before the worker looks: the last one wins. apis_generation() tells when it took it.
+  void set_apis(std::shared_ptr<const ApiSet> apis);
+  // The generation (ApiSet::generation) of the version new requests get now. Any thread.
+  uint64_t apis_generation() const;
+  // run() has returned (stopped, or its ring failed). Any thread.
+  bool exited() const;
+  // Whether every upstream address of `apis` can be used (what make_apis() would refuse):
+  // false with one line in `error`. Any thread.
+  static bool check_upstreams(const std::vector<ApiConfig>& apis, std::string* error);
 
   // Access records of every request go to `sink` (may be null: none), with captures of at most
   // `capture_bytes_max` bytes per body. Call before init(); the sink must outlive the worker.

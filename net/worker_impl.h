@@ -9,12 +9,14 @@
 #include <atomic>
 #include <cstdint>
 #include <ctime>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "core/access_record.h"
+#include "core/api_versions.h"
 #include "core/assert.h"
 #include "core/permissions.h"
 #include "core/response_writer.h"
@@ -84,6 +86,7 @@ inline void bump(std::atomic<uint64_t>& counter) {
 
 struct Connection;
 struct UpConn;
+struct ApiVersion;
 
 // The access-log state of the request a connection is serving (request_log.cc). Strings keep
 // their capacity between requests.
@@ -201,6 +204,10 @@ struct Connection {
   char peer_ip[48] = {};     // client address (learn_peer(), on first use)
   uint16_t peer_port = 0;
   RequestLog rlog;
+  // The version of the APIs the connection's request in progress (or its last one) goes by:
+  // taken at each request's start (pin_apis), so a reload never changes it mid-request; held
+  // until the next request starts or the slot is released.
+  ApiVersion* apis = nullptr;
 };
 
 // One upstream server (host:port of an API) as a worker sees it.
@@ -212,9 +219,9 @@ struct UpstreamServer {
   int64_t down_until_ms = 0;  // skipped until then after a connect failure
 };
 
-// The upstreams of one API (index = the API's index in ApiRegistry::apis()).
+// The upstreams of one API (index = the API's index in its version's ApiRegistry::apis()).
 struct UpstreamGroup {
-  std::vector<uint32_t> servers;  // indexes into Worker::Impl::servers
+  std::vector<uint32_t> servers;  // indexes into its ApiVersion's servers
   uint32_t next = 0;              // round robin
   __kernel_timespec connect_timeout{};  // the linked timeout of every connect
   uint32_t response_timeout_ms = 0;
@@ -229,6 +236,10 @@ struct UpConn {
   uint32_t slot;
   uint32_t gen = 0;
   int fd = -1;
+  // The version of the APIs whose servers and group this connection belongs to (`server`,
+  // `group` and `host_server` index its tables), held until the slot is released: its connect
+  // timeout's timespec must outlive the submission. Null while free.
+  ApiVersion* apis = nullptr;
   uint32_t server = 0;
   uint32_t ops = 0;
   State state = State::kFree;
@@ -307,6 +318,19 @@ struct UpConn {
   int64_t deadline_ms = 0;     // connect, response (no progress) or idle expiry
 };
 
+// One version of the APIs as one worker serves it (worker-local): the shared ApiSet (routes for
+// the handlers, through RequestContext::apis) and this worker's upstream servers and keep-alive
+// pools for it. A reload makes a new one current (Worker::Impl::switch_apis); the previous one
+// stays while a client connection's request or an upstream connection still uses it, and is
+// freed at the end of the first loop pass where none does (reap_apis).
+struct ApiVersion {
+  std::shared_ptr<const ApiSet> set;
+  std::vector<UpstreamServer> servers;
+  std::vector<UpstreamGroup> groups;  // index = API index in set->registry.apis()
+  // Client connections (Connection::apis) and upstream connections (UpConn::apis) that hold it.
+  uint32_t users = 0;
+};
+
 // Connections waiting on one kind of timeout. Every member's deadline is "when it joined + the
 // kind's fixed duration", and time only moves forward, so appending keeps the list sorted and
 // expiry only ever looks at the head.
@@ -332,14 +356,14 @@ struct TimerList {
 
 struct Worker::Impl final : public ResumeTicket::Sink {
   Impl(unsigned i, const Limits& l, std::vector<WorkerListener> ls, LoopObserver* o,
-       const std::vector<ApiConfig>& a)
+       std::shared_ptr<const ApiSet> a)
       : index(i),
         limits(l),
         listeners(std::move(ls)),
         accept_armed(listeners.size(), false),
         descriptor_ceiling(listeners.size(), UINT64_MAX),
         observer(o),
-        apis(a) {}
+        apis_initial(std::move(a)) {}
   ~Impl() override;
 
   // ResumeTicket::Sink: any thread.
@@ -397,8 +421,28 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void count_response(const Connection* c, int status, std::string_view reason);
   static const char* abandoned_reason(const Connection* c);
 
+  // Versions of the APIs (upstream.cc). make_apis() builds this worker's state for `set`
+  // (its upstream addresses: null with one line in `error` on a bad one); switch_apis() makes
+  // a posted set current and closes the previous version's idle upstream connections;
+  // pin_apis() gives a starting request the current version; drop_apis() lets go of one;
+  // reap_apis() frees the versions nothing uses any more.
+  std::unique_ptr<ApiVersion> make_apis(std::shared_ptr<const ApiSet> set, std::string* error);
+  void switch_apis(std::shared_ptr<const ApiSet> set);
+  void pin_apis(Connection* c) {
+    if (c->apis == apis_now) return;
+    drop_apis(c->apis);
+    c->apis = apis_now;
+    ++apis_now->users;
+    c->ctx.apis = &apis_now->set->registry;
+  }
+  void drop_apis(ApiVersion* v) {
+    if (v == nullptr) return;
+    KEYGATE_ASSERT(v->users > 0);
+    --v->users;
+  }
+  void reap_apis();
+
   // Reverse proxy (upstream.cc).
-  bool init_upstreams(std::string* error);
   void head_ready(Connection* c, bool resuming);
   void start_forward(Connection* c, bool stream_body);
   bool connect_next(UpConn* up);
@@ -502,9 +546,17 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::string record_buf;
   uint64_t request_counter = 0;
 
-  const std::vector<ApiConfig>& apis;
-  std::vector<UpstreamServer> servers;
-  std::vector<UpstreamGroup> groups;
+  // The APIs: the version new requests get (apis_now), and every version still in use (apis_now
+  // among them; more than one only after a reload, until the old ones' requests are done).
+  std::shared_ptr<const ApiSet> apis_initial;  // until init() made it the first version
+  ApiVersion* apis_now = nullptr;
+  std::vector<std::unique_ptr<ApiVersion>> api_versions;
+  // A set posted by Worker::set_apis (posted_mu), taken by on_wake(); a newer post replaces
+  // one not taken yet (the newest wins: reloads coalesce).
+  std::shared_ptr<const ApiSet> apis_posted;
+  // apis_now's generation, for the main thread waiting for every worker to serve a reload.
+  std::atomic<uint64_t> apis_generation{0};
+  std::atomic<bool> exited{false};  // run() returned
   std::vector<std::unique_ptr<UpConn>> upconns;
   std::vector<uint32_t> free_upconns;
   std::vector<std::pair<UpConn*, uint32_t>> uprearm;

@@ -36,18 +36,19 @@ int64_t system_clock_seconds() {
 
 }  // namespace
 
-AdminExecutor::AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options options)
+AdminExecutor::AdminExecutor(AdminStore& store, const ApiVersions& apis, Options options)
     : store_(store),
+      apis_(apis),
       clock_(options.clock ? std::move(options.clock)
                            : std::function<int64_t()>(system_clock_seconds)) {
   KEYGATE_ASSERT(options.queue_max >= 1);
   KEYGATE_ASSERT(options.log_queue_max >= 1);
   AdminContext& context = main_.context;
-  context.apis = &apis;
   context.random = options.random ? std::move(options.random)
                                   : std::function<bool(std::span<uint8_t>)>(system_random);
   context.small_body_bytes_max = options.small_body_bytes_max;
   context.import_keys_max = options.import_keys_max;
+  context.reload = std::move(options.reload);
   context.stats = [this, outer = std::move(options.stats)](std::vector<StatsGroup>* groups) {
     if (outer) outer(groups);
     const Stats s = stats();
@@ -57,7 +58,6 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options
   };
   // The log lane runs only the log route, which reads none of the rest (execute_admin wants a
   // random source all the same; it is thread-safe: getrandom, or the caller's).
-  logs_.context.apis = &apis;
   logs_.context.random = context.random;
   logs_.context.small_body_bytes_max = options.small_body_bytes_max;
   main_.ring.resize(options.queue_max);
@@ -133,7 +133,13 @@ void AdminExecutor::run(Lane& lane) {
       --lane.queued;
     }
     lane.context.now = clock_();
+    // The APIs as they are now (a reload may have replaced them since the last request), kept
+    // alive until the request is done.
+    const std::shared_ptr<const ApiSet> apis = apis_.current();
+    KEYGATE_ASSERT(apis != nullptr);
+    lane.context.apis = &apis->registry;
     *job.out = execute_admin(job.request, store_, lane.context);
+    lane.context.apis = nullptr;
     executed_total_.fetch_add(1, std::memory_order_relaxed);
     // Posted also once stopping: a request that outlived the drain deadline is logged by its
     // worker after the workers exited (Server::settle_deferred; see the header).

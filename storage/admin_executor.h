@@ -36,6 +36,7 @@
 
 #include "core/admin_api.h"
 #include "core/admin_handler.h"
+#include "core/api_versions.h"
 #include "core/handler.h"
 #include "core/permissions.h"
 
@@ -56,6 +57,9 @@ class AdminExecutor final : public AdminBackend {
     // The groups of GET /admin/stats (AdminContext::stats), run on the main lane's thread;
     // the executor adds its own group, "admin", after them.
     std::function<void(std::vector<StatsGroup>*)> stats;
+    // POST /admin/reload (AdminContext::reload), run on the main lane's thread, which it
+    // blocks until the reload has run; empty: the route answers 503.
+    std::function<ReloadOutcome()> reload;
   };
 
   struct Stats {
@@ -64,8 +68,11 @@ class AdminExecutor final : public AdminBackend {
   };
 
   // `store` and `apis` must outlive the executor; `store` is called from both lanes' threads
-  // (the log lane: get_key() and query_logs() only). Starts the executor's threads.
-  AdminExecutor(AdminStore& store, const ApiRegistry& apis, Options options);
+  // (the log lane: get_key() and query_logs() only). Each request is validated against the
+  // version of the APIs current when it starts to run (apis.current(), held until it is done):
+  // after a reload, a key naming an API the reload added is accepted, one naming an API it
+  // removed is refused. Starts the executor's threads.
+  AdminExecutor(AdminStore& store, const ApiVersions& apis, Options options);
   // stop(), if it was not called.
   ~AdminExecutor() override;
   // Stops the threads after the requests in progress; the queued ones are answered 503 (see
@@ -100,6 +107,7 @@ class AdminExecutor final : public AdminBackend {
   void run(Lane& lane);
 
   AdminStore& store_;
+  const ApiVersions& apis_;
   std::function<int64_t()> clock_;  // called on both lanes' threads
 
   std::mutex mutex_;  // guards both lanes' queues and stopping_

@@ -1,6 +1,7 @@
 // keygate: the server binary. Thin wiring: flags and config (core), data directory (storage),
 // listeners and workers (net). See --help.
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -8,19 +9,26 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <cstdlib>
 #include <ctime>
 
 #include "core/admin_handler.h"
 #include "core/api_key.h"
+#include "core/api_versions.h"
 #include "core/auth_handler.h"
 #include "core/config.h"
 #include "core/permissions.h"
@@ -165,6 +173,148 @@ void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
   }
 }
 
+// The reloads of the config file (SIGHUP), for GET /admin/stats. Written by the main thread,
+// read by the admin executor's.
+struct ReloadStats {
+  std::atomic<uint64_t> generation{1};  // of the APIs serving now: 1 at start, +1 per reload
+  std::atomic<uint64_t> applied{0};
+  std::atomic<uint64_t> refused{0};
+};
+
+// What the main thread needs to apply a reload.
+struct Reloader {
+  const keygate::CommandLine& cli;
+  keygate::Config& running;  // the config keygate runs with; its apis follow every reload
+  keygate::net::Server& server;
+  keygate::ApiVersions& apis;
+  ReloadStats& stats;
+
+  // Counted before it is said, as a reload is: a client that saw the line finds the stats
+  // up to date.
+  keygate::ReloadOutcome refuse(const std::string& why) {
+    stats.refused.fetch_add(1, std::memory_order_relaxed);
+    std::fprintf(stderr, "keygate: reload refused: %s\n", why.c_str());
+    keygate::ReloadOutcome outcome;
+    outcome.error = why;
+    outcome.generation = stats.generation.load(std::memory_order_relaxed);
+    outcome.apis = running.apis.size();
+    return outcome;
+  }
+
+  // SIGHUP: reads the config file again and checks it exactly as at start (the command-line
+  // flags still win over it). Invalid: refused, nothing changes. Valid: its [[apis]] replace
+  // the running ones on every worker; any other setting that differs is named as taking effect
+  // at the next start, and the APIs are applied all the same (an operator who fixed a route and
+  // also touched a limit should not have to choose; refusing would keep the wrong route until a
+  // restart). Returns once every worker routes new requests with the new APIs.
+  keygate::ReloadOutcome reload() {
+    if (!cli.config_path) {
+      return refuse("keygate was started without --config: there is no file to read again");
+    }
+    const std::string& path = *cli.config_path;
+    // A pipe (`--config <(generate)`) was read to its end at start: read again it is empty,
+    // which would be a valid config without any API.
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode)) {
+      return refuse(path + " is a pipe, which cannot be read again: restart keygate to apply "
+                    "a new configuration");
+    }
+    std::string text;
+    std::string error;
+    keygate::Config fresh;
+    if (!read_file(path, &text, &error) || !keygate::parse_config(text, path, &fresh, &error) ||
+        !keygate::apply_overrides(cli, &fresh, &error) ||
+        !keygate::validate_config(fresh, &error)) {
+      // Parse errors name the file and line already; a cross-field rule names the file here.
+      return refuse(error.starts_with(path) ? error : path + ": " + error);
+    }
+    auto set = std::make_shared<keygate::ApiSet>();
+    set->generation = stats.generation.load(std::memory_order_relaxed) + 1;
+    if (!set->registry.init(fresh.apis, &error) || !server.set_apis(set, &error)) {
+      return refuse(path + ": apis: " + error);  // validate_config checked both: not expected
+    }
+    // After every worker: the admin API accepts keys for an added API (and refuses a removed
+    // one) once requests to it are routed everywhere.
+    apis.publish(set);
+    keygate::ReloadOutcome outcome;
+    outcome.applied = true;
+    outcome.generation = set->generation;
+    outcome.apis = set->registry.apis().size();
+    outcome.restart_settings = keygate::settings_needing_restart(running, fresh);
+    for (const std::string& key : outcome.restart_settings) {
+      std::fprintf(stderr, "keygate: reload: %s changed: takes effect at restart\n",
+                   key.c_str());
+    }
+    running.apis = std::move(fresh.apis);
+    stats.generation.store(set->generation, std::memory_order_relaxed);
+    stats.applied.fetch_add(1, std::memory_order_relaxed);
+    std::fprintf(stderr, "keygate: reloaded %s: %zu APIs (generation %llu)\n", path.c_str(),
+                 outcome.apis, static_cast<unsigned long long>(set->generation));
+    return outcome;
+  }
+};
+
+// POST /admin/reload hands its reload to the main thread, where reloads run one at a time
+// (SIGHUP's too), and waits for it: ask() (the admin executor's thread) sends the main thread
+// a SIGHUP and waits, at most kReloadWaitMax, for the outcome of a reload that began after
+// the ask (so it read the file as it was then). Thread-safe.
+class ReloadRequests {
+ public:
+  static constexpr std::chrono::seconds kReloadWaitMax{10};
+
+  explicit ReloadRequests(pthread_t main_thread) : main_(main_thread) {}
+
+  keygate::ReloadOutcome ask() {
+    std::unique_lock lock(mu_);
+    if (closed_) return unavailable("keygate is draining: nothing to reload");
+    const uint64_t ticket = ++asked_;
+    pthread_kill(main_, SIGHUP);  // main takes it with sigwait like any SIGHUP
+    if (!done_cv_.wait_for(lock, kReloadWaitMax, [&] { return done_ >= ticket || closed_; })) {
+      return unavailable("the reload did not run within 10 s");
+    }
+    if (done_ < ticket) return unavailable("keygate is draining: nothing to reload");
+    return last_;
+  }
+  // Main thread, before a reload: the asks it answers (every one made before it reads the file).
+  uint64_t begin() {
+    std::lock_guard lock(mu_);
+    return asked_;
+  }
+  void finish(uint64_t answered, keygate::ReloadOutcome outcome) {
+    {
+      std::lock_guard lock(mu_);
+      if (answered <= done_) return;
+      done_ = answered;
+      last_ = std::move(outcome);
+    }
+    done_cv_.notify_all();
+  }
+  // Draining: no more reloads; asks waiting now or later are answered unavailable.
+  void close() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    done_cv_.notify_all();
+  }
+
+ private:
+  static keygate::ReloadOutcome unavailable(const char* why) {
+    keygate::ReloadOutcome outcome;
+    outcome.unavailable = true;
+    outcome.error = why;
+    return outcome;
+  }
+
+  const pthread_t main_;
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  uint64_t asked_ = 0;  // mu_
+  uint64_t done_ = 0;   // mu_: asks answered
+  keygate::ReloadOutcome last_;  // mu_
+  bool closed_ = false;  // mu_
+};
+
 const char* signal_name(int sig) {
   switch (sig) {
     case SIGTERM: return "SIGTERM";
@@ -172,15 +322,8 @@ const char* signal_name(int sig) {
     case SIGHUP: return "SIGHUP";
     case SIGUSR1: return "SIGUSR1";
     case SIGUSR2: return "SIGUSR2";
-    default: return "signal";
+    default: return "a signal";
   }
-}
-
-void say_ignored(int sig) {
-  std::fprintf(stderr,
-               "keygate: %s ignored (keygate has no reload: restart it to apply a new "
-               "configuration; SIGTERM or SIGINT stop it)\n",
-               signal_name(sig));
 }
 
 // The stop signals keygate takes with sigwait (main), blocked as early as the process allows:
@@ -208,9 +351,9 @@ int main(int argc, char** argv) {
   // it at once, a script's trap) stays pending and is taken once keygate is up, which then
   // stops as usual (exit 0, "keygate: stopped") instead of dying of it (exit 143, the store
   // and the log not closed). The mask and the pending signal survive the re-exec below.
-  // SIGHUP, SIGUSR1 and SIGUSR2 are taken too and only said on stderr: their default action
-  // would end keygate at once, without a drain and with the access log's last records lost,
-  // and SIGHUP is what operators' tools send to make a daemon reload (keygate has no reload).
+  // SIGHUP reloads the APIs (Reloader). SIGUSR1 and SIGUSR2 are taken too and only said on
+  // stderr: their default action would end keygate at once, without a drain and with the
+  // access log's last records lost.
   // SIGPIPE is ignored outright (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ:
   // a file reaching the file size limit (RLIMIT_FSIZE, `ulimit -f`) would otherwise kill
   // keygate, data plane and all; ignored, the write fails with EFBIG instead (the access log
@@ -264,8 +407,13 @@ int main(int argc, char** argv) {
   if (workers == 0) workers = usable_cpus();
   raise_descriptor_limit(workers, config);
 
-  keygate::ApiRegistry registry;
-  if (!registry.init(config.apis, &error)) return usage_error("apis: " + error);
+  // The first version of the APIs; a reload (SIGHUP) publishes the next one. Kept for the
+  // whole run: the data handlers' fallback registry (they go by RequestContext::apis).
+  auto initial_apis = std::make_shared<keygate::ApiSet>();
+  if (!initial_apis->registry.init(config.apis, &error)) return usage_error("apis: " + error);
+  keygate::ApiVersions api_versions(initial_apis);
+  ReloadStats reload_stats;
+  ReloadRequests reload_requests(pthread_self());
 
   // Declared before everything that can post to its workers (the KeyService's fetch pool, the
   // admin executor), so it is destroyed after them: a late post still finds its worker.
@@ -354,7 +502,7 @@ int main(int argc, char** argv) {
   admin_store.set_access_log(access_log.get());
   // GET /admin/stats: the workers' counters, the key cache's and the access log's.
   keygate::storage::AdminExecutor::Options executor_options;
-  executor_options.stats = [&server, &keys, log = access_log.get()](
+  executor_options.stats = [&server, &keys, &reload_stats, log = access_log.get()](
                                std::vector<keygate::StatsGroup>* groups) {
     const keygate::net::Server::Stats w =
         server.has_value() ? server->stats() : keygate::net::Server::Stats{};
@@ -430,11 +578,20 @@ int main(int argc, char** argv) {
                        {"backlog_bytes_peak", a.backlog_bytes_peak}};
     }
     groups->push_back(std::move(access));
+    keygate::StatsGroup& reloads = groups->emplace_back();
+    reloads.name = "config";
+    reloads.values = {{"generation", reload_stats.generation.load(std::memory_order_relaxed)},
+                      {"reloads_total", reload_stats.applied.load(std::memory_order_relaxed)},
+                      {"reloads_refused_total",
+                       reload_stats.refused.load(std::memory_order_relaxed)}};
+    reloads.gauges = {"generation"};
   };
-  keygate::storage::AdminExecutor admin_executor(admin_store, registry,
+  executor_options.reload = [&reload_requests] { return reload_requests.ask(); };
+  keygate::storage::AdminExecutor admin_executor(admin_store, api_versions,
                                                  std::move(executor_options));
   const auto body_inspect_bytes_max = static_cast<size_t>(config.body_inspect_bytes_max);
-  keygate::AuthHandlerFactory data_handlers(registry, keys, body_inspect_bytes_max);
+  keygate::AuthHandlerFactory data_handlers(initial_apis->registry, keys,
+                                            body_inspect_bytes_max);
   keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max);
   keygate::net::ServerOptions options;
   options.data_listen = config.listen;
@@ -445,7 +602,7 @@ int main(int argc, char** argv) {
   options.admin_connections_max = config.admin_connections_max;
   options.data_handlers = &data_handlers;
   options.admin_handlers = &admin_handlers;
-  options.apis = registry.apis();
+  options.apis = initial_apis;
   if (access_sink) options.access_sink = &*access_sink;
   options.capture_bytes_max = static_cast<size_t>(config.log_capture_bytes_max);
   const char* registered_files = std::getenv("KEYGATE_REGISTERED_FILES");
@@ -486,25 +643,46 @@ int main(int argc, char** argv) {
               admin.to_string().c_str(), workers, server->ring_mode().c_str());
   std::fflush(stdout);
 
+  // Signals are taken one at a time: a SIGHUP during a reload waits for it and then reloads
+  // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
+  // during a reload drains once the reload is done.
+  Reloader reloader{cli, config, *server, api_versions, reload_stats};
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0 || (sig != SIGTERM && sig != SIGINT)) say_ignored(sig);
+  for (;;) {
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig == SIGTERM || sig == SIGINT) break;
+    if (sig == SIGHUP) {
+      const uint64_t asks = reload_requests.begin();
+      reload_requests.finish(asks, reloader.reload());
+      continue;
+    }
+    std::fprintf(stderr,
+                 "keygate: %s ignored (SIGHUP reloads the APIs; SIGTERM or SIGINT stop "
+                 "keygate)\n",
+                 signal_name(sig));
+  }
+  reload_requests.close();
   std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
   server->request_stop();
-  // A second SIGTERM/SIGINT during the drain stops now: an operator's second Ctrl-C, or a
-  // supervisor that escalates. The workers cut what is in flight (logged, reason "shutdown") and
-  // everything below still runs: the access log's records are flushed, the store is closed.
-  // Polled every kStopPollMs: sigtimedwait() is this thread's only wait (workers cannot signal
-  // it), and 20 ms is nothing next to a drain.
+  // Signals are still taken while the workers drain, so that each is answered. A second
+  // SIGTERM/SIGINT stops now: an operator's second Ctrl-C, or a supervisor that escalates. The
+  // workers cut what is in flight (logged, reason "shutdown") and everything below still runs:
+  // the access log's records are flushed, the store is closed. A SIGHUP is refused: a reload
+  // now would have nothing left to serve. Polled every kStopPollMs: sigtimedwait() is this
+  // thread's only wait (workers cannot signal it), and 20 ms is nothing next to a drain.
   constexpr long kStopPollMs = 20;
   bool cut_short = false;
   while (!server->stopped()) {
     const timespec poll{0, kStopPollMs * 1000 * 1000};
     const int got = sigtimedwait(&signals, nullptr, &poll);
     if (got < 0) continue;  // EAGAIN: the poll interval passed; EINTR
-    if (got != SIGTERM && got != SIGINT) {
-      say_ignored(got);
+    if (got == SIGHUP) {
+      std::fprintf(stderr, "keygate: SIGHUP ignored: keygate is draining, nothing to reload\n");
+    } else if (got != SIGTERM && got != SIGINT) {
+      std::fprintf(stderr, "keygate: %s ignored: keygate is already draining\n",
+                   signal_name(got));
     } else if (!cut_short) {
       cut_short = true;
       std::printf("keygate: second %s received, stopping now (in-flight requests are cut off)\n",

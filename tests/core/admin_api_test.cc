@@ -382,14 +382,15 @@ TEST(AdminRouteShape, IsAdminRouteKnowsEveryRouteAndNothingElse) {
   for (std::string_view path :
        {"/admin/keys", "/admin/keys/import", "/admin/keys/k000000000000", "/admin/keys/x/rotate",
         "/admin/users", "/admin/users/kharnagy%40domain.corp", "/admin/apis", "/admin/logs",
-        "/admin/stats", "/admin/metrics"}) {
+        "/admin/stats", "/admin/metrics", "/admin/reload"}) {
     EXPECT_TRUE(is_admin_route(path)) << path;
   }
   for (std::string_view path :
        {"", "/", "/admin", "/admin/", "/admin/keys/", "/admin/keys//rotate", "/admin/keys/a/b",
         "/admin/keys/a/rotate/", "/admin/users/a/b", "/admin/apis/x", "/admin/nope", "/adminx/keys",
         "/orders", "/admin/Keys", "/admin//keys", "/admin/logs/", "/admin/logs/x",
-        "/admin/stats/", "/admin/stats/x", "/admin/metrics/", "/admin/metrics/x"}) {
+        "/admin/stats/", "/admin/stats/x", "/admin/metrics/", "/admin/metrics/x",
+        "/admin/reload/", "/admin/reload/x"}) {
     EXPECT_FALSE(is_admin_route(path)) << path;
   }
 }
@@ -1653,6 +1654,38 @@ TEST_F(AdminStats, RendersTheGroupsInOrderAndAnAbsentOneAsNull) {
             R"({"workers":{"requests":12,"timeouts":0},"access_log":null,)"
             R"("big":{"max":18446744073709551615}})");
   EXPECT_EQ(calls, 1);  // read once per request
+}
+
+// POST /admin/reload: what the reload did, from AdminContext::reload (keygate's main thread).
+TEST_F(AdminStats, ReloadAnswersWhatTheReloadDid) {
+  int calls = 0;
+  ReloadOutcome outcome;
+  outcome.applied = true;
+  outcome.generation = 3;
+  outcome.apis = 2;
+  outcome.restart_settings = {"limits.idle_timeout_ms"};
+  ctx_.reload = [&] {
+    ++calls;
+    return outcome;
+  };
+  AdminResponse r = call("POST", "/admin/reload");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"generation":3,"apis":2,"restart_settings":["limits.idle_timeout_ms"]})");
+  EXPECT_EQ(calls, 1);
+  outcome = ReloadOutcome{};
+  outcome.error = "k.toml:3:9: expected value";
+  r = call("POST", "/admin/reload");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body,
+            R"({"error":"reload_refused","field":null,"message":"k.toml:3:9: expected value"})");
+  outcome.unavailable = true;
+  EXPECT_EQ(call("POST", "/admin/reload").status, 503);
+  EXPECT_EQ(call("GET", "/admin/reload").status, 405);
+  EXPECT_EQ(calls, 3);
+  ctx_.reload = nullptr;
+  r = call("POST", "/admin/reload");
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.error_code, "reload_unavailable");
 }
 
 TEST_F(AdminStats, WithoutAProviderTheObjectIsEmpty) {

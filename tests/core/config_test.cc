@@ -789,5 +789,34 @@ TEST(Config, UsageNamesEveryFlag) {
   }
 }
 
+TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
+  Config running;
+  std::string error;
+  ASSERT_TRUE(parse_config("[[apis]]\nname = \"orders\"\nroutes = [\"/orders\"]\n", "a.toml",
+                           &running, &error))
+      << error;
+  Config reloaded;
+  ASSERT_TRUE(parse_config("[server]\nworkers = 3\n[limits]\nidle_timeout_ms = 5\n"
+                           "[cache]\nmax_keys = 10\n[log]\nenabled = false\n"
+                           "[[apis]]\nname = \"billing\"\nroutes = [\"/billing\"]\n",
+                           "b.toml", &reloaded, &error))
+      << error;
+  EXPECT_EQ(settings_needing_restart(running, reloaded),
+            (std::vector<std::string>{"server.workers", "limits.idle_timeout_ms",
+                                      "cache.max_keys", "log.enabled"}));
+  // Only the APIs changed: nothing to name.
+  Config same = running;
+  same.apis.clear();
+  EXPECT_TRUE(settings_needing_restart(running, same).empty());
+  // A flag that overrides the file on both sides is no change.
+  CommandLine cli;
+  cli.listen = "127.0.0.1:0";
+  Config moved;
+  ASSERT_TRUE(parse_config("[server]\nlisten = \"127.0.0.1:9999\"\n", "c.toml", &moved, &error));
+  ASSERT_TRUE(apply_overrides(cli, &moved, &error)) << error;
+  ASSERT_TRUE(apply_overrides(cli, &running, &error)) << error;
+  EXPECT_TRUE(settings_needing_restart(running, moved).empty());
+}
+
 }  // namespace
 }  // namespace keygate

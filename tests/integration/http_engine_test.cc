@@ -1129,7 +1129,9 @@ TEST_F(GracefulShutdown, ASecondSigintDuringTheDrainStopsNow) {
 
 // SIGHUP, SIGUSR1 and SIGUSR2 (a reload request, a terminal hangup, a stray signal) neither
 // stop keygate nor cut a request: they are said on stderr and ignored.
-TEST_F(GracefulShutdown, HangupAndUserSignalsAreIgnoredAndSaid) {
+// SIGHUP is a reload (tests/integration/reload_test.cc): here, that it too leaves keygate
+// running and the request in flight whole.
+TEST_F(GracefulShutdown, UserSignalsAreIgnoredAndSaidAndAHangupReloads) {
   ServerOptions options;
   options.capture_stderr = true;
   ASSERT_TRUE(start(options));
@@ -1137,7 +1139,7 @@ TEST_F(GracefulShutdown, HangupAndUserSignalsAreIgnoredAndSaid) {
   ASSERT_TRUE(connect(client));
   ASSERT_TRUE(start_half_request(client));
   for (const int sig : {SIGHUP, SIGUSR1, SIGUSR2}) ASSERT_TRUE(server().send_signal(sig));
-  for (const char* said : {"keygate: SIGHUP ignored", "keygate: SIGUSR1 ignored",
+  for (const char* said : {"keygate: reloaded ", "keygate: SIGUSR1 ignored",
                            "keygate: SIGUSR2 ignored"}) {
     EXPECT_TRUE(server().wait_for_error_output(said, 3000ms)) << server().error_output();
   }

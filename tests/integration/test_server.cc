@@ -302,13 +302,16 @@ bool TestServer::start(std::string* error, Millis timeout) {
     config += key + " = " + std::to_string(value) + "\n";
   }
   if (!options_.extra_config.empty()) config += "\n" + options_.extra_config + "\n";
-  const std::string config_path = dir_.write_file("keygate.toml", config);
+  const std::string config_path = options_.config_path.empty()
+                                      ? dir_.write_file("keygate.toml", config)
+                                      : options_.config_path;
   std::vector<std::string> args = {
       "--config",       config_path,   "--listen",  "127.0.0.1:0",
       "--admin-listen", "127.0.0.1:" + std::to_string(options_.admin_port),
       "--workers",      std::to_string(options_.workers),
       "--data-dir",     data_dir_,
   };
+  if (!options_.config_flag) args.erase(args.begin(), args.begin() + 2);
   if (options_.log_dir_flag) {
     args.push_back("--log-dir");
     args.push_back(log_dir_);

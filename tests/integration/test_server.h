@@ -115,6 +115,11 @@ struct ServerOptions {
   bool log_dir_flag = true;
   // Appended verbatim to the config file after the [limits] table, e.g. "[[apis]]\n...".
   std::string extra_config;
+  // false: no --config at all (the file is still written; limits and extra_config then do
+  // not apply).
+  bool config_flag = true;
+  // Non-empty: --config names this file instead of the one the harness writes (a FIFO, ...).
+  std::string config_path;
   // Environment variables set (or replaced) in the server's environment.
   std::vector<std::pair<std::string, std::string>> env;
   // Environment variables removed from the server's environment.

@@ -148,7 +148,9 @@ class AdminExecutorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string error;
-    ASSERT_TRUE(apis_.init({ApiConfig{"orders", {"/orders"}}}, &error)) << error;
+    auto set = std::make_shared<ApiSet>();
+    ASSERT_TRUE(set->registry.init({ApiConfig{"orders", {"/orders"}}}, &error)) << error;
+    apis_.publish(std::move(set));
   }
 
   AdminExecutor::Options options(size_t queue_max = 256) {
@@ -168,7 +170,7 @@ class AdminExecutorTest : public ::testing::Test {
     return r;
   }
 
-  ApiRegistry apis_;
+  ApiVersions apis_;
   FakeStore store_;
   RecordingSink sink_;
 };
@@ -198,6 +200,30 @@ TEST_F(AdminExecutorTest, TheContextCarriesTheClockTheRandomSourceAndTheApis) {
   ASSERT_EQ(created.size(), 1u);
   EXPECT_EQ(created[0].created_at, kNow);
   EXPECT_EQ(created[0].apis, std::vector<std::string>{"orders"});
+}
+
+TEST_F(AdminExecutorTest, EachRequestIsValidatedAgainstTheApisCurrentWhenItRuns) {
+  AdminExecutor executor(store_, apis_, options());
+  constexpr std::string_view kBody = R"({"apis":["billing"]})";
+  AdminResponse before;
+  executor.submit(request("POST", "/admin/keys", kBody), &before, ResumeTicket(&sink_, 1, 0));
+  ASSERT_EQ(sink_.wait_for(1).size(), 1u);
+  EXPECT_EQ(before.status, 400) << before.body;
+  EXPECT_NE(before.body.find("unknown_api"), std::string::npos) << before.body;
+  // A reload publishes the next version: billing added, orders removed.
+  auto next = std::make_shared<ApiSet>();
+  std::string error;
+  ASSERT_TRUE(next->registry.init({ApiConfig{"billing", {"/billing"}}}, &error)) << error;
+  next->generation = 2;
+  apis_.publish(std::move(next));
+  AdminResponse after;
+  executor.submit(request("POST", "/admin/keys", kBody), &after, ResumeTicket(&sink_, 2, 0));
+  AdminResponse removed;
+  executor.submit(request("POST", "/admin/keys", R"({"apis":["orders"]})"), &removed,
+                  ResumeTicket(&sink_, 3, 0));
+  ASSERT_EQ(sink_.wait_for(3).size(), 3u);
+  EXPECT_EQ(after.status, 201) << after.body;
+  EXPECT_EQ(removed.status, 400) << removed.body;
 }
 
 TEST_F(AdminExecutorTest, RequestsRunOneAtATimeInArrivalOrder) {

@@ -1,0 +1,436 @@
+// Integration tests of the live reload of the APIs (SIGHUP): the real keygate in front of
+// keygate-upstream on loopback, its config file rewritten and the signal sent, then the answers
+// on the data and admin ports checked. A reload is done once keygate says so on stderr
+// ("keygate: reloaded ...": every worker routes new requests with the new APIs by then).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "tests/integration/process_helper.h"
+#include "tests/integration/test_server.h"
+
+namespace keygate::integration {
+namespace {
+
+constexpr std::string_view kAdminKey = "reload-test-admin-key-0123456789";
+constexpr std::string_view kKey = "reload-test-client-key-abcdefgh";
+constexpr std::string_view kNewKey = "reload-test-later-key-abcdefghij";
+
+// TCP connections to 127.0.0.1:`port` in the ESTABLISHED state, seen from the connecting side
+// (/proc/net/tcp: remote address and port in hex, state 01): keygate's upstream connections
+// to a keygate-upstream, idle ones in its pools included.
+int established_to(const std::string& address) {
+  const uint16_t port = static_cast<uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+  char remote[16];
+  std::snprintf(remote, sizeof(remote), "0100007F:%04X", port);
+  std::ifstream tcp("/proc/net/tcp");
+  int n = 0;
+  for (std::string line; std::getline(tcp, line);) {
+    std::istringstream fields(line);
+    std::string slot, local, rem, state;
+    if ((fields >> slot >> local >> rem >> state) && rem == remote && state == "01") ++n;
+  }
+  return n;
+}
+
+// Polls established_to(address) until it is `want` (up to 3 s); the last count.
+int wait_established(const std::string& address, int want) {
+  int n = established_to(address);
+  for (int i = 0; i < 300 && n != want; ++i) {
+    std::this_thread::sleep_for(Millis(10));
+    n = established_to(address);
+  }
+  return n;
+}
+
+// An API as config text; `upstream` empty: auth-check.
+std::string api(std::string_view name, std::string_view route, std::string_view upstream = {}) {
+  std::string text = "[[apis]]\nname = \"" + std::string(name) + "\"\nroutes = [\"" +
+                     std::string(route) + "\"]\n";
+  if (!upstream.empty()) text += "upstreams = [\"" + std::string(upstream) + "\"]\n";
+  return text + "\n";
+}
+
+class ReloadTest : public ::testing::Test {
+ protected:
+  // Two keygate-upstream servers (A and B), then keygate with `apis` (config text; "@A@" and
+  // "@B@" stand for their addresses) and kKey for `key_apis`.
+  void start(const std::string& apis, const std::vector<std::string>& key_apis = {"orders"},
+             unsigned workers = 2) {
+    for (auto* up : {&upstream_a_, &upstream_b_}) {
+      std::string line, error;
+      up->process = start_process_with_ready_line(KEYGATE_UPSTREAM_BINARY,
+                                                  {"--listen", "127.0.0.1:0"}, "listening on ",
+                                                  &line, &error);
+      ASSERT_NE(up->process, nullptr) << error;
+      up->address = line.substr(std::string_view("listening on ").size());
+    }
+    ServerOptions options = admin_server_options(std::string(kAdminKey));
+    options.workers = workers;
+    options.extra_config = fill(apis);
+    server_ = std::make_unique<TestServer>(options);
+    std::string error;
+    ASSERT_TRUE(server_->start(&error)) << error;
+    ASSERT_EQ(create_key(kKey, key_apis), 201);
+  }
+
+  std::string fill(std::string text) const {
+    for (const auto& [mark, address] :
+         {std::pair<std::string, std::string>{"@A@", upstream_a_.address},
+          std::pair<std::string, std::string>{"@B@", upstream_b_.address}}) {
+      for (size_t at; (at = text.find(mark)) != std::string::npos;) text.replace(at, 3, address);
+    }
+    return text;
+  }
+
+  // Rewrites the config file as the harness wrote it (no [limits] values), with `body` after
+  // the [limits] table instead of the APIs it started with. Atomically (a new file renamed over
+  // the old), as operators should: a reload never reads it half written.
+  std::string rewrite(const std::string& body) {
+    return replace_config("# written by the keygate integration-test harness\n[limits]\n\n" +
+                          fill(body) + "\n");
+  }
+  std::string replace_config(const std::string& text) {
+    const std::string path = server_->dir().path() + "/keygate.toml";
+    const std::string written = server_->dir().write_file("keygate.toml.new", text);
+    EXPECT_EQ(std::rename(written.c_str(), path.c_str()), 0);
+    return path;
+  }
+
+  // SIGHUP, then waits for the line that reports generation `generation` applied.
+  ::testing::AssertionResult reload(uint64_t generation) {
+    if (!server_->send_signal(SIGHUP)) return ::testing::AssertionFailure() << "not running";
+    const std::string line = "(generation " + std::to_string(generation) + ")";
+    if (!server_->wait_for_error_output(line, Millis(10000))) {
+      return ::testing::AssertionFailure() << "no '" << line << "'; stderr:\n"
+                                           << server_->error_output();
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+  // POST /admin/keys with value `key` for `apis`: the status.
+  int create_key(std::string_view key, const std::vector<std::string>& apis) {
+    std::string list;
+    for (const std::string& a : apis) list += (list.empty() ? "\"" : ",\"") + a + "\"";
+    const std::string body = "{\"key\":\"" + std::string(key) + "\",\"apis\":[" + list + "]}";
+    const auto r = round_trip(server_->admin_port(),
+                              http_request("POST", "/admin/keys",
+                                           {"X-ApiKey: " + std::string(kAdminKey),
+                                            "Content-Type: application/json"},
+                                           body));
+    return r.has_value() ? r->status : 0;
+  }
+
+  std::optional<Response> get(std::string_view target, std::string_view key = kKey,
+                              Millis timeout = Millis(3000)) {
+    return round_trip(server_->data_port(),
+                      http_request("GET", target, {"X-ApiKey: " + std::string(key)}), timeout);
+  }
+
+  int64_t stat(std::string_view name) {
+    const auto r = round_trip(server_->admin_port(),
+                              http_request("GET", "/admin/stats",
+                                           {"X-ApiKey: " + std::string(kAdminKey)}));
+    if (!r.has_value() || r->status != 200) return -2;
+    return stats_counter(r->body, "config", name);
+  }
+
+  struct Upstream {
+    std::unique_ptr<ChildProcess> process;
+    std::string address;
+  };
+  Upstream upstream_a_;
+  Upstream upstream_b_;
+  std::unique_ptr<TestServer> server_;
+};
+
+TEST_F(ReloadTest, ANewApiBecomesReachableProxiedAndAuthCheckAndTakesNewKeys) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
+  EXPECT_EQ(get("/billing/1")->status, 404);
+  // The admin API validates against the running APIs: no key for an API keygate lacks.
+  EXPECT_EQ(create_key(kNewKey, {"billing", "checks"}), 400);
+
+  rewrite(api("orders", "/orders", "@A@") + api("billing", "/billing", "@A@") +
+          api("checks", "/checks"));
+  ASSERT_TRUE(reload(2));
+  EXPECT_NE(server_->error_output().find("keygate: reloaded " + server_->dir().path() +
+                                         "/keygate.toml: 3 APIs (generation 2)"),
+            std::string::npos)
+      << server_->error_output();
+
+  ASSERT_EQ(create_key(kNewKey, {"billing", "checks"}), 201);
+  // Proxied to the upstream...
+  auto r = get("/billing/7", kNewKey);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_NE(r->body.find("\"target\":\"/billing/7\""), std::string::npos) << r->body;
+  EXPECT_EQ(r->header("X-Keygate-Api").value_or(""), "");  // identity goes upstream, not back
+  // ...and answered by keygate (auth-check).
+  r = get("/checks/x", kNewKey);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_EQ(r->header("X-Keygate-Api").value_or(""), "checks");
+  // The key made before may not call the new APIs (its apis name only orders), and orders works.
+  EXPECT_EQ(get("/billing/7")->status, 403);
+  EXPECT_EQ(get("/orders/1")->status, 200);
+  EXPECT_EQ(stat("generation"), 2);
+  EXPECT_EQ(stat("reloads_total"), 1);
+  EXPECT_EQ(stat("reloads_refused_total"), 0);
+  const auto metrics = round_trip(server_->admin_port(),
+                                  http_request("GET", "/admin/metrics",
+                                               {"X-ApiKey: " + std::string(kAdminKey)}));
+  ASSERT_TRUE(metrics.has_value());
+  EXPECT_NE(metrics->body.find("# TYPE keygate_config_generation gauge\n"
+                               "keygate_config_generation 2\n"),
+            std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find("\nkeygate_config_reloads_total 1\n"), std::string::npos);
+  EXPECT_NE(metrics->body.find("\nkeygate_config_reloads_refused_total 0\n"), std::string::npos);
+}
+
+// POST /admin/reload: the same reload, asked for on the admin port, answered with its outcome.
+TEST_F(ReloadTest, PostAdminReloadReloadsAndAnswersWithTheOutcome) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
+  const auto post_reload = [&] {
+    return round_trip(server_->admin_port(),
+                      http_request("POST", "/admin/reload",
+                                   {"X-ApiKey: " + std::string(kAdminKey)}),
+                      Millis(15000));
+  };
+  replace_config("[limits]\nidle_timeout_ms = 1234\n\n" +
+                 fill(api("orders", "/orders", "@A@") + api("checks", "/checks")));
+  auto r = post_reload();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_EQ(r->body, R"({"generation":2,"apis":2,"restart_settings":["limits.idle_timeout_ms"]})");
+  // Answered once the new APIs serve.
+  ASSERT_EQ(create_key(kNewKey, {"checks"}), 201);
+  EXPECT_EQ(get("/checks", kNewKey)->status, 200);
+  EXPECT_TRUE(server_->wait_for_error_output("(generation 2)", Millis(5000)));
+
+  const std::string path = rewrite(api("orders", "/orders", "@A@") + "[[apis]]\nname = 1\n");
+  r = post_reload();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 400) << r->raw;
+  EXPECT_EQ(string_member(r->body, "error"), "reload_refused") << r->body;
+  EXPECT_NE(r->body.find(path + ":"), std::string::npos) << r->body;
+  EXPECT_EQ(get("/checks", kNewKey)->status, 200);  // nothing changed
+  EXPECT_EQ(stat("generation"), 2);
+  EXPECT_EQ(stat("reloads_refused_total"), 1);
+  // A key without admin may not.
+  r = round_trip(server_->admin_port(),
+                 http_request("POST", "/admin/reload", {"X-ApiKey: " + std::string(kKey)}));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 403) << r->raw;
+}
+
+TEST_F(ReloadTest, ARemovedApiIsNoRouteAndKeysNamingItKeepTheirOtherApis) {
+  ASSERT_NO_FATAL_FAILURE(
+      start(api("orders", "/orders", "@A@") + api("billing", "/billing", "@A@"),
+            {"orders", "billing"}));
+  ASSERT_EQ(get("/billing/1")->status, 200);
+  rewrite(api("orders", "/orders", "@A@"));
+  ASSERT_TRUE(reload(2));
+  auto r = get("/billing/1");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 404) << r->raw;
+  EXPECT_NE(r->body.find("no_route"), std::string::npos) << r->body;
+  EXPECT_EQ(get("/orders/1")->status, 200);
+  EXPECT_EQ(create_key(kNewKey, {"billing"}), 400);
+}
+
+TEST_F(ReloadTest, AChangedUpstreamAddressTakesEffectOnEveryWorker) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@"), {"orders"}, 2));
+  // A keep-alive client whose upstream connection is pooled: the next request after the
+  // reload must not reuse it.
+  RawClient kept;
+  ASSERT_TRUE(kept.connect(server_->data_port()));
+  const std::string request = http_request("GET", "/orders/1", {"X-ApiKey: " + std::string(kKey)});
+  ASSERT_TRUE(kept.send(request));
+  auto r = kept.read_response();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_NE(r->body.find("\"listen\":\"" + upstream_a_.address + "\""), std::string::npos)
+      << r->body;
+  ASSERT_EQ(wait_established(upstream_a_.address, 1), 1);  // pooled
+
+  rewrite(api("orders", "/orders", "@B@"));
+  ASSERT_TRUE(reload(2));
+  // The old version's pool is closed with the reload (it carried no request).
+  EXPECT_EQ(wait_established(upstream_a_.address, 0), 0);
+  ASSERT_TRUE(kept.send(request));
+  r = kept.read_response();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_NE(r->body.find("\"listen\":\"" + upstream_b_.address + "\""), std::string::npos)
+      << r->body;
+  // New connections land on either worker: every one goes to B.
+  for (int i = 0; i < 8; ++i) {
+    r = get("/orders/2");
+    ASSERT_TRUE(r.has_value());
+    EXPECT_NE(r->body.find("\"listen\":\"" + upstream_b_.address + "\""), std::string::npos)
+        << r->body;
+  }
+}
+
+TEST_F(ReloadTest, AnInvalidFileIsRefusedWithItsLineAndTheOldApisKeepServing) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
+  const std::string path =
+      rewrite(api("orders", "/orders", "@A@") + "[[apis]]\nname = \"billing\"\nroutes = [\n");
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  ASSERT_TRUE(server_->wait_for_error_output("keygate: reload refused: " + path + ":",
+                                             Millis(10000)))
+      << server_->error_output();
+  // A file that parses but breaks a rule (the same route in two APIs) is refused too.
+  rewrite(api("orders", "/orders", "@A@") + api("billing", "/orders", "@A@"));
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  ASSERT_TRUE(server_->wait_for_error_output(
+      "\"/orders\" is already used by api \"orders\"", Millis(10000)))
+      << server_->error_output();
+  EXPECT_EQ(stat("reloads_refused_total"), 2) << server_->error_output();
+  EXPECT_EQ(count_of(server_->error_output(), "keygate: reload refused: " + path), 2u)
+      << server_->error_output();
+  EXPECT_EQ(stat("generation"), 1);
+  EXPECT_EQ(stat("reloads_total"), 0);
+  EXPECT_EQ(get("/orders/1")->status, 200);
+  EXPECT_EQ(server_->error_output().find("keygate: reloaded"), std::string::npos);
+}
+
+TEST_F(ReloadTest, OtherSettingsThatChangedAreNamedAsNeedingARestartAndTheApisApplyAnyway) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
+  replace_config("[limits]\nidle_timeout_ms = 1234\n\n[log]\ncapture_bytes_max = 100\n\n" +
+                 fill(api("orders", "/orders", "@A@") + api("checks", "/checks")));
+  ASSERT_TRUE(reload(2));
+  const std::string& err = server_->error_output();
+  EXPECT_NE(err.find("keygate: reload: limits.idle_timeout_ms changed: takes effect at restart"),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("keygate: reload: log.capture_bytes_max changed: takes effect at restart"),
+            std::string::npos)
+      << err;
+  // The command-line flags still win: --listen, --workers, --data-dir are not changes.
+  EXPECT_EQ(count_of(err, "changed: takes effect at restart"), 2u) << err;
+  ASSERT_EQ(create_key(kNewKey, {"checks"}), 201);
+  EXPECT_EQ(get("/checks", kNewKey)->status, 200);
+}
+
+TEST_F(ReloadTest, ARequestInFlightAcrossTheReloadFinishesOnTheOldVersion) {
+  ASSERT_NO_FATAL_FAILURE(
+      start(api("orders", "/orders", "@A@") + api("slow", "/delay", "@A@"), {"orders", "slow"}, 1));
+  RawClient slow;
+  ASSERT_TRUE(slow.connect(server_->data_port()));
+  ASSERT_TRUE(slow.send(http_request("GET", "/delay/1500", {"X-ApiKey: " + std::string(kKey)})));
+  // Forwarded (keygate's connection to A is up) and waiting for the upstream.
+  ASSERT_EQ(wait_established(upstream_a_.address, 1), 1);
+  // The API it goes to is removed, and its route with it.
+  rewrite(api("orders", "/orders", "@B@"));
+  ASSERT_TRUE(reload(2));
+  EXPECT_EQ(get("/delay/1")->status, 404);
+  const auto r = slow.read_response(Millis(5000));
+  ASSERT_TRUE(r.has_value()) << to_string(slow.last_end());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_NE(r->body.find("\"listen\":\"" + upstream_a_.address + "\""), std::string::npos)
+      << r->body;
+  // Its upstream connection, of the old version, is closed after the response, not pooled.
+  EXPECT_EQ(wait_established(upstream_a_.address, 0), 0);
+  // The connection stays usable, and its next request goes by the new APIs.
+  ASSERT_TRUE(slow.send(http_request("GET", "/delay/1", {"X-ApiKey: " + std::string(kKey)})));
+  const auto next = slow.read_response();
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->status, 404) << next->raw;
+}
+
+TEST_F(ReloadTest, SighupsDuringAReloadAreNotLostTheLastFileWins) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
+  rewrite(api("orders", "/orders", "@A@") + api("v2", "/v2"));
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  rewrite(api("orders", "/orders", "@A@") + api("v3", "/v3"));
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  // One reload or more (SIGHUPs that arrive during one are one more); the last one read the
+  // last file (the first may have too). v2 may serve for a moment, never last.
+  ASSERT_TRUE(server_->wait_for_error_output("(generation 2)", Millis(10000)));
+  int status = 0;
+  for (int i = 0; i < 500 && (status = create_key(kNewKey, {"v3"})) != 201; ++i) {
+    std::this_thread::sleep_for(Millis(10));
+  }
+  ASSERT_EQ(status, 201) << server_->error_output();
+  EXPECT_EQ(get("/v3", kNewKey)->status, 200);
+  EXPECT_EQ(get("/v2", kNewKey)->status, 404);
+}
+
+TEST_F(ReloadTest, WithoutAConfigFileASighupIsRefusedWithALine) {
+  ServerOptions options = admin_server_options(std::string(kAdminKey));
+  options.config_flag = false;
+  server_ = std::make_unique<TestServer>(options);
+  std::string error;
+  ASSERT_TRUE(server_->start(&error)) << error;
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  ASSERT_TRUE(server_->wait_for_error_output(
+      "keygate: reload refused: keygate was started without --config", Millis(10000)))
+      << server_->error_output();
+  EXPECT_EQ(stat("reloads_refused_total"), 1);
+  const auto r = round_trip(server_->data_port(), http_request("GET", "/healthz"));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST_F(ReloadTest, AConfigReadFromAPipeIsNotReadAgain) {
+  // A pipe read to its end at start would read as an empty, valid config: every API gone.
+  TempDir fifo_dir;
+  const std::string fifo = fifo_dir.path() + "/config";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::thread writer([&] {
+    std::ofstream out(fifo);  // blocks until keygate opens it
+    out << "[[apis]]\nname = \"checks\"\nroutes = [\"/checks\"]\n";
+  });
+  ServerOptions options = admin_server_options(std::string(kAdminKey));
+  options.config_path = fifo;
+  server_ = std::make_unique<TestServer>(options);
+  std::string error;
+  const bool started = server_->start(&error);
+  writer.join();
+  ASSERT_TRUE(started) << error;
+  ASSERT_EQ(create_key(kKey, {"checks"}), 201);
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  ASSERT_TRUE(server_->wait_for_error_output(
+      "keygate: reload refused: " + fifo + " is a pipe, which cannot be read again",
+      Millis(10000)))
+      << server_->error_output();
+  EXPECT_EQ(get("/checks")->status, 200);
+}
+
+TEST_F(ReloadTest, ASighupWhileDrainingIsIgnoredWithALine) {
+  ASSERT_NO_FATAL_FAILURE(start(api("slow", "/delay", "@A@"), {"slow"}, 1));
+  RawClient slow;
+  ASSERT_TRUE(slow.connect(server_->data_port()));
+  ASSERT_TRUE(slow.send(http_request("GET", "/delay/1500", {"X-ApiKey: " + std::string(kKey)})));
+  ASSERT_EQ(wait_established(upstream_a_.address, 1), 1);  // forwarded: the drain waits for it
+  ASSERT_TRUE(server_->send_signal(SIGTERM));
+  ASSERT_TRUE(server_->wait_for_output("draining", Millis(5000)));
+  rewrite(api("slow", "/delay", "@A@") + api("checks", "/checks"));
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  ASSERT_TRUE(server_->wait_for_error_output(
+      "keygate: SIGHUP ignored: keygate is draining, nothing to reload", Millis(5000)))
+      << server_->error_output();
+  // The request in flight still completes, and keygate then stops cleanly.
+  const auto r = slow.read_response(Millis(5000));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200);
+  const ExitStatus status = server_->wait_exit(Millis(10000));
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_EQ(server_->error_output().find("keygate: reloaded"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace keygate::integration
