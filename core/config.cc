@@ -14,6 +14,8 @@
 #define TOML_EXCEPTIONS 0
 #include <toml++/toml.h>
 
+#include "core/json_text.h"
+
 namespace keygate {
 namespace {
 
@@ -131,13 +133,17 @@ std::string ListenAddress::to_string() const {
 }
 
 bool parse_listen_address(std::string_view text, ListenAddress* out, std::string* error) {
+  // The messages quote the text, which may hold any byte: the message must stay one line.
+  const auto fail = [error](const std::string& message) {
+    *error = one_line(message);
+    return false;
+  };
   ListenAddress result;
   std::string_view port_text;
   if (!text.empty() && text.front() == '[') {
     size_t close = text.find(']');
     if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      *error = "expected [IPv6]:PORT, got '" + std::string(text) + "'";
-      return false;
+      return fail("expected [IPv6]:PORT, got '" + std::string(text) + "'");
     }
     result.host = std::string(text.substr(1, close - 1));
     result.ipv6 = true;
@@ -145,13 +151,11 @@ bool parse_listen_address(std::string_view text, ListenAddress* out, std::string
   } else {
     size_t colon = text.rfind(':');
     if (colon == std::string_view::npos || colon == 0) {
-      *error = "expected ADDR:PORT, got '" + std::string(text) + "'";
-      return false;
+      return fail("expected ADDR:PORT, got '" + std::string(text) + "'");
     }
     result.host = std::string(text.substr(0, colon));
     if (result.host.find(':') != std::string::npos) {
-      *error = "IPv6 addresses need brackets: [ADDR]:PORT, got '" + std::string(text) + "'";
-      return false;
+      return fail("IPv6 addresses need brackets: [ADDR]:PORT, got '" + std::string(text) + "'");
     }
     port_text = text.substr(colon + 1);
   }
@@ -159,22 +163,22 @@ bool parse_listen_address(std::string_view text, ListenAddress* out, std::string
   // it. inet_pton is pure parsing (no syscall).
   unsigned char parsed[sizeof(in6_addr)];
   if (inet_pton(result.ipv6 ? AF_INET6 : AF_INET, result.host.c_str(), parsed) != 1) {
-    *error = std::string("address must be a numeric ") + (result.ipv6 ? "IPv6" : "IPv4") +
-             " literal, got '" + result.host + "'";
-    return false;
+    return fail(std::string("address must be a numeric ") + (result.ipv6 ? "IPv6" : "IPv4") +
+                " literal, got '" + result.host + "'");
   }
   uint16_t port = 0;
   if (!parse_unsigned(port_text, &port)) {
-    *error = "port must be 0-65535, got '" + std::string(port_text) + "'";
-    return false;
+    return fail("port must be 0-65535, got '" + std::string(port_text) + "'");
   }
   result.port = port;
   *out = std::move(result);
   return true;
 }
 
-bool parse_config(std::string_view text, std::string_view source, Config* out,
-                  std::string* error) {
+namespace {
+
+bool parse_config_text(std::string_view text, std::string_view source, Config* out,
+                       std::string* error) {
   toml::parse_result parsed = toml::parse(text, source);
   if (!parsed) {
     const toml::parse_error& err = parsed.error();
@@ -491,6 +495,18 @@ bool parse_config(std::string_view text, std::string_view source, Config* out,
   }
   *out = std::move(config);
   return true;
+}
+
+}  // namespace
+
+bool parse_config(std::string_view text, std::string_view source, Config* out,
+                  std::string* error) {
+  if (parse_config_text(text, source, out, error)) return true;
+  // The messages quote the file's text (keys, names, modes, routes, addresses, toml++'s view of
+  // a bad character): a line break or other control character in it would split, or hide part
+  // of, the one line the caller prints about why keygate does not start.
+  *error = one_line(*error);
+  return false;
 }
 
 bool parse_command_line(int argc, const char* const* argv, CommandLine* out,

@@ -72,6 +72,22 @@ void append_json_string_or_null(std::string& out, const std::optional<std::strin
   }
 }
 
+std::string one_line(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      out += "\\x";
+      out += kHexDigits[u >> 4];
+      out += kHexDigits[u & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 bool header_safe(std::string_view s) noexcept {
   for (char c : s) {
     const auto u = static_cast<unsigned char>(c);

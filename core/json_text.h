@@ -21,6 +21,10 @@ void append_json_string(std::string& out, std::string_view s);
 // Appends `s` as a JSON string literal, or `null` when it is empty (absent).
 void append_json_string_or_null(std::string& out, const std::optional<std::string>& s);
 
+// `s` for quoting in a one-line message (a configuration error, say): every control byte and
+// DEL is written as \xHH, everything else as is.
+std::string one_line(std::string_view s);
+
 // True when `s` can go into an HTTP header value as is: visible ASCII and spaces only.
 bool header_safe(std::string_view s) noexcept;
 

@@ -475,6 +475,37 @@ TEST(Config, RejectsAnEmptyDataDirWithItsPosition) {
 // ---------------------------------------------------------------------------------------------
 // Listen addresses
 
+// Found with tests/fuzz/config_fuzz.cc: messages quote the file's text, and a TOML string can
+// hold any control character ("\n", "\u001b"), so a bad name, route or address split the one
+// line keygate prints about why it does not start (or drove the terminal showing it). Control
+// characters are quoted as \xHH now, in every message that quotes configuration text.
+TEST(Config, ErrorsStayOneLineWhateverTheFileQuotes) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"[server]\nlisten = \"a\\nb:1\"\n", "got 'a\\x0ab'"},
+      {"[server]\nadmin_listen = \"[\\u001b[2J]:1\"\n", "got '\\x1b[2J'"},
+      {"[[apis]]\nname = \"x\\ny\"\nroutes = [\"/x\"]\n", "api \"x\\x0ay\""},
+      {"[[apis]]\nname = \"x\"\nroutes = [\"/a\\r\\nb\"]\n", "route \"/a\\x0d\\x0ab\""},
+      {"[[apis]]\nname = \"x\"\nmode = \"m\\n\"\nroutes = [\"/x\"]\n", "mode 'm\\x0a'"},
+      {"[server]\n\"a\\tb\" = 1\n", "unknown key 'server.a\\x09b'"},
+      {"[[apis]]\nname = \"x\\n\"\nupstreams = [\"1:2:3\"]\nroutes = [\"/x\"]\n",
+       "apis.x\\x0a.upstreams"},
+  };
+  for (const auto& [text, quoted] : cases) {
+    const std::string error = parse_error(text);
+    EXPECT_TRUE(contains(error, quoted)) << error;
+    for (const char c : error) {
+      EXPECT_FALSE(static_cast<unsigned char>(c) < 0x20 || c == 0x7f) << text << ": " << error;
+    }
+  }
+  ListenAddress address;
+  std::string error;
+  EXPECT_FALSE(parse_listen_address("a\nb:1", &address, &error));
+  EXPECT_EQ(error, "address must be a numeric IPv4 literal, got 'a\\x0ab'");
+  ApiRegistry registry;
+  EXPECT_FALSE(registry.init({{"x", {"/a\nb"}}}, &error));
+  EXPECT_TRUE(contains(error, "route \"/a\\x0ab\"")) << error;
+}
+
 TEST(Config, ParsesIpv4ListenAddress) {
   ListenAddress a;
   std::string error;
