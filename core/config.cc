@@ -161,8 +161,11 @@ bool parse_listen_address(std::string_view text, ListenAddress* out, std::string
   }
   // Numeric literals only: name resolution would be I/O, and a listener should not depend on
   // it. inet_pton is pure parsing (no syscall).
+  // inet_pton reads a C string: a NUL would end the literal there, and "127.0.0.1\0junk" would
+  // pass as 127.0.0.1 while the host kept (and printed, and was compared as) all of it.
   unsigned char parsed[sizeof(in6_addr)];
-  if (inet_pton(result.ipv6 ? AF_INET6 : AF_INET, result.host.c_str(), parsed) != 1) {
+  if (result.host.find('\0') != std::string::npos ||
+      inet_pton(result.ipv6 ? AF_INET6 : AF_INET, result.host.c_str(), parsed) != 1) {
     return fail(std::string("address must be a numeric ") + (result.ipv6 ? "IPv6" : "IPv4") +
                 " literal, got '" + result.host + "'");
   }

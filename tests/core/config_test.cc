@@ -578,6 +578,23 @@ TEST(Config, RejectsListenHostsThatAreNotIpLiterals) {
   }
 }
 
+// Found with tests/fuzz/config_fuzz.cc: inet_pton stopped at a NUL, so listen =
+// "127.0.0.1\u0000x:80" was accepted with host "127.0.0.1\0x" (an upstream too), which printed
+// and compared as something other than the address keygate used.
+TEST(Config, RejectsAddressesWithANulInside) {
+  ListenAddress a;
+  std::string error;
+  using namespace std::string_view_literals;
+  EXPECT_FALSE(parse_listen_address("127.0.0.1\0x:80"sv, &a, &error));
+  EXPECT_EQ(error, "address must be a numeric IPv4 literal, got '127.0.0.1\\x00x'");
+  EXPECT_FALSE(parse_listen_address("[::1\0x]:80"sv, &a, &error));
+  EXPECT_TRUE(contains(parse_error("[server]\nlisten = \"127.0.0.1\\u0000x:80\"\n"),
+                       "server.listen: address must be a numeric IPv4 literal"));
+  EXPECT_TRUE(contains(parse_error("[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n"
+                                   "upstreams = [\"127.0.0.1\\u0000x:80\"]\n"),
+                       "apis.a.upstreams: expected \"IP:port\""));
+}
+
 TEST(Config, ExplainsMissingIpv6Brackets) {
   ListenAddress a;
   std::string error;
