@@ -17,7 +17,9 @@
 //     Connection header of the client's (Host aside, and keygate's own headers aside), none is
 //     X-ApiKey, Expect or a client's X-Keygate-*; keygate's X-Keygate-Key-Id/-Api/-User and
 //     X-Forwarded-For/-Proto appear exactly once each, the last two ending with keygate's values;
-//   - a request without Host gets exactly one, keygate's; one with Host keeps the client's.
+//   - a request without Host gets exactly one, keygate's; one with Host keeps the client's;
+//   - KeyExtractor finds no key in the forwarded header or query: the X-ApiKey header and every
+//     key query parameter are gone however they were spelled (the body is forwarded as sent).
 // The same function runs the seed corpus as a plain test (seed_runner.cc) under any compiler.
 #include <cstddef>
 #include <cstdint>
@@ -28,6 +30,7 @@
 #include "core/forwarding.h"
 #include "core/handler.h"
 #include "core/http_request.h"
+#include "core/key_extractor.h"
 #include "core/limits.h"
 #include "net/http_parser.h"
 #include "tests/fuzz/fuzz_check.h"
@@ -164,6 +167,24 @@ void check_forwarded(const HttpRequest& request, BodyFraming framing) {
     wire += "0\r\n\r\n";
   }
   const OwnedRequest up = reparse(std::move(wire));
+
+  // Header and query only: the extractor looks at the body only when they carry nothing, and
+  // an empty body is never a source.
+  static keygate::KeyExtractor extractor(4096);
+  std::vector<HttpHeader> up_headers;
+  for (const auto& [name, value] : up.headers) up_headers.push_back({name, value});
+  HttpRequest forwarded;
+  forwarded.method = up.method;
+  forwarded.target = up.target;
+  const size_t question = up.target.find('?');
+  forwarded.path = std::string_view(up.target).substr(0, question);
+  if (question != std::string::npos) {
+    forwarded.query = std::string_view(up.target).substr(question + 1);
+  }
+  forwarded.headers = up_headers;
+  const keygate::ExtractResult found = extractor.extract(forwarded);
+  FUZZ_CHECK(found.outcome != keygate::KeyOutcome::kFound &&
+             found.outcome != keygate::KeyOutcome::kAmbiguous);
 
   FUZZ_CHECK(up.method == request.method);
   std::string target;
