@@ -60,8 +60,7 @@ std::string ref_strip_params(std::string_view segment) {
 // "starts with '/', has no "." or ".." segments (also not before a ";param"), no empty segment
 // except a trailing one, no backslash, '#', NUL or other control byte, and no percent-encoding
 // that an upstream could decode into different segments: none of '/', '\\' or an unreserved
-// character (any case) and no malformed escape". An escaped control byte is refused as the raw
-// one is (the raw rule would be pointless otherwise).
+// character (any case), no escaped control byte and no malformed escape".
 bool ref_path_is_normalized(std::string_view path) {
   if (path.empty() || path[0] != '/') return false;
   for (size_t i = 0; i < path.size(); ++i) {
