@@ -1,6 +1,7 @@
 #include "core/json_text.h"
 
 #include "core/http_request.h"
+#include "core/utf8.h"
 
 namespace keygate {
 
@@ -46,13 +47,18 @@ void append_json_string(std::string& out, std::string_view s) {
       out.push_back(c);
     } else if (u < 0x20) {
       append_escape(u);
-    } else if (u != 0xC2 && u != 0xE2) {
+    } else if (u < 0x80) {
       out.push_back(c);
     } else if (size_t len = 0; const unsigned cp = escaped_code_point(s, i, &len)) {
       append_escape(cp);
       i += len - 1;
+    } else if (const size_t valid = utf8_passing_length(s, i); valid > 0) {
+      out.append(s.substr(i, valid));
+      i += valid - 1;
     } else {
-      out.push_back(c);
+      // Not UTF-8 (a stray continuation byte, a cut or overlong sequence, a surrogate): a
+      // parser would refuse the whole document over it, so each such byte becomes U+FFFD.
+      append_escape(0xFFFD);
     }
   }
   out.push_back('"');
@@ -64,6 +70,22 @@ void append_json_string_or_null(std::string& out, const std::optional<std::strin
   } else {
     out.append("null");
   }
+}
+
+std::string one_line(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (const char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      out += "\\x";
+      out += kHexDigits[u >> 4];
+      out += kHexDigits[u & 0xf];
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 
 bool header_safe(std::string_view s) noexcept {

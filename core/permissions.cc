@@ -6,6 +6,7 @@
 #include "core/assert.h"
 #include "core/binary_codec.h"
 #include "core/http_request.h"
+#include "core/json_text.h"
 
 namespace keygate {
 namespace {
@@ -123,8 +124,9 @@ bool prefix_is_valid(std::string_view prefix) noexcept {
 
 bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfigFault* fault) {
   using Part = ApiConfigFault::Part;
-  const auto refuse = [&](Part part, size_t api, size_t route, std::string message) {
-    *error = std::move(message);
+  const auto refuse = [&](Part part, size_t api, size_t route, const std::string& message) {
+    // Messages quote names and routes as configured, control characters included: one line.
+    *error = one_line(message);
     if (fault != nullptr) *fault = ApiConfigFault{part, api, route};
     return false;
   };

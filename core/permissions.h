@@ -53,9 +53,10 @@ bool route_matches(std::string_view route, std::string_view path) noexcept;
 // segments (also not before a ";param", as in "/..;/"), no empty segment except a trailing
 // one ("//"), no backslash, '#', NUL or other control byte, and no percent-encoding that an
 // upstream could decode into different segments: none of '/', '\\' or an unreserved character
-// (%2e %2f %5c %41 ..., any case) and no malformed escape. Requests with other paths are
-// rejected (400) before any permission check, so a prefix grant cannot be escaped with
-// "/orders/../admin", and a path is routed here as the upstream will route it.
+// (%2e %2f %5c %41 ..., any case), no escaped control byte (%00..%1f, %7f) and no malformed
+// escape. Requests with other paths are rejected (400) before any permission check, so a
+// prefix grant cannot be escaped with "/orders/../admin", and a path is routed here as the
+// upstream will route it.
 bool path_is_normalized(std::string_view path) noexcept;
 
 // True when `prefix` can serve as an API route or a grant's path_prefix: a normalized path

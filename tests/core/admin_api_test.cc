@@ -1,6 +1,7 @@
 #include "core/admin_api.h"
 
 #include <gtest/gtest.h>
+#include <simdjson.h>
 
 #include <algorithm>
 #include <array>
@@ -853,6 +854,18 @@ TEST_F(AdminKeyList, RejectsBadQueryParameters) {
                                  {"api=a&api=b", "invalid_value", "api"}});
   EXPECT_EQ(call("GET", "/admin/keys", "", "limit=1000").status, 200);
   EXPECT_EQ(call("GET", "/admin/keys", "", "cursor=&limit=1").status, 200);
+}
+
+// Found with tests/fuzz/admin_api_fuzz.cc: an unknown query parameter is named in the error's
+// "field", percent-decoded, so its name can be any bytes; the answer stayed invalid JSON (a raw
+// 0xFF) until the JSON writer replaced bytes that are not UTF-8.
+TEST_F(AdminTest, UnknownQueryParameterThatIsNotUtf8StillGetsAJsonError) {
+  for (const std::string_view path : {"/admin/keys", "/admin/users", "/admin/logs"}) {
+    const AdminResponse r = call("GET", path, "", "%FF%C0=1");
+    expect_error(r, 400, "unknown_field", "\\ufffd\\ufffd");
+    simdjson::dom::parser parser;
+    EXPECT_EQ(parser.parse(r.body).error(), simdjson::SUCCESS) << path << ": " << r.body;
+  }
 }
 
 TEST_F(AdminKeyList, NeverShowsThePlaintextOfCreatedKeys) {
