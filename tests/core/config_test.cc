@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -879,6 +881,73 @@ TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
   ASSERT_TRUE(apply_overrides(cli, &moved, &error)) << error;
   ASSERT_TRUE(apply_overrides(cli, &running, &error)) << error;
   EXPECT_TRUE(settings_needing_restart(running, moved).empty());
+}
+
+// Every setting docs/configuration.md documents (each table row "| `key` | default | ..." under
+// a "## `[section]`" heading; not [[apis]]) is named by settings_needing_restart when a reload
+// changes it: that function lists the fields by hand, and a field added to the parser and the
+// docs but not there would make a reload that changes it say nothing. The changed value is the
+// documented default doubled, or +1, or -1 (the first the parser and validate_config accept);
+// addresses move their port, paths get another name.
+TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedAsNeedingARestart) {
+  std::ifstream file(KEYGATE_SOURCE_DIR "/docs/configuration.md");
+  ASSERT_TRUE(file.good()) << "cannot read docs/configuration.md";
+  const std::string doc((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  const Config running;
+  std::string section;
+  size_t checked = 0;
+  for (size_t at = 0; at < doc.size();) {
+    size_t end = doc.find('\n', at);
+    if (end == std::string::npos) end = doc.size();
+    const std::string_view line = std::string_view(doc).substr(at, end - at);
+    at = end + 1;
+    if (line.starts_with("## ")) {
+      section.clear();
+      if (line.starts_with("## `[") && !line.starts_with("## `[[") && line.ends_with("]`")) {
+        section = std::string(line.substr(5, line.size() - 7));
+      }
+      continue;
+    }
+    if (section.empty() || !line.starts_with("| `")) continue;
+    const size_t key_end = line.find('`', 3);
+    ASSERT_NE(key_end, std::string_view::npos) << line;
+    const std::string key(line.substr(3, key_end - 3));
+    const size_t default_at = line.find("| ", key_end) + 2;
+    std::string def(line.substr(default_at, line.find(" |", default_at) - default_at));
+    if (def.size() >= 2 && def.front() == '`' && def.back() == '`') {
+      def = def.substr(1, def.size() - 2);
+    }
+    std::vector<std::string> values;
+    if (def == "true" || def == "false") {
+      values = {def == "true" ? "false" : "true"};
+    } else if (def.starts_with('"') && def.find(':') != std::string::npos) {
+      values = {"\"127.0.0.1:18" + std::to_string(checked % 100 + 100) + "\""};
+    } else if (def.starts_with('"')) {
+      values = {"\"/tmp/keygate-reload-test-" + key + "\""};
+    } else {
+      const unsigned long long d = std::stoull(def);
+      if (d > 0) values.push_back(std::to_string(d * 2));
+      values.push_back(std::to_string(d + 1));
+      if (d > 0) values.push_back(std::to_string(d - 1));
+    }
+    bool parsed = false;
+    for (const std::string& value : values) {
+      Config reloaded;
+      std::string error;
+      if (!parse_config("[" + section + "]\n" + key + " = " + value + "\n", "r.toml", &reloaded,
+                        &error) ||
+          !validate_config(reloaded, &error)) {
+        continue;
+      }
+      parsed = true;
+      const std::vector<std::string> named = settings_needing_restart(running, reloaded);
+      EXPECT_EQ(named, std::vector<std::string>{section + "." + key}) << key << " = " << value;
+      break;
+    }
+    EXPECT_TRUE(parsed) << section << "." << key << ": no changed value was accepted";
+    ++checked;
+  }
+  EXPECT_GE(checked, 30u) << "the docs' tables were not found";
 }
 
 }  // namespace
