@@ -234,8 +234,9 @@ timeouts, upstream retries, summed over the workers), "data_responses" and
 "admin_responses" (answers on each port by status, e.g. 200, 401, 502), "data_reasons" and
 "admin_reasons" (by error code, e.g. invalid_api_key, upstream_timeout, client_closed),
 "keys" (the key cache), "access_log" (records enqueued, written, dropped, still queued, the
-backlog, segments; "off" when the access log is disabled) and "admin" (admin requests run
-and refused). With --json, the server's object as is.
+backlog, segments; "off" when the access log is disabled), "admin" (admin requests run and
+refused) and "config" (the reloads of the APIs: the generation serving, reloads_total,
+reloads_refused_total). With --json, the server's object as is.
 )";
 
 constexpr std::string_view kReloadHelp = R"(Usage: keygatectl [global options] reload

@@ -892,7 +892,8 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   }
   const CtlRun stats = ctl_raw({"stats", "--help"}, std::nullopt);
   ASSERT_TRUE(stats.exited_with(0)) << stats.describe();
-  for (const char* word : {"GROUP, COUNTER, VALUE", "workers", "access_log", "GET /admin/stats"}) {
+  for (const char* word : {"GROUP, COUNTER, VALUE", "workers", "access_log", "GET /admin/stats",
+                           "\"config\"", "reloads_refused_total"}) {
     EXPECT_TRUE(contains(stats.out, word)) << word << "\n" << stats.describe();
   }
   const CtlRun reload = ctl_raw({"reload", "--help"}, std::nullopt);
