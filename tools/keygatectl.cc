@@ -54,6 +54,10 @@ constexpr int kExitUsage = 2;
 constexpr std::string_view kUrlDefault = "http://127.0.0.1:8081";
 constexpr const char* kAdminKeyEnv = "KEYGATE_ADMIN_KEY";
 constexpr int kTimeoutSecondsDefault = 10;
+// reload: keygate waits up to 10 s for the reload to run before it answers 503
+// reload_unavailable (tools/keygate_main.cc, ReloadRequests); with 10 s here too, keygatectl
+// would give up just before that answer and say only "timed out".
+constexpr int kReloadTimeoutSecondsDefault = 15;
 constexpr int kTimeoutSecondsMax = 3600;
 // One request and its whole answer take at most this many --timeouts: each wait is bounded by
 // --timeout, and this bounds a server that trickles its answer a byte at a time. The largest
@@ -108,8 +112,9 @@ Global options (before the command; --url, --json and --timeout may also follow 
                      are visible to other users of the machine.
   --json             print the server's JSON response instead of a table, as is but for
                      terminal controls in it, written as \u escapes of the same meaning
-  --timeout SECONDS  connect and read timeout, 1 to 3600 (default 10); each request with its
-                     whole answer must also be done within 10 times this
+  --timeout SECONDS  connect and read timeout, 1 to 3600 (default 10; 15 for reload, which
+                     keygate may take 10 s to answer); each request with its whole answer must
+                     also be done within 10 times this
   -h, --help         this help; 'keygatectl keys --help' and 'keygatectl users --help' for
                      the commands of a group
 
@@ -120,11 +125,13 @@ Commands:
   logs [--key ID] [--status N] [--since TIME] [--limit N] [--follow] ...
                                                          the access log ('logs --help')
   stats                                                  the instance's counters
+  reload                                                 applies the config file's edited
+                                                         [[apis]] ('reload --help')
 
 Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, DESCRIPTION), users (NAME,
-GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one record as
-"field: value" lines; access-log records as JSON Lines, one record per line as keygate stored
-it.
+GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one record, and
+reload's outcome, as "field: value" lines; access-log records as JSON Lines, one record per
+line as keygate stored it.
 
 Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
 "key: VALUE" before the record (with --json, as the response's "key" member). Store them
@@ -140,6 +147,7 @@ Examples:
   keygatectl keys create --api orders --description "shop frontend"
   keygatectl keys list --api orders --all
   keygatectl logs --key k7Qd2XcLm0aZb --status 403 --follow
+  keygatectl reload
   keygatectl --url http://127.0.0.1:9081 users create alice@example.com --grant orders:GET:/orders
 )";
 
@@ -213,8 +221,9 @@ as X-Keygate-User.
 
 constexpr std::string_view kApisHelp = R"(Usage: keygatectl [global options] apis
 
-Lists the APIs configured in keygate's config file, with their routes. APIs are not changed
-through the admin API: edit the config file and restart keygate.
+Lists the APIs keygate serves now, with their routes. APIs are not changed through the admin
+API: edit keygate's config file, then 'keygatectl reload' applies its [[apis]] without a
+restart.
 )";
 
 constexpr std::string_view kStatsHelp = R"(Usage: keygatectl [global options] stats
@@ -225,8 +234,27 @@ timeouts, upstream retries, summed over the workers), "data_responses" and
 "admin_responses" (answers on each port by status, e.g. 200, 401, 502), "data_reasons" and
 "admin_reasons" (by error code, e.g. invalid_api_key, upstream_timeout, client_closed),
 "keys" (the key cache), "access_log" (records enqueued, written, dropped, still queued, the
-backlog, segments; "off" when the access log is disabled) and "admin" (admin requests run
-and refused). With --json, the server's object as is.
+backlog, segments; "off" when the access log is disabled), "admin" (admin requests run and
+refused) and "config" (the reloads of the APIs: the generation serving, reloads_total,
+reloads_refused_total). With --json, the server's object as is.
+)";
+
+constexpr std::string_view kReloadHelp = R"(Usage: keygatectl [global options] reload
+
+Makes keygate read its --config file again and apply its [[apis]] without a restart, as
+SIGHUP does (POST /admin/reload; docs/configuration.md, "Reload"), and prints the outcome
+once every worker routes new requests with the new APIs:
+  generation        the APIs' generation now (1 at start, +1 per applied reload)
+  apis              how many APIs keygate has now
+  restart_settings  each other setting the file changes, one per line, or (none): keygate
+                    keeps its old value until it restarts (also said on stderr)
+With --json, the server's object as is ({"generation":N,"apis":N,"restart_settings":[...]}).
+
+Exit status 1 with "keygatectl: 400 reload_refused: FILE:LINE:COLUMN: WHAT" on stderr when
+the file is invalid (or keygate runs without a --config file it can read again): nothing
+changed, the APIs it had keep serving. Exit status 1 with "503 reload_unavailable" when
+keygate cannot reload now (it is draining, or the reload did not run within 10 s). keygate
+waits up to 10 s for the reload, so --timeout defaults to 15 s here.
 )";
 
 constexpr std::string_view kLogsHelp = R"(Usage: keygatectl [global options] logs [options]
@@ -259,7 +287,7 @@ says how many records were lost to a full buffer (shown only without --key and -
 Exit status 1 with "503 logs_unavailable" when keygate runs without an access log.
 )";
 
-enum class Group : uint8_t { kNone, kKeys, kUsers, kApis, kLogs, kStats };
+enum class Group : uint8_t { kNone, kKeys, kUsers, kApis, kLogs, kStats, kReload };
 
 std::string_view help_for(Group group) {
   switch (group) {
@@ -273,6 +301,8 @@ std::string_view help_for(Group group) {
       return kLogsHelp;
     case Group::kStats:
       return kStatsHelp;
+    case Group::kReload:
+      return kReloadHelp;
     case Group::kNone:
       break;
   }
@@ -291,6 +321,8 @@ std::string_view group_name(Group group) {
       return "logs";
     case Group::kStats:
       return "stats";
+    case Group::kReload:
+      return "reload";
     case Group::kNone:
       break;
   }
@@ -321,6 +353,8 @@ std::string_view usage_line(Group group) {
              "[--until TIME] [--limit N] [--cursor C] [--follow]\n";
     case Group::kStats:
       return "usage: keygatectl [global options] stats\n";
+    case Group::kReload:
+      return "usage: keygatectl [global options] reload\n";
     case Group::kNone:
       break;
   }
@@ -1408,6 +1442,50 @@ int stats_show(const Context& ctx, const Args& args) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// reload
+
+int reload_config(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) return usage_error(Group::kReload, "reload takes no arguments");
+  HttpResponse r;
+  dom::parser parser;
+  dom::element root;
+  const std::string no_body;  // sent as Content-Length: 0, as a POST without a body should be
+  if (const int rc = fetch_document(ctx, "POST", "/admin/reload", &no_body, &r, &parser, &root);
+      rc != kRender) {
+    return rc;  // a refusal (400 reload_refused, 503 reload_unavailable) said on stderr, exit 1
+  }
+  uint64_t generation = 0;
+  uint64_t apis = 0;
+  dom::array changed;
+  if (root["generation"].get_uint64().get(generation) != simdjson::SUCCESS ||
+      root["apis"].get_uint64().get(apis) != simdjson::SUCCESS ||
+      root["restart_settings"].get_array().get(changed) != simdjson::SUCCESS) {
+    return unexpected_response("not a reload outcome");
+  }
+  std::vector<std::string> settings;
+  for (dom::element e : changed) {
+    std::string_view name;
+    if (e.get_string().get(name) != simdjson::SUCCESS) {
+      return unexpected_response("not a reload outcome");
+    }
+    settings.emplace_back(name);
+  }
+  std::string out;
+  render_fields({{"generation", {std::to_string(generation)}},
+                 {"apis", {std::to_string(apis)}},
+                 {"restart_settings", settings.empty() ? std::vector<std::string>{"(none)"}
+                                                       : settings}},
+                &out);
+  if (!settings.empty()) {
+    // On stderr, like the notes of other commands: stdout stays the outcome alone.
+    std::fputs("keygatectl: the restart_settings changed in the file but take effect only when "
+               "keygate restarts\n",
+               stderr);
+  }
+  return emit(out);
+}
+
+// ---------------------------------------------------------------------------------------------
 // logs
 
 // Set by SIGINT/SIGTERM while `logs --follow` runs.
@@ -1903,6 +1981,7 @@ const Command kCommands[] = {
     {Group::kApis, "", apis_list, {}},
     {Group::kLogs, "", logs_command, kLogsOptions},
     {Group::kStats, "", stats_show, {}},
+    {Group::kReload, "", reload_config, {}},
 };
 
 Group parse_group(std::string_view word) {
@@ -1911,6 +1990,7 @@ Group parse_group(std::string_view word) {
   if (word == "apis" || word == "api") return Group::kApis;
   if (word == "logs" || word == "log") return Group::kLogs;
   if (word == "stats") return Group::kStats;
+  if (word == "reload") return Group::kReload;
   return Group::kNone;
 }
 
@@ -1972,7 +2052,8 @@ int run(int argc, char** argv) {
     if (is_help(all[j])) return print_help(group);
   }
   std::string_view sub;
-  if (group != Group::kApis && group != Group::kLogs && group != Group::kStats) {
+  if (group != Group::kApis && group != Group::kLogs && group != Group::kStats &&
+      group != Group::kReload) {
     if (i == all.size()) {
       return usage_error(group, std::string(group_name(group)) + " needs a subcommand");
     }
@@ -2012,9 +2093,11 @@ int run(int argc, char** argv) {
     ctx.limits.io_timeout_ms = static_cast<int>(seconds * 1000);
     ctx.limits.exchange_timeout_ms = static_cast<int>(seconds * 1000 * kExchangeTimeouts);
   } else {
-    ctx.limits.connect_timeout_ms = kTimeoutSecondsDefault * 1000;
-    ctx.limits.io_timeout_ms = kTimeoutSecondsDefault * 1000;
-    ctx.limits.exchange_timeout_ms = kTimeoutSecondsDefault * 1000 * kExchangeTimeouts;
+    const int seconds =
+        group == Group::kReload ? kReloadTimeoutSecondsDefault : kTimeoutSecondsDefault;
+    ctx.limits.connect_timeout_ms = seconds * 1000;
+    ctx.limits.io_timeout_ms = seconds * 1000;
+    ctx.limits.exchange_timeout_ms = seconds * 1000 * kExchangeTimeouts;
   }
   if (global.key) {
     ctx.admin_key = *global.key;

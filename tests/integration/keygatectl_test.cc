@@ -22,6 +22,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -203,6 +204,15 @@ class Keygatectl : public ::testing::Test {
     EXPECT_TRUE(value.starts_with("kg_")) << run.describe();
     if (!value.empty()) created_.emplace_back(value, runs_.size() - 1);
     return value;
+  }
+
+  // Replaces keygate's config file with `text`, atomically (a new file renamed over the old, as
+  // docs/configuration.md asks): a reload never reads it half written. Returns its path.
+  std::string replace_config(const std::string& text) {
+    const std::string path = server_->dir().path() + "/keygate.toml";
+    const std::string written = server_->dir().write_file("keygate.toml.new", text);
+    EXPECT_EQ(std::rename(written.c_str(), path.c_str()), 0) << written;
+    return path;
   }
 
   // The data-port status of METHOD target with `key` in X-ApiKey (0: no response).
@@ -690,6 +700,109 @@ TEST_F(Keygatectl, StatsPrintsEveryGroupsCounters) {
   EXPECT_TRUE(extra.exited_with(2)) << extra.describe();
 }
 
+// --- reload ----------------------------------------------------------------------------------
+
+// An auth-check API named "checks" on /checks, as config text.
+constexpr std::string_view kChecksApi = "[[apis]]\nname = \"checks\"\nroutes = [\"/checks\"]\n";
+
+TEST_F(Keygatectl, ReloadAppliesTheEditedConfigAndANewApiIsReachableAfterwards) {
+  // Before: keygate has no such API, and refuses a key for it.
+  const CtlRun early = ctl({"keys", "create", "--api", "checks"});
+  EXPECT_TRUE(early.exited_with(1)) << early.describe();
+  EXPECT_TRUE(contains(early.err, "400 unknown_api")) << early.describe();
+
+  replace_config(std::string(kOrdersAndBillingApis) + "\n" + std::string(kChecksApi));
+  const CtlRun reload = ctl({"reload"});
+  ASSERT_TRUE(reload.exited_with(0)) << reload.describe();
+  EXPECT_EQ(reload.out,
+            "generation:        2\n"
+            "apis:              3\n"
+            "restart_settings:  (none)\n")
+      << reload.describe();
+  EXPECT_EQ(reload.err, "") << reload.describe();
+
+  // Answered once the new API serves: a key for it is accepted at once and works on the data
+  // port, and the old APIs keep working.
+  const std::string value = made_key(ctl({"keys", "create", "--api", "checks"}));
+  ASSERT_FALSE(value.empty());
+  EXPECT_EQ(data_status("/checks/1", value), 200);
+  EXPECT_EQ(data_status("/orders/1", value), 403);
+  const CtlRun apis = ctl({"apis"});
+  ASSERT_TRUE(apis.exited_with(0)) << apis.describe();
+  EXPECT_TRUE(contains(apis.out, "checks   /checks\n")) << apis.describe();
+
+  // --json: the server's outcome as is. Every reload is a new generation, changed or not.
+  const CtlRun json = ctl({"reload", "--json"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_EQ(json.out, "{\"generation\":3,\"apis\":3,\"restart_settings\":[]}\n")
+      << json.describe();
+
+  const CtlRun extra = ctl({"reload", "now"});
+  EXPECT_TRUE(extra.exited_with(2)) << extra.describe();
+  EXPECT_TRUE(contains(extra.err, "usage: keygatectl [global options] reload")) << extra.describe();
+}
+
+TEST_F(Keygatectl, ReloadOfAnInvalidFileSaysWhyOnStderrAndExitsOneAndNothingChanges) {
+  const std::string value = made_key(ctl({"keys", "create", "--api", "orders"}));
+  const std::string path = replace_config(std::string(kOrdersAndBillingApis) +
+                                          "\n[[apis]]\nname = \"checks\"\nroutes = [\n");
+  const CtlRun refused = ctl({"reload"});
+  EXPECT_TRUE(refused.exited_with(1)) << refused.describe();
+  EXPECT_EQ(refused.out, "") << refused.describe();
+  // The server's reason, with the file and line, on one line.
+  EXPECT_EQ(refused.err, "keygatectl: 400 reload_refused: " + path +
+                             ":11:12: Error while parsing array: encountered end-of-file\n")
+      << refused.describe();
+  // --json does not turn a refusal into output: stderr and exit 1 all the same.
+  const CtlRun json = ctl({"--json", "reload"});
+  EXPECT_TRUE(json.exited_with(1)) << json.describe();
+  EXPECT_EQ(json.out, "") << json.describe();
+  EXPECT_EQ(json.err, refused.err) << json.describe();
+
+  // A file that parses but breaks a rule (one route in two APIs) is refused the same way.
+  replace_config(std::string(kOrdersAndBillingApis) +
+                 "\n[[apis]]\nname = \"checks\"\nroutes = [\"/orders\"]\n");
+  const CtlRun rule = ctl({"reload"});
+  EXPECT_TRUE(rule.exited_with(1)) << rule.describe();
+  EXPECT_EQ(rule.err, "keygatectl: 400 reload_refused: " + path +
+                          ":11:11: apis: api \"checks\": route \"/orders\" is already used by "
+                          "api \"orders\"\n")
+      << rule.describe();
+
+  // Nothing changed: the running APIs serve, and the next good file is generation 2.
+  EXPECT_EQ(data_status("/orders/1", value), 200);
+  replace_config(std::string(kOrdersAndBillingApis));
+  const CtlRun fixed = ctl({"reload"});
+  ASSERT_TRUE(fixed.exited_with(0)) << fixed.describe();
+  EXPECT_EQ(field(fixed.out, "generation"), "2") << fixed.describe();
+  EXPECT_EQ(field(fixed.out, "apis"), "2") << fixed.describe();
+}
+
+TEST_F(Keygatectl, ReloadListsEachChangedSettingThatTakesEffectOnlyAtRestart) {
+  replace_config("[limits]\nidle_timeout_ms = 1234\n\n[log]\ncapture_bytes_max = 100\n\n" +
+                 std::string(kOrdersAndBillingApis) + "\n" + std::string(kChecksApi));
+  const CtlRun reload = ctl({"reload"});
+  ASSERT_TRUE(reload.exited_with(0)) << reload.describe();
+  // One setting a line, the second under the first; the APIs are applied all the same.
+  EXPECT_EQ(reload.out,
+            "generation:        2\n"
+            "apis:              3\n"
+            "restart_settings:  limits.idle_timeout_ms\n"
+            "                   log.capture_bytes_max\n")
+      << reload.describe();
+  EXPECT_EQ(reload.err,
+            "keygatectl: the restart_settings changed in the file but take effect only when "
+            "keygate restarts\n")
+      << reload.describe();
+  const CtlRun json = ctl({"reload", "--json"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_EQ(json.out,
+            "{\"generation\":3,\"apis\":3,\"restart_settings\":"
+            "[\"limits.idle_timeout_ms\",\"log.capture_bytes_max\"]}\n")
+      << json.describe();
+  EXPECT_EQ(json.err, "") << json.describe();
+}
+
 // --- errors ----------------------------------------------------------------------------------
 
 TEST_F(Keygatectl, ErrorsExitNonZeroWithAClearMessageAndNeverShowTheAdminKey) {
@@ -758,7 +871,7 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   ASSERT_TRUE(help.exited_with(0)) << help.describe();
   for (const char* word :
        {"--url", "--key", "--json", "KEYGATE_ADMIN_KEY", "keys", "users", "apis", "logs",
-        "stats", "Exit status", "refused before anything was sent"}) {
+        "stats", "reload", "15 for reload", "Exit status", "refused before anything was sent"}) {
     EXPECT_TRUE(contains(help.out, word)) << word << "\n" << help.describe();
   }
   const CtlRun keys = ctl_raw({"keys", "--help"}, std::nullopt);
@@ -779,9 +892,20 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   }
   const CtlRun stats = ctl_raw({"stats", "--help"}, std::nullopt);
   ASSERT_TRUE(stats.exited_with(0)) << stats.describe();
-  for (const char* word : {"GROUP, COUNTER, VALUE", "workers", "access_log", "GET /admin/stats"}) {
+  for (const char* word : {"GROUP, COUNTER, VALUE", "workers", "access_log", "GET /admin/stats",
+                           "\"config\"", "reloads_refused_total"}) {
     EXPECT_TRUE(contains(stats.out, word)) << word << "\n" << stats.describe();
   }
+  const CtlRun reload = ctl_raw({"reload", "--help"}, std::nullopt);
+  ASSERT_TRUE(reload.exited_with(0)) << reload.describe();
+  for (const char* word :
+       {"POST /admin/reload", "[[apis]]", "generation", "restart_settings", "--json",
+        "400 reload_refused: FILE:LINE:COLUMN", "503 reload_unavailable", "15 s"}) {
+    EXPECT_TRUE(contains(reload.out, word)) << word << "\n" << reload.describe();
+  }
+  const CtlRun apis = ctl_raw({"apis", "--help"}, std::nullopt);
+  ASSERT_TRUE(apis.exited_with(0)) << apis.describe();
+  EXPECT_TRUE(contains(apis.out, "'keygatectl reload'")) << apis.describe();
   const CtlRun logs = ctl_raw({"logs", "--help"}, std::nullopt);
   ASSERT_TRUE(logs.exited_with(0)) << logs.describe();
   for (const char* word : {"logs --follow", "--key ID", "--status N", "--since TIME",
@@ -1070,6 +1194,56 @@ TEST(KeygatectlAgainstAFakeServer, AnAnswerAboveTheLargestTheAdminApiGivesIsRefu
   const CtlRun run = ctl_against(fake, {"stats"});
   EXPECT_TRUE(run.exited_with(1)) << run.describe();
   EXPECT_TRUE(contains(run.err, "too large")) << run.describe();
+}
+
+// keygate answers 503 reload_unavailable while it drains, or when the reload did not run within
+// 10 s: an error like any other (exit 1, the reason on stderr). A stand-in sends it, since a
+// draining keygate no longer accepts the connection keygatectl would open.
+TEST(KeygatectlAgainstAFakeServer, ReloadUnavailableExitsOneWithTheServersReason) {
+  std::mutex mu;
+  std::string seen;  // mu: the last request head (the fake's thread writes it)
+  FakeAdmin fake([&](FakeAdmin&, int fd, const std::string& head) {
+    {
+      std::lock_guard lock(mu);
+      seen = head;
+    }
+    const std::string body =
+        R"({"error":"reload_unavailable","message":"keygate is draining: nothing to reload",)"
+        R"("field":null})";
+    FakeAdmin::send_all(fd, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                            "application/json\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
+                                body);
+  });
+  ASSERT_TRUE(fake.ok());
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{{"reload"}, {"reload", "--json"}}) {
+    const CtlRun run = ctl_against(fake, args);
+    EXPECT_TRUE(run.exited_with(1)) << run.describe();
+    EXPECT_EQ(run.err, "keygatectl: 503 reload_unavailable: keygate is draining: nothing to reload\n")
+        << run.describe();
+    EXPECT_EQ(run.out, "") << run.describe();
+  }
+  // A POST without a body, said so (Content-Length: 0).
+  std::lock_guard lock(mu);
+  EXPECT_TRUE(seen.starts_with("POST /admin/reload HTTP/1.1\r\n")) << seen;
+  EXPECT_TRUE(contains(seen, "\r\nContent-Length: 0\r\n")) << seen;
+}
+
+// keygate may take up to 10 s to answer a reload (it waits that long for the main thread):
+// keygatectl's default --timeout (10 s) would cut off an answer that comes just before then.
+TEST(KeygatectlAgainstAFakeServer, ReloadWaitsLongerThanTheServersTenSecondsByDefault) {
+  FakeAdmin fake([](FakeAdmin& self, int fd, const std::string&) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(11000);
+    while (!self.stopping() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    FakeAdmin::send_json(fd, R"({"generation":2,"apis":1,"restart_settings":[]})");
+  });
+  ASSERT_TRUE(fake.ok());
+  const CtlRun run = ctl_against(fake, {"reload"}, Millis(30000));
+  EXPECT_TRUE(run.exited_with(0)) << run.describe();
+  EXPECT_EQ(field(run.out, "generation"), "2") << run.describe();
 }
 
 TEST(KeygatectlAgainstAFakeServer, ANonLoopbackUrlIsWarnedAboutALoopbackOneIsNot) {
