@@ -250,21 +250,19 @@ void Server::request_stop() {
   for (auto& w : running_->workers) w->request_stop();
 }
 
-bool Server::workers_running() const {
-  const Running* running = started_.load(std::memory_order_acquire);
-  if (running == nullptr) return false;
-  for (const auto& w : running->workers) {
-    if (!w->exited()) return true;
-  }
-  return false;
-}
-
 void Server::stop_now() {
   if (!running_) return;
   for (auto& w : running_->workers) w->request_stop_now();
 }
 
-bool Server::stopped() const { return !workers_running(); }
+bool Server::stopped() const {
+  const Running* running = started_.load(std::memory_order_acquire);
+  if (running == nullptr) return true;
+  for (const auto& w : running->workers) {
+    if (!w->exited()) return false;
+  }
+  return true;
+}
 
 void Server::stop() {
   if (!running_) return;

@@ -68,8 +68,6 @@ class Server {
 
   // Asks every worker to drain without waiting (see stop()). Idempotent.
   void request_stop();
-  // Some worker thread has not finished yet (false before start() succeeded). Any thread.
-  bool workers_running() const;
 
   // Asks every worker to drain and waits until their threads have exited. Idempotent. The
   // workers' memory stays until the Server is destroyed, so threads that still hold a
@@ -81,7 +79,7 @@ class Server {
   // ends at once. stop() still has to be called to join the threads.
   void stop_now();
   // Whether every worker's thread has left its loop (then stop() returns without waiting for
-  // a drain): !workers_running(). True before start() and after a failed one. Any thread.
+  // a drain). True before start() and after a failed one. Any thread.
   bool stopped() const;
   // After stop() and after every thread that holds a ResumeTicket has posted it (stop the
   // AdminExecutor first): writes the access records of the deferred requests the drain
