@@ -31,6 +31,7 @@
 #include "core/api_versions.h"
 #include "core/auth_handler.h"
 #include "core/config.h"
+#include "core/json_text.h"
 #include "core/permissions.h"
 #include "net/server.h"
 #include "storage/access_log.h"
@@ -66,8 +67,15 @@ class AccessLogSink final : public keygate::AccessSink {
 constexpr int kExitStartupFailure = 1;
 constexpr int kExitUsage = 2;
 
+// One stderr line about why keygate stops. The message may quote the command line or a path
+// (argv, --data-dir), which can hold any bytes: a line break or terminal control in it would
+// split, or hide part of, the one line a supervisor's log shows.
+void print_failure(const std::string& message) {
+  std::fprintf(stderr, "keygate: %s\n", keygate::one_line(message).c_str());
+}
+
 int usage_error(const std::string& message) {
-  std::fprintf(stderr, "keygate: %s\n", message.c_str());
+  print_failure(message);
   return kExitUsage;
 }
 
@@ -399,7 +407,7 @@ int main(int argc, char** argv) {
   if (!data_dir.open(config.data_dir, &error) ||
       (config.log_enabled &&
        !keygate::storage::make_directories(keygate::log_directory(config), &error))) {
-    std::fprintf(stderr, "keygate: %s\n", error.c_str());
+    print_failure(error);
     return kExitStartupFailure;
   }
 
@@ -432,7 +440,7 @@ int main(int argc, char** argv) {
   }
 #endif
   if (!keys.open(config.data_dir, key_options, &error)) {
-    std::fprintf(stderr, "keygate: %s\n", error.c_str());
+    print_failure(error);
     return kExitStartupFailure;
   }
   // First start on an empty store: an admin key from KEYGATE_BOOTSTRAP_ADMIN_KEY, or a
@@ -482,7 +490,7 @@ int main(int argc, char** argv) {
               " bytes (log.ring_bytes_per_worker)";
     }
     if (access_log == nullptr) {
-      std::fprintf(stderr, "keygate: %s\n", error.c_str());  // open()'s errors say "access log:"
+      print_failure(error);  // open()'s errors say "access log:"
       return startup_failed();
     }
     // A crash mid-write leaves a torn last line, which open() cut off: said once, as it is the
@@ -612,7 +620,7 @@ int main(int argc, char** argv) {
   for (unsigned i = 0; i < workers; ++i) options.loop_observers.push_back(keys.loop_observer(i));
   server.emplace(options);
   if (!server->start(&error)) {
-    std::fprintf(stderr, "keygate: %s\n", error.c_str());
+    print_failure(error);
     server.reset();  // no worker left to serve the key being removed
     return startup_failed();
   }

@@ -1210,6 +1210,29 @@ TEST(Cli, UnknownFlagExitsWithCode2AndOneStderrLine) {
   EXPECT_EQ(p.out, "");
 }
 
+// argv and paths can hold any bytes: a line break or a terminal escape in a flag or a directory
+// name is quoted as \xHH, so the failure stays the one line a supervisor's log shows.
+TEST(Cli, FailuresQuotingTheCommandLineStayOneLine) {
+  const ProcessResult flag = run_keygate({"--no\nsuch\x1b[2J"});
+  EXPECT_TRUE(flag.status.exited && flag.status.code == 2) << flag.status.describe();
+  EXPECT_EQ(flag.err, "keygate: unknown flag '--no\\x0asuch\\x1b[2J' (see --help)\n");
+  const ProcessResult workers = run_keygate({"--workers", "1\r2"});
+  EXPECT_TRUE(workers.status.exited && workers.status.code == 2) << workers.status.describe();
+  EXPECT_EQ(line_count(workers.err), 1u) << workers.err;
+  EXPECT_NE(workers.err.find("'1\\x0d2'"), std::string::npos) << workers.err;
+  // A data directory that cannot be created (its parent is a file), named with a line break.
+  TempDir dir;
+  const std::string file = dir.path() + "/file";
+  ASSERT_TRUE(std::ofstream(file).good());
+  const ProcessResult data =
+      run_keygate({"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir",
+                   file + "/a\nb"});
+  EXPECT_TRUE(data.status.exited && data.status.code == 1) << data.status.describe();
+  EXPECT_EQ(line_count(data.err), 1u) << data.err;
+  EXPECT_NE(data.err.find("/a\\x0ab"), std::string::npos) << data.err;
+  EXPECT_EQ(data.out, "");
+}
+
 TEST(Cli, HelpExitsZeroAndMentionsEveryFlag) {
   const ProcessResult p = run_keygate({"--help"});
   EXPECT_TRUE(p.status.clean()) << p.status.describe();
