@@ -434,8 +434,8 @@ void Worker::Impl::adopt_up(UpConn* up) {
 
 void Worker::Impl::mark_down(UpConn* up) {
   const int64_t until = now_ms + limits.upstream_fail_timeout_ms;
-  const UpstreamServer& server = up->apis->servers[up->server];
-  up->apis->servers[up->server].down_until_ms = until;
+  UpstreamServer& server = up->apis->servers[up->server];
+  server.down_until_ms = until;
   // A request that started before a reload fails over on its own version; the servers that
   // new requests go to learn of the failure all the same.
   if (up->apis != apis_now && server.successor != kNoSuccessor && server.successor_skip) {
