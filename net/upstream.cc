@@ -3,9 +3,10 @@
 //
 // Per worker, per upstream server: a pool of idle keep-alive connections (bounded by
 // limits.upstream_idle_connections_max, closed after limits.upstream_idle_timeout_ms or when
-// the server closes them: every pooled connection keeps a receive armed). An upstream
-// connection serves one request at a time and goes back to the pool only after its response
-// was read completely and the whole request was sent.
+// the server closes them: every pooled connection keeps a receive armed; a reload that keeps
+// the server keeps its pool, see switch_apis). An upstream connection serves one request at a
+// time and goes back to the pool only after its response was read completely and the whole
+// request was sent.
 //
 // Bodies stream both ways with backpressure: the client's parser appends body bytes to the
 // upstream connection's `fill` buffer and stops being fed at kProxyBufferMax (the client's
