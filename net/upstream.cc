@@ -3,9 +3,10 @@
 //
 // Per worker, per upstream server: a pool of idle keep-alive connections (bounded by
 // limits.upstream_idle_connections_max, closed after limits.upstream_idle_timeout_ms or when
-// the server closes them: every pooled connection keeps a receive armed). An upstream
-// connection serves one request at a time and goes back to the pool only after its response
-// was read completely and the whole request was sent.
+// the server closes them: every pooled connection keeps a receive armed; a reload that keeps
+// the server keeps its pool, see switch_apis). An upstream connection serves one request at a
+// time and goes back to the pool only after its response was read completely and the whole
+// request was sent.
 //
 // Bodies stream both ways with backpressure: the client's parser appends body bytes to the
 // upstream connection's `fill` buffer and stops being fed at kProxyBufferMax (the client's
@@ -27,6 +28,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <unordered_map>
 
 #include "core/config.h"
 #include "core/forwarding.h"
@@ -307,6 +310,7 @@ bool build_upstreams(const std::vector<ApiConfig>& apis, std::vector<UpstreamGro
       }
       UpstreamServer server;
       server.authority = parsed.to_string();
+      server.api = static_cast<uint32_t>(a);
       if (parsed.ipv6) {
         auto* sa = reinterpret_cast<sockaddr_in6*>(&server.addr);
         sa->sin6_family = AF_INET6;
@@ -343,21 +347,101 @@ std::unique_ptr<ApiVersion> Worker::Impl::make_apis(std::shared_ptr<const ApiSet
   return v;
 }
 
+namespace {
+
+// What makes two versions' upstream servers the same server: its API's name and its address
+// (the bytes of the sockaddr: "::1" and "0::1" are one). Unique within a version: an API lists
+// an address once (validate_config).
+std::string server_identity(const ApiVersion& v, const UpstreamServer& server) {
+  std::string key = v.set->registry.apis()[server.api].name;
+  key.push_back('\0');
+  key.append(reinterpret_cast<const char*>(&server.addr), server.addr_len);
+  return key;
+}
+
+}  // namespace
+
 void Worker::Impl::switch_apis(std::shared_ptr<const ApiSet> set) {
   // Server::set_apis checked the same addresses with the same code first
   // (Worker::check_upstreams): a failure here is a bug.
   std::string why;
-  std::unique_ptr<ApiVersion> next = make_apis(std::move(set), &why);
-  KEYGATE_ASSERT(next != nullptr);
+  std::unique_ptr<ApiVersion> next_owned = make_apis(std::move(set), &why);
+  KEYGATE_ASSERT(next_owned != nullptr);
   ApiVersion* old = apis_now;
-  apis_now = next.get();
-  api_versions.push_back(std::move(next));
-  // The old version's idle connections carry no request: closed now. Busy ones finish their
-  // response and are closed then (finish_forward pools only the current version's).
+  ApiVersion* next = next_owned.get();
+  apis_now = next;
+  api_versions.push_back(std::move(next_owned));
+
+  // Every older version still in use learns where its servers are now: its busy connections
+  // join the pools of the new version after their response (adopt_up), and their failed
+  // connects mark the new version's servers down (mark_down). A server is the same one when
+  // its API (by name: keys and grants name APIs the same way) lists the same address; the
+  // idle connections to it do not depend on anything else (the Host, the route and the
+  // response timeout are per request). Its skip state is kept only when the API's
+  // connect_timeout_ms is the same too: a server skipped for a connect that timed out under
+  // the old timeout was judged by a rule that no longer applies.
+  std::unordered_map<std::string, uint32_t> by_identity;
+  by_identity.reserve(next->servers.size());
+  for (uint32_t s = 0; s < next->servers.size(); ++s) {
+    by_identity.emplace(server_identity(*next, next->servers[s]), s);
+  }
+  for (const std::unique_ptr<ApiVersion>& owned : api_versions) {
+    ApiVersion* v = owned.get();
+    if (v == next) continue;
+    for (UpstreamServer& server : v->servers) {
+      const auto it = by_identity.find(server_identity(*v, server));
+      server.successor = it == by_identity.end() ? kNoSuccessor : it->second;
+      server.successor_skip =
+          it != by_identity.end() &&
+          v->set->registry.apis()[server.api].connect_timeout_ms ==
+              next->set->registry.apis()[next->servers[it->second].api].connect_timeout_ms;
+    }
+  }
+  // Only the version that was current has idle connections (finish_forward pools only the
+  // current version's) and the latest skip states. Idle connections to a server the new
+  // version keeps move to its pool, each now holding the new version (the old one is freed
+  // once its busy connections are done); a moved connection's connect was submitted long ago
+  // (its linked timeout's timespec is no longer read). The others carry no request: closed now.
+  // Busy ones finish their response (finish_forward).
   for (UpstreamServer& server : old->servers) {
-    while (!server.idle.empty()) close_up(server.idle.back());
+    if (server.successor == kNoSuccessor) {
+      while (!server.idle.empty()) close_up(server.idle.back());
+      continue;
+    }
+    UpstreamServer& kept = next->servers[server.successor];
+    if (server.successor_skip) kept.down_until_ms = server.down_until_ms;
+    for (UpConn* up : server.idle) {
+      drop_apis(up->apis);
+      up->apis = next;
+      ++next->users;
+      up->server = server.successor;
+      up->group = kept.api;
+    }
+    kept.idle = std::move(server.idle);
+    server.idle.clear();
   }
   apis_generation.store(apis_now->set->generation, std::memory_order_release);
+}
+
+void Worker::Impl::adopt_up(UpConn* up) {
+  const uint32_t s = up->apis->servers[up->server].successor;
+  if (s == kNoSuccessor) return;  // the current version does not use its server
+  drop_apis(up->apis);
+  up->apis = apis_now;
+  ++apis_now->users;
+  up->server = s;
+  up->group = apis_now->servers[s].api;
+}
+
+void Worker::Impl::mark_down(UpConn* up) {
+  const int64_t until = now_ms + limits.upstream_fail_timeout_ms;
+  UpstreamServer& server = up->apis->servers[up->server];
+  server.down_until_ms = until;
+  // A request that started before a reload fails over on its own version; the servers that
+  // new requests go to learn of the failure all the same.
+  if (up->apis != apis_now && server.successor != kNoSuccessor && server.successor_skip) {
+    apis_now->servers[server.successor].down_until_ms = until;
+  }
 }
 
 void Worker::Impl::reap_apis() {
@@ -716,7 +800,7 @@ void Worker::Impl::on_up_connect(UpConn* up, int res) {
   // Refused or timed out (the link timeout cancels the connect: ECANCELED), it is a failed
   // connect: the server is skipped for upstream_fail_timeout_ms and the next one is tried.
   up->connect_timed_out = res == -ECANCELED || res == -ETIME;
-  up->apis->servers[up->server].down_until_ms = now_ms + limits.upstream_fail_timeout_ms;
+  mark_down(up);
   connect_next(up);
 }
 
@@ -919,9 +1003,11 @@ void Worker::Impl::finish_forward(UpConn* up, bool reusable) {
     if (!c->client_keep_alive) c->close_after_send = true;
     mark_dirty(c);
   }
-  UpstreamServer& server = up->apis->servers[up->server];
-  // A connection of a version a reload replaced is not pooled: the old version's pools are
+  // A connection of a version a reload replaced joins the current version's pool of the same
+  // server; one to a server the current version no longer uses is not pooled: those are
   // drained this way, each connection closed once its response is complete.
+  if (up->apis != apis_now) adopt_up(up);
+  UpstreamServer& server = up->apis->servers[up->server];
   if (reusable && up->request_complete && !up->send_failed && !up->send_in_flight &&
       up->fill.empty() && server.idle.size() < limits.upstream_idle_connections_max &&
       !draining && up->apis == apis_now) {

@@ -178,8 +178,10 @@ class Worker {
 
   // Thread-safe, non-blocking (a short lock and an eventfd write): the worker serves requests
   // that start after its next loop pass with `apis` (a reload). Requests already started finish
-  // with the version they started with; upstream connections of the old version are closed
-  // when idle (now, for those in the pool) instead of going back to a pool. Several posts
+  // with the version they started with. Upstream servers the new version keeps (the same
+  // address in an API of the same name) keep their idle connections and skip state, and the
+  // old version's busy connections to them join the new pools after their response; the
+  // connections to the others are closed when idle (now, for those in the pool). Several posts
   // before the worker looks: the last one wins. apis_generation() tells when it took it.
   void set_apis(std::shared_ptr<const ApiSet> apis);
   // The generation (ApiSet::generation) of the version new requests get now. Any thread.

@@ -211,12 +211,25 @@ struct Connection {
 };
 
 // One upstream server (host:port of an API) as a worker sees it.
+// No successor (UpstreamServer::successor): the current version has no such server.
+inline constexpr uint32_t kNoSuccessor = UINT32_MAX;
+
+// One upstream server of one API in one version (the same address in two APIs is two of
+// them: two pools, two skip states).
 struct UpstreamServer {
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
   std::string authority;      // "host:port" ("[v6]:port"): the Host of a request without one
+  uint32_t api = 0;           // its API's index (= its group's) in its version
   std::vector<UpConn*> idle;  // keep-alive connections ready for reuse (most recent last)
   int64_t down_until_ms = 0;  // skipped until then after a connect failure
+  // In a version a reload replaced: the same server (same API name, same address) in the
+  // current version, whose pool this one's connections join after their response
+  // (Worker::Impl::adopt_up), or kNoSuccessor. Set by switch_apis for every live version.
+  uint32_t successor = kNoSuccessor;
+  // ...and whether the successor shares this one's skip state (its API's connect_timeout_ms
+  // is unchanged): a connect failing here marks it down too.
+  bool successor_skip = false;
 };
 
 // The upstreams of one API (index = the API's index in its version's ApiRegistry::apis()).
@@ -320,9 +333,11 @@ struct UpConn {
 
 // One version of the APIs as one worker serves it (worker-local): the shared ApiSet (routes for
 // the handlers, through RequestContext::apis) and this worker's upstream servers and keep-alive
-// pools for it. A reload makes a new one current (Worker::Impl::switch_apis); the previous one
-// stays while a client connection's request or an upstream connection still uses it, and is
-// freed at the end of the first loop pass where none does (reap_apis).
+// pools for it. A reload makes a new one current (Worker::Impl::switch_apis), which takes over
+// the pools and skip states of the servers it keeps (same API name, same address: the idle
+// connections move, each now holding the new version); the previous one stays while a client
+// connection's request or an upstream connection still uses it, and is freed at the end of the
+// first loop pass where none does (reap_apis). Only the current version has idle connections.
 struct ApiVersion {
   std::shared_ptr<const ApiSet> set;
   std::vector<UpstreamServer> servers;
@@ -423,11 +438,18 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   // Versions of the APIs (upstream.cc). make_apis() builds this worker's state for `set`
   // (its upstream addresses: null with one line in `error` on a bad one); switch_apis() makes
-  // a posted set current and closes the previous version's idle upstream connections;
+  // a posted set current, moves the idle upstream connections and skip states of the servers
+  // it keeps into it and closes the other idle ones (allocates: a reload, not a request);
   // pin_apis() gives a starting request the current version; drop_apis() lets go of one;
   // reap_apis() frees the versions nothing uses any more.
   std::unique_ptr<ApiVersion> make_apis(std::shared_ptr<const ApiSet> set, std::string* error);
   void switch_apis(std::shared_ptr<const ApiSet> set);
+  // adopt_up() moves a connection of a replaced version, its response complete, to its
+  // server's successor in the current version (so it can be pooled there); it stays where it
+  // is when there is none. mark_down() skips `up`'s server after a failed connect, and its
+  // successor with it when they share the skip state.
+  void adopt_up(UpConn* up);
+  void mark_down(UpConn* up);
   void pin_apis(Connection* c) {
     if (c->apis == apis_now) return;
     drop_apis(c->apis);

@@ -773,8 +773,9 @@ bool AccessLog::Impl::pass(bool stopping_now, bool write_tail, double* fill) {
   bool ok = write_buffer(write_tail);
   if (stopping_now) {
     if (!ok) {
-      std::fprintf(stderr, "keygate: access log: %llu records could not be written at shutdown\n",
-                   static_cast<unsigned long long>(buffer_records));
+      std::fprintf(stderr, "keygate: access log: %llu %s not be written at shutdown\n",
+                   static_cast<unsigned long long>(buffer_records),
+                   buffer_records == 1 ? "record could" : "records could");
       lost.fetch_add(buffer_records, std::memory_order_relaxed);
     }
     close_active();

@@ -142,24 +142,25 @@ unsigned usable_cpus() {
   return online > 0 ? static_cast<unsigned>(online) : 1;
 }
 
+// "1 API", "2 APIs": the count and the noun, singular or plural.
+std::string count_of(uint64_t n, const char* singular, const char* plural) {
+  return std::to_string(n) + " " + (n == 1 ? singular : plural);
+}
+
 // Every client connection is a descriptor (a proxied one two: the check below counts one), on
 // top of RocksDB's files, the log's and the listeners, and the idle upstream connections each
-// worker may keep (upstream_idle_connections_max per upstream server). Debian's soft limit is
-// 1024 while connections_per_worker_max defaults to 10,000: the soft limit is raised to the
-// hard one, and a limit still short of the configured connections (the data port's and the
-// pooled upstream ones in every worker, and the admin port's) is said once on stderr (accepts
-// beyond it fail with EMFILE: the connections wait in the listen backlog, counted as
-// workers.accept_errors in /admin/stats).
-void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
+// worker may keep (upstream_idle_connections_max per upstream server). Says on stderr when the
+// soft RLIMIT_NOFILE is short of the configured connections (the data port's and the pooled
+// upstream ones of `apis` in every worker, and the admin port's): accepts beyond it fail with
+// EMFILE, the connections wait in the listen backlog, counted as workers.accept_errors in
+// /admin/stats. At start, and after each valid reload with its APIs (their upstream servers
+// change the estimate; the limits are the ones keygate started with, as a reload keeps them).
+void check_descriptor_limit(unsigned workers, const keygate::Config& config,
+                            const std::vector<keygate::ApiConfig>& apis) {
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
-  if (limit.rlim_cur < limit.rlim_max) {
-    rlimit raised = limit;
-    raised.rlim_cur = limit.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
-  }
   uint64_t upstream_servers = 0;  // per worker: the same address in two APIs is two pools
-  for (const keygate::ApiConfig& api : config.apis) upstream_servers += api.upstreams.size();
+  for (const keygate::ApiConfig& api : apis) upstream_servers += api.upstreams.size();
   const uint64_t per_worker = config.limits.connections_per_worker_max +
                               upstream_servers * config.limits.upstream_idle_connections_max;
   constexpr uint64_t kSpareDescriptors = 256;  // store, log files, listeners, rings, eventfds
@@ -168,17 +169,32 @@ void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
   if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
     std::fprintf(stderr,
                  "keygate: warning: the descriptor limit (RLIMIT_NOFILE %llu) is below the %llu "
-                 "that %u workers x (connections_per_worker_max %llu + %llu upstream servers x "
+                 "that %s x (connections_per_worker_max %llu + %s x "
                  "upstream_idle_connections_max %llu) + admin.connections_max %llu need; raise "
                  "it (ulimit -n, systemd LimitNOFILE=) or lower [limits] "
                  "connections_per_worker_max\n",
                  static_cast<unsigned long long>(limit.rlim_cur),
-                 static_cast<unsigned long long>(wanted), workers,
+                 static_cast<unsigned long long>(wanted),
+                 count_of(workers, "worker", "workers").c_str(),
                  static_cast<unsigned long long>(config.limits.connections_per_worker_max),
-                 static_cast<unsigned long long>(upstream_servers),
+                 count_of(upstream_servers, "upstream server", "upstream servers").c_str(),
                  static_cast<unsigned long long>(config.limits.upstream_idle_connections_max),
                  static_cast<unsigned long long>(config.admin_connections_max));
   }
+}
+
+// Debian's soft limit is 1024 while connections_per_worker_max defaults to 10,000: the soft
+// limit is raised to the hard one, and a limit still short of the configured connections is
+// said once on stderr (check_descriptor_limit).
+void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &raised);  // left as it is when refused: checked as it is
+  }
+  check_descriptor_limit(workers, config, config.apis);
 }
 
 // The reloads of the config file (SIGHUP), for GET /admin/stats. Written by the main thread,
@@ -196,6 +212,7 @@ struct Reloader {
   keygate::net::Server& server;
   keygate::ApiVersions& apis;
   ReloadStats& stats;
+  unsigned workers;  // for the descriptor estimate of the new APIs
 
   // Counted before it is said, as a reload is: a client that saw the line finds the stats
   // up to date.
@@ -256,8 +273,11 @@ struct Reloader {
     running.apis = std::move(fresh.apis);
     stats.generation.store(set->generation, std::memory_order_relaxed);
     stats.applied.fetch_add(1, std::memory_order_relaxed);
-    std::fprintf(stderr, "keygate: reloaded %s: %zu APIs (generation %llu)\n", path.c_str(),
-                 outcome.apis, static_cast<unsigned long long>(set->generation));
+    std::fprintf(stderr, "keygate: reloaded %s: %s (generation %llu)\n", path.c_str(),
+                 count_of(outcome.apis, "API", "APIs").c_str(),
+                 static_cast<unsigned long long>(set->generation));
+    // After the line: the warning is about the APIs now serving.
+    check_descriptor_limit(workers, running, running.apis);
     return outcome;
   }
 };
@@ -654,7 +674,7 @@ int main(int argc, char** argv) {
   // Signals are taken one at a time: a SIGHUP during a reload waits for it and then reloads
   // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
   // during a reload drains once the reload is done.
-  Reloader reloader{cli, config, *server, api_versions, reload_stats};
+  Reloader reloader{cli, config, *server, api_versions, reload_stats, workers};
   int sig = 0;
   for (;;) {
     if (sigwait(&signals, &sig) != 0) continue;

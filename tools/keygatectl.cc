@@ -1773,6 +1773,13 @@ int print_backlog(const Context& ctx, const LogsQuery& q, uint64_t upto, int64_t
 void report_missing(const LogsPage& page) {
   if (!page.missing) return;
   const auto [from, to] = *page.missing;
+  if (from == to) {
+    std::fprintf(stderr,
+                 "keygatectl: 1 record (seq %llu) is no longer in the log: deleted by retention "
+                 "(or unreadable) before this follow read it\n",
+                 static_cast<unsigned long long>(from));
+    return;
+  }
   std::fprintf(stderr,
                "keygatectl: %llu records (seq %llu to %llu) are no longer in the log: deleted "
                "by retention (or unreadable) before this follow read them\n",

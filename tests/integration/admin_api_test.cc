@@ -994,7 +994,7 @@ TEST(DescriptorLimit, AShortLimitIsWarnedAbout) {
   ASSERT_TRUE(server.start(&error)) << error;
   EXPECT_TRUE(server.wait_for_error_output(
       "keygate: warning: the descriptor limit (RLIMIT_NOFILE 300) is below the 10320 that 1 "
-      "workers x (connections_per_worker_max 10000 + 0 upstream servers x "
+      "worker x (connections_per_worker_max 10000 + 0 upstream servers x "
       "upstream_idle_connections_max 64) + admin.connections_max 64 need",
       Millis(2000)))
       << server.error_output();
@@ -1019,7 +1019,7 @@ TEST(DescriptorLimit, IdleUpstreamConnectionsCountInTheEstimate) {
   // 1 x (1000 + 2 x 2000) + 64 + 256 spare = 5320 > 4096.
   EXPECT_TRUE(server.wait_for_error_output(
       "keygate: warning: the descriptor limit (RLIMIT_NOFILE 4096) is below the 5320 that 1 "
-      "workers x (connections_per_worker_max 1000 + 2 upstream servers x "
+      "worker x (connections_per_worker_max 1000 + 2 upstream servers x "
       "upstream_idle_connections_max 2000) + admin.connections_max 64 need",
       Millis(2000)))
       << server.error_output();

@@ -801,26 +801,6 @@ TEST_F(ProxyTest, ResponseCutAfterItsHeadClosesTheClient) {
   EXPECT_EQ(ok->status, 200);
 }
 
-// A listener whose backlog is full drops further SYNs: connecting to it hangs. Returns the
-// listening socket (close it when done) and its port.
-std::pair<int, uint16_t> blackhole_listener(std::vector<RawClient>* fillers) {
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (lfd < 0) return {-1, 0};
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sa);
-  if (::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(lfd, 0) != 0 ||
-      getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
-    ::close(lfd);
-    return {-1, 0};
-  }
-  const uint16_t port = ntohs(sa.sin_port);
-  fillers->resize(3);
-  for (RawClient& f : *fillers) (void)f.connect(port, nullptr, Millis(300));
-  return {lfd, port};
-}
-
 // A connect timeout is a failed connect like a refusal: the server is skipped for
 // upstream_fail_timeout_ms and the request goes to the next server.
 TEST_F(ProxyTest, AConnectTimeoutMarksTheServerDownAndTriesTheNext) {

@@ -283,6 +283,173 @@ TEST_F(ReloadTest, AChangedUpstreamAddressTakesEffectOnEveryWorker) {
   }
 }
 
+// keygate-upstream numbers its TCP connections ("connection" in its JSON): the same number
+// is the same pooled upstream connection, reused.
+int64_t connection_of(const std::optional<Response>& r) {
+  return r.has_value() ? number_member(r->body, "connection") : -1;
+}
+
+// A reload keeps the pool of every server an API of the same name still lists: a reload that
+// only touches another API (or this one's routes) does not make it reconnect. Once renewed
+// for every API: each reload closed every idle upstream connection.
+TEST_F(ReloadTest, AReloadKeepsTheUpstreamConnectionsOfServersItKeeps) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@") + api("billing", "/billing", "@B@"),
+                                {"orders", "billing"}, 1));  // one worker: one pool per server
+  auto r = get("/billing/1");
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->status, 200) << r->raw;
+  const int64_t billing_conn = connection_of(r);
+  ASSERT_GT(billing_conn, 0) << r->body;
+  const int64_t orders_conn = connection_of(get("/orders/1"));
+  ASSERT_GT(orders_conn, 0);
+  ASSERT_EQ(connection_of(get("/billing/2")), billing_conn);  // pooled (and no reload yet)
+  ASSERT_EQ(wait_established(upstream_b_.address, 1), 1);
+
+  // Only orders changes (its route), not its server; billing not at all.
+  rewrite(api("orders", "/shop", "@A@") + api("billing", "/billing", "@B@"));
+  ASSERT_TRUE(reload(2));
+  r = get("/billing/3");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_EQ(connection_of(r), billing_conn) << r->body;
+  EXPECT_EQ(number_member(r->body, "request"), 3) << r->body;
+  EXPECT_EQ(connection_of(get("/shop/1")), orders_conn);
+  EXPECT_EQ(established_to(upstream_b_.address), 1);
+
+  // billing moves to A: its pool to B is closed with the reload, and it connects anew (its own
+  // pool: orders' connection to A is not billing's).
+  rewrite(api("orders", "/shop", "@A@") + api("billing", "/billing", "@A@"));
+  ASSERT_TRUE(reload(3));
+  EXPECT_EQ(wait_established(upstream_b_.address, 0), 0);
+  r = get("/billing/4");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_NE(r->body.find("\"listen\":\"" + upstream_a_.address + "\""), std::string::npos)
+      << r->body;
+  EXPECT_NE(connection_of(r), orders_conn) << r->body;
+  EXPECT_NE(connection_of(r), billing_conn) << r->body;
+  EXPECT_EQ(number_member(r->body, "request"), 1) << r->body;
+  EXPECT_EQ(connection_of(get("/shop/2")), orders_conn);
+}
+
+// A request in flight across a reload that keeps its server finishes on the old version, and
+// its upstream connection then joins the new version's pool instead of being closed.
+TEST_F(ReloadTest, AConnectionBusyAcrossAReloadThatKeepsItsServerIsPooledAfterwards) {
+  ASSERT_NO_FATAL_FAILURE(
+      start(api("orders", "/orders", "@B@") + api("slow", "/delay", "@A@"), {"orders", "slow"}, 1));
+  RawClient slow;
+  ASSERT_TRUE(slow.connect(server_->data_port()));
+  ASSERT_TRUE(slow.send(http_request("GET", "/delay/1000", {"X-ApiKey: " + std::string(kKey)})));
+  ASSERT_EQ(wait_established(upstream_a_.address, 1), 1);  // forwarded, waiting for A
+  rewrite(api("orders", "/shop", "@B@") + api("slow", "/delay", "@A@"));
+  ASSERT_TRUE(reload(2));
+  const auto first = slow.read_response(Millis(5000));
+  ASSERT_TRUE(first.has_value()) << to_string(slow.last_end());
+  EXPECT_EQ(first->status, 200) << first->raw;
+  const int64_t conn = connection_of(first);
+  ASSERT_GT(conn, 0) << first->body;
+  const auto next = get("/delay/1");
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->status, 200) << next->raw;
+  EXPECT_EQ(connection_of(next), conn) << next->body;
+  EXPECT_EQ(established_to(upstream_a_.address), 1);
+}
+
+// A server skipped after a failed connect stays skipped across a reload that keeps it (no
+// new connect to it until upstream_fail_timeout_ms has passed); a reload that changes its
+// API's connect_timeout_ms forgets the skip, which a connect under the old timeout earned.
+TEST_F(ReloadTest, AServerSkippedBeforeAReloadThatKeepsItIsStillSkippedAfterIt) {
+  std::vector<RawClient> fillers;
+  const auto [lfd, port] = blackhole_listener(&fillers);
+  ASSERT_GE(lfd, 0);
+  const auto pair = [port = port](int connect_timeout_ms) {
+    return "[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\nupstreams = [\"127.0.0.1:" +
+           std::to_string(port) + "\", \"@A@\"]\nconnect_timeout_ms = " +
+           std::to_string(connect_timeout_ms) + "\n\n";
+  };
+  // The black hole first: a new version's round robin starts there.
+  ASSERT_NO_FATAL_FAILURE(start(pair(300) + api("orders", "/orders", "@B@"), {"orders", "pair"},
+                                1));  // one worker: the skip is per worker
+  const auto timed_get = [&](const std::string& target, Millis* took) {
+    const auto started = std::chrono::steady_clock::now();
+    auto r = get(target);
+    *took = std::chrono::duration_cast<Millis>(std::chrono::steady_clock::now() - started);
+    return r;
+  };
+  Millis took{};
+  auto r = timed_get("/pair/1", &took);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  ASSERT_GE(took, Millis(250)) << "the first request did not wait for the black hole";
+
+  rewrite(pair(300) + api("orders", "/shop", "@B@"));
+  ASSERT_TRUE(reload(2));
+  r = timed_get("/pair/2", &took);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_LT(took, Millis(250)) << "the black hole was tried again after the reload";
+
+  rewrite(pair(400) + api("orders", "/shop", "@B@"));
+  ASSERT_TRUE(reload(3));
+  r = timed_get("/pair/3", &took);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_GE(took, Millis(350)) << "a changed connect_timeout_ms kept the skip";
+  ::close(lfd);
+}
+
+// The descriptor estimate counts the upstream servers' pools: a reload that adds servers is
+// checked against RLIMIT_NOFILE as the start was, with the same warning, and only when short.
+TEST(ReloadDescriptorLimit, AReloadThatAddsUpstreamServersBeyondTheLimitIsWarnedAbout) {
+  ServerOptions options = admin_server_options(std::string(kAdminKey));
+  options.workers = 1;
+  const std::string limits =
+      "[limits]\nconnections_per_worker_max = 1000\nupstream_idle_connections_max = 1000\n\n";
+  options.limits = {{"connections_per_worker_max", 1000},
+                    {"upstream_idle_connections_max", 1000}};
+  // Never contacted: no request goes to them.
+  const auto apis = [](int servers) {
+    std::string list;
+    for (int i = 0; i < servers; ++i) {
+      list += (i == 0 ? "\"127.0.0.1:" : ", \"127.0.0.1:") + std::to_string(9 + i) + "\"";
+    }
+    return "[[apis]]\nname = \"pair\"\nroutes = [\"/pair\"]\nupstreams = [" + list + "]\n";
+  };
+  options.extra_config = apis(1);
+  options.wrapper = {"/usr/bin/prlimit", "--nofile=4096:4096", "--"};
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  // 1 x (1000 + 1 x 1000) + 64 + 256 spare = 2320: fits.
+  EXPECT_EQ(server.error_output().find("warning"), std::string::npos) << server.error_output();
+
+  const auto reload_with = [&](int servers, uint64_t generation) {
+    const std::string path = server.dir().path() + "/keygate.toml";
+    const std::string written =
+        server.dir().write_file("keygate.toml.new", limits + apis(servers));
+    EXPECT_EQ(std::rename(written.c_str(), path.c_str()), 0);
+    EXPECT_TRUE(server.send_signal(SIGHUP));
+    EXPECT_TRUE(server.wait_for_error_output("(generation " + std::to_string(generation) + ")",
+                                             Millis(10000)))
+        << server.error_output();
+  };
+  // 1 x (1000 + 4 x 1000) + 64 + 256 = 5320 > 4096.
+  reload_with(4, 2);
+  const std::string warning =
+      "keygate: warning: the descriptor limit (RLIMIT_NOFILE 4096) is below the 5320 that 1 "
+      "worker x (connections_per_worker_max 1000 + 4 upstream servers x "
+      "upstream_idle_connections_max 1000) + admin.connections_max 64 need";
+  EXPECT_TRUE(server.wait_for_error_output(warning, Millis(2000))) << server.error_output();
+  EXPECT_NE(server.error_output().find(": 1 API (generation 2)"), std::string::npos)
+      << server.error_output();
+  // Back to one server: it fits again, nothing more is said.
+  reload_with(1, 3);
+  std::this_thread::sleep_for(Millis(200));
+  EXPECT_EQ(count_of(server.error_output(), "keygate: warning: the descriptor limit"), 1u)
+      << server.error_output();
+  EXPECT_TRUE(server.stop(SIGTERM).clean());
+}
+
 TEST_F(ReloadTest, AnInvalidFileIsRefusedWithItsLineAndTheOldApisKeepServing) {
   ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
   const std::string path =

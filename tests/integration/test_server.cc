@@ -803,4 +803,22 @@ size_t count_of(std::string_view haystack, std::string_view needle) {
   return n;
 }
 
+std::pair<int, uint16_t> blackhole_listener(std::vector<RawClient>* fillers) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (lfd < 0) return {-1, 0};
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  if (::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(lfd, 0) != 0 ||
+      getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    ::close(lfd);
+    return {-1, 0};
+  }
+  const uint16_t port = ntohs(sa.sin_port);
+  fillers->resize(3);
+  for (RawClient& f : *fillers) (void)f.connect(port, nullptr, Millis(300));
+  return {lfd, port};
+}
+
 }  // namespace keygate::integration

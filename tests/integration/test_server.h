@@ -302,6 +302,11 @@ ServerOptions admin_server_options(const std::string& admin_key);
 // `chars` random lowercase hex digits (not cryptographic: unique test values).
 std::string random_hex(size_t chars);
 
+// A listener whose backlog is full drops further SYNs: connecting to it hangs (a connect
+// timeout, on loopback). Returns the listening socket (close it when done) and its port
+// ({-1, 0} on failure); `fillers` hold the connections that fill the backlog.
+std::pair<int, uint16_t> blackhole_listener(std::vector<RawClient>* fillers);
+
 // The string value of the first `"name":"..."` member in `json` ("" when absent or not a
 // string). No unescaping: for the values tests read (ids, hints, generated keys, cursors).
 std::string string_member(std::string_view json, std::string_view name);
