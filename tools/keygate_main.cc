@@ -39,6 +39,7 @@
 #include "storage/key_service.h"
 #include "storage/key_service_admin_store.h"
 #include "tools/read_fd.h"
+#include "tools/service_notifier.h"
 
 namespace {
 
@@ -365,6 +366,8 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGXFSZ, SIG_IGN);
   reexec_with_huge_pages(argv);
+  // After the re-execution, which passes NOTIFY_SOCKET on; before any thread starts.
+  keygate::tools::ServiceNotifier notifier = keygate::tools::ServiceNotifier::from_environment();
   keygate::CommandLine cli;
   std::string error;
   if (!keygate::parse_command_line(argc, argv, &cli, &error)) return usage_error(error);
@@ -639,9 +642,13 @@ int main(int argc, char** argv) {
   keygate::ListenAddress admin = config.admin_listen;
   data.port = server->data_port();
   admin.port = server->admin_port();
-  std::printf("keygate: listening data=%s admin=%s workers=%u ring=%s\n", data.to_string().c_str(),
-              admin.to_string().c_str(), workers, server->ring_mode().c_str());
+  const std::string listening = "listening data=" + data.to_string() + " admin=" +
+                                 admin.to_string() + " workers=" + std::to_string(workers) +
+                                 " ring=" + server->ring_mode();
+  std::printf("keygate: %s\n", listening.c_str());
   std::fflush(stdout);
+  // After the line: a supervisor told "ready" finds it printed, and both ports accept.
+  notifier.ready(listening);
 
   // Signals are taken one at a time: a SIGHUP during a reload waits for it and then reloads
   // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
@@ -652,8 +659,17 @@ int main(int argc, char** argv) {
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGTERM || sig == SIGINT) break;
     if (sig == SIGHUP) {
+      // RELOADING=1 before the file is read and READY=1 once the outcome is known, applied or
+      // refused: with systemd's Type=notify-reload, `systemctl reload` returns at the READY=1.
+      notifier.reloading(cli.config_path ? "reloading " + *cli.config_path : "reloading");
       const uint64_t asks = reload_requests.begin();
-      reload_requests.finish(asks, reloader.reload());
+      keygate::ReloadOutcome outcome = reloader.reload();
+      notifier.reloaded(outcome.applied
+                            ? listening + "; " + std::to_string(outcome.apis) +
+                                  " APIs (generation " + std::to_string(outcome.generation) + ")"
+                            : "reload refused, serving generation " +
+                                  std::to_string(outcome.generation) + ": " + outcome.error);
+      reload_requests.finish(asks, std::move(outcome));
       continue;
     }
     std::fprintf(stderr,
@@ -665,6 +681,8 @@ int main(int argc, char** argv) {
   std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
+  notifier.stopping(std::string(signal_name(sig)) + " received, draining (up to " +
+                    std::to_string(config.limits.drain_timeout_ms) + " ms)");
   server->request_stop();
   // Signals are still taken while the workers drain, so that each is answered. A second
   // SIGTERM/SIGINT stops now: an operator's second Ctrl-C, or a supervisor that escalates. The
