@@ -174,6 +174,17 @@ void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
   }
 }
 
+// Each worker's io_uring locks about 400 KiB of memory that the kernel may charge to
+// RLIMIT_MEMLOCK (without CAP_IPC_LOCK: net/worker.cc says so when a ring set-up fails with
+// ENOMEM). The soft limit is raised to the hard one, as for descriptors: a shell's `ulimit -l`
+// soft value should not be what stops keygate on a machine with many CPUs.
+void raise_locked_memory_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_MEMLOCK, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  limit.rlim_cur = limit.rlim_max;
+  (void)setrlimit(RLIMIT_MEMLOCK, &limit);  // unchanged on failure: the ring set-up then says
+}
+
 // The reloads of the config file (SIGHUP), for GET /admin/stats. Written by the main thread,
 // read by the admin executor's.
 struct ReloadStats {
@@ -409,6 +420,7 @@ int main(int argc, char** argv) {
   unsigned workers = config.workers;
   if (workers == 0) workers = usable_cpus();
   raise_descriptor_limit(workers, config);
+  raise_locked_memory_limit();
 
   // The first version of the APIs; a reload (SIGHUP) publishes the next one. Kept for the
   // whole run: the data handlers' fallback registry (they go by RequestContext::apis).
