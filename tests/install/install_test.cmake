@@ -78,7 +78,7 @@ if(NOT (at EQUAL -1))
 endif()
 foreach(line "Type=notify" "ExecReload=/bin/kill -HUP $MAINPID" "KillMode=mixed"
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" "DynamicUser=yes"
-        "StateDirectory=keygate")
+        "StateDirectory=keygate" "LimitNOFILE=1048576" "LimitMEMLOCK=512M")
   string(FIND "${unit}" "\n${line}\n" at)
   if(NOT (at GREATER -1))
     fail("the unit lacks ${line}")
