@@ -3,12 +3,14 @@
 #   make run    build keygate and its tools (Release, no tests or benchmarks), start keygate on
 #               examples/keygate.toml
 #   make test   build with ASan+UBSan, run the whole test suite
+# and for a host: make install (PREFIX=/usr/local) installs what `make build` built, with the
+# systemd unit (docs/operations.md).
 # Every target but clean runs scripts/install-deps.sh first as well.
 JOBS ?= $(shell nproc)
 RELEASE_DIR := build/release
 ASAN_DIR := build/asan
 
-.PHONY: deps build run test bench clean
+.PHONY: deps build run install test bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -21,6 +23,12 @@ build: deps
 
 run: build
 	./$(RELEASE_DIR)/tools/keygate --config examples/keygate.toml
+
+# keygate, keygatectl, the systemd unit (ExecStart= names PREFIX/bin/keygate), the example
+# config and the docs; never /etc (docs/operations.md, "Install").
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(RELEASE_DIR) --prefix $(PREFIX)
 
 test: deps
 	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEYGATE_SANITIZE=ON

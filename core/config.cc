@@ -734,6 +734,9 @@ Flags (each overrides the config file):
 Once ready keygate prints one line to stdout, with the ports actually bound and the io_uring
 features in use:
   keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE
+Under systemd (Type=notify, NOTIFY_SOCKET set) it then notifies READY=1, around
+each reload RELOADING=1 and READY=1, and STOPPING=1 when it drains (sd_notify(3);
+docs/operations.md).
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
 (in-flight requests are cut off; the access log is still flushed), exit 0.
@@ -753,6 +756,9 @@ Environment (docs/configuration.md, "Environment"):
   KEYGATE_NO_AVX2              set: the access log's scanners use SSE2 even where AVX2 exists
   KEYGATE_TEST_FETCH_DELAY_MS  test builds only: every partial-cache key fetch waits this
                                many milliseconds first
+  NOTIFY_SOCKET                set by systemd for Type=notify: where readiness is notified
+                               (a path or an abstract @name); removed from the environment
+                               once read
 )";
 }
 

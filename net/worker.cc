@@ -27,6 +27,21 @@
 
 namespace keygate::net {
 
+namespace {
+
+// Said with an ENOMEM from the ring set-up. The kernel can charge a ring's memory (its 2048 SQEs
+// and 16384 CQEs, and the buffer ring) to RLIMIT_MEMLOCK of a process without CAP_IPC_LOCK,
+// which is how a service runs: Linux 6.18 does, about 400 KiB per worker (one worker fails
+// under a 384 KiB limit and starts under 512 KiB). The usual default of 8 MiB (the kernel's,
+// systemd's DefaultLimitMEMLOCK=) then holds about 20 workers, so a start with one worker per
+// CPU fails on a larger machine, and the cause is rarely a lack of memory.
+constexpr const char* kLockedMemoryHint =
+    " (the locked-memory limit is likely too low: each worker's io_uring takes about 400 KiB "
+    "of it without CAP_IPC_LOCK; raise RLIMIT_MEMLOCK: ulimit -l, systemd LimitMEMLOCK=, or "
+    "lower [server] workers)";
+
+}  // namespace
+
 ResumeTicket ConnContext::defer() noexcept {
   KEYGATE_ASSERT(!conn_->awaiting);
   conn_->awaiting = true;
@@ -84,7 +99,9 @@ bool Worker::Impl::init(std::string* error) {
   }
   if (ret != 0) {
     *error = std::string("io_uring set-up failed: ") + std::strerror(-ret) +
-             " (is io_uring disabled by sysctl kernel.io_uring_disabled or a seccomp policy?)";
+             (ret == -ENOMEM ? kLockedMemoryHint
+                             : " (is io_uring disabled by sysctl kernel.io_uring_disabled or a "
+                               "seccomp policy?)");
     return false;
   }
   ring_ready = true;
@@ -147,8 +164,11 @@ bool Worker::Impl::init(std::string* error) {
   reg.bgid = kBufGroup;
   ret = io_uring_register_buf_ring(&ring, &reg, 0);
   if (ret != 0) {
-    *error = std::string("io_uring provided buffer rings unavailable (needs Linux 5.19+): ") +
-             std::strerror(-ret);
+    *error = ret == -ENOMEM
+                 ? std::string("io_uring provided buffer ring: ") + std::strerror(-ret) +
+                       kLockedMemoryHint
+                 : std::string("io_uring provided buffer rings unavailable (needs Linux 5.19+): ") +
+                       std::strerror(-ret);
     return false;
   }
   const int mask = io_uring_buf_ring_mask(kBufCount);

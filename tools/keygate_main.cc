@@ -40,6 +40,7 @@
 #include "storage/key_service.h"
 #include "storage/key_service_admin_store.h"
 #include "tools/read_fd.h"
+#include "tools/service_notifier.h"
 
 namespace {
 
@@ -195,6 +196,17 @@ void raise_descriptor_limit(unsigned workers, const keygate::Config& config) {
     (void)setrlimit(RLIMIT_NOFILE, &raised);  // left as it is when refused: checked as it is
   }
   check_descriptor_limit(workers, config, config.apis);
+}
+
+// Each worker's io_uring locks about 400 KiB of memory that the kernel may charge to
+// RLIMIT_MEMLOCK (without CAP_IPC_LOCK: net/worker.cc says so when a ring set-up fails with
+// ENOMEM). The soft limit is raised to the hard one, as for descriptors: a shell's `ulimit -l`
+// soft value should not be what stops keygate on a machine with many CPUs.
+void raise_locked_memory_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_MEMLOCK, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  limit.rlim_cur = limit.rlim_max;
+  (void)setrlimit(RLIMIT_MEMLOCK, &limit);  // unchanged on failure: the ring set-up then says
 }
 
 // The reloads of the config file (SIGHUP), for GET /admin/stats. Written by the main thread,
@@ -393,6 +405,8 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGXFSZ, SIG_IGN);
   reexec_with_huge_pages(argv);
+  // After the re-execution, which passes NOTIFY_SOCKET on; before any thread starts.
+  keygate::tools::ServiceNotifier notifier = keygate::tools::ServiceNotifier::from_environment();
   keygate::CommandLine cli;
   std::string error;
   if (!keygate::parse_command_line(argc, argv, &cli, &error)) return usage_error(error);
@@ -434,6 +448,7 @@ int main(int argc, char** argv) {
   unsigned workers = config.workers;
   if (workers == 0) workers = usable_cpus();
   raise_descriptor_limit(workers, config);
+  raise_locked_memory_limit();
 
   // The first version of the APIs; a reload (SIGHUP) publishes the next one. Kept for the
   // whole run: the data handlers' fallback registry (they go by RequestContext::apis).
@@ -667,9 +682,13 @@ int main(int argc, char** argv) {
   keygate::ListenAddress admin = config.admin_listen;
   data.port = server->data_port();
   admin.port = server->admin_port();
-  std::printf("keygate: listening data=%s admin=%s workers=%u ring=%s\n", data.to_string().c_str(),
-              admin.to_string().c_str(), workers, server->ring_mode().c_str());
+  const std::string listening = "listening data=" + data.to_string() + " admin=" +
+                                 admin.to_string() + " workers=" + std::to_string(workers) +
+                                 " ring=" + server->ring_mode();
+  std::printf("keygate: %s\n", listening.c_str());
   std::fflush(stdout);
+  // After the line: a supervisor told "ready" finds it printed, and both ports accept.
+  notifier.ready(listening);
 
   // Signals are taken one at a time: a SIGHUP during a reload waits for it and then reloads
   // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
@@ -680,8 +699,17 @@ int main(int argc, char** argv) {
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGTERM || sig == SIGINT) break;
     if (sig == SIGHUP) {
+      // RELOADING=1 before the file is read and READY=1 once the outcome is known, applied or
+      // refused: with systemd's Type=notify-reload, `systemctl reload` returns at the READY=1.
+      notifier.reloading(cli.config_path ? "reloading " + *cli.config_path : "reloading");
       const uint64_t asks = reload_requests.begin();
-      reload_requests.finish(asks, reloader.reload());
+      keygate::ReloadOutcome outcome = reloader.reload();
+      notifier.reloaded(outcome.applied
+                            ? listening + "; " + std::to_string(outcome.apis) +
+                                  " APIs (generation " + std::to_string(outcome.generation) + ")"
+                            : "reload refused, serving generation " +
+                                  std::to_string(outcome.generation) + ": " + outcome.error);
+      reload_requests.finish(asks, std::move(outcome));
       continue;
     }
     std::fprintf(stderr,
@@ -693,6 +721,8 @@ int main(int argc, char** argv) {
   std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
               config.limits.drain_timeout_ms);
   std::fflush(stdout);
+  notifier.stopping(std::string(signal_name(sig)) + " received, draining (up to " +
+                    std::to_string(config.limits.drain_timeout_ms) + " ms)");
   server->request_stop();
   // Signals are still taken while the workers drain, so that each is answered. A second
   // SIGTERM/SIGINT stops now: an operator's second Ctrl-C, or a supervisor that escalates. The

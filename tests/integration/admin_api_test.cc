@@ -9,6 +9,8 @@
 // report fails the test.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -1116,6 +1118,84 @@ TEST(DescriptorLimit, ClientsLeaveTheReserveForTheAdminPortAndTheAccessLog) {
       << server.error_output();
 }
 #endif
+
+// --- The locked-memory limit -------------------------------------------------------------------
+
+// Max locked memory (soft, bytes) of process `pid`, from /proc/<pid>/limits; 0 if unreadable.
+uint64_t soft_memlock_of(pid_t pid) {
+  std::ifstream limits("/proc/" + std::to_string(pid) + "/limits");
+  std::string line;
+  while (std::getline(limits, line)) {
+    if (line.rfind("Max locked memory", 0) != 0) continue;
+    std::istringstream fields(line.substr(std::strlen("Max locked memory")));
+    uint64_t soft = 0;
+    fields >> soft;
+    return soft;
+  }
+  return 0;
+}
+
+// keygate as a service runs it: without CAP_IPC_LOCK (the tests run as root, which has it, and
+// then the kernel charges nothing to RLIMIT_MEMLOCK), under the memlock limit `limit`
+// ("SOFT:HARD" bytes, prlimit's syntax).
+std::vector<std::string> without_ipc_lock(const std::string& limit) {
+  return {"/usr/bin/setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock",
+          "/usr/bin/prlimit", "--memlock=" + limit, "--"};
+}
+
+bool have_setpriv_and_prlimit() {
+  return ::access("/usr/bin/setpriv", X_OK) == 0 && ::access("/usr/bin/prlimit", X_OK) == 0;
+}
+
+// Each worker's io_uring can take about 400 KiB of locked memory: a soft limit below the hard
+// one (a shell's `ulimit -l`) is raised, as for descriptors, so two workers start under a 64 KiB
+// soft limit. The hard limit stays this process's own (raising it needs CAP_SYS_RESOURCE).
+TEST(LockedMemoryLimit, TheSoftLimitIsRaisedToTheHardOne) {
+  if (!have_setpriv_and_prlimit()) GTEST_SKIP() << "needs /usr/bin/setpriv and /usr/bin/prlimit";
+  rlimit own{};
+  ASSERT_EQ(::getrlimit(RLIMIT_MEMLOCK, &own), 0);
+  if (own.rlim_max != RLIM_INFINITY && own.rlim_max < (4u << 20)) {
+    GTEST_SKIP() << "the hard RLIMIT_MEMLOCK here (" << own.rlim_max << ") is below 4 MiB";
+  }
+  const uint64_t hard = own.rlim_max == RLIM_INFINITY ? uint64_t{64} << 20 : own.rlim_max;
+  ServerOptions options = admin_server_options("it-memlock-admin-key");
+  options.workers = 2;
+  options.wrapper = without_ipc_lock("65536:" + std::to_string(hard));
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  EXPECT_EQ(soft_memlock_of(server.pid()), hard);
+  EXPECT_TRUE(server.stop(SIGTERM).clean());
+}
+
+// A limit too low for the rings (where the kernel charges them to it: Linux 6.18 does) stops
+// keygate with a line that names the limit, not just "Cannot allocate memory".
+TEST(LockedMemoryLimit, AShortLimitIsNamedWhenTheRingsDoNotFit) {
+  if (!have_setpriv_and_prlimit()) GTEST_SKIP() << "needs /usr/bin/setpriv and /usr/bin/prlimit";
+  TempDir dir;
+  std::vector<std::string> args = without_ipc_lock("65536:65536");
+  const std::string program = args.front();
+  args.erase(args.begin());
+  for (const std::string& arg :
+       {std::string(keygate_binary()), std::string("--listen"), std::string("127.0.0.1:0"),
+        std::string("--admin-listen"), std::string("127.0.0.1:0"), std::string("--workers"),
+        std::string("1"), std::string("--data-dir"), dir.path() + "/data"}) {
+    args.push_back(arg);
+  }
+  // Run to its end: a kernel that charges nothing to the limit starts keygate, which then runs
+  // until the timeout kills it.
+  const ProcessResult p = run_process(program, args, nullptr, Millis(5000));
+  if (p.status.timed_out) {
+    GTEST_SKIP() << "this kernel does not charge io_uring rings to RLIMIT_MEMLOCK";
+  }
+  EXPECT_TRUE(p.status.exited && p.status.code == 1) << p.status.describe() << "\n" << p.err;
+  EXPECT_NE(p.err.find("keygate: io_uring set-up failed: Cannot allocate memory (the "
+                       "locked-memory limit is likely too low: each worker's io_uring takes "
+                       "about 400 KiB of it without CAP_IPC_LOCK; raise RLIMIT_MEMLOCK: ulimit "
+                       "-l, systemd LimitMEMLOCK=, or lower [server] workers)"),
+            std::string::npos)
+      << p.err;
+}
 
 }  // namespace
 }  // namespace keygate::integration

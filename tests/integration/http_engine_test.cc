@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -1243,11 +1244,13 @@ TEST(Cli, HelpExitsZeroAndMentionsEveryFlag) {
 }
 
 // Every KEYGATE_* variable the server reads (a getenv in the files the keygate binary is built
-// from) is listed by --help and in docs/configuration.md's "Environment" table.
+// from), and NOTIFY_SOCKET, is listed by --help and in docs/configuration.md's "Environment"
+// table.
 TEST(Cli, HelpAndTheConfigurationDocNameEveryEnvironmentVariableTheServerReads) {
   namespace fs = std::filesystem;
   const fs::path root = KEYGATE_SOURCE_DIR;
-  std::vector<fs::path> sources = {root / "tools" / "keygate_main.cc"};
+  std::vector<fs::path> sources = {root / "tools" / "keygate_main.cc",
+                                   root / "tools" / "service_notifier.cc"};
   for (const char* dir : {"core", "net", "storage"}) {
     for (const fs::directory_entry& e : fs::recursive_directory_iterator(root / dir)) {
       const std::string ext = e.path().extension().string();
@@ -1266,7 +1269,12 @@ TEST(Cli, HelpAndTheConfigurationDocNameEveryEnvironmentVariableTheServerReads) 
       const size_t begin = at + kCall.size() - std::string_view("KEYGATE_").size();
       variables.push_back(text.substr(begin, text.find('"', begin) - begin));
     }
+    if (text.find("getenv(\"NOTIFY_SOCKET\")") != std::string::npos) {
+      variables.push_back("NOTIFY_SOCKET");
+    }
   }
+  EXPECT_NE(std::find(variables.begin(), variables.end(), "NOTIFY_SOCKET"), variables.end())
+      << "tools/service_notifier.cc no longer reads NOTIFY_SOCKET: is the tree moved?";
   ASSERT_GE(variables.size(), 4u) << "the scan found too few getenv calls: is the tree moved?";
   const ProcessResult help = run_keygate({"--help"});
   ASSERT_TRUE(help.status.clean()) << help.status.describe();

@@ -1,0 +1,329 @@
+// Integration tests of keygate's readiness protocol with a service manager (sd_notify(3), as
+// systemd's Type=notify speaks it): the test plays the service manager, binding the AF_UNIX
+// datagram socket that NOTIFY_SOCKET names (a path in a temp dir, or an abstract @name), starts
+// the real keygate with it and reads what arrives at start-up, on reloads and at the drain.
+// Also ServiceNotifier (tools/service_notifier.h) on its own, for what a child process would
+// see: NOTIFY_SOCKET taken out of the environment.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "tests/integration/test_server.h"
+#include "tools/service_notifier.h"
+
+namespace keygate::integration {
+namespace {
+
+constexpr std::string_view kAdminKey = "notify-test-admin-key-0123456789";
+
+// The service manager's end: an AF_UNIX datagram socket bound to a path or an abstract name,
+// closed (and its path removed) on destruction.
+class NotifyReceiver {
+ public:
+  // Binds `name`: a path, or "@name" for the abstract name (no terminating NUL, as sd_notify
+  // addresses it). False with the reason when it cannot.
+  bool bind(const std::string& name, std::string* error) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) {
+      *error = std::string("socket: ") + std::strerror(errno);
+      return false;
+    }
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (name.size() >= sizeof(address.sun_path)) {
+      *error = "name too long: " + name;
+      return false;
+    }
+    std::memcpy(address.sun_path, name.data(), name.size());
+    socklen_t bytes = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+    if (name.front() == '@') {
+      address.sun_path[0] = '\0';
+    } else {
+      bytes += 1;
+      path_ = name;
+    }
+    if (::bind(fd_, reinterpret_cast<const sockaddr*>(&address), bytes) != 0) {
+      *error = "bind " + name + ": " + std::strerror(errno);
+      return false;
+    }
+    return true;
+  }
+  ~NotifyReceiver() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+
+  // The next datagram, or nullopt when none comes within `timeout`.
+  std::optional<std::string> receive(Millis timeout = Millis(10000)) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) return std::nullopt;
+    char buf[8192];
+    const ssize_t n = ::recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0) return std::nullopt;
+    return std::string(buf, static_cast<size_t>(n));
+  }
+
+ private:
+  int fd_ = -1;
+  std::string path_;
+};
+
+// The value of assignment `name` in a notification ("NAME=value" lines), nullopt when absent.
+std::optional<std::string> field(std::string_view message, std::string_view name) {
+  while (!message.empty()) {
+    const size_t end = message.find('\n');
+    const std::string_view line = message.substr(0, end);
+    if (line.size() > name.size() && line.starts_with(name) && line[name.size()] == '=') {
+      return std::string(line.substr(name.size() + 1));
+    }
+    if (end == std::string_view::npos) break;
+    message.remove_prefix(end + 1);
+  }
+  return std::nullopt;
+}
+
+uint64_t monotonic_usec() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1000000u + static_cast<uint64_t>(now.tv_nsec) / 1000u;
+}
+
+ServerOptions notify_options(const std::string& notify_socket) {
+  ServerOptions options = admin_server_options(std::string(kAdminKey));
+  options.env.emplace_back("NOTIFY_SOCKET", notify_socket);
+  return options;
+}
+
+// Expects READY=1 with MAINPID = the server's pid and a STATUS naming the data port it bound,
+// so sent once keygate listens (the port is ephemeral: known only after the bind).
+void expect_ready(NotifyReceiver& receiver, const TestServer& server) {
+  const std::optional<std::string> ready = receiver.receive();
+  ASSERT_TRUE(ready.has_value()) << "no notification after the ready line";
+  EXPECT_EQ(field(*ready, "READY"), "1") << *ready;
+  EXPECT_EQ(field(*ready, "MAINPID"), std::to_string(server.pid())) << *ready;
+  const std::optional<std::string> status = field(*ready, "STATUS");
+  ASSERT_TRUE(status.has_value()) << *ready;
+  EXPECT_NE(status->find("data=127.0.0.1:" + std::to_string(server.data_port())),
+            std::string::npos)
+      << *ready;
+}
+
+// After a reload was asked for at `asked_usec` (CLOCK_MONOTONIC): RELOADING=1 with a
+// MONOTONIC_USEC taken after the ask, then READY=1 with a STATUS containing `status_part`.
+void expect_reload(NotifyReceiver& receiver, uint64_t asked_usec, std::string_view status_part) {
+  const std::optional<std::string> reloading = receiver.receive();
+  ASSERT_TRUE(reloading.has_value()) << "no RELOADING=1";
+  EXPECT_EQ(field(*reloading, "RELOADING"), "1") << *reloading;
+  const std::optional<std::string> usec = field(*reloading, "MONOTONIC_USEC");
+  ASSERT_TRUE(usec.has_value()) << *reloading;
+  const uint64_t began = std::strtoull(usec->c_str(), nullptr, 10);
+  EXPECT_GE(began, asked_usec) << *reloading;
+  EXPECT_LE(began, monotonic_usec()) << *reloading;
+  const std::optional<std::string> done = receiver.receive();
+  ASSERT_TRUE(done.has_value()) << "no READY=1 after RELOADING=1";
+  EXPECT_EQ(field(*done, "READY"), "1") << *done;
+  EXPECT_EQ(field(*done, "MAINPID"), std::nullopt) << *done;
+  EXPECT_NE(field(*done, "STATUS").value_or("").find(status_part), std::string::npos) << *done;
+}
+
+// Replaces keygate's config file atomically with `text`, as an operator should.
+void replace_config(const TestServer& server, const std::string& text) {
+  const std::string path = server.dir().path() + "/keygate.toml";
+  const std::string written = server.dir().write_file("keygate.toml.new", text);
+  ASSERT_EQ(std::rename(written.c_str(), path.c_str()), 0);
+}
+
+TEST(ServiceNotify, ASocketPathGetsReadyReloadingAndStopping) {
+  TempDir socket_dir;
+  const std::string path = socket_dir.path() + "/notify";
+  NotifyReceiver receiver;
+  std::string error;
+  ASSERT_TRUE(receiver.bind(path, &error)) << error;
+  TestServer server(notify_options(path));
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  expect_ready(receiver, server);
+  EXPECT_EQ(receiver.receive(Millis(200)), std::nullopt) << "more than READY=1 at start-up";
+
+  // A reload that applies (the file as it is: generation 2) ...
+  uint64_t asked = monotonic_usec();
+  ASSERT_TRUE(server.send_signal(SIGHUP));
+  expect_reload(receiver, asked, "(generation 2)");
+  ASSERT_TRUE(server.wait_for_error_output("(generation 2)", Millis(10000)))
+      << server.error_output();
+
+  // ... and one that is refused end with READY=1 alike: keygate serves either way.
+  replace_config(server, "[[apis]]\nname = 1\n");
+  asked = monotonic_usec();
+  ASSERT_TRUE(server.send_signal(SIGHUP));
+  expect_reload(receiver, asked, "reload refused");
+  ASSERT_TRUE(server.wait_for_error_output("reload refused", Millis(10000)))
+      << server.error_output();
+
+  ASSERT_TRUE(server.send_signal(SIGTERM));
+  const std::optional<std::string> stopping = receiver.receive();
+  ASSERT_TRUE(stopping.has_value()) << "no STOPPING=1";
+  EXPECT_EQ(field(*stopping, "STOPPING"), "1") << *stopping;
+  EXPECT_NE(field(*stopping, "STATUS").value_or("").find("draining"), std::string::npos)
+      << *stopping;
+  const ExitStatus status = server.wait_exit(Millis(10000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+  EXPECT_EQ(receiver.receive(Millis(200)), std::nullopt) << "a notification after STOPPING=1";
+  EXPECT_EQ(server.error_output().find("NOTIFY_SOCKET"), std::string::npos)
+      << server.error_output();
+}
+
+// An abstract name (sd_notify's "@"): addressed by exactly its bytes. A reload asked for on
+// the admin API (POST /admin/reload) is notified like a SIGHUP.
+TEST(ServiceNotify, AnAbstractNameGetsReadyAndAnAdminReloadAndStopping) {
+  const std::string name = "@keygate-notify-test-" + random_hex(16);
+  NotifyReceiver receiver;
+  std::string error;
+  ASSERT_TRUE(receiver.bind(name, &error)) << error;
+  TestServer server(notify_options(name));
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  expect_ready(receiver, server);
+
+  const uint64_t asked = monotonic_usec();
+  const std::optional<Response> reload = round_trip(
+      server.admin_port(),
+      http_request("POST", "/admin/reload", {"X-ApiKey: " + std::string(kAdminKey)}),
+      Millis(10000));
+  ASSERT_TRUE(reload.has_value());
+  EXPECT_EQ(reload->status, 200) << show(reload);
+  expect_reload(receiver, asked, "(generation 2)");
+
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+  const std::optional<std::string> stopping = receiver.receive();
+  ASSERT_TRUE(stopping.has_value()) << "no STOPPING=1";
+  EXPECT_EQ(field(*stopping, "STOPPING"), "1") << *stopping;
+}
+
+// A socket that is gone (the service manager restarted, a stale variable): keygate starts,
+// reloads and stops as usual, and says so once on stderr, not once per notification.
+TEST(ServiceNotify, ASocketThatDoesNotExistIsSaidOnceAndKeygateRunsOn) {
+  TempDir socket_dir;
+  TestServer server(notify_options(socket_dir.path() + "/no-such-socket"));
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  const std::optional<Response> health = round_trip(server.data_port(),
+                                                    http_request("GET", "/healthz"));
+  ASSERT_TRUE(health.has_value());
+  EXPECT_EQ(health->status, 200);
+  ASSERT_TRUE(server.send_signal(SIGHUP));
+  ASSERT_TRUE(server.wait_for_error_output("(generation 2)", Millis(10000)))
+      << server.error_output();
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+  EXPECT_EQ(count_of(server.error_output(), "NOTIFY_SOCKET"), 1u) << server.error_output();
+  EXPECT_NE(server.error_output().find("keygate: cannot notify NOTIFY_SOCKET " +
+                                       socket_dir.path() + "/no-such-socket: "),
+            std::string::npos)
+      << server.error_output();
+}
+
+// A service manager that never reads its socket: once the socket's queue is full (10
+// datagrams by default, net.unix.max_dgram_qlen) a send fails instead of waiting, so reloads
+// and the drain go on as usual.
+TEST(ServiceNotify, AFullSocketQueueNeverHoldsKeygateUp) {
+  TempDir socket_dir;
+  const std::string path = socket_dir.path() + "/notify";
+  NotifyReceiver receiver;
+  std::string error;
+  ASSERT_TRUE(receiver.bind(path, &error)) << error;
+  TestServer server(notify_options(path));
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  const pid_t pid = server.pid();
+  constexpr uint64_t kReloads = 12;  // 1 + 2 x 12 datagrams, more than the queue holds
+  for (uint64_t generation = 2; generation < 2 + kReloads; ++generation) {
+    ASSERT_TRUE(server.send_signal(SIGHUP));
+    const std::string line = "(generation " + std::to_string(generation) + ")";
+    ASSERT_TRUE(server.wait_for_error_output(line, Millis(10000))) << server.error_output();
+  }
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+  EXPECT_EQ(count_of(server.error_output(), "NOTIFY_SOCKET"), 1u) << server.error_output();
+  // What the queue took is what keygate sent first: READY=1 at start-up.
+  const std::optional<std::string> first = receiver.receive(Millis(1000));
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(field(*first, "READY"), "1") << *first;
+  EXPECT_EQ(field(*first, "MAINPID"), std::to_string(pid)) << *first;
+}
+
+// A value that names no socket (a relative path) is said once; keygate starts.
+TEST(ServiceNotify, AValueThatIsNoSocketAddressIsSaidOnceAndKeygateStarts) {
+  TestServer server(notify_options("run/notify"));
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_EQ(count_of(server.error_output(), "NOTIFY_SOCKET"), 1u) << server.error_output();
+  EXPECT_NE(server.error_output().find(
+                "keygate: NOTIFY_SOCKET run/notify: neither an absolute path nor an abstract "
+                "@name"),
+            std::string::npos)
+      << server.error_output();
+}
+
+// Restores (or removes) an environment variable when it goes out of scope.
+class EnvironmentVariable {
+ public:
+  EnvironmentVariable(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value.c_str(), 1);
+  }
+  ~EnvironmentVariable() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// NOTIFY_SOCKET leaves the environment once read, so a process keygate starts cannot notify
+// in keygate's name; the notifier still sends to it.
+TEST(ServiceNotifier, TakesNotifySocketOutOfTheEnvironmentAndStillSendsThere) {
+  TempDir socket_dir;
+  const std::string path = socket_dir.path() + "/notify";
+  NotifyReceiver receiver;
+  std::string error;
+  ASSERT_TRUE(receiver.bind(path, &error)) << error;
+  EnvironmentVariable variable("NOTIFY_SOCKET", path);
+  keygate::tools::ServiceNotifier notifier = keygate::tools::ServiceNotifier::from_environment();
+  EXPECT_EQ(std::getenv("NOTIFY_SOCKET"), nullptr);
+  ASSERT_TRUE(notifier.enabled());
+  notifier.ready("up");
+  const std::optional<std::string> ready = receiver.receive();
+  ASSERT_TRUE(ready.has_value());
+  EXPECT_EQ(*ready, "READY=1\nMAINPID=" + std::to_string(::getpid()) + "\nSTATUS=up");
+}
+
+TEST(ServiceNotifier, WithoutNotifySocketSendsNothing) {
+  ::unsetenv("NOTIFY_SOCKET");
+  keygate::tools::ServiceNotifier notifier = keygate::tools::ServiceNotifier::from_environment();
+  EXPECT_FALSE(notifier.enabled());
+  notifier.ready("up");  // nothing to send to: no error, no stderr line
+  notifier.stopping("down");
+}
+
+}  // namespace
+}  // namespace keygate::integration
