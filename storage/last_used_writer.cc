@@ -1,5 +1,6 @@
 #include "storage/last_used_writer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <unordered_map>
@@ -56,14 +57,21 @@ void LastUsedWriter::flush() {
   reports_total_.fetch_add(taken, std::memory_order_relaxed);
   if (latest.empty()) return;
   std::vector<KeyStore::LastUsed> batch;
-  batch.reserve(latest.size());
-  for (auto& [id, at] : latest) batch.push_back({id, at});
-  size_t written = 0;
-  if (write_(batch, &written).is_ok()) {
-    writes_total_.fetch_add(written, std::memory_order_relaxed);
-  } else {
-    write_errors_.fetch_add(1, std::memory_order_relaxed);
+  batch.reserve(std::min(latest.size(), kWriteBatchMax));
+  auto write = [&] {
+    size_t written = 0;
+    if (write_(batch, &written).is_ok()) {
+      writes_total_.fetch_add(written, std::memory_order_relaxed);
+    } else {
+      write_errors_.fetch_add(1, std::memory_order_relaxed);
+    }
+    batch.clear();
+  };
+  for (auto& [id, at] : latest) {
+    batch.push_back({id, at});
+    if (batch.size() == kWriteBatchMax) write();
   }
+  if (!batch.empty()) write();
 }
 
 void LastUsedWriter::stop() {

@@ -42,11 +42,16 @@ class LastUsedWriter final : public KeyUseSink {
     uint32_t flush_interval_ms = 30000;  // [keys] last_used_flush_interval_ms
   };
 
+  // Entries per write call: the store holds its writers' mutex for one call (two point reads
+  // per entry), so an admin change waits for at most this many, not for every key used in
+  // the interval.
+  static constexpr size_t kWriteBatchMax = 1024;
+
   struct Stats {
     uint64_t reports_total = 0;    // reports taken from the queues
     uint64_t reports_dropped = 0;  // reports a full queue dropped (the key's next use retries)
     uint64_t writes_total = 0;     // last-used entries written to the store
-    uint64_t write_errors = 0;     // batches the store failed to write (their reports are lost)
+    uint64_t write_errors = 0;     // write calls the store failed (their reports are lost)
   };
 
   // Starts the thread. Allocates the queues (workers × queue_capacity × 32 bytes).

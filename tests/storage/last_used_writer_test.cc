@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <string>
@@ -63,6 +64,21 @@ TEST(LastUsedWriter, AFlushWritesTheLatestTimePerKeyInOneBatch) {
   EXPECT_EQ(s.reports_dropped, 0u);
   writer.flush();  // nothing new: no batch
   EXPECT_EQ(rec.batches, 1u);
+}
+
+TEST(LastUsedWriter, ManyKeysAreWrittenInBoundedBatches) {
+  Recorder rec;
+  const size_t keys = LastUsedWriter::kWriteBatchMax + 5;
+  LastUsedWriter writer(options(1, 2 * keys, 600000), rec.fn());
+  for (size_t i = 0; i < keys; ++i) {
+    char id[14];
+    std::snprintf(id, sizeof id, "k%012zu", i);
+    ASSERT_TRUE(writer.report(0, use_of(id, 5)));
+  }
+  writer.flush();
+  EXPECT_EQ(rec.batches, 2u);
+  EXPECT_EQ(rec.stored.size(), keys);
+  EXPECT_EQ(writer.stats().writes_total, keys);
 }
 
 TEST(LastUsedWriter, AFullQueueDropsAndCounts) {
