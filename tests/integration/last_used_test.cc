@@ -201,14 +201,6 @@ TEST_F(LastUsed, UnusedSinceListsTheKeysNotUsedSinceThen) {
   EXPECT_NE(r->body.find("\"field\":\"unused_since\""), std::string::npos) << r->body;
 }
 
-TEST_F(LastUsed, DeletingAKeyDeletesItsLastUse) {
-  const Key key = create_key(R"({"apis":["orders"]})");
-  ASSERT_EQ(data_status("/orders/1", key.value), 200);
-  ASSERT_TRUE(await_last_used(key.id).has_value());
-  ASSERT_TRUE(status_is(admin("DELETE", "/admin/keys/" + key.id), 204));
-  EXPECT_TRUE(status_is(admin("GET", "/admin/keys/" + key.id), 404));
-}
-
 // The last use of a key survives an orderly restart even when the stop comes long before the
 // next flush: the drain writes what is pending.
 class LastUsedRestart : public LastUsed {
