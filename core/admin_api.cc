@@ -741,7 +741,7 @@ void append_string_array(std::string& out, const std::vector<std::string>& list)
 
 // A record as the API shows it: never the digest, and the plaintext only when given (create and
 // rotate, the one time it is shown).
-void append_record(std::string& out, const KeyRecord& r,
+void append_record(std::string& out, const KeyRecord& r, std::optional<int64_t> last_used_at,
                    std::optional<std::string_view> plaintext = std::nullopt) {
   out += "{\"id\":";
   append_json_string(out, r.id);
@@ -766,6 +766,12 @@ void append_record(std::string& out, const KeyRecord& r,
   out += ",\"expires_at\":";
   if (r.expires_at) {
     append_time(out, *r.expires_at);
+  } else {
+    out += "null";
+  }
+  out += ",\"last_used_at\":";
+  if (last_used_at) {
+    append_time(out, *last_used_at);
   } else {
     out += "null";
   }
@@ -906,7 +912,7 @@ AdminResponse create_key(const AdminRequest& request, AdminStore& store, const A
   }
   std::string out;
   out.reserve(512);
-  append_record(out, record, plaintext);
+  append_record(out, record, std::nullopt, plaintext);  // a new key: never used
   return json_response(201, std::move(out));
 }
 
@@ -948,6 +954,8 @@ struct ListQuery {
   std::string cursor;  // where the page starts after: a key id, or a decoded user name; "" = first
   std::optional<std::string> api;
   std::optional<std::string> user;
+  // Keys never used, or last used before this (Unix seconds): candidates to disable.
+  std::optional<int64_t> unused_since;
 };
 
 // Calls `visit(name, value)` for every name=value pair of a query string, both percent-decoded
@@ -977,7 +985,8 @@ bool visit_query(std::string_view query, Failure* f, Visit&& visit) {
   return true;
 }
 
-// The query of GET /admin/keys (limit, cursor, api, user) or GET /admin/users (limit, cursor).
+// The query of GET /admin/keys (limit, cursor, api, user, unused_since) or GET /admin/users
+// (limit, cursor).
 bool parse_list_query(std::string_view query, Listing listing, ListQuery* q, Failure* f) {
   bool seen_limit = false;
   bool seen_cursor = false;
@@ -987,12 +996,15 @@ bool parse_list_query(std::string_view query, Listing listing, ListQuery* q, Fai
       seen = &seen_limit;
     } else if (name == "cursor") {
       seen = &seen_cursor;
-    } else if (listing == Listing::kUsers || (name != "api" && name != "user")) {
+    } else if (listing == Listing::kUsers ||
+               (name != "api" && name != "user" && name != "unused_since")) {
       *f = field_failure(400, "unknown_field", name, "unknown query parameter");
       return false;
     }
-    const bool repeated =
-        seen != nullptr ? *seen : (name == "api" ? q->api.has_value() : q->user.has_value());
+    const bool repeated = seen != nullptr         ? *seen
+                          : name == "api"         ? q->api.has_value()
+                          : name == "unused_since" ? q->unused_since.has_value()
+                                                  : q->user.has_value();
     if (repeated) {
       *f = invalid_value(name, "query parameter given more than once");
       return false;
@@ -1031,6 +1043,13 @@ bool parse_list_query(std::string_view query, Listing listing, ListQuery* q, Fai
         return false;
       }
       q->api = value;
+    } else if (name == "unused_since") {
+      int64_t since = 0;
+      if (!parse_rfc3339(value, &since)) {
+        *f = invalid_value("unused_since", "unused_since is an RFC 3339 time");
+        return false;
+      }
+      q->unused_since = since;
     } else {
       if (!may_name_stored_user(value)) {
         *f = invalid_value("user", kStoredUserNameRule);
@@ -1062,8 +1081,9 @@ AdminResponse list_keys(const AdminRequest& request, AdminStore& store) {
   while (matched < q.limit && budget > 0 && more) {
     // Unfiltered, every record fetched is shown; filtered, fetch in large batches since most may
     // not match. One record more than may be examined shows whether the store holds more.
+    const bool filtered = q.api || q.user || q.unused_since;
     const size_t fetch =
-        q.api || q.user ? std::min(budget, kListLimitMax) : std::min(q.limit - matched, budget);
+        filtered ? std::min(budget, kListLimitMax) : std::min(q.limit - matched, budget);
     page.clear();
     const AdminStoreResult result = store.list_keys(after, fetch + 1, &page);
     if (!result.ok()) return error_response(store_unavailable(result));
@@ -1075,8 +1095,10 @@ AdminResponse list_keys(const AdminRequest& request, AdminStore& store) {
       after = r.id;
       if (q.api && !r.has_api(*q.api)) continue;
       if (q.user && r.user != *q.user) continue;
+      const std::optional<int64_t> last_used_at = store.get_last_used(r.id);
+      if (q.unused_since && last_used_at && *last_used_at >= *q.unused_since) continue;
       if (matched > 0) out += ',';
-      append_record(out, r);
+      append_record(out, r, last_used_at);
       ++matched;
     }
     more = page.size() > examined;
@@ -1098,7 +1120,7 @@ AdminResponse get_key(std::string_view id, AdminStore& store) {
   if (result.code == AdminStoreCode::kNotFound) return error_response(key_not_found());
   if (!result.ok()) return error_response(store_unavailable(result));
   std::string out;
-  append_record(out, record);
+  append_record(out, record, store.get_last_used(record.id));
   return json_response(200, std::move(out));
 }
 
@@ -1131,7 +1153,7 @@ AdminResponse patch_key(std::string_view id, const AdminRequest& request, AdminS
   result = store.update_key(record, std::nullopt);
   if (!result.ok()) return error_response(update_failure(result, record, store));
   std::string out;
-  append_record(out, record);
+  append_record(out, record, store.get_last_used(record.id));
   return json_response(200, std::move(out));
 }
 
@@ -1190,7 +1212,8 @@ AdminResponse rotate_key(std::string_view id, const AdminRequest& request, Admin
   if (!result.ok()) return error_response(update_failure(result, record, store));
   std::string out;
   out.reserve(512);
-  append_record(out, record, plaintext);
+  // Same id, same key: its uses before the rotation stay its uses.
+  append_record(out, record, store.get_last_used(record.id), plaintext);
   return json_response(201, std::move(out));
 }
 

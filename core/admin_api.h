@@ -6,12 +6,14 @@
 // (storage/admin_executor.h), which calls execute_admin() there, so neither JSON work on large
 // bodies nor the blocking, synced store calls ever run on a worker's event loop.
 //
-// Routes (all JSON; records never contain the plaintext or the digest; times are RFC 3339 UTC):
+// Routes (all JSON; records never contain the plaintext or the digest; times are RFC 3339 UTC;
+// a record's last_used_at is AdminStore::get_last_used's, null when never used):
 //   POST   /admin/keys                 201 record + "key" (plaintext, shown this once)
 //   GET    /admin/keys                 200 {"keys":[record...],"next_cursor":str|null}
 //                                       ?limit=1..1000 (default 100) &cursor= &api= &user=
-//                                       (filtered pages may be short, even empty: page on
-//                                       until next_cursor is null)
+//                                       &unused_since= (RFC 3339: keys never used or last used
+//                                       before it) (filtered pages may be short, even empty:
+//                                       page on until next_cursor is null)
 //   GET    /admin/keys/{id}            200 record
 //   PATCH  /admin/keys/{id}            200 record
 //   DELETE /admin/keys/{id}            204
@@ -120,6 +122,10 @@ class AdminStore {
                                       const std::optional<PreviousDigest>& previous) = 0;
   virtual AdminStoreResult delete_key(std::string_view id) = 0;
   virtual AdminStoreResult import_keys(std::vector<KeyRecord> records) = 0;
+  // When key `id` was last used (Unix seconds; see storage/last_used_writer.h for how late it
+  // may be), or nullopt: never used since uses were recorded, or unknown. A last use that
+  // cannot be read is nullopt too: it never fails a key's answer. This default: never used.
+  virtual std::optional<int64_t> get_last_used(std::string_view /*id*/) { return std::nullopt; }
   // Users in name order (bytewise) after `after_name` (exclusive; "" = from the first; it need
   // not name a stored user), at most `limit`.
   virtual AdminStoreResult list_users(std::string_view after_name, size_t limit,

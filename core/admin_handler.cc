@@ -12,9 +12,13 @@ constexpr size_t kKeptBodyCapacityMax = 64 * 1024;
 
 }  // namespace
 
+// Admin keys are few: a small table is plenty (32 bytes a slot).
+constexpr size_t kKeyUseSlots = 64;
+
 AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
-                           size_t body_inspect_bytes_max)
+                           size_t body_inspect_bytes_max, KeyUseSink* uses, unsigned worker)
     : authenticator_(directory, body_inspect_bytes_max),
+      uses_(uses, worker, kKeyUseSlots),
       body_inspect_bytes_max_(body_inspect_bytes_max),
       backend_(backend) {}
 
@@ -221,6 +225,8 @@ bool AdminHandler::refused(const Authenticator::Result& resolved, ResponseWriter
     write_error(response, 401, "invalid_api_key", "the API key is not valid", true);
     return true;
   }
+  // Valid: a use of the key, allowed or not (as on the data port).
+  uses_.note(resolved.key->id, ctx.now_unix());
   if (!resolved.key->has_api(kAdminApi)) {
     write_error(response, 403, "api_not_permitted", "the API key may not call this API", false);
     return true;

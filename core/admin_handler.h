@@ -22,6 +22,8 @@
 //     user grants do not narrow it);
 //   otherwise the AdminBackend runs execute_admin() and the response is its status, its Allow
 //     header (405), Content-Type application/json and its body (none for 204).
+// A valid key (allowed, or 403) is a use of that key, reported to the KeyUseSink as on the
+// data port (auth_handler.h).
 // Error bodies have the admin API's shape: {"error":code,"field":null,"message":text}.
 //
 // Deferral: the views handle() sees point into the worker's receive buffer, which goes back to
@@ -41,6 +43,7 @@
 #include "core/builtin_handler.h"
 #include "core/handler.h"
 #include "core/key_directory.h"
+#include "core/key_use.h"
 
 namespace keygate {
 
@@ -61,7 +64,9 @@ class AdminHandler final : public Handler {
  public:
   // `directory` and `backend` must outlive the handler. `body_inspect_bytes_max`: the largest
   // form/JSON body searched for a key (413 above it when the key is not in the header or query).
-  AdminHandler(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max);
+  // `uses` (may be null) gets this worker's (`worker`) key uses.
+  AdminHandler(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max,
+               KeyUseSink* uses = nullptr, unsigned worker = 0);
 
   Result handle(const HttpRequest& request, ResponseWriter& response,
                 RequestContext& ctx) noexcept override;
@@ -128,6 +133,7 @@ class AdminHandler final : public Handler {
   void give_back(State* state) noexcept;
 
   Authenticator authenticator_;
+  KeyUseReporter uses_;
   size_t body_inspect_bytes_max_;
   AdminBackend& backend_;
   BuiltinHandler builtin_;
@@ -136,16 +142,22 @@ class AdminHandler final : public Handler {
 
 class AdminHandlerFactory final : public HandlerFactory {
  public:
-  AdminHandlerFactory(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max)
-      : directory_(directory), backend_(backend), body_inspect_bytes_max_(body_inspect_bytes_max) {}
-  std::unique_ptr<Handler> make(unsigned) override {
-    return std::make_unique<AdminHandler>(directory_, backend_, body_inspect_bytes_max_);
+  AdminHandlerFactory(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max,
+                      KeyUseSink* uses = nullptr)
+      : directory_(directory),
+        backend_(backend),
+        body_inspect_bytes_max_(body_inspect_bytes_max),
+        uses_(uses) {}
+  std::unique_ptr<Handler> make(unsigned worker_index) override {
+    return std::make_unique<AdminHandler>(directory_, backend_, body_inspect_bytes_max_, uses_,
+                                          worker_index);
   }
 
  private:
   KeyDirectory& directory_;
   AdminBackend& backend_;
   size_t body_inspect_bytes_max_;
+  KeyUseSink* uses_;
 };
 
 }  // namespace keygate

@@ -59,11 +59,17 @@ void bad_auth_request(ResponseWriter* response, std::string_view message) noexce
   if (response != nullptr) response->error(400, "invalid_auth_request", message);
 }
 
+// Keys this worker remembers having reported (32 bytes each: 64 KiB). More keys in steady use
+// than this only cost more reports (slots evict each other), never a missed one.
+constexpr size_t kKeyUseSlots = 2048;
+
 }  // namespace
 
 AuthHandler::AuthHandler(const ApiRegistry& registry, KeyDirectory& directory,
-                         size_t body_inspect_bytes_max)
-    : registry_(registry), authenticator_(directory, body_inspect_bytes_max) {
+                         size_t body_inspect_bytes_max, KeyUseSink* uses, unsigned worker)
+    : registry_(registry),
+      authenticator_(directory, body_inspect_bytes_max),
+      uses_(uses, worker, kKeyUseSlots) {
   body_.reserve(512);
 }
 
@@ -300,7 +306,11 @@ Handler::Result AuthHandler::decide(const HttpRequest& request, ResponseWriter& 
   ctx.access.api = api.name;
   ctx.access.log_request = key.log_request;
   ctx.access.log_response = key.log_response;
-  switch (authorize_request(key, user, api, request, now)) {
+  const Decision decision = authorize_request(key, user, api, request, now);
+  // "Used" means presented and valid: a 403 for a valid key is a client still holding it (what
+  // an operator about to disable the key must know); a disabled or expired key is not in use.
+  if (decision != Decision::kInvalidKey) uses_.note(key.id, now);
+  switch (decision) {
     case Decision::kInvalidKey:
       unauthorized(response, "invalid_api_key", "the API key is not valid");
       return Result::kDone;

@@ -19,6 +19,9 @@
 //   allowed, auth-check API (no upstreams) -> 200 {"key_id","api","user"} with
 //     X-Keygate-Key-Id / -Api / -User headers;
 //   allowed, API with upstreams -> Result::kForward with ctx.forward set (the worker forwards).
+// Every request whose key is valid (found, enabled, unexpired: allowed or 403) is a use of the
+// key, reported to the KeyUseSink (its last_used_at; at most once per key per
+// kKeyUseGranularitySeconds per worker, see key_use.h); a 401 is not.
 // Error bodies never say anything about the key. A key the cache does not hold (partial cache)
 // is fetched off the event loop: the request is deferred and resumed (503 store_unavailable if
 // the store cannot answer); a key change that lands while the record is out makes the resume
@@ -65,6 +68,7 @@
 #include "core/builtin_handler.h"
 #include "core/handler.h"
 #include "core/key_directory.h"
+#include "core/key_use.h"
 #include "core/permissions.h"
 
 namespace keygate {
@@ -74,7 +78,9 @@ class AuthHandler final : public Handler {
   // The auth endpoint's path (segment-aware prefix: "/_keygate/auth/..." too).
   static constexpr std::string_view kAuthPath = kAuthEndpointPath;
 
-  AuthHandler(const ApiRegistry& registry, KeyDirectory& directory, size_t body_inspect_bytes_max);
+  // `uses` (may be null: no use is reported) gets this worker's (`worker`) key uses.
+  AuthHandler(const ApiRegistry& registry, KeyDirectory& directory, size_t body_inspect_bytes_max,
+              KeyUseSink* uses = nullptr, unsigned worker = 0);
 
   Result handle(const HttpRequest& request, ResponseWriter& response,
                 RequestContext& ctx) noexcept override;
@@ -140,6 +146,7 @@ class AuthHandler final : public Handler {
 
   const ApiRegistry& registry_;
   Authenticator authenticator_;
+  KeyUseReporter uses_;
   BuiltinHandler builtin_;
   std::string body_;  // response body scratch, capacity reused
   std::vector<std::unique_ptr<Pending>> pending_pool_;
@@ -148,18 +155,21 @@ class AuthHandler final : public Handler {
 class AuthHandlerFactory final : public HandlerFactory {
  public:
   AuthHandlerFactory(const ApiRegistry& registry, KeyDirectory& directory,
-                     size_t body_inspect_bytes_max)
+                     size_t body_inspect_bytes_max, KeyUseSink* uses = nullptr)
       : registry_(registry),
         directory_(directory),
-        body_inspect_bytes_max_(body_inspect_bytes_max) {}
-  std::unique_ptr<Handler> make(unsigned) override {
-    return std::make_unique<AuthHandler>(registry_, directory_, body_inspect_bytes_max_);
+        body_inspect_bytes_max_(body_inspect_bytes_max),
+        uses_(uses) {}
+  std::unique_ptr<Handler> make(unsigned worker_index) override {
+    return std::make_unique<AuthHandler>(registry_, directory_, body_inspect_bytes_max_, uses_,
+                                         worker_index);
   }
 
  private:
   const ApiRegistry& registry_;
   KeyDirectory& directory_;
   size_t body_inspect_bytes_max_;
+  KeyUseSink* uses_;
 };
 
 }  // namespace keygate

@@ -309,9 +309,12 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
       *error = where(node->source(), source) + ": keys: expected a table";
       return false;
     }
-    if (!check_known_keys(*keys, {"body_inspect_bytes_max"}, source, "keys", error) ||
+    if (!check_known_keys(*keys, {"body_inspect_bytes_max", "last_used_flush_interval_ms"}, source,
+                          "keys", error) ||
         !read_uint(*keys, "body_inspect_bytes_max", source, "keys", 0, uint64_t{1} << 30,
-                   &config.body_inspect_bytes_max, error)) {
+                   &config.body_inspect_bytes_max, error) ||
+        !read_uint(*keys, "last_used_flush_interval_ms", source, "keys", 100, 3600000,
+                   &config.last_used_flush_interval_ms, error)) {
       return false;
     }
   }
@@ -694,6 +697,8 @@ std::vector<std::string> settings_needing_restart(const Config& running, const C
         "admin.connections_max");
   check(running.body_inspect_bytes_max == reloaded.body_inspect_bytes_max,
         "keys.body_inspect_bytes_max");
+  check(running.last_used_flush_interval_ms == reloaded.last_used_flush_interval_ms,
+        "keys.last_used_flush_interval_ms");
   check(running.cache_max_keys == reloaded.cache_max_keys, "cache.max_keys");
   check(running.cache_negative_entries == reloaded.cache_negative_entries,
         "cache.negative_entries");

@@ -47,6 +47,9 @@ struct Config {
   uint32_t admin_connections_max = 64;
   // [keys]
   uint64_t body_inspect_bytes_max = 1024 * 1024;  // form/JSON bodies searched for a key (413 above)
+  // Keys' last uses (last_used_at) are written to the store at least this often; a crash
+  // loses at most this much of them.
+  uint32_t last_used_flush_interval_ms = 30000;
   // [cache]
   uint64_t cache_max_keys = 0;            // 0: every key of the store stays cached
   uint32_t cache_negative_entries = 65536;  // unknown digests remembered (partial cache only)

@@ -147,6 +147,13 @@ class KeyService final : public KeyDirectory {
   // fetched is logged and its state freed. Idempotent; the destructor calls it.
   void stop_fetches();
 
+  // Records keys' last uses (LastUsedWriter's batches): KeyStore::put_last_used, unsynced, a
+  // key deleted meanwhile skipped. Not a mutation of any key (no cache publish, no grace
+  // period): workers never read last uses. Thread-safe; blocks.
+  Status record_last_used(std::span<const KeyStore::LastUsed> entries, size_t* written) {
+    return store_.put_last_used(entries, written);
+  }
+
   // Read access for the admin API (the store's reads are thread-safe and block).
   const KeyStore& store() const noexcept { return store_; }
   Stats stats() const noexcept;

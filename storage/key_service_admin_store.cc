@@ -36,6 +36,12 @@ AdminStoreResult KeyServiceAdminStore::get_key(std::string_view id, KeyRecord* o
   return to_admin_result(keys_.store().get_key_by_id(id, out));
 }
 
+std::optional<int64_t> KeyServiceAdminStore::get_last_used(std::string_view id) {
+  int64_t at = 0;
+  if (!keys_.store().get_last_used(id, &at).is_ok()) return std::nullopt;
+  return at;
+}
+
 AdminStoreResult KeyServiceAdminStore::create_key(const KeyRecord& record) {
   return to_admin_result(keys_.create_key(record));
 }

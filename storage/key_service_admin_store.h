@@ -40,6 +40,9 @@ class KeyServiceAdminStore final : public AdminStore {
                               const std::optional<PreviousDigest>& previous) override;
   AdminStoreResult delete_key(std::string_view id) override;
   AdminStoreResult import_keys(std::vector<KeyRecord> records) override;
+  // From the store's last-used space (KeyStore::get_last_used); nullopt when it has none or
+  // it cannot be read.
+  std::optional<int64_t> get_last_used(std::string_view id) override;
   AdminStoreResult list_users(std::string_view after_name, size_t limit,
                               std::vector<User>* out) override;
   AdminStoreResult get_user(std::string_view name, User* out) override;

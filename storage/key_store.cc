@@ -17,6 +17,7 @@ namespace {
 constexpr char kKeyPrefix = 'k';
 constexpr char kIdPrefix = 'i';
 constexpr char kUserPrefix = 'u';
+constexpr char kLastUsedPrefix = 'l';
 constexpr std::string_view kSchemaKey = "mschema";
 constexpr std::string_view kSchemaVersion = "1";
 
@@ -43,6 +44,22 @@ std::string prefixed(char prefix, std::string_view name) {
 }
 
 rocksdb::Slice slice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
+
+// An "l" value: Unix seconds, 8 bytes little-endian (a fixed width that needs no codec).
+std::string encode_last_used(int64_t at) {
+  std::string out(8, '\0');
+  const auto u = static_cast<uint64_t>(at);
+  for (size_t i = 0; i < 8; ++i) out[i] = static_cast<char>((u >> (8 * i)) & 0xff);
+  return out;
+}
+
+bool decode_last_used(std::string_view bytes, int64_t* at) {
+  if (bytes.size() != 8) return false;
+  uint64_t u = 0;
+  for (size_t i = 0; i < 8; ++i) u |= uint64_t{static_cast<uint8_t>(bytes[i])} << (8 * i);
+  *at = static_cast<int64_t>(u);
+  return true;
+}
 
 // A "u" entry: the user it holds, which must be filed under its own name.
 bool decode_user_entry(const rocksdb::Slice& key, const rocksdb::Slice& value, User* out) {
@@ -264,6 +281,9 @@ Status KeyStore::put_key(const KeyRecord& record, PutMode mode) {
   batch.Put(
       prefixed(kIdPrefix, record.id),
       rocksdb::Slice(reinterpret_cast<const char*>(record.digest.data()), record.digest.size()));
+  // A new key starts never used, whatever an older keygate (which does not know "l" entries)
+  // may have left under its id. An update keeps the entry: rotation keeps the id, and its uses.
+  if (!exists) batch.Delete(prefixed(kLastUsedPrefix, record.id));
   // Entries the record no longer has (rotation; a dropped previous digest) go in the same
   // batch, so an old value is revoked atomically with the switch.
   for (const KeyDigest& d : old_digests) {
@@ -311,6 +331,7 @@ Status KeyStore::put_keys_batch(std::span<const KeyRecord> records, size_t* conf
     batch.Put(
         prefixed(kIdPrefix, record.id),
         rocksdb::Slice(reinterpret_cast<const char*>(record.digest.data()), record.digest.size()));
+    batch.Delete(prefixed(kLastUsedPrefix, record.id));  // as in put_key: new keys start unused
   }
   if (records.empty()) return Status::ok();
   return impl_->write(&batch);
@@ -337,6 +358,7 @@ Status KeyStore::delete_key_by_id(std::string_view id, KeyRecord* deleted) {
   batch.Delete(digest_entry(digest));
   if (record.previous_digest) batch.Delete(digest_entry(*record.previous_digest));
   batch.Delete(prefixed(kIdPrefix, id));
+  batch.Delete(prefixed(kLastUsedPrefix, id));
   const Status w = impl_->write(&batch);
   if (w.is_ok() && deleted != nullptr) *deleted = std::move(record);
   return w;
@@ -419,6 +441,44 @@ Status KeyStore::list_keys(std::string_view after_id, size_t limit,
   }
   impl_->db->ReleaseSnapshot(snapshot);
   return result;
+}
+
+Status KeyStore::put_last_used(std::span<const LastUsed> entries, size_t* written) {
+  if (written != nullptr) *written = 0;
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  std::lock_guard lock(impl_->write_mutex);
+  rocksdb::WriteBatch batch;
+  size_t staged = 0;
+  for (const LastUsed& e : entries) {
+    std::string ignored;
+    Status s = impl_->get(prefixed(kIdPrefix, e.id), &ignored);
+    if (s.is_not_found()) continue;  // deleted since the use: its entry must stay gone
+    if (!s.is_ok()) return s;
+    const std::string entry = prefixed(kLastUsedPrefix, e.id);
+    std::string stored;
+    s = impl_->get(entry, &stored);
+    int64_t stored_at = 0;
+    if (s.is_ok() && decode_last_used(stored, &stored_at) && stored_at >= e.at) continue;
+    if (!s.is_ok() && !s.is_not_found()) return s;
+    batch.Put(entry, encode_last_used(e.at));
+    ++staged;
+  }
+  if (staged == 0) return Status::ok();
+  // Unsynced on purpose: see the header. The writers' mutex still orders it with deletes.
+  const rocksdb::Status w = impl_->db->Write(rocksdb::WriteOptions(), &batch);
+  if (!w.ok()) return Status::io_error("key store write failed");
+  if (written != nullptr) *written = staged;
+  return Status::ok();
+}
+
+Status KeyStore::get_last_used(std::string_view id, int64_t* at) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  std::string value;
+  const Status s = impl_->get(prefixed(kLastUsedPrefix, id), &value);
+  if (s.is_not_found()) return Status::not_found("no last use recorded");
+  if (!s.is_ok()) return s;
+  if (!decode_last_used(value, at)) return Status::io_error("corrupted last-used entry");
+  return Status::ok();
 }
 
 Status KeyStore::put_user(const User& user) {

@@ -11,6 +11,10 @@
 //                                                        filed under its previous_digest
 //   "i" + id              -> 32-byte digest              the id index (ids sort = list order)
 //   "u" + name            -> encode_user(user)
+//   "l" + id              -> 8 bytes, little-endian   the key's last use (Unix seconds): its own
+//                                                        space, written unsynced in batches, so
+//                                                        it never rewrites (or races) the record;
+//                                                        an older keygate ignores it
 //   "m" + "schema"        -> "1"
 // The key plaintext is never written: records carry the digest and a short hint only.
 #pragma once
@@ -100,8 +104,8 @@ class KeyStore {
   // exists or repeats within `records`; then `*conflict_index` (when not null) is the index of
   // the first offending record and nothing is written. Blocks.
   Status put_keys_batch(std::span<const KeyRecord> records, size_t* conflict_index = nullptr);
-  // Removes the key with `id`, its previous-digest entry and its index entry in one synced
-  // batch; not_found when there is none. On success `*deleted` (when not null) holds the
+  // Removes the key with `id`, its previous-digest entry, its index entry and its last use in
+  // one synced batch; not_found when there is none. On success `*deleted` (when not null) holds the
   // removed record, or only its id and digest when the record did not decode (deleting is how
   // such a record is got rid of). Blocks.
   Status delete_key_by_id(std::string_view id, KeyRecord* deleted = nullptr);
@@ -121,6 +125,22 @@ class KeyStore {
   // Appends to `*out` up to `limit` keys in id order, starting after `after_id` ("" = from the
   // first), read from one snapshot. Blocks.
   Status list_keys(std::string_view after_id, size_t limit, std::vector<KeyRecord>* out) const;
+
+  // One key's last use, as LastUsedWriter batches them.
+  struct LastUsed {
+    std::string id;
+    int64_t at = 0;  // Unix seconds
+  };
+  // Records last uses in one unsynced batch: the WAL write reaches the OS (a crash of keygate
+  // keeps it) but is not fsynced (a power loss or OS crash may lose it, until the next synced
+  // write of any key), which keeps these frequent writes off the disk's sync path. Under the writers' mutex, an entry is written only while its key exists
+  // (so a use reported just before a DELETE never brings the entry back), and only when later
+  // than the stored one (several workers, a clock step back). `*written` (when not null) is the
+  // number of entries written. io_error when a read or the write fails. Blocks.
+  Status put_last_used(std::span<const LastUsed> entries, size_t* written = nullptr);
+  // The last use recorded for key `id`: ok and `*at` set, or not_found (never used since
+  // last-used times were recorded, or no such key), or io_error. Blocks.
+  Status get_last_used(std::string_view id, int64_t* at) const;
 
   // Writes (creates or replaces) a user, synced. Blocks.
   Status put_user(const User& user);

@@ -35,6 +35,7 @@
 #include "core/permissions.h"
 #include "net/server.h"
 #include "storage/access_log.h"
+#include "storage/last_used_writer.h"
 #include "storage/admin_executor.h"
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
@@ -539,13 +540,24 @@ int main(int argc, char** argv) {
     access_sink.emplace(*access_log);
   }
 
+  // Keys' last uses: the workers' handlers report into its per-worker queues, its thread writes
+  // them to the store. Declared after the KeyService it writes to and after the server, so it
+  // is destroyed before the one and after the other's workers (no worker reports any more);
+  // stopped (its last reports written) once the workers are.
+  keygate::storage::LastUsedWriter::Options last_used_options;
+  last_used_options.workers = workers;
+  last_used_options.flush_interval_ms = config.last_used_flush_interval_ms;
+  keygate::storage::LastUsedWriter last_used(
+      last_used_options, [&keys](std::span<const keygate::storage::KeyStore::LastUsed> entries,
+                                 size_t* written) { return keys.record_last_used(entries, written); });
+
   // Destroyed before the KeyService they write to, after the server stopped (no worker still
   // submits a job).
   keygate::storage::KeyServiceAdminStore admin_store(keys);
   admin_store.set_access_log(access_log.get());
   // GET /admin/stats: the workers' counters, the key cache's and the access log's.
   keygate::storage::AdminExecutor::Options executor_options;
-  executor_options.stats = [&server, &keys, &reload_stats, log = access_log.get()](
+  executor_options.stats = [&server, &keys, &reload_stats, &last_used, log = access_log.get()](
                                std::vector<keygate::StatsGroup>* groups) {
     const keygate::net::Server::Stats w =
         server.has_value() ? server->stats() : keygate::net::Server::Stats{};
@@ -598,6 +610,13 @@ int main(int argc, char** argv) {
                         {"fetches_total", k.fetches_total},
                         {"fetch_rejected_total", k.fetch_rejected_total}};
     key_cache.gauges = {"cached_keys", "cache_complete"};
+    const keygate::storage::LastUsedWriter::Stats u = last_used.stats();
+    keygate::StatsGroup& uses = groups->emplace_back();
+    uses.name = "last_used";
+    uses.values = {{"reports_total", u.reports_total},
+                   {"reports_dropped", u.reports_dropped},
+                   {"writes_total", u.writes_total},
+                   {"write_errors", u.write_errors}};
     keygate::StatsGroup access;
     access.name = "access_log";
     access.present = log != nullptr;
@@ -633,9 +652,10 @@ int main(int argc, char** argv) {
   keygate::storage::AdminExecutor admin_executor(admin_store, api_versions,
                                                  std::move(executor_options));
   const auto body_inspect_bytes_max = static_cast<size_t>(config.body_inspect_bytes_max);
-  keygate::AuthHandlerFactory data_handlers(initial_apis->registry, keys,
-                                            body_inspect_bytes_max);
-  keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max);
+  keygate::AuthHandlerFactory data_handlers(initial_apis->registry, keys, body_inspect_bytes_max,
+                                            &last_used);
+  keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max,
+                                              &last_used);
   keygate::net::ServerOptions options;
   options.data_listen = config.listen;
   options.admin_listen = config.admin_listen;
@@ -759,6 +779,9 @@ int main(int argc, char** argv) {
   // so the worker logs the request (499, reason "shutdown") and frees what its handler held.
   keys.stop_fetches();
   server->settle_deferred();
+  // No worker reports any more: the uses since the last write go to the store now, so a
+  // restart shows them.
+  last_used.stop();
   std::printf("keygate: stopped\n");
   std::fflush(stdout);
   // 0 after a drain cut short too, as nginx's fast shutdown and Envoy's SIGTERM exit 0: the stop

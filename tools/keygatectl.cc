@@ -128,10 +128,10 @@ Commands:
   reload                                                 applies the config file's edited
                                                          [[apis]] ('reload --help')
 
-Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, DESCRIPTION), users (NAME,
-GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one record, and
-reload's outcome, as "field: value" lines; access-log records as JSON Lines, one record per
-line as keygate stored it.
+Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, LAST USED, DESCRIPTION),
+users (NAME, GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one
+record, and reload's outcome, as "field: value" lines; access-log records as JSON Lines, one
+record per line as keygate stored it.
 
 Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
 "key: VALUE" before the record (with --json, as the response's "key" member). Store them
@@ -164,9 +164,11 @@ constexpr std::string_view kKeysHelp = R"(Usage: keygatectl [global options] key
       "key: VALUE" once, then the record. --user ties the key to a user: it may then do only
       what the user's grants allow. --log-request/--log-response log the key's traffic;
       --disabled creates it switched off; --expires-at sets when it stops working.
-  keys list [--api NAME] [--user NAME] [--limit N] [--cursor ID] [--all]
+  keys list [--api NAME] [--user NAME] [--unused-since TIME] [--limit N] [--cursor ID] [--all]
       Keys in id order, one page of up to N (1 to 1000, default 100), only those with API
-      NAME or of user NAME when asked. --all follows the cursor to the end (with --json: one
+      NAME, of user NAME, or not used since TIME (RFC 3339: never used, or last used before
+      it) when asked. LAST USED is when the key last made a request (allowed or 403; up to a
+      minute plus [keys] last_used_flush_interval_ms late), "never" if it has not. --all follows the cursor to the end (with --json: one
       document holding every key). Without --all, a note on stderr gives the cursor of the
       next page when there may be one. --json without --all prints the server's page as is
       (a filtered page may be short, even empty, and still have a next_cursor).
@@ -704,6 +706,7 @@ struct KeyView {
   std::string created_at;
   std::string updated_at;
   std::optional<std::string> expires_at;
+  std::optional<std::string> last_used_at;
 };
 
 bool read_key(dom::element e, KeyView* out) {
@@ -721,16 +724,17 @@ bool read_key(dom::element e, KeyView* out) {
   out->created_at = string_member(o, "created_at");
   out->updated_at = string_member(o, "updated_at");
   out->expires_at = nullable_string(o, "expires_at");
+  out->last_used_at = nullable_string(o, "last_used_at");
   return true;
 }
 
 Table key_table() {
-  return Table({"ID", "HINT", "APIS", "USER", "ENABLED", "EXPIRES", "DESCRIPTION"});
+  return Table({"ID", "HINT", "APIS", "USER", "ENABLED", "EXPIRES", "LAST USED", "DESCRIPTION"});
 }
 
 void add_key_row(Table& table, const KeyView& k) {
   table.add_row({k.id, k.hint, join(k.apis, ","), k.user.value_or("-"), k.enabled ? "yes" : "no",
-                 k.expires_at.value_or("never"), k.description});
+                 k.expires_at.value_or("never"), k.last_used_at.value_or("never"), k.description});
 }
 
 void render_key(const KeyView& k, std::string* out) {
@@ -744,7 +748,8 @@ void render_key(const KeyView& k, std::string* out) {
                  {"log_request", {k.log_request ? "yes" : "no"}},
                  {"log_response", {k.log_response ? "yes" : "no"}},
                  {"created_at", {k.created_at}},
-                 {"updated_at", {k.updated_at}}},
+                 {"updated_at", {k.updated_at}},
+                 {"last_used_at", {k.last_used_at.value_or("never")}}},
                 out);
 }
 
@@ -1068,6 +1073,7 @@ int keys_list(const Context& ctx, const Args& args) {
   std::string filters;
   if (auto v = args.last("--api")) filters += "&api=" + url_encode(*v);
   if (auto v = args.last("--user")) filters += "&user=" + url_encode(*v);
+  if (auto v = args.last("--unused-since")) filters += "&unused_since=" + url_encode(*v);
   const bool all = args.has("--all");
   std::optional<std::string> cursor = args.last("--cursor");
   if (cursor && !looks_like_key_id(*cursor)) return not_a_key_id(Group::kKeys, "--cursor");
@@ -1952,6 +1958,7 @@ constexpr OptionSpec kCreateKeyOptions[] = {
     {"--log-response", Arity::kBool}, {"--disabled", Arity::kFlag},
     {"--expires-at", Arity::kValue}};
 constexpr OptionSpec kListKeyOptions[] = {{"--api", Arity::kValue},
+                                          {"--unused-since", Arity::kValue},
                                           {"--user", Arity::kValue},
                                           {"--limit", Arity::kValue},
                                           {"--cursor", Arity::kValue},

@@ -297,7 +297,7 @@ async function keysView(view) {
     for (const key of page.keys) rows.append(keyRow(key));
     cursor = page.next_cursor;
     more.hidden = cursor === null;
-    if (rows.children.length === 0 && cursor === null) rows.append(emptyRow(9, 'No keys.'));
+    if (rows.children.length === 0 && cursor === null) rows.append(emptyRow(10, 'No keys.'));
   }
 
   function keyRow(key) {
@@ -312,6 +312,7 @@ async function keysView(view) {
       h('td', {}, logging.join(', ') || 'no'),
       h('td', {}, key.enabled ? 'yes' : 'no'),
       h('td', {}, key.expires_at === null ? 'never' : key.expires_at + (expired ? ' (expired)' : '')),
+      h('td', {}, key.last_used_at === null ? 'never' : key.last_used_at),
       h('td', { class: 'actions' },
         button('Edit', () => editKey(key, row)),
         button('Rotate', () => rotateKey(key, row)),
@@ -385,7 +386,7 @@ async function keysView(view) {
         await load(true);
       }, apiFilter, userFilter, h('button', { type: 'submit' }, 'Filter'))),
     panel,
-    table(['ID', 'Hint', 'Description', 'APIs', 'User', 'Logged', 'Enabled', 'Expires', ''], rows),
+    table(['ID', 'Hint', 'Description', 'APIs', 'User', 'Logged', 'Enabled', 'Expires', 'Last used', ''], rows),
     more);
   await load(true);
 }

@@ -34,6 +34,7 @@ class FakeAdminStore : public AdminStore {
   int import_calls = 0;
   std::vector<std::optional<PreviousDigest>> update_previous;    // one per update_key call
   std::vector<std::pair<std::string, size_t>> list_users_calls;  // after_name, limit
+  std::map<std::string, int64_t> last_used;                       // by key id
 
   static AdminStoreResult ok() { return {}; }
   static AdminStoreResult code(AdminStoreCode c, size_t index = 0) {
@@ -50,6 +51,11 @@ class FakeAdminStore : public AdminStore {
       out->push_back(it->second);
     }
     return ok();
+  }
+  std::optional<int64_t> get_last_used(std::string_view id) override {
+    auto it = last_used.find(std::string(id));
+    if (it == last_used.end()) return std::nullopt;
+    return it->second;
   }
   AdminStoreResult get_key(std::string_view id, KeyRecord* out) override {
     if (io_error) return io();
@@ -182,6 +188,15 @@ class DeterministicRandom {
 
 bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;
+}
+
+size_t count_of(std::string_view haystack, std::string_view needle) {
+  size_t n = 0;
+  for (size_t at = haystack.find(needle); at != std::string_view::npos;
+       at = haystack.find(needle, at + needle.size())) {
+    ++n;
+  }
+  return n;
 }
 
 // The first string member `name` in `json` (the responses under test are compact).
@@ -473,7 +488,7 @@ TEST_F(AdminKeys, CreateGeneratesAValueAndStoresOnlyItsDigest) {
                       R"(","description":"ci runner","apis":["orders"],"user":null,)"
                       R"("log_request":false,"log_response":false,"enabled":true,)"
                       R"("created_at":"2023-11-14T22:13:20Z","updated_at":"2023-11-14T22:13:20Z",)"
-                      R"("expires_at":null,"key":")" +
+                      R"("expires_at":null,"last_used_at":null,"key":")" +
                       plaintext + R"("})");
   EXPECT_FALSE(contains(body, "digest"));
 }
@@ -623,6 +638,54 @@ TEST_F(AdminKeys, GetShowsTheRecordWithoutThePlaintext) {
   EXPECT_FALSE(contains(r.body, "\"key\""));
   // The same record as on creation, minus the key.
   EXPECT_EQ(created.substr(0, created.find(",\"key\":")) + "}", r.body);
+}
+
+TEST_F(AdminKeys, RecordsShowWhenTheKeyWasLastUsedAndRotationKeepsIt) {
+  const std::string used = string_member(create_key(R"({"apis":["orders"]})"), "id");
+  const std::string unused = string_member(create_key(R"({"apis":["orders"]})"), "id");
+  store_.last_used[used] = kNow + 60;  // 2023-11-14T22:14:20Z
+  AdminResponse r = call("GET", "/admin/keys/" + used);
+  EXPECT_TRUE(contains(r.body, R"("expires_at":null,"last_used_at":"2023-11-14T22:14:20Z"})"))
+      << r.body;
+  r = call("GET", "/admin/keys/" + unused);
+  EXPECT_TRUE(contains(r.body, R"("last_used_at":null})")) << r.body;
+  r = call("GET", "/admin/keys");
+  EXPECT_EQ(count_of(r.body, R"("last_used_at":"2023-11-14T22:14:20Z")"), 1u) << r.body;
+  EXPECT_EQ(count_of(r.body, R"("last_used_at":null)"), 1u) << r.body;
+  r = call("PATCH", "/admin/keys/" + used, R"({"description":"x"})");
+  EXPECT_TRUE(contains(r.body, R"("last_used_at":"2023-11-14T22:14:20Z")")) << r.body;
+  r = call("POST", "/admin/keys/" + used + "/rotate");
+  EXPECT_EQ(r.status, 201);
+  EXPECT_TRUE(contains(r.body, R"("last_used_at":"2023-11-14T22:14:20Z")")) << r.body;
+}
+
+TEST_F(AdminKeys, UnusedSinceListsKeysNeverUsedOrLastUsedBeforeIt) {
+  const std::string old_use = string_member(create_key(R"({"apis":["orders"]})"), "id");
+  const std::string recent = string_member(create_key(R"({"apis":["orders"]})"), "id");
+  const std::string never = string_member(create_key(R"({"apis":["billing"]})"), "id");
+  store_.last_used[old_use] = kNow - 3600;
+  store_.last_used[recent] = kNow;
+  // kNow - 60 is 2023-11-14T22:12:20Z.
+  AdminResponse r = call("GET", "/admin/keys", {}, "unused_since=2023-11-14T22:12:20Z");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(contains(r.body, old_use)) << r.body;
+  EXPECT_TRUE(contains(r.body, never)) << r.body;
+  EXPECT_FALSE(contains(r.body, recent)) << r.body;
+  // Exactly at the last use: used since then.
+  r = call("GET", "/admin/keys", {}, "unused_since=2023-11-14T22:13:20Z");
+  EXPECT_FALSE(contains(r.body, recent)) << r.body;
+  // With the other filters.
+  r = call("GET", "/admin/keys", {}, "api=orders&unused_since=2023-11-14T22:12:20Z");
+  EXPECT_TRUE(contains(r.body, old_use)) << r.body;
+  EXPECT_FALSE(contains(r.body, never)) << r.body;
+  expect_error(call("GET", "/admin/keys", {}, "unused_since=last-week"), 400, "invalid_value",
+               "unused_since");
+  expect_error(call("GET", "/admin/keys", {},
+                    "unused_since=2023-11-14T22:12:20Z&unused_since=2023-11-14T22:12:20Z"),
+               400, "invalid_value", "unused_since");
+  // Users have no such filter.
+  expect_error(call("GET", "/admin/users", {}, "unused_since=2023-11-14T22:12:20Z"), 400,
+               "unknown_field", "unused_since");
 }
 
 TEST_F(AdminKeys, GetUnknownOrMalformedIdIsNotFound) {

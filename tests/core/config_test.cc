@@ -221,8 +221,10 @@ TEST(Config, ReadsAdminConnectionsMaxWithinItsRange) {
 
 TEST(Config, ReadsKeysAndCacheTables) {
   const Config c = parse_ok(
-      "[keys]\nbody_inspect_bytes_max = 4096\n[cache]\nmax_keys = 1000\nnegative_entries = 10\n");
+      "[keys]\nbody_inspect_bytes_max = 4096\nlast_used_flush_interval_ms = 1000\n"
+      "[cache]\nmax_keys = 1000\nnegative_entries = 10\n");
   EXPECT_EQ(c.body_inspect_bytes_max, 4096u);
+  EXPECT_EQ(c.last_used_flush_interval_ms, 1000u);
   EXPECT_EQ(c.cache_max_keys, 1000u);
   EXPECT_EQ(c.cache_negative_entries, 10u);
 }
@@ -231,9 +233,17 @@ TEST(Config, KeysAndCacheDefaultsWhenAbsent) {
   const Config c = parse_ok("");
   const Config defaults;
   EXPECT_EQ(c.body_inspect_bytes_max, defaults.body_inspect_bytes_max);
+  EXPECT_EQ(c.last_used_flush_interval_ms, 30000u);
   EXPECT_EQ(c.cache_max_keys, defaults.cache_max_keys);
   EXPECT_EQ(c.cache_negative_entries, defaults.cache_negative_entries);
   EXPECT_TRUE(c.apis.empty());
+}
+
+TEST(Config, RejectsALastUsedFlushIntervalOutOfRange) {
+  EXPECT_EQ(parse_error("[keys]\nlast_used_flush_interval_ms = 99\n"),
+            "test.toml:2:31: keys.last_used_flush_interval_ms: must be between 100 and 3600000");
+  EXPECT_EQ(parse_error("[keys]\nlast_used_flush_interval_ms = 3600001\n"),
+            "test.toml:2:31: keys.last_used_flush_interval_ms: must be between 100 and 3600000");
 }
 
 TEST(Config, RejectsOutOfRangeCacheSetting) {

@@ -283,6 +283,53 @@ TEST_F(Keygatectl, KeysCreatePrintsTheValueOnceAndTheKeyWorksOnTheDataPort) {
   EXPECT_EQ(data_status("/billing/1", json_value), 401);  // created disabled
 }
 
+TEST_F(Keygatectl, KeysListAndShowSayWhenAKeyWasLastUsed) {
+  // A server that writes last uses every 200 ms (the default is 30 s).
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  ServerOptions options = admin_server_options(admin_value_);
+  options.extra_config += "\n[keys]\nlast_used_flush_interval_ms = 200\n";
+  server_ = std::make_unique<TestServer>(options);
+  std::string error;
+  ASSERT_TRUE(server_->start(&error)) << error << "\nstderr: " << server_->error_output();
+  url_ = "http://127.0.0.1:" + std::to_string(server_->admin_port());
+
+  const CtlRun unused_create = ctl({"keys", "create", "--api", "orders"});
+  made_key(unused_create);
+  const std::string unused = field(unused_create.out, "id");
+  EXPECT_EQ(field(unused_create.out, "last_used_at"), "never");
+  const CtlRun used_create = ctl({"keys", "create", "--api", "orders"});
+  const std::string value = made_key(used_create);
+  const std::string used = field(used_create.out, "id");
+  ASSERT_EQ(data_status("/orders/1", value), 200);
+
+  // The used key's time shows once written; the unused key's row says never.
+  std::string last_used;
+  for (int i = 0; i < 100 && (last_used.empty() || last_used == "never"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    last_used = field(ctl({"keys", "show", used}).out, "last_used_at");
+  }
+  ASSERT_EQ(last_used.size(), 20u) << last_used;  // 2026-11-28T00:00:00Z
+  EXPECT_EQ(last_used.back(), 'Z') << last_used;
+  EXPECT_EQ(field(ctl({"keys", "show", unused}).out, "last_used_at"), "never");
+
+  const CtlRun list = ctl({"keys", "list", "--api", "orders"});
+  ASSERT_TRUE(list.exited_with(0)) << list.describe();
+  EXPECT_TRUE(contains(list.out.substr(0, list.out.find('\n')), "LAST USED")) << list.describe();
+  const auto row = [&](const std::string& id) {
+    const size_t at = list.out.find(id);
+    return at == std::string::npos ? std::string()
+                                   : list.out.substr(at, list.out.find('\n', at) - at);
+  };
+  EXPECT_TRUE(contains(row(used), last_used)) << list.describe();
+  EXPECT_TRUE(contains(row(unused), "never")) << list.describe();
+
+  // --unused-since: the keys to look at before disabling some.
+  const CtlRun stale = ctl({"keys", "list", "--api", "orders", "--unused-since", last_used});
+  ASSERT_TRUE(stale.exited_with(0)) << stale.describe();
+  EXPECT_TRUE(contains(stale.out, unused)) << stale.describe();
+  EXPECT_FALSE(contains(stale.out, used)) << stale.describe();
+}
+
 TEST_F(Keygatectl, KeysUpdateRotateAndDeleteTakeEffectOnTheDataPort) {
   const CtlRun create = ctl({"keys", "create", "--api", "orders"});
   const std::string value = made_key(create);

@@ -462,6 +462,84 @@ TEST_F(KeyStoreTest, AUserThatDoesNotDecodeReadsAsAnIoError) {
   EXPECT_TRUE(store_->list_users("broken", 10, &page).is_io_error());
 }
 
+// The last-used space: its own entries, never the record's.
+KeyStore::LastUsed last_used(const std::string& id, int64_t at) { return {id, at}; }
+
+TEST_F(KeyStoreTest, ALastUseReadsBackAndSurvivesAReopen) {
+  ASSERT_TRUE(store_->put_key(make_record("kAAAAAAAAAAAA", "value-a"), KeyStore::PutMode::kCreate)
+                  .is_ok());
+  int64_t at = 0;
+  EXPECT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_not_found());
+  const std::vector<KeyStore::LastUsed> batch = {last_used("kAAAAAAAAAAAA", 1800000000)};
+  size_t written = 0;
+  ASSERT_TRUE(store_->put_last_used(batch, &written).is_ok());
+  EXPECT_EQ(written, 1u);
+  ASSERT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_ok());
+  EXPECT_EQ(at, 1800000000);
+  ASSERT_TRUE(reopen());
+  at = 0;
+  ASSERT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_ok());
+  EXPECT_EQ(at, 1800000000);
+}
+
+TEST_F(KeyStoreTest, ALastUseNeverMovesBackAndSkipsKeysThatDoNotExist) {
+  ASSERT_TRUE(store_->put_key(make_record("kAAAAAAAAAAAA", "value-a"), KeyStore::PutMode::kCreate)
+                  .is_ok());
+  size_t written = 0;
+  ASSERT_TRUE(store_->put_last_used(std::vector{last_used("kAAAAAAAAAAAA", 2000)}, &written)
+                  .is_ok());
+  ASSERT_TRUE(store_->put_last_used(std::vector{last_used("kAAAAAAAAAAAA", 1000),
+                                                last_used("kNOSUCHKEY000", 3000)},
+                                    &written)
+                  .is_ok());
+  EXPECT_EQ(written, 0u);
+  int64_t at = 0;
+  ASSERT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_ok());
+  EXPECT_EQ(at, 2000);
+  EXPECT_TRUE(store_->get_last_used("kNOSUCHKEY000", &at).is_not_found());
+}
+
+TEST_F(KeyStoreTest, DeletingAKeyDeletesItsLastUseAndALateReportDoesNotBringItBack) {
+  ASSERT_TRUE(store_->put_key(make_record("kAAAAAAAAAAAA", "value-a"), KeyStore::PutMode::kCreate)
+                  .is_ok());
+  ASSERT_TRUE(store_->put_last_used(std::vector{last_used("kAAAAAAAAAAAA", 2000)}).is_ok());
+  ASSERT_TRUE(store_->delete_key_by_id("kAAAAAAAAAAAA").is_ok());
+  int64_t at = 0;
+  EXPECT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_not_found());
+  // A use reported before the delete and written after it.
+  ASSERT_TRUE(store_->put_last_used(std::vector{last_used("kAAAAAAAAAAAA", 2001)}).is_ok());
+  EXPECT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_not_found());
+  // A key made again with that id starts never used.
+  ASSERT_TRUE(store_->put_key(make_record("kAAAAAAAAAAAA", "value-b"), KeyStore::PutMode::kCreate)
+                  .is_ok());
+  EXPECT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_not_found());
+}
+
+TEST_F(KeyStoreTest, UpdatesAndRotationKeepTheLastUseAndALastUseKeepsTheRecord) {
+  KeyRecord record = make_record("kAAAAAAAAAAAA", "value-a");
+  ASSERT_TRUE(store_->put_key(record, KeyStore::PutMode::kCreate).is_ok());
+  ASSERT_TRUE(store_->put_last_used(std::vector{last_used("kAAAAAAAAAAAA", 2000)}).is_ok());
+  record.description = "changed";
+  ASSERT_TRUE(store_->put_key(record, KeyStore::PutMode::kUpdate).is_ok());
+  record.digest = digest_key("value-rotated");  // a rotation: same id, new digest
+  ASSERT_TRUE(store_->put_key(record, KeyStore::PutMode::kUpdate).is_ok());
+  int64_t at = 0;
+  ASSERT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_ok());
+  EXPECT_EQ(at, 2000);
+  ASSERT_TRUE(store_->put_last_used(std::vector{last_used("kAAAAAAAAAAAA", 3000)}).is_ok());
+  KeyRecord read;
+  ASSERT_TRUE(store_->get_key_by_id("kAAAAAAAAAAAA", &read).is_ok());
+  expect_same(read, record);
+  ASSERT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_ok());
+  EXPECT_EQ(at, 3000);
+}
+
+TEST_F(KeyStoreTest, ALastUseEntryOfTheWrongSizeReadsAsAnIoError) {
+  ASSERT_TRUE(store_->write_raw_for_testing("lkAAAAAAAAAAAA", "xyz").is_ok());
+  int64_t at = 0;
+  EXPECT_TRUE(store_->get_last_used("kAAAAAAAAAAAA", &at).is_io_error());
+}
+
 TEST_F(KeyStoreTest, ASecondOpenOfTheSameDirectoryFailsAsLocked) {
   KeyStore second;
   std::string error;

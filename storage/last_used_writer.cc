@@ -1,0 +1,97 @@
+#include "storage/last_used_writer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "core/assert.h"
+
+namespace keygate::storage {
+
+LastUsedWriter::LastUsedWriter(const Options& options, WriteFn write)
+    : write_(std::move(write)), flush_interval_ms_(options.flush_interval_ms) {
+  KEYGATE_ASSERT(options.workers > 0 && options.flush_interval_ms > 0);
+  queues_.reserve(options.workers);
+  for (size_t i = 0; i < options.workers; ++i) {
+    queues_.push_back(std::make_unique<KeyUseQueue>(options.queue_capacity));
+  }
+  thread_ = std::thread([this] { run(); });
+}
+
+LastUsedWriter::~LastUsedWriter() { stop(); }
+
+bool LastUsedWriter::report(unsigned worker, const KeyUse& use) noexcept {
+  KEYGATE_ASSERT(worker < queues_.size());
+  return queues_[worker]->push(use);
+}
+
+void LastUsedWriter::run() {
+  std::unique_lock lock(wake_mutex_);
+  while (!stopping_) {
+    wake_.wait_for(lock, std::chrono::milliseconds(flush_interval_ms_));
+    if (stopping_) break;
+    lock.unlock();
+    flush();
+    lock.lock();
+  }
+}
+
+void LastUsedWriter::flush() {
+  std::lock_guard guard(flush_mutex_);
+  // Aggregated here, off the workers: many reports of one key (one per worker per granularity)
+  // become one entry with the latest time.
+  std::unordered_map<std::string, int64_t> latest;
+  uint64_t taken = 0;
+  KeyUse use;
+  for (const auto& q : queues_) {
+    // Bounded by the capacity: reports pushed meanwhile wait for the next pass, so a busy
+    // worker cannot keep this loop going.
+    for (size_t n = q->capacity(); n > 0 && q->pop(&use); --n) {
+      ++taken;
+      auto [it, inserted] = latest.try_emplace(std::string(use.key_id()), use.at);
+      if (!inserted && use.at > it->second) it->second = use.at;
+    }
+  }
+  reports_total_.fetch_add(taken, std::memory_order_relaxed);
+  if (latest.empty()) return;
+  std::vector<KeyStore::LastUsed> batch;
+  batch.reserve(std::min(latest.size(), kWriteBatchMax));
+  auto write = [&] {
+    size_t written = 0;
+    if (write_(batch, &written).is_ok()) {
+      writes_total_.fetch_add(written, std::memory_order_relaxed);
+    } else {
+      write_errors_.fetch_add(1, std::memory_order_relaxed);
+    }
+    batch.clear();
+  };
+  for (auto& [id, at] : latest) {
+    batch.push_back({id, at});
+    if (batch.size() == kWriteBatchMax) write();
+  }
+  if (!batch.empty()) write();
+}
+
+void LastUsedWriter::stop() {
+  {
+    std::lock_guard lock(wake_mutex_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  flush();
+}
+
+LastUsedWriter::Stats LastUsedWriter::stats() const noexcept {
+  Stats s;
+  s.reports_total = reports_total_.load(std::memory_order_relaxed);
+  for (const auto& q : queues_) s.reports_dropped += q->dropped();
+  s.writes_total = writes_total_.load(std::memory_order_relaxed);
+  s.write_errors = write_errors_.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace keygate::storage
