@@ -888,7 +888,7 @@ TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
 // changes it: that function lists the fields by hand, and a field added to the parser and the
 // docs but not there would make a reload that changes it say nothing. The changed value is the
 // documented default doubled, or +1, or -1 (the first the parser and validate_config accept);
-// addresses move their port, paths get another name.
+// addresses move their port, paths (and settings unset by default: backup.dir) get a name.
 TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedAsNeedingARestart) {
   std::ifstream file(KEYGATE_SOURCE_DIR "/docs/configuration.md");
   ASSERT_TRUE(file.good()) << "cannot read docs/configuration.md";
@@ -922,7 +922,7 @@ TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedAsNeedingARestart) {
       values = {def == "true" ? "false" : "true"};
     } else if (def.starts_with('"') && def.find(':') != std::string::npos) {
       values = {"\"127.0.0.1:18" + std::to_string(checked % 100 + 100) + "\""};
-    } else if (def.starts_with('"')) {
+    } else if (def.starts_with('"') || def == "unset") {
       values = {"\"/tmp/keygate-reload-test-" + key + "\""};
     } else {
       const unsigned long long d = std::stoull(def);
