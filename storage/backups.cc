@@ -100,6 +100,27 @@ bool real_path(const std::string& path, std::string* out, std::string* error) {
   return true;
 }
 
+// real_path() of a path that may not exist yet: its nearest existing ancestor resolved, the
+// rest appended. Lets open() refuse a bad directory before creating it.
+bool real_path_to_be(const std::string& path, std::string* out, std::string* error) {
+  std::string missing;
+  std::string at = path;
+  while (::access(at.c_str(), F_OK) != 0) {
+    const size_t slash = at.find_last_of('/');
+    if (slash == std::string::npos) {
+      missing = at + (missing.empty() ? "" : "/" + missing);
+      at = ".";
+      break;
+    }
+    const std::string last = at.substr(slash + 1);
+    if (!last.empty()) missing = last + (missing.empty() ? "" : "/" + missing);
+    at = slash == 0 ? "/" : at.substr(0, slash);
+  }
+  if (!real_path(at, out, error)) return false;
+  if (!missing.empty()) *out += (out->back() == '/' ? "" : "/") + missing;
+  return true;
+}
+
 bool inside(const std::string& outer, const std::string& inner) {
   return inner.size() > outer.size() && inner.starts_with(outer) &&
          (outer.back() == '/' || inner[outer.size()] == '/');
@@ -158,13 +179,11 @@ bool Backups::parse_name(std::string_view name, int64_t* created, uint64_t* seq)
 }
 
 bool Backups::open(const Options& options, const std::string& data_dir, std::string* error) {
-  if (!make_directories(options.dir, error)) {
-    *error = "backup directory: " + *error;
-    return false;
-  }
+  // Checked before anything is created: a refused start leaves no directory behind.
   std::string real_backups;
   std::string real_data;
-  if (!real_path(options.dir, &real_backups, error) || !real_path(data_dir, &real_data, error)) {
+  if (!real_path_to_be(options.dir, &real_backups, error) ||
+      !real_path(data_dir, &real_data, error)) {
     *error = "backup directory: " + *error;
     return false;
   }
@@ -173,6 +192,10 @@ bool Backups::open(const Options& options, const std::string& data_dir, std::str
     *error = "backup directory " + options.dir + " must be outside the data directory " +
              data_dir + " and not hold it (a backup must survive the loss of the data " +
              "directory, and pruning must never reach a running store)";
+    return false;
+  }
+  if (!make_directories(options.dir, error)) {
+    *error = "backup directory: " + *error;
     return false;
   }
   const std::string lock_path = options.dir + "/LOCK";

@@ -193,12 +193,19 @@ TEST_F(BackupsTest, RetentionZeroKeepsEveryBackup) {
 
 TEST_F(BackupsTest, DirectoryInsideOrHoldingTheDataDirIsRefused) {
   Backups::Options options;
-  for (const std::string& dir : {data_dir_, data_dir_ + "/backups", dir_.path()}) {
+  for (const std::string& dir : {data_dir_, data_dir_ + "/backups", data_dir_ + "/./a/b/",
+                                  data_dir_ + "/db/../x", dir_.path(), dir_.path() + "/data/.."}) {
     Backups backups;
     options.dir = dir;
     EXPECT_FALSE(backups.open(options, data_dir_, &error_)) << dir;
     EXPECT_NE(error_.find("must be outside the data directory"), std::string::npos) << error_;
   }
+  // Refused before anything was created.
+  EXPECT_EQ(entries(data_dir_), std::vector<std::string>{"db"});
+  // Beside the data dir, not yet existing, through a relative part: fine.
+  Backups beside;
+  options.dir = data_dir_ + "/../new/backups";
+  EXPECT_TRUE(beside.open(options, data_dir_, &error_)) << error_;
 }
 
 TEST_F(BackupsTest, SecondInstanceOnTheSameDirectoryIsRefused) {
