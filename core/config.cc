@@ -204,7 +204,8 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
     return false;
   }
   const toml::table& root = parsed.table();
-  if (!check_known_keys(root, {"server", "limits", "admin", "keys", "cache", "log", "backup", "apis"},
+  if (!check_known_keys(root,
+                        {"server", "limits", "admin", "keys", "cache", "log", "backup", "apis"},
                         source, "", error)) {
     return false;
   }

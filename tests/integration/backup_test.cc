@@ -79,8 +79,8 @@ class Backup : public ::testing::Test {
                       Millis(30000));
   }
   int data_status(TestServer* s, std::string_view key) {
-    const std::optional<Response> r =
-        round_trip(s->data_port(), http_request("GET", "/orders/1", {"X-ApiKey: " + std::string(key)}));
+    const std::optional<Response> r = round_trip(
+        s->data_port(), http_request("GET", "/orders/1", {"X-ApiKey: " + std::string(key)}));
     return r ? r->status : 0;
   }
   // A new key for "orders": {id, value}.
