@@ -232,6 +232,17 @@ TEST_F(BackupsTest, FailedBackupLeavesNothingBehindAndIsCounted) {
   EXPECT_EQ(backups_.stats().created_total, 0u);
 }
 
+TEST_F(BackupsTest, ACheckpointThatFailsLeavesNoTemporaryBehind) {
+  ASSERT_TRUE(open_backups()) << error_;
+  // Fails after the temporary was made: a store that is not open cannot be checkpointed.
+  KeyStore closed;
+  BackupInfo info;
+  EXPECT_TRUE(backups_.create(closed, kNow, &info, &error_).is_io_error());
+  EXPECT_NE(error_.find("checkpoint into"), std::string::npos) << error_;
+  EXPECT_EQ(entries(backup_dir_), std::vector<std::string>{"LOCK"});
+  EXPECT_EQ(backups_.stats().failed_total, 1u);
+}
+
 TEST_F(BackupsTest, BackupHoldsEveryWriteThatReturnedBeforeItBeganUnderConcurrentWrites) {
   ASSERT_TRUE(open_backups(0)) << error_;
   std::atomic<uint64_t> written{0};
