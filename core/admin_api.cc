@@ -251,7 +251,8 @@ enum class Route : uint8_t {
   kLogs,
   kStats,
   kMetrics,
-  kReload
+  kReload,
+  kBackups
 };
 
 struct RouteMatch {
@@ -293,6 +294,7 @@ RouteMatch match_route(std::string_view path) noexcept {
   if (segments[0] == "stats" && count == 1) return {Route::kStats, {}};
   if (segments[0] == "metrics" && count == 1) return {Route::kMetrics, {}};
   if (segments[0] == "reload" && count == 1) return {Route::kReload, {}};
+  if (segments[0] == "backups" && count == 1) return {Route::kBackups, {}};
   return {};
 }
 
@@ -300,6 +302,7 @@ std::string_view allowed_methods(Route route) noexcept {
   switch (route) {
     case Route::kKeys:
     case Route::kUsers:
+    case Route::kBackups:
       return "GET, POST";
     case Route::kKeysImport:
     case Route::kKeyRotate:
@@ -1504,6 +1507,70 @@ AdminResponse reload_config(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
+// Backups: 409 backups_disabled says how to turn them on; a failure is the operator's to fix
+// (disk full, permissions), not the client's, and retrying will not help until then: 500 with
+// the reason.
+Failure backups_disabled() {
+  return failure(409, "backups_disabled",
+                 "backups are disabled: set [backup] dir in the config file and restart keygate");
+}
+
+void append_backup(std::string& out, const BackupInfo& b, bool with_contents) {
+  out += "{\"name\":";
+  append_json_string(out, b.name);
+  out += ",\"path\":";
+  append_json_string(out, b.path);
+  out += ",\"created_at\":";
+  append_time(out, b.created);
+  out += ",\"seq\":";
+  append_uint(out, b.seq);
+  out += ",\"bytes\":";
+  append_uint(out, b.bytes);
+  if (with_contents) {
+    out += ",\"keys\":";
+    append_uint(out, b.keys);
+    out += ",\"users\":";
+    append_uint(out, b.users);
+  }
+  out += '}';
+}
+
+// POST /admin/backups: 201 with the backup made. It runs on the executor's main lane like every
+// change, so a second request waits for the first (each makes its own backup) and every change
+// that returned before the request is in the backup.
+AdminResponse create_backup(AdminStore& store, const AdminContext& ctx) {
+  BackupInfo backup;
+  std::string error;
+  const AdminStoreResult result = store.create_backup(ctx.now, &backup, &error);
+  if (result.code == AdminStoreCode::kNotConfigured) return error_response(backups_disabled());
+  if (!result.ok()) {
+    if (error.empty()) error = result.message;
+    return error_response(failure(500, "backup_failed", error));
+  }
+  std::string out;
+  append_backup(out, backup, true);
+  return json_response(201, std::move(out));
+}
+
+// GET /admin/backups: {"backups":[...]} newest first.
+AdminResponse list_backups(AdminStore& store) {
+  std::vector<BackupInfo> backups;
+  std::string error;
+  const AdminStoreResult result = store.list_backups(&backups, &error);
+  if (result.code == AdminStoreCode::kNotConfigured) return error_response(backups_disabled());
+  if (!result.ok()) {
+    if (error.empty()) error = result.message;
+    return error_response(failure(500, "backup_failed", error));
+  }
+  std::string out = "{\"backups\":[";
+  for (size_t i = 0; i < backups.size(); ++i) {
+    if (i > 0) out += ',';
+    append_backup(out, backups[i], false);
+  }
+  out += "]}";
+  return json_response(200, std::move(out));
+}
+
 AdminResponse instance_stats(const AdminContext& ctx) {
   std::vector<StatsGroup> groups;
   if (ctx.stats) ctx.stats(&groups);
@@ -1863,6 +1930,8 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
       return instance_metrics(ctx);
     case Route::kReload:
       return reload_config(ctx);
+    case Route::kBackups:
+      return m == "GET" ? list_backups(store) : create_backup(store, ctx);
     case Route::kNone:
       break;
   }

@@ -36,6 +36,10 @@
 //                                       that starts after a gap has "missing":{"from":str,
 //                                       "to":str}: seqs no longer in the log). Each record
 //                                       is the access-log line's JSON object as stored.
+//   POST   /admin/backups              201 {"name","path","created_at","seq","bytes","keys",
+//                                       "users"}: a backup of the key store (body ignored)
+//   GET    /admin/backups              200 {"backups":[{"name","path","created_at","seq",
+//                                       "bytes"}...]} newest first
 //   GET    /admin/stats                200 {group:{name:number...}|null...}: the instance's
 //                                       counters (AdminContext::stats), e.g. "workers",
 //                                       "keys", "access_log" (null when not enabled)
@@ -45,7 +49,8 @@
 // 415 unsupported_media_type (a POST/PATCH body with a Content-Type other than
 // application/json; parameters such as charset allowed; no Content-Type is taken as JSON),
 // 503 store_unavailable, 503 logs_unavailable (no access log configured, or it cannot be
-// read); 500 internal_error only when ctx.random fails.
+// read), 409 backups_disabled (no [backup] dir), 500 backup_failed (the message says why:
+// "No space left on device", ...); 500 internal_error only when ctx.random fails.
 #pragma once
 
 #include <cstdint>
@@ -99,6 +104,19 @@ struct LogPage {
   uint64_t missing_to = 0;
 };
 
+// One complete backup of the key store (POST and GET /admin/backups): a directory
+// <backup dir>/<name> that keygate can start on (--data-dir) as it is.
+struct BackupInfo {
+  std::string name;     // "keygate-20261128T011500Z-000042": time of creation (UTC), then seq
+  std::string path;     // <backup dir>/<name>, as the configured backup dir spells it
+  int64_t created = 0;  // Unix seconds, from the name
+  uint64_t seq = 0;     // from the name: backups are made (and listed) in seq order
+  uint64_t bytes = 0;   // the sizes of its files, summed (hard-linked files counted in full)
+  // Create only (counted in the finished backup, opened read-only); a list does not open them.
+  uint64_t keys = 0;
+  uint64_t users = 0;
+};
+
 // What execute_admin() needs from storage. Implemented by storage (over KeyService) and by test
 // doubles. Calls block; they run on the admin executor thread. Every mutation is synced and
 // visible to every worker before it returns.
@@ -138,6 +156,21 @@ class AdminStore {
   // kNotConfigured (the admin API answers 503 logs_unavailable).
   virtual AdminStoreResult query_logs(const LogQuery& /*query*/, LogPage* /*out*/) {
     return {AdminStoreCode::kNotConfigured, "no access log is configured", 0};
+  }
+  // Makes a backup of the key store (named after `now`, Unix seconds), with every change
+  // that returned before the call; then deletes the oldest backups beyond the retention.
+  // kIoError with one line in `*error` when it failed (nothing that looks like a backup is
+  // left behind). This default is the store without backups: kNotConfigured (409
+  // backups_disabled).
+  virtual AdminStoreResult create_backup(int64_t /*now*/, BackupInfo* /*out*/,
+                                         std::string* /*error*/) {
+    return {AdminStoreCode::kNotConfigured, "backups are disabled", 0};
+  }
+  // The complete backups, newest (highest seq) first. kIoError with `*error` when the backup
+  // directory cannot be read; kNotConfigured as create_backup.
+  virtual AdminStoreResult list_backups(std::vector<BackupInfo>* /*out*/,
+                                        std::string* /*error*/) {
+    return {AdminStoreCode::kNotConfigured, "backups are disabled", 0};
   }
 };
 

@@ -204,7 +204,8 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
     return false;
   }
   const toml::table& root = parsed.table();
-  if (!check_known_keys(root, {"server", "limits", "admin", "keys", "cache", "log", "apis"},
+  if (!check_known_keys(root,
+                        {"server", "limits", "admin", "keys", "cache", "log", "backup", "apis"},
                         source, "", error)) {
     return false;
   }
@@ -380,6 +381,25 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
                "log.ring_bytes_per_worker (" +
                std::to_string(config.log_ring_bytes_per_worker) +
                "): the backlog takes in a whole buffer at a time";
+      return false;
+    }
+  }
+  if (const toml::node* node = root.get("backup")) {
+    const toml::table* backup = node->as_table();
+    if (backup == nullptr) {
+      *error = where(node->source(), source) + ": backup: expected a table";
+      return false;
+    }
+    if (!check_known_keys(*backup, {"dir", "retention_count"}, source, "backup", error) ||
+        !read_string(*backup, "dir", source, "backup", &config.backup_dir, error) ||
+        !read_uint(*backup, "retention_count", source, "backup", 0, 10000,
+                   &config.backup_retention_count, error)) {
+      return false;
+    }
+    // Unset means no backups; set, it must name a directory.
+    if (const toml::node* dir = backup->get("dir"); dir && config.backup_dir.empty()) {
+      *error = where(dir->source(), source) +
+               ": backup.dir must not be empty (leave it out to disable backups)";
       return false;
     }
   }
@@ -715,6 +735,9 @@ std::vector<std::string> settings_needing_restart(const Config& running, const C
   check(running.log_direct_io == reloaded.log_direct_io, "log.direct_io");
   check(running.log_backlog_bytes_max == reloaded.log_backlog_bytes_max,
         "log.backlog_bytes_max");
+  check(running.backup_dir == reloaded.backup_dir, "backup.dir");
+  check(running.backup_retention_count == reloaded.backup_retention_count,
+        "backup.retention_count");
   return keys;
 }
 
@@ -751,6 +774,10 @@ requests; other changed settings are named on stderr and take effect at restart;
 an invalid file changes nothing (docs/configuration.md, "Reload"). SIGUSR1,
 SIGUSR2: ignored (said on stderr). Exit code 2: bad flags or config; 1: start-up
 failure.
+
+Backups: set [backup] dir in the config file, then POST /admin/backups (keygatectl
+backup) makes an online, consistent copy of the key store there, which keygate starts
+on as it is (--data-dir); README.md, "Backups".
 
 Environment (docs/configuration.md, "Environment"):
   KEYGATE_BOOTSTRAP_ADMIN_KEY  the admin key created on first start (empty store); unset,

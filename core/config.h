@@ -62,6 +62,10 @@ struct Config {
   uint32_t log_flush_interval_ms = 10;         // the log writer drains at least this often
   bool log_direct_io = true;  // whole blocks written with O_DIRECT (falls back if refused)
   uint64_t log_backlog_bytes_max = 64 * 1024 * 1024;  // records held while the writer is behind
+  // [backup]: POST /admin/backups writes backups of the key store here (see
+  // docs/configuration.md). Empty: backups are disabled.
+  std::string backup_dir;
+  uint32_t backup_retention_count = 7;  // complete backups kept; 0 = all
   // [[apis]], validated by ApiRegistry::init in validate_config.
   std::vector<ApiConfig> apis;
 };

@@ -113,4 +113,16 @@ AdminStoreResult KeyServiceAdminStore::query_logs(const LogQuery& query, LogPage
   return {};
 }
 
+AdminStoreResult KeyServiceAdminStore::create_backup(int64_t now, BackupInfo* out,
+                                                     std::string* error) {
+  if (backups_ == nullptr) return AdminStore::create_backup(now, out, error);
+  return to_admin_result(backups_->create(keys_.store(), now, out, error));
+}
+
+AdminStoreResult KeyServiceAdminStore::list_backups(std::vector<BackupInfo>* out,
+                                                    std::string* error) {
+  if (backups_ == nullptr) return AdminStore::list_backups(out, error);
+  return to_admin_result(backups_->list(out, error));
+}
+
 }  // namespace keygate::storage

@@ -16,6 +16,7 @@
 
 #include "core/admin_api.h"
 #include "storage/access_log.h"
+#include "storage/backups.h"
 #include "storage/key_service.h"
 #include "storage/key_store.h"
 
@@ -59,9 +60,18 @@ class KeyServiceAdminStore final : public AdminStore {
   AdminStoreResult query_logs(const LogQuery& query, LogPage* out) override;
   static constexpr std::chrono::milliseconds kQueryFlushWait{1000};
 
+  // The backups create_backup() and list_backups() use; nullptr (the default): none, and both
+  // answer kNotConfigured. `backups` must be open and outlive this object. Not synchronized:
+  // set it before any call.
+  void set_backups(Backups* backups) noexcept { backups_ = backups; }
+  // A backup of the key service's store (see Backups::create); kIoError with `*error`.
+  AdminStoreResult create_backup(int64_t now, BackupInfo* out, std::string* error) override;
+  AdminStoreResult list_backups(std::vector<BackupInfo>* out, std::string* error) override;
+
  private:
   KeyService& keys_;
   AccessLog* log_ = nullptr;
+  Backups* backups_ = nullptr;
 };
 
 }  // namespace keygate::storage

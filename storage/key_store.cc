@@ -4,6 +4,7 @@
 #include <rocksdb/iterator.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
+#include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
@@ -556,6 +557,53 @@ Status KeyStore::flush() {
   if (!impl_->db) return Status::unavailable("key store is not open");
   const rocksdb::Status s = impl_->db->Flush(rocksdb::FlushOptions());
   return s.ok() ? Status::ok() : Status::io_error("key store flush failed");
+}
+
+Status KeyStore::checkpoint(const std::string& dir, std::string* error) const {
+  if (!impl_->db) return Status::unavailable("key store is not open");
+  rocksdb::Checkpoint* raw = nullptr;
+  rocksdb::Status s = rocksdb::Checkpoint::Create(impl_->db.get(), &raw);
+  std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  // log_size_for_flush 0: always flush first, so every write that returned before this call is
+  // in the copy's SST files rather than only in a WAL the copy has to replay.
+  if (s.ok()) s = checkpoint->CreateCheckpoint(dir, 0);
+  if (!s.ok()) {
+    *error = one_line(s.ToString());
+    return Status::io_error("key store checkpoint failed");
+  }
+  return Status::ok();
+}
+
+bool KeyStore::inspect(const std::string& path, Contents* out, std::string* error) {
+  rocksdb::Options options;
+  options.paranoid_checks = true;
+  rocksdb::DB* raw = nullptr;
+  const rocksdb::Status s = rocksdb::DB::OpenForReadOnly(options, path, &raw);
+  if (!s.ok()) {
+    *error = describe_open_error(path, s);
+    return false;
+  }
+  std::unique_ptr<rocksdb::DB> db(raw);
+  std::string version;
+  const rocksdb::Status vs = db->Get(rocksdb::ReadOptions(), slice(kSchemaKey), &version);
+  if (!vs.ok() || version != kSchemaVersion) {
+    *error = "key store at " + path + " has no schema version " + std::string(kSchemaVersion);
+    return false;
+  }
+  Contents contents;
+  for (const char prefix : {kIdPrefix, kUserPrefix}) {
+    PrefixScan it(db.get(), prefix);
+    uint64_t n = 0;
+    for (it.seek_to_first(); it->Valid(); it->Next()) ++n;
+    if (!it->status().ok()) {
+      *error = "cannot read key store at " + path + ": " + one_line(it->status().ToString());
+      return false;
+    }
+    (prefix == kIdPrefix ? contents.keys : contents.users) = n;
+  }
+  db->Close().PermitUncheckedError();  // read-only: nothing to lose
+  *out = contents;
+  return true;
 }
 
 Status KeyStore::write_raw_for_testing(std::string_view key, std::string_view value) {

@@ -160,6 +160,25 @@ class KeyStore {
   // durable through the synced WAL.
   Status flush();
 
+  // Writes a consistent copy of the store into directory `dir`, which must not exist (its
+  // parent must): RocksDB's Checkpoint, taken after a flush, so every write that returned
+  // before the call is in it. SST files are hard-linked when `dir` is on the same filesystem
+  // as the store and copied otherwise (RocksDB decides); the WAL and manifest are copied. The
+  // copy holds no LOCK file. io_error with one line in `error` (RocksDB's reason: "No space
+  // left on device", "Permission denied", ...); the caller removes what a failure left in
+  // `dir`. Blocks for the flush and the copies; concurrent writes go on meanwhile.
+  Status checkpoint(const std::string& dir, std::string* error) const;
+
+  // What inspect() found in a store.
+  struct Contents {
+    uint64_t keys = 0;   // id index entries: one per key
+    uint64_t users = 0;
+  };
+  // Opens the store in `path` read-only (it must not be open elsewhere for writing), checks its
+  // schema version and counts its keys and users. For backups: proof that a checkpoint opens
+  // as keygate would open it. False with one line in `error`. Blocks for the whole scan.
+  static bool inspect(const std::string& path, Contents* out, std::string* error);
+
   // Writes raw bytes under a raw key, bypassing every check. Tests only: it lets them plant a
   // value that does not decode, as a disk fault would.
   Status write_raw_for_testing(std::string_view key, std::string_view value);

@@ -37,6 +37,7 @@
 #include "storage/access_log.h"
 #include "storage/last_used_writer.h"
 #include "storage/admin_executor.h"
+#include "storage/backups.h"
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
 #include "storage/key_service_admin_store.h"
@@ -551,14 +552,29 @@ int main(int argc, char** argv) {
       last_used_options, [&keys](std::span<const keygate::storage::KeyStore::LastUsed> entries,
                                  size_t* written) { return keys.record_last_used(entries, written); });
 
+  // Backups of the key store (POST /admin/backups), when [backup] dir is set. Opened after the
+  // store, so a start that fails on the backup directory says so after any store error.
+  std::unique_ptr<keygate::storage::Backups> backups;
+  if (!config.backup_dir.empty()) {
+    backups = std::make_unique<keygate::storage::Backups>();
+    keygate::storage::Backups::Options backup_options;
+    backup_options.dir = config.backup_dir;
+    backup_options.retention_count = config.backup_retention_count;
+    if (!backups->open(backup_options, config.data_dir, &error)) {
+      print_failure(error);
+      return startup_failed();
+    }
+  }
+
   // Destroyed before the KeyService they write to, after the server stopped (no worker still
   // submits a job).
   keygate::storage::KeyServiceAdminStore admin_store(keys);
   admin_store.set_access_log(access_log.get());
+  admin_store.set_backups(backups.get());
   // GET /admin/stats: the workers' counters, the key cache's and the access log's.
   keygate::storage::AdminExecutor::Options executor_options;
-  executor_options.stats = [&server, &keys, &reload_stats, &last_used, log = access_log.get()](
-                               std::vector<keygate::StatsGroup>* groups) {
+  executor_options.stats = [&server, &keys, &reload_stats, &last_used, log = access_log.get(),
+                            backup = backups.get()](std::vector<keygate::StatsGroup>* groups) {
     const keygate::net::Server::Stats w =
         server.has_value() ? server->stats() : keygate::net::Server::Stats{};
     keygate::StatsGroup& worker_group = groups->emplace_back();
@@ -640,6 +656,17 @@ int main(int argc, char** argv) {
                        {"backlog_bytes_peak", a.backlog_bytes_peak}};
     }
     groups->push_back(std::move(access));
+    keygate::StatsGroup backup_group;
+    backup_group.name = "backups";
+    backup_group.present = backup != nullptr;
+    if (backup != nullptr) {
+      const keygate::storage::Backups::Stats b = backup->stats();
+      backup_group.values = {{"created_total", b.created_total},
+                             {"failed_total", b.failed_total},
+                             {"pruned_total", b.pruned_total},
+                             {"prune_failed_total", b.prune_failed_total}};
+    }
+    groups->push_back(std::move(backup_group));
     keygate::StatsGroup& reloads = groups->emplace_back();
     reloads.name = "config";
     reloads.values = {{"generation", reload_stats.generation.load(std::memory_order_relaxed)},

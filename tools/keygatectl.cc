@@ -58,6 +58,9 @@ constexpr int kTimeoutSecondsDefault = 10;
 // reload_unavailable (tools/keygate_main.cc, ReloadRequests); with 10 s here too, keygatectl
 // would give up just before that answer and say only "timed out".
 constexpr int kReloadTimeoutSecondsDefault = 15;
+// backup: the checkpoint copies the store's files when the backup directory is on another
+// filesystem, and it waits its turn behind other admin changes; a minute covers a large store.
+constexpr int kBackupTimeoutSecondsDefault = 60;
 constexpr int kTimeoutSecondsMax = 3600;
 // One request and its whole answer take at most this many --timeouts: each wait is bounded by
 // --timeout, and this bounds a server that trickles its answer a byte at a time. The largest
@@ -127,11 +130,13 @@ Commands:
   stats                                                  the instance's counters
   reload                                                 applies the config file's edited
                                                          [[apis]] ('reload --help')
+  backup [create|list]                                   makes a backup of the key store, or
+                                                         lists them ('backup --help')
 
 Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, LAST USED, DESCRIPTION),
-users (NAME, GRANTS), apis (NAME, ROUTES) and stats (GROUP, COUNTER, VALUE) likewise; one
-record, and reload's outcome, as "field: value" lines; access-log records as JSON Lines, one
-record per line as keygate stored it.
+users (NAME, GRANTS), apis (NAME, ROUTES), stats (GROUP, COUNTER, VALUE) and backups (NAME,
+CREATED, BYTES, PATH) likewise; one record, reload's outcome and a new backup, as "field:
+value" lines; access-log records as JSON Lines, one record per line as keygate stored it.
 
 Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
 "key: VALUE" before the record (with --json, as the response's "key" member). Store them
@@ -148,6 +153,7 @@ Examples:
   keygatectl keys list --api orders --all
   keygatectl logs --key k7Qd2XcLm0aZb --status 403 --follow
   keygatectl reload
+  keygatectl backup
   keygatectl --url http://127.0.0.1:9081 users create alice@example.com --grant orders:GET:/orders
 )";
 
@@ -236,7 +242,8 @@ timeouts, upstream retries, summed over the workers), "data_responses" and
 "admin_responses" (answers on each port by status, e.g. 200, 401, 502), "data_reasons" and
 "admin_reasons" (by error code, e.g. invalid_api_key, upstream_timeout, client_closed),
 "keys" (the key cache), "access_log" (records enqueued, written, dropped, still queued, the
-backlog, segments; "off" when the access log is disabled), "admin" (admin requests run and
+backlog, segments; "off" when the access log is disabled), "backups" (backups created and
+failed, pruned by the retention; "off" without [backup] dir), "admin" (admin requests run and
 refused) and "config" (the reloads of the APIs: the generation serving, reloads_total,
 reloads_refused_total). With --json, the server's object as is.
 )";
@@ -289,7 +296,31 @@ says how many records were lost to a full buffer (shown only without --key and -
 Exit status 1 with "503 logs_unavailable" when keygate runs without an access log.
 )";
 
-enum class Group : uint8_t { kNone, kKeys, kUsers, kApis, kLogs, kStats, kReload };
+constexpr std::string_view kBackupHelp = R"(Usage: keygatectl [global options] backup [create|list]
+
+  backup, backup create
+      Makes a backup of keygate's key store (POST /admin/backups): a consistent copy of every
+      key and user as of the request, in a directory of its own under keygate's [backup] dir,
+      and prints it:
+        name        keygate-YYYYMMDDTHHMMSSZ-SEQ (time of creation, UTC; SEQ counts up)
+        path        where it is; 'keygate --data-dir PATH' starts on it (or on a copy)
+        created_at  RFC 3339 UTC
+        seq         its sequence number
+        keys        keys in it
+        users       users in it
+        bytes       the size of its files
+      keygate then deletes the oldest backups beyond [backup] retention_count. Access logs are
+      not part of a backup. --timeout defaults to 60 s here.
+  backup list, backups
+      Lists the complete backups, newest first, as a table (NAME, CREATED, BYTES, PATH).
+
+With --json, the server's object as is. Exit status 1 with "keygatectl: 409
+backups_disabled: ..." on stderr when keygate runs without [backup] dir, and with "500
+backup_failed: REASON" when the backup could not be made (a full disk, permissions): nothing
+that looks like a backup is then left behind. Restoring: README.md, "Backups".
+)";
+
+enum class Group : uint8_t { kNone, kKeys, kUsers, kApis, kLogs, kStats, kReload, kBackup };
 
 std::string_view help_for(Group group) {
   switch (group) {
@@ -305,6 +336,8 @@ std::string_view help_for(Group group) {
       return kStatsHelp;
     case Group::kReload:
       return kReloadHelp;
+    case Group::kBackup:
+      return kBackupHelp;
     case Group::kNone:
       break;
   }
@@ -325,6 +358,8 @@ std::string_view group_name(Group group) {
       return "stats";
     case Group::kReload:
       return "reload";
+    case Group::kBackup:
+      return "backup";
     case Group::kNone:
       break;
   }
@@ -357,6 +392,8 @@ std::string_view usage_line(Group group) {
       return "usage: keygatectl [global options] stats\n";
     case Group::kReload:
       return "usage: keygatectl [global options] reload\n";
+    case Group::kBackup:
+      return "usage: keygatectl [global options] backup [create|list]\n";
     case Group::kNone:
       break;
   }
@@ -1492,6 +1529,72 @@ int reload_config(const Context& ctx, const Args& args) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// backup
+
+int backup_create(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) return usage_error(Group::kBackup, "backup takes no arguments");
+  HttpResponse r;
+  dom::parser parser;
+  dom::element root;
+  const std::string no_body;  // sent as Content-Length: 0, as a POST without a body should be
+  if (const int rc = fetch_document(ctx, "POST", "/admin/backups", &no_body, &r, &parser, &root);
+      rc != kRender) {
+    return rc;  // a refusal (409 backups_disabled, 500 backup_failed) said on stderr, exit 1
+  }
+  dom::object o;
+  uint64_t seq = 0;
+  uint64_t keys = 0;
+  uint64_t users = 0;
+  uint64_t bytes = 0;
+  if (root.get_object().get(o) != simdjson::SUCCESS ||
+      o["seq"].get_uint64().get(seq) != simdjson::SUCCESS ||
+      o["keys"].get_uint64().get(keys) != simdjson::SUCCESS ||
+      o["users"].get_uint64().get(users) != simdjson::SUCCESS ||
+      o["bytes"].get_uint64().get(bytes) != simdjson::SUCCESS) {
+    return unexpected_response("not a backup");
+  }
+  std::string out;
+  render_fields({{"name", {string_member(o, "name")}},
+                 {"path", {string_member(o, "path")}},
+                 {"created_at", {string_member(o, "created_at")}},
+                 {"seq", {std::to_string(seq)}},
+                 {"keys", {std::to_string(keys)}},
+                 {"users", {std::to_string(users)}},
+                 {"bytes", {std::to_string(bytes)}}},
+                &out);
+  return emit(out);
+}
+
+int backup_list(const Context& ctx, const Args& args) {
+  if (!args.positionals.empty()) {
+    return usage_error(Group::kBackup, "backup list takes no arguments");
+  }
+  HttpResponse r;
+  dom::parser parser;
+  dom::element root;
+  if (const int rc = fetch_document(ctx, "GET", "/admin/backups", nullptr, &r, &parser, &root);
+      rc != kRender) {
+    return rc;
+  }
+  dom::array backups;
+  if (root["backups"].get_array().get(backups) != simdjson::SUCCESS) {
+    return unexpected_response("not a backup listing");
+  }
+  Table table({"NAME", "CREATED", "BYTES", "PATH"});
+  for (dom::element e : backups) {
+    dom::object o;
+    uint64_t bytes = 0;
+    if (e.get_object().get(o) != simdjson::SUCCESS ||
+        o["bytes"].get_uint64().get(bytes) != simdjson::SUCCESS) {
+      return unexpected_response("not a backup");
+    }
+    table.add_row({string_member(o, "name"), string_member(o, "created_at"),
+                   std::to_string(bytes), string_member(o, "path")});
+  }
+  return emit_table(table, "backups");
+}
+
+// ---------------------------------------------------------------------------------------------
 // logs
 
 // Set by SIGINT/SIGTERM while `logs --follow` runs.
@@ -1996,6 +2099,8 @@ const Command kCommands[] = {
     {Group::kLogs, "", logs_command, kLogsOptions},
     {Group::kStats, "", stats_show, {}},
     {Group::kReload, "", reload_config, {}},
+    {Group::kBackup, "create", backup_create, {}},
+    {Group::kBackup, "list", backup_list, {}},
 };
 
 Group parse_group(std::string_view word) {
@@ -2005,6 +2110,7 @@ Group parse_group(std::string_view word) {
   if (word == "logs" || word == "log") return Group::kLogs;
   if (word == "stats") return Group::kStats;
   if (word == "reload") return Group::kReload;
+  if (word == "backup" || word == "backups") return Group::kBackup;
   return Group::kNone;
 }
 
@@ -2066,8 +2172,16 @@ int run(int argc, char** argv) {
     if (is_help(all[j])) return print_help(group);
   }
   std::string_view sub;
-  if (group != Group::kApis && group != Group::kLogs && group != Group::kStats &&
-      group != Group::kReload) {
+  if (group == Group::kBackup) {
+    // "backup" alone makes one, "backups" alone lists them: the two things done most.
+    if (i < all.size() && !std::string_view(all[i]).starts_with('-')) {
+      sub = all[i++];
+      if (sub == "help") return print_help(group);
+    } else {
+      sub = command == "backups" ? "list" : "create";
+    }
+  } else if (group != Group::kApis && group != Group::kLogs && group != Group::kStats &&
+             group != Group::kReload) {
     if (i == all.size()) {
       return usage_error(group, std::string(group_name(group)) + " needs a subcommand");
     }
@@ -2107,8 +2221,9 @@ int run(int argc, char** argv) {
     ctx.limits.io_timeout_ms = static_cast<int>(seconds * 1000);
     ctx.limits.exchange_timeout_ms = static_cast<int>(seconds * 1000 * kExchangeTimeouts);
   } else {
-    const int seconds =
-        group == Group::kReload ? kReloadTimeoutSecondsDefault : kTimeoutSecondsDefault;
+    const int seconds = group == Group::kReload   ? kReloadTimeoutSecondsDefault
+                        : group == Group::kBackup ? kBackupTimeoutSecondsDefault
+                                                  : kTimeoutSecondsDefault;
     ctx.limits.connect_timeout_ms = seconds * 1000;
     ctx.limits.io_timeout_ms = seconds * 1000;
     ctx.limits.exchange_timeout_ms = seconds * 1000 * kExchangeTimeouts;

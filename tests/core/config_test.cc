@@ -112,6 +112,22 @@ TEST(Config, ReadsTheBodyMemoryBoundWithinItsRange) {
             "1099511627776");
 }
 
+TEST(Config, BackupsAreOffByDefaultAndReadWithTheirRange) {
+  const Config defaults = parse_ok("");
+  EXPECT_EQ(defaults.backup_dir, "");
+  EXPECT_EQ(defaults.backup_retention_count, 7u);
+  const Config c = parse_ok("[backup]\ndir = \"backups\"\nretention_count = 0\n");
+  EXPECT_EQ(c.backup_dir, "backups");
+  EXPECT_EQ(c.backup_retention_count, 0u);
+  EXPECT_EQ(parse_ok("[backup]\nretention_count = 10000\n").backup_retention_count, 10000u);
+  EXPECT_EQ(parse_error("[backup]\nretention_count = 10001\n"),
+            "test.toml:2:19: backup.retention_count: must be between 0 and 10000");
+  EXPECT_EQ(parse_error("[backup]\ndir = \"\"\n"),
+            "test.toml:2:7: backup.dir must not be empty (leave it out to disable backups)");
+  EXPECT_EQ(parse_error("[backup]\nkept = 3\n"), "test.toml:2:8: unknown key 'backup.kept'");
+  EXPECT_TRUE(contains(parse_error("backup = 3\n"), "backup: expected a table"));
+}
+
 TEST(Config, PartialTablesKeepOtherDefaults) {
   const Config c = parse_ok("[limits]\nbody_bytes_max = 0\n");
   EXPECT_EQ(c.limits.body_bytes_max, 0u);
@@ -898,7 +914,7 @@ TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
 // changes it: that function lists the fields by hand, and a field added to the parser and the
 // docs but not there would make a reload that changes it say nothing. The changed value is the
 // documented default doubled, or +1, or -1 (the first the parser and validate_config accept);
-// addresses move their port, paths get another name.
+// addresses move their port, paths (and settings unset by default: backup.dir) get a name.
 TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedAsNeedingARestart) {
   std::ifstream file(KEYGATE_SOURCE_DIR "/docs/configuration.md");
   ASSERT_TRUE(file.good()) << "cannot read docs/configuration.md";
@@ -932,7 +948,7 @@ TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedAsNeedingARestart) {
       values = {def == "true" ? "false" : "true"};
     } else if (def.starts_with('"') && def.find(':') != std::string::npos) {
       values = {"\"127.0.0.1:18" + std::to_string(checked % 100 + 100) + "\""};
-    } else if (def.starts_with('"')) {
+    } else if (def.starts_with('"') || def == "unset") {
       values = {"\"/tmp/keygate-reload-test-" + key + "\""};
     } else {
       const unsigned long long d = std::stoull(def);

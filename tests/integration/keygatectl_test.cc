@@ -747,6 +747,65 @@ TEST_F(Keygatectl, StatsPrintsEveryGroupsCounters) {
   EXPECT_TRUE(extra.exited_with(2)) << extra.describe();
 }
 
+// --- backup ----------------------------------------------------------------------------------
+
+TEST_F(Keygatectl, BackupMakesOneListsThemAndSaysWhenTheyAreDisabled) {
+  const CtlRun disabled = ctl({"backup"});
+  EXPECT_TRUE(disabled.exited_with(1)) << disabled.describe();
+  EXPECT_TRUE(contains(disabled.err, "409 backups_disabled")) << disabled.describe();
+  EXPECT_TRUE(contains(disabled.err, "[backup] dir")) << disabled.describe();
+
+  // The same keygate with backups on.
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  TempDir backups;
+  ServerOptions options = admin_server_options(admin_value_);
+  options.data_dir = backups.path() + "/data";
+  options.extra_config += "\n[backup]\ndir = \"" + backups.path() + "/b\"\n";
+  server_ = std::make_unique<TestServer>(options);
+  std::string error;
+  ASSERT_TRUE(server_->start(&error)) << error;
+  url_ = "http://127.0.0.1:" + std::to_string(server_->admin_port());
+
+  const CtlRun made = ctl({"backup"});
+  ASSERT_TRUE(made.exited_with(0)) << made.describe();
+  const std::string name = field(made.out, "name");
+  EXPECT_TRUE(name.starts_with("keygate-")) << made.describe();
+  EXPECT_EQ(field(made.out, "path"), backups.path() + "/b/" + name) << made.describe();
+  EXPECT_EQ(field(made.out, "seq"), "1") << made.describe();
+  EXPECT_EQ(field(made.out, "keys"), "1") << made.describe();
+  EXPECT_EQ(field(made.out, "users"), "0") << made.describe();
+  EXPECT_FALSE(field(made.out, "created_at").empty()) << made.describe();
+  EXPECT_FALSE(field(made.out, "bytes").empty()) << made.describe();
+  const CtlRun second = ctl({"backup", "create", "--json"});
+  ASSERT_TRUE(second.exited_with(0)) << second.describe();
+  EXPECT_TRUE(second.out.starts_with("{\"name\":\"keygate-")) << second.describe();
+
+  for (const std::vector<std::string>& list : std::vector<std::vector<std::string>>{
+           {"backup", "list"}, {"backups"}}) {
+    const CtlRun table = ctl(list);
+    ASSERT_TRUE(table.exited_with(0)) << table.describe();
+    EXPECT_TRUE(table.out.starts_with("NAME ")) << table.describe();
+    for (const char* heading : {"CREATED", "BYTES", "PATH"}) {
+      EXPECT_TRUE(contains(table.out.substr(0, table.out.find('\n')), heading))
+          << table.describe();
+    }
+    EXPECT_EQ(count_of(table.out, "\n"), 3u) << table.describe();
+    // Newest first.
+    EXPECT_GT(table.out.find(name), table.out.find(string_member(second.out, "name")))
+        << table.describe();
+  }
+  const CtlRun json = ctl({"backups", "--json"});
+  ASSERT_TRUE(json.exited_with(0)) << json.describe();
+  EXPECT_TRUE(json.out.starts_with("{\"backups\":[{\"name\":\"keygate-")) << json.describe();
+
+  const CtlRun help = ctl({"backup", "--help"});
+  ASSERT_TRUE(help.exited_with(0)) << help.describe();
+  EXPECT_TRUE(help.out.starts_with("Usage: keygatectl [global options] backup")) << help.describe();
+  const CtlRun wrong = ctl({"backup", "now"});
+  EXPECT_TRUE(wrong.exited_with(2)) << wrong.describe();
+  EXPECT_TRUE(contains(wrong.err, "usage: keygatectl [global options] backup")) << wrong.describe();
+}
+
 // --- reload ----------------------------------------------------------------------------------
 
 // An auth-check API named "checks" on /checks, as config text.

@@ -50,7 +50,7 @@ struct Route {
   std::string_view method;
   std::string_view path;
 };
-constexpr std::array<Route, 17> kServerRoutes = {{
+constexpr std::array<Route, 19> kServerRoutes = {{
     {"POST", "/admin/keys"},
     {"GET", "/admin/keys"},
     {"GET", "/admin/keys/{id}"},
@@ -68,6 +68,8 @@ constexpr std::array<Route, 17> kServerRoutes = {{
     {"GET", "/admin/stats"},
     {"GET", "/admin/metrics"},
     {"POST", "/admin/reload"},
+    {"POST", "/admin/backups"},
+    {"GET", "/admin/backups"},
 }};
 // Served on the admin port besides the admin API: /healthz (core/builtin_handler.cc) and every
 // file of the web console (core/console_assets.h), each with GET and HEAD.

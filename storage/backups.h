@@ -1,0 +1,93 @@
+// Backups: online, consistent backups of the key store into a directory of their own.
+//
+// Thread-safe: create() runs one at a time (an internal mutex; the admin executor's main lane
+// already runs them one at a time), list() and stats() may run beside it. Every call but
+// stats() blocks on the filesystem: run them on the admin executor, never on a worker.
+//
+// Layout of the backup directory (`[backup] dir`, docs/configuration.md):
+//   LOCK                                  flock'ed by the keygate using the directory, so two
+//                                         instances never clean or prune each other's backups
+//   keygate-20261128T011500Z-000042/      a complete backup: a data directory keygate starts
+//     db/                                 on as it is (--data-dir), holding a RocksDB
+//                                         checkpoint of <data_dir>/db (no LOCK: a start makes
+//                                         its own; the access log is not part of it)
+//   .tmp-keygate-...                      a backup being made, or a pruned one being removed;
+//                                         never listed, removed at start and before each backup
+// A backup is built under its temporary name, checked (opened read-only, keys and users
+// counted), synced file by file, renamed into place and the rename synced: a crash or a full
+// disk at any point leaves a temporary (cleaned later), never something named like a complete
+// backup. The name starts with the creation time (UTC) and ends with a sequence number one
+// above the highest in the directory, so names sort in the order the backups were made (seq
+// decides when the clock stepped back).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/admin_api.h"
+#include "storage/key_store.h"
+
+namespace keygate::storage {
+
+class Backups {
+ public:
+  struct Options {
+    std::string dir;                // created if missing; must be outside the data dir
+    uint32_t retention_count = 7;  // complete backups kept after each new one; 0 = all
+  };
+  struct Stats {
+    uint64_t created_total = 0;        // backups made
+    uint64_t failed_total = 0;         // create() calls that made none
+    uint64_t pruned_total = 0;         // backups deleted by the retention
+    uint64_t prune_failed_total = 0;   // backups the retention could not delete (kept, listed)
+  };
+
+  Backups() = default;
+  ~Backups();  // releases the directory's lock
+  Backups(const Backups&) = delete;
+  Backups& operator=(const Backups&) = delete;
+
+  // Creates options.dir (and parents) if needed, checks that keygate can create directories in
+  // it and that it neither is nor holds `data_dir`, nor lies inside it (a backup lost with the
+  // data dir protects nothing; a data dir inside would be pruned), takes its lock and removes
+  // stale temporaries. Fails with one line in `error`. Blocks; start-up only.
+  bool open(const Options& options, const std::string& data_dir, std::string* error);
+
+  // Makes a backup of `store` named after `now` (Unix seconds), then deletes the oldest
+  // complete backups beyond retention_count (a failed deletion is counted, not an error: the
+  // new backup exists). io_error with one line in `error` (the step and the system's reason)
+  // when no backup was made; nothing named like a backup is then left behind. Blocks for the
+  // checkpoint (a flush, links or copies), the fsyncs and the pruning.
+  Status create(const KeyStore& store, int64_t now, BackupInfo* out, std::string* error);
+
+  // The complete backups, highest seq (newest) first, with name, path, created, seq and bytes.
+  // io_error with one line in `error` when the directory cannot be read. Blocks.
+  Status list(std::vector<BackupInfo>* out, std::string* error) const;
+
+  Stats stats() const noexcept;
+  const std::string& dir() const noexcept { return options_.dir; }
+
+  // Parses a complete backup's name ("keygate-YYYYMMDDTHHMMSSZ-SEQ"); false for anything else
+  // (temporaries, LOCK, an operator's own files), which list() and pruning leave alone.
+  static bool parse_name(std::string_view name, int64_t* created, uint64_t* seq);
+  // The name of backup `seq` made at `created` (Unix seconds).
+  static std::string make_name(int64_t created, uint64_t seq);
+
+ private:
+  // Removes every temporary in the directory. Returns false (with `error`) when one stays.
+  bool remove_temporaries(std::string* error) const;
+  void prune(std::vector<BackupInfo> complete);
+
+  Options options_;
+  int lock_fd_ = -1;
+  std::mutex create_mutex_;  // one create() at a time
+  std::atomic<uint64_t> created_total_{0};
+  std::atomic<uint64_t> failed_total_{0};
+  std::atomic<uint64_t> pruned_total_{0};
+  std::atomic<uint64_t> prune_failed_total_{0};
+};
+
+}  // namespace keygate::storage
