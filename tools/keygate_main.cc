@@ -549,8 +549,10 @@ int main(int argc, char** argv) {
   last_used_options.workers = workers;
   last_used_options.flush_interval_ms = config.last_used_flush_interval_ms;
   keygate::storage::LastUsedWriter last_used(
-      last_used_options, [&keys](std::span<const keygate::storage::KeyStore::LastUsed> entries,
-                                 size_t* written) { return keys.record_last_used(entries, written); });
+      last_used_options,
+      [&keys](std::span<const keygate::storage::KeyStore::LastUsed> entries, size_t* written) {
+        return keys.record_last_used(entries, written);
+      });
 
   // Backups of the key store (POST /admin/backups), when [backup] dir is set. Opened after the
   // store, so a start that fails on the backup directory says so after any store error.

@@ -174,10 +174,11 @@ constexpr std::string_view kKeysHelp = R"(Usage: keygatectl [global options] key
       Keys in id order, one page of up to N (1 to 1000, default 100), only those with API
       NAME, of user NAME, or not used since TIME (RFC 3339: never used, or last used before
       it) when asked. LAST USED is when the key last made a request (allowed or 403; up to a
-      minute plus [keys] last_used_flush_interval_ms late), "never" if it has not. --all follows the cursor to the end (with --json: one
-      document holding every key). Without --all, a note on stderr gives the cursor of the
-      next page when there may be one. --json without --all prints the server's page as is
-      (a filtered page may be short, even empty, and still have a next_cursor).
+      minute plus [keys] last_used_flush_interval_ms late), "never" if it has not. --all
+      follows the cursor to the end (with --json: one document holding every key). Without
+      --all, a note on stderr gives the cursor of the next page when there may be one. --json
+      without --all prints the server's page as is (a filtered page may be short, even empty,
+      and still have a next_cursor).
   keys show ID
       ID is a key id ("k" and 12 letters or digits, as 'keys list' shows), never a key value,
       here and below.

@@ -1021,6 +1021,24 @@ TEST_F(Keygatectl, HelpDocumentsEveryCommand) {
   }
 }
 
+// Every help text fits a 100-column terminal (and the 100-column source it is written in): a
+// longer line wraps mid-word on an operator's terminal.
+TEST_F(Keygatectl, EveryHelpTextFitsOneHundredColumns) {
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"--help"}, {"keys", "--help"}, {"users", "--help"}, {"apis", "--help"},
+           {"logs", "--help"}, {"stats", "--help"}, {"reload", "--help"}, {"backup", "--help"}}) {
+    const CtlRun run = ctl_raw(args, std::nullopt);
+    ASSERT_TRUE(run.exited_with(0)) << run.describe();
+    size_t at = 0;
+    while (at < run.out.size()) {
+      size_t end = run.out.find('\n', at);
+      if (end == std::string::npos) end = run.out.size();
+      EXPECT_LE(end - at, 100u) << args[0] << ": " << run.out.substr(at, end - at);
+      at = end + 1;
+    }
+  }
+}
+
 TEST_F(Keygatectl, LogsRefusesBadOptionsBeforeSendingAnything) {
   // A key value where a key id belongs is refused without being echoed or sent.
   CtlRun run = ctl({"logs", "--key", admin_value_});
