@@ -28,21 +28,28 @@ bool LastUsedWriter::report(unsigned worker, const KeyUse& use) noexcept {
 }
 
 void LastUsedWriter::run() {
+  const auto flush_interval = std::chrono::milliseconds(flush_interval_ms_);
+  const auto drain_interval =
+      std::chrono::milliseconds(std::min(flush_interval_ms_, kDrainIntervalMs));
+  auto next_write = std::chrono::steady_clock::now() + flush_interval;
   std::unique_lock lock(wake_mutex_);
   while (!stopping_) {
-    wake_.wait_for(lock, std::chrono::milliseconds(flush_interval_ms_));
+    wake_.wait_for(lock, drain_interval);
     if (stopping_) break;
     lock.unlock();
-    flush();
+    drain();
+    if (const auto now = std::chrono::steady_clock::now(); now >= next_write) {
+      write_pending();
+      next_write = now + flush_interval;
+    }
     lock.lock();
   }
 }
 
-void LastUsedWriter::flush() {
-  std::lock_guard guard(flush_mutex_);
+void LastUsedWriter::drain() {
+  std::lock_guard guard(drain_mutex_);
   // Aggregated here, off the workers: many reports of one key (one per worker per granularity)
   // become one entry with the latest time.
-  std::unordered_map<std::string, int64_t> latest;
   uint64_t taken = 0;
   KeyUse use;
   for (const auto& q : queues_) {
@@ -50,11 +57,20 @@ void LastUsedWriter::flush() {
     // worker cannot keep this loop going.
     for (size_t n = q->capacity(); n > 0 && q->pop(&use); --n) {
       ++taken;
-      auto [it, inserted] = latest.try_emplace(std::string(use.key_id()), use.at);
+      auto [it, inserted] = pending_.try_emplace(std::string(use.key_id()), use.at);
       if (!inserted && use.at > it->second) it->second = use.at;
     }
   }
   reports_total_.fetch_add(taken, std::memory_order_relaxed);
+}
+
+void LastUsedWriter::write_pending() {
+  std::lock_guard guard(write_mutex_);
+  std::unordered_map<std::string, int64_t> latest;
+  {
+    std::lock_guard drained(drain_mutex_);
+    latest.swap(pending_);
+  }
   if (latest.empty()) return;
   std::vector<KeyStore::LastUsed> batch;
   batch.reserve(std::min(latest.size(), kWriteBatchMax));
@@ -72,6 +88,11 @@ void LastUsedWriter::flush() {
     if (batch.size() == kWriteBatchMax) write();
   }
   if (!batch.empty()) write();
+}
+
+void LastUsedWriter::flush() {
+  drain();
+  write_pending();
 }
 
 void LastUsedWriter::stop() {

@@ -3,10 +3,12 @@
 //
 // Owns one KeyUseQueue (core/key_use.h) per worker and one thread. report() is the workers'
 // side: worker i pushes into queue i only (wait-free, no allocation, no syscall; a full queue
-// drops the report and counts it). The thread wakes every flush_interval_ms, drains every
-// queue, keeps the latest time per key id, and hands the batch to the write function
-// (KeyStore::put_last_used: one unsynced batch that skips deleted keys). Workers never wake
-// it: no syscall on the request path.
+// drops the report and counts it). The thread drains every queue every kDrainIntervalMs into a
+// map of the latest time per key id (so a queue holds the reports of 100 ms, not of a whole
+// flush interval: 4,096 distinct keys per 100 ms per worker before one is dropped), and every
+// flush_interval_ms hands that map to the write function (KeyStore::put_last_used: unsynced
+// batches that skip deleted keys). The map holds one entry per key used in the interval: at
+// most the store's keys. Workers never wake it: no syscall on the request path.
 //
 // Threading: report() on worker threads (each with its own index); flush(), stats() and stop()
 // from any thread (a flush runs one at a time). Shutdown: stop() after the workers stopped
@@ -23,7 +25,9 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "core/key_use.h"
@@ -38,7 +42,7 @@ class LastUsedWriter final : public KeyUseSink {
 
   struct Options {
     size_t workers = 1;
-    size_t queue_capacity = 4096;       // reports per worker between two flushes; full: dropped
+    size_t queue_capacity = 4096;       // reports per worker between two drains; full: dropped
     uint32_t flush_interval_ms = 30000;  // [keys] last_used_flush_interval_ms
   };
 
@@ -46,6 +50,9 @@ class LastUsedWriter final : public KeyUseSink {
   // per entry), so an admin change waits for at most this many, not for every key used in
   // the interval.
   static constexpr size_t kWriteBatchMax = 1024;
+  // How often the thread empties the queues (at most flush_interval_ms): what a queue must
+  // hold is the reports of this long.
+  static constexpr uint32_t kDrainIntervalMs = 100;
 
   struct Stats {
     uint64_t reports_total = 0;    // reports taken from the queues
@@ -64,7 +71,8 @@ class LastUsedWriter final : public KeyUseSink {
   // KeyUseSink: worker `worker` only (< options.workers). Never blocks, never allocates.
   bool report(unsigned worker, const KeyUse& use) noexcept override;
 
-  // Drains every queue and writes what it found, now. Blocks for the write. Tests, and stop().
+  // Drains every queue and writes everything not yet written, now. Blocks for the write.
+  // Tests, and stop().
   void flush();
   // Stops the thread, then flushes once more. Idempotent. Call after the workers stopped.
   void stop();
@@ -73,11 +81,17 @@ class LastUsedWriter final : public KeyUseSink {
 
  private:
   void run();
+  // Moves every queued report into pending_ (the latest time per key). One at a time.
+  void drain();
+  // Writes pending_ (and empties it). One at a time.
+  void write_pending();
 
   std::vector<std::unique_ptr<KeyUseQueue>> queues_;
   WriteFn write_;
   uint32_t flush_interval_ms_;
-  std::mutex flush_mutex_;  // one flush at a time (the thread's, a test's, stop()'s)
+  std::mutex drain_mutex_;  // guards pending_ and the queues' consumer side (one consumer)
+  std::unordered_map<std::string, int64_t> pending_;  // key id -> latest use not yet written
+  std::mutex write_mutex_;  // one write at a time (the thread's, a test's, stop()'s)
   std::mutex wake_mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;  // under wake_mutex_

@@ -93,6 +93,29 @@ TEST(LastUsedWriter, AFullQueueDropsAndCounts) {
   EXPECT_TRUE(writer.report(0, use_of("kCCCCCCCCCCCC", 2)));
 }
 
+// The queues are emptied far more often than the store is written: a queue must hold ~100 ms
+// of reports, not a whole flush interval's. Here 60 distinct keys come in 6 bursts of 10, 300 ms
+// apart, into a queue of 16 with a 10-minute flush interval: none is dropped, and the flush
+// writes them all.
+TEST(LastUsedWriter, QueuesAreDrainedBetweenFlushesSoManyKeysFitASmallQueue) {
+  Recorder rec;
+  LastUsedWriter writer(options(1, 16, 600000), rec.fn());
+  int n = 0;
+  for (int burst = 0; burst < 6; ++burst) {
+    for (int i = 0; i < 10; ++i, ++n) {
+      char id[16];
+      std::snprintf(id, sizeof id, "k%012d", n);
+      EXPECT_TRUE(writer.report(0, use_of(id, 100 + n))) << id;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  EXPECT_EQ(writer.stats().reports_dropped, 0u);
+  EXPECT_EQ(rec.batches, 0u);  // nothing written before the flush interval
+  writer.flush();
+  EXPECT_EQ(rec.stored.size(), 60u);
+  EXPECT_EQ(writer.stats().writes_total, 60u);
+}
+
 TEST(LastUsedWriter, TheThreadWritesEveryFlushInterval) {
   Recorder rec;
   LastUsedWriter writer(options(1, 16, 20), rec.fn());
