@@ -10,6 +10,7 @@
 #include <ctime>
 #include <utility>
 
+#include "core/json_text.h"
 #include "core/service_notify.h"
 
 namespace keygate::tools {
@@ -33,8 +34,8 @@ ServiceNotifier ServiceNotifier::from_environment() {
   // A path's address counts its terminating NUL (address_ is zeroed); an abstract name's is
   // exactly its bytes, or it would name another socket.
   const bool abstract = sun_path.front() == '\0';
-  notifier.address_bytes_ =
-      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + sun_path.size() + (abstract ? 0 : 1));
+  notifier.address_bytes_ = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) +
+                                                   sun_path.size() + (abstract ? 0 : 1));
   // One socket for the whole run, made now: a drain under descriptor exhaustion (EMFILE)
   // still has it for STOPPING=1. Non-blocking: a service manager that does not read its
   // socket fills the queue, and then a send fails (EAGAIN) instead of stopping keygate.
@@ -98,7 +99,8 @@ void ServiceNotifier::send(const std::string& message) {
 void ServiceNotifier::say_once(const std::string& what) {
   if (said_) return;
   said_ = true;
-  std::fprintf(stderr, "keygate: %s\n", what.c_str());
+  // `what` quotes NOTIFY_SOCKET, which may hold any bytes: one line whatever it holds.
+  std::fprintf(stderr, "keygate: %s\n", keygate::one_line(what).c_str());
 }
 
 }  // namespace keygate::tools

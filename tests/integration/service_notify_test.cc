@@ -264,17 +264,18 @@ TEST(ServiceNotify, AFullSocketQueueNeverHoldsKeygateUp) {
   EXPECT_EQ(field(*first, "MAINPID"), std::to_string(pid)) << *first;
 }
 
-// A value that names no socket (a relative path) is said once; keygate starts.
+// A value that names no socket (a relative path) is said once, on one line whatever bytes it
+// holds; keygate starts.
 TEST(ServiceNotify, AValueThatIsNoSocketAddressIsSaidOnceAndKeygateStarts) {
-  TestServer server(notify_options("run/notify"));
+  TestServer server(notify_options("run/notify\nkeygate: forged line"));
   std::string error;
   ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
   const ExitStatus status = server.stop(SIGTERM);
   EXPECT_TRUE(status.clean()) << status.describe();
   EXPECT_EQ(count_of(server.error_output(), "NOTIFY_SOCKET"), 1u) << server.error_output();
   EXPECT_NE(server.error_output().find(
-                "keygate: NOTIFY_SOCKET run/notify: neither an absolute path nor an abstract "
-                "@name"),
+                "keygate: NOTIFY_SOCKET run/notify\\x0akeygate: forged line: neither an "
+                "absolute path nor an abstract @name"),
             std::string::npos)
       << server.error_output();
 }
