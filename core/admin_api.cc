@@ -1535,9 +1535,10 @@ void append_backup(std::string& out, const BackupInfo& b, bool with_contents) {
   out += '}';
 }
 
-// POST /admin/backups: 201 with the backup made. It runs on the executor's main lane like every
-// change, so a second request waits for the first (each makes its own backup) and every change
-// that returned before the request is in the backup.
+// POST /admin/backups: 201 with the backup made. It runs on the executor's backup lane
+// (is_backup_route), one at a time, so a second request waits for the first (each makes its own
+// backup) while the key changes go on: every change that returned before the request is in the
+// backup; one made while it runs may be or not.
 AdminResponse create_backup(AdminStore& store, const AdminContext& ctx) {
   BackupInfo backup;
   std::string error;
@@ -1944,6 +1945,10 @@ bool is_admin_route(std::string_view path) noexcept {
 
 bool is_log_route(std::string_view path) noexcept {
   return match_route(path).route == Route::kLogs;
+}
+
+bool is_backup_route(std::string_view path) noexcept {
+  return match_route(path).route == Route::kBackups;
 }
 
 std::string format_rfc3339(int64_t unix_seconds) {

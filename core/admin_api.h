@@ -160,8 +160,9 @@ class AdminStore {
   // Makes a backup of the key store (named after `now`, Unix seconds), with every change
   // that returned before the call; then deletes the oldest backups beyond the retention.
   // kIoError with one line in `*error` when it failed (nothing that looks like a backup is
-  // left behind). This default is the store without backups: kNotConfigured (409
-  // backups_disabled).
+  // left behind). The admin executor calls this and list_backups() on a thread of their own
+  // (is_backup_route), beside the other calls: they must be safe to run alongside them. This
+  // default is the store without backups: kNotConfigured (409 backups_disabled).
   virtual AdminStoreResult create_backup(int64_t /*now*/, BackupInfo* /*out*/,
                                          std::string* /*error*/) {
     return {AdminStoreCode::kNotConfigured, "backups are disabled", 0};
@@ -259,6 +260,12 @@ bool is_admin_route(std::string_view path) noexcept;
 // only reads log files and changes nothing, which may run beside the store's changes (the
 // admin executor gives it a thread of its own). Does not allocate.
 bool is_log_route(std::string_view path) noexcept;
+// True when `path` is the backups route (POST and GET /admin/backups, with any method): a
+// backup can take minutes (a copy of the whole store to another filesystem, its fsyncs), so
+// the admin executor gives these a thread of their own, where no key revocation waits for one.
+// A backup may run beside the store's changes (a RocksDB checkpoint is consistent on its own).
+// Does not allocate.
+bool is_backup_route(std::string_view path) noexcept;
 
 // Formats Unix seconds as RFC 3339 UTC ("2026-11-26T10:00:00Z"); parses the same (also with
 // fractional seconds and numeric offsets). Parse returns false on malformed input.

@@ -788,6 +788,8 @@ Environment (docs/configuration.md, "Environment"):
   KEYGATE_NO_AVX2              set: the access log's scanners use SSE2 even where AVX2 exists
   KEYGATE_TEST_FETCH_DELAY_MS  test builds only: every partial-cache key fetch waits this
                                many milliseconds first
+  KEYGATE_TEST_BACKUP_DELAY_MS test builds only: every backup waits this many milliseconds
+                               after its checkpoint
   NOTIFY_SOCKET                set by systemd for Type=notify: where readiness is notified
                                (a path or an abstract @name); removed from the environment
                                once read

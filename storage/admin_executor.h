@@ -1,15 +1,24 @@
 // AdminExecutor: runs admin requests (execute_admin, core/admin_api.h) on threads of its own,
 // so neither JSON work on large bodies nor the blocking, synced store calls run on a worker.
 //
-// Thread-safe: submit() is called by every worker's AdminHandler. Two lanes, each a thread
+// Thread-safe: submit() is called by every worker's AdminHandler. Three lanes, each a thread
 // taking requests in arrival order from a bounded queue (a preallocated ring: queueing never
 // allocates) and running them one at a time:
-//   - the main lane: every route but the access log's, so admin mutations are serialized;
+//   - the main lane: every route but the access log's and the backups', so admin mutations
+//     are serialized;
 //   - the log lane: GET /admin/logs (is_log_route()), which only reads log files. A query can
 //     take long (up to its scan budget of disk reads, a flush waiting on a stalled disk): on
 //     its own thread it never delays a key revocation queued behind it. Its key is checked
 //     again when it runs, like every request's, so it never runs after a revocation of that
 //     key returned.
+//   - the backup lane: POST and GET /admin/backups (is_backup_route()). A backup to another
+//     filesystem copies the whole store and syncs it: minutes for a large one. On the main lane
+//     the key revocation an operator sends during an incident would wait behind it; on the log
+//     lane so would the log query that shows what a leaked key did. Its own thread costs
+//     nothing while idle. A backup needs no serialization with the changes: the store's
+//     checkpoint is consistent as of its start (every change that returned before the request
+//     is in it; one made meanwhile may be or not), and Backups::create runs one at a time.
+//     Its key is checked again when it runs, like every request's.
 //
 // When a lane's queue is full, submit() answers 503 store_unavailable and posts at once
 // (counted in rejected_total). Shutdown: stop() (or the destructor) after the server's workers
@@ -18,7 +27,9 @@
 // is left: workers wait for their deferred requests before they exit. A request still with the
 // executor at the drain deadline (drain_timeout_ms: a long import, a store call that blocks)
 // was cut off from its client; stop() lets the one in progress on each lane finish (so exit
-// waits for it) and answers the ones still queued 503 store_unavailable without running them.
+// waits for it: a backup too, since RocksDB's checkpoint cannot be interrupted and a backup
+// asked for just before a stop, an upgrade's, is wanted; a supervisor that kills keygate first
+// leaves only its temporary, removed at the next start) and answers the ones still queued 503 store_unavailable without running them.
 // Every one of them is posted all the same, and settle_deferred() has its worker write its
 // access record (reason "shutdown", the status of what the executor did), so no change the
 // executor made goes unlogged.
@@ -47,10 +58,14 @@ class AdminExecutor final : public AdminBackend {
   struct Options {
     size_t queue_max = 256;                   // requests waiting to run on the main lane; >= 1
     size_t log_queue_max = 16;                // log queries waiting to run; >= 1
+    // Backups (and backup listings) waiting to run; >= 1. Small: each backup waits for the one
+    // before it, and a client that queues more than a few is better told at once (503) than
+    // made to wait minutes.
+    size_t backup_queue_max = 4;
     size_t small_body_bytes_max = 64 * 1024;  // AdminContext: every route but import
     size_t import_keys_max = 100000;          // AdminContext: records per import
     // Unix seconds for AdminContext::now, read once per request; empty = the system clock.
-    // Both lanes' threads call it: it must be thread-safe, as must `random`.
+    // Every lane's thread calls it: it must be thread-safe, as must `random`.
     std::function<int64_t()> clock;
     // AdminContext::random; empty = system_random (getrandom).
     std::function<bool(std::span<uint8_t>)> random;
@@ -67,8 +82,9 @@ class AdminExecutor final : public AdminBackend {
     uint64_t rejected_total = 0;  // requests answered 503 at once: queue full or shutting down
   };
 
-  // `store` and `apis` must outlive the executor; `store` is called from both lanes' threads
-  // (the log lane: get_key() and query_logs() only). Each request is validated against the
+  // `store` and `apis` must outlive the executor; `store` is called from every lane's thread
+  // (the log lane: get_key() and query_logs() only; the backup lane: get_key(),
+  // create_backup() and list_backups() only). Each request is validated against the
   // version of the APIs current when it starts to run (apis.current(), held until it is done):
   // after a reload, a key naming an API the reload added is accepted, one naming an API it
   // removed is refused. Starts the executor's threads.
@@ -108,14 +124,15 @@ class AdminExecutor final : public AdminBackend {
 
   AdminStore& store_;
   const ApiVersions& apis_;
-  std::function<int64_t()> clock_;  // called on both lanes' threads
+  std::function<int64_t()> clock_;  // called on every lane's thread
 
-  std::mutex mutex_;  // guards both lanes' queues and stopping_
+  std::mutex mutex_;  // guards every lane's queue and stopping_
   bool stopping_ = false;  // mutex_
   std::atomic<uint64_t> executed_total_{0};
   std::atomic<uint64_t> rejected_total_{0};
   Lane main_;  // last: their threads start when everything they use exists
   Lane logs_;
+  Lane backups_;
 };
 
 }  // namespace keygate::storage

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <system_error>
+#include <thread>
 
 #include "storage/data_dir.h"
 
@@ -305,6 +307,9 @@ Status Backups::create(const KeyStore& store, int64_t now, BackupInfo* out, std:
   }
   if (!store.checkpoint(temp_db, &why).is_ok()) {
     return fail_and_clean("checkpoint into " + temp_db + " failed: " + why);
+  }
+  if (options_.delay_ms != 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(options_.delay_ms));
   }
   KeyStore::Contents contents;
   if (!KeyStore::inspect(temp_db, &contents, &why)) {

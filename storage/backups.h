@@ -1,8 +1,10 @@
 // Backups: online, consistent backups of the key store into a directory of their own.
 //
-// Thread-safe: create() runs one at a time (an internal mutex; the admin executor's main lane
-// already runs them one at a time), list() and stats() may run beside it. Every call but
-// stats() blocks on the filesystem: run them on the admin executor, never on a worker.
+// Thread-safe: create() runs one at a time (an internal mutex; the admin executor's backup lane
+// already runs them one at a time), list() and stats() may run beside it, and so may every
+// change to the store (create() needs no serialization with them: the checkpoint is consistent
+// as of its start). Every call but stats() blocks on the filesystem: run them on the admin
+// executor, never on a worker.
 //
 // Layout of the backup directory (`[backup] dir`, docs/configuration.md):
 //   LOCK                                  flock'ed by the keygate using the directory, so two
@@ -37,6 +39,10 @@ class Backups {
   struct Options {
     std::string dir;                // created if missing; must be outside the data dir
     uint32_t retention_count = 7;  // complete backups kept after each new one; 0 = all
+    // Test hook (KEYGATE_TEST_BACKUP_DELAY_MS, honoured by test builds only): create() waits
+    // this long after the checkpoint, as if copying it to another filesystem took that long,
+    // so tests can hold a backup in progress for sure.
+    uint32_t delay_ms = 0;
   };
   struct Stats {
     uint64_t created_total = 0;        // backups made

@@ -562,6 +562,14 @@ int main(int argc, char** argv) {
     keygate::storage::Backups::Options backup_options;
     backup_options.dir = config.backup_dir;
     backup_options.retention_count = config.backup_retention_count;
+#ifdef KEYGATE_TEST_HOOKS
+    // Test builds only (CMake KEYGATE_TEST_HOOKS): every backup waits this many milliseconds
+    // after its checkpoint, so tests can hold one in progress for sure.
+    if (const char* delay = std::getenv("KEYGATE_TEST_BACKUP_DELAY_MS")) {
+      const unsigned long ms = std::strtoul(delay, nullptr, 10);
+      backup_options.delay_ms = static_cast<uint32_t>(ms < 60000 ? ms : 60000);
+    }
+#endif
     if (!backups->open(backup_options, config.data_dir, &error)) {
       print_failure(error);
       return startup_failed();

@@ -59,7 +59,7 @@ constexpr int kTimeoutSecondsDefault = 10;
 // would give up just before that answer and say only "timed out".
 constexpr int kReloadTimeoutSecondsDefault = 15;
 // backup: the checkpoint copies the store's files when the backup directory is on another
-// filesystem, and it waits its turn behind other admin changes; a minute covers a large store.
+// filesystem, and it waits its turn behind other backups; a minute covers a large store.
 constexpr int kBackupTimeoutSecondsDefault = 60;
 constexpr int kTimeoutSecondsMax = 3600;
 // One request and its whole answer take at most this many --timeouts: each wait is bounded by

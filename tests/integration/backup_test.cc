@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -51,11 +53,14 @@ class Backup : public ::testing::Test {
   }
 
   // A keygate with the test's admin key; `backup` (TOML lines) goes into a [backup] table,
-  // none when empty. `data_dir`: empty for a fresh one.
-  TestServer* start(const std::string& backup, const std::string& data_dir = "") {
+  // none when empty. `data_dir`: empty for a fresh one. `tweak`, when given, changes the
+  // options last (an environment variable, a limit).
+  TestServer* start(const std::string& backup, const std::string& data_dir = "",
+                    const std::function<void(ServerOptions&)>& tweak = {}) {
     ServerOptions options = admin_server_options(admin_value_);
     if (!backup.empty()) options.extra_config += "\n[backup]\n" + backup;
     options.data_dir = data_dir;
+    if (tweak) tweak(options);
     servers_.push_back(std::make_unique<TestServer>(options));
     std::string error;
     if (!servers_.back()->start(&error)) {
@@ -89,6 +94,26 @@ class Backup : public ::testing::Test {
     EXPECT_TRUE(status_is(r, 201));
     if (!r) return {};
     return {string_member(r->body, "id"), string_member(r->body, "key")};
+  }
+
+  // Waits (up to 10 s) until a backup is being made: its temporary is in the backup directory.
+  bool wait_for_backup_in_progress() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      for (const std::string& name : entries(backup_dir())) {
+        if (name.starts_with(".tmp-keygate-")) return true;
+      }
+      std::this_thread::sleep_for(Millis(10));
+    }
+    return false;
+  }
+  // A POST /admin/backups sent on `client`, which is left waiting for the answer.
+  ::testing::AssertionResult send_backup(TestServer* s, RawClient& client) {
+    if (!client.connect(s->admin_port())) return ::testing::AssertionFailure() << "no connect";
+    if (!client.send(http_request("POST", "/admin/backups", {"X-ApiKey: " + admin_value_}))) {
+      return ::testing::AssertionFailure() << "send failed";
+    }
+    return ::testing::AssertionSuccess();
   }
 
   const std::string admin_value_ = "it-admin-" + random_hex(24);
@@ -258,6 +283,74 @@ TEST_F(Backup, ABackupHoldsEveryKeyWhoseCreationReturnedBeforeTheBackupWasAskedF
   for (size_t i = 0; i < returned_before; ++i) {
     EXPECT_EQ(data_status(restored, snapshot[i]), 200) << "key " << i;
   }
+}
+
+// A backup can take minutes (a copy of the whole store to another filesystem). It runs on a
+// lane of the admin executor of its own, so a key revocation sent meanwhile (an operator during
+// an incident) returns at once and takes effect on the data port at once; the backup still
+// completes. KEYGATE_TEST_BACKUP_DELAY_MS holds the backup for 3 s after its checkpoint.
+TEST_F(Backup, AKeyRevocationDoesNotWaitForABackupInProgress) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  TestServer* live = start(backup_config(), "", [](ServerOptions& o) {
+    o.env.emplace_back("KEYGATE_TEST_BACKUP_DELAY_MS", "3000");
+  });
+  ASSERT_NE(live, nullptr);
+  const auto leaked = create_key(live);
+  const auto disabled = create_key(live);
+  ASSERT_EQ(data_status(live, leaked.second), 200);
+
+  RawClient backup;
+  ASSERT_TRUE(send_backup(live, backup));
+  ASSERT_TRUE(wait_for_backup_in_progress());
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_TRUE(status_is(admin(live, "DELETE", "/admin/keys/" + leaked.first), 204));
+  EXPECT_TRUE(status_is(admin(live, "PATCH", "/admin/keys/" + disabled.first,
+                              R"({"enabled":false})"),
+                        200));
+  const auto took = std::chrono::steady_clock::now() - before;
+  EXPECT_LT(took, Millis(1000)) << "the revocations waited for the backup: "
+                                << std::chrono::duration_cast<Millis>(took).count() << " ms";
+  EXPECT_EQ(data_status(live, leaked.second), 401);
+  EXPECT_EQ(data_status(live, disabled.second), 401);
+  // A log query does not wait for it either (a lane of its own as well).
+  EXPECT_TRUE(status_is(admin(live, "GET", "/admin/logs?limit=1"), 200));
+  EXPECT_LT(std::chrono::steady_clock::now() - before, Millis(1500));
+
+  // The backup was still in progress all along, and completes.
+  EXPECT_FALSE(backup.readable(Millis(0))) << backup.buffered();
+  const std::optional<Response> made = backup.read_response(Millis(30000));
+  ASSERT_TRUE(status_is(made, 201));
+  const std::optional<Response> listed = admin(live, "GET", "/admin/backups");
+  ASSERT_TRUE(status_is(listed, 200));
+  EXPECT_EQ(count_of(listed->body, "\"name\":"), 1u) << listed->body;
+}
+
+// At exit (SIGTERM, drain_timeout_ms = 100) a backup in progress is finished (exit waits for
+// it: a complete backup, no temporary left), and one queued behind it is not run. keygate exits
+// 0 with nothing leaked (the sanitizer build exits non-zero on a leak).
+TEST_F(Backup, AtExitTheBackupInProgressFinishesAndAQueuedOneIsNotRun) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  TestServer* live = start(backup_config(0), "", [](ServerOptions& o) {
+    o.env.emplace_back("KEYGATE_TEST_BACKUP_DELAY_MS", "1500");
+    o.limits = {{"drain_timeout_ms", 100}};
+  });
+  ASSERT_NE(live, nullptr);
+  RawClient first;
+  ASSERT_TRUE(send_backup(live, first));
+  ASSERT_TRUE(wait_for_backup_in_progress());
+  RawClient second;
+  ASSERT_TRUE(send_backup(live, second));
+  std::this_thread::sleep_for(Millis(100));  // queued behind the first
+  const ExitStatus status = live->stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << live->error_output();
+  const std::vector<std::string> left = entries(backup_dir());
+  ASSERT_EQ(left.size(), 2u) << "want LOCK and one backup";
+  EXPECT_EQ(left[0], "LOCK");
+  EXPECT_TRUE(left[1].starts_with("keygate-")) << left[1];
 }
 
 TEST_F(Backup, StartRefusesABadBackupSettingWithOneLine) {

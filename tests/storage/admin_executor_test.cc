@@ -25,13 +25,13 @@ using namespace std::chrono_literals;
 
 constexpr int64_t kNow = 1700000000;  // 2023-11-14T22:13:20Z
 
-// An AdminStore that answers list_keys and query_logs with nothing, or holds either until
-// released (which keeps the executor thread running it busy so its queue can be filled), and
-// remembers created keys.
+// An AdminStore that answers list_keys, query_logs and the backups with nothing, or holds them
+// until released (which keeps the executor thread running one busy so its queue can be filled),
+// and remembers created keys.
 class FakeStore final : public AdminStore {
  public:
   // The calls that can be held, each independently of the other.
-  enum Gate : size_t { kList, kLogs, kGates };
+  enum Gate : size_t { kList, kLogs, kBackups, kGates };
 
   AdminStoreResult list_keys(std::string_view, size_t, std::vector<KeyRecord>*) override {
     pass(kList);
@@ -64,6 +64,16 @@ class FakeStore final : public AdminStore {
   }
   AdminStoreResult query_logs(const LogQuery&, LogPage*) override {
     pass(kLogs);
+    return {};
+  }
+  AdminStoreResult create_backup(int64_t now, BackupInfo* out, std::string*) override {
+    pass(kBackups);
+    out->name = "keygate-backup";
+    out->created = now;
+    return {};
+  }
+  AdminStoreResult list_backups(std::vector<BackupInfo>*, std::string*) override {
+    pass(kBackups);
     return {};
   }
 
@@ -303,6 +313,57 @@ TEST_F(AdminExecutorTest, AFullLogQueueAnswers503AtOnceAndTheOtherRoutesGoOn) {
   EXPECT_EQ(out[3].status, 200);
   store_.release(FakeStore::kLogs);
   EXPECT_EQ(sink_.wait_for(4), (std::vector<uint32_t>{2, 3, 0, 1}));
+  EXPECT_EQ(executor.stats().rejected_total, 1u);
+}
+
+// A backup can take minutes (a copy of the store to another filesystem, its fsyncs). It runs
+// on a thread of its own, so neither a key change (a revocation above all) nor a log query
+// queued behind it waits for it.
+TEST_F(AdminExecutorTest, ABackupRunsOnItsOwnThreadSoChangesAndLogQueriesGoOn) {
+  AdminExecutor executor(store_, apis_, options());
+  store_.hold(FakeStore::kBackups);
+  AdminResponse backup_out;
+  AdminResponse create_out;
+  AdminResponse log_out;
+  executor.submit(request("POST", "/admin/backups"), &backup_out, ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_calls(1, FakeStore::kBackups));
+  executor.submit(request("POST", "/admin/keys", R"({"apis":["orders"]})"), &create_out,
+                  ResumeTicket(&sink_, 1, 0));
+  EXPECT_EQ(sink_.wait_for(1), std::vector<uint32_t>{1});  // while the backup is still held
+  EXPECT_EQ(create_out.status, 201) << create_out.body;
+  executor.submit(request("GET", "/admin/logs"), &log_out, ResumeTicket(&sink_, 2, 0));
+  EXPECT_EQ(sink_.wait_for(2), (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ(log_out.status, 200) << log_out.body;
+  EXPECT_NE(store_.thread_of(FakeStore::kBackups), store_.thread_of(FakeStore::kLogs));
+  store_.release(FakeStore::kBackups);
+  EXPECT_EQ(sink_.wait_for(3), (std::vector<uint32_t>{1, 2, 0}));
+  EXPECT_EQ(backup_out.status, 201) << backup_out.body;
+  EXPECT_EQ(executor.stats().executed_total, 3u);
+}
+
+// Backups and their listing share the lane, one at a time: a listing waits for the backup in
+// progress; beyond backup_queue_max waiting, 503 at once while the other routes go on.
+TEST_F(AdminExecutorTest, AFullBackupQueueAnswers503AtOnceAndTheOtherRoutesGoOn) {
+  AdminExecutor::Options o = options();
+  o.backup_queue_max = 1;
+  AdminExecutor executor(store_, apis_, std::move(o));
+  store_.hold(FakeStore::kBackups);
+  std::vector<AdminResponse> out(4);
+  executor.submit(request("POST", "/admin/backups"), &out[0], ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_calls(1, FakeStore::kBackups));  // running, so no longer queued
+  executor.submit(request("GET", "/admin/backups"), &out[1], ResumeTicket(&sink_, 1, 0));
+  executor.submit(request("POST", "/admin/backups"), &out[2], ResumeTicket(&sink_, 2, 0));
+  EXPECT_EQ(sink_.posted(), std::vector<uint32_t>{2});
+  EXPECT_EQ(out[2].status, 503);
+  EXPECT_EQ(out[2].body.rfind("{\"error\":\"store_unavailable\",\"field\":null,", 0), 0u)
+      << out[2].body;
+  executor.submit(request("GET", "/admin/apis"), &out[3], ResumeTicket(&sink_, 3, 0));
+  EXPECT_EQ(sink_.wait_for(2), (std::vector<uint32_t>{2, 3}));
+  EXPECT_EQ(out[3].status, 200);
+  store_.release(FakeStore::kBackups);
+  EXPECT_EQ(sink_.wait_for(4), (std::vector<uint32_t>{2, 3, 0, 1}));
+  EXPECT_EQ(out[0].status, 201) << out[0].body;
+  EXPECT_EQ(out[1].status, 200) << out[1].body;
   EXPECT_EQ(executor.stats().rejected_total, 1u);
 }
 
