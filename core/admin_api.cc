@@ -733,6 +733,15 @@ void append_bool(std::string& out, bool b) { out += b ? "true" : "false"; }
 
 void append_time(std::string& out, int64_t t) { append_json_string(out, format_rfc3339(t)); }
 
+// A time, or `null` when there is none (no expiry, never used).
+void append_time_or_null(std::string& out, std::optional<int64_t> t) {
+  if (t) {
+    append_time(out, *t);
+  } else {
+    out += "null";
+  }
+}
+
 void append_string_array(std::string& out, const std::vector<std::string>& list) {
   out += '[';
   for (size_t i = 0; i < list.size(); ++i) {
@@ -767,17 +776,9 @@ void append_record(std::string& out, const KeyRecord& r, std::optional<int64_t> 
   out += ",\"updated_at\":";
   append_time(out, r.updated_at);
   out += ",\"expires_at\":";
-  if (r.expires_at) {
-    append_time(out, *r.expires_at);
-  } else {
-    out += "null";
-  }
+  append_time_or_null(out, r.expires_at);
   out += ",\"last_used_at\":";
-  if (last_used_at) {
-    append_time(out, *last_used_at);
-  } else {
-    out += "null";
-  }
+  append_time_or_null(out, last_used_at);
   if (plaintext) {
     out += ",\"key\":";
     append_json_string(out, *plaintext);

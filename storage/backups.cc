@@ -293,7 +293,7 @@ Status Backups::create(const KeyStore& store, int64_t now, BackupInfo* out, std:
   b.name = make_name(now, seq);
   b.path = options_.dir + "/" + b.name;
   b.seq = seq;
-  parse_name(b.name, &b.created, &b.seq);
+  b.created = now;  // what the name says (make_name formats `now`)
   const std::string temp = options_.dir + "/" + std::string(kTempPrefix) + b.name;
   const std::string temp_db = temp + "/db";
   // Whatever failed, the temporary goes: a half-made backup must not take the disk.
