@@ -1516,7 +1516,15 @@ Failure backups_disabled() {
                  "backups are disabled: set [backup] dir in the config file and restart keygate");
 }
 
-void append_backup(std::string& out, const BackupInfo& b, bool with_contents) {
+void append_optional_uint(std::string& out, const std::optional<uint64_t>& v) {
+  if (v) {
+    append_uint(out, *v);
+  } else {
+    out += "null";
+  }
+}
+
+void append_backup(std::string& out, const BackupInfo& b) {
   out += "{\"name\":";
   append_json_string(out, b.name);
   out += ",\"path\":";
@@ -1527,12 +1535,10 @@ void append_backup(std::string& out, const BackupInfo& b, bool with_contents) {
   append_uint(out, b.seq);
   out += ",\"bytes\":";
   append_uint(out, b.bytes);
-  if (with_contents) {
-    out += ",\"keys\":";
-    append_uint(out, b.keys);
-    out += ",\"users\":";
-    append_uint(out, b.users);
-  }
+  out += ",\"keys\":";
+  append_optional_uint(out, b.keys);
+  out += ",\"users\":";
+  append_optional_uint(out, b.users);
   out += '}';
 }
 
@@ -1550,26 +1556,35 @@ AdminResponse create_backup(AdminStore& store, const AdminContext& ctx) {
     return error_response(failure(500, "backup_failed", error));
   }
   std::string out;
-  append_backup(out, backup, true);
+  append_backup(out, backup);
   return json_response(201, std::move(out));
 }
 
-// GET /admin/backups: {"backups":[...]} newest first.
+// GET /admin/backups: {"backups":[...],"in_progress":...} newest first. It runs on a lane of
+// its own (is_backup_listing), so it answers while a backup is being made, and says so.
 AdminResponse list_backups(AdminStore& store) {
-  std::vector<BackupInfo> backups;
+  BackupListing listing;
   std::string error;
-  const AdminStoreResult result = store.list_backups(&backups, &error);
+  const AdminStoreResult result = store.list_backups(&listing, &error);
   if (result.code == AdminStoreCode::kNotConfigured) return error_response(backups_disabled());
   if (!result.ok()) {
     if (error.empty()) error = result.message;
     return error_response(failure(500, "backup_failed", error));
   }
   std::string out = "{\"backups\":[";
-  for (size_t i = 0; i < backups.size(); ++i) {
+  for (size_t i = 0; i < listing.backups.size(); ++i) {
     if (i > 0) out += ',';
-    append_backup(out, backups[i], false);
+    append_backup(out, listing.backups[i]);
   }
-  out += "]}";
+  out += "],\"in_progress\":";
+  if (listing.in_progress_started) {
+    out += "{\"started_at\":";
+    append_time(out, *listing.in_progress_started);
+    out += '}';
+  } else {
+    out += "null";
+  }
+  out += '}';
   return json_response(200, std::move(out));
 }
 
@@ -1950,6 +1965,10 @@ bool is_log_route(std::string_view path) noexcept {
 
 bool is_backup_route(std::string_view path) noexcept {
   return match_route(path).route == Route::kBackups;
+}
+
+bool is_backup_listing(std::string_view method, std::string_view path) noexcept {
+  return method != "POST" && is_backup_route(path);
 }
 
 std::string format_rfc3339(int64_t unix_seconds) {

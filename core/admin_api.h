@@ -39,7 +39,10 @@
 //   POST   /admin/backups              201 {"name","path","created_at","seq","bytes","keys",
 //                                       "users"}: a backup of the key store (body ignored)
 //   GET    /admin/backups              200 {"backups":[{"name","path","created_at","seq",
-//                                       "bytes"}...]} newest first
+//                                       "bytes","keys","users"}...],"in_progress":null|
+//                                       {"started_at"}} newest first (keys and users null for
+//                                       a backup that does not say); in_progress: the backup
+//                                       being made when the listing began
 //   GET    /admin/stats                200 {group:{name:number...}|null...}: the instance's
 //                                       counters (AdminContext::stats), e.g. "workers",
 //                                       "keys", "access_log" (null when not enabled)
@@ -112,9 +115,19 @@ struct BackupInfo {
   int64_t created = 0;  // Unix seconds, from the name
   uint64_t seq = 0;     // from the name: backups are made (and listed) in seq order
   uint64_t bytes = 0;   // the sizes of its files, summed (hard-linked files counted in full)
-  // Create only (counted in the finished backup, opened read-only); a list does not open them.
-  uint64_t keys = 0;
-  uint64_t users = 0;
+  // Counted in the finished backup (opened read-only) when it was made, and recorded in it; a
+  // listing reads that record. nullopt: the backup does not say (made by a keygate that did
+  // not record them, or its record is unreadable). Always set by a create.
+  std::optional<uint64_t> keys;
+  std::optional<uint64_t> users;
+};
+
+// GET /admin/backups: the complete backups and whether one is being made.
+struct BackupListing {
+  std::vector<BackupInfo> backups;  // newest (highest seq) first
+  // When the backup being made as the listing began was started (Unix seconds); nullopt when
+  // none was. A listing that says none includes every backup completed before it began.
+  std::optional<int64_t> in_progress_started;
 };
 
 // What execute_admin() needs from storage. Implemented by storage (over KeyService) and by test
@@ -167,10 +180,11 @@ class AdminStore {
                                          std::string* /*error*/) {
     return {AdminStoreCode::kNotConfigured, "backups are disabled", 0};
   }
-  // The complete backups, newest (highest seq) first. kIoError with `*error` when the backup
-  // directory cannot be read; kNotConfigured as create_backup.
-  virtual AdminStoreResult list_backups(std::vector<BackupInfo>* /*out*/,
-                                        std::string* /*error*/) {
+  // The complete backups, newest (highest seq) first, and the backup in progress if any. Must
+  // not wait for a create_backup() in progress: the executor runs it on a lane of its own
+  // (is_backup_listing), so that it answers while a backup runs. kIoError with `*error` when
+  // the backup directory cannot be read; kNotConfigured as create_backup.
+  virtual AdminStoreResult list_backups(BackupListing* /*out*/, std::string* /*error*/) {
     return {AdminStoreCode::kNotConfigured, "backups are disabled", 0};
   }
 };
@@ -262,10 +276,14 @@ bool is_admin_route(std::string_view path) noexcept;
 bool is_log_route(std::string_view path) noexcept;
 // True when `path` is the backups route (POST and GET /admin/backups, with any method): a
 // backup can take minutes (a copy of the whole store to another filesystem, its fsyncs), so
-// the admin executor gives these a thread of their own, where no key revocation waits for one.
-// A backup may run beside the store's changes (a RocksDB checkpoint is consistent on its own).
-// Does not allocate.
+// the admin executor gives backups a thread of their own, where no key revocation waits for
+// one (and their listing another: is_backup_listing). A backup may run beside the store's
+// changes (a RocksDB checkpoint is consistent on its own). Does not allocate.
 bool is_backup_route(std::string_view path) noexcept;
+// True when `method` `path` is on the backups route but makes no backup (GET, or a method the
+// route refuses): a listing, a directory read that must not wait behind a backup in progress,
+// so the admin executor gives it a lane of its own. Does not allocate.
+bool is_backup_listing(std::string_view method, std::string_view path) noexcept;
 
 // Formats Unix seconds as RFC 3339 UTC ("2026-11-26T10:00:00Z"); parses the same (also with
 // fractional seconds and numeric offsets). Parse returns false on malformed input.

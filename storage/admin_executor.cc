@@ -44,6 +44,7 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiVersions& apis, Options
   KEYGATE_ASSERT(options.queue_max >= 1);
   KEYGATE_ASSERT(options.log_queue_max >= 1);
   KEYGATE_ASSERT(options.backup_queue_max >= 1);
+  KEYGATE_ASSERT(options.backup_list_queue_max >= 1);
   AdminContext& context = main_.context;
   context.random = options.random ? std::move(options.random)
                                   : std::function<bool(std::span<uint8_t>)>(system_random);
@@ -61,12 +62,15 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiVersions& apis, Options
   // random source all the same; it is thread-safe: getrandom, or the caller's).
   logs_.context.random = context.random;
   logs_.context.small_body_bytes_max = options.small_body_bytes_max;
-  // The backup lane likewise: its routes read no body and use none of the rest.
+  // The backup lanes likewise: their routes read no body and use none of the rest.
   backups_.context.random = context.random;
   backups_.context.small_body_bytes_max = options.small_body_bytes_max;
+  backup_lists_.context.random = context.random;
+  backup_lists_.context.small_body_bytes_max = options.small_body_bytes_max;
   main_.ring.resize(options.queue_max);
   logs_.ring.resize(options.log_queue_max);
   backups_.ring.resize(options.backup_queue_max);
+  backup_lists_.ring.resize(options.backup_list_queue_max);
   main_.thread = std::thread([this] {
     pthread_setname_np(pthread_self(), "kg-admin");
     run(main_);
@@ -78,6 +82,10 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiVersions& apis, Options
   backups_.thread = std::thread([this] {
     pthread_setname_np(pthread_self(), "kg-admin-backup");  // 15 characters: the limit
     run(backups_);
+  });
+  backup_lists_.thread = std::thread([this] {
+    pthread_setname_np(pthread_self(), "kg-admin-bklist");  // 15 characters: the limit
+    run(backup_lists_);
   });
 }
 
@@ -91,16 +99,19 @@ void AdminExecutor::stop() noexcept {
   main_.wake.notify_all();
   logs_.wake.notify_all();
   backups_.wake.notify_all();
+  backup_lists_.wake.notify_all();
   if (main_.thread.joinable()) main_.thread.join();
   if (logs_.thread.joinable()) logs_.thread.join();
   if (backups_.thread.joinable()) backups_.thread.join();
+  if (backup_lists_.thread.joinable()) backup_lists_.thread.join();
 }
 
 void AdminExecutor::submit(const AdminRequest& request, AdminResponse* out,
                            ResumeTicket ticket) noexcept {
-  Lane& lane = is_log_route(request.path)      ? logs_
-               : is_backup_route(request.path) ? backups_
-                                               : main_;
+  Lane& lane = is_log_route(request.path)                        ? logs_
+               : is_backup_listing(request.method, request.path) ? backup_lists_
+               : is_backup_route(request.path)                   ? backups_
+                                                                 : main_;
   bool queued = false;
   {
     std::lock_guard lock(mutex_);

@@ -1,7 +1,7 @@
 // AdminExecutor: runs admin requests (execute_admin, core/admin_api.h) on threads of its own,
 // so neither JSON work on large bodies nor the blocking, synced store calls run on a worker.
 //
-// Thread-safe: submit() is called by every worker's AdminHandler. Three lanes, each a thread
+// Thread-safe: submit() is called by every worker's AdminHandler. Four lanes, each a thread
 // taking requests in arrival order from a bounded queue (a preallocated ring: queueing never
 // allocates) and running them one at a time:
 //   - the main lane: every route but the access log's and the backups', so admin mutations
@@ -11,14 +11,20 @@
 //     its own thread it never delays a key revocation queued behind it. Its key is checked
 //     again when it runs, like every request's, so it never runs after a revocation of that
 //     key returned.
-//   - the backup lane: POST and GET /admin/backups (is_backup_route()). A backup to another
-//     filesystem copies the whole store and syncs it: minutes for a large one. On the main lane
-//     the key revocation an operator sends during an incident would wait behind it; on the log
-//     lane so would the log query that shows what a leaked key did. Its own thread costs
-//     nothing while idle. A backup needs no serialization with the changes: the store's
-//     checkpoint is consistent as of its start (every change that returned before the request
-//     is in it; one made meanwhile may be or not), and Backups::create runs one at a time.
-//     Its key is checked again when it runs, like every request's.
+//   - the backup lane: POST /admin/backups (is_backup_route() but not is_backup_listing()). A
+//     backup to another filesystem copies the whole store and syncs it: minutes for a large
+//     one. On the main lane the key revocation an operator sends during an incident would wait
+//     behind it; on the log lane so would the log query that shows what a leaked key did. Its
+//     own thread costs nothing while idle. A backup needs no serialization with the changes:
+//     the store's checkpoint is consistent as of its start (every change that returned before
+//     the request is in it; one made meanwhile may be or not), and Backups::create runs one at
+//     a time. Its key is checked again when it runs, like every request's.
+//   - the backup-listing lane: GET /admin/backups (is_backup_listing()), a read of the backup
+//     directory, which says whether a backup is in progress. On the backup lane it would wait
+//     minutes behind the backup it is asked about (and the lane's small queue would fill with
+//     listings: 503); on the log lane behind a long log scan; on the main lane a slow backup
+//     disk would delay revocations; on a worker it would stall the event loop. It never waits
+//     for a backup (Backups::list takes no lock a backup holds across I/O).
 //
 // When a lane's queue is full, submit() answers 503 store_unavailable and posts at once
 // (counted in rejected_total). Shutdown: stop() (or the destructor) after the server's workers
@@ -58,10 +64,13 @@ class AdminExecutor final : public AdminBackend {
   struct Options {
     size_t queue_max = 256;                   // requests waiting to run on the main lane; >= 1
     size_t log_queue_max = 16;                // log queries waiting to run; >= 1
-    // Backups (and backup listings) waiting to run; >= 1. Small: each backup waits for the one
-    // before it, and a client that queues more than a few is better told at once (503) than
-    // made to wait minutes.
+    // Backups waiting to run; >= 1. Small: each backup waits for the one before it, and a
+    // client that queues more than a few is better told at once (503) than made to wait
+    // minutes.
     size_t backup_queue_max = 4;
+    // Backup listings waiting to run; >= 1. A listing is one directory read: like log queries,
+    // a few clients polling at once fit.
+    size_t backup_list_queue_max = 16;
     size_t small_body_bytes_max = 64 * 1024;  // AdminContext: every route but import
     size_t import_keys_max = 100000;          // AdminContext: records per import
     // Unix seconds for AdminContext::now, read once per request; empty = the system clock.
@@ -83,8 +92,9 @@ class AdminExecutor final : public AdminBackend {
   };
 
   // `store` and `apis` must outlive the executor; `store` is called from every lane's thread
-  // (the log lane: get_key() and query_logs() only; the backup lane: get_key(),
-  // create_backup() and list_backups() only). Each request is validated against the
+  // (the log lane: get_key() and query_logs() only; the backup lane: get_key() and
+  // create_backup() only; the backup-listing lane: get_key() and list_backups() only, which
+  // must not wait for a create_backup() in progress). Each request is validated against the
   // version of the APIs current when it starts to run (apis.current(), held until it is done):
   // after a reload, a key naming an API the reload added is accepted, one naming an API it
   // removed is refused. Starts the executor's threads.
@@ -133,6 +143,7 @@ class AdminExecutor final : public AdminBackend {
   Lane main_;  // last: their threads start when everything they use exists
   Lane logs_;
   Lane backups_;
+  Lane backup_lists_;
 };
 
 }  // namespace keygate::storage

@@ -25,6 +25,10 @@ namespace fs = std::filesystem;
 
 constexpr std::string_view kNamePrefix = "keygate-";
 constexpr std::string_view kTempPrefix = ".tmp-";
+// In each backup: what its checkpoint holds, so a listing need not open the store (a RocksDB
+// open per backup would make a listing slow). Small, written once, read whole.
+constexpr std::string_view kContentsFile = "backup.json";
+constexpr size_t kContentsBytesMax = 128;
 // "YYYYMMDDTHHMMSSZ"
 constexpr size_t kStampChars = 16;
 
@@ -88,6 +92,69 @@ bool tree_bytes(const std::string& dir, uint64_t* out, std::string* error) {
   }
   *out = bytes;
   return true;
+}
+
+// Writes <dir>/backup.json for a checkpoint holding `keys` and `users`. Synced with the rest of
+// the backup (sync_tree), before the rename.
+bool write_contents(const std::string& dir, uint64_t keys, uint64_t users, std::string* error) {
+  const std::string path = dir + "/" + std::string(kContentsFile);
+  char text[kContentsBytesMax];
+  const int n =
+      std::snprintf(text, sizeof text, "{\"keys\":%llu,\"users\":%llu}\n",
+                    static_cast<unsigned long long>(keys), static_cast<unsigned long long>(users));
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    *error = errno_text("cannot create " + path, errno);
+    return false;
+  }
+  const ssize_t written = ::write(fd, text, static_cast<size_t>(n));
+  const int err = errno;
+  ::close(fd);
+  if (written != n) {
+    *error = written < 0 ? errno_text("cannot write " + path, err) : "short write to " + path;
+    return false;
+  }
+  return true;
+}
+
+// Parses the decimal digits at the start of `text` (at most 19, so no overflow) into `out` and
+// drops them; false when there are none.
+bool take_uint(std::string_view* text, uint64_t* out) {
+  size_t n = 0;
+  uint64_t v = 0;
+  while (n < text->size() && n < 19 && (*text)[n] >= '0' && (*text)[n] <= '9') {
+    v = v * 10 + static_cast<uint64_t>((*text)[n] - '0');
+    ++n;
+  }
+  if (n == 0) return false;
+  text->remove_prefix(n);
+  *out = v;
+  return true;
+}
+
+bool take(std::string_view* text, std::string_view literal) {
+  if (!text->starts_with(literal)) return false;
+  text->remove_prefix(literal.size());
+  return true;
+}
+
+// Reads <dir>/backup.json as write_contents() wrote it. False when it is missing (a backup made
+// before keygate recorded its contents), unreadable or not exactly that shape: the listing then
+// says it does not know, which is no error.
+bool read_contents(const std::string& dir, uint64_t* keys, uint64_t* users) {
+  const std::string path = dir + "/" + std::string(kContentsFile);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) return false;
+  struct stat st;
+  char buffer[kContentsBytesMax];
+  ssize_t n = -1;
+  // A regular file only: a FIFO or a device planted there must not stall the listing.
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) n = ::read(fd, buffer, sizeof buffer);
+  ::close(fd);
+  if (n <= 0 || static_cast<size_t>(n) == sizeof buffer) return false;
+  std::string_view text(buffer, static_cast<size_t>(n));
+  return take(&text, "{\"keys\":") && take_uint(&text, keys) && take(&text, ",\"users\":") &&
+         take_uint(&text, users) && take(&text, "}\n") && text.empty();
 }
 
 // Resolves `path` (which exists) to an absolute path without symlinks.
@@ -246,22 +313,50 @@ bool Backups::remove_temporaries(std::string* error) const {
   return true;
 }
 
-Status Backups::list(std::vector<BackupInfo>* out, std::string* error) const {
+Status Backups::list(BackupListing* out, std::string* error) const {
+  // Read before the directory: a create() clears it only after its rename, so a listing that
+  // finds none in progress finds every backup completed before it (the other order could show
+  // a backup neither in progress nor listed, which a client polling for it would take for a
+  // failure).
+  std::optional<int64_t> started;
+  {
+    std::lock_guard lock(progress_mutex_);
+    started = in_progress_started_;
+  }
+  std::vector<BackupInfo> backups;
+  const Status status = list_complete(&backups, error);
+  if (!status.is_ok()) return status;
+  out->backups = std::move(backups);
+  out->in_progress_started = started;
+  return Status::ok();
+}
+
+Status Backups::list_complete(std::vector<BackupInfo>* out, std::string* error) const {
   std::error_code ec;
   std::vector<BackupInfo> found;
   for (fs::directory_iterator it(options_.dir, ec), end; !ec && it != end; it.increment(ec)) {
     BackupInfo b;
     const std::string name = it->path().filename().string();
+    // Temporaries (a backup being made, one being pruned) never parse.
     if (!parse_name(name, &b.created, &b.seq)) continue;
     std::error_code type_ec;
     if (!it->is_directory(type_ec)) continue;
     b.name = name;
     b.path = options_.dir + "/" + name;
-    // A backup pruned meanwhile (a create() beside this list) is no longer there: skip it.
+    uint64_t keys = 0;
+    uint64_t users = 0;
+    if (read_contents(b.path, &keys, &users)) {
+      b.keys = keys;
+      b.users = users;
+    }
+    // A backup pruned meanwhile (a create() beside this list renamed it to a temporary, then
+    // removes it) is no longer there: skip it, whether the walk failed on it or finished on
+    // what was left of it (a file removed under the walk is not counted).
     if (!tree_bytes(b.path, &b.bytes, error)) {
       if (::access(b.path.c_str(), F_OK) != 0) continue;
       return Status::io_error("backup directory cannot be read");
     }
+    if (::access(b.path.c_str(), F_OK) != 0) continue;
     found.push_back(std::move(b));
   }
   if (ec) {
@@ -276,6 +371,21 @@ Status Backups::list(std::vector<BackupInfo>* out, std::string* error) const {
 
 Status Backups::create(const KeyStore& store, int64_t now, BackupInfo* out, std::string* error) {
   std::lock_guard lock(create_mutex_);
+  // In progress for listings from here until it returned, made or not (cleared after the
+  // rename and the pruning: see list()).
+  struct InProgress {
+    Backups& self;
+    InProgress(Backups& b, int64_t started) : self(b) {
+      std::lock_guard progress(self.progress_mutex_);
+      self.in_progress_started_ = started;
+    }
+    ~InProgress() {
+      std::lock_guard progress(self.progress_mutex_);
+      self.in_progress_started_.reset();
+    }
+    InProgress(const InProgress&) = delete;
+    InProgress& operator=(const InProgress&) = delete;
+  } in_progress(*this, now);
   auto fail = [&](const std::string& why) {
     *error = why;
     failed_total_.fetch_add(1, std::memory_order_relaxed);
@@ -286,7 +396,7 @@ Status Backups::create(const KeyStore& store, int64_t now, BackupInfo* out, std:
   // backup may need.
   if (!remove_temporaries(&why)) return fail(why);
   std::vector<BackupInfo> complete;
-  if (!list(&complete, &why).is_ok()) return fail(why);
+  if (!list_complete(&complete, &why).is_ok()) return fail(why);
   const uint64_t seq = complete.empty() ? 1 : complete.front().seq + 1;
 
   BackupInfo b;
@@ -315,7 +425,12 @@ Status Backups::create(const KeyStore& store, int64_t now, BackupInfo* out, std:
   if (!KeyStore::inspect(temp_db, &contents, &why)) {
     return fail_and_clean("the checkpoint does not open: " + why);
   }
-  if (!tree_bytes(temp, &b.bytes, &why) || !sync_tree(temp, &why)) return fail_and_clean(why);
+  // Recorded before the sizes are summed, so the backup's bytes are the same here as in a
+  // listing, and before the sync, which takes it along.
+  if (!write_contents(temp, contents.keys, contents.users, &why) ||
+      !tree_bytes(temp, &b.bytes, &why) || !sync_tree(temp, &why)) {
+    return fail_and_clean(why);
+  }
   if (::rename(temp.c_str(), b.path.c_str()) != 0) {
     return fail_and_clean(errno_text("cannot rename " + temp + " to " + b.path, errno));
   }

@@ -1,10 +1,11 @@
 // Backups: online, consistent backups of the key store into a directory of their own.
 //
 // Thread-safe: create() runs one at a time (an internal mutex; the admin executor's backup lane
-// already runs them one at a time), list() and stats() may run beside it, and so may every
-// change to the store (create() needs no serialization with them: the checkpoint is consistent
-// as of its start). Every call but stats() blocks on the filesystem: run them on the admin
-// executor, never on a worker.
+// already runs them one at a time), list() and stats() may run beside it and never wait for it
+// (the executor runs listings on a lane of their own, so a listing answers while a backup of
+// minutes runs), and so may every change to the store (create() needs no serialization with
+// them: the checkpoint is consistent as of its start). Every call but stats() blocks on the
+// filesystem: run them on the admin executor, never on a worker.
 //
 // Layout of the backup directory (`[backup] dir`, docs/configuration.md):
 //   LOCK                                  flock'ed by the keygate using the directory, so two
@@ -13,10 +14,14 @@
 //     db/                                 on as it is (--data-dir), holding a RocksDB
 //                                         checkpoint of <data_dir>/db (no LOCK: a start makes
 //                                         its own; the access log is not part of it)
+//     backup.json                         {"keys":N,"users":N}: what the checked checkpoint
+//                                         holds, so a listing need not open it (keygate does
+//                                         not read it on start)
 //   .tmp-keygate-...                      a backup being made, or a pruned one being removed;
 //                                         never listed, removed at start and before each backup
 // A backup is built under its temporary name, checked (opened read-only, keys and users
-// counted), synced file by file, renamed into place and the rename synced: a crash or a full
+// counted and recorded in backup.json), synced file by file, renamed into place and the rename
+// synced: a crash or a full
 // disk at any point leaves a temporary (cleaned later), never something named like a complete
 // backup. The name starts with the creation time (UTC) and ends with a sequence number one
 // above the highest in the directory, so names sort in the order the backups were made (seq
@@ -26,6 +31,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,9 +75,14 @@ class Backups {
   // checkpoint (a flush, links or copies), the fsyncs and the pruning.
   Status create(const KeyStore& store, int64_t now, BackupInfo* out, std::string* error);
 
-  // The complete backups, highest seq (newest) first, with name, path, created, seq and bytes.
-  // io_error with one line in `error` when the directory cannot be read. Blocks.
-  Status list(std::vector<BackupInfo>* out, std::string* error) const;
+  // The complete backups, highest seq (newest) first, with name, path, created, seq, bytes and
+  // (from backup.json, when it says) keys and users; and when the create() in progress as the
+  // listing began was started, if one was. Never waits for a create(), and never fails for one
+  // beside it: a temporary is never listed, and a backup pruned while it is read is left out.
+  // (A listing that says no backup is in progress therefore holds every backup a create()
+  // finished before it began.) io_error with one line in `error` when the directory cannot be
+  // read. Blocks on the filesystem.
+  Status list(BackupListing* out, std::string* error) const;
 
   Stats stats() const noexcept;
   const std::string& dir() const noexcept { return options_.dir; }
@@ -85,11 +96,17 @@ class Backups {
  private:
   // Removes every temporary in the directory. Returns false (with `error`) when one stays.
   bool remove_temporaries(std::string* error) const;
+  // The complete backups, newest first (list() without the backup in progress).
+  Status list_complete(std::vector<BackupInfo>* out, std::string* error) const;
   void prune(std::vector<BackupInfo> complete);
 
   Options options_;
   int lock_fd_ = -1;
   std::mutex create_mutex_;  // one create() at a time
+  // When the create() in progress was started (its `now`), nullopt between creates. Its own
+  // mutex, never held across I/O: list() must not wait for create_mutex_.
+  mutable std::mutex progress_mutex_;
+  std::optional<int64_t> in_progress_started_;  // progress_mutex_
   std::atomic<uint64_t> created_total_{0};
   std::atomic<uint64_t> failed_total_{0};
   std::atomic<uint64_t> pruned_total_{0};

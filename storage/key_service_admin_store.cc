@@ -119,8 +119,7 @@ AdminStoreResult KeyServiceAdminStore::create_backup(int64_t now, BackupInfo* ou
   return to_admin_result(backups_->create(keys_.store(), now, out, error));
 }
 
-AdminStoreResult KeyServiceAdminStore::list_backups(std::vector<BackupInfo>* out,
-                                                    std::string* error) {
+AdminStoreResult KeyServiceAdminStore::list_backups(BackupListing* out, std::string* error) {
   if (backups_ == nullptr) return AdminStore::list_backups(out, error);
   return to_admin_result(backups_->list(out, error));
 }

@@ -66,7 +66,7 @@ class KeyServiceAdminStore final : public AdminStore {
   void set_backups(Backups* backups) noexcept { backups_ = backups; }
   // A backup of the key service's store (see Backups::create); kIoError with `*error`.
   AdminStoreResult create_backup(int64_t now, BackupInfo* out, std::string* error) override;
-  AdminStoreResult list_backups(std::vector<BackupInfo>* out, std::string* error) override;
+  AdminStoreResult list_backups(BackupListing* out, std::string* error) override;
 
  private:
   KeyService& keys_;

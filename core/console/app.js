@@ -19,6 +19,7 @@ const ROUTES = Object.freeze({
   user: '/admin/users/{name}',
   apis: '/admin/apis',
   logs: '/admin/logs',
+  backups: '/admin/backups',
   stats: '/admin/stats',
 });
 
@@ -54,6 +55,7 @@ class ApiError extends Error {
     const text = body && typeof body.message === 'string' ? body.message : 'the answer is not JSON';
     super(`${status} ${code}${field}: ${text}`);
     this.status = status;
+    this.code = code;
   }
 }
 
@@ -185,7 +187,7 @@ function forget() {
 }
 $('forget').addEventListener('click', forget);
 
-const VIEWS = { keys: keysView, users: usersView, apis: apisView, logs: logsView, stats: statsView };
+const VIEWS = { keys: keysView, users: usersView, apis: apisView, logs: logsView, backups: backupsView, stats: statsView };
 
 function show(name) {
   for (const tab of $('tabs').querySelectorAll('button')) {
@@ -556,6 +558,118 @@ async function logsView(view) {
     table(LOG_COLUMNS, rows),
     older);
   await load(true);
+}
+
+// --- Backups --------------------------------------------------------------------------------
+
+// A size as people read it (binary units); the exact count goes in the cell's title.
+function byteSize(bytes) {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} bytes` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+// How often the backups view lists again while a backup is in progress (a listing is one
+// directory read on a thread of keygate's own: it never waits for the backup).
+const BACKUP_POLL_MS = 2000;
+
+async function backupsView(view) {
+  const rows = h('tbody');
+  const backUp = button('Back up now', () => run(backUpNow));
+  let creating = false;  // this page's backup request is out (it answers when the backup is made)
+  let poll = null;       // the timer of the next listing, while a backup is in progress
+  let loads = 0;         // listings asked for: only the latest one's answer is shown
+
+  // 409 backups_disabled: not a failure of the operator's, a setting; say which and how.
+  const showDisabled = () => {
+    clearTimeout(poll);
+    view.replaceChildren(h('section', { class: 'panel' },
+      h('h2', {}, 'Backups are disabled'),
+      h('p', {}, 'This keygate has no backup directory, so it can neither make nor list backups. ' +
+        'To turn them on, set dir in the [backup] table of the config file (a directory outside ' +
+        'data_dir, ideally on another disk) and restart keygate. See "Backups" in the README.')));
+  };
+
+  function backupRow(b) {
+    const count = (n) => (n === null || n === undefined ? 'unknown' : String(n));
+    return h('tr', {},
+      h('td', { class: 'mono nowrap' }, b.name),
+      h('td', { class: 'nowrap' }, b.created_at),
+      h('td', { class: 'number', title: `${b.bytes} bytes` }, byteSize(b.bytes)),
+      h('td', { class: 'number' }, count(b.keys)),
+      h('td', { class: 'number' }, count(b.users)),
+      h('td', { class: 'mono' }, b.path));
+  }
+
+  // Lists the backups; while one is in progress (or this page's is still out) lists again
+  // every BACKUP_POLL_MS, until the view is left.
+  async function load() {
+    clearTimeout(poll);
+    poll = null;
+    const mine = ++loads;
+    let listing;
+    try {
+      listing = await api('GET', 'backups');
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 'backups_disabled') return showDisabled();
+      throw err;
+    }
+    // The operator moved on to another view, or a later listing (a click, the end of a backup)
+    // was asked for meanwhile: that one shows, and polls.
+    if (!rows.isConnected || mine !== loads) return;
+    rows.replaceChildren();
+    const progress = listing.in_progress;
+    if (progress !== null) {
+      rows.append(h('tr', { class: 'inactive' }, h('td', { colspan: 6 },
+        `A backup started at ${text(progress.started_at)} is in progress: it is listed here once it is complete.`)));
+    } else if (creating) {
+      rows.append(h('tr', { class: 'inactive' }, h('td', { colspan: 6 }, 'The backup asked for is about to start.')));
+    }
+    rows.append(...listing.backups.map(backupRow));
+    if (rows.children.length === 0) rows.append(emptyRow(6, 'No backups yet.'));
+    if (progress !== null || creating) {
+      poll = setTimeout(() => {
+        if (rows.isConnected) load().catch(showError);
+      }, BACKUP_POLL_MS);
+    }
+  }
+
+  async function backUpNow() {
+    creating = true;
+    backUp.disabled = true;
+    backUp.textContent = 'Backing up...';
+    notify('Backup started. On the same disk as the store it takes a moment; copied to another ' +
+      'disk, about as long as copying the store. Key changes go on meanwhile.');
+    load().catch(showError);
+    let made;
+    try {
+      made = await api('POST', 'backups');
+    } catch (err) {
+      clearMessages();
+      if (err instanceof ApiError && err.code === 'backups_disabled') return showDisabled();
+      throw err;  // shown by run(): 500 backup_failed says why (a full disk, permissions)
+    } finally {
+      creating = false;
+      backUp.disabled = false;
+      backUp.textContent = 'Back up now';
+    }
+    const many = (n, noun) => `${n} ${noun}${n === 1 ? '' : 's'}`;
+    notify(`Backup ${made.name} made: ${many(made.keys, 'key')}, ${many(made.users, 'user')}, ${byteSize(made.bytes)}.`);
+    if (rows.isConnected) await load();
+  }
+
+  view.append(
+    h('div', { class: 'toolbar' }, backUp, button('Refresh', () => run(load))),
+    h('p', { class: 'muted' }, 'Complete backups, newest first; times are UTC. Each is a data ' +
+      'directory keygate can start on; to restore one, see "Backups" in the README. Sizes count ' +
+      'files hard-linked with the live store in full.'),
+    table(['Name', 'Created', 'Size', 'Keys', 'Users', 'Path'], rows));
+  await load();
 }
 
 async function statsView(view) {

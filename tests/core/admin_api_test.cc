@@ -150,6 +150,15 @@ class FakeAdminStore : public AdminStore {
   std::vector<LogQuery> log_queries;
   LogPage log_page;
 
+  AdminStoreResult list_backups(BackupListing* out, std::string* error) override {
+    if (!has_backups) return AdminStore::list_backups(out, error);
+    *out = backup_listing;
+    return ok();
+  }
+
+  bool has_backups = false;
+  BackupListing backup_listing;
+
   const KeyRecord* find_by_digest(const KeyDigest& digest) const {
     for (const auto& [id, r] : keys) {
       if (r.digest == digest) return &r;
@@ -390,9 +399,23 @@ using AdminApis = AdminTest;
 using AdminStoreErrors = AdminTest;
 using AdminLogs = AdminTest;
 using AdminStats = AdminTest;
+using AdminBackups = AdminTest;
 
 // ---------------------------------------------------------------------------------------------
 // Routing
+
+// The admin executor runs backups and their listings on lanes of their own: a listing is every
+// method of the route but the one that makes a backup.
+TEST(AdminRouteShape, ABackupListingIsTheBackupsRouteWithAnyMethodButPost) {
+  EXPECT_TRUE(is_backup_route("/admin/backups"));
+  EXPECT_TRUE(is_backup_listing("GET", "/admin/backups"));
+  EXPECT_TRUE(is_backup_listing("DELETE", "/admin/backups"));  // a 405, made by no backup
+  EXPECT_FALSE(is_backup_listing("POST", "/admin/backups"));
+  for (std::string_view path :
+       {"/admin/backups/", "/admin/backups/x", "/admin/logs", "/admin/keys"}) {
+    EXPECT_FALSE(is_backup_listing("GET", path)) << path;
+  }
+}
 
 TEST(AdminRouteShape, IsAdminRouteKnowsEveryRouteAndNothingElse) {
   for (std::string_view path :
@@ -1420,6 +1443,43 @@ TEST_F(AdminLogs, WithoutAnAccessLogTheRouteIsLogsUnavailable) {
   EXPECT_EQ(r.body,
             R"({"error":"logs_unavailable","field":null,"message":"no access log is configured"})");
   EXPECT_EQ(r.status, 503);
+}
+
+// A listing renders each backup with its keys and users (null when the backup does not say)
+// and the backup in progress, or null.
+TEST_F(AdminBackups, AListingShowsEachBackupsCountsOrNullAndTheBackupInProgress) {
+  store_.has_backups = true;
+  BackupInfo counted;
+  counted.name = "keygate-20261128T011500Z-000002";
+  counted.path = "/b/keygate-20261128T011500Z-000002";
+  counted.created = 1795828500;
+  counted.seq = 2;
+  counted.bytes = 4096;
+  counted.keys = 3;
+  counted.users = 1;
+  BackupInfo older = counted;
+  older.name = "keygate-20261128T011400Z-000001";
+  older.path = "/b/keygate-20261128T011400Z-000001";
+  older.created = 1795828440;
+  older.seq = 1;
+  older.keys.reset();
+  older.users.reset();
+  store_.backup_listing.backups = {counted, older};
+  AdminResponse r = call("GET", "/admin/backups");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body,
+            R"({"backups":[{"name":"keygate-20261128T011500Z-000002",)"
+            R"("path":"/b/keygate-20261128T011500Z-000002","created_at":"2026-11-28T01:15:00Z",)"
+            R"("seq":2,"bytes":4096,"keys":3,"users":1},)"
+            R"({"name":"keygate-20261128T011400Z-000001",)"
+            R"("path":"/b/keygate-20261128T011400Z-000001","created_at":"2026-11-28T01:14:00Z",)"
+            R"("seq":1,"bytes":4096,"keys":null,"users":null}],"in_progress":null})");
+
+  store_.backup_listing.backups.clear();
+  store_.backup_listing.in_progress_started = 1795828560;
+  r = call("GET", "/admin/backups");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"backups":[],"in_progress":{"started_at":"2026-11-28T01:16:00Z"}})");
 }
 
 TEST_F(AdminLogs, WithoutParametersAsksForTheNewestHundredWithinTheScanBudget) {

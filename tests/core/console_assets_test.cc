@@ -111,5 +111,23 @@ TEST(ConsoleAssets, TheScriptKeepsTheKeyInMemoryAndNeverParsesDataAsMarkup) {
   EXPECT_EQ(body_of("/console/app.css").find("@import"), std::string_view::npos);
 }
 
+// The backups view: a tab of the page, and a view that lists the backups (with the one in
+// progress, polling while there is one), makes one on request and explains the 409
+// backups_disabled answer as the setting it is rather than showing it as a failure. (Its calls
+// are checked against docs/openapi.yaml by tests/integration/openapi_test.cc, and its answers'
+// shape by tests/integration/backup_test.cc.)
+TEST(ConsoleAssets, TheConsoleHasABackupsViewThatListsMakesAndExplainsDisabledBackups) {
+  const std::string_view page = body_of("/console");
+  EXPECT_NE(page.find("<button type=\"button\" data-view=\"backups\">Backups</button>"),
+            std::string_view::npos);
+  const std::string_view script = body_of("/console/app.js");
+  for (const char* part :
+       {"backups: backupsView", "async function backupsView(view)", "api('GET', 'backups')",
+        "api('POST', 'backups')", "button('Back up now'", "listing.in_progress",
+        "err.code === 'backups_disabled'", "the [backup] table", "setTimeout("}) {
+    EXPECT_NE(script.find(part), std::string_view::npos) << part;
+  }
+}
+
 }  // namespace
 }  // namespace keygate

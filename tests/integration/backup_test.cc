@@ -327,6 +327,58 @@ TEST_F(Backup, AKeyRevocationDoesNotWaitForABackupInProgress) {
   EXPECT_EQ(count_of(listed->body, "\"name\":"), 1u) << listed->body;
 }
 
+// Listing the backups is a directory read: on a lane of its own it answers at once while a
+// backup of minutes runs (never 503 either: the backup lane's queue of 4 would fill with a
+// console's listings), and says a backup is in progress and since when. Once the backup
+// returned, it is listed with its keys and users, and none is in progress.
+// KEYGATE_TEST_BACKUP_DELAY_MS holds the backup for 3 s after its checkpoint.
+TEST_F(Backup, AListingAnswersAtOnceDuringABackupAndSaysOneIsInProgress) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  TestServer* live = start(backup_config(), "", [](ServerOptions& o) {
+    o.env.emplace_back("KEYGATE_TEST_BACKUP_DELAY_MS", "3000");
+  });
+  ASSERT_NE(live, nullptr);
+  RawClient backup;
+  ASSERT_TRUE(send_backup(live, backup));
+  ASSERT_TRUE(wait_for_backup_in_progress());
+
+  const auto before = std::chrono::steady_clock::now();
+  // Six at once, as a few consoles polling might send them.
+  std::vector<RawClient> listings(6);
+  for (RawClient& c : listings) {
+    ASSERT_TRUE(c.connect(live->admin_port()));
+    ASSERT_TRUE(c.send(http_request("GET", "/admin/backups", {"X-ApiKey: " + admin_value_})));
+  }
+  std::string started_at;
+  for (RawClient& c : listings) {
+    const std::optional<Response> listed = c.read_response(Millis(10000));
+    ASSERT_TRUE(status_is(listed, 200));
+    EXPECT_TRUE(listed->body.starts_with("{\"backups\":[],\"in_progress\":{\"started_at\":\""))
+        << listed->body;
+    started_at = string_member(listed->body, "started_at");
+  }
+  const auto took = std::chrono::steady_clock::now() - before;
+  EXPECT_LT(took, Millis(1000)) << "the listings waited for the backup: "
+                                << std::chrono::duration_cast<Millis>(took).count() << " ms";
+
+  // The backup was still in progress all along, and completes.
+  EXPECT_FALSE(backup.readable(Millis(0))) << backup.buffered();
+  const std::optional<Response> made = backup.read_response(Millis(30000));
+  ASSERT_TRUE(status_is(made, 201));
+  EXPECT_EQ(string_member(made->body, "created_at"), started_at) << made->body;
+  const std::optional<Response> listed = admin(live, "GET", "/admin/backups");
+  ASSERT_TRUE(status_is(listed, 200));
+  EXPECT_TRUE(listed->body.starts_with("{\"backups\":[{\"name\":\"" +
+                                       string_member(made->body, "name") + "\""))
+      << listed->body;
+  EXPECT_EQ(count_of(listed->body, "\"name\":"), 1u) << listed->body;
+  EXPECT_EQ(number_member(listed->body, "keys"), 1) << listed->body;  // the admin key
+  EXPECT_EQ(number_member(listed->body, "users"), 0) << listed->body;
+  EXPECT_TRUE(listed->body.ends_with("],\"in_progress\":null}")) << listed->body;
+}
+
 // At exit (SIGTERM, drain_timeout_ms = 100) a backup in progress is finished (exit waits for
 // it: a complete backup, no temporary left), and one queued behind it is not run. keygate exits
 // 0 with nothing leaked (the sanitizer build exits non-zero on a leak).

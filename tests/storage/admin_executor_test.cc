@@ -31,7 +31,7 @@ constexpr int64_t kNow = 1700000000;  // 2023-11-14T22:13:20Z
 class FakeStore final : public AdminStore {
  public:
   // The calls that can be held, each independently of the other.
-  enum Gate : size_t { kList, kLogs, kBackups, kGates };
+  enum Gate : size_t { kList, kLogs, kBackups, kBackupList, kGates };
 
   AdminStoreResult list_keys(std::string_view, size_t, std::vector<KeyRecord>*) override {
     pass(kList);
@@ -72,8 +72,8 @@ class FakeStore final : public AdminStore {
     out->created = now;
     return {};
   }
-  AdminStoreResult list_backups(std::vector<BackupInfo>*, std::string*) override {
-    pass(kBackups);
+  AdminStoreResult list_backups(BackupListing*, std::string*) override {
+    pass(kBackupList);
     return {};
   }
 
@@ -341,8 +341,7 @@ TEST_F(AdminExecutorTest, ABackupRunsOnItsOwnThreadSoChangesAndLogQueriesGoOn) {
   EXPECT_EQ(executor.stats().executed_total, 3u);
 }
 
-// Backups and their listing share the lane, one at a time: a listing waits for the backup in
-// progress; beyond backup_queue_max waiting, 503 at once while the other routes go on.
+// Beyond backup_queue_max backups waiting, 503 at once while the other routes go on.
 TEST_F(AdminExecutorTest, AFullBackupQueueAnswers503AtOnceAndTheOtherRoutesGoOn) {
   AdminExecutor::Options o = options();
   o.backup_queue_max = 1;
@@ -351,7 +350,7 @@ TEST_F(AdminExecutorTest, AFullBackupQueueAnswers503AtOnceAndTheOtherRoutesGoOn)
   std::vector<AdminResponse> out(4);
   executor.submit(request("POST", "/admin/backups"), &out[0], ResumeTicket(&sink_, 0, 0));
   ASSERT_TRUE(store_.wait_for_calls(1, FakeStore::kBackups));  // running, so no longer queued
-  executor.submit(request("GET", "/admin/backups"), &out[1], ResumeTicket(&sink_, 1, 0));
+  executor.submit(request("POST", "/admin/backups"), &out[1], ResumeTicket(&sink_, 1, 0));
   executor.submit(request("POST", "/admin/backups"), &out[2], ResumeTicket(&sink_, 2, 0));
   EXPECT_EQ(sink_.posted(), std::vector<uint32_t>{2});
   EXPECT_EQ(out[2].status, 503);
@@ -363,7 +362,53 @@ TEST_F(AdminExecutorTest, AFullBackupQueueAnswers503AtOnceAndTheOtherRoutesGoOn)
   store_.release(FakeStore::kBackups);
   EXPECT_EQ(sink_.wait_for(4), (std::vector<uint32_t>{2, 3, 0, 1}));
   EXPECT_EQ(out[0].status, 201) << out[0].body;
-  EXPECT_EQ(out[1].status, 200) << out[1].body;
+  EXPECT_EQ(out[1].status, 201) << out[1].body;
+  EXPECT_EQ(executor.stats().rejected_total, 1u);
+}
+
+// A listing of the backups is a directory read: it runs on a lane of its own, so it answers
+// while a backup (minutes) is in progress and while backups wait behind it, and listings never
+// fill the backups' small queue. (A method the route refuses is answered there too: no backup.)
+TEST_F(AdminExecutorTest, ABackupListingRunsOnItsOwnThreadSoItNeverWaitsForABackup) {
+  AdminExecutor::Options o = options();
+  o.backup_queue_max = 1;
+  AdminExecutor executor(store_, apis_, std::move(o));
+  store_.hold(FakeStore::kBackups);
+  std::vector<AdminResponse> out(5);
+  executor.submit(request("POST", "/admin/backups"), &out[0], ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_calls(1, FakeStore::kBackups));
+  executor.submit(request("POST", "/admin/backups"), &out[1], ResumeTicket(&sink_, 1, 0));
+  // The backup lane is busy and its queue full; listings go on all the same.
+  executor.submit(request("GET", "/admin/backups"), &out[2], ResumeTicket(&sink_, 2, 0));
+  executor.submit(request("GET", "/admin/backups"), &out[3], ResumeTicket(&sink_, 3, 0));
+  executor.submit(request("DELETE", "/admin/backups"), &out[4], ResumeTicket(&sink_, 4, 0));
+  EXPECT_EQ(sink_.wait_for(3), (std::vector<uint32_t>{2, 3, 4}));
+  EXPECT_EQ(out[2].status, 200) << out[2].body;
+  EXPECT_EQ(out[3].status, 200) << out[3].body;
+  EXPECT_EQ(out[4].status, 405) << out[4].body;
+  EXPECT_NE(store_.thread_of(FakeStore::kBackupList), store_.thread_of(FakeStore::kBackups));
+  store_.release(FakeStore::kBackups);
+  EXPECT_EQ(sink_.wait_for(5), (std::vector<uint32_t>{2, 3, 4, 0, 1}));
+  EXPECT_EQ(executor.stats().rejected_total, 0u);
+}
+
+TEST_F(AdminExecutorTest, AFullBackupListingQueueAnswers503AtOnceAndBackupsGoOn) {
+  AdminExecutor::Options o = options();
+  o.backup_list_queue_max = 1;
+  AdminExecutor executor(store_, apis_, std::move(o));
+  store_.hold(FakeStore::kBackupList);
+  std::vector<AdminResponse> out(4);
+  executor.submit(request("GET", "/admin/backups"), &out[0], ResumeTicket(&sink_, 0, 0));
+  ASSERT_TRUE(store_.wait_for_calls(1, FakeStore::kBackupList));  // running: not queued
+  executor.submit(request("GET", "/admin/backups"), &out[1], ResumeTicket(&sink_, 1, 0));
+  executor.submit(request("GET", "/admin/backups"), &out[2], ResumeTicket(&sink_, 2, 0));
+  EXPECT_EQ(sink_.posted(), std::vector<uint32_t>{2});
+  EXPECT_EQ(out[2].status, 503);
+  executor.submit(request("POST", "/admin/backups"), &out[3], ResumeTicket(&sink_, 3, 0));
+  EXPECT_EQ(sink_.wait_for(2), (std::vector<uint32_t>{2, 3}));
+  EXPECT_EQ(out[3].status, 201) << out[3].body;
+  store_.release(FakeStore::kBackupList);
+  EXPECT_EQ(sink_.wait_for(4), (std::vector<uint32_t>{2, 3, 0, 1}));
   EXPECT_EQ(executor.stats().rejected_total, 1u);
 }
 
