@@ -1641,17 +1641,24 @@ AdminResponse instance_metrics(const AdminContext& ctx) {
   std::vector<StatsGroup> groups;
   if (ctx.stats) ctx.stats(&groups);
   std::string out;
-  std::vector<std::pair<std::string, std::string>> labelled;  // metric, its series
+  struct Labelled {
+    std::string metric;
+    std::string series;
+    bool gauge = false;
+  };
+  std::vector<Labelled> labelled;
   for (const StatsGroup& group : groups) {
     if (!group.present) continue;
     if (!group.metric.empty()) {
       std::string metric = "keygate_";
       append_metric_name(metric, group.metric);
       auto at = std::find_if(labelled.begin(), labelled.end(),
-                             [&](const auto& m) { return m.first == metric; });
-      if (at == labelled.end()) at = labelled.insert(labelled.end(), {metric, {}});
+                             [&](const Labelled& m) { return m.metric == metric; });
+      if (at == labelled.end()) {
+        at = labelled.insert(labelled.end(), Labelled{metric, {}, group.metric_gauge});
+      }
       for (const auto& [name, value] : group.values) {
-        std::string& series = at->second;
+        std::string& series = at->series;
         series += metric;
         series += '{';
         if (!group.labels.empty()) series.append(group.labels).append(",");
@@ -1676,8 +1683,9 @@ AdminResponse instance_metrics(const AdminContext& ctx) {
       out.append(metric).append(" ").append(std::to_string(value)).append("\n");
     }
   }
-  for (const auto& [metric, series] : labelled) {
-    out.append("# TYPE ").append(metric).append(" counter\n").append(series);
+  for (const Labelled& m : labelled) {
+    out.append("# TYPE ").append(m.metric).append(m.gauge ? " gauge\n" : " counter\n");
+    out.append(m.series);
   }
   AdminResponse response;
   response.status = 200;

@@ -204,6 +204,9 @@ struct StatsGroup {
   std::string label;
   // Values (by name) that are gauges, moving both ways; the others are counters.
   std::vector<std::string> gauges;
+  // With `metric`: its series are gauges (e.g. one per worker), not counters. Groups sharing a
+  // metric must agree.
+  bool metric_gauge = false;
 };
 
 struct AdminRequest {

@@ -217,13 +217,18 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
       *error = where(node->source(), source) + ": server: expected a table";
       return false;
     }
-    if (!check_known_keys(*server, {"listen", "admin_listen", "data_dir", "log_dir", "workers"},
+    if (!check_known_keys(*server,
+                          {"listen", "admin_listen", "data_dir", "log_dir", "workers",
+                           "worker_stall_timeout_ms"},
                           source, "server", error) ||
         !read_address(*server, "listen", source, &config.listen, error) ||
         !read_address(*server, "admin_listen", source, &config.admin_listen, error) ||
         !read_string(*server, "data_dir", source, "server", &config.data_dir, error) ||
         !read_string(*server, "log_dir", source, "server", &config.log_dir, error) ||
-        !read_uint(*server, "workers", source, "server", 0, 1024, &config.workers, error)) {
+        !read_uint(*server, "workers", source, "server", 0, 1024, &config.workers, error) ||
+        !read_uint(*server, "worker_stall_timeout_ms", source, "server",
+                   kWorkerStallTimeoutMsMin, kWorkerStallTimeoutMsMax,
+                   &config.worker_stall_timeout_ms, error)) {
       return false;
     }
     if (const toml::node* data_dir = server->get("data_dir"); data_dir && config.data_dir.empty()) {
@@ -687,6 +692,8 @@ std::vector<std::string> settings_needing_restart(const Config& running, const C
   check(running.data_dir == reloaded.data_dir, "server.data_dir");
   check(running.log_dir == reloaded.log_dir, "server.log_dir");
   check(running.workers == reloaded.workers, "server.workers");
+  check(running.worker_stall_timeout_ms == reloaded.worker_stall_timeout_ms,
+        "server.worker_stall_timeout_ms");
   const Limits& a = running.limits;
   const Limits& b = reloaded.limits;
   check(a.request_line_bytes_max == b.request_line_bytes_max, "limits.request_line_bytes_max");
@@ -764,7 +771,10 @@ features in use:
   keygate: listening data=ADDR:PORT admin=ADDR:PORT workers=N ring=MODE
 Under systemd (Type=notify, NOTIFY_SOCKET set) it then notifies READY=1, around
 each reload RELOADING=1 and READY=1, and STOPPING=1 when it drains (sd_notify(3);
-docs/operations.md).
+docs/operations.md). With a watchdog (WatchdogSec=: WATCHDOG_USEC) it sends
+WATCHDOG=1 every half of its timeout while every worker's event loop turns; a worker
+whose loop has not passed for [server] worker_stall_timeout_ms is said stalled on
+stderr, counted in /admin/stats, and stops them, so systemd restarts a wedged keygate.
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
 (in-flight requests are cut off; the access log is still flushed), exit 0.
@@ -790,9 +800,13 @@ Environment (docs/configuration.md, "Environment"):
                                many milliseconds first
   KEYGATE_TEST_BACKUP_DELAY_MS test builds only: every backup waits this many milliseconds
                                after its checkpoint
+  KEYGATE_TEST_WEDGE           test builds only: 1 lets GET /_keygate/test/wedge?ms=N hold
+                               the event loop of the worker that takes it for N ms
   NOTIFY_SOCKET                set by systemd for Type=notify: where readiness is notified
                                (a path or an abstract @name); removed from the environment
                                once read
+  WATCHDOG_USEC, WATCHDOG_PID  set by systemd for WatchdogSec=: WATCHDOG=1 every half of
+                               WATCHDOG_USEC while no worker is stalled; removed once read
 )";
 }
 

@@ -13,6 +13,7 @@
 
 #include "core/limits.h"
 #include "core/permissions.h"
+#include "core/worker_watch.h"
 
 namespace keygate {
 
@@ -38,6 +39,10 @@ struct Config {
   std::string data_dir = "./data";
   std::string log_dir;  // empty: <data_dir>/logs (see log_directory)
   unsigned workers = 0;  // 0: one per CPU the process may run on
+  // A worker whose event loop has not passed for longer than this is stalled: said on stderr,
+  // counted in /admin/stats, and no WATCHDOG=1 goes to systemd until it passes again
+  // (core/worker_watch.h).
+  uint32_t worker_stall_timeout_ms = kWorkerStallTimeoutMsDefault;
   Limits limits;
 
   // [admin]

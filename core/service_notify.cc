@@ -1,5 +1,7 @@
 #include "core/service_notify.h"
 
+#include <cstdint>
+
 namespace keygate {
 
 std::string notify_status_text(std::string_view text) {
@@ -35,6 +37,48 @@ std::string notify_reloaded_message(std::string_view status) {
 
 std::string notify_stopping_message(std::string_view status) {
   return "STOPPING=1\nSTATUS=" + notify_status_text(status);
+}
+
+std::string notify_watchdog_message() { return "WATCHDOG=1"; }
+
+namespace {
+
+// A positive decimal number that fits in 64 bits, digits only (no sign, space or suffix).
+bool positive_decimal(std::string_view text, uint64_t* out) {
+  if (text.empty() || text.size() > 20) return false;
+  uint64_t value = 0;
+  for (const char c : text) {
+    if (c < '0' || c > '9') return false;
+    const auto digit = static_cast<uint64_t>(c - '0');
+    if (value > (UINT64_MAX - digit) / 10) return false;
+    value = value * 10 + digit;
+  }
+  if (value == 0) return false;
+  *out = value;
+  return true;
+}
+
+}  // namespace
+
+bool notify_watchdog_usec(const char* usec, const char* pid, uint64_t self_pid, uint64_t* out,
+                          std::string* error) {
+  *out = 0;
+  if (usec == nullptr) return true;
+  uint64_t timeout = 0;
+  if (!positive_decimal(usec, &timeout)) {
+    *error = "WATCHDOG_USEC is not a positive number of microseconds";
+    return false;
+  }
+  if (pid != nullptr) {
+    uint64_t owner = 0;
+    if (!positive_decimal(pid, &owner)) {
+      *error = "WATCHDOG_PID is not a process id";
+      return false;
+    }
+    if (owner != self_pid) return true;
+  }
+  *out = timeout;
+  return true;
 }
 
 bool notify_socket_address(std::string_view value, std::string* sun_path, std::string* error) {

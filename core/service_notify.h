@@ -42,6 +42,19 @@ std::string notify_reloaded_message(std::string_view status);
 // "STOPPING=1" and STATUS=: the drain began; no READY=1 follows.
 std::string notify_stopping_message(std::string_view status);
 
+// "WATCHDOG=1": keygate is alive. Sent only while every worker's event loop turns
+// (core/worker_watch.h), so that a service manager with a watchdog (systemd's WatchdogSec=)
+// kills a keygate with a wedged worker.
+std::string notify_watchdog_message();
+
+// The watchdog's timeout in microseconds from the values of WATCHDOG_USEC and WATCHDOG_PID
+// (null: the variable is unset), read as sd_watchdog_enabled(3) reads them: 0 when
+// WATCHDOG_USEC is unset (no watchdog) or when WATCHDOG_PID names another process than
+// `self_pid` (the variables were meant for it). False with the reason in `error` when a value
+// is not a positive decimal number (WATCHDOG_USEC of microseconds, WATCHDOG_PID a pid).
+bool notify_watchdog_usec(const char* usec, const char* pid, uint64_t self_pid, uint64_t* out,
+                          std::string* error);
+
 // Where a NOTIFY_SOCKET value sends to, as the bytes of sockaddr_un::sun_path: a path
 // ("/run/systemd/notify": the bytes as given; the address length then counts a terminating
 // NUL) or an abstract name ("@name": a NUL byte, then the name, and no terminating NUL, as

@@ -155,6 +155,15 @@ Server::Stats Server::stats() const {
   return s;
 }
 
+void Server::loops(std::vector<WorkerLoop>* out) const {
+  out->clear();
+  const Running* running = started_.load(std::memory_order_acquire);
+  if (running == nullptr) return;
+  for (const auto& worker : running->workers) {
+    out->push_back(WorkerLoop{worker->loop_pass_age_ms(), worker->exited()});
+  }
+}
+
 Server::~Server() {
   stop();
   running_.reset();

@@ -14,6 +14,7 @@
 
 #include "core/config.h"
 #include "core/handler.h"
+#include "core/worker_watch.h"
 #include "net/worker.h"
 
 namespace keygate::net {
@@ -85,6 +86,11 @@ class Server {
   // AdminExecutor first): writes the access records of the deferred requests the drain
   // deadline cut off, now that their tickets are back (Worker::settle_deferred). Idempotent.
   void settle_deferred();
+
+  // Each worker's event loop now (index = worker): how long ago it last passed, and whether it
+  // has exited; for the main thread's WorkerWatch and the stats. Replaces `out`'s contents;
+  // empty before start(). Any thread; allocates only when `out` has too little room.
+  void loops(std::vector<WorkerLoop>* out) const;
 
   // The workers' counters (WorkerStats), summed; zeros before start(). Any thread.
   struct Stats {

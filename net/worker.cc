@@ -191,6 +191,7 @@ bool Worker::Impl::init(std::string* error) {
     api_versions.push_back(std::move(first));
   }
   now_ms = monotonic_ms();
+  stats.loop_pass_ms.store(now_ms, std::memory_order_relaxed);
   accept_retry.assign(listeners.size(), false);
   open.assign(listeners.size(), 0);
   conns.reserve(1024);
@@ -298,6 +299,8 @@ void Worker::Impl::run() {
       break;
     }
     now_ms = monotonic_ms();
+    // The one store per pass that tells the main thread this loop turns (core/worker_watch.h).
+    stats.loop_pass_ms.store(now_ms, std::memory_order_relaxed);
     unsigned head;
     unsigned seen = 0;
     io_uring_cqe* cqe;
@@ -1157,6 +1160,11 @@ uint64_t Worker::apis_generation() const {
 }
 
 bool Worker::exited() const { return impl_->exited.load(std::memory_order_acquire); }
+
+uint64_t Worker::loop_pass_age_ms() const {
+  const int64_t age = monotonic_ms() - impl_->stats.loop_pass_ms.load(std::memory_order_relaxed);
+  return age > 0 ? static_cast<uint64_t>(age) : 0;  // stored on another CPU a moment ago
+}
 
 void Worker::set_access_log(AccessSink* sink, size_t capture_bytes_max) {
   impl_->access_sink = sink;

@@ -97,6 +97,11 @@ struct WorkerStats {
   static constexpr size_t kStatusSlots = 600;
   std::array<std::array<std::atomic<uint64_t>, kStatusSlots>, kListeners> responses{};
   std::array<ReasonCounters, kListeners> reasons;
+  // When the worker's event loop last passed (CLOCK_MONOTONIC_COARSE, ms): stored once per
+  // pass, right after its wait, and at the end of init(). The main thread reads it to tell a
+  // wedged worker (Worker::loop_pass_age_ms, core/worker_watch.h). An idle worker passes at
+  // least once per timer tick (100 ms).
+  std::atomic<int64_t> loop_pass_ms{0};
 };
 
 // A cap on one listener's open connections in all workers together (the admin port's
@@ -188,6 +193,9 @@ class Worker {
   uint64_t apis_generation() const;
   // run() has returned (stopped, or its ring failed). Any thread.
   bool exited() const;
+  // Milliseconds since the worker's event loop last passed (WorkerStats::loop_pass_ms), read
+  // now. Any thread, after init() succeeded.
+  uint64_t loop_pass_age_ms() const;
   // Whether every upstream address of `apis` can be used (what make_apis() would refuse):
   // false with one line in `error`. Any thread.
   static bool check_upstreams(const std::vector<ApiConfig>& apis, std::string* error);

@@ -9,6 +9,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -33,6 +34,7 @@
 #include "core/config.h"
 #include "core/json_text.h"
 #include "core/permissions.h"
+#include "core/worker_watch.h"
 #include "net/server.h"
 #include "storage/access_log.h"
 #include "storage/last_used_writer.h"
@@ -357,6 +359,81 @@ class ReloadRequests {
   bool closed_ = false;  // mu_
 };
 
+// The main thread's WorkerWatch, for GET /admin/stats. Written by the main thread at each poll,
+// read by the admin executor's.
+struct StallStats {
+  std::atomic<uint64_t> stalled{0};
+  std::atomic<uint64_t> stalls_total{0};
+};
+
+// CLOCK_MONOTONIC in milliseconds: the main thread's clock for WorkerWatch.
+int64_t steady_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
+}
+
+#ifdef KEYGATE_TEST_HOOKS
+// Test builds only (CMake KEYGATE_TEST_HOOKS), with KEYGATE_TEST_WEDGE=1: a GET of
+// kWedgePath?ms=N on the data port makes the worker that takes it sleep N ms (at most 60000)
+// on its event loop before it answers 200, so tests can wedge one worker for sure (the
+// watchdog's tests). Every other request goes to the real handler.
+class WedgeHandler final : public keygate::Handler {
+ public:
+  static constexpr std::string_view kWedgePath = "/_keygate/test/wedge";
+
+  explicit WedgeHandler(std::unique_ptr<keygate::Handler> inner) : inner_(std::move(inner)) {}
+
+  Result handle(const keygate::HttpRequest& request, keygate::ResponseWriter& response,
+                keygate::RequestContext& ctx) noexcept override {
+    const std::string_view target = request.target;
+    if (request.method != "GET" || !target.starts_with(kWedgePath) ||
+        (target.size() > kWedgePath.size() && target[kWedgePath.size()] != '?')) {
+      return inner_->handle(request, response, ctx);
+    }
+    const size_t at = target.find("ms=");
+    const unsigned long ms =
+        at == std::string_view::npos ? 0 : std::strtoul(target.data() + at + 3, nullptr, 10);
+    const unsigned long capped = ms < 60000 ? ms : 60000;
+    const timespec nap{static_cast<time_t>(capped / 1000),
+                       static_cast<long>(capped % 1000) * 1000 * 1000};
+    // Blocks the event loop on purpose: what the watchdog is there to notice.
+    while (nanosleep(&nap, nullptr) != 0 && errno == EINTR) {
+    }
+    response.start(200);
+    response.finish("text/plain", "wedged\n");
+    return Result::kDone;
+  }
+  Result resume(const keygate::HttpRequest& request, keygate::ResponseWriter& response,
+                keygate::RequestContext& ctx) noexcept override {
+    return inner_->resume(request, response, ctx);
+  }
+  Result handle_head(const keygate::HttpRequest& request, keygate::ResponseWriter& response,
+                     keygate::RequestContext& ctx) noexcept override {
+    return inner_->handle_head(request, response, ctx);
+  }
+  Result resume_head(const keygate::HttpRequest& request, keygate::ResponseWriter& response,
+                     keygate::RequestContext& ctx) noexcept override {
+    return inner_->resume_head(request, response, ctx);
+  }
+  int abandon(keygate::RequestContext& ctx) noexcept override { return inner_->abandon(ctx); }
+
+ private:
+  std::unique_ptr<keygate::Handler> inner_;
+};
+
+class WedgeHandlerFactory final : public keygate::HandlerFactory {
+ public:
+  explicit WedgeHandlerFactory(keygate::HandlerFactory& inner) : inner_(inner) {}
+  std::unique_ptr<keygate::Handler> make(unsigned worker_index) override {
+    return std::make_unique<WedgeHandler>(inner_.make(worker_index));
+  }
+
+ private:
+  keygate::HandlerFactory& inner_;
+};
+#endif
+
 const char* signal_name(int sig) {
   switch (sig) {
     case SIGTERM: return "SIGTERM";
@@ -458,6 +535,7 @@ int main(int argc, char** argv) {
   if (!initial_apis->registry.init(config.apis, &error)) return usage_error("apis: " + error);
   keygate::ApiVersions api_versions(initial_apis);
   ReloadStats reload_stats;
+  StallStats stall_stats;
   ReloadRequests reload_requests(pthread_self());
 
   // Declared before everything that can post to its workers (the KeyService's fetch pool, the
@@ -583,7 +661,8 @@ int main(int argc, char** argv) {
   admin_store.set_backups(backups.get());
   // GET /admin/stats: the workers' counters, the key cache's and the access log's.
   keygate::storage::AdminExecutor::Options executor_options;
-  executor_options.stats = [&server, &keys, &reload_stats, &last_used, log = access_log.get(),
+  executor_options.stats = [&server, &keys, &reload_stats, &stall_stats, &last_used,
+                            log = access_log.get(),
                             backup = backups.get()](std::vector<keygate::StatsGroup>* groups) {
     const keygate::net::Server::Stats w =
         server.has_value() ? server->stats() : keygate::net::Server::Stats{};
@@ -602,9 +681,24 @@ int main(int argc, char** argv) {
                            {"pending_input_bytes", w.pending_input_bytes},
                            {"pending_input_peak", w.pending_input_peak},
                            {"body_bytes_held", w.body_bytes_held},
-                           {"body_memory_refused", w.body_memory_refused}};
+                           {"body_memory_refused", w.body_memory_refused},
+                           {"stalled", stall_stats.stalled.load(std::memory_order_relaxed)},
+                           {"stalls_total",
+                            stall_stats.stalls_total.load(std::memory_order_relaxed)}};
     worker_group.gauges = {"workers", "pending_input_bytes", "pending_input_peak",
-                           "body_bytes_held"};
+                           "body_bytes_held", "stalled"};
+    // worker_loops: each worker's milliseconds since its event loop last passed, read now (an
+    // idle worker passes every 100 ms; a stalled one's grows past worker_stall_timeout_ms).
+    std::vector<keygate::WorkerLoop> loops;
+    if (server.has_value()) server->loops(&loops);
+    keygate::StatsGroup& loop_ages = groups->emplace_back();
+    loop_ages.name = "worker_loops";
+    loop_ages.metric = "worker_loop_pass_age_ms";
+    loop_ages.label = "worker";
+    loop_ages.metric_gauge = true;
+    for (size_t i = 0; i < loops.size(); ++i) {
+      loop_ages.values.emplace_back(std::to_string(i), loops[i].pass_age_ms);
+    }
     // data_responses / admin_responses: answers by status ("other": outside 100-599);
     // data_reasons / admin_reasons: by reason code. Only what was counted at least once.
     constexpr std::string_view kPorts[] = {"data", "admin"};
@@ -693,6 +787,13 @@ int main(int argc, char** argv) {
                                             &last_used);
   keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max,
                                               &last_used);
+#ifdef KEYGATE_TEST_HOOKS
+  std::optional<WedgeHandlerFactory> wedge_handlers;
+  if (const char* wedge = std::getenv("KEYGATE_TEST_WEDGE");
+      wedge != nullptr && std::string_view(wedge) == "1") {
+    wedge_handlers.emplace(data_handlers);
+  }
+#endif
   keygate::net::ServerOptions options;
   options.data_listen = config.listen;
   options.admin_listen = config.admin_listen;
@@ -701,6 +802,9 @@ int main(int argc, char** argv) {
   options.admin_body_bytes_max = config.admin_body_bytes_max;
   options.admin_connections_max = config.admin_connections_max;
   options.data_handlers = &data_handlers;
+#ifdef KEYGATE_TEST_HOOKS
+  if (wedge_handlers) options.data_handlers = &*wedge_handlers;
+#endif
   options.admin_handlers = &admin_handlers;
   options.apis = initial_apis;
   if (access_sink) options.access_sink = &*access_sink;
@@ -747,13 +851,73 @@ int main(int argc, char** argv) {
   // After the line: a supervisor told "ready" finds it printed, and both ports accept.
   notifier.ready(listening);
 
+  // The workers' loops, watched from here between signals (core/worker_watch.h): a stall is
+  // said on stderr when it begins and when it ends, and counted for /admin/stats; under a
+  // systemd watchdog (WatchdogSec=: WATCHDOG_USEC) WATCHDOG=1 goes every half of its timeout
+  // while no worker is stalled, so a wedged keygate is killed and restarted. systemd arms its
+  // watchdog at READY=1 (loading the keys before it is bounded by TimeoutStartSec= instead), so
+  // the first one goes now. Also during the drain, while it progresses: systemd no longer
+  // enforces the watchdog once the unit is stopping, but nothing is lost by telling it.
+  keygate::WorkerWatch::Options watch_options;
+  watch_options.stall_timeout_ms = config.worker_stall_timeout_ms;
+  watch_options.watchdog_interval_ms =
+      notifier.watchdog_usec() == 0 ? 0 : std::max<uint64_t>(notifier.watchdog_usec() / 2000, 1);
+  keygate::WorkerWatch watch(workers, watch_options);
+  std::vector<keygate::WorkerLoop> loops;
+  std::vector<keygate::WorkerWatch::Transition> transitions;
+  // Polls the workers if a poll is due; returns how long until the next one is.
+  const auto watch_workers = [&](bool draining) -> int64_t {
+    int64_t now = steady_ms();
+    if (now < watch.next_poll_ms()) return watch.next_poll_ms() - now;
+    server->loops(&loops);
+    now = steady_ms();
+    transitions.clear();
+    const bool ping = watch.poll(now, loops, draining, &transitions);
+    // Counted before it is said: a client that saw the line finds the stats up to date.
+    stall_stats.stalled.store(watch.stalled(), std::memory_order_relaxed);
+    stall_stats.stalls_total.store(watch.stalls_total(), std::memory_order_relaxed);
+    for (const keygate::WorkerWatch::Transition& t : transitions) {
+      const auto ms = static_cast<unsigned long long>(t.ms);
+      if (t.stalled && t.exited) {
+        std::fprintf(stderr,
+                     "keygate: worker %u stalled: its event loop exited %llu ms ago and serves "
+                     "nothing%s\n",
+                     t.worker, ms,
+                     notifier.watchdog_usec() != 0 ? " (watchdog notifications stop)" : "");
+      } else if (t.stalled) {
+        std::fprintf(stderr,
+                     "keygate: worker %u stalled: its event loop has not passed for %llu ms "
+                     "(server.worker_stall_timeout_ms %u)%s\n",
+                     t.worker, ms, config.worker_stall_timeout_ms,
+                     notifier.watchdog_usec() != 0 ? "; watchdog notifications stop until it "
+                                                     "passes again"
+                                                   : "");
+      } else if (t.exited) {
+        std::fprintf(stderr, "keygate: worker %u no longer stalled: it exited (stalled %llu ms)\n",
+                     t.worker, ms);
+      } else {
+        std::fprintf(stderr,
+                     "keygate: worker %u no longer stalled: its event loop passes again "
+                     "(stalled %llu ms)\n",
+                     t.worker, ms);
+      }
+    }
+    if (ping) notifier.watchdog();
+    return std::max<int64_t>(watch.next_poll_ms() - now, 0);
+  };
+
   // Signals are taken one at a time: a SIGHUP during a reload waits for it and then reloads
   // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
-  // during a reload drains once the reload is done.
+  // during a reload drains once the reload is done. Between them the thread wakes to watch the
+  // workers (sigtimedwait's timeout: the next poll).
   Reloader reloader{cli, config, *server, api_versions, reload_stats, workers};
   int sig = 0;
   for (;;) {
-    if (sigwait(&signals, &sig) != 0) continue;
+    const int64_t wait_ms = watch_workers(false);
+    const timespec wait{static_cast<time_t>(wait_ms / 1000),
+                        static_cast<long>(wait_ms % 1000) * 1000 * 1000};
+    sig = sigtimedwait(&signals, nullptr, &wait);
+    if (sig < 0) continue;  // EAGAIN: time to watch the workers; EINTR
     if (sig == SIGTERM || sig == SIGINT) break;
     if (sig == SIGHUP) {
       // RELOADING=1 before the file is read and READY=1 once the outcome is known, applied or
@@ -787,10 +951,11 @@ int main(int argc, char** argv) {
   // the access log's records are flushed, the store is closed. A SIGHUP is refused: a reload
   // now would have nothing left to serve. Polled every kStopPollMs: sigtimedwait() is this
   // thread's only wait (workers cannot signal it), and 20 ms is nothing next to a drain.
-  constexpr long kStopPollMs = 20;
+  constexpr int64_t kStopPollMs = 20;
   bool cut_short = false;
   while (!server->stopped()) {
-    const timespec poll{0, kStopPollMs * 1000 * 1000};
+    const int64_t wait_ms = std::min(watch_workers(true), kStopPollMs);
+    const timespec poll{0, static_cast<long>(wait_ms) * 1000 * 1000};
     const int got = sigtimedwait(&signals, nullptr, &poll);
     if (got < 0) continue;  // EAGAIN: the poll interval passed; EINTR
     if (got == SIGHUP) {

@@ -19,7 +19,25 @@ static_assert(sizeof(sockaddr_un::sun_path) == keygate::kNotifySocketPathBytesMa
 
 ServiceNotifier ServiceNotifier::from_environment() {
   ServiceNotifier notifier;
+  // Read (and taken out of the environment, as sd_watchdog_enabled's unset_environment does)
+  // whether or not there is a socket: a child keygate might start must not take them for its
+  // own.
+  const char* watchdog_usec = std::getenv("WATCHDOG_USEC");
+  const char* watchdog_pid = std::getenv("WATCHDOG_PID");
+  std::string watchdog_error;
+  const bool watchdog_ok =
+      keygate::notify_watchdog_usec(watchdog_usec, watchdog_pid, static_cast<uint64_t>(getpid()),
+                                    &notifier.watchdog_usec_, &watchdog_error);
+  // The error quotes neither value: no line of stderr carries what the environment held.
+  unsetenv("WATCHDOG_USEC");
+  unsetenv("WATCHDOG_PID");
   const char* value = std::getenv("NOTIFY_SOCKET");
+  if (!watchdog_ok) {
+    notifier.say_once(watchdog_error + ": no watchdog notifications (WATCHDOG=1) are sent");
+  } else if (value == nullptr && notifier.watchdog_usec_ != 0) {
+    notifier.say_once("WATCHDOG_USEC is set but NOTIFY_SOCKET is not: no watchdog "
+                      "notifications (WATCHDOG=1) can be sent");
+  }
   if (value == nullptr) return notifier;
   notifier.name_ = value;
   unsetenv("NOTIFY_SOCKET");
@@ -56,6 +74,7 @@ ServiceNotifier::ServiceNotifier(ServiceNotifier&& other) noexcept
       address_(other.address_),
       address_bytes_(other.address_bytes_),
       name_(std::move(other.name_)),
+      watchdog_usec_(other.watchdog_usec_),
       said_(other.said_) {
   other.fd_ = -1;
 }
@@ -82,6 +101,11 @@ void ServiceNotifier::reloaded(std::string_view status) {
 void ServiceNotifier::stopping(std::string_view status) {
   if (!enabled()) return;
   send(keygate::notify_stopping_message(status));
+}
+
+void ServiceNotifier::watchdog() {
+  if (!enabled() || watchdog_usec_ == 0) return;
+  send(keygate::notify_watchdog_message());
 }
 
 void ServiceNotifier::send(const std::string& message) {

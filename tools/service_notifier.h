@@ -1,6 +1,6 @@
 // ServiceNotifier: tells the service manager that started keygate (systemd's Type=notify) when
-// it is ready, reloading and stopping, by sd_notify(3) datagrams to $NOTIFY_SOCKET, without
-// libsystemd.
+// it is ready, reloading and stopping, and that it is alive (the watchdog's WATCHDOG=1), by
+// sd_notify(3) datagrams to $NOTIFY_SOCKET, without libsystemd.
 //
 // Main thread only (not thread-safe): start-up, the signal loop and the drain send from there.
 // Never blocks and never fails keygate: a send that cannot go (no such socket, nobody reading,
@@ -26,6 +26,10 @@ class ServiceNotifier {
   // huge-page re-execution (which needs the variable still set to pass it on). A value that is
   // no socket address (neither an absolute path nor an abstract @name, or too long) is said on
   // stderr and nothing is ever sent.
+  // Likewise WATCHDOG_USEC and WATCHDOG_PID (systemd's WatchdogSec=), read as
+  // sd_watchdog_enabled(3) reads them and removed: watchdog_usec() says what they ask for. A
+  // value that does not parse, or a watchdog without NOTIFY_SOCKET, is said on stderr, and no
+  // WATCHDOG=1 is sent.
   static ServiceNotifier from_environment();
 
   ServiceNotifier() = default;
@@ -47,6 +51,13 @@ class ServiceNotifier {
   // STOPPING=1 with STATUS=`status`: the drain begins.
   void stopping(std::string_view status);
 
+  // The watchdog's timeout in microseconds (WATCHDOG_USEC, for this process), 0 when there is
+  // none or nothing can be sent: then watchdog() need never be called.
+  uint64_t watchdog_usec() const { return enabled() ? watchdog_usec_ : 0; }
+  // WATCHDOG=1: keygate is alive. The caller sends it every watchdog_usec() / 2 while every
+  // worker turns (core/worker_watch.h).
+  void watchdog();
+
  private:
   void send(const std::string& message);
   // The one stderr line this notifier may write, then never again.
@@ -56,6 +67,7 @@ class ServiceNotifier {
   sockaddr_un address_{};
   socklen_t address_bytes_ = 0;
   std::string name_;  // NOTIFY_SOCKET as given, for the stderr line
+  uint64_t watchdog_usec_ = 0;
   bool said_ = false;
 };
 

@@ -1883,6 +1883,22 @@ TEST_F(AdminStats, MetricsRenderCountersGaugesAndLabelledSeriesInPrometheusTextF
   EXPECT_TRUE(post.content_type.empty());  // errors stay JSON
 }
 
+// A labelled metric whose series move both ways (each worker's loop-pass age) is a gauge.
+TEST_F(AdminStats, MetricsRenderALabelledGaugeAsAGauge) {
+  ctx_.stats = [&](std::vector<StatsGroup>* groups) {
+    StatsGroup ages = stats_group("worker_loops", true, {{"0", 12}, {"1", 8034}});
+    ages.metric = "worker_loop_pass_age_ms";
+    ages.label = "worker";
+    ages.metric_gauge = true;
+    groups->push_back(std::move(ages));
+  };
+  EXPECT_EQ(call("GET", "/admin/metrics").body,
+            "# TYPE keygate_worker_loop_pass_age_ms gauge\n"
+            "keygate_worker_loop_pass_age_ms{worker=\"0\"} 12\n"
+            "keygate_worker_loop_pass_age_ms{worker=\"1\"} 8034\n");
+  EXPECT_EQ(call("GET", "/admin/stats").body, R"({"worker_loops":{"0":12,"1":8034}})");
+}
+
 TEST_F(AdminStats, MetricsWithoutAProviderAreEmpty) {
   const AdminResponse r = call("GET", "/admin/metrics");
   EXPECT_EQ(r.status, 200);

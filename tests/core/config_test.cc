@@ -49,6 +49,7 @@ TEST(Config, EmptyFileKeepsEveryDefault) {
   EXPECT_EQ(c.data_dir, "./data");
   EXPECT_EQ(log_directory(c), "./data/logs");
   EXPECT_EQ(c.workers, 0u);
+  EXPECT_EQ(c.worker_stall_timeout_ms, 5000u);
   EXPECT_EQ(c.limits.request_line_bytes_max, limits.request_line_bytes_max);
   EXPECT_EQ(c.limits.header_bytes_max, limits.header_bytes_max);
   EXPECT_EQ(c.limits.body_bytes_max, limits.body_bytes_max);
@@ -64,6 +65,7 @@ admin_listen = "[::1]:9001"
 data_dir = "/var/lib/keygate"
 log_dir = "/var/log/keygate"
 workers = 4
+worker_stall_timeout_ms = 2000
 
 [limits]
 request_line_bytes_max = 4096
@@ -87,6 +89,7 @@ drain_timeout_ms = 9000
   EXPECT_EQ(c.data_dir, "/var/lib/keygate");
   EXPECT_EQ(c.log_dir, "/var/log/keygate");
   EXPECT_EQ(c.workers, 4u);
+  EXPECT_EQ(c.worker_stall_timeout_ms, 2000u);
   EXPECT_EQ(c.limits.request_line_bytes_max, 4096u);
   EXPECT_EQ(c.limits.header_bytes_max, 8192u);
   EXPECT_EQ(c.limits.header_count_max, 50u);
@@ -198,6 +201,11 @@ TEST(Config, RejectsLimitAboveItsMaximum) {
                        "limits.body_bytes_max: must be between 0 and 1073741824"));
   EXPECT_TRUE(contains(parse_error("[server]\nworkers = 1025\n"),
                        "server.workers: must be between 0 and 1024"));
+  // Near the 100 ms an idle worker may sleep in one pass, a stall would be a false alarm.
+  EXPECT_TRUE(contains(parse_error("[server]\nworker_stall_timeout_ms = 249\n"),
+                       "server.worker_stall_timeout_ms: must be between 250 and 600000"));
+  EXPECT_TRUE(contains(parse_error("[server]\nworker_stall_timeout_ms = 600001\n"),
+                       "server.worker_stall_timeout_ms: must be between 250 and 600000"));
 }
 
 TEST(Config, RejectsNegativeInteger) {

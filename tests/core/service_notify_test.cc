@@ -79,5 +79,39 @@ TEST(ServiceNotify, AnythingButAnAbsolutePathOrAnAbstractNameIsRefused) {
                                     &sun_path, &error));
 }
 
+TEST(ServiceNotify, WatchdogIsOneAssignment) { EXPECT_EQ(notify_watchdog_message(), "WATCHDOG=1"); }
+
+// As sd_watchdog_enabled(3): WATCHDOG_USEC alone, or with WATCHDOG_PID naming this process.
+TEST(ServiceNotify, TheWatchdogTimeoutComesFromWatchdogUsecForThisProcessOnly) {
+  uint64_t usec = 1;
+  std::string error;
+  EXPECT_TRUE(notify_watchdog_usec(nullptr, nullptr, 42, &usec, &error));
+  EXPECT_EQ(usec, 0u);  // unset: no watchdog
+  EXPECT_TRUE(notify_watchdog_usec(nullptr, "42", 42, &usec, &error));
+  EXPECT_EQ(usec, 0u);
+  EXPECT_TRUE(notify_watchdog_usec("30000000", nullptr, 42, &usec, &error));
+  EXPECT_EQ(usec, 30000000u);
+  EXPECT_TRUE(notify_watchdog_usec("200000", "42", 42, &usec, &error));
+  EXPECT_EQ(usec, 200000u);
+  // Meant for another process (keygate started by a wrapper that kept them): not ours.
+  EXPECT_TRUE(notify_watchdog_usec("200000", "43", 42, &usec, &error));
+  EXPECT_EQ(usec, 0u);
+  EXPECT_TRUE(error.empty()) << error;
+}
+
+TEST(ServiceNotify, AWatchdogValueThatIsNoPositiveNumberIsRefusedWithTheReason) {
+  uint64_t usec = 0;
+  for (const char* bad : {"", "0", "-1", "1s", " 5", "30000000 ", "99999999999999999999999"}) {
+    std::string error;
+    EXPECT_FALSE(notify_watchdog_usec(bad, nullptr, 42, &usec, &error)) << bad;
+    EXPECT_NE(error.find("WATCHDOG_USEC"), std::string::npos) << bad;
+  }
+  for (const char* bad : {"", "0", "x42", "42 "}) {
+    std::string error;
+    EXPECT_FALSE(notify_watchdog_usec("200000", bad, 42, &usec, &error)) << bad;
+    EXPECT_NE(error.find("WATCHDOG_PID"), std::string::npos) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace keygate

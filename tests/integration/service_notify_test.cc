@@ -1,7 +1,8 @@
 // Integration tests of keygate's readiness protocol with a service manager (sd_notify(3), as
 // systemd's Type=notify speaks it): the test plays the service manager, binding the AF_UNIX
 // datagram socket that NOTIFY_SOCKET names (a path in a temp dir, or an abstract @name), starts
-// the real keygate with it and reads what arrives at start-up, on reloads and at the drain.
+// the real keygate with it and reads what arrives at start-up, on reloads and at the drain, and
+// the watchdog's WATCHDOG=1 (WATCHDOG_USEC) while the workers turn and while one is wedged.
 // Also ServiceNotifier (tools/service_notifier.h) on its own, for what a child process would
 // see: NOTIFY_SOCKET taken out of the environment.
 #include <gtest/gtest.h>
@@ -12,13 +13,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -280,6 +285,261 @@ TEST(ServiceNotify, AValueThatIsNoSocketAddressIsSaidOnceAndKeygateStarts) {
       << server.error_output();
 }
 
+// ---------------------------------------------------------------------------------------------
+// The watchdog (WATCHDOG_USEC: systemd's WatchdogSec=) and stalled workers
+
+using Clock = std::chrono::steady_clock;
+
+// Receives every datagram on its own thread with the time it arrived, so the test can look at
+// the rhythm of WATCHDOG=1 while it does other things.
+class NotifyLog {
+ public:
+  explicit NotifyLog(NotifyReceiver& receiver)
+      : thread_([this, &receiver] {
+          while (!stop_.load()) {
+            std::optional<std::string> message = receiver.receive(Millis(20));
+            if (!message) continue;
+            std::lock_guard lock(mu_);
+            messages_.emplace_back(Clock::now(), std::move(*message));
+          }
+        }) {}
+  ~NotifyLog() {
+    stop_.store(true);
+    thread_.join();
+  }
+  // The arrival times of the messages that are exactly `text`.
+  std::vector<Clock::time_point> times_of(std::string_view text) {
+    std::lock_guard lock(mu_);
+    std::vector<Clock::time_point> out;
+    for (const auto& [at, message] : messages_) {
+      if (message == text) out.push_back(at);
+    }
+    return out;
+  }
+  // Every message but the ones that are exactly `text`.
+  std::vector<std::string> others_than(std::string_view text) {
+    std::lock_guard lock(mu_);
+    std::vector<std::string> out;
+    for (const auto& entry : messages_) {
+      if (entry.second != text) out.push_back(entry.second);
+    }
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<Clock::time_point, std::string>> messages_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;  // last: starts once the rest is built
+};
+
+size_t count_between(const std::vector<Clock::time_point>& times, Clock::time_point from,
+                     Clock::time_point to) {
+  size_t n = 0;
+  for (const Clock::time_point t : times) n += t >= from && t < to ? 1 : 0;
+  return n;
+}
+
+// The longest time between two of `times` (sorted), or from `from` to the first.
+Millis longest_gap(const std::vector<Clock::time_point>& times, Clock::time_point from,
+                   Clock::time_point to) {
+  Millis longest{0};
+  Clock::time_point previous = from;
+  for (const Clock::time_point t : times) {
+    if (t < from || t >= to) continue;
+    longest = std::max(longest, std::chrono::duration_cast<Millis>(t - previous));
+    previous = t;
+  }
+  return std::max(longest, std::chrono::duration_cast<Millis>(to - previous));
+}
+
+ServerOptions watchdog_options(const std::string& notify_socket, uint32_t stall_timeout_ms) {
+  ServerOptions options = notify_options(notify_socket);
+  options.extra_config = "[server]\nworker_stall_timeout_ms = " +
+                         std::to_string(stall_timeout_ms) + "\n\n" + options.extra_config;
+  return options;
+}
+
+// WATCHDOG_USEC=200000 (WatchdogSec=200ms): WATCHDOG=1, and nothing else, every 100 ms from
+// READY=1 on, and still while keygate drains.
+TEST(Watchdog, WatchdogUsecGetsWatchdogEveryHalfOfItWhileTheWorkersTurn) {
+  TempDir socket_dir;
+  const std::string path = socket_dir.path() + "/notify";
+  NotifyReceiver receiver;
+  std::string error;
+  ASSERT_TRUE(receiver.bind(path, &error)) << error;
+  ServerOptions options = watchdog_options(path, 500);
+  options.env.emplace_back("WATCHDOG_USEC", "200000");
+  TestServer server(options);
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  expect_ready(receiver, server);
+  NotifyLog log(receiver);
+  const Clock::time_point from = Clock::now();
+  std::this_thread::sleep_for(Millis(1500));
+  const Clock::time_point to = Clock::now();
+  const std::vector<Clock::time_point> pings = log.times_of("WATCHDOG=1");
+  const size_t n = count_between(pings, from, to);
+  // The main thread may be late (a loaded test host), never early.
+  EXPECT_GE(n, 9u) << "about 15 expected";
+  EXPECT_LE(n, 17u) << "about 15 expected";
+  EXPECT_LT(longest_gap(pings, from, to), Millis(300)) << "about 100 ms expected";
+  EXPECT_TRUE(log.others_than("WATCHDOG=1").empty());
+  ASSERT_TRUE(server.send_signal(SIGTERM));
+  const ExitStatus status = server.wait_exit(Millis(10000));
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+  EXPECT_EQ(server.error_output().find("stalled"), std::string::npos) << server.error_output();
+  EXPECT_EQ(server.error_output().find("WATCHDOG"), std::string::npos) << server.error_output();
+}
+
+// No WATCHDOG_USEC (no WatchdogSec=), or one meant for another process (WATCHDOG_PID), or one
+// that is no number: nothing but READY=1 (the last said once on stderr).
+TEST(Watchdog, WithoutAWatchdogForThisProcessNoWatchdogIsSent) {
+  const std::vector<std::vector<std::pair<std::string, std::string>>> cases = {
+      {},
+      {{"WATCHDOG_USEC", "200000"}, {"WATCHDOG_PID", "1"}},
+      {{"WATCHDOG_USEC", "200ms"}},
+  };
+  for (const auto& env : cases) {
+    TempDir socket_dir;
+    const std::string path = socket_dir.path() + "/notify";
+    NotifyReceiver receiver;
+    std::string error;
+    ASSERT_TRUE(receiver.bind(path, &error)) << error;
+    ServerOptions options = watchdog_options(path, 500);
+    for (const auto& variable : env) options.env.push_back(variable);
+    TestServer server(options);
+    ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+    expect_ready(receiver, server);
+    EXPECT_EQ(receiver.receive(Millis(700)), std::nullopt) << env.size();
+    const ExitStatus status = server.stop(SIGTERM);
+    EXPECT_TRUE(status.clean()) << status.describe();
+    const size_t said = count_of(server.error_output(), "WATCHDOG_USEC is not a positive number");
+    EXPECT_EQ(said, env.size() == 1 ? 1u : 0u) << server.error_output();
+  }
+}
+
+// The worker of the index after "keygate: worker " in the first line holding `needle`, or -1.
+int worker_in_line(const std::string& output, std::string_view needle) {
+  const size_t at = output.find(needle);
+  if (at == std::string::npos) return -1;
+  const size_t line = output.rfind('\n', at);
+  const size_t start = line == std::string::npos ? 0 : line + 1;
+  constexpr std::string_view kPrefix = "keygate: worker ";
+  if (output.compare(start, kPrefix.size(), kPrefix) != 0) return -1;
+  return std::atoi(output.c_str() + start + kPrefix.size());
+}
+
+// Admin-port connections, each answered once (so each is held by one worker or another),
+// opened before a worker is wedged.
+std::vector<RawClient> admin_connections(uint16_t admin_port, size_t n) {
+  std::vector<RawClient> clients;
+  for (size_t i = 0; i < n; ++i) {
+    RawClient client;
+    if (!client.connect(admin_port) || !client.send(http_request("GET", "/healthz"))) continue;
+    const std::optional<Response> health = client.read_response();
+    if (health && health->status == 200) clients.push_back(std::move(client));
+  }
+  return clients;
+}
+
+// GET /admin/stats answered by a worker that is not wedged: asked on each of `clients` in turn
+// (each at most once: one held by the wedged worker answers only after the wedge) until one
+// answers within a short time.
+std::optional<Response> stats_from_a_live_worker(std::vector<RawClient>& clients) {
+  for (RawClient& client : clients) {
+    if (!client.send(http_request("GET", "/admin/stats",
+                                  {"X-ApiKey: " + std::string(kAdminKey)}))) {
+      continue;
+    }
+    std::optional<Response> r = client.read_response(Millis(150));
+    if (r && r->status == 200) return r;
+  }
+  return std::nullopt;
+}
+
+// One worker wedged (the test hook holds its event loop for 3 s) among two: past
+// worker_stall_timeout_ms it is said stalled on stderr, counted in /admin/stats (which the
+// other worker still answers) and /admin/metrics, and no WATCHDOG=1 goes while it is: systemd
+// would kill keygate. Once it turns again that is said, and WATCHDOG=1 resumes.
+TEST(Watchdog, AWedgedWorkerStopsTheWatchdogAndIsSaidAndCountedUntilItTurnsAgain) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  TempDir socket_dir;
+  const std::string path = socket_dir.path() + "/notify";
+  NotifyReceiver receiver;
+  std::string error;
+  ASSERT_TRUE(receiver.bind(path, &error)) << error;
+  ServerOptions options = watchdog_options(path, 500);
+  options.env.emplace_back("WATCHDOG_USEC", "200000");
+  options.env.emplace_back("KEYGATE_TEST_WEDGE", "1");
+  TestServer server(options);
+  ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
+  expect_ready(receiver, server);
+  NotifyLog log(receiver);
+  std::vector<RawClient> admin = admin_connections(server.admin_port(), 16);
+  ASSERT_GE(admin.size(), 8u);
+  std::this_thread::sleep_for(Millis(300));
+
+  RawClient wedge;
+  ASSERT_TRUE(wedge.connect(server.data_port(), &error)) << error;
+  const Clock::time_point wedged_at = Clock::now();
+  ASSERT_TRUE(wedge.send(http_request("GET", "/_keygate/test/wedge?ms=3000")));
+  ASSERT_TRUE(server.wait_for_error_output("stalled: its event loop has not passed for",
+                                           Millis(2000)))
+      << server.error_output();
+  const Clock::time_point stall_seen = Clock::now();
+  const int worker = worker_in_line(server.error_output(), "stalled: its event loop");
+  ASSERT_TRUE(worker == 0 || worker == 1) << server.error_output();
+  EXPECT_NE(server.error_output().find("(server.worker_stall_timeout_ms 500); watchdog "
+                                       "notifications stop until it passes again"),
+            std::string::npos)
+      << server.error_output();
+
+  const std::optional<Response> during = stats_from_a_live_worker(admin);
+  ASSERT_TRUE(during.has_value()) << "no worker answered /admin/stats";
+  EXPECT_EQ(stats_counter(during->body, "workers", "stalled"), 1) << during->body;
+  EXPECT_EQ(stats_counter(during->body, "workers", "stalls_total"), 1) << during->body;
+  EXPECT_GT(stats_counter(during->body, "worker_loops", std::to_string(worker)), 500)
+      << during->body;
+  EXPECT_LT(stats_counter(during->body, "worker_loops", std::to_string(1 - worker)), 500)
+      << during->body;
+
+  ASSERT_TRUE(server.wait_for_error_output(
+      "keygate: worker " + std::to_string(worker) +
+          " no longer stalled: its event loop passes again (stalled ",
+      Millis(5000)))
+      << server.error_output();
+  const Clock::time_point resume_seen = Clock::now();
+  const std::optional<Response> wedged = wedge.read_response(Millis(3000));
+  ASSERT_TRUE(wedged.has_value());
+  EXPECT_EQ(wedged->status, 200);
+  std::this_thread::sleep_for(Millis(500));
+  const std::vector<Clock::time_point> pings = log.times_of("WATCHDOG=1");
+  // Before the wedge: every 100 ms. From the stall line on: none until the worker turns again
+  // (100 ms of grace at the start for the receiving thread, which may record one sent before
+  // the line late; the first one after may overtake the test's read of the line that ends it).
+  EXPECT_GE(count_between(pings, wedged_at - Millis(300), wedged_at), 2u);
+  EXPECT_EQ(count_between(pings, stall_seen + Millis(100), resume_seen - Millis(200)), 0u);
+  EXPECT_GE(longest_gap(pings, wedged_at, resume_seen), Millis(1500));
+  EXPECT_GE(count_between(pings, resume_seen, resume_seen + Millis(500)), 3u);
+
+  const std::optional<Response> after = round_trip(
+      server.admin_port(),
+      http_request("GET", "/admin/metrics", {"X-ApiKey: " + std::string(kAdminKey)}));
+  ASSERT_TRUE(after.has_value());
+  EXPECT_NE(after->body.find("\nkeygate_workers_stalled 0\n"), std::string::npos) << after->body;
+  EXPECT_NE(after->body.find("\nkeygate_workers_stalls_total 1\n"), std::string::npos)
+      << after->body;
+  EXPECT_NE(after->body.find("# TYPE keygate_worker_loop_pass_age_ms gauge\n"),
+            std::string::npos)
+      << after->body;
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\nstderr: " << server.error_output();
+  // One line when the stall began, one when it ended.
+  EXPECT_EQ(count_of(server.error_output(), "keygate: worker "), 2u) << server.error_output();
+}
+
 // Restores (or removes) an environment variable when it goes out of scope.
 class EnvironmentVariable {
  public:
@@ -316,6 +576,25 @@ TEST(ServiceNotifier, TakesNotifySocketOutOfTheEnvironmentAndStillSendsThere) {
   const std::optional<std::string> ready = receiver.receive();
   ASSERT_TRUE(ready.has_value());
   EXPECT_EQ(*ready, "READY=1\nMAINPID=" + std::to_string(::getpid()) + "\nSTATUS=up");
+}
+
+// WATCHDOG_USEC and WATCHDOG_PID leave the environment once read too (a child must not take
+// keygate's watchdog for its own); the notifier keeps what they said.
+TEST(ServiceNotifier, TakesTheWatchdogVariablesOutOfTheEnvironmentAndSendsWatchdog) {
+  TempDir socket_dir;
+  const std::string path = socket_dir.path() + "/notify";
+  NotifyReceiver receiver;
+  std::string error;
+  ASSERT_TRUE(receiver.bind(path, &error)) << error;
+  EnvironmentVariable socket("NOTIFY_SOCKET", path);
+  EnvironmentVariable usec("WATCHDOG_USEC", "30000000");
+  EnvironmentVariable pid("WATCHDOG_PID", std::to_string(::getpid()));
+  keygate::tools::ServiceNotifier notifier = keygate::tools::ServiceNotifier::from_environment();
+  EXPECT_EQ(std::getenv("WATCHDOG_USEC"), nullptr);
+  EXPECT_EQ(std::getenv("WATCHDOG_PID"), nullptr);
+  EXPECT_EQ(notifier.watchdog_usec(), 30000000u);
+  notifier.watchdog();
+  EXPECT_EQ(receiver.receive(), "WATCHDOG=1");
 }
 
 TEST(ServiceNotifier, WithoutNotifySocketSendsNothing) {
