@@ -130,8 +130,14 @@ bool assign_inherited_sockets(const std::vector<InheritedSocket>& sockets,
         return false;
       }
     } else if (unnamed_socket(s.name)) {
-      const bool is_data = listen_address_matches(data, s.address);
-      const bool is_admin = listen_address_matches(admin, s.address);
+      bool is_data = listen_address_matches(data, s.address);
+      bool is_admin = listen_address_matches(admin, s.address);
+      // A listener configured with the socket's very port is the one it is for, rather than
+      // one configured with port 0 (which takes any port).
+      if (is_data && is_admin && (data.port == 0) != (admin.port == 0)) {
+        is_data = data.port != 0;
+        is_admin = admin.port != 0;
+      }
       if (!is_data && !is_admin) {
         *error = describe(s) + " is neither listen " + data.to_string() + " nor admin_listen " +
                  admin.to_string();

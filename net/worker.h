@@ -143,6 +143,12 @@ struct WorkerListener {
   // The bodies this listener's requests keep in memory (a handler's kNeedBody) count against
   // the worker's Limits::body_memory_per_worker_max (the data port).
   bool body_budget = false;
+  // The socket is one a service manager passed (systemd socket activation): every worker
+  // accepts on its own descriptor of it, and it outlives keygate. The drain then only stops
+  // accepting and closes this worker's descriptor, never shutdown()s the socket (that would
+  // reset the connections waiting in its backlog, which the next keygate is to serve), and a
+  // connection the kernel hands over while the accept is being cancelled is served, not closed.
+  bool inherited = false;
 };
 
 class Worker {

@@ -500,6 +500,16 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void update_timer(Connection* c);
   void expire(Connection* c);
   std::string& fill_buf(Connection* c) { return c->out[c->fill]; }
+  // Whether the drain may end: no connection left, and no accept on an inherited listener still
+  // armed. Such an accept can still deliver a connection it took off the shared backlog until
+  // its cancellation completes; a loop that ended before would leave that connection unserved.
+  bool drained() const {
+    if (live != 0) return false;
+    for (size_t li = 0; li < listeners.size(); ++li) {
+      if (listeners[li].inherited && accept_armed[li]) return false;
+    }
+    return true;
+  }
   bool idle(const Connection* c) const {
     return !c->parser.request_in_progress() && !c->awaiting && !c->proxying &&
            !c->send_in_flight &&
