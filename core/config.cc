@@ -801,7 +801,7 @@ Environment (docs/configuration.md, "Environment"):
                                each must be bound to its configured address (else exit 2).
                                Such a port stays systemd's across restarts: connections wait
                                in its backlog instead of being refused. The start-up line
-                               says "ADDR:PORT (from systemd)". Removed once read
+                               then reads data=ADDR:PORT (from systemd). Removed once read
 )";
 }
 

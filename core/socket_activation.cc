@@ -130,25 +130,17 @@ bool assign_inherited_sockets(const std::vector<InheritedSocket>& sockets,
         return false;
       }
     } else if (unnamed_socket(s.name)) {
-      bool is_data = listen_address_matches(data, s.address);
-      bool is_admin = listen_address_matches(admin, s.address);
-      // A listener configured with the socket's very port is the one it is for, rather than
-      // one configured with port 0 (which takes any port).
-      if (is_data && is_admin && (data.port == 0) != (admin.port == 0)) {
-        is_data = data.port != 0;
-        is_admin = admin.port != 0;
-      }
+      const bool is_data = listen_address_matches(data, s.address);
+      const bool is_admin = listen_address_matches(admin, s.address);
       if (!is_data && !is_admin) {
         *error = describe(s) + " is neither listen " + data.to_string() + " nor admin_listen " +
                  admin.to_string();
         return false;
       }
-      if (is_data && is_admin) {
-        *error = describe(s) + " could serve listen " + data.to_string() + " or admin_listen " +
-                 admin.to_string() + ": name it (FileDescriptorName=data or admin)";
-        return false;
-      }
-      for_data = is_data;
+      // Both match only where one (or both) is configured with port 0, which takes any port:
+      // a listener configured with the socket's very port is the one it is for; else the data
+      // port, what socket activation is mostly for (name the socket to have it otherwise).
+      for_data = is_data && (!is_admin || admin.port == 0);
     } else {
       *error = describe(s) + " has an unknown name (FileDescriptorName= is data or admin)";
       return false;

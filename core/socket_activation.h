@@ -75,11 +75,11 @@ bool unnamed_socket(std::string_view name);
 // Assigns each inherited socket to the listener it serves. A socket named "data" or "admin"
 // (FileDescriptorName=) serves that listener; an unnamed one (unnamed_socket) serves the
 // listener whose configured address it is bound to. Either way the bound address must match
-// the configured one (listen_address_matches). False with one line in `error` naming the
-// socket, for: an unknown name, two sockets for one listener, a socket whose address is not
-// its listener's (or, unnamed, neither listener's, or both listeners' alike: where one is
-// configured with the socket's port and the other with port 0, the first one takes it). A
-// listener no socket serves is left at -1.
+// the configured one (listen_address_matches). An unnamed socket both listeners' addresses
+// match (one of them, or both, configured with port 0) serves the one configured with its very
+// port, else the data listener. False with one line in `error` naming the socket, for: an
+// unknown name, two sockets for one listener, a socket whose address is not its listener's (or,
+// unnamed, neither listener's). A listener no socket serves is left at -1.
 bool assign_inherited_sockets(const std::vector<InheritedSocket>& sockets,
                               const ListenAddress& data, const ListenAddress& admin,
                               ListenerSockets* out, std::string* error);

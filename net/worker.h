@@ -4,7 +4,9 @@
 // other workers; the only cross-thread calls are request_stop(), set_apis() (a reload) and the
 // ResumeTicket posts of deferred requests (a mutex-guarded list and an eventfd, off the common
 // request path). Each worker accepts on its own
-// SO_REUSEPORT socket per listener (multishot accept), reads with multishot receive into a
+// SO_REUSEPORT socket per listener (multishot accept), or on its own descriptor of a socket
+// systemd passed, shared with the other workers (single-shot accepts, WorkerListener::inherited),
+// reads with multishot receive into a
 // provided buffer ring, parses with HttpParser, calls the listener's Handler, and writes the
 // responses of each event-loop pass with one send per connection. Every buffer handed to the
 // kernel stays owned by its operation until its completion is reaped.

@@ -173,9 +173,21 @@ TEST(InheritedSockets, UnnamedSocketOnNeitherAddressIsAnError) {
       << error;
 }
 
-TEST(InheritedSockets, UnnamedSocketMatchingBothPortZeroListenersIsAnError) {
+TEST(InheritedSockets, UnnamedSocketGoesToTheListenerWithItsPortRatherThanPortZero) {
   const ListenAddress any{"127.0.0.1", 0, false};
-  EXPECT_NE(assign_error({{3, "", {"127.0.0.1", 5000, false}}}, any, any).find("name it"),
+  EXPECT_EQ(assign_ok({{3, "", kData}}, kData, any).data_fd, 3);
+  EXPECT_EQ(assign_ok({{3, "", kAdmin}}, any, kAdmin).admin_fd, 3);
+}
+
+TEST(InheritedSockets, UnnamedSocketMatchingBothPortZeroListenersServesTheDataPort) {
+  const ListenAddress any{"127.0.0.1", 0, false};
+  const ListenerSockets got = assign_ok({{3, "", {"127.0.0.1", 5000, false}}}, any, any);
+  EXPECT_EQ(got.data_fd, 3);
+  EXPECT_EQ(got.admin_fd, -1);
+  // A second one then is a second socket for the data port: name them.
+  EXPECT_NE(assign_error({{3, "", {"127.0.0.1", 5000, false}}, {4, "", {"127.0.0.1", 5001, false}}},
+                         any, any)
+                .find("second socket for listen"),
             std::string::npos);
 }
 
