@@ -429,6 +429,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->fd = res;
       c->fixed = slot < fixed_files && io_uring_register_files_update(&ring, slot, &res, 1) == 1;
       c->listener = li;
+      c->fresh = listeners[li].inherited;
       c->parser.reset(listeners[li].body_bytes_max);
       c->parser.set_head_pause(listeners[li].decides_at_head);
       c->closed = false;
@@ -507,6 +508,7 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
 }
 
 void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_after) {
+  c->fresh = false;
   if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
   if (!c->pending.empty() || c->awaiting || (c->proxying && !c->streaming)) {
     hold_input(c, data);
@@ -965,7 +967,7 @@ void Worker::Impl::update_timer(Connection* c) {
     want = kWrite;
   } else {
     want = kIdle;
-    if (draining && idle(c)) {
+    if (draining && idle(c) && !c->fresh) {
       close_conn(c);
       return;
     }
@@ -1044,7 +1046,7 @@ void Worker::Impl::begin_drain() {
     listeners[li].fd = -1;
   }
   for (auto& c : conns) {
-    if (c->fd >= 0 && !c->closed && idle(c.get())) close_conn(c.get());
+    if (c->fd >= 0 && !c->closed && idle(c.get()) && !c->fresh) close_conn(c.get());
   }
 }
 

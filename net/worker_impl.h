@@ -184,6 +184,12 @@ struct Connection {
   // The client sent its FIN. Requests received before it are still answered (they may wait
   // in `pending`); the connection closes once they are.
   bool peer_eof = false;
+  // Accepted on an inherited listener and nothing received yet. The drain does not close such
+  // a connection as idle: its client has just been handed over from the socket's backlog and
+  // is about to send its request (closing would leave it an empty reply, a failed request the
+  // next keygate would have served). It gets that request answered, bounded by the header
+  // timeout and the drain deadline like any request.
+  bool fresh = false;
 
   TimerKind timer = kNoTimer;
   int64_t deadline_ms = 0;
