@@ -3,8 +3,9 @@
 // the caller has looked at those sockets, which listener each one serves.
 //
 // Stateless and thread-safe: pure functions over their arguments. Nothing here reads the
-// environment or touches a descriptor; tools/keygate_main.cc reads and unsets the variables and
-// net/listen_socket.h checks the sockets (type, listening, bound address).
+// environment or touches a descriptor: tools/inherited_sockets.h reads and unsets the
+// variables, and net::check_inherited_socket (net/server.h) checks the sockets (type,
+// listening, bound address).
 #pragma once
 
 #include <cstddef>
