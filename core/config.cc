@@ -782,8 +782,8 @@ One that comes during start-up stops keygate once it is up. SIGHUP: read the
 --config file again and apply its [[apis]] (routes, upstreams, timeouts) to new
 requests; other changed settings are named on stderr and take effect at restart;
 an invalid file changes nothing (docs/configuration.md, "Reload"). SIGUSR1,
-SIGUSR2: ignored (said on stderr). Exit code 2: bad flags or config; 1: start-up
-failure.
+SIGUSR2: ignored (said on stderr). Exit code 2: bad flags or config (or sockets
+passed by systemd that do not match it); 1: start-up failure.
 
 Backups: set [backup] dir in the config file, then POST /admin/backups (keygatectl
 backup) makes an online, consistent copy of the key store there, which keygate starts
@@ -805,6 +805,15 @@ Environment (docs/configuration.md, "Environment"):
   NOTIFY_SOCKET                set by systemd for Type=notify: where readiness is notified
                                (a path or an abstract @name); removed from the environment
                                once read
+  LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES
+                               set by systemd's socket activation (keygate.socket): listening
+                               sockets from descriptor 3 that keygate serves instead of
+                               binding its own; one named "data" (or, unnamed, bound to the
+                               listen address) serves the data port, "admin" the admin port;
+                               each must be bound to its configured address (else exit 2).
+                               Such a port stays systemd's across restarts: connections wait
+                               in its backlog instead of being refused. The start-up line
+                               then reads data=ADDR:PORT (from systemd). Removed once read
   WATCHDOG_USEC, WATCHDOG_PID  set by systemd for WatchdogSec=: WATCHDOG=1 every half of
                                WATCHDOG_USEC while no worker is stalled; removed once read
 )";

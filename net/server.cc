@@ -1,6 +1,7 @@
 #include "net/server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sys/socket.h>
@@ -105,7 +106,74 @@ bool bind_group(const ListenAddress& addr, unsigned count, std::vector<int>* fds
   return true;
 }
 
+// The inherited socket `fd`, once per worker: each worker owns (and at its drain closes) a
+// descriptor of its own, so one worker's close never pulls the number from under another's
+// accept. All of them are the one socket, with one backlog the workers accept from in turn.
+bool share_inherited(int fd, const ListenAddress& addr, unsigned count, std::vector<int>* fds,
+                     uint16_t* port, std::string* error) {
+  for (unsigned i = 0; i < count; ++i) {
+    const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) {
+      *error = "cannot use the inherited socket for " + addr.to_string() + ": " +
+               std::strerror(errno);
+      return false;
+    }
+    fds->push_back(copy);
+  }
+  *port = bound_port(fd);
+  return true;
+}
+
 }  // namespace
+
+bool check_inherited_socket(int fd, ListenAddress* address, std::string* error) {
+  const std::string what = "LISTEN_FDS socket " + std::to_string(fd);
+  int type = 0;
+  socklen_t len = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    *error = what + ": " + std::strerror(errno) + " (not an open socket)";
+    return false;
+  }
+  sockaddr_storage ss{};
+  len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    *error = what + ": getsockname: " + std::strerror(errno);
+    return false;
+  }
+  if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) {
+    *error = what + " is not an IPv4 or IPv6 socket (ListenStream= takes ADDR:PORT)";
+    return false;
+  }
+  if (type != SOCK_STREAM) {
+    *error = what + " is not a TCP socket (a ListenDatagram=?)";
+    return false;
+  }
+  int listening = 0;
+  len = sizeof(listening);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening == 0) {
+    *error = what + " is not listening (Accept=no in the socket unit, and a ListenStream=)";
+    return false;
+  }
+  char host[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET6) {
+    const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+    *address = ListenAddress{host, ntohs(sin6->sin6_port), true};
+  } else {
+    const auto* sin = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+    *address = ListenAddress{host, ntohs(sin->sin_port), false};
+  }
+  // systemd passes the descriptors without close-on-exec (they had to survive its exec of
+  // keygate): nothing keygate might start (the huge-page re-execution is done by now) is to
+  // hold the socket open behind keygate's back.
+  const int flags = ::fcntl(fd, F_GETFD);
+  if (flags < 0 || ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) != 0) {
+    *error = what + ": cannot set FD_CLOEXEC: " + std::strerror(errno);
+    return false;
+  }
+  return true;
+}
 
 struct Server::Running {
   explicit Running(uint32_t admin_connections_max) : admin_budget(admin_connections_max) {}
@@ -177,8 +245,21 @@ bool Server::start(std::string* error) {
     for (int fd : admin_fds) ::close(fd);
   };
   const unsigned n = options_.workers;
-  if (!bind_group(options_.data_listen, n, &data_fds, &data_port_, error) ||
-      !bind_group(options_.admin_listen, n, &admin_fds, &admin_port_, error)) {
+  const auto take = [&](const ListenAddress& addr, int& inherited, std::vector<int>* fds,
+                        uint16_t* port) {
+    if (inherited < 0) return bind_group(addr, n, fds, port, error);
+    const bool ok = share_inherited(inherited, addr, n, fds, port, error);
+    // The workers hold it now (or keygate stops): the service manager keeps its own.
+    ::close(inherited);
+    inherited = -1;
+    return ok;
+  };
+  int data_fd = options_.data_inherited_fd;
+  int admin_fd = options_.admin_inherited_fd;
+  const bool bound = take(options_.data_listen, data_fd, &data_fds, &data_port_) &&
+                     take(options_.admin_listen, admin_fd, &admin_fds, &admin_port_);
+  if (admin_fd >= 0) ::close(admin_fd);  // not taken: the data listener failed
+  if (!bound) {
     close_all();
     return false;
   }
@@ -192,10 +273,11 @@ bool Server::start(std::string* error) {
     listeners.push_back(WorkerListener{data_fds[i], options_.data_handlers->make(i),
                                        options_.limits.body_bytes_max, true, "data",
                                        options_.limits.connections_per_worker_max, nullptr,
-                                       true});
+                                       true, data_inherited()});
     listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i),
                                        options_.admin_body_bytes_max, true, "admin",
-                                       options_.admin_connections_max, &running->admin_budget});
+                                       options_.admin_connections_max, &running->admin_budget,
+                                       false, admin_inherited()});
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
     LoopObserver* observer = i < options_.loop_observers.size() ? options_.loop_observers[i] : nullptr;
     running->workers.push_back(

@@ -43,20 +43,36 @@ struct ServerOptions {
   size_t capture_bytes_max = 64 * 1024;
   // Client connections in each worker ring's registered file table (false: plain descriptors).
   bool registered_files = true;
+  // A listening socket the service manager passed (socket activation; checked with
+  // check_inherited_socket), or -1: keygate binds the listener itself. The Server owns it
+  // from start() on: every worker accepts on a descriptor of its own of this one socket
+  // (no SO_REUSEPORT siblings), and the socket outlives keygate in the service manager.
+  int data_inherited_fd = -1;
+  int admin_inherited_fd = -1;
 };
+
+// Checks that `fd` is a listening TCP socket (SOCK_STREAM, SO_ACCEPTCONN, IPv4 or IPv6) and
+// reads the address it is bound to into `address`; sets FD_CLOEXEC on it, so no process keygate
+// might start inherits it. False with one line in `error` (naming the descriptor) otherwise: a
+// closed descriptor, no socket, a UDP or a Unix socket, a socket that does not listen.
+bool check_inherited_socket(int fd, ListenAddress* address, std::string* error);
 
 class Server {
  public:
   explicit Server(ServerOptions options);
   ~Server();
 
-  // Binds both listeners (SO_REUSEPORT, one socket per worker) and starts the workers. Fails
-  // with one line in `error` (address in use, permission, kernel feature missing).
+  // Binds both listeners (SO_REUSEPORT, one socket per worker), or takes the inherited socket
+  // of a listener that has one, and starts the workers. Fails with one line in `error`
+  // (address in use, permission, kernel feature missing).
   bool start(std::string* error);
 
   // Bound ports (useful with port 0).
   uint16_t data_port() const { return data_port_; }
   uint16_t admin_port() const { return admin_port_; }
+  // Whether the listener serves an inherited socket (ServerOptions::*_inherited_fd).
+  bool data_inherited() const { return options_.data_inherited_fd >= 0; }
+  bool admin_inherited() const { return options_.admin_inherited_fd >= 0; }
   const std::string& ring_mode() const { return ring_mode_; }
 
   // A reload of the APIs: every worker serves the requests that start from now on with `apis`

@@ -222,7 +222,17 @@ io_uring_sqe* Worker::Impl::get_sqe() {
 
 void Worker::Impl::arm_accept(uint32_t li) {
   io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_multishot_accept(sqe, listeners[li].fd, nullptr, nullptr, SOCK_CLOEXEC);
+  if (listeners[li].inherited) {
+    // One connection per accept, re-armed on its completion. The workers share this socket,
+    // and a multishot accept stays first in its wait queue for good: the kernel would wake
+    // that one worker for every connection, and it would take the whole backlog each time
+    // (measured: one of two workers got all of them). Re-armed, a worker queues behind the
+    // others and takes at most one connection per loop pass, so a busy worker leaves the next
+    // to an idle one.
+    io_uring_prep_accept(sqe, listeners[li].fd, nullptr, nullptr, SOCK_CLOEXEC);
+  } else {
+    io_uring_prep_multishot_accept(sqe, listeners[li].fd, nullptr, nullptr, SOCK_CLOEXEC);
+  }
   io_uring_sqe_set_data64(sqe, make_user_data(kOpAccept, li, 0));
   accept_armed[li] = true;
 }
@@ -278,7 +288,7 @@ void Worker::Impl::run() {
       if (c->gen == gen) flush(c);
     }
     dirty.clear();
-    if (draining && (live == 0 || now_ms >= drain_deadline_ms)) break;
+    if (draining && (drained() || now_ms >= drain_deadline_ms)) break;
     if (observer != nullptr) observer->before_wait();
     int ret;
     if (last_batch > 1) {
@@ -350,7 +360,7 @@ void Worker::Impl::handle_cqe(io_uring_cqe* cqe) {
       return;
     case kOpTick:
       on_tick();
-      if (!(draining && live == 0)) arm_tick();
+      if (!(draining && drained())) arm_tick();
       return;
     case kOpWake:
       on_wake();
@@ -395,11 +405,16 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
   if (!more) accept_armed[li] = false;
   const int res = cqe->res;
   if (res >= 0) {
+    // An inherited listener's connection that comes in the drain was taken off the shared
+    // backlog before the accept's cancellation took effect: closing it would refuse a client
+    // the next keygate would have served. It gets its requests answered (with
+    // "Connection: close", as every response in the drain) like one accepted just before.
+    const bool refused_by_drain = draining && !listeners[li].inherited;
     if (static_cast<uint64_t>(res) >= descriptor_ceiling[li]) {
       ::close(res);
       bump(stats.connections_refused);
       bump(stats.descriptor_reserve_refused);
-    } else if (draining || !admit(li)) {
+    } else if (refused_by_drain || !admit(li)) {
       ::close(res);
       bump(stats.connections_refused);
     } else {
@@ -417,6 +432,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->fd = res;
       c->fixed = slot < fixed_files && io_uring_register_files_update(&ring, slot, &res, 1) == 1;
       c->listener = li;
+      c->fresh = listeners[li].inherited;
       c->parser.reset(listeners[li].body_bytes_max);
       c->parser.set_head_pause(listeners[li].decides_at_head);
       c->closed = false;
@@ -495,6 +511,7 @@ void Worker::Impl::on_recv(Connection* c, io_uring_cqe* cqe) {
 }
 
 void Worker::Impl::on_data(Connection* c, std::span<char> data, size_t readable_after) {
+  c->fresh = false;
   if (c->lingering || c->close_after_send) return;  // answered for the last time: discard
   if (!c->pending.empty() || c->awaiting || (c->proxying && !c->streaming)) {
     hold_input(c, data);
@@ -953,7 +970,7 @@ void Worker::Impl::update_timer(Connection* c) {
     want = kWrite;
   } else {
     want = kIdle;
-    if (draining && idle(c)) {
+    if (draining && idle(c) && !c->fresh) {
       close_conn(c);
       return;
     }
@@ -1022,13 +1039,17 @@ void Worker::Impl::begin_drain() {
     }
     // Stop listening now, so new clients are refused at once instead of completing handshakes
     // into a backlog nobody accepts from until the drain ends. The pending accept keeps its own
-    // reference to the socket until its cancellation completes.
-    ::shutdown(listeners[li].fd, SHUT_RDWR);
+    // reference to the socket until its cancellation completes. Not an inherited socket: it
+    // is shared with the other workers and the service manager, and shutdown() on a listening
+    // socket resets every connection in its backlog and stops it listening for all of them;
+    // its backlog is the next keygate's to serve. Closing this worker's descriptor drops only
+    // this worker's reference.
+    if (!listeners[li].inherited) ::shutdown(listeners[li].fd, SHUT_RDWR);
     ::close(listeners[li].fd);
     listeners[li].fd = -1;
   }
   for (auto& c : conns) {
-    if (c->fd >= 0 && !c->closed && idle(c.get())) close_conn(c.get());
+    if (c->fd >= 0 && !c->closed && idle(c.get()) && !c->fresh) close_conn(c.get());
   }
 }
 

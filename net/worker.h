@@ -4,7 +4,9 @@
 // other workers; the only cross-thread calls are request_stop(), set_apis() (a reload) and the
 // ResumeTicket posts of deferred requests (a mutex-guarded list and an eventfd, off the common
 // request path). Each worker accepts on its own
-// SO_REUSEPORT socket per listener (multishot accept), reads with multishot receive into a
+// SO_REUSEPORT socket per listener (multishot accept), or on its own descriptor of a socket
+// systemd passed, shared with the other workers (single-shot accepts, WorkerListener::inherited),
+// reads with multishot receive into a
 // provided buffer ring, parses with HttpParser, calls the listener's Handler, and writes the
 // responses of each event-loop pass with one send per connection. Every buffer handed to the
 // kernel stays owned by its operation until its completion is reaped.
@@ -148,6 +150,12 @@ struct WorkerListener {
   // The bodies this listener's requests keep in memory (a handler's kNeedBody) count against
   // the worker's Limits::body_memory_per_worker_max (the data port).
   bool body_budget = false;
+  // The socket is one a service manager passed (systemd socket activation): every worker
+  // accepts on its own descriptor of it, and it outlives keygate. The drain then only stops
+  // accepting and closes this worker's descriptor, never shutdown()s the socket (that would
+  // reset the connections waiting in its backlog, which the next keygate is to serve), and a
+  // connection the kernel hands over while the accept is being cancelled is served, not closed.
+  bool inherited = false;
 };
 
 class Worker {

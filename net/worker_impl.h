@@ -184,6 +184,12 @@ struct Connection {
   // The client sent its FIN. Requests received before it are still answered (they may wait
   // in `pending`); the connection closes once they are.
   bool peer_eof = false;
+  // Accepted on an inherited listener and nothing received yet. The drain does not close such
+  // a connection as idle: its client has just been handed over from the socket's backlog and
+  // is about to send its request (closing would leave it an empty reply, a failed request the
+  // next keygate would have served). It gets that request answered, bounded by the header
+  // timeout and the drain deadline like any request.
+  bool fresh = false;
 
   TimerKind timer = kNoTimer;
   int64_t deadline_ms = 0;
@@ -500,6 +506,16 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void update_timer(Connection* c);
   void expire(Connection* c);
   std::string& fill_buf(Connection* c) { return c->out[c->fill]; }
+  // Whether the drain may end: no connection left, and no accept on an inherited listener still
+  // armed. Such an accept can still deliver a connection it took off the shared backlog until
+  // its cancellation completes; a loop that ended before would leave that connection unserved.
+  bool drained() const {
+    if (live != 0) return false;
+    for (size_t li = 0; li < listeners.size(); ++li) {
+      if (listeners[li].inherited && accept_armed[li]) return false;
+    }
+    return true;
+  }
   bool idle(const Connection* c) const {
     return !c->parser.request_in_progress() && !c->awaiting && !c->proxying &&
            !c->send_in_flight &&

@@ -43,6 +43,7 @@
 #include "storage/data_dir.h"
 #include "storage/key_service.h"
 #include "storage/key_service_admin_store.h"
+#include "tools/inherited_sockets.h"
 #include "tools/read_fd.h"
 #include "tools/service_notifier.h"
 
@@ -486,6 +487,10 @@ int main(int argc, char** argv) {
   reexec_with_huge_pages(argv);
   // After the re-execution, which passes NOTIFY_SOCKET on; before any thread starts.
   keygate::tools::ServiceNotifier notifier = keygate::tools::ServiceNotifier::from_environment();
+  // Likewise LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES (socket activation): read and removed now,
+  // checked once the config says which addresses the listeners are on.
+  const keygate::tools::InheritedSockets inherited_sockets =
+      keygate::tools::InheritedSockets::from_environment();
   keygate::CommandLine cli;
   std::string error;
   if (!keygate::parse_command_line(argc, argv, &cli, &error)) return usage_error(error);
@@ -515,6 +520,10 @@ int main(int argc, char** argv) {
       return usage_error("KEYGATE_BOOTSTRAP_ADMIN_KEY " + std::string(why));
     }
   }
+  // Before anything is opened too: a socket unit that does not match the config is the
+  // operator's input like a flag, and the next start would fail the same way (exit 2).
+  keygate::ListenerSockets inherited;
+  if (!inherited_sockets.assign(config, &inherited, &error)) return usage_error(error);
 
   keygate::storage::DataDir data_dir;
   if (!data_dir.open(config.data_dir, &error) ||
@@ -797,6 +806,8 @@ int main(int argc, char** argv) {
   keygate::net::ServerOptions options;
   options.data_listen = config.listen;
   options.admin_listen = config.admin_listen;
+  options.data_inherited_fd = inherited.data_fd;
+  options.admin_inherited_fd = inherited.admin_fd;
   options.workers = workers;
   options.limits = config.limits;
   options.admin_body_bytes_max = config.admin_body_bytes_max;
@@ -843,9 +854,15 @@ int main(int argc, char** argv) {
   keygate::ListenAddress admin = config.admin_listen;
   data.port = server->data_port();
   admin.port = server->admin_port();
-  const std::string listening = "listening data=" + data.to_string() + " admin=" +
-                                 admin.to_string() + " workers=" + std::to_string(workers) +
-                                 " ring=" + server->ring_mode();
+  // A socket the service manager passed says so: it is not bound (nor closed) by keygate, and
+  // an operator wondering why a restart refused nothing, or why a changed `listen` did not
+  // take, sees where it came from.
+  constexpr std::string_view kFromSystemd = " (from systemd)";
+  const std::string listening =
+      "listening data=" + data.to_string() +
+      std::string(server->data_inherited() ? kFromSystemd : "") + " admin=" +
+      admin.to_string() + std::string(server->admin_inherited() ? kFromSystemd : "") +
+      " workers=" + std::to_string(workers) + " ring=" + server->ring_mode();
   std::printf("keygate: %s\n", listening.c_str());
   std::fflush(stdout);
   // After the line: a supervisor told "ready" finds it printed, and both ports accept.

@@ -4,7 +4,8 @@
 #      (the unit is written at install time, from that install's prefix);
 #   2. with the configured (default) prefix under DESTDIR, as a package build stages it: the
 #      unit names <default prefix>/bin/keygate, where the binary lands once unpacked;
-#   3. `systemd-analyze verify` on the installed unit, when that tool exists.
+#   3. `systemd-analyze verify` on the installed units (the service and its two socket units),
+#      when that tool exists.
 # Arguments (-D): BUILD_DIR, WORK_DIR (emptied first, removed at the end), DEFAULT_PREFIX,
 # BINDIR, DOCDIR, UNIT_DIR (as configured, relative to the prefix), SYSTEMD_ANALYZE (a path or
 # empty).
@@ -37,6 +38,8 @@ set(expected
     "${prefix}/${BINDIR}/keygate"
     "${prefix}/${BINDIR}/keygatectl"
     "${prefix}/${UNIT_DIR}/keygate.service"
+    "${prefix}/${UNIT_DIR}/keygate.socket"
+    "${prefix}/${UNIT_DIR}/keygate-admin.socket"
     "${prefix}/${DOCDIR}/keygate.toml.example"
     "${prefix}/${DOCDIR}/README.md"
     "${prefix}/${DOCDIR}/operations.md"
@@ -89,6 +92,31 @@ if(NOT (at EQUAL -1))
   fail("the unit filters system calls: io_uring_setup/enter/register would go")
 endif()
 
+# The socket units: named sockets on keygate's default addresses, passed to keygate.service.
+# The service itself neither wants nor requires them (Sockets= would make every start of it
+# start keygate.socket too, binding 127.0.0.1:8080 whatever the config's listen says): it runs
+# without them.
+foreach(pair "keygate.socket|127.0.0.1:8080|data" "keygate-admin.socket|127.0.0.1:8081|admin")
+  string(REPLACE "|" ";" pair "${pair}")
+  list(GET pair 0 socket_unit)
+  list(GET pair 1 address)
+  list(GET pair 2 name)
+  file(READ "${prefix}/${UNIT_DIR}/${socket_unit}" text)
+  foreach(line "ListenStream=${address}" "FileDescriptorName=${name}" "Service=keygate.service"
+          "ReusePort=no" "Documentation=file://${prefix}/${DOCDIR}/operations.md")
+    string(FIND "${text}" "\n${line}\n" at)
+    if(NOT (at GREATER -1))
+      fail("${socket_unit} lacks ${line}")
+    endif()
+  endforeach()
+endforeach()
+foreach(line "Sockets=" "Requires=keygate" "Wants=keygate")
+  string(FIND "${unit}" "\n${line}" at)
+  if(NOT (at EQUAL -1))
+    fail("keygate.service has ${line}...: it must run without its socket units")
+  endif()
+endforeach()
+
 # TimeoutStopSec= above the default drain (limits.drain_timeout_ms, 10 s), with room for what
 # keygate does after the drain deadline.
 string(REGEX MATCH "\nTimeoutStopSec=([0-9]+)s\n" _ "${unit}")
@@ -117,10 +145,12 @@ endif()
 # --- 3. systemd-analyze verify ------------------------------------------------------------
 if(SYSTEMD_ANALYZE)
   execute_process(COMMAND "${SYSTEMD_ANALYZE}" verify "${prefix}/${UNIT_DIR}/keygate.service"
+                          "${prefix}/${UNIT_DIR}/keygate.socket"
+                          "${prefix}/${UNIT_DIR}/keygate-admin.socket"
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
-  # Only what it says about keygate.service counts: in a container without a running systemd
+  # Only what it says about keygate's units counts: in a container without a running systemd
   # it may complain about other units it loads along (dependencies of the default target).
-  string(REGEX MATCHALL "[^\n]*keygate\\.service[^\n]*" said "${out}\n${err}")
+  string(REGEX MATCHALL "[^\n]*keygate(-admin)?\\.(service|socket)[^\n]*" said "${out}\n${err}")
   if(NOT ("${said}" STREQUAL ""))
     fail("systemd-analyze verify: ${said}")
   endif()

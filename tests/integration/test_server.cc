@@ -60,6 +60,21 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
+// One read from `fd` into `out`. Returns false at EOF or on error (the caller closes `fd`).
+bool read_some(int fd, std::string* out) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      out->append(buf, static_cast<size_t>(n));
+      return true;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return false;
+  }
+}
+
+}  // namespace
 
 // The test's own environment with `set` added (replacing variables of the same name) and the
 // variables named in `unset` removed, as "NAME=VALUE" strings.
@@ -84,25 +99,9 @@ std::vector<std::string> child_environment(
   return out;
 }
 
-// One read from `fd` into `out`. Returns false at EOF or on error (the caller closes `fd`).
-bool read_some(int fd, std::string* out) {
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n > 0) {
-      out->append(buf, static_cast<size_t>(n));
-      return true;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    return false;
-  }
-}
-
-}  // namespace
-
 bool spawn_child(const std::string& program, const std::vector<std::string>& args,
                  bool capture_stderr, SpawnedChild* child, std::string* error,
-                 const std::vector<std::string>* env) {
+                 const std::vector<std::string>* env, const PassedSockets* sockets) {
   std::vector<std::string> argv_storage;
   argv_storage.push_back(program);
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
@@ -112,10 +111,21 @@ bool spawn_child(const std::string& program, const std::vector<std::string>& arg
   // Built before fork: the child may only make async-signal-safe calls.
   std::vector<std::string> env_storage;
   std::vector<char*> envp;
+  char* listen_pid_digits = nullptr;  // where the child writes its pid
+  if (sockets != nullptr && env == nullptr) {
+    *error = "spawn_child: passed sockets need an environment";
+    return false;
+  }
   if (env != nullptr) {
     env_storage = *env;
+    if (sockets != nullptr && sockets->listen_pid_of_child) {
+      env_storage.push_back("LISTEN_PID=" + std::string(24, '\0'));
+    }
     for (std::string& e : env_storage) envp.push_back(e.data());
     envp.push_back(nullptr);
+    if (sockets != nullptr && sockets->listen_pid_of_child) {
+      listen_pid_digits = env_storage.back().data() + std::strlen("LISTEN_PID=");
+    }
   }
 
   int out_pipe[2] = {-1, -1};
@@ -147,6 +157,27 @@ bool spawn_child(const std::string& program, const std::vector<std::string>& arg
     if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
     ::dup2(out_pipe[1], STDOUT_FILENO);
     if (capture_stderr) ::dup2(err_pipe[1], STDERR_FILENO);
+    if (sockets != nullptr) {
+      // Out of the way first (a socket may already sit on 3 or 4), then onto 3, 4, ...; dup2
+      // leaves the new descriptors without close-on-exec, as systemd passes them.
+      constexpr size_t kMax = 8;
+      int high[kMax];
+      const size_t n = sockets->fds.size() < kMax ? sockets->fds.size() : kMax;
+      for (size_t i = 0; i < n; ++i) high[i] = ::fcntl(sockets->fds[i], F_DUPFD_CLOEXEC, 100);
+      for (size_t i = 0; i < n; ++i) {
+        ::dup2(high[i], 3 + static_cast<int>(i));
+        ::close(high[i]);
+      }
+      if (listen_pid_digits != nullptr) {
+        char digits[24];
+        int count = 0;
+        for (pid_t v = ::getpid(); v > 0; v /= 10) {
+          digits[count++] = static_cast<char>('0' + v % 10);
+        }
+        while (count > 0) *listen_pid_digits++ = digits[--count];
+        *listen_pid_digits = '\0';
+      }
+    }
     if (env != nullptr) {
       ::execve(argv[0], argv.data(), envp.data());
     } else {
@@ -244,11 +275,12 @@ ProcessResult run_keygate(const std::vector<std::string>& args, Millis timeout) 
 }
 
 ProcessResult run_process(const std::string& program, const std::vector<std::string>& args,
-                          const std::vector<std::string>* env, Millis timeout) {
+                          const std::vector<std::string>* env, Millis timeout,
+                          const PassedSockets* sockets) {
   ProcessResult result;
   SpawnedChild child;
   std::string error;
-  if (!spawn_child(program, args, true, &child, &error, env)) {
+  if (!spawn_child(program, args, true, &child, &error, env, sockets)) {
     result.err = "test harness: " + error;
     return result;
   }
@@ -317,8 +349,21 @@ bool TestServer::start(std::string* error, Millis timeout) {
     args.push_back(log_dir_);
   }
   std::vector<std::string> env;
-  const bool own_env = !options_.env.empty() || !options_.env_unset.empty();
+  const bool passing = options_.inherited_socket >= 0;
+  const bool own_env = !options_.env.empty() || !options_.env_unset.empty() || passing;
   if (own_env) env = child_environment(options_.env, options_.env_unset);
+  PassedSockets sockets;
+  if (passing) {
+    sockets.fds = {options_.inherited_socket};
+    sockets.listen_pid_of_child = !options_.listen_pid_other;
+    // Whatever the test process itself inherited is not keygate's.
+    std::erase_if(env, [](const std::string& e) { return e.starts_with("LISTEN_"); });
+    env.push_back("LISTEN_FDS=1");
+    if (!options_.inherited_socket_name.empty()) {
+      env.push_back("LISTEN_FDNAMES=" + options_.inherited_socket_name);
+    }
+    if (options_.listen_pid_other) env.push_back("LISTEN_PID=" + std::to_string(::getpid()));
+  }
   std::string program = keygate_binary();
   std::vector<std::string> program_args = args;
   if (!options_.wrapper.empty()) {
@@ -329,7 +374,7 @@ bool TestServer::start(std::string* error, Millis timeout) {
   }
   SpawnedChild child;
   if (!spawn_child(program, program_args, options_.capture_stderr, &child, error,
-                   own_env ? &env : nullptr)) {
+                   own_env ? &env : nullptr, passing ? &sockets : nullptr)) {
     return false;
   }
   pid_ = child.pid;

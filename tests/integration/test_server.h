@@ -64,13 +64,25 @@ struct SpawnedChild {
   int err_fd = -1;
 };
 
+// Listening sockets handed to a child as a service manager does (systemd socket activation,
+// sd_listen_fds(3)): `fds` become the child's descriptors 3, 4, ... (the test keeps its own),
+// and with `listen_pid_of_child` LISTEN_PID=<the child's pid> is added to its environment, set
+// in the child after fork (only it knows its pid before exec). LISTEN_FDS and LISTEN_FDNAMES
+// are the caller's to put in the environment.
+struct PassedSockets {
+  std::vector<int> fds;
+  bool listen_pid_of_child = true;
+};
+
 // fork/exec `program` with `args`, stdout (and with `capture_stderr` stderr) on pipes, stdin on
 // /dev/null. The child gets SIGKILL when the test process dies, so a crashed test leaves no
 // process behind. `env`, when given, is the child's whole environment ("NAME=VALUE");
-// otherwise it inherits ours. On failure returns false with *error set and nothing to clean up.
+// otherwise it inherits ours. `sockets`, when given, are passed as above (then `env` must be
+// given too). On failure returns false with *error set and nothing to clean up.
 bool spawn_child(const std::string& program, const std::vector<std::string>& args,
                  bool capture_stderr, SpawnedChild* child, std::string* error,
-                 const std::vector<std::string>* env = nullptr);
+                 const std::vector<std::string>* env = nullptr,
+                 const PassedSockets* sockets = nullptr);
 
 // A waitpid() status as an ExitStatus.
 ExitStatus decode_wait_status(int st);
@@ -95,7 +107,13 @@ ProcessResult run_keygate(const std::vector<std::string>& args, Millis timeout =
 // failure leaves status not exited, with the reason in `err`.
 ProcessResult run_process(const std::string& program, const std::vector<std::string>& args,
                           const std::vector<std::string>* env = nullptr,
-                          Millis timeout = Millis(10000));
+                          Millis timeout = Millis(10000),
+                          const PassedSockets* sockets = nullptr);
+
+// This process's environment with `set` entries set (or replaced) and `unset` ones removed.
+std::vector<std::string> child_environment(
+    const std::vector<std::pair<std::string, std::string>>& set,
+    const std::vector<std::string>& unset);
 
 struct ServerOptions {
   unsigned workers = 2;
@@ -130,6 +148,15 @@ struct ServerOptions {
   // keygate's), e.g. {"/usr/bin/prlimit", "--nofile=64:64", "--"}; keygate's path and
   // arguments follow it. Empty: keygate itself.
   std::vector<std::string> wrapper;
+  // A listening socket passed to keygate as descriptor 3 the way systemd's socket activation
+  // does (LISTEN_FDS=1, LISTEN_PID=<keygate's pid>; see PassedSockets); -1: none. The test
+  // keeps (and closes) its own descriptor, so the socket outlives the server, as systemd's
+  // does. --listen stays 127.0.0.1:0, which takes a socket on any port.
+  int inherited_socket = -1;
+  // LISTEN_FDNAMES for it; empty: not set.
+  std::string inherited_socket_name;
+  // LISTEN_PID names the test process instead of keygate (a variable left for another process).
+  bool listen_pid_other = false;
 };
 
 // One running keygate on 127.0.0.1 with ephemeral data and admin ports.
