@@ -144,6 +144,45 @@ TEST(LogRing, DropsWithNoRecordAfterThemAreClaimedByTheConsumerOnce) {
   ring.drain([](std::string_view, std::string_view, uint32_t d, bool) { EXPECT_EQ(d, 0u); });
 }
 
+// The producer goes on between the consumer's drain and its claim: drops counted after a record
+// the consumer has not drained yet belong after that record. The claim used to take them, and
+// the access log wrote their marker before records that came before them (seen as a rare
+// failure of AccessLog.DropsUnderASlowWriterAreCountedAndExplainedByMarkersInPlace under load).
+TEST(LogRing, DropsAfterARecordNotYetDrainedAreClaimedOnlyAfterIt) {
+  LogRing ring(64);
+  std::vector<std::pair<std::string, uint32_t>> seen;
+  const auto drain = [&] {
+    ring.drain([&](std::string_view a, std::string_view b, uint32_t drops, bool) {
+      seen.emplace_back(std::string(a) + std::string(b), drops);
+    });
+  };
+  ASSERT_TRUE(ring.try_push("{a}"));
+  drain();
+  // Between the drain and the claim: two records (the ring is full), then a drop.
+  ASSERT_TRUE(ring.try_push(std::string(24, 'b')));
+  ASSERT_TRUE(ring.try_push(std::string(24, 'c')));
+  EXPECT_FALSE(ring.try_push("{d}"));
+  EXPECT_EQ(ring.take_pending_drops(), 0u);  // it comes after b and c
+  drain();
+  EXPECT_EQ(ring.take_pending_drops(), 1u);  // now it is next
+  EXPECT_EQ(ring.take_pending_drops(), 0u);
+  // The same, left to the next record: it carries the drop.
+  ASSERT_TRUE(ring.try_push(std::string(24, 'e')));
+  ASSERT_TRUE(ring.try_push(std::string(24, 'f')));
+  EXPECT_FALSE(ring.try_push("{g}"));
+  EXPECT_EQ(ring.take_pending_drops(), 0u);
+  drain();
+  ASSERT_TRUE(ring.try_push("{h}"));
+  drain();
+  EXPECT_EQ(ring.take_pending_drops(), 0u);  // reported once, by h
+  ASSERT_EQ(seen.size(), 6u);
+  EXPECT_EQ(seen[0], (std::pair<std::string, uint32_t>{"{a}", 0}));
+  EXPECT_EQ(seen[2].second, 0u);
+  EXPECT_EQ(seen[4].second, 0u);
+  EXPECT_EQ(seen[5], (std::pair<std::string, uint32_t>{"{h}", 1}));
+  EXPECT_EQ(ring.dropped(), 2u);
+}
+
 // Calls produce(i) (true: the record "{i..." was accepted) for i in [0, records) on this thread
 // while a consumer thread drains `ring`, handing each record to check(i, text, one_line).
 // Records must arrive in order, every accepted one must arrive and every drop be reported once.
