@@ -574,10 +574,15 @@ TEST(AccessLog, SegmentsRotateBySizeAndRetentionDeletesTheOldest) {
 // Two producers append as fast as they can into 1 KiB rings while the writer sleeps 15 ms
 // before every pass: drops are certain. Checks the accounting, and that every drop is
 // explained by a marker at its place in its worker's stream. *out: the final stats.
+// With a backlog, the producers go on past kAppendFor until the relief thread has moved records
+// into it (what the caller checks that test is about): it looks every 1-2 ms and a ring is
+// full most of the time, but on a loaded machine (two test runs next to a build) it missed all
+// of 300 ms in 4 of 220 runs.
 void check_drops_under_a_slow_writer(size_t backlog_bytes_max, AccessLogStats* out) {
   TempDir dir;
   constexpr unsigned kWorkers = 2;
   constexpr auto kAppendFor = 300ms;
+  constexpr auto kBacklogWaitMax = 30s;
   // outcomes[w][i]: whether worker w's i-th append was accepted.
   std::vector<std::vector<bool>> outcomes(kWorkers);
   AccessLogStats stats;
@@ -588,13 +593,13 @@ void check_drops_under_a_slow_writer(size_t backlog_bytes_max, AccessLogStats* o
                          .backlog_bytes_max = backlog_bytes_max},
                         kWorkers);
     log->set_writer_delay_for_testing(15ms);
+    std::atomic<bool> stop{false};
     std::vector<std::thread> producers;
     for (unsigned w = 0; w < kWorkers; ++w) {
       producers.emplace_back([&, w] {
         // Appending all the time while the writer drains makes both kinds of marker likely:
         // drops carried by the next accepted record, and drops claimed at a drain's end.
-        const auto until = std::chrono::steady_clock::now() + kAppendFor;
-        while (std::chrono::steady_clock::now() < until) {
+        while (!stop.load(std::memory_order_relaxed)) {
           outcomes[w].push_back(log->append(w, record(w, outcomes[w].size())));
           std::this_thread::yield();
         }
@@ -604,6 +609,13 @@ void check_drops_under_a_slow_writer(size_t backlog_bytes_max, AccessLogStats* o
         }
       });
     }
+    std::this_thread::sleep_for(kAppendFor);
+    const auto deadline = std::chrono::steady_clock::now() + kBacklogWaitMax;
+    while (backlog_bytes_max > 0 && log->stats().backlog_records == 0 &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(5ms);
+    }
+    stop.store(true, std::memory_order_relaxed);
     for (auto& t : producers) t.join();
     log->set_writer_delay_for_testing(0ms);
     ASSERT_TRUE(log->flush());
