@@ -16,9 +16,11 @@
 // When full, try_push() drops the record and counts it: in dropped() and in a pending-drop
 // count. The next record pushed carries that pending count in its header (so the consumer
 // learns where in this worker's stream the drops happened); drops with no record after them
-// yet are claimed by the consumer with take_pending_drops(). Every drop is reported exactly
-// once, by one of the two. A failed reserve() counts nothing (the caller falls back to
-// try_push(), which counts).
+// yet are claimed by the consumer with take_pending_drops(), which takes only drops that come
+// right after the last record drained. Every drop is reported exactly once, by one of the two,
+// at its place in the stream (until kPendingCountMax drops pile up with neither a record nor a
+// claim; those beyond are counted in dropped() only). A failed reserve() counts nothing (the
+// caller falls back to try_push(), which counts).
 //
 // Layout: each record is an 8-byte header {uint32 length | kOneLine flag, uint32 drops_before}
 // followed by the payload, padded to 8 bytes. A pushed payload may wrap around the end of the
@@ -65,6 +67,8 @@ class LogRing {
   // drain() frees the space of what it drained at least this often.
   static constexpr size_t kReleaseBytes = 256 << 10;
   static constexpr size_t kCapacityBytesMin = 64;
+  // The pending drops' position tag tells positions apart within this distance (see pending_).
+  static constexpr size_t kCapacityBytesMax = size_t{1} << 30;
   // Longest payload a header can describe.
   static constexpr size_t kPayloadBytesMax = (size_t{1} << 31) - 8;
 
@@ -73,6 +77,7 @@ class LogRing {
   explicit LogRing(size_t capacity_bytes)
       : capacity_(std::bit_floor(capacity_bytes)), mask_(capacity_ - 1), data_(allocate(capacity_)) {
     KEYGATE_ASSERT(capacity_bytes >= kCapacityBytesMin);
+    KEYGATE_ASSERT(capacity_ <= kCapacityBytesMax);
     producer_.data = data_;
     producer_.mask = mask_;
     producer_.capacity = capacity_;
@@ -184,11 +189,24 @@ class LogRing {
                                tail_.load(std::memory_order_relaxed));
   }
 
-  // Consumer only. Drops not yet carried by a pushed record; they are reported by the caller
-  // from now on. Call after drain() so they are placed after the records drained.
+  // Consumer only. Drops not yet carried by a pushed record that come right after the last
+  // record drained; they are reported by the caller from now on, after the records drained.
+  // Call after drain(). Drops after a record published since (the producer goes on during and
+  // after a drain) are left: that record is not drained yet, and they belong after it (they are
+  // claimed after the next drain, or carried by the next record). Taking every pending drop,
+  // as this once did, put such drops before records that came before them.
   uint64_t take_pending_drops() noexcept {
-    if (pending_drops_.load(std::memory_order_relaxed) == 0) return 0;
-    return pending_drops_.exchange(0, std::memory_order_acq_rel);
+    const uint64_t drained_to = pending_tag(tail_.load(std::memory_order_relaxed));
+    uint64_t word = pending_.load(std::memory_order_acquire);
+    // One compare-and-swap checks the place and takes the count together: the producer may
+    // publish a record and start a new batch of drops (a new tag) between two loads.
+    while (pending_count(word) != 0 && (word & kPendingTagMask) == drained_to) {
+      if (pending_.compare_exchange_weak(word, word & kPendingTagMask,
+                                         std::memory_order_acq_rel, std::memory_order_acquire)) {
+        return pending_count(word);
+      }
+    }
+    return 0;
   }
 
   // Any thread. Records accepted / refused by try_push() and commit() so far.
@@ -203,8 +221,33 @@ class LogRing {
     return allocate_log_buffer(bytes, alignof(std::max_align_t));
   }
 
+  // pending_'s layout: the count of the drops above kPendingTagBits, their position below.
+  static constexpr unsigned kPendingTagBits = 28;
+  static constexpr uint64_t kPendingTagMask = (uint64_t{1} << kPendingTagBits) - 1;
+  static constexpr uint64_t kPendingOne = uint64_t{1} << kPendingTagBits;
+  // ~6.9e10: at a million drops a second, 19 hours with neither a record pushed nor a claim.
+  static constexpr uint64_t kPendingCountMax = ~uint64_t{0} >> kPendingTagBits;
+  // A head position (a multiple of 8) as pending_'s tag: head / 8 modulo 2^28, so positions
+  // less than 2 GiB apart differ. The pending drops are at most kCapacityBytesMax after the
+  // consumer's tail (the producer's head never is further), so equal tags mean equal positions.
+  static constexpr uint64_t pending_tag(uint64_t head) noexcept {
+    return (head >> 3) & kPendingTagMask;
+  }
+  static constexpr uint64_t pending_count(uint64_t word) noexcept {
+    return word >> kPendingTagBits;
+  }
+
   void count_drop() noexcept {
-    pending_drops_.fetch_add(1, std::memory_order_relaxed);
+    // Only the producer makes the count non-zero (the consumer and publish() only zero it), so
+    // a zero count stays zero until the store. A claim between the load and the add leaves the
+    // tag, which is still the head's: no record was published meanwhile.
+    const uint64_t word = pending_.load(std::memory_order_relaxed);
+    if (pending_count(word) == 0) {
+      pending_.store(kPendingOne | pending_tag(producer_.head.load(std::memory_order_relaxed)),
+                     std::memory_order_release);
+    } else if (pending_count(word) < kPendingCountMax) {
+      pending_.fetch_add(kPendingOne, std::memory_order_release);
+    }
     producer_.dropped.store(producer_.dropped.load(std::memory_order_relaxed) + 1,
                             std::memory_order_relaxed);
   }
@@ -215,11 +258,14 @@ class LogRing {
     // A plain load first: the read-modify-write (and the cache line the consumer may have
     // touched) is paid only after drops. The exchange is ordered before the head store below,
     // so a consumer that sees this record can no longer claim these drops.
-    if (pending_drops_.load(std::memory_order_relaxed) != 0) {
-      drops = pending_drops_.exchange(0, std::memory_order_acq_rel);
+    if (pending_count(pending_.load(std::memory_order_relaxed)) != 0) {
+      drops = pending_count(pending_.exchange(0, std::memory_order_acq_rel));
       constexpr uint64_t kMax = std::numeric_limits<uint32_t>::max();
       if (drops > kMax) {
-        pending_drops_.fetch_add(drops - kMax, std::memory_order_relaxed);
+        // The header holds no more: the rest are reported after this record (the count stays
+        // exact). The count is zero now, so nothing else writes the word.
+        pending_.store(((drops - kMax) << kPendingTagBits) | pending_tag(head + need),
+                       std::memory_order_relaxed);
         drops = kMax;
       }
     }
@@ -256,8 +302,14 @@ class LogRing {
     uint64_t reserved_skip = 0;  // bytes the pending reservation skips at the end
   };
   Producer producer_;
-  // Written by the producer on drops and by the consumer once per drain that finds drops.
-  alignas(64) std::atomic<uint64_t> pending_drops_{0};
+  // The drops not yet carried by a record nor claimed, and where they are. They all sit at one
+  // place in the stream: after every record published before them and before any published
+  // after (each publish() takes the whole count), so one position describes them, the
+  // producer's head when the first of them was counted. Count and position share one word
+  // (see kPendingTagBits), so that the consumer claims them only if that is where its last
+  // drain ended, with one compare-and-swap. Written by the producer on drops and by the consumer
+  // once per drain that finds drops it may take.
+  alignas(64) std::atomic<uint64_t> pending_{0};
   // The consumer's line.
   alignas(64) std::atomic<uint64_t> tail_{0};
 };
