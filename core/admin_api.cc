@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/assert.h"
+#include "core/decimal.h"
 #include "core/http_request.h"
 #include "core/json_text.h"
 #include "core/key_extractor.h"
@@ -1698,20 +1699,6 @@ AdminResponse instance_metrics(const AdminContext& ctx) {
 // Access log
 
 constexpr uint64_t kU64Max = std::numeric_limits<uint64_t>::max();
-
-// A decimal number of 1 to 20 digits, at most `max`.
-bool parse_decimal(std::string_view text, uint64_t max, uint64_t* out) noexcept {
-  if (text.empty() || text.size() > 20) return false;
-  uint64_t v = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return false;
-    const auto digit = static_cast<uint64_t>(c - '0');
-    if (digit > max || v > (max - digit) / 10) return false;
-    v = v * 10 + digit;
-  }
-  *out = v;
-  return true;
-}
 
 // since/until: RFC 3339 like every time of the admin API (fractions of a second are dropped), as
 // microseconds since 1970 to compare with the records' "time_us". The log's own "0 = unbounded"

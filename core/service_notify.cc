@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include "core/decimal.h"
+
 namespace keygate {
 
 std::string notify_status_text(std::string_view text) {
@@ -45,15 +47,8 @@ namespace {
 
 // A positive decimal number that fits in 64 bits, digits only (no sign, space or suffix).
 bool positive_decimal(std::string_view text, uint64_t* out) {
-  if (text.empty() || text.size() > 20) return false;
   uint64_t value = 0;
-  for (const char c : text) {
-    if (c < '0' || c > '9') return false;
-    const auto digit = static_cast<uint64_t>(c - '0');
-    if (value > (UINT64_MAX - digit) / 10) return false;
-    value = value * 10 + digit;
-  }
-  if (value == 0) return false;
+  if (!parse_decimal(text, UINT64_MAX, &value) || value == 0) return false;
   *out = value;
   return true;
 }

@@ -4,25 +4,11 @@
 
 #include <cstring>
 
+#include "core/decimal.h"
 #include "core/json_text.h"
 
 namespace keygate {
 namespace {
-
-// A decimal number without sign, spaces or leading '+' (what systemd writes); false for
-// anything else, and for values that do not fit in 64 bits.
-bool parse_decimal(std::string_view text, uint64_t* out) {
-  if (text.empty() || text.size() > 20) return false;
-  uint64_t value = 0;
-  for (const char ch : text) {
-    if (ch < '0' || ch > '9') return false;
-    const auto digit = static_cast<uint64_t>(ch - '0');
-    if (value > (UINT64_MAX - digit) / 10) return false;
-    value = value * 10 + digit;
-  }
-  *out = value;
-  return true;
-}
 
 // The values are the environment's, which may hold any bytes: quoted on one line.
 std::string quoted(std::string_view value) { return "'" + one_line(value) + "'"; }
@@ -54,7 +40,7 @@ bool parse_listen_fds(const char* listen_pid, const char* listen_fds, const char
     return true;
   }
   uint64_t pid = 0;
-  if (!parse_decimal(listen_pid, &pid) || pid == 0) {
+  if (!parse_decimal(listen_pid, UINT64_MAX, &pid) || pid == 0) {
     *error = "LISTEN_PID " + quoted(listen_pid) + " is not a process id";
     return false;
   }
@@ -68,7 +54,7 @@ bool parse_listen_fds(const char* listen_pid, const char* listen_fds, const char
   }
   if (listen_fds == nullptr) return true;
   uint64_t count = 0;
-  if (!parse_decimal(listen_fds, &count)) {
+  if (!parse_decimal(listen_fds, UINT64_MAX, &count)) {
     *error = "LISTEN_FDS " + quoted(listen_fds) + " is not a number of descriptors";
     return false;
   }
