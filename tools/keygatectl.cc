@@ -313,7 +313,9 @@ constexpr std::string_view kBackupHelp = R"(Usage: keygatectl [global options] b
       keygate then deletes the oldest backups beyond [backup] retention_count. Access logs are
       not part of a backup. --timeout defaults to 60 s here.
   backup list, backups
-      Lists the complete backups, newest first, as a table (NAME, CREATED, BYTES, PATH).
+      Lists the complete backups, newest first, as a table (NAME, CREATED, KEYS, USERS,
+      BYTES, PATH; KEYS and USERS are "-" for a backup made before keygate recorded them).
+      A backup being made is said on stderr: a backup is in progress (started TIME).
 
 With --json, the server's object as is. Exit status 1 with "keygatectl: 409
 backups_disabled: ..." on stderr when keygate runs without [backup] dir, and with "500
@@ -1581,7 +1583,13 @@ int backup_list(const Context& ctx, const Args& args) {
   if (root["backups"].get_array().get(backups) != simdjson::SUCCESS) {
     return unexpected_response("not a backup listing");
   }
-  Table table({"NAME", "CREATED", "BYTES", "PATH"});
+  // keys/users: null for a backup made before keygate recorded them ("-" here).
+  const auto count_or_dash = [](dom::object o, const char* member) {
+    uint64_t n = 0;
+    return o[member].get_uint64().get(n) == simdjson::SUCCESS ? std::to_string(n)
+                                                              : std::string("-");
+  };
+  Table table({"NAME", "CREATED", "KEYS", "USERS", "BYTES", "PATH"});
   for (dom::element e : backups) {
     dom::object o;
     uint64_t bytes = 0;
@@ -1590,7 +1598,15 @@ int backup_list(const Context& ctx, const Args& args) {
       return unexpected_response("not a backup");
     }
     table.add_row({string_member(o, "name"), string_member(o, "created_at"),
-                   std::to_string(bytes), string_member(o, "path")});
+                   count_or_dash(o, "keys"), count_or_dash(o, "users"), std::to_string(bytes),
+                   string_member(o, "path")});
+  }
+  // On stderr, so the table stays what a script parses: a backup being made is not listed
+  // until it is complete, and an operator waiting for one should know it is coming.
+  dom::object progress;
+  if (root["in_progress"].get_object().get(progress) == simdjson::SUCCESS) {
+    std::fprintf(stderr, "keygatectl: a backup is in progress (started %s)\n",
+                 one_line(string_member(progress, "started_at")).c_str());
   }
   return emit_table(table, "backups");
 }
