@@ -58,34 +58,24 @@ AdminExecutor::AdminExecutor(AdminStore& store, const ApiVersions& apis, Options
     admin.name = "admin";
     admin.values = {{"executed_total", s.executed_total}, {"rejected_total", s.rejected_total}};
   };
-  // The log lane runs only the log route, which reads none of the rest (execute_admin wants a
-  // random source all the same; it is thread-safe: getrandom, or the caller's).
-  logs_.context.random = context.random;
-  logs_.context.small_body_bytes_max = options.small_body_bytes_max;
-  // The backup lanes likewise: their routes read no body and use none of the rest.
-  backups_.context.random = context.random;
-  backups_.context.small_body_bytes_max = options.small_body_bytes_max;
-  backup_lists_.context.random = context.random;
-  backup_lists_.context.small_body_bytes_max = options.small_body_bytes_max;
-  main_.ring.resize(options.queue_max);
-  logs_.ring.resize(options.log_queue_max);
-  backups_.ring.resize(options.backup_queue_max);
-  backup_lists_.ring.resize(options.backup_list_queue_max);
-  main_.thread = std::thread([this] {
-    pthread_setname_np(pthread_self(), "kg-admin");
-    run(main_);
-  });
-  logs_.thread = std::thread([this] {
-    pthread_setname_np(pthread_self(), "kg-admin-logs");
-    run(logs_);
-  });
-  backups_.thread = std::thread([this] {
-    pthread_setname_np(pthread_self(), "kg-admin-backup");  // 15 characters: the limit
-    run(backups_);
-  });
-  backup_lists_.thread = std::thread([this] {
-    pthread_setname_np(pthread_self(), "kg-admin-bklist");  // 15 characters: the limit
-    run(backup_lists_);
+  // The other lanes run only their own routes (the log query, the backups), which read no body
+  // beyond the small limit and none of the rest (execute_admin wants a random source all the
+  // same; it is thread-safe: getrandom, or the caller's).
+  for (Lane* lane : {&logs_, &backups_, &backup_lists_}) {
+    lane->context.random = context.random;
+    lane->context.small_body_bytes_max = options.small_body_bytes_max;
+  }
+  start(main_, options.queue_max, "kg-admin");
+  start(logs_, options.log_queue_max, "kg-admin-logs");
+  start(backups_, options.backup_queue_max, "kg-admin-backup");
+  start(backup_lists_, options.backup_list_queue_max, "kg-admin-bklist");
+}
+
+void AdminExecutor::start(Lane& lane, size_t queue_max, const char* thread_name) {
+  lane.ring.resize(queue_max);
+  lane.thread = std::thread([this, &lane, thread_name] {
+    pthread_setname_np(pthread_self(), thread_name);
+    run(lane);
   });
 }
 
@@ -96,14 +86,10 @@ void AdminExecutor::stop() noexcept {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
-  main_.wake.notify_all();
-  logs_.wake.notify_all();
-  backups_.wake.notify_all();
-  backup_lists_.wake.notify_all();
-  if (main_.thread.joinable()) main_.thread.join();
-  if (logs_.thread.joinable()) logs_.thread.join();
-  if (backups_.thread.joinable()) backups_.thread.join();
-  if (backup_lists_.thread.joinable()) backup_lists_.thread.join();
+  for (Lane* lane : lanes()) lane->wake.notify_all();
+  for (Lane* lane : lanes()) {
+    if (lane->thread.joinable()) lane->thread.join();
+  }
 }
 
 void AdminExecutor::submit(const AdminRequest& request, AdminResponse* out,

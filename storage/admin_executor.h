@@ -41,6 +41,7 @@
 // executor made goes unlogged.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -131,6 +132,10 @@ class AdminExecutor final : public AdminBackend {
   };
 
   void run(Lane& lane);
+  // Sizes `lane`'s queue and starts its thread, named `thread_name` (at most 15 characters).
+  void start(Lane& lane, size_t queue_max, const char* thread_name);
+  // Every lane, for what is done to each alike (wake, join).
+  std::array<Lane*, 4> lanes() { return {&main_, &logs_, &backups_, &backup_lists_}; }
 
   AdminStore& store_;
   const ApiVersions& apis_;
