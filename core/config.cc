@@ -134,14 +134,18 @@ bool is_unspecified(const ListenAddress& a) {
 
 // The same server: one address (in any spelling: "::1" is "0::1") and one port.
 bool same_endpoint(const ListenAddress& a, const ListenAddress& b) {
-  unsigned char bytes_a[16];
-  unsigned char bytes_b[16];
-  if (a.port != b.port || a.ipv6 != b.ipv6) return false;
-  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
-  return std::memcmp(bytes_a, bytes_b, sizeof(bytes_a)) == 0;
+  return a.port == b.port && same_host(a, b);
 }
 
 }  // namespace
+
+bool same_host(const ListenAddress& a, const ListenAddress& b) {
+  if (a.ipv6 != b.ipv6) return false;
+  unsigned char bytes_a[16];
+  unsigned char bytes_b[16];
+  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
+  return std::memcmp(bytes_a, bytes_b, sizeof(bytes_a)) == 0;
+}
 
 std::string ListenAddress::to_string() const {
   return ipv6 ? "[" + host + "]:" + std::to_string(port) : host + ":" + std::to_string(port);

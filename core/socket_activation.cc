@@ -1,9 +1,5 @@
 #include "core/socket_activation.h"
 
-#include <arpa/inet.h>
-
-#include <cstring>
-
 #include "core/decimal.h"
 #include "core/json_text.h"
 
@@ -12,11 +8,6 @@ namespace {
 
 // The values are the environment's, which may hold any bytes: quoted on one line.
 std::string quoted(std::string_view value) { return "'" + one_line(value) + "'"; }
-
-bool address_bytes(const ListenAddress& a, unsigned char (&out)[16]) {
-  std::memset(out, 0, sizeof(out));
-  return inet_pton(a.ipv6 ? AF_INET6 : AF_INET, a.host.c_str(), out) == 1;
-}
 
 // "socket 3 (data)" or "socket 3": how an error names the socket it is about.
 std::string describe(const InheritedSocket& s) {
@@ -87,13 +78,7 @@ bool parse_listen_fds(const char* listen_pid, const char* listen_fds, const char
 
 bool listen_address_matches(const ListenAddress& configured, const ListenAddress& actual) {
   if (configured.port != 0 && configured.port != actual.port) return false;
-  if (configured.ipv6 != actual.ipv6) return false;
-  unsigned char a[16];
-  unsigned char b[16];
-  if (!address_bytes(configured, a) || !address_bytes(actual, b)) {
-    return configured.host == actual.host;
-  }
-  return std::memcmp(a, b, sizeof(a)) == 0;
+  return same_host(configured, actual);
 }
 
 bool unnamed_socket(std::string_view name) {
