@@ -135,8 +135,8 @@ Commands:
 
 Output: keys as a table (ID, HINT, APIS, USER, ENABLED, EXPIRES, LAST USED, DESCRIPTION),
 users (NAME, GRANTS), apis (NAME, ROUTES), stats (GROUP, COUNTER, VALUE) and backups (NAME,
-CREATED, BYTES, PATH) likewise; one record, reload's outcome and a new backup, as "field:
-value" lines; access-log records as JSON Lines, one record per line as keygate stored it.
+CREATED, KEYS, USERS, BYTES, PATH) likewise; one record, reload's outcome and a new backup, as
+"field: value" lines; access-log records as JSON Lines, one record per line as keygate stored it.
 
 Key values are printed exactly once: by 'keys create' and 'keys rotate', as a line
 "key: VALUE" before the record (with --json, as the response's "key" member). Store them

@@ -108,6 +108,46 @@ bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;
 }
 
+// A table's first line as keygatectl --help names it: its headings (separated by two spaces or
+// more; "LAST USED" is one) joined by ", ", e.g. "NAME, ROUTES".
+std::string headings_as_documented(std::string_view table) {
+  const std::string_view line = table.substr(0, table.find('\n'));
+  std::string out;
+  for (size_t at = 0; at < line.size();) {
+    const size_t start = line.find_first_not_of(' ', at);
+    if (start == std::string_view::npos) break;
+    size_t end = line.find("  ", start);
+    if (end == std::string_view::npos) end = line.size();
+    while (end > start && line[end - 1] == ' ') --end;
+    if (!out.empty()) out += ", ";
+    out += line.substr(start, end - start);
+    at = end;
+  }
+  return out;
+}
+
+// `text` with every run of spaces and newlines as one space: help text as it reads, whatever
+// its wrapping.
+std::string one_line(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const bool space = c == ' ' || c == '\n';
+    if (space && (out.empty() || out.back() == ' ')) continue;
+    out += space ? ' ' : c;
+  }
+  return out;
+}
+
+// Whether keygatectl --help names `what`'s table columns exactly as `table` prints them:
+// "<what> (<HEADING>, <HEADING>, ...)" in its Output paragraph.
+::testing::AssertionResult help_names_columns(const std::string& help, std::string_view what,
+                                              std::string_view table) {
+  const std::string documented = std::string(what) + " (" + headings_as_documented(table) + ")";
+  if (contains(one_line(help), documented)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "keygatectl --help does not say \"" << documented
+                                       << "\"";
+}
+
 // A loopback port bound but not listening: it refuses connections, and nothing else can take it
 // while this lives. A keygatectl run pointed at it fails to connect if it sends anything.
 class ClosedPort {
@@ -248,6 +288,8 @@ TEST_F(Keygatectl, KeysCreatePrintsTheValueOnceAndTheKeyWorksOnTheDataPort) {
   const CtlRun list = ctl({"keys", "list"});
   ASSERT_TRUE(list.exited_with(0)) << list.describe();
   EXPECT_TRUE(list.out.starts_with("ID ")) << list.describe();
+  EXPECT_TRUE(help_names_columns(ctl_raw({"--help"}, std::nullopt).out, "keys as a table",
+                                 list.out));
   for (const char* heading : {"HINT", "APIS", "USER", "ENABLED", "EXPIRES", "DESCRIPTION"}) {
     EXPECT_TRUE(contains(list.out.substr(0, list.out.find('\n')), heading)) << list.describe();
   }
@@ -620,6 +662,7 @@ TEST_F(Keygatectl, UsersCanBeCreatedListedShownUpdatedAndDeleted) {
   EXPECT_TRUE(list.out.starts_with("NAME ")) << list.describe();
   EXPECT_TRUE(contains(list.out, "GRANTS")) << list.describe();
   EXPECT_TRUE(contains(list.out, name)) << list.describe();
+  EXPECT_TRUE(help_names_columns(ctl_raw({"--help"}, std::nullopt).out, "users", list.out));
   EXPECT_TRUE(contains(list.out, odd)) << list.describe();
 
   const CtlRun show_odd = ctl({"users", "show", odd});
@@ -705,6 +748,7 @@ TEST_F(Keygatectl, ApisListsTheConfiguredApis) {
   const CtlRun table = ctl({"apis"});
   ASSERT_TRUE(table.exited_with(0)) << table.describe();
   EXPECT_TRUE(table.out.starts_with("NAME     ROUTES\n")) << table.describe();
+  EXPECT_TRUE(help_names_columns(ctl_raw({"--help"}, std::nullopt).out, "apis", table.out));
   EXPECT_TRUE(contains(table.out, "orders   /orders\n")) << table.describe();
   EXPECT_TRUE(contains(table.out, "billing  /billing\n")) << table.describe();
   const CtlRun json = ctl({"apis", "--json"});
@@ -734,6 +778,7 @@ TEST_F(Keygatectl, StatsPrintsEveryGroupsCounters) {
   ASSERT_FALSE(rows.empty()) << table.describe();
   EXPECT_EQ(rows.front(), (std::vector<std::string>{"GROUP", "COUNTER", "VALUE"}))
       << table.describe();
+  EXPECT_TRUE(help_names_columns(ctl_raw({"--help"}, std::nullopt).out, "stats", table.out));
   for (const auto& [group, counter] :
        std::vector<std::pair<std::string_view, std::string_view>>{
            {"workers", "requests"}, {"keys", "cached_keys"}, {"access_log", "enqueued"},
@@ -790,6 +835,7 @@ TEST_F(Keygatectl, BackupMakesOneListsThemAndSaysWhenTheyAreDisabled) {
           << table.describe();
     }
     EXPECT_EQ(count_of(table.out, "\n"), 3u) << table.describe();
+    EXPECT_TRUE(help_names_columns(ctl_raw({"--help"}, std::nullopt).out, "backups", table.out));
     // The first backup's row: its name, created time, then 1 key (the admin key) and 0 users.
     const size_t row = table.out.find(name);
     ASSERT_NE(row, std::string::npos) << table.describe();
