@@ -8,14 +8,23 @@
 # requests/s, then the medians.
 #
 # Usage: [AUTH=1] bench/ab_keygate.sh BIN_A BIN_B [PAIRS (6)] [SECONDS (5)]
+# More knobs: WORKERS=N (default 1) workers each; CLOSE=1 sends "Connection: close", so every
+# request is a new connection (accept and connection set-up costs); B_SOCKACT=1 starts B under
+# systemd-socket-activate (its data socket passed as LISTEN_FDS, fdname "data": the shared
+# socket with single-shot accepts) — with BIN_A = BIN_B this measures socket activation itself.
 # Every process it starts is stopped on exit; its temp dir is removed.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 readonly A=$1 B=$2 PAIRS=${3:-6} SECONDS_PER_RUN=${4:-5}
 readonly SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
+readonly WORKERS=${WORKERS:-1} CLOSE=${CLOSE:-0} B_SOCKACT=${B_SOCKACT:-0}
+if [ "$B_SOCKACT" = 1 ] && ! command -v systemd-socket-activate >/dev/null; then
+  echo "ab_keygate.sh: B_SOCKACT=1 needs systemd-socket-activate (package systemd)" >&2
+  exit 2
+fi
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -27,16 +36,20 @@ trap cleanup EXIT
 
 readonly AUTH=${AUTH:-0} ADMIN_KEY=ab-keygate-admin-key-0000 DEMO_KEY=ab-keygate-demo-key-0123456789
 printf '[[apis]]\nname = "demo"\nroutes = ["/demo"]\n' >"$tmp/keygate.toml"
-start() {  # binary port dir
+start() {  # binary port dir [sockact]
   mkdir -p "$3"
-  KEYGATE_BOOTSTRAP_ADMIN_KEY=$ADMIN_KEY taskset -c "$SERVER_CPU" "$1" \
+  local activate=()
+  # systemd-socket-activate binds the data port, then execs keygate as the same process (the
+  # pid measured): LISTEN_PID is then keygate's own.
+  [ "${4:-0}" = 1 ] && activate=(systemd-socket-activate -l "127.0.0.1:$2" --fdname=data)
+  KEYGATE_BOOTSTRAP_ADMIN_KEY=$ADMIN_KEY taskset -c "$SERVER_CPU" "${activate[@]}" "$1" \
     --config "$tmp/keygate.toml" \
     --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$(($2 + 1))" --data-dir "$3/data" \
-    --workers 1 >"$3/out" 2>&1 &
+    --workers "$WORKERS" >"$3/out" 2>&1 &
   pids+=($!)
 }
 start "$A" 18200 "$tmp/a"
-start "$B" 18210 "$tmp/b"
+start "$B" 18210 "$tmp/b" "$B_SOCKACT"
 readonly pid_a=${pids[0]} pid_b=${pids[1]}
 for port in 18200 18210; do
   for _ in $(seq 50); do
@@ -45,11 +58,18 @@ for port in 18200 18210; do
   done
 done
 
+if [ "$B_SOCKACT" = 1 ] && ! grep -q '(from systemd)' "$tmp/b/out"; then
+  echo "ab_keygate.sh: B did not take the socket from systemd-socket-activate:" >&2
+  cat "$tmp/b/out" >&2
+  exit 1
+fi
+
 path=/healthz
 wrk_args=()
+[ "$CLOSE" = 1 ] && wrk_args+=(-H "Connection: close")
 if [ "$AUTH" = 1 ]; then
   path="/demo/items/42?x=1"
-  wrk_args=(-H "X-ApiKey: $DEMO_KEY")
+  wrk_args+=(-H "X-ApiKey: $DEMO_KEY")
   for port in 18201 18211; do
     curl -fsS -o /dev/null -X POST -H "X-ApiKey: $ADMIN_KEY" -H 'Content-Type: application/json' \
       --data "{\"key\":\"$DEMO_KEY\",\"apis\":[\"demo\"]}" "http://127.0.0.1:$port/admin/keys"
