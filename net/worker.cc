@@ -343,7 +343,7 @@ void Worker::Impl::run() {
     if (api_versions.size() > 1) reap_apis();
   }
   if (ring_error != 0 && !draining) {
-    abandon(std::strerror(ring_error));
+    stop_serving(std::strerror(ring_error));
   } else {
     // Past the drain deadline: whatever is left is cut off.
     for (auto& c : conns) {
@@ -1060,7 +1060,7 @@ void Worker::Impl::begin_drain() {
   }
 }
 
-void Worker::Impl::abandon(const char* why) {
+void Worker::Impl::stop_serving(const char* why) {
   // The listeners first: every moment one stays open, the kernel hashes new connections to a
   // backlog nobody will accept from. An own SO_REUSEPORT socket is shut down, as at a drain:
   // the ring's pending multishot accept holds a reference to it, so a close alone would leave

@@ -435,7 +435,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   // sockets, so the kernel hands new connections to the other workers, cuts its connections
   // and tears the ring down (which cancels an accept still pending on a shared socket). Says
   // one line on stderr naming `why`.
-  void abandon(const char* why);
+  void stop_serving(const char* why);
 
   // Access log (request_log.cc).
   void log_begin(Connection* c, const HttpRequest* request);

@@ -1103,7 +1103,7 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr,
                  "keygate: %s %s did not stop within limits.drain_timeout_ms %u + %lld ms: "
-                 "exiting without %s (the access log and the keys' last uses are flushed; the "
+                 "exiting without %s (flushing the access log and the keys' last uses; the "
                  "store is not closed and recovers from its write-ahead log at the next start; "
                  "exit %d)\n",
                  stuck_count == 1 ? "worker" : "workers", stuck.c_str(),
