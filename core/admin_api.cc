@@ -1486,8 +1486,8 @@ AdminResponse list_apis(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
-// POST /admin/reload: {"generation","apis","restart_settings":[...]} once the new APIs serve
-// everywhere; 400 reload_refused with the reason when the file is invalid (nothing changed);
+// POST /admin/reload: {"generation","apis","restart_settings":[...],"workers_pending":[...]}
+// once the new APIs serve on every worker but those named in workers_pending (stalled ones); 400 reload_refused with the reason when the file is invalid (nothing changed);
 // 503 reload_unavailable when keygate cannot reload now.
 AdminResponse reload_config(const AdminContext& ctx) {
   if (!ctx.reload) {
@@ -1505,7 +1505,12 @@ AdminResponse reload_config(const AdminContext& ctx) {
   append_uint(out, outcome.apis);
   out += ",\"restart_settings\":";
   append_string_array(out, outcome.restart_settings);
-  out += '}';
+  out += ",\"workers_pending\":[";
+  for (size_t i = 0; i < outcome.workers_pending.size(); ++i) {
+    if (i > 0) out += ',';
+    append_uint(out, outcome.workers_pending[i]);
+  }
+  out += "]}";
   return json_response(200, std::move(out));
 }
 

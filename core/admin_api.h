@@ -245,6 +245,10 @@ struct ReloadOutcome {
   size_t apis = 0;          // APIs in that generation
   // Settings outside [[apis]] the file changes, which take effect at restart only.
   std::vector<std::string> restart_settings;
+  // Applied: the workers (by index) that had not taken the new APIs when the reload returned,
+  // stalled or too slow to wait for (net::Server::set_apis); each takes them at its next loop
+  // pass. Every other worker routes the requests sent after the answer with them.
+  std::vector<unsigned> workers_pending;
   std::string error;  // refused: why, one line ("<file>:<line>:<col>: <what>", ...)
   // Refused because keygate could not reload now (draining, or the reload did not run in
   // time): 503 rather than 400.

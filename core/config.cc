@@ -781,13 +781,16 @@ whose loop has not passed for [server] worker_stall_timeout_ms is said stalled o
 stderr, counted in /admin/stats, and stops them, so systemd restarts a wedged keygate.
 SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
-(in-flight requests are cut off; the access log is still flushed), exit 0.
+(in-flight requests are cut off; the access log is still flushed), exit 0. A
+worker still running drain_timeout_ms + 1 s after the signal (wedged) is named on
+stderr and left behind: the access log is flushed, then exit 3.
 One that comes during start-up stops keygate once it is up. SIGHUP: read the
 --config file again and apply its [[apis]] (routes, upstreams, timeouts) to new
 requests; other changed settings are named on stderr and take effect at restart;
 an invalid file changes nothing (docs/configuration.md, "Reload"). SIGUSR1,
 SIGUSR2: ignored (said on stderr). Exit code 2: bad flags or config (or sockets
-passed by systemd that do not match it); 1: start-up failure.
+passed by systemd that do not match it); 1: start-up failure; 3: a stop that gave
+up on a wedged worker; 4: every worker's io_uring failed (nothing served).
 
 Backups: set [backup] dir in the config file, then POST /admin/backups (keygatectl
 backup) makes an online, consistent copy of the key store there, which keygate starts

@@ -321,19 +321,36 @@ bool Server::start(std::string* error) {
   return true;
 }
 
-bool Server::set_apis(std::shared_ptr<const ApiSet> apis, std::string* error) {
+bool Server::set_apis(std::shared_ptr<const ApiSet> apis, std::span<const unsigned> stalled,
+                      uint32_t wait_ms_max, std::vector<unsigned>* late, std::string* error) {
   KEYGATE_ASSERT(apis != nullptr && running_ != nullptr);
+  late->clear();
   if (!Worker::check_upstreams(apis->registry.apis(), error)) return false;
   const uint64_t generation = apis->generation;
   for (auto& w : running_->workers) w->set_apis(apis);
   // Each worker takes it at its next loop pass (the eventfd wakes it at once); a worker that
-  // has exited (its ring failed) serves nothing and is not waited for.
-  for (auto& w : running_->workers) {
-    while (w->apis_generation() < generation && !w->exited()) {
+  // has exited (its ring failed) serves nothing and is not waited for. Nor is a stalled one,
+  // nor one past the bound: the main thread waiting here watches the workers and takes the
+  // signals, and would be as stuck as the worker.
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms_max);
+  for (unsigned i = 0; i < running_->workers.size(); ++i) {
+    const Worker& w = *running_->workers[i];
+    const bool skip = std::find(stalled.begin(), stalled.end(), i) != stalled.end();
+    while (!skip && w.apis_generation() < generation && !w.exited() &&
+           std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    if (w.apis_generation() < generation && !w.exited()) late->push_back(i);
   }
   return true;
+}
+
+void Server::fail_ring_for_testing(unsigned worker) {
+  // From a worker's thread (the test hook's handler), which may run before start() returned.
+  const Running* running = started_.load(std::memory_order_acquire);
+  if (running == nullptr || worker >= running->workers.size()) return;
+  running->workers[worker]->fail_ring_for_testing();
 }
 
 void Server::request_stop() {

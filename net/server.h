@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -78,10 +79,20 @@ class Server {
   // A reload of the APIs: every worker serves the requests that start from now on with `apis`
   // (requests in progress finish with the version they started with; see Worker::set_apis).
   // Returns once every running worker has taken it, so a request sent after it returns is
-  // routed with `apis` whichever worker takes it. False, nothing changed, with one line in
-  // `error` when an upstream address cannot be used (Worker::check_upstreams). Main thread,
-  // after start() succeeded and before stop(); blocks for at most one loop pass of each worker.
-  bool set_apis(std::shared_ptr<const ApiSet> apis, std::string* error);
+  // routed with `apis` whichever worker takes it — except by the workers it returns in
+  // `late`: those in `stalled` (the main thread's WorkerWatch says their loop does not pass)
+  // are not waited for at all, and those that have not taken it within `wait_ms_max` are not
+  // waited for any longer. A worker in `late` takes it at its next loop pass, before any
+  // request that pass starts (Worker::set_apis). A worker whose loop has exited serves nothing
+  // and is neither waited for nor named. False, nothing changed, with one line in `error` when
+  // an upstream address cannot be used (Worker::check_upstreams). Main thread, after start()
+  // succeeded and before stop(); blocks for at most `wait_ms_max`.
+  bool set_apis(std::shared_ptr<const ApiSet> apis, std::span<const unsigned> stalled,
+                uint32_t wait_ms_max, std::vector<unsigned>* late, std::string* error);
+
+  // Tests: worker `worker`'s ring fails at its next loop pass (Worker::fail_ring_for_testing).
+  // Any thread; nothing before start() succeeded.
+  void fail_ring_for_testing(unsigned worker);
 
   // Asks every worker to drain without waiting (see stop()). Idempotent.
   void request_stop();

@@ -283,6 +283,7 @@ void Worker::Impl::arm_wake() {
 }
 
 void Worker::Impl::run() {
+  int ring_error = 0;  // errno of a failed io_uring_enter, which ends the loop
   for (;;) {
     for (auto [c, gen] : dirty) {
       if (c->gen == gen) flush(c);
@@ -303,9 +304,11 @@ void Worker::Impl::run() {
       ret = io_uring_submit_and_wait(&ring, 1);
     }
     if (observer != nullptr) observer->after_wait();
+    if (ring_fail_for_testing.load(std::memory_order_relaxed)) [[unlikely]] {
+      ret = -EBADFD;
+    }
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
-      std::fprintf(stderr, "keygate: worker %u: io_uring_enter failed: %s\n", index,
-                   std::strerror(-ret));
+      ring_error = -ret;
       break;
     }
     now_ms = monotonic_ms();
@@ -339,11 +342,15 @@ void Worker::Impl::run() {
     // Only after a reload, until the old version's last requests are done.
     if (api_versions.size() > 1) reap_apis();
   }
-  // Past the drain deadline: whatever is left is cut off.
-  for (auto& c : conns) {
-    if (c->fd >= 0 && !c->closed) {
-      c->cut_reason = "shutdown";
-      close_conn(c.get());
+  if (ring_error != 0 && !draining) {
+    stop_serving(std::strerror(ring_error));
+  } else {
+    // Past the drain deadline: whatever is left is cut off.
+    for (auto& c : conns) {
+      if (c->fd >= 0 && !c->closed) {
+        c->cut_reason = "shutdown";
+        close_conn(c.get());
+      }
     }
   }
   // This worker holds no shared references any more: grace periods must not wait for it.
@@ -1053,6 +1060,45 @@ void Worker::Impl::begin_drain() {
   }
 }
 
+void Worker::Impl::stop_serving(const char* why) {
+  // The listeners first: every moment one stays open, the kernel hashes new connections to a
+  // backlog nobody will accept from. An own SO_REUSEPORT socket is shut down, as at a drain:
+  // the ring's pending multishot accept holds a reference to it, so a close alone would leave
+  // it listening in the group until the ring is torn down below; the shutdown unhashes it now
+  // and resets the connections in its backlog (nobody could serve them). An inherited socket
+  // is shared with the other workers: only this worker's descriptor goes.
+  for (WorkerListener& l : listeners) {
+    if (l.fd < 0) continue;
+    if (!l.inherited) ::shutdown(l.fd, SHUT_RDWR);
+    ::close(l.fd);
+    l.fd = -1;
+  }
+  size_t cut = 0;
+  for (auto& c : conns) {
+    if (c->fd >= 0 && !c->closed) {
+      c->cut_reason = "shutdown";
+      close_conn(c.get());
+      ++cut;
+    }
+  }
+  // After the connections (release() still updates the ring's file table): tearing the ring
+  // down cancels every operation, the accept pending on an inherited socket among them, which
+  // would otherwise take one more connection off the shared backlog into a ring nobody reaps.
+  // The buffers stay mapped until the worker is destroyed (~Impl), after the cancellations.
+  if (ring_ready) {
+    io_uring_queue_exit(&ring);
+    ring_ready = false;
+  }
+  bool own_backlog = false;  // an own SO_REUSEPORT socket, whose backlog the shutdown reset
+  for (const WorkerListener& l : listeners) own_backlog = own_backlog || !l.inherited;
+  std::fprintf(stderr,
+               "keygate: worker %u: io_uring_enter failed: %s; the worker stops serving: its "
+               "listening sockets are closed (new connections go to the other workers%s) and "
+               "its %zu open connections are cut\n",
+               index, why, own_backlog ? "; those waiting in its own backlog are reset" : "",
+               cut);
+}
+
 void Worker::Impl::post(uint32_t slot, uint32_t gen) noexcept {
   // The eventfd write stays under the lock: once a post is visible, the worker may drain it,
   // finish and stop; the lock keeps that from overtaking this write.
@@ -1075,15 +1121,25 @@ void Worker::Impl::on_wake() {
   if (stop_now_requested.load(std::memory_order_acquire) && drain_deadline_ms > now_ms) {
     drain_deadline_ms = now_ms;
   }
-  std::shared_ptr<const ApiSet> apis_next;
   {
     std::lock_guard<std::mutex> lock(posted_mu);
     posted_local.swap(posted);
-    apis_next.swap(apis_posted);
   }
-  if (apis_next != nullptr) switch_apis(std::move(apis_next));
+  take_posted_apis();
   for (auto [slot, gen] : posted_local) on_posted(slot, gen);
   posted_local.clear();
+}
+
+void Worker::Impl::take_posted_apis() {
+  // Set under the lock before the post's eventfd write: a post this misses wakes on_wake again.
+  if (!apis_pending.load(std::memory_order_acquire)) return;
+  std::shared_ptr<const ApiSet> apis_next;
+  {
+    std::lock_guard<std::mutex> lock(posted_mu);
+    apis_next.swap(apis_posted);
+    apis_pending.store(false, std::memory_order_relaxed);
+  }
+  if (apis_next != nullptr) switch_apis(std::move(apis_next));
 }
 
 void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {
@@ -1169,6 +1225,7 @@ void Worker::set_apis(std::shared_ptr<const ApiSet> apis) {
   KEYGATE_ASSERT(apis != nullptr);
   std::lock_guard<std::mutex> lock(impl_->posted_mu);
   impl_->apis_posted = std::move(apis);
+  impl_->apis_pending.store(true, std::memory_order_release);
   // Under the lock, as post(): the worker cannot stop and close the eventfd in between. Not
   // skipped when tickets are posted too: a reload is rare, one more wake-up costs nothing.
   const uint64_t one = 1;
@@ -1178,6 +1235,14 @@ void Worker::set_apis(std::shared_ptr<const ApiSet> apis) {
 
 uint64_t Worker::apis_generation() const {
   return impl_->apis_generation.load(std::memory_order_acquire);
+}
+
+void Worker::fail_ring_for_testing() {
+  impl_->ring_fail_for_testing.store(true, std::memory_order_relaxed);
+  // Wakes it, so the failure comes at once rather than at its next tick. The descriptor stays
+  // open until the worker is destroyed, so the write cannot hit another file.
+  const uint64_t one = 1;
+  (void)::write(impl_->wake_fd, &one, sizeof(one));
 }
 
 bool Worker::exited() const { return impl_->exited.load(std::memory_order_acquire); }

@@ -174,7 +174,13 @@ class Worker {
   // in `error` naming the missing kernel feature.
   bool init(std::string* error);
 
-  // Runs the event loop until a requested stop has drained (or the drain timeout passed).
+  // Runs the event loop until a requested stop has drained (or the drain timeout passed), or
+  // until the ring fails (io_uring_enter returns an error it cannot retry). Then, outside a
+  // drain, the worker stops serving for good: it closes its listening sockets (an own
+  // SO_REUSEPORT socket is shut down, which resets the connections in its backlog; of an
+  // inherited one only its own descriptor is closed) so new connections go to the other
+  // workers, cuts its open connections (access-log reason "shutdown") and tears its ring down;
+  // one line on stderr says so.
   void run();
 
   // Thread-safe, async-signal-unsafe: asks the worker to stop accepting, finish in-flight
@@ -201,6 +207,10 @@ class Worker {
   uint64_t apis_generation() const;
   // run() has returned (stopped, or its ring failed). Any thread.
   bool exited() const;
+  // Tests (the KEYGATE_TEST_HOOKS build's GET /_keygate/test/ring-fail): the worker's next
+  // loop pass fails as if io_uring_enter had returned a fatal error (EBADFD), and it stops
+  // serving as on a real ring failure (see run()). Any thread, after init() succeeded.
+  void fail_ring_for_testing();
   // Milliseconds since the worker's event loop last passed (WorkerStats::loop_pass_ms), read
   // now. Any thread, after init() succeeded.
   uint64_t loop_pass_age_ms() const;

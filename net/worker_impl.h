@@ -431,6 +431,11 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void uncharge_body(Connection* c);
   void learn_peer(Connection* c);
   void begin_drain();
+  // The event loop exited outside a drain (its ring failed): closes this worker's listening
+  // sockets, so the kernel hands new connections to the other workers, cuts its connections
+  // and tears the ring down (which cancels an accept still pending on a shared socket). Says
+  // one line on stderr naming `why`.
+  void stop_serving(const char* why);
 
   // Access log (request_log.cc).
   void log_begin(Connection* c, const HttpRequest* request);
@@ -450,6 +455,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   // reap_apis() frees the versions nothing uses any more.
   std::unique_ptr<ApiVersion> make_apis(std::shared_ptr<const ApiSet> set, std::string* error);
   void switch_apis(std::shared_ptr<const ApiSet> set);
+  // Makes the set Worker::set_apis posted current, if one is waiting (on_wake, pin_apis).
+  void take_posted_apis();
   // adopt_up() moves a connection of a replaced version, its response complete, to its
   // server's successor in the current version (so it can be pooled there); it stays where it
   // is when there is none. mark_down() skips `up`'s server after a failed connect, and its
@@ -457,6 +464,10 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void adopt_up(UpConn* up);
   void mark_down(UpConn* up);
   void pin_apis(Connection* c) {
+    // A reload posted while this worker was held up (a long pass): its wake-up may come later
+    // in this pass than the request's bytes, and a request that starts now is to get it, as
+    // Server::set_apis promises for a worker that had not taken it when the reload was said.
+    if (apis_pending.load(std::memory_order_acquire)) [[unlikely]] take_posted_apis();
     if (c->apis == apis_now) return;
     drop_apis(c->apis);
     c->apis = apis_now;
@@ -556,6 +567,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   // request_stop_now(): the drain deadline is now (a second SIGTERM/SIGINT). Set before the
   // wake-up, read by on_wake() after stop_requested.
   std::atomic<bool> stop_now_requested{false};
+  // Worker::fail_ring_for_testing(): the next loop pass fails as if io_uring_enter had.
+  std::atomic<bool> ring_fail_for_testing{false};
   __kernel_timespec tick_ts{0, kTickNs};
 
   std::vector<std::unique_ptr<Connection>> conns;
@@ -592,6 +605,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   // A set posted by Worker::set_apis (posted_mu), taken by on_wake(); a newer post replaces
   // one not taken yet (the newest wins: reloads coalesce).
   std::shared_ptr<const ApiSet> apis_posted;
+  // apis_posted is set: one load per starting request tells it (posted_mu guards the set).
+  std::atomic<bool> apis_pending{false};
   // apis_now's generation, for the main thread waiting for every worker to serve a reload.
   std::atomic<uint64_t> apis_generation{0};
   std::atomic<bool> exited{false};  // run() returned

@@ -72,6 +72,11 @@ class AccessLogSink final : public keygate::AccessSink {
 
 constexpr int kExitStartupFailure = 1;
 constexpr int kExitUsage = 2;
+// A stop that gave up on workers still running past drain_timeout_ms + kStuckWorkerGraceMs
+// (wedged): the process exits without them (see the end of main).
+constexpr int kExitWorkersStuck = 3;
+// Every worker's event loop exited outside a stop (their rings failed): nothing serves.
+constexpr int kExitNoWorkerLeft = 4;
 
 // One stderr line about why keygate stops. The message may quote the command line or a path
 // (argv, --data-dir), which can hold any bytes: a line break or terminal control in it would
@@ -230,6 +235,16 @@ struct Reloader {
   keygate::ApiVersions& apis;
   ReloadStats& stats;
   unsigned workers;  // for the descriptor estimate of the new APIs
+  // Which workers are stalled (as of its last poll): a reload does not wait for them.
+  const keygate::WorkerWatch& watch;
+
+  // How long a reload waits for a worker that is not stalled to take the new APIs. A worker
+  // whose loop turns takes them within one pass (the eventfd wakes it; well under a
+  // millisecond), so one that has not within 1 s is stuck in a pass, whether or not the
+  // watch has judged it stalled yet (worker_stall_timeout_ms is 5 s by default); waiting
+  // longer would hold this thread, which watches the workers and takes the signals, and
+  // POST /admin/reload, which waits 10 s at most for the outcome.
+  static constexpr uint32_t kWorkerWaitMs = 1000;
 
   // Counted before it is said, as a reload is: a client that saw the line finds the stats
   // up to date.
@@ -248,7 +263,9 @@ struct Reloader {
   // the running ones on every worker; any other setting that differs is named as taking effect
   // at the next start, and the APIs are applied all the same (an operator who fixed a route and
   // also touched a limit should not have to choose; refusing would keep the wrong route until a
-  // restart). Returns once every worker routes new requests with the new APIs.
+  // restart). Returns once every worker routes new requests with the new APIs, but for the
+  // stalled ones and those that did not take them within kWorkerWaitMs, which the line and
+  // the outcome name (each takes them at its next loop pass).
   keygate::ReloadOutcome reload() {
     if (!cli.config_path) {
       return refuse("keygate was started without --config: there is no file to read again");
@@ -272,7 +289,13 @@ struct Reloader {
     }
     auto set = std::make_shared<keygate::ApiSet>();
     set->generation = stats.generation.load(std::memory_order_relaxed) + 1;
-    if (!set->registry.init(fresh.apis, &error) || !server.set_apis(set, &error)) {
+    std::vector<unsigned> stalled;
+    for (unsigned i = 0; i < workers; ++i) {
+      if (watch.stalled(i)) stalled.push_back(i);
+    }
+    std::vector<unsigned> late;
+    if (!set->registry.init(fresh.apis, &error) ||
+        !server.set_apis(set, stalled, kWorkerWaitMs, &late, &error)) {
       return refuse(path + ": apis: " + error);  // validate_config checked both: not expected
     }
     // After every worker: the admin API accepts keys for an added API (and refuses a removed
@@ -283,6 +306,7 @@ struct Reloader {
     outcome.generation = set->generation;
     outcome.apis = set->registry.apis().size();
     outcome.restart_settings = keygate::settings_needing_restart(running, fresh);
+    outcome.workers_pending = late;
     for (const std::string& key : outcome.restart_settings) {
       std::fprintf(stderr, "keygate: reload: %s changed: takes effect at restart\n",
                    key.c_str());
@@ -290,9 +314,21 @@ struct Reloader {
     running.apis = std::move(fresh.apis);
     stats.generation.store(set->generation, std::memory_order_relaxed);
     stats.applied.fetch_add(1, std::memory_order_relaxed);
-    std::fprintf(stderr, "keygate: reloaded %s: %s (generation %llu)\n", path.c_str(),
+    // The workers that had not taken it, on the same line: a request sent after it is routed
+    // with the new APIs by every other worker.
+    std::string pending;
+    if (!late.empty()) {
+      pending = late.size() == 1 ? "; worker " : "; workers ";
+      for (size_t i = 0; i < late.size(); ++i) {
+        pending += (i == 0 ? "" : i + 1 == late.size() ? " and " : ", ") +
+                   std::to_string(late[i]);
+      }
+      pending += late.size() == 1 ? " has" : " have";
+      pending += " not taken it yet (stalled: each takes it at its next loop pass)";
+    }
+    std::fprintf(stderr, "keygate: reloaded %s: %s (generation %llu)%s\n", path.c_str(),
                  count_of(outcome.apis, "API", "APIs").c_str(),
-                 static_cast<unsigned long long>(set->generation));
+                 static_cast<unsigned long long>(set->generation), pending.c_str());
     // After the line: the warning is about the APIs now serving.
     check_descriptor_limit(workers, running, running.apis);
     return outcome;
@@ -378,16 +414,28 @@ int64_t steady_ms() {
 // Test builds only (CMake KEYGATE_TEST_HOOKS), with KEYGATE_TEST_WEDGE=1: a GET of
 // kWedgePath?ms=N on the data port makes the worker that takes it sleep N ms (at most 60000)
 // on its event loop before it answers 200, so tests can wedge one worker for sure (the
-// watchdog's tests). Every other request goes to the real handler.
+// watchdog's tests). A GET of kRingFailPath answers 200 and makes that worker's ring fail at
+// its next loop pass, as if io_uring_enter had returned a fatal error
+// (net::Server::fail_ring_for_testing). Every other request goes to the real handler.
 class WedgeHandler final : public keygate::Handler {
  public:
   static constexpr std::string_view kWedgePath = "/_keygate/test/wedge";
+  static constexpr std::string_view kRingFailPath = "/_keygate/test/ring-fail";
 
-  explicit WedgeHandler(std::unique_ptr<keygate::Handler> inner) : inner_(std::move(inner)) {}
+  WedgeHandler(std::unique_ptr<keygate::Handler> inner, unsigned worker,
+               std::optional<keygate::net::Server>& server)
+      : inner_(std::move(inner)), worker_(worker), server_(server) {}
 
   Result handle(const keygate::HttpRequest& request, keygate::ResponseWriter& response,
                 keygate::RequestContext& ctx) noexcept override {
     const std::string_view target = request.target;
+    if (request.method == "GET" && target == kRingFailPath) {
+      // Emplaced before any worker starts, so set by the time a request comes.
+      server_->fail_ring_for_testing(worker_);
+      response.start(200);
+      response.finish("text/plain", "ring failing\n");
+      return Result::kDone;
+    }
     if (request.method != "GET" || !target.starts_with(kWedgePath) ||
         (target.size() > kWedgePath.size() && target[kWedgePath.size()] != '?')) {
       return inner_->handle(request, response, ctx);
@@ -421,17 +469,21 @@ class WedgeHandler final : public keygate::Handler {
 
  private:
   std::unique_ptr<keygate::Handler> inner_;
+  unsigned worker_;
+  std::optional<keygate::net::Server>& server_;
 };
 
 class WedgeHandlerFactory final : public keygate::HandlerFactory {
  public:
-  explicit WedgeHandlerFactory(keygate::HandlerFactory& inner) : inner_(inner) {}
+  WedgeHandlerFactory(keygate::HandlerFactory& inner, std::optional<keygate::net::Server>& server)
+      : inner_(inner), server_(server) {}
   std::unique_ptr<keygate::Handler> make(unsigned worker_index) override {
-    return std::make_unique<WedgeHandler>(inner_.make(worker_index));
+    return std::make_unique<WedgeHandler>(inner_.make(worker_index), worker_index, server_);
   }
 
  private:
   keygate::HandlerFactory& inner_;
+  std::optional<keygate::net::Server>& server_;
 };
 #endif
 
@@ -800,7 +852,7 @@ int main(int argc, char** argv) {
   std::optional<WedgeHandlerFactory> wedge_handlers;
   if (const char* wedge = std::getenv("KEYGATE_TEST_WEDGE");
       wedge != nullptr && std::string_view(wedge) == "1") {
-    wedge_handlers.emplace(data_handlers);
+    wedge_handlers.emplace(data_handlers, server);
   }
 #endif
   keygate::net::ServerOptions options;
@@ -927,10 +979,19 @@ int main(int argc, char** argv) {
   // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
   // during a reload drains once the reload is done. Between them the thread wakes to watch the
   // workers (sigtimedwait's timeout: the next poll).
-  Reloader reloader{cli, config, *server, api_versions, reload_stats, workers};
+  Reloader reloader{cli, config, *server, api_versions, reload_stats, workers, watch};
   int sig = 0;
+  bool no_worker_left = false;
   for (;;) {
     const int64_t wait_ms = watch_workers(false);
+    // Every worker's loop has exited (their rings failed: each said why): nothing accepts or
+    // answers any more, so keygate stops, with a status that tells a supervisor it failed
+    // (systemd's Restart=on-failure starts it again), rather than sit there with listeners
+    // closed. One dead worker among others is not this: they serve on, and its stall is said.
+    if (server->stopped()) {
+      no_worker_left = true;
+      break;
+    }
     const timespec wait{static_cast<time_t>(wait_ms / 1000),
                         static_cast<long>(wait_ms % 1000) * 1000 * 1000};
     sig = sigtimedwait(&signals, nullptr, &wait);
@@ -956,11 +1017,19 @@ int main(int argc, char** argv) {
                  signal_name(sig));
   }
   reload_requests.close();
-  std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
-              config.limits.drain_timeout_ms);
-  std::fflush(stdout);
-  notifier.stopping(std::string(signal_name(sig)) + " received, draining (up to " +
-                    std::to_string(config.limits.drain_timeout_ms) + " ms)");
+  if (no_worker_left) {
+    std::fprintf(stderr,
+                 "keygate: every worker's event loop has exited (their rings failed): nothing "
+                 "serves any more; stopping (exit %d)\n",
+                 kExitNoWorkerLeft);
+    notifier.stopping("every worker's event loop has exited: stopping");
+  } else {
+    std::printf("keygate: %s received, draining (up to %u ms)\n", signal_name(sig),
+                config.limits.drain_timeout_ms);
+    std::fflush(stdout);
+    notifier.stopping(std::string(signal_name(sig)) + " received, draining (up to " +
+                      std::to_string(config.limits.drain_timeout_ms) + " ms)");
+  }
   server->request_stop();
   // Signals are still taken while the workers drain, so that each is answered. A second
   // SIGTERM/SIGINT stops now: an operator's second Ctrl-C, or a supervisor that escalates. The
@@ -969,9 +1038,24 @@ int main(int argc, char** argv) {
   // now would have nothing left to serve. Polled every kStopPollMs: sigtimedwait() is this
   // thread's only wait (workers cannot signal it), and 20 ms is nothing next to a drain.
   constexpr int64_t kStopPollMs = 20;
+  // The whole wait for the workers is bounded: a worker wedged in a pass (an endless loop, a
+  // blocking call) never reaches its drain deadline, and waiting for it would hold the stop
+  // until the supervisor's SIGKILL (nothing flushed). kStuckWorkerGraceMs past the deadline:
+  // a worker that turns notices its deadline within a pass (an idle one within its 100 ms
+  // tick) and then cuts what is left, writing those records; 1 s is that with room for a host
+  // short of CPU. A second SIGTERM moves the deadline to now, so this bound with it.
+  constexpr int64_t kStuckWorkerGraceMs = 1000;
+  int64_t give_up_ms =
+      steady_ms() + int64_t{config.limits.drain_timeout_ms} + kStuckWorkerGraceMs;
   bool cut_short = false;
+  bool workers_stuck = false;
   while (!server->stopped()) {
-    const int64_t wait_ms = std::min(watch_workers(true), kStopPollMs);
+    const int64_t left_ms = give_up_ms - steady_ms();
+    if (left_ms <= 0) {
+      workers_stuck = true;
+      break;
+    }
+    const int64_t wait_ms = std::min({watch_workers(true), kStopPollMs, left_ms});
     const timespec poll{0, static_cast<long>(wait_ms) * 1000 * 1000};
     const int got = sigtimedwait(&signals, nullptr, &poll);
     if (got < 0) continue;  // EAGAIN: the poll interval passed; EINTR
@@ -986,7 +1070,55 @@ int main(int argc, char** argv) {
                   signal_name(got));
       std::fflush(stdout);
       server->stop_now();
+      give_up_ms = std::min(give_up_ms, steady_ms() + kStuckWorkerGraceMs);
     }
+  }
+  if (workers_stuck) {
+    // Some worker threads still run (wedged). They own pointers into nearly everything below
+    // and may resume at any moment: joining them would wait for good, and destroying what
+    // they use (the server, the key cache, the store, the access log's rings) under them
+    // would be a use after free. So nothing is destroyed or closed: only what is safe with
+    // them alive is done, and the process ends with _exit (no destructors, no atexit).
+    // - The access log: flush() is made for concurrent producers (each worker's ring is a
+    //   single-producer single-consumer buffer the writer thread drains); every record the
+    //   workers finished, the exited workers' cut-off ones included, is written to its segment.
+    //   Bounded, as everything here: a disk that stalls does not hold the exit.
+    // - The keys' last uses: LastUsedWriter::flush() drains the workers' queues the same way
+    //   and writes to the store (unsynced RocksDB writes, as every flush of it).
+    // - The store is not closed: a worker may be reading it (a key fetch) or the admin
+    //   executor writing it. RocksDB recovers from its write-ahead log at the next start, as
+    //   after a crash: every acknowledged change is in it (docs/operations.md, SIGKILL).
+    // - Not waited for: an admin job still running (cut off like at SIGKILL; a backup leaves
+    //   its temporary, removed at the next start), and the records of the deferred requests
+    //   the drain deadline cut off (written only when their tickets come back).
+    std::vector<keygate::WorkerLoop> now_loops;
+    server->loops(&now_loops);
+    std::string stuck;
+    unsigned stuck_count = 0;
+    for (size_t i = 0; i < now_loops.size(); ++i) {
+      if (now_loops[i].exited) continue;
+      stuck += (stuck.empty() ? "" : ", ") + std::to_string(i) + " (its loop has not passed for " +
+               std::to_string(now_loops[i].pass_age_ms) + " ms)";
+      ++stuck_count;
+    }
+    std::fprintf(stderr,
+                 "keygate: %s %s did not stop within limits.drain_timeout_ms %u + %lld ms: "
+                 "exiting without %s (flushing the access log and the keys' last uses; the "
+                 "store is not closed and recovers from its write-ahead log at the next start; "
+                 "exit %d)\n",
+                 stuck_count == 1 ? "worker" : "workers", stuck.c_str(),
+                 config.limits.drain_timeout_ms, static_cast<long long>(kStuckWorkerGraceMs),
+                 stuck_count == 1 ? "it" : "them", kExitWorkersStuck);
+    std::fflush(stderr);
+    constexpr std::chrono::milliseconds kStuckFlushMax{2000};
+    if (access_log != nullptr && !access_log->flush(kStuckFlushMax)) {
+      std::fprintf(stderr, "keygate: access log: not every record could be written in %lld ms\n",
+                   static_cast<long long>(kStuckFlushMax.count()));
+    }
+    last_used.flush();
+    std::fflush(stdout);
+    std::fflush(stderr);
+    _exit(kExitWorkersStuck);
   }
   server->stop();
   // An admin job still running at the drain deadline finishes (exit waits for it; the jobs
@@ -1003,6 +1135,7 @@ int main(int argc, char** argv) {
   last_used.stop();
   std::printf("keygate: stopped\n");
   std::fflush(stdout);
+  if (no_worker_left) return kExitNoWorkerLeft;
   // 0 after a drain cut short too, as nginx's fast shutdown and Envoy's SIGTERM exit 0: the stop
   // was asked for and was orderly (every record written, the store closed), and a non-zero
   // status tells supervisors the service failed (systemd marks the unit failed and, with

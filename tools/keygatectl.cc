@@ -258,7 +258,11 @@ once every worker routes new requests with the new APIs:
   apis              how many APIs keygate has now
   restart_settings  each other setting the file changes, one per line, or (none): keygate
                     keeps its old value until it restarts (also said on stderr)
-With --json, the server's object as is ({"generation":N,"apis":N,"restart_settings":[...]}).
+  workers_pending   only when there are any: the workers (by index) that had not taken the
+                    new APIs yet, stalled (also said on stderr); each takes them at its next
+                    loop pass, and until then routes new requests with the old ones
+With --json, the server's object as is
+({"generation":N,"apis":N,"restart_settings":[...],"workers_pending":[...]}).
 
 Exit status 1 with "keygatectl: 400 reload_refused: FILE:LINE:COLUMN: WHAT" on stderr when
 the file is invalid (or keygate runs without a --config file it can read again): nothing
@@ -1516,12 +1520,30 @@ int reload_config(const Context& ctx, const Args& args) {
     }
     settings.emplace_back(name);
   }
+  // Absent from a keygate older than the field: as none.
+  std::vector<std::string> pending;
+  dom::array late;
+  if (root["workers_pending"].get_array().get(late) == simdjson::SUCCESS) {
+    for (dom::element e : late) {
+      uint64_t worker = 0;
+      if (e.get_uint64().get(worker) != simdjson::SUCCESS) {
+        return unexpected_response("not a reload outcome");
+      }
+      pending.push_back(std::to_string(worker));
+    }
+  }
+  std::vector<std::pair<std::string, std::vector<std::string>>> fields = {
+      {"generation", {std::to_string(generation)}},
+      {"apis", {std::to_string(apis)}},
+      {"restart_settings", settings.empty() ? std::vector<std::string>{"(none)"} : settings}};
+  if (!pending.empty()) fields.push_back({"workers_pending", pending});
   std::string out;
-  render_fields({{"generation", {std::to_string(generation)}},
-                 {"apis", {std::to_string(apis)}},
-                 {"restart_settings", settings.empty() ? std::vector<std::string>{"(none)"}
-                                                       : settings}},
-                &out);
+  render_fields(fields, &out);
+  if (!pending.empty()) {
+    std::fputs("keygatectl: the workers_pending had not taken the new APIs yet (stalled): each "
+               "takes them at its next loop pass\n",
+               stderr);
+  }
   if (!settings.empty()) {
     // On stderr, like the notes of other commands: stdout stays the outcome alone.
     std::fputs("keygatectl: the restart_settings changed in the file but take effect only when "

@@ -1806,8 +1806,15 @@ TEST_F(AdminStats, ReloadAnswersWhatTheReloadDid) {
   };
   AdminResponse r = call("POST", "/admin/reload");
   EXPECT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, R"({"generation":3,"apis":2,"restart_settings":["limits.idle_timeout_ms"]})");
+  EXPECT_EQ(r.body, R"({"generation":3,"apis":2,"restart_settings":["limits.idle_timeout_ms"],)"
+                    R"("workers_pending":[]})");
   EXPECT_EQ(calls, 1);
+  // Applied while workers 1 and 3 were stalled: named.
+  outcome.workers_pending = {1, 3};
+  r = call("POST", "/admin/reload");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"generation":3,"apis":2,"restart_settings":["limits.idle_timeout_ms"],)"
+                    R"("workers_pending":[1,3]})");
   outcome = ReloadOutcome{};
   outcome.error = "k.toml:3:9: expected value";
   r = call("POST", "/admin/reload");
@@ -1817,7 +1824,7 @@ TEST_F(AdminStats, ReloadAnswersWhatTheReloadDid) {
   outcome.unavailable = true;
   EXPECT_EQ(call("POST", "/admin/reload").status, 503);
   EXPECT_EQ(call("GET", "/admin/reload").status, 405);
-  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(calls, 4);
   ctx_.reload = nullptr;
   r = call("POST", "/admin/reload");
   EXPECT_EQ(r.status, 503);

@@ -943,7 +943,8 @@ TEST_F(Keygatectl, ReloadAppliesTheEditedConfigAndANewApiIsReachableAfterwards) 
   // --json: the server's outcome as is. Every reload is a new generation, changed or not.
   const CtlRun json = ctl({"reload", "--json"});
   ASSERT_TRUE(json.exited_with(0)) << json.describe();
-  EXPECT_EQ(json.out, "{\"generation\":3,\"apis\":3,\"restart_settings\":[]}\n")
+  EXPECT_EQ(json.out,
+            "{\"generation\":3,\"apis\":3,\"restart_settings\":[],\"workers_pending\":[]}\n")
       << json.describe();
 
   const CtlRun extra = ctl({"reload", "now"});
@@ -1007,7 +1008,7 @@ TEST_F(Keygatectl, ReloadListsEachChangedSettingThatTakesEffectOnlyAtRestart) {
   ASSERT_TRUE(json.exited_with(0)) << json.describe();
   EXPECT_EQ(json.out,
             "{\"generation\":3,\"apis\":3,\"restart_settings\":"
-            "[\"limits.idle_timeout_ms\",\"log.capture_bytes_max\"]}\n")
+            "[\"limits.idle_timeout_ms\",\"log.capture_bytes_max\"],\"workers_pending\":[]}\n")
       << json.describe();
   EXPECT_EQ(json.err, "") << json.describe();
 }
@@ -1471,6 +1472,24 @@ TEST(KeygatectlAgainstAFakeServer, ReloadWaitsLongerThanTheServersTenSecondsByDe
   const CtlRun run = ctl_against(fake, {"reload"}, Millis(30000));
   EXPECT_TRUE(run.exited_with(0)) << run.describe();
   EXPECT_EQ(field(run.out, "generation"), "2") << run.describe();
+}
+
+// A reload that a stalled worker had not taken yet: the outcome names it, and stderr says what
+// that means.
+TEST(KeygatectlAgainstAFakeServer, ReloadNamesTheWorkersThatHadNotTakenTheNewApis) {
+  FakeAdmin fake([](FakeAdmin&, int fd, const std::string&) {
+    FakeAdmin::send_json(
+        fd, R"({"generation":2,"apis":1,"restart_settings":[],"workers_pending":[1,3]})");
+  });
+  ASSERT_TRUE(fake.ok());
+  const CtlRun run = ctl_against(fake, {"reload"});
+  EXPECT_TRUE(run.exited_with(0)) << run.describe();
+  EXPECT_EQ(field(run.out, "generation"), "2") << run.describe();
+  EXPECT_TRUE(contains(run.out, "workers_pending:   1\n                   3\n")) << run.describe();
+  EXPECT_EQ(run.err,
+            "keygatectl: the workers_pending had not taken the new APIs yet (stalled): each "
+            "takes them at its next loop pass\n")
+      << run.describe();
 }
 
 TEST(KeygatectlAgainstAFakeServer, ANonLoopbackUrlIsWarnedAboutALoopbackOneIsNot) {

@@ -214,7 +214,8 @@ TEST_F(ReloadTest, PostAdminReloadReloadsAndAnswersWithTheOutcome) {
   auto r = post_reload();
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->status, 200) << r->raw;
-  EXPECT_EQ(r->body, R"({"generation":2,"apis":2,"restart_settings":["limits.idle_timeout_ms"]})");
+  EXPECT_EQ(r->body, R"({"generation":2,"apis":2,"restart_settings":["limits.idle_timeout_ms"],)"
+                     R"("workers_pending":[]})");
   // Answered once the new APIs serve.
   ASSERT_EQ(create_key(kNewKey, {"checks"}), 201);
   EXPECT_EQ(get("/checks", kNewKey)->status, 200);
