@@ -1991,6 +1991,14 @@ TEST_F(AccessLogTest, AClientReadingBelowTheMinimumSendRateIsCutAndOneAboveItIsS
   auto stats = admin("GET", "/admin/stats", kBootstrapAdminKey);
   ASSERT_TRUE(stats && stats->status == 200) << show(stats);
   EXPECT_EQ(stats_counter(stats->body, "workers", "send_too_slow"), 1) << stats->body;
+  auto metrics = admin("GET", "/admin/metrics", kBootstrapAdminKey);
+  ASSERT_TRUE(metrics && metrics->status == 200) << show(metrics);
+  EXPECT_NE(metrics->body.find("\nkeygate_workers_send_too_slow_total 1\n"), std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find(
+                "\nkeygate_reasons_total{port=\"data\",reason=\"send_too_slow\"} 1\n"),
+            std::string::npos)
+      << metrics->body;
   ASSERT_TRUE(server_->stop(SIGTERM).clean());
 
   const LogContents log = read_log(server_->log_dir());
