@@ -34,8 +34,8 @@ class SendRate {
     credit_ = cap(rate_min_bytes_per_s, slack_ms);
   }
 
-  // A send completed after waiting `waited_ms` for the client (0: it completed in the pass it
-  // was submitted in), the kernel having taken `bytes`. False when the client is now too slow
+  // A send completed after waiting `waited_ms` for the client (about 0 when the socket buffer
+  // had room), the kernel having taken `bytes`. False when the client is now too slow
   // (the credit is spent); the account is then no longer meaningful (the connection is to
   // close). Always true with rate_min_bytes_per_s 0 (no minimum). No allocation, no division.
   bool keeps_up(uint32_t rate_min_bytes_per_s, uint32_t slack_ms, uint64_t waited_ms,

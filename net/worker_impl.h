@@ -157,9 +157,9 @@ struct Connection {
   size_t send_off = 0;
   // Limits::send_rate_min_bytes_per_s: when the send in flight was submitted (the loop's cached
   // clock), and the connection's account of how far behind the minimum its client is. A send
-  // completes in the pass it was submitted in while the socket buffer has room, so only the
-  // time keygate waits for the client counts, never the time it waits for an upstream or for
-  // the next request.
+  // completes at once while the socket buffer has room (reaped in the next loop pass: a wait of
+  // about 0 ms), so only the time keygate waits for the client counts, never the time it waits
+  // for an upstream or for the next request.
   int64_t send_started_ms = 0;
   SendRate send_rate;
   uint32_t responses_fill = 0;
