@@ -259,7 +259,8 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
                            "linger_timeout_ms", "drain_timeout_ms", "proxy_body_bytes_max",
                            "upstream_header_bytes_max", "upstream_idle_connections_max",
                            "upstream_idle_timeout_ms", "upstream_fail_timeout_ms",
-                           "body_memory_per_worker_max"},
+                           "body_memory_per_worker_max", "send_rate_min_bytes_per_s",
+                           "send_buffer_bytes"},
                           source, "limits", error) ||
         !read_uint(*limits, "request_line_bytes_max", source, "limits", 64, 1 << 20,
                    &l.request_line_bytes_max, error) ||
@@ -279,6 +280,10 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
                    error) ||
         !read_uint(*limits, "idle_timeout_ms", source, "limits", 1, kU32Max, &l.idle_timeout_ms,
                    error) ||
+        !read_uint(*limits, "send_rate_min_bytes_per_s", source, "limits", 0, uint64_t{1} << 30,
+                   &l.send_rate_min_bytes_per_s, error) ||
+        !read_uint(*limits, "send_buffer_bytes", source, "limits", 0, uint64_t{1} << 30,
+                   &l.send_buffer_bytes, error) ||
         !read_uint(*limits, "linger_timeout_ms", source, "limits", 0, kU32Max,
                    &l.linger_timeout_ms, error) ||
         !read_uint(*limits, "drain_timeout_ms", source, "limits", 0, kU32Max,
@@ -710,6 +715,9 @@ std::vector<std::string> settings_needing_restart(const Config& running, const C
   check(a.header_timeout_ms == b.header_timeout_ms, "limits.header_timeout_ms");
   check(a.body_timeout_ms == b.body_timeout_ms, "limits.body_timeout_ms");
   check(a.idle_timeout_ms == b.idle_timeout_ms, "limits.idle_timeout_ms");
+  check(a.send_rate_min_bytes_per_s == b.send_rate_min_bytes_per_s,
+        "limits.send_rate_min_bytes_per_s");
+  check(a.send_buffer_bytes == b.send_buffer_bytes, "limits.send_buffer_bytes");
   check(a.linger_timeout_ms == b.linger_timeout_ms, "limits.linger_timeout_ms");
   check(a.drain_timeout_ms == b.drain_timeout_ms, "limits.drain_timeout_ms");
   check(a.proxy_body_bytes_max == b.proxy_body_bytes_max, "limits.proxy_body_bytes_max");

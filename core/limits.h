@@ -32,6 +32,24 @@ struct Limits {
   // Keep-alive connection with no request in progress, or a send that makes no progress:
   // closed silently.
   uint32_t idle_timeout_ms = 60000;
+  // A client must take its response bytes at least this fast while keygate waits for it (a
+  // send in flight that the socket buffer has no room for): it may fall behind by at most
+  // idle_timeout_ms of waiting (core/send_rate.h), else the connection is closed (access-log
+  // reason send_too_slow). Without it idle_timeout_ms is the only bound, and it ends only a
+  // send that makes no progress at all: a client taking a few bytes at a time would hold its
+  // connection, its response buffers and the upstream feeding them for as long as it likes.
+  // 240 (1.9 kbit/s, as Kestrel's MinResponseDataRate and IIS's minBytesPerSecond) is a fifth
+  // of one GPRS timeslot, the slowest mobile data link in use, so no working client is cut;
+  // 0: no minimum.
+  uint32_t send_rate_min_bytes_per_s = 240;
+  // SO_SNDBUF of every accepted connection on both ports (the kernel doubles it for its
+  // bookkeeping and caps it at net.core.wmem_max): the response bytes the kernel holds for one
+  // client that does not read, and so how soon send_rate_min_bytes_per_s can judge one
+  // (it sees only the waits of a full buffer). 0: the kernel's autotuning (tcp_wmem, up to
+  // 4 MiB), because any fixed size caps a connection's throughput at about size / RTT: 64 KiB
+  // would hold a large proxied response to 5 Mbit/s at 100 ms. Set it where responses are
+  // small and clients many and untrusted (docs/configuration.md).
+  uint32_t send_buffer_bytes = 0;
   // After the last response on a closing connection: how long unread input is drained before
   // the socket is closed (so the client sees the response rather than a reset).
   uint32_t linger_timeout_ms = 2000;

@@ -8,8 +8,8 @@
 // identity and logging options from the handler (log_note, from RequestContext::access), and
 // ends when its response is complete (log_end): at once for responses keygate writes itself,
 // when the upstream's response ends for forwarded ones, or when the connection ends first
-// (log_abandoned: status 499, reason "client_closed", or "write_timeout"/"shutdown" when keygate
-// cut it; a deferred request whose handler did its work anyway, an admin change the backend
+// (log_abandoned: status 499, reason "client_closed", or "write_timeout"/"send_too_slow"/
+// "shutdown" when keygate cut it; a deferred request whose handler did its work anyway, an admin change the backend
 // made, keeps that status with the same reason, also one the drain deadline cut off, logged
 // after the workers exited: Worker::Impl::settle_deferred). For keys with log_request /
 // log_response the request (head rebuilt from the parsed fields, body) and the response are
@@ -284,7 +284,8 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
 }
 
 // Why a request in progress had no complete answer when its connection ended: keygate's own
-// cut (Connection::cut_reason: "write_timeout", "shutdown") or else the client's leaving.
+// cut (Connection::cut_reason: "write_timeout", "send_too_slow", "shutdown") or else the
+// client's leaving.
 const char* Worker::Impl::abandoned_reason(const Connection* c) {
   return c->cut_reason != nullptr ? c->cut_reason : "client_closed";
 }

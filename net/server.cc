@@ -48,7 +48,10 @@ bool make_sockaddr(const ListenAddress& addr, uint16_t port, sockaddr_storage* o
   return true;
 }
 
-int bind_socket(const ListenAddress& addr, uint16_t port, bool reuseport, std::string* error) {
+// `send_buffer_bytes` (0: none) becomes the socket's SO_SNDBUF, which every connection it
+// accepts inherits (Limits::send_buffer_bytes): set once here, not once per accept.
+int bind_socket(const ListenAddress& addr, uint16_t port, bool reuseport,
+                uint32_t send_buffer_bytes, std::string* error) {
   sockaddr_storage ss;
   socklen_t len;
   if (!make_sockaddr(addr, port, &ss, &len, error)) return -1;
@@ -63,6 +66,14 @@ int bind_socket(const ListenAddress& addr, uint16_t port, bool reuseport, std::s
     *error = std::string("SO_REUSEPORT: ") + std::strerror(errno);
     ::close(fd);
     return -1;
+  }
+  if (send_buffer_bytes != 0) {
+    const int bytes = static_cast<int>(send_buffer_bytes);  // at most 2^30 (config)
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes)) != 0) {
+      *error = std::string("SO_SNDBUF: ") + std::strerror(errno);
+      ::close(fd);
+      return -1;
+    }
   }
   if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     *error = "cannot listen on " + ListenAddress{addr.host, port, addr.ipv6}.to_string() + ": " +
@@ -84,16 +95,16 @@ uint16_t bound_port(int fd) {
 // One listening socket per worker on the same address. SO_REUSEPORT would let a second keygate
 // (or anything else of this user with SO_REUSEPORT) silently share a fixed port, so a fixed port
 // is first probed with a plain bind.
-bool bind_group(const ListenAddress& addr, unsigned count, std::vector<int>* fds, uint16_t* port,
-                std::string* error) {
+bool bind_group(const ListenAddress& addr, unsigned count, uint32_t send_buffer_bytes,
+                std::vector<int>* fds, uint16_t* port, std::string* error) {
   uint16_t p = addr.port;
   if (p != 0) {
-    const int probe = bind_socket(addr, p, false, error);
+    const int probe = bind_socket(addr, p, false, 0, error);
     if (probe < 0) return false;
     ::close(probe);
   }
   for (unsigned i = 0; i < count; ++i) {
-    const int fd = bind_socket(addr, p, true, error);
+    const int fd = bind_socket(addr, p, true, send_buffer_bytes, error);
     if (fd < 0) return false;
     fds->push_back(fd);
     if (::listen(fd, kListenBacklog) != 0) {
@@ -199,6 +210,7 @@ Server::Stats Server::stats() const {
     s.requests += w.requests.load(std::memory_order_relaxed);
     s.parse_errors += w.parse_errors.load(std::memory_order_relaxed);
     s.timeouts += w.timeouts.load(std::memory_order_relaxed);
+    s.send_too_slow += w.send_too_slow.load(std::memory_order_relaxed);
     s.upstream_retries += w.upstream_retries.load(std::memory_order_relaxed);
     s.pending_input_bytes += w.pending_input_bytes.load(std::memory_order_relaxed);
     s.pending_input_peak =
@@ -247,7 +259,9 @@ bool Server::start(std::string* error) {
   const unsigned n = options_.workers;
   const auto take = [&](const ListenAddress& addr, int& inherited, std::vector<int>* fds,
                         uint16_t* port) {
-    if (inherited < 0) return bind_group(addr, n, fds, port, error);
+    if (inherited < 0) {
+      return bind_group(addr, n, options_.limits.send_buffer_bytes, fds, port, error);
+    }
     const bool ok = share_inherited(inherited, addr, n, fds, port, error);
     // The workers hold it now (or keygate stops): the service manager keeps its own.
     ::close(inherited);
@@ -278,6 +292,8 @@ bool Server::start(std::string* error) {
                                        options_.admin_body_bytes_max, true, "admin",
                                        options_.admin_connections_max, &running->admin_budget,
                                        false, admin_inherited()});
+    if (data_inherited()) listeners[0].send_buffer_bytes = options_.limits.send_buffer_bytes;
+    if (admin_inherited()) listeners[1].send_buffer_bytes = options_.limits.send_buffer_bytes;
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
     LoopObserver* observer = i < options_.loop_observers.size() ? options_.loop_observers[i] : nullptr;
     running->workers.push_back(

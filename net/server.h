@@ -130,6 +130,7 @@ class Server {
     uint64_t requests = 0;
     uint64_t parse_errors = 0;
     uint64_t timeouts = 0;
+    uint64_t send_too_slow = 0;  // connections closed below send_rate_min_bytes_per_s
     uint64_t upstream_retries = 0;
     uint64_t pending_input_bytes = 0;  // summed (see WorkerStats)
     uint64_t pending_input_peak = 0;   // the largest of the workers'

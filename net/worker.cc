@@ -427,6 +427,11 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
     } else {
       const int one = 1;
       (void)setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      if (listeners[li].send_buffer_bytes != 0) {
+        // Best effort, as TCP_NODELAY: a connection with the kernel's own buffer still works.
+        const int bytes = static_cast<int>(listeners[li].send_buffer_bytes);
+        (void)setsockopt(res, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+      }
       uint32_t slot;
       if (!free_slots.empty()) {
         slot = free_slots.back();
@@ -444,6 +449,9 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->parser.set_head_pause(listeners[li].decides_at_head);
       c->closed = false;
       c->cut_reason = nullptr;
+      // A full credit: the client may fall idle_timeout_ms of waiting behind the minimum rate,
+      // the stall the write timeout allows too (core/send_rate.h).
+      c->send_rate.start(limits.send_rate_min_bytes_per_s, limits.idle_timeout_ms);
       ++live;
       bump(stats.connections_accepted);
       arm_recv(c);
@@ -785,6 +793,7 @@ void Worker::Impl::submit_send(Connection* c) {
                      MSG_NOSIGNAL);
   use_conn_file(sqe, c);
   io_uring_sqe_set_data64(sqe, make_user_data(kOpSend, c->slot, c->gen));
+  c->send_started_ms = now_ms;
   c->send_in_flight = true;
   ++c->ops;
 }
@@ -794,6 +803,21 @@ void Worker::Impl::on_send(Connection* c, int res) {
   op_done(c);
   if (c->closed) return;
   if (res < 0) {
+    close_conn(c);
+    return;
+  }
+  // The wait is the loop's cached clock now less when the send was submitted (no clock read): a
+  // send the socket buffer had room for completes at once, so about 0 ms; only a full buffer,
+  // a client behind, makes it wait. A few integer operations, no division, no system call.
+  if (!c->send_rate.keeps_up(limits.send_rate_min_bytes_per_s, limits.idle_timeout_ms,
+                             static_cast<uint64_t>(now_ms - c->send_started_ms),
+                             static_cast<uint64_t>(res))) {
+    bump(stats.send_too_slow);
+    c->cut_reason = "send_too_slow";
+    // A reset rather than a FIN: the kernel drops what the client has not taken instead of
+    // holding it (up to the socket's send buffer) to deliver a response that is cut anyway.
+    const linger reset{1, 0};
+    (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
     close_conn(c);
     return;
   }

@@ -79,6 +79,9 @@ struct WorkerStats {
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> parse_errors{0};
   std::atomic<uint64_t> timeouts{0};
+  // Connections closed because their client took its response slower than
+  // Limits::send_rate_min_bytes_per_s (Worker::Impl::on_send).
+  std::atomic<uint64_t> send_too_slow{0};
   // Requests sent again on a new connection after a pooled one failed (retry_forward).
   std::atomic<uint64_t> upstream_retries{0};
   // Gauges of the input client connections hold because it cannot be parsed yet (a connection
@@ -156,6 +159,11 @@ struct WorkerListener {
   // reset the connections waiting in its backlog, which the next keygate is to serve), and a
   // connection the kernel hands over while the accept is being cancelled is served, not closed.
   bool inherited = false;
+  // SO_SNDBUF to set on each accepted connection (0: none). Only for an inherited socket:
+  // keygate's own listening sockets carry Limits::send_buffer_bytes themselves, and the kernel
+  // copies it to every connection they accept (no system call per accept); a socket the
+  // service manager passed is its own, not keygate's to change.
+  uint32_t send_buffer_bytes = 0;
 };
 
 class Worker {

@@ -20,6 +20,7 @@
 #include "core/assert.h"
 #include "core/permissions.h"
 #include "core/response_writer.h"
+#include "core/send_rate.h"
 #include "net/http_parser.h"
 #include "net/worker.h"
 
@@ -154,6 +155,13 @@ struct Connection {
   std::string out[2];  // out[fill] collects responses; the other one is being sent
   uint8_t fill = 0;
   size_t send_off = 0;
+  // Limits::send_rate_min_bytes_per_s: when the send in flight was submitted (the loop's cached
+  // clock), and the connection's account of how far behind the minimum its client is. A send
+  // completes at once while the socket buffer has room (reaped in the next loop pass: a wait of
+  // about 0 ms), so only the time keygate waits for the client counts, never the time it waits
+  // for an upstream or for the next request.
+  int64_t send_started_ms = 0;
+  SendRate send_rate;
   uint32_t responses_fill = 0;
   uint32_t responses_send = 0;
   std::string pending;     // received, not yet parsed (paused: see kPendingInputMax)
@@ -178,8 +186,9 @@ struct Connection {
   bool lingering = false;
   bool closed = false;
   // Set when keygate itself ends the connection ("write_timeout": the client stopped reading
-  // its answer; "shutdown": the drain deadline passed): the reason a request still in progress
-  // is logged with instead of "client_closed".
+  // its answer; "send_too_slow": it read it slower than send_rate_min_bytes_per_s; "shutdown":
+  // the drain deadline passed): the reason a request still in progress is logged with instead
+  // of "client_closed".
   const char* cut_reason = nullptr;
   // The client sent its FIN. Requests received before it are still answered (they may wait
   // in `pending`); the connection closes once they are.

@@ -738,6 +738,7 @@ int main(int argc, char** argv) {
                            {"requests", w.requests},
                            {"parse_errors", w.parse_errors},
                            {"timeouts", w.timeouts},
+                           {"send_too_slow", w.send_too_slow},
                            {"upstream_retries", w.upstream_retries},
                            {"pending_input_bytes", w.pending_input_bytes},
                            {"pending_input_peak", w.pending_input_peak},

@@ -103,6 +103,27 @@ drain_timeout_ms = 9000
   EXPECT_EQ(c.limits.drain_timeout_ms, 9000u);
 }
 
+TEST(Config, ReadsTheMinimumSendRateWithinItsRange) {
+  EXPECT_EQ(Limits{}.send_rate_min_bytes_per_s, 240u);
+  EXPECT_EQ(
+      parse_ok("[limits]\nsend_rate_min_bytes_per_s = 0\n").limits.send_rate_min_bytes_per_s, 0u);
+  EXPECT_EQ(parse_ok("[limits]\nsend_rate_min_bytes_per_s = 1073741824\n")
+                .limits.send_rate_min_bytes_per_s,
+            1u << 30);
+  EXPECT_EQ(parse_error("[limits]\nsend_rate_min_bytes_per_s = 1073741825\n"),
+            "test.toml:2:29: limits.send_rate_min_bytes_per_s: must be between 0 and "
+            "1073741824");
+}
+
+TEST(Config, ReadsTheSendBufferSizeWithinItsRange) {
+  EXPECT_EQ(Limits{}.send_buffer_bytes, 0u);  // the kernel's autotuning
+  EXPECT_EQ(parse_ok("[limits]\nsend_buffer_bytes = 16384\n").limits.send_buffer_bytes, 16384u);
+  EXPECT_EQ(parse_ok("[limits]\nsend_buffer_bytes = 1073741824\n").limits.send_buffer_bytes,
+            1u << 30);
+  EXPECT_EQ(parse_error("[limits]\nsend_buffer_bytes = 1073741825\n"),
+            "test.toml:2:21: limits.send_buffer_bytes: must be between 0 and 1073741824");
+}
+
 TEST(Config, ReadsTheBodyMemoryBoundWithinItsRange) {
   EXPECT_EQ(Limits{}.body_memory_per_worker_max, uint64_t{64} << 20);
   EXPECT_EQ(parse_ok("[limits]\nbody_memory_per_worker_max = 0\n").limits.body_memory_per_worker_max,
@@ -896,13 +917,16 @@ TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
       << error;
   Config reloaded;
   ASSERT_TRUE(parse_config("[server]\nworkers = 3\n[limits]\nidle_timeout_ms = 5\n"
+                           "send_rate_min_bytes_per_s = 1\nsend_buffer_bytes = 8192\n"
                            "[cache]\nmax_keys = 10\n[log]\nenabled = false\n"
                            "[[apis]]\nname = \"billing\"\nroutes = [\"/billing\"]\n",
                            "b.toml", &reloaded, &error))
       << error;
   EXPECT_EQ(settings_needing_restart(running, reloaded),
             (std::vector<std::string>{"server.workers", "limits.idle_timeout_ms",
-                                      "cache.max_keys", "log.enabled"}));
+                                      "limits.send_rate_min_bytes_per_s",
+                                      "limits.send_buffer_bytes", "cache.max_keys",
+                                      "log.enabled"}));
   // Only the APIs changed: nothing to name.
   Config same = running;
   same.apis.clear();

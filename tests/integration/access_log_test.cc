@@ -36,6 +36,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -50,6 +52,7 @@
 #include <vector>
 
 #include "tests/integration/process_helper.h"
+#include "tests/integration/send_queue.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -1889,6 +1892,127 @@ TEST_F(AccessLogTest, RequestsKeygateCutOffNameTheCutNotTheClient) {
   ASSERT_NE(shutdown, nullptr);
   EXPECT_EQ(shutdown->str("reason"), "shutdown");
   EXPECT_EQ(shutdown->num("status"), 499);
+}
+
+// --- Slow readers: [limits] send_buffer_bytes and send_rate_min_bytes_per_s
+
+// [limits] send_buffer_bytes is the SO_SNDBUF of every accepted connection: the response bytes
+// the kernel holds for a client that does not read stay within it (the kernel doubles the
+// value for its bookkeeping, so at most twice it), where the kernel's autotuning would take up
+// to 4 MiB (net.ipv4.tcp_wmem) on loopback.
+TEST_F(AccessLogTest, SendBufferBytesBoundsWhatTheKernelHoldsForAClientThatDoesNotRead) {
+  constexpr uint64_t kSendBuffer = 16384;
+  ASSERT_NO_FATAL_FAILURE(start(1, "", {}, {},
+                                {{"send_buffer_bytes", kSendBuffer},
+                                 {"send_rate_min_bytes_per_s", 0}}));
+  const std::string key = "alog-sndbuf-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"proxied"}, false, false)
+                   .id.empty());
+  // A large proxied response on the data port; on the admin port (which has no large
+  // answer without many keys) 4,000 pipelined health checks, whose answers pile up as well.
+  const int data = connect_with_receive_buffer(
+      server_->data_port(), 4096, http_request("GET", "/bytes/4194304", {"X-ApiKey: " + key}));
+  ASSERT_GE(data, 0) << std::strerror(errno);
+  std::string checks;
+  for (int i = 0; i < 4000; ++i) checks += http_request("GET", "/healthz");
+  const int admin = connect_with_receive_buffer(server_->admin_port(), 4096, checks);
+  ASSERT_GE(admin, 0) << std::strerror(errno);
+  const std::optional<uint64_t> data_queued = settled_send_queue(server_->data_port(), data);
+  const std::optional<uint64_t> admin_queued = settled_send_queue(server_->admin_port(), admin);
+  ::close(data);
+  ::close(admin);
+  ASSERT_TRUE(data_queued.has_value());
+  EXPECT_GT(*data_queued, 0u);
+  EXPECT_LE(*data_queued, 2 * kSendBuffer);
+  ASSERT_TRUE(admin_queued.has_value());
+  EXPECT_GT(*admin_queued, 0u);
+  EXPECT_LE(*admin_queued, 2 * kSendBuffer);
+}
+
+// A client that takes a large response slower than [limits] send_rate_min_bytes_per_s is cut
+// although it makes progress all the time (which keeps the write timeout away), once it is
+// idle_timeout_ms of waiting behind the minimum: its record says "send_too_slow", and
+// /admin/stats counts it. A client reading faster than the minimum, equally throttled, gets
+// the whole response. Both read through small receive buffers against a small
+// send_buffer_bytes, so keygate waits for them (with the kernel's autotuned buffer of up to
+// 4 MiB the whole response would be taken at once, and no send ever waits).
+TEST_F(AccessLogTest, AClientReadingBelowTheMinimumSendRateIsCutAndOneAboveItIsServed) {
+  constexpr uint64_t kRateMin = 128 * 1024;
+  constexpr uint64_t kSlackMs = 2000;  // idle_timeout_ms
+  ASSERT_NO_FATAL_FAILURE(start(1, "", {}, {},
+                                {{"send_buffer_bytes", 16384},
+                                 {"send_rate_min_bytes_per_s", kRateMin},
+                                 {"idle_timeout_ms", kSlackMs}}));
+  const std::string key = "alog-slow-reader-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"proxied"}, false, false)
+                   .id.empty());
+  constexpr size_t kBytes = 1 << 20;
+  const std::string path = "/bytes/" + std::to_string(kBytes);
+  const std::string request = http_request("GET", path, {"X-ApiKey: " + key});
+
+  // Every 20 ms the slow client reads at most 320 bytes (16 KB/s, an eighth of the minimum:
+  // cut after about kSlackMs / (1 - 1/8) of waiting), the fast one 16 KiB (800 KiB/s).
+  struct Reader {
+    int fd = -1;
+    size_t per_tick = 0;
+    size_t received = 0;
+    bool ended = false;
+    Millis ended_after{0};
+  };
+  Reader slow{connect_with_receive_buffer(server_->data_port(), 4096, request), 320};
+  Reader fast{connect_with_receive_buffer(server_->data_port(), 65536, request), 16384};
+  ASSERT_GE(slow.fd, 0) << std::strerror(errno);
+  ASSERT_GE(fast.fd, 0) << std::strerror(errno);
+  const auto began = Clock::now();
+  std::vector<char> buf(16384);
+  while ((!slow.ended || !fast.ended) && Clock::now() - began < Millis(10000)) {
+    for (Reader *r : {&slow, &fast}) {
+      if (r->ended) continue;
+      const ssize_t n = ::recv(r->fd, buf.data(), r->per_tick, MSG_DONTWAIT);
+      if (n > 0) r->received += static_cast<size_t>(n);
+      // EOF, or the reset keygate cuts with; a fast reader that has it all stops there too.
+      r->ended = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ||
+                 (r == &fast && r->received > kBytes);
+      if (r->ended) r->ended_after = std::chrono::duration_cast<Millis>(Clock::now() - began);
+    }
+    std::this_thread::sleep_for(Millis(20));
+  }
+  ::close(slow.fd);
+  ::close(fast.fd);
+  EXPECT_TRUE(slow.ended) << "a 16 KB/s reader was not cut in 10 s (" << slow.received
+                          << " bytes read)";
+  EXPECT_LT(slow.received, kBytes);
+  // Not before it was kSlackMs of waiting behind (each send's wait is measured on the loop's
+  // coarse clock: a few ms of slack), and well within twice that.
+  EXPECT_GE(slow.ended_after, Millis(kSlackMs - 100));
+  EXPECT_LT(slow.ended_after, Millis(2 * kSlackMs + 1000));
+  EXPECT_GT(fast.received, kBytes) << "the fast reader was cut";
+
+  auto stats = admin("GET", "/admin/stats", kBootstrapAdminKey);
+  ASSERT_TRUE(stats && stats->status == 200) << show(stats);
+  EXPECT_EQ(stats_counter(stats->body, "workers", "send_too_slow"), 1) << stats->body;
+  auto metrics = admin("GET", "/admin/metrics", kBootstrapAdminKey);
+  ASSERT_TRUE(metrics && metrics->status == 200) << show(metrics);
+  EXPECT_NE(metrics->body.find("\nkeygate_workers_send_too_slow_total 1\n"), std::string::npos)
+      << metrics->body;
+  EXPECT_NE(metrics->body.find(
+                "\nkeygate_reasons_total{port=\"data\",reason=\"send_too_slow\"} 1\n"),
+            std::string::npos)
+      << metrics->body;
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+
+  const LogContents log = read_log(server_->log_dir());
+  std::vector<const Json *> records;
+  for (const Json *r : log.records()) {
+    if (r->str("path") == path) records.push_back(r);
+  }
+  ASSERT_EQ(records.size(), 2u);
+  std::sort(records.begin(), records.end(),
+            [](const Json *a, const Json *b) { return a->num("status") < b->num("status"); });
+  EXPECT_EQ(records[0]->num("status"), 200);
+  EXPECT_TRUE(records[0]->is_null("reason"));
+  EXPECT_EQ(records[1]->num("status"), 499);
+  EXPECT_EQ(records[1]->str("reason"), "send_too_slow");
 }
 
 // A second SIGTERM during the drain stops keygate now (an operator's second Ctrl-C, a

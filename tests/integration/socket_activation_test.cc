@@ -9,12 +9,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "tests/integration/send_queue.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -206,6 +210,37 @@ void expect_usage_error(const ProcessResult& result, const std::string& message,
   EXPECT_EQ(result.out, "");
   // Refused before anything was opened: no data directory made.
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data"));
+}
+
+// [limits] send_buffer_bytes reaches the connections accepted on a socket systemd passed (each
+// gets its own SO_SNDBUF: the kernel holds no more than twice it for a client that does not
+// read its 4,000 pipelined answers), while the socket itself, systemd's, is left as it was.
+TEST(SocketActivation, ConnectionsOnTheInheritedSocketGetTheSendBufferTheSocketIsLeftAlone) {
+  OwnSocket socket;
+  ASSERT_NE(socket.port(), 0);
+  int before = 0;
+  socklen_t len = sizeof(before);
+  ASSERT_EQ(::getsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &before, &len), 0);
+  constexpr uint64_t kSendBuffer = 16384;
+  ServerOptions options = activated(socket);
+  options.limits = {{"send_buffer_bytes", kSendBuffer}};
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  std::string checks;
+  for (int i = 0; i < 4000; ++i) checks += http_request("GET", "/healthz");
+  const int fd = connect_with_receive_buffer(socket.port(), 4096, checks);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  const std::optional<uint64_t> queued = settled_send_queue(socket.port(), fd);
+  ::close(fd);
+  ASSERT_TRUE(queued.has_value());
+  EXPECT_GT(*queued, 0u);
+  EXPECT_LE(*queued, 2 * kSendBuffer);
+  int after = 0;
+  len = sizeof(after);
+  ASSERT_EQ(::getsockopt(socket.fd(), SOL_SOCKET, SO_SNDBUF, &after, &len), 0);
+  EXPECT_EQ(after, before);
+  EXPECT_TRUE(server.stop(SIGTERM).clean());
 }
 
 TEST(SocketActivation, ASocketOnAnotherAddressIsAStartUpErrorExit2) {
