@@ -1486,8 +1486,8 @@ AdminResponse list_apis(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
-// POST /admin/reload: {"generation","apis","restart_settings":[...]} once the new APIs serve
-// everywhere; 400 reload_refused with the reason when the file is invalid (nothing changed);
+// POST /admin/reload: {"generation","apis","restart_settings":[...],"applied_settings":[...]}
+// once the new APIs and settings serve everywhere; 400 reload_refused with the reason when the file is invalid (nothing changed);
 // 503 reload_unavailable when keygate cannot reload now.
 AdminResponse reload_config(const AdminContext& ctx) {
   if (!ctx.reload) {
@@ -1505,6 +1505,9 @@ AdminResponse reload_config(const AdminContext& ctx) {
   append_uint(out, outcome.apis);
   out += ",\"restart_settings\":";
   append_string_array(out, outcome.restart_settings);
+  // After the older fields: clients that read those keep working.
+  out += ",\"applied_settings\":";
+  append_string_array(out, outcome.applied_settings);
   out += '}';
   return json_response(200, std::move(out));
 }

@@ -245,6 +245,8 @@ struct ReloadOutcome {
   size_t apis = 0;          // APIs in that generation
   // Settings outside [[apis]] the file changes, which take effect at restart only.
   std::vector<std::string> restart_settings;
+  // Settings outside [[apis]] the file changes that the reload applied (serving now).
+  std::vector<std::string> applied_settings;
   std::string error;  // refused: why, one line ("<file>:<line>:<col>: <what>", ...)
   // Refused because keygate could not reload now (draining, or the reload did not run in
   // time): 503 rather than 400.

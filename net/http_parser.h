@@ -58,6 +58,12 @@ class HttpParser {
   // bulk imports).
   void reset(uint64_t body_bytes_max);
   void reset() { reset(limits_.body_bytes_max); }
+  // The Limits it refers to changed (a reload, on the parser's thread): `body_bytes_max`
+  // replaces the connection's body cap from its next request on (the request in progress
+  // keeps its own), and the header room and the kept assembly capacity follow the new head
+  // caps. The head caps themselves are read from the Limits at each check. Allocates when
+  // header_count_max grew.
+  void adopt_limits(uint64_t body_bytes_max);
   HttpParser& operator=(const HttpParser&) = delete;
 
   // Parses from `input` (writable: chunked bodies are de-chunked in place). Stops after one

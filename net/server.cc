@@ -277,7 +277,7 @@ bool Server::start(std::string* error) {
     listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i),
                                        options_.admin_body_bytes_max, true, "admin",
                                        options_.admin_connections_max, &running->admin_budget,
-                                       false, admin_inherited()});
+                                       false, admin_inherited(), true});
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now
     LoopObserver* observer = i < options_.loop_observers.size() ? options_.loop_observers[i] : nullptr;
     running->workers.push_back(

@@ -450,6 +450,12 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   // reap_apis() frees the versions nothing uses any more.
   std::unique_ptr<ApiVersion> make_apis(std::shared_ptr<const ApiSet> set, std::string* error);
   void switch_apis(std::shared_ptr<const ApiSet> set);
+  // A reload's settings (worker.cc), before the APIs they came with become current: the limits
+  // every check from now on uses (connections_per_worker_max excepted: sized at start), the
+  // listeners' body caps for the connections' next requests, armed timers cut to the new
+  // duration when it is shorter, the capture cap for requests that start from now on.
+  // Allocates (each connection slot's header room): a reload, not a request.
+  void adopt_settings(const WorkerSettings& settings);
   // adopt_up() moves a connection of a replaced version, its response complete, to its
   // server's successor in the current version (so it can be pooled there); it stays where it
   // is when there is none. mark_down() skips `up`'s server after a failed connect, and its
@@ -523,7 +529,9 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   }
 
   unsigned index;
-  const Limits& limits;
+  // The worker's own copy (the parsers of its connections refer to it): a reload replaces it
+  // at a loop pass on this thread (adopt_settings), so nothing reads it while it changes.
+  Limits limits;
   std::vector<WorkerListener> listeners;
   std::vector<bool> accept_armed;
   std::vector<bool> accept_retry;
