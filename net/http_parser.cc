@@ -440,6 +440,9 @@ void HttpParser::reset(uint64_t body_bytes_max) {
 
 void HttpParser::adopt_limits(uint64_t body_bytes_max) {
   connection_body_bytes_max_ = body_bytes_max;
+  // Between requests the next one's cap is set already (begin_next_request): it is the next
+  // request's to take.
+  if (!started_) body_bytes_max_ = body_bytes_max;
   assembly_keep_max_ = assembly_keep_for(limits_);
   // Room for the new header_count_max now, so the header vectors still never reallocate on
   // the request path (reserve never shrinks: a lowered cap keeps the room it had).

@@ -1799,14 +1799,17 @@ TEST_F(AdminStats, ReloadAnswersWhatTheReloadDid) {
   outcome.applied = true;
   outcome.generation = 3;
   outcome.apis = 2;
-  outcome.restart_settings = {"limits.idle_timeout_ms"};
+  outcome.restart_settings = {"cache.max_keys"};
+  outcome.applied_settings = {"limits.idle_timeout_ms", "log.retention_bytes"};
   ctx_.reload = [&] {
     ++calls;
     return outcome;
   };
   AdminResponse r = call("POST", "/admin/reload");
   EXPECT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, R"({"generation":3,"apis":2,"restart_settings":["limits.idle_timeout_ms"]})");
+  EXPECT_EQ(r.body,
+            R"({"generation":3,"apis":2,"restart_settings":["cache.max_keys"],)"
+            R"("applied_settings":["limits.idle_timeout_ms","log.retention_bytes"]})");
   EXPECT_EQ(calls, 1);
   outcome = ReloadOutcome{};
   outcome.error = "k.toml:3:9: expected value";
