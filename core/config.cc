@@ -807,9 +807,11 @@ SIGTERM or SIGINT: stop accepting, finish in-flight requests (bounded by
 limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
 (in-flight requests are cut off; the access log is still flushed), exit 0.
 One that comes during start-up stops keygate once it is up. SIGHUP: read the
---config file again and apply its [[apis]] (routes, upstreams, timeouts) to new
-requests; other changed settings are named on stderr and take effect at restart;
-an invalid file changes nothing (docs/configuration.md, "Reload"). SIGUSR1,
+--config file again and apply its [[apis]] (routes, upstreams, timeouts) and the
+settings that can change live (limits, timeouts, log retention, ...) to new
+requests; the others (addresses, directories, workers, sizes fixed at start) are
+named on stderr and take effect at restart; an invalid file changes nothing
+(docs/configuration.md, "Reload"). SIGUSR1,
 SIGUSR2: ignored (said on stderr). Exit code 2: bad flags or config (or sockets
 passed by systemd that do not match it); 1: start-up failure.
 
