@@ -72,8 +72,8 @@ class WorkerWatch {
   uint64_t stalls_total() const { return stalls_total_; }
   bool stalled(unsigned worker) const { return workers_[worker].stalled; }
 
-  // A reload's [server] worker_stall_timeout_ms: the next poll judges by it (a stall already
-  // said stays one until its worker passes again), and the poll after it comes at the new
+  // A reload's [server] worker_stall_timeout_ms: the next poll judges every worker by it (a
+  // stall whose age is now within it ends there), and the poll after it comes at the new
   // interval.
   void set_stall_timeout_ms(uint32_t stall_timeout_ms);
 

@@ -252,9 +252,9 @@ reloads_refused_total). With --json, the server's object as is.
 constexpr std::string_view kReloadHelp = R"(Usage: keygatectl [global options] reload
 
 Makes keygate read its --config file again and apply its [[apis]] and the settings that can
-change live (limits, timeouts, log retention, ...) without a restart, as SIGHUP does (POST
-/admin/reload; docs/configuration.md, "Reload"), and prints the outcome once every worker
-serves new requests with them:
+change live (limits, timeouts, log retention, ...) without a restart, as SIGHUP does
+(POST /admin/reload; docs/configuration.md, "Reload"), and prints the outcome once every
+worker serves new requests with them:
   generation        the APIs' generation now (1 at start, +1 per applied reload)
   apis              how many APIs keygate has now
   applied_settings  each other setting the file changes that now serves, one per line, or

@@ -1,7 +1,8 @@
-// Integration tests of the live reload of the APIs (SIGHUP): the real keygate in front of
-// keygate-upstream on loopback, its config file rewritten and the signal sent, then the answers
-// on the data and admin ports checked. A reload is done once keygate says so on stderr
-// ("keygate: reloaded ...": every worker routes new requests with the new APIs by then).
+// Integration tests of the live reload of the APIs and the live settings (SIGHUP): the real
+// keygate in front of keygate-upstream on loopback, its config file rewritten and the signal
+// sent, then the answers on the data and admin ports (and the access log's files) checked. A
+// reload is done once keygate says so on stderr ("keygate: reloaded ...": every worker routes
+// new requests with the new APIs and limits by then).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
