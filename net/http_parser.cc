@@ -417,6 +417,13 @@ void HttpParser::begin_next_request() {
   assembled_ = false;
   base_ = nullptr;
   request_ = HttpRequest{};
+  // A reload raised header_count_max while the last request was under way (adopt_limits):
+  // once per connection busy at that reload, between its requests.
+  if (header_room_pending_) {
+    header_room_pending_ = false;
+    raw_headers_.reserve(limits_.header_count_max);
+    headers_.reserve(limits_.header_count_max);
+  }
 }
 
 void HttpParser::trim() {
@@ -444,10 +451,16 @@ void HttpParser::adopt_limits(uint64_t body_bytes_max) {
   // request's to take.
   if (!started_) body_bytes_max_ = body_bytes_max;
   assembly_keep_max_ = assembly_keep_for(limits_);
-  // Room for the new header_count_max now, so the header vectors still never reallocate on
-  // the request path (reserve never shrinks: a lowered cap keeps the room it had).
-  raw_headers_.reserve(limits_.header_count_max);
-  headers_.reserve(limits_.header_count_max);
+  // Room for the new header_count_max, so the header vectors never reallocate while a request
+  // is parsed (reserve never shrinks: a lowered cap keeps the room it had). Not under a
+  // request that has begun: its HttpRequest's headers point into the vector (a deferred or
+  // forwarded request holds them for long), so it is reserved when that request is done.
+  if (started_) {
+    header_room_pending_ = true;
+  } else {
+    raw_headers_.reserve(limits_.header_count_max);
+    headers_.reserve(limits_.header_count_max);
+  }
 }
 
 bool HttpParser::read_body(uint64_t body_bytes_max, uint64_t keep_bytes) {
