@@ -701,7 +701,7 @@ ReloadChanges reload_changes(const Config& running, const Config& reloaded) {
   check(running.log_dir == reloaded.log_dir, "server.log_dir");
   check(running.workers == reloaded.workers, "server.workers");
   live(running.worker_stall_timeout_ms == reloaded.worker_stall_timeout_ms,
-        "server.worker_stall_timeout_ms");
+       "server.worker_stall_timeout_ms");
   const Limits& a = running.limits;
   const Limits& b = reloaded.limits;
   live(a.request_line_bytes_max == b.request_line_bytes_max, "limits.request_line_bytes_max");
@@ -718,22 +718,22 @@ ReloadChanges reload_changes(const Config& running, const Config& reloaded) {
   live(a.drain_timeout_ms == b.drain_timeout_ms, "limits.drain_timeout_ms");
   live(a.proxy_body_bytes_max == b.proxy_body_bytes_max, "limits.proxy_body_bytes_max");
   live(a.upstream_header_bytes_max == b.upstream_header_bytes_max,
-        "limits.upstream_header_bytes_max");
+       "limits.upstream_header_bytes_max");
   live(a.upstream_idle_connections_max == b.upstream_idle_connections_max,
-        "limits.upstream_idle_connections_max");
+       "limits.upstream_idle_connections_max");
   live(a.upstream_idle_timeout_ms == b.upstream_idle_timeout_ms,
-        "limits.upstream_idle_timeout_ms");
+       "limits.upstream_idle_timeout_ms");
   live(a.upstream_fail_timeout_ms == b.upstream_fail_timeout_ms,
-        "limits.upstream_fail_timeout_ms");
+       "limits.upstream_fail_timeout_ms");
   live(a.body_memory_per_worker_max == b.body_memory_per_worker_max,
-        "limits.body_memory_per_worker_max");
+       "limits.body_memory_per_worker_max");
   live(running.admin_body_bytes_max == reloaded.admin_body_bytes_max, "admin.body_bytes_max");
   check(running.admin_connections_max == reloaded.admin_connections_max,
         "admin.connections_max");
   check(running.body_inspect_bytes_max == reloaded.body_inspect_bytes_max,
         "keys.body_inspect_bytes_max");
   live(running.last_used_flush_interval_ms == reloaded.last_used_flush_interval_ms,
-        "keys.last_used_flush_interval_ms");
+       "keys.last_used_flush_interval_ms");
   check(running.cache_max_keys == reloaded.cache_max_keys, "cache.max_keys");
   check(running.cache_negative_entries == reloaded.cache_negative_entries,
         "cache.negative_entries");
@@ -741,18 +741,18 @@ ReloadChanges reload_changes(const Config& running, const Config& reloaded) {
   check(running.log_ring_bytes_per_worker == reloaded.log_ring_bytes_per_worker,
         "log.ring_bytes_per_worker");
   live(running.log_segment_bytes_max == reloaded.log_segment_bytes_max,
-        "log.segment_bytes_max");
+       "log.segment_bytes_max");
   live(running.log_retention_bytes == reloaded.log_retention_bytes, "log.retention_bytes");
   live(running.log_capture_bytes_max == reloaded.log_capture_bytes_max,
-        "log.capture_bytes_max");
+       "log.capture_bytes_max");
   live(running.log_flush_interval_ms == reloaded.log_flush_interval_ms,
-        "log.flush_interval_ms");
+       "log.flush_interval_ms");
   check(running.log_direct_io == reloaded.log_direct_io, "log.direct_io");
   check(running.log_backlog_bytes_max == reloaded.log_backlog_bytes_max,
         "log.backlog_bytes_max");
   check(running.backup_dir == reloaded.backup_dir, "backup.dir");
   live(running.backup_retention_count == reloaded.backup_retention_count,
-        "backup.retention_count");
+       "backup.retention_count");
   return changes;
 }
 

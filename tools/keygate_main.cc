@@ -960,9 +960,8 @@ int main(int argc, char** argv) {
   // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
   // during a reload drains once the reload is done. Between them the thread wakes to watch the
   // workers (sigtimedwait's timeout: the next poll).
-  Reloader reloader{cli,           config,    *server,       api_versions,
-                    reload_stats,  workers,   access_log.get(), last_used,
-                    backups.get(), watch};
+  Reloader reloader{cli,     config,           *server,   api_versions,  reload_stats,
+                    workers, access_log.get(), last_used, backups.get(), watch};
   int sig = 0;
   for (;;) {
     const int64_t wait_ms = watch_workers(false);
