@@ -1486,9 +1486,10 @@ AdminResponse list_apis(const AdminContext& ctx) {
   return json_response(200, std::move(out));
 }
 
-// POST /admin/reload: {"generation","apis","restart_settings":[...],"workers_pending":[...]}
-// once the new APIs serve on every worker but those named in workers_pending (stalled ones); 400 reload_refused with the reason when the file is invalid (nothing changed);
-// 503 reload_unavailable when keygate cannot reload now.
+// POST /admin/reload: {"generation","apis","restart_settings":[...],"workers_pending":[...],
+// "applied_settings":[...]} once the new APIs and settings serve on every worker but those
+// named in workers_pending (stalled ones); 400 reload_refused with the reason when the file is
+// invalid (nothing changed); 503 reload_unavailable when keygate cannot reload now.
 AdminResponse reload_config(const AdminContext& ctx) {
   if (!ctx.reload) {
     return error_response(failure(503, "reload_unavailable", "this keygate cannot reload"));
@@ -1510,7 +1511,11 @@ AdminResponse reload_config(const AdminContext& ctx) {
     if (i > 0) out += ',';
     append_uint(out, outcome.workers_pending[i]);
   }
-  out += "]}";
+  out += ']';
+  // After the older fields: clients that read those keep working.
+  out += ",\"applied_settings\":";
+  append_string_array(out, outcome.applied_settings);
+  out += '}';
   return json_response(200, std::move(out));
 }
 

@@ -249,6 +249,8 @@ struct ReloadOutcome {
   // stalled or too slow to wait for (net::Server::set_apis); each takes them at its next loop
   // pass. Every other worker routes the requests sent after the answer with them.
   std::vector<unsigned> workers_pending;
+  // Settings outside [[apis]] the file changes that the reload applied (serving now).
+  std::vector<std::string> applied_settings;
   std::string error;  // refused: why, one line ("<file>:<line>:<col>: <what>", ...)
   // Refused because keygate could not reload now (draining, or the reload did not run in
   // time): 503 rather than 400.

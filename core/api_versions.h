@@ -1,4 +1,5 @@
-// ApiSet and ApiVersions: one version of the configured APIs, and the one that is current.
+// ApiSet and ApiVersions: one version of the configured APIs (with the worker settings a
+// reload brought), and the one that is current.
 //
 // An ApiSet is immutable once built (by the main thread, at start and on each reload) and shared
 // by reference count between the main thread, the admin executor and every worker; a worker
@@ -11,15 +12,31 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <utility>
 
+#include "core/limits.h"
 #include "core/permissions.h"
 
 namespace keygate {
 
+// The settings a reload applies on the workers besides the APIs (core/config.h,
+// reload_changes): published with the version they came with, so a worker adopts both at the
+// same loop pass, on its own thread (no request reads them while they change).
+struct WorkerSettings {
+  // The worker's limits; connections_per_worker_max is not taken (it sized the worker's
+  // registered file table at start).
+  Limits limits;
+  uint64_t admin_body_bytes_max = 64 * 1024 * 1024;  // [admin] body_bytes_max
+  uint64_t capture_bytes_max = 64 * 1024;            // [log] capture_bytes_max
+};
+
 struct ApiSet {
   ApiRegistry registry;     // initialized (ApiRegistry::init succeeded)
   uint64_t generation = 1;  // 1 at start, +1 per applied reload
+  // Set by every reload: the workers adopt it with the APIs. Unset (the first version, tests
+  // that reload the APIs only): the workers keep the settings they have.
+  std::optional<WorkerSettings> settings;
 };
 
 class ApiVersions {

@@ -688,11 +688,15 @@ bool addresses_overlap(const ListenAddress& a, const ListenAddress& b) {
   return a.ipv6 == b.ipv6 && std::memcmp(bytes_a, bytes_b, a.ipv6 ? 16 : 4) == 0;
 }
 
-std::vector<std::string> settings_needing_restart(const Config& running, const Config& reloaded) {
-  std::vector<std::string> keys;
-  const auto check = [&](bool same, const char* key) {
-    if (!same) keys.emplace_back(key);
+ReloadChanges reload_changes(const Config& running, const Config& reloaded) {
+  ReloadChanges changes;
+  // `live`: applied by the reload (apply_live_settings copies exactly these); else restart-only.
+  // docs/configuration.md, "Reload", says why each is one or the other.
+  const auto check_as = [&](bool live, bool same, const char* key) {
+    if (!same) (live ? changes.live : changes.restart).emplace_back(key);
   };
+  const auto check = [&](bool same, const char* key) { check_as(false, same, key); };
+  const auto live = [&](bool same, const char* key) { check_as(true, same, key); };
   const auto same_address = [](const ListenAddress& a, const ListenAddress& b) {
     return a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
   };
@@ -701,63 +705,86 @@ std::vector<std::string> settings_needing_restart(const Config& running, const C
   check(running.data_dir == reloaded.data_dir, "server.data_dir");
   check(running.log_dir == reloaded.log_dir, "server.log_dir");
   check(running.workers == reloaded.workers, "server.workers");
-  check(running.worker_stall_timeout_ms == reloaded.worker_stall_timeout_ms,
-        "server.worker_stall_timeout_ms");
+  live(running.worker_stall_timeout_ms == reloaded.worker_stall_timeout_ms,
+       "server.worker_stall_timeout_ms");
   const Limits& a = running.limits;
   const Limits& b = reloaded.limits;
-  check(a.request_line_bytes_max == b.request_line_bytes_max, "limits.request_line_bytes_max");
-  check(a.header_bytes_max == b.header_bytes_max, "limits.header_bytes_max");
-  check(a.header_count_max == b.header_count_max, "limits.header_count_max");
-  check(a.body_bytes_max == b.body_bytes_max, "limits.body_bytes_max");
+  live(a.request_line_bytes_max == b.request_line_bytes_max, "limits.request_line_bytes_max");
+  live(a.header_bytes_max == b.header_bytes_max, "limits.header_bytes_max");
+  live(a.header_count_max == b.header_count_max, "limits.header_count_max");
+  live(a.body_bytes_max == b.body_bytes_max, "limits.body_bytes_max");
   check(a.connections_per_worker_max == b.connections_per_worker_max,
         "limits.connections_per_worker_max");
-  check(a.pipeline_depth_max == b.pipeline_depth_max, "limits.pipeline_depth_max");
-  check(a.header_timeout_ms == b.header_timeout_ms, "limits.header_timeout_ms");
-  check(a.body_timeout_ms == b.body_timeout_ms, "limits.body_timeout_ms");
-  check(a.idle_timeout_ms == b.idle_timeout_ms, "limits.idle_timeout_ms");
-  check(a.send_rate_min_bytes_per_s == b.send_rate_min_bytes_per_s,
-        "limits.send_rate_min_bytes_per_s");
+  live(a.pipeline_depth_max == b.pipeline_depth_max, "limits.pipeline_depth_max");
+  live(a.header_timeout_ms == b.header_timeout_ms, "limits.header_timeout_ms");
+  live(a.body_timeout_ms == b.body_timeout_ms, "limits.body_timeout_ms");
+  live(a.idle_timeout_ms == b.idle_timeout_ms, "limits.idle_timeout_ms");
+  live(a.send_rate_min_bytes_per_s == b.send_rate_min_bytes_per_s,
+       "limits.send_rate_min_bytes_per_s");
+  // Set on the listening sockets at start (accepted connections inherit it).
   check(a.send_buffer_bytes == b.send_buffer_bytes, "limits.send_buffer_bytes");
-  check(a.linger_timeout_ms == b.linger_timeout_ms, "limits.linger_timeout_ms");
-  check(a.drain_timeout_ms == b.drain_timeout_ms, "limits.drain_timeout_ms");
-  check(a.proxy_body_bytes_max == b.proxy_body_bytes_max, "limits.proxy_body_bytes_max");
-  check(a.upstream_header_bytes_max == b.upstream_header_bytes_max,
-        "limits.upstream_header_bytes_max");
-  check(a.upstream_idle_connections_max == b.upstream_idle_connections_max,
-        "limits.upstream_idle_connections_max");
-  check(a.upstream_idle_timeout_ms == b.upstream_idle_timeout_ms,
-        "limits.upstream_idle_timeout_ms");
-  check(a.upstream_fail_timeout_ms == b.upstream_fail_timeout_ms,
-        "limits.upstream_fail_timeout_ms");
-  check(a.body_memory_per_worker_max == b.body_memory_per_worker_max,
-        "limits.body_memory_per_worker_max");
-  check(running.admin_body_bytes_max == reloaded.admin_body_bytes_max, "admin.body_bytes_max");
+  live(a.linger_timeout_ms == b.linger_timeout_ms, "limits.linger_timeout_ms");
+  live(a.drain_timeout_ms == b.drain_timeout_ms, "limits.drain_timeout_ms");
+  live(a.proxy_body_bytes_max == b.proxy_body_bytes_max, "limits.proxy_body_bytes_max");
+  live(a.upstream_header_bytes_max == b.upstream_header_bytes_max,
+       "limits.upstream_header_bytes_max");
+  live(a.upstream_idle_connections_max == b.upstream_idle_connections_max,
+       "limits.upstream_idle_connections_max");
+  live(a.upstream_idle_timeout_ms == b.upstream_idle_timeout_ms,
+       "limits.upstream_idle_timeout_ms");
+  live(a.upstream_fail_timeout_ms == b.upstream_fail_timeout_ms,
+       "limits.upstream_fail_timeout_ms");
+  live(a.body_memory_per_worker_max == b.body_memory_per_worker_max,
+       "limits.body_memory_per_worker_max");
+  live(running.admin_body_bytes_max == reloaded.admin_body_bytes_max, "admin.body_bytes_max");
   check(running.admin_connections_max == reloaded.admin_connections_max,
         "admin.connections_max");
   check(running.body_inspect_bytes_max == reloaded.body_inspect_bytes_max,
         "keys.body_inspect_bytes_max");
-  check(running.last_used_flush_interval_ms == reloaded.last_used_flush_interval_ms,
-        "keys.last_used_flush_interval_ms");
+  live(running.last_used_flush_interval_ms == reloaded.last_used_flush_interval_ms,
+       "keys.last_used_flush_interval_ms");
   check(running.cache_max_keys == reloaded.cache_max_keys, "cache.max_keys");
   check(running.cache_negative_entries == reloaded.cache_negative_entries,
         "cache.negative_entries");
   check(running.log_enabled == reloaded.log_enabled, "log.enabled");
   check(running.log_ring_bytes_per_worker == reloaded.log_ring_bytes_per_worker,
         "log.ring_bytes_per_worker");
-  check(running.log_segment_bytes_max == reloaded.log_segment_bytes_max,
-        "log.segment_bytes_max");
-  check(running.log_retention_bytes == reloaded.log_retention_bytes, "log.retention_bytes");
-  check(running.log_capture_bytes_max == reloaded.log_capture_bytes_max,
-        "log.capture_bytes_max");
-  check(running.log_flush_interval_ms == reloaded.log_flush_interval_ms,
-        "log.flush_interval_ms");
+  live(running.log_segment_bytes_max == reloaded.log_segment_bytes_max,
+       "log.segment_bytes_max");
+  live(running.log_retention_bytes == reloaded.log_retention_bytes, "log.retention_bytes");
+  live(running.log_capture_bytes_max == reloaded.log_capture_bytes_max,
+       "log.capture_bytes_max");
+  live(running.log_flush_interval_ms == reloaded.log_flush_interval_ms,
+       "log.flush_interval_ms");
   check(running.log_direct_io == reloaded.log_direct_io, "log.direct_io");
   check(running.log_backlog_bytes_max == reloaded.log_backlog_bytes_max,
         "log.backlog_bytes_max");
   check(running.backup_dir == reloaded.backup_dir, "backup.dir");
-  check(running.backup_retention_count == reloaded.backup_retention_count,
-        "backup.retention_count");
-  return keys;
+  live(running.backup_retention_count == reloaded.backup_retention_count,
+       "backup.retention_count");
+  return changes;
+}
+
+std::vector<std::string> settings_needing_restart(const Config& running, const Config& reloaded) {
+  return reload_changes(running, reloaded).restart;
+}
+
+void apply_live_settings(const Config& reloaded, Config* running) {
+  running->worker_stall_timeout_ms = reloaded.worker_stall_timeout_ms;
+  // Every [limits] field but connections_per_worker_max, which sizes each worker's registered
+  // file table at start, and send_buffer_bytes, set on the listening sockets at start.
+  const uint32_t connections_per_worker_max = running->limits.connections_per_worker_max;
+  const uint32_t send_buffer_bytes = running->limits.send_buffer_bytes;
+  running->limits = reloaded.limits;
+  running->limits.connections_per_worker_max = connections_per_worker_max;
+  running->limits.send_buffer_bytes = send_buffer_bytes;
+  running->admin_body_bytes_max = reloaded.admin_body_bytes_max;
+  running->last_used_flush_interval_ms = reloaded.last_used_flush_interval_ms;
+  running->log_segment_bytes_max = reloaded.log_segment_bytes_max;
+  running->log_retention_bytes = reloaded.log_retention_bytes;
+  running->log_capture_bytes_max = reloaded.log_capture_bytes_max;
+  running->log_flush_interval_ms = reloaded.log_flush_interval_ms;
+  running->backup_retention_count = reloaded.backup_retention_count;
 }
 
 std::string_view usage_text() {
@@ -793,9 +820,11 @@ limits.drain_timeout_ms), exit 0. A second one during the drain cuts it short
 worker still running drain_timeout_ms + 1 s after the signal (wedged) is named on
 stderr and left behind: the access log is flushed, then exit 3.
 One that comes during start-up stops keygate once it is up. SIGHUP: read the
---config file again and apply its [[apis]] (routes, upstreams, timeouts) to new
-requests; other changed settings are named on stderr and take effect at restart;
-an invalid file changes nothing (docs/configuration.md, "Reload"). SIGUSR1,
+--config file again and apply its [[apis]] (routes, upstreams, timeouts) and the
+settings that can change live (limits, timeouts, log retention, ...) to new
+requests; the others (addresses, directories, workers, sizes fixed at start) are
+named on stderr and take effect at restart; an invalid file changes nothing
+(docs/configuration.md, "Reload"). SIGUSR1,
 SIGUSR2: ignored (said on stderr). Exit code 2: bad flags or config (or sockets
 passed by systemd that do not match it); 1: start-up failure; 3: a stop that gave
 up on a wedged worker; 4: every worker's io_uring failed (nothing served).

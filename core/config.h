@@ -1,8 +1,9 @@
 // Config: everything keygate reads from its TOML file and command-line flags.
 //
-// Pure logic, immutable after start: parse_config() turns TOML text into a Config (the caller
-// reads the file), parse_command_line() turns argv into flag overrides, apply_overrides() merges
-// them. Unknown tables, keys and flags are errors, so a typo never silently keeps a default.
+// Pure logic. Read at start; a reload changes the APIs and the settings apply_live_settings()
+// copies (see reload_changes()), the rest only at the next start. parse_config() turns TOML
+// text into a Config (the caller reads the file), parse_command_line() turns argv into flag
+// overrides, apply_overrides() merges them. Unknown tables, keys and flags are errors, so a typo never silently keeps a default.
 #pragma once
 
 #include <cstdint>
@@ -106,11 +107,28 @@ std::string log_directory(const Config& config);
 // Checks cross-field rules (e.g. limits that must be positive). Fails with one line.
 bool validate_config(const Config& config, std::string* error);
 
-// A reload (SIGHUP) applies [[apis]] only. The other settings whose value differs between the
-// running config and a reloaded one, by their key in the file ("server.listen",
-// "limits.idle_timeout_ms", "log.enabled", ...), in the file's order: each takes effect at the
-// next start only. Empty when only [[apis]] (or nothing) changed.
+// What a reload (SIGHUP, POST /admin/reload) changes besides [[apis]]: the settings whose value
+// differs between the running config and a reloaded one, by their key in the file
+// ("server.listen", "limits.idle_timeout_ms", "log.enabled", ...), in the file's order, split
+// by whether the reload applies them in the running process (`live`: the per-request and
+// per-connection bounds, the timeouts, the log writer's segment size, retention and pace, ...)
+// or they take effect at the next start only (`restart`: addresses, directories, the worker
+// count, and whatever is sized or opened at start: caches, rings, the registered file table).
+// docs/configuration.md, "Reload", lists both and says why. Both empty when only [[apis]] (or
+// nothing) changed.
+struct ReloadChanges {
+  std::vector<std::string> live;
+  std::vector<std::string> restart;
+};
+ReloadChanges reload_changes(const Config& running, const Config& reloaded);
+
+// reload_changes(running, reloaded).restart.
 std::vector<std::string> settings_needing_restart(const Config& running, const Config& reloaded);
+
+// Copies into `running` the settings of `reloaded` that a reload applies (those
+// reload_changes() names `live`), and nothing else: `running` keeps its restart-only settings
+// and its apis.
+void apply_live_settings(const Config& reloaded, Config* running);
 
 // The --help text.
 std::string_view usage_text();

@@ -1,8 +1,10 @@
 // Limits: every bound the HTTP engine enforces, with its default, in one place.
 //
-// Immutable after start: the server builds one Limits from config and flags and every worker
-// reads it. Each field has a config knob of the same name in the [limits] table
-// (see docs/configuration.md) and is checked where docs/architecture.md says.
+// The server builds one Limits from config and flags; each worker keeps its own copy, which a
+// reload replaces on the worker's own thread at a loop pass (all but connections_per_worker_max,
+// which sizes the worker's registered file table at start: docs/architecture.md, "Reloading
+// the APIs"). Each field has a config knob of the same name in the [limits] table (see
+// docs/configuration.md) and is checked where docs/architecture.md says.
 #pragma once
 
 #include <cstdint>

@@ -11,6 +11,11 @@ WorkerWatch::WorkerWatch(unsigned workers, Options options)
       check_interval_ms_(check_interval_ms(options.stall_timeout_ms)),
       workers_(workers) {}
 
+void WorkerWatch::set_stall_timeout_ms(uint32_t stall_timeout_ms) {
+  options_.stall_timeout_ms = stall_timeout_ms;
+  check_interval_ms_ = check_interval_ms(stall_timeout_ms);
+}
+
 uint32_t WorkerWatch::check_interval_ms(uint32_t stall_timeout_ms) {
   // A quarter of the timeout: a stall is said at most a quarter late. Never more than 1 s
   // apart (a long timeout still ends its stall's line soon after the worker passes again),

@@ -72,6 +72,11 @@ class WorkerWatch {
   uint64_t stalls_total() const { return stalls_total_; }
   bool stalled(unsigned worker) const { return workers_[worker].stalled; }
 
+  // A reload's [server] worker_stall_timeout_ms: the next poll judges every worker by it (a
+  // stall whose age is now within it ends there), and the poll after it comes at the new
+  // interval.
+  void set_stall_timeout_ms(uint32_t stall_timeout_ms);
+
   // The interval between two polls with no WATCHDOG=1 due: stall_timeout_ms / 4, 10 ms to 1 s.
   static uint32_t check_interval_ms(uint32_t stall_timeout_ms);
 

@@ -40,16 +40,23 @@ const llhttp_settings_t HttpParser::kSettings = [] {
   return s;
 }();
 
+namespace {
+
+// Twice the largest head (request line and header section), so that a head spanning receives
+// reuses its capacity; at most kKeptAssemblyBytesMax.
+size_t assembly_keep_for(const Limits& limits) {
+  return static_cast<size_t>(std::min<uint64_t>(
+      kKeptAssemblyBytesMax,
+      2 * (uint64_t{limits.request_line_bytes_max} + limits.header_bytes_max)));
+}
+
+}  // namespace
+
 HttpParser::HttpParser(const Limits& limits)
     : limits_(limits),
       body_bytes_max_(limits.body_bytes_max),
       connection_body_bytes_max_(limits.body_bytes_max),
-      // Twice the largest head (request line and header section), so that a head spanning
-      // receives reuses its capacity; at most kKeptAssemblyBytesMax.
-      assembly_keep_max_(static_cast<size_t>(
-          std::min<uint64_t>(kKeptAssemblyBytesMax,
-                             2 * (uint64_t{limits.request_line_bytes_max} +
-                                  limits.header_bytes_max)))) {
+      assembly_keep_max_(assembly_keep_for(limits)) {
   llhttp_init(&parser_, HTTP_REQUEST, &kSettings);
   parser_.data = this;
   // Reserve up front so the header vectors never reallocate on the request path.
@@ -410,6 +417,13 @@ void HttpParser::begin_next_request() {
   assembled_ = false;
   base_ = nullptr;
   request_ = HttpRequest{};
+  // A reload raised header_count_max while the last request was under way (adopt_limits):
+  // once per connection busy at that reload, between its requests.
+  if (header_room_pending_) {
+    header_room_pending_ = false;
+    raw_headers_.reserve(limits_.header_count_max);
+    headers_.reserve(limits_.header_count_max);
+  }
 }
 
 void HttpParser::trim() {
@@ -429,6 +443,24 @@ void HttpParser::reset(uint64_t body_bytes_max) {
   head_pause_ = false;
   failed_ = false;
   error_ = ParseError{};
+}
+
+void HttpParser::adopt_limits(uint64_t body_bytes_max) {
+  connection_body_bytes_max_ = body_bytes_max;
+  // Between requests the next one's cap is set already (begin_next_request): it is the next
+  // request's to take.
+  if (!started_) body_bytes_max_ = body_bytes_max;
+  assembly_keep_max_ = assembly_keep_for(limits_);
+  // Room for the new header_count_max, so the header vectors never reallocate while a request
+  // is parsed (reserve never shrinks: a lowered cap keeps the room it had). Not under a
+  // request that has begun: its HttpRequest's headers point into the vector (a deferred or
+  // forwarded request holds them for long), so it is reserved when that request is done.
+  if (started_) {
+    header_room_pending_ = true;
+  } else {
+    raw_headers_.reserve(limits_.header_count_max);
+    headers_.reserve(limits_.header_count_max);
+  }
 }
 
 bool HttpParser::read_body(uint64_t body_bytes_max, uint64_t keep_bytes) {

@@ -58,6 +58,13 @@ class HttpParser {
   // bulk imports).
   void reset(uint64_t body_bytes_max);
   void reset() { reset(limits_.body_bytes_max); }
+  // The Limits it refers to changed (a reload, on the parser's thread): `body_bytes_max`
+  // replaces the connection's body cap from its next request on (the request in progress
+  // keeps its own), and the header room and the kept assembly capacity follow the new head
+  // caps. The head caps themselves are read from the Limits at each check. Allocates when
+  // header_count_max grew: now, or, under a request that has begun (whose headers point into
+  // that room), once that request is done.
+  void adopt_limits(uint64_t body_bytes_max);
   HttpParser& operator=(const HttpParser&) = delete;
 
   // Parses from `input` (writable: chunked bodies are de-chunked in place). Stops after one
@@ -183,6 +190,7 @@ class HttpParser {
   bool paused_body_read_ = false;       // read_body() after a head pause: the body's size known
   uint64_t connection_body_bytes_max_;  // the connection's (reset()), restored per request
   size_t assembly_keep_max_ = 0;        // assembly capacity kept between requests
+  bool header_room_pending_ = false;    // adopt_limits() during a request: reserve after it
   llhttp_t parser_;
 
   // Where offsets point: the start of the request in the caller's buffer (direct mode) or

@@ -291,7 +291,7 @@ bool Server::start(std::string* error) {
     listeners.push_back(WorkerListener{admin_fds[i], options_.admin_handlers->make(i),
                                        options_.admin_body_bytes_max, true, "admin",
                                        options_.admin_connections_max, &running->admin_budget,
-                                       false, admin_inherited()});
+                                       false, admin_inherited(), true});
     if (data_inherited()) listeners[0].send_buffer_bytes = options_.limits.send_buffer_bytes;
     if (admin_inherited()) listeners[1].send_buffer_bytes = options_.limits.send_buffer_bytes;
     data_fds[i] = admin_fds[i] = -1;  // the worker owns them now

@@ -1163,7 +1163,45 @@ void Worker::Impl::take_posted_apis() {
     apis_next.swap(apis_posted);
     apis_pending.store(false, std::memory_order_relaxed);
   }
-  if (apis_next != nullptr) switch_apis(std::move(apis_next));
+  if (apis_next != nullptr) {
+    // Before the switch, which tells the main thread the reload is taken.
+    if (apis_next->settings) adopt_settings(*apis_next->settings);
+    switch_apis(std::move(apis_next));
+  }
+}
+
+void Worker::Impl::adopt_settings(const WorkerSettings& settings) {
+  const Limits old = limits;
+  limits = settings.limits;
+  // It sized the registered file table (init) and the listener's connections_max: kept.
+  limits.connections_per_worker_max = old.connections_per_worker_max;
+  capture_bytes_max = static_cast<size_t>(settings.capture_bytes_max);
+  for (WorkerListener& l : listeners) {
+    l.body_bytes_max = l.admin ? settings.admin_body_bytes_max : limits.body_bytes_max;
+  }
+  // A request whose head has begun keeps the body cap it began with (a body may already be
+  // partly in against it); the next request on each connection gets the new one. The head
+  // caps apply to every check from now on, so each slot's header room follows them now.
+  for (const std::unique_ptr<Connection>& c : conns) {
+    if (c != nullptr) c->parser.adopt_limits(listeners[c->listener].body_bytes_max);
+  }
+  // A timer armed before keeps its deadline, cut to the new duration from now when that is
+  // shorter (an operator shortening idle_timeout_ms wants the idle connections gone by then).
+  // Every deadline of a list moves the same monotonic way, and later arms come after them:
+  // each list stays sorted, as expiry assumes (TimerList).
+  const auto cut = [&](TimerKind kind, uint32_t was, uint32_t now_is) {
+    if (now_is >= was) return;
+    const int64_t latest = now_ms + now_is;
+    for (Connection* c = timers[kind].head; c != nullptr; c = c->tnext) {
+      c->deadline_ms = std::min(c->deadline_ms, latest);
+    }
+  };
+  cut(kHeader, old.header_timeout_ms, limits.header_timeout_ms);
+  cut(kBody, old.body_timeout_ms, limits.body_timeout_ms);
+  cut(kIdle, old.idle_timeout_ms, limits.idle_timeout_ms);
+  cut(kWrite, old.idle_timeout_ms, limits.idle_timeout_ms);
+  cut(kLinger, old.linger_timeout_ms, limits.linger_timeout_ms);
+  // A drain already begun keeps its deadline (begin_drain set it).
 }
 
 void Worker::Impl::on_posted(uint32_t slot, uint32_t gen) {

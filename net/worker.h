@@ -159,6 +159,9 @@ struct WorkerListener {
   // reset the connections waiting in its backlog, which the next keygate is to serve), and a
   // connection the kernel hands over while the accept is being cancelled is served, not closed.
   bool inherited = false;
+  // The admin port: a reload sets body_bytes_max from WorkerSettings::admin_body_bytes_max
+  // (the other listeners' from its limits.body_bytes_max).
+  bool admin = false;
   // SO_SNDBUF to set on each accepted connection (0: none). Only for an inherited socket:
   // keygate's own listening sockets carry Limits::send_buffer_bytes themselves, and the kernel
   // copies it to every connection they accept (no system call per accept); a socket the
@@ -204,7 +207,9 @@ class Worker {
   void settle_deferred();
 
   // Thread-safe, non-blocking (a short lock and an eventfd write): the worker serves requests
-  // that start after its next loop pass with `apis` (a reload). Requests already started finish
+  // that start after its next loop pass with `apis` (a reload), and adopts its settings (when
+  // set) at that pass, before apis_generation() says it took it (Impl::adopt_settings says
+  // what they change for connections and requests in progress). Requests already started finish
   // with the version they started with. Upstream servers the new version keeps (the same
   // address in an API of the same name) keep their idle connections and skip state, and the
   // old version's busy connections to them join the new pools after their response; the

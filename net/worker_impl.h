@@ -466,6 +466,12 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void switch_apis(std::shared_ptr<const ApiSet> set);
   // Makes the set Worker::set_apis posted current, if one is waiting (on_wake, pin_apis).
   void take_posted_apis();
+  // A reload's settings (worker.cc), before the APIs they came with become current: the limits
+  // every check from now on uses (connections_per_worker_max excepted: sized at start), the
+  // listeners' body caps for the connections' next requests, armed timers cut to the new
+  // duration when it is shorter, the capture cap for requests that start from now on.
+  // Allocates (each connection slot's header room): a reload, not a request.
+  void adopt_settings(const WorkerSettings& settings);
   // adopt_up() moves a connection of a replaced version, its response complete, to its
   // server's successor in the current version (so it can be pooled there); it stays where it
   // is when there is none. mark_down() skips `up`'s server after a failed connect, and its
@@ -543,7 +549,9 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   }
 
   unsigned index;
-  const Limits& limits;
+  // The worker's own copy (the parsers of its connections refer to it): a reload replaces it
+  // at a loop pass on this thread (adopt_settings), so nothing reads it while it changes.
+  Limits limits;
   std::vector<WorkerListener> listeners;
   std::vector<bool> accept_armed;
   std::vector<bool> accept_retry;

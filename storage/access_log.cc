@@ -495,6 +495,16 @@ struct AccessLog::Impl {
   uint64_t flush_requested = 0;     // mutex
   uint64_t flush_done = 0;          // mutex
   bool last_write_ok = true;        // mutex
+  // set_live_options(), not yet taken by the writer (mutex).
+  struct LiveOptions {
+    uint64_t segment_bytes_max;
+    uint64_t retention_bytes;
+    uint32_t flush_interval_ms;
+  };
+  std::optional<LiveOptions> live_posted;  // mutex
+  // The relief thread's pace: options.flush_interval_ms, then a reload's (the writer owns
+  // `options`; the relief thread reads this at each look).
+  std::atomic<uint32_t> relief_interval_ms{0};
 
   std::atomic<uint64_t> written{0};
   std::atomic<uint64_t> lost{0};
@@ -590,6 +600,11 @@ struct AccessLog::Impl {
 
   bool recover(std::string* error);
   uint64_t retain_from_seq();
+  // The writer: forgets the closed segments beyond retention_bytes and has the sync thread
+  // delete them.
+  void retain();
+  // The writer, at a pass: a reload's options (set_live_options) take effect.
+  void adopt_live(const LiveOptions& live);
   bool list_segments_counted(std::vector<SegmentName>* segments);
   void delete_segments_before(uint64_t seq);
   void run();
@@ -727,18 +742,28 @@ void AccessLog::Impl::delete_segments_before(uint64_t seq) {
 
 void AccessLog::Impl::run() {
   using Clock = std::chrono::steady_clock;
-  const Clock::duration interval = std::chrono::milliseconds(options.flush_interval_ms);
-  const Clock::duration interval_min =
+  Clock::duration interval = std::chrono::milliseconds(options.flush_interval_ms);
+  Clock::duration interval_min =
       std::max<Clock::duration>(std::chrono::milliseconds(1), interval / 8);
   Clock::duration wait = interval;
   Clock::time_point last_pass = Clock::now();
   std::unique_lock lock(mutex);
   for (;;) {
-    wake.wait_for(lock, wait, [&] { return stopping || flush_requested != flush_done; });
+    wake.wait_for(lock, wait, [&] {
+      return stopping || flush_requested != flush_done || live_posted.has_value();
+    });
     const bool stopping_now = stopping;
     const uint64_t flush_target = flush_requested;
     const bool flushing = flush_target != flush_done;
+    std::optional<LiveOptions> live;
+    live.swap(live_posted);
     lock.unlock();
+    if (live) {
+      // Before the pass: its lines rotate at the new size.
+      adopt_live(*live);
+      interval = std::chrono::milliseconds(options.flush_interval_ms);
+      interval_min = std::max<Clock::duration>(std::chrono::milliseconds(1), interval / 8);
+    }
     const int64_t delay = delay_ms.load(std::memory_order_relaxed);
     if (delay > 0 && !stopping_now) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
     double fill = 0;
@@ -850,15 +875,18 @@ void AccessLog::Impl::run_relief() {
   // A quarter interval: a 4 MiB ring that fills at 200 MB/s is half full after 10 ms and full
   // after 20, so a look every 2.5 ms moves it in time. (Each look is a wake-up; an eighth
   // doubled the relief thread's share for no gain at that rate.)
-  const std::chrono::milliseconds busy_period(std::max<uint32_t>(1, options.flush_interval_ms / 4));
-  const std::chrono::milliseconds idle_period(options.flush_interval_ms);
-  std::chrono::milliseconds period = idle_period;
+  // Read at each look: a reload may change it (adopt_live).
+  const auto idle_period = [&] {
+    return std::chrono::milliseconds(relief_interval_ms.load(std::memory_order_relaxed));
+  };
+  std::chrono::milliseconds period = idle_period();
   std::unique_lock lock(mutex);
   for (;;) {
     relief_wake.wait_for(lock, period, [&] { return relief_stopping; });
     if (relief_stopping) return;
     lock.unlock();
-    period = relieve() ? busy_period : idle_period;
+    const std::chrono::milliseconds idle = idle_period();
+    period = relieve() ? std::max(std::chrono::milliseconds(1), idle / 4) : idle;
     lock.lock();
   }
 }
@@ -1285,6 +1313,11 @@ bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
   writeback_from = 0;
   // No directory fsync here: the new name is durable at the latest by the one that follows
   // this segment's own sync (in the sync thread, or in close_active() at shutdown).
+  retain();
+  return true;
+}
+
+void AccessLog::Impl::retain() {
   const uint64_t keep_from = retain_from_seq();
   if (keep_from != 0) {
     {
@@ -1293,7 +1326,18 @@ bool AccessLog::Impl::switch_segment(uint64_t first_seq) {
     }
     sync_wake.notify_one();
   }
-  return true;
+}
+
+void AccessLog::Impl::adopt_live(const LiveOptions& live) {
+  options.segment_bytes_max = live.segment_bytes_max;
+  options.retention_bytes = live.retention_bytes;
+  options.flush_interval_ms = live.flush_interval_ms;
+  // As open() does: the file size limit still bounds it (a write that met EFBIG lowered the
+  // cap to that limit, which file_size_limit() says again).
+  segment_bytes_cap =
+      std::min(live.segment_bytes_max, std::max<uint64_t>(file_size_limit(), 1));
+  relief_interval_ms.store(live.flush_interval_ms, std::memory_order_relaxed);
+  retain();
 }
 
 void AccessLog::Impl::sync_dir() {
@@ -1399,6 +1443,7 @@ std::unique_ptr<AccessLog> AccessLog::open(const AccessLogOptions& options, unsi
   if (!probe_writable(impl->dir_fd, options.dir, error)) return nullptr;
   impl->take_spare_fds();
   impl->segment_bytes_cap = options.segment_bytes_max;
+  impl->relief_interval_ms.store(options.flush_interval_ms, std::memory_order_relaxed);
   if (const uint64_t limit = file_size_limit(); limit < options.segment_bytes_max) {
     impl->segment_bytes_cap = std::max<uint64_t>(limit, 1);
     std::fprintf(stderr,
@@ -1493,6 +1538,16 @@ AccessLogStats AccessLog::stats() const {
   s.dropped += lost;
   s.queued = pushed - s.written - lost;
   return s;
+}
+
+void AccessLog::set_live_options(uint64_t segment_bytes_max, uint64_t retention_bytes,
+                                 uint32_t flush_interval_ms) {
+  KEYGATE_ASSERT(segment_bytes_max > 0 && flush_interval_ms > 0);
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->live_posted = Impl::LiveOptions{segment_bytes_max, retention_bytes, flush_interval_ms};
+  }
+  impl_->wake.notify_all();
 }
 
 void AccessLog::set_writer_delay_for_testing(std::chrono::milliseconds delay) {

@@ -199,6 +199,15 @@ class AccessLog {
 
   AccessLogStats stats() const;
 
+  // A reload's segment_bytes_max, retention_bytes and flush_interval_ms (AccessLogOptions),
+  // handed to the writer thread, which is woken and takes them at its next pass: the next line
+  // that would take the active segment past the new size starts a new one, the closed segments
+  // beyond the new retention are deleted at once (by the sync thread, as after a rotation), and
+  // the passes come at the new interval (the relief thread's looks too). Any thread; under the
+  // writer's mutex, which appends never take.
+  void set_live_options(uint64_t segment_bytes_max, uint64_t retention_bytes,
+                        uint32_t flush_interval_ms);
+
   // Testing/ops: the writer sleeps this long before each drain pass (not at shutdown).
   void set_writer_delay_for_testing(std::chrono::milliseconds delay);
   // Testing: the next O_DIRECT write fails with `err` without writing (EINVAL: as on a

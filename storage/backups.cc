@@ -290,6 +290,7 @@ bool Backups::open(const Options& options, const std::string& data_dir, std::str
   ::rmdir(probe.c_str());
   lock_fd_ = fd;
   options_ = options;
+  retention_count_.store(options.retention_count, std::memory_order_relaxed);
   return remove_temporaries(error);
 }
 
@@ -452,10 +453,12 @@ Status Backups::create(const KeyStore& store, int64_t now, BackupInfo* out, std:
 }
 
 void Backups::prune(std::vector<BackupInfo> complete) {
-  if (options_.retention_count == 0 || complete.size() <= options_.retention_count) return;
+  // Once per prune: a reload meanwhile applies to the next one.
+  const uint32_t keep = retention_count_.load(std::memory_order_relaxed);
+  if (keep == 0 || complete.size() <= keep) return;
   // `complete` is newest first. Each pruned backup is first renamed to a temporary, so a crash
   // mid-removal leaves a temporary (cleaned later), never a complete-looking partial backup.
-  for (size_t i = options_.retention_count; i < complete.size(); ++i) {
+  for (size_t i = keep; i < complete.size(); ++i) {
     const std::string temp = options_.dir + "/" + std::string(kTempPrefix) + complete[i].name;
     std::error_code ec;
     if (::rename(complete[i].path.c_str(), temp.c_str()) != 0) {

@@ -86,6 +86,11 @@ class Backups {
 
   Stats stats() const noexcept;
   const std::string& dir() const noexcept { return options_.dir; }
+  // A reload's [backup] retention_count: the pruning after the next backup keeps this many
+  // (nothing is pruned now). Any thread.
+  void set_retention_count(uint32_t retention_count) noexcept {
+    retention_count_.store(retention_count, std::memory_order_relaxed);
+  }
 
   // Parses a complete backup's name ("keygate-YYYYMMDDTHHMMSSZ-SEQ"); false for anything else
   // (temporaries, LOCK, an operator's own files), which list() and pruning leave alone.
@@ -101,6 +106,9 @@ class Backups {
   void prune(std::vector<BackupInfo> complete);
 
   Options options_;
+  // options_.retention_count at open(), then what a reload set (set_retention_count): the one
+  // prune() goes by.
+  std::atomic<uint32_t> retention_count_{0};
   int lock_fd_ = -1;
   std::mutex create_mutex_;  // one create() at a time
   // When the create() in progress was started (its `now`), nullopt between creates. Its own

@@ -27,20 +27,26 @@ bool LastUsedWriter::report(unsigned worker, const KeyUse& use) noexcept {
   return queues_[worker]->push(use);
 }
 
+void LastUsedWriter::set_flush_interval_ms(uint32_t flush_interval_ms) noexcept {
+  KEYGATE_ASSERT(flush_interval_ms > 0);
+  flush_interval_ms_.store(flush_interval_ms, std::memory_order_relaxed);
+}
+
 void LastUsedWriter::run() {
-  const auto flush_interval = std::chrono::milliseconds(flush_interval_ms_);
-  const auto drain_interval =
-      std::chrono::milliseconds(std::min(flush_interval_ms_, kDrainIntervalMs));
-  auto next_write = std::chrono::steady_clock::now() + flush_interval;
+  // Read at every pass: a reload may change it (set_flush_interval_ms).
+  const auto interval = [&] {
+    return std::chrono::milliseconds(flush_interval_ms_.load(std::memory_order_relaxed));
+  };
+  auto last_write = std::chrono::steady_clock::now();
   std::unique_lock lock(wake_mutex_);
   while (!stopping_) {
-    wake_.wait_for(lock, drain_interval);
+    wake_.wait_for(lock, std::min(interval(), std::chrono::milliseconds(kDrainIntervalMs)));
     if (stopping_) break;
     lock.unlock();
     drain();
-    if (const auto now = std::chrono::steady_clock::now(); now >= next_write) {
+    if (const auto now = std::chrono::steady_clock::now(); now >= last_write + interval()) {
       write_pending();
-      next_write = now + flush_interval;
+      last_write = now;
     }
     lock.lock();
   }

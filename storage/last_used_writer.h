@@ -77,6 +77,11 @@ class LastUsedWriter final : public KeyUseSink {
   // Stops the thread, then flushes once more. Idempotent. Call after the workers stopped.
   void stop();
 
+  // A reload's [keys] last_used_flush_interval_ms: the next write is due at most this long
+  // after the last one (the thread wakes to drain every kDrainIntervalMs anyway, so it is seen
+  // within that). Any thread.
+  void set_flush_interval_ms(uint32_t flush_interval_ms) noexcept;
+
   Stats stats() const noexcept;
 
  private:
@@ -88,7 +93,8 @@ class LastUsedWriter final : public KeyUseSink {
 
   std::vector<std::unique_ptr<KeyUseQueue>> queues_;
   WriteFn write_;
-  uint32_t flush_interval_ms_;
+  // Read by the thread at each pass; a reload stores it (set_flush_interval_ms).
+  std::atomic<uint32_t> flush_interval_ms_;
   std::mutex drain_mutex_;  // guards pending_ and the queues' consumer side (one consumer)
   std::unordered_map<std::string, int64_t> pending_;  // key id -> latest use not yet written
   std::mutex write_mutex_;  // one write at a time (the thread's, a test's, stop()'s)

@@ -164,8 +164,9 @@ std::string count_of(uint64_t n, const char* singular, const char* plural) {
 // soft RLIMIT_NOFILE is short of the configured connections (the data port's and the pooled
 // upstream ones of `apis` in every worker, and the admin port's): accepts beyond it fail with
 // EMFILE, the connections wait in the listen backlog, counted as workers.accept_errors in
-// /admin/stats. At start, and after each valid reload with its APIs (their upstream servers
-// change the estimate; the limits are the ones keygate started with, as a reload keeps them).
+// /admin/stats. At start, and after each valid reload with its APIs and limits (their upstream
+// servers and upstream_idle_connections_max change the estimate; connections_per_worker_max
+// and admin.connections_max are the ones keygate started with, as a reload keeps them).
 void check_descriptor_limit(unsigned workers, const keygate::Config& config,
                             const std::vector<keygate::ApiConfig>& apis) {
   rlimit limit{};
@@ -230,14 +231,19 @@ struct ReloadStats {
 // What the main thread needs to apply a reload.
 struct Reloader {
   const keygate::CommandLine& cli;
-  keygate::Config& running;  // the config keygate runs with; its apis follow every reload
+  // The config keygate runs with: its apis and its live settings (keygate::apply_live_settings)
+  // follow every reload; its restart-only settings stay those it started with.
+  keygate::Config& running;
   keygate::net::Server& server;
   keygate::ApiVersions& apis;
   ReloadStats& stats;
   unsigned workers;  // for the descriptor estimate of the new APIs
+  // The other holders of live settings (null: not running, e.g. the access log is off).
+  keygate::storage::AccessLog* access_log;
+  keygate::storage::LastUsedWriter& last_used;
+  keygate::storage::Backups* backups;
   // Which workers are stalled (as of its last poll): a reload does not wait for them.
-  const keygate::WorkerWatch& watch;
-
+  keygate::WorkerWatch& watch;
   // How long a reload waits for a worker that is not stalled to take the new APIs. A worker
   // whose loop turns takes them within one pass (the eventfd wakes it; well under a
   // millisecond), so one that has not within 1 s is stuck in a pass, whether or not the
@@ -260,12 +266,16 @@ struct Reloader {
 
   // SIGHUP: reads the config file again and checks it exactly as at start (the command-line
   // flags still win over it). Invalid: refused, nothing changes. Valid: its [[apis]] replace
-  // the running ones on every worker; any other setting that differs is named as taking effect
-  // at the next start, and the APIs are applied all the same (an operator who fixed a route and
-  // also touched a limit should not have to choose; refusing would keep the wrong route until a
-  // restart). Returns once every worker routes new requests with the new APIs, but for the
-  // stalled ones and those that did not take them within kWorkerWaitMs, which the line and
-  // the outcome name (each takes them at its next loop pass).
+  // the running ones on every worker, and so do the settings that can change in a running
+  // process (keygate::reload_changes: limits, timeouts, the log's retention, ...), each where
+  // it is used: the workers take them with the APIs at a loop pass, the log writer, the
+  // last-used writer, the backups and the worker watch their own. Any other setting that
+  // differs is named as taking effect at the next start, and the rest is applied all the same
+  // (an operator who fixed a route and also touched the worker count should not have to
+  // choose; refusing would keep the wrong route until a restart). Returns once every worker
+  // serves new requests with the new APIs and settings, but for the stalled ones and those
+  // that did not take them within kWorkerWaitMs, which the line and the outcome name (each
+  // takes them at its next loop pass).
   keygate::ReloadOutcome reload() {
     if (!cli.config_path) {
       return refuse("keygate was started without --config: there is no file to read again");
@@ -287,8 +297,13 @@ struct Reloader {
       // Parse errors name the file and line already; a cross-field rule names the file here.
       return refuse(error.starts_with(path) ? error : path + ": " + error);
     }
+    // The running config with the reload's live settings: what keygate serves with from now.
+    keygate::Config next = running;
+    keygate::apply_live_settings(fresh, &next);
     auto set = std::make_shared<keygate::ApiSet>();
     set->generation = stats.generation.load(std::memory_order_relaxed) + 1;
+    set->settings = keygate::WorkerSettings{next.limits, next.admin_body_bytes_max,
+                                            next.log_capture_bytes_max};
     std::vector<unsigned> stalled;
     for (unsigned i = 0; i < workers; ++i) {
       if (watch.stalled(i)) stalled.push_back(i);
@@ -301,19 +316,35 @@ struct Reloader {
     // After every worker: the admin API accepts keys for an added API (and refuses a removed
     // one) once requests to it are routed everywhere.
     apis.publish(set);
+    // The settings the workers do not hold. Each is handed over without waiting: the log
+    // writer takes its own at its next pass (woken now), the others are read where used.
+    if (access_log != nullptr) {
+      access_log->set_live_options(next.log_segment_bytes_max, next.log_retention_bytes,
+                                   next.log_flush_interval_ms);
+    }
+    last_used.set_flush_interval_ms(next.last_used_flush_interval_ms);
+    if (backups != nullptr) backups->set_retention_count(next.backup_retention_count);
+    watch.set_stall_timeout_ms(next.worker_stall_timeout_ms);
     keygate::ReloadOutcome outcome;
     outcome.applied = true;
     outcome.generation = set->generation;
     outcome.apis = set->registry.apis().size();
-    outcome.restart_settings = keygate::settings_needing_restart(running, fresh);
+    keygate::ReloadChanges changes = keygate::reload_changes(running, fresh);
+    outcome.restart_settings = std::move(changes.restart);
+    outcome.applied_settings = std::move(changes.live);
     outcome.workers_pending = late;
     for (const std::string& key : outcome.restart_settings) {
       std::fprintf(stderr, "keygate: reload: %s changed: takes effect at restart\n",
                    key.c_str());
     }
-    running.apis = std::move(fresh.apis);
+    next.apis = std::move(fresh.apis);
+    running = std::move(next);
     stats.generation.store(set->generation, std::memory_order_relaxed);
     stats.applied.fetch_add(1, std::memory_order_relaxed);
+    std::string applied;
+    for (const std::string& key : outcome.applied_settings) {
+      applied += (applied.empty() ? "; applied: " : ", ") + key;
+    }
     // The workers that had not taken it, on the same line: a request sent after it is routed
     // with the new APIs by every other worker.
     std::string pending;
@@ -326,10 +357,11 @@ struct Reloader {
       pending += late.size() == 1 ? " has" : " have";
       pending += " not taken it yet (stalled: each takes it at its next loop pass)";
     }
-    std::fprintf(stderr, "keygate: reloaded %s: %s (generation %llu)%s\n", path.c_str(),
+    std::fprintf(stderr, "keygate: reloaded %s: %s (generation %llu)%s%s\n", path.c_str(),
                  count_of(outcome.apis, "API", "APIs").c_str(),
-                 static_cast<unsigned long long>(set->generation), pending.c_str());
-    // After the line: the warning is about the APIs now serving.
+                 static_cast<unsigned long long>(set->generation), applied.c_str(),
+                 pending.c_str());
+    // After the line: the warning is about the APIs and limits now serving.
     check_descriptor_limit(workers, running, running.apis);
     return outcome;
   }
@@ -523,7 +555,7 @@ int main(int argc, char** argv) {
   // it at once, a script's trap) stays pending and is taken once keygate is up, which then
   // stops as usual (exit 0, "keygate: stopped") instead of dying of it (exit 143, the store
   // and the log not closed). The mask and the pending signal survive the re-exec below.
-  // SIGHUP reloads the APIs (Reloader). SIGUSR1 and SIGUSR2 are taken too and only said on
+  // SIGHUP reloads the config: the APIs and the settings that can change live (Reloader). SIGUSR1 and SIGUSR2 are taken too and only said on
   // stderr: their default action would end keygate at once, without a drain and with the
   // access log's last records lost.
   // SIGPIPE is ignored outright (sends use MSG_NOSIGNAL, but belt and braces). So is SIGXFSZ:
@@ -980,7 +1012,8 @@ int main(int argc, char** argv) {
   // again (several of them then are one: the kernel keeps one pending SIGHUP), and a SIGTERM
   // during a reload drains once the reload is done. Between them the thread wakes to watch the
   // workers (sigtimedwait's timeout: the next poll).
-  Reloader reloader{cli, config, *server, api_versions, reload_stats, workers, watch};
+  Reloader reloader{cli,     config,           *server,   api_versions,  reload_stats,
+                    workers, access_log.get(), last_used, backups.get(), watch};
   int sig = 0;
   bool no_worker_left = false;
   for (;;) {
@@ -1013,7 +1046,7 @@ int main(int argc, char** argv) {
       continue;
     }
     std::fprintf(stderr,
-                 "keygate: %s ignored (SIGHUP reloads the APIs; SIGTERM or SIGINT stop "
+                 "keygate: %s ignored (SIGHUP reloads the config; SIGTERM or SIGINT stop "
                  "keygate)\n",
                  signal_name(sig));
   }

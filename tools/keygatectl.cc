@@ -251,18 +251,22 @@ reloads_refused_total). With --json, the server's object as is.
 
 constexpr std::string_view kReloadHelp = R"(Usage: keygatectl [global options] reload
 
-Makes keygate read its --config file again and apply its [[apis]] without a restart, as
-SIGHUP does (POST /admin/reload; docs/configuration.md, "Reload"), and prints the outcome
-once every worker routes new requests with the new APIs:
+Makes keygate read its --config file again and apply its [[apis]] and the settings that can
+change live (limits, timeouts, log retention, ...) without a restart, as SIGHUP does
+(POST /admin/reload; docs/configuration.md, "Reload"), and prints the outcome once every
+worker serves new requests with them:
   generation        the APIs' generation now (1 at start, +1 per applied reload)
   apis              how many APIs keygate has now
-  restart_settings  each other setting the file changes, one per line, or (none): keygate
-                    keeps its old value until it restarts (also said on stderr)
+  applied_settings  each other setting the file changes that now serves, one per line, or
+                    (none)
+  restart_settings  each other setting the file changes that cannot change live, one per
+                    line, or (none): keygate keeps its old value until it restarts (also said
+                    on stderr)
   workers_pending   only when there are any: the workers (by index) that had not taken the
-                    new APIs yet, stalled (also said on stderr); each takes them at its next
-                    loop pass, and until then routes new requests with the old ones
-With --json, the server's object as is
-({"generation":N,"apis":N,"restart_settings":[...],"workers_pending":[...]}).
+                    new APIs and settings yet, stalled (also said on stderr); each takes them
+                    at its next loop pass, and until then serves new requests with the old ones
+With --json, the server's object as is ({"generation":N,"apis":N,"restart_settings":[...],
+"workers_pending":[...],"applied_settings":[...]}).
 
 Exit status 1 with "keygatectl: 400 reload_refused: FILE:LINE:COLUMN: WHAT" on stderr when
 the file is invalid (or keygate runs without a --config file it can read again): nothing
@@ -1512,13 +1516,22 @@ int reload_config(const Context& ctx, const Args& args) {
       root["restart_settings"].get_array().get(changed) != simdjson::SUCCESS) {
     return unexpected_response("not a reload outcome");
   }
-  std::vector<std::string> settings;
-  for (dom::element e : changed) {
-    std::string_view name;
-    if (e.get_string().get(name) != simdjson::SUCCESS) {
-      return unexpected_response("not a reload outcome");
+  const auto names = [](dom::array list, std::vector<std::string>* out) {
+    for (dom::element e : list) {
+      std::string_view name;
+      if (e.get_string().get(name) != simdjson::SUCCESS) return false;
+      out->emplace_back(name);
     }
-    settings.emplace_back(name);
+    return true;
+  };
+  std::vector<std::string> settings;
+  if (!names(changed, &settings)) return unexpected_response("not a reload outcome");
+  // Absent from a keygate that applied [[apis]] only: shown as (none).
+  std::vector<std::string> applied;
+  dom::array applied_list;
+  if (root["applied_settings"].get_array().get(applied_list) == simdjson::SUCCESS &&
+      !names(applied_list, &applied)) {
+    return unexpected_response("not a reload outcome");
   }
   // Absent from a keygate older than the field: as none.
   std::vector<std::string> pending;
@@ -1532,10 +1545,14 @@ int reload_config(const Context& ctx, const Args& args) {
       pending.push_back(std::to_string(worker));
     }
   }
+  const auto or_none = [](std::vector<std::string> list) {
+    return list.empty() ? std::vector<std::string>{"(none)"} : list;
+  };
   std::vector<std::pair<std::string, std::vector<std::string>>> fields = {
       {"generation", {std::to_string(generation)}},
       {"apis", {std::to_string(apis)}},
-      {"restart_settings", settings.empty() ? std::vector<std::string>{"(none)"} : settings}};
+      {"applied_settings", or_none(applied)},
+      {"restart_settings", or_none(settings)}};
   if (!pending.empty()) fields.push_back({"workers_pending", pending});
   std::string out;
   render_fields(fields, &out);

@@ -1799,22 +1799,27 @@ TEST_F(AdminStats, ReloadAnswersWhatTheReloadDid) {
   outcome.applied = true;
   outcome.generation = 3;
   outcome.apis = 2;
-  outcome.restart_settings = {"limits.idle_timeout_ms"};
+  outcome.restart_settings = {"cache.max_keys"};
+  outcome.applied_settings = {"limits.idle_timeout_ms", "log.retention_bytes"};
   ctx_.reload = [&] {
     ++calls;
     return outcome;
   };
   AdminResponse r = call("POST", "/admin/reload");
   EXPECT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, R"({"generation":3,"apis":2,"restart_settings":["limits.idle_timeout_ms"],)"
-                    R"("workers_pending":[]})");
+  EXPECT_EQ(r.body,
+            R"({"generation":3,"apis":2,"restart_settings":["cache.max_keys"],)"
+            R"("workers_pending":[],)"
+            R"("applied_settings":["limits.idle_timeout_ms","log.retention_bytes"]})");
   EXPECT_EQ(calls, 1);
   // Applied while workers 1 and 3 were stalled: named.
   outcome.workers_pending = {1, 3};
   r = call("POST", "/admin/reload");
   EXPECT_EQ(r.status, 200);
-  EXPECT_EQ(r.body, R"({"generation":3,"apis":2,"restart_settings":["limits.idle_timeout_ms"],)"
-                    R"("workers_pending":[1,3]})");
+  EXPECT_EQ(r.body,
+            R"({"generation":3,"apis":2,"restart_settings":["cache.max_keys"],)"
+            R"("workers_pending":[1,3],)"
+            R"("applied_settings":["limits.idle_timeout_ms","log.retention_bytes"]})");
   outcome = ReloadOutcome{};
   outcome.error = "k.toml:3:9: expected value";
   r = call("POST", "/admin/reload");

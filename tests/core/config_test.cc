@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -909,7 +910,7 @@ TEST(Config, UsageNamesEveryFlag) {
   }
 }
 
-TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
+TEST(Config, ReloadChangesNameEveryChangedKeyButTheApisAsLiveOrRestart) {
   Config running;
   std::string error;
   ASSERT_TRUE(parse_config("[[apis]]\nname = \"orders\"\nroutes = [\"/orders\"]\n", "a.toml",
@@ -922,11 +923,25 @@ TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
                            "[[apis]]\nname = \"billing\"\nroutes = [\"/billing\"]\n",
                            "b.toml", &reloaded, &error))
       << error;
+  // The idle timeout is applied by the reload; the rest waits for a restart.
   EXPECT_EQ(settings_needing_restart(running, reloaded),
-            (std::vector<std::string>{"server.workers", "limits.idle_timeout_ms",
-                                      "limits.send_rate_min_bytes_per_s",
-                                      "limits.send_buffer_bytes", "cache.max_keys",
-                                      "log.enabled"}));
+            (std::vector<std::string>{"server.workers", "limits.send_buffer_bytes",
+                                      "cache.max_keys", "log.enabled"}));
+  const ReloadChanges changes = reload_changes(running, reloaded);
+  EXPECT_EQ(changes.restart, settings_needing_restart(running, reloaded));
+  EXPECT_EQ(changes.live, (std::vector<std::string>{"limits.idle_timeout_ms",
+                                                      "limits.send_rate_min_bytes_per_s"}));
+  // Applied: the live one is the reloaded value, the restart-only ones and the APIs are not.
+  Config applied = running;
+  apply_live_settings(reloaded, &applied);
+  EXPECT_EQ(applied.limits.idle_timeout_ms, 5u);
+  EXPECT_EQ(applied.limits.send_rate_min_bytes_per_s, 1u);
+  EXPECT_EQ(applied.limits.send_buffer_bytes, running.limits.send_buffer_bytes);
+  EXPECT_EQ(applied.workers, running.workers);
+  EXPECT_EQ(applied.cache_max_keys, running.cache_max_keys);
+  EXPECT_EQ(applied.log_enabled, running.log_enabled);
+  ASSERT_EQ(applied.apis.size(), 1u);
+  EXPECT_EQ(applied.apis[0].name, "orders");
   // Only the APIs changed: nothing to name.
   Config same = running;
   same.apis.clear();
@@ -942,15 +957,44 @@ TEST(Config, SettingsNeedingRestartNameEveryChangedKeyButTheApis) {
 }
 
 // Every setting docs/configuration.md documents (each table row "| `key` | default | ..." under
-// a "## `[section]`" heading; not [[apis]]) is named by settings_needing_restart when a reload
-// changes it: that function lists the fields by hand, and a field added to the parser and the
-// docs but not there would make a reload that changes it say nothing. The changed value is the
+// a "## `[section]`" heading; not [[apis]]) is named by reload_changes when a reload changes it,
+// in the list (live or restart) the "Reload" section's table gives it, and
+// apply_live_settings copies it exactly when it is live: those functions list the fields by
+// hand, and a field added to the parser and the docs but not there would make a reload that
+// changes it say nothing (or say it applied what it did not). The changed value is the
 // documented default doubled, or +1, or -1 (the first the parser and validate_config accept);
 // addresses move their port, paths (and settings unset by default: backup.dir) get a name.
-TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedAsNeedingARestart) {
+TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedLiveOrRestartAsTheDocsSay) {
   std::ifstream file(KEYGATE_SOURCE_DIR "/docs/configuration.md");
   ASSERT_TRUE(file.good()) << "cannot read docs/configuration.md";
   const std::string doc((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  // The "Reload" table: "| `a.b`, `c.d` | live | why |" (or restart).
+  std::map<std::string, bool> live_by_doc;
+  {
+    const size_t from = doc.find("\n## Reload\n");
+    ASSERT_NE(from, std::string::npos) << "no Reload section";
+    const size_t to = doc.find("\n## ", from + 1);
+    std::string_view reload = std::string_view(doc).substr(from, to - from);
+    for (size_t at = 0; at < reload.size();) {
+      size_t end = reload.find('\n', at);
+      if (end == std::string_view::npos) end = reload.size();
+      const std::string_view line = reload.substr(at, end - at);
+      at = end + 1;
+      if (!line.starts_with("| `")) continue;
+      const size_t cell_end = line.find(" | ", 2);
+      ASSERT_NE(cell_end, std::string_view::npos) << line;
+      const std::string_view keys = line.substr(2, cell_end - 2);
+      const std::string_view rest = line.substr(cell_end + 3);
+      const bool live = rest.starts_with("live |");
+      ASSERT_TRUE(live || rest.starts_with("restart |")) << line;
+      for (size_t k = keys.find('`'); k != std::string_view::npos;) {
+        const size_t k_end = keys.find('`', k + 1);
+        ASSERT_NE(k_end, std::string_view::npos) << line;
+        live_by_doc[std::string(keys.substr(k + 1, k_end - k - 1))] = live;
+        k = keys.find('`', k_end + 1);
+      }
+    }
+  }
   const Config running;
   std::string section;
   size_t checked = 0;
@@ -998,8 +1042,24 @@ TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedAsNeedingARestart) {
         continue;
       }
       parsed = true;
-      const std::vector<std::string> named = settings_needing_restart(running, reloaded);
-      EXPECT_EQ(named, std::vector<std::string>{section + "." + key}) << key << " = " << value;
+      const std::string name = section + "." + key;
+      const auto doc_class = live_by_doc.find(name);
+      if (doc_class == live_by_doc.end()) {
+        ADD_FAILURE() << name << " is missing from the Reload section's table";
+        break;
+      }
+      const bool live = doc_class->second;
+      const ReloadChanges changes = reload_changes(running, reloaded);
+      const std::vector<std::string> just_it{name};
+      EXPECT_EQ(live ? changes.live : changes.restart, just_it) << name << " = " << value;
+      EXPECT_TRUE((live ? changes.restart : changes.live).empty()) << name << " = " << value;
+      // Applied: a live one no longer differs from the file, a restart one still does.
+      Config applied = running;
+      apply_live_settings(reloaded, &applied);
+      const ReloadChanges after = reload_changes(applied, reloaded);
+      EXPECT_TRUE(after.live.empty()) << name << " = " << value;
+      EXPECT_EQ(after.restart, changes.restart) << name << " = " << value;
+      EXPECT_TRUE(reload_changes(running, applied).restart.empty()) << name << " = " << value;
       break;
     }
     EXPECT_TRUE(parsed) << section << "." << key << ": no changed value was accepted";

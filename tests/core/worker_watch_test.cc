@@ -26,6 +26,25 @@ TEST(WorkerWatch, LoopsYoungerThanTheTimeoutAreNotStalled) {
   EXPECT_EQ(watch.stalls_total(), 0u);
 }
 
+// A reload's worker_stall_timeout_ms: the next poll judges by it, and polls come at its pace.
+TEST(WorkerWatch, AStallTimeoutSetLaterJudgesTheNextPoll) {
+  WorkerWatch watch(1, options(1000));
+  Transitions t;
+  watch.poll(5000, std::vector<WorkerLoop>{{600, false}}, false, &t);
+  EXPECT_TRUE(t.empty());
+  EXPECT_EQ(watch.next_poll_ms(), 5000 + 250);
+  watch.set_stall_timeout_ms(500);
+  watch.poll(5250, std::vector<WorkerLoop>{{850, false}}, false, &t);
+  ASSERT_EQ(t.size(), 1u);
+  EXPECT_TRUE(t[0].stalled);
+  EXPECT_EQ(watch.next_poll_ms(), 5250 + 125);
+  // Raised past the stall's age: it ends at the next poll.
+  t.clear();
+  watch.set_stall_timeout_ms(10000);
+  watch.poll(5375, std::vector<WorkerLoop>{{975, false}}, false, &t);
+  EXPECT_EQ(watch.stalled(), 0u);
+}
+
 TEST(WorkerWatch, AWorkerPastTheTimeoutStallsOnceAndIsCountedOnce) {
   WorkerWatch watch(3, options(1000));
   Transitions t;

@@ -926,6 +926,7 @@ TEST_F(Keygatectl, ReloadAppliesTheEditedConfigAndANewApiIsReachableAfterwards) 
   EXPECT_EQ(reload.out,
             "generation:        2\n"
             "apis:              3\n"
+            "applied_settings:  (none)\n"
             "restart_settings:  (none)\n")
       << reload.describe();
   EXPECT_EQ(reload.err, "") << reload.describe();
@@ -944,7 +945,8 @@ TEST_F(Keygatectl, ReloadAppliesTheEditedConfigAndANewApiIsReachableAfterwards) 
   const CtlRun json = ctl({"reload", "--json"});
   ASSERT_TRUE(json.exited_with(0)) << json.describe();
   EXPECT_EQ(json.out,
-            "{\"generation\":3,\"apis\":3,\"restart_settings\":[],\"workers_pending\":[]}\n")
+            "{\"generation\":3,\"apis\":3,\"restart_settings\":[],\"workers_pending\":[],"
+            "\"applied_settings\":[]}\n")
       << json.describe();
 
   const CtlRun extra = ctl({"reload", "now"});
@@ -988,27 +990,34 @@ TEST_F(Keygatectl, ReloadOfAnInvalidFileSaysWhyOnStderrAndExitsOneAndNothingChan
   EXPECT_EQ(field(fixed.out, "apis"), "2") << fixed.describe();
 }
 
-TEST_F(Keygatectl, ReloadListsEachChangedSettingThatTakesEffectOnlyAtRestart) {
-  replace_config("[limits]\nidle_timeout_ms = 1234\n\n[log]\ncapture_bytes_max = 100\n\n" +
+TEST_F(Keygatectl, ReloadListsEachChangedSettingAppliedAndEachThatTakesEffectOnlyAtRestart) {
+  replace_config("[limits]\nidle_timeout_ms = 1234\n\n[cache]\nnegative_entries = 1024\n\n"
+                 "[log]\nring_bytes_per_worker = 131072\ncapture_bytes_max = 100\n\n" +
                  std::string(kOrdersAndBillingApis) + "\n" + std::string(kChecksApi));
   const CtlRun reload = ctl({"reload"});
   ASSERT_TRUE(reload.exited_with(0)) << reload.describe();
-  // One setting a line, the second under the first; the APIs are applied all the same.
+  // One setting a line, the second under the first; the APIs and the live settings are
+  // applied all the same.
   EXPECT_EQ(reload.out,
             "generation:        2\n"
             "apis:              3\n"
-            "restart_settings:  limits.idle_timeout_ms\n"
-            "                   log.capture_bytes_max\n")
+            "applied_settings:  limits.idle_timeout_ms\n"
+            "                   log.capture_bytes_max\n"
+            "restart_settings:  cache.negative_entries\n"
+            "                   log.ring_bytes_per_worker\n")
       << reload.describe();
   EXPECT_EQ(reload.err,
             "keygatectl: the restart_settings changed in the file but take effect only when "
             "keygate restarts\n")
       << reload.describe();
+  // The next reload compares with what runs now: the applied ones are no change any more, the
+  // restart-only ones still are.
   const CtlRun json = ctl({"reload", "--json"});
   ASSERT_TRUE(json.exited_with(0)) << json.describe();
   EXPECT_EQ(json.out,
             "{\"generation\":3,\"apis\":3,\"restart_settings\":"
-            "[\"limits.idle_timeout_ms\",\"log.capture_bytes_max\"],\"workers_pending\":[]}\n")
+            "[\"cache.negative_entries\",\"log.ring_bytes_per_worker\"],"
+            "\"workers_pending\":[],\"applied_settings\":[]}\n")
       << json.describe();
   EXPECT_EQ(json.err, "") << json.describe();
 }

@@ -1,7 +1,8 @@
-// Integration tests of the live reload of the APIs (SIGHUP): the real keygate in front of
-// keygate-upstream on loopback, its config file rewritten and the signal sent, then the answers
-// on the data and admin ports checked. A reload is done once keygate says so on stderr
-// ("keygate: reloaded ...": every worker routes new requests with the new APIs by then).
+// Integration tests of the live reload of the APIs and the live settings (SIGHUP): the real
+// keygate in front of keygate-upstream on loopback, its config file rewritten and the signal
+// sent, then the answers on the data and admin ports (and the access log's files) checked. A
+// reload is done once keygate says so on stderr ("keygate: reloaded ...": every worker routes
+// new requests with the new APIs and limits by then).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -9,11 +10,13 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -121,10 +124,13 @@ class ReloadTest : public ::testing::Test {
   }
 
   // POST /admin/keys with value `key` for `apis`: the status.
-  int create_key(std::string_view key, const std::vector<std::string>& apis) {
+  // `log_request`: its requests are captured in the access log.
+  int create_key(std::string_view key, const std::vector<std::string>& apis,
+                 bool log_request = false) {
     std::string list;
     for (const std::string& a : apis) list += (list.empty() ? "\"" : ",\"") + a + "\"";
-    const std::string body = "{\"key\":\"" + std::string(key) + "\",\"apis\":[" + list + "]}";
+    const std::string body = "{\"key\":\"" + std::string(key) + "\",\"apis\":[" + list + "]" +
+                             (log_request ? ",\"log_request\":true}" : "}");
     const auto r = round_trip(server_->admin_port(),
                               http_request("POST", "/admin/keys",
                                            {"X-ApiKey: " + std::string(kAdminKey),
@@ -137,6 +143,44 @@ class ReloadTest : public ::testing::Test {
                               Millis timeout = Millis(3000)) {
     return round_trip(server_->data_port(),
                       http_request("GET", target, {"X-ApiKey: " + std::string(key)}), timeout);
+  }
+
+  // POST `target` with a text body of `body_bytes` bytes ("x" each), on a new connection.
+  std::optional<Response> post(std::string_view target, std::string_view body,
+                               std::string_view key = kKey) {
+    return round_trip(server_->data_port(), post_request(target, body, key));
+  }
+  static std::string post_request(std::string_view target, std::string_view body,
+                                  std::string_view key = kKey) {
+    return http_request("POST", target,
+                        {"X-ApiKey: " + std::string(key), "Content-Type: text/plain"}, body);
+  }
+
+  // The access log's segment files now, and every byte in them.
+  std::vector<std::string> segments() const {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(server_->log_dir(), ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.starts_with("access-") && name.ends_with(".jsonl")) out.push_back(e.path());
+    }
+    return out;
+  }
+  std::string log_text() const {
+    std::string text;
+    for (const std::string& path : segments()) {
+      std::ifstream in(path, std::ios::binary);
+      text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    return text;
+  }
+  // Polls log_text() until it holds `what` (up to 5 s).
+  bool log_holds(std::string_view what) const {
+    for (int i = 0; i < 500; ++i) {
+      if (log_text().find(what) != std::string::npos) return true;
+      std::this_thread::sleep_for(Millis(10));
+    }
+    return false;
   }
 
   int64_t stat(std::string_view name) {
@@ -214,8 +258,9 @@ TEST_F(ReloadTest, PostAdminReloadReloadsAndAnswersWithTheOutcome) {
   auto r = post_reload();
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->status, 200) << r->raw;
-  EXPECT_EQ(r->body, R"({"generation":2,"apis":2,"restart_settings":["limits.idle_timeout_ms"],)"
-                     R"("workers_pending":[]})");
+  EXPECT_EQ(r->body,
+            R"({"generation":2,"apis":2,"restart_settings":[],"workers_pending":[],)"
+            R"("applied_settings":["limits.idle_timeout_ms"]})");
   // Answered once the new APIs serve.
   ASSERT_EQ(create_key(kNewKey, {"checks"}), 201);
   EXPECT_EQ(get("/checks", kNewKey)->status, 200);
@@ -474,22 +519,166 @@ TEST_F(ReloadTest, AnInvalidFileIsRefusedWithItsLineAndTheOldApisKeepServing) {
   EXPECT_EQ(server_->error_output().find("keygate: reloaded"), std::string::npos);
 }
 
-TEST_F(ReloadTest, OtherSettingsThatChangedAreNamedAsNeedingARestartAndTheApisApplyAnyway) {
-  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@")));
-  replace_config("[limits]\nidle_timeout_ms = 1234\n\n[log]\ncapture_bytes_max = 100\n\n" +
+TEST_F(ReloadTest, RestartOnlySettingsThatChangedAreNamedAndNotAppliedTheRestApplies) {
+  ASSERT_NO_FATAL_FAILURE(start(api("orders", "/orders", "@A@"), {"orders"}, 1));
+  replace_config("[limits]\nidle_timeout_ms = 1234\nconnections_per_worker_max = 1\n\n"
+                 "[log]\ncapture_bytes_max = 100\nring_bytes_per_worker = 131072\n\n" +
                  fill(api("orders", "/orders", "@A@") + api("checks", "/checks")));
   ASSERT_TRUE(reload(2));
   const std::string& err = server_->error_output();
-  EXPECT_NE(err.find("keygate: reload: limits.idle_timeout_ms changed: takes effect at restart"),
+  EXPECT_NE(err.find("keygate: reload: limits.connections_per_worker_max changed: takes effect "
+                     "at restart"),
             std::string::npos)
       << err;
-  EXPECT_NE(err.find("keygate: reload: log.capture_bytes_max changed: takes effect at restart"),
+  EXPECT_NE(err.find("keygate: reload: log.ring_bytes_per_worker changed: takes effect at "
+                     "restart"),
             std::string::npos)
       << err;
-  // The command-line flags still win: --listen, --workers, --data-dir are not changes.
+  // The command-line flags still win: --listen, --workers, --data-dir are not changes; the
+  // live ones are applied, said on the reload line.
   EXPECT_EQ(count_of(err, "changed: takes effect at restart"), 2u) << err;
+  EXPECT_NE(err.find(": 2 APIs (generation 2); applied: limits.idle_timeout_ms, "
+                     "log.capture_bytes_max\n"),
+            std::string::npos)
+      << err;
   ASSERT_EQ(create_key(kNewKey, {"checks"}), 201);
   EXPECT_EQ(get("/checks", kNewKey)->status, 200);
+  // connections_per_worker_max = 1 is not applied: the one worker still takes a second
+  // connection while the first stays open.
+  RawClient first;
+  RawClient second;
+  ASSERT_TRUE(first.connect(server_->data_port()));
+  ASSERT_TRUE(second.connect(server_->data_port()));
+  const std::string request = http_request("GET", "/checks", {"X-ApiKey: " + std::string(kNewKey)});
+  for (RawClient* c : {&first, &second}) {
+    ASSERT_TRUE(c->send(request));
+    const auto r = c->read_response();
+    ASSERT_TRUE(r.has_value()) << to_string(c->last_end());
+    EXPECT_EQ(r->status, 200) << r->raw;
+  }
+}
+
+// [limits] body_bytes_max lowered by a reload: a body allowed before gets 413, on a new
+// connection and on one kept open across the reload; raised again: allowed again.
+TEST_F(ReloadTest, ABodyLimitChangedByAReloadAppliesToTheNextRequests) {
+  ASSERT_NO_FATAL_FAILURE(start(api("checks", "/checks"), {"checks"}));
+  const std::string body(2000, 'x');
+  RawClient kept;
+  ASSERT_TRUE(kept.connect(server_->data_port()));
+  ASSERT_TRUE(kept.send(post_request("/checks", body)));
+  auto r = kept.read_response();
+  ASSERT_TRUE(r.has_value()) << to_string(kept.last_end());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  EXPECT_EQ(post("/checks", body)->status, 200);
+
+  rewrite("body_bytes_max = 1000\n\n" + api("checks", "/checks"));
+  ASSERT_TRUE(reload(2));
+  EXPECT_NE(server_->error_output().find("(generation 2); applied: limits.body_bytes_max\n"),
+            std::string::npos)
+      << server_->error_output();
+  r = post("/checks", body);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 413) << r->raw;
+  EXPECT_EQ(string_member(r->body, "error"), "body_too_large") << r->body;
+  ASSERT_TRUE(kept.send(post_request("/checks", body)));
+  r = kept.read_response();
+  ASSERT_TRUE(r.has_value()) << to_string(kept.last_end());
+  EXPECT_EQ(r->status, 413) << r->raw;
+  EXPECT_EQ(post("/checks", std::string(900, 'x'))->status, 200);
+
+  rewrite("body_bytes_max = 4000\n\n" + api("checks", "/checks"));
+  ASSERT_TRUE(reload(3));
+  EXPECT_EQ(post("/checks", std::string(3000, 'x'))->status, 200);
+  EXPECT_EQ(post("/checks", std::string(5000, 'x'))->status, 413);
+}
+
+// Shortened timeouts: a keep-alive connection idle since before the reload is closed within
+// the new idle_timeout_ms (not the old 60 s), and a new connection that sends nothing within
+// the new header_timeout_ms (not the old 10 s).
+TEST_F(ReloadTest, ShorterTimeoutsFromAReloadCloseConnectionsAfterTheNewTime) {
+  ASSERT_NO_FATAL_FAILURE(start(api("checks", "/checks"), {"checks"}));
+  RawClient idle;
+  ASSERT_TRUE(idle.connect(server_->data_port()));
+  ASSERT_TRUE(idle.send(http_request("GET", "/checks", {"X-ApiKey: " + std::string(kKey)})));
+  const auto r = idle.read_response();
+  ASSERT_TRUE(r.has_value()) << to_string(idle.last_end());
+  ASSERT_EQ(r->status, 200) << r->raw;
+
+  rewrite("idle_timeout_ms = 300\nheader_timeout_ms = 300\n\n" + api("checks", "/checks"));
+  ASSERT_TRUE(reload(2));
+  const auto reloaded = std::chrono::steady_clock::now();
+  idle.read_until_close(Millis(5000));
+  EXPECT_EQ(idle.last_end(), ReadEnd::kEof) << to_string(idle.last_end());
+  EXPECT_LT(std::chrono::steady_clock::now() - reloaded, Millis(3000));
+
+  RawClient silent;
+  ASSERT_TRUE(silent.connect(server_->data_port()));
+  const auto connected = std::chrono::steady_clock::now();
+  silent.read_until_close(Millis(5000));
+  EXPECT_EQ(silent.last_end(), ReadEnd::kEof) << to_string(silent.last_end());
+  const auto took = std::chrono::steady_clock::now() - connected;
+  EXPECT_GE(took, Millis(250));
+  EXPECT_LT(took, Millis(3000));
+}
+
+// [log] capture_bytes_max changed by a reload: a captured body is cut at the new cap.
+TEST_F(ReloadTest, ACaptureCapChangedByAReloadCutsCapturedBodiesAtTheNewCap) {
+  ASSERT_NO_FATAL_FAILURE(start(api("checks", "/checks"), {"checks"}));
+  ASSERT_EQ(create_key(kNewKey, {"checks"}, true), 201);
+  const std::string before = "before" + std::string(494, 'b');
+  EXPECT_EQ(post("/checks", before, kNewKey)->status, 200);
+  // Captured whole (the default cap is 64 KiB).
+  EXPECT_TRUE(log_holds("\"" + before + "\"")) << log_text();
+
+  replace_config("[log]\ncapture_bytes_max = 100\n\n" + fill(api("checks", "/checks")));
+  ASSERT_TRUE(reload(2));
+  const std::string after = "after" + std::string(495, 'a');
+  EXPECT_EQ(post("/checks", after, kNewKey)->status, 200);
+  EXPECT_TRUE(log_holds("\"" + after.substr(0, 100) + "\"")) << log_text();
+  EXPECT_EQ(log_text().find(after.substr(0, 101)), std::string::npos);
+}
+
+// [log] retention_bytes lowered by a reload: the oldest segments beyond it are deleted at once,
+// not at the next rotation.
+TEST_F(ReloadTest, ALowerLogRetentionFromAReloadDeletesTheOldestSegments) {
+  const std::string small_segments = "[log]\nsegment_bytes_max = 65536\n\n";
+  ASSERT_NO_FATAL_FAILURE(start(small_segments + api("checks", "/checks"), {"checks"}));
+  ASSERT_EQ(create_key(kNewKey, {"checks"}, true), 201);
+  // About 30 KB per record (its captured body): two a segment.
+  const std::string body(30000, 'r');
+  for (int i = 0; i < 12; ++i) ASSERT_EQ(post("/checks", body, kNewKey)->status, 200);
+  size_t before = 0;
+  for (int i = 0; i < 500 && (before = segments().size()) < 5; ++i) {
+    std::this_thread::sleep_for(Millis(10));
+  }
+  ASSERT_GE(before, 5u);
+
+  replace_config("[log]\nsegment_bytes_max = 65536\nretention_bytes = 65536\n\n" +
+                 fill(api("checks", "/checks")));
+  ASSERT_TRUE(reload(2));
+  size_t after = segments().size();
+  for (int i = 0; i < 300 && after > 2; ++i) {
+    std::this_thread::sleep_for(Millis(10));
+    after = segments().size();
+  }
+  EXPECT_LE(after, 2u) << "segments before the reload: " << before;
+  EXPECT_GE(after, 1u);
+}
+
+// A value the config refuses (as at start) refuses the whole reload: the limits keygate had
+// stay, the body limit among them.
+TEST_F(ReloadTest, AnInvalidValueRefusesTheReloadAndTheOldLimitsStay) {
+  ASSERT_NO_FATAL_FAILURE(start(api("checks", "/checks"), {"checks"}));
+  const std::string body(2000, 'x');
+  const std::string path =
+      rewrite("body_bytes_max = 1000\nheader_count_max = 0\n\n" + api("checks", "/checks"));
+  ASSERT_TRUE(server_->send_signal(SIGHUP));
+  ASSERT_TRUE(server_->wait_for_error_output("keygate: reload refused: " + path, Millis(10000)))
+      << server_->error_output();
+  EXPECT_NE(server_->error_output().find("header_count_max"), std::string::npos)
+      << server_->error_output();
+  EXPECT_EQ(stat("generation"), 1);
+  EXPECT_EQ(post("/checks", body)->status, 200);
 }
 
 TEST_F(ReloadTest, ARequestInFlightAcrossTheReloadFinishesOnTheOldVersion) {

@@ -251,8 +251,9 @@ TEST(WedgedWorker, AReloadDoesNotWaitForAStalledWorkerNamesItAndItTakesTheApisAf
   ASSERT_TRUE(reloaded.has_value());
   EXPECT_LT(Clock::now() - asked, Millis(800));
   EXPECT_EQ(reloaded->status, 200) << reloaded->raw;
-  EXPECT_EQ(reloaded->body, R"({"generation":3,"apis":3,"restart_settings":[],"workers_pending":[)" +
-                                std::to_string(worker) + "]}");
+  EXPECT_EQ(reloaded->body,
+            R"({"generation":3,"apis":3,"restart_settings":[],"workers_pending":[)" +
+                std::to_string(worker) + R"(],"applied_settings":[]})");
   // The wedge (6 s) began at least the stall timeout (250 ms) before wedged_at.
   ASSERT_LT(Clock::now() - wedged_at, Millis(4500)) << "the wedge may end before the requests";
 

@@ -239,6 +239,31 @@ TEST(HttpParser, HeaderLookupIsCaseInsensitive) {
   EXPECT_EQ(req.headers[1].name, "X-Api-Key");
 }
 
+// A reload (adopt_limits) while a request is held (a deferred or forwarded one keeps its
+// HttpRequest): the request's headers stay where they are, even when header_count_max grew, and
+// the next request on the connection goes by the new caps.
+TEST(HttpParser, AdoptedLimitsKeepAHeldRequestsHeadersAndApplyToTheNextRequest) {
+  Limits limits;
+  limits.header_count_max = 2;
+  HttpParser parser(limits);
+  std::string first = "GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n";
+  ASSERT_EQ(parser.parse(first).status, Status::kRequest);
+  const HttpRequest& held = parser.request();
+  limits.header_count_max = 1000;
+  limits.body_bytes_max = 5;
+  parser.adopt_limits(5);
+  ASSERT_EQ(held.headers.size(), 2u);
+  EXPECT_EQ(held.headers[1].name, "X-A");  // not moved by a reserve (ASan: no use after free)
+  EXPECT_EQ(held.header("x-a"), "1");
+  // Four headers (431 under the old cap of 2), a body over the new cap of 5: 413.
+  std::string second =
+      "POST /b HTTP/1.1\r\nHost: h\r\nX-1: 1\r\nX-2: 2\r\nContent-Length: 11\r\n\r\n"
+      "hello world";
+  ASSERT_EQ(parser.parse(second).status, Status::kError);
+  EXPECT_EQ(parser.error().status, 413);
+  EXPECT_EQ(parser.error().code, "body_too_large");
+}
+
 TEST(HttpParser, TrimsWhitespaceAroundHeaderValues) {
   const std::string input =
       "GET / HTTP/1.1\r\nHost: h\r\nX-A:   spaced value \t \r\nX-B:\tv\t\r\nX-Empty:\r\n\r\n";

@@ -571,6 +571,34 @@ TEST(AccessLog, SegmentsRotateBySizeAndRetentionDeletesTheOldest) {
   for (size_t n = 1; n < lines.size(); ++n) EXPECT_EQ(seq_of(lines[n]), seq_of(lines[n - 1]) + 1);
 }
 
+// A reload's segment_bytes_max and retention_bytes (set_live_options): the writer takes them at
+// its next pass: lines after it rotate at the new size, and the oldest segments beyond the new
+// retention are deleted at once, without waiting for a rotation.
+TEST(AccessLog, LiveOptionsSetWhileRunningRotateAtTheNewSizeAndApplyTheNewRetention) {
+  TempDir dir;
+  auto log = open_log({.dir = dir.path(), .segment_bytes_max = 4096, .retention_bytes = 1 << 20});
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(log->append(0, record(0, i)));  // ~100 KB
+  ASSERT_TRUE(log->flush());
+  const size_t before = segment_paths(dir.path()).size();
+  ASSERT_GE(before, 10u);
+  // Retention of about two segments: the older ones go now (by the sync thread).
+  log->set_live_options(4096, 8192, 10);
+  size_t after = before;
+  for (int i = 0; i < 300 && (after = segment_paths(dir.path()).size()) > 3; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_LE(after, 3u) << "before: " << before;
+  // A larger segment size: the next lines fill one segment of up to 64 KiB.
+  log->set_live_options(65536, 1 << 20, 10);
+  ASSERT_TRUE(log->flush());
+  const std::vector<std::string> kept = segment_paths(dir.path());
+  for (int i = 1000; i < 1400; ++i) ASSERT_TRUE(log->append(0, record(0, i)));  // ~40 KB
+  ASSERT_TRUE(log->flush());
+  const std::vector<std::string> paths = segment_paths(dir.path());
+  EXPECT_LE(paths.size(), kept.size() + 1) << "rotated at the old size";
+  EXPECT_GT(testing::read_file(paths.back()).size(), 8192u);
+}
+
 // Two producers append as fast as they can into 1 KiB rings while the writer sleeps 15 ms
 // before every pass: drops are certain. Checks the accounting, and that every drop is
 // explained by a marker at its place in its worker's stream. *out: the final stats.

@@ -302,6 +302,24 @@ TEST_F(BackupsTest, RetentionZeroKeepsEveryBackup) {
   EXPECT_EQ(listed.size(), 3u);
 }
 
+// A reload's [backup] retention_count: the pruning after the next backup goes by it; the
+// reload itself deletes nothing.
+TEST_F(BackupsTest, ARetentionCountSetLaterAppliesAtTheNextPruning) {
+  ASSERT_TRUE(open_backups(0)) << error_;
+  for (int i = 0; i < 3; ++i) {
+    BackupInfo info;
+    ASSERT_TRUE(backups_.create(store_, kNow + i, &info, &error_).is_ok()) << error_;
+  }
+  backups_.set_retention_count(2);
+  EXPECT_EQ(list_backups().size(), 3u);
+  BackupInfo newest;
+  ASSERT_TRUE(backups_.create(store_, kNow + 10, &newest, &error_).is_ok()) << error_;
+  const std::vector<BackupInfo> listed = list_backups();
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].name, newest.name);
+  EXPECT_EQ(backups_.stats().pruned_total, 2u);
+}
+
 TEST_F(BackupsTest, DirectoryInsideOrHoldingTheDataDirIsRefused) {
   Backups::Options options;
   for (const std::string& dir : {data_dir_, data_dir_ + "/backups", data_dir_ + "/./a/b/",

@@ -131,6 +131,29 @@ TEST(LastUsedWriter, TheThreadWritesEveryFlushInterval) {
   EXPECT_EQ(rec.stored["kAAAAAAAAAAAA"], 7);
 }
 
+// A reload's last_used_flush_interval_ms: a writer started with an hour writes within the new
+// interval once it is set, not an hour later.
+TEST(LastUsedWriter, AFlushIntervalSetLaterTakesEffectAtTheNextPass) {
+  Recorder rec;
+  LastUsedWriter writer(options(1, 16, 3600000), rec.fn());
+  EXPECT_TRUE(writer.report(0, use_of("kAAAAAAAAAAAA", 7)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  {
+    std::lock_guard lock(rec.mu);
+    EXPECT_EQ(rec.stored.count("kAAAAAAAAAAAA"), 0u);  // drained, not yet written
+  }
+  writer.set_flush_interval_ms(20);
+  for (int i = 0; i < 300; ++i) {
+    {
+      std::lock_guard lock(rec.mu);
+      if (rec.stored.count("kAAAAAAAAAAAA") == 1) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::lock_guard lock(rec.mu);
+  EXPECT_EQ(rec.stored["kAAAAAAAAAAAA"], 7);
+}
+
 TEST(LastUsedWriter, StopWritesWhatIsLeftSoAnOrderlyStopLosesNothing) {
   Recorder rec;
   LastUsedWriter writer(options(1, 16, 600000), rec.fn());
