@@ -129,7 +129,8 @@ Commands:
                                                          the access log ('logs --help')
   stats                                                  the instance's counters
   reload                                                 applies the config file's edited
-                                                         [[apis]] ('reload --help')
+                                                         [[apis]] and live settings
+                                                         ('reload --help')
   backup [create|list]                                   makes a backup of the key store, or
                                                          lists them ('backup --help')
 
