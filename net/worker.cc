@@ -813,12 +813,7 @@ void Worker::Impl::on_send(Connection* c, int res) {
                              static_cast<uint64_t>(now_ms - c->send_started_ms),
                              static_cast<uint64_t>(res))) {
     bump(stats.send_too_slow);
-    c->cut_reason = "send_too_slow";
-    // A reset rather than a FIN: the kernel drops what the client has not taken instead of
-    // holding it (up to the socket's send buffer) to deliver a response that is cut anyway.
-    const linger reset{1, 0};
-    (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
-    close_conn(c);
+    cut_unread(c, "send_too_slow");
     return;
   }
   std::string& buf = c->out[c->fill ^ 1];
@@ -1034,7 +1029,21 @@ void Worker::Impl::expire(Connection* c) {
     timer_set(c, kWrite);
     return;
   }
-  if (kind == kWrite) c->cut_reason = "write_timeout";
+  if (kind == kWrite) {
+    cut_unread(c, "write_timeout");
+    return;
+  }
+  close_conn(c);
+}
+
+void Worker::Impl::cut_unread(Connection* c, const char* reason) {
+  c->cut_reason = reason;
+  // A reset rather than a FIN: the kernel drops what the client has not taken at once. With a
+  // FIN it would hold those bytes (up to the socket's send buffer) on an orphaned socket in
+  // FIN_WAIT1, probing the client's zero window for minutes (tcp_orphan_retries), to deliver
+  // a response that is cut anyway.
+  const linger reset{1, 0};
+  (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
   close_conn(c);
 }
 

@@ -430,6 +430,9 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void start_linger(Connection* c);
   void on_peer_eof(Connection* c);
   void close_conn(Connection* c);
+  // Ends a connection whose client is not taking its response (the write timeout,
+  // send_rate_min_bytes_per_s) with a reset: `reason` for the request in progress.
+  void cut_unread(Connection* c, const char* reason);
   void op_done(Connection* c);
   void release(Connection* c);
   void mark_dirty(Connection* c) { dirty.emplace_back(c, c->gen); }

@@ -1929,6 +1929,54 @@ TEST_F(AccessLogTest, SendBufferBytesBoundsWhatTheKernelHoldsForAClientThatDoesN
   EXPECT_LE(*admin_queued, 2 * kSendBuffer);
 }
 
+// A client that stops reading is cut by the write timeout (idle_timeout_ms of no progress)
+// with a reset, as a too-slow one is: the kernel drops the response bytes it still held for
+// that client at once. With a FIN instead, keygate's side of the connection would linger
+// orphaned in FIN_WAIT1, its unsent bytes queued, probing the client's zero window for
+// minutes (tcp_orphan_retries) — kernel memory a client that never reads could pile up.
+TEST_F(AccessLogTest, AClientThatStopsReadingIsCutWithAResetThatDropsWhatItDidNotTake) {
+  ASSERT_NO_FATAL_FAILURE(start(1, "", {}, {},
+                                {{"send_buffer_bytes", 16384},
+                                 {"send_rate_min_bytes_per_s", 0},
+                                 {"idle_timeout_ms", 500}}));
+  const std::string key = "alog-stalled-reader-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"proxied"}, false, false)
+                   .id.empty());
+  const int fd = connect_with_receive_buffer(
+      server_->data_port(), 4096, http_request("GET", "/bytes/4194304", {"X-ApiKey: " + key}));
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  sockaddr_in addr{};
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const uint16_t client_port = ntohs(addr.sin_port);
+  // Unsent bytes pile up on keygate's side while the client reads nothing.
+  const std::optional<uint64_t> queued = settled_send_queue(server_->data_port(), fd);
+  ASSERT_TRUE(queued.has_value());
+  EXPECT_GT(*queued, 0u);
+  // The write timeout (500 ms after the last progress, seen at a 100 ms tick) has cut it by
+  // now; keygate's side of the connection is gone, not lingering with its queue.
+  std::optional<uint64_t> left = send_queue(server_->data_port(), client_port);
+  for (int i = 0; i < 40 && left.has_value(); ++i) {
+    std::this_thread::sleep_for(Millis(100));
+    left = send_queue(server_->data_port(), client_port);
+  }
+  EXPECT_FALSE(left.has_value()) << "keygate's side still holds " << *left << " unsent bytes";
+  // The client sees the reset.
+  char buf[4096];
+  ssize_t n = 0;
+  do {
+    n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+  } while (n > 0);
+  EXPECT_EQ(n, -1);
+  EXPECT_EQ(errno, ECONNRESET) << std::strerror(errno);
+  ::close(fd);
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  const LogContents log = read_log(server_->log_dir());
+  const Json *record = record_for(log, "/bytes/4194304");
+  ASSERT_NE(record, nullptr);
+  EXPECT_EQ(record->str("reason"), "write_timeout");
+}
+
 // A client that takes a large response slower than [limits] send_rate_min_bytes_per_s is cut
 // although it makes progress all the time (which keeps the write timeout away), once it is
 // idle_timeout_ms of waiting behind the minimum: its record says "send_too_slow", and
