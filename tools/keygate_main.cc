@@ -355,7 +355,8 @@ struct Reloader {
                    std::to_string(late[i]);
       }
       pending += late.size() == 1 ? " has" : " have";
-      pending += " not taken it yet (stalled: each takes it at its next loop pass)";
+      pending +=
+          " not taken it yet (its event loop is held up: each takes it at its next loop pass)";
     }
     std::fprintf(stderr, "keygate: reloaded %s: %s (generation %llu)%s%s\n", path.c_str(),
                  count_of(outcome.apis, "API", "APIs").c_str(),

@@ -264,8 +264,9 @@ worker serves new requests with them:
                     line, or (none): keygate keeps its old value until it restarts (also said
                     on stderr)
   workers_pending   only when there are any: the workers (by index) that had not taken the
-                    new APIs and settings yet, stalled (also said on stderr); each takes them
-                    at its next loop pass, and until then serves new requests with the old ones
+                    new APIs and settings yet, their event loop held up (also said on stderr);
+                    each takes them at its next loop pass, and until then serves new requests
+                    with the old ones
 With --json, the server's object as is ({"generation":N,"apis":N,"restart_settings":[...],
 "workers_pending":[...],"applied_settings":[...]}).
 
@@ -1558,8 +1559,8 @@ int reload_config(const Context& ctx, const Args& args) {
   std::string out;
   render_fields(fields, &out);
   if (!pending.empty()) {
-    std::fputs("keygatectl: the workers_pending had not taken the new APIs yet (stalled): each "
-               "takes them at its next loop pass\n",
+    std::fputs("keygatectl: the workers_pending had not taken the new APIs yet (their event loop "
+               "is held up): each takes them at its next loop pass\n",
                stderr);
   }
   if (!settings.empty()) {

@@ -1496,8 +1496,8 @@ TEST(KeygatectlAgainstAFakeServer, ReloadNamesTheWorkersThatHadNotTakenTheNewApi
   EXPECT_EQ(field(run.out, "generation"), "2") << run.describe();
   EXPECT_TRUE(contains(run.out, "workers_pending:   1\n                   3\n")) << run.describe();
   EXPECT_EQ(run.err,
-            "keygatectl: the workers_pending had not taken the new APIs yet (stalled): each "
-            "takes them at its next loop pass\n")
+            "keygatectl: the workers_pending had not taken the new APIs yet (their event loop "
+            "is held up): each takes them at its next loop pass\n")
       << run.describe();
 }
 

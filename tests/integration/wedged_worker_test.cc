@@ -225,8 +225,8 @@ TEST(WedgedWorker, AReloadDoesNotWaitForAStalledWorkerNamesItAndItTakesTheApisAf
   EXPECT_LT(Clock::now() - asked, Millis(800)) << server.error_output();
   EXPECT_NE(server.error_output().find(": 3 APIs (generation 2); worker " +
                                        std::to_string(worker) +
-                                       " has not taken it yet (stalled: each takes it at its "
-                                       "next loop pass)\n"),
+                                       " has not taken it yet (its event loop is held up: "
+                                       "each takes it at its next loop pass)\n"),
             std::string::npos)
       << server.error_output();
 
@@ -298,8 +298,8 @@ TEST(WedgedWorker, AReloadWaitsAtMostOneSecondForAWorkerThatIsNotStalledYet) {
   const auto took = Clock::now() - asked;
   EXPECT_GE(took, Millis(900)) << server.error_output();
   EXPECT_LT(took, Millis(2000)) << server.error_output();
-  EXPECT_NE(server.error_output().find(" has not taken it yet (stalled: each takes it at its "
-                                       "next loop pass)\n"),
+  EXPECT_NE(server.error_output().find(" has not taken it yet (its event loop is held up: each "
+                                       "takes it at its next loop pass)\n"),
             std::string::npos)
       << server.error_output();
   EXPECT_EQ(server.error_output().find("stalled: its event loop"), std::string::npos)
