@@ -284,8 +284,8 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
 }
 
 // Why a request in progress had no complete answer when its connection ended: keygate's own
-// cut (Connection::cut_reason: "write_timeout", "send_too_slow", "shutdown") or else the
-// client's leaving.
+// cut (Connection::cut_reason: "write_timeout", "send_too_slow", "worker_failed", "shutdown")
+// or else the client's leaving.
 const char* Worker::Impl::abandoned_reason(const Connection* c) {
   return c->cut_reason != nullptr ? c->cut_reason : "client_closed";
 }

@@ -1109,7 +1109,9 @@ void Worker::Impl::stop_serving(const char* why) {
   size_t cut = 0;
   for (auto& c : conns) {
     if (c->fd >= 0 && !c->closed) {
-      c->cut_reason = "shutdown";
+      // Not "shutdown": nobody asked this worker to stop, and an operator reading the log
+      // should see that its requests were lost to a failure.
+      c->cut_reason = "worker_failed";
       close_conn(c.get());
       ++cut;
     }

@@ -190,8 +190,8 @@ class Worker {
   // drain, the worker stops serving for good: it closes its listening sockets (an own
   // SO_REUSEPORT socket is shut down, which resets the connections in its backlog; of an
   // inherited one only its own descriptor is closed) so new connections go to the other
-  // workers, cuts its open connections (access-log reason "shutdown") and tears its ring down;
-  // one line on stderr says so.
+  // workers, cuts its open connections (access-log reason "worker_failed") and tears its ring
+  // down; one line on stderr says so.
   void run();
 
   // Thread-safe, async-signal-unsafe: asks the worker to stop accepting, finish in-flight

@@ -186,9 +186,9 @@ struct Connection {
   bool lingering = false;
   bool closed = false;
   // Set when keygate itself ends the connection ("write_timeout": the client stopped reading
-  // its answer; "send_too_slow": it read it slower than send_rate_min_bytes_per_s; "shutdown":
-  // the drain deadline passed): the reason a request still in progress is logged with instead
-  // of "client_closed".
+  // its answer; "send_too_slow": it read it slower than send_rate_min_bytes_per_s;
+  // "worker_failed": the worker's ring failed (stop_serving); "shutdown": the drain deadline
+  // passed): the reason a request still in progress is logged with instead of "client_closed".
   const char* cut_reason = nullptr;
   // The client sent its FIN. Requests received before it are still answered (they may wait
   // in `pending`); the connection closes once they are.

@@ -389,11 +389,20 @@ TEST(RingFailure, WhenEveryWorkersRingHasFailedKeygateExitsFour) {
 #ifndef KEYGATE_TEST_HOOKS
   GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
 #endif
+  TempDir keep;
   ServerOptions options = hook_options();
   options.workers = 1;
+  options.log_dir = keep.path() + "/logs";
   TestServer server(options);
   std::string error;
   ASSERT_TRUE(server.start(&error)) << error;
+  // A request in progress when the ring fails (its body half sent): cut, and its record says
+  // why — the worker failed, not a shutdown anyone asked for.
+  RawClient pending;
+  ASSERT_TRUE(pending.connect(server.data_port()));
+  ASSERT_TRUE(pending.send("POST /healthz?cut=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n"
+                           "Content-Type: text/plain\r\n\r\nhalf"));
+  ASSERT_TRUE(round_trip(server.data_port(), http_request("GET", "/healthz")).has_value());
   (void)round_trip(server.data_port(), http_request("GET", "/_keygate/test/ring-fail"));
   const ExitStatus status = server.wait_exit(Millis(5000));
   EXPECT_FALSE(status.timed_out) << server.error_output();
@@ -407,6 +416,14 @@ TEST(RingFailure, WhenEveryWorkersRingHasFailedKeygateExitsFour) {
                                        "(exit 4)\n"),
             std::string::npos)
       << server.error_output();
+  const std::string log = log_bytes(options.log_dir);
+  const size_t record = log.find("\"path\":\"/healthz?cut=1\"");
+  ASSERT_NE(record, std::string::npos) << log;
+  const size_t end = log.find('\n', record);
+  const size_t begin = log.rfind('\n', record);
+  const std::string line =
+      log.substr(begin == std::string::npos ? 0 : begin + 1, end - (begin + 1));
+  EXPECT_NE(line.find("\"reason\":\"worker_failed\""), std::string::npos) << line;
 }
 
 }  // namespace
