@@ -420,6 +420,18 @@ void Worker::Impl::switch_apis(std::shared_ptr<const ApiSet> set) {
     kept.idle = std::move(server.idle);
     server.idle.clear();
   }
+  // The reload's upstream limits (adopt_settings took them just before) apply to the pooled
+  // connections too, not only to those pooled from now on: beyond a lower
+  // upstream_idle_connections_max the oldest close now, and a shorter upstream_idle_timeout_ms
+  // cuts the others' deadlines to that from now. Without a change this closes nothing and
+  // moves no deadline (each was set at most the timeout ago).
+  const int64_t idle_deadline_max = now_ms + limits.upstream_idle_timeout_ms;
+  for (UpstreamServer& server : next->servers) {
+    while (server.idle.size() > limits.upstream_idle_connections_max) {
+      close_up(server.idle.front());  // most recent last: the front waited longest
+    }
+    for (UpConn* up : server.idle) up->deadline_ms = std::min(up->deadline_ms, idle_deadline_max);
+  }
   apis_generation.store(apis_now->set->generation, std::memory_order_release);
 }
 

@@ -622,6 +622,37 @@ TEST_F(ReloadTest, ShorterTimeoutsFromAReloadCloseConnectionsAfterTheNewTime) {
 }
 
 // [log] capture_bytes_max changed by a reload: a captured body is cut at the new cap.
+// Lower upstream_idle_connections_max / upstream_idle_timeout_ms from a reload apply to the
+// connections already pooled, not only to those pooled after it: beyond the new cap they close
+// with the reload, and the others by the new timeout (the default 30 s would keep them here).
+TEST_F(ReloadTest, LowerUpstreamIdleLimitsFromAReloadApplyToTheConnectionsAlreadyPooled) {
+  const std::string billing = api("billing", "/billing", "@B@");
+  ASSERT_NO_FATAL_FAILURE(start(billing, {"billing"}, 1));  // one worker: one pool
+  auto r = get("/billing/1");
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->status, 200) << r->raw;
+  ASSERT_EQ(wait_established(upstream_b_.address, 1), 1);  // pooled
+
+  rewrite("upstream_idle_connections_max = 0\n\n" + billing);
+  ASSERT_TRUE(reload(2));
+  EXPECT_EQ(wait_established(upstream_b_.address, 0), 0) << "the pool kept its connection";
+
+  rewrite(billing);  // the defaults again: pooled for 30 s
+  ASSERT_TRUE(reload(3));
+  r = get("/billing/2");
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->status, 200) << r->raw;
+  ASSERT_EQ(wait_established(upstream_b_.address, 1), 1);
+  rewrite("upstream_idle_timeout_ms = 300\n\n" + billing);
+  ASSERT_TRUE(reload(4));
+  EXPECT_EQ(wait_established(upstream_b_.address, 0), 0)
+      << "the pooled connection outlived the new idle timeout";
+  // Pooling goes on under the new limits.
+  r = get("/billing/3");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+}
+
 TEST_F(ReloadTest, ACaptureCapChangedByAReloadCutsCapturedBodiesAtTheNewCap) {
   ASSERT_NO_FATAL_FAILURE(start(api("checks", "/checks"), {"checks"}));
   ASSERT_EQ(create_key(kNewKey, {"checks"}, true), 201);
