@@ -444,7 +444,7 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       c->fd = res;
       c->fixed = slot < fixed_files && io_uring_register_files_update(&ring, slot, &res, 1) == 1;
       c->listener = li;
-      c->fresh = listeners[li].inherited;
+      c->fresh = true;  // until its first byte: see Connection::fresh
       c->parser.reset(listeners[li].body_bytes_max);
       c->parser.set_head_pause(listeners[li].decides_at_head);
       c->closed = false;
@@ -1059,6 +1059,14 @@ void Worker::Impl::on_tick() {
     while (list.head != nullptr && list.head->deadline_ms <= now_ms) expire(list.head);
   }
   check_upstream_timers();
+  if (draining && fresh_wait_end_ms != 0 && now_ms >= fresh_wait_end_ms) {
+    // The wait for first bytes is over: a connection that still sent nothing is not about to
+    // (Connection::fresh), and it must not keep the drain going to its deadline.
+    fresh_wait_end_ms = 0;
+    for (auto& c : conns) {
+      if (c->fd >= 0 && !c->closed && c->fresh) close_conn(c.get());
+    }
+  }
   for (uint32_t li = 0; li < listeners.size(); ++li) {
     if (accept_retry[li] && !accept_armed[li] && !draining) {
       accept_retry[li] = false;
@@ -1071,6 +1079,7 @@ void Worker::Impl::begin_drain() {
   if (draining) return;
   draining = true;
   drain_deadline_ms = now_ms + limits.drain_timeout_ms;
+  fresh_wait_end_ms = now_ms + kDrainFreshWaitMaxMs;
   for (uint32_t li = 0; li < listeners.size(); ++li) {
     if (accept_armed[li]) {
       io_uring_sqe* sqe = get_sqe();
@@ -1088,6 +1097,7 @@ void Worker::Impl::begin_drain() {
     ::close(listeners[li].fd);
     listeners[li].fd = -1;
   }
+  // Idle keep-alive connections close now; fresh ones (no byte yet) are waited for a moment.
   for (auto& c : conns) {
     if (c->fd >= 0 && !c->closed && idle(c.get()) && !c->fresh) close_conn(c.get());
   }

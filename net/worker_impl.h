@@ -48,6 +48,14 @@ inline constexpr size_t kInputKeepCapacity = 16 * 1024;
 // An output buffer that grew past this (a large response) is released rather than kept.
 inline constexpr size_t kOutputKeepCapacity = 256 * 1024;
 inline constexpr long kTickNs = 100'000'000;  // timeout resolution and drain check interval
+// How long a drain waits for the first byte of a connection that has sent none yet
+// (Connection::fresh), from the drain's start; its header timeout and the drain deadline, when
+// sooner, end the wait first. Why 1 s: a client whose connection was accepted a moment before
+// the signal sends its request within a round trip of the accept (milliseconds on a LAN, well
+// under a second on a slow path), so 1 s serves it; a connection that sends nothing (a
+// browser's speculative pre-connect, a port probe) then delays a restart by at most 1 s
+// rather than header_timeout_ms (10 s by default).
+inline constexpr int64_t kDrainFreshWaitMaxMs = 1000;
 // Longest a busy worker waits for a batch of completions before it runs with what it has.
 // 50 us measured ~2-4% less CPU per request at ~150k req/s (200 us was worse).
 inline constexpr long kBatchWaitNs = 50'000;
@@ -193,11 +201,13 @@ struct Connection {
   // The client sent its FIN. Requests received before it are still answered (they may wait
   // in `pending`); the connection closes once they are.
   bool peer_eof = false;
-  // Accepted on an inherited listener and nothing received yet. The drain does not close such
-  // a connection as idle: its client has just been handed over from the socket's backlog and
-  // is about to send its request (closing would leave it an empty reply, a failed request the
-  // next keygate would have served). It gets that request answered, bounded by the header
-  // timeout and the drain deadline like any request.
+  // Accepted and nothing received yet, on any listener. The drain does not close such a
+  // connection as idle at once: its client has just connected and is about to send its first
+  // request (closing would leave it an empty reply, and clients retry a request on their own
+  // only on a reused connection, so it would be a failed request). It gets that request
+  // answered (`Connection: close`) if its first byte comes within kDrainFreshWaitMaxMs of the
+  // drain's start, bounded by the header timeout and the drain deadline like any request; one
+  // still fresh then is closed (Worker::Impl::on_tick), so it cannot hold a restart longer.
   bool fresh = false;
 
   TimerKind timer = kNoTimer;
@@ -606,6 +616,9 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::string_view date;
   bool draining = false;
   int64_t drain_deadline_ms = 0;
+  // When the drain stops waiting for fresh connections' first bytes (kDrainFreshWaitMaxMs
+  // after it began); 0 once those still fresh then were closed, or before a drain.
+  int64_t fresh_wait_end_ms = 0;
 
   std::string mode;
   WorkerStats stats;

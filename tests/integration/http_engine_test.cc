@@ -1091,9 +1091,67 @@ TEST_F(GracefulShutdown, IdleConnectionsDoNotDelayShutdown) {
 
   const auto signalled = Clock::now();
   const ExitStatus status = server().stop(SIGTERM, 5000ms);
-  EXPECT_LT(since(signalled), 2000ms) << "idle connections held the drain";
+  // The silent one is waited for, for its first byte, 1 s at most (kDrainFreshWaitMaxMs):
+  // the stop takes about that, not drain_timeout_ms.
+  EXPECT_LT(since(signalled), 3000ms) << "idle connections held the drain";
   EXPECT_TRUE(status.clean()) << status.describe();
   EXPECT_TRUE(closes_without_more_bytes(kept_alive, 1000ms));
+  EXPECT_TRUE(closes_without_more_bytes(silent, 1000ms));
+}
+
+// One worker, so a request answered on a later connection shows the earlier one was accepted
+// (a worker takes its backlog in order).
+void answer_one_request_after(RawClient& earlier, uint16_t port) {
+  ASSERT_TRUE(earlier.connected());
+  const std::optional<Response> r = round_trip(port, kHealthz);
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->status, 200);
+}
+
+// A client that connected a moment before the SIGTERM and sends its request just after it
+// (keygate's own SO_REUSEPORT socket): the request is served, with `Connection: close`, not
+// met with an empty reply (a client retries on its own only on a reused connection).
+TEST_F(GracefulShutdown, AConnectionAcceptedBeforeSigtermGetsItsFirstRequestAnswered) {
+  ASSERT_TRUE(start(with({}, 1)));  // drain_timeout_ms and header_timeout_ms: 10 s defaults
+  RawClient just_connected;
+  ASSERT_TRUE(connect(just_connected));
+  ASSERT_NO_FATAL_FAILURE(answer_one_request_after(just_connected, port()));
+
+  ASSERT_TRUE(server().send_signal(SIGTERM));
+  ASSERT_TRUE(server().wait_for_output("draining", 3000ms)) << server().output();
+  // The line is printed just before the workers are told; give them a moment to act on it.
+  std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(just_connected.send(kHealthz));
+  const std::optional<Response> r = just_connected.read_response();
+  ASSERT_TRUE(r) << describe(r, just_connected);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "ok");
+  EXPECT_TRUE(r->connection_close()) << "a draining server should end keep-alive:\n" << r->raw;
+  EXPECT_TRUE(closes_without_more_bytes(just_connected));
+  just_connected.close();  // ends the server's lingering close at once
+
+  const ExitStatus status = server().wait_exit(5000ms);
+  EXPECT_TRUE(status.clean()) << status.describe();
+  EXPECT_NE(server().output().find("keygate: stopped\n"), std::string::npos) << server().output();
+}
+
+// A connection that never sends a byte is waited for at the drain, but only for
+// kDrainFreshWaitMaxMs (1 s), not for its header timeout or the drain deadline (10 s each).
+TEST_F(GracefulShutdown, AConnectionThatNeverSendsIsWaitedForOneSecondAtMost) {
+  ASSERT_TRUE(start(with({}, 1)));  // drain_timeout_ms and header_timeout_ms: 10 s defaults
+  RawClient silent;
+  ASSERT_TRUE(connect(silent));
+  ASSERT_NO_FATAL_FAILURE(answer_one_request_after(silent, port()));
+
+  const auto signalled = Clock::now();
+  ASSERT_TRUE(server().send_signal(SIGTERM));
+  ASSERT_TRUE(server().wait_for_output("draining", 3000ms)) << server().output();
+  // Still open a while into the drain: its request may be on the way.
+  silent.read_until_close(400ms);
+  EXPECT_EQ(silent.last_end(), ReadEnd::kTimeout) << "closed at once, as an idle connection";
+  const ExitStatus status = server().wait_exit(5000ms);
+  EXPECT_LT(since(signalled), 2500ms) << "a silent connection held the drain";
+  EXPECT_TRUE(status.clean()) << status.describe();
   EXPECT_TRUE(closes_without_more_bytes(silent, 1000ms));
 }
 

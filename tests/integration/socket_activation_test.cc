@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -215,6 +216,37 @@ void expect_usage_error(const ProcessResult& result, const std::string& message,
 // [limits] send_buffer_bytes reaches the connections accepted on a socket systemd passed (each
 // gets its own SO_SNDBUF: the kernel holds no more than twice it for a client that does not
 // read its 4,000 pipelined answers), while the socket itself, systemd's, is left as it was.
+// A connection on the inherited socket that never sends a byte: the drain waits for its request
+// as on keygate's own sockets, and as briefly (1 s at most, kDrainFreshWaitMaxMs), not for its
+// header timeout or the drain deadline (10 s defaults both).
+TEST(SocketActivation, ASilentConnectionHoldsTheStopOneSecondAtMost) {
+  OwnSocket socket;
+  ASSERT_NE(socket.port(), 0);
+  ServerOptions options = activated(socket);
+  options.workers = 1;
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  RawClient silent;
+  ASSERT_TRUE(silent.connect(socket.port()));
+  // Answered on a later connection: the backlog is taken in order, so `silent` was accepted.
+  const auto after = round_trip(socket.port(), http_request("GET", "/healthz"));
+  ASSERT_TRUE(after.has_value());
+  ASSERT_EQ(after->status, 200);
+
+  const auto signalled = std::chrono::steady_clock::now();
+  ASSERT_TRUE(server.send_signal(SIGTERM));
+  ASSERT_TRUE(server.wait_for_output("draining", Millis(3000))) << server.output();
+  silent.read_until_close(Millis(400));
+  EXPECT_EQ(silent.last_end(), ReadEnd::kTimeout) << "closed at once, as an idle connection";
+  const ExitStatus status = server.wait_exit(Millis(5000));
+  EXPECT_LT(std::chrono::steady_clock::now() - signalled, Millis(2500))
+      << "a silent connection held the drain";
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
+  silent.read_until_close(Millis(1000));
+  EXPECT_NE(silent.last_end(), ReadEnd::kTimeout) << "the silent connection was left open";
+}
+
 TEST(SocketActivation, ConnectionsOnTheInheritedSocketGetTheSendBufferTheSocketIsLeftAlone) {
   OwnSocket socket;
   ASSERT_NE(socket.port(), 0);
