@@ -1196,6 +1196,17 @@ void Worker::Impl::adopt_settings(const WorkerSettings& settings) {
   for (const std::unique_ptr<Connection>& c : conns) {
     if (c != nullptr) c->parser.adopt_limits(listeners[c->listener].body_bytes_max);
   }
+  // A connection's send-rate credit is counted in bytes at its minimum: a new minimum keeps
+  // the waiting time it stood for (one accepted with no minimum gets the full slack, as a
+  // new one does), rather than the bytes, which at another rate are another time.
+  if (limits.send_rate_min_bytes_per_s != old.send_rate_min_bytes_per_s) {
+    for (const std::unique_ptr<Connection>& c : conns) {
+      if (c != nullptr) {
+        c->send_rate.rebase(old.send_rate_min_bytes_per_s, limits.send_rate_min_bytes_per_s,
+                            limits.idle_timeout_ms);
+      }
+    }
+  }
   // A timer armed before keeps its deadline, cut to the new duration from now when that is
   // shorter (an operator shortening idle_timeout_ms wants the idle connections gone by then).
   // Every deadline of a list moves the same monotonic way, and later arms come after them:
