@@ -1124,6 +1124,22 @@ void Worker::Impl::stop_serving(const char* why) {
     io_uring_queue_exit(&ring);
     ring_ready = false;
   }
+  // With the ring gone, the completions that would release the connections cut above (and
+  // the upstream ones) never come: their descriptors are closed here, and each client
+  // connection's place in a shared budget (the admin port's) given back, or they would stay
+  // taken for the rest of the run while the other workers serve on.
+  for (auto& c : conns) {
+    if (c->fd < 0) continue;
+    ::close(c->fd);
+    c->fd = -1;
+    c->fixed = false;
+    if (listeners[c->listener].budget != nullptr) listeners[c->listener].budget->give_back();
+  }
+  for (auto& up : upconns) {
+    if (up->fd < 0) continue;
+    ::close(up->fd);
+    up->fd = -1;
+  }
   bool own_backlog = false;  // an own SO_REUSEPORT socket, whose backlog the shutdown reset
   for (const WorkerListener& l : listeners) own_backlog = own_backlog || !l.inherited;
   std::fprintf(stderr,
