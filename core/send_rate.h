@@ -50,6 +50,21 @@ class SendRate {
     return credit_ >= 0;
   }
 
+  // The minimum changed (a reload) from `old_rate_min_bytes_per_s`: the credit keeps the
+  // waiting time it stood for, within the new slack. An account kept with no minimum has no
+  // credit to keep: it starts full, as a new connection's does. No allocation.
+  void rebase(uint32_t old_rate_min_bytes_per_s, uint32_t rate_min_bytes_per_s,
+              uint32_t slack_ms) {
+    if (old_rate_min_bytes_per_s == 0) {
+      start(rate_min_bytes_per_s, slack_ms);
+      return;
+    }
+    // credit / old rate: milliseconds of waiting (<= 2^32), times the new rate (<= 2^30).
+    credit_ = std::min(credit_ / clamp_rate(old_rate_min_bytes_per_s) *
+                           clamp_rate(rate_min_bytes_per_s),
+                       cap(rate_min_bytes_per_s, slack_ms));
+  }
+
   // What is left, in milli-bytes (bytes the client may be behind the minimum rate, times
   // 1000): for tests.
   int64_t credit() const { return credit_; }

@@ -1134,6 +1134,22 @@ void Worker::Impl::stop_serving(const char* why) {
     io_uring_queue_exit(&ring);
     ring_ready = false;
   }
+  // With the ring gone, the completions that would release the connections cut above (and
+  // the upstream ones) never come: their descriptors are closed here, and each client
+  // connection's place in a shared budget (the admin port's) given back, or they would stay
+  // taken for the rest of the run while the other workers serve on.
+  for (auto& c : conns) {
+    if (c->fd < 0) continue;
+    ::close(c->fd);
+    c->fd = -1;
+    c->fixed = false;
+    if (listeners[c->listener].budget != nullptr) listeners[c->listener].budget->give_back();
+  }
+  for (auto& up : upconns) {
+    if (up->fd < 0) continue;
+    ::close(up->fd);
+    up->fd = -1;
+  }
   bool own_backlog = false;  // an own SO_REUSEPORT socket, whose backlog the shutdown reset
   for (const WorkerListener& l : listeners) own_backlog = own_backlog || !l.inherited;
   std::fprintf(stderr,
@@ -1205,6 +1221,17 @@ void Worker::Impl::adopt_settings(const WorkerSettings& settings) {
   // caps apply to every check from now on, so each slot's header room follows them now.
   for (const std::unique_ptr<Connection>& c : conns) {
     if (c != nullptr) c->parser.adopt_limits(listeners[c->listener].body_bytes_max);
+  }
+  // A connection's send-rate credit is counted in bytes at its minimum: a new minimum keeps
+  // the waiting time it stood for (one accepted with no minimum gets the full slack, as a
+  // new one does), rather than the bytes, which at another rate are another time.
+  if (limits.send_rate_min_bytes_per_s != old.send_rate_min_bytes_per_s) {
+    for (const std::unique_ptr<Connection>& c : conns) {
+      if (c != nullptr) {
+        c->send_rate.rebase(old.send_rate_min_bytes_per_s, limits.send_rate_min_bytes_per_s,
+                            limits.idle_timeout_ms);
+      }
+    }
   }
   // A timer armed before keeps its deadline, cut to the new duration from now when that is
   // shorter (an operator shortening idle_timeout_ms wants the idle connections gone by then).

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "tests/integration/process_helper.h"
+#include "tests/integration/send_queue.h"
 #include "tests/integration/test_server.h"
 
 namespace keygate::integration {
@@ -651,6 +654,65 @@ TEST_F(ReloadTest, LowerUpstreamIdleLimitsFromAReloadApplyToTheConnectionsAlread
   r = get("/billing/3");
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->status, 200) << r->raw;
+}
+
+// A minimum send rate a reload sets (or raises) gives the connections already open the same
+// slack as new ones: idle_timeout_ms of waiting behind the new minimum. A client on a
+// keep-alive connection from before the reload that pauses 1 s (of the 3 s slack) while a
+// large response waits, then reads at full speed, gets the whole response. (A connection
+// accepted with no minimum holds no credit at all: judged by its first wait alone, it would be
+// cut as send_too_slow.)
+TEST_F(ReloadTest, AMinimumSendRateSetByAReloadGivesOpenConnectionsTheirSlack) {
+  const std::string limits = "send_buffer_bytes = 16384\nidle_timeout_ms = 3000\n";
+  const std::string bulk = api("bulk", "/bytes", "@A@");
+  ASSERT_NO_FATAL_FAILURE(
+      start(limits + "send_rate_min_bytes_per_s = 0\n\n" + bulk, {"bulk"}, 1));
+  const std::string key_header = "X-ApiKey: " + std::string(kKey);
+  // Reads one response with a Content-Length body from `fd`: its body size, or -1.
+  std::string pending;
+  const auto read_response = [&](int fd) -> int64_t {
+    std::vector<char> buf(65536);
+    size_t head_end;
+    while ((head_end = pending.find("\r\n\r\n")) == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+      if (n <= 0) return -1;
+      pending.append(buf.data(), static_cast<size_t>(n));
+    }
+    const size_t at = pending.find("Content-Length: ");
+    if (at == std::string::npos || at > head_end) return -1;
+    const size_t length = std::strtoull(pending.c_str() + at + 16, nullptr, 10);
+    const size_t total = head_end + 4 + length;
+    while (pending.size() < total) {
+      const ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+      if (n <= 0) return -1;
+      pending.append(buf.data(), static_cast<size_t>(n));
+    }
+    pending.erase(0, total);
+    return static_cast<int64_t>(length);
+  };
+  const int fd = connect_with_receive_buffer(server_->data_port(), 4096,
+                                             http_request("GET", "/bytes/100", {key_header}));
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  timeval timeout{10, 0};
+  ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout)), 0);
+  ASSERT_EQ(read_response(fd), 100);
+
+  rewrite(limits + "send_rate_min_bytes_per_s = 131072\n\n" + bulk);
+  ASSERT_TRUE(reload(2));
+  constexpr int64_t kBytes = 1 << 20;
+  const std::string request = http_request("GET", "/bytes/" + std::to_string(kBytes), {key_header});
+  ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(Millis(1000));  // a pause well within the 3 s slack
+  EXPECT_EQ(read_response(fd), kBytes) << "cut: " << std::strerror(errno) << "\n"
+                                       << server_->error_output();
+  ::close(fd);
+  EXPECT_EQ(stats_counter(round_trip(server_->admin_port(),
+                                     http_request("GET", "/admin/stats",
+                                                  {"X-ApiKey: " + std::string(kAdminKey)}))
+                              ->body,
+                          "workers", "send_too_slow"),
+            0);
 }
 
 TEST_F(ReloadTest, ACaptureCapChangedByAReloadCutsCapturedBodiesAtTheNewCap) {

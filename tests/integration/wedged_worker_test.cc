@@ -383,6 +383,53 @@ TEST(RingFailure, WithAnInheritedSocketNoConnectionIsLeftInTheFailedWorkersAccep
   EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
 }
 
+// The sockets of the connections a failed worker cut are closed, not only shut down: its ring
+// is gone, so the completions that would have released them never come, and their descriptors
+// (and the admin port's shared budget places) would stay taken for the rest of the run.
+TEST(RingFailure, TheConnectionsAFailedWorkerCutAreClosedNotLeftOpen) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  TestServer server(hook_options());
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  // keygate's sockets (listeners, nothing else yet).
+  const auto sockets = [&] {
+    size_t n = 0;
+    std::error_code ec;
+    const std::string dir = "/proc/" + std::to_string(server.pid()) + "/fd";
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      std::error_code link_ec;
+      const std::string target = std::filesystem::read_symlink(e.path(), link_ec).string();
+      if (!link_ec && target.starts_with("socket:")) ++n;
+    }
+    return n;
+  };
+  const size_t before = sockets();
+  ASSERT_GT(before, 0u);
+  {
+    // Held open when the ring fails: the failed worker cuts it (it is on that worker).
+    RawClient failing;
+    ASSERT_TRUE(failing.connect(server.data_port()));
+    ASSERT_TRUE(failing.send(http_request("GET", "/_keygate/test/ring-fail")));
+    const std::optional<Response> answer = failing.read_response();
+    ASSERT_TRUE(answer.has_value());
+    ASSERT_TRUE(server.wait_for_error_output("open connections are cut\n", Millis(3000)))
+        << server.error_output();
+    (void)failing.read_until_close(Millis(2000));
+  }
+  // The failed worker's two listening sockets are gone, and so is the connection it cut.
+  const auto deadline = Clock::now() + Millis(3000);
+  size_t after = sockets();
+  while (after != before - 2 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(Millis(20));
+    after = sockets();
+  }
+  EXPECT_EQ(after, before - 2) << server.error_output();
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
+}
+
 // With its only worker's ring failed nothing serves: keygate stops by itself, says why and
 // exits 4 (a failure, for a supervisor to restart it), instead of sitting there.
 TEST(RingFailure, WhenEveryWorkersRingHasFailedKeygateExitsFour) {
