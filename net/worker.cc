@@ -211,10 +211,23 @@ bool Worker::Impl::init(std::string* error) {
 }
 
 io_uring_sqe* Worker::Impl::get_sqe() {
+  // The ring failed (stop_serving): what is prepared now is never submitted, and the ring may
+  // be unmapped already. A scratch entry lets the close paths run as they do on a live ring.
+  if (ring_failed) [[unlikely]] {
+    scratch_sqe = io_uring_sqe{};
+    return &scratch_sqe;
+  }
   io_uring_sqe* sqe = io_uring_get_sqe(&ring);
   while (sqe == nullptr) {
-    // Submission queue full: hand what we have to the kernel and take a fresh slot.
-    io_uring_submit(&ring);
+    // Submission queue full: hand what we have to the kernel and take a fresh slot. A fatal
+    // error (the ring is broken: the loop's next enter fails the same way and stops serving)
+    // must not make this spin: the scratch entry then, as after stop_serving.
+    const int ret = io_uring_submit(&ring);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+      ring_failed = true;
+      ring_submit_error = -ret;  // the loop stops serving after this pass (run)
+      return get_sqe();
+    }
     sqe = io_uring_get_sqe(&ring);
   }
   return sqe;
@@ -307,6 +320,7 @@ void Worker::Impl::run() {
     if (ring_fail_for_testing.load(std::memory_order_relaxed)) [[unlikely]] {
       ret = -EBADFD;
     }
+    if (ring_submit_error != 0) [[unlikely]] ret = -ring_submit_error;  // get_sqe saw it fail
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME) {
       ring_error = -ret;
       break;
@@ -314,6 +328,10 @@ void Worker::Impl::run() {
     now_ms = monotonic_ms();
     // The one store per pass that tells the main thread this loop turns (core/worker_watch.h).
     stats.loop_pass_ms.store(now_ms, std::memory_order_relaxed);
+    // A reload posted while this worker waited (or was held up) is taken before anything of
+    // this pass is parsed: its limits, not only its APIs (pin_apis), apply to every request
+    // whose bytes come in from now on. One load per pass.
+    take_posted_apis();
     unsigned head;
     unsigned seen = 0;
     io_uring_cqe* cqe;
@@ -1104,6 +1122,7 @@ void Worker::Impl::begin_drain() {
 }
 
 void Worker::Impl::stop_serving(const char* why) {
+  ring_failed = true;  // nothing more goes to the ring (get_sqe)
   // The listeners first: every moment one stays open, the kernel hashes new connections to a
   // backlog nobody will accept from. An own SO_REUSEPORT socket is shut down, as at a drain:
   // the ring's pending multishot accept holds a reference to it, so a close alone would leave
@@ -1176,6 +1195,9 @@ void Worker::Impl::post(uint32_t slot, uint32_t gen) noexcept {
 
 void Worker::Impl::on_wake() {
   arm_wake();
+  // A reload posted with the stop is taken first: the drain then runs to the new
+  // drain_timeout_ms, the one the main thread bounds its wait by.
+  take_posted_apis();
   if (stop_requested.load(std::memory_order_acquire)) begin_drain();
   // The loop checks the deadline before its next wait, so what is left is cut off (reason
   // "shutdown", as at the drain deadline) within this pass.
@@ -1186,7 +1208,6 @@ void Worker::Impl::on_wake() {
     std::lock_guard<std::mutex> lock(posted_mu);
     posted_local.swap(posted);
   }
-  take_posted_apis();
   for (auto [slot, gen] : posted_local) on_posted(slot, gen);
   posted_local.clear();
 }

@@ -576,6 +576,12 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   io_uring ring{};
   bool ring_ready = false;
+  // The ring failed at run time (stop_serving, or a fatal submit in get_sqe): get_sqe hands
+  // out scratch_sqe, never submitted, so the paths that close connections cannot spin on a
+  // full submission queue or touch an unmapped ring.
+  bool ring_failed = false;
+  int ring_submit_error = 0;  // errno of get_sqe's fatal submit, which ends the loop (run)
+  io_uring_sqe scratch_sqe{};
   io_uring_buf_ring* buf_ring = nullptr;
   char* buf_base = nullptr;
   unsigned buf_adv = 0;

@@ -210,10 +210,10 @@ TEST(WedgedWorker, AReloadDoesNotWaitForAStalledWorkerNamesItAndItTakesTheApisAf
   const Clock::time_point wedged_at = Clock::now();
 
   const std::string path = server.dir().path() + "/keygate.toml";
-  const auto write_config = [&](std::string_view apis) {
+  const auto write_config = [&](std::string_view apis, std::string_view limits = {}) {
     const std::string written = server.dir().write_file(
-        "keygate.toml.new",
-        "[server]\nworker_stall_timeout_ms = 250\n\n[limits]\n\n" + std::string(apis));
+        "keygate.toml.new", "[server]\nworker_stall_timeout_ms = 250\n\n[limits]\n" +
+                                std::string(limits) + "\n" + std::string(apis));
     ASSERT_EQ(std::rename(written.c_str(), path.c_str()), 0);
   };
   write_config(std::string(kOrdersAndBillingApis) +
@@ -242,8 +242,10 @@ TEST(WedgedWorker, AReloadDoesNotWaitForAStalledWorkerNamesItAndItTakesTheApisAf
     }
   }
   ASSERT_NE(live, nullptr) << "no admin connection held by the worker that is not wedged";
+  // Its limits too: at most 2 header fields from now on.
   write_config(std::string(kOrdersAndBillingApis) +
-               "\n[[apis]]\nname = \"fresh\"\nroutes = [\"/fresh\", \"/fresher\"]\n");
+                   "\n[[apis]]\nname = \"fresh\"\nroutes = [\"/fresh\", \"/fresher\"]\n",
+               "header_count_max = 2\n");
   asked = Clock::now();
   ASSERT_TRUE(live->send(
       http_request("POST", "/admin/reload", {"X-ApiKey: " + std::string(kAdminKey)})));
@@ -253,25 +255,89 @@ TEST(WedgedWorker, AReloadDoesNotWaitForAStalledWorkerNamesItAndItTakesTheApisAf
   EXPECT_EQ(reloaded->status, 200) << reloaded->raw;
   EXPECT_EQ(reloaded->body,
             R"({"generation":3,"apis":3,"restart_settings":[],"workers_pending":[)" +
-                std::to_string(worker) + R"(],"applied_settings":[]})");
+                std::to_string(worker) + R"(],"applied_settings":["limits.header_count_max"]})");
   // The wedge (6 s) began at least the stall timeout (250 ms) before wedged_at.
   ASSERT_LT(Clock::now() - wedged_at, Millis(4500)) << "the wedge may end before the requests";
 
   // Sent while the worker is still wedged, after both reloads: every connection is answered
-  // with the third generation's routes, the wedged worker's once the wedge is over.
+  // with the third generation's routes and limits, the wedged worker's once the wedge is over
+  // (it takes the reload before it parses what came in meanwhile): the first request on each
+  // is routed (401, no key: not 404, no route), the second, with 4 header fields, is 431.
   const Clock::time_point sent = Clock::now();
-  for (RawClient& client : data) ASSERT_TRUE(client.send(http_request("GET", "/fresher/1")));
+  for (RawClient& client : data) {
+    ASSERT_TRUE(client.send(http_request("GET", "/fresher/1") +
+                            http_request("GET", "/fresher/2", {"X-A: 1", "X-B: 1", "X-C: 1"})));
+  }
   size_t late = 0;
   for (RawClient& client : data) {
     const std::optional<Response> r = client.read_response(Millis(10000));
     ASSERT_TRUE(r.has_value());
-    EXPECT_EQ(r->status, 401) << r->raw;  // routed (no key), not 404 (no route)
+    EXPECT_EQ(r->status, 401) << r->raw;
+    const std::optional<Response> over = client.read_response(Millis(3000));
+    ASSERT_TRUE(over.has_value());
+    EXPECT_EQ(over->status, 431) << over->raw;
     if (Clock::now() - sent > Millis(500)) ++late;
   }
   EXPECT_GE(late, 1u) << "no connection was held by the wedged worker";
   const std::optional<Response> wedged = wedge.read_response(Millis(3000));
   ASSERT_TRUE(wedged.has_value());
   EXPECT_EQ(wedged->status, 200);
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
+}
+
+// Requests that reached a wedged worker before a reload made meanwhile are parsed, once the
+// wedge is over, with the reload's limits: the worker takes the reload at the top of its
+// first pass, before the completions that carry those requests (which the kernel queued ahead
+// of the reload's wake-up), not only when a request starts.
+TEST(WedgedWorker, RequestsThatReachedAWedgedWorkerBeforeAReloadAreParsedWithItsLimits) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  TestServer server(hook_options());
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  std::vector<RawClient> data = answered_connections(server.data_port(), 16);
+  ASSERT_GE(data.size(), 12u);
+  RawClient wedge;
+  const int worker = wedge_a_worker(server, &wedge, 6000);
+  ASSERT_TRUE(worker == 0 || worker == 1) << server.error_output();
+
+  // Four header fields: within the limits now, over the reload's header_count_max = 2. The
+  // other worker answers its connections at once (200); the wedged worker's wait.
+  const std::string request = http_request("GET", "/healthz", {"X-A: 1", "X-B: 1", "X-C: 1"});
+  const Clock::time_point sent = Clock::now();
+  for (RawClient& client : data) ASSERT_TRUE(client.send(request));
+  std::vector<RawClient*> waiting;
+  for (RawClient& client : data) {
+    const std::optional<Response> r = client.read_response(Millis(150));
+    if (!r.has_value()) {
+      waiting.push_back(&client);
+      continue;
+    }
+    EXPECT_EQ(r->status, 200) << r->raw;
+  }
+  const std::string written = server.dir().write_file(
+      "keygate.toml.new", "[server]\nworker_stall_timeout_ms = 250\n\n[limits]\n"
+                          "header_count_max = 2\n\n" + std::string(kOrdersAndBillingApis));
+  const std::string path = server.dir().path() + "/keygate.toml";
+  ASSERT_EQ(std::rename(written.c_str(), path.c_str()), 0);
+  ASSERT_TRUE(server.send_signal(SIGHUP));
+  ASSERT_TRUE(server.wait_for_error_output("(generation 2)", Millis(3000)))
+      << server.error_output();
+  ASSERT_LT(Clock::now() - sent, Millis(4500)) << "the wedge may have ended before the reload";
+
+  // The wedged worker's, once the wedge is over: parsed after it took the reload.
+  size_t late = 0;
+  for (RawClient* client : waiting) {
+    const std::optional<Response> r = client->read_response(Millis(10000));
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->status, 431) << r->raw;
+    ++late;
+  }
+  EXPECT_GE(late, 1u) << "no connection was held by the wedged worker";
+  const std::optional<Response> wedged = wedge.read_response(Millis(5000));
+  ASSERT_TRUE(wedged.has_value());
   const ExitStatus status = server.stop(SIGTERM);
   EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
 }
