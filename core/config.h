@@ -3,7 +3,8 @@
 // Pure logic. Read at start; a reload changes the APIs and the settings apply_live_settings()
 // copies (see reload_changes()), the rest only at the next start. parse_config() turns TOML
 // text into a Config (the caller reads the file), parse_command_line() turns argv into flag
-// overrides, apply_overrides() merges them. Unknown tables, keys and flags are errors, so a typo never silently keeps a default.
+// overrides, apply_overrides() merges them. Unknown tables, keys and flags are errors, so a
+// typo never silently keeps a default.
 #pragma once
 
 #include <cstdint>

@@ -67,6 +67,21 @@ std::string log_bytes(const std::string& dir) {
   return out;
 }
 
+// `n` new connections to `port` in turn, each a GET /healthz answered 200 within 2 s.
+::testing::AssertionResult each_answered(uint16_t port, int n, std::string_view what) {
+  for (int i = 0; i < n; ++i) {
+    const std::optional<Response> r =
+        round_trip(port, http_request("GET", "/healthz"), Millis(2000));
+    if (!r.has_value()) {
+      return ::testing::AssertionFailure() << what << " connection " << i << " not answered";
+    }
+    if (r->status != 200) {
+      return ::testing::AssertionFailure() << what << " connection " << i << ": " << r->raw;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // Keep-alive connections to `port`, each answered once (GET /healthz), so each is held by one
 // worker or the other; opened before a worker is wedged.
 std::vector<RawClient> answered_connections(uint16_t port, size_t n) {
@@ -395,18 +410,8 @@ TEST(RingFailure, AWorkerWhoseRingFailsClosesItsListenersAndTheOthersServeEveryC
                                        "closed (new connections go to the other workers;"),
             std::string::npos)
       << server.error_output();
-  for (int i = 0; i < 200; ++i) {
-    const std::optional<Response> r =
-        round_trip(server.data_port(), http_request("GET", "/healthz"), Millis(2000));
-    ASSERT_TRUE(r.has_value()) << "data connection " << i << " not answered";
-    ASSERT_EQ(r->status, 200);
-  }
-  for (int i = 0; i < 50; ++i) {
-    const std::optional<Response> r =
-        round_trip(server.admin_port(), http_request("GET", "/healthz"), Millis(2000));
-    ASSERT_TRUE(r.has_value()) << "admin connection " << i << " not answered";
-    ASSERT_EQ(r->status, 200);
-  }
+  EXPECT_TRUE(each_answered(server.data_port(), 200, "data"));
+  EXPECT_TRUE(each_answered(server.admin_port(), 50, "admin"));
   // It stays a stalled worker for the watchdog; keygate stops as usual.
   const ExitStatus status = server.stop(SIGTERM);
   EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
@@ -439,12 +444,7 @@ TEST(RingFailure, WithAnInheritedSocketNoConnectionIsLeftInTheFailedWorkersAccep
   (void)round_trip(server.data_port(), http_request("GET", "/_keygate/test/ring-fail"));
   ASSERT_TRUE(server.wait_for_error_output("open connections are cut\n", Millis(3000)))
       << server.error_output();
-  for (int i = 0; i < 100; ++i) {
-    const std::optional<Response> r =
-        round_trip(server.data_port(), http_request("GET", "/healthz"), Millis(2000));
-    ASSERT_TRUE(r.has_value()) << "data connection " << i << " not answered";
-    ASSERT_EQ(r->status, 200);
-  }
+  EXPECT_TRUE(each_answered(server.data_port(), 100, "data"));
   const ExitStatus status = server.stop(SIGTERM);
   EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
 }
