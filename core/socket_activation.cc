@@ -6,8 +6,14 @@
 namespace keygate {
 namespace {
 
-// The values are the environment's, which may hold any bytes: quoted on one line.
-std::string quoted(std::string_view value) { return "'" + one_line(value) + "'"; }
+// The values are the environment's, which may hold any bytes: quoted on one line. (Appended
+// in place: GCC 12's -O3 warns -Wrestrict, wrongly, on "'" + std::string&&.)
+std::string quoted(std::string_view value) {
+  std::string out = "'";
+  out += one_line(value);
+  out += '\'';
+  return out;
+}
 
 // "socket 3 (data)" or "socket 3": how an error names the socket it is about.
 std::string describe(const InheritedSocket& s) {
