@@ -178,7 +178,7 @@ bool real_path_to_be(const std::string& path, std::string* out, std::string* err
     const size_t slash = at.find_last_of('/');
     if (slash == std::string::npos) {
       missing = at + (missing.empty() ? "" : "/" + missing);
-      at = ".";
+      at = std::string(".");  // not = ".": GCC 12 at -O3 warns -Wrestrict on it, wrongly
       break;
     }
     const std::string last = at.substr(slash + 1);
