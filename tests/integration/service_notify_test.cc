@@ -418,30 +418,6 @@ TEST(Watchdog, WithoutAWatchdogForThisProcessNoWatchdogIsSent) {
   }
 }
 
-// The worker of the index after "keygate: worker " in the first line holding `needle`, or -1.
-int worker_in_line(const std::string& output, std::string_view needle) {
-  const size_t at = output.find(needle);
-  if (at == std::string::npos) return -1;
-  const size_t line = output.rfind('\n', at);
-  const size_t start = line == std::string::npos ? 0 : line + 1;
-  constexpr std::string_view kPrefix = "keygate: worker ";
-  if (output.compare(start, kPrefix.size(), kPrefix) != 0) return -1;
-  return std::atoi(output.c_str() + start + kPrefix.size());
-}
-
-// Admin-port connections, each answered once (so each is held by one worker or another),
-// opened before a worker is wedged.
-std::vector<RawClient> admin_connections(uint16_t admin_port, size_t n) {
-  std::vector<RawClient> clients;
-  for (size_t i = 0; i < n; ++i) {
-    RawClient client;
-    if (!client.connect(admin_port) || !client.send(http_request("GET", "/healthz"))) continue;
-    const std::optional<Response> health = client.read_response();
-    if (health && health->status == 200) clients.push_back(std::move(client));
-  }
-  return clients;
-}
-
 // GET /admin/stats answered by a worker that is not wedged: asked on each of `clients` in turn
 // (each at most once: one held by the wedged worker answers only after the wedge) until one
 // answers within a short time.
@@ -477,7 +453,7 @@ TEST(Watchdog, AWedgedWorkerStopsTheWatchdogAndIsSaidAndCountedUntilItTurnsAgain
   ASSERT_TRUE(server.start(&error)) << error << "\nstderr: " << server.error_output();
   expect_ready(receiver, server);
   NotifyLog log(receiver);
-  std::vector<RawClient> admin = admin_connections(server.admin_port(), 16);
+  std::vector<RawClient> admin = answered_connections(server.admin_port(), 16);
   ASSERT_GE(admin.size(), 8u);
   std::this_thread::sleep_for(Millis(300));
 

@@ -759,6 +759,27 @@ std::string show(const std::optional<Response>& r) {
   return r ? "response:\n" + r->raw : std::string("no response");
 }
 
+std::vector<RawClient> answered_connections(uint16_t port, size_t n) {
+  std::vector<RawClient> clients;
+  for (size_t i = 0; i < n; ++i) {
+    RawClient client;
+    if (!client.connect(port) || !client.send(http_request("GET", "/healthz"))) continue;
+    const std::optional<Response> health = client.read_response();
+    if (health && health->status == 200) clients.push_back(std::move(client));
+  }
+  return clients;
+}
+
+int worker_in_line(const std::string& output, std::string_view needle) {
+  const size_t at = output.find(needle);
+  if (at == std::string::npos) return -1;
+  const size_t line = output.rfind('\n', at);
+  const size_t start = line == std::string::npos ? 0 : line + 1;
+  constexpr std::string_view kPrefix = "keygate: worker ";
+  if (output.compare(start, kPrefix.size(), kPrefix) != 0) return -1;
+  return std::atoi(output.c_str() + start + kPrefix.size());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Test data
 

@@ -310,6 +310,15 @@ std::string http_request(std::string_view method, std::string_view target,
 // A response for an assertion message: its raw bytes, or "no response".
 std::string show(const std::optional<Response>& r);
 
+// Up to `n` keep-alive connections to `port`, each answered once (GET /healthz 200), so each is
+// held by one worker or another (those that fail are left out): opened before a worker is
+// wedged, to find later which worker holds which.
+std::vector<RawClient> answered_connections(uint16_t port, size_t n);
+
+// The worker index after "keygate: worker " at the start of the first stderr line of `output`
+// holding `needle`, or -1.
+int worker_in_line(const std::string& output, std::string_view needle);
+
 // --- Test data --------------------------------------------------------------------------------
 
 // Two data APIs as config text: "orders" on /orders and "billing" on /billing.

@@ -42,17 +42,6 @@ ServerOptions hook_options() {
   return options;
 }
 
-// The worker index after "keygate: worker " on the line holding `needle`, or -1.
-int worker_in_line(const std::string& output, std::string_view needle) {
-  const size_t at = output.find(needle);
-  if (at == std::string::npos) return -1;
-  const size_t line = output.rfind('\n', at);
-  const size_t start = line == std::string::npos ? 0 : line + 1;
-  constexpr std::string_view kPrefix = "keygate: worker ";
-  if (output.compare(start, kPrefix.size(), kPrefix) != 0) return -1;
-  return std::atoi(output.c_str() + start + kPrefix.size());
-}
-
 // Every byte of the access-log segments in `dir`.
 std::string log_bytes(const std::string& dir) {
   std::string out;
@@ -80,19 +69,6 @@ std::string log_bytes(const std::string& dir) {
     }
   }
   return ::testing::AssertionSuccess();
-}
-
-// Keep-alive connections to `port`, each answered once (GET /healthz), so each is held by one
-// worker or the other; opened before a worker is wedged.
-std::vector<RawClient> answered_connections(uint16_t port, size_t n) {
-  std::vector<RawClient> clients;
-  for (size_t i = 0; i < n; ++i) {
-    RawClient client;
-    if (!client.connect(port) || !client.send(http_request("GET", "/healthz"))) continue;
-    const std::optional<Response> health = client.read_response();
-    if (health && health->status == 200) clients.push_back(std::move(client));
-  }
-  return clients;
 }
 
 // Wedges the worker that takes a fresh data connection for `ms` and returns its index once the
