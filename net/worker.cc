@@ -893,17 +893,9 @@ void Worker::Impl::close_conn(Connection* c) {
   timer_clear(c);
   if (c->until_close_open) {
     // A body whose end the client learns from the close is cut short (the upstream failed, a
-    // timeout, shutdown): a FIN would look like its end. connect(2) to AF_UNSPEC dissolves the
-    // connection at once with a reset (unsent output is dropped; it is cut anyway), and wakes
-    // the receive and send in flight like the shutdown below. Should it fail, the linger of 0
-    // still turns the final close into a reset.
+    // timeout, shutdown): a FIN would look like its end.
     c->until_close_open = false;
-    sockaddr unspec{};
-    unspec.sa_family = AF_UNSPEC;
-    if (::connect(c->fd, &unspec, sizeof(unspec)) != 0) {
-      const linger reset{1, 0};
-      (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
-    }
+    reset_socket(c);
   }
   if (c->ops == 0) {
     release(c);
@@ -1060,9 +1052,20 @@ void Worker::Impl::cut_unread(Connection* c, const char* reason) {
   // FIN it would hold those bytes (up to the socket's send buffer) on an orphaned socket in
   // FIN_WAIT1, probing the client's zero window for minutes (tcp_orphan_retries), to deliver
   // a response that is cut anyway.
-  const linger reset{1, 0};
-  (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  if (!c->closed) reset_socket(c);
   close_conn(c);
+}
+
+void Worker::Impl::reset_socket(Connection* c) {
+  // connect(2) to AF_UNSPEC dissolves the connection at once with a reset (unsent output is
+  // dropped) and wakes the receive and send in flight, as close_conn's shutdown does. Should it
+  // fail, a linger of 0 still turns the final close into a reset.
+  sockaddr unspec{};
+  unspec.sa_family = AF_UNSPEC;
+  if (::connect(c->fd, &unspec, sizeof(unspec)) != 0) {
+    const linger reset{1, 0};
+    (void)setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+  }
 }
 
 void Worker::Impl::on_tick() {

@@ -443,6 +443,8 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   // Ends a connection whose client is not taking its response (the write timeout,
   // send_rate_min_bytes_per_s) with a reset: `reason` for the request in progress.
   void cut_unread(Connection* c, const char* reason);
+  // Resets the client connection now (before close_conn): its unsent output is dropped.
+  void reset_socket(Connection* c);
   void op_done(Connection* c);
   void release(Connection* c);
   void mark_dirty(Connection* c) { dirty.emplace_back(c, c->gen); }
