@@ -423,6 +423,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   void handle_cqe(io_uring_cqe* cqe);
   void on_accept(uint32_t li, io_uring_cqe* cqe);
+  bool relisten(uint32_t li);
   bool admit(uint32_t li);
   void on_recv(Connection* c, io_uring_cqe* cqe);
   void on_send(Connection* c, int res);
@@ -570,6 +571,13 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::vector<WorkerListener> listeners;
   std::vector<bool> accept_armed;
   std::vector<bool> accept_retry;
+  // Guards the listeners' descriptors (WorkerListener::fd) against Worker::park_listeners()
+  // on the main thread, and `parked`: the worker takes it where it closes a listener (the
+  // drain, stop_serving) and where it listens again on a parked one, never per request.
+  std::mutex listener_mu;
+  // Per listener: park_listeners() stopped it listening while this worker's loop did not pass
+  // (a stall); the worker listens on it again at the failed accept that follows (on_accept).
+  std::vector<bool> parked;
   // Per listener: an accepted descriptor numbered at or above this is closed at once (see init).
   std::vector<uint64_t> descriptor_ceiling;
   // An upstream socket numbered at or above this is closed at once: 503 sockets_exhausted.

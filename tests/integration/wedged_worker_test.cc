@@ -333,6 +333,79 @@ TEST(WedgedWorker, RequestsThatReachedAWedgedWorkerBeforeAReloadAreParsedWithIts
   EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
 }
 
+// The worker index a GET /_keygate/test/worker on a new connection to `port` names, or -1.
+int worker_of_new_connection(uint16_t port) {
+  const std::optional<Response> r =
+      round_trip(port, http_request("GET", "/_keygate/test/worker"), Millis(2000));
+  if (!r.has_value() || r->status != 200 || !r->body.starts_with("worker ")) return -1;
+  return std::atoi(r->body.c_str() + 7);
+}
+
+constexpr std::string_view kParked = "its listening sockets stop taking connections";
+
+// A stalled worker's own SO_REUSEPORT sockets would go on taking their share of new
+// connections into backlogs nobody accepts from: the main thread stops them listening, so
+// every new connection on either port is answered by the other worker while the stall lasts,
+// and the worker listens again once its loop passes (new connections reach it again).
+TEST(WedgedWorker, AStalledWorkersListenersStopTakingConnectionsUntilItsLoopPassesAgain) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  TestServer server(hook_options());
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  RawClient wedge;
+  const int wedged = wedge_a_worker(server, &wedge, 4000);
+  ASSERT_GE(wedged, 0) << server.error_output();
+  ASSERT_TRUE(server.wait_for_error_output(kParked, Millis(3000))) << server.error_output();
+  EXPECT_EQ(worker_in_line(server.error_output(), kParked), wedged) << server.error_output();
+  // Before: about half of these went to the wedged worker's backlog and were not answered.
+  EXPECT_TRUE(each_answered(server.data_port(), 60, "data"));
+  EXPECT_TRUE(each_answered(server.admin_port(), 20, "admin"));
+  const std::optional<Response> wedged_answer = wedge.read_response(Millis(6000));
+  ASSERT_TRUE(wedged_answer.has_value());
+  EXPECT_EQ(wedged_answer->status, 200);
+  ASSERT_TRUE(server.wait_for_error_output("no longer stalled", Millis(3000)))
+      << server.error_output();
+  // Listening again: some new connection reaches it (each goes to either worker by a hash of
+  // its port; 200 all missing it would be chance of 2^-200).
+  bool reached = false;
+  for (int i = 0; i < 200 && !reached; ++i) {
+    const int w = worker_of_new_connection(server.data_port());
+    ASSERT_GE(w, 0) << "connection " << i << " not answered";
+    reached = w == wedged;
+  }
+  EXPECT_TRUE(reached) << "no new connection reached worker " << wedged;
+  EXPECT_EQ(server.error_output().find("cannot listen again"), std::string::npos)
+      << server.error_output();
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
+}
+
+// With no other worker whose loop passes, nothing is parked: a connection that comes during
+// the stall waits in the backlog and is answered once the loop passes, rather than refused.
+TEST(WedgedWorker, TheOnlyWorkerIsNotParkedAndAConnectionFromItsStallIsAnsweredAfterIt) {
+#ifndef KEYGATE_TEST_HOOKS
+  GTEST_SKIP() << "needs keygate's test hooks (CMake KEYGATE_TEST_HOOKS)";
+#endif
+  ServerOptions options = hook_options();
+  options.workers = 1;
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  RawClient wedge;
+  ASSERT_EQ(wedge_a_worker(server, &wedge, 1500), 0) << server.error_output();
+  RawClient during;
+  ASSERT_TRUE(during.connect(server.data_port()));
+  ASSERT_TRUE(during.send(http_request("GET", "/healthz")));
+  const std::optional<Response> r = during.read_response(Millis(5000));
+  ASSERT_TRUE(r.has_value()) << server.error_output();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(server.error_output().find(kParked), std::string::npos) << server.error_output();
+  const ExitStatus status = server.stop(SIGTERM);
+  EXPECT_TRUE(status.clean()) << status.describe() << "\n" << server.error_output();
+}
+
 // A worker wedged too shortly for the watch to call it stalled yet (worker_stall_timeout_ms
 // 5 s): the reload waits for it 1 s, no longer, and names it.
 TEST(WedgedWorker, AReloadWaitsAtMostOneSecondForAWorkerThatIsNotStalledYet) {
