@@ -4,6 +4,7 @@
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -194,6 +195,8 @@ bool Worker::Impl::init(std::string* error) {
   stats.loop_pass_ms.store(now_ms, std::memory_order_relaxed);
   accept_retry.assign(listeners.size(), false);
   parked.assign(listeners.size(), false);
+  accept_rearm.assign(listeners.size(), false);
+  backlog_seen.assign(listeners.size(), 0);
   open.assign(listeners.size(), 0);
   conns.reserve(1024);
   dirty.reserve(256);
@@ -392,6 +395,8 @@ void Worker::Impl::handle_cqe(io_uring_cqe* cqe) {
       on_wake();
       return;
     case kOpAcceptCancel:
+      // Nothing was cancelled (the accept had completed): no -ECANCELED comes to re-arm on.
+      if (cqe->res != 0) accept_rearm[slot_of(ud)] = false;
       return;
     case kOpUpConnect:
     case kOpUpConnectTimeout:
@@ -477,6 +482,11 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
       // The first request must start within the header timeout, like every later one.
       timer_set(c, kHeader);
     }
+  } else if (res == -ECANCELED && accept_rearm[li]) {
+    // Cancelled by check_shared_backlog: armed again, behind every other waiter.
+    accept_rearm[li] = false;
+    if (!draining) arm_accept(li);
+    return;
   } else if (res != -ECANCELED) {
     if (!more && !draining && relisten(li)) {
       arm_accept(li);
@@ -1117,7 +1127,36 @@ void Worker::Impl::on_tick() {
       accept_retry[li] = false;
       arm_accept(li);
     }
+    check_shared_backlog(li);
   }
+}
+
+// A socket the service manager passed is shared by every worker, each with one single-shot
+// accept waiting on it, and the kernel wakes one waiter per new connection. Should that
+// wake-up go to an accept that never runs (one of a worker whose ring failed, torn down later
+// than the connection came; seen under load in RingFailure tests), the connection stays in the
+// backlog with the other workers' accepts still waiting, until the next connection's wake-up
+// takes it, and so on, one connection behind for good. So at each tick a worker whose accept
+// on a shared socket has waited while the socket had a connection ready at two ticks in a row
+// cancels it and arms it again: the new accept takes a waiting connection at once. One poll()
+// per shared socket per tick (100 ms), none for keygate's own sockets.
+void Worker::Impl::check_shared_backlog(uint32_t li) {
+  if (!listeners[li].inherited || !accept_armed[li] || accept_rearm[li] || draining ||
+      listeners[li].fd < 0) {
+    backlog_seen[li] = 0;
+    return;
+  }
+  pollfd waiting{listeners[li].fd, POLLIN, 0};
+  if (::poll(&waiting, 1, 0) != 1 || (waiting.revents & POLLIN) == 0) {
+    backlog_seen[li] = 0;
+    return;
+  }
+  if (++backlog_seen[li] < 2) return;  // a connection that came since the last tick
+  backlog_seen[li] = 0;
+  accept_rearm[li] = true;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_cancel64(sqe, make_user_data(kOpAccept, li, 0), 0);
+  io_uring_sqe_set_data64(sqe, make_user_data(kOpAcceptCancel, li, 0));
 }
 
 void Worker::Impl::begin_drain() {

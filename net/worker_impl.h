@@ -424,6 +424,7 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   void handle_cqe(io_uring_cqe* cqe);
   void on_accept(uint32_t li, io_uring_cqe* cqe);
   bool relisten(uint32_t li);
+  void check_shared_backlog(uint32_t li);
   bool admit(uint32_t li);
   void on_recv(Connection* c, io_uring_cqe* cqe);
   void on_send(Connection* c, int res);
@@ -578,6 +579,11 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   // Per listener: park_listeners() stopped it listening while this worker's loop did not pass
   // (a stall); the worker listens on it again at the failed accept that follows (on_accept).
   std::vector<bool> parked;
+  // Per listener of a shared (inherited) socket: check_shared_backlog cancelled its accept to
+  // arm it again, at the -ECANCELED completion (or cleared when the cancel found nothing); and
+  // the ticks in a row at which the socket had a connection waiting while the accept waited.
+  std::vector<bool> accept_rearm;
+  std::vector<uint8_t> backlog_seen;
   // Per listener: an accepted descriptor numbered at or above this is closed at once (see init).
   std::vector<uint64_t> descriptor_ceiling;
   // An upstream socket numbered at or above this is closed at once: 503 sockets_exhausted.
