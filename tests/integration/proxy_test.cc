@@ -75,6 +75,7 @@ class ProxyTest : public ::testing::Test {
     if (!asan_options_.empty()) options.env.emplace_back("ASAN_OPTIONS", asan_options_);
     for (const auto& e : env_) options.env.push_back(e);
     options.wrapper = wrapper_;
+    options.binary = binary_;
     options.extra_config =
         "[[apis]]\nname = \"orders\"\n"
         "routes = [\"/orders\", \"/bytes\", \"/echo\", \"/status\", \"/delay\", \"/close\", "
@@ -121,6 +122,7 @@ class ProxyTest : public ::testing::Test {
   std::string asan_options_;
   std::vector<std::pair<std::string, std::string>> env_;  // more of keygate's environment
   std::vector<std::string> wrapper_;  // what keygate runs under (ServerOptions::wrapper)
+  std::string binary_;  // ServerOptions::binary
 };
 
 // workers.requests of a GET /admin/stats answer, or -1.
@@ -1592,12 +1594,12 @@ TEST_F(ProxyTest, ACloseDelimitedResponseCutWhileKeygateStillSendsItResetsTheCli
                                    << (end_errno == 0 ? "a FIN" : std::strerror(end_errno));
 }
 
-// Only in unsanitized builds, as the other tests that run keygate out of descriptors (the
-// sanitizer runtime misreports under EMFILE). Forwarded clients each take an upstream socket
+// Against an unsanitized keygate only, as the other tests that run keygate out of descriptors
+// (KEYGATE_DESCRIPTOR_TESTS, test_server.h). Forwarded clients each take an upstream socket
 // besides their own: those sockets could take the descriptors kept in reserve (the reserve is
 // checked at accept, for clients only) and lock the admin port out. Upstream sockets now stop
 // short of the admin port's and the log's share: 503 sockets_exhausted instead.
-#if !defined(__SANITIZE_ADDRESS__)
+#ifdef KEYGATE_DESCRIPTOR_TESTS
 TEST_F(ProxyTest, ForwardedClientsLeaveTheAdminPortItsShareOfTheReserve) {
   ScriptedUpstream upstream([](int, const std::string&) {
     std::this_thread::sleep_for(std::chrono::milliseconds(4000));  // holds every connection
@@ -1605,6 +1607,7 @@ TEST_F(ProxyTest, ForwardedClientsLeaveTheAdminPortItsShareOfTheReserve) {
   });
   ASSERT_TRUE(upstream.listening());
   wrapper_ = {"/usr/bin/prlimit", "--nofile=256:256", "--"};
+  binary_ = unsanitized_keygate_binary();
   ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(),
                                 {{"connections_per_worker_max", 1000}, {"upstream_fail_timeout_ms", 1}},
                                 {"orders", "scripted"}, 10000, /*workers=*/1));

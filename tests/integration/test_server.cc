@@ -234,6 +234,15 @@ const char* keygate_binary() {
   return other != nullptr && other[0] != '\0' ? other : KEYGATE_BINARY;
 }
 
+const char* unsanitized_keygate_binary() {
+#ifdef KEYGATE_UNSANITIZED_BINARY
+  const char* other = std::getenv("KEYGATE_TEST_BINARY");
+  return other != nullptr && other[0] != '\0' ? other : KEYGATE_UNSANITIZED_BINARY;
+#else
+  return keygate_binary();
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // TempDir
 
@@ -364,12 +373,13 @@ bool TestServer::start(std::string* error, Millis timeout) {
     }
     if (options_.listen_pid_other) env.push_back("LISTEN_PID=" + std::to_string(::getpid()));
   }
-  std::string program = keygate_binary();
+  const std::string binary = options_.binary.empty() ? keygate_binary() : options_.binary;
+  std::string program = binary;
   std::vector<std::string> program_args = args;
   if (!options_.wrapper.empty()) {
     program = options_.wrapper.front();
     program_args.assign(options_.wrapper.begin() + 1, options_.wrapper.end());
-    program_args.push_back(keygate_binary());
+    program_args.push_back(binary);
     program_args.insert(program_args.end(), args.begin(), args.end());
   }
   SpawnedChild child;
