@@ -7,9 +7,9 @@
 // Chunked bodies are de-chunked in place, so a request's body is always one contiguous view.
 //
 // On top of llhttp's strict mode it rejects what llhttp 8.1.0 still accepts: obs-fold, control
-// characters in values, empty header names, a missing or repeated Host in HTTP/1.1,
-// Transfer-Encoding in HTTP/1.0, protocols other than HTTP (RTSP/1.0, ICE/1.0), versions other
-// than 1.0/1.1 (505), CONNECT and Upgrade.
+// characters in values, empty header names, a missing or repeated Host in HTTP/1.1, a Host
+// that is not host[:port], Transfer-Encoding in HTTP/1.0, protocols other than HTTP (RTSP/1.0,
+// ICE/1.0), versions other than 1.0/1.1 (505), CONNECT and Upgrade.
 // After an error the parser accepts no more input: the connection must be closed.
 #pragma once
 

@@ -798,6 +798,29 @@ TEST(HttpParser, RejectsTwoHostHeadersInHttp10) {
   expect_rejected("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400);
 }
 
+// RFC 9112 3.2: a Host with an invalid field value is a 400. keygate passes Host upstream as
+// sent, and an upstream may build absolute URLs from it: "evil.example/x?", "a@b", a space or
+// a quote must not get there.
+TEST(HttpParser, RejectsAHostThatIsNotHostAndPort) {
+  for (const char* host : {"a b", "a@b", "evil.example/x", "a?b", "a#b", "a\\b", "\"a\"", "a:8o",
+                           "a:80:90", "[::1", "[]", "[::1]x", "[::1]:8o", "a%4", "a%zz", "<a>"}) {
+    SCOPED_TRACE(host);
+    expect_rejected("GET / HTTP/1.1\r\nHost: "s + host + "\r\n\r\n", 400, "bad_request");
+    expect_rejected("GET / HTTP/1.0\r\nHost: "s + host + "\r\n\r\n", 400, "bad_request");
+  }
+}
+
+TEST(HttpParser, AcceptsEveryHostTheGrammarAllows) {
+  for (const char* host :
+       {"", "h", "example.com", "example.com:443", "a:", "127.0.0.1:9001", "[::1]", "[::1]:8080",
+        "[v1.fe80::a+en1]", "[fe80::1%25en0]", "xn--bcher-kva.example", "a%41b",
+        "a-b_c~d.e!$&'()*+,;=", "Api.Example:8080"}) {
+    SCOPED_TRACE(host);
+    const Parsed p = parse_one("GET / HTTP/1.1\r\nHost: "s + host + " \r\n\r\n", kDefaultLimits, 0);
+    EXPECT_EQ(header_value(p, "host"), host);
+  }
+}
+
 TEST(HttpParser, RejectsHttp2RequestLineWith505) {
   expect_rejected("GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
 }
