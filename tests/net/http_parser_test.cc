@@ -701,6 +701,26 @@ TEST(HttpParser, OversizedTrailersAre431) {
   expect_rejected(input, 431, "header_too_large", small_limits());
 }
 
+// llhttp reads chunk extensions without a bound and reports them to no limit: 64 KiB of them
+// around a 1-byte body passed a 32-byte body limit. All of one body's extensions together are
+// bounded like its trailers (header_bytes_max, 256 here).
+TEST(HttpParser, ChunkExtensionsOverTheHeaderLimitAre431) {
+  const std::string head = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+  expect_rejected(head + "1;x=" + std::string(1 << 16, 'e') + "\r\na\r\n0\r\n\r\n", 431,
+                  "header_too_large", small_limits());
+  // Many small ones add up; the last chunk's count too.
+  std::string many = head;
+  for (int i = 0; i < 20; ++i) many += "1;name=" + std::string(10, 'v') + "\r\na\r\n";
+  expect_rejected(many + "0\r\n\r\n", 431, "header_too_large", small_limits());
+  expect_rejected(head + "0;" + std::string(300, 'n') + "\r\n\r\n", 431, "header_too_large",
+                  small_limits());
+  // Up to the limit they are accepted (and dropped) as before, quoted values included.
+  const Parsed p = parse_one(head + "1;a=\"q;r\"\r\nb\r\n1;" + std::string(200, 'n') +
+                                 "\r\nc\r\n0\r\n\r\n",
+                             small_limits(), 0);
+  EXPECT_EQ(p.body, "bc");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Malformed requests
 
