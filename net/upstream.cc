@@ -215,8 +215,10 @@ int on_headers_complete(llhttp_t* p) {
   BodyFraming framing;
   uint64_t length = 0;
   if (no_body) {
-    // A HEAD response describes the GET body: its Content-Length passes through.
-    framing = (u->head_request && has_length) ? BodyFraming::kContentLength : BodyFraming::kNone;
+    // A HEAD response describes the GET body: its Content-Length passes through. Not a 204's:
+    // RFC 9110 8.6 forbids Content-Length in one (a GET's 204 loses it here too).
+    framing = (u->head_request && has_length && status != 204) ? BodyFraming::kContentLength
+                                                               : BodyFraming::kNone;
     length = has_length ? p->content_length : 0;
   } else if (has_length) {
     framing = BodyFraming::kContentLength;

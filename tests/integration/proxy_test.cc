@@ -269,6 +269,25 @@ TEST_F(ProxyTest, BytesAfterANoContentResponseNeverReachTheClient) {
   EXPECT_EQ(number_member(next->body, "request"), 1) << next->body;
 }
 
+// RFC 9110 8.6: no Content-Length in a 204. keygate dropped it from a GET's 204 but passed it
+// on in the answer to a HEAD (kept there for the 200s and 304s whose GET body it describes).
+// The 304's stays: it may carry the GET's length.
+TEST_F(ProxyTest, ANoContentResponseToAHeadHasNoContentLength) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {}, {"orders"}, /*response_timeout_ms=*/5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("HEAD", "/status/204?length=5", {key_header()})));
+  const std::optional<Response> no_content = client.read_response(Millis(2000), /*head=*/true);
+  ASSERT_TRUE(no_content.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(no_content->status, 204) << no_content->raw;
+  EXPECT_FALSE(no_content->header("Content-Length").has_value()) << no_content->raw;
+  ASSERT_TRUE(client.send(http_request("HEAD", "/status/304?length=5", {key_header()})));
+  const std::optional<Response> not_modified = client.read_response(Millis(2000), /*head=*/true);
+  ASSERT_TRUE(not_modified.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(not_modified->status, 304) << not_modified->raw;
+  EXPECT_EQ(not_modified->header("Content-Length").value_or(""), "5") << not_modified->raw;
+}
+
 TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
   // Under AddressSanitizer freed blocks sit in a quarantine (256 MiB by default) that shows up
   // as resident memory; without it RSS measures what keygate holds.
