@@ -236,7 +236,7 @@ int on_headers_complete(llhttp_t* p) {
   std::string& out = c->out[c->fill];
   u->head_at = out.size();
   u->head_at_flush = c->flushes;
-  write_client_response_head(head, framing, length, c->client_keep_alive, c->http10, out);
+  write_client_response_head(head, framing, length, c->client_keep_alive, c->http10, out, u->date);
   u->head_sent = true;
   c->rlog.response_head(std::string_view(out).substr(u->head_at));
   // 1: this response has no body. llhttp 8 knows that only for a HEAD response, and only when
@@ -648,6 +648,7 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
   up->head_request = head_request;
+  up->date = date;
   up->request_complete = request_complete;
   up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
   up->body_announced = false;

@@ -1205,6 +1205,27 @@ bool has_target(const std::string& head, std::string_view target) {
   return head.find(" " + std::string(target) + " HTTP/1.1\r\n") != std::string::npos;
 }
 
+// RFC 9110 6.6.1: a response forwarded without Date gets one from keygate's clock (an
+// upstream's own is kept, not doubled). keygate-upstream sends none; the scripted one does.
+TEST_F(ProxyTest, AResponseWithoutDateGetsOne) {
+  ScriptedUpstream upstream([](int fd, const std::string&) {
+    return send_all(fd, "HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+                        "Content-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  const std::optional<Response> r = get("/orders/dated");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  const std::string date = r->header("Date").value_or("");
+  EXPECT_EQ(date.size(), 29u) << r->raw;  // an IMF-fixdate: "Sat, 28 Nov 2026 09:00:00 GMT"
+  EXPECT_TRUE(date.ends_with(" GMT")) << r->raw;
+  const std::optional<Response> own = get("/s/dated");
+  ASSERT_TRUE(own.has_value());
+  EXPECT_EQ(own->header("Date").value_or(""), "Mon, 01 Jan 2024 00:00:00 GMT") << own->raw;
+  EXPECT_EQ(count_of(own->raw, "Date:"), 1u) << own->raw;
+}
+
 // llhttp reads 0 to 3 digits as the status, so "099" and "0" pass it. keygate asserted that
 // every status it writes is 100..999 (on in every build): one such answer aborted the gateway.
 TEST_F(ProxyTest, AStatusBelow100IsABadUpstreamResponseNotACrash) {
