@@ -67,6 +67,19 @@ int count_trailer(UpConn* u, size_t len) {
   return 0;
 }
 
+// A piece of a chunk extension of the body ("5;name=value"). llhttp reads them without a bound
+// and keygate forwards none (the body is re-chunked): all of one body's together are bounded
+// like its trailers, or an upstream could stream them forever with no byte for the client.
+int on_chunk_extension(llhttp_t* p, const char*, size_t len) {
+  UpConn* u = self(p);
+  u->chunk_extension_bytes += len;
+  if (u->chunk_extension_bytes > u->header_bytes_max) {
+    u->parse_failed = true;
+    return -1;
+  }
+  return 0;
+}
+
 int on_status(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
   return append_span(u, &u->reason, at, len);
@@ -133,6 +146,8 @@ const llhttp_settings_t kResponseSettings = [] {
   s.on_header_value = &on_header_value;
   s.on_header_value_complete = &on_header_value_complete;
   s.on_headers_complete = &on_headers_complete;
+  s.on_chunk_extension_name = &on_chunk_extension;
+  s.on_chunk_extension_value = &on_chunk_extension;
   s.on_body = &on_body;
   s.on_message_complete = &on_message_complete;
   return s;
@@ -655,6 +670,7 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->head_wire_bytes = 0;
   up->trailer_fields = 0;
   up->trailer_bytes = 0;
+  up->chunk_extension_bytes = 0;
   up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
   up->head.clear();
   up->header_spans.clear();

@@ -339,6 +339,7 @@ struct UpConn {
   // head's limits on their own.
   uint32_t trailer_fields = 0;
   size_t trailer_bytes = 0;
+  size_t chunk_extension_bytes = 0;  // of the whole body, bounded like the trailers
   bool head_request = false;   // the client's request was HEAD: the response has no body
   // The worker's cached Date value (Worker::Impl::date, rewritten in place every second), for a
   // response that comes without one.

@@ -1756,6 +1756,40 @@ TEST_F(ProxyTest, TrailersAreBoundedApartFromTheHead) {
   }
 }
 
+// llhttp reads a body's chunk extensions without a bound and keygate forwards none: 70,000
+// bytes of one around a 5-byte chunk were parsed and dropped, the response passed as complete,
+// and an upstream could go on sending them for ever. They are bounded like the trailers
+// (upstream_header_bytes_max, 64 KiB, all of the body's together).
+TEST_F(ProxyTest, ChunkExtensionsAreBoundedLikeTrailers) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    const std::string ext = has_target(head, "/s/long") ? std::string(70000, 'e') : "b";
+    return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=" + ext +
+                            "\r\nhello\r\n0\r\n\r\n");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/s/short", {key_header()})));
+  const std::string ok = read_through(client, "\r\n0\r\n\r\n");
+  const size_t split = ok.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos) << ok;
+  EXPECT_EQ(dechunk(ok.substr(split + 4)).value_or("<not chunked>"), "hello");
+  EXPECT_EQ(ok.find("a=b"), std::string::npos) << "extensions are not forwarded";
+  // Over the limit: a 502 if the head had not left yet, else a cut before the last chunk.
+  RawClient over;
+  ASSERT_TRUE(over.connect(server_->data_port()));
+  ASSERT_TRUE(over.send(http_request("GET", "/s/long", {key_header(), "Connection: close"})));
+  const std::string cut = over.read_until_close(Millis(5000));
+  EXPECT_NE(over.last_end(), ReadEnd::kTimeout);
+  if (cut.rfind("HTTP/1.1 502 ", 0) != 0) {
+    EXPECT_EQ(cut.rfind("HTTP/1.1 200 ", 0), 0u) << cut.substr(0, 100);
+    EXPECT_EQ(cut.find("\r\n0\r\n\r\n"), std::string::npos) << "a complete-looking response";
+  } else {
+    EXPECT_NE(cut.find("bad_upstream_response"), std::string::npos) << cut;
+  }
+}
+
 // An upstream could hold a request before its head for ever: every byte gave it a fresh
 // response_timeout_ms. The final head is due within response_timeout_ms of the request having
 // been sent now, whatever trickles in meanwhile.
