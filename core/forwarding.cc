@@ -204,7 +204,8 @@ bool is_valid_reason(std::string_view reason) noexcept {
 
 void write_client_response_head(const ResponseHead &head, BodyFraming framing,
                                 uint64_t content_length, bool keep_alive,
-                                bool http10_client, std::string &out) noexcept {
+                                bool http10_client, std::string &out,
+                                std::string_view date) noexcept {
   KEYGATE_ASSERT(head.status >= 100 && head.status <= 999);
   KEYGATE_ASSERT(framing != BodyFraming::kUntilClose || !keep_alive);
   out.append("HTTP/1.1 ");
@@ -218,13 +219,17 @@ void write_client_response_head(const ResponseHead &head, BodyFraming framing,
   }
   out.append(kCrlf);
 
+  bool has_date = false;
   for (const HttpHeader &h : head.headers) {
     if (equals_ignore_case(h.name, "Content-Length") ||
         is_hop_by_hop(head.headers, h.name)) {
       continue;
     }
+    has_date = has_date || equals_ignore_case(h.name, "Date");
     append_header(out, h.name, h.value);
   }
+  if (!has_date && !date.empty() && head.status >= 200)
+    append_header(out, "Date", date);
 
   append_framing(out, framing, content_length);
   if (!keep_alive) {

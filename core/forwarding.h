@@ -110,7 +110,10 @@ struct ResponseHead {
 // ("Content-Length: <content_length>" for kContentLength, "Transfer-Encoding:
 // chunked" for kChunked, nothing for kNone and kUntilClose), then "Connection:
 // close" when !keep_alive, or "Connection: keep-alive" when keep_alive &&
-// http10_client (HTTP/1.1 needs no header), then the final CRLF.
+// http10_client (HTTP/1.1 needs no header), then the final CRLF. A non-empty `date` (an
+// IMF-fixdate) is added as "Date: <date>" after the upstream's headers when they have no Date
+// and the status is final (RFC 9110 6.6.1: a recipient with a clock that forwards a response
+// without Date adds one; an interim response needs none).
 //
 // The caller picks the framing: an HTTP/1.0 client cannot read chunked coding,
 // so for a body that has no length up front the caller passes kUntilClose with
@@ -118,6 +121,7 @@ struct ResponseHead {
 // keep_alive=true asserts.
 void write_client_response_head(const ResponseHead &head, BodyFraming framing,
                                 uint64_t content_length, bool keep_alive,
-                                bool http10_client, std::string &out) noexcept;
+                                bool http10_client, std::string &out,
+                                std::string_view date = {}) noexcept;
 
 } // namespace keygate

@@ -21,6 +21,46 @@ std::string_view trim_trailing_ows(std::string_view v) {
   return v;
 }
 
+// RFC 3986 2.3 unreserved and 2.2 sub-delims: the bytes a reg-name takes besides
+// pct-encoded ones.
+bool is_reg_name_char(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos;
+}
+
+// RFC 9112 3.2: Host = uri-host [ ":" port ], uri-host = IP-literal / IPv4address / reg-name,
+// port = *DIGIT. An IP literal's inside is checked only for its alphabet (hex digits, ':', '.',
+// an IPvFuture's unreserved and sub-delims, a zone's "%25"): what matters here is that no byte
+// outside the grammar ('/', '@', '?', '#', a space, a quote...) reaches the upstream, which may
+// build absolute URLs (redirects, links, password-reset mails) from the Host it receives. Empty
+// is valid: a target without an authority sends an empty Host.
+bool is_valid_host(std::string_view v) {
+  size_t i = 0;
+  if (!v.empty() && v[0] == '[') {
+    const size_t close = v.find(']');
+    if (close == std::string_view::npos || close == 1) return false;
+    for (i = 1; i < close; ++i) {
+      if (!is_reg_name_char(v[i]) && v[i] != ':' && v[i] != '%') return false;
+    }
+    i = close + 1;
+  } else {
+    for (; i < v.size() && v[i] != ':'; ++i) {
+      if (v[i] == '%') {
+        if (i + 2 >= v.size() || hex_value(v[i + 1]) < 0 || hex_value(v[i + 2]) < 0) return false;
+        i += 2;
+      } else if (!is_reg_name_char(v[i])) {
+        return false;
+      }
+    }
+  }
+  if (i == v.size()) return true;
+  if (v[i] != ':') return false;
+  for (++i; i < v.size(); ++i) {
+    if (v[i] < '0' || v[i] > '9') return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 const llhttp_settings_t HttpParser::kSettings = [] {
@@ -35,6 +75,8 @@ const llhttp_settings_t HttpParser::kSettings = [] {
   s.on_header_value = &HttpParser::on_header_value;
   s.on_header_value_complete = &HttpParser::on_header_value_complete;
   s.on_headers_complete = &HttpParser::on_headers_complete;
+  s.on_chunk_extension_name = &HttpParser::on_chunk_extension;
+  s.on_chunk_extension_value = &HttpParser::on_chunk_extension;
   s.on_body = &HttpParser::on_body;
   s.on_message_complete = &HttpParser::on_message_complete;
   return s;
@@ -225,6 +267,10 @@ int HttpParser::on_header_value_complete(llhttp_t* p) {
   if (control) return h->fail(400, "bad_request", "control character in header value");
   if (equals_ignore_case(name, "host")) {
     ++h->host_count_;
+    // RFC 9112 3.2: a server MUST answer 400 to a Host with an invalid field value.
+    if (!is_valid_host(trim_trailing_ows(value))) {
+      return h->fail(400, "bad_request", "invalid Host header");
+    }
   } else if (equals_ignore_case(name, "transfer-encoding")) {
     h->has_transfer_encoding_ = true;
     if (!only_chunked_coding(value)) h->has_other_coding_ = true;
@@ -294,6 +340,19 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   if (h->expect_is_continue_ && p->http_minor == 1 && body_expected) {
     h->paused_continue_ = true;
     return HPE_PAUSED;
+  }
+  return 0;
+}
+
+// llhttp reads chunk extensions ("5;name=value") without a bound and reports them to nobody:
+// they count against no body limit, so a body of 5 bytes could bring 200 MB of them (Node.js
+// CVE-2024-22019). keygate uses none of them (and forwards none): bounded like trailers, all of
+// one body's together.
+int HttpParser::on_chunk_extension(llhttp_t* p, const char*, size_t len) {
+  HttpParser* h = self(p);
+  h->chunk_extension_bytes_ += len;
+  if (h->chunk_extension_bytes_ > h->limits_.header_bytes_max) {
+    return h->fail(431, "header_too_large", "chunk extensions too large");
   }
   return 0;
 }
@@ -399,6 +458,7 @@ void HttpParser::begin_next_request() {
   method_ = url_ = body_ = Span{};
   recorded_end_ = 0;
   trailer_bytes_ = 0;
+  chunk_extension_bytes_ = 0;
   raw_consumed_ = 0;
   request_line_done_ = false;
   version_seen_ = false;

@@ -7,9 +7,10 @@
 // Chunked bodies are de-chunked in place, so a request's body is always one contiguous view.
 //
 // On top of llhttp's strict mode it rejects what llhttp 8.1.0 still accepts: obs-fold, control
-// characters in values, empty header names, a missing or repeated Host in HTTP/1.1,
-// Transfer-Encoding in HTTP/1.0, protocols other than HTTP (RTSP/1.0, ICE/1.0), versions other
-// than 1.0/1.1 (505), CONNECT and Upgrade.
+// characters in values, empty header names, a missing or repeated Host in HTTP/1.1, a Host
+// that is not host[:port], Transfer-Encoding in HTTP/1.0, chunk extensions beyond
+// header_bytes_max (llhttp reads them without a bound), protocols other than HTTP (RTSP/1.0,
+// ICE/1.0), versions other than 1.0/1.1 (505), CONNECT and Upgrade.
 // After an error the parser accepts no more input: the connection must be closed.
 #pragma once
 
@@ -165,6 +166,7 @@ class HttpParser {
   static int on_header_value(llhttp_t* p, const char* at, size_t len);
   static int on_header_value_complete(llhttp_t* p);
   static int on_headers_complete(llhttp_t* p);
+  static int on_chunk_extension(llhttp_t* p, const char* at, size_t len);
   static int on_body(llhttp_t* p, const char* at, size_t len);
   static int on_message_complete(llhttp_t* p);
 
@@ -234,6 +236,7 @@ class HttpParser {
   Span body_;
   uint32_t recorded_end_ = 0;  // end offset of the last recorded span (method, url, header)
   uint64_t trailer_bytes_ = 0;
+  uint64_t chunk_extension_bytes_ = 0;  // names and values of all of the body's chunks
   std::vector<RawHeader> raw_headers_;
   std::vector<HttpHeader> headers_;
 

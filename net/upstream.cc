@@ -67,6 +67,19 @@ int count_trailer(UpConn* u, size_t len) {
   return 0;
 }
 
+// A piece of a chunk extension of the body ("5;name=value"). llhttp reads them without a bound
+// and keygate forwards none (the body is re-chunked): all of one body's together are bounded
+// like its trailers, or an upstream could stream them forever with no byte for the client.
+int on_chunk_extension(llhttp_t* p, const char*, size_t len) {
+  UpConn* u = self(p);
+  u->chunk_extension_bytes += len;
+  if (u->chunk_extension_bytes > u->header_bytes_max) {
+    u->parse_failed = true;
+    return -1;
+  }
+  return 0;
+}
+
 int on_status(llhttp_t* p, const char* at, size_t len) {
   UpConn* u = self(p);
   return append_span(u, &u->reason, at, len);
@@ -133,6 +146,8 @@ const llhttp_settings_t kResponseSettings = [] {
   s.on_header_value = &on_header_value;
   s.on_header_value_complete = &on_header_value_complete;
   s.on_headers_complete = &on_headers_complete;
+  s.on_chunk_extension_name = &on_chunk_extension;
+  s.on_chunk_extension_value = &on_chunk_extension;
   s.on_body = &on_body;
   s.on_message_complete = &on_message_complete;
   return s;
@@ -215,8 +230,10 @@ int on_headers_complete(llhttp_t* p) {
   BodyFraming framing;
   uint64_t length = 0;
   if (no_body) {
-    // A HEAD response describes the GET body: its Content-Length passes through.
-    framing = (u->head_request && has_length) ? BodyFraming::kContentLength : BodyFraming::kNone;
+    // A HEAD response describes the GET body: its Content-Length passes through. Not a 204's:
+    // RFC 9110 8.6 forbids Content-Length in one (a GET's 204 loses it here too).
+    framing = (u->head_request && has_length && status != 204) ? BodyFraming::kContentLength
+                                                               : BodyFraming::kNone;
     length = has_length ? p->content_length : 0;
   } else if (has_length) {
     framing = BodyFraming::kContentLength;
@@ -234,7 +251,7 @@ int on_headers_complete(llhttp_t* p) {
   std::string& out = c->out[c->fill];
   u->head_at = out.size();
   u->head_at_flush = c->flushes;
-  write_client_response_head(head, framing, length, c->client_keep_alive, c->http10, out);
+  write_client_response_head(head, framing, length, c->client_keep_alive, c->http10, out, u->date);
   u->head_sent = true;
   c->rlog.response_head(std::string_view(out).substr(u->head_at));
   // 1: this response has no body. llhttp 8 knows that only for a HEAD response, and only when
@@ -646,12 +663,14 @@ void Worker::Impl::begin_exchange(UpConn* up, Connection* c, uint32_t group, uin
   up->connect_timed_out = false;
   up->header_bytes_max = limits.upstream_header_bytes_max;
   up->head_request = head_request;
+  up->date = date;
   up->request_complete = request_complete;
   up->got_bytes = up->head_sent = up->message_done = up->parse_failed = false;
   up->body_announced = false;
   up->head_wire_bytes = 0;
   up->trailer_fields = 0;
   up->trailer_bytes = 0;
+  up->chunk_extension_bytes = 0;
   up->interim = up->rechunk = up->send_failed = up->recv_paused = false;
   up->head.clear();
   up->header_spans.clear();

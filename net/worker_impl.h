@@ -339,7 +339,11 @@ struct UpConn {
   // head's limits on their own.
   uint32_t trailer_fields = 0;
   size_t trailer_bytes = 0;
+  size_t chunk_extension_bytes = 0;  // of the whole body, bounded like the trailers
   bool head_request = false;   // the client's request was HEAD: the response has no body
+  // The worker's cached Date value (Worker::Impl::date, rewritten in place every second), for a
+  // response that comes without one.
+  std::string_view date;
   bool interim = false;        // the current response is 1xx (forwarded or dropped)
   bool got_bytes = false;      // any response byte arrived for this request
   bool head_sent = false;      // the response head was queued for the client

@@ -433,6 +433,28 @@ TEST(ClientResponseHead, ConnectionHeaderFollowsKeepAliveAndClientVersion) {
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
 }
 
+// RFC 9110 6.6.1: a recipient with a clock that forwards a response without Date adds one. The
+// upstream's own Date is kept (never a second one); interim responses need none.
+TEST(ClientResponseHead, AddsTheDateOnlyWhenTheUpstreamSentNone) {
+  constexpr std::string_view kDate = "Sat, 28 Nov 2026 09:00:00 GMT";
+  auto head_with_date = [&](std::vector<HttpHeader> headers, int status) {
+    const ResponseHead head{status, "R", 1, headers};
+    std::string out;
+    write_client_response_head(head, BodyFraming::kContentLength, 2, true, false, out, kDate);
+    return out;
+  };
+  EXPECT_EQ(head_with_date({{"X-A", "1"}}, 200),
+            "HTTP/1.1 200 R\r\nX-A: 1\r\nDate: Sat, 28 Nov 2026 09:00:00 GMT\r\n"
+            "Content-Length: 2\r\n\r\n");
+  EXPECT_EQ(head_with_date({{"date", "Mon, 01 Jan 2024 00:00:00 GMT"}}, 404),
+            "HTTP/1.1 404 R\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+            "Content-Length: 2\r\n\r\n");
+  EXPECT_EQ(head_with_date({}, 103).find("Date"), std::string::npos);
+  // Without a date to give (the default), nothing is added.
+  EXPECT_EQ(client_head({}, BodyFraming::kNone, 0, true, false, 204, "No Content"),
+            "HTTP/1.1 204 No Content\r\n\r\n");
+}
+
 TEST(ClientResponseHead, UntilCloseAndNoneWriteNoFramingHeader) {
   // A chunked upstream body for an HTTP/1.0 client: delimited by the close
   // instead.

@@ -271,6 +271,25 @@ TEST_F(ProxyTest, BytesAfterANoContentResponseNeverReachTheClient) {
   EXPECT_EQ(number_member(next->body, "request"), 1) << next->body;
 }
 
+// RFC 9110 8.6: no Content-Length in a 204. keygate dropped it from a GET's 204 but passed it
+// on in the answer to a HEAD (kept there for the 200s and 304s whose GET body it describes).
+// The 304's stays: it may carry the GET's length.
+TEST_F(ProxyTest, ANoContentResponseToAHeadHasNoContentLength) {
+  ASSERT_NO_FATAL_FAILURE(start({}, {}, {"orders"}, /*response_timeout_ms=*/5000, /*workers=*/1));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("HEAD", "/status/204?length=5", {key_header()})));
+  const std::optional<Response> no_content = client.read_response(Millis(2000), /*head=*/true);
+  ASSERT_TRUE(no_content.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(no_content->status, 204) << no_content->raw;
+  EXPECT_FALSE(no_content->header("Content-Length").has_value()) << no_content->raw;
+  ASSERT_TRUE(client.send(http_request("HEAD", "/status/304?length=5", {key_header()})));
+  const std::optional<Response> not_modified = client.read_response(Millis(2000), /*head=*/true);
+  ASSERT_TRUE(not_modified.has_value()) << to_string(client.last_end());
+  EXPECT_EQ(not_modified->status, 304) << not_modified->raw;
+  EXPECT_EQ(not_modified->header("Content-Length").value_or(""), "5") << not_modified->raw;
+}
+
 TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
   // Under AddressSanitizer freed blocks sit in a quarantine (256 MiB by default) that shows up
   // as resident memory; without it RSS measures what keygate holds.
@@ -1188,6 +1207,27 @@ bool has_target(const std::string& head, std::string_view target) {
   return head.find(" " + std::string(target) + " HTTP/1.1\r\n") != std::string::npos;
 }
 
+// RFC 9110 6.6.1: a response forwarded without Date gets one from keygate's clock (an
+// upstream's own is kept, not doubled). keygate-upstream sends none; the scripted one does.
+TEST_F(ProxyTest, AResponseWithoutDateGetsOne) {
+  ScriptedUpstream upstream([](int fd, const std::string&) {
+    return send_all(fd, "HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
+                        "Content-Length: 2\r\n\r\nok");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  const std::optional<Response> r = get("/orders/dated");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 200) << r->raw;
+  const std::string date = r->header("Date").value_or("");
+  EXPECT_EQ(date.size(), 29u) << r->raw;  // an IMF-fixdate: "Sat, 28 Nov 2026 09:00:00 GMT"
+  EXPECT_TRUE(date.ends_with(" GMT")) << r->raw;
+  const std::optional<Response> own = get("/s/dated");
+  ASSERT_TRUE(own.has_value());
+  EXPECT_EQ(own->header("Date").value_or(""), "Mon, 01 Jan 2024 00:00:00 GMT") << own->raw;
+  EXPECT_EQ(count_of(own->raw, "Date:"), 1u) << own->raw;
+}
+
 // llhttp reads 0 to 3 digits as the status, so "099" and "0" pass it. keygate asserted that
 // every status it writes is 100..999 (on in every build): one such answer aborted the gateway.
 TEST_F(ProxyTest, AStatusBelow100IsABadUpstreamResponseNotACrash) {
@@ -1709,6 +1749,40 @@ TEST_F(ProxyTest, TrailersAreBoundedApartFromTheHead) {
   RawClient over;
   ASSERT_TRUE(over.connect(server_->data_port()));
   ASSERT_TRUE(over.send(http_request("GET", "/s/too-many", {key_header(), "Connection: close"})));
+  const std::string cut = over.read_until_close(Millis(5000));
+  EXPECT_NE(over.last_end(), ReadEnd::kTimeout);
+  if (cut.rfind("HTTP/1.1 502 ", 0) != 0) {
+    EXPECT_EQ(cut.rfind("HTTP/1.1 200 ", 0), 0u) << cut.substr(0, 100);
+    EXPECT_EQ(cut.find("\r\n0\r\n\r\n"), std::string::npos) << "a complete-looking response";
+  } else {
+    EXPECT_NE(cut.find("bad_upstream_response"), std::string::npos) << cut;
+  }
+}
+
+// llhttp reads a body's chunk extensions without a bound and keygate forwards none: 70,000
+// bytes of one around a 5-byte chunk were parsed and dropped, the response passed as complete,
+// and an upstream could go on sending them for ever. They are bounded like the trailers
+// (upstream_header_bytes_max, 64 KiB, all of the body's together).
+TEST_F(ProxyTest, ChunkExtensionsAreBoundedLikeTrailers) {
+  ScriptedUpstream upstream([](int fd, const std::string& head) {
+    const std::string ext = has_target(head, "/s/long") ? std::string(70000, 'e') : "b";
+    return send_all(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=" + ext +
+                            "\r\nhello\r\n0\r\n\r\n");
+  });
+  ASSERT_TRUE(upstream.listening());
+  ASSERT_NO_FATAL_FAILURE(start(upstream.api_config(), {}, {"orders", "scripted"}));
+  RawClient client;
+  ASSERT_TRUE(client.connect(server_->data_port()));
+  ASSERT_TRUE(client.send(http_request("GET", "/s/short", {key_header()})));
+  const std::string ok = read_through(client, "\r\n0\r\n\r\n");
+  const size_t split = ok.find("\r\n\r\n");
+  ASSERT_NE(split, std::string::npos) << ok;
+  EXPECT_EQ(dechunk(ok.substr(split + 4)).value_or("<not chunked>"), "hello");
+  EXPECT_EQ(ok.find("a=b"), std::string::npos) << "extensions are not forwarded";
+  // Over the limit: a 502 if the head had not left yet, else a cut before the last chunk.
+  RawClient over;
+  ASSERT_TRUE(over.connect(server_->data_port()));
+  ASSERT_TRUE(over.send(http_request("GET", "/s/long", {key_header(), "Connection: close"})));
   const std::string cut = over.read_until_close(Millis(5000));
   EXPECT_NE(over.last_end(), ReadEnd::kTimeout);
   if (cut.rfind("HTTP/1.1 502 ", 0) != 0) {

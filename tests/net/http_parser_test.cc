@@ -701,6 +701,26 @@ TEST(HttpParser, OversizedTrailersAre431) {
   expect_rejected(input, 431, "header_too_large", small_limits());
 }
 
+// llhttp reads chunk extensions without a bound and reports them to no limit: 64 KiB of them
+// around a 1-byte body passed a 32-byte body limit. All of one body's extensions together are
+// bounded like its trailers (header_bytes_max, 256 here).
+TEST(HttpParser, ChunkExtensionsOverTheHeaderLimitAre431) {
+  const std::string head = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+  expect_rejected(head + "1;x=" + std::string(1 << 16, 'e') + "\r\na\r\n0\r\n\r\n", 431,
+                  "header_too_large", small_limits());
+  // Many small ones add up; the last chunk's count too.
+  std::string many = head;
+  for (int i = 0; i < 20; ++i) many += "1;name=" + std::string(10, 'v') + "\r\na\r\n";
+  expect_rejected(many + "0\r\n\r\n", 431, "header_too_large", small_limits());
+  expect_rejected(head + "0;" + std::string(300, 'n') + "\r\n\r\n", 431, "header_too_large",
+                  small_limits());
+  // Up to the limit they are accepted (and dropped) as before, quoted values included.
+  const Parsed p = parse_one(head + "1;a=\"q;r\"\r\nb\r\n1;" + std::string(200, 'n') +
+                                 "\r\nc\r\n0\r\n\r\n",
+                             small_limits(), 0);
+  EXPECT_EQ(p.body, "bc");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Malformed requests
 
@@ -796,6 +816,29 @@ TEST(HttpParser, RejectsTwoHostHeaders) {
 
 TEST(HttpParser, RejectsTwoHostHeadersInHttp10) {
   expect_rejected("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+}
+
+// RFC 9112 3.2: a Host with an invalid field value is a 400. keygate passes Host upstream as
+// sent, and an upstream may build absolute URLs from it: "evil.example/x?", "a@b", a space or
+// a quote must not get there.
+TEST(HttpParser, RejectsAHostThatIsNotHostAndPort) {
+  for (const char* host : {"a b", "a@b", "evil.example/x", "a?b", "a#b", "a\\b", "\"a\"", "a:8o",
+                           "a:80:90", "[::1", "[]", "[::1]x", "[::1]:8o", "a%4", "a%zz", "<a>"}) {
+    SCOPED_TRACE(host);
+    expect_rejected("GET / HTTP/1.1\r\nHost: "s + host + "\r\n\r\n", 400, "bad_request");
+    expect_rejected("GET / HTTP/1.0\r\nHost: "s + host + "\r\n\r\n", 400, "bad_request");
+  }
+}
+
+TEST(HttpParser, AcceptsEveryHostTheGrammarAllows) {
+  for (const char* host :
+       {"", "h", "example.com", "example.com:443", "a:", "127.0.0.1:9001", "[::1]", "[::1]:8080",
+        "[v1.fe80::a+en1]", "[fe80::1%25en0]", "xn--bcher-kva.example", "a%41b",
+        "a-b_c~d.e!$&'()*+,;=", "Api.Example:8080"}) {
+    SCOPED_TRACE(host);
+    const Parsed p = parse_one("GET / HTTP/1.1\r\nHost: "s + host + " \r\n\r\n", kDefaultLimits, 0);
+    EXPECT_EQ(header_value(p, "host"), host);
+  }
 }
 
 TEST(HttpParser, RejectsHttp2RequestLineWith505) {
