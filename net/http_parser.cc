@@ -294,6 +294,12 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   if (p->method == HTTP_CONNECT) {
     return h->fail(405, "method_not_allowed", "CONNECT is not supported");
   }
+  // TRACE has the upstream echo the request back, its credentials (the X-ApiKey header, a key
+  // in the query) included, into a response a script may read (cross-site tracing); keygate
+  // authenticates requests, and forwards none that asks for its key back. nginx refuses it too.
+  if (p->method == HTTP_TRACE) {
+    return h->fail(405, "method_not_allowed", "TRACE is not supported");
+  }
   if (h->has_upgrade_ || p->upgrade) {
     return h->fail(400, "upgrade_not_supported", "protocol upgrades are not supported");
   }

@@ -903,6 +903,13 @@ TEST(HttpParser, RejectsConnectWith405) {
                   "method_not_allowed");
 }
 
+// TRACE would have the upstream echo the key header back in its response body.
+TEST(HttpParser, RejectsTraceWith405) {
+  expect_rejected("TRACE /orders HTTP/1.1\r\nHost: h\r\nX-ApiKey: k\r\n\r\n", 405,
+                  "method_not_allowed");
+  expect_rejected("TRACE / HTTP/1.0\r\n\r\n", 405, "method_not_allowed");
+}
+
 TEST(HttpParser, RejectsUpgradeHeader) {
   expect_rejected(
       "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400,
