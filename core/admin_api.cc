@@ -704,7 +704,8 @@ bool read_grants(dom::element v, const ApiRegistry& apis, std::vector<Grant>* ou
           if (!text.empty() && !prefix_is_valid(text)) {
             *f = invalid_value(field,
                                "a path prefix is empty or a normalized path starting with / "
-                               "(no ; or ?)");
+                               "(no ; or ?; a space or non-ASCII character percent-encoded, "
+                               "as in /caf%C3%A9)");
             return false;
           }
           grant.path_prefix = std::string(text);

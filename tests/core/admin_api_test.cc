@@ -1190,6 +1190,12 @@ TEST_F(AdminUsers, RejectsBadUsersAndGrants) {
        "invalid_value", "grants[0].path_prefix"},
       {R"({"name":"u","grants":[{"api":"orders","path_prefix":"/orders?id=7"}]})",
        "invalid_value", "grants[0].path_prefix"},
+      // Never in a request path (the data port's parser refuses them): such a grant would
+      // never match. Percent-encoded ("/orders/caf%C3%A9") it is accepted.
+      {"{\"name\":\"u\",\"grants\":[{\"api\":\"orders\",\"path_prefix\":\"/orders/caf\xc3\xa9\"}]}",
+       "invalid_value", "grants[0].path_prefix"},
+      {R"({"name":"u","grants":[{"api":"orders","path_prefix":"/orders/a b"}]})",
+       "invalid_value", "grants[0].path_prefix"},
       {R"({"name":"u","grants":[{"api":"orders","path_prefix":7}]})", "invalid_type",
        "grants[0].path_prefix"},
       {R"({"name":"u","grants":[{"api":"orders","verbs":[]}]})", "unknown_field",

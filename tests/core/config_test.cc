@@ -479,6 +479,12 @@ TEST(Config, RejectsInvalidApisWithThePositionOfTheOffendingValue) {
             "test.toml:3:18: apis: api \"a\": route \"no-slash\" must be a normalized path"},
            {"[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
             "test.toml:3:11: apis: api \"a\": route \"/x/../admin\" must be a normalized path"},
+           // The data port's parser refuses raw non-ASCII bytes and spaces in a request target:
+           // such a route could never match (a client sends "/caf%C3%A9").
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/caf\xc3\xa9\"]\n",
+            "test.toml:3:11: apis: api \"a\": route \"/caf\xc3\xa9\" must be a normalized path"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/ok\", \"/a b\"]\n",
+            "test.toml:3:18: apis: api \"a\": route \"/a b\" must be a normalized path"},
            {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n\n[[apis]]\nname = \"b\"\n"
             "routes = [\"/b\",\n  \"/a\"]\n",
             "test.toml:8:3: apis: api \"b\": route \"/a\" is already used by api \"a\""},
