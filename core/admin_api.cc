@@ -1017,17 +1017,12 @@ bool parse_list_query(std::string_view query, Listing listing, ListQuery* q, Fai
     }
     if (seen != nullptr) *seen = true;
     if (name == "limit") {
-      size_t limit = 0;
-      bool ok = !value.empty() && value.size() <= 4;
-      for (char c : value) {
-        ok = ok && c >= '0' && c <= '9';
-        if (ok) limit = limit * 10 + static_cast<size_t>(c - '0');
-      }
-      if (!ok || limit < 1 || limit > kListLimitMax) {
+      uint64_t limit = 0;
+      if (!parse_decimal(value, kListLimitMax, &limit) || limit < 1) {
         *f = invalid_value("limit", "limit is an integer from 1 to 1000");
         return false;
       }
-      q->limit = limit;
+      q->limit = static_cast<size_t>(limit);
     } else if (name == "cursor") {
       // Empty starts at the first record, as no cursor does.
       bool ok = true;

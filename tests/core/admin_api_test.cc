@@ -942,6 +942,21 @@ TEST_F(AdminKeyList, RejectsBadQueryParameters) {
   EXPECT_EQ(call("GET", "/admin/keys", "", "cursor=&limit=1").status, 200);
 }
 
+// A limit is read by core/decimal.h's parse_decimal, as on GET /admin/logs: leading zeros are
+// the value's ("limit=01000" is 1000). The listings' own digit loop refused more than 4 digits,
+// so "limit=01000" was 400 there and 200 on /admin/logs, and "limit=0001" 200 on both.
+TEST_F(AdminTest, AListingLimitWithLeadingZerosIsItsValueAsOnTheLog) {
+  store_.has_log = true;
+  for (const std::string_view path : {"/admin/keys", "/admin/users", "/admin/logs"}) {
+    for (const std::string_view query : {"limit=01000", "limit=00000000000000000007"}) {
+      EXPECT_EQ(call("GET", path, "", query).status, 200) << path << "?" << query;
+    }
+    expect_error(call("GET", path, "", "limit=01001"), 400, "invalid_value", "limit");
+    expect_error(call("GET", path, "", "limit=000000000000000000001"), 400, "invalid_value",
+                 "limit");  // 21 digits: parse_decimal's bound
+  }
+}
+
 // Found with tests/fuzz/admin_api_fuzz.cc: an unknown query parameter is named in the error's
 // "field", percent-decoded, so its name can be any bytes; the answer stayed invalid JSON (a raw
 // 0xFF) until the JSON writer replaced bytes that are not UTF-8.
