@@ -1921,6 +1921,19 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
     return error_response(failure(415, "unsupported_media_type",
                                   "the body must be JSON (Content-Type: application/json)"));
   }
+  // Only the listings read a query. Elsewhere a parameter (but the admin key's own `key`) was
+  // ignored, so DELETE /admin/keys/{id}?dry_run=1 deleted and POST /admin/keys?user=bob made a
+  // key without a user: refused instead, as the listings refuse one they do not know.
+  const bool reads_query = m == "GET" && (match.route == Route::kKeys ||
+                                          match.route == Route::kUsers ||
+                                          match.route == Route::kLogs);
+  if (Failure f; !reads_query && !visit_query(request.query, &f, [&f](const std::string& name,
+                                                                       const std::string&) {
+        f = field_failure(400, "unknown_field", name, "this route takes no query parameter");
+        return false;
+      })) {
+    return error_response(f);
+  }
   switch (match.route) {
     case Route::kKeys:
       return m == "GET" ? list_keys(request, store) : create_key(request, store, ctx);
