@@ -704,7 +704,8 @@ bool read_grants(dom::element v, const ApiRegistry& apis, std::vector<Grant>* ou
           if (!text.empty() && !prefix_is_valid(text)) {
             *f = invalid_value(field,
                                "a path prefix is empty or a normalized path starting with / "
-                               "(no ; or ?)");
+                               "(no ; or ?; a space or non-ASCII character percent-encoded, "
+                               "as in /caf%C3%A9)");
             return false;
           }
           grant.path_prefix = std::string(text);
@@ -1016,17 +1017,12 @@ bool parse_list_query(std::string_view query, Listing listing, ListQuery* q, Fai
     }
     if (seen != nullptr) *seen = true;
     if (name == "limit") {
-      size_t limit = 0;
-      bool ok = !value.empty() && value.size() <= 4;
-      for (char c : value) {
-        ok = ok && c >= '0' && c <= '9';
-        if (ok) limit = limit * 10 + static_cast<size_t>(c - '0');
-      }
-      if (!ok || limit < 1 || limit > kListLimitMax) {
+      uint64_t limit = 0;
+      if (!parse_decimal(value, kListLimitMax, &limit) || limit < 1) {
         *f = invalid_value("limit", "limit is an integer from 1 to 1000");
         return false;
       }
-      q->limit = limit;
+      q->limit = static_cast<size_t>(limit);
     } else if (name == "cursor") {
       // Empty starts at the first record, as no cursor does.
       bool ok = true;
@@ -1924,6 +1920,19 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
       !is_json_media_type(request.content_type)) {
     return error_response(failure(415, "unsupported_media_type",
                                   "the body must be JSON (Content-Type: application/json)"));
+  }
+  // Only the listings read a query. Elsewhere a parameter (but the admin key's own `key`) was
+  // ignored, so DELETE /admin/keys/{id}?dry_run=1 deleted and POST /admin/keys?user=bob made a
+  // key without a user: refused instead, as the listings refuse one they do not know.
+  const bool reads_query = m == "GET" && (match.route == Route::kKeys ||
+                                          match.route == Route::kUsers ||
+                                          match.route == Route::kLogs);
+  if (Failure f; !reads_query && !visit_query(request.query, &f, [&f](const std::string& name,
+                                                                       const std::string&) {
+        f = field_failure(400, "unknown_field", name, "this route takes no query parameter");
+        return false;
+      })) {
+    return error_response(f);
   }
   switch (match.route) {
     case Route::kKeys:

@@ -122,14 +122,27 @@ bool address_bytes(const ListenAddress& a, unsigned char (&out)[16]) {
   return inet_pton(a.ipv6 ? AF_INET6 : AF_INET, a.host.c_str(), out) == 1;
 }
 
+// The address a socket bound to `a` binds, as bytes (an IPv4 one in the first 4, the rest 0) and
+// its family in *ipv6: an IPv4-mapped IPv6 address ([::ffff:127.0.0.1]) binds its IPv4 address,
+// so it comes back as that. False when `a.host` is no literal of its family.
+bool bound_address(const ListenAddress& a, unsigned char (&out)[16], bool* ipv6) {
+  if (!address_bytes(a, out)) return false;
+  *ipv6 = a.ipv6;
+  const auto zero = [](unsigned char c) { return c == 0; };
+  if (a.ipv6 && std::all_of(out, out + 10, zero) && out[10] == 0xff && out[11] == 0xff) {
+    std::memmove(out, out + 12, 4);
+    std::memset(out + 4, 0, 12);
+    *ipv6 = false;
+  }
+  return true;
+}
+
 // 0.0.0.0, [::] and [::ffff:0.0.0.0] (an IPv4-mapped address is its IPv4 address).
 bool is_unspecified(const ListenAddress& a) {
   unsigned char bytes[16];
-  if (!address_bytes(a, bytes)) return false;
-  const auto zero = [](unsigned char c) { return c == 0; };
-  const bool mapped =
-      a.ipv6 && std::all_of(bytes, bytes + 10, zero) && bytes[10] == 0xff && bytes[11] == 0xff;
-  return std::all_of(mapped ? bytes + 12 : bytes, bytes + 16, zero);
+  bool ipv6 = false;
+  if (!bound_address(a, bytes, &ipv6)) return false;
+  return std::all_of(bytes, bytes + 16, [](unsigned char c) { return c == 0; });
 }
 
 // The same server: one address (in any spelling: "::1" is "0::1") and one port.
@@ -140,11 +153,14 @@ bool same_endpoint(const ListenAddress& a, const ListenAddress& b) {
 }  // namespace
 
 bool same_host(const ListenAddress& a, const ListenAddress& b) {
-  if (a.ipv6 != b.ipv6) return false;
   unsigned char bytes_a[16];
   unsigned char bytes_b[16];
-  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
-  return std::memcmp(bytes_a, bytes_b, sizeof(bytes_a)) == 0;
+  bool ipv6_a = false;
+  bool ipv6_b = false;
+  if (!bound_address(a, bytes_a, &ipv6_a) || !bound_address(b, bytes_b, &ipv6_b)) {
+    return a.ipv6 == b.ipv6 && a.host == b.host;
+  }
+  return ipv6_a == ipv6_b && std::memcmp(bytes_a, bytes_b, sizeof(bytes_a)) == 0;
 }
 
 std::string ListenAddress::to_string() const {
@@ -676,7 +692,11 @@ bool addresses_overlap(const ListenAddress& a, const ListenAddress& b) {
   // The literals as bytes ("::1" and "0::1" are one address); unparsable ones compare as text.
   unsigned char bytes_a[16];
   unsigned char bytes_b[16];
-  if (!address_bytes(a, bytes_a) || !address_bytes(b, bytes_b)) return a.host == b.host;
+  bool ipv6_a = false;
+  bool ipv6_b = false;
+  if (!bound_address(a, bytes_a, &ipv6_a) || !bound_address(b, bytes_b, &ipv6_b)) {
+    return a.host == b.host;
+  }
   const auto wildcard = [](const unsigned char* bytes) {
     for (int i = 0; i < 16; ++i) {
       if (bytes[i] != 0) return false;
@@ -685,7 +705,7 @@ bool addresses_overlap(const ListenAddress& a, const ListenAddress& b) {
   };
   // A wildcard takes the port on every address (IPv6's "::" on IPv4 ones too, by default).
   if (wildcard(bytes_a) || wildcard(bytes_b)) return true;
-  return a.ipv6 == b.ipv6 && std::memcmp(bytes_a, bytes_b, a.ipv6 ? 16 : 4) == 0;
+  return ipv6_a == ipv6_b && std::memcmp(bytes_a, bytes_b, ipv6_a ? 16 : 4) == 0;
 }
 
 ReloadChanges reload_changes(const Config& running, const Config& reloaded) {

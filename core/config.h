@@ -28,12 +28,13 @@ struct ListenAddress {
   std::string to_string() const;
 };
 
-// The same host address, in any spelling ("::1" is "0::1"; same family); literals that do not
-// parse compare as text. Ports are not compared.
+// The same host address, in any spelling ("::1" is "0::1"; an IPv4-mapped "::ffff:127.0.0.1" is
+// "127.0.0.1", which a socket bound to it binds); literals that do not parse compare as text.
+// Ports are not compared.
 bool same_host(const ListenAddress& a, const ListenAddress& b);
 
 // True when listening on both would take the same port on some address: same port (not 0) and
-// the same address, or either a wildcard (0.0.0.0, ::).
+// the same host (same_host), or either a wildcard (0.0.0.0, ::, ::ffff:0.0.0.0).
 bool addresses_overlap(const ListenAddress& a, const ListenAddress& b);
 
 // Parses "ADDR:PORT". Returns false with a message in `error` when malformed.

@@ -95,6 +95,12 @@ bool path_is_normalized(std::string_view path) noexcept {
     unsigned char c = static_cast<unsigned char>(path[i]);
     // '#' (a fragment has no place in a request target, and upstreams cut the path there).
     if (c == '\\' || c == '#' || is_control(c)) return false;
+    // A space or a byte above 0x7e: the data port's parser (llhttp, strict) refuses them in a
+    // request target, so no path it routes holds one. A route or grant prefix holding one would
+    // never match there (an operator who wrote "/café" must write "/caf%C3%A9", as clients send
+    // it), and an X-Original-URI holding one would be routed apart from its encoded form, which
+    // an upstream reads as the same path.
+    if (c == ' ' || c > 0x7e) return false;
     if (c != '%') continue;
     if (path.size() - i < 3) return false;
     int hi = hex_value(path[i + 1]);
@@ -177,7 +183,8 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfi
                       label + ": route \"" + route +
                           "\" must be a normalized path starting with '/' (no . or .. segments, "
                           "no //, no backslash, ';' or '?', no encoded / \\ or unreserved "
-                          "characters)");
+                          "characters, no space or non-ASCII byte: percent-encode them, as in "
+                          "/caf%C3%A9)");
       }
       if (route == kHealthzPath) {
         return refuse(Part::kRoute, a, r,

@@ -51,7 +51,8 @@ bool route_matches(std::string_view route, std::string_view path) noexcept;
 
 // True when `path` is safe to match against prefixes: starts with '/', has no "." or ".."
 // segments (also not before a ";param", as in "/..;/"), no empty segment except a trailing
-// one ("//"), no backslash, '#', NUL or other control byte, and no percent-encoding that an
+// one ("//"), no backslash, '#', NUL or other control byte, no space or byte above 0x7e (the
+// data port's parser refuses them in a request target), and no percent-encoding that an
 // upstream could decode into different segments: none of '/', '\\' or an unreserved character
 // (%2e %2f %5c %41 ..., any case), no escaped control byte (%00..%1f, %7f) and no malformed
 // escape. Requests with other paths are rejected (400) before any permission check, so a

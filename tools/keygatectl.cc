@@ -1413,7 +1413,10 @@ int users_show(const Context& ctx, const Args& args) {
 int users_update(const Context& ctx, const Args& args) {
   if (args.positionals.size() != 1) return usage_error(Group::kUsers, "users update needs a NAME");
   const bool grants_given = args.has("--grant");
-  if (grants_given == args.has("--no-grants")) {
+  if (grants_given && args.has("--no-grants")) {
+    return usage_error(Group::kUsers, "--grant and --no-grants exclude each other");
+  }
+  if (!grants_given && !args.has("--no-grants")) {
     return usage_error(Group::kUsers, "users update needs --grant GRANT ... or --no-grants");
   }
   std::string grants;

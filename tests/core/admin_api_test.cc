@@ -942,6 +942,64 @@ TEST_F(AdminKeyList, RejectsBadQueryParameters) {
   EXPECT_EQ(call("GET", "/admin/keys", "", "cursor=&limit=1").status, 200);
 }
 
+// Only the listings read a query; every other route refuses a parameter (but the admin key's
+// `key`) as they refuse one they do not know, and does nothing. It was ignored: a DELETE with
+// ?dry_run=1 deleted, a POST /admin/keys?user=bob made a key without a user.
+TEST_F(AdminTest, RoutesThatReadNoQueryRefuseAParameterAndDoNothing) {
+  seed_keys(1, [](int, KeyRecord*) {});
+  add_user("bob");
+  const std::string id = "k000000000000";
+  struct Case {
+    std::string_view method;
+    std::string path;
+    std::string_view body;
+  };
+  const std::vector<Case> cases = {
+      {"POST", "/admin/keys", R"({"apis":["orders"]})"},
+      {"GET", "/admin/keys/" + id, ""},
+      {"PATCH", "/admin/keys/" + id, R"({"enabled":false})"},
+      {"DELETE", "/admin/keys/" + id, ""},
+      {"POST", "/admin/keys/" + id + "/rotate", ""},
+      {"POST", "/admin/keys/import", R"({"keys":[]})"},
+      {"POST", "/admin/users", R"({"name":"carol"})"},
+      {"GET", "/admin/users/bob", ""},
+      {"PATCH", "/admin/users/bob", R"({"grants":[]})"},
+      {"DELETE", "/admin/users/bob", ""},
+      {"GET", "/admin/apis", ""},
+      {"GET", "/admin/stats", ""},
+      {"GET", "/admin/metrics", ""},
+      {"POST", "/admin/reload", ""},
+      {"GET", "/admin/backups", ""},
+      {"POST", "/admin/backups", ""},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.method) + " " + c.path);
+    expect_error(call(c.method, c.path, c.body, "dry_run=1"), 400, "unknown_field", "dry_run");
+    expect_error(call(c.method, c.path, c.body, "key=x&user=bob"), 400, "unknown_field", "user");
+  }
+  ASSERT_EQ(store_.keys.size(), 1u);
+  EXPECT_TRUE(store_.keys.begin()->second.enabled);
+  EXPECT_EQ(store_.users.size(), 1u);
+  // The admin key's own parameter is no route's: still taken everywhere.
+  EXPECT_EQ(call("GET", "/admin/keys/" + id, "", "key=x").status, 200);
+  EXPECT_EQ(call("GET", "/admin/apis", "", "key=x").status, 200);
+}
+
+// A limit is read by core/decimal.h's parse_decimal, as on GET /admin/logs: leading zeros are
+// the value's ("limit=01000" is 1000). The listings' own digit loop refused more than 4 digits,
+// so "limit=01000" was 400 there and 200 on /admin/logs, and "limit=0001" 200 on both.
+TEST_F(AdminTest, AListingLimitWithLeadingZerosIsItsValueAsOnTheLog) {
+  store_.has_log = true;
+  for (const std::string_view path : {"/admin/keys", "/admin/users", "/admin/logs"}) {
+    for (const std::string_view query : {"limit=01000", "limit=00000000000000000007"}) {
+      EXPECT_EQ(call("GET", path, "", query).status, 200) << path << "?" << query;
+    }
+    expect_error(call("GET", path, "", "limit=01001"), 400, "invalid_value", "limit");
+    expect_error(call("GET", path, "", "limit=000000000000000000001"), 400, "invalid_value",
+                 "limit");  // 21 digits: parse_decimal's bound
+  }
+}
+
 // Found with tests/fuzz/admin_api_fuzz.cc: an unknown query parameter is named in the error's
 // "field", percent-decoded, so its name can be any bytes; the answer stayed invalid JSON (a raw
 // 0xFF) until the JSON writer replaced bytes that are not UTF-8.
@@ -1189,6 +1247,12 @@ TEST_F(AdminUsers, RejectsBadUsersAndGrants) {
       {R"({"name":"u","grants":[{"api":"orders","path_prefix":"/orders;v=1"}]})",
        "invalid_value", "grants[0].path_prefix"},
       {R"({"name":"u","grants":[{"api":"orders","path_prefix":"/orders?id=7"}]})",
+       "invalid_value", "grants[0].path_prefix"},
+      // Never in a request path (the data port's parser refuses them): such a grant would
+      // never match. Percent-encoded ("/orders/caf%C3%A9") it is accepted.
+      {"{\"name\":\"u\",\"grants\":[{\"api\":\"orders\",\"path_prefix\":\"/orders/caf\xc3\xa9\"}]}",
+       "invalid_value", "grants[0].path_prefix"},
+      {R"({"name":"u","grants":[{"api":"orders","path_prefix":"/orders/a b"}]})",
        "invalid_value", "grants[0].path_prefix"},
       {R"({"name":"u","grants":[{"api":"orders","path_prefix":7}]})", "invalid_type",
        "grants[0].path_prefix"},

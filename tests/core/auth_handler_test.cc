@@ -935,6 +935,17 @@ TEST_F(AuthHandlerTest, AuthEndpointGivesTheDataPlanesRejections) {
   EXPECT_EQ(r.status, 400);
   EXPECT_EQ(r.error_code(), "invalid_path");
 
+  // A header value may hold what a request target may not (nginx passes a client's raw UTF-8 on
+  // in $request_uri): refused as the data port's parser refuses it, not routed apart from its
+  // encoded form "/orders/caf%C3%A9", which an upstream reads as the same path.
+  for (std::string uri : {"/orders/caf\xc3\xa9", "/orders/a b"}) {
+    TestRequest raw = nginx_auth(uri, "GET");
+    raw.api_key(kAdminLikeKey);
+    r = send(raw);
+    EXPECT_EQ(r.status, 400) << uri;
+    EXPECT_EQ(r.error_code(), "invalid_path") << uri;
+  }
+
   // /healthz is keygate's own route, not one an API serves.
   TestRequest healthz = get("/_keygate/auth/healthz");
   r = send(healthz);

@@ -479,6 +479,12 @@ TEST(Config, RejectsInvalidApisWithThePositionOfTheOffendingValue) {
             "test.toml:3:18: apis: api \"a\": route \"no-slash\" must be a normalized path"},
            {"[[apis]]\nname = \"a\"\nroutes = [\"/x/../admin\"]\n",
             "test.toml:3:11: apis: api \"a\": route \"/x/../admin\" must be a normalized path"},
+           // The data port's parser refuses raw non-ASCII bytes and spaces in a request target:
+           // such a route could never match (a client sends "/caf%C3%A9").
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/caf\xc3\xa9\"]\n",
+            "test.toml:3:11: apis: api \"a\": route \"/caf\xc3\xa9\" must be a normalized path"},
+           {"[[apis]]\nname = \"a\"\nroutes = [\"/ok\", \"/a b\"]\n",
+            "test.toml:3:18: apis: api \"a\": route \"/a b\" must be a normalized path"},
            {"[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n\n[[apis]]\nname = \"b\"\n"
             "routes = [\"/b\",\n  \"/a\"]\n",
             "test.toml:8:3: apis: api \"b\": route \"/a\" is already used by api \"a\""},
@@ -880,6 +886,52 @@ TEST(Config, ListenAddressesOverlapThroughWildcardsAndSpellings) {
   ASSERT_TRUE(parse_listen_address("127.0.0.1:9000", &c.admin_listen, &error));
   EXPECT_FALSE(validate_config(c, &error));
   EXPECT_NE(error.find("must differ"), std::string::npos) << error;
+}
+
+// An IPv4-mapped IPv6 address is its IPv4 address: listening on [::ffff:127.0.0.1]:P takes P on
+// 127.0.0.1, so the second bind failed (EADDRINUSE, exit 1, which systemd's
+// RestartPreventExitStatus=2 does not stop from restarting in a loop) instead of a usage error.
+TEST(Config, AnIpv4MappedListenAddressOverlapsItsIpv4Address) {
+  const auto overlap = [](const char* a, const char* b) {
+    ListenAddress x, y;
+    std::string why;
+    EXPECT_TRUE(parse_listen_address(a, &x, &why)) << a << ": " << why;
+    EXPECT_TRUE(parse_listen_address(b, &y, &why)) << b << ": " << why;
+    return addresses_overlap(x, y) && addresses_overlap(y, x);
+  };
+  EXPECT_TRUE(overlap("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(overlap("[::ffff:127.0.0.1]:8080", "[::FFFF:7f00:1]:8080"));
+  EXPECT_TRUE(overlap("[::ffff:0.0.0.0]:8080", "127.0.0.2:8080"));  // the IPv4 wildcard
+  EXPECT_FALSE(overlap("[::ffff:127.0.0.1]:8080", "127.0.0.2:8080"));
+  EXPECT_FALSE(overlap("[::ffff:127.0.0.1]:8080", "127.0.0.1:8081"));
+  EXPECT_FALSE(overlap("[::ffff:127.0.0.1]:8080", "[::1]:8080"));
+
+  Config c;
+  std::string error;
+  ASSERT_TRUE(parse_listen_address("[::ffff:127.0.0.1]:9000", &c.listen, &error));
+  ASSERT_TRUE(parse_listen_address("127.0.0.1:9000", &c.admin_listen, &error));
+  EXPECT_FALSE(validate_config(c, &error));
+  EXPECT_NE(error.find("must differ"), std::string::npos) << error;
+}
+
+// Connecting to [::ffff:127.0.0.1]:9001 reaches the server at 127.0.0.1:9001: listed both ways, it
+// got twice its share of the round robin, which "listed twice" exists to prevent.
+TEST(Config, RejectsAnUpstreamListedAgainAsItsIpv4MappedAddress) {
+  const std::string error = parse_error(
+      "[[apis]]\nname = \"a\"\nroutes = [\"/a\"]\n"
+      "upstreams = [\"127.0.0.1:9001\", \"[::ffff:127.0.0.1]:9001\"]\n");
+  EXPECT_NE(error.find("is listed twice"), std::string::npos) << error;
+  ListenAddress v4;
+  ListenAddress mapped;
+  ListenAddress v6;
+  std::string why;
+  ASSERT_TRUE(parse_listen_address("127.0.0.1:1", &v4, &why));
+  ASSERT_TRUE(parse_listen_address("[::ffff:7f00:1]:1", &mapped, &why));
+  ASSERT_TRUE(parse_listen_address("[::1]:1", &v6, &why));
+  EXPECT_TRUE(same_host(v4, mapped));
+  EXPECT_TRUE(same_host(mapped, v4));
+  EXPECT_FALSE(same_host(v4, v6));
+  EXPECT_FALSE(same_host(mapped, v6));
 }
 
 TEST(Config, ValidationAllowsBothListenersOnEphemeralPorts) {

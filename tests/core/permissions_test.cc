@@ -127,6 +127,19 @@ TEST(PathIsNormalized, RejectsASegmentThatIsOnlyParams) {
   EXPECT_TRUE(path_is_normalized("/a/;x"));  // a trailing one is a trailing '/' upstream
 }
 
+// The data port's parser (llhttp, strict) refuses a space and every byte above 0x7e in a request
+// target ("Invalid char in url path"), so no path it routes holds one: a route or grant prefix
+// "/café" would never match (clients send "/caf%C3%A9"), and a path described by X-Original-URI
+// holding one would be routed apart from its encoded form, which upstreams read as the same.
+TEST(PathIsNormalized, RejectsASpaceAndBytesAboveAsciiThatNoRequestTargetHolds) {
+  for (std::string_view path : {"/caf\xc3\xa9", "/orders/\x80", "/a\xff", "/a b", "/ ", "/a/b c/"}) {
+    EXPECT_FALSE(path_is_normalized(path)) << path;
+    EXPECT_FALSE(prefix_is_valid(path)) << path;
+  }
+  EXPECT_TRUE(path_is_normalized("/caf%C3%A9/a%20b"));
+  EXPECT_TRUE(prefix_is_valid("/caf%C3%A9/a%20b"));
+}
+
 TEST(PrefixIsValid, RejectsParamsAndQueriesThatCouldNeverMatch) {
   EXPECT_TRUE(prefix_is_valid("/orders"));
   EXPECT_TRUE(prefix_is_valid("/caf%C3%A9/"));

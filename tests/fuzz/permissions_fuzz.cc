@@ -58,14 +58,15 @@ std::string ref_strip_params(std::string_view segment) {
 }
 
 // "starts with '/', has no "." or ".." segments (also not before a ";param"), no empty segment
-// except a trailing one, no backslash, '#', NUL or other control byte, and no percent-encoding
-// that an upstream could decode into different segments: none of '/', '\\' or an unreserved
-// character (any case), no escaped control byte and no malformed escape".
+// except a trailing one, no backslash, '#', NUL or other control byte, no space or non-ASCII
+// byte, and no percent-encoding that an upstream could decode into different segments: none of
+// '/', '\\' or an unreserved character (any case), no escaped control byte and no malformed
+// escape".
 bool ref_path_is_normalized(std::string_view path) {
   if (path.empty() || path[0] != '/') return false;
   for (size_t i = 0; i < path.size(); ++i) {
     const auto c = static_cast<unsigned char>(path[i]);
-    if (c == '\\' || c == '#' || ref_control(c)) return false;
+    if (c == '\\' || c == '#' || ref_control(c) || c == ' ' || c >= 0x80) return false;
     if (c == '%') {
       if (i + 2 >= path.size()) return false;
       const int hi = ref_hex(path[i + 1]);

@@ -701,6 +701,13 @@ TEST_F(Keygatectl, UsersCanBeCreatedListedShownUpdatedAndDeleted) {
   EXPECT_TRUE(bad_grant.exited_with(2)) << bad_grant.describe();
   const CtlRun no_grants = ctl({"users", "update", "x"});
   EXPECT_TRUE(no_grants.exited_with(2)) << no_grants.describe();
+  EXPECT_TRUE(contains(no_grants.err, "users update needs --grant GRANT ... or --no-grants"))
+      << no_grants.describe();
+  // Both is a contradiction, said as such (as --user with --no-user), not "needs one of them".
+  const CtlRun both = ctl({"users", "update", "x", "--grant", "orders", "--no-grants"});
+  EXPECT_TRUE(both.exited_with(2)) << both.describe();
+  EXPECT_TRUE(contains(both.err, "keygatectl: --grant and --no-grants exclude each other"))
+      << both.describe();
 }
 
 TEST_F(Keygatectl, UsersListFollowsEveryPageWhateverTheNamesHold) {
