@@ -384,8 +384,9 @@ std::string field_name(std::string_view prefix, std::string_view name) {
 // Visits every member of `object`, with the index of its name in `names`. An unknown member is 400
 // unknown_field, a repeated one 400 invalid_json (a repeat would make the outcome depend on which
 // copy a reader keeps). `visit(index, value)` returns false after setting `*f`. A root object's
-// (empty prefix) "API_Key" is skipped: it carried the admin key the request was authenticated
-// with (the authenticator already refused a repeated or non-string one).
+// (empty prefix) "API_Key" is skipped: it is where a client may put the admin key (when the key
+// came from there, the authenticator already refused a repeated or non-string one; when it came
+// from the header or the query, the body is not a key source and its API_Key is ignored).
 template <size_t N, typename Visit>
 bool visit_members(dom::object object, const std::array<std::string_view, N>& names,
                    std::string_view prefix, Failure* f, Visit&& visit) {
@@ -1910,7 +1911,8 @@ AdminResponse execute_admin(const AdminRequest& request, AdminStore& store,
     return error_response(failure(413, "body_too_large", "request body too large"));
   }
   const std::string_view m = request.method;
-  // Every POST and PATCH route reads a JSON body. One sent as another media type (a form,
+  // Every POST and PATCH route that reads a body reads JSON (reload and backups read none, and
+  // take an empty or JSON one alike). One sent as another media type (a form,
   // text/plain: `curl -d` without -H, a client's mistake) is refused for what it is instead of
   // failing as invalid_json, or parsing by accident. No Content-Type is taken as JSON: it
   // claims nothing, raw clients (nc, scripts) often leave it out, and keygate has no ambient

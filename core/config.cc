@@ -717,11 +717,10 @@ ReloadChanges reload_changes(const Config& running, const Config& reloaded) {
   };
   const auto check = [&](bool same, const char* key) { check_as(false, same, key); };
   const auto live = [&](bool same, const char* key) { check_as(true, same, key); };
-  const auto same_address = [](const ListenAddress& a, const ListenAddress& b) {
-    return a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
-  };
-  check(same_address(running.listen, reloaded.listen), "server.listen");
-  check(same_address(running.admin_listen, reloaded.admin_listen), "server.admin_listen");
+  // The address the sockets bind, however it is spelled ("::1" and "0::1", "[::ffff:127.0.0.1]"
+  // and "127.0.0.1" bind the same): a re-spelling needs no restart.
+  check(same_endpoint(running.listen, reloaded.listen), "server.listen");
+  check(same_endpoint(running.admin_listen, reloaded.admin_listen), "server.admin_listen");
   check(running.data_dir == reloaded.data_dir, "server.data_dir");
   check(running.log_dir == reloaded.log_dir, "server.log_dir");
   check(running.workers == reloaded.workers, "server.workers");

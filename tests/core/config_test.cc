@@ -1008,6 +1008,29 @@ TEST(Config, ReloadChangesNameEveryChangedKeyButTheApisAsLiveOrRestart) {
   EXPECT_TRUE(settings_needing_restart(running, moved).empty());
 }
 
+// The same socket address spelled another way binds the same sockets: no restart named.
+TEST(Config, ReloadChangesTakeAListenAddressSpelledAnotherWayAsTheSame) {
+  std::string error;
+  Config running;
+  ASSERT_TRUE(parse_config("[server]\nlisten = \"[::1]:9100\"\n"
+                           "admin_listen = \"127.0.0.1:9101\"\n",
+                           "a.toml", &running, &error))
+      << error;
+  Config respelled;
+  ASSERT_TRUE(parse_config("[server]\nlisten = \"[0:0::1]:9100\"\n"
+                           "admin_listen = \"[::ffff:127.0.0.1]:9101\"\n",
+                           "b.toml", &respelled, &error))
+      << error;
+  EXPECT_TRUE(settings_needing_restart(running, respelled).empty());
+  Config moved;
+  ASSERT_TRUE(parse_config("[server]\nlisten = \"[::1]:9102\"\n"
+                           "admin_listen = \"127.0.0.2:9101\"\n",
+                           "c.toml", &moved, &error))
+      << error;
+  EXPECT_EQ(settings_needing_restart(running, moved),
+            (std::vector<std::string>{"server.listen", "server.admin_listen"}));
+}
+
 // Every setting docs/configuration.md documents (each table row "| `key` | default | ..." under
 // a "## `[section]`" heading; not [[apis]]) is named by reload_changes when a reload changes it,
 // in the list (live or restart) the "Reload" section's table gives it, and
