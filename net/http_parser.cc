@@ -310,6 +310,9 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
   if (p->http_minor == 0 && h->host_count_ > 1) {
     return h->fail(400, "bad_request", "repeated Host header");
   }
+  if (h->url_.len != 0 && h->base_[h->url_.off] != '/') {
+    if (const int rc = h->take_absolute_form(); rc != 0) return rc;
+  }
   if (p->http_minor == 0 && h->has_transfer_encoding_) {
     return h->fail(400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0");
   }
@@ -347,6 +350,42 @@ int HttpParser::on_headers_complete(llhttp_t* p) {
     h->paused_continue_ = true;
     return HPE_PAUSED;
   }
+  return 0;
+}
+
+// RFC 9112 3.2.2: a server must accept a target in absolute-form ("GET http://api.example/orders
+// HTTP/1.1", what a client sends to a proxy it was configured with). Routing, the key search,
+// the forwarded request line and the log then see its origin-form ("/orders"): the span of the
+// target moves past the scheme and authority, nothing is copied. The authority is where the
+// origin server takes the host from (the RFC has it override Host): a Host that says another
+// one is refused rather than picked from, so the upstream and keygate never read two hosts.
+// Without a path ("http://h", "http://h?x") the origin-form would be "/" plus the query, which
+// no view of the target spells: 400 too. Another scheme, or none, is left to the path checks.
+int HttpParser::take_absolute_form() {
+  const std::string_view target = view(url_);
+  size_t scheme_bytes = 0;
+  for (const std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
+    if (target.size() > scheme.size() && equals_ignore_case(target.substr(0, scheme.size()), scheme)) {
+      scheme_bytes = scheme.size();
+    }
+  }
+  if (scheme_bytes == 0) return 0;
+  const size_t path_at = target.find_first_of("/?", scheme_bytes);
+  const std::string_view authority = target.substr(scheme_bytes, path_at - scheme_bytes);
+  if (authority.empty() || !is_valid_host(authority)) {
+    return fail(400, "bad_request", "invalid authority in an absolute-form target");
+  }
+  if (path_at == std::string_view::npos || target[path_at] != '/') {
+    return fail(400, "bad_request", "an absolute-form target without a path");
+  }
+  for (const RawHeader& raw : raw_headers_) {
+    if (equals_ignore_case(view(raw.name), "host") &&
+        !equals_ignore_case(trim_trailing_ows(view(raw.value)), authority)) {
+      return fail(400, "bad_request", "Host differs from the absolute-form target's authority");
+    }
+  }
+  url_.off += static_cast<uint32_t>(path_at);
+  url_.len -= static_cast<uint32_t>(path_at);
   return 0;
 }
 

@@ -182,6 +182,9 @@ class HttpParser {
   void build_request();
   void check_partial_limits();
   std::string_view view(Span s) const { return std::string_view(base_ + s.off, s.len); }
+  // on_headers_complete for a target that does not start with '/': an absolute-form one
+  // becomes its origin-form (0), or is refused (fail()'s code). Others are left as they are.
+  int take_absolute_form();
 
   static const llhttp_settings_t kSettings;
 

@@ -903,6 +903,37 @@ TEST(HttpParser, RejectsConnectWith405) {
                   "method_not_allowed");
 }
 
+// RFC 9112 3.2.2: absolute-form is accepted; everything after the parser sees the origin-form.
+TEST(HttpParser, AnAbsoluteFormTargetBecomesItsOriginForm) {
+  for (const std::string target : {"http://api.example/v1/items?limit=10", "HTTPS://api.example/v1/items?limit=10"}) {
+    const std::string input =
+        "GET " + target + " HTTP/1.1\r\nHost: API.example\r\nAccept: */*\r\n\r\n";
+    for (size_t slice : kSlices) {
+      SCOPED_TRACE(target + ", slice " + std::to_string(slice));
+      const Parsed p = parse_one(input, kDefaultLimits, slice);
+      EXPECT_EQ(p.target, "/v1/items?limit=10");
+      EXPECT_EQ(p.path, "/v1/items");
+      EXPECT_EQ(p.query, "limit=10");
+    }
+  }
+  // HTTP/1.0 without a Host: the authority alone.
+  const Parsed p = parse_one("GET http://h:8080/a HTTP/1.0\r\n\r\n", kDefaultLimits, 0);
+  EXPECT_EQ(p.target, "/a");
+}
+
+// A Host naming another host than the target's authority, an authority that is no host, and
+// no path are 400; another scheme is left to the path checks after the parser.
+TEST(HttpParser, AnAbsoluteFormTargetWithAnotherHostOrNoPathIs400) {
+  expect_rejected("GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n", 400);
+  expect_rejected("GET http://a.example:81/x HTTP/1.1\r\nHost: a.example\r\n\r\n", 400);
+  expect_rejected("GET http://u@a.example/x HTTP/1.1\r\nHost: u@a.example\r\n\r\n", 400);
+  expect_rejected("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+  expect_rejected("GET http://h HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+  expect_rejected("GET http://h?key=v HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+  const Parsed p = parse_one("GET ftp://h/x HTTP/1.1\r\nHost: h\r\n\r\n", kDefaultLimits, 0);
+  EXPECT_EQ(p.target, "ftp://h/x");
+}
+
 // TRACE would have the upstream echo the key header back in its response body.
 TEST(HttpParser, RejectsTraceWith405) {
   expect_rejected("TRACE /orders HTTP/1.1\r\nHost: h\r\nX-ApiKey: k\r\n\r\n", 405,
