@@ -136,13 +136,23 @@ bool AuthHandler::describe(const HttpRequest& auth, HttpRequest* described,
 
 Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& response,
                                     RequestContext& ctx) noexcept {
-  if (request.path == kHealthzPath) return builtin_.handle(request, response, ctx);
+  if (request.path == kHealthzPath) {
+    note_unlooked_key(request, ctx);
+    return builtin_.handle(request, response, ctx);
+  }
   if (route_matches(kAuthPath, request.path)) {
     HttpRequest described;
-    if (!describe(request, &described, &response)) return Result::kDone;
+    if (!describe(request, &described, &response)) {
+      note_unlooked_key(request, ctx);
+      return Result::kDone;
+    }
     return check(described, response, ctx, Mode::kAuthEndpoint);
   }
   return check(request, response, ctx, Mode::kDataPlane);
+}
+
+void AuthHandler::note_unlooked_key(const HttpRequest& request, RequestContext& ctx) noexcept {
+  ctx.access.key_value = authenticator_.extracted_key(request);
 }
 
 const ApiConfig* AuthHandler::route(const ApiRegistry& apis, const HttpRequest& request,
@@ -176,7 +186,10 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
   // unread and the connection closes, as for a forwarded API's at-head refusals).
   if (!apis(ctx).forwards() && !routes(apis(ctx), request)) return Result::kNeedBody;
   const ApiConfig* api = route(apis(ctx), request, response);
-  if (api == nullptr) return Result::kDone;
+  if (api == nullptr) {
+    note_unlooked_key(request, ctx);
+    return Result::kDone;
+  }
   if (api->upstreams.empty()) return body_for_key(request, ctx);
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
@@ -235,7 +248,10 @@ Handler::Result AuthHandler::resume_head(const HttpRequest& request, ResponseWri
 Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& response,
                                    RequestContext& ctx, Mode mode) noexcept {
   const ApiConfig* api = route(apis(ctx), request, response);
-  if (api == nullptr) return Result::kDone;
+  if (api == nullptr) {
+    note_unlooked_key(request, ctx);
+    return Result::kDone;
+  }
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
   const Authenticator::Result r = authenticator_.resolve(request, now, &digest);
