@@ -135,6 +135,19 @@ void Worker::Impl::log_begin(Connection* c, const HttpRequest* request) {
   l.body_streamed = false;
 }
 
+void Worker::Impl::log_note_head_key(Connection* c, HttpRequest head) {
+  RequestLog& l = c->rlog;
+  if (!l.active) return;
+  // No handler saw this request (a missing Host, an Upgrade, an Expect keygate does not meet),
+  // yet it may carry its key, and a copy of it elsewhere in the target (?token=...): every
+  // record's path is scrubbed of the key the request presented.
+  const size_t q = head.target.find('?');
+  head.path = head.target.substr(0, q);
+  head.query = q == std::string_view::npos ? std::string_view() : head.target.substr(q + 1);
+  head.headers = c->parser.parsed_headers();
+  l.key_value.assign(head_keys.extract(head).seen);
+}
+
 // After a handler call: what it said about the key.
 void Worker::Impl::log_note(Connection* c, const HttpRequest& request) {
   RequestLog& l = c->rlog;

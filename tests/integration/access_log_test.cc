@@ -1404,6 +1404,55 @@ TEST_F(AccessLogTest, KeysOfRequestsRefusedBeforeTheLookupAreScrubbedFromThePath
   }
 }
 
+// Requests the HTTP layer refuses once their head is complete (no handler sees them) still
+// carry their key: a copy of it in the target is scrubbed from their records too.
+TEST_F(AccessLogTest, KeysOfRequestsTheHttpLayerRefusesAfterTheHeadAreScrubbedFromThePath) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alogH" + random_hex(27);
+  const CreatedKey k = create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false);
+  ASSERT_FALSE(k.id.empty());
+  const std::string admin_key(kBootstrapAdminKey);
+  struct Sent {
+    bool admin_port;
+    std::string path;   // the target is path + "?token=<key>"
+    std::string extra;  // header lines after X-ApiKey (each ending in CRLF)
+    int status;
+  };
+  const std::vector<Sent> sent = {
+      {false, "/orders/no-host", "", 400},
+      {false, "/orders/upgrade", "Host: it\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n", 400},
+      {false, "/orders/expect", "Host: it\r\nExpect: teapot\r\n", 417},
+      {false, "/orders/coding", "Host: it\r\nTransfer-Encoding: gzip, chunked\r\n", 501},
+      {true, "/admin/keys", "", 400},
+  };
+  for (const Sent &c : sent) {
+    const std::string &value = c.admin_port ? admin_key : key;
+    const std::string request = "GET " + c.path + "?token=" + value + " HTTP/1.1\r\nX-ApiKey: " +
+                                value + "\r\n" + c.extra + "\r\n";
+    auto r = round_trip(c.admin_port ? server_->admin_port() : server_->data_port(), request);
+    ASSERT_TRUE(r.has_value()) << c.path;
+    EXPECT_EQ(r->status, c.status) << c.path;
+  }
+
+  const LogContents log = wait_for_records(server_->log_dir(), sent.size() + 1);
+  std::vector<std::string> paths;
+  for (const Json *rec : log.records())
+    paths.push_back(rec->str("path"));
+  for (const Sent &c : sent) {
+    const std::string expect = c.path + "?token=[redacted]";
+    EXPECT_NE(std::find(paths.begin(), paths.end(), expect), paths.end())
+        << "no record with path " << expect;
+  }
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
+    for (const std::string &form : forbidden_forms(secret)) {
+      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+    }
+  }
+}
+
 // --- 4. Sequence without drops
 // -----------------------------------------------------------------
 
