@@ -89,6 +89,49 @@ bool route_matches(std::string_view route, std::string_view path) noexcept {
   return j == path.size() || path[j] == '/' || path[j] == ';';
 }
 
+namespace {
+
+// The byte at s[*i] as a decoding upstream reads it ("%XX" is the byte XX), advancing *i past it.
+unsigned char decoded_byte(std::string_view s, size_t* i) noexcept {
+  if (s[*i] == '%' && s.size() - *i >= 3) {
+    const int hi = hex_value(s[*i + 1]);
+    const int lo = hex_value(s[*i + 2]);
+    if (hi >= 0 && lo >= 0) {
+      *i += 3;
+      return static_cast<unsigned char>(hi * 16 + lo);
+    }
+  }
+  return static_cast<unsigned char>(s[(*i)++]);
+}
+
+// How many bytes `route` decodes to.
+size_t decoded_length(std::string_view route) noexcept {
+  size_t n = 0;
+  for (size_t i = 0; i < route.size(); ++n) decoded_byte(route, &i);
+  return n;
+}
+
+}  // namespace
+
+bool route_matches_decoded(std::string_view route, std::string_view path) noexcept {
+  if (route.empty()) return false;
+  // As route_matches(), a byte at a time after decoding; a raw ';' in the path still starts
+  // the segment's params (an encoded one is a literal ';' to servlet containers too).
+  size_t i = 0;
+  size_t j = 0;
+  while (i < route.size()) {
+    if (j < path.size() && path[j] == ';') {
+      const size_t slash = path.find('/', j);
+      j = slash == std::string_view::npos ? path.size() : slash;
+      continue;
+    }
+    if (j >= path.size()) return false;
+    if (decoded_byte(route, &i) != decoded_byte(path, &j)) return false;
+  }
+  if (route.back() == '/') return true;
+  return j == path.size() || path[j] == '/' || path[j] == ';';
+}
+
 bool path_is_normalized(std::string_view path) noexcept {
   if (path.empty() || path.front() != '/') return false;
   for (size_t i = 0; i < path.size(); ++i) {
@@ -218,6 +261,26 @@ const ApiConfig* ApiRegistry::match(std::string_view path) const noexcept {
     if (route_matches(api.routes[ref.route], path)) return &api;
   }
   return nullptr;
+}
+
+const ApiConfig* ApiRegistry::match_decoded(std::string_view path) const noexcept {
+  if (path.find('%') == std::string_view::npos) return match(path);
+  // Routes are ordered by their raw length, which bounds their decoded length: once a route is
+  // shorter than the best decoded match so far, no later one can beat it.
+  const ApiConfig* best = nullptr;
+  size_t best_length = 0;
+  for (const RouteRef& ref : longest_first_) {
+    const ApiConfig& api = apis_[ref.api];
+    const std::string_view route = api.routes[ref.route];
+    if (best != nullptr && route.size() <= best_length) break;
+    if (!route_matches_decoded(route, path)) continue;
+    const size_t length = decoded_length(route);
+    if (best == nullptr || length > best_length) {
+      best = &api;
+      best_length = length;
+    }
+  }
+  return best;
 }
 
 const ApiConfig* ApiRegistry::find(std::string_view name) const noexcept {

@@ -171,6 +171,28 @@ TEST(ApiRegistry, MatchesTheLongestRoute) {
   EXPECT_EQ(name_of("/v1"), "root");
 }
 
+TEST(RouteMatches, DecodedMatchingReadsEscapesAsTheirBytesOnBothSides) {
+  EXPECT_TRUE(route_matches_decoded("/v1/a:b", "/v1/a%3Ab"));
+  EXPECT_TRUE(route_matches_decoded("/v1/a:b", "/v1/a%3ab/7"));
+  EXPECT_TRUE(route_matches_decoded("/v1/a%3Ab", "/v1/a:b;x"));
+  EXPECT_TRUE(route_matches_decoded("/caf%C3%A9", "/caf%c3%a9"));
+  EXPECT_FALSE(route_matches_decoded("/v1/a:b", "/v1/a%3Abc"));
+  EXPECT_FALSE(route_matches_decoded("/v1/a:b", "/v1/a;%3Ab"));
+  EXPECT_FALSE(route_matches_decoded("", "/"));
+}
+
+TEST(ApiRegistry, MatchDecodedFindsTheLongestRouteOnceDecoded) {
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init({{"v1", {"/v1"}}, {"purge", {"/v1/things:purge"}}}, &error)) << error;
+  auto name_of = [&](const ApiConfig* api) { return api == nullptr ? "none" : api->name; };
+  EXPECT_EQ(name_of(registry.match("/v1/things%3Apurge")), "v1");
+  EXPECT_EQ(name_of(registry.match_decoded("/v1/things%3Apurge")), "purge");
+  EXPECT_EQ(name_of(registry.match_decoded("/v1/things%20x")), "v1");
+  EXPECT_EQ(name_of(registry.match_decoded("/v1/things:purge")), "purge");
+  EXPECT_EQ(name_of(registry.match_decoded("/v2%3A")), "none");
+}
+
 TEST(ApiRegistry, MatchReturnsNullWhenNoRouteMatches) {
   ApiRegistry registry;
   std::string error;
