@@ -464,8 +464,9 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   // Access log (request_log.cc).
   void log_begin(Connection* c, const HttpRequest* request);
-  // For a request the HTTP layer refused once its head was complete (no handler saw it): notes
-  // the key its head carries, so its record is scrubbed of it like every other.
+  // For a request no handler saw (the HTTP layer refused it once its head was complete, or its
+  // client left mid-body on a listener that reads whole requests): notes the key its head
+  // carries, so its record is scrubbed of it like every other.
   void log_note_head_key(Connection* c, HttpRequest head);
   void log_note(Connection* c, const HttpRequest& request);
   void log_end(Connection* c, int status, std::string_view reason,

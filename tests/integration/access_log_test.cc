@@ -1971,6 +1971,51 @@ TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-rst");
 }
 
+// Abandoned mid-body once its head was admitted (a forwarding data port's auth-check API, the
+// admin port: their handlers note the key only with the whole request), a request's record is
+// scrubbed of the key its head carries all the same.
+TEST_F(AccessLogTest, ARequestAbandonedMidBodyAfterItsHeadIsScrubbedOfItsKey) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alog-midbody-head-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false).id.empty());
+  const std::string admin_key(kBootstrapAdminKey);
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server_->data_port(), key, "/orders/mid-head?token=" + key, false));
+  ASSERT_NO_FATAL_FAILURE(abandon_mid_body(server_->admin_port(), admin_key,
+                                           "/admin/keys?token=" + admin_key, false));
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  expect_one_abandoned_record(server_->log_dir(), "/orders/mid-head?token=[redacted]");
+  expect_one_abandoned_record(server_->log_dir(), "/admin/keys?token=[redacted]");
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
+    for (const std::string &form : forbidden_forms(secret)) {
+      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+    }
+  }
+}
+
+// The record such a request gets from its head alone is scrubbed of the key the head carries,
+// like every other record (here a copy of it in the target).
+TEST(AccessLogNoForwarding, ARequestAbandonedMidBodyIsScrubbedOfItsKey) {
+  TestServer server(admin_server_options(std::string(kBootstrapAdminKey)));
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  const std::string key = "alog-midbody-copy-" + random_hex(24);
+  ASSERT_NO_FATAL_FAILURE(create_orders_key(server, key));
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server.data_port(), key, "/orders/mid-copy?token=" + key, false));
+  ASSERT_TRUE(server.stop(SIGTERM).clean());
+  expect_one_abandoned_record(server.log_dir(), "/orders/mid-copy?token=[redacted]");
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server.log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string &form : forbidden_forms(key)) {
+    EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+  }
+}
+
 // --- Requests keygate itself cut off
 
 // The record of a request whose connection keygate ended says so: "write_timeout" when the
