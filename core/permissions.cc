@@ -193,6 +193,9 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfi
   }
   std::vector<RouteRef> refs;
   std::map<std::string_view, uint32_t> owner;  // route -> index of the api that has it
+  // Each route percent-decoded -> (api, route) that has it: "/x%3Ay" and "/x:y" are one route
+  // to an upstream that decodes before routing (match_decoded could not tell them apart).
+  std::map<std::string, RouteRef> decoded_owner;
   for (size_t a = 0; a < apis.size(); ++a) {
     const ApiConfig& api = apis[a];
     std::string label = "api \"" + api.name + "\"";
@@ -239,6 +242,19 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfi
         return refuse(Part::kRoute, a, r,
                       label + ": route \"" + route + "\" is already used by api \"" +
                           apis[it->second].name + "\"");
+      }
+      std::string decoded;
+      for (size_t i = 0; i < route.size();) {
+        decoded.push_back(static_cast<char>(decoded_byte(route, &i)));
+      }
+      auto [same, fresh] = decoded_owner.emplace(std::move(decoded),
+                                                 RouteRef{static_cast<uint32_t>(a),
+                                                          static_cast<uint32_t>(r)});
+      if (!fresh) {
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route + "\" is route \"" +
+                          apis[same->second.api].routes[same->second.route] + "\" of api \"" +
+                          apis[same->second.api].name + "\" once percent-decoded");
       }
       refs.push_back({static_cast<uint32_t>(a), static_cast<uint32_t>(r)});
     }

@@ -95,7 +95,8 @@ class ApiRegistry {
   // that are not [A-Za-z0-9_.-]{1,64}, an API without routes or with more than kApiRoutesMax,
   // a route that is not a valid prefix (see prefix_is_valid; so it starts with '/'), a route
   // keygate answers itself (kHealthzPath, kAuthEndpointPath or under it: see there), the same
-  // route twice (in one API or two), more than kApisMax APIs.
+  // route twice (in one API or two; also spelled with and without an escape, "/x:y" and
+  // "/x%3Ay", which a decoding upstream takes for one), more than kApisMax APIs.
   bool init(std::vector<ApiConfig> apis, std::string* error, ApiConfigFault* fault = nullptr);
 
   // The API whose route is the longest match for `path` (see route_matches), or nullptr.

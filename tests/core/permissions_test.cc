@@ -270,6 +270,14 @@ TEST(ApiRegistry, RejectsTheSameRouteTwice) {
   // The same route in another case of its escapes (they match the same paths).
   EXPECT_EQ(init_error({{"cafe", {"/caf%C3%A9"}}, {"cafe2", {"/caf%c3%a9"}}}),
             "api \"cafe2\": route \"/caf%C3%A9\" is already used by api \"cafe\"");
+  // The same route once percent-decoded: one path to an upstream that decodes before routing,
+  // so a key for either API would reach the other's handler there.
+  EXPECT_EQ(init_error({{"purge", {"/v1/x:purge"}}, {"other", {"/v1/x%3Apurge"}}}),
+            "api \"other\": route \"/v1/x%3Apurge\" is route \"/v1/x:purge\" of api \"purge\" "
+            "once percent-decoded");
+  EXPECT_EQ(init_error({{"a", {"/v1/%40me", "/v1/@me"}}}),
+            "api \"a\": route \"/v1/@me\" is route \"/v1/%40me\" of api \"a\" once "
+            "percent-decoded");
 }
 
 TEST(ApiRegistry, EscapesInAnyCaseReachTheLongerRoute) {
