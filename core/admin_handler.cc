@@ -24,22 +24,22 @@ AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
 
 bool AdminHandler::answered_without_key(const HttpRequest& request, ResponseWriter& response,
                                         RequestContext& ctx) noexcept {
-  // /healthz needs no key (and no body: at the head it is answered with the body unread, the
-  // connection then closes, so no client can make the port buffer one).
   if (request.path == "/healthz") {
+    // /healthz needs no key (and no body: at the head it is answered with the body unread, the
+    // connection then closes, so no client can make the port buffer one).
     builtin_.handle(request, response, ctx);
-    return true;
-  }
-  // The console's files need no key either: the page asks the operator for one.
-  if (is_console_path(request.path)) {
+  } else if (is_console_path(request.path)) {
+    // The console's files need no key either: the page asks the operator for one.
     write_console(request, response);
-    return true;
-  }
-  if (!is_admin_route(request.path)) {
+  } else if (!is_admin_route(request.path)) {
     write_error(response, 404, "not_found", "no such route", false);
-    return true;
+  } else {
+    return false;
   }
-  return false;
+  // Answered without looking at the key, but the request may carry one anyway (and also in its
+  // path or another parameter): noted, so the access log scrubs it from the record by value.
+  ctx.access.key_value = authenticator_.extracted_key(request);
+  return true;
 }
 
 void AdminHandler::write_console(const HttpRequest& request, ResponseWriter& response) noexcept {

@@ -55,6 +55,16 @@ std::string_view header_once(const HttpRequest& request, std::string_view name,
   return value;
 }
 
+// True when an upstream that percent-decodes the path before routing it would take `path` for
+// the same API as keygate does (`api`, match()'s, may be null): else a key for one API could
+// reach another's path there ("/v1/things%3Apurge" matches a "/v1" route here, and another
+// API's "/v1/things:purge" once decoded). Such a path is refused (400 invalid_path) rather than
+// routed either way, since a non-decoding upstream takes it as keygate does.
+bool routes_alike_decoded(const ApiRegistry& apis, std::string_view path,
+                          const ApiConfig* api) noexcept {
+  return path.find('%') == std::string_view::npos || apis.match_decoded(path) == api;
+}
+
 void bad_auth_request(ResponseWriter* response, std::string_view message) noexcept {
   if (response != nullptr) response->error(400, "invalid_auth_request", message);
 }
@@ -136,13 +146,23 @@ bool AuthHandler::describe(const HttpRequest& auth, HttpRequest* described,
 
 Handler::Result AuthHandler::handle(const HttpRequest& request, ResponseWriter& response,
                                     RequestContext& ctx) noexcept {
-  if (request.path == kHealthzPath) return builtin_.handle(request, response, ctx);
+  if (request.path == kHealthzPath) {
+    note_unlooked_key(request, ctx);
+    return builtin_.handle(request, response, ctx);
+  }
   if (route_matches(kAuthPath, request.path)) {
     HttpRequest described;
-    if (!describe(request, &described, &response)) return Result::kDone;
+    if (!describe(request, &described, &response)) {
+      note_unlooked_key(request, ctx);
+      return Result::kDone;
+    }
     return check(described, response, ctx, Mode::kAuthEndpoint);
   }
   return check(request, response, ctx, Mode::kDataPlane);
+}
+
+void AuthHandler::note_unlooked_key(const HttpRequest& request, RequestContext& ctx) noexcept {
+  ctx.access.key_value = authenticator_.extracted_key(request);
 }
 
 const ApiConfig* AuthHandler::route(const ApiRegistry& apis, const HttpRequest& request,
@@ -152,6 +172,10 @@ const ApiConfig* AuthHandler::route(const ApiRegistry& apis, const HttpRequest& 
     return nullptr;
   }
   const ApiConfig* api = apis.match(request.path);
+  if (!routes_alike_decoded(apis, request.path, api)) {
+    response.error(400, "invalid_path", "request path routes to another API once percent-decoded");
+    return nullptr;
+  }
   if (api == nullptr) response.error(404, "no_route", "no API serves this path");
   return api;
 }
@@ -176,7 +200,10 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
   // unread and the connection closes, as for a forwarded API's at-head refusals).
   if (!apis(ctx).forwards() && !routes(apis(ctx), request)) return Result::kNeedBody;
   const ApiConfig* api = route(apis(ctx), request, response);
-  if (api == nullptr) return Result::kDone;
+  if (api == nullptr) {
+    note_unlooked_key(request, ctx);
+    return Result::kDone;
+  }
   if (api->upstreams.empty()) return body_for_key(request, ctx);
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
@@ -203,7 +230,9 @@ Handler::Result AuthHandler::handle_head(const HttpRequest& request, ResponseWri
 }
 
 bool AuthHandler::routes(const ApiRegistry& apis, const HttpRequest& request) const noexcept {
-  return path_is_normalized(request.path) && apis.match(request.path) != nullptr;
+  if (!path_is_normalized(request.path)) return false;
+  const ApiConfig* api = apis.match(request.path);
+  return api != nullptr && routes_alike_decoded(apis, request.path, api);
 }
 
 Handler::Result AuthHandler::body_for_key(const HttpRequest& request,
@@ -235,7 +264,10 @@ Handler::Result AuthHandler::resume_head(const HttpRequest& request, ResponseWri
 Handler::Result AuthHandler::check(const HttpRequest& request, ResponseWriter& response,
                                    RequestContext& ctx, Mode mode) noexcept {
   const ApiConfig* api = route(apis(ctx), request, response);
-  if (api == nullptr) return Result::kDone;
+  if (api == nullptr) {
+    note_unlooked_key(request, ctx);
+    return Result::kDone;
+  }
   const int64_t now = ctx.now_unix();
   KeyDigest digest{};
   const Authenticator::Result r = authenticator_.resolve(request, now, &digest);

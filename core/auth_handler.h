@@ -122,6 +122,11 @@ class AuthHandler final : public Handler {
   // (400 invalid_path, 404 no_route) into `response`.
   const ApiConfig* route(const ApiRegistry& apis, const HttpRequest& request,
                          ResponseWriter& response) const noexcept;
+  // For an answer given before the key is looked at (/healthz, 400 invalid_path, 404
+  // no_route, 400 invalid_auth_request): notes the key value `request` carries anyway
+  // (ctx.access.key_value), so the access log scrubs it from the record's path (a client
+  // may put it in a path segment or another parameter as well). Does not allocate.
+  void note_unlooked_key(const HttpRequest& request, RequestContext& ctx) noexcept;
   // Route, resolve and decide for `request` (the described one for the auth endpoint).
   Result check(const HttpRequest& request, ResponseWriter& response, RequestContext& ctx,
                Mode mode) noexcept;

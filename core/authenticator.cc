@@ -56,8 +56,12 @@ bool Authenticator::resolve_head(const HttpRequest& request, int64_t now,
 Authenticator::Result Authenticator::resolve_extracted(const ExtractResult& extracted, int64_t now,
                                                        KeyDigest* pending_digest) noexcept {
   if (extracted.outcome != KeyOutcome::kFound) {
-    const KeyRejection r = key_rejection(extracted.outcome);
-    return rejected(r.status, r.code, r.message, r.status == 401);
+    const KeyRejection k = key_rejection(extracted.outcome);
+    Result r = rejected(k.status, k.code, k.message, k.status == 401);
+    // An ambiguous or malformed pair still carried a key (the header's, say): the access log
+    // scrubs it from wherever else the request holds it.
+    r.presented = extracted.seen;
+    return r;
   }
   // A mistyped generated key is caught here, before it costs a lookup (or a store read).
   if (has_generated_shape(extracted.key) && !generated_checksum_ok(extracted.key)) {
@@ -91,8 +95,7 @@ Authenticator::Result Authenticator::from_cache(const KeyDigest& digest,
 }
 
 std::string_view Authenticator::extracted_key(const HttpRequest& request) noexcept {
-  const ExtractResult extracted = extractor_.extract(request, request.body_readable_padding);
-  return extracted.outcome == KeyOutcome::kFound ? extracted.key : std::string_view();
+  return extractor_.extract(request, request.body_readable_padding).seen;
 }
 
 void Authenticator::fetch(const KeyDigest& digest, PendingLookup* lookup,

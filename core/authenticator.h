@@ -68,10 +68,11 @@ class Authenticator {
     // grace, previous digest).
     KeyDigest digest{};
     Rejection rejection;
-    // The key value the request presented, whenever extraction found one (kFound, kFetch, and
-    // kRejected for an unknown or mistyped key): the access log scrubs it from the record's
-    // path and captures. A view into the request or the extractor's scratch, valid until the
-    // next extraction. Empty from finish_fetch() (see extracted_key()).
+    // The key value the request presented, whenever extraction saw one (kFound, kFetch, and
+    // kRejected for an unknown or mistyped key, or for an ambiguous or malformed pair: then
+    // the first value, ExtractResult::seen): the access log scrubs it from the record's path
+    // and captures. A view into the request or the extractor's scratch, valid until the next
+    // extraction. Empty from finish_fetch() (see extracted_key()).
     std::string_view presented;
   };
 
@@ -112,9 +113,11 @@ class Authenticator {
   // the fetch in lookup->fetches (reset() zeroes it).
   void fetch(const KeyDigest& digest, PendingLookup* lookup, RequestContext& ctx) noexcept;
 
-  // The key value `request` carries (extracted again: for the access log after a fetch, which
-  // scrubs it from the record's path and captures); empty when it carries none or an ambiguous pair. A view
-  // into the request or the extractor's scratch, valid until the next extraction.
+  // The key value `request` carries (extracted again: for the access log after a fetch, or for
+  // an answer given before the key was looked at, which scrubs it from the record's path and
+  // captures): ExtractResult::seen, so the first of an ambiguous pair too; empty when it
+  // carries none. A view into the request or the extractor's scratch, valid until the next
+  // extraction. Does not allocate.
   std::string_view extracted_key(const HttpRequest& request) noexcept;
 
   // The answer of a fetch, after its ticket was posted (worker thread, at resume). When no key

@@ -205,10 +205,10 @@ class KeyExtractor::Collector {
   void mark_invalid() noexcept { invalid_ = true; }
 
   ExtractResult result() const noexcept {
-    if (invalid_) return {KeyOutcome::kInvalidKey, KeySource::kNone, {}};
-    if (ambiguous_) return {KeyOutcome::kAmbiguous, KeySource::kNone, {}};
-    if (key_.empty()) return {KeyOutcome::kMissing, KeySource::kNone, {}};
-    return {KeyOutcome::kFound, source_, key_};
+    if (invalid_) return {KeyOutcome::kInvalidKey, KeySource::kNone, {}, key_};
+    if (ambiguous_) return {KeyOutcome::kAmbiguous, KeySource::kNone, {}, key_};
+    if (key_.empty()) return {KeyOutcome::kMissing, KeySource::kNone, {}, {}};
+    return {KeyOutcome::kFound, source_, key_, key_};
   }
 
  private:
@@ -276,7 +276,7 @@ ExtractResult KeyExtractor::extract(const HttpRequest& request, size_t readable_
   // A body read only in part (the rest dropped) is judged by its whole length.
   if (request.body.size() + request.body_bytes_dropped > body_inspect_bytes_max_ ||
       request.body_bytes_dropped != 0) {
-    return {KeyOutcome::kBodyTooLarge, KeySource::kNone, {}};
+    return {KeyOutcome::kBodyTooLarge, KeySource::kNone, {}, {}};
   }
   if (json) return extract_json(request.body, readable_padding);
   collector.offer_params(request.body, KeySource::kForm);
@@ -289,7 +289,7 @@ bool KeyExtractor::body_may_carry_key(const HttpRequest& request) noexcept {
 }
 
 ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_padding) noexcept {
-  constexpr ExtractResult kInvalidBody{KeyOutcome::kInvalidBody, KeySource::kNone, {}};
+  constexpr ExtractResult kInvalidBody{KeyOutcome::kInvalidBody, KeySource::kNone, {}, {}};
   const char* input = body.data();
   if (readable_padding < kJsonPaddingBytes) {
     char* copy = json_->padded.get();

@@ -59,6 +59,11 @@ struct ExtractResult {
   // With kFound only: 1..kExtractedKeyBytesMax bytes. A view into the request (header value,
   // query or body) when no decoding was needed, else into the extractor's scratch.
   std::string_view key;
+  // A key value the request carried, whatever the outcome: `key` with kFound; with a rejection,
+  // the first non-empty value a source offered before it (the header's, when a query value
+  // conflicts with it or is malformed), or empty. For the access log, which scrubs it from the
+  // record by value: a refused request may carry its key elsewhere too. Never looked up.
+  std::string_view seen;
 };
 
 // What to send for a rejection: the status and the static code/message for the JSON error body

@@ -89,6 +89,49 @@ bool route_matches(std::string_view route, std::string_view path) noexcept {
   return j == path.size() || path[j] == '/' || path[j] == ';';
 }
 
+namespace {
+
+// The byte at s[*i] as a decoding upstream reads it ("%XX" is the byte XX), advancing *i past it.
+unsigned char decoded_byte(std::string_view s, size_t* i) noexcept {
+  if (s[*i] == '%' && s.size() - *i >= 3) {
+    const int hi = hex_value(s[*i + 1]);
+    const int lo = hex_value(s[*i + 2]);
+    if (hi >= 0 && lo >= 0) {
+      *i += 3;
+      return static_cast<unsigned char>(hi * 16 + lo);
+    }
+  }
+  return static_cast<unsigned char>(s[(*i)++]);
+}
+
+// How many bytes `route` decodes to.
+size_t decoded_length(std::string_view route) noexcept {
+  size_t n = 0;
+  for (size_t i = 0; i < route.size(); ++n) decoded_byte(route, &i);
+  return n;
+}
+
+}  // namespace
+
+bool route_matches_decoded(std::string_view route, std::string_view path) noexcept {
+  if (route.empty()) return false;
+  // As route_matches(), a byte at a time after decoding; a raw ';' in the path still starts
+  // the segment's params (an encoded one is a literal ';' to servlet containers too).
+  size_t i = 0;
+  size_t j = 0;
+  while (i < route.size()) {
+    if (j < path.size() && path[j] == ';') {
+      const size_t slash = path.find('/', j);
+      j = slash == std::string_view::npos ? path.size() : slash;
+      continue;
+    }
+    if (j >= path.size()) return false;
+    if (decoded_byte(route, &i) != decoded_byte(path, &j)) return false;
+  }
+  if (route.back() == '/') return true;
+  return j == path.size() || path[j] == '/' || path[j] == ';';
+}
+
 bool path_is_normalized(std::string_view path) noexcept {
   if (path.empty() || path.front() != '/') return false;
   for (size_t i = 0; i < path.size(); ++i) {
@@ -156,6 +199,9 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfi
   }
   std::vector<RouteRef> refs;
   std::map<std::string_view, uint32_t> owner;  // route -> index of the api that has it
+  // Each route percent-decoded -> (api, route) that has it: "/x%3Ay" and "/x:y" are one route
+  // to an upstream that decodes before routing (match_decoded could not tell them apart).
+  std::map<std::string, RouteRef> decoded_owner;
   for (size_t a = 0; a < apis.size(); ++a) {
     const ApiConfig& api = apis[a];
     std::string label = "api \"" + api.name + "\"";
@@ -204,6 +250,19 @@ bool ApiRegistry::init(std::vector<ApiConfig> apis, std::string* error, ApiConfi
                       label + ": route \"" + route + "\" is already used by api \"" +
                           apis[it->second].name + "\"");
       }
+      std::string decoded;
+      for (size_t i = 0; i < route.size();) {
+        decoded.push_back(static_cast<char>(decoded_byte(route, &i)));
+      }
+      auto [same, fresh] = decoded_owner.emplace(std::move(decoded),
+                                                 RouteRef{static_cast<uint32_t>(a),
+                                                          static_cast<uint32_t>(r)});
+      if (!fresh) {
+        return refuse(Part::kRoute, a, r,
+                      label + ": route \"" + route + "\" is route \"" +
+                          apis[same->second.api].routes[same->second.route] + "\" of api \"" +
+                          apis[same->second.api].name + "\" once percent-decoded");
+      }
       refs.push_back({static_cast<uint32_t>(a), static_cast<uint32_t>(r)});
     }
   }
@@ -225,6 +284,26 @@ const ApiConfig* ApiRegistry::match(std::string_view path) const noexcept {
     if (route_matches(api.routes[ref.route], path)) return &api;
   }
   return nullptr;
+}
+
+const ApiConfig* ApiRegistry::match_decoded(std::string_view path) const noexcept {
+  if (path.find('%') == std::string_view::npos) return match(path);
+  // Routes are ordered by their raw length, which bounds their decoded length: once a route is
+  // shorter than the best decoded match so far, no later one can beat it.
+  const ApiConfig* best = nullptr;
+  size_t best_length = 0;
+  for (const RouteRef& ref : longest_first_) {
+    const ApiConfig& api = apis_[ref.api];
+    const std::string_view route = api.routes[ref.route];
+    if (best != nullptr && route.size() <= best_length) break;
+    if (!route_matches_decoded(route, path)) continue;
+    const size_t length = decoded_length(route);
+    if (best == nullptr || length > best_length) {
+      best = &api;
+      best_length = length;
+    }
+  }
+  return best;
 }
 
 const ApiConfig* ApiRegistry::find(std::string_view name) const noexcept {

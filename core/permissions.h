@@ -49,6 +49,12 @@ struct ApiConfig {
 // hex digits of a percent-escape compare in either case: "/caf%c3%a9" matches "/caf%C3%A9".
 bool route_matches(std::string_view route, std::string_view path) noexcept;
 
+// route_matches() as an upstream that percent-decodes a path before routing it reads both
+// (Go's net/http, Spring, ...): each "%XX" (either hex case) stands for the byte XX, in the route
+// as in the path, so "/v1/a%3Ab" matches "/v1/a:b" and the other way round. Every match of
+// route_matches() is one here too.
+bool route_matches_decoded(std::string_view route, std::string_view path) noexcept;
+
 // True when `path` is safe to match against prefixes: starts with '/', has no "." or ".."
 // segments (also not before a ";param", as in "/..;/"), no empty segment except a trailing
 // one ("//"), no backslash, '#', NUL or other control byte, no space or byte above 0x7e (the
@@ -90,12 +96,17 @@ class ApiRegistry {
   // that are not [A-Za-z0-9_.-]{1,64}, an API without routes or with more than kApiRoutesMax,
   // a route that is not a valid prefix (see prefix_is_valid; so it starts with '/'), a route
   // keygate answers itself (kHealthzPath, kAuthEndpointPath or under it: see there), the same
-  // route twice (in one API or two), more than kApisMax APIs.
+  // route twice (in one API or two; also spelled with and without an escape, "/x:y" and
+  // "/x%3Ay", which a decoding upstream takes for one), more than kApisMax APIs.
   bool init(std::vector<ApiConfig> apis, std::string* error, ApiConfigFault* fault = nullptr);
 
   // The API whose route is the longest match for `path` (see route_matches), or nullptr.
   // Does not allocate.
   const ApiConfig* match(std::string_view path) const noexcept;
+  // The API whose route is the longest match for `path` once both are percent-decoded (see
+  // route_matches_decoded), or nullptr: what a decoding upstream would take the path for. For
+  // a path without '%' it is match()'s. Does not allocate.
+  const ApiConfig* match_decoded(std::string_view path) const noexcept;
   // The API with exactly this name, or nullptr.
   const ApiConfig* find(std::string_view name) const noexcept;
   const std::vector<ApiConfig>& apis() const noexcept { return apis_; }

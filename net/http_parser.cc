@@ -639,6 +639,18 @@ bool HttpParser::head_parsed(std::string_view* method, std::string_view* target)
   return true;
 }
 
+std::span<const HttpHeader> HttpParser::parsed_headers() {
+  std::string_view method;
+  std::string_view target;
+  if (!head_parsed(&method, &target)) return {};
+  // Reserved up front: this never reallocates (see the constructor).
+  headers_.clear();
+  for (const RawHeader& raw : raw_headers_) {
+    headers_.push_back(HttpHeader{view(raw.name), trim_trailing_ows(view(raw.value))});
+  }
+  return std::span<const HttpHeader>(headers_.data(), headers_.size());
+}
+
 void HttpParser::check_partial_limits() {
   if (headers_done_ || failed_) return;
   if (!request_line_done_) {

@@ -146,6 +146,11 @@ class HttpParser {
   // target, for the record of the error answering it. Views valid until the next parse(),
   // reset() or trim(); false (nothing set) before the head is complete or while streaming.
   bool head_parsed(std::string_view* method, std::string_view* target) const;
+  // The header fields of that same request (when head_parsed() is true; else none), for its
+  // access record (the error answering it, or its abandonment mid-body): the log scrubs the
+  // key they carry. Rebuilds the
+  // request's header views (the same fields); valid as head_parsed()'s. Does not allocate.
+  std::span<const HttpHeader> parsed_headers();
 
  private:
   struct Span {

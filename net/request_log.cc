@@ -135,6 +135,20 @@ void Worker::Impl::log_begin(Connection* c, const HttpRequest* request) {
   l.body_streamed = false;
 }
 
+void Worker::Impl::log_note_head_key(Connection* c, HttpRequest head) {
+  RequestLog& l = c->rlog;
+  if (!l.active) return;
+  // No handler saw this request (a missing Host, an Upgrade, an Expect keygate does not meet,
+  // a body its client abandoned on a listener that reads whole requests), yet it may carry its
+  // key, and a copy of it elsewhere in the target (?token=...): every record's path is
+  // scrubbed of the key the request presented.
+  const size_t q = head.target.find('?');
+  head.path = head.target.substr(0, q);
+  head.query = q == std::string_view::npos ? std::string_view() : head.target.substr(q + 1);
+  head.headers = c->parser.parsed_headers();
+  l.key_value.assign(head_keys.extract(head).seen);
+}
+
 // After a handler call: what it said about the key.
 void Worker::Impl::log_note(Connection* c, const HttpRequest& request) {
   RequestLog& l = c->rlog;
@@ -296,14 +310,18 @@ const char* Worker::Impl::abandoned_reason(const Connection* c) {
 // `status` (499, or what the handler did anyway: Handler::abandon()). Nothing when there is no such request: the
 // connection's last record was written (close_after_send, lingering), or none began.
 void Worker::Impl::log_abandoned(Connection* c, int status) {
+  HttpRequest head;
+  const bool mid_body = c->parser.head_in_progress(&head.method, &head.target);
   if (!c->rlog.open) {
     // A listener that does not stop at heads begins a record only once the body is in: a
     // request abandoned mid-body begins its record here, from the head the parser holds.
     if (c->close_after_send || c->lingering) return;
-    HttpRequest head;
-    if (!c->parser.head_in_progress(&head.method, &head.target)) return;
+    if (!mid_body) return;
     log_begin(c, &head);
   }
+  // Mid-body, no handler may have noted the key yet: none saw the request on such a listener,
+  // and one that admitted its head leaves the note to the whole request. The head's key, then.
+  if (mid_body && c->rlog.key_value.empty()) log_note_head_key(c, head);
   log_end(c, status, abandoned_reason(c), {});
 }
 

@@ -759,7 +759,9 @@ void Worker::Impl::write_error(Connection* c, int status, std::string_view code,
   // out): its method and target; before that there are none to show.
   HttpRequest head;
   const bool parsed = c->parser.head_parsed(&head.method, &head.target);
+  const bool begun = c->rlog.open;  // a handler saw the request and noted its key
   log_begin(c, parsed ? &head : nullptr);
+  if (parsed && !begun) log_note_head_key(c, head);
   log_end(c, status, code, std::string_view(fill_buf(c)).substr(response_at));
   ++c->responses_fill;
   c->close_after_send = true;

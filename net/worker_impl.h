@@ -18,6 +18,7 @@
 #include "core/access_record.h"
 #include "core/api_versions.h"
 #include "core/assert.h"
+#include "core/key_extractor.h"
 #include "core/permissions.h"
 #include "core/response_writer.h"
 #include "core/send_rate.h"
@@ -469,6 +470,10 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   // Access log (request_log.cc).
   void log_begin(Connection* c, const HttpRequest* request);
+  // For a request no handler saw (the HTTP layer refused it once its head was complete, or its
+  // client left mid-body on a listener that reads whole requests): notes the key its head
+  // carries, so its record is scrubbed of it like every other.
+  void log_note_head_key(Connection* c, HttpRequest head);
   void log_note(Connection* c, const HttpRequest& request);
   void log_end(Connection* c, int status, std::string_view reason,
                std::string_view response_text);
@@ -653,6 +658,9 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   AccessSink* access_sink = nullptr;
   size_t capture_bytes_max = 0;
   AccessRecordWriter record_writer;
+  // Finds the key of a head the HTTP layer refused (header and query only: it searches no
+  // body, so it holds no body buffer).
+  KeyExtractor head_keys{0};
   std::string record_buf;
   uint64_t request_counter = 0;
 

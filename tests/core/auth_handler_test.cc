@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -83,7 +84,8 @@ class AuthHandlerTest : public ::testing::Test {
     orders.routes = {"/orders"};
     ApiConfig billing;
     billing.name = "billing";
-    billing.routes = {"/billing"};
+    // A route under another API's, with a character a client may also send percent-encoded.
+    billing.routes = {"/billing", "/orders/refunds:void"};
     ApiConfig shop;  // forwarded: it has upstreams
     shop.name = "shop";
     shop.routes = {"/shop"};
@@ -229,6 +231,29 @@ TEST_F(AuthHandlerTest, NonNormalizedPathIsRejectedBeforeRoutingEvenWithAValidKe
   EXPECT_EQ(r.error_code(), "invalid_path");
   EXPECT_EQ(directory_.find_key_calls, 0);
   expect_key_not_echoed(r, kAdminLikeKey);
+}
+
+TEST_F(AuthHandlerTest, PathThatRoutesToAnotherApiOncePercentDecodedIsRejected) {
+  // "/orders/refunds%3Avoid" matches "/orders" as sent, and billing's "/orders/refunds:void"
+  // once decoded, as Go's net/http or Spring route it: an orders key must not reach it.
+  for (const char* path : {"/orders/refunds%3Avoid", "/orders/refunds%3avoid/7",
+                           "/orders/refunds%3Avoid;x"}) {
+    TestRequest request = get(path);
+    request.api_key(kAdminLikeKey);
+    const Response r = send(request);
+    EXPECT_EQ(r.status, 400) << path;
+    EXPECT_EQ(r.error_code(), "invalid_path") << path;
+  }
+  // Escapes that route alike either way, and the raw spelling, are routed as before.
+  for (const auto& [path, key, status] :
+       {std::tuple("/orders/refunds%20x", kAdminLikeKey, 200),
+        std::tuple("/orders/refunds:voids", kAdminLikeKey, 200),
+        std::tuple("/orders/refunds:void", kBillingKey, 200),
+        std::tuple("/orders/refunds:void", kAdminLikeKey, 403)}) {
+    TestRequest request = get(path);
+    request.api_key(key);
+    EXPECT_EQ(send(request).status, status) << path;
+  }
 }
 
 TEST_F(AuthHandlerTest, PathNoApiServesIsNotFoundEvenWithAValidKey) {

@@ -364,6 +364,32 @@ TEST(KeyExtractor, AcceptsHeaderAndQueryWithTheSameKey) {
   EXPECT_EQ(extract(get("key=a%62c").header("X-ApiKey", "abc")), found(KeySource::kHeader, "abc"));
 }
 
+// A refused pair still names the first value it carried (the access log scrubs it by value).
+TEST(KeyExtractor, AnAmbiguousOrMalformedPairStillReportsItsFirstValueAsSeen) {
+  const auto seen = [](const TestRequest& t) {
+    std::vector<HttpHeader> headers;
+    for (const auto& [name, value] : t.header_fields) headers.push_back({name, value});
+    HttpRequest request;
+    request.method = t.body.empty() ? "GET" : "POST";
+    request.query = t.query;
+    request.headers = headers;
+    request.body = t.body;
+    KeyExtractor extractor;
+    const ExtractResult r = extractor.extract(request);
+    return std::pair(r.outcome, std::string(r.seen));
+  };
+  EXPECT_EQ(seen(get("key=abd").header("X-ApiKey", "abc")),
+            std::pair(KeyOutcome::kAmbiguous, std::string("abc")));
+  EXPECT_EQ(seen(get("key=%G1").header("X-ApiKey", "abc")),
+            std::pair(KeyOutcome::kInvalidKey, std::string("abc")));
+  EXPECT_EQ(seen(get("key=a%62c&key=abd")), std::pair(KeyOutcome::kAmbiguous, std::string("abc")));
+  EXPECT_EQ(seen(post(kJson, R"({"API_Key":"abc","API_Key":"abd"})")),
+            std::pair(KeyOutcome::kAmbiguous, std::string("abc")));
+  EXPECT_EQ(seen(get("key=abc")), std::pair(KeyOutcome::kFound, std::string("abc")));
+  EXPECT_EQ(seen(get("key=%G1")), std::pair(KeyOutcome::kInvalidKey, std::string()));
+  EXPECT_EQ(seen(get()), std::pair(KeyOutcome::kMissing, std::string()));
+}
+
 TEST(KeyExtractor, PrefersInvalidKeyOverAmbiguous) {
   EXPECT_EQ(extract(get("key=abc&key=abd&key=%G1")), kInvalidKey);
 }

@@ -184,6 +184,28 @@ TEST(ApiRegistry, MatchesTheLongestRoute) {
   EXPECT_EQ(name_of("/v1"), "root");
 }
 
+TEST(RouteMatches, DecodedMatchingReadsEscapesAsTheirBytesOnBothSides) {
+  EXPECT_TRUE(route_matches_decoded("/v1/a:b", "/v1/a%3Ab"));
+  EXPECT_TRUE(route_matches_decoded("/v1/a:b", "/v1/a%3ab/7"));
+  EXPECT_TRUE(route_matches_decoded("/v1/a%3Ab", "/v1/a:b;x"));
+  EXPECT_TRUE(route_matches_decoded("/caf%C3%A9", "/caf%c3%a9"));
+  EXPECT_FALSE(route_matches_decoded("/v1/a:b", "/v1/a%3Abc"));
+  EXPECT_FALSE(route_matches_decoded("/v1/a:b", "/v1/a;%3Ab"));
+  EXPECT_FALSE(route_matches_decoded("", "/"));
+}
+
+TEST(ApiRegistry, MatchDecodedFindsTheLongestRouteOnceDecoded) {
+  ApiRegistry registry;
+  std::string error;
+  ASSERT_TRUE(registry.init({{"v1", {"/v1"}}, {"purge", {"/v1/things:purge"}}}, &error)) << error;
+  auto name_of = [&](const ApiConfig* api) { return api == nullptr ? "none" : api->name; };
+  EXPECT_EQ(name_of(registry.match("/v1/things%3Apurge")), "v1");
+  EXPECT_EQ(name_of(registry.match_decoded("/v1/things%3Apurge")), "purge");
+  EXPECT_EQ(name_of(registry.match_decoded("/v1/things%20x")), "v1");
+  EXPECT_EQ(name_of(registry.match_decoded("/v1/things:purge")), "purge");
+  EXPECT_EQ(name_of(registry.match_decoded("/v2%3A")), "none");
+}
+
 TEST(ApiRegistry, MatchReturnsNullWhenNoRouteMatches) {
   ApiRegistry registry;
   std::string error;
@@ -261,6 +283,14 @@ TEST(ApiRegistry, RejectsTheSameRouteTwice) {
   // The same route in another case of its escapes (they match the same paths).
   EXPECT_EQ(init_error({{"cafe", {"/caf%C3%A9"}}, {"cafe2", {"/caf%c3%a9"}}}),
             "api \"cafe2\": route \"/caf%C3%A9\" is already used by api \"cafe\"");
+  // The same route once percent-decoded: one path to an upstream that decodes before routing,
+  // so a key for either API would reach the other's handler there.
+  EXPECT_EQ(init_error({{"purge", {"/v1/x:purge"}}, {"other", {"/v1/x%3Apurge"}}}),
+            "api \"other\": route \"/v1/x%3Apurge\" is route \"/v1/x:purge\" of api \"purge\" "
+            "once percent-decoded");
+  EXPECT_EQ(init_error({{"a", {"/v1/%40me", "/v1/@me"}}}),
+            "api \"a\": route \"/v1/@me\" is route \"/v1/%40me\" of api \"a\" once "
+            "percent-decoded");
 }
 
 TEST(ApiRegistry, EscapesInAnyCaseReachTheLongerRoute) {

@@ -10,6 +10,7 @@
 // neither is valid: it must not crash there); the match is compared where the routes pass
 // ApiRegistry::init and the path is normalized (what reaches the matcher in production).
 // The same function runs the seed corpus as a plain test (seed_runner.cc) under any compiler.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -145,6 +146,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (keygate::prefix_is_valid(route) && keygate::path_is_normalized(p)) {
         keygate::fuzz::context = "route_matches";
         FUZZ_CHECK(matches == ref_route_matches(route, p));
+        // A decoding upstream reads a match the same way (so a path keygate routes to a route
+        // is routed there, or to a longer route, once decoded).
+        keygate::fuzz::context = "route_matches_decoded";
+        FUZZ_CHECK(!matches || keygate::route_matches_decoded(route, p));
       }
     }
   }
@@ -173,5 +178,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   keygate::fuzz::context = "ApiRegistry::match";
   FUZZ_CHECK(registry.match(path) == best);
+  // match_decoded: the API of the longest route, by decoded length, that matches decoded; a
+  // route as long as the best one once decoded may only tie when it is the same API's match.
+  // (Routes are valid prefixes: every '%' starts a well-formed escape.)
+  const auto decoded_length = [](std::string_view route) {
+    size_t n = 0;
+    for (size_t i = 0; i < route.size(); ++n) i += route[i] == '%' ? 3 : 1;
+    return n;
+  };
+  const keygate::ApiConfig* decoded = registry.match_decoded(path);
+  size_t decoded_best = 0;
+  bool found = false;
+  for (const keygate::ApiConfig& api : registry.apis()) {
+    const std::string& route = api.routes[0];
+    if (!keygate::route_matches_decoded(route, path)) continue;
+    decoded_best = std::max(decoded_best, decoded_length(route));
+    found = true;
+  }
+  keygate::fuzz::context = "ApiRegistry::match_decoded";
+  FUZZ_CHECK(found == (decoded != nullptr));
+  FUZZ_CHECK(decoded == nullptr || decoded_length(decoded->routes[0]) == decoded_best);
+  if (path.find('%') == std::string_view::npos) FUZZ_CHECK(decoded == best);
   return 0;
 }

@@ -1334,6 +1334,125 @@ TEST_F(AccessLogTest, KeysWithoutCaptureAndUnknownKeysAreScrubbedFromThePath) {
   }
 }
 
+// Requests answered before their key is looked up (/healthz, 400 invalid_path, 404 no_route,
+// 400 invalid_auth_request, the admin port's 404s and console), or refused for an ambiguous or
+// malformed pair of keys, still carry a key: a copy of it elsewhere in the target is scrubbed
+// from their records too, on both ports (with a body, a forwarding keygate refuses a path at
+// its head).
+TEST_F(AccessLogTest, KeysOfRequestsRefusedBeforeTheLookupAreScrubbedFromThePath) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alogE" + random_hex(27);
+  const CreatedKey k = create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false);
+  ASSERT_FALSE(k.id.empty());
+  const std::string admin_key(kBootstrapAdminKey);
+  struct Sent {
+    bool admin_port;
+    std::string method;
+    std::string target; // "@" stands for the key
+    int status;
+    std::string expect_path = {}; // empty: the target, "[redacted]" for "@"
+  };
+  const std::vector<Sent> sent = {
+      {false, "GET", "/nowhere?token=@", 404},
+      {false, "POST", "/nowhere/posted?token=@", 404},
+      {false, "GET", "/orders/../x?token=@", 400},
+      {false, "GET", "/healthz?token=@", 200},
+      {false, "POST", "/healthz?posted&token=@", 405},
+      {false, "GET", "/_keygate/auth?token=@", 400},
+      {false, "GET", "/orders/a?key=other&token=@", 401,
+       "/orders/a?key=[redacted]&token=[redacted]"},
+      {false, "GET", "/orders/b?key=%ZZ&token=@", 401,
+       "/orders/b?key=[redacted]&token=[redacted]"},
+      {true, "GET", "/admin/nowhere?token=@", 404},
+      {true, "GET", "/console/nowhere?token=@", 404},
+      {true, "GET", "/healthz?token=@", 200},
+      {true, "GET", "/admin/keys?key=other&token=@", 401,
+       "/admin/keys?key=[redacted]&token=[redacted]"},
+  };
+  const auto with = [](std::string s, std::string_view value) {
+    const size_t at = s.find('@');
+    return s.replace(at, 1, value);
+  };
+  for (const Sent &c : sent) {
+    const std::string &value = c.admin_port ? admin_key : key;
+    const std::string target = with(c.target, value);
+    const std::vector<std::string> headers = {"X-ApiKey: " + value, "Content-Type: text/plain"};
+    const std::string body = c.method == "POST" ? "some body" : "";
+    auto r = round_trip(c.admin_port ? server_->admin_port() : server_->data_port(),
+                        http_request(c.method, target, headers, body));
+    ASSERT_TRUE(r.has_value()) << target;
+    EXPECT_EQ(r->status, c.status) << target;
+  }
+
+  const LogContents log = wait_for_records(server_->log_dir(), sent.size() + 1);
+  std::vector<std::string> paths;
+  for (const Json *rec : log.records())
+    paths.push_back(rec->str("path"));
+  for (const Sent &c : sent) {
+    const std::string expect =
+        c.expect_path.empty() ? with(c.target, "[redacted]") : c.expect_path;
+    EXPECT_NE(std::find(paths.begin(), paths.end(), expect), paths.end())
+        << "no record with path " << expect;
+  }
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
+    for (const std::string &form : forbidden_forms(secret)) {
+      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+    }
+  }
+}
+
+// Requests the HTTP layer refuses once their head is complete (no handler sees them) still
+// carry their key: a copy of it in the target is scrubbed from their records too.
+TEST_F(AccessLogTest, KeysOfRequestsTheHttpLayerRefusesAfterTheHeadAreScrubbedFromThePath) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alogH" + random_hex(27);
+  const CreatedKey k = create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false);
+  ASSERT_FALSE(k.id.empty());
+  const std::string admin_key(kBootstrapAdminKey);
+  struct Sent {
+    bool admin_port;
+    std::string path;   // the target is path + "?token=<key>"
+    std::string extra;  // header lines after X-ApiKey (each ending in CRLF)
+    int status;
+  };
+  const std::vector<Sent> sent = {
+      {false, "/orders/no-host", "", 400},
+      {false, "/orders/upgrade", "Host: it\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n", 400},
+      {false, "/orders/expect", "Host: it\r\nExpect: teapot\r\n", 417},
+      {false, "/orders/coding", "Host: it\r\nTransfer-Encoding: gzip, chunked\r\n", 501},
+      {true, "/admin/keys", "", 400},
+  };
+  for (const Sent &c : sent) {
+    const std::string &value = c.admin_port ? admin_key : key;
+    const std::string request = "GET " + c.path + "?token=" + value + " HTTP/1.1\r\nX-ApiKey: " +
+                                value + "\r\n" + c.extra + "\r\n";
+    auto r = round_trip(c.admin_port ? server_->admin_port() : server_->data_port(), request);
+    ASSERT_TRUE(r.has_value()) << c.path;
+    EXPECT_EQ(r->status, c.status) << c.path;
+  }
+
+  const LogContents log = wait_for_records(server_->log_dir(), sent.size() + 1);
+  std::vector<std::string> paths;
+  for (const Json *rec : log.records())
+    paths.push_back(rec->str("path"));
+  for (const Sent &c : sent) {
+    const std::string expect = c.path + "?token=[redacted]";
+    EXPECT_NE(std::find(paths.begin(), paths.end(), expect), paths.end())
+        << "no record with path " << expect;
+  }
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
+    for (const std::string &form : forbidden_forms(secret)) {
+      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+    }
+  }
+}
+
 // --- 4. Sequence without drops
 // -----------------------------------------------------------------
 
@@ -1850,6 +1969,51 @@ TEST(AccessLogNoForwarding, ADataRequestAbandonedMidBodyGetsOne499Record) {
   ASSERT_TRUE(server.stop(SIGTERM).clean());
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-fin");
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-rst");
+}
+
+// Abandoned mid-body once its head was admitted (a forwarding data port's auth-check API, the
+// admin port: their handlers note the key only with the whole request), a request's record is
+// scrubbed of the key its head carries all the same.
+TEST_F(AccessLogTest, ARequestAbandonedMidBodyAfterItsHeadIsScrubbedOfItsKey) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alog-midbody-head-" + random_hex(24);
+  ASSERT_FALSE(create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false).id.empty());
+  const std::string admin_key(kBootstrapAdminKey);
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server_->data_port(), key, "/orders/mid-head?token=" + key, false));
+  ASSERT_NO_FATAL_FAILURE(abandon_mid_body(server_->admin_port(), admin_key,
+                                           "/admin/keys?token=" + admin_key, false));
+  ASSERT_TRUE(server_->stop(SIGTERM).clean());
+  expect_one_abandoned_record(server_->log_dir(), "/orders/mid-head?token=[redacted]");
+  expect_one_abandoned_record(server_->log_dir(), "/admin/keys?token=[redacted]");
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
+    for (const std::string &form : forbidden_forms(secret)) {
+      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+    }
+  }
+}
+
+// The record such a request gets from its head alone is scrubbed of the key the head carries,
+// like every other record (here a copy of it in the target).
+TEST(AccessLogNoForwarding, ARequestAbandonedMidBodyIsScrubbedOfItsKey) {
+  TestServer server(admin_server_options(std::string(kBootstrapAdminKey)));
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  const std::string key = "alog-midbody-copy-" + random_hex(24);
+  ASSERT_NO_FATAL_FAILURE(create_orders_key(server, key));
+  ASSERT_NO_FATAL_FAILURE(
+      abandon_mid_body(server.data_port(), key, "/orders/mid-copy?token=" + key, false));
+  ASSERT_TRUE(server.stop(SIGTERM).clean());
+  expect_one_abandoned_record(server.log_dir(), "/orders/mid-copy?token=[redacted]");
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server.log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string &form : forbidden_forms(key)) {
+    EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+  }
 }
 
 // --- Requests keygate itself cut off
