@@ -203,6 +203,8 @@ class KeyExtractor::Collector {
   }
 
   void mark_invalid() noexcept { invalid_ = true; }
+  // The first value offered so far (ExtractResult::seen), for an outcome decided elsewhere.
+  std::string_view first() const noexcept { return key_; }
 
   ExtractResult result() const noexcept {
     if (invalid_) return {KeyOutcome::kInvalidKey, KeySource::kNone, {}, key_};
@@ -312,15 +314,20 @@ ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_
   if (doc.get_object().get(root) != simdjson::SUCCESS) return kInvalidBody;
 
   Collector collector(*this);
+  // A body that stops parsing after an API_Key member still carried that value: it goes with
+  // the answer for the access log to scrub (ExtractResult::seen), never to a lookup.
+  const auto invalid_body = [&collector]() noexcept {
+    return ExtractResult{KeyOutcome::kInvalidBody, KeySource::kNone, {}, collector.first()};
+  };
   for (auto member : root) {
     ondemand::field field;
-    if (std::move(member).get(field) != simdjson::SUCCESS) return kInvalidBody;
+    if (std::move(member).get(field) != simdjson::SUCCESS) return invalid_body();
 
     const MemberName name = classify_member_name(field.key().raw());
     bool is_key = name == MemberName::kKey;
     if (name == MemberName::kEscaped) {
       std::string_view unescaped;
-      if (field.unescaped_key().get(unescaped) != simdjson::SUCCESS) return kInvalidBody;
+      if (field.unescaped_key().get(unescaped) != simdjson::SUCCESS) return invalid_body();
       is_key = unescaped == kMemberName;
     }
     // On-Demand's skip of an unread value takes a first token of ':' or ',', or a string
@@ -330,7 +337,7 @@ ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_
     // consumed (without unescaping) rather than skipped.
     ondemand::value& value = field.value();
     ondemand::json_type type;
-    if (value.type().get(type) != simdjson::SUCCESS) return kInvalidBody;
+    if (value.type().get(type) != simdjson::SUCCESS) return invalid_body();
     if (!is_key) {
       if (type == ondemand::json_type::string) {
         // A string with escapes is unescaped (into the parser's reused buffer) only to check
@@ -338,10 +345,10 @@ ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_
         const std::string_view token = value.raw_json_token();
         if (std::memchr(token.data(), '\\', token.size()) != nullptr) {
           std::string_view ignored;
-          if (value.get_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+          if (value.get_string().get(ignored) != simdjson::SUCCESS) return invalid_body();
         } else {
           ondemand::raw_json_string ignored;
-          if (value.get_raw_json_string().get(ignored) != simdjson::SUCCESS) return kInvalidBody;
+          if (value.get_raw_json_string().get(ignored) != simdjson::SUCCESS) return invalid_body();
         }
       }
       continue;
@@ -350,18 +357,18 @@ ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_
       case ondemand::json_type::string:
         break;
       case ondemand::json_type::number:
-        if (!is_json_number(value.raw_json_token())) return kInvalidBody;
+        if (!is_json_number(value.raw_json_token())) return invalid_body();
         collector.mark_invalid();
         continue;
       case ondemand::json_type::boolean: {
         bool b = false;
-        if (value.get_bool().get(b) != simdjson::SUCCESS) return kInvalidBody;
+        if (value.get_bool().get(b) != simdjson::SUCCESS) return invalid_body();
         collector.mark_invalid();
         continue;
       }
       case ondemand::json_type::null: {
         bool is_null = false;
-        if (value.is_null().get(is_null) != simdjson::SUCCESS || !is_null) return kInvalidBody;
+        if (value.is_null().get(is_null) != simdjson::SUCCESS || !is_null) return invalid_body();
         collector.mark_invalid();
         continue;
       }
@@ -377,22 +384,22 @@ ExtractResult KeyExtractor::extract_json(std::string_view body, size_t readable_
                               token.back() == '\r')) {
       token.remove_suffix(1);
     }
-    if (token.size() < 2 || token.front() != '"' || token.back() != '"') return kInvalidBody;
+    if (token.size() < 2 || token.front() != '"' || token.back() != '"') return invalid_body();
     const std::string_view content = token.substr(1, token.size() - 2);
     if (std::memchr(content.data(), '\\', content.size()) == nullptr) {
       ondemand::raw_json_string consumed;
-      if (value.get_raw_json_string().get(consumed) != simdjson::SUCCESS) return kInvalidBody;
+      if (value.get_raw_json_string().get(consumed) != simdjson::SUCCESS) return invalid_body();
       collector.offer(to_body(content), KeySource::kJson);
     } else {
       // Unescaped into the parser's string buffer, which the extractor owns and reuses.
       std::string_view unescaped;
-      if (value.get_string().get(unescaped) != simdjson::SUCCESS) return kInvalidBody;
+      if (value.get_string().get(unescaped) != simdjson::SUCCESS) return invalid_body();
       collector.offer(unescaped, KeySource::kJson);
     }
   }
   // The walk ended at the root's closing brace; anything after it is not JSON.
   const char* trailing = nullptr;
-  if (doc.current_location().get(trailing) == simdjson::SUCCESS) return kInvalidBody;
+  if (doc.current_location().get(trailing) == simdjson::SUCCESS) return invalid_body();
   return collector.result();
 }
 

@@ -385,6 +385,13 @@ TEST(KeyExtractor, AnAmbiguousOrMalformedPairStillReportsItsFirstValueAsSeen) {
   EXPECT_EQ(seen(get("key=a%62c&key=abd")), std::pair(KeyOutcome::kAmbiguous, std::string("abc")));
   EXPECT_EQ(seen(post(kJson, R"({"API_Key":"abc","API_Key":"abd"})")),
             std::pair(KeyOutcome::kAmbiguous, std::string("abc")));
+  // A JSON body that stops parsing after its API_Key: the value it carried, for the log.
+  EXPECT_EQ(seen(post(kJson, R"({"API_Key":"abc","n":})")),
+            std::pair(KeyOutcome::kInvalidBody, std::string("abc")));
+  EXPECT_EQ(seen(post(kJson, R"({"API_Key":"a\u0062c","n":[})")),
+            std::pair(KeyOutcome::kInvalidBody, std::string("abc")));
+  EXPECT_EQ(seen(post(kJson, R"({"n":,"API_Key":"abc"})")),
+            std::pair(KeyOutcome::kInvalidBody, std::string()));
   EXPECT_EQ(seen(get("key=abc")), std::pair(KeyOutcome::kFound, std::string("abc")));
   EXPECT_EQ(seen(get("key=%G1")), std::pair(KeyOutcome::kInvalidKey, std::string()));
   EXPECT_EQ(seen(get()), std::pair(KeyOutcome::kMissing, std::string()));

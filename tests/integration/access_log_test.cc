@@ -1339,6 +1339,33 @@ TEST_F(AccessLogTest, KeysWithoutCaptureAndUnknownKeysAreScrubbedFromThePath) {
 // malformed pair of keys, still carry a key: a copy of it elsewhere in the target is scrubbed
 // from their records too, on both ports (with a body, a forwarding keygate refuses a path at
 // its head).
+// A JSON body that stops parsing after its API_Key member is refused (400 invalid_body) before
+// any lookup, but it carried that key: a copy elsewhere in the request (the target here) is
+// scrubbed from its record like any presented key's.
+TEST_F(AccessLogTest, TheKeyOfAJsonBodyThatStopsParsingIsScrubbedFromThePath) {
+  ASSERT_NO_FATAL_FAILURE(start(1, ""));
+  const std::string key = "alogJ" + random_hex(27);
+  const CreatedKey k = create_key(kBootstrapAdminKey, json_key(key), {"orders"}, false, false);
+  ASSERT_FALSE(k.id.empty());
+  auto r = round_trip(server_->data_port(),
+                      http_request("POST", "/orders/j?token=" + key,
+                                   {"Content-Type: application/json"},
+                                   "{\"API_Key\":\"" + key + "\",\"n\":}"));
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 400);
+  EXPECT_NE(r->body.find("invalid_body"), std::string::npos) << r->body;
+  const LogContents log = wait_for_records(server_->log_dir(), 2);
+  bool found = false;
+  for (const Json *rec : log.records())
+    found = found || rec->str("path") == "/orders/j?token=[redacted]";
+  EXPECT_TRUE(found) << "no record with the path scrubbed";
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
+  ASSERT_GT(files, 0u);
+  for (const std::string &form : forbidden_forms(key))
+    EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+}
+
 TEST_F(AccessLogTest, KeysOfRequestsRefusedBeforeTheLookupAreScrubbedFromThePath) {
   ASSERT_NO_FATAL_FAILURE(start(1, ""));
   const std::string key = "alogE" + random_hex(27);
