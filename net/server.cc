@@ -21,6 +21,8 @@
 namespace keygate::net {
 namespace {
 
+constexpr int kListenBacklog = 4096;
+
 bool make_sockaddr(const ListenAddress& addr, uint16_t port, sockaddr_storage* out,
                    socklen_t* len, std::string* error) {
   std::memset(out, 0, sizeof(*out));
@@ -358,11 +360,6 @@ bool Server::set_apis(std::shared_ptr<const ApiSet> apis, std::span<const unsign
     if (w.apis_generation() < generation && !w.exited()) late->push_back(i);
   }
   return true;
-}
-
-unsigned Server::park_listeners(unsigned worker) {
-  if (!running_ || worker >= running_->workers.size()) return 0;
-  return running_->workers[worker]->park_listeners();
 }
 
 void Server::fail_ring_for_testing(unsigned worker) {

@@ -90,12 +90,6 @@ class Server {
   bool set_apis(std::shared_ptr<const ApiSet> apis, std::span<const unsigned> stalled,
                 uint32_t wait_ms_max, std::vector<unsigned>* late, std::string* error);
 
-  // Worker `worker`'s own listening sockets stop listening until its loop passes again, so new
-  // connections go to the other workers (Worker::park_listeners); how many it parked. For a
-  // worker the main thread's WorkerWatch judges stalled. Main thread, after start() succeeded
-  // and before stop().
-  unsigned park_listeners(unsigned worker);
-
   // Tests: worker `worker`'s ring fails at its next loop pass (Worker::fail_ring_for_testing).
   // Any thread; nothing before start() succeeded.
   void fail_ring_for_testing(unsigned worker);

@@ -194,7 +194,6 @@ bool Worker::Impl::init(std::string* error) {
   now_ms = monotonic_ms();
   stats.loop_pass_ms.store(now_ms, std::memory_order_relaxed);
   accept_retry.assign(listeners.size(), false);
-  parked.assign(listeners.size(), false);
   accept_rearm.assign(listeners.size(), false);
   backlog_seen.assign(listeners.size(), 0);
   open.assign(listeners.size(), 0);
@@ -488,35 +487,12 @@ void Worker::Impl::on_accept(uint32_t li, io_uring_cqe* cqe) {
     if (!draining) arm_accept(li);
     return;
   } else if (res != -ECANCELED) {
-    if (!more && !draining && relisten(li)) {
-      arm_accept(li);
-      return;
-    }
     // EMFILE/ENFILE/ENOMEM: retry on the next tick rather than spin on the error.
     bump(stats.accept_errors);
     if (!more) accept_retry[li] = true;
     return;
   }
   if (!more && !draining && res != -ECANCELED) arm_accept(li);
-}
-
-// After an accept on listener `li` failed: when the main thread parked it while this worker's
-// loop did not pass (Worker::park_listeners; the accept fails once the socket stops
-// listening), listens on it again, so the kernel hashes new connections to it as before, and
-// says so (true: arm the accept). A socket shut down this way keeps its address and its place
-// in the SO_REUSEPORT group's port, so listen() takes it back into the group.
-bool Worker::Impl::relisten(uint32_t li) {
-  std::lock_guard<std::mutex> lock(listener_mu);
-  if (!parked[li] || listeners[li].fd < 0) return false;
-  if (::listen(listeners[li].fd, kListenBacklog) != 0) {
-    // Still parked: the accept armed at the next tick fails again, and this tries again.
-    std::fprintf(stderr, "keygate: worker %u: cannot listen again on its %.*s socket: %s\n", index,
-                 static_cast<int>(listeners[li].name.size()), listeners[li].name.data(),
-                 std::strerror(errno));
-    return false;
-  }
-  parked[li] = false;
-  return true;
 }
 
 // Counts a new connection of listener `li` against its cap (release() gives it back); false at
@@ -1179,7 +1155,6 @@ void Worker::Impl::begin_drain() {
     // socket resets every connection in its backlog and stops it listening for all of them;
     // its backlog is the next keygate's to serve. Closing this worker's descriptor drops only
     // this worker's reference.
-    std::lock_guard<std::mutex> lock(listener_mu);  // park_listeners() reads the descriptor
     if (!listeners[li].inherited) ::shutdown(listeners[li].fd, SHUT_RDWR);
     ::close(listeners[li].fd);
     listeners[li].fd = -1;
@@ -1198,14 +1173,11 @@ void Worker::Impl::stop_serving(const char* why) {
   // it listening in the group until the ring is torn down below; the shutdown unhashes it now
   // and resets the connections in its backlog (nobody could serve them). An inherited socket
   // is shared with the other workers: only this worker's descriptor goes.
-  {
-    std::lock_guard<std::mutex> lock(listener_mu);  // park_listeners() reads the descriptors
-    for (WorkerListener& l : listeners) {
-      if (l.fd < 0) continue;
-      if (!l.inherited) ::shutdown(l.fd, SHUT_RDWR);
-      ::close(l.fd);
-      l.fd = -1;
-    }
+  for (WorkerListener& l : listeners) {
+    if (l.fd < 0) continue;
+    if (!l.inherited) ::shutdown(l.fd, SHUT_RDWR);
+    ::close(l.fd);
+    l.fd = -1;
   }
   size_t cut = 0;
   for (auto& c : conns) {
@@ -1449,25 +1421,6 @@ void Worker::fail_ring_for_testing() {
 }
 
 bool Worker::exited() const { return impl_->exited.load(std::memory_order_acquire); }
-
-unsigned Worker::park_listeners() {
-  Impl& w = *impl_;
-  std::lock_guard<std::mutex> lock(w.listener_mu);
-  unsigned parked = 0;
-  for (size_t li = 0; li < w.listeners.size(); ++li) {
-    const WorkerListener& l = w.listeners[li];
-    // Closed (a drain, a failed ring), shared with the other workers (shutting it down would
-    // stop it for all of them), or parked already.
-    if (l.fd < 0 || l.inherited || w.parked[li]) continue;
-    // SHUT_RD on a listening socket stops it listening (the kernel resets the connections in
-    // its backlog, which nobody would accept while the loop is stuck) and takes it out of its
-    // SO_REUSEPORT group; the descriptor stays the worker's, bound to its address.
-    if (::shutdown(l.fd, SHUT_RD) != 0) continue;
-    w.parked[li] = true;
-    ++parked;
-  }
-  return parked;
-}
 
 uint64_t Worker::loop_pass_age_ms() const {
   const int64_t age = monotonic_ms() - impl_->stats.loop_pass_ms.load(std::memory_order_relaxed);

@@ -132,10 +132,6 @@ class ConnectionBudget {
   std::atomic<uint64_t> refused_{0};
 };
 
-// The listen() backlog of keygate's own listening sockets (the kernel caps it at
-// net.core.somaxconn).
-inline constexpr int kListenBacklog = 4096;
-
 struct WorkerListener {
   int fd = -1;                        // listening socket; the worker closes it
   std::unique_ptr<Handler> handler;   // this worker's handler for the listener
@@ -224,15 +220,6 @@ class Worker {
   uint64_t apis_generation() const;
   // run() has returned (stopped, or its ring failed). Any thread.
   bool exited() const;
-  // Thread-safe, for the main thread when it judges this worker stalled (its loop has not
-  // passed for worker_stall_timeout_ms, core/worker_watch.h): its own listening sockets stop
-  // listening, so the kernel gives new connections to the other workers' SO_REUSEPORT sockets
-  // instead of queueing them for a loop that does not turn; the connections already waiting in
-  // their backlogs are reset (their clients see an error at once, not a hang). Inherited
-  // sockets (shared with every worker) and closed ones are left alone. The worker listens on
-  // them again by itself when its loop passes again (the accept it had armed fails; see
-  // Impl::relisten). Returns how many it parked (0: none left to park).
-  unsigned park_listeners();
   // Tests (the KEYGATE_TEST_HOOKS build's GET /_keygate/test/ring-fail): the worker's next
   // loop pass fails as if io_uring_enter had returned a fatal error (EBADFD), and it stops
   // serving as on a real ring failure (see run()). Any thread, after init() succeeded.

@@ -428,7 +428,6 @@ struct Worker::Impl final : public ResumeTicket::Sink {
 
   void handle_cqe(io_uring_cqe* cqe);
   void on_accept(uint32_t li, io_uring_cqe* cqe);
-  bool relisten(uint32_t li);
   void check_shared_backlog(uint32_t li);
   bool admit(uint32_t li);
   void on_recv(Connection* c, io_uring_cqe* cqe);
@@ -581,13 +580,6 @@ struct Worker::Impl final : public ResumeTicket::Sink {
   std::vector<WorkerListener> listeners;
   std::vector<bool> accept_armed;
   std::vector<bool> accept_retry;
-  // Guards the listeners' descriptors (WorkerListener::fd) against Worker::park_listeners()
-  // on the main thread, and `parked`: the worker takes it where it closes a listener (the
-  // drain, stop_serving) and where it listens again on a parked one, never per request.
-  std::mutex listener_mu;
-  // Per listener: park_listeners() stopped it listening while this worker's loop did not pass
-  // (a stall); the worker listens on it again at the failed accept that follows (on_accept).
-  std::vector<bool> parked;
   // Per listener of a shared (inherited) socket: check_shared_backlog cancelled its accept to
   // arm it again, at the -ECANCELED completion (or cleared when the cancel found nothing); and
   // the ticks in a row at which the socket had a connection waiting while the accept waited.

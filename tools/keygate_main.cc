@@ -451,13 +451,11 @@ int64_t steady_ms() {
 // on its event loop before it answers 200, so tests can wedge one worker for sure (the
 // watchdog's tests). A GET of kRingFailPath answers 200 and makes that worker's ring fail at
 // its next loop pass, as if io_uring_enter had returned a fatal error
-// (net::Server::fail_ring_for_testing). A GET of kWorkerPath answers "worker N" (the index of
-// the worker that took it). Every other request goes to the real handler.
+// (net::Server::fail_ring_for_testing). Every other request goes to the real handler.
 class WedgeHandler final : public keygate::Handler {
  public:
   static constexpr std::string_view kWedgePath = "/_keygate/test/wedge";
   static constexpr std::string_view kRingFailPath = "/_keygate/test/ring-fail";
-  static constexpr std::string_view kWorkerPath = "/_keygate/test/worker";
 
   WedgeHandler(std::unique_ptr<keygate::Handler> inner, unsigned worker,
                std::optional<keygate::net::Server>& server)
@@ -466,12 +464,6 @@ class WedgeHandler final : public keygate::Handler {
   Result handle(const keygate::HttpRequest& request, keygate::ResponseWriter& response,
                 keygate::RequestContext& ctx) noexcept override {
     const std::string_view target = request.target;
-    if (request.method == "GET" && target == kWorkerPath) {
-      const std::string body = "worker " + std::to_string(worker_) + "\n";
-      response.start(200);
-      response.finish("text/plain", body);
-      return Result::kDone;
-    }
     if (request.method == "GET" && target == kRingFailPath) {
       // Emplaced before any worker starts, so set by the time a request comes.
       server_->fail_ring_for_testing(worker_);
@@ -978,14 +970,6 @@ int main(int argc, char** argv) {
   keygate::WorkerWatch watch(workers, watch_options);
   std::vector<keygate::WorkerLoop> loops;
   std::vector<keygate::WorkerWatch::Transition> transitions;
-  // Per worker: its listening sockets were parked in its current stall (net::Server::
-  // park_listeners). A stalled worker's SO_REUSEPORT sockets would go on taking their share of
-  // new connections into backlogs its stuck loop never accepts from; parked, the kernel gives
-  // those to the workers that serve. Only while at least one worker's loop passes: with none
-  // left, parking would refuse every connection instead of queueing it for a loop that may yet
-  // pass. The worker listens again by itself once its loop passes.
-  std::vector<bool> parked(workers, false);
-  std::vector<bool> parked_now;  // parked at this poll, not said yet
   // Polls the workers if a poll is due; returns how long until the next one is.
   const auto watch_workers = [&](bool draining) -> int64_t {
     int64_t now = steady_ms();
@@ -997,25 +981,6 @@ int main(int argc, char** argv) {
     // Counted before it is said: a client that saw the line finds the stats up to date.
     stall_stats.stalled.store(watch.stalled(), std::memory_order_relaxed);
     stall_stats.stalls_total.store(watch.stalls_total(), std::memory_order_relaxed);
-    // Parked first, so a stall that begins with it is said in one line.
-    for (const keygate::WorkerWatch::Transition& t : transitions) {
-      if (!t.stalled) parked[t.worker] = false;
-    }
-    size_t serving = 0;
-    for (size_t i = 0; i < loops.size(); ++i) {
-      if (!watch.stalled(static_cast<unsigned>(i)) && !loops[i].exited) ++serving;
-    }
-    parked_now.assign(loops.size(), false);
-    if (!draining && serving != 0) {
-      for (size_t i = 0; i < loops.size(); ++i) {
-        if (parked[i] || !watch.stalled(static_cast<unsigned>(i)) || loops[i].exited) continue;
-        parked[i] = true;
-        parked_now[i] = server->park_listeners(static_cast<unsigned>(i)) != 0;
-      }
-    }
-    constexpr const char* kParkedText =
-        "its listening sockets stop taking connections until its loop passes again (the other "
-        "workers take them; those waiting in its backlog are reset)";
     for (const keygate::WorkerWatch::Transition& t : transitions) {
       const auto ms = static_cast<unsigned long long>(t.ms);
       if (t.stalled && t.exited) {
@@ -1027,13 +992,11 @@ int main(int argc, char** argv) {
       } else if (t.stalled) {
         std::fprintf(stderr,
                      "keygate: worker %u stalled: its event loop has not passed for %llu ms "
-                     "(server.worker_stall_timeout_ms %u)%s%s%s\n",
+                     "(server.worker_stall_timeout_ms %u)%s\n",
                      t.worker, ms, config.worker_stall_timeout_ms,
                      notifier.watchdog_usec() != 0 ? "; watchdog notifications stop until it "
                                                      "passes again"
-                                                   : "",
-                     parked_now[t.worker] ? "; " : "", parked_now[t.worker] ? kParkedText : "");
-        parked_now[t.worker] = false;  // said
+                                                   : "");
       } else if (t.exited) {
         std::fprintf(stderr, "keygate: worker %u no longer stalled: it exited (stalled %llu ms)\n",
                      t.worker, ms);
@@ -1043,10 +1006,6 @@ int main(int argc, char** argv) {
                      "(stalled %llu ms)\n",
                      t.worker, ms);
       }
-    }
-    for (size_t i = 0; i < parked_now.size(); ++i) {
-      // Parked later in its stall: when another worker's loop passes again.
-      if (parked_now[i]) std::fprintf(stderr, "keygate: worker %zu stalled: %s\n", i, kParkedText);
     }
     if (ping) notifier.watchdog();
     return std::max<int64_t>(watch.next_poll_ms() - now, 0);
