@@ -108,16 +108,15 @@ std::string describe_open_error(const std::string& path, const rocksdb::Status& 
 // RLIMIT_FSIZE) the lines RocksDB logs about the failed store write it is handling aborted
 // keygate, instead of that write failing with io_error. A lost line of a diagnostics log costs
 // nothing. Bounded, as before: a line that would take the file past kInfoLogBytesMax first
-// renames it to LOG.old (replacing the one before) and starts a new LOG. Thread-safe: RocksDB
-// logs from its background threads too.
+// renames it to LOG.old.<Unix microseconds>, RocksDB's own name for an old info log, so that
+// RocksDB keeps the newest keep_log_file_num of them, and starts a new LOG. Thread-safe:
+// RocksDB logs from its background threads too.
 class InfoLog final : public rocksdb::Logger {
  public:
   // `dir`: the store's directory, which must exist. A start begins a fresh LOG, keeping the
-  // last one as LOG.old, as RocksDB's logger does.
+  // last one as an old log, as RocksDB's logger does.
   explicit InfoLog(const std::string& dir)
-      : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL),
-        path_(dir + "/LOG"),
-        old_path_(dir + "/LOG.old") {
+      : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL), path_(dir + "/LOG") {
     start_new_file();
   }
   ~InfoLog() override {
@@ -167,16 +166,19 @@ class InfoLog final : public rocksdb::Logger {
   static constexpr uint64_t kInfoLogBytesMax = 4 << 20;
   static constexpr size_t kLineBytesMax = 64 << 10;  // longer lines are cut (stats dumps fit)
 
-  // Keeps the current LOG as LOG.old and opens a new, empty LOG (-1 when it cannot: nothing
-  // is logged then, which is all a log that cannot be written can give).
+  // Keeps the current LOG as an old log and opens a new, empty LOG (-1 when it cannot:
+  // nothing is logged then, which is all a log that cannot be written can give).
   void start_new_file() {
-    ::rename(path_.c_str(), old_path_.c_str());  // ENOENT on a new store: nothing to keep
+    timeval now{};
+    ::gettimeofday(&now, nullptr);
+    const std::string old_path =
+        path_ + ".old." + std::to_string(int64_t{now.tv_sec} * 1000000 + now.tv_usec);
+    ::rename(path_.c_str(), old_path.c_str());  // ENOENT on a new store: nothing to keep
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
     bytes_ = 0;
   }
 
   const std::string path_;
-  const std::string old_path_;
   std::mutex mutex_;
   int fd_ = -1;         // mutex_
   uint64_t bytes_ = 0;  // mutex_; written to fd_
@@ -286,8 +288,7 @@ bool KeyStore::open(const std::string& path, std::string* error) {
   options.paranoid_checks = true;
   // The info log lives in the store's directory, which InfoLog needs before RocksDB would
   // create it. A mkdir that fails is reported by DB::Open, which fails the same way (InfoLog
-  // then logs nothing). keep_log_file_num still trims the LOG.old.<time> files RocksDB's own
-  // logger left in stores an older keygate wrote.
+  // then logs nothing). RocksDB deletes the old logs beyond keep_log_file_num.
   static_cast<void>(::mkdir(path.c_str(), 0755));
   options.info_log = std::make_shared<InfoLog>(path);
   options.keep_log_file_num = 3;
