@@ -343,7 +343,8 @@ Status KeyStore::put_key(const KeyRecord& record, PutMode mode) {
 
   // The entries the key has now: its digest and, in a grace period, its previous digest. A
   // record that no longer decodes only tells its digest (the index has it); its previous entry,
-  // if any, then stays behind, harmless, since it holds a record that does not decode either.
+  // if any, then stays behind, failing scans of the keys until delete_key_by_id removes it
+  // (KeyService never gets here with such a key: update_key reads the old record first).
   std::vector<KeyDigest> old_digests;
   if (exists) {
     old_digests.push_back(old_digest);
@@ -440,15 +441,30 @@ Status KeyStore::delete_key_by_id(std::string_view id, KeyRecord* deleted) {
   if (!index.is_ok()) return index;
   KeyRecord record;
   const Status s = impl_->get_digest(digest, &record);
+  rocksdb::WriteBatch batch;
   if (!s.is_ok()) {
     // Deleting is how an operator gets rid of a record that no longer decodes: go ahead, and
     // report what is known for sure.
     record = KeyRecord();
     record.id = std::string(id);
     record.digest = digest;
+    // In a rotation's grace the record is filed under its previous digest too, with the same
+    // bytes (stage_record), and that digest is inside the bytes that do not decode: find the
+    // other entry by its bytes. Left behind, it would fail every later scan of the keys
+    // (for_each_key: the next start). A full scan, but only on this rare path.
+    const std::string entry = digest_entry(digest);
+    std::string value;
+    if (impl_->get(entry, &value).is_ok()) {
+      PrefixScan it(impl_->db.get(), kKeyPrefix);
+      for (it.seek_to_first(); it->Valid(); it->Next()) {
+        if (it->value().ToStringView() == value && it->key().ToStringView() != entry) {
+          batch.Delete(it->key());
+        }
+      }
+      if (!it->status().ok()) return Status::io_error("key store scan failed");
+    }
   }
 
-  rocksdb::WriteBatch batch;
   batch.Delete(digest_entry(digest));
   if (record.previous_digest) batch.Delete(digest_entry(*record.previous_digest));
   batch.Delete(prefixed(kIdPrefix, id));

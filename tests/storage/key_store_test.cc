@@ -396,6 +396,34 @@ TEST_F(KeyStoreTest, ARecordThatDoesNotDecodeReadsAsAnIoErrorNotACrash) {
   EXPECT_TRUE(store_->get_key_by_digest(digest, &out).is_not_found());
 }
 
+// A key in a rotation's grace is filed under both digests, with the same bytes. When those no
+// longer decode, the delete cannot read the previous digest out of them; the entry it left
+// behind failed every later scan of the keys, and so the next start (KeyService loads the keys
+// with for_each_key).
+TEST_F(KeyStoreTest, DeletingAKeyInItsGraceWhoseRecordDoesNotDecodeRemovesBothEntries) {
+  const KeyRecord before = make_record("kaaaaaaaaaaaa", "old-value-old-value");
+  ASSERT_TRUE(store_->put_key(before).is_ok());
+  const KeyRecord after = rotated_with_grace(before, "new-value-new-value", 1700000300);
+  ASSERT_TRUE(store_->put_key(after, KeyStore::PutMode::kUpdate).is_ok());
+  const KeyRecord other = make_record("kbbbbbbbbbbbb", "another-keys-value");
+  ASSERT_TRUE(store_->put_key(other).is_ok());
+  for (const KeyDigest& d : {before.digest, after.digest}) {
+    ASSERT_TRUE(store_->write_raw_for_testing(digest_entry(d), "\x01garbage\xff\xff").is_ok());
+  }
+
+  KeyRecord deleted;
+  ASSERT_TRUE(store_->delete_key_by_id(before.id, &deleted).is_ok());
+  KeyRecord out;
+  EXPECT_TRUE(store_->get_key_by_digest(after.digest, &out).is_not_found());
+  EXPECT_TRUE(store_->get_key_by_digest(before.digest, &out).is_not_found());
+  std::vector<std::string> scanned;
+  EXPECT_TRUE(store_->for_each_key([&](KeyRecord& r) {
+    scanned.push_back(r.id);
+    return true;
+  }).is_ok());
+  EXPECT_EQ(scanned, std::vector<std::string>{other.id});
+}
+
 TEST_F(KeyStoreTest, AnIndexEntryOfTheWrongSizeReadsAsAnIoError) {
   ASSERT_TRUE(store_->write_raw_for_testing("ikshort", "tooshort").is_ok());
   KeyRecord out;
