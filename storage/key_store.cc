@@ -1,14 +1,22 @@
 #include "storage/key_store.h"
 
+#include <fcntl.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/iterator.h>
 #include <rocksdb/options.h>
 #include <rocksdb/slice.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <mutex>
 #include <unordered_set>
 
@@ -93,6 +101,88 @@ std::string describe_open_error(const std::string& path, const rocksdb::Status& 
   }
   return "cannot open key store at " + path + ": " + detail;
 }
+
+// RocksDB's info log, <store>/LOG, written with one write(2) per line whose failure is ignored.
+// RocksDB's own file logger asserts on its next line once a write of it has failed, and
+// librocksdb as distributions build it keeps its assertions on: on a full disk (or past
+// RLIMIT_FSIZE) the lines RocksDB logs about the failed store write it is handling aborted
+// keygate, instead of that write failing with io_error. A lost line of a diagnostics log costs
+// nothing. Bounded, as before: a line that would take the file past kInfoLogBytesMax first
+// renames it to LOG.old.<Unix microseconds>, RocksDB's own name for an old info log, so that
+// RocksDB keeps the newest keep_log_file_num of them, and starts a new LOG. Thread-safe:
+// RocksDB logs from its background threads too.
+class InfoLog final : public rocksdb::Logger {
+ public:
+  // `dir`: the store's directory, which must exist. A start begins a fresh LOG, keeping the
+  // last one as an old log, as RocksDB's logger does.
+  explicit InfoLog(const std::string& dir)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL), path_(dir + "/LOG") {
+    start_new_file();
+  }
+  ~InfoLog() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  InfoLog(const InfoLog&) = delete;
+  InfoLog& operator=(const InfoLog&) = delete;
+
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    timeval now{};
+    ::gettimeofday(&now, nullptr);
+    tm local{};
+    ::localtime_r(&now.tv_sec, &local);
+    char head[64];
+    const int head_bytes = std::snprintf(
+        head, sizeof head, "%04d/%02d/%02d-%02d:%02d:%02d.%06ld %ld ", local.tm_year + 1900,
+        local.tm_mon + 1, local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec,
+        static_cast<long>(now.tv_usec), static_cast<long>(::gettid()));
+    va_list measure;
+    va_copy(measure, ap);
+    const int body_bytes = std::vsnprintf(nullptr, 0, format, measure);
+    va_end(measure);
+    if (head_bytes < 0 || body_bytes < 0) return;
+    // Off the request path (RocksDB's threads, admin calls): a line may allocate.
+    std::string line(static_cast<size_t>(head_bytes), '\0');
+    std::memcpy(line.data(), head, line.size());
+    line.resize(line.size() + std::min<size_t>(static_cast<size_t>(body_bytes), kLineBytesMax) + 1);
+    std::vsnprintf(line.data() + head_bytes, line.size() - static_cast<size_t>(head_bytes), format,
+                   ap);
+    // vsnprintf ended the text with a NUL: a newline there, unless the text has one already.
+    line.pop_back();
+    if (line.size() == static_cast<size_t>(head_bytes) || line.back() != '\n') line.push_back('\n');
+
+    std::lock_guard lock(mutex_);
+    if (bytes_ > 0 && bytes_ + line.size() > kInfoLogBytesMax) {
+      ::close(fd_);
+      start_new_file();
+    }
+    if (fd_ < 0) return;
+    // Ignored on purpose (see the class comment); a short write leaves a torn line, no more.
+    const ssize_t written = ::write(fd_, line.data(), line.size());
+    if (written > 0) bytes_ += static_cast<uint64_t>(written);
+  }
+
+ private:
+  static constexpr uint64_t kInfoLogBytesMax = 4 << 20;
+  static constexpr size_t kLineBytesMax = 64 << 10;  // longer lines are cut (stats dumps fit)
+
+  // Keeps the current LOG as an old log and opens a new, empty LOG (-1 when it cannot:
+  // nothing is logged then, which is all a log that cannot be written can give).
+  void start_new_file() {
+    timeval now{};
+    ::gettimeofday(&now, nullptr);
+    const std::string old_path =
+        path_ + ".old." + std::to_string(int64_t{now.tv_sec} * 1000000 + now.tv_usec);
+    ::rename(path_.c_str(), old_path.c_str());  // ENOENT on a new store: nothing to keep
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    bytes_ = 0;
+  }
+
+  const std::string path_;
+  std::mutex mutex_;
+  int fd_ = -1;         // mutex_
+  uint64_t bytes_ = 0;  // mutex_; written to fd_
+};
 
 // An iterator over one key prefix ("k", "i", "u"), optionally at a snapshot. Not movable: the
 // iterator keeps a pointer to the upper bound it owns.
@@ -196,9 +286,12 @@ bool KeyStore::open(const std::string& path, std::string* error) {
   rocksdb::Options options;
   options.create_if_missing = true;
   options.paranoid_checks = true;
-  // Small, bounded info logs inside the store directory.
+  // The info log lives in the store's directory, which InfoLog needs before RocksDB would
+  // create it. A mkdir that fails is reported by DB::Open, which fails the same way (InfoLog
+  // then logs nothing). RocksDB deletes the old logs beyond keep_log_file_num.
+  static_cast<void>(::mkdir(path.c_str(), 0755));
+  options.info_log = std::make_shared<InfoLog>(path);
   options.keep_log_file_num = 3;
-  options.max_log_file_size = 4 << 20;
   rocksdb::DB* db = nullptr;
   const rocksdb::Status s = rocksdb::DB::Open(options, path, &db);
   if (!s.ok()) {
@@ -250,7 +343,8 @@ Status KeyStore::put_key(const KeyRecord& record, PutMode mode) {
 
   // The entries the key has now: its digest and, in a grace period, its previous digest. A
   // record that no longer decodes only tells its digest (the index has it); its previous entry,
-  // if any, then stays behind, harmless, since it holds a record that does not decode either.
+  // if any, then stays behind, failing scans of the keys until delete_key_by_id removes it
+  // (KeyService never gets here with such a key: update_key reads the old record first).
   std::vector<KeyDigest> old_digests;
   if (exists) {
     old_digests.push_back(old_digest);
@@ -347,15 +441,30 @@ Status KeyStore::delete_key_by_id(std::string_view id, KeyRecord* deleted) {
   if (!index.is_ok()) return index;
   KeyRecord record;
   const Status s = impl_->get_digest(digest, &record);
+  rocksdb::WriteBatch batch;
   if (!s.is_ok()) {
     // Deleting is how an operator gets rid of a record that no longer decodes: go ahead, and
     // report what is known for sure.
     record = KeyRecord();
     record.id = std::string(id);
     record.digest = digest;
+    // In a rotation's grace the record is filed under its previous digest too, with the same
+    // bytes (stage_record), and that digest is inside the bytes that do not decode: find the
+    // other entry by its bytes. Left behind, it would fail every later scan of the keys
+    // (for_each_key: the next start). A full scan, but only on this rare path.
+    const std::string entry = digest_entry(digest);
+    std::string value;
+    if (impl_->get(entry, &value).is_ok()) {
+      PrefixScan it(impl_->db.get(), kKeyPrefix);
+      for (it.seek_to_first(); it->Valid(); it->Next()) {
+        if (it->value().ToStringView() == value && it->key().ToStringView() != entry) {
+          batch.Delete(it->key());
+        }
+      }
+      if (!it->status().ok()) return Status::io_error("key store scan failed");
+    }
   }
 
-  rocksdb::WriteBatch batch;
   batch.Delete(digest_entry(digest));
   if (record.previous_digest) batch.Delete(digest_entry(*record.previous_digest));
   batch.Delete(prefixed(kIdPrefix, id));

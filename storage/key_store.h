@@ -107,7 +107,8 @@ class KeyStore {
   // Removes the key with `id`, its previous-digest entry, its index entry and its last use in
   // one synced batch; not_found when there is none. On success `*deleted` (when not null) holds the
   // removed record, or only its id and digest when the record did not decode (deleting is how
-  // such a record is got rid of). Blocks.
+  // such a record is got rid of: its previous-digest entry, which holds the same bytes, is
+  // found by a scan of the keys and removed too). Blocks.
   Status delete_key_by_id(std::string_view id, KeyRecord* deleted = nullptr);
 
   // Point reads: ok and `*out` set, not_found, or io_error (including a value that does not
