@@ -490,6 +490,27 @@ LogContents wait_for_records(const std::string &dir, size_t n,
   }
 }
 
+// Whether some record's "path" is `path`, query included.
+bool has_record_with_path(const LogContents &log, std::string_view path) {
+  for (const Json *r : log.records()) {
+    if (r->str("path") == path)
+      return true;
+  }
+  return false;
+}
+
+// Every byte of every file under the log directory `dir` (at least one file) holds no form of
+// any of `secrets` (forbidden_forms).
+void expect_no_form_of(const std::string &dir, std::initializer_list<std::string_view> secrets) {
+  size_t files = 0;
+  const std::string bytes = all_bytes_under(dir, &files);
+  EXPECT_GT(files, 0u) << "no file under " << dir;
+  for (const std::string_view secret : secrets) {
+    for (const std::string &form : forbidden_forms(secret))
+      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+  }
+}
+
 // The record whose "path" is `path` up to its query; null when none or several.
 const Json *record_for(const LogContents &log, std::string_view path) {
   const Json *found = nullptr;
@@ -1316,29 +1337,13 @@ TEST_F(AccessLogTest, KeysWithoutCaptureAndUnknownKeysAreScrubbedFromThePath) {
   ASSERT_TRUE(r.has_value());
 
   const LogContents log = wait_for_records(server_->log_dir(), sent.size() + 2);
-  std::vector<std::string> paths;
-  for (const Json *rec : log.records())
-    paths.push_back(rec->str("path"));
   for (const Sent &c : sent) {
-    EXPECT_NE(std::find(paths.begin(), paths.end(), c.expect_path), paths.end())
+    EXPECT_TRUE(has_record_with_path(log, c.expect_path))
         << "no record with path " << c.expect_path;
   }
-  size_t files = 0;
-  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
-  ASSERT_GT(files, 0u);
-  for (const std::string_view secret : {std::string_view(key), std::string_view(unknown),
-                                        kBootstrapAdminKey}) {
-    for (const std::string &form : forbidden_forms(secret)) {
-      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
-    }
-  }
+  expect_no_form_of(server_->log_dir(), {key, unknown, kBootstrapAdminKey});
 }
 
-// Requests answered before their key is looked up (/healthz, 400 invalid_path, 404 no_route,
-// 400 invalid_auth_request, the admin port's 404s and console), or refused for an ambiguous or
-// malformed pair of keys, still carry a key: a copy of it elsewhere in the target is scrubbed
-// from their records too, on both ports (with a body, a forwarding keygate refuses a path at
-// its head).
 // A JSON body that stops parsing after its API_Key member is refused (400 invalid_body) before
 // any lookup, but it carried that key: a copy elsewhere in the request (the target here) is
 // scrubbed from its record like any presented key's.
@@ -1355,17 +1360,15 @@ TEST_F(AccessLogTest, TheKeyOfAJsonBodyThatStopsParsingIsScrubbedFromThePath) {
   EXPECT_EQ(r->status, 400);
   EXPECT_NE(r->body.find("invalid_body"), std::string::npos) << r->body;
   const LogContents log = wait_for_records(server_->log_dir(), 2);
-  bool found = false;
-  for (const Json *rec : log.records())
-    found = found || rec->str("path") == "/orders/j?token=[redacted]";
-  EXPECT_TRUE(found) << "no record with the path scrubbed";
-  size_t files = 0;
-  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
-  ASSERT_GT(files, 0u);
-  for (const std::string &form : forbidden_forms(key))
-    EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
+  EXPECT_TRUE(has_record_with_path(log, "/orders/j?token=[redacted]"));
+  expect_no_form_of(server_->log_dir(), {key});
 }
 
+// Requests answered before their key is looked up (/healthz, 400 invalid_path, 404 no_route,
+// 400 invalid_auth_request, the admin port's 404s and console), or refused for an ambiguous or
+// malformed pair of keys, still carry a key: a copy of it elsewhere in the target is scrubbed
+// from their records too, on both ports (with a body, a forwarding keygate refuses a path at
+// its head).
 TEST_F(AccessLogTest, KeysOfRequestsRefusedBeforeTheLookupAreScrubbedFromThePath) {
   ASSERT_NO_FATAL_FAILURE(start(1, ""));
   const std::string key = "alogE" + random_hex(27);
@@ -1412,23 +1415,12 @@ TEST_F(AccessLogTest, KeysOfRequestsRefusedBeforeTheLookupAreScrubbedFromThePath
   }
 
   const LogContents log = wait_for_records(server_->log_dir(), sent.size() + 1);
-  std::vector<std::string> paths;
-  for (const Json *rec : log.records())
-    paths.push_back(rec->str("path"));
   for (const Sent &c : sent) {
     const std::string expect =
         c.expect_path.empty() ? with(c.target, "[redacted]") : c.expect_path;
-    EXPECT_NE(std::find(paths.begin(), paths.end(), expect), paths.end())
-        << "no record with path " << expect;
+    EXPECT_TRUE(has_record_with_path(log, expect)) << "no record with path " << expect;
   }
-  size_t files = 0;
-  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
-  ASSERT_GT(files, 0u);
-  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
-    for (const std::string &form : forbidden_forms(secret)) {
-      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
-    }
-  }
+  expect_no_form_of(server_->log_dir(), {key, kBootstrapAdminKey});
 }
 
 // Requests the HTTP layer refuses once their head is complete (no handler sees them) still
@@ -1462,22 +1454,11 @@ TEST_F(AccessLogTest, KeysOfRequestsTheHttpLayerRefusesAfterTheHeadAreScrubbedFr
   }
 
   const LogContents log = wait_for_records(server_->log_dir(), sent.size() + 1);
-  std::vector<std::string> paths;
-  for (const Json *rec : log.records())
-    paths.push_back(rec->str("path"));
   for (const Sent &c : sent) {
     const std::string expect = c.path + "?token=[redacted]";
-    EXPECT_NE(std::find(paths.begin(), paths.end(), expect), paths.end())
-        << "no record with path " << expect;
+    EXPECT_TRUE(has_record_with_path(log, expect)) << "no record with path " << expect;
   }
-  size_t files = 0;
-  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
-  ASSERT_GT(files, 0u);
-  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
-    for (const std::string &form : forbidden_forms(secret)) {
-      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
-    }
-  }
+  expect_no_form_of(server_->log_dir(), {key, kBootstrapAdminKey});
 }
 
 // --- 4. Sequence without drops
@@ -2013,14 +1994,7 @@ TEST_F(AccessLogTest, ARequestAbandonedMidBodyAfterItsHeadIsScrubbedOfItsKey) {
   ASSERT_TRUE(server_->stop(SIGTERM).clean());
   expect_one_abandoned_record(server_->log_dir(), "/orders/mid-head?token=[redacted]");
   expect_one_abandoned_record(server_->log_dir(), "/admin/keys?token=[redacted]");
-  size_t files = 0;
-  const std::string bytes = all_bytes_under(server_->log_dir(), &files);
-  ASSERT_GT(files, 0u);
-  for (const std::string_view secret : {std::string_view(key), kBootstrapAdminKey}) {
-    for (const std::string &form : forbidden_forms(secret)) {
-      EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
-    }
-  }
+  expect_no_form_of(server_->log_dir(), {key, kBootstrapAdminKey});
 }
 
 // The record such a request gets from its head alone is scrubbed of the key the head carries,
@@ -2035,12 +2009,7 @@ TEST(AccessLogNoForwarding, ARequestAbandonedMidBodyIsScrubbedOfItsKey) {
       abandon_mid_body(server.data_port(), key, "/orders/mid-copy?token=" + key, false));
   ASSERT_TRUE(server.stop(SIGTERM).clean());
   expect_one_abandoned_record(server.log_dir(), "/orders/mid-copy?token=[redacted]");
-  size_t files = 0;
-  const std::string bytes = all_bytes_under(server.log_dir(), &files);
-  ASSERT_GT(files, 0u);
-  for (const std::string &form : forbidden_forms(key)) {
-    EXPECT_EQ(bytes.find(form), std::string::npos) << "the log holds " << form;
-  }
+  expect_no_form_of(server.log_dir(), {key});
 }
 
 // --- Requests keygate itself cut off
