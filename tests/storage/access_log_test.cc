@@ -29,12 +29,14 @@
 
 #include "storage/log_line.h"
 #include "storage/log_ring.h"
+#include "tests/storage/file_size_limit.h"
 #include "tests/storage/temp_dir.h"
 
 namespace keygate::storage {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::FileSizeLimit;
 using testing::TempDir;
 
 // ---- helpers ------------------------------------------------------------------------------
@@ -1179,32 +1181,6 @@ TEST(AccessLog, WritesThatStartFailingAndWorkAgainAreSaidOnStderrOnceEach) {
   EXPECT_GE(stats.write_errors, 2u);
   EXPECT_EQ(stats.written, 1u);
 }
-
-// RLIMIT_FSIZE for this process while it lives, SIGXFSZ ignored (as keygate does) so that a
-// write past it fails with EFBIG instead of killing the test.
-class FileSizeLimit {
- public:
-  explicit FileSizeLimit(uint64_t bytes) {
-    saved_handler_ = std::signal(SIGXFSZ, SIG_IGN);
-    if (::getrlimit(RLIMIT_FSIZE, &saved_) != 0) return;
-    rlimit lowered = saved_;
-    lowered.rlim_cur = bytes;
-    ok_ = ::setrlimit(RLIMIT_FSIZE, &lowered) == 0;
-  }
-  ~FileSizeLimit() {
-    if (ok_) ::setrlimit(RLIMIT_FSIZE, &saved_);
-    std::signal(SIGXFSZ, saved_handler_);
-  }
-  FileSizeLimit(const FileSizeLimit&) = delete;
-  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
-
-  bool ok() const { return ok_; }
-
- private:
-  rlimit saved_{};
-  void (*saved_handler_)(int) = SIG_DFL;
-  bool ok_ = false;
-};
 
 // The concatenated bytes of every segment, and the largest segment's size.
 std::string all_segment_bytes(const std::string& dir, uint64_t* largest) {

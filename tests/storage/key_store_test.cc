@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tests/storage/file_size_limit.h"
 #include "tests/storage/temp_dir.h"
 
 extern char** environ;
@@ -23,6 +24,7 @@ extern char** environ;
 namespace keygate::storage {
 namespace {
 
+using testing::FileSizeLimit;
 using testing::TempDir;
 
 KeyRecord make_record(const std::string& id, const std::string& value) {
@@ -659,32 +661,6 @@ TEST(KeyStore, AnAcknowledgedWriteSurvivesKill9) {
   ASSERT_TRUE(store.get_key_by_id("kcrash", &out).is_ok());
   EXPECT_TRUE(digests_equal(out.digest, digest_key("survives-kill-9")));
 }
-
-// RLIMIT_FSIZE for this process while it lives, SIGXFSZ ignored (as keygate does): every write
-// to a regular file past `bytes` fails (EFBIG), as every write that needs a new block does on a
-// full disk (ENOSPC), which a test cannot fill without a filesystem of its own.
-class FileSizeLimit {
- public:
-  explicit FileSizeLimit(uint64_t bytes) {
-    saved_handler_ = std::signal(SIGXFSZ, SIG_IGN);
-    if (::getrlimit(RLIMIT_FSIZE, &saved_) != 0) return;
-    rlimit lowered = saved_;
-    lowered.rlim_cur = bytes;
-    ok_ = ::setrlimit(RLIMIT_FSIZE, &lowered) == 0;
-  }
-  ~FileSizeLimit() {
-    if (ok_) ::setrlimit(RLIMIT_FSIZE, &saved_);
-    std::signal(SIGXFSZ, saved_handler_);
-  }
-  FileSizeLimit(const FileSizeLimit&) = delete;
-  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
-  bool ok() const { return ok_; }
-
- private:
-  rlimit saved_{};
-  void (*saved_handler_)(int) = SIG_DFL;
-  bool ok_ = false;
-};
 
 // Writes while no file of the store can grow; the exit code says which step went wrong (0: none).
 int write_while_the_disk_refuses() {
