@@ -860,16 +860,18 @@ TEST(Config, ValidationRejectsSameDataAndAdminAddress) {
   EXPECT_EQ(error.rfind("server.listen and server.admin_listen must differ", 0), 0u) << error;
 }
 
+// Whether listening on `a` and on `b` would overlap, asked both ways round.
+bool overlap(const char* a, const char* b) {
+  ListenAddress x, y;
+  std::string why;
+  EXPECT_TRUE(parse_listen_address(a, &x, &why)) << a << ": " << why;
+  EXPECT_TRUE(parse_listen_address(b, &y, &why)) << b << ": " << why;
+  return addresses_overlap(x, y) && addresses_overlap(y, x);
+}
+
 // Spelled differently, the same port on one address: a usage error (exit 2), not a bind
 // failure that reads as if another process held the port.
 TEST(Config, ListenAddressesOverlapThroughWildcardsAndSpellings) {
-  const auto overlap = [](const char* a, const char* b) {
-    ListenAddress x, y;
-    std::string why;
-    EXPECT_TRUE(parse_listen_address(a, &x, &why)) << a << ": " << why;
-    EXPECT_TRUE(parse_listen_address(b, &y, &why)) << b << ": " << why;
-    return addresses_overlap(x, y) && addresses_overlap(y, x);
-  };
   EXPECT_TRUE(overlap("127.0.0.1:8080", "127.0.0.1:8080"));
   EXPECT_TRUE(overlap("0.0.0.0:8080", "127.0.0.1:8080"));
   EXPECT_TRUE(overlap("[::]:8080", "127.0.0.1:8080"));
@@ -892,13 +894,6 @@ TEST(Config, ListenAddressesOverlapThroughWildcardsAndSpellings) {
 // 127.0.0.1, so the second bind failed (EADDRINUSE, exit 1, which systemd's
 // RestartPreventExitStatus=2 does not stop from restarting in a loop) instead of a usage error.
 TEST(Config, AnIpv4MappedListenAddressOverlapsItsIpv4Address) {
-  const auto overlap = [](const char* a, const char* b) {
-    ListenAddress x, y;
-    std::string why;
-    EXPECT_TRUE(parse_listen_address(a, &x, &why)) << a << ": " << why;
-    EXPECT_TRUE(parse_listen_address(b, &y, &why)) << b << ": " << why;
-    return addresses_overlap(x, y) && addresses_overlap(y, x);
-  };
   EXPECT_TRUE(overlap("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080"));
   EXPECT_TRUE(overlap("[::ffff:127.0.0.1]:8080", "[::FFFF:7f00:1]:8080"));
   EXPECT_TRUE(overlap("[::ffff:0.0.0.0]:8080", "127.0.0.2:8080"));  // the IPv4 wildcard
