@@ -1111,6 +1111,23 @@ bool send_all(int fd, std::string_view bytes) {
   return true;
 }
 
+// A GET of `target` (Connection: close) whose upstream response breaks a bound after its head
+// may have left: a 502 bad_upstream_response if the head had not left yet, else a 200 cut
+// before its last chunk (never a complete-looking response).
+void expect_502_or_cut(uint16_t port, const std::string& target, const std::string& key_header) {
+  RawClient over;
+  ASSERT_TRUE(over.connect(port));
+  ASSERT_TRUE(over.send(http_request("GET", target, {key_header, "Connection: close"})));
+  const std::string cut = over.read_until_close(Millis(5000));
+  EXPECT_NE(over.last_end(), ReadEnd::kTimeout);
+  if (cut.rfind("HTTP/1.1 502 ", 0) != 0) {
+    EXPECT_EQ(cut.rfind("HTTP/1.1 200 ", 0), 0u) << cut.substr(0, 100);
+    EXPECT_EQ(cut.find("\r\n0\r\n\r\n"), std::string::npos) << "a complete-looking response";
+  } else {
+    EXPECT_NE(cut.find("bad_upstream_response"), std::string::npos) << cut;
+  }
+}
+
 // An upstream server on 127.0.0.1:`port` (0: ephemeral) that answers each request head it reads
 // (requests without a body) by calling `script(fd, head)`, which writes whatever bytes it
 // likes, sleeps if it likes, and returns false to close the connection (a FIN). One thread per
@@ -1746,17 +1763,7 @@ TEST_F(ProxyTest, TrailersAreBoundedApartFromTheHead) {
   EXPECT_EQ(read_through(client, "\r\n0\r\n\r\n").rfind("HTTP/1.1 200 ", 0), 0u);
   // 257 trailer fields: over the cap on their own. If the head left already the cut shows as
   // a close before the last chunk; if not, it is taken back for a 502 (closed on request).
-  RawClient over;
-  ASSERT_TRUE(over.connect(server_->data_port()));
-  ASSERT_TRUE(over.send(http_request("GET", "/s/too-many", {key_header(), "Connection: close"})));
-  const std::string cut = over.read_until_close(Millis(5000));
-  EXPECT_NE(over.last_end(), ReadEnd::kTimeout);
-  if (cut.rfind("HTTP/1.1 502 ", 0) != 0) {
-    EXPECT_EQ(cut.rfind("HTTP/1.1 200 ", 0), 0u) << cut.substr(0, 100);
-    EXPECT_EQ(cut.find("\r\n0\r\n\r\n"), std::string::npos) << "a complete-looking response";
-  } else {
-    EXPECT_NE(cut.find("bad_upstream_response"), std::string::npos) << cut;
-  }
+  ASSERT_NO_FATAL_FAILURE(expect_502_or_cut(server_->data_port(), "/s/too-many", key_header()));
 }
 
 // llhttp reads a body's chunk extensions without a bound and keygate forwards none: 70,000
@@ -1780,17 +1787,7 @@ TEST_F(ProxyTest, ChunkExtensionsAreBoundedLikeTrailers) {
   EXPECT_EQ(dechunk(ok.substr(split + 4)).value_or("<not chunked>"), "hello");
   EXPECT_EQ(ok.find("a=b"), std::string::npos) << "extensions are not forwarded";
   // Over the limit: a 502 if the head had not left yet, else a cut before the last chunk.
-  RawClient over;
-  ASSERT_TRUE(over.connect(server_->data_port()));
-  ASSERT_TRUE(over.send(http_request("GET", "/s/long", {key_header(), "Connection: close"})));
-  const std::string cut = over.read_until_close(Millis(5000));
-  EXPECT_NE(over.last_end(), ReadEnd::kTimeout);
-  if (cut.rfind("HTTP/1.1 502 ", 0) != 0) {
-    EXPECT_EQ(cut.rfind("HTTP/1.1 200 ", 0), 0u) << cut.substr(0, 100);
-    EXPECT_EQ(cut.find("\r\n0\r\n\r\n"), std::string::npos) << "a complete-looking response";
-  } else {
-    EXPECT_NE(cut.find("bad_upstream_response"), std::string::npos) << cut;
-  }
+  ASSERT_NO_FATAL_FAILURE(expect_502_or_cut(server_->data_port(), "/s/long", key_header()));
 }
 
 // An upstream could hold a request before its head for ever: every byte gave it a fresh
