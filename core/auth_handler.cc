@@ -136,11 +136,8 @@ bool AuthHandler::describe(const HttpRequest& auth, HttpRequest* described,
     bad_auth_request(response, "X-Original-URI is not an origin-form request target");
     return false;
   }
-  const size_t q = uri.find('?');
   described->method = method;
-  described->target = uri;
-  described->path = uri.substr(0, q);
-  described->query = q == std::string_view::npos ? std::string_view() : uri.substr(q + 1);
+  described->set_target(uri);
   return true;
 }
 

@@ -58,6 +58,13 @@ struct HttpRequest {
   std::string_view target;  // request-target as sent: path plus optional "?query"
   std::string_view path;    // target up to '?'
   std::string_view query;   // after '?', without it; empty when absent
+  // Sets target, and path and query from it (views into `t`).
+  void set_target(std::string_view t) noexcept {
+    target = t;
+    const size_t q = t.find('?');
+    path = t.substr(0, q);
+    query = q == std::string_view::npos ? std::string_view() : t.substr(q + 1);
+  }
   uint8_t version_minor = 1;  // HTTP/1.<minor>; only 0 and 1 reach a handler
   bool keep_alive = true;     // false when this is the connection's last request
   std::span<const HttpHeader> headers;

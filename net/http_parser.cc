@@ -670,10 +670,7 @@ void HttpParser::build_request() {
     headers_.push_back(HttpHeader{view(raw.name), trim_trailing_ows(view(raw.value))});
   }
   request_.method = view(method_);
-  request_.target = view(url_);
-  const size_t q = request_.target.find('?');
-  request_.path = request_.target.substr(0, q);
-  request_.query = q == std::string_view::npos ? std::string_view() : request_.target.substr(q + 1);
+  request_.set_target(view(url_));
   request_.version_minor = static_cast<uint8_t>(parser_.http_minor);
   request_.keep_alive = keep_alive_;
   request_.headers = std::span<const HttpHeader>(headers_.data(), headers_.size());

@@ -142,9 +142,7 @@ void Worker::Impl::log_note_head_key(Connection* c, HttpRequest head) {
   // a body its client abandoned on a listener that reads whole requests), yet it may carry its
   // key, and a copy of it elsewhere in the target (?token=...): every record's path is
   // scrubbed of the key the request presented.
-  const size_t q = head.target.find('?');
-  head.path = head.target.substr(0, q);
-  head.query = q == std::string_view::npos ? std::string_view() : head.target.substr(q + 1);
+  head.set_target(head.target);
   head.headers = c->parser.parsed_headers();
   l.key_value.assign(head_keys.extract(head).seen);
 }

@@ -64,18 +64,23 @@ void PrintTo(const Got& g, std::ostream* os) {
       << g.key << "\"}";
 }
 
+// `t` as the request the parser would hand over (`headers` holds its header views).
+HttpRequest request_of(const TestRequest& t, std::vector<HttpHeader>* headers) {
+  for (const auto& [name, value] : t.header_fields) headers->push_back({name, value});
+  HttpRequest request;
+  request.method = t.body.empty() ? "GET" : "POST";
+  request.query = t.query;
+  request.headers = *headers;
+  request.body = t.body;
+  return request;
+}
+
 // Runs `extractor` on the request twice: with no readable padding (the body is copied) and with
 // the body placed in a buffer that has kJsonPaddingBytes readable after it (parsed in place).
 // Both must agree; returns the result.
 Got extract_with(KeyExtractor& extractor, const TestRequest& t) {
   std::vector<HttpHeader> headers;
-  for (const auto& [name, value] : t.header_fields) headers.push_back({name, value});
-  HttpRequest request;
-  request.method = t.body.empty() ? "GET" : "POST";
-  request.query = t.query;
-  request.headers = headers;
-
-  request.body = t.body;
+  HttpRequest request = request_of(t, &headers);
   const ExtractResult unpadded = extractor.extract(request, 0);
   const Got a{unpadded.outcome, unpadded.source, std::string(unpadded.key)};
 
@@ -368,12 +373,7 @@ TEST(KeyExtractor, AcceptsHeaderAndQueryWithTheSameKey) {
 TEST(KeyExtractor, AnAmbiguousOrMalformedPairStillReportsItsFirstValueAsSeen) {
   const auto seen = [](const TestRequest& t) {
     std::vector<HttpHeader> headers;
-    for (const auto& [name, value] : t.header_fields) headers.push_back({name, value});
-    HttpRequest request;
-    request.method = t.body.empty() ? "GET" : "POST";
-    request.query = t.query;
-    request.headers = headers;
-    request.body = t.body;
+    const HttpRequest request = request_of(t, &headers);
     KeyExtractor extractor;
     const ExtractResult r = extractor.extract(request);
     return std::pair(r.outcome, std::string(r.seen));
