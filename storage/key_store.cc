@@ -83,6 +83,12 @@ bool digest_from(std::string_view bytes, KeyDigest* out) {
 
 // RocksDB messages are the only non-static text we pass on, and only from open(): keep them to
 // one line so start-up errors stay one line.
+int64_t monotonic_seconds() {
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec;
+}
+
 std::string one_line(std::string text) {
   std::replace(text.begin(), text.end(), '\n', ' ');
   return text;
@@ -215,6 +221,9 @@ struct KeyStore::Impl {
   rocksdb::WriteOptions synced;
   // Writers read-check-write (id index, conflicts); serializing them keeps that atomic.
   std::mutex write_mutex;
+  static constexpr int64_t kFailureReportSeconds = 60;
+  bool writes_failing = false;      // write_mutex
+  int64_t last_failure_report = 0;  // write_mutex; monotonic seconds
 
   Impl() { synced.sync = true; }
 
@@ -254,9 +263,37 @@ struct KeyStore::Impl {
     return Status::ok();
   }
 
-  Status write(rocksdb::WriteBatch* batch) {
-    const rocksdb::Status s = db->Write(synced, batch);
+  Status write(rocksdb::WriteBatch* batch, const rocksdb::WriteOptions& options) {
+    const rocksdb::Status s = db->Write(options, batch);
+    note_write(s);
     return s.ok() ? Status::ok() : Status::io_error("key store write failed");
+  }
+  Status write(rocksdb::WriteBatch* batch) { return write(batch, synced); }
+
+  // Says in the journal that the store refuses writes, and when it takes them again: the admin
+  // caller only sees 503 store_unavailable, and RocksDB's own account is in its LOG. At most one
+  // failure line a minute (last-used batches retry every flush interval). Called by every
+  // writer, all of which hold write_mutex (the store's writers are serialized).
+  void note_write(const rocksdb::Status& s) {
+    if (s.ok()) {
+      if (writes_failing) {
+        writes_failing = false;
+        std::fprintf(stderr, "keygate: key store: writes succeed again\n");
+      }
+      return;
+    }
+    const int64_t now = monotonic_seconds();
+    if (writes_failing && now - last_failure_report < kFailureReportSeconds) return;
+    writes_failing = true;
+    last_failure_report = now;
+    // RocksDB stops taking writes after a failed one. A full disk is a hard error it retries
+    // by itself every 5 s once the filesystem has its write buffer (64 MiB) free; any other I/O
+    // error (EIO, the file size limit) lasts until the store is opened again.
+    std::fprintf(stderr,
+                 "keygate: key store: a write failed (%s); changes are refused with 503 "
+                 "store_unavailable until it recovers, which RocksDB does by itself once the "
+                 "disk has 64 MiB free (a full disk) or at the next start (other errors)\n",
+                 one_line(s.ToString()).c_str());
   }
 
   // Stages the "k" entries of `record`: its digest and, during a rotation's grace, its
@@ -575,8 +612,8 @@ Status KeyStore::put_last_used(std::span<const LastUsed> entries, size_t* writte
   }
   if (staged == 0) return Status::ok();
   // Unsynced on purpose: see the header. The writers' mutex still orders it with deletes.
-  const rocksdb::Status w = impl_->db->Write(rocksdb::WriteOptions(), &batch);
-  if (!w.ok()) return Status::io_error("key store write failed");
+  const Status w = impl_->write(&batch, rocksdb::WriteOptions());
+  if (!w.is_ok()) return w;
   if (written != nullptr) *written = staged;
   return Status::ok();
 }

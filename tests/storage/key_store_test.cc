@@ -662,6 +662,40 @@ TEST(KeyStore, AnAcknowledgedWriteSurvivesKill9) {
   EXPECT_TRUE(digests_equal(out.digest, digest_key("survives-kill-9")));
 }
 
+// What the process writes to stderr while it lives, through a pipe: the death test's own capture
+// is a file, which the file size limit would cut to its first byte.
+class StderrPipe {
+ public:
+  StderrPipe() {
+    if (::pipe(fds_) != 0) return;
+    saved_ = ::dup(STDERR_FILENO);
+    ::dup2(fds_[1], STDERR_FILENO);
+  }
+  ~StderrPipe() { take(); }
+  StderrPipe(const StderrPipe&) = delete;
+  StderrPipe& operator=(const StderrPipe&) = delete;
+  bool ok() const { return saved_ >= 0; }
+
+  // Puts stderr back and returns what was written meanwhile (at most a pipe's capacity).
+  std::string take() {
+    std::string said;
+    if (saved_ < 0) return said;
+    ::dup2(saved_, STDERR_FILENO);
+    ::close(saved_);
+    ::close(fds_[1]);
+    saved_ = -1;
+    char buffer[4096];
+    ssize_t n;
+    while ((n = ::read(fds_[0], buffer, sizeof buffer)) > 0) said.append(buffer, n);
+    ::close(fds_[0]);
+    return said;
+  }
+
+ private:
+  int fds_[2] = {-1, -1};
+  int saved_ = -1;
+};
+
 // Writes while no file of the store can grow; the exit code says which step went wrong (0: none).
 int write_while_the_disk_refuses() {
   TempDir dir;
@@ -669,6 +703,8 @@ int write_while_the_disk_refuses() {
   std::string error;
   if (!store.open(dir.path() + "/db", &error)) return 3;
   if (!store.put_key(make_record("kbefore", "written-before-the-disk-filled")).is_ok()) return 4;
+  StderrPipe journal;
+  if (!journal.ok()) return 11;
   {
     FileSizeLimit full(1);
     if (!full.ok()) return 5;
@@ -679,6 +715,12 @@ int write_while_the_disk_refuses() {
     if (!store.put_user(User{"alice", {}}).is_io_error()) return 7;
     if (!store.delete_key_by_id("kbefore").is_io_error()) return 8;
   }
+  // One line for the three failures, saying what failed and what the operator gets.
+  const std::string said = journal.take();
+  const std::string_view head = "keygate: key store: a write failed (IO error: ";
+  if (said.rfind(head, 0) != 0) return 12;
+  if (said.find("refused with 503 store_unavailable") == std::string::npos) return 13;
+  if (said.find('\n') != said.size() - 1) return 14;
   KeyRecord out;
   if (!store.get_key_by_id("kbefore", &out).is_ok()) return 9;
   if (!store.get_key_by_id("kduring", &out).is_not_found()) return 10;
@@ -688,7 +730,7 @@ int write_while_the_disk_refuses() {
 // A full disk under the store fails the write with io_error (the admin API's 503), and keygate
 // goes on serving. RocksDB's own info logger asserted on its next line after a failed write of
 // it (the distributions' librocksdb keeps assertions on): the store's own report of the failed
-// write aborted the process.
+// write aborted the process. The journal says why changes fail, once for the three failures.
 TEST(KeyStore, AWriteTheDiskRefusesIsAnIoErrorNotACrash) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(std::_Exit(write_while_the_disk_refuses()), ::testing::ExitedWithCode(0), "");
