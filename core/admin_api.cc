@@ -878,6 +878,11 @@ AdminResponse create_key(const AdminRequest& request, AdminStore& store, const A
   if (!read_key_fields(body.root(), KeyBody::kCreate, "", *ctx.apis, &fields, &f)) {
     return error_response(f);
   }
+  // A key created expired could never be used: a wrong year or offset, not an intent (an
+  // update may set a past time: that expires the key at once; an import keeps what it is given).
+  if (fields.expires_at && *fields.expires_at && **fields.expires_at <= ctx.now) {
+    return error_response(invalid_value("expires_at", "must be in the future"));
+  }
   KeyRecord record;
   fields.apply_to(&record);
   record.created_at = ctx.now;

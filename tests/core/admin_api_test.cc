@@ -628,6 +628,10 @@ TEST_F(AdminKeys, CreateRejectsBadBodies) {
            Case{R"({"apis":["orders"],"expires_at":"2026-02-30T00:00:00Z"})", "invalid_value",
                 "expires_at"},
            Case{R"({"apis":["orders"],"user":"nobody"})", "unknown_user", "user"},
+           Case{R"({"apis":["orders"],"expires_at":"2020-01-01T00:00:00Z"})", "invalid_value",
+                "expires_at"},
+           Case{R"({"apis":["orders"],"expires_at":"2023-11-14T22:13:20Z"})",
+                "invalid_value", "expires_at"},
        }) {
     SCOPED_TRACE(c.body);
     expect_error(call("POST", "/admin/keys", c.body), 400, c.code, c.field);
