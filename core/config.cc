@@ -150,6 +150,25 @@ bool same_endpoint(const ListenAddress& a, const ListenAddress& b) {
   return a.port == b.port && same_host(a, b);
 }
 
+// Whether connecting to `upstream` surely reaches keygate's own `listen` socket: the same
+// address and port, or a loopback address on the port of a wildcard listener ("0.0.0.0" takes
+// 127.0.0.0/8; "[::]" takes those too, dual-stack as keygate binds it, and [::1]). Another
+// address on a wildcard listener's port may be another host's server, so it is not judged.
+bool reaches_listener(const ListenAddress& upstream, const ListenAddress& listen) {
+  if (listen.port == 0 || upstream.port != listen.port) return false;  // 0: ephemeral, unknown
+  if (same_host(upstream, listen)) return true;
+  if (!is_unspecified(listen)) return false;
+  unsigned char bytes[16];
+  bool ipv6 = false;
+  if (!bound_address(upstream, bytes, &ipv6)) return false;
+  if (!ipv6) return bytes[0] == 127;
+  const bool v6_loopback =
+      std::all_of(bytes, bytes + 15, [](unsigned char c) { return c == 0; }) && bytes[15] == 1;
+  unsigned char listen_bytes[16];
+  bool listen_ipv6 = false;  // "[::ffff:0.0.0.0]" is the IPv4 wildcard
+  return v6_loopback && bound_address(listen, listen_bytes, &listen_ipv6) && listen_ipv6;
+}
+
 }  // namespace
 
 bool same_host(const ListenAddress& a, const ListenAddress& b) {
@@ -683,6 +702,22 @@ bool validate_config(const Config& config, std::string* error) {
     *error = "server.listen and server.admin_listen must differ (" + config.listen.to_string() +
              " and " + config.admin_listen.to_string() + " take the same port on one address)";
     return false;
+  }
+  // An API forwarded to keygate's own data port would have every request come back and be
+  // forwarded again (a key in a body stays in it), until connections or descriptors run out.
+  // Checked here, after --listen has applied, and so at every reload too.
+  for (const ApiConfig& api : config.apis) {
+    for (const std::string& text : api.upstreams) {
+      ListenAddress upstream;
+      std::string why;
+      if (!parse_listen_address(text, &upstream, &why)) continue;  // the parser refused it
+      if (reaches_listener(upstream, config.listen)) {
+        *error = "apis." + api.name + ".upstreams: " + upstream.to_string() +
+                 " is keygate's own data port (server.listen " + config.listen.to_string() +
+                 "): every request would be forwarded back to keygate";
+        return false;
+      }
+    }
   }
   return true;
 }

@@ -890,6 +890,45 @@ TEST(Config, ListenAddressesOverlapThroughWildcardsAndSpellings) {
   EXPECT_NE(error.find("must differ"), std::string::npos) << error;
 }
 
+// Whether validate_config refuses an API forwarded to `upstream` while keygate listens on
+// `listen`, for reaching keygate's own data port.
+bool refused_as_own_port(const char* listen, const char* upstream) {
+  Config c;
+  std::string error;
+  EXPECT_TRUE(parse_listen_address(listen, &c.listen, &error)) << listen;
+  EXPECT_TRUE(parse_listen_address("127.0.0.1:9999", &c.admin_listen, &error));
+  c.apis = {ApiConfig("orders", {"/orders"})};
+  c.apis[0].upstreams = {upstream};
+  if (validate_config(c, &error)) return false;
+  EXPECT_EQ(error, std::string("apis.orders.upstreams: ") + upstream +
+                       " is keygate's own data port (server.listen " + c.listen.to_string() +
+                       "): every request would be forwarded back to keygate");
+  return true;
+}
+
+// Forwarded to its own data port, keygate would take every request back and forward it again
+// (a key in a body is not removed) until it ran out of connections: a start or reload error.
+TEST(Config, RefusesAnUpstreamThatIsKeygatesOwnDataPort) {
+  EXPECT_TRUE(refused_as_own_port("127.0.0.1:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(refused_as_own_port("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(refused_as_own_port("0.0.0.0:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(refused_as_own_port("0.0.0.0:8080", "127.1.2.3:8080"));
+  EXPECT_TRUE(refused_as_own_port("[::]:8080", "127.0.0.1:8080"));
+  EXPECT_TRUE(refused_as_own_port("[::]:8080", "[::1]:8080"));
+  EXPECT_TRUE(refused_as_own_port("[::1]:8080", "[0::1]:8080"));
+  EXPECT_TRUE(refused_as_own_port("10.1.2.3:8080", "10.1.2.3:8080"));
+  // Not surely keygate: another port, another loopback address than the one listened on,
+  // another host's address on a wildcard's port, IPv6 loopback on the IPv4 wildcard, port 0.
+  EXPECT_FALSE(refused_as_own_port("127.0.0.1:8080", "127.0.0.1:8081"));
+  EXPECT_FALSE(refused_as_own_port("127.0.0.1:8080", "127.0.0.2:8080"));
+  EXPECT_FALSE(refused_as_own_port("0.0.0.0:8080", "10.1.2.3:8080"));
+  EXPECT_FALSE(refused_as_own_port("0.0.0.0:8080", "[::1]:8080"));
+  EXPECT_FALSE(refused_as_own_port("[::ffff:0.0.0.0]:8080", "[::1]:8080"));
+  EXPECT_FALSE(refused_as_own_port("127.0.0.1:0", "127.0.0.1:8080"));
+  // The admin port may be an API's upstream (its own keys then apply there).
+  EXPECT_FALSE(refused_as_own_port("127.0.0.1:8080", "127.0.0.1:9999"));
+}
+
 // An IPv4-mapped IPv6 address is its IPv4 address: listening on [::ffff:127.0.0.1]:P takes P on
 // 127.0.0.1, so the second bind failed (EADDRINUSE, exit 1, which systemd's
 // RestartPreventExitStatus=2 does not stop from restarting in a loop) instead of a usage error.
