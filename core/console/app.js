@@ -369,8 +369,10 @@ async function keysView(view) {
         const created = await api('POST', 'keys', { body });
         value.value = '';
         closePanel();
-        await load(true);
+        // Shown before the list is read again: the value comes only in this answer, and must
+        // not be lost when that read fails.
         showSecret(view, created, 'created');
+        await load(true);
       }, field('Value (empty: keygate generates one, the safe choice)', value), fields.element,
       h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Create'), button('Cancel', closePanel))));
   }
