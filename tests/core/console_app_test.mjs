@@ -313,6 +313,73 @@ scenario('a created key is shown once and "Done" removes it from the page', asyn
   assert.ok(!ui.$('view').textContent.includes('kg_the-new-secret'));
 });
 
+// A gate for a slow answer: the route waits on open() before it answers.
+function gate() {
+  let open;
+  const opened = new Promise((resolve) => { open = resolve; });
+  return { opened, open };
+}
+
+const statsAnswer = () => json(200, { workers: { requests_total: 424242 } });
+
+// A view's answer that arrives after the operator moved on must not show: neither beside the
+// view now shown, nor after "Forget key", which promises an empty page.
+scenario('an answer that arrives after "Forget key" does not show', async (dir) => {
+  const slow = gate();
+  const routes = defaultRoutes();
+  routes.unshift(['GET /admin/stats', async () => { await slow.opened; return statsAnswer(); }]);
+  const ui = loadConsole(dir, routes);
+  await logIn(ui);
+  ui.$('tabs').querySelectorAll('button[data-view]').find((b) => b.dataset.view === 'stats').click();
+  await settle();
+  ui.$('forget').click();
+  slow.open();
+  await settle();
+  assert.equal(ui.$('login').hidden, false);
+  assert.ok(!ui.$('view').textContent.includes('424242'), ui.$('view').textContent);
+  assert.ok(ui.$('view').textContent.includes('No admin key is held'));
+});
+
+scenario('an answer that arrives after switching views does not show in the new view', async (dir) => {
+  const slow = gate();
+  const routes = defaultRoutes();
+  routes.unshift(['GET /admin/stats', async () => { await slow.opened; return statsAnswer(); }]);
+  const ui = loadConsole(dir, routes);
+  await logIn(ui);
+  const tab = (name) => ui.$('tabs').querySelectorAll('button[data-view]').find((b) => b.dataset.view === name);
+  tab('stats').click();
+  await settle();
+  tab('apis').click();
+  await settle();
+  slow.open();
+  await settle();
+  assert.ok(ui.$('view').textContent.includes('/orders'), 'the APIs view shows');
+  assert.ok(!ui.$('view').textContent.includes('424242'), ui.$('view').textContent);
+});
+
+// The plaintext of a rotated key comes only in the rotation's answer: when that answer arrives
+// after the operator switched views, it is shown above the view now shown, not lost.
+scenario('a rotated key is shown even when the operator switched views meanwhile', async (dir) => {
+  const slow = gate();
+  const routes = defaultRoutes();
+  routes.unshift(['POST /admin/keys/kAAAAAAAAAAAA/rotate', async () => {
+    await slow.opened;
+    return json(200, { ...keyRecord('kAAAAAAAAAAAA'), key: 'kg_the-rotated-secret' });
+  }]);
+  const ui = loadConsole(dir, routes);
+  await logIn(ui);
+  buttonsNamed(ui.$('view'), 'Rotate')[0].click();
+  submit(buttonsNamed(ui.$('view'), 'Rotate').map((b) => b.closest('form')).find(Boolean));
+  await settle();
+  ui.$('tabs').querySelectorAll('button[data-view]').find((b) => b.dataset.view === 'apis').click();
+  await settle();
+  slow.open();
+  await settle();
+  assert.ok(ui.$('view').textContent.includes('/orders'), 'the APIs view shows');
+  const shown = inputs(ui.$('view')).filter((i) => i.value === 'kg_the-rotated-secret');
+  assert.equal(shown.length, 1, 'the rotated key value is not shown');
+});
+
 // --- Runner ------------------------------------------------------------------------------------
 
 const dir = process.argv[2];
