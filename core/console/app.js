@@ -124,13 +124,15 @@ function notify(text) {
   $('notice').hidden = false;
 }
 
-// Runs an async action of the operator's: clears old messages, shows a failure.
-async function run(action) {
+// Runs an async action of the operator's: clears old messages, shows a failure. With `pane`,
+// the action builds that view: a failure once the view is off the page (the operator moved on)
+// is not shown, as it would read as one of the view now shown.
+async function run(action, pane = null) {
   clearMessages();
   try {
     await action();
   } catch (err) {
-    showError(err);
+    if (pane === null || pane.isConnected) showError(err);
   }
 }
 
@@ -197,7 +199,7 @@ function show(name) {
   // (another view, "Forget key") lands in a pane no longer on the page, not beside what is shown.
   const pane = h('div');
   $('view').replaceChildren(pane);
-  run(() => VIEWS[name](pane));
+  run(() => VIEWS[name](pane), pane);
 }
 $('tabs').addEventListener('click', (event) => {
   const tab = event.target.closest('button[data-view]');

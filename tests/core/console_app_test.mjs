@@ -357,6 +357,28 @@ scenario('an answer that arrives after switching views does not show in the new 
   assert.ok(!ui.$('view').textContent.includes('424242'), ui.$('view').textContent);
 });
 
+// Nor does its failure: an error of a view the operator left would read as one of the view now
+// shown (or, after "Forget key", as one of the empty page).
+scenario('a failure that arrives after switching views is not reported in the new view', async (dir) => {
+  const slow = gate();
+  const routes = defaultRoutes();
+  routes.unshift(['GET /admin/stats', async () => {
+    await slow.opened;
+    return json(503, { error: 'store_unavailable', field: null, message: 'the key store cannot answer' });
+  }]);
+  const ui = loadConsole(dir, routes);
+  await logIn(ui);
+  const tab = (name) => ui.$('tabs').querySelectorAll('button[data-view]').find((b) => b.dataset.view === name);
+  tab('stats').click();
+  await settle();
+  tab('apis').click();
+  await settle();
+  slow.open();
+  await settle();
+  assert.ok(ui.$('view').textContent.includes('/orders'), 'the APIs view shows');
+  assert.equal(ui.$('error').hidden, true, ui.$('error').textContent);
+});
+
 // The plaintext of a rotated key comes only in the rotation's answer: when that answer arrives
 // after the operator switched views, it is shown above the view now shown, not lost.
 scenario('a rotated key is shown even when the operator switched views meanwhile', async (dir) => {
