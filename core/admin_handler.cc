@@ -51,6 +51,7 @@ void AdminHandler::write_console(const HttpRequest& request, ResponseWriter& res
   if (request.method != "GET" && request.method != "HEAD") {
     response.start(405);
     response.header("Cache-Control", "no-store");
+    response.header("X-Content-Type-Options", "nosniff");
     response.header("Allow", "GET, HEAD");
     response.finish_error("method_not_allowed", "use GET or HEAD", /*field_null=*/true);
     return;
@@ -282,6 +283,9 @@ void AdminHandler::write_result(const AdminResponse& out, ResponseWriter& respon
   // Nothing the admin API answers may be kept by a browser or an intermediary: create and rotate
   // answers carry a plaintext key, the rest key records and access-log contents.
   response.header("Cache-Control", "no-store");
+  // Their bodies hold text others wrote (descriptions, logged paths and captured bodies): a
+  // browser shown one must take it for the type it is labelled, never sniff HTML in it.
+  response.header("X-Content-Type-Options", "nosniff");
   if (out.challenge) response.header("WWW-Authenticate", Authenticator::kChallenge);
   if (!out.allow.empty()) response.header("Allow", out.allow);
   if (out.status == 204) {
@@ -295,6 +299,7 @@ void AdminHandler::write_error(ResponseWriter& response, int status, std::string
                                std::string_view message, bool challenge) noexcept {
   response.start(status);
   response.header("Cache-Control", "no-store");
+  response.header("X-Content-Type-Options", "nosniff");  // as write_result()'s
   if (challenge) response.header("WWW-Authenticate", Authenticator::kChallenge);
   response.finish_error(code, message, /*field_null=*/true);
 }

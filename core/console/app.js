@@ -124,13 +124,15 @@ function notify(text) {
   $('notice').hidden = false;
 }
 
-// Runs an async action of the operator's: clears old messages, shows a failure.
-async function run(action) {
+// Runs an async action of the operator's: clears old messages, shows a failure. With `pane`,
+// the action builds that view: a failure once the view is off the page (the operator moved on)
+// is not shown, as it would read as one of the view now shown.
+async function run(action, pane = null) {
   clearMessages();
   try {
     await action();
   } catch (err) {
-    showError(err);
+    if (pane === null || pane.isConnected) showError(err);
   }
 }
 
@@ -193,9 +195,11 @@ function show(name) {
   for (const tab of $('tabs').querySelectorAll('button')) {
     tab.setAttribute('aria-pressed', String(tab.dataset.view === name));
   }
-  const view = $('view');
-  view.replaceChildren();
-  run(() => VIEWS[name](view));
+  // Each view builds into a pane of its own: an answer that arrives after the operator moved on
+  // (another view, "Forget key") lands in a pane no longer on the page, not beside what is shown.
+  const pane = h('div');
+  $('view').replaceChildren(pane);
+  run(() => VIEWS[name](pane), pane);
 }
 $('tabs').addEventListener('click', (event) => {
   const tab = event.target.closest('button[data-view]');
@@ -204,9 +208,10 @@ $('tabs').addEventListener('click', (event) => {
 
 // --- Keys -----------------------------------------------------------------------------------
 
-// Shows a key's plaintext the one time the API returns it (create, rotate). Dismissing the box,
-// switching views or forgetting the admin key removes the value from the page.
-function showSecret(view, record, verb) {
+// Shows a key's plaintext the one time the API returns it (create, rotate), above the view on
+// the page (the one the operator may have moved on to meanwhile: the value comes only now).
+// Dismissing the box, switching views or forgetting the admin key removes it from the page.
+function showSecret(record, verb) {
   const value = h('input', { type: 'text', readonly: true, value: record.key, spellcheck: 'false', autocomplete: 'off', 'aria-label': 'key value' });
   const copy = button('Copy', async () => {
     try {
@@ -222,7 +227,7 @@ function showSecret(view, record, verb) {
     h('p', { class: 'warning' }, 'This is the only time keygate shows this value: it keeps only ' +
       'a digest. Copy it now and store it safely. If it is lost, rotate the key.'),
     h('div', { class: 'row' }, value, copy, button('Done', () => box.remove())));
-  view.prepend(box);
+  $('view').prepend(box);
   value.select();
 }
 
@@ -345,7 +350,7 @@ async function keysView(view) {
         const rotated = await api('POST', 'rotate', { params: { id: key.id }, body: { grace_seconds: Number(grace.value) } });
         row.replaceWith(keyRow(rotated));
         closePanel();
-        showSecret(view, rotated, 'rotated');
+        showSecret(rotated, 'rotated');
       }, field('Grace period in seconds (at most 2592000, 30 days)', grace),
       h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Rotate'), button('Cancel', closePanel))));
   }
@@ -369,8 +374,10 @@ async function keysView(view) {
         const created = await api('POST', 'keys', { body });
         value.value = '';
         closePanel();
+        // Shown before the list is read again: the value comes only in this answer, and must
+        // not be lost when that read fails.
+        showSecret(created, 'created');
         await load(true);
-        showSecret(view, created, 'created');
       }, field('Value (empty: keygate generates one, the safe choice)', value), fields.element,
       h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Create'), button('Cancel', closePanel))));
   }

@@ -152,6 +152,36 @@ TEST_F(Console, TheAdminApiStillNeedsTheAdminKey) {
   EXPECT_EQ(r->status, 200) << show(r);
 }
 
+// The admin API's answers carry text other people wrote (key descriptions, user names, logged
+// paths, captured bodies): like the console's files, every answer of the admin port's handler
+// (success, error, refusal) tells a browser not to sniff another type than the one it names.
+TEST_F(Console, EveryAdminAnswerForbidsMimeSniffing) {
+  const std::string key = "X-ApiKey: " + admin_value_;
+  struct Case {
+    const char* method;
+    const char* target;
+    bool with_key;
+    int status;
+  };
+  const Case cases[] = {
+      {"GET", "/admin/keys", true, 200},     {"GET", "/admin/logs?limit=1", true, 200},
+      {"GET", "/admin/keys", false, 401},    {"GET", "/admin/nope", true, 404},
+      {"GET", "/nope", false, 404},          {"PUT", "/admin/keys", true, 405},
+      {"GET", "/console/nope", false, 404},  {"POST", "/console", false, 405},
+      {"GET", "/admin/keys/kAAAAAAAAAAAA", true, 404},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.method) + " " + c.target);
+    const std::optional<Response> r =
+        admin_port(c.method, c.target, c.with_key ? std::vector<std::string>{key}
+                                                  : std::vector<std::string>{});
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->status, c.status) << show(r);
+    EXPECT_EQ(r->header("X-Content-Type-Options"), "nosniff") << show(r);
+    EXPECT_EQ(r->header("Cache-Control"), "no-store") << show(r);
+  }
+}
+
 TEST_F(Console, TheDataPortDoesNotServeTheConsole) {
   for (const ConsoleFile& file : kFiles) {
     for (const char* method : {"GET", "HEAD"}) {
