@@ -162,6 +162,14 @@ int HttpParser::on_url(llhttp_t* p, const char* at, size_t len) {
   if (h->raw_position(at + len) > h->limits_.request_line_bytes_max) {
     return h->fail(414, "uri_too_long", "request line too long");
   }
+  // The target ended by the line's end ("GET /\r\n") is HTTP/0.9, whose client sends no header
+  // section and waits for the body at once: answered now, not at the header timeout (408) that
+  // waiting for headers would end in (llhttp reads the version as 0.9 only at the next byte).
+  // A span cut at the end of the input is a part of the target, not its end.
+  const char* end = at + len;
+  if (end < h->exec_end_ && (*end == '\r' || *end == '\n')) {
+    return h->fail(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served");
+  }
   return 0;
 }
 
@@ -708,6 +716,7 @@ HttpParser::Result HttpParser::parse(std::span<char> input, size_t readable_afte
     exec_start = base_ + old_size;
   }
   exec_start_ = exec_start;
+  exec_end_ = exec_start + input.size();
   readable_end_ = input.data() + input.size() + readable_after;
 
   const llhttp_errno_t err = llhttp_execute(&parser_, exec_start, input.size());

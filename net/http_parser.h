@@ -212,6 +212,7 @@ class HttpParser {
   // Raw bytes of this request consumed so far, and where the current execute began.
   uint64_t raw_consumed_ = 0;
   const char* exec_start_ = nullptr;
+  const char* exec_end_ = nullptr;  // end of the input llhttp is executing
   const char* readable_end_ = nullptr;  // direct mode: end of what may be read after input
   bool request_line_done_ = false;
   bool version_seen_ = false;      // on_version() had the version's first piece

@@ -845,6 +845,16 @@ TEST(HttpParser, RejectsHttp2RequestLineWith505) {
   expect_rejected("GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
 }
 
+// An HTTP/0.9 request line has no header section after it: the answer cannot wait for one.
+TEST(HttpParser, RejectsHttp09RequestLineAtItsEndWith505) {
+  expect_rejected("GET /\r\n", 505, "http_version_not_supported");
+  expect_rejected("GET /index.html\r\n\r\n", 505, "http_version_not_supported");
+  // Not before the line ends: "GET /" may still become "GET / HTTP/1.1".
+  HttpParser parser(kDefaultLimits);
+  std::string partial = "GET /";
+  EXPECT_EQ(parser.parse(partial).status, Status::kNeedMore);
+}
+
 TEST(HttpParser, RejectsHttp12With505) {
   expect_rejected("GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505, "http_version_not_supported");
 }
