@@ -1154,9 +1154,10 @@ void Worker::Impl::release_up(UpConn* up) {
   up->client = nullptr;
   up->fill.clear();
   up->sending.clear();
-  if (up->fill.capacity() > kOutputKeepCapacity) up->fill.shrink_to_fit();
-  if (up->sending.capacity() > kOutputKeepCapacity) up->sending.shrink_to_fit();
   trim_head(up);
+  for (std::string* b : {&up->fill, &up->sending, &up->head}) {
+    if (b->capacity() > kSlotOutputKeepCapacity) std::string().swap(*b);
+  }
   up->send_off = 0;
   up->send_in_flight = up->send_failed = up->recv_armed = up->recv_paused = false;
   up->reused = up->replayable = false;

@@ -936,8 +936,9 @@ void Worker::Impl::release(Connection* c) {
   ++c->gen;
   for (std::string& b : c->out) {
     b.clear();
-    if (b.capacity() > kOutputKeepCapacity) b.shrink_to_fit();
+    if (b.capacity() > kSlotOutputKeepCapacity) std::string().swap(b);
   }
+  c->rlog.release_large();  // a capture the parser appended to after the record was written
   c->pending.clear();
   c->resume_buf.clear();
   trim_input(c->pending);
