@@ -193,10 +193,10 @@ void RequestLog::response_head(std::string_view head) {
   }
 }
 
-void RequestLog::release_large() noexcept {
+void RequestLog::release_large(size_t keep_bytes) noexcept {
   for (std::string* s : {&method, &target, &key_id, &user, &api, &key_value, &req_head, &req_body,
                          &req_content_type, &resp_head, &resp_body, &resp_content_type}) {
-    if (s->capacity() > kRecordFieldKeepCapacity) std::string().swap(*s);
+    if (s->capacity() > keep_bytes) std::string().swap(*s);
   }
 }
 
@@ -300,7 +300,7 @@ void Worker::Impl::log_end(Connection* c, int status, std::string_view reason,
     if (record_buf.capacity() > kOutputKeepCapacity) record_buf.shrink_to_fit();
   }
   l.key_value.clear();
-  l.release_large();
+  l.release_large(kRecordFieldKeepCapacity);
 }
 
 // Why a request in progress had no complete answer when its connection ended: keygate's own

@@ -938,7 +938,8 @@ void Worker::Impl::release(Connection* c) {
     b.clear();
     if (b.capacity() > kSlotOutputKeepCapacity) std::string().swap(b);
   }
-  c->rlog.release_large();  // a capture the parser appended to after the record was written
+  // Also a capture the parser appended to after the record was written.
+  c->rlog.release_large(kSlotRecordKeepCapacity);
   c->pending.clear();
   c->resume_buf.clear();
   trim_input(c->pending);

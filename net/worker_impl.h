@@ -53,10 +53,14 @@ inline constexpr size_t kOutputKeepCapacity = 256 * 1024;
 // for its next connection, so it keeps no more than a typical response needs: up to
 // kOutputKeepCapacity each, 200 slack-read proxied responses left ~100 MiB resident for good.
 inline constexpr size_t kSlotOutputKeepCapacity = 16 * 1024;
-// What each string of a connection's access-log record (RequestLog) keeps once its record is
-// written: a capture (up to [log] capture_bytes_max, 16 MiB) or a long target would otherwise
-// stay allocated in the slot for good (200 connections with 4 MiB captures: 800 MiB).
-inline constexpr size_t kRecordFieldKeepCapacity = 4 * 1024;
+// What each string of a connection's access-log record (RequestLog) keeps: once its record is
+// written, up to kRecordFieldKeepCapacity (the default [log] capture_bytes_max, so that a key
+// with full capture at the defaults reuses its buffers request after request instead of
+// allocating them again for each); once the connection closed, up to kSlotRecordKeepCapacity.
+// A capture (up to capture_bytes_max, 16 MiB) or a long target would otherwise stay allocated
+// in the slot for good (200 connections with 4 MiB captures: 800 MiB).
+inline constexpr size_t kRecordFieldKeepCapacity = 64 * 1024;
+inline constexpr size_t kSlotRecordKeepCapacity = 4 * 1024;
 inline constexpr long kTickNs = 100'000'000;  // timeout resolution and drain check interval
 // How long a drain waits for the first byte of a connection that has sent none yet
 // (Connection::fresh), from the drain's start; its header timeout and the drain deadline, when
@@ -108,7 +112,8 @@ struct UpConn;
 struct ApiVersion;
 
 // The access-log state of the request a connection is serving (request_log.cc). Strings keep
-// their capacity between requests, up to kRecordFieldKeepCapacity each (release_large).
+// their capacity between requests, up to kRecordFieldKeepCapacity each (release_large), and
+// up to kSlotRecordKeepCapacity once the connection closed.
 struct RequestLog {
   bool open = false;    // a request began and its record (counted in WorkerStats) did not end
   bool active = false;  // open, with the access log on: the record is being collected
@@ -141,9 +146,9 @@ struct RequestLog {
   // `wire_bytes` what it took on the wire with chunk framing).
   void response_head(std::string_view head);
   void response_body(std::string_view data, size_t wire_bytes);
-  // Releases every string past kRecordFieldKeepCapacity: its record is written (or the slot
+  // Frees every string whose capacity is past `keep_bytes`: its record is written (or the slot
   // released), and the next one starts empty.
-  void release_large() noexcept;
+  void release_large(size_t keep_bytes) noexcept;
 };
 
 // The RequestContext a connection hands its handler; defer() makes the request pending.
