@@ -703,17 +703,22 @@ bool validate_config(const Config& config, std::string* error) {
              " and " + config.admin_listen.to_string() + " take the same port on one address)";
     return false;
   }
-  // An API forwarded to keygate's own data port would have every request come back and be
-  // forwarded again (a key in a body stays in it), until connections or descriptors run out.
   // Checked here, after --listen has applied, and so at every reload too.
-  for (const ApiConfig& api : config.apis) {
+  return check_upstreams_are_not(config.listen, config.apis, error);
+}
+
+// An API forwarded to keygate's own data port would have every request come back and be
+// forwarded again (a key in a body stays in it), until connections or descriptors run out.
+bool check_upstreams_are_not(const ListenAddress& listen, const std::vector<ApiConfig>& apis,
+                             std::string* error) {
+  for (const ApiConfig& api : apis) {
     for (const std::string& text : api.upstreams) {
       ListenAddress upstream;
       std::string why;
       if (!parse_listen_address(text, &upstream, &why)) continue;  // the parser refused it
-      if (reaches_listener(upstream, config.listen)) {
+      if (reaches_listener(upstream, listen)) {
         *error = "apis." + api.name + ".upstreams: " + upstream.to_string() +
-                 " is keygate's own data port (server.listen " + config.listen.to_string() +
+                 " is keygate's own data port (server.listen " + listen.to_string() +
                  "): every request would be forwarded back to keygate";
         return false;
       }

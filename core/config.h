@@ -109,6 +109,13 @@ std::string log_directory(const Config& config);
 // Checks cross-field rules (e.g. limits that must be positive). Fails with one line.
 bool validate_config(const Config& config, std::string* error);
 
+// Fails when an API's upstream is the data port keygate listens on at `listen` (the address
+// itself, or a loopback address on a wildcard's port): every request would be forwarded back
+// to keygate. validate_config applies it with the config's own listen; a reload also with the
+// running one, which a changed listen in the file does not move until a restart.
+bool check_upstreams_are_not(const ListenAddress& listen, const std::vector<ApiConfig>& apis,
+                             std::string* error);
+
 // What a reload (SIGHUP, POST /admin/reload) changes besides [[apis]]: the settings whose value
 // differs between the running config and a reloaded one, by their key in the file
 // ("server.listen", "limits.idle_timeout_ms", "log.enabled", ...), in the file's order, split

@@ -295,7 +295,8 @@ struct Reloader {
     keygate::Config fresh;
     if (!read_file(path, &text, &error) || !keygate::parse_config(text, path, &fresh, &error) ||
         !keygate::apply_overrides(cli, &fresh, &error) ||
-        !keygate::validate_config(fresh, &error)) {
+        !keygate::validate_config(fresh, &error) ||
+        !keygate::check_upstreams_are_not(running.listen, fresh.apis, &error)) {
       // Parse errors name the file and line already; a cross-field rule names the file here.
       return refuse(error.starts_with(path) ? error : path + ": " + error);
     }
