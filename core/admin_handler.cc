@@ -1,5 +1,7 @@
 #include "core/admin_handler.h"
 
+#include <algorithm>
+
 #include "core/assert.h"
 #include "core/console_assets.h"
 
@@ -15,11 +17,31 @@ constexpr size_t kKeptBodyCapacityMax = 64 * 1024;
 // Admin keys are few: a small table is plenty (32 bytes a slot).
 constexpr size_t kKeyUseSlots = 64;
 
+bool admin_host_allowed(std::string_view host, std::span<const std::string> names) noexcept {
+  if (host.empty()) return true;
+  if (host.front() == '[') return true;  // an IPv6 literal (the parser checked host[:port])
+  // The host without its port and a final dot ("localhost." is localhost).
+  if (const size_t colon = host.rfind(':'); colon != std::string_view::npos) {
+    host = host.substr(0, colon);
+  }
+  if (!host.empty() && host.back() == '.') host.remove_suffix(1);
+  if (host.empty()) return false;
+  // Digits and dots: an IPv4 literal to a browser (it would not look such a name up in DNS).
+  if (std::all_of(host.begin(), host.end(), [](char c) { return c == '.' || (c >= '0' && c <= '9'); })) {
+    return true;
+  }
+  if (equals_ignore_case(host, "localhost")) return true;
+  return std::any_of(names.begin(), names.end(),
+                     [host](const std::string& name) { return equals_ignore_case(host, name); });
+}
+
 AdminHandler::AdminHandler(KeyDirectory& directory, AdminBackend& backend,
-                           size_t body_inspect_bytes_max, KeyUseSink* uses, unsigned worker)
+                           size_t body_inspect_bytes_max, KeyUseSink* uses, unsigned worker,
+                           std::vector<std::string> hosts)
     : authenticator_(directory, body_inspect_bytes_max),
       uses_(uses, worker, kKeyUseSlots),
       body_inspect_bytes_max_(body_inspect_bytes_max),
+      hosts_(std::move(hosts)),
       backend_(backend) {}
 
 bool AdminHandler::answered_without_key(const HttpRequest& request, ResponseWriter& response,
@@ -28,6 +50,12 @@ bool AdminHandler::answered_without_key(const HttpRequest& request, ResponseWrit
     // /healthz needs no key (and no body: at the head it is answered with the body unread, the
     // connection then closes, so no client can make the port buffer one).
     builtin_.handle(request, response, ctx);
+  } else if (!admin_host_allowed(request.header("host"), hosts_)) {
+    // No key work and no console for a page that reached the port under a name of its own.
+    write_error(response, 421, "host_not_allowed",
+                "the Host header names no address of this admin port: add the name to [admin] "
+                "hosts, or use an IP address or localhost",
+                false);
   } else if (is_console_path(request.path)) {
     // The console's files need no key either: the page asks the operator for one.
     write_console(request, response);

@@ -7,6 +7,7 @@
 //
 // Order of checks for a request on the admin port:
 //   GET/HEAD /healthz -> 200 "ok" (no key needed; other methods 405);
+//   a Host admin_host_allowed() refuses -> 421 host_not_allowed (before any other check);
 //   GET/HEAD /console and its files (console_assets.h) -> 200 with the console's security
 //     headers (no key needed: they hold no secrets); other methods 405 (Allow: GET, HEAD), an
 //     unknown /console/... 404 not_found;
@@ -35,7 +36,9 @@
 
 #include <cstddef>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/admin_api.h"
@@ -60,13 +63,25 @@ class AdminBackend {
                       ResumeTicket ticket) noexcept = 0;
 };
 
+// Whether a request with this Host (its value; empty when the request has none, as HTTP/1.0
+// allows) may reach the admin port: none, an IP literal ("127.0.0.1", "[::1]", with or without
+// a port), "localhost", or one of `names` ([admin] hosts), compared without case, port or a
+// final dot. Why: a web page the operator's browser opens can make a name it controls resolve
+// to 127.0.0.1 (DNS rebinding) and then call the admin port as its own origin, free to send
+// X-ApiKey and read the answers: an admin key left weak (the README's quick-start one) could be
+// tried from there. Such requests carry that name as their Host; a browser sends an IP literal
+// only for a page whose origin is that IP.
+bool admin_host_allowed(std::string_view host, std::span<const std::string> names) noexcept;
+
 class AdminHandler final : public Handler {
  public:
   // `directory` and `backend` must outlive the handler. `body_inspect_bytes_max`: the largest
   // form/JSON body searched for a key (413 above it when the key is not in the header or query).
-  // `uses` (may be null) gets this worker's (`worker`) key uses.
+  // `uses` (may be null) gets this worker's (`worker`) key uses. `hosts`: the names a Host may
+  // give besides IP literals and localhost (admin_host_allowed).
   AdminHandler(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max,
-               KeyUseSink* uses = nullptr, unsigned worker = 0);
+               KeyUseSink* uses = nullptr, unsigned worker = 0,
+               std::vector<std::string> hosts = {});
 
   Result handle(const HttpRequest& request, ResponseWriter& response,
                 RequestContext& ctx) noexcept override;
@@ -135,6 +150,7 @@ class AdminHandler final : public Handler {
   Authenticator authenticator_;
   KeyUseReporter uses_;
   size_t body_inspect_bytes_max_;
+  std::vector<std::string> hosts_;
   AdminBackend& backend_;
   BuiltinHandler builtin_;
   std::vector<std::unique_ptr<State>> pool_;
@@ -143,14 +159,15 @@ class AdminHandler final : public Handler {
 class AdminHandlerFactory final : public HandlerFactory {
  public:
   AdminHandlerFactory(KeyDirectory& directory, AdminBackend& backend, size_t body_inspect_bytes_max,
-                      KeyUseSink* uses = nullptr)
+                      KeyUseSink* uses = nullptr, std::vector<std::string> hosts = {})
       : directory_(directory),
         backend_(backend),
         body_inspect_bytes_max_(body_inspect_bytes_max),
-        uses_(uses) {}
+        uses_(uses),
+        hosts_(std::move(hosts)) {}
   std::unique_ptr<Handler> make(unsigned worker_index) override {
     return std::make_unique<AdminHandler>(directory_, backend_, body_inspect_bytes_max_, uses_,
-                                          worker_index);
+                                          worker_index, hosts_);
   }
 
  private:
@@ -158,6 +175,7 @@ class AdminHandlerFactory final : public HandlerFactory {
   AdminBackend& backend_;
   size_t body_inspect_bytes_max_;
   KeyUseSink* uses_;
+  std::vector<std::string> hosts_;
 };
 
 }  // namespace keygate

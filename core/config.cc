@@ -169,6 +169,44 @@ bool reaches_listener(const ListenAddress& upstream, const ListenAddress& listen
   return v6_loopback && bound_address(listen, listen_bytes, &listen_ipv6) && listen_ipv6;
 }
 
+// [admin] hosts: DNS names (letters, digits, '-', '.'; at most 253 characters; not an IP literal,
+// which is always allowed), stored lower case; at most kAdminHostsMax.
+constexpr size_t kAdminHostsMax = 64;
+bool read_admin_hosts(const toml::table& admin, std::string_view source,
+                      std::vector<std::string>* out, std::string* error) {
+  const toml::node* node = admin.get("hosts");
+  if (node == nullptr) return true;
+  const toml::array* list = node->as_array();
+  const auto refuse = [&](const toml::node& at, const std::string& why) {
+    *error = where(at.source(), source) + ": admin.hosts: " + why;
+    return false;
+  };
+  if (list == nullptr) return refuse(*node, "expected an array of host names");
+  if (list->size() > kAdminHostsMax) {
+    return refuse(*node, "at most " + std::to_string(kAdminHostsMax) + " names");
+  }
+  std::vector<std::string> names;
+  for (const toml::node& item : *list) {
+    if (!item.is_string()) return refuse(item, "expected a host name string");
+    std::string name = **item.as_string();
+    const bool valid = !name.empty() && name.size() <= 253 &&
+                       std::all_of(name.begin(), name.end(), [](char c) {
+                         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                                (c >= '0' && c <= '9') || c == '-' || c == '.';
+                       }) &&
+                       name.front() != '.' && name.back() != '.';
+    if (!valid) {
+      return refuse(item, "\"" + name +
+                              "\" is not a host name (letters, digits, '-' and '.', no port)");
+    }
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](char c) { return static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c); });
+    names.push_back(std::move(name));
+  }
+  *out = std::move(names);
+  return true;
+}
+
 }  // namespace
 
 bool same_host(const ListenAddress& a, const ListenAddress& b) {
@@ -344,12 +382,13 @@ bool parse_config_text(std::string_view text, std::string_view source, Config* o
       *error = where(node->source(), source) + ": admin: expected a table";
       return false;
     }
-    if (!check_known_keys(*admin, {"body_bytes_max", "connections_max"}, source, "admin",
-                          error) ||
+    if (!check_known_keys(*admin, {"body_bytes_max", "connections_max", "hosts"}, source,
+                          "admin", error) ||
         !read_uint(*admin, "body_bytes_max", source, "admin", 1024, uint64_t{1} << 30,
                    &config.admin_body_bytes_max, error) ||
         !read_uint(*admin, "connections_max", source, "admin", 1, 100000,
-                   &config.admin_connections_max, error)) {
+                   &config.admin_connections_max, error) ||
+        !read_admin_hosts(*admin, source, &config.admin_hosts, error)) {
       return false;
     }
   }
@@ -798,6 +837,7 @@ ReloadChanges reload_changes(const Config& running, const Config& reloaded) {
   live(running.admin_body_bytes_max == reloaded.admin_body_bytes_max, "admin.body_bytes_max");
   check(running.admin_connections_max == reloaded.admin_connections_max,
         "admin.connections_max");
+  check(running.admin_hosts == reloaded.admin_hosts, "admin.hosts");
   check(running.body_inspect_bytes_max == reloaded.body_inspect_bytes_max,
         "keys.body_inspect_bytes_max");
   live(running.last_used_flush_interval_ms == reloaded.last_used_flush_interval_ms,

@@ -57,6 +57,9 @@ struct Config {
   // Open admin-port connections, all workers together: a budget apart from the data port's
   // limits.connections_per_worker_max, so neither port's clients can take the other's places.
   uint32_t admin_connections_max = 64;
+  // [admin] hosts: names a request's Host may give on the admin port besides IP literals and
+  // localhost (admin_host_allowed in core/admin_handler.h), lower case. Restart-only.
+  std::vector<std::string> admin_hosts;
   // [keys]
   uint64_t body_inspect_bytes_max = 1024 * 1024;  // form/JSON bodies searched for a key (413 above)
   // Keys' last uses (last_used_at) are written to the store at least this often; a crash

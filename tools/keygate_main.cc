@@ -884,7 +884,7 @@ int main(int argc, char** argv) {
   keygate::AuthHandlerFactory data_handlers(initial_apis->registry, keys, body_inspect_bytes_max,
                                             &last_used);
   keygate::AdminHandlerFactory admin_handlers(keys, admin_executor, body_inspect_bytes_max,
-                                              &last_used);
+                                              &last_used, config.admin_hosts);
 #ifdef KEYGATE_TEST_HOOKS
   std::optional<WedgeHandlerFactory> wedge_handlers;
   if (const char* wedge = std::getenv("KEYGATE_TEST_WEDGE");

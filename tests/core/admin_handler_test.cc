@@ -608,5 +608,24 @@ TEST_F(AdminHandlerTest, AbandonInEveryPhaseFreesTheState) {
   handler_.abandon(ctx_);
 }
 
+// The Host a request to the admin port may give: none, an IP literal, localhost, or a name the
+// operator listed; any other is a page that reached the port under a name of its own (DNS
+// rebinding) or a misdirected request.
+TEST(AdminHostAllowed, IpLiteralsLocalhostAndListedNamesOnly) {
+  const std::vector<std::string> names = {"kg-admin.internal"};
+  for (std::string_view host :
+       {"", "127.0.0.1", "127.0.0.1:8081", "10.1.2.3:80", "[::1]", "[::1]:8081", "localhost",
+        "localhost:8081", "LocalHost", "localhost.", "localhost.:8081", "kg-admin.internal",
+        "KG-Admin.Internal:8081", "kg-admin.internal."}) {
+    EXPECT_TRUE(admin_host_allowed(host, names)) << host;
+  }
+  for (std::string_view host :
+       {"evil.example", "evil.example:8081", "localhost.evil.example", "127.0.0.1.evil.example",
+        "admin.internal", "kg-admin.internal.evil", "x", ":8081", "."}) {
+    EXPECT_FALSE(admin_host_allowed(host, names)) << host;
+  }
+  EXPECT_FALSE(admin_host_allowed("kg-admin.internal", {}));
+}
+
 }  // namespace
 }  // namespace keygate

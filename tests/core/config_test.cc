@@ -251,6 +251,24 @@ TEST(Config, RejectsMalformedListenAddressInFile) {
   EXPECT_TRUE(contains(error, "server.listen: address must be a numeric IP")) << error;
 }
 
+TEST(Config, ReadsAdminHostsAsLowerCaseNames) {
+  EXPECT_TRUE(parse_ok("").admin_hosts.empty());
+  EXPECT_EQ(parse_ok("[admin]\nhosts = [\"KG-Admin.Internal\", \"admin\"]\n").admin_hosts,
+            (std::vector<std::string>{"kg-admin.internal", "admin"}));
+  EXPECT_EQ(parse_error("[admin]\nhosts = \"admin\"\n"),
+            "test.toml:2:9: admin.hosts: expected an array of host names");
+  EXPECT_EQ(parse_error("[admin]\nhosts = [7]\n"),
+            "test.toml:2:10: admin.hosts: expected a host name string");
+  for (const char* bad : {"", "admin:8081", "admin/x", "a b", ".admin", "admin."}) {
+    const std::string error =
+        parse_error(std::string("[admin]\nhosts = [\"") + bad + "\"]\n");
+    EXPECT_NE(error.find("is not a host name"), std::string::npos) << bad << ": " << error;
+  }
+  std::string many = "[admin]\nhosts = [";
+  for (int i = 0; i < 65; ++i) many += "\"h" + std::to_string(i) + "\",";
+  EXPECT_EQ(parse_error(many + "]\n"), "test.toml:2:9: admin.hosts: at most 64 names");
+}
+
 TEST(Config, ReadsAdminConnectionsMaxWithinItsRange) {
   EXPECT_EQ(parse_ok("").admin_connections_max, 64u);
   EXPECT_EQ(parse_ok("[admin]\nconnections_max = 1\n").admin_connections_max, 1u);
@@ -1135,6 +1153,8 @@ TEST(Config, EveryDocumentedSettingChangedByAReloadIsNamedLiveOrRestartAsTheDocs
       values = {"\"127.0.0.1:18" + std::to_string(checked % 100 + 100) + "\""};
     } else if (def.starts_with('"') || def == "unset") {
       values = {"\"/tmp/keygate-reload-test-" + key + "\""};
+    } else if (def == "[]") {
+      values = {"[\"reload-test.example\"]"};
     } else {
       const unsigned long long d = std::stoull(def);
       if (d > 0) values.push_back(std::to_string(d * 2));

@@ -139,6 +139,39 @@ TEST_F(AdminApi, AdminPortAnswersHealthzWithoutAKeyAnd404OutsideTheAdminRoutes) 
   }
 }
 
+// A page the operator's browser opens can point a name of its own at 127.0.0.1 (DNS rebinding)
+// and call the admin port as its origin: such requests carry that name as their Host, and are
+// refused before any key work or console file. IP literals, localhost and the names in [admin]
+// hosts (the harness lists "it", "a", ...) are served; /healthz answers whatever the Host.
+TEST_F(AdminApi, AHostThatIsNoAddressOrListedNameIs421BeforeAnyKeyWork) {
+  const std::string port = std::to_string(server_->admin_port());
+  const auto with_host = [&](std::string_view target, const std::string& host) {
+    return admin_raw("GET " + std::string(target) + " HTTP/1.1\r\nHost: " + host +
+                     "\r\nX-ApiKey: " + admin_value_ + "\r\n\r\n");
+  };
+  for (const std::string& host : std::vector<std::string>{
+           "evil.example", "evil.example:" + port, "localhost.evil.example", "127.0.0.1.nip.io"}) {
+    for (const char* target : {"/admin/stats", "/console", "/admin/keys?key=x"}) {
+      const std::optional<Response> r = with_host(target, host);
+      EXPECT_TRUE(admin_error(r, 421, "host_not_allowed")) << host << " " << target;
+      if (r) {
+        EXPECT_EQ(r->header("X-Content-Type-Options"), "nosniff") << r->raw;
+      }
+    }
+    EXPECT_TRUE(status_is(with_host("/healthz", host), 200)) << host;
+    // The data port has no such rule: it serves any host.
+    EXPECT_TRUE(status_is(round_trip(server_->data_port(), "GET /healthz HTTP/1.1\r\nHost: " +
+                                                               host + "\r\n\r\n"),
+                          200))
+        << host;
+  }
+  for (const std::string& host :
+       std::vector<std::string>{"127.0.0.1:" + port, "[::1]:" + port, "localhost:" + port,
+                                "LOCALHOST", "it", "it:" + port}) {
+    EXPECT_TRUE(status_is(with_host("/admin/stats", host), 200)) << host;
+  }
+}
+
 TEST_F(AdminApi, NoKeyOrAWrongKeyIs401) {
   EXPECT_TRUE(admin_error(admin_raw(http_request("GET", "/admin/apis")), 401, "missing_api_key"));
   EXPECT_TRUE(admin_error(admin_raw(http_request("GET", "/admin/apis", {"X-ApiKey: it-not-a-key"})),

@@ -248,9 +248,11 @@ class Keygatectl : public ::testing::Test {
 
   // Replaces keygate's config file with `text`, atomically (a new file renamed over the old, as
   // docs/configuration.md asks): a reload never reads it half written. Returns its path.
-  std::string replace_config(const std::string& text) {
+  // `as_written`: without the harness's [admin] hosts (a file that does not parse anyway).
+  std::string replace_config(const std::string& text, bool as_written = false) {
     const std::string path = server_->dir().path() + "/keygate.toml";
-    const std::string written = server_->dir().write_file("keygate.toml.new", text);
+    const std::string written = server_->dir().write_file(
+        "keygate.toml.new", as_written ? text : with_harness_admin_hosts(text));
     EXPECT_EQ(std::rename(written.c_str(), path.c_str()), 0) << written;
     return path;
   }
@@ -963,8 +965,8 @@ TEST_F(Keygatectl, ReloadAppliesTheEditedConfigAndANewApiIsReachableAfterwards) 
 
 TEST_F(Keygatectl, ReloadOfAnInvalidFileSaysWhyOnStderrAndExitsOneAndNothingChanges) {
   const std::string value = made_key(ctl({"keys", "create", "--api", "orders"}));
-  const std::string path = replace_config(std::string(kOrdersAndBillingApis) +
-                                          "\n[[apis]]\nname = \"checks\"\nroutes = [\n");
+  const std::string path = replace_config(
+      std::string(kOrdersAndBillingApis) + "\n[[apis]]\nname = \"checks\"\nroutes = [\n", true);
   const CtlRun refused = ctl({"reload"});
   EXPECT_TRUE(refused.exited_with(1)) << refused.describe();
   EXPECT_EQ(refused.out, "") << refused.describe();

@@ -234,7 +234,7 @@ TEST(Quickstart, TheReadmeLinesCreateAKeyAndCallTheDemoApiWithAndWithoutIt) {
   ASSERT_NE(admin, env->end()) << "the README no longer sets KEYGATE_BOOTSTRAP_ADMIN_KEY";
   const std::optional<Response> record = round_trip(
       server.admin_port(), "GET /admin/keys/" + key_id +
-                               " HTTP/1.1\r\nHost: it\r\nX-ApiKey: " + admin->second + "\r\n\r\n");
+                               " HTTP/1.1\r\nHost: 127.0.0.1\r\nX-ApiKey: " + admin->second + "\r\n\r\n");
   ASSERT_TRUE(record.has_value());
   ASSERT_EQ(record->status, 200) << record->raw;
   EXPECT_NE(record->body.find("\"apis\":[\"demo\"]"), std::string::npos) << record->body;

@@ -110,7 +110,8 @@ class ReloadTest : public ::testing::Test {
   }
   std::string replace_config(const std::string& text) {
     const std::string path = server_->dir().path() + "/keygate.toml";
-    const std::string written = server_->dir().write_file("keygate.toml.new", text);
+    const std::string written =
+        server_->dir().write_file("keygate.toml.new", with_harness_admin_hosts(text));
     EXPECT_EQ(std::rename(written.c_str(), path.c_str()), 0);
     return path;
   }

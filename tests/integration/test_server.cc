@@ -316,6 +316,19 @@ ProcessResult run_process(const std::string& program, const std::vector<std::str
   return result;
 }
 
+std::string with_harness_admin_hosts(std::string config) {
+  const std::string hosts = "hosts = [\"a\", \"b\", \"it\", \"t\", \"x\"]\n";
+  if (const size_t table = config.find("[admin]\n"); table != std::string::npos) {
+    // A table that lists hosts itself (examples/keygate.toml) keeps its own.
+    const size_t next = config.find("\n[", table + 8);
+    const size_t own = config.find("\nhosts", table + 7);
+    if (own == std::string::npos || own > next) config.insert(table + 8, hosts);
+  } else {
+    config += "\n[admin]\n" + hosts;
+  }
+  return config;
+}
+
 // ---------------------------------------------------------------------------------------------
 // TestServer
 
@@ -342,7 +355,10 @@ bool TestServer::start(std::string* error, Millis timeout) {
   for (const auto& [key, value] : options_.limits) {
     config += key + " = " + std::to_string(value) + "\n";
   }
-  if (!options_.extra_config.empty()) config += "\n" + options_.extra_config + "\n";
+  const std::string extra = options_.admin_hosts_as_written
+                                ? options_.extra_config
+                                : with_harness_admin_hosts(options_.extra_config);
+  if (!extra.empty()) config += "\n" + extra + "\n";
   const std::string config_path = options_.config_path.empty()
                                       ? dir_.write_file("keygate.toml", config)
                                       : options_.config_path;
@@ -755,7 +771,9 @@ std::optional<Response> round_trip(uint16_t port, std::string_view request, Mill
 
 std::string http_request(std::string_view method, std::string_view target,
                          const std::vector<std::string>& headers, std::string_view body) {
-  std::string out = std::string(method) + " " + std::string(target) + " HTTP/1.1\r\nHost: it\r\n";
+  // An IP literal: the admin port refuses a name it was not told ([admin] hosts) with 421.
+  std::string out =
+      std::string(method) + " " + std::string(target) + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
   for (const std::string& h : headers) out += h + "\r\n";
   if (!body.empty() || method == "POST" || method == "PATCH" || method == "PUT") {
     out += "Content-Length: " + std::to_string(body.size()) + "\r\n";

@@ -127,11 +127,21 @@ std::vector<std::string> child_environment(
     const std::vector<std::pair<std::string, std::string>>& set,
     const std::vector<std::string>& unset);
 
+// `config` with the names the tests' raw requests give as Host ("it", "a", ...) allowed on
+// the admin port, which answers any other Host than an IP
+// literal or localhost with 421 ([admin] hosts): into config's [admin] table when it has one.
+// TestServer::start applies it; a test that rewrites the config file for a reload must too, or
+// the reload names admin.hosts as changed.
+std::string with_harness_admin_hosts(std::string config);
+
 struct ServerOptions {
   unsigned workers = 2;
   // The admin listener's port on 127.0.0.1; 0 = ephemeral. Fixed, a restarted server answers
   // where its clients were talking to the one before.
   uint16_t admin_port = 0;
+  // The harness allows the Host names its requests give ("it", "a", ...) on the admin port
+  // ([admin] hosts); true: extra_config's [admin] table is written as it is.
+  bool admin_hosts_as_written = false;
   // Written to the config file's [limits] table, e.g. {"pipeline_depth_max", 4}.
   std::vector<std::pair<std::string, uint64_t>> limits;
   // Data directory; empty: <temp dir>/data. A directory given here belongs to the caller: it
@@ -315,7 +325,7 @@ class RawClient {
 std::optional<Response> round_trip(uint16_t port, std::string_view request,
                                    Millis timeout = Millis(3000));
 
-// The bytes of an HTTP/1.1 request with "Host: it"; `headers` are complete lines without the
+// The bytes of an HTTP/1.1 request with "Host: 127.0.0.1"; `headers` are complete lines without the
 // CRLF. Content-Length is added whenever there is a body or the method usually has one (POST,
 // PATCH, PUT).
 std::string http_request(std::string_view method, std::string_view target,

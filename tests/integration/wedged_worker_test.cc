@@ -203,8 +203,9 @@ TEST(WedgedWorker, AReloadDoesNotWaitForAStalledWorkerNamesItAndItTakesTheApisAf
   const std::string path = server.dir().path() + "/keygate.toml";
   const auto write_config = [&](std::string_view apis, std::string_view limits = {}) {
     const std::string written = server.dir().write_file(
-        "keygate.toml.new", "[server]\nworker_stall_timeout_ms = 250\n\n[limits]\n" +
-                                std::string(limits) + "\n" + std::string(apis));
+        "keygate.toml.new",
+        with_harness_admin_hosts("[server]\nworker_stall_timeout_ms = 250\n\n[limits]\n" +
+                                 std::string(limits) + "\n" + std::string(apis)));
     ASSERT_EQ(std::rename(written.c_str(), path.c_str()), 0);
   };
   write_config(std::string(kOrdersAndBillingApis) +
@@ -309,8 +310,9 @@ TEST(WedgedWorker, RequestsThatReachedAWedgedWorkerBeforeAReloadAreParsedWithIts
     EXPECT_EQ(r->status, 200) << r->raw;
   }
   const std::string written = server.dir().write_file(
-      "keygate.toml.new", "[server]\nworker_stall_timeout_ms = 250\n\n[limits]\n"
-                          "header_count_max = 2\n\n" + std::string(kOrdersAndBillingApis));
+      "keygate.toml.new",
+      with_harness_admin_hosts("[server]\nworker_stall_timeout_ms = 250\n\n[limits]\n"
+                               "header_count_max = 2\n\n" + std::string(kOrdersAndBillingApis)));
   const std::string path = server.dir().path() + "/keygate.toml";
   ASSERT_EQ(std::rename(written.c_str(), path.c_str()), 0);
   ASSERT_TRUE(server.send_signal(SIGHUP));
