@@ -929,8 +929,9 @@ passed by systemd that do not match it); 1: start-up failure; 3: a stop that gav
 up on a wedged worker; 4: every worker's io_uring failed (nothing served).
 
 Backups: set [backup] dir in the config file, then POST /admin/backups (keygatectl
-backup) makes an online, consistent copy of the key store there, which keygate starts
-on as it is (--data-dir); README.md, "Backups".
+backup) makes an online, consistent copy of the key store there, a data directory
+keygate starts on as it is (--data-dir on a copy outside [backup] dir); README.md,
+"Backups".
 
 Environment (docs/configuration.md, "Environment"):
   KEYGATE_BOOTSTRAP_ADMIN_KEY  the admin key created on first start (empty store); unset,

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -141,6 +142,26 @@ void reexec_with_huge_pages(char** argv) {
   } else {
     unsetenv("GLIBC_TUNABLES");
   }
+}
+
+// The re-execution above goes through /proc/self/exe, so the kernel names the process (its
+// comm, 15 bytes) "exe": `pgrep keygate`, `pkill -HUP keygate`, `ps -C keygate`, top, a core
+// file's %e and `coredumpctl list keygate` (the watchdog's SIGABRT leaves a core) would not find
+// it. Names it after its binary again, as an exec of the binary's own path does; before any
+// thread starts, so the threads that do not name themselves take it too. A binary that is
+// itself called "exe" keeps the name; a path that cannot be read leaves it.
+void name_process_after_binary() {
+  char comm[16] = {};
+  if (prctl(PR_GET_NAME, comm) != 0 || std::string_view(comm) != "exe") return;
+  char path[4096];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path));
+  if (n <= 0 || static_cast<size_t>(n) >= sizeof(path)) return;
+  std::string_view binary(path, static_cast<size_t>(n));
+  constexpr std::string_view kDeleted = " (deleted)";  // replaced since: an upgrade's install
+  if (binary.ends_with(kDeleted)) binary.remove_suffix(kDeleted.size());
+  binary.remove_prefix(binary.rfind('/') + 1);
+  const std::string name(binary.substr(0, sizeof(comm) - 1));
+  if (!name.empty()) prctl(PR_SET_NAME, name.c_str());
 }
 
 // workers = 0: one per CPU this process may run on (its affinity mask, as set by taskset,
@@ -573,6 +594,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGXFSZ, SIG_IGN);
   reexec_with_huge_pages(argv);
+  name_process_after_binary();
   // After the re-execution, which passes NOTIFY_SOCKET on; before any thread starts.
   keygate::tools::ServiceNotifier notifier = keygate::tools::ServiceNotifier::from_environment();
   // Likewise LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES (socket activation): read and removed now,

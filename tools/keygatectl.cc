@@ -314,7 +314,8 @@ constexpr std::string_view kBackupHelp = R"(Usage: keygatectl [global options] b
       key and user as of the request, in a directory of its own under keygate's [backup] dir,
       and prints it:
         name        keygate-YYYYMMDDTHHMMSSZ-SEQ (time of creation, UTC; SEQ counts up)
-        path        where it is; 'keygate --data-dir PATH' starts on it (or on a copy)
+        path        where it is; 'keygate --data-dir COPY' starts on a copy of it made
+                    outside [backup] dir (keygate refuses a data directory inside it)
         created_at  RFC 3339 UTC
         seq         its sequence number
         keys        keys in it

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <chrono>
 #include <ctime>
 #include <memory>
 #include <optional>
@@ -31,8 +32,10 @@ namespace {
 constexpr std::string_view kChallenge = "ApiKey realm=\"keygate\"";
 
 // The nginx configuration of docs/proxies.md, with ports and paths filled in.
+// `keepalive_to_keygate`: with the optional settings docs/proxies.md gives for reusing
+// connections to keygate (keepalive in the upstream, HTTP/1.1 without Connection, and HEAD).
 std::string nginx_config(const std::string& dir, uint16_t listen_port, uint16_t keygate_port,
-                         uint16_t upstream_port) {
+                         uint16_t upstream_port, bool keepalive_to_keygate) {
   const std::string p = std::to_string(listen_port);
   std::string c;
   if (::geteuid() == 0) c += "user root;\n";
@@ -46,7 +49,8 @@ std::string nginx_config(const std::string& dir, uint16_t listen_port, uint16_t 
     c += "  " + std::string(t) + "_temp_path " + dir + "/" + t + ";\n";
   }
   c += "  upstream app { server 127.0.0.1:" + std::to_string(upstream_port) + "; }\n";
-  c += "  upstream keygate { server 127.0.0.1:" + std::to_string(keygate_port) + "; }\n";
+  c += "  upstream keygate { server 127.0.0.1:" + std::to_string(keygate_port) + ";" +
+       (keepalive_to_keygate ? " keepalive 16;" : "") + " }\n";
   c += R"(  server {
     listen 127.0.0.1:)" +
        p + R"(;
@@ -67,7 +71,14 @@ std::string nginx_config(const std::string& dir, uint16_t listen_port, uint16_t 
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Method $request_method;
-    }
+)";
+  if (keepalive_to_keygate) {
+    c += R"(      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_method HEAD;
+)";
+  }
+  c += R"(    }
   }
 }
 )";
@@ -113,7 +124,8 @@ class NginxAuth : public ::testing::Test {
       const uint16_t port = probe_free_port();
       ASSERT_NE(port, 0);
       const std::string conf = dir_.write_file(
-          "nginx.conf", nginx_config(dir_.path(), port, keygate_->data_port(), upstream_port));
+          "nginx.conf", nginx_config(dir_.path(), port, keygate_->data_port(), upstream_port,
+                                     keepalive_to_keygate_));
       nginx_ = std::make_unique<ChildProcess>();
       ASSERT_TRUE(nginx_->spawn(nginx,
                                 {"-p", dir_.path(), "-c", conf, "-e", dir_.path() + "/error.log",
@@ -192,6 +204,33 @@ class NginxAuth : public ::testing::Test {
     return ::testing::AssertionSuccess();
   }
 
+  // keygate's access-log records of /_keygate/auth: their "client" members (nginx's address
+  // and port, one port per connection), once there are `count` of them (the log is written
+  // within its flush interval), or what there is after 5 s.
+  std::vector<std::string> auth_clients(size_t count) const {
+    std::vector<std::string> clients;
+    const auto deadline = std::chrono::steady_clock::now() + Millis(5000);
+    do {
+      clients.clear();
+      const ProcessResult r = run_process(
+          "/bin/sh", {"-c", "cat \"$0\"/access-*.jsonl", keygate_->log_dir()});
+      size_t at = 0;
+      while (at < r.out.size()) {
+        size_t end = r.out.find('\n', at);
+        if (end == std::string::npos) end = r.out.size();
+        const std::string_view line(r.out.data() + at, end - at);
+        if (string_member(line, "path") == "/_keygate/auth") {
+          clients.push_back(string_member(line, "client"));
+        }
+        at = end + 1;
+      }
+      if (clients.size() >= count) break;
+      ::usleep(20'000);
+    } while (std::chrono::steady_clock::now() < deadline);
+    return clients;
+  }
+
+  bool keepalive_to_keygate_ = false;
   TempDir dir_;
   std::unique_ptr<TestServer> keygate_;
   std::unique_ptr<ChildProcess> upstream_;
@@ -248,6 +287,30 @@ TEST_F(NginxAuth, PathsNoApiServesBecomeServerErrorsInNginx) {
   // auth_request knows 2xx, 401 and 403 only; keygate's 404 no_route is a 500 to the client.
   // docs/proxies.md says to put auth_request on the API prefixes only.
   EXPECT_TRUE(refused(through_nginx("GET", "/inventory", {"X-ApiKey: " + orders_key_}), 500));
+}
+
+// docs/proxies.md's optional settings for connections to keygate. nginx keeps an upstream
+// connection after a subrequest that only wants the head (auth_request's) only when the
+// response has no body; keygate's answers to GET have one (its JSON), so without
+// `proxy_method HEAD` every auth request opened a connection of its own.
+class NginxAuthKeepalive : public NginxAuth {
+ protected:
+  NginxAuthKeepalive() { keepalive_to_keygate_ = true; }
+};
+
+TEST_F(NginxAuthKeepalive, AuthRequestsReuseOneConnectionToKeygateAcrossRefusals) {
+  ASSERT_TRUE(reached_upstream(through_nginx("GET", "/orders/1", {"X-ApiKey: " + orders_key_}),
+                               "korders00001", std::nullopt));
+  EXPECT_TRUE(refused(through_nginx("GET", "/orders/1", {}), 401));
+  EXPECT_TRUE(refused(through_nginx("GET", "/orders/1", {"X-ApiKey: " + billing_key_}), 403));
+  EXPECT_TRUE(
+      refused(through_nginx("POST", "/orders/public/1", {"X-ApiKey: " + alice_key_}, "{}"), 403));
+  ASSERT_TRUE(
+      reached_upstream(through_nginx("GET", "/orders/public/1", {"X-ApiKey: " + alice_key_}),
+                       "kalice000001", "alice"));
+  const std::vector<std::string> clients = auth_clients(5);
+  ASSERT_EQ(clients.size(), 5u);
+  for (const std::string& client : clients) EXPECT_EQ(client, clients.front());
 }
 
 }  // namespace

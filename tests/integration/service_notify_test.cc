@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
+#include <iterator>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -189,6 +191,32 @@ TEST(ServiceNotify, ASocketPathGetsReadyReloadingAndStopping) {
   EXPECT_EQ(receiver.receive(Millis(200)), std::nullopt) << "a notification after STOPPING=1";
   EXPECT_EQ(server.error_output().find("NOTIFY_SOCKET"), std::string::npos)
       << server.error_output();
+}
+
+// A whole file (a /proc one: its size says 0, so read to the end); empty if it cannot be read.
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// keygate re-executes itself once through /proc/self/exe for huge pages (tools/keygate_main.cc),
+// which leaves the kernel's name of the process (comm) as "exe". Operators find keygate by
+// that name: `pgrep keygate`, `pkill -HUP keygate`, `ps -C keygate`, `top`, a core file's %e and
+// `coredumpctl list keygate` (the core dump the watchdog's SIGABRT leaves, docs/operations.md).
+TEST(ServiceIdentity, KeygateIsNamedAfterItsBinaryAfterItsHugePageReexecution) {
+  ServerOptions options;
+  options.env_unset = {"KEYGATE_MALLOC_HUGEPAGES", "GLIBC_TUNABLES"};  // the re-execution runs
+  TestServer server(options);
+  std::string error;
+  ASSERT_TRUE(server.start(&error)) << error;
+  std::string binary = keygate_binary();
+  binary = binary.substr(binary.rfind('/') + 1).substr(0, 15);  // comm holds 15 bytes
+  const std::string proc = "/proc/" + std::to_string(server.pid());
+  std::string comm = read_text_file(proc + "/comm");
+  if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+  EXPECT_EQ(comm, binary);
+  // It did re-execute (the test checks the name after that, not a start without it).
+  EXPECT_NE(read_text_file(proc + "/environ").find("glibc.malloc.hugetlb=1"), std::string::npos);
 }
 
 // An abstract name (sd_notify's "@"): addressed by exactly its bytes. A reload asked for on
