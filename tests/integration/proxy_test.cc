@@ -52,18 +52,6 @@ int64_t rss_kib(pid_t pid) {
   return -1;
 }
 
-// The ThreadSanitizer build (KEYGATE_TSAN) skips the tests that measure keygate's resident
-// memory: its allocator replaces glibc's (MALLOC_MMAP_THRESHOLD_ means nothing to it and freed
-// blocks stay resident), every heap byte keygate touches gets shadow memory of its own in the
-// RSS, and keygate runs several times slower (a 64 MiB chunked upload outlasts the 30 s
-// body_timeout_ms). None of that says anything about a data race.
-#if defined(__SANITIZE_THREAD__)
-#define KEYGATE_SKIP_UNDER_TSAN() \
-  GTEST_SKIP() << "measures RSS or streams 64 MiB: not meaningful under ThreadSanitizer"
-#else
-#define KEYGATE_SKIP_UNDER_TSAN() static_cast<void>(0)
-#endif
-
 class ProxyTest : public ::testing::Test {
  protected:
   // Starts keygate-upstream and keygate with an API "orders" (every upstream test path) going
@@ -303,7 +291,8 @@ TEST_F(ProxyTest, ANoContentResponseToAHeadHasNoContentLength) {
 }
 
 TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
-  KEYGATE_SKIP_UNDER_TSAN();
+  // And the 64 MiB chunked upload outlasts the 30 s body_timeout_ms at TSan's speed.
+  KEYGATE_SKIP_UNDER_TSAN("measures keygate's RSS");
   // Under AddressSanitizer freed blocks sit in a quarantine (256 MiB by default) that shows up
   // as resident memory; without it RSS measures what keygate holds.
   std::string asan = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
@@ -379,7 +368,7 @@ TEST_F(ProxyTest, StreamsLargeBodiesBothWaysWithBoundedMemory) {
 }
 
 TEST_F(ProxyTest, AClientThatStopsReadingStopsTheUpstreamRead) {
-  KEYGATE_SKIP_UNDER_TSAN();
+  KEYGATE_SKIP_UNDER_TSAN("measures keygate's RSS");
   std::string asan = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
   asan_options_ = (asan.empty() ? "" : asan + ":") + "quarantine_size_mb=0";
   ASSERT_NO_FATAL_FAILURE(start());
@@ -1715,7 +1704,7 @@ TEST_F(ProxyTest, ForwardedClientsLeaveTheAdminPortItsShareOfTheReserve) {
 // N concurrent responses with ~900 KB heads left about N MiB resident after every connection
 // was gone.
 TEST_F(ProxyTest, LargeResponseHeadsDoNotStayAllocated) {
-  KEYGATE_SKIP_UNDER_TSAN();
+  KEYGATE_SKIP_UNDER_TSAN("measures keygate's RSS");
   // No quarantine (AddressSanitizer) and mmap for large blocks (glibc, not adjusted upwards as
   // blocks are freed): a freed head leaves the resident set at once.
   std::string asan = getenv("ASAN_OPTIONS") != nullptr ? getenv("ASAN_OPTIONS") : "";
