@@ -38,6 +38,17 @@ const char* keygate_binary();
 #if !defined(__SANITIZE_ADDRESS__) || defined(KEYGATE_UNSANITIZED_BINARY)
 #define KEYGATE_DESCRIPTOR_TESTS 1
 #endif
+
+// In the ThreadSanitizer build (KEYGATE_TSAN; docs/architecture.md) a test skips itself with
+// this when what it measures is not meaningful there, saying why: keygate's resident memory
+// (TSan's allocator replaces glibc's, freed blocks stay resident, every heap byte touched gets
+// shadow memory in the RSS), or work that must fit in a deadline keygate at TSan's speed (several
+// times slower) misses. Nothing in either says anything about a data race. Needs gtest.
+#if defined(__SANITIZE_THREAD__)
+#define KEYGATE_SKIP_UNDER_TSAN(why) GTEST_SKIP() << "not under ThreadSanitizer: " << (why)
+#else
+#define KEYGATE_SKIP_UNDER_TSAN(why) static_cast<void>(0)
+#endif
 // That keygate (KEYGATE_TEST_BINARY, when set, names another one, as for keygate_binary()).
 const char* unsanitized_keygate_binary();
 
