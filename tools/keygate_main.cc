@@ -1064,8 +1064,8 @@ int main(int argc, char** argv) {
       const uint64_t asks = reload_requests.begin();
       keygate::ReloadOutcome outcome = reloader.reload();
       notifier.reloaded(outcome.applied
-                            ? listening + "; " + std::to_string(outcome.apis) +
-                                  " APIs (generation " + std::to_string(outcome.generation) + ")"
+                            ? listening + "; " + count_of(outcome.apis, "API", "APIs") +
+                                  " (generation " + std::to_string(outcome.generation) + ")"
                             : "reload refused, serving generation " +
                                   std::to_string(outcome.generation) + ": " + outcome.error);
       reload_requests.finish(asks, std::move(outcome));

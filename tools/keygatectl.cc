@@ -854,6 +854,14 @@ struct Context {
 // True for a host that stays on this machine: 127.0.0.0/8, ::1, localhost (parse_url takes
 // numeric addresses and localhost only).
 bool is_loopback(std::string_view host) {
+  // An IPv4-mapped 127.x ("::ffff:127.0.0.1") is that IPv4 address (any case of the prefix).
+  constexpr std::string_view kMapped = "::ffff:";
+  if (host.size() > kMapped.size() &&
+      std::equal(kMapped.begin(), kMapped.end(), host.begin(), [](char a, char b) {
+        return a == (b >= 'A' && b <= 'Z' ? static_cast<char>(b + 32) : b);
+      })) {
+    host.remove_prefix(kMapped.size());
+  }
   return host == "localhost" || host == "::1" || host.starts_with("127.");
 }
 

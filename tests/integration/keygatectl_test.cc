@@ -1524,6 +1524,11 @@ TEST(KeygatectlAgainstAFakeServer, ANonLoopbackUrlIsWarnedAboutALoopbackOneIsNot
   const ProcessResult local =
       run_process(keygatectl_binary(), {"--url", closed.url(), "stats"}, &env, kCtlTimeout);
   EXPECT_FALSE(contains(local.err, "loopback")) << local.err;
+  // 127.0.0.1 spelled as an IPv4-mapped IPv6 address is loopback too.
+  const ProcessResult mapped = run_process(
+      keygatectl_binary(), {"--url", "http://[::FFFF:127.0.0.1]:" + closed.port(), "stats"}, &env,
+      kCtlTimeout);
+  EXPECT_FALSE(contains(mapped.err, "loopback")) << mapped.err;
 }
 
 // --- logs --follow across restarts and retention ----------------------------------------

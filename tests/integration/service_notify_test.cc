@@ -179,6 +179,12 @@ TEST(ServiceNotify, ASocketPathGetsReadyReloadingAndStopping) {
   expect_reload(receiver, asked, "reload refused");
   ASSERT_TRUE(server.wait_for_error_output("reload refused", Millis(10000)))
       << server.error_output();
+  // One API is "1 API", as on stderr.
+  replace_config(server, with_harness_admin_hosts("[[apis]]\nname = \"orders\"\n"
+                                                  "routes = [\"/orders\"]\n"));
+  asked = monotonic_usec();
+  ASSERT_TRUE(server.send_signal(SIGHUP));
+  expect_reload(receiver, asked, "; 1 API (generation 3)");
 
   ASSERT_TRUE(server.send_signal(SIGTERM));
   const std::optional<std::string> stopping = receiver.receive();
