@@ -29,6 +29,7 @@
 #pragma pop_macro("TOML_UNREACHABLE")
 #include <toml++/toml.h>
 
+#include "core/http_request.h"
 #include "core/json_text.h"
 
 namespace keygate {
@@ -199,8 +200,7 @@ bool read_admin_hosts(const toml::table& admin, std::string_view source,
       return refuse(item, "\"" + name +
                               "\" is not a host name (letters, digits, '-' and '.', no port)");
     }
-    std::transform(name.begin(), name.end(), name.begin(),
-                   [](char c) { return static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c); });
+    std::transform(name.begin(), name.end(), name.begin(), ascii_lower);
     names.push_back(std::move(name));
   }
   *out = std::move(names);

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "core/admin_api.h"
+#include "core/http_request.h"
 #include "core/json_text.h"
 #include "tools/ctl/http_client.h"
 #include "tools/ctl/table.h"
@@ -856,10 +857,7 @@ struct Context {
 bool is_loopback(std::string_view host) {
   // An IPv4-mapped 127.x ("::ffff:127.0.0.1") is that IPv4 address (any case of the prefix).
   constexpr std::string_view kMapped = "::ffff:";
-  if (host.size() > kMapped.size() &&
-      std::equal(kMapped.begin(), kMapped.end(), host.begin(), [](char a, char b) {
-        return a == (b >= 'A' && b <= 'Z' ? static_cast<char>(b + 32) : b);
-      })) {
+  if (equals_ignore_case(host.substr(0, kMapped.size()), kMapped)) {
     host.remove_prefix(kMapped.size());
   }
   return host == "localhost" || host == "::1" || host.starts_with("127.");
