@@ -340,12 +340,9 @@ scenario('an answer that arrives after "Forget key" does not show', async (dir) 
   assert.ok(ui.$('view').textContent.includes('No admin key is held'));
 });
 
-scenario('an answer that arrives after switching views does not show in the new view', async (dir) => {
-  const slow = gate();
-  const routes = defaultRoutes();
-  routes.unshift(['GET /admin/stats', async () => { await slow.opened; return statsAnswer(); }]);
-  const ui = loadConsole(dir, routes);
-  await logIn(ui);
+// Opens the Stats view, switches to the APIs view before Stats' answer (held by `slow`) came,
+// then lets that answer come: the APIs view must be what shows.
+async function leaveStatsForApis(ui, slow) {
   const tab = (name) => ui.$('tabs').querySelectorAll('button[data-view]').find((b) => b.dataset.view === name);
   tab('stats').click();
   await settle();
@@ -354,6 +351,15 @@ scenario('an answer that arrives after switching views does not show in the new 
   slow.open();
   await settle();
   assert.ok(ui.$('view').textContent.includes('/orders'), 'the APIs view shows');
+}
+
+scenario('an answer that arrives after switching views does not show in the new view', async (dir) => {
+  const slow = gate();
+  const routes = defaultRoutes();
+  routes.unshift(['GET /admin/stats', async () => { await slow.opened; return statsAnswer(); }]);
+  const ui = loadConsole(dir, routes);
+  await logIn(ui);
+  await leaveStatsForApis(ui, slow);
   assert.ok(!ui.$('view').textContent.includes('424242'), ui.$('view').textContent);
 });
 
@@ -368,14 +374,7 @@ scenario('a failure that arrives after switching views is not reported in the ne
   }]);
   const ui = loadConsole(dir, routes);
   await logIn(ui);
-  const tab = (name) => ui.$('tabs').querySelectorAll('button[data-view]').find((b) => b.dataset.view === name);
-  tab('stats').click();
-  await settle();
-  tab('apis').click();
-  await settle();
-  slow.open();
-  await settle();
-  assert.ok(ui.$('view').textContent.includes('/orders'), 'the APIs view shows');
+  await leaveStatsForApis(ui, slow);
   assert.equal(ui.$('error').hidden, true, ui.$('error').textContent);
 });
 
