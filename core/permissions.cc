@@ -79,34 +79,48 @@ bool grant_matches(const Grant& grant, std::string_view api, std::string_view me
 // Nothing may follow.
 constexpr uint8_t kUserVersion = 1;
 
-bool route_matches(std::string_view route, std::string_view path, ParamsEnd& params) noexcept {
+// `route` against the start of `path`, one unit at a time (`same_unit` compares the units at
+// route[*i] and path[*j] and moves both past them), as route_matches() and
+// route_matches_decoded() share it. Each path segment counts up to its first ';': servlet
+// containers and other frameworks strip ";params" before routing, so "/v1;x/admin" and
+// "/v1/admin;x" are "/v1/admin" to them and must be to us (else they would fall back to a
+// shorter route, e.g. "/v1"). A ';' inside a unit (a percent-escape) does not count.
+template <typename SameUnit>
+bool prefix_matches(std::string_view route, std::string_view path, ParamsEnd& params,
+                    SameUnit same_unit) noexcept {
   if (route.empty()) return false;
-  // Each path segment counts up to its first ';': servlet containers and other frameworks
-  // strip ";params" before routing, so "/v1;x/admin" and "/v1/admin;x" are "/v1/admin" to
-  // them and must be to us (else they would fall back to a shorter route, e.g. "/v1").
-  // The two hex digits of a percent-escape compare in either case ("%C3" is "%c3", RFC 3986
-  // 6.2.2.1): an upstream decodes both to the same byte.
   size_t i = 0;
   size_t j = 0;
-  unsigned hex_digits_left = 0;
   while (i < route.size()) {
-    if (hex_digits_left == 0 && j < path.size() && path[j] == ';') {
+    if (j < path.size() && path[j] == ';') {
       j = params.at(path, j);
       continue;
     }
-    if (j >= path.size()) return false;
-    if (hex_digits_left > 0) {
-      if (ascii_lower(path[j]) != ascii_lower(route[i])) return false;
-      --hex_digits_left;
-    } else {
-      if (path[j] != route[i]) return false;
-      if (route[i] == '%') hex_digits_left = 2;
-    }
-    ++i;
-    ++j;
+    if (j >= path.size() || !same_unit(&i, &j)) return false;
   }
   if (route.back() == '/') return true;
   return j == path.size() || path[j] == '/' || path[j] == ';';
+}
+
+bool route_matches(std::string_view route, std::string_view path, ParamsEnd& params) noexcept {
+  // A unit is a byte, or a percent-escape whose two hex digits compare in either case ("%C3" is
+  // "%c3", RFC 3986 6.2.2.1): an upstream decodes both to the same byte.
+  return prefix_matches(route, path, params, [&](size_t* i, size_t* j) {
+    if (path[*j] != route[*i]) return false;
+    if (route[*i] != '%') {
+      ++*i;
+      ++*j;
+      return true;
+    }
+    const size_t n = std::min<size_t>(3, route.size() - *i);  // a cut escape: what there is
+    if (path.size() - *j < n) return false;
+    for (size_t k = 1; k < n; ++k) {
+      if (ascii_lower(path[*j + k]) != ascii_lower(route[*i + k])) return false;
+    }
+    *i += n;
+    *j += n;
+    return true;
+  });
 }
 
 // The byte at s[*i] as a decoding upstream reads it ("%XX" is the byte XX), advancing *i past it.
@@ -131,21 +145,11 @@ size_t decoded_length(std::string_view route) noexcept {
 
 bool route_matches_decoded(std::string_view route, std::string_view path,
                            ParamsEnd& params) noexcept {
-  if (route.empty()) return false;
-  // As route_matches(), a byte at a time after decoding; a raw ';' in the path still starts
-  // the segment's params (an encoded one is a literal ';' to servlet containers too).
-  size_t i = 0;
-  size_t j = 0;
-  while (i < route.size()) {
-    if (j < path.size() && path[j] == ';') {
-      j = params.at(path, j);
-      continue;
-    }
-    if (j >= path.size()) return false;
-    if (decoded_byte(route, &i) != decoded_byte(path, &j)) return false;
-  }
-  if (route.back() == '/') return true;
-  return j == path.size() || path[j] == '/' || path[j] == ';';
+  // A unit is a byte as a decoding upstream reads it; a raw ';' in the path still starts the
+  // segment's params (an encoded one is a literal ';' to servlet containers too).
+  return prefix_matches(route, path, params, [&](size_t* i, size_t* j) {
+    return decoded_byte(route, i) == decoded_byte(path, j);
+  });
 }
 
 }  // namespace
